@@ -1,0 +1,48 @@
+# The two commands: `make demo` and `make test`. Both set everything up on a
+# fresh machine (the virtual environment in .venv, and for tests the system
+# packages the suite needs).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.taonet-installed
+
+.PHONY: demo test lint typecheck unit bench system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/taonet --help
+	$(BIN)/taonet demo
+
+# System packages the tests need. Nothing yet beyond Python; swtpm and friends
+# arrive with the TPM issue. Skipped when not root (CI runs as root).
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && [ -n "$(APT_PACKAGES)" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+
+APT_PACKAGES :=
+
+lint: $(STAMP)
+	$(BIN)/ruff check taonet tests loadtests
+	$(BIN)/ruff format --check taonet tests loadtests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q
+
+test: system-deps $(STAMP) lint typecheck unit
+
+bench: $(STAMP)
+	$(BIN)/python loadtests/core_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,149 @@
+"""Protobuf messages shared with the original CloudProxy, built without protoc.
+
+The schemas below are the proto2 messages that cross a process or machine
+boundary (see the CloudProxy format sheet). They are declared as data and turned
+into message classes at import time with ``descriptor_pb2`` and
+``message_factory``: no generated code to keep in step with the protobuf runtime,
+no protoc at build time.
+
+These classes are internal. Public APIs take and return frozen attrs values and
+convert at the codec boundary; decoding untrusted bytes goes through
+:func:`parse`, which raises :class:`~taonet.CodecError` and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
+
+from taonet._errors import CodecError
+
+__all__ = ["MESSAGES", "message_class", "parse", "serialize"]
+
+_F = descriptor_pb2.FieldDescriptorProto
+_OPT, _REQ, _REP = _F.LABEL_OPTIONAL, _F.LABEL_REQUIRED, _F.LABEL_REPEATED
+_TYPES: Final = {
+    "bytes": _F.TYPE_BYTES,
+    "string": _F.TYPE_STRING,
+    "int32": _F.TYPE_INT32,
+    "int64": _F.TYPE_INT64,
+    "uint64": _F.TYPE_UINT64,
+    "bool": _F.TYPE_BOOL,
+}
+_PACKAGE: Final = "tao"
+
+# message name -> [(field name, number, label, type)]; a type that is not a
+# scalar names another message (or the enum CryptoVersion) in this package.
+_SCHEMA: Final[dict[str, list[tuple[str, int, int, str]]]] = {
+    # Signatures (keys.proto of the original).
+    "ContextualizedData": [("context", 1, _REQ, "string"), ("data", 2, _REQ, "bytes")],
+    "CryptoHeader": [
+        ("version", 1, _REQ, "CryptoVersion"),
+        ("key_name", 2, _OPT, "string"),
+        ("key_epoch", 3, _OPT, "int32"),
+        ("key_type", 4, _OPT, "string"),
+        ("key_purpose", 5, _OPT, "string"),
+        ("key_status", 6, _OPT, "string"),
+    ],
+    "SignedData": [("header", 1, _REQ, "CryptoHeader"), ("signature", 2, _REQ, "bytes")],
+    # Attestations (attestation.proto).
+    "Attestation": [
+        ("serialized_statement", 1, _REQ, "bytes"),
+        ("signer_type", 2, _REQ, "string"),
+        ("signer_key", 3, _REQ, "bytes"),
+        ("signature", 4, _REQ, "bytes"),
+        ("serialized_delegation", 5, _OPT, "bytes"),
+        ("serialized_endorsements", 6, _REP, "bytes"),
+        ("tpm2_quote_structure", 7, _OPT, "bytes"),
+        ("root_endorsement", 8, _OPT, "bytes"),
+    ],
+    # Signed ACL guard rules (acl_guard.proto).
+    "ACLSet": [("entries", 1, _REP, "string")],
+    "SignedACLSet": [("serialized_aclset", 1, _REQ, "bytes"), ("signature", 2, _REQ, "bytes")],
+    # Tao RPC (tao_rpc.proto, protorpc header).
+    "RPCHeader": [("op", 1, _REQ, "string"), ("seq", 2, _REQ, "uint64"), ("error", 3, _OPT, "string")],
+    "RPCRequest": [
+        ("data", 1, _OPT, "bytes"),
+        ("size", 2, _OPT, "int32"),
+        ("policy", 3, _OPT, "string"),
+        ("time", 4, _OPT, "int64"),
+        ("expiration", 5, _OPT, "int64"),
+        ("issuer", 6, _OPT, "bytes"),
+        ("label", 7, _OPT, "string"),
+        ("counter", 8, _OPT, "int64"),
+    ],
+    "RPCResponse": [
+        ("data", 1, _OPT, "bytes"),
+        ("policy", 2, _OPT, "string"),
+        ("counter", 3, _OPT, "int64"),
+    ],
+}
+_ENUMS: Final = {"CryptoVersion": [("CRYPTO_VERSION_1", 1), ("CRYPTO_VERSION_2", 2)]}
+
+
+def _build() -> dict[str, type[Message]]:
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="taonet/cloudproxy.proto", package=_PACKAGE, syntax="proto2"
+    )
+    for enum_name, values in _ENUMS.items():
+        enum = fdp.enum_type.add(name=enum_name)
+        for value_name, number in values:
+            enum.value.add(name=value_name, number=number)
+    for msg_name, fields in _SCHEMA.items():
+        msg = fdp.message_type.add(name=msg_name)
+        for field_name, number, label, type_name in fields:
+            field = msg.field.add(name=field_name, number=number, label=label)
+            if type_name in _TYPES:
+                field.type = _TYPES[type_name]
+            elif type_name in _ENUMS:
+                field.type = _F.TYPE_ENUM
+                field.type_name = f".{_PACKAGE}.{type_name}"
+            else:
+                field.type = _F.TYPE_MESSAGE
+                field.type_name = f".{_PACKAGE}.{type_name}"
+    pool = descriptor_pool.DescriptorPool()
+    file_desc = pool.Add(fdp)
+    del file_desc
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
+        for name in _SCHEMA
+    }
+
+
+MESSAGES: Final = _build()
+
+#: Largest message we are willing to decode at all (the original's frame ceiling).
+MAX_MESSAGE_BYTES: Final = 20 * 1024 * 1024
+
+
+def message_class(name: str) -> type[Message]:
+    """Return the message class called ``name`` (e.g. ``"Attestation"``)."""
+    return MESSAGES[name]
+
+
+def parse(name: str, data: bytes, *, what: str | None = None) -> Any:
+    """Decode ``data`` as message ``name``; all required fields must be present.
+
+    Raises CodecError (and nothing else) on any malformed input.
+    """
+    label = what or name
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CodecError(f"{label}: expected bytes, got {type(data).__name__}")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise CodecError(f"{label}: {len(data)} bytes is over the {MAX_MESSAGE_BYTES}-byte limit")
+    msg = MESSAGES[name]()
+    try:
+        msg.ParseFromString(bytes(data))
+    except (DecodeError, RuntimeError, ValueError, TypeError, OverflowError) as exc:
+        raise CodecError(f"{label}: malformed protobuf: {exc}") from None
+    if not msg.IsInitialized():
+        missing = ", ".join(msg.FindInitializationErrors())
+        raise CodecError(f"{label}: missing required field(s): {missing}")
+    return msg
+
+
+def serialize(msg: Message) -> bytes:
+    """Serialize ``msg`` deterministically (required fields must be set)."""
+    return msg.SerializeToString(deterministic=True)
