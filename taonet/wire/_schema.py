@@ -104,8 +104,7 @@ def _build() -> dict[str, type[Message]]:
                 field.type = _F.TYPE_MESSAGE
                 field.type_name = f".{_PACKAGE}.{type_name}"
     pool = descriptor_pool.DescriptorPool()
-    file_desc = pool.Add(fdp)
-    del file_desc
+    pool.Add(fdp)
     return {
         name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
         for name in _SCHEMA
@@ -138,8 +137,9 @@ def parse(name: str, data: bytes, *, what: str | None = None) -> Any:
         msg.ParseFromString(bytes(data))
     except (DecodeError, RuntimeError, ValueError, TypeError, OverflowError) as exc:
         raise CodecError(f"{label}: malformed protobuf: {exc}") from None
-    if not msg.IsInitialized():
-        missing = ", ".join(msg.FindInitializationErrors())
+    errors: list[str] = []
+    if not msg.IsInitialized(errors):  # type: ignore[call-arg]
+        missing = ", ".join(errors)
         raise CodecError(f"{label}: missing required field(s): {missing}")
     return msg
 

@@ -1,0 +1,139 @@
+"""atomic_write and read_file."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from taonet import ConfigError
+from taonet._files import atomic_write, read_file
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_write_new_file_default_mode(tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    old = os.umask(0)
+    try:
+        atomic_write(target, b"hello")
+    finally:
+        os.umask(old)
+    assert target.read_bytes() == b"hello"
+    assert _mode(target) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+@pytest.mark.parametrize("mode", [0o600, 0o644, 0o400])
+def test_mode_is_exact_whatever_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    target = tmp_path / "f"
+    old = os.umask(umask)
+    try:
+        atomic_write(target, b"x", mode=mode)
+    finally:
+        os.umask(old)
+    assert _mode(target) == mode
+
+
+def test_replaces_existing_and_its_mode(tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    target.write_bytes(b"old")
+    target.chmod(0o666)
+    atomic_write(target, b"new" * 1000)
+    assert target.read_bytes() == b"new" * 1000
+    assert _mode(target) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_accepts_str_path_and_empty_data(tmp_path: Path) -> None:
+    atomic_write(str(tmp_path / "e"), b"")
+    assert (tmp_path / "e").read_bytes() == b""
+
+
+def test_failed_rename_keeps_old_file_and_leaves_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "f"
+    target.write_bytes(b"old contents")
+
+    def failing_replace(src: object, dst: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(ConfigError, match=r"cannot write .*Input/output error") as info:
+        atomic_write(target, b"new contents")
+    assert isinstance(info.value.__cause__, OSError)
+    assert target.read_bytes() == b"old contents"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_failed_write_keeps_old_file_and_leaves_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "f"
+    target.write_bytes(b"old contents")
+
+    def full_disk(fd: int, data: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(ConfigError, match="No space left"):
+        atomic_write(target, b"new contents")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old contents"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_short_writes_are_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = os.write
+
+    def dribble(fd: int, data: bytes) -> int:
+        return real_write(fd, bytes(data)[:3])
+
+    monkeypatch.setattr(os, "write", dribble)
+    atomic_write(tmp_path / "f", b"0123456789abcdef")
+    monkeypatch.undo()
+    assert (tmp_path / "f").read_bytes() == b"0123456789abcdef"
+
+
+def test_non_os_error_cleans_up_and_propagates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(fd: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "f", b"data")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot write"):
+        atomic_write(tmp_path / "nope" / "f", b"x")
+
+
+def test_read_file(tmp_path: Path) -> None:
+    p = tmp_path / "f"
+    p.write_bytes(b"0123456789")
+    assert read_file(p, limit=10) == b"0123456789"
+    assert read_file(str(p), limit=100) == b"0123456789"
+    with pytest.raises(ConfigError, match="over the 9-byte limit"):
+        read_file(p, limit=9)
+    (tmp_path / "empty").write_bytes(b"")
+    assert read_file(tmp_path / "empty", limit=0) == b""
+
+
+def test_read_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no file at"):
+        read_file(tmp_path / "absent", limit=10)
+    with pytest.raises(ConfigError, match="directory"):
+        read_file(tmp_path, limit=10)
+    with pytest.raises(ValueError, match="limit"):
+        read_file(tmp_path / "absent", limit=-1)
