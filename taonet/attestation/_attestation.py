@@ -1,0 +1,341 @@
+"""Attestations: signed ``Says`` statements, built and validated as the original did.
+
+An attestation carries ``serialized_statement`` (the binary auth encoding of a
+``P [from T] [until T] says F``), the signer (``signer_type`` + ``signer_key``), the
+signature over the statement under the context "Tao Attestation Signing Context V1",
+optionally a delegation (a nested attestation ``Delegate speaksfor Delegator``) and a
+``root_endorsement`` (a host certificate from the policy key, see ``taonet.certs``).
+
+Validation (:func:`validate`) is total: it decodes, checks every signature in the
+delegation chain, the chain's naming rules, every validity window against the
+caller's clock, and, when given the policy certificate, that the chain's root signer is
+certified by the policy key. It returns a :class:`Proven` value or raises
+:class:`~taonet.AuthenticationError` saying what failed. All times are int64
+nanoseconds since the Unix epoch, as on the wire.
+
+Signer types are pluggable (:func:`register_signer_type`): ``"key"`` (ECDSA) is built
+in; the TPM backends register ``"tpm2"`` with their quote verifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Final
+
+import attrs
+
+from taonet import auth
+from taonet._errors import AuthenticationError, CodecError
+from taonet.certs import PolicyAnchor
+from taonet.crypto import ATTESTATION_CONTEXT, Signer, Verifier
+from taonet.wire import message_class, parse, serialize
+
+__all__ = [
+    "DEFAULT_VALIDITY_NS",
+    "MAX_DELEGATION_DEPTH",
+    "Attestation",
+    "Proven",
+    "SignerType",
+    "attest",
+    "register_signer_type",
+    "validate",
+]
+
+NS_PER_SECOND: Final = 1_000_000_000
+#: An attestation made without explicit times is valid for a year (as the original).
+DEFAULT_VALIDITY_NS: Final = 365 * 24 * 3600 * NS_PER_SECOND
+#: Longest delegation chain we follow (a hosted program under a few stacked hosts).
+MAX_DELEGATION_DEPTH: Final = 8
+MAX_ATTESTATION_BYTES: Final = 1024 * 1024
+
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+
+
+def _bytes_tuple(items: Iterable[bytes]) -> tuple[bytes, ...]:
+    return tuple(bytes(i) for i in items)
+
+
+@attrs.frozen
+class Attestation:
+    """One attestation, as its protobuf fields (bytes stay as they came)."""
+
+    serialized_statement: bytes
+    signer_type: str
+    signer_key: bytes
+    signature: bytes
+    serialized_delegation: bytes | None = None
+    serialized_endorsements: tuple[bytes, ...] = attrs.field(default=(), converter=_bytes_tuple)
+    tpm2_quote_structure: bytes | None = None
+    root_endorsement: bytes | None = None
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Attestation:
+        """Decode a serialized Attestation; CodecError on anything malformed."""
+        if len(data) > MAX_ATTESTATION_BYTES:
+            raise CodecError(f"attestation: {len(data)} bytes is over {MAX_ATTESTATION_BYTES}")
+        msg = parse("Attestation", data, what="attestation")
+
+        def opt(name: str) -> bytes | None:
+            return bytes(getattr(msg, name)) if msg.HasField(name) else None
+
+        return cls(
+            serialized_statement=bytes(msg.serialized_statement),
+            signer_type=str(msg.signer_type),
+            signer_key=bytes(msg.signer_key),
+            signature=bytes(msg.signature),
+            serialized_delegation=opt("serialized_delegation"),
+            serialized_endorsements=tuple(bytes(e) for e in msg.serialized_endorsements),
+            tpm2_quote_structure=opt("tpm2_quote_structure"),
+            root_endorsement=opt("root_endorsement"),
+        )
+
+    def to_bytes(self) -> bytes:
+        """Serialize as the original's protobuf Attestation."""
+        msg = message_class("Attestation")(
+            serialized_statement=self.serialized_statement,
+            signer_type=self.signer_type,
+            signer_key=self.signer_key,
+            signature=self.signature,
+        )
+        if self.serialized_delegation is not None:
+            msg.serialized_delegation = self.serialized_delegation
+        msg.serialized_endorsements.extend(self.serialized_endorsements)
+        if self.tpm2_quote_structure is not None:
+            msg.tpm2_quote_structure = self.tpm2_quote_structure
+        if self.root_endorsement is not None:
+            msg.root_endorsement = self.root_endorsement
+        return serialize(msg)
+
+    def statement(self) -> auth.Says:
+        """Decode the statement (no signature check: use :func:`validate`)."""
+        form = auth.decode_form(self.serialized_statement)
+        if not isinstance(form, auth.Says):
+            raise CodecError("attestation statement is not a says formula")
+        return form
+
+
+@attrs.frozen
+class SignerType:
+    """How to check signatures of one signer type and name its principal."""
+
+    #: (signer_key, attestation) -> None; raises AuthenticationError on a bad signature.
+    verify: Callable[[Attestation], None]
+    #: signer_key -> the signer's principal.
+    principal: Callable[[bytes], auth.Prin]
+
+
+def _verify_key_signer(att: Attestation) -> None:
+    try:
+        verifier = Verifier.from_der(att.signer_key)
+    except CodecError as exc:
+        raise AuthenticationError(f"attestation signer key is malformed: {exc}") from None
+    verifier.verify(att.serialized_statement, ATTESTATION_CONTEXT, att.signature)
+
+
+_SIGNER_TYPES: dict[str, SignerType] = {
+    "key": SignerType(
+        verify=_verify_key_signer,
+        principal=lambda der: auth.principal_for_key("key", der),
+    ),
+}
+
+
+def register_signer_type(name: str, signer_type: SignerType) -> None:
+    """Teach :func:`validate` a signer type (the TPM backends register ``"tpm2"``)."""
+    _SIGNER_TYPES[name] = signer_type
+
+
+@attrs.frozen
+class Proven:
+    """What a valid attestation proves: ``speaker says message`` within a window."""
+
+    speaker: auth.Prin
+    message: auth.Form
+    statement: auth.Says
+    #: Intersection of the validity windows along the chain (ns; None is unbounded).
+    not_before: int | None
+    not_after: int | None
+    #: The principal whose key signed the outermost attestation.
+    signer: auth.Prin
+    #: The root of the chain: the innermost signer, its type and key (PKIX DER).
+    root_signer: auth.Prin
+    root_signer_type: str
+    root_signer_key: bytes
+    #: The host certificate found in the chain, verified if a policy certificate was given.
+    root_endorsement: bytes | None
+
+
+def attest(
+    signer: Signer,
+    message: auth.Form,
+    *,
+    speaker: auth.Prin | None = None,
+    time: int | None = None,
+    expiration: int | None = None,
+    now_ns: int,
+    delegation: Attestation | None = None,
+    root_endorsement: bytes | None = None,
+) -> Attestation:
+    """Sign ``speaker from time until expiration says message`` with ``signer``.
+
+    Without ``speaker`` the signer's own key principal speaks. Without times the
+    statement is valid from ``now_ns`` for one year. With a ``delegation`` the speaker
+    must be (a sub-principal of) its delegator; this is checked by :func:`validate`,
+    not here.
+    """
+    key_der = signer.public_key_der()
+    if speaker is None:
+        speaker = auth.principal_for_key("key", key_der)
+    if time is None:
+        time = now_ns
+    if expiration is None:
+        expiration = time + DEFAULT_VALIDITY_NS
+    if not (_INT64_MIN <= time <= _INT64_MAX and _INT64_MIN <= expiration <= _INT64_MAX):
+        raise ValueError("attestation times must fit in int64 nanoseconds")
+    statement = auth.Says(speaker=speaker, message=message, time=time, expiration=expiration)
+    serialized = auth.encode(statement)
+    return Attestation(
+        serialized_statement=serialized,
+        signer_type="key",
+        signer_key=key_der,
+        signature=signer.sign(serialized, ATTESTATION_CONTEXT),
+        serialized_delegation=delegation.to_bytes() if delegation is not None else None,
+        root_endorsement=root_endorsement,
+    )
+
+
+def validate(
+    attestation: Attestation | bytes,
+    *,
+    now_ns: int,
+    policy_cert: bytes | PolicyAnchor | None = None,
+) -> Proven:
+    """Validate fully and return what the attestation proves.
+
+    ``now_ns`` is the caller's clock (inject it in tests). With ``policy_cert`` (the
+    domain's DER policy certificate, or better a :class:`~taonet.certs.PolicyAnchor`
+    built once from it) the chain must also be rooted in the policy key: either the
+    root signer is the policy key itself, or a root_endorsement in the chain is a
+    valid host certificate from the policy key for the root signer's key.
+    """
+    if isinstance(attestation, bytes | bytearray):
+        try:
+            attestation = Attestation.from_bytes(bytes(attestation))
+        except CodecError as exc:
+            raise AuthenticationError(f"malformed attestation: {exc}") from None
+    proven = _validate(attestation, now_ns, depth=0)
+    if policy_cert is not None:
+        _check_rooted_in_policy(proven, policy_cert, now_ns)
+    return proven
+
+
+def _window_check(says: auth.Says, now_ns: int, what: str) -> None:
+    if says.time is not None and now_ns < says.time:
+        raise AuthenticationError(f"{what} is not yet valid (valid from {says.time} ns)")
+    if says.expiration is not None and now_ns >= says.expiration:
+        raise AuthenticationError(f"{what} has expired (valid until {says.expiration} ns)")
+
+
+def _intersect(a: int | None, b: int | None, pick: Callable[[int, int], int]) -> int | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return pick(a, b)
+
+
+def _validate(att: Attestation, now_ns: int, *, depth: int) -> Proven:
+    what = "attestation" if depth == 0 else f"delegation (level {depth})"
+    signer_type = _SIGNER_TYPES.get(att.signer_type)
+    if signer_type is None:
+        raise AuthenticationError(f"{what}: unsupported signer type {att.signer_type!r}")
+    try:
+        says = att.statement()
+    except CodecError as exc:
+        raise AuthenticationError(f"{what}: malformed statement: {exc}") from None
+    if not isinstance(says.speaker, auth.Prin):
+        raise AuthenticationError(f"{what}: the speaker is not a principal")
+    # Signature first: nothing else in the statement is believed before it checks.
+    signer_type.verify(att)
+    try:
+        signer = signer_type.principal(att.signer_key)
+    except CodecError as exc:
+        raise AuthenticationError(f"{what}: malformed signer key: {exc}") from None
+    _window_check(says, now_ns, what)
+
+    if att.serialized_delegation is None:
+        if not says.speaker.is_sub_principal_of(signer):
+            raise AuthenticationError(
+                f"{what}: speaker {says.speaker} is not the signer {signer} "
+                "or one of its sub-principals"
+            )
+        return Proven(
+            speaker=says.speaker,
+            message=says.message,
+            statement=says,
+            not_before=says.time,
+            not_after=says.expiration,
+            signer=signer,
+            root_signer=signer,
+            root_signer_type=att.signer_type,
+            root_signer_key=att.signer_key,
+            root_endorsement=att.root_endorsement,
+        )
+
+    if depth + 1 > MAX_DELEGATION_DEPTH:
+        raise AuthenticationError(f"delegation chain is longer than {MAX_DELEGATION_DEPTH}")
+    try:
+        delegation = Attestation.from_bytes(att.serialized_delegation)
+    except CodecError as exc:
+        raise AuthenticationError(f"{what}: malformed delegation: {exc}") from None
+    inner = _validate(delegation, now_ns, depth=depth + 1)
+    dwhat = f"delegation (level {depth + 1})"
+    msg = inner.message
+    if not isinstance(msg, auth.Speaksfor):
+        raise AuthenticationError(f"{dwhat}: the delegation is not a speaksfor statement")
+    if not isinstance(msg.delegate, auth.Prin) or not isinstance(msg.delegator, auth.Prin):
+        raise AuthenticationError(f"{dwhat}: delegate and delegator must be principals")
+    if inner.speaker != msg.delegator:
+        raise AuthenticationError(
+            f"{dwhat}: speaker {inner.speaker} is not the delegator {msg.delegator}"
+        )
+    if not msg.delegate.is_sub_principal_of(signer):
+        raise AuthenticationError(
+            f"{dwhat}: delegate {msg.delegate} is not the signer {signer} of the {what}"
+        )
+    if not says.speaker.is_sub_principal_of(msg.delegator):
+        raise AuthenticationError(
+            f"{what}: speaker {says.speaker} is not the delegator {msg.delegator} "
+            "or one of its sub-principals"
+        )
+    return Proven(
+        speaker=says.speaker,
+        message=says.message,
+        statement=says,
+        not_before=_intersect(says.time, inner.not_before, max),
+        not_after=_intersect(says.expiration, inner.not_after, min),
+        signer=signer,
+        root_signer=inner.root_signer,
+        root_signer_type=inner.root_signer_type,
+        root_signer_key=inner.root_signer_key,
+        root_endorsement=att.root_endorsement or inner.root_endorsement,
+    )
+
+
+def _check_rooted_in_policy(proven: Proven, policy: bytes | PolicyAnchor, now_ns: int) -> None:
+    anchor = policy if isinstance(policy, PolicyAnchor) else PolicyAnchor(policy, now_ns=now_ns)
+    anchor.check_window(now_ns)
+    if proven.root_signer_type == "key" and proven.root_signer_key == anchor.public_key_der:
+        return
+    if proven.root_endorsement is None:
+        raise AuthenticationError(
+            f"the chain's root signer {proven.root_signer} is not the policy key and "
+            "carries no root endorsement from it"
+        )
+    anchor.verify_host_certificate(
+        proven.root_endorsement,
+        host_key_der=proven.root_signer_key,
+        signer_type=proven.root_signer_type,
+        now_ns=now_ns,
+    )

@@ -1,0 +1,330 @@
+"""X.509 profile for certificates issued by a domain's policy key.
+
+Three kinds of certificate exist, all ECDSA with SHA-256 (SHA-384 for P-384 keys):
+
+* the **policy certificate**: self-signed by the policy key; a CA
+  (``basicConstraints CA:TRUE, pathlen:0``; key usages keyCertSign, cRLSign). It is
+  the only trust root of a domain.
+* a **host certificate** (carried as an attestation's ``root_endorsement``): the policy
+  key certifies that a Tao host's attestation key is a host of this domain. Not a CA;
+  key usage digitalSignature; extended key usage id-taonet-host.
+* program certificates (for Tao channels) arrive with the channel layer and follow the
+  same rules.
+
+Every issued certificate has a random 159-bit serial number (the original CloudProxy
+always used 0), a validity window, a subject common name with the human-readable
+principal, and the principal's binary auth encoding in the extension
+``id-taonet-principal`` (OID below, non-critical). Verification checks, in this order:
+parse, issuer signature by the policy key, validity window against the caller's clock,
+certificate kind (extended key usage), subject key equal to the key the caller expects,
+and principal extension equal to that key's principal.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import secrets
+from collections import OrderedDict
+from typing import Final
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from taonet import auth
+from taonet._errors import AuthenticationError, CodecError
+from taonet.crypto import Signer
+
+__all__ = [
+    "OID_TAONET_HOST",
+    "OID_TAONET_PRINCIPAL",
+    "PolicyAnchor",
+    "certificate_principal",
+    "issue_host_certificate",
+    "load_certificate",
+    "make_policy_certificate",
+    "public_key_der",
+    "verify_host_certificate",
+    "verify_policy_certificate",
+]
+
+# 2.25.<uuid> arcs need no registration (ITU-T X.667).
+_ARC: Final = "2.25.184001271471987179187705270170102784850"
+OID_TAONET_PRINCIPAL: Final = x509.ObjectIdentifier(_ARC + ".1")
+OID_TAONET_HOST: Final = x509.ObjectIdentifier(_ARC + ".2")
+
+MAX_CERT_BYTES: Final = 64 * 1024
+
+
+def _hash_for(signer: Signer) -> hashes.SHA256 | hashes.SHA384:
+    return hashes.SHA384() if signer.key_type == "ecdsap384" else hashes.SHA256()
+
+
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    """digitalSignature, plus keyCertSign and cRLSign for the policy CA."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _random_serial() -> int:
+    # Positive, at most 20 octets in DER, never 0.
+    return secrets.randbits(159) | 1
+
+
+def _utc(ns: int) -> _dt.datetime:
+    return _dt.datetime.fromtimestamp(ns / 1e9, tz=_dt.UTC)
+
+
+def _name(common_name: str, organization: str | None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64] or "-")]
+    if organization:
+        attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization[:64]))
+    return x509.Name(attrs)
+
+
+def public_key_der(cert: x509.Certificate) -> bytes:
+    """The certificate's subject public key as PKIX DER."""
+    return cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def load_certificate(der: bytes, *, what: str = "certificate") -> x509.Certificate:
+    """Parse a DER certificate; raise CodecError on anything else."""
+    if not isinstance(der, bytes) or len(der) > MAX_CERT_BYTES:
+        raise CodecError(f"{what}: not a DER certificate of at most {MAX_CERT_BYTES} bytes")
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise CodecError(f"{what}: malformed DER certificate: {exc}") from None
+
+
+def make_policy_certificate(
+    signer: Signer,
+    *,
+    common_name: str,
+    organization: str | None = None,
+    now_ns: int,
+    validity_days: int = 3650,
+) -> bytes:
+    """Create the self-signed policy certificate for ``signer`` (DER)."""
+    name = _name(common_name, organization)
+    pub = signer.private_key.public_key()
+    principal = auth.key_principal(signer.public_key_der())
+    not_before = _utc(now_ns) - _dt.timedelta(minutes=5)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(pub)
+        .serial_number(_random_serial())
+        .not_valid_before(not_before)
+        .not_valid_after(_utc(now_ns) + _dt.timedelta(days=validity_days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(ca=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
+        .add_extension(
+            x509.UnrecognizedExtension(OID_TAONET_PRINCIPAL, auth.encode(principal)),
+            critical=False,
+        )
+    )
+    cert = builder.sign(signer.private_key, _hash_for(signer))
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def issue_host_certificate(
+    policy_signer: Signer,
+    policy_cert_der: bytes,
+    host_key_der: bytes,
+    *,
+    now_ns: int,
+    validity_days: int = 365,
+    signer_type: str = "key",
+) -> bytes:
+    """The policy key certifies a host attestation key (DER, PKIX) as a domain host.
+
+    Returns the DER certificate to carry as ``root_endorsement``.
+    """
+    policy_cert = load_certificate(policy_cert_der, what="policy certificate")
+    try:
+        host_pub = serialization.load_der_public_key(host_key_der)
+    except ValueError as exc:
+        raise CodecError(f"host key: malformed public key: {exc}") from None
+    if not isinstance(host_pub, ec.EllipticCurvePublicKey):
+        raise CodecError("host key: not an ECDSA public key")
+    principal = auth.principal_for_key(signer_type, host_key_der)
+    not_before = _utc(now_ns) - _dt.timedelta(minutes=5)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(str(principal), "taonet host"))
+        .issuer_name(policy_cert.subject)
+        .public_key(host_pub)
+        .serial_number(_random_serial())
+        .not_valid_before(not_before)
+        .not_valid_after(_utc(now_ns) + _dt.timedelta(days=validity_days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(ca=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([OID_TAONET_HOST]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                policy_signer.private_key.public_key()
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.UnrecognizedExtension(OID_TAONET_PRINCIPAL, auth.encode(principal)),
+            critical=False,
+        )
+    )
+    cert = builder.sign(policy_signer.private_key, _hash_for(policy_signer))
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def certificate_principal(cert: x509.Certificate) -> auth.Prin:
+    """The principal carried in a certificate's id-taonet-principal extension."""
+    try:
+        ext = cert.extensions.get_extension_for_oid(OID_TAONET_PRINCIPAL)
+    except x509.ExtensionNotFound:
+        raise AuthenticationError("certificate has no taonet principal extension") from None
+    value = ext.value
+    if not isinstance(value, x509.UnrecognizedExtension):
+        raise AuthenticationError("certificate principal extension is malformed")
+    try:
+        return auth.decode_prin(value.value)
+    except CodecError as exc:
+        raise AuthenticationError(f"certificate principal extension: {exc}") from None
+
+
+def _check_signed_by(cert: x509.Certificate, issuer_key: ec.EllipticCurvePublicKey) -> None:
+    algo = cert.signature_hash_algorithm
+    if not isinstance(algo, hashes.SHA256 | hashes.SHA384):
+        raise AuthenticationError("certificate is not signed with ECDSA-SHA256/384")
+    try:
+        issuer_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algo))
+    except InvalidSignature:
+        raise AuthenticationError("certificate is not signed by this domain's policy key") from None
+
+
+def _check_window(cert: x509.Certificate, now_ns: int, what: str) -> None:
+    now = _utc(now_ns)
+    if now < cert.not_valid_before_utc:
+        raise AuthenticationError(f"{what} is not valid until {cert.not_valid_before_utc}")
+    if now > cert.not_valid_after_utc:
+        raise AuthenticationError(f"{what} expired at {cert.not_valid_after_utc}")
+
+
+def _policy_public_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise AuthenticationError("policy certificate does not hold an ECDSA key")
+    return key
+
+
+def verify_policy_certificate(policy_cert_der: bytes, *, now_ns: int) -> x509.Certificate:
+    """Check the self-signed policy certificate and return it parsed."""
+    return PolicyAnchor(policy_cert_der, now_ns=now_ns).cert
+
+
+def verify_host_certificate(
+    cert_der: bytes,
+    policy_cert_der: bytes,
+    *,
+    host_key_der: bytes,
+    signer_type: str = "key",
+    now_ns: int,
+) -> x509.Certificate:
+    """Check that ``cert_der`` is a host certificate from this policy key for ``host_key_der``.
+
+    Raises AuthenticationError saying what failed. To check many, build a
+    :class:`PolicyAnchor` once and use its method of the same name.
+    """
+    return PolicyAnchor(policy_cert_der, now_ns=now_ns).verify_host_certificate(
+        cert_der, host_key_der=host_key_der, signer_type=signer_type, now_ns=now_ns
+    )
+
+
+class PolicyAnchor:
+    """A domain's policy certificate, checked once, to verify many certificates against.
+
+    Construction checks the self-signature and validity window. Host certificates
+    that pass every check are remembered by their exact bytes (a bounded cache), so
+    checking the same certificate again costs a dictionary look-up and the
+    validity-window comparison, which is always redone against the caller's clock.
+    """
+
+    _CACHE_SIZE: Final = 1024
+
+    def __init__(self, policy_cert_der: bytes, *, now_ns: int) -> None:
+        try:
+            cert = load_certificate(policy_cert_der, what="policy certificate")
+        except CodecError as exc:
+            raise AuthenticationError(str(exc)) from None
+        self.der: Final = policy_cert_der
+        self.cert: Final = cert
+        self.public_key: Final = _policy_public_key(cert)
+        self.public_key_der: Final = public_key_der(cert)
+        _check_signed_by(cert, self.public_key)
+        self.check_window(now_ns)
+        self._verified: OrderedDict[tuple[bytes, bytes, str], x509.Certificate] = OrderedDict()
+
+    def check_window(self, now_ns: int) -> None:
+        """Raise AuthenticationError unless the policy certificate is valid at ``now_ns``."""
+        _check_window(self.cert, now_ns, "policy certificate")
+
+    def verify_host_certificate(
+        self,
+        cert_der: bytes,
+        *,
+        host_key_der: bytes,
+        signer_type: str = "key",
+        now_ns: int,
+    ) -> x509.Certificate:
+        """Check a host certificate from this policy key for ``host_key_der``."""
+        self.check_window(now_ns)
+        key = (cert_der, host_key_der, signer_type)
+        cert = self._verified.get(key)
+        if cert is None:
+            cert = self._verify_host_once(cert_der, host_key_der, signer_type)
+            self._verified[key] = cert
+            if len(self._verified) > self._CACHE_SIZE:
+                self._verified.popitem(last=False)
+        _check_window(cert, now_ns, "host certificate")
+        return cert
+
+    def _verify_host_once(
+        self, cert_der: bytes, host_key_der: bytes, signer_type: str
+    ) -> x509.Certificate:
+        try:
+            cert = load_certificate(cert_der, what="host certificate")
+        except CodecError as exc:
+            raise AuthenticationError(str(exc)) from None
+        _check_signed_by(cert, self.public_key)
+        if cert.issuer != self.cert.subject:
+            raise AuthenticationError(
+                "host certificate issuer is not the policy certificate subject"
+            )
+        try:
+            eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            eku = None
+        if eku is None or OID_TAONET_HOST not in eku:
+            raise AuthenticationError("certificate is not a taonet host certificate")
+        if public_key_der(cert) != host_key_der:
+            raise AuthenticationError(
+                "host certificate certifies a different key than the signer's"
+            )
+        expected = auth.principal_for_key(signer_type, host_key_der)
+        if certificate_principal(cert) != expected:
+            raise AuthenticationError(f"host certificate names another principal than {expected}")
+        return cert
