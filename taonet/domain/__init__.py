@@ -1,0 +1,36 @@
+"""Domains and guards: the policy key, what it trusts, and how that is decided.
+
+* :class:`Domain` opens or creates a domain directory; :class:`DomainTemplate` and
+  :class:`DomainConfig` are its TOML files.
+* Guards (:class:`LiberalGuard`, :class:`ConservativeGuard`, :class:`ACLGuard`) answer
+  ``Authorized(P, op, args)`` queries; their evaluation is pure.
+* :func:`measure_file`, :func:`program_subprin`, :func:`policy_key_subprin` name programs.
+"""
+
+from __future__ import annotations
+
+from taonet.domain._domain import Domain, DomainConfig, DomainTemplate
+from taonet.domain._guard import (
+    GUARD_KINDS,
+    ACLGuard,
+    ConservativeGuard,
+    Guard,
+    LiberalGuard,
+    authorized,
+)
+from taonet.domain._programs import measure_file, policy_key_subprin, program_subprin
+
+__all__ = [
+    "GUARD_KINDS",
+    "ACLGuard",
+    "ConservativeGuard",
+    "Domain",
+    "DomainConfig",
+    "DomainTemplate",
+    "Guard",
+    "LiberalGuard",
+    "authorized",
+    "measure_file",
+    "policy_key_subprin",
+    "program_subprin",
+]

@@ -1,0 +1,351 @@
+"""Domain directories: the policy key, its certificate, the configuration and the guard.
+
+Layout of a domain directory (all written atomically; the keyset mode 0600)::
+
+    domain.toml              configuration (name, guard kind, certificate lifetimes)
+    policy_keys/keys         the policy key, in a password-protected keyset
+    policy_keys/cert.der     the self-signed policy certificate (the domain's trust root)
+    acls                     the ACL guard's SignedACLSet (guard = "ACL" only)
+
+:meth:`Domain.load` needs no password: it reads the public parts, checks the policy
+certificate and verifies the guard's signature with the policy key (a hand-edited
+``acls`` file is refused). Changing policy or certifying hosts needs the policy key,
+which :meth:`Domain.unlock` opens with the password.
+"""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import tomli_w
+
+from taonet import auth, certs
+from taonet._errors import AuthenticationError, CodecError, ConfigError
+from taonet._files import atomic_write, read_file
+from taonet.crypto import KdfParams, Keyset, Signer, Verifier, load_keyset, save_keyset
+from taonet.domain._guard import GUARD_KINDS, ACLGuard, Guard
+from taonet.domain._programs import measure_file, policy_key_subprin, program_subprin
+
+__all__ = ["Domain", "DomainConfig", "DomainTemplate"]
+
+CONFIG_FILE: Final = "domain.toml"
+KEYS_FILE: Final = "policy_keys/keys"
+CERT_FILE: Final = "policy_keys/cert.der"
+ACL_FILE: Final = "acls"
+_MAX_FILE: Final = 16 * 1024 * 1024
+
+
+def _positive_days(_: Any, attribute: Any, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 36500:
+        raise ConfigError(f"{attribute.name} must be a whole number of days from 1 to 36500")
+
+
+def _guard_kind(_: Any, attribute: Any, value: str) -> None:
+    if value not in GUARD_KINDS:
+        raise ConfigError(f"guard must be one of {', '.join(GUARD_KINDS)}, not {value!r}")
+
+
+def _curve(_: Any, attribute: Any, value: str) -> None:
+    if value not in ("P-256", "P-384"):
+        raise ConfigError(f"policy key curve must be P-256 or P-384, not {value!r}")
+
+
+@attrs.frozen
+class DomainConfig:
+    """The contents of ``domain.toml``."""
+
+    name: str
+    guard: str = attrs.field(validator=_guard_kind)
+    host_validity_days: int = attrs.field(default=365, validator=_positive_days)
+    program_validity_days: int = attrs.field(default=30, validator=_positive_days)
+
+    def to_toml(self) -> bytes:
+        doc = {
+            "domain": {"name": self.name, "guard": self.guard},
+            "certificates": {
+                "host_validity_days": self.host_validity_days,
+                "program_validity_days": self.program_validity_days,
+            },
+        }
+        return tomli_w.dumps(doc).encode()
+
+    @classmethod
+    def from_toml(cls, data: bytes, *, source: str = CONFIG_FILE) -> DomainConfig:
+        doc = _parse_toml(data, source)
+        domain = _table(doc, "domain", source)
+        certificates = _table(doc, "certificates", source)
+        try:
+            return cls(
+                name=_get(domain, "name", str, source),
+                guard=_get(domain, "guard", str, source),
+                host_validity_days=_get(certificates, "host_validity_days", int, source, 365),
+                program_validity_days=_get(certificates, "program_validity_days", int, source, 30),
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+
+@attrs.frozen
+class DomainTemplate:
+    """What ``taonet domain init`` builds a domain from (a TOML file; see the default)."""
+
+    name: str = "taonet-domain"
+    guard: str = attrs.field(default="ACL", validator=_guard_kind)
+    curve: str = attrs.field(default="P-256", validator=_curve)
+    common_name: str = "taonet policy key"
+    organization: str = "taonet"
+    validity_days: int = attrs.field(default=3650, validator=_positive_days)
+    host_validity_days: int = attrs.field(default=365, validator=_positive_days)
+    program_validity_days: int = attrs.field(default=30, validator=_positive_days)
+    rules: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    programs: tuple[Path, ...] = attrs.field(default=(), converter=tuple)
+
+    @classmethod
+    def load(cls, path: str | Path) -> DomainTemplate:
+        """Read a template file; program paths are relative to its directory."""
+        p = Path(path)
+        data = read_file(p, limit=_MAX_FILE)
+        return cls.from_toml(data, base=p.parent, source=str(p))
+
+    @classmethod
+    def from_toml(cls, data: bytes, *, base: Path, source: str) -> DomainTemplate:
+        doc = _parse_toml(data, source)
+        unknown = set(doc) - {"domain", "policy_key", "certificates", "acl"}
+        if unknown:
+            raise ConfigError(f"{source}: unknown section(s) {', '.join(sorted(unknown))}")
+        d = _table(doc, "domain", source)
+        k = _table(doc, "policy_key", source)
+        c = _table(doc, "certificates", source)
+        a = _table(doc, "acl", source)
+        dflt = cls()
+        try:
+            rules = _get(a, "rules", list, source, [])
+            programs = _get(a, "programs", list, source, [])
+            if not all(isinstance(r, str) for r in rules + programs):
+                raise ConfigError("acl.rules and acl.programs must be lists of strings")
+            return cls(
+                name=_get(d, "name", str, source, dflt.name),
+                guard=_get(d, "guard", str, source, dflt.guard),
+                curve=_get(k, "curve", str, source, dflt.curve),
+                common_name=_get(k, "common_name", str, source, dflt.common_name),
+                organization=_get(k, "organization", str, source, dflt.organization),
+                validity_days=_get(k, "validity_days", int, source, dflt.validity_days),
+                host_validity_days=_get(
+                    c, "host_validity_days", int, source, dflt.host_validity_days
+                ),
+                program_validity_days=_get(
+                    c, "program_validity_days", int, source, dflt.program_validity_days
+                ),
+                rules=tuple(rules),
+                programs=tuple(base / p for p in programs),
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+
+def _parse_toml(data: bytes, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{source} is not valid TOML: {exc}") from None
+
+
+def _table(doc: dict[str, Any], key: str, source: str) -> dict[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: [{key}] must be a table")
+    return value
+
+
+def _get(table: dict[str, Any], key: str, kind: type, source: str, default: Any = ...) -> Any:
+    if key not in table:
+        if default is ...:
+            raise ConfigError(f"missing {key}")
+        return default
+    value = table[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} must be a {kind.__name__}")
+    return value
+
+
+class Domain:
+    """A domain directory opened for reading (see the module docstring)."""
+
+    def __init__(
+        self,
+        path: Path,
+        config: DomainConfig,
+        policy_cert: bytes,
+        guard: Guard,
+        *,
+        now_ns: int | None = None,
+    ) -> None:
+        self.path: Final = path
+        self.config: Final = config
+        self.policy_cert: Final = policy_cert
+        self.guard = guard
+        try:
+            self.policy_anchor: Final = certs.PolicyAnchor(
+                policy_cert, now_ns=time.time_ns() if now_ns is None else now_ns
+            )
+        except AuthenticationError as exc:
+            raise ConfigError(f"{path / CERT_FILE}: {exc}") from None
+        self._policy_key_der = self.policy_anchor.public_key_der
+        self.policy_verifier: Final = Verifier.from_der(self._policy_key_der)
+        self.policy_principal: Final = auth.key_principal(self._policy_key_der)
+
+    # -- create and open ----------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        template: DomainTemplate,
+        password: bytes,
+        *,
+        kdf: KdfParams | None = None,
+        now_ns: int | None = None,
+    ) -> Domain:
+        """Create a new domain directory from ``template`` (refuses to overwrite one)."""
+        root = Path(path)
+        if (root / CONFIG_FILE).exists() or (root / KEYS_FILE).exists():
+            raise ConfigError(f"{root} already holds a domain")
+        if not password:
+            raise ConfigError("the policy key password must not be empty")
+        if template.guard != "ACL" and (template.rules or template.programs):
+            raise ConfigError(f"the {template.guard} guard takes no rules or programs")
+        now = time.time_ns() if now_ns is None else now_ns
+        # Resolve everything that can fail before writing anything.
+        rules = [_parse_rule(r) for r in template.rules]
+        programs = [measure_file(p) for p in template.programs]
+        signer = Signer.generate(template.curve)
+        cert = certs.make_policy_certificate(
+            signer,
+            common_name=template.common_name,
+            organization=template.organization,
+            now_ns=now,
+            validity_days=template.validity_days,
+        )
+        config = DomainConfig(
+            name=template.name,
+            guard=template.guard,
+            host_validity_days=template.host_validity_days,
+            program_validity_days=template.program_validity_days,
+        )
+        root.mkdir(parents=True, exist_ok=True, mode=0o755)
+        (root / "policy_keys").mkdir(exist_ok=True, mode=0o700)
+        save_keyset(
+            root / KEYS_FILE,
+            Keyset(signer=signer, crypter=None, deriving_key=None),
+            password,
+            kdf=kdf or KdfParams.default(),
+        )
+        atomic_write(root / CERT_FILE, cert, mode=0o644)
+        guard: Guard = GUARD_KINDS[config.guard]()
+        domain = cls(root, config, cert, guard, now_ns=now)
+        if isinstance(guard, ACLGuard):
+            for h in programs:
+                guard = guard.with_rule(domain.program_rule(h))
+            for rule in rules:
+                guard = guard.with_rule(rule)
+            domain.save_guard(guard, signer)
+        atomic_write(root / CONFIG_FILE, config.to_toml(), mode=0o644)
+        return domain
+
+    @classmethod
+    def load(cls, path: str | Path, *, now_ns: int | None = None) -> Domain:
+        """Open a domain directory, checking its policy certificate and guard signature."""
+        root = Path(path)
+        if not (root / CONFIG_FILE).exists():
+            raise ConfigError(f"{root} is not a domain directory (no {CONFIG_FILE})")
+        config = DomainConfig.from_toml(
+            read_file(root / CONFIG_FILE, limit=_MAX_FILE), source=str(root / CONFIG_FILE)
+        )
+        cert = read_file(root / CERT_FILE, limit=64 * 1024)
+        guard: Guard = GUARD_KINDS[config.guard]()
+        domain = cls(root, config, cert, guard, now_ns=now_ns)
+        if config.guard == "ACL":
+            signed = read_file(root / ACL_FILE, limit=_MAX_FILE)
+            try:
+                domain.guard = ACLGuard.from_signed(signed, domain.policy_verifier)
+            except AuthenticationError as exc:
+                raise ConfigError(f"{root / ACL_FILE}: refused: {exc}") from None
+        return domain
+
+    def unlock(self, password: bytes) -> Signer:
+        """Open the policy key; ConfigError on a wrong password or a mismatched key."""
+        keyset = load_keyset(self.path / KEYS_FILE, password)
+        if keyset.signer.public_key_der() != self._policy_key_der:
+            raise ConfigError("the policy keyset does not match the policy certificate")
+        return keyset.signer
+
+    # -- names ------------------------------------------------------------------
+
+    @property
+    def policy_subprin(self) -> auth.SubPrin:
+        """``PolicyKey([hash])``, the extension of programs bound to this domain."""
+        return policy_key_subprin(self.policy_principal)
+
+    def program_rule(self, program_hash: bytes) -> auth.Form:
+        """``Authorized(ext.Program([hash]), "Execute")``."""
+        return auth.Pred(
+            "Authorized",
+            (auth.PrinTail(program_subprin(program_hash)), auth.Str("Execute")),
+        )
+
+    def program_name(
+        self, program_hash: bytes, *, host: auth.Prin | None = None
+    ) -> auth.Prin | auth.PrinTail:
+        """The name a program gets on ``host`` once bound to this domain.
+
+        Without a host, the tail ``ext.Program([h]).PolicyKey([k])`` that follows the
+        host's name.
+        """
+        ext = auth.SubPrin(program_subprin(program_hash).exts + self.policy_subprin.exts)
+        if host is None:
+            return auth.PrinTail(ext)
+        return host.extend(ext)
+
+    # -- changes that need the policy key ------------------------------------------
+
+    def save_guard(self, guard: Guard, signer: Signer) -> None:
+        """Sign and store ``guard`` (ACL guards only) and make it this domain's guard."""
+        if not isinstance(guard, ACLGuard):
+            raise ConfigError(f"the {guard.kind} guard has no rules to store")
+        if self.config.guard != "ACL":
+            raise ConfigError(f"this domain uses the {self.config.guard} guard, not ACL")
+        if signer.public_key_der() != self._policy_key_der:
+            raise ConfigError("only the policy key may sign this domain's guard")
+        atomic_write(self.path / ACL_FILE, guard.to_signed(signer), mode=0o644)
+        self.guard = guard
+
+    def certify_host(
+        self,
+        signer: Signer,
+        host_key_der: bytes,
+        *,
+        signer_type: str = "key",
+        now_ns: int | None = None,
+    ) -> bytes:
+        """Issue a host certificate (root endorsement) for a host's attestation key."""
+        if signer.public_key_der() != self._policy_key_der:
+            raise ConfigError("only the policy key may certify hosts of this domain")
+        return certs.issue_host_certificate(
+            signer,
+            self.policy_cert,
+            host_key_der,
+            now_ns=time.time_ns() if now_ns is None else now_ns,
+            validity_days=self.config.host_validity_days,
+            signer_type=signer_type,
+        )
+
+
+def _parse_rule(text: str) -> auth.Form:
+    try:
+        return auth.parse_form(text)
+    except CodecError as exc:
+        raise ConfigError(f"guard rule {text!r} is not a formula: {exc}") from None
