@@ -23,6 +23,7 @@ Verification never returns False: every failure raises
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from typing import Any, Final
@@ -115,15 +116,7 @@ class Verifier:
         """
         if not isinstance(spki, bytes | bytearray | memoryview):
             raise CodecError(f"public key: expected bytes, got {type(spki).__name__}")
-        raw = bytes(spki)
-        try:
-            key = serialization.load_der_public_key(raw)
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            raise CodecError(f"public key: not a valid PKIX DER public key: {exc}") from None
-        verifier = cls.from_public_key(key)
-        if verifier._der != raw:
-            raise CodecError("public key: not in canonical DER form (uncompressed point)")
-        return verifier
+        return _verifier_from_der(bytes(spki))
 
     @property
     def public_key(self) -> ec.EllipticCurvePublicKey:
@@ -280,3 +273,17 @@ class Signer:
     def __repr__(self) -> str:
         fp = hashlib.sha256(self.public_key_der()).hexdigest()[:16]
         return f"Signer({self._key_type}, public sha256:{fp})"
+
+
+@functools.lru_cache(maxsize=1024)
+def _verifier_from_der(raw: bytes) -> Verifier:
+    # Cached by the exact bytes: validating many attestations from the same hosts
+    # parses each key once. Verifiers are immutable; failures are not cached.
+    try:
+        key = serialization.load_der_public_key(raw)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise CodecError(f"public key: not a valid PKIX DER public key: {exc}") from None
+    verifier = Verifier.from_public_key(key)
+    if verifier._der != raw:
+        raise CodecError("public key: not in canonical DER form (uncompressed point)")
+    return verifier

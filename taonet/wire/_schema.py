@@ -63,7 +63,11 @@ _SCHEMA: Final[dict[str, list[tuple[str, int, int, str]]]] = {
     "ACLSet": [("entries", 1, _REP, "string")],
     "SignedACLSet": [("serialized_aclset", 1, _REQ, "bytes"), ("signature", 2, _REQ, "bytes")],
     # Tao RPC (tao_rpc.proto, protorpc header).
-    "RPCHeader": [("op", 1, _REQ, "string"), ("seq", 2, _REQ, "uint64"), ("error", 3, _OPT, "string")],
+    "RPCHeader": [
+        ("op", 1, _REQ, "string"),
+        ("seq", 2, _REQ, "uint64"),
+        ("error", 3, _OPT, "string"),
+    ],
     "RPCRequest": [
         ("data", 1, _OPT, "bytes"),
         ("size", 2, _OPT, "int32"),
@@ -117,8 +121,12 @@ MESSAGES: Final = _build()
 MAX_MESSAGE_BYTES: Final = 20 * 1024 * 1024
 
 
-def message_class(name: str) -> type[Message]:
-    """Return the message class called ``name`` (e.g. ``"Attestation"``)."""
+def message_class(name: str) -> Any:
+    """Return the message class called ``name`` (e.g. ``"Attestation"``).
+
+    Typed ``Any``: the classes are built at run time, so their fields are not known
+    to the type checker. Callers keep them behind typed conversion functions.
+    """
     return MESSAGES[name]
 
 

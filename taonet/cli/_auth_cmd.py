@@ -1,0 +1,50 @@
+"""``taonet auth parse|encode|decode``: the auth language from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+from typing import Any
+
+from taonet import auth
+from taonet._errors import CodecError
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("auth", help="parse, encode and decode auth formulas")
+    cmds = p.add_subparsers(dest="auth_command", metavar="ACTION", required=True)
+    parse = cmds.add_parser("parse", help="print a formula's canonical text")
+    parse.add_argument("form", metavar="FORM")
+    parse.set_defaults(func=_parse)
+    enc = cmds.add_parser("encode", help="print base64url of a formula's binary encoding")
+    enc.add_argument("form", metavar="FORM")
+    enc.set_defaults(func=_encode)
+    dec = cmds.add_parser("decode", help="print the text of a base64url binary formula")
+    dec.add_argument("data", metavar="B64URL")
+    dec.set_defaults(func=_decode)
+
+
+def _parse(args: argparse.Namespace) -> int:
+    print(auth.parse_form(args.form))
+    return 0
+
+
+def _encode(args: argparse.Namespace) -> int:
+    data = auth.encode(auth.parse_form(args.form))
+    print(base64.urlsafe_b64encode(data).decode().rstrip("="))
+    return 0
+
+
+def b64url_decode(text: str) -> bytes:
+    """Decode base64url with or without padding; CodecError otherwise."""
+    cleaned = text.strip()
+    try:
+        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise CodecError("not base64url") from None
+
+
+def _decode(args: argparse.Namespace) -> int:
+    print(auth.decode_form(b64url_decode(args.data)))
+    return 0
