@@ -227,6 +227,10 @@ class _Reader:
     def uvarint(self) -> int:
         data = self.data
         start = self.pos
+        # Fast path: tags, counts and short lengths are single bytes.
+        if start < len(data) and data[start] < 0x80:
+            self.pos = start + 1
+            return data[start]
         result = 0
         for i in range(10):
             p = start + i

@@ -77,10 +77,26 @@ def _spki_der(key: ec.EllipticCurvePublicKey) -> bytes:
     )
 
 
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 def contextualized_digest(data: bytes, context: str) -> bytes:
-    """SHA-256 of the serialized ``ContextualizedData{context, data}``: what ECDSA signs."""
-    wrapper = message_class("ContextualizedData")(context=context, data=bytes(data))
-    return hashlib.sha256(serialize(wrapper)).digest()
+    """SHA-256 of the serialized ``ContextualizedData{context, data}``: what ECDSA signs.
+
+    The two-field proto2 message is written directly (field 1 as 0x0a + length +
+    UTF-8, field 2 as 0x12 + length + bytes: exactly what protobuf serializes), so
+    signing and verifying build no message object and copy ``data`` into no buffer.
+    """
+    ctx = context.encode("utf-8")
+    digest = hashlib.sha256(b"\x0a" + _uvarint(len(ctx)) + ctx + b"\x12" + _uvarint(len(data)))
+    digest.update(data)
+    return digest.digest()
 
 
 class Verifier:

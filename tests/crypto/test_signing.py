@@ -303,3 +303,14 @@ def test_golden_vector_verifies(vector: dict[str, str]) -> None:
     verifier.verify(data, vector["context"], signer.sign(data, vector["context"]))
     with pytest.raises(AuthenticationError):
         verifier.verify(data + b"!", vector["context"], sig)
+
+
+@given(st.binary(max_size=2000), st.text(max_size=300))
+def test_contextualized_digest_is_sha256_of_the_protobuf(data: bytes, context: str) -> None:
+    import hashlib
+
+    from taonet.crypto import contextualized_digest
+    from taonet.wire import message_class, serialize
+
+    wrapper = message_class("ContextualizedData")(context=context, data=data)
+    assert contextualized_digest(data, context) == hashlib.sha256(serialize(wrapper)).digest()
