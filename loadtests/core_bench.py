@@ -7,6 +7,8 @@ Measures, each for a fixed time slice in this process:
   with the chain to the policy key (host certificate check);
 * seal and unseal of 1 KiB on the soft Tao.
 
+The measurements alternate in rounds and each rate is the median over the rounds.
+
 Prints a table, then as its last line one JSON object with every rate (operations per
 second) and the ratios ``attest_vs_raw_sign`` and ``validate_vs_raw_verify``.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,27 +36,44 @@ from taonet.hosts import SoftHost
 
 
 def rate(fn: Callable[[], object], seconds: float) -> float:
-    """Operations per second of ``fn`` over about ``seconds`` (after a short warm-up)."""
-    for _ in range(20):
-        fn()
+    """Operations per second of ``fn`` over about ``seconds``."""
     count = 0
     start = time.perf_counter()
     deadline = start + seconds
     while True:
-        for _ in range(50):
+        for _ in range(25):
             fn()
-        count += 50
+        count += 25
         now = time.perf_counter()
         if now >= deadline:
             return count / (now - start)
 
 
+def interleaved(
+    fns: dict[str, Callable[[], object]], seconds: float, rounds: int
+) -> dict[str, float]:
+    """Median rate of each function over ``rounds`` alternating slices.
+
+    Alternating the baseline with the subjects, slice by slice, keeps a change of
+    machine load from landing on one side of a ratio only.
+    """
+    for fn in fns.values():  # warm up caches and lazy imports
+        for _ in range(20):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name].append(rate(fn, seconds / rounds))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a run of a few seconds")
-    parser.add_argument("--seconds", type=float, help="time slice per measurement")
+    parser.add_argument("--seconds", type=float, help="seconds per measured operation")
     args = parser.parse_args()
-    slice_s = args.seconds or (0.5 if args.quick else 3.0)
+    slice_s = args.seconds or (1.0 if args.quick else 6.0)
+    rounds = 5 if args.quick else 9
 
     with tempfile.TemporaryDirectory() as tmp:
         password = b"bench"
@@ -80,21 +100,23 @@ def main() -> None:
         data = b"x" * 1024
         sealed = trio.run(tao.seal, data)
 
-        results = {
-            "raw_sign_per_s": rate(
-                lambda: raw_key.sign(statement, ec.ECDSA(hashes.SHA256())), slice_s
-            ),
-            "raw_verify_per_s": rate(
-                lambda: raw_pub.verify(raw_sig, statement, ec.ECDSA(hashes.SHA256())), slice_s
-            ),
-            "attest_per_s": rate(lambda: host.attest_for(program, message), slice_s),
-            "validate_per_s": rate(lambda: validate(att_bytes, now_ns=now), slice_s),
-            "validate_with_policy_per_s": rate(
-                lambda: validate(att_bytes, now_ns=now, policy_cert=domain.policy_anchor), slice_s
-            ),
-            "seal_1k_per_s": rate(lambda: host.seal_for(program, data), slice_s),
-            "unseal_1k_per_s": rate(lambda: host.unseal_for(program, sealed), slice_s),
-        }
+        results = interleaved(
+            {
+                "raw_sign_per_s": lambda: raw_key.sign(statement, ec.ECDSA(hashes.SHA256())),
+                "raw_verify_per_s": lambda: raw_pub.verify(
+                    raw_sig, statement, ec.ECDSA(hashes.SHA256())
+                ),
+                "attest_per_s": lambda: host.attest_for(program, message),
+                "validate_per_s": lambda: validate(att_bytes, now_ns=now),
+                "validate_with_policy_per_s": lambda: validate(
+                    att_bytes, now_ns=now, policy_cert=domain.policy_anchor
+                ),
+                "seal_1k_per_s": lambda: host.seal_for(program, data),
+                "unseal_1k_per_s": lambda: host.unseal_for(program, sealed),
+            },
+            slice_s,
+            rounds,
+        )
     results["attest_vs_raw_sign"] = results["attest_per_s"] / results["raw_sign_per_s"]
     results["validate_vs_raw_verify"] = results["validate_per_s"] / results["raw_verify_per_s"]
     results["validate_with_policy_vs_raw_verify"] = (

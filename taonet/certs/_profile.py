@@ -216,12 +216,20 @@ def _check_signed_by(cert: x509.Certificate, issuer_key: ec.EllipticCurvePublicK
         raise AuthenticationError("certificate is not signed by this domain's policy key") from None
 
 
-def _check_window(cert: x509.Certificate, now_ns: int, what: str) -> None:
-    now = _utc(now_ns)
-    if now < cert.not_valid_before_utc:
-        raise AuthenticationError(f"{what} is not valid until {cert.not_valid_before_utc}")
-    if now > cert.not_valid_after_utc:
-        raise AuthenticationError(f"{what} expired at {cert.not_valid_after_utc}")
+def _window_ns(cert: x509.Certificate) -> tuple[int, int]:
+    """A certificate's validity window in ns since the epoch (certificates count seconds)."""
+    return (
+        int(cert.not_valid_before_utc.timestamp()) * 1_000_000_000,
+        int(cert.not_valid_after_utc.timestamp()) * 1_000_000_000,
+    )
+
+
+def _check_window(window: tuple[int, int], now_ns: int, what: str) -> None:
+    not_before, not_after = window
+    if now_ns < not_before:
+        raise AuthenticationError(f"{what} is not valid until {_utc(not_before)}")
+    if now_ns > not_after:
+        raise AuthenticationError(f"{what} expired at {_utc(not_after)}")
 
 
 def _policy_public_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
@@ -275,12 +283,15 @@ class PolicyAnchor:
         self.public_key: Final = _policy_public_key(cert)
         self.public_key_der: Final = public_key_der(cert)
         _check_signed_by(cert, self.public_key)
+        self._window = _window_ns(cert)
         self.check_window(now_ns)
-        self._verified: OrderedDict[tuple[bytes, bytes, str], x509.Certificate] = OrderedDict()
+        self._verified: OrderedDict[
+            tuple[bytes, bytes, str], tuple[x509.Certificate, tuple[int, int]]
+        ] = OrderedDict()
 
     def check_window(self, now_ns: int) -> None:
         """Raise AuthenticationError unless the policy certificate is valid at ``now_ns``."""
-        _check_window(self.cert, now_ns, "policy certificate")
+        _check_window(self._window, now_ns, "policy certificate")
 
     def verify_host_certificate(
         self,
@@ -293,14 +304,14 @@ class PolicyAnchor:
         """Check a host certificate from this policy key for ``host_key_der``."""
         self.check_window(now_ns)
         key = (cert_der, host_key_der, signer_type)
-        cert = self._verified.get(key)
-        if cert is None:
+        entry = self._verified.get(key)
+        if entry is None:
             cert = self._verify_host_once(cert_der, host_key_der, signer_type)
-            self._verified[key] = cert
+            entry = self._verified[key] = (cert, _window_ns(cert))
             if len(self._verified) > self._CACHE_SIZE:
                 self._verified.popitem(last=False)
-        _check_window(cert, now_ns, "host certificate")
-        return cert
+        _check_window(entry[1], now_ns, "host certificate")
+        return entry[0]
 
     def _verify_host_once(
         self, cert_der: bytes, host_key_der: bytes, signer_type: str

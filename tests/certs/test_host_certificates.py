@@ -141,3 +141,25 @@ def test_garbage_endorsement_is_refused(make_domain, now_ns) -> None:  # type: i
     att = attest(Signer.generate(), MESSAGE, now_ns=now_ns, root_endorsement=b"\x30\x03junk")
     with pytest.raises(AuthenticationError, match="malformed"):
         validate(att, now_ns=time.time_ns(), policy_cert=domain.policy_cert)
+
+
+async def test_anchor_cache_rechecks_the_window_and_the_key(make_domain, make_host) -> None:  # type: ignore[no-untyped-def]
+    domain = make_domain(host_validity_days=1)
+    host, rogue = make_host(domain), make_host()
+    anchor = domain.policy_anchor
+    att = await host.tao_for().attest(MESSAGE, expiration=time.time_ns() + 10 * DAY)
+    now = time.time_ns()
+    validate(att, now_ns=now, policy_cert=anchor)  # now cached
+    validate(att, now_ns=now, policy_cert=anchor)
+    with pytest.raises(AuthenticationError, match="host certificate expired"):
+        validate(att, now_ns=now + 2 * DAY, policy_cert=anchor)
+    # The cached certificate still only vouches for the key it names.
+    stapled = attrs.evolve(
+        await rogue.tao_for().attest(MESSAGE), root_endorsement=host.root_endorsement
+    )
+    with pytest.raises(AuthenticationError, match="different key"):
+        validate(stapled, now_ns=time.time_ns(), policy_cert=anchor)
+    direct = attest(domain.unlock(PASSWORD), MESSAGE, now_ns=now, expiration=now + 5000 * DAY)
+    validate(direct, now_ns=now, policy_cert=anchor)
+    with pytest.raises(AuthenticationError, match="policy certificate expired"):
+        validate(direct, now_ns=now + 4000 * DAY, policy_cert=anchor)
