@@ -63,7 +63,10 @@ __all__ = [
 ]
 
 #: Deepest nesting (of formulas, terms and parentheses) the parsers and decoders accept.
-MAX_DEPTH = 200
+#: Real policies nest a handful of levels. The limit is kept well under Python's
+#: recursion limit so that code working on a decoded value (comparing, hashing,
+#: printing, re-encoding it) has ample stack left, even deep inside a server.
+MAX_DEPTH = 64
 
 _T = TypeVar("_T")
 

@@ -329,12 +329,12 @@ def test_deep_text_nesting_is_a_codec_error() -> None:
 
 def test_moderate_nesting_parses() -> None:
     f: auth.Form = P1
-    for _ in range(30):
+    for _ in range(auth.MAX_DEPTH // 8):
         f = Not(And((P1, Says(TermVar("X"), f))))
     assert auth.parse_form(str(f)) == f
-    assert auth.parse_form("not " * 150 + "P(1)") is not None
+    assert auth.parse_form("not " * (auth.MAX_DEPTH - 4) + "P(1)") is not None
     t: auth.Term = Bytes(b"")
-    for i in range(40):
+    for i in range(auth.MAX_DEPTH // 4):
         t = Prin("key", t) if i % 2 else Prin("tpm", Bytes(b"k"), (PrinExt("A", (t,)),))
     assert auth.parse_term(str(t)) == t
 
