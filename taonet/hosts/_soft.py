@@ -33,13 +33,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from taonet import auth
+from taonet import auth, certs
 from taonet._errors import AuthenticationError, CodecError, ConfigError, HostError
 from taonet._files import atomic_write, read_file
 from taonet.attestation import Attestation, attest
 from taonet.crypto import Crypter, KdfParams, Keyset, hkdf_sha256, load_keyset, save_keyset
 from taonet.hosts._tao import (
     MAX_SEALED_BYTES,
+    SEAL_POLICIES,
     SEAL_POLICY_ANY,
     SEAL_POLICY_SELF,
     Tao,
@@ -126,8 +127,6 @@ class SoftHost:
 
     def set_root_endorsement(self, cert_der: bytes) -> None:
         """Attach (and store, for a host on disk) the domain's host certificate."""
-        from taonet import certs
-
         cert = certs.load_certificate(cert_der, what="host certificate")
         if certs.public_key_der(cert) != self.public_key_der():
             raise ConfigError("that host certificate certifies another key than this host's")
@@ -170,7 +169,7 @@ class SoftHost:
         if len(sealed) < end:
             raise HostError("sealed data is truncated")
         policy = sealed[5 : 5 + plen].decode("ascii", errors="replace")
-        if policy not in (SEAL_POLICY_SELF, "few", SEAL_POLICY_ANY):
+        if policy not in SEAL_POLICIES:
             raise HostError(f"sealed data names an unknown policy {policy!r}")
         binding = sealed[5 + plen : end]
         if not hmac.compare_digest(binding, self._binding(caller, policy)):
