@@ -1,6 +1,8 @@
-"""Certificates issued by a domain's policy key (policy, host; programs come with channels).
+"""Certificates issued by a domain's policy key: the policy (root), hosts and programs.
 
-See ``taonet.certs._profile`` for the profile and the checks each verifier makes.
+See ``taonet.certs._profile`` (policy and host certificates) and
+``taonet.certs._program`` (program certificates) for the profiles and the checks
+each verifier makes.
 """
 
 from __future__ import annotations
@@ -17,16 +19,26 @@ from taonet.certs._profile import (
     verify_host_certificate,
     verify_policy_certificate,
 )
+from taonet.certs._program import (
+    OID_TAONET_PRINCIPAL_TEXT,
+    ProgramCertificate,
+    issue_program_certificate,
+    verify_program_certificate,
+)
 
 __all__ = [
     "OID_TAONET_HOST",
     "OID_TAONET_PRINCIPAL",
+    "OID_TAONET_PRINCIPAL_TEXT",
     "PolicyAnchor",
+    "ProgramCertificate",
     "certificate_principal",
     "issue_host_certificate",
+    "issue_program_certificate",
     "load_certificate",
     "make_policy_certificate",
     "public_key_der",
     "verify_host_certificate",
     "verify_policy_certificate",
+    "verify_program_certificate",
 ]

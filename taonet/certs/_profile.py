@@ -22,13 +22,15 @@ and principal extension equal to that key's principal.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import secrets
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Final
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -106,7 +108,7 @@ def load_certificate(der: bytes, *, what: str = "certificate") -> x509.Certifica
         raise CodecError(f"{what}: not a DER certificate of at most {MAX_CERT_BYTES} bytes")
     try:
         return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm) as exc:
         raise CodecError(f"{what}: malformed DER certificate: {exc}") from None
 
 
@@ -206,6 +208,19 @@ def certificate_principal(cert: x509.Certificate) -> auth.Prin:
         raise AuthenticationError(f"certificate principal extension: {exc}") from None
 
 
+@contextlib.contextmanager
+def refusing_malformed(what: str) -> Iterator[None]:
+    """Turn a parser's complaint about a certificate into AuthenticationError.
+
+    ``cryptography`` parses certificate fields lazily, so a malformed extension,
+    key or algorithm surfaces as ValueError or UnsupportedAlgorithm on first use.
+    """
+    try:
+        yield
+    except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
+        raise AuthenticationError(f"{what} is malformed or unsupported: {exc}") from None
+
+
 def _check_signed_by(cert: x509.Certificate, issuer_key: ec.EllipticCurvePublicKey) -> None:
     algo = cert.signature_hash_algorithm
     if not isinstance(algo, hashes.SHA256 | hashes.SHA384):
@@ -280,10 +295,11 @@ class PolicyAnchor:
             raise AuthenticationError(str(exc)) from None
         self.der: Final = policy_cert_der
         self.cert: Final = cert
-        self.public_key: Final = _policy_public_key(cert)
-        self.public_key_der: Final = public_key_der(cert)
-        _check_signed_by(cert, self.public_key)
-        self._window = _window_ns(cert)
+        with refusing_malformed("policy certificate"):
+            self.public_key: Final = _policy_public_key(cert)
+            self.public_key_der: Final = public_key_der(cert)
+            _check_signed_by(cert, self.public_key)
+            self._window = _window_ns(cert)
         self.check_window(now_ns)
         self._verified: OrderedDict[
             tuple[bytes, bytes, str], tuple[x509.Certificate, tuple[int, int]]
@@ -306,7 +322,8 @@ class PolicyAnchor:
         key = (cert_der, host_key_der, signer_type)
         entry = self._verified.get(key)
         if entry is None:
-            cert = self._verify_host_once(cert_der, host_key_der, signer_type)
+            with refusing_malformed("host certificate"):
+                cert = self._verify_host_once(cert_der, host_key_der, signer_type)
             entry = self._verified[key] = (cert, _window_ns(cert))
             if len(self._verified) > self._CACHE_SIZE:
                 self._verified.popitem(last=False)

@@ -4,11 +4,14 @@
   :class:`DomainConfig` are its TOML files.
 * Guards (:class:`LiberalGuard`, :class:`ConservativeGuard`, :class:`ACLGuard`) answer
   ``Authorized(P, op, args)`` queries; their evaluation is pure.
+* :class:`ProgramCertifier` checks a program's attestation and issues its program
+  certificate (the domain service's core).
 * :func:`measure_file`, :func:`program_subprin`, :func:`policy_key_subprin` name programs.
 """
 
 from __future__ import annotations
 
+from taonet.domain._certifier import ProgramCertifier
 from taonet.domain._domain import Domain, DomainConfig, DomainTemplate
 from taonet.domain._guard import (
     GUARD_KINDS,
@@ -29,6 +32,7 @@ __all__ = [
     "DomainTemplate",
     "Guard",
     "LiberalGuard",
+    "ProgramCertifier",
     "authorized",
     "measure_file",
     "policy_key_subprin",

@@ -1,0 +1,213 @@
+"""Program certificates: the policy key vouches for a program's TLS key and name.
+
+The domain service issues one to a program after validating its attestation
+("P says key(K) speaksfor P"). A Tao channel presents it, with the policy
+certificate as the only trust root, and the peer reads the program's principal
+name back out of it.
+
+Profile (in addition to the rules in ``taonet.certs._profile``):
+
+* subject ``O=<domain name>, CN=taonet program <first 16 hex of sha256(name)>``;
+  issuer: the policy certificate's subject;
+* ``basicConstraints CA:FALSE`` (critical), key usage digitalSignature (critical),
+  extended key usage serverAuth and clientAuth (a program may take either side);
+* ``id-taonet-principal``: the name's binary auth encoding (the authoritative form);
+* ``id-taonet-principal-text``: the same name as UTF-8 text, for people and logs;
+  verification checks that it agrees with the binary form;
+* subject and authority key identifiers; a random 159-bit serial; validity from
+  five minutes before issue (clock skew) for the domain's configured days
+  (30 by default).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+from typing import Final
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from taonet import auth
+from taonet._errors import AuthenticationError, CodecError
+from taonet.certs._profile import (
+    _ARC,
+    OID_TAONET_PRINCIPAL,
+    PolicyAnchor,
+    _check_signed_by,
+    _check_window,
+    _hash_for,
+    _key_usage,
+    _name,
+    _random_serial,
+    _utc,
+    _window_ns,
+    certificate_principal,
+    load_certificate,
+    public_key_der,
+    refusing_malformed,
+)
+from taonet.crypto import Signer
+
+__all__ = [
+    "OID_TAONET_PRINCIPAL_TEXT",
+    "ProgramCertificate",
+    "issue_program_certificate",
+    "verify_program_certificate",
+]
+
+OID_TAONET_PRINCIPAL_TEXT: Final = x509.ObjectIdentifier(_ARC + ".3")
+_CLOCK_SKEW: Final = _dt.timedelta(minutes=5)
+_USAGES: Final = {
+    "server": [ExtendedKeyUsageOID.SERVER_AUTH],
+    "client": [ExtendedKeyUsageOID.CLIENT_AUTH],
+    None: [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+}
+
+
+@attrs.frozen
+class ProgramCertificate:
+    """A verified (or freshly issued) program certificate and what it says."""
+
+    der: bytes = attrs.field(repr=False)
+    principal: auth.Prin
+    serial: int
+    #: Validity window in ns since the epoch.
+    not_before: int
+    not_after: int
+    #: The certified key, PKIX DER.
+    public_key_der: bytes = attrs.field(repr=False)
+
+
+def _describe(cert: x509.Certificate, principal: auth.Prin, der: bytes) -> ProgramCertificate:
+    not_before, not_after = _window_ns(cert)
+    return ProgramCertificate(
+        der=der,
+        principal=principal,
+        serial=cert.serial_number,
+        not_before=not_before,
+        not_after=not_after,
+        public_key_der=public_key_der(cert),
+    )
+
+
+def issue_program_certificate(
+    policy_signer: Signer,
+    anchor: PolicyAnchor,
+    program_key_der: bytes,
+    principal: auth.Prin,
+    *,
+    now_ns: int,
+    validity_days: int = 30,
+    not_after_ns: int | None = None,
+    domain_name: str = "taonet",
+) -> ProgramCertificate:
+    """Sign a program certificate for ``program_key_der`` naming ``principal``.
+
+    Valid for ``validity_days``, but never past ``not_after_ns`` when given (the
+    end of the attestation it was issued for). The caller (the domain service) has
+    validated the program's attestation and asked its guard; this only builds and
+    signs.
+    """
+    if policy_signer.public_key_der() != anchor.public_key_der:
+        raise AuthenticationError("only the domain's policy key may issue its certificates")
+    try:
+        key = serialization.load_der_public_key(program_key_der)
+    except ValueError as exc:
+        raise CodecError(f"program key: malformed public key: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise CodecError("program key: not an ECDSA public key")
+    if not 1 <= validity_days <= 36500:
+        raise ValueError("validity_days must be from 1 to 36500")
+    digest = hashlib.sha256(auth.encode(principal)).hexdigest()[:16]
+    now = _utc(now_ns)
+    not_after = now + _dt.timedelta(days=validity_days)
+    if not_after_ns is not None:
+        if not_after_ns <= now_ns:
+            raise ValueError("not_after_ns must be in the future")
+        not_after = min(not_after, _utc(not_after_ns))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(f"taonet program {digest}", domain_name))
+        .issuer_name(anchor.cert.subject)
+        .public_key(key)
+        .serial_number(_random_serial())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(ca=False), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(anchor.public_key),
+            critical=False,
+        )
+        .add_extension(
+            x509.UnrecognizedExtension(OID_TAONET_PRINCIPAL, auth.encode(principal)),
+            critical=False,
+        )
+        .add_extension(
+            x509.UnrecognizedExtension(OID_TAONET_PRINCIPAL_TEXT, str(principal).encode()),
+            critical=False,
+        )
+    )
+    cert = builder.sign(policy_signer.private_key, _hash_for(policy_signer))
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return _describe(cert, principal, der)
+
+
+def verify_program_certificate(
+    anchor: PolicyAnchor, der: bytes, *, now_ns: int, usage: str | None = None
+) -> ProgramCertificate:
+    """Check a program certificate against the domain's policy anchor.
+
+    Checks: DER, signature by the policy key, issuer name, validity window (and the
+    policy certificate's), not a CA, extended key usage (``usage`` "server" or
+    "client" requires that one; None requires both), an ECDSA key, and a principal
+    extension whose text form agrees with the binary one. Returns what it names.
+    """
+    if usage not in _USAGES:
+        raise ValueError("usage must be 'server', 'client' or None")
+    anchor.check_window(now_ns)
+    with refusing_malformed("program certificate"):
+        return _verify_program(anchor, der, now_ns, usage)
+
+
+def _verify_program(
+    anchor: PolicyAnchor, der: bytes, now_ns: int, usage: str | None
+) -> ProgramCertificate:
+    try:
+        cert = load_certificate(der, what="program certificate")
+    except CodecError as exc:
+        raise AuthenticationError(str(exc)) from None
+    _check_signed_by(cert, anchor.public_key)
+    if cert.issuer != anchor.cert.subject:
+        raise AuthenticationError("program certificate issuer is not the policy certificate")
+    _check_window(_window_ns(cert), now_ns, "program certificate")
+    try:
+        basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        text_ext = cert.extensions.get_extension_for_oid(OID_TAONET_PRINCIPAL_TEXT).value
+    except x509.ExtensionNotFound as exc:
+        raise AuthenticationError(f"not a taonet program certificate: {exc}") from None
+    if basic.ca:
+        raise AuthenticationError("a CA certificate is not a program certificate")
+    wanted = _USAGES[usage]
+    if any(oid not in eku for oid in wanted):
+        raise AuthenticationError(f"program certificate is not for TLS {usage or 'use'}")
+    if not isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
+        raise AuthenticationError("program certificate does not certify an ECDSA key")
+    principal = certificate_principal(cert)
+    if not isinstance(text_ext, x509.UnrecognizedExtension) or (
+        text_ext.value != str(principal).encode()
+    ):
+        raise AuthenticationError("program certificate's text name disagrees with its binary name")
+    return _describe(cert, principal, der)
