@@ -20,6 +20,7 @@ from taonet.certs._profile import (
     verify_policy_certificate,
 )
 from taonet.certs._program import (
+    CHANNEL_HOSTNAME,
     OID_TAONET_PRINCIPAL_TEXT,
     ProgramCertificate,
     issue_program_certificate,
@@ -27,6 +28,7 @@ from taonet.certs._program import (
 )
 
 __all__ = [
+    "CHANNEL_HOSTNAME",
     "OID_TAONET_HOST",
     "OID_TAONET_PRINCIPAL",
     "OID_TAONET_PRINCIPAL_TEXT",

@@ -26,8 +26,8 @@ import contextlib
 import datetime as _dt
 import secrets
 from collections import OrderedDict
-from collections.abc import Iterator
-from typing import Final
+from collections.abc import Callable, Iterator
+from typing import Any, Final, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -51,6 +51,8 @@ __all__ = [
     "verify_host_certificate",
     "verify_policy_certificate",
 ]
+
+_T = TypeVar("_T")
 
 # 2.25.<uuid> arcs need no registration (ITU-T X.667).
 _ARC: Final = "2.25.184001271471987179187705270170102784850"
@@ -301,9 +303,7 @@ class PolicyAnchor:
             _check_signed_by(cert, self.public_key)
             self._window = _window_ns(cert)
         self.check_window(now_ns)
-        self._verified: OrderedDict[
-            tuple[bytes, bytes, str], tuple[x509.Certificate, tuple[int, int]]
-        ] = OrderedDict()
+        self._verified: OrderedDict[tuple[object, ...], Any] = OrderedDict()
 
     def check_window(self, now_ns: int) -> None:
         """Raise AuthenticationError unless the policy certificate is valid at ``now_ns``."""
@@ -319,16 +319,34 @@ class PolicyAnchor:
     ) -> x509.Certificate:
         """Check a host certificate from this policy key for ``host_key_der``."""
         self.check_window(now_ns)
-        key = (cert_der, host_key_der, signer_type)
-        entry = self._verified.get(key)
-        if entry is None:
-            with refusing_malformed("host certificate"):
-                cert = self._verify_host_once(cert_der, host_key_der, signer_type)
-            entry = self._verified[key] = (cert, _window_ns(cert))
+        cert, window = self.remember(
+            ("host", cert_der, host_key_der, signer_type),
+            lambda: self._verify_host_windowed(cert_der, host_key_der, signer_type),
+        )
+        _check_window(window, now_ns, "host certificate")
+        return cert
+
+    def remember(self, key: tuple[object, ...], compute: Callable[[], _T]) -> _T:
+        """``compute()``, remembered under ``key`` (bounded, least recently added out).
+
+        For results of checks that depend only on the bytes in ``key``; failures
+        (exceptions) are not remembered. Time-dependent checks stay with the caller.
+        """
+        try:
+            value: _T = self._verified[key]
+        except KeyError:
+            value = compute()
+            self._verified[key] = value
             if len(self._verified) > self._CACHE_SIZE:
                 self._verified.popitem(last=False)
-        _check_window(entry[1], now_ns, "host certificate")
-        return entry[0]
+        return value
+
+    def _verify_host_windowed(
+        self, cert_der: bytes, host_key_der: bytes, signer_type: str
+    ) -> tuple[x509.Certificate, tuple[int, int]]:
+        with refusing_malformed("host certificate"):
+            cert = self._verify_host_once(cert_der, host_key_der, signer_type)
+            return cert, _window_ns(cert)
 
     def _verify_host_once(
         self, cert_der: bytes, host_key_der: bytes, signer_type: str

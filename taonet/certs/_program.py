@@ -11,6 +11,9 @@ Profile (in addition to the rules in ``taonet.certs._profile``):
   issuer: the policy certificate's subject;
 * ``basicConstraints CA:FALSE`` (critical), key usage digitalSignature (critical),
   extended key usage serverAuth and clientAuth (a program may take either side);
+* subject alternative name ``DNS:taonet-program.invalid`` (:data:`CHANNEL_HOSTNAME`):
+  host names mean nothing on a Tao channel, where peers are known by principal, but
+  one fixed name lets TLS keep its hostname check on;
 * ``id-taonet-principal``: the name's binary auth encoding (the authoritative form);
 * ``id-taonet-principal-text``: the same name as UTF-8 text, for people and logs;
   verification checks that it agrees with the binary form;
@@ -53,6 +56,7 @@ from taonet.certs._profile import (
 from taonet.crypto import Signer
 
 __all__ = [
+    "CHANNEL_HOSTNAME",
     "OID_TAONET_PRINCIPAL_TEXT",
     "ProgramCertificate",
     "issue_program_certificate",
@@ -60,6 +64,8 @@ __all__ = [
 ]
 
 OID_TAONET_PRINCIPAL_TEXT: Final = x509.ObjectIdentifier(_ARC + ".3")
+#: The one DNS name every program certificate carries (RFC 6761 reserves .invalid).
+CHANNEL_HOSTNAME: Final = "taonet-program.invalid"
 _CLOCK_SKEW: Final = _dt.timedelta(minutes=5)
 _USAGES: Final = {
     "server": [ExtendedKeyUsageOID.SERVER_AUTH],
@@ -145,6 +151,9 @@ def issue_program_certificate(
             ),
             critical=False,
         )
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(CHANNEL_HOSTNAME)]), critical=False
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(anchor.public_key),
@@ -177,12 +186,18 @@ def verify_program_certificate(
     if usage not in _USAGES:
         raise ValueError("usage must be 'server', 'client' or None")
     anchor.check_window(now_ns)
+    program = anchor.remember(("program", der, usage), lambda: _verify_program(anchor, der, usage))
+    _check_window((program.not_before, program.not_after), now_ns, "program certificate")
+    return program
+
+
+def _verify_program(anchor: PolicyAnchor, der: bytes, usage: str | None) -> ProgramCertificate:
     with refusing_malformed("program certificate"):
-        return _verify_program(anchor, der, now_ns, usage)
+        return _verify_program_unchecked(anchor, der, usage)
 
 
-def _verify_program(
-    anchor: PolicyAnchor, der: bytes, now_ns: int, usage: str | None
+def _verify_program_unchecked(
+    anchor: PolicyAnchor, der: bytes, usage: str | None
 ) -> ProgramCertificate:
     try:
         cert = load_certificate(der, what="program certificate")
@@ -191,7 +206,6 @@ def _verify_program(
     _check_signed_by(cert, anchor.public_key)
     if cert.issuer != anchor.cert.subject:
         raise AuthenticationError("program certificate issuer is not the policy certificate")
-    _check_window(_window_ns(cert), now_ns, "program certificate")
     try:
         basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
