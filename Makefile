@@ -30,8 +30,8 @@ system-deps:
 APT_PACKAGES :=
 
 lint: $(STAMP)
-	$(BIN)/ruff check taonet tests loadtests
-	$(BIN)/ruff format --check taonet tests loadtests
+	$(BIN)/ruff check taonet services tests loadtests
+	$(BIN)/ruff format --check taonet services tests loadtests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

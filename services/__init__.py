@@ -1,0 +1,1 @@
+"""taonet services: the domain service, secret server and quote service."""

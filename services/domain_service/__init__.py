@@ -1,0 +1,1 @@
+"""The domain service: turns attestations into program certificates."""

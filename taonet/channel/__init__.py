@@ -1,0 +1,30 @@
+"""Tao channels: TLS 1.3 streams where both sides prove their principal names.
+
+* :class:`ChannelIdentity`: a program's key, program certificate and the domain's
+  policy certificate, with the TLS contexts built once from them.
+* :func:`open_channel` / :func:`serve_channels` give :class:`TaoStream` objects
+  (``trio.abc.Stream``) whose ``.peer`` is the verified :class:`Peer`.
+* :class:`MessageStream`: 4-byte length-prefixed frames over any stream.
+"""
+
+from __future__ import annotations
+
+from taonet.channel._identity import ChannelIdentity
+from taonet.channel._messages import MessageStream
+from taonet.channel._stream import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    Peer,
+    TaoStream,
+    open_channel,
+    serve_channels,
+)
+
+__all__ = [
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "ChannelIdentity",
+    "MessageStream",
+    "Peer",
+    "TaoStream",
+    "open_channel",
+    "serve_channels",
+]

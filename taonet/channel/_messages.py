@@ -1,0 +1,162 @@
+"""The message layer: length-prefixed frames over any :class:`trio.abc.Stream`.
+
+:class:`MessageStream` turns a byte stream (a TLS stream, a socket, a memory
+stream) into a stream of whole messages using the framing of
+:mod:`taonet.wire` (a 4-byte big-endian length, then the payload). It adds no
+bytes of its own, so it talks to any peer that speaks Tao framing.
+
+* Sends are serialized by a lock: concurrent :meth:`~MessageStream.send_message`
+  calls never interleave their frames. A send that fails or is cancelled part way
+  may have written part of a frame, so the sending side is then broken and later
+  sends raise :class:`trio.BrokenResourceError`.
+* Only one task may receive at a time; a second concurrent receiver gets
+  :class:`trio.BusyResourceError`.
+* Every incoming length is checked against ``max_frame`` as soon as its 4 header
+  bytes arrive, before any body is read (:class:`~taonet.CodecError`). After a
+  framing error the receiving side is broken: later receives raise
+  :class:`trio.BrokenResourceError` chained from the original error.
+* The peer closing exactly between frames ends the channel
+  (:class:`trio.EndOfChannel`); closing inside a frame is a
+  :class:`~taonet.ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from typing import Any, Final
+
+import trio
+from google.protobuf.message import EncodeError, Message
+
+from taonet._errors import CodecError, ProtocolError
+from taonet.wire._framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from taonet.wire._schema import parse, serialize
+
+__all__ = ["MessageStream"]
+
+#: Largest read from the underlying stream, and the size above which a payload is
+#: sent with a separate header write instead of being copied after it.
+CHUNK_SIZE: Final = 64 * 1024
+_HEADER: Final = struct.Struct(">I")
+
+
+class MessageStream(trio.abc.AsyncResource):
+    """Whole messages over ``stream``; frames longer than ``max_frame`` are refused.
+
+    ``stream`` stays available as an attribute (for example to read the verified
+    peer of a TLS stream). Closing the MessageStream closes ``stream``.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.stream = stream
+        self._decoder = FrameDecoder(max_frame=max_frame)  # validates max_frame
+        self._max_frame = max_frame
+        self._frames: deque[bytes] = deque()
+        self._partial = 0  # bytes of the frame in progress (header included)
+        self._send_lock = trio.Lock()
+        self._send_broken: BaseException | None = None
+        self._receiving = False
+        self._receive_broken: BaseException | None = None
+        self._eof = False
+
+    @property
+    def max_frame(self) -> int:
+        """The largest payload this stream sends or accepts."""
+        return self._max_frame
+
+    async def send_message(self, payload: bytes) -> None:
+        """Send ``payload`` as one frame.
+
+        ValueError (and nothing sent) if it is longer than :attr:`max_frame`.
+        """
+        size = len(payload)
+        if size > self._max_frame:
+            raise ValueError(f"a {size}-byte message is over the {self._max_frame}-byte limit")
+        async with self._send_lock:
+            if self._send_broken is not None:
+                raise trio.BrokenResourceError(
+                    "an earlier send failed part way; this message stream cannot send"
+                ) from self._send_broken
+            try:
+                if size <= CHUNK_SIZE:
+                    await self.stream.send_all(encode_frame(payload, max_frame=self._max_frame))
+                else:
+                    await self.stream.send_all(_HEADER.pack(size))
+                    await self.stream.send_all(payload)
+            except BaseException as exc:
+                self._send_broken = exc
+                raise
+
+    async def receive_message(self) -> bytes:
+        """The next message.
+
+        Raises :class:`trio.EndOfChannel` when the peer closed between frames,
+        :class:`~taonet.ProtocolError` when it closed inside one, and
+        :class:`~taonet.CodecError` when a frame header announces more than
+        :attr:`max_frame` bytes.
+        """
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this message stream")
+        self._receiving = True
+        try:
+            return await self._receive()
+        finally:
+            self._receiving = False
+
+    async def _receive(self) -> bytes:
+        if self._receive_broken is not None:
+            raise trio.BrokenResourceError(
+                "this message stream cannot receive after an earlier error"
+            ) from self._receive_broken
+        while not self._frames:
+            if self._eof:
+                raise trio.EndOfChannel
+            data = await self.stream.receive_some(CHUNK_SIZE)
+            if not data:
+                self._eof = True
+                if self._partial:
+                    exc: Exception = ProtocolError(self._truncation_message())
+                    self._receive_broken = exc
+                    raise exc
+                raise trio.EndOfChannel
+            try:
+                self._decoder.feed(data)
+            except CodecError as exc:
+                self._receive_broken = exc
+                raise
+            self._partial += len(data)
+            while (frame := self._decoder.next_frame()) is not None:
+                self._partial -= 4 + len(frame)
+                self._frames.append(frame)
+        return self._frames.popleft()
+
+    def _truncation_message(self) -> str:
+        if self._partial < 4:
+            return f"peer closed mid-frame: {self._partial} of 4 header bytes"
+        received = self._decoder.buffered
+        expected = received + self._decoder.wanted()
+        return f"peer closed mid-frame: {received} of {expected} bytes"
+
+    async def send_proto(self, msg: Message) -> None:
+        """Serialize a :mod:`taonet.wire` message and send it as one frame.
+
+        ValueError if a required field is unset or the message is too long.
+        """
+        try:
+            data = serialize(msg)
+        except EncodeError as exc:
+            raise ValueError(f"cannot serialize {msg.DESCRIPTOR.name}: {exc}") from exc
+        await self.send_message(data)
+
+    async def receive_proto(self, name: str) -> Any:
+        """Receive one frame and parse it as the :mod:`taonet.wire` message ``name``.
+
+        A malformed message is :class:`~taonet.CodecError`; the stream stays usable
+        (the frame boundary is intact).
+        """
+        return parse(name, await self.receive_message())
+
+    async def aclose(self) -> None:
+        """Close the underlying stream."""
+        await self.stream.aclose()

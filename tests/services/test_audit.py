@@ -1,0 +1,325 @@
+"""The domain service's audit log: append-only, 160-bit serials, revocation, errors."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.domain_service._audit import SCHEMA_VERSION, AuditEvent, AuditLog, format_events
+from taonet import ConfigError
+
+KEY_HASH = "ab" * 32
+ATTESTATION = "cd" * 32
+T0 = 1_700_000_000_123_456_789
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> int:
+        self.now += 1_000_000_000
+        return self.now
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "audit.sqlite"
+
+
+@pytest.fixture
+def log(path: Path) -> Iterator[AuditLog]:
+    with AuditLog.open(path, clock=FakeClock()) as opened:
+        yield opened
+
+
+def issue(log: AuditLog, serial: int, principal: str = "key(prog)") -> int:
+    return log.record_issued(
+        serial=serial,
+        principal=principal,
+        key_hash_hex=KEY_HASH,
+        not_before_ns=T0,
+        not_after_ns=T0 + 10**9,
+        peer="127.0.0.1:4000",
+        attestation_sha256_hex=ATTESTATION,
+    )
+
+
+def test_record_and_read_back(log: AuditLog) -> None:
+    first = issue(log, 7)
+    second = log.record_refused(
+        principal="key(other)",
+        reason_code="guard_denied",
+        reason="not authorized to execute",
+        peer="127.0.0.1:4001",
+        attestation_sha256_hex=None,
+    )
+    third = log.record_refused(
+        principal=None,
+        reason_code="bad_attestation",
+        reason="signature does not verify",
+        peer="127.0.0.1:4002",
+        attestation_sha256_hex=ATTESTATION.upper(),
+    )
+    assert first < second < third
+    events = log.events()
+    assert [e.id for e in events] == [first, second, third]
+    assert events[0] == AuditEvent(
+        id=first,
+        time_ns=T0 + 10**9,
+        kind="issued",
+        serial=7,
+        principal="key(prog)",
+        reason_code=None,
+        reason=None,
+        peer="127.0.0.1:4000",
+        detail={
+            "key_hash_hex": KEY_HASH,
+            "not_before_ns": T0,
+            "not_after_ns": T0 + 10**9,
+            "attestation_sha256_hex": ATTESTATION,
+        },
+    )
+    assert events[1].kind == "refused"
+    assert events[1].serial is None
+    assert events[1].reason_code == "guard_denied"
+    assert events[1].detail == {}
+    assert events[2].principal is None
+    assert events[2].detail == {"attestation_sha256_hex": ATTESTATION}
+    assert log.issued(7) == events[0]
+    assert log.issued(8) is None
+    assert log.events(since_id=first) == events[1:]
+    assert log.events(limit=1, since_id=first) == events[1:2]
+    assert log.events(limit=0) == []
+    with pytest.raises(ValueError, match="limit"):
+        log.events(limit=-1)
+
+
+def test_events_are_immutable_values(log: AuditLog) -> None:
+    issue(log, 1)
+    (event,) = log.events()
+    with pytest.raises(TypeError):
+        event.detail["key_hash_hex"] = "00"  # type: ignore[index]
+    assert hash(event) == hash(log.events()[0])
+
+
+@pytest.mark.parametrize("serial", [0, 2**63, 2**64 + 1, 2**160 - 1])
+def test_large_serials(log: AuditLog, serial: int) -> None:
+    issue(log, serial)
+    issue(log, serial - 1 if serial else 1)  # a neighbour must not be confused with it
+    assert log.issued(serial) is not None
+    assert log.issued(serial).serial == serial  # type: ignore[union-attr]
+    assert log.revoke(serial, reason="key compromise")
+    assert log.is_revoked(serial)
+    assert not log.is_revoked(serial - 1 if serial else 1)
+    assert log.revoked_serials() == frozenset({serial})
+
+
+@pytest.mark.parametrize(("serial", "error"), [(-1, ValueError), (2**160, ValueError)])
+def test_out_of_range_serials_are_refused(log: AuditLog, serial: int, error: type) -> None:
+    with pytest.raises(error, match="serial"):
+        issue(log, serial)
+    with pytest.raises(TypeError):
+        log.is_revoked(True)
+    assert log.events() == []
+
+
+def test_bad_hex_is_refused(log: AuditLog) -> None:
+    with pytest.raises(ValueError, match="key_hash_hex"):
+        log.record_issued(
+            serial=1,
+            principal="p",
+            key_hash_hex="not hex",
+            not_before_ns=0,
+            not_after_ns=1,
+            peer="x",
+            attestation_sha256_hex=ATTESTATION,
+        )
+    assert log.events() == []
+
+
+def test_issuing_a_serial_twice_is_refused(log: AuditLog) -> None:
+    issue(log, 5)
+    with pytest.raises(ConfigError, match="serial 5 was already issued"):
+        issue(log, 5)
+    assert len(log.events()) == 1
+
+
+def test_revoke_twice(log: AuditLog) -> None:
+    issue(log, 42, principal="key(revokee)")
+    assert not log.is_revoked(42)
+    assert log.revoke(42, reason="key compromise") is True
+    assert log.revoke(42, reason="again") is False
+    assert log.is_revoked(42)
+    revocations = [e for e in log.events() if e.kind == "revoked"]
+    assert len(revocations) == 1
+    assert revocations[0].serial == 42
+    assert revocations[0].reason == "key compromise"
+    assert revocations[0].principal == "key(revokee)"
+
+
+def test_revoke_unknown_serial(log: AuditLog) -> None:
+    issue(log, 1)
+    with pytest.raises(ConfigError, match="no certificate with serial 2 was issued"):
+        log.revoke(2, reason="typo")
+    assert log.revoked_serials() == frozenset()
+    assert len(log.events()) == 1
+
+
+def test_persistence_across_reopen(path: Path) -> None:
+    with AuditLog.open(path) as log:
+        issue(log, 2**150)
+        issue(log, 3)
+        log.revoke(2**150, reason="rotated")
+        before = log.events()
+    with AuditLog.open(path) as log:
+        assert log.events() == before
+        assert log.revoked_serials() == frozenset({2**150})
+        next_id = issue(log, 4)
+        assert next_id > before[-1].id
+
+
+def test_wal_mode_and_schema_version(path: Path) -> None:
+    AuditLog.open(path).close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE events SET reason = 'forged'",
+        "UPDATE events SET serial = '99' WHERE kind = 'revoked'",
+        "DELETE FROM events",
+        "DELETE FROM events WHERE kind = 'revoked'",
+    ],
+)
+def test_append_only_triggers(path: Path, statement: str) -> None:
+    with AuditLog.open(path) as log:
+        issue(log, 1)
+        log.revoke(1, reason="test")
+        before = log.events()
+    conn = sqlite3.connect(path)
+    try:
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute(statement)
+        conn.rollback()
+    finally:
+        conn.close()
+    with AuditLog.open(path) as log:
+        assert log.events() == before
+        assert log.is_revoked(1)
+
+
+def test_raw_insert_must_respect_the_schema(path: Path) -> None:
+    AuditLog.open(path).close()
+    conn = sqlite3.connect(path)
+    try:
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute(
+                "INSERT INTO events (time_ns, kind, serial, peer, detail)"
+                " VALUES (1, 'issued', '0x10', '', '{}')"
+            )
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute(
+                "INSERT INTO events (time_ns, kind, serial, peer, detail)"
+                " VALUES (1, 'refused', '10', '', '{}')"
+            )
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("version", [2, 99, -1])
+def test_unknown_schema_version(path: Path, version: int) -> None:
+    AuditLog.open(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.close()
+    with pytest.raises(ConfigError, match=f"schema version {version} is not supported"):
+        AuditLog.open(path)
+
+
+def test_other_sqlite_database_is_refused(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE something (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(ConfigError, match="not a taonet audit log"):
+        AuditLog.open(path)
+
+
+@pytest.mark.parametrize(
+    "garbage", [b"this is not a database at all" * 100, b"SQLite format 3\x00" + b"\xff" * 4000]
+)
+def test_corrupt_file(path: Path, garbage: bytes) -> None:
+    path.write_bytes(garbage)
+    with pytest.raises(ConfigError, match=r"audit\.sqlite: cannot open"):
+        AuditLog.open(path)
+
+
+def test_unopenable_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot open"):
+        AuditLog.open(tmp_path / "missing-dir" / "audit.sqlite")
+
+
+def test_closed_log_raises_config_error(path: Path) -> None:
+    log = AuditLog.open(path)
+    log.close()
+    log.close()
+    with pytest.raises(ConfigError, match="closed"):
+        log.events()
+    with pytest.raises(ConfigError, match="closed"):
+        issue(log, 1)
+
+
+def test_used_from_several_threads(path: Path) -> None:
+    with AuditLog.open(path) as log:
+        errors: list[BaseException] = []
+
+        def work(base: int) -> None:
+            try:
+                for i in range(20):
+                    issue(log, base + i)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(1000 * n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert errors == []
+        assert len(log.events()) == 80
+
+
+def test_format_events(log: AuditLog) -> None:
+    issue(log, 2**159, principal="key(prog)")
+    log.record_refused(
+        principal=None,
+        reason_code="guard_denied",
+        reason="not authorized\nfake line",
+        peer="10.0.0.1:5",
+        attestation_sha256_hex=None,
+    )
+    log.revoke(2**159, reason="key compromise")
+    lines = format_events(log.events())
+    big = "730750818665451459101842416358141509827966271488"
+    assert str(2**159) == big
+    assert lines == [
+        f"2023-11-14T22:13:21.123456Z #1 issued  serial={big}"
+        " principal=key(prog) peer=127.0.0.1:4000 reason=-",
+        "2023-11-14T22:13:22.123456Z #2 refused serial=- principal=- peer=10.0.0.1:5"
+        " reason=guard_denied: not authorized\\nfake line",
+        f"2023-11-14T22:13:23.123456Z #3 revoked serial={big}"
+        " principal=key(prog) peer=- reason=key compromise",
+    ]
+    assert all("\n" not in line for line in lines)
+    assert format_events([]) == []
