@@ -16,9 +16,13 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# simpleexample end to end; the second run shows the operation phase reusing the
+# sealed state of the first (delete .taonet-demo to start afresh).
 demo: $(STAMP)
 	$(BIN)/taonet --help
-	$(BIN)/taonet demo
+	$(BIN)/taonet demo --dir .taonet-demo
+	@echo; echo "######## second run: reusing the sealed state ########"
+	$(BIN)/taonet demo --dir .taonet-demo
 
 # System packages the tests need. Nothing yet beyond Python; swtpm and friends
 # arrive with the TPM issue. Skipped when not root (CI runs as root).
@@ -30,8 +34,8 @@ system-deps:
 APT_PACKAGES :=
 
 lint: $(STAMP)
-	$(BIN)/ruff check taonet services tests loadtests
-	$(BIN)/ruff format --check taonet services tests loadtests
+	$(BIN)/ruff check taonet services examples tests loadtests
+	$(BIN)/ruff format --check taonet services examples tests loadtests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -43,6 +47,7 @@ test: system-deps $(STAMP) lint typecheck unit
 
 bench: $(STAMP)
 	$(BIN)/python loadtests/core_bench.py
+	$(BIN)/python loadtests/channel_bench.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .taonet-demo build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

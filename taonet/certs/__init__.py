@@ -7,6 +7,7 @@ each verifier makes.
 
 from __future__ import annotations
 
+from taonet.certs._crl import MAX_CRL_BYTES, RevocationList, make_crl, verify_crl
 from taonet.certs._profile import (
     OID_TAONET_HOST,
     OID_TAONET_PRINCIPAL,
@@ -29,17 +30,21 @@ from taonet.certs._program import (
 
 __all__ = [
     "CHANNEL_HOSTNAME",
+    "MAX_CRL_BYTES",
     "OID_TAONET_HOST",
     "OID_TAONET_PRINCIPAL",
     "OID_TAONET_PRINCIPAL_TEXT",
     "PolicyAnchor",
     "ProgramCertificate",
+    "RevocationList",
     "certificate_principal",
     "issue_host_certificate",
     "issue_program_certificate",
     "load_certificate",
+    "make_crl",
     "make_policy_certificate",
     "public_key_der",
+    "verify_crl",
     "verify_host_certificate",
     "verify_policy_certificate",
     "verify_program_certificate",

@@ -1,18 +1,42 @@
-"""``taonet domain init|policy|principal``: create and administer a domain."""
+"""``taonet domain init|policy|principal|audit|revoke|crl``: create and administer a domain."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from taonet import auth
+from taonet import auth, certs
 from taonet._errors import CodecError, ConfigError
+from taonet._files import atomic_write
 from taonet.cli._password import add_password_option, get_password
+from taonet.crypto import Signer
 from taonet.domain import ACLGuard, Domain, DomainTemplate, measure_file
+
+if TYPE_CHECKING:
+    from services.domain_service._audit import AuditLog
+
+#: The revocation list ``taonet domain revoke|crl`` writes into the domain directory.
+CRL_FILE: Final = "crl.der"
+#: How long a CRL the CLI writes stays fresh unless told otherwise.
+DEFAULT_CRL_DAYS: Final = 7
+_SERIAL: Final = re.compile(r"[0-9]+|0[xX][0-9a-fA-F]+")
+_SERIAL_LIMIT: Final = 1 << 159
+
+
+def audit_path(domain_dir: Path) -> Path:
+    """Where the domain service keeps its audit log in a domain directory."""
+    return domain_dir / "audit.sqlite"
+
+
+def crl_path(domain_dir: Path) -> Path:
+    """Where ``taonet domain revoke|crl`` write the domain's revocation list."""
+    return domain_dir / CRL_FILE
 
 
 def register(sub: Any) -> None:
@@ -52,6 +76,37 @@ def register(sub: Any) -> None:
         "--host", metavar="PRIN", help="the host's principal name (default: print the tail)"
     )
     prin.set_defaults(func=_principal)
+
+    audit = cmds.add_parser("audit", help="print the domain service's audit log")
+    _add_domain_option(audit)
+    audit.add_argument("--limit", metavar="N", type=int, help="print only the N most recent events")
+    audit.set_defaults(func=_audit)
+
+    revoke = cmds.add_parser(
+        "revoke", help="revoke an issued certificate and rewrite the domain's CRL"
+    )
+    revoke.add_argument("serial", metavar="SERIAL", help="certificate serial, decimal or 0x-hex")
+    revoke.add_argument("--reason", metavar="TEXT", required=True, help="why (kept in the log)")
+    _add_domain_option(revoke)
+    _add_crl_days_option(revoke)
+    add_password_option(revoke)
+    revoke.set_defaults(func=_revoke)
+
+    crl = cmds.add_parser("crl", help="rewrite the domain's CRL from the audit log")
+    _add_domain_option(crl)
+    _add_crl_days_option(crl)
+    add_password_option(crl)
+    crl.set_defaults(func=_crl)
+
+
+def _add_crl_days_option(parser: Any) -> None:
+    parser.add_argument(
+        "--crl-days",
+        metavar="DAYS",
+        type=int,
+        default=DEFAULT_CRL_DAYS,
+        help=f"days until the CRL is due for renewal (default {DEFAULT_CRL_DAYS})",
+    )
 
 
 def _add_domain_option(parser: Any) -> None:
@@ -136,4 +191,107 @@ def _principal(args: argparse.Namespace) -> int:
         except CodecError as exc:
             raise ConfigError(f"--host: {exc}") from None
     print(domain.program_name(measure_file(args.program), host=host))
+    return 0
+
+
+def _open_audit(domain_dir: Path) -> AuditLog | None:
+    """The domain's audit log, or None if the domain service never created one."""
+    from services.domain_service._audit import AuditLog
+
+    path = audit_path(domain_dir)
+    if not path.exists():
+        return None
+    return AuditLog.open(path)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from services.domain_service._audit import format_events
+
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError("--limit must be a positive number of events")
+    log = _open_audit(_domain_dir(args))
+    if log is None:
+        print("no audit log yet (the domain service has not run)")
+        return 0
+    with log:
+        events = log.events()
+    if args.limit is not None:
+        events = events[-args.limit :]
+    for line in format_events(events):
+        print(line)
+    return 0
+
+
+def _parse_serial(text: str) -> int:
+    if not _SERIAL.fullmatch(text):
+        raise ConfigError(f"serial {text!r} is not a decimal or 0x-hex number")
+    serial = int(text, 16) if text[:2] in ("0x", "0X") else int(text, 10)
+    if not 0 < serial < _SERIAL_LIMIT:
+        raise ConfigError(f"serial {text} is out of range (1 to 2**159 - 1)")
+    return serial
+
+
+def _check_crl_days(days: int) -> None:
+    if not 1 <= days <= 36500:
+        raise ConfigError("--crl-days must be from 1 to 36500")
+
+
+def _write_crl(domain: Domain, signer: Signer, log: AuditLog | None, *, days: int) -> int:
+    """Sign the CRL of every serial revoked in ``log``, write it, return how many."""
+    now = time.time_ns()
+    revoked: dict[int, int] = {}
+    if log is not None:
+        when = {
+            event.serial: event.time_ns
+            for event in log.events()
+            if event.kind == "revoked" and event.serial is not None
+        }
+        revoked = {serial: when.get(serial, now) for serial in log.revoked_serials()}
+    bad = sorted(s for s in revoked if not 0 < s < _SERIAL_LIMIT)
+    if bad:
+        raise ConfigError(f"the audit log revokes serial {bad[0]}, which no CRL can list")
+    der = certs.make_crl(signer, domain.policy_anchor, revoked, now_ns=now, next_update_days=days)
+    atomic_write(crl_path(domain.path), der, mode=0o644)
+    return len(revoked)
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    serial = _parse_serial(args.serial)
+    reason = args.reason.strip()
+    if not reason:
+        raise ConfigError("--reason must not be empty")
+    _check_crl_days(args.crl_days)
+    domain = Domain.load(_domain_dir(args))
+    log = _open_audit(domain.path)
+    if log is None:
+        raise ConfigError(
+            f"no audit log at {audit_path(domain.path)}: the domain service has issued nothing"
+        )
+    with log:
+        if log.issued(serial) is None:
+            raise ConfigError(f"no certificate with serial {serial} was issued in this domain")
+        signer = domain.unlock(get_password(args.password_file, prompt="Policy key password"))
+        fresh = log.revoke(serial, reason=reason)
+        count = _write_crl(domain, signer, log, days=args.crl_days)
+    if fresh:
+        print(f"revoked serial {serial}; CRL now lists {count} serial(s)")
+    else:
+        print(f"serial {serial} was already revoked; CRL now lists {count} serial(s)")
+    return 0
+
+
+def _crl(args: argparse.Namespace) -> int:
+    _check_crl_days(args.crl_days)
+    domain = Domain.load(_domain_dir(args))
+    signer = domain.unlock(get_password(args.password_file, prompt="Policy key password"))
+    log = _open_audit(domain.path)
+    if log is None:
+        count = _write_crl(domain, signer, None, days=args.crl_days)
+    else:
+        with log:
+            count = _write_crl(domain, signer, log, days=args.crl_days)
+    print(
+        f"wrote {crl_path(domain.path)}: CRL now lists {count} serial(s),"
+        f" next update due in {args.crl_days} day(s)"
+    )
     return 0

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from taonet import __version__
 from taonet._errors import TaoError
-from taonet.cli import _auth_cmd, _demo_cmd, _domain_cmd
+from taonet.cli import _auth_cmd, _demo_cmd, _domain_cmd, _service_cmd
 
 EXIT_ERROR = 2
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _auth_cmd.register(sub)
     _domain_cmd.register(sub)
+    _service_cmd.register(sub)
     _demo_cmd.register(sub)
     return parser
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -89,6 +90,14 @@ class DomainConfig:
             raise ConfigError(f"{source}: {exc}") from None
 
 
+def _str_tuple(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(items)
+
+
+def _path_tuple(items: Iterable[str | Path]) -> tuple[Path, ...]:
+    return tuple(Path(p) for p in items)
+
+
 @attrs.frozen
 class DomainTemplate:
     """What ``taonet domain init`` builds a domain from (a TOML file; see the default)."""
@@ -101,8 +110,8 @@ class DomainTemplate:
     validity_days: int = attrs.field(default=3650, validator=_positive_days)
     host_validity_days: int = attrs.field(default=365, validator=_positive_days)
     program_validity_days: int = attrs.field(default=30, validator=_positive_days)
-    rules: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    programs: tuple[Path, ...] = attrs.field(default=(), converter=tuple)
+    rules: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    programs: tuple[Path, ...] = attrs.field(default=(), converter=_path_tuple)
 
     @classmethod
     def load(cls, path: str | Path) -> DomainTemplate:

@@ -78,6 +78,25 @@ _SCHEMA: Final[dict[str, list[tuple[str, int, int, str]]]] = {
         ("label", 7, _OPT, "string"),
         ("counter", 8, _OPT, "int64"),
     ],
+    # The domain service (taonet's own; the original's had no typed errors).
+    "DomainServiceRequest": [
+        ("kind", 1, _REQ, "string"),
+        ("attestation", 2, _OPT, "bytes"),
+        ("program_key", 3, _OPT, "bytes"),
+    ],
+    "DomainServiceResponse": [
+        ("error_code", 1, _OPT, "string"),
+        ("reason", 2, _OPT, "string"),
+        ("certificate", 3, _OPT, "bytes"),
+        ("chain", 4, _REP, "bytes"),
+        ("crl", 5, _OPT, "bytes"),
+    ],
+    # What a program seals to disk after provisioning (taonet's own).
+    "ProgramState": [
+        ("signing_key", 1, _REQ, "bytes"),
+        ("certificate", 2, _REQ, "bytes"),
+        ("policy_certificate", 3, _REQ, "bytes"),
+    ],
     "RPCResponse": [
         ("data", 1, _OPT, "bytes"),
         ("policy", 2, _OPT, "string"),

@@ -222,16 +222,3 @@ def test_console_script_runs_without_traceback(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr
     assert bad.stderr.startswith("taonet: error:")
-
-
-def test_demo_runs(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "taonet", "demo", "--dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "guard allows" in result.stdout
-    assert "another program is refused" in result.stdout

@@ -1,0 +1,41 @@
+"""simpleclient: asks simpleserver for its secret over a Tao channel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from examples.simpleexample.simpleserver import SECRET_REQUEST
+from taonet import ProtocolError
+from taonet.channel import MessageStream, open_channel
+from taonet.hosts import Tao
+from taonet.provision import load_or_provision
+
+
+async def run_client(
+    tao: Tao,
+    *,
+    state_dir: Path,
+    policy_cert: bytes,
+    domain_service: tuple[str, int],
+    server: tuple[str, int],
+    say: Callable[[str], None],
+) -> bytes:
+    """Provision or unseal, then fetch the server's secret; returns it."""
+    provisioned = await load_or_provision(
+        tao,
+        state_dir / "simpleclient.sealed",
+        policy_cert=policy_cert,
+        domain_service=domain_service,
+        on_step=say,
+    )
+    stream = await open_channel(server[0], server[1], provisioned.identity)
+    say(f"opened a Tao channel; the server proved it is {stream.peer.principal}")
+    async with MessageStream(stream, max_frame=4096) as messages:
+        await messages.send_message(SECRET_REQUEST)
+        answer = await messages.receive_message()
+    if not answer.startswith(b"OK "):
+        raise ProtocolError(f"the server said {answer.decode(errors='replace')}")
+    secret = answer[3:]
+    say(f"received the secret {secret.decode()!r}")
+    return secret

@@ -1,0 +1,80 @@
+"""simpleserver: hands its secret to clients the domain allows to read it."""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from taonet import auth
+from taonet._files import atomic_write
+from taonet.channel import MessageStream, TaoStream, serve_channels
+from taonet.domain import Guard
+from taonet.hosts import Tao
+from taonet.provision import fetch_crl, load_or_provision
+
+SECRET_REQUEST = b"secret please"
+
+
+async def load_secret(tao: Tao, path: Path, say: Callable[[str], None]) -> bytes:
+    """The server's secret, sealed to the server; made on the first run."""
+    if await trio.Path(path).exists():
+        data, _ = await tao.unseal(await trio.Path(path).read_bytes())
+        say(f"unsealed its secret from {path}")
+        return data
+    secret = secrets.token_hex(16).encode()
+    atomic_write(path, await tao.seal(secret, "self"))
+    say(f"made a secret and sealed it to itself in {path}")
+    return secret
+
+
+async def run_server(
+    tao: Tao,
+    *,
+    state_dir: Path,
+    policy_cert: bytes,
+    domain_service: tuple[str, int],
+    guard: Guard,
+    say: Callable[[str], None],
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Provision or unseal, then serve on 127.0.0.1 (a free port, given to task_status)."""
+    provisioned = await load_or_provision(
+        tao,
+        state_dir / "simpleserver.sealed",
+        policy_cert=policy_cert,
+        domain_service=domain_service,
+        on_step=say,
+    )
+    secret = await load_secret(tao, state_dir / "simpleserver.secret", say)
+    crl = await fetch_crl(*domain_service, policy_cert)
+    say(f"fetched the domain's CRL: {len(crl.serials)} revoked certificate(s)")
+
+    async def handle(stream: TaoStream) -> None:
+        async with MessageStream(stream, max_frame=4096) as messages:
+            request = await messages.receive_message()
+            peer = stream.peer.principal
+            say(f"request {request!r} from {peer}")
+            if request != SECRET_REQUEST or peer is None:
+                await messages.send_message(b"ERROR unknown request")
+                return
+            if not guard.is_authorized(peer, "Read", [auth.Str("secret")]):
+                say("refused: the guard does not let that principal read the secret")
+                await messages.send_message(b"ERROR not authorized")
+                return
+            say("the guard allows it: sending the secret")
+            await messages.send_message(b"OK " + secret)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(serve_channels, handle, 0, provisioned.identity, revoked=crl.serials)
+        )
+        port = int(listeners[0].socket.getsockname()[1])
+        say(f"serving Tao channels on 127.0.0.1:{port} as {provisioned.principal}")
+        task_status.started(port)
+
+
+__all__ = ["SECRET_REQUEST", "run_server"]

@@ -1,0 +1,113 @@
+"""Talking to a domain service: ask for a program certificate, fetch the CRL.
+
+The protocol is framed protobuf (``DomainServiceRequest`` / ``DomainServiceResponse``)
+over a Tao channel on which the client may be anonymous (it has no certificate yet)
+and the service proves a principal under the policy key. A refusal comes back as a
+typed error code with a reason:
+
+* ``bad_request``: the request was malformed;
+* ``invalid_attestation``: the attestation or key failed a check (AuthenticationError);
+* ``unauthorized``: the guard refused the program (AuthorizationError);
+* ``internal_error``: the service failed; nothing was issued.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final
+
+import trio
+
+from taonet import auth, certs
+from taonet._errors import AuthenticationError, AuthorizationError, ProtocolError, TaoError
+from taonet.attestation import Attestation
+from taonet.channel import ChannelIdentity, MessageStream, open_channel
+from taonet.wire import message_class
+
+__all__ = [
+    "ERROR_BAD_REQUEST",
+    "ERROR_INTERNAL",
+    "ERROR_INVALID_ATTESTATION",
+    "ERROR_UNAUTHORIZED",
+    "DomainServiceError",
+    "fetch_crl",
+    "request_certificate",
+]
+
+ERROR_BAD_REQUEST: Final = "bad_request"
+ERROR_INVALID_ATTESTATION: Final = "invalid_attestation"
+ERROR_UNAUTHORIZED: Final = "unauthorized"
+ERROR_INTERNAL: Final = "internal_error"
+MAX_RESPONSE: Final = 1024 * 1024
+#: Bound on one request, connection to answer (wrap calls in trio.fail_after for less).
+REQUEST_TIMEOUT: Final = 30.0
+
+
+class DomainServiceError(TaoError):
+    """The domain service refused a request; ``code`` says which way."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"the domain service refused ({code}): {reason}")
+        self.code = code
+        self.reason = reason
+
+
+def _principal_is_service(stream_principal: object, identity: ChannelIdentity) -> None:
+    policy = auth.key_principal(identity.anchor.public_key_der)
+    if not isinstance(stream_principal, auth.Prin) or not stream_principal.is_sub_principal_of(
+        policy
+    ):
+        raise AuthenticationError(
+            f"{stream_principal} is not a service of this domain's policy key"
+        )
+
+
+async def _exchange(host: str, port: int, identity: ChannelIdentity, request: Any) -> Any:
+    with trio.fail_after(REQUEST_TIMEOUT):
+        stream = await open_channel(host, port, identity)
+        async with MessageStream(stream, max_frame=MAX_RESPONSE) as messages:
+            _principal_is_service(stream.peer.principal, identity)
+            await messages.send_proto(request)
+            try:
+                response = await messages.receive_proto("DomainServiceResponse")
+            except trio.EndOfChannel:
+                raise ProtocolError("the domain service closed without answering") from None
+    if response.HasField("error_code"):
+        code, reason = str(response.error_code), str(response.reason)
+        if code == ERROR_UNAUTHORIZED:
+            raise AuthorizationError(f"the domain service refused ({code}): {reason}")
+        raise DomainServiceError(code, reason)
+    return response
+
+
+async def request_certificate(
+    host: str,
+    port: int,
+    policy_cert: bytes,
+    attestation: Attestation,
+    program_key_der: bytes,
+) -> certs.ProgramCertificate:
+    """Ask the domain service for a program certificate; verify what comes back."""
+    identity = ChannelIdentity.anonymous(policy_cert)
+    request = message_class("DomainServiceRequest")(
+        kind="certify", attestation=attestation.to_bytes(), program_key=program_key_der
+    )
+    response = await _exchange(host, port, identity, request)
+    if not response.HasField("certificate"):
+        raise ProtocolError("the domain service answered without a certificate")
+    program = certs.verify_program_certificate(
+        identity.anchor, bytes(response.certificate), now_ns=time.time_ns()
+    )
+    if program.public_key_der != program_key_der:
+        raise AuthenticationError("the domain service certified another key than ours")
+    return program
+
+
+async def fetch_crl(host: str, port: int, policy_cert: bytes) -> certs.RevocationList:
+    """Fetch and verify the domain's certificate revocation list."""
+    identity = ChannelIdentity.anonymous(policy_cert)
+    request = message_class("DomainServiceRequest")(kind="crl")
+    response = await _exchange(host, port, identity, request)
+    if not response.HasField("crl"):
+        raise ProtocolError("the domain service answered without a CRL")
+    return certs.verify_crl(identity.anchor, bytes(response.crl), now_ns=time.time_ns())

@@ -1,0 +1,181 @@
+"""The domain service over real Tao channels on 127.0.0.1."""
+
+from __future__ import annotations
+
+import functools
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from services.domain_service import AUDIT_FILE, AuditLog, DomainService
+from taonet import AuthorizationError, CodecError, auth, certs
+from taonet.channel import ChannelIdentity, MessageStream, open_channel
+from taonet.crypto import Signer
+from taonet.domain import ACLGuard, Domain
+from taonet.hosts import SoftHost
+from taonet.provision import (
+    ERROR_BAD_REQUEST,
+    ERROR_INVALID_ATTESTATION,
+    DomainServiceError,
+    fetch_crl,
+    request_certificate,
+)
+from taonet.wire import message_class
+from tests.channel.test_stream import wait_closed_by_peer
+from tests.conftest import PASSWORD
+
+GOOD = b"\x61" * 32
+BAD = b"\x62" * 32
+
+
+class Service:
+    def __init__(self, domain: Domain, host: SoftHost, service: DomainService, port: int) -> None:
+        self.domain, self.host, self.service, self.port = domain, host, service, port
+
+    def name(self, program_hash: bytes) -> auth.Prin:
+        name = self.domain.program_name(program_hash, host=self.host.name)
+        assert isinstance(name, auth.Prin)
+        return name
+
+    async def request(self, program_hash: bytes = GOOD) -> tuple[bytes, Signer]:
+        name = self.name(program_hash)
+        key = Signer.generate()
+        att = await self.host.tao_for(name).attest(
+            auth.Speaksfor(auth.key_principal(key.public_key_der()), name)
+        )
+        return att.to_bytes(), key
+
+    def audit(self) -> AuditLog:
+        return AuditLog.open(self.domain.path / AUDIT_FILE)
+
+
+@pytest.fixture
+async def svc(make_domain, make_host) -> AsyncIterator[Service]:  # type: ignore[no-untyped-def]
+    domain = make_domain(name="svc-test")
+    assert isinstance(domain.guard, ACLGuard)
+    domain.save_guard(domain.guard.with_rule(domain.program_rule(GOOD)), domain.unlock(PASSWORD))
+    host = make_host(domain)
+    service = DomainService.open(domain.path, PASSWORD)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(service.serve, 0))
+        yield Service(domain, host, service, listeners[0].socket.getsockname()[1])
+        nursery.cancel_scope.cancel()
+
+
+async def test_issues_certificates_and_audits_them(svc: Service) -> None:
+    from taonet.attestation import Attestation
+
+    att, key = await svc.request()
+    with trio.fail_after(10):
+        program = await request_certificate(
+            "127.0.0.1",
+            svc.port,
+            svc.domain.policy_cert,
+            Attestation.from_bytes(att),
+            key.public_key_der(),
+        )
+    assert program.principal == svc.name(GOOD)
+    with svc.audit() as audit:
+        event = audit.issued(program.serial)
+        assert event is not None
+        assert event.principal == str(svc.name(GOOD))
+    assert svc.service.principal.is_sub_principal_of(svc.domain.policy_principal)
+
+
+async def test_refusals_are_typed_and_audited(svc: Service) -> None:
+    from taonet.attestation import Attestation
+
+    with trio.fail_after(10):
+        att, key = await svc.request(BAD)
+        with pytest.raises(AuthorizationError, match="unauthorized"):
+            await request_certificate(
+                "127.0.0.1",
+                svc.port,
+                svc.domain.policy_cert,
+                Attestation.from_bytes(att),
+                key.public_key_der(),
+            )
+        att, _ = await svc.request()
+        thief = Signer.generate()
+        with pytest.raises(DomainServiceError) as info:
+            await request_certificate(
+                "127.0.0.1",
+                svc.port,
+                svc.domain.policy_cert,
+                Attestation.from_bytes(att),
+                thief.public_key_der(),
+            )
+        assert info.value.code == ERROR_INVALID_ATTESTATION
+        assert "presented key" in info.value.reason
+    with svc.audit() as audit:
+        codes = [e.reason_code for e in audit.events() if e.kind == "refused"]
+    assert codes == ["unauthorized", ERROR_INVALID_ATTESTATION]
+
+
+async def raw_request(svc: Service, payload: bytes) -> object:
+    identity = ChannelIdentity.anonymous(svc.domain.policy_cert)
+    stream = await open_channel("127.0.0.1", svc.port, identity)
+    async with MessageStream(stream) as messages:
+        await messages.send_message(payload)
+        try:
+            return await messages.receive_proto("DomainServiceResponse")
+        except (trio.EndOfChannel, trio.BrokenResourceError, CodecError) as exc:
+            return exc
+
+
+async def test_garbage_and_oversized_requests(svc: Service) -> None:
+    with trio.fail_after(15):
+        answer = await raw_request(svc, b"\xff\xff\xff garbage")
+        assert getattr(answer, "error_code", None) == ERROR_BAD_REQUEST
+        answer = await raw_request(
+            svc, message_class("DomainServiceRequest")(kind="certify").SerializeToString()
+        )
+        assert getattr(answer, "error_code", None) == ERROR_BAD_REQUEST
+        # A frame header announcing 100 MiB: the connection is dropped.
+        identity = ChannelIdentity.anonymous(svc.domain.policy_cert)
+        stream = await open_channel("127.0.0.1", svc.port, identity)
+        await stream.send_all(struct.pack(">I", 100 * 1024 * 1024))
+        await wait_closed_by_peer(stream)  # bounded by fail_after
+        await stream.aclose()
+        # The service still serves good clients.
+        from taonet.attestation import Attestation
+
+        att, key = await svc.request()
+        program = await request_certificate(
+            "127.0.0.1",
+            svc.port,
+            svc.domain.policy_cert,
+            Attestation.from_bytes(att),
+            key.public_key_der(),
+        )
+        assert program.principal == svc.name(GOOD)
+
+
+async def test_crl_lists_revocations(svc: Service) -> None:
+    from taonet.attestation import Attestation
+
+    with trio.fail_after(10):
+        att, key = await svc.request()
+        program = await request_certificate(
+            "127.0.0.1",
+            svc.port,
+            svc.domain.policy_cert,
+            Attestation.from_bytes(att),
+            key.public_key_der(),
+        )
+        assert program.serial not in await fetch_crl("127.0.0.1", svc.port, svc.domain.policy_cert)
+        with svc.audit() as audit:
+            assert audit.revoke(program.serial, reason="key compromise")
+        crl = await fetch_crl("127.0.0.1", svc.port, svc.domain.policy_cert)
+        assert program.serial in crl
+        assert isinstance(crl, certs.RevocationList)
+
+
+async def test_wrong_password_is_refused(svc: Service, tmp_path: Path) -> None:
+    from taonet import ConfigError
+
+    with pytest.raises(ConfigError):
+        DomainService.open(svc.domain.path, b"wrong")
