@@ -22,4 +22,6 @@ def configure_logging(level: str | None = None) -> None:
             logging.getLevelNamesMapping().get(name, logging.INFO)
         ),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # Module-level loggers are lazy proxies; without caching each call binds anew.
+        cache_logger_on_first_use=True,
     )

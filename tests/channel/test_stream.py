@@ -302,3 +302,93 @@ def test_identity_checks_its_parts(programs: Programs) -> None:
         programs.domain.policy_cert, signer=key, certificate=issued.der
     ).principal == programs.name(1)
     assert isinstance(programs.name(1), auth.Prin)
+
+
+async def test_read_ahead_still_has_the_trio_internals_it_uses(
+    programs: Programs, nursery: trio.Nursery
+) -> None:
+    # TaoStream decrypts already-received TLS records in one go through these
+    # private attributes of trio's SSLStream (and falls back without them). If a
+    # trio upgrade renames them, this says so rather than bulk reads slowing down.
+    import ssl
+
+    with trio.fail_after(10):
+        client, _server = await connected_pair(programs, nursery)
+        assert isinstance(getattr(client.ssl_stream, "_ssl_object", None), ssl.SSLObject)
+        assert isinstance(getattr(client.ssl_stream, "_incoming", None), ssl.MemoryBIO)
+        await client.aclose()
+
+
+async def test_tampered_record_mid_stream_breaks_the_stream(
+    programs: Programs, nursery: trio.Nursery
+) -> None:
+    # A man in the middle (a TCP relay on 127.0.0.1) flips one byte deep inside the
+    # server's bulk data: the client must see BrokenResourceError, never bad data.
+    server_id, client_id = await programs.identity(1), await programs.identity(2)
+    payload = bytes(200_000)
+
+    async def sender(stream: TaoStream) -> None:
+        await stream.send_all(payload)
+        await trio.sleep_forever()
+
+    real_port = await start_server(nursery, server_id, sender)
+
+    async def relay(downstream: trio.SocketStream) -> None:
+        upstream = await trio.open_tcp_stream("127.0.0.1", real_port)
+        seen = 0
+
+        async def pump(src: trio.SocketStream, dst: trio.SocketStream, tamper: bool) -> None:
+            nonlocal seen
+            try:
+                while data := await src.receive_some():
+                    if tamper:
+                        buf = bytearray(data)
+                        if seen <= 100_000 < seen + len(buf):
+                            buf[100_000 - seen] ^= 0x01
+                        seen += len(buf)
+                        data = bytes(buf)
+                    await dst.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+        async with upstream, trio.open_nursery() as n:
+            n.start_soon(pump, downstream, upstream, False)
+            n.start_soon(pump, upstream, downstream, True)
+
+    listeners = await nursery.start(trio.serve_tcp, relay, 0)
+    relay_port = listeners[0].socket.getsockname()[1]
+    with trio.fail_after(10):
+        stream = await open_channel("127.0.0.1", relay_port, client_id)
+        got = bytearray()
+
+        async def read_all() -> None:
+            while len(got) < len(payload):
+                got.extend(await stream.receive_some())
+
+        with pytest.raises(trio.BrokenResourceError):
+            await read_all()
+        assert len(got) < len(payload)
+        assert got == payload[: len(got)]
+        await trio.aclose_forcefully(stream)
+
+
+async def test_data_then_close_notify_reads_as_data_then_eof(
+    programs: Programs, nursery: trio.Nursery
+) -> None:
+    # The server sends a burst and closes cleanly at once: the client must get every
+    # byte and then a clean end of stream (b""), not an error.
+    payload = bytes(range(256)) * 1000
+
+    async def burst(stream: TaoStream) -> None:
+        await stream.send_all(payload)
+        await stream.aclose()
+
+    with trio.fail_after(10):
+        port = await start_server(nursery, await programs.identity(1), burst)
+        stream = await open_channel("127.0.0.1", port, await programs.identity(2))
+        await trio.sleep(0.2)  # let data and close_notify arrive together
+        got = bytearray()
+        while chunk := await stream.receive_some():
+            got += chunk
+        assert got == payload
+        await stream.aclose()
