@@ -365,10 +365,17 @@ def main() -> None:
 
     hs = "handshakes_per_s"
     bulk = "bulk_mb_per_s"
-    results["handshake_ratio_vs_trio_tls"] = results[f"tao_{hs}"] / results[f"trio_tls_{hs}"]
-    results["handshake_ratio_vs_asyncio_tls"] = results[f"tao_{hs}"] / results[f"asyncio_tls_{hs}"]
-    results["bulk_ratio_vs_trio_tls"] = results[f"tao_{bulk}"] / results[f"trio_tls_{bulk}"]
-    results["bulk_ratio_vs_asyncio_tls"] = results[f"tao_{bulk}"] / results[f"asyncio_tls_{bulk}"]
+
+    def ratio(subject: str, baseline: str) -> float:
+        # Median of the per-round ratios: each compares measurements taken moments
+        # apart, so a change of machine load between rounds cancels out.
+        pairs = zip(samples[subject], samples[baseline], strict=True)
+        return statistics.median(a / b for a, b in pairs)
+
+    results["handshake_ratio_vs_trio_tls"] = ratio(f"tao_{hs}", f"trio_tls_{hs}")
+    results["handshake_ratio_vs_asyncio_tls"] = ratio(f"tao_{hs}", f"asyncio_tls_{hs}")
+    results["bulk_ratio_vs_trio_tls"] = ratio(f"tao_{bulk}", f"trio_tls_{bulk}")
+    results["bulk_ratio_vs_asyncio_tls"] = ratio(f"tao_{bulk}", f"asyncio_tls_{bulk}")
 
     print(f"rounds {rounds}, bulk {total >> 20} MiB in {chunk >> 10} KiB writes")
     print(f"{'subject':14s} {'handshakes/s':>14s} {'bulk MB/s':>12s}")

@@ -138,12 +138,6 @@ class TaoStream(trio.abc.Stream):
                 await trio.lowlevel.checkpoint()
                 raise trio.BrokenResourceError from self._error
             limit = max_bytes or _RECEIVE_SIZE
-            # Records already received and buffered decrypt without a trip through
-            # SSLStream's retry loop; a checkpoint keeps this a proper trio operation.
-            buffered = self._read_ahead(b"", limit)
-            if buffered:
-                await trio.lowlevel.checkpoint()
-                return buffered
             received = await self._ssl.receive_some(min(limit, _RECORD_SIZE))
             if received and len(received) < limit:
                 received = self._read_ahead(received, limit)
