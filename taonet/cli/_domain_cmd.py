@@ -54,7 +54,7 @@ def register(sub: Any) -> None:
     init.set_defaults(func=_init)
 
     pol = cmds.add_parser("policy", help="show or change the guard's rules")
-    _add_domain_option(pol)
+    add_domain_option(pol)
     pol.add_argument(
         "--add-program",
         metavar="PATH",
@@ -70,7 +70,7 @@ def register(sub: Any) -> None:
     pol.set_defaults(func=_policy)
 
     prin = cmds.add_parser("principal", help="print the name a program would get")
-    _add_domain_option(prin)
+    add_domain_option(prin)
     prin.add_argument("--program", metavar="PATH", type=Path, required=True)
     prin.add_argument(
         "--host", metavar="PRIN", help="the host's principal name (default: print the tail)"
@@ -78,7 +78,7 @@ def register(sub: Any) -> None:
     prin.set_defaults(func=_principal)
 
     audit = cmds.add_parser("audit", help="print the domain service's audit log")
-    _add_domain_option(audit)
+    add_domain_option(audit)
     audit.add_argument("--limit", metavar="N", type=int, help="print only the N most recent events")
     audit.set_defaults(func=_audit)
 
@@ -87,13 +87,13 @@ def register(sub: Any) -> None:
     )
     revoke.add_argument("serial", metavar="SERIAL", help="certificate serial, decimal or 0x-hex")
     revoke.add_argument("--reason", metavar="TEXT", required=True, help="why (kept in the log)")
-    _add_domain_option(revoke)
+    add_domain_option(revoke)
     _add_crl_days_option(revoke)
     add_password_option(revoke)
     revoke.set_defaults(func=_revoke)
 
     crl = cmds.add_parser("crl", help="rewrite the domain's CRL from the audit log")
-    _add_domain_option(crl)
+    add_domain_option(crl)
     _add_crl_days_option(crl)
     add_password_option(crl)
     crl.set_defaults(func=_crl)
@@ -109,7 +109,7 @@ def _add_crl_days_option(parser: Any) -> None:
     )
 
 
-def _add_domain_option(parser: Any) -> None:
+def add_domain_option(parser: Any) -> None:
     parser.add_argument(
         "--domain",
         metavar="DIR",
@@ -119,7 +119,7 @@ def _add_domain_option(parser: Any) -> None:
     )
 
 
-def _domain_dir(args: argparse.Namespace) -> Path:
+def domain_dir(args: argparse.Namespace) -> Path:
     if args.domain is None:
         raise ConfigError("no domain: give --domain DIR or set TAO_DOMAIN")
     path: Path = args.domain
@@ -153,7 +153,7 @@ def _parse_rule(text: str) -> auth.Form:
 
 
 def _policy(args: argparse.Namespace) -> int:
-    domain = Domain.load(_domain_dir(args))
+    domain = Domain.load(domain_dir(args))
     changes = bool(args.add_program or args.allow or args.retract)
     if changes:
         guard = old = domain.guard
@@ -183,7 +183,7 @@ def _policy(args: argparse.Namespace) -> int:
 
 
 def _principal(args: argparse.Namespace) -> int:
-    domain = Domain.load(_domain_dir(args))
+    domain = Domain.load(domain_dir(args))
     host = None
     if args.host:
         try:
@@ -209,7 +209,7 @@ def _audit(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be a positive number of events")
-    log = _open_audit(_domain_dir(args))
+    log = _open_audit(domain_dir(args))
     if log is None:
         print("no audit log yet (the domain service has not run)")
         return 0
@@ -261,7 +261,7 @@ def _revoke(args: argparse.Namespace) -> int:
     if not reason:
         raise ConfigError("--reason must not be empty")
     _check_crl_days(args.crl_days)
-    domain = Domain.load(_domain_dir(args))
+    domain = Domain.load(domain_dir(args))
     log = _open_audit(domain.path)
     if log is None:
         raise ConfigError(
@@ -282,7 +282,7 @@ def _revoke(args: argparse.Namespace) -> int:
 
 def _crl(args: argparse.Namespace) -> int:
     _check_crl_days(args.crl_days)
-    domain = Domain.load(_domain_dir(args))
+    domain = Domain.load(domain_dir(args))
     signer = domain.unlock(get_password(args.password_file, prompt="Policy key password"))
     log = _open_audit(domain.path)
     if log is None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 from typing import Any
 
 from taonet._errors import ConfigError
+from taonet.cli._domain_cmd import add_domain_option, domain_dir
 from taonet.cli._logging import configure_logging
 from taonet.cli._password import add_password_option, get_password
 
@@ -16,13 +15,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "domain-service", help="serve program certificates for a domain (over Tao channels)"
     )
-    p.add_argument(
-        "--domain",
-        metavar="DIR",
-        type=Path,
-        default=Path(os.environ["TAO_DOMAIN"]) if os.environ.get("TAO_DOMAIN") else None,
-        help="domain directory (default: $TAO_DOMAIN)",
-    )
+    add_domain_option(p)
     p.add_argument(
         "--listen",
         metavar="HOST:PORT",
@@ -45,12 +38,11 @@ def _run(args: argparse.Namespace) -> int:
 
     from services.domain_service import DomainService
 
-    if args.domain is None:
-        raise ConfigError("no domain: give --domain DIR or set TAO_DOMAIN")
+    directory = domain_dir(args)
     host, port = parse_listen(args.listen)
     configure_logging()
     password = get_password(args.password_file, prompt="Policy key password")
-    service = DomainService.open(args.domain, password)
+    service = DomainService.open(directory, password)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

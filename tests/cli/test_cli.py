@@ -222,3 +222,22 @@ def test_console_script_runs_without_traceback(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr
     assert bad.stderr.startswith("taonet: error:")
+
+
+def test_domain_service_arguments(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taonet.cli._service_cmd import parse_listen
+
+    assert parse_listen("127.0.0.1:8124") == ("127.0.0.1", 8124)
+    assert parse_listen("[::1]:0") == ("::1", 0)
+    assert parse_listen(":9") == ("127.0.0.1", 9)
+    monkeypatch.delenv("TAO_DOMAIN", raising=False)
+    for args, message in [
+        (("domain-service",), "no domain"),
+        (("domain-service", "--domain", str(tmp_path), "--listen", "nope"), "HOST:PORT"),
+        (("domain-service", "--domain", str(tmp_path), "--listen", "h:99999"), "HOST:PORT"),
+    ]:
+        code, _, err = run(capsys, *args)
+        assert code == 2
+        assert message in err
