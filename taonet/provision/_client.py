@@ -13,6 +13,7 @@ typed error code with a reason:
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Final
 
@@ -41,6 +42,13 @@ ERROR_INTERNAL: Final = "internal_error"
 MAX_RESPONSE: Final = 1024 * 1024
 #: Bound on one request, connection to answer (wrap calls in trio.fail_after for less).
 REQUEST_TIMEOUT: Final = 30.0
+
+
+@functools.lru_cache(maxsize=16)
+def _anonymous(policy_cert: bytes) -> ChannelIdentity:
+    # Building TLS contexts is provisioning work (milliseconds): once per domain.
+    # The policy certificate's validity is still checked on every use.
+    return ChannelIdentity.anonymous(policy_cert)
 
 
 class DomainServiceError(TaoError):
@@ -88,7 +96,7 @@ async def request_certificate(
     program_key_der: bytes,
 ) -> certs.ProgramCertificate:
     """Ask the domain service for a program certificate; verify what comes back."""
-    identity = ChannelIdentity.anonymous(policy_cert)
+    identity = _anonymous(policy_cert)
     request = message_class("DomainServiceRequest")(
         kind="certify", attestation=attestation.to_bytes(), program_key=program_key_der
     )
@@ -105,7 +113,7 @@ async def request_certificate(
 
 async def fetch_crl(host: str, port: int, policy_cert: bytes) -> certs.RevocationList:
     """Fetch and verify the domain's certificate revocation list."""
-    identity = ChannelIdentity.anonymous(policy_cert)
+    identity = _anonymous(policy_cert)
     request = message_class("DomainServiceRequest")(kind="crl")
     response = await _exchange(host, port, identity, request)
     if not response.HasField("crl"):
