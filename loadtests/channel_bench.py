@@ -24,8 +24,8 @@ clock runs from the first write to that byte.
 A round measures every subject once: the two trio subjects inside one ``trio.run``,
 then asyncio inside one ``asyncio.run`` (after the trio parts), so baselines and
 subject alternate and a change of machine load does not land on one side of a
-ratio only. Each figure is the median over the rounds. Debug logging is filtered
-out, as in a deployment.
+ratio only. Rates are medians over the rounds; each ratio is the median of the
+per-round ratios. Debug logging is filtered out, as in a deployment.
 
 Prints a table, then as its last line one JSON object with every rate and the
 ratios ``handshake_ratio_vs_trio_tls``, ``bulk_ratio_vs_trio_tls``,

@@ -37,47 +37,19 @@ import trio
 from taonet import auth, certs
 from taonet._errors import AuthenticationError, AuthorizationError, ProtocolError, TaoError
 from taonet.channel._identity import ChannelIdentity
+from taonet.channel._tls import TLSStream
 from taonet.domain import Guard
 
 __all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "Peer", "TaoStream", "open_channel", "serve_channels"]
 
 log = structlog.get_logger(__name__)
 
-_SSL = trio.SSLStream[Any]
+_SSL = TLSStream
 
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
 _ACCEPT: Final = b"\x00"
 _REFUSE: Final = 0x01
 _MAX_REASON: Final = 1024
-#: What receive_some() returns at most when not told: as much as has arrived.
-_RECEIVE_SIZE: Final = 256 * 1024
-#: A TLS record carries at most 16 KiB of data; OpenSSL hands over one per read.
-_RECORD_SIZE: Final = 16 * 1024
-#: How much one read of the TCP socket may bring (trio's default is 64 KiB).
-_SOCKET_READ: Final = 256 * 1024
-
-
-class _Transport(trio.abc.Stream):
-    """The TCP stream under TLS, read in larger pieces than trio's default.
-
-    More ciphertext per socket read means more records decrypted per wake-up (see
-    :meth:`TaoStream._read_ahead`); bulk transfers go faster, small ones are unchanged.
-    """
-
-    def __init__(self, tcp: trio.SocketStream) -> None:
-        self.tcp = tcp
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.tcp.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.tcp.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.tcp.receive_some(max_bytes or _SOCKET_READ)
-
-    async def aclose(self) -> None:
-        await self.tcp.aclose()
 
 
 @attrs.frozen
@@ -104,12 +76,10 @@ class TaoStream(trio.abc.Stream):
         self._buffer = b""
         self._receiving = False
         self._closed = False
-        #: An error met while decrypting ahead, raised by the next receive_some.
-        self._error: ssl.SSLError | None = None
 
     @property
-    def ssl_stream(self) -> _SSL:
-        """The underlying trio SSLStream."""
+    def tls_stream(self) -> TLSStream:
+        """The TLS stream underneath."""
         return self._ssl
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -134,49 +104,9 @@ class TaoStream(trio.abc.Stream):
                 n = len(self._buffer) if max_bytes is None else max_bytes
                 data, self._buffer = self._buffer[:n], self._buffer[n:]
                 return data
-            if self._error is not None:
-                await trio.lowlevel.checkpoint()
-                raise trio.BrokenResourceError from self._error
-            limit = max_bytes or _RECEIVE_SIZE
-            received = await self._ssl.receive_some(min(limit, _RECORD_SIZE))
-            if received and len(received) < limit:
-                received = self._read_ahead(received, limit)
-            return received
+            return await self._ssl.receive_some(max_bytes)
         finally:
             self._receiving = False
-
-    def _read_ahead(self, data: bytes | bytearray, limit: int) -> bytes | bytearray:
-        """Append the records already received, decrypted without awaiting, up to ``limit``.
-
-        trio's SSLStream returns one TLS record (16 KiB at most) per receive_some, with a
-        trip through the scheduler each time, although one read of its socket brings
-        several. Decrypting those here, from the SSLStream's own SSLObject and incoming
-        buffer (trio internals, read without awaiting, so no other task sees them in
-        between), makes bulk reads about a fifth faster (loadtests/channel_bench.py).
-        A partial record waits for the next read; end of stream shows on the next read,
-        through trio; an error is kept and raised, as trio would, by the next read.
-        """
-        # Private to trio (checked by tests/channel/test_stream.py): without them,
-        # fall back to one record per read rather than fail.
-        ssl_object = getattr(self._ssl, "_ssl_object", None)
-        incoming = getattr(self._ssl, "_incoming", None)
-        if not isinstance(ssl_object, ssl.SSLObject) or not isinstance(incoming, ssl.MemoryBIO):
-            return data
-        chunks = [data]
-        size = len(data)
-        while size < limit and incoming.pending:
-            try:
-                more = ssl_object.read(min(limit - size, _RECORD_SIZE))
-            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
-                break  # a partial record, or the peer's close_notify: trio's to handle
-            except ssl.SSLError as exc:
-                self._error = exc
-                break
-            if not more:
-                break
-            chunks.append(more)
-            size += len(more)
-        return data if len(chunks) == 1 else b"".join(chunks)
 
     async def wait_accepted(self) -> None:
         """Wait for the server's verdict (clients only); AuthorizationError if refused."""
@@ -273,8 +203,11 @@ async def open_channel(
     the first read (see :meth:`TaoStream.wait_accepted`).
     """
     tcp = await trio.open_tcp_stream(host, port)
-    ssl_stream = trio.SSLStream(
-        _Transport(tcp), identity.client_context(), server_hostname=certs.CHANNEL_HOSTNAME
+    ssl_stream = TLSStream(
+        tcp,
+        identity.client_context(),
+        server_side=False,
+        server_hostname=certs.CHANNEL_HOSTNAME,
     )
     try:
         try:
@@ -331,7 +264,7 @@ async def serve_channels(
 
     async def serve_one(tcp: trio.SocketStream) -> None:
         remote = _remote(tcp)
-        ssl_stream = trio.SSLStream(_Transport(tcp), context, server_side=True)
+        ssl_stream = TLSStream(tcp, context, server_side=True)
         try:
             stream = await _accept(ssl_stream, identity, guard, revoked, handshake_timeout, remote)
         except (TaoError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:

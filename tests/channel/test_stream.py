@@ -304,21 +304,6 @@ def test_identity_checks_its_parts(programs: Programs) -> None:
     assert isinstance(programs.name(1), auth.Prin)
 
 
-async def test_read_ahead_still_has_the_trio_internals_it_uses(
-    programs: Programs, nursery: trio.Nursery
-) -> None:
-    # TaoStream decrypts already-received TLS records in one go through these
-    # private attributes of trio's SSLStream (and falls back without them). If a
-    # trio upgrade renames them, this says so rather than bulk reads slowing down.
-    import ssl
-
-    with trio.fail_after(10):
-        client, _server = await connected_pair(programs, nursery)
-        assert isinstance(getattr(client.ssl_stream, "_ssl_object", None), ssl.SSLObject)
-        assert isinstance(getattr(client.ssl_stream, "_incoming", None), ssl.MemoryBIO)
-        await client.aclose()
-
-
 async def test_tampered_record_mid_stream_breaks_the_stream(
     programs: Programs, nursery: trio.Nursery
 ) -> None:
