@@ -52,6 +52,7 @@ class TLSStream(trio.abc.Stream):
             server_hostname=server_hostname,
         )
         self._write_lock = trio.StrictFIFOLock()
+        self._handshake_lock = trio.Lock()
         self._sending = False
         self._receiving = False
         self._handshake_done = False
@@ -122,6 +123,12 @@ class TLSStream(trio.abc.Stream):
         if self._handshake_done:
             await trio.lowlevel.checkpoint()
             return
+        # A sender and a receiver may both start the handshake: one runs it.
+        async with self._handshake_lock:
+            if not self._handshake_done:
+                await self._run_handshake()
+
+    async def _run_handshake(self) -> None:
         while True:
             try:
                 self._tls.do_handshake()
