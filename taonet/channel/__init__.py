@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 from taonet.channel._identity import ChannelIdentity
-from taonet.channel._messages import MessageStream
 from taonet.channel._stream import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     Peer,
@@ -18,6 +17,7 @@ from taonet.channel._stream import (
     open_channel,
     serve_channels,
 )
+from taonet.hosts._messages import MessageStream
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",

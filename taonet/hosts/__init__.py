@@ -2,11 +2,17 @@
 
 * :class:`SoftHost` / :class:`SoftTao`: a root host with soft keys in a
   password-protected keyset directory.
-* Linux (stacked, child processes), TPM 2.0 and the RPC client come with later work.
+* :class:`RPCTao` / :func:`serve_tao_rpc`: the Tao RPC between a hosted program and
+  its host (client and per-program server).
+* :class:`MessageStream`: 4-byte length-prefixed frames over any trio stream (the
+  framing of the Tao RPC and of Tao channels' protocols).
+* Linux (stacked, child processes) and TPM 2.0 come with later work.
 """
 
 from __future__ import annotations
 
+from taonet.hosts._messages import MessageStream
+from taonet.hosts._rpc import DEFAULT_RPC_MAX_FRAME, RPCTao, serve_tao_rpc
 from taonet.hosts._soft import SoftHost, SoftTao
 from taonet.hosts._tao import (
     SEAL_POLICIES,
@@ -17,11 +23,15 @@ from taonet.hosts._tao import (
 )
 
 __all__ = [
+    "DEFAULT_RPC_MAX_FRAME",
     "SEAL_POLICIES",
     "SEAL_POLICY_ANY",
     "SEAL_POLICY_FEW",
     "SEAL_POLICY_SELF",
+    "MessageStream",
+    "RPCTao",
     "SoftHost",
     "SoftTao",
     "Tao",
+    "serve_tao_rpc",
 ]

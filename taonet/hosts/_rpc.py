@@ -1,0 +1,528 @@
+"""The Tao RPC: a hosted program talks to its host over a message channel.
+
+Wire format (compatible with the original's protorpc): a request is two frames,
+an ``RPCHeader{op, seq}`` and then an ``RPCRequest`` body; a response is two
+frames, an ``RPCHeader{op, seq, error?}`` and then an ``RPCResponse`` body, which
+is empty when ``error`` is set (the client still reads and drops it). Sequence
+numbers let several calls be in flight on one channel.
+
+* :class:`RPCTao` is the client, a :class:`~taonet.hosts.Tao` for a hosted
+  program. One background reader task hands each response to the caller waiting
+  for its sequence number. Use ``async with RPCTao.connect(stream) as tao:``, or
+  construct one and ``await nursery.start(tao.run)`` yourself. An error answer
+  raises :class:`~taonet.HostError` with the host's message and leaves the channel
+  usable; a malformed frame, a response nobody asked for, or the host closing the
+  channel fails every pending (and later) call and closes the channel.
+* :func:`serve_tao_rpc` is the host side for one hosted program: it answers the
+  requests on one channel in order from a given :class:`~taonet.hosts.Tao`.
+
+Payloads: principals, sub-principals and forms travel in the auth binary encoding,
+attestations as serialized ``Attestation`` messages, times as int64 nanoseconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import structlog
+import trio
+
+from taonet import auth
+from taonet._errors import CodecError, HostError, ProtocolError, TaoError
+from taonet.attestation import Attestation
+from taonet.hosts._messages import MessageStream
+from taonet.hosts._tao import (
+    MAX_RANDOM_BYTES,
+    SEAL_POLICY_SELF,
+    Tao,
+    check_policy,
+    check_size,
+)
+from taonet.wire import MAX_FRAME_CEILING, message_class, parse, serialize
+
+__all__ = [
+    "COUNTER_METHODS",
+    "DEFAULT_RPC_MAX_FRAME",
+    "METHODS",
+    "RPCTao",
+    "serve_tao_rpc",
+]
+
+log = structlog.get_logger(__name__)
+
+#: The original's frame ceiling: room for a maximal sealed blob plus the envelope.
+DEFAULT_RPC_MAX_FRAME: Final = MAX_FRAME_CEILING
+#: Calls cancelled after sending whose late answers are still expected, at most.
+_MAX_ABANDONED: Final = 1024
+
+GET_TAO_NAME: Final = "Tao.GetTaoName"
+EXTEND_TAO_NAME: Final = "Tao.ExtendTaoName"
+GET_RANDOM_BYTES: Final = "Tao.GetRandomBytes"
+GET_SHARED_SECRET: Final = "Tao.GetSharedSecret"  # noqa: S105 (a method name)
+ATTEST: Final = "Tao.Attest"
+SEAL: Final = "Tao.Seal"
+UNSEAL: Final = "Tao.Unseal"
+INIT_COUNTER: Final = "Tao.InitCounter"
+GET_COUNTER: Final = "Tao.GetCounter"
+ROLLBACK_PROTECTED_SEAL: Final = "Tao.RollbackProtectedSeal"
+ROLLBACK_PROTECTED_UNSEAL: Final = "Tao.RollbackProtectedUnseal"
+
+#: The counter methods; hosts without counters answer them with an error.
+COUNTER_METHODS: Final = frozenset(
+    {INIT_COUNTER, GET_COUNTER, ROLLBACK_PROTECTED_SEAL, ROLLBACK_PROTECTED_UNSEAL}
+)
+#: Every method of the Tao service.
+METHODS: Final = frozenset(
+    {GET_TAO_NAME, EXTEND_TAO_NAME, GET_RANDOM_BYTES, GET_SHARED_SECRET, ATTEST, SEAL, UNSEAL}
+    | COUNTER_METHODS
+)
+NOT_SUPPORTED: Final = "not supported by this host"
+
+_INT32_MAX: Final = 2**31 - 1
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+_UINT64_MAX: Final = 2**64 - 1
+
+
+def _as_messages(stream: MessageStream | trio.abc.Stream, max_frame: int) -> MessageStream:
+    if isinstance(stream, MessageStream):
+        return stream
+    return MessageStream(stream, max_frame=max_frame)
+
+
+def _present(msg: Any) -> frozenset[str]:
+    return frozenset(field.name for field, _ in msg.ListFields())
+
+
+def _check_time(value: int | None, what: str) -> None:
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not _INT64_MIN <= value <= _INT64_MAX
+    ):
+        raise HostError(f"attest: {what} must be an int64 of nanoseconds, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------
+# Client
+# --------------------------------------------------------------------------------------
+
+
+class _Pending:
+    __slots__ = ("done", "error", "op", "response")
+
+    def __init__(self, op: str) -> None:
+        self.op = op
+        self.done = trio.Event()
+        self.response: Any = None
+        self.error: TaoError | None = None
+
+
+class RPCTao(Tao):
+    """A :class:`Tao` reached over the Tao RPC (see the module docstring).
+
+    ``stream`` is a :class:`~taonet.channel.MessageStream` or any
+    :class:`trio.abc.Stream` (wrapped with ``max_frame``). The RPCTao owns it and
+    closes it when the channel fails or :meth:`aclose` is called.
+    """
+
+    def __init__(
+        self,
+        stream: MessageStream | trio.abc.Stream,
+        *,
+        max_frame: int = DEFAULT_RPC_MAX_FRAME,
+    ) -> None:
+        self._messages = _as_messages(stream, max_frame)
+        self._seq = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        # Sequence numbers whose caller went away after sending: their answer is dropped.
+        self._abandoned: set[int] = set()
+        self._send_lock = trio.Lock()  # keeps each header + body pair together
+        self._failure: TaoError | None = None
+        self._running = False
+        self._reader_scope: trio.CancelScope | None = None
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls,
+        stream: MessageStream | trio.abc.Stream,
+        *,
+        max_frame: int = DEFAULT_RPC_MAX_FRAME,
+    ) -> AsyncIterator[RPCTao]:
+        """An RPCTao with its reader running for the block; closed at the end."""
+        tao = cls(stream, max_frame=max_frame)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(tao.run)
+                try:
+                    yield tao
+                finally:
+                    await tao.aclose()
+        except BaseExceptionGroup as group:
+            # The reader never raises, so the group holds the block's own error:
+            # let it through unwrapped, as if there were no nursery.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+
+    @property
+    def max_frame(self) -> int:
+        """The largest frame sent or accepted."""
+        return self._messages.max_frame
+
+    @property
+    def closed(self) -> bool:
+        """True once the channel failed or was closed; every call then raises."""
+        return self._failure is not None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read responses until the channel ends; start it with ``nursery.start``."""
+        if self._running:
+            raise RuntimeError("this RPCTao's reader is already running")
+        if self._failure is not None:
+            raise trio.ClosedResourceError("this RPCTao is closed")
+        self._running = True
+        failure: TaoError = HostError("the Tao RPC client was closed")
+        try:
+            with trio.CancelScope() as scope:
+                self._reader_scope = scope
+                task_status.started()
+                failure = await self._read_responses()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            failure = HostError(f"the Tao RPC channel broke: {exc or type(exc).__name__}")
+        finally:
+            self._running = False
+            self._reader_scope = None
+            if self._failure is None:
+                log.warning("tao_rpc_client_failed", error=str(failure))
+            self._fail(failure)
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self._messages)
+
+    async def _read_responses(self) -> TaoError:
+        """Dispatch responses; return the error that ended the channel."""
+        messages = self._messages
+        while True:
+            try:
+                header_frame = await messages.receive_message()
+            except trio.EndOfChannel:
+                return HostError("the Tao host closed the RPC channel")
+            except (CodecError, ProtocolError) as exc:
+                return ProtocolError(f"bad frame from the Tao host: {exc}")
+            try:
+                body_frame = await messages.receive_message()
+            except trio.EndOfChannel:
+                return ProtocolError("the Tao host closed the RPC channel between header and body")
+            except (CodecError, ProtocolError) as exc:
+                return ProtocolError(f"bad frame from the Tao host: {exc}")
+            try:
+                header = parse("RPCHeader", header_frame, what="Tao RPC response header")
+            except CodecError as exc:
+                return ProtocolError(str(exc))
+            seq: int = header.seq
+            if seq in self._abandoned:
+                self._abandoned.discard(seq)
+                continue
+            pending = self._pending.get(seq)
+            if pending is None:
+                return ProtocolError(f"the Tao host answered call {seq}, which nobody made")
+            if header.op != pending.op:
+                return ProtocolError(
+                    f"the Tao host answered call {seq} ({pending.op}) as {header.op!r}"
+                )
+            del self._pending[seq]
+            if header.HasField("error"):
+                pending.error = HostError(header.error)
+            else:
+                try:
+                    pending.response = parse(
+                        "RPCResponse", body_frame, what=f"{pending.op} response"
+                    )
+                except CodecError as exc:
+                    pending.error = ProtocolError(str(exc))
+                    pending.done.set()
+                    return ProtocolError(str(exc))
+            pending.done.set()
+
+    def _fail(self, failure: TaoError) -> None:
+        if self._failure is None:
+            self._failure = failure
+        for pending in self._pending.values():
+            if not pending.done.is_set():
+                pending.error = failure
+                pending.done.set()
+        self._pending.clear()
+        self._abandoned.clear()
+        if self._reader_scope is not None:
+            self._reader_scope.cancel()
+
+    def _raise_failure(self) -> None:
+        failure = self._failure
+        if failure is not None:
+            raise type(failure)(str(failure)) from failure
+
+    async def aclose(self) -> None:
+        """Close the channel; pending and later calls raise HostError."""
+        self._fail(HostError("the Tao RPC client was closed"))
+        await trio.aclose_forcefully(self._messages)
+
+    async def _call(self, op: str, expect: frozenset[str], **fields: Any) -> Any:
+        """Send one request; return the RPCResponse holding exactly ``expect``."""
+        self._raise_failure()
+        if not self._running:
+            raise RuntimeError("start RPCTao.run in a nursery, or use RPCTao.connect")
+        body = serialize(message_class("RPCRequest")(**fields))
+        if len(body) > self.max_frame:
+            raise HostError(
+                f"{op}: a {len(body)}-byte request is over the {self.max_frame}-byte frame limit"
+            )
+        seq = next(self._seq)
+        if seq > _UINT64_MAX:  # pragma: no cover - not in this universe
+            raise HostError("the Tao RPC ran out of sequence numbers")
+        header = serialize(message_class("RPCHeader")(op=op, seq=seq))
+        pending = _Pending(op)
+        self._pending[seq] = pending
+        sent = False
+        try:
+            async with self._send_lock:
+                self._raise_failure()
+                try:
+                    await self._messages.send_message(header)
+                    await self._messages.send_message(body)
+                except BaseException as exc:
+                    # A header without its body desynchronizes the channel for good.
+                    if not isinstance(exc, trio.Cancelled):
+                        log.warning("tao_rpc_send_failed", op=op, error=str(exc))
+                    self._fail(HostError(f"{op}: sending the request failed: {exc!r}"))
+                    raise
+                sent = True
+            await pending.done.wait()
+        finally:
+            if not pending.done.is_set():
+                self._pending.pop(seq, None)
+                if sent and self._failure is None:
+                    self._abandoned.add(seq)
+                    if len(self._abandoned) > _MAX_ABANDONED:
+                        # A host that never answers: stop remembering, give up on it.
+                        self._fail(HostError("the Tao host left too many calls unanswered"))
+        if pending.error is not None:
+            raise type(pending.error)(str(pending.error)) from None
+        response = pending.response
+        present = _present(response)
+        if present != expect:
+            want = ", ".join(sorted(expect)) or "no fields"
+            got = ", ".join(sorted(present)) or "no fields"
+            raise ProtocolError(f"{op}: the response should hold {want}, it holds {got}")
+        return response
+
+    # -- the Tao interface --------------------------------------------------------------
+
+    async def get_tao_name(self) -> auth.Prin:
+        response = await self._call(GET_TAO_NAME, frozenset({"data"}))
+        try:
+            return auth.decode_prin(bytes(response.data))
+        except CodecError as exc:
+            raise ProtocolError(f"{GET_TAO_NAME}: bad principal: {exc}") from None
+
+    async def extend_tao_name(self, subprin: auth.SubPrin) -> None:
+        if not isinstance(subprin, auth.SubPrin):
+            raise HostError("extend_tao_name takes a SubPrin")
+        await self._call(EXTEND_TAO_NAME, frozenset(), data=auth.encode(subprin))
+
+    async def get_random_bytes(self, n: int) -> bytes:
+        check_size(n, what="random bytes", limit=MAX_RANDOM_BYTES)
+        response = await self._call(GET_RANDOM_BYTES, frozenset({"data"}), size=n)
+        return self._sized(GET_RANDOM_BYTES, bytes(response.data), n)
+
+    async def get_shared_secret(self, n: int, policy: str = SEAL_POLICY_SELF) -> bytes:
+        check_size(n, what="shared secret", limit=MAX_RANDOM_BYTES)
+        if not isinstance(policy, str):
+            raise HostError("shared secret: the policy must be a string")
+        response = await self._call(GET_SHARED_SECRET, frozenset({"data"}), size=n, policy=policy)
+        return self._sized(GET_SHARED_SECRET, bytes(response.data), n)
+
+    @staticmethod
+    def _sized(op: str, data: bytes, n: int) -> bytes:
+        if len(data) != n:
+            raise ProtocolError(f"{op}: asked for {n} bytes, the host returned {len(data)}")
+        return data
+
+    async def attest(
+        self,
+        message: auth.Form,
+        *,
+        issuer: auth.Prin | None = None,
+        time: int | None = None,
+        expiration: int | None = None,
+    ) -> Attestation:
+        _check_time(time, "time")
+        _check_time(expiration, "expiration")
+        fields: dict[str, Any] = {"data": auth.encode(message)}
+        if issuer is not None:
+            if not isinstance(issuer, auth.Prin):
+                raise HostError("attest: the issuer must be a principal")
+            fields["issuer"] = auth.encode(issuer)
+        if time is not None:
+            fields["time"] = time
+        if expiration is not None:
+            fields["expiration"] = expiration
+        response = await self._call(ATTEST, frozenset({"data"}), **fields)
+        try:
+            return Attestation.from_bytes(bytes(response.data))
+        except CodecError as exc:
+            raise ProtocolError(f"{ATTEST}: bad attestation: {exc}") from None
+
+    async def seal(self, data: bytes, policy: str = SEAL_POLICY_SELF) -> bytes:
+        if not isinstance(policy, str):
+            raise HostError("seal: the policy must be a string")
+        response = await self._call(SEAL, frozenset({"data"}), data=bytes(data), policy=policy)
+        return bytes(response.data)
+
+    async def unseal(self, sealed: bytes) -> tuple[bytes, str]:
+        response = await self._call(UNSEAL, frozenset({"data", "policy"}), data=bytes(sealed))
+        return bytes(response.data), str(response.policy)
+
+
+# --------------------------------------------------------------------------------------
+# Server
+# --------------------------------------------------------------------------------------
+
+_Handler = Callable[[Tao, Any], Awaitable[dict[str, Any]]]
+
+
+def _need(request: Any, op: str, *names: str) -> None:
+    missing = [name for name in names if not request.HasField(name)]
+    if missing:
+        raise HostError(f"{op}: the request needs {', '.join(missing)}")
+
+
+async def _get_tao_name(tao: Tao, request: Any) -> dict[str, Any]:
+    return {"data": auth.encode(await tao.get_tao_name())}
+
+
+async def _extend_tao_name(tao: Tao, request: Any) -> dict[str, Any]:
+    _need(request, EXTEND_TAO_NAME, "data")
+    await tao.extend_tao_name(auth.decode_subprin(bytes(request.data)))
+    return {}
+
+
+async def _get_random_bytes(tao: Tao, request: Any) -> dict[str, Any]:
+    _need(request, GET_RANDOM_BYTES, "size")
+    return {"data": await tao.get_random_bytes(int(request.size))}
+
+
+async def _get_shared_secret(tao: Tao, request: Any) -> dict[str, Any]:
+    _need(request, GET_SHARED_SECRET, "size")
+    policy = str(request.policy) if request.HasField("policy") else SEAL_POLICY_SELF
+    return {"data": await tao.get_shared_secret(int(request.size), check_policy(policy))}
+
+
+async def _attest(tao: Tao, request: Any) -> dict[str, Any]:
+    _need(request, ATTEST, "data")
+    message = auth.decode_form(bytes(request.data))
+    issuer = auth.decode_prin(bytes(request.issuer)) if request.HasField("issuer") else None
+    attestation = await tao.attest(
+        message,
+        issuer=issuer,
+        time=int(request.time) if request.HasField("time") else None,
+        expiration=int(request.expiration) if request.HasField("expiration") else None,
+    )
+    return {"data": attestation.to_bytes()}
+
+
+async def _seal(tao: Tao, request: Any) -> dict[str, Any]:
+    _need(request, SEAL, "data")
+    policy = str(request.policy) if request.HasField("policy") else SEAL_POLICY_SELF
+    return {"data": await tao.seal(bytes(request.data), check_policy(policy))}
+
+
+async def _unseal(tao: Tao, request: Any) -> dict[str, Any]:
+    _need(request, UNSEAL, "data")
+    data, policy = await tao.unseal(bytes(request.data))
+    return {"data": data, "policy": policy}
+
+
+async def _not_supported(tao: Tao, request: Any) -> dict[str, Any]:
+    raise HostError(NOT_SUPPORTED)
+
+
+_HANDLERS: Final[dict[str, _Handler]] = {
+    GET_TAO_NAME: _get_tao_name,
+    EXTEND_TAO_NAME: _extend_tao_name,
+    GET_RANDOM_BYTES: _get_random_bytes,
+    GET_SHARED_SECRET: _get_shared_secret,
+    ATTEST: _attest,
+    SEAL: _seal,
+    UNSEAL: _unseal,
+    **dict.fromkeys(COUNTER_METHODS, _not_supported),
+}
+
+
+async def serve_tao_rpc(
+    stream: MessageStream | trio.abc.Stream,
+    tao: Tao,
+    *,
+    max_frame: int = DEFAULT_RPC_MAX_FRAME,
+) -> None:
+    """Answer one hosted program's Tao RPC requests from ``tao``, in order.
+
+    Returns when the program closes the channel, or after closing it on a broken
+    protocol (a malformed or oversized frame, an unknown method; logged, not
+    raised). A :class:`~taonet.TaoError` from ``tao`` (or from decoding a payload)
+    becomes the response's error string; the channel stays open. The stream is
+    closed on return.
+    """
+    messages = _as_messages(stream, max_frame)
+    try:
+        await _serve(messages, tao)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        log.info("tao_rpc_channel_broken", error=str(exc) or type(exc).__name__)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(messages)
+
+
+async def _serve(messages: MessageStream, tao: Tao) -> None:
+    while True:
+        try:
+            header_frame = await messages.receive_message()
+        except trio.EndOfChannel:
+            return
+        except (CodecError, ProtocolError) as exc:
+            log.warning("tao_rpc_bad_request", error=str(exc))
+            return
+        try:
+            body_frame = await messages.receive_message()
+            header = parse("RPCHeader", header_frame, what="Tao RPC request header")
+            op = str(header.op)
+            if op not in _HANDLERS:
+                raise ProtocolError(f"unknown Tao RPC method {op!r}")
+            request = parse("RPCRequest", body_frame, what=f"{op} request")
+        except trio.EndOfChannel:
+            log.warning("tao_rpc_bad_request", error="the client closed between header and body")
+            return
+        except (CodecError, ProtocolError) as exc:
+            log.warning("tao_rpc_bad_request", error=str(exc))
+            return
+        seq = int(header.seq)
+        error: str | None = None
+        body = b""
+        try:
+            fields = await _HANDLERS[op](tao, request)
+            body = serialize(message_class("RPCResponse")(**fields))
+        except TaoError as exc:
+            error = str(exc) or type(exc).__name__
+        if error is None and len(body) > messages.max_frame:
+            error = f"{op}: a {len(body)}-byte response is over the {messages.max_frame}-byte limit"
+            body = b""
+        response_header = message_class("RPCHeader")(op=op, seq=seq)
+        if error is not None:
+            response_header.error = error
+        await messages.send_message(serialize(response_header))
+        await messages.send_message(body)
