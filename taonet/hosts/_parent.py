@@ -1,0 +1,82 @@
+"""Finding a hosted program's Tao host: ``async with taonet.hosts.parent() as tao``.
+
+A host starts each program with three environment variables (the original's):
+
+* ``CLOUDPROXY_TAO_HOST_TYPE``: ``none``, ``root`` or ``stacked`` (informational);
+* ``CLOUDPROXY_TAO_HOST_CHANNEL_TYPE``: ``pipe``, ``unix`` or ``file``
+  (``tpm``/``tpm2`` name hardware hosts, which are not reached through here);
+* ``CLOUDPROXY_TAO_HOST_SPEC``: for ``pipe``, ``tao::RPC+tao::FDMessageChannel(R, W)``
+  with the read and write file descriptors; for ``file``,
+  ``tao::RPC+tao::FileMessageChannel(/path)`` (e.g. a virtio serial port); for
+  ``unix``, the socket path to dial.
+
+:func:`parent` opens that channel and returns an :class:`RPCTao` on it. Anything
+missing or malformed is a HostError that names the variable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import AsyncIterator, Mapping
+from typing import Final
+
+import trio
+
+from taonet._errors import HostError
+from taonet.hosts._rpc import RPCTao
+
+__all__ = ["HOST_CHANNEL_TYPE", "HOST_SPEC", "HOST_TYPE", "open_host_channel", "parent"]
+
+HOST_TYPE: Final = "CLOUDPROXY_TAO_HOST_TYPE"
+HOST_CHANNEL_TYPE: Final = "CLOUDPROXY_TAO_HOST_CHANNEL_TYPE"
+HOST_SPEC: Final = "CLOUDPROXY_TAO_HOST_SPEC"
+
+_FD_SPEC: Final = re.compile(r"^tao::RPC\+tao::FDMessageChannel\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
+_FILE_SPEC: Final = re.compile(r"^tao::RPC\+tao::FileMessageChannel\((.+)\)$")
+
+
+async def open_host_channel(environ: Mapping[str, str] | None = None) -> trio.abc.Stream:
+    """Open the stream to this program's host, as the environment describes it."""
+    env = os.environ if environ is None else environ
+    channel = env.get(HOST_CHANNEL_TYPE)
+    spec = env.get(HOST_SPEC)
+    if env.get(HOST_TYPE, "none") == "none" or not channel:
+        raise HostError(f"no Tao host: {HOST_TYPE}/{HOST_CHANNEL_TYPE} are not set")
+    if spec is None:
+        raise HostError(f"no Tao host: {HOST_SPEC} is not set")
+    if channel == "pipe":
+        match = _FD_SPEC.match(spec.strip())
+        if match is None:
+            raise HostError(f"{HOST_SPEC} {spec!r} is not tao::RPC+tao::FDMessageChannel(R, W)")
+        read_fd, write_fd = (int(g) for g in match.groups())
+        try:
+            # Duplicated: the streams own (and close) their descriptors.
+            receive = trio.lowlevel.FdStream(os.dup(read_fd))
+            send = trio.lowlevel.FdStream(os.dup(write_fd))
+        except OSError as exc:
+            raise HostError(f"the Tao host pipe ({spec}) is not open: {exc.strerror}") from None
+        return trio.StapledStream(send, receive)
+    if channel == "file":
+        match = _FILE_SPEC.match(spec.strip())
+        path = match.group(1).strip() if match else spec.strip()
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+        except OSError as exc:
+            raise HostError(f"cannot open the Tao host channel {path}: {exc.strerror}") from None
+        return trio.StapledStream(trio.lowlevel.FdStream(os.dup(fd)), trio.lowlevel.FdStream(fd))
+    if channel == "unix":
+        try:
+            return await trio.open_unix_socket(spec)
+        except OSError as exc:
+            raise HostError(f"cannot reach the Tao host at {spec}: {exc.strerror}") from None
+    raise HostError(f"{HOST_CHANNEL_TYPE}={channel!r} is not a channel taonet can open")
+
+
+@contextlib.asynccontextmanager
+async def parent(environ: Mapping[str, str] | None = None) -> AsyncIterator[RPCTao]:
+    """This program's host as a :class:`~taonet.hosts.Tao`, for the block's duration."""
+    stream = await open_host_channel(environ)
+    async with RPCTao.connect(stream) as tao:
+        yield tao

@@ -1,0 +1,164 @@
+"""A hosted program finds its host from CLOUDPROXY_TAO_HOST_*: real child processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from taonet import HostError, auth
+from taonet.hosts import SoftHost, open_host_channel, serve_tao_rpc
+
+CHILD = """
+import trio
+from taonet.hosts import parent
+
+async def main():
+    async with parent() as tao:
+        name = await tao.get_tao_name()
+        data, policy = await tao.unseal(await tao.seal(b"hosted secret"))
+        print(name)
+        print(data.decode(), policy)
+
+trio.run(main)
+"""
+
+
+async def run_child(env: dict[str, str], pass_fds: tuple[int, ...] = ()) -> list[str]:
+    result = await trio.run_process(
+        [sys.executable, "-c", CHILD],
+        env={**os.environ, **env},
+        pass_fds=pass_fds,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    return result.stdout.decode().splitlines()
+
+
+async def test_pipe_channel(make_host) -> None:  # type: ignore[no-untyped-def]
+    host: SoftHost = make_host()
+    child_name = host.name.extend(auth.PrinExt("Program", (auth.Bytes(b"\x01" * 32),)))
+    to_child_r, to_child_w = os.pipe()
+    to_parent_r, to_parent_w = os.pipe()
+    env = {
+        "CLOUDPROXY_TAO_HOST_TYPE": "root",
+        "CLOUDPROXY_TAO_HOST_CHANNEL_TYPE": "pipe",
+        "CLOUDPROXY_TAO_HOST_SPEC": f"tao::RPC+tao::FDMessageChannel({to_child_r}, {to_parent_w})",
+    }
+    stream = trio.StapledStream(
+        trio.lowlevel.FdStream(to_child_w), trio.lowlevel.FdStream(to_parent_r)
+    )
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_tao_rpc, stream, host.tao_for(child_name))
+            try:
+                lines = await run_child(env, pass_fds=(to_child_r, to_parent_w))
+            finally:
+                os.close(to_child_r)
+                os.close(to_parent_w)
+    assert lines == [str(child_name), "hosted secret self"]
+
+
+async def test_unix_channel(make_host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    host: SoftHost = make_host()
+    path = tmp_path / "tao.sock"
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await sock.bind(str(path))
+    sock.listen()
+    listener = trio.SocketListener(sock)
+    env = {
+        "CLOUDPROXY_TAO_HOST_TYPE": "stacked",
+        "CLOUDPROXY_TAO_HOST_CHANNEL_TYPE": "unix",
+        "CLOUDPROXY_TAO_HOST_SPEC": str(path),
+    }
+
+    async def serve_one() -> None:
+        stream = await listener.accept()
+        await serve_tao_rpc(stream, host.tao_for())
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_one)
+            lines = await run_child(env)
+    await listener.aclose()
+    assert lines == [str(host.name), "hosted secret self"]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "no Tao host"),
+        (
+            {"CLOUDPROXY_TAO_HOST_TYPE": "none", "CLOUDPROXY_TAO_HOST_CHANNEL_TYPE": "pipe"},
+            "no Tao host",
+        ),
+        (
+            {"CLOUDPROXY_TAO_HOST_TYPE": "root", "CLOUDPROXY_TAO_HOST_CHANNEL_TYPE": "pipe"},
+            "SPEC is not set",
+        ),
+        (
+            {
+                "CLOUDPROXY_TAO_HOST_TYPE": "root",
+                "CLOUDPROXY_TAO_HOST_CHANNEL_TYPE": "pipe",
+                "CLOUDPROXY_TAO_HOST_SPEC": "tao::RPC+tao::FDMessageChannel(3)",
+            },
+            "is not tao::RPC",
+        ),
+        (
+            {
+                "CLOUDPROXY_TAO_HOST_TYPE": "root",
+                "CLOUDPROXY_TAO_HOST_CHANNEL_TYPE": "pipe",
+                "CLOUDPROXY_TAO_HOST_SPEC": "tao::RPC+tao::FDMessageChannel(900, 901)",
+            },
+            "not open",
+        ),
+        (
+            {
+                "CLOUDPROXY_TAO_HOST_TYPE": "root",
+                "CLOUDPROXY_TAO_HOST_CHANNEL_TYPE": "unix",
+                "CLOUDPROXY_TAO_HOST_SPEC": "/nonexistent/tao.sock",
+            },
+            "cannot reach",
+        ),
+        (
+            {
+                "CLOUDPROXY_TAO_HOST_TYPE": "root",
+                "CLOUDPROXY_TAO_HOST_CHANNEL_TYPE": "file",
+                "CLOUDPROXY_TAO_HOST_SPEC": "tao::RPC+tao::FileMessageChannel(/nonexistent)",
+            },
+            "cannot open",
+        ),
+        (
+            {
+                "CLOUDPROXY_TAO_HOST_TYPE": "root",
+                "CLOUDPROXY_TAO_HOST_CHANNEL_TYPE": "tpm2",
+                "CLOUDPROXY_TAO_HOST_SPEC": "x",
+            },
+            "not a channel",
+        ),
+    ],
+)
+async def test_bad_environments_are_clear_errors(env: dict[str, str], message: str) -> None:
+    with pytest.raises(HostError, match=message):
+        await open_host_channel(env)
+
+
+def test_child_without_a_host_fails_cleanly() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDPROXY_TAO_HOST")}
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "no Tao host" in result.stderr
