@@ -160,7 +160,7 @@ def _peer_of(
     usage: str,
     revoked: Collection[int],
 ) -> Peer:
-    der = ssl_stream.getpeercert(binary_form=True)
+    der = ssl_stream.getpeercert()
     if der is None:
         return Peer(None, None)
     program = certs.verify_program_certificate(

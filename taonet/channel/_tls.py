@@ -62,10 +62,9 @@ class TLSStream(trio.abc.Stream):
 
     # -- state -------------------------------------------------------------------
 
-    def getpeercert(self, binary_form: bool = True) -> bytes | None:
+    def getpeercert(self) -> bytes | None:
         """The peer's certificate (DER), once the handshake is done."""
-        cert = self._tls.getpeercert(binary_form=True)
-        return cert if binary_form else None
+        return self._tls.getpeercert(binary_form=True)
 
     def _check_usable(self) -> None:
         if self._closed:

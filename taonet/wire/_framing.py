@@ -66,11 +66,6 @@ class FrameDecoder:
         """Bytes received that are not yet part of a complete frame."""
         return len(self._buffer)
 
-    @property
-    def at_boundary(self) -> bool:
-        """True when no partial frame is buffered (a clean place for the peer to stop)."""
-        return not self._buffer and self._need is None
-
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add received bytes; CodecError if a frame header announces too much."""
         self._buffer += data
