@@ -14,10 +14,16 @@ numbers let several calls be in flight on one channel.
   usable; a malformed frame, a response nobody asked for, or the host closing the
   channel fails every pending (and later) call and closes the channel.
 * :func:`serve_tao_rpc` is the host side for one hosted program: it answers the
-  requests on one channel in order from a given :class:`~taonet.hosts.Tao`.
+  requests on one channel in order from a given :class:`~taonet.hosts.Tao`. A Tao
+  without counters answers the counter methods with its "not supported" error.
 
 Payloads: principals, sub-principals and forms travel in the auth binary encoding,
 attestations as serialized ``Attestation`` messages, times as int64 nanoseconds.
+Counter methods: InitCounter sends ``label`` and ``counter`` and gets an empty
+response; GetCounter sends ``label`` and gets ``counter``; RollbackProtectedSeal
+sends ``label``, ``data`` and ``policy`` and gets ``data``; RollbackProtectedUnseal
+sends ``data`` and gets ``data`` and ``policy``. Labels (1 to 256 bytes of UTF-8)
+and counters (int64 >= 0) are checked on both sides.
 """
 
 from __future__ import annotations
@@ -36,8 +42,11 @@ from taonet.attestation import Attestation
 from taonet.hosts._messages import MessageStream
 from taonet.hosts._tao import (
     MAX_RANDOM_BYTES,
+    NOT_SUPPORTED,
     SEAL_POLICY_SELF,
     Tao,
+    check_counter,
+    check_label,
     check_policy,
     check_size,
 )
@@ -47,6 +56,7 @@ __all__ = [
     "COUNTER_METHODS",
     "DEFAULT_RPC_MAX_FRAME",
     "METHODS",
+    "NOT_SUPPORTED",
     "RPCTao",
     "serve_tao_rpc",
 ]
@@ -70,7 +80,7 @@ GET_COUNTER: Final = "Tao.GetCounter"
 ROLLBACK_PROTECTED_SEAL: Final = "Tao.RollbackProtectedSeal"
 ROLLBACK_PROTECTED_UNSEAL: Final = "Tao.RollbackProtectedUnseal"
 
-#: The counter methods; hosts without counters answer them with an error.
+#: The counter methods; hosts without counters answer them with NOT_SUPPORTED.
 COUNTER_METHODS: Final = frozenset(
     {INIT_COUNTER, GET_COUNTER, ROLLBACK_PROTECTED_SEAL, ROLLBACK_PROTECTED_UNSEAL}
 )
@@ -79,7 +89,6 @@ METHODS: Final = frozenset(
     {GET_TAO_NAME, EXTEND_TAO_NAME, GET_RANDOM_BYTES, GET_SHARED_SECRET, ATTEST, SEAL, UNSEAL}
     | COUNTER_METHODS
 )
-NOT_SUPPORTED: Final = "not supported by this host"
 
 _INT32_MAX: Final = 2**31 - 1
 _INT64_MIN: Final = -(2**63)
@@ -139,6 +148,8 @@ class RPCTao(Tao):
     ) -> None:
         self._messages = _as_messages(stream, max_frame)
         self._seq = itertools.count(1)
+        # The host's last answer to GetTaoName, decoded (names rarely change).
+        self._last_name: tuple[bytes, auth.Prin] | None = None
         self._pending: dict[int, _Pending] = {}
         # Sequence numbers whose caller went away after sending: their answer is dropped.
         self._abandoned: set[int] = set()
@@ -293,8 +304,7 @@ class RPCTao(Tao):
             async with self._send_lock:
                 self._raise_failure()
                 try:
-                    await self._messages.send_message(header)
-                    await self._messages.send_message(body)
+                    await self._messages.send_messages(header, body)
                 except BaseException as exc:
                     # A header without its body desynchronizes the channel for good.
                     if not isinstance(exc, trio.Cancelled):
@@ -325,10 +335,16 @@ class RPCTao(Tao):
 
     async def get_tao_name(self) -> auth.Prin:
         response = await self._call(GET_TAO_NAME, frozenset({"data"}))
+        data = bytes(response.data)
+        last = self._last_name
+        if last is not None and last[0] == data:
+            return last[1]
         try:
-            return auth.decode_prin(bytes(response.data))
+            name = auth.decode_prin(data)
         except CodecError as exc:
             raise ProtocolError(f"{GET_TAO_NAME}: bad principal: {exc}") from None
+        self._last_name = (data, name)
+        return name
 
     async def extend_tao_name(self, subprin: auth.SubPrin) -> None:
         if not isinstance(subprin, auth.SubPrin):
@@ -386,7 +402,50 @@ class RPCTao(Tao):
 
     async def unseal(self, sealed: bytes) -> tuple[bytes, str]:
         response = await self._call(UNSEAL, frozenset({"data", "policy"}), data=bytes(sealed))
-        return bytes(response.data), str(response.policy)
+        return bytes(response.data), _policy_of(UNSEAL, response)
+
+    async def init_counter(self, label: str, counter: int) -> None:
+        check_label(label)
+        check_counter(counter)
+        await self._call(INIT_COUNTER, frozenset(), label=label, counter=counter)
+
+    async def get_counter(self, label: str) -> int:
+        check_label(label)
+        response = await self._call(GET_COUNTER, frozenset({"counter"}), label=label)
+        try:
+            return check_counter(int(response.counter))
+        except HostError:
+            raise ProtocolError(
+                f"{GET_COUNTER}: the host returned a negative counter ({response.counter})"
+            ) from None
+
+    async def rollback_protected_seal(
+        self, label: str, data: bytes, policy: str = SEAL_POLICY_SELF
+    ) -> bytes:
+        check_label(label)
+        if not isinstance(policy, str):
+            raise HostError("rollback-protected seal: the policy must be a string")
+        response = await self._call(
+            ROLLBACK_PROTECTED_SEAL,
+            frozenset({"data"}),
+            label=label,
+            data=bytes(data),
+            policy=policy,
+        )
+        return bytes(response.data)
+
+    async def rollback_protected_unseal(self, sealed: bytes) -> tuple[bytes, str]:
+        response = await self._call(
+            ROLLBACK_PROTECTED_UNSEAL, frozenset({"data", "policy"}), data=bytes(sealed)
+        )
+        return bytes(response.data), _policy_of(ROLLBACK_PROTECTED_UNSEAL, response)
+
+
+def _policy_of(op: str, response: Any) -> str:
+    policy = response.policy
+    if not isinstance(policy, str):  # a proto2 string that is not UTF-8 comes back as bytes
+        raise ProtocolError(f"{op}: the host returned a policy that is not UTF-8 text")
+    return policy
 
 
 # --------------------------------------------------------------------------------------
@@ -402,8 +461,22 @@ def _need(request: Any, op: str, *names: str) -> None:
         raise HostError(f"{op}: the request needs {', '.join(missing)}")
 
 
+_last_encoded: tuple[auth.Prin, bytes] | None = None
+
+
+def _encode_name(name: auth.Prin) -> bytes:
+    """auth.encode(name), remembering the last one (a program asks for its name often)."""
+    global _last_encoded
+    last = _last_encoded
+    if last is not None and last[0] is name:
+        return last[1]
+    data = auth.encode(name)
+    _last_encoded = (name, data)
+    return data
+
+
 async def _get_tao_name(tao: Tao, request: Any) -> dict[str, Any]:
-    return {"data": auth.encode(await tao.get_tao_name())}
+    return {"data": _encode_name(await tao.get_tao_name())}
 
 
 async def _extend_tao_name(tao: Tao, request: Any) -> dict[str, Any]:
@@ -448,8 +521,32 @@ async def _unseal(tao: Tao, request: Any) -> dict[str, Any]:
     return {"data": data, "policy": policy}
 
 
-async def _not_supported(tao: Tao, request: Any) -> dict[str, Any]:
-    raise HostError(NOT_SUPPORTED)
+def _label(request: Any) -> str:
+    return check_label(request.label)  # not UTF-8: bytes, refused by check_label
+
+
+async def _init_counter(tao: Tao, request: Any) -> dict[str, Any]:
+    _need(request, INIT_COUNTER, "label", "counter")
+    await tao.init_counter(_label(request), check_counter(int(request.counter)))
+    return {}
+
+
+async def _get_counter(tao: Tao, request: Any) -> dict[str, Any]:
+    _need(request, GET_COUNTER, "label")
+    return {"counter": check_counter(await tao.get_counter(_label(request)))}
+
+
+async def _rollback_protected_seal(tao: Tao, request: Any) -> dict[str, Any]:
+    _need(request, ROLLBACK_PROTECTED_SEAL, "label", "data")
+    policy = str(request.policy) if request.HasField("policy") else SEAL_POLICY_SELF
+    data = bytes(request.data)
+    return {"data": await tao.rollback_protected_seal(_label(request), data, check_policy(policy))}
+
+
+async def _rollback_protected_unseal(tao: Tao, request: Any) -> dict[str, Any]:
+    _need(request, ROLLBACK_PROTECTED_UNSEAL, "data")
+    data, policy = await tao.rollback_protected_unseal(bytes(request.data))
+    return {"data": data, "policy": policy}
 
 
 _HANDLERS: Final[dict[str, _Handler]] = {
@@ -460,7 +557,10 @@ _HANDLERS: Final[dict[str, _Handler]] = {
     ATTEST: _attest,
     SEAL: _seal,
     UNSEAL: _unseal,
-    **dict.fromkeys(COUNTER_METHODS, _not_supported),
+    INIT_COUNTER: _init_counter,
+    GET_COUNTER: _get_counter,
+    ROLLBACK_PROTECTED_SEAL: _rollback_protected_seal,
+    ROLLBACK_PROTECTED_UNSEAL: _rollback_protected_unseal,
 }
 
 
@@ -524,5 +624,4 @@ async def _serve(messages: MessageStream, tao: Tao) -> None:
         response_header = message_class("RPCHeader")(op=op, seq=seq)
         if error is not None:
             response_header.error = error
-        await messages.send_message(serialize(response_header))
-        await messages.send_message(body)
+        await messages.send_messages(serialize(response_header), body)

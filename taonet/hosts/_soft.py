@@ -18,9 +18,16 @@ flipped byte fails the AEAD check.
 Shared secrets are HKDF-SHA256 over the keyset's deriving key, with the policy and
 the bound name's encoding as info: stable across restarts, distinct per program.
 
-On disk, a soft host directory holds ``keys`` (the sealed keyset, mode 0600) and,
+On disk, a soft host directory holds ``keys`` (the sealed keyset, mode 0600),
 once certified by a domain, ``host_cert.der`` (the policy key's host certificate,
-attached to every attestation as ``root_endorsement``).
+attached to every attestation as ``root_endorsement``) and, once a program used a
+counter, ``counters.sealed`` (the counter table, sealed with the host's key; see
+:mod:`taonet.hosts._counters` for what that does and does not protect against).
+
+A stacked host can use a SoftHost as its key core: it passes ``name=`` (the name its
+parent gave it) and ``delegation=`` (the parent's attestation ``key(host key)
+speaksfor name``), which every attestation then carries, and sets :attr:`counters`
+to a :class:`HostCounters` over a :class:`ParentTableSealer` before serving.
 """
 
 from __future__ import annotations
@@ -33,11 +40,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
+import trio
+
 from taonet import auth, certs
 from taonet._errors import AuthenticationError, CodecError, ConfigError, HostError
 from taonet._files import atomic_write, read_file
 from taonet.attestation import Attestation, attest
 from taonet.crypto import Crypter, KdfParams, Keyset, hkdf_sha256, load_keyset, save_keyset
+from taonet.hosts._counters import COUNTERS_FILE, CounterStore, HostCounters, SoftTableSealer
 from taonet.hosts._tao import (
     MAX_SEALED_BYTES,
     SEAL_POLICIES,
@@ -67,16 +77,26 @@ class SoftHost:
         root_endorsement: bytes | None = None,
         directory: Path | None = None,
         clock: Callable[[], int] = time.time_ns,
+        name: auth.Prin | None = None,
+        delegation: Attestation | None = None,
     ) -> None:
         if keyset.crypter is None or keyset.deriving_key is None:
             raise ConfigError("a soft host keyset needs a crypting key and a deriving key")
+        if name is not None and not isinstance(name, auth.Prin):
+            raise ConfigError("a soft host's name must be a principal")
         self._keyset = keyset
         self._crypter: Crypter = keyset.crypter
         self._deriving_key: bytes = keyset.deriving_key
         self._root_endorsement = root_endorsement
         self._directory = directory
         self._clock = clock
-        self.name: Final = auth.key_principal(keyset.signer.public_key_der())
+        self._delegation = delegation
+        self._key_principal = auth.key_principal(keyset.signer.public_key_der())
+        #: The host's name: its key principal, or the name a parent host gave it.
+        self.name: Final = self._key_principal if name is None else name
+        #: Counters and rollback-protected sealing, once opened (see open_counters).
+        self.counters: HostCounters | None = None
+        self._counters_lock = trio.Lock()
 
     # -- creation and loading -------------------------------------------------
 
@@ -121,6 +141,16 @@ class SoftHost:
         return self._keyset.signer.public_key_der()
 
     @property
+    def key_principal(self) -> auth.Prin:
+        """The attestation key's own principal (the name, unless a parent gave another)."""
+        return self._key_principal
+
+    @property
+    def delegation(self) -> Attestation | None:
+        """The parent's attestation that this host's key speaks for its name, if any."""
+        return self._delegation
+
+    @property
     def root_endorsement(self) -> bytes | None:
         """The policy key's certificate for this host, if it has one."""
         return self._root_endorsement
@@ -138,11 +168,31 @@ class SoftHost:
         """The Tao a program named ``name`` (default: the host's own name) sees."""
         return SoftTao(self, name if name is not None else self.name)
 
+    async def open_counters(self) -> HostCounters:
+        """The host's counters, opened once: ``<directory>/counters.sealed``, sealed
+        with the host's key, or an in-memory table for a host without a directory.
+
+        HostError (naming the file) if the stored table cannot be opened.
+        """
+        async with self._counters_lock:
+            if self.counters is None:
+                if self._directory is None:
+                    store = await CounterStore.open(None)
+                else:
+                    store = await CounterStore.open(
+                        self._directory / COUNTERS_FILE, SoftTableSealer(self)
+                    )
+                self.counters = HostCounters(self, store)
+            return self.counters
+
     # -- operations bound to a caller --------------------------------------------
 
-    def _check_caller(self, caller: auth.Prin) -> None:
-        if not caller.is_sub_principal_of(self.name):
+    def check_caller(self, caller: auth.Prin) -> None:
+        """HostError unless ``caller`` is this host or one of its sub-principals."""
+        if not isinstance(caller, auth.Prin) or not caller.is_sub_principal_of(self.name):
             raise HostError(f"{caller} is not this host ({self.name}) or hosted by it")
+
+    _check_caller = check_caller  # the name earlier code used
 
     def _binding(self, caller: auth.Prin, policy: str) -> bytes:
         bound = self.name if policy == SEAL_POLICY_ANY else caller
@@ -150,7 +200,7 @@ class SoftHost:
 
     def seal_for(self, caller: auth.Prin, data: bytes, policy: str = SEAL_POLICY_SELF) -> bytes:
         """Seal ``data`` for ``caller`` under ``policy``."""
-        self._check_caller(caller)
+        self.check_caller(caller)
         check_policy(policy)
         check_size(len(data), what="seal", limit=MAX_SEALED_BYTES)
         pol = policy.encode()
@@ -159,7 +209,7 @@ class SoftHost:
 
     def unseal_for(self, caller: auth.Prin, sealed: bytes) -> tuple[bytes, str]:
         """Open ``sealed`` for ``caller``; HostError if not theirs or tampered with."""
-        self._check_caller(caller)
+        self.check_caller(caller)
         if len(sealed) > MAX_SEALED_BYTES + 1024:
             raise HostError("sealed data is larger than anything this host seals")
         if len(sealed) < len(_SEAL_MAGIC) + 1 or sealed[:4] != _SEAL_MAGIC:
@@ -187,7 +237,7 @@ class SoftHost:
 
     def shared_secret_for(self, caller: auth.Prin, n: int, policy: str = SEAL_POLICY_SELF) -> bytes:
         """``n`` bytes derived for ``caller`` under ``policy``."""
-        self._check_caller(caller)
+        self.check_caller(caller)
         check_policy(policy)
         check_size(n, what="shared secret", limit=_MAX_SECRET)
         if n == 0:
@@ -205,7 +255,7 @@ class SoftHost:
         expiration: int | None = None,
     ) -> Attestation:
         """Sign ``issuer says message`` for ``caller`` with the host's key."""
-        self._check_caller(caller)
+        self.check_caller(caller)
         speaker = caller if issuer is None else issuer
         if not speaker.is_sub_principal_of(caller):
             raise HostError(f"issuer {speaker} is not {caller} or one of its sub-principals")
@@ -216,6 +266,7 @@ class SoftHost:
             time=time,
             expiration=expiration,
             now_ns=self._clock(),
+            delegation=self._delegation,
             root_endorsement=self._root_endorsement,
         )
 
@@ -224,7 +275,7 @@ class SoftTao(Tao):
     """The :class:`Tao` of one program on a :class:`SoftHost`."""
 
     def __init__(self, host: SoftHost, name: auth.Prin) -> None:
-        host._check_caller(name)
+        host.check_caller(name)
         self._host = host
         self._name = name
 
@@ -263,3 +314,21 @@ class SoftTao(Tao):
 
     async def unseal(self, sealed: bytes) -> tuple[bytes, str]:
         return self._host.unseal_for(self._name, sealed)
+
+    async def init_counter(self, label: str, counter: int) -> None:
+        counters = await self._host.open_counters()
+        await counters.init_counter(self._name, label, counter)
+
+    async def get_counter(self, label: str) -> int:
+        counters = await self._host.open_counters()
+        return await counters.get_counter(self._name, label)
+
+    async def rollback_protected_seal(
+        self, label: str, data: bytes, policy: str = SEAL_POLICY_SELF
+    ) -> bytes:
+        counters = await self._host.open_counters()
+        return await counters.rollback_protected_seal(self._name, label, data, policy)
+
+    async def rollback_protected_unseal(self, sealed: bytes) -> tuple[bytes, str]:
+        counters = await self._host.open_counters()
+        return await counters.rollback_protected_unseal(self._name, sealed)

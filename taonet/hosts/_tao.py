@@ -6,6 +6,12 @@ itself with :meth:`Tao.extend_tao_name`), and binds every operation to that name
 sealed data opens only for the same name (policy "self"), attestations are spoken
 by that name, shared secrets differ per name.
 
+Hosts with monotonic counters also offer rollback-protected sealing: each program
+has counters by label that only increase, and a rollback-protected blob opens only
+while its label's counter still holds the value it was sealed at, so an older copy
+of the blob (restored from a backup, replayed by an attacker) is refused. Hosts
+without counters keep the default methods, which raise HostError(NOT_SUPPORTED).
+
 Every method is async because real backends block (RPC to a parent, TPM calls).
 """
 
@@ -19,13 +25,18 @@ from taonet._errors import HostError
 from taonet.attestation import Attestation
 
 __all__ = [
+    "MAX_COUNTER",
+    "MAX_LABEL_BYTES",
     "MAX_RANDOM_BYTES",
     "MAX_SEALED_BYTES",
+    "NOT_SUPPORTED",
     "SEAL_POLICIES",
     "SEAL_POLICY_ANY",
     "SEAL_POLICY_FEW",
     "SEAL_POLICY_SELF",
     "Tao",
+    "check_counter",
+    "check_label",
     "check_policy",
     "check_size",
 ]
@@ -39,6 +50,12 @@ SEAL_POLICIES: Final = frozenset({SEAL_POLICY_SELF, SEAL_POLICY_FEW, SEAL_POLICY
 MAX_RANDOM_BYTES: Final = 1024 * 1024
 #: Largest payload to seal (the RPC frame ceiling leaves room for the header).
 MAX_SEALED_BYTES: Final = 16 * 1024 * 1024
+#: Longest counter label, in bytes of UTF-8.
+MAX_LABEL_BYTES: Final = 256
+#: Largest counter value (counters are int64 on the wire and never negative).
+MAX_COUNTER: Final = 2**63 - 1
+#: What a host without counters answers the counter methods.
+NOT_SUPPORTED: Final = "not supported by this host"
 
 
 def check_policy(policy: str) -> str:
@@ -53,6 +70,28 @@ def check_size(n: int, *, what: str, limit: int = MAX_RANDOM_BYTES) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= limit:
         raise HostError(f"{what}: size must be an integer from 0 to {limit}, got {n!r}")
     return n
+
+
+def check_label(label: str) -> str:
+    """Return ``label`` if it is a non-empty str of at most 256 bytes of UTF-8."""
+    if not isinstance(label, str):
+        raise HostError(f"a counter label must be a string, got {type(label).__name__}")
+    try:
+        size = len(label.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise HostError("a counter label must be valid UTF-8 text") from None
+    if not 0 < size <= MAX_LABEL_BYTES:
+        raise HostError(
+            f"a counter label must be 1 to {MAX_LABEL_BYTES} bytes of UTF-8, got {size} bytes"
+        )
+    return label
+
+
+def check_counter(value: int) -> int:
+    """Return ``value`` if it is an integer from 0 to 2**63 - 1 (an int64 >= 0)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNTER:
+        raise HostError(f"a counter must be an integer from 0 to {MAX_COUNTER}, got {value!r}")
+    return value
 
 
 class Tao(abc.ABC):
@@ -100,3 +139,37 @@ class Tao(abc.ABC):
 
         Raises HostError if the caller is not allowed or the blob was tampered with.
         """
+
+    # -- counters and rollback-protected sealing (optional) ------------------------------
+
+    async def init_counter(self, label: str, counter: int) -> None:
+        """Set the caller's counter for ``label`` to ``counter``.
+
+        Counters only increase: a value below the current one is a HostError, the
+        current value is a no-op. ``counter`` is an int64 >= 0.
+        """
+        raise HostError(NOT_SUPPORTED)
+
+    async def get_counter(self, label: str) -> int:
+        """The caller's counter for ``label``; HostError if it has none."""
+        raise HostError(NOT_SUPPORTED)
+
+    async def rollback_protected_seal(
+        self, label: str, data: bytes, policy: str = SEAL_POLICY_SELF
+    ) -> bytes:
+        """Bump the caller's counter for ``label`` and seal ``data`` bound to it.
+
+        A missing counter starts from 0, so the first seal is at 1. The new counter
+        is durable before the blob is returned. Every earlier blob for ``label``
+        stops opening: keep the returned one.
+        """
+        raise HostError(NOT_SUPPORTED)
+
+    async def rollback_protected_unseal(self, sealed: bytes) -> tuple[bytes, str]:
+        """Open a blob from :meth:`rollback_protected_seal`; return the data and policy.
+
+        HostError if the blob belongs to another program, or if its counter is not
+        the label's current counter: lower means an older blob (rollback detected),
+        higher means the host's own counter state was rolled back.
+        """
+        raise HostError(NOT_SUPPORTED)

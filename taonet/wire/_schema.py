@@ -102,6 +102,21 @@ _SCHEMA: Final[dict[str, list[tuple[str, int, int, str]]]] = {
         ("policy", 2, _OPT, "string"),
         ("counter", 3, _OPT, "int64"),
     ],
+    # Rollback-protected sealing (rollback.proto; taonet requires the counter and
+    # stores a table version).
+    "RollbackEntry": [
+        ("hosted_program_name", 1, _REQ, "string"),
+        ("entry_label", 2, _REQ, "string"),
+        ("counter", 3, _REQ, "int64"),
+    ],
+    "RollbackCounterTable": [
+        ("entries", 1, _REP, "RollbackEntry"),
+        ("version", 2, _OPT, "int64"),
+    ],
+    "RollbackSealedData": [
+        ("entry", 1, _REQ, "RollbackEntry"),
+        ("protected_data", 2, _REQ, "bytes"),
+    ],
 }
 _ENUMS: Final = {"CryptoVersion": [("CRYPTO_VERSION_1", 1), ("CRYPTO_VERSION_2", 2)]}
 

@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from taonet import HostError, ProtocolError, auth
-from taonet.attestation import validate
+from taonet.attestation import Attestation, validate
 from taonet.channel import MessageStream
 from taonet.hosts import SoftHost, SoftTao, Tao
 from taonet.hosts._rpc import COUNTER_METHODS, METHODS, RPCTao, serve_tao_rpc
@@ -241,18 +241,85 @@ async def test_other_program_cannot_unseal_over_rpc(host: SoftHost, soft: SoftTa
                 await rpc.unseal(sealed)
 
 
-@pytest.mark.parametrize("op", sorted(COUNTER_METHODS))
-async def test_counter_methods_are_not_supported(soft: SoftTao, op: str) -> None:
+class NoCounters(Tao):
+    """A real Tao without counters: the seven basic methods of a SoftTao, nothing more."""
+
+    def __init__(self, inner: SoftTao) -> None:
+        self.inner = inner
+
+    async def get_tao_name(self) -> auth.Prin:
+        return await self.inner.get_tao_name()
+
+    async def extend_tao_name(self, subprin: auth.SubPrin) -> None:
+        await self.inner.extend_tao_name(subprin)
+
+    async def get_random_bytes(self, n: int) -> bytes:
+        return await self.inner.get_random_bytes(n)
+
+    async def get_shared_secret(self, n: int, policy: str = "self") -> bytes:
+        return await self.inner.get_shared_secret(n, policy)
+
+    async def attest(
+        self,
+        message: auth.Form,
+        *,
+        issuer: auth.Prin | None = None,
+        time: int | None = None,
+        expiration: int | None = None,
+    ) -> Attestation:
+        return await self.inner.attest(message, issuer=issuer, time=time, expiration=expiration)
+
+    async def seal(self, data: bytes, policy: str = "self") -> bytes:
+        return await self.inner.seal(data, policy)
+
+    async def unseal(self, sealed: bytes) -> tuple[bytes, str]:
+        return await self.inner.unseal(sealed)
+
+
+async def test_a_tao_without_counters_says_so(soft: SoftTao) -> None:
+    tao = NoCounters(soft)
     with trio.fail_after(TIMEOUT):
-        async with rpc_pair(soft) as rpc:
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: tao.init_counter("c", 1),
+            lambda: tao.get_counter("c"),
+            lambda: tao.rollback_protected_seal("c", b"x"),
+            lambda: tao.rollback_protected_unseal(b"x"),
+        ]
+        for call in calls:
             with pytest.raises(HostError, match=r"^not supported by this host$"):
-                await rpc._call(op, frozenset({"counter"}), label="c", counter=1)
+                await call()
+        async with rpc_pair(tao) as rpc:
+            with pytest.raises(HostError, match=r"^not supported by this host$"):
+                await rpc.init_counter("c", 1)
+            with pytest.raises(HostError, match=r"^not supported by this host$"):
+                await rpc.get_counter("c")
+            with pytest.raises(HostError, match=r"^not supported by this host$"):
+                await rpc.rollback_protected_seal("c", b"data")
+            with pytest.raises(HostError, match=r"^not supported by this host$"):
+                await rpc.rollback_protected_unseal(await soft.rollback_protected_seal("c", b"d"))
             assert await rpc.get_random_bytes(3) != b""
+            assert not rpc.closed
+
+
+@pytest.mark.parametrize(
+    ("op", "fields"),
+    [
+        ("Tao.InitCounter", {"label": "c", "counter": 1}),
+        ("Tao.GetCounter", {"label": "c"}),
+        ("Tao.RollbackProtectedSeal", {"label": "c", "data": b"x", "policy": "self"}),
+        ("Tao.RollbackProtectedUnseal", {"data": b"x"}),
+    ],
+)
+async def test_counter_methods_of_a_tao_without_counters_on_the_wire(
+    soft: SoftTao, op: str, fields: dict[str, Any]
+) -> None:
+    assert op in COUNTER_METHODS
+    with trio.fail_after(TIMEOUT):
         client_stream, server_stream = trio.testing.memory_stream_pair()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve_tao_rpc, server_stream, soft)
+            nursery.start_soon(serve_tao_rpc, server_stream, NoCounters(soft))
             ms = MessageStream(client_stream)
-            header, body = await raw_call(ms, op, 77, label="c", counter=1)
+            header, body = await raw_call(ms, op, 77, **fields)
             assert (header.op, header.seq, header.error, body) == (
                 op,
                 77,
@@ -260,6 +327,163 @@ async def test_counter_methods_are_not_supported(soft: SoftTao, op: str) -> None
                 b"",
             )
             await ms.aclose()
+
+
+# -- counters over the RPC -----------------------------------------------------------------
+
+
+async def test_counters_end_to_end(host: SoftHost, soft: SoftTao) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with rpc_pair(soft) as rpc:
+            with pytest.raises(HostError, match="no counter 'c'"):
+                await rpc.get_counter("c")
+            await rpc.init_counter("c", 5)
+            assert await rpc.get_counter("c") == 5
+            assert await soft.get_counter("c") == 5
+            await rpc.init_counter("c", 5)  # equal: a no-op
+            with pytest.raises(HostError, match="only increase"):
+                await rpc.init_counter("c", 4)
+            assert await rpc.get_counter("c") == 5
+
+            first = await rpc.rollback_protected_seal("c", b"one")
+            assert await rpc.get_counter("c") == 6
+            assert await rpc.rollback_protected_unseal(first) == (b"one", "self")
+            assert await soft.rollback_protected_unseal(first) == (b"one", "self")
+            second = await soft.rollback_protected_seal("c", b"two", "few")
+            assert await rpc.rollback_protected_unseal(second) == (b"two", "few")
+            with pytest.raises(HostError, match=r"rollback detected.*counter 6.*now 7"):
+                await rpc.rollback_protected_unseal(first)
+            assert not rpc.closed
+
+        # Another program's blob is refused over the RPC too.
+        async with rpc_pair(host.tao_for(program(host, 2))) as other:
+            with pytest.raises(HostError, match="bound to another principal"):
+                await other.rollback_protected_unseal(second)
+            with pytest.raises(HostError, match="no counter 'c'"):
+                await other.get_counter("c")
+
+
+async def test_counter_arguments_are_checked_by_the_client() -> None:
+    async def script(ms: MessageStream) -> None:
+        await ms.receive_message()  # nothing is ever sent
+
+    with trio.fail_after(TIMEOUT):
+        async with fake_host(script) as rpc:
+            for bad_label in ("", "x" * 257, b"c"):
+                with pytest.raises(HostError, match="label"):
+                    await rpc.init_counter(bad_label, 1)  # type: ignore[arg-type]
+                with pytest.raises(HostError, match="label"):
+                    await rpc.get_counter(bad_label)  # type: ignore[arg-type]
+                with pytest.raises(HostError, match="label"):
+                    await rpc.rollback_protected_seal(bad_label, b"x")  # type: ignore[arg-type]
+            for bad_counter in (-1, 2**63, True, 1.0):
+                with pytest.raises(HostError, match="counter must be an integer"):
+                    await rpc.init_counter("c", bad_counter)  # type: ignore[arg-type]
+            with pytest.raises(HostError, match="policy must be a string"):
+                await rpc.rollback_protected_seal("c", b"x", None)  # type: ignore[arg-type]
+            assert not rpc.closed
+
+
+async def test_counter_requests_are_checked_by_the_server(soft: SoftTao) -> None:
+    with trio.fail_after(TIMEOUT):
+        client_stream, server_stream = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_tao_rpc, server_stream, soft)
+            ms = MessageStream(client_stream)
+            cases: list[tuple[str, dict[str, Any], str]] = [
+                ("Tao.InitCounter", {"label": "c"}, "Tao.InitCounter: the request needs counter"),
+                ("Tao.InitCounter", {"counter": 1}, "Tao.InitCounter: the request needs label"),
+                ("Tao.InitCounter", {"label": "c", "counter": -1}, "counter must be an integer"),
+                ("Tao.InitCounter", {"label": "", "counter": 1}, "1 to 256 bytes"),
+                ("Tao.GetCounter", {"label": "é" * 129}, "got 258 bytes"),
+                ("Tao.GetCounter", {}, "Tao.GetCounter: the request needs label"),
+                ("Tao.RollbackProtectedSeal", {"label": "c"}, "needs data"),
+                ("Tao.RollbackProtectedSeal", {"data": b"x"}, "needs label"),
+                (
+                    "Tao.RollbackProtectedSeal",
+                    {"label": "c", "data": b"x", "policy": "x"},
+                    "policy",
+                ),
+                ("Tao.RollbackProtectedUnseal", {}, "needs data"),
+                ("Tao.RollbackProtectedUnseal", {"data": b"junk"}, "bad magic"),
+            ]
+            for seq, (op, fields, message) in enumerate(cases, 1):
+                header, body = await raw_call(ms, op, seq, **fields)
+                assert message in header.error, (op, fields, header.error)
+                assert body == b""
+            # A label that is not UTF-8 on the wire (proto2 strings are not checked).
+            await ms.send_proto(message_class("RPCHeader")(op="Tao.GetCounter", seq=99))
+            await ms.send_message(b"\x3a\x02\xff\xfe")
+            header = await ms.receive_proto("RPCHeader")
+            assert "label must be a string" in header.error
+            assert await ms.receive_message() == b""
+            # None of that created or moved a counter; the channel still answers.
+            with pytest.raises(HostError, match="no counter"):
+                await soft.get_counter("c")
+            header, body = await raw_call(ms, "Tao.GetCounter", 100, label="é" * 128)
+            assert "no counter" in header.error
+            await ms.aclose()
+
+
+@pytest.mark.parametrize(
+    ("call", "fields", "message"),
+    [
+        ("init", {"counter": 1}, "should hold no fields, it holds counter"),
+        ("get", {}, "should hold counter, it holds no fields"),
+        ("get", {"counter": 1, "data": b"x"}, "should hold counter, it holds counter, data"),
+        ("get", {"counter": -3}, "negative counter"),
+        ("seal", {"data": b"x", "counter": 1}, "should hold data, it holds counter, data"),
+        ("unseal", {"data": b"x"}, "should hold data, policy, it holds data"),
+        ("unseal", {"data": b"x", "policy": "self", "counter": 2}, "it holds counter, data"),
+    ],
+)
+async def test_counter_responses_must_hold_exactly_their_fields(
+    call: str, fields: dict[str, Any], message: str
+) -> None:
+    async def script(ms: MessageStream) -> None:
+        header, _ = await read_request(ms)
+        await answer(ms, header.op, header.seq, **fields)
+        await ms.receive_message()  # keep the channel open
+
+    calls: dict[str, Callable[[RPCTao], Awaitable[object]]] = {
+        "init": lambda rpc: rpc.init_counter("c", 1),
+        "get": lambda rpc: rpc.get_counter("c"),
+        "seal": lambda rpc: rpc.rollback_protected_seal("c", b"x"),
+        "unseal": lambda rpc: rpc.rollback_protected_unseal(b"x"),
+    }
+    with trio.fail_after(TIMEOUT), pytest.raises(ProtocolError, match=message):
+        async with fake_host(script) as rpc:
+            await calls[call](rpc)
+
+
+async def test_counter_requests_carry_the_wire_fields() -> None:
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    async def script(ms: MessageStream) -> None:
+        replies: list[dict[str, Any]] = [
+            {},
+            {"counter": 9},
+            {"data": b"blob"},
+            {"data": b"plain", "policy": "few"},
+        ]
+        for reply in replies:
+            header, body = await read_request(ms)
+            seen.append((header.op, {f.name: v for f, v in body.ListFields()}))
+            await answer(ms, header.op, header.seq, **reply)
+        await ms.receive_message()
+
+    with trio.fail_after(TIMEOUT):
+        async with fake_host(script) as rpc:
+            await rpc.init_counter("lbl", 3)
+            assert await rpc.get_counter("lbl") == 9
+            assert await rpc.rollback_protected_seal("lbl", b"d", "few") == b"blob"
+            assert await rpc.rollback_protected_unseal(b"blob") == (b"plain", "few")
+    assert seen == [
+        ("Tao.InitCounter", {"label": "lbl", "counter": 3}),
+        ("Tao.GetCounter", {"label": "lbl"}),
+        ("Tao.RollbackProtectedSeal", {"label": "lbl", "data": b"d", "policy": "few"}),
+        ("Tao.RollbackProtectedUnseal", {"data": b"blob"}),
+    ]
 
 
 def test_method_names() -> None:

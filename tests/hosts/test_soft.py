@@ -6,12 +6,13 @@ import stat
 import time
 
 import pytest
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from taonet import ConfigError, HostError, auth
+from taonet import AuthenticationError, ConfigError, HostError, auth
 from taonet.attestation import validate
-from taonet.crypto import KdfParams
+from taonet.crypto import KdfParams, Keyset
 from taonet.hosts import SoftHost, SoftTao, Tao
 from tests.conftest import PASSWORD
 
@@ -208,3 +209,85 @@ def test_endorsement_survives_restart(make_domain, make_host) -> None:  # type: 
     host = make_host(make_domain())
     assert host._directory is not None
     assert SoftHost.load(host._directory, PASSWORD).root_endorsement == host.root_endorsement
+
+
+# -- a SoftHost as the key core of a stacked host --------------------------------------------
+
+
+def new_keyset() -> Keyset:
+    return Keyset.generate(curve="P-256", crypter=True, deriving=True)
+
+
+async def test_default_name_is_the_key_principal_and_nothing_is_delegated(host: SoftHost) -> None:
+    assert host.name == host.key_principal == auth.key_principal(host.public_key_der())
+    assert host.delegation is None
+    att = await host.tao_for().attest(auth.Const(True))
+    assert att.serialized_delegation is None
+
+
+async def test_a_core_speaks_for_the_name_its_parent_gave(host: SoftHost) -> None:
+    given = program(host, 5)
+    keyset = new_keyset()
+    key_prin = auth.key_principal(keyset.signer.public_key_der())
+    delegation = await host.tao_for(given).attest(
+        auth.Speaksfor(delegate=key_prin, delegator=given)
+    )
+    core = SoftHost(keyset, name=given, delegation=delegation)
+    assert core.name == given
+    assert core.key_principal == key_prin
+    assert core.delegation == delegation
+
+    child = given.extend(auth.PrinExt("Program", (auth.Bytes(b"\x07" * 32),)))
+    form = auth.Pred("Ready", ())
+    att = await core.tao_for(child).attest(form)
+    assert att.serialized_delegation == delegation.to_bytes()
+    proven = validate(att, now_ns=time.time_ns())
+    assert (proven.speaker, proven.message) == (child, form)
+    assert proven.signer == key_prin
+    assert proven.root_signer == host.name
+
+    # Without the delegation the key alone does not speak for the given name.
+    bare = SoftHost(keyset, name=given)
+    with pytest.raises(AuthenticationError):
+        validate(await bare.tao_for(child).attest(form), now_ns=time.time_ns())
+    # The core serves only its given name and what it hosts.
+    with pytest.raises(HostError, match="not this host"):
+        core.tao_for(key_prin)
+    with pytest.raises(HostError, match="not this host"):
+        core.seal_for(program(host, 6), b"x")
+    # Sealing is bound to the given name: a core with the same keys but another name
+    # cannot open it.
+    sealed = await core.tao_for(child).seal(b"data")
+    with pytest.raises(HostError, match="bound to another principal"):
+        SoftHost(keyset).unseal_for(key_prin, sealed)
+
+
+def test_a_name_must_be_a_principal() -> None:
+    with pytest.raises(ConfigError, match="principal"):
+        SoftHost(new_keyset(), name="key([00])")  # type: ignore[arg-type]
+
+
+async def test_counters_are_opened_once_and_stored_with_the_host(host: SoftHost) -> None:
+    assert host.counters is None
+    with trio.fail_after(10):
+        counters = await host.open_counters()
+        assert await host.open_counters() is counters
+        assert host.counters is counters
+        assert not counters.rollback_protected
+        tao = host.tao_for(program(host, 1))
+        await tao.init_counter("c", 3)
+        assert await tao.get_counter("c") == 3
+    assert host._directory is not None
+    path = host._directory / "counters.sealed"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+async def test_a_host_without_a_directory_keeps_counters_in_memory() -> None:
+    host = SoftHost(new_keyset())
+    tao = host.tao_for(program(host, 1))
+    with trio.fail_after(10):
+        blob = await tao.rollback_protected_seal("c", b"mem")
+        assert await tao.get_counter("c") == 1
+        assert await tao.rollback_protected_unseal(blob) == (b"mem", "self")
+        counters = await host.open_counters()
+        assert counters.store.rollback_protected is False
