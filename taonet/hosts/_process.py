@@ -1,0 +1,488 @@
+"""Starting hosted programs: measure a private copy, then run exactly that copy.
+
+A Linux Tao host names each hosted program by the SHA-256 of its binary, so what
+runs must be exactly what was hashed. :func:`prepare_program` opens the file the
+caller named once, checks the caller may read and execute it (by its mode bits, as
+the kernel would decide for the caller's uid and groups), and copies it from that
+one open descriptor into a fresh private directory, hashing the bytes as they are
+written. The copy (mode 0555, owned by the host's user) is what
+:func:`spawn_program` executes, so rewriting or replacing the source afterwards (or
+while it is being copied) changes nothing: the name is of what was copied and runs.
+
+Only the file itself is measured, as in the original CloudProxy: a script with a
+shebang still runs (the kernel starts its interpreter), but neither the interpreter
+nor any library the program loads is part of its hash.
+
+:class:`HostChannel` holds the two pipes between the host and one child (the
+``pipe`` channel of ``CLOUDPROXY_TAO_HOST_SPEC``), :class:`Sandbox` optionally
+wraps the program in bubblewrap, and :func:`signal_group` signals a program's whole
+process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import secrets
+import shutil
+import stat
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Final
+
+import attrs
+import trio
+
+from taonet._errors import AuthorizationError, ConfigError, HostError
+from taonet.hosts._parent import HOST_CHANNEL_TYPE, HOST_SPEC, HOST_TYPE
+
+__all__ = [
+    "HostChannel",
+    "PreparedProgram",
+    "Sandbox",
+    "prepare_program",
+    "signal_group",
+    "spawn_program",
+]
+
+#: Bytes read (and hashed, and written) at a time while copying a program.
+COPY_CHUNK: Final = 1 << 20
+#: Default bound on a program's size.
+DEFAULT_MAX_SIZE: Final = 1 << 30
+
+_DIR_MODE: Final = 0o711
+_COPY_MODE: Final = 0o555
+_HOST_VARIABLES: Final = (HOST_TYPE, HOST_CHANNEL_TYPE, HOST_SPEC)
+#: A copy just written may briefly be open for writing in another process forked
+#: in between (until that process execs and close-on-exec closes it): exec then
+#: fails with ETXTBSY. Retrying a few times, briefly, rides that out.
+_ETXTBSY_ATTEMPTS: Final = 5
+_ETXTBSY_BACKOFF: Final = 0.02
+#: The supervisor between the host and bwrap (see :meth:`Sandbox.wrap`).
+_SHELL: Final = "/bin/sh"
+_SUPERVISOR: Final = '"$@"; exit "$?"'
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+@attrs.frozen
+class PreparedProgram:
+    """A hosted program's private copy, ready to run, and the hash of its bytes."""
+
+    #: The private copy to execute (absolute).
+    path: Path
+    #: Its private directory (removed by :meth:`cleanup`).
+    directory: Path
+    #: SHA-256 of exactly the bytes copied.
+    program_hash: bytes
+    #: The path the caller asked for (informational: it is not what runs).
+    source: str
+
+    def cleanup(self) -> None:
+        """Remove the copy and its directory; idempotent, never raises."""
+        with contextlib.suppress(Exception):
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _may_read_and_execute(st: os.stat_result, uid: int, gid: int, groups: Sequence[int]) -> bool:
+    """Whether the kernel would let (uid, gid, groups) read and execute this file.
+
+    One class of mode bits applies, the first that matches: owner, then group, then
+    other. uid 0 reads anything and executes a file with any execute bit set.
+    ACLs and capabilities other than root's are not considered.
+    """
+    mode = st.st_mode
+    if uid == 0:
+        return bool(mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH))
+    if uid == st.st_uid:
+        need = stat.S_IRUSR | stat.S_IXUSR
+    elif gid == st.st_gid or st.st_gid in groups:
+        need = stat.S_IRGRP | stat.S_IXGRP
+    else:
+        need = stat.S_IROTH | stat.S_IXOTH
+    return mode & need == need
+
+
+def _ensure_programs_dir(programs_dir: Path) -> None:
+    try:
+        os.makedirs(programs_dir.parent, exist_ok=True)
+        os.mkdir(programs_dir, _DIR_MODE)
+    except FileExistsError:
+        if not programs_dir.is_dir():
+            raise ConfigError(f"the programs directory {programs_dir} is not a directory") from None
+        return
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the programs directory {programs_dir}: {_why(exc)}"
+        ) from exc
+    try:
+        os.chmod(programs_dir, _DIR_MODE)  # the umask may have narrowed it
+    except OSError as exc:
+        raise ConfigError(f"cannot set the mode of {programs_dir}: {_why(exc)}") from exc
+
+
+def _copy_name(source: str) -> str:
+    name = os.path.basename(source)
+    return name if name not in ("", ".", "..") else "program"
+
+
+def _prepare(
+    source: str, programs_dir: Path, uid: int, gid: int, groups: Sequence[int], max_size: int
+) -> PreparedProgram:
+    programs_dir = Path(os.path.abspath(programs_dir))
+    # O_NONBLOCK: opening a FIFO must not hang (it is refused below as not regular).
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+    try:
+        src = os.open(source, flags)
+    except OSError as exc:
+        raise HostError(f"cannot open the program {source}: {_why(exc)}") from exc
+    try:
+        st = os.fstat(src)
+        if not stat.S_ISREG(st.st_mode):
+            raise HostError(f"the program {source} is not a regular file")
+        if st.st_size > max_size:
+            raise HostError(
+                f"the program {source} is {st.st_size} bytes, over the {max_size}-byte limit"
+            )
+        if not _may_read_and_execute(st, uid, gid, groups):
+            raise AuthorizationError(
+                f"uid {uid} (gid {gid}) may not read and execute {source} "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}, owner {st.st_uid}:{st.st_gid})"
+            )
+        _ensure_programs_dir(programs_dir)
+        directory = programs_dir / secrets.token_hex(16)
+        prepared = PreparedProgram(
+            path=directory / _copy_name(source),
+            directory=directory,
+            program_hash=b"",
+            source=source,
+        )
+        try:
+            os.mkdir(directory, _DIR_MODE)
+        except OSError as exc:
+            raise ConfigError(f"cannot create a directory in {programs_dir}: {_why(exc)}") from exc
+        try:
+            try:
+                os.chmod(directory, _DIR_MODE)  # the umask may have narrowed it
+            except OSError as exc:
+                raise ConfigError(f"cannot set the mode of {directory}: {_why(exc)}") from exc
+            digest = _copy(src, prepared.path, source, max_size)
+        except BaseException:
+            prepared.cleanup()
+            raise
+        return attrs.evolve(prepared, program_hash=digest)
+    finally:
+        os.close(src)
+
+
+def _copy(src: int, target: Path, source: str, max_size: int) -> bytes:
+    """Copy from ``src`` to a new file at ``target``; the SHA-256 of what was written."""
+    digest = hashlib.sha256()
+    total = 0
+    try:
+        out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise HostError(f"cannot create the copy of {source}: {_why(exc)}") from exc
+    try:
+        while True:
+            try:
+                chunk = os.read(src, COPY_CHUNK)
+            except OSError as exc:
+                raise HostError(f"cannot read the program {source}: {_why(exc)}") from exc
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > max_size:  # it grew while being copied
+                raise HostError(f"the program {source} is over the {max_size}-byte limit")
+            digest.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(out, view) :]
+        os.fsync(out)
+        os.fchmod(out, _COPY_MODE)
+    except OSError as exc:
+        raise HostError(f"cannot write the copy of {source}: {_why(exc)}") from exc
+    finally:
+        os.close(out)
+    return digest.digest()
+
+
+async def prepare_program(
+    source: str | Path,
+    programs_dir: Path,
+    *,
+    uid: int,
+    gid: int,
+    groups: Sequence[int] = (),
+    max_size: int = DEFAULT_MAX_SIZE,
+) -> PreparedProgram:
+    """Check and measure ``source`` for a caller, as a private copy under ``programs_dir``.
+
+    ``source`` is opened once (symbolic links followed, as exec would) and must be a
+    regular file of at most ``max_size`` bytes that the caller (``uid``, ``gid``,
+    supplementary ``groups``) may read and execute by its mode bits, else
+    :class:`~taonet.AuthorizationError`. (Search permission on the directories of its
+    path is not checked: the caller named the path.) The bytes are copied from that
+    descriptor into ``programs_dir/<random>/<basename>`` and hashed as written; the
+    copy is fsync'd and made mode 0555. ``programs_dir`` is created (mode 0711) if
+    missing; a problem with it is a :class:`~taonet.ConfigError`. Anything else that
+    stops the program being prepared is a :class:`~taonet.HostError`.
+
+    Only the file is measured, not the interpreter of a script nor the libraries a
+    binary loads (as in the original CloudProxy). The caller owns the result and
+    calls :meth:`PreparedProgram.cleanup` once the program is done with.
+    """
+    if max_size < 0:
+        raise ValueError("max_size must not be negative")
+    src = os.fspath(source)
+    groups = tuple(groups)
+    return await trio.to_thread.run_sync(_prepare, src, programs_dir, uid, gid, groups, max_size)
+
+
+@attrs.frozen
+class Sandbox:
+    """How a hosted program is confined: ``none``, or ``bwrap`` (bubblewrap).
+
+    Under bwrap the program sees the host's filesystem read-only (its working
+    directory read-write), a private /dev, /proc and empty /tmp, and new namespaces
+    of every kind; the network is shared unless ``share_network`` is False (hosted
+    programs talk TCP on 127.0.0.1). Bubblewrap does not forward signals: any signal
+    that ends the sandbox's process group kills the program with SIGKILL.
+    """
+
+    kind: str = attrs.field(default="none", validator=attrs.validators.in_(("none", "bwrap")))
+    share_network: bool = True
+    #: The bubblewrap executable: a path, or a name looked up in the host's PATH
+    #: (never the hosted program's).
+    bwrap: str = "bwrap"
+
+    def wrap(self, argv: Sequence[str], *, cwd: str | None) -> list[str]:
+        """The command that runs ``argv`` (whose first item is the program) confined.
+
+        For bwrap, the program's own directory is bound read-only after the empty
+        /tmp (the host's copies may live under /tmp). bwrap runs under a ``sh`` that
+        waits for it: ``--die-with-parent`` ties bwrap to the *thread* that started
+        it, and Trio starts processes from worker threads that exit when idle, which
+        would kill the sandbox seconds after it started.
+        """
+        argv = list(argv)
+        if self.kind == "none":
+            return argv
+        if not argv:
+            raise ValueError("argv must name a program")
+        bwrap = self.bwrap if os.path.isabs(self.bwrap) else shutil.which(self.bwrap)
+        if bwrap is None:
+            raise HostError(f"the sandbox needs bubblewrap, but {self.bwrap!r} is not installed")
+        # A non-interactive sh reads no startup file, so the caller's environment
+        # (which it passes on) cannot make it run anything but bwrap.
+        command = [_SHELL, "-c", _SUPERVISOR, "taonet-sandbox", bwrap]
+        command += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+        command += ["--tmpfs", "/tmp"]  # noqa: S108 (the sandbox's own, empty)
+        program_dir = os.path.dirname(argv[0])
+        if os.path.isabs(program_dir) and program_dir != "/":
+            command += ["--ro-bind", program_dir, program_dir]
+        if cwd is not None:
+            command += ["--bind", cwd, cwd]
+        command += ["--unshare-all"]
+        if self.share_network:
+            command += ["--share-net"]
+        command += ["--die-with-parent", "--new-session"]
+        if cwd is not None:
+            command += ["--chdir", cwd]
+        return [*command, "--", *argv]
+
+
+class HostChannel(trio.abc.AsyncResource):
+    """The two pipes between the host and one hosted program.
+
+    Create with :meth:`open`; pass :attr:`child_fds` to the child and tell it
+    :meth:`spec`; take the host's side once with :meth:`host_stream`. After spawning,
+    :meth:`close_child_ends` (done by :func:`spawn_program`): a parent that keeps
+    them never sees end-of-file. :meth:`aclose` closes whatever is still open.
+    """
+
+    def __init__(self, host_read: int, host_write: int, child_read: int, child_write: int):
+        self._host_read: int | None = host_read
+        self._host_write: int | None = host_write
+        self._child: tuple[int, int] | None = (child_read, child_write)
+        self._fds = (child_read, child_write)
+        self._stream: trio.StapledStream[trio.lowlevel.FdStream, trio.lowlevel.FdStream] | None = (
+            None
+        )
+
+    @classmethod
+    def open(cls) -> HostChannel:
+        """Two new close-on-exec pipes: host to child, and child to host."""
+        fds: list[int] = []
+        try:
+            for _ in range(2):
+                fds.extend(os.pipe2(os.O_CLOEXEC))
+            for index, fd in enumerate(fds):
+                if fd <= 2:  # stdio was closed: move it up, so a child's stdio cannot clobber it
+                    fds[index] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+                    os.close(fd)
+        except BaseException:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            raise
+        to_child_read, to_child_write, to_host_read, to_host_write = fds
+        return cls(to_host_read, to_child_write, to_child_read, to_host_write)
+
+    @property
+    def child_fds(self) -> tuple[int, int]:
+        """The child's (read, write) descriptors, to pass to it."""
+        return self._fds
+
+    def spec(self) -> str:
+        """The ``CLOUDPROXY_TAO_HOST_SPEC`` that tells the child its descriptors."""
+        read, write = self._fds
+        return f"tao::RPC+tao::FDMessageChannel({read}, {write})"
+
+    def host_stream(self) -> trio.StapledStream[trio.lowlevel.FdStream, trio.lowlevel.FdStream]:
+        """The host's side as a stream (which then owns those descriptors); once only."""
+        if self._host_read is None or self._host_write is None:
+            raise trio.ClosedResourceError("the host's side of this channel was already taken")
+        send = trio.lowlevel.FdStream(self._host_write)
+        self._host_write = None
+        receive = trio.lowlevel.FdStream(self._host_read)
+        self._host_read = None
+        self._stream = trio.StapledStream(send, receive)
+        return self._stream
+
+    def close_child_ends(self) -> None:
+        """Close the child's descriptors in the host (idempotent)."""
+        child, self._child = self._child, None
+        for fd in child or ():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def close(self) -> None:
+        """Close every descriptor not yet handed to :meth:`host_stream`."""
+        self.close_child_ends()
+        for fd in (self._host_read, self._host_write):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._host_read = self._host_write = None
+
+    async def aclose(self) -> None:
+        """Close everything, including the host's stream if it was taken."""
+        self.close()
+        if self._stream is not None:
+            await self._stream.aclose()
+        else:
+            await trio.lowlevel.checkpoint()
+
+
+def _identity(uid: int, gid: int) -> tuple[int | None, int | None]:
+    """The (user, group) to switch to, or (None, None) to stay the host's."""
+    if uid < 0 or gid < 0:
+        raise HostError(f"uid {uid} and gid {gid} must not be negative")
+    host_uid, host_gid = os.geteuid(), os.getegid()
+    if (uid, gid) == (host_uid, host_gid):
+        return None, None
+    if host_uid != 0:
+        raise HostError(
+            f"a host running as uid {host_uid} (gid {host_gid}) cannot start a program "
+            f"as uid {uid} (gid {gid})"
+        )
+    return uid, gid
+
+
+def _child_env(
+    env: Mapping[str, str], channel: HostChannel | None, host_type: str
+) -> dict[str, str]:
+    child = {key: value for key, value in env.items() if key not in _HOST_VARIABLES}
+    if channel is not None:
+        child[HOST_TYPE] = host_type
+        child[HOST_CHANNEL_TYPE] = "pipe"
+        child[HOST_SPEC] = channel.spec()
+    return child
+
+
+async def spawn_program(
+    prepared: PreparedProgram,
+    *,
+    args: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str | None,
+    uid: int,
+    gid: int,
+    channel: HostChannel | None,
+    host_type: str = "stacked",
+    stdin: int | None = None,
+    stdout: int | None = None,
+    stderr: int | None = None,
+    sandbox: Sandbox = Sandbox(),
+) -> trio.Process:
+    """Start the prepared copy with ``args`` as ``uid``/``gid``, in its own process group.
+
+    The environment is exactly ``env`` plus the three ``CLOUDPROXY_TAO_HOST_*``
+    variables for ``channel`` (which replace any in ``env``; with no channel all
+    three are removed). A root host switches to ``uid`` and ``gid`` with no
+    supplementary groups; any other host can only start programs as itself.
+    ``stdin``/``stdout``/``stderr`` are descriptors to give the child (None for
+    /dev/null); they stay the caller's to close. The channel's child ends are closed
+    once the attempt is over, whether it worked or not; on failure, the caller
+    still closes the channel. Failure to start is a :class:`~taonet.HostError`.
+    """
+    try:
+        user, group = _identity(uid, gid)
+        argv = sandbox.wrap([str(prepared.path), *args], cwd=cwd)
+        child_env = _child_env(env, channel, host_type)
+        pass_fds = channel.child_fds if channel is not None else ()
+        for attempt in range(1, _ETXTBSY_ATTEMPTS + 1):
+            try:
+                return await trio.lowlevel.open_process(
+                    argv,
+                    stdin=subprocess.DEVNULL if stdin is None else stdin,
+                    stdout=subprocess.DEVNULL if stdout is None else stdout,
+                    stderr=subprocess.DEVNULL if stderr is None else stderr,
+                    env=child_env,
+                    cwd=cwd,
+                    pass_fds=pass_fds,
+                    close_fds=True,
+                    process_group=0,
+                    # None: stay the host (and keep its groups); else drop them all.
+                    user=user,
+                    group=group,
+                    extra_groups=None if user is None else [],
+                )
+            except OSError as exc:
+                if exc.errno == errno.ETXTBSY and attempt < _ETXTBSY_ATTEMPTS:
+                    await trio.sleep(_ETXTBSY_BACKOFF * attempt)
+                    continue
+                where = f" ({exc.filename})" if exc.filename is not None else ""
+                raise HostError(
+                    f"cannot start {prepared.source} as uid {uid}: {_why(exc)}{where}"
+                ) from exc
+            except ValueError as exc:  # a NUL byte or '=' where subprocess refuses it
+                raise HostError(f"cannot start {prepared.source}: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+    finally:
+        if channel is not None:
+            channel.close_child_ends()
+
+
+async def signal_group(process: trio.Process, sig: int) -> bool:
+    """Send ``sig`` to ``process``'s process group; False if the group is gone.
+
+    The group outlives its leader while any member (a grandchild, say) is alive,
+    so this reaches those too. A leader that exited but was not yet waited for
+    still counts as a member.
+    """
+    await trio.lowlevel.checkpoint()
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError as exc:
+        raise HostError(f"cannot signal process group {process.pid}: {_why(exc)}") from exc
+    return True

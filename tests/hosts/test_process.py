@@ -1,0 +1,888 @@
+"""The Linux host's process factory: private copies, permission checks, real children.
+
+Real files and real child processes. Tests that switch users need a root host
+(they skip otherwise); the bubblewrap tests skip only when bwrap is missing outside
+CI (in CI they run, and fail without it).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import stat
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from taonet import AuthorizationError, ConfigError, HostError
+from taonet.hosts import MessageStream
+from taonet.hosts._parent import HOST_CHANNEL_TYPE, HOST_SPEC, HOST_TYPE
+from taonet.hosts._process import (
+    HostChannel,
+    PreparedProgram,
+    Sandbox,
+    prepare_program,
+    signal_group,
+    spawn_program,
+)
+
+TIMEOUT = 60
+ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not ROOT, reason="switching users needs a root host")
+NOBODY = 65534 if os.getuid() != 65534 else 65533
+ME = (os.geteuid(), os.getegid())
+NO_SANDBOX = Sandbox()
+BWRAP = Sandbox(kind="bwrap")
+needs_bwrap = pytest.mark.skipif(
+    not os.path.exists("/usr/bin/bwrap") and not os.environ.get("CI"),
+    reason="bubblewrap is not installed (in CI this test runs, and fails)",
+)
+
+#: Talks over its pipe channel with taonet, then reports where it ran (as JSON).
+CHANNEL_CHILD = f"""#!{sys.executable}
+import json, os, sys
+import trio
+from taonet.hosts import MessageStream, open_host_channel
+
+async def main():
+    async with MessageStream(await open_host_channel()) as channel:
+        await channel.send_message(b"hello from the child")
+        reply = await channel.receive_message()
+        await channel.send_message(b"got " + reply)
+    try:
+        with open("/taonet-probe", "w"):
+            root_write = 0
+    except OSError as exc:
+        root_write = exc.errno
+    with open("written", "w") as f:
+        f.write("from the child")
+    print(json.dumps({{
+        "ids": [os.getuid(), os.getgid()],
+        "tmp": sorted(os.listdir("/tmp")),
+        "root_write": root_write,
+    }}))
+
+trio.run(main)
+"""
+
+#: The same in bash (for users who cannot reach the host's Python): echoes one
+#: 9-byte frame back over the channel, then reports. (Not sh: dash redirects only
+#: fds 0-9, and reopening /proc/self/fd/N of the host's pipe is refused to others.)
+SHELL_CHANNEL_CHILD = """#!/bin/bash
+fds=${CLOUDPROXY_TAO_HOST_SPEC#*(}
+fds=${fds%)}
+head -c 9 <&"${fds%%,*}" >&"${fds##*, }"
+grep -E '^(Uid|Gid|Groups):' /proc/self/status
+echo "tmp: $(ls -A /tmp | tr '\\n' ' ')"
+touch "$1/probe" 2>&1
+echo from the child > written && echo "cwd: written"
+"""
+
+
+def write_program(path: Path, text: str | bytes, mode: int = 0o755) -> Path:
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    path.chmod(mode)
+    return path
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def exists(path: Path) -> bool:
+    return path.exists()
+
+
+def read_text(path: Path) -> str:
+    return path.read_text()
+
+
+def listing(path: Path) -> list[str]:
+    return sorted(os.listdir(path))
+
+
+@pytest.fixture
+def base_dir() -> Iterator[Path]:
+    """A directory any uid can traverse (pytest's tmp_path is private to its user)."""
+    path = Path(tempfile.mkdtemp(prefix="taonet-test-process-"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def programs_dir(base_dir: Path) -> Path:
+    return base_dir / "programs"  # not created yet: prepare_program creates it
+
+
+@pytest.fixture
+def workdir(base_dir: Path) -> Path:
+    """A working directory every user may write in."""
+    path = base_dir / "work"
+    path.mkdir()
+    path.chmod(0o777)
+    return path
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory outside /tmp that every user may write in (on the host)."""
+    path = Path(tempfile.mkdtemp(prefix="taonet-test-open-", dir="/var/tmp"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def host_groups() -> Iterator[list[int]]:
+    """Give this (root) test process supplementary groups a child must not inherit."""
+    saved = os.getgroups()
+    os.setgroups([4242, 4343])
+    try:
+        yield os.getgroups()
+    finally:
+        os.setgroups(saved)
+
+
+async def prepare(source: Path, programs_dir: Path, **kwargs: object) -> PreparedProgram:
+    ids = {"uid": ME[0], "gid": ME[1], **kwargs}
+    return await prepare_program(source, programs_dir, **ids)  # type: ignore[arg-type]
+
+
+async def read_all(fd: int) -> bytes:
+    chunks = []
+    async with trio.lowlevel.FdStream(fd) as stream:
+        while chunk := await stream.receive_some():
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@attrs.frozen
+class Outcome:
+    status: int
+    out: str
+    err: str
+    talked: object = None
+
+
+async def run(
+    prepared: PreparedProgram,
+    *,
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    uid: int = ME[0],
+    gid: int = ME[1],
+    cwd: str | None = None,
+    channel: HostChannel | None = None,
+    talk: Callable[[trio.Process], Awaitable[object]] | None = None,
+    sandbox: Sandbox = NO_SANDBOX,
+) -> Outcome:
+    """Run to completion, collecting stdout and stderr, while ``talk`` runs.
+
+    If ``talk`` fails, the child's group is killed and the failure reported with
+    the child's stderr.
+    """
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        process = await spawn_program(
+            prepared,
+            args=args,
+            env={} if env is None else env,
+            cwd=cwd,
+            uid=uid,
+            gid=gid,
+            channel=channel,
+            stdout=out_w,
+            stderr=err_w,
+            sandbox=sandbox,
+        )
+    except BaseException:
+        os.close(out_r)
+        os.close(err_r)
+        raise
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+    output: dict[int, bytes] = {}
+    failure: Exception | None = None
+    talked: object = None
+
+    async def collect(fd: int) -> None:
+        output[fd] = await read_all(fd)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, out_r)
+            nursery.start_soon(collect, err_r)
+            if talk is not None:
+                try:
+                    talked = await talk(process)
+                except Exception as exc:
+                    failure = exc
+                    await signal_group(process, signal.SIGKILL)
+            status = await process.wait()
+    finally:
+        if process.returncode is None:
+            with trio.CancelScope(shield=True):
+                await signal_group(process, signal.SIGKILL)
+                await process.wait()
+    err = output[err_r].decode()
+    if failure is not None:
+        raise AssertionError(f"talking to the child failed; its stderr:\n{err}") from failure
+    return Outcome(status, output[out_r].decode(), err, talked)
+
+
+def proc_status(text: str) -> dict[str, list[str]]:
+    return {
+        line.split(":")[0]: line.split(":", 1)[1].split()
+        for line in text.splitlines()
+        if line.split(":")[0] in ("Uid", "Gid", "Groups")
+    }
+
+
+# -- prepare_program ------------------------------------------------------------------
+
+
+async def test_copy_is_measured_exactly(tmp_path: Path, programs_dir: Path) -> None:
+    data = b"#!/bin/sh\nexit 0\n" + os.urandom(3 * 1024 * 1024 + 17)  # several chunks
+    source = write_program(tmp_path / "big-program", data)
+    with trio.fail_after(TIMEOUT):
+        prepared = await prepare(source, programs_dir)
+    assert prepared.program_hash == hashlib.sha256(data).digest()
+    assert prepared.source == str(source)
+    assert prepared.path.read_bytes() == data
+    assert prepared.path.name == "big-program"
+    assert prepared.path.parent == prepared.directory
+    assert prepared.directory.parent == programs_dir
+    assert mode_of(prepared.path) == 0o555
+    assert prepared.path.stat().st_uid == os.geteuid()
+    assert mode_of(prepared.directory) == 0o711
+    assert mode_of(programs_dir) == 0o711
+
+
+async def test_each_preparation_gets_its_own_directory(tmp_path: Path, programs_dir: Path) -> None:
+    source = write_program(tmp_path / "prog", "#!/bin/sh\n")
+    with trio.fail_after(TIMEOUT):
+        first = await prepare(source, programs_dir)
+        second = await prepare(source, programs_dir)
+    assert first.directory != second.directory
+    assert first.program_hash == second.program_hash
+
+
+async def test_the_copy_runs_not_the_rewritten_source(tmp_path: Path, programs_dir: Path) -> None:
+    source = write_program(tmp_path / "prog", "#!/bin/sh\necho old program\n")
+    with trio.fail_after(TIMEOUT):
+        prepared = await prepare(source, programs_dir)
+        new = b"#!/bin/sh\necho new program\n"
+        source.write_bytes(new)  # in place
+        result = await run(prepared)
+        assert (result.status, result.out) == (0, "old program\n"), result.err
+        replacement = write_program(tmp_path / "other", new)
+        replacement.replace(source)  # and by rename
+        result = await run(prepared)
+    assert (result.status, result.out) == (0, "old program\n"), result.err
+    assert prepared.program_hash != hashlib.sha256(new).digest()
+
+
+def owned(path: Path) -> tuple[int, int]:
+    """Give ``path`` an owner and group other than the caller's ids used below."""
+    if ROOT:
+        os.chown(path, 4242, 4343)
+    st = path.stat()
+    return st.st_uid, st.st_gid
+
+
+@pytest.mark.parametrize(
+    ("mode", "caller", "allowed"),
+    [
+        (0o755, "other", True),
+        (0o700, "other", False),
+        (0o711, "other", False),  # execute without read
+        (0o744, "other", False),  # read without execute
+        (0o750, "group", True),
+        (0o750, "supplementary", True),
+        (0o750, "other", False),
+        (0o705, "group", False),  # the group's bits apply, not other's
+        (0o500, "owner", True),
+        (0o075, "owner", False),  # the owner's bits apply, not group's or other's
+        (0o600, "root", False),  # root needs some execute bit
+        (0o001, "root", True),
+        (0o100, "root", True),
+    ],
+)
+async def test_caller_permissions(
+    tmp_path: Path, programs_dir: Path, mode: int, caller: str, allowed: bool
+) -> None:
+    source = write_program(tmp_path / "prog", "#!/bin/sh\n", mode)
+    owner, group = owned(source)
+    others = [n for n in (NOBODY, 4444, 4545) if n not in (owner, group)][:2]
+    ids = {
+        "other": (others[0], others[0], ()),
+        "group": (others[0], group, ()),
+        "supplementary": (others[0], others[1], (others[1], group)),
+        "owner": (owner, others[0], ()),
+        "root": (0, 0, ()),
+    }[caller]
+    uid, gid, groups = ids
+    if caller == "owner" and owner == 0:
+        pytest.skip("cannot give the file a non-root owner without root")
+    with trio.fail_after(TIMEOUT):
+        if allowed:
+            prepared = await prepare_program(source, programs_dir, uid=uid, gid=gid, groups=groups)
+            assert prepared.path.read_bytes() == b"#!/bin/sh\n"
+        else:
+            with pytest.raises(AuthorizationError, match="may not read and execute"):
+                await prepare_program(source, programs_dir, uid=uid, gid=gid, groups=groups)
+            assert not exists(programs_dir)  # refused before anything was created
+
+
+async def test_private_root_program_refused_to_nobody(tmp_path: Path, programs_dir: Path) -> None:
+    source = write_program(tmp_path / "prog", "#!/bin/sh\n", 0o700)
+    with trio.fail_after(TIMEOUT):
+        with pytest.raises(AuthorizationError):
+            await prepare_program(source, programs_dir, uid=NOBODY, gid=NOBODY)
+        source.chmod(0o755)
+        await prepare_program(source, programs_dir, uid=NOBODY, gid=NOBODY)
+
+
+async def test_non_regular_files_refused(tmp_path: Path, programs_dir: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o777)  # opening it without a writer must not hang
+    with trio.fail_after(TIMEOUT):
+        for path in (tmp_path, Path("/dev/null"), fifo):
+            with pytest.raises(HostError, match="not a regular file"):
+                await prepare(path, programs_dir)
+        with pytest.raises(HostError, match="cannot open"):
+            await prepare(tmp_path / "missing", programs_dir)
+    assert not exists(programs_dir)
+
+
+async def test_oversize_refused(tmp_path: Path, programs_dir: Path) -> None:
+    source = write_program(tmp_path / "prog", b"#!/bin/sh\n" + b"#" * 90)
+    with trio.fail_after(TIMEOUT):
+        with pytest.raises(HostError, match="over the 99-byte limit"):
+            await prepare(source, programs_dir, max_size=99)
+        prepared = await prepare(source, programs_dir, max_size=100)
+    assert len(prepared.path.read_bytes()) == 100
+    assert listing(programs_dir) == [prepared.directory.name]  # nothing left by the refusal
+
+
+async def test_programs_dir_that_is_a_file_is_a_config_error(tmp_path: Path) -> None:
+    source = write_program(tmp_path / "prog", "#!/bin/sh\n")
+    (tmp_path / "file").write_bytes(b"")
+    with trio.fail_after(TIMEOUT), pytest.raises(ConfigError, match="not a directory"):
+        await prepare(source, tmp_path / "file")
+
+
+async def test_cleanup_is_idempotent(tmp_path: Path, programs_dir: Path) -> None:
+    source = write_program(tmp_path / "prog", "#!/bin/sh\n")
+    with trio.fail_after(TIMEOUT):
+        prepared = await prepare(source, programs_dir)
+    assert exists(prepared.path)
+    prepared.cleanup()
+    assert not exists(prepared.directory)
+    assert exists(programs_dir)
+    prepared.cleanup()
+    assert not exists(prepared.directory)
+
+
+# -- spawn_program --------------------------------------------------------------------
+
+
+@needs_root
+async def test_child_runs_as_uid_and_gid_without_groups(
+    tmp_path: Path, programs_dir: Path, host_groups: list[int]
+) -> None:
+    assert host_groups  # which the child must not inherit
+    source = write_program(tmp_path / "ids", "#!/bin/sh\ncat /proc/self/status\n")
+    with trio.fail_after(TIMEOUT):
+        prepared = await prepare(source, programs_dir, uid=NOBODY, gid=NOBODY)
+        result = await run(prepared, uid=NOBODY, gid=NOBODY)
+    assert result.status == 0, result.err
+    assert proc_status(result.out) == {
+        "Uid": [str(NOBODY)] * 4,  # real, effective, saved, filesystem
+        "Gid": [str(NOBODY)] * 4,
+        "Groups": [],
+    }
+
+
+@needs_root
+async def test_uid_and_gid_are_set_independently(tmp_path: Path, programs_dir: Path) -> None:
+    source = write_program(tmp_path / "ids", "#!/bin/sh\ncat /proc/self/status\n")
+    with trio.fail_after(TIMEOUT):
+        prepared = await prepare(source, programs_dir, uid=NOBODY, gid=4343)
+        result = await run(prepared, uid=NOBODY, gid=4343)
+    assert result.status == 0, result.err
+    assert proc_status(result.out)["Uid"] == [str(NOBODY)] * 4
+    assert proc_status(result.out)["Gid"] == ["4343"] * 4
+
+
+@needs_root
+async def test_a_non_root_host_cannot_switch_users() -> None:
+    # The child drops root itself once its imports are done (the interpreter may
+    # live where other users cannot reach it).
+    child = """
+import os, sys
+from pathlib import Path
+import trio
+from taonet import HostError
+from taonet.hosts._process import PreparedProgram, spawn_program
+
+me = int(sys.argv[1])
+os.setgroups([])
+os.setresgid(me, me, me)
+os.setresuid(me, me, me)
+
+async def main():
+    prepared = PreparedProgram(Path("/bin/true"), Path("/nonexistent"), b"", "/bin/true")
+    for uid, gid in ((0, 0), (me, 0)):
+        try:
+            await spawn_program(prepared, args=[], env={}, cwd=None, uid=uid, gid=gid, channel=None)
+        except HostError as exc:
+            print("refused:", exc)
+    process = await spawn_program(prepared, args=[], env={}, cwd=None, uid=me, gid=me, channel=None)
+    print("own ids:", await process.wait())
+
+trio.run(main)
+"""
+    with trio.fail_after(TIMEOUT):
+        result = await trio.run_process(
+            [sys.executable, "-c", child, str(NOBODY)],
+            cwd="/",
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    refusal = f"refused: a host running as uid {NOBODY} (gid {NOBODY}) cannot start a program"
+    assert result.stdout.decode().splitlines() == [
+        f"{refusal} as uid 0 (gid 0)",
+        f"{refusal} as uid {NOBODY} (gid 0)",
+        "own ids: 0",
+    ]
+
+
+async def test_child_has_its_own_process_group(tmp_path: Path, programs_dir: Path) -> None:
+    source = write_program(tmp_path / "wait", "#!/bin/sh\nread line\n")
+    r, w = os.pipe()
+    with trio.fail_after(TIMEOUT):
+        prepared = await prepare(source, programs_dir)
+        try:
+            process = await spawn_program(
+                prepared, args=[], env={}, cwd=None, uid=ME[0], gid=ME[1], channel=None, stdin=r
+            )
+            assert os.getpgid(process.pid) == process.pid
+            assert os.getpgid(process.pid) != os.getpgid(0)
+        finally:
+            os.close(r)
+            os.close(w)  # EOF: the child's read ends, and so does it
+        assert await process.wait() == 1
+
+
+async def test_arguments_and_working_directory(
+    tmp_path: Path, programs_dir: Path, workdir: Path
+) -> None:
+    source = write_program(
+        tmp_path / "args", '#!/bin/sh\necho "$0"\nfor a; do echo "[$a]"; done\npwd\n'
+    )
+    with trio.fail_after(TIMEOUT):
+        prepared = await prepare(source, programs_dir)
+        result = await run(prepared, args=["one", "two words", ""], cwd=str(workdir))
+    assert result.status == 0, result.err
+    assert result.out.splitlines() == [
+        str(prepared.path),
+        "[one]",
+        "[two words]",
+        "[]",
+        str(workdir),
+    ]
+
+
+ENV_CHILD = f"""#!{sys.executable}
+import sys
+# What exec received (Python may add LC_CTYPE to os.environ).
+sys.stdout.buffer.write(open("/proc/self/environ", "rb").read())
+"""
+
+
+def parse_environ(text: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in text.split("\0") if item)
+
+
+async def test_environment_is_exactly_env_plus_host_variables(
+    tmp_path: Path, programs_dir: Path
+) -> None:
+    source = write_program(tmp_path / "env", ENV_CHILD)
+    given = {"FOO": "bar", "EMPTY": "", HOST_SPEC: "tao::RPC+tao::FDMessageChannel(0, 1)"}
+    channel = HostChannel.open()
+    with trio.fail_after(TIMEOUT):
+        prepared = await prepare(source, programs_dir)
+        try:
+            with_channel = await run(prepared, env={**given, HOST_TYPE: "root"}, channel=channel)
+        finally:
+            await channel.aclose()
+        without_channel = await run(prepared, env={**given, HOST_CHANNEL_TYPE: "unix"})
+    assert with_channel.status == 0, with_channel.err
+    read, write = channel.child_fds
+    assert channel.spec() == f"tao::RPC+tao::FDMessageChannel({read}, {write})"
+    assert parse_environ(with_channel.out) == {
+        "FOO": "bar",
+        "EMPTY": "",
+        HOST_TYPE: "stacked",
+        HOST_CHANNEL_TYPE: "pipe",
+        HOST_SPEC: channel.spec(),
+    }
+    assert without_channel.status == 0, without_channel.err
+    assert parse_environ(without_channel.out) == {"FOO": "bar", "EMPTY": ""}
+
+
+def conversation(channel: HostChannel) -> Callable[[trio.Process], Awaitable[list[bytes]]]:
+    """The host's side of CHANNEL_CHILD's conversation, then EOF once it exits."""
+
+    async def talk(process: trio.Process) -> list[bytes]:
+        async with MessageStream(channel.host_stream()) as stream:
+            hello = await stream.receive_message()
+            await stream.send_message(b"ping")
+            reply = await stream.receive_message()
+            await process.wait()
+            with pytest.raises(trio.EndOfChannel):
+                await stream.receive_message()
+        return [hello, reply]
+
+    return talk
+
+
+async def test_pipe_channel_works_both_ways(
+    tmp_path: Path, programs_dir: Path, workdir: Path
+) -> None:
+    source = write_program(tmp_path / "child.py", CHANNEL_CHILD)
+    channel = HostChannel.open()
+    with trio.fail_after(TIMEOUT):
+        prepared = await prepare(source, programs_dir)
+        try:
+            result = await run(
+                prepared, channel=channel, talk=conversation(channel), cwd=str(workdir)
+            )
+        finally:
+            await channel.aclose()
+    assert result.status == 0, result.err
+    assert result.talked == [b"hello from the child", b"got ping"]
+
+
+async def test_host_sees_eof_when_the_child_exits(tmp_path: Path, programs_dir: Path) -> None:
+    source = write_program(tmp_path / "quiet", "#!/bin/sh\nexit 3\n")
+    channel = HostChannel.open()
+    with trio.fail_after(TIMEOUT):
+        prepared = await prepare(source, programs_dir)
+        try:
+            process = await spawn_program(
+                prepared, args=[], env={}, cwd=None, uid=ME[0], gid=ME[1], channel=channel
+            )
+            stream = channel.host_stream()
+            assert await stream.receive_some() == b""
+            assert await process.wait() == 3
+        finally:
+            await channel.aclose()
+    for fd in channel.child_fds:  # closed in the host by spawn_program
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            os.fstat(fd)
+
+
+async def test_host_channel_bookkeeping() -> None:
+    before = open_fds()
+    channel = HostChannel.open()
+    assert all(fd > 2 for fd in channel.child_fds)
+    assert open_fds() == before + 4
+    with trio.fail_after(TIMEOUT):
+        channel.close_child_ends()
+        channel.close_child_ends()
+        assert open_fds() == before + 2
+        channel.host_stream()
+        with pytest.raises(trio.ClosedResourceError):
+            channel.host_stream()
+        await channel.aclose()
+        await channel.aclose()
+    assert open_fds() == before
+    unused = HostChannel.open()
+    unused.close()
+    assert open_fds() == before
+
+
+def process_state(pid: int) -> str | None:
+    """The kernel's state letter for ``pid``, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+async def wait_gone(pid: int) -> None:
+    """Until ``pid`` has exited (a zombie whose reaper is not us counts as gone)."""
+    while True:
+        if process_state(pid) in (None, "Z"):
+            return
+        await trio.sleep(0.01)
+
+
+async def read_line(fd: int) -> bytes:
+    line = b""
+    async with trio.lowlevel.FdStream(fd) as stream:
+        while not line.endswith(b"\n"):
+            chunk = await stream.receive_some(1)
+            assert chunk, "EOF before a whole line"
+            line += chunk
+    return line
+
+
+async def test_signal_group_reaches_grandchildren(tmp_path: Path, programs_dir: Path) -> None:
+    source = write_program(tmp_path / "tree", "#!/bin/sh\nsleep 100 &\necho $!\nsleep 100\n")
+    r, w = os.pipe()
+    with trio.fail_after(TIMEOUT):
+        prepared = await prepare(source, programs_dir)
+        try:
+            process = await spawn_program(
+                prepared, args=[], env={}, cwd=None, uid=ME[0], gid=ME[1], channel=None, stdout=w
+            )
+        finally:
+            os.close(w)
+        try:
+            grandchild = int(await read_line(r))
+            assert os.getpgid(grandchild) == process.pid
+            assert process_state(grandchild) not in (None, "Z")
+            assert await signal_group(process, signal.SIGTERM) is True
+            assert await process.wait() == -signal.SIGTERM
+            await wait_gone(grandchild)
+        finally:
+            with trio.CancelScope(shield=True):
+                await signal_group(process, signal.SIGKILL)
+                await process.wait()
+
+
+async def test_signal_group_after_exit_returns_false(tmp_path: Path, programs_dir: Path) -> None:
+    source = write_program(tmp_path / "quick", "#!/bin/sh\nexit 0\n")
+    with trio.fail_after(TIMEOUT):
+        prepared = await prepare(source, programs_dir)
+        process = await spawn_program(
+            prepared, args=[], env={}, cwd=None, uid=ME[0], gid=ME[1], channel=None
+        )
+        assert await process.wait() == 0
+        assert await signal_group(process, signal.SIGTERM) is False
+        assert await signal_group(process, signal.SIGKILL) is False
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("problem", ["missing cwd", "exec format", "bad argument"])
+async def test_spawn_errors_are_host_errors_and_leak_nothing(
+    tmp_path: Path, programs_dir: Path, problem: str
+) -> None:
+    good = write_program(tmp_path / "good", "#!/bin/sh\n")
+    garbage = write_program(tmp_path / "garbage", b"\x7fNOT AN ELF\0\0\0" * 10)
+    cwd = str(tmp_path / "missing") if problem == "missing cwd" else None
+    args = ["a\0b"] if problem == "bad argument" else []
+    expected = {
+        "missing cwd": "No such file or directory",
+        "exec format": "Exec format error",
+        "bad argument": "null byte",
+    }[problem]
+    with trio.fail_after(TIMEOUT):
+        prepared = await prepare(garbage if problem == "exec format" else good, programs_dir)
+        before = open_fds()
+        channel = HostChannel.open()
+        with pytest.raises(HostError, match=expected):
+            await spawn_program(
+                prepared, args=args, env={}, cwd=cwd, uid=ME[0], gid=ME[1], channel=channel
+            )
+        for fd in channel.child_fds:  # closed by spawn_program itself
+            with pytest.raises(OSError, match="Bad file descriptor"):
+                os.fstat(fd)
+        await channel.aclose()
+    assert open_fds() == before
+
+
+# -- the bwrap sandbox ----------------------------------------------------------------
+
+
+def test_wrap_builds_the_bwrap_command() -> None:
+    assert Sandbox().wrap(["/p/prog", "x"], cwd="/w") == ["/p/prog", "x"]
+    sandbox = Sandbox(kind="bwrap", bwrap="/opt/bwrap", share_network=False)
+    assert sandbox.wrap(["/p/prog", "x"], cwd="/w") == [
+        *("/bin/sh", "-c", '"$@"; exit "$?"', "taonet-sandbox", "/opt/bwrap"),
+        *("--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"),
+        *("--ro-bind", "/p", "/p", "--bind", "/w", "/w", "--unshare-all"),
+        *("--die-with-parent", "--new-session", "--chdir", "/w", "--", "/p/prog", "x"),
+    ]
+    shared = Sandbox(kind="bwrap", bwrap="/opt/bwrap").wrap(["/p/prog"], cwd=None)
+    assert "--share-net" in shared
+    assert "--chdir" not in shared
+    assert "--bind" not in shared
+    with pytest.raises(ValueError, match="kind"):
+        Sandbox(kind="docker")
+    with pytest.raises(HostError, match="not installed"):
+        Sandbox(kind="bwrap", bwrap="no-such-bwrap-anywhere").wrap(["/p/prog"], cwd=None)
+
+
+def sandbox_tmp(*bound: Path) -> list[str]:
+    """What the sandbox's /tmp holds: the mount points of what was bound under it."""
+    return sorted({p.relative_to("/tmp").parts[0] for p in bound if p.is_relative_to("/tmp")})
+
+
+@needs_bwrap
+async def test_bwrap_sandbox_channel_and_filesystem(
+    tmp_path: Path, programs_dir: Path, workdir: Path
+) -> None:
+    source = write_program(tmp_path / "child.py", CHANNEL_CHILD)
+    marker = tempfile.NamedTemporaryFile(prefix="taonet-marker-", dir="/tmp")  # noqa: SIM115
+    channel = HostChannel.open()
+    with marker, trio.fail_after(TIMEOUT):
+        prepared = await prepare(source, programs_dir)
+        try:
+            result = await run(
+                prepared,
+                channel=channel,
+                talk=conversation(channel),
+                cwd=str(workdir),
+                sandbox=BWRAP,
+            )
+        finally:
+            await channel.aclose()
+    assert result.status == 0, result.err
+    assert result.talked == [b"hello from the child", b"got ping"]
+    report = json.loads(result.out)
+    assert report["ids"] == list(ME)
+    assert report["root_write"] == errno.EROFS  # even for root
+    assert report["tmp"] == sandbox_tmp(prepared.directory, workdir)
+    assert Path(marker.name).name not in report["tmp"]
+    assert read_text(workdir / "written") == "from the child"
+
+
+@needs_bwrap
+@needs_root
+async def test_bwrap_sandbox_as_another_user(
+    tmp_path: Path, programs_dir: Path, workdir: Path, open_dir: Path, host_groups: list[int]
+) -> None:
+    source = write_program(tmp_path / "child.sh", SHELL_CHANNEL_CHILD)
+    channel = HostChannel.open()
+
+    async def echo(process: trio.Process) -> bytes:
+        async with MessageStream(channel.host_stream()) as stream:
+            await stream.send_message(b"hello")
+            return await stream.receive_message()
+
+    with trio.fail_after(TIMEOUT):
+        prepared = await prepare(source, programs_dir, uid=NOBODY, gid=NOBODY)
+        try:
+            result = await run(
+                prepared,
+                uid=NOBODY,
+                gid=NOBODY,
+                channel=channel,
+                talk=echo,
+                args=[str(open_dir)],
+                cwd=str(workdir),
+                sandbox=BWRAP,
+            )
+        finally:
+            await channel.aclose()
+    assert result.status == 0, result.err
+    assert result.talked == b"hello"
+    assert proc_status(result.out) == {
+        "Uid": [str(NOBODY)] * 4,
+        "Gid": [str(NOBODY)] * 4,
+        "Groups": [],
+    }
+    lines = result.out.splitlines()
+    assert f"tmp: {' '.join(sandbox_tmp(prepared.directory, workdir))} ".rstrip() in [
+        line.rstrip() for line in lines
+    ]
+    # Writable for this user on the host, not in the sandbox.
+    assert f"touch: cannot touch '{open_dir}/probe': Read-only file system" in lines
+    assert "cwd: written" in lines
+    assert (workdir / "written").stat().st_uid == NOBODY
+
+
+@needs_bwrap
+@pytest.mark.slow
+async def test_bwrap_sandbox_outlives_the_spawning_thread(
+    tmp_path: Path, programs_dir: Path
+) -> None:
+    # Trio starts processes from worker threads, which exit after 10 idle seconds;
+    # bwrap's --die-with-parent must not be tied to that thread.
+    source = write_program(tmp_path / "wait", '#!/bin/sh\nread line\necho "got $line"\n')
+    to_child_r, to_child_w = os.pipe()
+    out_r, out_w = os.pipe()
+    with trio.fail_after(TIMEOUT):
+        prepared = await prepare(source, programs_dir)
+        try:
+            process = await spawn_program(
+                prepared,
+                args=[],
+                env={},
+                cwd=None,
+                uid=ME[0],
+                gid=ME[1],
+                channel=None,
+                stdin=to_child_r,
+                stdout=out_w,
+                sandbox=BWRAP,
+            )
+        finally:
+            os.close(to_child_r)
+            os.close(out_w)
+        try:
+            await trio.sleep(13)
+            assert process.poll() is None
+            os.write(to_child_w, b"still here\n")
+            os.close(to_child_w)
+            assert await read_all(out_r) == b"got still here\n"
+            assert await process.wait() == 0
+        finally:
+            with trio.CancelScope(shield=True):
+                await signal_group(process, signal.SIGKILL)
+                await process.wait()
+
+
+@needs_bwrap
+async def test_signal_group_ends_a_sandboxed_program(tmp_path: Path, programs_dir: Path) -> None:
+    source = write_program(tmp_path / "wait", "#!/bin/sh\necho started\nexec sleep 100\n")
+    r, w = os.pipe()
+    with trio.fail_after(TIMEOUT):
+        prepared = await prepare(source, programs_dir)
+        try:
+            process = await spawn_program(
+                prepared,
+                args=[],
+                env={},
+                cwd=None,
+                uid=ME[0],
+                gid=ME[1],
+                channel=None,
+                stdout=w,
+                sandbox=BWRAP,
+            )
+        finally:
+            os.close(w)
+        try:
+            async with trio.lowlevel.FdStream(r) as stream:
+                assert await stream.receive_some() == b"started\n"
+                assert await signal_group(process, signal.SIGTERM) is True
+                assert await process.wait() == -signal.SIGTERM
+                # The sandbox died with its parent: the pipe's last writer is gone.
+                assert await stream.receive_some() == b""
+        finally:
+            with trio.CancelScope(shield=True):
+                await signal_group(process, signal.SIGKILL)
+                await process.wait()
