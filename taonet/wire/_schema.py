@@ -117,6 +117,30 @@ _SCHEMA: Final[dict[str, list[tuple[str, int, int, str]]]] = {
         ("entry", 1, _REQ, "RollbackEntry"),
         ("protected_data", 2, _REQ, "bytes"),
     ],
+    # The Linux host's admin socket (taonet's own, in the style of the original's protorpc).
+    "LinuxAdminRequest": [
+        ("path", 1, _OPT, "string"),
+        ("args", 2, _REP, "string"),
+        ("dir", 3, _OPT, "string"),
+        ("env", 4, _REP, "string"),
+        ("selector", 5, _OPT, "string"),
+        ("fd_count", 6, _OPT, "int32"),
+        ("stdio_mask", 7, _OPT, "int32"),
+    ],
+    "LinuxAdminProgram": [
+        ("name", 1, _REQ, "bytes"),
+        ("pid", 2, _REQ, "int32"),
+        ("uid", 3, _REQ, "int32"),
+        ("gid", 4, _REQ, "int32"),
+        ("path", 5, _REQ, "string"),
+        ("program_hash", 6, _REQ, "bytes"),
+        ("program_id", 7, _REQ, "int64"),
+        ("exit_status", 8, _OPT, "int32"),
+    ],
+    "LinuxAdminResponse": [
+        ("programs", 1, _REP, "LinuxAdminProgram"),
+        ("name", 2, _OPT, "bytes"),
+    ],
 }
 _ENUMS: Final = {"CryptoVersion": [("CRYPTO_VERSION_1", 1), ("CRYPTO_VERSION_2", 2)]}
 
