@@ -157,6 +157,15 @@ class Keyset:
             deriving_key=os.urandom(_DERIVING_KEY_BYTES) if deriving else None,
         )
 
+    def to_private_bytes(self) -> bytes:
+        """The keys in the clear, for a parent Tao to seal (never write these to disk)."""
+        return _encode_inner(self)
+
+    @classmethod
+    def from_private_bytes(cls, data: bytes) -> Keyset:
+        """Undo :meth:`to_private_bytes`; ConfigError if malformed."""
+        return _decode_inner(bytes(data))
+
 
 def _scrypt(password: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt

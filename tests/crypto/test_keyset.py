@@ -240,3 +240,20 @@ def test_load_oversized_file(tmp_path: Path) -> None:
     path.write_bytes(b"\x00" * (MAX_KEYSET_BYTES + 1))
     with pytest.raises(ConfigError, match="limit"):
         load_keyset(path, PASSWORD)
+
+
+def test_private_bytes_round_trip_and_malformed() -> None:
+    from taonet import ConfigError
+    from taonet.crypto import Keyset
+
+    keyset = Keyset.generate()
+    again = Keyset.from_private_bytes(keyset.to_private_bytes())
+    assert again.signer.public_key_der() == keyset.signer.public_key_der()
+    assert again.crypter is not None
+    assert keyset.crypter is not None
+    assert again.crypter.key_bytes == keyset.crypter.key_bytes
+    assert again.deriving_key == keyset.deriving_key
+    data = keyset.to_private_bytes()
+    for bad in (b"", data[:-1], data + b"\x00", b"\xff" * 40):
+        with pytest.raises(ConfigError):
+            Keyset.from_private_bytes(bad)

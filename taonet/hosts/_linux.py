@@ -1,0 +1,592 @@
+"""The Linux host: a Tao host that measures, starts and serves child processes.
+
+A :class:`LinuxHost` is either
+
+* **root**: its keys are a soft keyset in its directory (password-protected), its
+  name is ``key([hash])`` and the domain's policy key certifies that key, or
+* **stacked**: it runs as a hosted program of a parent Tao (another Linux host, or
+  later a TPM host). Its keyset is sealed by the parent (so only the same host binary
+  on the same parent can open it), its name is the name the parent gave it, and the
+  parent attests ``key(host key) speaksfor <its name>``: that delegation rides in
+  every attestation the host makes, so its children's attestations chain to the root.
+
+Each started program is copied to a private directory while it is hashed, checked
+against the guard (``Authorized(name, "Execute")``), and run in its own process group
+as the requesting user, with a pipe pair to the host. Its name is
+``<host name>.Program([sha256])``, or ``Program(id, [sha256])`` when ``program_ids``
+is on (ids increase across restarts). The host answers the program's Tao RPC on that
+pipe: seal/unseal, shared secrets and attestations bound to the program's name, and
+monotonic counters that survive restarts (for a stacked host the counter table is
+itself rollback-protected by the parent's counters).
+
+A malformed or oversized frame from a program closes that program's channel only; a
+program that dies mid-call costs nothing but its own channel.
+
+:meth:`LinuxHost.run` serves the admin socket (``admin.sock`` in the host directory,
+see :mod:`taonet.hosts._admin`) until :meth:`shutdown`. It implements
+:class:`~taonet.hosts._hosted.AdminBackend`.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import os
+import pwd
+import signal
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Final
+
+import structlog
+import trio
+
+from taonet import auth
+from taonet._errors import AuthorizationError, ConfigError, HostError
+from taonet._files import atomic_write, read_file
+from taonet.attestation import Attestation
+from taonet.crypto import KdfParams, Keyset, Signer
+from taonet.domain import Domain, Guard, LiberalGuard, program_subprin
+from taonet.hosts._counters import (
+    CounterStore,
+    HostCounters,
+    ParentTableSealer,
+    SoftTableSealer,
+)
+from taonet.hosts._hosted import Caller, ProgramInfo, StartRequest
+from taonet.hosts._linux_config import (
+    ADMIN_SOCKET,
+    CONFIG_FILE,
+    COUNTERS_FILE,
+    PROGRAM_ID_FILE,
+    PROGRAMS_DIR,
+    SEALED_KEYS_FILE,
+    LinuxHostConfig,
+)
+from taonet.hosts._process import (
+    HostChannel,
+    PreparedProgram,
+    Sandbox,
+    prepare_program,
+    signal_group,
+    spawn_program,
+)
+from taonet.hosts._rpc import serve_tao_rpc
+from taonet.hosts._soft import SoftHost
+from taonet.hosts._tao import SEAL_POLICY_SELF, Tao, check_size
+
+__all__ = ["LinuxHost"]
+
+log = structlog.get_logger(__name__)
+
+#: Exited programs remembered for ``wait`` after they are gone.
+_REMEMBER_EXITED: Final = 256
+#: How long shutdown waits for SIGKILLed programs to be reaped.
+_REAP_TIMEOUT: Final = 10.0
+
+
+class _Child:
+    """One hosted program (mutable: its name grows with ExtendTaoName)."""
+
+    def __init__(
+        self,
+        *,
+        name: auth.Prin,
+        process: trio.Process,
+        prepared: PreparedProgram,
+        uid: int,
+        gid: int,
+        program_id: int,
+        started_ns: int,
+    ) -> None:
+        self.name = name
+        self.launch_name = name
+        self.process = process
+        self.prepared = prepared
+        self.uid = uid
+        self.gid = gid
+        self.program_id = program_id
+        self.started_ns = started_ns
+        self.first_rpc_ns: int | None = None
+        self.first_rpc = trio.Event()
+        self.exit_status: int | None = None
+        self.exited = trio.Event()
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid)
+
+    def info(self) -> ProgramInfo:
+        return ProgramInfo(
+            name=self.name,
+            pid=self.pid,
+            uid=self.uid,
+            gid=self.gid,
+            path=self.prepared.source,
+            program_hash=self.prepared.program_hash,
+            program_id=self.program_id,
+            exit_status=self.exit_status,
+        )
+
+
+class _ChildTao(Tao):
+    """The Tao one hosted program sees: every operation bound to its current name."""
+
+    def __init__(self, host: LinuxHost, child: _Child) -> None:
+        self._host = host
+        self._child = child
+
+    def _name(self) -> auth.Prin:
+        if self._child.first_rpc_ns is None:
+            self._child.first_rpc_ns = time.perf_counter_ns()
+            self._child.first_rpc.set()
+        return self._child.name
+
+    async def get_tao_name(self) -> auth.Prin:
+        return self._name()
+
+    async def extend_tao_name(self, subprin: auth.SubPrin) -> None:
+        if not isinstance(subprin, auth.SubPrin):
+            raise HostError("extend_tao_name takes a SubPrin")
+        self._child.name = self._name().extend(subprin)
+
+    async def get_random_bytes(self, n: int) -> bytes:
+        self._name()
+        return os.urandom(check_size(n, what="random bytes"))
+
+    async def get_shared_secret(self, n: int, policy: str = SEAL_POLICY_SELF) -> bytes:
+        return self._host._core.shared_secret_for(self._name(), n, policy)
+
+    async def attest(
+        self,
+        message: auth.Form,
+        *,
+        issuer: auth.Prin | None = None,
+        time: int | None = None,
+        expiration: int | None = None,
+    ) -> Attestation:
+        return self._host._core.attest_for(
+            self._name(), message, issuer=issuer, time=time, expiration=expiration
+        )
+
+    async def seal(self, data: bytes, policy: str = SEAL_POLICY_SELF) -> bytes:
+        return self._host._core.seal_for(self._name(), data, policy)
+
+    async def unseal(self, sealed: bytes) -> tuple[bytes, str]:
+        return self._host._core.unseal_for(self._name(), sealed)
+
+    async def init_counter(self, label: str, counter: int) -> None:
+        await self._host._counters.init_counter(self._name(), label, counter)
+
+    async def get_counter(self, label: str) -> int:
+        return await self._host._counters.get_counter(self._name(), label)
+
+    async def rollback_protected_seal(
+        self, label: str, data: bytes, policy: str = SEAL_POLICY_SELF
+    ) -> bytes:
+        return await self._host._counters.rollback_protected_seal(self._name(), label, data, policy)
+
+    async def rollback_protected_unseal(self, sealed: bytes) -> tuple[bytes, str]:
+        return await self._host._counters.rollback_protected_unseal(self._name(), sealed)
+
+
+class LinuxHost:
+    """A root or stacked Linux host (see the module docstring)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        config: LinuxHostConfig,
+        core: SoftHost,
+        counters: HostCounters,
+        *,
+        parent: Tao | None = None,
+    ) -> None:
+        self.directory = directory
+        self.config = config
+        self._core = core
+        self._counters = counters
+        self._parent = parent
+        self._owner_uid = os.geteuid()
+        self._children: dict[int, _Child] = {}
+        self._exited: collections.deque[_Child] = collections.deque(maxlen=_REMEMBER_EXITED)
+        self._nursery: trio.Nursery | None = None
+        self._stopping = False
+        self._stopped = trio.Event()
+        self._finished = trio.Event()
+        self._running = False
+        self._id_lock = trio.Lock()
+
+    # -- creation ---------------------------------------------------------------------
+
+    @staticmethod
+    def init(
+        directory: str | Path,
+        config: LinuxHostConfig,
+        *,
+        password: bytes | None = None,
+        kdf: KdfParams | None = None,
+        policy_signer: Signer | None = None,
+    ) -> auth.Prin | None:
+        """Create a host directory; for a root host, its keys (and certificate).
+
+        A root host's keyset is protected by ``password``; with ``policy_signer`` (the
+        domain's unlocked policy key) the domain certifies the host's key. Returns the
+        root host's name; a stacked host gets its keys and name when it first starts
+        under its parent.
+        """
+        path = Path(directory)
+        if (path / CONFIG_FILE).exists():
+            raise ConfigError(f"{path} already holds a Linux host")
+        domain = Domain.load(config.domain) if config.domain is not None else None
+        path.mkdir(parents=True, exist_ok=True, mode=0o711)
+        name: auth.Prin | None = None
+        if config.kind == "root":
+            if password is None:
+                raise ConfigError("a root host needs a password to protect its keys")
+            host = SoftHost.create(path, password, kdf=kdf or KdfParams.default())
+            if domain is not None and policy_signer is not None:
+                host.set_root_endorsement(domain.certify_host(policy_signer, host.public_key_der()))
+            name = host.name
+        elif password is not None or policy_signer is not None:
+            raise ConfigError("a stacked host's keys are sealed by its parent: no password")
+        atomic_write(path / CONFIG_FILE, config.to_toml(), mode=0o644)
+        return name
+
+    @classmethod
+    async def open(
+        cls,
+        directory: str | Path,
+        *,
+        password: bytes | None = None,
+        parent: Tao | None = None,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> LinuxHost:
+        """Open a host directory: a root host needs ``password``, a stacked one ``parent``."""
+        path = Path(directory)
+        config = await trio.to_thread.run_sync(LinuxHostConfig.load, path)
+        if config.kind == "root":
+            if password is None:
+                raise ConfigError("a root host needs its password")
+            core = await trio.to_thread.run_sync(
+                functools.partial(SoftHost.load, path, password, clock=clock)
+            )
+            counters = await core.open_counters()
+        else:
+            if parent is None:
+                raise ConfigError(
+                    "a stacked host runs under a parent Tao: start it as a hosted program"
+                )
+            core = await _open_stacked_core(path, parent, clock)
+            counters = await _open_stacked_counters(path, core, parent)
+        host = cls(path, config, core, counters, parent=parent)
+        log.info("linux_host_opened", kind=config.kind, name=str(host.name))
+        return host
+
+    # -- identity ---------------------------------------------------------------------
+
+    @property
+    def name(self) -> auth.Prin:
+        """The host's Tao name (hosted programs' names extend it)."""
+        return self._core.name
+
+    def host_name(self) -> auth.Prin:
+        return self.name
+
+    @property
+    def socket_path(self) -> Path:
+        return self.directory / ADMIN_SOCKET
+
+    @property
+    def counters_rollback_protected(self) -> bool:
+        """Whether rollback of the stored counter table itself is detectable."""
+        return self._counters.rollback_protected
+
+    # -- serving ----------------------------------------------------------------------
+
+    async def run(
+        self,
+        *,
+        admin_socket: bool = True,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve hosted programs (and the admin socket) until :meth:`shutdown`."""
+        from taonet.hosts._admin import serve_admin
+
+        if self._running or self._finished.is_set():
+            raise HostError("a LinuxHost runs once")
+        self._running = True
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if admin_socket:
+                    mode = 0o666 if self._owner_uid == 0 else 0o600
+                    await nursery.start(
+                        functools.partial(serve_admin, self, self.socket_path, mode=mode)
+                    )
+                log.info("linux_host_running", name=str(self.name), socket=str(self.socket_path))
+                task_status.started()
+                await self._stopped.wait()
+                # Let the admin connection that asked for the shutdown get its answer.
+                await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            self._stopping = True
+            for child in list(self._children.values()):
+                await signal_group(child.process, signal.SIGKILL)
+            self._finished.set()
+            log.info("linux_host_stopped", name=str(self.name))
+
+    async def start_program(self, request: StartRequest, caller: Caller) -> ProgramInfo:
+        """Measure, check and start a program (see the module docstring)."""
+        try:
+            return await self._start(request, caller)
+        finally:
+            for fd in request.fds():
+                os.close(fd)
+
+    async def _start(self, request: StartRequest, caller: Caller) -> ProgramInfo:
+        nursery = self._nursery
+        if nursery is None or self._stopping:
+            raise HostError("the host is not running (or is shutting down)")
+        uid, gid, groups = self._run_as(caller)
+        prepared = await prepare_program(
+            request.path,
+            self.directory / PROGRAMS_DIR,
+            uid=uid,
+            gid=gid,
+            groups=groups,
+        )
+        channel: HostChannel | None = None
+        try:
+            program_id = await self._next_program_id() if self.config.program_ids else 0
+            name = self.name.extend(program_subprin(prepared.program_hash, program_id=program_id))
+            guard = await trio.to_thread.run_sync(self._guard)
+            guard.check(name, "Execute")
+            channel = HostChannel.open()
+            started_ns = time.perf_counter_ns()
+            process = await spawn_program(
+                prepared,
+                args=request.args,
+                env=dict(request.env),
+                cwd=request.cwd,
+                uid=uid,
+                gid=gid,
+                channel=channel,
+                stdin=request.stdin,
+                stdout=request.stdout,
+                stderr=request.stderr,
+                sandbox=Sandbox(kind=self.config.sandbox, share_network=self.config.share_network),
+            )
+        except BaseException:
+            if channel is not None:
+                channel.close()
+            prepared.cleanup()
+            raise
+        child = _Child(
+            name=name,
+            process=process,
+            prepared=prepared,
+            uid=uid,
+            gid=gid,
+            program_id=program_id,
+            started_ns=started_ns,
+        )
+        self._children[child.pid] = child
+        nursery.start_soon(self._serve_child, child, channel.host_stream())
+        log.info("program_started", name=str(name), pid=child.pid, uid=uid, gid=gid)
+        return child.info()
+
+    def _run_as(self, caller: Caller) -> tuple[int, int, tuple[int, ...]]:
+        if self._owner_uid == 0:
+            uid, gid = caller.uid, caller.gid
+        elif caller.uid in (0, self._owner_uid):
+            uid, gid = self._owner_uid, os.getegid()
+        else:
+            raise AuthorizationError(
+                f"this host runs as uid {self._owner_uid} and cannot start programs "
+                f"for uid {caller.uid}"
+            )
+        try:
+            groups = tuple(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
+        except KeyError:
+            groups = (gid,)
+        return uid, gid, groups
+
+    def _guard(self) -> Guard:
+        if self.config.guard == "Liberal":
+            return LiberalGuard()
+        assert self.config.domain is not None  # checked by LinuxHostConfig
+        # Reloaded per start: policy changes apply to the next program without a restart.
+        return Domain.load(self.config.domain).guard
+
+    async def _next_program_id(self) -> int:
+        async with self._id_lock:
+            path = self.directory / PROGRAM_ID_FILE
+
+            def bump() -> int:
+                last = 0
+                if path.exists():
+                    text = read_file(path, limit=64).decode("ascii", "replace").strip()
+                    if not text.isdigit():
+                        raise ConfigError(f"{path} does not hold a program id")
+                    last = int(text)
+                atomic_write(path, f"{last + 1}\n".encode(), mode=0o600)
+                return last + 1
+
+            return await trio.to_thread.run_sync(bump)
+
+    async def _serve_child(self, child: _Child, stream: trio.abc.Stream) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(serve_tao_rpc, stream, _ChildTao(self, child))
+                await child.process.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            child.exit_status = child.process.returncode
+            self._children.pop(child.pid, None)
+            self._exited.append(child)
+            child.exited.set()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(child.prepared.cleanup)
+            log.info(
+                "program_exited", name=str(child.name), pid=child.pid, status=child.exit_status
+            )
+
+    # -- admin operations -------------------------------------------------------------
+
+    def _select(self, selector: str, *, exited: bool = False) -> list[_Child]:
+        pool = list(self._children.values()) + (list(self._exited) if exited else [])
+        if selector.isdigit():
+            found = [c for c in pool if c.pid == int(selector)]
+        else:
+            try:
+                prin = auth.parse_prin(selector)
+            except (ValueError, TypeError) as exc:
+                raise HostError(f"{selector!r} is neither a pid nor a principal: {exc}") from None
+            found = [c for c in pool if prin in (c.name, c.launch_name)]
+        if not found:
+            raise HostError(f"no hosted program {selector}")
+        return found
+
+    def _check_control(self, caller: Caller, child: _Child, what: str) -> None:
+        if caller.uid not in (0, self._owner_uid, child.uid):
+            raise AuthorizationError(
+                f"uid {caller.uid} may not {what} {child.name} (pid {child.pid}, uid "
+                f"{child.uid}): only its owner, the host's owner or root may"
+            )
+
+    async def stop_programs(
+        self, selector: str, caller: Caller, *, kill: bool = False
+    ) -> Sequence[ProgramInfo]:
+        chosen = self._select(selector)
+        what = "kill" if kill else "stop"
+        for child in chosen:
+            self._check_control(caller, child, what)
+        sig = signal.SIGKILL if kill else signal.SIGTERM
+        for child in chosen:
+            await signal_group(child.process, sig)
+            log.info("program_signalled", name=str(child.name), pid=child.pid, signal=sig.name)
+        return [child.info() for child in chosen]
+
+    def list_programs(self) -> Sequence[ProgramInfo]:
+        return [child.info() for child in self._children.values()]
+
+    async def wait_program(self, selector: str, caller: Caller) -> ProgramInfo:
+        chosen = self._select(selector, exited=True)
+        if len(chosen) != 1:
+            raise HostError(f"{selector} names {len(chosen)} programs: wait for one, by pid")
+        child = chosen[0]
+        self._check_control(caller, child, "wait for")
+        await child.exited.wait()
+        return child.info()
+
+    async def shutdown(self, caller: Caller) -> None:
+        """Stop every program, killing those that outlive the grace period; then exit."""
+        if caller.uid not in (0, self._owner_uid):
+            raise AuthorizationError(
+                f"uid {caller.uid} may not shut down this host (owner uid {self._owner_uid})"
+            )
+        # Not stop(): this runs inside run(), which ends once the answer is sent.
+        await self._stop_programs(self.config.grace_period)
+
+    async def stop(self, *, grace_period: float | None = None) -> None:
+        """Stop programs (SIGTERM, then SIGKILL after the grace period); return once
+        :meth:`run` has finished (at once if it never ran)."""
+        await self._stop_programs(
+            self.config.grace_period if grace_period is None else grace_period
+        )
+        if self._running:
+            await self._finished.wait()
+
+    async def _stop_programs(self, grace: float) -> None:
+        self._stopping = True
+        children = list(self._children.values())
+        for child in children:
+            await signal_group(child.process, signal.SIGTERM)
+        with trio.move_on_after(grace):
+            for child in children:
+                await child.exited.wait()
+        survivors = [c for c in children if not c.exited.is_set()]
+        for child in survivors:
+            log.warning("program_killed_at_shutdown", name=str(child.name), pid=child.pid)
+            await signal_group(child.process, signal.SIGKILL)
+        with trio.move_on_after(_REAP_TIMEOUT):
+            for child in survivors:
+                await child.exited.wait()
+        self._stopped.set()
+
+    async def first_rpc(self, pid: int) -> tuple[int, int]:
+        """(spawn time, first Tao call time) of a running program, in perf_counter ns.
+
+        Waits for the program's first call (for benchmarks and diagnostics).
+        """
+        child = self._children.get(pid)
+        if child is None:
+            raise HostError(f"no running hosted program with pid {pid}")
+        await child.first_rpc.wait()
+        assert child.first_rpc_ns is not None
+        return child.started_ns, child.first_rpc_ns
+
+
+# -- stacked hosts ------------------------------------------------------------------------
+
+
+async def _open_stacked_core(path: Path, parent: Tao, clock: Callable[[], int]) -> SoftHost:
+    name = await parent.get_tao_name()
+    sealed_path = path / SEALED_KEYS_FILE
+    if await trio.Path(sealed_path).exists():
+        blob = await trio.to_thread.run_sync(
+            functools.partial(read_file, sealed_path, limit=1 << 20)
+        )
+        try:
+            data, _ = await parent.unseal(blob)
+        except HostError as exc:
+            raise HostError(
+                f"the parent Tao would not unseal this host's keys ({exc}): is this the "
+                "same host binary on the same parent?"
+            ) from None
+        keyset = Keyset.from_private_bytes(data)
+    else:
+        keyset = Keyset.generate()
+        blob = await parent.seal(keyset.to_private_bytes(), SEAL_POLICY_SELF)
+        await trio.to_thread.run_sync(
+            functools.partial(atomic_write, sealed_path, blob, mode=0o600)
+        )
+    key_prin = auth.key_principal(keyset.signer.public_key_der())
+    delegation = await parent.attest(auth.Speaksfor(delegate=key_prin, delegator=name))
+    return SoftHost(keyset, name=name, delegation=delegation, directory=path, clock=clock)
+
+
+async def _open_stacked_counters(path: Path, core: SoftHost, parent: Tao) -> HostCounters:
+    sealer: ParentTableSealer | SoftTableSealer = ParentTableSealer(parent)
+    try:
+        await parent.get_counter(sealer.label)
+    except HostError as exc:
+        if "not supported" in str(exc):
+            log.warning("counters_not_rollback_protected", reason=str(exc))
+            sealer = SoftTableSealer(core)
+    store = await CounterStore.open(path / COUNTERS_FILE, sealer)
+    return HostCounters(core, store)

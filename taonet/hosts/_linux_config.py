@@ -1,0 +1,161 @@
+"""A Linux host's directory and its ``host.toml``.
+
+A host directory holds::
+
+    host.toml        this configuration (kind, domain, options)
+    keys             root host: its soft keyset, password-protected (mode 0600)
+    host_cert.der    root host: the domain's certificate for its key
+    keys.sealed      stacked host: its keyset, sealed by its parent Tao
+    counters.sealed  the hosted programs' monotonic counters (sealed)
+    program_id       the last program id handed out (with program_ids on)
+    programs/        private copies of running programs' binaries
+    admin.sock       the admin socket, while the host runs
+    host.log         output of a host started in the background
+
+By default a domain's Linux host lives in ``<domain>/linux_tao_host``.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from taonet._errors import ConfigError
+from taonet._files import read_file
+
+__all__ = [
+    "ADMIN_SOCKET",
+    "CONFIG_FILE",
+    "COUNTERS_FILE",
+    "DEFAULT_HOST_DIR",
+    "HOST_KINDS",
+    "LOG_FILE",
+    "PROGRAMS_DIR",
+    "PROGRAM_ID_FILE",
+    "SANDBOXES",
+    "SEALED_KEYS_FILE",
+    "LinuxHostConfig",
+    "default_host_dir",
+]
+
+CONFIG_FILE: Final = "host.toml"
+SEALED_KEYS_FILE: Final = "keys.sealed"
+COUNTERS_FILE: Final = "counters.sealed"
+PROGRAM_ID_FILE: Final = "program_id"
+PROGRAMS_DIR: Final = "programs"
+ADMIN_SOCKET: Final = "admin.sock"
+LOG_FILE: Final = "host.log"
+DEFAULT_HOST_DIR: Final = "linux_tao_host"
+HOST_KINDS: Final = ("root", "stacked")
+SANDBOXES: Final = ("none", "bwrap")
+GUARDS: Final = ("domain", "Liberal")
+_MAX_FILE: Final = 64 * 1024
+
+
+def default_host_dir(domain: Path) -> Path:
+    """Where a domain's Linux host lives unless told otherwise."""
+    return domain / DEFAULT_HOST_DIR
+
+
+def _one_of(choices: tuple[str, ...]) -> Any:
+    def check(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+        if value not in choices:
+            raise ConfigError(f"{attribute.name} must be one of {', '.join(choices)}: {value!r}")
+
+    return check
+
+
+def _grace(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and 0 <= value <= 3600):
+        raise ConfigError(f"grace_period must be 0 to 3600 seconds, got {value!r}")
+
+
+@attrs.frozen
+class LinuxHostConfig:
+    """What ``host.toml`` says (see the module docstring)."""
+
+    #: "root" (soft keys, certified by the domain) or "stacked" (keys sealed by a parent).
+    kind: str = attrs.field(validator=_one_of(HOST_KINDS))
+    #: The domain directory (absolute) whose guard decides what may execute.
+    domain: str | None = None
+    #: "domain" (the domain's guard) or "Liberal" (anything may run; tests and demos).
+    guard: str = attrs.field(default="domain", validator=_one_of(GUARDS))
+    #: Give each started program a fresh id: Program(id, [hash]).
+    program_ids: bool = False
+    #: "none" or "bwrap" (bubblewrap: read-only root, private /tmp, own namespaces).
+    sandbox: str = attrs.field(default="none", validator=_one_of(SANDBOXES))
+    #: With bwrap: keep the host's network (hosted programs talk TCP to each other).
+    share_network: bool = True
+    #: Seconds programs get after SIGTERM at shutdown before SIGKILL.
+    grace_period: float = attrs.field(default=5.0, validator=_grace)
+
+    def __attrs_post_init__(self) -> None:
+        if self.guard == "domain" and self.domain is None:
+            raise ConfigError(
+                "a host needs a domain (whose guard decides what may execute), "
+                'or guard = "Liberal" to run anything'
+            )
+
+    def to_toml(self) -> bytes:
+        lines = ["[host]", f'kind = "{self.kind}"']
+        if self.domain is not None:
+            lines.append(f"domain = {_toml_str(self.domain)}")
+        lines += [
+            f'guard = "{self.guard}"',
+            f"program_ids = {'true' if self.program_ids else 'false'}",
+            f'sandbox = "{self.sandbox}"',
+            f"share_network = {'true' if self.share_network else 'false'}",
+            f"grace_period = {float(self.grace_period)!r}",
+        ]
+        return ("\n".join(lines) + "\n").encode()
+
+    @classmethod
+    def from_toml(cls, data: bytes, *, source: str = CONFIG_FILE) -> LinuxHostConfig:
+        try:
+            doc = tomllib.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{source} is not valid TOML: {exc}") from None
+        table = doc.get("host")
+        if set(doc) != {"host"} or not isinstance(table, dict):
+            raise ConfigError(f"{source} must hold exactly one [host] table")
+        types: dict[str, tuple[type, ...]] = {
+            "kind": (str,),
+            "domain": (str,),
+            "guard": (str,),
+            "program_ids": (bool,),
+            "sandbox": (str,),
+            "share_network": (bool,),
+            "grace_period": (int, float),
+        }
+        unknown = set(table) - set(types)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}")
+        for key, value in table.items():
+            if not isinstance(value, types[key]) or (
+                isinstance(value, bool) and bool not in types[key]
+            ):
+                raise ConfigError(f"{source}: {key} has the wrong type")
+        if "kind" not in table:
+            raise ConfigError(f"{source}: kind is missing")
+        try:
+            return cls(**table)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    @classmethod
+    def load(cls, directory: Path) -> LinuxHostConfig:
+        path = directory / CONFIG_FILE
+        if not path.exists():
+            raise ConfigError(f"{directory} is not a Linux host directory (no {CONFIG_FILE})")
+        return cls.from_toml(read_file(path, limit=_MAX_FILE), source=str(path))
+
+
+def _toml_str(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in escaped):
+        raise ConfigError(f"{text!r} holds control characters")
+    return f'"{escaped}"'

@@ -1,0 +1,122 @@
+"""A hosted program for Linux host tests: runs Tao calls named on its command line.
+
+The tests copy this file (with a ``#!`` line for the test interpreter) and start it
+through a real Linux host. Each argument is one step; each step prints one JSON line:
+
+    name                   {"name": text}
+    whoami                 {"uid", "gid", "groups", "pgid", "pid"}
+    seal FILE [POLICY]     seal b"probe secret" and write the blob to FILE
+    unseal FILE            {"data"} or {"error"}
+    attest                 {"attestation": hex}
+    extend TEXT            extend the name with a SubPrin given in text
+    rpseal LABEL FILE      rollback-protected seal of b"rp secret"
+    rpunseal FILE          {"data"} or {"error"}
+    counter LABEL          {"counter"} or {"error"}
+    wait-stdin             block until a line arrives on stdin
+    garbage                write a malformed frame to the host, then read
+    oversized              write a 2 GiB frame length to the host, then read
+    die-mid-call           send a request header only, then exit at once
+    ignore-term            ignore SIGTERM from now on
+    sleep SECONDS
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+import trio
+
+from taonet import TaoError, auth
+from taonet.hosts import RPCTao, open_host_channel
+
+
+def write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def emit(**fields: object) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+async def main(argv: list[str]) -> None:
+    steps = list(argv)
+    if steps and steps[0] in ("garbage", "oversized"):
+        stream = await open_host_channel()
+        if steps[0] == "garbage":
+            await stream.send_all(b"\x00\x00\x00\x05hello\x00\x00\x00\x03abc")
+        else:  # a length over the 20 MiB ceiling
+            await stream.send_all(b"\x7f\xff\xff\xff")
+        try:
+            with trio.fail_after(10):
+                data = await stream.receive_some(100)
+            emit(garbage="closed" if not data else "answered")
+        except (trio.BrokenResourceError, OSError) as exc:
+            emit(garbage="broken", error=str(exc))
+        return
+    if steps and steps[0] == "die-mid-call":
+        stream = await open_host_channel()
+        await stream.send_all(b"\x00\x00\x00\x10\x0a\x0cTao.GetTaoNa")
+        os._exit(3)
+    async with RPCTao.connect(await open_host_channel()) as tao:
+        while steps:
+            step = steps.pop(0)
+            try:
+                if step == "name":
+                    emit(name=str(await tao.get_tao_name()))
+                elif step == "whoami":
+                    emit(
+                        uid=os.getuid(),
+                        gid=os.getgid(),
+                        groups=sorted(os.getgroups()),
+                        pgid=os.getpgid(0),
+                        pid=os.getpid(),
+                    )
+                elif step == "seal":
+                    path = steps.pop(0)
+                    policy = steps.pop(0) if steps and steps[0] in ("self", "any") else "self"
+                    write(path, await tao.seal(b"probe secret", policy))
+                    emit(sealed=path)
+                elif step == "unseal":
+                    data, policy = await tao.unseal(read(steps.pop(0)))
+                    emit(data=data.decode(), policy=policy)
+                elif step == "attest":
+                    att = await tao.attest(auth.Pred("Probe", ()))
+                    emit(attestation=att.to_bytes().hex())
+                elif step == "extend":
+                    await tao.extend_tao_name(auth.parse_subprin(steps.pop(0)))
+                    emit(extended=True)
+                elif step == "rpseal":
+                    label, path = steps.pop(0), steps.pop(0)
+                    blob = await tao.rollback_protected_seal(label, b"rp secret")
+                    write(path, blob)
+                    emit(rpsealed=path, counter=await tao.get_counter(label))
+                elif step == "rpunseal":
+                    data, policy = await tao.rollback_protected_unseal(read(steps.pop(0)))
+                    emit(data=data.decode(), policy=policy)
+                elif step == "counter":
+                    emit(counter=await tao.get_counter(steps.pop(0)))
+                elif step == "wait-stdin":
+                    await trio.to_thread.run_sync(sys.stdin.readline)
+                    emit(resumed=True)
+                elif step == "ignore-term":
+                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                    emit(ignoring=True)
+                elif step == "sleep":
+                    await trio.sleep(float(steps.pop(0)))
+                else:
+                    emit(error=f"unknown step {step}")
+            except TaoError as exc:
+                emit(error=str(exc), kind=type(exc).__name__)
+
+
+if __name__ == "__main__":
+    trio.run(main, sys.argv[1:])

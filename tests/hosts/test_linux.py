@@ -1,0 +1,410 @@
+"""The Linux host with real child processes, real pipes and a real admin socket."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from taonet import AuthorizationError, ConfigError, HostError
+from taonet.attestation import validate
+from taonet.domain import program_subprin
+from taonet.hosts import AdminClient, LinuxHost, LinuxHostConfig
+from tests.conftest import PASSWORD
+from tests.hosts.linux_helpers import (
+    TIMEOUT,
+    child_name,
+    digest,
+    init_root,
+    open_root,
+    parse_lines,
+    read_all,
+    run_probe,
+    write_probe,
+)
+
+#: A stdlib-only interpreter another user can run (the test one may live in a private
+#: directory); the other-user test speaks the admin protocol with the standard library.
+_SYSTEM_PYTHON = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or "python3"
+
+
+async def test_child_is_named_by_its_hash_and_attests_under_the_domain(
+    tmp_path: Path, make_domain, nursery: trio.Nursery
+) -> None:
+    probe = write_probe(tmp_path)
+    domain = make_domain(programs=(probe,))
+    init_root(tmp_path / "host", domain=domain)
+    with trio.fail_after(TIMEOUT):
+        host = await open_root(nursery, tmp_path / "host")
+        status, lines = await run_probe(host, probe, ["name", "attest"])
+    assert status == 0
+    expected = child_name(host, probe)
+    assert lines[0]["name"] == str(expected)
+    proven = validate(
+        bytes.fromhex(lines[1]["attestation"]),
+        now_ns=time.time_ns(),
+        policy_cert=domain.policy_cert,
+    )
+    assert proven.speaker == expected
+    await host.stop()
+
+
+async def test_guard_must_allow_execute(tmp_path: Path, make_domain, nursery: trio.Nursery) -> None:
+    allowed = write_probe(tmp_path, "allowed")
+    refused = write_probe(tmp_path, "refused", extra="# another binary\n")
+    domain = make_domain(programs=(allowed,))
+    init_root(tmp_path / "host", domain=domain)
+    with trio.fail_after(TIMEOUT):
+        host = await open_root(nursery, tmp_path / "host")
+        async with AdminClient.connect(host.socket_path) as admin:
+            with pytest.raises(AuthorizationError, match="Execute"):
+                await admin.start(str(refused), ["name"])
+            assert await admin.list() == []
+        assert list((tmp_path / "host" / "programs").iterdir()) == []
+        status, lines = await run_probe(host, allowed, ["name"])
+    assert status == 0
+    assert "Program" in lines[0]["name"]
+    await host.stop()
+
+
+async def test_program_ids_really_increment_across_restarts(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    probe = write_probe(tmp_path)
+    init_root(tmp_path / "host", program_ids=True)
+    names = []
+    with trio.fail_after(TIMEOUT):
+        for _ in range(2):
+            host = await open_root(nursery, tmp_path / "host")
+            for _ in range(2):
+                _, lines = await run_probe(host, probe, ["name"])
+                names.append(lines[0]["name"])
+            await host.stop()
+    expected = [str(child_name(host, probe, program_id=i)) for i in (1, 2, 3, 4)]
+    assert names == expected
+
+
+async def test_seal_binds_to_the_binary_and_a_binary_changed_after_launch(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    probe = write_probe(tmp_path)
+    other = write_probe(tmp_path, "other", extra="# other\n")
+    init_root(tmp_path / "host")
+    blob = tmp_path / "blob"
+    with trio.fail_after(TIMEOUT):
+        host = await open_root(nursery, tmp_path / "host")
+        original = digest(probe)
+        # Started, then the file on disk is replaced while it runs: the name is of
+        # what was hashed and copied, and that copy is what runs.
+        read_fd, write_fd = os.pipe()
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        async with AdminClient.connect(host.socket_path) as admin:
+            info = await admin.start(
+                str(probe),
+                ["wait-stdin", "name", "seal", str(blob)],
+                cwd=str(tmp_path),
+                stdin=read_fd,
+                stdout=out_w,
+                stderr=out_w,
+            )
+            os.close(read_fd)
+            os.close(out_w)
+            probe.write_text(probe.read_text() + "\n# changed after launch\n")
+            os.write(write_fd, b"go\n")
+            os.close(write_fd)
+            lines = parse_lines(await read_all(out_r))
+            done = await admin.wait(str(info.pid))
+        assert done.exit_status == 0
+        assert info.program_hash == original
+        assert lines[1]["name"] == str(host.name.extend(program_subprin(original)))
+        # The changed binary is another program: it cannot unseal; neither can another.
+        _, lines = await run_probe(host, probe, ["name", "unseal", str(blob)])
+        assert lines[0]["name"] == str(child_name(host, probe))
+        assert lines[0]["name"] != str(host.name.extend(program_subprin(original)))
+        assert "bound to another principal" in lines[1]["error"]
+        _, lines = await run_probe(host, other, ["unseal", str(blob)])
+        assert lines[0]["kind"] == "HostError"
+        assert "bound to another principal" in lines[0]["error"]
+        probe.write_text(probe.read_text().replace("\n# changed after launch\n", ""))
+        assert digest(probe) == original
+        _, lines = await run_probe(host, probe, ["unseal", str(blob)])
+        assert lines[0] == {"data": "probe secret", "policy": "self"}
+    await host.stop()
+
+
+async def test_counters_survive_restart_and_rollback_is_detected(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    probe = write_probe(tmp_path)
+    init_root(tmp_path / "host")
+    old, new = tmp_path / "old", tmp_path / "new"
+    with trio.fail_after(TIMEOUT):
+        host = await open_root(nursery, tmp_path / "host")
+        _, lines = await run_probe(host, probe, ["rpseal", "l", str(old), "rpseal", "l", str(new)])
+        assert [line["counter"] for line in lines] == [1, 2]
+        await host.stop()
+        host = await open_root(nursery, tmp_path / "host")  # a restart
+        _, lines = await run_probe(
+            host, probe, ["counter", "l", "rpunseal", str(new), "rpunseal", str(old)]
+        )
+        await host.stop()
+    assert lines[0] == {"counter": 2}
+    assert lines[1] == {"data": "rp secret", "policy": "self"}
+    assert lines[2]["kind"] == "HostError"
+    assert "rollback" in lines[2]["error"]
+
+
+async def test_malformed_frames_and_a_child_dying_mid_call_cost_only_that_child(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    probe = write_probe(tmp_path)
+    init_root(tmp_path / "host")
+    with trio.fail_after(TIMEOUT):
+        host = await open_root(nursery, tmp_path / "host")
+        # A long-lived well-behaved child across the bad ones.
+        stay_r, stay_w = os.pipe()
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        async with AdminClient.connect(host.socket_path) as admin:
+            steady = await admin.start(
+                str(probe), ["name", "wait-stdin", "name"], stdin=stay_r, stdout=out_w
+            )
+        os.close(stay_r)
+        os.close(out_w)
+        status, lines = await run_probe(host, probe, ["garbage"])
+        assert status == 0
+        assert lines[0]["garbage"] in ("closed", "broken")
+        status, _ = await run_probe(host, probe, ["die-mid-call"])
+        assert status == 3
+        status, lines = await run_probe(host, probe, ["oversized"])
+        assert status == 0
+        assert lines[0]["garbage"] in ("closed", "broken")
+        os.write(stay_w, b"go\n")
+        os.close(stay_w)
+        lines = parse_lines(await read_all(out_r))
+        assert lines[0]["name"] == lines[2]["name"] == str(child_name(host, probe))
+        status, lines = await run_probe(host, probe, ["name"])
+        assert status == 0
+        assert steady.pid not in [p.pid for p in host.list_programs()]
+    await host.stop()
+
+
+async def test_shutdown_kills_programs_that_outlive_the_grace_period(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    probe = write_probe(tmp_path)
+    init_root(tmp_path / "host", grace_period=0.5)
+    with trio.fail_after(TIMEOUT):
+        host = await open_root(nursery, tmp_path / "host")
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        polite_r, polite_w = os.pipe2(os.O_CLOEXEC)
+        async with AdminClient.connect(host.socket_path) as admin:
+            stubborn = await admin.start(str(probe), ["ignore-term", "sleep", "600"], stdout=out_w)
+            await admin.start(str(probe), ["sleep", "600"], stdout=polite_w)
+            os.close(out_w)
+            os.close(polite_w)
+            # Wait until the stubborn one really ignores SIGTERM.
+            async with trio.lowlevel.FdStream(out_r) as out:
+                assert b"ignoring" in await out.receive_some(1000)
+            async with (
+                AdminClient.connect(host.socket_path) as waiter,
+                trio.open_nursery() as waits,
+            ):
+                results = {}
+
+                async def wait(pid: int) -> None:
+                    results[pid] = (await waiter.wait(str(pid))).exit_status
+
+                waits.start_soon(wait, stubborn.pid)
+                await trio.sleep(0.1)
+                await admin.shutdown()
+            os.close(polite_r)
+        assert results[stubborn.pid] == -signal.SIGKILL
+        assert host.list_programs() == []
+
+
+def _prepare_shared(request: pytest.FixtureRequest) -> Path:
+    shared = Path(tempfile.mkdtemp(prefix="taonet-test-"))
+    request.addfinalizer(functools.partial(shutil.rmtree, shared, ignore_errors=True))
+    shared.chmod(0o755)
+    return shared
+
+
+async def test_non_owner_cannot_stop_or_kill_others_programs(
+    tmp_path: Path, nursery: trio.Nursery, request: pytest.FixtureRequest
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    # Somewhere uid 65534 can reach (pytest's temporary directories are private).
+    shared = _prepare_shared(request)
+    probe = write_probe(tmp_path)
+    init_root(shared / "host")
+    # The other user's program: a shell script (the test interpreter may live where
+    # that user cannot reach), reporting its uid, gid and groups.
+    ident = shared / "ident.sh"
+    ident.write_text('#!/bin/sh\necho "$(id -u) $(id -g) $(id -G)"\nsleep 600\n')
+    ident.chmod(0o755)
+    with trio.fail_after(TIMEOUT):
+        host = await open_root(nursery, shared / "host")
+        async with AdminClient.connect(host.socket_path) as admin:
+            mine = await admin.start(str(probe), ["sleep", "600"])
+        # Another user talks to the admin socket from a real process of its own.
+        client = await trio.run_process(
+            [
+                _SYSTEM_PYTHON,
+                "-I",
+                "-c",
+                _OTHER_USER_CLIENT,
+                str(host.socket_path),
+                str(mine.pid),
+                str(ident),
+            ],
+            user=65534,
+            group=65534,
+            extra_groups=[],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        out = client.stdout.decode()
+        assert "kill: AuthorizationError" in out, (out, client.stderr.decode())
+        assert "stop: AuthorizationError" in out
+        assert "own: 65534 65534 65534" in out, out
+        assert "stopped own" in out, out
+        running = {p.pid for p in host.list_programs()}
+        assert mine.pid in running
+    await host.stop()
+
+
+# Speaks the admin protocol by hand: the test interpreter's environment may be out of
+# reach of uid 65534, so this uses only the standard library and the documented wire
+# format (header frame + body frame, protobuf fields written by hand).
+_OTHER_USER_CLIENT = r"""
+import array, os, socket, struct, sys
+
+path, victim, program = sys.argv[1], sys.argv[2], sys.argv[3]
+
+def varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        if not n:
+            return out + bytes([b])
+        out += bytes([b | 0x80])
+
+def read_varint(data, i):
+    n = shift = 0
+    while True:
+        b = data[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return n, i
+
+def fields(data):
+    i, out = 0, []
+    while i < len(data):
+        key, i = read_varint(data, i)
+        if key & 7 == 0:
+            value, i = read_varint(data, i)
+        else:
+            n, i = read_varint(data, i)
+            value, i = data[i : i + n], i + n
+        out.append((key >> 3, value))
+    return out
+
+def blob(num, data):
+    return varint(num << 3 | 2) + varint(len(data)) + data
+
+def number(num, value):
+    return varint(num << 3) + varint(value)
+
+def frame(b):
+    return struct.pack(">I", len(b)) + b
+
+def read_exact(s, n):
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+seq = 0
+def call(s, op, body, fds=()):
+    global seq
+    seq += 1
+    msg = frame(blob(1, op.encode()) + number(2, seq)) + frame(body)
+    if fds:
+        s.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    else:
+        s.sendall(msg)
+    header = read_exact(s, struct.unpack(">I", read_exact(s, 4))[0])
+    body = read_exact(s, struct.unpack(">I", read_exact(s, 4))[0])
+    errors = [v.decode() for k, v in fields(header) if k == 3]
+    return (errors[0] if errors else None), body
+
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+err, _ = call(s, "LinuxHost.KillHostedProgram", blob(5, victim.encode()))
+print("kill:", (err or "ok").split(":")[0], flush=True)
+err, _ = call(s, "LinuxHost.StopHostedProgram", blob(5, victim.encode()))
+print("stop:", (err or "ok").split(":")[0], flush=True)
+r, w = os.pipe()
+body = blob(1, program.encode()) + blob(3, b"/") + number(6, 1) + number(7, 2)
+err, resp = call(s, "LinuxHost.StartHostedProgram", body, fds=[w])
+os.close(w)
+if err:
+    print("start failed:", err, flush=True)
+    sys.exit(1)
+print("own:", os.read(r, 200).decode().strip(), flush=True)
+program_fields = dict(fields(dict(fields(resp))[1]))
+err, _ = call(s, "LinuxHost.StopHostedProgram", blob(5, str(program_fields[2]).encode()))
+print("stopped own" if not err else "stop own failed: " + err, flush=True)
+"""
+
+
+async def test_open_refuses_wrong_password_and_missing_parent(tmp_path: Path) -> None:
+    init_root(tmp_path / "root")
+    with pytest.raises(ConfigError):
+        await LinuxHost.open(tmp_path / "root", password=b"wrong password")
+    with pytest.raises(ConfigError):
+        await LinuxHost.open(tmp_path / "root")
+    LinuxHost.init(tmp_path / "stacked", LinuxHostConfig(kind="stacked", guard="Liberal"))
+    with pytest.raises(ConfigError, match="parent"):
+        await LinuxHost.open(tmp_path / "stacked")
+    with pytest.raises(ConfigError, match="already"):
+        init_root(tmp_path / "root")
+
+
+async def test_start_is_refused_when_the_host_is_not_running(tmp_path: Path) -> None:
+    init_root(tmp_path / "host")
+    host = await LinuxHost.open(tmp_path / "host", password=PASSWORD)
+    from taonet.hosts import Caller, StartRequest
+
+    with pytest.raises(HostError, match="not running"):
+        await host.start_program(StartRequest(path="/bin/true"), Caller(0, 0, 1))
+
+
+def test_host_config_round_trip_and_strictness() -> None:
+    config = LinuxHostConfig(kind="root", domain="/d", program_ids=True, sandbox="bwrap")
+    assert LinuxHostConfig.from_toml(config.to_toml()) == config
+    for bad in (
+        b"[host]\nkind = 'root'\nguard = 'domain'\n",
+        b"[host]\nkind = 'vm'\nguard = 'Liberal'\n",
+        b"[host]\nkind = 'root'\nguard = 'Liberal'\nextra = 1\n",
+        b"[host]\nkind = 'root'\nguard = 'Liberal'\nprogram_ids = 1\n",
+        b"[host]\nkind = 'root'\nguard = 'Liberal'\ngrace_period = -1\n",
+        b"not toml [",
+        b"[other]\n",
+    ):
+        with pytest.raises(ConfigError):
+            LinuxHostConfig.from_toml(bad)
