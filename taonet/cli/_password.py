@@ -16,13 +16,20 @@ def add_password_option(parser: argparse.ArgumentParser) -> None:
         "--password-file",
         metavar="FILE",
         type=Path,
-        help="read the password from FILE (its first line) instead of prompting",
+        help="read the password from FILE (its first line; - for standard input) "
+        "instead of prompting",
     )
 
 
 def get_password(password_file: Path | None, *, prompt: str, confirm: bool = False) -> bytes:
     """The password from the file, or asked for on the terminal."""
     if password_file is not None:
+        if str(password_file) == "-":
+            data = sys.stdin.buffer.readline(64 * 1024)
+            line = data.split(b"\n", 1)[0].rstrip(b"\r")
+            if not line:
+                raise ConfigError("no password on standard input")
+            return line
         data = read_file(password_file, limit=64 * 1024)
         line = data.split(b"\n", 1)[0].rstrip(b"\r")
         if not line:

@@ -1,0 +1,382 @@
+"""``taonet host init|start|stop|show`` and ``taonet run|list|stop|kill``: Linux hosts.
+
+The host directory is ``--host DIR``, else ``$TAO_HOST``, else ``linux_tao_host`` in
+the domain (``--domain DIR`` or ``$TAO_DOMAIN``). A root host is started with its
+password (prompt or ``--password-file``); a stacked host is started as a hosted
+program of its parent (``taonet run $(command -v taonet) host start --foreground
+--host DIR``), which it finds from the CLOUDPROXY_TAO_HOST_* variables.
+
+``taonet host start`` without ``--foreground`` starts the host in the background
+(output in ``host.log`` in the host directory) and returns once its admin socket
+answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+from taonet._errors import ConfigError, HostError
+from taonet.cli._domain_cmd import add_domain_option
+from taonet.cli._password import add_password_option, get_password
+from taonet.hosts._linux_config import (
+    ADMIN_SOCKET,
+    LOG_FILE,
+    LinuxHostConfig,
+    default_host_dir,
+)
+
+#: How long ``taonet host start`` waits for a background host to answer.
+START_TIMEOUT: Final = 60.0
+
+
+def add_host_option(parser: Any) -> None:
+    add_domain_option(parser)
+    parser.add_argument(
+        "--host",
+        metavar="DIR",
+        type=Path,
+        default=Path(os.environ["TAO_HOST"]) if os.environ.get("TAO_HOST") else None,
+        help="Linux host directory (default: $TAO_HOST, else linux_tao_host in the domain)",
+    )
+
+
+def host_dir(args: argparse.Namespace) -> Path:
+    if args.host is not None:
+        path: Path = args.host
+        return path
+    if args.domain is not None:
+        return default_host_dir(Path(args.domain))
+    raise ConfigError("no host: give --host DIR or --domain DIR (or set TAO_HOST or TAO_DOMAIN)")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("host", help="create, start, stop and show a Linux Tao host")
+    cmds = p.add_subparsers(dest="host_command", metavar="ACTION", required=True)
+
+    init = cmds.add_parser("init", help="create a Linux host directory")
+    kind = init.add_mutually_exclusive_group(required=True)
+    kind.add_argument(
+        "--root",
+        dest="kind",
+        action="store_const",
+        const="root",
+        help="a root host with soft keys, certified by the domain's policy key",
+    )
+    kind.add_argument(
+        "--stacked",
+        dest="kind",
+        action="store_const",
+        const="stacked",
+        help="a host run by a parent Tao, its keys sealed by the parent",
+    )
+    add_host_option(init)
+    init.add_argument(
+        "--liberal",
+        action="store_true",
+        help="let any program execute (no domain guard; tests and demos)",
+    )
+    init.add_argument(
+        "--program-ids",
+        action="store_true",
+        help="name programs Program(id, [hash]) with increasing ids",
+    )
+    init.add_argument(
+        "--sandbox",
+        choices=["none", "bwrap"],
+        default="none",
+        help="run programs under bubblewrap (default: none)",
+    )
+    init.add_argument(
+        "--grace-period",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="time programs get after SIGTERM at shutdown (default 5)",
+    )
+    add_password_option(init)
+    init.add_argument(
+        "--policy-password-file",
+        metavar="FILE",
+        type=Path,
+        help="the policy key's password, to certify a root host (default: prompt)",
+    )
+    init.add_argument(
+        "--no-certify", action="store_true", help="do not have the domain certify a root host now"
+    )
+    init.set_defaults(func=_init)
+
+    start = cmds.add_parser("start", help="start the host (in the background by default)")
+    add_host_option(start)
+    start.add_argument("--foreground", action="store_true", help="run in this process")
+    add_password_option(start)
+    start.set_defaults(func=_start)
+
+    stop = cmds.add_parser("stop", help="stop the host and its programs")
+    add_host_option(stop)
+    stop.set_defaults(func=_stop)
+
+    show = cmds.add_parser("show", help="show the host's configuration and state")
+    add_host_option(show)
+    show.set_defaults(func=_show)
+
+    run = sub.add_parser("run", help="start a program on a Linux host")
+    add_host_option(run)
+    run.add_argument(
+        "--wait", action="store_true", help="wait for the program and exit with its status"
+    )
+    run.add_argument("program", metavar="PROGRAM")
+    run.add_argument("args", metavar="ARGS", nargs=argparse.REMAINDER)
+    run.set_defaults(func=_run)
+
+    lst = sub.add_parser("list", help="list the programs running on a Linux host")
+    add_host_option(lst)
+    lst.set_defaults(func=_list)
+
+    for verb, helptext in (("stop", "SIGTERM"), ("kill", "SIGKILL")):
+        cmd = sub.add_parser(verb, help=f"{helptext} a hosted program (by pid or name)")
+        add_host_option(cmd)
+        cmd.add_argument("selector", metavar="NAME|PID")
+        cmd.set_defaults(func=_signal, kill=verb == "kill")
+
+
+# -- host -----------------------------------------------------------------------------
+
+
+def _init(args: argparse.Namespace) -> int:
+    from taonet.domain import Domain
+    from taonet.hosts import LinuxHost
+
+    directory = host_dir(args)
+    domain = str(Path(args.domain).resolve()) if args.domain is not None else None
+    config = LinuxHostConfig(
+        kind=args.kind,
+        domain=domain,
+        guard="Liberal" if args.liberal else "domain",
+        program_ids=args.program_ids,
+        sandbox=args.sandbox,
+        grace_period=args.grace_period,
+    )
+    password = signer = None
+    if args.kind == "root":
+        password = get_password(args.password_file, prompt="New host password", confirm=True)
+        if domain is not None and not args.no_certify:
+            policy = get_password(args.policy_password_file, prompt="Policy key password")
+            signer = Domain.load(domain).unlock(policy)
+    name = LinuxHost.init(directory, config, password=password, policy_signer=signer)
+    print(f"created a {args.kind} Linux host in {directory}")
+    if name is not None:
+        print(f"name:   {name}" + ("  (certified by the policy key)" if signer else ""))
+    else:
+        print("its keys and name come from its parent when it first starts")
+    print(f"guard:  {'Liberal (anything may execute)' if args.liberal else 'the domain guard'}")
+    return 0
+
+
+def _start(args: argparse.Namespace) -> int:
+    directory = host_dir(args)
+    config = LinuxHostConfig.load(directory)
+    if args.foreground:
+        return _start_foreground(args, directory, config)
+    if config.kind == "stacked":
+        raise ConfigError(
+            "a stacked host runs as a hosted program: use --foreground under taonet run"
+        )
+    password = get_password(args.password_file, prompt="Host password")
+    return _start_background(directory, password)
+
+
+def _start_foreground(args: argparse.Namespace, directory: Path, config: LinuxHostConfig) -> int:
+    import trio
+
+    from taonet.cli._logging import configure_logging
+    from taonet.hosts import LinuxHost, parent
+
+    configure_logging()
+    password = (
+        get_password(args.password_file, prompt="Host password") if config.kind == "root" else None
+    )
+
+    async def main() -> None:
+        if config.kind == "root":
+            host = await LinuxHost.open(directory, password=password)
+            await _serve(host)
+        else:
+            async with parent() as tao:
+                host = await LinuxHost.open(directory, parent=tao)
+                await _serve(host)
+
+    async def _serve(host: Any) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def run_host(task_status: Any) -> None:
+                    await host.run(task_status=task_status)
+                    nursery.cancel_scope.cancel()
+
+                async def stop_on_signal() -> None:
+                    async for _ in signals:
+                        await host.stop()
+                        return
+
+                nursery.start_soon(stop_on_signal)
+                await nursery.start(run_host)
+                print(f"Linux host {host.name} serving {host.socket_path}", flush=True)
+
+    trio.run(main)
+    print("Linux host stopped", flush=True)
+    return 0
+
+
+def _start_background(directory: Path, password: bytes) -> int:
+    import trio
+
+    log_path = directory / LOG_FILE
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "taonet",
+                "host",
+                "start",
+                "--foreground",
+                "--host",
+                str(directory),
+                "--password-file",
+                "-",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    assert proc.stdin is not None
+    proc.stdin.write(password + b"\n")
+    proc.stdin.close()
+
+    async def wait_ready() -> str:
+        from taonet.hosts import AdminClient
+
+        with trio.move_on_after(START_TIMEOUT):
+            while proc.poll() is None:
+                try:
+                    async with AdminClient.connect(directory / ADMIN_SOCKET) as admin:
+                        return str(await admin.host_name())
+                except (HostError, OSError):
+                    await trio.sleep(0.05)
+        return ""
+
+    name = trio.run(wait_ready)
+    if not name:
+        if proc.poll() is None:
+            proc.kill()
+        tail = log_path.read_bytes()[-2000:].decode(errors="replace")
+        raise HostError(f"the host did not start; the end of {log_path}:\n{tail}")
+    print(f"Linux host {name} started (pid {proc.pid}); log in {log_path}")
+    return 0
+
+
+def _admin(args: argparse.Namespace, action: Any) -> Any:
+    import trio
+
+    from taonet.hosts import AdminClient
+
+    path = host_dir(args) / ADMIN_SOCKET
+
+    async def main() -> Any:
+        async with AdminClient.connect(path) as admin:
+            return await action(admin)
+
+    return trio.run(main)
+
+
+def _stop(args: argparse.Namespace) -> int:
+    async def shutdown(admin: Any) -> None:
+        await admin.shutdown()
+
+    _admin(args, shutdown)
+    print("Linux host stopped")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    directory = host_dir(args)
+    config = LinuxHostConfig.load(directory)
+    print(f"host directory: {directory}")
+    print(f"kind:           {config.kind}")
+    print(f"domain:         {config.domain or '-'}")
+    print(f"guard:          {config.guard}")
+    print(f"program ids:    {'on' if config.program_ids else 'off'}")
+    print(f"sandbox:        {config.sandbox}")
+
+    async def state(admin: Any) -> tuple[Any, Any]:
+        return await admin.host_name(), await admin.list()
+
+    try:
+        name, programs = _admin(args, state)
+    except HostError:
+        print("state:          not running")
+        return 0
+    print(f"state:          running as {name}")
+    print(f"programs:       {len(programs)}")
+    return 0
+
+
+# -- programs -----------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    program = args.program
+    if os.sep not in program:
+        found = shutil.which(program)
+        if found is None:
+            raise ConfigError(f"{program}: not found on PATH")
+        program = found
+    program = str(Path(program).resolve())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDPROXY_TAO_HOST_")}
+
+    async def start(admin: Any) -> Any:
+        info = await admin.start(
+            program, args.args, cwd=os.getcwd(), env=env, stdin=0, stdout=1, stderr=2
+        )
+        print(f"taonet: started {info.name} (pid {info.pid})", file=sys.stderr, flush=True)
+        if args.wait:
+            return await admin.wait(str(info.pid))
+        return info
+
+    info = _admin(args, start)
+    if args.wait:
+        status = info.exit_status if info.exit_status is not None else 1
+        return status if status >= 0 else 128 - status
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    async def programs(admin: Any) -> Any:
+        return await admin.list()
+
+    found = _admin(args, programs)
+    if not found:
+        print("no programs running")
+    for info in found:
+        print(f"{info.pid:>7}  uid {info.uid:<6} {info.name}")
+    return 0
+
+
+def _signal(args: argparse.Namespace) -> int:
+    async def act(admin: Any) -> Any:
+        if args.kill:
+            return await admin.kill(args.selector)
+        return await admin.stop(args.selector)
+
+    done = _admin(args, act)
+    for info in done:
+        print(f"{'killed' if args.kill else 'stopped'} {info.name} (pid {info.pid})")
+    return 0
