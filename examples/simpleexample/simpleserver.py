@@ -1,10 +1,13 @@
+#!/usr/bin/env python3
 """simpleserver: hands its secret to clients the domain allows to read it."""
 
 from __future__ import annotations
 
+import argparse
 import functools
 import secrets
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -12,8 +15,9 @@ import trio
 from taonet import auth
 from taonet._files import atomic_write
 from taonet.channel import MessageStream, TaoStream, serve_channels
-from taonet.domain import Guard
-from taonet.hosts import Tao
+from taonet.cli._logging import configure_logging
+from taonet.domain import Domain, Guard
+from taonet.hosts import Tao, parent
 from taonet.provision import fetch_crl, load_or_provision
 
 SECRET_REQUEST = b"secret please"
@@ -77,4 +81,50 @@ async def run_server(
         task_status.started(port)
 
 
-__all__ = ["SECRET_REQUEST", "run_server"]
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` to a tuple (argparse type)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def hosted_arguments(description: str) -> argparse.ArgumentParser:
+    """Options simpleserver and simpleclient share when run as hosted programs."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--domain", type=Path, required=True, help="the domain directory")
+    parser.add_argument("--state", type=Path, required=True, help="where to keep sealed state")
+    parser.add_argument("--domain-service", type=parse_address, required=True, metavar="HOST:PORT")
+    return parser
+
+
+def say_line(text: str) -> None:
+    print(text, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run as a hosted program: the Tao is this program's host (``taonet.hosts.parent``)."""
+    args = hosted_arguments("simpleserver, a hosted Tao program").parse_args(argv)
+    configure_logging()  # TAONET_LOG, or info
+
+    async def serve() -> None:
+        domain = Domain.load(args.domain)
+        async with parent() as tao:
+            say_line(f"my Tao name is {await tao.get_tao_name()}")
+            await run_server(
+                tao,
+                state_dir=args.state,
+                policy_cert=domain.policy_cert,
+                domain_service=args.domain_service,
+                guard=domain.guard,
+                say=say_line,
+            )
+
+    trio.run(serve)
+    return 0
+
+
+__all__ = ["SECRET_REQUEST", "hosted_arguments", "main", "run_server"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,8 +1,10 @@
-"""``taonet demo``: run simpleexample end to end on a soft Tao host.
+"""``taonet demo [--hosted]``: run simpleexample end to end.
 
-The first run in a directory initializes (domain, soft host, each program's key,
+The first run in a directory initializes (domain, host, each program's key,
 attestation, certificate and sealed state); later runs show the operation phase
-reusing the sealed state. See ``examples/simpleexample/demo.py``.
+reusing the sealed state. By default everything runs in one process on a soft Tao
+host (``examples/simpleexample/demo.py``); with ``--hosted`` the programs are child
+processes of a Linux host (``examples/simpleexample/hosted.py``).
 """
 
 from __future__ import annotations
@@ -18,9 +20,15 @@ def register(sub: Any) -> None:
         "--dir",
         metavar="DIR",
         type=Path,
-        default=Path(".taonet-demo"),
+        default=None,
         help="demo directory; rerun with the same one to reuse sealed state "
-        "(default: .taonet-demo)",
+        "(default: .taonet-demo, or .taonet-demo-hosted with --hosted)",
+    )
+    p.add_argument(
+        "--hosted",
+        action="store_true",
+        help="run the domain service, simpleserver and simpleclient as hosted programs "
+        "of a Linux host started for the demo (default directory: .taonet-demo-hosted)",
     )
     p.set_defaults(func=_demo)
 
@@ -28,9 +36,15 @@ def register(sub: Any) -> None:
 def _demo(args: argparse.Namespace) -> int:
     import trio
 
-    from examples.simpleexample.demo import run_demo
     from taonet.cli._logging import configure_logging
 
     configure_logging("warning")
-    trio.run(run_demo, args.dir)
+    if args.hosted:
+        from examples.simpleexample.hosted import run_hosted_demo
+
+        trio.run(run_hosted_demo, args.dir or Path(".taonet-demo-hosted"))
+    else:
+        from examples.simpleexample.demo import run_demo
+
+        trio.run(run_demo, args.dir or Path(".taonet-demo"))
     return 0

@@ -1,0 +1,212 @@
+"""Run simpleexample with every program hosted by a Linux Tao host.
+
+``taonet demo --hosted``: a root Linux host (soft keys, certified by the domain's
+policy key) runs in this process; through its admin socket it starts, as real child
+processes, the domain service (the ``taonet`` command), simpleserver and simpleclient
+(their own source files, run by their ``#!`` line). Each program's name is the
+host's name extended with ``Program([sha256 of the file])``; the guard lets exactly
+these three execute. Their output comes back over pipes passed to the host as file
+descriptors, and is printed prefixed with the program's name.
+
+The first run initializes (domain, host, each program's certificate and sealed
+state); later runs in the same directory unseal that state.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from examples.simpleexample import simpleclient, simpleserver
+from taonet import AuthorizationError, ConfigError, HostError, auth
+from taonet._files import atomic_write
+from taonet.crypto import KdfParams
+from taonet.domain import Domain, DomainTemplate, measure_file, program_subprin
+from taonet.hosts import AdminClient, LinuxHost, LinuxHostConfig
+
+__all__ = ["run_hosted_demo"]
+
+_LISTENING = re.compile(rb"listening on ([0-9.]+):(\d+)")
+_SERVING = re.compile(rb"serving Tao channels on ([0-9.]+):(\d+)")
+_SECRET = re.compile(rb"received the secret '([^']*)'")
+#: Bound on each step of the demo (a stuck program fails the demo, not hangs it).
+STEP_TIMEOUT = 60.0
+
+
+def _taonet_command() -> Path:
+    """The ``taonet`` console script of this interpreter's environment."""
+    beside = Path(sys.executable).parent / "taonet"
+    found = beside if beside.exists() else shutil.which("taonet")
+    if found is None:
+        raise ConfigError("cannot find the taonet command to run the domain service")
+    return Path(found).resolve()
+
+
+def _paths(base: Path) -> tuple[Path, Path, Path, Path]:
+    """The demo directory and the three programs, as absolute paths."""
+    return (
+        Path(base).resolve(),
+        Path(simpleserver.__file__).resolve(),
+        Path(simpleclient.__file__).resolve(),
+        _taonet_command(),
+    )
+
+
+class _Output:
+    """Reads a hosted program's output, prints it, and remembers it."""
+
+    def __init__(self, label: str, say: Callable[[str], None]) -> None:
+        self.label = label
+        self.say = say
+        self.seen = b""
+        self.changed = trio.Event()
+        self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)
+
+    async def pump(self) -> None:
+        stream = trio.lowlevel.FdStream(self.read_fd)
+        pending = b""
+        async with stream:
+            while chunk := await stream.receive_some(65536):
+                self.seen += chunk
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    self.say(f"[{self.label}] {line.decode(errors='replace')}")
+                self.changed.set()
+                self.changed = trio.Event()
+        if pending:
+            self.say(f"[{self.label}] {pending.decode(errors='replace')}")
+
+    async def expect(self, pattern: re.Pattern[bytes]) -> re.Match[bytes]:
+        with trio.fail_after(STEP_TIMEOUT):
+            while (match := pattern.search(self.seen)) is None:
+                await self.changed.wait()
+        return match
+
+
+async def run_hosted_demo(
+    base: Path, *, say: Callable[[str], None] = print, kdf: KdfParams | None = None
+) -> bytes:
+    """Run the hosted demo in ``base`` (created if needed); returns the secret the client got."""
+    base, server_path, client_path, taonet_path = _paths(base)
+    password_file = base / "demo-password"
+    domain_dir, host_dir, state = base / "domain", base / "host", base / "programs"
+    if not password_file.exists():
+        say(f"== Setting up a domain and a root Linux host in {base}")
+        base.mkdir(parents=True, exist_ok=True)
+        password = secrets.token_hex(16).encode()
+        atomic_write(password_file, password + b"\n", mode=0o600)
+        client_tail = auth.PrinTail(program_subprin(measure_file(client_path)))
+        domain = Domain.create(
+            domain_dir,
+            DomainTemplate(
+                name="simpleexample-hosted",
+                rules=(f'Authorized({client_tail}, "Read", "secret")',),
+                programs=(server_path, client_path, taonet_path),
+            ),
+            password,
+            kdf=kdf or KdfParams.default(),
+        )
+        say(f"policy key:   {domain.policy_principal}")
+        for rule in domain.guard.rules:  # type: ignore[attr-defined]
+            say(f"guard rule:   {rule}")
+        LinuxHost.init(
+            host_dir,
+            LinuxHostConfig(kind="root", domain=str(domain_dir), grace_period=2.0),
+            password=password,
+            kdf=kdf or KdfParams.default(),
+            policy_signer=domain.unlock(password),
+        )
+    password = password_file.read_bytes().strip()
+    state.mkdir(exist_ok=True)
+    host = await LinuxHost.open(host_dir, password=password)
+    say(f"== Linux host {host.name} (root, certified by the policy key)")
+    for label, path in (
+        ("domain service", taonet_path),
+        ("simpleserver", server_path),
+        ("simpleclient", client_path),
+    ):
+        say(f"{label + ':':<16}{host.name.extend(program_subprin(measure_file(path)))}")
+
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("TAONET_LOG", None)
+    env["TAONET_LOG"] = "warning"
+    common = ["--domain", str(domain_dir), "--state", str(state)]
+    outputs = {
+        name: _Output(name, say) for name in ("domain service", "simpleserver", "simpleclient")
+    }
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(host.run)
+        try:
+            async with AdminClient.connect(host.socket_path) as admin:
+
+                async def start(label: str, path: Path, args: list[str]) -> int:
+                    out = outputs[label]
+                    nursery.start_soon(out.pump)
+                    try:
+                        info = await admin.start(
+                            str(path),
+                            args,
+                            cwd=str(base),
+                            env=env,
+                            stdout=out.write_fd,
+                            stderr=out.write_fd,
+                        )
+                    except AuthorizationError as exc:
+                        raise ConfigError(
+                            f"{exc}. The domain in {base} was made for other versions of "
+                            "the programs: remove that directory and run the demo again"
+                        ) from None
+                    finally:
+                        os.close(out.write_fd)
+                        out.write_fd = -1
+                    say(f"== Started {label} as pid {info.pid}: {info.name}")
+                    return info.pid
+
+                await start(
+                    "domain service",
+                    taonet_path,
+                    [
+                        "domain-service",
+                        "--domain",
+                        str(domain_dir),
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--password-file",
+                        str(password_file),
+                    ],
+                )
+                m = await outputs["domain service"].expect(_LISTENING)
+                ds = f"{m.group(1).decode()}:{m.group(2).decode()}"
+                await start("simpleserver", server_path, [*common, "--domain-service", ds])
+                m = await outputs["simpleserver"].expect(_SERVING)
+                server = f"{m.group(1).decode()}:{m.group(2).decode()}"
+                pid = await start(
+                    "simpleclient",
+                    client_path,
+                    [*common, "--domain-service", ds, "--server", server],
+                )
+                with trio.fail_after(STEP_TIMEOUT):
+                    done = await admin.wait(str(pid))
+                if done.exit_status != 0:
+                    raise HostError(f"simpleclient exited with status {done.exit_status}")
+                secret = (await outputs["simpleclient"].expect(_SECRET)).group(1)
+        finally:
+            for out in outputs.values():
+                if out.write_fd >= 0:  # never started: nobody else will close these
+                    os.close(out.write_fd)
+                    os.close(out.read_fd)
+            say("== Shutting the host down (its programs are stopped)")
+            with trio.CancelScope(shield=True), trio.move_on_after(STEP_TIMEOUT):
+                await host.stop(grace_period=2.0)
+    say("== Done")
+    return secret
