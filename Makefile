@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.taonet-installed
 
-.PHONY: demo test lint typecheck unit bench system-deps clean
+.PHONY: demo demo-hosted test lint typecheck unit bench system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,14 +24,19 @@ demo: $(STAMP)
 	@echo; echo "######## second run: reusing the sealed state ########"
 	$(BIN)/taonet demo --dir .taonet-demo
 
-# System packages the tests need. Nothing yet beyond Python; swtpm and friends
-# arrive with the TPM issue. Skipped when not root (CI runs as root).
+# The same with every program a child process of a Linux Tao host started for it.
+demo-hosted: $(STAMP)
+	$(BIN)/taonet demo --hosted --dir .taonet-demo-hosted
+
+# System packages the tests need: bubblewrap (sandboxed hosted programs) and a
+# system python3 (a process of another user cannot reach a venv in a private home).
+# swtpm and friends arrive with the TPM issue. Skipped when not root (CI runs as root).
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && [ -n "$(APT_PACKAGES)" ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
 	fi
 
-APT_PACKAGES :=
+APT_PACKAGES := bubblewrap python3
 
 lint: $(STAMP)
 	$(BIN)/ruff check taonet services examples tests loadtests
@@ -48,6 +53,7 @@ test: system-deps $(STAMP) lint typecheck unit
 bench: $(STAMP)
 	$(BIN)/python loadtests/core_bench.py
 	$(BIN)/python loadtests/channel_bench.py
+	$(BIN)/python loadtests/host_bench.py
 
 clean:
-	rm -rf $(VENV) .taonet-demo build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .taonet-demo .taonet-demo-hosted build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -408,3 +408,46 @@ def test_host_config_round_trip_and_strictness() -> None:
     ):
         with pytest.raises(ConfigError):
             LinuxHostConfig.from_toml(bad)
+
+
+async def test_sandboxed_programs_still_reach_their_host(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    if shutil.which("bwrap") is None and not os.environ.get("CI"):
+        pytest.skip("bubblewrap is not installed (CI installs it)")
+    probe = write_probe(tmp_path)
+    init_root(tmp_path / "host", sandbox="bwrap")
+    blob = tmp_path / "blob"
+    with trio.fail_after(TIMEOUT):
+        host = await open_root(nursery, tmp_path / "host")
+        status, lines = await run_probe(
+            host, probe, ["name", "seal", str(blob), "unseal", str(blob)]
+        )
+        assert status == 0, lines
+        assert lines[0]["name"] == str(child_name(host, probe))
+        assert lines[2] == {"data": "probe secret", "policy": "self"}
+        # The sandbox's root is read-only: the program cannot write outside its
+        # working directory.
+        escape = write_probe(
+            tmp_path,
+            "escape",
+            extra=(
+                "try:\n"
+                "    open('/taonet-escape-test', 'w')\n"
+                "    print('ESCAPED', flush=True)\n"
+                "except OSError as exc:\n"
+                "    print('refused', exc.errno, flush=True)\n"
+            ),
+        )
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        async with AdminClient.connect(host.socket_path) as admin:
+            try:
+                info = await admin.start(str(escape), ["name"], cwd=str(tmp_path), stdout=write_fd)
+            finally:
+                os.close(write_fd)
+            output = await read_all(read_fd)
+            await admin.wait(str(info.pid))
+        assert b"refused" in output
+        assert b"ESCAPED" not in output
+        assert not await trio.Path("/taonet-escape-test").exists()
+    await host.stop()
