@@ -15,7 +15,8 @@ through a real Linux host. Each argument is one step; each step prints one JSON 
     wait-stdin             block until a line arrives on stdin
     garbage                write a malformed frame to the host, then read
     oversized              write a 2 GiB frame length to the host, then read
-    die-mid-call           send a request header only, then exit at once
+    die-mid-call           send part of a request header, then exit at once
+    die-after-request      send a whole 1 MiB Seal request, exit before the answer
     ignore-term            ignore SIGTERM from now on
     sleep SECONDS
 """
@@ -62,6 +63,16 @@ async def main(argv: list[str]) -> None:
         except (trio.BrokenResourceError, OSError) as exc:
             emit(garbage="broken", error=str(exc))
         return
+    if steps and steps[0] == "die-after-request":
+        # A whole Seal request of 1 MiB, then gone before the answer comes.
+        from taonet.wire import message_class, serialize
+
+        stream = await open_host_channel()
+        header = serialize(message_class("RPCHeader")(op="Tao.Seal", seq=1))
+        body = serialize(message_class("RPCRequest")(data=b"x" * (1 << 20), policy="self"))
+        frames = b"".join(len(f).to_bytes(4, "big") + f for f in (header, body))
+        await stream.send_all(frames)
+        os._exit(4)
     if steps and steps[0] == "die-mid-call":
         stream = await open_host_channel()
         await stream.send_all(b"\x00\x00\x00\x10\x0a\x0cTao.GetTaoNa")

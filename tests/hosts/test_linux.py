@@ -182,6 +182,9 @@ async def test_malformed_frames_and_a_child_dying_mid_call_cost_only_that_child(
         assert lines[0]["garbage"] in ("closed", "broken")
         status, _ = await run_probe(host, probe, ["die-mid-call"])
         assert status == 3
+        for _ in range(3):
+            status, _ = await run_probe(host, probe, ["die-after-request"])
+            assert status == 4
         status, lines = await run_probe(host, probe, ["oversized"])
         assert status == 0
         assert lines[0]["garbage"] in ("closed", "broken")
