@@ -7,12 +7,14 @@ is empty when ``error`` is set (the client still reads and drops it). Sequence
 numbers let several calls be in flight on one channel.
 
 * :class:`RPCTao` is the client, a :class:`~taonet.hosts.Tao` for a hosted
-  program. One background reader task hands each response to the caller waiting
-  for its sequence number. Use ``async with RPCTao.connect(stream) as tao:``, or
+  program. Waiting callers take turns reading responses and hand each to the
+  caller its sequence number names (no background reader, so a lone call costs no
+  extra task switch). Use ``async with RPCTao.connect(stream) as tao:``, or
   construct one and ``await nursery.start(tao.run)`` yourself. An error answer
   raises :class:`~taonet.HostError` with the host's message and leaves the channel
   usable; a malformed frame, a response nobody asked for, or the host closing the
-  channel fails every pending (and later) call and closes the channel.
+  channel fails every pending (and later) call and closes the channel (noticed
+  when a call is waiting).
 * :func:`serve_tao_rpc` is the host side for one hosted program: it answers the
   requests on one channel in order from a given :class:`~taonet.hosts.Tao`. A Tao
   without counters answers the counter methods with its "not supported" error.
@@ -154,9 +156,13 @@ class RPCTao(Tao):
         # Sequence numbers whose caller went away after sending: their answer is dropped.
         self._abandoned: set[int] = set()
         self._send_lock = trio.Lock()  # keeps each header + body pair together
+        # Callers read responses themselves, one at a time under this lock, and hand
+        # each to whoever it answers: no extra task hop per call.
+        self._receive_lock = trio.Lock()
+        self._held_header: bytes | None = None  # a header whose body read was cancelled
+        self._closed = trio.Event()
         self._failure: TaoError | None = None
         self._running = False
-        self._reader_scope: trio.CancelScope | None = None
 
     @classmethod
     @asynccontextmanager
@@ -166,7 +172,7 @@ class RPCTao(Tao):
         *,
         max_frame: int = DEFAULT_RPC_MAX_FRAME,
     ) -> AsyncIterator[RPCTao]:
-        """An RPCTao with its reader running for the block; closed at the end."""
+        """An RPCTao open for the block; closed at the end."""
         tao = cls(stream, max_frame=max_frame)
         try:
             async with trio.open_nursery() as nursery:
@@ -176,7 +182,7 @@ class RPCTao(Tao):
                 finally:
                     await tao.aclose()
         except BaseExceptionGroup as group:
-            # The reader never raises, so the group holds the block's own error:
+            # run() never raises, so the group holds the block's own error:
             # let it through unwrapped, as if there were no nursery.
             if len(group.exceptions) == 1:
                 raise group.exceptions[0] from None
@@ -193,73 +199,83 @@ class RPCTao(Tao):
         return self._failure is not None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Read responses until the channel ends; start it with ``nursery.start``."""
+        """Keep the client open until it fails or is closed; start it with ``nursery.start``.
+
+        Responses are read by the callers themselves (whoever waits reads, and hands
+        each answer to its caller); cancelling this task closes the client.
+        """
         if self._running:
-            raise RuntimeError("this RPCTao's reader is already running")
+            raise RuntimeError("this RPCTao is already running")
         if self._failure is not None:
             raise trio.ClosedResourceError("this RPCTao is closed")
         self._running = True
-        failure: TaoError = HostError("the Tao RPC client was closed")
         try:
-            with trio.CancelScope() as scope:
-                self._reader_scope = scope
-                task_status.started()
-                failure = await self._read_responses()
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            failure = HostError(f"the Tao RPC channel broke: {exc or type(exc).__name__}")
+            task_status.started()
+            await self._closed.wait()
         finally:
             self._running = False
-            self._reader_scope = None
-            if self._failure is None:
-                log.warning("tao_rpc_client_failed", error=str(failure))
-            self._fail(failure)
+            self._fail(HostError("the Tao RPC client was closed"))
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self._messages)
 
-    async def _read_responses(self) -> TaoError:
-        """Dispatch responses; return the error that ended the channel."""
+    async def _await_response(self, pending: _Pending) -> None:
+        """Read responses (one at a time, taking turns with other callers) until
+        ``pending`` has its answer or the channel has failed."""
+        while not pending.done.is_set():
+            async with self._receive_lock:
+                if pending.done.is_set():
+                    return
+                failure = await self._read_one()
+                if failure is not None:
+                    if self._failure is None:
+                        log.warning("tao_rpc_client_failed", error=str(failure))
+                    self._fail(failure)
+                    await trio.aclose_forcefully(self._messages)
+
+    async def _read_one(self) -> TaoError | None:
+        """Read and dispatch one response; return the error that ends the channel."""
         messages = self._messages
-        while True:
-            try:
-                header_frame = await messages.receive_message()
-            except trio.EndOfChannel:
-                return HostError("the Tao host closed the RPC channel")
-            except (CodecError, ProtocolError) as exc:
-                return ProtocolError(f"bad frame from the Tao host: {exc}")
+        try:
+            if self._held_header is None:
+                self._held_header = await messages.receive_message()
             try:
                 body_frame = await messages.receive_message()
             except trio.EndOfChannel:
                 return ProtocolError("the Tao host closed the RPC channel between header and body")
-            except (CodecError, ProtocolError) as exc:
-                return ProtocolError(f"bad frame from the Tao host: {exc}")
+        except trio.EndOfChannel:
+            return HostError("the Tao host closed the RPC channel")
+        except (CodecError, ProtocolError) as exc:
+            return ProtocolError(f"bad frame from the Tao host: {exc}")
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            return HostError(f"the Tao RPC channel broke: {exc or type(exc).__name__}")
+        header_frame, self._held_header = self._held_header, None
+        try:
+            header = parse("RPCHeader", header_frame, what="Tao RPC response header")
+        except CodecError as exc:
+            return ProtocolError(str(exc))
+        seq: int = header.seq
+        if seq in self._abandoned:
+            self._abandoned.discard(seq)
+            return None
+        pending = self._pending.get(seq)
+        if pending is None:
+            return ProtocolError(f"the Tao host answered call {seq}, which nobody made")
+        if header.op != pending.op:
+            return ProtocolError(
+                f"the Tao host answered call {seq} ({pending.op}) as {header.op!r}"
+            )
+        del self._pending[seq]
+        if header.HasField("error"):
+            pending.error = HostError(header.error)
+        else:
             try:
-                header = parse("RPCHeader", header_frame, what="Tao RPC response header")
+                pending.response = parse("RPCResponse", body_frame, what=f"{pending.op} response")
             except CodecError as exc:
+                pending.error = ProtocolError(str(exc))
+                pending.done.set()
                 return ProtocolError(str(exc))
-            seq: int = header.seq
-            if seq in self._abandoned:
-                self._abandoned.discard(seq)
-                continue
-            pending = self._pending.get(seq)
-            if pending is None:
-                return ProtocolError(f"the Tao host answered call {seq}, which nobody made")
-            if header.op != pending.op:
-                return ProtocolError(
-                    f"the Tao host answered call {seq} ({pending.op}) as {header.op!r}"
-                )
-            del self._pending[seq]
-            if header.HasField("error"):
-                pending.error = HostError(header.error)
-            else:
-                try:
-                    pending.response = parse(
-                        "RPCResponse", body_frame, what=f"{pending.op} response"
-                    )
-                except CodecError as exc:
-                    pending.error = ProtocolError(str(exc))
-                    pending.done.set()
-                    return ProtocolError(str(exc))
-            pending.done.set()
+        pending.done.set()
+        return None
 
     def _fail(self, failure: TaoError) -> None:
         if self._failure is None:
@@ -270,8 +286,7 @@ class RPCTao(Tao):
                 pending.done.set()
         self._pending.clear()
         self._abandoned.clear()
-        if self._reader_scope is not None:
-            self._reader_scope.cancel()
+        self._closed.set()
 
     def _raise_failure(self) -> None:
         failure = self._failure
@@ -312,7 +327,7 @@ class RPCTao(Tao):
                     self._fail(HostError(f"{op}: sending the request failed: {exc!r}"))
                     raise
                 sent = True
-            await pending.done.wait()
+            await self._await_response(pending)
         finally:
             if not pending.done.is_set():
                 self._pending.pop(seq, None)
