@@ -94,6 +94,14 @@ def register(sub: Any) -> None:
         help="run programs under bubblewrap (default: none)",
     )
     init.add_argument(
+        "--sandbox-path",
+        metavar="PATH",
+        action="append",
+        default=[],
+        help="with bwrap, a path programs still see read-only (repeatable; e.g. a "
+        "virtual environment under /tmp)",
+    )
+    init.add_argument(
         "--grace-period",
         type=float,
         default=5.0,
@@ -161,6 +169,7 @@ def _init(args: argparse.Namespace) -> int:
         guard="Liberal" if args.liberal else "domain",
         program_ids=args.program_ids,
         sandbox=args.sandbox,
+        sandbox_paths=tuple(str(Path(p).resolve()) for p in args.sandbox_path),
         grace_period=args.grace_period,
     )
     password = signer = None
@@ -298,10 +307,30 @@ def _admin(args: argparse.Namespace, action: Any) -> Any:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    async def shutdown(admin: Any) -> None:
-        await admin.shutdown()
+    import trio
 
-    _admin(args, shutdown)
+    from taonet.hosts import AdminClient
+
+    path = host_dir(args) / ADMIN_SOCKET
+
+    async def shutdown() -> None:
+        async with AdminClient.connect(path) as admin:
+            try:
+                await admin.shutdown()
+            except HostError:
+                # The host may close before its answer is out: it stopped if nobody
+                # answers any more.
+                with trio.move_on_after(START_TIMEOUT):
+                    while True:
+                        try:
+                            async with AdminClient.connect(path) as probe:
+                                await probe.host_name()
+                        except HostError:
+                            return
+                        await trio.sleep(0.05)
+                raise
+
+    trio.run(shutdown)
     print("Linux host stopped")
     return 0
 

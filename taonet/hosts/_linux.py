@@ -378,7 +378,11 @@ class LinuxHost:
                 stdin=request.stdin,
                 stdout=request.stdout,
                 stderr=request.stderr,
-                sandbox=Sandbox(kind=self.config.sandbox, share_network=self.config.share_network),
+                sandbox=Sandbox(
+                    kind=self.config.sandbox,
+                    share_network=self.config.share_network,
+                    read_only=self.config.sandbox_paths,
+                ),
             )
         except BaseException:
             if channel is not None:

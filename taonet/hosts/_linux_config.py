@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -74,6 +75,10 @@ def _grace(_: object, attribute: attrs.Attribute[float], value: float) -> None:
         raise ConfigError(f"grace_period must be 0 to 3600 seconds, got {value!r}")
 
 
+def _str_tuple(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(items)
+
+
 @attrs.frozen
 class LinuxHostConfig:
     """What ``host.toml`` says (see the module docstring)."""
@@ -90,10 +95,15 @@ class LinuxHostConfig:
     sandbox: str = attrs.field(default="none", validator=_one_of(SANDBOXES))
     #: With bwrap: keep the host's network (hosted programs talk TCP to each other).
     share_network: bool = True
+    #: With bwrap: more paths programs see read-only despite the sandbox's empty /tmp.
+    sandbox_paths: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     #: Seconds programs get after SIGTERM at shutdown before SIGKILL.
     grace_period: float = attrs.field(default=5.0, validator=_grace)
 
     def __attrs_post_init__(self) -> None:
+        for path in self.sandbox_paths:
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise ConfigError(f"sandbox_paths must be absolute paths, got {path!r}")
         if self.guard == "domain" and self.domain is None:
             raise ConfigError(
                 "a host needs a domain (whose guard decides what may execute), "
@@ -109,6 +119,7 @@ class LinuxHostConfig:
             f"program_ids = {'true' if self.program_ids else 'false'}",
             f'sandbox = "{self.sandbox}"',
             f"share_network = {'true' if self.share_network else 'false'}",
+            f"sandbox_paths = [{', '.join(_toml_str(p) for p in self.sandbox_paths)}]",
             f"grace_period = {float(self.grace_period)!r}",
         ]
         return ("\n".join(lines) + "\n").encode()
@@ -129,6 +140,7 @@ class LinuxHostConfig:
             "program_ids": (bool,),
             "sandbox": (str,),
             "share_network": (bool,),
+            "sandbox_paths": (list,),
             "grace_period": (int, float),
         }
         unknown = set(table) - set(types)

@@ -30,7 +30,7 @@ import secrets
 import shutil
 import stat
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -245,6 +245,10 @@ async def prepare_program(
     return await trio.to_thread.run_sync(_prepare, src, programs_dir, uid, gid, groups, max_size)
 
 
+def _str_tuple(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(items)
+
+
 @attrs.frozen
 class Sandbox:
     """How a hosted program is confined: ``none``, or ``bwrap`` (bubblewrap).
@@ -252,7 +256,9 @@ class Sandbox:
     Under bwrap the program sees the host's filesystem read-only (its working
     directory read-write), a private /dev, /proc and empty /tmp, and new namespaces
     of every kind; the network is shared unless ``share_network`` is False (hosted
-    programs talk TCP on 127.0.0.1). Bubblewrap does not forward signals: any signal
+    programs talk TCP on 127.0.0.1). ``read_only`` names more paths to bind read-only
+    after the empty /tmp: what a program needs that lives under /tmp (an interpreter
+    or a virtual environment, say). Bubblewrap does not forward signals: any signal
     that ends the sandbox's process group kills the program with SIGKILL.
     """
 
@@ -261,6 +267,7 @@ class Sandbox:
     #: The bubblewrap executable: a path, or a name looked up in the host's PATH
     #: (never the hosted program's).
     bwrap: str = "bwrap"
+    read_only: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
 
     def wrap(self, argv: Sequence[str], *, cwd: str | None) -> list[str]:
         """The command that runs ``argv`` (whose first item is the program) confined.
@@ -284,6 +291,10 @@ class Sandbox:
         command = [_SHELL, "-c", _SUPERVISOR, "taonet-sandbox", bwrap]
         command += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
         command += ["--tmpfs", "/tmp"]  # noqa: S108 (the sandbox's own, empty)
+        for path in self.read_only:
+            if not os.path.isabs(path):
+                raise HostError(f"sandbox paths must be absolute: {path!r}")
+            command += ["--ro-bind", path, path]
         program_dir = os.path.dirname(argv[0])
         if os.path.isabs(program_dir) and program_dir != "/":
             command += ["--ro-bind", program_dir, program_dir]

@@ -12,12 +12,16 @@ from typing import Any
 
 import trio
 
+import taonet
 from taonet import auth
 from taonet.crypto import KdfParams
 from taonet.domain import program_subprin
 from taonet.hosts import AdminClient, LinuxHost, LinuxHostConfig
 from tests.conftest import PASSWORD
 
+#: What the test interpreter needs inside a bwrap sandbox, whose /tmp is empty (a
+#: checkout and its virtual environment may live under /tmp).
+RUNTIME_PATHS = (sys.prefix, str(Path(taonet.__file__).resolve().parents[1]))
 PROBE_SOURCE = (Path(__file__).parent / "probe_program.py").read_text()
 TIMEOUT = 60
 

@@ -19,6 +19,7 @@ from taonet.domain import program_subprin
 from taonet.hosts import AdminClient, LinuxHost, LinuxHostConfig
 from tests.conftest import PASSWORD
 from tests.hosts.linux_helpers import (
+    RUNTIME_PATHS,
     TIMEOUT,
     child_name,
     digest,
@@ -398,7 +399,13 @@ async def test_start_is_refused_when_the_host_is_not_running(tmp_path: Path) -> 
 
 
 def test_host_config_round_trip_and_strictness() -> None:
-    config = LinuxHostConfig(kind="root", domain="/d", program_ids=True, sandbox="bwrap")
+    config = LinuxHostConfig(
+        kind="root",
+        domain="/d",
+        program_ids=True,
+        sandbox="bwrap",
+        sandbox_paths=("/opt/venv", '/odd "path"'),
+    )
     assert LinuxHostConfig.from_toml(config.to_toml()) == config
     for bad in (
         b"[host]\nkind = 'root'\nguard = 'domain'\n",
@@ -406,6 +413,8 @@ def test_host_config_round_trip_and_strictness() -> None:
         b"[host]\nkind = 'root'\nguard = 'Liberal'\nextra = 1\n",
         b"[host]\nkind = 'root'\nguard = 'Liberal'\nprogram_ids = 1\n",
         b"[host]\nkind = 'root'\nguard = 'Liberal'\ngrace_period = -1\n",
+        b"[host]\nkind = 'root'\nguard = 'Liberal'\nsandbox_paths = ['relative']\n",
+        b"[host]\nkind = 'root'\nguard = 'Liberal'\nsandbox_paths = [1]\n",
         b"not toml [",
         b"[other]\n",
     ):
@@ -419,7 +428,7 @@ async def test_sandboxed_programs_still_reach_their_host(
     if shutil.which("bwrap") is None and not os.environ.get("CI"):
         pytest.skip("bubblewrap is not installed (CI installs it)")
     probe = write_probe(tmp_path)
-    init_root(tmp_path / "host", sandbox="bwrap")
+    init_root(tmp_path / "host", sandbox="bwrap", sandbox_paths=RUNTIME_PATHS)
     blob = tmp_path / "blob"
     with trio.fail_after(TIMEOUT):
         host = await open_root(nursery, tmp_path / "host")

@@ -23,6 +23,7 @@ import attrs
 import pytest
 import trio
 
+import taonet
 from taonet import AuthorizationError, ConfigError, HostError
 from taonet.hosts import MessageStream
 from taonet.hosts._parent import HOST_CHANNEL_TYPE, HOST_SPEC, HOST_TYPE
@@ -41,7 +42,10 @@ needs_root = pytest.mark.skipif(not ROOT, reason="switching users needs a root h
 NOBODY = 65534 if os.getuid() != 65534 else 65533
 ME = (os.geteuid(), os.getegid())
 NO_SANDBOX = Sandbox()
-BWRAP = Sandbox(kind="bwrap")
+#: What the test interpreter needs inside a sandbox (a checkout and its virtual
+#: environment may live under /tmp, which the sandbox replaces with an empty one).
+RUNTIME_PATHS = (sys.prefix, str(Path(taonet.__file__).resolve().parents[1]))
+BWRAP = Sandbox(kind="bwrap", read_only=RUNTIME_PATHS)
 needs_bwrap = pytest.mark.skipif(
     not os.path.exists("/usr/bin/bwrap") and not os.environ.get("CI"),
     reason="bubblewrap is not installed (in CI this test runs, and fails)",
@@ -764,7 +768,9 @@ async def test_bwrap_sandbox_channel_and_filesystem(
     report = json.loads(result.out)
     assert report["ids"] == list(ME)
     assert report["root_write"] == errno.EROFS  # even for root
-    assert report["tmp"] == sandbox_tmp(prepared.directory, workdir)
+    assert report["tmp"] == sandbox_tmp(
+        prepared.directory, workdir, *(Path(p) for p in RUNTIME_PATHS)
+    )
     assert Path(marker.name).name not in report["tmp"]
     assert read_text(workdir / "written") == "from the child"
 
@@ -805,9 +811,8 @@ async def test_bwrap_sandbox_as_another_user(
         "Groups": [],
     }
     lines = result.out.splitlines()
-    assert f"tmp: {' '.join(sandbox_tmp(prepared.directory, workdir))} ".rstrip() in [
-        line.rstrip() for line in lines
-    ]
+    bound = (prepared.directory, workdir, *(Path(p) for p in RUNTIME_PATHS))
+    assert f"tmp: {' '.join(sandbox_tmp(*bound))} ".rstrip() in [line.rstrip() for line in lines]
     # Writable for this user on the host, not in the sandbox.
     assert f"touch: cannot touch '{open_dir}/probe': Read-only file system" in lines
     assert "cwd: written" in lines
