@@ -41,7 +41,7 @@ import trio
 from taonet import auth
 from taonet._errors import CodecError, HostError, ProtocolError, TaoError
 from taonet.attestation import Attestation
-from taonet.hosts._messages import MessageStream
+from taonet.hosts._messages import MessageStream, take
 from taonet.hosts._tao import (
     MAX_RANDOM_BYTES,
     NOT_SUPPORTED,
@@ -155,7 +155,6 @@ class RPCTao(Tao):
         self._pending: dict[int, _Pending] = {}
         # Sequence numbers whose caller went away after sending: their answer is dropped.
         self._abandoned: set[int] = set()
-        self._send_lock = trio.Lock()  # keeps each header + body pair together
         # Callers read responses themselves, one at a time under this lock, and hand
         # each to whoever it answers: no extra task hop per call.
         self._receive_lock = trio.Lock()
@@ -222,7 +221,8 @@ class RPCTao(Tao):
         """Read responses (one at a time, taking turns with other callers) until
         ``pending`` has its answer or the channel has failed."""
         while not pending.done.is_set():
-            async with self._receive_lock:
+            await take(self._receive_lock)
+            try:
                 if pending.done.is_set():
                     return
                 failure = await self._read_one()
@@ -231,6 +231,8 @@ class RPCTao(Tao):
                         log.warning("tao_rpc_client_failed", error=str(failure))
                     self._fail(failure)
                     await trio.aclose_forcefully(self._messages)
+            finally:
+                self._receive_lock.release()
 
     async def _read_one(self) -> TaoError | None:
         """Read and dispatch one response; return the error that ends the channel."""
@@ -316,17 +318,18 @@ class RPCTao(Tao):
         self._pending[seq] = pending
         sent = False
         try:
-            async with self._send_lock:
-                self._raise_failure()
-                try:
-                    await self._messages.send_messages(header, body)
-                except BaseException as exc:
-                    # A header without its body desynchronizes the channel for good.
-                    if not isinstance(exc, trio.Cancelled):
-                        log.warning("tao_rpc_send_failed", op=op, error=str(exc))
-                    self._fail(HostError(f"{op}: sending the request failed: {exc!r}"))
-                    raise
-                sent = True
+            try:
+                # Header and body go out together (MessageStream keeps them whole).
+                await self._messages.send_messages(header, body)
+            except BaseException as exc:
+                # A header without its body desynchronizes the channel for good.
+                if not isinstance(exc, trio.Cancelled):
+                    log.warning("tao_rpc_send_failed", op=op, error=str(exc))
+                self._fail(HostError(f"{op}: sending the request failed: {exc!r}"))
+                if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
+                    raise HostError(f"{op}: the Tao RPC channel is closed") from exc
+                raise
+            sent = True
             await self._await_response(pending)
         finally:
             if not pending.done.is_set():
