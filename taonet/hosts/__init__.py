@@ -18,7 +18,8 @@
 
 from __future__ import annotations
 
-from taonet.hosts._admin import AdminClient, serve_admin
+from taonet.hosts._admin import serve_admin
+from taonet.hosts._admin_client import AdminClient
 from taonet.hosts._hosted import AdminBackend, Caller, ProgramInfo, StartRequest
 from taonet.hosts._linux import LinuxHost
 from taonet.hosts._linux_config import LinuxHostConfig, default_host_dir

@@ -35,7 +35,9 @@ from taonet import (
     TaoError,
     auth,
 )
-from taonet.hosts._admin import (
+from taonet.hosts._admin import serve_admin
+from taonet.hosts._admin_client import AdminClient
+from taonet.hosts._admin_wire import (
     ADMIN_MAX_FRAME,
     HOST_NAME,
     KILL,
@@ -43,10 +45,8 @@ from taonet.hosts._admin import (
     START,
     STOP,
     WAIT,
-    AdminClient,
     _error_from_text,
     _error_text,
-    serve_admin,
 )
 from taonet.hosts._hosted import MAX_ARGS, Caller, ProgramInfo, StartRequest
 from taonet.hosts._messages import MessageStream
@@ -878,7 +878,7 @@ async def test_a_socket_file_replaced_meanwhile_is_not_removed(tmp_path: Path) -
 
 _NOBODY_CLIENT = """
 import sys, trio
-from taonet.hosts._admin import AdminClient
+from taonet.hosts._admin_client import AdminClient
 
 async def main():
     try:

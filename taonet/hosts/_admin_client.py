@@ -1,0 +1,274 @@
+"""The Linux host's admin socket, client side: ``async with AdminClient.connect(path)``.
+
+The wire format is in :mod:`taonet.hosts._admin_wire`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+import os
+import socket
+from array import array
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+import trio
+
+from taonet import auth
+from taonet._errors import (
+    CodecError,
+    HostError,
+    ProtocolError,
+    TaoError,
+)
+from taonet.hosts._admin_wire import (
+    _UINT64_MAX,
+    ADMIN_MAX_FRAME,
+    HOST_NAME,
+    KILL,
+    LIST,
+    SHUTDOWN,
+    START,
+    STOP,
+    WAIT,
+    _check_args,
+    _check_env,
+    _check_string,
+    _error_from_text,
+    _program_info,
+)
+from taonet.hosts._hosted import (
+    ProgramInfo,
+)
+from taonet.hosts._messages import MessageStream
+from taonet.wire import encode_frame, message_class, parse, serialize
+
+__all__ = ["AdminClient"]
+
+log = structlog.get_logger(__name__)
+
+# --------------------------------------------------------------------------------------
+# Client
+# --------------------------------------------------------------------------------------
+
+
+def _check_fd(fd: int | None, what: str) -> int | None:
+    if fd is not None and (isinstance(fd, bool) or not isinstance(fd, int) or fd < 0):
+        raise HostError(f"{what} must be a file descriptor or None, got {fd!r}")
+    return fd
+
+
+async def _sendmsg_all(sock: trio.socket.SocketType, data: bytes, fds: Sequence[int]) -> None:
+    """Send ``data``; ``fds`` ride with its first bytes."""
+    view = memoryview(data)
+    ancdata = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds))] if fds else []
+    sent = await sock.sendmsg([view], ancdata)
+    while sent < len(view):
+        sent += await sock.send(view[sent:])
+
+
+class AdminClient:
+    """A connection to a Linux host's admin socket; use :meth:`connect`.
+
+    Calls on one client run one at a time (a second waits for the first, so a long
+    :meth:`wait` holds up the others: use another client for those). An error
+    answer raises the host's error class with its message and leaves the client
+    usable; a broken answer (wrong sequence number or operation, a malformed frame)
+    raises ProtocolError and closes the client, as does cancelling a call part way.
+    """
+
+    def __init__(self, sock: trio.socket.SocketType, *, path: str) -> None:
+        self._sock = sock
+        self._messages = MessageStream(trio.SocketStream(sock), max_frame=ADMIN_MAX_FRAME)
+        self._path = path
+        self._seq = itertools.count(1)
+        self._lock = trio.Lock()
+        self._failure: TaoError | None = None
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, path: str | os.PathLike[str]) -> AsyncIterator[AdminClient]:
+        """A client connected to the admin socket at ``path`` for the block.
+
+        HostError if no host is listening there.
+        """
+        where = os.fspath(path)
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await sock.connect(where)
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            raise HostError(f"no Tao host is running at {where}") from None
+        except OSError as exc:
+            sock.close()
+            raise HostError(f"cannot reach the Tao host at {where}: {exc}") from exc
+        except BaseException:
+            sock.close()
+            raise
+        client = cls(sock, path=where)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
+    @property
+    def path(self) -> str:
+        """The admin socket's path."""
+        return self._path
+
+    @property
+    def closed(self) -> bool:
+        """True once the client was closed or broke; calls then raise HostError."""
+        return self._failure is not None
+
+    async def aclose(self) -> None:
+        """Close the connection."""
+        self._close(HostError("the admin client is closed"))
+        await trio.lowlevel.checkpoint()
+
+    def _close(self, failure: TaoError) -> None:
+        if self._failure is None:
+            self._failure = failure
+        self._sock.close()
+
+    def _broken(self, failure: TaoError) -> TaoError:
+        log.warning("admin_client_failed", path=self._path, error=str(failure))
+        self._close(failure)
+        return failure
+
+    async def _exchange(self, op: str, seq: int, data: bytes, fds: Sequence[int]) -> Any:
+        await _sendmsg_all(self._sock, data, fds)
+        header_frame = await self._messages.receive_message()
+        body_frame = await self._messages.receive_message()
+        header = parse("RPCHeader", header_frame, what=f"{op} response header")
+        if header.seq != seq or header.op != op:
+            raise ProtocolError(
+                f"the host answered call {seq} ({op}) as call {header.seq} ({header.op!r})"
+            )
+        if header.HasField("error"):
+            return _error_from_text(str(header.error))
+        return parse("LinuxAdminResponse", body_frame, what=f"{op} response")
+
+    async def _call(self, op: str, fds: Sequence[int] = (), **fields: Any) -> Any:
+        body = serialize(message_class("LinuxAdminRequest")(**fields))
+        if len(body) > ADMIN_MAX_FRAME:
+            raise HostError(
+                f"{op}: a {len(body)}-byte request is over the {ADMIN_MAX_FRAME}-byte limit"
+            )
+        async with self._lock:
+            if self._failure is not None:
+                raise HostError(str(self._failure)) from self._failure
+            seq = next(self._seq)
+            if seq > _UINT64_MAX:  # pragma: no cover - not in this universe
+                raise self._broken(HostError("the admin client ran out of sequence numbers"))
+            header = serialize(message_class("RPCHeader")(op=op, seq=seq))
+            data = encode_frame(header, max_frame=ADMIN_MAX_FRAME) + encode_frame(
+                body, max_frame=ADMIN_MAX_FRAME
+            )
+            try:
+                result = await self._exchange(op, seq, data, fds)
+            except trio.EndOfChannel:
+                raise self._broken(HostError(f"{op}: the Tao host closed the connection")) from None
+            except (CodecError, ProtocolError) as exc:
+                raise self._broken(ProtocolError(f"{op}: {exc}")) from None
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise self._broken(HostError(f"{op}: the connection broke: {exc}")) from exc
+            except BaseException:
+                self._close(HostError(f"{op} was cancelled part way; the client is closed"))
+                raise
+        if isinstance(result, TaoError):
+            raise result
+        return result
+
+    def _programs(
+        self, op: str, response: Any, count: int | None = None
+    ) -> builtins.list[ProgramInfo]:
+        if response.HasField("name") or (count is not None and len(response.programs) != count):
+            want = "no name" if count is None else f"{count} program(s) and no name"
+            raise self._broken(ProtocolError(f"{op}: the response should hold {want}"))
+        try:
+            return [_program_info(msg, op) for msg in response.programs]
+        except ProtocolError as exc:
+            raise self._broken(exc) from None
+
+    async def start(
+        self,
+        path: str,
+        args: Sequence[str] = (),
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: int | None = None,
+        stdout: int | None = None,
+        stderr: int | None = None,
+    ) -> ProgramInfo:
+        """Start ``path`` with ``args`` (not including argv[0]).
+
+        ``stdin``/``stdout``/``stderr`` are descriptors the host's program gets (None:
+        /dev/null); the caller keeps its own and closes them when it likes.
+        """
+        if isinstance(args, str | bytes):
+            raise HostError("args must be a sequence of strings, not one string")
+        fields: dict[str, Any] = {
+            "path": _check_string(path, "the program path"),
+            "args": _check_args(args),
+        }
+        if cwd is not None:
+            fields["dir"] = _check_string(cwd, "the working directory")
+        if env is not None:
+            fields["env"] = [f"{key}={value}" for key, value in _check_env(list(env.items()))]
+        fds: builtins.list[int] = []
+        mask = 0
+        for bit, (fd, what) in enumerate(
+            ((stdin, "stdin"), (stdout, "stdout"), (stderr, "stderr"))
+        ):
+            if _check_fd(fd, what) is not None:
+                assert fd is not None
+                fds.append(fd)
+                mask |= 1 << bit
+        if fds:
+            fields["fd_count"] = len(fds)
+            fields["stdio_mask"] = mask
+        response = await self._call(START, fds, **fields)
+        return self._programs(START, response, 1)[0]
+
+    async def stop(self, selector: str) -> builtins.list[ProgramInfo]:
+        """SIGTERM the selected programs (pid or principal name); return them."""
+        response = await self._call(STOP, selector=_check_string(selector, "the selector"))
+        return self._programs(STOP, response)
+
+    async def kill(self, selector: str) -> builtins.list[ProgramInfo]:
+        """SIGKILL the selected programs (pid or principal name); return them."""
+        response = await self._call(KILL, selector=_check_string(selector, "the selector"))
+        return self._programs(KILL, response)
+
+    async def list(self) -> builtins.list[ProgramInfo]:
+        """Every program still running."""
+        return self._programs(LIST, await self._call(LIST))
+
+    async def wait(self, selector: str) -> ProgramInfo:
+        """Wait until the selected program exits; return it with its exit status."""
+        response = await self._call(WAIT, selector=_check_string(selector, "the selector"))
+        info = self._programs(WAIT, response, 1)[0]
+        if info.exit_status is None:
+            raise self._broken(ProtocolError(f"{WAIT}: the program has no exit status"))
+        return info
+
+    async def host_name(self) -> auth.Prin:
+        """The host's Tao name."""
+        response = await self._call(HOST_NAME)
+        if not response.HasField("name") or len(response.programs):
+            raise self._broken(ProtocolError(f"{HOST_NAME}: the response should hold a name"))
+        try:
+            return auth.decode_prin(bytes(response.name))
+        except CodecError as exc:
+            raise self._broken(ProtocolError(f"{HOST_NAME}: bad principal: {exc}")) from None
+
+    async def shutdown(self) -> None:
+        """Ask the host to stop its programs and exit; returns once it has stopped them."""
+        response = await self._call(SHUTDOWN)
+        if response.HasField("name") or len(response.programs):
+            raise self._broken(ProtocolError(f"{SHUTDOWN}: the response should be empty"))

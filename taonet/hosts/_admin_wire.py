@@ -1,0 +1,206 @@
+"""The Linux host's admin socket protocol: shared by the server and the client.
+
+Wire format, in the style of the original's protorpc: a request is two frames (the
+4-byte big-endian length framing of :mod:`taonet.wire`), an ``RPCHeader{op, seq}``
+and then a ``LinuxAdminRequest`` body; a response is an ``RPCHeader{op, seq, error?}``
+and then a ``LinuxAdminResponse`` body, empty when ``error`` is set. Frames are at most
+:data:`ADMIN_MAX_FRAME` bytes. An error string is ``"<Kind>: message"`` where Kind is
+the name of a :class:`~taonet.TaoError` class; the client raises that class again.
+
+A start request may carry the caller's stdin, stdout and stderr: the descriptors ride
+as ``SCM_RIGHTS`` ancillary data on the one ``sendmsg`` that carries the request's
+frames. ``fd_count`` says how many came (0 to 3) and ``stdio_mask`` which ones (bit 0
+stdin, bit 1 stdout, bit 2 stderr). A request must arrive with exactly the
+descriptors it announces; anything else (too few, too many, truncated ancillary data,
+descriptors on another request) is a protocol error: the server closes every
+descriptor it received and drops that connection. Every descriptor received is
+either handed to the backend inside a :class:`~taonet.hosts._hosted.StartRequest`
+or closed.
+
+
+The server is :mod:`taonet.hosts._admin`, the client :mod:`taonet.hosts._admin_client`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from contextlib import suppress
+from typing import Any, Final, TypeVar
+
+from taonet import auth
+from taonet._errors import (
+    AuthenticationError,
+    AuthorizationError,
+    CodecError,
+    ConfigError,
+    HostError,
+    ProtocolError,
+    TaoError,
+)
+from taonet.hosts._hosted import (
+    MAX_ARGS,
+    MAX_ENV,
+    MAX_STRING,
+    ProgramInfo,
+)
+from taonet.wire import message_class
+
+__all__ = [
+    "ADMIN_MAX_FRAME",
+    "ADMIN_OPS",
+    "HOST_NAME",
+    "KILL",
+    "LIST",
+    "MAX_STDIO_FDS",
+    "SHUTDOWN",
+    "START",
+    "STOP",
+    "WAIT",
+]
+
+
+#: Largest admin frame (header or body), in either direction.
+ADMIN_MAX_FRAME: Final = 1024 * 1024
+#: Descriptors a request may carry: stdin, stdout and stderr.
+MAX_STDIO_FDS: Final = 3
+#: Longest error message sent back (the rest is cut).
+_MAX_ERROR: Final = 4096
+
+START: Final = "LinuxHost.StartHostedProgram"
+STOP: Final = "LinuxHost.StopHostedProgram"
+KILL: Final = "LinuxHost.KillHostedProgram"
+LIST: Final = "LinuxHost.ListHostedPrograms"
+WAIT: Final = "LinuxHost.WaitHostedProgram"
+HOST_NAME: Final = "LinuxHost.TaoHostName"
+SHUTDOWN: Final = "LinuxHost.Shutdown"
+#: Every admin operation.
+ADMIN_OPS: Final = frozenset({START, STOP, KILL, LIST, WAIT, HOST_NAME, SHUTDOWN})
+
+#: Error kinds a client raises again by name; anything else becomes HostError.
+_ERROR_KINDS: Final[dict[str, type[TaoError]]] = {
+    cls.__name__: cls
+    for cls in (
+        TaoError,
+        CodecError,
+        AuthenticationError,
+        AuthorizationError,
+        HostError,
+        ConfigError,
+        ProtocolError,
+    )
+}
+_INT32: Final = (-(2**31), 2**31 - 1)
+_INT64: Final = (-(2**63), 2**63 - 1)
+_UINT64_MAX: Final = 2**64 - 1
+
+_T = TypeVar("_T")
+
+
+# --------------------------------------------------------------------------------------
+# Shared checks and conversions
+# --------------------------------------------------------------------------------------
+
+
+def _error_text(exc: TaoError) -> str:
+    """``"<Kind>: message"`` with Kind the nearest error class a client knows."""
+    kind = next(cls.__name__ for cls in type(exc).__mro__ if cls.__name__ in _ERROR_KINDS)
+    message = str(exc) or type(exc).__name__
+    if len(message) > _MAX_ERROR:
+        message = message[:_MAX_ERROR] + "..."
+    return f"{kind}: {message}"
+
+
+def _error_from_text(text: str) -> TaoError:
+    kind, sep, message = text.partition(": ")
+    cls = _ERROR_KINDS.get(kind) if sep else None
+    if cls is None:
+        return HostError(text)
+    return cls(message)
+
+
+def _check_string(value: object, what: str, *, empty: bool = False) -> str:
+    """A bounded string without NULs (what exec and the kernel can take)."""
+    if not isinstance(value, str):
+        raise HostError(f"{what} must be a string, got {type(value).__name__}")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise HostError(f"{what} is not valid unicode") from None
+    if size > MAX_STRING:
+        raise HostError(f"{what} is {size} bytes, over the {MAX_STRING}-byte limit")
+    if not value and not empty:
+        raise HostError(f"{what} is empty")
+    if "\0" in value:
+        raise HostError(f"{what} contains a NUL character")
+    return value
+
+
+def _check_args(args: Sequence[object]) -> tuple[str, ...]:
+    if len(args) > MAX_ARGS:
+        raise HostError(f"{len(args)} arguments is over the limit of {MAX_ARGS}")
+    return tuple(_check_string(arg, f"argument {i}", empty=True) for i, arg in enumerate(args))
+
+
+def _check_env_entry(key: object, value: object) -> tuple[str, str]:
+    key = _check_string(key, "an environment variable name")
+    if "=" in key:
+        raise HostError(f"environment variable name {key!r} contains '='")
+    return key, _check_string(value, f"environment variable {key}", empty=True)
+
+
+def _check_env(entries: Sequence[tuple[object, object]]) -> tuple[tuple[str, str], ...]:
+    if len(entries) > MAX_ENV:
+        raise HostError(f"{len(entries)} environment variables is over the limit of {MAX_ENV}")
+    checked = tuple(_check_env_entry(key, value) for key, value in entries)
+    if len({key for key, _ in checked}) != len(checked):
+        raise HostError("the environment names a variable twice")
+    return checked
+
+
+def _check_int(value: int, what: str, bounds: tuple[int, int]) -> int:
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise HostError(f"{what} {value!r} does not fit the admin protocol")
+    return value
+
+
+def _program_message(info: ProgramInfo) -> Any:
+    msg = message_class("LinuxAdminProgram")(
+        name=auth.encode(info.name),
+        pid=_check_int(info.pid, "pid", _INT32),
+        uid=_check_int(info.uid, "uid", _INT32),
+        gid=_check_int(info.gid, "gid", _INT32),
+        path=info.path,
+        program_hash=bytes(info.program_hash),
+        program_id=_check_int(info.program_id, "program id", _INT64),
+    )
+    if info.exit_status is not None:
+        msg.exit_status = _check_int(info.exit_status, "exit status", _INT32)
+    return msg
+
+
+def _program_info(msg: Any, op: str) -> ProgramInfo:
+    try:
+        name = auth.decode_prin(bytes(msg.name))
+    except CodecError as exc:
+        raise ProtocolError(f"{op}: bad program name: {exc}") from None
+    path = msg.path
+    if not isinstance(path, str):
+        raise ProtocolError(f"{op}: a program path is not valid UTF-8")
+    return ProgramInfo(
+        name=name,
+        pid=int(msg.pid),
+        uid=int(msg.uid),
+        gid=int(msg.gid),
+        path=path,
+        program_hash=bytes(msg.program_hash),
+        program_id=int(msg.program_id),
+        exit_status=int(msg.exit_status) if msg.HasField("exit_status") else None,
+    )
+
+
+def _close_fds(fds: Sequence[int]) -> None:
+    for fd in fds:
+        with suppress(OSError):
+            os.close(fd)
