@@ -17,7 +17,6 @@ descriptor it received and drops that connection. Every descriptor received is
 either handed to the backend inside a :class:`~taonet.hosts._hosted.StartRequest`
 or closed.
 
-
 The server is :mod:`taonet.hosts._admin`, the client :mod:`taonet.hosts._admin_client`.
 """
 
