@@ -119,7 +119,15 @@ async def run_hosted_demo(
             say(f"guard rule:   {rule}")
         LinuxHost.init(
             host_dir,
-            LinuxHostConfig(kind="root", domain=str(domain_dir), grace_period=2.0),
+            LinuxHostConfig(
+                kind="root",
+                domain=str(domain_dir),
+                grace_period=2.0,
+                # The programs' "#!/usr/bin/env python3" must find this environment's
+                # python: the host sets PATH (a caller's PATH never reaches a program).
+                program_path=f"{Path(sys.executable).parent}{os.pathsep}"
+                f"{os.environ.get('PATH', os.defpath)}",
+            ),
             password=password,
             kdf=kdf or KdfParams.default(),
             policy_signer=domain.unlock(password),
@@ -135,10 +143,7 @@ async def run_hosted_demo(
     ):
         say(f"{label + ':':<16}{host.name.extend(program_subprin(measure_file(path)))}")
 
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("TAONET_LOG", None)
-    env["TAONET_LOG"] = "warning"
+    env = {"TAONET_LOG": "warning", "HOME": os.environ.get("HOME", str(base))}
     common = ["--domain", str(domain_dir), "--state", str(state)]
     outputs = {
         name: _Output(name, say) for name in ("domain service", "simpleserver", "simpleclient")

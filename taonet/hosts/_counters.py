@@ -65,7 +65,7 @@ COUNTERS_FILE: Final = "counters.sealed"
 DEFAULT_TABLE_LABEL: Final = "taonet.host.counters"
 #: Most labels one program may have, and most counters in one table.
 MAX_LABELS_PER_PROGRAM: Final = 1024
-MAX_TABLE_ENTRIES: Final = 16384
+MAX_TABLE_ENTRIES: Final = 8192
 _MAX_TABLE_FILE: Final = MAX_SEALED_BYTES + 64 * 1024
 _T = TypeVar("_T")
 
@@ -307,6 +307,14 @@ class CounterStore:
         """Whether rolling back the stored table is detected (False in memory)."""
         return self._sealer is not None and self._sealer.rollback_protected
 
+    def count_under(self, program: auth.Prin) -> int:
+        """How many counters ``program`` and the names it extended to hold."""
+        text = str(program)
+        prefix = text + "."
+        return sum(
+            1 for name, _, _ in self._table.items() if name == text or name.startswith(prefix)
+        )
+
     def get_counter(self, name: auth.Prin, label: str) -> int | None:
         """The counter of program ``name`` for ``label``, or None if it has none."""
         return self._table.get(str(name), check_label(label))
@@ -350,9 +358,25 @@ def _sealed_data(caller: auth.Prin, label: str, counter: int, data: bytes) -> by
 class HostCounters:
     """Counters and rollback-protected sealing for the programs of a soft key core."""
 
-    def __init__(self, core: SoftHost, store: CounterStore) -> None:
+    def __init__(
+        self,
+        core: SoftHost,
+        store: CounterStore,
+        *,
+        program_of: Callable[[auth.Prin], auth.Prin] | None = None,
+    ) -> None:
+        """``program_of`` maps a caller to the program its counters are charged to
+        (a Linux host: the name it launched, whatever the program extended it to),
+        so one program cannot fill the table by extending its name."""
         self._core = core
         self._store = store
+        self._program_of = program_of
+
+    def _check_quota(self, caller: auth.Prin, label: str) -> None:
+        if self._program_of is None or self._store.get_counter(caller, label) is not None:
+            return
+        if self._store.count_under(self._program_of(caller)) >= MAX_LABELS_PER_PROGRAM:
+            raise HostError(f"a program may have at most {MAX_LABELS_PER_PROGRAM} counters")
 
     @property
     def store(self) -> CounterStore:
@@ -365,7 +389,8 @@ class HostCounters:
 
     async def init_counter(self, caller: auth.Prin, label: str, counter: int) -> None:
         self._core.check_caller(caller)
-        await self._store.init_counter(caller, check_label(label), check_counter(counter))
+        self._check_quota(caller, check_label(label))
+        await self._store.init_counter(caller, label, check_counter(counter))
 
     async def get_counter(self, caller: auth.Prin, label: str) -> int:
         self._core.check_caller(caller)
@@ -385,6 +410,7 @@ class HostCounters:
         data = bytes(data)
         if len(_sealed_data(caller, label, MAX_COUNTER, data)) > MAX_SEALED_BYTES:
             raise HostError(f"rollback-protected seal: data over {MAX_SEALED_BYTES} bytes")
+        self._check_quota(caller, label)
         counter = await self._store.bump(caller, label)
         return self._core.seal_for(caller, _sealed_data(caller, label, counter, data), policy)
 

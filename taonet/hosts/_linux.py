@@ -34,6 +34,7 @@ import functools
 import os
 import pwd
 import signal
+import stat
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -76,14 +77,99 @@ from taonet.hosts._rpc import serve_tao_rpc
 from taonet.hosts._soft import SoftHost
 from taonet.hosts._tao import SEAL_POLICY_SELF, Tao, check_size
 
-__all__ = ["LinuxHost"]
+__all__ = [
+    "DEFAULT_PASS_ENVIRONMENT",
+    "DENIED_ENVIRONMENT",
+    "MAX_NAME_BYTES",
+    "MAX_NAME_EXTENSIONS",
+    "LinuxHost",
+    "program_environment",
+]
 
 log = structlog.get_logger(__name__)
 
+#: Bounds on a hosted program's name (ExtendTaoName): names are listed, logged and
+#: stored with every counter, so one program must not make them huge.
+MAX_NAME_EXTENSIONS: Final = 32
+MAX_NAME_BYTES: Final = 1024
+#: Environment variables a caller's request may pass to a program by default
+#: (``pass_environment`` in host.toml adds names; a trailing * matches a prefix).
+DEFAULT_PASS_ENVIRONMENT: Final = (
+    "HOME",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "TERM",
+    "TZ",
+    "USER",
+    "LOGNAME",
+    "COLUMNS",
+    "LINES",
+    "NO_COLOR",
+    "TAONET_LOG",
+    "TAO_DOMAIN",
+)
+#: Never passed, whatever the configuration: they change what code runs (the
+#: loader's, the interpreters', the shells'), which would run code that was not
+#: measured under the program's name. PATH is the host's, not the caller's, for
+#: the same reason (``#!/usr/bin/env python3``).
+DENIED_ENVIRONMENT: Final = (
+    "LD_*",
+    "PYTHON*",
+    "PERL5*",
+    "PERLLIB",
+    "RUBY*",
+    "NODE_*",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "CLASSPATH",
+    "BASH_ENV",
+    "ENV",
+    "BASHOPTS",
+    "SHELLOPTS",
+    "PS4",
+    "IFS",
+    "CDPATH",
+    "GCONV_PATH",
+    "GETCONF_DIR",
+    "GLIBC_TUNABLES",
+    "HOSTALIASES",
+    "LOCALDOMAIN",
+    "LOCPATH",
+    "MALLOC_*",
+    "NIS_PATH",
+    "NLSPATH",
+    "RESOLV_HOST_CONF",
+    "RES_OPTIONS",
+    "TMPDIR",
+    "TZDIR",
+    "PATH",
+    "CLOUDPROXY_*",
+)
 #: Exited programs remembered for ``wait`` after they are gone.
 _REMEMBER_EXITED: Final = 256
 #: How long shutdown waits for SIGKILLed programs to be reaped.
 _REAP_TIMEOUT: Final = 10.0
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(name.startswith(p[:-1]) if p.endswith("*") else name == p for p in patterns)
+
+
+def program_environment(
+    requested: Sequence[tuple[str, str]], *, allowed: Sequence[str], path: str
+) -> dict[str, str]:
+    """The environment a hosted program gets: the requested variables the host allows
+    (``allowed`` names, a trailing * matching a prefix), never a denied one, and the
+    host's ``PATH``."""
+    env = {
+        key: value
+        for key, value in requested
+        if _matches(key, allowed) and not _matches(key, DENIED_ENVIRONMENT)
+    }
+    env["PATH"] = path
+    return env
 
 
 class _Child:
@@ -149,7 +235,13 @@ class _ChildTao(Tao):
     async def extend_tao_name(self, subprin: auth.SubPrin) -> None:
         if not isinstance(subprin, auth.SubPrin):
             raise HostError("extend_tao_name takes a SubPrin")
-        self._child.name = self._name().extend(subprin)
+        name = self._name().extend(subprin)
+        if len(name.ext.exts) > MAX_NAME_EXTENSIONS or len(auth.encode(name)) > MAX_NAME_BYTES:
+            raise HostError(
+                f"a hosted program's name may hold at most {MAX_NAME_EXTENSIONS} extensions "
+                f"and {MAX_NAME_BYTES} bytes"
+            )
+        self._child.name = name
 
     async def get_random_bytes(self, n: int) -> bytes:
         self._name()
@@ -206,7 +298,9 @@ class LinuxHost:
         self.directory = directory
         self.config = config
         self._core = core
-        self._counters = counters
+        # Counters are charged to the program as launched, whatever names it extends to.
+        self._counters = HostCounters(core, counters.store, program_of=self._launched)
+        self._counters_protected = counters.rollback_protected
         self._parent = parent
         self._owner_uid = os.geteuid()
         self._children: dict[int, _Child] = {}
@@ -241,6 +335,7 @@ class LinuxHost:
             raise ConfigError(f"{path} already holds a Linux host")
         domain = Domain.load(config.domain) if config.domain is not None else None
         path.mkdir(parents=True, exist_ok=True, mode=0o711)
+        _check_private_directory(path)
         name: auth.Prin | None = None
         if config.kind == "root":
             if password is None:
@@ -265,6 +360,7 @@ class LinuxHost:
     ) -> LinuxHost:
         """Open a host directory: a root host needs ``password``, a stacked one ``parent``."""
         path = Path(directory)
+        await trio.to_thread.run_sync(_check_private_directory, path)
         config = await trio.to_thread.run_sync(LinuxHostConfig.load, path)
         if config.kind == "root":
             if password is None:
@@ -294,6 +390,11 @@ class LinuxHost:
     def host_name(self) -> auth.Prin:
         return self.name
 
+    def _launched(self, name: auth.Prin) -> auth.Prin:
+        """The name a program was launched under, from any name it extended to."""
+        keep = len(self.name.ext.exts) + 1
+        return auth.Prin(name.type, name.key_hash, auth.SubPrin(name.ext.exts[:keep]))
+
     @property
     def socket_path(self) -> Path:
         return self.directory / ADMIN_SOCKET
@@ -301,7 +402,7 @@ class LinuxHost:
     @property
     def counters_rollback_protected(self) -> bool:
         """Whether rollback of the stored counter table itself is detectable."""
-        return self._counters.rollback_protected
+        return self._counters_protected
 
     # -- serving ----------------------------------------------------------------------
 
@@ -361,6 +462,8 @@ class LinuxHost:
         )
         channel: HostChannel | None = None
         try:
+            if self._stopping:
+                raise HostError("the host is shutting down")
             program_id = await self._next_program_id() if self.config.program_ids else 0
             name = self.name.extend(program_subprin(prepared.program_hash, program_id=program_id))
             guard = await trio.to_thread.run_sync(self._guard)
@@ -370,7 +473,11 @@ class LinuxHost:
             process = await spawn_program(
                 prepared,
                 args=request.args,
-                env=dict(request.env),
+                env=program_environment(
+                    request.env,
+                    allowed=(*DEFAULT_PASS_ENVIRONMENT, *self.config.pass_environment),
+                    path=self.config.program_path or os.environ.get("PATH", os.defpath),
+                ),
                 cwd=request.cwd,
                 uid=uid,
                 gid=gid,
@@ -400,6 +507,9 @@ class LinuxHost:
         )
         self._children[child.pid] = child
         nursery.start_soon(self._serve_child, child, channel.host_stream())
+        if self._stopping:  # shutdown began while this one was starting
+            await signal_group(process, signal.SIGKILL)
+            raise HostError("the host is shutting down")
         log.info("program_started", name=str(name), pid=child.pid, uid=uid, gid=gid)
         return child.info()
 
@@ -449,6 +559,13 @@ class LinuxHost:
                 await child.process.wait()
                 nursery.cancel_scope.cancel()
         finally:
+            if child.process.returncode is None:
+                # Cancelled (the host is going away) with the program still running:
+                # it must not outlive the host untracked.
+                with trio.CancelScope(shield=True):
+                    await signal_group(child.process, signal.SIGKILL)
+                    with trio.move_on_after(_REAP_TIMEOUT):
+                        await child.process.wait()
             child.exit_status = child.process.returncode
             self._children.pop(child.pid, None)
             self._exited.append(child)
@@ -463,7 +580,7 @@ class LinuxHost:
 
     def _select(self, selector: str, *, exited: bool = False) -> list[_Child]:
         pool = list(self._children.values()) + (list(self._exited) if exited else [])
-        if selector.isdigit():
+        if selector.isascii() and selector.isdigit():
             found = [c for c in pool if c.pid == int(selector)]
         else:
             try:
@@ -553,6 +670,23 @@ class LinuxHost:
         await child.first_rpc.wait()
         assert child.first_rpc_ns is not None
         return child.started_ns, child.first_rpc_ns
+
+
+def _check_private_directory(path: Path) -> None:
+    """The host directory must be the host user's and writable by nobody else: whoever
+    could write there could swap a program between its hashing and its start."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ConfigError(f"cannot use the host directory {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{path} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise ConfigError(f"the host directory {path} belongs to uid {st.st_uid}, not to this host")
+    if st.st_mode & 0o022:
+        raise ConfigError(
+            f"the host directory {path} is writable by others (mode {st.st_mode & 0o777:o})"
+        )
 
 
 # -- stacked hosts ------------------------------------------------------------------------

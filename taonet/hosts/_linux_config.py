@@ -18,6 +18,7 @@ By default a domain's Linux host lives in ``<domain>/linux_tao_host``.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -55,6 +56,7 @@ HOST_KINDS: Final = ("root", "stacked")
 SANDBOXES: Final = ("none", "bwrap")
 GUARDS: Final = ("domain", "Liberal")
 _MAX_FILE: Final = 64 * 1024
+_ENV_PATTERN: Final = re.compile(r"^(\*|[A-Za-z_][A-Za-z0-9_]*\*?)$")
 
 
 def default_host_dir(domain: Path) -> Path:
@@ -97,10 +99,19 @@ class LinuxHostConfig:
     share_network: bool = True
     #: With bwrap: more paths programs see read-only despite the sandbox's empty /tmp.
     sandbox_paths: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    #: Environment variables a start request may pass on, beyond the defaults
+    #: (taonet.hosts._linux.DEFAULT_PASS_ENVIRONMENT); a trailing * matches a prefix.
+    #: Variables that change what code runs (LD_*, PYTHON*, PATH, ...) never pass.
+    pass_environment: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    #: PATH for programs (default: the host's own PATH when it starts them).
+    program_path: str | None = None
     #: Seconds programs get after SIGTERM at shutdown before SIGKILL.
     grace_period: float = attrs.field(default=5.0, validator=_grace)
 
     def __attrs_post_init__(self) -> None:
+        for name in self.pass_environment:
+            if not isinstance(name, str) or not _ENV_PATTERN.match(name):
+                raise ConfigError(f"pass_environment: {name!r} is not a variable name or prefix*")
         for path in self.sandbox_paths:
             if not isinstance(path, str) or not path.startswith("/"):
                 raise ConfigError(f"sandbox_paths must be absolute paths, got {path!r}")
@@ -114,12 +125,15 @@ class LinuxHostConfig:
         lines = ["[host]", f'kind = "{self.kind}"']
         if self.domain is not None:
             lines.append(f"domain = {_toml_str(self.domain)}")
+        if self.program_path is not None:
+            lines.append(f"program_path = {_toml_str(self.program_path)}")
         lines += [
             f'guard = "{self.guard}"',
             f"program_ids = {'true' if self.program_ids else 'false'}",
             f'sandbox = "{self.sandbox}"',
             f"share_network = {'true' if self.share_network else 'false'}",
             f"sandbox_paths = [{', '.join(_toml_str(p) for p in self.sandbox_paths)}]",
+            f"pass_environment = [{', '.join(_toml_str(n) for n in self.pass_environment)}]",
             f"grace_period = {float(self.grace_period)!r}",
         ]
         return ("\n".join(lines) + "\n").encode()
@@ -141,6 +155,8 @@ class LinuxHostConfig:
             "sandbox": (str,),
             "share_network": (bool,),
             "sandbox_paths": (list,),
+            "pass_environment": (list,),
+            "program_path": (str,),
             "grace_period": (int, float),
         }
         unknown = set(table) - set(types)

@@ -636,6 +636,9 @@ async def _serve(messages: MessageStream, tao: Tao) -> None:
             body = serialize(message_class("RPCResponse")(**fields))
         except TaoError as exc:
             error = str(exc) or type(exc).__name__
+        except Exception as exc:  # a bug must not take the host down with it
+            log.exception("tao_rpc_handler_failed", op=op, error_type=type(exc).__name__)
+            error = f"internal error in the host ({type(exc).__name__})"
         if error is None and len(body) > messages.max_frame:
             error = f"{op}: a {len(body)}-byte response is over the {messages.max_frame}-byte limit"
             body = b""

@@ -45,7 +45,7 @@ import trio
 from taonet import auth, certs
 from taonet._errors import AuthenticationError, CodecError, ConfigError, HostError
 from taonet._files import atomic_write, read_file
-from taonet.attestation import Attestation, attest
+from taonet.attestation import DEFAULT_VALIDITY_NS, Attestation, attest
 from taonet.crypto import Crypter, KdfParams, Keyset, hkdf_sha256, load_keyset, save_keyset
 from taonet.hosts._counters import COUNTERS_FILE, CounterStore, HostCounters, SoftTableSealer
 from taonet.hosts._tao import (
@@ -61,6 +61,7 @@ from taonet.hosts._tao import (
 __all__ = ["SoftHost", "SoftTao"]
 
 _SEAL_MAGIC: Final = b"TSL1"
+_INT64: Final = (-(2**63), 2**63 - 1)
 _SECRET_SALT: Final = b"taonet soft tao shared secret v1"
 _MAX_SECRET: Final = 255 * 32  # HKDF-SHA256's output limit
 KEYS_FILE: Final = "keys"
@@ -259,6 +260,16 @@ class SoftHost:
         speaker = caller if issuer is None else issuer
         if not speaker.is_sub_principal_of(caller):
             raise HostError(f"issuer {speaker} is not {caller} or one of its sub-principals")
+        for value, what in ((time, "time"), (expiration, "expiration")):
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not _INT64[0] <= value <= _INT64[1]
+            ):
+                raise HostError(f"attest: {what} must be an int64 of nanoseconds, got {value!r}")
+        start = self._clock() if time is None else time
+        if expiration is None and start > _INT64[1] - DEFAULT_VALIDITY_NS:
+            raise HostError("attest: a statement from that time cannot get the default validity")
         return attest(
             self._keyset.signer,
             message,

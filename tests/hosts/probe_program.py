@@ -12,6 +12,10 @@ through a real Linux host. Each argument is one step; each step prints one JSON 
     rpseal LABEL FILE      rollback-protected seal of b"rp secret"
     rpunseal FILE          {"data"} or {"error"}
     counter LABEL          {"counter"} or {"error"}
+    env                    {"env": the environment}
+    attest-at-end-of-time  attest with time = the largest int64
+    extend-many N          extend the name N times
+    extend-big             extend the name with a 4000-byte argument
     wait-stdin             block until a line arrives on stdin
     garbage                write a malformed frame to the host, then read
     oversized              write a 2 GiB frame length to the host, then read
@@ -115,6 +119,21 @@ async def main(argv: list[str]) -> None:
                     emit(data=data.decode(), policy=policy)
                 elif step == "counter":
                     emit(counter=await tao.get_counter(steps.pop(0)))
+                elif step == "env":
+                    emit(env=dict(os.environ))
+                elif step == "attest-at-end-of-time":
+                    await tao.attest(auth.Pred("Probe", ()), time=2**63 - 1)
+                    emit(attested=True)
+                elif step == "extend-many":
+                    for i in range(int(steps.pop(0))):
+                        await tao.extend_tao_name(
+                            auth.SubPrin((auth.PrinExt("E", (auth.Int(i),)),))
+                        )
+                    emit(extended=True)
+                elif step == "extend-big":
+                    big = auth.SubPrin((auth.PrinExt("Big", (auth.Bytes(b"x" * 4000),)),))
+                    await tao.extend_tao_name(big)
+                    emit(extended=True)
                 elif step == "wait-stdin":
                     await trio.to_thread.run_sync(sys.stdin.readline)
                     emit(resumed=True)

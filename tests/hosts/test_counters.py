@@ -526,3 +526,31 @@ async def test_parent_without_counters_cannot_protect_a_table(
 ) -> None:
     with trio.fail_after(TIMEOUT), pytest.raises(HostError, match="not supported by this host"):
         await CounterStore.open(tmp_path / "counters.sealed", ParentTableSealer(NoCounters(parent)))
+
+
+async def test_a_program_cannot_escape_its_counter_quota_by_extending_its_name() -> None:
+    from taonet.crypto import Keyset
+    from taonet.hosts._counters import MAX_LABELS_PER_PROGRAM, HostCounters
+
+    core = SoftHost(Keyset.generate())
+    launched = core.name.extend(auth.SubPrin((auth.PrinExt("Program", (auth.Bytes(b"p"),)),)))
+    other = core.name.extend(auth.SubPrin((auth.PrinExt("Program", (auth.Bytes(b"q"),)),)))
+
+    def program_of(name: auth.Prin) -> auth.Prin:
+        return auth.Prin(name.type, name.key_hash, auth.SubPrin(name.ext.exts[:1]))
+
+    counters = HostCounters(core, await CounterStore.open(None), program_of=program_of)
+    half = MAX_LABELS_PER_PROGRAM // 2
+    alias = launched.extend(auth.SubPrin((auth.PrinExt("Alias", ()),)))
+    for i in range(half):
+        await counters.init_counter(launched, f"a{i}", 1)
+    for i in range(MAX_LABELS_PER_PROGRAM - half):
+        await counters.init_counter(alias, f"b{i}", 1)
+    with pytest.raises(HostError, match="at most"):
+        await counters.init_counter(alias.extend(auth.SubPrin((auth.PrinExt("More", ()),))), "c", 1)
+    with pytest.raises(HostError, match="at most"):
+        await counters.rollback_protected_seal(launched, "new", b"x")
+    # Existing counters still work, and another program is not affected.
+    await counters.init_counter(launched, "a0", 5)
+    await counters.init_counter(other, "a0", 1)
+    assert await counters.get_counter(other, "a0") == 1

@@ -463,3 +463,109 @@ async def test_sandboxed_programs_still_reach_their_host(
         assert b"ESCAPED" not in output
         assert not await trio.Path("/taonet-escape-test").exists()
     await host.stop()
+
+
+async def test_hostile_requests_do_not_take_the_host_down(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    probe = write_probe(tmp_path)
+    init_root(tmp_path / "host")
+    with trio.fail_after(TIMEOUT):
+        host = await open_root(nursery, tmp_path / "host")
+        async with AdminClient.connect(host.socket_path) as admin:
+            # A selector of non-ASCII digits ("²".isdigit() is True, int() refuses it).
+            with pytest.raises(HostError):
+                await admin.stop("²")
+        # A time at the end of int64: no default expiration fits.
+        status, lines = await run_probe(host, probe, ["attest-at-end-of-time", "name"])
+        assert lines[0]["kind"] == "HostError"
+        assert "name" in lines[1]
+        # Names stay small: too many extensions, or too big a one.
+        _, lines = await run_probe(host, probe, ["extend-many", "40", "extend-big", "name"])
+        assert "at most 32 extensions" in lines[0]["error"]
+        assert "1024 bytes" in lines[1]["error"]
+        assert len(lines[2]["name"]) < 2048
+        status, lines = await run_probe(host, probe, ["name"])
+        assert status == 0
+    await host.stop()
+
+
+async def test_programs_get_a_filtered_environment_and_the_hosts_path(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    probe = write_probe(tmp_path)
+    init_root(tmp_path / "host", pass_environment=("MY_APP_*",), program_path="/usr/bin:/bin")
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    with trio.fail_after(TIMEOUT):
+        host = await open_root(nursery, tmp_path / "host")
+        async with AdminClient.connect(host.socket_path) as admin:
+            try:
+                info = await admin.start(
+                    str(probe),
+                    ["env"],
+                    env={
+                        "LD_PRELOAD": "/tmp/evil.so",
+                        "PYTHONPATH": "/tmp/evil",
+                        "PATH": "/tmp/evil-bin",
+                        "BASH_ENV": "/tmp/evil.sh",
+                        "CLOUDPROXY_TAO_HOST_SPEC": "forged",
+                        "LANG": "C.UTF-8",
+                        "MY_APP_MODE": "fast",
+                        "UNLISTED": "x",
+                    },
+                    stdout=write_fd,
+                )
+            finally:
+                os.close(write_fd)
+            lines = parse_lines(await read_all(read_fd))
+            await admin.wait(str(info.pid))
+        await host.stop()
+    env = lines[0]["env"]
+    assert env["LANG"] == "C.UTF-8"
+    assert env["MY_APP_MODE"] == "fast"
+    assert env["PATH"] == "/usr/bin:/bin"
+    for name in ("LD_PRELOAD", "PYTHONPATH", "BASH_ENV", "UNLISTED"):
+        assert name not in env
+    assert env["CLOUDPROXY_TAO_HOST_SPEC"].startswith("tao::RPC+tao::FDMessageChannel(")
+
+
+async def test_cancelling_the_host_kills_its_programs(tmp_path: Path) -> None:
+    probe = write_probe(tmp_path)
+    init_root(tmp_path / "host")
+    with trio.fail_after(TIMEOUT):
+        host = await LinuxHost.open(tmp_path / "host", password=PASSWORD)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(host.run)
+            async with AdminClient.connect(host.socket_path) as admin:
+                info = await admin.start(str(probe), ["sleep", "600"])
+            nursery.cancel_scope.cancel()
+    with pytest.raises(ProcessLookupError):
+        os.kill(info.pid, 0)
+
+
+def test_program_environment_rules() -> None:
+    from taonet.hosts._linux import program_environment
+
+    env = program_environment(
+        [("LC_ALL", "C"), ("LD_LIBRARY_PATH", "/x"), ("PYTHONSTARTUP", "/x"), ("A", "1")],
+        allowed=("LC_*", "LD_*", "PYTHON*", "*"),
+        path="/bin",
+    )
+    assert env == {"LC_ALL": "C", "A": "1", "PATH": "/bin"}
+
+
+async def test_host_directory_must_be_private(tmp_path: Path) -> None:
+    init_root(tmp_path / "host")
+    (tmp_path / "host").chmod(0o777)
+    with pytest.raises(ConfigError, match="writable by others"):
+        await LinuxHost.open(tmp_path / "host", password=PASSWORD)
+    (tmp_path / "host").chmod(0o711)
+    if os.geteuid() == 0:
+        os.chown(tmp_path / "host", 65534, 65534)
+        with pytest.raises(ConfigError, match="belongs to uid 65534"):
+            await LinuxHost.open(tmp_path / "host", password=PASSWORD)
+        shared = tmp_path / "other"
+        shared.mkdir()
+        os.chown(shared, 65534, 65534)
+        with pytest.raises(ConfigError, match="belongs to uid 65534"):
+            init_root(shared)

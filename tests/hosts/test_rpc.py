@@ -752,3 +752,19 @@ async def test_oversized_response_fails_the_client() -> None:
     with trio.fail_after(TIMEOUT), pytest.raises(ProtocolError, match="bad frame"):
         async with fake_host(script, max_frame=4096) as rpc:
             await rpc.get_random_bytes(8)
+
+
+class _Buggy(NoCounters):
+    """A Tao with a bug: one method raises something that is not a TaoError."""
+
+    async def get_random_bytes(self, n: int) -> bytes:
+        raise ValueError("a bug")
+
+
+async def test_a_bug_in_the_tao_is_an_error_answer_not_a_dead_host(soft: SoftTao) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with rpc_pair(_Buggy(soft)) as rpc:
+            with pytest.raises(HostError, match=r"internal error in the host \(ValueError\)"):
+                await rpc.get_random_bytes(4)
+            assert await rpc.get_tao_name() == await soft.get_tao_name()
+            assert not rpc.closed

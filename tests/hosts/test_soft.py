@@ -291,3 +291,13 @@ async def test_a_host_without_a_directory_keeps_counters_in_memory() -> None:
         assert await tao.rollback_protected_unseal(blob) == (b"mem", "self")
         counters = await host.open_counters()
         assert counters.store.rollback_protected is False
+
+
+async def test_attest_refuses_times_without_a_default_expiration(make_host) -> None:  # type: ignore[no-untyped-def]
+    tao = make_host().tao_for()
+    with pytest.raises(HostError, match="default validity"):
+        await tao.attest(auth.Pred("P", ()), time=2**63 - 1)
+    with pytest.raises(HostError, match="int64"):
+        await tao.attest(auth.Pred("P", ()), time=2**63)
+    att = await tao.attest(auth.Pred("P", ()), time=2**63 - 10, expiration=2**63 - 1)
+    assert att.statement().expiration == 2**63 - 1
