@@ -5,6 +5,26 @@ unix socket, serves each connection in its own task (requests on one connection 
 order) and removes the socket file when cancelled. The caller of each connection is
 the kernel's ``SO_PEERCRED``. Every file descriptor received is either handed to the
 backend inside a :class:`~taonet.hosts._hosted.StartRequest` or closed.
+
+Limits, so that no local user can take the host down through its admin socket (each
+is a keyword argument of :func:`serve_admin`, defaulting to the constant):
+
+* At most :data:`MAX_CONNECTIONS` (256) connections at once, and at most
+  :data:`MAX_CONNECTIONS_PER_UID` (32) from one peer uid; root has the same cap as
+  any other uid, counted for itself. A connection over either limit is closed as soon
+  as it is accepted, before anything is read from it, and is not counted
+  (``admin_connection_refused`` is logged).
+* A request's frames are at most :data:`~taonet.hosts._admin_wire.ADMIN_MAX_FRAME`
+  bytes each. Once the first byte of a request has arrived, the rest of it (both
+  frames) must arrive within :data:`REQUEST_TIMEOUT` (10 s), or the connection is
+  dropped. A connection may stay idle between requests for as long as it likes.
+* A response's frames are at most
+  :data:`~taonet.hosts._admin_wire.ADMIN_MAX_RESPONSE` bytes each; a bigger answer
+  becomes a HostError answer.
+* A backend failure that is not a :class:`~taonet.TaoError` (a bug) is logged as
+  ``admin_request_failed`` (its type and message) and answered as
+  ``HostError: internal error in the host (<ExceptionType>)``; the connection and the
+  server carry on. ``trio.Cancelled`` and other ``BaseException`` s are not caught.
 """
 
 from __future__ import annotations
@@ -12,6 +32,7 @@ from __future__ import annotations
 import builtins
 import errno
 import itertools
+import math
 import os
 import socket
 import stat
@@ -34,6 +55,7 @@ from taonet._errors import (
 from taonet.hosts._admin_wire import (
     _T,
     ADMIN_MAX_FRAME,
+    ADMIN_MAX_RESPONSE,
     ADMIN_OPS,
     HOST_NAME,
     KILL,
@@ -57,9 +79,16 @@ from taonet.hosts._hosted import (
 )
 from taonet.wire import FrameDecoder, encode_frame, message_class, parse, serialize
 
-__all__ = ["serve_admin"]
+__all__ = ["MAX_CONNECTIONS", "MAX_CONNECTIONS_PER_UID", "REQUEST_TIMEOUT", "serve_admin"]
 
 log = structlog.get_logger(__name__)
+
+#: Admin connections served at once; more are closed as soon as they are accepted.
+MAX_CONNECTIONS: Final = 256
+#: Admin connections served at once for one peer uid (root included).
+MAX_CONNECTIONS_PER_UID: Final = 32
+#: Seconds a request may take to arrive once its first byte is in.
+REQUEST_TIMEOUT: Final = 10.0
 
 _RECV_SIZE: Final = 64 * 1024
 _ANC_SIZE: Final = socket.CMSG_SPACE(MAX_STDIO_FDS * 4)
@@ -67,6 +96,8 @@ _UCRED: Final = struct.Struct("=iII")  # struct ucred: pid_t pid, uid_t uid, gid
 _ACCEPT_RETRY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_IGNORE_ERRNOS: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 _ACCEPT_RETRY_DELAY: Final = 0.1
+#: Longest exception message logged for a backend failure.
+_MAX_LOGGED_ERROR: Final = 1000
 
 # --------------------------------------------------------------------------------------
 # Server
@@ -121,14 +152,17 @@ class _Receiver:
 
     Descriptors that arrive wait in a queue until a complete request takes them; the
     queue never holds more than :data:`MAX_STDIO_FDS`. :meth:`close_fds` closes
-    whatever is still queued (call it when the connection ends).
+    whatever is still queued (call it when the connection ends). Once a request's
+    first byte is in, the rest must come within ``request_timeout`` seconds.
     """
 
-    def __init__(self, sock: trio.socket.SocketType) -> None:
+    def __init__(self, sock: trio.socket.SocketType, *, request_timeout: float) -> None:
         self._sock = sock
         self._decoder = FrameDecoder(max_frame=ADMIN_MAX_FRAME)
         self._fds: builtins.list[int] = []
         self._received = 0  # bytes received that are not yet part of a returned frame
+        self._timeout = request_timeout
+        self._deadline = trio.CancelScope()  # of the request being received
 
     def close_fds(self) -> None:
         fds, self._fds = self._fds, []
@@ -151,6 +185,7 @@ class _Receiver:
                 if self._received:
                     raise ProtocolError("the client closed the connection inside a frame")
                 return None
+            self._start_clock()
             self._decoder.feed(data)
             self._received += len(data)
         self._received -= 4 + len(frame)
@@ -168,17 +203,28 @@ class _Receiver:
         if unexpected:
             raise ProtocolError("unexpected ancillary data")
 
+    def _start_clock(self) -> None:
+        """The request being received has begun: it must be complete in time."""
+        if self._deadline.deadline == math.inf:
+            self._deadline.deadline = trio.current_time() + self._timeout
+
     async def receive_request(self) -> _Request | None:
         """The next request with its descriptors; None when the client is done.
 
-        CodecError or ProtocolError when the connection must be dropped.
+        CodecError or ProtocolError when the connection must be dropped (including a
+        request that does not arrive in time).
         """
-        header_frame = await self._receive_frame()
-        if header_frame is None:
-            return None
-        body_frame = await self._receive_frame()
-        if body_frame is None:
-            raise ProtocolError("the client closed the connection between header and body")
+        with trio.CancelScope() as self._deadline:
+            if self._received:  # part of it came with the previous request
+                self._start_clock()
+            header_frame = await self._receive_frame()
+            if header_frame is None:
+                return None
+            body_frame = await self._receive_frame()
+            if body_frame is None:
+                raise ProtocolError("the client closed the connection between header and body")
+        if self._deadline.cancelled_caught:
+            raise ProtocolError(f"the request did not arrive within {self._timeout} s")
         header = parse("RPCHeader", header_frame, what="admin request header")
         op = header.op
         if op not in ADMIN_OPS:
@@ -296,6 +342,10 @@ async def _handle(
     return {}
 
 
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_LOGGED_ERROR else text[:_MAX_LOGGED_ERROR] + "..."
+
+
 async def _answer(
     backend: AdminBackend,
     caller: Caller,
@@ -303,40 +353,114 @@ async def _answer(
     sock: trio.socket.SocketType,
     logger: Any,
 ) -> bytes:
-    """The response frames for ``request``."""
+    """The response frames for ``request``.
+
+    A TaoError becomes an error answer; so does any other Exception (a bug in the
+    host: logged, and answered without its message). _PeerGoneError and
+    BaseExceptions (trio.Cancelled, KeyboardInterrupt) propagate.
+    """
     op = request.op
     error: str | None = None
     body = b""
     try:
         fields = await _handle(backend, caller, request, sock)
         body = serialize(message_class("LinuxAdminResponse")(**fields))
-        if len(body) > ADMIN_MAX_FRAME:
+        if len(body) > ADMIN_MAX_RESPONSE:
             raise HostError(
-                f"{op}: a {len(body)}-byte response is over the {ADMIN_MAX_FRAME}-byte limit"
+                f"{op}: a {len(body)}-byte response is over the {ADMIN_MAX_RESPONSE}-byte limit"
             )
     except TaoError as exc:
         error = _error_text(exc)
         body = b""
         logger.info("admin_request_refused", op=op, error=error)
+    except _PeerGoneError:
+        raise
+    except Exception as exc:
+        kind = type(exc).__name__
+        error = _error_text(HostError(f"internal error in the host ({kind})"))
+        body = b""
+        # No traceback: its rendering could show local variables.
+        logger.error("admin_request_failed", op=op, error_type=kind, error=_clip(str(exc)))
     finally:
         request.close_fds()
     header = message_class("RPCHeader")(op=op, seq=request.seq)
     if error is not None:
         header.error = error
     return encode_frame(serialize(header), max_frame=ADMIN_MAX_FRAME) + encode_frame(
-        body, max_frame=ADMIN_MAX_FRAME
+        body, max_frame=ADMIN_MAX_RESPONSE
     )
 
 
-async def _serve_connection(
-    backend: AdminBackend, sock: trio.socket.SocketType, conn_id: int
-) -> None:
-    receiver = _Receiver(sock)
-    stream = trio.SocketStream(sock)
-    logger = log.bind(conn_id=conn_id)
+class _ConnectionLimits:
+    """Counts the connections being served, in all and per peer uid."""
+
+    def __init__(self, max_connections: int, max_per_uid: int) -> None:
+        self._max_connections = max_connections
+        self._max_per_uid = max_per_uid
+        self._total = 0
+        self._per_uid: dict[int, int] = {}
+
+    def refusal(self, uid: int) -> str | None:
+        """Why a new connection from ``uid`` may not be served now; None if it may."""
+        if self._total >= self._max_connections:
+            return f"the host serves {self._total} admin connections, its limit"
+        held = self._per_uid.get(uid, 0)
+        if held >= self._max_per_uid:
+            return f"uid {uid} holds {held} admin connections, its limit"
+        return None
+
+    def take(self, uid: int) -> None:
+        self._total += 1
+        self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
+
+    def release(self, uid: int) -> None:
+        self._total -= 1
+        held = self._per_uid[uid] - 1
+        if held:
+            self._per_uid[uid] = held
+        else:
+            del self._per_uid[uid]
+
+
+def _admit(conn: trio.socket.SocketType, conn_id: int, limits: _ConnectionLimits) -> Caller | None:
+    """The caller of a new connection, counted; None (and closed) if it is refused."""
     try:
-        caller = _peer(sock)
-        logger = logger.bind(peer_uid=caller.uid, peer_gid=caller.gid, peer_pid=caller.pid)
+        caller = _peer(conn)
+    except OSError as exc:
+        reason = f"no peer credentials: {exc}"
+        log.warning("admin_connection_refused", conn_id=conn_id, reason=reason)
+        conn.close()
+        return None
+    reason = limits.refusal(caller.uid)
+    if reason is not None:
+        log.warning(
+            "admin_connection_refused",
+            conn_id=conn_id,
+            peer_uid=caller.uid,
+            peer_pid=caller.pid,
+            reason=reason,
+        )
+        conn.close()
+        return None
+    limits.take(caller.uid)
+    return caller
+
+
+async def _serve_connection(
+    backend: AdminBackend,
+    sock: trio.socket.SocketType,
+    caller: Caller,
+    conn_id: int,
+    limits: _ConnectionLimits,
+    request_timeout: float,
+) -> None:
+    """Serve one admitted connection; releases its place in ``limits`` when done."""
+    receiver = _Receiver(sock, request_timeout=request_timeout)
+    stream = trio.SocketStream(sock)
+    logger = log.bind(
+        conn_id=conn_id, peer_uid=caller.uid, peer_gid=caller.gid, peer_pid=caller.pid
+    )
+    try:
         logger.debug("admin_connection_opened")
         while True:
             try:
@@ -354,8 +478,15 @@ async def _serve_connection(
             await stream.send_all(response)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         logger.info("admin_connection_broken", error=str(exc) or type(exc).__name__)
+    except Exception as exc:  # pragma: no cover - a bug here: drop this connection only
+        logger.error(
+            "admin_connection_failed", error_type=type(exc).__name__, error=_clip(str(exc))
+        )
     finally:
         receiver.close_fds()
+        # Released before the close, with no checkpoint between: a client that saw
+        # this connection end may connect again at once and be counted correctly.
+        limits.release(caller.uid)
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(stream)
         logger.debug("admin_connection_closed")
@@ -385,11 +516,19 @@ async def _clear_stale_socket(path: str) -> None:
     log.info("admin_stale_socket_removed", path=path)
 
 
+def _check_count(value: int, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive int, got {value!r}")
+
+
 async def serve_admin(
     backend: AdminBackend,
     path: str | os.PathLike[str],
     *,
     mode: int = 0o600,
+    max_connections: int = MAX_CONNECTIONS,
+    max_per_uid: int = MAX_CONNECTIONS_PER_UID,
+    request_timeout: float = REQUEST_TIMEOUT,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the admin socket at ``path`` for ``backend`` until cancelled.
@@ -399,9 +538,23 @@ async def serve_admin(
     socket gets ``mode`` before anyone can connect. Each connection is served in its
     own task; a connection that breaks the protocol is dropped (and logged) without
     disturbing the others. On exit the socket file is removed.
+
+    At most ``max_connections`` connections are served at once, at most
+    ``max_per_uid`` of them from one peer uid; a connection over either is closed at
+    once. Once a request's first byte is in, the whole request must arrive within
+    ``request_timeout`` seconds or its connection is dropped (see the module
+    docstring).
     """
     if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
         raise ValueError(f"mode must be permission bits, got {mode!r}")
+    _check_count(max_connections, "max_connections")
+    _check_count(max_per_uid, "max_per_uid")
+    if (
+        isinstance(request_timeout, bool)
+        or not isinstance(request_timeout, int | float)
+        or not request_timeout > 0
+    ):
+        raise ValueError(f"request_timeout must be a positive number, got {request_timeout!r}")
     where = os.fspath(path)
     await _clear_stale_socket(where)
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -416,6 +569,7 @@ async def serve_admin(
             raise HostError(f"cannot serve the admin socket at {where}: {exc}") from exc
         log.info("admin_listening", path=where, mode=oct(mode))
         task_status.started()
+        limits = _ConnectionLimits(max_connections, max_per_uid)
         async with trio.open_nursery() as nursery:
             for conn_id in itertools.count(1):
                 try:
@@ -428,7 +582,17 @@ async def serve_admin(
                     if exc.errno in _ACCEPT_IGNORE_ERRNOS:
                         continue
                     raise
-                nursery.start_soon(_serve_connection, backend, conn, conn_id)
+                caller = _admit(conn, conn_id, limits)
+                if caller is None:
+                    continue
+                try:
+                    nursery.start_soon(
+                        _serve_connection, backend, conn, caller, conn_id, limits, request_timeout
+                    )
+                except BaseException:  # pragma: no cover - the nursery is open
+                    limits.release(caller.uid)
+                    conn.close()
+                    raise
     finally:
         listener.close()
         if bound is not None:

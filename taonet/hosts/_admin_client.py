@@ -1,6 +1,11 @@
 """The Linux host's admin socket, client side: ``async with AdminClient.connect(path)``.
 
-The wire format is in :mod:`taonet.hosts._admin_wire`.
+The wire format is in :mod:`taonet.hosts._admin_wire`. The client sends requests of
+at most :data:`~taonet.hosts._admin_wire.ADMIN_MAX_FRAME` bytes a frame (a bigger one
+is refused before anything is sent) and accepts responses of up to
+:data:`~taonet.hosts._admin_wire.ADMIN_MAX_RESPONSE` bytes a frame. The host closes a
+connection over its limits (see :func:`~taonet.hosts._admin.serve_admin`) at once:
+the first call on it raises HostError and closes the client.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from taonet._errors import (
 from taonet.hosts._admin_wire import (
     _UINT64_MAX,
     ADMIN_MAX_FRAME,
+    ADMIN_MAX_RESPONSE,
     HOST_NAME,
     KILL,
     LIST,
@@ -82,7 +88,7 @@ class AdminClient:
 
     def __init__(self, sock: trio.socket.SocketType, *, path: str) -> None:
         self._sock = sock
-        self._messages = MessageStream(trio.SocketStream(sock), max_frame=ADMIN_MAX_FRAME)
+        self._messages = MessageStream(trio.SocketStream(sock), max_frame=ADMIN_MAX_RESPONSE)
         self._path = path
         self._seq = itertools.count(1)
         self._lock = trio.Lock()

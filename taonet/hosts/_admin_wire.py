@@ -3,9 +3,13 @@
 Wire format, in the style of the original's protorpc: a request is two frames (the
 4-byte big-endian length framing of :mod:`taonet.wire`), an ``RPCHeader{op, seq}``
 and then a ``LinuxAdminRequest`` body; a response is an ``RPCHeader{op, seq, error?}``
-and then a ``LinuxAdminResponse`` body, empty when ``error`` is set. Frames are at most
-:data:`ADMIN_MAX_FRAME` bytes. An error string is ``"<Kind>: message"`` where Kind is
-the name of a :class:`~taonet.TaoError` class; the client raises that class again.
+and then a ``LinuxAdminResponse`` body, empty when ``error`` is set. A request's frames
+are at most :data:`ADMIN_MAX_FRAME` (1 MiB) each; a response's at most
+:data:`ADMIN_MAX_RESPONSE` (16 MiB), since listing many programs with long names can
+legitimately take more than a request ever needs. An error string is
+``"<Kind>: message"`` where Kind is the name of a :class:`~taonet.TaoError` class; the
+client raises that class again. A failure in the host that is not a TaoError is
+answered as ``"HostError: internal error in the host (<ExceptionType>)"``.
 
 A start request may carry the caller's stdin, stdout and stderr: the descriptors ride
 as ``SCM_RIGHTS`` ancillary data on the one ``sendmsg`` that carries the request's
@@ -47,6 +51,7 @@ from taonet.wire import message_class
 
 __all__ = [
     "ADMIN_MAX_FRAME",
+    "ADMIN_MAX_RESPONSE",
     "ADMIN_OPS",
     "HOST_NAME",
     "KILL",
@@ -59,8 +64,10 @@ __all__ = [
 ]
 
 
-#: Largest admin frame (header or body), in either direction.
+#: Largest frame (header or body) of a request: what the server reads.
 ADMIN_MAX_FRAME: Final = 1024 * 1024
+#: Largest frame (header or body) of a response: what the server sends, the client reads.
+ADMIN_MAX_RESPONSE: Final = 16 * 1024 * 1024
 #: Descriptors a request may carry: stdin, stdout and stderr.
 MAX_STDIO_FDS: Final = 3
 #: Longest error message sent back (the rest is cut).
