@@ -1,13 +1,33 @@
 """Starting hosted programs: measure a private copy, then run exactly that copy.
 
 A Linux Tao host names each hosted program by the SHA-256 of its binary, so what
-runs must be exactly what was hashed. :func:`prepare_program` opens the file the
-caller named once, checks the caller may read and execute it (by its mode bits, as
-the kernel would decide for the caller's uid and groups), and copies it from that
-one open descriptor into a fresh private directory, hashing the bytes as they are
-written. The copy (mode 0555, owned by the host's user) is what
-:func:`spawn_program` executes, so rewriting or replacing the source afterwards (or
-while it is being copied) changes nothing: the name is of what was copied and runs.
+runs must be exactly what was hashed. :func:`prepare_program` finds the file the
+caller named as the kernel would for the caller: it walks the path one component
+at a time from ``/``, following symbolic links itself, and refuses unless the
+caller (its uid, gid and supplementary groups, by mode bits; uid 0 is exempt) may
+search every directory it passes through and read and execute the file. Each check
+is made on a descriptor the host then holds, and the file is opened relative to
+the directory that was checked and must be the very file that was checked (same
+device and inode), so swapping a link or a directory during the walk gets a
+refusal, never someone else's file. The file is copied from that one open
+descriptor into a fresh private directory, hashing the bytes as they are written.
+The copy is what :func:`spawn_program` executes, so rewriting or replacing the
+source afterwards (or while it is being copied) changes nothing: the name is of
+what was copied and runs.
+
+The copies are private. The programs directory is mode 0711 (others may pass
+through it but not list it). A root host preparing a program for another uid makes
+its directory root-owned with the caller's gid as group and mode 0710, and the
+copy root-owned, the caller's gid, mode 0550: the program can run (and read) its
+copy but not change it, and no other user can reach it, though its path shows in
+``/proc/<pid>/cmdline``. A program for the host's own uid (and any program of a
+non-root host) gets mode 0700 and a copy of mode 0500.
+
+A root host chdirs a child into its working directory *before* dropping to the
+caller's uid (that is how :mod:`subprocess` works), so :func:`spawn_program` first
+checks, with :func:`check_directory_access`, that the caller could reach that
+directory itself, and then has the child chdir into the directory that was checked
+(through the descriptor held for it), not into whatever the path names by then.
 
 Only the file itself is measured, as in the original CloudProxy: a script with a
 shebang still runs (the kernel starts its interpreter), but neither the interpreter
@@ -44,6 +64,7 @@ __all__ = [
     "HostChannel",
     "PreparedProgram",
     "Sandbox",
+    "check_directory_access",
     "prepare_program",
     "signal_group",
     "spawn_program",
@@ -54,8 +75,18 @@ COPY_CHUNK: Final = 1 << 20
 #: Default bound on a program's size.
 DEFAULT_MAX_SIZE: Final = 1 << 30
 
-_DIR_MODE: Final = 0o711
-_COPY_MODE: Final = 0o555
+#: The programs directory: others may pass through it, not list it.
+_PROGRAMS_DIR_MODE: Final = 0o711
+#: A copy and its directory for the host's own uid (or any copy of a non-root host).
+_PRIVATE_DIR_MODE: Final = 0o700
+_PRIVATE_COPY_MODE: Final = 0o500
+#: A root host's copy for another uid: root-owned, the caller's gid as group.
+_SHARED_DIR_MODE: Final = 0o710
+_SHARED_COPY_MODE: Final = 0o550
+#: Opens one path component for the walk: never follows a link, never reads.
+_WALK_FLAGS: Final = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+#: As the kernel's limit on the symbolic links one lookup may follow.
+_MAX_SYMLINKS: Final = 40
 _HOST_VARIABLES: Final = (HOST_TYPE, HOST_CHANNEL_TYPE, HOST_SPEC)
 #: A copy just written may briefly be open for writing in another process forked
 #: in between (until that process execs and close-on-exec closes it): exec then
@@ -90,6 +121,15 @@ class PreparedProgram:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def _class_shift(st: os.stat_result, uid: int, gid: int, groups: Sequence[int]) -> int:
+    """Where the one class of mode bits that applies sits: owner, else group, else other."""
+    if uid == st.st_uid:
+        return 6
+    if gid == st.st_gid or st.st_gid in groups:
+        return 3
+    return 0
+
+
 def _may_read_and_execute(st: os.stat_result, uid: int, gid: int, groups: Sequence[int]) -> bool:
     """Whether the kernel would let (uid, gid, groups) read and execute this file.
 
@@ -100,19 +140,190 @@ def _may_read_and_execute(st: os.stat_result, uid: int, gid: int, groups: Sequen
     mode = st.st_mode
     if uid == 0:
         return bool(mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH))
-    if uid == st.st_uid:
-        need = stat.S_IRUSR | stat.S_IXUSR
-    elif gid == st.st_gid or st.st_gid in groups:
-        need = stat.S_IRGRP | stat.S_IXGRP
-    else:
-        need = stat.S_IROTH | stat.S_IXOTH
+    need = (stat.S_IROTH | stat.S_IXOTH) << _class_shift(st, uid, gid, groups)
     return mode & need == need
+
+
+def _may_search(st: os.stat_result, uid: int, gid: int, groups: Sequence[int]) -> bool:
+    """Whether the kernel would let (uid, gid, groups) search this directory (uid 0 may)."""
+    return uid == 0 or bool(st.st_mode & (stat.S_IXOTH << _class_shift(st, uid, gid, groups)))
+
+
+def _describe(st: os.stat_result) -> str:
+    return f"mode {stat.S_IMODE(st.st_mode):04o}, owner {st.st_uid}:{st.st_gid}"
+
+
+@attrs.define
+class _Found:
+    """Where :func:`_lookup` is (or ended): an object that is not a link, and its parent."""
+
+    #: An ``O_PATH`` descriptor of the object, and its status.
+    fd: int
+    st: os.stat_result
+    #: The checked directory it was found in and its name there, unless the last
+    #: step was ``/`` or ``..`` (a directory, then).
+    parent: int | None = None
+    name: str | None = None
+
+    def step(self, fd: int, st: os.stat_result, name: str | None) -> None:
+        """Move on to ``fd``: found as ``name`` in the current object, or (None) not."""
+        old_parent, self.parent = self.parent, None
+        if old_parent is not None:
+            with contextlib.suppress(OSError):
+                os.close(old_parent)
+        if name is None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+        else:
+            self.parent = self.fd
+        self.fd, self.st, self.name = fd, st, name
+
+    def close(self) -> None:
+        for fd in (self.fd, self.parent):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def _open_step(directory: int | None, name: str) -> tuple[int, os.stat_result]:
+    """Open ``name`` in ``directory`` (None: the absolute path) without following it."""
+    fd = os.open(name, _WALK_FLAGS, dir_fd=directory)
+    try:
+        return fd, os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _lookup(path: str, uid: int, gid: int, groups: Sequence[int], what: str) -> tuple[_Found, str]:
+    """Resolve the absolute ``path`` as the kernel would for (uid, gid, groups).
+
+    One component at a time from ``/``, following symbolic links here (at most
+    :data:`_MAX_SYMLINKS`), each step opened ``O_PATH | O_NOFOLLOW`` relative to
+    the descriptor of the directory before it. A lookup in a directory needs
+    search permission on it by its mode bits (uid 0 is exempt), checked on that
+    descriptor, else :class:`~taonet.AuthorizationError`. Returns where the walk
+    ended (the caller closes it) and its path with every link resolved. ``what``
+    names ``path`` in errors; anything else that stops the walk is a
+    :class:`~taonet.HostError`. (Following a link needs no permission on the link,
+    as in the kernel; ``fs.protected_symlinks`` is not applied for the caller.)
+    """
+    if not os.path.isabs(path):
+        raise HostError(f"{what} must be an absolute path")
+    try:
+        here = _Found(*_open_step(None, "/"))
+    except OSError as exc:
+        raise HostError(f"cannot open {what}: {_why(exc)} (/)") from exc
+    try:
+        pending = path.split("/")[::-1]  # a stack: the next component is last
+        parts: list[str] = []
+        links = 0
+        searchable = False  # whether here.fd was checked
+        while pending:
+            part = pending.pop()
+            if not part:
+                continue
+            where = "/" + "/".join(parts)
+            if not stat.S_ISDIR(here.st.st_mode):
+                raise HostError(f"cannot open {what}: {where} is not a directory")
+            if not searchable:
+                if not _may_search(here.st, uid, gid, groups):
+                    raise AuthorizationError(
+                        f"uid {uid} (gid {gid}) may not search the directory {where} "
+                        f"({_describe(here.st)}), so may not reach {what}"
+                    )
+                searchable = True
+            if part == ".":
+                continue
+            target = ""
+            try:
+                fd, st = _open_step(here.fd, part)
+                if stat.S_ISLNK(st.st_mode):
+                    try:
+                        target = os.readlink("", dir_fd=fd)
+                    finally:
+                        os.close(fd)
+            except OSError as exc:
+                raise HostError(
+                    f"cannot open {what}: {_why(exc)} ({os.path.join(where, part)})"
+                ) from exc
+            if stat.S_ISLNK(st.st_mode):
+                links += 1
+                if links > _MAX_SYMLINKS or not target:
+                    problem = "an empty symbolic link" if not target else "too many links"
+                    raise HostError(f"cannot open {what}: {problem} ({os.path.join(where, part)})")
+                pending.extend(target.split("/")[::-1])
+                if target.startswith("/"):
+                    try:
+                        here.step(*_open_step(None, "/"), None)
+                    except OSError as exc:
+                        raise HostError(f"cannot open {what}: {_why(exc)} (/)") from exc
+                    parts.clear()
+                    searchable = False
+                continue
+            if part == "..":
+                here.step(fd, st, None)
+                if parts:
+                    parts.pop()
+            else:
+                here.step(fd, st, part)
+                parts.append(part)
+            searchable = False
+        return here, "/" + "/".join(parts)
+    except BaseException:
+        here.close()
+        raise
+
+
+def check_directory_access(path: str, *, uid: int, gid: int, groups: Sequence[int]) -> None:
+    """Check that the caller (``uid``, ``gid``, ``groups``) could reach directory ``path``.
+
+    ``path`` is resolved as the kernel would for the caller, symbolic links
+    followed: every directory looked up in on the way, and the directory itself,
+    must be searchable by the caller by its mode bits (uid 0 is exempt), else
+    :class:`~taonet.AuthorizationError`. ``path`` must be absolute and an existing
+    directory, else :class:`~taonet.HostError`. (ACLs are not considered.)
+    """
+    _open_directory(path, uid, gid, groups).close()
+
+
+@attrs.frozen
+class _Directory:
+    """A checked directory: its ``O_PATH`` descriptor (never 0-2) and resolved path."""
+
+    fd: int
+    real: str
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def _open_directory(path: str, uid: int, gid: int, groups: Sequence[int]) -> _Directory:
+    what = f"the directory {path}"
+    found, real = _lookup(path, uid, gid, groups, what)
+    try:
+        if not stat.S_ISDIR(found.st.st_mode):
+            raise HostError(f"{what} is not a directory")
+        if not _may_search(found.st, uid, gid, groups):
+            reached = f", reached as {path}" if real != path else ""
+            raise AuthorizationError(
+                f"uid {uid} (gid {gid}) may not search the directory {real} "
+                f"({_describe(found.st)}{reached})"
+            )
+        # Above stdio: a child's stdio, set up before it chdirs, cannot clobber it.
+        fd = fcntl.fcntl(found.fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    except OSError as exc:  # pragma: no cover (out of descriptors)
+        raise HostError(f"cannot open {what}: {_why(exc)}") from exc
+    finally:
+        found.close()
+    return _Directory(fd, real)
 
 
 def _ensure_programs_dir(programs_dir: Path) -> None:
     try:
         os.makedirs(programs_dir.parent, exist_ok=True)
-        os.mkdir(programs_dir, _DIR_MODE)
+        os.mkdir(programs_dir, _PROGRAMS_DIR_MODE)
     except FileExistsError:
         if not programs_dir.is_dir():
             raise ConfigError(f"the programs directory {programs_dir} is not a directory") from None
@@ -122,29 +333,55 @@ def _ensure_programs_dir(programs_dir: Path) -> None:
             f"cannot create the programs directory {programs_dir}: {_why(exc)}"
         ) from exc
     try:
-        os.chmod(programs_dir, _DIR_MODE)  # the umask may have narrowed it
+        os.chmod(programs_dir, _PROGRAMS_DIR_MODE)  # the umask may have narrowed it
     except OSError as exc:
         raise ConfigError(f"cannot set the mode of {programs_dir}: {_why(exc)}") from exc
 
 
-def _copy_name(source: str) -> str:
-    name = os.path.basename(source)
+def _copy_name(real: str) -> str:
+    name = os.path.basename(real)
     return name if name not in ("", ".", "..") else "program"
+
+
+def _open_program(source: str, uid: int, gid: int, groups: Sequence[int]) -> tuple[int, str]:
+    """Open ``source`` for the caller, checked (see :func:`prepare_program`).
+
+    Returns the descriptor to copy from and the file's resolved path.
+    """
+    what = f"the program {source}"
+    path = source if os.path.isabs(source) else os.path.join(os.getcwd(), source)
+    found, real = _lookup(path, uid, gid, groups, what)
+    try:
+        if not stat.S_ISREG(found.st.st_mode) or found.name is None:
+            raise HostError(f"{what} is not a regular file")
+        # O_NONBLOCK: were it swapped for a FIFO, opening it must not hang.
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW
+        try:
+            src = os.open(found.name, flags, dir_fd=found.parent)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a link now, where the walk found a file
+                raise HostError(f"{what} changed while it was being checked") from exc
+            raise HostError(f"cannot open {what}: {_why(exc)}") from exc
+    finally:
+        found.close()
+    try:
+        st = os.fstat(src)
+        if (st.st_dev, st.st_ino) != (found.st.st_dev, found.st.st_ino):
+            raise HostError(f"{what} changed while it was being checked")
+    except BaseException:
+        os.close(src)
+        raise
+    return src, real
 
 
 def _prepare(
     source: str, programs_dir: Path, uid: int, gid: int, groups: Sequence[int], max_size: int
 ) -> PreparedProgram:
     programs_dir = Path(os.path.abspath(programs_dir))
-    # O_NONBLOCK: opening a FIFO must not hang (it is refused below as not regular).
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
-    try:
-        src = os.open(source, flags)
-    except OSError as exc:
-        raise HostError(f"cannot open the program {source}: {_why(exc)}") from exc
+    src, real = _open_program(source, uid, gid, groups)
     try:
         st = os.fstat(src)
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):  # pragma: no cover (checked by _open_program)
             raise HostError(f"the program {source} is not a regular file")
         if st.st_size > max_size:
             raise HostError(
@@ -152,27 +389,32 @@ def _prepare(
             )
         if not _may_read_and_execute(st, uid, gid, groups):
             raise AuthorizationError(
-                f"uid {uid} (gid {gid}) may not read and execute {source} "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}, owner {st.st_uid}:{st.st_gid})"
+                f"uid {uid} (gid {gid}) may not read and execute {source} ({_describe(st)})"
             )
+        # A root host's copy for another uid is shared with the caller's gid only.
+        shared = os.geteuid() == 0 and uid != 0
+        dir_mode = _SHARED_DIR_MODE if shared else _PRIVATE_DIR_MODE
+        copy_mode = _SHARED_COPY_MODE if shared else _PRIVATE_COPY_MODE
+        group = gid if shared else -1
         _ensure_programs_dir(programs_dir)
         directory = programs_dir / secrets.token_hex(16)
         prepared = PreparedProgram(
-            path=directory / _copy_name(source),
+            path=directory / _copy_name(real),
             directory=directory,
             program_hash=b"",
             source=source,
         )
         try:
-            os.mkdir(directory, _DIR_MODE)
+            os.mkdir(directory, _PRIVATE_DIR_MODE)
         except OSError as exc:
             raise ConfigError(f"cannot create a directory in {programs_dir}: {_why(exc)}") from exc
         try:
             try:
-                os.chmod(directory, _DIR_MODE)  # the umask may have narrowed it
+                os.chown(directory, -1, group)
+                os.chmod(directory, dir_mode)  # exactly: the umask may have narrowed it
             except OSError as exc:
                 raise ConfigError(f"cannot set the mode of {directory}: {_why(exc)}") from exc
-            digest = _copy(src, prepared.path, source, max_size)
+            digest = _copy(src, prepared.path, source, max_size, group, copy_mode)
         except BaseException:
             prepared.cleanup()
             raise
@@ -181,8 +423,11 @@ def _prepare(
         os.close(src)
 
 
-def _copy(src: int, target: Path, source: str, max_size: int) -> bytes:
-    """Copy from ``src`` to a new file at ``target``; the SHA-256 of what was written."""
+def _copy(src: int, target: Path, source: str, max_size: int, group: int, mode: int) -> bytes:
+    """Copy from ``src`` to a new file at ``target``; the SHA-256 of what was written.
+
+    The copy gets ``group`` (-1: unchanged) and then exactly ``mode``.
+    """
     digest = hashlib.sha256()
     total = 0
     try:
@@ -205,7 +450,8 @@ def _copy(src: int, target: Path, source: str, max_size: int) -> bytes:
             while view:
                 view = view[os.write(out, view) :]
         os.fsync(out)
-        os.fchmod(out, _COPY_MODE)
+        os.fchown(out, -1, group)
+        os.fchmod(out, mode)
     except OSError as exc:
         raise HostError(f"cannot write the copy of {source}: {_why(exc)}") from exc
     finally:
@@ -224,15 +470,24 @@ async def prepare_program(
 ) -> PreparedProgram:
     """Check and measure ``source`` for a caller, as a private copy under ``programs_dir``.
 
-    ``source`` is opened once (symbolic links followed, as exec would) and must be a
-    regular file of at most ``max_size`` bytes that the caller (``uid``, ``gid``,
-    supplementary ``groups``) may read and execute by its mode bits, else
-    :class:`~taonet.AuthorizationError`. (Search permission on the directories of its
-    path is not checked: the caller named the path.) The bytes are copied from that
-    descriptor into ``programs_dir/<random>/<basename>`` and hashed as written; the
-    copy is fsync'd and made mode 0555. ``programs_dir`` is created (mode 0711) if
-    missing; a problem with it is a :class:`~taonet.ConfigError`. Anything else that
-    stops the program being prepared is a :class:`~taonet.HostError`.
+    ``source`` (if relative, to the host's working directory) is resolved as the
+    kernel would for the caller (``uid``, ``gid``, supplementary ``groups``; see the
+    module docstring): every directory on the way, through any symbolic links, must
+    be searchable by the caller, and the file must be a regular file of at most
+    ``max_size`` bytes that the caller may read and execute, all by mode bits (uid 0
+    is exempt from the directory checks, and needs only some execute bit on the
+    file), else :class:`~taonet.AuthorizationError`. The file is opened relative to
+    the directory checked, not following a link, and must be the same file (device
+    and inode) that was checked, else :class:`~taonet.HostError`.
+
+    The bytes are copied from that one descriptor into
+    ``programs_dir/<random>/<basename of the resolved file>`` and hashed as written;
+    the copy is fsync'd. If the host is root and ``uid`` is not 0, the directory is
+    root:``gid`` mode 0710 and the copy root:``gid`` mode 0550 (so spawn it with the
+    same ``gid``); otherwise they are the host's, modes 0700 and 0500.
+    ``programs_dir`` is created (mode 0711) if missing; a problem with it is a
+    :class:`~taonet.ConfigError`. Anything else that stops the program being
+    prepared is a :class:`~taonet.HostError`.
 
     Only the file is measured, not the interpreter of a script nor the libraries a
     binary loads (as in the original CloudProxy). The caller owns the result and
@@ -432,6 +687,7 @@ async def spawn_program(
     stdout: int | None = None,
     stderr: int | None = None,
     sandbox: Sandbox = Sandbox(),
+    groups: Sequence[int] = (),
 ) -> trio.Process:
     """Start the prepared copy with ``args`` as ``uid``/``gid``, in its own process group.
 
@@ -443,9 +699,32 @@ async def spawn_program(
     /dev/null); they stay the caller's to close. The channel's child ends are closed
     once the attempt is over, whether it worked or not; on failure, the caller
     still closes the channel. Failure to start is a :class:`~taonet.HostError`.
+
+    The child changes to ``cwd`` while still the host's user, so when it is to run
+    as another user the caller (``uid``, ``gid`` and supplementary ``groups``) must
+    be able to reach ``cwd`` (see :func:`check_directory_access`: else
+    :class:`~taonet.AuthorizationError`, or :class:`~taonet.HostError` if it is not
+    an absolute path to a directory), and the child changes into the directory that
+    was checked, whatever the path names by then. With no ``cwd`` such a child
+    starts in ``/`` (not in the host's working directory); a child that stays the
+    host's user inherits the host's working directory, as before. ``prepared`` must
+    come from :func:`prepare_program` for the same ``uid`` and ``gid``.
     """
+    directory: _Directory | None = None
     try:
         user, group = _identity(uid, gid)
+        run_in = cwd
+        if user is not None:
+            if cwd is None:
+                run_in = "/"
+            else:
+                directory = await trio.to_thread.run_sync(
+                    _open_directory, cwd, uid, gid, tuple(groups)
+                )
+                cwd = directory.real  # what the sandbox binds (bwrap runs as the caller)
+                # The child still holds this descriptor when it chdirs (before it
+                # closes what it should not keep): it enters the checked directory.
+                run_in = f"/proc/self/fd/{directory.fd}"
         argv = sandbox.wrap([str(prepared.path), *args], cwd=cwd)
         child_env = _child_env(env, channel, host_type)
         pass_fds = channel.child_fds if channel is not None else ()
@@ -457,7 +736,7 @@ async def spawn_program(
                     stdout=subprocess.DEVNULL if stdout is None else stdout,
                     stderr=subprocess.DEVNULL if stderr is None else stderr,
                     env=child_env,
-                    cwd=cwd,
+                    cwd=run_in,
                     pass_fds=pass_fds,
                     close_fds=True,
                     process_group=0,
@@ -470,7 +749,10 @@ async def spawn_program(
                 if exc.errno == errno.ETXTBSY and attempt < _ETXTBSY_ATTEMPTS:
                     await trio.sleep(_ETXTBSY_BACKOFF * attempt)
                     continue
-                where = f" ({exc.filename})" if exc.filename is not None else ""
+                where = exc.filename
+                if directory is not None and where == run_in:
+                    where = cwd
+                where = f" ({where})" if where is not None else ""
                 raise HostError(
                     f"cannot start {prepared.source} as uid {uid}: {_why(exc)}{where}"
                 ) from exc
@@ -478,6 +760,8 @@ async def spawn_program(
                 raise HostError(f"cannot start {prepared.source}: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
     finally:
+        if directory is not None:
+            directory.close()
         if channel is not None:
             channel.close_child_ends()
 

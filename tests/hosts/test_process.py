@@ -31,6 +31,7 @@ from taonet.hosts._process import (
     HostChannel,
     PreparedProgram,
     Sandbox,
+    check_directory_access,
     prepare_program,
     signal_group,
     spawn_program,
@@ -121,6 +122,15 @@ def base_dir() -> Iterator[Path]:
     path.chmod(0o711)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def src_dir(base_dir: Path) -> Path:
+    """Where programs for other users live: every uid may search it."""
+    path = base_dir / "src"
+    path.mkdir()
+    path.chmod(0o755)
+    return path
 
 
 @pytest.fixture
@@ -268,9 +278,9 @@ async def test_copy_is_measured_exactly(tmp_path: Path, programs_dir: Path) -> N
     assert prepared.path.name == "big-program"
     assert prepared.path.parent == prepared.directory
     assert prepared.directory.parent == programs_dir
-    assert mode_of(prepared.path) == 0o555
+    assert mode_of(prepared.path) == 0o500  # the host's own program: private
     assert prepared.path.stat().st_uid == os.geteuid()
-    assert mode_of(prepared.directory) == 0o711
+    assert mode_of(prepared.directory) == 0o700
     assert mode_of(programs_dir) == 0o711
 
 
@@ -325,9 +335,9 @@ def owned(path: Path) -> tuple[int, int]:
     ],
 )
 async def test_caller_permissions(
-    tmp_path: Path, programs_dir: Path, mode: int, caller: str, allowed: bool
+    src_dir: Path, programs_dir: Path, mode: int, caller: str, allowed: bool
 ) -> None:
-    source = write_program(tmp_path / "prog", "#!/bin/sh\n", mode)
+    source = write_program(src_dir / "prog", "#!/bin/sh\n", mode)
     owner, group = owned(source)
     others = [n for n in (NOBODY, 4444, 4545) if n not in (owner, group)][:2]
     ids = {
@@ -350,8 +360,8 @@ async def test_caller_permissions(
             assert not exists(programs_dir)  # refused before anything was created
 
 
-async def test_private_root_program_refused_to_nobody(tmp_path: Path, programs_dir: Path) -> None:
-    source = write_program(tmp_path / "prog", "#!/bin/sh\n", 0o700)
+async def test_private_root_program_refused_to_nobody(src_dir: Path, programs_dir: Path) -> None:
+    source = write_program(src_dir / "prog", "#!/bin/sh\n", 0o700)
     with trio.fail_after(TIMEOUT):
         with pytest.raises(AuthorizationError):
             await prepare_program(source, programs_dir, uid=NOBODY, gid=NOBODY)
@@ -400,15 +410,98 @@ async def test_cleanup_is_idempotent(tmp_path: Path, programs_dir: Path) -> None
     assert not exists(prepared.directory)
 
 
+@pytest.fixture
+def locked(base_dir: Path) -> Path:
+    """A directory only its owner (the host's user) may search, with a program in it."""
+    path = base_dir / "locked"
+    path.mkdir()
+    path.chmod(0o700)
+    write_program(path / "prog", "#!/bin/sh\necho locked\n")
+    (path / "inner").mkdir(mode=0o755)
+    return path
+
+
+async def test_a_directory_on_the_way_must_be_searchable(
+    locked: Path, src_dir: Path, programs_dir: Path
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        with pytest.raises(AuthorizationError, match=f"may not search the directory {locked} "):
+            await prepare_program(locked / "prog", programs_dir, uid=NOBODY, gid=NOBODY)
+        assert not exists(programs_dir)  # refused before anything was created
+        (locked / "prog").rename(src_dir / "prog")  # the same file, where NOBODY may go
+        prepared = await prepare_program(src_dir / "prog", programs_dir, uid=NOBODY, gid=NOBODY)
+        assert prepared.path.read_bytes() == b"#!/bin/sh\necho locked\n"
+        if ROOT:  # uid 0 is exempt from the directory checks
+            (src_dir / "prog").rename(locked / "prog")
+            await prepare_program(locked / "prog", programs_dir, uid=0, gid=0)
+
+
+@pytest.mark.parametrize(
+    ("searchable", "caller"),
+    [(0o710, "group"), (0o710, "supplementary"), (0o710, "other"), (0o701, "group")],
+)
+@needs_root
+async def test_directory_search_permission_by_class(
+    locked: Path, programs_dir: Path, searchable: int, caller: str
+) -> None:
+    os.chown(locked, 4242, 4343)
+    os.chmod(locked, searchable)
+    uid, gid, groups = {
+        "group": (NOBODY, 4343, ()),
+        "supplementary": (NOBODY, NOBODY, (4343,)),
+        "other": (NOBODY, NOBODY, ()),
+    }[caller]
+    allowed = searchable == 0o710 and caller != "other"  # the group's bits, not other's
+    with trio.fail_after(TIMEOUT):
+        if allowed:
+            await prepare_program(locked / "prog", programs_dir, uid=uid, gid=gid, groups=groups)
+        else:
+            with pytest.raises(AuthorizationError, match="may not search"):
+                await prepare_program(
+                    locked / "prog", programs_dir, uid=uid, gid=gid, groups=groups
+                )
+
+
+async def test_links_are_followed_as_the_caller_would(
+    base_dir: Path, locked: Path, src_dir: Path, programs_dir: Path
+) -> None:
+    target = write_program(src_dir / "real-name", "#!/bin/sh\necho target\n")
+    (src_dir / "to-locked").symlink_to(locked / "prog")
+    (src_dir / "relative").symlink_to("real-name")
+    (src_dir / "absolute").symlink_to(src_dir / "chain")
+    (src_dir / "chain").symlink_to("../src/./relative")
+    (src_dir / "into-locked").symlink_to(locked / "inner")
+    (locked / "out").symlink_to(target)
+    (src_dir / "loop").symlink_to("loop")
+    refused = {
+        src_dir / "to-locked": "may not search",
+        locked / "out": "may not search",  # the link is where the caller cannot look
+        # '..' after a link is taken from where the link led, as the kernel does:
+        # not lexically (that would be src_dir/real-name, which is allowed).
+        Path(f"{src_dir}/into-locked/../../src/real-name"): "may not search",
+        src_dir / "loop": "too many links",
+        src_dir / "real-name" / "x": "is not a directory",
+    }
+    with trio.fail_after(TIMEOUT):
+        for path, why in refused.items():
+            with pytest.raises((AuthorizationError, HostError), match=why):
+                await prepare_program(path, programs_dir, uid=NOBODY, gid=NOBODY)
+        for path in (src_dir / "relative", src_dir / "absolute", Path(f"{src_dir}//./relative")):
+            prepared = await prepare_program(path, programs_dir, uid=NOBODY, gid=NOBODY)
+            assert prepared.program_hash == hashlib.sha256(target.read_bytes()).digest()
+            assert prepared.path.name == "real-name"  # named after what was copied
+            assert prepared.source == str(path)
+
+
 # -- spawn_program --------------------------------------------------------------------
 
 
 @needs_root
 async def test_child_runs_as_uid_and_gid_without_groups(
-    tmp_path: Path, programs_dir: Path, host_groups: list[int]
+    src_dir: Path, programs_dir: Path, host_groups: list[int]
 ) -> None:
     assert host_groups  # which the child must not inherit
-    source = write_program(tmp_path / "ids", "#!/bin/sh\ncat /proc/self/status\n")
+    source = write_program(src_dir / "ids", "#!/bin/sh\ncat /proc/self/status\n")
     with trio.fail_after(TIMEOUT):
         prepared = await prepare(source, programs_dir, uid=NOBODY, gid=NOBODY)
         result = await run(prepared, uid=NOBODY, gid=NOBODY)
@@ -421,8 +514,8 @@ async def test_child_runs_as_uid_and_gid_without_groups(
 
 
 @needs_root
-async def test_uid_and_gid_are_set_independently(tmp_path: Path, programs_dir: Path) -> None:
-    source = write_program(tmp_path / "ids", "#!/bin/sh\ncat /proc/self/status\n")
+async def test_uid_and_gid_are_set_independently(src_dir: Path, programs_dir: Path) -> None:
+    source = write_program(src_dir / "ids", "#!/bin/sh\ncat /proc/self/status\n")
     with trio.fail_after(TIMEOUT):
         prepared = await prepare(source, programs_dir, uid=NOBODY, gid=4343)
         result = await run(prepared, uid=NOBODY, gid=4343)
@@ -717,6 +810,162 @@ async def test_spawn_errors_are_host_errors_and_leak_nothing(
     assert open_fds() == before
 
 
+# -- working directories and private copies -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("relative", "must be an absolute path"),
+        ("missing", "No such file or directory"),
+        ("file", "is not a directory"),
+        ("locked", "may not search the directory"),
+        ("locked, via a link", "may not search the directory"),
+        ("beneath locked", "may not search the directory"),
+        ("not searchable itself", "may not search the directory"),
+        ("open", None),
+        ("open, via a link", None),
+        ("root", None),
+    ],
+)
+def test_check_directory_access(base_dir: Path, locked: Path, case: str, expected: str) -> None:
+    readable_only = base_dir / "readable-only"
+    readable_only.mkdir()
+    readable_only.chmod(0o744)  # listable, not searchable
+    (base_dir / "link").symlink_to(locked)
+    (base_dir / "open-link").symlink_to(base_dir)
+    path, uid = {
+        "relative": ("work", NOBODY),
+        "missing": (f"{base_dir}/missing", NOBODY),
+        "file": (f"{locked}/prog", 0),
+        "locked": (str(locked), NOBODY),
+        "locked, via a link": (f"{base_dir}/link", NOBODY),
+        "beneath locked": (f"{locked}/inner", NOBODY),
+        "not searchable itself": (str(readable_only), NOBODY),
+        "open": (str(base_dir), NOBODY),
+        "open, via a link": (f"{base_dir}/open-link/", NOBODY),
+        "root": (f"{locked}/inner", 0),
+    }[case]
+    if expected is None:
+        check_directory_access(path, uid=uid, gid=uid, groups=())
+    else:
+        error = AuthorizationError if "search" in expected else HostError
+        with pytest.raises(error, match=expected):
+            check_directory_access(path, uid=uid, gid=uid, groups=())
+
+
+@needs_root
+@pytest.mark.parametrize("how", ["directly", "via a link"])
+async def test_a_working_directory_the_caller_cannot_reach_is_refused(
+    base_dir: Path, src_dir: Path, locked: Path, programs_dir: Path, how: str
+) -> None:
+    (locked / "secret").write_text("for root only\n")
+    (base_dir / "link").symlink_to(locked)
+    cwd = str(locked) if how == "directly" else f"{base_dir}/link"
+    source = write_program(src_dir / "cat", "#!/bin/sh\necho ran\ncat secret\n")
+    with trio.fail_after(TIMEOUT):
+        prepared = await prepare(source, programs_dir, uid=NOBODY, gid=NOBODY)
+        before = open_fds()
+        channel = HostChannel.open()
+        r, w = os.pipe()
+        try:
+            with pytest.raises(AuthorizationError, match=f"may not search the directory {locked}"):
+                await spawn_program(
+                    prepared,
+                    args=[],
+                    env={},
+                    cwd=cwd,
+                    uid=NOBODY,
+                    gid=NOBODY,
+                    channel=channel,
+                    stdout=w,
+                )
+        finally:
+            os.close(w)
+        for fd in channel.child_fds:  # closed by spawn_program itself
+            with pytest.raises(OSError, match="Bad file descriptor"):
+                os.fstat(fd)
+        await channel.aclose()
+        # Nothing was started: no child ever held the pipe's write end.
+        assert await read_all(r) == b""
+    assert open_fds() == before
+
+
+@needs_root
+async def test_a_working_directory_is_entered_as_checked(
+    base_dir: Path, src_dir: Path, workdir: Path, programs_dir: Path
+) -> None:
+    (base_dir / "link").symlink_to(workdir)
+    source = write_program(src_dir / "pwd", "#!/bin/sh\npwd\nid -u\n")
+    with trio.fail_after(TIMEOUT):
+        prepared = await prepare(source, programs_dir, uid=NOBODY, gid=NOBODY)
+        before = open_fds()
+        outcomes = [
+            await run(prepared, uid=NOBODY, gid=NOBODY, cwd=cwd)
+            for cwd in (str(workdir), f"{base_dir}/link", None)
+        ]
+        assert open_fds() == before
+    # The link resolved, and with no cwd not the host's (private) working directory.
+    for outcome, expected in zip(outcomes, [workdir, workdir, Path("/")], strict=True):
+        assert outcome.status == 0, outcome.err
+        assert outcome.out.splitlines() == [str(expected), str(NOBODY)]
+
+
+#: Run as another user: what of a copy (and its directories) it may reach.
+PRYING = """
+cat "$1" >/dev/null && echo "read the copy"
+ls "$2" >/dev/null && echo "listed its directory"
+ls "$3" >/dev/null && echo "listed the programs directory"
+echo done
+"""
+
+#: The program itself, on its own copy.
+SELF_CHECK = """#!/bin/sh
+cat "$0" >/dev/null && echo "read itself"
+echo more >>"$0" && echo "changed itself"
+chmod 0777 "$0" && echo "changed its mode"
+rm -f "$0" && echo "removed itself"
+touch "$(dirname "$0")/new" && echo "wrote in its directory"
+echo done
+"""
+
+
+@needs_root
+async def test_a_copy_for_another_user_is_theirs_alone(src_dir: Path, programs_dir: Path) -> None:
+    source = write_program(src_dir / "self-check", SELF_CHECK)
+    with trio.fail_after(TIMEOUT):
+        prepared = await prepare(source, programs_dir, uid=NOBODY, gid=NOBODY)
+        copy, directory = prepared.path.stat(), prepared.directory.stat()
+        assert (stat.S_IMODE(copy.st_mode), copy.st_uid, copy.st_gid) == (0o550, 0, NOBODY)
+        assert (stat.S_IMODE(directory.st_mode), directory.st_uid) == (0o710, 0)
+        assert directory.st_gid == NOBODY
+        assert (mode_of(programs_dir), os.stat(programs_dir).st_uid) == (0o711, 0)
+        daemon = 1  # neither root nor NOBODY, in neither's group
+        prying = await trio.run_process(
+            [
+                *("/bin/sh", "-c", PRYING, "prying"),
+                *(str(prepared.path), str(prepared.directory), str(programs_dir)),
+            ],
+            cwd="/",
+            user=daemon,
+            group=daemon,
+            extra_groups=[],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        result = await run(prepared, uid=NOBODY, gid=NOBODY)
+    assert prying.stdout.decode().splitlines() == ["done"]
+    assert prying.stderr.decode().count("Permission denied") == 3
+    assert result.status == 0, result.err
+    assert result.out.splitlines() == ["read itself", "done"]
+    assert result.err.count("Permission denied") == 3, result.err
+    assert "Operation not permitted" in result.err
+    assert prepared.path.read_bytes() == SELF_CHECK.encode()
+    assert mode_of(prepared.path) == 0o550
+    assert listing(prepared.directory) == [prepared.path.name]
+
+
 # -- the bwrap sandbox ----------------------------------------------------------------
 
 
@@ -778,9 +1027,9 @@ async def test_bwrap_sandbox_channel_and_filesystem(
 @needs_bwrap
 @needs_root
 async def test_bwrap_sandbox_as_another_user(
-    tmp_path: Path, programs_dir: Path, workdir: Path, open_dir: Path, host_groups: list[int]
+    src_dir: Path, programs_dir: Path, workdir: Path, open_dir: Path, host_groups: list[int]
 ) -> None:
-    source = write_program(tmp_path / "child.sh", SHELL_CHANNEL_CHILD)
+    source = write_program(src_dir / "child.sh", SHELL_CHANNEL_CHILD)
     channel = HostChannel.open()
 
     async def echo(process: trio.Process) -> bytes:
