@@ -24,7 +24,8 @@ is a keyword argument of :func:`serve_admin`, defaulting to the constant):
 * A backend failure that is not a :class:`~taonet.TaoError` (a bug) is logged as
   ``admin_request_failed`` (its type and message) and answered as
   ``HostError: internal error in the host (<ExceptionType>)``; the connection and the
-  server carry on. ``trio.Cancelled`` and other ``BaseException`` s are not caught.
+  server carry on. A BaseException (``trio.Cancelled``, KeyboardInterrupt) is not
+  caught.
 """
 
 from __future__ import annotations
@@ -208,23 +209,32 @@ class _Receiver:
         if self._deadline.deadline == math.inf:
             self._deadline.deadline = trio.current_time() + self._timeout
 
+    async def _receive_frames(self) -> tuple[bytes, bytes] | None:
+        """A request's header and body frames; None when the client is done."""
+        header_frame = await self._receive_frame()
+        if header_frame is None:
+            return None
+        body_frame = await self._receive_frame()
+        if body_frame is None:
+            raise ProtocolError("the client closed the connection between header and body")
+        return header_frame, body_frame
+
     async def receive_request(self) -> _Request | None:
         """The next request with its descriptors; None when the client is done.
 
         CodecError or ProtocolError when the connection must be dropped (including a
         request that does not arrive in time).
         """
+        frames = None
         with trio.CancelScope() as self._deadline:
             if self._received:  # part of it came with the previous request
                 self._start_clock()
-            header_frame = await self._receive_frame()
-            if header_frame is None:
-                return None
-            body_frame = await self._receive_frame()
-            if body_frame is None:
-                raise ProtocolError("the client closed the connection between header and body")
+            frames = await self._receive_frames()
         if self._deadline.cancelled_caught:
             raise ProtocolError(f"the request did not arrive within {self._timeout} s")
+        if frames is None:
+            return None
+        header_frame, body_frame = frames
         header = parse("RPCHeader", header_frame, what="admin request header")
         op = header.op
         if op not in ADMIN_OPS:
@@ -379,8 +389,10 @@ async def _answer(
         kind = type(exc).__name__
         error = _error_text(HostError(f"internal error in the host ({kind})"))
         body = b""
-        # No traceback: its rendering could show local variables.
-        logger.error("admin_request_failed", op=op, error_type=kind, error=_clip(str(exc)))
+        # No traceback (so not .exception): its rendering could show local variables.
+        logger.error(  # noqa: TRY400
+            "admin_request_failed", op=op, error_type=kind, error=_clip(str(exc))
+        )
     finally:
         request.close_fds()
     header = message_class("RPCHeader")(op=op, seq=request.seq)
@@ -427,8 +439,9 @@ def _admit(conn: trio.socket.SocketType, conn_id: int, limits: _ConnectionLimits
     try:
         caller = _peer(conn)
     except OSError as exc:
-        reason = f"no peer credentials: {exc}"
-        log.warning("admin_connection_refused", conn_id=conn_id, reason=reason)
+        log.warning(
+            "admin_connection_refused", conn_id=conn_id, reason=f"no peer credentials: {exc}"
+        )
         conn.close()
         return None
     reason = limits.refusal(caller.uid)
@@ -479,7 +492,7 @@ async def _serve_connection(
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         logger.info("admin_connection_broken", error=str(exc) or type(exc).__name__)
     except Exception as exc:  # pragma: no cover - a bug here: drop this connection only
-        logger.error(
+        logger.error(  # noqa: TRY400 - no traceback, as in _answer
             "admin_connection_failed", error_type=type(exc).__name__, error=_clip(str(exc))
         )
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import re
 import shutil
 import signal
 import site
@@ -14,8 +15,15 @@ import subprocess
 import sys
 import tempfile
 from array import array
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    MutableMapping,
+    Sequence,
+)
+from contextlib import asynccontextmanager, suppress
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,6 +32,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from structlog.testing import capture_logs
 
 import taonet
 from taonet import (
@@ -35,10 +44,16 @@ from taonet import (
     TaoError,
     auth,
 )
-from taonet.hosts._admin import serve_admin
+from taonet.hosts._admin import (
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_UID,
+    REQUEST_TIMEOUT,
+    serve_admin,
+)
 from taonet.hosts._admin_client import AdminClient
 from taonet.hosts._admin_wire import (
     ADMIN_MAX_FRAME,
+    ADMIN_MAX_RESPONSE,
     HOST_NAME,
     KILL,
     LIST,
@@ -164,6 +179,66 @@ class Backend:
         self.shut_down.set()
 
 
+class Faulty(Backend):
+    """A backend with a bug: the operation named ``fail`` raises ``error``."""
+
+    def __init__(self, fail: str, error: BaseException) -> None:
+        super().__init__()
+        self.fail = fail
+        self.error = error
+
+    async def start_program(self, request: StartRequest, caller: Caller) -> ProgramInfo:
+        if self.fail != "start":
+            return await super().start_program(request, caller)
+        self.calls.append(("start", caller))
+        for fd in request.fds():  # the backend owns them, failing or not
+            os.close(fd)
+        await trio.lowlevel.checkpoint()
+        raise self.error
+
+    async def stop_programs(
+        self, selector: str, caller: Caller, *, kill: bool = False
+    ) -> Sequence[ProgramInfo]:
+        if self.fail != "stop":
+            return await super().stop_programs(selector, caller, kill=kill)
+        self.calls.append(("kill" if kill else "stop", caller))
+        await trio.lowlevel.checkpoint()
+        raise self.error
+
+    def list_programs(self) -> Sequence[ProgramInfo]:
+        if self.fail != "list":
+            return super().list_programs()
+        self.calls.append(("list", None))
+        raise self.error
+
+    async def wait_program(self, selector: str, caller: Caller) -> ProgramInfo:
+        if self.fail != "wait":
+            return await super().wait_program(selector, caller)
+        self.calls.append(("wait", caller))
+        await trio.lowlevel.checkpoint()
+        raise self.error
+
+
+class Crowded(Backend):
+    """A backend running ``count`` programs whose names are ``name_bytes`` long or so."""
+
+    def __init__(self, count: int, name_bytes: int) -> None:
+        super().__init__()
+        for i in range(count):
+            digest = hashlib.sha256(b"%d" % i).digest()
+            label = auth.Bytes(digest * (name_bytes // len(digest)))
+            info = ProgramInfo(
+                name=HOST.extend(auth.PrinExt("Program", (label,))),
+                pid=2000 + i,
+                uid=0,
+                gid=0,
+                path=f"/bin/p{i}",
+                program_hash=digest,
+                program_id=i + 1,
+            )
+            self.programs[info.pid] = info
+
+
 # --------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------
@@ -175,6 +250,20 @@ async def serving(backend: Backend, path: Path, **options: Any) -> AsyncIterator
         await nursery.start(partial(serve_admin, backend, path, **options))
         yield path
         nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def serving_on_a_mock_clock(
+    backend: Backend, path: Path, clock: trio.testing.MockClock, **options: Any
+) -> AsyncIterator[Path]:
+    """serving(), with ``clock`` autojumping once the socket is bound.
+
+    Not before: binding a unix socket waits for a thread, and meanwhile an autojumping
+    clock would jump to the test's deadline.
+    """
+    async with serving(backend, path, **options) as served:
+        clock.autojump_threshold = 0
+        yield served
 
 
 def open_fds() -> int:
@@ -226,6 +315,23 @@ async def assert_dropped(sock: trio.socket.SocketType) -> None:
 async def read_response(messages: MessageStream) -> tuple[Any, bytes]:
     header = parse("RPCHeader", await messages.receive_message())
     return header, await messages.receive_message()
+
+
+async def assert_refused(path: Path) -> None:
+    """A new connection is closed by the server at once, before it reads anything."""
+    sock = await raw_connect(path)
+    try:
+        await assert_dropped(sock)  # though nothing was sent
+    finally:
+        sock.close()
+    async with AdminClient.connect(path) as admin:
+        with pytest.raises(HostError, match=r"closed the connection|connection broke"):
+            await admin.host_name()
+        assert admin.closed
+
+
+def logged(logs: Sequence[MutableMapping[str, Any]], event: str) -> list[MutableMapping[str, Any]]:
+    return [entry for entry in logs if entry["event"] == event]
 
 
 # --------------------------------------------------------------------------------------
@@ -359,6 +465,86 @@ async def test_backend_errors_keep_their_kind_and_the_connection(tmp_path: Path)
             assert await admin.list() == []
 
 
+async def test_a_backend_bug_is_an_internal_error_and_the_server_carries_on(
+    tmp_path: Path,
+) -> None:
+    backend = Faulty("stop", ValueError("not a pid: 'x'"))
+    internal = r"^internal error in the host \(ValueError\)$"  # and not the message
+    with trio.fail_after(TIMEOUT), capture_logs() as logs:
+        async with (
+            serving(backend, tmp_path / "a.sock") as path,
+            AdminClient.connect(path) as admin,
+        ):
+            with pytest.raises(HostError, match=internal):
+                await admin.stop("1")
+            assert not admin.closed
+            assert await admin.host_name() == HOST  # the same connection
+            with pytest.raises(HostError, match=internal):
+                await admin.stop("2")
+            assert await admin.list() == []
+            async with AdminClient.connect(path) as other:  # another connection
+                assert await other.host_name() == HOST
+                info = await other.start("/bin/x")
+                assert await other.list() == [info]
+    failures = logged(logs, "admin_request_failed")
+    assert [(e["op"], e["error_type"], e["error"], e["log_level"]) for e in failures] == [
+        (STOP, "ValueError", "not a pid: 'x'", "error")
+    ] * 2
+    assert all("exc_info" not in entry for entry in failures)
+    ops = [op for op, _ in backend.calls]
+    assert ops == ["stop", "host_name", "stop", "list", "host_name", "start", "list"]
+
+
+FAULTS: dict[str, tuple[Callable[[AdminClient, int], Awaitable[object]], Exception]] = {
+    "start": (
+        lambda a, fd: a.start("/bin/x", stdout=fd),
+        FileNotFoundError(2, "No such file or directory"),
+    ),
+    "list": (lambda a, fd: a.list(), RuntimeError("the table is corrupt")),
+    "wait": (lambda a, fd: a.wait("1"), KeyError(1)),
+    "group": (lambda a, fd: a.stop("1"), ExceptionGroup("two", [HostError("a"), OSError()])),
+}
+
+
+@pytest.mark.parametrize("fail", sorted(FAULTS))
+async def test_every_op_answers_a_backend_bug(tmp_path: Path, fail: str) -> None:
+    call, error = FAULTS[fail]
+    backend = Faulty("stop" if fail == "group" else fail, error)
+    read_ends, write_ends = pipes(1)
+    try:
+        with trio.fail_after(TIMEOUT):
+            async with (
+                serving(backend, tmp_path / "a.sock") as path,
+                AdminClient.connect(path) as admin,
+            ):
+                assert await admin.host_name() == HOST  # the server has its end
+                before = open_fds()
+                kind = type(error).__name__
+                with pytest.raises(HostError, match=rf"^internal error in the host \({kind}\)$"):
+                    await call(admin, write_ends[0])
+                assert not admin.closed
+                assert await admin.host_name() == HOST
+                assert open_fds() == before
+    finally:
+        for fd in write_ends:
+            os.close(fd)
+    assert_all_closed_elsewhere(read_ends)  # the server's copy was closed too
+
+
+class Fatal(BaseException):
+    """Not an Exception: the admin server must let it through."""
+
+
+async def test_a_base_exception_from_the_backend_is_not_swallowed(tmp_path: Path) -> None:
+    path = tmp_path / "a.sock"
+    with trio.fail_after(TIMEOUT), pytest.RaisesGroup(Fatal, flatten_subgroups=True):
+        async with serving(Faulty("stop", Fatal()), path), AdminClient.connect(path) as admin:
+            with suppress(HostError):  # the host may hang up before this is cancelled
+                await admin.stop("1")
+            await trio.sleep_forever()  # until the host's failure cancels this
+    assert not path.exists()
+
+
 def test_error_text_names_the_nearest_known_kind() -> None:
     class TPMFailure(HostError):
         pass
@@ -443,6 +629,37 @@ async def test_concurrent_clients(tmp_path: Path) -> None:
     assert len(started) == 20
     assert len({info.pid for info in started.values()}) == 20
     assert all(info.path == f"/bin/p{i}" for i, info in started.items())
+
+
+async def test_a_response_may_be_bigger_than_a_request(tmp_path: Path) -> None:
+    backend = Crowded(64, 32 * 1024)
+    running = list(backend.programs.values())
+    assert sum(len(auth.encode(info.name)) for info in running) > 2 * ADMIN_MAX_FRAME
+    with trio.fail_after(TIMEOUT):
+        async with (
+            serving(backend, tmp_path / "a.sock") as path,
+            AdminClient.connect(path) as admin,
+        ):
+            assert await admin.list() == running
+            assert await admin.host_name() == HOST
+
+
+async def test_a_response_over_its_limit_is_an_error_answer(tmp_path: Path) -> None:
+    backend = Crowded(17, 1024 * 1024)
+    limit = (
+        re.escape(f"{LIST}: a ")
+        + r"\d+"
+        + re.escape(f"-byte response is over the {ADMIN_MAX_RESPONSE}-byte limit")
+    )
+    with trio.fail_after(TIMEOUT):
+        async with (
+            serving(backend, tmp_path / "a.sock") as path,
+            AdminClient.connect(path) as admin,
+        ):
+            with pytest.raises(HostError, match=f"^{limit}$"):
+                await admin.list()
+            assert not admin.closed
+            assert await admin.host_name() == HOST
 
 
 # --------------------------------------------------------------------------------------
@@ -538,12 +755,14 @@ async def fake_host(tmp_path: Path, script: Sequence[Script]) -> AsyncIterator[A
         finally:
             await messages.aclose()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(host)
-        async with AdminClient.connect(path) as admin:
-            yield admin
-        nursery.cancel_scope.cancel()
-    listener.close()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(host)
+            async with AdminClient.connect(path) as admin:
+                yield admin
+            nursery.cancel_scope.cancel()
+    finally:
+        listener.close()
 
 
 def answer(
@@ -604,6 +823,11 @@ def _program(**changes: Any) -> Any:
         (lambda a: a.list(), lambda h, b: b"\xff\xff\xff\xff", "over the"),
         (
             lambda a: a.list(),
+            lambda h, b: struct.pack(">I", ADMIN_MAX_RESPONSE + 1),
+            f"over the {ADMIN_MAX_RESPONSE}-byte limit",
+        ),
+        (
+            lambda a: a.list(),
             lambda h, b: encode_frame(b"\x01\x02") + encode_frame(b""),
             "malformed|missing",
         ),
@@ -622,6 +846,7 @@ def _program(**changes: Any) -> Any:
         "wrong_seq",
         "wrong_op",
         "oversized_frame",
+        "frame_over_the_response_limit",
         "garbage_header",
         "start_without_program",
         "wait_without_status",
@@ -806,6 +1031,185 @@ async def test_invalid_requests_are_answered_with_an_error(
 
 
 # --------------------------------------------------------------------------------------
+# Limits: connections at once, and time to send a request
+# --------------------------------------------------------------------------------------
+
+
+def test_the_limits_default_to_the_constants() -> None:
+    assert (MAX_CONNECTIONS, MAX_CONNECTIONS_PER_UID, REQUEST_TIMEOUT) == (256, 32, 10)
+    defaults = serve_admin.__kwdefaults__
+    assert defaults is not None
+    assert defaults["max_connections"] == MAX_CONNECTIONS
+    assert defaults["max_per_uid"] == MAX_CONNECTIONS_PER_UID
+    assert defaults["request_timeout"] == REQUEST_TIMEOUT
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_connections": 0},
+        {"max_connections": 2.0},
+        {"max_per_uid": -1},
+        {"max_per_uid": True},
+        {"request_timeout": 0},
+        {"request_timeout": -1.0},
+        {"request_timeout": float("nan")},
+        {"request_timeout": True},
+        {"request_timeout": "10"},
+    ],
+)
+async def test_limits_must_be_positive(tmp_path: Path, options: dict[str, Any]) -> None:
+    with trio.fail_after(TIMEOUT), pytest.raises(ValueError, match="must be a positive"):
+        await serve_admin(Backend(), tmp_path / "a.sock", **options)
+    assert not (tmp_path / "a.sock").exists()
+
+
+@pytest.mark.parametrize(
+    ("limits", "reason"),
+    [
+        ({"max_per_uid": 3}, f"uid {os.getuid()} holds 3 admin connections, its limit"),
+        ({"max_connections": 3, "max_per_uid": 5}, "the host serves 3 admin connections"),
+    ],
+    ids=["per_uid", "total"],
+)
+async def test_connections_over_a_limit_are_closed_at_once(
+    tmp_path: Path, limits: dict[str, int], reason: str
+) -> None:
+    backend = Backend()
+    before = open_fds()
+    with trio.fail_after(TIMEOUT), capture_logs() as logs:
+        async with (
+            serving(backend, tmp_path / "a.sock", **limits) as path,
+            AdminClient.connect(path) as first,
+            AdminClient.connect(path) as second,
+        ):
+            third = await raw_connect(path)
+            messages = MessageStream(trio.SocketStream(third))
+            try:
+                assert await first.list() == []
+                assert await second.host_name() == HOST
+                await messages.stream.send_all(request_bytes(HOST_NAME))
+                header, _ = await read_response(messages)
+                assert not header.HasField("error")
+                held = open_fds()
+                await assert_refused(path)
+                assert open_fds() == held  # the server kept nothing of it
+                third.shutdown(socket.SHUT_WR)  # hang up, and wait for the server to close
+                with pytest.raises(trio.EndOfChannel):
+                    await messages.receive_message()
+            finally:
+                await messages.aclose()
+            async with AdminClient.connect(path) as fourth:  # there is room for one
+                assert await fourth.host_name() == HOST
+                await assert_refused(path)  # and only one: refused ones did not count
+                assert await first.list() == []
+                assert await second.host_name() == HOST
+    assert open_fds() == before
+    refused = logged(logs, "admin_connection_refused")
+    assert len(refused) == 4  # two in each assert_refused
+    assert all(entry["peer_uid"] == os.getuid() for entry in refused)
+    assert all(entry["reason"].startswith(reason) for entry in refused)
+
+
+STALLED = _start(fd_count=1, stdio_mask=2)
+HEADER_END = 4 + len(serialize(message_class("RPCHeader")(op=START, seq=1)))
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [2, HEADER_END, HEADER_END + 3, len(STALLED) - 1],
+    ids=["half_a_header", "the_header", "half_a_body_length", "all_but_a_byte"],
+)
+async def test_a_request_that_stalls_is_dropped(
+    tmp_path: Path, mock_clock: trio.testing.MockClock, cut: int
+) -> None:
+    backend = Backend()
+    with trio.fail_after(TIMEOUT), capture_logs() as logs:
+        async with (
+            serving_on_a_mock_clock(
+                backend, tmp_path / "a.sock", mock_clock, request_timeout=0.5
+            ) as path,
+            AdminClient.connect(path) as used,
+            AdminClient.connect(path) as fresh,
+        ):
+            assert await used.list() == []
+            before = open_fds()
+            read_ends, write_ends = pipes(1)
+            sock = await raw_connect(path)
+            try:
+                await send_raw(sock, STALLED[:cut], write_ends)
+            finally:
+                for fd in write_ends:
+                    os.close(fd)
+            sent = trio.current_time()
+            await assert_dropped(sock)
+            assert trio.current_time() - sent >= 0.5  # on the mock clock
+            sock.close()
+            assert_all_closed_elsewhere(read_ends)
+            assert open_fds() == before
+            # Idle all that time, since connecting or since a request: still served.
+            assert await fresh.host_name() == HOST
+            assert await used.list() == []
+    assert [op for op, _ in backend.calls] == ["list", "host_name", "list"]
+    (drop,) = logged(logs, "admin_bad_request")
+    assert drop["error"] == "the request did not arrive within 0.5 s"
+
+
+async def test_the_time_limit_is_per_request(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with serving_on_a_mock_clock(
+            Backend(), tmp_path / "a.sock", mock_clock, request_timeout=1
+        ) as path:
+            sock = await raw_connect(path)
+            messages = MessageStream(trio.SocketStream(sock))
+            try:
+                for seq in (1, 2):  # each in 0.8 s, 1.6 s in all
+                    data = request_bytes(HOST_NAME, seq=seq)
+                    for start, end in ((0, 2), (2, 7), (7, len(data))):
+                        if start:
+                            await trio.sleep(0.4)
+                        await messages.stream.send_all(data[start:end])
+                    header, _ = await read_response(messages)
+                    assert (header.op, header.seq, header.HasField("error")) == (
+                        HOST_NAME,
+                        seq,
+                        False,
+                    )
+                    await trio.sleep(2)  # idle between requests
+                data = request_bytes(HOST_NAME, seq=3)
+                await messages.stream.send_all(data[:2])
+                first = trio.current_time()
+                await trio.sleep(0.6)
+                await messages.stream.send_all(data[2:7])  # more bytes do not reset the clock
+                with pytest.raises(trio.EndOfChannel):
+                    await messages.receive_message()
+                assert 1 <= trio.current_time() - first < 1.6  # on the mock clock
+            finally:
+                await messages.aclose()
+
+
+async def test_a_request_begun_with_the_one_before_must_arrive_in_time(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with serving_on_a_mock_clock(
+            Backend(), tmp_path / "a.sock", mock_clock, request_timeout=1
+        ) as path:
+            sock = await raw_connect(path)
+            messages = MessageStream(trio.SocketStream(sock))
+            try:
+                await messages.stream.send_all(request_bytes(HOST_NAME) + request_bytes(LIST)[:3])
+                header, _ = await read_response(messages)
+                assert (header.op, header.HasField("error")) == (HOST_NAME, False)
+                with pytest.raises(trio.EndOfChannel):
+                    await messages.receive_message()
+            finally:
+                await messages.aclose()
+
+
+# --------------------------------------------------------------------------------------
 # The socket file
 # --------------------------------------------------------------------------------------
 
@@ -978,6 +1382,26 @@ async def test_another_user_is_seen_and_refused(nobody_python: str, shared_dir: 
     assert kill_callers[0] is not None
     assert (kill_callers[0].uid, kill_callers[0].gid) == (NOBODY, NOBODY)
     assert kill_callers[0].pid not in (0, os.getpid())
+
+
+async def test_each_uid_has_its_own_connection_cap(nobody_python: str, shared_dir: Path) -> None:
+    backend = Backend()
+    with trio.fail_after(60):
+        async with (
+            serving(backend, shared_dir / "a.sock", mode=0o666, max_per_uid=1) as path,
+            AdminClient.connect(path) as admin,
+        ):
+            assert await admin.list() == []  # root's one connection
+            await assert_refused(path)  # root's second
+            output = await _run_as_nobody(nobody_python, str(path), "1")
+            assert await admin.host_name() == HOST
+    assert output.splitlines() == ["listed 0", "raised HostError no program matches 1"]
+    assert [(op, caller and caller.uid) for op, caller in backend.calls] == [
+        ("list", None),
+        ("list", None),
+        ("kill", NOBODY),
+        ("host_name", None),
+    ]
 
 
 async def test_the_default_mode_keeps_other_users_out(nobody_python: str, shared_dir: Path) -> None:
