@@ -19,8 +19,15 @@ pipe: seal/unseal, shared secrets and attestations bound to the program's name, 
 monotonic counters that survive restarts (for a stacked host the counter table is
 itself rollback-protected by the parent's counters).
 
+A program gets the host's ``PATH`` and only the environment variables the host
+allows, never those that change what code runs (``LD_*``, ``PYTHON*``, ...): the
+name says what code runs, so no caller may change it. A program's name is capped
+(:data:`MAX_NAME_EXTENSIONS`, :data:`MAX_NAME_BYTES`) and its counters are charged to
+the name it was launched under.
+
 A malformed or oversized frame from a program closes that program's channel only; a
-program that dies mid-call costs nothing but its own channel.
+program that dies mid-call costs nothing but its own channel; a bug in a backend is
+answered as an internal error. Cancelling :meth:`LinuxHost.run` kills the programs.
 
 :meth:`LinuxHost.run` serves the admin socket (``admin.sock`` in the host directory,
 see :mod:`taonet.hosts._admin`) until :meth:`shutdown`. It implements
