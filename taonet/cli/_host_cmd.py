@@ -14,6 +14,7 @@ answers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -345,14 +346,25 @@ def _show(args: argparse.Namespace) -> int:
     print(f"program ids:    {'on' if config.program_ids else 'off'}")
     print(f"sandbox:        {config.sandbox}")
 
-    async def state(admin: Any) -> tuple[Any, Any]:
-        return await admin.host_name(), await admin.list()
+    import trio
 
-    try:
-        name, programs = _admin(args, state)
-    except HostError:
+    from taonet.hosts import AdminClient
+
+    async def state() -> tuple[Any, Any] | None:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                admin = await stack.enter_async_context(
+                    AdminClient.connect(directory / ADMIN_SOCKET)
+                )
+            except HostError:
+                return None  # nothing answers: not running
+            return await admin.host_name(), await admin.list()
+
+    found = trio.run(state)
+    if found is None:
         print("state:          not running")
         return 0
+    name, programs = found
     print(f"state:          running as {name}")
     print(f"programs:       {len(programs)}")
     return 0

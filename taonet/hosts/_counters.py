@@ -64,7 +64,7 @@ COUNTERS_FILE: Final = "counters.sealed"
 #: The parent's counter label that protects a stacked host's table.
 DEFAULT_TABLE_LABEL: Final = "taonet.host.counters"
 #: Most labels one program may have, and most counters in one table.
-MAX_LABELS_PER_PROGRAM: Final = 1024
+MAX_LABELS_PER_PROGRAM: Final = 256
 MAX_TABLE_ENTRIES: Final = 8192
 _MAX_TABLE_FILE: Final = MAX_SEALED_BYTES + 64 * 1024
 _T = TypeVar("_T")

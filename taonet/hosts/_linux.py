@@ -102,7 +102,6 @@ MAX_NAME_BYTES: Final = 1024
 #: Environment variables a caller's request may pass to a program by default
 #: (``pass_environment`` in host.toml adds names; a trailing * matches a prefix).
 DEFAULT_PASS_ENVIRONMENT: Final = (
-    "HOME",
     "LANG",
     "LANGUAGE",
     "LC_*",
@@ -152,8 +151,16 @@ DENIED_ENVIRONMENT: Final = (
     "TMPDIR",
     "TZDIR",
     "PATH",
+    "HOME",
     "CLOUDPROXY_*",
 )
+#: Limits on what one user (not root, not the host's owner) may hold on the host.
+MAX_PROGRAMS_PER_UID: Final = 64
+MAX_PROGRAM_BYTES_PER_UID: Final = 1 << 30
+#: Largest program another user may start (each start reserves this much of the budget).
+MAX_PROGRAM_SIZE_PER_START: Final = 256 << 20
+#: Longest program path a start request may name (PATH_MAX).
+MAX_PATH_BYTES: Final = 4096
 #: Exited programs remembered for ``wait`` after they are gone.
 _REMEMBER_EXITED: Final = 256
 #: How long shutdown waits for SIGKILLed programs to be reaped.
@@ -165,18 +172,29 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
 
 
 def program_environment(
-    requested: Sequence[tuple[str, str]], *, allowed: Sequence[str], path: str
+    requested: Sequence[tuple[str, str]], *, allowed: Sequence[str], path: str, home: str
 ) -> dict[str, str]:
     """The environment a hosted program gets: the requested variables the host allows
-    (``allowed`` names, a trailing * matching a prefix), never a denied one, and the
-    host's ``PATH``."""
+    (``allowed`` names, a trailing * matching a prefix), never a denied one; the
+    host's ``PATH``; the user's ``HOME`` from the password database; and
+    ``PYTHONNOUSERSITE=1`` (a Python program must not import the user's
+    ``~/.local`` site packages: code that was not measured)."""
     env = {
         key: value
         for key, value in requested
         if _matches(key, allowed) and not _matches(key, DENIED_ENVIRONMENT)
     }
     env["PATH"] = path
+    env["HOME"] = home
+    env["PYTHONNOUSERSITE"] = "1"
     return env
+
+
+def _home(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_dir or "/"
+    except KeyError:
+        return "/"
 
 
 class _Child:
@@ -192,8 +210,11 @@ class _Child:
         gid: int,
         program_id: int,
         started_ns: int,
+        size: int = 0,
     ) -> None:
         self.name = name
+        self.size = size
+        self.charged = False
         self.launch_name = name
         self.process = process
         self.prepared = prepared
@@ -311,6 +332,11 @@ class LinuxHost:
         self._parent = parent
         self._owner_uid = os.geteuid()
         self._children: dict[int, _Child] = {}
+        # Per uid (limited users only): running programs plus starts under way, and
+        # the bytes of their copies (or reserved for a copy being made).
+        self._usage: collections.defaultdict[int, tuple[int, int]] = collections.defaultdict(
+            lambda: (0, 0)
+        )
         self._exited: collections.deque[_Child] = collections.deque(maxlen=_REMEMBER_EXITED)
         self._nursery: trio.Nursery | None = None
         self._stopping = False
@@ -460,13 +486,23 @@ class LinuxHost:
         if nursery is None or self._stopping:
             raise HostError("the host is not running (or is shutting down)")
         uid, gid, groups = self._run_as(caller)
-        prepared = await prepare_program(
-            request.path,
-            self.directory / PROGRAMS_DIR,
-            uid=uid,
-            gid=gid,
-            groups=groups,
-        )
+        if len(os.fsencode(request.path)) > MAX_PATH_BYTES:
+            raise HostError(f"a program path may be at most {MAX_PATH_BYTES} bytes")
+        limited = caller.uid not in (0, self._owner_uid)
+        reserved = self._reserve(uid) if limited else 0
+        try:
+            prepared = await prepare_program(
+                request.path,
+                self.directory / PROGRAMS_DIR,
+                uid=uid,
+                gid=gid,
+                groups=groups,
+                **({"max_size": reserved} if limited else {}),
+            )
+            size = (await trio.to_thread.run_sync(prepared.path.stat)).st_size if limited else 0
+        finally:
+            if limited:
+                self._usage[uid] = (self._usage[uid][0] - 1, self._usage[uid][1] - reserved)
         channel: HostChannel | None = None
         try:
             if self._stopping:
@@ -484,6 +520,7 @@ class LinuxHost:
                     request.env,
                     allowed=(*DEFAULT_PASS_ENVIRONMENT, *self.config.pass_environment),
                     path=self.config.program_path or os.environ.get("PATH", os.defpath),
+                    home=_home(uid),
                 ),
                 cwd=request.cwd,
                 uid=uid,
@@ -511,7 +548,12 @@ class LinuxHost:
             gid=gid,
             program_id=program_id,
             started_ns=started_ns,
+            size=size,
         )
+        if limited:
+            count, used = self._usage[uid]
+            self._usage[uid] = (count + 1, used + size)
+            child.charged = True
         self._children[child.pid] = child
         nursery.start_soon(self._serve_child, child, channel.host_stream())
         if self._stopping:  # shutdown began while this one was starting
@@ -519,6 +561,20 @@ class LinuxHost:
             raise HostError("the host is shutting down")
         log.info("program_started", name=str(name), pid=child.pid, uid=uid, gid=gid)
         return child.info()
+
+    def _reserve(self, uid: int) -> int:
+        """Count a start against ``uid``'s limits; return the bytes it may copy."""
+        count, used = self._usage[uid]
+        if count >= MAX_PROGRAMS_PER_UID:
+            raise HostError(f"uid {uid} already has {MAX_PROGRAMS_PER_UID} programs on this host")
+        room = MAX_PROGRAM_BYTES_PER_UID - used
+        if room <= 0:
+            raise HostError(
+                f"uid {uid}'s programs already use {MAX_PROGRAM_BYTES_PER_UID} bytes on this host"
+            )
+        reserved = min(room, MAX_PROGRAM_SIZE_PER_START)
+        self._usage[uid] = (count + 1, used + reserved)
+        return reserved
 
     def _run_as(self, caller: Caller) -> tuple[int, int, tuple[int, ...]]:
         if self._owner_uid == 0:
@@ -575,6 +631,9 @@ class LinuxHost:
                         await child.process.wait()
             child.exit_status = child.process.returncode
             self._children.pop(child.pid, None)
+            if child.charged:
+                count, used = self._usage[child.uid]
+                self._usage[child.uid] = (count - 1, used - child.size)
             self._exited.append(child)
             child.exited.set()
             with trio.CancelScope(shield=True):

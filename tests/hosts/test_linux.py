@@ -512,6 +512,7 @@ async def test_programs_get_a_filtered_environment_and_the_hosts_path(
                         "LANG": "C.UTF-8",
                         "MY_APP_MODE": "fast",
                         "UNLISTED": "x",
+                        "HOME": "/tmp/evil-home",
                     },
                     stdout=write_fd,
                 )
@@ -524,6 +525,10 @@ async def test_programs_get_a_filtered_environment_and_the_hosts_path(
     assert env["LANG"] == "C.UTF-8"
     assert env["MY_APP_MODE"] == "fast"
     assert env["PATH"] == "/usr/bin:/bin"
+    assert env["PYTHONNOUSERSITE"] == "1"  # no ~/.local site packages: unmeasured code
+    import pwd
+
+    assert env["HOME"] == pwd.getpwuid(os.getuid()).pw_dir  # the user's, not the request's
     for name in ("LD_PRELOAD", "PYTHONPATH", "BASH_ENV", "UNLISTED"):
         assert name not in env
     assert env["CLOUDPROXY_TAO_HOST_SPEC"].startswith("tao::RPC+tao::FDMessageChannel(")
@@ -547,11 +552,25 @@ def test_program_environment_rules() -> None:
     from taonet.hosts._linux import program_environment
 
     env = program_environment(
-        [("LC_ALL", "C"), ("LD_LIBRARY_PATH", "/x"), ("PYTHONSTARTUP", "/x"), ("A", "1")],
+        [
+            ("LC_ALL", "C"),
+            ("LD_LIBRARY_PATH", "/x"),
+            ("PYTHONSTARTUP", "/x"),
+            ("A", "1"),
+            ("HOME", "/x"),
+            ("PYTHONNOUSERSITE", "0"),
+        ],
         allowed=("LC_*", "LD_*", "PYTHON*", "*"),
         path="/bin",
+        home="/home/u",
     )
-    assert env == {"LC_ALL": "C", "A": "1", "PATH": "/bin"}
+    assert env == {
+        "LC_ALL": "C",
+        "A": "1",
+        "PATH": "/bin",
+        "HOME": "/home/u",
+        "PYTHONNOUSERSITE": "1",
+    }
 
 
 async def test_host_directory_must_be_private(tmp_path: Path) -> None:
@@ -569,3 +588,44 @@ async def test_host_directory_must_be_private(tmp_path: Path) -> None:
         os.chown(shared, 65534, 65534)
         with pytest.raises(ConfigError, match="belongs to uid 65534"):
             init_root(shared)
+
+
+async def test_other_users_are_limited_in_programs_and_bytes(
+    tmp_path: Path,
+    nursery: trio.Nursery,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run programs as another user")
+    from taonet.hosts import Caller, StartRequest, _linux
+
+    monkeypatch.setattr(_linux, "MAX_PROGRAMS_PER_UID", 2)
+    monkeypatch.setattr(_linux, "MAX_PROGRAM_BYTES_PER_UID", 3000)
+    monkeypatch.setattr(_linux, "MAX_PROGRAM_SIZE_PER_START", 2000)
+    shared = _prepare_shared(request)
+    small = shared / "small.sh"
+    small.write_text("#!/bin/sh\nexec sleep 600\n" + "#" * 900 + "\n")
+    big = shared / "big.sh"
+    big.write_text("#!/bin/sh\nexec sleep 600\n" + "#" * 2500 + "\n")
+    for script in (small, big):
+        script.chmod(0o755)
+    init_root(shared / "host")
+    nobody = Caller(uid=65534, gid=65534, pid=1)
+    with trio.fail_after(TIMEOUT):
+        host = await open_root(nursery, shared / "host")
+        with pytest.raises(HostError, match="over the 2000-byte limit"):
+            await host.start_program(StartRequest(path=str(big)), nobody)
+        first = await host.start_program(StartRequest(path=str(small)), nobody)
+        await host.start_program(StartRequest(path=str(small)), nobody)
+        with pytest.raises(HostError, match="already has 2 programs"):
+            await host.start_program(StartRequest(path=str(small)), nobody)
+        # Root and the host's owner are not limited.
+        await host.start_program(StartRequest(path=str(small)), Caller(0, 0, 1))
+        # A program that exits gives its share back.
+        await host.stop_programs(str(first.pid), nobody, kill=True)
+        await host.wait_program(str(first.pid), nobody)
+        await host.start_program(StartRequest(path=str(small)), nobody)
+        with pytest.raises(HostError, match="at most 4096 bytes"):
+            await host.start_program(StartRequest(path="/" * 5000 + "bin/true"), nobody)
+    await host.stop(grace_period=0)
