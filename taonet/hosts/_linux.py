@@ -54,22 +54,23 @@ from taonet import auth
 from taonet._errors import AuthorizationError, ConfigError, HostError
 from taonet._files import atomic_write, read_file
 from taonet.attestation import Attestation
-from taonet.crypto import KdfParams, Keyset, Signer
+from taonet.crypto import KdfParams, Signer
 from taonet.domain import Domain, Guard, LiberalGuard, program_subprin
 from taonet.hosts._counters import (
-    CounterStore,
     HostCounters,
-    ParentTableSealer,
-    SoftTableSealer,
+)
+from taonet.hosts._environment import (
+    DEFAULT_PASS_ENVIRONMENT,
+    DENIED_ENVIRONMENT,
+    home_of,
+    program_environment,
 )
 from taonet.hosts._hosted import Caller, ProgramInfo, StartRequest
 from taonet.hosts._linux_config import (
     ADMIN_SOCKET,
     CONFIG_FILE,
-    COUNTERS_FILE,
     PROGRAM_ID_FILE,
     PROGRAMS_DIR,
-    SEALED_KEYS_FILE,
     LinuxHostConfig,
 )
 from taonet.hosts._process import (
@@ -82,6 +83,7 @@ from taonet.hosts._process import (
 )
 from taonet.hosts._rpc import serve_tao_rpc
 from taonet.hosts._soft import SoftHost
+from taonet.hosts._stacked import open_stacked_core, open_stacked_counters
 from taonet.hosts._tao import SEAL_POLICY_SELF, Tao, check_size
 
 __all__ = [
@@ -99,61 +101,6 @@ log = structlog.get_logger(__name__)
 #: stored with every counter, so one program must not make them huge.
 MAX_NAME_EXTENSIONS: Final = 32
 MAX_NAME_BYTES: Final = 1024
-#: Environment variables a caller's request may pass to a program by default
-#: (``pass_environment`` in host.toml adds names; a trailing * matches a prefix).
-DEFAULT_PASS_ENVIRONMENT: Final = (
-    "LANG",
-    "LANGUAGE",
-    "LC_*",
-    "TERM",
-    "TZ",
-    "USER",
-    "LOGNAME",
-    "COLUMNS",
-    "LINES",
-    "NO_COLOR",
-    "TAONET_LOG",
-    "TAO_DOMAIN",
-)
-#: Never passed, whatever the configuration: they change what code runs (the
-#: loader's, the interpreters', the shells'), which would run code that was not
-#: measured under the program's name. PATH is the host's, not the caller's, for
-#: the same reason (``#!/usr/bin/env python3``).
-DENIED_ENVIRONMENT: Final = (
-    "LD_*",
-    "PYTHON*",
-    "PERL5*",
-    "PERLLIB",
-    "RUBY*",
-    "NODE_*",
-    "JAVA_TOOL_OPTIONS",
-    "_JAVA_OPTIONS",
-    "JDK_JAVA_OPTIONS",
-    "CLASSPATH",
-    "BASH_ENV",
-    "ENV",
-    "BASHOPTS",
-    "SHELLOPTS",
-    "PS4",
-    "IFS",
-    "CDPATH",
-    "GCONV_PATH",
-    "GETCONF_DIR",
-    "GLIBC_TUNABLES",
-    "HOSTALIASES",
-    "LOCALDOMAIN",
-    "LOCPATH",
-    "MALLOC_*",
-    "NIS_PATH",
-    "NLSPATH",
-    "RESOLV_HOST_CONF",
-    "RES_OPTIONS",
-    "TMPDIR",
-    "TZDIR",
-    "PATH",
-    "HOME",
-    "CLOUDPROXY_*",
-)
 #: Limits on what one user (not root, not the host's owner) may hold on the host.
 MAX_PROGRAMS_PER_UID: Final = 64
 MAX_PROGRAM_BYTES_PER_UID: Final = 1 << 30
@@ -165,36 +112,6 @@ MAX_PATH_BYTES: Final = 4096
 _REMEMBER_EXITED: Final = 256
 #: How long shutdown waits for SIGKILLed programs to be reaped.
 _REAP_TIMEOUT: Final = 10.0
-
-
-def _matches(name: str, patterns: Sequence[str]) -> bool:
-    return any(name.startswith(p[:-1]) if p.endswith("*") else name == p for p in patterns)
-
-
-def program_environment(
-    requested: Sequence[tuple[str, str]], *, allowed: Sequence[str], path: str, home: str
-) -> dict[str, str]:
-    """The environment a hosted program gets: the requested variables the host allows
-    (``allowed`` names, a trailing * matching a prefix), never a denied one; the
-    host's ``PATH``; the user's ``HOME`` from the password database; and
-    ``PYTHONNOUSERSITE=1`` (a Python program must not import the user's
-    ``~/.local`` site packages: code that was not measured)."""
-    env = {
-        key: value
-        for key, value in requested
-        if _matches(key, allowed) and not _matches(key, DENIED_ENVIRONMENT)
-    }
-    env["PATH"] = path
-    env["HOME"] = home
-    env["PYTHONNOUSERSITE"] = "1"
-    return env
-
-
-def _home(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_dir or "/"
-    except KeyError:
-        return "/"
 
 
 class _Child:
@@ -407,8 +324,8 @@ class LinuxHost:
                 raise ConfigError(
                     "a stacked host runs under a parent Tao: start it as a hosted program"
                 )
-            core = await _open_stacked_core(path, parent, clock)
-            counters = await _open_stacked_counters(path, core, parent)
+            core = await open_stacked_core(path, parent, clock)
+            counters = await open_stacked_counters(path, core, parent)
         host = cls(path, config, core, counters, parent=parent)
         log.info("linux_host_opened", kind=config.kind, name=str(host.name))
         return host
@@ -520,7 +437,7 @@ class LinuxHost:
                     request.env,
                     allowed=(*DEFAULT_PASS_ENVIRONMENT, *self.config.pass_environment),
                     path=self.config.program_path or os.environ.get("PATH", os.defpath),
-                    home=_home(uid),
+                    home=home_of(uid),
                 ),
                 cwd=request.cwd,
                 uid=uid,
@@ -753,44 +670,3 @@ def _check_private_directory(path: Path) -> None:
         raise ConfigError(
             f"the host directory {path} is writable by others (mode {st.st_mode & 0o777:o})"
         )
-
-
-# -- stacked hosts ------------------------------------------------------------------------
-
-
-async def _open_stacked_core(path: Path, parent: Tao, clock: Callable[[], int]) -> SoftHost:
-    name = await parent.get_tao_name()
-    sealed_path = path / SEALED_KEYS_FILE
-    if await trio.Path(sealed_path).exists():
-        blob = await trio.to_thread.run_sync(
-            functools.partial(read_file, sealed_path, limit=1 << 20)
-        )
-        try:
-            data, _ = await parent.unseal(blob)
-        except HostError as exc:
-            raise HostError(
-                f"the parent Tao would not unseal this host's keys ({exc}): is this the "
-                "same host binary on the same parent?"
-            ) from None
-        keyset = Keyset.from_private_bytes(data)
-    else:
-        keyset = Keyset.generate()
-        blob = await parent.seal(keyset.to_private_bytes(), SEAL_POLICY_SELF)
-        await trio.to_thread.run_sync(
-            functools.partial(atomic_write, sealed_path, blob, mode=0o600)
-        )
-    key_prin = auth.key_principal(keyset.signer.public_key_der())
-    delegation = await parent.attest(auth.Speaksfor(delegate=key_prin, delegator=name))
-    return SoftHost(keyset, name=name, delegation=delegation, directory=path, clock=clock)
-
-
-async def _open_stacked_counters(path: Path, core: SoftHost, parent: Tao) -> HostCounters:
-    sealer: ParentTableSealer | SoftTableSealer = ParentTableSealer(parent)
-    try:
-        await parent.get_counter(sealer.label)
-    except HostError as exc:
-        if "not supported" in str(exc):
-            log.warning("counters_not_rollback_protected", reason=str(exc))
-            sealer = SoftTableSealer(core)
-    store = await CounterStore.open(path / COUNTERS_FILE, sealer)
-    return HostCounters(core, store)

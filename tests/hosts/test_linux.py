@@ -549,7 +549,7 @@ async def test_cancelling_the_host_kills_its_programs(tmp_path: Path) -> None:
 
 
 def test_program_environment_rules() -> None:
-    from taonet.hosts._linux import program_environment
+    from taonet.hosts._environment import program_environment
 
     env = program_environment(
         [
