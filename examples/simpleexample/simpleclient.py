@@ -7,19 +7,16 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import trio
-
 from examples.simpleexample.simpleserver import (
     SECRET_REQUEST,
     hosted_arguments,
     parse_address,
+    run_hosted,
     say_line,
 )
 from taonet import ProtocolError
 from taonet.channel import MessageStream, open_channel
-from taonet.cli._logging import configure_logging
-from taonet.domain import Domain
-from taonet.hosts import Tao, parent
+from taonet.hosts import Tao
 from taonet.provision import load_or_provision
 
 
@@ -53,27 +50,21 @@ async def run_client(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run as a hosted program: the Tao is this program's host (``taonet.hosts.parent``)."""
+    """Run as a hosted program."""
     parser = hosted_arguments("simpleclient, a hosted Tao program")
     parser.add_argument("--server", type=parse_address, required=True, metavar="HOST:PORT")
     args = parser.parse_args(argv)
-    configure_logging()  # TAONET_LOG, or info
-
-    async def fetch() -> None:
-        domain = Domain.load(args.domain)
-        async with parent() as tao:
-            say_line(f"my Tao name is {await tao.get_tao_name()}")
-            await run_client(
-                tao,
-                state_dir=args.state,
-                policy_cert=domain.policy_cert,
-                domain_service=args.domain_service,
-                server=args.server,
-                say=say_line,
-            )
-
-    trio.run(fetch)
-    return 0
+    return run_hosted(
+        args,
+        lambda tao, domain: run_client(
+            tao,
+            state_dir=args.state,
+            policy_cert=domain.policy_cert,
+            domain_service=args.domain_service,
+            server=args.server,
+            say=say_line,
+        ),
+    )
 
 
 __all__ = ["main", "run_client"]

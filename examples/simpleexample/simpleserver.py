@@ -7,7 +7,7 @@ import argparse
 import functools
 import secrets
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -102,29 +102,40 @@ def say_line(text: str) -> None:
     print(text, flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run as a hosted program: the Tao is this program's host (``taonet.hosts.parent``)."""
-    args = hosted_arguments("simpleserver, a hosted Tao program").parse_args(argv)
+def run_hosted(
+    args: argparse.Namespace,
+    body: Callable[[Tao, Domain], Awaitable[object]],
+) -> int:
+    """Run ``body`` with this program's host (``taonet.hosts.parent``) and its domain."""
     configure_logging()  # TAONET_LOG, or info
 
-    async def serve() -> None:
+    async def hosted() -> None:
         domain = Domain.load(args.domain)
         async with parent() as tao:
             say_line(f"my Tao name is {await tao.get_tao_name()}")
-            await run_server(
-                tao,
-                state_dir=args.state,
-                policy_cert=domain.policy_cert,
-                domain_service=args.domain_service,
-                guard=domain.guard,
-                say=say_line,
-            )
+            await body(tao, domain)
 
-    trio.run(serve)
+    trio.run(hosted)
     return 0
 
 
-__all__ = ["SECRET_REQUEST", "hosted_arguments", "main", "run_server"]
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run as a hosted program."""
+    args = hosted_arguments("simpleserver, a hosted Tao program").parse_args(argv)
+    return run_hosted(
+        args,
+        lambda tao, domain: run_server(
+            tao,
+            state_dir=args.state,
+            policy_cert=domain.policy_cert,
+            domain_service=args.domain_service,
+            guard=domain.guard,
+            say=say_line,
+        ),
+    )
+
+
+__all__ = ["SECRET_REQUEST", "hosted_arguments", "main", "run_hosted", "run_server"]
 
 if __name__ == "__main__":
     sys.exit(main())
