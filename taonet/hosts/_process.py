@@ -17,11 +17,21 @@ what was copied and runs.
 
 The copies are private. The programs directory is mode 0711 (others may pass
 through it but not list it). A root host preparing a program for another uid makes
-its directory root-owned with the caller's gid as group and mode 0710, and the
-copy root-owned, the caller's gid, mode 0550: the program can run (and read) its
-copy but not change it, and no other user can reach it, though its path shows in
-``/proc/<pid>/cmdline``. A program for the host's own uid (and any program of a
-non-root host) gets mode 0700 and a copy of mode 0500.
+its directory and the copy root-owned (the caller's gid as group) and grants the
+caller's uid alone access with a POSIX access ACL: ``u::rwx,u:<uid>:--x,g::---,
+m::--x,o::---`` on the directory (shown as mode 0710) and ``u::r-x,u:<uid>:r-x,
+g::---,m::r-x,o::---`` on the copy (shown as 0550: with an ACL the group bits show
+the mask, while the owning group gets the ``g::`` entry, nothing). So the program
+can run (and read) its copy but not change it, and no other user, not even one in
+the caller's primary group, can reach it, though its path shows in
+``/proc/<pid>/cmdline``. The copy is written while it is root's alone (mode 0600),
+fsync'd, and only then given the caller's gid and its ACL, which sets its mode in
+the same step. On a filesystem without ACLs (``ENOTSUP``) the host falls back to
+group permissions, root:gid modes 0710 and 0550, which also let the caller's
+primary group read the copy, and logs ``program_copy_acl_unsupported`` (once). A
+program for the host's own uid (and any program of a non-root host) gets mode 0700
+and a copy of mode 0500, and no ACL. Any ACL a new directory inherited (from a
+default ACL above it) is removed before the copy is created in it.
 
 A root host chdirs a child into its working directory *before* dropping to the
 caller's uid (that is how :mod:`subprocess` works), so :func:`spawn_program` first
@@ -49,12 +59,15 @@ import os
 import secrets
 import shutil
 import stat
+import struct
 import subprocess
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
 import attrs
+import structlog
 import trio
 
 from taonet._errors import AuthorizationError, ConfigError, HostError
@@ -70,6 +83,8 @@ __all__ = [
     "spawn_program",
 ]
 
+log = structlog.get_logger(__name__)
+
 #: Bytes read (and hashed, and written) at a time while copying a program.
 COPY_CHUNK: Final = 1 << 20
 #: Default bound on a program's size.
@@ -80,9 +95,29 @@ _PROGRAMS_DIR_MODE: Final = 0o711
 #: A copy and its directory for the host's own uid (or any copy of a non-root host).
 _PRIVATE_DIR_MODE: Final = 0o700
 _PRIVATE_COPY_MODE: Final = 0o500
-#: A root host's copy for another uid: root-owned, the caller's gid as group.
+#: A root host's copy for another uid where ACLs are unsupported: root-owned, the
+#: caller's gid as group (with an ACL, the modes these show; see _ACL_* below).
 _SHARED_DIR_MODE: Final = 0o710
 _SHARED_COPY_MODE: Final = 0o550
+#: POSIX ACLs as the kernel takes them in the ``system.posix_acl_*`` extended
+#: attributes (``include/uapi/linux/posix_acl_xattr.h``): a little-endian u32
+#: version, then (u16 tag, u16 perm, u32 id) entries sorted by tag, then id.
+_ACL_ACCESS: Final = "system.posix_acl_access"
+_ACL_DEFAULT: Final = "system.posix_acl_default"
+_ACL_VERSION: Final = 2
+_ACL_USER_OBJ: Final = 0x01
+_ACL_USER: Final = 0x02
+_ACL_GROUP_OBJ: Final = 0x04
+_ACL_GROUP: Final = 0x08
+_ACL_MASK: Final = 0x10
+_ACL_OTHER: Final = 0x20
+_ACL_UNDEFINED_ID: Final = 0xFFFFFFFF
+#: What the owner (root) and the caller's uid get, as rwx bits.
+_ACL_DIR_PERMS: Final = (0o7, 0o1)
+_ACL_COPY_PERMS: Final = (0o5, 0o5)
+_ACL_UNSUPPORTED: Final = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
+#: Taken (and never released) by the first warning that ACLs are unsupported.
+_ACL_WARNED: Final = threading.Lock()
 #: Opens one path component for the walk: never follows a link, never reads.
 _WALK_FLAGS: Final = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 #: As the kernel's limit on the symbolic links one lookup may follow.
@@ -100,6 +135,67 @@ _SUPERVISOR: Final = '"$@"; exit "$?"'
 
 def _why(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
+
+
+def _encode_acl(entries: Iterable[tuple[int, int, int]]) -> bytes:
+    """The ``system.posix_acl_*`` value of ``entries``: (tag, rwx bits, id) each.
+
+    Sorted as the kernel requires (by tag, then id). Whether the set of entries is
+    a valid ACL is left to the kernel (EINVAL).
+    """
+    data = [struct.pack("<I", _ACL_VERSION)]
+    for tag, perm, ident in sorted(entries, key=lambda entry: (entry[0], entry[2])):
+        if not 0 <= perm <= 0o7:
+            raise ValueError(f"ACL permissions must be rwx bits, not {perm:#o}")
+        data.append(struct.pack("<HHI", tag, perm, ident))
+    return b"".join(data)
+
+
+def _only_user_acl(uid: int, owner: int, user: int) -> bytes:
+    """An access ACL: ``owner`` bits for the owner, ``user`` bits for ``uid``, no others.
+
+    The owning group and everyone else get nothing; the mask is ``user`` (so the
+    mode's group bits, which show the mask, read ``user``).
+    """
+    return _encode_acl(
+        [
+            (_ACL_USER_OBJ, owner, _ACL_UNDEFINED_ID),
+            (_ACL_USER, user, uid),
+            (_ACL_GROUP_OBJ, 0, _ACL_UNDEFINED_ID),
+            (_ACL_MASK, user, _ACL_UNDEFINED_ID),
+            (_ACL_OTHER, 0, _ACL_UNDEFINED_ID),
+        ]
+    )
+
+
+def _set_acl(fd: int, acl: bytes, where: Path) -> bool:
+    """Give ``fd`` the access ACL ``acl`` (which sets its mode); False if unsupported.
+
+    The first time a filesystem has no ACLs, a warning is logged; other errors raise.
+    """
+    try:
+        os.setxattr(fd, _ACL_ACCESS, acl)
+    except OSError as exc:
+        if exc.errno not in _ACL_UNSUPPORTED:
+            raise
+        if _ACL_WARNED.acquire(blocking=False):
+            log.warning(
+                "program_copy_acl_unsupported",
+                path=str(where),
+                fallback="the caller's primary group may read copies for other users",
+            )
+        return False
+    return True
+
+
+def _clear_acls(fd: int) -> None:
+    """Remove any access and default ACL from ``fd`` (none, or none possible: fine)."""
+    for name in (_ACL_ACCESS, _ACL_DEFAULT):
+        try:
+            os.removexattr(fd, name)
+        except OSError as exc:
+            if exc.errno != errno.ENODATA and exc.errno not in _ACL_UNSUPPORTED:
+                raise
 
 
 @attrs.frozen
@@ -391,10 +487,9 @@ def _prepare(
             raise AuthorizationError(
                 f"uid {uid} (gid {gid}) may not read and execute {source} ({_describe(st)})"
             )
-        # A root host's copy for another uid is shared with the caller's gid only.
+        # A root host's copy for another uid is the caller's uid's alone (by an ACL),
+        # else (no ACLs) the caller's gid's.
         shared = os.geteuid() == 0 and uid != 0
-        dir_mode = _SHARED_DIR_MODE if shared else _PRIVATE_DIR_MODE
-        copy_mode = _SHARED_COPY_MODE if shared else _PRIVATE_COPY_MODE
         group = gid if shared else -1
         _ensure_programs_dir(programs_dir)
         directory = programs_dir / secrets.token_hex(16)
@@ -409,12 +504,9 @@ def _prepare(
         except OSError as exc:
             raise ConfigError(f"cannot create a directory in {programs_dir}: {_why(exc)}") from exc
         try:
-            try:
-                os.chown(directory, -1, group)
-                os.chmod(directory, dir_mode)  # exactly: the umask may have narrowed it
-            except OSError as exc:
-                raise ConfigError(f"cannot set the mode of {directory}: {_why(exc)}") from exc
-            digest = _copy(src, prepared.path, source, max_size, group, copy_mode)
+            copy_acl = _seal_directory(directory, uid, group, shared)
+            copy_mode = _SHARED_COPY_MODE if shared else _PRIVATE_COPY_MODE
+            digest = _copy(src, prepared.path, source, max_size, group, copy_mode, copy_acl)
         except BaseException:
             prepared.cleanup()
             raise
@@ -423,10 +515,48 @@ def _prepare(
         os.close(src)
 
 
-def _copy(src: int, target: Path, source: str, max_size: int, group: int, mode: int) -> bytes:
+def _seal_directory(directory: Path, uid: int, group: int, shared: bool) -> bytes | None:
+    """Make the new (mode 0700) ``directory`` private, or ``uid``'s too if ``shared``.
+
+    It gets ``group`` (-1: unchanged), loses any ACL it inherited, and then is mode
+    0700, or if ``shared`` has the ACL that lets ``uid`` search it (or, without
+    ACLs, mode 0710). Returns the ACL the copy in it is to get (None: by mode).
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"cannot open {directory}: {_why(exc)}") from exc
+    copy_acl = None
+    try:
+        os.fchown(fd, -1, group)
+        os.fchmod(fd, _PRIVATE_DIR_MODE)  # exactly: the umask may have narrowed it
+        _clear_acls(fd)  # what a default ACL above gave it, and would give the copy
+        if shared:
+            if _set_acl(fd, _only_user_acl(uid, *_ACL_DIR_PERMS), directory):
+                copy_acl = _only_user_acl(uid, *_ACL_COPY_PERMS)
+            else:
+                os.fchmod(fd, _SHARED_DIR_MODE)
+    except OSError as exc:
+        raise ConfigError(f"cannot set the mode of {directory}: {_why(exc)}") from exc
+    finally:
+        os.close(fd)
+    return copy_acl
+
+
+def _copy(
+    src: int,
+    target: Path,
+    source: str,
+    max_size: int,
+    group: int,
+    mode: int,
+    acl: bytes | None,
+) -> bytes:
     """Copy from ``src`` to a new file at ``target``; the SHA-256 of what was written.
 
-    The copy gets ``group`` (-1: unchanged) and then exactly ``mode``.
+    The copy is written while it is mode 0600 (the host's alone) and fsync'd; then
+    it gets ``group`` (-1: unchanged) and the access ``acl`` (which sets its mode),
+    or exactly ``mode`` if there is no ACL or the filesystem has none.
     """
     digest = hashlib.sha256()
     total = 0
@@ -450,8 +580,9 @@ def _copy(src: int, target: Path, source: str, max_size: int, group: int, mode: 
             while view:
                 view = view[os.write(out, view) :]
         os.fsync(out)
-        os.fchown(out, -1, group)
-        os.fchmod(out, mode)
+        os.fchown(out, -1, group)  # still 0600: the group gets nothing yet
+        if acl is None or not _set_acl(out, acl, target):
+            os.fchmod(out, mode)
     except OSError as exc:
         raise HostError(f"cannot write the copy of {source}: {_why(exc)}") from exc
     finally:
@@ -482,9 +613,12 @@ async def prepare_program(
 
     The bytes are copied from that one descriptor into
     ``programs_dir/<random>/<basename of the resolved file>`` and hashed as written;
-    the copy is fsync'd. If the host is root and ``uid`` is not 0, the directory is
-    root:``gid`` mode 0710 and the copy root:``gid`` mode 0550 (so spawn it with the
-    same ``gid``); otherwise they are the host's, modes 0700 and 0500.
+    the copy is fsync'd. If the host is root and ``uid`` is not 0, the directory and
+    the copy are root:``gid``, with access ACLs that let ``uid`` alone search the
+    directory and read and execute the copy (modes 0710 and 0550, as shown); on a
+    filesystem without ACLs, they are modes 0710 and 0550 for the group (so spawn
+    it with the same ``gid``), and a warning is logged once. Otherwise they are the
+    host's, modes 0700 and 0500.
     ``programs_dir`` is created (mode 0711) if missing; a problem with it is a
     :class:`~taonet.ConfigError`. Anything else that stops the program being
     prepared is a :class:`~taonet.HostError`.

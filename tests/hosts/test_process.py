@@ -14,6 +14,8 @@ import os
 import shutil
 import signal
 import stat
+import struct
+import subprocess
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -22,12 +24,14 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
+from structlog.testing import capture_logs
 
 import taonet
 from taonet import AuthorizationError, ConfigError, HostError
 from taonet.hosts import MessageStream
 from taonet.hosts._parent import HOST_CHANNEL_TYPE, HOST_SPEC, HOST_TYPE
 from taonet.hosts._process import (
+    _ACL_WARNED,
     HostChannel,
     PreparedProgram,
     Sandbox,
@@ -36,6 +40,8 @@ from taonet.hosts._process import (
     signal_group,
     spawn_program,
 )
+from taonet.hosts._process import _encode_acl as encode_acl
+from taonet.hosts._process import _only_user_acl as only_user_acl
 
 TIMEOUT = 60
 ROOT = os.geteuid() == 0
@@ -256,6 +262,34 @@ async def run(
     return Outcome(status, output[out_r].decode(), err, talked)
 
 
+#: POSIX ACL tags and the id of entries that have none (acl(5), posix_acl_xattr.h).
+USER_OBJ, USER, GROUP_OBJ, GROUP, MASK, OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+NO_ID = 0xFFFFFFFF
+
+
+def acl_of(path: Path, name: str = "system.posix_acl_access") -> list[tuple[int, int, int]] | None:
+    """The (tag, perm, id) entries of ``path``'s ACL as the kernel reports them, or None."""
+    try:
+        data = os.getxattr(path, name)
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP):
+            return None
+        raise
+    assert struct.unpack_from("<I", data) == (2,)
+    assert len(data) % 8 == 4
+    return [struct.unpack_from("<HHI", data, offset) for offset in range(4, len(data), 8)]
+
+
+def only_for(uid: int, owner: int, user: int) -> list[tuple[int, int, int]]:
+    return [
+        (USER_OBJ, owner, NO_ID),
+        (USER, user, uid),
+        (GROUP_OBJ, 0, NO_ID),
+        (MASK, user, NO_ID),
+        (OTHER, 0, NO_ID),
+    ]
+
+
 def proc_status(text: str) -> dict[str, list[str]]:
     return {
         line.split(":")[0]: line.split(":", 1)[1].split()
@@ -281,6 +315,8 @@ async def test_copy_is_measured_exactly(tmp_path: Path, programs_dir: Path) -> N
     assert mode_of(prepared.path) == 0o500  # the host's own program: private
     assert prepared.path.stat().st_uid == os.geteuid()
     assert mode_of(prepared.directory) == 0o700
+    assert acl_of(prepared.path) is None
+    assert acl_of(prepared.directory) is None
     assert mode_of(programs_dir) == 0o711
 
 
@@ -939,6 +975,9 @@ async def test_a_copy_for_another_user_is_theirs_alone(src_dir: Path, programs_d
         assert (stat.S_IMODE(copy.st_mode), copy.st_uid, copy.st_gid) == (0o550, 0, NOBODY)
         assert (stat.S_IMODE(directory.st_mode), directory.st_uid) == (0o710, 0)
         assert directory.st_gid == NOBODY
+        assert acl_of(prepared.path) == only_for(NOBODY, 0o5, 0o5)
+        assert acl_of(prepared.directory) == only_for(NOBODY, 0o7, 0o1)
+        assert acl_of(prepared.directory, "system.posix_acl_default") is None
         assert (mode_of(programs_dir), os.stat(programs_dir).st_uid) == (0o711, 0)
         daemon = 1  # neither root nor NOBODY, in neither's group
         prying = await trio.run_process(
@@ -964,6 +1003,181 @@ async def test_a_copy_for_another_user_is_theirs_alone(src_dir: Path, programs_d
     assert prepared.path.read_bytes() == SELF_CHECK.encode()
     assert mode_of(prepared.path) == 0o550
     assert listing(prepared.directory) == [prepared.path.name]
+
+
+#: Run as another user, given the copy's and its directory's paths and O_PATH
+#: descriptors: reopening /proc/self/fd/N checks the object's own permissions, so
+#: the copy is tried past its directory too.
+GROUP_PRYING = """
+id -G
+cat "$1" >/dev/null && echo "read the copy"
+ls "$2" >/dev/null && echo "listed its directory"
+cd "$2" 2>/dev/null && echo "entered its directory"
+cat "/proc/self/fd/$3" >/dev/null && echo "read the copy by its descriptor"
+ls "/proc/self/fd/$4/" >/dev/null && echo "listed its directory by its descriptor"
+(cd "/proc/self/fd/$4" 2>/dev/null) && echo "entered its directory by its descriptor"
+echo done
+"""
+
+
+async def pry(prepared: PreparedProgram, uid: int, gid: int, groups: list[int]) -> tuple[str, str]:
+    """Run :data:`GROUP_PRYING` as (uid, gid, groups); its stdout and stderr."""
+    fds = [os.open(path, os.O_PATH | os.O_CLOEXEC) for path in (prepared.path, prepared.directory)]
+    try:
+        result = await trio.run_process(
+            [
+                *("/bin/sh", "-c", GROUP_PRYING, "prying"),
+                *(str(prepared.path), str(prepared.directory), *map(str, fds)),
+            ],
+            cwd="/",
+            user=uid,
+            group=gid,
+            extra_groups=groups,
+            pass_fds=fds,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return result.stdout.decode(), result.stderr.decode()
+
+
+@needs_root
+async def test_a_copy_for_another_user_is_hidden_from_its_group(
+    src_dir: Path, programs_dir: Path
+) -> None:
+    # Users who share the caller's primary group (a common 'users' group, say) must
+    # not read the copy: the ACL grants the caller's uid, the group nothing.
+    source = write_program(src_dir / "reads-itself", '#!/bin/sh\ncat "$0"\n')
+    group = NOBODY
+    other = 65533 if NOBODY == 65534 else 65534
+    with trio.fail_after(TIMEOUT):
+        prepared = await prepare(source, programs_dir, uid=NOBODY, gid=group)
+        assert (prepared.path.stat().st_gid, prepared.directory.stat().st_gid) == (group, group)
+        as_primary = await pry(prepared, other, group, [])
+        as_supplementary = await pry(prepared, 1, 1, [group])
+        as_caller = await pry(prepared, NOBODY, group, [])
+        result = await run(prepared, uid=NOBODY, gid=group)
+    for (out, err), ids in ((as_primary, f"{group}"), (as_supplementary, f"1 {group}")):
+        assert out.splitlines() == [ids, "done"], err
+        assert err.count("Permission denied") == 4, err
+    # The caller itself may read and run its copy and enter (not list) its directory.
+    out, err = as_caller
+    assert out.splitlines() == [
+        f"{group}",
+        "read the copy",
+        "entered its directory",
+        "read the copy by its descriptor",
+        "entered its directory by its descriptor",
+        "done",
+    ], err
+    assert (result.status, result.out, result.err) == (0, source.read_text(), "")
+
+
+def test_acl_encoding() -> None:
+    # version 2, then (tag, perm, id) little-endian, sorted by tag and then id.
+    assert only_user_acl(65534, 0o5, 0o5) == bytes.fromhex(
+        "02000000"
+        "0100 0500 ffffffff"
+        "0200 0500 feff0000"
+        "0400 0000 ffffffff"
+        "1000 0500 ffffffff"
+        "2000 0000 ffffffff"
+    )
+    head = bytes.fromhex("02000000 0100 0700 ffffffff 0200 0100 01000000")
+    assert only_user_acl(1, 0o7, 0o1).startswith(head)
+    shuffled = [(OTHER, 0, NO_ID), (USER, 4, 7), (USER_OBJ, 7, NO_ID), (USER, 1, 3)]
+    in_order = [(USER_OBJ, 7, NO_ID), (USER, 1, 3), (USER, 4, 7), (OTHER, 0, NO_ID)]
+    assert encode_acl(shuffled) == b"\2\0\0\0" + b"".join(
+        struct.pack("<HHI", *entry) for entry in in_order
+    )
+    with pytest.raises(ValueError, match="rwx bits"):
+        encode_acl([(USER_OBJ, 0o10, NO_ID)])
+
+
+@needs_root
+async def test_an_inherited_acl_is_removed_before_the_copy_exists(
+    src_dir: Path, base_dir: Path, programs_dir: Path
+) -> None:
+    # A default ACL above the programs directory would hand uid 1 every new
+    # directory and, through it, the copy: it is dropped before the copy is made.
+    inherited = [
+        (USER_OBJ, 0o7, NO_ID),
+        (USER, 0o7, 1),
+        (GROUP_OBJ, 0o5, NO_ID),
+        (MASK, 0o7, NO_ID),
+        (OTHER, 0o5, NO_ID),
+    ]
+    data = b"\2\0\0\0" + b"".join(struct.pack("<HHI", *entry) for entry in inherited)
+    os.setxattr(base_dir, "system.posix_acl_default", data)
+    source = write_program(src_dir / "reads-itself", '#!/bin/sh\ncat "$0"\n')
+    with trio.fail_after(TIMEOUT):
+        own = await prepare(source, programs_dir)
+        theirs = await prepare(source, programs_dir, uid=NOBODY, gid=NOBODY)
+        assert acl_of(programs_dir, "system.posix_acl_default") == inherited  # as set up
+        pried = [await pry(prepared, 1, 1, []) for prepared in (own, theirs)]
+        result = await run(theirs, uid=NOBODY, gid=NOBODY)
+    for prepared in (own, theirs):
+        assert acl_of(prepared.directory, "system.posix_acl_default") is None
+    assert (acl_of(own.directory), acl_of(own.path)) == (None, None)
+    assert (mode_of(own.directory), mode_of(own.path)) == (0o700, 0o500)
+    assert acl_of(theirs.directory) == only_for(NOBODY, 0o7, 0o1)
+    assert acl_of(theirs.path) == only_for(NOBODY, 0o5, 0o5)
+    for out, err in pried:
+        assert out.splitlines() == ["1", "done"], err
+        assert err.count("Permission denied") == 4, err
+    assert (result.status, result.out) == (0, source.read_text()), result.err
+
+
+@pytest.fixture
+def no_acl_dir(base_dir: Path) -> Iterator[Path]:
+    """A ramfs (a real filesystem without ACLs or extended attributes) mounted here."""
+    path = base_dir / "ramfs"
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "ramfs", "-o", "mode=0755", "ramfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a ramfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+@needs_root
+async def test_without_acls_copies_fall_back_to_the_group(src_dir: Path, no_acl_dir: Path) -> None:
+    programs_dir = no_acl_dir / "programs"
+    source = write_program(src_dir / "reads-itself", '#!/bin/sh\ncat "$0"\n')
+    if _ACL_WARNED.locked():  # warned by an earlier test: warn again here
+        _ACL_WARNED.release()
+    with trio.fail_after(TIMEOUT), capture_logs() as logs:
+        own = await prepare(source, programs_dir)
+        first = await prepare(source, programs_dir, uid=NOBODY, gid=NOBODY)
+        second = await prepare(source, programs_dir, uid=NOBODY, gid=NOBODY)
+        result = await run(second, uid=NOBODY, gid=NOBODY)
+        pried = await pry(first, 65533 if NOBODY == 65534 else 65534, NOBODY, [])
+    warnings = [entry for entry in logs if entry["event"] == "program_copy_acl_unsupported"]
+    assert len(warnings) == 1, logs  # once
+    assert warnings[0]["log_level"] == "warning"
+    assert warnings[0]["path"] == str(first.directory)
+    with pytest.raises(OSError, match="Operation not supported") as unsupported:
+        os.getxattr(first.path, "system.posix_acl_access")
+    assert unsupported.value.errno == errno.ENOTSUP
+    for prepared in (first, second):
+        copy, directory = prepared.path.stat(), prepared.directory.stat()
+        assert (stat.S_IMODE(copy.st_mode), copy.st_uid, copy.st_gid) == (0o550, 0, NOBODY)
+        assert (stat.S_IMODE(directory.st_mode), directory.st_uid) == (0o710, 0)
+        assert directory.st_gid == NOBODY
+    assert (mode_of(own.directory), mode_of(own.path)) == (0o700, 0o500)
+    assert (result.status, result.out) == (0, source.read_text()), result.err
+    # The weaker fallback: the caller's primary group may read the copy.
+    out, err = pried
+    assert "read the copy" in out.splitlines(), err
 
 
 # -- the bwrap sandbox ----------------------------------------------------------------
