@@ -62,6 +62,7 @@ __all__ = ["SoftHost", "SoftTao"]
 
 _SEAL_MAGIC: Final = b"TSL1"
 _INT64: Final = (-(2**63), 2**63 - 1)
+_MAX_CACHED_BINDINGS: Final = 1024
 _SECRET_SALT: Final = b"taonet soft tao shared secret v1"
 _MAX_SECRET: Final = 255 * 32  # HKDF-SHA256's output limit
 KEYS_FILE: Final = "keys"
@@ -89,6 +90,7 @@ class SoftHost:
         self._crypter: Crypter = keyset.crypter
         self._deriving_key: bytes = keyset.deriving_key
         self._root_endorsement = root_endorsement
+        self._bindings: dict[int, tuple[auth.Prin, bytes]] = {}
         self._directory = directory
         self._clock = clock
         self._delegation = delegation
@@ -197,7 +199,16 @@ class SoftHost:
 
     def _binding(self, caller: auth.Prin, policy: str) -> bytes:
         bound = self.name if policy == SEAL_POLICY_ANY else caller
-        return hashlib.sha256(auth.encode(bound)).digest()
+        # Programs keep their name object between calls: remember digests by identity
+        # (the object is kept with its digest, so an id is never reused wrongly).
+        cached = self._bindings.get(id(bound))
+        if cached is not None and cached[0] is bound:
+            return cached[1]
+        digest = hashlib.sha256(auth.encode(bound)).digest()
+        if len(self._bindings) >= _MAX_CACHED_BINDINGS:
+            self._bindings.clear()
+        self._bindings[id(bound)] = (bound, digest)
+        return digest
 
     def seal_for(self, caller: auth.Prin, data: bytes, policy: str = SEAL_POLICY_SELF) -> bytes:
         """Seal ``data`` for ``caller`` under ``policy``."""
