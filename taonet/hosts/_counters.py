@@ -98,6 +98,13 @@ class CounterTable:
         table.version = self.version
         return table
 
+    def count_under(self, program: str) -> int:
+        """How many counters ``program`` and the names extending it hold."""
+        prefix = program + "."
+        return sum(
+            n for name, n in self._labels.items() if name == program or name.startswith(prefix)
+        )
+
     def get(self, program: str, label: str) -> int | None:
         """The counter, or None if ``program`` has none for ``label``."""
         return self._counters.get((program, label))
@@ -309,11 +316,7 @@ class CounterStore:
 
     def count_under(self, program: auth.Prin) -> int:
         """How many counters ``program`` and the names it extended to hold."""
-        text = str(program)
-        prefix = text + "."
-        return sum(
-            1 for name, _, _ in self._table.items() if name == text or name.startswith(prefix)
-        )
+        return self._table.count_under(str(program))
 
     def get_counter(self, name: auth.Prin, label: str) -> int | None:
         """The counter of program ``name`` for ``label``, or None if it has none."""

@@ -56,9 +56,7 @@ from taonet._files import atomic_write, read_file
 from taonet.attestation import Attestation
 from taonet.crypto import KdfParams, Signer
 from taonet.domain import Domain, Guard, LiberalGuard, program_subprin
-from taonet.hosts._counters import (
-    HostCounters,
-)
+from taonet.hosts._counters import CounterStore, HostCounters
 from taonet.hosts._environment import (
     DEFAULT_PASS_ENVIRONMENT,
     DENIED_ENVIRONMENT,
@@ -236,17 +234,17 @@ class LinuxHost:
         directory: Path,
         config: LinuxHostConfig,
         core: SoftHost,
-        counters: HostCounters,
-        *,
-        parent: Tao | None = None,
+        counters: CounterStore,
     ) -> None:
+        """Prefer :meth:`open`; ``core`` holds the keys, ``counters`` the counter table.
+
+        A stacked host's parent Tao must stay open for as long as the host runs.
+        """
         self.directory = directory
         self.config = config
         self._core = core
         # Counters are charged to the program as launched, whatever names it extends to.
-        self._counters = HostCounters(core, counters.store, program_of=self._launched)
-        self._counters_protected = counters.rollback_protected
-        self._parent = parent
+        self._counters = HostCounters(core, counters, program_of=self._launched)
         self._owner_uid = os.geteuid()
         self._children: dict[int, _Child] = {}
         # Per uid (limited users only): running programs plus starts under way, and
@@ -318,7 +316,7 @@ class LinuxHost:
             core = await trio.to_thread.run_sync(
                 functools.partial(SoftHost.load, path, password, clock=clock)
             )
-            counters = await core.open_counters()
+            counters = (await core.open_counters()).store
         else:
             if parent is None:
                 raise ConfigError(
@@ -326,8 +324,13 @@ class LinuxHost:
                 )
             core = await open_stacked_core(path, parent, clock)
             counters = await open_stacked_counters(path, core, parent)
-        host = cls(path, config, core, counters, parent=parent)
-        log.info("linux_host_opened", kind=config.kind, name=str(host.name))
+        host = cls(path, config, core, counters)
+        log.info(
+            "linux_host_opened",
+            kind=config.kind,
+            name=str(host.name),
+            counters_rollback_protected=counters.rollback_protected,
+        )
         return host
 
     # -- identity ---------------------------------------------------------------------
@@ -348,11 +351,6 @@ class LinuxHost:
     @property
     def socket_path(self) -> Path:
         return self.directory / ADMIN_SOCKET
-
-    @property
-    def counters_rollback_protected(self) -> bool:
-        """Whether rollback of the stored counter table itself is detectable."""
-        return self._counters_protected
 
     # -- serving ----------------------------------------------------------------------
 
@@ -383,10 +381,10 @@ class LinuxHost:
                 await trio.sleep(0.05)
                 nursery.cancel_scope.cancel()
         finally:
+            # Each program's _serve_child, cancelled with the nursery, has killed and
+            # reaped it: none outlives the host.
             self._nursery = None
             self._stopping = True
-            for child in list(self._children.values()):
-                await signal_group(child.process, signal.SIGKILL)
             self._finished.set()
             log.info("linux_host_stopped", name=str(self.name))
 

@@ -108,7 +108,6 @@ _ACL_VERSION: Final = 2
 _ACL_USER_OBJ: Final = 0x01
 _ACL_USER: Final = 0x02
 _ACL_GROUP_OBJ: Final = 0x04
-_ACL_GROUP: Final = 0x08
 _ACL_MASK: Final = 0x10
 _ACL_OTHER: Final = 0x20
 _ACL_UNDEFINED_ID: Final = 0xFFFFFFFF

@@ -51,6 +51,7 @@ from taonet.hosts._tao import (
     check_label,
     check_policy,
     check_size,
+    check_time,
 )
 from taonet.wire import MAX_FRAME_CEILING, message_class, parse, serialize
 
@@ -93,8 +94,6 @@ METHODS: Final = frozenset(
 )
 
 _INT32_MAX: Final = 2**31 - 1
-_INT64_MIN: Final = -(2**63)
-_INT64_MAX: Final = 2**63 - 1
 _UINT64_MAX: Final = 2**64 - 1
 
 
@@ -106,17 +105,6 @@ def _as_messages(stream: MessageStream | trio.abc.Stream, max_frame: int) -> Mes
 
 def _present(msg: Any) -> frozenset[str]:
     return frozenset(field.name for field, _ in msg.ListFields())
-
-
-def _check_time(value: int | None, what: str) -> None:
-    if value is None:
-        return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or not _INT64_MIN <= value <= _INT64_MAX
-    ):
-        raise HostError(f"attest: {what} must be an int64 of nanoseconds, got {value!r}")
 
 
 # --------------------------------------------------------------------------------------
@@ -395,8 +383,8 @@ class RPCTao(Tao):
         time: int | None = None,
         expiration: int | None = None,
     ) -> Attestation:
-        _check_time(time, "time")
-        _check_time(expiration, "expiration")
+        check_time(time, "time")
+        check_time(expiration, "expiration")
         fields: dict[str, Any] = {"data": auth.encode(message)}
         if issuer is not None:
             if not isinstance(issuer, auth.Prin):
@@ -479,22 +467,8 @@ def _need(request: Any, op: str, *names: str) -> None:
         raise HostError(f"{op}: the request needs {', '.join(missing)}")
 
 
-_last_encoded: tuple[auth.Prin, bytes] | None = None
-
-
-def _encode_name(name: auth.Prin) -> bytes:
-    """auth.encode(name), remembering the last one (a program asks for its name often)."""
-    global _last_encoded
-    last = _last_encoded
-    if last is not None and last[0] is name:
-        return last[1]
-    data = auth.encode(name)
-    _last_encoded = (name, data)
-    return data
-
-
 async def _get_tao_name(tao: Tao, request: Any) -> dict[str, Any]:
-    return {"data": _encode_name(await tao.get_tao_name())}
+    return {"data": auth.encode(await tao.get_tao_name())}
 
 
 async def _extend_tao_name(tao: Tao, request: Any) -> dict[str, Any]:

@@ -26,8 +26,8 @@ counter, ``counters.sealed`` (the counter table, sealed with the host's key; see
 
 A stacked host can use a SoftHost as its key core: it passes ``name=`` (the name its
 parent gave it) and ``delegation=`` (the parent's attestation ``key(host key)
-speaksfor name``), which every attestation then carries, and sets :attr:`counters`
-to a :class:`HostCounters` over a :class:`ParentTableSealer` before serving.
+speaksfor name``), which every attestation then carries; its counters are kept apart
+(see :mod:`taonet.hosts._stacked`).
 """
 
 from __future__ import annotations
@@ -56,12 +56,12 @@ from taonet.hosts._tao import (
     Tao,
     check_policy,
     check_size,
+    check_time,
 )
 
 __all__ = ["SoftHost", "SoftTao"]
 
 _SEAL_MAGIC: Final = b"TSL1"
-_INT64: Final = (-(2**63), 2**63 - 1)
 _MAX_CACHED_BINDINGS: Final = 1024
 _SECRET_SALT: Final = b"taonet soft tao shared secret v1"
 _MAX_SECRET: Final = 255 * 32  # HKDF-SHA256's output limit
@@ -195,8 +195,6 @@ class SoftHost:
         if not isinstance(caller, auth.Prin) or not caller.is_sub_principal_of(self.name):
             raise HostError(f"{caller} is not this host ({self.name}) or hosted by it")
 
-    _check_caller = check_caller  # the name earlier code used
-
     def _binding(self, caller: auth.Prin, policy: str) -> bytes:
         bound = self.name if policy == SEAL_POLICY_ANY else caller
         # Programs keep their name object between calls: remember digests by identity
@@ -271,15 +269,10 @@ class SoftHost:
         speaker = caller if issuer is None else issuer
         if not speaker.is_sub_principal_of(caller):
             raise HostError(f"issuer {speaker} is not {caller} or one of its sub-principals")
-        for value, what in ((time, "time"), (expiration, "expiration")):
-            if value is not None and (
-                isinstance(value, bool)
-                or not isinstance(value, int)
-                or not _INT64[0] <= value <= _INT64[1]
-            ):
-                raise HostError(f"attest: {what} must be an int64 of nanoseconds, got {value!r}")
+        check_time(time, "time")
+        check_time(expiration, "expiration")
         start = self._clock() if time is None else time
-        if expiration is None and start > _INT64[1] - DEFAULT_VALIDITY_NS:
+        if expiration is None and start > 2**63 - 1 - DEFAULT_VALIDITY_NS:
             raise HostError("attest: a statement from that time cannot get the default validity")
         return attest(
             self._keyset.signer,

@@ -22,10 +22,10 @@ from taonet import auth
 from taonet._errors import HostError
 from taonet._files import atomic_write, read_file
 from taonet.crypto import Keyset
-from taonet.hosts._counters import CounterStore, HostCounters, ParentTableSealer, SoftTableSealer
+from taonet.hosts._counters import CounterStore, ParentTableSealer, SoftTableSealer
 from taonet.hosts._linux_config import COUNTERS_FILE, SEALED_KEYS_FILE
 from taonet.hosts._soft import SoftHost
-from taonet.hosts._tao import SEAL_POLICY_SELF, Tao
+from taonet.hosts._tao import NOT_SUPPORTED, SEAL_POLICY_SELF, Tao
 
 __all__ = ["open_stacked_core", "open_stacked_counters"]
 
@@ -58,13 +58,12 @@ async def open_stacked_core(path: Path, parent: Tao, clock: Callable[[], int]) -
     return SoftHost(keyset, name=name, delegation=delegation, directory=path, clock=clock)
 
 
-async def open_stacked_counters(path: Path, core: SoftHost, parent: Tao) -> HostCounters:
+async def open_stacked_counters(path: Path, core: SoftHost, parent: Tao) -> CounterStore:
     sealer: ParentTableSealer | SoftTableSealer = ParentTableSealer(parent)
     try:
         await parent.get_counter(sealer.label)
     except HostError as exc:
-        if "not supported" in str(exc):
+        if NOT_SUPPORTED in str(exc):
             log.warning("counters_not_rollback_protected", reason=str(exc))
             sealer = SoftTableSealer(core)
-    store = await CounterStore.open(path / COUNTERS_FILE, sealer)
-    return HostCounters(core, store)
+    return await CounterStore.open(path / COUNTERS_FILE, sealer)

@@ -39,6 +39,7 @@ __all__ = [
     "check_label",
     "check_policy",
     "check_size",
+    "check_time",
 ]
 
 SEAL_POLICY_SELF: Final = "self"
@@ -85,6 +86,14 @@ def check_label(label: str) -> str:
             f"a counter label must be 1 to {MAX_LABEL_BYTES} bytes of UTF-8, got {size} bytes"
         )
     return label
+
+
+def check_time(value: int | None, what: str) -> None:
+    """HostError unless ``value`` (an attestation time) is None or an int64 of ns."""
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**63
+    ):
+        raise HostError(f"attest: {what} must be an int64 of nanoseconds, got {value!r}")
 
 
 def check_counter(value: int) -> int:
