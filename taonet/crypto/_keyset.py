@@ -19,9 +19,15 @@ Blob format (all integers big-endian)::
 
 The AES key is ``scrypt(password, salt, n, r, p)`` (32 bytes), and the first 37
 bytes (the header) are the GCM associated data, so a change to any byte of
-the blob, header included, makes it fail to open. :func:`open_keyset` checks
-the scrypt parameters against fixed bounds (see :class:`KdfParams`) *before*
-running scrypt, so a hostile blob cannot make it burn memory or time.
+the blob, header included, makes it fail to open. The salt (16 bytes) and the
+derived key (32 bytes) have fixed lengths: no field of the blob sets them.
+
+:func:`open_keyset` accepts only scrypt parameters taonet itself writes (see
+:class:`KdfParams`): ``r = 8``, ``p = 1`` and ``n`` a power of two from 2**4
+(:meth:`KdfParams.for_tests`) to 2**17 (:meth:`KdfParams.default`), so at most
+128 MiB and the default's time. It checks them *before* running scrypt, so a
+corrupted or hostile header is refused at once instead of making it burn memory
+or time before "wrong password".
 
 The plaintext is a sequence of records ``tag (1) || length (4) || value``
 with strictly increasing tags and nothing after the last one:
@@ -69,27 +75,23 @@ _TAG_DERIVING: Final = 3
 #: Largest keyset blob :func:`open_keyset` and :func:`load_keyset` accept.
 MAX_KEYSET_BYTES: Final = 64 * 1024
 
-# Bounds on scrypt parameters, for both sealing and opening.
+# The scrypt parameters taonet writes, and so the only ones it accepts, for both
+# sealing and opening: n from for_tests() (2**4) to default() (2**17), r = 8, p = 1.
+# scrypt needs 128 * n * r bytes: at most 128 MiB here.
 _MIN_LOG2_N: Final = 4
-_MAX_LOG2_N: Final = 20
-_MAX_R: Final = 16
-_MAX_P: Final = 16
-_MAX_MEMORY: Final = 1 << 30  # 128 * n * r bytes
-_MAX_WORK: Final = 1 << 24  # n * r * p
+_MAX_LOG2_N: Final = 17
+_R: Final = 8
+_P: Final = 1
 
 
 def _kdf_problem(n: int, r: int, p: int) -> str | None:
-    """Why (n, r, p) is out of bounds, or None if scrypt may run with them."""
+    """Why (n, r, p) is not a set taonet writes, or None if scrypt may run with them."""
     if n < (1 << _MIN_LOG2_N) or n > (1 << _MAX_LOG2_N) or n & (n - 1):
         return f"n={n} must be a power of two from 2**{_MIN_LOG2_N} to 2**{_MAX_LOG2_N}"
-    if not 1 <= r <= _MAX_R:
-        return f"r={r} must be 1..{_MAX_R}"
-    if not 1 <= p <= _MAX_P:
-        return f"p={p} must be 1..{_MAX_P}"
-    if 128 * n * r > _MAX_MEMORY:
-        return f"n={n}, r={r} need more than {_MAX_MEMORY >> 20} MiB"
-    if n * r * p > _MAX_WORK:
-        return f"n*r*p={n * r * p} is over {_MAX_WORK}"
+    if r != _R:
+        return f"r={r} must be {_R}"
+    if p != _P:
+        return f"p={p} must be {_P}"
     return None
 
 
@@ -98,7 +100,9 @@ class KdfParams:
     """scrypt parameters for sealing a keyset.
 
     Use :meth:`default` for real keys. :meth:`for_tests` is deliberately weak
-    and cheap, for test suites only: never seal a real key with it.
+    and cheap, for test suites only: never seal a real key with it. Only
+    ``r = 8``, ``p = 1`` and ``n`` a power of two from 2**4 to 2**17 are
+    allowed (ConfigError otherwise): the sets :func:`open_keyset` accepts.
     """
 
     n: int

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,7 +147,13 @@ def _with_params(n: int, r: int, p: int) -> bytes:
 @pytest.mark.parametrize(
     ("n", "r", "p"),
     [
-        (1 << 21, 8, 1),  # too much work and memory
+        (1 << 20, 8, 1),  # 1 GiB and seconds: accepted before the fix
+        (1 << 20, 8, 2),  # 1 GiB, twice the work: accepted before the fix
+        (1 << 18, 8, 1),  # just above what taonet writes
+        (1 << 17, 16, 1),  # default n, more memory
+        (1 << 17, 8, 2),  # default n, more work
+        (1 << 14, 4, 1),  # cheaper, but not a set taonet writes
+        (1 << 21, 8, 1),
         (1 << 31, 8, 1),
         (0xFFFFFFFF, 8, 1),
         (1000, 8, 1),  # not a power of two
@@ -157,7 +165,8 @@ def _with_params(n: int, r: int, p: int) -> bytes:
         (1 << 14, 8, 0),
         (1 << 14, 8, 1 << 30),
         (1 << 20, 16, 1),  # 2 GiB
-        (1 << 20, 8, 16),  # too much work
+        (1 << 20, 8, 16),
+        (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF),
     ],
 )
 def test_absurd_kdf_params_refused_before_scrypt(
@@ -176,12 +185,68 @@ def test_in_bounds_changed_params_fail_authentication() -> None:
         open_keyset(_with_params(1 << 5, 8, 1), PASSWORD)
 
 
+# The attack of the review, as an attacker (or a disk error) does it: edit the
+# header of a keyset file so that scrypt would need 1 GiB and seconds, then have
+# the owner open it. Run in a fresh interpreter so its peak RSS is its own.
+_OPEN_EDITED = """
+import resource, sys
+from taonet import ConfigError
+from taonet.crypto import load_keyset
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    load_keyset(sys.argv[1], sys.argv[2].encode())
+except ConfigError as exc:
+    print(exc)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) // 1024)  # MiB (Linux counts ru_maxrss in KiB)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB is Linux's")
+def test_hand_edited_header_is_refused_before_scrypt_allocates(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    save_keyset(path, KEYSET, PASSWORD, kdf=FAST)
+    with path.open("r+b") as f:
+        f.seek(9)
+        f.write(struct.pack(">III", 1 << 20, 8, 1))
+    done = subprocess.run(
+        [sys.executable, "-c", _OPEN_EDITED, str(path), PASSWORD.decode()],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    message, grown_mib = done.stdout.splitlines()
+    assert "scrypt parameters out of bounds: n=1048576 must be a power of two" in message
+    assert message.startswith(f"{path}: corrupted keyset")
+    # Before the fix scrypt ran first: +1024 MiB, then "wrong password".
+    assert int(grown_mib) < 64, done.stdout
+
+
 def test_kdf_params_validation() -> None:
-    for n, r, p in [(1 << 21, 8, 1), (3000, 8, 1), (1 << 14, 0, 1), (1 << 14, 8, 17)]:
+    for n, r, p in [
+        (1 << 21, 8, 1),
+        (1 << 18, 8, 1),
+        (3000, 8, 1),
+        (1 << 14, 0, 1),
+        (1 << 14, 16, 1),
+        (1 << 14, 8, 2),
+        (1 << 14, 8, 17),
+    ]:
         with pytest.raises(ConfigError, match="out of bounds"):
             KdfParams(n=n, r=r, p=p)
     with pytest.raises(TypeError):
         KdfParams(n=1.5, r=8, p=1)  # type: ignore[arg-type]
+
+
+def test_every_set_taonet_writes_opens() -> None:
+    # The bounds refuse nothing taonet itself writes.
+    # (2**13 to 2**17 cost up to 128 MiB each; test_default_kdf_is_strong_and_works
+    # opens the largest.)
+    for log2_n in range(4, 13):
+        kdf = KdfParams(n=1 << log2_n, r=8, p=1)
+        assert open_keyset(seal_keyset(KEYSET, PASSWORD, kdf=kdf), PASSWORD) == KEYSET
+    assert KdfParams.default() == KdfParams(n=1 << 17, r=8, p=1)
 
 
 def test_default_kdf_is_strong_and_works() -> None:
