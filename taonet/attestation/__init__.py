@@ -5,9 +5,11 @@ from __future__ import annotations
 from taonet.attestation._attestation import (
     DEFAULT_VALIDITY_NS,
     MAX_DELEGATION_DEPTH,
+    UNROOTED,
     Attestation,
     Proven,
     SignerType,
+    Unrooted,
     attest,
     register_signer_type,
     validate,
@@ -16,9 +18,11 @@ from taonet.attestation._attestation import (
 __all__ = [
     "DEFAULT_VALIDITY_NS",
     "MAX_DELEGATION_DEPTH",
+    "UNROOTED",
     "Attestation",
     "Proven",
     "SignerType",
+    "Unrooted",
     "attest",
     "register_signer_type",
     "validate",

@@ -8,17 +8,22 @@ optionally a delegation (a nested attestation ``Delegate speaksfor Delegator``) 
 
 Validation (:func:`validate`) is total: it decodes, checks every signature in the
 delegation chain, the chain's naming rules, every validity window against the
-caller's clock, and, when given the policy certificate, that the chain's root signer is
-certified by the policy key. It returns a :class:`Proven` value or raises
-:class:`~taonet.AuthenticationError` saying what failed. All times are int64
+caller's clock, and that the chain's root signer is certified by the policy key. The
+caller must say which policy: ``policy_cert`` is a required keyword, and skipping the
+trust root takes the explicit :data:`UNROOTED`. It returns a :class:`Proven` value or
+raises :class:`~taonet.AuthenticationError` saying what failed. All times are int64
 nanoseconds since the Unix epoch, as on the wire.
 
 Signer types are pluggable (:func:`register_signer_type`): ``"key"`` (ECDSA) is built
-in; the TPM backends register ``"tpm2"`` with their quote verifier.
+in; the TPM backends register ``"tpm2"`` with their quote verifier. A name is
+registered once: neither the built-in ``"key"`` nor a type registered earlier can be
+replaced.
 """
 
 from __future__ import annotations
 
+import enum
+import re
 from collections.abc import Callable, Iterable
 from typing import Final
 
@@ -33,9 +38,11 @@ from taonet.wire import message_class, parse, serialize
 __all__ = [
     "DEFAULT_VALIDITY_NS",
     "MAX_DELEGATION_DEPTH",
+    "UNROOTED",
     "Attestation",
     "Proven",
     "SignerType",
+    "Unrooted",
     "attest",
     "register_signer_type",
     "validate",
@@ -50,6 +57,23 @@ MAX_ATTESTATION_BYTES: Final = 1024 * 1024
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
+# Principal types are lower-case words (key, tpm, tpm2, ...).
+_SIGNER_TYPE_NAME: Final = re.compile(r"[a-z][a-z0-9]{0,31}")
+
+
+class Unrooted(enum.Enum):
+    """The type of :data:`UNROOTED`, the one value that skips the policy root."""
+
+    UNROOTED = "UNROOTED"
+
+    def __repr__(self) -> str:
+        return "UNROOTED"
+
+
+#: ``validate(..., policy_cert=UNROOTED)`` checks signatures, the chain and the
+#: windows but not that the root signer is certified by any policy key: the caller
+#: then trusts ``Proven.root_signer`` by some other means, or not at all.
+UNROOTED: Final = Unrooted.UNROOTED
 
 
 def _bytes_tuple(items: Iterable[bytes]) -> tuple[bytes, ...]:
@@ -142,7 +166,22 @@ _SIGNER_TYPES: dict[str, SignerType] = {
 
 
 def register_signer_type(name: str, signer_type: SignerType) -> None:
-    """Teach :func:`validate` a signer type (the TPM backends register ``"tpm2"``)."""
+    """Teach :func:`validate` a signer type (the TPM backends register ``"tpm2"``).
+
+    ``name`` is a principal type: a lower-case word of at most 32 letters and
+    digits. Each name is registered once: ValueError for the built-in ``"key"`` or
+    any name already registered, so that no later import can change how an
+    existing type's signatures are checked.
+    """
+    if not isinstance(name, str) or not _SIGNER_TYPE_NAME.fullmatch(name):
+        raise ValueError(
+            f"signer type name must be a lower-case word of 1 to 32 letters and digits, "
+            f"not {name!r}"
+        )
+    if not isinstance(signer_type, SignerType):
+        raise TypeError(f"expected a SignerType, got {type(signer_type).__name__}")
+    if name in _SIGNER_TYPES:
+        raise ValueError(f"signer type {name!r} is already registered and cannot be replaced")
     _SIGNER_TYPES[name] = signer_type
 
 
@@ -162,7 +201,7 @@ class Proven:
     root_signer: auth.Prin
     root_signer_type: str
     root_signer_key: bytes
-    #: The host certificate found in the chain, verified if a policy certificate was given.
+    #: The host certificate found in the chain; verified unless validated UNROOTED.
     root_endorsement: bytes | None
 
 
@@ -209,23 +248,30 @@ def validate(
     attestation: Attestation | bytes,
     *,
     now_ns: int,
-    policy_cert: bytes | PolicyAnchor | None = None,
+    policy_cert: bytes | PolicyAnchor | Unrooted,
 ) -> Proven:
     """Validate fully and return what the attestation proves.
 
-    ``now_ns`` is the caller's clock (inject it in tests). With ``policy_cert`` (the
-    domain's DER policy certificate, or better a :class:`~taonet.certs.PolicyAnchor`
-    built once from it) the chain must also be rooted in the policy key: either the
-    root signer is the policy key itself, or a root_endorsement in the chain is a
-    valid host certificate from the policy key for the root signer's key.
+    ``now_ns`` is the caller's clock (inject it in tests). ``policy_cert`` (required)
+    is the domain's DER policy certificate, or better a
+    :class:`~taonet.certs.PolicyAnchor` built once from it: the chain must be rooted
+    in that policy key, either because the root signer is the policy key itself, or
+    because a root_endorsement in the chain is a valid host certificate from the
+    policy key for the root signer's key. Only the explicit :data:`UNROOTED` skips
+    this check (None is a TypeError, so a missing value cannot skip it silently).
     """
+    if policy_cert is not UNROOTED and not isinstance(policy_cert, bytes | PolicyAnchor):
+        raise TypeError(
+            "policy_cert must be the policy certificate (DER bytes), a PolicyAnchor, "
+            f"or UNROOTED to skip the trust root explicitly; got {policy_cert!r}"
+        )
     if isinstance(attestation, bytes | bytearray):
         try:
             attestation = Attestation.from_bytes(bytes(attestation))
         except CodecError as exc:
             raise AuthenticationError(f"malformed attestation: {exc}") from None
     proven = _validate(attestation, now_ns, depth=0)
-    if policy_cert is not None:
+    if policy_cert is not UNROOTED:
         _check_rooted_in_policy(proven, policy_cert, now_ns)
     return proven
 

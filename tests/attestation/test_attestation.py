@@ -13,11 +13,14 @@ from taonet import AuthenticationError, CodecError, auth
 from taonet.attestation import (
     DEFAULT_VALIDITY_NS,
     MAX_DELEGATION_DEPTH,
+    UNROOTED,
     Attestation,
+    SignerType,
     attest,
+    register_signer_type,
     validate,
 )
-from taonet.crypto import ATTESTATION_CONTEXT, Signer
+from taonet.crypto import ATTESTATION_CONTEXT, Signer, Verifier
 
 NOW = 1_800_000_000 * 10**9
 SECOND = 10**9
@@ -36,7 +39,7 @@ def make(**kw: object) -> Attestation:
 
 def test_valid_attestation_proves_its_statement() -> None:
     att = make()
-    proven = validate(att.to_bytes(), now_ns=NOW)
+    proven = validate(att.to_bytes(), now_ns=NOW, policy_cert=UNROOTED)
     assert proven.speaker == PROGRAM
     assert proven.message == MESSAGE
     assert proven.signer == HOST_NAME
@@ -58,7 +61,7 @@ def test_round_trip_of_the_protobuf_fields() -> None:
 
 def test_signer_itself_may_speak() -> None:
     att = attest(HOST, MESSAGE, now_ns=NOW)
-    assert validate(att, now_ns=NOW).speaker == HOST_NAME
+    assert validate(att, now_ns=NOW, policy_cert=UNROOTED).speaker == HOST_NAME
 
 
 def test_default_window_is_a_year_in_nanoseconds() -> None:
@@ -78,15 +81,15 @@ def test_default_window_is_a_year_in_nanoseconds() -> None:
 def test_validity_window_is_checked_against_the_clock(now: int, error: str) -> None:
     att = make(time=NOW, expiration=NOW + 10 * SECOND)
     with pytest.raises(AuthenticationError, match=error):
-        validate(att, now_ns=now)
-    assert validate(att, now_ns=NOW + 10 * SECOND - 1).speaker == PROGRAM
+        validate(att, now_ns=now, policy_cert=UNROOTED)
+    assert validate(att, now_ns=NOW + 10 * SECOND - 1, policy_cert=UNROOTED).speaker == PROGRAM
 
 
 def test_speaker_outside_the_signer_is_refused() -> None:
     other = auth.key_principal(Signer.generate().public_key_der())
     att = make(speaker=other)
     with pytest.raises(AuthenticationError, match="is not the signer"):
-        validate(att, now_ns=NOW)
+        validate(att, now_ns=NOW, policy_cert=UNROOTED)
 
 
 def test_resigned_with_another_key_is_refused() -> None:
@@ -100,18 +103,18 @@ def test_resigned_with_another_key_is_refused() -> None:
         signature=thief.sign(att.serialized_statement, ATTESTATION_CONTEXT),
     )
     with pytest.raises(AuthenticationError, match="is not the signer"):
-        validate(stolen, now_ns=NOW)
+        validate(stolen, now_ns=NOW, policy_cert=UNROOTED)
     # Another key's signature under the original signer key does not verify.
     forged = attrs.evolve(att, signature=thief.sign(att.serialized_statement, ATTESTATION_CONTEXT))
     with pytest.raises(AuthenticationError):
-        validate(forged, now_ns=NOW)
+        validate(forged, now_ns=NOW, policy_cert=UNROOTED)
 
 
 def test_signature_in_another_context_is_refused() -> None:
     att = make()
     wrong = attrs.evolve(att, signature=HOST.sign(att.serialized_statement, "some other context"))
     with pytest.raises(AuthenticationError):
-        validate(wrong, now_ns=NOW)
+        validate(wrong, now_ns=NOW, policy_cert=UNROOTED)
 
 
 def test_changed_statement_is_refused() -> None:
@@ -120,7 +123,7 @@ def test_changed_statement_is_refused() -> None:
         auth.Says(speaker=PROGRAM, message=auth.Pred("Evil", ()), time=NOW, expiration=NOW + 1)
     )
     with pytest.raises(AuthenticationError):
-        validate(attrs.evolve(att, serialized_statement=other), now_ns=NOW)
+        validate(attrs.evolve(att, serialized_statement=other), now_ns=NOW, policy_cert=UNROOTED)
 
 
 def test_statement_that_is_not_says_is_refused() -> None:
@@ -129,13 +132,15 @@ def test_statement_that_is_not_says_is_refused() -> None:
         make(), serialized_statement=body, signature=HOST.sign(body, ATTESTATION_CONTEXT)
     )
     with pytest.raises(AuthenticationError, match="not a says"):
-        validate(att, now_ns=NOW)
+        validate(att, now_ns=NOW, policy_cert=UNROOTED)
 
 
 def test_unknown_signer_type_is_refused() -> None:
     for signer_type in ("tpm2", "tpm", "", "KEY"):
         with pytest.raises(AuthenticationError, match="unsupported signer type"):
-            validate(attrs.evolve(make(), signer_type=signer_type), now_ns=NOW)
+            validate(
+                attrs.evolve(make(), signer_type=signer_type), now_ns=NOW, policy_cert=UNROOTED
+            )
 
 
 BASE = make(time=NOW - SECOND, expiration=NOW + 3600 * SECOND).to_bytes()
@@ -146,7 +151,7 @@ def test_any_flipped_byte_is_refused(position: int, mask: int) -> None:
     tampered = bytearray(BASE)
     tampered[position] ^= mask
     try:
-        proven = validate(bytes(tampered), now_ns=NOW)
+        proven = validate(bytes(tampered), now_ns=NOW, policy_cert=UNROOTED)
     except AuthenticationError:
         return
     # The only flips that may survive are in bytes the signature does not cover and
@@ -158,13 +163,13 @@ def test_any_flipped_byte_is_refused(position: int, mask: int) -> None:
 def test_every_truncation_is_refused() -> None:
     for end in range(len(BASE)):
         with pytest.raises(AuthenticationError):
-            validate(BASE[:end], now_ns=NOW)
+            validate(BASE[:end], now_ns=NOW, policy_cert=UNROOTED)
 
 
 @given(st.binary(max_size=300))
 def test_random_bytes_only_raise_authentication_error(data: bytes) -> None:
     with pytest.raises(AuthenticationError):
-        validate(data, now_ns=NOW)
+        validate(data, now_ns=NOW, policy_cert=UNROOTED)
 
 
 @given(st.binary(max_size=300))
@@ -205,7 +210,7 @@ def chained(deleg: Attestation, *, speaker: auth.Prin = CHILD, **kw: object) -> 
 def test_valid_delegation_chain() -> None:
     deleg = delegation(time=NOW - 5 * SECOND, expiration=NOW + 50 * SECOND)
     att = chained(deleg, time=NOW - 10 * SECOND, expiration=NOW + 100 * SECOND)
-    proven = validate(att.to_bytes(), now_ns=NOW)
+    proven = validate(att.to_bytes(), now_ns=NOW, policy_cert=UNROOTED)
     assert proven.speaker == CHILD
     assert proven.signer == STACKED_NAME
     assert proven.root_signer == HOST_NAME
@@ -217,33 +222,33 @@ def test_valid_delegation_chain() -> None:
 
 def test_expired_delegation_expires_the_chain() -> None:
     att = chained(delegation(expiration=NOW + SECOND))
-    validate(att, now_ns=NOW)
+    validate(att, now_ns=NOW, policy_cert=UNROOTED)
     with pytest.raises(AuthenticationError, match=r"delegation \(level 1\) has expired"):
-        validate(att, now_ns=NOW + 2 * SECOND)
+        validate(att, now_ns=NOW + 2 * SECOND, policy_cert=UNROOTED)
 
 
 def test_delegation_whose_speaker_is_not_the_delegator() -> None:
     deleg = delegation(speaker=HOST_NAME)  # HOST says STACKED speaksfor LINUX_HOST
     with pytest.raises(AuthenticationError, match="is not the delegator"):
-        validate(chained(deleg), now_ns=NOW)
+        validate(chained(deleg), now_ns=NOW, policy_cert=UNROOTED)
 
 
 def test_delegation_to_another_key() -> None:
     other = auth.key_principal(Signer.generate().public_key_der())
     with pytest.raises(AuthenticationError, match="is not the signer"):
-        validate(chained(delegation(delegate=other)), now_ns=NOW)
+        validate(chained(delegation(delegate=other)), now_ns=NOW, policy_cert=UNROOTED)
 
 
 def test_statement_speaker_outside_the_delegator() -> None:
     outsider = HOST_NAME.extend(auth.PrinExt("LinuxHost", (auth.Bytes(b"\x09" * 32),)))
     with pytest.raises(AuthenticationError, match="is not the delegator"):
-        validate(chained(delegation(), speaker=outsider), now_ns=NOW)
+        validate(chained(delegation(), speaker=outsider), now_ns=NOW, policy_cert=UNROOTED)
 
 
 def test_delegation_that_is_not_speaksfor() -> None:
     deleg = attest(HOST, MESSAGE, speaker=LINUX_HOST, now_ns=NOW)
     with pytest.raises(AuthenticationError, match="not a speaksfor"):
-        validate(chained(deleg), now_ns=NOW)
+        validate(chained(deleg), now_ns=NOW, policy_cert=UNROOTED)
 
 
 def test_delegation_signed_by_an_outsider() -> None:
@@ -253,7 +258,7 @@ def test_delegation_signed_by_an_outsider() -> None:
         outsider, auth.Speaksfor(STACKED_NAME, LINUX_HOST), speaker=LINUX_HOST, now_ns=NOW
     )
     with pytest.raises(AuthenticationError, match="is not the signer"):
-        validate(chained(deleg), now_ns=NOW)
+        validate(chained(deleg), now_ns=NOW, policy_cert=UNROOTED)
 
 
 def test_tampered_delegation_is_refused() -> None:
@@ -262,7 +267,7 @@ def test_tampered_delegation_is_refused() -> None:
         deleg, signature=deleg.signature[:-1] + bytes([deleg.signature[-1] ^ 1])
     )
     with pytest.raises(AuthenticationError):
-        validate(chained(tampered), now_ns=NOW)
+        validate(chained(tampered), now_ns=NOW, policy_cert=UNROOTED)
 
 
 def long_chain(levels: int) -> Attestation:
@@ -285,7 +290,110 @@ def long_chain(levels: int) -> Attestation:
 
 
 def test_chain_depth_is_bounded() -> None:
-    proven = validate(long_chain(MAX_DELEGATION_DEPTH), now_ns=NOW)
+    proven = validate(long_chain(MAX_DELEGATION_DEPTH), now_ns=NOW, policy_cert=UNROOTED)
     assert proven.message == MESSAGE
     with pytest.raises(AuthenticationError, match="longer than"):
-        validate(long_chain(MAX_DELEGATION_DEPTH + 1), now_ns=NOW)
+        validate(long_chain(MAX_DELEGATION_DEPTH + 1), now_ns=NOW, policy_cert=UNROOTED)
+
+
+# -- the trust root is never skipped by omission -------------------------------------
+
+
+def test_policy_cert_is_required() -> None:
+    # An attestation from a host no policy key certified: before, forgetting
+    # policy_cert validated it as if it were rooted in the domain.
+    att = make()
+    with pytest.raises(TypeError, match="policy_cert"):
+        validate(att, now_ns=NOW)  # type: ignore[call-arg]
+    for wrong in (None, "policy.der", bytearray(b"\x30"), 0):
+        with pytest.raises(TypeError, match="UNROOTED to skip the trust root explicitly"):
+            validate(att, now_ns=NOW, policy_cert=wrong)  # type: ignore[arg-type]
+    # Skipping it is possible, but only by saying so.
+    assert validate(att, now_ns=NOW, policy_cert=UNROOTED).speaker == PROGRAM
+    assert repr(UNROOTED) == "UNROOTED"
+
+
+def test_policy_cert_type_is_checked_before_anything_is_parsed() -> None:
+    # The TypeError comes first even for garbage, so the mistake cannot hide
+    # behind an AuthenticationError in tests of bad input.
+    with pytest.raises(TypeError, match="policy_cert"):
+        validate(b"garbage", now_ns=NOW, policy_cert=None)  # type: ignore[arg-type]
+
+
+# -- signer types are registered once ----------------------------------------------
+
+
+def _fresh_name() -> str:
+    # The registry is process-wide: each test registers names no other test uses.
+    import secrets
+
+    return f"test{secrets.token_hex(6)}"
+
+
+def _accept_anything(att: Attestation) -> None:
+    del att
+
+
+def _verify_as_key(att: Attestation) -> None:
+    Verifier.from_der(att.signer_key).verify(
+        att.serialized_statement, ATTESTATION_CONTEXT, att.signature
+    )
+
+
+def test_builtin_key_type_cannot_be_replaced() -> None:
+    # The attack: code imported into the process swaps the "key" verifier for one
+    # that accepts any signature, then forges an attestation.
+    lax = SignerType(
+        verify=_accept_anything, principal=lambda der: auth.principal_for_key("key", der)
+    )
+    with pytest.raises(ValueError, match="'key' is already registered"):
+        register_signer_type("key", lax)
+    forged = attrs.evolve(make(), signature=Signer.generate().sign(b"x", ATTESTATION_CONTEXT))
+    with pytest.raises(AuthenticationError, match="bad signature"):
+        validate(forged, now_ns=NOW, policy_cert=UNROOTED)
+
+
+def test_registered_type_cannot_be_replaced_and_keeps_working() -> None:
+    name = _fresh_name()
+    strict = SignerType(
+        verify=_verify_as_key, principal=lambda der: auth.principal_for_key(name, der)
+    )
+    register_signer_type(name, strict)
+    signer_name = auth.principal_for_key(name, HOST.public_key_der())
+    statement = auth.encode(auth.Says(speaker=signer_name, message=MESSAGE, time=NOW))
+    good = Attestation(
+        serialized_statement=statement,
+        signer_type=name,
+        signer_key=HOST.public_key_der(),
+        signature=HOST.sign(statement, ATTESTATION_CONTEXT),
+    )
+    proven = validate(good, now_ns=NOW, policy_cert=UNROOTED)
+    assert (proven.speaker, proven.root_signer_type) == (signer_name, name)
+    forged = attrs.evolve(good, signature=Signer.generate().sign(statement, ATTESTATION_CONTEXT))
+    with pytest.raises(AuthenticationError, match="bad signature"):
+        validate(forged, now_ns=NOW, policy_cert=UNROOTED)
+    # A second registration of the name, lax this time, is refused...
+    lax = SignerType(
+        verify=_accept_anything, principal=lambda der: auth.principal_for_key(name, der)
+    )
+    with pytest.raises(ValueError, match="already registered"):
+        register_signer_type(name, lax)
+    # ...and the first one still decides.
+    with pytest.raises(AuthenticationError, match="bad signature"):
+        validate(forged, now_ns=NOW, policy_cert=UNROOTED)
+
+
+@pytest.mark.parametrize("name", ["", "Key", "tpm-2", "2tpm", "a" * 33, " key", "key\n"])
+def test_signer_type_names_are_principal_types(name: str) -> None:
+    lax = SignerType(verify=_accept_anything, principal=auth.key_principal)
+    with pytest.raises(ValueError, match="lower-case word"):
+        register_signer_type(name, lax)
+
+
+def test_signer_type_must_be_a_signer_type() -> None:
+    with pytest.raises(TypeError, match="SignerType"):
+        register_signer_type(_fresh_name(), _accept_anything)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lower-case word"):
+        register_signer_type(
+            None, SignerType(verify=_accept_anything, principal=auth.key_principal)
+        )  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ import pytest
 from cryptography import x509
 
 from taonet import AuthenticationError, auth, certs
-from taonet.attestation import attest, validate
+from taonet.attestation import UNROOTED, attest, validate
 from taonet.crypto import Signer
 from tests.conftest import PASSWORD
 
@@ -68,7 +68,7 @@ async def test_attestation_from_a_certified_host_chains_to_the_policy_key(  # ty
 async def test_uncertified_host_is_refused(make_domain, make_host, now_ns) -> None:  # type: ignore[no-untyped-def]
     domain = make_domain()
     att = await make_host().tao_for().attest(MESSAGE)
-    validate(att, now_ns=time.time_ns())  # valid on its own...
+    validate(att, now_ns=time.time_ns(), policy_cert=UNROOTED)  # valid on its own...
     with pytest.raises(AuthenticationError, match="no root endorsement"):
         validate(att, now_ns=time.time_ns(), policy_cert=domain.policy_cert)  # ...but not rooted
 

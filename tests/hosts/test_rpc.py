@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from taonet import HostError, ProtocolError, auth
-from taonet.attestation import Attestation, validate
+from taonet.attestation import UNROOTED, Attestation, validate
 from taonet.channel import MessageStream
 from taonet.hosts import SoftHost, SoftTao, Tao
 from taonet.hosts._rpc import COUNTER_METHODS, METHODS, RPCTao, serve_tao_rpc
@@ -157,7 +157,7 @@ async def test_attest_validates(host: SoftHost, soft: SoftTao) -> None:
         async with rpc_pair(soft) as rpc:
             att = await rpc.attest(form)
             now = time.time_ns()
-            proven = validate(att, now_ns=now)
+            proven = validate(att, now_ns=now, policy_cert=UNROOTED)
             assert proven.speaker == name
             assert proven.message == form
             assert proven.signer == host.name
@@ -169,7 +169,7 @@ async def test_attest_validates(host: SoftHost, soft: SoftTao) -> None:
             child = name.extend(auth.PrinExt("Worker", ()))
             t0, t1 = now - 10**9, now + 60 * 10**9
             att = await rpc.attest(form, issuer=child, time=t0, expiration=t1)
-            proven = validate(att, now_ns=now)
+            proven = validate(att, now_ns=now, policy_cert=UNROOTED)
             assert proven.speaker == child
             assert (proven.not_before, proven.not_after) == (t0, t1)
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from taonet import AuthenticationError, ConfigError, HostError, auth
-from taonet.attestation import validate
+from taonet.attestation import UNROOTED, validate
 from taonet.crypto import KdfParams, Keyset
 from taonet.hosts import SoftHost, SoftTao, Tao
 from tests.conftest import PASSWORD
@@ -173,10 +173,11 @@ async def test_attest_speaks_for_the_caller(host: SoftHost, now_ns: int) -> None
     me = program(host, 1)
     tao = host.tao_for(me)
     message = auth.Pred("Ready", ())
-    proven = validate(await tao.attest(message), now_ns=time.time_ns())
+    proven = validate(await tao.attest(message), now_ns=time.time_ns(), policy_cert=UNROOTED)
     assert proven.speaker == me
     sub = me.extend(auth.PrinExt("Worker", (auth.Int(1),)))
-    assert validate(await tao.attest(message, issuer=sub), now_ns=time.time_ns()).speaker == sub
+    att = await tao.attest(message, issuer=sub)
+    assert validate(att, now_ns=time.time_ns(), policy_cert=UNROOTED).speaker == sub
     with pytest.raises(HostError, match="not"):
         await tao.attest(message, issuer=program(host, 2))
     with pytest.raises(HostError):
@@ -241,7 +242,7 @@ async def test_a_core_speaks_for_the_name_its_parent_gave(host: SoftHost) -> Non
     form = auth.Pred("Ready", ())
     att = await core.tao_for(child).attest(form)
     assert att.serialized_delegation == delegation.to_bytes()
-    proven = validate(att, now_ns=time.time_ns())
+    proven = validate(att, now_ns=time.time_ns(), policy_cert=UNROOTED)
     assert (proven.speaker, proven.message) == (child, form)
     assert proven.signer == key_prin
     assert proven.root_signer == host.name
@@ -249,7 +250,9 @@ async def test_a_core_speaks_for_the_name_its_parent_gave(host: SoftHost) -> Non
     # Without the delegation the key alone does not speak for the given name.
     bare = SoftHost(keyset, name=given)
     with pytest.raises(AuthenticationError):
-        validate(await bare.tao_for(child).attest(form), now_ns=time.time_ns())
+        validate(
+            await bare.tao_for(child).attest(form), now_ns=time.time_ns(), policy_cert=UNROOTED
+        )
     # The core serves only its given name and what it hosts.
     with pytest.raises(HostError, match="not this host"):
         core.tao_for(key_prin)
