@@ -1,8 +1,8 @@
 """Channel identities: a program's TLS credentials, and the TLS contexts built from them.
 
 A :class:`ChannelIdentity` holds a program's key, its program certificate and the
-domain's policy certificate. It checks them against each other once and builds its
-two ``ssl.SSLContext`` objects once (when credentials are provisioned, never per
+domain's policy certificate. It checks them against each other once and builds each
+of its ``ssl.SSLContext`` objects once (when credentials are provisioned, never per
 connection):
 
 * TLS 1.3 only; the policy certificate is the only trust root; the peer must present
@@ -11,7 +11,10 @@ connection):
 * hostname checking stays on against the fixed name every program certificate
   carries (:data:`taonet.certs.CHANNEL_HOSTNAME`): peers are told apart by the
   principal in their certificates, which the channel reads and checks after the
-  handshake.
+  handshake;
+* the private key never reaches the disk in the clear: ``ssl`` loads keys only from
+  files, so it gets the key encrypted under a one-time random password (see
+  :func:`_load_chain`).
 
 :meth:`ChannelIdentity.anonymous` is a client without a Tao: it authenticates the
 server and presents nothing.
@@ -20,6 +23,7 @@ server and presents nothing.
 from __future__ import annotations
 
 import os
+import secrets
 import ssl
 import tempfile
 import time
@@ -33,6 +37,9 @@ from taonet._errors import ConfigError
 from taonet.crypto import Signer
 
 __all__ = ["ChannelIdentity"]
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def _pem_cert(der: bytes) -> str:
@@ -104,18 +111,28 @@ class ChannelIdentity:
 
 
 def _load_chain(ctx: ssl.SSLContext, cert_der: bytes, signer: Signer) -> None:
-    # ssl only loads keys from files: write them to a private directory, load, remove.
+    """Load the certificate and key into ``ctx`` without the key ever on disk in the clear.
+
+    ``ssl`` only loads keys from files. The file here holds the certificate and the key
+    encrypted (PKCS#8, PBES2 with AES-256) under a one-time random password that exists
+    only in this process's memory and is dropped when this returns; the file lives in
+    a private temporary directory (mode 0700, file 0600) removed at once. Whoever reads
+    the disk (now, or later from freed blocks) finds only ciphertext under a 256-bit
+    random password. (A memfd would keep even the ciphertext off the disk, but it is
+    Linux-only; this works wherever ``ssl`` does.)
+    """
+    password = secrets.token_urlsafe(32).encode()  # 256 random bits, ASCII for OpenSSL
     key_pem = signer.private_key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+        serialization.BestAvailableEncryption(password),
     )
     with tempfile.TemporaryDirectory(prefix="taonet-tls-") as tmp:
         path = Path(tmp) / "chain.pem"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(_pem_cert(cert_der).encode() + key_pem)
         try:
-            ctx.load_cert_chain(path)
+            ctx.load_cert_chain(path, password=password)
         except ssl.SSLError as exc:
             raise ConfigError(f"TLS refused the program key or certificate: {exc}") from None
