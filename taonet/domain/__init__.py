@@ -1,7 +1,9 @@
 """Domains and guards: the policy key, what it trusts, and how that is decided.
 
 * :class:`Domain` opens or creates a domain directory; :class:`DomainTemplate` and
-  :class:`DomainConfig` are its TOML files.
+  :class:`DomainConfig` are its TOML files. The policy key signs the configuration
+  (``domain.sig``: every key of ``domain.toml``, the policy certificate, the guard and
+  its rules) and :meth:`Domain.load` refuses a domain whose files differ from it.
 * Guards (:class:`LiberalGuard`, :class:`ConservativeGuard`, :class:`ACLGuard`) answer
   ``Authorized(P, op, args)`` queries; their evaluation is pure.
 * :class:`ProgramCertifier` checks a program's attestation and issues its program

@@ -3,14 +3,22 @@
 Layout of a domain directory (all written atomically; the keyset mode 0600)::
 
     domain.toml              configuration (name, guard kind, certificate lifetimes)
+    domain.sig               the policy key's signature over domain.toml, the policy
+                             certificate and the guard (see taonet.domain._signed_config)
     policy_keys/keys         the policy key, in a password-protected keyset
     policy_keys/cert.der     the self-signed policy certificate (the domain's trust root)
     acls                     the ACL guard's SignedACLSet (guard = "ACL" only)
 
 :meth:`Domain.load` needs no password: it reads the public parts, checks the policy
-certificate and verifies the guard's signature with the policy key (a hand-edited
-``acls`` file is refused). Changing policy or certifying hosts needs the policy key,
-which :meth:`Domain.unlock` opens with the password.
+certificate, verifies ``domain.sig`` and the guard's rules with the policy key, and
+refuses the domain (ConfigError naming the field) if ``domain.toml``, the certificate
+or the rules differ from what the policy key signed: a hand-edited ``domain.toml``
+(``guard = "Liberal"``, a longer certificate lifetime, another name) or ``acls`` file is
+never trusted. Every key of ``domain.toml`` is signed; none is left to the file alone.
+Changing policy or certifying hosts needs the policy key, which :meth:`Domain.unlock`
+opens with the password; every change re-signs the configuration, and
+:meth:`Domain.resign` signs ``domain.toml`` as it stands after an intended edit by hand
+(or for a domain made before configurations were signed).
 """
 
 from __future__ import annotations
@@ -28,8 +36,18 @@ from taonet import auth, certs
 from taonet._errors import AuthenticationError, CodecError, ConfigError
 from taonet._files import atomic_write, read_file
 from taonet.crypto import KdfParams, Keyset, Signer, Verifier, load_keyset, save_keyset
-from taonet.domain._guard import GUARD_KINDS, ACLGuard, Guard
+from taonet.domain._guard import GUARD_KINDS, ACLGuard, ConservativeGuard, Guard
 from taonet.domain._programs import measure_file, policy_key_subprin, program_subprin
+from taonet.domain._signed_config import (
+    MAX_SIGNED_CONFIG,
+    SIGNED_CONFIG_FILE,
+    SignedConfig,
+    cert_digest,
+    config_error,
+    differences,
+    read_signed_config,
+    write_signed_config,
+)
 
 __all__ = ["Domain", "DomainConfig", "DomainTemplate"]
 
@@ -57,28 +75,45 @@ def _curve(_: Any, attribute: Any, value: str) -> None:
 
 @attrs.frozen
 class DomainConfig:
-    """The contents of ``domain.toml``."""
+    """The contents of ``domain.toml``; every field is signed by the policy key."""
 
     name: str
     guard: str = attrs.field(validator=_guard_kind)
     host_validity_days: int = attrs.field(default=365, validator=_positive_days)
     program_validity_days: int = attrs.field(default=30, validator=_positive_days)
 
-    def to_toml(self) -> bytes:
-        doc = {
+    def _doc(self) -> dict[str, dict[str, str | int]]:
+        return {
             "domain": {"name": self.name, "guard": self.guard},
             "certificates": {
                 "host_validity_days": self.host_validity_days,
                 "program_validity_days": self.program_validity_days,
             },
         }
-        return tomli_w.dumps(doc).encode()
+
+    def to_toml(self) -> bytes:
+        return tomli_w.dumps(self._doc()).encode()
+
+    def signed_fields(self) -> dict[str, str | int]:
+        """Every field by its TOML path (``"domain.guard"``): what the policy key signs."""
+        return {
+            f"{section}.{key}": value
+            for section, table in self._doc().items()
+            for key, value in table.items()
+        }
 
     @classmethod
     def from_toml(cls, data: bytes, *, source: str = CONFIG_FILE) -> DomainConfig:
+        """Parse ``domain.toml``; unknown sections or keys are refused, not ignored."""
         doc = _parse_toml(data, source)
+        known = {"domain": {"name", "guard"}, "certificates": _CERTIFICATE_KEYS}
+        unknown = [f"[{k}]" for k in doc if k not in known]
         domain = _table(doc, "domain", source)
         certificates = _table(doc, "certificates", source)
+        for key, table in (("domain", domain), ("certificates", certificates)):
+            unknown += [f"{key}.{k}" for k in table if k not in known[key]]
+        if unknown:
+            raise ConfigError(f"{source}: unknown section(s) or key(s) {', '.join(unknown)}")
         try:
             return cls(
                 name=_get(domain, "name", str, source),
@@ -88,6 +123,9 @@ class DomainConfig:
             )
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
+
+
+_CERTIFICATE_KEYS: Final = frozenset({"host_validity_days", "program_validity_days"})
 
 
 def _str_tuple(items: Iterable[str]) -> tuple[str, ...]:
@@ -206,6 +244,8 @@ class Domain:
         self._policy_key_der = self.policy_anchor.public_key_der
         self.policy_verifier: Final = Verifier.from_der(self._policy_key_der)
         self.policy_principal: Final = auth.key_principal(self._policy_key_der)
+        #: The serial of the configuration signature loaded or last written (0: none).
+        self.config_serial = 0
 
     # -- create and open ----------------------------------------------------------
 
@@ -262,28 +302,125 @@ class Domain:
             for rule in rules:
                 guard = guard.with_rule(rule)
             domain.save_guard(guard, signer)
+        else:
+            domain._sign_configuration(signer)
+        # domain.toml last: its presence is what makes the directory a domain.
         atomic_write(root / CONFIG_FILE, config.to_toml(), mode=0o644)
         return domain
 
     @classmethod
     def load(cls, path: str | Path, *, now_ns: int | None = None) -> Domain:
-        """Open a domain directory, checking its policy certificate and guard signature."""
+        """Open a domain directory, checking everything against the policy key's signatures.
+
+        ConfigError if the policy certificate is unusable, ``domain.sig`` is missing or
+        not the policy key's, or ``domain.toml``, the certificate or the guard's rules
+        differ from what it signed (the message names each field that differs).
+        """
         root = Path(path)
+        domain = cls._open_unchecked(root, now_ns=now_ns)
+        source = root / SIGNED_CONFIG_FILE
+        if not source.exists():
+            raise ConfigError(
+                f"{root}: refused: no {SIGNED_CONFIG_FILE}, so nothing shows that the policy key "
+                "chose this configuration (a domain made by an earlier taonet, or the file was "
+                f"removed); check {CONFIG_FILE} and sign it: "
+                f"taonet domain policy --domain {root} --resign"
+            )
+        try:
+            signed = read_signed_config(
+                read_file(source, limit=MAX_SIGNED_CONFIG), domain.policy_verifier
+            )
+        except (AuthenticationError, CodecError) as exc:
+            raise ConfigError(f"{source}: refused: {exc}") from None
+        # The configuration and certificate first: no guard is built from an unsigned kind.
+        problems = differences(signed, domain._statement(guard=signed.guard))
+        if problems:
+            raise config_error(str(root / CONFIG_FILE), problems)
+        guard: Guard = GUARD_KINDS[domain.config.guard]()
+        if domain.config.guard == "ACL":
+            guard = domain._read_acls()
+        problems = differences(signed, domain._statement(guard=str(guard.subprincipal())))
+        if problems:
+            raise config_error(str(root / ACL_FILE), problems)
+        domain.guard = guard
+        domain.config_serial = signed.serial
+        return domain
+
+    @classmethod
+    def resign(
+        cls, path: str | Path, password: bytes, *, now_ns: int | None = None
+    ) -> tuple[Domain, list[str]]:
+        """Sign the domain's configuration as its files now stand, with the policy key.
+
+        For an operator who changed ``domain.toml`` by hand on purpose, or whose domain
+        was made by a taonet that did not sign configurations. The ``acls`` file must
+        still be signed by the policy key (an ACL domain without one gets an empty rule
+        set: nothing may execute). Returns the domain, loaded and checked, and what
+        changed from the previous signature, one line per field (a single line saying
+        so when there was no valid previous signature).
+        """
+        root = Path(path)
+        domain = cls._open_unchecked(root, now_ns=now_ns)
+        signer = domain.unlock(password)
+        source = root / SIGNED_CONFIG_FILE
+        previous: SignedConfig | None = None
+        changes = [f"no earlier signature ({SIGNED_CONFIG_FILE} was missing)"]
+        if source.exists():
+            try:
+                previous = read_signed_config(
+                    read_file(source, limit=MAX_SIGNED_CONFIG), domain.policy_verifier
+                )
+            except (AuthenticationError, CodecError) as exc:
+                changes = [f"the earlier signature was refused: {exc}"]
+        guard: Guard = GUARD_KINDS[domain.config.guard]()
+        if domain.config.guard == "ACL" and (root / ACL_FILE).exists():
+            guard = domain._read_acls()
+        domain.guard = guard
+        if previous is not None:
+            domain.config_serial = previous.serial
+            changes = differences(previous, domain._statement())
+        if isinstance(guard, ACLGuard) and not (root / ACL_FILE).exists():
+            domain.save_guard(guard, signer)
+        else:
+            domain._sign_configuration(signer)
+        return cls.load(root, now_ns=now_ns), changes
+
+    @classmethod
+    def _open_unchecked(cls, root: Path, *, now_ns: int | None) -> Domain:
+        """Read domain.toml and the policy certificate; the guard allows nothing yet."""
         if not (root / CONFIG_FILE).exists():
             raise ConfigError(f"{root} is not a domain directory (no {CONFIG_FILE})")
         config = DomainConfig.from_toml(
             read_file(root / CONFIG_FILE, limit=_MAX_FILE), source=str(root / CONFIG_FILE)
         )
         cert = read_file(root / CERT_FILE, limit=64 * 1024)
-        guard: Guard = GUARD_KINDS[config.guard]()
-        domain = cls(root, config, cert, guard, now_ns=now_ns)
-        if config.guard == "ACL":
-            signed = read_file(root / ACL_FILE, limit=_MAX_FILE)
-            try:
-                domain.guard = ACLGuard.from_signed(signed, domain.policy_verifier)
-            except AuthenticationError as exc:
-                raise ConfigError(f"{root / ACL_FILE}: refused: {exc}") from None
-        return domain
+        return cls(root, config, cert, ConservativeGuard(), now_ns=now_ns)
+
+    def _read_acls(self) -> ACLGuard:
+        signed = read_file(self.path / ACL_FILE, limit=_MAX_FILE)
+        try:
+            return ACLGuard.from_signed(signed, self.policy_verifier)
+        except AuthenticationError as exc:
+            raise ConfigError(f"{self.path / ACL_FILE}: refused: {exc}") from None
+
+    def _statement(self, *, guard: str | None = None) -> SignedConfig:
+        """What the policy key signs about this domain as it is in memory."""
+        return SignedConfig(
+            config=self.config.signed_fields(),
+            policy_cert_sha256=cert_digest(self.policy_cert),
+            guard=str(self.guard.subprincipal()) if guard is None else guard,
+            serial=self.config_serial + 1,
+        )
+
+    def _sign_configuration(self, signer: Signer) -> None:
+        """Sign the in-memory configuration, certificate and guard; write domain.sig."""
+        if signer.public_key_der() != self._policy_key_der:
+            raise ConfigError("only the policy key may sign this domain's configuration")
+        statement = self._statement()
+        atomic_write(
+            self.path / SIGNED_CONFIG_FILE, write_signed_config(statement, signer), mode=0o644
+        )
+        self.config_serial = statement.serial
 
     def unlock(self, password: bytes) -> Signer:
         """Open the policy key; ConfigError on a wrong password or a mismatched key."""
@@ -322,7 +459,11 @@ class Domain:
     # -- changes that need the policy key ------------------------------------------
 
     def save_guard(self, guard: Guard, signer: Signer) -> None:
-        """Sign and store ``guard`` (ACL guards only) and make it this domain's guard."""
+        """Sign and store ``guard`` (ACL guards only) and make it this domain's guard.
+
+        The configuration is signed again with the new rules' digest, so that only
+        this rule set is accepted with it.
+        """
         if not isinstance(guard, ACLGuard):
             raise ConfigError(f"the {guard.kind} guard has no rules to store")
         if self.config.guard != "ACL":
@@ -331,6 +472,7 @@ class Domain:
             raise ConfigError("only the policy key may sign this domain's guard")
         atomic_write(self.path / ACL_FILE, guard.to_signed(signer), mode=0o644)
         self.guard = guard
+        self._sign_configuration(signer)
 
     def certify_host(
         self,

@@ -1,0 +1,197 @@
+"""The policy key's signature over a domain's configuration (``domain.sig``).
+
+Everything that decides whom a domain trusts is signed by its policy key, so that
+nobody who can merely write to the domain directory can change it:
+
+* every key of ``domain.toml`` (the domain name written into certificates, the guard
+  kind, the certificate lifetimes): :class:`~taonet.domain.DomainConfig` has no field
+  that is not signed;
+* the SHA-256 of the policy certificate ``policy_keys/cert.der``;
+* the guard's sub-principal: ``TrivialGuard("Liberal")``, ``TrivialGuard("Conservative")``
+  or ``ACLGuard([sha256 of the rule set])``, which binds the ``acls`` file (itself signed)
+  to this configuration, so an older signed rule set cannot be put back on its own;
+* a serial number, one more at each signature, for people and logs.
+
+The signed statement is canonical JSON (sorted keys, no spaces, ASCII); the signature
+is the policy key's over it under the context :data:`DOMAIN_CONFIG_CONTEXT`.
+``domain.sig`` is a small TOML file holding both as strings, so ``cat domain.sig``
+shows what was signed.
+
+:func:`read_signed_config` verifies the signature and parses the statement;
+:func:`differences` compares it with what the files say now, one line per field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from typing import Any, Final
+
+import attrs
+import tomli_w
+
+from taonet._errors import AuthenticationError, CodecError, ConfigError
+from taonet.crypto import Signer, Verifier
+
+__all__ = [
+    "DOMAIN_CONFIG_CONTEXT",
+    "SIGNED_CONFIG_FILE",
+    "SignedConfig",
+    "differences",
+    "read_signed_config",
+    "write_signed_config",
+]
+
+#: The file, next to ``domain.toml``, that holds the signed configuration.
+SIGNED_CONFIG_FILE: Final = "domain.sig"
+#: The signing context of a domain configuration (taonet's own; the original had none).
+DOMAIN_CONFIG_CONTEXT: Final = "taonet Domain Configuration Signing Context V1"
+#: The ``format`` field of every statement this version writes and accepts.
+FORMAT: Final = "taonet domain configuration v1"
+#: Largest ``domain.sig`` read (a statement is a few hundred bytes).
+MAX_SIGNED_CONFIG: Final = 64 * 1024
+_MAX_SERIAL: Final = 2**53
+
+_HEADER: Final = (
+    b"# The policy key's signature over domain.toml, the policy certificate and the\n"
+    b"# guard's rules. Written by `taonet domain init|policy`. After an intended edit of\n"
+    b"# domain.toml, check it and sign it again: `taonet domain policy --resign`.\n"
+)
+_KEYS: Final = frozenset({"format", "serial", "config", "policy_cert_sha256", "guard"})
+
+
+@attrs.frozen
+class SignedConfig:
+    """What the policy key signed about a domain (see the module docstring)."""
+
+    #: The fields of ``domain.toml`` by their TOML path (``"domain.guard"``, ...).
+    config: dict[str, str | int] = attrs.field(hash=False)
+    #: Hex SHA-256 of ``policy_keys/cert.der``.
+    policy_cert_sha256: str
+    #: The guard's sub-principal as text, e.g. ``.ACLGuard([...])``.
+    guard: str
+    serial: int
+
+    def to_bytes(self) -> bytes:
+        """The canonical statement: what the signature covers."""
+        return _canonical(
+            {
+                "format": FORMAT,
+                "serial": self.serial,
+                "config": self.config,
+                "policy_cert_sha256": self.policy_cert_sha256,
+                "guard": self.guard,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SignedConfig:
+        """Parse a statement; CodecError unless it is one this version writes."""
+        try:
+            doc = json.loads(data.decode("ascii"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise CodecError(f"the signed configuration is not JSON: {exc}") from None
+        if not isinstance(doc, dict) or set(doc) != _KEYS:
+            raise CodecError("the signed configuration does not hold the expected fields")
+        if doc["format"] != FORMAT:
+            raise CodecError(f"the signed configuration is not in the format {FORMAT!r}")
+        config = doc["config"]
+        if not isinstance(config, dict) or not all(
+            isinstance(k, str) and isinstance(v, str | int) and not isinstance(v, bool)
+            for k, v in config.items()
+        ):
+            raise CodecError("the signed configuration's config is not a table of values")
+        serial = doc["serial"]
+        if not isinstance(serial, int) or isinstance(serial, bool) or not 0 < serial < _MAX_SERIAL:
+            raise CodecError("the signed configuration's serial is not a positive number")
+        if not (isinstance(doc["policy_cert_sha256"], str) and isinstance(doc["guard"], str)):
+            raise CodecError("the signed configuration's digests are not text")
+        statement = cls(
+            config=config,
+            policy_cert_sha256=doc["policy_cert_sha256"],
+            guard=doc["guard"],
+            serial=serial,
+        )
+        if statement.to_bytes() != data:
+            raise CodecError("the signed configuration is not in canonical form")
+        return statement
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def cert_digest(cert_der: bytes) -> str:
+    """Hex SHA-256 of a policy certificate, as a statement records it."""
+    return hashlib.sha256(cert_der).hexdigest()
+
+
+def write_signed_config(statement: SignedConfig, signer: Signer) -> bytes:
+    """The contents of ``domain.sig``: ``statement`` signed by ``signer``."""
+    data = statement.to_bytes()
+    signature = signer.sign(data, DOMAIN_CONFIG_CONTEXT)
+    body = tomli_w.dumps({"statement": data.decode("ascii"), "signature": signature.hex()})
+    return _HEADER + body.encode()
+
+
+def read_signed_config(data: bytes, verifier: Verifier) -> SignedConfig:
+    """Verify ``domain.sig`` with the policy key and parse what it signed.
+
+    Raises AuthenticationError if the signature is not the policy key's over the
+    statement, and CodecError if the file or the statement is malformed.
+    """
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise CodecError(f"not valid TOML: {exc}") from None
+    statement, signature = doc.get("statement"), doc.get("signature")
+    if set(doc) != {"statement", "signature"} or not (
+        isinstance(statement, str) and isinstance(signature, str)
+    ):
+        raise CodecError("expected exactly a statement and a signature")
+    try:
+        signed = statement.encode("ascii")
+        sig = bytes.fromhex(signature)
+    except (UnicodeEncodeError, ValueError):
+        raise CodecError("the statement is not ASCII or the signature not hex") from None
+    try:
+        verifier.verify(signed, DOMAIN_CONFIG_CONTEXT, sig)
+    except AuthenticationError as exc:
+        raise AuthenticationError(
+            f"the configuration is not signed by this domain's policy key: {exc}"
+        ) from None
+    return SignedConfig.from_bytes(signed)
+
+
+def differences(signed: SignedConfig, now: SignedConfig) -> list[str]:
+    """What differs between a signed statement and the files now, one line per field.
+
+    Each line names the field, the value in the files and the signed value. The
+    serial is not compared.
+    """
+    out = []
+    for key in sorted(set(signed.config) | set(now.config)):
+        was, is_ = signed.config.get(key), now.config.get(key)
+        if was != is_:
+            out.append(f"{key} is {_show(is_)} but the policy key signed {_show(was)}")
+    if signed.policy_cert_sha256 != now.policy_cert_sha256:
+        out.append(
+            f"the policy certificate has SHA-256 {now.policy_cert_sha256} but the policy key "
+            f"signed {signed.policy_cert_sha256}"
+        )
+    if signed.guard != now.guard:
+        out.append(f"the guard is {now.guard} but the policy key signed {signed.guard}")
+    return out
+
+
+def _show(value: str | int | None) -> str:
+    return "absent" if value is None else repr(value)
+
+
+def config_error(source: str, problems: list[str]) -> ConfigError:
+    """The refusal of a domain whose files differ from what the policy key signed."""
+    return ConfigError(
+        f"{source}: refused: {'; '.join(problems)} (if this change is intended, check it and "
+        "sign it with the policy key: taonet domain policy --resign)"
+    )
