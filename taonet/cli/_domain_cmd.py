@@ -66,6 +66,12 @@ def register(sub: Any) -> None:
     pol.add_argument("--allow", metavar="FORM", action="append", default=[], help="add a rule")
     pol.add_argument("--retract", metavar="FORM", action="append", default=[], help="remove a rule")
     pol.add_argument("--show", action="store_true", help="print the rules")
+    pol.add_argument(
+        "--resign",
+        action="store_true",
+        help="sign domain.toml and the rules as they stand with the policy key (after an"
+        " intended edit by hand, or for a domain made by an earlier taonet)",
+    )
     add_password_option(pol)
     pol.set_defaults(func=_policy)
 
@@ -153,8 +159,18 @@ def _parse_rule(text: str) -> auth.Form:
 
 
 def _policy(args: argparse.Namespace) -> int:
-    domain = Domain.load(domain_dir(args))
     changes = bool(args.add_program or args.allow or args.retract)
+    if args.resign:
+        if changes:
+            raise ConfigError("--resign takes no --add-program, --allow or --retract")
+        password = get_password(args.password_file, prompt="Policy key password")
+        domain, differences = Domain.resign(domain_dir(args), password)
+        print(f"signed the configuration of {domain.path} (serial {domain.config_serial})")
+        for line in differences or ["no change from the previous signature"]:
+            print(f"  {line}")
+        if not args.show:
+            return 0
+    domain = Domain.load(domain_dir(args))
     if changes:
         guard = old = domain.guard
         if not isinstance(guard, ACLGuard) or not isinstance(old, ACLGuard):

@@ -1,0 +1,183 @@
+"""`taonet domain policy` and `domain-service` on a domain whose domain.toml was edited.
+
+The attack: someone who can write to the domain directory sets ``guard = "Liberal"``
+in ``domain.toml``. The CLI must refuse the domain (one line, exit 2) instead of
+reporting the Liberal guard as chosen, the domain service must not start, and only
+the policy key (``--resign`` with its password) can accept the edit.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from taonet import ConfigError
+from taonet.cli import main
+from taonet.domain import Domain, LiberalGuard
+from tests.cli.test_cli import password_file, run
+
+
+def init_domain(capsys: pytest.CaptureFixture[str], tmp_path: Path, *args: str) -> tuple[str, str]:
+    pw = str(password_file(tmp_path))
+    d = str(tmp_path / "dom")
+    code, _, err = run(capsys, "domain", "init", d, "--password-file", pw, *args)
+    assert (code, err) == (0, ""), err
+    return d, pw
+
+
+def set_guard(d: str, old: str, new: str) -> None:
+    toml = Path(d) / "domain.toml"
+    text = toml.read_text()
+    assert f'guard = "{old}"' in text
+    toml.write_text(text.replace(f'guard = "{old}"', f'guard = "{new}"'))
+
+
+async def test_show_refuses_a_hand_edited_guard_in_a_real_process(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    d, _ = init_domain(capsys, tmp_path)
+    set_guard(d, "ACL", "Liberal")
+    with trio.fail_after(60):
+        result = await trio.run_process(
+            [sys.executable, "-m", "taonet", "domain", "policy", "--domain", d, "--show"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert result.stdout == b""
+    err = result.stderr.decode()
+    assert err.startswith("taonet: error: ")
+    assert err.count("\n") == 1
+    assert "domain.guard is 'Liberal' but the policy key signed 'ACL'" in err
+    assert "--resign" in err
+
+
+def test_changing_a_hand_edited_domain_is_refused_and_writes_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    d, pw = init_domain(capsys, tmp_path)
+    set_guard(d, "ACL", "Conservative")
+    before = {p.name: p.read_bytes() for p in Path(d).iterdir() if p.is_file()}
+    code, _, err = run(
+        capsys, "domain", "policy", "--domain", d, "--allow", "true", "--password-file", pw
+    )
+    assert code == 2
+    assert "domain.guard is 'Conservative'" in err
+    assert {p.name: p.read_bytes() for p in Path(d).iterdir() if p.is_file()} == before
+
+
+def test_every_policy_change_resigns(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    d, pw = init_domain(capsys, tmp_path)
+    program = tmp_path / "app.py"
+    program.write_text("print('hello')\n")
+    serials = [Domain.load(d).config_serial]
+    for change in (
+        ("--add-program", str(program)),
+        ("--allow", 'Authorized(key([0a0b]), "Read")'),
+        ("--retract", 'Authorized(key([0a0b]), "Read")'),
+    ):
+        code, _, err = run(
+            capsys, "domain", "policy", "--domain", d, *change, "--password-file", pw
+        )
+        assert (code, err) == (0, "")
+        serials.append(Domain.load(d).config_serial)
+    assert serials == [1, 2, 3, 4]
+
+
+def test_resign_accepts_an_intended_edit_with_the_password(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    d, pw = init_domain(capsys, tmp_path)
+    set_guard(d, "ACL", "Liberal")
+    (tmp_path / "other").mkdir()
+    wrong = str(password_file(tmp_path / "other", "wrong"))
+    code, _, err = run(
+        capsys, "domain", "policy", "--domain", d, "--resign", "--password-file", wrong
+    )
+    assert code == 2
+    assert err.count("\n") == 1
+    with pytest.raises(ConfigError, match=r"domain\.guard is 'Liberal'"):
+        Domain.load(d)
+
+    code, out, err = run(
+        capsys, "domain", "policy", "--domain", d, "--resign", "--show", "--password-file", pw
+    )
+    assert (code, err) == (0, ""), err
+    lines = out.splitlines()
+    assert lines[0].startswith("signed the configuration of ")
+    assert lines[0].endswith("(serial 2)")
+    assert "  domain.guard is 'Liberal' but the policy key signed 'ACL'" in lines
+    assert lines[-1] == "Liberal guard (no rules)"
+    assert isinstance(Domain.load(d).guard, LiberalGuard)
+
+    code, out, _ = run(capsys, "domain", "policy", "--domain", d, "--resign", "--password-file", pw)
+    assert code == 0
+    assert out.splitlines()[1:] == ["  no change from the previous signature"]
+
+
+def test_resign_takes_no_other_changes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    d, pw = init_domain(capsys, tmp_path)
+    code, _, err = run(
+        capsys,
+        "domain",
+        "policy",
+        "--domain",
+        d,
+        "--resign",
+        "--allow",
+        "true",
+        "--password-file",
+        pw,
+    )
+    assert code == 2
+    assert "--resign takes no" in err
+
+
+def test_a_domain_from_an_earlier_taonet_is_refused_until_resigned(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    d, pw = init_domain(capsys, tmp_path, "--guard", "Liberal")
+    (Path(d) / "domain.sig").unlink()
+    code, _, err = run(capsys, "domain", "policy", "--domain", d, "--show")
+    assert code == 2
+    assert "no domain.sig" in err
+    assert f"taonet domain policy --domain {d} --resign" in err
+    assert main(["domain", "policy", "--domain", d, "--resign", "--password-file", pw]) == 0
+    assert "no earlier signature" in capsys.readouterr().out
+    assert (
+        run(capsys, "domain", "policy", "--domain", d, "--show")[1] == "Liberal guard (no rules)\n"
+    )
+
+
+async def test_the_domain_service_does_not_start_for_a_hand_edited_domain(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    d, pw = init_domain(capsys, tmp_path)
+    set_guard(d, "ACL", "Liberal")
+    with trio.fail_after(60):
+        result = await trio.run_process(
+            [
+                sys.executable,
+                "-m",
+                "taonet",
+                "domain-service",
+                "--domain",
+                d,
+                "--listen",
+                "127.0.0.1:0",
+                "--password-file",
+                pw,
+            ],
+            stdout=subprocess.DEVNULL,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode != 0
+    err = result.stderr.decode()
+    assert "Traceback" not in err
+    assert "domain.guard is 'Liberal' but the policy key signed 'ACL'" in err
