@@ -2,7 +2,7 @@
 
 A host directory holds::
 
-    host.toml        this configuration (kind, domain, options)
+    host.toml        this configuration (kind, domain and its pinned policy key, options)
     keys             root host: its soft keyset, password-protected (mode 0600)
     host_cert.der    root host: the domain's certificate for its key
     keys.sealed      stacked host: its keyset, sealed by its parent Tao
@@ -13,6 +13,12 @@ A host directory holds::
     host.log         output of a host started in the background
 
 By default a domain's Linux host lives in ``<domain>/linux_tao_host``.
+
+A host that uses its domain's guard pins the domain's policy key in ``host.toml``
+(``policy_key``, written by :meth:`LinuxHost.init`) and checks it, together with the
+domain's signed configuration, at start and at each program start
+(:meth:`LinuxHostConfig.load_domain`): whoever can write to the domain directory can
+neither edit what the policy key signed nor put another domain in its place.
 """
 
 from __future__ import annotations
@@ -22,12 +28,16 @@ import re
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+from taonet import auth
 from taonet._errors import ConfigError
 from taonet._files import read_file
+
+if TYPE_CHECKING:
+    from taonet.domain import Domain
 
 __all__ = [
     "ADMIN_SOCKET",
@@ -57,6 +67,7 @@ SANDBOXES: Final = ("none", "bwrap")
 GUARDS: Final = ("domain", "Liberal")
 _MAX_FILE: Final = 64 * 1024
 _ENV_PATTERN: Final = re.compile(r"^(\*|[A-Za-z_][A-Za-z0-9_]*\*?)$")
+_KEY_HASH: Final = re.compile(r"^[0-9a-f]{64}$")
 
 
 def default_host_dir(domain: Path) -> Path:
@@ -81,6 +92,18 @@ def _str_tuple(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _key_hash(_: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None and not (isinstance(value, str) and _KEY_HASH.match(value)):
+        raise ConfigError(f"policy_key must be 64 lowercase hex digits, got {value!r}")
+
+
+def _policy_key_of(domain: Domain) -> str:
+    key_hash = domain.policy_principal.key_hash
+    if not isinstance(key_hash, auth.Bytes):
+        raise ConfigError(f"the domain at {domain.path} has no policy key hash")
+    return key_hash.value.hex()
+
+
 @attrs.frozen
 class LinuxHostConfig:
     """What ``host.toml`` says (see the module docstring)."""
@@ -89,6 +112,9 @@ class LinuxHostConfig:
     kind: str = attrs.field(validator=_one_of(HOST_KINDS))
     #: The domain directory (absolute) whose guard decides what may execute.
     domain: str | None = None
+    #: The hex hash of the domain's policy key, ``key([HASH])``: the host trusts that
+    #: domain only. :meth:`LinuxHost.init` fills it in from the domain.
+    policy_key: str | None = attrs.field(default=None, validator=_key_hash)
     #: "domain" (the domain's guard) or "Liberal" (anything may run; tests and demos).
     guard: str = attrs.field(default="domain", validator=_one_of(GUARDS))
     #: Give each started program a fresh id: Program(id, [hash]).
@@ -121,10 +147,53 @@ class LinuxHostConfig:
                 'or guard = "Liberal" to run anything'
             )
 
+    def pin_domain(self) -> tuple[LinuxHostConfig, Domain | None]:
+        """Load the domain (checked against its signed configuration) and pin its key.
+
+        Returns this configuration with ``policy_key`` set, and the domain (None
+        without one). ConfigError if the domain is refused, or is not the one an
+        existing ``policy_key`` names.
+        """
+        from taonet.domain import Domain
+
+        if self.domain is None:
+            return self, None
+        domain = Domain.load(self.domain)
+        found = _policy_key_of(domain)
+        if self.policy_key is not None and self.policy_key != found:
+            raise _other_domain(self.domain, self.policy_key, found)
+        return attrs.evolve(self, policy_key=found), domain
+
+    def load_domain(self) -> Domain:
+        """Load this host's domain for its guard, refusing anything but the pinned one.
+
+        ``Domain.load`` refuses a domain whose files differ from what its policy key
+        signed; this also refuses a whole other domain put in its place (another
+        policy key) and a host configuration that pins no key (made by an earlier
+        taonet: the message says which line to add, after checking the domain).
+        """
+        from taonet.domain import Domain
+
+        if self.domain is None:
+            raise ConfigError("this host has no domain")
+        domain = Domain.load(self.domain)
+        found = _policy_key_of(domain)
+        if self.policy_key is None:
+            raise ConfigError(
+                f"{CONFIG_FILE} names the domain {self.domain} but pins no policy key, so "
+                "another domain could be put in its place; if that domain is this host's, "
+                f'add policy_key = "{found}" to the [host] table of {CONFIG_FILE}'
+            )
+        if self.policy_key != found:
+            raise _other_domain(self.domain, self.policy_key, found)
+        return domain
+
     def to_toml(self) -> bytes:
         lines = ["[host]", f'kind = "{self.kind}"']
         if self.domain is not None:
             lines.append(f"domain = {_toml_str(self.domain)}")
+        if self.policy_key is not None:
+            lines.append(f'policy_key = "{self.policy_key}"')
         if self.program_path is not None:
             lines.append(f"program_path = {_toml_str(self.program_path)}")
         lines += [
@@ -150,6 +219,7 @@ class LinuxHostConfig:
         types: dict[str, tuple[type, ...]] = {
             "kind": (str,),
             "domain": (str,),
+            "policy_key": (str,),
             "guard": (str,),
             "program_ids": (bool,),
             "sandbox": (str,),
@@ -180,6 +250,13 @@ class LinuxHostConfig:
         if not path.exists():
             raise ConfigError(f"{directory} is not a Linux host directory (no {CONFIG_FILE})")
         return cls.from_toml(read_file(path, limit=_MAX_FILE), source=str(path))
+
+
+def _other_domain(path: str, pinned: str, found: str) -> ConfigError:
+    return ConfigError(
+        f"refused: the domain at {path} has the policy key key([{found}]), not the key "
+        f"key([{pinned}]) this host was set up for ({CONFIG_FILE} policy_key)"
+    )
 
 
 def _toml_str(text: str) -> str:
