@@ -1,11 +1,19 @@
 """The domain service's audit log: an append-only record in SQLite.
 
-Every certificate the domain service issues, every request it refuses and every
-revocation is one row of the ``events`` table. Rows are never changed or removed:
+Every certificate the domain service issues and every revocation is one row of
+the ``events`` table; so is every refused request, up to a rate, and beyond it
+one summary row per client and interval counts the rest. Rows are never changed
+or removed:
 triggers abort any UPDATE or DELETE on the table, so a bug (or a hurried operator
 with the sqlite3 shell) cannot rewrite history by accident. They do not stop
 someone who can write the file from dropping the table; the log is a record, not
 a tamper-proof ledger.
+
+Every issued certificate is recorded in full. What a refusal records comes from
+an unauthenticated client, so each of its text fields is bounded
+(:func:`bounded`: cut with a marker that keeps the length and SHA-256 of the
+whole value, so equal values still match); summaries are written with
+:meth:`AuditLog.record_refusal_summary` (the rate is the service's business).
 
 Certificate serials are up to 160 bits, more than an SQLite INTEGER holds, so
 they are stored as canonical decimal TEXT (indexed). Revocation is an event too:
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import sqlite3
@@ -35,12 +44,33 @@ import attrs
 
 from taonet import ConfigError
 
-__all__ = ["SCHEMA_VERSION", "AuditEvent", "AuditLog", "EventKind", "format_events"]
+__all__ = [
+    "MAX_FIELD_CHARS",
+    "MAX_PEER_CHARS",
+    "SCHEMA_VERSION",
+    "SUMMARY_CODE",
+    "AuditEvent",
+    "AuditLog",
+    "EventKind",
+    "bounded",
+    "format_events",
+]
 
 #: The ``PRAGMA user_version`` of audit logs this module writes and reads.
 SCHEMA_VERSION: Final = 1
 #: Largest serial (exclusive): X.509 serials are at most 20 octets.
 _SERIAL_LIMIT: Final = 1 << 160
+
+#: Longest principal or reason a refusal records (a real name fits: hosts cap names
+#: at 1024 bytes); longer ones are cut by :func:`bounded`.
+MAX_FIELD_CHARS: Final = 1024
+#: Longest peer description recorded.
+MAX_PEER_CHARS: Final = 256
+#: Longest error code, and most codes, a refusal summary records.
+_MAX_CODE_CHARS: Final = 64
+_MAX_SUMMARY_CODES: Final = 16
+#: The ``reason_code`` of a refusal summary row.
+SUMMARY_CODE: Final = "summarized"
 
 EventKind = Literal["issued", "refused", "revoked"]
 _KINDS: Final = ("issued", "refused", "revoked")
@@ -86,7 +116,9 @@ class AuditEvent:
     ``serial`` is None for refusals. ``detail`` holds the kind-specific extras:
     ``key_hash_hex``, ``not_before_ns``, ``not_after_ns`` and
     ``attestation_sha256_hex`` for issued certificates, ``attestation_sha256_hex``
-    (when known) for refusals.
+    (when known) for refusals, and ``count``, ``codes`` (refusals per error code),
+    ``first_ns`` and ``last_ns`` for a refusal summary (``reason_code`` is
+    :data:`SUMMARY_CODE`, ``peer`` the client).
     """
 
     id: int
@@ -108,6 +140,23 @@ def _check_serial(serial: int) -> str:
     if not 0 <= serial < _SERIAL_LIMIT:
         raise ValueError("serial must be from 0 to 2**160 - 1")
     return str(serial)
+
+
+def bounded(value: str, limit: int = MAX_FIELD_CHARS) -> str:
+    """``value`` if it has at most ``limit`` characters, else a cut of it that has.
+
+    The cut keeps the start of ``value`` and ends with a marker giving the full
+    length and the SHA-256 of the full value (UTF-8), e.g.
+    ``key(...).Program("AAAA...[cut: 60310 chars, sha256 3f2a...]``, so an operator can
+    still tell two long values apart or match one against a known value.
+    """
+    if len(value) <= limit:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    marker = f"...[cut: {len(value)} chars, sha256 {digest}]"
+    if limit <= len(marker):
+        return marker[:limit]
+    return value[: limit - len(marker)] + marker
 
 
 def _check_hex(name: str, value: str) -> str:
@@ -203,14 +252,68 @@ class AuditLog:
         peer: str,
         attestation_sha256_hex: str | None,
     ) -> int:
-        """Record a refused request; returns the event id."""
+        """Record a refused request; returns the event id.
+
+        Every text field is cut to its bound (:func:`bounded`): the principal and
+        the reason to :data:`MAX_FIELD_CHARS`, the peer to :data:`MAX_PEER_CHARS`.
+        """
         detail: dict[str, Any] = {}
         if attestation_sha256_hex is not None:
             detail["attestation_sha256_hex"] = _check_hex(
                 "attestation_sha256_hex", attestation_sha256_hex
             )
         with self._transaction("record a refusal") as conn:
-            return self._insert(conn, "refused", None, principal, reason_code, reason, peer, detail)
+            return self._insert(
+                conn,
+                "refused",
+                None,
+                None if principal is None else bounded(principal),
+                bounded(reason_code, _MAX_CODE_CHARS),
+                bounded(reason),
+                bounded(peer, MAX_PEER_CHARS),
+                detail,
+            )
+
+    def record_refusal_summary(
+        self, *, peer: str, codes: Mapping[str, int], first_ns: int, last_ns: int
+    ) -> int:
+        """Record refusals from ``peer`` that were counted, not recorded one by one.
+
+        ``codes`` maps error codes to counts (at most 16 codes are kept by name, the
+        rest are added up under ``"other"``). Returns the event id.
+        """
+        counts: dict[str, int] = {}
+        for code, n in sorted(codes.items(), key=lambda item: (-item[1], item[0])):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"refusal counts must be positive ints, got {n!r}")
+            key = bounded(str(code), _MAX_CODE_CHARS)
+            if len(counts) >= _MAX_SUMMARY_CODES - 1 and key not in counts:
+                key = "other"
+            counts[key] = counts.get(key, 0) + n
+        if not counts:
+            raise ValueError("a refusal summary needs at least one refusal")
+        total = sum(counts.values())
+        reason = bounded(
+            f"{total} refusals counted, not recorded one by one: "
+            + ", ".join(f"{code} {n}" for code, n in counts.items())
+        )
+        detail = {
+            "count": total,
+            "codes": counts,
+            "first_ns": int(first_ns),
+            "last_ns": int(last_ns),
+        }
+        with self._transaction("record a refusal summary") as conn:
+            return self._insert(
+                conn,
+                "refused",
+                None,
+                None,
+                SUMMARY_CODE,
+                reason,
+                bounded(peer, MAX_PEER_CHARS),
+                detail,
+            )
 
     def revoke(self, serial: int, *, reason: str) -> bool:
         """Record the revocation of ``serial``; False if it was already revoked.

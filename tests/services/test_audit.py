@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -9,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from services.domain_service._audit import SCHEMA_VERSION, AuditEvent, AuditLog, format_events
+from services.domain_service._audit import (
+    MAX_FIELD_CHARS,
+    MAX_PEER_CHARS,
+    SCHEMA_VERSION,
+    SUMMARY_CODE,
+    AuditEvent,
+    AuditLog,
+    bounded,
+    format_events,
+)
 from taonet import ConfigError
 
 KEY_HASH = "ab" * 32
@@ -323,3 +334,91 @@ def test_format_events(log: AuditLog) -> None:
     ]
     assert all("\n" not in line for line in lines)
     assert format_events([]) == []
+
+
+@pytest.mark.parametrize("limit", [MAX_FIELD_CHARS, MAX_PEER_CHARS, 120])
+def test_bounded_cuts_with_length_and_hash(limit: int) -> None:
+    assert bounded("short", limit) == "short"
+    assert bounded("x" * limit, limit) == "x" * limit
+    huge = 'key([00]).Program("' + "A" * 120_000 + '")'
+    cut = bounded(huge, limit)
+    assert len(cut) == limit
+    assert huge.startswith(cut[: cut.index("...[cut: ")])
+    match = re.search(r"\.\.\.\[cut: (\d+) chars, sha256 ([0-9a-f]{64})\]$", cut)
+    assert match, cut
+    assert int(match.group(1)) == len(huge)
+    assert match.group(2) == hashlib.sha256(huge.encode()).hexdigest()
+    # Values that differ only past the cut still differ once cut.
+    assert bounded(huge + "B", limit) != cut
+    assert len(bounded("é" * 5000, limit)) == limit
+    assert bounded("\ud800" * 5000, limit)  # a lone surrogate does not make it raise
+
+
+def test_refusals_are_recorded_within_bounds(path: Path, log: AuditLog) -> None:
+    huge = "A" * 200_000
+    log.record_refused(
+        principal=huge,
+        reason_code="c" * 10_000,
+        reason=huge + " is not authorized",
+        peer="p" * 10_000,
+        attestation_sha256_hex=ATTESTATION,
+    )
+    (event,) = log.events()
+    assert event.principal == bounded(huge)
+    assert event.reason == bounded(huge + " is not authorized")
+    assert event.peer == bounded("p" * 10_000, MAX_PEER_CHARS)
+    assert len(event.reason_code or "") <= 64
+    conn = sqlite3.connect(path)
+    try:
+        (row_chars,) = conn.execute(
+            "SELECT length(principal) + length(reason) + length(reason_code) + length(peer)"
+            " + length(detail) FROM events"
+        ).fetchone()
+    finally:
+        conn.close()
+    assert row_chars <= 2 * MAX_FIELD_CHARS + MAX_PEER_CHARS + 64 + 200
+
+
+def test_issued_certificates_are_recorded_in_full(log: AuditLog) -> None:
+    long_name = "key([00])." + ".".join(f'Ext{i}("{"n" * 90}")' for i in range(40))
+    assert len(long_name) > 2 * MAX_FIELD_CHARS
+    issue(log, 9, principal=long_name)
+    assert log.issued(9).principal == long_name  # type: ignore[union-attr]
+
+
+def test_refusal_summaries(log: AuditLog) -> None:
+    codes = {"rate_limited": 390, "invalid_attestation": 10}
+    event_id = log.record_refusal_summary(
+        peer="192.0.2.7", codes=codes, first_ns=T0, last_ns=T0 + 5 * 10**9
+    )
+    (event,) = log.events()
+    assert event.id == event_id
+    assert (event.kind, event.serial, event.principal) == ("refused", None, None)
+    assert (event.reason_code, event.peer) == (SUMMARY_CODE, "192.0.2.7")
+    assert event.detail == {
+        "count": 400,
+        "codes": codes,
+        "first_ns": T0,
+        "last_ns": T0 + 5 * 10**9,
+    }
+    assert event.reason == (
+        "400 refusals counted, not recorded one by one: rate_limited 390, invalid_attestation 10"
+    )
+    (line,) = format_events([event])
+    assert "refused serial=- principal=- peer=192.0.2.7 reason=summarized: 400 refusals" in line
+
+
+def test_refusal_summaries_are_bounded(log: AuditLog) -> None:
+    codes = {f"code{i}-" + "x" * 500: i + 1 for i in range(100)}
+    log.record_refusal_summary(peer="*" * 1000, codes=codes, first_ns=T0, last_ns=T0)
+    (event,) = log.events()
+    assert event.detail["count"] == sum(range(1, 101))
+    assert len(event.detail["codes"]) == 16
+    assert sum(event.detail["codes"].values()) == sum(range(1, 101))
+    assert all(len(code) <= 64 for code in event.detail["codes"])
+    assert len(event.peer) == MAX_PEER_CHARS
+    assert len(event.reason or "") == MAX_FIELD_CHARS
+    with pytest.raises(ValueError, match="at least one"):
+        log.record_refusal_summary(peer="x", codes={}, first_ns=T0, last_ns=T0)
+    with pytest.raises(ValueError, match="positive"):
+        log.record_refusal_summary(peer="x", codes={"a": 0}, first_ns=T0, last_ns=T0)
