@@ -1,11 +1,28 @@
 """The domain service: validates program attestations and issues program certificates.
 
-See ``_service`` for the protocol and checks, ``_audit`` for the audit log.
+See ``_service`` for the protocol, checks and limits, ``_audit`` for the audit log and
+``_limits`` for how refusals are rate limited and summarized.
 """
 
 from __future__ import annotations
 
-from services.domain_service._audit import AuditEvent, AuditLog, format_events
-from services.domain_service._service import AUDIT_FILE, DomainService
+from services.domain_service._audit import AuditEvent, AuditLog, bounded, format_events
+from services.domain_service._limits import RefusalLimits
+from services.domain_service._service import (
+    AUDIT_FILE,
+    ERROR_RATE_LIMITED,
+    MAX_REQUEST,
+    DomainService,
+)
 
-__all__ = ["AUDIT_FILE", "AuditEvent", "AuditLog", "DomainService", "format_events"]
+__all__ = [
+    "AUDIT_FILE",
+    "ERROR_RATE_LIMITED",
+    "MAX_REQUEST",
+    "AuditEvent",
+    "AuditLog",
+    "DomainService",
+    "RefusalLimits",
+    "bounded",
+    "format_events",
+]

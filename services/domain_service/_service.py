@@ -9,16 +9,35 @@ It holds the policy key (unlocked with the operator's password at start-up) and:
 * answers ``certify`` requests through :class:`taonet.domain.ProgramCertifier`
   (every attestation validated fully, the key matched, the guard asked) and
   ``crl`` requests with a CRL signed by the policy key;
-* records every issued certificate and every refusal in the append-only audit log
-  (``DIR/audit.sqlite``), from which revocations (``taonet domain revoke``) are read.
+* records every issued certificate in full, durably (the row is committed
+  before the certificate is sent), and every refusal, in the append-only audit
+  log (``DIR/audit.sqlite``), from which revocations (``taonet domain revoke``) are
+  read.
 
 Each connection may carry several requests; a malformed one gets a ``bad_request``
 answer and the connection is closed, and the service keeps serving everyone else.
+
+Refusals come from clients nobody has authenticated, so what they cost is bounded:
+
+* a request is at most :data:`MAX_REQUEST` bytes, checked on its frame header
+  before it is read or parsed (the largest real request, an attestation through
+  the deepest delegation chain with 1024-byte names at every level, is about
+  20 kB);
+* every text field a refusal records or logs is cut to a bound with a marker and
+  the SHA-256 of the whole value (:func:`~services.domain_service.bounded`);
+* refusals are rate limited per client address (IPv4 address or IPv6 /64) and in
+  all (:class:`RefusalLimits`): up to the rate each is one audit row and one log
+  line; beyond it they are counted and written as one summary row (and log line)
+  per client per interval, and a client that used up its refusals has its
+  certify requests answered ``rate_limited`` unread, and is disconnected, until
+  its bucket refills (it may still fetch the CRL). Issued certificates are never
+  limited or summarized.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import time
 from collections.abc import Callable
@@ -28,9 +47,21 @@ from typing import Any, Final
 import structlog
 import trio
 
-from services.domain_service._audit import AuditLog
+from services.domain_service._audit import MAX_PEER_CHARS, AuditLog, bounded
+from services.domain_service._limits import (
+    RefusalLimiter,
+    RefusalLimits,
+    RefusalSummary,
+    client_key,
+)
 from taonet import auth, certs
-from taonet._errors import AuthenticationError, AuthorizationError, CodecError, TaoError
+from taonet._errors import (
+    AuthenticationError,
+    AuthorizationError,
+    CodecError,
+    ConfigError,
+    TaoError,
+)
 from taonet.channel import ChannelIdentity, MessageStream, TaoStream, serve_channels
 from taonet.crypto import Signer
 from taonet.domain import Domain, ProgramCertifier
@@ -42,14 +73,22 @@ from taonet.provision import (
 )
 from taonet.wire import message_class
 
-__all__ = ["AUDIT_FILE", "DomainService"]
+__all__ = ["AUDIT_FILE", "ERROR_RATE_LIMITED", "MAX_REQUEST", "DomainService"]
 
 log = structlog.get_logger(__name__)
 
 AUDIT_FILE: Final = "audit.sqlite"
-MAX_REQUEST: Final = 256 * 1024
+#: Largest request (bytes), checked before it is read. The largest real one is about
+#: 20 kB: an attestation through 8 delegations (MAX_DELEGATION_DEPTH) whose names
+#: all use the 1024-byte cap of the Linux host, plus a host certificate; the rest
+#: is room for a TPM quote and its longer keys and signatures.
+MAX_REQUEST: Final = 24 * 1024
 #: A connection that sends nothing for this long is closed.
 IDLE_TIMEOUT: Final = 30.0
+#: The answer to a client that has used up its refusals (see the module docstring).
+ERROR_RATE_LIMITED: Final = "rate_limited"
+#: How long writing the pending refusal summaries may hold up shutting down.
+_SHUTDOWN_FLUSH_TIMEOUT: Final = 10.0
 
 
 class DomainService:
@@ -62,11 +101,16 @@ class DomainService:
         *,
         audit: AuditLog,
         clock: Callable[[], int] = time.time_ns,
+        limits: RefusalLimits | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` (ns since the epoch) dates certificates; ``monotonic`` (seconds)
+        drives the refusal limits (:class:`RefusalLimits`, defaults if None)."""
         self.domain: Final = domain
         self._signer = policy_signer
         self._audit = audit
         self._clock = clock
+        self.limiter: Final = RefusalLimiter(limits, clock=monotonic)
         self.certifier: Final = ProgramCertifier(domain, policy_signer, clock=clock)
         self.principal: Final = domain.policy_principal.extend(auth.PrinExt("DomainService", ()))
         key = Signer.generate()
@@ -85,11 +129,19 @@ class DomainService:
         self._crl: tuple[frozenset[int], int, bytes] | None = None
 
     @classmethod
-    def open(cls, domain_dir: str | Path, password: bytes) -> DomainService:
+    def open(
+        cls,
+        domain_dir: str | Path,
+        password: bytes,
+        *,
+        limits: RefusalLimits | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> DomainService:
         """Load the domain, unlock its policy key and open its audit log."""
         domain = Domain.load(domain_dir)
         signer = domain.unlock(password)
-        return cls(domain, signer, audit=AuditLog.open(Path(domain_dir) / AUDIT_FILE))
+        audit = AuditLog.open(Path(domain_dir) / AUDIT_FILE)
+        return cls(domain, signer, audit=audit, limits=limits, monotonic=monotonic)
 
     async def serve(
         self,
@@ -98,21 +150,38 @@ class DomainService:
         host: str = "127.0.0.1",
         task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve until cancelled (Trio's start protocol: ``task_status`` gets the listeners)."""
+        """Serve until cancelled (Trio's start protocol: ``task_status`` gets the listeners).
+
+        Pending refusal summaries are written every ``summary_interval`` and when
+        the service stops.
+        """
         log.info("domain_service_starting", principal=str(self.principal), port=port)
-        await serve_channels(
-            self.handle,
-            port,
-            self.identity,
-            host=host,
-            allow_anonymous=True,
-            task_status=task_status,
-        )
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._summarize_periodically)
+                listeners = await nursery.start(
+                    functools.partial(
+                        serve_channels,
+                        self.handle,
+                        port,
+                        self.identity,
+                        host=host,
+                        allow_anonymous=True,
+                    )
+                )
+                task_status.started(listeners)
+        finally:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + _SHUTDOWN_FLUSH_TIMEOUT
+                await self.write_refusal_summaries(all_now=True)
 
     async def handle(self, stream: TaoStream) -> None:
         """Answer requests on one connection until the client closes it."""
         messages = MessageStream(stream, max_frame=MAX_REQUEST)
-        peer = str(stream.peer)
+        host, address = _remote(stream)
+        client = client_key(host)
+        peer = address if stream.peer.principal is None else f"{address} {stream.peer}"
+        peer = bounded(peer, MAX_PEER_CHARS)
         while True:
             with trio.move_on_after(IDLE_TIMEOUT) as idle:
                 try:
@@ -120,23 +189,39 @@ class DomainService:
                 except trio.EndOfChannel:
                     return
                 except (CodecError, TaoError) as exc:
-                    await self._answer(messages, error=(ERROR_BAD_REQUEST, str(exc)))
-                    log.info("bad_request", peer=peer, reason=str(exc))
+                    reason = bounded(str(exc))
+                    await self._refused(client, peer, ERROR_BAD_REQUEST, reason)
+                    await self._answer(messages, error=(ERROR_BAD_REQUEST, reason))
                     return
             if idle.cancelled_caught:
                 log.info("client_idle", peer=peer)
                 return
-            response = await self._respond(request, peer)
+            # A CRL is never refused, so it is never rate limited either.
+            if str(request.kind) != "crl" and not self.limiter.admit(
+                client, code=ERROR_RATE_LIMITED
+            ):
+                await self.write_refusal_summaries()
+                await self._answer(
+                    messages,
+                    error=(
+                        ERROR_RATE_LIMITED,
+                        "too many refused requests from this address; try again later",
+                    ),
+                )
+                return
+            response = await self._respond(request, peer, client)
             await messages.send_proto(response)
 
-    async def _respond(self, request: Any, peer: str) -> Any:
+    async def _respond(self, request: Any, peer: str, client: str) -> Any:
         kind = str(request.kind)
         if kind == "crl":
             return message_class("DomainServiceResponse")(crl=await self.current_crl())
         if kind != "certify" or not (
             request.HasField("attestation") and request.HasField("program_key")
         ):
-            return _error(ERROR_BAD_REQUEST, f"unknown or incomplete request {kind!r}")
+            reason = f"unknown or incomplete request {bounded(kind, 64)!r}"
+            await self._refused(client, peer, ERROR_BAD_REQUEST, reason)
+            return _error(ERROR_BAD_REQUEST, reason)
         attestation = bytes(request.attestation)
         key = bytes(request.program_key)
         digest = hashlib.sha256(attestation).hexdigest()
@@ -148,36 +233,110 @@ class DomainService:
                 if isinstance(exc, AuthorizationError)
                 else ERROR_INVALID_ATTESTATION
             )
-            principal, reason = _claimed_speaker(attestation), str(exc)
-            await trio.to_thread.run_sync(
-                lambda: self._audit.record_refused(
-                    principal=principal,
-                    reason_code=code,
-                    reason=reason,
-                    peer=peer,
-                    attestation_sha256_hex=digest,
-                )
-            )
-            log.warning("cert_refused", peer=peer, code=code, reason=reason)
+            reason = str(exc)
+            await self._refused(client, peer, code, reason, attestation, digest)
             return _error(code, reason)
         except TaoError as exc:  # pragma: no cover - a certifier bug, not the client's
             log.exception("cert_failed", peer=peer)
             return _error(ERROR_INTERNAL, type(exc).__name__)
-        await trio.to_thread.run_sync(
-            lambda: self._audit.record_issued(
-                serial=issued.serial,
-                principal=str(issued.principal),
-                key_hash_hex=hashlib.sha256(key).hexdigest(),
-                not_before_ns=issued.not_before,
-                not_after_ns=issued.not_after,
-                peer=peer,
-                attestation_sha256_hex=digest,
+        try:
+            # Committed (WAL, synchronous=FULL) before the certificate leaves.
+            await trio.to_thread.run_sync(
+                lambda: self._audit.record_issued(
+                    serial=issued.serial,
+                    principal=str(issued.principal),
+                    key_hash_hex=hashlib.sha256(key).hexdigest(),
+                    not_before_ns=issued.not_before,
+                    not_after_ns=issued.not_after,
+                    peer=peer,
+                    attestation_sha256_hex=digest,
+                )
             )
+        except ConfigError as exc:
+            log.error(  # noqa: TRY400 - one line: the reason says what failed
+                "audit_failed", peer=peer, serial=issued.serial, reason=bounded(str(exc))
+            )
+            return _error(ERROR_INTERNAL, "the certificate could not be recorded; none was issued")
+        log.info(
+            "cert_issued",
+            peer=peer,
+            serial=issued.serial,
+            principal=bounded(str(issued.principal)),
         )
-        log.info("cert_issued", peer=peer, serial=issued.serial, principal=str(issued.principal))
         return message_class("DomainServiceResponse")(
             certificate=issued.der, chain=[self.domain.policy_cert]
         )
+
+    async def _refused(
+        self,
+        client: str,
+        peer: str,
+        code: str,
+        reason: str,
+        attestation: bytes | None = None,
+        digest: str | None = None,
+    ) -> None:
+        """Record and log a refusal in full, or count it for a summary (module docstring)."""
+        if self.limiter.refused(client, code):
+            principal = None if attestation is None else _claimed_speaker(attestation)
+            reason = bounded(reason)
+            try:
+                await trio.to_thread.run_sync(
+                    lambda: self._audit.record_refused(
+                        principal=principal,
+                        reason_code=code,
+                        reason=reason,
+                        peer=peer,
+                        attestation_sha256_hex=digest,
+                    )
+                )
+            except ConfigError as exc:
+                log.error("audit_failed", peer=peer, reason=bounded(str(exc)))  # noqa: TRY400
+            log.warning(
+                "bad_request" if code == ERROR_BAD_REQUEST else "cert_refused",
+                peer=peer,
+                code=code,
+                principal=None if principal is None else bounded(principal),
+                reason=reason,
+            )
+        await self.write_refusal_summaries()
+
+    async def write_refusal_summaries(self, *, all_now: bool = False) -> None:
+        """Write the refusal summaries that are due (all pending ones with ``all_now``)."""
+        summaries = self.limiter.summaries(all_now=all_now)
+        if not summaries:
+            return
+        now_ns, now = self._clock(), self.limiter.clock()
+
+        def wall(t: float) -> int:
+            return now_ns - max(0, int((now - t) * 1e9))
+
+        def write(summary: RefusalSummary) -> None:
+            self._audit.record_refusal_summary(
+                peer=summary.client,
+                codes=summary.codes,
+                first_ns=wall(summary.first),
+                last_ns=wall(summary.last),
+            )
+
+        for summary in summaries:
+            try:
+                await trio.to_thread.run_sync(write, summary)
+            except ConfigError as exc:
+                log.error(  # noqa: TRY400
+                    "audit_failed", client=summary.client, reason=bounded(str(exc))
+                )
+            log.warning(
+                "refusals_summarized",
+                client=summary.client,
+                count=summary.count,
+                codes=dict(summary.codes),
+            )
+
+    async def _summarize_periodically(self) -> None:
+        while True:
+            await trio.sleep(self.limiter.limits.summary_interval)
+            await self.write_refusal_summaries()
 
     async def current_crl(self) -> bytes:
         """The CRL for the revocations in the audit log (re-signed when they change)."""
@@ -204,6 +363,20 @@ class DomainService:
 
 def _error(code: str, reason: str) -> Any:
     return message_class("DomainServiceResponse")(error_code=code, reason=reason[:1000])
+
+
+def _remote(stream: TaoStream) -> tuple[str, str]:
+    """The client's host and its ``host:port`` (``"?"`` off an IP socket)."""
+    transport = stream.tls_stream.transport
+    if isinstance(transport, trio.SocketStream):
+        try:
+            sockname = transport.socket.getpeername()
+        except OSError:
+            return "?", "?"
+        if isinstance(sockname, tuple) and len(sockname) >= 2:
+            host, port = str(sockname[0]), sockname[1]
+            return host, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return "?", "?"
 
 
 def _claimed_speaker(attestation: bytes) -> str | None:

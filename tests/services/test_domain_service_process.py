@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import trio
 
+from services.domain_service import AuditLog
+from services.domain_service._audit import MAX_FIELD_CHARS, SUMMARY_CODE
+from services.domain_service._service import ERROR_RATE_LIMITED, MAX_REQUEST
 from taonet import auth
 from taonet.crypto import Signer
 from taonet.domain import Domain
 from taonet.hosts import SoftHost
-from taonet.provision import request_certificate
+from taonet.provision import ERROR_INVALID_ATTESTATION, request_certificate
 from tests.conftest import PASSWORD
+from tests.services.flood import audit_bytes, flood, flood_request
 
 
 async def test_domain_service_process(make_domain, make_host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -68,3 +73,81 @@ async def test_domain_service_process(make_domain, make_host, tmp_path: Path) ->
         if process.stdout is not None:
             await process.stdout.aclose()
     assert (domain.path / "audit.sqlite").exists()
+
+
+async def test_flooded_service_process_keeps_its_log_and_audit_small(
+    make_domain,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """The refusal flood against `taonet domain-service` itself: what it prints on
+    stderr and adds to the audit log stays small, and the refusals it did not record
+    one by one are summarized when it is stopped (Ctrl-C)."""
+    domain: Domain = make_domain(guard="Liberal")
+    password_file = tmp_path / "pw"
+    password_file.write_bytes(PASSWORD + b"\n")
+    audit = domain.path / "audit.sqlite"
+    payload = flood_request(MAX_REQUEST - 200)
+    process = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "taonet",
+            "domain-service",
+            "--domain",
+            str(domain.path),
+            "--listen",
+            "127.0.0.1:0",
+            "--password-file",
+            str(password_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    stderr = bytearray()
+    try:
+        with trio.fail_after(90):
+            assert process.stdout is not None
+            assert process.stderr is not None
+            async with trio.open_nursery() as nursery:
+
+                async def drain() -> None:
+                    assert process.stderr is not None
+                    while chunk := await process.stderr.receive_some():
+                        stderr.extend(chunk)
+
+                nursery.start_soon(drain)
+                line = b""
+                while b"\n" not in line:
+                    chunk = await process.stdout.receive_some()
+                    assert chunk, "the domain service exited before listening"
+                    line += chunk
+                match = re.search(rb"listening on 127\.0\.0\.1:(\d+)", line)
+                assert match, line
+                before = audit_bytes(audit)
+                answers = await flood(int(match.group(1)), domain.policy_cert, payload, 200)
+                # 10 refusals in full, then rate limited (more in full only if the
+                # flood outlasts the 10 s a client's bucket takes to earn one back).
+                full = answers[ERROR_INVALID_ATTESTATION]
+                assert full >= 10, answers
+                assert answers[ERROR_RATE_LIMITED] > 0, answers
+                process.send_signal(signal.SIGINT)
+                await process.wait()  # its exit status is the CLI's business
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                await pipe.aclose()
+    with AuditLog.open(audit) as log:
+        events = log.events()
+    (summary,) = [e for e in events if e.reason_code == SUMMARY_CODE]
+    assert summary.detail["count"] == answers[ERROR_RATE_LIMITED]
+    assert len(events) == full + 1
+    assert audit_bytes(audit) - before <= (full + 1) * 32 * 1024
+    # Before the fix: 200 lines of 24 kB on stderr.
+    lines = bytes(stderr).splitlines()
+    assert len(stderr) < (full + 10) * 3 * 1024, len(stderr)
+    assert max(len(line) for line in lines) < 2 * MAX_FIELD_CHARS + 512
+    assert sum(b"cert_refused" in line for line in lines) == full
+    assert sum(b"refusals_summarized" in line for line in lines) == 1
