@@ -5,12 +5,12 @@ key but claims a huge speaker, so every request is refused and (before the fix) 
 refusal wrote the claimed principal in full to the audit log. The helpers here are used
 by ``test_domain_service_flood.py``; run this module to print the figures:
 
-    python -m tests.services.flood [--requests 400] [--size 120000]
+    python -m tests.services.flood [--requests 400] [--size 120000] [--addresses 1]
 
-It starts the domain service in this process on 127.0.0.1 (real TCP, real TLS), floods
-it from 127.0.0.2, and prints one JSON object: the audit log's growth in bytes and
-rows, the bytes the service logged, the seconds the flood took, and the answers the
-attacker got.
+It starts the domain service in this process on 127.0.0.1 (real TCP, real TLS),
+floods it from 127.0.0.2 (or from ``--addresses`` addresses 127.0.1.1, ...), and
+prints one JSON object: the audit log's growth in bytes and rows, the bytes the
+service logged, the seconds the flood took, and the answers the attacker got.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from taonet.crypto import Signer
 from taonet.wire import message_class
 
 AUDIT_SUFFIXES = ("", "-wal", "-shm", "-journal")
+#: The attacker's source address (the legitimate clients in the tests use 127.0.0.1).
+ATTACKER = "127.0.0.2"
 
 
 def audit_bytes(audit_path: Path) -> int:
@@ -93,7 +95,7 @@ async def flood(
     payload: bytes,
     count: int,
     *,
-    local_address: str = "127.0.0.2",
+    local_address: str = ATTACKER,
 ) -> collections.Counter[str]:
     """Send ``payload`` ``count`` times, reconnecting whenever the service hangs up.
 
@@ -126,7 +128,7 @@ async def flood(
     return answers
 
 
-async def _main(requests: int, size: int, tmp: Path) -> dict[str, object]:
+async def _main(requests: int, size: int, addresses: int, tmp: Path) -> dict[str, object]:
     from services.domain_service import AUDIT_FILE, AuditLog, DomainService
     from taonet.crypto import KdfParams
     from taonet.domain import Domain, DomainTemplate
@@ -141,7 +143,11 @@ async def _main(requests: int, size: int, tmp: Path) -> dict[str, object]:
         port = listeners[0].socket.getsockname()[1]
         before = audit_bytes(audit)
         start = time.perf_counter()
-        answers = await flood(port, domain.policy_cert, payload, requests)
+        answers: collections.Counter[str] = collections.Counter()
+        for i in range(addresses):
+            share = requests // addresses + (i < requests % addresses)
+            source = ATTACKER if addresses == 1 else f"127.0.{1 + i // 250}.{1 + i % 250}"
+            answers += await flood(port, domain.policy_cert, payload, share, local_address=source)
         seconds = time.perf_counter() - start
         nursery.cancel_scope.cancel()
     after = audit_bytes(audit)
@@ -149,6 +155,7 @@ async def _main(requests: int, size: int, tmp: Path) -> dict[str, object]:
         rows = len(log.events())
     return {
         "requests": requests,
+        "addresses": addresses,
         "request_bytes": len(payload),
         "audit_growth_bytes": after - before,
         "audit_growth_per_request": round((after - before) / requests, 1),
@@ -164,6 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--size", type=int, default=120_000)
+    parser.add_argument("--addresses", type=int, default=1, help="source addresses to use")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         log_path = Path(tmp) / "log"
@@ -176,7 +184,7 @@ def main() -> None:
                 ],
                 logger_factory=structlog.PrintLoggerFactory(file=log_file),
             )
-            figures = trio.run(_main, args.requests, args.size, Path(tmp))
+            figures = trio.run(_main, args.requests, args.size, args.addresses, Path(tmp))
         figures["log_bytes"] = log_path.stat().st_size
     print(json.dumps(figures))
 
