@@ -29,6 +29,18 @@ A malformed or oversized frame from a program closes that program's channel only
 program that dies mid-call costs nothing but its own channel; a bug in a backend is
 answered as an internal error. Cancelling :meth:`LinuxHost.run` kills the programs.
 
+What one program's requests can make the host hold is bounded (see
+:func:`~taonet.hosts.serve_tao_rpc`): a request's header frame is at most 4 KiB and its
+body at most its method's limit (1 KiB for names, sizes and counters, 64 KiB for an
+attestation, a sealed payload's worth for the sealing methods). A request must
+arrive within ``request_timeout`` seconds of its first byte (and its body as long
+again after its header), and its answer be taken as fast, or that program's channel
+is closed. A body over 64 KiB is read only once it fits in its uid's
+``request_bytes_per_uid`` (:data:`MAX_REQUEST_BYTES_PER_UID`), shared by all that
+uid's programs, so that many programs cannot together hold much (a request bigger
+than that waits for all of it). What a channel
+received is freed when it closes.
+
 :meth:`LinuxHost.run` serves the admin socket (``admin.sock`` in the host directory,
 see :mod:`taonet.hosts._admin`) until :meth:`shutdown`. It implements
 :class:`~taonet.hosts._hosted.AdminBackend`.
@@ -79,7 +91,7 @@ from taonet.hosts._process import (
     signal_group,
     spawn_program,
 )
-from taonet.hosts._rpc import serve_tao_rpc
+from taonet.hosts._rpc import REQUEST_TIMEOUT, ByteBudget, serve_tao_rpc
 from taonet.hosts._soft import SoftHost
 from taonet.hosts._stacked import open_stacked_core, open_stacked_counters
 from taonet.hosts._tao import SEAL_POLICY_SELF, Tao, check_size
@@ -89,6 +101,7 @@ __all__ = [
     "DENIED_ENVIRONMENT",
     "MAX_NAME_BYTES",
     "MAX_NAME_EXTENSIONS",
+    "MAX_REQUEST_BYTES_PER_UID",
     "LinuxHost",
     "program_environment",
 ]
@@ -106,6 +119,9 @@ MAX_PROGRAM_BYTES_PER_UID: Final = 1 << 30
 MAX_PROGRAM_SIZE_PER_START: Final = 256 << 20
 #: Longest program path a start request may name (PATH_MAX).
 MAX_PATH_BYTES: Final = 4096
+#: Bytes that the large requests (over 64 KiB) of one uid's programs may hold at once:
+#: room for four maximal sealing requests. Programs of the same uid wait for each other.
+MAX_REQUEST_BYTES_PER_UID: Final = 64 << 20
 #: Exited programs remembered for ``wait`` after they are gone.
 _REMEMBER_EXITED: Final = 256
 #: How long shutdown waits for SIGKILLed programs to be reaped.
@@ -235,13 +251,36 @@ class LinuxHost:
         config: LinuxHostConfig,
         core: SoftHost,
         counters: CounterStore,
+        *,
+        request_timeout: float = REQUEST_TIMEOUT,
+        request_bytes_per_uid: int = MAX_REQUEST_BYTES_PER_UID,
     ) -> None:
         """Prefer :meth:`open`; ``core`` holds the keys, ``counters`` the counter table.
 
         A stacked host's parent Tao must stay open for as long as the host runs.
+        ``request_timeout`` and ``request_bytes_per_uid`` bound what a program's
+        requests may hold (see the module docstring).
         """
+        if (
+            isinstance(request_timeout, bool)
+            or not isinstance(request_timeout, int | float)
+            or not request_timeout > 0
+        ):
+            raise ValueError(f"request_timeout must be a positive number, got {request_timeout!r}")
+        if (
+            isinstance(request_bytes_per_uid, bool)
+            or not isinstance(request_bytes_per_uid, int)
+            or request_bytes_per_uid < 1
+        ):
+            raise ValueError(
+                f"request_bytes_per_uid must be a positive int, got {request_bytes_per_uid!r}"
+            )
         self.directory = directory
         self.config = config
+        self._request_timeout = request_timeout
+        self._request_bytes_per_uid = request_bytes_per_uid
+        # Per uid: the bytes large requests of its programs may hold at once.
+        self._budgets: dict[int, ByteBudget] = {}
         self._core = core
         # Counters are charged to the program as launched, whatever names it extends to.
         self._counters = HostCounters(core, counters, program_of=self._launched)
@@ -305,8 +344,13 @@ class LinuxHost:
         password: bytes | None = None,
         parent: Tao | None = None,
         clock: Callable[[], int] = time.time_ns,
+        request_timeout: float = REQUEST_TIMEOUT,
+        request_bytes_per_uid: int = MAX_REQUEST_BYTES_PER_UID,
     ) -> LinuxHost:
-        """Open a host directory: a root host needs ``password``, a stacked one ``parent``."""
+        """Open a host directory: a root host needs ``password``, a stacked one ``parent``.
+
+        ``request_timeout`` and ``request_bytes_per_uid``: see :class:`LinuxHost`.
+        """
         path = Path(directory)
         await trio.to_thread.run_sync(_check_private_directory, path)
         config = await trio.to_thread.run_sync(LinuxHostConfig.load, path)
@@ -327,7 +371,14 @@ class LinuxHost:
                 )
             core = await open_stacked_core(path, parent, clock)
             counters = await open_stacked_counters(path, core, parent)
-        host = cls(path, config, core, counters)
+        host = cls(
+            path,
+            config,
+            core,
+            counters,
+            request_timeout=request_timeout,
+            request_bytes_per_uid=request_bytes_per_uid,
+        )
         log.info(
             "linux_host_opened",
             kind=config.kind,
@@ -534,8 +585,19 @@ class LinuxHost:
 
     async def _serve_child(self, child: _Child, stream: trio.abc.Stream) -> None:
         try:
+            budget = self._budgets.get(child.uid)
+            if budget is None:
+                budget = self._budgets[child.uid] = ByteBudget(self._request_bytes_per_uid)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(serve_tao_rpc, stream, _ChildTao(self, child))
+                nursery.start_soon(
+                    functools.partial(
+                        serve_tao_rpc,
+                        stream,
+                        _ChildTao(self, child),
+                        request_timeout=self._request_timeout,
+                        budget=budget,
+                    )
+                )
                 await child.process.wait()
                 nursery.cancel_scope.cancel()
         finally:

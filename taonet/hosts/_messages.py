@@ -11,10 +11,18 @@ bytes of its own, so it talks to any peer that speaks Tao framing.
   sends raise :class:`trio.BrokenResourceError`.
 * Only one task may receive at a time; a second concurrent receiver gets
   :class:`trio.BusyResourceError`.
-* Every incoming length is checked against ``max_frame`` as soon as its 4 header
-  bytes arrive, before any body is read (:class:`~taonet.CodecError`). After a
-  framing error the receiving side is broken: later receives raise
-  :class:`trio.BrokenResourceError` chained from the original error.
+* Every incoming length is checked against ``max_frame`` (or the lower
+  ``max_size`` the receiver gives for that one message) as soon as its 4 header
+  bytes arrive, before any body is read (:class:`~taonet.CodecError`). A long
+  message is received into a buffer of its own, allocated once its length has
+  passed and freed when it is complete or the stream is closed (see
+  :class:`~taonet.wire.FrameDecoder`). After a framing error the receiving side is
+  broken: later receives raise :class:`trio.BrokenResourceError` chained from the
+  original error.
+* With ``frame_timeout``, a message whose first byte has arrived must be complete
+  within that many seconds, or the receive raises :class:`~taonet.ProtocolError`
+  (and the receiving side is broken): a peer cannot hold a partial message, and
+  the memory it takes, indefinitely. Waiting for a message to begin is not limited.
 * The peer closing exactly between frames ends the channel
   (:class:`trio.EndOfChannel`); closing inside a frame is a
   :class:`~taonet.ProtocolError`.
@@ -23,8 +31,8 @@ bytes of its own, so it talks to any peer that speaks Tao framing.
 from __future__ import annotations
 
 import struct
-from collections import deque
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
 
 import trio
 from google.protobuf.message import EncodeError, Message
@@ -39,6 +47,7 @@ __all__ = ["MessageStream"]
 #: sent with a separate header write instead of being copied after it.
 CHUNK_SIZE: Final = 64 * 1024
 _HEADER: Final = struct.Struct(">I")
+_R = TypeVar("_R")
 
 
 async def take(lock: trio.Lock) -> None:
@@ -56,15 +65,30 @@ class MessageStream(trio.abc.AsyncResource):
     """Whole messages over ``stream``; frames longer than ``max_frame`` are refused.
 
     ``stream`` stays available as an attribute (for example to read the verified
-    peer of a TLS stream). Closing the MessageStream closes ``stream``.
+    peer of a TLS stream). Closing the MessageStream closes ``stream``. With
+    ``frame_timeout`` (seconds), a message must be complete that long after its
+    first byte arrived (see the module docstring).
     """
 
-    def __init__(self, stream: trio.abc.Stream, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        frame_timeout: float | None = None,
+    ) -> None:
+        if frame_timeout is not None and (
+            isinstance(frame_timeout, bool)
+            or not isinstance(frame_timeout, int | float)
+            or not frame_timeout > 0
+        ):
+            raise ValueError(f"frame_timeout must be a positive number, got {frame_timeout!r}")
         self.stream = stream
         self._decoder = FrameDecoder(max_frame=max_frame)  # validates max_frame
         self._max_frame = max_frame
-        self._frames: deque[bytes] = deque()
-        self._partial = 0  # bytes of the frame in progress (header included)
+        self._frame_timeout = frame_timeout
+        self._partial = 0  # bytes of unfinished messages received (headers included)
+        self._started: float | None = None  # when the first of those bytes arrived
         self._send_lock = trio.Lock()
         self._send_broken: BaseException | None = None
         self._receiving = False
@@ -75,6 +99,11 @@ class MessageStream(trio.abc.AsyncResource):
     def max_frame(self) -> int:
         """The largest payload this stream sends or accepts."""
         return self._max_frame
+
+    @property
+    def frame_timeout(self) -> float | None:
+        """Seconds a message may take once its first byte is in (None: no limit)."""
+        return self._frame_timeout
 
     async def send_message(self, payload: bytes) -> None:
         """Send ``payload`` as one frame.
@@ -113,48 +142,90 @@ class MessageStream(trio.abc.AsyncResource):
         finally:
             self._send_lock.release()
 
-    async def receive_message(self) -> bytes:
+    async def receive_message(self, *, max_size: int | None = None) -> bytes:
         """The next message.
 
-        Raises :class:`trio.EndOfChannel` when the peer closed between frames,
-        :class:`~taonet.ProtocolError` when it closed inside one, and
-        :class:`~taonet.CodecError` when a frame header announces more than
-        :attr:`max_frame` bytes.
+        ``max_size`` lowers the limit for this one message (it cannot raise it over
+        :attr:`max_frame`). Raises :class:`trio.EndOfChannel` when the peer closed
+        between frames, :class:`~taonet.ProtocolError` when it closed inside one or
+        the message did not arrive within :attr:`frame_timeout`, and
+        :class:`~taonet.CodecError` when a frame header announces more than the limit.
         """
+        return await self._guarded(self._receive_frame, max_size)
+
+    async def peek_length(self, *, max_size: int | None = None) -> int:
+        """The length of the next message, once its 4 header bytes are in.
+
+        The message stays to be received. The same limits and errors as
+        :meth:`receive_message`: a protocol can look at the length (to reserve
+        memory for it, say) before the body is read.
+        """
+        return await self._guarded(self._receive_length, max_size)
+
+    async def _guarded(self, receive: Callable[[int], Awaitable[_R]], max_size: int | None) -> _R:
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving on this message stream")
+        limit = self._max_frame
+        if max_size is not None:
+            if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 0:
+                raise ValueError(f"max_size must be a non-negative int, got {max_size!r}")
+            limit = min(limit, max_size)
         self._receiving = True
         try:
-            return await self._receive()
+            if self._receive_broken is not None:
+                raise trio.BrokenResourceError(
+                    "this message stream cannot receive after an earlier error"
+                ) from self._receive_broken
+            return await receive(limit)
         finally:
             self._receiving = False
 
-    async def _receive(self) -> bytes:
-        if self._receive_broken is not None:
-            raise trio.BrokenResourceError(
-                "this message stream cannot receive after an earlier error"
-            ) from self._receive_broken
-        while not self._frames:
-            if self._eof:
-                raise trio.EndOfChannel
+    async def _receive_frame(self, limit: int) -> bytes:
+        while (frame := self._take(self._decoder.next_frame, limit)) is None:
+            await self._read_more()
+        self._partial -= 4 + len(frame)
+        self._started = trio.current_time() if self._partial else None
+        return frame
+
+    async def _receive_length(self, limit: int) -> int:
+        while (length := self._take(self._decoder.peek_length, limit)) is None:
+            await self._read_more()
+        return length
+
+    def _take(self, step: Callable[..., _R | None], limit: int) -> _R | None:
+        try:
+            return step(max_frame=limit)
+        except CodecError as exc:
+            self._receive_broken = exc
+            raise
+
+    async def _read_more(self) -> None:
+        if self._eof:
+            raise trio.EndOfChannel
+        started = self._started
+        if started is None or self._frame_timeout is None:
             data = await self.stream.receive_some(CHUNK_SIZE)
-            if not data:
-                self._eof = True
-                if self._partial:
-                    exc: Exception = ProtocolError(self._truncation_message())
-                    self._receive_broken = exc
-                    raise exc
-                raise trio.EndOfChannel
-            try:
-                self._decoder.feed(data)
-            except CodecError as exc:
+        else:
+            data = None
+            with trio.move_on_at(started + self._frame_timeout):
+                data = await self.stream.receive_some(CHUNK_SIZE)
+            if data is None:
+                exc: Exception = ProtocolError(
+                    f"a message did not arrive within {self._frame_timeout} s of its first byte"
+                )
                 self._receive_broken = exc
-                raise
-            self._partial += len(data)
-            while (frame := self._decoder.next_frame()) is not None:
-                self._partial -= 4 + len(frame)
-                self._frames.append(frame)
-        return self._frames.popleft()
+                raise exc
+        if not data:
+            self._eof = True
+            if self._partial:
+                exc = ProtocolError(self._truncation_message())
+                self._receive_broken = exc
+                raise exc
+            raise trio.EndOfChannel
+        if not self._partial:
+            self._started = trio.current_time()
+        self._partial += len(data)
+        self._decoder.feed(data)
 
     def _truncation_message(self) -> str:
         if self._partial < 4:
@@ -183,5 +254,8 @@ class MessageStream(trio.abc.AsyncResource):
         return parse(name, await self.receive_message())
 
     async def aclose(self) -> None:
-        """Close the underlying stream."""
+        """Close the underlying stream; whatever was received and not taken is freed."""
+        self._decoder.clear()
+        self._partial = 0
+        self._started = None
         await self.stream.aclose()

@@ -17,7 +17,13 @@ numbers let several calls be in flight on one channel.
   when a call is waiting).
 * :func:`serve_tao_rpc` is the host side for one hosted program: it answers the
   requests on one channel in order from a given :class:`~taonet.hosts.Tao`. A Tao
-  without counters answers the counter methods with its "not supported" error.
+  without counters answers the counter methods with its "not supported" error. As
+  in the original, an unknown method or a body that does not decode is answered
+  with an error. What a program's requests can make the host hold is bounded: a
+  4 KiB header frame, a body limit per method (:data:`REQUEST_LIMITS`), a timeout on
+  a request that has begun and on an answer not taken, and an optional
+  :class:`ByteBudget` shared by several channels for large bodies. The client
+  checks the per-method limits too, so an oversized call fails alone.
 
 Payloads: principals, sub-principals and forms travel in the auth binary encoding,
 attestations as serialized ``Attestation`` messages, times as int64 nanoseconds.
@@ -30,9 +36,12 @@ and counters (int64 >= 0) are checked on both sides.
 
 from __future__ import annotations
 
+import collections
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from types import MappingProxyType
 from typing import Any, Final
 
 import structlog
@@ -44,6 +53,7 @@ from taonet.attestation import Attestation
 from taonet.hosts._messages import MessageStream, take
 from taonet.hosts._tao import (
     MAX_RANDOM_BYTES,
+    MAX_SEALED_BYTES,
     NOT_SUPPORTED,
     SEAL_POLICY_SELF,
     Tao,
@@ -54,12 +64,18 @@ from taonet.hosts._tao import (
     check_time,
 )
 from taonet.wire import MAX_FRAME_CEILING, message_class, parse, serialize
+from taonet.wire._framing import LARGE_FRAME
 
 __all__ = [
     "COUNTER_METHODS",
     "DEFAULT_RPC_MAX_FRAME",
+    "MAX_REQUEST_HEADER",
     "METHODS",
     "NOT_SUPPORTED",
+    "REQUEST_LIMITS",
+    "REQUEST_TIMEOUT",
+    "UNKNOWN_METHOD_LIMIT",
+    "ByteBudget",
     "RPCTao",
     "serve_tao_rpc",
 ]
@@ -68,6 +84,11 @@ log = structlog.get_logger(__name__)
 
 #: The original's frame ceiling: room for a maximal sealed blob plus the envelope.
 DEFAULT_RPC_MAX_FRAME: Final = MAX_FRAME_CEILING
+#: Largest request header frame (an RPCHeader: a method name and a sequence number).
+MAX_REQUEST_HEADER: Final = 4096
+#: Seconds a request may take to arrive once its first byte is in (the header, and
+#: then the body), and an answer to be taken by the program.
+REQUEST_TIMEOUT: Final = 10.0
 #: Calls cancelled after sending whose late answers are still expected, at most.
 _MAX_ABANDONED: Final = 1024
 
@@ -92,6 +113,30 @@ METHODS: Final = frozenset(
     {GET_TAO_NAME, EXTEND_TAO_NAME, GET_RANDOM_BYTES, GET_SHARED_SECRET, ATTEST, SEAL, UNSEAL}
     | COUNTER_METHODS
 )
+
+#: Room in a request body beside its payload (field tags and lengths, a policy, a label).
+_ENVELOPE: Final = 4096
+_SMALL: Final = 1024
+#: Largest request body per method: tiny for those that carry sizes and labels, a
+#: sealed payload's worth (MAX_SEALED_BYTES, since a stacked host's counter table
+#: is sealed through its parent) for the sealing methods.
+REQUEST_LIMITS: Final[Mapping[str, int]] = MappingProxyType(
+    {
+        GET_TAO_NAME: _SMALL,
+        GET_RANDOM_BYTES: _SMALL,
+        GET_SHARED_SECRET: _SMALL,
+        INIT_COUNTER: _SMALL,
+        GET_COUNTER: _SMALL,
+        EXTEND_TAO_NAME: 16 * 1024,
+        ATTEST: 64 * 1024,
+        SEAL: MAX_SEALED_BYTES + _ENVELOPE,
+        UNSEAL: MAX_SEALED_BYTES + _ENVELOPE,
+        ROLLBACK_PROTECTED_SEAL: MAX_SEALED_BYTES + _ENVELOPE,
+        ROLLBACK_PROTECTED_UNSEAL: MAX_SEALED_BYTES + _ENVELOPE,
+    }
+)
+#: Largest body read (to answer with an error) for a method the host does not know.
+UNKNOWN_METHOD_LIMIT: Final = _SMALL
 
 _INT32_MAX: Final = 2**31 - 1
 _UINT64_MAX: Final = 2**64 - 1
@@ -297,6 +342,12 @@ class RPCTao(Tao):
         if len(body) > self.max_frame:
             raise HostError(
                 f"{op}: a {len(body)}-byte request is over the {self.max_frame}-byte frame limit"
+            )
+        if len(body) > REQUEST_LIMITS[op]:
+            # The host would close the channel: say so here, and keep it.
+            raise HostError(
+                f"{op}: a {len(body)}-byte request is over the {REQUEST_LIMITS[op]}-byte "
+                "limit for this method"
             )
         seq = next(self._seq)
         if seq > _UINT64_MAX:  # pragma: no cover - not in this universe
@@ -556,23 +607,100 @@ _HANDLERS: Final[dict[str, _Handler]] = {
 }
 
 
+class ByteBudget:
+    """Bytes that the requests of several channels may hold at once (say, one user's
+    programs): a large request waits for its share before its body is read.
+
+    Shares are granted first come, first served. A request over the whole budget
+    waits for all of it (it never fits beside another large one).
+    """
+
+    def __init__(self, limit: int) -> None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"a byte budget must be a positive int, got {limit!r}")
+        self.limit = limit
+        self._free = limit
+        self._waiting: collections.deque[tuple[int, trio.Event]] = collections.deque()
+
+    @property
+    def held(self) -> int:
+        """Bytes granted and not yet released."""
+        return self.limit - self._free
+
+    async def acquire(self, n: int) -> int:
+        """Wait for ``n`` bytes (at most the whole budget); return what was granted."""
+        n = min(n, self.limit)
+        if not self._waiting and n <= self._free:
+            self._free -= n
+            await trio.lowlevel.checkpoint()
+            return n
+        turn = (n, trio.Event())
+        self._waiting.append(turn)
+        try:
+            await turn[1].wait()
+        except BaseException:
+            if turn[1].is_set():  # granted as we were cancelled: give it back
+                self.release(n)
+            else:
+                self._waiting.remove(turn)
+                self._grant()
+            raise
+        return n
+
+    def release(self, n: int) -> None:
+        """Give back bytes that :meth:`acquire` granted."""
+        self._free += n
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiting and self._waiting[0][0] <= self._free:
+            n, granted = self._waiting.popleft()
+            self._free -= n
+            granted.set()
+
+
 async def serve_tao_rpc(
     stream: MessageStream | trio.abc.Stream,
     tao: Tao,
     *,
     max_frame: int = DEFAULT_RPC_MAX_FRAME,
+    request_timeout: float | None = REQUEST_TIMEOUT,
+    budget: ByteBudget | None = None,
 ) -> None:
     """Answer one hosted program's Tao RPC requests from ``tao``, in order.
 
-    Returns when the program closes the channel, or after closing it on a broken
-    protocol (a malformed or oversized frame, an unknown method; logged, not
-    raised). A :class:`~taonet.TaoError` from ``tao`` (or from decoding a payload)
-    becomes the response's error string; the channel stays open. The stream is
-    closed on return.
+    Limits (so that one program cannot make its host hold memory): a request's
+    header frame is at most :data:`MAX_REQUEST_HEADER` bytes and its body at most
+    what :data:`REQUEST_LIMITS` allows its method (a method it does not know:
+    :data:`UNKNOWN_METHOD_LIMIT`), both below ``max_frame``. Once a request's first
+    byte is in, its header must be complete within ``request_timeout`` seconds and
+    its body within ``request_timeout`` seconds more; an answer must be taken by the
+    program within ``request_timeout`` seconds. ``None`` disables those timeouts. A
+    body over :data:`LARGE_FRAME` bytes is read only once ``budget`` (if given,
+    shared with other channels) grants its length, until the answer is sent.
+
+    An unknown method and a body that does not decode are answered with an error
+    (the frames are intact); a :class:`~taonet.TaoError` from ``tao`` (or from
+    decoding a payload) becomes the response's error string. The channel stays open
+    after those. A header that does not decode, a frame over its limit, a request or
+    answer over its time, or the program closing inside a request closes the channel
+    (logged, not raised): the function returns. It also returns when the program
+    closes the channel. The stream is closed on return, and what it had received
+    freed.
     """
-    messages = _as_messages(stream, max_frame)
+    if request_timeout is not None and (
+        isinstance(request_timeout, bool)
+        or not isinstance(request_timeout, int | float)
+        or not request_timeout > 0
+    ):
+        raise ValueError(f"request_timeout must be a positive number, got {request_timeout!r}")
+    if isinstance(stream, MessageStream):
+        messages = stream
+    else:
+        messages = MessageStream(stream, max_frame=max_frame, frame_timeout=request_timeout)
     try:
-        await _serve(messages, tao)
+        while await _serve_one(messages, tao, request_timeout, budget):
+            pass
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         log.info("tao_rpc_channel_broken", error=str(exc) or type(exc).__name__)
     finally:
@@ -580,43 +708,104 @@ async def serve_tao_rpc(
             await trio.aclose_forcefully(messages)
 
 
-async def _serve(messages: MessageStream, tao: Tao) -> None:
-    while True:
-        try:
-            header_frame = await messages.receive_message()
-        except trio.EndOfChannel:
-            return
-        except (CodecError, ProtocolError) as exc:
-            log.warning("tao_rpc_bad_request", error=str(exc))
-            return
-        try:
-            body_frame = await messages.receive_message()
-            header = parse("RPCHeader", header_frame, what="Tao RPC request header")
-            op = str(header.op)
-            if op not in _HANDLERS:
-                raise ProtocolError(f"unknown Tao RPC method {op!r}")
-            request = parse("RPCRequest", body_frame, what=f"{op} request")
-        except trio.EndOfChannel:
-            log.warning("tao_rpc_bad_request", error="the client closed between header and body")
-            return
-        except (CodecError, ProtocolError) as exc:
-            log.warning("tao_rpc_bad_request", error=str(exc))
-            return
-        seq = int(header.seq)
-        error: str | None = None
+async def _serve_one(
+    messages: MessageStream, tao: Tao, limit_s: float | None, budget: ByteBudget | None
+) -> bool:
+    """Read and answer one request; False when the channel is done.
+
+    One call per request, so that nothing of a request (frames, decoded payloads,
+    the answer) stays referenced while the host waits for the next one.
+    """
+    try:
+        header_frame = await messages.receive_message(max_size=MAX_REQUEST_HEADER)
+    except trio.EndOfChannel:
+        return False
+    except (CodecError, ProtocolError) as exc:
+        log.warning("tao_rpc_bad_request", error=str(exc))
+        return False
+    try:
+        header = parse("RPCHeader", header_frame, what="Tao RPC request header")
+    except CodecError as exc:
+        log.warning("tao_rpc_bad_request", error=str(exc))
+        return False
+    op = header.op if isinstance(header.op, str) else repr(header.op)
+    seq = int(header.seq)
+    limit = REQUEST_LIMITS.get(op, UNKNOWN_METHOD_LIMIT)
+    granted = 0
+    try:
+        body_frame = None
+        with trio.move_on_after(math.inf if limit_s is None else limit_s):
+            try:
+                length = await messages.peek_length(max_size=limit)
+                if budget is not None and length > LARGE_FRAME:
+                    granted = await budget.acquire(length)
+                body_frame = await messages.receive_message(max_size=limit)
+            except trio.EndOfChannel:
+                log.warning(
+                    "tao_rpc_bad_request", error="the client closed between header and body"
+                )
+                return False
+            except CodecError as exc:
+                log.warning("tao_rpc_bad_request", op=_clip(op), error=str(exc))
+                return False
+            except ProtocolError as exc:
+                log.warning("tao_rpc_bad_request", op=_clip(op), error=str(exc))
+                return False
+        if body_frame is None:
+            log.warning(
+                "tao_rpc_request_timeout",
+                op=_clip(op),
+                error=f"no whole request within {limit_s} s",
+            )
+            return False
+        response = await _answer(op, seq, body_frame, tao, messages.max_frame)
+        del body_frame
+        sent = False
+        with trio.move_on_after(math.inf if limit_s is None else limit_s):
+            await messages.send_messages(*response)
+            sent = True
+        if not sent:
+            log.warning(
+                "tao_rpc_response_not_taken",
+                op=_clip(op),
+                error=f"the program did not take its answer within {limit_s} s",
+            )
+            return False
+        return True
+    finally:
+        if granted:
+            assert budget is not None
+            budget.release(granted)
+
+
+def _clip(op: str) -> str:
+    return op if len(op) <= 64 else op[:64] + "..."
+
+
+async def _answer(
+    op: str, seq: int, body_frame: bytes, tao: Tao, max_frame: int
+) -> tuple[bytes, bytes]:
+    """The response frames (header, body) for one request."""
+    error: str | None = None
+    body = b""
+    try:
+        handler = _HANDLERS.get(op)
+        if handler is None:
+            raise ProtocolError(f"unknown Tao RPC method {_clip(op)!r}")
+        request = parse("RPCRequest", body_frame, what=f"{op} request")
+        fields = await handler(tao, request)
+        del request
+        body = serialize(message_class("RPCResponse")(**fields))
+    except TaoError as exc:
+        error = str(exc) or type(exc).__name__
+    except Exception as exc:  # a bug must not take the host down with it
+        log.exception("tao_rpc_handler_failed", op=op, error_type=type(exc).__name__)
+        error = f"internal error in the host ({type(exc).__name__})"
+    if error is None and len(body) > max_frame:
+        error = f"{op}: a {len(body)}-byte response is over the {max_frame}-byte limit"
         body = b""
-        try:
-            fields = await _HANDLERS[op](tao, request)
-            body = serialize(message_class("RPCResponse")(**fields))
-        except TaoError as exc:
-            error = str(exc) or type(exc).__name__
-        except Exception as exc:  # a bug must not take the host down with it
-            log.exception("tao_rpc_handler_failed", op=op, error_type=type(exc).__name__)
-            error = f"internal error in the host ({type(exc).__name__})"
-        if error is None and len(body) > messages.max_frame:
-            error = f"{op}: a {len(body)}-byte response is over the {messages.max_frame}-byte limit"
-            body = b""
-        response_header = message_class("RPCHeader")(op=op, seq=seq)
-        if error is not None:
-            response_header.error = error
-        await messages.send_messages(serialize(response_header), body)
+    response_header = message_class("RPCHeader")(op=op, seq=seq)
+    if error is not None:
+        response_header.error = error
+        body = b""
+    return serialize(response_header), body

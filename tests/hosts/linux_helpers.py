@@ -60,8 +60,8 @@ def init_root(directory: Path, *, domain: Any = None, **options: Any) -> LinuxHo
     return config
 
 
-async def open_root(nursery: trio.Nursery, directory: Path) -> LinuxHost:
-    host = await LinuxHost.open(directory, password=PASSWORD)
+async def open_root(nursery: trio.Nursery, directory: Path, **options: Any) -> LinuxHost:
+    host = await LinuxHost.open(directory, password=PASSWORD, **options)
     await nursery.start(host.run)
     return host
 

@@ -21,6 +21,9 @@ through a real Linux host. Each argument is one step; each step prints one JSON 
     oversized              write a 2 GiB frame length to the host, then read
     die-mid-call           send part of a request header, then exit at once
     die-after-request      send a whole 1 MiB Seal request, exit before the answer
+    stall HEADER BODY      a header frame of HEADER zero bytes (0: a real Seal header), then
+                           a body frame announcing BODY bytes with its last byte missing;
+                           then silence until the host closes the channel {"stall"}
     ignore-term            ignore SIGTERM from now on
     sleep SECONDS
 """
@@ -52,6 +55,31 @@ def emit(**fields: object) -> None:
     print(json.dumps(fields), flush=True)
 
 
+async def stall(header_size: int, body_size: int) -> None:
+    """Make the host hold as much as it will of a request that never completes."""
+    from taonet.wire import message_class, serialize
+
+    stream = await open_host_channel()
+    header = (
+        bytes(header_size)
+        if header_size
+        else serialize(message_class("RPCHeader")(op="Tao.Seal", seq=1))
+    )
+    try:
+        await stream.send_all(len(header).to_bytes(4, "big") + header)
+        await stream.send_all(body_size.to_bytes(4, "big"))
+        chunk = bytes(1 << 20)
+        left = body_size - 1
+        while left > 0:
+            await stream.send_all(chunk[: min(left, len(chunk))])
+            left -= len(chunk)
+        emit(stalled=True)
+        data = await stream.receive_some(100)  # until the host gives up on us
+        emit(stall="closed" if not data else "answered")
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        emit(stall="broken", error=str(exc))
+
+
 async def main(argv: list[str]) -> None:
     steps = list(argv)
     if steps and steps[0] in ("garbage", "oversized"):
@@ -66,6 +94,9 @@ async def main(argv: list[str]) -> None:
             emit(garbage="closed" if not data else "answered")
         except (trio.BrokenResourceError, OSError) as exc:
             emit(garbage="broken", error=str(exc))
+        return
+    if steps and steps[0] == "stall":
+        await stall(int(steps[1]), int(steps[2]))
         return
     if steps and steps[0] == "die-after-request":
         # A whole Seal request of 1 MiB, then gone before the answer comes.

@@ -629,3 +629,95 @@ async def test_other_users_are_limited_in_programs_and_bytes(
         with pytest.raises(HostError, match="at most 4096 bytes"):
             await host.start_program(StartRequest(path="/" * 5000 + "bin/true"), nobody)
     await host.stop(grace_period=0)
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def _start_stallers(
+    host: LinuxHost, probe: Path, count: int, header: int, body: int
+) -> list[trio.lowlevel.FdStream]:
+    outputs = []
+    async with AdminClient.connect(host.socket_path) as admin:
+        for _ in range(count):
+            read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+            try:
+                await admin.start(str(probe), ["stall", str(header), str(body)], stdout=write_fd)
+            finally:
+                os.close(write_fd)
+            outputs.append(trio.lowlevel.FdStream(read_fd))
+    return outputs
+
+
+async def _outcome(out: trio.lowlevel.FdStream) -> list[dict[str, object]]:
+    async with out:
+        return parse_lines(await read_all_stream(out))
+
+
+async def read_all_stream(stream: trio.lowlevel.FdStream) -> bytes:
+    data = b""
+    while chunk := await stream.receive_some(65536):
+        data += chunk
+    return data
+
+
+@pytest.mark.slow
+async def test_stalled_requests_cannot_make_the_host_hold_memory(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Issue 8, item 4: hosted programs that send a big frame and then one a byte
+    short, and fall silent, made the host hold about 40 MiB each, for good."""
+    from taonet.hosts._linux import MAX_REQUEST_BYTES_PER_UID
+    from taonet.hosts._rpc import REQUEST_LIMITS, SEAL
+
+    probe = write_probe(tmp_path)
+    init_root(tmp_path / "host")
+    peak = 0
+
+    async def sample_rss() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, _rss())
+            await trio.sleep(0.01)
+
+    with trio.fail_after(TIMEOUT * 2):
+        host = await open_root(nursery, tmp_path / "host", request_timeout=2.0)
+        await run_probe(host, probe, ["name"])
+        before = _rss()
+        peak = before
+        nursery.start_soon(sample_rss)
+
+        # The review's attack: a 20 MiB header frame, a 20 MiB body one byte short.
+        outputs = await _start_stallers(host, probe, 4, 20 << 20, 20 << 20)
+        for out in outputs:
+            lines = await _outcome(out)
+            # Refused at the header's length: the program never gets to stall.
+            assert [line.get("stall") for line in lines] == ["broken"], lines
+        assert peak - before < 16 << 20, (before, peak)
+
+        # The same with the largest request the host takes (a Seal), from more
+        # programs of one user than the user's budget has room for.
+        limit = REQUEST_LIMITS[SEAL]
+        count = 8
+        assert count * limit > MAX_REQUEST_BYTES_PER_UID + (32 << 20)
+        outputs = await _start_stallers(host, probe, count, 0, limit)
+        outcomes = [await _outcome(out) for out in outputs]
+        # Each one's channel is closed: while it stalled ("closed") or while it
+        # waited for its user's budget ("broken").
+        for lines in outcomes:
+            assert lines[-1]["stall"] in ("closed", "broken"), lines
+        assert any(lines[-1]["stall"] == "closed" for lines in outcomes)
+        # At no time did the host hold much more than the user's budget...
+        assert peak - before < MAX_REQUEST_BYTES_PER_UID + (24 << 20), (before, peak)
+        # ...and what it held went back to the system when the channels closed.
+        assert _rss() - before < 8 << 20, (before, _rss())
+        # The host still serves.
+        status, lines = await run_probe(host, probe, ["name"])
+        assert status == 0
+        assert lines[0]["name"] == str(child_name(host, probe))
+    await host.stop()

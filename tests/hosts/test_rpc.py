@@ -15,7 +15,25 @@ from taonet import HostError, ProtocolError, auth
 from taonet.attestation import UNROOTED, Attestation, validate
 from taonet.channel import MessageStream
 from taonet.hosts import SoftHost, SoftTao, Tao
-from taonet.hosts._rpc import COUNTER_METHODS, METHODS, RPCTao, serve_tao_rpc
+from taonet.hosts._rpc import (
+    ATTEST,
+    COUNTER_METHODS,
+    DEFAULT_RPC_MAX_FRAME,
+    GET_COUNTER,
+    GET_RANDOM_BYTES,
+    GET_SHARED_SECRET,
+    GET_TAO_NAME,
+    INIT_COUNTER,
+    MAX_REQUEST_HEADER,
+    METHODS,
+    REQUEST_LIMITS,
+    ROLLBACK_PROTECTED_SEAL,
+    SEAL,
+    ByteBudget,
+    RPCTao,
+    serve_tao_rpc,
+)
+from taonet.hosts._tao import MAX_SEALED_BYTES
 from taonet.wire import message_class, parse, serialize
 
 TIMEOUT = 10
@@ -666,9 +684,11 @@ async def test_unstarted_client_refuses_calls() -> None:
     "frames",
     [
         [b"\xff\xff\xff", b""],  # garbage header
-        [serialize(message_class("RPCHeader")(op="Tao.Nope", seq=1)), b""],  # unknown op
-        [serialize(message_class("RPCHeader")(op="Tao.Seal", seq=1)), b"\xff\x01"],  # bad body
         [b"\x0a\x08Tao.Seal", b""],  # header without its required seq
+        [b"\x0a\x08Tao.Seal" + b"\x10\x01" + b"\x00" * 5000, b""],  # header over 4 KiB
+        # A body over its method's limit.
+        [serialize(message_class("RPCHeader")(op="Tao.GetTaoName", seq=1)), b"\x00" * 1025],
+        [serialize(message_class("RPCHeader")(op="Tao.Nope", seq=1)), b"\x00" * 1025],
         [serialize(message_class("RPCHeader")(op="Tao.Seal", seq=1))],  # EOF after header
     ],
 )
@@ -692,6 +712,34 @@ async def test_malformed_requests_close_only_that_channel(
             assert await good.get_tao_name() == await soft.get_tao_name()
             data = await good.seal(b"still fine")
             assert await soft.unseal(data) == (b"still fine", "self")
+
+
+async def test_unknown_methods_and_bad_bodies_are_answered_like_the_original(
+    soft: SoftTao,
+) -> None:
+    # The original's protorpc answers these with an error and keeps reading: the
+    # frames are intact, so the channel is too.
+    with trio.fail_after(TIMEOUT):
+        client_stream, server_stream = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_tao_rpc, server_stream, soft)
+            ms = MessageStream(client_stream)
+            await ms.send_proto(message_class("RPCHeader")(op="Tao.Nope", seq=7))
+            await ms.send_message(b"\x00" * 1024)
+            header = await ms.receive_proto("RPCHeader")
+            assert (header.op, header.seq) == ("Tao.Nope", 7)
+            assert header.error == "unknown Tao RPC method 'Tao.Nope'"
+            assert await ms.receive_message() == b""
+            await ms.send_proto(message_class("RPCHeader")(op="Tao.Seal", seq=8))
+            await ms.send_message(b"\xff\x01")
+            header = await ms.receive_proto("RPCHeader")
+            assert header.seq == 8
+            assert "malformed protobuf" in header.error
+            assert await ms.receive_message() == b""
+            header, body = await raw_call(ms, "Tao.GetRandomBytes", 9, size=4)
+            assert not header.HasField("error")
+            assert len(parse("RPCResponse", body).data) == 4
+            await ms.aclose()
 
 
 async def test_request_payload_errors_are_answered(soft: SoftTao) -> None:
@@ -768,3 +816,176 @@ async def test_a_bug_in_the_tao_is_an_error_answer_not_a_dead_host(soft: SoftTao
                 await rpc.get_random_bytes(4)
             assert await rpc.get_tao_name() == await soft.get_tao_name()
             assert not rpc.closed
+
+
+# -- limits on what one program can make its host hold ----------------------------------
+
+
+def _frame(payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "big") + payload
+
+
+def _header(op: str, seq: int = 1) -> bytes:
+    return serialize(message_class("RPCHeader")(op=op, seq=seq))
+
+
+def test_each_method_has_a_body_limit_under_the_frame_ceiling() -> None:
+    assert set(REQUEST_LIMITS) == METHODS
+    for op in (GET_TAO_NAME, GET_RANDOM_BYTES, GET_SHARED_SECRET, INIT_COUNTER, GET_COUNTER):
+        assert REQUEST_LIMITS[op] <= 1024
+    assert REQUEST_LIMITS[ATTEST] <= 64 * 1024
+    assert max(REQUEST_LIMITS.values()) < DEFAULT_RPC_MAX_FRAME
+    assert MAX_REQUEST_HEADER == 4096
+    # A maximal sealing request still fits its method's limit.
+    body = serialize(
+        message_class("RPCRequest")(
+            data=b"x" * MAX_SEALED_BYTES, label="l" * 256, policy="self", counter=2**63 - 1
+        )
+    )
+    assert len(body) <= REQUEST_LIMITS[ROLLBACK_PROTECTED_SEAL]
+
+
+@pytest.mark.parametrize(
+    ("first", "what"),
+    [
+        (b"\x00\x00", "two bytes of a header frame's length"),
+        (_frame(_header("Tao.Seal"))[:9], "part of a header frame"),
+        (_frame(_header("Tao.Seal")), "a header frame and no body"),
+        (_frame(_header("Tao.Seal")) + (1000).to_bytes(4, "big") + b"x" * 999, "a body short"),
+    ],
+)
+async def test_a_request_that_stalls_is_dropped_after_the_timeout(
+    soft: SoftTao, autojump_clock: trio.testing.MockClock, first: bytes, what: str
+) -> None:
+    with trio.fail_after(100):
+        client_stream, server_stream = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            done = trio.Event()
+
+            async def serve() -> None:
+                await serve_tao_rpc(server_stream, soft, request_timeout=5)
+                done.set()
+
+            nursery.start_soon(serve)
+            start = trio.current_time()
+            await client_stream.send_all(first)
+            await done.wait()
+            # Dropped once the request is overdue, not before (the header and then
+            # the body each have the timeout).
+            assert 5 <= trio.current_time() - start <= 10, what
+            assert await client_stream.receive_some(100) == b""
+
+
+async def test_an_idle_channel_is_not_a_stalled_request(
+    soft: SoftTao, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(10_000):
+        async with rpc_pair(soft, request_timeout=5) as rpc:
+            await trio.sleep(1000)
+            assert await rpc.get_tao_name() == await soft.get_tao_name()
+            await trio.sleep(1000)
+            assert len(await rpc.get_random_bytes(3)) == 3
+
+
+async def test_an_answer_the_program_does_not_take_is_dropped(
+    soft: SoftTao, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Lockstep streams: a send waits until the other side receives, as with a full pipe.
+    client_stream, server_stream = trio.testing.lockstep_stream_pair()
+    with trio.fail_after(100):
+        async with trio.open_nursery() as nursery:
+            done = trio.Event()
+
+            async def serve() -> None:
+                await serve_tao_rpc(server_stream, soft, request_timeout=5)
+                done.set()
+
+            nursery.start_soon(serve)
+            body = serialize(message_class("RPCRequest")(size=1 << 20))
+            await client_stream.send_all(_frame(_header(GET_RANDOM_BYTES)) + _frame(body))
+            start = trio.current_time()
+            await done.wait()  # never reading the megabyte
+            assert 5 <= trio.current_time() - start <= 6
+            # The channel is closed: the rest of the answer never comes.
+            received = b""
+            while chunk := await client_stream.receive_some(1 << 20):
+                received += chunk
+            assert len(received) < 1 << 20
+
+
+async def test_the_client_refuses_a_request_over_its_methods_limit(soft: SoftTao) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with rpc_pair(soft) as rpc:
+            huge = auth.Pred("Big", (auth.Bytes(b"x" * (64 * 1024)),))
+            with pytest.raises(HostError, match="limit for this method"):
+                await rpc.attest(huge)
+            with pytest.raises(HostError, match="limit for this method"):
+                await rpc.seal(b"x" * (MAX_SEALED_BYTES + 4096))
+            assert not rpc.closed
+            assert await rpc.get_tao_name() == await soft.get_tao_name()
+
+
+async def test_a_budget_makes_large_requests_wait_their_turn(
+    soft: SoftTao, autojump_clock: trio.testing.MockClock
+) -> None:
+    budget = ByteBudget(300_000)
+    size = 200_000
+    seal_body = serialize(message_class("RPCRequest")(data=b"s" * size, policy="self"))
+    with trio.fail_after(100):
+        async with trio.open_nursery() as nursery:
+            staller, staller_server = trio.testing.memory_stream_pair()
+            stall_done = trio.Event()
+
+            async def serve_staller() -> None:
+                await serve_tao_rpc(staller_server, soft, request_timeout=5, budget=budget)
+                stall_done.set()
+
+            nursery.start_soon(serve_staller)
+            # One program announces a large Seal and stalls one byte short: it holds
+            # its share of the budget until its request times out.
+            await staller.send_all(
+                _frame(_header(SEAL)) + len(seal_body).to_bytes(4, "big") + seal_body[:-1]
+            )
+            await trio.testing.wait_all_tasks_blocked()
+            assert budget.held == len(seal_body)
+            # Meanwhile small requests from anyone go ahead...
+            async with rpc_pair(soft, request_timeout=5, budget=budget) as rpc:
+                assert await rpc.get_tao_name() == await soft.get_tao_name()
+                # ...and a large one waits until the staller is dropped (five seconds
+                # after its header; this one comes two seconds later).
+                await trio.sleep(2)
+                start = trio.current_time()
+                sealed = await rpc.seal(b"t" * size)
+                assert stall_done.is_set()
+                assert trio.current_time() - start == pytest.approx(3)
+                assert await soft.unseal(sealed) == (b"t" * size, "self")
+            assert budget.held == 0
+
+
+async def test_byte_budget_is_first_come_first_served_and_survives_cancellation(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    budget = ByteBudget(10)
+    order: list[str] = []
+    assert await budget.acquire(8) == 8
+    async with trio.open_nursery() as nursery:
+
+        async def want(name: str, n: int) -> None:
+            got = await budget.acquire(n)
+            order.append(name)
+            await trio.sleep(1)
+            budget.release(got)
+
+        nursery.start_soon(want, "big", 10)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(want, "small", 1)  # fits now, but waits behind "big"
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.move_on_after(0.5):
+            await budget.acquire(5)  # cancelled while waiting: leaves no trace
+        assert order == []
+        budget.release(8)
+    assert order == ["big", "small"]
+    assert budget.held == 0
+    assert await budget.acquire(50) == 10  # over the whole budget: all of it
+    with pytest.raises(ValueError, match="positive"):
+        ByteBudget(0)
