@@ -12,10 +12,18 @@ X.509 CRL (RFC 5280, version 2, DER) that the policy key signs:
   authorityKeyIdentifier, both non-critical;
 * one entry per revoked serial with its revocation date, no entry extensions.
 
-:func:`verify_crl` checks, in this order: DER, signature by the policy key,
-issuer name, no critical extension it does not know, a cRLNumber, and the
-update window against the caller's clock (and the policy certificate's). Any
-failure is an :class:`~taonet.AuthenticationError`; so is any malformed input.
+:func:`verify_crl` checks, in this order: DER; the bytes the signature does not
+cover (one canonical encoding: shortest lengths, nothing after, no unused bits in
+the signature BIT STRING, and the outer signature algorithm byte-identical to the
+signed one and to the policy key's, see ``taonet.certs._der``); the signature by
+the policy key; version 2; issuer name; no critical extension it does not know; a
+cRLNumber from 1 to 2**159 - 1; a nextUpdate after thisUpdate; no critical entry
+extension; and the update window against the caller's clock (and the policy
+certificate's). Any failure is an :class:`~taonet.AuthenticationError`; so is any
+malformed input. So no byte outside the signed part can change while the CRL
+still verifies. (ECDSA itself is malleable: from a valid signature (r, s) anyone
+can compute the other valid one, (r, n - s). Such a copy says exactly what the
+signed list says; name a CRL by its cRLNumber, not by a hash of its bytes.)
 """
 
 from __future__ import annotations
@@ -26,13 +34,18 @@ from typing import Final
 
 import attrs
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtensionOID
 
 from taonet._errors import AuthenticationError
-from taonet.certs._profile import PolicyAnchor, _hash_for, _utc, refusing_malformed
+from taonet.certs._der import TAG_INTEGER, elements, read
+from taonet.certs._profile import (
+    PolicyAnchor,
+    _hash_for,
+    _utc,
+    check_signed_by,
+    refusing_malformed,
+)
 from taonet.crypto import Signer
 
 __all__ = ["MAX_CRL_BYTES", "RevocationList", "make_crl", "verify_crl"]
@@ -150,31 +163,42 @@ def _seconds_ns(moment: _dt.datetime) -> int:
     return int(moment.timestamp()) * _NS
 
 
+def _version(tbs: bytes) -> int:
+    """The version field of a TBSCertList (0, meaning v1, when absent)."""
+    _, start, end = read(tbs)
+    first = elements(tbs[start:end])[:1]
+    if not first or first[0][0] != TAG_INTEGER:
+        return 0
+    _, value_start, value_end = read(first[0][1])
+    return int.from_bytes(first[0][1][value_start:value_end], "big", signed=True)
+
+
 def _verify_crl_once(anchor: PolicyAnchor, der: bytes) -> RevocationList:
     with refusing_malformed("CRL"):
         crl = x509.load_der_x509_crl(der)
-        algo = crl.signature_hash_algorithm
-        if not isinstance(algo, hashes.SHA256 | hashes.SHA384) or not isinstance(
-            crl.signature_algorithm_parameters, ec.ECDSA
-        ):
-            raise AuthenticationError("CRL is not signed with ECDSA-SHA256/384")
-        try:
-            anchor.public_key.verify(crl.signature, crl.tbs_certlist_bytes, ec.ECDSA(algo))
-        except InvalidSignature:
-            raise AuthenticationError("CRL is not signed by this domain's policy key") from None
+        tbs = crl.tbs_certlist_bytes
+        check_signed_by(der, tbs, anchor.public_key, what="CRL")
+        if _version(tbs) != 1:
+            raise AuthenticationError("CRL is not version 2 (v2 is the one with extensions)")
         if crl.issuer != anchor.cert.subject:
             raise AuthenticationError("CRL issuer is not the policy certificate subject")
         number = None
         for ext in crl.extensions:
             if ext.critical and ext.oid not in _KNOWN_CRITICAL:
-                raise AuthenticationError(f"CRL has an unknown critical extension {ext.oid}")
+                raise AuthenticationError(
+                    f"CRL has an unknown critical extension {ext.oid.dotted_string}"
+                )
             if isinstance(ext.value, x509.CRLNumber):
                 number = ext.value.crl_number
         if number is None:
             raise AuthenticationError("CRL has no cRLNumber extension")
+        if not 0 < number < _SERIAL_LIMIT:
+            raise AuthenticationError(f"CRL number {number} is not from 1 to 2**159 - 1")
         next_update = crl.next_update_utc
         if next_update is None:
             raise AuthenticationError("CRL has no nextUpdate")
+        if next_update <= crl.last_update_utc:
+            raise AuthenticationError("CRL nextUpdate is not after its thisUpdate")
         serials: set[int] = set()
         for entry in crl:
             if any(ext.critical for ext in entry.extensions):

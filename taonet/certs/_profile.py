@@ -14,10 +14,19 @@ Three kinds of certificate exist, all ECDSA with SHA-256 (SHA-384 for P-384 keys
 Every issued certificate has a random 159-bit serial number (the original CloudProxy
 always used 0), a validity window, a subject common name with the human-readable
 principal, and the principal's binary auth encoding in the extension
-``id-taonet-principal`` (OID below, non-critical). Verification checks, in this order:
-parse, issuer signature by the policy key, validity window against the caller's clock,
-certificate kind (extended key usage), subject key equal to the key the caller expects,
-and principal extension equal to that key's principal.
+``id-taonet-principal`` (OID below, non-critical).
+
+Verification of a host certificate checks, in this order: parse; the unsigned
+envelope (canonical DER, outer signature algorithm identical to the signed one and to
+the policy key's: ecdsa-with-SHA256 for P-256, -SHA384 for P-384, see
+``taonet.certs._der``); the signature by the policy key; issuer name; X.509 version 3;
+a serial number from 1 to 2**159 - 1; no critical extension other than
+basicConstraints, keyUsage, extendedKeyUsage and subjectAltName; not a CA; key usage
+digitalSignature without keyCertSign or cRLSign; extended key usage id-taonet-host;
+subject key equal to the key the caller expects; principal extension equal to that
+key's principal; then the validity window against the caller's clock. The policy
+certificate must be self-issued and self-signed (same envelope rules), a CA, with a
+P-256 or P-384 key, and valid at the caller's clock.
 """
 
 from __future__ import annotations
@@ -33,10 +42,18 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtensionOID, NameOID
 
 from taonet import auth
 from taonet._errors import AuthenticationError, CodecError
+from taonet.certs._der import (
+    ECDSA_WITH_SHA256,
+    ECDSA_WITH_SHA384,
+    TAG_CONTEXT_0,
+    TAG_INTEGER,
+    check_envelope,
+    read,
+)
 from taonet.crypto import Signer
 
 __all__ = [
@@ -60,6 +77,22 @@ OID_TAONET_PRINCIPAL: Final = x509.ObjectIdentifier(_ARC + ".1")
 OID_TAONET_HOST: Final = x509.ObjectIdentifier(_ARC + ".2")
 
 MAX_CERT_BYTES: Final = 64 * 1024
+#: Serial numbers are positive and at most 20 octets in DER (RFC 5280).
+SERIAL_LIMIT: Final = 1 << 159
+# The one signature algorithm each policy key curve uses (as Go's crypto/x509 picks).
+_SIGNATURES: Final[dict[str, tuple[type[hashes.SHA256 | hashes.SHA384], bytes]]] = {
+    "secp256r1": (hashes.SHA256, ECDSA_WITH_SHA256),
+    "secp384r1": (hashes.SHA384, ECDSA_WITH_SHA384),
+}
+# Extensions a certificate may mark critical: those verification (or TLS) processes.
+_KNOWN_CRITICAL: Final = frozenset(
+    {
+        ExtensionOID.BASIC_CONSTRAINTS,
+        ExtensionOID.KEY_USAGE,
+        ExtensionOID.EXTENDED_KEY_USAGE,
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
+    }
+)
 
 
 def _hash_for(signer: Signer) -> hashes.SHA256 | hashes.SHA384:
@@ -105,13 +138,37 @@ def public_key_der(cert: x509.Certificate) -> bytes:
 
 
 def load_certificate(der: bytes, *, what: str = "certificate") -> x509.Certificate:
-    """Parse a DER certificate; raise CodecError on anything else."""
+    """Parse a DER certificate; raise CodecError on anything else.
+
+    A serial number of zero or below is refused here, before ``cryptography``
+    parses it (which would warn that a later release refuses it).
+    """
     if not isinstance(der, bytes) or len(der) > MAX_CERT_BYTES:
         raise CodecError(f"{what}: not a DER certificate of at most {MAX_CERT_BYTES} bytes")
+    if not _serial_is_positive(der):
+        raise CodecError(f"{what}: serial number is zero or negative")
     try:
         return x509.load_der_x509_certificate(der)
     except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm) as exc:
         raise CodecError(f"{what}: malformed DER certificate: {exc}") from None
+
+
+def _serial_is_positive(der: bytes) -> bool:
+    """False only for a certificate whose serial INTEGER reads as zero or negative.
+
+    Anything this cannot find is left to the full parser, which refuses it.
+    """
+    try:
+        _, start, _ = read(der)  # Certificate
+        _, pos, _ = read(der, start)  # TBSCertificate
+        tag, value_start, value_end = read(der, pos)
+        if tag == TAG_CONTEXT_0:  # [0] version, then the serial
+            tag, value_start, value_end = read(der, value_end)
+    except CodecError:
+        return True
+    if tag != TAG_INTEGER:
+        return True
+    return int.from_bytes(der[value_start:value_end], "big", signed=True) > 0
 
 
 def make_policy_certificate(
@@ -219,18 +276,64 @@ def refusing_malformed(what: str) -> Iterator[None]:
     """
     try:
         yield
-    except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
+    except (
+        ValueError,
+        TypeError,
+        UnsupportedAlgorithm,
+        x509.InvalidVersion,
+        x509.DuplicateExtension,
+    ) as exc:
         raise AuthenticationError(f"{what} is malformed or unsupported: {exc}") from None
 
 
-def _check_signed_by(cert: x509.Certificate, issuer_key: ec.EllipticCurvePublicKey) -> None:
-    algo = cert.signature_hash_algorithm
-    if not isinstance(algo, hashes.SHA256 | hashes.SHA384):
-        raise AuthenticationError("certificate is not signed with ECDSA-SHA256/384")
+def check_signed_by(
+    der: bytes, tbs: bytes, issuer_key: ec.EllipticCurvePublicKey, *, what: str
+) -> None:
+    """Check that ``der`` (whose parsed signed part is ``tbs``) is signed by ``issuer_key``.
+
+    First the bytes the signature does not cover: one canonical encoding, with the
+    outer algorithm identical to the signed one and to the issuer key's (see
+    ``taonet.certs._der``); then the ECDSA signature over ``tbs``.
+    """
+    hash_cls, algorithm = _SIGNATURES[issuer_key.curve.name]
+    envelope = check_envelope(der, algorithm, what=what)
+    if envelope.tbs != tbs:
+        raise AuthenticationError(f"{what} is not canonical DER: the signed part differs")
     try:
-        issuer_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algo))
+        issuer_key.verify(envelope.signature, tbs, ec.ECDSA(hash_cls()))
     except InvalidSignature:
-        raise AuthenticationError("certificate is not signed by this domain's policy key") from None
+        raise AuthenticationError(f"{what} is not signed by this domain's policy key") from None
+
+
+def check_end_entity(cert: x509.Certificate, *, what: str) -> None:
+    """The checks every host and program certificate passes after its signature.
+
+    X.509 version 3, a serial from 1 to 2**159 - 1, no critical extension this
+    module does not process, basicConstraints present and not a CA, keyUsage
+    present with digitalSignature and without keyCertSign or cRLSign.
+    """
+    if cert.version is not x509.Version.v3:
+        raise AuthenticationError(f"{what} is X.509 {cert.version.name}, expected v3")
+    if not 0 < cert.serial_number < SERIAL_LIMIT:
+        raise AuthenticationError(
+            f"{what} serial number {cert.serial_number} is not from 1 to 2**159 - 1"
+        )
+    for ext in cert.extensions:
+        if ext.critical and ext.oid not in _KNOWN_CRITICAL:
+            raise AuthenticationError(
+                f"{what} has an unknown critical extension {ext.oid.dotted_string}"
+            )
+    try:
+        basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound as exc:
+        raise AuthenticationError(f"not a taonet {what}: {exc}") from None
+    if basic.ca:
+        raise AuthenticationError(f"a CA certificate is not a {what}")
+    if not usage.digital_signature:
+        raise AuthenticationError(f"{what} key usage does not include digitalSignature")
+    if usage.key_cert_sign or usage.crl_sign:
+        raise AuthenticationError(f"{what} key usage allows signing certificates or CRLs")
 
 
 def _window_ns(cert: x509.Certificate) -> tuple[int, int]:
@@ -251,9 +354,20 @@ def _check_window(window: tuple[int, int], now_ns: int, what: str) -> None:
 
 def _policy_public_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
     key = cert.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise AuthenticationError("policy certificate does not hold an ECDSA key")
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in _SIGNATURES:
+        raise AuthenticationError("policy certificate does not hold an ECDSA P-256 or P-384 key")
     return key
+
+
+def _check_policy_profile(cert: x509.Certificate) -> None:
+    if cert.issuer != cert.subject:
+        raise AuthenticationError("policy certificate is not self-issued (issuer is not subject)")
+    try:
+        basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        raise AuthenticationError("policy certificate has no basicConstraints") from None
+    if not basic.ca:
+        raise AuthenticationError("policy certificate is not a CA certificate")
 
 
 def verify_policy_certificate(policy_cert_der: bytes, *, now_ns: int) -> x509.Certificate:
@@ -300,7 +414,13 @@ class PolicyAnchor:
         with refusing_malformed("policy certificate"):
             self.public_key: Final = _policy_public_key(cert)
             self.public_key_der: Final = public_key_der(cert)
-            _check_signed_by(cert, self.public_key)
+            check_signed_by(
+                policy_cert_der,
+                cert.tbs_certificate_bytes,
+                self.public_key,
+                what="policy certificate",
+            )
+            _check_policy_profile(cert)
             self._window = _window_ns(cert)
         self.check_window(now_ns)
         self._verified: OrderedDict[tuple[object, ...], Any] = OrderedDict()
@@ -355,11 +475,14 @@ class PolicyAnchor:
             cert = load_certificate(cert_der, what="host certificate")
         except CodecError as exc:
             raise AuthenticationError(str(exc)) from None
-        _check_signed_by(cert, self.public_key)
+        check_signed_by(
+            cert_der, cert.tbs_certificate_bytes, self.public_key, what="host certificate"
+        )
         if cert.issuer != self.cert.subject:
             raise AuthenticationError(
                 "host certificate issuer is not the policy certificate subject"
             )
+        check_end_entity(cert, what="host certificate")
         try:
             eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         except x509.ExtensionNotFound:

@@ -40,7 +40,6 @@ from taonet.certs._profile import (
     _ARC,
     OID_TAONET_PRINCIPAL,
     PolicyAnchor,
-    _check_signed_by,
     _check_window,
     _hash_for,
     _key_usage,
@@ -49,6 +48,8 @@ from taonet.certs._profile import (
     _utc,
     _window_ns,
     certificate_principal,
+    check_end_entity,
+    check_signed_by,
     load_certificate,
     public_key_der,
     refusing_malformed,
@@ -67,6 +68,7 @@ OID_TAONET_PRINCIPAL_TEXT: Final = x509.ObjectIdentifier(_ARC + ".3")
 #: The one DNS name every program certificate carries (RFC 6761 reserves .invalid).
 CHANNEL_HOSTNAME: Final = "taonet-program.invalid"
 _CLOCK_SKEW: Final = _dt.timedelta(minutes=5)
+_CURVES: Final = frozenset({"secp256r1", "secp384r1"})
 _USAGES: Final = {
     "server": [ExtendedKeyUsageOID.SERVER_AUTH],
     "client": [ExtendedKeyUsageOID.CLIENT_AUTH],
@@ -178,10 +180,15 @@ def verify_program_certificate(
 ) -> ProgramCertificate:
     """Check a program certificate against the domain's policy anchor.
 
-    Checks: DER, signature by the policy key, issuer name, validity window (and the
-    policy certificate's), not a CA, extended key usage (``usage`` "server" or
-    "client" requires that one; None requires both), an ECDSA key, and a principal
-    extension whose text form agrees with the binary one. Returns what it names.
+    Checks, in this order: DER; the unsigned envelope and the signature by the
+    policy key (``taonet.certs._profile.check_signed_by``); issuer name; extended key
+    usage and text name extensions present; X.509 v3, a serial from 1 to
+    2**159 - 1, no unknown critical extension, not a CA, key usage digitalSignature
+    without certificate or CRL signing (``taonet.certs._profile.check_end_entity``);
+    extended key usage for ``usage`` ("server" or "client" requires that one; None
+    requires both); an ECDSA P-256 or P-384 key; a principal extension whose text
+    form agrees with the binary one; then the validity window (and the policy
+    certificate's). Returns what it names.
     """
     if usage not in _USAGES:
         raise ValueError("usage must be 'server', 'client' or None")
@@ -203,22 +210,21 @@ def _verify_program_unchecked(
         cert = load_certificate(der, what="program certificate")
     except CodecError as exc:
         raise AuthenticationError(str(exc)) from None
-    _check_signed_by(cert, anchor.public_key)
+    check_signed_by(der, cert.tbs_certificate_bytes, anchor.public_key, what="program certificate")
     if cert.issuer != anchor.cert.subject:
         raise AuthenticationError("program certificate issuer is not the policy certificate")
     try:
-        basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         text_ext = cert.extensions.get_extension_for_oid(OID_TAONET_PRINCIPAL_TEXT).value
     except x509.ExtensionNotFound as exc:
         raise AuthenticationError(f"not a taonet program certificate: {exc}") from None
-    if basic.ca:
-        raise AuthenticationError("a CA certificate is not a program certificate")
+    check_end_entity(cert, what="program certificate")
     wanted = _USAGES[usage]
     if any(oid not in eku for oid in wanted):
         raise AuthenticationError(f"program certificate is not for TLS {usage or 'use'}")
-    if not isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
-        raise AuthenticationError("program certificate does not certify an ECDSA key")
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in _CURVES:
+        raise AuthenticationError("program certificate does not certify an ECDSA P-256/P-384 key")
     principal = certificate_principal(cert)
     if not isinstance(text_ext, x509.UnrecognizedExtension) or (
         text_ext.value != str(principal).encode()
