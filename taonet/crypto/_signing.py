@@ -17,6 +17,12 @@ in go/tao/keys.go), byte for byte:
    is not its own, or whose version is not CRYPTO_VERSION_2 (the original's
    verifier ignores the version; every signature it makes carries 2).
 
+Since nothing of the SignedData but the ECDSA value is covered, a verifier also
+refuses any SignedData that is not in the one encoding the original and taonet
+write (known fields only, each once, in field-number order, shortest varints):
+otherwise anyone could append or repeat fields and get different bytes that
+still verify.
+
 Verification never returns False: every failure raises
 :class:`~taonet.AuthenticationError` saying what failed.
 """
@@ -151,15 +157,22 @@ class Verifier:
     def verify(self, data: bytes, context: str, signature: bytes) -> None:
         """Check that ``signature`` (a serialized SignedData) signs ``data`` under ``context``.
 
-        Raises AuthenticationError on a malformed SignedData, a header whose key
-        type is not this key's or whose version is not CRYPTO_VERSION_2, or a
-        signature that does not verify (wrong key, other context or altered
-        data). Returns None on success.
+        Raises AuthenticationError on a malformed SignedData or one not in its
+        canonical encoding (see the module doc), a header whose key type is not
+        this key's or whose version is not CRYPTO_VERSION_2, or a signature that
+        does not verify (wrong key, other context or altered data). Returns None
+        on success.
         """
         try:
             signed = parse("SignedData", signature, what="signature")
         except CodecError as exc:
             raise AuthenticationError(f"malformed signature: {exc}") from None
+        signed.DiscardUnknownFields()
+        if serialize(signed) != bytes(signature):
+            raise AuthenticationError(
+                "signature is not in canonical form: its SignedData has unknown, repeated "
+                "or reordered fields or a longer encoding than the one signers write"
+            )
         header = signed.header
         if header.version != CRYPTO_VERSION_2:
             raise AuthenticationError(

@@ -176,6 +176,49 @@ def test_header_extra_fields_are_accepted() -> None:
     P256.verifier().verify(DATA, ATTESTATION_CONTEXT, sig)
 
 
+def _field(number: int, payload: bytes) -> bytes:
+    assert len(payload) < 128
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+_PARTS = parse("SignedData", SIG256)
+_HEADER = serialize(_PARTS.header)
+_ECDSA = bytes(_PARTS.signature)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        SIG256 + b"\x18\x05",  # an unknown varint field 3 after the rest
+        SIG256 + _field(7, b"junk"),  # an unknown length-delimited field
+        _field(2, _ECDSA) + _field(1, _HEADER),  # fields in the other order
+        _field(1, _HEADER) + _field(1, _HEADER) + _field(2, _ECDSA),  # header twice
+        _field(1, _HEADER) + _field(2, b"\x30\x00") + _field(2, _ECDSA),  # signature twice
+        _field(1, _HEADER + b"\x30\x01") + _field(2, _ECDSA),  # unknown field in the header
+        # The signature's length (under 128) as a two-byte varint.
+        _field(1, _HEADER) + bytes([0x12, len(_ECDSA) | 0x80, 0x00]) + _ECDSA,
+    ],
+    ids=[
+        "unknown-varint",
+        "unknown-bytes",
+        "reordered",
+        "header-twice",
+        "signature-twice",
+        "unknown-in-header",
+        "long-length",
+    ],
+)
+def test_signed_data_in_another_encoding_is_refused(variant: bytes) -> None:
+    # The attack: bytes the ECDSA value does not cover, changed so that a signed
+    # object gets a second byte string that verifies. Each variant parses to the
+    # same header and signature, so the check that refuses it is the encoding's.
+    parsed = parse("SignedData", variant)
+    assert (bytes(parsed.signature), parsed.header.key_type) == (_ECDSA, "ecdsap256-public")
+    with pytest.raises(AuthenticationError, match="not in canonical form"):
+        P256.verifier().verify(DATA, ATTESTATION_CONTEXT, variant)
+    P256.verifier().verify(DATA, ATTESTATION_CONTEXT, SIG256)
+
+
 # -- keys ---------------------------------------------------------------------
 
 
