@@ -14,10 +14,13 @@ is a keyword argument of :func:`serve_admin`, defaulting to the constant):
   any other uid, counted for itself. A connection over either limit is closed as soon
   as it is accepted, before anything is read from it, and is not counted
   (``admin_connection_refused`` is logged).
-* A request's frames are at most :data:`~taonet.hosts._admin_wire.ADMIN_MAX_FRAME`
-  bytes each. Once the first byte of a request has arrived, the rest of it (both
-  frames) must arrive within :data:`REQUEST_TIMEOUT` (10 s), or the connection is
-  dropped. A connection may stay idle between requests for as long as it likes.
+* A request's header frame is at most
+  :data:`~taonet.hosts._admin_wire.ADMIN_MAX_HEADER` bytes and its body at most
+  :data:`~taonet.hosts._admin_wire.ADMIN_MAX_FRAME`; a frame over its limit is refused
+  as soon as its length is in, before anything is allocated for it. Once the first
+  byte of a request has arrived, the rest of it (both frames) must arrive within
+  :data:`REQUEST_TIMEOUT` (10 s), or the connection is dropped. A connection may
+  stay idle between requests for as long as it likes.
 * A response's frames are at most
   :data:`~taonet.hosts._admin_wire.ADMIN_MAX_RESPONSE` bytes each; a bigger answer
   becomes a HostError answer.
@@ -56,6 +59,7 @@ from taonet._errors import (
 from taonet.hosts._admin_wire import (
     _T,
     ADMIN_MAX_FRAME,
+    ADMIN_MAX_HEADER,
     ADMIN_MAX_RESPONSE,
     ADMIN_OPS,
     HOST_NAME,
@@ -152,7 +156,7 @@ class _Receiver:
     """Frames and ``SCM_RIGHTS`` descriptors from one connection, via ``recvmsg``.
 
     Descriptors that arrive wait in a queue until a complete request takes them; the
-    queue never holds more than :data:`MAX_STDIO_FDS`. :meth:`close_fds` closes
+    queue never holds more than :data:`MAX_STDIO_FDS`. :meth:`close` closes
     whatever is still queued (call it when the connection ends). Once a request's
     first byte is in, the rest must come within ``request_timeout`` seconds.
     """
@@ -165,13 +169,15 @@ class _Receiver:
         self._timeout = request_timeout
         self._deadline = trio.CancelScope()  # of the request being received
 
-    def close_fds(self) -> None:
+    def close(self) -> None:
+        """The connection is done: close the descriptors still queued, free the bytes."""
         fds, self._fds = self._fds, []
         _close_fds(fds)
+        self._decoder.clear()
 
-    async def _receive_frame(self) -> bytes | None:
-        """The next frame; None when the peer closed between frames."""
-        while (frame := self._decoder.next_frame()) is None:
+    async def _receive_frame(self, limit: int) -> bytes | None:
+        """The next frame (at most ``limit`` bytes); None when the peer closed between frames."""
+        while (frame := self._decoder.next_frame(max_frame=limit)) is None:
             data, ancdata, flags, _ = await self._sock.recvmsg(
                 _RECV_SIZE, _ANC_SIZE, socket.MSG_CMSG_CLOEXEC
             )
@@ -211,10 +217,10 @@ class _Receiver:
 
     async def _receive_frames(self) -> tuple[bytes, bytes] | None:
         """A request's header and body frames; None when the client is done."""
-        header_frame = await self._receive_frame()
+        header_frame = await self._receive_frame(ADMIN_MAX_HEADER)
         if header_frame is None:
             return None
-        body_frame = await self._receive_frame()
+        body_frame = await self._receive_frame(ADMIN_MAX_FRAME)
         if body_frame is None:
             raise ProtocolError("the client closed the connection between header and body")
         return header_frame, body_frame
@@ -496,7 +502,7 @@ async def _serve_connection(
             "admin_connection_failed", error_type=type(exc).__name__, error=_clip(str(exc))
         )
     finally:
-        receiver.close_fds()
+        receiver.close()
         # Released before the close, with no checkpoint between: a client that saw
         # this connection end may connect again at once and be counted correctly.
         limits.release(caller.uid)

@@ -3,8 +3,9 @@
 Wire format, in the style of the original's protorpc: a request is two frames (the
 4-byte big-endian length framing of :mod:`taonet.wire`), an ``RPCHeader{op, seq}``
 and then a ``LinuxAdminRequest`` body; a response is an ``RPCHeader{op, seq, error?}``
-and then a ``LinuxAdminResponse`` body, empty when ``error`` is set. A request's frames
-are at most :data:`ADMIN_MAX_FRAME` (1 MiB) each; a response's at most
+and then a ``LinuxAdminResponse`` body, empty when ``error`` is set. A request's header
+frame is at most :data:`ADMIN_MAX_HEADER` (4 KiB), its body at most
+:data:`ADMIN_MAX_FRAME` (1 MiB); a response's frames at most
 :data:`ADMIN_MAX_RESPONSE` (16 MiB), since listing many programs with long names can
 legitimately take more than a request ever needs. An error string is
 ``"<Kind>: message"`` where Kind is the name of a :class:`~taonet.TaoError` class; the
@@ -51,6 +52,7 @@ from taonet.wire import message_class
 
 __all__ = [
     "ADMIN_MAX_FRAME",
+    "ADMIN_MAX_HEADER",
     "ADMIN_MAX_RESPONSE",
     "ADMIN_OPS",
     "HOST_NAME",
@@ -66,6 +68,8 @@ __all__ = [
 
 #: Largest frame (header or body) of a request: what the server reads.
 ADMIN_MAX_FRAME: Final = 1024 * 1024
+#: Largest header frame of a request (an operation name and a sequence number).
+ADMIN_MAX_HEADER: Final = 4096
 #: Largest frame (header or body) of a response: what the server sends, the client reads.
 ADMIN_MAX_RESPONSE: Final = 16 * 1024 * 1024
 #: Descriptors a request may carry: stdin, stdout and stderr.

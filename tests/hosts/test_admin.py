@@ -903,6 +903,14 @@ BAD_REQUESTS = {
         False,
     ),
     "oversized": (struct.pack(">I", ADMIN_MAX_FRAME + 1) + b"x" * 100, 2, False),
+    # A header frame over 4 KiB: a header names an operation, nothing more.
+    "big_header": (
+        encode_frame(serialize(message_class("RPCHeader")(op=LIST, seq=1)) + b"\0" * 5000)
+        + encode_frame(b""),
+        0,
+        False,
+    ),
+    "announced_fd_none_came": (_start(fd_count=1, stdio_mask=2), 0, False),
     "no_body": (encode_frame(serialize(message_class("RPCHeader")(op=LIST, seq=1))), 0, True),
     "mid_frame": (struct.pack(">I", 50) + b"x" * 10, 1, True),
     "unknown_op": (request_bytes("LinuxHost.Frobnicate"), 0, False),
