@@ -105,3 +105,14 @@ async def read_all(fd: int) -> bytes:
 
 def parse_lines(output: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in output.decode().splitlines() if line.startswith("{")]
+
+
+FUZZ_SOURCE = (Path(__file__).parent / "fuzz_program.py").read_text()
+
+
+def write_fuzzer(directory: Path, name: str = "fuzzer") -> Path:
+    """The RPC fuzzer program as an executable script for this interpreter."""
+    path = directory / name
+    path.write_text(f"#!{sys.executable}\n{FUZZ_SOURCE}")
+    path.chmod(0o755)
+    return path
