@@ -17,7 +17,9 @@ as the requesting user, with a pipe pair to the host. Its name is
 is on (ids increase across restarts). The host answers the program's Tao RPC on that
 pipe: seal/unseal, shared secrets and attestations bound to the program's name, and
 monotonic counters that survive restarts (for a stacked host the counter table is
-itself rollback-protected by the parent's counters).
+itself rollback-protected by the parent's counters: a stacked host does not start
+under a parent without counters, nor when its parent will not unseal its keys, and
+it writes nothing before its start has succeeded).
 
 A program gets the host's ``PATH`` and only the environment variables the host
 allows, never those that change what code runs (``LD_*``, ``PYTHON*``, ...): the
@@ -93,7 +95,7 @@ from taonet.hosts._process import (
 )
 from taonet.hosts._rpc import REQUEST_TIMEOUT, ByteBudget, serve_tao_rpc
 from taonet.hosts._soft import SoftHost
-from taonet.hosts._stacked import open_stacked_core, open_stacked_counters
+from taonet.hosts._stacked import open_stacked
 from taonet.hosts._tao import SEAL_POLICY_SELF, Tao, check_size
 
 __all__ = [
@@ -369,8 +371,7 @@ class LinuxHost:
                 raise ConfigError(
                     "a stacked host runs under a parent Tao: start it as a hosted program"
                 )
-            core = await open_stacked_core(path, parent, clock)
-            counters = await open_stacked_counters(path, core, parent)
+            core, counters = await open_stacked(path, parent, clock)
         host = cls(
             path,
             config,

@@ -4,9 +4,13 @@ A stacked host's keyset is sealed by its parent (``keys.sealed``): only the same
 binary on the same parent opens it. At every start the parent attests
 ``key(host key) speaksfor <the host's name>``, the delegation every attestation of
 the host carries. Its counter table is sealed with the parent's rollback-protected
-sealing, so restoring an older table file is detected; a parent without counters
-leaves the table protected by the host's own key only (logged as
-``counters_not_rollback_protected``).
+sealing, so restoring an older table file is detected.
+
+Fail closed, and write nothing until the start has succeeded: a parent without
+counters (one that answers the counter methods "not supported") or one that will
+not unseal the host's keys is a :class:`~taonet.HostError` that says so, raised
+before anything is written; the first start writes ``keys.sealed`` only once the
+parent has sealed the keys, attested for them and opened the counter table.
 """
 
 from __future__ import annotations
@@ -22,22 +26,31 @@ from taonet import auth
 from taonet._errors import HostError
 from taonet._files import atomic_write, read_file
 from taonet.crypto import Keyset
-from taonet.hosts._counters import CounterStore, ParentTableSealer, SoftTableSealer
+from taonet.hosts._counters import CounterStore, ParentTableSealer
 from taonet.hosts._linux_config import COUNTERS_FILE, SEALED_KEYS_FILE
 from taonet.hosts._soft import SoftHost
 from taonet.hosts._tao import NOT_SUPPORTED, SEAL_POLICY_SELF, Tao
 
-__all__ = ["open_stacked_core", "open_stacked_counters"]
+__all__ = ["open_stacked"]
 
 log = structlog.get_logger(__name__)
 
+#: Largest sealed keyset file read.
+_MAX_SEALED_KEYS = 1 << 20
 
-async def open_stacked_core(path: Path, parent: Tao, clock: Callable[[], int]) -> SoftHost:
+
+async def open_stacked(
+    path: Path, parent: Tao, clock: Callable[[], int]
+) -> tuple[SoftHost, CounterStore]:
+    """The stacked host's key core and counter store, through ``parent``."""
     name = await parent.get_tao_name()
+    sealer = ParentTableSealer(parent)
+    await _check_counters(parent, sealer.label)
     sealed_path = path / SEALED_KEYS_FILE
+    new_blob: bytes | None = None
     if await trio.Path(sealed_path).exists():
         blob = await trio.to_thread.run_sync(
-            functools.partial(read_file, sealed_path, limit=1 << 20)
+            functools.partial(read_file, sealed_path, limit=_MAX_SEALED_KEYS)
         )
         try:
             data, _ = await parent.unseal(blob)
@@ -49,21 +62,27 @@ async def open_stacked_core(path: Path, parent: Tao, clock: Callable[[], int]) -
         keyset = Keyset.from_private_bytes(data)
     else:
         keyset = Keyset.generate()
-        blob = await parent.seal(keyset.to_private_bytes(), SEAL_POLICY_SELF)
-        await trio.to_thread.run_sync(
-            functools.partial(atomic_write, sealed_path, blob, mode=0o600)
-        )
+        new_blob = await parent.seal(keyset.to_private_bytes(), SEAL_POLICY_SELF)
     key_prin = auth.key_principal(keyset.signer.public_key_der())
     delegation = await parent.attest(auth.Speaksfor(delegate=key_prin, delegator=name))
-    return SoftHost(keyset, name=name, delegation=delegation, directory=path, clock=clock)
+    core = SoftHost(keyset, name=name, delegation=delegation, directory=path, clock=clock)
+    counters = await CounterStore.open(path / COUNTERS_FILE, sealer)
+    if new_blob is not None:
+        await trio.to_thread.run_sync(
+            functools.partial(atomic_write, sealed_path, new_blob, mode=0o600)
+        )
+        log.info("stacked_host_keys_sealed", path=str(sealed_path))
+    return core, counters
 
 
-async def open_stacked_counters(path: Path, core: SoftHost, parent: Tao) -> CounterStore:
-    sealer: ParentTableSealer | SoftTableSealer = ParentTableSealer(parent)
+async def _check_counters(parent: Tao, label: str) -> None:
+    """HostError unless ``parent`` has counters (an unknown label is fine)."""
     try:
-        await parent.get_counter(sealer.label)
+        await parent.get_counter(label)
     except HostError as exc:
         if NOT_SUPPORTED in str(exc):
-            log.warning("counters_not_rollback_protected", reason=str(exc))
-            sealer = SoftTableSealer(core)
-    return await CounterStore.open(path / COUNTERS_FILE, sealer)
+            raise HostError(
+                "the parent Tao has no counters (it answers "
+                f"{NOT_SUPPORTED!r}): a stacked host keeps its counter table "
+                "rollback-protected with its parent's counters and does not start without them"
+            ) from None

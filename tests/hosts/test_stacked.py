@@ -1,18 +1,26 @@
-"""A two-level stack: a Linux host run as a hosted program of a root Linux host."""
+"""A two-level stack: a Linux host run as a hosted program of a root Linux host; and a
+real stacked host process whose parent refuses what it needs."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 
-from taonet.attestation import validate
+from taonet import HostError, auth
+from taonet.attestation import Attestation, validate
 from taonet.domain import program_subprin
-from taonet.hosts import AdminClient, LinuxHost, LinuxHostConfig, ProgramInfo
+from taonet.hosts import AdminClient, LinuxHost, LinuxHostConfig, ProgramInfo, Tao, serve_tao_rpc
+from taonet.hosts._tao import NOT_SUPPORTED
 from tests.hosts.linux_helpers import (
     TIMEOUT,
     digest,
@@ -155,3 +163,168 @@ async def test_two_level_stack(tmp_path: Path, make_domain, nursery: trio.Nurser
             stacked.output
         )
     await root.stop()
+
+
+# -- a stacked host whose parent will not do what it needs ------------------------------
+
+
+class Parent(Tao):
+    """A parent Tao for one stacked host, able to refuse what a real one might."""
+
+    def __init__(
+        self,
+        inner: Tao,
+        *,
+        counters: bool = True,
+        unseal: bool = True,
+        seal: bool = True,
+    ) -> None:
+        self.inner = inner
+        self.counters = counters
+        self.unseal_allowed = unseal
+        self.seal_allowed = seal
+
+    async def get_tao_name(self) -> auth.Prin:
+        return await self.inner.get_tao_name()
+
+    async def extend_tao_name(self, subprin: auth.SubPrin) -> None:
+        await self.inner.extend_tao_name(subprin)
+
+    async def get_random_bytes(self, n: int) -> bytes:
+        return await self.inner.get_random_bytes(n)
+
+    async def get_shared_secret(self, n: int, policy: str = "self") -> bytes:
+        return await self.inner.get_shared_secret(n, policy)
+
+    async def attest(self, message: auth.Form, **options: Any) -> Attestation:
+        return await self.inner.attest(message, **options)
+
+    async def seal(self, data: bytes, policy: str = "self") -> bytes:
+        if not self.seal_allowed:
+            raise HostError("this parent seals nothing")
+        return await self.inner.seal(data, policy)
+
+    async def unseal(self, sealed: bytes) -> tuple[bytes, str]:
+        if not self.unseal_allowed:
+            raise HostError("bound to another principal")
+        return await self.inner.unseal(sealed)
+
+    async def init_counter(self, label: str, counter: int) -> None:
+        if not self.counters:
+            raise HostError(NOT_SUPPORTED)
+        await self.inner.init_counter(label, counter)
+
+    async def get_counter(self, label: str) -> int:
+        if not self.counters:
+            raise HostError(NOT_SUPPORTED)
+        return await self.inner.get_counter(label)
+
+    async def rollback_protected_seal(self, label: str, data: bytes, policy: str = "self") -> bytes:
+        if not self.counters:
+            raise HostError(NOT_SUPPORTED)
+        return await self.inner.rollback_protected_seal(label, data, policy)
+
+    async def rollback_protected_unseal(self, sealed: bytes) -> tuple[bytes, str]:
+        if not self.counters:
+            raise HostError(NOT_SUPPORTED)
+        return await self.inner.rollback_protected_unseal(sealed)
+
+
+async def _run_stacked(directory: Path, parent: Tao, *, shutdown: bool = False) -> tuple[int, str]:
+    """Run ``taonet host start --foreground`` as a stacked host whose parent channel is
+    a unix socket served with ``parent``; (exit status, its output)."""
+    socket_path = directory.parent / f"{directory.name}-parent.sock"
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await listener.bind(str(socket_path))
+    listener.listen()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "TAONET_LOG": "warning",
+        "CLOUDPROXY_TAO_HOST_TYPE": "stacked",
+        "CLOUDPROXY_TAO_HOST_CHANNEL_TYPE": "unix",
+        "CLOUDPROXY_TAO_HOST_SPEC": str(socket_path),
+    }
+    output = b""
+    try:
+        async with trio.open_nursery() as nursery:
+            process = await nursery.start(
+                functools.partial(
+                    trio.run_process,
+                    [str(_taonet()), "host", "start", "--foreground", "--host", str(directory)],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    check=False,
+                )
+            )
+            conn, _ = await listener.accept()
+            nursery.start_soon(serve_tao_rpc, trio.SocketStream(conn), parent)
+            assert process.stdout is not None
+            while chunk := await process.stdout.receive_some(65536):
+                output += chunk
+                if shutdown and b"serving" in output:
+                    shutdown = False
+                    async with AdminClient.connect(directory / "admin.sock") as admin:
+                        await admin.shutdown()
+            await process.wait()
+    finally:
+        listener.close()
+        socket_path.unlink()
+    return process.returncode, output.decode()
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+
+
+def _one_clear_line(output: str, expected: str) -> None:
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert expected in lines[0], output
+
+
+async def test_a_parent_without_counters_is_refused_and_nothing_is_written(
+    tmp_path: Path, make_host
+) -> None:  # type: ignore[no-untyped-def]
+    soft = make_host()
+    program = soft.name.extend(auth.PrinExt("Program", (auth.Bytes(b"\x01" * 32),)))
+    directory = tmp_path / "stacked"
+    LinuxHost.init(directory, LinuxHostConfig(kind="stacked", guard="Liberal"))
+    before = _files(directory)
+    with trio.fail_after(TIMEOUT):
+        status, output = await _run_stacked(
+            directory, Parent(soft.tao_for(program), counters=False)
+        )
+    assert status != 0
+    _one_clear_line(output, "the parent Tao has no counters")
+    assert _files(directory) == before  # no keys.sealed, no counters.sealed
+
+
+@pytest.mark.parametrize("refuse", ["unseal", "seal"])
+async def test_a_parent_that_will_not_open_or_seal_the_keys_is_a_clear_error(
+    tmp_path: Path, make_host, refuse: str
+) -> None:  # type: ignore[no-untyped-def]
+    soft = make_host()
+    program = soft.name.extend(auth.PrinExt("Program", (auth.Bytes(b"\x02" * 32),)))
+    tao = soft.tao_for(program)
+    directory = tmp_path / "stacked"
+    LinuxHost.init(directory, LinuxHostConfig(kind="stacked", guard="Liberal"))
+    with trio.fail_after(TIMEOUT * 2):
+        if refuse == "unseal":
+            # A first start has the parent seal the keys...
+            status, output = await _run_stacked(directory, Parent(tao), shutdown=True)
+            assert status == 0, output
+            assert "keys.sealed" in _files(directory)
+        before = _files(directory)
+        # ...then the parent will not open (or, at a first start, seal) them.
+        refusing = Parent(tao, unseal=refuse != "unseal", seal=refuse != "seal")
+        status, output = await _run_stacked(directory, refusing)
+    assert status != 0
+    expected = (
+        "the parent Tao would not unseal this host's keys"
+        if refuse == "unseal"
+        else "this parent seals nothing"
+    )
+    _one_clear_line(output, expected)
+    assert _files(directory) == before
