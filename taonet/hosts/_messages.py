@@ -31,8 +31,7 @@ bytes of its own, so it talks to any peer that speaks Tao framing.
 from __future__ import annotations
 
 import struct
-from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import trio
 from google.protobuf.message import EncodeError, Message
@@ -47,7 +46,6 @@ __all__ = ["MessageStream"]
 #: sent with a separate header write instead of being copied after it.
 CHUNK_SIZE: Final = 64 * 1024
 _HEADER: Final = struct.Struct(">I")
-_R = TypeVar("_R")
 
 
 async def take(lock: trio.Lock) -> None:
@@ -151,7 +149,27 @@ class MessageStream(trio.abc.AsyncResource):
         the message did not arrive within :attr:`frame_timeout`, and
         :class:`~taonet.CodecError` when a frame header announces more than the limit.
         """
-        return await self._guarded(self._receive_frame, max_size)
+        limit = self._max_frame if max_size is None else self._limit(max_size)
+        self._enter_receive()
+        try:
+            while (frame := self._take_frame(limit)) is None:
+                await self._read_more()
+            return frame
+        finally:
+            self._receiving = False
+
+    def receive_message_nowait(self, *, max_size: int | None = None) -> bytes:
+        """The next message if it has been received whole already; else
+        :class:`trio.WouldBlock`. The same limits and errors as :meth:`receive_message`."""
+        limit = self._limit(max_size)
+        self._enter_receive()
+        try:
+            frame = self._take_frame(limit)
+        finally:
+            self._receiving = False
+        if frame is None:
+            raise trio.WouldBlock
+        return frame
 
     async def peek_length(self, *, max_size: int | None = None) -> int:
         """The length of the next message, once its 4 header bytes are in.
@@ -160,44 +178,48 @@ class MessageStream(trio.abc.AsyncResource):
         :meth:`receive_message`: a protocol can look at the length (to reserve
         memory for it, say) before the body is read.
         """
-        return await self._guarded(self._receive_length, max_size)
-
-    async def _guarded(self, receive: Callable[[int], Awaitable[_R]], max_size: int | None) -> _R:
-        if self._receiving:
-            raise trio.BusyResourceError("another task is already receiving on this message stream")
-        limit = self._max_frame
-        if max_size is not None:
-            if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 0:
-                raise ValueError(f"max_size must be a non-negative int, got {max_size!r}")
-            limit = min(limit, max_size)
-        self._receiving = True
+        limit = self._limit(max_size)
+        self._enter_receive()
         try:
-            if self._receive_broken is not None:
-                raise trio.BrokenResourceError(
-                    "this message stream cannot receive after an earlier error"
-                ) from self._receive_broken
-            return await receive(limit)
+            while True:
+                try:
+                    length = self._decoder.peek_length(max_frame=limit)
+                except CodecError as exc:
+                    self._receive_broken = exc
+                    raise
+                if length is not None:
+                    return length
+                await self._read_more()
         finally:
             self._receiving = False
 
-    async def _receive_frame(self, limit: int) -> bytes:
-        while (frame := self._take(self._decoder.next_frame, limit)) is None:
-            await self._read_more()
-        self._partial -= 4 + len(frame)
-        self._started = trio.current_time() if self._partial else None
-        return frame
+    def _limit(self, max_size: int | None) -> int:
+        if max_size is None:
+            return self._max_frame
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 0:
+            raise ValueError(f"max_size must be a non-negative int, got {max_size!r}")
+        return min(self._max_frame, max_size)
 
-    async def _receive_length(self, limit: int) -> int:
-        while (length := self._take(self._decoder.peek_length, limit)) is None:
-            await self._read_more()
-        return length
+    def _enter_receive(self) -> None:
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this message stream")
+        if self._receive_broken is not None:
+            raise trio.BrokenResourceError(
+                "this message stream cannot receive after an earlier error"
+            ) from self._receive_broken
+        self._receiving = True
 
-    def _take(self, step: Callable[..., _R | None], limit: int) -> _R | None:
+    def _take_frame(self, limit: int) -> bytes | None:
         try:
-            return step(max_frame=limit)
+            frame = self._decoder.next_frame(max_frame=limit)
         except CodecError as exc:
             self._receive_broken = exc
             raise
+        if frame is not None:
+            self._partial -= 4 + len(frame)
+            if self._frame_timeout is not None:
+                self._started = trio.current_time() if self._partial else None
+        return frame
 
     async def _read_more(self) -> None:
         if self._eof:
@@ -222,7 +244,7 @@ class MessageStream(trio.abc.AsyncResource):
                 self._receive_broken = exc
                 raise exc
             raise trio.EndOfChannel
-        if not self._partial:
+        if not self._partial and self._frame_timeout is not None:
             self._started = trio.current_time()
         self._partial += len(data)
         self._decoder.feed(data)

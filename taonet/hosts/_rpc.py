@@ -699,17 +699,70 @@ async def serve_tao_rpc(
     else:
         messages = MessageStream(stream, max_frame=max_frame, frame_timeout=request_timeout)
     try:
-        while await _serve_one(messages, tao, request_timeout, budget):
-            pass
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        log.info("tao_rpc_channel_broken", error=str(exc) or type(exc).__name__)
+        if request_timeout is None:
+            await _serve_all(messages, tao, None, budget)
+            return
+        watchdog = _Watchdog(request_timeout)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watchdog.run, nursery.cancel_scope)
+            await _serve_all(messages, tao, watchdog, budget)
+            nursery.cancel_scope.cancel()
+        if watchdog.expired is not None:
+            event, op = watchdog.expired
+            log.warning(event, op=_clip(op), error=f"overdue by {request_timeout} s")
     finally:
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(messages)
 
 
+_REQUEST_OVERDUE: Final = "tao_rpc_request_timeout"
+_ANSWER_OVERDUE: Final = "tao_rpc_response_not_taken"
+
+
+class _Watchdog:
+    """Ends a channel whose request or answer is overdue.
+
+    One task per channel instead of a timer per request: :meth:`arm` and
+    :meth:`disarm` only write a deadline, and the task, asleep until the deadline it
+    last saw (or one timeout's length when none is armed), cancels the channel's
+    scope once an armed deadline has passed.
+    """
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.deadline = math.inf
+        self.what: tuple[str, str] = ("", "")
+        self.expired: tuple[str, str] | None = None
+
+    def arm(self, event: str, op: str) -> None:
+        self.deadline = trio.current_time() + self.limit_s
+        self.what = (event, op)
+
+    def disarm(self) -> None:
+        self.deadline = math.inf
+
+    async def run(self, scope: trio.CancelScope) -> None:
+        while True:
+            now = trio.current_time()
+            if self.deadline <= now:
+                self.expired = self.what
+                scope.cancel()
+                return
+            await trio.sleep_until(min(self.deadline, now + self.limit_s))
+
+
+async def _serve_all(
+    messages: MessageStream, tao: Tao, watchdog: _Watchdog | None, budget: ByteBudget | None
+) -> None:
+    try:
+        while await _serve_one(messages, tao, watchdog, budget):
+            pass
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        log.info("tao_rpc_channel_broken", error=str(exc) or type(exc).__name__)
+
+
 async def _serve_one(
-    messages: MessageStream, tao: Tao, limit_s: float | None, budget: ByteBudget | None
+    messages: MessageStream, tao: Tao, watchdog: _Watchdog | None, budget: ByteBudget | None
 ) -> bool:
     """Read and answer one request; False when the channel is done.
 
@@ -733,44 +786,37 @@ async def _serve_one(
     limit = REQUEST_LIMITS.get(op, UNKNOWN_METHOD_LIMIT)
     granted = 0
     try:
-        body_frame = None
-        with trio.move_on_after(math.inf if limit_s is None else limit_s):
+        try:
+            # Usually the body came with the header: no waiting.
+            body_frame: bytes | None = messages.receive_message_nowait(max_size=limit)
+        except trio.WouldBlock:
+            body_frame = None
+        except CodecError as exc:
+            log.warning("tao_rpc_bad_request", op=_clip(op), error=str(exc))
+            return False
+        if body_frame is None:
+            if watchdog is not None:
+                watchdog.arm(_REQUEST_OVERDUE, op)
             try:
                 length = await messages.peek_length(max_size=limit)
                 if budget is not None and length > LARGE_FRAME:
                     granted = await budget.acquire(length)
                 body_frame = await messages.receive_message(max_size=limit)
             except trio.EndOfChannel:
-                log.warning(
-                    "tao_rpc_bad_request", error="the client closed between header and body"
-                )
+                log.warning("tao_rpc_bad_request", error="the client closed inside a request")
                 return False
-            except CodecError as exc:
+            except (CodecError, ProtocolError) as exc:
                 log.warning("tao_rpc_bad_request", op=_clip(op), error=str(exc))
                 return False
-            except ProtocolError as exc:
-                log.warning("tao_rpc_bad_request", op=_clip(op), error=str(exc))
-                return False
-        if body_frame is None:
-            log.warning(
-                "tao_rpc_request_timeout",
-                op=_clip(op),
-                error=f"no whole request within {limit_s} s",
-            )
-            return False
+            if watchdog is not None:
+                watchdog.disarm()
         response = await _answer(op, seq, body_frame, tao, messages.max_frame)
         del body_frame
-        sent = False
-        with trio.move_on_after(math.inf if limit_s is None else limit_s):
-            await messages.send_messages(*response)
-            sent = True
-        if not sent:
-            log.warning(
-                "tao_rpc_response_not_taken",
-                op=_clip(op),
-                error=f"the program did not take its answer within {limit_s} s",
-            )
-            return False
+        if watchdog is not None:
+            watchdog.arm(_ANSWER_OVERDUE, op)
+        await messages.send_messages(*response)
+        if watchdog is not None:
+            watchdog.disarm()
         return True
     finally:
         if granted:

@@ -100,9 +100,14 @@ class FrameDecoder:
             self._buffer += data
 
     def _limit(self, max_frame: int | None) -> int:
-        return (
-            self._max_frame if max_frame is None else min(_check_limit(max_frame), self._max_frame)
-        )
+        limit = self._max_frame
+        if max_frame is not None and max_frame != limit:
+            if type(max_frame) is not int:  # not a bool either
+                raise TypeError("max_frame must be an int")
+            if max_frame < 0:
+                raise ValueError("max_frame must not be negative")
+            limit = min(max_frame, limit)
+        return limit
 
     def _header(self, limit: int) -> int | None:
         """The length of the frame in progress (its header read and checked), or None."""
@@ -137,7 +142,18 @@ class FrameDecoder:
     def next_frame(self, *, max_frame: int | None = None) -> bytes | None:
         """The next complete frame, or None; CodecError if it is over ``max_frame``
         (default: the decoder's limit)."""
-        need = self._header(self._limit(max_frame))
+        buf = self._buffer
+        if self._need is None and len(buf) < 4:
+            return None
+        limit = self._max_frame if max_frame is None else self._limit(max_frame)
+        if self._need is None:
+            # The common case, a small frame whose header has just come: one pass.
+            (need,) = _HEADER.unpack_from(buf)
+            if need <= LARGE_FRAME and need <= limit and len(buf) >= 4 + need:
+                frame = bytes(buf[4 : 4 + need])  # small: two copies beat a memoryview
+                del buf[: 4 + need]
+                return frame
+        need = self._header(limit)
         if need is None:
             return None
         large = self._large
@@ -148,11 +164,9 @@ class FrameDecoder:
             large.close()
             self._large, self._filled = None, 0
         else:
-            buf = self._buffer
             if len(buf) < need:
                 return None
-            with memoryview(buf) as view, view[:need] as part:
-                frame = bytes(part)
+            frame = bytes(buf[:need])  # at most LARGE_FRAME bytes
             del buf[:need]
         self._need = None
         return frame

@@ -274,7 +274,10 @@ async def _run_stacked(directory: Path, parent: Tao, *, shutdown: bool = False) 
 
 
 def _files(directory: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+    """The host's state files (not the CLI's lock file, which holds nothing)."""
+    return {
+        p.name: p.read_bytes() for p in directory.iterdir() if p.is_file() and p.name != "host.lock"
+    }
 
 
 def _one_clear_line(output: str, expected: str) -> None:
