@@ -6,6 +6,7 @@ through a real Linux host. Each argument is one step; each step prints one JSON 
     name                   {"name": text}
     whoami                 {"uid", "gid", "groups", "pgid", "pid"}
     seal FILE [POLICY]     seal b"probe secret" and write the blob to FILE
+    seal-big N             seal N bytes, then unseal the blob {"sealed_big": N}
     unseal FILE            {"data"} or {"error"}
     attest                 {"attestation": hex}
     extend TEXT            extend the name with a SubPrin given in text
@@ -131,6 +132,11 @@ async def main(argv: list[str]) -> None:
                     policy = steps.pop(0) if steps and steps[0] in ("self", "any") else "self"
                     write(path, await tao.seal(b"probe secret", policy))
                     emit(sealed=path)
+                elif step == "seal-big":
+                    size = int(steps.pop(0))
+                    blob = await tao.seal(bytes(size))
+                    data, _ = await tao.unseal(blob)
+                    emit(sealed_big=len(data))
                 elif step == "unseal":
                     data, policy = await tao.unseal(read(steps.pop(0)))
                     emit(data=data.decode(), policy=policy)

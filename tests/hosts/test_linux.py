@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from taonet import AuthorizationError, ConfigError, HostError
 from taonet.attestation import validate
@@ -720,4 +721,36 @@ async def test_stalled_requests_cannot_make_the_host_hold_memory(
         status, lines = await run_probe(host, probe, ["name"])
         assert status == 0
         assert lines[0]["name"] == str(child_name(host, probe))
+    await host.stop()
+
+
+async def test_nothing_of_a_large_request_stays_while_the_program_idles(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    # The server loop used to keep the last request's frames, decoded payload and
+    # answer referenced until the next request: 16 MiB sealed and unsealed, then
+    # idle, kept about 140 MB in the host for as long as the program stayed quiet.
+    probe = write_probe(tmp_path)
+    init_root(tmp_path / "host")
+    with trio.fail_after(TIMEOUT):
+        host = await open_root(nursery, tmp_path / "host")
+        await run_probe(host, probe, ["name"])
+        before = _rss()
+        stdin_r, stdin_w = os.pipe()
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        async with AdminClient.connect(host.socket_path) as admin:
+            info = await admin.start(
+                str(probe), ["seal-big", str(16 << 20), "wait-stdin"], stdin=stdin_r, stdout=out_w
+            )
+            os.close(stdin_r)
+            os.close(out_w)
+            async with trio.lowlevel.FdStream(out_r) as out:
+                assert parse_lines(await out.receive_some(1000)) == [{"sealed_big": 16 << 20}]
+                # The program now waits on its stdin, its channel to the host idle.
+                await trio.testing.wait_all_tasks_blocked()
+                assert _rss() - before < 8 << 20, (before, _rss())
+                os.write(stdin_w, b"go\n")
+                os.close(stdin_w)
+                assert parse_lines(await read_all_stream(out)) == [{"resumed": True}]
+            assert (await admin.wait(str(info.pid))).exit_status == 0
     await host.stop()
