@@ -3,28 +3,40 @@
 * :class:`ChannelIdentity`: a program's key, program certificate and the domain's
   policy certificate, with the TLS contexts built once from them.
 * :func:`open_channel` / :func:`serve_channels` give :class:`TaoStream` objects
-  (``trio.abc.Stream``) whose ``.peer`` is the verified :class:`Peer`.
+  (``trio.abc.Stream``) whose ``.peer`` is the verified :class:`Peer`;
+  :func:`serve_channels` bounds handshakes, idle peers and connections held at once
+  (in total and per address).
 * :class:`MessageStream`: 4-byte length-prefixed frames over any stream.
 """
 
 from __future__ import annotations
 
 from taonet.channel._identity import ChannelIdentity
+from taonet.channel._server import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PER_ADDRESS,
+    default_max_connections,
+    serve_channels,
+)
 from taonet.channel._stream import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     Peer,
     TaoStream,
     open_channel,
-    serve_channels,
 )
 from taonet.hosts._messages import MessageStream
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_PER_ADDRESS",
     "ChannelIdentity",
     "MessageStream",
     "Peer",
     "TaoStream",
+    "default_max_connections",
     "open_channel",
     "serve_channels",
 ]

@@ -1,7 +1,7 @@
 """TaoStream: a TLS 1.3 stream whose peer has proven its principal name.
 
-Connecting (:func:`open_channel`) or accepting (:func:`serve_channels`) runs, under a
-handshake timeout:
+Connecting (:func:`open_channel`) or accepting (:func:`accept_channel`, run by
+:func:`~taonet.channel.serve_channels`) runs, under a handshake timeout:
 
 1. the TLS 1.3 handshake, both sides presenting program certificates that chain to
    the domain's policy certificate, the only trust root (a server may accept
@@ -19,28 +19,30 @@ handshake timeout:
 A refusal is logged on both sides (``peer_denied`` where the decision was made,
 ``refused_by_peer`` where it arrived). After that, a TaoStream is a plain
 ``trio.abc.Stream``: bytes in, bytes out, with ``.peer`` telling who is on the
-other side.
+other side. On the server, :func:`~taonet.channel.serve_channels` also closes a
+stream whose peer sends no application bytes for its idle timeout.
 """
 
 from __future__ import annotations
 
+import math
 import ssl
 import struct
 import time
-from collections.abc import Awaitable, Callable, Collection
-from typing import Any, Final
+from collections.abc import Collection
+from typing import Final
 
 import attrs
 import structlog
 import trio
 
 from taonet import auth, certs
-from taonet._errors import AuthenticationError, AuthorizationError, ProtocolError, TaoError
+from taonet._errors import AuthenticationError, AuthorizationError, ProtocolError
 from taonet.channel._identity import ChannelIdentity
 from taonet.channel._tls import TLSStream
 from taonet.domain import Guard
 
-__all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "Peer", "TaoStream", "open_channel", "serve_channels"]
+__all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "Peer", "TaoStream", "accept_channel", "open_channel"]
 
 log = structlog.get_logger(__name__)
 
@@ -65,8 +67,46 @@ class Peer:
         return str(self.principal) if self.principal is not None else "anonymous"
 
 
+class _Activity:
+    """When a server's stream last heard from its peer and last finished a send.
+
+    With an idle timeout, hearing from the peer also keeps ``scope``'s deadline
+    between ``idle_timeout`` and ``idle_timeout + slack`` after the latest bytes
+    (moving a deadline costs far more than reading the clock, so it moves at most
+    once per ``slack``, a second or less).
+    """
+
+    __slots__ = ("_moved", "_slack", "heard", "idle_timeout", "scope", "sent")
+
+    def __init__(self, scope: trio.CancelScope, idle_timeout: float | None) -> None:
+        self.scope: Final = scope
+        self.idle_timeout: Final = idle_timeout
+        self._slack: Final = min(1.0, idle_timeout / 64) if idle_timeout is not None else 0.0
+        self._moved = -math.inf
+        self.sent = trio.current_time()
+        self.heard_from_peer()
+
+    def heard_from_peer(self) -> None:
+        self.heard = now = trio.current_time()
+        if self.idle_timeout is not None and now - self._moved >= self._slack:
+            self.scope.deadline = now + self.idle_timeout + self._slack
+            self._moved = now
+
+    def sent_to_peer(self) -> None:
+        self.sent = trio.current_time()
+
+
 class TaoStream(trio.abc.Stream):
-    """A ``trio.abc.Stream`` over TLS 1.3 with a verified peer (see the module docstring)."""
+    """A ``trio.abc.Stream`` over TLS 1.3 with a verified peer (see the module docstring).
+
+    A stream handed to a :func:`~taonet.channel.serve_channels` handler carries the
+    server's idle timeout (:attr:`idle_timeout`): every ``receive_some`` that returns
+    bytes from the peer pushes the handler's deadline that far ahead (up to a second
+    more), so a peer that sends nothing for that long has its handler cancelled
+    and its connection closed, whatever the handler was waiting for. (At its
+    connection cap the server may also close one sooner, while the handler is
+    blocked reading from a peer quiet for a few seconds.)
+    """
 
     def __init__(self, ssl_stream: _SSL, peer: Peer, *, server_side: bool) -> None:
         self._ssl = ssl_stream
@@ -76,14 +116,32 @@ class TaoStream(trio.abc.Stream):
         self._buffer = b""
         self._receiving = False
         self._closed = False
+        self._activity: _Activity | None = None
 
     @property
     def tls_stream(self) -> TLSStream:
         """The TLS stream underneath."""
         return self._ssl
 
+    @property
+    def idle_timeout(self) -> float | None:
+        """Seconds without bytes from the peer before the server closes it (None: never)."""
+        return self._activity.idle_timeout if self._activity is not None else None
+
+    def _track_activity(self, scope: trio.CancelScope, idle_timeout: float | None) -> _Activity:
+        """Record activity from now on; cancel ``scope`` after ``idle_timeout`` of silence."""
+        self._activity = _Activity(scope, idle_timeout)
+        return self._activity
+
+    @property
+    def _waiting_for_peer(self) -> bool:
+        """Whether a task is blocked reading from the peer."""
+        return self._receiving
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._ssl.send_all(data)
+        if self._activity is not None:
+            self._activity.sent_to_peer()
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._ssl.wait_send_all_might_not_block()
@@ -104,7 +162,10 @@ class TaoStream(trio.abc.Stream):
                 n = len(self._buffer) if max_bytes is None else max_bytes
                 data, self._buffer = self._buffer[:n], self._buffer[n:]
                 return data
-            return await self._ssl.receive_some(max_bytes)
+            received = await self._ssl.receive_some(max_bytes)
+            if received and self._activity is not None:
+                self._activity.heard_from_peer()
+            return received
         finally:
             self._receiving = False
 
@@ -236,66 +297,21 @@ def _tls_reason(exc: BaseException) -> str:
     return str(cause or exc)
 
 
-Handler = Callable[[TaoStream], Awaitable[Any]]
-
-
-async def serve_channels(
-    handler: Handler,
-    port: int,
-    identity: ChannelIdentity,
-    *,
-    host: str = "127.0.0.1",
-    guard: Guard | None = None,
-    revoked: Collection[int] = frozenset(),
-    allow_anonymous: bool = False,
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Accept Tao channels on ``host:port`` and run ``handler(stream)`` for each.
-
-    Follows Trio's nursery start protocol: ``task_status.started`` gets the listeners
-    (use port 0 and read the bound port from them). A connection that fails the
-    handshake, the name check or the guard is logged and closed; a handler that
-    raises is logged; the server keeps serving everyone else. ``revoked`` may be
-    any collection of serial numbers, e.g. a set the caller updates from the CRL.
-    """
-    context = identity.server_context(allow_anonymous=allow_anonymous)
-    listeners = await trio.open_tcp_listeners(port, host=host)
-
-    async def serve_one(tcp: trio.SocketStream) -> None:
-        remote = _remote(tcp)
-        ssl_stream = TLSStream(tcp, context, server_side=True)
-        try:
-            stream = await _accept(ssl_stream, identity, guard, revoked, handshake_timeout, remote)
-        except (TaoError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
-            log.info(
-                "channel_rejected",
-                remote=remote,
-                reason=_tls_reason(exc) if isinstance(exc, trio.BrokenResourceError) else str(exc),
-            )
-            await trio.aclose_forcefully(ssl_stream)
-            return
-        try:
-            await handler(stream)
-        except trio.BrokenResourceError as exc:
-            log.info("channel_broken", peer=str(stream.peer), remote=remote, reason=str(exc))
-        except Exception:  # one bad connection must not stop the server
-            log.exception("channel_handler_failed", peer=str(stream.peer), remote=remote)
-        finally:
-            await trio.aclose_forcefully(stream)
-
-    await trio.serve_listeners(serve_one, listeners, task_status=task_status)
-
-
-async def _accept(
+async def accept_channel(
     ssl_stream: _SSL,
     identity: ChannelIdentity,
+    *,
     guard: Guard | None,
     revoked: Collection[int],
-    seconds: float,
     remote: str,
 ) -> TaoStream:
-    await _handshake(ssl_stream, seconds)
+    """The server's half of the channel handshake (the caller bounds it in time).
+
+    Runs the TLS handshake and the name check, and sends the verdict: the accept
+    byte, or a refusal with its reason before raising AuthenticationError or
+    AuthorizationError.
+    """
+    await ssl_stream.do_handshake()
     peer: Peer | None = None
     try:
         peer = _peer_of(ssl_stream, identity, usage="client", revoked=revoked)
@@ -303,17 +319,8 @@ async def _accept(
     except (AuthenticationError, AuthorizationError) as exc:
         log.warning("peer_denied", peer=str(peer or "?"), remote=remote, reason=str(exc))
         reason = str(exc).encode()[:_MAX_REASON]
-        with trio.move_on_after(seconds):
-            await ssl_stream.send_all(bytes([_REFUSE]) + struct.pack(">H", len(reason)) + reason)
+        await ssl_stream.send_all(bytes([_REFUSE]) + struct.pack(">H", len(reason)) + reason)
         raise
     await ssl_stream.send_all(_ACCEPT)
     log.debug("channel_established", peer=peer, side="server", remote=remote)
     return TaoStream(ssl_stream, peer, server_side=True)
-
-
-def _remote(tcp: trio.SocketStream) -> str:
-    try:
-        host, port = tcp.socket.getpeername()[:2]
-    except OSError:
-        return "?"
-    return f"{host}:{port}"
