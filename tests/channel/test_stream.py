@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
+import structlog
+import structlog.testing
 import trio
 import trio.testing
 
@@ -246,6 +248,34 @@ async def test_anonymous_clients(programs: Programs, nursery: trio.Nursery) -> N
         assert seen[0].peer.principal is None
         assert str(seen[0].peer) == "anonymous"
         await stream.aclose()
+
+
+async def test_anonymous_peer_is_refused_by_a_guarded_server(
+    programs: Programs, nursery: trio.Nursery
+) -> None:
+    guard = ACLGuard([authorized(programs.name(2), "Connect")])
+    anonymous = ChannelIdentity.anonymous(programs.domain.policy_cert)
+    server_id = await programs.identity(1)
+    with trio.fail_after(20):
+        # A server that admits anonymous TLS clients but has a guard: the guard
+        # needs a principal, so the anonymous peer is refused, with the reason.
+        lenient = await start_server(nursery, server_id, guard=guard, allow_anonymous=True)
+        with structlog.testing.capture_logs() as logs:
+            stream = await open_channel("127.0.0.1", lenient, anonymous)
+            with pytest.raises(AuthorizationError, match="does not admit anonymous peers"):
+                await stream.receive_some()
+        denied = [e for e in logs if e["event"] == "peer_denied" and e["peer"] == "anonymous"]
+        assert "does not admit anonymous peers" in denied[0]["reason"]
+        # A guarded server without allow_anonymous refuses it in the TLS handshake.
+        strict = await start_server(nursery, server_id, guard=guard)
+        stream = await open_channel("127.0.0.1", strict, anonymous)
+        with pytest.raises(AuthenticationError, match="refused the TLS handshake"):
+            await stream.receive_some()
+        # Both keep serving the peer the guard names.
+        for port in (lenient, strict):
+            ok = await open_channel("127.0.0.1", port, await programs.identity(2))
+            assert await echo_once(ok) == b"ping"
+            await ok.aclose()
 
 
 async def test_garbage_and_stalled_clients_do_not_stop_the_server(
