@@ -33,15 +33,15 @@ answered as an internal error. Cancelling :meth:`LinuxHost.run` kills the progra
 
 What one program's requests can make the host hold is bounded (see
 :func:`~taonet.hosts.serve_tao_rpc`): a request's header frame is at most 4 KiB and its
-body at most its method's limit (1 KiB for names, sizes and counters, 64 KiB for an
-attestation, a sealed payload's worth for the sealing methods). A request must
-arrive within ``request_timeout`` seconds of its first byte (and its body as long
-again after its header), and its answer be taken as fast, or that program's channel
-is closed. A body over 64 KiB is read only once it fits in its uid's
-``request_bytes_per_uid`` (:data:`MAX_REQUEST_BYTES_PER_UID`), shared by all that
-uid's programs, so that many programs cannot together hold much (a request bigger
-than that waits for all of it). What a channel
-received is freed when it closes.
+body at most its method's limit (1 KiB for GetTaoName, sizes and counters, 16 KiB
+for a name extension, 64 KiB for an attestation, a sealed payload's worth for the
+sealing methods). A request must arrive within ``request_timeout`` seconds of its
+first byte (its body as long again after its header), and its answer be taken as
+fast, or that program's channel is closed. A body over 64 KiB is read only once it
+fits in its uid's ``request_bytes_per_uid`` (:data:`MAX_REQUEST_BYTES_PER_UID`),
+shared by all that uid's programs, so that many programs cannot together hold much
+(a request bigger than that waits for all of it). What a channel received is freed
+when it closes.
 
 :meth:`LinuxHost.run` serves the admin socket (``admin.sock`` in the host directory,
 see :mod:`taonet.hosts._admin`) until :meth:`shutdown`. It implements
