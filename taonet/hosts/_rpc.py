@@ -631,8 +631,9 @@ class ByteBudget:
         """Wait for ``n`` bytes (at most the whole budget); return what was granted."""
         n = min(n, self.limit)
         if not self._waiting and n <= self._free:
+            await trio.lowlevel.checkpoint_if_cancelled()
             self._free -= n
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()  # granted: keep it
             return n
         turn = (n, trio.Event())
         self._waiting.append(turn)

@@ -989,3 +989,11 @@ async def test_byte_budget_is_first_come_first_served_and_survives_cancellation(
     assert await budget.acquire(50) == 10  # over the whole budget: all of it
     with pytest.raises(ValueError, match="positive"):
         ByteBudget(0)
+
+
+async def test_a_cancelled_acquire_never_keeps_its_share() -> None:
+    budget = ByteBudget(10)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await budget.acquire(4)  # free: but the caller is cancelled, so no share
+    assert budget.held == 0
