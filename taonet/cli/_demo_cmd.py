@@ -13,6 +13,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from taonet._errors import ConfigError
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="run simpleexample end to end on a soft Tao host")
@@ -39,12 +41,19 @@ def _demo(args: argparse.Namespace) -> int:
     from taonet.cli._logging import configure_logging
 
     configure_logging("warning")
+    directory: Path = args.dir or Path(".taonet-demo-hosted" if args.hosted else ".taonet-demo")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot use {directory} as the demo directory: {exc.strerror or exc}"
+        ) from None
     if args.hosted:
         from examples.simpleexample.hosted import run_hosted_demo
 
-        trio.run(run_hosted_demo, args.dir or Path(".taonet-demo-hosted"))
+        trio.run(run_hosted_demo, directory)
     else:
         from examples.simpleexample.demo import run_demo
 
-        trio.run(run_demo, args.dir or Path(".taonet-demo"))
+        trio.run(run_demo, directory)
     return 0

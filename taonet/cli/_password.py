@@ -22,9 +22,15 @@ def add_password_option(parser: argparse.ArgumentParser) -> None:
 
 
 def get_password(password_file: Path | None, *, prompt: str, confirm: bool = False) -> bytes:
-    """The password from the file, or asked for on the terminal."""
+    """The password from the file, or asked for on the terminal.
+
+    ConfigError if there is none: an empty line, no standard input at all, no
+    terminal to ask on, or end of input (Ctrl-D) at the prompt.
+    """
     if password_file is not None:
         if str(password_file) == "-":
+            if sys.stdin is None:
+                raise ConfigError("no standard input to read the password from")
             data = sys.stdin.buffer.readline(64 * 1024)
             line = data.split(b"\n", 1)[0].rstrip(b"\r")
             if not line:
@@ -35,11 +41,21 @@ def get_password(password_file: Path | None, *, prompt: str, confirm: bool = Fal
         if not line:
             raise ConfigError(f"password file {password_file} is empty")
         return line
-    if not sys.stdin.isatty():
+    if sys.stdin is None or not sys.stdin.isatty():
         raise ConfigError("no terminal to ask for a password: use --password-file FILE")
-    first = getpass.getpass(f"{prompt}: ")
+    first = _ask(f"{prompt}: ")
     if not first:
         raise ConfigError("the password must not be empty")
-    if confirm and getpass.getpass(f"{prompt} (again): ") != first:
+    if confirm and _ask(f"{prompt} (again): ") != first:
         raise ConfigError("the passwords do not match")
     return first.encode()
+
+
+def _ask(prompt: str) -> str:
+    try:
+        return getpass.getpass(prompt)
+    except EOFError:
+        # getpass leaves the cursor after the prompt: end that line first.
+        if sys.stderr is not None and sys.stderr.isatty():
+            print(file=sys.stderr)
+        raise ConfigError("no password given (end of input at the prompt)") from None

@@ -1,12 +1,18 @@
-"""``taonet domain-service``: run a domain's certificate service."""
+"""``taonet domain-service``: run a domain's certificate service.
+
+It serves until SIGINT or SIGTERM and then stops in order (exit status 0); an
+address it cannot listen on is one line on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import signal
 from typing import Any
 
 from taonet._errors import ConfigError
 from taonet.cli._domain_cmd import add_domain_option, domain_dir
+from taonet.cli._failures import describe, leaves
 from taonet.cli._logging import configure_logging
 from taonet.cli._password import add_password_option, get_password
 
@@ -34,6 +40,11 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM, then stop in order and exit 0.
+
+    An address that cannot be listened on (in use, not this machine's, unknown
+    name) is a ConfigError, said in one line like every other error.
+    """
     import trio
 
     from services.domain_service import DomainService
@@ -43,21 +54,33 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging()
     password = get_password(args.password_file, prompt="Policy key password")
     service = DomainService.open(directory, password)
+    stopped_by: list[str] = []
 
     async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(
-                lambda task_status: service.serve(port, host=host, task_status=task_status)
-            )
-            bound = listeners[0].socket.getsockname()
-            print(
-                f"domain service for {service.domain.config.name!r} listening on "
-                f"{bound[0]}:{bound[1]} as {service.principal}",
-                flush=True,
-            )
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                try:
+                    listeners = await nursery.start(
+                        lambda task_status: service.serve(port, host=host, task_status=task_status)
+                    )
+                except (OSError, BaseExceptionGroup) as exc:
+                    found = leaves(exc)
+                    if not all(isinstance(leaf, OSError) for leaf in found):
+                        raise
+                    raise ConfigError(
+                        f"cannot listen on {args.listen}: {describe(found[0])}"
+                    ) from None
+                bound = listeners[0].socket.getsockname()
+                print(
+                    f"domain service for {service.domain.config.name!r} listening on "
+                    f"{bound[0]}:{bound[1]} as {service.principal}",
+                    flush=True,
+                )
+                async for signum in signals:
+                    stopped_by.append(signal.Signals(signum).name)
+                    break
+                nursery.cancel_scope.cancel()
 
-    try:
-        trio.run(main)
-    except KeyboardInterrupt:
-        print("domain service stopped")
+    trio.run(main)
+    print(f"domain service stopped ({', '.join(stopped_by) or 'done'})", flush=True)
     return 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from pathlib import Path
 
 from taonet import auth
@@ -14,15 +16,63 @@ _CHUNK = 1 << 20
 
 
 def measure_file(path: str | Path) -> bytes:
-    """SHA-256 of a file's bytes, read in chunks (ConfigError if unreadable)."""
-    digest = hashlib.sha256()
+    """SHA-256 of a regular file's bytes, read in chunks.
+
+    ConfigError if it cannot be read, if it is not a regular file (a FIFO, a
+    device such as ``/dev/zero``, a directory, a socket: none is a program, and
+    reading one could block or never end), or if it changes size while it is read.
+    The file is opened without blocking and without becoming a controlling
+    terminal, so even opening a FIFO nobody writes returns at once.
+    """
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                digest.update(chunk)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"cannot measure {path}: {_why_not(path, exc)}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(
+                f"cannot measure {path}: it is {_kind(info.st_mode)}, not a regular file"
+            )
+        os.set_blocking(fd, True)
+        digest = hashlib.sha256()
+        left = info.st_size
+        while left > 0 and (chunk := os.read(fd, min(_CHUNK, left))):
+            digest.update(chunk)
+            left -= len(chunk)
+        if left or os.read(fd, 1):
+            raise ConfigError(
+                f"cannot measure {path}: it changed while it was read, or has no fixed size"
+            )
     except OSError as exc:
         raise ConfigError(f"cannot measure {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
     return digest.digest()
+
+
+def _why_not(path: str | Path, exc: OSError) -> str:
+    """Why ``path`` could not be opened: what it is if not a file (a socket), else the OS's word."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return exc.strerror or str(exc)
+    if stat.S_ISREG(mode):
+        return exc.strerror or str(exc)
+    return f"it is {_kind(mode)}, not a regular file"
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "something else"
 
 
 def program_subprin(program_hash: bytes, *, program_id: int = 0) -> auth.SubPrin:
