@@ -40,10 +40,27 @@ _SECRET = re.compile(rb"received the secret '([^']*)'")
 STEP_TIMEOUT = 60.0
 
 
+def _absolute_path(path: str | None) -> str:
+    """A search path without its empty or relative entries (each means "the current
+    directory", which must not choose the programs or the interpreter the host runs)."""
+    entries = [e for e in (path or os.defpath).split(os.pathsep) if os.path.isabs(e)]
+    return os.pathsep.join(entries) or os.defpath
+
+
 def _taonet_command() -> Path:
-    """The ``taonet`` console script of this interpreter's environment."""
+    """The ``taonet`` console script of this interpreter's environment.
+
+    A console script puts its own directory first on ``sys.path``, never the current
+    one, and its ``#!`` line names the interpreter by absolute path: started as a
+    hosted program (whose ``PYTHON*`` variables the host drops) it runs the code that
+    was measured, whatever directory it runs in.
+    """
     beside = Path(sys.executable).parent / "taonet"
-    found = beside if beside.exists() else shutil.which("taonet")
+    found = (
+        beside
+        if beside.is_file()
+        else shutil.which("taonet", path=_absolute_path(os.environ.get("PATH")))
+    )
     if found is None:
         raise ConfigError("cannot find the taonet command to run the domain service")
     return Path(found).resolve()
@@ -126,7 +143,7 @@ async def run_hosted_demo(
                 # The programs' "#!/usr/bin/env python3" must find this environment's
                 # python: the host sets PATH (a caller's PATH never reaches a program).
                 program_path=f"{Path(sys.executable).parent}{os.pathsep}"
-                f"{os.environ.get('PATH', os.defpath)}",
+                f"{_absolute_path(os.environ.get('PATH'))}",
             ),
             password=password,
             kdf=kdf or KdfParams.default(),

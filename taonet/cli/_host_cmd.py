@@ -6,9 +6,11 @@ password (prompt or ``--password-file``); a stacked host is started as a hosted
 program of its parent (``taonet run $(command -v taonet) host start --foreground
 --host DIR``), which it finds from the CLOUDPROXY_TAO_HOST_* variables.
 
-``taonet host start`` without ``--foreground`` starts the host in the background
-(output in ``host.log`` in the host directory) and returns once its admin socket
-answers.
+``taonet host start`` refuses if a host already answers on the admin socket, and a
+started host holds ``host.lock`` in its directory, so two starts never both serve it.
+Without ``--foreground`` it starts the host in the background (an isolated
+interpreter in ``/``; output in ``host.log`` in the host directory) and returns once
+that very process reports that it serves.
 """
 
 from __future__ import annotations
@@ -17,24 +19,25 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from taonet._errors import ConfigError, HostError
 from taonet.cli._domain_cmd import add_domain_option
+from taonet.cli._host_start import (
+    START_TIMEOUT,
+    ready_fd,
+    refuse_if_running,
+    start_background,
+    start_foreground,
+)
 from taonet.cli._password import add_password_option, get_password
 from taonet.hosts._linux_config import (
     ADMIN_SOCKET,
-    LOG_FILE,
     LinuxHostConfig,
     default_host_dir,
 )
-
-#: How long ``taonet host start`` waits for a background host to answer.
-START_TIMEOUT: Final = 60.0
 
 
 def add_host_option(parser: Any) -> None:
@@ -125,6 +128,8 @@ def register(sub: Any) -> None:
     add_host_option(start)
     start.add_argument("--foreground", action="store_true", help="run in this process")
     add_password_option(start)
+    # How a background start learns that the host it started (not another) serves.
+    start.add_argument("--ready-fd", type=ready_fd, default=None, help=argparse.SUPPRESS)
     start.set_defaults(func=_start)
 
     stop = cmds.add_parser("stop", help="stop the host and its programs")
@@ -193,104 +198,16 @@ def _start(args: argparse.Namespace) -> int:
     directory = host_dir(args)
     config = LinuxHostConfig.load(directory)
     if args.foreground:
-        return _start_foreground(args, directory, config)
+        return start_foreground(args, directory, config)
     if config.kind == "stacked":
         raise ConfigError(
             "a stacked host runs as a hosted program: use --foreground under taonet run"
         )
+    # The child starts in / (not the caller's directory), so it needs absolute paths.
+    directory = directory.resolve()
+    refuse_if_running(directory)
     password = get_password(args.password_file, prompt="Host password")
-    return _start_background(directory, password)
-
-
-def _start_foreground(args: argparse.Namespace, directory: Path, config: LinuxHostConfig) -> int:
-    import trio
-
-    from taonet.cli._logging import configure_logging
-    from taonet.hosts import LinuxHost, parent
-
-    configure_logging()
-    password = (
-        get_password(args.password_file, prompt="Host password") if config.kind == "root" else None
-    )
-
-    async def main() -> None:
-        if config.kind == "root":
-            host = await LinuxHost.open(directory, password=password)
-            await _serve(host)
-        else:
-            async with parent() as tao:
-                host = await LinuxHost.open(directory, parent=tao)
-                await _serve(host)
-
-    async def _serve(host: Any) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-
-                async def run_host(task_status: Any) -> None:
-                    await host.run(task_status=task_status)
-                    nursery.cancel_scope.cancel()
-
-                async def stop_on_signal() -> None:
-                    async for _ in signals:
-                        await host.stop()
-                        return
-
-                nursery.start_soon(stop_on_signal)
-                await nursery.start(run_host)
-                print(f"Linux host {host.name} serving {host.socket_path}", flush=True)
-
-    trio.run(main)
-    print("Linux host stopped", flush=True)
-    return 0
-
-
-def _start_background(directory: Path, password: bytes) -> int:
-    import trio
-
-    log_path = directory / LOG_FILE
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "taonet",
-                "host",
-                "start",
-                "--foreground",
-                "--host",
-                str(directory),
-                "--password-file",
-                "-",
-            ],
-            stdin=subprocess.PIPE,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-    assert proc.stdin is not None
-    proc.stdin.write(password + b"\n")
-    proc.stdin.close()
-
-    async def wait_ready() -> str:
-        from taonet.hosts import AdminClient
-
-        with trio.move_on_after(START_TIMEOUT):
-            while proc.poll() is None:
-                try:
-                    async with AdminClient.connect(directory / ADMIN_SOCKET) as admin:
-                        return str(await admin.host_name())
-                except (HostError, OSError):
-                    await trio.sleep(0.05)
-        return ""
-
-    name = trio.run(wait_ready)
-    if not name:
-        if proc.poll() is None:
-            proc.kill()
-        tail = log_path.read_bytes()[-2000:].decode(errors="replace")
-        raise HostError(f"the host did not start; the end of {log_path}:\n{tail}")
-    print(f"Linux host {name} started (pid {proc.pid}); log in {log_path}")
-    return 0
+    return start_background(directory, password)
 
 
 def _admin(args: argparse.Namespace, action: Any) -> Any:

@@ -1,0 +1,295 @@
+"""``taonet host start``: a Linux host in this process, or started in the background.
+
+A start refuses if a host already answers on the admin socket, and a started host
+holds ``host.lock`` in its directory, so two starts never both serve it. In the
+background the host is an isolated interpreter started in ``/`` with a trimmed
+environment (see :mod:`taonet.cli._reexec`), and the start returns once that very
+process reports, over a pipe it inherits (``--ready-fd``), that it serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+from taonet._errors import ConfigError, HostError
+from taonet.cli._password import get_password
+from taonet.cli._reexec import child_environment, taonet_argv
+from taonet.hosts._linux_config import ADMIN_SOCKET, LOG_FILE, LinuxHostConfig
+
+__all__ = [
+    "LOCK_FILE",
+    "START_TIMEOUT",
+    "ready_fd",
+    "refuse_if_running",
+    "start_background",
+    "start_foreground",
+]
+
+#: The file a host started by ``taonet host start`` holds locked while it runs.
+LOCK_FILE: Final = "host.lock"
+#: How long ``taonet host start`` waits for a background host to say it serves.
+START_TIMEOUT: Final = 60.0
+#: How long a start waits for a host already on the socket to say its name.
+_PROBE_TIMEOUT: Final = 5.0
+#: The most a background host may write to say it is ready (its name and a newline).
+_READY_LIMIT: Final = 64 * 1024
+
+
+def refuse_if_running(directory: Path) -> None:
+    """HostError if something (a host, surely) answers on the directory's admin socket."""
+    import socket
+
+    import trio
+
+    from taonet.hosts import AdminClient
+
+    path = directory / ADMIN_SOCKET
+
+    async def probe() -> str | None:
+        with trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            try:
+                await sock.connect(os.fspath(path))
+            except (FileNotFoundError, ConnectionRefusedError):
+                return None  # nothing there, or a stale socket the host will replace
+            except OSError as exc:
+                raise HostError(
+                    f"cannot tell whether a host is running at {path}: {exc.strerror or exc}"
+                ) from None
+        with contextlib.suppress(HostError), trio.move_on_after(_PROBE_TIMEOUT):
+            async with AdminClient.connect(path) as admin:
+                return str(await admin.host_name())
+        return "it does not say its name"
+
+    name = trio.run(probe)
+    if name is not None:
+        raise HostError(
+            f"a Linux host is already running at {path} ({name}); "
+            "stop it first with 'taonet host stop'"
+        )
+
+
+def ready_fd(value: str) -> int:
+    """``--ready-fd``: an inherited descriptor open for writing."""
+    try:
+        fd = int(value)
+        if fd < 3:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a descriptor number over 2: {value!r}") from None
+    return fd
+
+
+def _claim_ready_fd(fd: int | None) -> None:
+    """Check ``--ready-fd`` before any slow work, and keep it from hosted programs."""
+    if fd is None:
+        return
+    try:
+        os.fstat(fd)
+        os.set_inheritable(fd, False)
+    except OSError as exc:
+        raise ConfigError(f"--ready-fd {fd}: {exc.strerror or exc}") from None
+
+
+def _report_ready(fd: int | None, name: str) -> None:
+    """Tell whoever started this host (``--ready-fd``) that it serves, and as whom."""
+    if fd is None:
+        return
+    try:
+        os.write(fd, name.encode() + b"\n")
+    except OSError as exc:  # the starter is gone: keep serving, it was only a courtesy
+        print(f"taonet: cannot report readiness: {exc.strerror or exc}", file=sys.stderr)
+    finally:
+        os.close(fd)
+
+
+def start_foreground(args: argparse.Namespace, directory: Path, config: LinuxHostConfig) -> int:
+    """``host start --foreground``: serve in this process, holding ``host.lock``."""
+    from taonet.cli._logging import configure_logging
+
+    configure_logging()
+    report_fd: int | None = args.ready_fd
+    _claim_ready_fd(report_fd)
+    refuse_if_running(directory)
+    lock = _lock_host_directory(directory)
+    try:
+        password = (
+            get_password(args.password_file, prompt="Host password")
+            if config.kind == "root"
+            else None
+        )
+        _run_host(directory, config, password, report_fd)
+    finally:
+        os.close(lock)
+    print("Linux host stopped", flush=True)
+    return 0
+
+
+def _run_host(
+    directory: Path, config: LinuxHostConfig, password: bytes | None, report_fd: int | None
+) -> None:
+    """Open the host and serve until SIGINT or SIGTERM, then stop it in order."""
+    import trio
+
+    from taonet.hosts import LinuxHost, parent
+
+    async def main() -> None:
+        if config.kind == "root":
+            host = await LinuxHost.open(directory, password=password)
+            await _serve(host)
+        else:
+            async with parent() as tao:
+                host = await LinuxHost.open(directory, parent=tao)
+                await _serve(host)
+
+    async def _serve(host: Any) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def run_host(task_status: Any) -> None:
+                    await host.run(task_status=task_status)
+                    nursery.cancel_scope.cancel()
+
+                async def stop_on_signal() -> None:
+                    async for _ in signals:
+                        await host.stop()
+                        return
+
+                nursery.start_soon(stop_on_signal)
+                await nursery.start(run_host)
+                print(f"Linux host {host.name} serving {host.socket_path}", flush=True)
+                _report_ready(report_fd, str(host.name))
+
+    trio.run(main)
+
+
+def _lock_host_directory(directory: Path) -> int:
+    """An exclusive lock on the directory's ``host.lock`` (HostError if held).
+
+    Two starts can both find nobody on the admin socket before either binds it; the
+    lock makes sure that only one of them goes on to serve the directory.
+    """
+    import fcntl
+
+    path = directory / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise HostError(f"cannot open {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise HostError(
+            f"a Linux host is already running for {directory} (it holds {path})"
+        ) from None
+    except OSError as exc:
+        os.close(fd)
+        raise HostError(f"cannot lock {path}: {exc.strerror or exc}") from None
+    return fd
+
+
+def start_background(directory: Path, password: bytes) -> int:
+    """Start ``host start --foreground`` as a daemon; return once it says it serves.
+
+    The child is an isolated interpreter (see :mod:`taonet.cli._reexec`) started in
+    ``/`` with a trimmed environment, so neither the caller's directory nor their
+    ``PYTHON*`` variables choose the code that reads the password. It reports
+    readiness itself, over a pipe it inherits (``--ready-fd``): a host that was
+    already serving cannot be mistaken for this one.
+    """
+    import trio
+
+    log_path = directory / LOG_FILE
+    read_fd, write_fd = os.pipe()
+    try:
+        with open(log_path, "ab") as log:
+            log_start = log.tell()
+            proc = subprocess.Popen(
+                taonet_argv(
+                    "host",
+                    "start",
+                    "--foreground",
+                    "--host",
+                    str(directory),
+                    "--password-file",
+                    "-",
+                    "--ready-fd",
+                    str(write_fd),
+                ),
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=log,
+                cwd="/",
+                env=child_environment(),
+                pass_fds=(write_fd,),
+                start_new_session=True,
+            )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    try:
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError), proc.stdin:
+            proc.stdin.write(password + b"\n")  # if it died at once, the pipe below says so
+        name = trio.run(_wait_ready, read_fd)
+    except BaseException:  # interrupted while it starts: do not leave it behind
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        raise
+    if not name:
+        if proc.poll() is None:
+            proc.kill()
+        status = proc.wait()
+        why = (
+            f"it did not say that it serves within {START_TIMEOUT:g} s"
+            if name is None
+            else _last_log_line(log_path, log_start) or f"it exited with status {status}"
+        )
+        raise HostError(f"the host did not start: {why} (log: {log_path})")
+    print(f"Linux host {name} started (pid {proc.pid}); log in {log_path}")
+    return 0
+
+
+async def _wait_ready(read_fd: int) -> str | None:
+    """The name the child writes on ``read_fd`` once it serves: "" if it closes the
+    pipe (or writes nonsense) without saying it, None if it says nothing in time."""
+    import trio
+
+    received = b""
+    async with trio.lowlevel.FdStream(read_fd) as stream:
+        with trio.move_on_after(START_TIMEOUT):
+            while b"\n" not in received and len(received) < _READY_LIMIT:
+                chunk = await stream.receive_some(_READY_LIMIT)
+                if not chunk:
+                    return ""
+                received += chunk
+            line, newline, _ = received.partition(b"\n")
+            text = line.decode(errors="replace")
+            return "".join(c if c.isprintable() else "?" for c in text) if newline else ""
+    return None
+
+
+def _last_log_line(log_path: Path, start: int) -> str:
+    """The last line the child wrote to its log (bounded, printable), or ''."""
+    try:
+        with open(log_path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(start, size - 4096))
+            tail = f.read(4096)
+    except OSError:
+        return ""
+    lines = [line.strip() for line in tail.decode(errors="replace").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    last = lines[-1].removeprefix("taonet: error: ")
+    return "".join(c if c.isprintable() else "?" for c in last)[:500]
