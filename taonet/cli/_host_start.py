@@ -1,7 +1,8 @@
 """``taonet host start``: a Linux host in this process, or started in the background.
 
-A start refuses if a host already answers on the admin socket, and a started host
-holds ``host.lock`` in its directory, so two starts never both serve it. In the
+A start refuses if a host already answers on the admin socket, and a running host
+holds ``host.lock`` in its directory (see :meth:`taonet.hosts.LinuxHost.run`), so two
+starts never both serve it. In the
 background the host is an isolated interpreter started in ``/`` with a trimmed
 environment (see :mod:`taonet.cli._reexec`), and the start returns once that very
 process reports, over a pipe it inherits (``--ready-fd``), that it serves.
@@ -24,7 +25,6 @@ from taonet.cli._reexec import child_environment, taonet_argv
 from taonet.hosts._linux_config import ADMIN_SOCKET, LOG_FILE, LinuxHostConfig
 
 __all__ = [
-    "LOCK_FILE",
     "START_TIMEOUT",
     "ready_fd",
     "refuse_if_running",
@@ -32,8 +32,6 @@ __all__ = [
     "start_foreground",
 ]
 
-#: The file a host started by ``taonet host start`` holds locked while it runs.
-LOCK_FILE: Final = "host.lock"
 #: How long ``taonet host start`` waits for a background host to say it serves.
 START_TIMEOUT: Final = 60.0
 #: How long a start waits for a host already on the socket to say its name.
@@ -110,23 +108,19 @@ def _report_ready(fd: int | None, name: str) -> None:
 
 
 def start_foreground(args: argparse.Namespace, directory: Path, config: LinuxHostConfig) -> int:
-    """``host start --foreground``: serve in this process, holding ``host.lock``."""
+    """``host start --foreground``: serve in this process (the host holds ``host.lock``)."""
     from taonet.cli._logging import configure_logging
 
     configure_logging()
     report_fd: int | None = args.ready_fd
     _claim_ready_fd(report_fd)
     refuse_if_running(directory)
-    lock = _lock_host_directory(directory)
-    try:
-        password = (
-            get_password(args.password_file, prompt="Host password")
-            if config.kind == "root"
-            else None
-        )
-        _run_host(directory, config, password, report_fd)
-    finally:
-        os.close(lock)
+    password = (
+        get_password(args.password_file, prompt="Host password") if config.kind == "root" else None
+    )
+    # LinuxHost.run holds the directory's host.lock: of two starts that both got
+    # past the probe above, only one serves.
+    _run_host(directory, config, password, report_fd)
     print("Linux host stopped", flush=True)
     return 0
 
@@ -167,32 +161,6 @@ def _run_host(
                 _report_ready(report_fd, str(host.name))
 
     trio.run(main)
-
-
-def _lock_host_directory(directory: Path) -> int:
-    """An exclusive lock on the directory's ``host.lock`` (HostError if held).
-
-    Two starts can both find nobody on the admin socket before either binds it; the
-    lock makes sure that only one of them goes on to serve the directory.
-    """
-    import fcntl
-
-    path = directory / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    except OSError as exc:
-        raise HostError(f"cannot open {path}: {exc.strerror or exc}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise HostError(
-            f"a Linux host is already running for {directory} (it holds {path})"
-        ) from None
-    except OSError as exc:
-        os.close(fd)
-        raise HostError(f"cannot lock {path}: {exc.strerror or exc}") from None
-    return fd
 
 
 def start_background(directory: Path, password: bytes) -> int:

@@ -81,6 +81,7 @@ from taonet.hosts._hosted import Caller, ProgramInfo, StartRequest
 from taonet.hosts._linux_config import (
     ADMIN_SOCKET,
     CONFIG_FILE,
+    LOCK_FILE,
     PROGRAM_ID_FILE,
     PROGRAMS_DIR,
     LinuxHostConfig,
@@ -415,12 +416,18 @@ class LinuxHost:
         admin_socket: bool = True,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve hosted programs (and the admin socket) until :meth:`shutdown`."""
+        """Serve hosted programs (and the admin socket) until :meth:`shutdown`.
+
+        While it runs the host holds an exclusive lock on ``host.lock`` in its
+        directory: a second host for the same directory (in this process or another)
+        gets a HostError before it touches the admin socket.
+        """
         from taonet.hosts._admin import serve_admin
 
         if self._running or self._finished.is_set():
             raise HostError("a LinuxHost runs once")
         self._running = True
+        lock = _lock_directory(self.directory)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -441,6 +448,7 @@ class LinuxHost:
             self._nursery = None
             self._stopping = True
             self._finished.set()
+            os.close(lock)
             log.info("linux_host_stopped", name=str(self.name))
 
     async def start_program(self, request: StartRequest, caller: Caller) -> ProgramInfo:
@@ -733,3 +741,30 @@ def _check_private_directory(path: Path) -> None:
         raise ConfigError(
             f"the host directory {path} is writable by others (mode {st.st_mode & 0o777:o})"
         )
+
+
+def _lock_directory(directory: Path) -> int:
+    """An exclusive flock on the directory's ``host.lock``; HostError if it is held.
+
+    Two hosts can both find nobody on the admin socket (or a socket bound but not yet
+    listening, which looks stale) before either serves it; the lock makes sure only
+    one goes on to serve the directory.
+    """
+    import fcntl
+
+    path = directory / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise HostError(f"cannot open {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise HostError(
+            f"a Linux host is already running for {directory} (it holds {path})"
+        ) from None
+    except OSError as exc:
+        os.close(fd)
+        raise HostError(f"cannot lock {path}: {exc.strerror or exc}") from None
+    return fd

@@ -45,6 +45,7 @@ __all__ = [
     "COUNTERS_FILE",
     "DEFAULT_HOST_DIR",
     "HOST_KINDS",
+    "LOCK_FILE",
     "LOG_FILE",
     "PROGRAMS_DIR",
     "PROGRAM_ID_FILE",
@@ -61,6 +62,8 @@ PROGRAM_ID_FILE: Final = "program_id"
 PROGRAMS_DIR: Final = "programs"
 ADMIN_SOCKET: Final = "admin.sock"
 LOG_FILE: Final = "host.log"
+#: The file a running host holds locked (flock), so two never serve one directory.
+LOCK_FILE: Final = "host.lock"
 DEFAULT_HOST_DIR: Final = "linux_tao_host"
 HOST_KINDS: Final = ("root", "stacked")
 SANDBOXES: Final = ("none", "bwrap")

@@ -754,3 +754,34 @@ async def test_nothing_of_a_large_request_stays_while_the_program_idles(
                 assert parse_lines(await read_all_stream(out)) == [{"resumed": True}]
             assert (await admin.wait(str(info.pid))).exit_status == 0
     await host.stop()
+
+
+async def test_two_hosts_never_serve_one_directory(tmp_path: Path) -> None:
+    """A second host for a served directory is refused by host.lock before it touches
+    the admin socket, even when that socket looks stale: bound but not yet listening,
+    as the first host's is for a moment while it starts."""
+    import socket
+
+    init_root(tmp_path / "host")
+    with trio.fail_after(TIMEOUT):
+        first = await LinuxHost.open(tmp_path / "host", password=PASSWORD)
+        second = await LinuxHost.open(tmp_path / "host", password=PASSWORD)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(first.run)
+            # Put a bound, non-listening socket where the admin socket was: a probe
+            # gets "connection refused" from it, as from a dead host's socket.
+            os.rename(first.socket_path, tmp_path / "first.sock")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as starting:
+                starting.bind(os.fspath(first.socket_path))
+                bound = os.stat(first.socket_path).st_ino
+                with pytest.raises(HostError, match="already running"):
+                    await second.run()
+                assert os.stat(first.socket_path).st_ino == bound
+            async with AdminClient.connect(tmp_path / "first.sock") as admin:
+                assert await admin.host_name() == first.name
+            nursery.cancel_scope.cancel()
+        # Once the first has stopped, the directory can be served again.
+        third = await LinuxHost.open(tmp_path / "host", password=PASSWORD)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(third.run)
+            nursery.cancel_scope.cancel()
