@@ -154,19 +154,13 @@ async def serve_channels(
     )
 
     async def serve_one(conn: _Conn, tcp: trio.SocketStream) -> None:
-        try:
-            with conn.scope:
-                await _serve(conn, tcp)
-        finally:
-            # Only now is the descriptor closed: the slot can go to someone else.
-            limits.release(conn)
-
-    async def _serve(conn: _Conn, tcp: trio.SocketStream) -> None:
+        # One cancel scope per connection: its deadline is first the handshake's,
+        # then the idle timeout's; eviction cancels it.
         ssl_stream = TLSStream(tcp, context, server_side=True)
         stream: TaoStream | None = None
         try:
-            reason = f"no handshake within {handshake_timeout} s"
-            with trio.move_on_after(handshake_timeout):
+            conn.scope.deadline = trio.current_time() + handshake_timeout
+            with conn.scope:
                 try:
                     stream = await accept_channel(
                         ssl_stream, identity, guard=guard, revoked=revoked, remote=conn.remote
@@ -174,17 +168,21 @@ async def serve_channels(
                 except (TaoError, trio.BrokenResourceError, OSError) as exc:
                     broken = isinstance(exc, trio.BrokenResourceError)
                     reason = _tls_reason(exc) if broken else str(exc)
-            if stream is None:
-                log.info("channel_rejected", remote=conn.remote, reason=reason)
-                return
-            with trio.CancelScope() as idle:
+                    log.info("channel_rejected", remote=conn.remote, reason=reason)
+                    return
                 conn.stream = stream
-                conn.activity = stream._track_activity(idle, idle_timeout)
+                conn.activity = stream._track_activity(conn.scope, idle_timeout)
                 await _run_handler(handler, stream, conn.remote)
-            if idle.cancelled_caught:
-                log.info("channel_idle", peer=str(stream.peer), remote=conn.remote)
+            if conn.scope.cancelled_caught and not conn.evicted:
+                if stream is None:
+                    reason = f"no handshake within {handshake_timeout} s"
+                    log.info("channel_rejected", remote=conn.remote, reason=reason)
+                else:
+                    log.info("channel_idle", peer=str(stream.peer), remote=conn.remote)
         finally:
             await trio.aclose_forcefully(stream if stream is not None else ssl_stream)
+            # Only now is the descriptor closed: the slot can go to someone else.
+            limits.release(conn)
 
     listeners = await trio.open_tcp_listeners(port, host=host)
     try:
@@ -227,7 +225,7 @@ class _Bursts:
 class _Conn:
     """One connection the server holds: where from, and whether it waits on its peer."""
 
-    __slots__ = ("activity", "address", "remote", "scope", "since", "stream")
+    __slots__ = ("activity", "address", "evicted", "remote", "scope", "since", "stream")
 
     def __init__(self, address: str, remote: str) -> None:
         self.address: Final = address
@@ -236,6 +234,7 @@ class _Conn:
         self.since: Final = trio.current_time()
         self.stream: TaoStream | None = None
         self.activity: _Activity | None = None
+        self.evicted = False
 
     def quiet_for(self, now: float) -> float | None:
         """How long the server has been waiting on this peer (None: it is busy itself)."""
@@ -298,6 +297,7 @@ class _Limits:
             return _EVICT_AFTER - longest
         self.evicted.note(remote=quietest.remote, quiet_seconds=round(longest, 3))
         self.evicting += 1
+        quietest.evicted = True
         quietest.scope.cancel()
         return math.inf
 
@@ -320,11 +320,12 @@ class _Limits:
                 self.per_address[conn.address] = held
             else:
                 del self.per_address[conn.address]
-            if conn.scope.cancel_called:
+            if conn.evicted:
                 self.evicting -= 1
         self.slots.release()
-        self.freed.set()
-        self.freed = trio.Event()
+        if self.freed.statistics().tasks_waiting:
+            self.freed.set()
+            self.freed = trio.Event()
 
 
 async def _accept_loop(
@@ -384,6 +385,8 @@ def _peer_address(tcp: trio.SocketStream) -> tuple[str | None, str]:
 
 def address_key(host: str) -> str:
     """What a peer's address counts as: IPv4 as is, IPv6 by its /64 (IPv4-mapped: as IPv4)."""
+    if ":" not in host:  # IPv4 (getpeername's dotted quad) or a name: as is
+        return host
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:

@@ -70,10 +70,10 @@ class Peer:
 class _Activity:
     """When a server's stream last heard from its peer and last finished a send.
 
-    With an idle timeout, hearing from the peer also keeps ``scope``'s deadline
+    ``scope``'s deadline becomes the idle timeout's: hearing from the peer keeps it
     between ``idle_timeout`` and ``idle_timeout + slack`` after the latest bytes
     (moving a deadline costs far more than reading the clock, so it moves at most
-    once per ``slack``, a second or less).
+    once per ``slack``, a second or less); without an idle timeout, no deadline.
     """
 
     __slots__ = ("_moved", "_slack", "heard", "idle_timeout", "scope", "sent")
@@ -84,6 +84,8 @@ class _Activity:
         self._slack: Final = min(1.0, idle_timeout / 64) if idle_timeout is not None else 0.0
         self._moved = -math.inf
         self.sent = trio.current_time()
+        if idle_timeout is None:
+            scope.deadline = math.inf
         self.heard_from_peer()
 
     def heard_from_peer(self) -> None:
@@ -129,7 +131,10 @@ class TaoStream(trio.abc.Stream):
         return self._activity.idle_timeout if self._activity is not None else None
 
     def _track_activity(self, scope: trio.CancelScope, idle_timeout: float | None) -> _Activity:
-        """Record activity from now on; cancel ``scope`` after ``idle_timeout`` of silence."""
+        """Record activity from now on; cancel ``scope`` after ``idle_timeout`` of silence.
+
+        This replaces ``scope``'s deadline (None: it has none from now on).
+        """
         self._activity = _Activity(scope, idle_timeout)
         return self._activity
 

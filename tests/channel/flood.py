@@ -1,7 +1,8 @@
 """Connection floods on a Tao channel server (issue 8, item 5), as an attacker runs them.
 
 The server is a real process (``channel_server.py``) on 127.0.0.1; attackers connect
-from other loopback addresses (127.0.0.2, 127.0.0.3), the real client from 127.0.0.1.
+from other loopback addresses (idle peers from 127.0.1.x, connections that never start
+TLS from 127.0.0.3 or 127.0.0.2), the real client from 127.0.0.1.
 The helpers here are used by ``test_limits.py``; run this module to print figures:
 
     python -m tests.channel.flood idle [--peers 1000] [--stalled 200] [--nofile 1024]
@@ -272,7 +273,11 @@ async def measure_idle(args: argparse.Namespace) -> dict[str, Any]:
                 nursery.start_soon(from_address, i)
         flood_s = time.perf_counter() - start
         stalled = await open_stalled(server.port, args.stalled, "127.0.0.3")
-        served = await real_client(server.port, client_id)
+        served: float | str
+        try:
+            served = _seconds(await real_client(server.port, client_id))
+        except (TaoError, trio.BrokenResourceError, OSError) as exc:
+            served = f"refused: {exc}"
         logged = events(server.log.lines)
         result: dict[str, Any] = {
             "peers": args.peers,
@@ -282,7 +287,7 @@ async def measure_idle(args: argparse.Namespace) -> dict[str, Any]:
             "options": options,
             "idle_peers": outcome,
             "flood_seconds": round(flood_s, 2),
-            "real_client_seconds": _seconds(served),
+            "real_client_seconds": served,
             "log_events_until_served": logged,
         }
         if args.idle_wait:

@@ -206,9 +206,9 @@ async def test_out_of_descriptors_the_server_logs_once_and_recovers(programs: Pr
 async def test_default_cap_stays_below_the_descriptor_limit(programs: Programs) -> None:
     server_id, client_id = await programs.identity(1), await programs.identity(2)
     with trio.fail_after(30):
-        async with server_process(server_id, nofile=48) as server:
-            stalled = await open_stalled(server.port, 25, "127.0.0.2")
-            stalled += await open_stalled(server.port, 25, "127.0.0.3")
+        async with server_process(server_id, nofile=64) as server:
+            stalled = await open_stalled(server.port, 35, "127.0.0.2")
+            stalled += await open_stalled(server.port, 35, "127.0.0.3")
             line = await server.log.wait_for("connection_limit_reached")
             # A real client still gets in (quiet handshakes make room).
             real = await open_channel("127.0.0.1", server.port, client_id)
@@ -217,5 +217,5 @@ async def test_default_cap_stays_below_the_descriptor_limit(programs: Programs) 
             lines = list(server.log.lines)
             for stream in stalled:
                 await stream.aclose()
-    assert "limit=36" in line  # three quarters of 48
+    assert "limit=48" in line  # three quarters of 64
     assert not [line for line in lines if "accept_failing" in line or "Traceback" in line]
