@@ -15,13 +15,15 @@ bounds how many it holds and for how long:
   ``RLIMIT_NOFILE`` if that is less, so that the server's own connections never
   exhaust the descriptors): connections held at once, handshakes and handlers
   alike. At the cap the server stops accepting, so new connections wait in the
-  kernel's listen queue and are taken in order; and it makes room by closing the
-  connection it has waited on longest, once that wait reaches 2 s: a handshake not
-  done by then, or a handler blocked reading from a peer that has neither sent
-  anything nor been sent anything for that long. A handler at work (computing,
-  sending) is never evicted. Closing new connections at once instead would turn a
-  burst of legitimate clients into failures, and waiting alone would let silent
-  peers keep a real client out until their idle timeout.
+  kernel's listen queue and are taken in order; and it makes room by closing a
+  connection it has waited on: first the handshake it has waited on longest, once
+  that wait reaches 2 s (anyone can open a handshake, and none has proved who it
+  is); only when no handshake can go, the authenticated peer whose handler has been
+  blocked reading longest, once it has neither sent anything nor been sent anything
+  for 30 s. A handler at work (computing, sending) is never evicted. Closing new
+  connections at once instead would turn a burst of legitimate clients into
+  failures, and waiting alone would let silent peers keep a real client out until
+  their idle timeout.
 * ``max_per_address`` (default 128): connections held at once from one address
   (an IPv6 address counts by its /64, the block one host usually gets). One over
   it is closed at once, before any TLS, so one address cannot take the whole cap.
@@ -85,10 +87,15 @@ _MAX_BACKOFF: Final = 1.0
 # is logged at most this often.
 _BURST_GAP: Final = 10.0
 _BURST_REMINDER: Final = 60.0
-# At the cap, a connection whose server has waited this long on its peer (a handshake,
-# or a handler reading while the peer neither sent nor was sent anything) may be
-# closed to make room.
+# At the cap, a connection whose handshake has waited this long on its peer may be
+# closed to make room. Handshakes go first: anyone can open them, and none has proved
+# who it is.
 _EVICT_AFTER: Final = 2.0
+# An established (authenticated) peer is closed to make room only when no handshake can
+# be, and only once its handler has waited this long on it without a byte either way:
+# otherwise raw connections that never start TLS would push real clients out of the
+# channels they hold between requests.
+_EVICT_ESTABLISHED_AFTER: Final = 30.0
 
 Handler = Callable[[TaoStream], Awaitable[Any]]
 
@@ -285,17 +292,32 @@ class _Limits:
                 return
 
     def _evict(self) -> float:
-        """Close the connection quiet longest, if over _EVICT_AFTER; else say when to look again."""
+        """Close the quietest handshake (quiet _EVICT_AFTER) or, failing that, the quietest
+        established peer (quiet _EVICT_ESTABLISHED_AFTER); else say when to look again."""
         now = trio.current_time()
         quietest: _Conn | None = None
-        longest = 0.0
+        wait = _EVICT_ESTABLISHED_AFTER
+        # Any handshake quiet enough comes before every established peer; within each,
+        # the quietest first.
+        best = (False, 0.0)
         for conn in self.conns:
             quiet = conn.quiet_for(now)
-            if quiet is not None and quiet > longest:
-                quietest, longest = conn, quiet
-        if quietest is None or longest < _EVICT_AFTER:
-            return _EVICT_AFTER - longest
-        self.evicted.note(remote=quietest.remote, quiet_seconds=round(longest, 3))
+            if quiet is None:
+                continue
+            handshake = conn.stream is None
+            over = quiet - (_EVICT_AFTER if handshake else _EVICT_ESTABLISHED_AFTER)
+            if over < 0:
+                wait = min(wait, -over)
+            elif quietest is None or (handshake, quiet) > best:
+                quietest, best = conn, (handshake, quiet)
+        if quietest is None:
+            return wait
+        longest = quietest.quiet_for(now) or 0.0
+        self.evicted.note(
+            remote=quietest.remote,
+            quiet_seconds=round(longest, 3),
+            handshake=quietest.stream is None,
+        )
         self.evicting += 1
         quietest.evicted = True
         quietest.scope.cancel()

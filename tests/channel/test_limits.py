@@ -7,12 +7,14 @@ The file-descriptor tests run a real server process with a lowered RLIMIT_NOFILE
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import trio
 import trio.testing
 
 from taonet.channel import DEFAULT_IDLE_TIMEOUT, TaoStream, open_channel, serve_channels
-from taonet.channel._server import _EVICT_AFTER, address_key
+from taonet.channel._server import _EVICT_AFTER, _EVICT_ESTABLISHED_AFTER, address_key
 from tests.channel.conftest import Programs, start_server
 from tests.channel.flood import attacker_channel, events, open_stalled, server_process
 from tests.channel.test_stream import echo_once, wait_closed_by_peer
@@ -110,6 +112,45 @@ async def test_at_the_cap_quiet_peers_make_room_for_a_real_client(
         # been quiet long enough to be closed, well before any timeout freed a slot.
         assert _EVICT_AFTER <= waited < 10
         for stream in [real, *stalled, *idle]:
+            await stream.aclose()
+
+
+async def test_raw_connections_never_evict_an_authenticated_peer(
+    programs: Programs, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Connections that never start TLS, over the cap, are evicted among themselves:
+    a real client quiet between requests keeps its channel."""
+    server_id, client_id = await programs.identity(1), await programs.identity(2)
+    with trio.fail_after(100):
+        port = await start_server(nursery, server_id, max_connections=4, max_per_address=None)
+        real = await open_channel("127.0.0.1", port, client_id)
+        assert await echo_once(real) == b"ping"
+        await trio.sleep(5)  # quiet between requests, longer than a handshake may stall
+        stalled = [(await open_stalled(port, 1, f"127.0.1.{i}"))[0] for i in range(1, 9)]
+        for raw in stalled:  # each is closed: evicted, or at its handshake timeout
+            with contextlib.suppress(trio.BrokenResourceError):
+                assert await raw.receive_some(1) == b""
+            await raw.aclose()
+        assert trio.current_time() < _EVICT_ESTABLISHED_AFTER
+        assert await echo_once(real) == b"ping"
+        await real.aclose()
+
+
+async def test_idle_authenticated_peers_make_room_once_quiet_long_enough(
+    programs: Programs, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    server_id, client_id = await programs.identity(1), await programs.identity(2)
+    with trio.fail_after(DEFAULT_IDLE_TIMEOUT):
+        port = await start_server(nursery, server_id, max_connections=4, max_per_address=None)
+        idle = [await attacker_channel(port, client_id, f"127.0.1.{i}") for i in range(1, 5)]
+        start = trio.current_time()
+        real = await open_channel("127.0.0.1", port, client_id, handshake_timeout=120)
+        assert await echo_once(real) == b"ping"
+        waited = trio.current_time() - start
+        # Not before an authenticated peer has been quiet that long; well before any
+        # idle timeout would have freed a slot.
+        assert _EVICT_ESTABLISHED_AFTER <= waited < _EVICT_ESTABLISHED_AFTER + 5
+        for stream in [real, *idle]:
             await stream.aclose()
 
 
