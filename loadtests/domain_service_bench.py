@@ -28,7 +28,6 @@ from pathlib import Path
 
 import trio
 
-from services.domain_service import DomainService
 from taonet import auth
 from taonet.attestation import Attestation
 from taonet.channel import ChannelIdentity, open_channel
@@ -36,6 +35,7 @@ from taonet.crypto import KdfParams, Signer
 from taonet.domain import ACLGuard, Domain, DomainTemplate, ProgramCertifier
 from taonet.hosts import SoftHost
 from taonet.provision import request_certificate
+from taonet_services.domain_service import DomainService
 
 PASSWORD = b"bench"
 

@@ -3,8 +3,8 @@
 The first run in a directory initializes (domain, host, each program's key,
 attestation, certificate and sealed state); later runs show the operation phase
 reusing the sealed state. By default everything runs in one process on a soft Tao
-host (``examples/simpleexample/demo.py``); with ``--hosted`` the programs are child
-processes of a Linux host (``examples/simpleexample/hosted.py``).
+host (``taonet_examples.simpleexample.demo``); with ``--hosted`` the programs are
+child processes of a Linux host (``taonet_examples.simpleexample.hosted``).
 """
 
 from __future__ import annotations
@@ -49,11 +49,11 @@ def _demo(args: argparse.Namespace) -> int:
             f"cannot use {directory} as the demo directory: {exc.strerror or exc}"
         ) from None
     if args.hosted:
-        from examples.simpleexample.hosted import run_hosted_demo
+        from taonet_examples.simpleexample.hosted import run_hosted_demo
 
         trio.run(run_hosted_demo, directory)
     else:
-        from examples.simpleexample.demo import run_demo
+        from taonet_examples.simpleexample.demo import run_demo
 
         trio.run(run_demo, directory)
     return 0

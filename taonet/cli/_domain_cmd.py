@@ -19,7 +19,7 @@ from taonet.crypto import Signer
 from taonet.domain import ACLGuard, Domain, DomainTemplate, measure_file
 
 if TYPE_CHECKING:
-    from services.domain_service._audit import AuditLog
+    from taonet_services.domain_service._audit import AuditLog
 
 #: The revocation list ``taonet domain revoke|crl`` writes into the domain directory.
 CRL_FILE: Final = "crl.der"
@@ -212,7 +212,7 @@ def _principal(args: argparse.Namespace) -> int:
 
 def _open_audit(domain_dir: Path) -> AuditLog | None:
     """The domain's audit log, or None if the domain service never created one."""
-    from services.domain_service._audit import AuditLog
+    from taonet_services.domain_service._audit import AuditLog
 
     path = audit_path(domain_dir)
     if not path.exists():
@@ -221,7 +221,7 @@ def _open_audit(domain_dir: Path) -> AuditLog | None:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from services.domain_service._audit import format_events
+    from taonet_services.domain_service._audit import format_events
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be a positive number of events")

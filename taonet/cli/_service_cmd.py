@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     """
     import trio
 
-    from services.domain_service import DomainService
+    from taonet_services.domain_service import DomainService
 
     directory = domain_dir(args)
     host, port = parse_listen(args.listen)

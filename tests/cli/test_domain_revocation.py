@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from services.domain_service._audit import AuditLog
 from taonet import AuthenticationError, certs
 from taonet.cli import main
 from taonet.cli._domain_cmd import audit_path, crl_path
 from taonet.domain import Domain
+from taonet_services.domain_service._audit import AuditLog
 
 DAY = 24 * 3600 * 10**9
 

@@ -18,7 +18,6 @@ import tomli_w
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.domain_service import DomainService
 from taonet import AuthenticationError, AuthorizationError, CodecError, ConfigError, auth
 from taonet.crypto import Signer, Verifier
 from taonet.domain import (
@@ -36,6 +35,7 @@ from taonet.domain._signed_config import (
     write_signed_config,
 )
 from taonet.hosts import SoftHost
+from taonet_services.domain_service import DomainService
 from tests.conftest import PASSWORD
 
 GOOD = b"\x61" * 32

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import trio
 
-from examples.simpleexample import simpleclient, simpleserver
-from examples.simpleexample.hosted import run_hosted_demo
 from taonet.crypto import KdfParams
+from taonet_examples.simpleexample import simpleclient, simpleserver
+from taonet_examples.simpleexample.hosted import run_hosted_demo
 
 
 def _hash(path: str) -> str:

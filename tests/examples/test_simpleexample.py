@@ -8,8 +8,8 @@ from pathlib import Path
 
 import trio
 
-from examples.simpleexample.demo import run_demo
 from taonet.crypto import KdfParams
+from taonet_examples.simpleexample.demo import run_demo
 
 
 async def test_two_runs_initialize_then_reuse_sealed_state(tmp_path: Path) -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from services.domain_service import DomainService
 from taonet import HostError, auth
 from taonet.domain import Domain
 from taonet.hosts import SoftHost
 from taonet.provision import load_or_provision
+from taonet_services.domain_service import DomainService
 from tests.conftest import PASSWORD
 
 

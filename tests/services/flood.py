@@ -129,9 +129,9 @@ async def flood(
 
 
 async def _main(requests: int, size: int, addresses: int, tmp: Path) -> dict[str, object]:
-    from services.domain_service import AUDIT_FILE, AuditLog, DomainService
     from taonet.crypto import KdfParams
     from taonet.domain import Domain, DomainTemplate
+    from taonet_services.domain_service import AUDIT_FILE, AuditLog, DomainService
 
     password = b"flood"
     domain = Domain.create(tmp / "d", DomainTemplate(), password, kdf=KdfParams.for_tests())

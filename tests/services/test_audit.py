@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from services.domain_service._audit import (
+from taonet import ConfigError
+from taonet_services.domain_service._audit import (
     MAX_FIELD_CHARS,
     MAX_PEER_CHARS,
     SCHEMA_VERSION,
@@ -21,7 +22,6 @@ from services.domain_service._audit import (
     bounded,
     format_events,
 )
-from taonet import ConfigError
 
 KEY_HASH = "ab" * 32
 ATTESTATION = "cd" * 32

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import trio
 
-from services.domain_service import AUDIT_FILE, AuditLog, DomainService
 from taonet import AuthorizationError, CodecError, auth, certs
 from taonet.channel import ChannelIdentity, MessageStream, open_channel
 from taonet.crypto import Signer
@@ -24,6 +23,7 @@ from taonet.provision import (
     request_certificate,
 )
 from taonet.wire import message_class
+from taonet_services.domain_service import AUDIT_FILE, AuditLog, DomainService
 from tests.channel.test_stream import wait_closed_by_peer
 from tests.conftest import PASSWORD
 

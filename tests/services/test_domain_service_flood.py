@@ -19,10 +19,6 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
-from services.domain_service import AUDIT_FILE, AuditEvent, AuditLog, DomainService
-from services.domain_service._audit import MAX_FIELD_CHARS, SUMMARY_CODE
-from services.domain_service._limits import RefusalLimits
-from services.domain_service._service import ERROR_RATE_LIMITED, MAX_REQUEST
 from taonet import auth
 from taonet.attestation import MAX_DELEGATION_DEPTH, Attestation, attest
 from taonet.crypto import Signer
@@ -30,6 +26,10 @@ from taonet.domain import ACLGuard, Domain
 from taonet.hosts import SoftHost
 from taonet.provision import ERROR_BAD_REQUEST, ERROR_INVALID_ATTESTATION, request_certificate
 from taonet.wire import message_class
+from taonet_services.domain_service import AUDIT_FILE, AuditEvent, AuditLog, DomainService
+from taonet_services.domain_service._audit import MAX_FIELD_CHARS, SUMMARY_CODE
+from taonet_services.domain_service._limits import RefusalLimits
+from taonet_services.domain_service._service import ERROR_RATE_LIMITED, MAX_REQUEST
 from tests.conftest import PASSWORD
 from tests.services.flood import audit_bytes, flood, flood_request
 

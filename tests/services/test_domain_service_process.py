@@ -10,14 +10,14 @@ from pathlib import Path
 
 import trio
 
-from services.domain_service import AuditLog
-from services.domain_service._audit import MAX_FIELD_CHARS, SUMMARY_CODE
-from services.domain_service._service import ERROR_RATE_LIMITED, MAX_REQUEST
 from taonet import auth
 from taonet.crypto import Signer
 from taonet.domain import Domain
 from taonet.hosts import SoftHost
 from taonet.provision import ERROR_INVALID_ATTESTATION, request_certificate
+from taonet_services.domain_service import AuditLog
+from taonet_services.domain_service._audit import MAX_FIELD_CHARS, SUMMARY_CODE
+from taonet_services.domain_service._service import ERROR_RATE_LIMITED, MAX_REQUEST
 from tests.conftest import PASSWORD
 from tests.services.flood import audit_bytes, flood, flood_request
 

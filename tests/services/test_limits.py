@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.domain_service._limits import (
+from taonet_services.domain_service._limits import (
     OVERFLOW_CLIENT,
     RefusalLimiter,
     RefusalLimits,

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import trio
 
-from examples.simpleexample import simpleclient, simpleserver
 from taonet import AuthorizationError, ConfigError, HostError, auth
 from taonet._files import atomic_write
 from taonet.crypto import KdfParams
 from taonet.domain import Domain, DomainTemplate, measure_file, program_subprin
 from taonet.hosts import AdminClient, LinuxHost, LinuxHostConfig
+from taonet_examples.simpleexample import simpleclient, simpleserver
 
 __all__ = ["run_hosted_demo"]
 

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import trio
 
-from examples.simpleexample import simpleclient, simpleserver
-from services.domain_service import DomainService
 from taonet import auth
 from taonet._files import atomic_write
 from taonet.crypto import KdfParams
 from taonet.domain import Domain, DomainTemplate, measure_file, program_subprin
 from taonet.hosts import SoftHost
+from taonet_examples.simpleexample import simpleclient, simpleserver
+from taonet_services.domain_service import DomainService
 
 __all__ = ["run_demo"]
 

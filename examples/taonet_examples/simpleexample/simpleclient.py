@@ -7,17 +7,17 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from examples.simpleexample.simpleserver import (
+from taonet import ProtocolError
+from taonet.channel import MessageStream, open_channel
+from taonet.hosts import Tao
+from taonet.provision import load_or_provision
+from taonet_examples.simpleexample.simpleserver import (
     SECRET_REQUEST,
     hosted_arguments,
     parse_address,
     run_hosted,
     say_line,
 )
-from taonet import ProtocolError
-from taonet.channel import MessageStream, open_channel
-from taonet.hosts import Tao
-from taonet.provision import load_or_provision
 
 
 async def run_client(

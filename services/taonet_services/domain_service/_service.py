@@ -24,7 +24,7 @@ Refusals come from clients nobody has authenticated, so what they cost is bounde
   the deepest delegation chain with 1024-byte names at every level, is about
   20 kB);
 * every text field a refusal records or logs is cut to a bound with a marker and
-  the SHA-256 of the whole value (:func:`~services.domain_service.bounded`);
+  the SHA-256 of the whole value (:func:`~taonet_services.domain_service.bounded`);
 * refusals are rate limited per client address (IPv4 address or IPv6 /64) and in
   all (:class:`RefusalLimits`): up to the rate each is one audit row and one log
   line; beyond it they are counted and written as one summary row (and log line)
@@ -47,13 +47,6 @@ from typing import Any, Final
 import structlog
 import trio
 
-from services.domain_service._audit import MAX_PEER_CHARS, AuditLog, bounded
-from services.domain_service._limits import (
-    RefusalLimiter,
-    RefusalLimits,
-    RefusalSummary,
-    client_key,
-)
 from taonet import auth, certs
 from taonet._errors import (
     AuthenticationError,
@@ -72,6 +65,13 @@ from taonet.provision import (
     ERROR_UNAUTHORIZED,
 )
 from taonet.wire import message_class
+from taonet_services.domain_service._audit import MAX_PEER_CHARS, AuditLog, bounded
+from taonet_services.domain_service._limits import (
+    RefusalLimiter,
+    RefusalLimits,
+    RefusalSummary,
+    client_key,
+)
 
 __all__ = ["AUDIT_FILE", "ERROR_RATE_LIMITED", "MAX_REQUEST", "DomainService"]
 

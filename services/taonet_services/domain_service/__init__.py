@@ -6,9 +6,9 @@ See ``_service`` for the protocol, checks and limits, ``_audit`` for the audit l
 
 from __future__ import annotations
 
-from services.domain_service._audit import AuditEvent, AuditLog, bounded, format_events
-from services.domain_service._limits import RefusalLimits
-from services.domain_service._service import (
+from taonet_services.domain_service._audit import AuditEvent, AuditLog, bounded, format_events
+from taonet_services.domain_service._limits import RefusalLimits
+from taonet_services.domain_service._service import (
     AUDIT_FILE,
     ERROR_RATE_LIMITED,
     MAX_REQUEST,
