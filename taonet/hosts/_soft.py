@@ -267,6 +267,8 @@ class SoftHost:
         """Sign ``issuer says message`` for ``caller`` with the host's key."""
         self.check_caller(caller)
         speaker = caller if issuer is None else issuer
+        if not isinstance(speaker, auth.Prin):
+            raise HostError(f"attest: the issuer must be a principal, got {type(speaker).__name__}")
         if not speaker.is_sub_principal_of(caller):
             raise HostError(f"issuer {speaker} is not {caller} or one of its sub-principals")
         check_time(time, "time")
