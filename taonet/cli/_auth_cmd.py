@@ -7,7 +7,8 @@ import base64
 import binascii
 from typing import Any
 
-from taonet import CodecError, auth
+from taonet import auth
+from taonet._errors import CodecError
 
 
 def register(sub: Any) -> None:

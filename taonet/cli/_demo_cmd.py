@@ -10,11 +10,10 @@ child processes of a Linux host (``taonet_examples.simpleexample.hosted``).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
-from taonet import ConfigError, configure_logging
+from taonet._errors import ConfigError
 
 
 def register(sub: Any) -> None:
@@ -39,9 +38,9 @@ def register(sub: Any) -> None:
 def _demo(args: argparse.Namespace) -> int:
     import trio
 
-    # The demo's own lines tell the story: log events only from warning up, unless
-    # TAONET_LOG asks for more.
-    configure_logging(level=None if os.environ.get("TAONET_LOG") else "warning")
+    from taonet.cli._logging import configure_logging
+
+    configure_logging("warning")
     directory: Path = args.dir or Path(".taonet-demo-hosted" if args.hosted else ".taonet-demo")
     try:
         directory.mkdir(parents=True, exist_ok=True)

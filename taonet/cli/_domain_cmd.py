@@ -11,14 +11,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from taonet import CodecError, ConfigError, auth, certs
+from taonet import auth, certs
+from taonet._errors import CodecError, ConfigError
+from taonet._files import atomic_write
 from taonet.cli._password import add_password_option, get_password
 from taonet.crypto import Signer
 from taonet.domain import ACLGuard, Domain, DomainTemplate, measure_file
-from taonet.files import atomic_write
 
 if TYPE_CHECKING:
-    from taonet_services.domain_service import AuditLog
+    from taonet_services.domain_service._audit import AuditLog
 
 #: The revocation list ``taonet domain revoke|crl`` writes into the domain directory.
 CRL_FILE: Final = "crl.der"
@@ -211,7 +212,7 @@ def _principal(args: argparse.Namespace) -> int:
 
 def _open_audit(domain_dir: Path) -> AuditLog | None:
     """The domain's audit log, or None if the domain service never created one."""
-    from taonet_services.domain_service import AuditLog
+    from taonet_services.domain_service._audit import AuditLog
 
     path = audit_path(domain_dir)
     if not path.exists():
@@ -220,7 +221,7 @@ def _open_audit(domain_dir: Path) -> AuditLog | None:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from taonet_services.domain_service import format_events
+    from taonet_services.domain_service._audit import format_events
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be a positive number of events")

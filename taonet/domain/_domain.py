@@ -7,6 +7,8 @@ Layout of a domain directory (all written atomically; the keyset mode 0600)::
                              certificate and the guard (see taonet.domain._signed_config)
     policy_keys/keys         the policy key, in a password-protected keyset
     policy_keys/cert.der     the self-signed policy certificate (the domain's trust root)
+    policy_keys/config_serial  the highest serial of domain.sig signed or accepted with
+                             the policy key (a domain.sig below it is a rollback)
     acls                     the ACL guard's SignedACLSet (guard = "ACL" only)
 
 :meth:`Domain.load` needs no password: it reads the public parts, checks the policy
@@ -15,6 +17,9 @@ refuses the domain (ConfigError naming the field) if ``domain.toml``, the certif
 or the rules differ from what the policy key signed: a hand-edited ``domain.toml``
 (``guard = "Liberal"``, a longer certificate lifetime, another name) or ``acls`` file is
 never trusted. Every key of ``domain.toml`` is signed; none is left to the file alone.
+An earlier signed configuration put back with the files it signed is refused too when
+``policy_keys/config_serial`` records a higher serial (see
+:mod:`taonet.domain._signed_config`; a Linux host keeps its own record as well).
 Changing policy or certifying hosts needs the policy key, which :meth:`Domain.unlock`
 opens with the password; every change re-signs the configuration, and
 :meth:`Domain.resign` signs ``domain.toml`` as it stands after an intended edit by hand
@@ -41,11 +46,13 @@ from taonet.domain._programs import measure_file, policy_key_subprin, program_su
 from taonet.domain._signed_config import (
     MAX_SIGNED_CONFIG,
     SIGNED_CONFIG_FILE,
+    SerialRecord,
     SignedConfig,
     cert_digest,
     config_error,
     differences,
     read_signed_config,
+    rolled_back,
     write_signed_config,
 )
 
@@ -55,6 +62,8 @@ CONFIG_FILE: Final = "domain.toml"
 KEYS_FILE: Final = "policy_keys/keys"
 CERT_FILE: Final = "policy_keys/cert.der"
 ACL_FILE: Final = "acls"
+#: The policy key holder's record of the highest configuration serial (mode 0644).
+SERIAL_FILE: Final = "policy_keys/config_serial"
 _MAX_FILE: Final = 16 * 1024 * 1024
 
 
@@ -244,6 +253,10 @@ class Domain:
         self._policy_key_der = self.policy_anchor.public_key_der
         self.policy_verifier: Final = Verifier.from_der(self._policy_key_der)
         self.policy_principal: Final = auth.key_principal(self._policy_key_der)
+        key_hash = self.policy_principal.key_hash
+        if not isinstance(key_hash, auth.Bytes):
+            raise ConfigError(f"{path / CERT_FILE}: the policy key has no hash")
+        self._policy_key_hex = key_hash.value.hex()
         #: The serial of the configuration signature loaded or last written (0: none).
         self.config_serial = 0
 
@@ -313,8 +326,10 @@ class Domain:
         """Open a domain directory, checking everything against the policy key's signatures.
 
         ConfigError if the policy certificate is unusable, ``domain.sig`` is missing or
-        not the policy key's, or ``domain.toml``, the certificate or the guard's rules
-        differ from what it signed (the message names each field that differs).
+        not the policy key's, its serial is below the one ``policy_keys/config_serial``
+        records (an earlier configuration put back), or ``domain.toml``, the certificate
+        or the guard's rules differ from what it signed (the message names each field
+        that differs).
         """
         root = Path(path)
         domain = cls._open_unchecked(root, now_ns=now_ns)
@@ -332,6 +347,17 @@ class Domain:
             )
         except (AuthenticationError, CodecError) as exc:
             raise ConfigError(f"{source}: refused: {exc}") from None
+        record = root / SERIAL_FILE
+        highest = SerialRecord.highest(record, domain._policy_key_hex)
+        if signed.serial < highest:
+            raise rolled_back(
+                str(source),
+                signed.serial,
+                highest,
+                str(record),
+                "restore the current files, or check these and sign them again: "
+                f"taonet domain policy --domain {root} --resign",
+            )
         # The configuration and certificate first: no guard is built from an unsigned kind.
         problems = differences(signed, domain._statement(guard=signed.guard))
         if problems:
@@ -355,9 +381,12 @@ class Domain:
         For an operator who changed ``domain.toml`` by hand on purpose, or whose domain
         was made by a taonet that did not sign configurations. The ``acls`` file must
         still be signed by the policy key (an ACL domain without one gets an empty rule
-        set: nothing may execute). Returns the domain, loaded and checked, and what
+        set: nothing may execute). The new serial is above both the previous
+        signature's and the recorded highest one, so a configuration found rolled back
+        can be signed again on purpose. Returns the domain, loaded and checked, and what
         changed from the previous signature, one line per field (a single line saying
-        so when there was no valid previous signature).
+        so when there was no valid previous signature, and a line when the previous
+        signature was older than the recorded serial: the files had been rolled back).
         """
         root = Path(path)
         domain = cls._open_unchecked(root, now_ns=now_ns)
@@ -379,6 +408,13 @@ class Domain:
         if previous is not None:
             domain.config_serial = previous.serial
             changes = differences(previous, domain._statement())
+            highest = SerialRecord.highest(root / SERIAL_FILE, domain._policy_key_hex)
+            if previous.serial < highest:
+                changes.insert(
+                    0,
+                    f"the earlier signature (serial {previous.serial}) is older than serial "
+                    f"{highest} signed before: the domain's files had been rolled back",
+                )
         if isinstance(guard, ACLGuard) and not (root / ACL_FILE).exists():
             domain.save_guard(guard, signer)
         else:
@@ -413,20 +449,40 @@ class Domain:
         )
 
     def _sign_configuration(self, signer: Signer) -> None:
-        """Sign the in-memory configuration, certificate and guard; write domain.sig."""
+        """Sign the in-memory configuration, certificate and guard; write domain.sig.
+
+        The serial is one more than both this domain's and the recorded highest one;
+        the record follows domain.sig (never ahead of it, which would refuse it).
+        """
         if signer.public_key_der() != self._policy_key_der:
             raise ConfigError("only the policy key may sign this domain's configuration")
-        statement = self._statement()
+        record = self.path / SERIAL_FILE
+        previous = max(self.config_serial, SerialRecord.highest(record, self._policy_key_hex))
+        statement = attrs.evolve(self._statement(), serial=previous + 1)
         atomic_write(
             self.path / SIGNED_CONFIG_FILE, write_signed_config(statement, signer), mode=0o644
         )
         self.config_serial = statement.serial
+        self._record_serial()
+
+    def _record_serial(self) -> None:
+        """Raise ``policy_keys/config_serial`` to this domain's serial (never lower it)."""
+        SerialRecord.raise_to(
+            self.path / SERIAL_FILE, self._policy_key_hex, self.config_serial, mode=0o644
+        )
 
     def unlock(self, password: bytes) -> Signer:
-        """Open the policy key; ConfigError on a wrong password or a mismatched key."""
+        """Open the policy key; ConfigError on a wrong password or a mismatched key.
+
+        For a loaded domain, also records its serial in ``policy_keys/config_serial``
+        if that holds less (a domain made before serials were recorded gets its record
+        when the domain service starts or a policy command runs).
+        """
         keyset = load_keyset(self.path / KEYS_FILE, password)
         if keyset.signer.public_key_der() != self._policy_key_der:
             raise ConfigError("the policy keyset does not match the policy certificate")
+        if self.config_serial:
+            self._record_serial()
         return keyset.signer
 
     # -- names ------------------------------------------------------------------

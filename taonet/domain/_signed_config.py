@@ -10,7 +10,19 @@ nobody who can merely write to the domain directory can change it:
 * the guard's sub-principal: ``TrivialGuard("Liberal")``, ``TrivialGuard("Conservative")``
   or ``ACLGuard([sha256 of the rule set])``, which binds the ``acls`` file (itself signed)
   to this configuration, so an older signed rule set cannot be put back on its own;
-* a serial number, one more at each signature, for people and logs.
+* a serial number, higher at each signature than any before it.
+
+Every signature is correct forever, so the serial is what tells an old configuration
+from the current one: whoever can write the domain directory can put back an earlier
+``domain.sig`` together with the ``domain.toml`` and ``acls`` it signed (a retracted
+program authorized again, an ACL domain made Liberal again). Those who consume the
+domain remember the highest serial they have seen in a serial record (:class:`SerialRecord`,
+a small file they own) and refuse a lower one (:func:`rolled_back`):
+
+* the domain keeps one in ``policy_keys/config_serial``, next to the policy keyset
+  (written at each signature and when the policy key is unlocked);
+* a Linux host keeps one in its own host directory (``domain_serial``) and in memory
+  while it runs (see :mod:`taonet.hosts._linux_config`).
 
 The signed statement is canonical JSON (sorted keys, no spaces, ASCII); the signature
 is the policy key's over it under the context :data:`DOMAIN_CONFIG_CONTEXT`.
@@ -25,21 +37,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import tomllib
+from pathlib import Path
 from typing import Any, Final
 
 import attrs
 import tomli_w
 
 from taonet._errors import AuthenticationError, CodecError, ConfigError
+from taonet._files import atomic_write, read_file
 from taonet.crypto import Signer, Verifier
 
 __all__ = [
     "DOMAIN_CONFIG_CONTEXT",
     "SIGNED_CONFIG_FILE",
+    "SerialRecord",
     "SignedConfig",
     "differences",
     "read_signed_config",
+    "rolled_back",
     "write_signed_config",
 ]
 
@@ -52,6 +70,9 @@ FORMAT: Final = "taonet domain configuration v1"
 #: Largest ``domain.sig`` read (a statement is a few hundred bytes).
 MAX_SIGNED_CONFIG: Final = 64 * 1024
 _MAX_SERIAL: Final = 2**53
+#: Largest serial record read (one is about 250 bytes).
+MAX_SERIAL_RECORD: Final = 4096
+_KEY_HASH: Final = re.compile(r"^[0-9a-f]{64}$")
 
 _HEADER: Final = (
     b"# The policy key's signature over domain.toml, the policy certificate and the\n"
@@ -183,6 +204,81 @@ def differences(signed: SignedConfig, now: SignedConfig) -> list[str]:
     if signed.guard != now.guard:
         out.append(f"the guard is {now.guard} but the policy key signed {signed.guard}")
     return out
+
+
+@attrs.frozen
+class SerialRecord:
+    """The highest serial of a domain's signed configuration seen by its holder.
+
+    A small TOML file (``policy_key`` and ``serial``) in a directory that whoever can
+    write the domain directory cannot write (the policy key's, a host's). It names the
+    policy key it is about: a record for another key says nothing about this one.
+    """
+
+    #: Hex hash of the policy key, as in ``key([...])``.
+    policy_key: str
+    serial: int
+
+    def to_bytes(self) -> bytes:
+        return _RECORD_HEADER + tomli_w.dumps(
+            {"policy_key": self.policy_key, "serial": self.serial}
+        ).encode("ascii")
+
+    @classmethod
+    def read(cls, path: Path) -> SerialRecord | None:
+        """The record at ``path``; None if there is none; ConfigError if it is unreadable
+        or malformed (never taken for none: that would let a damaged file reset it)."""
+        try:
+            data = read_file(path, limit=MAX_SERIAL_RECORD)
+        except ConfigError:
+            if not os.path.lexists(path):
+                return None
+            raise
+        try:
+            doc = tomllib.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+            doc = {}
+        key, serial = doc.get("policy_key"), doc.get("serial")
+        if not (
+            set(doc) == {"policy_key", "serial"}
+            and isinstance(key, str)
+            and _KEY_HASH.match(key)
+            and isinstance(serial, int)
+            and not isinstance(serial, bool)
+            and 0 <= serial < _MAX_SERIAL
+        ):
+            raise ConfigError(
+                f"{path} is not a serial record (policy_key and serial); if it was damaged, "
+                "remove it: the current serial is then recorded again"
+            )
+        return cls(policy_key=key, serial=serial)
+
+    @classmethod
+    def highest(cls, path: Path, policy_key: str) -> int:
+        """The serial recorded at ``path`` for ``policy_key`` (0 if none)."""
+        record = cls.read(path)
+        return record.serial if record is not None and record.policy_key == policy_key else 0
+
+    @classmethod
+    def raise_to(cls, path: Path, policy_key: str, serial: int, *, mode: int) -> None:
+        """Record ``serial`` at ``path`` (atomically) unless it already holds as much."""
+        if cls.highest(path, policy_key) < serial:
+            atomic_write(path, cls(policy_key, serial).to_bytes(), mode=mode)
+
+
+_RECORD_HEADER: Final = (
+    b"# The highest serial of the domain's signed configuration (domain.sig) seen here:\n"
+    b"# a domain.sig with a lower serial is refused as rolled back. Written by taonet.\n"
+)
+
+
+def rolled_back(source: str, serial: int, highest: int, seen: str, remedy: str) -> ConfigError:
+    """The refusal of a configuration older than one seen before (``seen``: where)."""
+    return ConfigError(
+        f"{source}: refused: domain configuration rolled back: serial {serial} is older than "
+        f"{highest} seen before ({seen}): the domain's files were put back to an earlier "
+        f"signed state; {remedy}"
+    )
 
 
 def _show(value: str | int | None) -> str:

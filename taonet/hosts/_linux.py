@@ -336,6 +336,8 @@ class LinuxHost:
             name = host.name
         elif password is not None or policy_signer is not None:
             raise ConfigError("a stacked host's keys are sealed by its parent: no password")
+        if domain is not None:
+            config.record_domain_serial(path, domain)  # refuse older configurations from now
         atomic_write(path / CONFIG_FILE, config.to_toml(), mode=0o644)
         return name
 

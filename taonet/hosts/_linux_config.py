@@ -3,6 +3,7 @@
 A host directory holds::
 
     host.toml        this configuration (kind, domain and its pinned policy key, options)
+    domain_serial    the highest serial of the domain's signed configuration accepted
     keys             root host: its soft keyset, password-protected (mode 0600)
     host_cert.der    root host: the domain's certificate for its key
     keys.sealed      stacked host: its keyset, sealed by its parent Tao
@@ -19,12 +20,23 @@ A host that uses its domain's guard pins the domain's policy key in ``host.toml`
 domain's signed configuration, at start and at each program start
 (:meth:`LinuxHostConfig.load_domain`): whoever can write to the domain directory can
 neither edit what the policy key signed nor put another domain in its place.
+
+Nor can they put back an earlier configuration, however correctly signed (a retracted
+program authorized again, an ACL domain made Liberal again): the host keeps the highest
+serial of the signed configuration it has accepted in ``domain_serial`` (written by
+:meth:`LinuxHost.init`, raised at each start and program start, never lowered; not in
+``host.toml``, which is the operator's) and, while it runs, in memory, and refuses a
+domain with a lower serial. The host only knows serials it has seen; the domain's own
+record (``policy_keys/config_serial``) covers the rest as long as its ``policy_keys``
+directory is intact. To go back to an earlier configuration on purpose, remove
+``domain_serial`` and restart the host.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import threading
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -44,6 +56,7 @@ __all__ = [
     "CONFIG_FILE",
     "COUNTERS_FILE",
     "DEFAULT_HOST_DIR",
+    "DOMAIN_SERIAL_FILE",
     "HOST_KINDS",
     "LOCK_FILE",
     "LOG_FILE",
@@ -59,6 +72,8 @@ CONFIG_FILE: Final = "host.toml"
 SEALED_KEYS_FILE: Final = "keys.sealed"
 COUNTERS_FILE: Final = "counters.sealed"
 PROGRAM_ID_FILE: Final = "program_id"
+#: The highest serial of the domain's signed configuration this host has accepted.
+DOMAIN_SERIAL_FILE: Final = "domain_serial"
 PROGRAMS_DIR: Final = "programs"
 ADMIN_SOCKET: Final = "admin.sock"
 LOG_FILE: Final = "host.log"
@@ -107,9 +122,46 @@ def _policy_key_of(domain: Domain) -> str:
     return key_hash.value.hex()
 
 
+class _SeenSerial:
+    """The highest domain serial a host configuration has accepted: in memory, and in
+    the host directory's ``domain_serial`` when the configuration has a directory."""
+
+    def __init__(self) -> None:
+        # Program starts load the domain in worker threads, several at once.
+        self._lock = threading.Lock()
+        self._key = ""
+        self._serial = 0
+
+    def accept(self, domain: Domain, policy_key: str, directory: Path | None) -> None:
+        """Refuse ``domain`` if its serial is below the highest seen; else record it."""
+        from taonet.domain._signed_config import SIGNED_CONFIG_FILE, SerialRecord, rolled_back
+
+        with self._lock:
+            highest = self._serial if self._key == policy_key else 0
+            seen = "by this host while it runs"
+            record = None if directory is None else directory / DOMAIN_SERIAL_FILE
+            if record is not None:
+                recorded = SerialRecord.highest(record, policy_key)
+                if recorded >= highest:
+                    highest, seen = recorded, f"this host's record {record}"
+            serial = domain.config_serial
+            if serial < highest:
+                remedy = (
+                    f"if it was put back on purpose, remove {record} and restart the host"
+                    if record is not None
+                    else "if it was put back on purpose, restart the host"
+                )
+                raise rolled_back(
+                    str(domain.path / SIGNED_CONFIG_FILE), serial, highest, seen, remedy
+                )
+            if record is not None:
+                SerialRecord.raise_to(record, policy_key, serial, mode=0o600)
+            self._key, self._serial = policy_key, serial
+
+
 @attrs.frozen
 class LinuxHostConfig:
-    """What ``host.toml`` says (see the module docstring)."""
+    """What ``host.toml`` says (see the module docstring), and where it was read from."""
 
     #: "root" (soft keys, certified by the domain) or "stacked" (keys sealed by a parent).
     kind: str = attrs.field(validator=_one_of(HOST_KINDS))
@@ -136,6 +188,11 @@ class LinuxHostConfig:
     program_path: str | None = None
     #: Seconds programs get after SIGTERM at shutdown before SIGKILL.
     grace_period: float = attrs.field(default=5.0, validator=_grace)
+    #: The host directory this configuration was read from (:meth:`load`; not a key of
+    #: ``host.toml``): :meth:`load_domain` keeps the highest domain serial there.
+    directory: Path | None = attrs.field(default=None, eq=False, repr=False, kw_only=True)
+    #: The highest domain serial accepted through this configuration object.
+    _seen: _SeenSerial = attrs.field(factory=_SeenSerial, init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         for name in self.pass_environment:
@@ -154,8 +211,10 @@ class LinuxHostConfig:
         """Load the domain (checked against its signed configuration) and pin its key.
 
         Returns this configuration with ``policy_key`` set, and the domain (None
-        without one). ConfigError if the domain is refused, or is not the one an
-        existing ``policy_key`` names.
+        without one); the returned configuration refuses, in :meth:`load_domain`, a
+        domain whose serial is below this one's (:meth:`record_domain_serial` writes
+        it to a host directory). ConfigError if the domain is refused, or is not the
+        one an existing ``policy_key`` names.
         """
         from taonet.domain import Domain
 
@@ -165,15 +224,31 @@ class LinuxHostConfig:
         found = _policy_key_of(domain)
         if self.policy_key is not None and self.policy_key != found:
             raise _other_domain(self.domain, self.policy_key, found)
-        return attrs.evolve(self, policy_key=found), domain
+        pinned = attrs.evolve(self, policy_key=found)
+        pinned._seen.accept(domain, found, None)
+        return pinned, domain
+
+    def record_domain_serial(self, directory: Path, domain: Domain) -> None:
+        """Record ``domain``'s serial in ``directory`` as the lowest this host accepts.
+
+        For :meth:`LinuxHost.init`, with the domain :meth:`pin_domain` returned.
+        ConfigError if the directory already records a higher one for its key.
+        """
+        if self.policy_key is None:
+            raise ConfigError("pin the domain's policy key first (pin_domain)")
+        self._seen.accept(domain, self.policy_key, directory)
 
     def load_domain(self) -> Domain:
         """Load this host's domain for its guard, refusing anything but the pinned one.
 
         ``Domain.load`` refuses a domain whose files differ from what its policy key
         signed; this also refuses a whole other domain put in its place (another
-        policy key) and a host configuration that pins no key (made by an earlier
-        taonet: the message says which line to add, after checking the domain).
+        policy key), a host configuration that pins no key (made by an earlier
+        taonet: the message says which line to add, after checking the domain), and
+        a domain whose signed configuration has a lower serial than one accepted
+        before (in this host's ``domain_serial``, which it then raises, or by this
+        object). A host directory without ``domain_serial`` (made by an earlier
+        taonet) records the serial it finds.
         """
         from taonet.domain import Domain
 
@@ -189,6 +264,7 @@ class LinuxHostConfig:
             )
         if self.policy_key != found:
             raise _other_domain(self.domain, self.policy_key, found)
+        self._seen.accept(domain, found, self.directory)
         return domain
 
     def to_toml(self) -> bytes:
@@ -252,7 +328,8 @@ class LinuxHostConfig:
         path = directory / CONFIG_FILE
         if not path.exists():
             raise ConfigError(f"{directory} is not a Linux host directory (no {CONFIG_FILE})")
-        return cls.from_toml(read_file(path, limit=_MAX_FILE), source=str(path))
+        config = cls.from_toml(read_file(path, limit=_MAX_FILE), source=str(path))
+        return attrs.evolve(config, directory=Path(directory))
 
 
 def _other_domain(path: str, pinned: str, found: str) -> ConfigError:

@@ -1,8 +1,9 @@
 """`taonet domain policy` and `domain-service` on a domain whose domain.toml was edited.
 
 The attack: someone who can write to the domain directory sets ``guard = "Liberal"``
-in ``domain.toml``. The CLI must refuse the domain (one line, exit 2) instead of
-reporting the Liberal guard as chosen, the domain service must not start, and only
+in ``domain.toml``, or puts back an earlier ``acls`` and ``domain.sig`` the policy key
+signed (a retracted rule in force again). The CLI must refuse the domain (one line,
+exit 2) instead of reporting it as chosen, the domain service must not start, and only
 the policy key (``--resign`` with its password) can accept the edit.
 """
 
@@ -181,3 +182,83 @@ async def test_the_domain_service_does_not_start_for_a_hand_edited_domain(
     err = result.stderr.decode()
     assert "Traceback" not in err
     assert "domain.guard is 'Liberal' but the policy key signed 'ACL'" in err
+
+
+RULE = 'Authorized(key([0a0b]), "Read")'
+
+
+def allowed_then_retracted(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> tuple[str, str]:
+    """A domain whose operator allowed RULE (serial 2), then retracted it (serial 3), and
+    whose acls and domain.sig of serial 2 an attacker has put back."""
+    d, pw = init_domain(capsys, tmp_path)
+    policy = ("domain", "policy", "--domain", d, "--password-file", pw)
+    assert run(capsys, *policy, "--allow", RULE)[0] == 0
+    allowed = {n: (Path(d) / n).read_bytes() for n in ("acls", "domain.sig")}
+    assert run(capsys, *policy, "--retract", RULE)[0] == 0
+    for name, data in allowed.items():
+        (Path(d) / name).write_bytes(data)
+    return d, pw
+
+
+async def test_show_refuses_a_rolled_back_domain_in_a_real_process(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    d, _ = allowed_then_retracted(capsys, tmp_path)
+    with trio.fail_after(60):
+        result = await trio.run_process(
+            [sys.executable, "-m", "taonet", "domain", "policy", "--domain", d, "--show"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert result.stdout == b""
+    err = result.stderr.decode()
+    assert err.startswith("taonet: error: ")
+    assert err.count("\n") == 1
+    assert "domain configuration rolled back: serial 2 is older than 3 seen before" in err
+    assert f"taonet domain policy --domain {d} --resign" in err
+
+
+async def test_the_domain_service_does_not_start_for_a_rolled_back_domain(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    d, pw = allowed_then_retracted(capsys, tmp_path)
+    with trio.fail_after(60):
+        result = await trio.run_process(
+            [
+                sys.executable,
+                "-m",
+                "taonet",
+                "domain-service",
+                "--domain",
+                d,
+                "--listen",
+                "127.0.0.1:0",
+                "--password-file",
+                pw,
+            ],
+            stdout=subprocess.DEVNULL,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode != 0
+    err = result.stderr.decode()
+    assert "Traceback" not in err
+    assert "rolled back: serial 2 is older than 3" in err
+
+
+def test_resign_after_a_rollback_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    d, pw = allowed_then_retracted(capsys, tmp_path)
+    code, out, err = run(
+        capsys, "domain", "policy", "--domain", d, "--resign", "--password-file", pw
+    )
+    assert (code, err) == (0, ""), err
+    assert out.splitlines() == [
+        f"signed the configuration of {d} (serial 4)",
+        "  the earlier signature (serial 2) is older than serial 3 signed before: the "
+        "domain's files had been rolled back",
+    ]
+    assert Domain.load(d).config_serial == 4

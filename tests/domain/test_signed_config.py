@@ -249,6 +249,10 @@ def test_an_older_signed_configuration_is_refused(make_domain) -> None:  # type:
     assert isinstance(domain.guard, ACLGuard)
     domain.save_guard(domain.guard.with_rule(domain.program_rule(BAD)), domain.unlock(PASSWORD))
     (domain.path / "domain.sig").write_bytes(older)
+    with pytest.raises(ConfigError, match="rolled back: serial 2 is older than 3"):
+        Domain.load(domain.path)
+    # Without the serial record, the rules it did not sign still give it away.
+    (domain.path / "policy_keys/config_serial").unlink()
     with pytest.raises(ConfigError, match="acls: refused"):
         Domain.load(domain.path)
 
@@ -359,3 +363,118 @@ def test_resign_cannot_adopt_another_policy_certificate(make_domain) -> None:  #
     shutil.copyfile(theirs.path / "policy_keys/cert.der", ours.path / "policy_keys/cert.der")
     with pytest.raises(ConfigError, match="does not match the policy certificate"):
         Domain.resign(ours.path, PASSWORD)
+
+
+# -- rollback: an earlier signed configuration put back with the files it signed ----------
+
+
+def snapshot(domain: Domain, *names: str) -> dict[str, bytes]:
+    """What someone who can read the domain directory keeps for later."""
+    return {name: (domain.path / name).read_bytes() for name in names}
+
+
+def put_back(domain: Domain, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        (domain.path / name).write_bytes(data)
+
+
+def test_rules_and_domain_sig_rolled_back_together_are_refused(make_domain) -> None:  # type: ignore[no-untyped-def]
+    domain = acl_domain(make_domain)
+    signer = domain.unlock(PASSWORD)
+    assert isinstance(domain.guard, ACLGuard)
+    domain.save_guard(domain.guard.with_rule(domain.program_rule(BAD)), signer)
+    allowed_bad = snapshot(domain, "acls", "domain.sig")
+    domain.save_guard(domain.guard.without_rule(domain.program_rule(BAD)), signer)
+    bad = domain.program_name(
+        BAD, host=auth.Prin("key", auth.Bytes(b"\x01" * 32), auth.SubPrin(()))
+    )
+    with pytest.raises(AuthorizationError):
+        Domain.load(domain.path).guard.check(bad, "Execute")
+    put_back(domain, allowed_bad)  # every byte signed by the policy key, once
+    with pytest.raises(ConfigError, match=r"rolled back: serial 3 is older than 4 seen before"):
+        Domain.load(domain.path)
+    with pytest.raises(ConfigError, match="rolled back"):
+        DomainService.open(domain.path, PASSWORD)
+
+
+def test_a_guard_kind_rolled_back_to_liberal_is_refused(make_domain) -> None:  # type: ignore[no-untyped-def]
+    from taonet.hosts import LinuxHostConfig
+
+    domain = make_domain(guard="Liberal")
+    liberal = snapshot(domain, "domain.toml", "domain.sig")
+    edit(domain, 'guard = "Liberal"', 'guard = "ACL"')
+    assert Domain.resign(domain.path, PASSWORD)[0].guard == ACLGuard()
+    put_back(domain, liberal)
+    with pytest.raises(
+        ConfigError, match=r"domain\.sig: refused: domain configuration rolled back"
+    ):
+        Domain.load(domain.path)
+    with pytest.raises(ConfigError, match="serial 1 is older than 2"):
+        LinuxHostConfig(kind="root", domain=str(domain.path)).pin_domain()
+
+
+def test_resign_after_a_rollback_says_so_and_signs_above_the_record(make_domain) -> None:  # type: ignore[no-untyped-def]
+    domain = make_domain(guard="Liberal")
+    liberal = snapshot(domain, "domain.toml", "domain.sig")
+    edit(domain, 'guard = "Liberal"', 'guard = "ACL"')
+    Domain.resign(domain.path, PASSWORD)
+    Domain.resign(domain.path, PASSWORD)
+    put_back(domain, liberal)
+    resigned, changes = Domain.resign(domain.path, PASSWORD)
+    assert changes == [
+        "the earlier signature (serial 1) is older than serial 3 signed before: the "
+        "domain's files had been rolled back"
+    ]
+    assert resigned.config_serial == 4
+    assert isinstance(Domain.load(domain.path).guard, LiberalGuard)
+
+
+def test_unlock_records_the_serial_of_a_domain_made_before_records(make_domain) -> None:  # type: ignore[no-untyped-def]
+    domain = acl_domain(make_domain)
+    older = snapshot(domain, "acls", "domain.sig")
+    assert isinstance(domain.guard, ACLGuard)
+    domain.save_guard(domain.guard.with_rule(domain.program_rule(BAD)), domain.unlock(PASSWORD))
+    record = domain.path / "policy_keys/config_serial"
+    record.unlink()  # as a domain made by an earlier taonet
+    assert Domain.load(domain.path).config_serial == 3
+    DomainService.open(domain.path, PASSWORD)  # unlocks the policy key: records serial 3
+    put_back(domain, older)
+    with pytest.raises(ConfigError, match="serial 2 is older than 3"):
+        Domain.load(domain.path)
+
+
+def test_the_serial_record_never_goes_down(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from taonet.domain._signed_config import SerialRecord
+
+    path, key, other = tmp_path / "record", "ab" * 32, "cd" * 32
+    assert SerialRecord.read(path) is None
+    assert SerialRecord.highest(path, key) == 0
+    SerialRecord.raise_to(path, key, 5, mode=0o600)
+    SerialRecord.raise_to(path, key, 4, mode=0o600)
+    assert SerialRecord.read(path) == SerialRecord(key, 5)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert SerialRecord.highest(path, other) == 0  # about another key: says nothing
+    SerialRecord.raise_to(path, other, 1, mode=0o600)
+    assert SerialRecord.read(path) == SerialRecord(other, 1)
+
+
+@pytest.mark.parametrize(
+    "contents",
+    [
+        b"",
+        b"\xff\xfe",
+        b"serial = 5\n",
+        b'policy_key = "' + b"ab" * 32 + b'"\nserial = -1\n',
+        b'policy_key = "' + b"ab" * 32 + b'"\nserial = true\n',
+        b'policy_key = "' + b"AB" * 32 + b'"\nserial = 5\n',
+        b'policy_key = "' + b"ab" * 32 + b'"\nserial = 5\nextra = 1\n',
+        b"x" * 5000,
+    ],
+)
+def test_a_damaged_serial_record_is_refused_not_taken_for_none(  # type: ignore[no-untyped-def]
+    make_domain, contents: bytes
+) -> None:
+    domain = acl_domain(make_domain)
+    (domain.path / "policy_keys/config_serial").write_bytes(contents)
+    with pytest.raises(ConfigError, match=r"config_serial (is not a serial record|is \d+ bytes)"):
+        Domain.load(domain.path)

@@ -2,9 +2,10 @@
 
 Real root Linux hosts with real child processes and a real admin socket. The attacker
 can write to the domain directory (not to the host's private directory) and edits
-``domain.toml`` or puts a whole other domain in its place; the host must refuse to
-start, and a running host must refuse to start programs, instead of running what the
-policy never authorized.
+``domain.toml``, puts a whole other domain in its place, or puts back an earlier
+configuration the policy key signed (with the files it signed, and past the domain's
+own serial record); the host must refuse to start, and a running host must refuse to
+start programs, instead of running what the policy never authorized or no longer does.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import pytest
 import trio
 
 from taonet import AuthorizationError, ConfigError
-from taonet.domain import ACLGuard, Domain
-from taonet.hosts import AdminClient, LinuxHost, LinuxHostConfig
+from taonet.domain import ACLGuard, Domain, LiberalGuard
+from taonet.hosts import AdminClient, LinuxHost, LinuxHostConfig, default_host_dir
 from tests.conftest import PASSWORD
 from tests.hosts.linux_helpers import (
     TIMEOUT,
@@ -177,3 +178,161 @@ def test_policy_key_in_host_toml_is_checked() -> None:
             )
     with pytest.raises(ConfigError, match="wrong type"):
         LinuxHostConfig.from_toml(b'[host]\nkind = "root"\ndomain = "/d"\npolicy_key = 1\n')
+
+
+# -- rollback: an earlier signed configuration put back with the files it signed ----------
+
+
+def snapshot(domain: Domain, *names: str) -> dict[str, bytes]:
+    """What someone who can read the domain directory keeps for later."""
+    return {name: (domain.path / name).read_bytes() for name in names}
+
+
+def put_back(domain: Domain, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        (domain.path / name).write_bytes(data)
+
+
+def replace_policy_keys(domain: Domain) -> None:
+    """Get past the domain's own serial record with write access to the domain
+    directory alone: move ``policy_keys`` aside (its keyset and record stay unreadable)
+    and put a new one holding only the public policy certificate."""
+    cert = (domain.path / "policy_keys/cert.der").read_bytes()
+    (domain.path / "policy_keys").rename(domain.path / "policy_keys.moved")
+    (domain.path / "policy_keys").mkdir()
+    (domain.path / "policy_keys/cert.der").write_bytes(cert)
+
+
+async def test_running_host_refuses_a_domain_rolled_back_to_authorize_a_retracted_program(
+    tmp_path: Path,
+    make_domain,  # type: ignore[no-untyped-def]
+    nursery: trio.Nursery,
+) -> None:
+    program = write_probe(tmp_path, "program")
+    domain = make_domain()
+    init_root(tmp_path / "host", domain=domain)
+    signer = domain.unlock(PASSWORD)
+    rule = domain.program_rule(digest(program))
+    with trio.fail_after(TIMEOUT):
+        host = await open_root(nursery, tmp_path / "host")
+        assert isinstance(domain.guard, ACLGuard)
+        domain.save_guard(domain.guard.with_rule(rule), signer)  # serial 2
+        assert (await run_probe(host, program, ["name"]))[0] == 0
+        allowed = snapshot(domain, "acls", "domain.sig")
+        domain.save_guard(domain.guard.without_rule(rule), signer)  # serial 3: retracted
+        await start_refused(host, program, AuthorizationError, "Execute")
+        put_back(domain, allowed)
+        replace_policy_keys(domain)
+        # Every byte was signed by the policy key, and the domain alone accepts it now.
+        name = domain.program_name(digest(program), host=host.name)
+        Domain.load(domain.path).guard.check(name, "Execute")
+        await start_refused(
+            host, program, ConfigError, "rolled back: serial 2 is older than 3 seen before"
+        )
+        await host.stop()
+        with pytest.raises(ConfigError, match=r"serial 2 is older than 3 seen before \(this host"):
+            await LinuxHost.open(tmp_path / "host", password=PASSWORD)
+
+
+async def test_host_init_pins_the_serial_against_a_rollback_to_liberal(
+    tmp_path: Path,
+    make_domain,  # type: ignore[no-untyped-def]
+    nursery: trio.Nursery,
+) -> None:
+    program = write_probe(tmp_path, "program")
+    domain = make_domain(guard="Liberal")
+    liberal = snapshot(domain, "domain.toml", "domain.sig")  # serial 1
+    set_guard(domain, "Liberal", "ACL")
+    Domain.resign(domain.path, PASSWORD)  # serial 2: nothing may execute
+    init_root(tmp_path / "host", domain=domain)  # never started before the attack
+    put_back(domain, liberal)
+    replace_policy_keys(domain)
+    assert isinstance(Domain.load(domain.path).guard, LiberalGuard)
+    record = tmp_path / "host" / "domain_serial"
+    with trio.fail_after(TIMEOUT):
+        with pytest.raises(ConfigError, match="rolled back: serial 1 is older than 2") as info:
+            await LinuxHost.open(tmp_path / "host", password=PASSWORD)
+        assert f"remove {record} and restart the host" in str(info.value)
+        # Going back on purpose is the host owner's decision: remove the record.
+        record.unlink()
+        host = await open_root(nursery, tmp_path / "host")
+        assert (await run_probe(host, program, ["name"]))[0] == 0
+        await host.stop()
+    assert "serial = 1\n" in record.read_text()
+
+
+async def test_running_host_remembers_the_serial_when_its_directory_is_swapped(
+    tmp_path: Path,
+    make_domain,  # type: ignore[no-untyped-def]
+    nursery: trio.Nursery,
+) -> None:
+    program = write_probe(tmp_path, "program")
+    domain = make_domain()
+    directory = default_host_dir(domain.path)  # inside the domain directory
+    init_root(directory, domain=domain)
+    signer = domain.unlock(PASSWORD)
+    rule = domain.program_rule(digest(program))
+    assert isinstance(domain.guard, ACLGuard)
+    domain.save_guard(domain.guard.with_rule(rule), signer)
+    allowed = snapshot(domain, "acls", "domain.sig")
+    domain.save_guard(domain.guard.without_rule(rule), signer)
+    with trio.fail_after(TIMEOUT):
+        host = await open_root(nursery, directory)  # sees serial 3
+        put_back(domain, allowed)
+        replace_policy_keys(domain)
+        # Write access to the domain directory also lets one move the host's aside.
+        directory.rename(domain.path / "moved")
+        directory.mkdir(mode=0o700)
+        async with AdminClient.connect(domain.path / "moved" / "admin.sock") as admin:
+            with pytest.raises(ConfigError, match=r"serial 2 is older than 3 .*while it runs"):
+                await admin.start(str(program), ["name"], cwd=str(program.parent))
+            assert await admin.list() == []
+        await host.stop()
+
+
+async def test_a_damaged_host_record_refuses_the_domain(
+    tmp_path: Path,
+    make_domain,  # type: ignore[no-untyped-def]
+) -> None:
+    domain = make_domain()
+    init_root(tmp_path / "host", domain=domain)
+    (tmp_path / "host" / "domain_serial").write_bytes(b"serial = 0\n")
+    with trio.fail_after(TIMEOUT), pytest.raises(ConfigError, match="not a serial record"):
+        await LinuxHost.open(tmp_path / "host", password=PASSWORD)
+
+
+async def test_a_host_made_before_serial_records_gets_one_at_start(
+    tmp_path: Path,
+    make_domain,  # type: ignore[no-untyped-def]
+    nursery: trio.Nursery,
+) -> None:
+    domain = make_domain()
+    older = snapshot(domain, "acls", "domain.sig")
+    assert isinstance(domain.guard, ACLGuard)
+    domain.save_guard(
+        domain.guard.with_rule(domain.program_rule(b"\x01" * 32)), domain.unlock(PASSWORD)
+    )
+    init_root(tmp_path / "host", domain=domain)
+    record = tmp_path / "host" / "domain_serial"
+    assert record.stat().st_mode & 0o777 == 0o600
+    record.unlink()
+    with trio.fail_after(TIMEOUT):
+        host = await open_root(nursery, tmp_path / "host")
+        await host.stop()
+    assert f'policy_key = "{policy_key(domain)}"\nserial = 2\n' in record.read_text()
+    put_back(domain, older)
+    replace_policy_keys(domain)
+    with trio.fail_after(TIMEOUT), pytest.raises(ConfigError, match="serial 1 is older than 2"):
+        await LinuxHost.open(tmp_path / "host", password=PASSWORD)
+
+
+def test_a_pinned_configuration_refuses_a_rollback_without_a_directory(make_domain) -> None:  # type: ignore[no-untyped-def]
+    domain = make_domain(guard="Liberal")
+    liberal = snapshot(domain, "domain.toml", "domain.sig")
+    set_guard(domain, "Liberal", "ACL")
+    Domain.resign(domain.path, PASSWORD)
+    config, _ = LinuxHostConfig(kind="root", domain=str(domain.path)).pin_domain()
+    put_back(domain, liberal)
+    replace_policy_keys(domain)
+    with pytest.raises(ConfigError, match=r"serial 1 is older than 2 .*while it runs"):
+        config.load_domain()
