@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from taonet._errors import ConfigError, HostError
+from taonet import ConfigError, HostError
 from taonet.cli._domain_cmd import add_domain_option
 from taonet.cli._host_start import (
     START_TIMEOUT,
@@ -35,6 +35,7 @@ from taonet.cli._host_start import (
 from taonet.cli._password import add_password_option, get_password
 from taonet.hosts._linux_config import (
     ADMIN_SOCKET,
+    LOCK_FILE,
     LinuxHostConfig,
     default_host_dir,
 )
@@ -225,32 +226,67 @@ def _admin(args: argparse.Namespace, action: Any) -> Any:
 
 
 def _stop(args: argparse.Namespace) -> int:
+    """Ask the host to shut down; return once it has let go of its directory.
+
+    The host answers once its programs are stopped, and lets go of ``host.lock`` as
+    it exits: waiting for that lock (a blocking ``flock`` in a thread, not polling)
+    means a ``taonet host start`` right after this finds the directory free. If the
+    host closes before its answer is out, the released lock still tells that it
+    stopped.
+    """
     import trio
 
     from taonet.hosts import AdminClient
 
-    path = host_dir(args) / ADMIN_SOCKET
+    directory = host_dir(args)
+    refused: HostError | None = None
 
-    async def shutdown() -> None:
-        async with AdminClient.connect(path) as admin:
+    async def shutdown() -> bool | None:
+        nonlocal refused
+        async with AdminClient.connect(directory / ADMIN_SOCKET) as admin:
             try:
                 await admin.shutdown()
-            except HostError:
-                # The host may close before its answer is out: it stopped if nobody
-                # answers any more.
-                with trio.move_on_after(START_TIMEOUT):
-                    while True:
-                        try:
-                            async with AdminClient.connect(path) as probe:
-                                await probe.host_name()
-                        except HostError:
-                            return
-                        await trio.sleep(0.05)
-                raise
+            except HostError as exc:
+                refused = exc
+        with trio.move_on_after(START_TIMEOUT):
+            return await _released(directory / LOCK_FILE)
+        return False
 
-    trio.run(shutdown)
+    released = trio.run(shutdown)
+    if refused is not None and not released:
+        raise refused
+    if released is False:
+        raise HostError(
+            f"the host said it stopped, but still holds {directory / LOCK_FILE} "
+            f"after {START_TIMEOUT:g} s"
+        )
     print("Linux host stopped")
     return 0
+
+
+async def _released(lock: Path) -> bool | None:
+    """Wait until no process holds ``lock`` (True); None if it cannot be checked.
+
+    A host holds an exclusive ``flock`` on its ``host.lock`` while it runs; a shared
+    lock is granted once that is gone, and is given up at once.
+    """
+    import fcntl
+
+    import trio
+
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return True  # no host ever served this directory
+    except OSError:
+        return None  # not ours to read (another user's host): trust its answer
+    try:
+        # On cancellation the thread is abandoned still waiting; the lock it may
+        # get later dies with the open file, which its pending call alone keeps.
+        await trio.to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_SH, abandon_on_cancel=True)
+    finally:
+        os.close(fd)
+    return True
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -7,14 +7,18 @@ was already there. Now it refuses in one line, and the first host is untouched.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import attrs
 import pytest
 import trio
+import trio.testing
 
 from tests.cli.cli_helpers import (
     Result,
@@ -124,3 +128,69 @@ async def test_list_into_a_closed_pipe_is_quiet(running_host: RunningHost) -> No
     finally:
         os.close(write_end)
     assert (result.returncode, result.stderr) == (141, ""), result
+
+
+def lock_is_free(host_dir: Path) -> bool:
+    """Nobody holds ``host.lock`` (a running host holds it exclusively)."""
+    fd = os.open(host_dir / "host.lock", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+async def test_stop_returns_only_once_the_host_let_go_of_its_directory(
+    running_host: RunningHost,
+) -> None:
+    """``taonet host stop`` used to return as soon as the host answered, while the host
+    still held ``host.lock``: a script that stopped and at once restarted a host could be
+    told that one was "already running". Now stop waits for the lock itself."""
+    pw = str(running_host.base / "pw")
+    for _ in range(2):
+        assert not lock_is_free(running_host.host_dir)
+        assert "Linux host stopped" in ok(await run(isolated("host", "stop"), env=running_host.env))
+        assert lock_is_free(running_host.host_dir)
+        started(await run(isolated("host", "start", "--password-file", pw), env=running_host.env))
+
+
+_HOLD_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+async def test_stop_waits_for_the_lock_holder_to_let_go(tmp_path: Path) -> None:
+    """What ``host stop`` waits on is the lock itself (a blocking flock), not a timer:
+    it returns exactly when the process holding ``host.lock`` lets go of it."""
+    from taonet.cli._host_cmd import _released
+
+    lock = tmp_path / "host.lock"
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            holder = await trio.lowlevel.open_process(
+                [sys.executable, "-c", _HOLD_LOCK, str(lock)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            assert holder.stdout is not None
+            assert holder.stdin is not None
+            assert (await holder.stdout.receive_some()).startswith(b"locked")
+            done = trio.Event()
+
+            async def wait() -> None:
+                assert await _released(lock) is True
+                done.set()
+
+            nursery.start_soon(wait)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not done.is_set()  # still held: still waiting
+            await holder.stdin.aclose()  # the holder exits, and its lock goes with it
+            await done.wait()
+            await holder.wait()
+    assert await _released(tmp_path / "no-such-lock") is True
