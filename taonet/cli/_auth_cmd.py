@@ -7,8 +7,7 @@ import base64
 import binascii
 from typing import Any
 
-from taonet import auth
-from taonet._errors import CodecError
+from taonet import CodecError, auth
 
 
 def register(sub: Any) -> None:

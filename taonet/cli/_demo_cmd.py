@@ -10,10 +10,11 @@ child processes of a Linux host (``taonet_examples.simpleexample.hosted``).
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
-from taonet._errors import ConfigError
+from taonet import ConfigError, configure_logging
 
 
 def register(sub: Any) -> None:
@@ -38,9 +39,9 @@ def register(sub: Any) -> None:
 def _demo(args: argparse.Namespace) -> int:
     import trio
 
-    from taonet.cli._logging import configure_logging
-
-    configure_logging("warning")
+    # The demo's own lines tell the story: log events only from warning up, unless
+    # TAONET_LOG asks for more.
+    configure_logging(level=None if os.environ.get("TAONET_LOG") else "warning")
     directory: Path = args.dir or Path(".taonet-demo-hosted" if args.hosted else ".taonet-demo")
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -11,15 +11,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from taonet import auth, certs
-from taonet._errors import CodecError, ConfigError
-from taonet._files import atomic_write
+from taonet import CodecError, ConfigError, auth, certs
 from taonet.cli._password import add_password_option, get_password
 from taonet.crypto import Signer
 from taonet.domain import ACLGuard, Domain, DomainTemplate, measure_file
+from taonet.files import atomic_write
 
 if TYPE_CHECKING:
-    from taonet_services.domain_service._audit import AuditLog
+    from taonet_services.domain_service import AuditLog
 
 #: The revocation list ``taonet domain revoke|crl`` writes into the domain directory.
 CRL_FILE: Final = "crl.der"
@@ -212,7 +211,7 @@ def _principal(args: argparse.Namespace) -> int:
 
 def _open_audit(domain_dir: Path) -> AuditLog | None:
     """The domain's audit log, or None if the domain service never created one."""
-    from taonet_services.domain_service._audit import AuditLog
+    from taonet_services.domain_service import AuditLog
 
     path = audit_path(domain_dir)
     if not path.exists():
@@ -221,7 +220,7 @@ def _open_audit(domain_dir: Path) -> AuditLog | None:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from taonet_services.domain_service._audit import format_events
+    from taonet_services.domain_service import format_events
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be a positive number of events")

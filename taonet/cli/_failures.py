@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from taonet._errors import TaoError
+from taonet import TaoError
 
 __all__ = ["describe", "leaves"]
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
-from taonet._errors import ConfigError, HostError
+from taonet import ConfigError, HostError
 from taonet.cli._password import get_password
 from taonet.cli._reexec import child_environment, taonet_argv
 from taonet.hosts._linux_config import ADMIN_SOCKET, LOG_FILE, LinuxHostConfig
@@ -109,7 +109,7 @@ def _report_ready(fd: int | None, name: str) -> None:
 
 def start_foreground(args: argparse.Namespace, directory: Path, config: LinuxHostConfig) -> int:
     """``host start --foreground``: serve in this process (the host holds ``host.lock``)."""
-    from taonet.cli._logging import configure_logging
+    from taonet import configure_logging
 
     configure_logging()
     report_fd: int | None = args.ready_fd

@@ -16,8 +16,7 @@ import select
 import sys
 from collections.abc import Sequence
 
-from taonet import __version__
-from taonet._errors import TaoError
+from taonet import TaoError, __version__
 from taonet.cli import _auth_cmd, _demo_cmd, _domain_cmd, _host_cmd, _service_cmd
 from taonet.cli._failures import describe, leaves
 

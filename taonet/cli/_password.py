@@ -7,8 +7,8 @@ import getpass
 import sys
 from pathlib import Path
 
-from taonet._errors import ConfigError
-from taonet._files import read_file
+from taonet import ConfigError
+from taonet.files import read_file
 
 
 def add_password_option(parser: argparse.ArgumentParser) -> None:

@@ -10,10 +10,9 @@ import argparse
 import signal
 from typing import Any
 
-from taonet._errors import ConfigError
+from taonet import ConfigError, configure_logging
 from taonet.cli._domain_cmd import add_domain_option, domain_dir
 from taonet.cli._failures import describe, leaves
-from taonet.cli._logging import configure_logging
 from taonet.cli._password import add_password_option, get_password
 
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import trio
 
+from taonet import configure_logging
 from taonet.channel import ChannelIdentity, TaoStream, serve_channels
-from taonet.cli._logging import configure_logging
 from taonet.crypto import Signer
 
 
@@ -48,7 +48,7 @@ def main() -> None:
     if given.get("nofile") is not None:
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (int(given["nofile"]), hard))
-    configure_logging("info")
+    configure_logging(level="info")
     identity = ChannelIdentity(
         bytes.fromhex(given["policy"]),
         signer=Signer.from_pkcs8_der(bytes.fromhex(given["key"])),

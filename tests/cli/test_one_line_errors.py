@@ -271,3 +271,23 @@ async def test_add_program_refuses_what_is_not_a_regular_file(
     assert ok(await run(isolated("domain", "policy", "--show"), env=env)) == rules_before
     result = await run(isolated("domain", "principal", "--program", str(program)), env=env)
     one_line_error(result, "not a regular file")
+
+
+# -- logging settings -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("TAONET_LOG", "loud"), ("TAONET_LOG_FORMAT", "xml")]
+)
+async def test_an_unknown_log_setting_is_one_line(
+    domain: Path, tmp_path: Path, variable: str, value: str
+) -> None:
+    """A misspelt ``TAONET_LOG`` used to be taken silently as "info"."""
+    env = clean_env(**{variable: value})
+    for argv in (
+        isolated("demo", "--dir", str(tmp_path / "demo")),
+        service_argv(domain, "127.0.0.1:0"),
+    ):
+        result = await run(argv, env=env)
+        one_line_error(result, variable, repr(value))
+        assert result.stdout == ""

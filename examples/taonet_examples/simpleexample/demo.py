@@ -22,9 +22,9 @@ from pathlib import Path
 import trio
 
 from taonet import auth
-from taonet._files import atomic_write
 from taonet.crypto import KdfParams
 from taonet.domain import Domain, DomainTemplate, measure_file, program_subprin
+from taonet.files import atomic_write
 from taonet.hosts import SoftHost
 from taonet_examples.simpleexample import simpleclient, simpleserver
 from taonet_services.domain_service import DomainService

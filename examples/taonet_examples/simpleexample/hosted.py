@@ -25,9 +25,9 @@ from pathlib import Path
 import trio
 
 from taonet import AuthorizationError, ConfigError, HostError, auth
-from taonet._files import atomic_write
 from taonet.crypto import KdfParams
 from taonet.domain import Domain, DomainTemplate, measure_file, program_subprin
+from taonet.files import atomic_write
 from taonet.hosts import AdminClient, LinuxHost, LinuxHostConfig
 from taonet_examples.simpleexample import simpleclient, simpleserver
 

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import trio
 
-from taonet import auth
-from taonet._files import atomic_write
+from taonet import TaoError, auth, configure_logging
 from taonet.channel import MessageStream, TaoStream, serve_channels
-from taonet.cli._logging import configure_logging
 from taonet.domain import Domain, Guard
+from taonet.files import atomic_write
 from taonet.hosts import Tao, parent
 from taonet.provision import fetch_crl, load_or_provision
 
@@ -106,8 +105,12 @@ def run_hosted(
     args: argparse.Namespace,
     body: Callable[[Tao, Domain], Awaitable[object]],
 ) -> int:
-    """Run ``body`` with this program's host (``taonet.hosts.parent``) and its domain."""
-    configure_logging()  # TAONET_LOG, or info
+    """Run ``body`` with this program's host (``taonet.hosts.parent``) and its domain.
+
+    Logging is set up from ``TAONET_LOG`` and ``TAONET_LOG_FORMAT``. An error a user
+    can act on (a :class:`~taonet.TaoError` or ``OSError``, also from inside a
+    nursery) is one line on stderr and exit status 2, not a traceback.
+    """
 
     async def hosted() -> None:
         domain = Domain.load(args.domain)
@@ -115,8 +118,22 @@ def run_hosted(
             say_line(f"my Tao name is {await tao.get_tao_name()}")
             await body(tao, domain)
 
-    trio.run(hosted)
-    return 0
+    failures: list[str] = []
+    try:
+        configure_logging()
+        trio.run(hosted)
+    except* (TaoError, OSError) as group:
+        failures.extend(dict.fromkeys(str(leaf) for leaf in _leaves(group)))
+    for line in failures:
+        print(f"{Path(sys.argv[0]).name}: error: {line}", file=sys.stderr, flush=True)
+    return 2 if failures else 0
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions inside ``error``, exception groups opened up."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,13 +47,14 @@ from typing import Any, Final
 import structlog
 import trio
 
-from taonet import auth, certs
-from taonet._errors import (
+from taonet import (
     AuthenticationError,
     AuthorizationError,
     CodecError,
     ConfigError,
     TaoError,
+    auth,
+    certs,
 )
 from taonet.channel import ChannelIdentity, MessageStream, TaoStream, serve_channels
 from taonet.crypto import Signer
