@@ -143,7 +143,6 @@ class _Child:
         uid: int,
         gid: int,
         program_id: int,
-        started_ns: int,
         size: int = 0,
     ) -> None:
         self.name = name
@@ -155,9 +154,6 @@ class _Child:
         self.uid = uid
         self.gid = gid
         self.program_id = program_id
-        self.started_ns = started_ns
-        self.first_rpc_ns: int | None = None
-        self.first_rpc = trio.Event()
         self.exit_status: int | None = None
         self.exited = trio.Event()
 
@@ -186,9 +182,6 @@ class _ChildTao(Tao):
         self._child = child
 
     def _name(self) -> auth.Prin:
-        if self._child.first_rpc_ns is None:
-            self._child.first_rpc_ns = time.perf_counter_ns()
-            self._child.first_rpc.set()
         return self._child.name
 
     async def get_tao_name(self) -> auth.Prin:
@@ -492,7 +485,6 @@ class LinuxHost:
             guard = await trio.to_thread.run_sync(self._guard)
             guard.check(name, "Execute")
             channel = HostChannel.open()
-            started_ns = time.perf_counter_ns()
             process = await spawn_program(
                 prepared,
                 args=request.args,
@@ -527,7 +519,6 @@ class LinuxHost:
             uid=uid,
             gid=gid,
             program_id=program_id,
-            started_ns=started_ns,
             size=size,
         )
         if limited:
@@ -714,18 +705,6 @@ class LinuxHost:
             for child in survivors:
                 await child.exited.wait()
         self._stopped.set()
-
-    async def first_rpc(self, pid: int) -> tuple[int, int]:
-        """(spawn time, first Tao call time) of a running program, in perf_counter ns.
-
-        Waits for the program's first call (for benchmarks and diagnostics).
-        """
-        child = self._children.get(pid)
-        if child is None:
-            raise HostError(f"no running hosted program with pid {pid}")
-        await child.first_rpc.wait()
-        assert child.first_rpc_ns is not None
-        return child.started_ns, child.first_rpc_ns
 
 
 def _check_private_directory(path: Path) -> None:
