@@ -462,7 +462,11 @@ class LinuxHost:
         if len(os.fsencode(request.path)) > MAX_PATH_BYTES:
             raise HostError(f"a program path may be at most {MAX_PATH_BYTES} bytes")
         limited = caller.uid not in (0, self._owner_uid)
-        reserved = self._reserve(uid) if limited else 0
+        # Reserved before the first await and held until the program is charged or
+        # the start fails, so that concurrent starts cannot together pass the limits.
+        held = self._reserve(uid) if limited else 0
+        prepared: PreparedProgram | None = None
+        channel: HostChannel | None = None
         try:
             prepared = await prepare_program(
                 request.path,
@@ -470,14 +474,14 @@ class LinuxHost:
                 uid=uid,
                 gid=gid,
                 groups=groups,
-                **({"max_size": reserved} if limited else {}),
+                **({"max_size": held} if limited else {}),
             )
-            size = (await trio.to_thread.run_sync(prepared.path.stat)).st_size if limited else 0
-        finally:
             if limited:
-                self._usage[uid] = (self._usage[uid][0] - 1, self._usage[uid][1] - reserved)
-        channel: HostChannel | None = None
-        try:
+                size = (await trio.to_thread.run_sync(prepared.path.stat)).st_size
+                # From what was reserved for the copy to what it takes, in one step.
+                count, used = self._usage[uid]
+                self._usage[uid] = (count, used - held + size)
+                held = size
             if self._stopping:
                 raise HostError("the host is shutting down")
             program_id = await self._next_program_id() if self.config.program_ids else 0
@@ -508,10 +512,14 @@ class LinuxHost:
                 ),
             )
         except BaseException:
+            if limited:
+                self._release(uid, held)
             if channel is not None:
                 channel.close()
-            prepared.cleanup()
+            if prepared is not None:
+                prepared.cleanup()
             raise
+        # What this start holds becomes the program's, given back when it exits.
         child = _Child(
             name=name,
             process=process,
@@ -519,12 +527,9 @@ class LinuxHost:
             uid=uid,
             gid=gid,
             program_id=program_id,
-            size=size,
+            size=held,
         )
-        if limited:
-            count, used = self._usage[uid]
-            self._usage[uid] = (count + 1, used + size)
-            child.charged = True
+        child.charged = limited
         self._children[child.pid] = child
         nursery.start_soon(self._serve_child, child, channel.host_stream())
         if self._stopping:  # shutdown began while this one was starting
@@ -534,7 +539,10 @@ class LinuxHost:
         return child.info()
 
     def _reserve(self, uid: int) -> int:
-        """Count a start against ``uid``'s limits; return the bytes it may copy."""
+        """Count a start against ``uid``'s limits; return the bytes it may copy.
+
+        Synchronous: the check and the reservation happen with no checkpoint between.
+        """
         count, used = self._usage[uid]
         if count >= MAX_PROGRAMS_PER_UID:
             raise HostError(f"uid {uid} already has {MAX_PROGRAMS_PER_UID} programs on this host")
@@ -546,6 +554,14 @@ class LinuxHost:
         reserved = min(room, MAX_PROGRAM_SIZE_PER_START)
         self._usage[uid] = (count + 1, used + reserved)
         return reserved
+
+    def _release(self, uid: int, size: int) -> None:
+        """Give back one program and ``size`` bytes of ``uid``'s limits."""
+        count, used = self._usage[uid]
+        if count <= 1:
+            del self._usage[uid]
+        else:
+            self._usage[uid] = (count - 1, used - size)
 
     def _run_as(self, caller: Caller) -> tuple[int, int, tuple[int, ...]]:
         if self._owner_uid == 0:
@@ -612,13 +628,14 @@ class LinuxHost:
                         await child.process.wait()
             child.exit_status = child.process.returncode
             self._children.pop(child.pid, None)
-            if child.charged:
-                count, used = self._usage[child.uid]
-                self._usage[child.uid] = (count - 1, used - child.size)
             self._exited.append(child)
-            child.exited.set()
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(child.prepared.cleanup)
+            # Only now that its copy is gone: its share of its uid's limits, and the
+            # news to whoever waits for it (who then finds nothing of it left).
+            if child.charged:
+                self._release(child.uid, child.size)
+            child.exited.set()
             log.info(
                 "program_exited", name=str(child.name), pid=child.pid, status=child.exit_status
             )

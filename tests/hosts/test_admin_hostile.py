@@ -28,16 +28,14 @@ CLIENT = Path(__file__).parent / "hostile_admin_client.py"
 
 async def settled_fds(host: LinuxHost) -> set[str]:
     """The host's descriptors once it is done with finished work: its connection
-    tasks have ended and its clean-up threads (which hold a descriptor on an exited
-    program's private directory while they remove it) are through. A descriptor that
-    never goes away there keeps this waiting until the test's time runs out."""
+    tasks have ended (nothing is left to run). The programs waited for are gone with
+    their private copies: the host answers a wait only once the copy is removed."""
     programs = host.directory / "programs"
-    while True:
-        await trio.testing.wait_all_tasks_blocked()
-        fds = open_fds()
-        if not any(programs.iterdir()) and not any(f"{programs}/" in fd for fd in fds):
-            return fds
-        await trio.sleep(0.01)
+    await trio.testing.wait_all_tasks_blocked()
+    fds = open_fds()
+    assert not any(programs.iterdir()), list(programs.iterdir())
+    assert not any(f"{programs}/" in fd for fd in fds), fds
+    return fds
 
 
 def open_fds() -> set[str]:
