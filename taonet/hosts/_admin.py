@@ -3,7 +3,9 @@
 The wire format is in :mod:`taonet.hosts._admin_wire`. :func:`serve_admin` binds the
 unix socket, serves each connection in its own task (requests on one connection in
 order) and removes the socket file when cancelled. The caller of each connection is
-the kernel's ``SO_PEERCRED``. Every file descriptor received is either handed to the
+the kernel's ``SO_PEERCRED`` and ``SO_PEERGROUPS`` (its supplementary groups when it
+connected: none if the kernel cannot tell, or if it holds more than
+:data:`MAX_PEER_GROUPS`). Every file descriptor received is either handed to the
 backend inside a :class:`~taonet.hosts._hosted.StartRequest` or closed.
 
 Limits, so that no local user can take the host down through its admin socket (each
@@ -98,6 +100,13 @@ REQUEST_TIMEOUT: Final = 10.0
 _RECV_SIZE: Final = 64 * 1024
 _ANC_SIZE: Final = socket.CMSG_SPACE(MAX_STDIO_FDS * 4)
 _UCRED: Final = struct.Struct("=iII")  # struct ucred: pid_t pid, uid_t uid, gid_t gid
+#: Supplementary groups read from a peer (CPython reads at most 1024 option bytes).
+MAX_PEER_GROUPS: Final = 256
+#: SO_PEERGROUPS (Linux 4.13) is 59 where the kernel uses asm-generic/socket.h, as on
+#: x86, arm, arm64, powerpc, riscv and s390; Python does not name it.
+_SO_PEERGROUPS: Final = getattr(socket, "SO_PEERGROUPS", None) or (
+    None if os.uname().machine.startswith(("alpha", "mips", "parisc", "sparc")) else 59
+)
 _ACCEPT_RETRY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_IGNORE_ERRNOS: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 _ACCEPT_RETRY_DELAY: Final = 0.1
@@ -256,11 +265,27 @@ class _Receiver:
         return _Request(op, int(header.seq), body, fds)
 
 
+def _peer_groups(sock: trio.socket.SocketType) -> tuple[int, ...]:
+    """The peer's supplementary groups when it connected; () if the kernel cannot tell
+    or they are too many (fewer rights, never more)."""
+    if _SO_PEERGROUPS is None:
+        return ()
+    try:
+        data = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, MAX_PEER_GROUPS * 4)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOPROTOOPT, errno.ERANGE, errno.EINVAL):
+            raise
+        return ()
+    groups = array("I")
+    groups.frombytes(data[: len(data) - len(data) % groups.itemsize])
+    return tuple(groups)
+
+
 def _peer(sock: trio.socket.SocketType) -> Caller:
     pid, uid, gid = _UCRED.unpack(
         sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     )
-    return Caller(uid=uid, gid=gid, pid=pid)
+    return Caller(uid=uid, gid=gid, pid=pid, groups=_peer_groups(sock))
 
 
 def _selector(request: _Request) -> str:

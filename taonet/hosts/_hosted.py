@@ -6,7 +6,8 @@ the caller's credentials as the kernel reported them (``SO_PEERCRED``). The back
 decides what the caller may do:
 
 * anyone who can reach the socket may start programs; a root host runs them as the
-  caller's uid and gid, a host run by an ordinary user only for that user (or root);
+  caller's uid, gid and supplementary groups, a host run by an ordinary user only for
+  that user (or root);
 * stopping, killing or waiting for a program is for its owner, the host's owner and
   root; shutting the host down is for the host's owner and root.
 
@@ -41,11 +42,16 @@ MAX_STRING: Final = 64 * 1024
 
 @attrs.frozen
 class Caller:
-    """Who is on the other end of an admin connection, from the kernel."""
+    """Who is on the other end of an admin connection, from the kernel.
+
+    ``groups`` are the caller's supplementary groups when it connected
+    (``SO_PEERGROUPS``; none where the kernel cannot tell).
+    """
 
     uid: int
     gid: int
     pid: int
+    groups: tuple[int, ...] = ()
 
 
 def _fd(_: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:

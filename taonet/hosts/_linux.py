@@ -12,7 +12,13 @@ A :class:`LinuxHost` is either
 
 Each started program is copied to a private directory while it is hashed, checked
 against the guard (``Authorized(name, "Execute")``), and run in its own process group
-as the requesting user, with a pipe pair to the host. Its name is
+as the requesting user, with a pipe pair to the host. A root host runs another user's
+program with that user's uid, gid and the supplementary groups the caller held when it
+connected (``SO_PEERGROUPS``): the same groups its program file and working directory
+were checked with. Starts by users other than root and the host's owner count against
+per-uid limits (:data:`MAX_PROGRAMS_PER_UID` programs, :data:`MAX_PROGRAM_BYTES_PER_UID`
+bytes of copies), reserved before the start's first await and held until its program
+exits, so concurrent starts cannot pass them. Its name is
 ``<host name>.Program([sha256])``, or ``Program(id, [sha256])`` when ``program_ids``
 is on (ids increase across restarts). The host answers the program's Tao RPC on that
 pipe: seal/unseal, shared secrets and attestations bound to the program's name, and
@@ -53,7 +59,6 @@ from __future__ import annotations
 import collections
 import functools
 import os
-import pwd
 import signal
 import stat
 import time
@@ -501,6 +506,7 @@ class LinuxHost:
                 cwd=request.cwd,
                 uid=uid,
                 gid=gid,
+                groups=groups,
                 channel=channel,
                 stdin=request.stdin,
                 stdout=request.stdout,
@@ -564,6 +570,13 @@ class LinuxHost:
             self._usage[uid] = (count - 1, used - size)
 
     def _run_as(self, caller: Caller) -> tuple[int, int, tuple[int, ...]]:
+        """The uid, gid and supplementary groups of a program started for ``caller``.
+
+        The one answer that both the checks (the program file, the working directory)
+        and the spawn use. A program that stays the host's user keeps the host's
+        groups; one run as another user gets exactly the groups its caller held when
+        it connected (``SO_PEERGROUPS``), never more from the user database.
+        """
         if self._owner_uid == 0:
             uid, gid = caller.uid, caller.gid
         elif caller.uid in (0, self._owner_uid):
@@ -573,11 +586,9 @@ class LinuxHost:
                 f"this host runs as uid {self._owner_uid} and cannot start programs "
                 f"for uid {caller.uid}"
             )
-        try:
-            groups = tuple(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
-        except KeyError:
-            groups = (gid,)
-        return uid, gid, groups
+        if (uid, gid) == (os.geteuid(), os.getegid()):
+            return uid, gid, tuple(os.getgroups())
+        return uid, gid, tuple(caller.groups)
 
     def _guard(self) -> Guard:
         if self.config.guard == "Liberal":

@@ -826,8 +826,11 @@ async def spawn_program(
 
     The environment is exactly ``env`` plus the three ``CLOUDPROXY_TAO_HOST_*``
     variables for ``channel`` (which replace any in ``env``; with no channel all
-    three are removed). A root host switches to ``uid`` and ``gid`` with no
-    supplementary groups; any other host can only start programs as itself.
+    three are removed). A root host switches to ``uid`` and ``gid`` with exactly the
+    supplementary ``groups`` (by default none): the groups the caller's checks were
+    made with, by :func:`prepare_program` and here. A program whose ``uid`` and
+    ``gid`` are the host's own stays the host's user and keeps the host's groups (so
+    check it with those); any other host can only start programs as itself.
     ``stdin``/``stdout``/``stderr`` are descriptors to give the child (None for
     /dev/null); they stay the caller's to close. The channel's child ends are closed
     once the attempt is over, whether it worked or not; on failure, the caller
@@ -873,10 +876,10 @@ async def spawn_program(
                     pass_fds=pass_fds,
                     close_fds=True,
                     process_group=0,
-                    # None: stay the host (and keep its groups); else drop them all.
+                    # None: stay the host (and keep its groups); else exactly ``groups``.
                     user=user,
                     group=group,
-                    extra_groups=None if user is None else [],
+                    extra_groups=None if user is None else list(groups),
                 )
             except OSError as exc:
                 if exc.errno == errno.ETXTBSY and attempt < _ETXTBSY_ATTEMPTS:
