@@ -9,20 +9,19 @@ from __future__ import annotations
 
 from taonet.certs._crl import MAX_CRL_BYTES, RevocationList, make_crl, verify_crl
 from taonet.certs._profile import (
-    OID_TAONET_HOST,
-    OID_TAONET_PRINCIPAL,
+    CertificateRole,
     PolicyAnchor,
     certificate_principal,
     issue_host_certificate,
     load_certificate,
     make_policy_certificate,
+    principal_uri,
     public_key_der,
     verify_host_certificate,
     verify_policy_certificate,
 )
 from taonet.certs._program import (
     CHANNEL_HOSTNAME,
-    OID_TAONET_PRINCIPAL_TEXT,
     ProgramCertificate,
     issue_program_certificate,
     verify_program_certificate,
@@ -31,9 +30,7 @@ from taonet.certs._program import (
 __all__ = [
     "CHANNEL_HOSTNAME",
     "MAX_CRL_BYTES",
-    "OID_TAONET_HOST",
-    "OID_TAONET_PRINCIPAL",
-    "OID_TAONET_PRINCIPAL_TEXT",
+    "CertificateRole",
     "PolicyAnchor",
     "ProgramCertificate",
     "RevocationList",
@@ -43,6 +40,7 @@ __all__ = [
     "load_certificate",
     "make_crl",
     "make_policy_certificate",
+    "principal_uri",
     "public_key_der",
     "verify_crl",
     "verify_host_certificate",

@@ -7,26 +7,43 @@ Three kinds of certificate exist, all ECDSA with SHA-256 (SHA-384 for P-384 keys
   the only trust root of a domain.
 * a **host certificate** (carried as an attestation's ``root_endorsement``): the policy
   key certifies that a Tao host's attestation key is a host of this domain. Not a CA;
-  key usage digitalSignature; extended key usage id-taonet-host.
-* program certificates (for Tao channels) arrive with the channel layer and follow the
-  same rules.
+  key usage digitalSignature; no extended key usage.
+* a **program certificate** (for Tao channels), see ``taonet.certs._program``.
 
 Every issued certificate has a random 159-bit serial number (the original CloudProxy
-always used 0), a validity window, a subject common name with the human-readable
-principal, and the principal's binary auth encoding in the extension
-``id-taonet-principal`` (OID below, non-critical).
+always used 0), a validity window, a subject common name, and its role and principal
+in one subjectAltName URI (non-critical), made by :func:`principal_uri`::
+
+    taonet:<role>:<the principal's canonical text, percent-encoded>
+
+with role ``policy``, ``host`` or ``program``, e.g.
+``taonet:host:key(%5B9f86...%5D)``. Only standard X.509 fields are used, so the
+common stacks parse these certificates: OpenSSL and Go's crypto/x509 (which refuses
+an object identifier arc of 2**31 or more) are tested. The text form (the one the original
+Go ``tao/auth`` prints and parses) keeps the name readable in ``openssl x509 -text``;
+the verifier accepts only the one canonical spelling (:func:`principal_uri` of what
+it parses), so a name has exactly one encoding. The role says what the policy key
+vouched for: a host certificate is never taken for a program's, nor the other way
+round.
+
+Certificates of taonet's first profile carried the principal in private extensions
+under ``2.25.184001271471987179187705270170102784850``, an arc Go cannot parse. They
+are refused with a message that says so; the domain issues new ones (a program's
+sealed state is provisioned anew by itself; a host needs a new host certificate).
 
 Verification of a host certificate checks, in this order: parse; the unsigned
 envelope (canonical DER, outer signature algorithm identical to the signed one and to
 the policy key's: ecdsa-with-SHA256 for P-256, -SHA384 for P-384, see
-``taonet.certs._der``); the signature by the policy key; issuer name; X.509 version 3;
-a serial number from 1 to 2**159 - 1; no critical extension other than
-basicConstraints, keyUsage, extendedKeyUsage and subjectAltName; not a CA; key usage
-digitalSignature without keyCertSign or cRLSign; extended key usage id-taonet-host;
-subject key equal to the key the caller expects; principal extension equal to that
-key's principal; then the validity window against the caller's clock. The policy
-certificate must be self-issued and self-signed (same envelope rules), a CA, with a
-P-256 or P-384 key, and valid at the caller's clock.
+``taonet.certs._der``); the signature by the policy key; issuer name; no extension
+of the retired profile; X.509 version 3; a serial number from 1 to 2**159 - 1; no
+critical extension other than basicConstraints, keyUsage, extendedKeyUsage and
+subjectAltName; not a CA; key usage digitalSignature without keyCertSign or cRLSign;
+no extended key usage; subject key equal to the key the caller expects; exactly one
+``taonet:`` URI, of role ``host``, naming that key's principal; then the validity
+window against the caller's clock. The policy certificate must be self-issued and
+self-signed (same envelope rules), a CA, with a P-256 or P-384 key, and valid at the
+caller's clock; its ``taonet:policy:`` URI is for people (taonet derives the policy
+principal from the key), so a policy certificate of the first profile still loads.
 """
 
 from __future__ import annotations
@@ -34,9 +51,10 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import secrets
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar, get_args
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -57,13 +75,13 @@ from taonet.certs._der import (
 from taonet.crypto import Signer
 
 __all__ = [
-    "OID_TAONET_HOST",
-    "OID_TAONET_PRINCIPAL",
+    "CertificateRole",
     "PolicyAnchor",
     "certificate_principal",
     "issue_host_certificate",
     "load_certificate",
     "make_policy_certificate",
+    "principal_uri",
     "public_key_der",
     "verify_host_certificate",
     "verify_policy_certificate",
@@ -71,10 +89,16 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-# 2.25.<uuid> arcs need no registration (ITU-T X.667).
-_ARC: Final = "2.25.184001271471987179187705270170102784850"
-OID_TAONET_PRINCIPAL: Final = x509.ObjectIdentifier(_ARC + ".1")
-OID_TAONET_HOST: Final = x509.ObjectIdentifier(_ARC + ".2")
+#: What the policy key vouches for in a certificate: the role in its ``taonet:`` URI.
+CertificateRole = Literal["policy", "host", "program"]
+_ROLES: Final = frozenset(get_args(CertificateRole))
+_SCHEME: Final = "taonet"
+# Left as they are in the URI (RFC 3986 sub-delims the text form uses a lot); every
+# other character but letters, digits and "-._~" is percent-encoded (UTF-8).
+_URI_SAFE: Final = "(),"
+# The private arc of taonet's first profile (its principal, host and text-name
+# extensions): Go's crypto/x509 cannot parse an arc this large.
+_RETIRED_ARC: Final = "2.25.184001271471987179187705270170102784850."
 
 MAX_CERT_BYTES: Final = 64 * 1024
 #: Serial numbers are positive and at most 20 octets in DER (RFC 5280).
@@ -195,10 +219,7 @@ def make_policy_certificate(
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
-        .add_extension(
-            x509.UnrecognizedExtension(OID_TAONET_PRINCIPAL, auth.encode(principal)),
-            critical=False,
-        )
+        .add_extension(_principal_alt_name("policy", principal), critical=False)
     )
     cert = builder.sign(signer.private_key, _hash_for(signer))
     return cert.public_bytes(serialization.Encoding.DER)
@@ -236,15 +257,11 @@ def issue_host_certificate(
         .not_valid_after(_utc(now_ns) + _dt.timedelta(days=validity_days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(ca=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([OID_TAONET_HOST]), critical=False)
+        .add_extension(_principal_alt_name("host", principal), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 policy_signer.private_key.public_key()
             ),
-            critical=False,
-        )
-        .add_extension(
-            x509.UnrecognizedExtension(OID_TAONET_PRINCIPAL, auth.encode(principal)),
             critical=False,
         )
     )
@@ -252,19 +269,94 @@ def issue_host_certificate(
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-def certificate_principal(cert: x509.Certificate) -> auth.Prin:
-    """The principal carried in a certificate's id-taonet-principal extension."""
+def principal_uri(role: CertificateRole, principal: auth.Prin) -> str:
+    """The subjectAltName URI of a ``role`` certificate naming ``principal``.
+
+    ``taonet:<role>:<text>``, the text form percent-encoded (RFC 3986). ValueError
+    for another role, or for a principal whose text does not read back as itself.
+    """
+    if role not in _ROLES:
+        raise ValueError(f"role must be one of {sorted(_ROLES)}, not {role!r}")
+    text = str(principal)
     try:
-        ext = cert.extensions.get_extension_for_oid(OID_TAONET_PRINCIPAL)
+        same = auth.parse_prin(text) == principal
+    except CodecError:
+        same = False
+    if not same:
+        raise ValueError("this principal's text form does not read back as the same name")
+    return _uri(role, text)
+
+
+def _uri(role: str, text: str) -> str:
+    return f"{_SCHEME}:{role}:{urllib.parse.quote(text, safe=_URI_SAFE)}"
+
+
+def _principal_alt_name(role: CertificateRole, principal: auth.Prin) -> x509.SubjectAlternativeName:
+    """A subjectAltName extension holding :func:`principal_uri` (and nothing else)."""
+    return x509.SubjectAlternativeName(
+        [x509.UniformResourceIdentifier(principal_uri(role, principal))]
+    )
+
+
+def certificate_principal(cert: x509.Certificate, role: CertificateRole | None = None) -> auth.Prin:
+    """The principal a certificate's ``taonet:`` subjectAltName URI names.
+
+    AuthenticationError unless the certificate holds exactly one such URI (the
+    scheme compared without regard to case, as URI schemes are), of ``role`` when
+    given, in the one canonical spelling :func:`principal_uri` writes.
+    """
+    try:
+        alt_names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        raise AuthenticationError("certificate has no taonet principal extension") from None
-    value = ext.value
-    if not isinstance(value, x509.UnrecognizedExtension):
-        raise AuthenticationError("certificate principal extension is malformed")
+        alt_names = None
+    uris = (
+        [] if alt_names is None else alt_names.get_values_for_type(x509.UniformResourceIdentifier)
+    )
+    ours = [u for u in uris if u.partition(":")[0].lower() == _SCHEME]
+    if not ours:
+        refuse_retired_profile(cert)
+        raise AuthenticationError("certificate names no taonet principal (no taonet: URI)")
+    if len(ours) > 1:
+        raise AuthenticationError(f"certificate holds {len(ours)} taonet: URIs, expected one")
+    uri = ours[0]
+    _, _, rest = uri.partition(":")
+    found, _, encoded = rest.partition(":")
+    if found not in _ROLES:
+        raise AuthenticationError(f"certificate's taonet: URI has no known role: {_bounded(uri)}")
+    if role is not None and found != role:
+        raise AuthenticationError(f"certificate is for a taonet {found}, not a {role}")
     try:
-        return auth.decode_prin(value.value)
-    except CodecError as exc:
-        raise AuthenticationError(f"certificate principal extension: {exc}") from None
+        principal = auth.parse_prin(urllib.parse.unquote(encoded, errors="strict"))
+    except (CodecError, UnicodeDecodeError) as exc:
+        raise AuthenticationError(f"certificate's taonet: URI names no principal: {exc}") from None
+    if _uri(found, str(principal)) != uri:
+        raise AuthenticationError(
+            f"certificate's taonet: URI is not in its canonical form: {_bounded(uri)}"
+        )
+    return principal
+
+
+def _bounded(text: str, limit: int = 120) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def refuse_retired_profile(cert: x509.Certificate, *, what: str = "certificate") -> None:
+    """AuthenticationError if ``cert`` is of taonet's first profile (the private 2.25 arc).
+
+    Those certificates are refused, whatever else they hold, with a message that
+    says why and what to do.
+    """
+    for ext in cert.extensions:
+        oids = [ext.oid]
+        if isinstance(ext.value, x509.ExtendedKeyUsage):
+            oids += list(ext.value)
+        for oid in oids:
+            if oid.dotted_string.startswith(_RETIRED_ARC):
+                raise AuthenticationError(
+                    f"{what} is of taonet's retired profile (object identifier "
+                    f"{oid.dotted_string}, which Go's crypto/x509 cannot parse): the domain "
+                    "must issue a new one (a program provisions anew; re-certify a host's key)"
+                )
 
 
 @contextlib.contextmanager
@@ -482,18 +574,22 @@ class PolicyAnchor:
             raise AuthenticationError(
                 "host certificate issuer is not the policy certificate subject"
             )
+        refuse_retired_profile(cert, what="host certificate")
         check_end_entity(cert, what="host certificate")
         try:
-            eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
         except x509.ExtensionNotFound:
-            eku = None
-        if eku is None or OID_TAONET_HOST not in eku:
-            raise AuthenticationError("certificate is not a taonet host certificate")
+            pass
+        else:
+            raise AuthenticationError(
+                "host certificate has an extended key usage (a host's key is for "
+                "attestations, not TLS)"
+            )
         if public_key_der(cert) != host_key_der:
             raise AuthenticationError(
                 "host certificate certifies a different key than the signer's"
             )
         expected = auth.principal_for_key(signer_type, host_key_der)
-        if certificate_principal(cert) != expected:
+        if certificate_principal(cert, "host") != expected:
             raise AuthenticationError(f"host certificate names another principal than {expected}")
         return cert

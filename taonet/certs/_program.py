@@ -11,15 +11,27 @@ Profile (in addition to the rules in ``taonet.certs._profile``):
   issuer: the policy certificate's subject;
 * ``basicConstraints CA:FALSE`` (critical), key usage digitalSignature (critical),
   extended key usage serverAuth and clientAuth (a program may take either side);
-* subject alternative name ``DNS:taonet-program.invalid`` (:data:`CHANNEL_HOSTNAME`):
-  host names mean nothing on a Tao channel, where peers are known by principal, but
-  one fixed name lets TLS keep its hostname check on;
-* ``id-taonet-principal``: the name's binary auth encoding (the authoritative form);
-* ``id-taonet-principal-text``: the same name as UTF-8 text, for people and logs;
-  verification checks that it agrees with the binary form;
+* subject alternative names, non-critical:
+
+  - ``DNS:taonet-program.invalid`` (:data:`CHANNEL_HOSTNAME`): host names mean
+    nothing on a Tao channel, where peers are known by principal, but one fixed
+    name lets TLS keep its hostname check on;
+  - ``URI:taonet:program:<name>``, the program's principal
+    (:func:`~taonet.certs.principal_uri`): its canonical text, percent-encoded,
+    e.g. ``taonet:program:key(%5B9f86...%5D).Program(%5Ba1b2...%5D)``; the one
+    place the certificate names the program, readable in ``openssl x509 -text``
+    and by Go's crypto/x509;
+
 * subject and authority key identifiers; a random 159-bit serial; validity from
   five minutes before issue (clock skew) for the domain's configured days
   (30 by default).
+
+Only standard X.509 fields: OpenSSL and Go's crypto/x509 parse these certificates
+and verify them against the policy certificate for TLS server and client use
+(``tests/certs/test_interop.py``). taonet's first profile put the name in private
+extensions under a ``2.25`` arc Go cannot parse; such certificates are refused with
+a message saying so (:func:`~taonet.provision.load_or_provision` then provisions
+anew).
 """
 
 from __future__ import annotations
@@ -37,8 +49,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from taonet import auth
 from taonet._errors import AuthenticationError, CodecError
 from taonet.certs._profile import (
-    _ARC,
-    OID_TAONET_PRINCIPAL,
     PolicyAnchor,
     _check_window,
     _hash_for,
@@ -51,20 +61,20 @@ from taonet.certs._profile import (
     check_end_entity,
     check_signed_by,
     load_certificate,
+    principal_uri,
     public_key_der,
+    refuse_retired_profile,
     refusing_malformed,
 )
 from taonet.crypto import Signer
 
 __all__ = [
     "CHANNEL_HOSTNAME",
-    "OID_TAONET_PRINCIPAL_TEXT",
     "ProgramCertificate",
     "issue_program_certificate",
     "verify_program_certificate",
 ]
 
-OID_TAONET_PRINCIPAL_TEXT: Final = x509.ObjectIdentifier(_ARC + ".3")
 #: The one DNS name every program certificate carries (RFC 6761 reserves .invalid).
 CHANNEL_HOSTNAME: Final = "taonet-program.invalid"
 _CLOCK_SKEW: Final = _dt.timedelta(minutes=5)
@@ -130,6 +140,7 @@ def issue_program_certificate(
         raise CodecError("program key: not an ECDSA public key")
     if not 1 <= validity_days <= 36500:
         raise ValueError("validity_days must be from 1 to 36500")
+    uri = principal_uri("program", principal)
     digest = hashlib.sha256(auth.encode(principal)).hexdigest()[:16]
     now = _utc(now_ns)
     not_after = now + _dt.timedelta(days=validity_days)
@@ -154,19 +165,14 @@ def issue_program_certificate(
             critical=False,
         )
         .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(CHANNEL_HOSTNAME)]), critical=False
+            x509.SubjectAlternativeName(
+                [x509.DNSName(CHANNEL_HOSTNAME), x509.UniformResourceIdentifier(uri)]
+            ),
+            critical=False,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(anchor.public_key),
-            critical=False,
-        )
-        .add_extension(
-            x509.UnrecognizedExtension(OID_TAONET_PRINCIPAL, auth.encode(principal)),
-            critical=False,
-        )
-        .add_extension(
-            x509.UnrecognizedExtension(OID_TAONET_PRINCIPAL_TEXT, str(principal).encode()),
             critical=False,
         )
     )
@@ -181,14 +187,14 @@ def verify_program_certificate(
     """Check a program certificate against the domain's policy anchor.
 
     Checks, in this order: DER; the unsigned envelope and the signature by the
-    policy key (``taonet.certs._profile.check_signed_by``); issuer name; extended key
-    usage and text name extensions present; X.509 v3, a serial from 1 to
+    policy key (``taonet.certs._profile.check_signed_by``); issuer name; no extension
+    of the retired profile; extended key usage present; X.509 v3, a serial from 1 to
     2**159 - 1, no unknown critical extension, not a CA, key usage digitalSignature
     without certificate or CRL signing (``taonet.certs._profile.check_end_entity``);
     extended key usage for ``usage`` ("server" or "client" requires that one; None
-    requires both); an ECDSA P-256 or P-384 key; a principal extension whose text
-    form agrees with the binary one; then the validity window (and the policy
-    certificate's). Returns what it names.
+    requires both); an ECDSA P-256 or P-384 key; exactly one ``taonet:`` URI, of
+    role ``program``, in its canonical form; then the validity window (and the
+    policy certificate's). Returns what it names.
     """
     if usage not in _USAGES:
         raise ValueError("usage must be 'server', 'client' or None")
@@ -213,9 +219,9 @@ def _verify_program_unchecked(
     check_signed_by(der, cert.tbs_certificate_bytes, anchor.public_key, what="program certificate")
     if cert.issuer != anchor.cert.subject:
         raise AuthenticationError("program certificate issuer is not the policy certificate")
+    refuse_retired_profile(cert, what="program certificate")
     try:
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        text_ext = cert.extensions.get_extension_for_oid(OID_TAONET_PRINCIPAL_TEXT).value
     except x509.ExtensionNotFound as exc:
         raise AuthenticationError(f"not a taonet program certificate: {exc}") from None
     check_end_entity(cert, what="program certificate")
@@ -225,9 +231,5 @@ def _verify_program_unchecked(
     key = cert.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in _CURVES:
         raise AuthenticationError("program certificate does not certify an ECDSA P-256/P-384 key")
-    principal = certificate_principal(cert)
-    if not isinstance(text_ext, x509.UnrecognizedExtension) or (
-        text_ext.value != str(principal).encode()
-    ):
-        raise AuthenticationError("program certificate's text name disagrees with its binary name")
+    principal = certificate_principal(cert, "program")
     return _describe(cert, principal, der)

@@ -42,8 +42,14 @@ OTHER_NAME = x509.Name(
     ]
 )
 UNKNOWN_OID = x509.ObjectIdentifier("1.3.6.1.4.1.55555.1")
-# Same encoded length as OID_TAONET_PRINCIPAL, for a certificate that carries it twice.
-PLACEHOLDER_OID = x509.ObjectIdentifier(certs.OID_TAONET_PRINCIPAL.dotted_string[:-1] + "9")
+SAN = ExtensionOID.SUBJECT_ALTERNATIVE_NAME
+# Same encoded length as subjectAltName, for a certificate that carries it twice.
+PLACEHOLDER_OID = x509.ObjectIdentifier("2.5.29.99")
+# taonet's first profile: principal, host usage and text name under a 2.25 arc.
+RETIRED_ARC = "2.25.184001271471987179187705270170102784850"
+RETIRED_PRINCIPAL = x509.ObjectIdentifier(RETIRED_ARC + ".1")
+RETIRED_HOST = x509.ObjectIdentifier(RETIRED_ARC + ".2")
+RETIRED_TEXT = x509.ObjectIdentifier(RETIRED_ARC + ".3")
 
 
 def usage(**on: bool) -> x509.KeyUsage:
@@ -93,11 +99,20 @@ def evolve(**changes: object) -> Change:
     return lambda f: attrs.evolve(f, **changes)  # type: ignore[arg-type]
 
 
-def duplicate_principal(f: CertFields) -> CertFields:
-    value = f.extension(certs.OID_TAONET_PRINCIPAL).value
-    assert isinstance(value, x509.UnrecognizedExtension)
-    twice = f.with_extension(x509.UnrecognizedExtension(PLACEHOLDER_OID, value.value))
-    return attrs.evolve(twice, edit_tbs=replace_oid(PLACEHOLDER_OID, certs.OID_TAONET_PRINCIPAL))
+def uris(*values: str, dns: bool = False) -> Change:
+    """subjectAltName with exactly these URIs (after the channel DNS name if ``dns``)."""
+    names: list[x509.GeneralName] = [x509.DNSName(certs.CHANNEL_HOSTNAME)] if dns else []
+    names += [x509.UniformResourceIdentifier(v) for v in values]
+    return ext(x509.SubjectAlternativeName(names))
+
+
+def duplicate_alt_names(f: CertFields) -> CertFields:
+    """A second subjectAltName extension, naming another program."""
+    other = x509.SubjectAlternativeName(
+        [x509.UniformResourceIdentifier(certs.principal_uri("program", OTHER_PROGRAM))]
+    )
+    twice = f.with_extension(x509.UnrecognizedExtension(PLACEHOLDER_OID, other.public_bytes()))
+    return attrs.evolve(twice, edit_tbs=replace_oid(PLACEHOLDER_OID, SAN))
 
 
 def end_entity_cases(what: str) -> list[tuple[str, Change, str]]:
@@ -175,7 +190,7 @@ def end_entity_cases(what: str) -> list[tuple[str, Change, str]]:
             evolve(unused_bits=1),
             f"{what} signature BIT STRING declares 1 unused bits",
         ),
-        ("principal-extension-twice", duplicate_principal, "Duplicate .* extension found"),
+        ("alt-names-twice", duplicate_alt_names, "Duplicate .* extension found"),
         (
             "expired",
             lambda f: attrs.evolve(f, not_before=f.not_before - 60 * DAY, not_after=f.not_before),
@@ -192,6 +207,7 @@ def end_entity_cases(what: str) -> list[tuple[str, Change, str]]:
 # -- program certificates ---------------------------------------------------------
 
 OTHER_PROGRAM = PROGRAM.extend(auth.PrinExt("Other", ()))
+PROGRAM_URI = certs.principal_uri("program", PROGRAM)
 
 PROGRAM_CASES = [
     *end_entity_cases("program certificate"),
@@ -225,28 +241,68 @@ PROGRAM_CASES = [
         evolve(public_key=ec.generate_private_key(ec.SECP521R1()).public_key()),
         "program certificate does not certify an ECDSA P-256/P-384 key",
     ),
+    ("no-alt-names", without(SAN), "certificate names no taonet principal"),
+    ("dns-name-only", uris(dns=True), "certificate names no taonet principal"),
     (
-        "text-name-differs",
-        ext(
-            x509.UnrecognizedExtension(certs.OID_TAONET_PRINCIPAL_TEXT, str(OTHER_PROGRAM).encode())
-        ),
-        "program certificate's text name disagrees with its binary name",
+        "two-names",  # which one would a peer believe?
+        uris(PROGRAM_URI, certs.principal_uri("program", OTHER_PROGRAM), dns=True),
+        "certificate holds 2 taonet: URIs, expected one",
     ),
     (
-        "binary-name-differs",  # the text one stays: they disagree the other way round
-        ext(x509.UnrecognizedExtension(certs.OID_TAONET_PRINCIPAL, auth.encode(OTHER_PROGRAM))),
-        "program certificate's text name disagrees with its binary name",
+        "two-names-scheme-in-capitals",  # URI schemes are case-insensitive (Go lowers them)
+        uris(PROGRAM_URI, "TAONET" + certs.principal_uri("program", OTHER_PROGRAM)[6:], dns=True),
+        "certificate holds 2 taonet: URIs, expected one",
     ),
     (
-        "no-text-name",
-        without(certs.OID_TAONET_PRINCIPAL_TEXT),
-        r"not a taonet program certificate: No .*\.3",
+        "host-role",  # the policy key vouched for a host's key, not a program
+        uris(PROGRAM_URI.replace("taonet:program:", "taonet:host:"), dns=True),
+        "certificate is for a taonet host, not a program",
     ),
-    ("no-binary-name", without(certs.OID_TAONET_PRINCIPAL), "has no taonet principal extension"),
     (
-        "binary-name-garbage",
-        ext(x509.UnrecognizedExtension(certs.OID_TAONET_PRINCIPAL, b"\xff\x00")),
-        "certificate principal extension: ",
+        "policy-role",
+        uris(PROGRAM_URI.replace("taonet:program:", "taonet:policy:"), dns=True),
+        "certificate is for a taonet policy, not a program",
+    ),
+    (
+        "unknown-role",
+        uris(PROGRAM_URI.replace("taonet:program:", "taonet:admin:"), dns=True),
+        "certificate's taonet: URI has no known role",
+    ),
+    (
+        "no-role",
+        uris("taonet:" + PROGRAM_URI.split(":", 2)[2], dns=True),
+        "certificate's taonet: URI has no known role",
+    ),
+    (
+        "lower-case-escapes",
+        uris(PROGRAM_URI.replace("%5B", "%5b"), dns=True),
+        "certificate's taonet: URI is not in its canonical form",
+    ),
+    (
+        "brackets-unescaped",
+        uris("taonet:program:" + str(PROGRAM), dns=True),
+        "certificate's taonet: URI is not in its canonical form",
+    ),
+    (
+        "parentheses-escaped",
+        uris(PROGRAM_URI.replace("(", "%28"), dns=True),
+        "certificate's taonet: URI is not in its canonical form",
+    ),
+    (
+        "not-utf8",
+        uris("taonet:program:key(%FF)", dns=True),
+        "certificate's taonet: URI names no principal: ",
+    ),
+    (
+        "not-a-principal",
+        uris("taonet:program:true", dns=True),
+        "certificate's taonet: URI names no principal: ",
+    ),
+    ("empty-name", uris("taonet:program:", dns=True), "URI names no principal: "),
+    (
+        "retired-profile-extension",  # any extension of the first profile, next to a good name
+        ext(x509.UnrecognizedExtension(RETIRED_TEXT, str(PROGRAM).encode())),
+        rf"program certificate is of taonet's retired profile .*{RETIRED_ARC}\.3\b",
     ),
 ]
 
@@ -307,11 +363,15 @@ HOST_CASES = [
         "host certificate issuer is not the policy certificate subject",
     ),
     (
-        "eku-not-host",
+        "eku-tls",  # a host's key signs attestations; a TLS peer must not take it
         ext(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])),
-        "certificate is not a taonet host certificate",
+        "host certificate has an extended key usage",
     ),
-    ("no-eku", without(ExtensionOID.EXTENDED_KEY_USAGE), "not a taonet host certificate"),
+    (
+        "eku-retired-host-usage",  # the first profile's id-taonet-host
+        ext(x509.ExtendedKeyUsage([RETIRED_HOST])),
+        rf"host certificate is of taonet's retired profile .*{RETIRED_ARC}\.2\b",
+    ),
     (
         "another-key",
         evolve(public_key=ec.generate_private_key(ec.SECP256R1()).public_key()),
@@ -319,15 +379,23 @@ HOST_CASES = [
     ),
     (
         "principal-of-another-signer-type",
-        ext(
-            x509.UnrecognizedExtension(
-                certs.OID_TAONET_PRINCIPAL,
-                auth.encode(auth.principal_for_key("tpm2", HOST_KEY)),
-            )
-        ),
+        uris(certs.principal_uri("host", auth.principal_for_key("tpm2", HOST_KEY))),
         "host certificate names another principal than key",
     ),
-    ("no-principal", without(certs.OID_TAONET_PRINCIPAL), "has no taonet principal extension"),
+    (
+        "program-role",  # the policy key vouched for a program of that name, not a host
+        uris(certs.principal_uri("program", auth.key_principal(HOST_KEY))),
+        "certificate is for a taonet program, not a host",
+    ),
+    ("no-principal", without(SAN), "certificate names no taonet principal"),
+    (
+        "two-names",
+        uris(
+            certs.principal_uri("host", auth.key_principal(HOST_KEY)),
+            certs.principal_uri("host", auth.principal_for_key("tpm2", HOST_KEY)),
+        ),
+        "certificate holds 2 taonet: URIs",
+    ),
 ]
 
 

@@ -62,8 +62,9 @@ async def test_a_valid_request_gets_a_certificate(world: World) -> None:
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert ExtendedKeyUsageOID.SERVER_AUTH in eku
     assert ExtendedKeyUsageOID.CLIENT_AUTH in eku
-    text = cert.extensions.get_extension_for_oid(certs.OID_TAONET_PRINCIPAL_TEXT).value
-    assert text.value.decode() == str(world.name)  # type: ignore[attr-defined]
+    alt_names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    uris = alt_names.get_values_for_type(x509.UniformResourceIdentifier)
+    assert uris == [certs.principal_uri("program", world.name)]
 
 
 async def test_serials_are_unique_and_random(world: World) -> None:

@@ -10,6 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtensionOID
 
 import taonet.testing
 from taonet import auth, certs
@@ -30,17 +31,15 @@ NOW = 1_800_000_000 * 10**9
 FACTORY = CertificateFactory.generate(now_ns=NOW)
 KEY = Signer.generate().public_key_der()
 PROGRAM = auth.key_principal(KEY)
-# Same encoded length as OID_TAONET_PRINCIPAL.
-PLACEHOLDER = x509.ObjectIdentifier(certs.OID_TAONET_PRINCIPAL.dotted_string[:-1] + "9")
+SAN = ExtensionOID.SUBJECT_ALTERNATIVE_NAME
+# Same encoded length as subjectAltName (2.5.29.17).
+PLACEHOLDER = x509.ObjectIdentifier("2.5.29.99")
 
 
 def test_public_namespace() -> None:
-    assert sorted(taonet.testing.__all__) == [
-        "CertFields",
-        "CertificateFactory",
-        "CrlFields",
-        "replace_oid",
-    ]
+    # The certificate tools; taonet.testing holds others too (the Tao suite).
+    mine = {"CertFields", "CertificateFactory", "CrlFields", "replace_oid"}
+    assert mine <= set(taonet.testing.__all__)
     for name in taonet.testing.__all__:
         assert getattr(taonet.testing, name) is not None
 
@@ -179,12 +178,15 @@ def test_outer_algorithm() -> None:
 
 def test_replace_oid_repeats_an_extension() -> None:
     fields = FACTORY.program_fields(KEY, PROGRAM, now_ns=NOW)
-    value = fields.extension(certs.OID_TAONET_PRINCIPAL).value
-    assert isinstance(value, x509.UnrecognizedExtension)
+    value = fields.extension(SAN).value
+    assert isinstance(value, x509.SubjectAlternativeName)
+    other = x509.SubjectAlternativeName(
+        [x509.UniformResourceIdentifier(certs.principal_uri("program", PROGRAM))]
+    )
     der = FACTORY.sign(
         attrs.evolve(
-            fields.with_extension(x509.UnrecognizedExtension(PLACEHOLDER, value.value)),
-            edit_tbs=replace_oid(PLACEHOLDER, certs.OID_TAONET_PRINCIPAL),
+            fields.with_extension(x509.UnrecognizedExtension(PLACEHOLDER, other.public_bytes())),
+            edit_tbs=replace_oid(PLACEHOLDER, SAN),
         )
     )
     with pytest.raises(x509.DuplicateExtension):
@@ -193,7 +195,7 @@ def test_replace_oid_repeats_an_extension() -> None:
     with pytest.raises(ValueError, match="same encoded length"):
         replace_oid(PLACEHOLDER, x509.ObjectIdentifier("1.2.3"))
     with pytest.raises(ValueError, match="exactly once"):
-        FACTORY.sign(attrs.evolve(fields, edit_tbs=replace_oid(PLACEHOLDER, certs.OID_TAONET_HOST)))
+        FACTORY.sign(attrs.evolve(fields, edit_tbs=replace_oid(PLACEHOLDER, SAN)))
 
 
 def test_extension_helpers() -> None:
