@@ -36,7 +36,7 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
 	fi
 
-APT_PACKAGES := bubblewrap python3
+APT_PACKAGES := bubblewrap python3 golang-go openssl
 
 lint: $(STAMP)
 	$(BIN)/ruff check taonet services examples tests loadtests
