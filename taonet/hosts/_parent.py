@@ -1,10 +1,14 @@
 """Finding a hosted program's Tao host: ``async with taonet.hosts.parent() as tao``.
 
-A host starts each program with three environment variables (the original's):
+A host starts each program with these environment variables (the original's):
 
-* ``CLOUDPROXY_TAO_HOST_TYPE``: ``none``, ``root`` or ``stacked`` (informational);
 * ``CLOUDPROXY_TAO_HOST_CHANNEL_TYPE``: ``pipe``, ``unix`` or ``file``
-  (``tpm``/``tpm2`` name hardware hosts, which are not reached through here);
+  (``tpm``/``tpm2`` name hardware hosts, which are not reached through here). The
+  channel type alone says that there is a host and how to reach it, as in the
+  original's ``tao.Parent()``;
+* ``CLOUDPROXY_TAO_HOST_TYPE``: ``root`` or ``stacked`` (informational). taonet's
+  hosts set it, the original CloudProxy host does not. Only ``none`` changes
+  anything: it says that there is no host, whatever the channel type;
 * ``CLOUDPROXY_TAO_HOST_SPEC``: for ``pipe``, ``tao::RPC+tao::FDMessageChannel(R, W)``
   with the read and write file descriptors; for ``file``,
   ``tao::RPC+tao::FileMessageChannel(/path)`` (e.g. a virtio serial port); for
@@ -42,8 +46,10 @@ async def open_host_channel(environ: Mapping[str, str] | None = None) -> trio.ab
     env = os.environ if environ is None else environ
     channel = env.get(HOST_CHANNEL_TYPE)
     spec = env.get(HOST_SPEC)
-    if env.get(HOST_TYPE, "none") == "none" or not channel:
-        raise HostError(f"no Tao host: {HOST_TYPE}/{HOST_CHANNEL_TYPE} are not set")
+    if not channel:
+        raise HostError(f"no Tao host: {HOST_CHANNEL_TYPE} is not set")
+    if env.get(HOST_TYPE) == "none":
+        raise HostError(f"no Tao host: {HOST_TYPE} is 'none'")
     if spec is None:
         raise HostError(f"no Tao host: {HOST_SPEC} is not set")
     if channel == "pipe":

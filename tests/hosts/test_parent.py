@@ -66,6 +66,84 @@ async def test_pipe_channel(make_host) -> None:  # type: ignore[no-untyped-def]
     assert lines == [str(child_name), "hosted secret self"]
 
 
+# Started as the original CloudProxy host starts a program: descriptors 3 and 4, and
+# exactly two variables (no CLOUDPROXY_TAO_HOST_TYPE). The launcher moves the pipe
+# ends to 3 and 4 and executes the program with nothing else in its environment.
+LAUNCHER = """
+import fcntl, os, sys
+read_fd, write_fd, child = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (read_fd, write_fd)]
+for fd in (read_fd, write_fd):
+    os.close(fd)
+os.dup2(high[0], 3)
+os.dup2(high[1], 4)
+for fd in high:
+    os.close(fd)
+os.execve(sys.executable, [sys.executable, "-c", child], {
+    "CLOUDPROXY_TAO_HOST_CHANNEL_TYPE": "pipe",
+    "CLOUDPROXY_TAO_HOST_SPEC": "tao::RPC+tao::FDMessageChannel(3, 4)",
+})
+"""
+
+ORIGINAL_HOST_CHILD = """
+import trio
+from taonet.hosts import parent
+
+# What exec received (Python adds LC_CTYPE to os.environ by itself).
+with open("/proc/self/environ", "rb") as f:
+    names = sorted(item.split(b"=", 1)[0].decode() for item in f.read().split(b"\\0") if item)
+
+async def main():
+    async with parent() as tao:
+        name = await tao.get_tao_name()
+        data, policy = await tao.unseal(await tao.seal(b"hosted secret"))
+        random = await tao.get_random_bytes(16)
+        print(",".join(names))
+        print(name)
+        print(data.decode(), policy, len(random))
+
+trio.run(main)
+"""
+
+
+async def test_a_program_the_original_host_started_finds_its_host(make_host) -> None:  # type: ignore[no-untyped-def]
+    host: SoftHost = make_host()
+    child_name = host.name.extend(auth.PrinExt("Program", (auth.Bytes(b"\x02" * 32),)))
+    to_child_r, to_child_w = os.pipe()
+    to_parent_r, to_parent_w = os.pipe()
+    stream = trio.StapledStream(
+        trio.lowlevel.FdStream(to_child_w), trio.lowlevel.FdStream(to_parent_r)
+    )
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_tao_rpc, stream, host.tao_for(child_name))
+            try:
+                result = await trio.run_process(
+                    [
+                        sys.executable,
+                        "-c",
+                        LAUNCHER,
+                        str(to_child_r),
+                        str(to_parent_w),
+                        ORIGINAL_HOST_CHILD,
+                    ],
+                    env={},
+                    pass_fds=(to_child_r, to_parent_w),
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )
+            finally:
+                os.close(to_child_r)
+                os.close(to_parent_w)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert result.stdout.decode().splitlines() == [
+        "CLOUDPROXY_TAO_HOST_CHANNEL_TYPE,CLOUDPROXY_TAO_HOST_SPEC",
+        str(child_name),
+        "hosted secret self 16",
+    ]
+
+
 async def test_unix_channel(make_host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     host: SoftHost = make_host()
     path = tmp_path / "tao.sock"
@@ -100,9 +178,19 @@ async def test_unix_channel(make_host, tmp_path: Path) -> None:  # type: ignore[
             "no Tao host",
         ),
         (
+            {
+                "CLOUDPROXY_TAO_HOST_TYPE": "none",
+                "CLOUDPROXY_TAO_HOST_CHANNEL_TYPE": "pipe",
+                "CLOUDPROXY_TAO_HOST_SPEC": "tao::RPC+tao::FDMessageChannel(3, 4)",
+            },
+            "HOST_TYPE is 'none'",
+        ),
+        ({"CLOUDPROXY_TAO_HOST_TYPE": "root"}, "CHANNEL_TYPE is not set"),
+        (
             {"CLOUDPROXY_TAO_HOST_TYPE": "root", "CLOUDPROXY_TAO_HOST_CHANNEL_TYPE": "pipe"},
             "SPEC is not set",
         ),
+        ({"CLOUDPROXY_TAO_HOST_CHANNEL_TYPE": "pipe"}, "SPEC is not set"),
         (
             {
                 "CLOUDPROXY_TAO_HOST_TYPE": "root",
