@@ -8,6 +8,12 @@ connected: none if the kernel cannot tell, or if it holds more than
 :data:`MAX_PEER_GROUPS`). Every file descriptor received is either handed to the
 backend inside a :class:`~taonet.hosts._hosted.StartRequest` or closed.
 
+Given a ``stop`` event, :func:`serve_admin` closes gracefully once it is set: it stops
+accepting and removes the socket file at once, closes the connections that wait for
+a request, lets each connection that is working on a request send its answer (the
+answer to the shutdown request that set ``stop``, say), and returns when they are
+done or after ``request_timeout`` seconds, whichever comes first.
+
 Limits, so that no local user can take the host down through its admin socket (each
 is a keyword argument of :func:`serve_admin`, defaulting to the constant):
 
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import builtins
 import errno
+import functools
 import itertools
 import math
 import os
@@ -465,6 +472,25 @@ class _ConnectionLimits:
             del self._per_uid[uid]
 
 
+class _Connection:
+    """One served connection, as a graceful close sees it."""
+
+    __slots__ = ("answering", "closing", "scope")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        #: Working on a request (from its last byte in until its answer is sent).
+        self.answering = False
+        #: The server is closing: end after the answer being worked on.
+        self.closing = False
+
+    def close(self) -> None:
+        """End now if waiting for a request, else once the answer is sent."""
+        self.closing = True
+        if not self.answering:
+            self.scope.cancel()
+
+
 def _admit(conn: trio.socket.SocketType, conn_id: int, limits: _ConnectionLimits) -> Caller | None:
     """The caller of a new connection, counted; None (and closed) if it is refused."""
     try:
@@ -497,8 +523,12 @@ async def _serve_connection(
     conn_id: int,
     limits: _ConnectionLimits,
     request_timeout: float,
+    connection: _Connection,
 ) -> None:
-    """Serve one admitted connection; releases its place in ``limits`` when done."""
+    """Serve one admitted connection; releases its place in ``limits`` when done.
+
+    ``connection`` is how a graceful close ends it (see :class:`_Connection`).
+    """
     receiver = _Receiver(sock, request_timeout=request_timeout)
     stream = trio.SocketStream(sock)
     logger = log.bind(
@@ -506,20 +536,25 @@ async def _serve_connection(
     )
     try:
         logger.debug("admin_connection_opened")
-        while True:
-            try:
-                request = await receiver.receive_request()
-            except (CodecError, ProtocolError) as exc:
-                logger.warning("admin_bad_request", error=str(exc))
-                return
-            if request is None:
-                return
-            try:
-                response = await _answer(backend, caller, request, sock, logger)
-            except _PeerGoneError:
-                logger.info("admin_client_gone", op=request.op)
-                return
-            await stream.send_all(response)
+        with connection.scope:
+            while not connection.closing:
+                try:
+                    request = await receiver.receive_request()
+                except (CodecError, ProtocolError) as exc:
+                    logger.warning("admin_bad_request", error=str(exc))
+                    return
+                if request is None:
+                    return
+                # No checkpoint between the request's arrival and this: a graceful
+                # close now waits for its answer.
+                connection.answering = True
+                try:
+                    response = await _answer(backend, caller, request, sock, logger)
+                except _PeerGoneError:
+                    logger.info("admin_client_gone", op=request.op)
+                    return
+                await stream.send_all(response)
+                connection.answering = False
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         logger.info("admin_connection_broken", error=str(exc) or type(exc).__name__)
     except Exception as exc:  # pragma: no cover - a bug here: drop this connection only
@@ -573,15 +608,21 @@ async def serve_admin(
     max_connections: int = MAX_CONNECTIONS,
     max_per_uid: int = MAX_CONNECTIONS_PER_UID,
     request_timeout: float = REQUEST_TIMEOUT,
+    stop: trio.Event | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the admin socket at ``path`` for ``backend`` until cancelled.
+    """Serve the admin socket at ``path`` for ``backend`` until cancelled, or until
+    ``stop`` is set and the answers under way are sent.
 
     A stale socket file at ``path`` is replaced; HostError if another host answers
     there, if something else is in the way, or if the socket cannot be bound. The
     socket gets ``mode`` before anyone can connect. Each connection is served in its
     own task; a connection that breaks the protocol is dropped (and logged) without
     disturbing the others. On exit the socket file is removed.
+
+    Once ``stop`` is set the server closes gracefully (see the module docstring): no
+    new connection, idle ones closed, and each answer being worked on sent within
+    ``request_timeout`` seconds; then it returns.
 
     At most ``max_connections`` connections are served at once, at most
     ``max_per_uid`` of them from one peer uid; a connection over either is closed at
@@ -614,34 +655,93 @@ async def serve_admin(
         log.info("admin_listening", path=where, mode=oct(mode))
         task_status.started()
         limits = _ConnectionLimits(max_connections, max_per_uid)
+        connections: set[_Connection] = set()
         async with trio.open_nursery() as nursery:
-            for conn_id in itertools.count(1):
-                try:
-                    conn, _ = await listener.accept()
-                except OSError as exc:
-                    if exc.errno in _ACCEPT_RETRY_ERRNOS:
-                        log.warning("admin_accept_failed", error=str(exc))
-                        await trio.sleep(_ACCEPT_RETRY_DELAY)
-                        continue
-                    if exc.errno in _ACCEPT_IGNORE_ERRNOS:
-                        continue
-                    raise
-                caller = _admit(conn, conn_id, limits)
-                if caller is None:
-                    continue
-                try:
-                    nursery.start_soon(
-                        _serve_connection, backend, conn, caller, conn_id, limits, request_timeout
-                    )
-                except BaseException:  # pragma: no cover - the nursery is open
-                    limits.release(caller.uid)
-                    conn.close()
-                    raise
+            with trio.CancelScope() as accepting:
+                if stop is not None:
+                    nursery.start_soon(_cancel_on, stop, accepting)
+                await _accept(backend, listener, limits, request_timeout, nursery, connections)
+            # ``stop`` was set: take no one new, and let the answers under way go out.
+            listener.close()
+            _unlink_if_bound(where, bound)
+            log.info("admin_closing", path=where, connections=len(connections))
+            nursery.cancel_scope.deadline = trio.current_time() + request_timeout
+            for connection in connections:
+                connection.close()
     finally:
         listener.close()
-        if bound is not None:
-            with suppress(OSError):
-                now = os.lstat(where)
-                if (now.st_dev, now.st_ino) == (bound.st_dev, bound.st_ino):
-                    os.unlink(where)
+        _unlink_if_bound(where, bound)
         log.info("admin_stopped", path=where)
+
+
+def _unlink_if_bound(where: str, bound: os.stat_result | None) -> None:
+    """Remove the socket file at ``where`` if it is still the one this server bound."""
+    if bound is not None:
+        with suppress(OSError):
+            now = os.lstat(where)
+            if (now.st_dev, now.st_ino) == (bound.st_dev, bound.st_ino):
+                os.unlink(where)
+
+
+async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+async def _accept(
+    backend: AdminBackend,
+    listener: trio.socket.SocketType,
+    limits: _ConnectionLimits,
+    request_timeout: float,
+    nursery: trio.Nursery,
+    connections: set[_Connection],
+) -> None:
+    """Accept and admit connections, each served in ``nursery``, until cancelled."""
+    for conn_id in itertools.count(1):
+        try:
+            conn, _ = await listener.accept()
+        except OSError as exc:
+            if exc.errno in _ACCEPT_RETRY_ERRNOS:
+                log.warning("admin_accept_failed", error=str(exc))
+                await trio.sleep(_ACCEPT_RETRY_DELAY)
+                continue
+            if exc.errno in _ACCEPT_IGNORE_ERRNOS:
+                continue
+            raise
+        caller = _admit(conn, conn_id, limits)
+        if caller is None:
+            continue
+        connection = _Connection()
+        connections.add(connection)  # now: a close that comes before its task starts sees it
+        try:
+            nursery.start_soon(
+                _tracked,
+                connections,
+                connection,
+                functools.partial(
+                    _serve_connection,
+                    backend,
+                    conn,
+                    caller,
+                    conn_id,
+                    limits,
+                    request_timeout,
+                    connection,
+                ),
+            )
+        except BaseException:  # pragma: no cover - the nursery is open
+            connections.discard(connection)
+            limits.release(caller.uid)
+            conn.close()
+            raise
+
+
+async def _tracked(
+    connections: set[_Connection],
+    connection: _Connection,
+    serve: Callable[[], Awaitable[None]],
+) -> None:
+    try:
+        await serve()
+    finally:
+        connections.discard(connection)

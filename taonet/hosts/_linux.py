@@ -420,7 +420,9 @@ class LinuxHost:
 
         While it runs the host holds an exclusive lock on ``host.lock`` in its
         directory: a second host for the same directory (in this process or another)
-        gets a HostError before it touches the admin socket.
+        gets a HostError before it touches the admin socket. Once the programs are
+        stopped the admin socket closes gracefully: every answer under way (the one
+        to the shutdown request among them) is sent before ``run`` returns.
         """
         from taonet.hosts._admin import serve_admin
 
@@ -431,16 +433,20 @@ class LinuxHost:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                if admin_socket:
-                    mode = 0o666 if self._owner_uid == 0 else 0o600
-                    await nursery.start(
-                        functools.partial(serve_admin, self, self.socket_path, mode=mode)
+                async with trio.open_nursery() as admin:
+                    if admin_socket:
+                        mode = 0o666 if self._owner_uid == 0 else 0o600
+                        await admin.start(
+                            functools.partial(
+                                serve_admin, self, self.socket_path, mode=mode, stop=self._stopped
+                            )
+                        )
+                    log.info(
+                        "linux_host_running", name=str(self.name), socket=str(self.socket_path)
                     )
-                log.info("linux_host_running", name=str(self.name), socket=str(self.socket_path))
-                task_status.started()
-                await self._stopped.wait()
-                # Let the admin connection that asked for the shutdown get its answer.
-                await trio.sleep(0.05)
+                    task_status.started()
+                    await self._stopped.wait()
+                # The admin socket has closed: the answers under way were sent.
                 nursery.cancel_scope.cancel()
         finally:
             # Each program's _serve_child, cancelled with the nursery, has killed and

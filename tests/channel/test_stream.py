@@ -401,7 +401,8 @@ async def test_data_then_close_notify_reads_as_data_then_eof(
     with trio.fail_after(10):
         port = await start_server(nursery, await programs.identity(1), burst)
         stream = await open_channel("127.0.0.1", port, await programs.identity(2))
-        await trio.sleep(0.2)  # let data and close_notify arrive together
+        # Until the server has sent all it can (data, close_notify): they arrive together.
+        await trio.testing.wait_all_tasks_blocked()
         got = bytearray()
         while chunk := await stream.receive_some():
             got += chunk

@@ -266,6 +266,13 @@ async def serving_on_a_mock_clock(
         yield served
 
 
+async def let_pass(clock: trio.testing.MockClock, seconds: float) -> None:
+    """Once the server has taken all it was sent (nothing left to run), let
+    ``seconds`` pass on the mock clock."""
+    await trio.testing.wait_all_tasks_blocked()
+    clock.jump(seconds)
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -1177,7 +1184,7 @@ async def test_the_time_limit_is_per_request(
                     data = request_bytes(HOST_NAME, seq=seq)
                     for start, end in ((0, 2), (2, 7), (7, len(data))):
                         if start:
-                            await trio.sleep(0.4)
+                            await let_pass(mock_clock, 0.4)
                         await messages.stream.send_all(data[start:end])
                     header, _ = await read_response(messages)
                     assert (header.op, header.seq, header.HasField("error")) == (
@@ -1185,11 +1192,11 @@ async def test_the_time_limit_is_per_request(
                         seq,
                         False,
                     )
-                    await trio.sleep(2)  # idle between requests
+                    await let_pass(mock_clock, 2)  # idle between requests
                 data = request_bytes(HOST_NAME, seq=3)
                 await messages.stream.send_all(data[:2])
                 first = trio.current_time()
-                await trio.sleep(0.6)
+                await let_pass(mock_clock, 0.6)
                 await messages.stream.send_all(data[2:7])  # more bytes do not reset the clock
                 with pytest.raises(trio.EndOfChannel):
                     await messages.receive_message()
@@ -1419,3 +1426,46 @@ async def test_the_default_mode_keeps_other_users_out(nobody_python: str, shared
             output = await _run_as_nobody(nobody_python, str(path), "1")
     assert output.startswith("raised HostError cannot reach the Tao host"), output
     assert backend.calls == []
+
+
+async def test_a_graceful_close_sends_the_answers_under_way_and_closes_the_rest(
+    tmp_path: Path,
+) -> None:
+    backend = Backend()
+    stop = trio.Event()
+    path = tmp_path / "a.sock"
+    returned = trio.Event()
+
+    async def serve(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await serve_admin(backend, path, stop=stop, task_status=task_status)
+        returned.set()
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve)
+            async with (
+                AdminClient.connect(path) as idle,
+                AdminClient.connect(path) as waiter,
+            ):
+                info = await idle.start("/bin/program")
+                answers: list[ProgramInfo] = []
+
+                async def wait() -> None:
+                    answers.append(await waiter.wait(str(info.pid)))
+
+                nursery.start_soon(wait)
+                await backend.waiting.wait()
+                stop.set()
+                await trio.testing.wait_all_tasks_blocked()
+                # Nobody new; the idle connection is closed; the wait is still served.
+                assert not path.exists()
+                with pytest.raises(HostError):
+                    async with AdminClient.connect(path):
+                        pass
+                with pytest.raises(HostError):
+                    await idle.host_name()
+                assert not returned.is_set()
+                await backend.stop_programs(str(info.pid), Caller(uid=0, gid=0, pid=1))
+                await returned.wait()
+    assert [(a.pid, a.exit_status) for a in answers] == [(info.pid, -signal.SIGTERM)]
+    assert not backend.wait_cancelled.is_set()

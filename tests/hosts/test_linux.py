@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
+import re
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -35,6 +39,8 @@ from tests.hosts.linux_helpers import (
 #: A stdlib-only interpreter another user can run (the test one may live in a private
 #: directory); the other-user test speaks the admin protocol with the standard library.
 _SYSTEM_PYTHON = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or "python3"
+#: Another user, for the tests that need one.
+NOBODY = 65534
 
 
 async def test_child_is_named_by_its_hash_and_attests_under_the_domain(
@@ -227,7 +233,8 @@ async def test_shutdown_kills_programs_that_outlive_the_grace_period(
                     results[pid] = (await waiter.wait(str(pid))).exit_status
 
                 waits.start_soon(wait, stubborn.pid)
-                await trio.sleep(0.1)
+                # Its request is in and the host waits for the program: nothing runs.
+                await trio.testing.wait_all_tasks_blocked()
                 await admin.shutdown()
             os.close(polite_r)
         assert results[stubborn.pid] == -signal.SIGKILL
@@ -290,10 +297,8 @@ async def test_non_owner_cannot_stop_or_kill_others_programs(
 # Speaks the admin protocol by hand: the test interpreter's environment may be out of
 # reach of uid 65534, so this uses only the standard library and the documented wire
 # format (header frame + body frame, protobuf fields written by hand).
-_OTHER_USER_CLIENT = r"""
-import array, os, socket, struct, sys
-
-path, victim, program = sys.argv[1], sys.argv[2], sys.argv[3]
+_ADMIN_BY_HAND = r"""
+import array, json, os, socket, struct, sys, threading
 
 def varint(n):
     out = b""
@@ -343,10 +348,7 @@ def read_exact(s, n):
         data += chunk
     return data
 
-seq = 0
-def call(s, op, body, fds=()):
-    global seq
-    seq += 1
+def call(s, op, body, fds=(), seq=1):
     msg = frame(blob(1, op.encode()) + number(2, seq)) + frame(body)
     if fds:
         s.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
@@ -356,7 +358,12 @@ def call(s, op, body, fds=()):
     body = read_exact(s, struct.unpack(">I", read_exact(s, 4))[0])
     errors = [v.decode() for k, v in fields(header) if k == 3]
     return (errors[0] if errors else None), body
+"""
 
+_OTHER_USER_CLIENT = (
+    _ADMIN_BY_HAND
+    + r"""
+path, victim, program = sys.argv[1], sys.argv[2], sys.argv[3]
 s = socket.socket(socket.AF_UNIX)
 s.connect(path)
 err, _ = call(s, "LinuxHost.KillHostedProgram", blob(5, victim.encode()))
@@ -375,6 +382,7 @@ program_fields = dict(fields(dict(fields(resp))[1]))
 err, _ = call(s, "LinuxHost.StopHostedProgram", blob(5, str(program_fields[2]).encode()))
 print("stopped own" if not err else "stop own failed: " + err, flush=True)
 """
+)
 
 
 async def test_open_refuses_wrong_password_and_missing_parent(tmp_path: Path) -> None:
@@ -632,12 +640,24 @@ async def test_other_users_are_limited_in_programs_and_bytes(
     await host.stop(grace_period=0)
 
 
-def _rss() -> int:
+def _rss(field: str = "VmRSS") -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+    raise AssertionError(f"no {field}")
+
+
+def _reset_peak_rss() -> None:
+    """Start the kernel's record of this process's peak resident size afresh."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_rss() -> int:
+    """This process's peak resident size since :func:`_reset_peak_rss`, as the
+    kernel kept it (every page, not samples)."""
+    return _rss("VmHWM")
 
 
 async def _start_stallers(
@@ -678,20 +698,11 @@ async def test_stalled_requests_cannot_make_the_host_hold_memory(
 
     probe = write_probe(tmp_path)
     init_root(tmp_path / "host")
-    peak = 0
-
-    async def sample_rss() -> None:
-        nonlocal peak
-        while True:
-            peak = max(peak, _rss())
-            await trio.sleep(0.01)
-
     with trio.fail_after(TIMEOUT * 2):
         host = await open_root(nursery, tmp_path / "host", request_timeout=2.0)
         await run_probe(host, probe, ["name"])
         before = _rss()
-        peak = before
-        nursery.start_soon(sample_rss)
+        _reset_peak_rss()
 
         # The review's attack: a 20 MiB header frame, a 20 MiB body one byte short.
         outputs = await _start_stallers(host, probe, 4, 20 << 20, 20 << 20)
@@ -699,6 +710,7 @@ async def test_stalled_requests_cannot_make_the_host_hold_memory(
             lines = await _outcome(out)
             # Refused at the header's length: the program never gets to stall.
             assert [line.get("stall") for line in lines] == ["broken"], lines
+        peak = _peak_rss()
         assert peak - before < 16 << 20, (before, peak)
 
         # The same with the largest request the host takes (a Seal), from more
@@ -714,6 +726,7 @@ async def test_stalled_requests_cannot_make_the_host_hold_memory(
             assert lines[-1]["stall"] in ("closed", "broken"), lines
         assert any(lines[-1]["stall"] == "closed" for lines in outcomes)
         # At no time did the host hold much more than the user's budget...
+        peak = _peak_rss()
         assert peak - before < MAX_REQUEST_BYTES_PER_UID + (24 << 20), (before, peak)
         # ...and what it held went back to the system when the channels closed.
         assert _rss() - before < 8 << 20, (before, _rss())
@@ -785,3 +798,371 @@ async def test_two_hosts_never_serve_one_directory(tmp_path: Path) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(third.run)
             nursery.cancel_scope.cancel()
+
+
+# -- shutdown: every answer under way is sent -----------------------------------------
+
+
+async def test_a_shutdown_requester_always_gets_its_answer(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Many shutdowns in a row, each with a program to stop and a waiter for it on
+    another connection: the requester and the waiter both get their answers, every
+    time, and the host's run returns only after that."""
+    probe = write_probe(tmp_path)
+    init_root(tmp_path / "host", grace_period=5.0)
+    for _ in range(20):
+        with trio.fail_after(TIMEOUT):
+            host = await LinuxHost.open(tmp_path / "host", password=PASSWORD)
+            finished = trio.Event()
+
+            async def run_host(
+                host: LinuxHost = host,
+                finished: trio.Event = finished,
+                *,
+                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
+                await host.run(task_status=task_status)
+                finished.set()
+
+            await nursery.start(run_host)
+            async with (
+                AdminClient.connect(host.socket_path) as admin,
+                AdminClient.connect(host.socket_path) as waiter,
+                trio.open_nursery() as waits,
+            ):
+                info = await admin.start(str(probe), ["sleep", "600"])
+                waited: list[int | None] = []
+
+                async def wait(pid: int = info.pid, waited: list[int | None] = waited) -> None:
+                    waited.append((await waiter.wait(str(pid))).exit_status)
+
+                waits.start_soon(wait)
+                await trio.testing.wait_all_tasks_blocked()
+                assert not finished.is_set()
+                await admin.shutdown()  # raises if the answer never comes
+            assert waited == [-signal.SIGTERM]
+            await finished.wait()
+            assert not host.socket_path.exists()
+
+
+def _fionread(sock: trio.socket.SocketType) -> int:
+    """Bytes waiting to be read on ``sock`` (the kernel's count)."""
+    import array
+    import fcntl
+    import termios
+
+    count = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
+    return count[0]
+
+
+async def test_a_shutdown_answer_the_host_cannot_send_at_once_still_arrives(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """The host used to give a shutdown requester 50 ms to get its answer, then close
+    its connection. A requester whose socket is full (it pipelined requests and has
+    not read their answers yet) lost the answer: the host closed before it could be
+    written. Here the requester holds the host's answer back until the host has
+    stopped listening, then reads: every answer, the shutdown's last."""
+    from taonet.hosts._admin_wire import HOST_NAME, SHUTDOWN
+    from taonet.wire import encode_frame, message_class, parse, serialize
+
+    def request(op: str) -> bytes:
+        header = serialize(message_class("RPCHeader")(op=op, seq=1))
+        return encode_frame(header) + encode_frame(b"")
+
+    init_root(tmp_path / "host")
+    with trio.fail_after(TIMEOUT):
+        host = await open_root(nursery, tmp_path / "host")
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await sock.connect(str(host.socket_path))
+        stream = trio.SocketStream(sock)
+
+        async def receive_exactly(n: int) -> bytes:
+            data = bytearray()
+            while len(data) < n:
+                chunk = await stream.receive_some(n - len(data))
+                assert chunk, "the host closed the connection"
+                data += chunk
+            return bytes(data)
+
+        # Far more requests than the host can answer before its socket is full; it
+        # answers until the socket is full and waits (nothing runs).
+        first = 2000
+        await stream.send_all(request(HOST_NAME) * first)
+        await trio.testing.wait_all_tasks_blocked()
+        data = await receive_exactly(_fionread(sock))
+        header_len = int.from_bytes(data[:4], "big")
+        body_len = int.from_bytes(data[4 + header_len : 8 + header_len], "big")
+        size = 8 + header_len + body_len  # each answer: all alike
+        burst, odd = divmod(len(data), size)
+        assert odd == 0, (len(data), size)
+        assert burst > 1, (len(data), size)
+        # Each time its socket is emptied the host writes that many again.
+        await trio.testing.wait_all_tasks_blocked()
+        assert _fionread(sock) == burst * size
+        read, queued = burst, burst
+        # More requests, so that the host's last burst of answers ends with the last
+        # of them, then a shutdown: its answer finds the host's socket full.
+        more = -(first - read - queued) % burst
+        total = first + more
+        await stream.send_all(request(HOST_NAME) * more + request(SHUTDOWN))
+        while read + queued < total:
+            await receive_exactly(queued * size)
+            read += queued
+            await trio.testing.wait_all_tasks_blocked()
+            queued = _fionread(sock) // size
+        assert read + queued == total
+        assert _fionread(sock) == queued * size, "the shutdown answer went out at once"
+        # The host has stopped its programs and the answer waits for room. The socket
+        # file goes once the host stops listening (no event tells a client that: this
+        # polls the file, bounded by fail_after). Then the requester reads.
+        while host.socket_path.exists():  # noqa: ASYNC110 (a file, not an event)
+            await trio.sleep(0.001)
+        rest = bytearray()
+        while chunk := await stream.receive_some():
+            rest += chunk
+        await stream.aclose()
+    tail = bytes(rest[queued * size :])
+    assert len(tail) >= 8, "the connection closed without the shutdown answer"
+    header_len = int.from_bytes(tail[:4], "big")
+    header = parse("RPCHeader", tail[4 : 4 + header_len], what="answer")
+    assert header.op == SHUTDOWN
+    assert not header.HasField("error")
+
+
+# -- another user's starts: limits and supplementary groups ---------------------------
+
+# Starts PROGRAM in CWD from CONNECTIONS connections at once, each retrying up to
+# ATTEMPTS times until one start succeeds; prints what came of it as JSON.
+_RACING_STARTS = (
+    _ADMIN_BY_HAND
+    + r"""
+path, program, cwd = sys.argv[1], sys.argv[2], sys.argv[3]
+connections, attempts = int(sys.argv[4]), int(sys.argv[5])
+body = blob(1, program.encode()) + blob(3, cwd.encode())
+sockets = []
+for _ in range(connections):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    sockets.append(s)
+ready = threading.Barrier(connections)
+started, refusals, lock = [], set(), threading.Lock()
+
+def race(s):
+    ready.wait()
+    for _ in range(attempts):
+        err, _ = call(s, "LinuxHost.StartHostedProgram", body)
+        with lock:
+            if err is None:
+                started.append(1)
+                return
+            refusals.add(err[:200])
+
+threads = [threading.Thread(target=race, args=(s,)) for s in sockets]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps({"started": len(started), "refusals": sorted(refusals)}), flush=True)
+"""
+)
+
+# Starts PROGRAM in CWD once, its stdout to a pipe: {"output"} or {"error"}.
+_ONE_START = (
+    _ADMIN_BY_HAND
+    + r"""
+path, program, cwd = sys.argv[1], sys.argv[2], sys.argv[3]
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+r, w = os.pipe()
+body = blob(1, program.encode()) + blob(3, cwd.encode()) + number(6, 1) + number(7, 2)
+err, _ = call(s, "LinuxHost.StartHostedProgram", body, fds=[w])
+os.close(w)
+if err:
+    print(json.dumps({"error": err}), flush=True)
+else:
+    output = b""
+    while chunk := os.read(r, 4096):
+        output += chunk
+    print(json.dumps({"output": output.decode().strip()}), flush=True)
+"""
+)
+
+
+async def _as_user(
+    script: str, args: list[str], *, uid: int, gid: int, groups: list[int]
+) -> dict[str, Any]:
+    """Run ``script`` with the system interpreter as (uid, gid, groups): its JSON line."""
+    done = await trio.run_process(
+        [_SYSTEM_PYTHON, "-I", "-c", script, *args],
+        user=uid,
+        group=gid,
+        extra_groups=groups,
+        cwd="/",
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    result: dict[str, Any] = json.loads(done.stdout.decode().splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize("limit", ["programs", "bytes"])
+async def test_concurrent_starts_by_another_user_cannot_pass_its_limits(
+    tmp_path: Path,
+    nursery: trio.Nursery,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    limit: str,
+) -> None:
+    """A start used to give its place back once its program was copied, and take it
+    again only once the program had started: starts racing through that window all
+    got in. Here another user fires 24 starts at once, and retries, against a limit
+    of 3: exactly 3 programs run."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run programs as another user")
+    from taonet.hosts import _linux
+
+    shared = _prepare_shared(request)
+    program = shared / "sleeper.sh"
+    program.write_text("#!/bin/sh\nexec sleep 600\n" + "#" * 1000 + "\n")
+    program.chmod(0o755)
+    size = program.stat().st_size
+    if limit == "programs":
+        monkeypatch.setattr(_linux, "MAX_PROGRAMS_PER_UID", 3)
+    else:  # room for three copies and a half; each start reserves one copy's worth
+        monkeypatch.setattr(_linux, "MAX_PROGRAM_BYTES_PER_UID", 3 * size + size // 2)
+        monkeypatch.setattr(_linux, "MAX_PROGRAM_SIZE_PER_START", size)
+    init_root(shared / "host")
+    with trio.fail_after(TIMEOUT):
+        host = await open_root(nursery, shared / "host")
+        result = await _as_user(
+            _RACING_STARTS,
+            [str(host.socket_path), str(program), "/", "24", "100"],
+            uid=NOBODY,
+            gid=NOBODY,
+            groups=[],
+        )
+        running = [p for p in host.list_programs() if p.uid == NOBODY]
+        await host.stop(grace_period=0)
+    assert result["started"] == 3, result
+    assert len(running) == 3
+    if limit == "programs":
+        expected = "HostError: uid 65534 already has 3 programs on this host"
+    else:  # no room, or less than the copy needs (while other starts hold some)
+        expected = (
+            f"HostError: (uid 65534's programs already use {3 * size + size // 2} bytes on "
+            f"this host|the program {program} is {size} bytes, over the [0-9]+-byte limit)"
+        )
+    assert result["refusals"], result
+    for refusal in result["refusals"]:
+        assert re.fullmatch(expected, refusal), refusal
+
+
+#: A group nobody is in, to give a client process for the test.
+_TEST_GROUP = 4242
+
+
+def _group_only(path: Path, group: int, mode: int) -> Path:
+    os.chown(path, 0, group)
+    path.chmod(mode)
+    return path
+
+
+async def test_supplementary_groups_are_the_callers_for_checks_and_for_the_program(
+    tmp_path: Path, nursery: trio.Nursery, request: pytest.FixtureRequest
+) -> None:
+    """The host checked a program and its working directory against the caller's
+    groups from the user database, but ran it with none, and checked the directory
+    with none: a caller that holds a group could not start what the group lets it
+    run. Now one set of groups, the caller's own, serves the checks and the program."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    shared = _prepare_shared(request)
+    for_group = shared / "for-group.sh"
+    for_group.write_text('#!/bin/sh\necho "$(id -G)"\n')
+    _group_only(for_group, _TEST_GROUP, 0o750)
+    for_all = shared / "for-all.sh"
+    for_all.write_text('#!/bin/sh\necho "$(id -G) $(pwd)"\n')
+    for_all.chmod(0o755)
+    work = shared / "work"
+    work.mkdir()
+    _group_only(work, _TEST_GROUP, 0o710)
+    init_root(shared / "host")
+    with trio.fail_after(TIMEOUT):
+        host = await open_root(nursery, shared / "host")
+        socket_path = str(host.socket_path)
+        outcomes = {}
+        for name, groups in (("in", [_TEST_GROUP]), ("out", [])):
+            for what, program, cwd in (("file", for_group, "/"), ("cwd", for_all, str(work))):
+                outcomes[name, what] = await _as_user(
+                    _ONE_START,
+                    [socket_path, str(program), cwd],
+                    uid=NOBODY,
+                    gid=NOBODY,
+                    groups=groups,
+                )
+        await host.stop()
+    # In the group: both start, and run with the caller's groups.
+    assert outcomes["in", "file"] == {"output": f"{NOBODY} {_TEST_GROUP}"}
+    assert outcomes["in", "cwd"] == {"output": f"{NOBODY} {_TEST_GROUP} {work}"}
+    # Not in it: refused, by the same rule.
+    who = f"AuthorizationError: uid {NOBODY} (gid {NOBODY}) may not"
+    refused = outcomes["out", "file"].get("error", "")
+    assert refused.startswith(f"{who} read and execute {for_group}"), outcomes
+    refused = outcomes["out", "cwd"].get("error", "")
+    assert refused.startswith(f"{who} search the directory {work}"), outcomes
+
+
+def _user_in_a_group_by_the_database() -> tuple[int, int, int] | None:
+    """(uid, gid, group) of a user the user database puts in a supplementary group."""
+    import grp
+    import pwd
+
+    for group in grp.getgrall():
+        for member in group.gr_mem:
+            try:
+                user = pwd.getpwnam(member)
+            except KeyError:
+                continue
+            if user.pw_uid not in (0, NOBODY) and user.pw_gid != group.gr_gid:
+                return user.pw_uid, user.pw_gid, group.gr_gid
+    return None
+
+
+async def test_a_group_the_caller_does_not_hold_grants_nothing(
+    tmp_path: Path, nursery: trio.Nursery, request: pytest.FixtureRequest
+) -> None:
+    """The user database said the caller's user is in a group; its process did not
+    hold that group (dropped, or never given, as in a sandbox). The host used to
+    grant it the group's files all the same: it copied them where the caller could
+    read them. Now only the groups the caller holds count."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    found = _user_in_a_group_by_the_database()
+    if found is None:
+        pytest.skip("no user on this machine is in a supplementary group")
+    uid, gid, group = found
+    shared = _prepare_shared(request)
+    secret = shared / "group-only.sh"
+    secret.write_text("#!/bin/sh\necho group secret\n")
+    _group_only(secret, group, 0o750)
+    init_root(shared / "host")
+    with trio.fail_after(TIMEOUT):
+        host = await open_root(nursery, shared / "host")
+        socket_path = str(host.socket_path)
+        without = await _as_user(
+            _ONE_START, [socket_path, str(secret), "/"], uid=uid, gid=gid, groups=[]
+        )
+        holding = await _as_user(
+            _ONE_START, [socket_path, str(secret), "/"], uid=uid, gid=gid, groups=[group]
+        )
+        await host.stop()
+    assert without.get("error", "").startswith(
+        f"AuthorizationError: uid {uid} (gid {gid}) may not read and execute {secret}"
+    ), without
+    assert holding == {"output": "group secret"}
+    assert list((shared / "host" / "programs").iterdir()) == []

@@ -760,12 +760,13 @@ def process_state(pid: int) -> str | None:
         return None
 
 
-async def wait_gone(pid: int) -> None:
-    """Until ``pid`` has exited (a zombie whose reaper is not us counts as gone)."""
-    while True:
-        if process_state(pid) in (None, "Z"):
-            return
-        await trio.sleep(0.01)
+async def wait_gone(pidfd: int) -> None:
+    """Until the process of ``pidfd`` has exited (the kernel then makes it readable,
+    whoever its parent is); closes ``pidfd``."""
+    try:
+        await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
 
 
 async def read_line(fd: int) -> bytes:
@@ -792,10 +793,13 @@ async def test_signal_group_reaches_grandchildren(tmp_path: Path, programs_dir: 
         try:
             grandchild = int(await read_line(r))
             assert os.getpgid(grandchild) == process.pid
+            # Held from while it runs: its pid cannot be reused under us.
+            pidfd = os.pidfd_open(grandchild)
             assert process_state(grandchild) not in (None, "Z")
             assert await signal_group(process, signal.SIGTERM) is True
             assert await process.wait() == -signal.SIGTERM
-            await wait_gone(grandchild)
+            await wait_gone(pidfd)
+            assert process_state(grandchild) in (None, "Z")
         finally:
             with trio.CancelScope(shield=True):
                 await signal_group(process, signal.SIGKILL)
