@@ -139,6 +139,22 @@ class CertFields:
         """These fields without the extension ``oid``."""
         return attrs.evolve(self, extensions=tuple(e for e in self.extensions if e.oid != oid))
 
+    def with_names(self, *uris: str) -> CertFields:
+        """These fields with ``uris`` in place of the subjectAltName's URIs.
+
+        The other alternative names (a program's channel DNS name) stay; a URI may be
+        anything, e.g. :func:`~taonet.certs.principal_uri` of another role or name.
+        """
+        try:
+            current = self.extension(x509.SubjectAlternativeName.oid)
+        except KeyError:
+            kept: list[x509.GeneralName] = []
+        else:
+            assert isinstance(current.value, x509.SubjectAlternativeName)
+            kept = [n for n in current.value if not isinstance(n, x509.UniformResourceIdentifier)]
+        names = [*kept, *(x509.UniformResourceIdentifier(u) for u in uris)]
+        return self.with_extension(x509.SubjectAlternativeName(names))
+
     def extension(self, oid: x509.ObjectIdentifier) -> Extension:
         """The extension ``oid`` (KeyError if there is none)."""
         for ext in self.extensions:

@@ -218,3 +218,14 @@ def test_another_signer_really_signs() -> None:
     envelope = split(der)
     rogue.public_key().verify(envelope.signature, envelope.tbs, ec.ECDSA(hashes.SHA256()))
     assert not signed_part_signature_is_valid(der, hashes.SHA256())
+
+
+def test_with_names_replaces_only_the_uris() -> None:
+    fields = FACTORY.program_fields(KEY, PROGRAM, now_ns=NOW)
+    other = certs.principal_uri("host", PROGRAM)
+    cert = x509.load_der_x509_certificate(FACTORY.sign(fields.with_names(other, "urn:x:y")))
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == [certs.CHANNEL_HOSTNAME]
+    assert names.get_values_for_type(x509.UniformResourceIdentifier) == [other, "urn:x:y"]
+    host = FACTORY.host_fields(KEY, now_ns=NOW).without_extension(SAN).with_names(other)
+    assert [e.oid for e in host.extensions].count(SAN) == 1
