@@ -3,10 +3,11 @@
 ``taonet demo --hosted``: a root Linux host (soft keys, certified by the domain's
 policy key) runs in this process; through its admin socket it starts, as real child
 processes, the domain service (the ``taonet`` command), simpleserver and simpleclient
-(their own source files, run by their ``#!`` line). Each program's name is the
-host's name extended with ``Program([sha256 of the file])``; the guard lets exactly
-these three execute. Their output comes back over pipes passed to the host as file
-descriptors, and is printed prefixed with the program's name.
+(executable copies of their own source files, run by their ``#!`` line). Each
+program's name is the host's name extended with ``Program([sha256 of the file])``;
+the guard lets exactly these three execute. Their output comes back over pipes
+passed to the host as file descriptors, and is printed prefixed with the program's
+name.
 
 The first run initializes (domain, host, each program's certificate and sealed
 state); later runs in the same directory unseal that state.
@@ -27,7 +28,7 @@ import trio
 from taonet import AuthorizationError, ConfigError, HostError, auth
 from taonet.crypto import KdfParams
 from taonet.domain import Domain, DomainTemplate, measure_file, program_subprin
-from taonet.files import atomic_write
+from taonet.files import atomic_write, read_file
 from taonet.hosts import AdminClient, LinuxHost, LinuxHostConfig
 from taonet_examples.simpleexample import simpleclient, simpleserver
 
@@ -66,14 +67,29 @@ def _taonet_command() -> Path:
     return Path(found).resolve()
 
 
+#: Bound on the size of a program's source the demo copies.
+_MAX_SOURCE = 1 << 20
+
+
 def _paths(base: Path) -> tuple[Path, Path, Path, Path]:
-    """The demo directory and the three programs, as absolute paths."""
-    return (
-        Path(base).resolve(),
-        Path(simpleserver.__file__).resolve(),
-        Path(simpleclient.__file__).resolve(),
-        _taonet_command(),
-    )
+    """The demo directory (created if needed) and the three programs, as absolute paths.
+
+    The host runs a program by its path (its ``#!`` line names the interpreter) and
+    measures that very file. An installed package's modules are not executable (a
+    wheel keeps no mode bits), so the demo runs simpleserver and simpleclient from
+    executable copies of their source in ``bin`` in the demo directory, rewritten at
+    each run: byte for byte the modules, so their names (the hashes) are the same.
+    """
+    base = Path(base).resolve()
+    programs = base / "bin"
+    programs.mkdir(mode=0o755, parents=True, exist_ok=True)
+    copies = []
+    for module in (simpleserver, simpleclient):
+        source = Path(module.__file__ or "")
+        copy = programs / source.name
+        atomic_write(copy, read_file(source, limit=_MAX_SOURCE), mode=0o755)
+        copies.append(copy)
+    return base, copies[0], copies[1], _taonet_command()
 
 
 class _Output:
