@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
@@ -54,7 +55,8 @@ async def run(
     stdout: int | None = subprocess.PIPE,
 ) -> Result:
     """Run a command to its end (bounded), its output as text; ``stdout`` may be an fd."""
-    options: dict[str, object] = (
+    # trio refuses stdout= together with capture_stdout=True: pass only one of them.
+    options: dict[str, Any] = (
         {"capture_stdout": True} if stdout == subprocess.PIPE else {"stdout": stdout}
     )
     with trio.fail_after(COMMAND_TIMEOUT):
@@ -65,7 +67,7 @@ async def run(
             check=False,
             env=dict(env) if env is not None else clean_env(),
             cwd=cwd,
-            **options,  # type: ignore[arg-type]
+            **options,
         )
     return Result(
         proc.returncode,

@@ -63,7 +63,7 @@ def host_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         script.chmod(0o755)
     domain = tmp_path / "domain"
     ok(taonet("domain", "init", str(domain), "--password-file", str(pw)))
-    for script in ("exits3", "sleeper"):
+    for name in ("exits3", "sleeper"):
         ok(
             taonet(
                 "domain",
@@ -71,7 +71,7 @@ def host_env(tmp_path: Path) -> Iterator[dict[str, str]]:
                 "--domain",
                 str(domain),
                 "--add-program",
-                str(bin_dir / script),
+                str(bin_dir / name),
                 "--password-file",
                 str(pw),
             )

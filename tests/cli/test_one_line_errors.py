@@ -100,6 +100,7 @@ async def test_domain_service_stops_in_order_on_a_signal(
 
             async def drain_stderr() -> None:
                 nonlocal err
+                assert proc.stderr is not None
                 while chunk := await proc.stderr.receive_some():
                     err += chunk
 

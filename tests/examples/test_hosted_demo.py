@@ -31,7 +31,7 @@ async def test_hosted_demo_runs_twice_with_names_from_host_and_hashes(tmp_path: 
     host_name = re.search(r"key\(\[[0-9a-f]+\]\)", host)
     assert host_name is not None
     for module, label in ((simpleserver, "simpleserver"), (simpleclient, "simpleclient")):
-        expected = f"{host_name.group(0)}.Program([{_hash(module.__file__)}])"
+        expected = f"{host_name.group(0)}.Program([{_hash(module.__file__ or '')}])"
         assert f"[{label}] my Tao name is {expected}" in first
         assert f"[{label}] my Tao name is {expected}" in second
     assert any("issued certificate serial" in line for line in first)

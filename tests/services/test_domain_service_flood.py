@@ -227,9 +227,9 @@ async def test_a_flood_at_the_size_limit_is_cut_and_summarized(svc: Service) -> 
     assert all(digest in entry["principal"] for entry in cut)
 
 
-async def test_refusals_recover_with_time_and_are_summarized_per_interval(
+async def test_refusals_recover_with_time_and_are_summarized_per_interval(  # type: ignore[no-untyped-def]
     make_domain,
-    make_host,  # type: ignore[no-untyped-def]
+    make_host,
 ) -> None:
     limits = RefusalLimits(client_burst=3, client_rate=0.5, summary_interval=60.0)
     payload = flood_request(4000)
@@ -273,9 +273,9 @@ async def test_refusals_recover_with_time_and_are_summarized_per_interval(
     assert len(full_refusals(events)) == 7
 
 
-async def test_many_addresses_are_bounded_in_total(
+async def test_many_addresses_are_bounded_in_total(  # type: ignore[no-untyped-def]
     make_domain,
-    make_host,  # type: ignore[no-untyped-def]
+    make_host,
 ) -> None:
     limits = RefusalLimits(client_burst=2, total_burst=10, max_clients=8, max_summaries=3)
     payload = flood_request(MAX_REQUEST - 200)

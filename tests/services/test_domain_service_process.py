@@ -75,8 +75,8 @@ async def test_domain_service_process(make_domain, make_host, tmp_path: Path) ->
     assert (domain.path / "audit.sqlite").exists()
 
 
-async def test_flooded_service_process_keeps_its_log_and_audit_small(
-    make_domain,  # type: ignore[no-untyped-def]
+async def test_flooded_service_process_keeps_its_log_and_audit_small(  # type: ignore[no-untyped-def]
+    make_domain,
     tmp_path: Path,
 ) -> None:
     """The refusal flood against `taonet domain-service` itself: what it prints on
