@@ -20,7 +20,9 @@ import pytest
 import structlog
 
 import taonet
+import taonet.cli
 import taonet.files
+import taonet_services.domain_service as ds
 from taonet import ConfigError, configure_logging
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,11 +95,13 @@ def test_public_objects_report_their_public_module() -> None:
     for name in taonet.files.__all__:
         assert getattr(taonet.files, name).__module__ == "taonet.files", name
     assert repr(ConfigError) == "<class 'taonet.ConfigError'>"
+    assert taonet.cli.main.__module__ == "taonet.cli"
+    for name in ds.__all__:
+        if not name.isupper():  # constants have no module
+            assert getattr(ds, name).__module__ == ds.__name__, name
 
 
 def test_the_domain_service_exports_what_the_cli_needs() -> None:
-    import taonet_services.domain_service as ds
-
     for name in ("AuditLog", "format_events", "DomainService"):
         assert name in ds.__all__
 

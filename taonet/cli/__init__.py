@@ -11,3 +11,5 @@ from __future__ import annotations
 from taonet.cli._main import main
 
 __all__ = ["main"]
+
+main.__module__ = __name__

@@ -26,3 +26,8 @@ __all__ = [
     "bounded",
     "format_events",
 ]
+
+# What this package exports reports it as its home (reprs, tracebacks, docs).
+for _public in (AuditEvent, AuditLog, DomainService, RefusalLimits, bounded, format_events):
+    _public.__module__ = __name__
+del _public
