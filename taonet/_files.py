@@ -18,15 +18,18 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from taonet._errors import ConfigError
 
-__all__ = ["atomic_write", "read_file"]
+__all__ = ["atomic_write", "file_kind", "open_regular_file", "read_file"]
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_O_NOCTTY = getattr(os, "O_NOCTTY", 0)
 
 
 def _why(exc: OSError) -> str:
@@ -82,25 +85,64 @@ def _fsync_directory(directory: Path) -> None:
         os.close(dfd)
 
 
+def file_kind(mode: int) -> str:
+    """What a file of ``mode`` is, in words: "a regular file", "a FIFO", ..."""
+    for test, name in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "something else"
+
+
+def open_regular_file(
+    path: str | os.PathLike[str], *, verb: str = "read"
+) -> tuple[int, os.stat_result]:
+    """Open a regular file for reading: its (blocking) descriptor and its ``fstat``.
+
+    Opened without blocking and without becoming a controlling terminal, so that
+    even a FIFO nobody writes returns at once; then anything but a regular file (a
+    FIFO, a device such as ``/dev/zero``, a directory, a socket: reading one could
+    block or never end) is refused with a ConfigError, "cannot ``verb`` PATH: it is
+    a FIFO, not a regular file". Raises OSError if it cannot be opened at all; the
+    caller closes the descriptor.
+    """
+    fd = os.open(path, os.O_RDONLY | _O_NONBLOCK | _O_NOCTTY | _O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(
+                f"cannot {verb} {path}: it is {file_kind(info.st_mode)}, not a regular file"
+            )
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
 def read_file(path: str | os.PathLike[str], *, limit: int) -> bytes:
     """Read the whole file at ``path``, refusing one larger than ``limit`` bytes.
 
-    Raises ConfigError if the file is missing, unreadable, not a regular file,
-    or bigger than ``limit``.
+    Raises ConfigError if the file is missing, unreadable, not a regular file (a
+    FIFO or a device is refused at once, never waited on), or bigger than ``limit``.
     """
     if limit < 0:
         raise ValueError("limit must be >= 0")
     p = Path(path)
     try:
-        with open(p, "rb") as f:
-            st = os.fstat(f.fileno())
+        fd, st = open_regular_file(p)
+        with open(fd, "rb") as f:
             if st.st_size > limit:
                 raise ConfigError(f"{p} is {st.st_size} bytes, over the {limit}-byte limit")
             data = f.read(limit + 1)
     except FileNotFoundError as exc:
         raise ConfigError(f"no file at {p}") from exc
-    except IsADirectoryError as exc:
-        raise ConfigError(f"{p} is a directory, not a file") from exc
     except OSError as exc:
         raise ConfigError(f"cannot read {p}: {_why(exc)}") from exc
     if len(data) > limit:

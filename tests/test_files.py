@@ -133,7 +133,25 @@ def test_read_file(tmp_path: Path) -> None:
 def test_read_file_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no file at"):
         read_file(tmp_path / "absent", limit=10)
-    with pytest.raises(ConfigError, match="directory"):
+    with pytest.raises(ConfigError, match="it is a directory, not a regular file"):
         read_file(tmp_path, limit=10)
     with pytest.raises(ValueError, match="limit"):
         read_file(tmp_path / "absent", limit=-1)
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda tmp: Path("/dev/zero"), "a character device"),
+        (lambda tmp: Path("/dev/null"), "a character device"),
+        (lambda tmp: (os.mkfifo(tmp / "fifo"), tmp / "fifo")[1], "a FIFO"),
+    ],
+    ids=["dev-zero", "dev-null", "fifo-nobody-writes"],
+)
+def test_read_file_refuses_at_once_what_is_not_a_regular_file(
+    tmp_path: Path, make: object, kind: str
+) -> None:
+    """Opening a FIFO nobody writes, or reading /dev/zero, would block or never end."""
+    path = make(tmp_path)  # type: ignore[operator]
+    with pytest.raises(ConfigError, match=f"cannot read {path}: it is {kind}, not a regular"):
+        read_file(path, limit=1 << 20)

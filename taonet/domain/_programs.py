@@ -9,6 +9,7 @@ from pathlib import Path
 
 from taonet import auth
 from taonet._errors import ConfigError
+from taonet._files import file_kind, open_regular_file
 
 __all__ = ["measure_file", "policy_key_subprin", "program_subprin"]
 
@@ -25,16 +26,10 @@ def measure_file(path: str | Path) -> bytes:
     terminal, so even opening a FIFO nobody writes returns at once.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        fd, info = open_regular_file(path, verb="measure")
     except OSError as exc:
         raise ConfigError(f"cannot measure {path}: {_why_not(path, exc)}") from None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(
-                f"cannot measure {path}: it is {_kind(info.st_mode)}, not a regular file"
-            )
-        os.set_blocking(fd, True)
         digest = hashlib.sha256()
         left = info.st_size
         while left > 0 and (chunk := os.read(fd, min(_CHUNK, left))):
@@ -59,20 +54,7 @@ def _why_not(path: str | Path, exc: OSError) -> str:
         return exc.strerror or str(exc)
     if stat.S_ISREG(mode):
         return exc.strerror or str(exc)
-    return f"it is {_kind(mode)}, not a regular file"
-
-
-def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return name
-    return "something else"
+    return f"it is {file_kind(mode)}, not a regular file"
 
 
 def program_subprin(program_hash: bytes, *, program_id: int = 0) -> auth.SubPrin:

@@ -274,6 +274,18 @@ async def test_add_program_refuses_what_is_not_a_regular_file(
     one_line_error(result, "not a regular file")
 
 
+@pytest.mark.parametrize("name", ["domain.sig", "domain.toml", "acls"])
+async def test_a_domain_file_replaced_by_a_fifo_is_refused_at_once(domain: Path, name: str) -> None:
+    """Whoever can write the domain directory puts a FIFO nobody writes in place of a
+    file the domain reads: loading it is refused in one line, it does not hang."""
+    target = domain / name
+    target.unlink()
+    make_fifo(target)
+    env = clean_env(TAO_DOMAIN=str(domain))
+    result = await run(isolated("domain", "policy", "--show"), env=env)
+    one_line_error(result, f"{target}: it is a FIFO, not a regular file")
+
+
 # -- logging settings -----------------------------------------------------------------
 
 
