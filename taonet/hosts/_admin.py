@@ -18,17 +18,21 @@ Limits, so that no local user can take the host down through its admin socket (e
 is a keyword argument of :func:`serve_admin`, defaulting to the constant):
 
 * At most :data:`MAX_CONNECTIONS` (256) connections at once, and at most
-  :data:`MAX_CONNECTIONS_PER_UID` (32) from one peer uid; root has the same cap as
-  any other uid, counted for itself. A connection over either limit is closed as soon
-  as it is accepted, before anything is read from it, and is not counted
-  (``admin_connection_refused`` is logged).
+  :data:`MAX_CONNECTIONS_PER_UID` (32) from one peer uid; root has the same per-uid
+  cap as any other uid, counted for itself. Users other than root and the host's
+  owner (the uid this server runs as) may hold at most ``MAX_CONNECTIONS -
+  MAX_CONNECTIONS_PER_UID`` (224) between them, so that however many local users
+  fill their shares, root and the owner can still reach the host (to stop it, say).
+  A connection over a limit is closed as soon as it is accepted, before anything is
+  read from it, and is not counted (``admin_connection_refused`` is logged).
 * A request's header frame is at most
   :data:`~taonet.hosts._admin_wire.ADMIN_MAX_HEADER` bytes and its body at most
   :data:`~taonet.hosts._admin_wire.ADMIN_MAX_FRAME`; a frame over its limit is refused
   as soon as its length is in, before anything is allocated for it. Once the first
   byte of a request has arrived, the rest of it (both frames) must arrive within
-  :data:`REQUEST_TIMEOUT` (10 s), or the connection is dropped. A connection may
-  stay idle between requests for as long as it likes.
+  :data:`REQUEST_TIMEOUT` (10 s), or the connection is dropped. A connection that
+  sends no request for :data:`IDLE_TIMEOUT` (300 s) is closed
+  (``admin_connection_idle``); one waiting for an answer (``wait``) is not idle.
 * A response's frames are at most
   :data:`~taonet.hosts._admin_wire.ADMIN_MAX_RESPONSE` bytes each; a bigger answer
   becomes a HostError answer.
@@ -45,7 +49,6 @@ import builtins
 import errno
 import functools
 import itertools
-import math
 import os
 import socket
 import stat
@@ -93,7 +96,13 @@ from taonet.hosts._hosted import (
 )
 from taonet.wire import FrameDecoder, encode_frame, message_class, parse, serialize
 
-__all__ = ["MAX_CONNECTIONS", "MAX_CONNECTIONS_PER_UID", "REQUEST_TIMEOUT", "serve_admin"]
+__all__ = [
+    "IDLE_TIMEOUT",
+    "MAX_CONNECTIONS",
+    "MAX_CONNECTIONS_PER_UID",
+    "REQUEST_TIMEOUT",
+    "serve_admin",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -103,6 +112,8 @@ MAX_CONNECTIONS: Final = 256
 MAX_CONNECTIONS_PER_UID: Final = 32
 #: Seconds a request may take to arrive once its first byte is in.
 REQUEST_TIMEOUT: Final = 10.0
+#: Seconds a connection may wait between requests (sending nothing) before it is closed.
+IDLE_TIMEOUT: Final = 300.0
 
 _RECV_SIZE: Final = 64 * 1024
 _ANC_SIZE: Final = socket.CMSG_SPACE(MAX_STDIO_FDS * 4)
@@ -168,6 +179,10 @@ def _check_strings(op: str, body: Any) -> None:
         raise CodecError(f"{op} request: a string is not valid UTF-8")
 
 
+class _IdleError(Exception):
+    """A connection sent no request for the idle timeout: it is closed, not an error."""
+
+
 class _Receiver:
     """Frames and ``SCM_RIGHTS`` descriptors from one connection, via ``recvmsg``.
 
@@ -177,13 +192,21 @@ class _Receiver:
     first byte is in, the rest must come within ``request_timeout`` seconds.
     """
 
-    def __init__(self, sock: trio.socket.SocketType, *, request_timeout: float) -> None:
+    def __init__(
+        self,
+        sock: trio.socket.SocketType,
+        *,
+        request_timeout: float,
+        idle_timeout: float | None = None,
+    ) -> None:
         self._sock = sock
         self._decoder = FrameDecoder(max_frame=ADMIN_MAX_FRAME)
         self._fds: builtins.list[int] = []
         self._received = 0  # bytes received that are not yet part of a returned frame
         self._timeout = request_timeout
+        self._idle_timeout = idle_timeout
         self._deadline = trio.CancelScope()  # of the request being received
+        self._started = False  # the request being received has begun
 
     def close(self) -> None:
         """The connection is done: close the descriptors still queued, free the bytes."""
@@ -228,7 +251,8 @@ class _Receiver:
 
     def _start_clock(self) -> None:
         """The request being received has begun: it must be complete in time."""
-        if self._deadline.deadline == math.inf:
+        if not self._started:
+            self._started = True
             self._deadline.deadline = trio.current_time() + self._timeout
 
     async def _receive_frames(self) -> tuple[bytes, bytes] | None:
@@ -248,11 +272,16 @@ class _Receiver:
         request that does not arrive in time).
         """
         frames = None
+        self._started = False
         with trio.CancelScope() as self._deadline:
+            if self._idle_timeout is not None:
+                self._deadline.deadline = trio.current_time() + self._idle_timeout
             if self._received:  # part of it came with the previous request
                 self._start_clock()
             frames = await self._receive_frames()
         if self._deadline.cancelled_caught:
+            if not self._started:
+                raise _IdleError(f"no request for {self._idle_timeout} s")
             raise ProtocolError(f"the request did not arrive within {self._timeout} s")
         if frames is None:
             return None
@@ -447,6 +476,12 @@ class _ConnectionLimits:
     def __init__(self, max_connections: int, max_per_uid: int) -> None:
         self._max_connections = max_connections
         self._max_per_uid = max_per_uid
+        # Root and the host's owner (this process's uid) may always use one uid's
+        # share of the total that other users cannot take from them.
+        self._privileged = frozenset({0, os.geteuid()})
+        self._max_others = (
+            max_connections - max_per_uid if max_connections > max_per_uid else max_connections
+        )
         self._total = 0
         self._per_uid: dict[int, int] = {}
 
@@ -454,6 +489,11 @@ class _ConnectionLimits:
         """Why a new connection from ``uid`` may not be served now; None if it may."""
         if self._total >= self._max_connections:
             return f"the host serves {self._total} admin connections, its limit"
+        if uid not in self._privileged and self._total >= self._max_others:
+            return (
+                f"the host serves {self._total} admin connections, its limit for users"
+                " other than root and its owner"
+            )
         held = self._per_uid.get(uid, 0)
         if held >= self._max_per_uid:
             return f"uid {uid} holds {held} admin connections, its limit"
@@ -524,12 +564,13 @@ async def _serve_connection(
     limits: _ConnectionLimits,
     request_timeout: float,
     connection: _Connection,
+    idle_timeout: float | None = None,
 ) -> None:
     """Serve one admitted connection; releases its place in ``limits`` when done.
 
     ``connection`` is how a graceful close ends it (see :class:`_Connection`).
     """
-    receiver = _Receiver(sock, request_timeout=request_timeout)
+    receiver = _Receiver(sock, request_timeout=request_timeout, idle_timeout=idle_timeout)
     stream = trio.SocketStream(sock)
     logger = log.bind(
         conn_id=conn_id, peer_uid=caller.uid, peer_gid=caller.gid, peer_pid=caller.pid
@@ -542,6 +583,9 @@ async def _serve_connection(
                     request = await receiver.receive_request()
                 except (CodecError, ProtocolError) as exc:
                     logger.warning("admin_bad_request", error=str(exc))
+                    return
+                except _IdleError as exc:
+                    logger.info("admin_connection_idle", reason=str(exc))
                     return
                 if request is None:
                     return
@@ -608,6 +652,7 @@ async def serve_admin(
     max_connections: int = MAX_CONNECTIONS,
     max_per_uid: int = MAX_CONNECTIONS_PER_UID,
     request_timeout: float = REQUEST_TIMEOUT,
+    idle_timeout: float | None = IDLE_TIMEOUT,
     stop: trio.Event | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -625,10 +670,12 @@ async def serve_admin(
     ``request_timeout`` seconds; then it returns.
 
     At most ``max_connections`` connections are served at once, at most
-    ``max_per_uid`` of them from one peer uid; a connection over either is closed at
-    once. Once a request's first byte is in, the whole request must arrive within
-    ``request_timeout`` seconds or its connection is dropped (see the module
-    docstring).
+    ``max_per_uid`` of them from one peer uid, and users other than root and the
+    host's owner together leave ``max_per_uid`` of the total to those two; a
+    connection over a limit is closed at once. Once a request's first byte is in, the
+    whole request must arrive within ``request_timeout`` seconds or its connection is
+    dropped; a connection that sends no request for ``idle_timeout`` seconds (None:
+    no limit) is closed (see the module docstring).
     """
     if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
         raise ValueError(f"mode must be permission bits, got {mode!r}")
@@ -640,6 +687,12 @@ async def serve_admin(
         or not request_timeout > 0
     ):
         raise ValueError(f"request_timeout must be a positive number, got {request_timeout!r}")
+    if idle_timeout is not None and (
+        isinstance(idle_timeout, bool)
+        or not isinstance(idle_timeout, int | float)
+        or not idle_timeout > 0
+    ):
+        raise ValueError(f"idle_timeout must be a positive number or None, got {idle_timeout!r}")
     where = os.fspath(path)
     await _clear_stale_socket(where)
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -660,7 +713,9 @@ async def serve_admin(
             with trio.CancelScope() as accepting:
                 if stop is not None:
                     nursery.start_soon(_cancel_on, stop, accepting)
-                await _accept(backend, listener, limits, request_timeout, nursery, connections)
+                await _accept(
+                    backend, listener, limits, request_timeout, nursery, connections, idle_timeout
+                )
             # ``stop`` was set: take no one new, and let the answers under way go out.
             listener.close()
             _unlink_if_bound(where, bound)
@@ -695,6 +750,7 @@ async def _accept(
     request_timeout: float,
     nursery: trio.Nursery,
     connections: set[_Connection],
+    idle_timeout: float | None,
 ) -> None:
     """Accept and admit connections, each served in ``nursery``, until cancelled."""
     for conn_id in itertools.count(1):
@@ -727,6 +783,7 @@ async def _accept(
                     limits,
                     request_timeout,
                     connection,
+                    idle_timeout,
                 ),
             )
         except BaseException:  # pragma: no cover - the nursery is open

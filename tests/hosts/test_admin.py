@@ -1469,3 +1469,79 @@ async def test_a_graceful_close_sends_the_answers_under_way_and_closes_the_rest(
                 await returned.wait()
     assert [(a.pid, a.exit_status) for a in answers] == [(info.pid, -signal.SIGTERM)]
     assert not backend.wait_cancelled.is_set()
+
+
+async def test_a_connection_that_sends_no_request_is_closed_when_idle(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    backend = Backend()
+    with trio.fail_after(600), capture_logs() as logs:  # on the mock clock
+        async with (
+            serving_on_a_mock_clock(
+                backend, tmp_path / "a.sock", mock_clock, idle_timeout=30
+            ) as path,
+            AdminClient.connect(path) as busy,
+        ):
+            silent = await raw_connect(path)
+            opened = trio.current_time()
+            for _ in range(5):  # requests keep a connection: busy asks every 20 s
+                await trio.sleep(20)
+                assert await busy.host_name() == HOST
+                if trio.current_time() - opened < 30:
+                    continue
+                if silent.fileno() != -1:
+                    await assert_dropped(silent)  # closed at 30 s, already
+                    silent.close()
+            assert silent.fileno() == -1
+    (idle,) = logged(logs, "admin_connection_idle")
+    assert idle["reason"] == "no request for 30 s"
+
+
+_HOLDER = """
+import socket, sys
+held = []
+for _ in range(int(sys.argv[2])):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(sys.argv[1])
+    held.append(sock)
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+async def test_other_users_cannot_lock_root_and_the_owner_out(
+    nobody_python: str, shared_dir: Path
+) -> None:
+    """Two other uids each fill their per-uid share, enough to fill the whole cap;
+    root (the host's owner here) still reaches the host, to stop it."""
+    backend = Backend()
+    holders: list[trio.Process] = []
+    with trio.fail_after(60), capture_logs() as logs:
+        async with serving(
+            backend, shared_dir / "a.sock", mode=0o666, max_connections=4, max_per_uid=2
+        ) as path:
+            try:
+                for uid in (NOBODY, NOBODY - 1):
+                    holder = await trio.lowlevel.open_process(
+                        [nobody_python, "-c", _HOLDER, str(path), "2"],
+                        user=uid,
+                        group=uid,
+                        extra_groups=[],
+                        env=_nobody_env(),
+                        cwd="/",
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                    )
+                    holders.append(holder)
+                    assert holder.stdout is not None
+                    assert await holder.stdout.receive_some() == b"holding\n"
+                async with AdminClient.connect(path) as admin:
+                    assert await admin.host_name() == HOST
+            finally:
+                for holder in holders:
+                    assert holder.stdin is not None
+                    await holder.stdin.aclose()
+                    await holder.wait()
+    refused = logged(logs, "admin_connection_refused")
+    assert [entry["peer_uid"] for entry in refused] == [NOBODY - 1, NOBODY - 1]
+    assert all("other than root and its owner" in entry["reason"] for entry in refused)
