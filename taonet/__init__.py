@@ -24,6 +24,7 @@ from taonet._errors import (
     CodecError,
     ConfigError,
     HostError,
+    NotSupportedError,
     ProtocolError,
     TaoError,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "CodecError",
     "ConfigError",
     "HostError",
+    "NotSupportedError",
     "ProtocolError",
     "TaoError",
     "__version__",
@@ -51,6 +53,7 @@ for _public in (
     CodecError,
     ConfigError,
     HostError,
+    NotSupportedError,
     ProtocolError,
     TaoError,
     configure_logging,

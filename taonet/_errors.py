@@ -7,7 +7,8 @@ branch that matches what they can handle:
 * :class:`AuthenticationError`: a signature, attestation, certificate, expiry
   or revocation check failed.
 * :class:`AuthorizationError`: a guard refused.
-* :class:`HostError`: a Tao host could not seal, unseal or otherwise serve.
+* :class:`HostError`: a Tao host could not seal, unseal or otherwise serve;
+  :class:`NotSupportedError` when it does not offer what was asked (counters, say).
 * :class:`ConfigError`: a domain or host configuration is unreadable or
   inconsistent (including a wrong keyset password).
 * :class:`ProtocolError`: a peer broke a protocol.
@@ -23,6 +24,7 @@ __all__ = [
     "CodecError",
     "ConfigError",
     "HostError",
+    "NotSupportedError",
     "ProtocolError",
     "TaoError",
 ]
@@ -50,6 +52,10 @@ class HostError(TaoError):
     def __init__(self, message: str, *, rc: int | None = None) -> None:
         super().__init__(message)
         self.rc = rc
+
+
+class NotSupportedError(HostError):
+    """A Tao host does not offer the operation asked for (a host without counters, say)."""
 
 
 class ConfigError(TaoError):
