@@ -21,7 +21,9 @@ Since nothing of the SignedData but the ECDSA value is covered, a verifier also
 refuses any SignedData that is not in the one encoding the original and taonet
 write (known fields only, each once, in field-number order, shortest varints):
 otherwise anyone could append or repeat fields and get different bytes that
-still verify.
+still verify. The SignedData that signers write (a header of exactly the version
+and the verifier's key type) is recognised by its exact bytes, without building
+a message; any other is parsed, re-serialized and compared.
 
 Verification never returns False: every failure raises
 :class:`~taonet.AuthenticationError` saying what failed.
@@ -84,6 +86,10 @@ def _spki_der(key: ec.EllipticCurvePublicKey) -> bytes:
 
 
 def _uvarint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -99,16 +105,22 @@ def contextualized_digest(data: bytes, context: str) -> bytes:
     UTF-8, field 2 as 0x12 + length + bytes: exactly what protobuf serializes), so
     signing and verifying build no message object and copy ``data`` into no buffer.
     """
-    ctx = context.encode("utf-8")
-    digest = hashlib.sha256(b"\x0a" + _uvarint(len(ctx)) + ctx + b"\x12" + _uvarint(len(data)))
+    digest = hashlib.sha256(_context_prefix(context) + _uvarint(len(data)))
     digest.update(data)
     return digest.digest()
+
+
+@functools.lru_cache(maxsize=64)
+def _context_prefix(context: str) -> bytes:
+    # Field 1 and the tag of field 2, per context: a few constants in practice.
+    ctx = context.encode("utf-8")
+    return b"\x0a" + _uvarint(len(ctx)) + ctx + b"\x12"
 
 
 class Verifier:
     """An ECDSA public key (P-256 or P-384) that checks Tao signatures."""
 
-    __slots__ = ("_der", "_key", "_key_type")
+    __slots__ = ("_der", "_key", "_key_type", "_signed_prefix")
 
     def __init__(self, key: ec.EllipticCurvePublicKey) -> None:
         """Wrap ``key``; prefer :meth:`from_der` or :meth:`from_public_key`."""
@@ -120,6 +132,7 @@ class Verifier:
         self._key: Final = key
         self._key_type: Final = key_type + "-public"
         self._der: Final = _spki_der(key)
+        self._signed_prefix: Final = _signed_data_prefix(self._key_type)
 
     @classmethod
     def from_public_key(cls, key: Any) -> Verifier:
@@ -163,6 +176,31 @@ class Verifier:
         does not verify (wrong key, other context or altered data). Returns None
         on success.
         """
+        ecdsa = self._ecdsa_value(signature)
+        digest = contextualized_digest(data, context)
+        try:
+            self._key.verify(ecdsa, digest, _ECDSA_PREHASHED)
+        except InvalidSignature:
+            raise AuthenticationError(
+                f"bad signature for context {context!r} by this {self._key_type} key: "
+                "wrong key, wrong context or altered data"
+            ) from None
+
+    def _ecdsa_value(self, signature: bytes) -> bytes:
+        """The DER ECDSA value of a canonical SignedData for this key's type, or raise."""
+        # The SignedData signers write is the prefix (header, then the signature's tag)
+        # and a one-byte length (every P-256 and P-384 value is under 128 bytes):
+        # exactly the bytes that the checks below accept for that header.
+        prefix = self._signed_prefix
+        n = len(prefix)
+        if (
+            type(signature) is bytes
+            and len(signature) > n
+            and signature[n] < 0x80
+            and signature[n] == len(signature) - n - 1
+            and signature.startswith(prefix)
+        ):
+            return signature[n + 1 :]
         try:
             signed = parse("SignedData", signature, what="signature")
         except CodecError as exc:
@@ -187,14 +225,7 @@ class Verifier:
             raise AuthenticationError(
                 f"signature made with a {header.key_type!r} key, expected {self._key_type!r}"
             )
-        digest = contextualized_digest(data, context)
-        try:
-            self._key.verify(bytes(signed.signature), digest, _ECDSA_PREHASHED)
-        except InvalidSignature:
-            raise AuthenticationError(
-                f"bad signature for context {context!r} by this {self._key_type} key: "
-                "wrong key, wrong context or altered data"
-            ) from None
+        return bytes(signed.signature)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Verifier):
@@ -285,7 +316,9 @@ class Signer:
             raise TypeError(f"context must be str, got {type(context).__name__}")
         digest = contextualized_digest(data, context)
         der_sig = self._key.sign(digest, _ECDSA_PREHASHED)
-        header = message_class("CryptoHeader")(
+        if len(der_sig) < 0x80:  # always, for P-256 and P-384: a one-byte length
+            return self._verifier._signed_prefix + bytes((len(der_sig),)) + der_sig
+        header = message_class("CryptoHeader")(  # pragma: no cover - longer curves
             version=CRYPTO_VERSION_2, key_type=self._verifier.key_type
         )
         signed = message_class("SignedData")(header=header, signature=der_sig)
@@ -302,6 +335,17 @@ class Signer:
     def __repr__(self) -> str:
         fp = hashlib.sha256(self.public_key_der()).hexdigest()[:16]
         return f"Signer({self._key_type}, public sha256:{fp})"
+
+
+@functools.lru_cache(maxsize=4)
+def _signed_data_prefix(key_type: str) -> bytes:
+    # serialize(SignedData{header: {version: 2, key_type}, signature: b""}) ends with
+    # the signature's tag and its length 0: drop the length. One entry per key type
+    # (two exist); written by protobuf itself, so the bytes are its own.
+    header = message_class("CryptoHeader")(version=CRYPTO_VERSION_2, key_type=key_type)
+    empty = serialize(message_class("SignedData")(header=header, signature=b""))
+    assert empty.endswith(b"\x12\x00")
+    return empty[:-1]
 
 
 @functools.lru_cache(maxsize=1024)

@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,6 +21,7 @@ from taonet.crypto import (
     DIRECTIVE_CONTEXT,
     Signer,
     Verifier,
+    contextualized_digest,
 )
 from taonet.wire import message_class, parse, serialize
 
@@ -217,6 +220,95 @@ def test_signed_data_in_another_encoding_is_refused(variant: bytes) -> None:
     with pytest.raises(AuthenticationError, match="not in canonical form"):
         P256.verifier().verify(DATA, ATTESTATION_CONTEXT, variant)
     P256.verifier().verify(DATA, ATTESTATION_CONTEXT, SIG256)
+
+
+def _accepted_by_the_rule(verifier: Verifier, sig: bytes) -> bool:
+    """The rule of the module doc, spelled out with protobuf: canonical SignedData,
+    version 2, the verifier's key type, and an ECDSA value that verifies."""
+    try:
+        signed = parse("SignedData", sig)
+    except CodecError:
+        return False
+    signed.DiscardUnknownFields()
+    header = signed.header
+    if serialize(signed) != sig or header.version != 2:
+        return False
+    if not header.HasField("key_type") or header.key_type != verifier.key_type:
+        return False
+    try:
+        verifier.public_key.verify(
+            bytes(signed.signature),
+            contextualized_digest(DATA, ATTESTATION_CONTEXT),
+            ec.ECDSA(Prehashed(hashes.SHA256())),
+        )
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _verifies(verifier: Verifier, sig: bytes) -> bool:
+    try:
+        verifier.verify(DATA, ATTESTATION_CONTEXT, sig)
+    except AuthenticationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("signer", "sig"), [(P256, SIG256), (P384, SIG384)], ids=["P-256", "P-384"]
+)
+@given(st.data())
+def test_signed_data_read_by_its_bytes_obeys_the_rule(
+    signer: Signer, sig: bytes, data: st.DataObject
+) -> None:
+    # Verify reads the SignedData that signers write by its exact bytes, without
+    # protobuf. Whatever is done to a real signature (bytes changed, cut, inserted,
+    # appended), it accepts exactly what the rule accepts.
+    altered = bytearray(sig)
+    for _ in range(data.draw(st.integers(1, 3))):
+        op = data.draw(st.sampled_from(["set", "cut", "insert", "append"]))
+        i = data.draw(st.integers(0, len(altered)))
+        byte = data.draw(st.integers(0, 255))
+        if op == "set" and i < len(altered):
+            altered[i] = byte
+        elif op == "cut":
+            del altered[i : i + data.draw(st.integers(1, 4))]
+        elif op == "insert":
+            altered[i:i] = bytes([byte])
+        else:
+            altered += data.draw(st.binary(min_size=1, max_size=4))
+    verifier = signer.verifier()
+    assert _verifies(verifier, bytes(altered)) == _accepted_by_the_rule(verifier, bytes(altered))
+
+
+def test_length_byte_of_a_long_varint_is_not_taken_for_a_length() -> None:
+    # The attack on a reader that takes the byte after the signature's tag as its
+    # length: a byte of 128 or more starts a longer varint, so bytes whose length
+    # happens to equal it are not "prefix, length, value". Refused as malformed or
+    # not canonical, never handed to ECDSA as a value.
+    prefix = SIG256[: len(SIG256) - len(_ECDSA) - 1]
+    for n in (0x80, 0x85, 0xC6, 0xFF):
+        forged = prefix + bytes([n]) + _ECDSA + b"\x00" * (n - len(_ECDSA))
+        assert len(forged) == len(prefix) + 1 + n
+        with pytest.raises(AuthenticationError, match=r"malformed|canonical"):
+            P256.verifier().verify(DATA, ATTESTATION_CONTEXT, forged)
+
+
+def test_sign_writes_what_protobuf_serializes() -> None:
+    for signer in (P256, P384):
+        for data in (b"", DATA, b"x" * 5000):
+            sig = signer.sign(data, DIRECTIVE_CONTEXT)
+            parsed = parse("SignedData", sig)
+            header = message_class("CryptoHeader")(version=2, key_type=signer.verifier().key_type)
+            expected = message_class("SignedData")(header=header, signature=parsed.signature)
+            assert serialize(expected) == sig
+
+
+def test_signatures_as_other_bytes_like_objects_verify() -> None:
+    for sig in (bytearray(SIG256), memoryview(SIG256)):
+        P256.verifier().verify(DATA, ATTESTATION_CONTEXT, sig)  # type: ignore[arg-type]
+    with pytest.raises(AuthenticationError, match="canonical"):
+        P256.verifier().verify(DATA, ATTESTATION_CONTEXT, bytearray(SIG256 + b"\x18\x05"))  # type: ignore[arg-type]
 
 
 # -- keys ---------------------------------------------------------------------
