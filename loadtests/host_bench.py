@@ -1,6 +1,6 @@
 """The Linux host's Tao RPC over pipes, against a bare framed echo in the same run.
 
-A root :class:`~taonet.hosts.LinuxHost` (Liberal guard, fresh keys) runs in this
+A root :class:`~taonet.hosts.linux.LinuxHost` (Liberal guard, fresh keys) runs in this
 process and starts a real hosted program (this interpreter running a small script).
 That program measures, one call after another, for ``--seconds`` per phase:
 
@@ -46,7 +46,8 @@ import structlog
 import trio
 
 from taonet.crypto import KdfParams
-from taonet.hosts import AdminClient, LinuxHost, LinuxHostConfig, MessageStream
+from taonet.hosts import MessageStream
+from taonet.hosts.linux import AdminClient, LinuxHost, LinuxHostConfig
 
 PASSWORD = b"bench"
 IO_TIMEOUT = 120.0

@@ -22,6 +22,8 @@ import structlog
 import taonet
 import taonet.cli
 import taonet.files
+import taonet.hosts
+import taonet.hosts.linux
 import taonet_services.domain_service as ds
 from taonet import ConfigError, configure_logging
 
@@ -34,9 +36,6 @@ APPLICATIONS = {
     ROOT / "services" / "taonet_services": "taonet_services",
     ROOT / "examples" / "taonet_examples": "taonet_examples",
 }
-#: The Linux host's file names (admin.sock, host.lock, host.log) are not yet public:
-#: they move to ``taonet.hosts.linux`` with the hosts split (issue 9, item 1).
-NOT_YET_PUBLIC = {("taonet.cli", "taonet.hosts._linux_config")}
 
 
 def _is_private(part: str) -> bool:
@@ -63,8 +62,7 @@ def private_imports(directory: Path, own: str) -> list[str]:
                 home = ".".join(parts[:first])
                 if home == own or home.startswith(own + "."):
                     continue  # its own private module
-                if (own, name) not in NOT_YET_PUBLIC:
-                    found.append(f"{path.relative_to(directory)}: {name}")
+                found.append(f"{path.relative_to(directory)}: {name}")
     return found
 
 
@@ -96,6 +94,11 @@ def test_public_objects_report_their_public_module() -> None:
         assert getattr(taonet.files, name).__module__ == "taonet.files", name
     assert repr(ConfigError) == "<class 'taonet.ConfigError'>"
     assert taonet.cli.main.__module__ == "taonet.cli"
+    for package in (taonet.hosts, taonet.hosts.linux):
+        for name in package.__all__:
+            if not name.isupper():  # constants have no module
+                assert getattr(package, name).__module__ == package.__name__, name
+    assert repr(taonet.hosts.linux.LinuxHost) == "<class 'taonet.hosts.linux.LinuxHost'>"
     for name in ds.__all__:
         if not name.isupper():  # constants have no module
             assert getattr(ds, name).__module__ == ds.__name__, name
@@ -111,6 +114,7 @@ def test_the_domain_service_exports_what_the_cli_needs() -> None:
 _IMPORT_EVERYTHING = """
 import structlog
 import taonet, taonet.files, taonet.channel, taonet.hosts, taonet.provision, taonet.domain
+import taonet.hosts.linux
 import taonet.cli, taonet.cli._main
 import taonet_services.domain_service
 import taonet_examples.simpleexample.demo, taonet_examples.simpleexample.hosted

@@ -33,7 +33,7 @@ from taonet.cli._host_start import (
     start_foreground,
 )
 from taonet.cli._password import add_password_option, get_password
-from taonet.hosts._linux_config import (
+from taonet.hosts.linux import (
     ADMIN_SOCKET,
     LOCK_FILE,
     LinuxHostConfig,
@@ -166,7 +166,7 @@ def register(sub: Any) -> None:
 
 def _init(args: argparse.Namespace) -> int:
     from taonet.domain import Domain
-    from taonet.hosts import LinuxHost
+    from taonet.hosts.linux import LinuxHost
 
     directory = host_dir(args)
     domain = str(Path(args.domain).resolve()) if args.domain is not None else None
@@ -214,7 +214,7 @@ def _start(args: argparse.Namespace) -> int:
 def _admin(args: argparse.Namespace, action: Any) -> Any:
     import trio
 
-    from taonet.hosts import AdminClient
+    from taonet.hosts.linux import AdminClient
 
     path = host_dir(args) / ADMIN_SOCKET
 
@@ -236,7 +236,7 @@ def _stop(args: argparse.Namespace) -> int:
     """
     import trio
 
-    from taonet.hosts import AdminClient
+    from taonet.hosts.linux import AdminClient
 
     directory = host_dir(args)
     refused: HostError | None = None
@@ -301,7 +301,7 @@ def _show(args: argparse.Namespace) -> int:
 
     import trio
 
-    from taonet.hosts import AdminClient
+    from taonet.hosts.linux import AdminClient
 
     async def state() -> tuple[Any, Any] | None:
         async with contextlib.AsyncExitStack() as stack:

@@ -1,7 +1,7 @@
 """``taonet host start``: a Linux host in this process, or started in the background.
 
 A start refuses if a host already answers on the admin socket, and a running host
-holds ``host.lock`` in its directory (see :meth:`taonet.hosts.LinuxHost.run`), so two
+holds ``host.lock`` in its directory (see :meth:`taonet.hosts.linux.LinuxHost.run`), so two
 starts never both serve it. In the
 background the host is an isolated interpreter started in ``/`` with a trimmed
 environment (see :mod:`taonet.cli._reexec`), and the start returns once that very
@@ -22,7 +22,7 @@ from typing import Any, Final
 from taonet import ConfigError, HostError
 from taonet.cli._password import get_password
 from taonet.cli._reexec import child_environment, taonet_argv
-from taonet.hosts._linux_config import ADMIN_SOCKET, LOG_FILE, LinuxHostConfig
+from taonet.hosts.linux import ADMIN_SOCKET, LOG_FILE, LinuxHostConfig
 
 __all__ = [
     "START_TIMEOUT",
@@ -46,7 +46,7 @@ def refuse_if_running(directory: Path) -> None:
 
     import trio
 
-    from taonet.hosts import AdminClient
+    from taonet.hosts.linux import AdminClient
 
     path = directory / ADMIN_SOCKET
 
@@ -131,7 +131,8 @@ def _run_host(
     """Open the host and serve until SIGINT or SIGTERM, then stop it in order."""
     import trio
 
-    from taonet.hosts import LinuxHost, parent
+    from taonet.hosts import parent
+    from taonet.hosts.linux import LinuxHost
 
     async def main() -> None:
         if config.kind == "root":

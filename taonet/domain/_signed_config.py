@@ -22,7 +22,7 @@ a small file they own) and refuse a lower one (:func:`rolled_back`):
 * the domain keeps one in ``policy_keys/config_serial``, next to the policy keyset
   (written at each signature and when the policy key is unlocked);
 * a Linux host keeps one in its own host directory (``domain_serial``) and in memory
-  while it runs (see :mod:`taonet.hosts._linux_config`).
+  while it runs (see :mod:`taonet.hosts.linux._config`).
 
 The signed statement is canonical JSON (sorted keys, no spaces, ASCII); the signature
 is the policy key's over it under the context :data:`DOMAIN_CONFIG_CONTEXT`.

@@ -27,7 +27,7 @@ counter, ``counters.sealed`` (the counter table, sealed with the host's key; see
 A stacked host can use a SoftHost as its key core: it passes ``name=`` (the name its
 parent gave it) and ``delegation=`` (the parent's attestation ``key(host key)
 speaksfor name``), which every attestation then carries; its counters are kept apart
-(see :mod:`taonet.hosts._stacked`).
+(see :mod:`taonet.hosts.linux._stacked`).
 """
 
 from __future__ import annotations

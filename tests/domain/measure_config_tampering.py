@@ -36,7 +36,8 @@ import trio
 from taonet import TaoError, auth
 from taonet.crypto import KdfParams, Signer
 from taonet.domain import ACLGuard, Domain, DomainTemplate, ProgramCertifier
-from taonet.hosts import AdminClient, SoftHost
+from taonet.hosts import SoftHost
+from taonet.hosts.linux import AdminClient
 from tests.conftest import PASSWORD
 
 GOOD = b"\x61" * 32

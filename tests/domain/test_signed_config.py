@@ -398,7 +398,7 @@ def test_rules_and_domain_sig_rolled_back_together_are_refused(make_domain) -> N
 
 
 def test_a_guard_kind_rolled_back_to_liberal_is_refused(make_domain) -> None:  # type: ignore[no-untyped-def]
-    from taonet.hosts import LinuxHostConfig
+    from taonet.hosts.linux import LinuxHostConfig
 
     domain = make_domain(guard="Liberal")
     liberal = snapshot(domain, "domain.toml", "domain.sig")

@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from taonet import TaoError
-from taonet.hosts import AdminClient
+from taonet.hosts.linux import AdminClient
 from taonet.wire import encode_frame, message_class, serialize
 
 START = "LinuxHost.StartHostedProgram"

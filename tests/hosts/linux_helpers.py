@@ -16,7 +16,7 @@ import taonet
 from taonet import auth
 from taonet.crypto import KdfParams
 from taonet.domain import program_subprin
-from taonet.hosts import AdminClient, LinuxHost, LinuxHostConfig
+from taonet.hosts.linux import AdminClient, LinuxHost, LinuxHostConfig
 from tests.conftest import PASSWORD
 
 #: What the test interpreter needs inside a bwrap sandbox, whose /tmp is empty (a

@@ -31,7 +31,7 @@ from typing import Any
 import trio
 
 from taonet import HostError
-from taonet.hosts import AdminClient
+from taonet.hosts.linux import AdminClient
 from tests.hosts.linux_helpers import init_root, open_root, parse_lines, run_probe, write_probe
 
 

@@ -44,14 +44,15 @@ from taonet import (
     TaoError,
     auth,
 )
-from taonet.hosts._admin import (
+from taonet.hosts._messages import MessageStream
+from taonet.hosts.linux._admin import (
     MAX_CONNECTIONS,
     MAX_CONNECTIONS_PER_UID,
     REQUEST_TIMEOUT,
     serve_admin,
 )
-from taonet.hosts._admin_client import AdminClient
-from taonet.hosts._admin_wire import (
+from taonet.hosts.linux._admin_client import AdminClient
+from taonet.hosts.linux._admin_wire import (
     ADMIN_MAX_FRAME,
     ADMIN_MAX_RESPONSE,
     HOST_NAME,
@@ -63,8 +64,7 @@ from taonet.hosts._admin_wire import (
     _error_from_text,
     _error_text,
 )
-from taonet.hosts._hosted import MAX_ARGS, Caller, ProgramInfo, StartRequest
-from taonet.hosts._messages import MessageStream
+from taonet.hosts.linux._hosted import MAX_ARGS, Caller, ProgramInfo, StartRequest
 from taonet.wire import encode_frame, message_class, parse, serialize
 
 TIMEOUT = 10
@@ -1297,7 +1297,7 @@ async def test_a_socket_file_replaced_meanwhile_is_not_removed(tmp_path: Path) -
 
 _NOBODY_CLIENT = """
 import sys, trio
-from taonet.hosts._admin_client import AdminClient
+from taonet.hosts.linux._admin_client import AdminClient
 
 async def main():
     try:
@@ -1335,7 +1335,7 @@ def nobody_python() -> str:
             continue
         try:
             probe = subprocess.run(
-                [candidate, "-c", "import taonet.hosts._admin"],
+                [candidate, "-c", "import taonet.hosts.linux._admin"],
                 user=NOBODY,
                 group=NOBODY,
                 extra_groups=[],

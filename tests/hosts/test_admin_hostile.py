@@ -13,7 +13,7 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from taonet.hosts import LinuxHost
+from taonet.hosts.linux import LinuxHost
 from tests.hosts.linux_helpers import (
     TIMEOUT,
     child_name,

@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from taonet import TaoError
-from taonet.hosts import AdminClient, serve_admin
+from taonet.hosts.linux import AdminClient, serve_admin
 from taonet.wire import FrameDecoder, parse
 from tests.vectors.generate import (
     FixedBackend,

@@ -21,7 +21,7 @@ import trio.testing
 from taonet import AuthorizationError, ConfigError, HostError
 from taonet.attestation import validate
 from taonet.domain import program_subprin
-from taonet.hosts import AdminClient, LinuxHost, LinuxHostConfig
+from taonet.hosts.linux import AdminClient, LinuxHost, LinuxHostConfig
 from tests.conftest import PASSWORD
 from tests.hosts.linux_helpers import (
     RUNTIME_PATHS,
@@ -401,7 +401,7 @@ async def test_open_refuses_wrong_password_and_missing_parent(tmp_path: Path) ->
 async def test_start_is_refused_when_the_host_is_not_running(tmp_path: Path) -> None:
     init_root(tmp_path / "host")
     host = await LinuxHost.open(tmp_path / "host", password=PASSWORD)
-    from taonet.hosts import Caller, StartRequest
+    from taonet.hosts.linux import Caller, StartRequest
 
     with pytest.raises(HostError, match="not running"):
         await host.start_program(StartRequest(path="/bin/true"), Caller(0, 0, 1))
@@ -558,7 +558,7 @@ async def test_cancelling_the_host_kills_its_programs(tmp_path: Path) -> None:
 
 
 def test_program_environment_rules() -> None:
-    from taonet.hosts._environment import program_environment
+    from taonet.hosts.linux._environment import program_environment
 
     env = program_environment(
         [
@@ -607,7 +607,8 @@ async def test_other_users_are_limited_in_programs_and_bytes(
 ) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to run programs as another user")
-    from taonet.hosts import Caller, StartRequest, _linux
+    from taonet.hosts.linux import Caller, StartRequest
+    from taonet.hosts.linux import _host as _linux
 
     monkeypatch.setattr(_linux, "MAX_PROGRAMS_PER_UID", 2)
     monkeypatch.setattr(_linux, "MAX_PROGRAM_BYTES_PER_UID", 3000)
@@ -693,8 +694,8 @@ async def test_stalled_requests_cannot_make_the_host_hold_memory(
 ) -> None:
     """Issue 8, item 4: hosted programs that send a big frame and then one a byte
     short, and fall silent, made the host hold about 40 MiB each, for good."""
-    from taonet.hosts._linux import MAX_REQUEST_BYTES_PER_UID
     from taonet.hosts._rpc import REQUEST_LIMITS, SEAL
+    from taonet.hosts.linux._host import MAX_REQUEST_BYTES_PER_UID
 
     probe = write_probe(tmp_path)
     init_root(tmp_path / "host")
@@ -865,7 +866,7 @@ async def test_a_shutdown_answer_the_host_cannot_send_at_once_still_arrives(
     not read their answers yet) lost the answer: the host closed before it could be
     written. Here the requester holds the host's answer back until the host has
     stopped listening, then reads: every answer, the shutdown's last."""
-    from taonet.hosts._admin_wire import HOST_NAME, SHUTDOWN
+    from taonet.hosts.linux._admin_wire import HOST_NAME, SHUTDOWN
     from taonet.wire import encode_frame, message_class, parse, serialize
 
     def request(op: str) -> bytes:
@@ -1024,7 +1025,7 @@ async def test_concurrent_starts_by_another_user_cannot_pass_its_limits(
     of 3: exactly 3 programs run."""
     if os.geteuid() != 0:
         pytest.skip("needs root to run programs as another user")
-    from taonet.hosts import _linux
+    from taonet.hosts.linux import _host as _linux
 
     shared = _prepare_shared(request)
     program = shared / "sleeper.sh"

@@ -18,7 +18,7 @@ import trio
 
 from taonet import AuthorizationError, ConfigError
 from taonet.domain import ACLGuard, Domain, LiberalGuard
-from taonet.hosts import AdminClient, LinuxHost, LinuxHostConfig, default_host_dir
+from taonet.hosts.linux import AdminClient, LinuxHost, LinuxHostConfig, default_host_dir
 from tests.conftest import PASSWORD
 from tests.hosts.linux_helpers import (
     TIMEOUT,

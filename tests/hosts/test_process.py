@@ -30,7 +30,7 @@ import taonet
 from taonet import AuthorizationError, ConfigError, HostError
 from taonet.hosts import MessageStream
 from taonet.hosts._parent import HOST_CHANNEL_TYPE, HOST_SPEC, HOST_TYPE
-from taonet.hosts._process import (
+from taonet.hosts.linux._process import (
     _ACL_WARNED,
     HostChannel,
     PreparedProgram,
@@ -40,8 +40,8 @@ from taonet.hosts._process import (
     signal_group,
     spawn_program,
 )
-from taonet.hosts._process import _encode_acl as encode_acl
-from taonet.hosts._process import _only_user_acl as only_user_acl
+from taonet.hosts.linux._process import _encode_acl as encode_acl
+from taonet.hosts.linux._process import _only_user_acl as only_user_acl
 
 TIMEOUT = 60
 ROOT = os.geteuid() == 0
@@ -569,7 +569,7 @@ import os, sys
 from pathlib import Path
 import trio
 from taonet import HostError
-from taonet.hosts._process import PreparedProgram, spawn_program
+from taonet.hosts.linux._process import PreparedProgram, spawn_program
 
 me = int(sys.argv[1])
 os.setgroups([])

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trio
 
-from taonet.hosts import AdminClient, LinuxHost
+from taonet.hosts.linux import AdminClient, LinuxHost
 from tests.hosts.fuzz_program import ENDINGS
 from tests.hosts.linux_helpers import (
     child_name,

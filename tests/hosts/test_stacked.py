@@ -19,8 +19,9 @@ import trio
 from taonet import HostError, auth
 from taonet.attestation import Attestation, validate
 from taonet.domain import program_subprin
-from taonet.hosts import AdminClient, LinuxHost, LinuxHostConfig, ProgramInfo, Tao, serve_tao_rpc
+from taonet.hosts import Tao, serve_tao_rpc
 from taonet.hosts._tao import NOT_SUPPORTED
+from taonet.hosts.linux import AdminClient, LinuxHost, LinuxHostConfig, ProgramInfo
 from tests.hosts.linux_helpers import (
     TIMEOUT,
     digest,

@@ -314,7 +314,7 @@ async def test_the_largest_real_request_fits(make_domain) -> None:  # type: igno
     """An attestation through the deepest delegation chain, with names at the Linux
     host's 1024-byte cap at every level, is still certified; one byte over the limit
     is refused on the frame header."""
-    from taonet.hosts._linux import MAX_NAME_BYTES
+    from taonet.hosts.linux._host import MAX_NAME_BYTES
 
     domain: Domain = make_domain(guard="Liberal")
     policy = domain.unlock(PASSWORD)

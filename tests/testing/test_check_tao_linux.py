@@ -21,7 +21,8 @@ from pathlib import Path
 import trio
 
 from taonet.domain import Domain
-from taonet.hosts import AdminClient, LinuxHost, RPCTao, Tao
+from taonet.hosts import RPCTao, Tao
+from taonet.hosts.linux import AdminClient, LinuxHost
 from taonet.testing import TaoFactory, check_tao
 from tests.hosts.linux_helpers import child_name, init_root, open_root
 

@@ -52,17 +52,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from taonet import AuthorizationError, HostError, TaoError, auth
 from taonet.attestation import UNROOTED, Attestation, Proven, attest, validate
 from taonet.crypto import Crypter, KdfParams, Keyset, Signer, seal_keyset
-from taonet.hosts import (
-    AdminClient,
-    Caller,
-    ProgramInfo,
-    RPCTao,
-    SoftHost,
-    StartRequest,
-    Tao,
-    serve_admin,
-    serve_tao_rpc,
-)
+from taonet.hosts import RPCTao, SoftHost, Tao, serve_tao_rpc
+from taonet.hosts.linux import AdminClient, Caller, ProgramInfo, StartRequest, serve_admin
 from taonet.wire import encode_frame, message_class, serialize
 from tests.conftest import PASSWORD
 

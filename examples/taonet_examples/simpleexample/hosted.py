@@ -29,7 +29,7 @@ from taonet import AuthorizationError, ConfigError, HostError, auth
 from taonet.crypto import KdfParams
 from taonet.domain import Domain, DomainTemplate, measure_file, program_subprin
 from taonet.files import atomic_write, read_file
-from taonet.hosts import AdminClient, LinuxHost, LinuxHostConfig
+from taonet.hosts.linux import AdminClient, LinuxHost, LinuxHostConfig
 from taonet_examples.simpleexample import simpleclient, simpleserver
 
 __all__ = ["run_hosted_demo"]

@@ -19,10 +19,10 @@ stdin, bit 1 stdout, bit 2 stderr). A request must arrive with exactly the
 descriptors it announces; anything else (too few, too many, truncated ancillary data,
 descriptors on another request) is a protocol error: the server closes every
 descriptor it received and drops that connection. Every descriptor received is
-either handed to the backend inside a :class:`~taonet.hosts._hosted.StartRequest`
+either handed to the backend inside a :class:`~taonet.hosts.linux._hosted.StartRequest`
 or closed.
 
-The server is :mod:`taonet.hosts._admin`, the client :mod:`taonet.hosts._admin_client`.
+The server is :mod:`taonet.hosts.linux._admin`, the client :mod:`taonet.hosts.linux._admin_client`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from taonet._errors import (
     ProtocolError,
     TaoError,
 )
-from taonet.hosts._hosted import (
+from taonet.hosts.linux._hosted import (
     MAX_ARGS,
     MAX_ENV,
     MAX_STRING,

@@ -181,7 +181,7 @@ class LinuxHostConfig:
     #: With bwrap: more paths programs see read-only despite the sandbox's empty /tmp.
     sandbox_paths: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     #: Environment variables a start request may pass on, beyond the defaults
-    #: (taonet.hosts._linux.DEFAULT_PASS_ENVIRONMENT); a trailing * matches a prefix.
+    #: (taonet.hosts.linux._host.DEFAULT_PASS_ENVIRONMENT); a trailing * matches a prefix.
     #: Variables that change what code runs (LD_*, PYTHON*, PATH, ...) never pass.
     pass_environment: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     #: PATH for programs (default: the host's own PATH when it starts them).

@@ -1,12 +1,12 @@
 """The Linux host's admin socket, server side: :func:`serve_admin`.
 
-The wire format is in :mod:`taonet.hosts._admin_wire`. :func:`serve_admin` binds the
+The wire format is in :mod:`taonet.hosts.linux._admin_wire`. :func:`serve_admin` binds the
 unix socket, serves each connection in its own task (requests on one connection in
 order) and removes the socket file when cancelled. The caller of each connection is
 the kernel's ``SO_PEERCRED`` and ``SO_PEERGROUPS`` (its supplementary groups when it
 connected: none if the kernel cannot tell, or if it holds more than
 :data:`MAX_PEER_GROUPS`). Every file descriptor received is either handed to the
-backend inside a :class:`~taonet.hosts._hosted.StartRequest` or closed.
+backend inside a :class:`~taonet.hosts.linux._hosted.StartRequest` or closed.
 
 Given a ``stop`` event, :func:`serve_admin` closes gracefully once it is set: it stops
 accepting and removes the socket file at once, closes the connections that wait for
@@ -26,15 +26,15 @@ is a keyword argument of :func:`serve_admin`, defaulting to the constant):
   A connection over a limit is closed as soon as it is accepted, before anything is
   read from it, and is not counted (``admin_connection_refused`` is logged).
 * A request's header frame is at most
-  :data:`~taonet.hosts._admin_wire.ADMIN_MAX_HEADER` bytes and its body at most
-  :data:`~taonet.hosts._admin_wire.ADMIN_MAX_FRAME`; a frame over its limit is refused
+  :data:`~taonet.hosts.linux._admin_wire.ADMIN_MAX_HEADER` bytes and its body at most
+  :data:`~taonet.hosts.linux._admin_wire.ADMIN_MAX_FRAME`; a frame over its limit is refused
   as soon as its length is in, before anything is allocated for it. Once the first
   byte of a request has arrived, the rest of it (both frames) must arrive within
   :data:`REQUEST_TIMEOUT` (10 s), or the connection is dropped. A connection that
   sends no request for :data:`IDLE_TIMEOUT` (300 s) is closed
   (``admin_connection_idle``); one waiting for an answer (``wait``) is not idle.
 * A response's frames are at most
-  :data:`~taonet.hosts._admin_wire.ADMIN_MAX_RESPONSE` bytes each; a bigger answer
+  :data:`~taonet.hosts.linux._admin_wire.ADMIN_MAX_RESPONSE` bytes each; a bigger answer
   becomes a HostError answer.
 * A backend failure that is not a :class:`~taonet.TaoError` (a bug) is logged as
   ``admin_request_failed`` (its type and message) and answered as
@@ -68,7 +68,7 @@ from taonet._errors import (
     ProtocolError,
     TaoError,
 )
-from taonet.hosts._admin_wire import (
+from taonet.hosts.linux._admin_wire import (
     _T,
     ADMIN_MAX_FRAME,
     ADMIN_MAX_HEADER,
@@ -89,7 +89,7 @@ from taonet.hosts._admin_wire import (
     _error_text,
     _program_message,
 )
-from taonet.hosts._hosted import (
+from taonet.hosts.linux._hosted import (
     AdminBackend,
     Caller,
     StartRequest,

@@ -50,8 +50,8 @@ shared by all that uid's programs, so that many programs cannot together hold mu
 when it closes.
 
 :meth:`LinuxHost.run` serves the admin socket (``admin.sock`` in the host directory,
-see :mod:`taonet.hosts._admin`) until :meth:`shutdown`. It implements
-:class:`~taonet.hosts._hosted.AdminBackend`.
+see :mod:`taonet.hosts.linux._admin`) until :meth:`shutdown`. It implements
+:class:`~taonet.hosts.linux._hosted.AdminBackend`.
 """
 
 from __future__ import annotations
@@ -76,14 +76,10 @@ from taonet.attestation import Attestation
 from taonet.crypto import KdfParams, Signer
 from taonet.domain import Guard, LiberalGuard, program_subprin
 from taonet.hosts._counters import CounterStore, HostCounters
-from taonet.hosts._environment import (
-    DEFAULT_PASS_ENVIRONMENT,
-    DENIED_ENVIRONMENT,
-    home_of,
-    program_environment,
-)
-from taonet.hosts._hosted import Caller, ProgramInfo, StartRequest
-from taonet.hosts._linux_config import (
+from taonet.hosts._rpc import REQUEST_TIMEOUT, ByteBudget, serve_tao_rpc
+from taonet.hosts._soft import SoftHost
+from taonet.hosts._tao import SEAL_POLICY_SELF, Tao, check_size
+from taonet.hosts.linux._config import (
     ADMIN_SOCKET,
     CONFIG_FILE,
     LOCK_FILE,
@@ -91,7 +87,14 @@ from taonet.hosts._linux_config import (
     PROGRAMS_DIR,
     LinuxHostConfig,
 )
-from taonet.hosts._process import (
+from taonet.hosts.linux._environment import (
+    DEFAULT_PASS_ENVIRONMENT,
+    DENIED_ENVIRONMENT,
+    home_of,
+    program_environment,
+)
+from taonet.hosts.linux._hosted import Caller, ProgramInfo, StartRequest
+from taonet.hosts.linux._process import (
     HostChannel,
     PreparedProgram,
     Sandbox,
@@ -99,10 +102,7 @@ from taonet.hosts._process import (
     signal_group,
     spawn_program,
 )
-from taonet.hosts._rpc import REQUEST_TIMEOUT, ByteBudget, serve_tao_rpc
-from taonet.hosts._soft import SoftHost
-from taonet.hosts._stacked import open_stacked
-from taonet.hosts._tao import SEAL_POLICY_SELF, Tao, check_size
+from taonet.hosts.linux._stacked import open_stacked
 
 __all__ = [
     "DEFAULT_PASS_ENVIRONMENT",
@@ -424,7 +424,7 @@ class LinuxHost:
         stopped the admin socket closes gracefully: every answer under way (the one
         to the shutdown request among them) is sent before ``run`` returns.
         """
-        from taonet.hosts._admin import serve_admin
+        from taonet.hosts.linux._admin import serve_admin
 
         if self._running or self._finished.is_set():
             raise HostError("a LinuxHost runs once")

@@ -27,9 +27,9 @@ from taonet._errors import HostError
 from taonet._files import atomic_write, read_file
 from taonet.crypto import Keyset
 from taonet.hosts._counters import CounterStore, ParentTableSealer
-from taonet.hosts._linux_config import COUNTERS_FILE, SEALED_KEYS_FILE
 from taonet.hosts._soft import SoftHost
 from taonet.hosts._tao import NOT_SUPPORTED, SEAL_POLICY_SELF, Tao
+from taonet.hosts.linux._config import COUNTERS_FILE, SEALED_KEYS_FILE
 
 __all__ = ["open_stacked"]
 

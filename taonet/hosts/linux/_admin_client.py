@@ -1,10 +1,10 @@
 """The Linux host's admin socket, client side: ``async with AdminClient.connect(path)``.
 
-The wire format is in :mod:`taonet.hosts._admin_wire`. The client sends requests of
-at most :data:`~taonet.hosts._admin_wire.ADMIN_MAX_FRAME` bytes a frame (a bigger one
+The wire format is in :mod:`taonet.hosts.linux._admin_wire`. The client sends requests of
+at most :data:`~taonet.hosts.linux._admin_wire.ADMIN_MAX_FRAME` bytes a frame (a bigger one
 is refused before anything is sent) and accepts responses of up to
-:data:`~taonet.hosts._admin_wire.ADMIN_MAX_RESPONSE` bytes a frame. The host closes a
-connection over its limits (see :func:`~taonet.hosts._admin.serve_admin`) at once:
+:data:`~taonet.hosts.linux._admin_wire.ADMIN_MAX_RESPONSE` bytes a frame. The host closes a
+connection over its limits (see :func:`~taonet.hosts.linux._admin.serve_admin`) at once:
 the first call on it raises HostError and closes the client.
 """
 
@@ -29,7 +29,8 @@ from taonet._errors import (
     ProtocolError,
     TaoError,
 )
-from taonet.hosts._admin_wire import (
+from taonet.hosts._messages import MessageStream
+from taonet.hosts.linux._admin_wire import (
     _UINT64_MAX,
     ADMIN_MAX_FRAME,
     ADMIN_MAX_RESPONSE,
@@ -46,10 +47,9 @@ from taonet.hosts._admin_wire import (
     _error_from_text,
     _program_info,
 )
-from taonet.hosts._hosted import (
+from taonet.hosts.linux._hosted import (
     ProgramInfo,
 )
-from taonet.hosts._messages import MessageStream
 from taonet.wire import encode_frame, message_class, parse, serialize
 
 __all__ = ["AdminClient"]

@@ -1,7 +1,7 @@
 """What a Linux host and its admin socket share: callers, start requests, program records.
 
-The admin socket (:mod:`taonet.hosts._admin`) turns requests from a unix socket into
-calls on an :class:`AdminBackend` (the :class:`~taonet.hosts.LinuxHost`), passing
+The admin socket (:mod:`taonet.hosts.linux._admin`) turns requests from a unix socket into
+calls on an :class:`AdminBackend` (the :class:`~taonet.hosts.linux.LinuxHost`), passing
 the caller's credentials as the kernel reported them (``SO_PEERCRED``). The backend
 decides what the caller may do:
 

@@ -1,0 +1,63 @@
+"""The Linux host: a Tao host that measures, starts and serves child processes.
+
+Imported explicitly (``import taonet.hosts.linux``); :mod:`taonet.hosts` itself stays
+portable and loads none of this (it only re-exports these names lazily, see there).
+
+* :class:`LinuxHost`: a root or stacked host that measures, starts and serves child
+  processes; :class:`LinuxHostConfig` is its ``host.toml`` and
+  :func:`default_host_dir` says where a domain's host lives unless told otherwise.
+* :class:`AdminClient` / :func:`serve_admin`: the admin socket (a unix socket
+  checked with ``SO_PEERCRED``) that starts, lists and stops programs; the server
+  hands requests to an :class:`AdminBackend` (a :class:`LinuxHost` is one) as
+  :class:`StartRequest` from a :class:`Caller`, and answers with :class:`ProgramInfo`.
+* :data:`ADMIN_SOCKET`, :data:`LOCK_FILE`, :data:`LOG_FILE`, :data:`CONFIG_FILE`: the
+  names of the files a host keeps in its directory (the admin socket, the file a
+  running host holds locked, its log when started in the background, ``host.toml``).
+"""
+
+from __future__ import annotations
+
+from taonet.hosts.linux._admin import serve_admin
+from taonet.hosts.linux._admin_client import AdminClient
+from taonet.hosts.linux._config import (
+    ADMIN_SOCKET,
+    CONFIG_FILE,
+    LOCK_FILE,
+    LOG_FILE,
+    LinuxHostConfig,
+    default_host_dir,
+)
+from taonet.hosts.linux._host import LinuxHost
+from taonet.hosts.linux._hosted import AdminBackend, Caller, ProgramInfo, StartRequest
+
+__all__ = [
+    "ADMIN_SOCKET",
+    "CONFIG_FILE",
+    "LOCK_FILE",
+    "LOG_FILE",
+    "AdminBackend",
+    "AdminClient",
+    "Caller",
+    "LinuxHost",
+    "LinuxHostConfig",
+    "ProgramInfo",
+    "StartRequest",
+    "default_host_dir",
+    "serve_admin",
+]
+
+# What this namespace exports reports it as its home (``taonet.hosts.linux.LinuxHost``,
+# not the private module that defines it).
+for _public in (
+    AdminBackend,
+    AdminClient,
+    Caller,
+    LinuxHost,
+    LinuxHostConfig,
+    ProgramInfo,
+    StartRequest,
+    default_host_dir,
+    serve_admin,
+):
+    _public.__module__ = __name__
+del _public
