@@ -69,20 +69,34 @@ RESERVED_WORDS = frozenset(
 
 _NAME_RE = re.compile(r"[A-Z][A-Za-z0-9_]*")
 _PRIN_TYPE_RE = re.compile(r"[a-z][a-z0-9]*")
+# Principal types met in nearly every name, known good: checked without the pattern.
+_COMMON_PRIN_TYPES = frozenset({"key", "tpm", "tpm2"})
+
+
+def _is_name(value: str) -> bool:
+    """An identifier: predicate, extension and variable names."""
+    return _NAME_RE.fullmatch(value) is not None
+
+
+def _is_prin_type(value: str) -> bool:
+    """A lower-case word that is not reserved: a principal type."""
+    return value in _COMMON_PRIN_TYPES or (
+        _PRIN_TYPE_RE.fullmatch(value) is not None and value not in RESERVED_WORDS
+    )
 
 
 # ---------------------------------------------------------------- validators
 
 
 def _check_name(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+    if not isinstance(value, str) or not _is_name(value):
         raise ValueError(
             f"{attr.name} must be an identifier ([A-Z][A-Za-z0-9_]*), got {value!r:.80}"
         )
 
 
 def _check_prin_type(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, str) or not _PRIN_TYPE_RE.fullmatch(value) or value in RESERVED_WORDS:
+    if not isinstance(value, str) or not _is_prin_type(value):
         raise ValueError(
             f"{attr.name} must be a lower-case principal type such as 'key' or 'tpm2' "
             f"(not a reserved word), got {value!r:.80}"
@@ -433,6 +447,66 @@ FORM_TYPES: tuple[type, ...] = (
     Forall,
     Exists,
 )
+
+
+# ---------------------------------------------------------------- trusted construction
+#
+# The binary decoder builds the nodes that make up every attestation statement
+# (Bytes, Prin, SubPrin, PrinExt, Speaksfor, Says) through these, without the attrs
+# validators and converters: it checks each invariant they enforce before the call,
+# the types by the shape of the encoding and the names with _is_name and
+# _is_prin_type. Nothing else may call them. tests/auth/test_binary_trusted.py runs
+# attrs.validate over every node the decoder returns, on encodings of arbitrary
+# values and on arbitrary bytes, to hold the two in step.
+
+_new = object.__new__
+_set = object.__setattr__
+
+#: The SubPrin of a principal without extensions, shared (values are immutable).
+_EMPTY_SUBPRIN = SubPrin(())
+
+
+def _trusted_bytes(value: bytes) -> Bytes:
+    node: Bytes = _new(Bytes)
+    _set(node, "value", value)
+    return node
+
+
+def _trusted_subprin(exts: tuple[PrinExt, ...]) -> SubPrin:
+    node: SubPrin = _new(SubPrin)
+    _set(node, "exts", exts)
+    return node
+
+
+def _trusted_prinext(name: str, args: tuple[Term, ...]) -> PrinExt:
+    node: PrinExt = _new(PrinExt)
+    _set(node, "name", name)
+    _set(node, "args", args)
+    return node
+
+
+def _trusted_prin(type: str, key_hash: Term, ext: SubPrin) -> Prin:
+    node: Prin = _new(Prin)
+    _set(node, "type", type)
+    _set(node, "key_hash", key_hash)
+    _set(node, "ext", ext)
+    return node
+
+
+def _trusted_speaksfor(delegate: Term, delegator: Term) -> Speaksfor:
+    node: Speaksfor = _new(Speaksfor)
+    _set(node, "delegate", delegate)
+    _set(node, "delegator", delegator)
+    return node
+
+
+def _trusted_says(speaker: Term, message: Form, time: int | None, expiration: int | None) -> Says:
+    node: Says = _new(Says)
+    _set(node, "speaker", speaker)
+    _set(node, "message", message)
+    _set(node, "time", time)
+    _set(node, "expiration", expiration)
+    return node
 
 
 # ---------------------------------------------------------------- helpers

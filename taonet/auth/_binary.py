@@ -27,6 +27,7 @@ from typing import TypeVar
 
 from taonet._errors import CodecError
 from taonet.auth._ast import (
+    _EMPTY_SUBPRIN,
     And,
     Bytes,
     Const,
@@ -48,6 +49,14 @@ from taonet.auth._ast import (
     SubPrin,
     Term,
     TermVar,
+    _is_name,
+    _is_prin_type,
+    _trusted_bytes,
+    _trusted_prin,
+    _trusted_prinext,
+    _trusted_says,
+    _trusted_speaksfor,
+    _trusted_subprin,
 )
 from taonet.auth._text import MAX_DEPTH
 
@@ -82,6 +91,9 @@ TAG_SUBPRIN = 17
 TAG_PRIN_EXT = 18
 
 _U64 = 1 << 64
+# The encodings of the string "key" and of an empty SubPrin (see _term).
+_KEY_TYPE = b"\x03key"
+_NO_EXTENSIONS = bytes((TAG_SUBPRIN, 0))
 
 # ---------------------------------------------------------------- encoding
 
@@ -206,206 +218,371 @@ def encode(value: Element) -> bytes:
 
 
 # ---------------------------------------------------------------- decoding
+#
+# Recursive descent over (bytes, offset) pairs: each reader takes the data, the
+# offset it starts at and its parent's nesting depth, and returns the value and
+# the offset after it. Single-byte varints (tags, counts, short lengths) are read
+# in line; _varint holds the full rules. The nodes of attestation statements are
+# built by the _trusted_* constructors of _ast, after the checks their validators
+# would make (see there); the rest by their validating constructors. Two things
+# are not read twice: an identifier already checked (_NAMES), and the delegator of
+# "P says K speaksfor P", which repeats its speaker's bytes (see TAG_SPEAKSFOR).
 
 
-class _Reader:
-    __slots__ = ("data", "depth", "pos")
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-        self.depth = 0
-
-    def error(self, message: str, at: int | None = None) -> CodecError:
-        return CodecError(f"at offset {self.pos if at is None else at}: {message}")
-
-    def enter(self) -> None:
-        self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise self.error(f"nesting deeper than {MAX_DEPTH} levels")
-
-    def uvarint(self) -> int:
-        data = self.data
-        start = self.pos
-        # Fast path: tags, counts and short lengths are single bytes.
-        if start < len(data) and data[start] < 0x80:
-            self.pos = start + 1
-            return data[start]
-        result = 0
-        for i in range(10):
-            p = start + i
-            if p >= len(data):
-                raise self.error("truncated varint", start)
-            b = data[p]
-            if i == 9 and b > 1:
-                raise self.error("varint overflows 64 bits", start)
-            result |= (b & 0x7F) << (7 * i)
-            if b < 0x80:
-                if b == 0 and i > 0:
-                    raise self.error("non-minimal varint", start)
-                self.pos = p + 1
-                return result
-        raise self.error("varint longer than 10 bytes", start)
-
-    def int64(self) -> int:
-        u = self.uvarint()
-        return u - _U64 if u >= 1 << 63 else u
-
-    def boolean(self) -> bool:
-        start = self.pos
-        v = self.uvarint()
-        if v > 1:
-            raise self.error(f"bool must be 0 or 1, found {v}", start)
-        return v == 1
-
-    def count(self, what: str) -> int:
-        start = self.pos
-        n = self.uvarint()
-        if n > len(self.data) - self.pos:
-            raise self.error(f"{what} count {n} is more than the remaining bytes hold", start)
-        return n
-
-    def raw(self) -> bytes:
-        start = self.pos
-        n = self.uvarint()
-        if n > len(self.data) - self.pos:
-            raise self.error(f"length {n} runs past the end of the data", start)
-        value = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return value
-
-    def text(self) -> str:
-        start = self.pos
-        raw = self.raw()
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise self.error("string is not valid UTF-8", start) from None
-
-    def expect_tag(self, tag: int, what: str) -> None:
-        start = self.pos
-        got = self.uvarint()
-        if got != tag:
-            raise self.error(f"expected {what} (tag {tag}), found tag {got}", start)
-
-    # -- elements
-
-    def terms(self) -> tuple[Term, ...]:
-        n = self.count("term")
-        out: list[Term] = []
-        for _ in range(n):
-            out.append(self.term())
-        return tuple(out)
-
-    def subprin(self) -> SubPrin:
-        self.expect_tag(TAG_SUBPRIN, "SubPrin")
-        n = self.count("extension")
-        out: list[PrinExt] = []
-        for _ in range(n):
-            out.append(self.prinext())
-        return SubPrin(tuple(out))
-
-    def prinext(self) -> PrinExt:
-        self.enter()
-        self.expect_tag(TAG_PRIN_EXT, "PrinExt")
-        name = self.text()
-        ext = PrinExt(name, self.terms())
-        self.depth -= 1
-        return ext
-
-    def term(self) -> Term:
-        self.enter()
-        start = self.pos
-        tag = self.uvarint()
-        t: Term
-        if tag == TAG_PRIN:
-            typ = self.text()
-            key = self.term()
-            t = Prin(typ, key, self.subprin())
-        elif tag == TAG_PRIN_TAIL:
-            t = PrinTail(self.subprin())
-        elif tag == TAG_STR:
-            t = Str(self.text())
-        elif tag == TAG_BYTES:
-            t = Bytes(self.raw())
-        elif tag == TAG_INT:
-            t = Int(self.int64())
-        elif tag == TAG_TERM_VAR:
-            t = TermVar(self.text())
-        else:
-            raise self.error(f"expected a term tag (1-6), found tag {tag}", start)
-        self.depth -= 1
-        return t
-
-    def forms(self) -> tuple[Form, ...]:
-        n = self.count("formula")
-        out: list[Form] = []
-        for _ in range(n):
-            out.append(self.form())
-        return tuple(out)
-
-    def form(self) -> Form:
-        self.enter()
-        start = self.pos
-        tag = self.uvarint()
-        f: Form
-        if tag == TAG_PRED:
-            name = self.text()
-            f = Pred(name, self.terms())
-        elif tag == TAG_CONST:
-            f = Const(self.boolean())
-        elif tag == TAG_NOT:
-            f = Not(self.form())
-        elif tag == TAG_AND:
-            f = And(self.forms())
-        elif tag == TAG_OR:
-            f = Or(self.forms())
-        elif tag == TAG_IMPLIES:
-            antecedent = self.form()
-            f = Implies(antecedent, self.form())
-        elif tag == TAG_SPEAKSFOR:
-            delegate = self.term()
-            f = Speaksfor(delegate, self.term())
-        elif tag == TAG_SAYS:
-            speaker = self.term()
-            time = self.int64() if self.boolean() else None
-            expiration = self.int64() if self.boolean() else None
-            f = Says(speaker, self.form(), time=time, expiration=expiration)
-        elif tag in (TAG_FORALL, TAG_EXISTS):
-            var = self.text()
-            body = self.form()
-            f = Forall(var, body) if tag == TAG_FORALL else Exists(var, body)
-        else:
-            raise self.error(f"expected a formula tag (7-16), found tag {tag}", start)
-        self.depth -= 1
-        return f
+def _error(message: str, at: int) -> CodecError:
+    return CodecError(f"at offset {at}: {message}")
 
 
-def _decode(data: bytes, read: Callable[[_Reader], _T]) -> _T:
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise CodecError(f"auth encoding must be bytes, got {type(data).__name__}")
-    r = _Reader(bytes(data))
+def _too_deep(p: int) -> CodecError:
+    return _error(f"nesting deeper than {MAX_DEPTH} levels", p)
+
+
+def _varint(data: bytes, start: int) -> tuple[int, int]:
+    """The uvarint at ``start`` and the offset after it (strict: minimal, at most 64 bits)."""
+    result = 0
+    shift = 0
+    for b in data[start : start + 10]:
+        if b < 0x80:
+            if b == 0 and shift:
+                raise _error("non-minimal varint", start)
+            if shift == 63 and b > 1:  # the tenth byte holds the 64th bit only
+                raise _error("varint overflows 64 bits", start)
+            return result | (b << shift), start + shift // 7 + 1
+        result |= (b & 0x7F) << shift
+        shift += 7
+    if shift == 70:  # ten bytes, each continued
+        raise _error("varint overflows 64 bits", start)
+    raise _error("truncated varint", start)
+
+
+def _uvarint_at(data: bytes, p: int) -> tuple[int, int]:
+    if p < len(data) and data[p] < 0x80:
+        return data[p], p + 1
+    return _varint(data, p)
+
+
+def _int64(data: bytes, p: int) -> tuple[int, int]:
+    u, p = _uvarint_at(data, p)
+    return (u - _U64 if u >= 1 << 63 else u), p
+
+
+def _boolean(data: bytes, p: int) -> tuple[bool, int]:
+    if p < len(data) and data[p] < 2:
+        return data[p] == 1, p + 1
+    v, _ = _uvarint_at(data, p)
+    raise _error(f"bool must be 0 or 1, found {v}", p)
+
+
+def _count(data: bytes, p: int, what: str) -> tuple[int, int]:
+    n, q = _uvarint_at(data, p)
+    if n > len(data) - q:
+        raise _error(f"{what} count {n} is more than the remaining bytes hold", p)
+    return n, q
+
+
+def _text(data: bytes, p: int) -> tuple[str, int]:
+    size = len(data)
+    if p < size and data[p] < 0x80:
+        n, q = data[p], p + 1
+    else:
+        n, q = _varint(data, p)
+    end = q + n
+    if end > size:
+        raise _error(f"length {n} runs past the end of the data", p)
     try:
-        value = read(r)
+        return data[q:end].decode("utf-8"), end
+    except UnicodeDecodeError:
+        raise _error("string is not valid UTF-8", p) from None
+
+
+# Identifiers already read, by their UTF-8 bytes: extension names repeat in every
+# statement. Bounded in entries and in length; any other name is checked anew.
+_NAMES: dict[bytes, str] = {}
+_MAX_NAMES = 256
+_MAX_NAME_BYTES = 64
+
+
+def _identifier(data: bytes, p: int, what: str) -> tuple[str, int]:
+    size = len(data)
+    if p < size and data[p] < 0x80:
+        n, q = data[p], p + 1
+    else:
+        n, q = _varint(data, p)
+    end = q + n
+    if end > size:
+        raise _error(f"length {n} runs past the end of the data", p)
+    raw = data[q:end]
+    name = _NAMES.get(raw)
+    if name is not None:
+        return name, end
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _error("string is not valid UTF-8", p) from None
+    if not _is_name(name):
+        raise _error(f"{what} must be an identifier ([A-Z][A-Za-z0-9_]*), got {name!r:.80}", p)
+    if n <= _MAX_NAME_BYTES and len(_NAMES) < _MAX_NAMES:
+        _NAMES[raw] = name
+    return name, end
+
+
+def _expect_tag(data: bytes, p: int, tag: int, what: str) -> int:
+    got, q = _uvarint_at(data, p)
+    if got != tag:
+        raise _error(f"expected {what} (tag {tag}), found tag {got}", p)
+    return q
+
+
+# -- elements. The readers on the path of every attestation statement (principal
+# names, bytes, says, speaksfor) read their one-byte varints in line rather than
+# through a call each: the calls were most of the cost.
+
+
+def _terms(data: bytes, p: int, depth: int) -> tuple[tuple[Term, ...], int]:
+    size = len(data)
+    start = p
+    if p < size and data[p] < 0x80:
+        n, p = data[p], p + 1
+    else:
+        n, p = _varint(data, p)
+    if n > size - p:
+        raise _error(f"term count {n} is more than the remaining bytes hold", start)
+    out: list[Term] = []
+    for _ in range(n):
+        t, p = _term(data, p, depth)
+        out.append(t)
+    return tuple(out), p
+
+
+def _subprin(data: bytes, p: int, depth: int) -> tuple[SubPrin, int]:
+    size = len(data)
+    if p < size and data[p] == TAG_SUBPRIN:
+        p += 1
+    else:
+        p = _expect_tag(data, p, TAG_SUBPRIN, "SubPrin")
+    start = p
+    if p < size and data[p] < 0x80:
+        n, p = data[p], p + 1
+    else:
+        n, p = _varint(data, p)
+    if n == 0:
+        return _EMPTY_SUBPRIN, p
+    if n > size - p:
+        raise _error(f"extension count {n} is more than the remaining bytes hold", start)
+    if n == 1:
+        e, p = _prinext(data, p, depth)
+        return _trusted_subprin((e,)), p
+    out: list[PrinExt] = []
+    for _ in range(n):
+        e, p = _prinext(data, p, depth)
+        out.append(e)
+    return _trusted_subprin(tuple(out)), p
+
+
+def _prinext(data: bytes, p: int, depth: int) -> tuple[PrinExt, int]:
+    if depth >= MAX_DEPTH:
+        raise _too_deep(p)
+    if p < len(data) and data[p] == TAG_PRIN_EXT:
+        p += 1
+    else:
+        p = _expect_tag(data, p, TAG_PRIN_EXT, "PrinExt")
+    name, p = _identifier(data, p, "extension name")
+    # Short path for the extensions in every attestation, Name([hash]): one byte
+    # string of at most 127 bytes. It reads exactly what _terms would.
+    size = len(data)
+    if (
+        p + 2 < size
+        and data[p] == 1
+        and data[p + 1] == TAG_BYTES
+        and data[p + 2] < 0x80
+        and p + 3 + data[p + 2] <= size
+        and depth + 1 < MAX_DEPTH
+    ):
+        end = p + 3 + data[p + 2]
+        return _trusted_prinext(name, (_trusted_bytes(data[p + 3 : end]),)), end
+    args, p = _terms(data, p, depth + 1)
+    return _trusted_prinext(name, args), p
+
+
+def _term(data: bytes, p: int, depth: int) -> tuple[Term, int]:
+    if depth >= MAX_DEPTH:
+        raise _too_deep(p)
+    depth += 1
+    size = len(data)
+    start = p
+    if p < size and data[p] < 0x80:
+        tag, p = data[p], p + 1
+    else:
+        tag, p = _varint(data, p)
+    if tag == TAG_BYTES:
+        if p < size and data[p] < 0x80:
+            n, q = data[p], p + 1
+        else:
+            n, q = _varint(data, p)
+        end = q + n
+        if end > size:
+            raise _error(f"length {n} runs past the end of the data", p)
+        return _trusted_bytes(data[q:end]), end
+    if tag == TAG_PRIN:
+        # Short paths for the principals in every attestation: type "key", a key
+        # hash of at most 127 bytes, and often no extensions. Each reads exactly
+        # what the general path would, and leaves anything else to it.
+        if data[p : p + 4] == _KEY_TYPE:
+            typ, q = "key", p + 4
+        else:
+            typ, q = _text(data, p)
+            if not _is_prin_type(typ):
+                raise _error(
+                    "principal type must be a lower-case word such as 'key' or 'tpm2' "
+                    f"(not a reserved word), got {typ!r:.80}",
+                    p,
+                )
+        key: Term
+        if (
+            depth < MAX_DEPTH
+            and q + 1 < size
+            and data[q] == TAG_BYTES
+            and data[q + 1] < 0x80
+            and q + 2 + data[q + 1] <= size
+        ):
+            end = q + 2 + data[q + 1]
+            key, q = _trusted_bytes(data[q + 2 : end]), end
+        else:
+            key, q = _term(data, q, depth)
+        if data[q : q + 2] == _NO_EXTENSIONS:
+            return _trusted_prin(typ, key, _EMPTY_SUBPRIN), q + 2
+        ext, q = _subprin(data, q, depth)
+        return _trusted_prin(typ, key, ext), q
+    if tag == TAG_PRIN_TAIL:
+        ext, q = _subprin(data, p, depth)
+        if not ext.exts:
+            raise _error("a PrinTail must have at least one extension", p)
+        return PrinTail(ext), q
+    if tag == TAG_STR:
+        text, p = _text(data, p)
+        return Str(text), p
+    if tag == TAG_INT:
+        value_int, p = _int64(data, p)
+        return Int(value_int), p
+    if tag == TAG_TERM_VAR:
+        name, p = _identifier(data, p, "variable name")
+        return TermVar(name), p
+    raise _error(f"expected a term tag (1-6), found tag {tag}", start)
+
+
+def _forms(data: bytes, p: int, depth: int) -> tuple[tuple[Form, ...], int]:
+    n, p = _count(data, p, "formula")
+    out: list[Form] = []
+    for _ in range(n):
+        f, p = _form(data, p, depth)
+        out.append(f)
+    return tuple(out), p
+
+
+def _form(
+    data: bytes, p: int, depth: int, spoken: tuple[bytes, Term] | None = None
+) -> tuple[Form, int]:
+    # ``spoken``: the encoding and value of the speaker of the Says this formula is
+    # the message of (see TAG_SPEAKSFOR).
+    if depth >= MAX_DEPTH:
+        raise _too_deep(p)
+    depth += 1
+    start = p
+    if p < len(data) and data[p] < 0x80:
+        tag, p = data[p], p + 1
+    else:
+        tag, p = _varint(data, p)
+    if tag == TAG_SAYS:
+        begin = p
+        speaker, p = _term(data, p, depth)
+        said = data[begin:p], speaker
+        time: int | None = None
+        expiration: int | None = None
+        size = len(data)
+        if p < size and data[p] == 1:
+            time, p = _varint(data, p + 1)
+            if time >= 1 << 63:
+                time -= _U64
+        else:
+            _, p = _boolean(data, p)  # 0, or an error
+        if p < size and data[p] == 1:
+            expiration, p = _varint(data, p + 1)
+            if expiration >= 1 << 63:
+                expiration -= _U64
+        else:
+            _, p = _boolean(data, p)
+        message, p = _form(data, p, depth, said)
+        return _trusted_says(speaker, message, time, expiration), p
+    if tag == TAG_SPEAKSFOR:
+        delegate, p = _term(data, p, depth)
+        # "P says K speaksfor P", the statement of every delegation, names P twice:
+        # the same bytes decode to the same value, so take the speaker's. Decoding
+        # them again could only fail by nesting too deep one level further down; an
+        # element of n bytes nests at most n // 2 levels (each level has two bytes of
+        # its own at least), so where that fits too, the speaker's value is exact.
+        if (
+            spoken is not None
+            and data.startswith(spoken[0], p)
+            and depth + len(spoken[0]) // 2 <= MAX_DEPTH
+        ):
+            return _trusted_speaksfor(delegate, spoken[1]), p + len(spoken[0])
+        delegator, p = _term(data, p, depth)
+        return _trusted_speaksfor(delegate, delegator), p
+    if tag == TAG_PRED:
+        name, p = _identifier(data, p, "predicate name")
+        args, p = _terms(data, p, depth)
+        return Pred(name, args), p
+    if tag == TAG_CONST:
+        value, p = _boolean(data, p)
+        return Const(value), p
+    if tag == TAG_NOT:
+        negand, p = _form(data, p, depth)
+        return Not(negand), p
+    if tag == TAG_AND:
+        conjuncts, p = _forms(data, p, depth)
+        return And(conjuncts), p
+    if tag == TAG_OR:
+        disjuncts, p = _forms(data, p, depth)
+        return Or(disjuncts), p
+    if tag == TAG_IMPLIES:
+        antecedent, p = _form(data, p, depth)
+        consequent, p = _form(data, p, depth)
+        return Implies(antecedent, consequent), p
+    if tag in (TAG_FORALL, TAG_EXISTS):
+        var, p = _identifier(data, p, "variable name")
+        body, p = _form(data, p, depth)
+        return (Forall(var, body) if tag == TAG_FORALL else Exists(var, body)), p
+    raise _error(f"expected a formula tag (7-16), found tag {tag}", start)
+
+
+def _decode(data: bytes, read: Callable[[bytes, int, int], tuple[_T, int]]) -> _T:
+    if type(data) is bytes:
+        raw = data
+    elif isinstance(data, bytes | bytearray | memoryview):
+        raw = bytes(data)
+    else:
+        raise CodecError(f"auth encoding must be bytes, got {type(data).__name__}")
+    try:
+        value, end = read(raw, 0, 0)
     except CodecError:
         raise
-    except (TypeError, ValueError) as e:  # a validator refused a decoded field
-        raise CodecError(f"invalid auth encoding near offset {r.pos}: {e}") from None
+    except (TypeError, ValueError) as e:  # pragma: no cover - the readers check first
+        raise CodecError(f"invalid auth encoding: {e}") from None
     except RecursionError:  # pragma: no cover - MAX_DEPTH is meant to stop this first
         raise CodecError(f"auth encoding nests too deeply (limit {MAX_DEPTH})") from None
-    if r.pos != len(r.data):
-        raise r.error(f"{len(r.data) - r.pos} trailing bytes")
+    if end != len(raw):
+        raise _error(f"{len(raw) - end} trailing bytes", end)
     return value
 
 
 def decode_form(data: bytes) -> Form:
     """Decode a formula; CodecError on anything but exactly one well-formed formula."""
-    return _decode(data, _Reader.form)
+    return _decode(data, _form)
 
 
 def decode_term(data: bytes) -> Term:
     """Decode a term."""
-    return _decode(data, _Reader.term)
+    return _decode(data, _term)
 
 
 def decode_prin(data: bytes) -> Prin:
@@ -418,9 +595,9 @@ def decode_prin(data: bytes) -> Prin:
 
 def decode_subprin(data: bytes) -> SubPrin:
     """Decode a SubPrin (tag 17)."""
-    return _decode(data, _Reader.subprin)
+    return _decode(data, _subprin)
 
 
 def decode_prinext(data: bytes) -> PrinExt:
     """Decode a single PrinExt (tag 18)."""
-    return _decode(data, _Reader.prinext)
+    return _decode(data, _prinext)
