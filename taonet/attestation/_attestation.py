@@ -23,6 +23,7 @@ replaced.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Callable, Iterable
 from typing import Final
@@ -77,7 +78,7 @@ UNROOTED: Final = Unrooted.UNROOTED
 
 
 def _bytes_tuple(items: Iterable[bytes]) -> tuple[bytes, ...]:
-    return tuple(bytes(i) for i in items)
+    return tuple([bytes(i) for i in items]) if items else ()
 
 
 @attrs.frozen
@@ -99,19 +100,17 @@ class Attestation:
         if len(data) > MAX_ATTESTATION_BYTES:
             raise CodecError(f"attestation: {len(data)} bytes is over {MAX_ATTESTATION_BYTES}")
         msg = parse("Attestation", data, what="attestation")
-
-        def opt(name: str) -> bytes | None:
-            return bytes(getattr(msg, name)) if msg.HasField(name) else None
-
+        has = msg.HasField
+        # Scalar bytes and string fields of a parsed message are bytes and str.
         return cls(
-            serialized_statement=bytes(msg.serialized_statement),
-            signer_type=str(msg.signer_type),
-            signer_key=bytes(msg.signer_key),
-            signature=bytes(msg.signature),
-            serialized_delegation=opt("serialized_delegation"),
-            serialized_endorsements=tuple(bytes(e) for e in msg.serialized_endorsements),
-            tpm2_quote_structure=opt("tpm2_quote_structure"),
-            root_endorsement=opt("root_endorsement"),
+            msg.serialized_statement,
+            msg.signer_type,
+            msg.signer_key,
+            msg.signature,
+            msg.serialized_delegation if has("serialized_delegation") else None,
+            msg.serialized_endorsements,
+            msg.tpm2_quote_structure if has("tpm2_quote_structure") else None,
+            msg.root_endorsement if has("root_endorsement") else None,
         )
 
     def to_bytes(self) -> bytes:
@@ -149,19 +148,39 @@ class SignerType:
     principal: Callable[[bytes], auth.Prin]
 
 
-def _verify_key_signer(att: Attestation) -> None:
+@functools.lru_cache(maxsize=1024)
+def _key_signer(der: bytes) -> tuple[Verifier, auth.Prin]:
+    # What depends only on a "key" signer's exact key bytes, computed once per key:
+    # its parsed verifier and its principal. The cache is bounded and keyed by the
+    # bytes themselves (equal keys are equal bytes: no two keys can share an entry);
+    # a malformed key raises and is not cached.
     try:
-        verifier = Verifier.from_der(att.signer_key)
+        verifier = Verifier.from_der(der)
     except CodecError as exc:
         raise AuthenticationError(f"attestation signer key is malformed: {exc}") from None
+    return verifier, auth.principal_for_key("key", der)
+
+
+def _key_bytes(der: bytes) -> bytes:
+    if not isinstance(der, bytes | bytearray | memoryview):
+        raise AuthenticationError(
+            f"attestation signer key: expected bytes, not {type(der).__name__}"
+        )
+    return bytes(der)
+
+
+def _verify_key_signer(att: Attestation) -> None:
+    der = att.signer_key
+    verifier = _key_signer(der if type(der) is bytes else _key_bytes(der))[0]
     verifier.verify(att.serialized_statement, ATTESTATION_CONTEXT, att.signature)
 
 
+def _key_signer_principal(der: bytes) -> auth.Prin:
+    return _key_signer(der if type(der) is bytes else _key_bytes(der))[1]
+
+
 _SIGNER_TYPES: dict[str, SignerType] = {
-    "key": SignerType(
-        verify=_verify_key_signer,
-        principal=lambda der: auth.principal_for_key("key", der),
-    ),
+    "key": SignerType(verify=_verify_key_signer, principal=_key_signer_principal),
 }
 
 
@@ -244,6 +263,10 @@ def attest(
     )
 
 
+_POLICY_TYPES: Final = (bytes, PolicyAnchor)
+_BYTES_TYPES: Final = (bytes, bytearray)
+
+
 def validate(
     attestation: Attestation | bytes,
     *,
@@ -260,12 +283,12 @@ def validate(
     policy key for the root signer's key. Only the explicit :data:`UNROOTED` skips
     this check (None is a TypeError, so a missing value cannot skip it silently).
     """
-    if policy_cert is not UNROOTED and not isinstance(policy_cert, bytes | PolicyAnchor):
+    if policy_cert is not UNROOTED and not isinstance(policy_cert, _POLICY_TYPES):
         raise TypeError(
             "policy_cert must be the policy certificate (DER bytes), a PolicyAnchor, "
             f"or UNROOTED to skip the trust root explicitly; got {policy_cert!r}"
         )
-    if isinstance(attestation, bytes | bytearray):
+    if isinstance(attestation, _BYTES_TYPES):
         try:
             attestation = Attestation.from_bytes(bytes(attestation))
         except CodecError as exc:
@@ -316,17 +339,17 @@ def _validate(att: Attestation, now_ns: int, *, depth: int) -> Proven:
                 f"{what}: speaker {says.speaker} is not the signer {signer} "
                 "or one of its sub-principals"
             )
-        return Proven(
-            speaker=says.speaker,
-            message=says.message,
-            statement=says,
-            not_before=says.time,
-            not_after=says.expiration,
-            signer=signer,
-            root_signer=signer,
-            root_signer_type=att.signer_type,
-            root_signer_key=att.signer_key,
-            root_endorsement=att.root_endorsement,
+        return Proven(  # positional, in field order: a quarter cheaper than by name
+            says.speaker,  # speaker
+            says.message,  # message
+            says,  # statement
+            says.time,  # not_before
+            says.expiration,  # not_after
+            signer,  # signer
+            signer,  # root_signer
+            att.signer_type,  # root_signer_type
+            att.signer_key,  # root_signer_key
+            att.root_endorsement,  # root_endorsement
         )
 
     if depth + 1 > MAX_DELEGATION_DEPTH:
