@@ -1,6 +1,7 @@
 """The Tao RPC: a hosted program talks to its host over a message channel.
 
-Wire format (compatible with the original's protorpc): a request is two frames,
+Wire format (compatible with the original's protorpc, and decided by the sans-IO
+:class:`taonet.wire.Envelope` on both ends): a request is two frames,
 an ``RPCHeader{op, seq}`` and then an ``RPCRequest`` body; a response is two
 frames, an ``RPCHeader{op, seq, error?}`` and then an ``RPCResponse`` body, which
 is empty when ``error`` is set (the client still reads and drops it). Sequence
@@ -11,8 +12,10 @@ numbers let several calls be in flight on one channel.
   caller its sequence number names (no background reader, so a lone call costs no
   extra task switch). Use ``async with RPCTao.connect(stream) as tao:``, or
   construct one and ``await nursery.start(tao.run)`` yourself. An error answer
-  raises :class:`~taonet.HostError` with the host's message and leaves the channel
-  usable; a malformed frame, a response nobody asked for, or the host closing the
+  raises the error class the host raised (:class:`~taonet.NotSupportedError`,
+  :class:`~taonet.HostError`, ...; a host that names no kind, like the original:
+  HostError) with the host's message, and leaves the channel usable; a malformed
+  frame, a response nobody asked for, or the host closing the
   channel fails every pending (and later) call and closes the channel (noticed
   when a call is waiting).
 * :func:`serve_tao_rpc` is the host side for one hosted program: it answers the
@@ -50,7 +53,7 @@ import trio
 from taonet import auth
 from taonet._errors import CodecError, HostError, ProtocolError, TaoError
 from taonet.attestation import Attestation
-from taonet.hosts._messages import MessageStream, take
+from taonet.hosts._messages import CHUNK_SIZE, MessageStream, take
 from taonet.hosts._tao import (
     MAX_RANDOM_BYTES,
     MAX_SEALED_BYTES,
@@ -63,7 +66,19 @@ from taonet.hosts._tao import (
     check_size,
     check_time,
 )
-from taonet.wire import MAX_FRAME_CEILING, message_class, parse, serialize
+from taonet.wire import (
+    END_OF_STREAM,
+    MAX_FRAME_CEILING,
+    MAX_REQUEST_HEADER,
+    NEED_DATA,
+    Envelope,
+    Request,
+    Response,
+    Role,
+    message_class,
+    parse,
+    serialize,
+)
 from taonet.wire._framing import LARGE_FRAME
 
 __all__ = [
@@ -84,8 +99,6 @@ log = structlog.get_logger(__name__)
 
 #: The original's frame ceiling: room for a maximal sealed blob plus the envelope.
 DEFAULT_RPC_MAX_FRAME: Final = MAX_FRAME_CEILING
-#: Largest request header frame (an RPCHeader: a method name and a sequence number).
-MAX_REQUEST_HEADER: Final = 4096
 #: Seconds a request may take to arrive once its first byte is in (the header, and
 #: then the body), and an answer to be taken by the program.
 REQUEST_TIMEOUT: Final = 10.0
@@ -142,10 +155,18 @@ _INT32_MAX: Final = 2**31 - 1
 _UINT64_MAX: Final = 2**64 - 1
 
 
-def _as_messages(stream: MessageStream | trio.abc.Stream, max_frame: int) -> MessageStream:
-    if isinstance(stream, MessageStream):
-        return stream
-    return MessageStream(stream, max_frame=max_frame)
+def _byte_stream(stream: MessageStream | trio.abc.Stream) -> trio.abc.Stream:
+    # A MessageStream adds no bytes of its own: the envelope reads the stream under it.
+    return stream.stream if isinstance(stream, MessageStream) else stream
+
+
+def _request_limit(op: str) -> int:
+    return REQUEST_LIMITS.get(op, UNKNOWN_METHOD_LIMIT)
+
+
+async def _send(stream: trio.abc.Stream, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        await stream.send_all(chunk)
 
 
 def _present(msg: Any) -> frozenset[str]:
@@ -170,9 +191,10 @@ class _Pending:
 class RPCTao(Tao):
     """A :class:`Tao` reached over the Tao RPC (see the module docstring).
 
-    ``stream`` is a :class:`~taonet.channel.MessageStream` or any
-    :class:`trio.abc.Stream` (wrapped with ``max_frame``). The RPCTao owns it and
-    closes it when the channel fails or :meth:`aclose` is called.
+    ``stream`` is any :class:`trio.abc.Stream` (or a
+    :class:`~taonet.channel.MessageStream`, whose stream is used directly); frames
+    are at most ``max_frame`` bytes. The RPCTao owns it and closes it when the channel
+    fails or :meth:`aclose` is called.
     """
 
     def __init__(
@@ -181,7 +203,9 @@ class RPCTao(Tao):
         *,
         max_frame: int = DEFAULT_RPC_MAX_FRAME,
     ) -> None:
-        self._messages = _as_messages(stream, max_frame)
+        self._stream = _byte_stream(stream)
+        self._envelope = Envelope(Role.CLIENT, body_limit=max_frame, max_frame=max_frame)
+        self._send_lock = trio.Lock()
         self._seq = itertools.count(1)
         # The host's last answer to GetTaoName, decoded (names rarely change).
         self._last_name: tuple[bytes, auth.Prin] | None = None
@@ -191,7 +215,6 @@ class RPCTao(Tao):
         # Callers read responses themselves, one at a time under this lock, and hand
         # each to whoever it answers: no extra task hop per call.
         self._receive_lock = trio.Lock()
-        self._held_header: bytes | None = None  # a header whose body read was cancelled
         self._closed = trio.Event()
         self._failure: TaoError | None = None
         self._running = False
@@ -223,7 +246,7 @@ class RPCTao(Tao):
     @property
     def max_frame(self) -> int:
         """The largest frame sent or accepted."""
-        return self._messages.max_frame
+        return self._envelope.max_frame
 
     @property
     def closed(self) -> bool:
@@ -248,7 +271,7 @@ class RPCTao(Tao):
             self._running = False
             self._fail(HostError("the Tao RPC client was closed"))
             with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(self._messages)
+                await self._close_stream()
 
     async def _await_response(self, pending: _Pending) -> None:
         """Read responses (one at a time, taking turns with other callers) until
@@ -263,54 +286,54 @@ class RPCTao(Tao):
                     if self._failure is None:
                         log.warning("tao_rpc_client_failed", error=str(failure))
                     self._fail(failure)
-                    await trio.aclose_forcefully(self._messages)
+                    await self._close_stream()
             finally:
                 self._receive_lock.release()
 
     async def _read_one(self) -> TaoError | None:
-        """Read and dispatch one response; return the error that ends the channel."""
-        messages = self._messages
+        """Read and dispatch one response; return the error that ends the channel.
+
+        The envelope keeps what was received across a cancelled read, so a caller
+        cancelled part way through a response leaves it for the next reader.
+        """
+        envelope = self._envelope
         try:
-            if self._held_header is None:
-                self._held_header = await messages.receive_message()
-            try:
-                body_frame = await messages.receive_message()
-            except trio.EndOfChannel:
-                return ProtocolError("the Tao host closed the RPC channel between header and body")
-        except trio.EndOfChannel:
-            return HostError("the Tao host closed the RPC channel")
-        except (CodecError, ProtocolError) as exc:
+            while (event := envelope.next_event()) is NEED_DATA:
+                envelope.receive_data(await self._stream.receive_some(CHUNK_SIZE))
+        except ProtocolError as exc:  # the host closed inside a response
+            return ProtocolError(f"bad response from the Tao host: {exc}")
+        except CodecError as exc:
             return ProtocolError(f"bad frame from the Tao host: {exc}")
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             return HostError(f"the Tao RPC channel broke: {exc or type(exc).__name__}")
-        header_frame, self._held_header = self._held_header, None
-        try:
-            header = parse("RPCHeader", header_frame, what="Tao RPC response header")
-        except CodecError as exc:
-            return ProtocolError(str(exc))
-        seq: int = header.seq
+        if event is END_OF_STREAM:
+            return HostError("the Tao host closed the RPC channel")
+        assert isinstance(event, Response)
+        seq = event.seq
         if seq in self._abandoned:
             self._abandoned.discard(seq)
             return None
         pending = self._pending.get(seq)
         if pending is None:
             return ProtocolError(f"the Tao host answered call {seq}, which nobody made")
-        if header.op != pending.op:
-            return ProtocolError(
-                f"the Tao host answered call {seq} ({pending.op}) as {header.op!r}"
-            )
+        if event.op != pending.op:
+            return ProtocolError(f"the Tao host answered call {seq} ({pending.op}) as {event.op!r}")
         del self._pending[seq]
-        if header.HasField("error"):
-            pending.error = HostError(header.error)
+        if event.error is not None:
+            pending.error = event.error
         else:
             try:
-                pending.response = parse("RPCResponse", body_frame, what=f"{pending.op} response")
+                pending.response = parse("RPCResponse", event.body, what=f"{pending.op} response")
             except CodecError as exc:
                 pending.error = ProtocolError(str(exc))
                 pending.done.set()
                 return ProtocolError(str(exc))
         pending.done.set()
         return None
+
+    async def _close_stream(self) -> None:
+        self._envelope.clear()
+        await trio.aclose_forcefully(self._stream)
 
     def _fail(self, failure: TaoError) -> None:
         if self._failure is None:
@@ -331,7 +354,7 @@ class RPCTao(Tao):
     async def aclose(self) -> None:
         """Close the channel; pending and later calls raise HostError."""
         self._fail(HostError("the Tao RPC client was closed"))
-        await trio.aclose_forcefully(self._messages)
+        await self._close_stream()
 
     async def _call(self, op: str, expect: frozenset[str], **fields: Any) -> Any:
         """Send one request; return the RPCResponse holding exactly ``expect``."""
@@ -352,14 +375,18 @@ class RPCTao(Tao):
         seq = next(self._seq)
         if seq > _UINT64_MAX:  # pragma: no cover - not in this universe
             raise HostError("the Tao RPC ran out of sequence numbers")
-        header = serialize(message_class("RPCHeader")(op=op, seq=seq))
+        chunks = self._envelope.request(op, seq, body)
         pending = _Pending(op)
         self._pending[seq] = pending
         sent = False
         try:
             try:
-                # Header and body go out together (MessageStream keeps them whole).
-                await self._messages.send_messages(header, body)
+                # Header and body go out together, never interleaved with another call.
+                await take(self._send_lock)
+                try:
+                    await _send(self._stream, chunks)
+                finally:
+                    self._send_lock.release()
             except BaseException as exc:
                 # A header without its body desynchronizes the channel for good.
                 if not isinstance(exc, trio.Cancelled):
@@ -674,15 +701,16 @@ async def serve_tao_rpc(
     header frame is at most :data:`MAX_REQUEST_HEADER` bytes and its body at most
     what :data:`REQUEST_LIMITS` allows its method (a method it does not know:
     :data:`UNKNOWN_METHOD_LIMIT`), both below ``max_frame``. Once a request's first
-    byte is in, its header must be complete within ``request_timeout`` seconds and
-    its body within ``request_timeout`` seconds more; an answer must be taken by the
-    program within ``request_timeout`` seconds. ``None`` disables those timeouts. A
-    body over :data:`LARGE_FRAME` bytes is read only once ``budget`` (if given,
-    shared with other channels) grants its length, until the answer is sent.
+    byte is in, the whole request must be in within ``request_timeout`` seconds; an
+    answer must be taken by the program within ``request_timeout`` seconds.
+    ``None`` disables those timeouts. A body over :data:`LARGE_FRAME` bytes is read
+    only once ``budget`` (if given, shared with other channels) grants its length,
+    until the answer is sent.
 
     An unknown method and a body that does not decode are answered with an error
     (the frames are intact); a :class:`~taonet.TaoError` from ``tao`` (or from
-    decoding a payload) becomes the response's error string. The channel stays open
+    decoding a payload) becomes the response's error string, with its kind (see
+    :mod:`taonet.wire._envelope`), so the client raises the same class. The channel stays open
     after those. A header that does not decode, a frame over its limit, a request or
     answer over its time, or the program closing inside a request closes the channel
     (logged, not raised): the function returns. It also returns when the program
@@ -695,25 +723,23 @@ async def serve_tao_rpc(
         or not request_timeout > 0
     ):
         raise ValueError(f"request_timeout must be a positive number, got {request_timeout!r}")
-    if isinstance(stream, MessageStream):
-        messages = stream
-    else:
-        messages = MessageStream(stream, max_frame=max_frame, frame_timeout=request_timeout)
+    channel = _Channel(_byte_stream(stream), max_frame)
     try:
         if request_timeout is None:
-            await _serve_all(messages, tao, None, budget)
+            await _serve_all(channel, tao, None, budget)
             return
         watchdog = _Watchdog(request_timeout)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watchdog.run, nursery.cancel_scope)
-            await _serve_all(messages, tao, watchdog, budget)
+            await _serve_all(channel, tao, watchdog, budget)
             nursery.cancel_scope.cancel()
         if watchdog.expired is not None:
             event, op = watchdog.expired
             log.warning(event, op=_clip(op), error=f"overdue by {request_timeout} s")
     finally:
+        channel.envelope.clear()
         with trio.CancelScope(shield=True):
-            await trio.aclose_forcefully(messages)
+            await trio.aclose_forcefully(channel.stream)
 
 
 _REQUEST_OVERDUE: Final = "tao_rpc_request_timeout"
@@ -752,70 +778,67 @@ class _Watchdog:
             await trio.sleep_until(min(self.deadline, now + self.limit_s))
 
 
+class _Channel:
+    """The server's end of one channel: the byte stream and its envelope."""
+
+    __slots__ = ("envelope", "stream")
+
+    def __init__(self, stream: trio.abc.Stream, max_frame: int) -> None:
+        self.stream = stream
+        self.envelope = Envelope(
+            Role.SERVER,
+            body_limit=_request_limit,
+            header_limit=MAX_REQUEST_HEADER,
+            max_frame=max_frame,
+        )
+
+
 async def _serve_all(
-    messages: MessageStream, tao: Tao, watchdog: _Watchdog | None, budget: ByteBudget | None
+    channel: _Channel, tao: Tao, watchdog: _Watchdog | None, budget: ByteBudget | None
 ) -> None:
     try:
-        while await _serve_one(messages, tao, watchdog, budget):
+        while await _serve_one(channel, tao, watchdog, budget):
             pass
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         log.info("tao_rpc_channel_broken", error=str(exc) or type(exc).__name__)
 
 
 async def _serve_one(
-    messages: MessageStream, tao: Tao, watchdog: _Watchdog | None, budget: ByteBudget | None
+    channel: _Channel, tao: Tao, watchdog: _Watchdog | None, budget: ByteBudget | None
 ) -> bool:
     """Read and answer one request; False when the channel is done.
 
     One call per request, so that nothing of a request (frames, decoded payloads,
     the answer) stays referenced while the host waits for the next one.
     """
-    try:
-        header_frame = await messages.receive_message(max_size=MAX_REQUEST_HEADER)
-    except trio.EndOfChannel:
-        return False
-    except (CodecError, ProtocolError) as exc:
-        log.warning("tao_rpc_bad_request", error=str(exc))
-        return False
-    try:
-        header = parse("RPCHeader", header_frame, what="Tao RPC request header")
-    except CodecError as exc:
-        log.warning("tao_rpc_bad_request", error=str(exc))
-        return False
-    op = header.op if isinstance(header.op, str) else repr(header.op)
-    seq = int(header.seq)
-    limit = REQUEST_LIMITS.get(op, UNKNOWN_METHOD_LIMIT)
+    envelope = channel.envelope
     granted = 0
     try:
+        armed = False
         try:
-            # Usually the body came with the header: no waiting.
-            body_frame: bytes | None = messages.receive_message_nowait(max_size=limit)
-        except trio.WouldBlock:
-            body_frame = None
-        except CodecError as exc:
-            log.warning("tao_rpc_bad_request", op=_clip(op), error=str(exc))
+            while (event := envelope.next_event()) is NEED_DATA:
+                if watchdog is not None and not armed and envelope.in_message:
+                    watchdog.arm(_REQUEST_OVERDUE, "")
+                    armed = True
+                if budget is not None and not granted:
+                    length = envelope.body_length()
+                    if length is not None and length > LARGE_FRAME:
+                        granted = await budget.acquire(length)
+                envelope.receive_data(await channel.stream.receive_some(CHUNK_SIZE))
+        except (CodecError, ProtocolError) as exc:
+            log.warning("tao_rpc_bad_request", error=str(exc))
             return False
-        if body_frame is None:
-            if watchdog is not None:
-                watchdog.arm(_REQUEST_OVERDUE, op)
-            try:
-                length = await messages.peek_length(max_size=limit)
-                if budget is not None and length > LARGE_FRAME:
-                    granted = await budget.acquire(length)
-                body_frame = await messages.receive_message(max_size=limit)
-            except trio.EndOfChannel:
-                log.warning("tao_rpc_bad_request", error="the client closed inside a request")
-                return False
-            except (CodecError, ProtocolError) as exc:
-                log.warning("tao_rpc_bad_request", op=_clip(op), error=str(exc))
-                return False
-            if watchdog is not None:
-                watchdog.disarm()
-        response = await _answer(op, seq, body_frame, tao, messages.max_frame)
-        del body_frame
+        if event is END_OF_STREAM:
+            return False
+        assert isinstance(event, Request)
+        if watchdog is not None:
+            watchdog.disarm()
+        op = event.op
+        chunks = await _answer(envelope, event, tao)
+        del event
         if watchdog is not None:
             watchdog.arm(_ANSWER_OVERDUE, op)
-        await messages.send_messages(*response)
+        await _send(channel.stream, chunks)
         if watchdog is not None:
             watchdog.disarm()
         return True
@@ -829,30 +852,29 @@ def _clip(op: str) -> str:
     return op if len(op) <= 64 else op[:64] + "..."
 
 
-async def _answer(
-    op: str, seq: int, body_frame: bytes, tao: Tao, max_frame: int
-) -> tuple[bytes, bytes]:
-    """The response frames (header, body) for one request."""
-    error: str | None = None
+async def _answer(envelope: Envelope, request: Request, tao: Tao) -> list[bytes]:
+    """The response (header and body frames) to one request."""
+    op = request.op
+    error: TaoError | None = None
     body = b""
     try:
         handler = _HANDLERS.get(op)
         if handler is None:
             raise ProtocolError(f"unknown Tao RPC method {_clip(op)!r}")
-        request = parse("RPCRequest", body_frame, what=f"{op} request")
-        fields = await handler(tao, request)
-        del request
+        message = parse("RPCRequest", request.body, what=f"{op} request")
+        fields = await handler(tao, message)
+        del message
         body = serialize(message_class("RPCResponse")(**fields))
     except TaoError as exc:
-        error = str(exc) or type(exc).__name__
+        error = exc
     except Exception as exc:  # a bug must not take the host down with it
         log.exception("tao_rpc_handler_failed", op=op, error_type=type(exc).__name__)
-        error = f"internal error in the host ({type(exc).__name__})"
-    if error is None and len(body) > max_frame:
-        error = f"{op}: a {len(body)}-byte response is over the {max_frame}-byte limit"
-        body = b""
-    response_header = message_class("RPCHeader")(op=op, seq=seq)
-    if error is not None:
-        response_header.error = error
-        body = b""
-    return serialize(response_header), body
+        error = HostError(f"internal error in the host ({type(exc).__name__})")
+    if error is None and len(body) > envelope.max_frame:
+        error = HostError(
+            f"{op}: a {len(body)}-byte response is over the {envelope.max_frame}-byte limit"
+        )
+    try:
+        return envelope.response(op, request.seq, body, error=error)
+    except ValueError:  # an error message that does not fit a tiny max_frame
+        return envelope.response(op, request.seq, error=HostError("the answer is too long"))

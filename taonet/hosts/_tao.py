@@ -10,7 +10,7 @@ Hosts with monotonic counters also offer rollback-protected sealing: each progra
 has counters by label that only increase, and a rollback-protected blob opens only
 while its label's counter still holds the value it was sealed at, so an older copy
 of the blob (restored from a backup, replayed by an attacker) is refused. Hosts
-without counters keep the default methods, which raise HostError(NOT_SUPPORTED).
+without counters keep the default methods, which raise :class:`~taonet.NotSupportedError`.
 
 Every method is async because real backends block (RPC to a parent, TPM calls).
 """
@@ -21,7 +21,7 @@ import abc
 from typing import Final
 
 from taonet import auth
-from taonet._errors import HostError
+from taonet._errors import HostError, NotSupportedError
 from taonet.attestation import Attestation
 
 __all__ = [
@@ -157,11 +157,11 @@ class Tao(abc.ABC):
         Counters only increase: a value below the current one is a HostError, the
         current value is a no-op. ``counter`` is an int64 >= 0.
         """
-        raise HostError(NOT_SUPPORTED)
+        raise NotSupportedError(NOT_SUPPORTED)
 
     async def get_counter(self, label: str) -> int:
         """The caller's counter for ``label``; HostError if it has none."""
-        raise HostError(NOT_SUPPORTED)
+        raise NotSupportedError(NOT_SUPPORTED)
 
     async def rollback_protected_seal(
         self, label: str, data: bytes, policy: str = SEAL_POLICY_SELF
@@ -172,7 +172,7 @@ class Tao(abc.ABC):
         is durable before the blob is returned. Every earlier blob for ``label``
         stops opening: keep the returned one.
         """
-        raise HostError(NOT_SUPPORTED)
+        raise NotSupportedError(NOT_SUPPORTED)
 
     async def rollback_protected_unseal(self, sealed: bytes) -> tuple[bytes, str]:
         """Open a blob from :meth:`rollback_protected_seal`; return the data and policy.
@@ -181,4 +181,4 @@ class Tao(abc.ABC):
         the label's current counter: lower means an older blob (rollback detected),
         higher means the host's own counter state was rolled back.
         """
-        raise HostError(NOT_SUPPORTED)
+        raise NotSupportedError(NOT_SUPPORTED)

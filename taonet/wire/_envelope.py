@@ -229,7 +229,7 @@ class Envelope:
     @property
     def in_message(self) -> bool:
         """True while part of a message has been received (its rest is awaited)."""
-        return self._partial > 0
+        return self._partial > 0 or self._header is not None
 
     @property
     def broken(self) -> bool:

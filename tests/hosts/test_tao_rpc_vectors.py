@@ -83,7 +83,9 @@ def test_the_vectors_are_protorpc_frames() -> None:
         assert header.HasField("error") == failed
         if failed:
             assert response[1] == b""  # the body of an error answer is empty
-            assert header.error == exchange["result"]["message"]
+            # The error's kind travels as a prefix the original shows as text.
+            result = exchange["result"]
+            assert header.error == f"{result['error']}: {result['message']}"
         else:
             parse("RPCResponse", response[1])
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import trio
 
-from taonet import HostError, auth
+from taonet import HostError, NotSupportedError, auth
 from taonet.attestation import UNROOTED, Attestation
 from taonet.crypto import Keyset
 from taonet.hosts import SoftHost, Tao
@@ -255,16 +255,16 @@ class WithoutCounters(Wrapped):
     """A correct Tao without counters: the interface's defaults answer "not supported"."""
 
     async def init_counter(self, label: str, counter: int) -> None:
-        raise HostError(NOT_SUPPORTED)
+        raise NotSupportedError(NOT_SUPPORTED)
 
     async def get_counter(self, label: str) -> int:
-        raise HostError(NOT_SUPPORTED)
+        raise NotSupportedError(NOT_SUPPORTED)
 
     async def rollback_protected_seal(self, label: str, data: bytes, policy: str = "self") -> bytes:
-        raise HostError(NOT_SUPPORTED)
+        raise NotSupportedError(NOT_SUPPORTED)
 
     async def rollback_protected_unseal(self, sealed: bytes) -> tuple[bytes, str]:
-        raise HostError(NOT_SUPPORTED)
+        raise NotSupportedError(NOT_SUPPORTED)
 
 
 class HalfCounters(WithoutCounters):
@@ -333,7 +333,7 @@ BROKEN: list[tuple[Callable[[Tao], Tao], bool, str]] = [
     (MixedUpUnderLoad, True, "concurrent calls: concurrent call"),
     (CounterGoesDown, True, "counters: init_counter below the current value: expected HostError"),
     (RollbackUnnoticed, True, "unseal of an older rollback-protected blob: expected HostError"),
-    (WithoutCounters, True, "check_tao: counters: unexpected HostError: 'not supported"),
+    (WithoutCounters, True, "check_tao: counters: unexpected NotSupportedError: 'not supported"),
     (HalfCounters, False, "no counters: get_counter on a Tao without counters: expected"),
     (ExtensionIgnored, True, "extend_tao_name: extending"),
     (ExtensionOnlyShown, True, "extend_tao_name: after extending, attest speaks as"),

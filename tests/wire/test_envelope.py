@@ -219,6 +219,7 @@ def test_body_length_is_announced_before_the_body_arrives() -> None:
     machine = server()
     machine.receive_data(header("Large", 4))
     assert machine.next_event() is NEED_DATA
+    assert machine.in_message  # a header alone is part of a message
     assert machine.body_length() is None
     machine.receive_data((90_000).to_bytes(4, "big"))
     assert machine.body_length() == 90_000
