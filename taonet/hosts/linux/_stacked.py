@@ -7,7 +7,7 @@ the host carries. Its counter table is sealed with the parent's rollback-protect
 sealing, so restoring an older table file is detected.
 
 Fail closed, and write nothing until the start has succeeded: a parent without
-counters (one that answers the counter methods "not supported") or one that will
+counters (one that answers the counter methods with NotSupportedError) or one that will
 not unseal the host's keys is a :class:`~taonet.HostError` that says so, raised
 before anything is written; the first start writes ``keys.sealed`` only once the
 parent has sealed the keys, attested for them and opened the counter table.
@@ -23,12 +23,12 @@ import structlog
 import trio
 
 from taonet import auth
-from taonet._errors import HostError
+from taonet._errors import HostError, NotSupportedError
 from taonet._files import atomic_write, read_file
 from taonet.crypto import Keyset
 from taonet.hosts._counters import CounterStore, ParentTableSealer
 from taonet.hosts._soft import SoftHost
-from taonet.hosts._tao import NOT_SUPPORTED, SEAL_POLICY_SELF, Tao
+from taonet.hosts._tao import SEAL_POLICY_SELF, Tao
 from taonet.hosts.linux._config import COUNTERS_FILE, SEALED_KEYS_FILE
 
 __all__ = ["open_stacked"]
@@ -76,13 +76,18 @@ async def open_stacked(
 
 
 async def _check_counters(parent: Tao, label: str) -> None:
-    """HostError unless ``parent`` has counters (an unknown label is fine)."""
+    """HostError unless ``parent`` has counters (an unknown label is fine).
+
+    A parent without counters answers :class:`~taonet.NotSupportedError` (over the Tao
+    RPC too: the error's kind travels with it); its text is not looked at.
+    """
     try:
         await parent.get_counter(label)
-    except HostError as exc:
-        if NOT_SUPPORTED in str(exc):
-            raise HostError(
-                "the parent Tao has no counters (it answers "
-                f"{NOT_SUPPORTED!r}): a stacked host keeps its counter table "
-                "rollback-protected with its parent's counters and does not start without them"
-            ) from None
+    except NotSupportedError as exc:
+        raise HostError(
+            f"the parent Tao has no counters (it answers {str(exc)[:200]!r}): a stacked "
+            "host keeps its counter table rollback-protected with its parent's counters "
+            "and does not start without them"
+        ) from None
+    except HostError:
+        pass  # no counter for this label yet: counters exist
