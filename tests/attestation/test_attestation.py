@@ -395,5 +395,6 @@ def test_signer_type_must_be_a_signer_type() -> None:
         register_signer_type(_fresh_name(), _accept_anything)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="lower-case word"):
         register_signer_type(
-            None, SignerType(verify=_accept_anything, principal=auth.key_principal)
-        )  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]
+            SignerType(verify=_accept_anything, principal=auth.key_principal),
+        )
