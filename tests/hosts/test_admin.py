@@ -41,7 +41,6 @@ from taonet import (
     ConfigError,
     HostError,
     ProtocolError,
-    TaoError,
     auth,
 )
 from taonet.hosts._messages import MessageStream
@@ -61,8 +60,6 @@ from taonet.hosts.linux._admin_wire import (
     START,
     STOP,
     WAIT,
-    _error_from_text,
-    _error_text,
 )
 from taonet.hosts.linux._hosted import MAX_ARGS, Caller, ProgramInfo, StartRequest
 from taonet.wire import encode_frame, message_class, parse, serialize
@@ -552,29 +549,6 @@ async def test_a_base_exception_from_the_backend_is_not_swallowed(tmp_path: Path
     assert not path.exists()
 
 
-def test_error_text_names_the_nearest_known_kind() -> None:
-    class TPMFailure(HostError):
-        pass
-
-    class Refused(AuthorizationError):
-        pass
-
-    assert _error_text(TPMFailure("rc 0x101")) == "HostError: rc 0x101"
-    assert _error_text(Refused("no")) == "AuthorizationError: no"
-    assert _error_text(ConfigError("")) == "ConfigError: ConfigError"
-    assert _error_text(TaoError("x")) == "TaoError: x"
-    long = _error_text(HostError("y" * 10_000))
-    assert len(long) < 5000
-    for kind in (AuthorizationError, HostError, ConfigError, ProtocolError, CodecError):
-        error = _error_from_text(_error_text(kind("a: b")))
-        assert type(error) is kind
-        assert str(error) == "a: b"
-    for text in ("Mystery: x", "no kind at all", "ValueError: x", ""):
-        error = _error_from_text(text)
-        assert type(error) is HostError
-        assert str(error) == text
-
-
 async def test_wait_blocks_until_the_program_exits(tmp_path: Path) -> None:
     backend = Backend()
     results: list[ProgramInfo] = []
@@ -829,9 +803,18 @@ def _program(**changes: Any) -> Any:
         (lambda a: a.list(), answer(op=KILL), "answered call 1"),
         (lambda a: a.list(), lambda h, b: b"\xff\xff\xff\xff", "over the"),
         (
+            # A body over the response limit (a header frame has a far lower one).
             lambda a: a.list(),
-            lambda h, b: struct.pack(">I", ADMIN_MAX_RESPONSE + 1),
+            lambda h, b: (
+                encode_frame(serialize(message_class("RPCHeader")(op=h.op, seq=h.seq)))
+                + struct.pack(">I", ADMIN_MAX_RESPONSE + 1)
+            ),
             f"over the {ADMIN_MAX_RESPONSE}-byte limit",
+        ),
+        (
+            lambda a: a.list(),
+            lambda h, b: struct.pack(">I", 64 * 1024 + 1),
+            "over the 65536-byte limit",
         ),
         (
             lambda a: a.list(),
@@ -854,6 +837,7 @@ def _program(**changes: Any) -> Any:
         "wrong_op",
         "oversized_frame",
         "frame_over_the_response_limit",
+        "header_over_its_limit",
         "garbage_header",
         "start_without_program",
         "wait_without_status",

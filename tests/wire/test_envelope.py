@@ -160,6 +160,7 @@ class _PrivateRefusal(AuthorizationError):
         ("", HostError, ""),
         # A name outside the tree is not looked up anywhere.
         ("ValueError: boom", HostError, "ValueError: boom"),
+        ("Mystery: x", HostError, "Mystery: x"),
         ("__class__: boom", HostError, "__class__: boom"),
         ("NotSupportedError:no space", HostError, "NotSupportedError:no space"),
         ("NotSupportedError: a: b", NotSupportedError, "a: b"),

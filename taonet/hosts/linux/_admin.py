@@ -70,8 +70,6 @@ from taonet._errors import (
 )
 from taonet.hosts.linux._admin_wire import (
     _T,
-    ADMIN_MAX_FRAME,
-    ADMIN_MAX_HEADER,
     ADMIN_MAX_RESPONSE,
     ADMIN_OPS,
     HOST_NAME,
@@ -86,15 +84,24 @@ from taonet.hosts.linux._admin_wire import (
     _check_env,
     _check_string,
     _close_fds,
-    _error_text,
     _program_message,
+    admin_envelope,
 )
 from taonet.hosts.linux._hosted import (
     AdminBackend,
     Caller,
     StartRequest,
 )
-from taonet.wire import FrameDecoder, encode_frame, message_class, parse, serialize
+from taonet.wire import (
+    END_OF_STREAM,
+    NEED_DATA,
+    Envelope,
+    Request,
+    Role,
+    message_class,
+    parse,
+    serialize,
+)
 
 __all__ = [
     "IDLE_TIMEOUT",
@@ -200,9 +207,8 @@ class _Receiver:
         idle_timeout: float | None = None,
     ) -> None:
         self._sock = sock
-        self._decoder = FrameDecoder(max_frame=ADMIN_MAX_FRAME)
+        self.envelope = admin_envelope(Role.SERVER)
         self._fds: builtins.list[int] = []
-        self._received = 0  # bytes received that are not yet part of a returned frame
         self._timeout = request_timeout
         self._idle_timeout = idle_timeout
         self._deadline = trio.CancelScope()  # of the request being received
@@ -212,11 +218,15 @@ class _Receiver:
         """The connection is done: close the descriptors still queued, free the bytes."""
         fds, self._fds = self._fds, []
         _close_fds(fds)
-        self._decoder.clear()
+        self.envelope.clear()
 
-    async def _receive_frame(self, limit: int) -> bytes | None:
-        """The next frame (at most ``limit`` bytes); None when the peer closed between frames."""
-        while (frame := self._decoder.next_frame(max_frame=limit)) is None:
+    async def _receive_event(self) -> Request | None:
+        """The next request's frames; None when the peer closed between requests.
+
+        The envelope refuses a frame over its limit and a request cut short.
+        """
+        envelope = self.envelope
+        while (event := envelope.next_event()) is NEED_DATA:
             data, ancdata, flags, _ = await self._sock.recvmsg(
                 _RECV_SIZE, _ANC_SIZE, socket.MSG_CMSG_CLOEXEC
             )
@@ -227,15 +237,13 @@ class _Receiver:
                 raise ProtocolError(
                     f"{len(self._fds)} file descriptors, more than a request may carry"
                 )
-            if not data:
-                if self._received:
-                    raise ProtocolError("the client closed the connection inside a frame")
-                return None
-            self._start_clock()
-            self._decoder.feed(data)
-            self._received += len(data)
-        self._received -= 4 + len(frame)
-        return frame
+            if data:
+                self._start_clock()
+            envelope.receive_data(data)
+        if event is END_OF_STREAM:
+            return None
+        assert isinstance(event, Request)
+        return event
 
     def _collect(self, ancdata: builtins.list[tuple[int, int, bytes]]) -> None:
         unexpected = False
@@ -255,42 +263,30 @@ class _Receiver:
             self._started = True
             self._deadline.deadline = trio.current_time() + self._timeout
 
-    async def _receive_frames(self) -> tuple[bytes, bytes] | None:
-        """A request's header and body frames; None when the client is done."""
-        header_frame = await self._receive_frame(ADMIN_MAX_HEADER)
-        if header_frame is None:
-            return None
-        body_frame = await self._receive_frame(ADMIN_MAX_FRAME)
-        if body_frame is None:
-            raise ProtocolError("the client closed the connection between header and body")
-        return header_frame, body_frame
-
     async def receive_request(self) -> _Request | None:
         """The next request with its descriptors; None when the client is done.
 
         CodecError or ProtocolError when the connection must be dropped (including a
         request that does not arrive in time).
         """
-        frames = None
+        event = None
         self._started = False
         with trio.CancelScope() as self._deadline:
             if self._idle_timeout is not None:
                 self._deadline.deadline = trio.current_time() + self._idle_timeout
-            if self._received:  # part of it came with the previous request
+            if self.envelope.in_message:  # part of it came with the previous request
                 self._start_clock()
-            frames = await self._receive_frames()
+            event = await self._receive_event()
         if self._deadline.cancelled_caught:
             if not self._started:
                 raise _IdleError(f"no request for {self._idle_timeout} s")
             raise ProtocolError(f"the request did not arrive within {self._timeout} s")
-        if frames is None:
+        if event is None:
             return None
-        header_frame, body_frame = frames
-        header = parse("RPCHeader", header_frame, what="admin request header")
-        op = header.op
+        op = event.op
         if op not in ADMIN_OPS:
             raise ProtocolError(f"unknown admin operation {op!r}")
-        body = parse("LinuxAdminRequest", body_frame, what=f"{op} request")
+        body = parse("LinuxAdminRequest", event.body, what=f"{op} request")
         _check_strings(op, body)
         count, _ = _expected_fds(op, body)
         if len(self._fds) != count:
@@ -298,7 +294,7 @@ class _Receiver:
                 f"{op}: the request announces {count} file descriptors, {len(self._fds)} came"
             )
         fds, self._fds = self._fds, []
-        return _Request(op, int(header.seq), body, fds)
+        return _Request(op, event.seq, body, fds)
 
 
 def _peer_groups(sock: trio.socket.SocketType) -> tuple[int, ...]:
@@ -424,6 +420,7 @@ def _clip(text: str) -> str:
 
 
 async def _answer(
+    envelope: Envelope,
     backend: AdminBackend,
     caller: Caller,
     request: _Request,
@@ -437,7 +434,7 @@ async def _answer(
     BaseExceptions (trio.Cancelled, KeyboardInterrupt) propagate.
     """
     op = request.op
-    error: str | None = None
+    error: TaoError | None = None
     body = b""
     try:
         fields = await _handle(backend, caller, request, sock)
@@ -447,14 +444,14 @@ async def _answer(
                 f"{op}: a {len(body)}-byte response is over the {ADMIN_MAX_RESPONSE}-byte limit"
             )
     except TaoError as exc:
-        error = _error_text(exc)
+        error = exc
         body = b""
-        logger.info("admin_request_refused", op=op, error=error)
+        logger.info("admin_request_refused", op=op, error=_clip(str(exc)))
     except _PeerGoneError:
         raise
     except Exception as exc:
         kind = type(exc).__name__
-        error = _error_text(HostError(f"internal error in the host ({kind})"))
+        error = HostError(f"internal error in the host ({kind})")
         body = b""
         # No traceback (so not .exception): its rendering could show local variables.
         logger.error(  # noqa: TRY400
@@ -462,12 +459,7 @@ async def _answer(
         )
     finally:
         request.close_fds()
-    header = message_class("RPCHeader")(op=op, seq=request.seq)
-    if error is not None:
-        header.error = error
-    return encode_frame(serialize(header), max_frame=ADMIN_MAX_FRAME) + encode_frame(
-        body, max_frame=ADMIN_MAX_RESPONSE
-    )
+    return b"".join(envelope.response(op, request.seq, body, error=error))
 
 
 class _ConnectionLimits:
@@ -593,7 +585,9 @@ async def _serve_connection(
                 # close now waits for its answer.
                 connection.answering = True
                 try:
-                    response = await _answer(backend, caller, request, sock, logger)
+                    response = await _answer(
+                        receiver.envelope, backend, caller, request, sock, logger
+                    )
                 except _PeerGoneError:
                     logger.info("admin_client_gone", op=request.op)
                     return

@@ -29,11 +29,10 @@ from taonet._errors import (
     ProtocolError,
     TaoError,
 )
-from taonet.hosts._messages import MessageStream
+from taonet.hosts._messages import CHUNK_SIZE
 from taonet.hosts.linux._admin_wire import (
     _UINT64_MAX,
     ADMIN_MAX_FRAME,
-    ADMIN_MAX_RESPONSE,
     HOST_NAME,
     KILL,
     LIST,
@@ -44,13 +43,13 @@ from taonet.hosts.linux._admin_wire import (
     _check_args,
     _check_env,
     _check_string,
-    _error_from_text,
     _program_info,
+    admin_envelope,
 )
 from taonet.hosts.linux._hosted import (
     ProgramInfo,
 )
-from taonet.wire import encode_frame, message_class, parse, serialize
+from taonet.wire import END_OF_STREAM, NEED_DATA, Response, Role, message_class, parse, serialize
 
 __all__ = ["AdminClient"]
 
@@ -88,7 +87,7 @@ class AdminClient:
 
     def __init__(self, sock: trio.socket.SocketType, *, path: str) -> None:
         self._sock = sock
-        self._messages = MessageStream(trio.SocketStream(sock), max_frame=ADMIN_MAX_RESPONSE)
+        self._envelope = admin_envelope(Role.CLIENT)
         self._path = path
         self._seq = itertools.count(1)
         self._lock = trio.Lock()
@@ -139,6 +138,7 @@ class AdminClient:
         if self._failure is None:
             self._failure = failure
         self._sock.close()
+        self._envelope.clear()
 
     def _broken(self, failure: TaoError) -> TaoError:
         log.warning("admin_client_failed", path=self._path, error=str(failure))
@@ -147,16 +147,19 @@ class AdminClient:
 
     async def _exchange(self, op: str, seq: int, data: bytes, fds: Sequence[int]) -> Any:
         await _sendmsg_all(self._sock, data, fds)
-        header_frame = await self._messages.receive_message()
-        body_frame = await self._messages.receive_message()
-        header = parse("RPCHeader", header_frame, what=f"{op} response header")
-        if header.seq != seq or header.op != op:
+        envelope = self._envelope
+        while (event := envelope.next_event()) is NEED_DATA:
+            envelope.receive_data(await self._sock.recv(CHUNK_SIZE))
+        if event is END_OF_STREAM:
+            raise trio.EndOfChannel
+        assert isinstance(event, Response)
+        if event.seq != seq or event.op != op:
             raise ProtocolError(
-                f"the host answered call {seq} ({op}) as call {header.seq} ({header.op!r})"
+                f"the host answered call {seq} ({op}) as call {event.seq} ({event.op!r})"
             )
-        if header.HasField("error"):
-            return _error_from_text(str(header.error))
-        return parse("LinuxAdminResponse", body_frame, what=f"{op} response")
+        if event.error is not None:
+            return event.error
+        return parse("LinuxAdminResponse", event.body, what=f"{op} response")
 
     async def _call(self, op: str, fds: Sequence[int] = (), **fields: Any) -> Any:
         body = serialize(message_class("LinuxAdminRequest")(**fields))
@@ -170,10 +173,7 @@ class AdminClient:
             seq = next(self._seq)
             if seq > _UINT64_MAX:  # pragma: no cover - not in this universe
                 raise self._broken(HostError("the admin client ran out of sequence numbers"))
-            header = serialize(message_class("RPCHeader")(op=op, seq=seq))
-            data = encode_frame(header, max_frame=ADMIN_MAX_FRAME) + encode_frame(
-                body, max_frame=ADMIN_MAX_FRAME
-            )
+            data = b"".join(self._envelope.request(op, seq, body))
             try:
                 result = await self._exchange(op, seq, data, fds)
             except trio.EndOfChannel:

@@ -7,10 +7,13 @@ and then a ``LinuxAdminResponse`` body, empty when ``error`` is set. A request's
 frame is at most :data:`ADMIN_MAX_HEADER` (4 KiB), its body at most
 :data:`ADMIN_MAX_FRAME` (1 MiB); a response's frames at most
 :data:`ADMIN_MAX_RESPONSE` (16 MiB), since listing many programs with long names can
-legitimately take more than a request ever needs. An error string is
-``"<Kind>: message"`` where Kind is the name of a :class:`~taonet.TaoError` class; the
-client raises that class again. A failure in the host that is not a TaoError is
-answered as ``"HostError: internal error in the host (<ExceptionType>)"``.
+legitimately take more than a request ever needs. Both ends read and write through
+:class:`taonet.wire.Envelope` (:func:`admin_envelope`), which decides those limits, the
+end of the stream and truncation. An error string is the envelope's
+``"<Kind>: message"``, Kind the name of a :class:`~taonet.TaoError` class (see
+:data:`taonet.wire.ERROR_KINDS`); the client raises that class again. A failure in the
+host that is not a TaoError is answered as
+``"HostError: internal error in the host (<ExceptionType>)"``.
 
 A start request may carry the caller's stdin, stdout and stderr: the descriptors ride
 as ``SCM_RIGHTS`` ancillary data on the one ``sendmsg`` that carries the request's
@@ -33,22 +36,14 @@ from contextlib import suppress
 from typing import Any, Final, TypeVar
 
 from taonet import auth
-from taonet._errors import (
-    AuthenticationError,
-    AuthorizationError,
-    CodecError,
-    ConfigError,
-    HostError,
-    ProtocolError,
-    TaoError,
-)
+from taonet._errors import CodecError, HostError, ProtocolError
 from taonet.hosts.linux._hosted import (
     MAX_ARGS,
     MAX_ENV,
     MAX_STRING,
     ProgramInfo,
 )
-from taonet.wire import message_class
+from taonet.wire import Envelope, Role, message_class
 
 __all__ = [
     "ADMIN_MAX_FRAME",
@@ -63,6 +58,7 @@ __all__ = [
     "START",
     "STOP",
     "WAIT",
+    "admin_envelope",
 ]
 
 
@@ -74,8 +70,6 @@ ADMIN_MAX_HEADER: Final = 4096
 ADMIN_MAX_RESPONSE: Final = 16 * 1024 * 1024
 #: Descriptors a request may carry: stdin, stdout and stderr.
 MAX_STDIO_FDS: Final = 3
-#: Longest error message sent back (the rest is cut).
-_MAX_ERROR: Final = 4096
 
 START: Final = "LinuxHost.StartHostedProgram"
 STOP: Final = "LinuxHost.StopHostedProgram"
@@ -87,19 +81,6 @@ SHUTDOWN: Final = "LinuxHost.Shutdown"
 #: Every admin operation.
 ADMIN_OPS: Final = frozenset({START, STOP, KILL, LIST, WAIT, HOST_NAME, SHUTDOWN})
 
-#: Error kinds a client raises again by name; anything else becomes HostError.
-_ERROR_KINDS: Final[dict[str, type[TaoError]]] = {
-    cls.__name__: cls
-    for cls in (
-        TaoError,
-        CodecError,
-        AuthenticationError,
-        AuthorizationError,
-        HostError,
-        ConfigError,
-        ProtocolError,
-    )
-}
 _INT32: Final = (-(2**31), 2**31 - 1)
 _INT64: Final = (-(2**63), 2**63 - 1)
 _UINT64_MAX: Final = 2**64 - 1
@@ -112,21 +93,16 @@ _T = TypeVar("_T")
 # --------------------------------------------------------------------------------------
 
 
-def _error_text(exc: TaoError) -> str:
-    """``"<Kind>: message"`` with Kind the nearest error class a client knows."""
-    kind = next(cls.__name__ for cls in type(exc).__mro__ if cls.__name__ in _ERROR_KINDS)
-    message = str(exc) or type(exc).__name__
-    if len(message) > _MAX_ERROR:
-        message = message[:_MAX_ERROR] + "..."
-    return f"{kind}: {message}"
-
-
-def _error_from_text(text: str) -> TaoError:
-    kind, sep, message = text.partition(": ")
-    cls = _ERROR_KINDS.get(kind) if sep else None
-    if cls is None:
-        return HostError(text)
-    return cls(message)
+def admin_envelope(role: Role) -> Envelope:
+    """One end of an admin connection: the envelope with the admin protocol's limits."""
+    if role is Role.SERVER:
+        return Envelope(
+            role,
+            body_limit=ADMIN_MAX_FRAME,
+            header_limit=ADMIN_MAX_HEADER,
+            max_frame=ADMIN_MAX_RESPONSE,
+        )
+    return Envelope(role, body_limit=ADMIN_MAX_RESPONSE, max_frame=ADMIN_MAX_RESPONSE)
 
 
 def _check_string(value: object, what: str, *, empty: bool = False) -> str:
