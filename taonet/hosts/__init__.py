@@ -5,8 +5,12 @@ Linux-specific. Backends tied to a platform are subpackages imported explicitly:
 :mod:`taonet.hosts.linux` is the Linux host (supervisor, process launch, admin
 socket).
 
+* :class:`KeyCore` / :class:`BoundTao`: a host's keys doing the Tao's operations for
+  a named caller, and the Tao of one program over them (the one class every backend
+  uses; hosts differ only in their core).
 * :class:`SoftHost` / :class:`SoftTao`: a root host with soft keys in a
-  password-protected keyset directory.
+  password-protected keyset directory (a :class:`KeyCore`; its Tao is a
+  :class:`BoundTao`).
 * :class:`RPCTao` / :func:`serve_tao_rpc`: the Tao RPC between a hosted program and
   its host (client and per-program server).
 * :func:`parent`: a hosted program's Tao, found from the CLOUDPROXY_TAO_HOST_*
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from taonet.hosts._core import BoundTao, KeyCore
 from taonet.hosts._messages import MessageStream
 from taonet.hosts._parent import open_host_channel, parent
 from taonet.hosts._rpc import DEFAULT_RPC_MAX_FRAME, RPCTao, serve_tao_rpc
@@ -57,6 +62,8 @@ __all__ = [
     "SEAL_POLICY_ANY",
     "SEAL_POLICY_FEW",
     "SEAL_POLICY_SELF",
+    "BoundTao",
+    "KeyCore",
     "MessageStream",
     "RPCTao",
     "SoftHost",
@@ -100,6 +107,8 @@ def __dir__() -> list[str]:
 # What this namespace exports reports it as its home (``taonet.hosts.SoftHost``, not
 # the private module that defines it).
 for _public in (
+    BoundTao,
+    KeyCore,
     MessageStream,
     RPCTao,
     SoftHost,

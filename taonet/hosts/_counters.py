@@ -44,6 +44,7 @@ from taonet.hosts._tao import (
 from taonet.wire import message_class, parse, serialize
 
 if TYPE_CHECKING:
+    from taonet.hosts._core import KeyCore
     from taonet.hosts._soft import SoftHost
 
 __all__ = [
@@ -359,11 +360,11 @@ def _sealed_data(caller: auth.Prin, label: str, counter: int, data: bytes) -> by
 
 
 class HostCounters:
-    """Counters and rollback-protected sealing for the programs of a soft key core."""
+    """Counters and rollback-protected sealing for the programs of a key core."""
 
     def __init__(
         self,
-        core: SoftHost,
+        core: KeyCore,
         store: CounterStore,
         *,
         program_of: Callable[[auth.Prin], auth.Prin] | None = None,

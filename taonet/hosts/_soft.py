@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,13 +46,13 @@ from taonet._errors import AuthenticationError, CodecError, ConfigError, HostErr
 from taonet._files import atomic_write, read_file
 from taonet.attestation import DEFAULT_VALIDITY_NS, Attestation, attest
 from taonet.crypto import Crypter, KdfParams, Keyset, hkdf_sha256, load_keyset, save_keyset
+from taonet.hosts._core import BoundTao
 from taonet.hosts._counters import COUNTERS_FILE, CounterStore, HostCounters, SoftTableSealer
 from taonet.hosts._tao import (
     MAX_SEALED_BYTES,
     SEAL_POLICIES,
     SEAL_POLICY_ANY,
     SEAL_POLICY_SELF,
-    Tao,
     check_policy,
     check_size,
     check_time,
@@ -288,64 +287,14 @@ class SoftHost:
         )
 
 
-class SoftTao(Tao):
-    """The :class:`Tao` of one program on a :class:`SoftHost`."""
+class SoftTao(BoundTao):
+    """The :class:`Tao` of one program on a :class:`SoftHost` (a :class:`BoundTao`
+    over the host's keys)."""
 
     def __init__(self, host: SoftHost, name: auth.Prin) -> None:
-        host.check_caller(name)
+        super().__init__(host, name, host.open_counters)
         self._host = host
-        self._name = name
 
     @property
     def host(self) -> SoftHost:
         return self._host
-
-    async def get_tao_name(self) -> auth.Prin:
-        return self._name
-
-    async def extend_tao_name(self, subprin: auth.SubPrin) -> None:
-        if not isinstance(subprin, auth.SubPrin):
-            raise HostError("extend_tao_name takes a SubPrin")
-        self._name = self._name.extend(subprin)
-
-    async def get_random_bytes(self, n: int) -> bytes:
-        return secrets.token_bytes(check_size(n, what="random bytes"))
-
-    async def get_shared_secret(self, n: int, policy: str = SEAL_POLICY_SELF) -> bytes:
-        return self._host.shared_secret_for(self._name, n, policy)
-
-    async def attest(
-        self,
-        message: auth.Form,
-        *,
-        issuer: auth.Prin | None = None,
-        time: int | None = None,
-        expiration: int | None = None,
-    ) -> Attestation:
-        return self._host.attest_for(
-            self._name, message, issuer=issuer, time=time, expiration=expiration
-        )
-
-    async def seal(self, data: bytes, policy: str = SEAL_POLICY_SELF) -> bytes:
-        return self._host.seal_for(self._name, data, policy)
-
-    async def unseal(self, sealed: bytes) -> tuple[bytes, str]:
-        return self._host.unseal_for(self._name, sealed)
-
-    async def init_counter(self, label: str, counter: int) -> None:
-        counters = await self._host.open_counters()
-        await counters.init_counter(self._name, label, counter)
-
-    async def get_counter(self, label: str) -> int:
-        counters = await self._host.open_counters()
-        return await counters.get_counter(self._name, label)
-
-    async def rollback_protected_seal(
-        self, label: str, data: bytes, policy: str = SEAL_POLICY_SELF
-    ) -> bytes:
-        counters = await self._host.open_counters()
-        return await counters.rollback_protected_seal(self._name, label, data, policy)
-
-    async def rollback_protected_unseal(self, sealed: bytes) -> tuple[bytes, str]:
-        counters = await self._host.open_counters()
-        return await counters.rollback_protected_unseal(self._name, sealed)

@@ -72,13 +72,13 @@ import trio
 from taonet import auth
 from taonet._errors import AuthorizationError, ConfigError, HostError
 from taonet._files import atomic_write, read_file
-from taonet.attestation import Attestation
 from taonet.crypto import KdfParams, Signer
 from taonet.domain import Guard, LiberalGuard, program_subprin
+from taonet.hosts._core import BoundTao, KeyCore
 from taonet.hosts._counters import CounterStore, HostCounters
 from taonet.hosts._rpc import REQUEST_TIMEOUT, ByteBudget, serve_tao_rpc
 from taonet.hosts._soft import SoftHost
-from taonet.hosts._tao import SEAL_POLICY_SELF, Tao, check_size
+from taonet.hosts._tao import Tao
 from taonet.hosts.linux._config import (
     ADMIN_SOCKET,
     CONFIG_FILE,
@@ -179,68 +179,13 @@ class _Child:
         )
 
 
-class _ChildTao(Tao):
-    """The Tao one hosted program sees: every operation bound to its current name."""
-
-    def __init__(self, host: LinuxHost, child: _Child) -> None:
-        self._host = host
-        self._child = child
-
-    def _name(self) -> auth.Prin:
-        return self._child.name
-
-    async def get_tao_name(self) -> auth.Prin:
-        return self._name()
-
-    async def extend_tao_name(self, subprin: auth.SubPrin) -> None:
-        if not isinstance(subprin, auth.SubPrin):
-            raise HostError("extend_tao_name takes a SubPrin")
-        name = self._name().extend(subprin)
-        if len(name.ext.exts) > MAX_NAME_EXTENSIONS or len(auth.encode(name)) > MAX_NAME_BYTES:
-            raise HostError(
-                f"a hosted program's name may hold at most {MAX_NAME_EXTENSIONS} extensions "
-                f"and {MAX_NAME_BYTES} bytes"
-            )
-        self._child.name = name
-
-    async def get_random_bytes(self, n: int) -> bytes:
-        self._name()
-        return os.urandom(check_size(n, what="random bytes"))
-
-    async def get_shared_secret(self, n: int, policy: str = SEAL_POLICY_SELF) -> bytes:
-        return self._host._core.shared_secret_for(self._name(), n, policy)
-
-    async def attest(
-        self,
-        message: auth.Form,
-        *,
-        issuer: auth.Prin | None = None,
-        time: int | None = None,
-        expiration: int | None = None,
-    ) -> Attestation:
-        return self._host._core.attest_for(
-            self._name(), message, issuer=issuer, time=time, expiration=expiration
+def _check_child_name(name: auth.Prin) -> None:
+    """HostError if a hosted program's name would go past its limits."""
+    if len(name.ext.exts) > MAX_NAME_EXTENSIONS or len(auth.encode(name)) > MAX_NAME_BYTES:
+        raise HostError(
+            f"a hosted program's name may hold at most {MAX_NAME_EXTENSIONS} extensions "
+            f"and {MAX_NAME_BYTES} bytes"
         )
-
-    async def seal(self, data: bytes, policy: str = SEAL_POLICY_SELF) -> bytes:
-        return self._host._core.seal_for(self._name(), data, policy)
-
-    async def unseal(self, sealed: bytes) -> tuple[bytes, str]:
-        return self._host._core.unseal_for(self._name(), sealed)
-
-    async def init_counter(self, label: str, counter: int) -> None:
-        await self._host._counters.init_counter(self._name(), label, counter)
-
-    async def get_counter(self, label: str) -> int:
-        return await self._host._counters.get_counter(self._name(), label)
-
-    async def rollback_protected_seal(
-        self, label: str, data: bytes, policy: str = SEAL_POLICY_SELF
-    ) -> bytes:
-        return await self._host._counters.rollback_protected_seal(self._name(), label, data, policy)
-
-    async def rollback_protected_unseal(self, sealed: bytes) -> tuple[bytes, str]:
-        return await self._host._counters.rollback_protected_unseal(self._name(), sealed)
 
 
 class LinuxHost:
@@ -250,7 +195,7 @@ class LinuxHost:
         self,
         directory: Path,
         config: LinuxHostConfig,
-        core: SoftHost,
+        core: KeyCore,
         counters: CounterStore,
         *,
         request_timeout: float = REQUEST_TIMEOUT,
@@ -403,6 +348,10 @@ class LinuxHost:
         """The name a program was launched under, from any name it extended to."""
         keep = len(self.name.ext.exts) + 1
         return auth.Prin(name.type, name.key_hash, auth.SubPrin(name.ext.exts[:keep]))
+
+    async def _get_counters(self) -> HostCounters:
+        """The counters of this host's programs (open from the start)."""
+        return self._counters
 
     @property
     def socket_path(self) -> Path:
@@ -628,7 +577,9 @@ class LinuxHost:
                     functools.partial(
                         serve_tao_rpc,
                         stream,
-                        _ChildTao(self, child),
+                        BoundTao(
+                            self._core, child, self._get_counters, check_name=_check_child_name
+                        ),
                         request_timeout=self._request_timeout,
                         budget=budget,
                     )
