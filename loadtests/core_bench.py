@@ -14,7 +14,8 @@ Measures, each for a fixed time slice in this process:
   validator pays for a signer it has not seen lately;
 * seal and unseal of 1 KiB on the soft Tao.
 
-The measurements alternate in rounds. Each rate is the median over the rounds, and
+Rates are operations per second of this process's CPU time (see :func:`rate`). The
+measurements alternate in rounds. Each rate is the median over the rounds, and
 each ratio the median over the rounds of the ratio within a round, so that a burst
 of load from elsewhere moves few of them.
 
@@ -67,15 +68,20 @@ def signed_bytes(data: bytes, context: str) -> bytes:
 
 
 def rate(fn: Callable[[], object], seconds: float) -> float:
-    """Operations per second of ``fn`` over about ``seconds``."""
+    """Operations per CPU second of ``fn`` over about ``seconds`` of this process's CPU.
+
+    Everything measured here is CPU work in this one process (no I/O, no threads),
+    so its CPU time is what it costs; unlike wall time, it does not count the time
+    other processes on a shared machine hold the CPU.
+    """
     count = 0
-    start = time.perf_counter()
+    start = time.process_time()
     deadline = start + seconds
     while True:
         for _ in range(25):
             fn()
         count += 25
-        now = time.perf_counter()
+        now = time.process_time()
         if now >= deadline:
             return count / (now - start)
 
