@@ -516,7 +516,8 @@ def is_sub_principal_or_identical(child: Term, parent: Term) -> bool:
     """True if both are principals and ``child`` is ``parent`` or one of its sub-principals."""
     if not isinstance(child, Prin) or not isinstance(parent, Prin):
         return False
-    if child.type != parent.type or child.key_hash != parent.key_hash:
+    # == rather than != : attrs' __ne__ is a Python call around __eq__.
+    if not (child.type == parent.type and child.key_hash == parent.key_hash):
         return False
     n = len(parent.ext.exts)
     return len(child.ext.exts) >= n and child.ext.exts[:n] == parent.ext.exts
