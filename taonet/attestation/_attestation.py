@@ -12,7 +12,9 @@ caller's clock, and that the chain's root signer is certified by the policy key.
 caller must say which policy: ``policy_cert`` is a required keyword, and skipping the
 trust root takes the explicit :data:`UNROOTED`. It returns a :class:`Proven` value or
 raises :class:`~taonet.AuthenticationError` saying what failed. All times are int64
-nanoseconds since the Unix epoch, as on the wire.
+nanoseconds since the Unix epoch, as on the wire. Every check runs on every call;
+only what depends on a ``"key"`` signer's key alone (its parsed verifier and its
+principal) is kept, for the last 1024 keys, keyed by the key's exact bytes.
 
 Signer types are pluggable (:func:`register_signer_type`): ``"key"`` (ECDSA) is built
 in; the TPM backends register ``"tpm2"`` with their quote verifier. A name is
