@@ -18,7 +18,7 @@ socket).
 * :class:`MessageStream`: 4-byte length-prefixed frames over any trio stream (the
   framing of the Tao RPC and of Tao channels' protocols).
 * Monotonic counters and rollback-protected sealing are part of :class:`Tao`;
-  backends without them answer "not supported by this host".
+  backends without them raise :class:`~taonet.NotSupportedError`.
 * TPM 2.0 comes with later work.
 
 For compatibility, the Linux host's names (:class:`~taonet.hosts.linux.LinuxHost`,

@@ -22,7 +22,7 @@ the whole interface against them, as a hosted program would use it:
 * concurrent calls on one Tao;
 * counters and rollback-protected sealing when the backend says it has them (only
   increasing, per program, an older blob refused, a refused seal moves no counter),
-  or the same "not supported" error from all four methods when it says it has not.
+  or :class:`~taonet.NotSupportedError` from all four methods when it says it has not.
 
 Every refusal must be a :class:`~taonet.HostError` (the interface's one error for a
 request the host will not serve; a subclass passes), and a Tao must keep working
@@ -44,9 +44,8 @@ from typing import Any, Final
 
 import trio
 
-import taonet
 from taonet import auth
-from taonet._errors import AuthenticationError, HostError
+from taonet._errors import AuthenticationError, HostError, NotSupportedError
 from taonet.attestation import DEFAULT_VALIDITY_NS, Attestation, Unrooted, validate
 from taonet.certs import PolicyAnchor
 from taonet.hosts._tao import (
@@ -523,17 +522,10 @@ async def _rollback_protected_sealing(run: _Run) -> None:
     _require(opened == (b"second", SEAL_POLICY_SELF), "the newest blob no longer opens")
 
 
-def _not_supported_class() -> type[Exception]:
-    # A host without counters answers with the error class for "not supported" (a
-    # HostError; its own subclass once the error tree has one).
-    found = getattr(taonet, "NotSupportedError", None)
-    return found if isinstance(found, type) and issubclass(found, HostError) else HostError
-
-
 async def _no_counters(run: _Run) -> None:
     tao = run.tao
     label = run.label("unsupported")
-    expected = _not_supported_class()
+    expected = NotSupportedError
     calls: dict[str, Callable[[], Awaitable[object]]] = {
         "init_counter": lambda: tao.init_counter(label, 1),
         "get_counter": lambda: tao.get_counter(label),
