@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from taonet import AuthorizationError, ConfigError
+from taonet import AuthorizationError, ConfigError, auth
 from taonet.domain import ACLGuard, Domain, LiberalGuard
 from taonet.hosts.linux import AdminClient, LinuxHost, LinuxHostConfig, default_host_dir
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, MakeDomain
 from tests.hosts.linux_helpers import (
     TIMEOUT,
     digest,
@@ -73,7 +73,7 @@ def test_init_refuses_a_pin_of_another_domain(tmp_path: Path, make_domain) -> No
 
 async def test_host_does_not_start_for_a_hand_edited_domain(
     tmp_path: Path,
-    make_domain,  # type: ignore[no-untyped-def]
+    make_domain: MakeDomain,
 ) -> None:
     domain = make_domain()
     init_root(tmp_path / "host", domain=domain)
@@ -84,7 +84,7 @@ async def test_host_does_not_start_for_a_hand_edited_domain(
 
 async def test_running_host_refuses_programs_once_the_domain_is_edited(
     tmp_path: Path,
-    make_domain,  # type: ignore[no-untyped-def]
+    make_domain: MakeDomain,
     nursery: trio.Nursery,
 ) -> None:
     allowed = write_probe(tmp_path, "allowed")
@@ -107,7 +107,7 @@ async def test_running_host_refuses_programs_once_the_domain_is_edited(
 
 async def test_running_host_refuses_a_whole_other_domain(
     tmp_path: Path,
-    make_domain,  # type: ignore[no-untyped-def]
+    make_domain: MakeDomain,
     nursery: trio.Nursery,
 ) -> None:
     program = write_probe(tmp_path, "program")
@@ -126,7 +126,7 @@ async def test_running_host_refuses_a_whole_other_domain(
 
 async def test_policy_changes_by_the_operator_still_apply_without_a_restart(
     tmp_path: Path,
-    make_domain,  # type: ignore[no-untyped-def]
+    make_domain: MakeDomain,
     nursery: trio.Nursery,
 ) -> None:
     program = write_probe(tmp_path, "program")
@@ -148,7 +148,7 @@ async def test_policy_changes_by_the_operator_still_apply_without_a_restart(
 
 async def test_a_host_that_pins_no_key_is_told_which_line_to_add(
     tmp_path: Path,
-    make_domain,  # type: ignore[no-untyped-def]
+    make_domain: MakeDomain,
     nursery: trio.Nursery,
 ) -> None:
     domain = make_domain()
@@ -205,7 +205,7 @@ def replace_policy_keys(domain: Domain) -> None:
 
 async def test_running_host_refuses_a_domain_rolled_back_to_authorize_a_retracted_program(
     tmp_path: Path,
-    make_domain,  # type: ignore[no-untyped-def]
+    make_domain: MakeDomain,
     nursery: trio.Nursery,
 ) -> None:
     program = write_probe(tmp_path, "program")
@@ -225,6 +225,7 @@ async def test_running_host_refuses_a_domain_rolled_back_to_authorize_a_retracte
         replace_policy_keys(domain)
         # Every byte was signed by the policy key, and the domain alone accepts it now.
         name = domain.program_name(digest(program), host=host.name)
+        assert isinstance(name, auth.Prin)
         Domain.load(domain.path).guard.check(name, "Execute")
         await start_refused(
             host, program, ConfigError, "rolled back: serial 2 is older than 3 seen before"
@@ -236,7 +237,7 @@ async def test_running_host_refuses_a_domain_rolled_back_to_authorize_a_retracte
 
 async def test_host_init_pins_the_serial_against_a_rollback_to_liberal(
     tmp_path: Path,
-    make_domain,  # type: ignore[no-untyped-def]
+    make_domain: MakeDomain,
     nursery: trio.Nursery,
 ) -> None:
     program = write_probe(tmp_path, "program")
@@ -263,7 +264,7 @@ async def test_host_init_pins_the_serial_against_a_rollback_to_liberal(
 
 async def test_running_host_remembers_the_serial_when_its_directory_is_swapped(
     tmp_path: Path,
-    make_domain,  # type: ignore[no-untyped-def]
+    make_domain: MakeDomain,
     nursery: trio.Nursery,
 ) -> None:
     program = write_probe(tmp_path, "program")
@@ -292,7 +293,7 @@ async def test_running_host_remembers_the_serial_when_its_directory_is_swapped(
 
 async def test_a_damaged_host_record_refuses_the_domain(
     tmp_path: Path,
-    make_domain,  # type: ignore[no-untyped-def]
+    make_domain: MakeDomain,
 ) -> None:
     domain = make_domain()
     init_root(tmp_path / "host", domain=domain)
@@ -303,7 +304,7 @@ async def test_a_damaged_host_record_refuses_the_domain(
 
 async def test_a_host_made_before_serial_records_gets_one_at_start(
     tmp_path: Path,
-    make_domain,  # type: ignore[no-untyped-def]
+    make_domain: MakeDomain,
     nursery: trio.Nursery,
 ) -> None:
     domain = make_domain()

@@ -23,6 +23,7 @@ from taonet.domain import program_subprin
 from taonet.hosts import SoftHost, Tao, serve_tao_rpc
 from taonet.hosts._tao import NOT_SUPPORTED
 from taonet.hosts.linux import AdminClient, LinuxHost, LinuxHostConfig, ProgramInfo
+from tests.conftest import MakeHost
 from tests.hosts.linux_helpers import (
     TIMEOUT,
     digest,
@@ -311,8 +312,8 @@ async def test_a_parent_without_counters_is_refused_and_nothing_is_written(
 
 @pytest.mark.parametrize("refuse", ["unseal", "seal"])
 async def test_a_parent_that_will_not_open_or_seal_the_keys_is_a_clear_error(
-    tmp_path: Path, make_host, refuse: str
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, make_host: MakeHost, refuse: str
+) -> None:
     soft = make_host()
     program = soft.name.extend(auth.PrinExt("Program", (auth.Bytes(b"\x02" * 32),)))
     tao = soft.tao_for(program)
