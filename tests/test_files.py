@@ -144,7 +144,7 @@ def test_read_file_errors(tmp_path: Path) -> None:
     [
         (lambda tmp: Path("/dev/zero"), "a character device"),
         (lambda tmp: Path("/dev/null"), "a character device"),
-        (lambda tmp: (os.mkfifo(tmp / "fifo"), tmp / "fifo")[1], "a FIFO"),
+        (lambda tmp: (os.mkfifo(tmp / "fifo"), tmp / "fifo")[1], "a FIFO"),  # type: ignore[func-returns-value]
     ],
     ids=["dev-zero", "dev-null", "fifo-nobody-writes"],
 )

@@ -52,7 +52,7 @@ def prin_types() -> st.SearchStrategy[str]:
 
 
 def str_terms() -> st.SearchStrategy[auth.Str]:
-    text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=24)
+    text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=24)  # type: ignore[arg-type]
     return st.builds(auth.Str, st.one_of(text, st.sampled_from(['"', "\\", "\n\t\x00", "é😀"])))
 
 

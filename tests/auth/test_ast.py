@@ -138,33 +138,33 @@ class Color(enum.IntEnum):
         lambda: Int(1 << 63),
         lambda: Int(-(1 << 63) - 1),
         lambda: Int(True),
-        lambda: Int("1"),
-        lambda: Str(b"x"),
+        lambda: Int("1"),  # type: ignore[arg-type]
+        lambda: Str(b"x"),  # type: ignore[arg-type]
         lambda: Str("\ud800"),
-        lambda: Bytes("x"),
+        lambda: Bytes("x"),  # type: ignore[arg-type]
         lambda: TermVar("x"),
         lambda: TermVar(""),
         lambda: TermVar("X-1"),
         lambda: Pred("p"),
-        lambda: Pred("P", (Const(True),)),
-        lambda: Pred("P", "abc"),
-        lambda: PrinExt("A", (Pred("P"),)),
+        lambda: Pred("P", (Const(True),)),  # type: ignore[arg-type]
+        lambda: Pred("P", "abc"),  # type: ignore[arg-type]
+        lambda: PrinExt("A", (Pred("P"),)),  # type: ignore[arg-type]
         lambda: Prin("Key", Bytes(b"")),
         lambda: Prin("says", Bytes(b"")),
         lambda: Prin("ext", Bytes(b"")),
         lambda: Prin("k-y", Bytes(b"")),
-        lambda: Prin("key", b""),
-        lambda: Prin("key", Bytes(b""), (Int(1),)),
+        lambda: Prin("key", b""),  # type: ignore[arg-type]
+        lambda: Prin("key", Bytes(b""), (Int(1),)),  # type: ignore[arg-type]
         lambda: PrinTail(()),
-        lambda: SubPrin((Int(1),)),
-        lambda: Const(1),
-        lambda: Not(Int(1)),
-        lambda: And((Int(1),)),
-        lambda: Or((TermVar("X"),)),
-        lambda: Speaksfor(K0, Const(True)),
-        lambda: Says(K0, K1),
+        lambda: SubPrin((Int(1),)),  # type: ignore[arg-type]
+        lambda: Const(1),  # type: ignore[arg-type]
+        lambda: Not(Int(1)),  # type: ignore[arg-type]
+        lambda: And((Int(1),)),  # type: ignore[arg-type]
+        lambda: Or((TermVar("X"),)),  # type: ignore[arg-type]
+        lambda: Speaksfor(K0, Const(True)),  # type: ignore[arg-type]
+        lambda: Says(K0, K1),  # type: ignore[arg-type]
         lambda: Says(K0, Const(True), time=1 << 64),
-        lambda: Says(K0, Const(True), expiration=1.5),
+        lambda: Says(K0, Const(True), expiration=1.5),  # type: ignore[arg-type]
         lambda: Forall("x", Const(True)),
     ],
 )

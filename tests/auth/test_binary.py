@@ -228,8 +228,8 @@ def test_wrong_element_kinds() -> None:
         auth.decode_prinext(auth.encode(SubPrin()))
     with pytest.raises(CodecError):
         auth.decode_form("0801")  # type: ignore[arg-type]
-    assert auth.decode_form(bytearray(b"\x08\x01")) == Const(True)
-    assert auth.decode_form(memoryview(b"\x08\x01")) == Const(True)
+    assert auth.decode_form(bytearray(b"\x08\x01")) == Const(True)  # type: ignore[arg-type]
+    assert auth.decode_form(memoryview(b"\x08\x01")) == Const(True)  # type: ignore[arg-type]
 
 
 def test_huge_counts_fail_fast() -> None:

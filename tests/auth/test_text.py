@@ -413,7 +413,7 @@ def test_random_text_raises_only_codec_error(text: str) -> None:
             continue
         # Whatever parses prints to text that parses back to the same value (modulo the
         # documented And/Or flattening, which only arises from parenthesized input).
-        again = parse(str(value))  # type: ignore[operator]
+        again = parse(str(value))
         assert str(again) == str(value)
 
 

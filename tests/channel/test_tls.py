@@ -16,7 +16,7 @@ async def tls_pair(programs: Programs, *, clogged: bool = False) -> tuple[TLSStr
     if clogged:
         left, right = trio.testing.lockstep_stream_pair()
     else:
-        left, right = trio.testing.memory_stream_pair()
+        left, right = trio.testing.memory_stream_pair()  # type: ignore[assignment]
     client = TLSStream(
         left, client_id.client_context(), server_side=False, server_hostname=certs.CHANNEL_HOSTNAME
     )

@@ -71,7 +71,7 @@ class Fuzzer:
 
     def any_int(self, bits: int) -> int:
         rng = self.rng
-        return rng.choice(
+        return rng.choice(  # type: ignore[no-any-return]
             [0, -1, 1, 2 ** (bits - 1) - 1, -(2 ** (bits - 1)), rng.randrange(-(2**20), 2**20)]
         )
 
@@ -82,7 +82,7 @@ class Fuzzer:
     def form(self) -> auth.Form:
         rng = self.rng
         args: tuple[auth.Term, ...] = tuple(
-            rng.choice(
+            rng.choice(  # type: ignore[misc]
                 [
                     auth.Int(self.any_int(64)),
                     auth.Str("s" * rng.randrange(40)),

@@ -104,7 +104,7 @@ async def odd_fds(path: str, program: str, workdir: str) -> None:
         async with AdminClient.connect(path) as admin:
             for case, stdio in cases.items():
                 try:
-                    info = await admin.start(program, ["name"], cwd=workdir, **stdio)
+                    info = await admin.start(program, ["name"], cwd=workdir, **stdio)  # type: ignore[arg-type]
                 except TaoError as exc:
                     emit(case, "answered", error=f"{type(exc).__name__}: {exc}")
                     continue

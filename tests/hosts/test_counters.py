@@ -63,7 +63,7 @@ def rollback_blob(program_name: str, label: str, counter: int, data: bytes) -> b
 # -- CounterTable: pure logic and strict decoding ---------------------------------------------
 
 names = st.text(min_size=1, max_size=40)
-labels = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=64)
+labels = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=64)  # type: ignore[arg-type]
 values = st.integers(0, MAX_COUNTER)
 
 
