@@ -18,12 +18,13 @@ bounds how many it holds and for how long:
   kernel's listen queue and are taken in order; and it makes room by closing a
   connection it has waited on: first the handshake it has waited on longest, once
   that wait reaches 2 s (anyone can open a handshake, and none has proved who it
-  is); only when no handshake can go, the authenticated peer whose handler has been
-  blocked reading longest, once it has neither sent anything nor been sent anything
-  for 30 s. A handler at work (computing, sending) is never evicted. Closing new
-  connections at once instead would turn a burst of legitimate clients into
-  failures, and waiting alone would let silent peers keep a real client out until
-  their idle timeout.
+  is); only when no handshake can go, the authenticated peer whose handler has waited
+  on it longest (blocked reading from it, or blocked sending to it while it reads
+  nothing), once it has neither sent anything nor taken anything for 30 s. A
+  handler at work (computing, or sending to a peer that reads) is never evicted.
+  Closing new connections at once instead would turn a burst of legitimate clients
+  into failures, and waiting alone would let silent peers keep a real client out
+  until their idle timeout.
 * ``max_per_address`` (default 128): connections held at once from one address
   (an IPv6 address counts by its /64, the block one host usually gets). One over
   it is closed at once, before any TLS, so one address cannot take the whole cap.
@@ -244,7 +245,11 @@ class _Conn:
         self.evicted = False
 
     def quiet_for(self, now: float) -> float | None:
-        """How long the server has been waiting on this peer (None: it is busy itself)."""
+        """How long the server has been waiting on this peer (None: it is busy itself).
+
+        A handler reading or sending waits on its peer since the latest progress
+        either way: bytes heard, or bytes the kernel took from a send.
+        """
         if self.stream is None or self.activity is None:
             return now - self.since  # the handshake waits on the peer
         if not self.stream._waiting_for_peer:

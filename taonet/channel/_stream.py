@@ -52,6 +52,9 @@ DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
 _ACCEPT: Final = b"\x00"
 _REFUSE: Final = 0x01
 _MAX_REASON: Final = 1024
+# A server's stream sends at most this much at a time, so that a long send to a peer
+# that reads shows progress (and one to a peer that reads nothing shows none).
+_SEND_CHUNK: Final = 64 * 1024
 
 
 @attrs.frozen
@@ -68,7 +71,11 @@ class Peer:
 
 
 class _Activity:
-    """When a server's stream last heard from its peer and last finished a send.
+    """When a server's stream last heard from its peer and last made progress sending.
+
+    ``sent`` moves when a send or a wait to send starts, whenever the kernel has
+    taken another chunk of it (at most ``_SEND_CHUNK`` bytes), and when it ends: a
+    send blocked on a peer that reads nothing stops moving it.
 
     ``scope``'s deadline becomes the idle timeout's: hearing from the peer keeps it
     between ``idle_timeout`` and ``idle_timeout + slack`` after the latest bytes
@@ -107,7 +114,8 @@ class TaoStream(trio.abc.Stream):
     more), so a peer that sends nothing for that long has its handler cancelled
     and its connection closed, whatever the handler was waiting for. (At its
     connection cap the server may also close one sooner, while the handler is
-    blocked reading from a peer quiet for a few seconds.)
+    blocked reading from a peer quiet for a while, or blocked sending to a peer
+    that has taken no bytes for as long.)
     """
 
     def __init__(self, ssl_stream: _SSL, peer: Peer, *, server_side: bool) -> None:
@@ -117,6 +125,7 @@ class TaoStream(trio.abc.Stream):
         self._verdict_pending = not server_side
         self._buffer = b""
         self._receiving = False
+        self._sending = False
         self._closed = False
         self._activity: _Activity | None = None
 
@@ -140,16 +149,44 @@ class TaoStream(trio.abc.Stream):
 
     @property
     def _waiting_for_peer(self) -> bool:
-        """Whether a task is blocked reading from the peer."""
-        return self._receiving
+        """Whether a task is reading from the peer or sending to it (and may be blocked)."""
+        return self._receiving or self._sending
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._ssl.send_all(data)
-        if self._activity is not None:
-            self._activity.sent_to_peer()
+        activity = self._activity
+        if activity is None:
+            await self._ssl.send_all(data)
+            return
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this TaoStream")
+        self._sending = True
+        try:
+            activity.sent_to_peer()
+            if len(data) <= _SEND_CHUNK:
+                await self._ssl.send_all(data)
+            else:
+                view = memoryview(data)
+                for start in range(0, len(view), _SEND_CHUNK):
+                    await self._ssl.send_all(view[start : start + _SEND_CHUNK])
+                    activity.sent_to_peer()
+        finally:
+            self._sending = False
+        activity.sent_to_peer()
 
     async def wait_send_all_might_not_block(self) -> None:
-        await self._ssl.wait_send_all_might_not_block()
+        activity = self._activity
+        if activity is None:
+            await self._ssl.wait_send_all_might_not_block()
+            return
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this TaoStream")
+        self._sending = True
+        try:
+            activity.sent_to_peer()
+            await self._ssl.wait_send_all_might_not_block()
+        finally:
+            self._sending = False
+        activity.sent_to_peer()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if max_bytes is not None and max_bytes < 1:

@@ -260,3 +260,70 @@ async def test_default_cap_stays_below_the_descriptor_limit(programs: Programs) 
                 await stream.aclose()
     assert "limit=48" in line  # three quarters of 64
     assert not [line for line in lines if "accept_failing" in line or "Traceback" in line]
+
+
+async def test_a_peer_that_stops_reading_makes_room_once_stalled_long_enough(
+    programs: Programs, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A handler blocked sending to a peer that reads nothing waits on that peer: at
+    the cap it is evicted like a silent one, not taken for a handler at work."""
+    server_id, client_id = await programs.identity(1), await programs.identity(2)
+
+    async def flood_on_request(stream: TaoStream) -> None:
+        while data := await stream.receive_some():
+            if data == b"flood":
+                while True:
+                    await stream.send_all(bytes(1 << 20))
+            await stream.send_all(data)
+
+    with trio.fail_after(3 * _EVICT_ESTABLISHED_AFTER):
+        port = await start_server(
+            nursery, server_id, flood_on_request, max_connections=4, max_per_address=None
+        )
+        stalled = [await attacker_channel(port, client_id, f"127.0.1.{i}") for i in range(1, 5)]
+        for stream in stalled:  # each handler sends until the kernel buffers are full
+            await stream.send_all(b"flood")
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        real = await open_channel("127.0.0.1", port, client_id, handshake_timeout=120)
+        assert await echo_once(real) == b"ping"
+        waited = trio.current_time() - start
+        # Not before the handler has made no progress on its peer that long; well
+        # before the idle timeout.
+        assert _EVICT_ESTABLISHED_AFTER - 1 <= waited < _EVICT_ESTABLISHED_AFTER + 5
+        others: list[trio.abc.Stream] = [real, *stalled]
+        for other in others:
+            await trio.aclose_forcefully(other)
+
+
+async def test_a_handler_sending_to_a_reading_peer_is_not_evicted(
+    programs: Programs, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    server_id, client_id = await programs.identity(1), await programs.identity(2)
+    reading_for = 3 * _EVICT_ESTABLISHED_AFTER
+
+    async def download(stream: TaoStream) -> None:
+        await stream.receive_some()
+        await stream.send_all(bytes(64 << 20))  # one call, far more than the peer reads
+
+    with trio.fail_after(10 * _EVICT_ESTABLISHED_AFTER):
+        port = await start_server(nursery, server_id, download, max_connections=1)
+        first = await open_channel("127.0.0.1", port, client_id)
+        await first.send_all(b"get")
+        start = trio.current_time()
+
+        async def read_slowly() -> None:
+            # A slow but steady reader: 256 KiB a second, for three eviction periods.
+            while trio.current_time() - start < reading_for:
+                assert await first.receive_some(256 << 10)
+                await trio.sleep(1)
+            await first.aclose()
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(read_slowly)
+            await trio.testing.wait_all_tasks_blocked()
+            second = await open_channel("127.0.0.1", port, client_id, handshake_timeout=300)
+            await second.wait_accepted()
+            # The second client waited for the download instead of evicting it.
+            assert trio.current_time() - start >= reading_for
+        await second.aclose()
