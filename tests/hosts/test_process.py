@@ -1358,3 +1358,186 @@ async def test_signal_group_ends_a_sandboxed_program(tmp_path: Path, programs_di
             with trio.CancelScope(shield=True):
                 await signal_group(process, signal.SIGKILL)
                 await process.wait()
+
+
+# -- POSIX ACLs and noexec mounts on the way to a program --------------------------
+
+#: A script whose running (by the kernel, for the caller) reads it: cat is its interpreter.
+SECRET = "#!/bin/cat\nSECRET: only some may read this\n"
+
+
+async def run_directly(path: Path, uid: int, gid: int, groups: Sequence[int]) -> tuple[int, str]:
+    """Execute ``path`` as (uid, gid, groups), as the kernel allows; status and stdout.
+
+    (126, "") if the kernel refuses to execute it.
+    """
+    try:
+        result = await trio.run_process(
+            [str(path)],
+            cwd="/",
+            user=uid,
+            group=gid,
+            extra_groups=list(groups),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    except PermissionError:
+        return 126, ""
+    return result.returncode, result.stdout.decode()
+
+
+def set_acl(path: Path, entries: Sequence[tuple[int, int, int]]) -> None:
+    data = b"\2\0\0\0" + b"".join(struct.pack("<HHI", *entry) for entry in sorted(entries))
+    os.setxattr(path, "system.posix_acl_access", data)
+
+
+#: (what carries the ACL: the file or its directory, the ACL, the caller's (gid, groups),
+#: whether the kernel lets it run the file). The caller is NOBODY; both are root:4343,
+#: mode 0755 until the ACL is set.
+ACL_CASES = {
+    # Mode 0755 shows r-x for everyone; the ACL denies the caller by name.
+    "file-denies-the-user": (
+        "file",
+        [
+            (USER_OBJ, 7, NO_ID),
+            (USER, 0, NOBODY),
+            (GROUP_OBJ, 5, NO_ID),
+            (MASK, 5, NO_ID),
+            (OTHER, 5, NO_ID),
+        ],
+        (NOBODY, ()),
+        False,
+    ),
+    # Mode shows 0750 (the mask): the owning group itself has nothing.
+    "file-owning-group-has-nothing": (
+        "file",
+        [
+            (USER_OBJ, 7, NO_ID),
+            (USER, 5, 1234),
+            (GROUP_OBJ, 0, NO_ID),
+            (MASK, 5, NO_ID),
+            (OTHER, 0, NO_ID),
+        ],
+        (NOBODY, (4343,)),
+        False,
+    ),
+    # A named group's r-x, but the mask allows only r--; the other entry's r-x does
+    # not apply to a member of a group the ACL names.
+    "file-masked-group": (
+        "file",
+        [
+            (USER_OBJ, 7, NO_ID),
+            (GROUP_OBJ, 0, NO_ID),
+            (GROUP, 5, 4646),
+            (MASK, 4, NO_ID),
+            (OTHER, 5, NO_ID),
+        ],
+        (NOBODY, (4646,)),
+        False,
+    ),
+    # Mode shows 0750, other nothing: the ACL grants the caller by name.
+    "file-grants-the-user": (
+        "file",
+        [
+            (USER_OBJ, 7, NO_ID),
+            (USER, 5, NOBODY),
+            (GROUP_OBJ, 0, NO_ID),
+            (MASK, 5, NO_ID),
+            (OTHER, 0, NO_ID),
+        ],
+        (NOBODY, ()),
+        True,
+    ),
+    "file-grants-a-named-group": (
+        "file",
+        [
+            (USER_OBJ, 7, NO_ID),
+            (GROUP_OBJ, 0, NO_ID),
+            (GROUP, 5, 4646),
+            (MASK, 5, NO_ID),
+            (OTHER, 0, NO_ID),
+        ],
+        (NOBODY, (4646,)),
+        True,
+    ),
+    # A directory on the way: mode 0755 shows search for everyone, but not the caller.
+    "directory-denies-the-user": (
+        "directory",
+        [
+            (USER_OBJ, 7, NO_ID),
+            (USER, 0, NOBODY),
+            (GROUP_OBJ, 5, NO_ID),
+            (MASK, 5, NO_ID),
+            (OTHER, 5, NO_ID),
+        ],
+        (NOBODY, ()),
+        False,
+    ),
+}
+
+
+@needs_root
+@pytest.mark.parametrize("case", sorted(ACL_CASES))
+async def test_posix_acls_are_checked_as_the_kernel_would(
+    src_dir: Path, programs_dir: Path, case: str
+) -> None:
+    # The attack: a file (or directory) whose mode bits let the caller in but whose
+    # ACL does not; the host must not read and run it for the caller (and must run
+    # what an ACL grants the caller, though its mode bits alone would not).
+    on, acl, (gid, groups), allowed = ACL_CASES[case]
+    directory = src_dir / "acl"
+    directory.mkdir(mode=0o755)
+    source = write_program(directory / "secret", SECRET, 0o755)
+    for path in (directory, source):
+        os.chown(path, 0, 4343)
+    set_acl(directory if on == "directory" else source, acl)
+    with trio.fail_after(TIMEOUT):
+        status, out = await run_directly(source, NOBODY, gid, groups)
+        assert (status == 0) == allowed, out  # the kernel's verdict
+        if not allowed:
+            why = "may not search" if on == "directory" else "may not read and execute"
+            with pytest.raises(AuthorizationError, match=rf"{why}.*POSIX ACL"):
+                await prepare_program(source, programs_dir, uid=NOBODY, gid=gid, groups=groups)
+            assert not exists(programs_dir)  # refused before anything was created
+            if on == "directory":
+                with pytest.raises(AuthorizationError, match=r"may not search.*POSIX ACL"):
+                    check_directory_access(str(directory), uid=NOBODY, gid=gid, groups=groups)
+            # Others the ACL does not name are unaffected, and root is exempt.
+            await prepare_program(source, programs_dir, uid=0, gid=0)
+            return
+        prepared = await prepare_program(source, programs_dir, uid=NOBODY, gid=gid, groups=groups)
+        result = await run(prepared, uid=NOBODY, gid=gid)
+    assert (result.status, result.out) == (0, out), result.err
+
+
+@pytest.fixture
+def noexec_dir(base_dir: Path) -> Iterator[Path]:
+    """A tmpfs mounted noexec here, where every user may search."""
+    path = base_dir / "noexec"
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "noexec,mode=0755,size=1m", "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+@needs_root
+async def test_a_program_on_a_noexec_mount_is_refused(noexec_dir: Path, programs_dir: Path) -> None:
+    # The attack: the caller may not execute a file on a noexec mount; the host
+    # must not copy it to where it may, and run it.
+    source = write_program(noexec_dir / "prog", SECRET, 0o755)
+    with trio.fail_after(TIMEOUT):
+        status, out = await run_directly(source, NOBODY, NOBODY, ())
+        assert (status, out) == (126, "")  # the kernel refuses
+        for uid in (NOBODY, 0):  # for anyone: the kernel executes it for no one
+            with pytest.raises(AuthorizationError, match="mounted noexec"):
+                await prepare_program(source, programs_dir, uid=uid, gid=uid)
+    assert not exists(programs_dir)

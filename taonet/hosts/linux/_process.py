@@ -4,13 +4,15 @@ A Linux Tao host names each hosted program by the SHA-256 of its binary, so what
 runs must be exactly what was hashed. :func:`prepare_program` finds the file the
 caller named as the kernel would for the caller: it walks the path one component
 at a time from ``/``, following symbolic links itself, and refuses unless the
-caller (its uid, gid and supplementary groups, by mode bits; uid 0 is exempt) may
-search every directory it passes through and read and execute the file. Each check
-is made on a descriptor the host then holds, and the file is opened relative to
-the directory that was checked and must be the very file that was checked (same
-device and inode), so swapping a link or a directory during the walk gets a
-refusal, never someone else's file. The file is copied from that one open
-descriptor into a fresh private directory, hashing the bytes as they are written.
+caller (its uid, gid and supplementary groups, by mode bits and any POSIX access
+ACL, evaluated as the kernel does; uid 0 is exempt) may search every directory it
+passes through and read and execute the file, which must not be on a filesystem
+mounted ``noexec``. Each check is made on a descriptor the host then holds, and the
+file is opened relative to the directory that was checked and must be the very
+file that was checked (same device and inode), so swapping a link or a directory
+during the walk gets a refusal, never someone else's file. The file is copied from
+that one open descriptor into a fresh private directory, hashing the bytes as they
+are written.
 The copy is what :func:`spawn_program` executes, so rewriting or replacing the
 source afterwards (or while it is being copied) changes nothing: the name is of
 what was copied and runs.
@@ -108,6 +110,7 @@ _ACL_VERSION: Final = 2
 _ACL_USER_OBJ: Final = 0x01
 _ACL_USER: Final = 0x02
 _ACL_GROUP_OBJ: Final = 0x04
+_ACL_GROUP: Final = 0x08
 _ACL_MASK: Final = 0x10
 _ACL_OTHER: Final = 0x20
 _ACL_UNDEFINED_ID: Final = 0xFFFFFFFF
@@ -225,27 +228,96 @@ def _class_shift(st: os.stat_result, uid: int, gid: int, groups: Sequence[int]) 
     return 0
 
 
-def _may_read_and_execute(st: os.stat_result, uid: int, gid: int, groups: Sequence[int]) -> bool:
+#: A parsed access ACL: its (tag, rwx bits, id) entries.
+_Acl = tuple[tuple[int, int, int], ...]
+
+
+def _access_acl(fd: int, where: str) -> _Acl | None:
+    """The access ACL of the object ``fd`` refers to (``O_PATH`` or not); None if none.
+
+    Read through ``/proc/self/fd/<fd>``, which names exactly that object (Linux
+    refuses ``fgetxattr`` on an ``O_PATH`` descriptor). No ACL, or a filesystem
+    without them (where the kernel checks mode bits only), is None. Anything else,
+    and an ACL this cannot parse, is a :class:`~taonet.HostError`: the check fails
+    closed.
+    """
+    try:
+        data = os.getxattr(f"/proc/self/fd/{fd}", _ACL_ACCESS)
+    except OSError as exc:
+        if exc.errno == errno.ENODATA or exc.errno in _ACL_UNSUPPORTED:
+            return None
+        raise HostError(f"cannot read the POSIX ACL of {where}: {_why(exc)}") from exc
+    if len(data) < 4 or len(data) % 8 != 4 or struct.unpack_from("<I", data)[0] != _ACL_VERSION:
+        raise HostError(f"cannot check {where}: its POSIX ACL is not in a known format")
+    return tuple(
+        (tag, perm & 0o7, ident) for tag, perm, ident in struct.iter_unpack("<HHI", data[4:])
+    )
+
+
+def _permitted(
+    st: os.stat_result,
+    acl: _Acl | None,
+    uid: int,
+    gid: int,
+    groups: Sequence[int],
+    want: int,
+) -> bool:
+    """Whether (uid, gid, groups), not uid 0, has all the rwx bits ``want`` here.
+
+    Without an ACL, one class of mode bits applies, the first that matches: owner,
+    then group, then other. With an access ACL, as the kernel's
+    ``posix_acl_permission``: the owner gets the ``u::`` entry; a named user its
+    ``u:<uid>:`` entry within the mask; else if the owning group or a named group
+    is one of the caller's, access needs one of those entries to grant ``want``
+    and the mask to allow it (no fall through to others); else the ``o::`` entry.
+    """
+    if acl is None:
+        return (st.st_mode >> _class_shift(st, uid, gid, groups)) & want == want
+    mask = next((perm for tag, perm, _ in acl if tag == _ACL_MASK), 0o7)
+    mine = {gid, *groups}
+    in_a_group = False
+    if uid == st.st_uid:
+        return any(tag == _ACL_USER_OBJ and perm & want == want for tag, perm, _ in acl)
+    for tag, perm, ident in acl:
+        if tag == _ACL_USER and ident == uid:
+            return perm & mask & want == want
+    for tag, perm, ident in acl:
+        if (tag == _ACL_GROUP_OBJ and st.st_gid in mine) or (tag == _ACL_GROUP and ident in mine):
+            in_a_group = True
+            if perm & want == want:
+                return mask & want == want
+    if in_a_group:
+        return False
+    return any(tag == _ACL_OTHER and perm & want == want for tag, perm, _ in acl)
+
+
+def _may_read_and_execute(
+    st: os.stat_result, acl: _Acl | None, uid: int, gid: int, groups: Sequence[int]
+) -> bool:
     """Whether the kernel would let (uid, gid, groups) read and execute this file.
 
-    One class of mode bits applies, the first that matches: owner, then group, then
-    other. uid 0 reads anything and executes a file with any execute bit set.
-    ACLs and capabilities other than root's are not considered.
+    By its mode bits and its access ``acl`` (see :func:`_permitted`). uid 0 reads
+    anything and executes a file with any execute bit set. Capabilities other than
+    root's are not considered.
     """
-    mode = st.st_mode
     if uid == 0:
-        return bool(mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH))
-    need = (stat.S_IROTH | stat.S_IXOTH) << _class_shift(st, uid, gid, groups)
-    return mode & need == need
+        return bool(st.st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH))
+    return _permitted(st, acl, uid, gid, groups, stat.S_IROTH | stat.S_IXOTH)
 
 
-def _may_search(st: os.stat_result, uid: int, gid: int, groups: Sequence[int]) -> bool:
-    """Whether the kernel would let (uid, gid, groups) search this directory (uid 0 may)."""
-    return uid == 0 or bool(st.st_mode & (stat.S_IXOTH << _class_shift(st, uid, gid, groups)))
+def _may_search(
+    st: os.stat_result, acl: _Acl | None, uid: int, gid: int, groups: Sequence[int]
+) -> bool:
+    """Whether the kernel would let (uid, gid, groups) search this directory (uid 0 may).
+
+    By its mode bits and its access ``acl`` (see :func:`_permitted`).
+    """
+    return uid == 0 or _permitted(st, acl, uid, gid, groups, stat.S_IXOTH)
 
 
-def _describe(st: os.stat_result) -> str:
-    return f"mode {stat.S_IMODE(st.st_mode):04o}, owner {st.st_uid}:{st.st_gid}"
+def _describe(st: os.stat_result, acl: bool = False) -> str:
+    extra = ", and a POSIX ACL" if acl else ""
+    return f"mode {stat.S_IMODE(st.st_mode):04o}, owner {st.st_uid}:{st.st_gid}{extra}"
 
 
 @attrs.define
@@ -296,12 +368,13 @@ def _lookup(path: str, uid: int, gid: int, groups: Sequence[int], what: str) -> 
     One component at a time from ``/``, following symbolic links here (at most
     :data:`_MAX_SYMLINKS`), each step opened ``O_PATH | O_NOFOLLOW`` relative to
     the descriptor of the directory before it. A lookup in a directory needs
-    search permission on it by its mode bits (uid 0 is exempt), checked on that
-    descriptor, else :class:`~taonet.AuthorizationError`. Returns where the walk
-    ended (the caller closes it) and its path with every link resolved. ``what``
-    names ``path`` in errors; anything else that stops the walk is a
-    :class:`~taonet.HostError`. (Following a link needs no permission on the link,
-    as in the kernel; ``fs.protected_symlinks`` is not applied for the caller.)
+    search permission on it by its mode bits and access ACL (uid 0 is exempt),
+    checked on that descriptor, else :class:`~taonet.AuthorizationError`. Returns
+    where the walk ended (the caller closes it) and its path with every link
+    resolved. ``what`` names ``path`` in errors; anything else that stops the walk
+    (an ACL that cannot be read, say) is a :class:`~taonet.HostError`. (Following a
+    link needs no permission on the link, as in the kernel; ``fs.protected_symlinks``
+    is not applied for the caller.)
     """
     if not os.path.isabs(path):
         raise HostError(f"{what} must be an absolute path")
@@ -322,10 +395,11 @@ def _lookup(path: str, uid: int, gid: int, groups: Sequence[int], what: str) -> 
             if not stat.S_ISDIR(here.st.st_mode):
                 raise HostError(f"cannot open {what}: {where} is not a directory")
             if not searchable:
-                if not _may_search(here.st, uid, gid, groups):
+                acl = None if uid == 0 else _access_acl(here.fd, f"the directory {where}")
+                if not _may_search(here.st, acl, uid, gid, groups):
                     raise AuthorizationError(
                         f"uid {uid} (gid {gid}) may not search the directory {where} "
-                        f"({_describe(here.st)}), so may not reach {what}"
+                        f"({_describe(here.st, acl is not None)}), so may not reach {what}"
                     )
                 searchable = True
             if part == ".":
@@ -375,9 +449,10 @@ def check_directory_access(path: str, *, uid: int, gid: int, groups: Sequence[in
 
     ``path`` is resolved as the kernel would for the caller, symbolic links
     followed: every directory looked up in on the way, and the directory itself,
-    must be searchable by the caller by its mode bits (uid 0 is exempt), else
-    :class:`~taonet.AuthorizationError`. ``path`` must be absolute and an existing
-    directory, else :class:`~taonet.HostError`. (ACLs are not considered.)
+    must be searchable by the caller by its mode bits and any POSIX access ACL (uid
+    0 is exempt), else :class:`~taonet.AuthorizationError`. ``path`` must be
+    absolute and an existing directory, else :class:`~taonet.HostError` (as is an
+    ACL that cannot be read or parsed).
     """
     _open_directory(path, uid, gid, groups).close()
 
@@ -400,11 +475,12 @@ def _open_directory(path: str, uid: int, gid: int, groups: Sequence[int]) -> _Di
     try:
         if not stat.S_ISDIR(found.st.st_mode):
             raise HostError(f"{what} is not a directory")
-        if not _may_search(found.st, uid, gid, groups):
+        acl = None if uid == 0 else _access_acl(found.fd, f"the directory {real}")
+        if not _may_search(found.st, acl, uid, gid, groups):
             reached = f", reached as {path}" if real != path else ""
             raise AuthorizationError(
                 f"uid {uid} (gid {gid}) may not search the directory {real} "
-                f"({_describe(found.st)}{reached})"
+                f"({_describe(found.st, acl is not None)}{reached})"
             )
         # Above stdio: a child's stdio, set up before it chdirs, cannot clobber it.
         fd = fcntl.fcntl(found.fd, fcntl.F_DUPFD_CLOEXEC, 3)
@@ -482,9 +558,16 @@ def _prepare(
             raise HostError(
                 f"the program {source} is {st.st_size} bytes, over the {max_size}-byte limit"
             )
-        if not _may_read_and_execute(st, uid, gid, groups):
+        if os.fstatvfs(src).f_flag & os.ST_NOEXEC:  # the kernel would execute it for no one
             raise AuthorizationError(
-                f"uid {uid} (gid {gid}) may not read and execute {source} ({_describe(st)})"
+                f"uid {uid} (gid {gid}) may not read and execute {source}: "
+                "it is on a filesystem mounted noexec"
+            )
+        acl = None if uid == 0 else _access_acl(src, f"the program {source}")
+        if not _may_read_and_execute(st, acl, uid, gid, groups):
+            raise AuthorizationError(
+                f"uid {uid} (gid {gid}) may not read and execute {source} "
+                f"({_describe(st, acl is not None)})"
             )
         # A root host's copy for another uid is the caller's uid's alone (by an ACL),
         # else (no ACLs) the caller's gid's.
@@ -604,9 +687,11 @@ async def prepare_program(
     kernel would for the caller (``uid``, ``gid``, supplementary ``groups``; see the
     module docstring): every directory on the way, through any symbolic links, must
     be searchable by the caller, and the file must be a regular file of at most
-    ``max_size`` bytes that the caller may read and execute, all by mode bits (uid 0
-    is exempt from the directory checks, and needs only some execute bit on the
-    file), else :class:`~taonet.AuthorizationError`. The file is opened relative to
+    ``max_size`` bytes that the caller may read and execute, all by mode bits and
+    any POSIX access ACL, as the kernel would decide (uid 0 is exempt from the
+    directory checks, and needs only some execute bit on the file), and not on a
+    filesystem mounted ``noexec`` (for anyone), else
+    :class:`~taonet.AuthorizationError`. The file is opened relative to
     the directory checked, not following a link, and must be the same file (device
     and inode) that was checked, else :class:`~taonet.HostError`.
 
