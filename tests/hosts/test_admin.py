@@ -1105,9 +1105,75 @@ async def test_connections_over_a_limit_are_closed_at_once(
                 assert await second.host_name() == HOST
     assert open_fds() == before
     refused = logged(logs, "admin_connection_refused")
-    assert len(refused) == 4  # two in each assert_refused
-    assert all(entry["peer_uid"] == os.getuid() for entry in refused)
-    assert all(entry["reason"].startswith(reason) for entry in refused)
+    # Four refusals (two in each assert_refused), one burst: one line, for the first.
+    assert len(refused) == 1, refused
+    assert refused[0]["events"] == 1
+    assert refused[0]["peer_uid"] == os.getuid()
+    assert refused[0]["reason"].startswith(reason)
+
+
+async def test_a_host_whose_listen_queue_is_full_is_too_busy_not_connected(
+    tmp_path: Path,
+) -> None:
+    """A unix socket's connect fails with EAGAIN when its listener's queue is full;
+    trio took that for a connection under way and AdminClient.connect returned a
+    client that was not connected. Now it retries briefly, then says the host is
+    too busy."""
+    path = tmp_path / "busy.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    queued: list[socket.socket] = []
+    try:
+        listener.bind(str(path))
+        listener.listen(0)  # and never accepts
+        while True:  # fill its queue
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(str(path))
+            except BlockingIOError:
+                sock.close()
+                break
+            queued.append(sock)
+            assert len(queued) < 100
+        with trio.fail_after(TIMEOUT), pytest.raises(HostError, match="is too busy"):
+            async with AdminClient.connect(path):
+                pass
+        # Once the host takes a connection from its queue, there is room again.
+        taken, _ = listener.accept()
+        try:
+            with trio.fail_after(TIMEOUT):
+                async with AdminClient.connect(path) as client:
+                    assert not client.closed
+        finally:
+            taken.close()
+    finally:
+        for sock in queued:
+            sock.close()
+        listener.close()
+
+
+async def test_a_flood_of_refused_connections_logs_one_line(tmp_path: Path) -> None:
+    """Each refused connection used to log a line: a local user could write the
+    host's log as fast as it could connect (150,000 lines, 24 MB in one attack).
+    Now a burst of refusals is one line (and one a minute while it lasts)."""
+    backend = Backend()
+    with trio.fail_after(TIMEOUT), capture_logs() as logs:
+        async with (
+            serving(backend, tmp_path / "a.sock", max_connections=1, max_per_uid=1) as path,
+            AdminClient.connect(path) as holder,
+        ):
+            assert await holder.host_name() == HOST
+            for _ in range(300):
+                sock = await raw_connect(path)
+                try:
+                    await assert_dropped(sock)
+                finally:
+                    sock.close()
+            assert await holder.host_name() == HOST
+    refused = logged(logs, "admin_connection_refused")
+    assert len(refused) == 1, len(refused)
+    assert refused[0]["events"] == 1
+    assert refused[0]["reason"] == "the host serves 1 admin connections, its limit"
 
 
 STALLED = _start(fd_count=1, stdio_mask=2)
@@ -1527,5 +1593,6 @@ async def test_other_users_cannot_lock_root_and_the_owner_out(
                     await holder.stdin.aclose()
                     await holder.wait()
     refused = logged(logs, "admin_connection_refused")
-    assert [entry["peer_uid"] for entry in refused] == [NOBODY - 1, NOBODY - 1]
+    # Two refusals, one burst: one line.
+    assert [entry["peer_uid"] for entry in refused] == [NOBODY - 1]
     assert all("other than root and its owner" in entry["reason"] for entry in refused)

@@ -9,6 +9,8 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -1167,3 +1169,114 @@ async def test_a_group_the_caller_does_not_hold_grants_nothing(
     ), without
     assert holding == {"output": "group secret"}
     assert list((shared / "host" / "programs").iterdir()) == []
+
+
+# Starts PROGRAM in CWD up to COUNT times on one connection, until the first refusal.
+_STARTS_UNTIL_REFUSED = (
+    _ADMIN_BY_HAND
+    + r"""
+path, program, cwd, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+body = blob(1, program.encode()) + blob(3, cwd.encode())
+started, refusal = 0, None
+for _ in range(count):
+    err, _ = call(s, "LinuxHost.StartHostedProgram", body)
+    if err is not None:
+        refusal = err[:300]
+        break
+    started += 1
+print(json.dumps({"started": started, "refusal": refusal}), flush=True)
+"""
+)
+
+# A root host in a process of its own whose RLIMIT_NOFILE is ARGV[2] (soft and hard).
+_FD_LIMITED_HOST = r"""
+import resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), int(sys.argv[2])))
+sys.path.insert(0, sys.argv[4])
+import structlog, trio
+from taonet.hosts.linux import LinuxHost
+
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+
+async def main():
+    host = await LinuxHost.open(sys.argv[1], password=sys.argv[3].encode())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(host.run)
+        print("ready", flush=True)
+
+trio.run(main)
+"""
+
+
+async def test_other_users_cannot_use_up_the_hosts_file_descriptors(
+    request: pytest.FixtureRequest,
+) -> None:
+    """Each program holds three descriptors in the host: other users used to start
+    programs until the host had none left, and then root could neither start a
+    program nor even connect to the admin socket. Here the host runs with 160
+    descriptors and another user starts programs until refused: the host stops it at
+    its cap for other users (160 // 2 // 3 = 26), and root still starts a program."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run programs as another user")
+    shared = _prepare_shared(request)
+    program = shared / "sleeper.sh"
+    program.write_text("#!/bin/sh\nexec sleep 600\n")
+    program.chmod(0o755)
+    init_root(shared / "host")
+    socket_path = shared / "host" / "admin.sock"
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(TIMEOUT):
+            host = await nursery.start(
+                functools.partial(
+                    trio.run_process,
+                    [
+                        sys.executable,
+                        "-c",
+                        _FD_LIMITED_HOST,
+                        str(shared / "host"),
+                        "160",
+                        PASSWORD.decode(),
+                        RUNTIME_PATHS[1],
+                    ],
+                    stdout=subprocess.PIPE,
+                    check=False,
+                )
+            )
+        try:
+            with trio.fail_after(TIMEOUT):
+                assert host.stdout is not None
+                said = b""
+                while not said.endswith(b"\n"):
+                    chunk = await host.stdout.receive_some(100)
+                    assert chunk, "the host exited"
+                    said += chunk
+                assert said == b"ready\n"
+                result = await _as_user(
+                    _STARTS_UNTIL_REFUSED,
+                    [str(socket_path), str(program), "/", "64"],
+                    uid=NOBODY,
+                    gid=NOBODY,
+                    groups=[],
+                )
+            root_started = False
+            # Against a host out of descriptors this waited forever (accept failing).
+            with trio.move_on_after(TIMEOUT / 4):
+                async with AdminClient.connect(socket_path) as admin:
+                    info = await admin.start(str(program), [], cwd="/")
+                    listed = await admin.list()
+                root_started = True
+        finally:
+            # An interrupted host kills its programs before it exits.
+            with trio.CancelScope(shield=True), trio.fail_after(TIMEOUT):
+                host.send_signal(signal.SIGINT)
+                await host.wait()
+    assert result == {
+        "started": 26,
+        "refusal": "HostError: the host already runs 26 programs for users other than root "
+        "and its owner, its limit (each holds some of the host's file descriptors)",
+    }, result
+    assert root_started, result
+    assert info.uid == 0
+    assert len([p for p in listed if p.uid == NOBODY]) == 26

@@ -24,7 +24,11 @@ is a keyword argument of :func:`serve_admin`, defaulting to the constant):
   MAX_CONNECTIONS_PER_UID`` (224) between them, so that however many local users
   fill their shares, root and the owner can still reach the host (to stop it, say).
   A connection over a limit is closed as soon as it is accepted, before anything is
-  read from it, and is not counted (``admin_connection_refused`` is logged).
+  read from it, and is not counted. ``admin_connection_refused`` is logged once when
+  a burst of refusals starts (after 10 s without one), then at most once a minute
+  while it lasts, each line with ``events`` (the refusals since the previous line)
+  and the latest refusal's caller and reason: a flood of connections cannot flood
+  the log.
 * A request's header frame is at most
   :data:`~taonet.hosts.linux._admin_wire.ADMIN_MAX_HEADER` bytes and its body at most
   :data:`~taonet.hosts.linux._admin_wire.ADMIN_MAX_FRAME`; a frame over its limit is refused
@@ -49,6 +53,7 @@ import builtins
 import errno
 import functools
 import itertools
+import math
 import os
 import socket
 import stat
@@ -137,6 +142,10 @@ _ACCEPT_IGNORE_ERRNOS: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errn
 _ACCEPT_RETRY_DELAY: Final = 0.1
 #: Longest exception message logged for a backend failure.
 _MAX_LOGGED_ERROR: Final = 1000
+#: A burst of refusals ends after this many seconds without one; while it lasts, one
+#: line is logged at most this often.
+_BURST_GAP: Final = 10.0
+_BURST_REMINDER: Final = 60.0
 
 # --------------------------------------------------------------------------------------
 # Server
@@ -462,6 +471,25 @@ async def _answer(
     return b"".join(envelope.response(op, request.seq, body, error=error))
 
 
+class _Bursts:
+    """Logs the first of a burst of like events, then one line a minute while it lasts
+    (as the channel server does)."""
+
+    def __init__(self, event: str) -> None:
+        self._event: Final = event
+        self._last = -math.inf  # when the latest event happened
+        self._logged = -math.inf  # when the latest line was logged
+        self._since = 0  # events since that line
+
+    def note(self, **fields: Any) -> None:
+        now = trio.current_time()
+        self._since += 1
+        if now - self._last >= _BURST_GAP or now - self._logged >= _BURST_REMINDER:
+            log.warning(self._event, events=self._since, **fields)
+            self._logged, self._since = now, 0
+        self._last = now
+
+
 class _ConnectionLimits:
     """Counts the connections being served, in all and per peer uid."""
 
@@ -476,6 +504,7 @@ class _ConnectionLimits:
         )
         self._total = 0
         self._per_uid: dict[int, int] = {}
+        self.refused: Final = _Bursts("admin_connection_refused")
 
     def refusal(self, uid: int) -> str | None:
         """Why a new connection from ``uid`` may not be served now; None if it may."""
@@ -528,19 +557,13 @@ def _admit(conn: trio.socket.SocketType, conn_id: int, limits: _ConnectionLimits
     try:
         caller = _peer(conn)
     except OSError as exc:
-        log.warning(
-            "admin_connection_refused", conn_id=conn_id, reason=f"no peer credentials: {exc}"
-        )
+        limits.refused.note(conn_id=conn_id, reason=f"no peer credentials: {exc}")
         conn.close()
         return None
     reason = limits.refusal(caller.uid)
     if reason is not None:
-        log.warning(
-            "admin_connection_refused",
-            conn_id=conn_id,
-            peer_uid=caller.uid,
-            peer_pid=caller.pid,
-            reason=reason,
+        limits.refused.note(
+            conn_id=conn_id, peer_uid=caller.uid, peer_pid=caller.pid, reason=reason
         )
         conn.close()
         return None

@@ -11,13 +11,14 @@ the first call on it raises HostError and closes the client.
 from __future__ import annotations
 
 import builtins
+import errno
 import itertools
 import os
 import socket
 from array import array
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 import structlog
 import trio
@@ -55,6 +56,11 @@ __all__ = ["AdminClient"]
 
 log = structlog.get_logger(__name__)
 
+#: Connecting to a host whose listen queue is full: attempts, and the first pause
+#: between them (doubling: about 1.3 s in all).
+_BUSY_ATTEMPTS: Final = 8
+_BUSY_RETRY_DELAY: Final = 0.01
+
 # --------------------------------------------------------------------------------------
 # Client
 # --------------------------------------------------------------------------------------
@@ -73,6 +79,32 @@ async def _sendmsg_all(sock: trio.socket.SocketType, data: bytes, fds: Sequence[
     sent = await sock.sendmsg([view], ancdata)
     while sent < len(view):
         sent += await sock.send(view[sent:])
+
+
+async def _connect_once(where: str) -> trio.socket.SocketType | None:
+    """A socket connected to ``where``; None if the host's listen queue is full.
+
+    A unix socket whose listener's queue is full fails a non-blocking connect with
+    EAGAIN, which trio takes for a connection under way: it then finds the socket
+    writable and no error pending, and returns a socket that is not connected. Hence
+    the check that the socket has a peer.
+    """
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await sock.connect(where)
+        sock.getpeername()
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        raise HostError(f"no Tao host is running at {where}") from None
+    except OSError as exc:
+        sock.close()
+        if isinstance(exc, BlockingIOError) or exc.errno == errno.ENOTCONN:
+            return None
+        raise HostError(f"cannot reach the Tao host at {where}: {exc}") from exc
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class AdminClient:
@@ -98,21 +130,21 @@ class AdminClient:
     async def connect(cls, path: str | os.PathLike[str]) -> AsyncIterator[AdminClient]:
         """A client connected to the admin socket at ``path`` for the block.
 
-        HostError if no host is listening there.
+        HostError if no host is listening there, or if its listen queue stays full
+        (it takes no new connection) for about a second: retried meanwhile.
         """
         where = os.fspath(path)
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            await sock.connect(where)
-        except (FileNotFoundError, ConnectionRefusedError):
-            sock.close()
-            raise HostError(f"no Tao host is running at {where}") from None
-        except OSError as exc:
-            sock.close()
-            raise HostError(f"cannot reach the Tao host at {where}: {exc}") from exc
-        except BaseException:
-            sock.close()
-            raise
+        delay = _BUSY_RETRY_DELAY
+        attempt = 1
+        while (sock := await _connect_once(where)) is None:
+            if attempt >= _BUSY_ATTEMPTS:
+                raise HostError(
+                    f"the Tao host at {where} is too busy to take a connection (its listen "
+                    "queue is full): try again later"
+                )
+            await trio.sleep(delay)
+            delay *= 2
+            attempt += 1
         client = cls(sock, path=where)
         try:
             yield client

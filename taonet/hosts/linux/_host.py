@@ -17,8 +17,18 @@ program with that user's uid, gid and the supplementary groups the caller held w
 connected (``SO_PEERGROUPS``): the same groups its program file and working directory
 were checked with. Starts by users other than root and the host's owner count against
 per-uid limits (:data:`MAX_PROGRAMS_PER_UID` programs, :data:`MAX_PROGRAM_BYTES_PER_UID`
-bytes of copies), reserved before the start's first await and held until its program
-exits, so concurrent starts cannot pass them. Its name is
+bytes of copies), and all of them together against a total cap on their programs,
+reserved before the start's first await and held until its program exits, so
+concurrent starts cannot pass them. Each running program holds
+:data:`FDS_PER_PROGRAM` (3) file descriptors in the host (its pidfd and the host's
+ends of its two pipes), so the total cap keeps other users from using up the host's
+descriptors, after which root could neither start programs nor reach the admin
+socket. When it starts running, the host raises its soft ``RLIMIT_NOFILE`` to the
+hard limit (as far as the kernel allows); the cap is then ``soft // 2 //
+FDS_PER_PROGRAM`` (170 programs at 1024 descriptors): the other half is left to root
+and the owner's programs, the admin socket's connections (at most 256) and the
+descriptors they pass, and the host's own files. ``max_other_programs`` sets the cap
+instead. Its name is
 ``<host name>.Program([sha256])``, or ``Program(id, [sha256])`` when ``program_ids``
 is on (ids increase across restarts). The host answers the program's Tao RPC on that
 pipe: seal/unseal, shared secrets and attestations bound to the program's name, and
@@ -123,6 +133,9 @@ MAX_NAME_BYTES: Final = 1024
 #: Limits on what one user (not root, not the host's owner) may hold on the host.
 MAX_PROGRAMS_PER_UID: Final = 64
 MAX_PROGRAM_BYTES_PER_UID: Final = 1 << 30
+#: File descriptors the host holds for each running program: its pidfd and the host's
+#: ends of its two pipes.
+FDS_PER_PROGRAM: Final = 3
 #: Largest program another user may start (each start reserves this much of the budget).
 MAX_PROGRAM_SIZE_PER_START: Final = 256 << 20
 #: Longest program path a start request may name (PATH_MAX).
@@ -200,13 +213,24 @@ class LinuxHost:
         *,
         request_timeout: float = REQUEST_TIMEOUT,
         request_bytes_per_uid: int = MAX_REQUEST_BYTES_PER_UID,
+        max_other_programs: int | None = None,
     ) -> None:
         """Prefer :meth:`open`; ``core`` holds the keys, ``counters`` the counter table.
 
         A stacked host's parent Tao must stay open for as long as the host runs.
         ``request_timeout`` and ``request_bytes_per_uid`` bound what a program's
-        requests may hold (see the module docstring).
+        requests may hold; ``max_other_programs`` caps the programs of users other
+        than root and the host's owner, all together (None: from the host's file
+        descriptor limit when it starts running; see the module docstring).
         """
+        if max_other_programs is not None and (
+            isinstance(max_other_programs, bool)
+            or not isinstance(max_other_programs, int)
+            or max_other_programs < 0
+        ):
+            raise ValueError(
+                f"max_other_programs must be a non-negative int or None, got {max_other_programs!r}"
+            )
         if (
             isinstance(request_timeout, bool)
             or not isinstance(request_timeout, int | float)
@@ -237,6 +261,9 @@ class LinuxHost:
         self._usage: collections.defaultdict[int, tuple[int, int]] = collections.defaultdict(
             lambda: (0, 0)
         )
+        # All limited users together: their programs (and starts under way), and the cap.
+        self._others = 0
+        self._max_others = max_other_programs
         self._exited: collections.deque[_Child] = collections.deque(maxlen=_REMEMBER_EXITED)
         self._nursery: trio.Nursery | None = None
         self._stopping = False
@@ -294,10 +321,12 @@ class LinuxHost:
         clock: Callable[[], int] = time.time_ns,
         request_timeout: float = REQUEST_TIMEOUT,
         request_bytes_per_uid: int = MAX_REQUEST_BYTES_PER_UID,
+        max_other_programs: int | None = None,
     ) -> LinuxHost:
         """Open a host directory: a root host needs ``password``, a stacked one ``parent``.
 
-        ``request_timeout`` and ``request_bytes_per_uid``: see :class:`LinuxHost`.
+        ``request_timeout``, ``request_bytes_per_uid`` and ``max_other_programs``: see
+        :class:`LinuxHost`.
         """
         path = Path(directory)
         await trio.to_thread.run_sync(_check_private_directory, path)
@@ -325,6 +354,7 @@ class LinuxHost:
             counters,
             request_timeout=request_timeout,
             request_bytes_per_uid=request_bytes_per_uid,
+            max_other_programs=max_other_programs,
         )
         log.info(
             "linux_host_opened",
@@ -379,6 +409,10 @@ class LinuxHost:
             raise HostError("a LinuxHost runs once")
         self._running = True
         lock = _lock_directory(self.directory)
+        soft = _raise_fd_limit()
+        if self._max_others is None:
+            self._max_others = _max_other_programs(soft)
+        log.info("linux_host_limits", open_files=soft, max_other_programs=self._max_others)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -507,6 +541,11 @@ class LinuxHost:
         count, used = self._usage[uid]
         if count >= MAX_PROGRAMS_PER_UID:
             raise HostError(f"uid {uid} already has {MAX_PROGRAMS_PER_UID} programs on this host")
+        if self._max_others is not None and self._others >= self._max_others:
+            raise HostError(
+                f"the host already runs {self._others} programs for users other than root and "
+                "its owner, its limit (each holds some of the host's file descriptors)"
+            )
         room = MAX_PROGRAM_BYTES_PER_UID - used
         if room <= 0:
             raise HostError(
@@ -514,10 +553,12 @@ class LinuxHost:
             )
         reserved = min(room, MAX_PROGRAM_SIZE_PER_START)
         self._usage[uid] = (count + 1, used + reserved)
+        self._others += 1
         return reserved
 
     def _release(self, uid: int, size: int) -> None:
         """Give back one program and ``size`` bytes of ``uid``'s limits."""
+        self._others -= 1
         count, used = self._usage[uid]
         if count <= 1:
             del self._usage[uid]
@@ -690,6 +731,31 @@ class LinuxHost:
             for child in survivors:
                 await child.exited.wait()
         self._stopped.set()
+
+
+def _raise_fd_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit if the kernel allows; return
+    the soft limit now (``resource.RLIM_INFINITY`` if unlimited)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as exc:  # an unlimited hard limit over fs.nr_open
+            log.info("open_files_limit_kept", soft=soft, hard=hard, error=str(exc))
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft
+
+
+def _max_other_programs(soft: int) -> int | None:
+    """The cap on other users' programs for a soft ``RLIMIT_NOFILE`` of ``soft``: half
+    the descriptors (see the module docstring); None if descriptors are unlimited."""
+    import resource
+
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return None
+    return soft // 2 // FDS_PER_PROGRAM
 
 
 def _check_private_directory(path: Path) -> None:
