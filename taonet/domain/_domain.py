@@ -24,10 +24,21 @@ Changing policy or certifying hosts needs the policy key, which :meth:`Domain.un
 opens with the password; every change re-signs the configuration, and
 :meth:`Domain.resign` signs ``domain.toml`` as it stands after an intended edit by hand
 (or for a domain made before configurations were signed).
+
+A domain is only as safe as its directory: whoever can write the domain directory can
+rename ``policy_keys`` aside and put another in its place (without ``config_serial``,
+its keys linked to the old ones), and so put back an earlier signed configuration. So
+every opening of a domain (:meth:`Domain.load`, :meth:`Domain.resign`,
+:meth:`Domain.create`) first refuses (ConfigError) a domain whose directory or
+``policy_keys`` directory is a symbolic link, is writable by its group or by others, or
+belongs to anyone but the process's effective user or root; and the files of
+``policy_keys`` are read without following symbolic links.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 import tomllib
 from collections.abc import Iterable
@@ -40,7 +51,15 @@ import tomli_w
 from taonet import auth, certs
 from taonet._errors import AuthenticationError, CodecError, ConfigError
 from taonet._files import atomic_write, read_file
-from taonet.crypto import KdfParams, Keyset, Signer, Verifier, load_keyset, save_keyset
+from taonet.crypto import (
+    MAX_KEYSET_BYTES,
+    KdfParams,
+    Keyset,
+    Signer,
+    Verifier,
+    open_keyset,
+    save_keyset,
+)
 from taonet.domain._guard import GUARD_KINDS, ACLGuard, ConservativeGuard, Guard
 from taonet.domain._programs import measure_file, policy_key_subprin, program_subprin
 from taonet.domain._signed_config import (
@@ -51,6 +70,7 @@ from taonet.domain._signed_config import (
     cert_digest,
     config_error,
     differences,
+    read_nofollow,
     read_signed_config,
     rolled_back,
     write_signed_config,
@@ -65,6 +85,43 @@ ACL_FILE: Final = "acls"
 #: The policy key holder's record of the highest configuration serial (mode 0644).
 SERIAL_FILE: Final = "policy_keys/config_serial"
 _MAX_FILE: Final = 16 * 1024 * 1024
+POLICY_KEYS_DIR: Final = "policy_keys"
+_WRITERS: Final = {0o010: "its group", 0o001: "others", 0o011: "its group and others"}
+
+
+def check_domain_directories(root: Path) -> None:
+    """Refuse (ConfigError) a domain whose directory or ``policy_keys`` directory is a
+    symbolic link, not a directory, writable by group or others, or owned by anyone but
+    this process's effective user or root (see the module docstring)."""
+    euid = os.geteuid()
+    for directory in (root, root / POLICY_KEYS_DIR):
+        try:
+            info = os.lstat(directory)
+        except OSError as exc:
+            raise ConfigError(
+                f"{directory}: refused: cannot examine it: {exc.strerror or type(exc).__name__}"
+            ) from exc
+        problem = ""
+        if stat.S_ISLNK(info.st_mode):
+            problem = "it is a symbolic link (name the real directory)"
+        elif not stat.S_ISDIR(info.st_mode):
+            problem = "it is not a directory"
+        elif info.st_mode & 0o022:
+            problem = (
+                f"it is writable by {_WRITERS[(info.st_mode >> 1) & 0o011]} "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}; make it writable by its owner only: "
+                f"chmod go-w {directory})"
+            )
+        elif info.st_uid not in (euid, 0):
+            problem = (
+                f"it belongs to uid {info.st_uid}, neither this process's user (uid {euid}) "
+                "nor root"
+            )
+        if problem:
+            raise ConfigError(
+                f"{directory}: refused: {problem}: whoever can write a domain's directory can "
+                "replace its policy_keys and put back an earlier configuration"
+            )
 
 
 def _positive_days(_: Any, attribute: Any, value: int) -> None:
@@ -299,7 +356,8 @@ class Domain:
             program_validity_days=template.program_validity_days,
         )
         root.mkdir(parents=True, exist_ok=True, mode=0o755)
-        (root / "policy_keys").mkdir(exist_ok=True, mode=0o700)
+        (root / POLICY_KEYS_DIR).mkdir(exist_ok=True, mode=0o700)
+        check_domain_directories(root)
         save_keyset(
             root / KEYS_FILE,
             Keyset(signer=signer, crypter=None, deriving_key=None),
@@ -426,10 +484,11 @@ class Domain:
         """Read domain.toml and the policy certificate; the guard allows nothing yet."""
         if not (root / CONFIG_FILE).exists():
             raise ConfigError(f"{root} is not a domain directory (no {CONFIG_FILE})")
+        check_domain_directories(root)
         config = DomainConfig.from_toml(
             read_file(root / CONFIG_FILE, limit=_MAX_FILE), source=str(root / CONFIG_FILE)
         )
-        cert = read_file(root / CERT_FILE, limit=64 * 1024)
+        cert = read_nofollow(root / CERT_FILE, limit=64 * 1024)
         return cls(root, config, cert, ConservativeGuard(), now_ns=now_ns)
 
     def _read_acls(self) -> ACLGuard:
@@ -478,7 +537,17 @@ class Domain:
         if that holds less (a domain made before serials were recorded gets its record
         when the domain service starts or a policy command runs).
         """
-        keyset = load_keyset(self.path / KEYS_FILE, password)
+        keys = self.path / KEYS_FILE
+        try:
+            blob = read_nofollow(keys, limit=MAX_KEYSET_BYTES)
+        except ConfigError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                raise ConfigError(f"no keyset at {keys}") from None
+            raise
+        try:
+            keyset = open_keyset(blob, password)
+        except ConfigError as exc:
+            raise ConfigError(f"{keys}: {exc}") from None
         if keyset.signer.public_key_der() != self._policy_key_der:
             raise ConfigError("the policy keyset does not match the policy certificate")
         if self.config_serial:

@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any, Final
@@ -47,7 +48,7 @@ import attrs
 import tomli_w
 
 from taonet._errors import AuthenticationError, CodecError, ConfigError
-from taonet._files import atomic_write, read_file
+from taonet._files import atomic_write, file_kind
 from taonet.crypto import Signer, Verifier
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "SerialRecord",
     "SignedConfig",
     "differences",
+    "read_nofollow",
     "read_signed_config",
     "rolled_back",
     "write_signed_config",
@@ -229,7 +231,7 @@ class SerialRecord:
         """The record at ``path``; None if there is none; ConfigError if it is unreadable
         or malformed (never taken for none: that would let a damaged file reset it)."""
         try:
-            data = read_file(path, limit=MAX_SERIAL_RECORD)
+            data = read_nofollow(path, limit=MAX_SERIAL_RECORD)
         except ConfigError:
             if not os.path.lexists(path):
                 return None
@@ -279,6 +281,47 @@ def rolled_back(source: str, serial: int, highest: int, seen: str, remedy: str) 
         f"{highest} seen before ({seen}): the domain's files were put back to an earlier "
         f"signed state; {remedy}"
     )
+
+
+def read_nofollow(path: Path, *, limit: int) -> bytes:
+    """Read the regular file at ``path`` (at most ``limit`` bytes) without following a
+    symbolic link there: a link planted in place of a file is refused (ConfigError),
+    never read through. ConfigError chained from FileNotFoundError if there is none."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"no file at {path}") from exc
+    except OSError as exc:
+        if os.path.islink(path):
+            raise ConfigError(
+                f"{path}: refused: it is a symbolic link (a file of the policy key is read "
+                "only from the policy_keys directory itself, never through a link)"
+            ) from exc
+        raise ConfigError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(
+                f"cannot read {path}: it is {file_kind(info.st_mode)}, not a regular file"
+            )
+        if info.st_size > limit:
+            raise ConfigError(f"{path} is {info.st_size} bytes, over the {limit}-byte limit")
+        os.set_blocking(fd, True)
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from exc
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise ConfigError(f"{path} is over the {limit}-byte limit")
+    return b"".join(chunks)
 
 
 def _show(value: str | int | None) -> str:
