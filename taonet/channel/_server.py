@@ -51,6 +51,7 @@ from typing import Any, Final
 import structlog
 import trio
 
+from taonet._bursts import Bursts
 from taonet._errors import TaoError
 from taonet.channel._identity import ChannelIdentity
 from taonet.channel._stream import (
@@ -84,10 +85,6 @@ DEFAULT_MAX_PER_ADDRESS: Final = 128
 _CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 _FIRST_BACKOFF: Final = 0.01
 _MAX_BACKOFF: Final = 1.0
-# A burst of like events ends after this many quiet seconds; while one lasts, a line
-# is logged at most this often.
-_BURST_GAP: Final = 10.0
-_BURST_REMINDER: Final = 60.0
 # At the cap, a connection whose handshake has waited this long on its peer may be
 # closed to make room. Handshakes go first: anyone can open them, and none has proved
 # who it is.
@@ -212,24 +209,6 @@ async def _run_handler(handler: Handler, stream: TaoStream, remote: str) -> None
         log.exception("channel_handler_failed", peer=str(stream.peer), remote=remote)
 
 
-class _Bursts:
-    """Logs the first of a burst of like events, then one line a minute while it lasts."""
-
-    def __init__(self, event: str) -> None:
-        self._event: Final = event
-        self._last = -math.inf  # when the latest event happened
-        self._logged = -math.inf  # when the latest line was logged
-        self._since = 0  # events since that line
-
-    def note(self, **fields: Any) -> None:
-        now = trio.current_time()
-        self._since += 1
-        if now - self._last >= _BURST_GAP or now - self._logged >= _BURST_REMINDER:
-            log.warning(self._event, events=self._since, **fields)
-            self._logged, self._since = now, 0
-        self._last = now
-
-
 class _Conn:
     """One connection the server holds: where from, and whether it waits on its peer."""
 
@@ -269,10 +248,10 @@ class _Limits:
         self.evicting = 0
         #: Set (and replaced) whenever a connection ends.
         self.freed = trio.Event()
-        self.full: Final = _Bursts("connection_limit_reached")
-        self.evicted: Final = _Bursts("connection_evicted")
-        self.over_address: Final = _Bursts("address_limit_reached")
-        self.accept_failing: Final = _Bursts("accept_failing")
+        self.full: Final = Bursts("connection_limit_reached", log)
+        self.evicted: Final = Bursts("connection_evicted", log)
+        self.over_address: Final = Bursts("address_limit_reached", log)
+        self.accept_failing: Final = Bursts("accept_failing", log)
 
     @property
     def open(self) -> int:

@@ -53,7 +53,6 @@ import builtins
 import errno
 import functools
 import itertools
-import math
 import os
 import socket
 import stat
@@ -67,6 +66,7 @@ import structlog
 import trio
 
 from taonet import auth
+from taonet._bursts import Bursts
 from taonet._errors import (
     CodecError,
     HostError,
@@ -142,10 +142,6 @@ _ACCEPT_IGNORE_ERRNOS: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errn
 _ACCEPT_RETRY_DELAY: Final = 0.1
 #: Longest exception message logged for a backend failure.
 _MAX_LOGGED_ERROR: Final = 1000
-#: A burst of refusals ends after this many seconds without one; while it lasts, one
-#: line is logged at most this often.
-_BURST_GAP: Final = 10.0
-_BURST_REMINDER: Final = 60.0
 
 # --------------------------------------------------------------------------------------
 # Server
@@ -471,25 +467,6 @@ async def _answer(
     return b"".join(envelope.response(op, request.seq, body, error=error))
 
 
-class _Bursts:
-    """Logs the first of a burst of like events, then one line a minute while it lasts
-    (as the channel server does)."""
-
-    def __init__(self, event: str) -> None:
-        self._event: Final = event
-        self._last = -math.inf  # when the latest event happened
-        self._logged = -math.inf  # when the latest line was logged
-        self._since = 0  # events since that line
-
-    def note(self, **fields: Any) -> None:
-        now = trio.current_time()
-        self._since += 1
-        if now - self._last >= _BURST_GAP or now - self._logged >= _BURST_REMINDER:
-            log.warning(self._event, events=self._since, **fields)
-            self._logged, self._since = now, 0
-        self._last = now
-
-
 class _ConnectionLimits:
     """Counts the connections being served, in all and per peer uid."""
 
@@ -504,7 +481,7 @@ class _ConnectionLimits:
         )
         self._total = 0
         self._per_uid: dict[int, int] = {}
-        self.refused: Final = _Bursts("admin_connection_refused")
+        self.refused: Final = Bursts("admin_connection_refused", log)
 
     def refusal(self, uid: int) -> str | None:
         """Why a new connection from ``uid`` may not be served now; None if it may."""
