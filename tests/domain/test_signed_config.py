@@ -388,6 +388,7 @@ def test_rules_and_domain_sig_rolled_back_together_are_refused(make_domain) -> N
     bad = domain.program_name(
         BAD, host=auth.Prin("key", auth.Bytes(b"\x01" * 32), auth.SubPrin(()))
     )
+    assert isinstance(bad, auth.Prin)
     with pytest.raises(AuthorizationError):
         Domain.load(domain.path).guard.check(bad, "Execute")
     put_back(domain, allowed_bad)  # every byte signed by the policy key, once

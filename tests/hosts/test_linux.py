@@ -24,7 +24,7 @@ from taonet import AuthorizationError, ConfigError, HostError
 from taonet.attestation import validate
 from taonet.domain import program_subprin
 from taonet.hosts.linux import AdminClient, LinuxHost, LinuxHostConfig
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, MakeDomain
 from tests.hosts.linux_helpers import (
     RUNTIME_PATHS,
     TIMEOUT,
@@ -46,7 +46,7 @@ NOBODY = 65534
 
 
 async def test_child_is_named_by_its_hash_and_attests_under_the_domain(
-    tmp_path: Path, make_domain, nursery: trio.Nursery
+    tmp_path: Path, make_domain: MakeDomain, nursery: trio.Nursery
 ) -> None:
     probe = write_probe(tmp_path)
     domain = make_domain(programs=(probe,))
@@ -66,7 +66,9 @@ async def test_child_is_named_by_its_hash_and_attests_under_the_domain(
     await host.stop()
 
 
-async def test_guard_must_allow_execute(tmp_path: Path, make_domain, nursery: trio.Nursery) -> None:
+async def test_guard_must_allow_execute(
+    tmp_path: Path, make_domain: MakeDomain, nursery: trio.Nursery
+) -> None:
     allowed = write_probe(tmp_path, "allowed")
     refused = write_probe(tmp_path, "refused", extra="# another binary\n")
     domain = make_domain(programs=(allowed,))
