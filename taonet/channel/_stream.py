@@ -37,6 +37,7 @@ import structlog
 import trio
 
 from taonet import auth, certs
+from taonet._edges import map_os_errors
 from taonet._errors import AuthenticationError, AuthorizationError, ProtocolError
 from taonet.channel._identity import ChannelIdentity
 from taonet.channel._tls import TLSStream
@@ -301,11 +302,15 @@ async def open_channel(
     """Connect to a Tao channel server and return the stream once its name is checked.
 
     Raises AuthenticationError (bad or revoked server certificate, TLS refusal),
-    AuthorizationError (our guard refuses the server), trio.TooSlowError (handshake
-    timeout) or OSError (no connection). The server's verdict on us arrives with
-    the first read (see :meth:`TaoStream.wait_accepted`).
+    AuthorizationError (our guard refuses the server) or ProtocolError (no
+    connection: refused, no route, unknown name; or no handshake within
+    ``handshake_timeout``), the original OSError or trio.TooSlowError as its
+    ``__cause__``. The server's verdict on us arrives with the first read (see
+    :meth:`TaoStream.wait_accepted`).
     """
-    tcp = await trio.open_tcp_stream(host, port)
+    where = f"{host}:{port}"
+    with map_os_errors(to=ProtocolError, what=f"cannot reach the channel server at {where}"):
+        tcp = await trio.open_tcp_stream(host, port)
     ssl_stream = TLSStream(
         tcp,
         identity.client_context(),
@@ -313,10 +318,11 @@ async def open_channel(
         server_hostname=certs.CHANNEL_HOSTNAME,
     )
     try:
-        try:
-            await _handshake(ssl_stream, handshake_timeout)
-        except trio.BrokenResourceError as exc:
-            raise AuthenticationError(f"TLS handshake failed: {_tls_reason(exc)}") from exc
+        with map_os_errors(to=ProtocolError, what=f"no channel handshake with {where}"):
+            try:
+                await _handshake(ssl_stream, handshake_timeout)
+            except trio.BrokenResourceError as exc:
+                raise AuthenticationError(f"TLS handshake failed: {_tls_reason(exc)}") from exc
         peer = _peer_of(ssl_stream, identity, usage="server", revoked=revoked)
         if peer.principal is None:
             raise AuthenticationError("the server presented no certificate")

@@ -15,7 +15,9 @@ A host starts each program with these environment variables (the original's):
   ``unix``, the socket path to dial.
 
 :func:`parent` opens that channel and returns an :class:`RPCTao` on it. Anything
-missing or malformed is a HostError that names the variable.
+missing or malformed is a HostError that names the variable; a channel that cannot
+be opened (a closed descriptor, no such file or socket) is a HostError whose
+``__cause__`` is the OSError.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Final
 
 import trio
 
+from taonet._edges import map_os_errors
 from taonet._errors import HostError
 from taonet.hosts._rpc import RPCTao
 
@@ -57,26 +60,24 @@ async def open_host_channel(environ: Mapping[str, str] | None = None) -> trio.ab
         if match is None:
             raise HostError(f"{HOST_SPEC} {spec!r} is not tao::RPC+tao::FDMessageChannel(R, W)")
         read_fd, write_fd = (int(g) for g in match.groups())
-        try:
+        with map_os_errors(to=HostError, what=f"the Tao host pipe ({spec}) is not open"):
             # Duplicated: the streams own (and close) their descriptors.
             receive = trio.lowlevel.FdStream(os.dup(read_fd))
-            send = trio.lowlevel.FdStream(os.dup(write_fd))
-        except OSError as exc:
-            raise HostError(f"the Tao host pipe ({spec}) is not open: {exc.strerror}") from None
+            try:
+                send = trio.lowlevel.FdStream(os.dup(write_fd))
+            except BaseException:
+                receive.close()
+                raise
         return trio.StapledStream(send, receive)
     if channel == "file":
         match = _FILE_SPEC.match(spec.strip())
         path = match.group(1).strip() if match else spec.strip()
-        try:
+        with map_os_errors(to=HostError, what=f"cannot open the Tao host channel {path}"):
             fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
-        except OSError as exc:
-            raise HostError(f"cannot open the Tao host channel {path}: {exc.strerror}") from None
         return trio.StapledStream(trio.lowlevel.FdStream(os.dup(fd)), trio.lowlevel.FdStream(fd))
     if channel == "unix":
-        try:
+        with map_os_errors(to=HostError, what=f"cannot reach the Tao host at {spec}"):
             return await trio.open_unix_socket(spec)
-        except OSError as exc:
-            raise HostError(f"cannot reach the Tao host at {spec}: {exc.strerror}") from None
     raise HostError(f"{HOST_CHANNEL_TYPE}={channel!r} is not a channel taonet can open")
 
 

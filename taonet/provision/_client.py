@@ -9,6 +9,10 @@ typed error code with a reason:
 * ``invalid_attestation``: the attestation or key failed a check (AuthenticationError);
 * ``unauthorized``: the guard refused the program (AuthorizationError);
 * ``internal_error``: the service failed; nothing was issued.
+
+A service that cannot be reached, does not answer within :data:`REQUEST_TIMEOUT`
+or breaks the connection part way raises ProtocolError, the original OSError,
+trio.TooSlowError or trio.BrokenResourceError as its ``__cause__``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any, Final
 import trio
 
 from taonet import auth, certs
+from taonet._edges import map_os_errors
 from taonet._errors import AuthenticationError, AuthorizationError, ProtocolError, TaoError
 from taonet.attestation import Attestation
 from taonet.channel import ChannelIdentity, MessageStream, open_channel
@@ -71,15 +76,16 @@ def _principal_is_service(stream_principal: object, identity: ChannelIdentity) -
 
 
 async def _exchange(host: str, port: int, identity: ChannelIdentity, request: Any) -> Any:
-    with trio.fail_after(REQUEST_TIMEOUT):
+    what = f"no answer from the domain service at {host}:{port}"
+    with map_os_errors(to=ProtocolError, what=what), trio.fail_after(REQUEST_TIMEOUT):
         stream = await open_channel(host, port, identity)
         async with MessageStream(stream, max_frame=MAX_RESPONSE) as messages:
             _principal_is_service(stream.peer.principal, identity)
             await messages.send_proto(request)
             try:
                 response = await messages.receive_proto("DomainServiceResponse")
-            except trio.EndOfChannel:
-                raise ProtocolError("the domain service closed without answering") from None
+            except trio.EndOfChannel as exc:
+                raise ProtocolError("the domain service closed without answering") from exc
     if response.HasField("error_code"):
         code, reason = str(response.error_code), str(response.reason)
         if code == ERROR_UNAUTHORIZED:

@@ -24,6 +24,7 @@ import structlog
 import trio
 
 from taonet import auth
+from taonet._edges import map_os_errors
 from taonet._errors import (
     CodecError,
     HostError,
@@ -89,21 +90,22 @@ async def _connect_once(where: str) -> trio.socket.SocketType | None:
     writable and no error pending, and returns a socket that is not connected. Hence
     the check that the socket has a peer.
     """
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        await sock.connect(where)
-        sock.getpeername()
-    except (FileNotFoundError, ConnectionRefusedError):
-        sock.close()
-        raise HostError(f"no Tao host is running at {where}") from None
-    except OSError as exc:
-        sock.close()
-        if isinstance(exc, BlockingIOError) or exc.errno == errno.ENOTCONN:
-            return None
-        raise HostError(f"cannot reach the Tao host at {where}: {exc}") from exc
-    except BaseException:
-        sock.close()
-        raise
+    with map_os_errors(to=HostError, what=f"cannot reach the Tao host at {where}"):
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await sock.connect(where)
+            sock.getpeername()
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            sock.close()
+            raise HostError(f"no Tao host is running at {where}: {exc.strerror}") from exc
+        except OSError as exc:
+            sock.close()
+            if isinstance(exc, BlockingIOError) or exc.errno == errno.ENOTCONN:
+                return None
+            raise
+        except BaseException:
+            sock.close()
+            raise
     return sock
 
 

@@ -1,0 +1,108 @@
+"""The domain service client's failures of the outside world leave as ProtocolError."""
+
+from __future__ import annotations
+
+import functools
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+import trio
+import trio.testing
+
+from taonet import ProtocolError
+from taonet.channel import TaoStream, serve_channels
+from taonet.domain import Domain
+from taonet.provision import fetch_crl
+from taonet_services.domain_service import DomainService
+from tests.conftest import PASSWORD
+
+Handler = Callable[[TaoStream], Awaitable[None]]
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses: bound (so no one else takes it), not listening."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
+def domain(make_domain: Callable[..., Domain]) -> Domain:
+    return make_domain(guard="Liberal")
+
+
+@pytest.fixture
+async def fake_service(
+    domain: Domain,
+) -> AsyncIterator[Callable[[Handler], Awaitable[int]]]:
+    """Serve a handler under the real domain service's identity; return its port."""
+    identity = DomainService.open(domain.path, PASSWORD).identity
+    async with trio.open_nursery() as nursery:
+
+        async def serve(handler: Handler) -> int:
+            listeners = await nursery.start(
+                functools.partial(serve_channels, handler, 0, identity, allow_anonymous=True)
+            )
+            port: int = listeners[0].socket.getsockname()[1]
+            return port
+
+        yield serve
+        nursery.cancel_scope.cancel()
+
+
+async def test_refused(domain: Domain, closed_port: int) -> None:
+    with trio.fail_after(10), pytest.raises(ProtocolError) as caught:
+        await fetch_crl("127.0.0.1", closed_port, domain.policy_cert)
+    assert str(caught.value) == (
+        f"cannot reach the channel server at 127.0.0.1:{closed_port}: Connection refused"
+    )
+    assert isinstance(caught.value.__cause__, OSError)
+
+
+async def test_no_answer_in_time(
+    domain: Domain,
+    fake_service: Callable[[Handler], Awaitable[int]],
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def silent(stream: TaoStream) -> None:
+        await trio.sleep_forever()
+
+    port = await fake_service(silent)
+    with trio.fail_after(120), pytest.raises(ProtocolError) as caught:
+        await fetch_crl("127.0.0.1", port, domain.policy_cert)
+    assert str(caught.value) == f"no answer from the domain service at 127.0.0.1:{port}: timed out"
+    assert isinstance(caught.value.__cause__, trio.TooSlowError)
+
+
+async def _half_answer(stream: TaoStream) -> None:
+    await stream.receive_some()  # the request
+    await stream.send_all(struct.pack(">I", 100) + b"\x0a" * 10)  # 10 of 100 bytes
+
+
+async def test_closed_mid_answer(
+    domain: Domain, fake_service: Callable[[Handler], Awaitable[int]]
+) -> None:
+    async def half_then_close(stream: TaoStream) -> None:
+        await _half_answer(stream)
+        await stream.aclose()  # a clean TLS close, in the middle of a frame
+
+    port = await fake_service(half_then_close)
+    with trio.fail_after(10), pytest.raises(ProtocolError, match=r"^peer closed mid-frame: 10 of"):
+        await fetch_crl("127.0.0.1", port, domain.policy_cert)
+
+
+async def test_broken_mid_answer(
+    domain: Domain, fake_service: Callable[[Handler], Awaitable[int]]
+) -> None:
+    async def half_then_break(stream: TaoStream) -> None:
+        await _half_answer(stream)
+        await trio.aclose_forcefully(stream)  # no close_notify: TLS says truncated
+
+    port = await fake_service(half_then_break)
+    with trio.fail_after(10), pytest.raises(ProtocolError) as caught:
+        await fetch_crl("127.0.0.1", port, domain.policy_cert)
+    assert str(caught.value).startswith(f"no answer from the domain service at 127.0.0.1:{port}: ")
+    assert isinstance(caught.value.__cause__, trio.BrokenResourceError)
