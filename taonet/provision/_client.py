@@ -1,18 +1,24 @@
 """Talking to a domain service: ask for a program certificate, fetch the CRL.
 
-The protocol is framed protobuf (``DomainServiceRequest`` / ``DomainServiceResponse``)
-over a Tao channel on which the client may be anonymous (it has no certificate yet)
-and the service proves a principal under the policy key. A refusal comes back as a
-typed error code with a reason:
+The protocol is the protorpc envelope (:class:`taonet.wire.Envelope`) over a Tao
+channel on which the client may be anonymous (it has no certificate yet) and the
+service proves a principal under the policy key: a request is a header naming the
+method (:data:`OP_CERTIFY` or :data:`OP_GET_CRL`) and a ``DomainServiceRequest`` body,
+the answer a header and a ``DomainServiceResponse`` body. A refusal is a normal
+answer whose body carries a typed error code with a reason:
 
 * ``bad_request``: the request was malformed;
 * ``invalid_attestation``: the attestation or key failed a check (AuthenticationError);
 * ``unauthorized``: the guard refused the program (AuthorizationError);
-* ``internal_error``: the service failed; nothing was issued.
+* ``internal_error``: the service failed; nothing was issued;
+* ``rate_limited``: this address has used up its refusals for now.
 
-A service that cannot be reached, does not answer within :data:`REQUEST_TIMEOUT`
-or breaks the connection part way raises ProtocolError, the original OSError,
-trio.TooSlowError or trio.BrokenResourceError as its ``__cause__``.
+A request the service could not read at all (bytes that do not decode, over its
+limit) comes back as an envelope error and is raised with the class the service
+gave it (CodecError, ProtocolError, ...). A service that cannot be reached, does
+not answer within :data:`REQUEST_TIMEOUT`, answers out of protocol or breaks the
+connection part way raises ProtocolError, the original OSError, trio.TooSlowError,
+trio.BrokenResourceError or CodecError as its ``__cause__``.
 """
 
 from __future__ import annotations
@@ -25,16 +31,33 @@ import trio
 
 from taonet import auth, certs
 from taonet._edges import map_os_errors
-from taonet._errors import AuthenticationError, AuthorizationError, ProtocolError, TaoError
+from taonet._errors import (
+    AuthenticationError,
+    AuthorizationError,
+    CodecError,
+    ProtocolError,
+    TaoError,
+)
 from taonet.attestation import Attestation
-from taonet.channel import ChannelIdentity, MessageStream, open_channel
-from taonet.wire import message_class
+from taonet.channel import ChannelIdentity, open_channel
+from taonet.wire import (
+    END_OF_STREAM,
+    NEED_DATA,
+    Envelope,
+    Response,
+    Role,
+    message_class,
+    parse,
+    serialize,
+)
 
 __all__ = [
     "ERROR_BAD_REQUEST",
     "ERROR_INTERNAL",
     "ERROR_INVALID_ATTESTATION",
     "ERROR_UNAUTHORIZED",
+    "OP_CERTIFY",
+    "OP_GET_CRL",
     "DomainServiceError",
     "fetch_crl",
     "request_certificate",
@@ -44,7 +67,11 @@ ERROR_BAD_REQUEST: Final = "bad_request"
 ERROR_INVALID_ATTESTATION: Final = "invalid_attestation"
 ERROR_UNAUTHORIZED: Final = "unauthorized"
 ERROR_INTERNAL: Final = "internal_error"
+#: The domain service's methods (the protorpc header's ``op``).
+OP_CERTIFY: Final = "DomainService.Certify"
+OP_GET_CRL: Final = "DomainService.GetCRL"
 MAX_RESPONSE: Final = 1024 * 1024
+_CHUNK: Final = 64 * 1024
 #: Bound on one request, connection to answer (wrap calls in trio.fail_after for less).
 REQUEST_TIMEOUT: Final = 30.0
 
@@ -75,17 +102,36 @@ def _principal_is_service(stream_principal: object, identity: ChannelIdentity) -
         )
 
 
-async def _exchange(host: str, port: int, identity: ChannelIdentity, request: Any) -> Any:
+async def _exchange(host: str, port: int, identity: ChannelIdentity, op: str, request: Any) -> Any:
     what = f"no answer from the domain service at {host}:{port}"
+    envelope = Envelope(
+        Role.CLIENT, body_limit=MAX_RESPONSE, max_frame=MAX_RESPONSE, default_error=ProtocolError
+    )
     with map_os_errors(to=ProtocolError, what=what), trio.fail_after(REQUEST_TIMEOUT):
         stream = await open_channel(host, port, identity)
-        async with MessageStream(stream, max_frame=MAX_RESPONSE) as messages:
+        async with stream:
             _principal_is_service(stream.peer.principal, identity)
-            await messages.send_proto(request)
+            await stream.send_all(b"".join(envelope.request(op, 1, serialize(request))))
             try:
-                response = await messages.receive_proto("DomainServiceResponse")
-            except trio.EndOfChannel as exc:
-                raise ProtocolError("the domain service closed without answering") from exc
+                while (event := envelope.next_event()) is NEED_DATA:
+                    envelope.receive_data(await stream.receive_some(_CHUNK))
+            except (CodecError, ProtocolError) as exc:
+                raise ProtocolError(f"bad answer from the domain service: {exc}") from exc
+    if event is END_OF_STREAM:
+        raise ProtocolError("the domain service closed without answering")
+    assert isinstance(event, Response)
+    if event.error is not None:
+        # The service could not read the request (an envelope error, op "" when it
+        # never knew which call it was), or answered this call with an error.
+        if event.op in ("", op):
+            raise event.error
+        raise ProtocolError(f"the domain service answered {op} as {event.op[:64]!r}")
+    if event.op != op or event.seq != 1:
+        raise ProtocolError(f"the domain service answered {op} as {event.op[:64]!r}")
+    try:
+        response = parse("DomainServiceResponse", event.body, what=f"{op} response")
+    except CodecError as exc:
+        raise ProtocolError(f"bad answer from the domain service: {exc}") from exc
     if response.HasField("error_code"):
         code, reason = str(response.error_code), str(response.reason)
         if code == ERROR_UNAUTHORIZED:
@@ -106,7 +152,7 @@ async def request_certificate(
     request = message_class("DomainServiceRequest")(
         kind="certify", attestation=attestation.to_bytes(), program_key=program_key_der
     )
-    response = await _exchange(host, port, identity, request)
+    response = await _exchange(host, port, identity, OP_CERTIFY, request)
     if not response.HasField("certificate"):
         raise ProtocolError("the domain service answered without a certificate")
     program = certs.verify_program_certificate(
@@ -121,7 +167,7 @@ async def fetch_crl(host: str, port: int, policy_cert: bytes) -> certs.Revocatio
     """Fetch and verify the domain's certificate revocation list."""
     identity = _anonymous(policy_cert)
     request = message_class("DomainServiceRequest")(kind="crl")
-    response = await _exchange(host, port, identity, request)
+    response = await _exchange(host, port, identity, OP_GET_CRL, request)
     if not response.HasField("crl"):
         raise ProtocolError("the domain service answered without a CRL")
     return certs.verify_crl(identity.anchor, bytes(response.crl), now_ns=time.time_ns())

@@ -25,12 +25,13 @@ from pathlib import Path
 
 import trio
 
-from taonet import auth, certs
+from taonet import ProtocolError, auth, certs
 from taonet.attestation import attest
-from taonet.channel import ChannelIdentity, MessageStream, Peer, TaoStream
+from taonet.channel import ChannelIdentity, Peer, TaoStream
 from taonet.channel._tls import TLSStream
 from taonet.crypto import Signer
-from taonet.wire import message_class
+from taonet.provision import OP_CERTIFY
+from taonet.wire import NEED_DATA, Envelope, Response, Role, message_class, parse
 
 AUDIT_SUFFIXES = ("", "-wal", "-shm", "-journal")
 #: The attacker's source address (the legitimate clients in the tests use 127.0.0.1).
@@ -48,7 +49,7 @@ def audit_bytes(audit_path: Path) -> int:
 
 
 def flood_request(size: int, *, marker: str = "A") -> bytes:
-    """A serialized certify request of about ``size`` bytes claiming a huge speaker.
+    """A serialized certify request body of about ``size`` bytes claiming a huge speaker.
 
     The attestation really is signed (by the attacker's own key) so it gets past the
     signature check; its speaker is not the signer's, so the service refuses it with a
@@ -89,42 +90,61 @@ async def open_from(
     return TaoStream(tls, Peer(None, None), server_side=False)
 
 
+async def exchange(stream: TaoStream, envelope: Envelope, op: str, body: bytes) -> str:
+    """Send one request in the protorpc envelope; what came back (see :func:`flood`)."""
+    for chunk in envelope.request(op, 1, body):
+        await stream.send_all(chunk)
+    try:
+        while (event := envelope.next_event()) is NEED_DATA:
+            envelope.receive_data(await stream.receive_some(64 * 1024))
+    except ProtocolError as exc:  # the service hung up inside an answer
+        raise trio.EndOfChannel from exc
+    if not isinstance(event, Response):  # the end of the stream, between messages
+        raise trio.EndOfChannel
+    if event.error is not None:
+        return type(event.error).__name__
+    response = parse("DomainServiceResponse", event.body)
+    if response.error_code:
+        return str(response.error_code)
+    return "crl" if response.HasField("crl") else "certificate"
+
+
 async def flood(
     port: int,
     policy_cert: bytes,
     payload: bytes,
     count: int,
     *,
+    op: str = OP_CERTIFY,
     local_address: str = ATTACKER,
 ) -> collections.Counter[str]:
-    """Send ``payload`` ``count`` times, reconnecting whenever the service hangs up.
+    """Send ``payload`` as the body of ``op`` ``count`` times, in the protorpc envelope,
+    reconnecting whenever the service hangs up.
 
     Returns how many answers of each error code came back (``"crl"`` or
-    ``"certificate"`` for answers that are not errors, ``"closed"`` when the service
-    closed the connection without an answer).
+    ``"certificate"`` for answers that are not errors, the kind, such as
+    ``"CodecError"``, for an envelope error, ``"closed"`` when the service closed
+    the connection without an answer).
     """
     answers: collections.Counter[str] = collections.Counter()
-    messages: MessageStream | None = None
+    stream: TaoStream | None = None
+    envelope = Envelope(Role.CLIENT, body_limit=1 << 20, max_frame=1 << 20)
     try:
         for _ in range(count):
-            if messages is None:
+            if stream is None:
                 stream = await open_from(local_address, port, policy_cert)
-                messages = MessageStream(stream, max_frame=1 << 20)
+                envelope = Envelope(Role.CLIENT, body_limit=1 << 20, max_frame=1 << 20)
             try:
-                await messages.send_message(payload)
-                response = await messages.receive_proto("DomainServiceResponse")
+                answer = await exchange(stream, envelope, op, payload)
             except (trio.BrokenResourceError, trio.EndOfChannel, trio.ClosedResourceError):
                 answers["closed"] += 1
-                await messages.aclose()
-                messages = None
+                await stream.aclose()
+                stream = None
                 continue
-            if response.error_code:
-                answers[str(response.error_code)] += 1
-            else:
-                answers["crl" if response.HasField("crl") else "certificate"] += 1
+            answers[answer] += 1
     finally:
-        if messages is not None:
-            await messages.aclose()
+        if stream is not None:
+            await stream.aclose()
     return answers
 
 

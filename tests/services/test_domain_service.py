@@ -11,21 +11,31 @@ import pytest
 import trio
 
 from taonet import AuthorizationError, CodecError, auth, certs
-from taonet.channel import ChannelIdentity, MessageStream, open_channel
+from taonet.channel import ChannelIdentity, open_channel
 from taonet.crypto import Signer
 from taonet.domain import ACLGuard, Domain
 from taonet.hosts import SoftHost
 from taonet.provision import (
     ERROR_BAD_REQUEST,
     ERROR_INVALID_ATTESTATION,
+    OP_CERTIFY,
     DomainServiceError,
     fetch_crl,
     request_certificate,
 )
-from taonet.wire import message_class
+from taonet.wire import (
+    NEED_DATA,
+    Envelope,
+    Response,
+    Role,
+    encode_frame,
+    message_class,
+    serialize,
+)
 from taonet_services.domain_service import AUDIT_FILE, AuditLog, DomainService
 from tests.channel.test_stream import wait_closed_by_peer
 from tests.conftest import PASSWORD
+from tests.services.flood import exchange
 
 GOOD = b"\x61" * 32
 BAD = b"\x62" * 32
@@ -115,31 +125,49 @@ async def test_refusals_are_typed_and_audited(svc: Service) -> None:
     assert codes == ["unauthorized", ERROR_INVALID_ATTESTATION]
 
 
-async def raw_request(svc: Service, payload: bytes) -> object:
+async def raw_request(svc: Service, payload: bytes, op: str = OP_CERTIFY) -> str:
+    """Send ``payload`` as the body of ``op``; what came back (see ``flood.exchange``)."""
     identity = ChannelIdentity.anonymous(svc.domain.policy_cert)
     stream = await open_channel("127.0.0.1", svc.port, identity)
-    async with MessageStream(stream) as messages:
-        await messages.send_message(payload)
+    async with stream:
+        envelope = Envelope(Role.CLIENT, body_limit=1 << 20)
         try:
-            return await messages.receive_proto("DomainServiceResponse")
-        except (trio.EndOfChannel, trio.BrokenResourceError, CodecError) as exc:
-            return exc
+            return await exchange(stream, envelope, op, payload)
+        except (trio.EndOfChannel, trio.BrokenResourceError):
+            return "closed"
 
 
 async def test_garbage_and_oversized_requests(svc: Service) -> None:
     with trio.fail_after(15):
-        answer = await raw_request(svc, b"\xff\xff\xff garbage")
-        assert getattr(answer, "error_code", None) == ERROR_BAD_REQUEST
-        answer = await raw_request(
-            svc, message_class("DomainServiceRequest")(kind="certify").SerializeToString()
-        )
-        assert getattr(answer, "error_code", None) == ERROR_BAD_REQUEST
-        # A frame header announcing 100 MiB: the connection is dropped.
+        # A body that does not decode, an unknown method: envelope errors of their kind.
+        assert await raw_request(svc, b"\xff\xff\xff garbage") == "CodecError"
+        assert await raw_request(svc, b"", op="DomainService.Nope") == "ProtocolError"
+        # A well-formed but incomplete request: a typed refusal in the body.
+        incomplete = message_class("DomainServiceRequest")(kind="certify").SerializeToString()
+        assert await raw_request(svc, incomplete) == ERROR_BAD_REQUEST
         identity = ChannelIdentity.anonymous(svc.domain.policy_cert)
+        # A header frame announcing 100 MiB: refused on its length, then dropped.
         stream = await open_channel("127.0.0.1", svc.port, identity)
         await stream.send_all(struct.pack(">I", 100 * 1024 * 1024))
         await wait_closed_by_peer(stream)  # bounded by fail_after
         await stream.aclose()
+        # A good header, then a body announcing 100 MiB that never comes: the service
+        # refuses on the announced length without waiting for the body.
+        stream = await open_channel("127.0.0.1", svc.port, identity)
+        async with stream:
+            header = serialize(message_class("RPCHeader")(op=OP_CERTIFY, seq=7))
+            await stream.send_all(
+                encode_frame(header) + struct.pack(">I", 100 * 1024 * 1024) + b"x" * 100
+            )
+            envelope = Envelope(Role.CLIENT, body_limit=1 << 20)
+            while (event := envelope.next_event()) is NEED_DATA:
+                envelope.receive_data(await stream.receive_some())
+            assert isinstance(event, Response)
+            assert isinstance(event.error, CodecError)
+            assert str(100 * 1024 * 1024) in str(event.error)
+        with svc.audit() as audit:
+            codes = [e.reason_code for e in audit.events() if e.kind == "refused"]
+        assert codes == [ERROR_BAD_REQUEST] * 5
         # The service still serves good clients.
         from taonet.attestation import Attestation
 

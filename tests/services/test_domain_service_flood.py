@@ -24,7 +24,12 @@ from taonet.attestation import MAX_DELEGATION_DEPTH, Attestation, attest
 from taonet.crypto import Signer
 from taonet.domain import ACLGuard, Domain
 from taonet.hosts import SoftHost
-from taonet.provision import ERROR_BAD_REQUEST, ERROR_INVALID_ATTESTATION, request_certificate
+from taonet.provision import (
+    ERROR_BAD_REQUEST,
+    ERROR_INVALID_ATTESTATION,
+    OP_GET_CRL,
+    request_certificate,
+)
 from taonet.wire import message_class
 from taonet_services.domain_service import AUDIT_FILE, AuditEvent, AuditLog, DomainService
 from taonet_services.domain_service._audit import MAX_FIELD_CHARS, SUMMARY_CODE
@@ -161,16 +166,17 @@ async def test_the_reported_flood_no_longer_fills_the_disk(svc: Service) -> None
         await svc.service.write_refusal_summaries(all_now=True)
     growth = audit_bytes(svc.audit_path) - before
     events = svc.events()
-    # Every oversized request was refused on its frame header, never read.
-    assert set(answers) <= {ERROR_BAD_REQUEST, "closed"}, answers
-    assert answers.get(ERROR_BAD_REQUEST, 0) > 0
+    # Every oversized request was refused on the body length its frame announced,
+    # never read: an envelope error of kind CodecError, recorded as a bad request.
+    assert set(answers) <= {"CodecError", "closed"}, answers
+    assert answers.get("CodecError", 0) > 0
     full = full_refusals(events)
     limits = svc.service.limiter.limits
     assert len(full) <= limits.client_burst
     assert all(e.reason_code == ERROR_BAD_REQUEST and ATTACKER in e.peer for e in full)
     assert all(row_chars(e) <= MAX_ROW_CHARS for e in events)
     # One summary row holds the rest; nothing refused went unrecorded.
-    assert len(full) + summarized(events) >= answers[ERROR_BAD_REQUEST]
+    assert len(full) + summarized(events) >= answers["CodecError"]
     rows = len(events)
     assert rows <= limits.client_burst + 1 + len(serials)
     # Before the fix this flood added about 51 MB (400 rows of 127 kB).
@@ -240,7 +246,9 @@ async def test_refusals_recover_with_time_and_are_summarized_per_interval(  # ty
             assert answers == {ERROR_INVALID_ATTESTATION: 3, ERROR_RATE_LIMITED: 1, "closed": 1}
             # Rate limited, it may still fetch the CRL.
             crl = message_class("DomainServiceRequest")(kind="crl").SerializeToString()
-            assert await flood(svc.port, svc.domain.policy_cert, crl, 2) == {"crl": 2}
+            assert await flood(svc.port, svc.domain.policy_cert, crl, 2, op=OP_GET_CRL) == {
+                "crl": 2
+            }
             svc.clock.now += 1.9  # not yet one refusal's worth
             assert await flood(svc.port, svc.domain.policy_cert, payload, 1) == {
                 ERROR_RATE_LIMITED: 1
@@ -313,7 +321,7 @@ def name_of_size(base: auth.Prin, size: int, tag: str) -> auth.Prin:
 async def test_the_largest_real_request_fits(make_domain) -> None:  # type: ignore[no-untyped-def]
     """An attestation through the deepest delegation chain, with names at the Linux
     host's 1024-byte cap at every level, is still certified; one byte over the limit
-    is refused on the frame header."""
+    is refused on the body length its frame announces."""
     from taonet.hosts.linux._host import MAX_NAME_BYTES
 
     domain: Domain = make_domain(guard="Liberal")
@@ -361,7 +369,7 @@ async def test_the_largest_real_request_fits(make_domain) -> None:  # type: igno
             assert certificate.principal == program
             over = b"\x0a" + b"\x00" * MAX_REQUEST  # one byte too many; never parsed
             answers = await flood(port, domain.policy_cert, over, 1)
-            assert answers == {ERROR_BAD_REQUEST: 1}
+            assert answers == {"CodecError": 1}
             nursery.cancel_scope.cancel()
     with AuditLog.open(domain.path / AUDIT_FILE) as audit:
         issued = audit.issued(certificate.serial)

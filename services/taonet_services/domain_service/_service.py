@@ -6,21 +6,29 @@ It holds the policy key (unlocked with the operator's password at start-up) and:
 * serves Tao channels as the principal ``<policy key>.DomainService()``, with a
   program certificate it issues itself at start-up; clients may be anonymous (they
   have no certificate yet);
-* answers ``certify`` requests through :class:`taonet.domain.ProgramCertifier`
+* answers ``DomainService.Certify`` requests through :class:`taonet.domain.ProgramCertifier`
   (every attestation validated fully, the key matched, the guard asked) and
-  ``crl`` requests with a CRL signed by the policy key;
+  ``DomainService.GetCRL`` requests with a CRL signed by the policy key;
 * records every issued certificate in full, durably (the row is committed
   before the certificate is sent), and every refusal, in the append-only audit
   log (``DIR/audit.sqlite``), from which revocations (``taonet domain revoke``) are
   read.
 
-Each connection may carry several requests; a malformed one gets a ``bad_request``
-answer and the connection is closed, and the service keeps serving everyone else.
+The protocol is the protorpc envelope (:class:`taonet.wire.Envelope`): a request is
+a header frame naming the method (``DomainService.Certify`` or
+``DomainService.GetCRL``) and a ``DomainServiceRequest`` body frame; the answer is a
+header and a ``DomainServiceResponse`` body. A refusal is a normal answer whose body
+carries a typed ``error_code`` and a ``reason``; a request that breaks the protocol
+(bytes that do not decode, a message cut short, a frame over its limit, an unknown
+method) gets an envelope error of that kind (CodecError, ProtocolError), is recorded
+as a ``bad_request`` refusal, and the connection is closed; the service keeps
+serving everyone else. Each connection may carry several requests.
 
 Refusals come from clients nobody has authenticated, so what they cost is bounded:
 
-* a request is at most :data:`MAX_REQUEST` bytes, checked on its frame header
-  before it is read or parsed (the largest real request, an attestation through
+* a request body is at most :data:`MAX_REQUEST` bytes, checked on the length its
+  frame announces (:meth:`~taonet.wire.Envelope.body_length`) before it is read or
+  parsed (the largest real request, an attestation through
   the deepest delegation chain with 1024-byte names at every level, is about
   20 kB);
 * every text field a refusal records or logs is cut to a bound with a marker and
@@ -29,7 +37,7 @@ Refusals come from clients nobody has authenticated, so what they cost is bounde
   all (:class:`RefusalLimits`): up to the rate each is one audit row and one log
   line; beyond it they are counted and written as one summary row (and log line)
   per client per interval, and a client that used up its refusals has its
-  certify requests answered ``rate_limited`` unread, and is disconnected, until
+  certify requests answered ``rate_limited`` unparsed, and is disconnected, until
   its bucket refills (it may still fetch the CRL). Issued certificates are never
   limited or summarized.
 """
@@ -52,11 +60,12 @@ from taonet import (
     AuthorizationError,
     CodecError,
     ConfigError,
+    ProtocolError,
     TaoError,
     auth,
     certs,
 )
-from taonet.channel import ChannelIdentity, MessageStream, TaoStream, serve_channels
+from taonet.channel import ChannelIdentity, TaoStream, serve_channels
 from taonet.crypto import Signer
 from taonet.domain import Domain, ProgramCertifier
 from taonet.provision import (
@@ -64,8 +73,20 @@ from taonet.provision import (
     ERROR_INTERNAL,
     ERROR_INVALID_ATTESTATION,
     ERROR_UNAUTHORIZED,
+    OP_CERTIFY,
+    OP_GET_CRL,
 )
-from taonet.wire import message_class
+from taonet.wire import (
+    END_OF_STREAM,
+    MAX_REQUEST_HEADER,
+    NEED_DATA,
+    Envelope,
+    Request,
+    Role,
+    message_class,
+    parse,
+    serialize,
+)
 from taonet_services.domain_service._audit import MAX_PEER_CHARS, AuditLog, bounded
 from taonet_services.domain_service._limits import (
     RefusalLimiter,
@@ -84,6 +105,8 @@ AUDIT_FILE: Final = "audit.sqlite"
 #: all use the 1024-byte cap of the Linux host, plus a host certificate; the rest
 #: is room for a TPM quote and its longer keys and signatures.
 MAX_REQUEST: Final = 24 * 1024
+#: Bytes read from the client at a time (never past the frame in progress).
+CHUNK_SIZE: Final = 16 * 1024
 #: A connection that sends nothing for this long is closed.
 IDLE_TIMEOUT: Final = 30.0
 #: The answer to a client that has used up its refusals (see the module docstring).
@@ -178,49 +201,78 @@ class DomainService:
 
     async def handle(self, stream: TaoStream) -> None:
         """Answer requests on one connection until the client closes it."""
-        messages = MessageStream(stream, max_frame=MAX_REQUEST)
+        envelope = Envelope(Role.SERVER, body_limit=MAX_REQUEST, header_limit=MAX_REQUEST_HEADER)
         host, address = _remote(stream)
         client = client_key(host)
         peer = address if stream.peer.principal is None else f"{address} {stream.peer}"
         peer = bounded(peer, MAX_PEER_CHARS)
-        while True:
-            with trio.move_on_after(IDLE_TIMEOUT) as idle:
-                try:
-                    request = await messages.receive_proto("DomainServiceRequest")
-                except trio.EndOfChannel:
-                    return
-                except (CodecError, TaoError) as exc:
-                    reason = bounded(str(exc))
-                    await self._refused(client, peer, ERROR_BAD_REQUEST, reason)
-                    await self._answer(messages, error=(ERROR_BAD_REQUEST, reason))
-                    return
-            if idle.cancelled_caught:
-                log.info("client_idle", peer=peer)
-                return
-            # A CRL is never refused, so it is never rate limited either.
-            if str(request.kind) != "crl" and not self.limiter.admit(
-                client, code=ERROR_RATE_LIMITED
-            ):
-                await self.write_refusal_summaries()
-                await self._answer(
-                    messages,
-                    error=(
-                        ERROR_RATE_LIMITED,
-                        "too many refused requests from this address; try again later",
-                    ),
-                )
-                return
-            response = await self._respond(request, peer, client)
-            await messages.send_proto(response)
+        try:
+            while await self._serve_one(stream, envelope, client, peer):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.info("client_broken", peer=peer, error=bounded(str(exc) or type(exc).__name__))
+        finally:
+            envelope.clear()
 
-    async def _respond(self, request: Any, peer: str, client: str) -> Any:
-        kind = str(request.kind)
-        if kind == "crl":
+    async def _serve_one(
+        self, stream: TaoStream, envelope: Envelope, client: str, peer: str
+    ) -> bool:
+        """Read and answer one request; False when the connection is done."""
+        failure: CodecError | ProtocolError | None = None
+        event: object = None
+        with trio.move_on_after(IDLE_TIMEOUT) as idle:
+            try:
+                while (event := envelope.next_event()) is NEED_DATA:
+                    # The announced body length is checked before the body is read.
+                    envelope.body_length()
+                    wanted = min(CHUNK_SIZE, envelope.wanted())
+                    envelope.receive_data(await stream.receive_some(wanted))
+            except (CodecError, ProtocolError) as exc:
+                failure = exc
+        if failure is not None:
+            # Bad bytes, a truncated message or one over the limit: an envelope error
+            # of that kind (the message in progress is unknown: op "", seq 0).
+            reason = bounded(str(failure))
+            await self._refused(client, peer, ERROR_BAD_REQUEST, reason)
+            await self._send(stream, envelope.response("", 0, error=type(failure)(reason)))
+            return False
+        if idle.cancelled_caught:
+            log.info("client_idle", peer=peer)
+            return False
+        if event is END_OF_STREAM:
+            return False
+        assert isinstance(event, Request)
+        op = event.op
+        if op not in (OP_CERTIFY, OP_GET_CRL):
+            reason = f"unknown domain service method {bounded(op, 64)!r}"
+            await self._refused(client, peer, ERROR_BAD_REQUEST, reason)
+            await self._send(stream, envelope.response(op, event.seq, error=ProtocolError(reason)))
+            return False
+        # A CRL is never refused, so it is never rate limited either.
+        if op != OP_GET_CRL and not self.limiter.admit(client, code=ERROR_RATE_LIMITED):
+            await self.write_refusal_summaries()
+            body = _error(
+                ERROR_RATE_LIMITED,
+                "too many refused requests from this address; try again later",
+            )
+            await self._send(stream, envelope.response(op, event.seq, serialize(body)))
+            return False
+        try:
+            request = parse("DomainServiceRequest", event.body, what=f"{op} request")
+        except CodecError as exc:
+            reason = bounded(str(exc))
+            await self._refused(client, peer, ERROR_BAD_REQUEST, reason)
+            await self._send(stream, envelope.response(op, event.seq, error=CodecError(reason)))
+            return False
+        response = await self._respond(op, request, peer, client)
+        await stream.send_all(b"".join(envelope.response(op, event.seq, serialize(response))))
+        return True
+
+    async def _respond(self, op: str, request: Any, peer: str, client: str) -> Any:
+        if op == OP_GET_CRL:
             return message_class("DomainServiceResponse")(crl=await self.current_crl())
-        if kind != "certify" or not (
-            request.HasField("attestation") and request.HasField("program_key")
-        ):
-            reason = f"unknown or incomplete request {bounded(kind, 64)!r}"
+        if not (request.HasField("attestation") and request.HasField("program_key")):
+            reason = f"incomplete {op} request"
             await self._refused(client, peer, ERROR_BAD_REQUEST, reason)
             return _error(ERROR_BAD_REQUEST, reason)
         attestation = bytes(request.attestation)
@@ -356,10 +408,12 @@ class DomainService:
         self._crl = (revoked, now, der)
         return der
 
-    async def _answer(self, messages: MessageStream, *, error: tuple[str, str]) -> None:
+    @staticmethod
+    async def _send(stream: TaoStream, chunks: list[bytes]) -> None:
+        """Send a last answer before hanging up, if the client still listens."""
         with trio.move_on_after(5):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await messages.send_proto(_error(*error))
+                await stream.send_all(b"".join(chunks))
 
 
 def _error(code: str, reason: str) -> Any:
