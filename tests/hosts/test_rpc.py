@@ -22,7 +22,7 @@ from taonet import (
     TaoError,
     auth,
 )
-from taonet.attestation import UNROOTED, Attestation, validate
+from taonet.attestation import UNROOTED, validate
 from taonet.channel import MessageStream
 from taonet.hosts import SoftHost, SoftTao, Tao
 from taonet.hosts._rpc import (
@@ -45,6 +45,7 @@ from taonet.hosts._rpc import (
 )
 from taonet.hosts._tao import MAX_SEALED_BYTES
 from taonet.wire import message_class, parse, serialize
+from tests.tao_doubles import ForwardingTao
 
 TIMEOUT = 10
 
@@ -269,39 +270,8 @@ async def test_other_program_cannot_unseal_over_rpc(host: SoftHost, soft: SoftTa
                 await rpc.unseal(sealed)
 
 
-class NoCounters(Tao):
+class NoCounters(ForwardingTao):
     """A real Tao without counters: the seven basic methods of a SoftTao, nothing more."""
-
-    def __init__(self, inner: SoftTao) -> None:
-        self.inner = inner
-
-    async def get_tao_name(self) -> auth.Prin:
-        return await self.inner.get_tao_name()
-
-    async def extend_tao_name(self, subprin: auth.SubPrin) -> None:
-        await self.inner.extend_tao_name(subprin)
-
-    async def get_random_bytes(self, n: int) -> bytes:
-        return await self.inner.get_random_bytes(n)
-
-    async def get_shared_secret(self, n: int, policy: str = "self") -> bytes:
-        return await self.inner.get_shared_secret(n, policy)
-
-    async def attest(
-        self,
-        message: auth.Form,
-        *,
-        issuer: auth.Prin | None = None,
-        time: int | None = None,
-        expiration: int | None = None,
-    ) -> Attestation:
-        return await self.inner.attest(message, issuer=issuer, time=time, expiration=expiration)
-
-    async def seal(self, data: bytes, policy: str = "self") -> bytes:
-        return await self.inner.seal(data, policy)
-
-    async def unseal(self, sealed: bytes) -> tuple[bytes, str]:
-        return await self.inner.unseal(sealed)
 
 
 async def test_a_tao_without_counters_says_so(soft: SoftTao) -> None:

@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 import trio
 
-from taonet import HostError, NotSupportedError, auth
+from taonet import HostError, auth
 from taonet.attestation import UNROOTED, Attestation
 from taonet.crypto import Keyset
 from taonet.hosts import SoftHost, Tao
 from taonet.testing import TaoFactory, check_tao
 from taonet.wire import parse
+from tests.tao_doubles import ForwardingTao
 
 TIMEOUT = 60
 NOT_SUPPORTED = "not supported by this host"
@@ -32,39 +33,8 @@ def program(name: auth.Prin, tag: int) -> auth.Prin:
     return name.extend(auth.PrinExt("Program", (auth.Bytes(bytes([tag]) * 32),)))
 
 
-class Wrapped(Tao):
-    """A correct Tao: every call goes to ``inner``."""
-
-    def __init__(self, inner: Tao) -> None:
-        self.inner = inner
-
-    async def get_tao_name(self) -> auth.Prin:
-        return await self.inner.get_tao_name()
-
-    async def extend_tao_name(self, subprin: auth.SubPrin) -> None:
-        await self.inner.extend_tao_name(subprin)
-
-    async def get_random_bytes(self, n: int) -> bytes:
-        return await self.inner.get_random_bytes(n)
-
-    async def get_shared_secret(self, n: int, policy: str = "self") -> bytes:
-        return await self.inner.get_shared_secret(n, policy)
-
-    async def attest(
-        self,
-        message: auth.Form,
-        *,
-        issuer: auth.Prin | None = None,
-        time: int | None = None,
-        expiration: int | None = None,
-    ) -> Attestation:
-        return await self.inner.attest(message, issuer=issuer, time=time, expiration=expiration)
-
-    async def seal(self, data: bytes, policy: str = "self") -> bytes:
-        return await self.inner.seal(data, policy)
-
-    async def unseal(self, sealed: bytes) -> tuple[bytes, str]:
-        return await self.inner.unseal(sealed)
+class Wrapped(ForwardingTao):
+    """A correct Tao: every call, counters included, goes to ``inner``."""
 
     async def init_counter(self, label: str, counter: int) -> None:
         await self.inner.init_counter(label, counter)
@@ -251,20 +221,8 @@ class RollbackUnnoticed(Wrapped):
             return bytes(msg.protected_data), policy
 
 
-class WithoutCounters(Wrapped):
-    """A correct Tao without counters: the interface's defaults answer "not supported"."""
-
-    async def init_counter(self, label: str, counter: int) -> None:
-        raise NotSupportedError(NOT_SUPPORTED)
-
-    async def get_counter(self, label: str) -> int:
-        raise NotSupportedError(NOT_SUPPORTED)
-
-    async def rollback_protected_seal(self, label: str, data: bytes, policy: str = "self") -> bytes:
-        raise NotSupportedError(NOT_SUPPORTED)
-
-    async def rollback_protected_unseal(self, sealed: bytes) -> tuple[bytes, str]:
-        raise NotSupportedError(NOT_SUPPORTED)
+class WithoutCounters(ForwardingTao):
+    """A correct Tao without counters: the interface's defaults raise NotSupportedError."""
 
 
 class HalfCounters(WithoutCounters):

@@ -1,0 +1,43 @@
+"""Test doubles for the Tao interface, shared by the RPC and conformance tests."""
+
+from __future__ import annotations
+
+from taonet import auth
+from taonet.attestation import Attestation
+from taonet.hosts import Tao
+
+
+class ForwardingTao(Tao):
+    """A Tao that hands the seven basic calls to ``inner`` and keeps the interface's
+    defaults for the counter methods (they raise NotSupportedError)."""
+
+    def __init__(self, inner: Tao) -> None:
+        self.inner = inner
+
+    async def get_tao_name(self) -> auth.Prin:
+        return await self.inner.get_tao_name()
+
+    async def extend_tao_name(self, subprin: auth.SubPrin) -> None:
+        await self.inner.extend_tao_name(subprin)
+
+    async def get_random_bytes(self, n: int) -> bytes:
+        return await self.inner.get_random_bytes(n)
+
+    async def get_shared_secret(self, n: int, policy: str = "self") -> bytes:
+        return await self.inner.get_shared_secret(n, policy)
+
+    async def attest(
+        self,
+        message: auth.Form,
+        *,
+        issuer: auth.Prin | None = None,
+        time: int | None = None,
+        expiration: int | None = None,
+    ) -> Attestation:
+        return await self.inner.attest(message, issuer=issuer, time=time, expiration=expiration)
+
+    async def seal(self, data: bytes, policy: str = "self") -> bytes:
+        return await self.inner.seal(data, policy)
+
+    async def unseal(self, sealed: bytes) -> tuple[bytes, str]:
+        return await self.inner.unseal(sealed)
