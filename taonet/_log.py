@@ -1,0 +1,101 @@
+"""Loggers for taonet's modules that stay quiet until the application decides.
+
+structlog, left unconfigured, prints every event (debug included) to standard
+output. A library must not do that to the program that imports it, so taonet's
+modules take their loggers from :func:`get_logger` instead of
+``structlog.get_logger``:
+
+* once the application has configured structlog (with
+  :func:`taonet.configure_logging` or its own ``structlog.configure``), every event
+  goes through that configuration, as from any other structlog logger;
+* until then, events go to the standard :mod:`logging` logger of the same name,
+  rendered as ``event key=value ...``. The ``taonet`` logger has a
+  :class:`logging.NullHandler`, as the logging HOWTO asks of libraries, so nothing is
+  written unless the application configured :mod:`logging` (``basicConfig`` or its
+  own handlers), and then at the levels it chose.
+
+The choice is made at each event, so configuring logging after the first event still
+takes effect.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+import structlog
+
+__all__ = ["Logger", "get_logger"]
+
+logging.getLogger("taonet").addHandler(logging.NullHandler())
+
+_LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+
+def _render(event: str, context: dict[str, Any]) -> str:
+    if not context:
+        return event
+    return event + " " + " ".join(f"{key}={value!r}" for key, value in context.items())
+
+
+class Logger:
+    """A structlog-style logger: ``log.info("event_name", key=value)``, ``bind``."""
+
+    __slots__ = ("_context", "_name", "_stdlib", "_structlog")
+
+    def __init__(self, name: str, context: dict[str, Any] | None = None) -> None:
+        self._name: Final = name
+        self._context: Final = dict(context or {})
+        self._stdlib: Final = logging.getLogger(name)
+        self._structlog: Any = None
+
+    def bind(self, **values: Any) -> Logger:
+        """A logger that adds ``values`` to every event."""
+        return Logger(self._name, {**self._context, **values})
+
+    def _emit(self, level: str, event: str, values: dict[str, Any], exc_info: bool) -> None:
+        if structlog.is_configured():
+            if self._structlog is None:
+                self._structlog = structlog.get_logger(self._name)
+            target = self._structlog
+            if self._context:
+                target = target.bind(**self._context)
+            if exc_info:
+                values = {**values, "exc_info": True}
+            getattr(target, level)(event, **values)
+            return
+        number = _LEVELS[level]
+        if self._stdlib.isEnabledFor(number):
+            self._stdlib.log(
+                number, "%s", _render(event, {**self._context, **values}), exc_info=exc_info
+            )
+
+    def debug(self, event: str, **values: Any) -> None:
+        self._emit("debug", event, values, False)
+
+    def info(self, event: str, **values: Any) -> None:
+        self._emit("info", event, values, False)
+
+    def warning(self, event: str, **values: Any) -> None:
+        self._emit("warning", event, values, False)
+
+    def error(self, event: str, **values: Any) -> None:
+        self._emit("error", event, values, False)
+
+    def critical(self, event: str, **values: Any) -> None:
+        self._emit("critical", event, values, False)
+
+    def exception(self, event: str, **values: Any) -> None:
+        """An error event with the exception being handled."""
+        self._emit("error", event, values, True)
+
+
+def get_logger(name: str) -> Logger:
+    """The logger for module ``name`` (see the module docstring)."""
+    return Logger(name)
