@@ -48,11 +48,11 @@ import os
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Final
 
-import structlog
 import trio
 
 from taonet._bursts import Bursts
 from taonet._errors import TaoError
+from taonet._log import get_logger
 from taonet.channel._identity import ChannelIdentity
 from taonet.channel._stream import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -72,7 +72,7 @@ __all__ = [
     "serve_channels",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 #: Seconds without application bytes from a peer before its connection is closed.
 DEFAULT_IDLE_TIMEOUT: Final = 300.0

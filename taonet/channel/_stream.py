@@ -33,19 +33,19 @@ from collections.abc import Collection
 from typing import Final
 
 import attrs
-import structlog
 import trio
 
 from taonet import auth, certs
 from taonet._edges import map_os_errors
 from taonet._errors import AuthenticationError, AuthorizationError, ProtocolError
+from taonet._log import get_logger
 from taonet.channel._identity import ChannelIdentity
 from taonet.channel._tls import TLSStream
 from taonet.domain import Guard
 
 __all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "Peer", "TaoStream", "accept_channel", "open_channel"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _SSL = TLSStream
 

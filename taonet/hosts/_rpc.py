@@ -47,11 +47,11 @@ from contextlib import asynccontextmanager
 from types import MappingProxyType
 from typing import Any, Final
 
-import structlog
 import trio
 
 from taonet import auth
 from taonet._errors import CodecError, HostError, ProtocolError, TaoError
+from taonet._log import get_logger
 from taonet.attestation import Attestation
 from taonet.hosts._messages import CHUNK_SIZE, MessageStream, take
 from taonet.hosts._tao import (
@@ -95,7 +95,7 @@ __all__ = [
     "serve_tao_rpc",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 #: The original's frame ceiling: room for a maximal sealed blob plus the envelope.
 DEFAULT_RPC_MAX_FRAME: Final = MAX_FRAME_CEILING

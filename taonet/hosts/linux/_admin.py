@@ -62,7 +62,6 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any, Final
 
-import structlog
 import trio
 
 from taonet import auth
@@ -73,6 +72,7 @@ from taonet._errors import (
     ProtocolError,
     TaoError,
 )
+from taonet._log import get_logger
 from taonet.hosts.linux._admin_wire import (
     _T,
     ADMIN_MAX_RESPONSE,
@@ -116,7 +116,7 @@ __all__ = [
     "serve_admin",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 #: Admin connections served at once; more are closed as soon as they are accepted.
 MAX_CONNECTIONS: Final = 256

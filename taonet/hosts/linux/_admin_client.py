@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
-import structlog
 import trio
 
 from taonet import auth
@@ -31,6 +30,7 @@ from taonet._errors import (
     ProtocolError,
     TaoError,
 )
+from taonet._log import get_logger
 from taonet.hosts._messages import CHUNK_SIZE
 from taonet.hosts.linux._admin_wire import (
     _UINT64_MAX,
@@ -55,7 +55,7 @@ from taonet.wire import END_OF_STREAM, NEED_DATA, Response, Role, message_class,
 
 __all__ = ["AdminClient"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 #: Connecting to a host whose listen queue is full: attempts, and the first pause
 #: between them (doubling: about 1.3 s in all).

@@ -76,12 +76,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
-import structlog
 import trio
 
 from taonet import auth
 from taonet._errors import AuthorizationError, ConfigError, HostError
 from taonet._files import atomic_write, read_file
+from taonet._log import get_logger
 from taonet.crypto import KdfParams, Signer
 from taonet.domain import Guard, LiberalGuard, program_subprin
 from taonet.hosts._core import BoundTao, KeyCore
@@ -124,7 +124,7 @@ __all__ = [
     "program_environment",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 #: Bounds on a hosted program's name (ExtendTaoName): names are listed, logged and
 #: stored with every counter, so one program must not make them huge.

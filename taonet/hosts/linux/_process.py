@@ -69,10 +69,10 @@ from pathlib import Path
 from typing import Final
 
 import attrs
-import structlog
 import trio
 
 from taonet._errors import AuthorizationError, ConfigError, HostError
+from taonet._log import get_logger
 from taonet.hosts._parent import HOST_CHANNEL_TYPE, HOST_SPEC, HOST_TYPE
 
 __all__ = [
@@ -85,7 +85,7 @@ __all__ = [
     "spawn_program",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 #: Bytes read (and hashed, and written) at a time while copying a program.
 COPY_CHUNK: Final = 1 << 20

@@ -19,12 +19,12 @@ import functools
 from collections.abc import Callable
 from pathlib import Path
 
-import structlog
 import trio
 
 from taonet import auth
 from taonet._errors import HostError, NotSupportedError
 from taonet._files import atomic_write, read_file
+from taonet._log import get_logger
 from taonet.crypto import Keyset
 from taonet.hosts._counters import CounterStore, ParentTableSealer
 from taonet.hosts._soft import SoftHost
@@ -33,7 +33,7 @@ from taonet.hosts.linux._config import COUNTERS_FILE, SEALED_KEYS_FILE
 
 __all__ = ["open_stacked"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 #: Largest sealed keyset file read.
 _MAX_SEALED_KEYS = 1 << 20

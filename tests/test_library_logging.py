@@ -1,0 +1,108 @@
+"""taonet never prints on its own: its events reach only what the application set up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+# A program that logs through taonet's module loggers at every level, bound and not,
+# with whatever logging set-up {setup} makes.
+_PROGRAM = """
+import sys
+import trio
+from taonet._log import get_logger
+{setup}
+log = get_logger("taonet.channel._server")
+
+async def main():
+    import taonet.channel  # importing the library prints nothing either
+    # Direct events at every level, bound and not.
+    log.debug("probe_debug", n=1)
+    log.info("probe_info", n=2)
+    log.bind(peer="p").warning("probe_warning", n=3)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("probe_exception")
+
+trio.run(main)
+"""
+
+
+def _run(setup: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _PROGRAM.format(setup=setup)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_an_unconfigured_application_sees_nothing() -> None:
+    result = _run("")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert result.stderr == ""
+
+
+def test_the_check_sees_plain_structlog_printing() -> None:
+    # What taonet's modules did before: structlog unconfigured prints debug to stdout.
+    code = "import structlog; structlog.get_logger('taonet.x').debug('probe_debug')"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "probe_debug" in result.stdout
+
+
+def test_standard_logging_gets_the_events_at_its_levels() -> None:
+    result = _run("import logging; logging.basicConfig(level=logging.INFO)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert "probe_debug" not in result.stderr
+    assert "probe_info n=2" in result.stderr
+    assert "probe_warning peer='p' n=3" in result.stderr
+    assert "probe_exception" in result.stderr
+    assert "ValueError: boom" in result.stderr
+
+
+def test_configure_logging_routes_through_structlog() -> None:
+    result = _run("import taonet; taonet.configure_logging(json=True, level='debug')")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert any('"probe_debug"' in line and '"n": 1' in line for line in lines)
+    assert any('"probe_warning"' in line and '"peer": "p"' in line for line in lines)
+    assert any('"probe_exception"' in line and "ValueError: boom" in line for line in lines)
+
+
+def test_configuring_after_the_first_event_still_takes_effect() -> None:
+    code = (
+        "import taonet\n"
+        "from taonet._log import get_logger\n"
+        "log = get_logger('taonet.x')\n"
+        "log.info('before')\n"
+        "taonet.configure_logging(json=True, level='info')\n"
+        "log.info('after')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "before" not in result.stderr + result.stdout
+    assert '"after"' in result.stderr
+
+
+def test_no_taonet_module_asks_structlog_for_a_logger_directly() -> None:
+    from pathlib import Path
+
+    import taonet
+
+    root = Path(taonet.__file__).parent
+    direct = [
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if path.name not in {"_log.py", "_logging.py"}
+        and "structlog.get_logger" in path.read_text(encoding="utf-8")
+    ]
+    assert direct == []
