@@ -121,22 +121,31 @@ def listing(path: Path) -> list[str]:
     return sorted(os.listdir(path))
 
 
+def temporary_dir(mode: int, prefix: str, parent: str | None = None) -> Iterator[Path]:
+    """A new directory with exactly ``mode`` (whatever the umask) for one test."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    path.chmod(mode)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def new_dir(path: Path, mode: int) -> Path:
+    """``path`` created with exactly ``mode`` (whatever the umask)."""
+    path.mkdir()
+    path.chmod(mode)
+    return path
+
+
 @pytest.fixture
 def base_dir() -> Iterator[Path]:
     """A directory any uid can traverse (pytest's tmp_path is private to its user)."""
-    path = Path(tempfile.mkdtemp(prefix="taonet-test-process-"))
-    path.chmod(0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    yield from temporary_dir(0o711, "taonet-test-process-")
 
 
 @pytest.fixture
 def src_dir(base_dir: Path) -> Path:
     """Where programs for other users live: every uid may search it."""
-    path = base_dir / "src"
-    path.mkdir()
-    path.chmod(0o755)
-    return path
+    return new_dir(base_dir / "src", 0o755)
 
 
 @pytest.fixture
@@ -147,19 +156,13 @@ def programs_dir(base_dir: Path) -> Path:
 @pytest.fixture
 def workdir(base_dir: Path) -> Path:
     """A working directory every user may write in."""
-    path = base_dir / "work"
-    path.mkdir()
-    path.chmod(0o777)
-    return path
+    return new_dir(base_dir / "work", 0o777)
 
 
 @pytest.fixture
 def open_dir() -> Iterator[Path]:
     """A directory outside /tmp that every user may write in (on the host)."""
-    path = Path(tempfile.mkdtemp(prefix="taonet-test-open-", dir="/var/tmp"))
-    path.chmod(0o777)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    yield from temporary_dir(0o777, "taonet-test-open-", "/var/tmp")
 
 
 @pytest.fixture
@@ -176,6 +179,29 @@ def host_groups() -> Iterator[list[int]]:
 async def prepare(source: Path, programs_dir: Path, **kwargs: object) -> PreparedProgram:
     ids = {"uid": ME[0], "gid": ME[1], **kwargs}
     return await prepare_program(source, programs_dir, **ids)  # type: ignore[arg-type]
+
+
+async def spawn_mine(
+    prepared: PreparedProgram,
+    *,
+    channel: HostChannel | None = None,
+    stdin: int | None = None,
+    stdout: int | None = None,
+    sandbox: Sandbox = NO_SANDBOX,
+) -> trio.Process:
+    """Start ``prepared`` as this test's own user, with no arguments, environment or cwd."""
+    return await spawn_program(
+        prepared,
+        args=[],
+        env={},
+        cwd=None,
+        uid=ME[0],
+        gid=ME[1],
+        channel=channel,
+        stdin=stdin,
+        stdout=stdout,
+        sandbox=sandbox,
+    )
 
 
 async def read_all(fd: int) -> bytes:
@@ -280,14 +306,29 @@ def acl_of(path: Path, name: str = "system.posix_acl_access") -> list[tuple[int,
     return [struct.unpack_from("<HHI", data, offset) for offset in range(4, len(data), 8)]
 
 
-def only_for(uid: int, owner: int, user: int) -> list[tuple[int, int, int]]:
+def acl(
+    owner: int,
+    group: int,
+    mask: int,
+    other: int,
+    *,
+    users: dict[int, int] | None = None,
+    groups: dict[int, int] | None = None,
+) -> list[tuple[int, int, int]]:
+    """(tag, perm, id) entries in the kernel's order: the owner's, each named user's
+    (``users`` maps uid to perm), the owning group's, each named group's, mask, other."""
     return [
         (USER_OBJ, owner, NO_ID),
-        (USER, user, uid),
-        (GROUP_OBJ, 0, NO_ID),
-        (MASK, user, NO_ID),
-        (OTHER, 0, NO_ID),
+        *((USER, perm, uid) for uid, perm in sorted((users or {}).items())),
+        (GROUP_OBJ, group, NO_ID),
+        *((GROUP, perm, gid) for gid, perm in sorted((groups or {}).items())),
+        (MASK, mask, NO_ID),
+        (OTHER, other, NO_ID),
     ]
+
+
+def only_for(uid: int, owner: int, user: int) -> list[tuple[int, int, int]]:
+    return acl(owner, 0, user, 0, users={uid: user})
 
 
 def proc_status(text: str) -> dict[str, list[str]]:
@@ -449,9 +490,7 @@ async def test_cleanup_is_idempotent(tmp_path: Path, programs_dir: Path) -> None
 @pytest.fixture
 def locked(base_dir: Path) -> Path:
     """A directory only its owner (the host's user) may search, with a program in it."""
-    path = base_dir / "locked"
-    path.mkdir()
-    path.chmod(0o700)
+    path = new_dir(base_dir / "locked", 0o700)
     write_program(path / "prog", "#!/bin/sh\necho locked\n")
     (path / "inner").mkdir(mode=0o755)
     return path
@@ -611,9 +650,7 @@ async def test_child_has_its_own_process_group(tmp_path: Path, programs_dir: Pat
     with trio.fail_after(TIMEOUT):
         prepared = await prepare(source, programs_dir)
         try:
-            process = await spawn_program(
-                prepared, args=[], env={}, cwd=None, uid=ME[0], gid=ME[1], channel=None, stdin=r
-            )
+            process = await spawn_mine(prepared, stdin=r)
             assert os.getpgid(process.pid) == process.pid
             assert os.getpgid(process.pid) != os.getpgid(0)
         finally:
@@ -718,9 +755,7 @@ async def test_host_sees_eof_when_the_child_exits(tmp_path: Path, programs_dir: 
     with trio.fail_after(TIMEOUT):
         prepared = await prepare(source, programs_dir)
         try:
-            process = await spawn_program(
-                prepared, args=[], env={}, cwd=None, uid=ME[0], gid=ME[1], channel=channel
-            )
+            process = await spawn_mine(prepared, channel=channel)
             stream = channel.host_stream()
             assert await stream.receive_some() == b""
             assert await process.wait() == 3
@@ -785,9 +820,7 @@ async def test_signal_group_reaches_grandchildren(tmp_path: Path, programs_dir: 
     with trio.fail_after(TIMEOUT):
         prepared = await prepare(source, programs_dir)
         try:
-            process = await spawn_program(
-                prepared, args=[], env={}, cwd=None, uid=ME[0], gid=ME[1], channel=None, stdout=w
-            )
+            process = await spawn_mine(prepared, stdout=w)
         finally:
             os.close(w)
         try:
@@ -810,9 +843,7 @@ async def test_signal_group_after_exit_returns_false(tmp_path: Path, programs_di
     source = write_program(tmp_path / "quick", "#!/bin/sh\nexit 0\n")
     with trio.fail_after(TIMEOUT):
         prepared = await prepare(source, programs_dir)
-        process = await spawn_program(
-            prepared, args=[], env={}, cwd=None, uid=ME[0], gid=ME[1], channel=None
-        )
+        process = await spawn_mine(prepared)
         assert await process.wait() == 0
         assert await signal_group(process, signal.SIGTERM) is False
         assert await signal_group(process, signal.SIGKILL) is False
@@ -1135,22 +1166,26 @@ async def test_an_inherited_acl_is_removed_before_the_copy_exists(
     assert (result.status, result.out) == (0, source.read_text()), result.err
 
 
-@pytest.fixture
-def no_acl_dir(base_dir: Path) -> Iterator[Path]:
-    """A ramfs (a real filesystem without ACLs or extended attributes) mounted here."""
-    path = base_dir / "ramfs"
+def mount(path: Path, fstype: str, options: str) -> Iterator[Path]:
+    """Mount a new ``fstype`` at ``path`` (created) for one test; skip where we cannot."""
     path.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "ramfs", "-o", "mode=0755", "ramfs", str(path)],
+        ["mount", "-t", fstype, "-o", options, fstype, str(path)],
         capture_output=True,
         check=False,
     )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a ramfs: {mounted.stderr.decode().strip()}")
+        pytest.skip(f"cannot mount a {fstype}: {mounted.stderr.decode().strip()}")
     try:
         yield path
     finally:
         subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.fixture
+def no_acl_dir(base_dir: Path) -> Iterator[Path]:
+    """A ramfs (a real filesystem without ACLs or extended attributes) mounted here."""
+    yield from mount(base_dir / "ramfs", "ramfs", "mode=0755")
 
 
 @needs_root
@@ -1299,18 +1334,7 @@ async def test_bwrap_sandbox_outlives_the_spawning_thread(
     with trio.fail_after(TIMEOUT):
         prepared = await prepare(source, programs_dir)
         try:
-            process = await spawn_program(
-                prepared,
-                args=[],
-                env={},
-                cwd=None,
-                uid=ME[0],
-                gid=ME[1],
-                channel=None,
-                stdin=to_child_r,
-                stdout=out_w,
-                sandbox=BWRAP,
-            )
+            process = await spawn_mine(prepared, stdin=to_child_r, stdout=out_w, sandbox=BWRAP)
         finally:
             os.close(to_child_r)
             os.close(out_w)
@@ -1334,17 +1358,7 @@ async def test_signal_group_ends_a_sandboxed_program(tmp_path: Path, programs_di
     with trio.fail_after(TIMEOUT):
         prepared = await prepare(source, programs_dir)
         try:
-            process = await spawn_program(
-                prepared,
-                args=[],
-                env={},
-                cwd=None,
-                uid=ME[0],
-                gid=ME[1],
-                channel=None,
-                stdout=w,
-                sandbox=BWRAP,
-            )
+            process = await spawn_mine(prepared, stdout=w, sandbox=BWRAP)
         finally:
             os.close(w)
         try:
@@ -1392,88 +1406,22 @@ def set_acl(path: Path, entries: Sequence[tuple[int, int, int]]) -> None:
     os.setxattr(path, "system.posix_acl_access", data)
 
 
-#: (what carries the ACL: the file or its directory, the ACL, the caller's (gid, groups),
-#: whether the kernel lets it run the file). The caller is NOBODY; both are root:4343,
-#: mode 0755 until the ACL is set.
+#: (what carries the ACL: the file or its directory, the ACL, the caller's supplementary
+#: groups, whether the kernel lets it run the file). The caller is uid and gid NOBODY;
+#: both are root:4343, mode 0755 until the ACL is set.
 ACL_CASES = {
     # Mode 0755 shows r-x for everyone; the ACL denies the caller by name.
-    "file-denies-the-user": (
-        "file",
-        [
-            (USER_OBJ, 7, NO_ID),
-            (USER, 0, NOBODY),
-            (GROUP_OBJ, 5, NO_ID),
-            (MASK, 5, NO_ID),
-            (OTHER, 5, NO_ID),
-        ],
-        (NOBODY, ()),
-        False,
-    ),
+    "file-denies-the-user": ("file", acl(7, 5, 5, 5, users={NOBODY: 0}), (), False),
     # Mode shows 0750 (the mask): the owning group itself has nothing.
-    "file-owning-group-has-nothing": (
-        "file",
-        [
-            (USER_OBJ, 7, NO_ID),
-            (USER, 5, 1234),
-            (GROUP_OBJ, 0, NO_ID),
-            (MASK, 5, NO_ID),
-            (OTHER, 0, NO_ID),
-        ],
-        (NOBODY, (4343,)),
-        False,
-    ),
+    "file-owning-group-has-nothing": ("file", acl(7, 0, 5, 0, users={1234: 5}), (4343,), False),
     # A named group's r-x, but the mask allows only r--; the other entry's r-x does
     # not apply to a member of a group the ACL names.
-    "file-masked-group": (
-        "file",
-        [
-            (USER_OBJ, 7, NO_ID),
-            (GROUP_OBJ, 0, NO_ID),
-            (GROUP, 5, 4646),
-            (MASK, 4, NO_ID),
-            (OTHER, 5, NO_ID),
-        ],
-        (NOBODY, (4646,)),
-        False,
-    ),
+    "file-masked-group": ("file", acl(7, 0, 4, 5, groups={4646: 5}), (4646,), False),
     # Mode shows 0750, other nothing: the ACL grants the caller by name.
-    "file-grants-the-user": (
-        "file",
-        [
-            (USER_OBJ, 7, NO_ID),
-            (USER, 5, NOBODY),
-            (GROUP_OBJ, 0, NO_ID),
-            (MASK, 5, NO_ID),
-            (OTHER, 0, NO_ID),
-        ],
-        (NOBODY, ()),
-        True,
-    ),
-    "file-grants-a-named-group": (
-        "file",
-        [
-            (USER_OBJ, 7, NO_ID),
-            (GROUP_OBJ, 0, NO_ID),
-            (GROUP, 5, 4646),
-            (MASK, 5, NO_ID),
-            (OTHER, 0, NO_ID),
-        ],
-        (NOBODY, (4646,)),
-        True,
-    ),
+    "file-grants-the-user": ("file", acl(7, 0, 5, 0, users={NOBODY: 5}), (), True),
+    "file-grants-a-named-group": ("file", acl(7, 0, 5, 0, groups={4646: 5}), (4646,), True),
     # A directory on the way: mode 0755 shows search for everyone, but not the caller.
-    "directory-denies-the-user": (
-        "directory",
-        [
-            (USER_OBJ, 7, NO_ID),
-            (USER, 0, NOBODY),
-            (GROUP_OBJ, 5, NO_ID),
-            (MASK, 5, NO_ID),
-            (OTHER, 5, NO_ID),
-        ],
-        (NOBODY, ()),
-        False,
-    ),
+    "directory-denies-the-user": ("directory", acl(7, 5, 5, 5, users={NOBODY: 0}), (), False),
 }
 
 
@@ -1485,13 +1433,14 @@ async def test_posix_acls_are_checked_as_the_kernel_would(
     # The attack: a file (or directory) whose mode bits let the caller in but whose
     # ACL does not; the host must not read and run it for the caller (and must run
     # what an ACL grants the caller, though its mode bits alone would not).
-    on, acl, (gid, groups), allowed = ACL_CASES[case]
+    on, entries, groups, allowed = ACL_CASES[case]
+    gid = NOBODY
     directory = src_dir / "acl"
     directory.mkdir(mode=0o755)
     source = write_program(directory / "secret", SECRET, 0o755)
     for path in (directory, source):
         os.chown(path, 0, 4343)
-    set_acl(directory if on == "directory" else source, acl)
+    set_acl(directory if on == "directory" else source, entries)
     with trio.fail_after(TIMEOUT):
         status, out = await run_directly(source, NOBODY, gid, groups)
         assert (status == 0) == allowed, out  # the kernel's verdict
@@ -1514,19 +1463,7 @@ async def test_posix_acls_are_checked_as_the_kernel_would(
 @pytest.fixture
 def noexec_dir(base_dir: Path) -> Iterator[Path]:
     """A tmpfs mounted noexec here, where every user may search."""
-    path = base_dir / "noexec"
-    path.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "noexec,mode=0755,size=1m", "tmpfs", str(path)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=True)
+    yield from mount(base_dir / "noexec", "tmpfs", "noexec,mode=0755,size=1m")
 
 
 @needs_root
