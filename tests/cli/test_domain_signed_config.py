@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
@@ -35,27 +36,6 @@ def set_guard(d: str, old: str, new: str) -> None:
     text = toml.read_text()
     assert f'guard = "{old}"' in text
     toml.write_text(text.replace(f'guard = "{old}"', f'guard = "{new}"'))
-
-
-async def test_show_refuses_a_hand_edited_guard_in_a_real_process(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    d, _ = init_domain(capsys, tmp_path)
-    set_guard(d, "ACL", "Liberal")
-    with trio.fail_after(60):
-        result = await trio.run_process(
-            [sys.executable, "-m", "taonet", "domain", "policy", "--domain", d, "--show"],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
-    assert result.returncode == 2
-    assert result.stdout == b""
-    err = result.stderr.decode()
-    assert err.startswith("taonet: error: ")
-    assert err.count("\n") == 1
-    assert "domain.guard is 'Liberal' but the policy key signed 'ACL'" in err
-    assert "--resign" in err
 
 
 def test_changing_a_hand_edited_domain_is_refused_and_writes_nothing(
@@ -155,35 +135,6 @@ def test_a_domain_from_an_earlier_taonet_is_refused_until_resigned(
     )
 
 
-async def test_the_domain_service_does_not_start_for_a_hand_edited_domain(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    d, pw = init_domain(capsys, tmp_path)
-    set_guard(d, "ACL", "Liberal")
-    with trio.fail_after(60):
-        result = await trio.run_process(
-            [
-                sys.executable,
-                "-m",
-                "taonet",
-                "domain-service",
-                "--domain",
-                d,
-                "--listen",
-                "127.0.0.1:0",
-                "--password-file",
-                pw,
-            ],
-            stdout=subprocess.DEVNULL,
-            capture_stderr=True,
-            check=False,
-        )
-    assert result.returncode != 0
-    err = result.stderr.decode()
-    assert "Traceback" not in err
-    assert "domain.guard is 'Liberal' but the policy key signed 'ACL'" in err
-
-
 RULE = 'Authorized(key([0a0b]), "Read")'
 
 
@@ -200,54 +151,6 @@ def allowed_then_retracted(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
     return d, pw
 
 
-async def test_show_refuses_a_rolled_back_domain_in_a_real_process(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    d, _ = allowed_then_retracted(capsys, tmp_path)
-    with trio.fail_after(60):
-        result = await trio.run_process(
-            [sys.executable, "-m", "taonet", "domain", "policy", "--domain", d, "--show"],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
-    assert result.returncode == 2
-    assert result.stdout == b""
-    err = result.stderr.decode()
-    assert err.startswith("taonet: error: ")
-    assert err.count("\n") == 1
-    assert "domain configuration rolled back: serial 2 is older than 3 seen before" in err
-    assert f"taonet domain policy --domain {d} --resign" in err
-
-
-async def test_the_domain_service_does_not_start_for_a_rolled_back_domain(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    d, pw = allowed_then_retracted(capsys, tmp_path)
-    with trio.fail_after(60):
-        result = await trio.run_process(
-            [
-                sys.executable,
-                "-m",
-                "taonet",
-                "domain-service",
-                "--domain",
-                d,
-                "--listen",
-                "127.0.0.1:0",
-                "--password-file",
-                pw,
-            ],
-            stdout=subprocess.DEVNULL,
-            capture_stderr=True,
-            check=False,
-        )
-    assert result.returncode != 0
-    err = result.stderr.decode()
-    assert "Traceback" not in err
-    assert "rolled back: serial 2 is older than 3" in err
-
-
 def test_resign_after_a_rollback_says_so(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -262,3 +165,74 @@ def test_resign_after_a_rollback_says_so(
         "domain's files had been rolled back",
     ]
     assert Domain.load(d).config_serial == 4
+
+
+def hand_edited(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> tuple[str, str]:
+    """A domain whose domain.toml someone set to the Liberal guard behind the policy key."""
+    d, pw = init_domain(capsys, tmp_path)
+    set_guard(d, "ACL", "Liberal")
+    return d, pw
+
+
+@attrs.frozen
+class Tampered:
+    """A domain tampered with one way, and what the CLI and the service must say of it."""
+
+    d: str
+    pw: str
+    #: What `domain policy --show` must say: the refusal, and the hint towards --resign.
+    refusal: str
+    hint: str
+    #: What the domain service must say.
+    service_refusal: str
+
+
+@pytest.fixture(params=["hand-edited-guard", "rolled-back"])
+def tampered(
+    request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> Tampered:
+    if request.param == "hand-edited-guard":
+        d, pw = hand_edited(capsys, tmp_path)
+        refusal = "domain.guard is 'Liberal' but the policy key signed 'ACL'"
+        return Tampered(d, pw, refusal, "--resign", refusal)
+    d, pw = allowed_then_retracted(capsys, tmp_path)
+    return Tampered(
+        d,
+        pw,
+        "domain configuration rolled back: serial 2 is older than 3 seen before",
+        f"taonet domain policy --domain {d} --resign",
+        "rolled back: serial 2 is older than 3",
+    )
+
+
+async def run_taonet(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """``python -m taonet *args`` in a real process, its stdout and stderr captured."""
+    with trio.fail_after(60):
+        return await trio.run_process(
+            [sys.executable, "-m", "taonet", *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+
+
+async def test_show_refuses_a_tampered_domain_in_a_real_process(tampered: Tampered) -> None:
+    result = await run_taonet("domain", "policy", "--domain", tampered.d, "--show")
+    assert result.returncode == 2
+    assert result.stdout == b""
+    err = result.stderr.decode()
+    assert err.startswith("taonet: error: ")
+    assert err.count("\n") == 1
+    assert tampered.refusal in err
+    assert tampered.hint in err
+
+
+async def test_the_domain_service_does_not_start_for_a_tampered_domain(tampered: Tampered) -> None:
+    result = await run_taonet(
+        *("domain-service", "--domain", tampered.d, "--listen", "127.0.0.1:0"),
+        *("--password-file", tampered.pw),
+    )
+    assert result.returncode != 0
+    err = result.stderr.decode()
+    assert "Traceback" not in err
+    assert tampered.service_refusal in err
