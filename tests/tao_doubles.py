@@ -1,10 +1,16 @@
-"""Test doubles for the Tao interface, shared by the RPC and conformance tests."""
+"""Test doubles for the Tao interface and names of programs, shared by the host, RPC,
+provisioning and conformance tests."""
 
 from __future__ import annotations
 
 from taonet import auth
 from taonet.attestation import Attestation
 from taonet.hosts import Tao
+
+
+def program(name: auth.Prin, tag: int) -> auth.Prin:
+    """A program's name under ``name``: one for each ``tag`` (0 to 255)."""
+    return name.extend(auth.PrinExt("Program", (auth.Bytes(bytes([tag]) * 32),)))
 
 
 class ForwardingTao(Tao):

@@ -21,6 +21,7 @@ from taonet.crypto import Keyset
 from taonet.hosts import SEAL_POLICY_SELF, BoundTao, KeyCore, SoftHost, Tao
 from taonet.hosts._counters import CounterStore, HostCounters
 from taonet.testing import TaoFactory, check_tao
+from tests.tao_doubles import program
 
 TIMEOUT = 120
 
@@ -60,10 +61,6 @@ class OnlyTheProtocol:
         return self._keys.attest_for(
             caller, message, issuer=issuer, time=time, expiration=expiration
         )
-
-
-def program(name: auth.Prin, tag: int) -> auth.Prin:
-    return name.extend(auth.PrinExt("Program", (auth.Bytes(bytes([tag]) * 32),)))
 
 
 async def test_a_core_that_is_not_a_soft_host_passes_check_tao() -> None:

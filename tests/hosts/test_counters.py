@@ -27,24 +27,15 @@ from taonet.hosts._tao import MAX_COUNTER, MAX_SEALED_BYTES
 from taonet.wire import message_class, serialize
 from tests.conftest import PASSWORD
 from tests.hosts.test_rpc import NoCounters
+from tests.tao_doubles import program
 
 TIMEOUT = 10
 TABLE_CONTEXT = b"taonet counter table v1\x00taonet.host.counters\x00"
 
 
-def program(host: SoftHost, tag: int) -> auth.Prin:
-    return host.name.extend(auth.PrinExt("Program", (auth.Bytes(bytes([tag]) * 32),)))
-
-
-@pytest.fixture
-def host(make_host) -> SoftHost:  # type: ignore[no-untyped-def]
-    h: SoftHost = make_host()
-    return h
-
-
 @pytest.fixture
 def tao(host: SoftHost) -> SoftTao:
-    return host.tao_for(program(host, 1))
+    return host.tao_for(program(host.name, 1))
 
 
 def directory(host: SoftHost) -> Path:
@@ -212,7 +203,7 @@ async def test_a_store_needs_a_sealer_for_its_file(tmp_path: Path) -> None:
 
 async def test_every_change_is_stored_before_it_returns(host: SoftHost) -> None:
     path = directory(host) / "counters.sealed"
-    me = program(host, 1)
+    me = program(host.name, 1)
     with trio.fail_after(TIMEOUT):
         store = await CounterStore.open(path, SoftTableSealer(host))
         assert not path.exists()
@@ -227,7 +218,7 @@ async def test_every_change_is_stored_before_it_returns(host: SoftHost) -> None:
 
 async def test_concurrent_bumps_get_distinct_values(host: SoftHost) -> None:
     path = directory(host) / "counters.sealed"
-    me = program(host, 1)
+    me = program(host.name, 1)
     got: list[int] = []
 
     async def bump(store: CounterStore) -> None:
@@ -245,7 +236,7 @@ async def test_concurrent_bumps_get_distinct_values(host: SoftHost) -> None:
 
 async def test_a_failed_write_leaves_the_counter_where_callers_were_told(host: SoftHost) -> None:
     path = directory(host) / "counters.sealed"
-    me = program(host, 1)
+    me = program(host.name, 1)
     with trio.fail_after(TIMEOUT):
         store = await CounterStore.open(path, SoftTableSealer(host))
         assert await store.bump(me, "c") == 1
@@ -276,7 +267,7 @@ async def test_a_failed_write_leaves_the_counter_where_callers_were_told(host: S
 )
 async def test_a_bad_table_file_is_an_error_never_a_reset(host: SoftHost, content: Any) -> None:
     path = directory(host) / "counters.sealed"
-    me = program(host, 1)
+    me = program(host.name, 1)
     if content == "sealed junk":
         content = host.seal_for(host.name, TABLE_CONTEXT + b"\xff\xff\xff")
     elif content == "sealed non-table":
@@ -370,7 +361,7 @@ async def test_refused_requests_do_not_move_the_counter(tao: SoftTao) -> None:
 
 async def test_blobs_of_another_program_are_refused(host: SoftHost, tao: SoftTao) -> None:
     me = await tao.get_tao_name()
-    other = host.tao_for(program(host, 2))
+    other = host.tao_for(program(host.name, 2))
     with trio.fail_after(TIMEOUT):
         blob = await tao.rollback_protected_seal("c", b"mine")
         with pytest.raises(HostError, match="bound to another principal"):
@@ -458,7 +449,7 @@ async def test_a_caller_must_be_hosted(make_host) -> None:  # type: ignore[no-un
 @pytest.fixture
 def parent(make_host) -> SoftTao:  # type: ignore[no-untyped-def]
     h: SoftHost = make_host()
-    return h.tao_for(program(h, 9))
+    return h.tao_for(program(h.name, 9))
 
 
 async def test_parent_sealer_detects_a_restored_table(parent: SoftTao, tmp_path: Path) -> None:
@@ -491,7 +482,7 @@ async def test_parent_sealer_detects_a_restored_table(parent: SoftTao, tmp_path:
 
 async def test_parent_sealer_survives_a_parent_restart(make_host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     parent_host: SoftHost = make_host()
-    name = program(parent_host, 9)
+    name = program(parent_host.name, 9)
     path = tmp_path / "counters.sealed"
     me = auth.Prin("key", auth.Bytes(b"stacked host"))
     with trio.fail_after(TIMEOUT):
@@ -501,7 +492,7 @@ async def test_parent_sealer_survives_a_parent_restart(make_host, tmp_path: Path
         reopened = await CounterStore.open(path, ParentTableSealer(restarted))
         assert reopened.get_counter(me, "c") == 1
         # Another program on the same parent has other counters: it cannot open the table.
-        stranger = parent_host.tao_for(program(parent_host, 8))
+        stranger = parent_host.tao_for(program(parent_host.name, 8))
         with pytest.raises(HostError, match="bound to another principal"):
             await CounterStore.open(path, ParentTableSealer(stranger))
 

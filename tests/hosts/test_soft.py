@@ -15,16 +15,7 @@ from taonet.attestation import UNROOTED, validate
 from taonet.crypto import KdfParams, Keyset
 from taonet.hosts import SoftHost, SoftTao, Tao
 from tests.conftest import PASSWORD
-
-
-def program(host: SoftHost, tag: int) -> auth.Prin:
-    return host.name.extend(auth.PrinExt("Program", (auth.Bytes(bytes([tag]) * 32),)))
-
-
-@pytest.fixture
-def host(make_host) -> SoftHost:  # type: ignore[no-untyped-def]
-    h: SoftHost = make_host()
-    return h
+from tests.tao_doubles import program
 
 
 async def test_soft_tao_is_a_tao(host: SoftHost) -> None:
@@ -36,39 +27,39 @@ async def test_soft_tao_is_a_tao(host: SoftHost) -> None:
 
 @pytest.mark.parametrize("policy", ["self", "few", "any"])
 async def test_seal_unseal_round_trip(host: SoftHost, policy: str) -> None:
-    tao = host.tao_for(program(host, 1))
+    tao = host.tao_for(program(host.name, 1))
     for data in (b"", b"x", bytes(range(256)) * 40):
         assert await tao.unseal(await tao.seal(data, policy)) == (data, policy)
 
 
 async def test_default_policy_is_self(host: SoftHost) -> None:
-    tao = host.tao_for(program(host, 1))
+    tao = host.tao_for(program(host.name, 1))
     assert (await tao.unseal(await tao.seal(b"d")))[1] == "self"
 
 
 @pytest.mark.parametrize("policy", ["self", "few"])
 async def test_another_program_cannot_unseal(host: SoftHost, policy: str) -> None:
-    sealed = await host.tao_for(program(host, 1)).seal(b"secret", policy)
+    sealed = await host.tao_for(program(host.name, 1)).seal(b"secret", policy)
     with pytest.raises(HostError, match="bound to another principal"):
-        await host.tao_for(program(host, 2)).unseal(sealed)
+        await host.tao_for(program(host.name, 2)).unseal(sealed)
     # Nor can the host itself, nor a sub-principal of the sealer.
     with pytest.raises(HostError, match="bound to another principal"):
         await host.tao_for().unseal(sealed)
-    child = program(host, 1).extend(auth.PrinExt("Child", ()))
+    child = program(host.name, 1).extend(auth.PrinExt("Child", ()))
     with pytest.raises(HostError, match="bound to another principal"):
         await host.tao_for(child).unseal(sealed)
 
 
 async def test_any_policy_opens_for_every_program_on_the_host(make_host) -> None:  # type: ignore[no-untyped-def]
     host, other_host = make_host(), make_host()
-    sealed = await host.tao_for(program(host, 1)).seal(b"shared", "any")
-    assert await host.tao_for(program(host, 2)).unseal(sealed) == (b"shared", "any")
+    sealed = await host.tao_for(program(host.name, 1)).seal(b"shared", "any")
+    assert await host.tao_for(program(host.name, 2)).unseal(sealed) == (b"shared", "any")
     with pytest.raises(HostError):
-        await other_host.tao_for(program(other_host, 1)).unseal(sealed)
+        await other_host.tao_for(program(other_host.name, 1)).unseal(sealed)
 
 
 async def test_extending_the_name_changes_what_may_be_unsealed(host: SoftHost) -> None:
-    tao = host.tao_for(program(host, 1))
+    tao = host.tao_for(program(host.name, 1))
     sealed = await tao.seal(b"before")
     await tao.extend_tao_name(auth.SubPrin((auth.PrinExt("PolicyKey", (auth.Bytes(b"k"),)),)))
     assert (await tao.get_tao_name()).ext.exts[-1].name == "PolicyKey"
@@ -95,7 +86,7 @@ async def test_unknown_policy_is_refused(host: SoftHost, policy: str) -> None:
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 async def test_any_flipped_byte_fails_unseal(host: SoftHost, data: st.DataObject) -> None:
-    tao = host.tao_for(program(host, 1))
+    tao = host.tao_for(program(host.name, 1))
     sealed = await tao.seal(b"the secret", "self")
     position = data.draw(st.integers(0, len(sealed) - 1))
     mask = data.draw(st.integers(1, 255))
@@ -116,13 +107,13 @@ async def test_truncated_and_garbage_sealed_data(host: SoftHost) -> None:
 
 
 async def test_host_restart_keeps_sealed_data_and_secrets(host: SoftHost) -> None:
-    tao = host.tao_for(program(host, 1))
+    tao = host.tao_for(program(host.name, 1))
     sealed = await tao.seal(b"persist")
     secret = await tao.get_shared_secret(32)
     assert host._directory is not None
     again = SoftHost.load(host._directory, PASSWORD)
     assert again.name == host.name
-    tao2 = again.tao_for(program(host, 1))
+    tao2 = again.tao_for(program(host.name, 1))
     assert await tao2.unseal(sealed) == (b"persist", "self")
     assert await tao2.get_shared_secret(32) == secret
 
@@ -146,7 +137,7 @@ def test_create_refuses_to_overwrite(host: SoftHost) -> None:
 
 
 async def test_shared_secrets(host: SoftHost) -> None:
-    p1, p2 = host.tao_for(program(host, 1)), host.tao_for(program(host, 2))
+    p1, p2 = host.tao_for(program(host.name, 1)), host.tao_for(program(host.name, 2))
     s1 = await p1.get_shared_secret(32)
     assert len(s1) == 32
     assert s1 == await p1.get_shared_secret(32)
@@ -170,7 +161,7 @@ async def test_random_bytes(host: SoftHost) -> None:
 
 
 async def test_attest_speaks_for_the_caller(host: SoftHost, now_ns: int) -> None:
-    me = program(host, 1)
+    me = program(host.name, 1)
     tao = host.tao_for(me)
     message = auth.Pred("Ready", ())
     proven = validate(await tao.attest(message), now_ns=time.time_ns(), policy_cert=UNROOTED)
@@ -179,7 +170,7 @@ async def test_attest_speaks_for_the_caller(host: SoftHost, now_ns: int) -> None
     att = await tao.attest(message, issuer=sub)
     assert validate(att, now_ns=time.time_ns(), policy_cert=UNROOTED).speaker == sub
     with pytest.raises(HostError, match="not"):
-        await tao.attest(message, issuer=program(host, 2))
+        await tao.attest(message, issuer=program(host.name, 2))
     with pytest.raises(HostError):
         await tao.attest(message, issuer=host.name)  # the parent is not the caller
 
@@ -227,7 +218,7 @@ async def test_default_name_is_the_key_principal_and_nothing_is_delegated(host: 
 
 
 async def test_a_core_speaks_for_the_name_its_parent_gave(host: SoftHost) -> None:
-    given = program(host, 5)
+    given = program(host.name, 5)
     keyset = new_keyset()
     key_prin = auth.key_principal(keyset.signer.public_key_der())
     delegation = await host.tao_for(given).attest(
@@ -257,7 +248,7 @@ async def test_a_core_speaks_for_the_name_its_parent_gave(host: SoftHost) -> Non
     with pytest.raises(HostError, match="not this host"):
         core.tao_for(key_prin)
     with pytest.raises(HostError, match="not this host"):
-        core.seal_for(program(host, 6), b"x")
+        core.seal_for(program(host.name, 6), b"x")
     # Sealing is bound to the given name: a core with the same keys but another name
     # cannot open it.
     sealed = await core.tao_for(child).seal(b"data")
@@ -277,7 +268,7 @@ async def test_counters_are_opened_once_and_stored_with_the_host(host: SoftHost)
         assert await host.open_counters() is counters
         assert host.counters is counters
         assert not counters.rollback_protected
-        tao = host.tao_for(program(host, 1))
+        tao = host.tao_for(program(host.name, 1))
         await tao.init_counter("c", 3)
         assert await tao.get_counter("c") == 3
     assert host._directory is not None
@@ -287,7 +278,7 @@ async def test_counters_are_opened_once_and_stored_with_the_host(host: SoftHost)
 
 async def test_a_host_without_a_directory_keeps_counters_in_memory() -> None:
     host = SoftHost(new_keyset())
-    tao = host.tao_for(program(host, 1))
+    tao = host.tao_for(program(host.name, 1))
     with trio.fail_after(10):
         blob = await tao.rollback_protected_seal("c", b"mem")
         assert await tao.get_counter("c") == 1

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from taonet import HostError, auth
+from taonet import HostError
 from taonet.domain import Domain
 from taonet.hosts import SoftHost
 from taonet.provision import load_or_provision
 from taonet_services.domain_service import DomainService
 from tests.conftest import PASSWORD
+from tests.tao_doubles import program
 
 
 @pytest.fixture
@@ -28,29 +29,25 @@ async def service(make_domain, make_host) -> AsyncIterator[tuple[Domain, SoftHos
         nursery.cancel_scope.cancel()
 
 
-def program(host: SoftHost, tag: int) -> auth.Prin:
-    return host.name.extend(auth.PrinExt("Program", (auth.Bytes(bytes([tag]) * 32),)))
-
-
 async def test_first_run_provisions_later_runs_unseal(service, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     domain, host, port = service
     state = tmp_path / "state" / "program.sealed"
     steps: list[str] = []
     with trio.fail_after(20):
         first = await load_or_provision(
-            host.tao_for(program(host, 1)),
+            host.tao_for(program(host.name, 1)),
             state,
             policy_cert=domain.policy_cert,
             domain_service=("127.0.0.1", port),
             on_step=steps.append,
         )
         assert first.fresh
-        assert first.principal == program(host, 1).extend(domain.policy_subprin)
+        assert first.principal == program(host.name, 1).extend(domain.policy_subprin)
         assert first.identity.principal == first.principal
         assert state.stat().st_mode & 0o777 == 0o600
         assert any("issued certificate" in s for s in steps)
         again = await load_or_provision(
-            host.tao_for(program(host, 1)),
+            host.tao_for(program(host.name, 1)),
             state,
             policy_cert=domain.policy_cert,
             domain_service=("127.0.0.1", port),
@@ -64,7 +61,7 @@ async def test_changed_program_cannot_unseal(service, tmp_path: Path) -> None:  
     state = tmp_path / "program.sealed"
     with trio.fail_after(20):
         await load_or_provision(
-            host.tao_for(program(host, 1)),
+            host.tao_for(program(host.name, 1)),
             state,
             policy_cert=domain.policy_cert,
             domain_service=("127.0.0.1", port),
@@ -72,7 +69,7 @@ async def test_changed_program_cannot_unseal(service, tmp_path: Path) -> None:  
         before = state.read_bytes()
         with pytest.raises(HostError, match="code change"):
             await load_or_provision(
-                host.tao_for(program(host, 2)),
+                host.tao_for(program(host.name, 2)),
                 state,
                 policy_cert=domain.policy_cert,
                 domain_service=("127.0.0.1", port),
@@ -87,7 +84,7 @@ async def test_state_from_another_domain_is_provisioned_anew(  # type: ignore[no
     state = tmp_path / "program.sealed"
     with trio.fail_after(20):
         first = await load_or_provision(
-            host.tao_for(program(host, 1)),
+            host.tao_for(program(host.name, 1)),
             state,
             policy_cert=domain.policy_cert,
             domain_service=("127.0.0.1", port),
@@ -95,7 +92,7 @@ async def test_state_from_another_domain_is_provisioned_anew(  # type: ignore[no
         # Same program, same host, but the sealed state names another policy
         # certificate (as if the domain were re-created): it provisions anew.
         other = make_domain(guard="Liberal")
-        tao = host.tao_for(program(host, 1))
+        tao = host.tao_for(program(host.name, 1))
         from taonet.provision._bootstrap import _unseal_state
 
         steps: list[str] = []

@@ -23,14 +23,10 @@ from taonet.crypto import Keyset
 from taonet.hosts import SoftHost, Tao
 from taonet.testing import TaoFactory, check_tao
 from taonet.wire import parse
-from tests.tao_doubles import ForwardingTao
+from tests.tao_doubles import ForwardingTao, program
 
 TIMEOUT = 60
 NOT_SUPPORTED = "not supported by this host"
-
-
-def program(name: auth.Prin, tag: int) -> auth.Prin:
-    return name.extend(auth.PrinExt("Program", (auth.Bytes(bytes([tag]) * 32),)))
 
 
 class Wrapped(ForwardingTao):

@@ -16,16 +16,12 @@ import pytest
 import trio
 import trio.testing
 
-from taonet import auth
 from taonet.domain import Domain
 from taonet.hosts import RPCTao, SoftHost, SoftTao, Tao, serve_tao_rpc
 from taonet.testing import TaoFactory, check_tao
+from tests.tao_doubles import program
 
 TIMEOUT = 120
-
-
-def program(name: auth.Prin, tag: int) -> auth.Prin:
-    return name.extend(auth.PrinExt("Program", (auth.Bytes(bytes([tag]) * 32),)))
 
 
 class SoftTaoWithoutCounters(SoftTao):

@@ -13,12 +13,9 @@ from taonet.crypto import Keyset
 from taonet.domain import Domain
 from taonet.hosts import SoftHost, Tao
 from taonet.testing import TaoFactory, check_tao
+from tests.tao_doubles import program
 
 TIMEOUT = 120
-
-
-def program(name: auth.Prin, tag: int) -> auth.Prin:
-    return name.extend(auth.PrinExt("Program", (auth.Bytes(bytes([tag]) * 32),)))
 
 
 def soft_factory(host: SoftHost, name: auth.Prin) -> TaoFactory:
