@@ -12,13 +12,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 
 from taonet import HostError, NotSupportedError, auth
-from taonet.attestation import Attestation, validate
+from taonet.attestation import validate
 from taonet.domain import program_subprin
 from taonet.hosts import SoftHost, Tao, serve_tao_rpc
 from taonet.hosts._tao import NOT_SUPPORTED
@@ -32,6 +31,7 @@ from tests.hosts.linux_helpers import (
     run_probe,
     write_probe,
 )
+from tests.tao_doubles import ForwardingTao
 
 
 def _taonet() -> Path:
@@ -171,8 +171,9 @@ async def test_two_level_stack(tmp_path: Path, make_domain, nursery: trio.Nurser
 # -- a stacked host whose parent will not do what it needs ------------------------------
 
 
-class Parent(Tao):
-    """A parent Tao for one stacked host, able to refuse what a real one might."""
+class Parent(ForwardingTao):
+    """A parent Tao for one stacked host, able to refuse what a real one might; what it
+    does not refuse goes to ``inner``."""
 
     def __init__(
         self,
@@ -183,26 +184,11 @@ class Parent(Tao):
         unseal: bool = True,
         seal: bool = True,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.counters = counters
         self.refusal = refusal  # what a parent without counters says
         self.unseal_allowed = unseal
         self.seal_allowed = seal
-
-    async def get_tao_name(self) -> auth.Prin:
-        return await self.inner.get_tao_name()
-
-    async def extend_tao_name(self, subprin: auth.SubPrin) -> None:
-        await self.inner.extend_tao_name(subprin)
-
-    async def get_random_bytes(self, n: int) -> bytes:
-        return await self.inner.get_random_bytes(n)
-
-    async def get_shared_secret(self, n: int, policy: str = "self") -> bytes:
-        return await self.inner.get_shared_secret(n, policy)
-
-    async def attest(self, message: auth.Form, **options: Any) -> Attestation:
-        return await self.inner.attest(message, **options)
 
     async def seal(self, data: bytes, policy: str = "self") -> bytes:
         if not self.seal_allowed:
