@@ -3,14 +3,45 @@ provisioning and conformance tests."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
 from taonet import auth
-from taonet.attestation import Attestation
+from taonet.attestation import Attestation, Unrooted
+from taonet.certs import PolicyAnchor
 from taonet.hosts import Tao
+from taonet.testing import TaoFactory, check_tao
 
 
 def program(name: auth.Prin, tag: int) -> auth.Prin:
     """A program's name under ``name``: one for each ``tag`` (0 to 255)."""
     return name.extend(auth.PrinExt("Program", (auth.Bytes(bytes([tag]) * 32),)))
+
+
+def factory(make: Callable[[], Tao]) -> TaoFactory:
+    """A check_tao factory whose every Tao is ``make()``."""
+
+    @asynccontextmanager
+    async def make_tao() -> AsyncIterator[Tao]:
+        yield make()
+
+    return make_tao
+
+
+async def check_programs(
+    factory_for: Callable[[auth.Prin], TaoFactory],
+    parent: auth.Prin,
+    *,
+    policy_cert: bytes | PolicyAnchor | Unrooted,
+    counters: bool = True,
+) -> None:
+    """check_tao on programs 1 and 2 under ``parent``, each Tao from ``factory_for(name)``."""
+    await check_tao(
+        factory_for(program(parent, 1)),
+        factory_for(program(parent, 2)),
+        policy_cert=policy_cert,
+        counters=counters,
+    )
 
 
 class ForwardingTao(Tao):

@@ -9,19 +9,15 @@ whole Tao conformance suite through BoundTao with its own counters.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import pytest
 import trio
 
 from taonet import HostError, auth
 from taonet.attestation import UNROOTED, Attestation
 from taonet.crypto import Keyset
-from taonet.hosts import SEAL_POLICY_SELF, BoundTao, KeyCore, SoftHost, Tao
+from taonet.hosts import SEAL_POLICY_SELF, BoundTao, KeyCore, SoftHost
 from taonet.hosts._counters import CounterStore, HostCounters
-from taonet.testing import TaoFactory, check_tao
-from tests.tao_doubles import program
+from tests.tao_doubles import check_programs, factory, program
 
 TIMEOUT = 120
 
@@ -72,19 +68,11 @@ async def test_a_core_that_is_not_a_soft_host_passes_check_tao() -> None:
     async def get_counters() -> HostCounters:
         return counters
 
-    def factory(name: auth.Prin) -> TaoFactory:
-        @asynccontextmanager
-        async def make() -> AsyncIterator[Tao]:
-            yield BoundTao(core, name, get_counters)
-
-        return make
-
     with trio.fail_after(TIMEOUT):
-        await check_tao(
-            factory(program(core.name, 1)),
-            factory(program(core.name, 2)),
+        await check_programs(
+            lambda name: factory(lambda: BoundTao(core, name, get_counters)),
+            core.name,
             policy_cert=UNROOTED,
-            counters=True,
         )
 
 

@@ -23,7 +23,7 @@ from taonet.crypto import Keyset
 from taonet.hosts import SoftHost, Tao
 from taonet.testing import TaoFactory, check_tao
 from taonet.wire import parse
-from tests.tao_doubles import ForwardingTao, program
+from tests.tao_doubles import ForwardingTao, factory, program
 
 TIMEOUT = 60
 NOT_SUPPORTED = "not supported by this host"
@@ -133,43 +133,24 @@ class TruncatingSeal(Wrapped):
 
 
 class IssuerIgnored(Wrapped):
-    async def attest(
-        self,
-        message: auth.Form,
-        *,
-        issuer: auth.Prin | None = None,
-        time: int | None = None,
-        expiration: int | None = None,
-    ) -> Attestation:
-        return await self.inner.attest(message, time=time, expiration=expiration)
+    async def attest(self, message: auth.Form, **options: Any) -> Attestation:
+        options.pop("issuer", None)
+        return await self.inner.attest(message, **options)
 
 
 class IssuerUnchecked(Wrapped):
     """Uses the issuer before checking that it is a principal (a soft host did)."""
 
-    async def attest(
-        self,
-        message: auth.Form,
-        *,
-        issuer: auth.Prin | None = None,
-        time: int | None = None,
-        expiration: int | None = None,
-    ) -> Attestation:
+    async def attest(self, message: auth.Form, **options: Any) -> Attestation:
+        issuer = options.get("issuer")
         if issuer is not None and not issuer.is_sub_principal_of(await self.get_tao_name()):
             raise HostError(f"issuer {issuer} is not the caller or under it")
-        return await self.inner.attest(message, issuer=issuer, time=time, expiration=expiration)
+        return await self.inner.attest(message, **options)
 
 
 class TimesIgnored(Wrapped):
-    async def attest(
-        self,
-        message: auth.Form,
-        *,
-        issuer: auth.Prin | None = None,
-        time: int | None = None,
-        expiration: int | None = None,
-    ) -> Attestation:
-        return await self.inner.attest(message, issuer=issuer)
+    async def attest(self, message: auth.Form, **options: Any) -> Attestation:
+        return await self.inner.attest(message, issuer=options.get("issuer"))
 
 
 class ExtensionIgnored(Wrapped):
@@ -242,11 +223,7 @@ class MixedUpUnderLoad(Wrapped):
 def wrapped_factory(
     host: SoftHost, name: auth.Prin, wrapper: Callable[[Tao], Tao] = Wrapped
 ) -> TaoFactory:
-    @asynccontextmanager
-    async def make() -> AsyncIterator[Tao]:
-        yield wrapper(host.tao_for(name))
-
-    return make
+    return factory(lambda: wrapper(host.tao_for(name)))
 
 
 async def run_suite(wrapper: Callable[[Tao], Tao], *, counters: bool) -> None:

@@ -18,8 +18,8 @@ import trio.testing
 
 from taonet.domain import Domain
 from taonet.hosts import RPCTao, SoftHost, SoftTao, Tao, serve_tao_rpc
-from taonet.testing import TaoFactory, check_tao
-from tests.tao_doubles import program
+from taonet.testing import TaoFactory
+from tests.tao_doubles import check_programs
 
 TIMEOUT = 120
 
@@ -71,13 +71,11 @@ async def test_rpc_tao_in_front_of_a_soft_host(
 ) -> None:
     domain = make_domain()
     host = make_host(domain)
-    first, second = program(host.name, 1), program(host.name, 2)
     with trio.fail_after(TIMEOUT):
-        await check_tao(
-            rpc_factory(lambda: host.tao_for(first), make_pair),
-            rpc_factory(lambda: host.tao_for(second), make_pair),
+        await check_programs(
+            lambda name: rpc_factory(lambda: host.tao_for(name), make_pair),
+            host.name,
             policy_cert=domain.policy_cert,
-            counters=True,
         )
 
 
@@ -86,11 +84,10 @@ async def test_rpc_tao_in_front_of_a_tao_without_counters(
 ) -> None:
     domain = make_domain()
     host = make_host(domain)
-    first, second = program(host.name, 1), program(host.name, 2)
     with trio.fail_after(TIMEOUT):
-        await check_tao(
-            rpc_factory(lambda: SoftTaoWithoutCounters(host, first), memory_pair),
-            rpc_factory(lambda: SoftTaoWithoutCounters(host, second), memory_pair),
+        await check_programs(
+            lambda name: rpc_factory(lambda: SoftTaoWithoutCounters(host, name), memory_pair),
+            host.name,
             policy_cert=domain.policy_cert,
             counters=False,
         )

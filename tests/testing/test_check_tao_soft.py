@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 import trio
 
@@ -11,19 +10,16 @@ from taonet import auth
 from taonet.attestation import UNROOTED
 from taonet.crypto import Keyset
 from taonet.domain import Domain
-from taonet.hosts import SoftHost, Tao
-from taonet.testing import TaoFactory, check_tao
-from tests.tao_doubles import program
+from taonet.hosts import SoftHost
+from taonet.testing import TaoFactory
+from tests.tao_doubles import check_programs, factory, program
 
 TIMEOUT = 120
 
 
-def soft_factory(host: SoftHost, name: auth.Prin) -> TaoFactory:
-    @asynccontextmanager
-    async def make() -> AsyncIterator[Tao]:
-        yield host.tao_for(name)
-
-    return make
+def soft_factory(host: SoftHost) -> Callable[[auth.Prin], TaoFactory]:
+    """For each program's name, a factory of that program's Tao on ``host``."""
+    return lambda name: factory(lambda: host.tao_for(name))
 
 
 async def test_a_soft_host_on_disk_certified_by_a_domain(
@@ -31,35 +27,19 @@ async def test_a_soft_host_on_disk_certified_by_a_domain(
 ) -> None:
     domain = make_domain()
     host = make_host(domain)
-    first, second = program(host.name, 1), program(host.name, 2)
     with trio.fail_after(TIMEOUT):
-        await check_tao(
-            soft_factory(host, first),
-            soft_factory(host, second),
-            policy_cert=domain.policy_cert,
-            counters=True,
-        )
+        await check_programs(soft_factory(host), host.name, policy_cert=domain.policy_cert)
         # Counter labels are unique per run: the suite runs again on the same host,
         # and the counters it left are in the host's sealed table on disk.
-        await check_tao(
-            soft_factory(host, first),
-            soft_factory(host, second),
-            policy_cert=domain.policy_cert,
-            counters=True,
-        )
+        await check_programs(soft_factory(host), host.name, policy_cert=domain.policy_cert)
     assert host.counters is not None
-    assert host.counters.store.count_under(first) > 0
+    assert host.counters.store.count_under(program(host.name, 1)) > 0
 
 
 async def test_a_soft_host_in_memory() -> None:
     host = SoftHost(Keyset.generate())
     with trio.fail_after(TIMEOUT):
-        await check_tao(
-            soft_factory(host, program(host.name, 1)),
-            soft_factory(host, program(host.name, 2)),
-            policy_cert=UNROOTED,
-            counters=True,
-        )
+        await check_programs(soft_factory(host), host.name, policy_cert=UNROOTED)
 
 
 async def test_a_soft_core_of_a_stacked_host_speaking_for_its_given_name(
@@ -77,9 +57,4 @@ async def test_a_soft_core_of_a_stacked_host_speaking_for_its_given_name(
         )
         core = SoftHost(keyset, name=given, delegation=delegation)
         # Its programs' attestations chain through the parent's to the domain.
-        await check_tao(
-            soft_factory(core, program(given, 1)),
-            soft_factory(core, program(given, 2)),
-            policy_cert=domain.policy_cert,
-            counters=True,
-        )
+        await check_programs(soft_factory(core), given, policy_cert=domain.policy_cert)
