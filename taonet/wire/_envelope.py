@@ -19,6 +19,22 @@ every later call raises the same: the stream cannot be resynchronized. Sending i
 :meth:`Envelope.request` and :meth:`Envelope.response`, which return the bytes to
 write.
 
+Every answer names the call it ends. A server's response, error or not, echoes the op
+and seq of the request it answers. When the server's machine fails on a request whose
+header it has read (its body over the limit, or a frame that does not decode), the
+machine keeps that op and seq, and :meth:`Envelope.answer_failure` gives the error
+response to send before closing, so the client learns which call failed and why; a
+failure before a header was read names no call and gets no answer (the original's
+server closes then too), nor does a request the peer cut short (it has gone). After
+such a failure the stream cannot continue (:attr:`Envelope.broken`); an error the
+driver answers for a whole request (an unknown method, a body its protocol cannot
+decode) leaves the stream usable. A client's machine remembers the op of every
+request it sent until its answer came (:attr:`Envelope.awaiting`), and checks each
+response's header against them as soon as it is read: an answer to a call nobody made
+or under another op is a :class:`~taonet.ProtocolError` that breaks the stream, while
+a matching error response is a :class:`Response` carrying the server's error for that
+call alone.
+
 Error kinds (one encoding for every protocol): the header's ``error`` string is
 ``"<Kind>: message"``, where Kind is the name of the nearest class of the
 :class:`~taonet.TaoError` tree in :data:`ERROR_KINDS` (``NotSupportedError``,
@@ -186,8 +202,10 @@ class Envelope:
 
     __slots__ = (
         "_body_limit",
+        "_calls",
         "_decoder",
         "_default_error",
+        "_ended",
         "_eof",
         "_failure",
         "_header",
@@ -220,6 +238,10 @@ class Envelope:
         self._partial = 0  # bytes received of messages not yet returned
         self._eof = False
         self._failure: TaoError | None = None
+        # A client's requests not yet answered: seq -> op.
+        self._calls: dict[int, str] = {}
+        # A server's request that a failure ended after its header was read: (op, seq).
+        self._ended: tuple[str, int] | None = None
 
     @property
     def max_frame(self) -> int:
@@ -235,6 +257,11 @@ class Envelope:
     def broken(self) -> bool:
         """True once the peer broke the protocol: every later event raises."""
         return self._failure is not None
+
+    @property
+    def awaiting(self) -> int:
+        """On a client, how many requests sent have not been answered yet."""
+        return len(self._calls)
 
     def wanted(self) -> int:
         """How many more bytes complete the frame in progress (at least 1)."""
@@ -262,11 +289,20 @@ class Envelope:
             raise ValueError(f"seq must be a uint64, got {seq!r}")
 
     def request(self, op: str, seq: int, body: bytes) -> list[bytes]:
-        """The bytes of a request (header and body frames), as chunks to write in order."""
+        """The bytes of a request (header and body frames), as chunks to write in order.
+
+        From now on the machine awaits the answer to call ``seq`` under ``op`` (write
+        the bytes, or give up on the connection). ValueError if call ``seq`` is still
+        awaiting its answer.
+        """
         if self.role is not Role.CLIENT:
             raise RuntimeError("only a client sends requests")
         self._check(op, seq)
-        return self._frames(message_class("RPCHeader")(op=op, seq=seq), body)
+        if seq in self._calls:
+            raise ValueError(f"call {seq} is still awaiting its answer")
+        chunks = self._frames(message_class("RPCHeader")(op=op, seq=seq), body)
+        self._calls[seq] = op
+        return chunks
 
     def response(
         self, op: str, seq: int, body: bytes = b"", *, error: TaoError | None = None
@@ -281,6 +317,32 @@ class Envelope:
             header.error = encode_error(error)
             body = b""
         return self._frames(header, body)
+
+    def answer_failure(self) -> list[bytes]:
+        """The error response to the request the server's failure ended, as chunks to
+        write before closing; ``[]`` when there is none to send.
+
+        After :meth:`next_event` or :meth:`body_length` raised on a request whose header
+        was read, the response names that request's op and seq and carries the failure
+        with its kind (CodecError for a frame over its limit). There is none when the
+        failure came before a header was read (no call to name), when the peer ended
+        the stream (nobody reads it), or once it was taken. The stream cannot continue
+        after it: close the connection.
+        """
+        if self.role is not Role.SERVER:
+            raise RuntimeError("only a server answers a failed request")
+        ended, failure = self._ended, self._failure
+        self._ended = None
+        if ended is None or failure is None or self._eof:
+            return []
+        op, seq = ended
+        try:
+            return self.response(op, seq, error=failure)
+        except ValueError:  # a max_frame too small for the message: the bare kind
+            try:
+                return self.response(op, seq, error=type(failure)())
+            except ValueError:
+                return []
 
     # -- receiving ----------------------------------------------------------------------
 
@@ -326,6 +388,7 @@ class Envelope:
         self._decoder.clear()
         self._header = None
         self._partial = 0
+        self._calls.clear()
 
     def _raise_failure(self) -> None:
         failure = self._failure
@@ -334,6 +397,9 @@ class Envelope:
 
     def _break(self, exc: TaoError) -> None:
         self._failure = exc
+        header = self._header
+        if header is not None and self.role is Role.SERVER:
+            self._ended = (header[0], header[1])  # the call this failure ends
         self.clear()
 
     def _limit(self, op: str) -> int:
@@ -356,7 +422,10 @@ class Envelope:
             what = "request" if self.role is Role.SERVER else "response"
             header = parse("RPCHeader", frame, what=f"protorpc {what} header")
             error = header.error if header.HasField("error") else None
-            self._header = (_header_op(header), int(header.seq), error)
+            op, seq = _header_op(header), int(header.seq)
+            if self.role is Role.CLIENT:
+                self._match(op, seq)  # before its body is read
+            self._header = (op, seq, error)
         op, seq, error = self._header
         body = self._take(self._limit(op))
         if body is None:
@@ -364,9 +433,26 @@ class Envelope:
         self._header = None
         if self.role is Role.SERVER:
             return Request(op, seq, body)
+        del self._calls[seq]
         if error is not None:
             return Response(op, seq, b"", decode_error(error, default=self._default_error))
         return Response(op, seq, body, None)
+
+    def _match(self, op: str, seq: int) -> None:
+        """ProtocolError unless the response header ``op``/``seq`` answers a call awaited."""
+        expected = self._calls.get(seq)
+        if expected == op:
+            return
+        shown = _clip(op, 64)
+        if expected is not None:
+            raise ProtocolError(f"the peer answered call {seq} ({expected}) as {shown!r}")
+        if len(self._calls) == 1:
+            ((awaited, awaited_op),) = self._calls.items()
+            raise ProtocolError(
+                f"the peer answered call {awaited} ({awaited_op}) as call {seq} ({shown!r}), "
+                "which nobody made"
+            )
+        raise ProtocolError(f"the peer answered call {seq} ({shown!r}), which nobody made")
 
     def _starved(self) -> Signal:
         if not self._eof:

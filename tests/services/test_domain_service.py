@@ -160,9 +160,11 @@ async def test_garbage_and_oversized_requests(svc: Service) -> None:
                 encode_frame(header) + struct.pack(">I", 100 * 1024 * 1024) + b"x" * 100
             )
             envelope = Envelope(Role.CLIENT, body_limit=1 << 20)
+            envelope.request(OP_CERTIFY, 7, b"")  # await call 7, whose header went out above
             while (event := envelope.next_event()) is NEED_DATA:
                 envelope.receive_data(await stream.receive_some())
             assert isinstance(event, Response)
+            assert (event.op, event.seq) == (OP_CERTIFY, 7)  # the answer names the call
             assert isinstance(event.error, CodecError)
             assert str(100 * 1024 * 1024) in str(event.error)
         with svc.audit() as audit:

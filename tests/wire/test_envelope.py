@@ -124,6 +124,7 @@ def test_each_error_kind_comes_back_as_its_class(error: TaoError, kind: type[Tao
     assert isinstance(request, Request)
     answer = b"".join(machine.response(request.op, request.seq, b"ignored", error=error))
     other = client()
+    other.request("Small", 3, b"x")
     other.receive_data(answer)
     response = other.next_event()
     assert isinstance(response, Response)
@@ -241,12 +242,14 @@ def test_body_length_is_announced_before_the_body_arrives() -> None:
 def test_the_client_gets_a_larger_header_for_error_messages() -> None:
     text = "HostError: " + "e" * 10_000
     machine = client()
+    machine.request("Op", 1, b"")
     machine.receive_data(header("Op", 1, text) + encode_frame(b""))
     response = machine.next_event()
     # Taken whole, and cut to MAX_ERROR_MESSAGE before it is kept.
     assert isinstance(response, Response)
     assert str(response.error) == "e" * MAX_ERROR_MESSAGE + "..."
     tight = client(header_limit=64)
+    tight.request("Op", 1, b"")
     tight.receive_data(header("Op", 1, text))
     with pytest.raises(CodecError, match="over the 64-byte limit"):
         tight.next_event()
@@ -314,3 +317,199 @@ def test_an_op_that_is_not_utf8_is_kept_printable() -> None:
     assert isinstance(event, Request)
     assert event.seq == 1
     assert event.op == repr(b"\xff\xfe")
+
+
+# -- every answer names the call it ends -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "named", "match"),
+    [
+        # A body over its method's limit: the header was read, the call is named.
+        (header("Small", 11) + (17).to_bytes(4, "big"), ("Small", 11), "over the 16-byte limit"),
+        (header("Nope", 2**64 - 1) + (9).to_bytes(4, "big"), ("Nope", 2**64 - 1), "8-byte"),
+        # After a request that was whole, the failure names the second one.
+        (
+            request_bytes("Small", 1, b"ok") + header("Large", 2) + (100_001).to_bytes(4, "big"),
+            ("Large", 2),
+            "over the 100000-byte limit",
+        ),
+        # No header read: no call to name, no answer.
+        ((5000).to_bytes(4, "big"), None, "over the 4096-byte limit"),
+        (encode_frame(b"\xff\xff") + encode_frame(b""), None, "header"),
+        (encode_frame(b"\x0a\x01A") + encode_frame(b""), None, "missing required field"),
+    ],
+    ids=[
+        "body_over_limit",
+        "unknown_method_body_over_limit",
+        "second_request_over_limit",
+        "header_over_limit",
+        "header_garbage",
+        "header_without_seq",
+    ],
+)
+def test_a_failed_request_is_answered_under_its_own_op_and_seq(
+    data: bytes, named: tuple[str, int] | None, match: str
+) -> None:
+    machine = server()
+    machine.receive_data(data)
+    with pytest.raises(CodecError, match=match):
+        events(machine)
+    answer = machine.answer_failure()
+    assert machine.broken  # the stream cannot continue after a frame-level failure
+    assert machine.answer_failure() == []  # once
+    if named is None:
+        assert answer == []
+        return
+    # The client that made that call gets the failure, with its kind, for that call.
+    other = client()
+    other.request(named[0], named[1], b"")
+    other.receive_data(b"".join(answer))
+    other.receive_data(b"")
+    response = other.next_event()
+    assert isinstance(response, Response)
+    assert (response.op, response.seq, response.body) == (*named, b"")
+    assert type(response.error) is CodecError
+    assert match in str(response.error)
+    assert other.awaiting == 0
+    assert other.next_event() is END_OF_STREAM
+
+
+def test_a_body_refused_on_its_announced_length_is_answered_too() -> None:
+    machine = server()
+    machine.receive_data(header("Large", 6))
+    assert machine.next_event() is NEED_DATA
+    machine.receive_data((100_001).to_bytes(4, "big"))
+    with pytest.raises(CodecError, match="over the 100000-byte limit"):
+        machine.body_length()  # what a driver asks before reserving the body's memory
+    other = client()
+    other.request("Large", 6, b"")
+    other.receive_data(b"".join(machine.answer_failure()))
+    response = other.next_event()
+    assert isinstance(response, Response)
+    assert (response.op, response.seq, type(response.error)) == ("Large", 6, CodecError)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        header("Small", 9),  # the header, then the end
+        header("Small", 9) + encode_frame(b"abc")[:5],  # inside the body
+    ],
+    ids=["after_header", "inside_body"],
+)
+def test_a_request_the_peer_cut_short_gets_no_answer(data: bytes) -> None:
+    machine = server()
+    machine.receive_data(data)
+    assert machine.next_event() is NEED_DATA
+    machine.receive_data(b"")
+    with pytest.raises(ProtocolError, match="the peer closed"):
+        machine.next_event()
+    assert machine.answer_failure() == []  # nobody reads it
+
+
+def test_answer_failure_is_nothing_without_a_failure_and_a_server_only_call() -> None:
+    machine = server()
+    assert machine.answer_failure() == []
+    machine.receive_data(WHOLE)
+    assert machine.next_event() == Request("Small", 9, b"abc")
+    assert machine.answer_failure() == []
+    assert not machine.broken
+    with pytest.raises(RuntimeError):
+        client().answer_failure()
+
+
+def test_an_error_for_a_whole_request_leaves_the_stream_usable() -> None:
+    # An unknown method or a body the protocol cannot decode: the frames are intact.
+    machine = server()
+    peer = client()
+    wire = b"".join(peer.request("Nope", 1, b"\xff") + peer.request("Small", 2, b"ok"))
+    machine.receive_data(wire)
+    first = machine.next_event()
+    assert first == Request("Nope", 1, b"\xff")
+    answers = machine.response("Nope", 1, error=ProtocolError("unknown method 'Nope'"))
+    second = machine.next_event()
+    assert second == Request("Small", 2, b"ok")
+    answers += machine.response("Small", 2, b"fine")
+    assert not machine.broken
+    peer.receive_data(b"".join(answers))
+    failed = peer.next_event()
+    assert isinstance(failed, Response)
+    assert (failed.op, failed.seq, type(failed.error)) == ("Nope", 1, ProtocolError)
+    assert peer.next_event() == Response("Small", 2, b"fine", None)
+    assert peer.awaiting == 0
+    assert not peer.broken
+
+
+def _answer(op: str, seq: int, body: bytes = b"", error: str | None = None) -> bytes:
+    return header(op, seq, error) + encode_frame(body)
+
+
+@pytest.mark.parametrize(
+    ("sent", "received", "match"),
+    [
+        # An answer to a call nobody made (one call awaited: it is named).
+        ([("A", 1)], _answer("A", 2), r"answered call 1 \(A\) as call 2 \('A'\), which nobody"),
+        ([("A", 1), ("B", 2)], _answer("A", 3), r"call 3 \('A'\), which nobody made"),
+        ([], _answer("A", 1, error="HostError: x"), "which nobody made"),
+        # The right seq under another op.
+        ([("A", 1)], _answer("B", 1), r"answered call 1 \(A\) as 'B'"),
+        ([("A", 1)], _answer("B", 1, error="NotSupportedError: x"), r"as 'B'"),
+        # The same call answered twice.
+        ([("A", 1)], _answer("A", 1) + _answer("A", 1), "which nobody made"),
+        # Checked on the header alone: the announced 1 MB body is never awaited.
+        ([("A", 1)], header("A", 7) + (1_000_000).to_bytes(4, "big"), "as call 7"),
+    ],
+    ids=[
+        "wrong_seq",
+        "wrong_seq_two_awaited",
+        "nothing_awaited",
+        "wrong_op",
+        "wrong_op_error",
+        "answered_twice",
+        "wrong_seq_on_header_alone",
+    ],
+)
+def test_an_answer_to_another_call_breaks_the_client(
+    sent: list[tuple[str, int]], received: bytes, match: str
+) -> None:
+    machine = client()
+    for op, seq in sent:
+        machine.request(op, seq, b"")
+    machine.receive_data(received)
+    with pytest.raises(ProtocolError, match=match):
+        events(machine)
+    assert machine.broken
+    with pytest.raises(ProtocolError):
+        machine.next_event()
+
+
+def test_calls_in_flight_are_answered_in_any_order() -> None:
+    machine = client()
+    for seq, op in ((1, "A"), (2, "B"), (3, "C")):
+        machine.request(op, seq, b"")
+    assert machine.awaiting == 3
+    machine.receive_data(
+        _answer("B", 2, b"b") + _answer("C", 3, error="AuthorizationError: no") + _answer("A", 1)
+    )
+    assert machine.next_event() == Response("B", 2, b"b", None)
+    failed = machine.next_event()
+    assert isinstance(failed, Response)
+    assert (failed.seq, type(failed.error), str(failed.error)) == (3, AuthorizationError, "no")
+    assert machine.next_event() == Response("A", 1, b"", None)
+    assert machine.awaiting == 0
+    assert machine.next_event() is NEED_DATA
+    assert not machine.broken
+
+
+def test_a_seq_awaiting_its_answer_is_not_sent_again() -> None:
+    machine = client()
+    machine.request("A", 5, b"")
+    with pytest.raises(ValueError, match="still awaiting"):
+        machine.request("B", 5, b"")
+    with pytest.raises(ValueError, match="over the 10-byte limit"):
+        client(max_frame=10).request("A", 6, b"x" * 11)  # nothing sent, nothing awaited
+    machine.receive_data(_answer("A", 5))
+    assert machine.next_event() == Response("A", 5, b"", None)
+    machine.request("B", 5, b"")  # answered: the number is free again
+    assert machine.awaiting == 1
