@@ -26,7 +26,10 @@ numbers let several calls be in flight on one channel.
   4 KiB header frame, a body limit per method (:data:`REQUEST_LIMITS`), a timeout on
   a request that has begun and on an answer not taken, and an optional
   :class:`ByteBudget` shared by several channels for large bodies. The client
-  checks the per-method limits too, so an oversized call fails alone.
+  checks the per-method limits too, so an oversized call fails alone. A request
+  over its limit whose header was read is answered with the error (CodecError)
+  under its op and seq before the channel is closed, so the caller learns which
+  call failed and why.
 
 Payloads: principals, sub-principals and forms travel in the auth binary encoding,
 attestations as serialized ``Attestation`` messages, times as int64 nanoseconds.
@@ -209,9 +212,10 @@ class RPCTao(Tao):
         self._seq = itertools.count(1)
         # The host's last answer to GetTaoName, decoded (names rarely change).
         self._last_name: tuple[bytes, auth.Prin] | None = None
+        # The calls whose caller waits. The envelope checks that each response answers
+        # a call it sent (seq and op); one it awaits that is not here was abandoned by
+        # its caller after sending: its late answer is dropped.
         self._pending: dict[int, _Pending] = {}
-        # Sequence numbers whose caller went away after sending: their answer is dropped.
-        self._abandoned: set[int] = set()
         # Callers read responses themselves, one at a time under this lock, and hand
         # each to whoever it answers: no extra task hop per call.
         self._receive_lock = trio.Lock()
@@ -308,17 +312,10 @@ class RPCTao(Tao):
             return HostError(f"the Tao RPC channel broke: {exc or type(exc).__name__}")
         if event is END_OF_STREAM:
             return HostError("the Tao host closed the RPC channel")
-        assert isinstance(event, Response)
-        seq = event.seq
-        if seq in self._abandoned:
-            self._abandoned.discard(seq)
+        assert isinstance(event, Response)  # answering a call sent, under its op
+        pending = self._pending.pop(event.seq, None)
+        if pending is None:  # abandoned by its caller
             return None
-        pending = self._pending.get(seq)
-        if pending is None:
-            return ProtocolError(f"the Tao host answered call {seq}, which nobody made")
-        if event.op != pending.op:
-            return ProtocolError(f"the Tao host answered call {seq} ({pending.op}) as {event.op!r}")
-        del self._pending[seq]
         if event.error is not None:
             pending.error = event.error
         else:
@@ -343,7 +340,6 @@ class RPCTao(Tao):
                 pending.error = failure
                 pending.done.set()
         self._pending.clear()
-        self._abandoned.clear()
         self._closed.set()
 
     def _raise_failure(self) -> None:
@@ -400,11 +396,10 @@ class RPCTao(Tao):
         finally:
             if not pending.done.is_set():
                 self._pending.pop(seq, None)
-                if sent and self._failure is None:
-                    self._abandoned.add(seq)
-                    if len(self._abandoned) > _MAX_ABANDONED:
-                        # A host that never answers: stop remembering, give up on it.
-                        self._fail(HostError("the Tao host left too many calls unanswered"))
+                abandoned = self._envelope.awaiting - len(self._pending)
+                if sent and self._failure is None and abandoned > _MAX_ABANDONED:
+                    # A host that never answers: stop remembering, give up on it.
+                    self._fail(HostError("the Tao host left too many calls unanswered"))
         if pending.error is not None:
             raise type(pending.error)(str(pending.error)) from None
         response = pending.response
@@ -713,7 +708,9 @@ async def serve_tao_rpc(
     :mod:`taonet.wire._envelope`), so the client raises the same class. The channel stays open
     after those. A header that does not decode, a frame over its limit, a request or
     answer over its time, or the program closing inside a request closes the channel
-    (logged, not raised): the function returns. It also returns when the program
+    (logged, not raised): the function returns. Before it closes, a request whose
+    header was read and whose body is over its limit is answered with that error under
+    its op and seq (:meth:`taonet.wire.Envelope.answer_failure`). It also returns when the program
     closes the channel. The stream is closed on return, and what it had received
     freed.
     """
@@ -827,6 +824,13 @@ async def _serve_one(
                 envelope.receive_data(await channel.stream.receive_some(CHUNK_SIZE))
         except (CodecError, ProtocolError) as exc:
             log.warning("tao_rpc_bad_request", error=str(exc))
+            # A request whose header was read hears why, under its op and seq; the
+            # channel cannot go on after it.
+            chunks = envelope.answer_failure()
+            if chunks:
+                if watchdog is not None:
+                    watchdog.arm(_ANSWER_OVERDUE, "")
+                await _send(channel.stream, chunks)
             return False
         if event is END_OF_STREAM:
             return False

@@ -13,12 +13,13 @@ answer whose body carries a typed error code with a reason:
 * ``internal_error``: the service failed; nothing was issued;
 * ``rate_limited``: this address has used up its refusals for now.
 
-A request the service could not read at all (bytes that do not decode, over its
-limit) comes back as an envelope error and is raised with the class the service
-gave it (CodecError, ProtocolError, ...). A service that cannot be reached, does
-not answer within :data:`REQUEST_TIMEOUT`, answers out of protocol or breaks the
-connection part way raises ProtocolError, the original OSError, trio.TooSlowError,
-trio.BrokenResourceError or CodecError as its ``__cause__``.
+A request the service could not read (a body that does not decode or is over its
+limit, an unknown method) comes back as an envelope error naming the call, and is
+raised with the class the service gave it (CodecError, ProtocolError, ...). A
+service that cannot be reached, does not answer within :data:`REQUEST_TIMEOUT`,
+answers out of protocol (another call's seq or op: the envelope checks) or breaks
+the connection part way raises ProtocolError, the original OSError,
+trio.TooSlowError, trio.BrokenResourceError or CodecError as its ``__cause__``.
 """
 
 from __future__ import annotations
@@ -119,15 +120,9 @@ async def _exchange(host: str, port: int, identity: ChannelIdentity, op: str, re
                 raise ProtocolError(f"bad answer from the domain service: {exc}") from exc
     if event is END_OF_STREAM:
         raise ProtocolError("the domain service closed without answering")
-    assert isinstance(event, Response)
+    assert isinstance(event, Response)  # to this call: the envelope checked its seq and op
     if event.error is not None:
-        # The service could not read the request (an envelope error, op "" when it
-        # never knew which call it was), or answered this call with an error.
-        if event.op in ("", op):
-            raise event.error
-        raise ProtocolError(f"the domain service answered {op} as {event.op[:64]!r}")
-    if event.op != op or event.seq != 1:
-        raise ProtocolError(f"the domain service answered {op} as {event.op[:64]!r}")
+        raise event.error  # the service's error for this call, of the class it gave
     try:
         response = parse("DomainServiceResponse", event.body, what=f"{op} response")
     except CodecError as exc:

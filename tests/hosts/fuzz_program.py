@@ -300,6 +300,17 @@ async def main(seed: int, count: int, ending: str) -> dict[str, Any]:
         nursery.start_soon(receive)
     # Everything answered; now break the framing: the host must close the channel.
     await end_channel(stream, ending)
+    failure_answered = False
+    if ending == "big-body":
+        # Its header was read: the host says why that call failed, under its op and seq.
+        with trio.fail_after(30):
+            header = parse("RPCHeader", await messages.receive_message())
+            body = await messages.receive_message()
+        if (header.op, header.seq, body) != ("Tao.GetTaoName", 1, b"") or not (
+            header.error.startswith("CodecError: ")
+        ):
+            raise SystemExit(f"the big body was answered {header} {body!r}")
+        failure_answered = True
     try:
         with trio.fail_after(30):
             data = await stream.receive_some(100)
@@ -312,6 +323,7 @@ async def main(seed: int, count: int, ending: str) -> dict[str, Any]:
         "seed": seed,
         "ending": ending,
         "closed": closed,
+        "failure_answered": failure_answered,
         "internal": internal[:10],
         **dict(counts),
     }

@@ -731,19 +731,33 @@ async def test_unstarted_client_refuses_calls() -> None:
 
 
 @pytest.mark.parametrize(
-    "frames",
+    ("frames", "answered"),
     [
-        [b"\xff\xff\xff", b""],  # garbage header
-        [b"\x0a\x08Tao.Seal", b""],  # header without its required seq
-        [b"\x0a\x08Tao.Seal" + b"\x10\x01" + b"\x00" * 5000, b""],  # header over 4 KiB
-        # A body over its method's limit.
-        [serialize(message_class("RPCHeader")(op="Tao.GetTaoName", seq=1)), b"\x00" * 1025],
-        [serialize(message_class("RPCHeader")(op="Tao.Nope", seq=1)), b"\x00" * 1025],
-        [serialize(message_class("RPCHeader")(op="Tao.Seal", seq=1))],  # EOF after header
+        ([b"\xff\xff\xff", b""], None),  # garbage header
+        ([b"\x0a\x08Tao.Seal", b""], None),  # header without its required seq
+        ([b"\x0a\x08Tao.Seal" + b"\x10\x01" + b"\x00" * 5000, b""], None),  # header over 4 KiB
+        # A body over its method's limit: answered under the call's op and seq, then closed.
+        (
+            [serialize(message_class("RPCHeader")(op="Tao.GetTaoName", seq=4)), b"\x00" * 1025],
+            ("Tao.GetTaoName", 4),
+        ),
+        (
+            [serialize(message_class("RPCHeader")(op="Tao.Nope", seq=9)), b"\x00" * 1025],
+            ("Tao.Nope", 9),
+        ),
+        ([serialize(message_class("RPCHeader")(op="Tao.Seal", seq=1))], None),  # EOF after header
+    ],
+    ids=[
+        "garbage_header",
+        "header_without_seq",
+        "header_over_limit",
+        "body_over_limit",
+        "unknown_method_body_over_limit",
+        "eof_after_header",
     ],
 )
 async def test_malformed_requests_close_only_that_channel(
-    soft: SoftTao, frames: list[bytes]
+    soft: SoftTao, frames: list[bytes], answered: tuple[str, int] | None
 ) -> None:
     with trio.fail_after(TIMEOUT):
         client_stream, server_stream = trio.testing.memory_stream_pair()
@@ -754,6 +768,12 @@ async def test_malformed_requests_close_only_that_channel(
                 await bad.send_message(frame)
             if len(frames) == 1:
                 await client_stream.send_stream.aclose()
+            if answered is not None:
+                # The call hears why it failed, under its own op and seq.
+                header = parse("RPCHeader", await bad.receive_message())
+                assert (header.op, header.seq) == answered
+                assert header.error.startswith("CodecError: frame of 1025 bytes is over the ")
+                assert await bad.receive_message() == b""
             # The server closes its side: the bad client sees end of channel.
             with pytest.raises(trio.EndOfChannel):
                 await bad.receive_message()
@@ -836,6 +856,10 @@ async def test_oversized_frames_are_refused(soft: SoftTao) -> None:
             big = MessageStream(client_stream, max_frame=10_000)
             await big.send_proto(message_class("RPCHeader")(op="Tao.Seal", seq=1))
             await big.send_proto(message_class("RPCRequest")(data=b"x" * 5000))
+            header = parse("RPCHeader", await big.receive_message())  # why, for that call
+            assert (header.op, header.seq) == ("Tao.Seal", 1)
+            assert "over the 4096-byte limit" in header.error
+            assert await big.receive_message() == b""
             with pytest.raises(trio.EndOfChannel):
                 await big.receive_message()
             await big.aclose()

@@ -18,11 +18,13 @@ The protocol is the protorpc envelope (:class:`taonet.wire.Envelope`): a request
 a header frame naming the method (``DomainService.Certify`` or
 ``DomainService.GetCRL``) and a ``DomainServiceRequest`` body frame; the answer is a
 header and a ``DomainServiceResponse`` body. A refusal is a normal answer whose body
-carries a typed ``error_code`` and a ``reason``; a request that breaks the protocol
-(bytes that do not decode, a message cut short, a frame over its limit, an unknown
-method) gets an envelope error of that kind (CodecError, ProtocolError), is recorded
-as a ``bad_request`` refusal, and the connection is closed; the service keeps
-serving everyone else. Each connection may carry several requests.
+carries a typed ``error_code`` and a ``reason``, and the connection stays open for
+the next request (but after ``rate_limited``). A request that breaks the protocol (a
+body that does not decode, a body over its limit, an unknown method) gets an
+envelope error of that kind (CodecError, ProtocolError) under its own op and seq,
+is recorded as a ``bad_request`` refusal, and the connection is closed; so is one
+whose header cannot be read or which is cut short, without an answer (there is no
+call to name). The service keeps serving everyone else. Each connection may carry several requests.
 
 Refusals come from clients nobody has authenticated, so what they cost is bounded:
 
@@ -75,6 +77,7 @@ from taonet.provision import (
     ERROR_UNAUTHORIZED,
     OP_CERTIFY,
     OP_GET_CRL,
+    OP_WATCH_CRL,
 )
 from taonet.wire import (
     END_OF_STREAM,
@@ -94,6 +97,7 @@ from taonet_services.domain_service._limits import (
     RefusalSummary,
     client_key,
 )
+from taonet_services.domain_service._watch import CRLWatches
 
 __all__ = ["AUDIT_FILE", "ERROR_RATE_LIMITED", "MAX_REQUEST", "DomainService"]
 
@@ -151,6 +155,8 @@ class DomainService:
             domain.policy_cert, signer=key, certificate=issued.der, now_ns=clock()
         )
         self._crl: tuple[frozenset[int], int, bytes] | None = None
+        #: DomainService.WatchCRL: the long polls for a newer CRL (see ``_watch``).
+        self.crl_watches: Final = CRLWatches(self.current_crl, domain.policy_anchor, clock=clock)
 
     @classmethod
     def open(
@@ -183,6 +189,7 @@ class DomainService:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._summarize_periodically)
+                nursery.start_soon(self.crl_watches.run)
                 listeners = await nursery.start(
                     functools.partial(
                         serve_channels,
@@ -230,11 +237,11 @@ class DomainService:
             except (CodecError, ProtocolError) as exc:
                 failure = exc
         if failure is not None:
-            # Bad bytes, a truncated message or one over the limit: an envelope error
-            # of that kind (the message in progress is unknown: op "", seq 0).
-            reason = bounded(str(failure))
-            await self._refused(client, peer, ERROR_BAD_REQUEST, reason)
-            await self._send(stream, envelope.response("", 0, error=type(failure)(reason)))
+            # Bad bytes, a truncated message or one over the limit: a request whose
+            # header was read hears it as an envelope error of that kind, under its op
+            # and seq (the envelope decides; no header, no call to answer).
+            await self._refused(client, peer, ERROR_BAD_REQUEST, bounded(str(failure)))
+            await self._send(stream, envelope.answer_failure())
             return False
         if idle.cancelled_caught:
             log.info("client_idle", peer=peer)
@@ -243,13 +250,13 @@ class DomainService:
             return False
         assert isinstance(event, Request)
         op = event.op
-        if op not in (OP_CERTIFY, OP_GET_CRL):
+        if op not in (OP_CERTIFY, OP_GET_CRL, OP_WATCH_CRL):
             reason = f"unknown domain service method {bounded(op, 64)!r}"
             await self._refused(client, peer, ERROR_BAD_REQUEST, reason)
             await self._send(stream, envelope.response(op, event.seq, error=ProtocolError(reason)))
             return False
         # A CRL is never refused, so it is never rate limited either.
-        if op != OP_GET_CRL and not self.limiter.admit(client, code=ERROR_RATE_LIMITED):
+        if op == OP_CERTIFY and not self.limiter.admit(client, code=ERROR_RATE_LIMITED):
             await self.write_refusal_summaries()
             body = _error(
                 ERROR_RATE_LIMITED,
@@ -271,6 +278,8 @@ class DomainService:
     async def _respond(self, op: str, request: Any, peer: str, client: str) -> Any:
         if op == OP_GET_CRL:
             return message_class("DomainServiceResponse")(crl=await self.current_crl())
+        if op == OP_WATCH_CRL:
+            return await self.crl_watches.answer(request, client)
         if not (request.HasField("attestation") and request.HasField("program_key")):
             reason = f"incomplete {op} request"
             await self._refused(client, peer, ERROR_BAD_REQUEST, reason)

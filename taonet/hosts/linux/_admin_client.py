@@ -179,18 +179,15 @@ class AdminClient:
         self._close(failure)
         return failure
 
-    async def _exchange(self, op: str, seq: int, data: bytes, fds: Sequence[int]) -> Any:
+    async def _exchange(self, op: str, data: bytes, fds: Sequence[int]) -> Any:
         await _sendmsg_all(self._sock, data, fds)
         envelope = self._envelope
         while (event := envelope.next_event()) is NEED_DATA:
             envelope.receive_data(await self._sock.recv(CHUNK_SIZE))
         if event is END_OF_STREAM:
             raise trio.EndOfChannel
+        # The envelope checked that it answers this call (its seq and op).
         assert isinstance(event, Response)
-        if event.seq != seq or event.op != op:
-            raise ProtocolError(
-                f"the host answered call {seq} ({op}) as call {event.seq} ({event.op!r})"
-            )
         if event.error is not None:
             return event.error
         return parse("LinuxAdminResponse", event.body, what=f"{op} response")
@@ -209,7 +206,7 @@ class AdminClient:
                 raise self._broken(HostError("the admin client ran out of sequence numbers"))
             data = b"".join(self._envelope.request(op, seq, body))
             try:
-                result = await self._exchange(op, seq, data, fds)
+                result = await self._exchange(op, data, fds)
             except trio.EndOfChannel:
                 raise self._broken(HostError(f"{op}: the Tao host closed the connection")) from None
             except (CodecError, ProtocolError) as exc:
