@@ -13,47 +13,50 @@ import trio
 from taonet import auth
 from taonet.crypto import Signer
 from taonet.domain import Domain
-from taonet.hosts import SoftHost
 from taonet.provision import ERROR_INVALID_ATTESTATION, request_certificate
 from taonet_services.domain_service import AuditLog
 from taonet_services.domain_service._audit import MAX_FIELD_CHARS, SUMMARY_CODE
 from taonet_services.domain_service._service import ERROR_RATE_LIMITED, MAX_REQUEST
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, MakeDomain, MakeHost
 from tests.services.flood import audit_bytes, flood, flood_request
 
 
-async def test_domain_service_process(make_domain, make_host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    domain: Domain = make_domain(guard="Liberal")
-    host: SoftHost = make_host(domain)
+async def start_domain_service(domain: Domain, tmp_path: Path, *, stderr: int) -> trio.Process:
+    """``taonet domain-service`` for ``domain`` on a port of its choosing; stdout piped."""
     password_file = tmp_path / "pw"
     password_file.write_bytes(PASSWORD + b"\n")
-    process = await trio.lowlevel.open_process(
+    return await trio.lowlevel.open_process(
         [
-            sys.executable,
-            "-m",
-            "taonet",
-            "domain-service",
-            "--domain",
-            str(domain.path),
-            "--listen",
-            "127.0.0.1:0",
-            "--password-file",
-            str(password_file),
+            *(sys.executable, "-m", "taonet", "domain-service", "--domain", str(domain.path)),
+            *("--listen", "127.0.0.1:0", "--password-file", str(password_file)),
         ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
     )
+
+
+async def listening_port(process: trio.Process) -> int:
+    """The port the service says, in its first line on stdout, that it listens on."""
+    assert process.stdout is not None
+    line = b""
+    while b"\n" not in line:
+        chunk = await process.stdout.receive_some()
+        assert chunk, "the domain service exited before listening"
+        line += chunk
+    match = re.search(rb"listening on 127\.0\.0\.1:(\d+)", line)
+    assert match, line
+    return int(match.group(1))
+
+
+async def test_domain_service_process(
+    make_domain: MakeDomain, make_host: MakeHost, tmp_path: Path
+) -> None:
+    domain = make_domain(guard="Liberal")
+    host = make_host(domain)
+    process = await start_domain_service(domain, tmp_path, stderr=subprocess.DEVNULL)
     try:
         with trio.fail_after(60):
-            assert process.stdout is not None
-            line = b""
-            while b"\n" not in line:
-                chunk = await process.stdout.receive_some()
-                assert chunk, "the domain service exited before listening"
-                line += chunk
-            match = re.search(rb"listening on 127\.0\.0\.1:(\d+)", line)
-            assert match, line
-            port = int(match.group(1))
+            port = await listening_port(process)
             name = host.name.extend(domain.policy_subprin)
             key = Signer.generate()
             att = await host.tao_for(name).attest(
@@ -75,34 +78,16 @@ async def test_domain_service_process(make_domain, make_host, tmp_path: Path) ->
     assert (domain.path / "audit.sqlite").exists()
 
 
-async def test_flooded_service_process_keeps_its_log_and_audit_small(  # type: ignore[no-untyped-def]
-    make_domain,
-    tmp_path: Path,
+async def test_flooded_service_process_keeps_its_log_and_audit_small(
+    make_domain: MakeDomain, tmp_path: Path
 ) -> None:
     """The refusal flood against `taonet domain-service` itself: what it prints on
     stderr and adds to the audit log stays small, and the refusals it did not record
     one by one are summarized when it is stopped (Ctrl-C)."""
-    domain: Domain = make_domain(guard="Liberal")
-    password_file = tmp_path / "pw"
-    password_file.write_bytes(PASSWORD + b"\n")
+    domain = make_domain(guard="Liberal")
     audit = domain.path / "audit.sqlite"
     payload = flood_request(MAX_REQUEST - 200)
-    process = await trio.lowlevel.open_process(
-        [
-            sys.executable,
-            "-m",
-            "taonet",
-            "domain-service",
-            "--domain",
-            str(domain.path),
-            "--listen",
-            "127.0.0.1:0",
-            "--password-file",
-            str(password_file),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    process = await start_domain_service(domain, tmp_path, stderr=subprocess.PIPE)
     stderr = bytearray()
     try:
         with trio.fail_after(90):
@@ -116,15 +101,9 @@ async def test_flooded_service_process_keeps_its_log_and_audit_small(  # type: i
                         stderr.extend(chunk)
 
                 nursery.start_soon(drain)
-                line = b""
-                while b"\n" not in line:
-                    chunk = await process.stdout.receive_some()
-                    assert chunk, "the domain service exited before listening"
-                    line += chunk
-                match = re.search(rb"listening on 127\.0\.0\.1:(\d+)", line)
-                assert match, line
+                port = await listening_port(process)
                 before = audit_bytes(audit)
-                answers = await flood(int(match.group(1)), domain.policy_cert, payload, 200)
+                answers = await flood(port, domain.policy_cert, payload, 200)
                 # 10 refusals in full, then rate limited (more in full only if the
                 # flood outlasts the 10 s a client's bucket takes to earn one back).
                 full = answers[ERROR_INVALID_ATTESTATION]
