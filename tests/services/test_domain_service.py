@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from taonet import AuthorizationError, CodecError, auth, certs
+from taonet.attestation import Attestation
 from taonet.channel import ChannelIdentity, open_channel
 from taonet.crypto import Signer
 from taonet.domain import ACLGuard, Domain
@@ -34,7 +35,7 @@ from taonet.wire import (
 )
 from taonet_services.domain_service import AUDIT_FILE, AuditLog, DomainService
 from tests.channel.test_stream import wait_closed_by_peer
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, MakeDomain, MakeHost
 from tests.services.flood import exchange
 
 GOOD = b"\x61" * 32
@@ -58,12 +59,22 @@ class Service:
         )
         return att.to_bytes(), key
 
+    async def certify(self, att: bytes, key: Signer) -> certs.ProgramCertificate:
+        """Ask the service to certify ``key`` as the program ``att`` says it speaks for."""
+        return await request_certificate(
+            "127.0.0.1",
+            self.port,
+            self.domain.policy_cert,
+            Attestation.from_bytes(att),
+            key.public_key_der(),
+        )
+
     def audit(self) -> AuditLog:
         return AuditLog.open(self.domain.path / AUDIT_FILE)
 
 
 @pytest.fixture
-async def svc(make_domain, make_host) -> AsyncIterator[Service]:  # type: ignore[no-untyped-def]
+async def svc(make_domain: MakeDomain, make_host: MakeHost) -> AsyncIterator[Service]:
     domain = make_domain(name="svc-test")
     assert isinstance(domain.guard, ACLGuard)
     domain.save_guard(domain.guard.with_rule(domain.program_rule(GOOD)), domain.unlock(PASSWORD))
@@ -76,17 +87,9 @@ async def svc(make_domain, make_host) -> AsyncIterator[Service]:  # type: ignore
 
 
 async def test_issues_certificates_and_audits_them(svc: Service) -> None:
-    from taonet.attestation import Attestation
-
     att, key = await svc.request()
     with trio.fail_after(10):
-        program = await request_certificate(
-            "127.0.0.1",
-            svc.port,
-            svc.domain.policy_cert,
-            Attestation.from_bytes(att),
-            key.public_key_der(),
-        )
+        program = await svc.certify(att, key)
     assert program.principal == svc.name(GOOD)
     with svc.audit() as audit:
         event = audit.issued(program.serial)
@@ -96,28 +99,14 @@ async def test_issues_certificates_and_audits_them(svc: Service) -> None:
 
 
 async def test_refusals_are_typed_and_audited(svc: Service) -> None:
-    from taonet.attestation import Attestation
-
     with trio.fail_after(10):
         att, key = await svc.request(BAD)
         with pytest.raises(AuthorizationError, match="unauthorized"):
-            await request_certificate(
-                "127.0.0.1",
-                svc.port,
-                svc.domain.policy_cert,
-                Attestation.from_bytes(att),
-                key.public_key_der(),
-            )
+            await svc.certify(att, key)
         att, _ = await svc.request()
         thief = Signer.generate()
         with pytest.raises(DomainServiceError) as info:
-            await request_certificate(
-                "127.0.0.1",
-                svc.port,
-                svc.domain.policy_cert,
-                Attestation.from_bytes(att),
-                thief.public_key_der(),
-            )
+            await svc.certify(att, thief)
         assert info.value.code == ERROR_INVALID_ATTESTATION
         assert "presented key" in info.value.reason
     with svc.audit() as audit:
@@ -171,31 +160,15 @@ async def test_garbage_and_oversized_requests(svc: Service) -> None:
             codes = [e.reason_code for e in audit.events() if e.kind == "refused"]
         assert codes == [ERROR_BAD_REQUEST] * 5
         # The service still serves good clients.
-        from taonet.attestation import Attestation
-
         att, key = await svc.request()
-        program = await request_certificate(
-            "127.0.0.1",
-            svc.port,
-            svc.domain.policy_cert,
-            Attestation.from_bytes(att),
-            key.public_key_der(),
-        )
+        program = await svc.certify(att, key)
         assert program.principal == svc.name(GOOD)
 
 
 async def test_crl_lists_revocations(svc: Service) -> None:
-    from taonet.attestation import Attestation
-
     with trio.fail_after(10):
         att, key = await svc.request()
-        program = await request_certificate(
-            "127.0.0.1",
-            svc.port,
-            svc.domain.policy_cert,
-            Attestation.from_bytes(att),
-            key.public_key_der(),
-        )
+        program = await svc.certify(att, key)
         assert program.serial not in await fetch_crl("127.0.0.1", svc.port, svc.domain.policy_cert)
         with svc.audit() as audit:
             assert audit.revoke(program.serial, reason="key compromise")
