@@ -6,12 +6,21 @@
   (``trio.abc.Stream``) whose ``.peer`` is the verified :class:`Peer`;
   :func:`serve_channels` bounds handshakes, idle peers and connections held at once
   (in total and per address).
+* :class:`CRLSource`: the domain's current verified CRL, enforced on channels given
+  it as ``revocations=``: revoked or uncheckable peers are refused at handshake, and
+  open channels closed (:class:`ChannelRevokedError`) when a newer CRL lists them.
 * :class:`MessageStream`: 4-byte length-prefixed frames over any stream.
 """
 
 from __future__ import annotations
 
 from taonet.channel._identity import ChannelIdentity
+from taonet.channel._revocation import (
+    DEFAULT_REFRESH_INTERVAL,
+    DEFAULT_REFRESH_JITTER,
+    ChannelRevokedError,
+    CRLSource,
+)
 from taonet.channel._server import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -32,7 +41,11 @@ __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_PER_ADDRESS",
+    "DEFAULT_REFRESH_INTERVAL",
+    "DEFAULT_REFRESH_JITTER",
+    "CRLSource",
     "ChannelIdentity",
+    "ChannelRevokedError",
     "MessageStream",
     "Peer",
     "TaoStream",
@@ -40,3 +53,8 @@ __all__ = [
     "open_channel",
     "serve_channels",
 ]
+
+# What this package adds for revocation reports it as its home (reprs, tracebacks).
+for _public in (CRLSource, ChannelRevokedError):
+    _public.__module__ = __name__
+del _public

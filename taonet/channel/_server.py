@@ -54,6 +54,7 @@ from taonet._bursts import Bursts
 from taonet._errors import TaoError
 from taonet._log import get_logger
 from taonet.channel._identity import ChannelIdentity
+from taonet.channel._revocation import ChannelRevokedError, CRLSource
 from taonet.channel._stream import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     TaoStream,
@@ -94,6 +95,9 @@ _EVICT_AFTER: Final = 2.0
 # otherwise raw connections that never start TLS would push real clients out of the
 # channels they hold between requests.
 _EVICT_ESTABLISHED_AFTER: Final = 30.0
+# A handler whose channel was closed for a revocation has this long to notice (its
+# reads and writes fail at once) before it is cancelled.
+_REVOKED_GRACE: Final = 5.0
 
 Handler = Callable[[TaoStream], Awaitable[Any]]
 
@@ -122,6 +126,7 @@ async def serve_channels(
     host: str = "127.0.0.1",
     guard: Guard | None = None,
     revoked: Collection[int] = frozenset(),
+    revocations: CRLSource | None = None,
     allow_anonymous: bool = False,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
@@ -134,8 +139,17 @@ async def serve_channels(
     Follows Trio's nursery start protocol: ``task_status.started`` gets the listeners
     (use port 0 and read the bound port from them). A connection that fails the
     handshake, the name check or the guard is logged and closed; a handler that
-    raises is logged; the server keeps serving everyone else. ``revoked`` may be
-    any collection of serial numbers, e.g. a set the caller updates from the CRL.
+    raises is logged; the server keeps serving everyone else.
+
+    ``revocations`` (a :class:`~taonet.channel.CRLSource`, e.g. a running
+    :class:`taonet.provision.RevocationWatcher`) refuses handshakes from serials
+    its current CRL lists, and every certificate while it has no current CRL; an
+    open channel whose peer's serial (or this server's) it comes to list, or that
+    it can no longer check, is closed and logged (``channel_revoked``), and the
+    handler's reads and writes on it raise
+    :class:`~taonet.channel.ChannelRevokedError` (it is cancelled if it has not
+    returned 5 s later). ``revoked`` (kept for compatibility) is a fixed collection
+    of serial numbers checked at handshakes only.
 
     The limits (see the module docstring): ``handshake_timeout`` seconds for the
     whole handshake; ``idle_timeout`` seconds without bytes from the peer before
@@ -168,7 +182,12 @@ async def serve_channels(
             with conn.scope:
                 try:
                     stream = await accept_channel(
-                        ssl_stream, identity, guard=guard, revoked=revoked, remote=conn.remote
+                        ssl_stream,
+                        identity,
+                        guard=guard,
+                        revoked=revoked,
+                        revocations=revocations,
+                        remote=conn.remote,
                     )
                 except (TaoError, trio.BrokenResourceError, OSError) as exc:
                     broken = isinstance(exc, trio.BrokenResourceError)
@@ -177,14 +196,18 @@ async def serve_channels(
                     return
                 conn.stream = stream
                 conn.activity = stream._track_activity(conn.scope, idle_timeout)
+                if revocations is not None:
+                    await revocations._track(stream, conn.revoked)
                 await _run_handler(handler, stream, conn.remote)
-            if conn.scope.cancelled_caught and not conn.evicted:
+            if conn.scope.cancelled_caught and not conn.evicted and not conn.was_revoked:
                 if stream is None:
                     reason = f"no handshake within {handshake_timeout} s"
                     log.info("channel_rejected", remote=conn.remote, reason=reason)
                 else:
                     log.info("channel_idle", peer=str(stream.peer), remote=conn.remote)
         finally:
+            if revocations is not None and stream is not None:
+                revocations._untrack(stream)
             await trio.aclose_forcefully(stream if stream is not None else ssl_stream)
             # Only now is the descriptor closed: the slot can go to someone else.
             limits.release(conn)
@@ -203,6 +226,8 @@ async def serve_channels(
 async def _run_handler(handler: Handler, stream: TaoStream, remote: str) -> None:
     try:
         await handler(stream)
+    except ChannelRevokedError:
+        pass  # logged as channel_revoked when it was closed
     except trio.BrokenResourceError as exc:
         log.info("channel_broken", peer=str(stream.peer), remote=remote, reason=str(exc))
     except Exception:  # one bad connection must not stop the server
@@ -212,7 +237,16 @@ async def _run_handler(handler: Handler, stream: TaoStream, remote: str) -> None
 class _Conn:
     """One connection the server holds: where from, and whether it waits on its peer."""
 
-    __slots__ = ("activity", "address", "evicted", "remote", "scope", "since", "stream")
+    __slots__ = (
+        "activity",
+        "address",
+        "evicted",
+        "remote",
+        "scope",
+        "since",
+        "stream",
+        "was_revoked",
+    )
 
     def __init__(self, address: str, remote: str) -> None:
         self.address: Final = address
@@ -222,6 +256,21 @@ class _Conn:
         self.stream: TaoStream | None = None
         self.activity: _Activity | None = None
         self.evicted = False
+        self.was_revoked = False
+
+    def revoked(self, error: ChannelRevokedError) -> None:
+        """The CRL source closed this connection's channel: log it, bound the handler."""
+        self.was_revoked = True
+        peer = self.stream.peer if self.stream is not None else "?"
+        log.warning(
+            "channel_revoked",
+            peer=str(peer),
+            serial=error.serial,
+            own=error.own,
+            remote=self.remote,
+            reason=str(error),
+        )
+        self.scope.deadline = min(self.scope.deadline, trio.current_time() + _REVOKED_GRACE)
 
     def quiet_for(self, now: float) -> float | None:
         """How long the server has been waiting on this peer (None: it is busy itself).

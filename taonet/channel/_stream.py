@@ -30,7 +30,7 @@ import ssl
 import struct
 import time
 from collections.abc import Collection
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
 import trio
@@ -42,6 +42,9 @@ from taonet._log import get_logger
 from taonet.channel._identity import ChannelIdentity
 from taonet.channel._tls import TLSStream
 from taonet.domain import Guard
+
+if TYPE_CHECKING:
+    from taonet.channel._revocation import ChannelRevokedError, CRLSource
 
 __all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "Peer", "TaoStream", "accept_channel", "open_channel"]
 
@@ -119,10 +122,22 @@ class TaoStream(trio.abc.Stream):
     that has taken no bytes for as long.)
     """
 
-    def __init__(self, ssl_stream: _SSL, peer: Peer, *, server_side: bool) -> None:
+    def __init__(
+        self,
+        ssl_stream: _SSL,
+        peer: Peer,
+        *,
+        server_side: bool,
+        local: certs.ProgramCertificate | None = None,
+        revocations: CRLSource | None = None,
+    ) -> None:
         self._ssl = ssl_stream
         self.peer: Final = peer
         self.server_side: Final = server_side
+        # This side's certificate, and the CRL source that may close this stream.
+        self._local: Final = local
+        self._revocations: Final = revocations
+        self._revoked: ChannelRevokedError | None = None
         self._verdict_pending = not server_side
         self._buffer = b""
         self._receiving = False
@@ -154,6 +169,14 @@ class TaoStream(trio.abc.Stream):
         return self._receiving or self._sending
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self._check_revoked()
+        try:
+            await self._send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await self._raise_why_broken(exc)
+            raise
+
+    async def _send_all(self, data: bytes | bytearray | memoryview) -> None:
         activity = self._activity
         if activity is None:
             await self._ssl.send_all(data)
@@ -175,6 +198,14 @@ class TaoStream(trio.abc.Stream):
         activity.sent_to_peer()
 
     async def wait_send_all_might_not_block(self) -> None:
+        self._check_revoked()
+        try:
+            await self._wait_send_all_might_not_block()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await self._raise_why_broken(exc)
+            raise
+
+    async def _wait_send_all_might_not_block(self) -> None:
         activity = self._activity
         if activity is None:
             await self._ssl.wait_send_all_might_not_block()
@@ -194,6 +225,7 @@ class TaoStream(trio.abc.Stream):
             raise ValueError("max_bytes must be >= 1")
         if self._receiving:
             raise trio.BusyResourceError("another task is receiving on this TaoStream")
+        self._check_revoked()
         if self._closed:
             raise trio.ClosedResourceError("this TaoStream is closed")
         self._receiving = True
@@ -205,12 +237,48 @@ class TaoStream(trio.abc.Stream):
                 n = len(self._buffer) if max_bytes is None else max_bytes
                 data, self._buffer = self._buffer[:n], self._buffer[n:]
                 return data
-            received = await self._ssl.receive_some(max_bytes)
+            try:
+                received = await self._ssl.receive_some(max_bytes)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                await self._raise_why_broken(exc)
+                raise
             if received and self._activity is not None:
                 self._activity.heard_from_peer()
             return received
         finally:
             self._receiving = False
+
+    def _check_revoked(self) -> None:
+        if self._revoked is not None:
+            raise self._revoked_error()
+
+    def _revoked_error(self) -> ChannelRevokedError:
+        assert self._revoked is not None
+        return type(self._revoked)(
+            str(self._revoked), serial=self._revoked.serial, own=self._revoked.own
+        )
+
+    async def _revoke(self, error: ChannelRevokedError) -> None:
+        """Close this stream for ``error``: the connection is dropped without close_notify.
+
+        Tasks blocked on it, and every later call, raise a copy of ``error``.
+        """
+        if self._revoked is None:
+            self._revoked = error
+        await trio.aclose_forcefully(self._ssl.transport)
+
+    async def _raise_why_broken(self, exc: BaseException) -> None:
+        """Raise ChannelRevokedError if a revocation is why the transport failed with ``exc``.
+
+        A client stream whose server cut it asks its CRL source (see
+        :meth:`CRLSource._explain`); otherwise this returns and ``exc`` stands.
+        """
+        if self._revoked is None and not self._closed and not self.server_side:
+            revocations = self._revocations
+            if revocations is not None and isinstance(exc, trio.BrokenResourceError):
+                self._revoked = await revocations._explain(self)
+        if self._revoked is not None:
+            raise self._revoked_error() from exc
 
     async def wait_accepted(self) -> None:
         """Wait for the server's verdict (clients only); AuthorizationError if refused."""
@@ -263,6 +331,7 @@ def _peer_of(
     *,
     usage: str,
     revoked: Collection[int],
+    revocations: CRLSource | None,
 ) -> Peer:
     der = ssl_stream.getpeercert()
     if der is None:
@@ -272,6 +341,11 @@ def _peer_of(
     )
     if program.serial in revoked:
         raise AuthenticationError(f"the peer's certificate (serial {program.serial}) is revoked")
+    if revocations is not None:
+        try:
+            revocations.check(program.serial)
+        except AuthenticationError as exc:
+            raise AuthenticationError(f"the peer's certificate: {exc}") from None
     return Peer(program.principal, program)
 
 
@@ -297,6 +371,7 @@ async def open_channel(
     *,
     guard: Guard | None = None,
     revoked: Collection[int] = frozenset(),
+    revocations: CRLSource | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
 ) -> TaoStream:
     """Connect to a Tao channel server and return the stream once its name is checked.
@@ -307,6 +382,13 @@ async def open_channel(
     ``handshake_timeout``), the original OSError or trio.TooSlowError as its
     ``__cause__``. The server's verdict on us arrives with the first read (see
     :meth:`TaoStream.wait_accepted`).
+
+    ``revocations`` (a :class:`~taonet.channel.CRLSource`) refuses a server whose
+    serial it lists, or every server while it has no current CRL, and closes the
+    stream later if its CRL comes to list the server's serial or ours: reads and
+    writes then raise :class:`~taonet.channel.ChannelRevokedError`, as they do when
+    the server cuts the channel and a fresh CRL lists either serial.
+    ``revoked`` is a fixed collection of serials to refuse (checked only here).
     """
     where = f"{host}:{port}"
     with map_os_errors(to=ProtocolError, what=f"cannot reach the channel server at {where}"):
@@ -323,7 +405,9 @@ async def open_channel(
                 await _handshake(ssl_stream, handshake_timeout)
             except trio.BrokenResourceError as exc:
                 raise AuthenticationError(f"TLS handshake failed: {_tls_reason(exc)}") from exc
-        peer = _peer_of(ssl_stream, identity, usage="server", revoked=revoked)
+        peer = _peer_of(
+            ssl_stream, identity, usage="server", revoked=revoked, revocations=revocations
+        )
         if peer.principal is None:
             raise AuthenticationError("the server presented no certificate")
         try:
@@ -335,7 +419,16 @@ async def open_channel(
         await trio.aclose_forcefully(ssl_stream)
         raise
     log.debug("channel_established", peer=peer, side="client")
-    return TaoStream(ssl_stream, peer, server_side=False)
+    stream = TaoStream(
+        ssl_stream,
+        peer,
+        server_side=False,
+        local=identity.certificate,
+        revocations=revocations,
+    )
+    if revocations is not None:
+        await revocations._track(stream)
+    return stream
 
 
 def _tls_reason(exc: BaseException) -> str:
@@ -352,6 +445,7 @@ async def accept_channel(
     guard: Guard | None,
     revoked: Collection[int],
     remote: str,
+    revocations: CRLSource | None = None,
 ) -> TaoStream:
     """The server's half of the channel handshake (the caller bounds it in time).
 
@@ -362,7 +456,9 @@ async def accept_channel(
     await ssl_stream.do_handshake()
     peer: Peer | None = None
     try:
-        peer = _peer_of(ssl_stream, identity, usage="client", revoked=revoked)
+        peer = _peer_of(
+            ssl_stream, identity, usage="client", revoked=revoked, revocations=revocations
+        )
         _check_guard(guard, peer)
     except (AuthenticationError, AuthorizationError) as exc:
         log.warning("peer_denied", peer=str(peer or "?"), remote=remote, reason=str(exc))
@@ -371,4 +467,10 @@ async def accept_channel(
         raise
     await ssl_stream.send_all(_ACCEPT)
     log.debug("channel_established", peer=peer, side="server", remote=remote)
-    return TaoStream(ssl_stream, peer, server_side=True)
+    return TaoStream(
+        ssl_stream,
+        peer,
+        server_side=True,
+        local=identity.certificate,
+        revocations=revocations,
+    )

@@ -83,6 +83,8 @@ _SCHEMA: Final[dict[str, list[tuple[str, int, int, str]]]] = {
         ("kind", 1, _REQ, "string"),
         ("attestation", 2, _OPT, "bytes"),
         ("program_key", 3, _OPT, "bytes"),
+        # DomainService.WatchCRL: the cRLNumber the client holds (unsigned, big-endian).
+        ("known_crl_number", 4, _OPT, "bytes"),
     ],
     "DomainServiceResponse": [
         ("error_code", 1, _OPT, "string"),

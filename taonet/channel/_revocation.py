@@ -1,0 +1,419 @@
+"""Revocation that reaches open channels: a domain's current CRL, kept and enforced.
+
+A :class:`CRLSource` holds the newest revocation list of one domain that it has
+verified, and enforces it on the Tao channels handed to it (``revocations=`` of
+:func:`~taonet.channel.open_channel` and :func:`~taonet.channel.serve_channels`):
+
+* a CRL is taken only when :func:`taonet.certs.verify_crl` accepts it (signed by
+  this domain's policy key, inside its update window on the source's clock) and
+  its cRLNumber is not below the one held: an older list, even one correctly
+  signed (a rolled-back or replaying service), is refused with
+  :class:`~taonet.AuthenticationError` and the newer one kept;
+* :meth:`CRLSource.check`, run on every handshake, refuses a revoked serial and
+  fails closed: with no CRL yet, or once the one held is past its nextUpdate, it
+  refuses every certificate and says why;
+* every channel given to it is tracked while it is open. When a newer CRL lists
+  the peer's serial or this program's own, or the CRL held expires without a
+  newer one, the channel is closed: its connection is dropped without a TLS
+  close_notify, and each later (or blocked) read or write on it raises
+  :class:`ChannelRevokedError` naming the serial. It is logged as
+  ``channel_revoked`` (peer, serial, reason).
+
+The peer on the other end learns why without anything new on the wire (a Tao
+channel stays plain TLS 1.3, as the original CloudProxy peers speak it): it sees a
+connection cut without close_notify, and a client stream with ``revocations=``
+that sees that asks its own source for a fresh CRL (at most one fetch in flight;
+see :meth:`CRLSource.refresh`) and raises :class:`ChannelRevokedError` if its own
+or the server's serial is listed there.
+
+:meth:`CRLSource.run` keeps the CRL current when the source has a fetcher (see
+:class:`taonet.provision.RevocationWatcher`, which fetches from the domain
+service): a refresh every ``refresh_interval`` seconds (default 300, spread by
+``jitter``), a long poll that brings a new CRL about a second after it is
+published, retries with back-off after failures (logged as ``crl_refresh_failed``,
+a line per burst), and, when the CRL held expires, ``crl_expired`` and the sweep
+above. Without a fetcher, :meth:`CRLSource.update` feeds it by hand.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import random
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final
+
+import structlog
+import trio
+
+from taonet import certs
+from taonet._bursts import Bursts
+from taonet._errors import AuthenticationError, ConfigError, TaoError
+
+if TYPE_CHECKING:
+    from taonet.channel._stream import TaoStream
+
+__all__ = [
+    "DEFAULT_REFRESH_INTERVAL",
+    "DEFAULT_REFRESH_JITTER",
+    "CRLSource",
+    "ChannelRevokedError",
+]
+
+log = structlog.get_logger(__name__)
+
+#: Seconds between scheduled CRL refreshes. A revocation reaches servers through the
+#: long poll in about a second; the schedule is the floor when that poll is refused
+#: or fails: at most five minutes, for one small request per server per five
+#: minutes (1000 servers: about 3 a second, each answered from the signed CRL the
+#: service keeps), and hundreds of retries before a CRL the domain service signs
+#: (valid a day) runs out.
+DEFAULT_REFRESH_INTERVAL: Final = 300.0
+#: Each scheduled wait is the interval times a random factor in 1 +- this, so that
+#: servers started together do not refresh together.
+DEFAULT_REFRESH_JITTER: Final = 0.1
+# After a failed refresh, retry after this long, doubling up to the interval.
+_RETRY_FIRST: Final = 1.0
+# A long poll that failed or was refused waits this long, doubling, before the next.
+_WATCH_RETRY_FIRST: Final = 1.0
+_WATCH_RETRY_MAX: Final = 60.0
+# A client stream cut by its server asks for a fresh CRL for at most this long.
+_EXPLAIN_TIMEOUT: Final = 5.0
+
+Fetch = Callable[[], Awaitable[bytes]]
+Watch = Callable[[int], Awaitable[bytes | None]]
+OnRevoked = Callable[["ChannelRevokedError"], None]
+
+
+class ChannelRevokedError(AuthenticationError, trio.BrokenResourceError):
+    """A channel closed because a certificate on it was revoked or can no longer be checked.
+
+    Both an :class:`~taonet.AuthenticationError` and a ``trio.BrokenResourceError``,
+    so code written for either catches it. ``serial`` is the certificate's serial
+    number; ``own`` is True when it is this program's certificate, False when it is
+    the peer's.
+    """
+
+    def __init__(self, message: str, *, serial: int, own: bool) -> None:
+        super().__init__(message)
+        self.serial = serial
+        self.own = own
+
+
+def _iso(ns: int) -> str:
+    moment = _dt.datetime.fromtimestamp(ns / 1e9, tz=_dt.UTC)
+    return moment.isoformat(timespec="seconds")
+
+
+class CRLSource:
+    """A domain's current verified CRL, enforced on channels (see the module docstring).
+
+    ``policy_cert`` is the domain's policy certificate (DER) or its
+    :class:`~taonet.certs.PolicyAnchor`. ``clock`` gives the time in ns since the
+    epoch against which CRLs are checked. ``fetch`` returns the domain's CRL (DER);
+    ``watch(number)`` waits for one newer than ``number`` and returns it, or None
+    when its wait ran out. Without ``fetch``, :meth:`run` only watches for expiry.
+    """
+
+    def __init__(
+        self,
+        policy_cert: bytes | certs.PolicyAnchor,
+        *,
+        fetch: Fetch | None = None,
+        watch: Watch | None = None,
+        refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+        jitter: float = DEFAULT_REFRESH_JITTER,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        if not refresh_interval > 0:
+            raise ValueError(f"refresh_interval must be positive, not {refresh_interval}")
+        if not 0 <= jitter < 1:
+            raise ValueError(f"jitter must be from 0 to below 1, not {jitter}")
+        anchor = (
+            policy_cert
+            if isinstance(policy_cert, certs.PolicyAnchor)
+            else certs.PolicyAnchor(policy_cert, now_ns=clock())
+        )
+        #: The domain's policy certificate, checked: the only signer of CRLs taken.
+        self.anchor: Final = anchor
+        self.refresh_interval: Final = refresh_interval
+        self.jitter: Final = jitter
+        self._fetch = fetch
+        self._watch = watch
+        self._clock = clock
+        self._crl: certs.RevocationList | None = None
+        self._changed = trio.Event()
+        self._tracked: weakref.WeakKeyDictionary[TaoStream, OnRevoked | None] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._refresh_lock = trio.Lock()
+        self._fetches_started = 0
+        self._last_ok_fetch = 0
+        self._failing = False
+        self._failures: Final = Bursts("crl_refresh_failed", log)
+
+    # -- state ------------------------------------------------------------------------
+
+    @property
+    def crl(self) -> certs.RevocationList | None:
+        """The CRL held (None before the first one), even if it has expired since."""
+        return self._crl
+
+    def _unusable(self) -> str | None:
+        """Why no serial can be checked now (None: the CRL held is current)."""
+        crl = self._crl
+        if crl is None:
+            return "cannot check revocation: no verified CRL from the domain yet"
+        if self._clock() > crl.next_update_ns:
+            return (
+                f"cannot check revocation: the CRL held (number {crl.number}) expired at"
+                f" {_iso(crl.next_update_ns)} and no newer one could be had"
+            )
+        return None
+
+    def is_revoked(self, serial: int) -> bool:
+        """Whether the current CRL lists ``serial``; AuthenticationError if there is none."""
+        unusable = self._unusable()
+        if unusable is not None:
+            raise AuthenticationError(unusable)
+        assert self._crl is not None
+        return serial in self._crl
+
+    def check(self, serial: int) -> None:
+        """Raise AuthenticationError if ``serial`` is revoked or cannot be checked now."""
+        if self.is_revoked(serial):
+            assert self._crl is not None
+            raise AuthenticationError(
+                f"certificate serial {serial} is revoked (CRL number {self._crl.number})"
+            )
+
+    async def update(self, crl_der: bytes) -> bool:
+        """Take ``crl_der`` if it verifies and is not older than the CRL held.
+
+        Returns True if it replaced the CRL held (then the channels it tracks are
+        checked against it at once), False if it is the one held. Raises
+        AuthenticationError (and keeps the CRL held) for a CRL that does not verify
+        or is older.
+        """
+        crl = certs.verify_crl(self.anchor, crl_der, now_ns=self._clock())
+        held = self._crl
+        if held is not None and crl.number <= held.number:
+            await trio.lowlevel.checkpoint()
+            if crl.number == held.number:
+                return False
+            raise AuthenticationError(
+                f"refused a CRL older than the one held (number {crl.number} < {held.number}):"
+                " a rolled-back or replayed list"
+            )
+        self._crl = crl
+        log.info(
+            "crl_updated",
+            number=crl.number,
+            revoked=len(crl),
+            next_update=_iso(crl.next_update_ns),
+        )
+        self._changed.set()
+        self._changed = trio.Event()
+        await self.sweep()
+        return True
+
+    # -- channels -----------------------------------------------------------------------
+
+    def _problem(self, stream: TaoStream) -> ChannelRevokedError | None:
+        """Why ``stream`` must close now (None: it may stay open)."""
+        peer = stream.peer.certificate
+        local = stream._local
+        crl = self._crl
+        if crl is not None:
+            if peer is not None and peer.serial in crl:
+                return ChannelRevokedError(
+                    f"the peer's certificate (serial {peer.serial}) was revoked"
+                    f" (CRL number {crl.number})",
+                    serial=peer.serial,
+                    own=False,
+                )
+            if local is not None and local.serial in crl:
+                return ChannelRevokedError(
+                    f"this program's certificate (serial {local.serial}) was revoked"
+                    f" (CRL number {crl.number})",
+                    serial=local.serial,
+                    own=True,
+                )
+        unusable = self._unusable()
+        if unusable is not None and peer is not None:
+            return ChannelRevokedError(
+                f"the peer's certificate (serial {peer.serial}) {unusable.removeprefix('cannot ')}",
+                serial=peer.serial,
+                own=False,
+            )
+        return None
+
+    async def _track(self, stream: TaoStream, on_revoked: OnRevoked | None = None) -> None:
+        """Enforce this source on ``stream`` until it is untracked (or collected).
+
+        ``on_revoked`` is called when it is closed for a revocation (by default that
+        is logged as ``channel_revoked``). A stream already revoked is closed now.
+        """
+        self._tracked[stream] = on_revoked
+        problem = self._problem(stream)
+        if problem is not None:
+            await self._revoke(stream, problem)
+
+    def _untrack(self, stream: TaoStream) -> None:
+        self._tracked.pop(stream, None)
+
+    async def sweep(self) -> int:
+        """Close every tracked channel the CRL held no longer allows; returns how many."""
+        closed = 0
+        for stream in list(self._tracked.keys()):
+            problem = self._problem(stream)
+            if problem is not None:
+                await self._revoke(stream, problem)
+                closed += 1
+        return closed
+
+    async def _revoke(self, stream: TaoStream, error: ChannelRevokedError) -> None:
+        on_revoked = self._tracked.pop(stream, None)
+        await stream._revoke(error)
+        if on_revoked is not None:
+            on_revoked(error)
+        else:
+            log.warning(
+                "channel_revoked",
+                peer=str(stream.peer),
+                serial=error.serial,
+                side="server" if stream.server_side else "client",
+                reason=str(error),
+            )
+
+    async def _explain(self, stream: TaoStream) -> ChannelRevokedError | None:
+        """Why a client stream's server cut it: a revocation, if a fresh CRL says so."""
+        problem = self._problem(stream)
+        if problem is None and self._fetch is not None:
+            with trio.move_on_after(_EXPLAIN_TIMEOUT):
+                try:
+                    await self.refresh()
+                except TaoError as exc:
+                    log.info("crl_refresh_failed", reason=str(exc)[:200], via="explain")
+            problem = self._problem(stream)
+        if problem is not None:
+            self._tracked.pop(stream, None)
+        return problem
+
+    # -- keeping the CRL current ------------------------------------------------------------
+
+    async def refresh(self) -> bool:
+        """Fetch the CRL now and take it (see :meth:`update`); True if it was newer.
+
+        Callers that arrive while a fetch is under way wait for the next one to
+        finish (one that started after they asked) rather than starting their own.
+        Raises what the fetch raised (a :class:`~taonet.TaoError`) or what
+        :meth:`update` raised; ConfigError for a source without a fetcher.
+        """
+        if self._fetch is None:
+            raise ConfigError("this CRLSource has no fetcher: feed it with update()")
+        wanted = self._fetches_started + 1
+        async with self._refresh_lock:
+            if self._last_ok_fetch >= wanted:
+                return False
+            self._fetches_started += 1
+            number = self._fetches_started
+            der = await self._fetch()
+            changed = await self.update(der)
+            self._last_ok_fetch = number
+            return changed
+
+    async def _refresh_logged(self, *, via: str) -> bool:
+        """Refresh; log a failure (a line per burst) and return whether it worked."""
+        try:
+            await self.refresh()
+        except TaoError as exc:
+            self._failing = True
+            crl = self._crl
+            self._failures.note(
+                via=via,
+                reason=str(exc)[:300],
+                held=None if crl is None else crl.number,
+                held_until=None if crl is None else _iso(crl.next_update_ns),
+            )
+            return False
+        if self._failing:
+            self._failing = False
+            log.info("crl_refresh_recovered", via=via)
+        return True
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the CRL current until cancelled (Trio's start protocol).
+
+        With a fetcher, one refresh is tried before ``task_status.started()`` (a
+        failure is logged, and until a CRL arrives every certificate is refused);
+        then the schedule, the long poll (with a watcher) and the expiry check run.
+        """
+        if self._fetch is not None:
+            await self._refresh_logged(via="start")
+        async with trio.open_nursery() as nursery:
+            if self._fetch is not None:
+                nursery.start_soon(self._schedule)
+            if self._watch is not None:
+                nursery.start_soon(self._long_poll, self._watch)
+            nursery.start_soon(self._expiry)
+            task_status.started()
+
+    def _interval(self) -> float:
+        return self.refresh_interval * (1 + random.uniform(-self.jitter, self.jitter))  # noqa: S311
+
+    async def _schedule(self) -> None:
+        retry = _RETRY_FIRST
+        ok = self._crl is not None
+        while True:
+            if ok:
+                retry = _RETRY_FIRST
+                await trio.sleep(self._interval())
+            else:
+                await trio.sleep(min(retry, self._interval()))
+                retry = min(retry * 2, self.refresh_interval)
+            ok = await self._refresh_logged(via="schedule")
+
+    async def _long_poll(self, watch: Watch) -> None:
+        retry = _WATCH_RETRY_FIRST
+        while True:
+            known = self._crl.number if self._crl is not None else 0
+            try:
+                der = await watch(known)
+                changed = der is not None and await self.update(der)
+            except TaoError as exc:
+                self._failures.note(via="watch", reason=str(exc)[:300])
+                await trio.sleep(retry * random.uniform(1, 1.5))  # noqa: S311
+                retry = min(retry * 2, _WATCH_RETRY_MAX)
+                continue
+            if der is not None and not changed:
+                # A watch answers with a newer CRL or not at all: one that did not
+                # change anything is a service out of step. Do not spin on it.
+                await trio.sleep(retry)
+                retry = min(retry * 2, _WATCH_RETRY_MAX)
+            else:
+                retry = _WATCH_RETRY_FIRST
+
+    async def _expiry(self) -> None:
+        while True:
+            changed = self._changed
+            crl = self._crl
+            if crl is None:
+                await changed.wait()
+                continue
+            remaining = crl.next_update_ns - self._clock()
+            if remaining >= 0:
+                with trio.move_on_after(remaining / 1e9 + 0.01):
+                    await changed.wait()
+                continue
+            closed = await self.sweep()
+            log.error(
+                "crl_expired",
+                number=crl.number,
+                next_update=_iso(crl.next_update_ns),
+                closed=closed,
+                reason="cannot check revocation: refusing certificates until a fresh CRL arrives",
+            )
+            await changed.wait()
+

@@ -1,0 +1,123 @@
+"""Keeping a domain's CRL current from its domain service: :class:`RevocationWatcher`.
+
+A :class:`RevocationWatcher` is a :class:`taonet.channel.CRLSource` that fetches
+from the domain service: ``DomainService.GetCRL`` on a schedule and on demand, and
+the long poll ``DomainService.WatchCRL``. A watch sends the cRLNumber the client
+holds (``known_crl_number``, unsigned big-endian, at most 20 bytes); the service
+answers with its CRL as soon as it has one with a larger number (at once if it
+has one already), or with an answer without a CRL after :data:`WATCH_TIMEOUT`
+seconds, and the client asks again. A service holds only so many watches at once
+from one address and in all; over that it answers ``too_many_watches`` at once,
+and the watcher falls back on its schedule for a while.
+
+Every CRL from the service is verified against the policy certificate before it
+is taken, and never one older than the CRL held (see
+:class:`~taonet.channel.CRLSource`): the service is trusted to be available, not
+to be honest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Final
+
+from taonet._errors import CodecError, ProtocolError
+from taonet.channel import DEFAULT_REFRESH_INTERVAL, DEFAULT_REFRESH_JITTER, CRLSource
+from taonet.provision._client import OP_GET_CRL, _anonymous, _exchange
+from taonet.wire import message_class
+
+__all__ = [
+    "ERROR_TOO_MANY_WATCHES",
+    "OP_WATCH_CRL",
+    "WATCH_TIMEOUT",
+    "RevocationWatcher",
+    "watch_crl",
+]
+
+#: The domain service's long poll for a newer CRL.
+OP_WATCH_CRL: Final = "DomainService.WatchCRL"
+#: The longest a domain service holds a watch before answering "nothing newer".
+WATCH_TIMEOUT: Final = 20.0
+#: A watch the service will not hold: too many from this address or in all.
+ERROR_TOO_MANY_WATCHES: Final = "too_many_watches"
+_MAX_NUMBER_BYTES: Final = 20
+
+
+def encode_crl_number(number: int) -> bytes:
+    """A cRLNumber as ``known_crl_number`` carries it (0 to 2**160 - 1)."""
+    if not 0 <= number < 1 << (8 * _MAX_NUMBER_BYTES):
+        raise ValueError(f"a CRL number is from 0 to 2**160 - 1, not {number}")
+    return number.to_bytes((number.bit_length() + 7) // 8 or 1, "big")
+
+
+def decode_crl_number(data: bytes) -> int:
+    """``known_crl_number`` back to a number; CodecError if it is over 20 bytes."""
+    if len(data) > _MAX_NUMBER_BYTES:
+        raise CodecError(f"known_crl_number is {len(data)} bytes, over {_MAX_NUMBER_BYTES}")
+    return int.from_bytes(data, "big")
+
+
+async def fetch_crl_der(host: str, port: int, policy_cert: bytes) -> bytes:
+    """The domain's CRL as the service sent it (DER, not yet verified)."""
+    request = message_class("DomainServiceRequest")(kind="crl")
+    response = await _exchange(host, port, _anonymous(policy_cert), OP_GET_CRL, request)
+    if not response.HasField("crl"):
+        raise ProtocolError("the domain service answered without a CRL")
+    return bytes(response.crl)
+
+
+async def watch_crl(host: str, port: int, policy_cert: bytes, known: int) -> bytes | None:
+    """Wait for a CRL with a number above ``known``: its DER (unverified), or None.
+
+    None when the service's wait (:data:`WATCH_TIMEOUT`) ran out with nothing
+    newer. DomainServiceError ``too_many_watches`` when the service holds too many
+    watches already; the errors of :func:`~taonet.provision.fetch_crl` otherwise.
+    """
+    request = message_class("DomainServiceRequest")(
+        kind="watch_crl", known_crl_number=encode_crl_number(known)
+    )
+    response = await _exchange(host, port, _anonymous(policy_cert), OP_WATCH_CRL, request)
+    return bytes(response.crl) if response.HasField("crl") else None
+
+
+class RevocationWatcher(CRLSource):
+    """A :class:`~taonet.channel.CRLSource` kept current from a domain service.
+
+    ``domain_service`` is its ``(host, port)``. Start it with ``await
+    nursery.start(watcher.run)`` (one refresh is tried first) and give it as
+    ``revocations=`` to :func:`~taonet.channel.serve_channels`,
+    :func:`~taonet.channel.open_channel` and
+    :func:`~taonet.provision.load_or_provision`. It refreshes every
+    ``refresh_interval`` seconds (with ``jitter``), on :meth:`refresh`, and, unless
+    ``watch`` is False, as soon as the service publishes a newer CRL (the long
+    poll, module docstring).
+    """
+
+    def __init__(
+        self,
+        policy_cert: bytes,
+        domain_service: tuple[str, int],
+        *,
+        refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+        jitter: float = DEFAULT_REFRESH_JITTER,
+        watch: bool = True,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        host, port = domain_service
+        self.domain_service: Final = (host, port)
+
+        async def fetch() -> bytes:
+            return await fetch_crl_der(host, port, policy_cert)
+
+        async def long_poll(known: int) -> bytes | None:
+            return await watch_crl(host, port, policy_cert, known)
+
+        super().__init__(
+            policy_cert,
+            fetch=fetch,
+            watch=long_poll if watch else None,
+            refresh_interval=refresh_interval,
+            jitter=jitter,
+            clock=clock,
+        )
