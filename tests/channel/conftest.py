@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -46,15 +46,26 @@ def programs(make_domain: Callable[..., Domain], make_host: Callable[..., SoftHo
     return Programs(domain, make_host(domain))
 
 
+async def echo(stream: TaoStream) -> None:
+    """A channel handler that sends back what it receives, until the end of the stream."""
+    while data := await stream.receive_some():
+        await stream.send_all(data)
+
+
+def recording_echo(seen: list[TaoStream]) -> Callable[[TaoStream], Awaitable[None]]:
+    """An :func:`echo` handler that first appends each stream it serves to ``seen``."""
+
+    async def handler(stream: TaoStream) -> None:
+        seen.append(stream)
+        await echo(stream)
+
+    return handler
+
+
 async def start_server(
     nursery: trio.Nursery, identity: ChannelIdentity, handler: Any = None, **kw: Any
 ) -> int:
-    """Serve channels on 127.0.0.1:0 and return the port."""
-
-    async def echo(stream: TaoStream) -> None:
-        while data := await stream.receive_some():
-            await stream.send_all(data)
-
+    """Serve channels (by default, :func:`echo`) on 127.0.0.1:0 and return the port."""
     listeners = await nursery.start(
         functools.partial(serve_channels, handler or echo, 0, identity, **kw)
     )
@@ -68,4 +79,4 @@ async def nursery() -> AsyncIterator[trio.Nursery]:
         n.cancel_scope.cancel()
 
 
-__all__ = ["Programs", "open_channel", "start_server"]
+__all__ = ["Programs", "echo", "open_channel", "recording_echo", "start_server"]

@@ -16,7 +16,7 @@ import trio.testing
 from taonet import ProtocolError
 from taonet.channel import DEFAULT_IDLE_TIMEOUT, TaoStream, open_channel, serve_channels
 from taonet.channel._server import _EVICT_AFTER, _EVICT_ESTABLISHED_AFTER, address_key
-from tests.channel.conftest import Programs, start_server
+from tests.channel.conftest import Programs, recording_echo, start_server
 from tests.channel.flood import attacker_channel, events, open_stalled, server_process
 from tests.channel.test_stream import echo_once, wait_closed_by_peer
 
@@ -64,14 +64,8 @@ async def test_idle_peer_is_closed_after_the_idle_timeout(
 ) -> None:
     server_id, client_id = await programs.identity(1), await programs.identity(2)
     seen: list[TaoStream] = []
-
-    async def echo(stream: TaoStream) -> None:
-        seen.append(stream)
-        while data := await stream.receive_some():
-            await stream.send_all(data)
-
     with trio.fail_after(10 * DEFAULT_IDLE_TIMEOUT):
-        port = await start_server(nursery, server_id, echo)
+        port = await start_server(nursery, server_id, recording_echo(seen))
         start = trio.current_time()
         idle = await attacker_channel(port, client_id, "127.0.0.2")
         chatty = await open_channel("127.0.0.1", port, client_id)

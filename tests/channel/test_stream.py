@@ -14,7 +14,7 @@ from taonet import AuthenticationError, AuthorizationError, ConfigError, Protoco
 from taonet.channel import ChannelIdentity, TaoStream, open_channel
 from taonet.crypto import KdfParams, Signer
 from taonet.domain import ACLGuard, Domain, DomainTemplate, authorized
-from tests.channel.conftest import Programs, start_server
+from tests.channel.conftest import Programs, recording_echo, start_server
 from tests.conftest import PASSWORD
 
 DAY = 24 * 3600 * 10**9
@@ -36,12 +36,7 @@ async def test_both_sides_learn_the_verified_peer(
 ) -> None:
     server_id, client_id = await programs.identity(1), await programs.identity(2)
     seen: list[TaoStream] = []
-
-    async def handler(stream: TaoStream) -> None:
-        seen.append(stream)
-        while data := await stream.receive_some():
-            await stream.send_all(data)
-
+    handler = recording_echo(seen)
     with trio.fail_after(10):
         port = await start_server(nursery, server_id, handler)
         stream = await open_channel("127.0.0.1", port, client_id)
@@ -228,12 +223,7 @@ async def test_anonymous_clients(programs: Programs, nursery: trio.Nursery) -> N
     with pytest.raises(ConfigError):
         anonymous.server_context()
     seen: list[TaoStream] = []
-
-    async def handler(stream: TaoStream) -> None:
-        seen.append(stream)
-        while data := await stream.receive_some():
-            await stream.send_all(data)
-
+    handler = recording_echo(seen)
     with trio.fail_after(10):
         strict = await start_server(nursery, await programs.identity(1))
         stream = await open_channel("127.0.0.1", strict, anonymous)
