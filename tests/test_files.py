@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -55,36 +56,30 @@ def test_accepts_str_path_and_empty_data(tmp_path: Path) -> None:
     assert (tmp_path / "e").read_bytes() == b""
 
 
-def test_failed_rename_keeps_old_file_and_leaves_no_temp(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+#: A step of atomic_write that fails: the os function that fails, how, and what the
+#: ConfigError must say.
+FAILED_STEPS = {
+    "rename": ("replace", OSError(5, "Input/output error"), r"cannot write .*Input/output error"),
+    "write": ("write", OSError(28, "No space left on device"), "No space left"),
+}
+
+
+@pytest.mark.parametrize("step", sorted(FAILED_STEPS))
+def test_a_failed_step_keeps_old_file_and_leaves_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
+    function, error, message = FAILED_STEPS[step]
     target = tmp_path / "f"
     target.write_bytes(b"old contents")
 
-    def failing_replace(src: object, dst: object) -> None:
-        raise OSError(5, "Input/output error")
+    def failing(*args: object) -> NoReturn:
+        raise error
 
-    monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(ConfigError, match=r"cannot write .*Input/output error") as info:
-        atomic_write(target, b"new contents")
-    assert isinstance(info.value.__cause__, OSError)
-    assert target.read_bytes() == b"old contents"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
-
-
-def test_failed_write_keeps_old_file_and_leaves_no_temp(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    target = tmp_path / "f"
-    target.write_bytes(b"old contents")
-
-    def full_disk(fd: int, data: object) -> int:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "write", full_disk)
-    with pytest.raises(ConfigError, match="No space left"):
+    monkeypatch.setattr(os, function, failing)
+    with pytest.raises(ConfigError, match=message) as info:
         atomic_write(target, b"new contents")
     monkeypatch.undo()
+    assert info.value.__cause__ is error
     assert target.read_bytes() == b"old contents"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
 
