@@ -1,4 +1,4 @@
-"""``taonet host init|start|stop|show`` and ``taonet run|list|stop|kill``: Linux hosts.
+"""``taonet host init|start|stop|show|recertify`` and ``taonet run|list|stop|kill``: Linux hosts.
 
 The host directory is ``--host DIR``, else ``$TAO_HOST``, else ``linux_tao_host`` in
 the domain (``--domain DIR`` or ``$TAO_DOMAIN``). A root host is started with its
@@ -140,6 +140,30 @@ def register(sub: Any) -> None:
     show = cmds.add_parser("show", help="show the host's configuration and state")
     add_host_option(show)
     show.set_defaults(func=_show)
+
+    recertify = cmds.add_parser(
+        "recertify",
+        help="have the policy key sign a new certificate for a stopped root host's key "
+        "(for a certificate of taonet's first profile, or one about to expire)",
+    )
+    add_domain_option(recertify)
+    recertify.add_argument(
+        "--host",
+        "--host-dir",
+        dest="host",
+        metavar="DIR",
+        type=Path,
+        default=Path(os.environ["TAO_HOST"]) if os.environ.get("TAO_HOST") else None,
+        help="Linux host directory (default: $TAO_HOST, else linux_tao_host in the domain)",
+    )
+    add_password_option(recertify)
+    recertify.add_argument(
+        "--policy-password-file",
+        metavar="FILE",
+        type=Path,
+        help="the policy key's password (default: prompt)",
+    )
+    recertify.set_defaults(func=_recertify)
 
     run = sub.add_parser("run", help="start a program on a Linux host")
     add_host_option(run)
@@ -320,6 +344,27 @@ def _show(args: argparse.Namespace) -> int:
     name, programs = found
     print(f"state:          running as {name}")
     print(f"programs:       {len(programs)}")
+    return 0
+
+
+def _recertify(args: argparse.Namespace) -> int:
+    """``host recertify``: see :mod:`taonet.cli._host_recertify`."""
+    from taonet.cli._host_recertify import recertify_host
+
+    directory = host_dir(args)
+    name, cert = recertify_host(
+        directory,
+        args.domain,
+        host_password=lambda: get_password(args.password_file, prompt="Host password"),
+        policy_password=lambda: get_password(
+            args.policy_password_file, prompt="Policy key password"
+        ),
+        refuse_if_running=refuse_if_running,
+    )
+    print(f"recertified the Linux host in {directory}")
+    print(f"name:   {name}  (unchanged: same key, same sealed state)")
+    print(f"serial: {cert.serial_number:x}")
+    print(f"valid:  until {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC")
     return 0
 
 

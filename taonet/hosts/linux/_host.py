@@ -10,9 +10,18 @@ A :class:`LinuxHost` is either
   parent attests ``key(host key) speaksfor <its name>``: that delegation rides in
   every attestation the host makes, so its children's attestations chain to the root.
 
-Each started program is copied to a private directory while it is hashed, checked
-against the guard (``Authorized(name, "Execute")``), and run in its own process group
-as the requesting user, with a pipe pair to the host. A root host runs another user's
+Each started program (a file, or a directory of files with an entry that runs: see
+:mod:`taonet.hosts.linux._process` and :mod:`taonet.hosts.linux._tree`) is copied to a
+private directory while it is hashed, checked against the guard
+(``Authorized(name, "Execute")``), and run in its own process group as the requesting
+user, with a pipe pair to the host. A script that asks for its interpreter through
+``#!/usr/bin/env NAME`` (and a directory's ``.py`` entry) is run by the interpreter
+the host offers as ``NAME`` (``[interpreters]`` in ``host.toml``, checked when the
+host opens and again at each start; see :mod:`taonet.hosts.linux._interpreters`),
+isolated (``-I``), and its path and hash are part of the program's name. A program
+directory starts in the root of its private copy (read-only) unless the start names
+a working directory; a single file in the working directory the start names, as
+before. A root host runs another user's
 program with that user's uid, gid and the supplementary groups the caller held when it
 connected (``SO_PEERGROUPS``): the same groups its program file and working directory
 were checked with. Starts by users other than root and the host's owner count against
@@ -30,7 +39,9 @@ and the owner's programs, the admin socket's connections (at most 256) and the
 descriptors they pass, and the host's own files. ``max_other_programs`` sets the cap
 instead. Its name is
 ``<host name>.Program([sha256])``, or ``Program(id, [sha256])`` when ``program_ids``
-is on (ids increase across restarts). The host answers the program's Tao RPC on that
+is on (ids increase across restarts); ``Script(...)`` and ``ProgramTree(...)`` for
+scripts run by the host's interpreter and program directories (see
+:mod:`taonet.hosts.linux._process`). The host answers the program's Tao RPC on that
 pipe: seal/unseal, shared secrets and attestations bound to the program's name, and
 monotonic counters that survive restarts (for a stacked host the counter table is
 itself rollback-protected by the parent's counters: a stacked host does not start
@@ -79,15 +90,23 @@ from typing import Final
 import trio
 
 from taonet import auth
-from taonet._errors import AuthorizationError, ConfigError, HostError
+from taonet._errors import (
+    AuthenticationError,
+    AuthorizationError,
+    CodecError,
+    ConfigError,
+    HostError,
+)
 from taonet._files import atomic_write, read_file
 from taonet._log import get_logger
+from taonet.certs import load_certificate
+from taonet.certs._profile import refuse_retired_profile
 from taonet.crypto import KdfParams, Signer
-from taonet.domain import Guard, LiberalGuard, program_subprin
+from taonet.domain import Guard, LiberalGuard
 from taonet.hosts._core import BoundTao, KeyCore
 from taonet.hosts._counters import CounterStore, HostCounters
 from taonet.hosts._rpc import REQUEST_TIMEOUT, ByteBudget, serve_tao_rpc
-from taonet.hosts._soft import SoftHost
+from taonet.hosts._soft import CERT_FILE, SoftHost
 from taonet.hosts._tao import Tao
 from taonet.hosts.linux._config import (
     ADMIN_SOCKET,
@@ -104,7 +123,9 @@ from taonet.hosts.linux._environment import (
     program_environment,
 )
 from taonet.hosts.linux._hosted import Caller, ProgramInfo, StartRequest
+from taonet.hosts.linux._interpreters import Interpreter, check_interpreter
 from taonet.hosts.linux._process import (
+    DEFAULT_MAX_SIZE,
     HostChannel,
     PreparedProgram,
     Sandbox,
@@ -271,6 +292,9 @@ class LinuxHost:
         self._finished = trio.Event()
         self._running = False
         self._id_lock = trio.Lock()
+        # The interpreters offered, as checked (None: no [interpreters] table).
+        self._interpreters: dict[str, Interpreter] | None = None
+        self._interpreters_checked = False
 
     # -- creation ---------------------------------------------------------------------
 
@@ -325,6 +349,10 @@ class LinuxHost:
     ) -> LinuxHost:
         """Open a host directory: a root host needs ``password``, a stacked one ``parent``.
 
+        A root host whose certificate is of taonet's first X.509 profile is refused
+        (ConfigError that names ``taonet host recertify``): no domain accepts what it
+        would attest.
+
         ``request_timeout``, ``request_bytes_per_uid`` and ``max_other_programs``: see
         :class:`LinuxHost`.
         """
@@ -340,6 +368,7 @@ class LinuxHost:
             core = await trio.to_thread.run_sync(
                 functools.partial(SoftHost.load, path, password, clock=clock)
             )
+            _refuse_first_profile(path, core.root_endorsement)
             counters = (await core.open_counters()).store
         else:
             if parent is None:
@@ -356,6 +385,7 @@ class LinuxHost:
             request_bytes_per_uid=request_bytes_per_uid,
             max_other_programs=max_other_programs,
         )
+        await trio.to_thread.run_sync(host._check_interpreters)
         log.info(
             "linux_host_opened",
             kind=config.kind,
@@ -363,6 +393,31 @@ class LinuxHost:
             counters_rollback_protected=counters.rollback_protected,
         )
         return host
+
+    def _check_interpreters(self) -> None:
+        """Check and measure the interpreters ``host.toml`` offers (ConfigError if one
+        is refused); warn once if it has no ``[interpreters]`` table."""
+        self._interpreters_checked = True
+        if self.config.interpreters is None:
+            self._interpreters = None
+            log.warning(
+                "host_interpreters_unset",
+                note="host.toml has no [interpreters] table: '#!/usr/bin/env' scripts find "
+                "their interpreter in the programs' PATH, unmeasured, and program "
+                "directories cannot run Python entries",
+            )
+            return
+        self._interpreters = {
+            name: check_interpreter(name, path, owner=self._owner_uid)
+            for name, path in self.config.interpreters
+        }
+        for interpreter in self._interpreters.values():
+            log.info(
+                "host_interpreter",
+                name=interpreter.name,
+                path=interpreter.path,
+                sha256=interpreter.digest.hex(),
+            )
 
     # -- identity ---------------------------------------------------------------------
 
@@ -408,6 +463,8 @@ class LinuxHost:
         if self._running or self._finished.is_set():
             raise HostError("a LinuxHost runs once")
         self._running = True
+        if not self._interpreters_checked:  # made without open()
+            await trio.to_thread.run_sync(self._check_interpreters)
         lock = _lock_directory(self.directory)
         soft = _raise_fd_limit()
         if self._max_others is None:
@@ -468,10 +525,16 @@ class LinuxHost:
                 uid=uid,
                 gid=gid,
                 groups=groups,
-                **({"max_size": held} if limited else {}),
+                max_size=held if limited else DEFAULT_MAX_SIZE,
+                entry=request.entry,
+                interpreters=self._interpreters,
+                tree_limits=self.config.program_tree,
             )
+            if prepared.interpreter is not None and self._interpreters is not None:
+                # Hashed again if it changed: later starts compare with this one.
+                self._interpreters[prepared.interpreter.name] = prepared.interpreter
             if limited:
-                size = (await trio.to_thread.run_sync(prepared.path.stat)).st_size
+                size = prepared.size
                 # From what was reserved for the copy to what it takes, in one step.
                 count, used = self._usage[uid]
                 self._usage[uid] = (count, used - held + size)
@@ -479,7 +542,7 @@ class LinuxHost:
             if self._stopping:
                 raise HostError("the host is shutting down")
             program_id = await self._next_program_id() if self.config.program_ids else 0
-            name = self.name.extend(program_subprin(prepared.program_hash, program_id=program_id))
+            name = self.name.extend(prepared.subprin(program_id=program_id))
             guard = await trio.to_thread.run_sync(self._guard)
             guard.check(name, "Execute")
             channel = HostChannel.open()
@@ -492,7 +555,7 @@ class LinuxHost:
                     path=self.config.program_path or os.environ.get("PATH", os.defpath),
                     home=home_of(uid),
                 ),
-                cwd=request.cwd,
+                cwd=_working_directory(request, prepared),
                 uid=uid,
                 gid=gid,
                 groups=groups,
@@ -733,6 +796,14 @@ class LinuxHost:
         self._stopped.set()
 
 
+def _working_directory(request: StartRequest, prepared: PreparedProgram) -> str | None:
+    """Where a program starts: the directory the start names, else a program
+    directory's copy root (else None: see :func:`spawn_program`)."""
+    if request.cwd is not None or prepared.root is None:
+        return request.cwd
+    return str(prepared.root)
+
+
 def _raise_fd_limit() -> int:
     """Raise the soft ``RLIMIT_NOFILE`` to the hard limit if the kernel allows; return
     the soft limit now (``resource.RLIM_INFINITY`` if unlimited)."""
@@ -773,6 +844,26 @@ def _check_private_directory(path: Path) -> None:
         raise ConfigError(
             f"the host directory {path} is writable by others (mode {st.st_mode & 0o777:o})"
         )
+
+
+def _refuse_first_profile(directory: Path, cert_der: bytes | None) -> None:
+    """ConfigError, naming ``taonet host recertify``, for a certificate of the first profile.
+
+    Domains refuse every attestation such a certificate endorses (and Go cannot parse
+    it), so a host that started with it could not get one program provisioned. Any
+    other fault in the certificate is left to the verifiers, which say what it is.
+    """
+    if cert_der is None:
+        return
+    try:
+        refuse_retired_profile(load_certificate(cert_der), what="host certificate")
+    except AuthenticationError:
+        raise ConfigError(
+            f"{directory / CERT_FILE} is of taonet's first certificate profile, which domains "
+            f"now refuse: run 'taonet host recertify --host {directory}' (same key and name)"
+        ) from None
+    except (CodecError, ValueError):
+        return
 
 
 def _lock_directory(directory: Path) -> int:
