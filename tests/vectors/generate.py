@@ -408,6 +408,8 @@ RPC_RAW_REQUESTS: Final = [
     ("an unknown method", rpc_raw_request("Tao.NoSuchMethod", 1, b"")),
     ("a Seal without data", rpc_raw_request("Tao.Seal", 2, b"")),
     ("a body that does not decode", rpc_raw_request("Tao.GetRandomBytes", 3, b"\x12\xff")),
+    # Answered under its op and seq (CodecError), then the connection is closed.
+    ("a body over its method's limit", rpc_raw_request("Tao.GetTaoName", 4, b"\x00" * 1025)),
 ]
 
 
