@@ -13,7 +13,9 @@ On its first run a program:
 On later runs it unseals the state file instead. A program whose code changed has
 another name, so its host refuses to unseal: :func:`load_or_provision` says so and
 leaves the file alone (delete it to provision the new version). A state whose
-certificate expired, or that belongs to another domain, is provisioned anew.
+certificate expired, or that belongs to another domain, is provisioned anew; so is
+one whose certificate the domain revoked, when ``revocations`` is given (the
+domain service then decides whether to certify the program again).
 """
 
 from __future__ import annotations
@@ -26,9 +28,16 @@ import attrs
 import trio
 
 from taonet import auth, certs
-from taonet._errors import AuthenticationError, CodecError, ConfigError, HostError
+from taonet._errors import (
+    AuthenticationError,
+    AuthorizationError,
+    CodecError,
+    ConfigError,
+    HostError,
+    ProtocolError,
+)
 from taonet._files import atomic_write, read_file
-from taonet.channel import ChannelIdentity
+from taonet.channel import ChannelIdentity, CRLSource
 from taonet.crypto import Signer
 from taonet.hosts import Tao
 from taonet.provision._client import request_certificate
@@ -68,13 +77,36 @@ async def load_or_provision(
     policy_cert: bytes,
     domain_service: tuple[str, int],
     on_step: Callable[[str], None] = lambda _: None,
+    revocations: CRLSource | None = None,
 ) -> Provisioned:
-    """Unseal the program's identity from ``state_path``, or provision and seal one."""
+    """Unseal the program's identity from ``state_path``, or provision and seal one.
+
+    With ``revocations``, an unsealed certificate is checked against its CRL
+    (fetched first if it holds none: ProtocolError if the domain service cannot
+    be reached, AuthenticationError if its CRL does not verify): a revoked one is
+    provisioned anew, and if the domain service will not certify the program
+    again, AuthorizationError says both.
+    """
     path = Path(state_path)
     name = await bind_to_domain(tao, policy_cert)
     on_step(f"program name: {name}")
+    revoked: int | None = None
     if await trio.Path(path).exists():
         identity = await _unseal_state(tao, path, policy_cert, on_step)
+        if identity is not None and revocations is not None:
+            assert identity.certificate is not None
+            if revocations.crl is None:
+                try:
+                    await revocations.refresh()
+                except ProtocolError as exc:
+                    raise ProtocolError(
+                        "cannot check whether the sealed certificate (serial"
+                        f" {identity.certificate.serial}) was revoked: {exc}"
+                    ) from exc
+            if revocations.is_revoked(identity.certificate.serial):
+                revoked = identity.certificate.serial
+                on_step(f"the domain revoked certificate serial {revoked}: provisioning anew")
+                identity = None
         if identity is not None:
             return Provisioned(identity, name, fresh=False)
     signer = Signer.generate()
@@ -83,9 +115,17 @@ async def load_or_provision(
     attestation = await tao.attest(statement)
     on_step(f"host attested: {statement}")
     host, port = domain_service
-    program = await request_certificate(
-        host, port, policy_cert, attestation, signer.public_key_der()
-    )
+    try:
+        program = await request_certificate(
+            host, port, policy_cert, attestation, signer.public_key_der()
+        )
+    except AuthorizationError as exc:
+        if revoked is None:
+            raise
+        raise AuthorizationError(
+            f"the domain revoked this program's certificate (serial {revoked}) and will"
+            f" not certify it again: {exc}"
+        ) from exc
     on_step(f"domain service issued certificate serial {program.serial}")
     state = message_class("ProgramState")(
         signing_key=signer.to_pkcs8_der(),
