@@ -6,6 +6,10 @@ and one event loop), with two real program identities issued by a fresh domain
 same way:
 
 * ``tao``: :func:`taonet.channel.serve_channels` / :func:`taonet.channel.open_channel`;
+* ``tao_crl``: the same with ``revocations=``, a :class:`taonet.channel.CRLSource` on
+  each side holding a verified CRL of ``--crl-serials`` revoked serials (default
+  1000): each handshake checks the peer's serial, and each channel is tracked for
+  the sweep a new CRL would run (none arrives during the run);
 * ``trio_tls``: a plain ``trio.SSLStream`` pair with trio's defaults, using the very
   same ``ssl.SSLContext`` objects (``identity.server_context()`` /
   ``identity.client_context()``, ``server_hostname=CHANNEL_HOSTNAME``);
@@ -29,9 +33,11 @@ per-round ratios. Debug logging is filtered out, as in a deployment.
 
 Prints a table, then as its last line one JSON object with every rate and the
 ratios ``handshake_ratio_vs_trio_tls``, ``bulk_ratio_vs_trio_tls``,
-``bulk_ratio_vs_asyncio_tls`` (and ``handshake_ratio_vs_asyncio_tls``).
+``bulk_ratio_vs_asyncio_tls`` (and ``handshake_ratio_vs_asyncio_tls``), and the cost
+of revocation checking: ``handshake_ratio_crl_vs_tao`` and ``bulk_ratio_crl_vs_tao``
+(``tao_crl`` over ``tao``, per round, median).
 
-    python loadtests/channel_bench.py [--quick] [--seconds S] [--bulk-mib N]
+    python loadtests/channel_bench.py [--quick] [--seconds S] [--bulk-mib N] [--crl-serials N]
 """
 
 from __future__ import annotations
@@ -54,8 +60,8 @@ import structlog
 import trio
 
 from taonet import auth
-from taonet.certs import CHANNEL_HOSTNAME
-from taonet.channel import ChannelIdentity, TaoStream, open_channel, serve_channels
+from taonet.certs import CHANNEL_HOSTNAME, make_crl
+from taonet.channel import ChannelIdentity, CRLSource, TaoStream, open_channel, serve_channels
 from taonet.crypto import KdfParams, Signer
 from taonet.domain import Domain, DomainTemplate, ProgramCertifier
 from taonet.hosts import SoftHost
@@ -72,8 +78,11 @@ _LEN = struct.Struct(">Q")
 # --- identities -------------------------------------------------------------------
 
 
-async def make_identities(tmp: str) -> tuple[ChannelIdentity, ChannelIdentity]:
-    """A server and a client identity: real program certificates from a fresh domain."""
+async def make_identities(
+    tmp: str, crl_serials: int
+) -> tuple[ChannelIdentity, ChannelIdentity, bytes]:
+    """A server and a client identity: real program certificates from a fresh domain,
+    and that domain's CRL revoking ``crl_serials`` other serials."""
     kdf = KdfParams.for_tests()
     domain = Domain.create(f"{tmp}/domain", DomainTemplate(guard="Liberal"), PASSWORD, kdf=kdf)
     host = SoftHost.create(f"{tmp}/host", PASSWORD, kdf=kdf)
@@ -90,7 +99,19 @@ async def make_identities(tmp: str) -> tuple[ChannelIdentity, ChannelIdentity]:
         issued = certifier.certify(att.to_bytes(), key.public_key_der())
         return ChannelIdentity(domain.policy_cert, signer=key, certificate=issued.der)
 
-    return await identity(1), await identity(2)
+    crl = make_crl(
+        domain.unlock(PASSWORD),
+        domain.policy_anchor,
+        range(1_000_000, 1_000_000 + crl_serials),
+        now_ns=time.time_ns(),
+    )
+    return await identity(1), await identity(2), crl
+
+
+async def crl_source(server: ChannelIdentity, crl: bytes) -> CRLSource:
+    source = CRLSource(server.anchor)
+    await source.update(crl)
+    return source
 
 
 # --- the shared protocol after the handshake ----------------------------------------
@@ -136,8 +157,12 @@ async def trio_bulk(stream: trio.abc.Stream, total: int, chunk: int) -> float:
 # --- trio subjects -----------------------------------------------------------------
 
 
-async def start_tao_server(nursery: trio.Nursery, server: ChannelIdentity) -> int:
-    listeners = await nursery.start(functools.partial(serve_channels, trio_serve_body, 0, server))
+async def start_tao_server(
+    nursery: trio.Nursery, server: ChannelIdentity, revocations: CRLSource | None = None
+) -> int:
+    listeners = await nursery.start(
+        functools.partial(serve_channels, trio_serve_body, 0, server, revocations=revocations)
+    )
     return int(listeners[0].socket.getsockname()[1])
 
 
@@ -161,8 +186,10 @@ async def start_trio_tls_server(nursery: trio.Nursery, server: ChannelIdentity) 
     return int(listeners[0].socket.getsockname()[1])
 
 
-async def tao_connect(port: int, client: ChannelIdentity) -> TaoStream:
-    stream = await open_channel(HOST, port, client)
+async def tao_connect(
+    port: int, client: ChannelIdentity, revocations: CRLSource | None = None
+) -> TaoStream:
+    stream = await open_channel(HOST, port, client, revocations=revocations)
     await stream.wait_accepted()
     return stream
 
@@ -211,19 +238,23 @@ async def trio_bulk_rate(
 async def trio_round(
     server: ChannelIdentity,
     client: ChannelIdentity,
+    crl: bytes,
     seconds: float,
     total: int,
     chunk: int,
     order: list[str],
 ) -> dict[str, float]:
     out: dict[str, float] = {}
+    server_crl, client_crl = await crl_source(server, crl), await crl_source(client, crl)
     async with trio.open_nursery() as nursery:
         ports = {
             "tao": await start_tao_server(nursery, server),
+            "tao_crl": await start_tao_server(nursery, server, server_crl),
             "trio_tls": await start_trio_tls_server(nursery, server),
         }
         connects: dict[str, Callable[[], Awaitable[trio.abc.Stream]]] = {
             "tao": functools.partial(tao_connect, ports["tao"], client),
+            "tao_crl": functools.partial(tao_connect, ports["tao_crl"], client, client_crl),
             "trio_tls": functools.partial(trio_tls_connect, ports["trio_tls"], client),
         }
         for name in order:
@@ -334,6 +365,9 @@ def main() -> None:
     parser.add_argument("--bulk-mib", type=int, help="MiB sent per bulk measurement")
     parser.add_argument("--chunk-kib", type=int, default=64, help="KiB per client write")
     parser.add_argument("--rounds", type=int, help="alternating rounds (median taken)")
+    parser.add_argument(
+        "--crl-serials", type=int, default=1000, help="serials the tao_crl subject's CRL revokes"
+    )
     args = parser.parse_args()
     seconds = args.seconds or (3.0 if args.quick else 15.0)
     rounds = args.rounds or (5 if args.quick else 9)
@@ -347,17 +381,18 @@ def main() -> None:
     )
 
     with tempfile.TemporaryDirectory() as tmp:
-        server, client = trio.run(make_identities, tmp)
+        server, client, crl = trio.run(make_identities, tmp, args.crl_serials)
 
     # Warm up every path once (imports, certificate caches, allocator).
-    trio.run(trio_round, server, client, 0.2, 1 << 20, chunk, ["tao", "trio_tls"])
+    trio.run(trio_round, server, client, crl, 0.2, 1 << 20, chunk, ["tao", "tao_crl", "trio_tls"])
     asyncio.run(asyncio_round(server, client, 0.2, 1 << 20, chunk))
 
     samples: dict[str, list[float]] = {}
     for i in range(rounds):
-        # Swap which trio subject goes first each round, then run asyncio.
-        order = ["tao", "trio_tls"] if i % 2 == 0 else ["trio_tls", "tao"]
-        got = trio.run(trio_round, server, client, slice_s, total, chunk, order)
+        # Rotate which trio subject goes first each round, then run asyncio.
+        subjects = ["tao", "tao_crl", "trio_tls"]
+        order = subjects[i % 3 :] + subjects[: i % 3]
+        got = trio.run(trio_round, server, client, crl, slice_s, total, chunk, order)
         got |= asyncio.run(asyncio_round(server, client, slice_s, total, chunk))
         for name, value in got.items():
             samples.setdefault(name, []).append(value)
@@ -376,15 +411,25 @@ def main() -> None:
     results["handshake_ratio_vs_asyncio_tls"] = ratio(f"tao_{hs}", f"asyncio_tls_{hs}")
     results["bulk_ratio_vs_trio_tls"] = ratio(f"tao_{bulk}", f"trio_tls_{bulk}")
     results["bulk_ratio_vs_asyncio_tls"] = ratio(f"tao_{bulk}", f"asyncio_tls_{bulk}")
+    results["handshake_ratio_crl_vs_tao"] = ratio(f"tao_crl_{hs}", f"tao_{hs}")
+    results["bulk_ratio_crl_vs_tao"] = ratio(f"tao_crl_{bulk}", f"tao_{bulk}")
 
-    print(f"rounds {rounds}, bulk {total >> 20} MiB in {chunk >> 10} KiB writes")
+    print(
+        f"rounds {rounds}, bulk {total >> 20} MiB in {chunk >> 10} KiB writes,"
+        f" tao_crl: a CRL of {args.crl_serials} serials"
+    )
     print(f"{'subject':14s} {'handshakes/s':>14s} {'bulk MB/s':>12s}")
-    for name in ("tao", "trio_tls", "asyncio_tls"):
+    for name in ("tao", "tao_crl", "trio_tls", "asyncio_tls"):
         print(f"{name:14s} {results[f'{name}_{hs}']:14.1f} {results[f'{name}_{bulk}']:12.1f}")
     for name, value in results.items():
         if "ratio" in name:
             print(f"{name:40s} {value:8.3f}")
-    print(json.dumps({k: round(v, 4) for k, v in results.items()} | {"rounds": rounds}))
+    print(
+        json.dumps(
+            {k: round(v, 4) for k, v in results.items()}
+            | {"rounds": rounds, "crl_serials": args.crl_serials}
+        )
+    )
 
 
 if __name__ == "__main__":

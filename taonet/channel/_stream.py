@@ -322,6 +322,8 @@ class TaoStream(trio.abc.Stream):
     async def aclose(self) -> None:
         self._closed = True
         self._buffer = b""
+        if self._revocations is not None:
+            self._revocations._untrack(self)
         await self._ssl.aclose()
 
 
