@@ -128,6 +128,7 @@ _SCHEMA: Final[dict[str, list[tuple[str, int, int, str]]]] = {
         ("selector", 5, _OPT, "string"),
         ("fd_count", 6, _OPT, "int32"),
         ("stdio_mask", 7, _OPT, "int32"),
+        ("entry", 8, _OPT, "string"),
     ],
     "LinuxAdminProgram": [
         ("name", 1, _REQ, "bytes"),

@@ -342,6 +342,7 @@ def _start_request(request: _Request, fds: builtins.list[int]) -> StartRequest:
             raise HostError(f"environment entry {entry[:64]!r} is not KEY=VALUE")
         env.append((key, value))
     cwd = _check_string(body.dir, "the working directory") if body.HasField("dir") else None
+    entry = _check_string(body.entry, "the entry") if body.HasField("entry") else None
     stdio: builtins.list[int | None] = [None, None, None]
     queued = iter(fds)
     for bit in range(MAX_STDIO_FDS):
@@ -355,6 +356,7 @@ def _start_request(request: _Request, fds: builtins.list[int]) -> StartRequest:
         args=args,
         cwd=cwd,
         env=checked_env,
+        entry=entry,
         stdin=stdio[0],
         stdout=stdio[1],
         stderr=stdio[2],

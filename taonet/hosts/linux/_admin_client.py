@@ -241,8 +241,12 @@ class AdminClient:
         stdin: int | None = None,
         stdout: int | None = None,
         stderr: int | None = None,
+        entry: str | None = None,
     ) -> ProgramInfo:
         """Start ``path`` with ``args`` (not including argv[0]).
+
+        ``path`` may be a program directory; ``entry`` is then the file in it that
+        runs (None: its ``__main__.py``).
 
         ``stdin``/``stdout``/``stderr`` are descriptors the host's program gets (None:
         /dev/null); the caller keeps its own and closes them when it likes.
@@ -255,6 +259,8 @@ class AdminClient:
         }
         if cwd is not None:
             fields["dir"] = _check_string(cwd, "the working directory")
+        if entry is not None:
+            fields["entry"] = _check_string(entry, "the entry")
         if env is not None:
             fields["env"] = [f"{key}={value}" for key, value in _check_env(list(env.items()))]
         fds: builtins.list[int] = []

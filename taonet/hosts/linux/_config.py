@@ -9,11 +9,24 @@ A host directory holds::
     keys.sealed      stacked host: its keyset, sealed by its parent Tao
     counters.sealed  the hosted programs' monotonic counters (sealed)
     program_id       the last program id handed out (with program_ids on)
-    programs/        private copies of running programs' binaries
+    programs/        private copies of running programs (files and directories)
     admin.sock       the admin socket, while the host runs
     host.log         output of a host started in the background
 
 By default a domain's Linux host lives in ``<domain>/linux_tao_host``.
+
+Besides its ``[host]`` table, ``host.toml`` may hold:
+
+* ``[interpreters]``: the interpreters the host offers its programs, by name, e.g.
+  ``python3 = "/usr/bin/python3"`` (see :mod:`taonet.hosts.linux._interpreters`:
+  absolute, owned by root or the host's user, writable by nobody else, checked when
+  the host opens and at each program start, and named in the programs they run).
+  ``taonet host init`` writes the Python that runs taonet. Without the table the
+  host offers none and runs ``#!/usr/bin/env`` scripts as earlier versions did.
+* ``[program_tree]``: bounds on a program that is a directory (see
+  :class:`~taonet.hosts.linux._tree.TreeLimits`): ``max_files`` (10000 files and
+  directories), ``max_bytes`` (1 GiB in all), ``max_depth`` (32 levels),
+  ``max_name_bytes`` (255 bytes per name).
 
 A host that uses its domain's guard pins the domain's policy key in ``host.toml``
 (``policy_key``, written by :meth:`LinuxHost.init`) and checks it, together with the
@@ -38,7 +51,7 @@ import math
 import re
 import threading
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -47,6 +60,7 @@ import attrs
 from taonet import auth
 from taonet._errors import ConfigError
 from taonet._files import read_file
+from taonet.hosts.linux._tree import TreeLimits
 
 if TYPE_CHECKING:
     from taonet.domain import Domain
@@ -108,6 +122,33 @@ def _grace(_: object, attribute: attrs.Attribute[float], value: float) -> None:
 
 def _str_tuple(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(items)
+
+
+def _interpreter_table(
+    value: Mapping[str, str] | Iterable[tuple[str, str]] | None,
+) -> tuple[tuple[str, str], ...] | None:
+    if value is None:
+        return None
+    pairs = tuple(value.items()) if isinstance(value, Mapping) else tuple(value)
+    return tuple(sorted((str(name), str(path)) for name, path in pairs))
+
+
+def _interpreters(
+    _: object,
+    attribute: attrs.Attribute[tuple[tuple[str, str], ...] | None],
+    value: tuple[tuple[str, str], ...] | None,
+) -> None:
+    from taonet.hosts.linux._interpreters import NAME_PATTERN
+
+    names = set()
+    for name, path in value or ():
+        if not NAME_PATTERN.match(name):
+            raise ConfigError(f"[interpreters]: {name!r} is not an interpreter name")
+        if not path.startswith("/"):
+            raise ConfigError(f"[interpreters]: {name} must be an absolute path, not {path!r}")
+        if name in names:
+            raise ConfigError(f"[interpreters] names {name} twice")
+        names.add(name)
 
 
 def _key_hash(_: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
@@ -188,6 +229,13 @@ class LinuxHostConfig:
     program_path: str | None = None
     #: Seconds programs get after SIGTERM at shutdown before SIGKILL.
     grace_period: float = attrs.field(default=5.0, validator=_grace)
+    #: The interpreters offered to programs, (name, absolute path) sorted by name
+    #: (``[interpreters]``); None: no table (an earlier host.toml).
+    interpreters: tuple[tuple[str, str], ...] | None = attrs.field(
+        default=None, converter=_interpreter_table, validator=_interpreters
+    )
+    #: Bounds on a program that is a directory (``[program_tree]``).
+    program_tree: TreeLimits = attrs.field(factory=TreeLimits)
     #: The host directory this configuration was read from (:meth:`load`; not a key of
     #: ``host.toml``): :meth:`load_domain` keeps the highest domain serial there.
     directory: Path | None = attrs.field(default=None, eq=False, repr=False, kw_only=True)
@@ -284,6 +332,19 @@ class LinuxHostConfig:
             f"pass_environment = [{', '.join(_toml_str(n) for n in self.pass_environment)}]",
             f"grace_period = {float(self.grace_period)!r}",
         ]
+        if self.interpreters is not None:
+            lines += ["", "[interpreters]"]
+            lines += [f"{name} = {_toml_str(path)}" for name, path in self.interpreters]
+        if self.program_tree != TreeLimits():
+            limits = self.program_tree
+            lines += [
+                "",
+                "[program_tree]",
+                f"max_files = {limits.max_files}",
+                f"max_bytes = {limits.max_bytes}",
+                f"max_depth = {limits.max_depth}",
+                f"max_name_bytes = {limits.max_name_bytes}",
+            ]
         return ("\n".join(lines) + "\n").encode()
 
     @classmethod
@@ -293,8 +354,12 @@ class LinuxHostConfig:
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{source} is not valid TOML: {exc}") from None
         table = doc.get("host")
-        if set(doc) != {"host"} or not isinstance(table, dict):
-            raise ConfigError(f"{source} must hold exactly one [host] table")
+        if not isinstance(table, dict) or not set(doc) <= {"host", *_OTHER_TABLES}:
+            raise ConfigError(
+                f"{source} must hold one [host] table, and may hold "
+                f"{' and '.join(f'[{name}]' for name in _OTHER_TABLES)}"
+            )
+        extra = {name: _other_table(doc, name, source) for name in _OTHER_TABLES if name in doc}
         types: dict[str, tuple[type, ...]] = {
             "kind": (str,),
             "domain": (str,),
@@ -319,7 +384,7 @@ class LinuxHostConfig:
         if "kind" not in table:
             raise ConfigError(f"{source}: kind is missing")
         try:
-            return cls(**table)
+            return cls(**table, **extra)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: {exc}") from None
 
@@ -330,6 +395,29 @@ class LinuxHostConfig:
             raise ConfigError(f"{directory} is not a Linux host directory (no {CONFIG_FILE})")
         config = cls.from_toml(read_file(path, limit=_MAX_FILE), source=str(path))
         return attrs.evolve(config, directory=Path(directory))
+
+
+#: Tables of host.toml besides [host], and the config field each fills.
+_OTHER_TABLES: Final = ("interpreters", "program_tree")
+
+
+def _other_table(doc: dict[str, Any], name: str, source: str) -> Any:
+    table = doc[name]
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [{name}] must be a table")
+    if name == "interpreters":
+        for key, value in table.items():
+            if not isinstance(value, str):
+                raise ConfigError(f"{source}: [interpreters] {key} must be a path (a string)")
+        return tuple(table.items())
+    fields = {field.name for field in attrs.fields(TreeLimits)}
+    unknown = set(table) - fields
+    if unknown:
+        raise ConfigError(f"{source}: [program_tree]: unknown key(s) {', '.join(sorted(unknown))}")
+    for key, value in table.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: [program_tree] {key} must be an integer")
+    return TreeLimits(**table)
 
 
 def _other_domain(path: str, pinned: str, found: str) -> ConfigError:

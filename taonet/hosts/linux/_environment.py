@@ -5,9 +5,12 @@ the code that runs under it. A start request's variables pass only if the host
 allows them (:data:`DEFAULT_PASS_ENVIRONMENT` plus ``pass_environment`` in
 ``host.toml``) and never if they change what code runs (:data:`DENIED_ENVIRONMENT`:
 the loader's, the interpreters' and the shells' variables). ``PATH`` is the host's
-(a ``#!/usr/bin/env python3`` line looks the interpreter up in it), ``HOME`` is the
-user's from the password database, and ``PYTHONNOUSERSITE=1`` keeps a Python
-program from importing the user's ``~/.local`` site packages.
+(``program_path``, else its own), never the caller's; a ``#!/usr/bin/env NAME``
+script does not look its interpreter up in it on a host that offers interpreters
+(``[interpreters]`` in ``host.toml``): the host runs its own ``NAME``, isolated
+(:mod:`taonet.hosts.linux._interpreters`). ``HOME`` is the user's from the password
+database, and ``PYTHONNOUSERSITE=1`` keeps a Python program from importing the
+user's ``~/.local`` site packages.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ DEFAULT_PASS_ENVIRONMENT: Final = (
 #: Never passed, whatever the configuration: they change what code runs (the
 #: loader's, the interpreters', the shells'), which would run code that was not
 #: measured under the program's name. PATH is the host's, not the caller's, for
-#: the same reason (``#!/usr/bin/env python3``).
+#: the same reason (programs run commands found in it).
 DENIED_ENVIRONMENT: Final = (
     "LD_*",
     "PYTHON*",

@@ -63,14 +63,17 @@ def _fd(_: object, attribute: attrs.Attribute[int | None], value: int | None) ->
 class StartRequest:
     """Start ``path`` with ``args`` (not including argv[0]) in ``cwd`` with ``env``.
 
-    ``stdin``/``stdout``/``stderr`` are file descriptors received from the caller, or
-    None for /dev/null. The request owns them: whoever consumes it closes them.
+    ``path`` may be a program directory, ``entry`` the file in it that runs (None:
+    its ``__main__.py``). ``stdin``/``stdout``/``stderr`` are file descriptors
+    received from the caller, or None for /dev/null. The request owns them: whoever
+    consumes it closes them.
     """
 
     path: str
     args: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     cwd: str | None = None
     env: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=tuple)
+    entry: str | None = attrs.field(default=None, kw_only=True)
     stdin: int | None = attrs.field(default=None, validator=_fd)
     stdout: int | None = attrs.field(default=None, validator=_fd)
     stderr: int | None = attrs.field(default=None, validator=_fd)

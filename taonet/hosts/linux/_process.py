@@ -41,9 +41,25 @@ checks, with :func:`check_directory_access`, that the caller could reach that
 directory itself, and then has the child chdir into the directory that was checked
 (through the descriptor held for it), not into whatever the path names by then.
 
-Only the file itself is measured, as in the original CloudProxy: a script with a
-shebang still runs (the kernel starts its interpreter), but neither the interpreter
-nor any library the program loads is part of its hash.
+A program may also be a directory (:mod:`._tree`): every file in it is walked with
+the same care, on held descriptors, bounded, copied and measured into a manifest,
+and one file in it, the *entry*, runs (by default ``__main__.py``). A single file is
+measured as in the original CloudProxy, ``Program([sha256])``: a binary, or a script
+whose absolute ``#!`` interpreter the kernel starts, unmeasured. A script that asks
+for its interpreter through ``#!/usr/bin/env NAME`` (and a directory's ``.py``
+entry) is run by the interpreter the host offers under that name, never one found in
+a ``PATH``, isolated (``python -I``), and that interpreter's path and hash are part of
+the program's name (:mod:`._interpreters`). So the names are:
+
+* ``Program([h])``: a single file the kernel executes (``h``: SHA-256 of its bytes);
+* ``Script([h], "/interpreter", [i])``: a single file run by the host's interpreter
+  (``i``: SHA-256 of the interpreter's binary);
+* ``ProgramTree([m], "entry")`` or ``ProgramTree([m], "entry", "/interpreter", [i])``:
+  a directory (``m``: SHA-256 of its manifest), its entry run by the kernel or by the
+  host's interpreter;
+
+each with the program id first when the host hands out ids. Libraries a program
+loads from outside its file or directory are not part of its name.
 
 :class:`HostChannel` holds the two pipes between the host and one child (the
 ``pipe`` channel of ``CLOUDPROXY_TAO_HOST_SPEC``), :class:`Sandbox` optionally
@@ -71,9 +87,27 @@ from typing import Final
 import attrs
 import trio
 
+from taonet import auth
 from taonet._errors import AuthorizationError, ConfigError, HostError
 from taonet._log import get_logger
+from taonet.domain import program_subprin
 from taonet.hosts._parent import HOST_CHANNEL_TYPE, HOST_SPEC, HOST_TYPE
+from taonet.hosts.linux._interpreters import (
+    SHEBANG_BYTES,
+    Interpreter,
+    check_interpreter,
+    choose_interpreter,
+    interpreter_argv,
+)
+from taonet.hosts.linux._tree import (
+    Seal,
+    TreeLimits,
+    check_entry,
+    copy_tree,
+    remove_tree,
+    tree_hash,
+    tree_subprin,
+)
 
 __all__ = [
     "HostChannel",
@@ -200,23 +234,58 @@ def _clear_acls(fd: int) -> None:
                 raise
 
 
+#: The principal extension of a single file run by the host's interpreter.
+SCRIPT: Final = "Script"
+
+
 @attrs.frozen
 class PreparedProgram:
     """A hosted program's private copy, ready to run, and the hash of its bytes."""
 
-    #: The private copy to execute (absolute).
+    #: The private copy of the file that runs (absolute): the program, or the entry
+    #: of a program directory.
     path: Path
     #: Its private directory (removed by :meth:`cleanup`).
     directory: Path
-    #: SHA-256 of exactly the bytes copied.
+    #: SHA-256 of exactly the bytes copied, or of a program directory's manifest.
     program_hash: bytes
     #: The path the caller asked for (informational: it is not what runs).
     source: str
+    #: The root of a program directory's copy (None: a single file).
+    root: Path | None = None
+    #: The entry's path within the program directory (None: a single file).
+    entry: str | None = None
+    #: The host's interpreter that runs it (None: the kernel executes it).
+    interpreter: Interpreter | None = None
+    #: Bytes copied.
+    size: int = 0
+
+    def subprin(self, *, program_id: int = 0) -> auth.SubPrin:
+        """The extension that names this program under its host (module docstring)."""
+        identity = None if self.interpreter is None else self.interpreter.identity
+        if self.entry is not None:
+            return tree_subprin(self.program_hash, self.entry, identity, program_id=program_id)
+        if identity is None:
+            return program_subprin(self.program_hash, program_id=program_id)
+        args: tuple[auth.Term, ...] = (
+            auth.Bytes(self.program_hash),
+            auth.Str(identity[0]),
+            auth.Bytes(identity[1]),
+        )
+        if program_id:
+            args = (auth.Int(program_id), *args)
+        return auth.SubPrin((auth.PrinExt(SCRIPT, args),))
+
+    def argv(self, args: Sequence[str]) -> list[str]:
+        """The command that runs the copy with ``args``."""
+        if self.interpreter is None:
+            return [str(self.path), *args]
+        return [*interpreter_argv(self.interpreter, str(self.path), self.root is not None), *args]
 
     def cleanup(self) -> None:
         """Remove the copy and its directory; idempotent, never raises."""
         with contextlib.suppress(Exception):
-            shutil.rmtree(self.directory, ignore_errors=True)
+            remove_tree(self.directory)
 
 
 def _class_shift(st: os.stat_result, uid: int, gid: int, groups: Sequence[int]) -> int:
@@ -514,27 +583,24 @@ def _copy_name(real: str) -> str:
     return name if name not in ("", ".", "..") else "program"
 
 
-def _open_program(source: str, uid: int, gid: int, groups: Sequence[int]) -> tuple[int, str]:
-    """Open ``source`` for the caller, checked (see :func:`prepare_program`).
+#: Bounds on a program directory unless the host says otherwise.
+DEFAULT_TREE_LIMITS: Final = TreeLimits()
+#: The file a program directory runs when the start names no entry (as ``python DIR``).
+DEFAULT_ENTRY: Final = "__main__.py"
 
-    Returns the descriptor to copy from and the file's resolved path.
-    """
-    what = f"the program {source}"
-    path = source if os.path.isabs(source) else os.path.join(os.getcwd(), source)
-    found, real = _lookup(path, uid, gid, groups, what)
+
+def _open_found(found: _Found, what: str) -> int:
+    """Open the regular file ``found`` for reading: the very file that was checked."""
+    if not stat.S_ISREG(found.st.st_mode) or found.name is None:
+        raise HostError(f"{what} is not a regular file or a directory")
+    # O_NONBLOCK: were it swapped for a FIFO, opening it must not hang.
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW
     try:
-        if not stat.S_ISREG(found.st.st_mode) or found.name is None:
-            raise HostError(f"{what} is not a regular file")
-        # O_NONBLOCK: were it swapped for a FIFO, opening it must not hang.
-        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW
-        try:
-            src = os.open(found.name, flags, dir_fd=found.parent)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:  # a link now, where the walk found a file
-                raise HostError(f"{what} changed while it was being checked") from exc
-            raise HostError(f"cannot open {what}: {_why(exc)}") from exc
-    finally:
-        found.close()
+        src = os.open(found.name, flags, dir_fd=found.parent)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link now, where the walk found a file
+            raise HostError(f"{what} changed while it was being checked") from exc
+        raise HostError(f"cannot open {what}: {_why(exc)}") from exc
     try:
         st = os.fstat(src)
         if (st.st_dev, st.st_ino) != (found.st.st_dev, found.st.st_ino):
@@ -542,59 +608,212 @@ def _open_program(source: str, uid: int, gid: int, groups: Sequence[int]) -> tup
     except BaseException:
         os.close(src)
         raise
-    return src, real
+    return src
 
 
 def _prepare(
-    source: str, programs_dir: Path, uid: int, gid: int, groups: Sequence[int], max_size: int
+    source: str,
+    programs_dir: Path,
+    uid: int,
+    gid: int,
+    groups: Sequence[int],
+    max_size: int,
+    entry: str | None,
+    interpreters: Mapping[str, Interpreter] | None,
+    limits: TreeLimits,
 ) -> PreparedProgram:
     programs_dir = Path(os.path.abspath(programs_dir))
-    src, real = _open_program(source, uid, gid, groups)
+    what = f"the program {source}"
+    path = source if os.path.isabs(source) else os.path.join(os.getcwd(), source)
+    found, real = _lookup(path, uid, gid, groups, what)
     try:
-        st = os.fstat(src)
-        if not stat.S_ISREG(st.st_mode):  # pragma: no cover (checked by _open_program)
-            raise HostError(f"the program {source} is not a regular file")
-        if st.st_size > max_size:
-            raise HostError(
-                f"the program {source} is {st.st_size} bytes, over the {max_size}-byte limit"
+        if stat.S_ISDIR(found.st.st_mode):
+            prepared, runnable = _prepare_tree(
+                found.fd, real, source, programs_dir, uid, gid, groups, max_size, entry, limits
             )
-        if os.fstatvfs(src).f_flag & os.ST_NOEXEC:  # the kernel would execute it for no one
-            raise AuthorizationError(
-                f"uid {uid} (gid {gid}) may not read and execute {source}: "
-                "it is on a filesystem mounted noexec"
-            )
-        acl = None if uid == 0 else _access_acl(src, f"the program {source}")
-        if not _may_read_and_execute(st, acl, uid, gid, groups):
-            raise AuthorizationError(
-                f"uid {uid} (gid {gid}) may not read and execute {source} "
-                f"({_describe(st, acl is not None)})"
-            )
-        # A root host's copy for another uid is the caller's uid's alone (by an ACL),
-        # else (no ACLs) the caller's gid's.
-        shared = os.geteuid() == 0 and uid != 0
-        group = gid if shared else -1
-        _ensure_programs_dir(programs_dir)
-        directory = programs_dir / secrets.token_hex(16)
-        prepared = PreparedProgram(
-            path=directory / _copy_name(real),
-            directory=directory,
-            program_hash=b"",
-            source=source,
-        )
-        try:
-            os.mkdir(directory, _PRIVATE_DIR_MODE)
-        except OSError as exc:
-            raise ConfigError(f"cannot create a directory in {programs_dir}: {_why(exc)}") from exc
-        try:
-            copy_acl = _seal_directory(directory, uid, group, shared)
-            copy_mode = _SHARED_COPY_MODE if shared else _PRIVATE_COPY_MODE
-            digest = _copy(src, prepared.path, source, max_size, group, copy_mode, copy_acl)
-        except BaseException:
-            prepared.cleanup()
-            raise
-        return attrs.evolve(prepared, program_hash=digest)
+        else:
+            if entry is not None:
+                raise HostError(f"{what} is a file: an entry is for a program directory")
+            src = _open_found(found, what)
+            try:
+                prepared = _prepare_file(
+                    src, real, source, programs_dir, uid, gid, groups, max_size
+                )
+            finally:
+                os.close(src)
+            runnable = True
     finally:
-        os.close(src)
+        found.close()
+    try:
+        return _choose_interpreter(prepared, runnable, uid, gid, interpreters)
+    except BaseException:
+        prepared.cleanup()
+        raise
+
+
+def _choose_interpreter(
+    prepared: PreparedProgram,
+    runnable: bool,
+    uid: int,
+    gid: int,
+    interpreters: Mapping[str, Interpreter] | None,
+) -> PreparedProgram:
+    """``prepared`` with the host's interpreter that is to run it, if any (from the
+    first line of its copy); AuthorizationError if the kernel is to execute a
+    program directory's entry that the caller could not (``runnable``)."""
+    what = prepared.source if prepared.entry is None else f"{prepared.source}/{prepared.entry}"
+    try:
+        with open(prepared.path, "rb") as copy:
+            head = copy.read(SHEBANG_BYTES)
+    except OSError as exc:
+        raise HostError(f"cannot read the copy of {what}: {_why(exc)}") from exc
+    name = choose_interpreter(head, what=what, interpreters=interpreters, entry=prepared.entry)
+    if name is None:
+        if not runnable:
+            raise AuthorizationError(
+                f"uid {uid} (gid {gid}) may not execute {what}, the entry of the program "
+                "directory, which the kernel is to run (it has no '#!/usr/bin/env' line "
+                "nor a .py name for the host's interpreter)"
+            )
+        return prepared
+    assert interpreters is not None
+    known = interpreters[name]
+    # Checked again (and hashed again if it changed): the name says what runs.
+    interpreter = check_interpreter(name, known.path, owner=os.geteuid(), known=known)
+    return attrs.evolve(prepared, interpreter=interpreter)
+
+
+def _new_directory(programs_dir: Path, uid: int, gid: int) -> tuple[Path, bytes | None, int, bool]:
+    """A fresh private directory for one program's copy (see the module docstring).
+
+    Returns it, the ACL for a single file's copy (None: by mode), the group the
+    copies get (-1: the host's), and whether they are shared with another uid.
+    """
+    # A root host's copy for another uid is the caller's uid's alone (by an ACL),
+    # else (no ACLs) the caller's gid's.
+    shared = os.geteuid() == 0 and uid != 0
+    group = gid if shared else -1
+    _ensure_programs_dir(programs_dir)
+    directory = programs_dir / secrets.token_hex(16)
+    try:
+        os.mkdir(directory, _PRIVATE_DIR_MODE)
+    except OSError as exc:
+        raise ConfigError(f"cannot create a directory in {programs_dir}: {_why(exc)}") from exc
+    try:
+        copy_acl = _seal_directory(directory, uid, group, shared)
+    except BaseException:
+        remove_tree(directory)
+        raise
+    return directory, copy_acl, group, shared
+
+
+def _prepare_file(
+    src: int,
+    real: str,
+    source: str,
+    programs_dir: Path,
+    uid: int,
+    gid: int,
+    groups: Sequence[int],
+    max_size: int,
+) -> PreparedProgram:
+    st = os.fstat(src)
+    if not stat.S_ISREG(st.st_mode):  # pragma: no cover (checked by _open_found)
+        raise HostError(f"the program {source} is not a regular file")
+    if st.st_size > max_size:
+        raise HostError(
+            f"the program {source} is {st.st_size} bytes, over the {max_size}-byte limit"
+        )
+    _refuse_noexec(src, source, uid, gid)
+    acl = None if uid == 0 else _access_acl(src, f"the program {source}")
+    if not _may_read_and_execute(st, acl, uid, gid, groups):
+        raise AuthorizationError(
+            f"uid {uid} (gid {gid}) may not read and execute {source} "
+            f"({_describe(st, acl is not None)})"
+        )
+    directory, copy_acl, group, shared = _new_directory(programs_dir, uid, gid)
+    prepared = PreparedProgram(
+        path=directory / _copy_name(real),
+        directory=directory,
+        program_hash=b"",
+        source=source,
+    )
+    try:
+        copy_mode = _SHARED_COPY_MODE if shared else _PRIVATE_COPY_MODE
+        digest, size = _copy(src, prepared.path, source, max_size, group, copy_mode, copy_acl)
+    except BaseException:
+        prepared.cleanup()
+        raise
+    return attrs.evolve(prepared, program_hash=digest, size=size)
+
+
+def _refuse_noexec(fd: int, source: str, uid: int, gid: int) -> None:
+    if os.fstatvfs(fd).f_flag & os.ST_NOEXEC:  # the kernel would execute it for no one
+        raise AuthorizationError(
+            f"uid {uid} (gid {gid}) may not read and execute {source}: "
+            "it is on a filesystem mounted noexec"
+        )
+
+
+def _prepare_tree(
+    root: int,
+    real: str,
+    source: str,
+    programs_dir: Path,
+    uid: int,
+    gid: int,
+    groups: Sequence[int],
+    max_size: int,
+    entry: str | None,
+    limits: TreeLimits,
+) -> tuple[PreparedProgram, bool]:
+    """Copy the program directory at ``root`` (its checked ``O_PATH`` descriptor);
+    the prepared program, and whether the caller may execute its entry itself."""
+    entry = DEFAULT_ENTRY if entry is None else entry
+    raw_entry = check_entry(entry)
+    directory, copy_acl, group, shared = _new_directory(programs_dir, uid, gid)
+    copy_root = directory / _copy_name(real)
+    try:
+        try:
+            os.mkdir(copy_root, 0o700)
+            dst = os.open(copy_root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ConfigError(f"cannot create a directory in {directory}: {_why(exc)}") from exc
+        try:
+            copied = copy_tree(
+                root,
+                dst,
+                source=source,
+                entry=raw_entry,
+                uid=uid,
+                gid=gid,
+                groups=groups,
+                limits=limits,
+                max_bytes=max_size,
+                seal=Seal(
+                    group=group, uid=uid if shared else None, acl=shared and copy_acl is not None
+                ),
+            )
+        finally:
+            os.close(dst)
+        if not copied.entry_found:
+            raise HostError(
+                f"the program directory {source} has no file {entry} to run"
+                + (" (name one: taonet run --entry RELPATH)" if entry == DEFAULT_ENTRY else "")
+            )
+    except BaseException:
+        remove_tree(directory)
+        raise
+    prepared = PreparedProgram(
+        path=copy_root / entry,
+        directory=directory,
+        program_hash=tree_hash(copied.entries),
+        source=source,
+        root=copy_root,
+        entry=entry,
+        size=copied.total,
+    )
+    return prepared, copied.entry_executable
 
 
 def _seal_directory(directory: Path, uid: int, group: int, shared: bool) -> bytes | None:
@@ -633,8 +852,9 @@ def _copy(
     group: int,
     mode: int,
     acl: bytes | None,
-) -> bytes:
-    """Copy from ``src`` to a new file at ``target``; the SHA-256 of what was written.
+) -> tuple[bytes, int]:
+    """Copy from ``src`` to a new file at ``target``; the SHA-256 of what was written,
+    and its size.
 
     The copy is written while it is mode 0600 (the host's alone) and fsync'd; then
     it gets ``group`` (-1: unchanged) and the access ``acl`` (which sets its mode),
@@ -669,7 +889,7 @@ def _copy(
         raise HostError(f"cannot write the copy of {source}: {_why(exc)}") from exc
     finally:
         os.close(out)
-    return digest.digest()
+    return digest.digest(), total
 
 
 async def prepare_program(
@@ -680,6 +900,9 @@ async def prepare_program(
     gid: int,
     groups: Sequence[int] = (),
     max_size: int = DEFAULT_MAX_SIZE,
+    entry: str | None = None,
+    interpreters: Mapping[str, Interpreter] | None = None,
+    tree_limits: TreeLimits = DEFAULT_TREE_LIMITS,
 ) -> PreparedProgram:
     """Check and measure ``source`` for a caller, as a private copy under ``programs_dir``.
 
@@ -707,15 +930,27 @@ async def prepare_program(
     :class:`~taonet.ConfigError`. Anything else that stops the program being
     prepared is a :class:`~taonet.HostError`.
 
-    Only the file is measured, not the interpreter of a script nor the libraries a
-    binary loads (as in the original CloudProxy). The caller owns the result and
-    calls :meth:`PreparedProgram.cleanup` once the program is done with.
+    If ``source`` is a directory, it is a program directory (:mod:`._tree`): walked
+    and copied to ``programs_dir/<random>/<its basename>/`` within ``tree_limits``
+    and ``max_size`` bytes in all, its hash that of its manifest; ``entry`` (default
+    ``__main__.py``) is the file in it that runs, which the caller must be able to
+    execute unless the host's interpreter runs it. ``entry`` with a single file is a
+    HostError. ``interpreters`` are those the host offers (None: no
+    ``[interpreters]`` table): the first line of what runs decides whether one of
+    them runs it (:func:`~taonet.hosts.linux._interpreters.choose_interpreter`);
+    the one chosen is checked again and is in the result.
+
+    Libraries a program loads from outside what was copied are not measured. The
+    caller owns the result and calls :meth:`PreparedProgram.cleanup` once the
+    program is done with.
     """
     if max_size < 0:
         raise ValueError("max_size must not be negative")
     src = os.fspath(source)
     groups = tuple(groups)
-    return await trio.to_thread.run_sync(_prepare, src, programs_dir, uid, gid, groups, max_size)
+    return await trio.to_thread.run_sync(
+        _prepare, src, programs_dir, uid, gid, groups, max_size, entry, interpreters, tree_limits
+    )
 
 
 def _str_tuple(items: Iterable[str]) -> tuple[str, ...]:
@@ -742,11 +977,14 @@ class Sandbox:
     bwrap: str = "bwrap"
     read_only: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
 
-    def wrap(self, argv: Sequence[str], *, cwd: str | None) -> list[str]:
+    def wrap(
+        self, argv: Sequence[str], *, cwd: str | None, program_dir: str | None = None
+    ) -> list[str]:
         """The command that runs ``argv`` (whose first item is the program) confined.
 
-        For bwrap, the program's own directory is bound read-only after the empty
-        /tmp (the host's copies may live under /tmp). bwrap runs under a ``sh`` that
+        For bwrap, the program's own directory (``program_dir``, by default the
+        directory of ``argv[0]``) is bound read-only after the empty /tmp (the host's
+        copies may live under /tmp). bwrap runs under a ``sh`` that
         waits for it: ``--die-with-parent`` ties bwrap to the *thread* that started
         it, and Trio starts processes from worker threads that exit when idle, which
         would kill the sandbox seconds after it started.
@@ -768,7 +1006,8 @@ class Sandbox:
             if not os.path.isabs(path):
                 raise HostError(f"sandbox paths must be absolute: {path!r}")
             command += ["--ro-bind", path, path]
-        program_dir = os.path.dirname(argv[0])
+        if program_dir is None:
+            program_dir = os.path.dirname(argv[0])
         if os.path.isabs(program_dir) and program_dir != "/":
             command += ["--ro-bind", program_dir, program_dir]
         if cwd is not None:
@@ -946,7 +1185,7 @@ async def spawn_program(
                 # The child still holds this descriptor when it chdirs (before it
                 # closes what it should not keep): it enters the checked directory.
                 run_in = f"/proc/self/fd/{directory.fd}"
-        argv = sandbox.wrap([str(prepared.path), *args], cwd=cwd)
+        argv = sandbox.wrap(prepared.argv(args), cwd=cwd, program_dir=str(prepared.directory))
         child_env = _child_env(env, channel, host_type)
         pass_fds = channel.child_fds if channel is not None else ()
         for attempt in range(1, _ETXTBSY_ATTEMPTS + 1):
