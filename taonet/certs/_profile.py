@@ -355,7 +355,8 @@ def refuse_retired_profile(cert: x509.Certificate, *, what: str = "certificate")
                 raise AuthenticationError(
                     f"{what} is of taonet's retired profile (object identifier "
                     f"{oid.dotted_string}, which Go's crypto/x509 cannot parse): the domain "
-                    "must issue a new one (a program provisions anew; for a host, run 'taonet host recertify')"
+                    "must issue a new one (a program provisions anew; for a host, run "
+                    "'taonet host recertify')"
                 )
 
 
