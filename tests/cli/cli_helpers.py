@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 import trio
+
+from taonet.cli import main
 
 #: Bound on one command; nothing here should come near it.
 COMMAND_TIMEOUT = 120
@@ -74,6 +77,20 @@ async def run(
         (proc.stdout or b"").decode(errors="replace"),
         proc.stderr.decode(errors="replace"),
     )
+
+
+def taonet_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run ``taonet ARGS`` in this process: its exit status, stdout and stderr."""
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def password_file(directory: Path, password: str = "s3cret pass") -> Path:
+    """``directory/pw`` holding ``password`` and a newline, as an operator writes one."""
+    path = directory / "pw"
+    path.write_text(password + "\n")
+    return path
 
 
 def ok(result: Result) -> str:

@@ -8,28 +8,22 @@ from pathlib import Path
 
 import pytest
 
-from taonet.cli import main
 from taonet.domain import Domain, measure_file
+from tests.cli.cli_helpers import password_file, taonet_main
 
 VECTOR = "DQEDa2V5BAh0ZXN0IGtleREAAQNrZXkEDHRlc3QgdGFvIGtleREA"
 VECTOR_TEXT = "key([74657374206b6579]) speaksfor key([746573742074616f206b6579])"
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_auth_parse_encode_decode(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "auth", "parse", VECTOR_TEXT.replace(" ", "  ")) == (
+    assert taonet_main(capsys, "auth", "parse", VECTOR_TEXT.replace(" ", "  ")) == (
         0,
         VECTOR_TEXT + "\n",
         "",
     )
-    assert run(capsys, "auth", "encode", VECTOR_TEXT) == (0, VECTOR + "\n", "")
-    assert run(capsys, "auth", "decode", VECTOR) == (0, VECTOR_TEXT + "\n", "")
-    assert run(capsys, "auth", "decode", VECTOR + "==")[1] == VECTOR_TEXT + "\n"
+    assert taonet_main(capsys, "auth", "encode", VECTOR_TEXT) == (0, VECTOR + "\n", "")
+    assert taonet_main(capsys, "auth", "decode", VECTOR) == (0, VECTOR_TEXT + "\n", "")
+    assert taonet_main(capsys, "auth", "decode", VECTOR + "==")[1] == VECTOR_TEXT + "\n"
 
 
 @pytest.mark.parametrize(
@@ -45,29 +39,25 @@ def test_auth_parse_encode_decode(capsys: pytest.CaptureFixture[str]) -> None:
 def test_auth_errors_are_one_line_and_exit_2(
     capsys: pytest.CaptureFixture[str], args: tuple[str, ...]
 ) -> None:
-    code, out, err = run(capsys, *args)
+    code, out, err = taonet_main(capsys, *args)
     assert code == 2
     assert out == ""
     assert err.startswith("taonet: error: ")
     assert err.count("\n") == 1
 
 
-def password_file(tmp_path: Path, password: str = "s3cret pass") -> Path:
-    path = tmp_path / "pw"
-    path.write_text(password + "\n")
-    return path
-
-
 def test_domain_init_policy_principal(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     pw = str(password_file(tmp_path))
     d = str(tmp_path / "dom")
-    code, out, err = run(capsys, "domain", "init", d, "--name", "cli-test", "--password-file", pw)
+    code, out, err = taonet_main(
+        capsys, "domain", "init", d, "--name", "cli-test", "--password-file", pw
+    )
     assert (code, err) == (0, ""), err
     assert "policy key:  key([" in out
 
     program = tmp_path / "app.py"
     program.write_text("print('hello')\n")
-    code, out, err = run(
+    code, out, err = taonet_main(
         capsys,
         "domain",
         "policy",
@@ -83,14 +73,14 @@ def test_domain_init_policy_principal(capsys: pytest.CaptureFixture[str], tmp_pa
     assert (code, err) == (0, "")
     assert "0 -> 2 rules" in out
 
-    code, out, _ = run(capsys, "domain", "policy", "--domain", d, "--show")
+    code, out, _ = taonet_main(capsys, "domain", "policy", "--domain", d, "--show")
     h = measure_file(program).hex()
     assert out.splitlines() == [
         f'Authorized(ext.Program([{h}]), "Execute")',
         'Authorized(key([0a0b]), "Read")',
     ]
 
-    code, out, _ = run(
+    code, out, _ = taonet_main(
         capsys,
         "domain",
         "policy",
@@ -104,10 +94,12 @@ def test_domain_init_policy_principal(capsys: pytest.CaptureFixture[str], tmp_pa
     assert code == 0
     assert len(Domain.load(d).guard.rules) == 1  # type: ignore[attr-defined]
 
-    code, out, _ = run(capsys, "domain", "principal", "--domain", d, "--program", str(program))
+    code, out, _ = taonet_main(
+        capsys, "domain", "principal", "--domain", d, "--program", str(program)
+    )
     policy_hash = Domain.load(d).policy_principal.key_hash.value.hex()  # type: ignore[union-attr]
     assert out.strip() == f"ext.Program([{h}]).PolicyKey([{policy_hash}])"
-    code, out, _ = run(
+    code, out, _ = taonet_main(
         capsys,
         "domain",
         "principal",
@@ -127,7 +119,7 @@ def test_domain_errors(
     monkeypatch.delenv("TAO_DOMAIN", raising=False)
     pw = str(password_file(tmp_path))
     d = str(tmp_path / "dom")
-    assert run(capsys, "domain", "init", d, "--password-file", pw)[0] == 0
+    assert taonet_main(capsys, "domain", "init", d, "--password-file", pw)[0] == 0
     cases = [
         (("domain", "init", d, "--password-file", pw), "already holds a domain"),
         (("domain", "policy", "--show"), "no domain"),
@@ -171,7 +163,7 @@ def test_domain_errors(
         ),
     ]
     for args, message in cases:
-        code, _out, err = run(capsys, *args)
+        code, _out, err = taonet_main(capsys, *args)
         assert code == 2, args
         assert message in err, (args, err)
         assert err.count("\n") == 1
@@ -185,17 +177,20 @@ def test_domain_from_environment(
     pw = str(password_file(tmp_path))
     d = tmp_path / "dom"
     assert (
-        run(capsys, "domain", "init", str(d), "--guard", "Liberal", "--password-file", pw)[0] == 0
+        taonet_main(capsys, "domain", "init", str(d), "--guard", "Liberal", "--password-file", pw)[
+            0
+        ]
+        == 0
     )
     monkeypatch.setenv("TAO_DOMAIN", str(d))
-    assert run(capsys, "domain", "policy", "--show")[1] == "Liberal guard (no rules)\n"
+    assert taonet_main(capsys, "domain", "policy", "--show")[1] == "Liberal guard (no rules)\n"
 
 
 def test_password_needs_a_terminal_or_a_file(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sys, "stdin", open("/dev/null"))  # noqa: SIM115
-    code, _, err = run(capsys, "domain", "init", str(tmp_path / "d"))
+    code, _, err = taonet_main(capsys, "domain", "init", str(tmp_path / "d"))
     sys.stdin.close()
     assert code == 2
     assert "--password-file" in err
@@ -238,6 +233,6 @@ def test_domain_service_arguments(
         (("domain-service", "--domain", str(tmp_path), "--listen", "nope"), "HOST:PORT"),
         (("domain-service", "--domain", str(tmp_path), "--listen", "h:99999"), "HOST:PORT"),
     ]:
-        code, _, err = run(capsys, *args)
+        code, _, err = taonet_main(capsys, *args)
         assert code == 2
         assert message in err

@@ -10,31 +10,25 @@ from pathlib import Path
 import pytest
 
 from taonet import AuthenticationError, certs
-from taonet.cli import main
 from taonet.cli._domain_cmd import audit_path, crl_path
 from taonet.domain import Domain
 from taonet_services.domain_service._audit import AuditLog
+from tests.cli.cli_helpers import password_file, taonet_main
 
 DAY = 24 * 3600 * 10**9
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture
 def pw(tmp_path: Path) -> str:
-    path = tmp_path / "pw"
-    path.write_text("s3cret pass\n")
-    return str(path)
+    return str(password_file(tmp_path))
 
 
 @pytest.fixture
 def dom(tmp_path: Path, pw: str, capsys: pytest.CaptureFixture[str]) -> str:
     d = str(tmp_path / "dom")
-    code, _, err = run(capsys, "domain", "init", d, "--name", "revocation", "--password-file", pw)
+    code, _, err = taonet_main(
+        capsys, "domain", "init", d, "--name", "revocation", "--password-file", pw
+    )
     assert (code, err) == (0, ""), err
     return d
 
@@ -73,7 +67,7 @@ def test_revoke_writes_a_crl_and_audit_shows_it(
 ) -> None:
     first, second, kept = issue(dom, "key([01])"), issue(dom, "key([02])"), issue(dom)
 
-    code, out, err = run(
+    code, out, err = taonet_main(
         capsys, "domain", "revoke", str(first), "--reason", "key leaked", "--domain", dom,
         "--password-file", pw,
     )  # fmt: skip
@@ -87,7 +81,7 @@ def test_revoke_writes_a_crl_and_audit_shows_it(
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
     # 0x-hex serials work too; the CRL lists both, dated when they were revoked.
-    code, out, err = run(
+    code, out, err = taonet_main(
         capsys, "domain", "revoke", hex(second), "--reason", "host retired", "--domain", dom,
         "--password-file", pw,
     )  # fmt: skip
@@ -97,7 +91,7 @@ def test_revoke_writes_a_crl_and_audit_shows_it(
     assert crl.serials == {first, second}
     assert crl.next_update_ns - crl.this_update_ns == 7 * DAY + 300 * 10**9  # 5 min backdated
 
-    code, out, err = run(capsys, "domain", "audit", "--domain", dom)
+    code, out, err = taonet_main(capsys, "domain", "audit", "--domain", dom)
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert len(lines) == 5
@@ -107,7 +101,7 @@ def test_revoke_writes_a_crl_and_audit_shows_it(
     assert "principal=key([02])" in lines[4]
     assert "reason=host retired" in lines[4]
 
-    code, out, _ = run(capsys, "domain", "audit", "--domain", dom, "--limit", "2")
+    code, out, _ = taonet_main(capsys, "domain", "audit", "--domain", dom, "--limit", "2")
     assert (code, out.splitlines()) == (0, lines[-2:])
 
 
@@ -116,8 +110,8 @@ def test_revoking_twice_is_reported_not_an_error(
 ) -> None:
     serial = issue(dom)
     args = ("domain", "revoke", str(serial), "--reason", "gone", "--domain", dom)
-    assert run(capsys, *args, "--password-file", pw)[0] == 0
-    code, out, err = run(capsys, *args, "--password-file", pw)
+    assert taonet_main(capsys, *args, "--password-file", pw)[0] == 0
+    code, out, err = taonet_main(capsys, *args, "--password-file", pw)
     assert (code, err) == (0, "")
     assert out == f"serial {serial} was already revoked; CRL now lists 1 serial(s)\n"
     assert read_crl(dom).serials == {serial}
@@ -129,7 +123,7 @@ def test_unknown_serial_is_one_line_exit_2(
     capsys: pytest.CaptureFixture[str], dom: str, pw: str
 ) -> None:
     issue(dom)
-    code, out, err = run(
+    code, out, err = taonet_main(
         capsys, "domain", "revoke", "12345", "--reason", "x", "--domain", dom, "--password-file", pw
     )
     assert_one_line_error(code, out, err)
@@ -143,7 +137,7 @@ def test_wrong_password_is_one_line_exit_2_and_records_nothing(
     serial = issue(dom)
     wrong = tmp_path / "wrong"
     wrong.write_text("not the password\n")
-    code, out, err = run(
+    code, out, err = taonet_main(
         capsys, "domain", "revoke", str(serial), "--reason", "x", "--domain", dom,
         "--password-file", str(wrong),
     )  # fmt: skip
@@ -152,7 +146,7 @@ def test_wrong_password_is_one_line_exit_2_and_records_nothing(
         assert not log.is_revoked(serial)
     assert not crl_path(Path(dom)).exists()
     assert_one_line_error(
-        *run(capsys, "domain", "crl", "--domain", dom, "--password-file", str(wrong))
+        *taonet_main(capsys, "domain", "crl", "--domain", dom, "--password-file", str(wrong))
     )
 
 
@@ -170,7 +164,7 @@ def test_bad_serials_are_one_line_exit_2(
     capsys: pytest.CaptureFixture[str], dom: str, pw: str, serial: str, message: str
 ) -> None:
     issue(dom)
-    code, out, err = run(
+    code, out, err = taonet_main(
         capsys, "domain", "revoke", "--reason", "x", "--domain", dom, "--password-file", pw,
         "--", serial,
     )  # fmt: skip
@@ -179,7 +173,7 @@ def test_bad_serials_are_one_line_exit_2(
 
 
 def test_revoke_without_an_audit_log(capsys: pytest.CaptureFixture[str], dom: str, pw: str) -> None:
-    code, out, err = run(
+    code, out, err = taonet_main(
         capsys, "domain", "revoke", "7", "--reason", "x", "--domain", dom, "--password-file", pw
     )
     assert_one_line_error(code, out, err)
@@ -187,18 +181,18 @@ def test_revoke_without_an_audit_log(capsys: pytest.CaptureFixture[str], dom: st
 
 
 def test_audit_without_a_log(capsys: pytest.CaptureFixture[str], dom: str) -> None:
-    assert run(capsys, "domain", "audit", "--domain", dom) == (
+    assert taonet_main(capsys, "domain", "audit", "--domain", dom) == (
         0,
         "no audit log yet (the domain service has not run)\n",
         "",
     )
     assert not audit_path(Path(dom)).exists()
-    assert_one_line_error(*run(capsys, "domain", "audit", "--domain", dom, "--limit", "0"))
+    assert_one_line_error(*taonet_main(capsys, "domain", "audit", "--domain", dom, "--limit", "0"))
 
 
 def test_crl_regenerates_the_list(capsys: pytest.CaptureFixture[str], dom: str, pw: str) -> None:
     # Without an audit log: an empty, signed list.
-    code, out, err = run(capsys, "domain", "crl", "--domain", dom, "--password-file", pw)
+    code, out, err = taonet_main(capsys, "domain", "crl", "--domain", dom, "--password-file", pw)
     assert (code, err) == (0, "")
     assert "CRL now lists 0 serial(s)" in out
     assert read_crl(dom).serials == frozenset()
@@ -206,7 +200,7 @@ def test_crl_regenerates_the_list(capsys: pytest.CaptureFixture[str], dom: str, 
     serial = issue(dom)
     with AuditLog.open(audit_path(Path(dom))) as log:
         log.revoke(serial, reason="revoked by the service")
-    code, out, err = run(
+    code, out, err = taonet_main(
         capsys, "domain", "crl", "--domain", dom, "--password-file", pw, "--crl-days", "30"
     )
     assert (code, err) == (0, "")

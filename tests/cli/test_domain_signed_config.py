@@ -9,24 +9,21 @@ the policy key (``--resign`` with its password) can accept the edit.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import attrs
 import pytest
-import trio
 
 from taonet import ConfigError
 from taonet.cli import main
 from taonet.domain import Domain, LiberalGuard
-from tests.cli.test_cli import password_file, run
+from tests.cli.cli_helpers import password_file, plain, run, taonet_main
 
 
 def init_domain(capsys: pytest.CaptureFixture[str], tmp_path: Path, *args: str) -> tuple[str, str]:
     pw = str(password_file(tmp_path))
     d = str(tmp_path / "dom")
-    code, _, err = run(capsys, "domain", "init", d, "--password-file", pw, *args)
+    code, _, err = taonet_main(capsys, "domain", "init", d, "--password-file", pw, *args)
     assert (code, err) == (0, ""), err
     return d, pw
 
@@ -44,7 +41,7 @@ def test_changing_a_hand_edited_domain_is_refused_and_writes_nothing(
     d, pw = init_domain(capsys, tmp_path)
     set_guard(d, "ACL", "Conservative")
     before = {p.name: p.read_bytes() for p in Path(d).iterdir() if p.is_file()}
-    code, _, err = run(
+    code, _, err = taonet_main(
         capsys, "domain", "policy", "--domain", d, "--allow", "true", "--password-file", pw
     )
     assert code == 2
@@ -62,7 +59,7 @@ def test_every_policy_change_resigns(capsys: pytest.CaptureFixture[str], tmp_pat
         ("--allow", 'Authorized(key([0a0b]), "Read")'),
         ("--retract", 'Authorized(key([0a0b]), "Read")'),
     ):
-        code, _, err = run(
+        code, _, err = taonet_main(
             capsys, "domain", "policy", "--domain", d, *change, "--password-file", pw
         )
         assert (code, err) == (0, "")
@@ -77,7 +74,7 @@ def test_resign_accepts_an_intended_edit_with_the_password(
     set_guard(d, "ACL", "Liberal")
     (tmp_path / "other").mkdir()
     wrong = str(password_file(tmp_path / "other", "wrong"))
-    code, _, err = run(
+    code, _, err = taonet_main(
         capsys, "domain", "policy", "--domain", d, "--resign", "--password-file", wrong
     )
     assert code == 2
@@ -85,7 +82,7 @@ def test_resign_accepts_an_intended_edit_with_the_password(
     with pytest.raises(ConfigError, match=r"domain\.guard is 'Liberal'"):
         Domain.load(d)
 
-    code, out, err = run(
+    code, out, err = taonet_main(
         capsys, "domain", "policy", "--domain", d, "--resign", "--show", "--password-file", pw
     )
     assert (code, err) == (0, ""), err
@@ -96,14 +93,16 @@ def test_resign_accepts_an_intended_edit_with_the_password(
     assert lines[-1] == "Liberal guard (no rules)"
     assert isinstance(Domain.load(d).guard, LiberalGuard)
 
-    code, out, _ = run(capsys, "domain", "policy", "--domain", d, "--resign", "--password-file", pw)
+    code, out, _ = taonet_main(
+        capsys, "domain", "policy", "--domain", d, "--resign", "--password-file", pw
+    )
     assert code == 0
     assert out.splitlines()[1:] == ["  no change from the previous signature"]
 
 
 def test_resign_takes_no_other_changes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     d, pw = init_domain(capsys, tmp_path)
-    code, _, err = run(
+    code, _, err = taonet_main(
         capsys,
         "domain",
         "policy",
@@ -124,14 +123,15 @@ def test_a_domain_from_an_earlier_taonet_is_refused_until_resigned(
 ) -> None:
     d, pw = init_domain(capsys, tmp_path, "--guard", "Liberal")
     (Path(d) / "domain.sig").unlink()
-    code, _, err = run(capsys, "domain", "policy", "--domain", d, "--show")
+    code, _, err = taonet_main(capsys, "domain", "policy", "--domain", d, "--show")
     assert code == 2
     assert "no domain.sig" in err
     assert f"taonet domain policy --domain {d} --resign" in err
     assert main(["domain", "policy", "--domain", d, "--resign", "--password-file", pw]) == 0
     assert "no earlier signature" in capsys.readouterr().out
     assert (
-        run(capsys, "domain", "policy", "--domain", d, "--show")[1] == "Liberal guard (no rules)\n"
+        taonet_main(capsys, "domain", "policy", "--domain", d, "--show")[1]
+        == "Liberal guard (no rules)\n"
     )
 
 
@@ -143,9 +143,9 @@ def allowed_then_retracted(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
     whose acls and domain.sig of serial 2 an attacker has put back."""
     d, pw = init_domain(capsys, tmp_path)
     policy = ("domain", "policy", "--domain", d, "--password-file", pw)
-    assert run(capsys, *policy, "--allow", RULE)[0] == 0
+    assert taonet_main(capsys, *policy, "--allow", RULE)[0] == 0
     allowed = {n: (Path(d) / n).read_bytes() for n in ("acls", "domain.sig")}
-    assert run(capsys, *policy, "--retract", RULE)[0] == 0
+    assert taonet_main(capsys, *policy, "--retract", RULE)[0] == 0
     for name, data in allowed.items():
         (Path(d) / name).write_bytes(data)
     return d, pw
@@ -155,7 +155,7 @@ def test_resign_after_a_rollback_says_so(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     d, pw = allowed_then_retracted(capsys, tmp_path)
-    code, out, err = run(
+    code, out, err = taonet_main(
         capsys, "domain", "policy", "--domain", d, "--resign", "--password-file", pw
     )
     assert (code, err) == (0, ""), err
@@ -205,22 +205,11 @@ def tampered(
     )
 
 
-async def run_taonet(*args: str) -> subprocess.CompletedProcess[bytes]:
-    """``python -m taonet *args`` in a real process, its stdout and stderr captured."""
-    with trio.fail_after(60):
-        return await trio.run_process(
-            [sys.executable, "-m", "taonet", *args],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
-
-
 async def test_show_refuses_a_tampered_domain_in_a_real_process(tampered: Tampered) -> None:
-    result = await run_taonet("domain", "policy", "--domain", tampered.d, "--show")
+    result = await run(plain("domain", "policy", "--domain", tampered.d, "--show"))
     assert result.returncode == 2
-    assert result.stdout == b""
-    err = result.stderr.decode()
+    assert result.stdout == ""
+    err = result.stderr
     assert err.startswith("taonet: error: ")
     assert err.count("\n") == 1
     assert tampered.refusal in err
@@ -228,11 +217,13 @@ async def test_show_refuses_a_tampered_domain_in_a_real_process(tampered: Tamper
 
 
 async def test_the_domain_service_does_not_start_for_a_tampered_domain(tampered: Tampered) -> None:
-    result = await run_taonet(
-        *("domain-service", "--domain", tampered.d, "--listen", "127.0.0.1:0"),
-        *("--password-file", tampered.pw),
+    result = await run(
+        plain(
+            *("domain-service", "--domain", tampered.d, "--listen", "127.0.0.1:0"),
+            *("--password-file", tampered.pw),
+        )
     )
     assert result.returncode != 0
-    err = result.stderr.decode()
+    err = result.stderr
     assert "Traceback" not in err
     assert tampered.service_refusal in err
