@@ -164,10 +164,10 @@ class CRLSource:
         """Why no serial can be checked now (None: the CRL held is current)."""
         crl = self._crl
         if crl is None:
-            return "cannot check revocation: no verified CRL from the domain yet"
+            return "no verified CRL from the domain yet"
         if self._clock() > crl.next_update_ns:
             return (
-                f"cannot check revocation: the CRL held (number {crl.number}) expired at"
+                f"the CRL held (number {crl.number}) expired at"
                 f" {_iso(crl.next_update_ns)} and no newer one could be had"
             )
         return None
@@ -176,12 +176,15 @@ class CRLSource:
         """Whether the current CRL lists ``serial``; AuthenticationError if there is none."""
         unusable = self._unusable()
         if unusable is not None:
-            raise AuthenticationError(unusable)
+            raise AuthenticationError(f"cannot check revocation: {unusable}")
         assert self._crl is not None
         return serial in self._crl
 
     def check(self, serial: int) -> None:
         """Raise AuthenticationError if ``serial`` is revoked or cannot be checked now."""
+        unusable = self._unusable()
+        if unusable is not None:
+            raise AuthenticationError(f"certificate serial {serial} cannot be checked: {unusable}")
         if self.is_revoked(serial):
             assert self._crl is not None
             raise AuthenticationError(
@@ -243,7 +246,8 @@ class CRLSource:
         unusable = self._unusable()
         if unusable is not None and peer is not None:
             return ChannelRevokedError(
-                f"the peer's certificate (serial {peer.serial}) {unusable.removeprefix('cannot ')}",
+                f"the peer's certificate (serial {peer.serial}) can no longer be checked:"
+                f" {unusable}",
                 serial=peer.serial,
                 own=False,
             )
@@ -287,16 +291,19 @@ class CRLSource:
                 reason=str(error),
             )
 
-    async def _explain(self, stream: TaoStream) -> ChannelRevokedError | None:
-        """Why a client stream's server cut it: a revocation, if a fresh CRL says so."""
+    async def _explain(self, stream: TaoStream, *, fetch: bool) -> ChannelRevokedError | None:
+        """Why ``stream``'s peer cut it: a revocation, if the CRL (a fresh one with
+        ``fetch``) says so."""
         problem = self._problem(stream)
-        if problem is None and self._fetch is not None:
+        if problem is None and fetch and self._fetch is not None:
             with trio.move_on_after(_EXPLAIN_TIMEOUT):
                 try:
                     await self.refresh()
                 except TaoError as exc:
                     log.info("crl_refresh_failed", reason=str(exc)[:200], via="explain")
             problem = self._problem(stream)
+        else:
+            await trio.lowlevel.checkpoint()
         if problem is not None:
             self._tracked.pop(stream, None)
         return problem
@@ -416,4 +423,3 @@ class CRLSource:
                 reason="cannot check revocation: refusing certificates until a fresh CRL arrives",
             )
             await changed.wait()
-

@@ -270,13 +270,20 @@ class TaoStream(trio.abc.Stream):
     async def _raise_why_broken(self, exc: BaseException) -> None:
         """Raise ChannelRevokedError if a revocation is why the transport failed with ``exc``.
 
-        A client stream whose server cut it asks its CRL source (see
-        :meth:`CRLSource._explain`); otherwise this returns and ``exc`` stands.
+        A client stream whose server cut it asks its CRL source for a fresh CRL (see
+        :meth:`CRLSource._explain`); a server's stream looks at the CRL held. Otherwise
+        this returns and ``exc`` stands.
         """
-        if self._revoked is None and not self._closed and not self.server_side:
-            revocations = self._revocations
-            if revocations is not None and isinstance(exc, trio.BrokenResourceError):
-                self._revoked = await revocations._explain(self)
+        revocations = self._revocations
+        if (
+            self._revoked is None
+            and not self._closed
+            and revocations is not None
+            and isinstance(exc, trio.BrokenResourceError)
+        ):
+            # A server only looks at the CRL it holds: a peer that breaks its
+            # connection must not make it fetch one.
+            self._revoked = await revocations._explain(self, fetch=not self.server_side)
         if self._revoked is not None:
             raise self._revoked_error() from exc
 
@@ -347,7 +354,7 @@ def _peer_of(
         try:
             revocations.check(program.serial)
         except AuthenticationError as exc:
-            raise AuthenticationError(f"the peer's certificate: {exc}") from None
+            raise AuthenticationError(f"the peer's {exc}") from None
     return Peer(program.principal, program)
 
 

@@ -45,7 +45,9 @@ async def test_revoke_command_closes_the_open_channel_mid_transfer(tmp_path: Pat
                 serial = mallory_id.certificate.serial
                 where = (HOST, lab.port)
                 server_crl = RevocationWatcher(lab.domain.policy_cert, where)
-                mallory_crl = RevocationWatcher(lab.domain.policy_cert, where)
+                # Mallory learns it from the server cutting its channel (no long
+                # poll of its own: otherwise either end may close first).
+                mallory_crl = RevocationWatcher(lab.domain.policy_cert, where, watch=False)
                 await nursery.start(server_crl.run)
                 await nursery.start(mallory_crl.run)
                 listeners = await nursery.start(

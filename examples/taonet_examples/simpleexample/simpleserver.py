@@ -1,5 +1,11 @@
 #!/usr/bin/env python3
-"""simpleserver: hands its secret to clients the domain allows to read it."""
+"""simpleserver: hands its secret to clients the domain allows to read it.
+
+It keeps the domain's CRL current from the domain service (a
+:class:`~taonet.provision.RevocationWatcher`): a client whose certificate is
+revoked is refused, and its open channel closed, about a second after
+``taonet domain revoke``.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +19,11 @@ from pathlib import Path
 import trio
 
 from taonet import TaoError, auth, configure_logging
-from taonet.channel import MessageStream, TaoStream, serve_channels
+from taonet.channel import ChannelRevokedError, MessageStream, TaoStream, serve_channels
 from taonet.domain import Domain, Guard
 from taonet.files import atomic_write
 from taonet.hosts import Tao, parent
-from taonet.provision import fetch_crl, load_or_provision
+from taonet.provision import RevocationWatcher, load_or_provision
 
 SECRET_REQUEST = b"secret please"
 
@@ -45,39 +51,54 @@ async def run_server(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Provision or unseal, then serve on 127.0.0.1 (a free port, given to task_status)."""
-    provisioned = await load_or_provision(
-        tao,
-        state_dir / "simpleserver.sealed",
-        policy_cert=policy_cert,
-        domain_service=domain_service,
-        on_step=say,
-    )
-    secret = await load_secret(tao, state_dir / "simpleserver.secret", say)
-    crl = await fetch_crl(*domain_service, policy_cert)
-    say(f"fetched the domain's CRL: {len(crl.serials)} revoked certificate(s)")
+    async with trio.open_nursery() as nursery:
+        crl = RevocationWatcher(policy_cert, domain_service)
+        await nursery.start(crl.run)
+        revoked = "?" if crl.crl is None else len(crl.crl)
+        say(f"keeps the domain's CRL current ({revoked} revoked certificate(s) now)")
+        provisioned = await load_or_provision(
+            tao,
+            state_dir / "simpleserver.sealed",
+            policy_cert=policy_cert,
+            domain_service=domain_service,
+            on_step=say,
+            revocations=crl,
+        )
+        secret = await load_secret(tao, state_dir / "simpleserver.secret", say)
 
-    async def handle(stream: TaoStream) -> None:
-        async with MessageStream(stream, max_frame=4096) as messages:
-            request = await messages.receive_message()
+        async def handle(stream: TaoStream) -> None:
             peer = stream.peer.principal
+            try:
+                async with MessageStream(stream, max_frame=4096) as messages:
+                    while (request := await _next_request(messages)) is not None:
+                        await messages.send_message(answer(request, peer))
+            except ChannelRevokedError as exc:
+                say(f"closed the channel of {peer}: {exc}")
+
+        def answer(request: bytes, peer: auth.Prin | None) -> bytes:
             say(f"request {request!r} from {peer}")
             if request != SECRET_REQUEST or peer is None:
-                await messages.send_message(b"ERROR unknown request")
-                return
+                return b"ERROR unknown request"
             if not guard.is_authorized(peer, "Read", [auth.Str("secret")]):
                 say("refused: the guard does not let that principal read the secret")
-                await messages.send_message(b"ERROR not authorized")
-                return
+                return b"ERROR not authorized"
             say("the guard allows it: sending the secret")
-            await messages.send_message(b"OK " + secret)
+            return b"OK " + secret
 
-    async with trio.open_nursery() as nursery:
         listeners = await nursery.start(
-            functools.partial(serve_channels, handle, 0, provisioned.identity, revoked=crl.serials)
+            functools.partial(serve_channels, handle, 0, provisioned.identity, revocations=crl)
         )
         port = int(listeners[0].socket.getsockname()[1])
         say(f"serving Tao channels on 127.0.0.1:{port} as {provisioned.principal}")
         task_status.started(port)
+
+
+async def _next_request(messages: MessageStream) -> bytes | None:
+    """The client's next request; None when it closed the channel."""
+    try:
+        return await messages.receive_message()
+    except trio.EndOfChannel:
+        return None
 
 
 def parse_address(text: str) -> tuple[str, int]:
