@@ -1,0 +1,7 @@
+"""What the hosted service says."""
+
+from __future__ import annotations
+
+
+def greeting(whom: str) -> str:
+    return f"hello from a hosted service, {whom}"
