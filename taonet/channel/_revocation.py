@@ -271,6 +271,8 @@ class CRLSource:
         """Close every tracked channel the CRL held no longer allows; returns how many."""
         closed = 0
         for stream in list(self._tracked.keys()):
+            if stream not in self._tracked:
+                continue  # closed meanwhile (by another sweep, say)
             problem = self._problem(stream)
             if problem is not None:
                 await self._revoke(stream, problem)
@@ -300,7 +302,7 @@ class CRLSource:
                 try:
                     await self.refresh()
                 except TaoError as exc:
-                    log.info("crl_refresh_failed", reason=str(exc)[:200], via="explain")
+                    self._failures.note(via="explain", reason=str(exc)[:300])
             problem = self._problem(stream)
         else:
             await trio.lowlevel.checkpoint()

@@ -7,7 +7,6 @@ while the CRL held runs out.
 
 from __future__ import annotations
 
-import functools
 import socket
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ import structlog
 import trio
 import trio.testing
 
-from taonet import AuthenticationError, AuthorizationError, certs
+from taonet import AuthenticationError, AuthorizationError, ProtocolError, certs
 from taonet.channel import ChannelRevokedError, CRLSource, TaoStream, open_channel
 from taonet.domain import Domain
 from taonet.provision import RevocationWatcher
@@ -300,4 +299,63 @@ def test_bad_schedule_is_refused(programs: Programs, bad: str) -> None:
         CRLSource(programs.domain.policy_cert, **kw)  # type: ignore[arg-type]
 
 
-__all__ = ["Crls", "functools"]
+async def test_the_schedule_alone_brings_a_revocation_within_an_interval(
+    programs: Programs, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """No long poll, nobody asks: the scheduled refresh closes the channel in time."""
+    crls = Crls(programs.domain)
+    source = CRLSource(programs.domain.policy_cert, fetch=crls.fetch, refresh_interval=300)
+    await nursery.start(source.run)
+    client_id = await programs.identity(2)
+    assert client_id.certificate is not None
+    port = await start_server(nursery, await programs.identity(1), revocations=source)
+    with trio.fail_after(3600):
+        stream = await open_channel("127.0.0.1", port, client_id)
+        await stream.send_all(b"ping")
+        assert await stream.receive_some() == b"ping"
+        revoked_at = trio.current_time()
+        crls.current = crls.make(client_id.certificate.serial)
+        with pytest.raises(trio.BrokenResourceError):
+            await drain(stream)
+        # Within one interval and its jitter.
+        assert trio.current_time() - revoked_at <= 300 * (1 + source.jitter)
+        await stream.aclose()
+
+
+async def test_a_long_poll_that_is_refused_backs_off(
+    programs: Programs, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A service that refuses every watch at once (over its cap) is not hammered."""
+    crls = Crls(programs.domain)
+    calls = 0
+
+    async def refusing_watch(known: int) -> bytes | None:
+        nonlocal calls
+        calls += 1
+        await trio.lowlevel.checkpoint()
+        raise ProtocolError("too_many_watches")
+
+    source = CRLSource(programs.domain.policy_cert, fetch=crls.fetch, watch=refusing_watch)
+    with trio.move_on_after(600):
+        await source.run()
+    # Back-off doubling from 1 s up to 60 s: about 15 tries in ten minutes, not thousands.
+    assert 5 <= calls <= 20
+    assert source.crl is not None  # the schedule still brought the CRL
+
+
+async def test_a_watch_that_answers_nothing_new_at_once_is_not_spun_on(
+    programs: Programs, autojump_clock: trio.testing.MockClock
+) -> None:
+    crls = Crls(programs.domain)
+    calls = 0
+
+    async def same_again(known: int) -> bytes | None:
+        nonlocal calls
+        calls += 1
+        await trio.lowlevel.checkpoint()
+        return crls.current
+
+    source = CRLSource(programs.domain.policy_cert, fetch=crls.fetch, watch=same_again)
+    with trio.move_on_after(600):
+        await source.run()
+    assert calls <= 20
