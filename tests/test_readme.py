@@ -626,3 +626,65 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+# -- what the README's findings were, repeated ------------------------------------------
+
+
+def test_activating_the_venv_puts_taonet_on_path(tmp_path: Path) -> None:
+    """`taonet` was not on PATH after `make demo`: the tour now activates .venv."""
+    if VENV_BIN != REPO / ".venv" / "bin":
+        pytest.skip("the tests do not run in the repository's .venv")
+    path = os.pathsep.join(p for p in os.defpath.split(os.pathsep) if p)
+    found = subprocess.run(
+        ["bash", "-c", ". .venv/bin/activate && command -v taonet && taonet --version"],
+        cwd=REPO,
+        env={"PATH": path, "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert found.stdout.splitlines()[0] == str(VENV_BIN / "taonet")
+    assert found.stdout.splitlines()[1].startswith("taonet ")
+
+
+async def test_attest_and_seal_reruns_and_leaves_nothing(tmp_path: Path) -> None:
+    """The attestation snippet worked only with one password and left a directory that
+    made every rerun fail: the program reads the password file and runs again."""
+    from taonet.crypto import KdfParams
+    from taonet.domain import Domain, DomainTemplate
+
+    password = b"not the README's password"
+    Domain.create(tmp_path / "d", DomainTemplate(), password, kdf=KdfParams.for_tests())
+    (tmp_path / "pw").write_bytes(password + b"\n")
+    (tmp_path / "wrong").write_bytes(b"policy password\n")
+    work, scratch = tmp_path / "work", tmp_path / "scratch"
+    work.mkdir()
+    scratch.mkdir()
+    program = REPO / "examples" / "taonet_examples" / "readme" / "attest_and_seal.py"
+    env = {**os.environ, "TMPDIR": str(scratch)}
+
+    async def run(password_file: str) -> subprocess.CompletedProcess[bytes]:
+        with trio.fail_after(60):
+            return await trio.run_process(
+                [sys.executable, str(program), str(tmp_path / "d"), str(tmp_path / password_file)],
+                cwd=work,
+                env=env,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+
+    for _ in range(2):
+        done = await run("pw")
+        assert done.returncode == 0, done.stderr
+        assert b"unsealed b'my secret' under policy 'self'" in done.stdout
+        assert not list(work.iterdir())
+        assert not list(scratch.iterdir())
+    refused = await run("wrong")
+    assert refused.returncode != 0
+    assert refused.stderr.decode().splitlines() == [
+        f"attest_and_seal: error: {tmp_path / 'd'}/policy_keys/keys: wrong password or "
+        "corrupted keyset"
+    ]
