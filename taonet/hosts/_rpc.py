@@ -15,7 +15,8 @@ numbers let several calls be in flight on one channel.
   raises the error class the host raised (:class:`~taonet.NotSupportedError`,
   :class:`~taonet.HostError`, ...; a host that names no kind, like the original:
   HostError) with the host's message, and leaves the channel usable; a malformed
-  frame, a response nobody asked for, or the host closing the
+  frame, a response to a call nobody made or under another op (the envelope checks
+  each response's header against the calls it sent), or the host closing the
   channel fails every pending (and later) call and closes the channel (noticed
   when a call is waiting).
 * :func:`serve_tao_rpc` is the host side for one hosted program: it answers the

@@ -9,7 +9,10 @@ frame is at most :data:`ADMIN_MAX_HEADER` (4 KiB), its body at most
 :data:`ADMIN_MAX_RESPONSE` (16 MiB), since listing many programs with long names can
 legitimately take more than a request ever needs. Both ends read and write through
 :class:`taonet.wire.Envelope` (:func:`admin_envelope`), which decides those limits, the
-end of the stream and truncation. An error string is the envelope's
+end of the stream and truncation, and on the client checks that an answer names the
+call awaited (its seq and op; any other breaks the connection). The server drops a
+malformed request's connection without answering it (see :mod:`._admin`). An error
+string is the envelope's
 ``"<Kind>: message"``, Kind the name of a :class:`~taonet.TaoError` class (see
 :data:`taonet.wire.ERROR_KINDS`); the client raises that class again. A failure in the
 host that is not a TaoError is answered as
