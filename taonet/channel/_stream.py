@@ -9,8 +9,10 @@ Connecting (:func:`open_channel`) or accepting (:func:`accept_channel`, run by
 2. the name check: the peer's certificate is read back through
    :func:`taonet.certs.verify_program_certificate` (remembered per certificate, so
    a returning peer costs a dictionary look-up), its serial is checked against the
-   revoked serials, and the optional guard is asked whether the peer may
-   ``"Connect"``;
+   revoked serials (a fixed ``revoked`` collection, and the current CRL of a
+   :class:`~taonet.channel.CRLSource` given as ``revocations``, which refuses every
+   certificate while it holds no current CRL), and the optional guard is asked
+   whether the peer may ``"Connect"``;
 3. the server's verdict: one byte, ``0x00`` to accept, or ``0x01``, a 2-byte length
    and a UTF-8 reason to refuse. The client does not wait for it: it reads it
    before the first application byte, and a refusal raises
@@ -20,7 +22,10 @@ A refusal is logged on both sides (``peer_denied`` where the decision was made,
 ``refused_by_peer`` where it arrived). After that, a TaoStream is a plain
 ``trio.abc.Stream``: bytes in, bytes out, with ``.peer`` telling who is on the
 other side. On the server, :func:`~taonet.channel.serve_channels` also closes a
-stream whose peer sends no application bytes for its idle timeout.
+stream whose peer sends no application bytes for its idle timeout. A stream opened
+or served with ``revocations`` is closed when its CRL comes to list either end's
+serial (see ``taonet.channel._revocation``): its reads and writes then raise
+:class:`~taonet.channel.ChannelRevokedError`.
 """
 
 from __future__ import annotations
