@@ -359,3 +359,18 @@ async def test_a_watch_that_answers_nothing_new_at_once_is_not_spun_on(
     with trio.move_on_after(600):
         await source.run()
     assert calls <= 20
+
+
+def test_the_revocation_api_reports_its_public_home() -> None:
+    import taonet.channel
+    import taonet.provision
+
+    assert CRLSource.__module__ == "taonet.channel"
+    assert ChannelRevokedError.__module__ == "taonet.channel"
+    assert RevocationWatcher.__module__ == "taonet.provision"
+    for name in ("CRLSource", "ChannelRevokedError", "DEFAULT_REFRESH_INTERVAL"):
+        assert name in taonet.channel.__all__
+    for name in ("RevocationWatcher", "OP_WATCH_CRL", "watch_crl", "ERROR_TOO_MANY_WATCHES"):
+        assert name in taonet.provision.__all__
+    assert issubclass(ChannelRevokedError, AuthenticationError)
+    assert issubclass(ChannelRevokedError, trio.BrokenResourceError)
