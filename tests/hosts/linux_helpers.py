@@ -76,23 +76,33 @@ async def run_probe(
 ) -> tuple[int | None, list[dict[str, Any]]]:
     """Start ``program`` with ``steps`` on ``host`` (or the host at that admin socket),
     wait for it; return (exit status, JSON lines)."""
+    status, output = await run_captured(
+        host,
+        program,
+        steps,
+        cwd=str(cwd or program.parent),
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        stdin=stdin,
+    )
+    return status, parse_lines(output)
+
+
+async def run_captured(
+    host: LinuxHost | Path, program: Path, args: Sequence[str], **options: Any
+) -> tuple[int | None, bytes]:
+    """Start ``program`` with ``args`` (and AdminClient.start's ``options``) on ``host``
+    (or the host at that admin socket), its stdout to a pipe; wait for it; return (exit
+    status, all it wrote)."""
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     socket = host if isinstance(host, Path) else host.socket_path
     async with AdminClient.connect(socket) as admin:
         try:
-            info = await admin.start(
-                str(program),
-                list(steps),
-                cwd=str(cwd or program.parent),
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-                stdout=write_fd,
-                stdin=stdin,
-            )
+            info = await admin.start(str(program), list(args), stdout=write_fd, **options)
         finally:
             os.close(write_fd)
         output = await read_all(read_fd)
         done = await admin.wait(str(info.pid))
-    return done.exit_status, parse_lines(output)
+    return done.exit_status, output
 
 
 async def read_all(fd: int) -> bytes:

@@ -34,6 +34,7 @@ from tests.hosts.linux_helpers import (
     open_root,
     parse_lines,
     read_all,
+    run_captured,
     run_probe,
     write_probe,
 )
@@ -464,14 +465,7 @@ async def test_sandboxed_programs_still_reach_their_host(
                 "    print('refused', exc.errno, flush=True)\n"
             ),
         )
-        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        async with AdminClient.connect(host.socket_path) as admin:
-            try:
-                info = await admin.start(str(escape), ["name"], cwd=str(tmp_path), stdout=write_fd)
-            finally:
-                os.close(write_fd)
-            output = await read_all(read_fd)
-            await admin.wait(str(info.pid))
+        _, output = await run_captured(host, escape, ["name"], cwd=str(tmp_path))
         assert b"refused" in output
         assert b"ESCAPED" not in output
         assert not await trio.Path("/taonet-escape-test").exists()
@@ -508,31 +502,25 @@ async def test_programs_get_a_filtered_environment_and_the_hosts_path(
 ) -> None:
     probe = write_probe(tmp_path)
     init_root(tmp_path / "host", pass_environment=("MY_APP_*",), program_path="/usr/bin:/bin")
-    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     with trio.fail_after(TIMEOUT):
         host = await open_root(nursery, tmp_path / "host")
-        async with AdminClient.connect(host.socket_path) as admin:
-            try:
-                info = await admin.start(
-                    str(probe),
-                    ["env"],
-                    env={
-                        "LD_PRELOAD": "/tmp/evil.so",
-                        "PYTHONPATH": "/tmp/evil",
-                        "PATH": "/tmp/evil-bin",
-                        "BASH_ENV": "/tmp/evil.sh",
-                        "CLOUDPROXY_TAO_HOST_SPEC": "forged",
-                        "LANG": "C.UTF-8",
-                        "MY_APP_MODE": "fast",
-                        "UNLISTED": "x",
-                        "HOME": "/tmp/evil-home",
-                    },
-                    stdout=write_fd,
-                )
-            finally:
-                os.close(write_fd)
-            lines = parse_lines(await read_all(read_fd))
-            await admin.wait(str(info.pid))
+        _, output = await run_captured(
+            host,
+            probe,
+            ["env"],
+            env={
+                "LD_PRELOAD": "/tmp/evil.so",
+                "PYTHONPATH": "/tmp/evil",
+                "PATH": "/tmp/evil-bin",
+                "BASH_ENV": "/tmp/evil.sh",
+                "CLOUDPROXY_TAO_HOST_SPEC": "forged",
+                "LANG": "C.UTF-8",
+                "MY_APP_MODE": "fast",
+                "UNLISTED": "x",
+                "HOME": "/tmp/evil-home",
+            },
+        )
+        lines = parse_lines(output)
         await host.stop()
     env = lines[0]["env"]
     assert env["LANG"] == "C.UTF-8"
