@@ -5,10 +5,11 @@ follow it: one bash session (``set -e``) in an empty directory, with this reposi
 virtual environment first on ``PATH`` and ``HOME`` in the temporary directory.
 
 * ```` ```sh ```` (or ``bash``) blocks run as written;
-* ```` ```console ```` blocks are commands (``$ `` lines, one line each) and the output
-  they print (standard output and error together). The output must match: ``...``
-  stands for any text within a line, and a line of just ``...`` for any lines. The
-  commands may fail (Troubleshooting shows failures); the output decides;
+* ```` ```console ```` blocks are commands (``$ `` lines, continued on the next line
+  after a ``\\``) and the output they print (standard output and error together).
+  The output must match: ``...`` stands for any text within a line, and a line of
+  just ``...`` for any lines. The commands may fail (Troubleshooting shows failures);
+  the output decides;
 * ```` ```python ```` blocks under ``<!-- readme-test: file PATH -->`` show a file of
   the repository whole (the text before the block names it, and it must be byte for
   byte that file): the reader has it from the start, so the session does too, written
@@ -161,7 +162,9 @@ def console_commands(block: Block) -> list[Command]:
     expected: list[str] = []
     line = block.line
     for offset, text in enumerate(block.text.splitlines(), start=1):
-        if text.startswith("$ "):
+        if command is not None and not expected and command.endswith("\\"):
+            command += "\n" + text  # a command continued on the next line
+        elif text.startswith("$ "):
             if command is not None:
                 commands.append(Command(line, command, tuple(expected), _nobody(block)))
             command, expected, line = text[2:], [], block.line + offset
@@ -555,6 +558,8 @@ def test_extract_reads_kinds_markers_and_lines() -> None:
         Command(6, "echo a", ("a",), False),
         Command(8, "echo b", (), False),
     ]
+    continued = extract(tour("```console\n$ echo a \\\n  b\na b\n```"))[0]
+    assert console_commands(continued) == [Command(6, "echo a \\\n  b", ("a b",), False)]
     with pytest.raises(ReadmeError, match="output before any"):
         console_commands(extract(tour("```console\nhello\n$ echo\n```"))[0])
 
