@@ -7,12 +7,14 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
-from taonet import HostError, auth
+from taonet import HostError
 from taonet.hosts import SoftHost, open_host_channel, serve_tao_rpc
+from tests.tao_doubles import program
 
 CHILD = """
 import trio
@@ -42,19 +44,23 @@ async def run_child(env: dict[str, str], pass_fds: tuple[int, ...] = ()) -> list
     return result.stdout.decode().splitlines()
 
 
-async def test_pipe_channel(make_host) -> None:  # type: ignore[no-untyped-def]
-    host: SoftHost = make_host()
-    child_name = host.name.extend(auth.PrinExt("Program", (auth.Bytes(b"\x01" * 32),)))
+def pipe_channel() -> tuple[trio.StapledStream[Any, Any], int, int]:
+    """A Tao channel over two pipes: the host's end, and the child's read and write fds
+    (for the caller to pass to the child, then close)."""
     to_child_r, to_child_w = os.pipe()
     to_parent_r, to_parent_w = os.pipe()
+    FdStream = trio.lowlevel.FdStream
+    return trio.StapledStream(FdStream(to_child_w), FdStream(to_parent_r)), to_child_r, to_parent_w
+
+
+async def test_pipe_channel(host: SoftHost) -> None:
+    child_name = program(host.name, 1)
+    stream, to_child_r, to_parent_w = pipe_channel()
     env = {
         "CLOUDPROXY_TAO_HOST_TYPE": "root",
         "CLOUDPROXY_TAO_HOST_CHANNEL_TYPE": "pipe",
         "CLOUDPROXY_TAO_HOST_SPEC": f"tao::RPC+tao::FDMessageChannel({to_child_r}, {to_parent_w})",
     }
-    stream = trio.StapledStream(
-        trio.lowlevel.FdStream(to_child_w), trio.lowlevel.FdStream(to_parent_r)
-    )
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(serve_tao_rpc, stream, host.tao_for(child_name))
@@ -106,14 +112,9 @@ trio.run(main)
 """
 
 
-async def test_a_program_the_original_host_started_finds_its_host(make_host) -> None:  # type: ignore[no-untyped-def]
-    host: SoftHost = make_host()
-    child_name = host.name.extend(auth.PrinExt("Program", (auth.Bytes(b"\x02" * 32),)))
-    to_child_r, to_child_w = os.pipe()
-    to_parent_r, to_parent_w = os.pipe()
-    stream = trio.StapledStream(
-        trio.lowlevel.FdStream(to_child_w), trio.lowlevel.FdStream(to_parent_r)
-    )
+async def test_a_program_the_original_host_started_finds_its_host(host: SoftHost) -> None:
+    child_name = program(host.name, 2)
+    stream, to_child_r, to_parent_w = pipe_channel()
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(serve_tao_rpc, stream, host.tao_for(child_name))
@@ -144,8 +145,7 @@ async def test_a_program_the_original_host_started_finds_its_host(make_host) -> 
     ]
 
 
-async def test_unix_channel(make_host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    host: SoftHost = make_host()
+async def test_unix_channel(host: SoftHost, tmp_path: Path) -> None:
     path = tmp_path / "tao.sock"
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     await sock.bind(str(path))
