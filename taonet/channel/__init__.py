@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from taonet._messages import MessageStream
 from taonet.channel._identity import ChannelIdentity
 from taonet.channel._revocation import (
     DEFAULT_REFRESH_INTERVAL,
@@ -34,7 +35,6 @@ from taonet.channel._stream import (
     TaoStream,
     open_channel,
 )
-from taonet.hosts._messages import MessageStream
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",

@@ -32,8 +32,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from taonet._messages import MessageStream
 from taonet.hosts._core import BoundTao, KeyCore
-from taonet.hosts._messages import MessageStream
 from taonet.hosts._parent import open_host_channel, parent
 from taonet.hosts._rpc import DEFAULT_RPC_MAX_FRAME, RPCTao, serve_tao_rpc
 from taonet.hosts._soft import SoftHost, SoftTao

@@ -56,8 +56,8 @@ import trio
 from taonet import auth
 from taonet._errors import CodecError, HostError, ProtocolError, TaoError
 from taonet._log import get_logger
+from taonet._messages import CHUNK_SIZE, MessageStream, take
 from taonet.attestation import Attestation
-from taonet.hosts._messages import CHUNK_SIZE, MessageStream, take
 from taonet.hosts._tao import (
     MAX_RANDOM_BYTES,
     MAX_SEALED_BYTES,

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from taonet import CodecError, ProtocolError
-from taonet.hosts._messages import CHUNK_SIZE, MessageStream
+from taonet._messages import CHUNK_SIZE, MessageStream
 from taonet.wire import encode_frame, message_class
 
 TIMEOUT = 5

@@ -43,7 +43,7 @@ from taonet import (
     ProtocolError,
     auth,
 )
-from taonet.hosts._messages import MessageStream
+from taonet._messages import MessageStream
 from taonet.hosts.linux._admin import (
     MAX_CONNECTIONS,
     MAX_CONNECTIONS_PER_UID,

@@ -31,7 +31,7 @@ from taonet._errors import (
     TaoError,
 )
 from taonet._log import get_logger
-from taonet.hosts._messages import CHUNK_SIZE
+from taonet._messages import CHUNK_SIZE
 from taonet.hosts.linux._admin_wire import (
     _UINT64_MAX,
     ADMIN_MAX_FRAME,
