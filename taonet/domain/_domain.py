@@ -37,6 +37,7 @@ belongs to anyone but the process's effective user or root; and the files of
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -483,7 +484,10 @@ class Domain:
     def _open_unchecked(cls, root: Path, *, now_ns: int | None) -> Domain:
         """Read domain.toml and the policy certificate; the guard allows nothing yet."""
         if not (root / CONFIG_FILE).exists():
-            raise ConfigError(f"{root} is not a domain directory (no {CONFIG_FILE})")
+            # The cause says what is missing (the CLI exits "not found" for it).
+            path = str(root / CONFIG_FILE)
+            missing = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+            raise ConfigError(f"{root} is not a domain directory (no {CONFIG_FILE})") from missing
         check_domain_directories(root)
         config = DomainConfig.from_toml(
             read_file(root / CONFIG_FILE, limit=_MAX_FILE), source=str(root / CONFIG_FILE)

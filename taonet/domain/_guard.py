@@ -152,6 +152,33 @@ class ACLGuard(Guard):
             return True
         return any(_tail_matches(rule, form) for rule in self._tails)
 
+    @staticmethod
+    def check_rule(rule: auth.Form) -> None:
+        """ConfigError unless ``rule`` has the shape of a query this guard can answer.
+
+        Queries are ``Authorized(P, "op", args...)`` with ``P`` a principal, so a rule
+        of any other shape (a conjunction, another predicate, a missing or empty
+        operation, a first argument that is neither a principal nor a principal tail
+        with an extension) could never match one: it is a mistake, not a rule.
+        """
+        if not isinstance(rule, auth.Pred) or rule.name != "Authorized":
+            raise ConfigError(
+                f'{rule} is not an Authorized(PRINCIPAL, "op", ...) rule, '
+                "the only kind the ACL guard matches"
+            )
+        if len(rule.args) < 2:
+            raise ConfigError(f'{rule} needs a principal and an operation: Authorized(P, "op")')
+        who, op = rule.args[0], rule.args[1]
+        if not (isinstance(who, auth.Prin) or (isinstance(who, auth.PrinTail) and who.ext.exts)):
+            raise ConfigError(
+                f"{rule}: the first argument must be a principal (key([...]) ...) or a "
+                "principal tail with an extension (ext.Program([...]))"
+            )
+        if not isinstance(op, auth.Str) or not op.value:
+            raise ConfigError(
+                f'{rule}: the second argument must be the operation, a string ("Execute")'
+            )
+
     def with_rule(self, rule: auth.Form) -> ACLGuard:
         """A guard that also holds ``rule`` (no change if it already does)."""
         return ACLGuard((*self._rules, rule))
