@@ -165,10 +165,29 @@ def register(sub: Any) -> None:
     )
     recertify.set_defaults(func=_recertify)
 
-    run = sub.add_parser("run", help="start a program on a Linux host")
+    run = sub.add_parser(
+        "run",
+        help="start a program on a Linux host",
+        description="Start a program (a file, or a directory of files) on a Linux host. "
+        "A directory is measured whole and runs its entry (default __main__.py) in the "
+        "root of its private copy; Python entries and '#!/usr/bin/env NAME' scripts run "
+        "with the host's own interpreter ([interpreters] in host.toml). "
+        "Example: taonet run --wait examples/hosted_service",
+    )
     add_host_option(run)
     run.add_argument(
         "--wait", action="store_true", help="wait for the program and exit with its status"
+    )
+    run.add_argument(
+        "--entry",
+        metavar="RELPATH",
+        help="for a program directory: the file in it to run (default: __main__.py)",
+    )
+    run.add_argument(
+        "--cwd",
+        metavar="DIR",
+        help="the program's working directory (default: this directory for a file, "
+        "the root of its measured copy for a program directory)",
     )
     run.add_argument("program", metavar="PROGRAM")
     run.add_argument("args", metavar="ARGS", nargs=argparse.REMAINDER)
@@ -190,7 +209,7 @@ def register(sub: Any) -> None:
 
 def _init(args: argparse.Namespace) -> int:
     from taonet.domain import Domain
-    from taonet.hosts.linux import LinuxHost
+    from taonet.hosts.linux import LinuxHost, default_interpreters
 
     directory = host_dir(args)
     domain = str(Path(args.domain).resolve()) if args.domain is not None else None
@@ -202,6 +221,7 @@ def _init(args: argparse.Namespace) -> int:
         sandbox=args.sandbox,
         sandbox_paths=tuple(str(Path(p).resolve()) for p in args.sandbox_path),
         grace_period=args.grace_period,
+        interpreters=default_interpreters(),
     )
     password = signer = None
     if args.kind == "root":
@@ -216,6 +236,10 @@ def _init(args: argparse.Namespace) -> int:
     else:
         print("its keys and name come from its parent when it first starts")
     print(f"guard:  {'Liberal (anything may execute)' if args.liberal else 'the domain guard'}")
+    for interpreter, path in config.interpreters or ():
+        print(f"interpreter: {interpreter} = {path}  ([interpreters] in host.toml)")
+    if not config.interpreters:
+        print("interpreter: none found ([interpreters] in host.toml names them)")
     return 0
 
 
@@ -373,17 +397,24 @@ def _recertify(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     program = args.program
-    if os.sep not in program:
+    if os.sep not in program and not os.path.isdir(program):
         found = shutil.which(program)
         if found is None:
             raise ConfigError(f"{program}: not found on PATH")
         program = found
     program = str(Path(program).resolve())
+    tree = os.path.isdir(program)
+    if args.entry is not None and not tree:
+        raise ConfigError(f"--entry is for a program directory; {program} is not one")
+    # A program directory starts in its copy (the host decides) unless told otherwise.
+    cwd = str(Path(args.cwd).resolve()) if args.cwd is not None else None
+    if cwd is None and not tree:
+        cwd = os.getcwd()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDPROXY_TAO_HOST_")}
 
     async def start(admin: Any) -> Any:
         info = await admin.start(
-            program, args.args, cwd=os.getcwd(), env=env, stdin=0, stdout=1, stderr=2
+            program, args.args, cwd=cwd, env=env, stdin=0, stdout=1, stderr=2, entry=args.entry
         )
         print(f"taonet: started {info.name} (pid {info.pid})", file=sys.stderr, flush=True)
         if args.wait:

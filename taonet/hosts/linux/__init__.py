@@ -10,6 +10,9 @@ portable and loads none of this (it only re-exports these names lazily, see ther
   checked with ``SO_PEERCRED``) that starts, lists and stops programs; the server
   hands requests to an :class:`AdminBackend` (a :class:`LinuxHost` is one) as
   :class:`StartRequest` from a :class:`Caller`, and answers with :class:`ProgramInfo`.
+* :class:`TreeLimits`: the bounds on a program that is a directory
+  (``[program_tree]`` in ``host.toml``); :func:`default_interpreters`: the
+  interpreters ``taonet host init`` offers programs (``[interpreters]``).
 * :data:`ADMIN_SOCKET`, :data:`LOCK_FILE`, :data:`LOG_FILE`, :data:`CONFIG_FILE`: the
   names of the files a host keeps in its directory (the admin socket, the file a
   running host holds locked, its log when started in the background, ``host.toml``).
@@ -29,6 +32,8 @@ from taonet.hosts.linux._config import (
 )
 from taonet.hosts.linux._host import LinuxHost
 from taonet.hosts.linux._hosted import AdminBackend, Caller, ProgramInfo, StartRequest
+from taonet.hosts.linux._interpreters import default_interpreters
+from taonet.hosts.linux._tree import TreeLimits
 
 __all__ = [
     "ADMIN_SOCKET",
@@ -42,7 +47,9 @@ __all__ = [
     "LinuxHostConfig",
     "ProgramInfo",
     "StartRequest",
+    "TreeLimits",
     "default_host_dir",
+    "default_interpreters",
     "serve_admin",
 ]
 
@@ -56,7 +63,9 @@ for _public in (
     LinuxHostConfig,
     ProgramInfo,
     StartRequest,
+    TreeLimits,
     default_host_dir,
+    default_interpreters,
     serve_admin,
 ):
     _public.__module__ = __name__
