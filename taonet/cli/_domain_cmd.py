@@ -1,4 +1,10 @@
-"""``taonet domain init|policy|principal|audit|revoke|crl``: create and administer a domain."""
+"""``taonet domain init|policy|principal|audit|revoke|crl``: create and administer a domain.
+
+Each prints for people, or with ``-o json`` one JSON document (see
+:mod:`taonet.cli._output`): certificate serials, up to 160 bits, as decimal strings.
+A domain directory that is not there is *not found* (exit 3), a wrong policy key
+password *refused* (exit 4).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from taonet import CodecError, ConfigError, auth, certs
+from taonet.cli._failures import NotFoundError, UsageError
+from taonet.cli._output import add_output_option, emit, iso_time
 from taonet.cli._password import add_password_option, get_password
 from taonet.crypto import Signer
 from taonet.domain import ACLGuard, Domain, DomainTemplate, measure_file
@@ -25,6 +33,7 @@ CRL_FILE: Final = "crl.der"
 #: How long a CRL the CLI writes stays fresh unless told otherwise.
 DEFAULT_CRL_DAYS: Final = 7
 _SERIAL: Final = re.compile(r"[0-9]+|0[xX][0-9a-fA-F]+")
+_SHA256_HEX: Final = re.compile(r"[0-9a-fA-F]{64}")
 _SERIAL_LIMIT: Final = 1 << 159
 
 
@@ -50,6 +59,7 @@ def register(sub: Any) -> None:
         "--guard", choices=["ACL", "Liberal", "Conservative"], help="guard (overrides the template)"
     )
     add_password_option(init)
+    add_output_option(init)
     init.set_defaults(func=_init)
 
     pol = cmds.add_parser("policy", help="show or change the guard's rules")
@@ -62,8 +72,31 @@ def register(sub: Any) -> None:
         type=Path,
         help='authorize the program at PATH to "Execute" (repeatable)',
     )
-    pol.add_argument("--allow", metavar="FORM", action="append", default=[], help="add a rule")
-    pol.add_argument("--retract", metavar="FORM", action="append", default=[], help="remove a rule")
+    pol.add_argument(
+        "--remove-program",
+        metavar="PATH|SHA256",
+        action="append",
+        default=[],
+        help="remove the rule that lets a program execute: its file, or its hash in hex "
+        "(taonet domain policy --show) once the file is gone (repeatable)",
+    )
+    pol.add_argument(
+        "--allow",
+        metavar="FORM",
+        action="append",
+        default=[],
+        help='add a rule, Authorized(PRINCIPAL, "op", args...) (repeatable; a rule the guard '
+        "already holds, or of another shape, is refused)",
+    )
+    pol.add_argument(
+        "--retract",
+        "--remove-rule",
+        dest="retract",
+        metavar="FORM",
+        action="append",
+        default=[],
+        help="remove a rule, as --show prints it (repeatable)",
+    )
     pol.add_argument("--show", action="store_true", help="print the rules")
     pol.add_argument(
         "--resign",
@@ -72,6 +105,7 @@ def register(sub: Any) -> None:
         " intended edit by hand, or for a domain made by an earlier taonet)",
     )
     add_password_option(pol)
+    add_output_option(pol)
     pol.set_defaults(func=_policy)
 
     prin = cmds.add_parser("principal", help="print the name a program would get")
@@ -80,11 +114,13 @@ def register(sub: Any) -> None:
     prin.add_argument(
         "--host", metavar="PRIN", help="the host's principal name (default: print the tail)"
     )
+    add_output_option(prin)
     prin.set_defaults(func=_principal)
 
     audit = cmds.add_parser("audit", help="print the domain service's audit log")
     add_domain_option(audit)
     audit.add_argument("--limit", metavar="N", type=int, help="print only the N most recent events")
+    add_output_option(audit)
     audit.set_defaults(func=_audit)
 
     revoke = cmds.add_parser(
@@ -95,12 +131,14 @@ def register(sub: Any) -> None:
     add_domain_option(revoke)
     _add_crl_days_option(revoke)
     add_password_option(revoke)
+    add_output_option(revoke)
     revoke.set_defaults(func=_revoke)
 
     crl = cmds.add_parser("crl", help="rewrite the domain's CRL from the audit log")
     add_domain_option(crl)
     _add_crl_days_option(crl)
     add_password_option(crl)
+    add_output_option(crl)
     crl.set_defaults(func=_crl)
 
 
@@ -125,10 +163,18 @@ def add_domain_option(parser: Any) -> None:
 
 
 def domain_dir(args: argparse.Namespace) -> Path:
+    """The domain directory the command names; NotFoundError if there is none there."""
     if args.domain is None:
-        raise ConfigError("no domain: give --domain DIR or set TAO_DOMAIN")
+        raise UsageError("no domain: give --domain DIR or set TAO_DOMAIN")
     path: Path = args.domain
+    if not path.is_dir():
+        raise NotFoundError(f"no domain at {path}: no such directory")
     return path
+
+
+def load_domain(args: argparse.Namespace) -> Domain:
+    """The domain the command names, checked (see :meth:`Domain.load`)."""
+    return Domain.load(domain_dir(args))
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -142,70 +188,160 @@ def _init(args: argparse.Namespace) -> int:
         template = attrs.evolve(template, **overrides)
     password = get_password(args.password_file, prompt="New policy key password", confirm=True)
     domain = Domain.create(args.directory, template, password)
-    print(f"created domain {domain.config.name!r} in {domain.path}")
-    print(f"policy key:  {domain.policy_principal}")
-    print(f"guard:       {domain.config.guard} ({domain.guard.subprincipal()})")
-    if isinstance(domain.guard, ACLGuard):
-        print(f"rules:       {len(domain.guard.rules)}")
+    rules = domain.guard.rules if isinstance(domain.guard, ACLGuard) else None
+
+    def text() -> None:
+        print(f"created domain {domain.config.name!r} in {domain.path}")
+        print(f"policy key:  {domain.policy_principal}")
+        print(f"guard:       {domain.config.guard} ({domain.guard.subprincipal()})")
+        if rules is not None:
+            print(f"rules:       {len(rules)}")
+
+    emit(
+        args,
+        {
+            "domain": str(domain.path),
+            "name": domain.config.name,
+            "policy_principal": str(domain.policy_principal),
+            "guard": domain.config.guard,
+            "guard_principal": str(domain.guard.subprincipal()),
+            "rules": None if rules is None else [str(rule) for rule in rules],
+        },
+        text,
+    )
     return 0
 
 
-def _parse_rule(text: str) -> auth.Form:
+def _parse_rule(text: str, option: str) -> auth.Form:
     try:
         return auth.parse_form(text)
     except CodecError as exc:
-        raise ConfigError(f"{text!r} is not a formula: {exc}") from None
+        raise UsageError(f"{option} {text!r} is not a formula: {exc}") from None
+
+
+def _measure(path: Path, option: str) -> bytes:
+    """A program file's hash; NotFoundError if there is nothing at ``path``."""
+    if not os.path.lexists(path):
+        raise NotFoundError(f"{option} {path}: no such file")
+    return measure_file(path)
+
+
+def _program_hash(text: str) -> bytes:
+    """``--remove-program``: a program file's hash, or a hash given in hex."""
+    path = Path(text)
+    if path.exists() or not _SHA256_HEX.fullmatch(text):
+        if not path.exists():
+            raise NotFoundError(
+                f"--remove-program {text}: no such file (give the program's sha256 in hex, "
+                "as --show prints it, to remove the rule of a program that is gone)"
+            )
+        return _measure(path, "--remove-program")
+    return bytes.fromhex(text)
+
+
+def _changed_guard(args: argparse.Namespace, domain: Domain, guard: ACLGuard) -> ACLGuard:
+    """The guard with every change the command asks for; refuses duplicates and rules
+    of a shape the guard never matches, and removals of rules it does not hold."""
+    for path in args.add_program:
+        rule = domain.program_rule(_measure(path, "--add-program"))
+        if rule in guard.rules:
+            raise UsageError(f"--add-program {path}: already authorized ({rule})")
+        guard = guard.with_rule(rule)
+    for text in args.allow:
+        rule = _parse_rule(text, "--allow")
+        try:
+            ACLGuard.check_rule(rule)
+        except ConfigError as exc:
+            raise UsageError(f"--allow {text!r}: {exc}") from None
+        if rule in guard.rules:
+            raise UsageError(f"--allow {text!r}: the guard already holds {rule}")
+        guard = guard.with_rule(rule)
+    for given in args.remove_program:
+        rule = domain.program_rule(_program_hash(given))
+        if rule not in guard.rules:
+            raise NotFoundError(f"--remove-program {given}: no rule authorizes it ({rule})")
+        guard = guard.without_rule(rule)
+    for text in args.retract:
+        rule = _parse_rule(text, "--retract")
+        if rule not in guard.rules:
+            raise NotFoundError(f"--retract {text!r}: the guard has no rule {rule}")
+        guard = guard.without_rule(rule)
+    return guard
 
 
 def _policy(args: argparse.Namespace) -> int:
-    changes = bool(args.add_program or args.allow or args.retract)
+    changes = bool(args.add_program or args.allow or args.retract or args.remove_program)
+    report: dict[str, Any] = {"domain": str(args.domain)}
+    lines: list[str] = []
     if args.resign:
         if changes:
-            raise ConfigError("--resign takes no --add-program, --allow or --retract")
+            raise UsageError(
+                "--resign takes no --add-program, --remove-program, --allow or --retract"
+            )
         password = get_password(args.password_file, prompt="Policy key password")
         domain, differences = Domain.resign(domain_dir(args), password)
-        print(f"signed the configuration of {domain.path} (serial {domain.config_serial})")
-        for line in differences or ["no change from the previous signature"]:
-            print(f"  {line}")
-        if not args.show:
-            return 0
-    domain = Domain.load(domain_dir(args))
+        lines.append(f"signed the configuration of {domain.path} (serial {domain.config_serial})")
+        unchanged = ["no change from the previous signature"]
+        lines.extend(f"  {line}" for line in differences or unchanged)
+        report["resigned"] = {"serial": domain.config_serial, "differences": differences}
+    domain = load_domain(args)
     if changes:
-        guard = old = domain.guard
-        if not isinstance(guard, ACLGuard) or not isinstance(old, ACLGuard):
-            raise ConfigError(
+        old = domain.guard
+        if not isinstance(old, ACLGuard):
+            raise UsageError(
                 f"this domain uses the {domain.config.guard} guard, which has no rules"
             )
         # Work out every change before asking for the password or writing anything.
-        for path in args.add_program:
-            guard = guard.with_rule(domain.program_rule(measure_file(path)))
-        for text in args.allow:
-            guard = guard.with_rule(_parse_rule(text))
-        for text in args.retract:
-            guard = guard.without_rule(_parse_rule(text))
+        guard = _changed_guard(args, domain, old)
         signer = domain.unlock(get_password(args.password_file, prompt="Policy key password"))
         domain.save_guard(guard, signer)
-        print(
+        lines.append(
             f"guard updated: {len(old.rules)} -> {len(guard.rules)} rules ({guard.subprincipal()})"
         )
-    if args.show or not changes:
-        if isinstance(domain.guard, ACLGuard):
-            for rule in domain.guard.rules:
-                print(rule)
-        else:
+        report["added"] = [str(r) for r in guard.rules if r not in old.rules]
+        report["removed"] = [str(r) for r in old.rules if r not in guard.rules]
+        report["config_serial"] = domain.config_serial
+    show = args.show or not (changes or args.resign)
+    rules = domain.guard.rules if isinstance(domain.guard, ACLGuard) else None
+    report["guard"] = domain.config.guard
+    report["guard_principal"] = str(domain.guard.subprincipal())
+    report["rules"] = None if rules is None else [str(rule) for rule in rules]
+
+    def text() -> None:
+        for line in lines:
+            print(line)
+        if not show:
+            return
+        if rules is None:
             print(f"{domain.config.guard} guard (no rules)")
+        for rule in rules or ():
+            print(rule)
+
+    emit(args, report, text)
     return 0
 
 
 def _principal(args: argparse.Namespace) -> int:
-    domain = Domain.load(domain_dir(args))
+    domain = load_domain(args)
     host = None
     if args.host:
         try:
             host = auth.parse_prin(args.host)
         except CodecError as exc:
-            raise ConfigError(f"--host: {exc}") from None
-    print(domain.program_name(measure_file(args.program), host=host))
+            raise UsageError(f"--host: {exc}") from None
+    program_hash = _measure(args.program, "--program")
+    name = domain.program_name(program_hash, host=host)
+    emit(
+        args,
+        {
+            "program": str(args.program),
+            "program_sha256": program_hash.hex(),
+            "host": None if host is None else str(host),
+            "principal": str(name),
+            "authorized": domain.guard.query(domain.program_rule(program_hash)),
+        },
+        lambda: print(name),
+    )
     return 0
 
 
@@ -223,32 +359,60 @@ def _audit(args: argparse.Namespace) -> int:
     from taonet_services.domain_service import format_events
 
     if args.limit is not None and args.limit < 1:
-        raise ConfigError("--limit must be a positive number of events")
-    log = _open_audit(domain_dir(args))
-    if log is None:
-        print("no audit log yet (the domain service has not run)")
-        return 0
-    with log:
-        events = log.events()
+        raise UsageError("--limit must be a positive number of events")
+    domain = load_domain(args)
+    log = _open_audit(domain.path)
+    events = []
+    if log is not None:
+        with log:
+            events = log.events()
     if args.limit is not None:
         events = events[-args.limit :]
-    for line in format_events(events):
-        print(line)
+
+    def text() -> None:
+        if log is None:
+            print("no audit log yet (the domain service has not run)")
+        for line in format_events(events):
+            print(line)
+
+    emit(
+        args,
+        {
+            "domain": str(domain.path),
+            "audit_log": None if log is None else str(audit_path(domain.path)),
+            "events": [
+                {
+                    "id": event.id,
+                    "time": iso_time(event.time_ns),
+                    "time_ns": event.time_ns,
+                    "kind": event.kind,
+                    "serial": None if event.serial is None else str(event.serial),
+                    "principal": event.principal,
+                    "reason_code": event.reason_code,
+                    "reason": event.reason,
+                    "peer": event.peer,
+                    "detail": dict(event.detail),
+                }
+                for event in events
+            ],
+        },
+        text,
+    )
     return 0
 
 
 def _parse_serial(text: str) -> int:
     if not _SERIAL.fullmatch(text):
-        raise ConfigError(f"serial {text!r} is not a decimal or 0x-hex number")
+        raise UsageError(f"serial {text!r} is not a decimal or 0x-hex number")
     serial = int(text, 16) if text[:2] in ("0x", "0X") else int(text, 10)
     if not 0 < serial < _SERIAL_LIMIT:
-        raise ConfigError(f"serial {text} is out of range (1 to 2**159 - 1)")
+        raise UsageError(f"serial {text} is out of range (1 to 2**159 - 1)")
     return serial
 
 
 def _check_crl_days(days: int) -> None:
     if not 1 <= days <= 36500:
-        raise ConfigError("--crl-days must be from 1 to 36500")
+        raise UsageError("--crl-days must be from 1 to 36500")
 
 
 def _write_crl(domain: Domain, signer: Signer, log: AuditLog | None, *, days: int) -> int:
@@ -274,30 +438,40 @@ def _revoke(args: argparse.Namespace) -> int:
     serial = _parse_serial(args.serial)
     reason = args.reason.strip()
     if not reason:
-        raise ConfigError("--reason must not be empty")
+        raise UsageError("--reason must not be empty")
     _check_crl_days(args.crl_days)
-    domain = Domain.load(domain_dir(args))
+    domain = load_domain(args)
     log = _open_audit(domain.path)
     if log is None:
-        raise ConfigError(
+        raise NotFoundError(
             f"no audit log at {audit_path(domain.path)}: the domain service has issued nothing"
         )
     with log:
         if log.issued(serial) is None:
-            raise ConfigError(f"no certificate with serial {serial} was issued in this domain")
+            raise NotFoundError(f"no certificate with serial {serial} was issued in this domain")
         signer = domain.unlock(get_password(args.password_file, prompt="Policy key password"))
         fresh = log.revoke(serial, reason=reason)
         count = _write_crl(domain, signer, log, days=args.crl_days)
-    if fresh:
-        print(f"revoked serial {serial}; CRL now lists {count} serial(s)")
-    else:
-        print(f"serial {serial} was already revoked; CRL now lists {count} serial(s)")
+    already = "" if fresh else " was already revoked"
+    emit(
+        args,
+        {
+            "serial": str(serial),
+            "newly_revoked": fresh,
+            "crl": str(crl_path(domain.path)),
+            "crl_serials": count,
+        },
+        lambda: print(
+            f"{'revoked ' if fresh else ''}serial {serial}{already}; "
+            f"CRL now lists {count} serial(s)"
+        ),
+    )
     return 0
 
 
 def _crl(args: argparse.Namespace) -> int:
     _check_crl_days(args.crl_days)
-    domain = Domain.load(domain_dir(args))
+    domain = load_domain(args)
     signer = domain.unlock(get_password(args.password_file, prompt="Policy key password"))
     log = _open_audit(domain.path)
     if log is None:
@@ -305,8 +479,12 @@ def _crl(args: argparse.Namespace) -> int:
     else:
         with log:
             count = _write_crl(domain, signer, log, days=args.crl_days)
-    print(
-        f"wrote {crl_path(domain.path)}: CRL now lists {count} serial(s),"
-        f" next update due in {args.crl_days} day(s)"
+    emit(
+        args,
+        {"crl": str(crl_path(domain.path)), "crl_serials": count, "crl_days": args.crl_days},
+        lambda: print(
+            f"wrote {crl_path(domain.path)}: CRL now lists {count} serial(s),"
+            f" next update due in {args.crl_days} day(s)"
+        ),
     )
     return 0

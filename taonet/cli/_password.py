@@ -7,7 +7,7 @@ import getpass
 import sys
 from pathlib import Path
 
-from taonet import ConfigError
+from taonet.cli._failures import UsageError
 from taonet.files import read_file
 
 
@@ -30,24 +30,24 @@ def get_password(password_file: Path | None, *, prompt: str, confirm: bool = Fal
     if password_file is not None:
         if str(password_file) == "-":
             if sys.stdin is None:
-                raise ConfigError("no standard input to read the password from")
+                raise UsageError("no standard input to read the password from")
             data = sys.stdin.buffer.readline(64 * 1024)
             line = data.split(b"\n", 1)[0].rstrip(b"\r")
             if not line:
-                raise ConfigError("no password on standard input")
+                raise UsageError("no password on standard input")
             return line
         data = read_file(password_file, limit=64 * 1024)
         line = data.split(b"\n", 1)[0].rstrip(b"\r")
         if not line:
-            raise ConfigError(f"password file {password_file} is empty")
+            raise UsageError(f"password file {password_file} is empty")
         return line
     if sys.stdin is None or not sys.stdin.isatty():
-        raise ConfigError("no terminal to ask for a password: use --password-file FILE")
+        raise UsageError("no terminal to ask for a password: use --password-file FILE")
     first = _ask(f"{prompt}: ")
     if not first:
-        raise ConfigError("the password must not be empty")
+        raise UsageError("the password must not be empty")
     if confirm and _ask(f"{prompt} (again): ") != first:
-        raise ConfigError("the passwords do not match")
+        raise UsageError("the passwords do not match")
     return first.encode()
 
 
@@ -58,4 +58,4 @@ def _ask(prompt: str) -> str:
         # getpass leaves the cursor after the prompt: end that line first.
         if sys.stderr is not None and sys.stderr.isatty():
             print(file=sys.stderr)
-        raise ConfigError("no password given (end of input at the prompt)") from None
+        raise UsageError("no password given (end of input at the prompt)") from None

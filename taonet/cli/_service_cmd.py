@@ -1,7 +1,10 @@
 """``taonet domain-service``: run a domain's certificate service.
 
-It serves until SIGINT or SIGTERM and then stops in order (exit status 0); an
-address it cannot listen on is one line on stderr and exit status 2.
+It serves until SIGINT or SIGTERM and then stops in order (exit status 0). It logs
+``domain_service_started`` (the address it listens on, the domain, its principal)
+once it serves and ``domain_service_stopped`` (the signal) as it stops, and prints
+the same facts on standard output. A malformed ``--listen`` is a usage error
+(exit 2); an address it cannot listen on is one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ import signal
 from typing import Any
 
 from taonet import ConfigError, configure_logging
+from taonet._log import get_logger
 from taonet.cli._domain_cmd import add_domain_option, domain_dir
-from taonet.cli._failures import describe, leaves
+from taonet.cli._failures import UsageError, describe, leaves
 from taonet.cli._password import add_password_option, get_password
+
+log = get_logger(__name__)
 
 
 def register(sub: Any) -> None:
@@ -25,17 +31,34 @@ def register(sub: Any) -> None:
         "--listen",
         metavar="HOST:PORT",
         default="127.0.0.1:8124",
-        help="address to listen on (default 127.0.0.1:8124)",
+        help="address to listen on (default 127.0.0.1:8124; IPv6 in brackets: [::1]:8124;"
+        " port 0 picks a free one)",
     )
     add_password_option(p)
     p.set_defaults(func=_run)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"--listen wants HOST:PORT, got {text!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` (127.0.0.1); UsageError saying what is wrong."""
+    shown = repr(text[:100])
+    if text.startswith("["):
+        address, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise UsageError(f"--listen {shown}: an IPv6 address is written [ADDRESS]:PORT")
+        host, port = address, rest[1:]
+        if not host:
+            raise UsageError(f"--listen {shown}: the brackets hold no address")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise UsageError(f"--listen wants HOST:PORT, got {shown} (no port)")
+        if ":" in host:
+            raise UsageError(f"--listen {shown}: write an IPv6 address in brackets, as [::1]:8124")
+    if not port.isascii() or not port.isdigit():
+        raise UsageError(f"--listen {shown}: the port {port[:20]!r} is not a number")
+    if not 0 <= int(port) <= 65535:
+        raise UsageError(f"--listen {shown}: port {int(port)} is out of range (0 to 65535)")
+    return host or "127.0.0.1", int(port)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -69,10 +92,16 @@ def _run(args: argparse.Namespace) -> int:
                     raise ConfigError(
                         f"cannot listen on {args.listen}: {describe(found[0])}"
                     ) from None
-                bound = listeners[0].socket.getsockname()
+                addresses = [_address(listener.socket.getsockname()) for listener in listeners]
+                log.info(
+                    "domain_service_started",
+                    listen=addresses,
+                    domain=str(directory),
+                    principal=str(service.principal),
+                )
                 print(
                     f"domain service for {service.domain.config.name!r} listening on "
-                    f"{bound[0]}:{bound[1]} as {service.principal}",
+                    f"{', '.join(addresses)} as {service.principal}",
                     flush=True,
                 )
                 async for signum in signals:
@@ -80,6 +109,14 @@ def _run(args: argparse.Namespace) -> int:
                     break
                 nursery.cancel_scope.cancel()
 
-    trio.run(main)
+    with service:  # closes the audit log however main ends
+        trio.run(main)
+    log.info("domain_service_stopped", signal=stopped_by[0] if stopped_by else None)
     print(f"domain service stopped ({', '.join(stopped_by) or 'done'})", flush=True)
     return 0
+
+
+def _address(sockname: Any) -> str:
+    """``host:port``, or ``[host]:port`` for IPv6, of a bound socket."""
+    host, port = sockname[0], sockname[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -98,8 +98,10 @@ def ok(result: Result) -> str:
     return result.stdout
 
 
-def one_line_error(result: Result, *expected: str, returncode: int = 2) -> str:
-    """Assert the command failed with exactly one ``taonet: error:`` line on stderr."""
+def one_line_error(result: Result, *expected: str, returncode: int = 1) -> str:
+    """Assert the command failed with exactly one ``taonet: error:`` line on stderr
+    and ``returncode`` (see the table in ``taonet --help``: 1 error, 2 usage, 3 not
+    found, 4 refused, 5 unavailable)."""
     assert result.returncode == returncode, result
     assert "Traceback" not in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1, result.stderr

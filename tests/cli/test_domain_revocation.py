@@ -55,8 +55,9 @@ def read_crl(domain_dir: str, *, now_ns: int | None = None) -> certs.RevocationL
     return certs.verify_crl(domain.policy_anchor, der, now_ns=now_ns or time.time_ns())
 
 
-def assert_one_line_error(code: int, out: str, err: str) -> None:
-    assert code == 2
+def assert_one_line_error(code: int, out: str, err: str, *, status: int = 2) -> None:
+    """One ``taonet: error:`` line and ``status`` (2 usage, 3 not found, 4 refused)."""
+    assert code == status, err
     assert out == ""
     assert err.startswith("taonet: error: ")
     assert err.count("\n") == 1
@@ -119,19 +120,19 @@ def test_revoking_twice_is_reported_not_an_error(
         assert [e.kind for e in log.events()] == ["issued", "revoked"]
 
 
-def test_unknown_serial_is_one_line_exit_2(
+def test_unknown_serial_is_one_line_exit_3(
     capsys: pytest.CaptureFixture[str], dom: str, pw: str
 ) -> None:
     issue(dom)
     code, out, err = taonet_main(
         capsys, "domain", "revoke", "12345", "--reason", "x", "--domain", dom, "--password-file", pw
     )
-    assert_one_line_error(code, out, err)
+    assert_one_line_error(code, out, err, status=3)
     assert "no certificate with serial 12345" in err
     assert not crl_path(Path(dom)).exists()
 
 
-def test_wrong_password_is_one_line_exit_2_and_records_nothing(
+def test_wrong_password_is_one_line_exit_4_and_records_nothing(
     capsys: pytest.CaptureFixture[str], dom: str, tmp_path: Path
 ) -> None:
     serial = issue(dom)
@@ -141,12 +142,13 @@ def test_wrong_password_is_one_line_exit_2_and_records_nothing(
         capsys, "domain", "revoke", str(serial), "--reason", "x", "--domain", dom,
         "--password-file", str(wrong),
     )  # fmt: skip
-    assert_one_line_error(code, out, err)
+    assert_one_line_error(code, out, err, status=4)
     with AuditLog.open(audit_path(Path(dom))) as log:
         assert not log.is_revoked(serial)
     assert not crl_path(Path(dom)).exists()
     assert_one_line_error(
-        *taonet_main(capsys, "domain", "crl", "--domain", dom, "--password-file", str(wrong))
+        *taonet_main(capsys, "domain", "crl", "--domain", dom, "--password-file", str(wrong)),
+        status=4,
     )
 
 
@@ -176,7 +178,7 @@ def test_revoke_without_an_audit_log(capsys: pytest.CaptureFixture[str], dom: st
     code, out, err = taonet_main(
         capsys, "domain", "revoke", "7", "--reason", "x", "--domain", dom, "--password-file", pw
     )
-    assert_one_line_error(code, out, err)
+    assert_one_line_error(code, out, err, status=3)
     assert not audit_path(Path(dom)).exists()
 
 
@@ -188,6 +190,17 @@ def test_audit_without_a_log(capsys: pytest.CaptureFixture[str], dom: str) -> No
     )
     assert not audit_path(Path(dom)).exists()
     assert_one_line_error(*taonet_main(capsys, "domain", "audit", "--domain", dom, "--limit", "0"))
+
+
+def test_audit_of_a_missing_domain_is_not_found(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Once exit 0 with "no audit log yet": a typo in --domain looked like a quiet domain.
+    for where in (tmp_path / "no-such-domain", tmp_path):
+        for extra in ((), ("-o", "json")):
+            code, out, err = taonet_main(capsys, "domain", "audit", "--domain", str(where), *extra)
+            assert_one_line_error(code, out, err, status=3)
+            assert str(where) in err
 
 
 def test_crl_regenerates_the_list(capsys: pytest.CaptureFixture[str], dom: str, pw: str) -> None:

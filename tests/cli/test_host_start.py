@@ -115,7 +115,7 @@ async def test_a_start_that_fails_says_why_in_one_line(tmp_path: Path) -> None:
     wrong = tmp_path / "wrong"
     wrong.write_text("not the password\n")
     result = await run(isolated("host", "start", "--password-file", str(wrong)), env=env)
-    one_line_error(result, "the host did not start", "wrong password")
+    one_line_error(result, "the host did not start", "wrong password", returncode=4)
     assert host_pids(Path(env["TAO_DOMAIN"]) / "linux_tao_host") == []
 
 

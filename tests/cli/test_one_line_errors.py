@@ -131,7 +131,7 @@ async def test_an_os_error_from_any_command_is_one_line(tmp_path: Path) -> None:
     result = await run(
         isolated("domain", "init", "/proc/taonet-domain", "--password-file", str(pw))
     )
-    one_line_error(result, "/proc/taonet-domain")
+    one_line_error(result, "/proc/taonet-domain", returncode=3)
 
 
 # -- output into a closed pipe --------------------------------------------------------
@@ -229,7 +229,7 @@ async def test_no_standard_input_at_all(
 ) -> None:
     argv = isolated("domain", "init", str(tmp_path / "d"), *extra)
     result = await run([sys.executable, "-c", _WITHOUT_STDIN, *argv])
-    one_line_error(result, expected)
+    one_line_error(result, expected, returncode=2)
 
 
 # -- program files that are not files --------------------------------------------------

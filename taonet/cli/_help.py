@@ -1,0 +1,117 @@
+"""Examples for every ``taonet`` command, shown at the end of its ``--help``.
+
+They live in one table, keyed by the command's words, so that each command's help
+shows how it is used and a test can walk the parser tree and find any command
+without one.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from typing import Final
+
+__all__ = ["EXAMPLES", "add_examples", "walk"]
+
+#: Example lines per command (its words after ``taonet``); each is a shell line.
+EXAMPLES: Final[dict[tuple[str, ...], tuple[str, ...]]] = {
+    (): (
+        "taonet domain init ./domain            # a domain, its policy key and guard",
+        "taonet domain-service --domain ./domain",
+        "taonet list -o json | jq -r '.programs[].id'",
+    ),
+    ("auth",): ("taonet auth parse 'key([0a0b]) speaksfor key([0c0d])'",),
+    ("auth", "parse"): ("taonet auth parse 'key([0a0b])  speaksfor key([0c0d])'",),
+    ("auth", "encode"): ("taonet auth encode 'key([0a0b]) speaksfor key([0c0d])'",),
+    ("auth", "decode"): ("taonet auth decode DQEDa2V5BAh0ZXN0IGtleREA -o json",),
+    ("domain",): ("taonet domain init ./domain --name example --guard ACL",),
+    ("domain", "init"): (
+        "taonet domain init ./domain --name example --guard ACL",
+        "taonet domain init ./domain --template domain.toml --password-file pw -o json",
+    ),
+    ("domain", "policy"): (
+        "taonet domain policy --domain ./domain --add-program ./server.py",
+        "taonet domain policy --domain ./domain --remove-program ./old_server.py",
+        "taonet domain policy --domain ./domain --allow 'Authorized(key([0a0b]), \"Read\")'",
+        "taonet domain policy --domain ./domain --show -o json",
+    ),
+    ("domain", "principal"): (
+        "taonet domain principal --domain ./domain --program ./server.py",
+        "taonet domain principal --domain ./domain --program ./server.py -o json",
+    ),
+    ("domain", "audit"): (
+        "taonet domain audit --domain ./domain --limit 20",
+        "taonet domain audit --domain ./domain -o json | jq '.events[] | .kind'",
+    ),
+    ("domain", "revoke"): (
+        "taonet domain revoke 0x1f --reason 'key compromised' --domain ./domain",
+    ),
+    ("domain", "crl"): ("taonet domain crl --domain ./domain --crl-days 7",),
+    ("domain-service",): (
+        "taonet domain-service --domain ./domain --listen 127.0.0.1:8124",
+        "taonet domain-service --domain ./domain --listen '[::1]:8124' --password-file pw",
+    ),
+    ("host",): ("taonet host init --root --domain ./domain",),
+    ("host", "init"): (
+        "taonet host init --root --domain ./domain",
+        "taonet host init --stacked --host ./stacked-host",
+    ),
+    ("host", "start"): (
+        "taonet host start --domain ./domain",
+        "taonet host start --foreground --host ./domain/linux_tao_host",
+    ),
+    ("host", "stop"): ("taonet host stop --domain ./domain",),
+    ("host", "show"): (
+        "taonet host show --domain ./domain",
+        "taonet host show --domain ./domain -o json | jq .state",
+    ),
+    ("host", "recertify"): ("taonet host recertify --domain ./domain",),
+    ("run",): (
+        "taonet run --domain ./domain ./server.py --port 8123",
+        "taonet run --wait ./client.py",
+    ),
+    ("list",): (
+        "taonet list --domain ./domain",
+        "taonet list -o json | jq -r '.programs[] | select(.file == \"server.py\") | .id'",
+    ),
+    ("stop",): (
+        "taonet stop server.py        # by file name, if only one program has it",
+        "taonet stop 3f2a             # by a unique prefix of its id (taonet list)",
+        "taonet stop pid:4242         # by pid (or just 4242)",
+    ),
+    ("kill",): (
+        "taonet kill id:3f2a9c01",
+        "taonet kill server.py",
+    ),
+    ("demo",): ("taonet demo", "taonet demo --hosted --dir /tmp/taonet-demo"),
+    ("completion",): (
+        "taonet completion bash > ~/.local/share/bash-completion/completions/taonet",
+        'taonet completion zsh > "${fpath[1]}/_taonet"    # zsh: from the next shell on',
+        'eval "$(taonet completion bash)"                 # bash: this shell only',
+    ),
+}
+
+
+def walk(
+    parser: argparse.ArgumentParser, words: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every (sub)command parser under ``parser``, with its words after ``taonet``."""
+    yield words, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            seen: set[int] = set()
+            for name, child in action.choices.items():
+                if id(child) not in seen:  # aliases share a parser
+                    seen.add(id(child))
+                    yield from walk(child, (*words, name))
+
+
+def add_examples(parser: argparse.ArgumentParser) -> None:
+    """Put each command's examples at the end of its help (kept verbatim)."""
+    for words, command in walk(parser):
+        lines = EXAMPLES.get(words)
+        if not lines:
+            continue
+        block = "Example:\n" + "\n".join(f"  {line}" for line in lines)
+        command.epilog = f"{block}\n\n{command.epilog}" if command.epilog else block
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
