@@ -22,7 +22,7 @@ import trio
 from taonet import ConfigError, HostError, auth
 from taonet.hosts.linux import AdminClient, LinuxHost, LinuxHostConfig, ProgramInfo
 from taonet.hosts.linux._interpreters import check_interpreter
-from tests.hosts.linux_helpers import init_root, open_root, read_all
+from tests.hosts.linux_helpers import RUNTIME_PATHS, init_root, open_root, read_all
 
 TIMEOUT = 60
 ROOT = os.geteuid() == 0
@@ -445,3 +445,31 @@ def test_host_toml_holds_interpreters_and_tree_limits() -> None:
     ):
         with pytest.raises(ConfigError, match=message):
             LinuxHostConfig.from_toml(bad)
+
+
+needs_bwrap = pytest.mark.skipif(
+    not os.path.exists("/usr/bin/bwrap") and not os.environ.get("CI"),
+    reason="bubblewrap is not installed (in CI this test runs, and fails)",
+)
+
+
+@needs_bwrap
+async def test_a_program_directory_runs_in_the_sandbox(tmp_path: Path) -> None:
+    # Under bwrap /tmp is empty: the host binds the program's whole private
+    # directory (not only the entry's) so its modules are there.
+    tree = tmp_path / "service"
+    write(tree / "__main__.py", "import helper\nprint(helper.VALUE)\n" + REPORT)
+    write(tree / "helper.py", "VALUE = 'from a module beside the entry'\n")
+    init_root(
+        tmp_path / "host",
+        interpreters={"python3": PYTHON},
+        sandbox="bwrap",
+        sandbox_paths=RUNTIME_PATHS,
+    )
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            host = await open_root(nursery, tmp_path / "host")
+            _, output = await run(host, tree)
+            await host.stop()
+    assert output.splitlines()[0] == "from a module beside the entry"
+    assert Path(last_json(output)["cwd"]).name == "service"
