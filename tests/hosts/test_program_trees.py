@@ -15,6 +15,7 @@ import socket
 import stat
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -771,3 +772,116 @@ async def test_a_file_on_a_noexec_mount_in_a_tree_is_refused(
         with pytest.raises(AuthorizationError, match="mounted noexec"):
             await prepare(tree, programs_dir, uid=uid, gid=uid)
     assert leftovers(programs_dir) == []
+
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+AS_ITS_OWN_HOST = """
+import asyncio, os, stat, sys
+from pathlib import Path
+sys.path[:0] = sys.argv[3:]
+import trio
+from taonet.hosts.linux._process import prepare_program
+
+async def main():
+    prepared = await prepare_program(
+        sys.argv[1], Path(sys.argv[2]), uid=os.geteuid(), gid=os.getegid(), entry="run.sh"
+    )
+    print(oct(stat.S_IMODE(prepared.root.stat().st_mode)), prepared.root.stat().st_uid)
+    print(sorted(os.listdir(prepared.root / "pkg")))
+    prepared.cleanup()
+    print(os.listdir(sys.argv[2]))
+
+trio.run(main)
+"""
+
+
+def python_for(uid: int) -> str:
+    """An interpreter of this Python version that ``uid`` can run (else skip)."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (os.path.realpath(sys.executable), f"/usr/bin/python{version}"):
+        try:
+            works = subprocess.run(
+                [candidate, "-c", f"import sys; assert sys.version.startswith('{version}')"],
+                user=uid,
+                group=uid,
+                extra_groups=[],
+                cwd="/",
+                capture_output=True,
+                check=False,
+            )
+        except OSError:  # it may not even execute it
+            continue
+        if works.returncode == 0:
+            return candidate
+    pytest.skip(f"no Python {version} that uid {uid} may run")
+
+
+@needs_root
+async def test_a_host_that_is_not_root_removes_its_read_only_copies(base_dir: Path) -> None:
+    # A copy's directories are read-only (0500) even to their owner: a host that is
+    # not root must make them writable again to remove them, or leak every copy.
+    work = base_dir / "work"
+    work.mkdir()
+    os.chown(work, NOBODY, NOBODY)
+    tree = make_tree(work / "tree", {"run.sh": "#!/bin/sh\n", "pkg/mod.py": "", "pkg/d": None})
+    (tree / "run.sh").chmod(0o755)
+    for path in [tree, *tree.rglob("*")]:
+        os.chown(path, NOBODY, NOBODY)
+        if path.is_dir():
+            path.chmod(0o755)
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    with trio.fail_after(TIMEOUT):
+        result = await trio.run_process(
+            [
+                python_for(NOBODY),
+                "-c",
+                AS_ITS_OWN_HOST,
+                str(tree),
+                str(work / "programs"),
+                str(CHECKOUT),
+                *site,
+            ],
+            user=NOBODY,
+            group=NOBODY,
+            extra_groups=[],
+            cwd="/",
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().splitlines() == [f"0o500 {NOBODY}", "['d', 'mod.py']", "[]"]
+
+
+def test_the_names_of_programs_with_ids_and_interpreters() -> None:
+    from taonet.hosts.linux._interpreters import Interpreter
+
+    h, i = bytes(range(32)), bytes(range(32, 64))
+    python = Interpreter("python3", "/usr/bin/python3", i, (0, 0, 0, 0, 0))
+    file = PreparedProgram(path=Path("/p/x"), directory=Path("/p"), program_hash=h, source="x")
+    script = PreparedProgram(
+        path=Path("/p/x"), directory=Path("/p"), program_hash=h, source="x", interpreter=python
+    )
+    tree = PreparedProgram(
+        path=Path("/p/t/main.py"),
+        directory=Path("/p"),
+        program_hash=h,
+        source="t",
+        root=Path("/p/t"),
+        entry="main.py",
+        interpreter=python,
+    )
+    expected = {
+        (file, 0): f"Program([{h.hex()}])",
+        (file, 7): f"Program(7, [{h.hex()}])",
+        (script, 0): f'Script([{h.hex()}], "/usr/bin/python3", [{i.hex()}])',
+        (script, 7): f'Script(7, [{h.hex()}], "/usr/bin/python3", [{i.hex()}])',
+        (tree, 0): f'ProgramTree([{h.hex()}], "main.py", "/usr/bin/python3", [{i.hex()}])',
+        (tree, 7): f'ProgramTree(7, [{h.hex()}], "main.py", "/usr/bin/python3", [{i.hex()}])',
+    }
+    for (prepared, program_id), text in expected.items():
+        assert str(prepared.subprin(program_id=program_id)) == "." + text
+    assert tree.argv(["a"])[:3] == ["/usr/bin/python3", "-I", "-B"]
+    assert tree.argv(["a"])[-2:] == ["/p/t/main.py", "a"]
+    assert script.argv(["a"]) == ["/usr/bin/python3", "-I", "-B", "/p/x", "a"]
+    assert file.argv(["a"]) == ["/p/x", "a"]
