@@ -672,8 +672,8 @@ def _choose_interpreter(
         if not runnable:
             raise AuthorizationError(
                 f"uid {uid} (gid {gid}) may not execute {what}, the entry of the program "
-                "directory, which the kernel is to run (it has no '#!/usr/bin/env' line "
-                "nor a .py name for the host's interpreter)"
+                "directory, which the kernel is to run (only a '#!/usr/bin/env NAME' "
+                "line, or a .py name without '#!', has the host's interpreter run it)"
             )
         return prepared
     assert interpreters is not None
