@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 import trio
 
-from taonet import ConfigError, HostError, auth
+from taonet import AuthorizationError, ConfigError, HostError, auth
 from taonet.hosts.linux import AdminClient, LinuxHost, LinuxHostConfig, ProgramInfo
 from taonet.hosts.linux._interpreters import check_interpreter
+from tests.conftest import MakeDomain
 from tests.hosts.linux_helpers import RUNTIME_PATHS, init_root, open_root, read_all
 
 TIMEOUT = 60
@@ -473,3 +474,41 @@ async def test_a_program_directory_runs_in_the_sandbox(tmp_path: Path) -> None:
             await host.stop()
     assert output.splitlines()[0] == "from a module beside the entry"
     assert Path(last_json(output)["cwd"]).name == "service"
+
+
+async def test_the_domain_guard_allows_a_program_directory_by_its_name(
+    tmp_path: Path, make_domain: MakeDomain
+) -> None:
+    # The rule names the tree's manifest, its entry and the interpreter, computed
+    # here from the format (not by the host); any change to the tree is refused.
+    from tests.hosts.test_program_trees import spec_manifest
+
+    tree = tmp_path / "service"
+    write(tree / "__main__.py", "import helper\n" + REPORT)
+    write(tree / "helper.py", "VALUE = 1\n")
+    tail = auth.PrinTail(
+        auth.SubPrin(
+            (
+                auth.PrinExt(
+                    "ProgramTree",
+                    (
+                        auth.Bytes(hashlib.sha256(spec_manifest(tree)).digest()),
+                        auth.Str("__main__.py"),
+                        auth.Str(PYTHON),
+                        auth.Bytes(sha256_of(PYTHON)),
+                    ),
+                ),
+            )
+        )
+    )
+    domain = make_domain(rules=(f'Authorized({tail}, "Execute")',))
+    init_root(tmp_path / "host", domain=domain, interpreters={"python3": PYTHON})
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            host = await open_root(nursery, tmp_path / "host")
+            info, _ = await run(host, tree)
+            assert info.name == host.name.extend(tail.ext)
+            write(tree / "helper.py", "VALUE = 2\n")
+            with pytest.raises(AuthorizationError, match=r"\.ProgramTree\(\["):
+                await start(host, tree)
+            await host.stop()
