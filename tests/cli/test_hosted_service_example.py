@@ -19,6 +19,11 @@ from tests.cli.cli_helpers import TAONET_SCRIPT, clean_env, run
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hosted_service"
 TIMEOUT = 120
+#: The README's client: one line from the service.
+CONNECT = (
+    'import socket; print(socket.create_connection(("127.0.0.1", 8470)).makefile().readline(), '
+    'end="")'
+)
 
 
 def free_port() -> int:
@@ -116,13 +121,10 @@ async def serve_and_stop(
             assert chunk, seen
             seen += chunk
         assert f"hosted_service: listening on 127.0.0.1:{port}".encode() in seen
-        client = await trio.open_tcp_stream("127.0.0.1", port)
-        async with client:
-            answer = b""
-            while chunk := await client.receive_some(65536):
-                answer += chunk
+        asked = await run(["python3", "-c", CONNECT.replace("8470", str(port))], env=env)
+        assert asked.returncode == 0, asked.stderr
         # Its name is the same measured tree's as the run before.
-        assert answer.decode() == f"hello from a hosted service, {name}\n"
+        assert asked.stdout == f"hello from a hosted service, {name}\n"
         stop = await run([taonet, "stop", *host, pid.group(1)], env=env, cwd=work)
         assert stop.returncode == 0, stop.stderr
         while await output.receive_some(65536):  # ends when the program has exited
