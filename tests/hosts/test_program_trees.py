@@ -885,3 +885,21 @@ def test_the_names_of_programs_with_ids_and_interpreters() -> None:
     assert tree.argv(["a"])[-2:] == ["/p/t/main.py", "a"]
     assert script.argv(["a"]) == ["/usr/bin/python3", "-I", "-B", "/p/x", "a"]
     assert file.argv(["a"]) == ["/p/x", "a"]
+
+
+async def test_a_refusal_names_a_file_whose_name_is_not_utf8(
+    tmp_path: Path, programs_dir: Path
+) -> None:
+    # The message goes back over the admin socket as text: a name that is not
+    # UTF-8 is shown escaped, and a tree of such names is measured by their bytes.
+    tree = make_tree(tmp_path / "tree", {"main.py": "#!/bin/sh\n"}, 0o755)
+    raw = os.fsencode(tree) + b"/\xff\xfe.py"
+    with open(raw, "wb") as f:  # noqa: ASYNC230 (a test's setup)
+        f.write(b"data")
+    prepared = await prepare(tree, programs_dir)
+    assert prepared.program_hash == hashlib.sha256(spec_manifest(tree)).digest()
+    os.symlink(b"/etc/passwd", os.fsencode(tree) + b"/\xff")
+    with pytest.raises(HostError) as refused:
+        await prepare(tree, programs_dir)
+    assert "\\xff is a symbolic link" in str(refused.value)
+    str(refused.value).encode("utf-8")  # text that goes on the wire as it is

@@ -287,7 +287,10 @@ class _Walk:
         self.result = TreeCopy()
 
     def where(self, rel: bytes) -> str:
-        return os.path.join(self.source, os.fsdecode(rel)) if rel else self.source
+        """Where ``rel`` is, for messages (a name that is not UTF-8 shown escaped)."""
+        if not rel:
+            return self.source
+        return os.path.join(self.source, rel.decode("utf-8", "backslashreplace"))
 
     def refuse(self, rel: bytes, problem: str) -> HostError:
         return HostError(f"the program directory {self.source}: {self.where(rel)} {problem}")
