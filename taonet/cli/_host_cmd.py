@@ -25,6 +25,7 @@ from typing import Any
 
 from taonet import ConfigError, HostError
 from taonet.cli._domain_cmd import add_domain_option
+from taonet.cli._failures import NotFoundError, UsageError
 from taonet.cli._host_start import (
     START_TIMEOUT,
     ready_fd,
@@ -32,7 +33,9 @@ from taonet.cli._host_start import (
     start_background,
     start_foreground,
 )
+from taonet.cli._output import add_output_option, emit
 from taonet.cli._password import add_password_option, get_password
+from taonet.cli._programs_cmd import admin_call, list_programs, signal_programs
 from taonet.hosts.linux import (
     ADMIN_SOCKET,
     LOCK_FILE,
@@ -58,7 +61,15 @@ def host_dir(args: argparse.Namespace) -> Path:
         return path
     if args.domain is not None:
         return default_host_dir(Path(args.domain))
-    raise ConfigError("no host: give --host DIR or --domain DIR (or set TAO_HOST or TAO_DOMAIN)")
+    raise UsageError("no host: give --host DIR or --domain DIR (or set TAO_HOST or TAO_DOMAIN)")
+
+
+def existing_host_dir(args: argparse.Namespace) -> Path:
+    """The host directory, which must exist (NotFoundError: exit 3)."""
+    directory = host_dir(args)
+    if not directory.is_dir():
+        raise NotFoundError(f"no Linux host directory at {directory}")
+    return directory
 
 
 def register(sub: Any) -> None:
@@ -123,6 +134,7 @@ def register(sub: Any) -> None:
     init.add_argument(
         "--no-certify", action="store_true", help="do not have the domain certify a root host now"
     )
+    add_output_option(init)
     init.set_defaults(func=_init)
 
     start = cmds.add_parser("start", help="start the host (in the background by default)")
@@ -139,6 +151,7 @@ def register(sub: Any) -> None:
 
     show = cmds.add_parser("show", help="show the host's configuration and state")
     add_host_option(show)
+    add_output_option(show)
     show.set_defaults(func=_show)
 
     recertify = cmds.add_parser(
@@ -193,14 +206,27 @@ def register(sub: Any) -> None:
     run.add_argument("args", metavar="ARGS", nargs=argparse.REMAINDER)
     run.set_defaults(func=_run)
 
-    lst = sub.add_parser("list", help="list the programs running on a Linux host")
+    lst = sub.add_parser(
+        "list",
+        help="list the programs running on a Linux host (id, pid, user, start, file)",
+    )
     add_host_option(lst)
+    add_output_option(lst)
     lst.set_defaults(func=_list)
 
     for verb, helptext in (("stop", "SIGTERM"), ("kill", "SIGKILL")):
-        cmd = sub.add_parser(verb, help=f"{helptext} a hosted program (by pid or name)")
+        cmd = sub.add_parser(
+            verb,
+            help=f"{helptext} a hosted program (by id, file name, pid or principal)",
+            description=f"{helptext} the program SELECTOR names: an id or a unique prefix "
+            "of one (4 or more hex digits, as taonet list shows), a file name, a pid, "
+            "id:HEX, pid:N or file:NAME, or a full principal (every instance of that "
+            "program). A selector that names several programs is refused, with the "
+            "candidates listed.",
+        )
         add_host_option(cmd)
-        cmd.add_argument("selector", metavar="NAME|PID")
+        cmd.add_argument("selector", metavar="SELECTOR")
+        add_output_option(cmd)
         cmd.set_defaults(func=_signal, kill=verb == "kill")
 
 
@@ -230,21 +256,36 @@ def _init(args: argparse.Namespace) -> int:
             policy = get_password(args.policy_password_file, prompt="Policy key password")
             signer = Domain.load(domain).unlock(policy)
     name = LinuxHost.init(directory, config, password=password, policy_signer=signer)
-    print(f"created a {args.kind} Linux host in {directory}")
-    if name is not None:
-        print(f"name:   {name}" + ("  (certified by the policy key)" if signer else ""))
-    else:
-        print("its keys and name come from its parent when it first starts")
-    print(f"guard:  {'Liberal (anything may execute)' if args.liberal else 'the domain guard'}")
-    for interpreter, path in config.interpreters or ():
-        print(f"interpreter: {interpreter} = {path}  ([interpreters] in host.toml)")
-    if not config.interpreters:
-        print("interpreter: none found ([interpreters] in host.toml names them)")
+
+    def text() -> None:
+        print(f"created a {args.kind} Linux host in {directory}")
+        if name is not None:
+            print(f"name:   {name}" + ("  (certified by the policy key)" if signer else ""))
+        else:
+            print("its keys and name come from its parent when it first starts")
+        print(f"guard:  {'Liberal (anything may execute)' if args.liberal else 'the domain guard'}")
+        for interpreter, path in config.interpreters or ():
+            print(f"interpreter: {interpreter} = {path}  ([interpreters] in host.toml)")
+        if not config.interpreters:
+            print("interpreter: none found ([interpreters] in host.toml names them)")
+
+    emit(
+        args,
+        {
+            "host": str(directory),
+            "kind": args.kind,
+            "name": None if name is None else str(name),
+            "certified": signer is not None,
+            "guard": config.guard,
+            "interpreters": [{"name": n, "path": p} for n, p in config.interpreters or ()],
+        },
+        text,
+    )
     return 0
 
 
 def _start(args: argparse.Namespace) -> int:
-    directory = host_dir(args)
+    directory = existing_host_dir(args)
     config = LinuxHostConfig.load(directory)
     if args.foreground:
         return start_foreground(args, directory, config)
@@ -260,17 +301,7 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _admin(args: argparse.Namespace, action: Any) -> Any:
-    import trio
-
-    from taonet.hosts.linux import AdminClient
-
-    path = host_dir(args) / ADMIN_SOCKET
-
-    async def main() -> Any:
-        async with AdminClient.connect(path) as admin:
-            return await action(admin)
-
-    return trio.run(main)
+    return admin_call(existing_host_dir(args), action)
 
 
 def _stop(args: argparse.Namespace) -> int:
@@ -286,7 +317,7 @@ def _stop(args: argparse.Namespace) -> int:
 
     from taonet.hosts.linux import AdminClient
 
-    directory = host_dir(args)
+    directory = existing_host_dir(args)
     refused: HostError | None = None
 
     async def shutdown() -> bool | None:
@@ -338,14 +369,27 @@ async def _released(lock: Path) -> bool | None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    directory = host_dir(args)
+    directory = existing_host_dir(args)
     config = LinuxHostConfig.load(directory)
-    print(f"host directory: {directory}")
-    print(f"kind:           {config.kind}")
-    print(f"domain:         {config.domain or '-'}")
-    print(f"guard:          {config.guard}")
-    print(f"program ids:    {'on' if config.program_ids else 'off'}")
-    print(f"sandbox:        {config.sandbox}")
+    lines = [
+        f"host directory: {directory}",
+        f"kind:           {config.kind}",
+        f"domain:         {config.domain or '-'}",
+        f"guard:          {config.guard}",
+        f"program ids:    {'on' if config.program_ids else 'off'}",
+        f"sandbox:        {config.sandbox}",
+    ]
+    document: dict[str, Any] = {
+        "host": str(directory),
+        "kind": config.kind,
+        "domain": config.domain,
+        "guard": config.guard,
+        "program_ids": config.program_ids,
+        "sandbox": config.sandbox,
+        "running": False,
+        "name": None,
+        "programs": None,
+    }
 
     import trio
 
@@ -363,11 +407,13 @@ def _show(args: argparse.Namespace) -> int:
 
     found = trio.run(state)
     if found is None:
-        print("state:          not running")
-        return 0
-    name, programs = found
-    print(f"state:          running as {name}")
-    print(f"programs:       {len(programs)}")
+        lines.append("state:          not running")
+    else:
+        name, programs = found
+        lines.append(f"state:          running as {name}")
+        lines.append(f"programs:       {len(programs)}")
+        document.update(running=True, name=str(name), programs=len(programs))
+    emit(args, document, lambda: print("\n".join(lines)))
     return 0
 
 
@@ -418,7 +464,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         print(f"taonet: started {info.name} (pid {info.pid})", file=sys.stderr, flush=True)
         if args.wait:
-            return await admin.wait(str(info.pid))
+            return await admin.wait(f"pid:{info.pid}")
         return info
 
     info = _admin(args, start)
@@ -429,24 +475,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    async def programs(admin: Any) -> Any:
-        return await admin.list()
-
-    found = _admin(args, programs)
-    if not found:
-        print("no programs running")
-    for info in found:
-        print(f"{info.pid:>7}  uid {info.uid:<6} {info.name}")
-    return 0
+    """``taonet list``: see :mod:`taonet.cli._programs_cmd`."""
+    return list_programs(args, existing_host_dir(args))
 
 
 def _signal(args: argparse.Namespace) -> int:
-    async def act(admin: Any) -> Any:
-        if args.kill:
-            return await admin.kill(args.selector)
-        return await admin.stop(args.selector)
-
-    done = _admin(args, act)
-    for info in done:
-        print(f"{'killed' if args.kill else 'stopped'} {info.name} (pid {info.pid})")
-    return 0
+    """``taonet stop|kill``: see :mod:`taonet.cli._programs_cmd`."""
+    return signal_programs(args, existing_host_dir(args))

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
+import structlog
+
 from taonet import ConfigError, HostError
 from taonet.cli._password import get_password
 from taonet.cli._reexec import child_environment, taonet_argv
@@ -31,6 +33,8 @@ __all__ = [
     "start_background",
     "start_foreground",
 ]
+
+log = structlog.get_logger(__name__)
 
 #: How long ``taonet host start`` waits for a background host to say it serves.
 START_TIMEOUT: Final = 60.0
@@ -120,15 +124,18 @@ def start_foreground(args: argparse.Namespace, directory: Path, config: LinuxHos
     )
     # LinuxHost.run holds the directory's host.lock: of two starts that both got
     # past the probe above, only one serves.
-    _run_host(directory, config, password, report_fd)
-    print("Linux host stopped", flush=True)
+    # The host logs linux_host_stopped itself; linux_host_stopping said why.
+    stopped_by = _run_host(directory, config, password, report_fd)
+    print(f"Linux host stopped ({stopped_by or 'shut down'})", flush=True)
     return 0
 
 
 def _run_host(
     directory: Path, config: LinuxHostConfig, password: bytes | None, report_fd: int | None
-) -> None:
-    """Open the host and serve until SIGINT or SIGTERM, then stop it in order."""
+) -> str | None:
+    """Open the host and serve until SIGINT or SIGTERM, then stop it in order; the
+    signal's name, or None if it stopped otherwise (``taonet host stop``)."""
+    stopped_by: list[str] = []
     import trio
 
     from taonet.hosts import parent
@@ -152,16 +159,26 @@ def _run_host(
                     nursery.cancel_scope.cancel()
 
                 async def stop_on_signal() -> None:
-                    async for _ in signals:
+                    async for signum in signals:
+                        stopped_by.append(signal.Signals(signum).name)
+                        log.info("linux_host_stopping", signal=stopped_by[0])
                         await host.stop()
                         return
 
                 nursery.start_soon(stop_on_signal)
                 await nursery.start(run_host)
+                log.info(
+                    "linux_host_listening",
+                    host=str(directory),
+                    kind=config.kind,
+                    listen=str(host.socket_path),
+                    name=str(host.name),
+                )
                 print(f"Linux host {host.name} serving {host.socket_path}", flush=True)
                 _report_ready(report_fd, str(host.name))
 
     trio.run(main)
+    return stopped_by[0] if stopped_by else None
 
 
 def start_background(directory: Path, password: bytes) -> int:

@@ -13,13 +13,14 @@ import argparse
 import signal
 from typing import Any
 
+import structlog
+
 from taonet import ConfigError, configure_logging
-from taonet._log import get_logger
 from taonet.cli._domain_cmd import add_domain_option, domain_dir
 from taonet.cli._failures import UsageError, describe, leaves
 from taonet.cli._password import add_password_option, get_password
 
-log = get_logger(__name__)
+log = structlog.get_logger(__name__)
 
 
 def register(sub: Any) -> None:

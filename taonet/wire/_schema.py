@@ -139,6 +139,9 @@ _SCHEMA: Final[dict[str, list[tuple[str, int, int, str]]]] = {
         ("program_hash", 6, _REQ, "bytes"),
         ("program_id", 7, _REQ, "int64"),
         ("exit_status", 8, _OPT, "int32"),
+        # Optional, so hosts and clients from before them still understand each other.
+        ("started_ns", 9, _OPT, "int64"),
+        ("instance_id", 10, _OPT, "string"),
     ],
     "LinuxAdminResponse": [
         ("programs", 1, _REP, "LinuxAdminProgram"),

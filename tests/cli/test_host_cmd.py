@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -121,39 +122,42 @@ def test_run_list_stop_kill_and_host_stop(host_env: dict[str, str], tmp_path: Pa
     assert ".Program([" in result.stderr
 
     refused = taonet("run", str(bin_dir / "unlisted"), env=env)
-    assert refused.returncode == 2
+    assert refused.returncode == 4  # refused: the guard said no
     assert "does not authorize" in refused.stderr
     assert "Traceback" not in refused.stderr
 
     ok(detached("run", str(bin_dir / "sleeper"), env=env))
     ok(detached("run", str(bin_dir / "sleeper"), env=env))
-    listing = ok(taonet("list", env=env)).splitlines()
+    header, *listing = ok(taonet("list", env=env)).splitlines()
+    assert header.split() == ["ID", "PID", "USER", "STARTED", "FILE"]
     assert len(listing) == 2
-    pids = [line.split()[0] for line in listing]
-    name = listing[0].split()[-1]
+    pids = [line.split()[1] for line in listing]
     assert ok(taonet("stop", pids[0], env=env)).startswith("stopped ")
-    killed = ok(taonet("kill", name, env=env))  # the name selects the remaining instance(s)
-    assert "killed" in killed
-    assert "no programs running" in ok(taonet("list", env=env)) or pids[0] not in ok(
-        taonet("list", env=env)
-    )
+    principal = json.loads(ok(taonet("list", "-o", "json", env=env)))["programs"][0]["principal"]
+    # A full principal selects every running instance of that program.
+    killed = ok(taonet("kill", principal, env=env))
+    assert f"(pid {pids[1]})" in killed
     missing = taonet("stop", "999999999", env=env)
-    assert missing.returncode == 2
+    assert missing.returncode == 3  # not found
     assert "no hosted program" in missing.stderr
 
     assert "stopped" in ok(taonet("host", "stop", env=env))
     out = ok(taonet("host", "show", env=env))
     assert "not running" in out
     gone = taonet("list", env=env)
-    assert gone.returncode == 2
+    assert gone.returncode == 5  # unavailable
     assert "no Tao host is running" in gone.stderr
 
 
 def test_host_commands_need_a_host(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("TAO_DOMAIN", "TAO_HOST")}
     result = taonet("list", env=env)
-    assert result.returncode == 2
+    assert result.returncode == 2  # usage
     assert "--host DIR" in result.stderr
     result = taonet("host", "show", "--host", str(tmp_path), env=env)
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "not a Linux host directory" in result.stderr
+    for args in (("host", "show"), ("list",), ("stop", "x"), ("host", "stop")):
+        result = taonet(*args, "--host", str(tmp_path / "missing"), env=env)
+        assert result.returncode == 3, (args, result.stderr)  # not found
+        assert "no Linux host directory at" in result.stderr

@@ -139,7 +139,7 @@ def test_allow_refuses_duplicates(
         ("--allow", 'Authorized(key([0c]), "Read")', "--allow", 'Authorized(key([0c]), "Read")'),
         ("--add-program", str(app)),
     ]:
-        code, out, err = policy(capsys, d, pw, *args)
+        code, _, err = policy(capsys, d, pw, *args)
         assert code == 2, (args, err)
         assert "already" in err
         assert files(d) == before
@@ -171,9 +171,10 @@ def test_guards_without_rules_refuse_edits(
 ) -> None:
     pw = str(password_file(tmp_path))
     d = str(tmp_path / "liberal")
-    assert taonet_main(capsys, "domain", "init", d, "--guard", "Liberal", "--password-file", pw)[
-        0
-    ] == 0
+    assert (
+        taonet_main(capsys, "domain", "init", d, "--guard", "Liberal", "--password-file", pw)[0]
+        == 0
+    )
     code, _, err = policy(capsys, d, pw, "--remove-program", "ab" * 32)
     assert code == 2
     assert "Liberal guard, which has no rules" in err

@@ -831,6 +831,12 @@ def _program(**changes: Any) -> Any:
             answer(programs=[_program(name=b"x")]),
             "bad program name",
         ),
+        (
+            # A program id the CLI would send back as a selector: "id:" + this.
+            lambda a: a.list(),
+            answer(programs=[_program(instance_id="x" * 32 + " or pid:1")]),
+            "program id is not 32 lowercase hex digits",
+        ),
     ],
     ids=[
         "wrong_seq",
@@ -845,6 +851,7 @@ def _program(**changes: Any) -> Any:
         "bad_host_name",
         "shutdown_not_empty",
         "bad_program_name",
+        "bad_program_id",
     ],
 )
 async def test_client_closes_on_a_broken_answer(

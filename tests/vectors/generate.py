@@ -531,6 +531,10 @@ ADMIN_PROGRAMS: Final = (
         path="/opt/golden/other",
         program_hash=fixed_bytes("program golden program"),
         program_id=7,
+        # What a host says since taonet list shows them (fields 9 and 10); the first
+        # program, without them, is what an earlier host sends, which still decodes.
+        started_ns=T0,
+        instance_id="0123456789abcdef" * 2,
     ),
 )
 

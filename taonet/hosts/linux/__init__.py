@@ -10,6 +10,10 @@ portable and loads none of this (it only re-exports these names lazily, see ther
   checked with ``SO_PEERCRED``) that starts, lists and stops programs; the server
   hands requests to an :class:`AdminBackend` (a :class:`LinuxHost` is one) as
   :class:`StartRequest` from a :class:`Caller`, and answers with :class:`ProgramInfo`.
+* :func:`select_programs`: which programs a selector names (an id or a unique prefix of
+  one, a file name, a pid, or a principal), as the host and ``taonet stop`` read it;
+  :class:`ProgramNotFoundError` and :class:`AmbiguousSelectorError` when it names none,
+  or several where one is needed.
 * :class:`TreeLimits`: the bounds on a program that is a directory
   (``[program_tree]`` in ``host.toml``); :func:`default_interpreters`: the
   interpreters ``taonet host init`` offers programs (``[interpreters]``).
@@ -33,6 +37,12 @@ from taonet.hosts.linux._config import (
 from taonet.hosts.linux._host import LinuxHost
 from taonet.hosts.linux._hosted import AdminBackend, Caller, ProgramInfo, StartRequest
 from taonet.hosts.linux._interpreters import default_interpreters
+from taonet.hosts.linux._select import (
+    AmbiguousSelectorError,
+    ProgramNotFoundError,
+    program_file,
+    select_programs,
+)
 from taonet.hosts.linux._tree import TreeLimits
 
 __all__ = [
@@ -42,14 +52,18 @@ __all__ = [
     "LOG_FILE",
     "AdminBackend",
     "AdminClient",
+    "AmbiguousSelectorError",
     "Caller",
     "LinuxHost",
     "LinuxHostConfig",
     "ProgramInfo",
+    "ProgramNotFoundError",
     "StartRequest",
     "TreeLimits",
     "default_host_dir",
     "default_interpreters",
+    "program_file",
+    "select_programs",
     "serve_admin",
 ]
 
@@ -58,14 +72,18 @@ __all__ = [
 for _public in (
     AdminBackend,
     AdminClient,
+    AmbiguousSelectorError,
     Caller,
     LinuxHost,
     LinuxHostConfig,
     ProgramInfo,
+    ProgramNotFoundError,
     StartRequest,
     TreeLimits,
     default_host_dir,
     default_interpreters,
+    program_file,
+    select_programs,
     serve_admin,
 ):
     _public.__module__ = __name__

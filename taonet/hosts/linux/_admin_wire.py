@@ -46,6 +46,7 @@ from taonet.hosts.linux._hosted import (
     MAX_STRING,
     ProgramInfo,
 )
+from taonet.hosts.linux._select import ID_DIGITS, is_program_id
 from taonet.wire import Envelope, Role, message_class
 
 __all__ = [
@@ -166,6 +167,10 @@ def _program_message(info: ProgramInfo) -> Any:
     )
     if info.exit_status is not None:
         msg.exit_status = _check_int(info.exit_status, "exit status", _INT32)
+    if info.started_ns is not None:
+        msg.started_ns = _check_int(info.started_ns, "start time", _INT64)
+    if info.instance_id:
+        msg.instance_id = _check_string(info.instance_id, "program id")
     return msg
 
 
@@ -177,6 +182,9 @@ def _program_info(msg: Any, op: str) -> ProgramInfo:
     path = msg.path
     if not isinstance(path, str):
         raise ProtocolError(f"{op}: a program path is not valid UTF-8")
+    instance_id = msg.instance_id if msg.HasField("instance_id") else ""
+    if instance_id and not is_program_id(instance_id):
+        raise ProtocolError(f"{op}: a program id is not {ID_DIGITS} lowercase hex digits")
     return ProgramInfo(
         name=name,
         pid=int(msg.pid),
@@ -186,6 +194,8 @@ def _program_info(msg: Any, op: str) -> ProgramInfo:
         program_hash=bytes(msg.program_hash),
         program_id=int(msg.program_id),
         exit_status=int(msg.exit_status) if msg.HasField("exit_status") else None,
+        started_ns=int(msg.started_ns) if msg.HasField("started_ns") else None,
+        instance_id=instance_id,
     )
 
 

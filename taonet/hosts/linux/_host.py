@@ -80,6 +80,7 @@ from __future__ import annotations
 import collections
 import functools
 import os
+import secrets
 import signal
 import stat
 import time
@@ -133,6 +134,7 @@ from taonet.hosts.linux._process import (
     signal_group,
     spawn_program,
 )
+from taonet.hosts.linux._select import ID_DIGITS, SHORT_ID, program_file, select_programs
 from taonet.hosts.linux._stacked import open_stacked
 
 __all__ = [
@@ -195,6 +197,9 @@ class _Child:
         self.program_id = program_id
         self.exit_status: int | None = None
         self.exited = trio.Event()
+        self.started_ns = time.time_ns()
+        #: Its own id, for selecting it (two instances of one program have two).
+        self.instance_id = secrets.token_hex(ID_DIGITS // 2)
 
     @property
     def pid(self) -> int:
@@ -210,6 +215,15 @@ class _Child:
             program_hash=self.prepared.program_hash,
             program_id=self.program_id,
             exit_status=self.exit_status,
+            started_ns=self.started_ns,
+            instance_id=self.instance_id,
+        )
+
+    def describe(self) -> str:
+        """Itself as an ambiguity lists it: short id, pid and file."""
+        return (
+            f"id {self.instance_id[:SHORT_ID]} pid {self.pid} "
+            f"{program_file(self.prepared.source)!r}"
         )
 
 
@@ -715,18 +729,17 @@ class LinuxHost:
     # -- admin operations -------------------------------------------------------------
 
     def _select(self, selector: str, *, exited: bool = False) -> list[_Child]:
+        """The children ``selector`` names (see :mod:`taonet.hosts.linux._select`)."""
         pool = list(self._children.values()) + (list(self._exited) if exited else [])
-        if selector.isascii() and selector.isdigit():
-            found = [c for c in pool if c.pid == int(selector)]
-        else:
-            try:
-                prin = auth.parse_prin(selector)
-            except (ValueError, TypeError) as exc:
-                raise HostError(f"{selector!r} is neither a pid nor a principal: {exc}") from None
-            found = [c for c in pool if prin in (c.name, c.launch_name)]
-        if not found:
-            raise HostError(f"no hosted program {selector}")
-        return found
+        return select_programs(
+            selector,
+            pool,
+            pid=lambda c: c.pid,
+            program_id=lambda c: c.instance_id,
+            path=lambda c: c.prepared.source,
+            names=lambda c: (c.name, c.launch_name),
+            describe=_Child.describe,
+        )
 
     def _check_control(self, caller: Caller, child: _Child, what: str) -> None:
         if caller.uid not in (0, self._owner_uid, child.uid):

@@ -11,8 +11,9 @@ decides what the caller may do:
 * stopping, killing or waiting for a program is for its owner, the host's owner and
   root; shutting the host down is for the host's owner and root.
 
-A program is selected by its pid (decimal) or by its full principal name in text
-form; a name may select several running instances of the same program.
+A program is selected by its id (or a unique prefix of it), its file name, its pid
+or its full principal name in text form; only a principal may select several running
+instances of the same program (see :mod:`taonet.hosts.linux._select`).
 """
 
 from __future__ import annotations
@@ -97,6 +98,10 @@ class ProgramInfo:
     program_id: int
     #: None while running; the exit code, or -N if killed by signal N.
     exit_status: int | None = None
+    #: When the host started it (nanoseconds since the epoch); None if not said.
+    started_ns: int | None = None
+    #: The id the host gave this instance (32 lowercase hex digits); "" if not said.
+    instance_id: str = ""
 
     @property
     def running(self) -> bool:
