@@ -903,3 +903,52 @@ async def test_a_refusal_names_a_file_whose_name_is_not_utf8(
         await prepare(tree, programs_dir)
     assert "\\xff is a symbolic link" in str(refused.value)
     str(refused.value).encode("utf-8")  # text that goes on the wire as it is
+
+
+@pytest.fixture
+def no_acl_dir(base_dir: Path) -> Iterator[Path]:
+    """A ramfs (a real filesystem without ACLs) mounted here."""
+    path = base_dir / "ramfs"
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "ramfs", "-o", "mode=0755", "ramfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a ramfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+@needs_root
+async def test_without_acls_a_tree_copy_falls_back_to_the_group(
+    src_dir: Path, no_acl_dir: Path
+) -> None:
+    tree = make_tree(src_dir / "tree", {"main.sh": TREE_CHECK, "data/greeting": "hi\n"}, 0o644)
+    (tree / "data").chmod(0o755)
+    (tree / "main.sh").chmod(0o755)
+    prepared = await prepare(tree, no_acl_dir / "programs", uid=NOBODY, gid=NOBODY, entry="main.sh")
+    assert prepared.root is not None
+    modes = {
+        str(path.relative_to(prepared.root)): (
+            stat.S_IMODE(path.stat().st_mode),
+            path.stat().st_uid,
+            path.stat().st_gid,
+        )
+        for path in [prepared.root, *prepared.root.rglob("*")]
+    }
+    assert modes == {
+        ".": (0o550, 0, NOBODY),
+        "data": (0o550, 0, NOBODY),
+        "data/greeting": (0o440, 0, NOBODY),
+        "main.sh": (0o550, 0, NOBODY),
+    }
+    with trio.fail_after(TIMEOUT):
+        status, out, err = await run_copy(prepared, uid=NOBODY, gid=NOBODY, cwd=str(prepared.root))
+    assert status == 0, err
+    assert out.splitlines()[0] == "hi"
+    assert "wrote a file" not in out
+    assert "changed a file" not in out
