@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import base64
-import binascii
 from typing import Any
 
-from taonet import CodecError, auth
+from taonet import auth
+from taonet.auth._base64 import decode_base64
 
 
 def register(sub: Any) -> None:
@@ -36,12 +36,9 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def b64url_decode(text: str) -> bytes:
-    """Decode base64url with or without padding; CodecError otherwise."""
-    cleaned = text.strip()
-    try:
-        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError):
-        raise CodecError("not base64url") from None
+    """Decode base64url or standard base64, padded or not; CodecError for anything else
+    (see :func:`taonet.auth._base64.decode_base64`)."""
+    return decode_base64(text)
 
 
 def _decode(args: argparse.Namespace) -> int:
