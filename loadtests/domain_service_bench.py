@@ -101,6 +101,7 @@ async def bench(seconds: float, rounds: int) -> dict[str, float]:
                         count += 1
                     samples[label].append(count / (time.perf_counter() - start))
             nursery.cancel_scope.cancel()
+        service.close()
     results = {k: statistics.median(v) for k, v in samples.items()}
     results["certs_vs_handshakes"] = results["certs_per_s"] / results["handshakes_per_s"]
     return results

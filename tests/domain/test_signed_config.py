@@ -438,7 +438,7 @@ def test_unlock_records_the_serial_of_a_domain_made_before_records(make_domain) 
     record = domain.path / "policy_keys/config_serial"
     record.unlink()  # as a domain made by an earlier taonet
     assert Domain.load(domain.path).config_serial == 3
-    DomainService.open(domain.path, PASSWORD)  # unlocks the policy key: records serial 3
+    DomainService.open(domain.path, PASSWORD).close()  # unlocks the policy key: records serial 3
     put_back(domain, older)
     with pytest.raises(ConfigError, match="serial 2 is older than 3"):
         Domain.load(domain.path)

@@ -43,11 +43,11 @@ class Service:
 async def service(make_domain: MakeDomain, make_host: MakeHost) -> AsyncIterator[Service]:
     domain = make_domain(guard="Liberal")
     host = make_host(domain)
-    service = DomainService.open(domain.path, PASSWORD)
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(service.serve, 0))
-        yield Service(domain, host, listeners[0].socket.getsockname()[1])
-        nursery.cancel_scope.cancel()
+    with DomainService.open(domain.path, PASSWORD) as service:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(functools.partial(service.serve, 0))
+            yield Service(domain, host, listeners[0].socket.getsockname()[1])
+            nursery.cancel_scope.cancel()
 
 
 async def test_first_run_provisions_later_runs_unseal(service: Service, tmp_path: Path) -> None:

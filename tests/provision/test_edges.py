@@ -39,7 +39,8 @@ async def fake_service(
     domain: Domain,
 ) -> AsyncIterator[Callable[[Handler], Awaitable[int]]]:
     """Serve a handler under the real domain service's identity; return its port."""
-    identity = DomainService.open(domain.path, PASSWORD).identity
+    with DomainService.open(domain.path, PASSWORD) as service:
+        identity = service.identity
     async with trio.open_nursery() as nursery:
 
         async def serve(handler: Handler) -> int:

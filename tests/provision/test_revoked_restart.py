@@ -6,7 +6,6 @@ error when it would not. A real domain service on 127.0.0.1, a soft Tao host.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,12 @@ TAG = 1
 
 async def start(nursery: trio.Nursery, domain: Domain) -> int:
     service = DomainService.open(domain.path, PASSWORD)
-    listeners = await nursery.start(functools.partial(service.serve, 0))
+
+    async def serve(task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
+        with service:  # closes its audit log when the nursery stops it
+            await service.serve(0, task_status=task_status)
+
+    listeners = await nursery.start(serve)
     return int(listeners[0].socket.getsockname()[1])
 
 

@@ -158,18 +158,21 @@ async def _main(requests: int, size: int, addresses: int, tmp: Path) -> dict[str
     service = DomainService.open(domain.path, password)
     audit = domain.path / AUDIT_FILE
     payload = flood_request(size)
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(service.serve, 0))
-        port = listeners[0].socket.getsockname()[1]
-        before = audit_bytes(audit)
-        start = time.perf_counter()
-        answers: collections.Counter[str] = collections.Counter()
-        for i in range(addresses):
-            share = requests // addresses + (i < requests % addresses)
-            source = ATTACKER if addresses == 1 else f"127.0.{1 + i // 250}.{1 + i % 250}"
-            answers += await flood(port, domain.policy_cert, payload, share, local_address=source)
-        seconds = time.perf_counter() - start
-        nursery.cancel_scope.cancel()
+    with service:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(functools.partial(service.serve, 0))
+            port = listeners[0].socket.getsockname()[1]
+            before = audit_bytes(audit)
+            start = time.perf_counter()
+            answers: collections.Counter[str] = collections.Counter()
+            for i in range(addresses):
+                share = requests // addresses + (i < requests % addresses)
+                source = ATTACKER if addresses == 1 else f"127.0.{1 + i // 250}.{1 + i % 250}"
+                answers += await flood(
+                    port, domain.policy_cert, payload, share, local_address=source
+                )
+            seconds = time.perf_counter() - start
+            nursery.cancel_scope.cancel()
     after = audit_bytes(audit)
     with AuditLog.open(audit) as log:
         rows = len(log.events())

@@ -79,11 +79,11 @@ async def until(condition: Callable[[], bool]) -> None:
 async def running(make_domain: MakeDomain, make_host: MakeHost) -> AsyncIterator[Running]:
     domain = make_domain(name="watch-test", guard="Liberal")
     host = make_host(domain)
-    service = DomainService.open(domain.path, PASSWORD)
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(service.serve, 0))
-        yield Running(domain, host, service, listeners[0].socket.getsockname()[1])
-        nursery.cancel_scope.cancel()
+    with DomainService.open(domain.path, PASSWORD) as service:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(functools.partial(service.serve, 0))
+            yield Running(domain, host, service, listeners[0].socket.getsockname()[1])
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_watch_is_answered_when_a_serial_is_revoked(running: Running) -> None:
@@ -117,9 +117,9 @@ async def test_a_watch_with_nothing_new_ends_empty(
     make_domain: MakeDomain, autojump_clock: trio.testing.MockClock
 ) -> None:
     domain = make_domain(name="watch-timeout", guard="Liberal")
-    service = DomainService.open(domain.path, PASSWORD)
-    der = await service.current_crl()
-    number = certs.verify_crl(domain.policy_anchor, der, now_ns=service._clock()).number
+    with DomainService.open(domain.path, PASSWORD) as service:
+        der = await service.current_crl()
+        number = certs.verify_crl(domain.policy_anchor, der, now_ns=service._clock()).number
     watches = CRLWatches(fixed(der), domain.policy_anchor)
     request = message_class("DomainServiceRequest")(kind="watch_crl")
     async with trio.open_nursery() as nursery:
@@ -168,10 +168,10 @@ async def test_watches_are_bounded_in_all(
 ) -> None:
     """Many addresses together cannot hold more than max_total watches."""
     domain = make_domain(name="watch-total", guard="Liberal")
-    service = DomainService.open(domain.path, PASSWORD)
-    der = await service.current_crl()
+    with DomainService.open(domain.path, PASSWORD) as service:
+        der = await service.current_crl()
+        number = certs.verify_crl(domain.policy_anchor, der, now_ns=service._clock()).number
     watches = CRLWatches(fixed(der), domain.policy_anchor, max_total=5)
-    number = certs.verify_crl(domain.policy_anchor, der, now_ns=service._clock()).number
     request = message_class("DomainServiceRequest")(
         kind="watch_crl", known_crl_number=encode_crl_number(number)
     )
@@ -214,21 +214,21 @@ async def test_a_rolled_back_service_cannot_unrevoke(
     make_domain: MakeDomain, make_host: MakeHost
 ) -> None:
     domain = make_domain(name="rollback", guard="Liberal")
-    service = RolledBack.open(domain.path, PASSWORD)
-    assert isinstance(service, RolledBack)
-    before = await service.current_crl()  # lists nobody
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(service.serve, 0))
-        port = listeners[0].socket.getsockname()[1]
-        watcher = RevocationWatcher(domain.policy_cert, ("127.0.0.1", port), watch=False)
-        with trio.fail_after(20):
-            serial = await issue(domain, make_host(domain), port)
-            with AuditLog.open(domain.path / AUDIT_FILE) as audit:
-                audit.revoke(serial, reason="test")
-            assert await watcher.refresh()
-            assert watcher.is_revoked(serial)
-            service.old = before  # correctly signed, but older
-            with pytest.raises(AuthenticationError, match="older than the one held"):
-                await watcher.refresh()
-            assert watcher.is_revoked(serial)
-        nursery.cancel_scope.cancel()
+    with RolledBack.open(domain.path, PASSWORD) as service:
+        assert isinstance(service, RolledBack)
+        before = await service.current_crl()  # lists nobody
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(functools.partial(service.serve, 0))
+            port = listeners[0].socket.getsockname()[1]
+            watcher = RevocationWatcher(domain.policy_cert, ("127.0.0.1", port), watch=False)
+            with trio.fail_after(20):
+                serial = await issue(domain, make_host(domain), port)
+                with AuditLog.open(domain.path / AUDIT_FILE) as audit:
+                    audit.revoke(serial, reason="test")
+                assert await watcher.refresh()
+                assert watcher.is_revoked(serial)
+                service.old = before  # correctly signed, but older
+                with pytest.raises(AuthenticationError, match="older than the one held"):
+                    await watcher.refresh()
+                assert watcher.is_revoked(serial)
+            nursery.cancel_scope.cancel()

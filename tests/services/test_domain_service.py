@@ -79,11 +79,11 @@ async def svc(make_domain: MakeDomain, make_host: MakeHost) -> AsyncIterator[Ser
     assert isinstance(domain.guard, ACLGuard)
     domain.save_guard(domain.guard.with_rule(domain.program_rule(GOOD)), domain.unlock(PASSWORD))
     host = make_host(domain)
-    service = DomainService.open(domain.path, PASSWORD)
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(service.serve, 0))
-        yield Service(domain, host, service, listeners[0].socket.getsockname()[1])
-        nursery.cancel_scope.cancel()
+    with DomainService.open(domain.path, PASSWORD) as service:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(functools.partial(service.serve, 0))
+            yield Service(domain, host, service, listeners[0].socket.getsockname()[1])
+            nursery.cancel_scope.cancel()
 
 
 async def test_issues_certificates_and_audits_them(svc: Service) -> None:

@@ -87,20 +87,20 @@ async def fake_service(
 ) -> AsyncIterator[tuple[bytes, Callable[[Handler], Awaitable[int]]]]:
     """Serve a handler under a real domain service's identity: (policy cert, serve)."""
     domain = make_domain(guard="Liberal")
-    service = DomainService.open(domain.path, PASSWORD)
-    async with trio.open_nursery() as nursery:
+    with DomainService.open(domain.path, PASSWORD) as service:
+        async with trio.open_nursery() as nursery:
 
-        async def serve(handler: Handler) -> int:
-            listeners = await nursery.start(
-                functools.partial(
-                    serve_channels, handler, 0, service.identity, allow_anonymous=True
+            async def serve(handler: Handler) -> int:
+                listeners = await nursery.start(
+                    functools.partial(
+                        serve_channels, handler, 0, service.identity, allow_anonymous=True
+                    )
                 )
-            )
-            port: int = listeners[0].socket.getsockname()[1]
-            return port
+                port: int = listeners[0].socket.getsockname()[1]
+                return port
 
-        yield domain.policy_cert, serve
-        nursery.cancel_scope.cancel()
+            yield domain.policy_cert, serve
+            nursery.cancel_scope.cancel()
 
 
 def answering(op: str | None, seq: int | None, error: TaoError) -> Handler:

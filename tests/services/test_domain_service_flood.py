@@ -101,7 +101,12 @@ async def start(
     host = make_host(domain)
     clock = Clock()
     service = DomainService.open(domain.path, PASSWORD, limits=limits, monotonic=clock)
-    listeners = await nursery.start(functools.partial(service.serve, 0))
+
+    async def serve(task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
+        with service:  # closes its audit log when the nursery stops it
+            await service.serve(0, task_status=task_status)
+
+    listeners = await nursery.start(serve)
     return Service(domain, host, service, listeners[0].socket.getsockname()[1], clock)
 
 
@@ -358,8 +363,7 @@ async def test_the_largest_real_request_fits(make_domain) -> None:  # type: igno
         ).SerializeToString()
     )
     assert 18_000 < size <= MAX_REQUEST - 2048  # room left for a TPM quote at the root
-    service = DomainService.open(domain.path, PASSWORD)
-    with trio.fail_after(60):
+    with trio.fail_after(60), DomainService.open(domain.path, PASSWORD) as service:
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(functools.partial(service.serve, 0))
             port = listeners[0].socket.getsockname()[1]

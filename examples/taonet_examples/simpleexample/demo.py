@@ -88,41 +88,41 @@ async def run_demo(
         else "Initialization: each program gets its key, attestation, certificate, sealed blobs"
     )
 
-    service = DomainService.open(base / "domain", password)
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(service.serve, 0))
-        ds = ("127.0.0.1", int(listeners[0].socket.getsockname()[1]))
-        _banner(say, f"Domain service on {ds[0]}:{ds[1]} as {service.principal}")
-        _banner(say, phase)
-        port = await nursery.start(
-            functools.partial(
-                simpleserver.run_server,
-                host.tao_for(host.name.extend(server_name)),
+    with DomainService.open(base / "domain", password) as service:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(functools.partial(service.serve, 0))
+            ds = ("127.0.0.1", int(listeners[0].socket.getsockname()[1]))
+            _banner(say, f"Domain service on {ds[0]}:{ds[1]} as {service.principal}")
+            _banner(say, phase)
+            port = await nursery.start(
+                functools.partial(
+                    simpleserver.run_server,
+                    host.tao_for(host.name.extend(server_name)),
+                    state_dir=state,
+                    policy_cert=domain.policy_cert,
+                    domain_service=ds,
+                    guard=domain.guard,
+                    say=lambda text: say(f"[simpleserver] {text}"),
+                )
+            )
+            secret = await simpleclient.run_client(
+                host.tao_for(host.name.extend(client_name)),
                 state_dir=state,
                 policy_cert=domain.policy_cert,
                 domain_service=ds,
-                guard=domain.guard,
-                say=lambda text: say(f"[simpleserver] {text}"),
+                server=("127.0.0.1", port),
+                say=lambda text: say(f"[simpleclient] {text}"),
             )
-        )
-        secret = await simpleclient.run_client(
-            host.tao_for(host.name.extend(client_name)),
-            state_dir=state,
-            policy_cert=domain.policy_cert,
-            domain_service=ds,
-            server=("127.0.0.1", port),
-            say=lambda text: say(f"[simpleclient] {text}"),
-        )
-        _banner(say, "Revocation: the operator revokes a certificate while its channel is open")
-        await show_revocation(
-            host.tao_for(host.name.extend(client_name)),
-            domain=domain,
-            state_dir=state / "second-instance",
-            domain_service=ds,
-            server=("127.0.0.1", port),
-            say=say,
-        )
-        nursery.cancel_scope.cancel()
+            _banner(say, "Revocation: the operator revokes a certificate while its channel is open")
+            await show_revocation(
+                host.tao_for(host.name.extend(client_name)),
+                domain=domain,
+                state_dir=state / "second-instance",
+                domain_service=ds,
+                server=("127.0.0.1", port),
+                say=say,
+            )
+            nursery.cancel_scope.cancel()
     _banner(say, "Done")
     if phase.startswith("Initialization"):
         say(f"Run it again to see the operation phase reuse the sealed state in {state}.")

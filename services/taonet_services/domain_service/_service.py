@@ -52,7 +52,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import structlog
 import trio
@@ -133,7 +133,8 @@ class DomainService:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``clock`` (ns since the epoch) dates certificates; ``monotonic`` (seconds)
-        drives the refusal limits (:class:`RefusalLimits`, defaults if None)."""
+        drives the refusal limits (:class:`RefusalLimits`, defaults if None). The service
+        owns ``audit`` from here on and closes it in :meth:`close`."""
         self.domain: Final = domain
         self._signer = policy_signer
         self._audit = audit
@@ -167,11 +168,28 @@ class DomainService:
         limits: RefusalLimits | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> DomainService:
-        """Load the domain, unlock its policy key and open its audit log."""
+        """Load the domain, unlock its policy key and open its audit log.
+
+        The service owns the log: :meth:`close` it (or use it as a context manager).
+        """
         domain = Domain.load(domain_dir)
         signer = domain.unlock(password)
         audit = AuditLog.open(Path(domain_dir) / AUDIT_FILE)
-        return cls(domain, signer, audit=audit, limits=limits, monotonic=monotonic)
+        try:
+            return cls(domain, signer, audit=audit, limits=limits, monotonic=monotonic)
+        except BaseException:
+            audit.close()
+            raise
+
+    def close(self) -> None:
+        """Close the audit log (after :meth:`serve` has returned). Closing twice is fine."""
+        self._audit.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     async def serve(
         self,
