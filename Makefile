@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.taonet-installed
 
-.PHONY: demo demo-hosted test lint typecheck unit bench system-deps clean
+.PHONY: demo demo-hosted test lint typecheck unit unit-all bench system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,10 +45,26 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
-	$(BIN)/pytest -q
+# The Python versions taonet supports (pyproject.toml's requires-python and classifiers).
+PYTHON_VERSIONS := 3.11 3.12 3.13
 
-test: system-deps $(STAMP) lint typecheck unit
+# The suite under one interpreter: .venv's by default; `make unit PY=3.13` runs it in
+# .venv-3.13, made from python3.13 on PATH or pyenv's newest 3.13.x.
+unit: $(STAMP)
+ifdef PY
+	PYTHON_VERSIONS="$(PY)" CI=true bash .ci/pythons.sh
+else
+	$(BIN)/pytest -q
+endif
+
+# The suite under every version of PYTHON_VERSIONS this machine has (see .ci/pythons.sh):
+# .venv for its own, .venv-X.Y for the others. Says which were found; with CI=true a
+# version that is not found fails the run instead of being skipped.
+unit-all: $(STAMP)
+	PYTHON_VERSIONS="$(PYTHON_VERSIONS)" bash .ci/pythons.sh
+
+# Lint and type checks once (in .venv); the suite under every supported Python.
+test: system-deps $(STAMP) lint typecheck unit-all
 
 bench: $(STAMP)
 	$(BIN)/python loadtests/core_bench.py
@@ -56,4 +72,4 @@ bench: $(STAMP)
 	$(BIN)/python loadtests/host_bench.py
 
 clean:
-	rm -rf $(VENV) .taonet-demo .taonet-demo-hosted build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-3.* .taonet-demo .taonet-demo-hosted build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
