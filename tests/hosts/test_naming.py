@@ -1,0 +1,117 @@
+"""program_subprin_on: the name a host gives a program file, worked out beforehand,
+is the name a real host gives it, so a domain rule written from it lets it run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from taonet import AuthorizationError, ConfigError, auth
+from taonet.domain import measure_file, program_subprin
+from taonet.hosts.linux import AdminClient, LinuxHostConfig
+from taonet.hosts.linux._naming import program_subprin_on
+from tests.conftest import MakeDomain
+from tests.hosts.linux_helpers import init_root, open_root
+
+TIMEOUT = 60
+PYTHON = sys.executable
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def rule(ext: auth.SubPrin) -> str:
+    return f'Authorized({auth.PrinTail(ext)}, "Execute")'
+
+
+async def test_a_rule_from_the_worked_out_name_lets_each_kind_of_file_run(
+    tmp_path: Path, make_domain: MakeDomain
+) -> None:
+    script = write(tmp_path / "script.py", "#!/usr/bin/env python3\nprint('script')\n")
+    shell = write(tmp_path / "shell.sh", "#!/bin/sh\necho shell\n")
+    binary = tmp_path / "true"
+    shutil.copy("/bin/true", binary)
+    config = LinuxHostConfig(kind="root", guard="Liberal", interpreters={"python3": PYTHON})
+    names = {path: program_subprin_on(config, path) for path in (script, shell, binary)}
+    # The env script is named with the host's interpreter; the others by their hash alone.
+    assert names[script].exts[0].name == "Script"
+    assert names[shell] == program_subprin(measure_file(shell))
+    assert names[binary] == program_subprin(measure_file(binary))
+
+    domain = make_domain(rules=tuple(rule(ext) for ext in names.values()))
+    init_root(tmp_path / "host", domain=domain, interpreters={"python3": PYTHON})
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            host = await open_root(nursery, tmp_path / "host")
+            async with AdminClient.connect(host.socket_path) as admin:
+                for path, ext in names.items():
+                    info = await admin.start(str(path), [], env={"PATH": "/usr/bin:/bin"})
+                    assert info.name == host.name.extend(ext)
+                    done = await admin.wait(str(info.pid))
+                    assert done.exit_status == 0
+            await host.stop()
+
+
+async def test_a_rule_naming_a_script_by_its_hash_alone_does_not_let_it_run(
+    tmp_path: Path, make_domain: MakeDomain
+) -> None:
+    # What `domain policy --add-program` wrote before: refused by a host that runs
+    # the script with its own interpreter.
+    script = write(tmp_path / "script.py", "#!/usr/bin/env python3\nprint('script')\n")
+    domain = make_domain(rules=(rule(program_subprin(measure_file(script))),))
+    init_root(tmp_path / "host", domain=domain, interpreters={"python3": PYTHON})
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            host = await open_root(nursery, tmp_path / "host")
+            async with AdminClient.connect(host.socket_path) as admin:
+                with pytest.raises(AuthorizationError, match=r"\.Script\(\["):
+                    await admin.start(str(script), [], env={"PATH": "/usr/bin:/bin"})
+            await host.stop()
+
+
+def test_a_host_without_interpreters_names_a_script_by_its_hash(tmp_path: Path) -> None:
+    script = write(tmp_path / "script.py", "#!/usr/bin/env python3\n")
+    config = LinuxHostConfig(
+        kind="root", guard="Liberal"
+    )  # an earlier host.toml: no [interpreters]
+    assert program_subprin_on(config, script) == program_subprin(measure_file(script))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("#!/usr/bin/env ruby\n", "asks for 'ruby'"),
+        ("#!/usr/bin/env python3 -u\n", "NAME' scripts"),
+    ],
+)
+def test_what_the_host_would_refuse_is_refused(tmp_path: Path, text: str, message: str) -> None:
+    script = write(tmp_path / "script", text)
+    config = LinuxHostConfig(kind="root", guard="Liberal", interpreters={"python3": PYTHON})
+    with pytest.raises(ConfigError, match=message):
+        program_subprin_on(config, script)
+
+
+def test_a_directory_or_a_missing_file_is_refused(tmp_path: Path) -> None:
+    config = LinuxHostConfig(kind="root", guard="Liberal", interpreters={"python3": PYTHON})
+    with pytest.raises(ConfigError, match="program directory"):
+        program_subprin_on(config, tmp_path)
+    with pytest.raises(ConfigError, match="cannot measure"):
+        program_subprin_on(config, tmp_path / "missing")
+
+
+def test_an_interpreter_others_can_write_is_refused(tmp_path: Path) -> None:
+    fake = tmp_path / "python3"
+    shutil.copy(os.path.realpath(PYTHON), fake)
+    fake.chmod(0o777)
+    script = write(tmp_path / "script.py", "#!/usr/bin/env python3\n")
+    config = LinuxHostConfig(kind="root", guard="Liberal", interpreters={"python3": str(fake)})
+    with pytest.raises(ConfigError, match="interpreter"):
+        program_subprin_on(config, script)
