@@ -14,7 +14,7 @@ import trio
 from taonet import AuthorizationError, ConfigError, auth
 from taonet.domain import measure_file, program_subprin
 from taonet.hosts.linux import AdminClient, LinuxHostConfig
-from taonet.hosts.linux._naming import program_subprin_on
+from taonet.hosts.linux._naming import host_config_at, program_rule_on, program_subprin_on
 from tests.conftest import MakeDomain
 from tests.hosts.linux_helpers import init_root, open_root
 
@@ -115,3 +115,15 @@ def test_an_interpreter_others_can_write_is_refused(tmp_path: Path) -> None:
     config = LinuxHostConfig(kind="root", guard="Liberal", interpreters={"python3": str(fake)})
     with pytest.raises(ConfigError, match="interpreter"):
         program_subprin_on(config, script)
+
+
+def test_the_rule_for_a_host_directory_or_none(tmp_path: Path, make_domain: MakeDomain) -> None:
+    script = write(tmp_path / "script.py", "#!/usr/bin/env python3\n")
+    assert host_config_at(tmp_path / "host") is None
+    by_hash = program_rule_on(None, script)
+    assert str(by_hash) == rule(program_subprin(measure_file(script)))
+    init_root(tmp_path / "host", domain=make_domain(), interpreters={"python3": PYTHON})
+    config = host_config_at(tmp_path / "host")
+    assert config is not None
+    assert str(program_rule_on(config, script)) == rule(program_subprin_on(config, script))
+    assert program_rule_on(config, script) != by_hash

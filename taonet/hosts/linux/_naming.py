@@ -11,7 +11,10 @@ when the kernel runs it, ``Script([h], "/interpreter", [i])`` when the host's
 interpreter does. It reads the file and measures the interpreter as the host does
 (the same functions), and raises ConfigError for what it cannot name: a program
 directory (its manifest comes from a walk as the caller; name it with a rule), or a
-script asking for an interpreter the host does not offer.
+script asking for an interpreter the host does not offer. :func:`program_rule_on`
+is the guard rule that lets it execute, and :func:`host_config_at` reads the
+``host.toml`` of a host directory if there is one (``taonet domain policy
+--add-program`` names programs as the domain's host does once that host exists).
 """
 
 from __future__ import annotations
@@ -22,11 +25,28 @@ from pathlib import Path
 from taonet import auth
 from taonet._errors import ConfigError, HostError
 from taonet.domain import measure_file, program_subprin
-from taonet.hosts.linux._config import LinuxHostConfig
+from taonet.hosts.linux._config import CONFIG_FILE, LinuxHostConfig
 from taonet.hosts.linux._interpreters import SHEBANG_BYTES, check_interpreter, choose_interpreter
 from taonet.hosts.linux._process import PreparedProgram
 
-__all__ = ["program_subprin_on"]
+__all__ = ["host_config_at", "program_rule_on", "program_subprin_on"]
+
+
+def host_config_at(directory: str | os.PathLike[str]) -> LinuxHostConfig | None:
+    """The configuration of the host in ``directory``; None if it holds no host.toml."""
+    if not (Path(directory) / CONFIG_FILE).is_file():
+        return None
+    return LinuxHostConfig.load(Path(directory))
+
+
+def program_rule_on(config: LinuxHostConfig | None, path: str | os.PathLike[str]) -> auth.Form:
+    """``Authorized(ext.NAME, "Execute")`` for the program file ``path`` as the host of
+    ``config`` names it; with no host (None), by the file's hash, ``Program([h])``."""
+    if config is None:
+        ext = program_subprin(measure_file(Path(path)))
+    else:
+        ext = program_subprin_on(config, path)
+    return auth.Pred("Authorized", (auth.PrinTail(ext), auth.Str("Execute")))
 
 
 def program_subprin_on(config: LinuxHostConfig, path: str | os.PathLike[str]) -> auth.SubPrin:
