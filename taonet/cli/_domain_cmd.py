@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from taonet import CodecError, ConfigError, auth, certs
-from taonet.cli._failures import NotFoundError, UsageError
+from taonet.cli._failures import NotFoundError, UsageError, is_missing
 from taonet.cli._output import add_output_option, emit, iso_time
 from taonet.cli._password import add_password_option, get_password
 from taonet.crypto import Signer
@@ -167,7 +167,7 @@ def domain_dir(args: argparse.Namespace) -> Path:
     if args.domain is None:
         raise UsageError("no domain: give --domain DIR or set TAO_DOMAIN")
     path: Path = args.domain
-    if not path.is_dir():
+    if is_missing(path):
         raise NotFoundError(f"no domain at {path}: no such directory")
     return path
 

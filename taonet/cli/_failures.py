@@ -34,6 +34,7 @@ __all__ = [
     "UsageError",
     "describe",
     "exit_status",
+    "is_missing",
     "leaves",
 ]
 
@@ -151,6 +152,18 @@ def exit_status(exc: BaseException) -> ExitStatus:
             return ExitStatus.UNAVAILABLE if connecting else ExitStatus.NOT_FOUND
         break
     return ExitStatus.ERROR
+
+
+def is_missing(path: str | os.PathLike[str]) -> bool:
+    """True only if nothing is at ``path`` (not when it cannot be looked at): a path
+    behind a closed directory is left to the command, whose error says so."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from taonet import ConfigError, HostError
 from taonet.cli._domain_cmd import add_domain_option
-from taonet.cli._failures import NotFoundError, UsageError
+from taonet.cli._failures import NotFoundError, UsageError, is_missing
 from taonet.cli._host_start import (
     START_TIMEOUT,
     ready_fd,
@@ -35,7 +35,7 @@ from taonet.cli._host_start import (
 )
 from taonet.cli._output import add_output_option, emit
 from taonet.cli._password import add_password_option, get_password
-from taonet.cli._programs_cmd import admin_call, list_programs, signal_programs
+from taonet.cli._programs_cmd import SHORT_ID, admin_call, list_programs, signal_programs
 from taonet.hosts.linux import (
     ADMIN_SOCKET,
     LOCK_FILE,
@@ -67,7 +67,7 @@ def host_dir(args: argparse.Namespace) -> Path:
 def existing_host_dir(args: argparse.Namespace) -> Path:
     """The host directory, which must exist (NotFoundError: exit 3)."""
     directory = host_dir(args)
-    if not directory.is_dir():
+    if is_missing(directory):
         raise NotFoundError(f"no Linux host directory at {directory}")
     return directory
 
@@ -462,7 +462,8 @@ def _run(args: argparse.Namespace) -> int:
         info = await admin.start(
             program, args.args, cwd=cwd, env=env, stdin=0, stdout=1, stderr=2, entry=args.entry
         )
-        print(f"taonet: started {info.name} (pid {info.pid})", file=sys.stderr, flush=True)
+        short = f", id {info.instance_id[:SHORT_ID]}" if info.instance_id else ""
+        print(f"taonet: started {info.name} (pid {info.pid}){short}", file=sys.stderr, flush=True)
         if args.wait:
             return await admin.wait(f"pid:{info.pid}")
         return info

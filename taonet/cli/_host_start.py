@@ -19,8 +19,6 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
-import structlog
-
 from taonet import ConfigError, HostError
 from taonet.cli._password import get_password
 from taonet.cli._reexec import child_environment, taonet_argv
@@ -33,8 +31,6 @@ __all__ = [
     "start_background",
     "start_foreground",
 ]
-
-log = structlog.get_logger(__name__)
 
 #: How long ``taonet host start`` waits for a background host to say it serves.
 START_TIMEOUT: Final = 60.0
@@ -136,10 +132,13 @@ def _run_host(
     """Open the host and serve until SIGINT or SIGTERM, then stop it in order; the
     signal's name, or None if it stopped otherwise (``taonet host stop``)."""
     stopped_by: list[str] = []
+    import structlog
     import trio
 
     from taonet.hosts import parent
     from taonet.hosts.linux import LinuxHost
+
+    log = structlog.get_logger(__name__)
 
     async def main() -> None:
         if config.kind == "root":

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from taonet.cli._failures import AmbiguousError, NotFoundError
+from taonet.cli._failures import AmbiguousError, NotFoundError, is_missing
 from taonet.cli._output import emit, iso_time
 from taonet.hosts.linux import (
     ADMIN_SOCKET,
@@ -52,7 +52,7 @@ def admin_call(directory: Path, action: Any) -> Any:
 
     from taonet.hosts.linux import AdminClient
 
-    if not directory.is_dir():
+    if is_missing(directory):
         raise NotFoundError(f"no Linux host directory at {directory}")
 
     async def main() -> Any:

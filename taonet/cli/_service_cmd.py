@@ -13,14 +13,10 @@ import argparse
 import signal
 from typing import Any
 
-import structlog
-
 from taonet import ConfigError, configure_logging
 from taonet.cli._domain_cmd import add_domain_option, domain_dir
 from taonet.cli._failures import UsageError, describe, leaves
 from taonet.cli._password import add_password_option, get_password
-
-log = structlog.get_logger(__name__)
 
 
 def register(sub: Any) -> None:
@@ -68,9 +64,12 @@ def _run(args: argparse.Namespace) -> int:
     An address that cannot be listened on (in use, not this machine's, unknown
     name) is a ConfigError, said in one line like every other error.
     """
+    import structlog
     import trio
 
     from taonet_services.domain_service import DomainService
+
+    log = structlog.get_logger(__name__)
 
     directory = domain_dir(args)
     host, port = parse_listen(args.listen)
