@@ -1,4 +1,4 @@
-"""``taonet domain init|policy|principal|audit|revoke|crl``: create and administer a domain.
+"""``taonet domain init|policy|show|principal|audit|revoke|crl``: create and administer a domain.
 
 Each prints for people, or with ``-o json`` one JSON document (see
 :mod:`taonet.cli._output`): certificate serials, up to 160 bits, as decimal strings.
@@ -107,6 +107,13 @@ def register(sub: Any) -> None:
     add_password_option(pol)
     add_output_option(pol)
     pol.set_defaults(func=_policy)
+
+    show = cmds.add_parser(
+        "show", help="show the domain: name, policy key, guard, validity, signed serial"
+    )
+    add_domain_option(show)
+    add_output_option(show)
+    show.set_defaults(func=_show)
 
     prin = cmds.add_parser("principal", help="print the name a program would get")
     add_domain_option(prin)
@@ -318,6 +325,35 @@ def _policy(args: argparse.Namespace) -> int:
             print(rule)
 
     emit(args, report, text)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    domain = load_domain(args)
+    rules = domain.guard.rules if isinstance(domain.guard, ACLGuard) else None
+    crl = crl_path(domain.path)
+    audit = audit_path(domain.path)
+    document = {
+        "domain": str(domain.path),
+        "name": domain.config.name,
+        "policy_principal": str(domain.policy_principal),
+        "guard": domain.config.guard,
+        "guard_principal": str(domain.guard.subprincipal()),
+        "rules": None if rules is None else len(rules),
+        "host_validity_days": domain.config.host_validity_days,
+        "program_validity_days": domain.config.program_validity_days,
+        "config_serial": domain.config_serial,
+        "crl": str(crl) if crl.exists() else None,
+        "audit_log": str(audit) if audit.exists() else None,
+    }
+
+    def text() -> None:
+        width = max(len(key) for key in document) + 1
+        for key, value in document.items():
+            shown = "-" if value is None else value
+            print(f"{(key.replace('_', ' ') + ':').ljust(width + 1)} {shown}")
+
+    emit(args, document, text)
     return 0
 
 

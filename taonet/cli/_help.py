@@ -35,6 +35,10 @@ EXAMPLES: Final[dict[tuple[str, ...], tuple[str, ...]]] = {
         "taonet domain policy --domain ./domain --allow 'Authorized(key([0a0b]), \"Read\")'",
         "taonet domain policy --domain ./domain --show -o json",
     ),
+    ("domain", "show"): (
+        "taonet domain show --domain ./domain",
+        "taonet domain show --domain ./domain -o json | jq -r .policy_principal",
+    ),
     ("domain", "principal"): (
         "taonet domain principal --domain ./domain --program ./server.py",
         "taonet domain principal --domain ./domain --program ./server.py -o json",
