@@ -14,7 +14,7 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
@@ -23,6 +23,7 @@ import pytest  # noqa: E402
 if TYPE_CHECKING:
     from taonet.domain import Domain
     from taonet.hosts import SoftHost
+    from tests.pg import PgServer
 
 #: The ``make_domain`` fixture: a fresh domain, template fields as keywords.
 MakeDomain = Callable[..., "Domain"]
@@ -75,3 +76,26 @@ def make_host(tmp_path: Path) -> MakeHost:
         return host
 
     return make
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PgServer]:
+    """A real PostgreSQL 15 for the session (see tests/pg.py); skips (fails in CI) without it."""
+    from tests.pg import PgServer, binaries_or_skip
+
+    binaries_or_skip()
+    server = PgServer()
+    try:
+        server.start()
+        server.create_template()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PgServer) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL; its URL (unix socket, role postgres)."""
+    url = postgres_server.fresh_database()
+    yield url
+    postgres_server.drop_database(url)
