@@ -1,0 +1,107 @@
+"""The original's ``protected_objects`` proto2 messages, built without protoc.
+
+Declared as data and turned into message classes at import time, as
+:mod:`taonet.wire` does for the Tao messages, in their own descriptor pool and
+proto package (``protected_objects``). Every ``string`` field of the original is
+declared here as ``bytes``: the wire encoding is the same (length-delimited), and
+the codec then decodes UTF-8 strictly itself, so a name that is not UTF-8 is a
+:class:`~taonet.CodecError` and not whatever the protobuf runtime does with it.
+
+These classes are internal: the public API is the attrs values of ``_objects``
+and the functions of ``_codec``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
+
+from taonet._errors import CodecError
+
+__all__ = ["MAX_STORE_BYTES", "message_class", "parse", "serialize"]
+
+_F = descriptor_pb2.FieldDescriptorProto
+_OPT, _REQ, _REP = _F.LABEL_OPTIONAL, _F.LABEL_REQUIRED, _F.LABEL_REPEATED
+_SCALARS: Final = {"bytes": _F.TYPE_BYTES, "int32": _F.TYPE_INT32}
+_PACKAGE: Final = "protected_objects"
+
+# protected_objects.proto of the original (strings declared as bytes, see above).
+_SCHEMA: Final[dict[str, list[tuple[str, int, int, str]]]] = {
+    "object_id_message": [("obj_name", 1, _REQ, "bytes"), ("obj_epoch", 2, _OPT, "int32")],
+    "object_message": [
+        ("obj_id", 1, _REQ, "object_id_message"),
+        ("obj_type", 2, _OPT, "bytes"),
+        ("obj_status", 3, _OPT, "bytes"),
+        ("not_before", 4, _OPT, "bytes"),
+        ("not_after", 5, _OPT, "bytes"),
+        ("obj_val", 6, _OPT, "bytes"),
+    ],
+    "node_message": [
+        ("protected_obj_id", 1, _REQ, "object_id_message"),
+        ("protector_obj_id", 2, _OPT, "object_id_message"),
+    ],
+    "protected_object_message": [
+        ("protected_obj_id", 1, _REQ, "object_id_message"),
+        ("protector_obj_id", 2, _OPT, "object_id_message"),
+        ("blob", 3, _OPT, "bytes"),
+    ],
+    "object_store_message": [("objects", 1, _REP, "object_message")],
+    "node_store_message": [("node_objects", 1, _REP, "node_message")],
+    "protected_object_store_message": [("protected_objects", 1, _REP, "protected_object_message")],
+}
+
+#: Largest store message decoded at all (a single object is bounded tighter by the codec).
+MAX_STORE_BYTES: Final = 20 * 1024 * 1024
+
+
+def _build() -> dict[str, type[Message]]:
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="taonet/protected_objects.proto", package=_PACKAGE, syntax="proto2"
+    )
+    for msg_name, fields in _SCHEMA.items():
+        msg = fdp.message_type.add(name=msg_name)
+        for field_name, number, label, type_name in fields:
+            field = msg.field.add(name=field_name, number=number, label=label)
+            if type_name in _SCALARS:
+                field.type = _SCALARS[type_name]
+            else:
+                field.type = _F.TYPE_MESSAGE
+                field.type_name = f".{_PACKAGE}.{type_name}"
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
+        for name in _SCHEMA
+    }
+
+
+_MESSAGES: Final = _build()
+
+
+def message_class(name: str) -> Any:
+    """The message class ``name`` (typed Any: built at run time)."""
+    return _MESSAGES[name]
+
+
+def parse(name: str, data: bytes, *, limit: int, what: str) -> Any:
+    """Decode ``data`` (at most ``limit`` bytes) as ``name``; CodecError and nothing else."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CodecError(f"{what}: expected bytes, got {type(data).__name__}")
+    if len(data) > limit:
+        raise CodecError(f"{what}: {len(data)} bytes is over the {limit}-byte limit")
+    msg = _MESSAGES[name]()
+    try:
+        msg.ParseFromString(bytes(data))
+    except (DecodeError, RuntimeError, ValueError, TypeError, OverflowError) as exc:
+        raise CodecError(f"{what}: malformed protobuf: {exc}") from None
+    errors: list[str] = []
+    if not msg.IsInitialized(errors):  # type: ignore[call-arg]
+        raise CodecError(f"{what}: missing required field(s): {', '.join(errors)}")
+    return msg
+
+
+def serialize(msg: Message) -> bytes:
+    """Serialize deterministically (fields in number order)."""
+    return msg.SerializeToString(deterministic=True)
