@@ -35,11 +35,11 @@ def test_auth_parse_encode_decode(capsys: pytest.CaptureFixture[str]) -> None:
         ("auth", "decode", VECTOR + "AA"),
     ],
 )
-def test_auth_errors_are_one_line_and_exit_2(
+def test_auth_errors_are_one_line_and_exit_1(
     capsys: pytest.CaptureFixture[str], args: tuple[str, ...]
 ) -> None:
     code, out, err = taonet_main(capsys, *args)
-    assert code == 2
+    assert code == 1  # bad data
     assert out == ""
     assert err.startswith("taonet: error: ")
     assert err.count("\n") == 1
@@ -120,15 +120,17 @@ def test_domain_errors(
     d = str(tmp_path / "dom")
     assert taonet_main(capsys, "domain", "init", d, "--password-file", pw)[0] == 0
     cases = [
-        (("domain", "init", d, "--password-file", pw), "already holds a domain"),
-        (("domain", "policy", "--show"), "no domain"),
+        (("domain", "init", d, "--password-file", pw), "already holds a domain", 1),
+        (("domain", "policy", "--show"), "no domain", 2),
         (
             ("domain", "policy", "--domain", d, "--allow", "Authorized(", "--password-file", pw),
             "not a formula",
+            2,
         ),
         (
             ("domain", "policy", "--domain", d, "--retract", "true", "--password-file", pw),
             "no rule",
+            3,
         ),
         (
             (
@@ -137,11 +139,12 @@ def test_domain_errors(
                 "--domain",
                 d,
                 "--allow",
-                "true",
+                'Authorized(key([0a]), "Read")',
                 "--password-file",
                 str(password_file(tmp_path, "wrong")),
             ),
             "password",
+            4,
         ),
         (
             (
@@ -154,16 +157,23 @@ def test_domain_errors(
                 "--password-file",
                 pw,
             ),
-            "cannot measure",
+            "no such file",
+            3,
         ),
         (
             ("domain", "principal", "--domain", str(tmp_path), "--program", pw),
             "not a domain directory",
+            3,
+        ),
+        (
+            ("domain", "principal", "--domain", str(tmp_path / "gone"), "--program", pw),
+            "no domain at",
+            3,
         ),
     ]
-    for args, message in cases:
+    for args, message, status in cases:
         code, _out, err = taonet_main(capsys, *args)
-        assert code == 2, args
+        assert code == status, (args, err)
         assert message in err, (args, err)
         assert err.count("\n") == 1
     # A failed change left the rules as they were.
@@ -191,7 +201,7 @@ def test_password_needs_a_terminal_or_a_file(
     monkeypatch.setattr(sys, "stdin", open("/dev/null"))  # noqa: SIM115
     code, _, err = taonet_main(capsys, "domain", "init", str(tmp_path / "d"))
     sys.stdin.close()
-    assert code == 2
+    assert code == 2  # usage: say --password-file
     assert "--password-file" in err
 
 
@@ -213,7 +223,7 @@ def test_console_script_runs_without_traceback(tmp_path: Path) -> None:
         timeout=60,
         check=False,
     )
-    assert bad.returncode == 2
+    assert bad.returncode == 1
     assert "Traceback" not in bad.stderr
     assert bad.stderr.startswith("taonet: error:")
 
@@ -226,11 +236,25 @@ def test_domain_service_arguments(
     assert parse_listen("127.0.0.1:8124") == ("127.0.0.1", 8124)
     assert parse_listen("[::1]:0") == ("::1", 0)
     assert parse_listen(":9") == ("127.0.0.1", 9)
+    assert parse_listen("[::1]:443") == ("::1", 443)
+    assert parse_listen("[2001:db8::7]:65535") == ("2001:db8::7", 65535)
+    assert parse_listen("localhost:0") == ("localhost", 0)
     monkeypatch.delenv("TAO_DOMAIN", raising=False)
+    here = str(tmp_path)
     for args, message in [
         (("domain-service",), "no domain"),
-        (("domain-service", "--domain", str(tmp_path), "--listen", "nope"), "HOST:PORT"),
-        (("domain-service", "--domain", str(tmp_path), "--listen", "h:99999"), "HOST:PORT"),
+        (("domain-service", "--domain", here, "--listen", "nope"), "HOST:PORT"),
+        (("domain-service", "--domain", here, "--listen", "h:99999"), "port 99999 is out of range"),
+        (
+            ("domain-service", "--domain", here, "--listen", "localhost:99999"),
+            "port 99999 is out of range (0 to 65535)",
+        ),
+        (("domain-service", "--domain", here, "--listen", "[::1]:65536"), "out of range"),
+        (("domain-service", "--domain", here, "--listen", "::1:443"), "[::1]:8124"),
+        (("domain-service", "--domain", here, "--listen", "[::1]443"), "[ADDRESS]:PORT"),
+        (("domain-service", "--domain", here, "--listen", "[]:443"), "no address"),
+        (("domain-service", "--domain", here, "--listen", "h:x1"), "is not a number"),
+        (("domain-service", "--domain", here, "--listen", "h:\u0661"), "is not a number"),
     ]:
         code, _, err = taonet_main(capsys, *args)
         assert code == 2
