@@ -303,9 +303,9 @@ async def trio_round(
                 continue  # measured with tao
             if name == "tao":
                 abba = ("tao", "tao_crl", "tao_crl", "tao")
-                rates = [await trio_bulk_rate(connects[n], total, chunk) for n in abba]
-                out["tao_bulk_mb_per_s"] = (rates[0] + rates[3]) / 2
-                out["tao_crl_bulk_mb_per_s"] = (rates[1] + rates[2]) / 2
+                bulk = [await trio_bulk_rate(connects[n], total, chunk) for n in abba]
+                out["tao_bulk_mb_per_s"] = (bulk[0] + bulk[3]) / 2
+                out["tao_crl_bulk_mb_per_s"] = (bulk[1] + bulk[2]) / 2
             else:
                 out[f"{name}_bulk_mb_per_s"] = await trio_bulk_rate(connects[name], total, chunk)
         nursery.cancel_scope.cancel()
