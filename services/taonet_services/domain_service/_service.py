@@ -7,16 +7,18 @@ It holds the policy key (unlocked with the operator's password at start-up) and:
   program certificate it issues itself at start-up; clients may be anonymous (they
   have no certificate yet);
 * answers ``DomainService.Certify`` requests through :class:`taonet.domain.ProgramCertifier`
-  (every attestation validated fully, the key matched, the guard asked) and
-  ``DomainService.GetCRL`` requests with a CRL signed by the policy key;
+  (every attestation validated fully, the key matched, the guard asked),
+  ``DomainService.GetCRL`` requests with a CRL signed by the policy key, and
+  ``DomainService.WatchCRL`` long polls, answered as soon as that CRL is newer than
+  the client's (bounded per address and in all: see ``_watch``);
 * records every issued certificate in full, durably (the row is committed
   before the certificate is sent), and every refusal, in the append-only audit
   log (``DIR/audit.sqlite``), from which revocations (``taonet domain revoke``) are
   read.
 
 The protocol is the protorpc envelope (:class:`taonet.wire.Envelope`): a request is
-a header frame naming the method (``DomainService.Certify`` or
-``DomainService.GetCRL``) and a ``DomainServiceRequest`` body frame; the answer is a
+a header frame naming the method (``DomainService.Certify``,
+``DomainService.GetCRL`` or ``DomainService.WatchCRL``) and a ``DomainServiceRequest`` body frame; the answer is a
 header and a ``DomainServiceResponse`` body. A refusal is a normal answer whose body
 carries a typed ``error_code`` and a ``reason``, and the connection stays open for
 the next request (but after ``rate_limited``). A request that breaks the protocol (a
