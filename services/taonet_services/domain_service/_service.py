@@ -18,8 +18,9 @@ It holds the policy key (unlocked with the operator's password at start-up) and:
 
 The protocol is the protorpc envelope (:class:`taonet.wire.Envelope`): a request is
 a header frame naming the method (``DomainService.Certify``,
-``DomainService.GetCRL`` or ``DomainService.WatchCRL``) and a ``DomainServiceRequest`` body frame; the answer is a
-header and a ``DomainServiceResponse`` body. A refusal is a normal answer whose body
+``DomainService.GetCRL`` or ``DomainService.WatchCRL``) and a
+``DomainServiceRequest`` body frame; the answer is a header and a
+``DomainServiceResponse`` body. A refusal is a normal answer whose body
 carries a typed ``error_code`` and a ``reason``, and the connection stays open for
 the next request (but after ``rate_limited``). A request that breaks the protocol (a
 body that does not decode, a body over its limit, an unknown method) gets an
