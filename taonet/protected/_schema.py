@@ -6,6 +6,10 @@ proto package (``protected_objects``). Every ``string`` field of the original is
 declared here as ``bytes``: the wire encoding is the same (length-delimited), and
 the codec then decodes UTF-8 strictly itself, so a name that is not UTF-8 is a
 :class:`~taonet.CodecError` and not whatever the protobuf runtime does with it.
+Likewise ``obj_epoch`` (an ``int32``) is read as ``uint64``: both are varints and a
+valid epoch (1 .. 2**31-1) has the same bytes either way, but an ``int32`` reader
+would cut 2**32+1 down to 1 and read Go's 10-byte negative numbers as negative;
+read whole, every epoch outside the range is seen and refused.
 
 These classes are internal: the public API is the attrs values of ``_objects``
 and the functions of ``_codec``.
@@ -24,12 +28,12 @@ __all__ = ["MAX_STORE_BYTES", "message_class", "parse", "serialize"]
 
 _F = descriptor_pb2.FieldDescriptorProto
 _OPT, _REQ, _REP = _F.LABEL_OPTIONAL, _F.LABEL_REQUIRED, _F.LABEL_REPEATED
-_SCALARS: Final = {"bytes": _F.TYPE_BYTES, "int32": _F.TYPE_INT32}
+_SCALARS: Final = {"bytes": _F.TYPE_BYTES, "uint64": _F.TYPE_UINT64}
 _PACKAGE: Final = "protected_objects"
 
 # protected_objects.proto of the original (strings declared as bytes, see above).
 _SCHEMA: Final[dict[str, list[tuple[str, int, int, str]]]] = {
-    "object_id_message": [("obj_name", 1, _REQ, "bytes"), ("obj_epoch", 2, _OPT, "int32")],
+    "object_id_message": [("obj_name", 1, _REQ, "bytes"), ("obj_epoch", 2, _OPT, "uint64")],
     "object_message": [
         ("obj_id", 1, _REQ, "object_id_message"),
         ("obj_type", 2, _OPT, "bytes"),

@@ -24,10 +24,13 @@ MAX_TIME_CHARS: Final = 100
 
 _DATE: Final = r"(\d{4})-(\d{2})-(\d{2})"
 _CLOCK: Final = r"(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-_RFC3339: Final = re.compile(_DATE + r"[Tt]" + _CLOCK + r"(?:([Zz])|([+-])(\d{2}):(\d{2}))")
+_RFC3339: Final = re.compile(
+    _DATE + r"[Tt]" + _CLOCK + r"(?:([Zz])|([+-])(\d{2}):(\d{2}))", re.ASCII
+)
 _GO: Final = re.compile(
     _DATE + " " + _CLOCK + r" ([+-])(\d{2})(\d{2}) ([A-Za-z]{1,10}|[+-]\d{2}(?:\d{2})?)"
-    r"(?: m=[+-]\d{1,20}(?:\.\d{1,9})?)?"
+    r"(?: m=[+-]\d{1,20}(?:\.\d{1,9})?)?",
+    re.ASCII,  # \d is [0-9] only, not every Unicode digit
 )
 
 
