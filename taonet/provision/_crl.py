@@ -14,15 +14,30 @@ Every CRL from the service is verified against the policy certificate before it
 is taken, and never one older than the CRL held (see
 :class:`~taonet.channel.CRLSource`): the service is trusted to be available, not
 to be honest.
+
+With ``cache``, the watcher writes each CRL it takes to that file (atomically) and
+reads it back when it starts, before it asks the service: a program restarted
+while the domain service is down still has the last CRL until that CRL's
+nextUpdate. What is read back is verified like anything from the service (an
+expired or foreign file is logged and ignored); whoever can replace the file can
+at most hand a restarted program an older CRL of this domain, still within its
+nextUpdate, until the service answers.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Final
 
-from taonet._errors import CodecError, ProtocolError
+import structlog
+import trio
+
+from taonet._errors import AuthenticationError, CodecError, ConfigError, ProtocolError
+from taonet._files import atomic_write, read_file
+from taonet.certs import MAX_CRL_BYTES
 from taonet.channel import DEFAULT_REFRESH_INTERVAL, DEFAULT_REFRESH_JITTER, CRLSource
 from taonet.provision._client import OP_GET_CRL, _anonymous, _exchange
 from taonet.wire import message_class
@@ -42,6 +57,8 @@ WATCH_TIMEOUT: Final = 20.0
 #: A watch the service will not hold: too many from this address or in all.
 ERROR_TOO_MANY_WATCHES: Final = "too_many_watches"
 _MAX_NUMBER_BYTES: Final = 20
+
+log = structlog.get_logger(__name__)
 
 
 def encode_crl_number(number: int) -> bytes:
@@ -91,7 +108,8 @@ class RevocationWatcher(CRLSource):
     :func:`~taonet.provision.load_or_provision`. It refreshes every
     ``refresh_interval`` seconds (with ``jitter``), on :meth:`refresh`, and, unless
     ``watch`` is False, as soon as the service publishes a newer CRL (the long
-    poll, module docstring).
+    poll, module docstring). With ``cache`` (a file path), the CRL held survives a
+    restart (module docstring).
     """
 
     def __init__(
@@ -102,10 +120,13 @@ class RevocationWatcher(CRLSource):
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
         jitter: float = DEFAULT_REFRESH_JITTER,
         watch: bool = True,
+        cache: str | os.PathLike[str] | None = None,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         host, port = domain_service
         self.domain_service: Final = (host, port)
+        #: Where the CRL held is kept across restarts (None: nowhere).
+        self.cache: Final = Path(cache) if cache is not None else None
 
         async def fetch() -> bytes:
             return await fetch_crl_der(host, port, policy_cert)
@@ -121,3 +142,37 @@ class RevocationWatcher(CRLSource):
             jitter=jitter,
             clock=clock,
         )
+
+    async def update(self, crl_der: bytes) -> bool:
+        """Take ``crl_der`` as :meth:`CRLSource.update` does; write it to the cache if taken."""
+        changed = await super().update(crl_der)
+        if changed and self.cache is not None:
+            cache = self.cache
+            try:
+                await trio.to_thread.run_sync(lambda: atomic_write(cache, crl_der, mode=0o644))
+            except (OSError, ConfigError) as exc:
+                log.warning("crl_cache_failed", path=str(cache), reason=str(exc)[:300])
+        return changed
+
+    async def load_cache(self) -> bool:
+        """Take the cached CRL, if there is one that verifies; True if it was taken."""
+        cache = self.cache
+        if cache is None or self.crl is not None:
+            await trio.lowlevel.checkpoint()
+            return False
+        try:
+            der = await trio.to_thread.run_sync(lambda: read_file(cache, limit=MAX_CRL_BYTES))
+        except ConfigError as exc:
+            if not isinstance(exc.__cause__, FileNotFoundError):
+                log.warning("crl_cache_unreadable", path=str(cache), reason=str(exc)[:300])
+            return False
+        try:
+            return await CRLSource.update(self, der)
+        except AuthenticationError as exc:
+            log.warning("crl_cache_refused", path=str(cache), reason=str(exc)[:300])
+            return False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load the cache (if any), then keep the CRL current (see :meth:`CRLSource.run`)."""
+        await self.load_cache()
+        await super().run(task_status=task_status)

@@ -52,7 +52,9 @@ async def run_server(
 ) -> None:
     """Provision or unseal, then serve on 127.0.0.1 (a free port, given to task_status)."""
     async with trio.open_nursery() as nursery:
-        crl = RevocationWatcher(policy_cert, domain_service)
+        # The CRL is kept in the state directory too, for a restart while the
+        # domain service is down.
+        crl = RevocationWatcher(policy_cert, domain_service, cache=state_dir / "crl.der")
         await nursery.start(crl.run)
         revoked = "?" if crl.crl is None else len(crl.crl)
         say(f"keeps the domain's CRL current ({revoked} revoked certificate(s) now)")
