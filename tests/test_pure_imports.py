@@ -15,6 +15,7 @@ PURE = [
     "taonet.wire",
     "taonet.certs",
     "taonet.domain",
+    "taonet.audit",
     "taonet.protected",
 ]
 

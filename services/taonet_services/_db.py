@@ -379,6 +379,7 @@ class Database:
 
     def __init__(self, backend: _Backend, *, pool_size: int) -> None:
         self._backend = backend
+        self._pool_size = pool_size
         self._limiter = trio.CapacityLimiter(pool_size)
         self._idle: list[Any] = []
         self._lock = threading.Lock()
@@ -400,6 +401,25 @@ class Database:
         conn = await trio.to_thread.run_sync(backend.connect, limiter=db._limiter)
         db._idle.append(conn)
         return db
+
+    @classmethod
+    def open_sync(cls, url: str | os.PathLike[str], *, pool_size: int = 4) -> Database:
+        """:meth:`open` for synchronous code (blocks; use :meth:`transaction_sync`)."""
+        if pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+        dialect, where = _parse_url(url)
+        backend: _Backend = _SQLite(where) if dialect == "sqlite" else _Postgres(where)
+        db = cls(backend, pool_size=pool_size)
+        db._idle.append(backend.connect())
+        return db
+
+    def close_sync(self) -> None:
+        """:meth:`aclose` for synchronous code."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            self._backend.close(conn)
 
     @property
     def dialect(self) -> Dialect:
@@ -451,9 +471,6 @@ class Database:
         keep = True
         try:
             return self._backend.run(conn, fn, write=write, serializable=serializable)
-        except StorageError:
-            keep = isinstance(self._backend, _SQLite) or _Postgres.healthy(conn)
-            raise
         except BaseException:
             keep = isinstance(self._backend, _SQLite) or _Postgres.healthy(conn)
             raise
@@ -472,18 +489,14 @@ class Database:
 
     def _give(self, conn: Any, keep: bool) -> None:
         with self._lock:
-            if keep and not self._closed:
+            if keep and not self._closed and len(self._idle) < self._pool_size:
                 self._idle.append(conn)
                 return
         self._backend.close(conn)
 
     async def aclose(self) -> None:
         """Close every connection; later transactions raise StorageError. Idempotent."""
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            self._backend.close(conn)
+        self.close_sync()
 
     async def __aenter__(self) -> Database:
         return self

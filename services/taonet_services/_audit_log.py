@@ -1,0 +1,375 @@
+"""An audit chain (:mod:`taonet.audit`) kept in a :class:`Database`.
+
+Three tables (names prefixed ``audit_``):
+
+* ``audit_entries``: one row per entry (``seq`` is the primary key), with the
+  ``prev_hash`` it links to and the ``entry_hash`` computed when it was written;
+* ``audit_checkpoints``: signed checkpoints;
+* ``audit_head``: one row, the chain's current head (seq, hash) and last
+  checkpoint. It is only a cache for appending: :meth:`AuditStore.verify` never
+  trusts it, it recomputes everything from the entries.
+
+Appending reads the head, writes the entry and moves the head in one
+transaction. The head row is the chain's lock: on SQLite every write
+transaction holds the database's write lock (``BEGIN IMMEDIATE``); on PostgreSQL
+the head is read ``FOR UPDATE``, so appends from several processes or replicas
+on one database serialize (each waits for the previous appender to commit) and
+the chain stays one line. The lock is held until the surrounding transaction
+commits: keep audited transactions short.
+
+:meth:`AuditStore.append_in` appends inside a caller's transaction (the cursor
+``Database.transaction`` passes to ``fn``), so the entry commits or rolls back
+with the write it records; :meth:`AuditStore.append` runs its own.
+
+With a ``signer``, a checkpoint over the new head is signed in the same
+transaction every ``checkpoint_every`` entries, or on the first append
+``checkpoint_interval`` seconds after the last checkpoint; :meth:`checkpoint`
+signs one now (services call it on shutdown, so that entries written last are
+covered: entries after the last checkpoint can be cut without a trace).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Final
+
+import attrs
+import structlog
+
+from taonet.audit import (
+    GENESIS,
+    AuditEntry,
+    AuditError,
+    AuditReason,
+    ChainSummary,
+    Checkpoint,
+    decode_details,
+    encode_details,
+    sign_checkpoint,
+    verify_chain,
+)
+from taonet.crypto import Signer, Verifier
+from taonet_services._db import Database, StorageError, StorageReason
+
+__all__ = ["SCHEMA_VERSION", "AuditStore", "schema_statements"]
+
+log = structlog.get_logger(__name__)
+
+#: The version of the audit tables this module writes (in ``taonet_schema``).
+SCHEMA_VERSION: Final = 1
+_COMPONENT: Final = "audit"
+_ENTRY_COLUMNS: Final = (
+    "seq, time_ns, kind, actor, subject, outcome, details, prev_hash, entry_hash"
+)
+_CHECKPOINT_COLUMNS: Final = "seq, head_hash, time_ns, signer, signer_key, signature"
+
+
+def schema_statements(dialect: str) -> list[str]:
+    """The CREATE statements of the audit tables for ``dialect``."""
+    blob = "BLOB" if dialect == "sqlite" else "BYTEA"
+    serial = "INTEGER PRIMARY KEY" if dialect == "sqlite" else "BIGSERIAL PRIMARY KEY"
+    return [
+        "CREATE TABLE IF NOT EXISTS taonet_schema ("
+        " component TEXT PRIMARY KEY, version INTEGER NOT NULL)",
+        f"""CREATE TABLE IF NOT EXISTS audit_entries (
+            seq BIGINT PRIMARY KEY,
+            time_ns BIGINT NOT NULL,
+            kind TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            details TEXT NOT NULL,
+            prev_hash {blob} NOT NULL,
+            entry_hash {blob} NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS audit_entries_kind ON audit_entries (kind, subject)",
+        f"""CREATE TABLE IF NOT EXISTS audit_checkpoints (
+            id {serial},
+            seq BIGINT NOT NULL,
+            head_hash {blob} NOT NULL,
+            time_ns BIGINT NOT NULL,
+            signer TEXT NOT NULL,
+            signer_key {blob} NOT NULL,
+            signature {blob} NOT NULL
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS audit_head (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            seq BIGINT NOT NULL,
+            hash {blob} NOT NULL,
+            checkpoint_seq BIGINT NOT NULL,
+            checkpoint_ns BIGINT NOT NULL
+        )""",
+    ]
+
+
+@attrs.frozen
+class _Head:
+    seq: int
+    hash: bytes
+    checkpoint_seq: int
+    checkpoint_ns: int
+
+
+class AuditStore:
+    """The audit chain in one database; open with :meth:`open` (or :meth:`open_sync`)."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        signer: Signer | None = None,
+        checkpoint_every: int = 100,
+        checkpoint_interval: float = 60.0,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        if checkpoint_every < 1:
+            raise ValueError("checkpoint_every must be at least 1")
+        if not checkpoint_interval > 0:
+            raise ValueError("checkpoint_interval must be positive")
+        self.db = db
+        self.signer = signer
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval_ns = int(checkpoint_interval * 1e9)
+        self.clock = clock
+        self._lock = " FOR UPDATE" if db.dialect == "postgresql" else ""
+
+    @classmethod
+    async def open(cls, db: Database, **options: Any) -> AuditStore:
+        """The chain in ``db``, creating its tables if missing (options: see the class)."""
+        store = cls(db, **options)
+        await db.transaction(store.create_in)
+        return store
+
+    @classmethod
+    def open_sync(cls, db: Database, **options: Any) -> AuditStore:
+        """:meth:`open` for synchronous code."""
+        store = cls(db, **options)
+        db.transaction_sync(store.create_in)
+        return store
+
+    def create_in(self, cur: Any) -> None:
+        """Create the tables (if missing) in the caller's transaction; check their version."""
+        sql = self.db.sql
+        if self.db.dialect == "postgresql":
+            # Replicas starting together: one creates the tables, the others wait.
+            cur.execute("SELECT pg_advisory_xact_lock(7461756)")
+        for statement in schema_statements(self.db.dialect):
+            cur.execute(statement)
+        cur.execute(sql("SELECT version FROM taonet_schema WHERE component = ?"), (_COMPONENT,))
+        row = cur.fetchone()
+        if row is None:
+            cur.execute(
+                sql("INSERT INTO taonet_schema (component, version) VALUES (?, ?)"),
+                (_COMPONENT, SCHEMA_VERSION),
+            )
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise StorageError(
+                f"database {self.db.where}: audit tables of version {row[0]}; this taonet"
+                f" reads version {SCHEMA_VERSION}",
+                reason=StorageReason.CORRUPT,
+            )
+        cur.execute(
+            sql(
+                "INSERT INTO audit_head (id, seq, hash, checkpoint_seq, checkpoint_ns)"
+                " VALUES (1, 0, ?, 0, ?) ON CONFLICT (id) DO NOTHING"
+            ),
+            (GENESIS, int(self.clock())),
+        )
+
+    # Appending.
+
+    def _head(self, cur: Any) -> _Head:
+        cur.execute(
+            "SELECT seq, hash, checkpoint_seq, checkpoint_ns FROM audit_head WHERE id = 1"  # noqa: S608
+            + self._lock  # a constant: "" or " FOR UPDATE"
+        )
+        row = cur.fetchone()
+        if row is None:
+            raise StorageError(
+                f"database {self.db.where}: the audit head is missing",
+                reason=StorageReason.CORRUPT,
+            )
+        return _Head(int(row[0]), bytes(row[1]), int(row[2]), int(row[3]))
+
+    def append_in(
+        self,
+        cur: Any,
+        *,
+        kind: str,
+        actor: str,
+        subject: str,
+        outcome: str,
+        details: Mapping[str, str] | None = None,
+    ) -> AuditEntry:
+        """Append an entry inside the caller's transaction; returns it (with its seq).
+
+        ValueError if a field is out of its bounds (cut text from outside with
+        :func:`taonet.audit.bounded` first). May sign a checkpoint (see the class).
+        """
+        head = self._head(cur)
+        now = int(self.clock())
+        entry = AuditEntry(
+            seq=head.seq + 1,
+            time_ns=now,
+            kind=kind,
+            actor=actor,
+            subject=subject,
+            outcome=outcome,
+            details=details or {},
+            prev_hash=head.hash,
+        )
+        digest = entry.hash
+        cur.execute(
+            self.db.sql(
+                f"INSERT INTO audit_entries ({_ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+            ),
+            (
+                entry.seq,
+                entry.time_ns,
+                entry.kind,
+                entry.actor,
+                entry.subject,
+                entry.outcome,
+                encode_details(entry.details),
+                entry.prev_hash,
+                digest,
+            ),
+        )
+        head = _Head(entry.seq, digest, head.checkpoint_seq, head.checkpoint_ns)
+        if self.signer is not None and (
+            head.seq - head.checkpoint_seq >= self.checkpoint_every
+            or now - head.checkpoint_ns >= self.checkpoint_interval_ns
+        ):
+            self._sign_in(cur, head, now)
+        else:
+            cur.execute(
+                self.db.sql("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1"),
+                (head.seq, head.hash),
+            )
+        return attrs.evolve(entry, recorded_hash=digest)
+
+    async def append(self, **fields: Any) -> AuditEntry:
+        """:meth:`append_in` in a transaction of its own; returns once committed."""
+        return await self.db.transaction(lambda cur: self.append_in(cur, **fields))
+
+    def append_sync(self, **fields: Any) -> AuditEntry:
+        """:meth:`append` for synchronous code."""
+        return self.db.transaction_sync(lambda cur: self.append_in(cur, **fields))
+
+    def _sign_in(self, cur: Any, head: _Head, now: int) -> Checkpoint:
+        assert self.signer is not None
+        cp = sign_checkpoint(self.signer, seq=head.seq, head_hash=head.hash, time_ns=now)
+        cur.execute(
+            self.db.sql(
+                f"INSERT INTO audit_checkpoints ({_CHECKPOINT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"  # noqa: S608
+            ),
+            (cp.seq, cp.head_hash, cp.time_ns, cp.signer, cp.signer_key, cp.signature),
+        )
+        cur.execute(
+            self.db.sql(
+                "UPDATE audit_head SET seq = ?, hash = ?, checkpoint_seq = ?, checkpoint_ns = ?"
+                " WHERE id = 1"
+            ),
+            (head.seq, head.hash, head.seq, now),
+        )
+        return cp
+
+    def checkpoint_in(self, cur: Any) -> Checkpoint | None:
+        """Sign the head now, unless it is already signed or the chain is empty."""
+        if self.signer is None:
+            raise ValueError("this audit store has no signer")
+        head = self._head(cur)
+        if head.seq == 0 or head.seq == head.checkpoint_seq:
+            return None
+        return self._sign_in(cur, head, int(self.clock()))
+
+    async def checkpoint(self) -> Checkpoint | None:
+        """:meth:`checkpoint_in` in a transaction of its own (call it on shutdown)."""
+        return await self.db.transaction(self.checkpoint_in)
+
+    def checkpoint_sync(self) -> Checkpoint | None:
+        return self.db.transaction_sync(self.checkpoint_in)
+
+    # Reading.
+
+    def entries_in(
+        self, cur: Any, *, since_seq: int = 0, limit: int | None = None
+    ) -> list[AuditEntry]:
+        """Entries after ``since_seq`` in seq order (at most ``limit``), as stored.
+
+        AuditError (MALFORMED) for a row that is not an entry at all (a field out of
+        bounds, details that are not a JSON object of strings).
+        """
+        query = f"SELECT {_ENTRY_COLUMNS} FROM audit_entries WHERE seq > ? ORDER BY seq"  # noqa: S608
+        params: tuple[int, ...] = (since_seq,)
+        if limit is not None:
+            query += " LIMIT ?"
+            params += (limit,)
+        cur.execute(self.db.sql(query), params)
+        return [_entry(row) for row in cur.fetchall()]
+
+    async def entries(self, *, since_seq: int = 0, limit: int | None = None) -> list[AuditEntry]:
+        return await self.db.transaction(
+            lambda cur: self.entries_in(cur, since_seq=since_seq, limit=limit), write=False
+        )
+
+    def checkpoints_in(self, cur: Any) -> list[Checkpoint]:
+        cur.execute(f"SELECT {_CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY seq, id")  # noqa: S608
+        result = []
+        for row in cur.fetchall():
+            try:
+                result.append(
+                    Checkpoint(
+                        seq=int(row[0]),
+                        head_hash=bytes(row[1]),
+                        time_ns=int(row[2]),
+                        signer=row[3],
+                        signer_key=bytes(row[4]),
+                        signature=bytes(row[5]),
+                    )
+                )
+            except (TypeError, ValueError) as exc:
+                seq = row[0] if isinstance(row[0], int) else 0
+                raise AuditError(
+                    f"checkpoint {seq} is malformed: {exc}", seq=seq, reason=AuditReason.MALFORMED
+                ) from None
+        return result
+
+    def verify_in(self, cur: Any, trusted: Collection[Verifier] | None = None) -> ChainSummary:
+        return verify_chain(self.entries_in(cur), self.checkpoints_in(cur), trusted)
+
+    async def verify(self, trusted: Collection[Verifier] | None = None) -> ChainSummary:
+        """Verify the whole chain as stored (see :func:`taonet.audit.verify_chain`)."""
+        # REPEATABLE READ-like view: one read transaction sees one state of the chain.
+        return await self.db.transaction(
+            lambda cur: self.verify_in(cur, trusted), write=False, serializable=True
+        )
+
+    def verify_sync(self, trusted: Collection[Verifier] | None = None) -> ChainSummary:
+        return self.db.transaction_sync(
+            lambda cur: self.verify_in(cur, trusted), write=False, serializable=True
+        )
+
+
+def _entry(row: tuple[Any, ...]) -> AuditEntry:
+    seq = row[0]
+    try:
+        return AuditEntry(
+            seq=int(seq),
+            time_ns=int(row[1]),
+            kind=row[2],
+            actor=row[3],
+            subject=row[4],
+            outcome=row[5],
+            details=decode_details(row[6]),
+            prev_hash=bytes(row[7]),
+            recorded_hash=bytes(row[8]),
+        )
+    except (TypeError, ValueError) as exc:
+        where = seq if isinstance(seq, int) and seq > 0 else 0
+        raise AuditError(
+            f"entry {seq} is malformed (edited?): {str(exc)[:200]}",
+            seq=where,
+            reason=AuditReason.MALFORMED,
+        ) from None

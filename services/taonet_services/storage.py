@@ -1,0 +1,18 @@
+"""Storage for services: one :class:`Database` over SQLite or PostgreSQL, and the audit chain.
+
+* :class:`Database`, :class:`StorageError`, :class:`StorageReason`: see
+  ``taonet_services._db``.
+* :class:`AuditStore`: a :mod:`taonet.audit` chain kept in a Database, appended
+  atomically with the writes it records, checkpointed with a service's key.
+"""
+
+from __future__ import annotations
+
+from taonet_services._audit_log import AuditStore
+from taonet_services._db import Cursor, Database, Dialect, StorageError, StorageReason
+
+__all__ = ["AuditStore", "Cursor", "Database", "Dialect", "StorageError", "StorageReason"]
+
+for _public in (AuditStore, Database, StorageError, StorageReason):
+    _public.__module__ = __name__
+del _public
