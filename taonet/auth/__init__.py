@@ -30,7 +30,8 @@ same type and key hash and the parent's extensions are a prefix of the child's
 Binary: tags 1-18 as in Go's ``binary.go``; see :mod:`taonet.auth._binary`.
 Parsing text or decoding bytes from outside raises :class:`taonet.CodecError`
 and nothing else, with sizes (``MAX_TEXT_SIZE``) and nesting (``MAX_DEPTH``)
-bounded.
+bounded. :func:`decode_base64` reads the base64 forms of the binary (url or
+standard alphabet, padded or not) and refuses anything else.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from taonet.auth._ast import (
     key_principal,
     principal_for_key,
 )
+from taonet.auth._base64 import decode_base64
 from taonet.auth._binary import (
     decode_form,
     decode_prin,
@@ -105,6 +107,7 @@ __all__ = [
     "SubPrin",
     "Term",
     "TermVar",
+    "decode_base64",
     "decode_form",
     "decode_prin",
     "decode_prinext",

@@ -11,7 +11,6 @@ import base64
 from typing import Any
 
 from taonet import auth
-from taonet.auth._base64 import decode_base64
 from taonet.cli._output import add_output_option, emit
 
 
@@ -55,8 +54,8 @@ def _encode(args: argparse.Namespace) -> int:
 
 def b64url_decode(text: str) -> bytes:
     """Decode base64url or standard base64, padded or not; CodecError for anything else
-    (see :func:`taonet.auth._base64.decode_base64`)."""
-    return decode_base64(text)
+    (see :func:`taonet.auth.decode_base64`)."""
+    return auth.decode_base64(text)
 
 
 def _decode(args: argparse.Namespace) -> int:

@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from taonet import CodecError, auth
-from taonet.auth._base64 import MAX_BASE64_CHARS, decode_base64
+from taonet.auth import decode_base64
+from taonet.auth._base64 import MAX_BASE64_CHARS
 from taonet.cli import main
 
 # formula text -> Go's URLEncoding, RawURLEncoding, StdEncoding, RawStdEncoding of its binary.
