@@ -31,9 +31,11 @@ find_python() { # X.Y -> path of an interpreter of that version, or nothing
         return
     fi
     # The newest patch release pyenv has (3.13.10 after 3.13.9), without its -dev/-debug builds.
-    for candidate in $(ls -d "$pyenv_root/versions/$want".* 2>/dev/null | grep -E '/[0-9]+\.[0-9]+\.[0-9]+$' | sort -t. -k3,3nr); do
-        if [ -x "$candidate/bin/python" ] && [ "$(version_of "$candidate/bin/python")" = "$want" ]; then
-            echo "$candidate/bin/python"
+    local release
+    for release in $(ls "$pyenv_root/versions" 2>/dev/null | grep -E "^${want//./\\.}\.[0-9]+\$" | sort -t. -k3,3nr); do
+        candidate=$pyenv_root/versions/$release/bin/python
+        if [ -x "$candidate" ] && [ "$(version_of "$candidate")" = "$want" ]; then
+            echo "$candidate"
             return
         fi
     done
