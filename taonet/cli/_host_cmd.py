@@ -446,12 +446,14 @@ def _run(args: argparse.Namespace) -> int:
     if os.sep not in program and not os.path.isdir(program):
         found = shutil.which(program)
         if found is None:
-            raise ConfigError(f"{program}: not found on PATH")
+            raise NotFoundError(f"{program}: not found on PATH")
         program = found
     program = str(Path(program).resolve())
+    if is_missing(program):
+        raise NotFoundError(f"{program}: no such file or directory")
     tree = os.path.isdir(program)
     if args.entry is not None and not tree:
-        raise ConfigError(f"--entry is for a program directory; {program} is not one")
+        raise UsageError(f"--entry is for a program directory; {program} is not one")
     # A program directory starts in its copy (the host decides) unless told otherwise.
     cwd = str(Path(args.cwd).resolve()) if args.cwd is not None else None
     if cwd is None and not tree:

@@ -190,6 +190,11 @@ def test_exit_statuses_by_kind(
          ExitStatus.NOT_FOUND),
         (("auth", "decode", "AAAA"), ExitStatus.ERROR),
         (("list", "--host", str(tmp_path)), ExitStatus.UNAVAILABLE),
+        (("stop", "x", "--host", str(tmp_path)), ExitStatus.UNAVAILABLE),
+        (("list", "--host", str(tmp_path / "nope")), ExitStatus.NOT_FOUND),
+        (("run", "--host", str(tmp_path), str(tmp_path / "nope.py")), ExitStatus.NOT_FOUND),
+        (("run", "--host", str(tmp_path), "no-such-command-h10"), ExitStatus.NOT_FOUND),
+        (("run", "--host", str(tmp_path), "--entry", "x", d + "/domain.toml"), ExitStatus.USAGE),
     ]  # fmt: skip
     for args, status in cases:
         try:
