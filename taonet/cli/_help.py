@@ -8,10 +8,14 @@ without one.
 from __future__ import annotations
 
 import argparse
+import textwrap
 from collections.abc import Iterator
 from typing import Final
 
 __all__ = ["EXAMPLES", "add_examples", "walk"]
+
+#: The width descriptions are wrapped to.
+_WIDTH: Final = 79
 
 #: Example lines per command (its words after ``taonet``); each is a shell line.
 EXAMPLES: Final[dict[tuple[str, ...], tuple[str, ...]]] = {
@@ -118,4 +122,8 @@ def add_examples(parser: argparse.ArgumentParser) -> None:
             continue
         block = "Example:\n" + "\n".join(f"  {line}" for line in lines)
         command.epilog = f"{block}\n\n{command.epilog}" if command.epilog else block
+        # Raw keeps the examples' lines as written; wrap the description here instead.
+        if command.description:
+            paragraphs = command.description.split("\n\n")
+            command.description = "\n\n".join(textwrap.fill(p, _WIDTH) for p in paragraphs)
         command.formatter_class = argparse.RawDescriptionHelpFormatter
