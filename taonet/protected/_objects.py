@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+import re
 import unicodedata
 from datetime import datetime
 from typing import Any, Final
@@ -47,6 +48,8 @@ KEY_BYTES: Final = 32
 # Characters no name may hold: controls, surrogates, line/paragraph separators and
 # invisible format characters (bidi overrides, zero-width joiners).
 _FORBIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+# The same rule for ASCII names (the common case): Cc is all ASCII has of them.
+_ASCII_CONTROL: Final = re.compile("[\x00-\x1f\x7f]")
 
 
 def check_name(name: str) -> str:
@@ -66,9 +69,14 @@ def check_name(name: str) -> str:
         raise ValueError(f"object name is {size} bytes, over the {MAX_NAME_BYTES}-byte limit")
     if not name.startswith("/"):
         raise ValueError("object name must start with '/'")
-    for ch in name:
-        if unicodedata.category(ch) in _FORBIDDEN_CATEGORIES:
-            raise ValueError(f"object name holds a forbidden character U+{ord(ch):04X}")
+    if name.isascii():
+        bad = _ASCII_CONTROL.search(name)
+        if bad:
+            raise ValueError(f"object name holds a forbidden character U+{ord(bad[0]):04X}")
+    else:
+        for ch in name:
+            if unicodedata.category(ch) in _FORBIDDEN_CATEGORIES:
+                raise ValueError(f"object name holds a forbidden character U+{ord(ch):04X}")
     for segment in name[1:].split("/"):
         if segment == "":
             raise ValueError("object name has an empty segment")

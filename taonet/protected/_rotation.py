@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 import attrs
 
+from taonet._errors import AuthenticationError
 from taonet.crypto import Crypter
 from taonet.protected._errors import (
     ObjectStateError,
@@ -33,7 +34,7 @@ from taonet.protected._objects import (
     SecretObject,
     Status,
 )
-from taonet.protected._protect import _crypter, _open, associated_data, protect
+from taonet.protected._protect import _aad, _crypter, _id_bytes, protect
 
 __all__ = ["Rotation", "may_revoke", "plan_rotation"]
 
@@ -112,6 +113,7 @@ def plan_rotation(
     new_crypter = Crypter(value)
     rewrapped: list[ProtectedObject] = []
     seen: set[ObjectId] = set()
+    old_id, new_id = _id_bytes(old_key.id), _id_bytes(new_key.id)
     for child in children:
         if child.protector_id != old_key.id:
             raise WrongKeyError(
@@ -121,8 +123,15 @@ def plan_rotation(
         if child.protected_id in seen:
             raise ValueError(f"{child.protected_id} is listed twice")
         seen.add(child.protected_id)
-        plain = _open(child, old_crypter, old_key.id)
-        blob = new_crypter.encrypt(plain, associated_data(child.protected_id, new_key.id))
+        child_id = _id_bytes(child.protected_id)
+        try:
+            plain = old_crypter.decrypt(child.blob, _aad(child_id, old_id))
+        except AuthenticationError:
+            raise WrongKeyError(
+                f"{child.protected_id} does not authenticate under {old_key.id}: wrong key, "
+                "altered blob, or a blob moved from another id"
+            ) from None
+        blob = new_crypter.encrypt(plain, _aad(child_id, new_id))
         rewrapped.append(ProtectedObject(child.protected_id, new_key.id, blob))
     retired = old_key.with_status(Status.RETIRED)
     if parent is None:

@@ -379,3 +379,11 @@ def test_format_time() -> None:
     assert format_time(datetime(2026, 1, 2, 8, 0, tzinfo=tz)) == "2026-01-02T02:30:00Z"
     assert format_time(_utc(2026, 1, 2, 3, 4, 5, 120000)) == "2026-01-02T03:04:05.12Z"
     assert format_time(_utc(5, 1, 2)) == "0005-01-02T00:00:00Z"
+
+
+@given(ids, ids)
+def test_associated_data_is_the_node_message(a: ObjectId, b: ObjectId) -> None:
+    # associated_data encodes the node by hand, for speed; it must stay these bytes.
+    from taonet.protected import AAD_CONTEXT, associated_data
+
+    assert associated_data(a, b) == AAD_CONTEXT + encode_node(Node(a, b))

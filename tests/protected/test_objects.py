@@ -232,3 +232,20 @@ def test_secret_object_positional_order() -> None:
     # The order the design names: id, type, status, not_before, not_after, value.
     obj = SecretObject(ObjectId("/a", 1), "file", Status.ACTIVE, None, None, b"v")
     assert (obj.type, obj.value) == ("file", b"v")
+
+
+@pytest.mark.parametrize("code", range(0x100))
+def test_every_latin1_character_by_its_category(code: int) -> None:
+    # ASCII names take a fast path; both paths must refuse the same characters.
+    import unicodedata
+
+    ch = chr(code)
+    forbidden = unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Zl", "Zp"}
+    for name in (f"/a{ch}b", f"/é{ch}b"):  # the second is not ASCII
+        if ch == "/":
+            continue
+        if forbidden:
+            with pytest.raises(ValueError, match="forbidden character"):
+                check_name(name)
+        else:
+            assert check_name(name) == name
