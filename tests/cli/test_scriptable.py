@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -176,7 +177,13 @@ def test_exit_statuses_by_kind(
     d, _ = domain
     wrong = tmp_path / "wrong"
     wrong.mkdir()
+    # A host that died and left its socket: connecting is refused (ECONNREFUSED).
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(stale / "admin.sock"))
     cases = [
+        (("list", "--host", str(stale)), ExitStatus.UNAVAILABLE),
         (("domain", "audit", "--domain", str(tmp_path / "nope")), ExitStatus.NOT_FOUND),
         (("domain", "policy", "--show", "--domain", str(tmp_path)), ExitStatus.NOT_FOUND),
         (("domain", "audit", "--domain", d, "--limit", "-1"), ExitStatus.USAGE),
