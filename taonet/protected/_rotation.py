@@ -12,6 +12,7 @@ what a child protects is bound to the child's id, which does not change.
 
 from __future__ import annotations
 
+import hmac
 import os
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -71,7 +72,8 @@ def plan_rotation(
 
     ``old_key`` must be an ACTIVE key (it may have expired: rotating it is the
     cure); every child must name it as protector and authenticate under it
-    (:class:`WrongKeyError` otherwise), each protected id once (ValueError). The new
+    (:class:`WrongKeyError` otherwise; :class:`~taonet.CodecError` for a blob too
+    short or of an unknown version), each protected id once (ValueError). The new
     key has ``new_value`` (32 bytes, not the old value) or a random one; it is valid
     from ``now`` for ``validity``, or for as long as the old key's window when that
     had both ends, or without end. A key at epoch 2**31-1 cannot be rotated
@@ -94,7 +96,7 @@ def plan_rotation(
         value = bytes(new_value)
         if len(value) != KEY_BYTES:
             raise ValueError(f"new key value must be {KEY_BYTES} bytes, got {len(value)}")
-        if value == old_key.value:
+        if hmac.compare_digest(value, old_key.value):
             raise ValueError("new key value must differ from the old one")
     if validity is not None:
         not_after: datetime | None = now + validity

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from taonet import CodecError
 from taonet.protected import (
     MAX_EPOCH,
     ObjectId,
@@ -225,3 +226,10 @@ def test_rotating_again_and_again(n: int, grandchildren: int, rounds: int) -> No
         assert encode_object(got) == encode_object(obj)
     # Reading through the latest epoch of the key itself.
     assert recover(current.id, root, table.get, now=LATER) == current
+
+
+def test_a_short_child_blob_is_a_codec_error(root: SecretObject) -> None:
+    k, _objs, children = family(1, root)
+    short = ProtectedObject(children[0].protected_id, k.id, children[0].blob[:20])
+    with pytest.raises(CodecError, match="shorter"):
+        plan_rotation(k, [short], now=NOW)
