@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from taonet import AuthenticationError, CodecError
 from taonet.crypto import Crypter
@@ -205,3 +207,16 @@ def test_a_blob_holding_garbage(root: SecretObject) -> None:
     blob = Crypter(root.value).encrypt(b"\xff\xff\xff", associated_data(a_id, root.id))
     with pytest.raises(CodecError):
         unprotect(ProtectedObject(a_id, root.id, blob), root)
+
+
+@given(st.binary(max_size=200))
+def test_whatever_an_authentic_blob_holds_is_an_object_or_a_codec_error(inner: bytes) -> None:
+    # The key holder can seal any bytes; opening them decodes or raises CodecError only.
+    root = key("/server/master", fill=0xAA)
+    a_id = ObjectId("/acme/a", 1)
+    blob = Crypter(root.value).encrypt(inner, associated_data(a_id, root.id))
+    try:
+        obj = unprotect(ProtectedObject(a_id, root.id, blob), root)
+    except CodecError:
+        return
+    assert obj.id == a_id
