@@ -218,11 +218,12 @@ def register(sub: Any) -> None:
         cmd = sub.add_parser(
             verb,
             help=f"{helptext} a hosted program (by id, file name, pid or principal)",
-            description=f"{helptext} the program SELECTOR names: an id or a unique prefix "
-            "of one (4 or more hex digits, as taonet list shows), a file name, a pid, "
-            "id:HEX, pid:N or file:NAME, or a full principal (every instance of that "
-            "program). A selector that names several programs is refused, with the "
-            "candidates listed.",
+            description=f"{helptext} the program SELECTOR names: a pid, a file name or "
+            "path, or an id (as taonet list shows it); if nothing matches exactly, a "
+            "unique prefix of an id (4 or more hex digits); id:HEX, pid:N or file:NAME "
+            "for one kind only; or a full principal (every instance of that program). "
+            "A selector that names several programs is refused, with the candidates "
+            "listed.",
         )
         add_host_option(cmd)
         cmd.add_argument("selector", metavar="SELECTOR")

@@ -4,13 +4,13 @@
 12 of the 32 hex digits the host gave it), pid, user, start time (UTC) and file;
 ``-o json`` adds the full id, principal, program hash and ISO start time.
 
-``taonet stop|kill SELECTOR`` takes an id or a unique prefix of one (at least 4
-digits), a file name, a pid, the explicit forms ``id:``, ``pid:`` and ``file:``, or
-a full principal (which names every instance of that program); see
-:mod:`taonet.hosts.linux._select`. The selector is resolved here against the host's
-list, so one that names nothing is *not found* (exit 3) and one that names several
-is refused (exit 2) with the candidates listed; each chosen program is then signalled
-by its full id, so a program started meanwhile is never hit by mistake.
+``taonet stop|kill SELECTOR`` takes a pid, a file name or path, an id, or, when nothing
+matches exactly, a unique prefix of an id (at least 4 digits); the explicit forms
+``id:``, ``pid:`` and ``file:``; or a full principal (which names every instance of that
+program); see :func:`taonet.hosts.linux.select_programs`. The selector is resolved here
+against the host's list, so one that names nothing is *not found* (exit 3) and one that
+names several is refused (exit 2) with the candidates listed; each chosen program is
+then signalled by its full id, so a program started meanwhile is never hit by mistake.
 """
 
 from __future__ import annotations

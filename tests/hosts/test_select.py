@@ -33,6 +33,8 @@ PROGRAMS = (
     # A pid that is also the start of another program's id.
     P("d", 1234, "9999" + "3" * 28, "/srv/1234", CLIENT),
     P("e", 5555, "1234" + "4" * 28, "/srv/tool", CLIENT),
+    # A file named as another program's pid.
+    P("f", 6, "5678" + "5" * 28, "/srv/4243", CLIENT),
 )
 
 
@@ -64,11 +66,16 @@ def select(selector: str) -> list[str]:
         ("abcd", ["c"]),
         ("tool", ["e"]),
         ("pid:1234", ["d"]),
+        # An exact match (pid, file, whole id) wins over an id prefix: a pid always
+        # selects its program, as before ids, though "1234" also begins e's id.
+        ("1234", ["d"]),
+        ("1234" + "4" * 28, ["e"]),
+        ("5678", ["f"]),
         ("id:1234", ["e"]),
         ("file:1234", ["d"]),
         # A principal names every instance of its program.
         (str(SERVER), ["a", "b"]),
-        ("key([0a]).Program([02])", ["c", "d", "e"]),
+        ("key([0a]).Program([02])", ["c", "d", "e", "f"]),
     ],
 )
 def test_selects(selector: str, expected: list[str]) -> None:
@@ -82,7 +89,7 @@ def test_selects(selector: str, expected: list[str]) -> None:
         ("3f2", None),  # too short for a prefix: nothing
         ("3f2a9c01" + "0" * 25, None),
         ("id:3f2", None),  # explicit or not, an id prefix has four digits at least
-        ("1234", ["d:1234", "e:5555"]),  # one's pid, another's id prefix ("1234" file too)
+        ("4243", ["b:4243", "f:6"]),  # one program's pid, another's file name
         ("nothing.py", None),
         ("pid:x", None),
         ("key([0b]).Program([01])", None),

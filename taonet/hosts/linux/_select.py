@@ -10,15 +10,18 @@ for as long as the host knows it (two instances of one program have two ids).
 * ``id:HEX``, ``pid:N`` or ``file:NAME``: only that kind;
 * a principal in text form (``key([...]).Program([...])``): every running instance
   of that program (the one selector that may name several);
-* otherwise any of: a pid (decimal), a prefix of an id (at least
-  :data:`MIN_ID_PREFIX` hex digits), or a program's file name (the last part of the
-  path it was started from) or that whole path.
+* otherwise what it matches exactly, a pid (decimal), a whole id, or a program's
+  file name (the last part of the path it was started from) or that whole path; and
+  only if it matches nothing exactly, a prefix of an id (at least
+  :data:`MIN_ID_PREFIX` hex digits). So a pid always selects its program, as it did
+  before ids existed, even where it also begins another program's id (as Docker
+  prefers an exact name to an id prefix).
 
 Except for a principal, a selector must name exactly one program: one that names
-none raises :class:`ProgramNotFoundError`, one that names several
-(two programs with the same file name, a prefix of two ids, a number that is one
-program's pid and a prefix of another's id) :class:`AmbiguousSelectorError`, whose
-message lists the candidates and whose ``candidates`` holds them.
+none raises :class:`ProgramNotFoundError`, one that names several (two programs with
+the same file name, a prefix of two ids, one program's pid that is another's file
+name) :class:`AmbiguousSelectorError`, whose message lists the candidates and whose
+``candidates`` holds them.
 """
 
 from __future__ import annotations
@@ -100,11 +103,14 @@ def select_programs(
         if not found:
             raise ProgramNotFoundError(f"no hosted program {_shown(selector)}")
         return found
-    found = []
-    for kind in ("pid", "id", "file"):
-        found += [p for p in _matches(kind, selector, programs, pid, program_id, path)
-                  if not any(p is q for q in found)]  # fmt: skip
-    return _one(selector, found, describe)
+    exact: list[_T] = []
+    for kind in ("pid", "file"):
+        exact += [p for p in _matches(kind, selector, programs, pid, program_id, path)
+                  if not any(p is q for q in exact)]  # fmt: skip
+    exact += [p for p in programs if program_id(p) == selector and not any(p is q for q in exact)]
+    if exact:
+        return _one(selector, exact, describe)
+    return _one(selector, _matches("id", selector, programs, pid, program_id, path), describe)
 
 
 def _principal(selector: str) -> auth.Prin | None:
