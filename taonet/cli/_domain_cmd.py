@@ -22,10 +22,11 @@ from taonet.cli._failures import NotFoundError, UsageError, is_missing
 from taonet.cli._output import add_output_option, emit, iso_time
 from taonet.cli._password import add_password_option, get_password
 from taonet.crypto import Signer
-from taonet.domain import ACLGuard, Domain, DomainTemplate, measure_file
+from taonet.domain import ACLGuard, Domain, DomainTemplate, measure_file, program_subprin
 from taonet.files import atomic_write
 
 if TYPE_CHECKING:
+    from taonet.hosts.linux import LinuxHostConfig
     from taonet_services.domain_service import AuditLog
 
 #: The revocation list ``taonet domain revoke|crl`` writes into the domain directory.
@@ -70,7 +71,10 @@ def register(sub: Any) -> None:
         action="append",
         default=[],
         type=Path,
-        help='authorize the program at PATH to "Execute" (repeatable)',
+        help='authorize the program at PATH to "Execute", named as the domain\'s Linux host '
+        "names it ($TAO_HOST, else linux_tao_host in the domain; its interpreter too, for a "
+        "'#!/usr/bin/env NAME' script), or by its hash alone if there is no host yet "
+        "(repeatable)",
     )
     pol.add_argument(
         "--remove-program",
@@ -246,11 +250,30 @@ def _program_hash(text: str) -> bytes:
     return bytes.fromhex(text)
 
 
+def _host_config(domain: Domain) -> LinuxHostConfig | None:
+    """The domain's Linux host ($TAO_HOST, else linux_tao_host in the domain), if made:
+    programs are named as it names them (see :mod:`taonet.hosts.linux._naming`)."""
+    from taonet.hosts.linux import default_host_dir
+    from taonet.hosts.linux._naming import host_config_at
+
+    where = os.environ.get("TAO_HOST")
+    return host_config_at(Path(where) if where else default_host_dir(domain.path))
+
+
+def _program_rule(host: LinuxHostConfig | None, path: Path, option: str) -> auth.Form:
+    """The rule that lets the program file at ``path`` execute on ``host``."""
+    from taonet.hosts.linux._naming import program_rule_on
+
+    _measure(path, option)
+    return program_rule_on(host, path)
+
+
 def _changed_guard(args: argparse.Namespace, domain: Domain, guard: ACLGuard) -> ACLGuard:
     """The guard with every change the command asks for; refuses duplicates and rules
     of a shape the guard never matches, and removals of rules it does not hold."""
+    host = _host_config(domain) if args.add_program or args.remove_program else None
     for path in args.add_program:
-        rule = domain.program_rule(_measure(path, "--add-program"))
+        rule = _program_rule(host, path, "--add-program")
         if rule in guard.rules:
             raise UsageError(f"--add-program {path}: already authorized ({rule})")
         guard = guard.with_rule(rule)
@@ -264,7 +287,10 @@ def _changed_guard(args: argparse.Namespace, domain: Domain, guard: ACLGuard) ->
             raise UsageError(f"--allow {text!r}: the guard already holds {rule}")
         guard = guard.with_rule(rule)
     for given in args.remove_program:
-        rule = domain.program_rule(_program_hash(given))
+        if Path(given).exists():
+            rule = _program_rule(host, Path(given), "--remove-program")
+        else:
+            rule = domain.program_rule(_program_hash(given))
         if rule not in guard.rules:
             raise NotFoundError(f"--remove-program {given}: no rule authorizes it ({rule})")
         guard = guard.without_rule(rule)
@@ -365,8 +391,17 @@ def _principal(args: argparse.Namespace) -> int:
             host = auth.parse_prin(args.host)
         except CodecError as exc:
             raise UsageError(f"--host: {exc}") from None
+    from taonet.hosts.linux._naming import program_rule_on, program_subprin_on
+
     program_hash = _measure(args.program, "--program")
-    name = domain.program_name(program_hash, host=host)
+    on_host = _host_config(domain)
+    program = (
+        program_subprin(program_hash)
+        if on_host is None
+        else program_subprin_on(on_host, args.program)
+    )
+    ext = auth.SubPrin(program.exts + domain.policy_subprin.exts)
+    name = auth.PrinTail(ext) if host is None else host.extend(ext)
     emit(
         args,
         {
@@ -374,7 +409,7 @@ def _principal(args: argparse.Namespace) -> int:
             "program_sha256": program_hash.hex(),
             "host": None if host is None else str(host),
             "principal": str(name),
-            "authorized": domain.guard.query(domain.program_rule(program_hash)),
+            "authorized": domain.guard.query(program_rule_on(on_host, args.program)),
         },
         lambda: print(name),
     )

@@ -127,3 +127,40 @@ def test_the_rule_for_a_host_directory_or_none(tmp_path: Path, make_domain: Make
     assert config is not None
     assert str(program_rule_on(config, script)) == rule(program_subprin_on(config, script))
     assert program_rule_on(config, script) != by_hash
+
+
+def test_domain_policy_add_program_names_a_script_as_the_domains_host_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`taonet domain policy --add-program` wrote Program([h]) for a '#!/usr/bin/env
+    python3' script, a rule the host that runs it with its interpreter never matches:
+    once the domain's host exists it writes the host's name for it."""
+    from taonet.cli import main
+
+    monkeypatch.delenv("TAO_HOST", raising=False)
+    monkeypatch.delenv("TAO_DOMAIN", raising=False)
+    (tmp_path / "pw").write_text("a password\n")
+    script = write(tmp_path / "script.py", "#!/usr/bin/env python3\n")
+    domain, pw = str(tmp_path / "d"), str(tmp_path / "pw")
+    assert main(["domain", "init", domain, "--password-file", pw]) == 0
+    assert main(["domain", "principal", "--domain", domain, "--program", str(script)]) == 0
+    before_host = capsys.readouterr().out.splitlines()[-1]
+    assert before_host.startswith("ext.Program([")
+    host = ["--domain", domain, "--password-file", pw, "--policy-password-file", pw]
+    assert main(["host", "init", "--root", *host]) == 0
+    config = host_config_at(tmp_path / "d" / "linux_tao_host")
+    assert config is not None
+    assert config.interpreters
+    policy = ["domain", "policy", "--domain", domain, "--password-file", pw]
+    assert main([*policy, "--add-program", str(script)]) == 0
+    capsys.readouterr()
+    assert main(["domain", "policy", "--domain", domain, "--show"]) == 0
+    assert capsys.readouterr().out.splitlines() == [str(program_rule_on(config, script))]
+    assert main(["domain", "principal", "--domain", domain, "--program", str(script)]) == 0
+    assert capsys.readouterr().out.startswith(
+        f"{auth.PrinTail(program_subprin_on(config, script))}."
+    )
+    assert main([*policy, "--remove-program", str(script)]) == 0
+    capsys.readouterr()
+    assert main(["domain", "policy", "--domain", domain, "--show"]) == 0
+    assert "Script" not in capsys.readouterr().out
