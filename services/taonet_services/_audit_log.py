@@ -60,7 +60,7 @@ log = structlog.get_logger(__name__)
 SCHEMA_VERSION: Final = 1
 _COMPONENT: Final = "audit"
 _ENTRY_COLUMNS: Final = (
-    "seq, time_ns, kind, actor, subject, outcome, details, prev_hash, entry_hash"
+    "seq, time_ns, kind, actor, subject, outcome, details, prev_hash, entry_hash, checkpoint_seq"
 )
 _CHECKPOINT_COLUMNS: Final = "seq, head_hash, time_ns, signer, signer_key, signature"
 
@@ -81,7 +81,8 @@ def schema_statements(dialect: str) -> list[str]:
             outcome TEXT NOT NULL,
             details TEXT NOT NULL,
             prev_hash {blob} NOT NULL,
-            entry_hash {blob} NOT NULL
+            entry_hash {blob} NOT NULL,
+            checkpoint_seq BIGINT NOT NULL
         )""",
         "CREATE INDEX IF NOT EXISTS audit_entries_kind ON audit_entries (kind, subject)",
         f"""CREATE TABLE IF NOT EXISTS audit_checkpoints (
@@ -172,9 +173,9 @@ class AuditStore:
         cur.execute(
             sql(
                 "INSERT INTO audit_head (id, seq, hash, checkpoint_seq, checkpoint_ns)"
-                " VALUES (1, 0, ?, 0, ?) ON CONFLICT (id) DO NOTHING"
+                " VALUES (1, 0, ?, 0, 0) ON CONFLICT (id) DO NOTHING"
             ),
-            (GENESIS, int(self.clock())),
+            (GENESIS,),
         )
 
     # Appending.
@@ -201,28 +202,33 @@ class AuditStore:
         subject: str,
         outcome: str,
         details: Mapping[str, str] | None = None,
+        time_ns: int | None = None,
     ) -> AuditEntry:
         """Append an entry inside the caller's transaction; returns it (with its seq).
 
-        ValueError if a field is out of its bounds (cut text from outside with
-        :func:`taonet.audit.bounded` first). May sign a checkpoint (see the class).
+        The entry is dated now (the store's clock) unless ``time_ns`` says when it
+        happened (entries carried over from an older log). ValueError if a field is
+        out of its bounds (cut text from outside with :func:`taonet.audit.bounded`
+        first). May sign a checkpoint (see the class).
         """
         head = self._head(cur)
         now = int(self.clock())
         entry = AuditEntry(
             seq=head.seq + 1,
-            time_ns=now,
+            time_ns=now if time_ns is None else time_ns,
             kind=kind,
             actor=actor,
             subject=subject,
             outcome=outcome,
             details=details or {},
             prev_hash=head.hash,
+            checkpoint_seq=head.checkpoint_seq,
         )
         digest = entry.hash
         cur.execute(
             self.db.sql(
-                f"INSERT INTO audit_entries ({_ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+                f"INSERT INTO audit_entries ({_ENTRY_COLUMNS})"  # noqa: S608
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             ),
             (
                 entry.seq,
@@ -234,18 +240,23 @@ class AuditStore:
                 encode_details(entry.details),
                 entry.prev_hash,
                 digest,
+                entry.checkpoint_seq,
             ),
         )
-        head = _Head(entry.seq, digest, head.checkpoint_seq, head.checkpoint_ns)
+        # The interval runs from the last checkpoint, or from the first entry.
+        since = head.checkpoint_ns or now
+        head = _Head(entry.seq, digest, head.checkpoint_seq, since)
         if self.signer is not None and (
             head.seq - head.checkpoint_seq >= self.checkpoint_every
-            or now - head.checkpoint_ns >= self.checkpoint_interval_ns
+            or now - since >= self.checkpoint_interval_ns
         ):
             self._sign_in(cur, head, now)
         else:
             cur.execute(
-                self.db.sql("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1"),
-                (head.seq, head.hash),
+                self.db.sql(
+                    "UPDATE audit_head SET seq = ?, hash = ?, checkpoint_ns = ? WHERE id = 1"
+                ),
+                (head.seq, head.hash, since),
             )
         return attrs.evolve(entry, recorded_hash=digest)
 
@@ -292,6 +303,23 @@ class AuditStore:
         return self.db.transaction_sync(self.checkpoint_in)
 
     # Reading.
+
+    def chain_exists_in(self, cur: Any) -> bool:
+        """Whether the database holds the audit tables at all (without creating them)."""
+        if self.db.dialect == "sqlite":
+            cur.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                " AND name IN ('audit_entries', 'audit_checkpoints')"
+            )
+        else:
+            cur.execute(
+                "SELECT (to_regclass('audit_entries') IS NOT NULL)::int"
+                " + (to_regclass('audit_checkpoints') IS NOT NULL)::int"
+            )
+        return int(cur.fetchone()[0]) == 2
+
+    async def chain_exists(self) -> bool:
+        return await self.db.transaction(self.chain_exists_in, write=False)
 
     def entries_in(
         self, cur: Any, *, since_seq: int = 0, limit: int | None = None
@@ -365,6 +393,7 @@ def _entry(row: tuple[Any, ...]) -> AuditEntry:
             details=decode_details(row[6]),
             prev_hash=bytes(row[7]),
             recorded_hash=bytes(row[8]),
+            checkpoint_seq=int(row[9]),
         )
     except (TypeError, ValueError) as exc:
         where = seq if isinstance(seq, int) and seq > 0 else 0

@@ -22,7 +22,12 @@ first entry or checkpoint that is wrong, naming its sequence number and why
   a log cut after it looks like a log that stopped there. Services therefore
   checkpoint often (every N entries or T seconds) and on shutdown;
 * a checkpoint signed by another key names a signer that is not trusted, or
-  carries a signature that does not verify.
+  carries a signature that does not verify;
+* every entry names the last checkpoint signed before it (hashed with the
+  entry), so a checkpoint that entries were written after cannot be removed
+  without a trace. The newest checkpoint, that no entry names yet, can: a log
+  whose newest checkpoints were removed verifies as one signed only up to the
+  checkpoint before them (the summary says up to where).
 
 Pure: no I/O and no trio.
 """
@@ -70,8 +75,8 @@ CHECKPOINT_CONTEXT: Final = "taonet audit checkpoint v1"
 _ENTRY_TAG: Final = b"taonet audit entry v1\x00"
 _CHECKPOINT_TAG: Final = b"taonet audit checkpoint v1\x00"
 
-#: Longest actor or subject (principal names fit: hosts cap them at 1024 bytes).
-MAX_ACTOR_CHARS: Final = 2048
+#: Longest actor or subject (a principal name with a few extensions fits).
+MAX_ACTOR_CHARS: Final = 8192
 #: Longest kind or outcome.
 MAX_WORD_CHARS: Final = 64
 #: Most details an entry carries, and the longest detail value.
@@ -92,6 +97,7 @@ class AuditReason(enum.Enum):
     TRUNCATED = "truncated"
     CHECKPOINT_MISMATCH = "checkpoint_mismatch"
     CHECKPOINT_SIGNATURE = "checkpoint_signature"
+    CHECKPOINT_REMOVED = "checkpoint_removed"
     UNTRUSTED_SIGNER = "untrusted_signer"
     MALFORMED = "malformed"
 
@@ -190,7 +196,8 @@ class AuditEntry:
     ``actor`` who asked (a principal name, or a peer address), ``subject`` what
     it was about, ``outcome`` how it ended (``"ok"``, ``"refused"``, ...),
     ``details`` the rest as text. Every field is bounded (see the ``MAX_*``
-    constants; :func:`bounded` cuts text from outside to fit). ``recorded_hash``
+    constants; :func:`bounded` cuts text from outside to fit). ``checkpoint_seq``
+    names the last checkpoint signed before the entry was written. ``recorded_hash``
     is the hash stored with the entry, when it was read back from storage; it is
     not part of the entry's hash.
     """
@@ -209,6 +216,9 @@ class AuditEntry:
         repr=lambda d: repr(dict(d)),
     )
     prev_hash: bytes = attrs.field(default=GENESIS, validator=_hash32, repr=lambda b: b.hex())
+    #: The last checkpoint when the entry was written (0: none). It is hashed, so a
+    #: checkpoint that later entries name cannot be removed without a trace.
+    checkpoint_seq: int = attrs.field(default=0, validator=_time)
     recorded_hash: bytes | None = attrs.field(
         default=None, validator=_maybe_hash32, eq=False, repr=False
     )
@@ -227,14 +237,15 @@ def _str(value: str) -> bytes:
 def encode_entry(entry: AuditEntry) -> bytes:
     """The canonical encoding of an entry's fields (not ``prev_hash``): length-prefixed.
 
-    A tag and version, then ``seq`` and ``time_ns`` as 8-byte big-endian, then
+    A tag and version, then ``seq``, ``time_ns`` and ``checkpoint_seq`` as 8-byte
+    big-endian, then
     kind, actor, subject and outcome as 4-byte length + UTF-8, then the number of
     details and each (key, value) in key order, length-prefixed the same way.
     Two different entries never encode the same.
     """
     parts = [
         _ENTRY_TAG,
-        struct.pack(">QQ", entry.seq, entry.time_ns),
+        struct.pack(">QQQ", entry.seq, entry.time_ns, entry.checkpoint_seq),
         _str(entry.kind),
         _str(entry.actor),
         _str(entry.subject),
@@ -410,12 +421,26 @@ def verify_chain(
                 seq=seq,
                 reason=AuditReason.REMOVED if seq > 1 else AuditReason.EDITED,
             )
+        if entry.checkpoint_seq >= seq:
+            raise AuditError(
+                f"entry {seq} names checkpoint {entry.checkpoint_seq}, which cannot come before"
+                " it: edited",
+                seq=seq,
+                reason=AuditReason.EDITED,
+            )
         digest = entry.hash
         if entry.recorded_hash is not None and not hmac.compare_digest(digest, entry.recorded_hash):
             raise AuditError(
                 f"entry {seq} does not match its recorded hash: edited",
                 seq=seq,
                 reason=AuditReason.EDITED,
+            )
+        if entry.checkpoint_seq and entry.checkpoint_seq not in by_seq:
+            raise AuditError(
+                f"entry {seq} was written after checkpoint {entry.checkpoint_seq}, which is"
+                " missing: checkpoint removed",
+                seq=seq,
+                reason=AuditReason.CHECKPOINT_REMOVED,
             )
         for cp in by_seq.get(seq, ()):
             if not hmac.compare_digest(cp.head_hash, digest):

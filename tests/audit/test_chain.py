@@ -248,3 +248,32 @@ def test_different_entries_encode_differently(
         )
 
     assert (encode_entry(make(a)) == encode_entry(make(b))) == (a == b)
+
+
+def test_a_removed_checkpoint_that_later_entries_name_is_caught() -> None:
+    entries = chain(3)
+    cp3 = checkpoint(entries, 3)
+    # Entries 4 and 5 are written after checkpoint 3, and name it.
+    prev = entries[-1].hash
+    for seq in (4, 5):
+        entry = AuditEntry(
+            seq=seq,
+            time_ns=9,
+            kind="k",
+            actor="a",
+            subject="s",
+            outcome="ok",
+            prev_hash=prev,
+            checkpoint_seq=3,
+        )
+        entries.append(attrs.evolve(entry, recorded_hash=entry.hash))
+        prev = entry.hash
+    assert verify_chain(entries, [cp3], [SIGNER.verifier()]).head_seq == 5
+    err = _expect(AuditReason.CHECKPOINT_REMOVED, 4, lambda: verify_chain(entries, []))
+    assert "checkpoint 3" in str(err)
+    with pytest.raises(ValueError, match="checkpoint_seq"):
+        AuditEntry(
+            seq=1, time_ns=0, kind="k", actor="", subject="", outcome="ok", checkpoint_seq=-1
+        )
+    bad = attrs.evolve(entries[3], checkpoint_seq=4)
+    _expect(AuditReason.EDITED, 4, lambda: verify_chain([*entries[:3], bad], [cp3]))

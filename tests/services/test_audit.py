@@ -207,10 +207,10 @@ def test_wal_mode_and_schema_version(path: Path) -> None:
 @pytest.mark.parametrize(
     "statement",
     [
-        "UPDATE events SET reason = 'forged'",
-        "UPDATE events SET serial = '99' WHERE kind = 'revoked'",
-        "DELETE FROM events",
-        "DELETE FROM events WHERE kind = 'revoked'",
+        "UPDATE audit_entries SET details = '{}'",
+        "UPDATE audit_entries SET subject = 'forged' WHERE kind = 'cert_revoked'",
+        "DELETE FROM audit_entries",
+        "DELETE FROM audit_entries WHERE kind = 'cert_revoked'",
     ],
 )
 def test_append_only_triggers(path: Path, statement: str) -> None:
@@ -228,6 +228,7 @@ def test_append_only_triggers(path: Path, statement: str) -> None:
     with AuditLog.open(path) as log:
         assert log.events() == before
         assert log.is_revoked(1)
+        log.store.verify_sync()
 
 
 def test_raw_insert_must_respect_the_schema(path: Path) -> None:
@@ -235,20 +236,14 @@ def test_raw_insert_must_respect_the_schema(path: Path) -> None:
     conn = sqlite3.connect(path)
     try:
         with pytest.raises(sqlite3.IntegrityError):
-            conn.execute(
-                "INSERT INTO events (time_ns, kind, serial, peer, detail)"
-                " VALUES (1, 'issued', '0x10', '', '{}')"
-            )
+            conn.execute("INSERT INTO domain_certs (serial, issued_seq) VALUES ('0x10', 1)")
         with pytest.raises(sqlite3.IntegrityError):
-            conn.execute(
-                "INSERT INTO events (time_ns, kind, serial, peer, detail)"
-                " VALUES (1, 'refused', '10', '', '{}')"
-            )
+            conn.execute("INSERT INTO audit_entries (seq, time_ns) VALUES (1, 1)")
     finally:
         conn.close()
 
 
-@pytest.mark.parametrize("version", [2, 99, -1])
+@pytest.mark.parametrize("version", [3, 99, -1])
 def test_unknown_schema_version(path: Path, version: int) -> None:
     AuditLog.open(path).close()
     conn = sqlite3.connect(path)
@@ -371,8 +366,7 @@ def test_refusals_are_recorded_within_bounds(path: Path, log: AuditLog) -> None:
     conn = sqlite3.connect(path)
     try:
         (row_chars,) = conn.execute(
-            "SELECT length(principal) + length(reason) + length(reason_code) + length(peer)"
-            " + length(detail) FROM events"
+            "SELECT length(actor) + length(subject) + length(details) FROM audit_entries"
         ).fetchone()
     finally:
         conn.close()

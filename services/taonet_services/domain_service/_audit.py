@@ -1,13 +1,23 @@
-"""The domain service's audit log: an append-only record in SQLite.
+"""The domain service's audit log: a hash-chained, checkpointed record in SQLite.
 
-Every certificate the domain service issues and every revocation is one row of
-the ``events`` table; so is every refused request, up to a rate, and beyond it
-one summary row per client and interval counts the rest. Rows are never changed
-or removed:
-triggers abort any UPDATE or DELETE on the table, so a bug (or a hurried operator
-with the sqlite3 shell) cannot rewrite history by accident. They do not stop
-someone who can write the file from dropping the table; the log is a record, not
-a tamper-proof ledger.
+Every certificate the domain service issues and every revocation is one entry of
+an audit chain (:mod:`taonet.audit`, kept by
+:class:`taonet_services.storage.AuditStore` in ``DIR/audit.sqlite``); so is every
+refused request, up to a rate, and beyond it one summary entry per client and
+interval counts the rest. Each entry carries the hash of the one before it, and
+while the service runs its policy key signs a checkpoint over the head every
+:data:`CHECKPOINT_EVERY` entries, on the first entry :data:`CHECKPOINT_INTERVAL`
+seconds after the last one, and when the log is closed. ``taonet audit verify
+--domain DIR`` then proves that no entry up to the last checkpoint was edited,
+removed or moved. (Entries written after the last checkpoint, by a service that
+was killed or by ``taonet domain revoke``, which does not unlock the key for it,
+are linked but not yet signed: they are covered by the next checkpoint.)
+
+Why the policy key signs: it is the one key the running service holds, and the one
+every verifier of the domain already trusts, so no other key has to be made,
+kept and handed out. Its checkpoint signatures are under their own context
+(``taonet audit checkpoint v1``), so none of them can pass for an attestation, a
+guard or a certificate signature.
 
 Every issued certificate is recorded in full. What a refusal records comes from
 an unauthenticated client, so each of its text fields is bounded
@@ -16,35 +26,49 @@ whole value, so equal values still match); summaries are written with
 :meth:`AuditLog.record_refusal_summary` (the rate is the service's business).
 
 Certificate serials are up to 160 bits, more than an SQLite INTEGER holds, so
-they are stored as canonical decimal TEXT (indexed). Revocation is an event too:
-the set of revoked serials is derived from the log.
+they are kept as canonical decimal TEXT. A ``domain_certs`` table indexes them
+(serial, the entry that issued it, the entry that revoked it), written in the
+same transaction as the entry. The set of revoked serials comes from it.
+
+A log of the first layout (an ``events`` table, ``user_version`` 1) is carried
+over when it is opened: its events are appended to the chain in order, with
+their times and ``migrated_id``, and the old table is dropped, in one
+transaction. The chain proves nothing about those events before that moment.
 
 This module is synchronous (sqlite3 blocks). The service calls it through
-``trio.to_thread.run_sync``. An :class:`AuditLog` may be handed from thread to
-thread but is used by one thread at a time; an internal lock serializes calls
-made concurrently anyway. Every sqlite3 failure surfaces as
-:class:`taonet.ConfigError` naming the file and what was being done.
+``trio.to_thread.run_sync``; several threads may use one :class:`AuditLog` at
+once. Every storage failure surfaces as :class:`taonet.ConfigError` naming the
+file and what was being done, its cause the
+:class:`~taonet_services.storage.StorageError` that says why (full, read-only,
+...); nothing is reported recorded that was not committed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import json
 import os
-import sqlite3
 import threading
 import time
 import types
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Final, Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, Literal, TypeVar
 
 import attrs
+import structlog
 
 from taonet import ConfigError
+from taonet.audit import MAX_ACTOR_CHARS, MAX_DETAIL_CHARS, AuditEntry, AuditError
+from taonet.crypto import Signer
+from taonet_services.storage import AuditStore, Database, StorageError
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 __all__ = [
+    "CHECKPOINT_EVERY",
+    "CHECKPOINT_INTERVAL",
     "MAX_FIELD_CHARS",
     "MAX_PEER_CHARS",
     "SCHEMA_VERSION",
@@ -56,8 +80,9 @@ __all__ = [
     "format_events",
 ]
 
-#: The ``PRAGMA user_version`` of audit logs this module writes and reads.
-SCHEMA_VERSION: Final = 1
+#: The ``PRAGMA user_version`` of audit logs this module writes and reads (1 was the
+#: first layout, without the chain; it is carried over when opened).
+SCHEMA_VERSION: Final = 2
 #: Largest serial (exclusive): X.509 serials are at most 20 octets.
 _SERIAL_LIMIT: Final = 1 << 160
 
@@ -75,34 +100,37 @@ SUMMARY_CODE: Final = "summarized"
 EventKind = Literal["issued", "refused", "revoked"]
 _KINDS: Final = ("issued", "refused", "revoked")
 
-_SCHEMA: Final = (
+_DOMAIN_SCHEMA: Final = (
     """
-    CREATE TABLE events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        time_ns INTEGER NOT NULL,
-        kind TEXT NOT NULL CHECK (kind IN ('issued', 'refused', 'revoked')),
-        serial TEXT CHECK (serial IS NULL OR (serial <> '' AND serial NOT GLOB '*[^0-9]*')),
-        principal TEXT,
-        reason_code TEXT,
-        reason TEXT,
-        peer TEXT NOT NULL,
-        detail TEXT NOT NULL,
-        CHECK ((kind = 'refused') = (serial IS NULL))
+    CREATE TABLE IF NOT EXISTS domain_certs (
+        serial TEXT PRIMARY KEY
+            CHECK (serial <> '' AND serial NOT GLOB '*[^0-9]*'),
+        issued_seq INTEGER NOT NULL,
+        revoked_seq INTEGER
     )
     """,
-    "CREATE INDEX events_serial ON events (serial)",
-    "CREATE UNIQUE INDEX events_one_issue ON events (serial) WHERE kind = 'issued'",
-    "CREATE UNIQUE INDEX events_one_revocation ON events (serial) WHERE kind = 'revoked'",
+    # Against accidents (a bug, an operator in the sqlite3 shell), not against someone
+    # who drops them: the chain's hashes and checkpoints are what catch that.
     """
-    CREATE TRIGGER events_no_update BEFORE UPDATE ON events
-    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: events cannot be updated'); END
+    CREATE TRIGGER IF NOT EXISTS audit_entries_no_update BEFORE UPDATE ON audit_entries
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: entries cannot be updated'); END
     """,
     """
-    CREATE TRIGGER events_no_delete BEFORE DELETE ON events
-    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: events cannot be deleted'); END
+    CREATE TRIGGER IF NOT EXISTS audit_entries_no_delete BEFORE DELETE ON audit_entries
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: entries cannot be deleted'); END
     """,
 )
-_COLUMNS: Final = "id, time_ns, kind, serial, principal, reason_code, reason, peer, detail"
+#: The entry kinds of the domain service, and the kinds of :class:`AuditEvent`.
+_ENTRY_KINDS: Final = {
+    "cert_issued": "issued",
+    "cert_refused": "refused",
+    "cert_revoked": "revoked",
+}
+#: Entries are signed by a checkpoint at least this often (entries, seconds).
+CHECKPOINT_EVERY: Final = 100
+CHECKPOINT_INTERVAL: Final = 60.0
+#: The ``user_version`` of the first layout (an ``events`` table, carried over).
+_FIRST_LAYOUT: Final = 1
 
 
 def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -170,43 +198,80 @@ def _check_hex(name: str, value: str) -> str:
 class AuditLog:
     """An open audit log; create or open one with :meth:`open`."""
 
-    def __init__(self, connection: sqlite3.Connection, path: str, clock: Callable[[], int]) -> None:
-        self._conn: sqlite3.Connection | None = connection
+    def __init__(
+        self, db: Database, store: AuditStore, path: str, clock: Callable[[], int]
+    ) -> None:
+        self._db = db
+        self._store = store
         self._path = path
         self._clock = clock
         self._lock = threading.Lock()
+        self._closed = False
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], *, clock: Callable[[], int] = time.time_ns
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], int] = time.time_ns,
+        signer: Signer | None = None,
     ) -> AuditLog:
         """Open the log at ``path``, creating the file and its tables if missing.
 
-        ConfigError if the file is not an SQLite database, is some other database,
-        or has a schema version this code does not know.
+        With ``signer`` (the domain's policy key, in the service) checkpoints are
+        signed as entries are added and when the log is closed. A log of the first
+        layout is carried over (see the module docstring). ConfigError if the file is
+        not an SQLite database, is some other database, or has a schema version this
+        code does not know.
         """
         where = os.fspath(path)
         try:
-            conn = sqlite3.connect(where, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
+            db = Database.open_sync(where, pool_size=2)
+        except StorageError as exc:
             raise ConfigError(f"audit log {where}: cannot open: {exc}") from exc
         try:
-            _prepare(conn, where)
+            store = AuditStore(
+                db,
+                signer=signer,
+                checkpoint_every=CHECKPOINT_EVERY,
+                checkpoint_interval=CHECKPOINT_INTERVAL,
+                clock=clock,
+            )
+            try:
+                db.transaction_sync(lambda cur: _prepare(cur, store, where))
+            except StorageError as exc:
+                raise ConfigError(f"audit log {where}: cannot open: {exc}") from exc
         except BaseException:
-            conn.close()
+            db.close_sync()
             raise
-        return cls(conn, where, clock)
+        return cls(db, store, where, clock)
 
     @property
     def path(self) -> str:
         return self._path
 
+    @property
+    def store(self) -> AuditStore:
+        """The chain underneath (for verification)."""
+        return self._store
+
     def close(self) -> None:
-        """Close the database; later calls raise ConfigError. Closing twice is fine."""
+        """Sign a last checkpoint (with a signer), then close; later calls raise ConfigError.
+
+        Closing twice is fine. A checkpoint that cannot be written is logged, and the
+        log closed all the same.
+        """
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            if self._store.signer is not None:
+                self._store.checkpoint_sync()
+        except StorageError as exc:
+            log.warning("audit_checkpoint_failed", path=self._path, reason=bounded(str(exc)))
+        finally:
+            self._db.close_sync()
 
     def __enter__(self) -> AuditLog:
         return self
@@ -227,21 +292,37 @@ class AuditLog:
         peer: str,
         attestation_sha256_hex: str,
     ) -> int:
-        """Record a certificate issued; returns the event id.
+        """Record a certificate issued; returns the event id (its entry's seq).
 
         ConfigError if a certificate with this serial was already recorded.
         """
         text = _check_serial(serial)
-        detail = {
+        details = {
+            "serial": text,
             "key_hash_hex": _check_hex("key_hash_hex", key_hash_hex),
-            "not_before_ns": int(not_before_ns),
-            "not_after_ns": int(not_after_ns),
+            "not_before_ns": str(int(not_before_ns)),
+            "not_after_ns": str(int(not_after_ns)),
             "attestation_sha256_hex": _check_hex("attestation_sha256_hex", attestation_sha256_hex),
         }
-        with self._transaction(f"record issued serial {serial}") as conn:
-            if _find(conn, "issued", text) is not None:
-                raise ConfigError(f"audit log {self._path}: serial {serial} was already issued")
-            return self._insert(conn, "issued", text, principal, None, None, peer, detail)
+
+        def fn(cur: Any) -> int:
+            cur.execute("SELECT 1 FROM domain_certs WHERE serial = ?", (text,))
+            if cur.fetchone() is not None:
+                raise _Refused(f"audit log {self._path}: serial {serial} was already issued")
+            entry = self._store.append_in(
+                cur,
+                kind="cert_issued",
+                actor=bounded(peer, MAX_ACTOR_CHARS),
+                subject=bounded(principal, MAX_ACTOR_CHARS),
+                outcome="ok",
+                details=details,
+            )
+            cur.execute(
+                "INSERT INTO domain_certs (serial, issued_seq) VALUES (?, ?)", (text, entry.seq)
+            )
+            return entry.seq
+
+        return self._write(f"record issued serial {serial}", fn)
 
     def record_refused(
         self,
@@ -257,22 +338,22 @@ class AuditLog:
         Every text field is cut to its bound (:func:`bounded`): the principal and
         the reason to :data:`MAX_FIELD_CHARS`, the peer to :data:`MAX_PEER_CHARS`.
         """
-        detail: dict[str, Any] = {}
+        details = {
+            "reason_code": bounded(reason_code, _MAX_CODE_CHARS),
+            "reason": bounded(reason),
+        }
         if attestation_sha256_hex is not None:
-            detail["attestation_sha256_hex"] = _check_hex(
+            details["attestation_sha256_hex"] = _check_hex(
                 "attestation_sha256_hex", attestation_sha256_hex
             )
-        with self._transaction("record a refusal") as conn:
-            return self._insert(
-                conn,
-                "refused",
-                None,
-                None if principal is None else bounded(principal),
-                bounded(reason_code, _MAX_CODE_CHARS),
-                bounded(reason),
-                bounded(peer, MAX_PEER_CHARS),
-                detail,
-            )
+        return self._append(
+            "record a refusal",
+            kind="cert_refused",
+            actor=bounded(peer, MAX_PEER_CHARS),
+            subject="" if principal is None else bounded(principal),
+            outcome="refused",
+            details=details,
+        )
 
     def record_refusal_summary(
         self, *, peer: str, codes: Mapping[str, int], first_ns: int, last_ns: int
@@ -297,23 +378,21 @@ class AuditLog:
             f"{total} refusals counted, not recorded one by one: "
             + ", ".join(f"{code} {n}" for code, n in counts.items())
         )
-        detail = {
-            "count": total,
-            "codes": counts,
-            "first_ns": int(first_ns),
-            "last_ns": int(last_ns),
-        }
-        with self._transaction("record a refusal summary") as conn:
-            return self._insert(
-                conn,
-                "refused",
-                None,
-                None,
-                SUMMARY_CODE,
-                reason,
-                bounded(peer, MAX_PEER_CHARS),
-                detail,
-            )
+        return self._append(
+            "record a refusal summary",
+            kind="cert_refused",
+            actor=bounded(peer, MAX_PEER_CHARS),
+            subject="",
+            outcome=SUMMARY_CODE,
+            details={
+                "reason_code": SUMMARY_CODE,
+                "reason": reason,
+                "count": str(total),
+                "codes": json.dumps(counts, sort_keys=True),
+                "first_ns": str(int(first_ns)),
+                "last_ns": str(int(last_ns)),
+            },
+        )
 
     def revoke(self, serial: int, *, reason: str) -> bool:
         """Record the revocation of ``serial``; False if it was already revoked.
@@ -321,174 +400,273 @@ class AuditLog:
         ConfigError if no certificate with this serial was ever issued.
         """
         text = _check_serial(serial)
-        with self._transaction(f"revoke serial {serial}") as conn:
-            issued = _find(conn, "issued", text)
-            if issued is None:
-                raise ConfigError(
+
+        def fn(cur: Any) -> bool:
+            cur.execute(
+                "SELECT issued_seq, revoked_seq FROM domain_certs WHERE serial = ?", (text,)
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise _Refused(
                     f"audit log {self._path}: no certificate with serial {serial} was issued"
                 )
-            if _find(conn, "revoked", text) is not None:
+            if row[1] is not None:
                 return False
-            self._insert(conn, "revoked", text, issued.principal, None, reason, "", {})
+            issued = self._store.entries_in(cur, since_seq=row[0] - 1, limit=1)
+            principal = issued[0].subject if issued and issued[0].seq == row[0] else ""
+            entry = self._store.append_in(
+                cur,
+                kind="cert_revoked",
+                actor="",
+                subject=principal,
+                outcome="ok",
+                details={"serial": text, "reason": bounded(reason, MAX_DETAIL_CHARS)},
+            )
+            cur.execute(
+                "UPDATE domain_certs SET revoked_seq = ? WHERE serial = ?", (entry.seq, text)
+            )
             return True
+
+        return self._write(f"revoke serial {serial}", fn)
 
     # Reads.
 
     def is_revoked(self, serial: int) -> bool:
         text = _check_serial(serial)
-        with self._reading("check a revocation") as conn:
-            return _find(conn, "revoked", text) is not None
+
+        def fn(cur: Any) -> bool:
+            cur.execute(
+                "SELECT 1 FROM domain_certs WHERE serial = ? AND revoked_seq IS NOT NULL", (text,)
+            )
+            return cur.fetchone() is not None
+
+        return self._read("check a revocation", fn)
 
     def revoked_serials(self) -> frozenset[int]:
-        with self._reading("list revoked serials") as conn:
-            rows = conn.execute("SELECT serial FROM events WHERE kind = 'revoked'").fetchall()
-        return frozenset(int(serial) for (serial,) in rows)
+        def fn(cur: Any) -> frozenset[int]:
+            cur.execute("SELECT serial FROM domain_certs WHERE revoked_seq IS NOT NULL")
+            return frozenset(int(serial) for (serial,) in cur.fetchall())
+
+        return self._read("list revoked serials", fn)
 
     def issued(self, serial: int) -> AuditEvent | None:
         """The event that recorded the certificate ``serial``, if any."""
         text = _check_serial(serial)
-        with self._reading(f"look up serial {serial}") as conn:
-            return _find(conn, "issued", text)
+
+        def fn(cur: Any) -> AuditEvent | None:
+            cur.execute("SELECT issued_seq FROM domain_certs WHERE serial = ?", (text,))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            entries = self._store.entries_in(cur, since_seq=row[0] - 1, limit=1)
+            return _event(entries[0]) if entries else None
+
+        return self._read(f"look up serial {serial}", fn)
 
     def events(self, *, limit: int | None = None, since_id: int = 0) -> list[AuditEvent]:
-        """Events with an id above ``since_id``, oldest first, at most ``limit`` of them."""
+        """Events with an id above ``since_id``, oldest first, at most ``limit`` of them.
+
+        Only the domain service's own entries (issued, refused, revoked) are events;
+        others in the chain (a carried-over log's marker) are skipped.
+        """
         if limit is not None and limit < 0:
             raise ValueError("limit must not be negative")
-        with self._reading("read events") as conn:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?",  # noqa: S608
-                (since_id, -1 if limit is None else limit),
-            ).fetchall()
-            return [_event(row) for row in rows]
+        kinds = tuple(_ENTRY_KINDS)
+
+        def fn(cur: Any) -> list[AuditEvent]:
+            cur.execute(
+                "SELECT seq FROM audit_entries WHERE seq > ? AND kind IN (?, ?, ?)"
+                " ORDER BY seq LIMIT ?",
+                (since_id, *kinds, -1 if limit is None else limit),
+            )
+            seqs = [seq for (seq,) in cur.fetchall()]
+            if not seqs:
+                return []
+            entries = self._store.entries_in(
+                cur, since_seq=seqs[0] - 1, limit=seqs[-1] - seqs[0] + 1
+            )
+            wanted = set(seqs)
+            return [_event(e) for e in entries if e.seq in wanted]
+
+        return self._read("read events", fn)
 
     # Plumbing.
 
-    def _connection(self, what: str) -> sqlite3.Connection:
-        if self._conn is None:
+    def _append(self, what: str, **fields: Any) -> int:
+        return self._write(what, lambda cur: self._store.append_in(cur, **fields).seq)
+
+    def _write(self, what: str, fn: Callable[[Any], T]) -> T:
+        return self._call(what, fn, write=True)
+
+    def _read(self, what: str, fn: Callable[[Any], T]) -> T:
+        return self._call(what, fn, write=False)
+
+    def _call(self, what: str, fn: Callable[[Any], T], *, write: bool) -> T:
+        if self._closed:
             raise ConfigError(f"audit log {self._path}: cannot {what}: the log is closed")
-        return self._conn
-
-    @contextlib.contextmanager
-    def _reading(self, what: str) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._connection(what)
-            try:
-                yield conn
-            except sqlite3.Error as exc:
-                raise ConfigError(f"audit log {self._path}: cannot {what}: {exc}") from exc
-
-    @contextlib.contextmanager
-    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._connection(what)
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    if conn.in_transaction:
-                        with contextlib.suppress(sqlite3.Error):
-                            conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise ConfigError(f"audit log {self._path}: cannot {what}: {exc}") from exc
-
-    def _insert(
-        self,
-        conn: sqlite3.Connection,
-        kind: EventKind,
-        serial: str | None,
-        principal: str | None,
-        reason_code: str | None,
-        reason: str | None,
-        peer: str,
-        detail: Mapping[str, Any],
-    ) -> int:
-        cursor = conn.execute(
-            "INSERT INTO events (time_ns, kind, serial, principal, reason_code, reason, peer,"
-            " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                int(self._clock()),
-                kind,
-                serial,
-                principal,
-                reason_code,
-                reason,
-                peer,
-                json.dumps(dict(detail), sort_keys=True),
-            ),
-        )
-        row_id = cursor.lastrowid
-        assert row_id is not None
-        return row_id
-
-
-def _prepare(conn: sqlite3.Connection, where: str) -> None:
-    """Switch to WAL, then create the schema or check the one that is there."""
-    try:
-        conn.execute("PRAGMA journal_mode = WAL").fetchone()
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version == 0:
-                if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-                    raise ConfigError(
-                        f"audit log {where}: an SQLite database, but not a taonet audit log"
-                    )
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
-                raise ConfigError(
-                    f"audit log {where}: schema version {version} is not supported"
-                    f" (this taonet reads version {SCHEMA_VERSION})"
-                )
-            elif not conn.execute(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'"
-            ).fetchone()[0]:
-                raise ConfigError(f"audit log {where}: the events table is missing")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
-    except sqlite3.Error as exc:
-        raise ConfigError(f"audit log {where}: cannot open: {exc}") from exc
+            return self._db.transaction_sync(fn, write=write)
+        except _Refused as exc:
+            raise ConfigError(str(exc)) from None
+        except (StorageError, AuditError) as exc:
+            raise ConfigError(f"audit log {self._path}: cannot {what}: {exc}") from exc
 
 
-def _find(conn: sqlite3.Connection, kind: EventKind, serial: str) -> AuditEvent | None:
-    row = conn.execute(
-        f"SELECT {_COLUMNS} FROM events WHERE kind = ? AND serial = ?",  # noqa: S608
-        (kind, serial),
-    ).fetchone()
-    return None if row is None else _event(row)
+class _Refused(Exception):
+    """A write the log refuses (raised inside a transaction, so it rolls back)."""
 
 
-def _event(row: tuple[Any, ...]) -> AuditEvent:
-    id_, time_ns, kind, serial, principal, reason_code, reason, peer, detail = row
-    try:
-        parsed = json.loads(detail)
-        if not isinstance(parsed, dict):
-            raise TypeError("not a JSON object")
-        return AuditEvent(
-            id=id_,
-            time_ns=time_ns,
-            kind=kind,
-            serial=None if serial is None else int(serial),
-            principal=principal,
-            reason_code=reason_code,
-            reason=reason,
-            peer=peer,
-            detail=parsed,
+def _prepare(cur: Any, store: AuditStore, where: str) -> None:
+    """Create the schema, check the one that is there, or carry over the first layout."""
+    (version,) = cur.execute("PRAGMA user_version").fetchone()
+    tables = {
+        name for (name,) in cur.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
+    if version == 0:
+        if tables:
+            raise ConfigError(f"audit log {where}: an SQLite database, but not a taonet audit log")
+    elif version == _FIRST_LAYOUT:
+        if "events" not in tables:
+            raise ConfigError(f"audit log {where}: the events table is missing")
+    elif version != SCHEMA_VERSION:
+        raise ConfigError(
+            f"audit log {where}: schema version {version} is not supported"
+            f" (this taonet reads version {SCHEMA_VERSION})"
         )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"audit log event {id_} is malformed: {exc}") from None
+    elif not {"audit_entries", "domain_certs"} <= tables:
+        raise ConfigError(f"audit log {where}: the audit tables are missing")
+    store.create_in(cur)
+    for statement in _DOMAIN_SCHEMA:
+        cur.execute(statement)
+    if version == _FIRST_LAYOUT:
+        _carry_over(cur, store, where)
+    if version != SCHEMA_VERSION:
+        cur.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _carry_over(cur: Any, store: AuditStore, where: str) -> None:
+    """Append every event of the first layout to the chain, in order; drop the old table."""
+    rows = cur.execute(
+        "SELECT id, time_ns, kind, serial, principal, reason_code, reason, peer, detail"
+        " FROM events ORDER BY id"
+    ).fetchall()
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(list(row), default=str).encode() + b"\n")
+        id_, time_ns, kind, serial, principal, reason_code, reason, peer, detail = row
+        try:
+            extra = json.loads(detail)
+            if not isinstance(extra, dict):
+                raise TypeError("not a JSON object")
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"audit log {where}: event {id_} of the old layout is malformed: {exc}"
+            ) from None
+        details = {
+            k: (v if isinstance(v, str) else json.dumps(v, sort_keys=True))
+            for k, v in extra.items()
+        }
+        details["migrated_id"] = str(id_)
+        if serial is not None:
+            details["serial"] = str(serial)
+        if kind == "refused":
+            details["reason_code"] = bounded(reason_code or "", _MAX_CODE_CHARS)
+            details["reason"] = bounded(reason or "")
+            outcome = SUMMARY_CODE if reason_code == SUMMARY_CODE else "refused"
+        else:
+            outcome = "ok"
+            if kind == "revoked":
+                details["reason"] = bounded(reason or "", MAX_DETAIL_CHARS)
+        entry = store.append_in(
+            cur,
+            kind=f"cert_{kind}",
+            actor=bounded(peer or "", MAX_ACTOR_CHARS),
+            subject=bounded(principal or "", MAX_ACTOR_CHARS),
+            outcome=outcome,
+            details={k: bounded(v, MAX_DETAIL_CHARS) for k, v in details.items()},
+            time_ns=int(time_ns),
+        )
+        if kind == "issued":
+            cur.execute(
+                "INSERT INTO domain_certs (serial, issued_seq) VALUES (?, ?)", (serial, entry.seq)
+            )
+        elif kind == "revoked":
+            cur.execute(
+                "UPDATE domain_certs SET revoked_seq = ? WHERE serial = ?", (entry.seq, serial)
+            )
+    store.append_in(
+        cur,
+        kind="audit_carried_over",
+        actor="",
+        subject=where[-MAX_ACTOR_CHARS:],
+        outcome="ok",
+        details={"events": str(len(rows)), "events_sha256": digest.hexdigest()},
+    )
+    cur.execute("DROP TABLE events")
+    log.info("audit_carried_over", path=where, events=len(rows))
+
+
+def _event(entry: AuditEntry) -> AuditEvent:
+    """The event an entry of the domain service records."""
+    d = dict(entry.details)
+    try:
+        kind = _ENTRY_KINDS[entry.kind]
+        detail: dict[str, Any]
+        serial = None if "serial" not in d else int(d["serial"])
+        if kind == "issued":
+            detail = {
+                "key_hash_hex": d["key_hash_hex"],
+                "not_before_ns": int(d["not_before_ns"]),
+                "not_after_ns": int(d["not_after_ns"]),
+                "attestation_sha256_hex": d["attestation_sha256_hex"],
+            }
+            return AuditEvent(
+                id=entry.seq,
+                time_ns=entry.time_ns,
+                kind="issued",
+                serial=serial,
+                principal=entry.subject,
+                reason_code=None,
+                reason=None,
+                peer=entry.actor,
+                detail=detail,
+            )
+        if kind == "refused":
+            if d.get("reason_code") == SUMMARY_CODE:
+                detail = {
+                    "count": int(d["count"]),
+                    "codes": json.loads(d["codes"]),
+                    "first_ns": int(d["first_ns"]),
+                    "last_ns": int(d["last_ns"]),
+                }
+            else:
+                detail = {}
+                if "attestation_sha256_hex" in d:
+                    detail["attestation_sha256_hex"] = d["attestation_sha256_hex"]
+            return AuditEvent(
+                id=entry.seq,
+                time_ns=entry.time_ns,
+                kind="refused",
+                serial=None,
+                principal=entry.subject or None,
+                reason_code=d.get("reason_code"),
+                reason=d.get("reason"),
+                peer=entry.actor,
+                detail=detail,
+            )
+        return AuditEvent(
+            id=entry.seq,
+            time_ns=entry.time_ns,
+            kind="revoked",
+            serial=serial,
+            principal=entry.subject or None,
+            reason_code=None,
+            reason=d.get("reason"),
+            peer=entry.actor,
+            detail={},
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"audit log event {entry.seq} is malformed: {exc}") from None
 
 
 def _iso(time_ns: int) -> str:

@@ -177,7 +177,8 @@ class DomainService:
         """
         domain = Domain.load(domain_dir)
         signer = domain.unlock(password)
-        audit = AuditLog.open(Path(domain_dir) / AUDIT_FILE)
+        # The policy key signs the audit chain's checkpoints (see _audit).
+        audit = AuditLog.open(Path(domain_dir) / AUDIT_FILE, signer=signer)
         try:
             return cls(domain, signer, audit=audit, limits=limits, monotonic=monotonic)
         except BaseException:
