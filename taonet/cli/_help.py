@@ -28,6 +28,11 @@ EXAMPLES: Final[dict[tuple[str, ...], tuple[str, ...]]] = {
     ("auth", "parse"): ("taonet auth parse 'key([0a0b])  speaksfor key([0c0d])'",),
     ("auth", "encode"): ("taonet auth encode 'key([0a0b]) speaksfor key([0c0d])'",),
     ("auth", "decode"): ("taonet auth decode DQEDa2V5BAh0ZXN0IGtleREA -o json",),
+    ("audit",): ("taonet audit verify --domain ./domain",),
+    ("audit", "verify"): (
+        "taonet audit verify --domain ./domain",
+        "taonet audit verify --db postgresql://secrets@db/secrets --key server.pub -o json",
+    ),
     ("domain",): ("taonet domain init ./domain --name example --guard ACL",),
     ("domain", "init"): (
         "taonet domain init ./domain --name example --guard ACL",

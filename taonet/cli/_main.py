@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from taonet import __version__
 from taonet.cli import (
+    _audit_cmd,
     _auth_cmd,
     _completion,
     _demo_cmd,
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _auth_cmd.register(sub)
     _domain_cmd.register(sub)
+    _audit_cmd.register(sub)
     _service_cmd.register(sub)
     _host_cmd.register(sub)
     _demo_cmd.register(sub)
