@@ -252,9 +252,8 @@ def _program_hash(text: str) -> bytes:
 
 def _host_config(domain: Domain) -> LinuxHostConfig | None:
     """The domain's Linux host ($TAO_HOST, else linux_tao_host in the domain), if made:
-    programs are named as it names them (see :mod:`taonet.hosts.linux._naming`)."""
-    from taonet.hosts.linux import default_host_dir
-    from taonet.hosts.linux._naming import host_config_at
+    programs are named as it names them (see :mod:`taonet.hosts.linux`)."""
+    from taonet.hosts.linux import default_host_dir, host_config_at
 
     where = os.environ.get("TAO_HOST")
     return host_config_at(Path(where) if where else default_host_dir(domain.path))
@@ -262,7 +261,7 @@ def _host_config(domain: Domain) -> LinuxHostConfig | None:
 
 def _program_rule(host: LinuxHostConfig | None, path: Path, option: str) -> auth.Form:
     """The rule that lets the program file at ``path`` execute on ``host``."""
-    from taonet.hosts.linux._naming import program_rule_on
+    from taonet.hosts.linux import program_rule_on
 
     _measure(path, option)
     return program_rule_on(host, path)
@@ -391,7 +390,7 @@ def _principal(args: argparse.Namespace) -> int:
             host = auth.parse_prin(args.host)
         except CodecError as exc:
             raise UsageError(f"--host: {exc}") from None
-    from taonet.hosts.linux._naming import program_rule_on, program_subprin_on
+    from taonet.hosts.linux import program_rule_on, program_subprin_on
 
     program_hash = _measure(args.program, "--program")
     on_host = _host_config(domain)

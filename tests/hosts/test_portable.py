@@ -112,7 +112,19 @@ async def test_the_check_notices_the_linux_host(  # type: ignore[no-untyped-def]
 
 
 #: Names taonet.hosts.linux gained after the move (so never in taonet.hosts).
-NEW_IN_LINUX = frozenset({"TreeLimits", "default_interpreters"})
+NEW_IN_LINUX = frozenset(
+    {
+        "AmbiguousSelectorError",
+        "ProgramNotFoundError",
+        "TreeLimits",
+        "default_interpreters",
+        "host_config_at",
+        "program_file",
+        "program_rule_on",
+        "program_subprin_on",
+        "select_programs",
+    }
+)
 
 
 def test_the_linux_names_are_still_reachable_from_taonet_hosts() -> None:

@@ -17,6 +17,9 @@ portable and loads none of this (it only re-exports these names lazily, see ther
 * :class:`TreeLimits`: the bounds on a program that is a directory
   (``[program_tree]`` in ``host.toml``); :func:`default_interpreters`: the
   interpreters ``taonet host init`` offers programs (``[interpreters]``).
+* :func:`program_subprin_on`, :func:`program_rule_on`, :func:`host_config_at`: the
+  name a host would give a program file, and the ``Execute`` rule for it, worked out
+  without starting it (for a domain's policy tools).
 * :data:`ADMIN_SOCKET`, :data:`LOCK_FILE`, :data:`LOG_FILE`, :data:`CONFIG_FILE`: the
   names of the files a host keeps in its directory (the admin socket, the file a
   running host holds locked, its log when started in the background, ``host.toml``).
@@ -37,6 +40,7 @@ from taonet.hosts.linux._config import (
 from taonet.hosts.linux._host import LinuxHost
 from taonet.hosts.linux._hosted import AdminBackend, Caller, ProgramInfo, StartRequest
 from taonet.hosts.linux._interpreters import default_interpreters
+from taonet.hosts.linux._naming import host_config_at, program_rule_on, program_subprin_on
 from taonet.hosts.linux._select import (
     AmbiguousSelectorError,
     ProgramNotFoundError,
@@ -62,7 +66,10 @@ __all__ = [
     "TreeLimits",
     "default_host_dir",
     "default_interpreters",
+    "host_config_at",
     "program_file",
+    "program_rule_on",
+    "program_subprin_on",
     "select_programs",
     "serve_admin",
 ]
@@ -82,7 +89,10 @@ for _public in (
     TreeLimits,
     default_host_dir,
     default_interpreters,
+    host_config_at,
     program_file,
+    program_rule_on,
+    program_subprin_on,
     select_programs,
     serve_admin,
 ):
