@@ -10,8 +10,8 @@ while the service runs its policy key signs a checkpoint over the head every
 seconds after the last one, and when the log is closed. ``taonet audit verify
 --domain DIR`` then proves that no entry up to the last checkpoint was edited,
 removed or moved. (Entries written after the last checkpoint, by a service that
-was killed or by ``taonet domain revoke``, which does not unlock the key for it,
-are linked but not yet signed: they are covered by the next checkpoint.)
+was killed or by ``taonet domain revoke``, which opens the log without a signer,
+are linked but not yet signed: the next checkpoint covers them.)
 
 Why the policy key signs: it is the one key the running service holds, and the one
 every verifier of the domain already trusts, so no other key has to be made,
