@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from taonet.domain import ACLGuard
 from taonet_services.domain_service import AUDIT_FILE, AuditLog, DomainService
 from tests.conftest import PASSWORD, MakeDomain, MakeHost
 from tests.services.test_domain_service import BAD, GOOD, Service
+from tests.sqlite_helpers import sqlite_connection
 
 # The first layout of audit.sqlite (user_version 1), as taonet wrote it before the chain.
 OLD_SCHEMA = (
@@ -86,7 +86,7 @@ OLD_ROWS = [
 
 
 def old_log(path: Path) -> None:
-    with sqlite3.connect(path) as conn:
+    with sqlite_connection(path) as conn:
         for statement in OLD_SCHEMA:
             conn.execute(statement)
         for time_ns, kind, serial, principal, code, reason, peer, detail in OLD_ROWS:
@@ -124,7 +124,7 @@ def test_a_log_of_the_first_layout_is_carried_over(tmp_path: Path) -> None:
             if e.kind == "audit_carried_over"
         ]
         assert marker.details["events"] == str(len(OLD_ROWS))
-    with sqlite3.connect(path) as conn:
+    with sqlite_connection(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
         tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert "events" not in tables
@@ -136,12 +136,12 @@ def test_a_log_of_the_first_layout_is_carried_over(tmp_path: Path) -> None:
 def test_a_broken_log_of_the_first_layout_is_refused_and_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "audit.sqlite"
     old_log(path)
-    with sqlite3.connect(path) as conn:
+    with sqlite_connection(path) as conn:
         conn.execute("DROP TRIGGER events_no_delete")
         conn.execute("UPDATE events SET detail = 'not json' WHERE id = 2")
     with pytest.raises(ConfigError, match="event 2 of the old layout is malformed"):
         AuditLog.open(path)
-    with sqlite3.connect(path) as conn:  # rolled back: the old table is all still there
+    with sqlite_connection(path) as conn:  # rolled back: the old table is all still there
         assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == len(OLD_ROWS)
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
 
@@ -170,6 +170,6 @@ async def test_the_running_service_signs_its_log_with_the_policy_key(
     assert status == 0, err
     assert "3 entries, 1 checkpoints" in out
     assert "signed up to entry 3, checked against the domain's policy key" in out
-    with sqlite3.connect(domain.path / AUDIT_FILE) as conn:
+    with sqlite_connection(domain.path / AUDIT_FILE) as conn:
         (signer,) = conn.execute("SELECT signer FROM audit_checkpoints").fetchone()
     assert signer == str(domain.policy_principal)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +15,7 @@ import trio
 from taonet.audit import AuditError, AuditReason, sign_checkpoint
 from taonet.crypto import Signer
 from taonet_services.storage import AuditStore, Database
+from tests.sqlite_helpers import sqlite_connection
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = Signer.generate()
@@ -123,7 +123,7 @@ async def test_append_commits_or_rolls_back_with_the_business_write(db: Database
 def tamper(db: Database, url: str, *statements: str) -> None:
     """Run SQL on the database behind the service's back (sqlite3 / psycopg)."""
     if db.dialect == "sqlite":
-        with sqlite3.connect(url.removeprefix("sqlite://")) as conn:
+        with sqlite_connection(url.removeprefix("sqlite://")) as conn:
             for statement in statements:
                 conn.execute(statement)
     else:

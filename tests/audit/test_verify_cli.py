@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from taonet.crypto import Signer
 from taonet_services.domain_service import AuditLog
 from taonet_services.storage import AuditStore, Database
 from tests.conftest import PASSWORD, MakeDomain
+from tests.sqlite_helpers import sqlite_connection
 
 REFUSED = 4
 KEY = Signer.generate()
@@ -67,7 +67,7 @@ def domain_log(make_domain: MakeDomain) -> Path:
 
 def sqlite_tamper(path: Path, *statements: str) -> None:
     """What someone who can write the file does: drop the accident guards, then edit."""
-    with sqlite3.connect(path) as conn:
+    with sqlite_connection(path) as conn:
         conn.execute("DROP TRIGGER IF EXISTS audit_entries_no_update")
         conn.execute("DROP TRIGGER IF EXISTS audit_entries_no_delete")
         for statement in statements:
@@ -218,7 +218,7 @@ def test_missing_and_unknown_logs(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "no audit log at" in err
     assert not (tmp_path / "none.sqlite").exists()
     other = tmp_path / "other.sqlite"
-    with sqlite3.connect(other) as conn:
+    with sqlite_connection(other) as conn:
         conn.execute("CREATE TABLE t (x)")
     status, _, err = run(capsys, "--db", str(other))
     assert status == 3

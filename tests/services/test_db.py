@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from taonet import TaoError
 from taonet_services._db import Database, StorageError, StorageReason
 from tests.mounts import remount_read_only, tmpfs
 from tests.pg import PgServer, binaries_or_skip, database_name
+from tests.sqlite_helpers import sqlite_connection
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS t (id {id}, v TEXT NOT NULL UNIQUE, b {blob})"
 
@@ -181,7 +181,7 @@ async def test_sqlite_disk_full_acknowledges_only_what_was_stored(tmp_path: Path
         assert error.reason is StorageReason.FULL, error
         assert "nothing was committed" in str(error)
         await db.aclose()
-        with sqlite3.connect(small / "full.db") as conn:
+        with sqlite_connection(small / "full.db") as conn:
             stored = [v for (v,) in conn.execute("SELECT v FROM t ORDER BY id")]
         assert stored == acknowledged
         assert acknowledged  # the file system took some rows before it was full
