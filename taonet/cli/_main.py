@@ -29,6 +29,7 @@ from taonet.cli import (
     _domain_cmd,
     _help,
     _host_cmd,
+    _secret_server_cmd,
     _service_cmd,
 )
 from taonet.cli._failures import EXIT_STATUS_TABLE, ExitStatus, describe, exit_status, leaves
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _domain_cmd.register(sub)
     _audit_cmd.register(sub)
     _service_cmd.register(sub)
+    _secret_server_cmd.register(sub)
     _host_cmd.register(sub)
     _demo_cmd.register(sub)
     _completion.register(sub)

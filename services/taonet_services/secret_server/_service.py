@@ -1,0 +1,511 @@
+"""The secret server: the secret service protocol over Tao channels, authorized by the guard.
+
+Each connection is a Tao channel from a program of the domain (its verified principal
+is the caller). Requests are protorpc envelopes (:mod:`taonet.secrets`); several may
+be in flight on one channel (up to :data:`MAX_IN_FLIGHT`; the server stops reading
+the channel while that many are being answered), each answered under its own seq.
+
+Authorization. Every request is checked by the domain's guard for the caller:
+``Authorized(P, OP, "/name")`` with OP ``Read`` (Read), ``Write`` (Write), ``Create``
+(Create; plus ``Read`` on the protector when one is named), ``Delete`` (Delete) or
+``Own`` (Rotate). A right on a name prefix covers the names under it, segment by
+segment: the guard is asked for the name itself, then each ancestor, up to ``"/"``
+(for ``/a/b/c``: ``/a/b/c``, ``/a/b``, ``/a``, ``/``), and the first yes allows; so
+a right on ``/a`` covers ``/a/b`` but not ``/ab``. Rotate needs Own, not Write: a
+rotation makes a new epoch that every reader of the name moves to, retires the
+epoch others may still hold, and rewraps every object under the key; that is the
+owner's decision, not a writer's. List returns only the names under the prefix the
+caller may Read (by the same rule); a page scans at most
+:data:`~taonet_services.secret_server._store.MAX_LIST_SCAN` names and may come back
+short with ``next_after`` set.
+
+Audit (an :class:`~taonet_services.storage.AuditStore` in the same database): every
+change is appended in the same transaction as the change (so it commits with it);
+every release (a Read answered with a value) is appended and committed before the
+value is sent (releases from concurrent calls are committed together, one
+transaction per batch); every refusal by the guard is appended. A release that
+cannot be audited is not made (``unavailable``).
+
+Hooks: ``on_change(ObjectId, kind)`` is called after each committed create, write,
+rotate (the new id) and delete (kind ``"created"``, ``"written"``, ``"rotated"``,
+``"deleted"``); ``authenticate_operator(request)`` decides for requests that carry
+an operator credential (it returns the principal to authorize as, or raises
+AuthenticationError); ``extensions`` serve further operations (Watch, Grant).
+
+Failures: bad bytes get an envelope error or an ``invalid`` answer and the server
+keeps serving (a frame over its limit ends that connection only); a database that is
+full, read-only or unreachable answers ``unavailable`` and nothing is acknowledged
+that was not committed; a row that fails its integrity check answers ``corrupt``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+
+import attrs
+import structlog
+import trio
+
+from taonet import AuthenticationError, CodecError, ProtocolError, TaoError, auth
+from taonet.audit import MAX_ACTOR_CHARS, bounded
+from taonet.channel import ChannelIdentity, CRLSource, TaoStream, serve_channels
+from taonet.domain import Guard
+from taonet.protected import ObjectId, SecretObject
+from taonet.secrets import (
+    Changed,
+    CreateRequest,
+    Deleted,
+    DeleteRequest,
+    ErrorCode,
+    Failure,
+    Listing,
+    ListRequest,
+    Op,
+    ReadRequest,
+    Request,
+    Response,
+    RotateRequest,
+    SecretServiceError,
+    WriteRequest,
+    decode_request,
+    encode_response,
+    op_of,
+    request_body_limit,
+)
+from taonet.wire import END_OF_STREAM, MAX_REQUEST_HEADER, NEED_DATA, Envelope, Role
+from taonet.wire import Request as EnvelopeRequest
+from taonet_services.secret_server._store import (
+    MAX_LIST_SCAN,
+    RESERVED_PREFIX,
+    SecretTables,
+    utc_now,
+)
+from taonet_services.storage import AuditStore, Database, StorageError, StorageReason
+
+__all__ = [
+    "MAX_IN_FLIGHT",
+    "Call",
+    "ChangeHook",
+    "Extension",
+    "OperatorAuthenticator",
+    "SecretServer",
+    "covering_names",
+]
+
+log = structlog.get_logger(__name__)
+
+#: Requests answered at once on one channel.
+MAX_IN_FLIGHT: Final = 16
+#: Bytes read from a channel at a time.
+CHUNK_SIZE: Final = 64 * 1024
+
+#: ``on_change(id, kind)`` after a committed change.
+ChangeHook = Callable[[ObjectId, str], None]
+#: ``authenticate_operator(request)`` -> the principal to authorize the request as.
+OperatorAuthenticator = Callable[[Request], Awaitable[auth.Prin]]
+
+
+@attrs.frozen
+class Call:
+    """Who asks, for an extension: the server, the caller's principal, its address."""
+
+    server: SecretServer
+    principal: auth.Prin
+    peer: str
+
+
+#: An extension serves one operation: ``await extension(call, request)``.
+Extension = Callable[[Call, Request], Awaitable[Response]]
+
+
+def covering_names(name: str) -> list[str]:
+    """The names whose rights cover ``name``: itself, then each ancestor up to ``/``."""
+    names = [name]
+    while "/" in name[1:]:
+        name = name[: name.rindex("/")]
+        names.append(name)
+    if names[-1] != "/":
+        names.append("/")
+    return names
+
+
+def _reserved(name: str) -> bool:
+    return name == RESERVED_PREFIX or name.startswith(RESERVED_PREFIX + "/")
+
+
+@attrs.define
+class _Pending:
+    fields: dict[str, Any]
+    done: trio.Event = attrs.field(factory=trio.Event)
+    failure: BaseException | None = None
+
+
+class _AuditBatcher:
+    """Appends audit entries in batches: each caller waits until its entry committed."""
+
+    def __init__(self, db: Database, audit: AuditStore) -> None:
+        self._db = db
+        self._audit = audit
+        self._pending: list[_Pending] = []
+        self._wakeup = trio.Event()
+
+    async def record(self, **fields: Any) -> None:
+        item = _Pending(fields)
+        self._pending.append(item)
+        self._wakeup.set()
+        await item.done.wait()
+        if item.failure is not None:
+            raise item.failure
+
+    async def run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+
+            def append(cur: Any, batch: list[_Pending] = batch) -> None:
+                for item in batch:
+                    self._audit.append_in(cur, **item.fields)
+
+            failure: BaseException | None = None
+            try:
+                with trio.CancelScope(shield=True):
+                    await self._db.transaction(append)
+            except TaoError as exc:
+                failure = exc
+            for item in batch:
+                item.failure = failure
+                item.done.set()
+
+
+def _failure_of(exc: BaseException) -> Failure:
+    if isinstance(exc, SecretServiceError):
+        return Failure(exc.code, exc.reason)
+    if isinstance(exc, StorageError):
+        if exc.reason is StorageReason.CORRUPT:
+            return Failure(ErrorCode.CORRUPT, f"the database is corrupt: {exc}")
+        if exc.reason is StorageReason.CONFLICT:
+            return Failure(ErrorCode.CONFLICT, f"changed by another request: {exc}")
+        return Failure(ErrorCode.UNAVAILABLE, f"nothing was changed: {exc}")
+    return Failure(ErrorCode.INTERNAL, type(exc).__name__)
+
+
+class SecretServer:
+    """One secret server over a database (see the module docstring)."""
+
+    def __init__(
+        self,
+        tables: SecretTables,
+        audit: AuditStore,
+        guard: Guard,
+        identity: ChannelIdentity,
+        *,
+        revocations: CRLSource | None = None,
+        on_change: ChangeHook | None = None,
+        authenticate_operator: OperatorAuthenticator | None = None,
+        extensions: Mapping[Op, Extension] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.tables: Final = tables
+        self.db: Final = tables.db
+        self.audit: Final = audit
+        self.guard = guard
+        self.identity: Final = identity
+        self.revocations = revocations
+        self.on_change = on_change
+        self.authenticate_operator = authenticate_operator
+        self.extensions: dict[Op, Extension] = dict(extensions or {})
+        self._clock = clock
+        self._batcher = _AuditBatcher(self.db, audit)
+
+    # -- serving ------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        port: int,
+        *,
+        host: str = "127.0.0.1",
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled (Trio's start protocol: ``task_status`` gets the listeners)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._batcher.run)
+            listeners = await nursery.start(
+                functools.partial(
+                    serve_channels,
+                    self.handle,
+                    port,
+                    self.identity,
+                    host=host,
+                    revocations=self.revocations,
+                )
+            )
+            task_status.started(listeners)
+
+    async def handle(self, stream: TaoStream) -> None:
+        """Answer requests on one channel until the client closes it."""
+        principal = stream.peer.principal
+        peer = bounded(str(stream.peer), MAX_ACTOR_CHARS)
+        if principal is None:  # pragma: no cover - serve_channels refuses anonymous peers
+            return
+        envelope = Envelope(
+            Role.SERVER, body_limit=request_body_limit, header_limit=MAX_REQUEST_HEADER
+        )
+        send_lock = trio.Lock()
+        slots = trio.Semaphore(MAX_IN_FLIGHT)
+
+        async def send(chunks: list[bytes]) -> None:
+            async with send_lock:
+                await stream.send_all(b"".join(chunks))
+
+        async def answer(event: EnvelopeRequest) -> None:
+            try:
+                body = await self._answer_bytes(principal, peer, event)
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await send(envelope.response(event.op, event.seq, body))
+            finally:
+                slots.release()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    try:
+                        event = envelope.next_event()
+                        if event is NEED_DATA:
+                            envelope.body_length()  # checked before the body is read
+                            wanted = min(CHUNK_SIZE, envelope.wanted())
+                            envelope.receive_data(await stream.receive_some(wanted))
+                            continue
+                    except (CodecError, ProtocolError) as exc:
+                        log.warning("bad_request", peer=peer, error=bounded(str(exc), 500))
+                        with contextlib.suppress(
+                            trio.BrokenResourceError, trio.ClosedResourceError
+                        ):
+                            await send(envelope.answer_failure())
+                        break
+                    if event is END_OF_STREAM:
+                        break
+                    assert isinstance(event, EnvelopeRequest)
+                    try:
+                        Op.from_method(event.op)
+                    except ProtocolError as exc:
+                        await send(envelope.response(event.op, event.seq, error=exc))
+                        continue
+                    await slots.acquire()
+                    nursery.start_soon(answer, event)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.info("client_broken", peer=peer, error=bounded(str(exc) or type(exc).__name__))
+        finally:
+            envelope.clear()
+
+    async def _answer_bytes(self, principal: auth.Prin, peer: str, event: EnvelopeRequest) -> bytes:
+        try:
+            request = decode_request(event.op, event.body)
+        except CodecError as exc:
+            log.warning("bad_request", peer=peer, error=bounded(str(exc), 500))
+            return encode_response(Failure(ErrorCode.INVALID, str(exc)))
+        try:
+            response = await self.answer(principal, peer, request)
+        except SecretServiceError as exc:
+            response = Failure(exc.code, exc.reason)
+        except TaoError as exc:
+            response = _failure_of(exc)
+            log.warning(
+                "secret_request_failed",
+                peer=peer,
+                op=op_of(request).name,
+                code=str(response.code),
+                error=bounded(str(exc), 500),
+            )
+        return encode_response(response)
+
+    # -- authorization ------------------------------------------------------------------
+
+    def is_authorized(self, principal: auth.Prin, op: str, name: str) -> bool:
+        """Whether the guard gives ``principal`` ``op`` on ``name`` or an ancestor of it."""
+        return any(
+            self.guard.is_authorized(principal, op, [auth.Str(n)]) for n in covering_names(name)
+        )
+
+    async def _refuse(
+        self, principal: auth.Prin, peer: str, op: str, name: str, why: str
+    ) -> Failure:
+        log.warning("secret_refused", peer=peer, op=op, name=bounded(name, 200))
+        try:
+            await self._batcher.record(
+                kind="secret_refused",
+                actor=bounded(str(principal)),
+                subject=bounded(name),
+                outcome="refused",
+                details={"op": op, "peer": bounded(peer, 1000)},
+            )
+        except TaoError as exc:
+            log.error("audit_failed", peer=peer, error=bounded(str(exc), 500))  # noqa: TRY400
+        return Failure(ErrorCode.UNAUTHORIZED, why)
+
+    async def _check(self, principal: auth.Prin, peer: str, op: str, name: str) -> Failure | None:
+        if self.is_authorized(principal, op, name):
+            return None
+        return await self._refuse(
+            principal, peer, op, name, f"the guard does not give {op} on {name[:200]}"
+        )
+
+    # -- requests -----------------------------------------------------------------------
+
+    async def answer(self, principal: auth.Prin, peer: str, request: Request) -> Response:
+        """The answer to ``request`` from ``principal`` (refusals as a Failure or raised)."""
+        op = op_of(request)
+        if request.operator is not None:
+            if self.authenticate_operator is None:
+                return await self._refuse(
+                    principal,
+                    peer,
+                    op.value[0],
+                    getattr(request, "name", getattr(request, "prefix", "/")),
+                    "this server accepts no operator credentials",
+                )
+            try:
+                principal = await self.authenticate_operator(request)
+            except AuthenticationError as exc:
+                return await self._refuse(
+                    principal,
+                    peer,
+                    op.value[0],
+                    getattr(request, "name", getattr(request, "prefix", "/")),
+                    f"operator credential refused: {exc}",
+                )
+        extension = self.extensions.get(op)
+        if extension is not None:
+            return await extension(Call(self, principal, peer), request)
+        for field in ("name", "prefix", "protector", "after"):
+            value = getattr(request, field, None)
+            if isinstance(value, str) and _reserved(value.rstrip("/") or "/"):
+                return Failure(ErrorCode.INVALID, f"names under {RESERVED_PREFIX} are reserved")
+        if isinstance(request, ReadRequest):
+            return await self._read(principal, peer, request)
+        if isinstance(request, ListRequest):
+            return await self._list(principal, request)
+        if isinstance(request, CreateRequest | WriteRequest | DeleteRequest | RotateRequest):
+            return await self._change(principal, peer, request)
+        return Failure(ErrorCode.INVALID, f"{op.method} is not served by this server")
+
+    async def _read(self, principal: auth.Prin, peer: str, request: ReadRequest) -> Response:
+        refused = await self._check(principal, peer, "Read", request.name)
+        if refused is not None:
+            return refused
+        now = utc_now()
+        obj: SecretObject = await self.db.transaction(
+            lambda cur: self.tables.read_in(cur, request.name, request.epoch, now), write=False
+        )
+        # The release is on record before the value leaves.
+        await self._batcher.record(
+            kind="secret_released",
+            actor=bounded(str(principal)),
+            subject=str(obj.id),
+            outcome="ok",
+            details={"op": "Read", "peer": bounded(peer, 1000)},
+        )
+        return obj
+
+    async def _list(self, principal: auth.Prin, request: ListRequest) -> Response:
+        names: list[str] = []
+        after = request.after
+        scanned = 0
+        while len(names) < request.limit and scanned < MAX_LIST_SCAN:
+            chunk = min(MAX_LIST_SCAN - scanned, 2 * request.limit)
+            found = await self.db.transaction(
+                functools.partial(
+                    self.tables.list_in, prefix=request.prefix, after=after, limit=chunk
+                ),
+                write=False,
+            )
+            for name in found:
+                after = name
+                scanned += 1
+                if self.is_authorized(principal, "Read", name):
+                    names.append(name)
+                    if len(names) == request.limit:
+                        break
+            if len(found) < chunk:
+                return Listing(names, None if len(names) < request.limit else after)
+        return Listing(names, after)
+
+    async def _change(
+        self,
+        principal: auth.Prin,
+        peer: str,
+        request: CreateRequest | WriteRequest | DeleteRequest | RotateRequest,
+    ) -> Response:
+        op = {CreateRequest: "Create", WriteRequest: "Write", DeleteRequest: "Delete"}.get(
+            type(request), "Own"
+        )
+        refused = await self._check(principal, peer, op, request.name)
+        if refused is not None:
+            return refused
+        if isinstance(request, CreateRequest) and request.protector is not None:
+            refused = await self._check(principal, peer, "Read", request.protector)
+            if refused is not None:
+                return refused
+        now = utc_now()
+        actor = bounded(str(principal))
+        tables = self.tables
+
+        def change(cur: Any) -> tuple[Response, ObjectId, str, dict[str, str]]:
+            response: Response
+            details: dict[str, str] = {"peer": bounded(peer, 1000)}
+            if isinstance(request, CreateRequest):
+                oid, tag = tables.create_in(
+                    cur,
+                    request.name,
+                    request.value,
+                    request.type,
+                    request.protector,
+                    request.not_before,
+                    request.not_after,
+                    now,
+                )
+                response, kind = Changed(oid), "created"
+                details |= {"tag": tag.hex(), "type": request.type}
+                if request.protector is not None:
+                    details["protector"] = bounded(request.protector, 1100)
+            elif isinstance(request, WriteRequest):
+                oid, tag = tables.write_in(cur, request.name, request.epoch, request.value, now)
+                response, kind = Changed(oid), "written"
+                details["tag"] = tag.hex()
+            elif isinstance(request, DeleteRequest):
+                epochs = tables.delete_in(cur, request.name, request.epoch)
+                oid = ObjectId(request.name, max(epochs))
+                response, kind = Deleted(request.name, epochs), "deleted"
+                details["epochs"] = ",".join(map(str, epochs))[:1000]
+            else:
+                oid, rewrapped = tables.rotate_in(cur, request.name, request.value, now)
+                response, kind = Changed(oid), "rotated"
+                details["rewrapped"] = str(rewrapped)
+            self.audit.append_in(
+                cur,
+                kind=f"secret_{kind}",
+                actor=actor,
+                subject=str(oid) if kind != "deleted" else request.name,
+                outcome="ok",
+                details=details,
+            )
+            return response, oid, kind, details
+
+        response, oid, kind, details = await self.db.transaction(change)
+        log.info(f"secret_{kind}", peer=peer, id=bounded(str(oid), 200), **_loggable(details))
+        if self.on_change is not None:
+            try:
+                self.on_change(oid, kind)
+            except Exception:  # a hook's bug must not fail a committed change
+                log.exception("on_change_failed", id=bounded(str(oid), 200))
+        return response
+
+
+def _loggable(details: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in details.items() if k in ("rewrapped", "epochs", "type")}

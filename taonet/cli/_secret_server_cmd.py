@@ -1,0 +1,164 @@
+"""``taonet secret-server``: run a domain's secret server (a Tao program itself).
+
+Run as a hosted program of a Tao host (``taonet.hosts.parent()``), or with
+``--soft-host DIR`` on a soft Tao host's key, as ``taonet demo`` runs its programs
+(the server is then named by the hash of its program module). It provisions its
+identity through the domain service, gets its master key (sealed by its Tao), and
+serves until SIGINT or SIGTERM (exit status 0). It prints, once it serves, one line
+``secret server listening on HOST:PORT as PRINCIPAL`` and logs
+``secret_server_started``; as it stops, ``secret server stopped (SIGNAL)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from taonet import ConfigError, configure_logging
+from taonet.cli._domain_cmd import add_domain_option, domain_dir
+from taonet.cli._failures import describe, leaves
+from taonet.cli._service_cmd import parse_listen
+
+_EXAMPLES = """Example:
+  taonet secret-server --domain ./domain --state ./secret-state --listen 127.0.0.1:8125
+  taonet secret-server --domain ./domain --state ./state --db postgresql://secrets@db/secrets
+  taonet secret-server --domain ./domain --state ./state --soft-host ./host --password-file pw"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "secret-server",
+        help="serve the domain's secrets and keys over Tao channels",
+        description=textwrap.fill(
+            "Run the secret server: a Tao program that keeps keys and secrets encrypted"
+            " under a master key sealed by its Tao, and hands them to programs the"
+            " domain's guard allows.",
+            79,
+        ),
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_domain_option(p)
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        default="127.0.0.1:8125",
+        help="address to listen on (default 127.0.0.1:8125; port 0 picks a free one)",
+    )
+    p.add_argument(
+        "--state",
+        metavar="DIR",
+        type=Path,
+        required=True,
+        help="directory for the server's sealed identity and cached CRL",
+    )
+    p.add_argument(
+        "--db",
+        metavar="URL",
+        default=None,
+        help="database: sqlite:///PATH or postgresql://... (default: DOMAIN/secrets.db)",
+    )
+    p.add_argument(
+        "--domain-service",
+        metavar="HOST:PORT",
+        default="127.0.0.1:8124",
+        help="the domain service to provision from and take the CRL from (default 127.0.0.1:8124)",
+    )
+    p.add_argument(
+        "--soft-host",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="run on this soft Tao host's key (its password asked, or --password-file)",
+    )
+    p.add_argument(
+        "--password-file",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help="read the soft host's password from FILE (first line)",
+    )
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM, then stop and exit 0."""
+    import contextlib
+
+    import structlog
+    import trio
+
+    from taonet.cli._password import get_password
+    from taonet.domain import Domain
+    from taonet.hosts import SoftHost, Tao, parent
+    from taonet_services.secret_server import program_name, run_secret_server
+
+    log = structlog.get_logger(__name__)
+    directory = domain_dir(args)
+    listen = parse_listen(args.listen)
+    try:
+        domain_service = parse_listen(args.domain_service)
+    except Exception as exc:  # a UsageError naming --listen: say which option
+        raise ConfigError(f"--domain-service: {exc}") from None
+    configure_logging()
+    domain = Domain.load(directory)
+    soft: SoftHost | None = None
+    if args.soft_host is not None:
+        password = get_password(args.password_file, prompt="Soft host password")
+        soft = SoftHost.load(args.soft_host, password)
+    stopped_by: list[str] = []
+
+    async def main() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            tao: Tao
+            if soft is not None:
+                tao = soft.tao_for(soft.name.extend(program_name()))
+            else:
+                tao = await stack.enter_async_context(parent())
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with trio.open_nursery() as nursery:
+                    try:
+                        running = await nursery.start(
+                            lambda task_status: run_secret_server(
+                                tao,
+                                domain=domain,
+                                state_dir=args.state,
+                                domain_service=domain_service,
+                                listen=listen,
+                                db_url=args.db,
+                                task_status=task_status,
+                            )
+                        )
+                    except (OSError, BaseExceptionGroup) as exc:
+                        found = leaves(exc)
+                        if not all(isinstance(leaf, OSError) for leaf in found):
+                            raise
+                        raise ConfigError(
+                            f"cannot listen on {args.listen}: {describe(found[0])}"
+                        ) from None
+                    sockname = running.listeners[0].socket.getsockname()
+                    host, port = sockname[0], sockname[1]
+                    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                    principal = running.server.identity.certificate.principal
+                    log.info(
+                        "secret_server_started",
+                        listen=address,
+                        domain=str(directory),
+                        principal=str(principal),
+                    )
+                    print(
+                        f"secret server listening on {address} as {principal}",
+                        flush=True,
+                    )
+                    async for signum in signals:
+                        stopped_by.append(signal.Signals(signum).name)
+                        break
+                    nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    log.info("secret_server_stopped", signal=stopped_by[0] if stopped_by else None)
+    print(f"secret server stopped ({', '.join(stopped_by) or 'done'})", flush=True)
+    return 0
