@@ -312,13 +312,19 @@ async def connect(
     :func:`~taonet.channel.open_channel` does; ``server``, when given, is the
     principal the server must have.
     """
-    async with trio.open_nursery() as nursery:
-        store = SecretStore(
-            nursery, _address(address), identity, revocations=revocations, server=server
-        )
-        try:
-            await store._open()
-            yield store
-        finally:
-            await store.aclose()
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            store = SecretStore(
+                nursery, _address(address), identity, revocations=revocations, server=server
+            )
+            try:
+                await store._open()
+                yield store
+            finally:
+                await store.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The readers never raise: a group holds what the block (or opening) raised.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from group.exceptions[0].__cause__
+        raise
