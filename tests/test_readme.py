@@ -1,8 +1,10 @@
 """README.md, followed in order, works: its blocks are copied out of it and run.
 
 Everything from ``## A short tour`` to the end of README.md is run as a reader would
-follow it: one bash session (``set -e``) in an empty directory, with this repository's
-virtual environment first on ``PATH`` and ``HOME`` in the temporary directory.
+follow it: one bash session (``set -e``) in a new directory that holds only a copy of
+the repository's ``examples/`` (what the tour runs, as a reader has it in a clone), with
+this repository's virtual environment first on ``PATH`` and ``HOME`` in the temporary
+directory.
 
 * ```` ```sh ```` (or ``bash``) blocks run as written;
 * ```` ```console ```` blocks are commands (``$ `` lines, continued on the next line
@@ -55,6 +57,9 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 VENV_BIN = Path(sys.executable).parent
 TOUR = "## A short tour"
+#: What the session starts with from the repository, as a reader has it in a clone (the
+#: programs a new section of the README runs, without showing every file whole).
+REPO_FILES = ("examples",)
 #: The whole session, and each cleanup step, are bounded by these.
 SESSION_TIMEOUT = 240.0
 CLEANUP_TIMEOUT = 60.0
@@ -328,12 +333,23 @@ class Result:
     skipped_nobody: tuple[int, ...]
 
 
-async def run_readme(markdown: str, base: Path, *, nobody_bin: Path | None = None) -> Result:
-    """Run ``markdown``'s tour in ``base`` (made empty); ReadmeError on any failure."""
+async def run_readme(
+    markdown: str,
+    base: Path,
+    *,
+    nobody_bin: Path | None = None,
+    repo_files: Sequence[str] = REPO_FILES,
+) -> Result:
+    """Run ``markdown``'s tour in ``base`` (made empty but for copies of the
+    repository's ``repo_files``); ReadmeError on any failure."""
     blocks = extract(markdown)
     workdir, stage, home = base / "session", base / "stage", base / "home"
     for path in (workdir, stage, home):
         path.mkdir(parents=True)
+    for name in repo_files:
+        shutil.copytree(
+            REPO / name, workdir / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
     session = Session(workdir, stage, nobody_bin)
     ports = free_ports(blocks)
     for block in blocks:
@@ -597,7 +613,7 @@ async def test_runner_runs_a_good_readme_as_one_session(tmp_path: Path) -> None:
         "```text\nexit 4\n```",
     )
     with trio.fail_after(60):
-        await run_readme(text, tmp_path)
+        await run_readme(text, tmp_path, repo_files=())
 
 
 @pytest.mark.parametrize(
@@ -611,7 +627,7 @@ async def test_runner_runs_a_good_readme_as_one_session(tmp_path: Path) -> None:
 )
 async def test_runner_fails_on_a_broken_snippet(tmp_path: Path, block: str, message: str) -> None:
     with trio.fail_after(60), pytest.raises(ReadmeError) as caught:
-        await run_readme(tour(block), tmp_path)
+        await run_readme(tour(block), tmp_path, repo_files=())
     assert message in str(caught.value)
     assert not (tmp_path / "session" / "ran-on").exists()
 
@@ -619,7 +635,7 @@ async def test_runner_fails_on_a_broken_snippet(tmp_path: Path, block: str, mess
 async def test_runner_stops_what_a_failed_session_started(tmp_path: Path) -> None:
     text = tour("```sh\nsleep 1000 &\necho $! > sleeper.pid\nfalse\n```")
     with trio.fail_after(60), pytest.raises(ReadmeError, match="failed: false"):
-        await run_readme(text, tmp_path)
+        await run_readme(text, tmp_path, repo_files=())
     pid = int((tmp_path / "session" / "sleeper.pid").read_text())
     assert not _alive(pid)
     assert not _processes_in(tmp_path)
