@@ -5,6 +5,9 @@
 * The protocol (``_protocol``): :class:`Op`, typed requests and responses (frozen
   attrs), a pure codec (:func:`encode_request`, :func:`decode_request`,
   :func:`encode_response`, :func:`decode_response`), :func:`operator_payload`.
+* Operator credentials (``_operator``): :func:`sign_operator_request` (the policy
+  key signs a request for one server, with a nonce and a short window) and
+  :func:`verify_operator_request`, raising :class:`OperatorError`.
 * Typed refusals: :class:`ErrorCode` on the wire, raised as :class:`NotFoundError`,
   :class:`UnauthorizedError` (an AuthorizationError), :class:`ConflictError`,
   :class:`InvalidRequestError`, :class:`UnavailableError`, :class:`CorruptError`,
@@ -27,6 +30,14 @@ from taonet.secrets._errors import (
     UnauthorizedError,
     UnavailableError,
     error_for,
+)
+from taonet.secrets._operator import (
+    OPERATOR_CONTEXT,
+    OperatorClaim,
+    OperatorError,
+    OperatorReason,
+    sign_operator_request,
+    verify_operator_request,
 )
 from taonet.secrets._protocol import (
     DEFAULT_PAGE,
@@ -74,6 +85,7 @@ __all__ = [
     "MAX_REASON_CHARS",
     "MAX_REQUEST_BODY",
     "MAX_RESPONSE_BODY",
+    "OPERATOR_CONTEXT",
     "Changed",
     "ConflictError",
     "CorruptError",
@@ -90,6 +102,9 @@ __all__ = [
     "Listing",
     "NotFoundError",
     "Op",
+    "OperatorClaim",
+    "OperatorError",
+    "OperatorReason",
     "ReadRequest",
     "Request",
     "Response",
@@ -111,6 +126,8 @@ __all__ = [
     "op_of",
     "operator_payload",
     "request_body_limit",
+    "sign_operator_request",
+    "verify_operator_request",
 ]
 
 # What this namespace exports reports it as its home (reprs, tracebacks, docs).
@@ -131,6 +148,9 @@ for _public in (
     Listing,
     NotFoundError,
     Op,
+    OperatorClaim,
+    OperatorError,
+    OperatorReason,
     ReadRequest,
     RotateRequest,
     SecretServiceError,
@@ -149,6 +169,8 @@ for _public in (
     op_of,
     operator_payload,
     request_body_limit,
+    sign_operator_request,
+    verify_operator_request,
 ):
     _public.__module__ = __name__
 del _public
