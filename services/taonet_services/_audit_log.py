@@ -1,21 +1,20 @@
 """An audit chain (:mod:`taonet.audit`) kept in a :class:`Database`.
 
-Three tables (names prefixed ``audit_``):
+Two tables (and ``taonet_schema``, which records their version):
 
 * ``audit_entries``: one row per entry (``seq`` is the primary key), with the
-  ``prev_hash`` it links to and the ``entry_hash`` computed when it was written;
-* ``audit_checkpoints``: signed checkpoints;
-* ``audit_head``: one row, the chain's current head (seq, hash) and last
-  checkpoint. It is only a cache for appending: :meth:`AuditStore.verify` never
-  trusts it, it recomputes everything from the entries.
+  ``prev_hash`` it links to, the ``entry_hash`` computed when it was written and
+  the last checkpoint then (``checkpoint_seq``);
+* ``audit_checkpoints``: signed checkpoints.
 
-Appending reads the head, writes the entry and moves the head in one
-transaction. The head row is the chain's lock: on SQLite every write
+Appending reads the head (the last entry, and the last checkpoint) and inserts
+the next entry, in one transaction; nothing else is written, so an append costs
+one row more than the write it records. Appends serialize: on SQLite every write
 transaction holds the database's write lock (``BEGIN IMMEDIATE``); on PostgreSQL
-the head is read ``FOR UPDATE``, so appends from several processes or replicas
-on one database serialize (each waits for the previous appender to commit) and
-the chain stays one line. The lock is held until the surrounding transaction
-commits: keep audited transactions short.
+the appender takes a transaction-scoped advisory lock (``pg_advisory_xact_lock``)
+first, so appends from several processes or replicas on one database wait for
+each other and the chain stays one line. The lock is held until the surrounding
+transaction commits: keep audited transactions short.
 
 :meth:`AuditStore.append_in` appends inside a caller's transaction (the cursor
 ``Database.transaction`` passes to ``fn``), so the entry commits or rolls back
@@ -59,6 +58,10 @@ log = structlog.get_logger(__name__)
 #: The version of the audit tables this module writes (in ``taonet_schema``).
 SCHEMA_VERSION: Final = 1
 _COMPONENT: Final = "audit"
+#: The PostgreSQL advisory lock appenders take (transaction-scoped): "taudit".
+_APPEND_LOCK: Final = 0x746175646974
+#: The advisory lock taken while creating the tables.
+_SCHEMA_LOCK: Final = 0x74617564697473
 _ENTRY_COLUMNS: Final = (
     "seq, time_ns, kind, actor, subject, outcome, details, prev_hash, entry_hash, checkpoint_seq"
 )
@@ -84,7 +87,6 @@ def schema_statements(dialect: str) -> list[str]:
             entry_hash {blob} NOT NULL,
             checkpoint_seq BIGINT NOT NULL
         )""",
-        "CREATE INDEX IF NOT EXISTS audit_entries_kind ON audit_entries (kind, subject)",
         f"""CREATE TABLE IF NOT EXISTS audit_checkpoints (
             id {serial},
             seq BIGINT NOT NULL,
@@ -94,13 +96,7 @@ def schema_statements(dialect: str) -> list[str]:
             signer_key {blob} NOT NULL,
             signature {blob} NOT NULL
         )""",
-        f"""CREATE TABLE IF NOT EXISTS audit_head (
-            id INTEGER PRIMARY KEY CHECK (id = 1),
-            seq BIGINT NOT NULL,
-            hash {blob} NOT NULL,
-            checkpoint_seq BIGINT NOT NULL,
-            checkpoint_ns BIGINT NOT NULL
-        )""",
+        "CREATE INDEX IF NOT EXISTS audit_checkpoints_seq ON audit_checkpoints (seq)",
     ]
 
 
@@ -133,7 +129,6 @@ class AuditStore:
         self.checkpoint_every = checkpoint_every
         self.checkpoint_interval_ns = int(checkpoint_interval * 1e9)
         self.clock = clock
-        self._lock = " FOR UPDATE" if db.dialect == "postgresql" else ""
 
     @classmethod
     async def open(cls, db: Database, **options: Any) -> AuditStore:
@@ -154,7 +149,7 @@ class AuditStore:
         sql = self.db.sql
         if self.db.dialect == "postgresql":
             # Replicas starting together: one creates the tables, the others wait.
-            cur.execute("SELECT pg_advisory_xact_lock(7461756)")
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
         for statement in schema_statements(self.db.dialect):
             cur.execute(statement)
         cur.execute(sql("SELECT version FROM taonet_schema WHERE component = ?"), (_COMPONENT,))
@@ -170,28 +165,26 @@ class AuditStore:
                 f" reads version {SCHEMA_VERSION}",
                 reason=StorageReason.CORRUPT,
             )
-        cur.execute(
-            sql(
-                "INSERT INTO audit_head (id, seq, hash, checkpoint_seq, checkpoint_ns)"
-                " VALUES (1, 0, ?, 0, 0) ON CONFLICT (id) DO NOTHING"
-            ),
-            (GENESIS,),
-        )
 
     # Appending.
 
     def _head(self, cur: Any) -> _Head:
-        cur.execute(
-            "SELECT seq, hash, checkpoint_seq, checkpoint_ns FROM audit_head WHERE id = 1"  # noqa: S608
-            + self._lock  # a constant: "" or " FOR UPDATE"
-        )
+        """Lock the chain for appending (until commit) and read its head."""
+        if self.db.dialect == "postgresql":
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_APPEND_LOCK,))
+        cur.execute("SELECT seq, entry_hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
         row = cur.fetchone()
-        if row is None:
-            raise StorageError(
-                f"database {self.db.where}: the audit head is missing",
-                reason=StorageReason.CORRUPT,
-            )
-        return _Head(int(row[0]), bytes(row[1]), int(row[2]), int(row[3]))
+        seq, digest = (0, GENESIS) if row is None else (int(row[0]), bytes(row[1]))
+        cur.execute("SELECT seq, time_ns FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
+        cp = cur.fetchone()
+        if cp is not None:
+            return _Head(seq, digest, int(cp[0]), int(cp[1]))
+        if self.signer is None:
+            return _Head(seq, digest, 0, 0)
+        # No checkpoint yet: the interval runs from the first entry.
+        cur.execute("SELECT time_ns FROM audit_entries WHERE seq = 1")
+        first = cur.fetchone()
+        return _Head(seq, digest, 0, 0 if first is None else int(first[0]))
 
     def append_in(
         self,
@@ -251,13 +244,6 @@ class AuditStore:
             or now - since >= self.checkpoint_interval_ns
         ):
             self._sign_in(cur, head, now)
-        else:
-            cur.execute(
-                self.db.sql(
-                    "UPDATE audit_head SET seq = ?, hash = ?, checkpoint_ns = ? WHERE id = 1"
-                ),
-                (head.seq, head.hash, since),
-            )
         return attrs.evolve(entry, recorded_hash=digest)
 
     async def append(self, **fields: Any) -> AuditEntry:
@@ -276,13 +262,6 @@ class AuditStore:
                 f"INSERT INTO audit_checkpoints ({_CHECKPOINT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"  # noqa: S608
             ),
             (cp.seq, cp.head_hash, cp.time_ns, cp.signer, cp.signer_key, cp.signature),
-        )
-        cur.execute(
-            self.db.sql(
-                "UPDATE audit_head SET seq = ?, hash = ?, checkpoint_seq = ?, checkpoint_ns = ?"
-                " WHERE id = 1"
-            ),
-            (head.seq, head.hash, head.seq, now),
         )
         return cp
 
