@@ -44,12 +44,12 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
-import structlog
 import trio
 
 from taonet import certs
 from taonet._bursts import Bursts
 from taonet._errors import AuthenticationError, ConfigError, TaoError
+from taonet._log import get_logger
 
 if TYPE_CHECKING:
     from taonet.channel._stream import TaoStream
@@ -61,7 +61,7 @@ __all__ = [
     "ChannelRevokedError",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 #: Seconds between scheduled CRL refreshes. A revocation reaches servers through the
 #: long poll in about a second; the schedule is the floor when that poll is refused

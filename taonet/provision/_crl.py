@@ -32,11 +32,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-import structlog
 import trio
 
 from taonet._errors import AuthenticationError, CodecError, ConfigError, ProtocolError
 from taonet._files import atomic_write, read_file
+from taonet._log import get_logger
 from taonet.certs import MAX_CRL_BYTES
 from taonet.channel import DEFAULT_REFRESH_INTERVAL, DEFAULT_REFRESH_JITTER, CRLSource
 from taonet.provision._client import OP_GET_CRL, _anonymous, _exchange
@@ -58,7 +58,7 @@ WATCH_TIMEOUT: Final = 20.0
 ERROR_TOO_MANY_WATCHES: Final = "too_many_watches"
 _MAX_NUMBER_BYTES: Final = 20
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 def encode_crl_number(number: int) -> bytes:
