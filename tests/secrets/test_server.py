@@ -359,3 +359,32 @@ async def test_reserved_names_and_a_server_without_the_name(
             with pytest.raises(ProtocolError):
                 async with connect(("127.0.0.1", 1), await world.identity("owner")):
                     pass
+
+
+async def test_list_never_names_what_the_caller_may_not_read(
+    tmp_path: Path, make_domain: MakeDomain, make_host: MakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller with Read on a few names only pages through a prefix full of names it
+    may not read: no answer (names or next_after) names one of those."""
+    import taonet_services.secret_server._service as service
+
+    monkeypatch.setattr(service, "MAX_LIST_SCAN", 10)
+    grants = [*OWNER, ("reader", "Read", "/app/a1"), ("reader", "Read", "/app/a2")]
+    with trio.fail_after(60):
+        async with secret_world(tmp_path, make_domain, make_host, grants=grants) as world:
+            async with connect(world.address, await world.identity("owner")) as store:
+                for name in ("/app/a1", "/app/a2", *(f"/app/h{i:02d}" for i in range(25))):
+                    await store.create(name, b"s")
+                # The owner (Read on /app) pages through everything, past the scan bound.
+                assert len(await store.list("/app")) == 27
+            async with connect(world.address, await world.identity("reader")) as store:
+                seen: set[str] = set()
+                page = await store.list_page("/app", limit=1)
+                seen.update(page.names, [page.next_after or "/app/a1"])
+                assert list(page.names) == ["/app/a1"]
+                page = await store.list_page("/app", after=page.next_after, limit=5)
+                seen.update(page.names, [page.next_after or "/app/a2"])
+                assert list(page.names) == ["/app/a2"]
+                with pytest.raises(InvalidRequestError, match="narrower prefix"):
+                    await store.list_page("/app", after=page.next_after, limit=5)
+                assert seen <= {"/app/a1", "/app/a2"}

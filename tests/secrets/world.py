@@ -103,13 +103,14 @@ async def secret_world(
     *,
     grants: Sequence[tuple[str, str, str]] = (),
     start: bool = True,
+    password: bytes = PASSWORD,
     **options: Any,
 ) -> AsyncIterator[World]:
     """A world with its domain service (and, with ``start``, a secret server) running."""
     files = client_files(base / "programs")
     domain = make_domain(rules=rules_for(files, grants), programs=(PROGRAM_FILE, *files.values()))
     host = make_host(domain)
-    with DomainService.open(domain.path, PASSWORD) as service:
+    with DomainService.open(domain.path, password) as service:
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(functools.partial(service.serve, 0))
             ds = ("127.0.0.1", int(listeners[0].socket.getsockname()[1]))

@@ -15,9 +15,13 @@ a right on ``/a`` covers ``/a/b`` but not ``/ab``. Rotate needs Own, not Write: 
 rotation makes a new epoch that every reader of the name moves to, retires the
 epoch others may still hold, and rewraps every object under the key; that is the
 owner's decision, not a writer's. List returns only the names under the prefix the
-caller may Read (by the same rule); a page scans at most
-:data:`~taonet_services.secret_server._store.MAX_LIST_SCAN` names and may come back
-short with ``next_after`` set.
+caller may Read (by the same rule). With Read on the prefix itself (or above) that is
+every name under it, a page at a time. Without it, the names are filtered one by one
+and a request scans at most
+:data:`~taonet_services.secret_server._store.MAX_LIST_SCAN` names: a page may come
+back short, and ``next_after`` is always a name returned (never one the caller may
+not read, which would tell it the name); a scan that finds no readable name in that
+many answers ``invalid`` (list a narrower prefix, or one the caller may read).
 
 Audit (an :class:`~taonet_services.storage.AuditStore` in the same database): every
 change is appended in the same transaction as the change (so it commits with it);
@@ -414,27 +418,36 @@ class SecretServer:
         return obj
 
     async def _list(self, principal: auth.Prin, request: ListRequest) -> Response:
+        prefix = request.prefix.rstrip("/") or "/"
+        # Read on the prefix (or above) covers every name under it: no filtering.
+        whole = self.is_authorized(principal, "Read", prefix)
         names: list[str] = []
         after = request.after
         scanned = 0
-        while len(names) < request.limit and scanned < MAX_LIST_SCAN:
-            chunk = min(MAX_LIST_SCAN - scanned, 2 * request.limit)
-            found = await self.db.transaction(
-                functools.partial(
-                    self.tables.list_in, prefix=request.prefix, after=after, limit=chunk
-                ),
+        while True:
+            chunk = request.limit + 1 if whole else min(MAX_LIST_SCAN - scanned, 2 * request.limit)
+            found: list[str] = await self.db.transaction(
+                functools.partial(self.tables.list_in, prefix=prefix, after=after, limit=chunk),
                 write=False,
             )
             for name in found:
-                after = name
                 scanned += 1
-                if self.is_authorized(principal, "Read", name):
-                    names.append(name)
+                after = name
+                if whole or self.is_authorized(principal, "Read", name):
                     if len(names) == request.limit:
-                        break
+                        return Listing(names, names[-1])  # more follow
+                    names.append(name)
             if len(found) < chunk:
-                return Listing(names, None if len(names) < request.limit else after)
-        return Listing(names, after)
+                return Listing(names, None)
+            if not whole and scanned >= MAX_LIST_SCAN:
+                # next_after is only ever a name returned: never one the caller may not read.
+                if names:
+                    return Listing(names, names[-1])
+                return Failure(
+                    ErrorCode.INVALID,
+                    f"more than {MAX_LIST_SCAN} names under {prefix[:200]} that the caller may"
+                    " not read: list a narrower prefix, or one the caller may read",
+                )
 
     async def _change(
         self,
