@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from taonet import CodecError, ProtocolError, auth
-from taonet.channel import open_channel
+from taonet.channel import ChannelIdentity, open_channel
 from taonet.protected import KEY_TYPE, ObjectId, Status
 from taonet.secrets import (
     ConflictError,
@@ -321,12 +321,21 @@ async def test_operator_credentials_and_change_hook(
                 # still refused (the guard decides for whoever the hook says).
                 with pytest.raises(UnauthorizedError):
                     await store.call(ReadRequest("/app/x", operator=b"good"))
+            # An operator's tool without a program certificate: only with a credential.
+            anonymous = ChannelIdentity.anonymous(world.domain.policy_cert)
+            async with connect(world.address, anonymous) as store:
+                with pytest.raises(UnauthorizedError, match="operator credential"):
+                    await store.read("/app/x")
+                with pytest.raises(UnauthorizedError, match="does not give"):
+                    await store.call(ReadRequest("/app/x", operator=b"good"))
             async with connect(world.address, await world.identity("owner")) as store:
                 await store.create("/app/x", b"1")
                 await store.write("/app/x", b"2")
                 await store.rotate("/app/x", b"3")
                 await store.delete("/app/x")
-    assert [r.operator for r in seen] == [b"forged", b"good"]
+    assert [r.operator for r in seen] == [b"forged", b"good", b"good"]
+    refused = [e for e in await audit_entries(world) if e.kind == "secret_refused"]
+    assert [e.actor for e in refused].count("anonymous") == 1
     assert changes == [
         (ObjectId("/app/x", 1), "created"),
         (ObjectId("/app/x", 1), "written"),
@@ -388,3 +397,66 @@ async def test_list_never_names_what_the_caller_may_not_read(
                 with pytest.raises(InvalidRequestError, match="narrower prefix"):
                     await store.list_page("/app", after=page.next_after, limit=5)
                 assert seen <= {"/app/a1", "/app/a2"}
+
+
+async def test_a_server_without_operator_credentials_refuses_anonymous_channels(
+    tmp_path: Path, make_domain: MakeDomain, make_host: MakeHost
+) -> None:
+    from taonet import AuthenticationError
+
+    with trio.fail_after(60):
+        async with secret_world(tmp_path, make_domain, make_host, grants=OWNER) as world:
+            anonymous = ChannelIdentity.anonymous(world.domain.policy_cert)
+            with pytest.raises((AuthenticationError, ProtocolError)):
+                async with connect(world.address, anonymous) as store:
+                    await store.read("/app/x")
+
+
+async def test_hooks_for_extensions(
+    tmp_path: Path, make_domain: MakeDomain, make_host: MakeHost
+) -> None:
+    """``change_in`` runs inside the change's transaction (a hook that fails rolls the
+    change back, and the server answers ``internal`` and keeps the channel);
+    ``also_authorized`` is asked when the guard says no; ``release_master`` answers
+    a Read of the master key's name, which is otherwise reserved."""
+    from taonet.secrets import Failure, InternalError, NotFoundError
+    from taonet_services.secret_server import MASTER_ID
+
+    recorded: list[tuple[ObjectId, str]] = []
+
+    def change_in(cur: Any, oid: ObjectId, kind: str) -> None:
+        cur.execute("SELECT COUNT(*) FROM secret_names")  # a cursor of the transaction
+        if oid.name == "/app/fails":
+            raise RuntimeError("the hook failed")
+        recorded.append((oid, kind))
+
+    async def release_master(call: Any, request: Any) -> Any:
+        return Failure("not_here", f"asked by {call.principal}")
+
+    with trio.fail_after(60):
+        async with secret_world(
+            tmp_path,
+            make_domain,
+            make_host,
+            grants=OWNER,
+            change_in=change_in,
+            also_authorized=lambda p, op, name: op == "Read" and name == "/app/granted",
+            release_master=release_master,
+        ) as world:
+            async with connect(world.address, await world.identity("owner")) as store:
+                await store.create("/app/granted", b"g")
+                with pytest.raises(InternalError):
+                    await store.create("/app/fails", b"f")
+                with pytest.raises(NotFoundError):
+                    await store.read("/app/fails")  # rolled back with the hook
+                assert (await store.read("/app/granted")).value == b"g"  # same channel
+            async with connect(world.address, await world.identity("stranger")) as store:
+                assert (await store.read("/app/granted")).value == b"g"
+                with pytest.raises(UnauthorizedError):
+                    await store.read("/app/fails")
+                from taonet.secrets import SecretServiceError
+
+                with pytest.raises(SecretServiceError, match="asked by") as info:
+                    await store.read(MASTER_ID.name)
+                assert info.value.code == "not_here"
+    assert recorded == [(ObjectId("/app/granted", 1), "created")]

@@ -22,8 +22,10 @@ from taonet_services.secret_server._program import (
 )
 from taonet_services.secret_server._service import (
     MAX_IN_FLIGHT,
+    AuthorizeHook,
     Call,
     ChangeHook,
+    ChangeInHook,
     Extension,
     OperatorAuthenticator,
     SecretServer,
@@ -45,8 +47,10 @@ __all__ = [
     "PROGRAM_FILE",
     "RESERVED_PREFIX",
     "STATE_FILE",
+    "AuthorizeHook",
     "Call",
     "ChangeHook",
+    "ChangeInHook",
     "Extension",
     "OperatorAuthenticator",
     "Running",

@@ -34,7 +34,9 @@ from taonet.protected import SecretObject, decode_object, encode_object
 from taonet.provision import RevocationWatcher, load_or_provision
 from taonet.secrets import Op
 from taonet_services.secret_server._service import (
+    AuthorizeHook,
     ChangeHook,
+    ChangeInHook,
     Extension,
     OperatorAuthenticator,
     SecretServer,
@@ -132,11 +134,17 @@ async def run_secret_server(
     db_url: str | None = None,
     say: Callable[[str], None] = lambda _: None,
     on_change: ChangeHook | None = None,
+    change_in: ChangeInHook | None = None,
     authenticate_operator: OperatorAuthenticator | None = None,
+    also_authorized: AuthorizeHook | None = None,
+    release_master: Extension | None = None,
     extensions: Mapping[Op, Extension] | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Provision, get the master key, serve until cancelled (see the module docstring)."""
+    """Provision, get the master key, serve until cancelled (see the module docstring).
+
+    The hooks are :class:`SecretServer`'s (see its module).
+    """
     await trio.Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     async with trio.open_nursery() as nursery:
         crl = RevocationWatcher(domain.policy_cert, domain_service, cache=state_dir / "crl.der")
@@ -164,7 +172,10 @@ async def run_secret_server(
                 provisioned.identity,
                 revocations=crl,
                 on_change=on_change,
+                change_in=change_in,
                 authenticate_operator=authenticate_operator,
+                also_authorized=also_authorized,
+                release_master=release_master,
                 extensions=extensions,
             )
             host, port = listen

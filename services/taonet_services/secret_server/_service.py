@@ -32,9 +32,17 @@ cannot be audited is not made (``unavailable``).
 
 Hooks: ``on_change(ObjectId, kind)`` is called after each committed create, write,
 rotate (the new id) and delete (kind ``"created"``, ``"written"``, ``"rotated"``,
-``"deleted"``); ``authenticate_operator(request)`` decides for requests that carry
-an operator credential (it returns the principal to authorize as, or raises
-AuthenticationError); ``extensions`` serve further operations (Watch, Grant).
+``"deleted"``), and ``change_in(cursor, ObjectId, kind)`` inside its transaction
+(what it writes commits or rolls back with the change); ``also_authorized(principal,
+op, name)`` is asked when the guard says no (grants kept by an extension);
+``release_master(call, request)`` answers a Read of the master key's name (replica
+key transfer; without it that name is reserved like the rest of
+:data:`~taonet_services.secret_server._store.RESERVED_PREFIX`);
+``authenticate_operator(request)`` decides for requests that carry an operator
+credential (it returns the principal to authorize as, or raises
+AuthenticationError); a server given one also accepts channels from clients without
+a program certificate (an operator's tool), whose every request must then carry a
+credential; ``extensions`` serve further operations (Watch, Grant).
 
 Failures: bad bytes get an envelope error or an ``invalid`` answer and the server
 keeps serving (a frame over its limit ends that connection only); a database that is
@@ -83,6 +91,7 @@ from taonet.secrets import (
 from taonet.wire import END_OF_STREAM, MAX_REQUEST_HEADER, NEED_DATA, Envelope, Role
 from taonet.wire import Request as EnvelopeRequest
 from taonet_services.secret_server._store import (
+    MASTER_ID,
     MAX_LIST_SCAN,
     RESERVED_PREFIX,
     SecretTables,
@@ -92,8 +101,10 @@ from taonet_services.storage import AuditStore, Database, StorageError, StorageR
 
 __all__ = [
     "MAX_IN_FLIGHT",
+    "AuthorizeHook",
     "Call",
     "ChangeHook",
+    "ChangeInHook",
     "Extension",
     "OperatorAuthenticator",
     "SecretServer",
@@ -109,6 +120,10 @@ CHUNK_SIZE: Final = 64 * 1024
 
 #: ``on_change(id, kind)`` after a committed change.
 ChangeHook = Callable[[ObjectId, str], None]
+#: ``change_in(cursor, id, kind)`` inside a change's transaction (commits with it).
+ChangeInHook = Callable[[Any, ObjectId, str], None]
+#: ``also_authorized(principal, op, name)``: consulted when the guard says no.
+AuthorizeHook = Callable[[auth.Prin, str, str], bool]
 #: ``authenticate_operator(request)`` -> the principal to authorize the request as.
 OperatorAuthenticator = Callable[[Request], Awaitable[auth.Prin]]
 
@@ -212,7 +227,10 @@ class SecretServer:
         *,
         revocations: CRLSource | None = None,
         on_change: ChangeHook | None = None,
+        change_in: ChangeInHook | None = None,
         authenticate_operator: OperatorAuthenticator | None = None,
+        also_authorized: AuthorizeHook | None = None,
+        release_master: Extension | None = None,
         extensions: Mapping[Op, Extension] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -223,7 +241,10 @@ class SecretServer:
         self.identity: Final = identity
         self.revocations = revocations
         self.on_change = on_change
+        self.change_in = change_in
         self.authenticate_operator = authenticate_operator
+        self.also_authorized = also_authorized
+        self.release_master = release_master
         self.extensions: dict[Op, Extension] = dict(extensions or {})
         self._clock = clock
         self._batcher = _AuditBatcher(self.db, audit)
@@ -248,6 +269,9 @@ class SecretServer:
                     self.identity,
                     host=host,
                     revocations=self.revocations,
+                    # Operators may come without a program certificate (their requests
+                    # carry a credential): only when a server verifies credentials.
+                    allow_anonymous=self.authenticate_operator is not None,
                 )
             )
             task_status.started(listeners)
@@ -256,8 +280,6 @@ class SecretServer:
         """Answer requests on one channel until the client closes it."""
         principal = stream.peer.principal
         peer = bounded(str(stream.peer), MAX_ACTOR_CHARS)
-        if principal is None:  # pragma: no cover - serve_channels refuses anonymous peers
-            return
         envelope = Envelope(
             Role.SERVER, body_limit=request_body_limit, header_limit=MAX_REQUEST_HEADER
         )
@@ -308,7 +330,9 @@ class SecretServer:
         finally:
             envelope.clear()
 
-    async def _answer_bytes(self, principal: auth.Prin, peer: str, event: EnvelopeRequest) -> bytes:
+    async def _answer_bytes(
+        self, principal: auth.Prin | None, peer: str, event: EnvelopeRequest
+    ) -> bytes:
         try:
             request = decode_request(event.op, event.body)
         except CodecError as exc:
@@ -327,24 +351,30 @@ class SecretServer:
                 code=str(response.code),
                 error=bounded(str(exc), 500),
             )
+        except Exception:  # a bug (ours or a hook's): this request fails, nothing more
+            log.exception("secret_request_crashed", peer=peer, op=op_of(request).name)
+            response = Failure(ErrorCode.INTERNAL, "the server failed; nothing was changed")
         return encode_response(response)
 
     # -- authorization ------------------------------------------------------------------
 
     def is_authorized(self, principal: auth.Prin, op: str, name: str) -> bool:
-        """Whether the guard gives ``principal`` ``op`` on ``name`` or an ancestor of it."""
-        return any(
+        """Whether the guard gives ``principal`` ``op`` on ``name`` or an ancestor of it
+        (or, failing that, ``also_authorized`` does)."""
+        if any(
             self.guard.is_authorized(principal, op, [auth.Str(n)]) for n in covering_names(name)
-        )
+        ):
+            return True
+        return self.also_authorized is not None and self.also_authorized(principal, op, name)
 
     async def _refuse(
-        self, principal: auth.Prin, peer: str, op: str, name: str, why: str
+        self, principal: auth.Prin | None, peer: str, op: str, name: str, why: str
     ) -> Failure:
         log.warning("secret_refused", peer=peer, op=op, name=bounded(name, 200))
         try:
             await self._batcher.record(
                 kind="secret_refused",
-                actor=bounded(str(principal)),
+                actor="anonymous" if principal is None else bounded(str(principal)),
                 subject=bounded(name),
                 outcome="refused",
                 details={"op": op, "peer": bounded(peer, 1000)},
@@ -362,8 +392,10 @@ class SecretServer:
 
     # -- requests -----------------------------------------------------------------------
 
-    async def answer(self, principal: auth.Prin, peer: str, request: Request) -> Response:
-        """The answer to ``request`` from ``principal`` (refusals as a Failure or raised)."""
+    async def answer(self, principal: auth.Prin | None, peer: str, request: Request) -> Response:
+        """The answer to ``request`` from ``principal`` (None: an anonymous channel, which
+        only a request with an operator credential may use); refusals as a Failure or
+        raised."""
         op = op_of(request)
         if request.operator is not None:
             if self.authenticate_operator is None:
@@ -384,9 +416,23 @@ class SecretServer:
                     getattr(request, "name", getattr(request, "prefix", "/")),
                     f"operator credential refused: {exc}",
                 )
+        if principal is None:
+            return await self._refuse(
+                principal,
+                peer,
+                op.value[0],
+                getattr(request, "name", getattr(request, "prefix", "/")),
+                "a caller without a program certificate must carry an operator credential",
+            )
         extension = self.extensions.get(op)
         if extension is not None:
             return await extension(Call(self, principal, peer), request)
+        if (
+            self.release_master is not None
+            and isinstance(request, ReadRequest)
+            and request.name == MASTER_ID.name
+        ):
+            return await self.release_master(Call(self, principal, peer), request)
         for field in ("name", "prefix", "protector", "after"):
             value = getattr(request, field, None)
             if isinstance(value, str) and _reserved(value.rstrip("/") or "/"):
@@ -508,6 +554,8 @@ class SecretServer:
                 outcome="ok",
                 details=details,
             )
+            if self.change_in is not None:  # in the change's own transaction
+                self.change_in(cur, oid, kind)
             return response, oid, kind, details
 
         response, oid, kind, details = await self.db.transaction(change)
