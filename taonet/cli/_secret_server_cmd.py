@@ -12,6 +12,7 @@ serves until SIGINT or SIGTERM (exit status 0). It prints, once it serves, one l
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import textwrap
 from pathlib import Path
@@ -19,13 +20,17 @@ from typing import Any
 
 from taonet import ConfigError, configure_logging
 from taonet.cli._domain_cmd import add_domain_option, domain_dir
-from taonet.cli._failures import describe, leaves
+from taonet.cli._failures import UsageError, describe, leaves
 from taonet.cli._service_cmd import parse_listen
+
+#: Set by a Tao host for its hosted programs (see taonet.hosts.parent).
+HOST_CHANNEL_VARIABLE = "CLOUDPROXY_TAO_HOST_CHANNEL_TYPE"
 
 _EXAMPLES = """Example:
   taonet secret-server --domain ./domain --state ./secret-state --listen 127.0.0.1:8125
   taonet secret-server --domain ./domain --state ./state --db postgresql://secrets@db/secrets
-  taonet secret-server --domain ./domain --state ./state --soft-host ./host --password-file pw"""
+  taonet secret-server --domain ./domain --state ./state --soft-host ./host --password-file pw
+  taonet secret-server --domain ./d --state ./s2 --db postgresql://db/s --replica-of h1:8125"""
 
 
 def register(sub: Any) -> None:
@@ -81,6 +86,14 @@ def register(sub: Any) -> None:
         default=None,
         help="read the soft host's password from FILE (first line)",
     )
+    p.add_argument(
+        "--replica-of",
+        metavar="HOST:PORT",
+        default=None,
+        help="a running replica (same database) to get the master key from over a Tao channel,"
+        " when this server (on another host) holds no copy of it yet; the guard must let both"
+        ' hold it: Authorized(P, "Own", "/taonet.secret-server/master")',
+    )
     p.set_defaults(func=_run)
 
 
@@ -101,8 +114,14 @@ def _run(args: argparse.Namespace) -> int:
     listen = parse_listen(args.listen)
     try:
         domain_service = parse_listen(args.domain_service)
-    except Exception as exc:  # a UsageError naming --listen: say which option
-        raise ConfigError(f"--domain-service: {exc}") from None
+    except UsageError as exc:  # it names --listen: say which option it was
+        raise UsageError(str(exc).replace("--listen", "--domain-service", 1)) from None
+    if args.soft_host is None and not os.environ.get(HOST_CHANNEL_VARIABLE):
+        raise UsageError(
+            "not started by a Tao host: run it as a hosted program, or give --soft-host DIR"
+            " to run on a soft host's key"
+        )
+    replica_of = None if args.replica_of is None else parse_listen(args.replica_of)
     configure_logging()
     domain = Domain.load(directory)
     soft: SoftHost | None = None
@@ -129,6 +148,7 @@ def _run(args: argparse.Namespace) -> int:
                                 domain_service=domain_service,
                                 listen=listen,
                                 db_url=args.db,
+                                replica_of=replica_of,
                                 task_status=task_status,
                             )
                         )
