@@ -23,7 +23,7 @@ import contextlib
 import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import trio
 
@@ -33,6 +33,8 @@ from taonet.hosts import Tao
 from taonet.protected import SecretObject, decode_object, encode_object
 from taonet.provision import RevocationWatcher, load_or_provision
 from taonet.secrets import Op
+from taonet_services.secret_server._extras import prepare_extras
+from taonet_services.secret_server._replica import adopt_master
 from taonet_services.secret_server._service import (
     AuthorizeHook,
     ChangeHook,
@@ -112,6 +114,10 @@ async def load_or_make_master(tao: Tao, db: Database, principal: str) -> SecretO
     return master
 
 
+def _given(hooks: dict[str, Any]) -> dict[str, Any]:
+    return {name: hook for name, hook in hooks.items() if hook is not None}
+
+
 class Running:
     """What :func:`run_secret_server` hands to ``task_status``: the server and its listeners."""
 
@@ -139,11 +145,16 @@ async def run_secret_server(
     also_authorized: AuthorizeHook | None = None,
     release_master: Extension | None = None,
     extensions: Mapping[Op, Extension] | None = None,
+    extras: bool = True,
+    replica_of: tuple[str, int] | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Provision, get the master key, serve until cancelled (see the module docstring).
 
-    The hooks are :class:`SecretServer`'s (see its module).
+    The hooks are :class:`SecretServer`'s (see its module). With ``extras`` (the
+    default) the server also serves operator requests, grants, watch and the master
+    key for replicas (``_extras``); hooks given here take their place. ``replica_of``:
+    a running replica to get the master key from, if this server holds no copy.
     """
     await trio.Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     async with trio.open_nursery() as nursery:
@@ -162,22 +173,42 @@ async def run_secret_server(
         audit: AuditStore | None = None
         try:
             await db.transaction(lambda cur: SecretTables.create_tables_in(db, cur))
+            if replica_of is not None:
+                await adopt_master(
+                    tao,
+                    db,
+                    principal=principal,
+                    identity=provisioned.identity,
+                    guard=domain.guard,
+                    replica_of=replica_of,
+                    revocations=crl,
+                )
             master = await load_or_make_master(tao, db, principal)
             tables = SecretTables(db, master)
             audit = await AuditStore.open(db, signer=provisioned.identity.signer)
+            given = {
+                "on_change": on_change,
+                "change_in": change_in,
+                "authenticate_operator": authenticate_operator,
+                "also_authorized": also_authorized,
+                "release_master": release_master,
+                "extensions": extensions,
+            }
+            added = None
+            if extras:
+                added = await prepare_extras(
+                    db,
+                    policy_key=domain.policy_verifier,
+                    principal=provisioned.principal,
+                    db_url=db_url,
+                    operators=authenticate_operator is None,
+                )
+            options = {**(added.server_options() if added else {}), **_given(given)}
             server = SecretServer(
-                tables,
-                audit,
-                domain.guard,
-                provisioned.identity,
-                revocations=crl,
-                on_change=on_change,
-                change_in=change_in,
-                authenticate_operator=authenticate_operator,
-                also_authorized=also_authorized,
-                release_master=release_master,
-                extensions=extensions,
+                tables, audit, domain.guard, provisioned.identity, revocations=crl, **options
             )
+            if added is not None:
+                await nursery.start(added.run, server)
             host, port = listen
             listeners = await nursery.start(functools.partial(server.serve, port, host=host))
             task_status.started(Running(server, listeners))

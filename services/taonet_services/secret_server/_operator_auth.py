@@ -1,0 +1,119 @@
+"""Operator requests: accepted as the policy key's, once, within their window.
+
+``taonet secret ...`` signs each request with the domain's policy key
+(:func:`taonet.secrets.sign_operator_request`). :class:`OperatorGate` is the secret
+server's ``authenticate_operator`` hook: it checks the credential
+(:func:`taonet.secrets.verify_operator_request`: this domain's policy key, this
+very request, this server, a window of at most 300 s that holds now) and then
+spends its nonce: a row in ``secret_operator_nonces`` inserted or refused in one
+statement (the primary key decides), so a credential is accepted once by one
+replica of all those sharing the database, and a restart forgets nothing. A nonce
+is kept until its window ended :data:`NONCE_MARGIN_NS` ago (replicas' clocks may
+differ by that much; a credential older than its window is refused as expired
+anyway) and then deleted, so the table holds only the nonces of the last minutes:
+its size is bounded by what policy-key holders sign, nobody else can add a row.
+
+A request accepted is authorized as the policy key's principal (everything: see
+:meth:`OperatorGate.also_authorized`). Every refusal raises an
+:class:`~taonet.secrets.OperatorError` saying why; the server audits it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import structlog
+
+from taonet import auth
+from taonet.crypto import Verifier
+from taonet.secrets import (
+    OperatorError,
+    OperatorReason,
+    Request,
+    op_of,
+    verify_operator_request,
+)
+from taonet_services.storage import Database, StorageError, StorageReason
+
+__all__ = ["NONCE_MARGIN_NS", "OperatorGate"]
+
+log = structlog.get_logger(__name__)
+
+#: How long after its window a nonce is kept (clocks of replicas may differ this much).
+NONCE_MARGIN_NS: Final = 300 * 10**9
+
+
+def nonce_table_statements(db: Database) -> list[str]:
+    return [
+        "CREATE TABLE IF NOT EXISTS secret_operator_nonces ("
+        f" nonce {db.blob_type} PRIMARY KEY, expires_ns BIGINT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS secret_operator_nonces_expiry"
+        " ON secret_operator_nonces (expires_ns)",
+    ]
+
+
+class OperatorGate:
+    """Checks operator credentials for one server (see the module docstring)."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        policy_key: Verifier,
+        server: auth.Prin,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.db: Final = db
+        self.policy_key: Final = policy_key
+        self.policy_principal: Final = auth.key_principal(policy_key.public_key_der())
+        self.server: Final = server
+        self._clock = clock
+
+    async def create_tables(self) -> None:
+        def create(cur: Any) -> None:
+            for statement in nonce_table_statements(self.db):
+                cur.execute(statement)
+
+        await self.db.transaction(create)
+
+    def also_authorized(self, principal: auth.Prin, op: str, name: str) -> bool:
+        """The policy key (a verified operator request) may do everything."""
+        return principal == self.policy_principal
+
+    async def __call__(self, request: Request) -> auth.Prin:
+        """The principal ``request`` is authorized as (the policy key's), or raise
+        OperatorError (a replay, a bad or stale credential)."""
+        now = self._clock()
+        claim = verify_operator_request(
+            request, policy_key=self.policy_key, server=self.server, now_ns=now
+        )
+        expires = claim.not_after_ns + NONCE_MARGIN_NS
+        nonce = claim.nonce
+        db = self.db
+
+        def spend(cur: Any) -> bool:
+            cur.execute(db.sql("DELETE FROM secret_operator_nonces WHERE expires_ns < ?"), (now,))
+            cur.execute(
+                db.sql(
+                    "INSERT INTO secret_operator_nonces (nonce, expires_ns) VALUES (?, ?)"
+                    " ON CONFLICT (nonce) DO NOTHING"
+                ),
+                (nonce, expires),
+            )
+            return bool(cur.rowcount == 1)
+
+        try:
+            fresh = await db.transaction(spend)
+        except StorageError as exc:
+            if exc.reason is not StorageReason.CONFLICT:
+                raise
+            fresh = False  # two replicas inserted it at once: the other one won
+        if not fresh:
+            raise OperatorError(
+                "the operator credential was used already (a replay)",
+                reason=OperatorReason.REPLAYED,
+            )
+        log.info("operator_request", op=op_of(request).name, nonce=nonce.hex())
+        return self.policy_principal
