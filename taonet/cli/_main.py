@@ -29,6 +29,7 @@ from taonet.cli import (
     _domain_cmd,
     _help,
     _host_cmd,
+    _secret_cmd,
     _secret_server_cmd,
     _service_cmd,
 )
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     _audit_cmd.register(sub)
     _service_cmd.register(sub)
     _secret_server_cmd.register(sub)
+    _secret_cmd.register(sub)
     _host_cmd.register(sub)
     _demo_cmd.register(sub)
     _completion.register(sub)

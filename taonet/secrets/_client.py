@@ -26,6 +26,7 @@ from taonet._edges import map_os_errors
 from taonet._errors import AuthenticationError, CodecError, ProtocolError, TaoError
 from taonet.channel import ChannelIdentity, CRLSource, TaoStream, open_channel
 from taonet.protected import KEY_TYPE, ObjectId, SecretObject
+from taonet.secrets import _watch
 from taonet.secrets._errors import error_for
 from taonet.secrets._protocol import (
     MAX_REQUEST_BODY,
@@ -277,6 +278,11 @@ class SecretStore:
         response = await self._expect(RotateRequest(name, value), Changed)
         assert isinstance(response, Changed)
         return response.id
+
+    def watch(self, prefix: str = "/", *, cursor: int = 0) -> _watch.Watch:
+        """``async for event in store.watch(prefix)``: change events under ``prefix`` on
+        names the caller may Read, after ``cursor`` (0: from now); see ``_watch``."""
+        return _watch.watch(self, prefix, cursor=cursor)
 
     async def aclose(self) -> None:
         """Close the channel (calls in flight raise ProtocolError)."""
