@@ -202,6 +202,7 @@ async def test_the_guard_decides_by_name_and_prefix(
         (stranger_name, "/app/a", "Delete"),
     ]
     assert all(e.outcome == "refused" for e in refused)
+    assert refused[-1].details["reason"] == "the guard does not give Delete on /app/a"
     assert len(refused) == 7
 
 

@@ -377,7 +377,7 @@ class SecretServer:
                 actor="anonymous" if principal is None else bounded(str(principal)),
                 subject=bounded(name),
                 outcome="refused",
-                details={"op": op, "peer": bounded(peer, 1000)},
+                details={"op": op, "peer": bounded(peer, 1000), "reason": bounded(why, 1000)},
             )
         except TaoError as exc:
             log.error("audit_failed", peer=peer, error=bounded(str(exc), 500))  # noqa: TRY400
