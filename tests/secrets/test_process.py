@@ -76,56 +76,60 @@ async def test_sigkill_during_writes_and_rotations(
     acked: dict[str, bytes] = {}  # name -> the last value whose write was acknowledged
     in_flight: dict[str, set[bytes]] = {}  # values sent whose answer never came
     key_epoch = 1  # the key's epoch last acknowledged
-    async with secret_world(tmp_path, make_domain, make_host, grants=OWNER, start=False) as world:
-        owner = await world.identity("owner")
-        with trio.fail_after(60):
-            process, port = await start_server(world, tmp_path)
-            async with connect(("127.0.0.1", port), owner) as store:
-                await store.create("/app/key")
-                for i in range(CHILDREN):
-                    await store.create(f"/app/child/{i}", b"c%d" % i, protector="/app/key")
-                for w in range(WRITERS):
-                    await store.create(f"/app/w{w}", b"0")
-                    acked[f"/app/w{w}"] = b"0"
-        for round_ in range(5):
+    with trio.fail_after(300):  # the whole run; each round has a tighter bound
+        async with secret_world(
+            tmp_path, make_domain, make_host, grants=OWNER, start=False
+        ) as world:
+            owner = await world.identity("owner")
             with trio.fail_after(60):
-                async with connect(("127.0.0.1", port), owner) as store:
-                    progress = await _load_until_killed(
-                        store, process, round_, rng.randint(1, 40), acked, in_flight
-                    )
-                rotating = progress.rotating  # a rotation was in flight at the kill
-                key_epoch = progress.key_epoch or key_epoch
-                await process.wait()
-                assert process.returncode == -signal.SIGKILL
-                if process.stdout is not None:
-                    await process.stdout.aclose()
-                # Restarted: what was acknowledged is there; every chain is whole.
                 process, port = await start_server(world, tmp_path)
                 async with connect(("127.0.0.1", port), owner) as store:
-                    for name, value in acked.items():
-                        got = (await store.read(name)).value
-                        assert got == value or got in in_flight.get(name, ()), (name, got)
-                        in_flight[name] = set()
-                        acked[name] = got
-                    key = await store.read("/app/key")
-                    allowed = (key_epoch, key_epoch + 1) if rotating else (key_epoch,)
-                    assert key.id.epoch in allowed  # the rotation in flight: either state
-                    key_epoch = key.id.epoch
+                    await store.create("/app/key")
                     for i in range(CHILDREN):
-                        assert (await store.read(f"/app/child/{i}")).value == b"c%d" % i
-                    if key_epoch > 1:
-                        assert (await store.read("/app/key", key_epoch - 1)).status.value == (
-                            "retired"
+                        await store.create(f"/app/child/{i}", b"c%d" % i, protector="/app/key")
+                    for w in range(WRITERS):
+                        await store.create(f"/app/w{w}", b"0")
+                        acked[f"/app/w{w}"] = b"0"
+            for round_ in range(5):
+                with trio.fail_after(60):
+                    async with connect(("127.0.0.1", port), owner) as store:
+                        progress = await _load_until_killed(
+                            store, process, round_, rng.randint(1, 40), acked, in_flight
                         )
-        await stop(process, signal.SIGTERM)
+                    rotating = progress.rotating  # a rotation was in flight at the kill
+                    key_epoch = progress.key_epoch or key_epoch
+                    await process.wait()
+                    assert process.returncode == -signal.SIGKILL
+                    if process.stdout is not None:
+                        await process.stdout.aclose()
+                    # Restarted: what was acknowledged is there; every chain is whole.
+                    process, port = await start_server(world, tmp_path)
+                    async with connect(("127.0.0.1", port), owner) as store:
+                        for name, value in acked.items():
+                            got = (await store.read(name)).value
+                            assert got == value or got in in_flight.get(name, ()), (name, got)
+                            in_flight[name] = set()
+                            acked[name] = got
+                        key = await store.read("/app/key")
+                        allowed = (key_epoch, key_epoch + 1) if rotating else (key_epoch,)
+                        assert key.id.epoch in allowed  # the rotation in flight: either state
+                        key_epoch = key.id.epoch
+                        for i in range(CHILDREN):
+                            assert (await store.read(f"/app/child/{i}")).value == b"c%d" % i
+                        if key_epoch > 1:
+                            assert (await store.read("/app/key", key_epoch - 1)).status.value == (
+                                "retired"
+                            )
+            await stop(process, signal.SIGTERM)
     assert key_epoch > 1  # rotations happened
-    db = await Database.open(world.domain.path / "secrets.db")
-    try:
-        audit = await AuditStore.open(db)
-        summary = await audit.verify()
-        entries = await audit.entries()
-    finally:
-        await db.aclose()
+    with trio.fail_after(30):
+        db = await Database.open(world.domain.path / "secrets.db")
+        try:
+            audit = await AuditStore.open(db)
+            summary = await audit.verify()
+            entries = await audit.entries()
+        finally:
+            await db.aclose()
     assert summary is not None
     rotated = [e for e in entries if e.kind == "secret_rotated"]
     assert [e.subject for e in rotated][-1] == str(ObjectId("/app/key", key_epoch))

@@ -64,13 +64,14 @@ async def test_two_replicas_on_one_postgresql(
                         store = one if i % 2 else two
                         nursery.start_soon(store.write, "/app/x/5", b"w%d" % i)
                 assert (await two.read("/app/x/5")).value.startswith(b"w")
-    db = await Database.open(postgres_url)
-    try:
-        audit = await AuditStore.open(db)
-        await audit.verify()
-        kinds = [e.kind for e in await audit.entries()]
-    finally:
-        await db.aclose()
+    with trio.fail_after(30):
+        db = await Database.open(postgres_url)
+        try:
+            audit = await AuditStore.open(db)
+            await audit.verify()
+            kinds = [e.kind for e in await audit.entries()]
+        finally:
+            await db.aclose()
     assert kinds.count("secret_written") == 21
     assert kinds.count("secret_rotated") == 1
 

@@ -38,13 +38,14 @@ OWNER = [("owner", op, "/app") for op in ALL]
 
 
 async def audit_entries(world: World) -> list[Any]:
-    db = await Database.open(world.domain.path / "secrets.db")
-    try:
-        store = await AuditStore.open(db)
-        await store.verify()  # the chain is whole
-        return await store.entries()
-    finally:
-        await db.aclose()
+    with trio.fail_after(30):
+        db = await Database.open(world.domain.path / "secrets.db")
+        try:
+            store = await AuditStore.open(db)
+            await store.verify()  # the chain is whole
+            return await store.entries()
+        finally:
+            await db.aclose()
 
 
 async def test_create_read_write_rotate_delete(
@@ -109,17 +110,18 @@ async def test_rotating_a_key_rewraps_what_it_protects(
                 await store.write("/app/k2", bytes(32))  # it protects others
             with pytest.raises(ConflictError):
                 await store.delete("/app/k2")
-    db = await Database.open(world.domain.path / "secrets.db")
-    try:
-        rows = await db.transaction(
-            lambda cur: cur.execute(
-                "SELECT DISTINCT protector_name, protector_epoch FROM secret_objects"
-                " WHERE name LIKE '/app/f/%'"
-            ).fetchall(),
-            write=False,
-        )
-    finally:
-        await db.aclose()
+    with trio.fail_after(30):
+        db = await Database.open(world.domain.path / "secrets.db")
+        try:
+            rows = await db.transaction(
+                lambda cur: cur.execute(
+                    "SELECT DISTINCT protector_name, protector_epoch FROM secret_objects"
+                    " WHERE name LIKE '/app/f/%'"
+                ).fetchall(),
+                write=False,
+            )
+        finally:
+            await db.aclose()
     assert rows == [("/app/k2", 2)]  # every child under the new epoch, none left behind
 
 
