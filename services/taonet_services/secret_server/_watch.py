@@ -133,6 +133,7 @@ class WatchHub:
         self._floor = 0  # events after this seq are all in the buffer
         self._changed = trio.Event()
         self._poke = trio.Event()
+        self._fetching = trio.Lock()
         #: Reads of the log made to fan out (one per batch of changes), for tests.
         self.fetches = 0
         #: Watch calls being answered now.
@@ -191,6 +192,10 @@ class WatchHub:
 
     async def fetch(self) -> None:
         """Read what the log holds after ``head`` into the buffer; wake the watchers."""
+        async with self._fetching:  # one reader at a time, or rows would be buffered twice
+            await self._fetch()
+
+    async def _fetch(self) -> None:
         while True:
             head = self.head
             rows: list[_Row] = await self.db.transaction(
