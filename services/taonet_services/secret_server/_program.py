@@ -12,9 +12,13 @@ runs its programs) and:
 4. gets the master key: unseals the copy sealed for its own principal in
    ``secret_master``; on the very first start (no server holds one) makes a random
    key, seals it with its Tao and stores only the sealed blob. A server whose
-   principal holds no copy while others do refuses to start (the key comes from a
-   running replica over a Tao channel, never from disk in the clear);
-5. serves over :func:`~taonet.channel.serve_channels` with ``revocations=``.
+   principal holds no copy while others do gets it from the running replica
+   ``replica_of`` over a Tao channel, if the guard lets both hold it (``_replica``),
+   and seals its own copy; without ``replica_of`` it refuses to start (never from
+   disk or the database in the clear);
+5. with ``extras``, prepares the extensions (``_extras``: operator requests, grants,
+   watch, the master key for replicas) and runs their background tasks;
+6. serves over :func:`~taonet.channel.serve_channels` with ``revocations=``.
 """
 
 from __future__ import annotations
