@@ -38,8 +38,7 @@ async def test_a_restart_with_the_service_down_keeps_the_cached_crl(
 ) -> None:
     domain = make_domain(guard="Liberal")
     cache = tmp_path / "crl.der"
-    service = DomainService.open(domain.path, PASSWORD)
-    with trio.fail_after(30):
+    with trio.fail_after(30), DomainService.open(domain.path, PASSWORD) as service:
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(functools.partial(service.serve, 0))
             port = listeners[0].socket.getsockname()[1]

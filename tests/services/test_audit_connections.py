@@ -10,8 +10,10 @@ raises: the same answer on every interpreter, and pinned to the path that leaked
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import sqlite3
+import warnings
 from pathlib import Path
 
 import pytest
@@ -78,6 +80,25 @@ def test_open_closes_the_log_when_the_service_cannot_be_built(make_domain: MakeD
         DomainService.open(domain.path, PASSWORD, monotonic=broken_clock)
     # The traceback keeps open()'s frame, and with it any connection it did not close.
     assert caught.traceback
+    assert held(domain.path / AUDIT_FILE) == 0
+
+
+def test_a_service_left_to_the_collector_is_reported_on_every_python(
+    make_domain: MakeDomain,
+) -> None:
+    # What the tests above check by hand, warnings-as-errors checks everywhere else:
+    # a log nobody closed warns when collected, on 3.11 and 3.12 too (where sqlite3
+    # itself says nothing), so a test that forgets close() fails where it forgot it.
+    domain = make_domain()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        service = DomainService.open(domain.path, PASSWORD)
+        del service
+        gc.collect()
+    assert any(
+        issubclass(w.category, ResourceWarning) and "unclosed audit log" in str(w.message)
+        for w in caught
+    ), [str(w.message) for w in caught]
     assert held(domain.path / AUDIT_FILE) == 0
 
 
