@@ -6,9 +6,19 @@ verified, and enforces it on the Tao channels handed to it (``revocations=`` of
 
 * a CRL is taken only when :func:`taonet.certs.verify_crl` accepts it (signed by
   this domain's policy key, inside its update window on the source's clock) and
-  its cRLNumber is not below the one held: an older list, even one correctly
-  signed (a rolled-back or replaying service), is refused with
-  :class:`~taonet.AuthenticationError` and the newer one kept;
+  its cRLNumber is not below the one held;
+* revocation only ever grows: a serial that any verified CRL listed stays revoked.
+  A newer CRL that no longer lists a serial the source holds (a domain service
+  restored from a backup of its audit log, say) is taken for everything else it
+  says, and the dropped serials stay revoked, logged as a warning
+  ``crl_dropped_serials``. A CRL numbered below the one held (a service whose
+  clock stepped back) is taken only for the serials it adds, never for removals;
+  one that adds nothing (a replayed list) is refused with
+  :class:`~taonet.AuthenticationError`. An expired CRL held does not block a fresh
+  lower-numbered one. The serials kept beyond the current CRL are bounded:
+  at most ``MAX_KEPT_SERIALS`` (262,144) for the life of the source, the oldest
+  forgotten first (``crl_kept_serials_forgotten``); they are not written to a
+  cache, so a restarted program knows only what the current CRL lists;
 * :meth:`CRLSource.check`, run on every handshake, refuses a revoked serial and
   fails closed: with no CRL yet, or once the one held is past its nextUpdate, it
   refuses every certificate and says why;
@@ -32,7 +42,10 @@ service): a refresh every ``refresh_interval`` seconds (default 300, spread by
 ``jitter``), a long poll that brings a new CRL about a second after it is
 published, retries with back-off after failures (logged as ``crl_refresh_failed``,
 a line per burst), and, when the CRL held expires, ``crl_expired`` and the sweep
-above. Without a fetcher, :meth:`CRLSource.update` feeds it by hand.
+above. The expiry check also wakes every 30 seconds, so a wall clock that jumps past
+nextUpdate (a virtual machine resumed after a pause, an NTP step) closes the
+channels within that, not when the monotonic wait ends. Without a fetcher,
+:meth:`CRLSource.update` feeds it by hand.
 """
 
 from __future__ import annotations
@@ -80,6 +93,14 @@ _WATCH_RETRY_FIRST: Final = 1.0
 _WATCH_RETRY_MAX: Final = 60.0
 # A client stream cut by its server asks for a fresh CRL for at most this long.
 _EXPLAIN_TIMEOUT: Final = 5.0
+# The expiry check looks at the wall clock at least this often (seconds).
+_EXPIRY_RECHECK: Final = 30.0
+#: Most serials a source keeps revoked beyond those its current CRL lists (dropped
+#: by a newer CRL, or added by a lower-numbered one): about 200,000, what the
+#: largest CRL parsed can list, in a few tens of MB at most.
+MAX_KEPT_SERIALS: Final = 1 << 18
+# Serials named in one log line at most.
+_LOGGED_SERIALS: Final = 10
 
 Fetch = Callable[[], Awaitable[bytes]]
 Watch = Callable[[int], Awaitable[bytes | None]]
@@ -143,6 +164,9 @@ class CRLSource:
         self._watch = watch
         self._clock = clock
         self._crl: certs.RevocationList | None = None
+        self._crl_der: bytes | None = None
+        # Serials revoked beyond those the CRL held lists, oldest first (see update).
+        self._kept: dict[int, int] = {}
         self._changed = trio.Event()
         self._tracked: weakref.WeakKeyDictionary[TaoStream, OnRevoked | None] = (
             weakref.WeakKeyDictionary()
@@ -172,13 +196,22 @@ class CRLSource:
             )
         return None
 
+    @property
+    def kept_serials(self) -> frozenset[int]:
+        """Serials held revoked that the current CRL does not list (module docstring)."""
+        return frozenset(self._kept)
+
+    def _listed(self, serial: int) -> bool:
+        crl = self._crl
+        return serial in self._kept or (crl is not None and serial in crl)
+
     def is_revoked(self, serial: int) -> bool:
-        """Whether the current CRL lists ``serial``; AuthenticationError if there is none."""
+        """Whether ``serial`` is revoked (listed by the current CRL or kept from an
+        earlier one); AuthenticationError if there is no current CRL."""
         unusable = self._unusable()
         if unusable is not None:
             raise AuthenticationError(f"cannot check revocation: {unusable}")
-        assert self._crl is not None
-        return serial in self._crl
+        return self._listed(serial)
 
     def check(self, serial: int) -> None:
         """Raise AuthenticationError if ``serial`` is revoked or cannot be checked now."""
@@ -192,34 +225,91 @@ class CRLSource:
             )
 
     async def update(self, crl_der: bytes) -> bool:
-        """Take ``crl_der`` if it verifies and is not older than the CRL held.
+        """Take ``crl_der`` if it verifies (see the module docstring for which it takes).
 
-        Returns True if it replaced the CRL held (then the channels it tracks are
-        checked against it at once), False if it is the one held. Raises
-        AuthenticationError (and keeps the CRL held) for a CRL that does not verify
-        or is older.
+        Returns True if it changed what is revoked or the CRL held (then the channels
+        it tracks are checked against it at once), False if it is the one held.
+        Raises AuthenticationError (and keeps the CRL held) for a CRL that does not
+        verify, or that is numbered below the one held and revokes nothing new.
         """
         crl = certs.verify_crl(self.anchor, crl_der, now_ns=self._clock())
         held = self._crl
         if held is not None and crl.number <= held.number:
-            await trio.lowlevel.checkpoint()
-            if crl.number == held.number:
-                return False
-            raise AuthenticationError(
-                f"refused a CRL older than the one held (number {crl.number} < {held.number}):"
-                " a rolled-back or replayed list"
-            )
+            if crl.number < held.number and self._clock() > held.next_update_ns:
+                pass  # an expired list must not block a fresh one: take it below
+            else:
+                await trio.lowlevel.checkpoint()
+                return await self._add_only(crl, held)
+        if held is not None:
+            dropped = [s for s in held.serials if s not in crl.serials]
+            if dropped:
+                log.warning(
+                    "crl_dropped_serials",
+                    number=crl.number,
+                    previous=held.number,
+                    dropped=len(dropped),
+                    serials=sorted(dropped)[:_LOGGED_SERIALS],
+                    reason="a newer CRL no longer lists serials an earlier one revoked"
+                    " (a domain service restored from a backup?); they stay revoked",
+                )
+                for serial in dropped:
+                    self._kept[serial] = held.number
+        for serial in crl.serials & self._kept.keys():
+            del self._kept[serial]
+        self._forget_over_bound()
         self._crl = crl
+        self._crl_der = crl_der
         log.info(
             "crl_updated",
             number=crl.number,
-            revoked=len(crl),
+            revoked=len(crl) + len(self._kept),
             next_update=_iso(crl.next_update_ns),
         )
         self._changed.set()
         self._changed = trio.Event()
         await self.sweep()
         return True
+
+    async def _add_only(self, crl: certs.RevocationList, held: certs.RevocationList) -> bool:
+        """A CRL numbered at or below the one held: take the serials it adds, nothing else."""
+        added = [s for s in crl.serials if s not in held.serials and s not in self._kept]
+        if not added:
+            if crl.number == held.number:
+                return False
+            raise AuthenticationError(
+                f"refused a CRL older than the one held (number {crl.number} < {held.number})"
+                " that revokes nothing the held one does not: a replayed list, or a domain"
+                " service whose clock or audit log went back"
+            )
+        for serial in added:
+            self._kept[serial] = crl.number
+        self._forget_over_bound()
+        log.warning(
+            "crl_serials_added_from_older_crl",
+            number=crl.number,
+            held=held.number,
+            added=len(added),
+            serials=sorted(added)[:_LOGGED_SERIALS],
+            reason="a CRL numbered below the one held revokes more (the domain service's"
+            " clock stepped back?): its additions are taken, the held CRL kept",
+        )
+        self._changed.set()
+        self._changed = trio.Event()
+        await self.sweep()
+        return True
+
+    def _forget_over_bound(self) -> None:
+        over = len(self._kept) - MAX_KEPT_SERIALS
+        if over > 0:
+            forgotten = list(self._kept)[:over]
+            for serial in forgotten:
+                del self._kept[serial]
+            log.warning(
+                "crl_kept_serials_forgotten",
+                forgotten=over,
+                serials=forgotten[:_LOGGED_SERIALS],
+                limit=MAX_KEPT_SERIALS,
+            )
 
     # -- channels -----------------------------------------------------------------------
 
@@ -229,14 +319,14 @@ class CRLSource:
         local = stream._local
         crl = self._crl
         if crl is not None:
-            if peer is not None and peer.serial in crl:
+            if peer is not None and self._listed(peer.serial):
                 return ChannelRevokedError(
                     f"the peer's certificate (serial {peer.serial}) was revoked"
                     f" (CRL number {crl.number})",
                     serial=peer.serial,
                     own=False,
                 )
-            if local is not None and local.serial in crl:
+            if local is not None and self._listed(local.serial):
                 return ChannelRevokedError(
                     f"this program's certificate (serial {local.serial}) was revoked"
                     f" (CRL number {crl.number})",
@@ -413,7 +503,9 @@ class CRLSource:
                 continue
             remaining = crl.next_update_ns - self._clock()
             if remaining >= 0:
-                with trio.move_on_after(remaining / 1e9 + 0.01):
+                # Also wakes on a schedule: the wall clock may jump past nextUpdate
+                # while the monotonic clock this waits on does not.
+                with trio.move_on_after(min(remaining / 1e9 + 0.01, _EXPIRY_RECHECK)):
                     await changed.wait()
                 continue
             closed = await self.sweep()

@@ -174,7 +174,7 @@ class TaoStream(trio.abc.Stream):
         return self._receiving or self._sending
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self._check_revoked()
+        await self._check_revoked()
         try:
             await self._send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -203,7 +203,7 @@ class TaoStream(trio.abc.Stream):
         activity.sent_to_peer()
 
     async def wait_send_all_might_not_block(self) -> None:
-        self._check_revoked()
+        await self._check_revoked()
         try:
             await self._wait_send_all_might_not_block()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -230,8 +230,9 @@ class TaoStream(trio.abc.Stream):
             raise ValueError("max_bytes must be >= 1")
         if self._receiving:
             raise trio.BusyResourceError("another task is receiving on this TaoStream")
-        self._check_revoked()
+        await self._check_revoked()
         if self._closed:
+            await trio.lowlevel.checkpoint()
             raise trio.ClosedResourceError("this TaoStream is closed")
         self._receiving = True
         try:
@@ -253,8 +254,11 @@ class TaoStream(trio.abc.Stream):
         finally:
             self._receiving = False
 
-    def _check_revoked(self) -> None:
+    async def _check_revoked(self) -> None:
+        # A checkpoint before raising: a handler that retries on BrokenResourceError
+        # in a loop must still let the rest of the server run (and be cancelled).
         if self._revoked is not None:
+            await trio.lowlevel.checkpoint()
             raise self._revoked_error()
 
     def _revoked_error(self) -> ChannelRevokedError:

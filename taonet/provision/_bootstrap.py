@@ -108,6 +108,7 @@ async def load_or_provision(
                 on_step(f"the domain revoked certificate serial {revoked}: provisioning anew")
                 identity = None
         if identity is not None:
+            _watch_as(revocations, identity)
             return Provisioned(identity, name, fresh=False)
     signer = Signer.generate()
     on_step("generated a channel key K (ECDSA P-256)")
@@ -137,7 +138,16 @@ async def load_or_provision(
     atomic_write(path, sealed, mode=0o600)
     on_step(f"sealed key and certificate to {path} ({len(sealed)} bytes)")
     identity = ChannelIdentity(policy_cert, signer=signer, certificate=program.der)
+    _watch_as(revocations, identity)
     return Provisioned(identity, name, fresh=True)
+
+
+def _watch_as(revocations: CRLSource | None, identity: ChannelIdentity) -> None:
+    """A RevocationWatcher asks the domain service as the program from now on."""
+    from taonet.provision._crl import RevocationWatcher
+
+    if isinstance(revocations, RevocationWatcher) and revocations.identity is None:
+        revocations.use_identity(identity)
 
 
 async def _unseal_state(

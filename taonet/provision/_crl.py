@@ -38,7 +38,12 @@ from taonet._errors import AuthenticationError, CodecError, ConfigError, Protoco
 from taonet._files import atomic_write, read_file
 from taonet._log import get_logger
 from taonet.certs import MAX_CRL_BYTES
-from taonet.channel import DEFAULT_REFRESH_INTERVAL, DEFAULT_REFRESH_JITTER, CRLSource
+from taonet.channel import (
+    DEFAULT_REFRESH_INTERVAL,
+    DEFAULT_REFRESH_JITTER,
+    ChannelIdentity,
+    CRLSource,
+)
 from taonet.provision._client import OP_GET_CRL, _anonymous, _exchange
 from taonet.wire import message_class
 
@@ -75,26 +80,44 @@ def decode_crl_number(data: bytes) -> int:
     return int.from_bytes(data, "big")
 
 
-async def fetch_crl_der(host: str, port: int, policy_cert: bytes) -> bytes:
-    """The domain's CRL as the service sent it (DER, not yet verified)."""
+async def fetch_crl_der(
+    host: str, port: int, policy_cert: bytes, *, identity: ChannelIdentity | None = None
+) -> bytes:
+    """The domain's CRL as the service sent it (DER, not yet verified).
+
+    With ``identity`` (the program's own, certified by this domain) the request is
+    made as that program, which the service serves from slots anonymous clients
+    cannot take; without it, anonymously.
+    """
     request = message_class("DomainServiceRequest")(kind="crl")
-    response = await _exchange(host, port, _anonymous(policy_cert), OP_GET_CRL, request)
+    who = identity if identity is not None else _anonymous(policy_cert)
+    response = await _exchange(host, port, who, OP_GET_CRL, request)
     if not response.HasField("crl"):
         raise ProtocolError("the domain service answered without a CRL")
     return bytes(response.crl)
 
 
-async def watch_crl(host: str, port: int, policy_cert: bytes, known: int) -> bytes | None:
+async def watch_crl(
+    host: str,
+    port: int,
+    policy_cert: bytes,
+    known: int,
+    *,
+    identity: ChannelIdentity | None = None,
+) -> bytes | None:
     """Wait for a CRL with a number above ``known``: its DER (unverified), or None.
 
     None when the service's wait (:data:`WATCH_TIMEOUT`) ran out with nothing
     newer. DomainServiceError ``too_many_watches`` when the service holds too many
     watches already; the errors of :func:`~taonet.provision.fetch_crl` otherwise.
+    ``identity`` as for :func:`fetch_crl_der` (certified watches are counted per
+    program, anonymous ones per address).
     """
     request = message_class("DomainServiceRequest")(
         kind="watch_crl", known_crl_number=encode_crl_number(known)
     )
-    response = await _exchange(host, port, _anonymous(policy_cert), OP_WATCH_CRL, request)
+    who = identity if identity is not None else _anonymous(policy_cert)
+    response = await _exchange(host, port, who, OP_WATCH_CRL, request)
     return bytes(response.crl) if response.HasField("crl") else None
 
 
@@ -110,6 +133,13 @@ class RevocationWatcher(CRLSource):
     ``watch`` is False, as soon as the service publishes a newer CRL (the long
     poll, module docstring). With ``cache`` (a file path), the CRL held survives a
     restart (module docstring).
+
+    ``identity`` is the program's own (see :meth:`use_identity`): with it, the
+    watcher asks the domain service as that program, in the share of the service's
+    connections and watches that anonymous clients cannot take, so a flood of
+    anonymous connections does not keep revocations from it. Without one it asks
+    anonymously; :func:`~taonet.provision.load_or_provision` gives it the program's
+    identity once it has one.
     """
 
     def __init__(
@@ -117,6 +147,7 @@ class RevocationWatcher(CRLSource):
         policy_cert: bytes,
         domain_service: tuple[str, int],
         *,
+        identity: ChannelIdentity | None = None,
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
         jitter: float = DEFAULT_REFRESH_JITTER,
         watch: bool = True,
@@ -127,12 +158,17 @@ class RevocationWatcher(CRLSource):
         self.domain_service: Final = (host, port)
         #: Where the CRL held is kept across restarts (None: nowhere).
         self.cache: Final = Path(cache) if cache is not None else None
+        self._cache_lock = trio.Lock()
+
+        self._identity: ChannelIdentity | None = None
+        if identity is not None:
+            self.use_identity(identity)
 
         async def fetch() -> bytes:
-            return await fetch_crl_der(host, port, policy_cert)
+            return await fetch_crl_der(host, port, policy_cert, identity=self._identity)
 
         async def long_poll(known: int) -> bytes | None:
-            return await watch_crl(host, port, policy_cert, known)
+            return await watch_crl(host, port, policy_cert, known, identity=self._identity)
 
         super().__init__(
             policy_cert,
@@ -143,15 +179,40 @@ class RevocationWatcher(CRLSource):
             clock=clock,
         )
 
+    @property
+    def identity(self) -> ChannelIdentity | None:
+        """The identity the watcher asks the domain service as (None: anonymously)."""
+        return self._identity
+
+    def use_identity(self, identity: ChannelIdentity | None) -> None:
+        """Ask the domain service as ``identity`` from now on (None: anonymously).
+
+        ValueError for an identity without a certificate or of another domain.
+        """
+        if identity is not None:
+            if identity.certificate is None:
+                raise ValueError("an anonymous identity: pass None to ask anonymously")
+            if identity.anchor.public_key_der != self.anchor.public_key_der:
+                raise ValueError("the identity belongs to another domain")
+        self._identity = identity
+
     async def update(self, crl_der: bytes) -> bool:
-        """Take ``crl_der`` as :meth:`CRLSource.update` does; write it to the cache if taken."""
+        """Take ``crl_der`` as :meth:`CRLSource.update` does; write it to the cache if taken.
+
+        Cache writes are one at a time, and one whose CRL is no longer the one held
+        (a newer one was taken meanwhile) is skipped, so the file never goes back to
+        an older CRL than memory holds.
+        """
         changed = await super().update(crl_der)
         if changed and self.cache is not None:
             cache = self.cache
-            try:
-                await trio.to_thread.run_sync(lambda: atomic_write(cache, crl_der, mode=0o644))
-            except (OSError, ConfigError) as exc:
-                log.warning("crl_cache_failed", path=str(cache), reason=str(exc)[:300])
+            async with self._cache_lock:
+                if self._crl_der != crl_der:
+                    return changed  # a newer CRL was taken (and written) meanwhile
+                try:
+                    await trio.to_thread.run_sync(lambda: atomic_write(cache, crl_der, mode=0o644))
+                except (OSError, ConfigError) as exc:
+                    log.warning("crl_cache_failed", path=str(cache), reason=str(exc)[:300])
         return changed
 
     async def load_cache(self) -> bool:
