@@ -40,6 +40,7 @@ from taonet.secrets import Op
 from taonet_services.secret_server._extras import prepare_extras
 from taonet_services.secret_server._replica import adopt_master
 from taonet_services.secret_server._service import (
+    SEND_TIMEOUT,
     AuthorizeHook,
     ChangeHook,
     ChangeInHook,
@@ -151,6 +152,7 @@ async def run_secret_server(
     extensions: Mapping[Op, Extension] | None = None,
     extras: bool = True,
     replica_of: tuple[str, int] | None = None,
+    send_timeout: float = SEND_TIMEOUT,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Provision, get the master key, serve until cancelled (see the module docstring).
@@ -209,7 +211,13 @@ async def run_secret_server(
                 )
             options = {**(added.server_options() if added else {}), **_given(given)}
             server = SecretServer(
-                tables, audit, domain.guard, provisioned.identity, revocations=crl, **options
+                tables,
+                audit,
+                domain.guard,
+                provisioned.identity,
+                revocations=crl,
+                send_timeout=send_timeout,
+                **options,
             )
             if added is not None:
                 await nursery.start(added.run, server)

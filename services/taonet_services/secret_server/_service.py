@@ -117,6 +117,9 @@ log = structlog.get_logger(__name__)
 MAX_IN_FLIGHT: Final = 16
 #: Bytes read from a channel at a time.
 CHUNK_SIZE: Final = 64 * 1024
+#: Seconds one answer may take to be sent before its channel is closed (a client that
+#: stops reading, e.g. a watcher, is dropped; other channels never wait for it).
+SEND_TIMEOUT: Final = 10.0
 
 #: ``on_change(id, kind)`` after a committed change.
 ChangeHook = Callable[[ObjectId, str], None]
@@ -233,6 +236,7 @@ class SecretServer:
         release_master: Extension | None = None,
         extensions: Mapping[Op, Extension] | None = None,
         clock: Callable[[], float] = time.time,
+        send_timeout: float = SEND_TIMEOUT,
     ) -> None:
         self.tables: Final = tables
         self.db: Final = tables.db
@@ -247,6 +251,7 @@ class SecretServer:
         self.release_master = release_master
         self.extensions: dict[Op, Extension] = dict(extensions or {})
         self._clock = clock
+        self.send_timeout = send_timeout
         self._batcher = _AuditBatcher(self.db, audit)
 
     # -- serving ------------------------------------------------------------------------
@@ -285,10 +290,18 @@ class SecretServer:
         )
         send_lock = trio.Lock()
         slots = trio.Semaphore(MAX_IN_FLIGHT)
+        channel: trio.CancelScope | None = None  # the channel's nursery, once open
 
         async def send(chunks: list[bytes]) -> None:
             async with send_lock:
-                await stream.send_all(b"".join(chunks))
+                with trio.move_on_after(self.send_timeout) as sending:
+                    await stream.send_all(b"".join(chunks))
+                if sending.cancelled_caught and channel is not None:
+                    # The client stopped reading (a watcher that never takes its events):
+                    # drop the channel; the others never waited on it.
+                    log.warning("client_too_slow", peer=peer, timeout=self.send_timeout)
+                    channel.cancel()
+                    await trio.aclose_forcefully(stream)
 
         async def answer(event: EnvelopeRequest) -> None:
             try:
@@ -300,6 +313,7 @@ class SecretServer:
 
         try:
             async with trio.open_nursery() as nursery:
+                channel = nursery.cancel_scope
                 while True:
                     try:
                         event = envelope.next_event()
