@@ -44,6 +44,7 @@ import attrs
 import structlog
 import trio
 
+from taonet import auth
 from taonet.audit import bounded
 from taonet.protected import ObjectId
 from taonet.secrets import (
@@ -74,6 +75,8 @@ KEEP_EVENTS: Final = 100_000
 CHANNEL: Final = "taonet_secret_events"
 #: The PostgreSQL advisory lock event writers take (transaction-scoped): "tevents".
 _EVENT_LOCK: Final = 0x74657665_6E7473
+#: Read decisions remembered between two fetches of the log.
+_MAX_DECISIONS: Final = 10_000
 #: Most rows one database read of the log returns.
 _PAGE: Final = 5 * MAX_EVENTS
 
@@ -134,6 +137,9 @@ class WatchHub:
         self._changed = trio.Event()
         self._poke = trio.Event()
         self._fetching = trio.Lock()
+        # (principal, name) -> may Read, for the watchers woken by one fetch: a thousand
+        # watchers of one program ask the guard once per event, not a thousand times.
+        self._decisions: dict[tuple[auth.Prin, str], bool] = {}
         #: Reads of the log made to fan out (one per batch of changes), for tests.
         self.fetches = 0
         #: Watch calls being answered now.
@@ -209,6 +215,7 @@ class WatchHub:
                     self._floor = max(self._floor, self._buffer[0].seq - 1)
             if len(rows) < _PAGE:
                 break
+        self._decisions = {}  # grants and guards may have changed: ask again
         changed, self._changed = self._changed, trio.Event()
         changed.set()
 
@@ -312,7 +319,7 @@ class WatchHub:
                         if (
                             _under(row.name, request.prefix)
                             and not _reserved(row.name)
-                            and call.server.is_authorized(call.principal, "Read", row.name)
+                            and self._may_read(call, row.name)
                         ):
                             events.append(
                                 WatchEvent(ObjectId(row.name, row.epoch), row.kind, row.seq)
@@ -325,6 +332,16 @@ class WatchHub:
             return WatchBatch((), cursor)
         finally:
             self._count(-1)
+
+    def _may_read(self, call: Call, name: str) -> bool:
+        key = (call.principal, name)
+        decision = self._decisions.get(key)
+        if decision is None:
+            decision = call.server.is_authorized(call.principal, "Read", name)
+            if len(self._decisions) >= _MAX_DECISIONS:
+                self._decisions.clear()
+            self._decisions[key] = decision
+        return decision
 
     def _count(self, delta: int) -> None:
         self.watching += delta
