@@ -23,7 +23,10 @@ events after the cursor under ``prefix``
 :data:`~taonet.secrets.MAX_EVENTS`, as soon as there is one; or none after
 :data:`LONG_POLL` seconds. The answer's cursor is the last event looked at, so
 events the caller may not see are skipped for good. A cursor older than the
-buffer is served from the database, a page at a time.
+buffer is served from the database, a page at a time. Read decisions are
+remembered per (principal, name) until the next fetch of the log (so a thousand
+watchers of one program cost one guard query per event; a right revoked, a grant
+taken back, holds from the next change on).
 
 A watcher that stops reading its channel is the server's send timeout's to drop;
 watchers on other channels never wait for it (each channel sends on its own task).
