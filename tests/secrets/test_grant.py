@@ -161,3 +161,32 @@ async def test_grant_rows_edited_in_the_database_give_nothing(
                     await rows(db_url, "DELETE FROM secret_grants")
         entries = await audit_entries(db_url)
     assert len([e for e in entries if e.kind == "secret_grant_invalid"]) >= 5
+
+
+async def test_a_grant_made_through_one_replica_holds_on_another(
+    tmp_path: Path, make_domain: MakeDomain, make_host: MakeHost, postgres_url: str
+) -> None:
+    with trio.fail_after(90):
+        async with secret_world(
+            tmp_path, make_domain, make_host, grants=OWNER, db_url=postgres_url
+        ) as world:
+            second = await world.start_server("replica", db_url=postgres_url)
+            other = ("127.0.0.1", second.port)
+            book_two = second.server.extensions[Op.GRANT].__self__
+            assert isinstance(book_two, GrantBook)
+            async with connect(world.address, await world.identity("owner")) as owner:
+                await owner.create("/app/db/password", b"hunter2")
+            async with (
+                connect(other, await world.identity("stranger")) as store,
+                operator(world) as op,
+            ):
+                with pytest.raises(UnauthorizedError):
+                    await store.read("/app/db/password")
+                await op.call(GrantRequest(tail(world, "stranger"), ("Read",), "/app/db"))
+                await book_two.load()  # what its refresh does every few seconds
+                assert (await store.read("/app/db/password")).value == b"hunter2"
+                # Edited in the shared database: no replica honours it.
+                await rows(postgres_url, "UPDATE secret_grants SET name = '/'")
+                await book_two.load()
+                with pytest.raises(UnauthorizedError):
+                    await store.read("/app/db/password")
