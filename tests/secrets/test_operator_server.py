@@ -25,6 +25,7 @@ import trio
 from taonet import auth
 from taonet.channel import ChannelIdentity, open_channel
 from taonet.crypto import Signer
+from taonet.domain import measure_file, program_subprin
 from taonet.protected import ObjectId
 from taonet.secrets import (
     Changed,
@@ -290,6 +291,25 @@ async def test_the_cli(tmp_path: Path, make_domain: MakeDomain, make_host: MakeH
             await taonet("read", "/nothing", check=3)
             await taonet("delete", "/app/db")
             await taonet("read", "/app/db", check=3)
+            # Grants: the stranger program may read /app/k once granted, not after.
+            stranger = str(auth.PrinTail(program_subprin(measure_file(world.files["stranger"]))))
+            granted = json.loads(
+                await taonet("grant", stranger, "--ops", "Read", "--name", "/app", "-o", "json")
+            )
+            assert granted == {
+                "principal": stranger,
+                "ops": ["Read"],
+                "name": "/app",
+                "revoked": False,
+            }
+            async with connect(world.address, await world.identity("stranger")) as store:
+                assert (await store.read("/app/k")).id.epoch == 2
+                assert "revoked Read on /app" in await taonet(
+                    "grant", stranger, "--ops", "Read", "--name", "/app", "--revoke"
+                )
+                with pytest.raises(UnauthorizedError):
+                    await store.read("/app/k")
+            await taonet("grant", stranger, "--ops", "Execute", "--name", "/app", check=2)
             # A wrong password: refused before anything is sent.
             password_file.write_bytes(b"wrong\n")
             assert "password" in await taonet("read", "/app/k", check=4)
