@@ -3,6 +3,7 @@ events that commit with their change or not at all."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +50,17 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         url: Any = tmp_path / "events.db"
     else:
         url = request.getfixturevalue("postgres_url")
-    database = await Database.open(url)
+    with trio.fail_after(30):
+        database = await Database.open(url)
     yield database
-    await database.aclose()
+    with trio.fail_after(30):
+        await database.aclose()
 
 
 async def test_old_cursors_read_the_log_and_new_ones_the_buffer(db: Database) -> None:
     hub = WatchHub(db, buffer_events=10, long_poll=5.0)
-    await hub.create_tables()
     with trio.fail_after(30):
+        await hub.create_tables()
         names = [f"/a/{i:03}" for i in range(40)]
         await add(hub, names[:20])
         await add(hub, ["/hidden/x"])
@@ -81,8 +84,8 @@ async def test_old_cursors_read_the_log_and_new_ones_the_buffer(db: Database) ->
 
 async def test_concurrent_fetches_buffer_each_event_once(db: Database) -> None:
     hub = WatchHub(db)
-    await hub.create_tables()
     with trio.fail_after(30):
+        await hub.create_tables()
         await add(hub, [f"/a/{i}" for i in range(50)])
         async with trio.open_nursery() as nursery:
             for _ in range(5):
@@ -96,13 +99,13 @@ async def test_concurrent_fetches_buffer_each_event_once(db: Database) -> None:
 
 async def test_an_event_exists_only_if_its_change_committed(db: Database) -> None:
     hub = WatchHub(db, long_poll=0.5)
-    await hub.create_tables()
 
     def fails(cur: Any) -> None:
         hub.change_in(cur, ObjectId("/a/rolled-back", 1), "created")
         raise RuntimeError("the change failed after its event was appended")
 
     with trio.fail_after(30):
+        await hub.create_tables()
         await add(hub, ["/a/first"])
         await hub.fetch()
         with pytest.raises(RuntimeError):
@@ -117,9 +120,14 @@ async def test_a_watch_with_nothing_new_answers_empty_after_the_long_poll(
     db: Database, autojump_clock: trio.testing.MockClock
 ) -> None:
     hub = WatchHub(db, long_poll=20.0)
-    await hub.create_tables()
-    await add(hub, ["/a/x"])
-    await hub.fetch()
+    # The clock stands still while the database works in its thread (it would jump to
+    # the deadline otherwise), then jumps through the long poll.
+    autojump_clock.autojump_threshold = math.inf
+    with trio.fail_after(60):
+        await hub.create_tables()
+        await add(hub, ["/a/x"])
+        await hub.fetch()
+    autojump_clock.autojump_threshold = 0
     with trio.fail_after(60):
         start = trio.current_time()
         batch = await hub.serve(call(), WatchRequest("/a", 0))
