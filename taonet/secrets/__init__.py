@@ -1,7 +1,8 @@
 """The secret service: keys and secrets kept by a secret server, over Tao channels.
 
 * :func:`connect` gives a :class:`SecretStore`: ``read``, ``write``, ``create``,
-  ``delete``, ``list``, ``rotate`` (see ``_client``), many calls per channel, at once.
+  ``delete``, ``list``, ``rotate`` (see ``_client``), many calls per channel, at once;
+  ``async for event in store.watch(prefix)`` (a :class:`Watch`, see ``_watch``).
 * The protocol (``_protocol``): :class:`Op`, typed requests and responses (frozen
   attrs), a pure codec (:func:`encode_request`, :func:`decode_request`,
   :func:`encode_response`, :func:`decode_response`), :func:`operator_payload`.
@@ -74,6 +75,7 @@ from taonet.secrets._protocol import (
     operator_payload,
     request_body_limit,
 )
+from taonet.secrets._watch import Watch
 
 __all__ = [
     "CALL_TIMEOUT",
@@ -113,6 +115,7 @@ __all__ = [
     "SecretStore",
     "UnauthorizedError",
     "UnavailableError",
+    "Watch",
     "WatchBatch",
     "WatchEvent",
     "WatchRequest",
@@ -157,6 +160,7 @@ for _public in (
     SecretStore,
     UnauthorizedError,
     UnavailableError,
+    Watch,
     WatchBatch,
     WatchEvent,
     WatchRequest,
