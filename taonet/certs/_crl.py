@@ -48,7 +48,7 @@ from taonet.certs._profile import (
 )
 from taonet.crypto import Signer
 
-__all__ = ["MAX_CRL_BYTES", "RevocationList", "make_crl", "verify_crl"]
+__all__ = ["MAX_CRL_BYTES", "RevocationList", "make_crl", "read_signed_crl", "verify_crl"]
 
 #: Largest CRL :func:`verify_crl` parses (about 200,000 entries).
 MAX_CRL_BYTES: Final = 8 * 1024 * 1024
@@ -157,6 +157,17 @@ def verify_crl(anchor: PolicyAnchor, der: bytes, *, now_ns: int) -> RevocationLi
             " the domain must issue a fresh one"
         )
     return result
+
+
+def read_signed_crl(anchor: PolicyAnchor, der: bytes) -> RevocationList:
+    """What a CRL the domain signed lists, checked like :func:`verify_crl` but at no time.
+
+    For a domain reading back its own records (an expired ``crl.der`` still says
+    which serials it revoked); never for deciding whether a peer may connect.
+    """
+    if not isinstance(der, bytes) or len(der) > MAX_CRL_BYTES:
+        raise AuthenticationError(f"CRL: not DER bytes of at most {MAX_CRL_BYTES} bytes")
+    return anchor.remember(("crl", der), lambda: _verify_crl_once(anchor, der))
 
 
 def _seconds_ns(moment: _dt.datetime) -> int:

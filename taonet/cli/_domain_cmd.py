@@ -17,12 +17,20 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from taonet import CodecError, ConfigError, auth, certs
+from taonet import CodecError, ConfigError, auth
 from taonet.cli._failures import NotFoundError, UsageError, is_missing
 from taonet.cli._output import add_output_option, emit, iso_time
 from taonet.cli._password import add_password_option, get_password
 from taonet.crypto import Signer
-from taonet.domain import ACLGuard, Domain, DomainTemplate, measure_file, program_subprin
+from taonet.domain import (
+    ACLGuard,
+    Domain,
+    DomainTemplate,
+    audit_behind,
+    measure_file,
+    program_subprin,
+    sign_domain_crl,
+)
 from taonet.files import atomic_write
 
 if TYPE_CHECKING:
@@ -148,6 +156,12 @@ def register(sub: Any) -> None:
     crl = cmds.add_parser("crl", help="rewrite the domain's CRL from the audit log")
     add_domain_option(crl)
     _add_crl_days_option(crl)
+    crl.add_argument(
+        "--accept-audit-behind",
+        action="store_true",
+        help="let the domain service start on an audit log restored from a backup that"
+        " lacks revocations the domain made (they stay revoked in every CRL)",
+    )
     add_password_option(crl)
     add_output_option(crl)
     crl.set_defaults(func=_crl)
@@ -485,23 +499,40 @@ def _check_crl_days(days: int) -> None:
         raise UsageError("--crl-days must be from 1 to 36500")
 
 
-def _write_crl(domain: Domain, signer: Signer, log: AuditLog | None, *, days: int) -> int:
-    """Sign the CRL of every serial revoked in ``log``, write it, return how many."""
+def _write_crl(
+    domain: Domain, signer: Signer, log: AuditLog | None, *, days: int, accept_behind: bool = False
+) -> int:
+    """Sign the CRL of every serial revoked in ``log`` and in the domain's record
+    (``policy_keys/crl_state``), write it, return how many it lists.
+
+    With ``accept_behind``, the serials the log lacks are recorded as accepted (the
+    domain service then starts on this log; they stay listed)."""
     now = time.time_ns()
     revoked: dict[int, int] = {}
+    audit_revoked: frozenset[int] = frozenset()
     if log is not None:
         when = {
             event.serial: event.time_ns
             for event in log.events()
             if event.kind == "revoked" and event.serial is not None
         }
-        revoked = {serial: when.get(serial, now) for serial in log.revoked_serials()}
+        audit_revoked = log.revoked_serials()
+        revoked = {serial: when.get(serial, now) for serial in audit_revoked}
     bad = sorted(s for s in revoked if not 0 < s < _SERIAL_LIMIT)
     if bad:
         raise ConfigError(f"the audit log revokes serial {bad[0]}, which no CRL can list")
-    der = certs.make_crl(signer, domain.policy_anchor, revoked, now_ns=now, next_update_days=days)
+    accept = audit_behind(domain.path, domain.policy_anchor, audit_revoked) if accept_behind else ()
+    der, record = sign_domain_crl(
+        domain.path,
+        signer,
+        domain.policy_anchor,
+        revoked,
+        now_ns=now,
+        next_update_days=days,
+        accept=accept,
+    )
     atomic_write(crl_path(domain.path), der, mode=0o644)
-    return len(revoked)
+    return len(record.revoked)
 
 
 def _revoke(args: argparse.Namespace) -> int:
@@ -544,11 +575,12 @@ def _crl(args: argparse.Namespace) -> int:
     domain = load_domain(args)
     signer = domain.unlock(get_password(args.password_file, prompt="Policy key password"))
     log = _open_audit(domain.path)
+    accept = bool(args.accept_audit_behind)
     if log is None:
-        count = _write_crl(domain, signer, None, days=args.crl_days)
+        count = _write_crl(domain, signer, None, days=args.crl_days, accept_behind=accept)
     else:
         with log:
-            count = _write_crl(domain, signer, log, days=args.crl_days)
+            count = _write_crl(domain, signer, log, days=args.crl_days, accept_behind=accept)
     emit(
         args,
         {"crl": str(crl_path(domain.path)), "crl_serials": count, "crl_days": args.crl_days},

@@ -8,6 +8,9 @@
   ``Authorized(P, op, args)`` queries; their evaluation is pure.
 * :class:`ProgramCertifier` checks a program's attestation and issues its program
   certificate (the domain service's core).
+* :func:`sign_domain_crl` signs the domain's CRL, numbered past every earlier one and
+  listing every serial it ever revoked (``policy_keys/crl_state``);
+  :func:`audit_behind` says what an audit log restored from a backup lacks.
 * :func:`measure_file`, :func:`program_subprin`, :func:`policy_key_subprin` name programs.
 """
 
@@ -24,8 +27,17 @@ from taonet.domain._guard import (
     authorized,
 )
 from taonet.domain._programs import measure_file, policy_key_subprin, program_subprin
+from taonet.domain._revocations import (
+    CRL_FILE,
+    CRL_STATE_FILE,
+    RevocationRecord,
+    audit_behind,
+    sign_domain_crl,
+)
 
 __all__ = [
+    "CRL_FILE",
+    "CRL_STATE_FILE",
     "GUARD_KINDS",
     "ACLGuard",
     "ConservativeGuard",
@@ -35,8 +47,11 @@ __all__ = [
     "Guard",
     "LiberalGuard",
     "ProgramCertifier",
+    "RevocationRecord",
+    "audit_behind",
     "authorized",
     "measure_file",
     "policy_key_subprin",
     "program_subprin",
+    "sign_domain_crl",
 ]

@@ -161,8 +161,6 @@ class RevocationWatcher(CRLSource):
         self._cache_lock = trio.Lock()
 
         self._identity: ChannelIdentity | None = None
-        if identity is not None:
-            self.use_identity(identity)
 
         async def fetch() -> bytes:
             return await fetch_crl_der(host, port, policy_cert, identity=self._identity)
@@ -178,6 +176,8 @@ class RevocationWatcher(CRLSource):
             jitter=jitter,
             clock=clock,
         )
+        if identity is not None:
+            self.use_identity(identity)
 
     @property
     def identity(self) -> ChannelIdentity | None:

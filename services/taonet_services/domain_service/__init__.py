@@ -7,7 +7,7 @@ See ``_service`` for the protocol, checks and limits, ``_audit`` for the audit l
 from __future__ import annotations
 
 from taonet_services.domain_service._audit import AuditEvent, AuditLog, bounded, format_events
-from taonet_services.domain_service._limits import RefusalLimits
+from taonet_services.domain_service._limits import ConnectionLimits, RefusalLimits
 from taonet_services.domain_service._service import (
     AUDIT_FILE,
     ERROR_RATE_LIMITED,
@@ -21,6 +21,7 @@ __all__ = [
     "MAX_REQUEST",
     "AuditEvent",
     "AuditLog",
+    "ConnectionLimits",
     "DomainService",
     "RefusalLimits",
     "bounded",
@@ -28,6 +29,14 @@ __all__ = [
 ]
 
 # What this package exports reports it as its home (reprs, tracebacks, docs).
-for _public in (AuditEvent, AuditLog, DomainService, RefusalLimits, bounded, format_events):
+for _public in (
+    AuditEvent,
+    AuditLog,
+    ConnectionLimits,
+    DomainService,
+    RefusalLimits,
+    bounded,
+    format_events,
+):
     _public.__module__ = __name__
 del _public

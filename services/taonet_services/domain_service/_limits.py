@@ -30,7 +30,15 @@ from typing import Final
 
 import attrs
 
-__all__ = ["OVERFLOW_CLIENT", "RefusalLimiter", "RefusalLimits", "RefusalSummary", "client_key"]
+__all__ = [
+    "OVERFLOW_CLIENT",
+    "ConnectionLimits",
+    "ConnectionShares",
+    "RefusalLimiter",
+    "RefusalLimits",
+    "RefusalSummary",
+    "client_key",
+]
 
 #: The client named in the summary of counts that have no row of their own.
 OVERFLOW_CLIENT: Final = "*"
@@ -244,3 +252,96 @@ class RefusalLimiter:
         entry = _Client(_Bucket(float(self.limits.client_burst), now))
         self._clients[client] = entry
         return entry
+
+
+@attrs.frozen(kw_only=True)
+class ConnectionLimits:
+    """How the domain service shares its connections (see :class:`ConnectionShares`).
+
+    Anonymous clients (programs not yet certified, and anyone) may hold at most
+    ``anonymous_share`` of the channel server's connection cap, ``anonymous_per_address``
+    of them from one address (IPv4 address or IPv6 /64); one is closed after
+    ``anonymous_requests`` requests or once it has been open ``anonymous_lifetime``
+    seconds (checked between requests), and one address may ask for the CRL
+    ``crl_burst`` times, then ``crl_rate`` times a second. A certified program may hold
+    ``per_principal`` connections wherever it connects from; certified programs are
+    never rate limited. So anonymous clients from any number of addresses leave a
+    quarter of the connections (256 of the default 1024) to certified servers.
+    """
+
+    anonymous_share: float = attrs.field(default=0.75, validator=_positive)
+    anonymous_per_address: int = attrs.field(default=16, validator=_count)
+    anonymous_requests: int = attrs.field(default=16, validator=_count)
+    anonymous_lifetime: float = attrs.field(default=60.0, validator=_positive)
+    per_principal: int = attrs.field(default=32, validator=_count)
+    crl_burst: int = attrs.field(default=10, validator=_count)
+    crl_rate: float = attrs.field(default=1.0, validator=_positive)
+    max_clients: int = attrs.field(default=4096, validator=_count)
+
+
+class ConnectionShares:
+    """Who may hold the domain service's connections (see :class:`ConnectionLimits`).
+
+    Pure: no I/O; the clock (monotonic seconds) is passed in.
+    """
+
+    def __init__(
+        self,
+        max_connections: int,
+        limits: ConnectionLimits | None = None,
+        *,
+        clock: Callable[[], float],
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+        self.limits: Final = limits if limits is not None else ConnectionLimits()
+        self.clock: Final = clock
+        self.max_connections: Final = max_connections
+        #: Anonymous connections held at once, at most.
+        self.max_anonymous: Final = max(
+            1, min(max_connections, int(max_connections * min(self.limits.anonymous_share, 1.0)))
+        )
+        self._held: dict[tuple[bool, str], int] = {}
+        self.anonymous = 0
+        self._crl_buckets: collections.OrderedDict[str, _Bucket] = collections.OrderedDict()
+
+    def held(self, key: str, *, certified: bool) -> int:
+        """Connections held now by ``key`` (a principal's key, or an address)."""
+        return self._held.get((certified, key), 0)
+
+    def admit(self, key: str, *, certified: bool) -> bool:
+        """Take a slot for a connection of ``key``; False (and nothing taken) if over."""
+        held = self._held.get((certified, key), 0)
+        limits = self.limits
+        if certified:
+            if held >= limits.per_principal:
+                return False
+        elif held >= limits.anonymous_per_address or self.anonymous >= self.max_anonymous:
+            return False
+        self._held[(certified, key)] = held + 1
+        if not certified:
+            self.anonymous += 1
+        return True
+
+    def release(self, key: str, *, certified: bool) -> None:
+        """Give back the slot :meth:`admit` took."""
+        left = self._held[(certified, key)] - 1
+        if left:
+            self._held[(certified, key)] = left
+        else:
+            del self._held[(certified, key)]
+        if not certified:
+            self.anonymous -= 1
+
+    def crl_allowed(self, client: str) -> bool:
+        """Whether an anonymous ``client`` (address) may ask for the CRL now."""
+        now = self.clock()
+        limits = self.limits
+        bucket = self._crl_buckets.get(client)
+        if bucket is None:
+            while len(self._crl_buckets) >= limits.max_clients:
+                self._crl_buckets.popitem(last=False)
+            bucket = self._crl_buckets[client] = _Bucket(float(limits.crl_burst), now)
+        else:
+            self._crl_buckets.move_to_end(client)
+        return bucket.take(now, limits.crl_rate, limits.crl_burst)

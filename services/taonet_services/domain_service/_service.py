@@ -14,7 +14,12 @@ It holds the policy key (unlocked with the operator's password at start-up) and:
 * records every issued certificate in full, durably (the row is committed
   before the certificate is sent), and every refusal, in the append-only audit
   log (``DIR/audit.sqlite``), from which revocations (``taonet domain revoke``) are
-  read.
+  read;
+* never un-revokes: every CRL it signs also lists each serial the domain's record
+  (``policy_keys/crl_state``, see :func:`taonet.domain.sign_domain_crl`) holds, and
+  is numbered past every earlier CRL whatever its clock says; and it refuses to
+  start when the audit log lacks revocations that record or the signed ``crl.der``
+  holds (an audit log restored from a backup), saying how to recover.
 
 The protocol is the protorpc envelope (:class:`taonet.wire.Envelope`): a request is
 a header frame naming the method (``DomainService.Certify``,
@@ -28,6 +33,17 @@ envelope error of that kind (CodecError, ProtocolError) under its own op and seq
 is recorded as a ``bad_request`` refusal, and the connection is closed; so is one
 whose header cannot be read or which is cut short, without an answer (there is no
 call to name). The service keeps serving everyone else. Each connection may carry several requests.
+
+Connections are shared so that anonymous clients cannot keep revocations from
+servers (:class:`ConnectionLimits`): a client that presents a program certificate of
+this domain that is not revoked (a server's :class:`taonet.provision.RevocationWatcher`
+once it has its identity) counts against its principal (32 connections, 4 watches),
+wherever it connects from; anonymous clients together hold at most three quarters of
+the connection cap (and 384 of the 512 watches), 16 connections from one address, each
+closed after 16 requests or 60 s, and one address may ask for the CRL 10 times, then
+once a second (``rate_limited`` beyond, and the connection closed). An anonymous
+connection over its share is closed right after the handshake
+(``connection_share_refused``, logged once per burst).
 
 Refusals come from clients nobody has authenticated, so what they cost is bounded:
 
@@ -70,9 +86,9 @@ from taonet import (
     auth,
     certs,
 )
-from taonet.channel import ChannelIdentity, TaoStream, serve_channels
+from taonet.channel import ChannelIdentity, TaoStream, default_max_connections, serve_channels
 from taonet.crypto import Signer
-from taonet.domain import Domain, ProgramCertifier
+from taonet.domain import Domain, ProgramCertifier, RevocationRecord, audit_behind, sign_domain_crl
 from taonet.provision import (
     ERROR_BAD_REQUEST,
     ERROR_INTERNAL,
@@ -95,12 +111,14 @@ from taonet.wire import (
 )
 from taonet_services.domain_service._audit import MAX_PEER_CHARS, AuditLog, bounded
 from taonet_services.domain_service._limits import (
+    ConnectionLimits,
+    ConnectionShares,
     RefusalLimiter,
     RefusalLimits,
     RefusalSummary,
     client_key,
 )
-from taonet_services.domain_service._watch import CRLWatches
+from taonet_services.domain_service._watch import CRLWatches, _Bursts
 
 __all__ = ["AUDIT_FILE", "ERROR_RATE_LIMITED", "MAX_REQUEST", "DomainService"]
 
@@ -134,15 +152,28 @@ class DomainService:
         clock: Callable[[], int] = time.time_ns,
         limits: RefusalLimits | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        connections: ConnectionLimits | None = None,
+        max_connections: int | None = None,
     ) -> None:
         """``clock`` (ns since the epoch) dates certificates; ``monotonic`` (seconds)
-        drives the refusal limits (:class:`RefusalLimits`, defaults if None). The service
-        owns ``audit`` from here on and closes it in :meth:`close`."""
+        drives the refusal limits (:class:`RefusalLimits`, defaults if None) and the
+        connection shares (:class:`ConnectionLimits`) of the ``max_connections`` the
+        channel server holds (None: :func:`taonet.channel.default_max_connections`).
+        The service owns ``audit`` from here on and closes it in :meth:`close`.
+        ConfigError if the audit log is behind the domain's revocations (module
+        docstring)."""
         self.domain: Final = domain
         self._signer = policy_signer
         self._audit = audit
         self._clock = clock
         self.limiter: Final = RefusalLimiter(limits, clock=monotonic)
+        self.max_connections: Final = (
+            max_connections if max_connections is not None else default_max_connections()
+        )
+        #: Who may hold connections (see :class:`ConnectionLimits`).
+        self.shares: Final = ConnectionShares(self.max_connections, connections, clock=monotonic)
+        self._monotonic = monotonic
+        self._over_share = _Bursts("connection_share_refused")
         self.certifier: Final = ProgramCertifier(domain, policy_signer, clock=clock)
         self.principal: Final = domain.policy_principal.extend(auth.PrinExt("DomainService", ()))
         key = Signer.generate()
@@ -158,6 +189,20 @@ class DomainService:
         self.identity: Final = ChannelIdentity(
             domain.policy_cert, signer=key, certificate=issued.der, now_ns=clock()
         )
+        # Never start on an audit log that forgot revocations (restored from a backup):
+        # module docstring. Every CRL also lists what the domain's record holds.
+        missing = audit_behind(domain.path, domain.policy_anchor, audit.revoked_serials())
+        if missing:
+            shown = ", ".join(str(s) for s in sorted(missing)[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise ConfigError(
+                f"the audit log {audit.path} is behind this domain's revocations: serial(s)"
+                f" {shown}{more} were revoked (policy_keys/crl_state, crl.der) but it does"
+                " not record them (restored from a backup?); put back the newest audit log,"
+                " or accept this one with `taonet domain crl --accept-audit-behind"
+                f" --domain {domain.path}` (those serials stay revoked)"
+            )
+        self._record = RevocationRecord.load(domain.path)
         self._crl: tuple[frozenset[int], int, bytes] | None = None
         #: DomainService.WatchCRL: the long polls for a newer CRL (see ``_watch``).
         self.crl_watches: Final = CRLWatches(self.current_crl, domain.policy_anchor, clock=clock)
@@ -170,17 +215,28 @@ class DomainService:
         *,
         limits: RefusalLimits | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        connections: ConnectionLimits | None = None,
+        max_connections: int | None = None,
     ) -> DomainService:
         """Load the domain, unlock its policy key and open its audit log.
 
         The service owns the log: :meth:`close` it (or use it as a context manager).
+        ConfigError if the log is behind the domain's revocations (module docstring).
         """
         domain = Domain.load(domain_dir)
         signer = domain.unlock(password)
         # The policy key signs the audit chain's checkpoints (see _audit).
         audit = AuditLog.open(Path(domain_dir) / AUDIT_FILE, signer=signer)
         try:
-            return cls(domain, signer, audit=audit, limits=limits, monotonic=monotonic)
+            return cls(
+                domain,
+                signer,
+                audit=audit,
+                limits=limits,
+                monotonic=monotonic,
+                connections=connections,
+                max_connections=max_connections,
+            )
         except BaseException:
             audit.close()
             raise
@@ -220,6 +276,7 @@ class DomainService:
                         self.identity,
                         host=host,
                         allow_anonymous=True,
+                        max_connections=self.max_connections,
                     )
                 )
                 task_status.started(listeners)
@@ -229,22 +286,58 @@ class DomainService:
                 await self.write_refusal_summaries(all_now=True)
 
     async def handle(self, stream: TaoStream) -> None:
-        """Answer requests on one connection until the client closes it."""
+        """Answer requests on one connection until the client closes it (or, for an
+        anonymous client, until its request count or lifetime runs out)."""
         envelope = Envelope(Role.SERVER, body_limit=MAX_REQUEST, header_limit=MAX_REQUEST_HEADER)
         host, address = _remote(stream)
         client = client_key(host)
         peer = address if stream.peer.principal is None else f"{address} {stream.peer}"
         peer = bounded(peer, MAX_PEER_CHARS)
+        certificate = stream.peer.certificate
+        revoked = self._crl[0] if self._crl is not None else frozenset()
+        # A program certificate of this domain (checked in the handshake) that is not
+        # revoked: its connections count against it, not against the anonymous share.
+        certified = certificate is not None and certificate.serial not in revoked
+        key = (
+            hashlib.sha256(str(stream.peer.principal).encode()).hexdigest()[:32]
+            if certified
+            else client
+        )
+        if not self.shares.admit(key, certified=certified):
+            self._over_share.note(
+                peer=peer,
+                certified=certified,
+                held=self.shares.held(key, certified=certified),
+                anonymous=self.shares.anonymous,
+            )
+            await trio.lowlevel.checkpoint()
+            return
+        limits = self.shares.limits
+        opened = self._monotonic()
+        served = 0
         try:
-            while await self._serve_one(stream, envelope, client, peer):
-                pass
+            while await self._serve_one(stream, envelope, client, peer, key, certified):
+                served += 1
+                if not certified and (
+                    served >= limits.anonymous_requests
+                    or self._monotonic() - opened >= limits.anonymous_lifetime
+                ):
+                    log.info("client_recycled", peer=peer, requests=served)
+                    break
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.info("client_broken", peer=peer, error=bounded(str(exc) or type(exc).__name__))
         finally:
+            self.shares.release(key, certified=certified)
             envelope.clear()
 
     async def _serve_one(
-        self, stream: TaoStream, envelope: Envelope, client: str, peer: str
+        self,
+        stream: TaoStream,
+        envelope: Envelope,
+        client: str,
+        peer: str,
+        key: str,
+        certified: bool,
     ) -> bool:
         """Read and answer one request; False when the connection is done."""
         failure: CodecError | ProtocolError | None = None
@@ -277,7 +370,12 @@ class DomainService:
             await self._refused(client, peer, ERROR_BAD_REQUEST, reason)
             await self._send(stream, envelope.response(op, event.seq, error=ProtocolError(reason)))
             return False
-        # A CRL is never refused, so it is never rate limited either.
+        # Anonymous clients ask for the CRL only so often per address (module docstring).
+        if op != OP_CERTIFY and not certified and not self.shares.crl_allowed(client):
+            self._over_share.note(peer=peer, rate_limited=op)
+            body = _error(ERROR_RATE_LIMITED, "too many CRL requests from this address")
+            await self._send(stream, envelope.response(op, event.seq, serialize(body)))
+            return False
         if op == OP_CERTIFY and not self.limiter.admit(client, code=ERROR_RATE_LIMITED):
             await self.write_refusal_summaries()
             body = _error(
@@ -293,15 +391,17 @@ class DomainService:
             await self._refused(client, peer, ERROR_BAD_REQUEST, reason)
             await self._send(stream, envelope.response(op, event.seq, error=CodecError(reason)))
             return False
-        response = await self._respond(op, request, peer, client)
+        response = await self._respond(op, request, peer, client, key, certified)
         await stream.send_all(b"".join(envelope.response(op, event.seq, serialize(response))))
         return True
 
-    async def _respond(self, op: str, request: Any, peer: str, client: str) -> Any:
+    async def _respond(
+        self, op: str, request: Any, peer: str, client: str, watcher: str, certified: bool
+    ) -> Any:
         if op == OP_GET_CRL:
             return message_class("DomainServiceResponse")(crl=await self.current_crl())
         if op == OP_WATCH_CRL:
-            return await self.crl_watches.answer(request, client)
+            return await self.crl_watches.answer(request, watcher, certified=certified)
         if not (request.HasField("attestation") and request.HasField("program_key")):
             reason = f"incomplete {op} request"
             await self._refused(client, peer, ERROR_BAD_REQUEST, reason)
@@ -423,20 +523,25 @@ class DomainService:
             await self.write_refusal_summaries()
 
     async def current_crl(self) -> bytes:
-        """The CRL for the revocations in the audit log (re-signed when they change)."""
+        """The CRL for the revocations in the audit log and in the domain's record
+        (``policy_keys/crl_state``), re-signed when they change and hourly; each one
+        numbered past every CRL the domain signed before (:func:`~taonet.domain.sign_domain_crl`).
+        """
         revoked = await trio.to_thread.run_sync(self._audit.revoked_serials)
+        revoked |= self._record.revoked
         now = self._clock()
         if self._crl is not None:
             serials, made_at, der = self._crl
-            if serials == revoked and now - made_at < 3600 * 10**9:
+            if serials == revoked and 0 <= now - made_at < 3600 * 10**9:
                 return der
-        der = certs.make_crl(
-            self._signer,
-            self.domain.policy_anchor,
-            revoked,
-            now_ns=now,
+        dated = dict.fromkeys(revoked, now)
+        der, record = await trio.to_thread.run_sync(
+            lambda: sign_domain_crl(
+                self.domain.path, self._signer, self.domain.policy_anchor, dated, now_ns=now
+            )
         )
-        self._crl = (revoked, now, der)
+        self._record = record
+        self._crl = (record.revoked, now, der)
         return der
 
     @staticmethod
