@@ -85,7 +85,9 @@ async def load_or_provision(
     (fetched first if it holds none: ProtocolError if the domain service cannot
     be reached, AuthenticationError if its CRL does not verify): a revoked one is
     provisioned anew, and if the domain service will not certify the program
-    again, AuthorizationError says both.
+    again, AuthorizationError says both. A :class:`~taonet.provision.RevocationWatcher`
+    given as ``revocations`` without an identity asks the domain service as the
+    program from then on (:meth:`~taonet.provision.RevocationWatcher.use_identity`).
     """
     path = Path(state_path)
     name = await bind_to_domain(tao, policy_cert)

@@ -11,9 +11,14 @@ from one address and in all; over that it answers ``too_many_watches`` at once,
 and the watcher falls back on its schedule for a while.
 
 Every CRL from the service is verified against the policy certificate before it
-is taken, and never one older than the CRL held (see
-:class:`~taonet.channel.CRLSource`): the service is trusted to be available, not
-to be honest.
+is taken, a lower-numbered one only for the serials it adds, and no serial a
+verified CRL listed is ever un-revoked (see :class:`~taonet.channel.CRLSource`):
+the service is trusted to be available, not to be honest.
+
+Given the program's own identity (``identity=``, :meth:`RevocationWatcher.use_identity`,
+or :func:`~taonet.provision.load_or_provision`, which sets it), the watcher asks
+the domain service as that program: the service keeps a share of its connections
+and watches for certified programs, so anonymous clients cannot crowd it out.
 
 With ``cache``, the watcher writes each CRL it takes to that file (atomically) and
 reads it back when it starts, before it asks the service: a program restarted
@@ -21,7 +26,9 @@ while the domain service is down still has the last CRL until that CRL's
 nextUpdate. What is read back is verified like anything from the service (an
 expired or foreign file is logged and ignored); whoever can replace the file can
 at most hand a restarted program an older CRL of this domain, still within its
-nextUpdate, until the service answers.
+nextUpdate, until the service answers. Cache writes happen one at a time and only
+for the CRL still held, so the file never falls behind memory. Serials kept only
+in memory (dropped by a newer CRL) are not cached.
 """
 
 from __future__ import annotations
