@@ -37,6 +37,7 @@ from taonet.hosts import Tao
 from taonet.protected import SecretObject, decode_object, encode_object
 from taonet.provision import RevocationWatcher, load_or_provision
 from taonet.secrets import Op
+from taonet_services.secret_server._cache import ObjectCache
 from taonet_services.secret_server._extras import prepare_extras
 from taonet_services.secret_server._replica import adopt_master
 from taonet_services.secret_server._service import (
@@ -177,6 +178,7 @@ async def run_secret_server(
         principal = str(provisioned.principal)
         db = await Database.open(db_url or default_db_url(domain.path))
         audit: AuditStore | None = None
+        cache: ObjectCache | None = None
         try:
             await db.transaction(lambda cur: SecretTables.create_tables_in(db, cur))
             if replica_of is not None:
@@ -191,6 +193,7 @@ async def run_secret_server(
                 )
             master = await load_or_make_master(tao, db, principal)
             tables = SecretTables(db, master)
+            cache = ObjectCache.open(db)  # SQLite: verified objects, checked at each hit
             audit = await AuditStore.open(db, signer=provisioned.identity.signer)
             given = {
                 "on_change": on_change,
@@ -217,6 +220,7 @@ async def run_secret_server(
                 provisioned.identity,
                 revocations=crl,
                 send_timeout=send_timeout,
+                cache=cache,
                 **options,
             )
             if added is not None:
@@ -232,4 +236,6 @@ async def run_secret_server(
                         with contextlib.suppress(TaoError):
                             await audit.checkpoint()
                 finally:
+                    if cache is not None:
+                        cache.close()
                     await db.aclose()

@@ -30,6 +30,14 @@ value is sent (releases from concurrent calls are committed together, one
 transaction per batch); every refusal by the guard is appended. A release that
 cannot be audited is not made (``unavailable``).
 
+Reads. A Read on SQLite is answered from the :class:`~taonet_services.secret_server.
+_cache.ObjectCache` when the object was verified since the tables last changed (by
+anyone: see that module), else from the database in one read-only snapshot, every
+row of the chain checked (MAC, manifest tag, AES-GCM); either way the release is
+audited before the value leaves. The guard's yes for an (op, name) is remembered for
+the rest of the channel (the guard is immutable; ``also_authorized`` is asked every
+time).
+
 Hooks: ``on_change(ObjectId, kind)`` is called after each committed create, write,
 rotate (the new id) and delete (kind ``"created"``, ``"written"``, ``"rotated"``,
 ``"deleted"``), and ``change_in(cursor, ObjectId, kind)`` inside its transaction
@@ -66,7 +74,7 @@ from taonet import AuthenticationError, CodecError, ProtocolError, TaoError, aut
 from taonet.audit import MAX_ACTOR_CHARS, bounded
 from taonet.channel import ChannelIdentity, CRLSource, TaoStream, serve_channels
 from taonet.domain import Guard
-from taonet.protected import ObjectId, SecretObject
+from taonet.protected import ObjectId
 from taonet.secrets import (
     Changed,
     CreateRequest,
@@ -90,6 +98,7 @@ from taonet.secrets import (
 )
 from taonet.wire import END_OF_STREAM, MAX_REQUEST_HEADER, NEED_DATA, Envelope, Role
 from taonet.wire import Request as EnvelopeRequest
+from taonet_services.secret_server._cache import ObjectCache, Verified
 from taonet_services.secret_server._store import (
     MASTER_ID,
     MAX_LIST_SCAN,
@@ -157,6 +166,20 @@ def covering_names(name: str) -> list[str]:
 
 def _reserved(name: str) -> bool:
     return name == RESERVED_PREFIX or name.startswith(RESERVED_PREFIX + "/")
+
+
+#: Guard decisions remembered per channel (then forgotten all at once).
+MAX_DECISIONS: Final = 1024
+
+
+@attrs.define
+class _Seen:
+    """What one channel's requests share: the caller's principal as audit text, and the
+    (op, name) pairs the guard allowed it (the guard is immutable: a yes stays a yes
+    for as long as it is the server's guard; grants are asked again every time)."""
+
+    actor: str
+    allowed: dict[tuple[str, str], Guard] = attrs.field(factory=dict)
 
 
 @attrs.define
@@ -235,6 +258,7 @@ class SecretServer:
         also_authorized: AuthorizeHook | None = None,
         release_master: Extension | None = None,
         extensions: Mapping[Op, Extension] | None = None,
+        cache: ObjectCache | None = None,
         clock: Callable[[], float] = time.time,
         send_timeout: float = SEND_TIMEOUT,
     ) -> None:
@@ -250,6 +274,7 @@ class SecretServer:
         self.also_authorized = also_authorized
         self.release_master = release_master
         self.extensions: dict[Op, Extension] = dict(extensions or {})
+        self.cache = cache
         self._clock = clock
         self.send_timeout = send_timeout
         self._batcher = _AuditBatcher(self.db, audit)
@@ -285,6 +310,7 @@ class SecretServer:
         """Answer requests on one channel until the client closes it."""
         principal = stream.peer.principal
         peer = bounded(str(stream.peer), MAX_ACTOR_CHARS)
+        seen = None if principal is None else _Seen(bounded(str(principal)))
         envelope = Envelope(
             Role.SERVER, body_limit=request_body_limit, header_limit=MAX_REQUEST_HEADER
         )
@@ -305,7 +331,7 @@ class SecretServer:
 
         async def answer(event: EnvelopeRequest) -> None:
             try:
-                body = await self._answer_bytes(principal, peer, event)
+                body = await self._answer_bytes(principal, peer, event, seen)
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await send(envelope.response(event.op, event.seq, body))
             finally:
@@ -345,7 +371,7 @@ class SecretServer:
             envelope.clear()
 
     async def _answer_bytes(
-        self, principal: auth.Prin | None, peer: str, event: EnvelopeRequest
+        self, principal: auth.Prin | None, peer: str, event: EnvelopeRequest, seen: _Seen | None
     ) -> bytes:
         try:
             request = decode_request(event.op, event.body)
@@ -353,7 +379,7 @@ class SecretServer:
             log.warning("bad_request", peer=peer, error=bounded(str(exc), 500))
             return encode_response(Failure(ErrorCode.INVALID, str(exc)))
         try:
-            response = await self.answer(principal, peer, request)
+            response = await self.answer(principal, peer, request, seen=seen)
         except SecretServiceError as exc:
             response = Failure(exc.code, exc.reason)
         except TaoError as exc:
@@ -372,12 +398,20 @@ class SecretServer:
 
     # -- authorization ------------------------------------------------------------------
 
-    def is_authorized(self, principal: auth.Prin, op: str, name: str) -> bool:
+    def is_authorized(
+        self, principal: auth.Prin, op: str, name: str, *, seen: _Seen | None = None
+    ) -> bool:
         """Whether the guard gives ``principal`` ``op`` on ``name`` or an ancestor of it
-        (or, failing that, ``also_authorized`` does)."""
-        if any(
-            self.guard.is_authorized(principal, op, [auth.Str(n)]) for n in covering_names(name)
-        ):
+        (or, failing that, ``also_authorized`` does). ``seen``: the channel's remembered
+        guard decisions (``principal`` must be that channel's)."""
+        guard = self.guard
+        if seen is not None and seen.allowed.get((op, name)) is guard:
+            return True
+        if any(guard.is_authorized(principal, op, [auth.Str(n)]) for n in covering_names(name)):
+            if seen is not None:
+                if len(seen.allowed) >= MAX_DECISIONS:
+                    seen.allowed.clear()
+                seen.allowed[(op, name)] = guard
             return True
         return self.also_authorized is not None and self.also_authorized(principal, op, name)
 
@@ -397,8 +431,10 @@ class SecretServer:
             log.error("audit_failed", peer=peer, error=bounded(str(exc), 500))  # noqa: TRY400
         return Failure(ErrorCode.UNAUTHORIZED, why)
 
-    async def _check(self, principal: auth.Prin, peer: str, op: str, name: str) -> Failure | None:
-        if self.is_authorized(principal, op, name):
+    async def _check(
+        self, principal: auth.Prin, peer: str, op: str, name: str, seen: _Seen | None = None
+    ) -> Failure | None:
+        if self.is_authorized(principal, op, name, seen=seen):
             return None
         return await self._refuse(
             principal, peer, op, name, f"the guard does not give {op} on {name[:200]}"
@@ -406,12 +442,20 @@ class SecretServer:
 
     # -- requests -----------------------------------------------------------------------
 
-    async def answer(self, principal: auth.Prin | None, peer: str, request: Request) -> Response:
+    async def answer(
+        self,
+        principal: auth.Prin | None,
+        peer: str,
+        request: Request,
+        *,
+        seen: _Seen | None = None,
+    ) -> Response:
         """The answer to ``request`` from ``principal`` (None: an anonymous channel, which
         only a request with an operator credential may use); refusals as a Failure or
-        raised."""
+        raised. ``seen``: what the channel's earlier requests established (``handle``)."""
         op = op_of(request)
         if request.operator is not None:
+            seen = None  # authorized as the operator, not as the channel's principal
             if self.authenticate_operator is None:
                 return await self._refuse(
                     principal,
@@ -452,25 +496,38 @@ class SecretServer:
             if isinstance(value, str) and _reserved(value.rstrip("/") or "/"):
                 return Failure(ErrorCode.INVALID, f"names under {RESERVED_PREFIX} are reserved")
         if isinstance(request, ReadRequest):
-            return await self._read(principal, peer, request)
+            return await self._read(principal, peer, request, seen)
         if isinstance(request, ListRequest):
             return await self._list(principal, request)
         if isinstance(request, CreateRequest | WriteRequest | DeleteRequest | RotateRequest):
             return await self._change(principal, peer, request)
         return Failure(ErrorCode.INVALID, f"{op.method} is not served by this server")
 
-    async def _read(self, principal: auth.Prin, peer: str, request: ReadRequest) -> Response:
-        refused = await self._check(principal, peer, "Read", request.name)
+    async def _read(
+        self, principal: auth.Prin, peer: str, request: ReadRequest, seen: _Seen | None
+    ) -> Response:
+        refused = await self._check(principal, peer, "Read", request.name, seen)
         if refused is not None:
             return refused
         now = utc_now()
-        obj: SecretObject = await self.db.transaction(
-            lambda cur: self.tables.read_in(cur, request.name, request.epoch, now), write=False
-        )
+        cache = self.cache
+        obj = None if cache is None else cache.get(request.name, request.epoch, now)
+        if obj is None:
+            # One snapshot for the manifest and every row of the chain: at PostgreSQL's
+            # default READ COMMITTED each statement would see the commits made since the
+            # last, and a write landing between them looked like a rolled-back row.
+            verified: Verified = await self.db.transaction(
+                lambda cur: self.tables.read_verified_in(cur, request.name, request.epoch, now),
+                write=False,
+                serializable=True,
+            )
+            obj = verified.obj
+            if cache is not None:
+                cache.put(request.name, request.epoch, verified)
         # The release is on record before the value leaves.
         await self._batcher.record(
             kind="secret_released",
-            actor=bounded(str(principal)),
+            actor=seen.actor if seen is not None else bounded(str(principal)),
             subject=str(obj.id),
             outcome="ok",
             details={"op": "Read", "peer": bounded(peer, 1000)},

@@ -19,6 +19,10 @@ Tables:
   epoch, protector id, tag and the blob's SHA-256.
 * ``secret_names(name, manifest, mac)``: one row per name: its epochs with their
   status and the tag of each epoch's row, MACed with the name.
+* ``secret_generation(id, n)`` (SQLite only): one row whose ``n`` triggers bump at
+  every insert, update and delete in the two tables above, by any connection; the
+  read cache (``_cache``) serves an object only while ``n`` is what it was when the
+  object was read and verified.
 
 What that detects (never served: ``corrupt``): an edited blob (AEAD); a blob or row
 moved to another id (associated data, MAC); a row or a manifest edited or forged
@@ -69,6 +73,7 @@ from taonet.secrets import (
     InvalidRequestError,
     NotFoundError,
 )
+from taonet_services.secret_server._cache import GENERATION_QUERY, Verified
 from taonet_services.storage import Database, StorageError, StorageReason
 
 __all__ = [
@@ -124,7 +129,26 @@ def schema_statements(dialect: str) -> list[str]:
             PRIMARY KEY (name, epoch))""",
         "CREATE INDEX IF NOT EXISTS secret_objects_protector"
         " ON secret_objects (protector_name, protector_epoch)",
+        *(_generation_statements() if dialect == "sqlite" else []),
     ]
+
+
+def _generation_statements() -> list[str]:
+    """SQLite: the generation of the object tables, bumped by triggers on every change
+    of a row, by any connection (what the read cache checks, see ``_cache``)."""
+    statements = [
+        "CREATE TABLE IF NOT EXISTS secret_generation ("
+        " id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL)",
+        "INSERT OR IGNORE INTO secret_generation (id, n) VALUES (1, 0)",
+    ]
+    for table in ("secret_objects", "secret_names"):
+        for event in ("INSERT", "UPDATE", "DELETE"):
+            trigger = f"{table}_{event.lower()}_generation"
+            statements.append(
+                f"CREATE TRIGGER IF NOT EXISTS {trigger} AFTER {event} ON {table} BEGIN"  # noqa: S608
+                " UPDATE secret_generation SET n = n + 1 WHERE id = 1; END"
+            )
+    return statements
 
 
 def _lp(data: bytes) -> bytes:
@@ -402,6 +426,31 @@ class SecretTables:
         """``name`` at ``epoch`` (or its latest ACTIVE epoch), integrity checked."""
         manifest, oid, rows = self._load_in(cur, name, epoch)
         return self._recover(oid, rows, manifest, now)
+
+    def read_verified_in(self, cur: Any, name: str, epoch: int | None, now: datetime) -> Verified:
+        """:meth:`read_in`, with what the read cache keeps: the tables' generation (read
+        in the same snapshot, SQLite only) and the window in which every key of the
+        chain, and the object, are usable."""
+        generation: int | None = None
+        if self.db.dialect == "sqlite":
+            cur.execute(GENERATION_QUERY)
+            row = cur.fetchone()
+            generation = None if row is None else int(row[0])
+        manifest, oid, rows = self._load_in(cur, name, epoch)
+        obj = self._recover(oid, rows, manifest, now)
+        starts = [obj.not_before]
+        ends = [obj.not_after]
+        for key_id in rows:
+            if key_id != oid:  # each key of the chain (a chain is a few keys at most)
+                key = recover(key_id, self.master, lambda i: _po(rows.get(i)), now=now)
+                starts.append(key.not_before)
+                ends.append(key.not_after)
+        return Verified(
+            obj,
+            generation,
+            max((t for t in starts if t is not None), default=None),
+            min((t for t in ends if t is not None), default=None),
+        )
 
     def exists_in(self, cur: Any, name: str) -> bool:
         cur.execute(self.db.sql("SELECT 1 FROM secret_names WHERE name = ?"), (name,))
