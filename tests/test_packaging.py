@@ -176,5 +176,5 @@ def test_taonet_demo_runs_from_the_installed_wheel(
         argv.append("--hosted")
     result = _run(argv, cwd=outside, env=env)
     assert "== Done" in result.stdout
-    assert re.search(r"received the secret '[0-9a-f]{32}'", result.stdout), result.stdout
+    assert re.search(r"received the secret [0-9a-f]{64}", result.stdout), result.stdout
     assert "Traceback" not in result.stderr

@@ -2,9 +2,12 @@
 
 The first run in a directory initializes (domain, host, each program's key,
 attestation, certificate and sealed state); later runs show the operation phase
-reusing the sealed state. By default everything runs in one process on a soft Tao
-host (``taonet_examples.simpleexample.demo``); with ``--hosted`` the programs are
-child processes of a Linux host (``taonet_examples.simpleexample.hosted``).
+reusing the sealed state. The secret server runs with the others: simpleserver reads
+its secret from it, the operator rotates that secret (a request signed by the policy
+key) and simpleserver's watch brings it the new epoch. By default everything runs in
+one process on a soft Tao host (``taonet_examples.simpleexample.demo``); with
+``--hosted`` the programs are child processes of a Linux host
+(``taonet_examples.simpleexample.hosted``).
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--hosted",
         action="store_true",
-        help="run the domain service, simpleserver and simpleclient as hosted programs "
-        "of a Linux host started for the demo (default directory: .taonet-demo-hosted)",
+        help="run the domain service, the secret server, simpleserver and simpleclient as "
+        "hosted programs of a Linux host started for the demo "
+        "(default directory: .taonet-demo-hosted)",
     )
     p.set_defaults(func=_demo)
 

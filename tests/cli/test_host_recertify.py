@@ -36,6 +36,7 @@ from taonet.domain import Domain, DomainTemplate, measure_file, program_subprin
 from taonet.hosts.linux import LinuxHost, LinuxHostConfig
 from taonet.testing import CertificateFactory
 from taonet_examples.simpleexample import hosted
+from taonet_examples.simpleexample.demo import demo_rules
 from tests.certs.conftest import x509check  # noqa: F401 (a fixture)
 from tests.cli.cli_helpers import Result, isolated, ok, one_line_error, run
 
@@ -76,12 +77,15 @@ def first_profile_certificate(
 
 
 def make_domain(path: Path, *programs: Path, name: str = "recertify") -> Domain:
-    client_tail = auth.PrinTail(program_subprin(measure_file(programs[1])))
     return Domain.create(
         path,
         DomainTemplate(
             name=name,
-            rules=(f'Authorized({client_tail}, "Read", "secret")',),
+            # The demo's rules: simpleserver keeps its secret in the secret server.
+            rules=demo_rules(
+                program_subprin(measure_file(programs[0])),
+                program_subprin(measure_file(programs[1])),
+            ),
             programs=programs,
         ),
         PASSWORD,

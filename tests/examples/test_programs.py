@@ -29,6 +29,8 @@ async def test_an_error_is_one_line(
     argv += ["--state", str(tmp_path), "--domain-service", "127.0.0.1:1"]
     if program is simpleclient:
         argv += ["--server", "127.0.0.1:2"]
+    else:
+        argv += ["--secret-server", "127.0.0.1:3"]
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("TAONET_", "CLOUDPROXY_"))}
     with trio.fail_after(60):
         result = await trio.run_process(

@@ -1,4 +1,5 @@
-"""simpleexample end to end: initialization, then operation from sealed state."""
+"""simpleexample end to end: initialization, then operation from sealed state; the secret
+read from the secret server, rotated by the operator, and the watch event that follows."""
 
 from __future__ import annotations
 
@@ -6,6 +7,38 @@ import trio
 
 from taonet_examples.simpleexample.demo import run_demo
 from tests.examples.conftest import RunTwice, TaonetDemo
+
+NAME = "/simpleexample/secret"
+
+
+def _index(lines: list[str], text: str) -> int:
+    """The index of the one line holding ``text``."""
+    found = [i for i, line in enumerate(lines) if text in line]
+    assert len(found) == 1, (text, found)
+    return found[0]
+
+
+def _rotation(lines: list[str], read: int, rotated: int) -> None:
+    """simpleserver read epoch ``read``, handed it out, then the operator rotated it to
+    ``rotated`` and simpleserver's watch brought it the new epoch before the revocation."""
+    got = _index(
+        lines, f"[simpleserver] read its secret {NAME} epoch {read} from the secret server"
+    )
+    handed = _index(lines, f"[simpleserver] the guard allows it: sending the secret (epoch {read})")
+    received = _index(lines, "[simpleclient] received the secret ")
+    rotate = _index(lines, f"[operator] taonet secret rotate {NAME}")
+    done = _index(lines, f"[operator] rotated {NAME} to epoch {rotated}")
+    watch = _index(
+        lines,
+        f"[simpleserver] watch: {NAME} rotated (epoch {rotated}); read it again:"
+        f" hands out epoch {rotated} from now on",
+    )
+    revocation = _index(lines, "== Revocation")
+    assert got < handed < received < rotate < done < revocation
+    assert rotate < watch < revocation
+    # The revoked instance's request came after the rotation: it got the new epoch.
+    after = _index(lines, f"the guard allows it: sending the secret (epoch {rotated})")
+    assert revocation < after
 
 
 async def test_two_runs_initialize_then_reuse_sealed_state(run_twice: RunTwice) -> None:
@@ -18,6 +51,21 @@ async def test_two_runs_initialize_then_reuse_sealed_state(run_twice: RunTwice) 
     assert not any("issued certificate serial" in line for line in second)
     assert any("unsealed key and certificate" in line for line in second)
     assert any("the guard allows it" in line for line in second)
+    # The secret server is provisioned like the others, and unseals its state later.
+    assert any(line.startswith("[secret server] domain service issued") for line in first)
+    assert any(line.startswith("[secret server] unsealed key and certificate") for line in second)
+    # simpleserver has the server make its secret once, then reads it; each run rotates.
+    made = f"[simpleserver] asked the secret server to make its secret {NAME} (a random key)"
+    assert made in first
+    assert made not in second
+    _rotation(first, read=1, rotated=2)
+    _rotation(second, read=2, rotated=3)
+    assert runs.secrets[0].hex() in _line(first, "[simpleclient] received the secret")
+    assert runs.secrets[1].hex() in _line(second, "[simpleclient] received the secret")
+
+
+def _line(lines: list[str], text: str) -> str:
+    return lines[_index(lines, text)]
 
 
 def test_taonet_demo_command(taonet_demo: TaonetDemo) -> None:

@@ -2,12 +2,23 @@
 
 ``taonet demo --hosted``: a root Linux host (soft keys, certified by the domain's
 policy key) runs in this process; through its admin socket it starts, as real child
-processes, the domain service (the ``taonet`` command), simpleserver and simpleclient
-(executable copies of their own source files, run by their ``#!`` line). Each
-program's name is the host's name extended with ``Program([sha256 of the file])``;
-the guard lets exactly these three execute. Their output comes back over pipes
-passed to the host as file descriptors, and is printed prefixed with the program's
-name.
+processes, the domain service and the secret server (the ``taonet`` command:
+``taonet domain-service`` and ``taonet secret-server``), simpleserver and
+simpleclient (executable copies of their own source files, run by their ``#!``
+line). Each program's name is the host's name extended with ``Program([sha256 of
+the file])``; the guard lets exactly these three files execute. Their output comes
+back over pipes passed to the host as file descriptors, and is printed prefixed with
+the program's name.
+
+The secret server runs hosted, like the others, rather than beside the host in this
+process: it is a Tao program whose master key is sealed by its host, so the demo
+shows it as one (its identity provisioned through the domain service, its key
+unsealed by the Linux host on later runs). Being the ``taonet`` command, it has the
+domain service's program name; simpleserver is told that principal and accepts no
+other secret server. simpleserver gets its secret from it; after simpleclient has
+the secret, the demo rotates it as the operator (a request signed by the policy
+key, as ``taonet secret rotate`` sends) and waits for simpleserver to say its watch
+brought the new epoch.
 
 The first run initializes (domain, host, each program's certificate and sealed
 state); later runs in the same directory unseal that state.
@@ -26,17 +37,24 @@ from pathlib import Path
 import trio
 
 from taonet import AuthorizationError, ConfigError, HostError, auth
-from taonet.crypto import KdfParams
+from taonet.crypto import KdfParams, Signer
 from taonet.domain import Domain, DomainTemplate, measure_file, program_subprin
 from taonet.files import atomic_write, read_file
 from taonet.hosts.linux import AdminClient, LinuxHost, LinuxHostConfig
 from taonet_examples.simpleexample import simpleclient, simpleserver
+from taonet_examples.simpleexample.demo import (
+    SECRET_SERVER_STATE,
+    PolicyKey,
+    demo_rules,
+    rotate_as_operator,
+)
 
 __all__ = ["run_hosted_demo"]
 
 _LISTENING = re.compile(rb"listening on ([0-9.]+):(\d+)")
 _SERVING = re.compile(rb"serving Tao channels on ([0-9.]+):(\d+)")
-_SECRET = re.compile(rb"received the secret '([^']*)'")
+_SECRET_SERVER = re.compile(rb"secret server listening on ([0-9.]+):(\d+) as (\S+)")
+_SECRET = re.compile(rb"received the secret ([0-9a-f]+)")
 #: Bound on each step of the demo (a stuck program fails the demo, not hangs it).
 STEP_TIMEOUT = 60.0
 
@@ -131,17 +149,20 @@ async def run_hosted_demo(
     base, server_path, client_path, taonet_path = _paths(base)
     password_file = base / "demo-password"
     domain_dir, host_dir, state = base / "domain", base / "host", base / "programs"
+    signer: Signer | None = None
     if not password_file.exists():
         say(f"== Setting up a domain and a root Linux host in {base}")
         base.mkdir(parents=True, exist_ok=True)
         password = secrets.token_hex(16).encode()
         atomic_write(password_file, password + b"\n", mode=0o600)
-        client_tail = auth.PrinTail(program_subprin(measure_file(client_path)))
         domain = Domain.create(
             domain_dir,
             DomainTemplate(
                 name="simpleexample-hosted",
-                rules=(f'Authorized({client_tail}, "Read", "secret")',),
+                rules=demo_rules(
+                    program_subprin(measure_file(server_path)),
+                    program_subprin(measure_file(client_path)),
+                ),
                 programs=(server_path, client_path, taonet_path),
             ),
             password,
@@ -163,14 +184,16 @@ async def run_hosted_demo(
             ),
             password=password,
             kdf=kdf or KdfParams.default(),
-            policy_signer=domain.unlock(password),
+            policy_signer=(signer := domain.unlock(password)),
         )
     password = password_file.read_bytes().strip()
+    policy_key = PolicyKey(Domain.load(domain_dir), password, signer)
     state.mkdir(exist_ok=True)
     host = await LinuxHost.open(host_dir, password=password)
     say(f"== Linux host {host.name} (root, certified by the policy key)")
     for label, path in (
         ("domain service", taonet_path),
+        ("secret server", taonet_path),
         ("simpleserver", server_path),
         ("simpleclient", client_path),
     ):
@@ -179,11 +202,13 @@ async def run_hosted_demo(
     env = {"TAONET_LOG": "warning", "HOME": os.environ.get("HOME", str(base))}
     common = ["--domain", str(domain_dir), "--state", str(state)]
     outputs = {
-        name: _Output(name, say) for name in ("domain service", "simpleserver", "simpleclient")
+        name: _Output(name, say)
+        for name in ("domain service", "secret server", "simpleserver", "simpleclient")
     }
 
     async with trio.open_nursery() as nursery:
         await nursery.start(host.run)
+        nursery.start_soon(policy_key.unlock)
         try:
             async with AdminClient.connect(host.socket_path) as admin:
 
@@ -225,7 +250,37 @@ async def run_hosted_demo(
                 )
                 m = await outputs["domain service"].expect(_LISTENING)
                 ds = f"{m.group(1).decode()}:{m.group(2).decode()}"
-                await start("simpleserver", server_path, [*common, "--domain-service", ds])
+                secret_pid = await start(
+                    "secret server",
+                    taonet_path,
+                    [
+                        "secret-server",
+                        "--domain",
+                        str(domain_dir),
+                        "--state",
+                        str(base / SECRET_SERVER_STATE),
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--domain-service",
+                        ds,
+                    ],
+                )
+                m = await outputs["secret server"].expect(_SECRET_SERVER)
+                secret_server = (m.group(1).decode(), int(m.group(2)))
+                secret_server_principal = auth.parse_prin(m.group(3).decode())
+                server_pid = await start(
+                    "simpleserver",
+                    server_path,
+                    [
+                        *common,
+                        "--domain-service",
+                        ds,
+                        "--secret-server",
+                        f"{secret_server[0]}:{secret_server[1]}",
+                        "--secret-server-principal",
+                        str(secret_server_principal),
+                    ],
+                )
                 m = await outputs["simpleserver"].expect(_SERVING)
                 server = f"{m.group(1).decode()}:{m.group(2).decode()}"
                 pid = await start(
@@ -237,7 +292,29 @@ async def run_hosted_demo(
                     done = await admin.wait(str(pid))
                 if done.exit_status != 0:
                     raise HostError(f"simpleclient exited with status {done.exit_status}")
-                secret = (await outputs["simpleclient"].expect(_SECRET)).group(1)
+                secret = bytes.fromhex(
+                    (await outputs["simpleclient"].expect(_SECRET)).group(1).decode()
+                )
+                say("== Rotation: the operator rotates simpleserver's secret; a watch tells it")
+                name = simpleserver.SECRET_NAME
+                say(f"[operator] taonet secret rotate {name}  (a request signed by the policy key)")
+                with trio.fail_after(STEP_TIMEOUT):
+                    new = await rotate_as_operator(
+                        policy_key.domain.policy_cert,
+                        await policy_key.signer(),
+                        secret_server,
+                        secret_server_principal,
+                        name,
+                    )
+                say(f"[operator] rotated {new.name} to epoch {new.epoch}")
+                watched = re.escape(f"watch: {name} rotated (epoch {new.epoch})".encode())
+                await outputs["simpleserver"].expect(re.compile(watched))
+                # Those that keep the CRL current from the domain service stop first:
+                # the secret server, then its client simpleserver.
+                for stopping in (secret_pid, server_pid):
+                    await admin.stop(str(stopping))
+                    with trio.fail_after(STEP_TIMEOUT):
+                        await admin.wait(str(stopping))
         finally:
             for out in outputs.values():
                 if out.write_fd >= 0:  # never started: nobody else will close these

@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""simpleclient: asks simpleserver for its secret over a Tao channel."""
+"""simpleclient: asks simpleserver for its secret over a Tao channel.
+
+The secret is simpleserver's key from the secret server (32 bytes); the client
+prints it in hex, as a demo does (a real client would keep it to itself).
+"""
 
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ async def run_client(
     if not answer.startswith(b"OK "):
         raise ProtocolError(f"the server said {answer.decode(errors='replace')}")
     secret = answer[3:]
-    say(f"received the secret {secret.decode()!r}")
+    say(f"received the secret {secret.hex()}")
     return secret
 
 
