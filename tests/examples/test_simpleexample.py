@@ -3,8 +3,14 @@ read from the secret server, rotated by the operator, and the watch event that f
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import trio
 
+from taonet import ConfigError
+from taonet.crypto import KdfParams
+from taonet_examples.simpleexample import simpleserver
 from taonet_examples.simpleexample.demo import run_demo
 from tests.examples.conftest import RunTwice, TaonetDemo
 
@@ -70,3 +76,27 @@ def _line(lines: list[str], text: str) -> str:
 
 def test_taonet_demo_command(taonet_demo: TaonetDemo) -> None:
     taonet_demo(timeout=120)
+
+
+async def test_a_directory_made_for_other_programs_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trio.fail_after(60):
+        await run_demo(tmp_path / "demo", say=_quiet, kdf=KdfParams.for_tests())
+    # Another version of simpleserver (one byte more): the domain's guard names the old hash.
+    changed = _changed_copy(Path(simpleserver.__file__ or ""), tmp_path)
+    monkeypatch.setattr(simpleserver, "__file__", str(changed))
+    with trio.fail_after(60), pytest.raises(ConfigError) as raised:
+        await run_demo(tmp_path / "demo", say=_quiet)
+    assert "made for other versions of the programs (simpleserver" in str(raised.value)
+    assert "remove that directory" in str(raised.value)
+
+
+def _changed_copy(source: Path, directory: Path) -> Path:
+    copy = directory / source.name
+    copy.write_bytes(source.read_bytes() + b"\n")
+    return copy
+
+
+def _quiet(_: str) -> None:
+    """Say nothing."""

@@ -46,7 +46,7 @@ from typing import Final
 import attrs
 import trio
 
-from taonet import AuthorizationError, ProtocolError, auth
+from taonet import AuthorizationError, ConfigError, ProtocolError, auth
 from taonet.channel import ChannelIdentity, ChannelRevokedError, MessageStream, open_channel
 from taonet.crypto import KdfParams, Signer
 from taonet.domain import Domain, DomainTemplate, measure_file, program_subprin
@@ -201,6 +201,16 @@ async def run_demo(
         password = password_file.read_bytes().strip()
         domain = Domain.load(base / "domain")
         host = SoftHost.load(base / "host", password)
+        _check_programs(
+            base,
+            domain,
+            host.name,
+            {
+                "the secret server": PROGRAM_FILE,
+                "simpleserver": server_path,
+                "simpleclient": client_path,
+            },
+        )
     state = base / "programs"
     state.mkdir(exist_ok=True)
     phase = (
@@ -269,6 +279,20 @@ async def run_demo(
     if phase.startswith("Initialization"):
         say(f"Run it again to see the operation phase reuse the sealed state in {state}.")
     return secret
+
+
+def _check_programs(base: Path, domain: Domain, host: auth.Prin, programs: dict[str, Path]) -> None:
+    """ConfigError unless the domain's guard lets each program run (a directory made by
+    another version of the demo names other hashes)."""
+    for label, path in programs.items():
+        name = domain.program_name(measure_file(path), host=host)
+        assert isinstance(name, auth.Prin)
+        if not domain.guard.is_authorized(name, "Execute"):
+            raise ConfigError(
+                f"the domain in {base} was made for other versions of the programs"
+                f" ({label}, {path.name}, is not allowed to run): remove that directory"
+                " and run the demo again"
+            )
 
 
 async def rotate_as_operator(
