@@ -1447,7 +1447,7 @@ async def test_another_user_is_seen_and_refused(nobody_python: str, shared_dir: 
             async with AdminClient.connect(path) as admin:
                 assert await admin.list() == [info]  # still running
     lines = output.splitlines()
-    assert lines[0] == "listed 1"
+    assert lines[0] == "listed 0"  # root's programs are not listed to others (A1 F7)
     assert lines[1].startswith("raised AuthorizationError uid 65534 may not stop"), output
     kill_callers = [caller for op, caller in backend.calls if op == "kill"]
     assert len(kill_callers) == 1

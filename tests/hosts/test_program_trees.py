@@ -553,8 +553,8 @@ async def test_the_bytes_of_all_files_are_bounded_together(
     (tree / "b").write_text("y" * 600)
     with pytest.raises(HostError, match="over its limit of 1000 bytes"):
         await prepare(tree, programs_dir, limits=TreeLimits(max_bytes=1000))
-    # Another user's share (max_size) bounds it too.
-    with pytest.raises(HostError, match="over its limit of 900 bytes"):
+    # Another user's share (max_size) bounds it too, as charged on disk (F4).
+    with pytest.raises(HostError, match="would take over 900 bytes on disk"):
         await prepare(tree, programs_dir, max_size=900)
 
 

@@ -4,9 +4,9 @@ The wire format is in :mod:`taonet.hosts.linux._admin_wire`. :func:`serve_admin`
 unix socket, serves each connection in its own task (requests on one connection in
 order) and removes the socket file when cancelled. The caller of each connection is
 the kernel's ``SO_PEERCRED`` and ``SO_PEERGROUPS`` (its supplementary groups when it
-connected: none if the kernel cannot tell, or if it holds more than
-:data:`MAX_PEER_GROUPS`). Every file descriptor received is either handed to the
-backend inside a :class:`~taonet.hosts.linux._hosted.StartRequest` or closed.
+connected, all of them: a connection whose groups the kernel cannot tell is refused,
+since a group may deny what others are allowed). Every file descriptor received is
+either handed to the backend inside a :class:`~taonet.hosts.linux._hosted.StartRequest` or closed.
 
 Given a ``stop`` event, :func:`serve_admin` closes gracefully once it is set: it stops
 accepting and removes the socket file at once, closes the connections that wait for
@@ -50,6 +50,7 @@ is a keyword argument of :func:`serve_admin`, defaulting to the constant):
 from __future__ import annotations
 
 import builtins
+import ctypes
 import errno
 import functools
 import itertools
@@ -130,8 +131,11 @@ IDLE_TIMEOUT: Final = 300.0
 _RECV_SIZE: Final = 64 * 1024
 _ANC_SIZE: Final = socket.CMSG_SPACE(MAX_STDIO_FDS * 4)
 _UCRED: Final = struct.Struct("=iII")  # struct ucred: pid_t pid, uid_t uid, gid_t gid
-#: Supplementary groups read from a peer (CPython reads at most 1024 option bytes).
+#: Supplementary groups asked for first (a caller in more is asked again, for all).
 MAX_PEER_GROUPS: Final = 256
+#: The kernel's bound on supplementary groups (NGROUPS_MAX).
+NGROUPS_MAX: Final = 65536
+_LIBC: Final = ctypes.CDLL(None, use_errno=True)
 #: SO_PEERGROUPS (Linux 4.13) is 59 where the kernel uses asm-generic/socket.h, as on
 #: x86, arm, arm64, powerpc, riscv and s390; Python does not name it.
 _SO_PEERGROUPS: Final = getattr(socket, "SO_PEERGROUPS", None) or (
@@ -302,17 +306,38 @@ class _Receiver:
         return _Request(op, event.seq, body, fds)
 
 
+def _getsockopt(fd: int, option: int, size: int) -> tuple[int, bytes]:
+    """libc's getsockopt at SOL_SOCKET with a ``size``-byte buffer: (errno, value).
+
+    CPython's ``socket.getsockopt`` takes at most 1024 bytes and hides the length the
+    kernel asks for on ERANGE; this returns that length's worth of zero bytes then.
+    """
+    buffer = ctypes.create_string_buffer(size)
+    length = ctypes.c_uint32(size)
+    if _LIBC.getsockopt(fd, socket.SOL_SOCKET, option, buffer, ctypes.byref(length)) == 0:
+        return 0, buffer.raw[: length.value]
+    err = ctypes.get_errno()
+    return err, bytes(length.value) if err == errno.ERANGE else b""
+
+
 def _peer_groups(sock: trio.socket.SocketType) -> tuple[int, ...]:
-    """The peer's supplementary groups when it connected; () if the kernel cannot tell
-    or they are too many (fewer rights, never more)."""
+    """The peer's supplementary groups when it connected, all of them (up to the
+    kernel's NGROUPS_MAX); OSError if the kernel cannot tell.
+
+    Fewer groups are not fewer rights: a group can deny (mode 0604 ``root:banned``, an
+    ACL entry ``g:banned:---``), so a caller whose groups cannot all be read is refused.
+    """
     if _SO_PEERGROUPS is None:
-        return ()
-    try:
-        data = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, MAX_PEER_GROUPS * 4)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOPROTOOPT, errno.ERANGE, errno.EINVAL):
-            raise
-        return ()
+        raise OSError(errno.ENOPROTOOPT, "SO_PEERGROUPS is unknown on this machine")
+    size = MAX_PEER_GROUPS * 4
+    while True:
+        err, data = _getsockopt(sock.fileno(), _SO_PEERGROUPS, size)
+        if err == errno.ERANGE and size < len(data) <= NGROUPS_MAX * 4:
+            size = len(data)  # the kernel said how much it needs: ask again
+            continue
+        if err:
+            raise OSError(err, f"cannot read the peer's groups: {os.strerror(err)}")
+        break
     groups = array("I")
     groups.frombytes(data[: len(data) - len(data) % groups.itemsize])
     return tuple(groups)
@@ -410,7 +435,10 @@ async def _handle(
         infos = await backend.stop_programs(_selector(request), caller, kill=op == KILL)
         return {"programs": [_program_message(info) for info in infos]}
     if op == LIST:
-        return {"programs": [_program_message(info) for info in backend.list_programs()]}
+        # Root sees every program; anyone else only those run as its uid (all of a
+        # non-root host's programs run as its owner): not other users' paths or names.
+        visible = [info for info in backend.list_programs() if caller.uid in (0, info.uid)]
+        return {"programs": [_program_message(info) for info in visible]}
     if op == WAIT:
         selector = _selector(request)
         info = await _unless_peer_leaves(sock, lambda: backend.wait_program(selector, caller))

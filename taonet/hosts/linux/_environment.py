@@ -11,6 +11,17 @@ script does not look its interpreter up in it on a host that offers interpreters
 (:mod:`taonet.hosts.linux._interpreters`). ``HOME`` is the user's from the password
 database, and ``PYTHONNOUSERSITE=1`` keeps a Python program from importing the
 user's ``~/.local`` site packages.
+
+``HOME``, like the working directory, is part of the environment the caller controls,
+not of the program's name. A program the host's interpreter runs loads no code from
+either (Python runs isolated: no user site, no ``PYTHON*`` variables, neither
+directory on ``sys.path``). A program the kernel runs through an interpreter of its
+own choosing (``#!/usr/bin/node``, ``ruby``, ``perl``) may: node resolves
+``require()`` through ``$HOME/.node_modules``, ``$HOME/.node_libraries`` and the
+``node_modules`` directories above its working directory, Ruby and Perl their user
+library paths; under such a program's name runs whatever code the caller keeps
+there. Where the name must cover every line of code that runs, use the host's
+interpreters or a self-contained binary.
 """
 
 from __future__ import annotations

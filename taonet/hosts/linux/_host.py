@@ -57,6 +57,9 @@ the name it was launched under.
 A malformed or oversized frame from a program closes that program's channel only; a
 program that dies mid-call costs nothing but its own channel; a bug in a backend is
 answered as an internal error. Cancelling :meth:`LinuxHost.run` kills the programs.
+When :meth:`LinuxHost.run` starts, the copies an earlier run left in ``programs/`` (a
+crash, a ``kill -9``) are removed, except any that a live process still executes,
+works in or names on its command line.
 
 What one program's requests can make the host hold is bounded (see
 :func:`~taonet.hosts.serve_tao_rpc`): a request's header frame is at most 4 KiB and its
@@ -131,6 +134,7 @@ from taonet.hosts.linux._process import (
     PreparedProgram,
     Sandbox,
     prepare_program,
+    remove_stale_copies,
     signal_group,
     spawn_program,
 )
@@ -480,6 +484,11 @@ class LinuxHost:
         if not self._interpreters_checked:  # made without open()
             await trio.to_thread.run_sync(self._check_interpreters)
         lock = _lock_directory(self.directory)
+        # Held by the lock: no other host serves this directory, so what its programs
+        # directory holds was left by an earlier run (a crash) unless still in use.
+        removed = await trio.to_thread.run_sync(remove_stale_copies, self.directory / PROGRAMS_DIR)
+        if removed:
+            log.info("stale_copies_removed", count=removed)
         soft = _raise_fd_limit()
         if self._max_others is None:
             self._max_others = _max_other_programs(soft)
@@ -548,7 +557,7 @@ class LinuxHost:
                 # Hashed again if it changed: later starts compare with this one.
                 self._interpreters[prepared.interpreter.name] = prepared.interpreter
             if limited:
-                size = prepared.size
+                size = prepared.charged
                 # From what was reserved for the copy to what it takes, in one step.
                 count, used = self._usage[uid]
                 self._usage[uid] = (count, used - held + size)

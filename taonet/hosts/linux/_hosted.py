@@ -9,7 +9,10 @@ decides what the caller may do:
   caller's uid, gid and supplementary groups, a host run by an ordinary user only for
   that user (or root);
 * stopping, killing or waiting for a program is for its owner, the host's owner and
-  root; shutting the host down is for the host's owner and root.
+  root; shutting the host down is for the host's owner and root;
+* listing shows root every program, and anyone else only the programs that run as
+  its uid (the admin socket filters :meth:`AdminBackend.list_programs`): other users'
+  program paths and names are theirs.
 
 A program is selected by its id (or a unique prefix of it), its file name, its pid
 or its full principal name in text form; only a principal may select several running

@@ -24,6 +24,18 @@ says what runs. What the interpreter loads (its standard library, its
 site-packages, taonet itself) is not measured: it is the host's, as the host's own
 code is.
 
+**Executed from an execute-only copy** (:func:`private_copy`): a program is not run by
+the configured file itself but by the host's copy of exactly the bytes measured,
+``<host>/interpreters/<sha256 hex>/interpreter``, mode 0111 in a directory of mode
+0711, both the host's: its ``argv[0]`` is still the configured path, so the
+interpreter finds its standard library and virtual environment as before
+(``sys.executable`` is the configured path). The kernel makes a process that executes
+a file it may not read non-dumpable, so no other process of the program's uid can
+open its descriptors through ``/proc/<pid>/fd``, take them with ``pidfd_getfd``,
+ptrace it, or have it dump core: a program's Tao channel (and what it unseals) stays
+the program's. The copy is made once per measured interpreter (a new hash gets a new
+copy) and hashed as it is written, so it is what the name says.
+
 **Which programs it runs** (:func:`choose_interpreter`): a script whose first line is
 ``#!/usr/bin/env NAME`` (or ``#!/bin/env NAME``) is run by the host's interpreter
 ``NAME``, never by one looked up in a ``PATH``; if the host offers no ``NAME`` the
@@ -35,15 +47,28 @@ kernel, as before, and named as before. A host whose ``host.toml`` has no
 ``[interpreters]`` table (made by an earlier taonet) offers none and runs
 ``#!/usr/bin/env`` scripts as before (the kernel looks the interpreter up in the
 program's ``PATH``, the host's), logging a warning at start.
+
+**What the kernel runs must not depend on the working directory**
+(:func:`check_kernel_run`): the kernel resolves a relative ``#!`` interpreter, and the
+dynamic loader a relative ``PT_INTERP``, ``RPATH`` or ``RUNPATH`` entry, against the
+process's working directory, which the caller chooses (``--cwd``). Such a program
+would run code the caller picked under the measured name, so it is refused: a ``#!``
+interpreter must be an absolute path, and an ELF binary's interpreter absolute and
+each of its ``RPATH``/``RUNPATH`` entries absolute or starting with ``$ORIGIN`` (the
+directory of the copy itself).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import secrets
 import stat
+import struct
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Final
 
 import attrs
@@ -57,8 +82,10 @@ __all__ = [
     "SHEBANG_BYTES",
     "Interpreter",
     "check_interpreter",
+    "check_kernel_run",
     "choose_interpreter",
     "default_interpreters",
+    "private_copy",
 ]
 
 #: Interpreter names: what ``#!/usr/bin/env NAME`` may say.
@@ -298,3 +325,209 @@ def interpreter_argv(interpreter: Interpreter, target: str, tree: bool) -> list[
     if tree:
         return [interpreter.path, "-I", "-B", "-c", BOOTSTRAP, target]
     return [interpreter.path, "-I", "-B", target]
+
+
+#: The host's copies of its interpreters: execute-only for everyone (see the module
+#: docstring), in a directory others may pass through but not list.
+PRIVATE_COPY_MODE: Final = 0o111
+PRIVATE_DIR_MODE: Final = 0o711
+#: The name of the copy in its directory (named by the interpreter's hash).
+PRIVATE_COPY_NAME: Final = "interpreter"
+
+
+def _private_dir(path: Path) -> None:
+    try:
+        os.mkdir(path, PRIVATE_DIR_MODE)
+    except FileExistsError:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise ConfigError(f"{path} is not a directory of this host's user") from None
+    os.chmod(path, PRIVATE_DIR_MODE, follow_symlinks=False)
+
+
+def private_copy(interpreter: Interpreter, directory: Path) -> str:
+    """The path of the host's execute-only copy of ``interpreter`` under ``directory``.
+
+    Made if missing (see the module docstring): the file the configured path resolves
+    to is checked again and copied while it is hashed; a copy whose bytes are not
+    ``interpreter.digest`` (the file changed since it was measured) is a ConfigError
+    and is not kept. An existing copy is used if it is the host's regular file of mode
+    0111 and of the measured size: only the host's user can write in ``directory``.
+    """
+    what = f"the interpreter {interpreter.name} ({interpreter.path})"
+    owner = os.geteuid()
+    home = directory / interpreter.digest.hex()
+    target = home / PRIVATE_COPY_NAME
+    try:
+        _private_dir(directory)
+        _private_dir(home)
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(target)
+            if (
+                stat.S_ISREG(st.st_mode)
+                and st.st_uid == owner
+                and stat.S_IMODE(st.st_mode) == PRIVATE_COPY_MODE
+                and st.st_size == interpreter.stamp[2]
+            ):
+                return str(target)
+            os.unlink(target)
+    except OSError as exc:
+        raise ConfigError(
+            f"{what}: cannot prepare its copy in {directory}: {exc.strerror}"
+        ) from exc
+    fd = _resolve(interpreter.path, owner, what)
+    temporary = home / f".{secrets.token_hex(8)}.tmp"
+    try:
+        reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        try:
+            out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                digest = hashlib.sha256()
+                while chunk := os.read(reader, _CHUNK):
+                    digest.update(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(out, view) :]
+                os.fchmod(out, PRIVATE_COPY_MODE)
+                os.fsync(out)
+            finally:
+                os.close(out)
+        finally:
+            os.close(reader)
+        if digest.digest() != interpreter.digest:
+            raise ConfigError(f"{what} changed while it was being copied: start again")
+        os.rename(temporary, target)
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot copy it to {home}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+    return str(target)
+
+
+_PT_INTERP: Final = 3
+_PT_DYNAMIC: Final = 2
+_PT_LOAD: Final = 1
+_DT_STRTAB: Final = 5
+_DT_RPATH: Final = 15
+_DT_RUNPATH: Final = 29
+#: Bounds on what is read of an ELF file to check it.
+_MAX_PHNUM: Final = 4096
+_MAX_DYNAMIC: Final = 1 << 20
+_MAX_ELF_STRING: Final = 4096
+_ORIGIN: Final = ("$ORIGIN", "${ORIGIN}")
+
+
+class _BadElf(Exception):
+    pass
+
+
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    data = os.pread(fd, size, offset) if size > 0 and offset >= 0 else b""
+    if len(data) != size:
+        raise _BadElf("truncated")
+    return data
+
+
+def _elf_paths(fd: int) -> tuple[str | None, list[str]]:
+    """(PT_INTERP, RPATH and RUNPATH strings) of the ELF file open at ``fd``."""
+    ident = _pread(fd, 16, 0)
+    wide = {1: False, 2: True}.get(ident[4])
+    order = {1: "<", 2: ">"}.get(ident[5])
+    if wide is None or order is None:
+        raise _BadElf("unknown class or byte order")
+    if wide:
+        phoff, phentsize, phnum = struct.unpack_from(order + "32xQ14xHH", _pread(fd, 64, 0))
+        phdr, dyn = struct.Struct(order + "IIQQQQQQ"), struct.Struct(order + "qQ")
+    else:
+        phoff, phentsize, phnum = struct.unpack_from(order + "28xI10xHH", _pread(fd, 52, 0))
+        phdr, dyn = struct.Struct(order + "IIIIIIII"), struct.Struct(order + "iI")
+    if phnum > _MAX_PHNUM or (phnum and phentsize < phdr.size):
+        raise _BadElf("program headers")
+    headers = []
+    for index in range(phnum):
+        fields = phdr.unpack(_pread(fd, phdr.size, phoff + index * phentsize))
+        if wide:
+            kind, _, offset, vaddr, _, filesz = fields[:6]
+        else:
+            kind, offset, vaddr, _, filesz = fields[:5]
+        headers.append((kind, offset, vaddr, filesz))
+
+    def string(offset: int, limit: int) -> str:
+        data = os.pread(fd, min(limit, _MAX_ELF_STRING), offset) if offset >= 0 else b""
+        if b"\0" not in data:
+            raise _BadElf("unterminated string")
+        return os.fsdecode(data.split(b"\0", 1)[0])
+
+    interp = None
+    for kind, offset, _, filesz in headers:
+        if kind == _PT_INTERP:
+            interp = string(offset, filesz)
+    paths: list[str] = []
+    for kind, offset, _, filesz in headers:
+        if kind != _PT_DYNAMIC:
+            continue
+        entries = [
+            dyn.unpack_from(_pread(fd, dyn.size, offset + at))
+            for at in range(0, min(filesz, _MAX_DYNAMIC) - dyn.size + 1, dyn.size)
+        ]
+        strtab = next((value for tag, value in entries if tag == _DT_STRTAB), None)
+        wanted = [value for tag, value in entries if tag in (_DT_RPATH, _DT_RUNPATH)]
+        if not wanted:
+            continue
+        if strtab is None:
+            raise _BadElf("RPATH without a string table")
+        # The string table's address, as a file offset through the segment that maps it.
+        base = next(
+            (
+                off + strtab - va
+                for k, off, va, size in headers
+                if k == _PT_LOAD and va <= strtab < va + size
+            ),
+            None,
+        )
+        if base is None:
+            raise _BadElf("string table outside the file")
+        paths += [string(base + value, _MAX_ELF_STRING) for value in wanted]
+    return interp, paths
+
+
+def check_kernel_run(head: bytes, path: str | os.PathLike[str], what: str) -> None:
+    """Refuse a program the kernel is to run that loads code relative to the working
+    directory (see the module docstring): HostError. ``head`` is the start of the
+    file at ``path`` (a copy the host may read)."""
+    line = _shebang(head[:SHEBANG_BYTES])
+    if line is not None:
+        if not line[0].startswith("/"):
+            raise HostError(
+                f"{what} starts with '#!{line[0]}', an interpreter relative to the working "
+                "directory, which the caller chooses: use an absolute path, or "
+                "'#!/usr/bin/env NAME' for one of the host's interpreters"
+            )
+        return
+    if not head.startswith(b"\x7fELF"):
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise HostError(f"cannot read the copy of {what}: {exc.strerror}") from exc
+    try:
+        interp, paths = _elf_paths(fd)
+    except (_BadElf, struct.error, OSError) as exc:
+        raise HostError(
+            f"cannot check {what}: not an ELF file this host can read ({exc})"
+        ) from None
+    finally:
+        os.close(fd)
+    if interp is not None and not interp.startswith("/"):
+        raise HostError(
+            f"{what} asks for the ELF interpreter {interp!r}, relative to the working "
+            "directory, which the caller chooses"
+        )
+    for entry in (item for value in paths for item in value.split(":")):
+        if not entry.startswith("/") and entry.split("/", 1)[0] not in _ORIGIN:
+            raise HostError(
+                f"{what} has the library path {entry!r} (RPATH/RUNPATH), relative to the "
+                "working directory, which the caller chooses: use $ORIGIN or an absolute path"
+            )

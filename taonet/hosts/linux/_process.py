@@ -35,6 +35,30 @@ program for the host's own uid (and any program of a non-root host) gets mode 07
 and a copy of mode 0500, and no ACL. Any ACL a new directory inherited (from a
 default ACL above it) is removed before the copy is created in it.
 
+**Not dumpable.** A program runs as its caller's uid, and any other process of that
+uid (another program of the caller, a sibling hosted program) could otherwise take
+its Tao channel (``pidfd_getfd``, reopening ``/proc/<pid>/fd/N``), ptrace it or
+make it dump core, and act under its name. The kernel makes a process that executes
+a file it may not read non-dumpable, which closes all of these to processes without
+``CAP_SYS_PTRACE``; so a binary the kernel executes (a copy with no ``#!`` line: a
+single file, or a program directory's entry) is made execute-only for the caller
+(:func:`_make_execute_only`: ``--x`` for its uid by ACL, mode shown 0510, on a root
+host; mode 0100 where the caller is the copy's owner, which a non-root owner may
+execute but not read), and a program the host's interpreter runs is started from the
+host's execute-only copy of that interpreter
+(:func:`~taonet.hosts.linux._interpreters.private_copy`). The host also sets its own
+``RLIMIT_CORE`` to 0, hard, which its children inherit and only ``CAP_SYS_RESOURCE``
+can raise. Limits: a script the kernel runs through an absolute ``#!`` interpreter
+(``#!/bin/sh``) runs that readable interpreter and stays dumpable (use
+``#!/usr/bin/env NAME`` with one of the host's interpreters, or a binary); a program
+that executes another readable file (``subprocess``) makes that child dumpable; on a
+non-root host every program has the host's uid, owns its copy and the host's files
+and can reach the host itself (programs of one non-root host are not protected from
+each other); under bubblewrap the program itself is not dumpable, but the ``sh`` and
+``bwrap`` processes that wait for it run as the caller, hold its channel's
+descriptors and cannot be made non-dumpable (bwrap must write its user namespace's
+maps), so ``sandbox = "bwrap"`` does not give this protection.
+
 A root host chdirs a child into its working directory *before* dropping to the
 caller's uid (that is how :mod:`subprocess` works), so :func:`spawn_program` first
 checks, with :func:`check_directory_access`, that the caller could reach that
@@ -70,10 +94,13 @@ process group.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import hashlib
 import os
+import re
+import resource
 import secrets
 import shutil
 import stat
@@ -96,8 +123,10 @@ from taonet.hosts.linux._interpreters import (
     SHEBANG_BYTES,
     Interpreter,
     check_interpreter,
+    check_kernel_run,
     choose_interpreter,
     interpreter_argv,
+    private_copy,
 )
 from taonet.hosts.linux._tree import (
     Seal,
@@ -115,6 +144,7 @@ __all__ = [
     "Sandbox",
     "check_directory_access",
     "prepare_program",
+    "remove_stale_copies",
     "signal_group",
     "spawn_program",
 ]
@@ -259,6 +289,13 @@ class PreparedProgram:
     interpreter: Interpreter | None = None
     #: Bytes copied.
     size: int = 0
+    #: What the copy is charged against a uid's share of the host: a single file its
+    #: bytes; a program directory's each file and directory a block and an inode,
+    #: and file bytes in whole blocks (:func:`~taonet.hosts.linux._tree.entry_cost`).
+    charged: int = 0
+    #: The host's execute-only copy of the interpreter, executed in its place
+    #: (``argv[0]`` stays the interpreter's configured path); None: ``argv[0]``.
+    executable: str | None = None
 
     def subprin(self, *, program_id: int = 0) -> auth.SubPrin:
         """The extension that names this program under its host (module docstring)."""
@@ -431,6 +468,19 @@ def _open_step(directory: int | None, name: str) -> tuple[int, os.stat_result]:
         raise
 
 
+_PROC_SUPER_MAGIC: Final = 0x9FA0
+_LIBC: Final = ctypes.CDLL(None, use_errno=True)
+
+
+def _on_procfs(fd: int) -> bool:
+    """Whether ``fd`` (``O_PATH`` will do) is on a proc filesystem (``fstatfs``);
+    True if that cannot be told (fail closed)."""
+    buffer = ctypes.create_string_buffer(256)  # struct statfs: f_type first
+    if _LIBC.fstatfs(fd, buffer) != 0:
+        return True
+    return int(ctypes.c_long.from_buffer(buffer).value) == _PROC_SUPER_MAGIC
+
+
 def _lookup(path: str, uid: int, gid: int, groups: Sequence[int], what: str) -> tuple[_Found, str]:
     """Resolve the absolute ``path`` as the kernel would for (uid, gid, groups).
 
@@ -486,6 +536,13 @@ def _lookup(path: str, uid: int, gid: int, groups: Sequence[int], what: str) -> 
                     f"cannot open {what}: {_why(exc)} ({os.path.join(where, part)})"
                 ) from exc
             if stat.S_ISLNK(st.st_mode):
+                if uid != 0 and _on_procfs(here.fd):
+                    # /proc/PID/{cwd,exe,root,fd/N}: read as root they lead where the
+                    # caller may not look, and errors would tell it what is there.
+                    raise AuthorizationError(
+                        f"cannot open {what}: the host does not follow symbolic links in "
+                        f"/proc for uid {uid} ({os.path.join(where, part)})"
+                    )
                 links += 1
                 if links > _MAX_SYMLINKS or not target:
                     problem = "an empty symbolic link" if not target else "too many links"
@@ -583,6 +640,8 @@ def _copy_name(real: str) -> str:
     return name if name not in ("", ".", "..") else "program"
 
 
+#: The host's execute-only interpreter copies, next to the programs directory.
+INTERPRETERS_DIR: Final = "interpreters"
 #: Bounds on a program directory unless the host says otherwise.
 DEFAULT_TREE_LIMITS: Final = TreeLimits()
 #: The file a program directory runs when the start names no entry (as ``python DIR``).
@@ -621,8 +680,10 @@ def _prepare(
     entry: str | None,
     interpreters: Mapping[str, Interpreter] | None,
     limits: TreeLimits,
+    copies: Path | None,
 ) -> PreparedProgram:
     programs_dir = Path(os.path.abspath(programs_dir))
+    copies = programs_dir.parent / INTERPRETERS_DIR if copies is None else copies
     what = f"the program {source}"
     path = source if os.path.isabs(source) else os.path.join(os.getcwd(), source)
     found, real = _lookup(path, uid, gid, groups, what)
@@ -645,7 +706,7 @@ def _prepare(
     finally:
         found.close()
     try:
-        return _choose_interpreter(prepared, runnable, uid, gid, interpreters)
+        return _choose_interpreter(prepared, runnable, uid, gid, interpreters, copies)
     except BaseException:
         prepared.cleanup()
         raise
@@ -657,10 +718,13 @@ def _choose_interpreter(
     uid: int,
     gid: int,
     interpreters: Mapping[str, Interpreter] | None,
+    copies: Path,
 ) -> PreparedProgram:
     """``prepared`` with the host's interpreter that is to run it, if any (from the
-    first line of its copy); AuthorizationError if the kernel is to execute a
-    program directory's entry that the caller could not (``runnable``)."""
+    first line of its copy), executed from its execute-only copy under ``copies``;
+    AuthorizationError if the kernel is to execute a program directory's entry that
+    the caller could not (``runnable``). A binary the kernel executes (no ``#!``
+    line) is made execute-only for the caller (:func:`_make_execute_only`)."""
     what = prepared.source if prepared.entry is None else f"{prepared.source}/{prepared.entry}"
     try:
         with open(prepared.path, "rb") as copy:
@@ -675,12 +739,43 @@ def _choose_interpreter(
                 "directory, which the kernel is to run (only a '#!/usr/bin/env NAME' "
                 "line, or a .py name without '#!', has the host's interpreter run it)"
             )
+        check_kernel_run(head, prepared.path, what)
+        if not head.startswith(b"#!"):
+            _make_execute_only(prepared.path, uid, what)
         return prepared
     assert interpreters is not None
     known = interpreters[name]
     # Checked again (and hashed again if it changed): the name says what runs.
     interpreter = check_interpreter(name, known.path, owner=os.geteuid(), known=known)
-    return attrs.evolve(prepared, interpreter=interpreter)
+    executable = private_copy(interpreter, copies)
+    return attrs.evolve(prepared, interpreter=interpreter, executable=executable)
+
+
+def _make_execute_only(path: Path, uid: int, what: str) -> None:
+    """Let the caller ``uid`` execute but not read the copy at ``path`` (a binary).
+
+    The kernel makes a process that executes a file it may not read non-dumpable:
+    no other process of its uid can then reach into it (``/proc/<pid>/fd``,
+    ``pidfd_getfd``, ptrace, a core dump). A root host's copy for another uid keeps
+    its ACL form with ``--x`` for that uid (mode shown 0510), or without ACLs mode
+    0510 for the group; any other copy (the host's own uid's) becomes mode 0100,
+    which its owner may execute but, not being root, not read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise HostError(f"cannot open the copy of {what}: {_why(exc)}") from exc
+    try:
+        if os.geteuid() == 0 and uid != 0:
+            acl = _access_acl(fd, f"the copy of {what}")
+            if acl is None or not _set_acl(fd, _only_user_acl(uid, 0o5, 0o1), path):
+                os.fchmod(fd, 0o510)
+        else:
+            os.fchmod(fd, 0o100)
+    except OSError as exc:
+        raise HostError(f"cannot make the copy of {what} execute-only: {_why(exc)}") from exc
+    finally:
+        os.close(fd)
 
 
 def _new_directory(programs_dir: Path, uid: int, gid: int) -> tuple[Path, bytes | None, int, bool]:
@@ -744,7 +839,8 @@ def _prepare_file(
     except BaseException:
         prepared.cleanup()
         raise
-    return attrs.evolve(prepared, program_hash=digest, size=size)
+    # One file, one entry: its bytes (the per-uid count of programs bounds the rest).
+    return attrs.evolve(prepared, program_hash=digest, size=size, charged=size)
 
 
 def _refuse_noexec(fd: int, source: str, uid: int, gid: int) -> None:
@@ -793,6 +889,7 @@ def _prepare_tree(
                 seal=Seal(
                     group=group, uid=uid if shared else None, acl=shared and copy_acl is not None
                 ),
+                budget=max_size,
             )
         finally:
             os.close(dst)
@@ -812,6 +909,7 @@ def _prepare_tree(
         root=copy_root,
         entry=entry,
         size=copied.total,
+        charged=copied.charged,
     )
     return prepared, copied.entry_executable
 
@@ -903,6 +1001,7 @@ async def prepare_program(
     entry: str | None = None,
     interpreters: Mapping[str, Interpreter] | None = None,
     tree_limits: TreeLimits = DEFAULT_TREE_LIMITS,
+    interpreter_copies: Path | None = None,
 ) -> PreparedProgram:
     """Check and measure ``source`` for a caller, as a private copy under ``programs_dir``.
 
@@ -938,7 +1037,11 @@ async def prepare_program(
     HostError. ``interpreters`` are those the host offers (None: no
     ``[interpreters]`` table): the first line of what runs decides whether one of
     them runs it (:func:`~taonet.hosts.linux._interpreters.choose_interpreter`);
-    the one chosen is checked again and is in the result.
+    the one chosen is checked again and is in the result, with the path of its
+    execute-only copy under ``interpreter_copies`` (default: ``interpreters`` next to
+    ``programs_dir``; :func:`~taonet.hosts.linux._interpreters.private_copy`). A copy
+    the kernel executes that has no ``#!`` line (a binary) is made execute-only for
+    the caller, so that its process is not dumpable (see :func:`_make_execute_only`).
 
     Libraries a program loads from outside what was copied are not measured. The
     caller owns the result and calls :meth:`PreparedProgram.cleanup` once the
@@ -949,7 +1052,17 @@ async def prepare_program(
     src = os.fspath(source)
     groups = tuple(groups)
     return await trio.to_thread.run_sync(
-        _prepare, src, programs_dir, uid, gid, groups, max_size, entry, interpreters, tree_limits
+        _prepare,
+        src,
+        programs_dir,
+        uid,
+        gid,
+        groups,
+        max_size,
+        entry,
+        interpreters,
+        tree_limits,
+        interpreter_copies,
     )
 
 
@@ -978,7 +1091,12 @@ class Sandbox:
     read_only: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
 
     def wrap(
-        self, argv: Sequence[str], *, cwd: str | None, program_dir: str | None = None
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | None,
+        program_dir: str | None = None,
+        replace: Sequence[tuple[str, str]] = (),
     ) -> list[str]:
         """The command that runs ``argv`` (whose first item is the program) confined.
 
@@ -987,7 +1105,9 @@ class Sandbox:
         copies may live under /tmp). bwrap runs under a ``sh`` that
         waits for it: ``--die-with-parent`` ties bwrap to the *thread* that started
         it, and Trio starts processes from worker threads that exit when idle, which
-        would kill the sandbox seconds after it started.
+        would kill the sandbox seconds after it started. Each (source, target) of
+        ``replace`` binds the file ``source`` read-only over ``target`` (the host's
+        execute-only copy of an interpreter over the file it was copied from).
         """
         argv = list(argv)
         if self.kind == "none":
@@ -1012,6 +1132,8 @@ class Sandbox:
             command += ["--ro-bind", program_dir, program_dir]
         if cwd is not None:
             command += ["--bind", cwd, cwd]
+        for source, target in replace:
+            command += ["--ro-bind", source, target]
         command += ["--unshare-all"]
         if self.share_network:
             command += ["--share-net"]
@@ -1169,6 +1291,11 @@ async def spawn_program(
     starts in ``/`` (not in the host's working directory); a child that stays the
     host's user inherits the host's working directory, as before. ``prepared`` must
     come from :func:`prepare_program` for the same ``uid`` and ``gid``.
+
+    A program run by the host's interpreter executes its execute-only copy
+    (``prepared.executable``) with the interpreter's configured path as ``argv[0]``;
+    under bwrap the copy is bound over the interpreter's file instead. This process's
+    ``RLIMIT_CORE`` becomes 0, hard, before the first child (see the module docstring).
     """
     directory: _Directory | None = None
     try:
@@ -1185,13 +1312,24 @@ async def spawn_program(
                 # The child still holds this descriptor when it chdirs (before it
                 # closes what it should not keep): it enters the checked directory.
                 run_in = f"/proc/self/fd/{directory.fd}"
-        argv = sandbox.wrap(prepared.argv(args), cwd=cwd, program_dir=str(prepared.directory))
+        executable = prepared.executable
+        replace: list[tuple[str, str]] = []
+        if executable is not None and prepared.interpreter is not None and sandbox.kind != "none":
+            # bwrap cannot set argv[0]: its copy takes the interpreter's place instead.
+            real = await trio.to_thread.run_sync(os.path.realpath, prepared.interpreter.path)
+            replace.append((executable, real))
+            executable = None
+        argv = sandbox.wrap(
+            prepared.argv(args), cwd=cwd, program_dir=str(prepared.directory), replace=replace
+        )
         child_env = _child_env(env, channel, host_type)
         pass_fds = channel.child_fds if channel is not None else ()
+        _no_core_dumps()
         for attempt in range(1, _ETXTBSY_ATTEMPTS + 1):
             try:
                 return await trio.lowlevel.open_process(
                     argv,
+                    executable=executable,
                     stdin=subprocess.DEVNULL if stdin is None else stdin,
                     stdout=subprocess.DEVNULL if stdout is None else stdout,
                     stderr=subprocess.DEVNULL if stderr is None else stderr,
@@ -1224,6 +1362,72 @@ async def spawn_program(
             directory.close()
         if channel is not None:
             channel.close_child_ends()
+
+
+#: A program's private directory in the programs directory (``secrets.token_hex(16)``).
+_COPY_DIRECTORY: Final = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _copies_in_use(programs_dir: str) -> set[str]:
+    """Names of the copy directories in ``programs_dir`` that a live process
+    executes, works in, or names on its command line (as far as this process may see)."""
+    prefix = programs_dir.rstrip("/") + "/"
+    used: set[str] = set()
+
+    def note(text: str) -> None:
+        start = text.find(prefix)
+        while start >= 0:
+            name = text[start + len(prefix) :].split("/", 1)[0][:32]
+            if _COPY_DIRECTORY.match(name):
+                used.add(name)
+            start = text.find(prefix, start + 1)
+
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        for link in ("exe", "cwd"):
+            with contextlib.suppress(OSError):
+                note(os.readlink(f"/proc/{pid}/{link}"))
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            note(os.fsdecode(cmdline.read(1 << 20)).replace("\0", " "))
+    return used
+
+
+def remove_stale_copies(programs_dir: Path) -> int:
+    """Remove the copies a host left in ``programs_dir`` (a crash, a kill): those of
+    programs no longer running. A copy a live process still executes, works in or
+    names on its command line is kept (a program that outlived its crashed host).
+    Returns how many were removed; a missing ``programs_dir`` has none."""
+    try:
+        names = [name for name in os.listdir(programs_dir) if _COPY_DIRECTORY.match(name)]
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot list the programs directory {programs_dir}: {_why(exc)}"
+        ) from exc
+    if not names:
+        return 0
+    used = _copies_in_use(os.path.abspath(programs_dir))
+    removed = 0
+    for name in names:
+        if name in used:
+            log.warning("stale_copy_in_use", directory=name)
+            continue
+        remove_tree(programs_dir / name)
+        removed += 1
+    return removed
+
+
+def _no_core_dumps() -> None:
+    """Set this process's ``RLIMIT_CORE`` to 0, hard: its children inherit it.
+
+    A program's core would hold what it unsealed, and whoever shares its uid could
+    raise a soft limit (``prlimit``) and make it dump; a hard limit of 0 only
+    ``CAP_SYS_RESOURCE`` can raise. The host, which holds keys, dumps no core either.
+    """
+    if resource.getrlimit(resource.RLIMIT_CORE) != (0, 0):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 async def signal_group(process: trio.Process, sig: int) -> bool:

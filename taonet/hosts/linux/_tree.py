@@ -34,7 +34,10 @@ holds:
   before it is read, and again while it is copied, so a file that grows is caught),
   directories at most ``max_depth`` levels below the root, and names of at most
   ``max_name_bytes`` bytes (relative paths at most 4096). A refusal says which limit
-  and where.
+  and where. Against a user's share of the host (``max_size``) the copy is charged
+  what it takes on disk: every file and directory at least one block (4096 bytes:
+  an inode and its name) plus each file's bytes in whole blocks, so 10,000 empty
+  directories cost 40 MB of that share, not nothing.
 * **Copied as the caller may use it.** Each copied file and directory is the
   host's while it is written (0600 and 0700; files are not fsync'd one by one: a
   copy serves one run and is never used after a crash), then sealed: for the host's own uid
@@ -43,7 +46,9 @@ holds:
   caller's gid and access ACLs that give that uid alone ``r-x`` on directories and
   ``r--`` (``r-x`` if executable) on files (modes shown 0550 and 0440/0550), falling
   back to those modes for the group where the filesystem has no ACLs. The program
-  can read and run its copy but not change it.
+  can read and run its copy but not change it. An entry the kernel runs that is a
+  binary (no ``#!`` line) is then made execute-only for the caller, so that its
+  process is not dumpable (:mod:`._process`).
 
 The **manifest** (:func:`encode_manifest`) is the tree's canonical description:
 ``MANIFEST_MAGIC``, the number of entries (u32), then each entry in the order of its
@@ -229,6 +234,8 @@ class TreeCopy:
 
     entries: list[TreeEntry] = attrs.Factory(list)
     total: int = 0
+    #: What the copy is charged (:func:`entry_cost` of each entry).
+    charged: int = 0
     count: int = 0
     #: Whether the caller may read and execute the entry itself (for an entry the
     #: kernel runs), as checked on the source.
@@ -248,6 +255,7 @@ def copy_tree(
     limits: TreeLimits,
     max_bytes: int,
     seal: Seal,
+    budget: int | None = None,
 ) -> TreeCopy:
     """Copy the tree at ``src`` (an ``O_PATH`` descriptor of the source directory,
     already found searchable by the caller) into the empty directory ``dst`` (a
@@ -258,8 +266,15 @@ def copy_tree(
     where the caller may not read something (or it is on a ``noexec`` mount), and
     :class:`~taonet.HostError` for what is refused or over a limit. ``dst`` is
     sealed too; the caller removes the copy on failure.
+
+    ``budget`` (None: ``max_bytes``) bounds what the copy costs on disk, as charged
+    (:func:`entry_cost`: every file and directory a block and an inode, and each
+    file's bytes in whole blocks), so that empty files and directories are not free;
+    the result's ``charged`` says what it cost.
     """
     walk = _Walk(source, entry, uid, gid, groups, limits, min(max_bytes, limits.max_bytes), seal)
+    walk.budget = max_bytes if budget is None else budget
+    walk.charge(b"", entry_cost(None))
     walk.check_directory(src, b"")
     walk.directory(src, dst, b"", 0)
     walk.seal_directory(dst, b"")
@@ -285,6 +300,18 @@ class _Walk:
         self.max_bytes = max_bytes
         self.seal = seal
         self.result = TreeCopy()
+        self.budget = max_bytes
+
+    def charge(self, rel: bytes, cost: int) -> None:
+        """Charge ``cost`` bytes for ``rel``; HostError past the budget."""
+        self.result.charged += cost
+        if self.result.charged > self.budget:
+            raise self.refuse(
+                b"",
+                f"would take over {self.budget} bytes on disk ({self.where(rel)} brings it to "
+                f"{self.result.charged}, each file and directory charged at least "
+                f"{ENTRY_COST} bytes; this user's share of the host)",
+            )
 
     def where(self, rel: bytes) -> str:
         """Where ``rel`` is, for messages (a name that is not UTF-8 shown escaped)."""
@@ -389,6 +416,7 @@ class _Walk:
                 os.close(fd)
 
     def subdirectory(self, src: int, parent: int, name: str, rel: bytes, depth: int) -> None:
+        self.charge(rel, entry_cost(None))
         try:
             os.mkdir(name, 0o700, dir_fd=parent)
             dst = os.open(
@@ -412,6 +440,7 @@ class _Walk:
         room = self.max_bytes - self.result.total
         if st.st_size > room:
             raise self.over(rel, st.st_size)
+        self.charge(rel, entry_cost(st.st_size))
         try:
             src = os.open(f"/proc/self/fd/{fd}", _READ)
         except OSError as exc:
@@ -523,12 +552,35 @@ def _why(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
+#: What every file and directory of a copy is charged at least: a block (and an
+#: inode, and its name in its directory), whatever its size.
+ENTRY_COST: Final = 4096
+
+
+def entry_cost(size: int | None) -> int:
+    """Bytes charged for one entry of a copy: a directory (None) or a file of ``size``
+    bytes, its content in whole blocks plus :data:`ENTRY_COST`."""
+    blocks = 0 if size is None else -(-size // ENTRY_COST) * ENTRY_COST
+    return ENTRY_COST + blocks
+
+
 def remove_tree(directory: Path) -> None:
-    """Remove a copy whose directories are read-only (0500): make them writable first."""
-    for parent, dirs, _ in os.walk(directory):
+    """Remove a copy whose directories are read-only (0500): make them writable first.
+
+    A symbolic link in it (one a program planted in a copy it owns) is removed, never
+    followed: each directory is opened ``O_PATH | O_NOFOLLOW`` and changed through
+    that descriptor, and one that is a link by then is left to ``rmtree``, which
+    unlinks links.
+    """
+    for parent, dirs, _ in os.walk(directory):  # os.walk does not descend into links
         for name in dirs:
             with contextlib.suppress(OSError):
-                os.chmod(os.path.join(parent, name), 0o700, follow_symlinks=False)
+                fd = os.open(os.path.join(parent, name), _WALK)
+                try:
+                    if stat.S_ISDIR(os.fstat(fd).st_mode):
+                        os.chmod(f"/proc/self/fd/{fd}", 0o700)
+                finally:
+                    os.close(fd)
     import shutil
 
     shutil.rmtree(directory, ignore_errors=True)
