@@ -17,7 +17,10 @@ guard and its release committed to the audit chain before the value is sent.
   answers each request of exactly the Read request's size on the wire with an
   answer of exactly the Read answer's size; ``tao_echo``: the same echo over Tao
   channels (the server's identity and CRL), which shows what the channel layer
-  costs. Blocks alternate read, tls_echo, tao_echo, tao_echo, tls_echo, read for
+  costs; ``protocol_echo``: the same clients (``store.read``) against a server that
+  only parses each request's envelope and body and sends a fixed Read answer (no
+  guard, database or audit), which shows what the protocol stack costs. Blocks
+  alternate read, protocol_echo, tls_echo, tao_echo, then the reverse, for
   ``--rounds`` rounds. ``read_ratio_vs_tls_echo`` = reads/s over echoes/s (median
   of the per-round ratios), p50/p99 latency (sorted samples) and the CPU time of
   the process per operation (``*_cpu_us``: clients and server together).
@@ -76,11 +79,12 @@ from taonet.secrets import (
     ReadRequest,
     SecretStore,
     connect,
+    decode_request,
     encode_request,
     encode_response,
     request_body_limit,
 )
-from taonet.wire import Envelope, Role
+from taonet.wire import END_OF_STREAM, MAX_REQUEST_HEADER, NEED_DATA, Envelope, Role
 from taonet_services.secret_server import Running, SecretServer
 from taonet_services.secret_server._store import utc_now
 from tests.secrets.world import World, secret_world
@@ -149,6 +153,32 @@ async def start_tao_echo(
     async def serve(stream: TaoStream) -> None:
         while await _receive_exactly(stream, request):
             await stream.send_all(reply)
+
+    listeners = await nursery.start(
+        functools.partial(serve_channels, serve, 0, server.identity, revocations=server.revocations)
+    )
+    return int(listeners[0].socket.getsockname()[1])
+
+
+async def start_protocol_echo(nursery: trio.Nursery, server: SecretServer, answer: bytes) -> int:
+    """The secret service's protocol without the server: over Tao channels, each
+    request's envelope parsed and its body decoded, then a fixed Read answer sent in an
+    envelope, one request at a time (no guard, no database, no audit)."""
+
+    async def serve(stream: TaoStream) -> None:
+        envelope = Envelope(
+            Role.SERVER, body_limit=request_body_limit, header_limit=MAX_REQUEST_HEADER
+        )
+        while True:
+            event = envelope.next_event()
+            if event is NEED_DATA:
+                envelope.body_length()
+                envelope.receive_data(await stream.receive_some(min(65536, envelope.wanted())))
+                continue
+            if event is END_OF_STREAM:
+                return
+            decode_request(event.op, event.body)
+            await stream.send_all(b"".join(envelope.response(event.op, event.seq, answer)))
 
     listeners = await nursery.start(
         functools.partial(serve_channels, serve, 0, server.identity, revocations=server.revocations)
@@ -331,8 +361,10 @@ async def reads(world: World, args: argparse.Namespace, result: dict[str, Any]) 
     request, answer = wire_sizes(encode_response(obj))
     port = await start_echo(world.nursery, server.identity, request, answer)
     tao_port = await start_tao_echo(world.nursery, server, request, answer)
+    protocol_port = await start_protocol_echo(world.nursery, server, encode_response(obj))
     subjects: dict[str, Callable[[], Awaitable[Any]]] = {
         "read": lambda: ReadClient.open(world.address, identity),
+        "protocol_echo": lambda: ReadClient.open((HOST, protocol_port), identity),
         "tls_echo": lambda: EchoClient.open(port, identity, request, answer),
         "tao_echo": lambda: TaoEchoClient.open(tao_port, identity, request, answer),
     }
@@ -340,7 +372,8 @@ async def reads(world: World, args: argparse.Namespace, result: dict[str, Any]) 
     blocks = {subject: Block() for subject in subjects}
     rates: dict[str, list[float]] = {subject: [] for subject in subjects}
     for _ in range(args.rounds):
-        for subject in ("read", "tls_echo", "tao_echo", "tao_echo", "tls_echo", "read"):
+        order = ("read", "protocol_echo", "tls_echo", "tao_echo")
+        for subject in (*order, *reversed(order)):
             rate = await concurrent_rate(
                 args.clients, args.seconds / 2, subjects[subject], blocks[subject]
             )
@@ -361,6 +394,8 @@ async def reads(world: World, args: argparse.Namespace, result: dict[str, Any]) 
     result.update(
         read_ratio_vs_tls_echo=ratio("read", "tls_echo"),
         read_ratio_vs_tao_echo=ratio("read", "tao_echo"),
+        read_ratio_vs_protocol_echo=ratio("read", "protocol_echo"),
+        protocol_echo_ratio_vs_tls_echo=ratio("protocol_echo", "tls_echo"),
         tao_echo_ratio_vs_tls_echo=ratio("tao_echo", "tls_echo"),
         request_bytes=request,
         answer_bytes=answer,
@@ -575,9 +610,15 @@ def main() -> None:
         f" {result['tao_echo_ratio_vs_tls_echo']})"
     )
     print(
+        f"the protocol alone (envelope and codec over Tao channels, the client's read):"
+        f" {result['protocol_echo_per_s']:.0f}/s (vs plain TLS echo:"
+        f" {result['protocol_echo_ratio_vs_tls_echo']}; reads vs it:"
+        f" {result['read_ratio_vs_protocol_echo']})"
+    )
+    print(
         "CPU per operation (this process, every thread):"
-        f" read {result['read_cpu_us']} us, TLS echo {result['tls_echo_cpu_us']} us,"
-        f" Tao echo {result['tao_echo_cpu_us']} us"
+        f" read {result['read_cpu_us']} us, protocol alone {result['protocol_echo_cpu_us']} us,"
+        f" TLS echo {result['tls_echo_cpu_us']} us, Tao echo {result['tao_echo_cpu_us']} us"
     )
     print(
         f"fresh channel per read ({args.fresh_clients} clients):"
