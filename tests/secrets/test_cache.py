@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from taonet.secrets import CorruptError, NotFoundError, SecretStore, connect
+from taonet.domain import ConservativeGuard
+from taonet.secrets import CorruptError, NotFoundError, SecretStore, UnauthorizedError, connect
 from taonet_services.secret_server import SecretServer
 from taonet_services.secret_server._cache import ObjectCache
 from taonet_services.secret_server._program import default_db_url
@@ -240,3 +241,31 @@ async def test_an_entry_is_served_only_inside_the_window_of_every_key_of_its_cha
                 assert cache.get("/app/k/c", None, now) is None
             finally:
                 cache.close()
+
+
+async def test_a_guard_decision_remembered_by_a_channel_ends_with_that_guard(
+    tmp_path: Path, make_domain: MakeDomain, make_host: MakeHost
+) -> None:
+    """A channel remembers the guard's yes for the names it reads; when the server's
+    guard is replaced by one that says no, the next read on that same channel is
+    refused (and audited), not answered from the remembered decision; a refusal is
+    never remembered."""
+    with trio.fail_after(60):
+        async with (
+            secret_world(tmp_path, make_domain, make_host, grants=OWNER) as world,
+            connect(world.address, await world.identity("owner")) as store,
+        ):
+            server = server_of(world)
+            await store.create("/app/g", b"g")
+            for _ in range(3):
+                assert (await store.read("/app/g")).value == b"g"
+            allowed = server.guard
+            server.guard = ConservativeGuard()
+            for _ in range(2):
+                with pytest.raises(UnauthorizedError):
+                    await store.read("/app/g")
+            server.guard = allowed
+            assert (await store.read("/app/g")).value == b"g"
+            entries = await server.audit.entries()
+            refused = [e for e in entries if e.kind == "secret_refused" and e.subject == "/app/g"]
+            assert len(refused) == 2
