@@ -36,11 +36,14 @@ from datetime import datetime
 from typing import Final
 
 import attrs
+import structlog
 
 from taonet.protected import SecretObject
 from taonet_services.storage import Database
 
 __all__ = ["GENERATION_QUERY", "MAX_CACHED_VALUE", "MAX_ENTRIES", "ObjectCache", "Verified"]
+
+log = structlog.get_logger(__name__)
 
 #: The generation of the object tables (see the module docstring).
 GENERATION_QUERY: Final = "SELECT n FROM secret_generation WHERE id = 1"
@@ -79,13 +82,24 @@ class ObjectCache:
 
     @classmethod
     def open(cls, db: Database) -> ObjectCache | None:
-        """A cache for ``db`` (None unless it is SQLite). Blocks briefly: call at start."""
+        """A cache for ``db`` (None unless it is SQLite, or if its connection cannot be
+        opened: then every Read goes to the database). Blocks briefly: call at start."""
         if db.dialect != "sqlite":
             return None
-        conn = sqlite3.connect(db.where, isolation_level=None, check_same_thread=False, timeout=0)
+        try:
+            conn = sqlite3.connect(
+                db.where, isolation_level=None, check_same_thread=False, timeout=0
+            )
+        except sqlite3.Error as exc:
+            log.warning("read_cache_off", error=str(exc)[:200])
+            return None
         try:
             conn.execute("PRAGMA busy_timeout = 0")
             conn.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            conn.close()
+            log.warning("read_cache_off", error=str(exc)[:200])
+            return None
         except BaseException:
             conn.close()
             raise
