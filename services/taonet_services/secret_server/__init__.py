@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from taonet_services.secret_server._anonymous import AnonymousLimits
 from taonet_services.secret_server._program import (
     DB_FILE,
     PROGRAM_FILE,
@@ -47,6 +48,7 @@ __all__ = [
     "PROGRAM_FILE",
     "RESERVED_PREFIX",
     "STATE_FILE",
+    "AnonymousLimits",
     "AuthorizeHook",
     "Call",
     "ChangeHook",

@@ -37,6 +37,7 @@ from taonet.hosts import Tao
 from taonet.protected import SecretObject, decode_object, encode_object
 from taonet.provision import RevocationWatcher, load_or_provision
 from taonet.secrets import Op
+from taonet_services.secret_server._anonymous import AnonymousLimits
 from taonet_services.secret_server._cache import ObjectCache
 from taonet_services.secret_server._extras import prepare_extras
 from taonet_services.secret_server._replica import adopt_master
@@ -154,6 +155,7 @@ async def run_secret_server(
     extras: bool = True,
     replica_of: tuple[str, int] | None = None,
     send_timeout: float = SEND_TIMEOUT,
+    anonymous: AnonymousLimits | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Provision, get the master key, serve until cancelled (see the module docstring).
@@ -162,6 +164,7 @@ async def run_secret_server(
     default) the server also serves operator requests, grants, watch and the master
     key for replicas (``_extras``); hooks given here take their place. ``replica_of``:
     a running replica to get the master key from, if this server holds no copy.
+    ``anonymous``: the limits on channels without a program certificate (``_anonymous``).
     """
     await trio.Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     async with trio.open_nursery() as nursery:
@@ -220,6 +223,7 @@ async def run_secret_server(
                 provisioned.identity,
                 revocations=crl,
                 send_timeout=send_timeout,
+                anonymous=anonymous,
                 cache=cache,
                 **options,
             )

@@ -50,7 +50,9 @@ key transfer; without it that name is reserved like the rest of
 credential (it returns the principal to authorize as, or raises
 AuthenticationError); a server given one also accepts channels from clients without
 a program certificate (an operator's tool), whose every request must then carry a
-credential; ``extensions`` serve further operations (Watch, Grant).
+credential; those anonymous channels are a small pool apart, served one request at a
+time, closed after a refusal, their refusals audited a few per address and then
+summarized (``_anonymous``); ``extensions`` serve further operations (Watch, Grant).
 
 Failures: bad bytes get an envelope error or an ``invalid`` answer and the server
 keeps serving (a frame over its limit ends that connection only); a database that is
@@ -98,6 +100,7 @@ from taonet.secrets import (
 )
 from taonet.wire import END_OF_STREAM, MAX_REQUEST_HEADER, NEED_DATA, Envelope, Role
 from taonet.wire import Request as EnvelopeRequest
+from taonet_services.secret_server._anonymous import AnonymousChannels, AnonymousLimits
 from taonet_services.secret_server._cache import ObjectCache, Verified
 from taonet_services.secret_server._store import (
     MASTER_ID,
@@ -261,6 +264,7 @@ class SecretServer:
         cache: ObjectCache | None = None,
         clock: Callable[[], float] = time.time,
         send_timeout: float = SEND_TIMEOUT,
+        anonymous: AnonymousLimits | None = None,
     ) -> None:
         self.tables: Final = tables
         self.db: Final = tables.db
@@ -278,6 +282,10 @@ class SecretServer:
         self._clock = clock
         self.send_timeout = send_timeout
         self._batcher = _AuditBatcher(self.db, audit)
+        #: Channels without a program certificate (operators' tools): see ``_anonymous``.
+        self.anonymous: Final = AnonymousChannels(anonymous)
+        #: ``await record_audit(kind=..., ...)``: one entry, committed in a batch.
+        self.record_audit: Final = self._batcher.record
 
     # -- serving ------------------------------------------------------------------------
 
@@ -291,6 +299,7 @@ class SecretServer:
         """Serve until cancelled (Trio's start protocol: ``task_status`` gets the listeners)."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._batcher.run)
+            nursery.start_soon(self.anonymous.run, self)
             listeners = await nursery.start(
                 functools.partial(
                     serve_channels,
@@ -309,6 +318,8 @@ class SecretServer:
     async def handle(self, stream: TaoStream) -> None:
         """Answer requests on one channel until the client closes it."""
         principal = stream.peer.principal
+        if principal is None:  # a small pool apart, one request at a time: _anonymous
+            return await self.anonymous.serve(self, stream)
         peer = bounded(str(stream.peer), MAX_ACTOR_CHARS)
         seen = None if principal is None else _Seen(bounded(str(principal)))
         envelope = Envelope(
@@ -427,6 +438,10 @@ class SecretServer:
     async def _refuse(
         self, principal: auth.Prin | None, peer: str, op: str, name: str, why: str
     ) -> Failure:
+        if principal is None:  # anyone: a few in full per address, the rest summarized
+            if not self.anonymous.record_in_full():
+                return Failure(ErrorCode.UNAUTHORIZED, why)
+            name, why = bounded(name, 200), bounded(why, 200)
         log.warning("secret_refused", peer=peer, op=op, name=bounded(name, 200))
         try:
             await self._batcher.record(
