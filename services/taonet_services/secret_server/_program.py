@@ -18,7 +18,8 @@ runs its programs) and:
    disk or the database in the clear);
 5. with ``extras``, prepares the extensions (``_extras``: operator requests, grants,
    watch, the master key for replicas) and runs their background tasks;
-6. serves over :func:`~taonet.channel.serve_channels` with ``revocations=``.
+6. serves over :func:`~taonet.channel.serve_channels` with ``revocations=``, the guard
+   following the domain's signed configuration (``_domain_watch``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from taonet.provision import RevocationWatcher, load_or_provision
 from taonet.secrets import Op
 from taonet_services.secret_server._anonymous import AnonymousLimits
 from taonet_services.secret_server._cache import ObjectCache
+from taonet_services.secret_server._domain_watch import GuardReloader
 from taonet_services.secret_server._extras import prepare_extras
 from taonet_services.secret_server._replica import adopt_master
 from taonet_services.secret_server._service import (
@@ -227,6 +229,9 @@ async def run_secret_server(
                 cache=cache,
                 **options,
             )
+            reloader = GuardReloader(domain, functools.partial(setattr, server, "guard"))
+            server.refresh_guard = reloader.fresh
+            await nursery.start(reloader.run)
             if added is not None:
                 await nursery.start(added.run, server)
             host, port = listen

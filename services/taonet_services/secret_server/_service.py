@@ -35,8 +35,9 @@ _cache.ObjectCache` when the object was verified since the tables last changed (
 anyone: see that module), else from the database in one read-only snapshot, every
 row of the chain checked (MAC, manifest tag, AES-GCM); either way the release is
 audited before the value leaves. The guard's yes for an (op, name) is remembered for
-the rest of the channel (the guard is immutable; ``also_authorized`` is asked every
-time).
+the rest of the channel while that guard is the server's (a guard is immutable; a
+re-signed domain puts another in its place, see ``_domain_watch``, and every
+decision is asked again; ``also_authorized`` is asked every time).
 
 Hooks: ``on_change(ObjectId, kind)`` is called after each committed create, write,
 rotate (the new id) and delete (kind ``"created"``, ``"written"``, ``"rotated"``,
@@ -178,8 +179,9 @@ MAX_DECISIONS: Final = 1024
 @attrs.define
 class _Seen:
     """What one channel's requests share: the caller's principal as audit text, and the
-    (op, name) pairs the guard allowed it (the guard is immutable: a yes stays a yes
-    for as long as it is the server's guard; grants are asked again every time)."""
+    (op, name) pairs the guard allowed it (a guard is immutable: a yes stays a yes
+    for as long as that guard is the server's, until a reload replaces it; grants are
+    asked again every time)."""
 
     actor: str
     allowed: dict[tuple[str, str], Guard] = attrs.field(factory=dict)
@@ -286,6 +288,9 @@ class SecretServer:
         self.anonymous: Final = AnonymousChannels(anonymous)
         #: ``await record_audit(kind=..., ...)``: one entry, committed in a batch.
         self.record_audit: Final = self._batcher.record
+        #: Awaited before each new channel's first request (``_domain_watch``: the
+        #: guard of the domain's current signed configuration).
+        self.refresh_guard: Callable[[], Awaitable[None]] | None = None
 
     # -- serving ------------------------------------------------------------------------
 
@@ -317,6 +322,8 @@ class SecretServer:
 
     async def handle(self, stream: TaoStream) -> None:
         """Answer requests on one channel until the client closes it."""
+        if self.refresh_guard is not None:
+            await self.refresh_guard()
         principal = stream.peer.principal
         if principal is None:  # a small pool apart, one request at a time: _anonymous
             return await self.anonymous.serve(self, stream)
