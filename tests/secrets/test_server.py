@@ -178,14 +178,16 @@ async def test_the_guard_decides_by_name_and_prefix(
                 with pytest.raises(UnauthorizedError):
                     await store.write("/app/a", b"x")  # Read is not Write
                 assert await store.list("/") == ["/app/a", "/app/w/b"]
-                assert await store.list("/ap") == []  # prefixes are whole segments
+                with pytest.raises(UnauthorizedError):  # prefixes are whole segments:
+                    await store.list("/ap")  # no right reaches under "/ap"
             async with connect(world.address, await world.identity("writer")) as store:
                 assert await store.write("/app/w/b", b"new") == ObjectId("/app/w/b", 1)
                 with pytest.raises(UnauthorizedError):
                     await store.rotate("/app/w/b", b"newer")  # rotation needs Own
                 with pytest.raises(UnauthorizedError):
                     await store.read("/app/w/b")
-                assert await store.list("/") == []
+                with pytest.raises(UnauthorizedError):  # no Read anywhere: no scan
+                    await store.list("/")
             stranger = await world.identity("stranger")
             async with connect(world.address, stranger) as store:
                 for attempt in (
@@ -205,7 +207,7 @@ async def test_the_guard_decides_by_name_and_prefix(
     ]
     assert all(e.outcome == "refused" for e in refused)
     assert refused[-1].details["reason"] == "the guard does not give Delete on /app/a"
-    assert len(refused) == 7
+    assert len(refused) == 9  # 7 and the two Lists that no right reached
 
 
 async def test_list_pages(tmp_path: Path, make_domain: MakeDomain, make_host: MakeHost) -> None:
@@ -329,6 +331,8 @@ async def test_operator_credentials_and_change_hook(
             async with connect(world.address, anonymous) as store:
                 with pytest.raises(UnauthorizedError, match="operator credential"):
                     await store.read("/app/x")
+            # (a refused anonymous channel is closed: the next request on a new one)
+            async with connect(world.address, anonymous) as store:
                 with pytest.raises(UnauthorizedError, match="does not give"):
                     await store.call(ReadRequest("/app/x", operator=b"good"))
             async with connect(world.address, await world.identity("owner")) as store:

@@ -30,6 +30,9 @@ class Guarded:
     def is_authorized(self, principal: auth.Prin, op: str, name: str) -> bool:
         return op == "Read" and not name.startswith("/hidden")
 
+    def may_reach(self, principal: auth.Prin, op: str, prefix: str) -> bool:
+        return self.is_authorized(principal, op, prefix)
+
 
 def call() -> Call:
     return Call(Guarded(), PRINCIPAL, "test")  # type: ignore[arg-type]

@@ -18,13 +18,16 @@ those channels are kept apart from the programs' (:class:`AnonymousChannels`):
 * refusals of anonymous callers are audited through a
   :class:`~taonet_services.domain_service._limits.RefusalLimiter`: per client a few
   in full (name cut to 200 characters, a fixed reason), the rest counted and
-  written as one ``secret_refused_summary`` row per client per interval.
+  written as one ``secret_refused_summary`` row per client per interval; the same
+  limiter counts, per principal (:func:`program_key`), the refusals a program can
+  repeat for free (List and Watch under a prefix it has no right to).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
@@ -33,7 +36,7 @@ import attrs
 import structlog
 import trio
 
-from taonet import CodecError, ProtocolError, TaoError
+from taonet import CodecError, ProtocolError, TaoError, auth
 from taonet._bursts import Bursts
 from taonet.audit import bounded
 from taonet.channel import TaoStream
@@ -59,7 +62,7 @@ from taonet_services.domain_service._limits import (
 if TYPE_CHECKING:
     from taonet_services.secret_server._service import SecretServer
 
-__all__ = ["AnonymousChannels", "AnonymousLimits", "anonymous_client"]
+__all__ = ["AnonymousChannels", "AnonymousLimits", "anonymous_client", "program_key"]
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +75,11 @@ _FLUSH_TIMEOUT: Final = 5.0
 _client: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "secret_server_anonymous_client", default=None
 )
+
+
+def program_key(principal: auth.Prin) -> str:
+    """A program's key in the refusal limiter (and its summaries): a digest of its name."""
+    return "program " + hashlib.sha256(str(principal).encode()).hexdigest()[:32]
 
 
 def anonymous_client() -> str:
@@ -194,6 +202,11 @@ class AnonymousChannels:
         """Count an anonymous refusal; True if it is to be audited in full."""
         return self.limiter.refused(anonymous_client(), code)
 
+    def record_program_in_full(self, principal: auth.Prin, code: str = "unauthorized") -> bool:
+        """Count a program's refusal of a kind it can repeat at no cost (List, Watch with
+        no right under the prefix), per principal; True if it is to be audited in full."""
+        return self.limiter.refused(program_key(principal), code)
+
     async def run(self, server: SecretServer) -> None:
         """Write refusal summaries every interval (and what is pending when cancelled)."""
         try:
@@ -215,7 +228,12 @@ async def _write_summary(server: SecretServer, summary: RefusalSummary) -> None:
     try:
         await server.record_audit(
             kind="secret_refused_summary",
-            actor=bounded(f"anonymous from {summary.client}", 200),
+            actor=bounded(
+                summary.client
+                if summary.client.startswith("program ")
+                else f"anonymous from {summary.client}",
+                200,
+            ),
             subject="",
             outcome="summary",
             details={

@@ -52,6 +52,12 @@ class Extras:
             return True
         return self.grants.allows(principal, op, name)
 
+    def also_reaches(self, principal: auth.Prin, op: str, prefix: str) -> bool:
+        """Whether the policy key or a grant could give ``op`` under ``prefix``."""
+        if self.operators and self.gate.also_authorized(principal, op, prefix):
+            return True
+        return self.grants.reaches(principal, op, prefix)
+
     def server_options(self) -> dict[str, Any]:
         """Keyword arguments of SecretServer for these extensions."""
         options: dict[str, Any] = {"authenticate_operator": self.gate} if self.operators else {}
@@ -59,6 +65,7 @@ class Extras:
             "on_change": self.hub.on_change,
             "change_in": self.hub.change_in,
             "also_authorized": self.also_authorized,
+            "also_reaches": self.also_reaches,
             "release_master": functools.partial(
                 release_master, operator_principal=self.gate.policy_principal
             ),

@@ -49,6 +49,7 @@ from taonet.secrets import (
     encode_request,
     verify_operator_request,
 )
+from taonet_services.secret_server._reach import under
 from taonet_services.secret_server._service import Call
 from taonet_services.storage import Database
 
@@ -157,6 +158,17 @@ class GrantBook:
         """Whether a verified grant gives ``principal`` ``op`` on ``name``."""
         return any(g.covers(principal, op, name) for g in self._exact.get(principal, ())) or any(
             g.covers(principal, op, name) for g in self._tails
+        )
+
+    def reaches(self, principal: auth.Prin, op: str, prefix: str) -> bool:
+        """Whether a verified grant gives ``principal`` ``op`` on ``prefix``, above it, or
+        on a name under it."""
+        grants = (*self._exact.get(principal, ()), *self._tails)
+        return any(
+            g.op == op
+            and (under(g.prefix, prefix) or g.covers(principal, op, prefix))
+            and g.covers(principal, op, g.prefix)
+            for g in grants
         )
 
     # -- loading --------------------------------------------------------------------

@@ -15,7 +15,10 @@ a right on ``/a`` covers ``/a/b`` but not ``/ab``. Rotate needs Own, not Write: 
 rotation makes a new epoch that every reader of the name moves to, retires the
 epoch others may still hold, and rewraps every object under the key; that is the
 owner's decision, not a writer's. List returns only the names under the prefix the
-caller may Read (by the same rule). With Read on the prefix itself (or above) that is
+caller may Read (by the same rule); a caller no rule or grant could give Read on the
+prefix, above it or under it is refused before any scan (``may_reach``, ``_reach``;
+such refusals, which any program can repeat for free, are audited a few times per
+principal, then summarized). With Read on the prefix itself (or above) that is
 every name under it, a page at a time. Without it, the names are filtered one by one
 and a request scans at most
 :data:`~taonet_services.secret_server._store.MAX_LIST_SCAN` names: a page may come
@@ -103,6 +106,7 @@ from taonet.wire import END_OF_STREAM, MAX_REQUEST_HEADER, NEED_DATA, Envelope, 
 from taonet.wire import Request as EnvelopeRequest
 from taonet_services.secret_server._anonymous import AnonymousChannels, AnonymousLimits
 from taonet_services.secret_server._cache import ObjectCache, Verified
+from taonet_services.secret_server._reach import AlsoReaches, Reach
 from taonet_services.secret_server._store import (
     MASTER_ID,
     MAX_LIST_SCAN,
@@ -267,6 +271,7 @@ class SecretServer:
         clock: Callable[[], float] = time.time,
         send_timeout: float = SEND_TIMEOUT,
         anonymous: AnonymousLimits | None = None,
+        also_reaches: AlsoReaches | None = None,
     ) -> None:
         self.tables: Final = tables
         self.db: Final = tables.db
@@ -291,6 +296,8 @@ class SecretServer:
         #: Awaited before each new channel's first request (``_domain_watch``: the
         #: guard of the domain's current signed configuration).
         self.refresh_guard: Callable[[], Awaitable[None]] | None = None
+        self.also_reaches = also_reaches
+        self._reach = Reach()
 
     # -- serving ------------------------------------------------------------------------
 
@@ -442,13 +449,39 @@ class SecretServer:
             return True
         return self.also_authorized is not None and self.also_authorized(principal, op, name)
 
+    def may_reach(self, principal: auth.Prin, op: str, prefix: str) -> bool:
+        """Whether ``principal`` could have ``op`` on ``prefix``, above it or on a name
+        under it (the guard's rules, ``also_reaches``): List and Watch ask before
+        scanning (``_reach``)."""
+        prefix = prefix.rstrip("/") or "/"
+        covered = self.is_authorized(principal, op, prefix)
+        return self._reach.reaches(
+            self.guard, principal, op, prefix, covered=covered, also=self.also_reaches
+        )
+
+    async def refuse(
+        self, principal: auth.Prin, peer: str, op: str, name: str, why: str
+    ) -> Failure:
+        """Refuse a request anyone with a certificate can repeat at no cost (List, Watch
+        with no right under the prefix): audited a few per principal, then summarized."""
+        return await self._refuse(principal, peer, op, name, why, limited=True)
+
     async def _refuse(
-        self, principal: auth.Prin | None, peer: str, op: str, name: str, why: str
+        self,
+        principal: auth.Prin | None,
+        peer: str,
+        op: str,
+        name: str,
+        why: str,
+        *,
+        limited: bool = False,
     ) -> Failure:
         if principal is None:  # anyone: a few in full per address, the rest summarized
             if not self.anonymous.record_in_full():
                 return Failure(ErrorCode.UNAUTHORIZED, why)
             name, why = bounded(name, 200), bounded(why, 200)
+        elif limited and not self.anonymous.record_program_in_full(principal):
+            return Failure(ErrorCode.UNAUTHORIZED, why)
         log.warning("secret_refused", peer=peer, op=op, name=bounded(name, 200))
         try:
             await self._batcher.record(
@@ -529,7 +562,7 @@ class SecretServer:
         if isinstance(request, ReadRequest):
             return await self._read(principal, peer, request, seen)
         if isinstance(request, ListRequest):
-            return await self._list(principal, request)
+            return await self._list(principal, peer, request)
         if isinstance(request, CreateRequest | WriteRequest | DeleteRequest | RotateRequest):
             return await self._change(principal, peer, request)
         return Failure(ErrorCode.INVALID, f"{op.method} is not served by this server")
@@ -565,8 +598,11 @@ class SecretServer:
         )
         return obj
 
-    async def _list(self, principal: auth.Prin, request: ListRequest) -> Response:
+    async def _list(self, principal: auth.Prin, peer: str, request: ListRequest) -> Response:
         prefix = request.prefix.rstrip("/") or "/"
+        if not self.may_reach(principal, "Read", prefix):  # no scan for nothing
+            why = f"the caller may Read no name under {prefix[:200]}"
+            return await self.refuse(principal, peer, "List", prefix, why)
         # Read on the prefix (or above) covers every name under it: no filtering.
         whole = self.is_authorized(principal, "Read", prefix)
         names: list[str] = []

@@ -16,7 +16,12 @@ watchers) into a ring buffer of the latest :data:`BUFFER_EVENTS` events, and set
 one :class:`trio.Event` that every waiting watcher shares (one wake-up per change,
 not one query per watcher).
 
-Watch requests (:meth:`WatchHub.serve`, the ``SecretService.Watch`` extension):
+Watch requests (:meth:`WatchHub.serve`, the ``SecretService.Watch`` extension): a
+caller that could Read no name under the prefix (no rule of the guard, no grant;
+``SecretServer.may_reach``) is refused at once, audited a few times per principal
+then summarized, and is never told a cursor (which would say how many changes the
+server has seen); no request looks at more than :data:`MAX_WATCH_SCAN` rows of the
+log (it then answers what it found, with the cursor to go on from).
 ``cursor`` 0 means "from now" (the current end of the log); the answer holds the
 events after the cursor under ``prefix``
 (segment-wise) on names the caller may Read (the guard, grants), at most
@@ -64,7 +69,7 @@ from taonet_services.secret_server._service import Call
 from taonet_services.secret_server._store import RESERVED_PREFIX
 from taonet_services.storage import Database
 
-__all__ = ["BUFFER_EVENTS", "CHANNEL", "KEEP_EVENTS", "LONG_POLL", "WatchHub"]
+__all__ = ["BUFFER_EVENTS", "CHANNEL", "KEEP_EVENTS", "LONG_POLL", "MAX_WATCH_SCAN", "WatchHub"]
 
 log = structlog.get_logger(__name__)
 
@@ -82,6 +87,8 @@ _EVENT_LOCK: Final = 0x74657665_6E7473
 _MAX_DECISIONS: Final = 10_000
 #: Most rows one database read of the log returns.
 _PAGE: Final = 5 * MAX_EVENTS
+#: Most rows of the log one Watch request looks at (then it answers what it found).
+MAX_WATCH_SCAN: Final = 2 * _PAGE
 
 
 @attrs.frozen
@@ -298,6 +305,11 @@ class WatchHub:
         """The Watch extension (see the module docstring)."""
         if not isinstance(request, WatchRequest):
             return Failure(ErrorCode.INVALID, "not a Watch request")
+        if not call.server.may_reach(call.principal, "Read", request.prefix):
+            # Nothing it could ever see: no scan, no wait, no cursor (the log's length).
+            why = f"the caller may Read no name under {request.prefix[:200]}"
+            return await call.server.refuse(call.principal, call.peer, "Watch", request.prefix, why)
+        scanned = 0
         cursor = request.cursor or self.head
         if cursor > self.head:
             await self.fetch()
@@ -316,8 +328,9 @@ class WatchHub:
                         rows = buffered
                     events: list[WatchEvent] = []
                     for row in rows:
-                        if len(events) == MAX_EVENTS:
+                        if len(events) == MAX_EVENTS or scanned >= MAX_WATCH_SCAN:
                             break
+                        scanned += 1
                         cursor = row.seq
                         if (
                             _under(row.name, request.prefix)
@@ -327,8 +340,8 @@ class WatchHub:
                             events.append(
                                 WatchEvent(ObjectId(row.name, row.epoch), row.kind, row.seq)
                             )
-                    if events:
-                        return WatchBatch(events, cursor)
+                    if events or scanned >= MAX_WATCH_SCAN:
+                        return WatchBatch(events, cursor)  # the next call goes on from here
                     if rows and cursor < self.head:
                         continue  # a page of others' events from the database: read on
                     await changed.wait()
