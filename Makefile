@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.taonet-installed
+# The extras every test virtual environment gets (.venv and the .venv-X.Y of unit-all).
+EXTRAS := dev
 
 .PHONY: demo demo-hosted test lint typecheck unit unit-all bench system-deps clean
 
@@ -12,8 +14,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(STAMP): $(BIN)/python pyproject.toml Makefile
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 # simpleexample end to end; the second run shows the operation phase reusing the
@@ -52,7 +54,7 @@ PYTHON_VERSIONS := 3.11 3.12 3.13
 # .venv-3.13, made from python3.13 on PATH or pyenv's newest 3.13.x.
 unit: $(STAMP)
 ifdef PY
-	PYTHON_VERSIONS="$(PY)" CI=true bash .ci/pythons.sh
+	PYTHON_VERSIONS="$(PY)" EXTRAS="$(EXTRAS)" CI=true bash .ci/pythons.sh
 else
 	$(BIN)/pytest -q
 endif
@@ -61,7 +63,7 @@ endif
 # .venv for its own, .venv-X.Y for the others. Says which were found; with CI=true a
 # version that is not found fails the run instead of being skipped.
 unit-all: $(STAMP)
-	PYTHON_VERSIONS="$(PYTHON_VERSIONS)" bash .ci/pythons.sh
+	PYTHON_VERSIONS="$(PYTHON_VERSIONS)" EXTRAS="$(EXTRAS)" bash .ci/pythons.sh
 
 # Lint and type checks once (in .venv); the suite under every supported Python.
 test: system-deps $(STAMP) lint typecheck unit-all

@@ -4,6 +4,8 @@
 #   PYTHON_VERSIONS  the X.Y versions to run (default: 3.11 3.12 3.13, what
 #                    pyproject.toml's requires-python and classifiers claim)
 #   VENV             the default virtual environment (.venv), used for its own version
+#   EXTRAS           the extras installed with taonet in each .venv-X.Y (default: dev;
+#                    the Makefile passes its EXTRAS, the same as .venv's)
 #   PYTEST_ARGS      passed to pytest (default: -q)
 #   CI               when "true", a version with no interpreter on this machine is a
 #                    failure instead of a line saying it was skipped
@@ -17,6 +19,7 @@ cd "$(dirname "$0")/.."
 
 versions=${PYTHON_VERSIONS:-3.11 3.12 3.13}
 venv=${VENV:-.venv}
+extras=${EXTRAS:-dev}
 read -r -a pytest_args <<<"${PYTEST_ARGS:--q}"
 pyenv_root=${PYENV_ROOT:-$HOME/.pyenv}
 ci=${CI:-false}
@@ -41,16 +44,17 @@ find_python() { # X.Y -> path of an interpreter of that version, or nothing
     done
 }
 
-ensure_venv() { # interpreter, venv dir: create it and install taonet[dev] when stale
+ensure_venv() { # interpreter, venv dir: create it and install taonet[EXTRAS] when stale
     local python=$1 dir=$2
     if [ ! -x "$dir/bin/python" ]; then
         echo "== creating $dir from $python"
         "$python" -m venv "$dir" || return 1
     fi
-    if [ ! -e "$dir/.taonet-installed" ] || [ pyproject.toml -nt "$dir/.taonet-installed" ]; then
-        echo "== installing taonet[dev] into $dir"
-        "$dir/bin/pip" install --quiet -e '.[dev]' || return 1
-        touch "$dir/.taonet-installed"
+    local stamp=$dir/.taonet-installed
+    if [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$(cat "$stamp")" != "$extras" ]; then
+        echo "== installing taonet[$extras] into $dir"
+        "$dir/bin/pip" install --quiet -e ".[$extras]" || return 1
+        echo "$extras" >"$stamp"
     fi
 }
 
