@@ -79,18 +79,24 @@ def register(sub: Any) -> None:
         action="append",
         default=[],
         type=Path,
-        help='authorize the program at PATH to "Execute", named as the domain\'s Linux host '
-        "names it ($TAO_HOST, else linux_tao_host in the domain; its interpreter too, for a "
-        "'#!/usr/bin/env NAME' script), or by its hash alone if there is no host yet "
-        "(repeatable)",
+        help='authorize the program at PATH (a file or a program directory) to "Execute", '
+        "named as the domain's Linux host names it ($TAO_HOST, else linux_tao_host in the "
+        "domain; its interpreter too, for a '#!/usr/bin/env NAME' script or a directory's "
+        ".py entry), or by its hash alone if there is no host yet (repeatable)",
     )
     pol.add_argument(
         "--remove-program",
         metavar="PATH|SHA256",
         action="append",
         default=[],
-        help="remove the rule that lets a program execute: its file, or its hash in hex "
-        "(taonet domain policy --show) once the file is gone (repeatable)",
+        help="remove the rule that lets a program execute: its file or directory, or its "
+        "hash in hex (taonet domain policy --show) once the file is gone (repeatable)",
+    )
+    pol.add_argument(
+        "--entry",
+        metavar="RELPATH",
+        help="the file that runs in each program directory given (default __main__.py, as "
+        "taonet run --entry)",
     )
     pol.add_argument(
         "--allow",
@@ -129,7 +135,14 @@ def register(sub: Any) -> None:
 
     prin = cmds.add_parser("principal", help="print the name a program would get")
     add_domain_option(prin)
-    prin.add_argument("--program", metavar="PATH", type=Path, required=True)
+    prin.add_argument(
+        "--program", metavar="PATH", type=Path, required=True, help="a file or program directory"
+    )
+    prin.add_argument(
+        "--entry",
+        metavar="RELPATH",
+        help="the file that runs in a program directory (default __main__.py)",
+    )
     prin.add_argument(
         "--host", metavar="PRIN", help="the host's principal name (default: print the tail)"
     )
@@ -273,12 +286,16 @@ def _host_config(domain: Domain) -> LinuxHostConfig | None:
     return host_config_at(Path(where) if where else default_host_dir(domain.path))
 
 
-def _program_rule(host: LinuxHostConfig | None, path: Path, option: str) -> auth.Form:
-    """The rule that lets the program file at ``path`` execute on ``host``."""
+def _program_rule(
+    host: LinuxHostConfig | None, path: Path, option: str, entry: str | None
+) -> auth.Form:
+    """The rule that lets the program at ``path`` (a file, or a directory run from
+    ``entry``) execute on ``host``."""
     from taonet.hosts.linux import program_rule_on
 
-    _measure(path, option)
-    return program_rule_on(host, path)
+    if not os.path.lexists(path):
+        raise NotFoundError(f"{option} {path}: no such file")
+    return program_rule_on(host, path, entry=entry if path.is_dir() else None)
 
 
 def _changed_guard(args: argparse.Namespace, domain: Domain, guard: ACLGuard) -> ACLGuard:
@@ -286,7 +303,7 @@ def _changed_guard(args: argparse.Namespace, domain: Domain, guard: ACLGuard) ->
     of a shape the guard never matches, and removals of rules it does not hold."""
     host = _host_config(domain) if args.add_program or args.remove_program else None
     for path in args.add_program:
-        rule = _program_rule(host, path, "--add-program")
+        rule = _program_rule(host, path, "--add-program", args.entry)
         if rule in guard.rules:
             raise UsageError(f"--add-program {path}: already authorized ({rule})")
         guard = guard.with_rule(rule)
@@ -301,7 +318,7 @@ def _changed_guard(args: argparse.Namespace, domain: Domain, guard: ACLGuard) ->
         guard = guard.with_rule(rule)
     for given in args.remove_program:
         if Path(given).exists():
-            rule = _program_rule(host, Path(given), "--remove-program")
+            rule = _program_rule(host, Path(given), "--remove-program", args.entry)
         else:
             rule = domain.program_rule(_program_hash(given))
         if rule not in guard.rules:
@@ -404,15 +421,21 @@ def _principal(args: argparse.Namespace) -> int:
             host = auth.parse_prin(args.host)
         except CodecError as exc:
             raise UsageError(f"--host: {exc}") from None
-    from taonet.hosts.linux import program_rule_on, program_subprin_on
+    from taonet.hosts.linux import LinuxHostConfig, program_rule_on, program_subprin_on
 
-    program_hash = _measure(args.program, "--program")
+    if not os.path.lexists(args.program):
+        raise NotFoundError(f"--program {args.program}: no such file")
     on_host = _host_config(domain)
-    program = (
-        program_subprin(program_hash)
-        if on_host is None
-        else program_subprin_on(on_host, args.program)
-    )
+    if on_host is None and not args.program.is_dir():
+        if args.entry is not None:
+            raise UsageError(f"--entry: {args.program} is a file, not a program directory")
+        program = program_subprin(_measure(args.program, "--program"))
+    else:
+        config = LinuxHostConfig(kind="root") if on_host is None else on_host
+        program = program_subprin_on(config, args.program, entry=args.entry)
+    # A file's hash, or a program directory's manifest hash (first in the name).
+    first = program.exts[0].args[0]
+    program_hash = first.value if isinstance(first, auth.Bytes) else b""
     ext = auth.SubPrin(program.exts + domain.policy_subprin.exts)
     name = auth.PrinTail(ext) if host is None else host.extend(ext)
     emit(
@@ -422,7 +445,9 @@ def _principal(args: argparse.Namespace) -> int:
             "program_sha256": program_hash.hex(),
             "host": None if host is None else str(host),
             "principal": str(name),
-            "authorized": domain.guard.query(program_rule_on(on_host, args.program)),
+            "authorized": domain.guard.query(
+                program_rule_on(on_host, args.program, entry=args.entry)
+            ),
         },
         lambda: print(name),
     )

@@ -99,10 +99,75 @@ def test_what_the_host_would_refuse_is_refused(tmp_path: Path, text: str, messag
         program_subprin_on(config, script)
 
 
-def test_a_directory_or_a_missing_file_is_refused(tmp_path: Path) -> None:
+def service_tree(root: Path) -> Path:
+    """A program directory: a .py entry without '#!', a module, a package, data, a
+    kernel-run shell entry, and a __pycache__ the host neither copies nor measures."""
+    (root / "pkg").mkdir(parents=True)
+    (root / "__main__.py").write_text("import helper, pkg\nprint(helper.WORD, pkg.N)\n")
+    (root / "helper.py").write_text("WORD = 'tree'\n")
+    (root / "pkg" / "__init__.py").write_text("N = 1\n")
+    (root / "motd.txt").write_text("hello\n")
+    write(root / "run.sh", "#!/bin/sh\necho shell\n")
+    (root / "__pycache__").mkdir()
+    (root / "__pycache__" / "helper.cpython-311.pyc").write_bytes(b"\0" * 16)
+    return root
+
+
+async def test_a_program_directory_is_named_as_a_real_host_names_it(
+    tmp_path: Path, make_domain: MakeDomain
+) -> None:
+    """What `domain policy --add-program DIR` writes lets a guarded host run the
+    directory (before, _naming refused directories: the operator had to copy the name
+    from a refusal); a file changed afterwards gives another name, which is refused."""
+    tree = service_tree(tmp_path / "svc")
     config = LinuxHostConfig(kind="root", guard="Liberal", interpreters={"python3": PYTHON})
-    with pytest.raises(ConfigError, match="program directory"):
-        program_subprin_on(config, tmp_path)
+    by_main = program_subprin_on(config, tree)
+    by_shell = program_subprin_on(config, tree, entry="run.sh")
+    assert by_main.exts[0].name == "ProgramTree"
+    assert [type(arg) for arg in by_main.exts[0].args] == [
+        auth.Bytes,
+        auth.Str,
+        auth.Str,
+        auth.Bytes,
+    ]  # the manifest hash, the entry, the host's interpreter and its hash
+    assert len(by_shell.exts[0].args) == 2  # the kernel runs a '#!/bin/sh' entry
+    assert by_main.exts[0].args[0] == by_shell.exts[0].args[0]  # one tree, one manifest
+
+    domain = make_domain(rules=(rule(by_main), rule(by_shell)))
+    init_root(tmp_path / "host", domain=domain, interpreters={"python3": PYTHON})
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            host = await open_root(nursery, tmp_path / "host")
+            async with AdminClient.connect(host.socket_path) as admin:
+                for entry, ext in ((None, by_main), ("run.sh", by_shell)):
+                    info = await admin.start(str(tree), [], entry=entry, env={"PATH": "/bin"})
+                    assert info.name == host.name.extend(ext)
+                    assert (await admin.wait(str(info.pid))).exit_status == 0
+                (tree / "helper.py").write_text("WORD = 'changed'\n")
+                with pytest.raises(AuthorizationError, match=r"\.ProgramTree\(\["):
+                    await admin.start(str(tree), [], env={"PATH": "/bin"})
+            await host.stop()
+    changed = program_subprin_on(config, tree)
+    assert changed != by_main
+    assert program_subprin_on(config, tree) == changed  # measuring twice agrees
+
+
+def test_what_the_host_refuses_in_a_directory_is_refused(tmp_path: Path) -> None:
+    config = LinuxHostConfig(kind="root", guard="Liberal", interpreters={"python3": PYTHON})
+    tree = service_tree(tmp_path / "svc")
+    with pytest.raises(ConfigError, match=r"no file missing\.py to run"):
+        program_subprin_on(config, tree, entry="missing.py")
+    with pytest.raises(ConfigError, match="must be a relative path"):
+        program_subprin_on(config, tree, entry="../x.py")
+    with pytest.raises(ConfigError, match="an entry is for a program directory"):
+        program_subprin_on(config, tree / "helper.py", entry="x.py")
+    (tree / "link").symlink_to("/etc/passwd")
+    with pytest.raises(ConfigError, match="symbolic link"):
+        program_subprin_on(config, tree)
+    (tree / "link").unlink()
+    # An earlier host (no [interpreters]) cannot run a .py entry without '#!'.
+    with pytest.raises(ConfigError, match="does not offer"):
+        program_subprin_on(LinuxHostConfig(kind="root", guard="Liberal"), tree)
     with pytest.raises(ConfigError, match="cannot measure"):
         program_subprin_on(config, tmp_path / "missing")
 
@@ -164,3 +229,36 @@ def test_domain_policy_add_program_names_a_script_as_the_domains_host_does(
     capsys.readouterr()
     assert main(["domain", "policy", "--domain", domain, "--show"]) == 0
     assert "Script" not in capsys.readouterr().out
+
+
+def test_domain_policy_add_program_names_a_directory_as_the_domains_host_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`taonet domain policy --add-program DIR [--entry RELPATH]`, `--remove-program DIR`
+    and `domain principal --program DIR` name a program directory as the host does."""
+    from taonet.cli import main
+
+    monkeypatch.delenv("TAO_HOST", raising=False)
+    monkeypatch.delenv("TAO_DOMAIN", raising=False)
+    (tmp_path / "pw").write_text("a password\n")
+    tree = service_tree(tmp_path / "svc")
+    domain, pw = str(tmp_path / "d"), str(tmp_path / "pw")
+    assert main(["domain", "init", domain, "--password-file", pw]) == 0
+    host = ["--domain", domain, "--password-file", pw, "--policy-password-file", pw]
+    assert main(["host", "init", "--root", *host]) == 0
+    config = host_config_at(tmp_path / "d" / "linux_tao_host")
+    assert config is not None
+    policy = ["domain", "policy", "--domain", domain, "--password-file", pw]
+    assert main([*policy, "--add-program", str(tree)]) == 0
+    assert main([*policy, "--add-program", str(tree), "--entry", "run.sh"]) == 0
+    capsys.readouterr()
+    assert main(["domain", "policy", "--domain", domain, "--show"]) == 0
+    assert sorted(capsys.readouterr().out.splitlines()) == sorted(
+        [str(program_rule_on(config, tree)), str(program_rule_on(config, tree, entry="run.sh"))]
+    )
+    assert main(["domain", "principal", "--domain", domain, "--program", str(tree)]) == 0
+    assert capsys.readouterr().out.startswith(f"{auth.PrinTail(program_subprin_on(config, tree))}.")
+    assert main([*policy, "--remove-program", str(tree), "--entry", "run.sh"]) == 0
+    capsys.readouterr()
+    assert main(["domain", "policy", "--domain", domain, "--show"]) == 0
+    assert capsys.readouterr().out.splitlines() == [str(program_rule_on(config, tree))]
