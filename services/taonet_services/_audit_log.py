@@ -25,6 +25,15 @@ transaction every ``checkpoint_every`` entries, or on the first append
 ``checkpoint_interval`` seconds after the last checkpoint; :meth:`checkpoint`
 signs one now (services call it on shutdown, so that entries written last are
 covered: entries after the last checkpoint can be cut without a trace).
+
+A store remembers the last entry it knows committed, ``(seq, hash)``: its own
+appends once :meth:`AuditStore.append` returns or a caller reports its transaction
+committed (:meth:`AuditStore.committed`), and every head it read. Each append checks
+that the chain still holds that entry (the head at or past its seq, the row at that
+seq with that hash: one primary-key read). A chain cut behind it (newest entries
+deleted by someone with write access to the database) or edited there is refused:
+``audit_chain_behind`` is logged as an error and the append raises StorageError
+(CORRUPT), so nothing more is recorded, or released, over a chain that lost entries.
 """
 
 from __future__ import annotations
@@ -129,6 +138,8 @@ class AuditStore:
         self.checkpoint_every = checkpoint_every
         self.checkpoint_interval_ns = int(checkpoint_interval * 1e9)
         self.clock = clock
+        #: The last entry known committed, (seq, hash): the chain must still hold it.
+        self.known: tuple[int, bytes] | None = None
 
     @classmethod
     async def open(cls, db: Database, **options: Any) -> AuditStore:
@@ -175,6 +186,7 @@ class AuditStore:
         cur.execute("SELECT seq, entry_hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
         row = cur.fetchone()
         seq, digest = (0, GENESIS) if row is None else (int(row[0]), bytes(row[1]))
+        self._check_known(cur, seq, digest)
         cur.execute("SELECT seq, time_ns FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
         cp = cur.fetchone()
         if cp is not None:
@@ -185,6 +197,40 @@ class AuditStore:
         cur.execute("SELECT time_ns FROM audit_entries WHERE seq = 1")
         first = cur.fetchone()
         return _Head(seq, digest, 0, 0 if first is None else int(first[0]))
+
+    def _check_known(self, cur: Any, seq: int, digest: bytes) -> None:
+        """StorageError (CORRUPT) if the chain no longer holds the last entry known
+        committed; else remember the head read as known."""
+        known = self.known
+        if known is not None and known[0] > 0:  # an empty chain is held by every chain
+            known_seq, known_hash = known
+            held: bytes | None
+            if seq == known_seq:
+                held = digest
+            elif seq > known_seq:
+                cur.execute(
+                    self.db.sql("SELECT entry_hash FROM audit_entries WHERE seq = ?"),
+                    (known_seq,),
+                )
+                row = cur.fetchone()
+                held = None if row is None else bytes(row[0])
+            else:
+                held = None
+            if held != known_hash:
+                log.error("audit_chain_behind", head=seq, known=known_seq, where=self.db.where)
+                raise StorageError(
+                    f"database {self.db.where}: the audit chain no longer holds entry"
+                    f" {known_seq} as this server wrote it (its head is {seq}): entries were"
+                    " removed or edited; nothing more is recorded over it",
+                    reason=StorageReason.CORRUPT,
+                )
+        if known is None or seq >= known[0]:
+            self.known = (seq, digest)
+
+    def committed(self, entry: AuditEntry) -> None:
+        """The transaction that appended ``entry`` committed: the chain must keep it."""
+        if entry.recorded_hash is not None and (self.known is None or entry.seq > self.known[0]):
+            self.known = (entry.seq, entry.recorded_hash)
 
     def append_in(
         self,
@@ -248,11 +294,15 @@ class AuditStore:
 
     async def append(self, **fields: Any) -> AuditEntry:
         """:meth:`append_in` in a transaction of its own; returns once committed."""
-        return await self.db.transaction(lambda cur: self.append_in(cur, **fields))
+        entry = await self.db.transaction(lambda cur: self.append_in(cur, **fields))
+        self.committed(entry)
+        return entry
 
     def append_sync(self, **fields: Any) -> AuditEntry:
         """:meth:`append` for synchronous code."""
-        return self.db.transaction_sync(lambda cur: self.append_in(cur, **fields))
+        entry = self.db.transaction_sync(lambda cur: self.append_in(cur, **fields))
+        self.committed(entry)
+        return entry
 
     def _sign_in(self, cur: Any, head: _Head, now: int) -> Checkpoint:
         assert self.signer is not None

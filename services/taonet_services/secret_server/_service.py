@@ -198,14 +198,22 @@ class _Pending:
     failure: BaseException | None = None
 
 
+#: Seconds after a batch of audit entries before a checkpoint signs them (so that
+#: entries written last cannot be cut without a trace for long; batches within it
+#: share one checkpoint).
+CHECKPOINT_AFTER: Final = 1.0
+
+
 class _AuditBatcher:
-    """Appends audit entries in batches: each caller waits until its entry committed."""
+    """Appends audit entries in batches: each caller waits until its entry committed;
+    a checkpoint follows within :data:`CHECKPOINT_AFTER` seconds (with a signer)."""
 
     def __init__(self, db: Database, audit: AuditStore) -> None:
         self._db = db
         self._audit = audit
         self._pending: list[_Pending] = []
         self._wakeup = trio.Event()
+        self._written = trio.Event()
 
     async def record(self, **fields: Any) -> None:
         item = _Pending(fields)
@@ -216,6 +224,22 @@ class _AuditBatcher:
             raise item.failure
 
     async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            if self._audit.signer is not None:
+                nursery.start_soon(self._checkpoints)
+            await self._append_batches()
+
+    async def _checkpoints(self) -> None:
+        while True:
+            await self._written.wait()
+            self._written = trio.Event()
+            await trio.sleep(CHECKPOINT_AFTER)  # the batches of this second: one signature
+            try:
+                await self._audit.checkpoint()
+            except TaoError as exc:
+                log.warning("audit_checkpoint_failed", error=bounded(str(exc), 500))
+
+    async def _append_batches(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
@@ -223,14 +247,14 @@ class _AuditBatcher:
             if not batch:
                 continue
 
-            def append(cur: Any, batch: list[_Pending] = batch) -> None:
-                for item in batch:
-                    self._audit.append_in(cur, **item.fields)
+            def append(cur: Any, batch: list[_Pending] = batch) -> Any:
+                return [self._audit.append_in(cur, **item.fields) for item in batch][-1]
 
             failure: BaseException | None = None
             try:
                 with trio.CancelScope(shield=True):
-                    await self._db.transaction(append)
+                    self._audit.committed(await self._db.transaction(append))
+                self._written.set()
             except TaoError as exc:
                 failure = exc
             for item in batch:
@@ -684,19 +708,23 @@ class SecretServer:
                 oid, rewrapped = tables.rotate_in(cur, request.name, request.value, now)
                 response, kind = Changed(oid), "rotated"
                 details["rewrapped"] = str(rewrapped)
-            self.audit.append_in(
-                cur,
-                kind=f"secret_{kind}",
-                actor=actor,
-                subject=str(oid) if kind != "deleted" else request.name,
-                outcome="ok",
-                details=details,
-            )
+            entries[:] = [
+                self.audit.append_in(
+                    cur,
+                    kind=f"secret_{kind}",
+                    actor=actor,
+                    subject=str(oid) if kind != "deleted" else request.name,
+                    outcome="ok",
+                    details=details,
+                )
+            ]
             if self.change_in is not None:  # in the change's own transaction
                 self.change_in(cur, oid, kind)
             return response, oid, kind, details
 
+        entries: list[Any] = []
         response, oid, kind, details = await self.db.transaction(change)
+        self.audit.committed(entries[0])  # the chain must keep it (see AuditStore)
         log.info(f"secret_{kind}", peer=peer, id=bounded(str(oid), 200), **_loggable(details))
         if self.on_change is not None:
             try:
