@@ -66,6 +66,7 @@ class Extras:
             "change_in": self.hub.change_in,
             "also_authorized": self.also_authorized,
             "also_reaches": self.also_reaches,
+            "refresh_also": self.grants.current,
             "release_master": functools.partial(
                 release_master, operator_principal=self.gate.policy_principal
             ),

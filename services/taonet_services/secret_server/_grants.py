@@ -10,8 +10,14 @@ segment-wise, as the guard's rights are).
 
 A row is honoured only if its proof verifies under the domain's policy key *as a
 grant of that op on that prefix to that principal*; it is checked every time the
-rows are loaded (at start, after each grant, and every :data:`REFRESH_INTERVAL`
-seconds so that grants made through another replica take effect). So a row added
+rows are loaded (at start, after each grant, every :data:`REFRESH_INTERVAL`
+seconds so that grants made through another replica take effect, and whenever the
+generation row ``secret_grants_generation``, bumped in the transaction of every
+grant and revocation, differs from the one loaded). When the guard says no to a
+request, the server reads that row (:meth:`GrantBook.current`) and reloads if it
+moved before asking the grants, so a grant or revocation made through one replica
+holds on every replica of the database as soon as it committed (List and Watch
+filtering use the rows loaded: at most :data:`REFRESH_INTERVAL` behind). So a row added
 or edited in the database by anyone without the policy key (another principal,
 another op, a wider prefix) is never honoured; it is logged (``grant_invalid``)
 and audited once. ``grant --revoke`` deletes the rows of those ops.
@@ -99,6 +105,10 @@ def grant_statements(db: Database) -> list[str]:
             op TEXT NOT NULL,
             proof {db.blob_type} NOT NULL,
             PRIMARY KEY (principal, name, op))""",
+        "CREATE TABLE IF NOT EXISTS secret_grants_generation ("
+        " id INTEGER PRIMARY KEY, generation BIGINT NOT NULL)",
+        "INSERT INTO secret_grants_generation (id, generation) VALUES (1, 0)"
+        " ON CONFLICT (id) DO NOTHING",
     ]
 
 
@@ -142,6 +152,9 @@ class GrantBook:
         self._reported: set[tuple[str, str, str]] = set()
         self._clock = clock
         self.loaded = trio.Event()
+        #: The generation of the rows loaded (bumped with every grant and revocation).
+        self.generation = -1
+        self._loading = trio.Lock()
         #: Where invalid rows are audited (an AuditStore; set by :meth:`run`).
         self.audit: Any = None
 
@@ -177,7 +190,9 @@ class GrantBook:
         """Read the rows and keep those whose proof verifies (the others are logged,
         and audited once in ``audit``, an AuditStore, or :attr:`audit`)."""
         audit = audit if audit is not None else self.audit
-        rows = await self.db.transaction(lambda cur: _select(self.db, cur), write=False)
+        generation, rows = await self.db.transaction(
+            lambda cur: (_generation(cur), _select(self.db, cur)), write=False, serializable=True
+        )
         exact: dict[auth.Prin, list[Grant]] = {}
         tails: list[Grant] = []
         bad: list[tuple[str, str, str, str]] = []
@@ -197,6 +212,7 @@ class GrantBook:
                 tails.append(grant)
         self._exact = {p: tuple(gs) for p, gs in exact.items()}
         self._tails = tuple(tails)
+        self.generation = generation
         self.loaded.set()
         for principal_text, name, op, why in bad:
             key = (principal_text, name, op)
@@ -218,6 +234,15 @@ class GrantBook:
                     outcome="refused",
                     details={"principal": bounded(principal_text, 1000), "op": bounded(op, 16)},
                 )
+
+    async def current(self) -> None:
+        """Reload if a grant or revocation was made since the last load (by any replica
+        of the database): one read of the generation row when none was."""
+        generation = await self.db.transaction(_generation, write=False)
+        if generation != self.generation:
+            async with self._loading:
+                if generation != self.generation:
+                    await self.load()
 
     async def run(
         self,
@@ -255,6 +280,9 @@ class GrantBook:
         audit = call.server.audit
 
         def change(cur: Any) -> None:
+            # Every replica checks this row before honouring a grant: a revocation holds
+            # on all of them as soon as it commits.
+            cur.execute("UPDATE secret_grants_generation SET generation = generation + 1")
             for op in request.ops:
                 cur.execute(
                     db.sql("DELETE FROM secret_grants WHERE principal = ? AND name = ? AND op = ?"),
@@ -290,6 +318,12 @@ class GrantBook:
         )
         await self.load()
         return Granted()
+
+
+def _generation(cur: Any) -> int:
+    cur.execute("SELECT generation FROM secret_grants_generation WHERE id = 1")
+    row = cur.fetchone()
+    return -2 if row is None else int(row[0])
 
 
 def _select(db: Database, cur: Any) -> list[tuple[str, str, str, bytes]]:

@@ -144,6 +144,9 @@ ChangeHook = Callable[[ObjectId, str], None]
 ChangeInHook = Callable[[Any, ObjectId, str], None]
 #: ``also_authorized(principal, op, name)``: consulted when the guard says no.
 AuthorizeHook = Callable[[auth.Prin, str, str], bool]
+#: ``await refresh_also()``: brings what ``also_authorized`` decides by up to date
+#: (awaited before it is asked for a request; List and Watch ask it as it stands).
+RefreshHook = Callable[[], Awaitable[None]]
 #: ``authenticate_operator(request)`` -> the principal to authorize the request as.
 OperatorAuthenticator = Callable[[Request], Awaitable[auth.Prin]]
 
@@ -296,6 +299,7 @@ class SecretServer:
         send_timeout: float = SEND_TIMEOUT,
         anonymous: AnonymousLimits | None = None,
         also_reaches: AlsoReaches | None = None,
+        refresh_also: RefreshHook | None = None,
     ) -> None:
         self.tables: Final = tables
         self.db: Final = tables.db
@@ -321,6 +325,7 @@ class SecretServer:
         #: guard of the domain's current signed configuration).
         self.refresh_guard: Callable[[], Awaitable[None]] | None = None
         self.also_reaches = also_reaches
+        self.refresh_also = refresh_also
         self._reach = Reach()
 
     # -- serving ------------------------------------------------------------------------
@@ -462,6 +467,11 @@ class SecretServer:
         """Whether the guard gives ``principal`` ``op`` on ``name`` or an ancestor of it
         (or, failing that, ``also_authorized`` does). ``seen``: the channel's remembered
         guard decisions (``principal`` must be that channel's)."""
+        if self._guard_allows(principal, op, name, seen):
+            return True
+        return self.also_authorized is not None and self.also_authorized(principal, op, name)
+
+    def _guard_allows(self, principal: auth.Prin, op: str, name: str, seen: _Seen | None) -> bool:
         guard = self.guard
         if seen is not None and seen.allowed.get((op, name)) is guard:
             return True
@@ -471,7 +481,7 @@ class SecretServer:
                     seen.allowed.clear()
                 seen.allowed[(op, name)] = guard
             return True
-        return self.also_authorized is not None and self.also_authorized(principal, op, name)
+        return False
 
     def may_reach(self, principal: auth.Prin, op: str, prefix: str) -> bool:
         """Whether ``principal`` could have ``op`` on ``prefix``, above it or on a name
@@ -522,8 +532,15 @@ class SecretServer:
     async def _check(
         self, principal: auth.Prin, peer: str, op: str, name: str, seen: _Seen | None = None
     ) -> Failure | None:
-        if self.is_authorized(principal, op, name, seen=seen):
+        if self._guard_allows(principal, op, name, seen):
             return None
+        # The guard said no: grants decide, asked once they are current (one cheap read;
+        # a grant or revocation made through another replica holds at once: ``_grants``).
+        if self.also_authorized is not None:
+            if self.refresh_also is not None:
+                await self.refresh_also()
+            if self.also_authorized(principal, op, name):
+                return None
         return await self._refuse(
             principal, peer, op, name, f"the guard does not give {op} on {name[:200]}"
         )
