@@ -178,13 +178,98 @@ async def test_in_bwrap_the_hosts_interpreter_copy_runs_and_is_not_dumpable(
     base_dir: Path,
 ) -> None:
     # The copy is bound over the interpreter inside the sandbox (bwrap cannot set
-    # argv[0]). The program itself is not dumpable; bubblewrap and the sh waiting for
-    # it still hold its channel and cannot be (a documented limit of bwrap mode).
+    # argv[0]): the program itself is not dumpable.
     if not shutil.which("bwrap"):
         if os.environ.get("CI"):
             raise AssertionError("bubblewrap is missing in CI")
         pytest.skip("bubblewrap is not installed")
     await start_and_attack(base_dir, "script", "bwrap")
+
+
+#: Run as the attacker with pids: takes every descriptor it can from each and prints
+#: the inodes of the pipes it got.
+STEAL = r"""
+import ctypes, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+pipes = []
+for pid in map(int, sys.argv[1:]):
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        continue
+    for fd in range(256):
+        got = libc.syscall(438, pidfd, fd, 0)  # SYS_pidfd_getfd
+        if got >= 0:
+            st = os.fstat(got)
+            if (st.st_mode & 0o170000) == 0o010000:
+                pipes.append(st.st_ino)
+            os.close(got)
+    os.close(pidfd)
+print(json.dumps(pipes))
+"""
+
+
+@needs_root
+@needs_system_python
+async def test_in_bwrap_no_process_of_the_sandbox_gives_up_the_channel(base_dir: Path) -> None:
+    # The sh that waits for bwrap held the channel's pipes, readable /bin/sh: dumpable.
+    if not shutil.which("bwrap"):
+        if os.environ.get("CI"):
+            raise AssertionError("bubblewrap is missing in CI")
+        pytest.skip("bubblewrap is not installed")
+    source, _, args = make_source(base_dir, "script")
+    with trio.fail_after(TIMEOUT):
+        prepared = await prepare_program(
+            source, base_dir / "programs", uid=NOBODY, gid=NOBODY, interpreters=interpreters()
+        )
+        try:
+            channel = HostChannel.open()
+            async with channel:
+                inodes = {os.fstat(fd).st_ino for fd in channel.child_fds}
+                process = await spawn_program(
+                    prepared,
+                    args=args,
+                    env={"PATH": "/usr/bin:/bin"},
+                    cwd=None,
+                    uid=NOBODY,
+                    gid=NOBODY,
+                    channel=channel,
+                    sandbox=Sandbox(kind="bwrap"),
+                )
+                try:
+                    stream = channel.host_stream()
+                    assert await stream.receive_some() == b"ready"
+                    pids = await process_tree(process.pid)
+                    assert len(pids) >= 3  # sh, bwrap ..., the program
+                    stolen = await trio.run_process(
+                        [SYSTEM_PYTHON, "-I", "-c", STEAL, *map(str, pids)],
+                        cwd="/",
+                        user=NOBODY,
+                        group=NOBODY,
+                        extra_groups=[],
+                        capture_stdout=True,
+                    )
+                    assert set(json.loads(stolen.stdout)).isdisjoint(inodes)
+                    await stream.send_all(b"ping")
+                    assert await stream.receive_some() == b"echo ping"
+                finally:
+                    if process.returncode is None:
+                        await signal_group(process, 9)
+                    await process.wait()
+        finally:
+            prepared.cleanup()
+
+
+async def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants."""
+    pids, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        pids.append(pid)
+        for task in os.listdir(f"/proc/{pid}/task"):
+            text = await trio.Path(f"/proc/{pid}/task/{task}/children").read_text()
+            pending += [int(n) for n in text.split()]
+    return pids
 
 
 async def start_and_attack(base_dir: Path, kind: str, sandbox: str) -> None:

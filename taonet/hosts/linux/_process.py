@@ -54,10 +54,12 @@ can raise. Limits: a script the kernel runs through an absolute ``#!`` interpret
 that executes another readable file (``subprocess``) makes that child dumpable; on a
 non-root host every program has the host's uid, owns its copy and the host's files
 and can reach the host itself (programs of one non-root host are not protected from
-each other); under bubblewrap the program itself is not dumpable, but the ``sh`` and
-``bwrap`` processes that wait for it run as the caller, hold its channel's
-descriptors and cannot be made non-dumpable (bwrap must write its user namespace's
-maps), so ``sandbox = "bwrap"`` does not give this protection.
+each other). Under bubblewrap the program and the ``sh`` that waits for bwrap (the
+host's execute-only copy, which holds the channel's descriptors) are not dumpable,
+but bwrap itself cannot be (it must write its user namespace's maps) and runs as the
+caller in a user namespace the caller owns: bwrap's processes close the channel's
+descriptors once the program runs, yet a process of the caller's uid that attaches
+to bwrap before then (a narrow window at each start) could take them.
 
 A root host chdirs a child into its working directory *before* dropping to the
 caller's uid (that is how :mod:`subprocess` works), so :func:`spawn_program` first
@@ -296,6 +298,9 @@ class PreparedProgram:
     #: The host's execute-only copy of the interpreter, executed in its place
     #: (``argv[0]`` stays the interpreter's configured path); None: ``argv[0]``.
     executable: str | None = None
+    #: Where the host keeps its execute-only copies of interpreters (and of the
+    #: ``sh`` that waits for bwrap); None: the program was not prepared for a host.
+    copies: Path | None = None
 
     def subprin(self, *, program_id: int = 0) -> auth.SubPrin:
         """The extension that names this program under its host (module docstring)."""
@@ -706,6 +711,7 @@ def _prepare(
     finally:
         found.close()
     try:
+        prepared = attrs.evolve(prepared, copies=copies)
         return _choose_interpreter(prepared, runnable, uid, gid, interpreters, copies)
     except BaseException:
         prepared.cleanup()
@@ -1097,6 +1103,7 @@ class Sandbox:
         cwd: str | None,
         program_dir: str | None = None,
         replace: Sequence[tuple[str, str]] = (),
+        shell: str = _SHELL,
     ) -> list[str]:
         """The command that runs ``argv`` (whose first item is the program) confined.
 
@@ -1108,6 +1115,8 @@ class Sandbox:
         would kill the sandbox seconds after it started. Each (source, target) of
         ``replace`` binds the file ``source`` read-only over ``target`` (the host's
         execute-only copy of an interpreter over the file it was copied from).
+        ``shell`` is the ``sh`` to run (the host's execute-only copy of it: it holds
+        the program's channel while it waits, so it must not be dumpable).
         """
         argv = list(argv)
         if self.kind == "none":
@@ -1119,7 +1128,7 @@ class Sandbox:
             raise HostError(f"the sandbox needs bubblewrap, but {self.bwrap!r} is not installed")
         # A non-interactive sh reads no startup file, so the caller's environment
         # (which it passes on) cannot make it run anything but bwrap.
-        command = [_SHELL, "-c", _SUPERVISOR, "taonet-sandbox", bwrap]
+        command = [shell, "-c", _SUPERVISOR, "taonet-sandbox", bwrap]
         command += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
         command += ["--tmpfs", "/tmp"]  # noqa: S108 (the sandbox's own, empty)
         for path in self.read_only:
@@ -1319,8 +1328,15 @@ async def spawn_program(
             real = await trio.to_thread.run_sync(os.path.realpath, prepared.interpreter.path)
             replace.append((executable, real))
             executable = None
+        shell = _SHELL
+        if sandbox.kind != "none" and prepared.copies is not None:
+            shell = await trio.to_thread.run_sync(_shell_copy, prepared.copies)
         argv = sandbox.wrap(
-            prepared.argv(args), cwd=cwd, program_dir=str(prepared.directory), replace=replace
+            prepared.argv(args),
+            cwd=cwd,
+            program_dir=str(prepared.directory),
+            replace=replace,
+            shell=shell,
         )
         child_env = _child_env(env, channel, host_type)
         pass_fds = channel.child_fds if channel is not None else ()
@@ -1417,6 +1433,11 @@ def remove_stale_copies(programs_dir: Path) -> int:
         remove_tree(programs_dir / name)
         removed += 1
     return removed
+
+
+def _shell_copy(copies: Path) -> str:
+    """The host's execute-only copy of ``sh`` (see :meth:`Sandbox.wrap`)."""
+    return private_copy(check_interpreter("sh", _SHELL, owner=os.geteuid()), copies)
 
 
 def _no_core_dumps() -> None:
