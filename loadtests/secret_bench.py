@@ -24,8 +24,8 @@ guard and its release committed to the audit chain before the value is sent.
   ``--rounds`` rounds. ``read_ratio_vs_tls_echo`` = reads/s over echoes/s (median
   of the per-round ratios), p50/p99 latency (sorted samples) and the CPU time of
   the process per operation (``*_cpu_us``: clients and server together).
-* ``fresh_read``: ``--fresh-clients`` clients (default 10), each in a loop: a new
-  channel (TLS handshake, the server's verdict), one Read, close;
+* ``fresh_read``: ``--fresh-clients`` clients (default: ``--clients``), each in a
+  loop: a new channel (TLS handshake, the server's verdict), one Read, close;
   ``handshake``: the same channel opened, accepted and closed without a request,
   against a channel server with the same identity and CRL.
   ``fresh_read_ratio_vs_handshake``.
@@ -558,7 +558,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a run of under a minute")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument(
-        "--fresh-clients", type=int, default=10, help="clients opening a channel per read"
+        "--fresh-clients", type=int, default=None, help="clients opening a channel per read"
     )
     parser.add_argument("--seconds", type=float, default=None, help="per subject and round")
     parser.add_argument("--rounds", type=int, default=None)
@@ -569,6 +569,7 @@ def main() -> None:
     args = parser.parse_args()
     args.seconds = args.seconds or (2.0 if args.quick else 6.0)
     args.rounds = args.rounds or (2 if args.quick else 5)
+    args.fresh_clients = args.fresh_clients or args.clients
 
     pg = None
     pg_url = args.pg_url
