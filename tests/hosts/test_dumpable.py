@@ -102,6 +102,60 @@ os.write(write, b"echo " + os.read(read, 100))
 """
 
 
+#: :data:`TALKER` in Go.
+GO_TALKER = """package main
+
+import (
+	"os"
+	"strconv"
+	"strings"
+)
+
+func main() {
+	spec := os.Getenv("CLOUDPROXY_TAO_HOST_SPEC")
+	fds := strings.Split(spec[strings.Index(spec, "(")+1:len(spec)-1], ",")
+	r, _ := strconv.Atoi(strings.TrimSpace(fds[0]))
+	w, _ := strconv.Atoi(strings.TrimSpace(fds[1]))
+	in, out := os.NewFile(uintptr(r), "in"), os.NewFile(uintptr(w), "out")
+	out.Write([]byte("ready"))
+	buf := make([]byte, 100)
+	n, _ := in.Read(buf)
+	out.Write(append([]byte("echo "), buf[:n]...))
+}
+"""
+
+
+def go_build(source: str, binary: Path, work: Path) -> None:
+    go = shutil.which("go")
+    if go is None:
+        if os.environ.get("CI"):
+            raise AssertionError("go is missing in CI (make system-deps installs it)")
+        pytest.skip("go is not installed")
+    build = work / "go-build"
+    build.mkdir(exist_ok=True)
+    (build / "main.go").write_text(source)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(build),
+        "GOCACHE": str(build / "cache"),
+        "GOPATH": str(build / "gopath"),
+        "GOPROXY": "off",
+        "GO111MODULE": "off",
+        "CGO_ENABLED": "0",
+    }
+    result = subprocess.run(
+        [go, "build", "-o", str(binary), "main.go"],
+        cwd=build,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    binary.chmod(0o755)
+
+
 @pytest.fixture
 def base_dir() -> Iterator[Path]:
     """A directory any uid may pass through (pytest's tmp_path is private to root)."""
@@ -130,6 +184,10 @@ def make_source(base: Path, kind: str) -> tuple[Path, str | None, list[str]]:
         (tree / "data.txt").write_text("readable data\n")
         (tree / "data.txt").chmod(0o644)
         return tree, "run", ["300"]
+    if kind == "go":  # a Go binary, as the original CloudProxy's hosted programs
+        path = src / "talker-go"
+        go_build(GO_TALKER, path, base)
+        return path, None, []
     assert kind == "script"
     path = src / "talker"
     path.write_text(TALKER)
@@ -165,7 +223,7 @@ def interpreters() -> dict[str, Any]:
 
 @needs_root
 @needs_system_python
-@pytest.mark.parametrize("kind", ["binary", "tree-binary", "script"])
+@pytest.mark.parametrize("kind", ["binary", "tree-binary", "script", "go"])
 async def test_another_process_of_the_callers_uid_cannot_reach_into_a_program(
     base_dir: Path, kind: str
 ) -> None:
@@ -299,12 +357,15 @@ async def start_and_attack(base_dir: Path, kind: str, sandbox: str) -> None:
             else:
                 assert prepared.executable is not None
                 assert stat.S_IMODE(os.stat(prepared.executable).st_mode) == 0o111
-            await run_and_attack(prepared, args, Sandbox(kind=sandbox))
+            talks = kind in ("script", "go")
+            await run_and_attack(prepared, args, Sandbox(kind=sandbox), talks)
         finally:
             prepared.cleanup()
 
 
-async def run_and_attack(prepared: PreparedProgram, args: list[str], sandbox: Sandbox) -> None:
+async def run_and_attack(
+    prepared: PreparedProgram, args: list[str], sandbox: Sandbox, talks: bool
+) -> None:
     channel = HostChannel.open()
     async with channel:
         process = await spawn_program(
@@ -319,7 +380,6 @@ async def run_and_attack(prepared: PreparedProgram, args: list[str], sandbox: Sa
         )
         try:
             stream = channel.host_stream()
-            talks = prepared.interpreter is not None
             if talks:
                 assert await stream.receive_some() == b"ready"
             pid = process.pid
