@@ -22,6 +22,10 @@ or edited in the database by anyone without the policy key (another principal,
 another op, a wider prefix) is never honoured; it is logged (``grant_invalid``)
 and audited once. ``grant --revoke`` deletes the rows of those ops.
 
+A proof names the server the operator signed it for; a row is honoured only if that
+server holds a copy of this database's master key (a replica of it: a row of
+``secret_master``), so a grant signed for another secret server and copied in is not.
+
 What the signature cannot stop: someone with write access to the database can
 delete grant rows (a denial, not a gain), or put back a row revoked earlier, with
 its old valid proof; the audit chain records every grant and revocation, so an
@@ -31,7 +35,7 @@ audit of the log against the rows shows it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Final
 
 import attrs
@@ -118,17 +122,25 @@ def _proof(request: GrantRequest) -> bytes:
 
 
 def _check_proof(
-    proof: bytes, policy_key: Verifier, principal: str, name: str, op: str
+    proof: bytes,
+    policy_key: Verifier,
+    principal: str,
+    name: str,
+    op: str,
+    servers: Collection[str] | None = None,
 ) -> GrantRequest:
     """The signed Grant request a row's proof holds, if it grants ``op`` on ``name`` to
-    ``principal``; CodecError or OperatorError otherwise."""
+    ``principal`` (and was signed for one of ``servers``, when given); CodecError or
+    OperatorError otherwise."""
     method, sep, body = proof.partition(b"\0")
     if not sep:
         raise CodecError("a grant proof has no method")
     request = decode_request(method.decode("ascii", "replace"), body)
     if not isinstance(request, GrantRequest) or request.revoke:
         raise CodecError("a grant proof is not a Grant request")
-    verify_operator_request(request, policy_key=policy_key, server=None, now_ns=None)
+    claim = verify_operator_request(request, policy_key=policy_key, server=None, now_ns=None)
+    if servers is not None and str(claim.server) not in servers:
+        raise CodecError("the grant was signed for a server that holds no key of this database")
     if request.principal != principal or request.name != name or op not in request.ops:
         raise CodecError("the grant row does not say what its signed request says")
     return request
@@ -190,15 +202,17 @@ class GrantBook:
         """Read the rows and keep those whose proof verifies (the others are logged,
         and audited once in ``audit``, an AuditStore, or :attr:`audit`)."""
         audit = audit if audit is not None else self.audit
-        generation, rows = await self.db.transaction(
-            lambda cur: (_generation(cur), _select(self.db, cur)), write=False, serializable=True
+        generation, servers, rows = await self.db.transaction(
+            lambda cur: (_generation(cur), _servers(self.db, cur), _select(self.db, cur)),
+            write=False,
+            serializable=True,
         )
         exact: dict[auth.Prin, list[Grant]] = {}
         tails: list[Grant] = []
         bad: list[tuple[str, str, str, str]] = []
         for principal_text, name, op, proof in rows:
             try:
-                _check_proof(proof, self.policy_key, principal_text, name, op)
+                _check_proof(proof, self.policy_key, principal_text, name, op, servers)
                 principal = parse_grantee(principal_text)
                 if op not in GRANT_OPS:
                     raise CodecError(f"unknown op {op[:16]!r}")
@@ -318,6 +332,19 @@ class GrantBook:
         )
         await self.load()
         return Granted()
+
+
+def _servers(db: Database, cur: Any) -> frozenset[str] | None:
+    """The principals of the servers that hold this database's master key (None: no
+    such table here, as in tests of the grants alone)."""
+    if db.dialect == "sqlite":
+        cur.execute("SELECT count(*) FROM sqlite_master WHERE name = 'secret_master'")
+    else:
+        cur.execute("SELECT (to_regclass('secret_master') IS NOT NULL)::int")
+    if not int(cur.fetchone()[0]):
+        return None
+    cur.execute("SELECT principal FROM secret_master")
+    return frozenset(str(r[0]) for r in cur.fetchall())
 
 
 def _generation(cur: Any) -> int:

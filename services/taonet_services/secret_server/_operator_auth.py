@@ -12,6 +12,10 @@ is kept until its window ended :data:`NONCE_MARGIN_NS` ago (replicas' clocks may
 differ by that much; a credential older than its window is refused as expired
 anyway) and then deleted, so the table holds only the nonces of the last minutes:
 its size is bounded by what policy-key holders sign, nobody else can add a row.
+The gate also keeps the nonces it accepted in memory until they expire (at most
+:data:`MAX_REMEMBERED`, the oldest dropped first), and refuses those before asking
+the table: rows deleted by someone with write access to the database do not reopen
+a credential to a replay on this server (other replicas rely on the table).
 
 A request accepted is authorized as the policy key's principal (everything: see
 :meth:`OperatorGate.also_authorized`). Every refusal raises an
@@ -20,6 +24,7 @@ A request accepted is authorized as the policy key's principal (everything: see
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -37,12 +42,14 @@ from taonet.secrets import (
 )
 from taonet_services.storage import Database, StorageError, StorageReason
 
-__all__ = ["NONCE_MARGIN_NS", "OperatorGate"]
+__all__ = ["MAX_REMEMBERED", "NONCE_MARGIN_NS", "OperatorGate"]
 
 log = structlog.get_logger(__name__)
 
 #: How long after its window a nonce is kept (clocks of replicas may differ this much).
 NONCE_MARGIN_NS: Final = 300 * 10**9
+#: Nonces a gate remembers in memory (each until it expires).
+MAX_REMEMBERED: Final = 100_000
 
 
 def nonce_table_statements(db: Database) -> list[str]:
@@ -70,6 +77,8 @@ class OperatorGate:
         self.policy_principal: Final = auth.key_principal(policy_key.public_key_der())
         self.server: Final = server
         self._clock = clock
+        #: nonce -> expiry (ns), oldest first: the nonces this gate accepted.
+        self._spent: collections.OrderedDict[bytes, int] = collections.OrderedDict()
 
     async def create_tables(self) -> None:
         def create(cur: Any) -> None:
@@ -92,6 +101,14 @@ class OperatorGate:
         expires = claim.not_after_ns + NONCE_MARGIN_NS
         nonce = claim.nonce
         db = self.db
+        spent = self._spent
+        while spent and (next(iter(spent.values())) < now or len(spent) > MAX_REMEMBERED):
+            spent.popitem(last=False)
+        if nonce in spent:
+            raise OperatorError(
+                "the operator credential was used already (a replay)",
+                reason=OperatorReason.REPLAYED,
+            )
 
         def spend(cur: Any) -> bool:
             cur.execute(db.sql("DELETE FROM secret_operator_nonces WHERE expires_ns < ?"), (now,))
@@ -115,5 +132,6 @@ class OperatorGate:
                 "the operator credential was used already (a replay)",
                 reason=OperatorReason.REPLAYED,
             )
+        spent[nonce] = expires
         log.info("operator_request", op=op_of(request).name, nonce=nonce.hex())
         return self.policy_principal
