@@ -12,42 +12,56 @@ from pathlib import Path
 import trio
 
 from taonet import TaoError, configure_logging
-from taonet.channel import MessageStream, TaoStream, serve_channels
+from taonet.channel import ChannelRevokedError, MessageStream, TaoStream, serve_channels
 from taonet.domain import Domain
 from taonet.hosts import parent
-from taonet.provision import fetch_crl, load_or_provision
+from taonet.provision import RevocationWatcher, load_or_provision
 
 
 async def echo(stream: TaoStream) -> None:
-    async with MessageStream(stream, max_frame=4096) as messages:
-        message = await messages.receive_message()
-        print(f"{stream.peer.principal} sent {message!r}", flush=True)
-        await messages.send_message(message)
+    try:
+        async with MessageStream(stream, max_frame=4096) as messages:
+            while True:  # until the client closes the channel
+                try:
+                    message = await messages.receive_message()
+                except trio.EndOfChannel:
+                    return
+                print(f"{stream.peer.principal} sent {message!r}", flush=True)
+                await messages.send_message(message)
+    except ChannelRevokedError as error:  # the CRL changed while the channel was open
+        print(f"closed a channel: {error}", flush=True)
 
 
 async def serve(args: argparse.Namespace) -> None:
     domain = Domain.load(args.domain)
     domain_service: tuple[str, int] = args.domain_service
-    async with parent() as tao:  # the Tao of the host that started this program
+    args.state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    async with parent() as tao, trio.open_nursery() as nursery:
+        # The domain's CRL, kept current from the domain service (a long poll brings a
+        # revocation in about a second) and cached for a restart while it is down.
+        crl = RevocationWatcher(
+            domain.policy_cert, domain_service, cache=args.state / "echo_server.crl"
+        )
+        await nursery.start(crl.run)
         # First run: attest, get a certificate from the domain service, seal both.
-        # Later runs: unseal them.
+        # Later runs: unseal them (a certificate revoked since is replaced by a new one).
         me = await load_or_provision(
             tao,
             args.state / "echo_server.sealed",
             policy_cert=domain.policy_cert,
             domain_service=domain_service,
+            revocations=crl,
         )
-        crl = await fetch_crl(*domain_service, domain.policy_cert)
         host, port = args.listen
-        async with trio.open_nursery() as nursery:
-            serving = functools.partial(
-                serve_channels, echo, port, me.identity, host=host, revoked=crl.serials
-            )
-            await nursery.start(serving)
-            certificate = me.identity.certificate
-            assert certificate is not None  # provisioned: it has one
-            print(f"serving on {host}:{port} as {me.principal}", flush=True)
-            print(f"my certificate has serial {certificate.serial}", flush=True)
+        # Handshakes from revoked peers are refused, open channels closed.
+        serving = functools.partial(
+            serve_channels, echo, port, me.identity, host=host, revocations=crl
+        )
+        await nursery.start(serving)
+        certificate = me.identity.certificate
+        assert certificate is not None  # provisioned: it has one
+        print(f"serving on {host}:{port} as {me.principal}", flush=True)
+        print(f"my certificate has serial {certificate.serial}", flush=True)
 
 
 def address(text: str) -> tuple[str, int]:
