@@ -233,7 +233,8 @@ needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler"
 
 @needs_cc
 @pytest.mark.parametrize(
-    ("rpath", "refused"), [("lib", True), (":lib2", True), ("$ORIGIN/lib", False)]
+    ("rpath", "refused"),
+    [("lib", True), (":lib2", True), ("needed", True), ("$ORIGIN/lib", False)],
 )
 async def test_a_relative_runpath_is_refused(tmp_path: Path, rpath: str, refused: bool) -> None:
     # F5: RUNPATH 'lib' loads lib/libwho.so from the caller's working directory.
@@ -249,12 +250,18 @@ async def test_a_relative_runpath_is_refused(tmp_path: Path, rpath: str, refused
     await trio.run_process(
         [
             *("cc", "-o", str(tree / "run"), str(tmp_path / "main.c")),
-            *(f"-L{tree / 'lib'}", "-lwho", f"-Wl,-rpath,{rpath}", "-Wl,--enable-new-dtags"),
-        ]
+            *(
+                # NEEDED 'lib/libwho.so' (a library without a soname, linked by path)
+                ["-Wl,--no-as-needed", "lib/libwho.so"]
+                if rpath == "needed"
+                else [f"-L{tree / 'lib'}", "-lwho", f"-Wl,-rpath,{rpath}", "-Wl,--enable-new-dtags"]
+            ),
+        ],
+        cwd=tree,
     )
     with trio.fail_after(TIMEOUT):
         if refused:
-            with pytest.raises(HostError, match="RPATH/RUNPATH"):
+            with pytest.raises(HostError, match="relative to the working directory"):
                 await prepare_program(
                     tree, tmp_path / "programs", uid=os.geteuid(), gid=os.getegid(), entry="run"
                 )

@@ -54,8 +54,9 @@ dynamic loader a relative ``PT_INTERP``, ``RPATH`` or ``RUNPATH`` entry, against
 process's working directory, which the caller chooses (``--cwd``). Such a program
 would run code the caller picked under the measured name, so it is refused: a ``#!``
 interpreter must be an absolute path, and an ELF binary's interpreter absolute and
-each of its ``RPATH``/``RUNPATH`` entries absolute or starting with ``$ORIGIN`` (the
-directory of the copy itself).
+each of its ``RPATH``/``RUNPATH`` entries, and each library it needs by a path
+(``DT_NEEDED`` with a ``/``), absolute or starting with ``$ORIGIN`` (the directory of
+the copy itself).
 """
 
 from __future__ import annotations
@@ -412,6 +413,7 @@ _PT_LOAD: Final = 1
 _DT_STRTAB: Final = 5
 _DT_RPATH: Final = 15
 _DT_RUNPATH: Final = 29
+_DT_NEEDED: Final = 1
 #: Bounds on what is read of an ELF file to check it.
 _MAX_PHNUM: Final = 4096
 _MAX_DYNAMIC: Final = 1 << 20
@@ -430,8 +432,8 @@ def _pread(fd: int, size: int, offset: int) -> bytes:
     return data
 
 
-def _elf_paths(fd: int) -> tuple[str | None, list[str]]:
-    """(PT_INTERP, RPATH and RUNPATH strings) of the ELF file open at ``fd``."""
+def _elf_paths(fd: int) -> tuple[str | None, list[str], list[str]]:
+    """(PT_INTERP, RPATH and RUNPATH strings, NEEDED names) of the ELF file at ``fd``."""
     ident = _pread(fd, 16, 0)
     wide = {1: False, 2: True}.get(ident[4])
     order = {1: "<", 2: ">"}.get(ident[5])
@@ -465,6 +467,7 @@ def _elf_paths(fd: int) -> tuple[str | None, list[str]]:
         if kind == _PT_INTERP:
             interp = string(offset, filesz)
     paths: list[str] = []
+    needed: list[str] = []
     for kind, offset, _, filesz in headers:
         if kind != _PT_DYNAMIC:
             continue
@@ -474,7 +477,8 @@ def _elf_paths(fd: int) -> tuple[str | None, list[str]]:
         ]
         strtab = next((value for tag, value in entries if tag == _DT_STRTAB), None)
         wanted = [value for tag, value in entries if tag in (_DT_RPATH, _DT_RUNPATH)]
-        if not wanted:
+        names = [value for tag, value in entries if tag == _DT_NEEDED]
+        if not wanted and not names:
             continue
         if strtab is None:
             raise _BadElf("RPATH without a string table")
@@ -490,7 +494,8 @@ def _elf_paths(fd: int) -> tuple[str | None, list[str]]:
         if base is None:
             raise _BadElf("string table outside the file")
         paths += [string(base + value, _MAX_ELF_STRING) for value in wanted]
-    return interp, paths
+        needed += [string(base + value, _MAX_ELF_STRING) for value in names]
+    return interp, paths, needed
 
 
 def check_kernel_run(head: bytes, path: str | os.PathLike[str], what: str) -> None:
@@ -513,7 +518,7 @@ def check_kernel_run(head: bytes, path: str | os.PathLike[str], what: str) -> No
     except OSError as exc:
         raise HostError(f"cannot read the copy of {what}: {exc.strerror}") from exc
     try:
-        interp, paths = _elf_paths(fd)
+        interp, paths, needed = _elf_paths(fd)
     except (_BadElf, struct.error, OSError) as exc:
         raise HostError(
             f"cannot check {what}: not an ELF file this host can read ({exc})"
@@ -530,4 +535,10 @@ def check_kernel_run(head: bytes, path: str | os.PathLike[str], what: str) -> No
             raise HostError(
                 f"{what} has the library path {entry!r} (RPATH/RUNPATH), relative to the "
                 "working directory, which the caller chooses: use $ORIGIN or an absolute path"
+            )
+    for name in needed:  # a name with a slash is opened as a path, not searched for
+        if "/" in name and not name.startswith("/") and name.split("/", 1)[0] not in _ORIGIN:
+            raise HostError(
+                f"{what} needs the library {name!r}, a path relative to the working "
+                "directory, which the caller chooses"
             )
