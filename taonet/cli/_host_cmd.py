@@ -209,6 +209,8 @@ def register(sub: Any) -> None:
     lst = sub.add_parser(
         "list",
         help="list the programs running on a Linux host (id, pid, user, start, file)",
+        description="List the programs running on a Linux host: root sees every "
+        "program, anyone else only the programs that run as their own uid.",
     )
     add_host_option(lst)
     add_output_option(lst)
