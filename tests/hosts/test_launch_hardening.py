@@ -32,6 +32,7 @@ import trio
 
 from taonet import AuthorizationError, HostError
 from taonet.hosts.linux import AdminClient
+from taonet.hosts.linux._interpreters import check_interpreter
 from taonet.hosts.linux._process import prepare_program
 from taonet.hosts.linux._tree import TreeLimits, remove_tree
 from tests.hosts.linux_helpers import init_root, open_root
@@ -62,6 +63,7 @@ CLIENT = r"""
 import json, os, sys
 import trio
 from taonet.hosts.linux import AdminClient
+from taonet.hosts.linux._interpreters import check_interpreter
 
 sock, ops, uid, groups, output = sys.argv[1:6]
 ops, uid = json.loads(ops), int(uid)
@@ -316,6 +318,22 @@ async def test_a_restarted_host_removes_the_copies_of_a_crash(
         finally:
             orphan.kill()
             await orphan.wait()
+
+
+async def test_a_host_removes_copies_of_interpreters_it_no_longer_offers(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    # F6's kin: each update of an interpreter leaves its old execute-only copy.
+    init_root(tmp_path / "host", interpreters={"python3": sys.executable})
+    copies = tmp_path / "host" / "interpreters"
+    current = check_interpreter("python3", sys.executable, owner=os.geteuid()).digest.hex()
+    for digest in (current, "0" * 64):
+        (copies / digest).mkdir(parents=True)
+        (copies / digest / "interpreter").write_bytes(b"")
+    with trio.fail_after(TIMEOUT):
+        host = await open_root(nursery, tmp_path / "host")
+        assert sorted(os.listdir(copies)) == [current]
+        await host.stop(grace_period=0)
 
 
 @needs_root

@@ -130,11 +130,13 @@ from taonet.hosts.linux._hosted import Caller, ProgramInfo, StartRequest
 from taonet.hosts.linux._interpreters import Interpreter, check_interpreter
 from taonet.hosts.linux._process import (
     DEFAULT_MAX_SIZE,
+    INTERPRETERS_DIR,
     HostChannel,
     PreparedProgram,
     Sandbox,
     prepare_program,
     remove_stale_copies,
+    remove_stale_interpreter_copies,
     signal_group,
     spawn_program,
 )
@@ -489,6 +491,14 @@ class LinuxHost:
         removed = await trio.to_thread.run_sync(remove_stale_copies, self.directory / PROGRAMS_DIR)
         if removed:
             log.info("stale_copies_removed", count=removed)
+        # Copies of interpreters the host no longer offers as measured (and the sh
+        # copy for bwrap, made again when a sandbox next needs it).
+        keep = [i.digest for i in (self._interpreters or {}).values()]
+        removed = await trio.to_thread.run_sync(
+            remove_stale_interpreter_copies, self.directory / INTERPRETERS_DIR, keep
+        )
+        if removed:
+            log.info("stale_interpreter_copies_removed", count=removed)
         soft = _raise_fd_limit()
         if self._max_others is None:
             self._max_others = _max_other_programs(soft)

@@ -147,6 +147,7 @@ __all__ = [
     "check_directory_access",
     "prepare_program",
     "remove_stale_copies",
+    "remove_stale_interpreter_copies",
     "signal_group",
     "spawn_program",
 ]
@@ -1384,7 +1385,11 @@ async def spawn_program(
 _COPY_DIRECTORY: Final = re.compile(r"^[0-9a-f]{32}$")
 
 
-def _copies_in_use(programs_dir: str) -> set[str]:
+#: A directory of the host's interpreter copies (the interpreter's SHA-256, in hex).
+_INTERPRETER_DIRECTORY: Final = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _copies_in_use(programs_dir: str, pattern: re.Pattern[str] = _COPY_DIRECTORY) -> set[str]:
     """Names of the copy directories in ``programs_dir`` that a live process
     executes, works in, or names on its command line (as far as this process may see)."""
     prefix = programs_dir.rstrip("/") + "/"
@@ -1393,8 +1398,8 @@ def _copies_in_use(programs_dir: str) -> set[str]:
     def note(text: str) -> None:
         start = text.find(prefix)
         while start >= 0:
-            name = text[start + len(prefix) :].split("/", 1)[0][:32]
-            if _COPY_DIRECTORY.match(name):
+            name = text[start + len(prefix) :].split("/", 1)[0].split(" ", 1)[0]
+            if pattern.match(name):
                 used.add(name)
             start = text.find(prefix, start + 1)
 
@@ -1438,6 +1443,29 @@ def remove_stale_copies(programs_dir: Path) -> int:
 def _shell_copy(copies: Path) -> str:
     """The host's execute-only copy of ``sh`` (see :meth:`Sandbox.wrap`)."""
     return private_copy(check_interpreter("sh", _SHELL, owner=os.geteuid()), copies)
+
+
+def remove_stale_interpreter_copies(directory: Path, keep: Iterable[bytes]) -> int:
+    """Remove the host's interpreter copies in ``directory`` whose hash is not in
+    ``keep`` (interpreters measured now) and that no live process executes: those of
+    an interpreter since updated. Returns how many were removed."""
+    wanted = {digest.hex() for digest in keep}
+    try:
+        names = [n for n in os.listdir(directory) if _INTERPRETER_DIRECTORY.match(n)]
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise ConfigError(f"cannot list {directory}: {_why(exc)}") from exc
+    stale = [name for name in names if name not in wanted]
+    if not stale:
+        return 0
+    used = _copies_in_use(os.path.abspath(directory), _INTERPRETER_DIRECTORY)
+    removed = 0
+    for name in stale:
+        if name not in used:
+            remove_tree(directory / name)
+            removed += 1
+    return removed
 
 
 def _no_core_dumps() -> None:
