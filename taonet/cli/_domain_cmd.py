@@ -431,7 +431,7 @@ def _principal(args: argparse.Namespace) -> int:
             raise UsageError(f"--entry: {args.program} is a file, not a program directory")
         program = program_subprin(_measure(args.program, "--program"))
     else:
-        config = LinuxHostConfig(kind="root") if on_host is None else on_host
+        config = LinuxHostConfig(kind="root", guard="Liberal") if on_host is None else on_host
         program = program_subprin_on(config, args.program, entry=args.entry)
     # A file's hash, or a program directory's manifest hash (first in the name).
     first = program.exts[0].args[0]

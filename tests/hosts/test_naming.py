@@ -262,3 +262,30 @@ def test_domain_policy_add_program_names_a_directory_as_the_domains_host_does(
     capsys.readouterr()
     assert main(["domain", "policy", "--domain", domain, "--show"]) == 0
     assert capsys.readouterr().out.splitlines() == [str(program_rule_on(config, tree))]
+
+
+def test_a_directory_before_the_domain_has_a_host(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a host, a directory is named as a host without [interpreters] names it:
+    a kernel-run entry by the tree alone; a .py entry such a host cannot run is refused
+    with the reason, in one line (it raised a ConfigError about the host's own guard)."""
+    from taonet.cli import main
+
+    monkeypatch.delenv("TAO_HOST", raising=False)
+    monkeypatch.delenv("TAO_DOMAIN", raising=False)
+    (tmp_path / "pw").write_text("a password\n")
+    tree = service_tree(tmp_path / "svc")
+    domain = str(tmp_path / "d")
+    assert main(["domain", "init", domain, "--password-file", str(tmp_path / "pw")]) == 0
+    capsys.readouterr()
+    principal = ["domain", "principal", "--domain", domain, "--program", str(tree)]
+    assert main([*principal, "--entry", "run.sh"]) == 0
+    earlier = LinuxHostConfig(kind="root", guard="Liberal")
+    expected = program_subprin_on(earlier, tree, entry="run.sh")
+    assert capsys.readouterr().out.startswith(f"{auth.PrinTail(expected)}.")
+    assert program_rule_on(None, tree, entry="run.sh") == program_rule_on(
+        earlier, tree, entry="run.sh"
+    )
+    assert main(principal) != 0
+    assert "does not offer" in capsys.readouterr().err

@@ -59,7 +59,9 @@ def program_rule_on(
     without ``[interpreters]`` names it."""
     if config is None:
         if Path(path).is_dir():
-            ext = program_subprin_on(LinuxHostConfig(kind="root"), path, entry=entry)
+            ext = program_subprin_on(
+                LinuxHostConfig(kind="root", guard="Liberal"), path, entry=entry
+            )
         else:
             if entry is not None:
                 raise ConfigError(f"{path} is a file: an entry is for a program directory")
