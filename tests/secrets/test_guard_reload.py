@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from taonet.domain import ACLGuard
+from taonet.protected import SecretObject
 from taonet.secrets import ReadRequest, UnauthorizedError, connect
 from taonet_services.secret_server import MASTER_ID
 from tests.conftest import PASSWORD, MakeDomain, MakeHost
@@ -31,6 +33,7 @@ GRANTS = [("owner", op, "/app") for op in ("Read", "Create")] + [
 def retract(world: World, needle: str) -> None:
     """Sign the guard without the rules whose text contains ``needle`` (as an operator)."""
     guard = world.domain.guard
+    assert isinstance(guard, ACLGuard)
     rules = [r for r in guard.rules if needle in str(r)]
     assert rules
     for rule in rules:
@@ -48,7 +51,9 @@ async def test_a_retracted_rule_is_refused_on_a_running_server(
                 await store.create("/app/k", b"v")
             async with connect(world.address, reader) as old:
                 assert (await old.read("/app/k")).value == b"v"  # remembered by the channel
-                assert (await old.call(ReadRequest(MASTER_ID.name))).id == MASTER_ID
+                master = await old.call(ReadRequest(MASTER_ID.name))
+                assert isinstance(master, SecretObject)
+                assert master.id == MASTER_ID
                 retract(world, "/app")  # the reader's Read on /app, the owner's too
                 retract(world, MASTER_ID.name)
                 # A new channel: refused (the old code kept the guard it started with).

@@ -18,6 +18,7 @@ import trio
 
 from taonet import auth
 from taonet.crypto import Signer
+from taonet.protected import SecretObject
 from taonet.secrets import CreateRequest, GrantRequest, ReadRequest, UnauthorizedError, connect
 from taonet_services.secret_server._grants import _proof
 from tests.conftest import MakeDomain, MakeHost
@@ -36,7 +37,9 @@ async def test_a_replay_after_the_nonce_rows_were_deleted_is_refused(
         ):
             await op.call(CreateRequest("/ops/x", b"secret"))
             once = op.sign(ReadRequest("/ops/x"))
-            assert (await op.store.call(once)).value == b"secret"
+            answer = await op.store.call(once)
+            assert isinstance(answer, SecretObject)
+            assert answer.value == b"secret"
             db = sqlite3.connect(world.domain.path / "secrets.db")
             try:
                 with db:
@@ -62,6 +65,7 @@ async def test_a_grant_signed_for_another_server_copied_in_gives_nothing(
             # someone with write access copies B's row into this database.
             other = auth.key_principal(Signer.generate().public_key_der())
             signed = op.sign(GrantRequest(grantee, ("Read",), "/ops"), server=other)
+            assert isinstance(signed, GrantRequest)
             db = sqlite3.connect(world.domain.path / "secrets.db")
             try:
                 with db:

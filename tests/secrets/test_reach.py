@@ -23,6 +23,7 @@ from taonet.secrets import (
     ListRequest,
     UnauthorizedError,
     WatchBatch,
+    WatchEvent,
     WatchRequest,
     connect,
 )
@@ -111,7 +112,8 @@ async def test_a_watch_looks_at_a_bounded_part_of_the_log(
                 assert batch.events == ()
                 assert batch.cursor <= 1 + MAX_WATCH_SCAN
                 # Going on from there reaches the reader's event, a bounded step each.
-                cursor, seen = batch.cursor, ()
+                cursor = batch.cursor
+                seen: tuple[WatchEvent, ...] = ()
                 for _ in range(5):
                     batch = await store.call(WatchRequest("/app", cursor))
                     assert isinstance(batch, WatchBatch)

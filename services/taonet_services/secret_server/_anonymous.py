@@ -37,7 +37,6 @@ import structlog
 import trio
 
 from taonet import CodecError, ProtocolError, TaoError, auth
-from taonet._bursts import Bursts
 from taonet.audit import bounded
 from taonet.channel import TaoStream
 from taonet.secrets import (
@@ -62,7 +61,7 @@ from taonet_services.domain_service._limits import (
 if TYPE_CHECKING:
     from taonet_services.secret_server._service import SecretServer
 
-__all__ = ["AnonymousChannels", "AnonymousLimits", "anonymous_client", "program_key"]
+__all__ = ["AnonymousChannels", "AnonymousLimits", "Bursts", "anonymous_client", "program_key"]
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +84,26 @@ def program_key(principal: auth.Prin) -> str:
 def anonymous_client() -> str:
     """The address key of the anonymous caller being answered (``"?"`` outside one)."""
     return _client.get() or "?"
+
+
+class Bursts:
+    """One warning when events start (after 10 s without one), then at most one a
+    minute while they go on, each with ``events``, the count since the last line."""
+
+    def __init__(self, event: str, logger: Any) -> None:
+        self.event = event
+        self.log = logger
+        self.last = -1e18
+        self.logged = -1e18
+        self.since = 0
+
+    def note(self, **fields: Any) -> None:
+        now = trio.current_time()
+        self.since += 1
+        if now - self.last >= 10 or now - self.logged >= 60:
+            self.log.warning(self.event, events=self.since, **fields)
+            self.logged, self.since = now, 0
+        self.last = now
 
 
 @attrs.frozen(kw_only=True)

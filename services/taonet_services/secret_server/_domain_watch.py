@@ -29,9 +29,9 @@ import structlog
 import trio
 
 from taonet import TaoError
-from taonet._bursts import Bursts
 from taonet.audit import bounded
 from taonet.domain import Domain, Guard
+from taonet_services.secret_server._anonymous import Bursts
 
 __all__ = ["GuardReloader"]
 
