@@ -177,3 +177,28 @@ async def test_a_flood_of_anonymous_refusals_adds_few_audit_rows(
             # Every refusal is accounted for: in full, or counted in the summary.
             assert json.loads(details)["count"] == str(flood - in_full)
             assert longest < 700  # names and reasons of anonymous refusals are cut short
+
+
+async def test_refusals_counted_at_shutdown_are_written(
+    tmp_path: Path, make_domain: MakeDomain, make_host: MakeHost
+) -> None:
+    limits = AnonymousLimits(refusals=RefusalLimits(client_burst=1))
+    with trio.fail_after(60):
+        async with secret_world(
+            tmp_path, make_domain, make_host, grants=OWNER, anonymous=limits
+        ) as world:
+            anonymous = ChannelIdentity.anonymous(world.domain.policy_cert)
+            for _ in range(5):
+                stream = await open_channel(*world.address, anonymous)
+                answer = await call_raw(stream, ReadRequest("/x"))
+                assert answer.code is ErrorCode.UNAUTHORIZED
+                await stream.aclose()
+        # The server stopped with 4 refusals counted, not yet summarized: written then.
+        db = sqlite3.connect(world.domain.path / "secrets.db")
+        try:
+            rows = db.execute(
+                "select details from audit_entries where kind = 'secret_refused_summary'"
+            ).fetchall()
+        finally:
+            db.close()
+        assert [json.loads(d)["count"] for (d,) in rows] == ["4"]

@@ -29,7 +29,7 @@ import contextlib
 import contextvars
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -233,19 +233,22 @@ class AnonymousChannels:
                 await trio.sleep(self.limits.refusals.summary_interval)
                 await self.write_summaries(server)
         finally:
+            # The batcher is being cancelled too: the last summaries go in a transaction
+            # of their own.
             with trio.CancelScope(shield=True), trio.move_on_after(_FLUSH_TIMEOUT):
-                await self.write_summaries(server, all_now=True)
+                for summary in self.limiter.summaries(all_now=True):
+                    await _write_summary(server.audit.append, summary)
 
     async def write_summaries(self, server: SecretServer, *, all_now: bool = False) -> None:
         """Append the summaries that are due (all pending ones with ``all_now``)."""
         for summary in self.limiter.summaries(all_now=all_now):
-            await _write_summary(server, summary)
+            await _write_summary(server.record_audit, summary)
 
 
-async def _write_summary(server: SecretServer, summary: RefusalSummary) -> None:
+async def _write_summary(record: Callable[..., Awaitable[Any]], summary: RefusalSummary) -> None:
     codes = {bounded(str(k), 40): n for k, n in list(summary.codes.items())[:8]}
     try:
-        await server.record_audit(
+        await record(
             kind="secret_refused_summary",
             actor=bounded(
                 summary.client
