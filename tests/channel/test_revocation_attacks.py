@@ -271,7 +271,7 @@ async def test_open_channels_are_cut_when_the_wall_clock_jumps_past_next_update(
 async def test_the_cache_is_never_left_older_than_the_crl_held(
     programs: Programs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = crl_module.atomic_write
+    real = crl_module.atomic_write  # type: ignore[attr-defined]
     first_started = trio.Event()
     token = trio.lowlevel.current_trio_token()
     release_first = trio.Event()

@@ -18,20 +18,20 @@ from pathlib import Path
 
 import trio
 
-from taonet.hosts.linux._interpreters import check_interpreter
+from taonet.hosts.linux._interpreters import Interpreter, check_interpreter
 from taonet.hosts.linux._process import prepare_program, spawn_program
 
 PYTHON = "/usr/bin/python3"
 
 
-async def one(source: Path, programs: Path, interpreters: dict[str, object]) -> float:
+async def one(source: Path, programs: Path, interpreters: dict[str, Interpreter]) -> float:
     began = time.perf_counter()
     prepared = await prepare_program(
         source,
         programs,
         uid=os.geteuid(),
         gid=os.getegid(),
-        interpreters=interpreters,  # type: ignore[arg-type]
+        interpreters=interpreters,
     )
     process = await spawn_program(
         prepared, args=[], env={}, cwd=None, uid=os.geteuid(), gid=os.getegid(), channel=None

@@ -38,7 +38,7 @@ def tail(world: World, who: str) -> str:
 
 def book_of(world: World) -> GrantBook:
     assert world.running is not None
-    book = world.running.server.extensions[Op.GRANT].__self__
+    book = world.running.server.extensions[Op.GRANT].__self__  # type: ignore[attr-defined]
     assert isinstance(book, GrantBook)
     return book
 
@@ -172,7 +172,7 @@ async def test_a_grant_made_through_one_replica_holds_on_another(
         ) as world:
             second = await world.start_server("replica", db_url=postgres_url)
             other = ("127.0.0.1", second.port)
-            book_two = second.server.extensions[Op.GRANT].__self__
+            book_two = second.server.extensions[Op.GRANT].__self__  # type: ignore[attr-defined]
             assert isinstance(book_two, GrantBook)
             async with connect(world.address, await world.identity("owner")) as owner:
                 await owner.create("/app/db/password", b"hunter2")

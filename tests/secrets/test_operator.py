@@ -8,6 +8,7 @@ another key, shifts the window, appends or cuts bytes.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import attrs
 import pytest
@@ -62,13 +63,13 @@ REQUESTS = [
 ]
 
 
-def signed(request: object, **kw: object) -> object:
+def signed(request: object, **kw: object) -> Any:
     options: dict[str, object] = {"server": SERVER, "now_ns": NOW}
     options.update(kw)
     return sign_operator_request(request, POLICY, **options)  # type: ignore[arg-type]
 
 
-def verify(request: object, *, now: int = NOW, server: auth.Prin = SERVER) -> object:
+def verify(request: object, *, now: int = NOW, server: auth.Prin = SERVER) -> Any:
     return verify_operator_request(
         request,  # type: ignore[arg-type]
         policy_key=POLICY.verifier(),
@@ -89,14 +90,14 @@ def refused(reason: OperatorReason, request: object, **kw: object) -> OperatorEr
 def test_a_signed_request_verifies_and_survives_the_wire(request_: object) -> None:
     req = signed(request_)
     claim = verify(req)
-    assert claim.server == SERVER  # type: ignore[attr-defined]
-    assert len(claim.nonce) == NONCE_BYTES  # type: ignore[attr-defined]
-    method, body = encode_request(req)  # type: ignore[arg-type]
+    assert claim.server == SERVER
+    assert len(claim.nonce) == NONCE_BYTES
+    method, body = encode_request(req)
     assert verify(decode_request(method, body)) == claim
 
 
 def test_each_credential_has_a_fresh_nonce() -> None:
-    nonces = {verify(signed(REQUESTS[0])).nonce for _ in range(50)}  # type: ignore[attr-defined]
+    nonces = {verify(signed(REQUESTS[0])).nonce for _ in range(50)}
     assert len(nonces) == 50
 
 
@@ -125,14 +126,14 @@ EDITS = [
 @pytest.mark.parametrize(("request_", "edit"), EDITS)
 def test_a_field_edited_after_signing_is_refused(request_: object, edit: dict[str, object]) -> None:
     req = signed(request_)
-    forged = attrs.evolve(req, **edit)  # type: ignore[misc]
+    forged = attrs.evolve(req, **edit)
     refused(OperatorReason.BAD_SIGNATURE, forged)
 
 
 def test_a_credential_moved_to_another_operation_is_refused() -> None:
     read = signed(ReadRequest("/app/a"))
     # The same credential on a Delete of the same name.
-    refused(OperatorReason.BAD_SIGNATURE, DeleteRequest("/app/a", operator=read.operator))  # type: ignore[attr-defined]
+    refused(OperatorReason.BAD_SIGNATURE, DeleteRequest("/app/a", operator=read.operator))
 
 
 def test_another_key_is_refused_as_not_the_policy_key() -> None:
@@ -178,7 +179,7 @@ def test_a_window_longer_than_allowed_is_refused() -> None:
         signed(ReadRequest("/app/a"), window_ns=MAX_WINDOW_NS + 1)
     # Made by hand (the signer refuses): a valid signature over a 1-day window.
     req = signed(ReadRequest("/app/a"), window_ns=MAX_WINDOW_NS)
-    claim, head, _ = decode_credential(req.operator)  # type: ignore[attr-defined]
+    claim, head, _ = decode_credential(req.operator)
     start = head.index(claim.nonce) + NONCE_BYTES
     long_head = (
         head[:start]
@@ -210,7 +211,7 @@ def test_without_a_credential() -> None:
 
 def test_appended_and_cut_bytes_are_malformed() -> None:
     req = signed(ReadRequest("/app/a"))
-    raw = req.operator  # type: ignore[attr-defined]
+    raw = req.operator
     refused(OperatorReason.MALFORMED, attrs.evolve(req, operator=raw + b"\0"))
     for cut in (0, 1, 10, len(raw) // 2, len(raw) - 1):
         refused(OperatorReason.MALFORMED, attrs.evolve(req, operator=raw[:cut]))
@@ -225,7 +226,7 @@ def test_any_bytes_decode_to_a_claim_or_a_codec_error(data: bytes) -> None:
 @given(st.integers(0, 2000), st.integers(0, 255))
 def test_any_flipped_byte_is_refused(position: int, flip: int) -> None:
     req = signed(ReadRequest("/app/a"))
-    raw = bytearray(req.operator)  # type: ignore[attr-defined]
+    raw = bytearray(req.operator)
     position %= len(raw)
     if flip == 0 or raw[position] ^ flip == raw[position]:
         return
@@ -238,7 +239,7 @@ def test_stored_grant_proofs_check_the_signature_alone() -> None:
     req = signed(GrantRequest("ext.Program([0a0b])", ("Read",), "/app"))
     # Long after the window, on another replica: the signature still says it.
     claim = verify_operator_request(
-        req,  # type: ignore[arg-type]
+        req,
         policy_key=POLICY.verifier(),
         server=None,
         now_ns=None,
@@ -246,7 +247,7 @@ def test_stored_grant_proofs_check_the_signature_alone() -> None:
     assert claim.server == SERVER
     with pytest.raises(OperatorError):
         verify_operator_request(
-            attrs.evolve(req, name="/"),  # type: ignore[misc]
+            attrs.evolve(req, name="/"),
             policy_key=POLICY.verifier(),
             server=None,
             now_ns=None,
@@ -258,5 +259,5 @@ def test_credentials_stay_under_the_bound() -> None:
         auth.SubPrin(tuple(auth.PrinExt("X", (auth.Bytes(b"\xff" * 64),)) for _ in range(20)))
     )
     req = signed(ReadRequest("/app/a"), server=long_server)
-    assert len(req.operator) < MAX_OPERATOR_BYTES  # type: ignore[attr-defined]
+    assert len(req.operator) < MAX_OPERATOR_BYTES
     verify(req, server=long_server)

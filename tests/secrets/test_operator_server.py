@@ -26,7 +26,7 @@ from taonet import auth
 from taonet.channel import ChannelIdentity, open_channel
 from taonet.crypto import Signer
 from taonet.domain import measure_file, program_subprin
-from taonet.protected import ObjectId
+from taonet.protected import ObjectId, SecretObject
 from taonet.secrets import (
     Changed,
     CreateRequest,
@@ -61,7 +61,7 @@ class Operator:
     address: tuple[str, int]
     identity: ChannelIdentity
 
-    def sign(self, request: Request, **kw: Any) -> Request:
+    def sign(self, request: Request, **kw: Any) -> Any:
         options: dict[str, Any] = {"server": self.server, "now_ns": time.time_ns()}
         options.update(kw)
         return sign_operator_request(request, self.signer, **options)
@@ -74,6 +74,11 @@ class Operator:
         channel after a refusal)."""
         async with connect(self.address, self.identity, server=self.server) as store:
             return await store.call(request)
+
+
+def _value(response: object) -> bytes:
+    assert isinstance(response, SecretObject), response
+    return response.value
 
 
 async def server_principal(world: World, address: tuple[str, int]) -> auth.Prin:
@@ -180,7 +185,7 @@ async def test_attacks_on_credentials_are_refused_and_audited(
 
             # Replayed: the same bytes, twice.
             once = op.sign(read)
-            assert (await op.store.call(once)).value == b"secret"
+            assert _value(await op.store.call(once)) == b"secret"
             with pytest.raises(UnauthorizedError, match="used already"):
                 await op.once(once)
 
@@ -230,7 +235,7 @@ async def test_a_replay_on_another_replica_is_refused(
                 assert one.server == two.server
                 await one.call(CreateRequest("/ops/x", b"secret"))
                 once = one.sign(ReadRequest("/ops/x"))
-                assert (await one.store.call(once)).value == b"secret"
+                assert _value(await one.store.call(once)) == b"secret"
                 with pytest.raises(UnauthorizedError, match="used already"):
                     await two.once(once)
                 # And the other way round, at the same moment on both.

@@ -230,10 +230,10 @@ async def test_certified_servers_behind_one_address_each_get_a_watch(
                     assert service.crl_watches.waiting == len(servers)
                     revoke(domain, serial_of(victim))
             assert ERROR_TOO_MANY_WATCHES not in results
-            for der in results:
-                assert isinstance(der, bytes)
+            for answer in results:
+                assert isinstance(answer, bytes)
                 assert serial_of(victim) in certs.verify_crl(
-                    domain.policy_anchor, der, now_ns=time.time_ns()
+                    domain.policy_anchor, answer, now_ns=time.time_ns()
                 )
             nursery.cancel_scope.cancel()
 
@@ -374,7 +374,7 @@ async def test_crl_numbers_grow_when_the_service_clock_steps_back(
         return certs.verify_crl(domain.policy_anchor, der, now_ns=time.time_ns()).number
 
     with DomainService.open(domain.path, PASSWORD) as service:
-        service._clock = clock  # type: ignore[method-assign]
+        service._clock = clock
         first = number(await service.current_crl())
         skew[0] = 0  # the clock is corrected: 30 s back
         service._crl = None  # the serials changed: it re-signs
@@ -399,7 +399,7 @@ async def test_a_watch_with_a_number_from_before_the_step_is_answered(
     domain = make_domain(name="clockwatch", guard="Liberal")
     skew = [30 * 10**9]
     with DomainService.open(domain.path, PASSWORD) as service:
-        service._clock = lambda: time.time_ns() + skew[0]  # type: ignore[method-assign]
+        service._clock = lambda: time.time_ns() + skew[0]
         held = certs.verify_crl(
             domain.policy_anchor, await service.current_crl(), now_ns=time.time_ns()
         ).number
