@@ -428,8 +428,11 @@ class SecretServer:
                     except trio.WouldBlock:
                         await slots.acquire()
                     nursery.start_soon(answer, event)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.info("client_broken", peer=peer, error=bounded(str(exc) or type(exc).__name__))
+        except* (trio.BrokenResourceError, trio.ClosedResourceError) as group:
+            # The nursery wraps what the read loop raised: a client gone is no failure.
+            first = group.exceptions[0]
+            why = str(first) or type(first).__name__
+            log.info("client_broken", peer=peer, error=bounded(why))
         finally:
             envelope.clear()
 
