@@ -14,6 +14,7 @@ from pathlib import Path
 
 import trio
 from structlog.testing import capture_logs
+from structlog.typing import EventDict
 
 from taonet.channel import open_channel
 from taonet.secrets import CreateRequest, encode_request
@@ -30,18 +31,25 @@ async def test_a_client_cut_off_mid_request_is_logged_as_gone(
     with trio.fail_after(60):
         async with secret_world(tmp_path, make_domain, make_host, grants=OWNER) as world:
             owner = await world.identity("owner")
-            with capture_logs() as logs:
+            gone = trio.Event()
+
+            def note(_logger: object, _method: str, event: EventDict) -> EventDict:
+                if event["event"] == "client_broken":
+                    gone.set()
+                return event
+
+            with capture_logs(processors=[note]) as logs:
                 stream = await open_channel(*world.address, owner)
                 method, body = encode_request(CreateRequest("/app/k", b"v" * 4096))
-                frames = b"".join(Envelope(Role.CLIENT, body_limit=1 << 20).request(method, 1, body))
+                envelope = Envelope(Role.CLIENT, body_limit=1 << 20)
+                frames = b"".join(envelope.request(method, 1, body))
                 await stream.send_all(frames[: len(frames) // 2])  # then the client dies
                 tcp = stream.tls_stream.transport
                 assert isinstance(tcp, trio.SocketStream)
                 tcp.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 await trio.aclose_forcefully(tcp)  # an RST, not a TLS close_notify
                 with trio.fail_after(10):
-                    while not any(e["event"] == "client_broken" for e in logs):
-                        await trio.sleep(0.01)
+                    await gone.wait()
             events = [e["event"] for e in logs]
             assert "channel_handler_failed" not in events
             assert "client_broken" in events
