@@ -14,8 +14,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# pip shows what it collects and installs: the first run takes a minute or so.
 $(STAMP): $(BIN)/python pyproject.toml Makefile
-	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	@echo "######## installing taonet and what it needs into $(VENV) (first run only) ########"
+	$(BIN)/pip install --progress-bar on -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 # simpleexample end to end; the second run shows the operation phase reusing the
