@@ -16,16 +16,15 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.message import DecodeError, Message
+from google.protobuf import descriptor_pb2
+from google.protobuf.message import Message
 
-from taonet._errors import CodecError
+from taonet.wire._schema import build_messages, parse_message
 
 __all__ = ["message_class", "parse", "serialize"]
 
 _F = descriptor_pb2.FieldDescriptorProto
 _OPT, _REP = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
-_SCALARS: Final = {"bytes": _F.TYPE_BYTES, "uint64": _F.TYPE_UINT64, "bool": _F.TYPE_BOOL}
 _PACKAGE: Final = "secret_service"
 
 _SCHEMA: Final[dict[str, list[tuple[str, int, int, str]]]] = {
@@ -75,28 +74,7 @@ _SCHEMA: Final[dict[str, list[tuple[str, int, int, str]]]] = {
 }
 
 
-def _build() -> dict[str, type[Message]]:
-    fdp = descriptor_pb2.FileDescriptorProto(
-        name="taonet/secret_service.proto", package=_PACKAGE, syntax="proto2"
-    )
-    for msg_name, fields in _SCHEMA.items():
-        msg = fdp.message_type.add(name=msg_name)
-        for field_name, number, label, type_name in fields:
-            field = msg.field.add(name=field_name, number=number, label=label)
-            if type_name in _SCALARS:
-                field.type = _SCALARS[type_name]
-            else:
-                field.type = _F.TYPE_MESSAGE
-                field.type_name = f".{_PACKAGE}.{type_name}"
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    return {
-        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
-        for name in _SCHEMA
-    }
-
-
-_MESSAGES: Final = _build()
+_MESSAGES: Final = build_messages("taonet/secret_service.proto", _PACKAGE, _SCHEMA)
 
 
 def message_class(name: str) -> Any:
@@ -106,16 +84,7 @@ def message_class(name: str) -> Any:
 
 def parse(name: str, data: bytes, *, limit: int, what: str) -> Any:
     """Decode ``data`` (at most ``limit`` bytes) as ``name``; CodecError and nothing else."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise CodecError(f"{what}: expected bytes, got {type(data).__name__}")
-    if len(data) > limit:
-        raise CodecError(f"{what}: {len(data)} bytes is over the {limit}-byte limit")
-    msg = _MESSAGES[name]()
-    try:
-        msg.ParseFromString(bytes(data))
-    except (DecodeError, RuntimeError, ValueError, TypeError, OverflowError) as exc:
-        raise CodecError(f"{what}: malformed protobuf: {exc}") from None
-    return msg
+    return parse_message(_MESSAGES[name], data, limit=limit, what=what, required=False)
 
 
 def serialize(msg: Message) -> bytes:

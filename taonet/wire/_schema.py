@@ -13,6 +13,7 @@ convert at the codec boundary; decoding untrusted bytes goes through
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -20,7 +21,15 @@ from google.protobuf.message import DecodeError, Message
 
 from taonet._errors import CodecError
 
-__all__ = ["MESSAGES", "message_class", "parse", "serialize"]
+__all__ = [
+    "MESSAGES",
+    "Schema",
+    "build_messages",
+    "message_class",
+    "parse",
+    "parse_message",
+    "serialize",
+]
 
 _F = descriptor_pb2.FieldDescriptorProto
 _OPT, _REQ, _REP = _F.LABEL_OPTIONAL, _F.LABEL_REQUIRED, _F.LABEL_REPEATED
@@ -151,35 +160,69 @@ _SCHEMA: Final[dict[str, list[tuple[str, int, int, str]]]] = {
 _ENUMS: Final = {"CryptoVersion": [("CRYPTO_VERSION_1", 1), ("CRYPTO_VERSION_2", 2)]}
 
 
-def _build() -> dict[str, type[Message]]:
-    fdp = descriptor_pb2.FileDescriptorProto(
-        name="taonet/cloudproxy.proto", package=_PACKAGE, syntax="proto2"
-    )
-    for enum_name, values in _ENUMS.items():
+#: A schema: message name -> [(field name, number, label, type)]; a type that is not a
+#: scalar of :data:`_TYPES` names an enum of the same file or another message of it.
+Schema = Mapping[str, Sequence[tuple[str, int, int, str]]]
+
+
+def build_messages(
+    file_name: str,
+    package: str,
+    schema: Schema,
+    *,
+    enums: Mapping[str, Sequence[tuple[str, int]]] | None = None,
+) -> dict[str, type[Message]]:
+    """The message classes of a proto2 file described by ``schema``, built without protoc.
+
+    Each file gets a descriptor pool of its own. Shared by every protocol's schema
+    (here, :mod:`taonet.protected`, :mod:`taonet.secrets`).
+    """
+    enums = enums or {}
+    fdp = descriptor_pb2.FileDescriptorProto(name=file_name, package=package, syntax="proto2")
+    for enum_name, values in enums.items():
         enum = fdp.enum_type.add(name=enum_name)
         for value_name, number in values:
             enum.value.add(name=value_name, number=number)
-    for msg_name, fields in _SCHEMA.items():
+    for msg_name, fields in schema.items():
         msg = fdp.message_type.add(name=msg_name)
         for field_name, number, label, type_name in fields:
             field = msg.field.add(name=field_name, number=number, label=label)
             if type_name in _TYPES:
                 field.type = _TYPES[type_name]
-            elif type_name in _ENUMS:
-                field.type = _F.TYPE_ENUM
-                field.type_name = f".{_PACKAGE}.{type_name}"
             else:
-                field.type = _F.TYPE_MESSAGE
-                field.type_name = f".{_PACKAGE}.{type_name}"
+                field.type = _F.TYPE_ENUM if type_name in enums else _F.TYPE_MESSAGE
+                field.type_name = f".{package}.{type_name}"
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
     return {
-        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
-        for name in _SCHEMA
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{name}"))
+        for name in schema
     }
 
 
-MESSAGES: Final = _build()
+def parse_message(
+    cls: type[Message], data: bytes, *, limit: int, what: str, required: bool = True
+) -> Any:
+    """Decode ``data`` (at most ``limit`` bytes) as ``cls``: CodecError and nothing else.
+
+    With ``required``, every proto2 required field must be present.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CodecError(f"{what}: expected bytes, got {type(data).__name__}")
+    if len(data) > limit:
+        raise CodecError(f"{what}: {len(data)} bytes is over the {limit}-byte limit")
+    msg = cls()
+    try:
+        msg.ParseFromString(bytes(data))
+    except (DecodeError, RuntimeError, ValueError, TypeError, OverflowError) as exc:
+        raise CodecError(f"{what}: malformed protobuf: {exc}") from None
+    errors: list[str] = []
+    if required and not msg.IsInitialized(errors):  # type: ignore[call-arg]
+        raise CodecError(f"{what}: missing required field(s): {', '.join(errors)}")
+    return msg
+
+
+MESSAGES: Final = build_messages("taonet/cloudproxy.proto", _PACKAGE, _SCHEMA, enums=_ENUMS)
 
 #: Largest message we are willing to decode at all (the original's frame ceiling).
 MAX_MESSAGE_BYTES: Final = 20 * 1024 * 1024
@@ -199,21 +242,7 @@ def parse(name: str, data: bytes, *, what: str | None = None) -> Any:
 
     Raises CodecError (and nothing else) on any malformed input.
     """
-    label = what or name
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise CodecError(f"{label}: expected bytes, got {type(data).__name__}")
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise CodecError(f"{label}: {len(data)} bytes is over the {MAX_MESSAGE_BYTES}-byte limit")
-    msg = MESSAGES[name]()
-    try:
-        msg.ParseFromString(bytes(data))
-    except (DecodeError, RuntimeError, ValueError, TypeError, OverflowError) as exc:
-        raise CodecError(f"{label}: malformed protobuf: {exc}") from None
-    errors: list[str] = []
-    if not msg.IsInitialized(errors):  # type: ignore[call-arg]
-        missing = ", ".join(errors)
-        raise CodecError(f"{label}: missing required field(s): {missing}")
-    return msg
+    return parse_message(MESSAGES[name], data, limit=MAX_MESSAGE_BYTES, what=what or name)
 
 
 def serialize(msg: Message) -> bytes:
