@@ -193,12 +193,19 @@ async def test_refusals_counted_at_shutdown_are_written(
                 answer = await call_raw(stream, ReadRequest("/x"))
                 assert answer.code is ErrorCode.UNAUTHORIZED
                 await stream.aclose()
-        # The server stopped with 4 refusals counted, not yet summarized: written then.
+        # The server stopped with refusals counted, not yet summarized: written then.
+        # (A slow machine may refill the burst, or cross a summary minute, between the
+        # five: whatever the split, each refusal is in the log once, in full or counted.)
         db = sqlite3.connect(world.domain.path / "secrets.db")
         try:
             rows = db.execute(
                 "select details from audit_entries where kind = 'secret_refused_summary'"
             ).fetchall()
+            (full,) = db.execute(
+                "select count(*) from audit_entries where kind = 'secret_refused'"
+            ).fetchone()
         finally:
             db.close()
-        assert [json.loads(d)["count"] for (d,) in rows] == ["4"]
+        counted = [int(json.loads(d)["count"]) for (d,) in rows]
+        assert counted, "no summary was written at shutdown"
+        assert full + sum(counted) == 5, (full, counted)
