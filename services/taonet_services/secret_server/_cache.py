@@ -62,6 +62,8 @@ class Verified:
     generation: int | None
     valid_from: datetime | None
     valid_until: datetime | None
+    #: The tag of the object's row (what its audit entries name; None: not known).
+    tag: bytes | None = None
 
     def usable_at(self, now: datetime) -> bool:
         """Strictly inside the window (at an edge, the database path decides)."""
@@ -118,6 +120,11 @@ class ObjectCache:
 
     def get(self, name: str, epoch: int | None, now: datetime) -> SecretObject | None:
         """The cached object if the tables have not changed since it was verified."""
+        entry = self.lookup(name, epoch, now)
+        return None if entry is None else entry.obj
+
+    def lookup(self, name: str, epoch: int | None, now: datetime) -> Verified | None:
+        """:meth:`get`, with what was verified with the object (its row's tag)."""
         entry = self._entries.get((name, epoch))
         if entry is None or not entry.usable_at(now):
             self.misses += 1
@@ -130,7 +137,7 @@ class ObjectCache:
             self.misses += 1
             return None
         self.hits += 1
-        return entry.obj
+        return entry
 
     def put(self, name: str, epoch: int | None, verified: Verified) -> None:
         """Keep what a read from the database verified (unless older than the cache)."""

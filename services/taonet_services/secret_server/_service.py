@@ -28,10 +28,10 @@ many answers ``invalid`` (list a narrower prefix, or one the caller may read).
 
 Audit (an :class:`~taonet_services.storage.AuditStore` in the same database): every
 change is appended in the same transaction as the change (so it commits with it);
-every release (a Read answered with a value) is appended and committed before the
-value is sent (releases from concurrent calls are committed together, one
-transaction per batch); every refusal by the guard is appended. A release that
-cannot be audited is not made (``unavailable``).
+every release (a Read answered with a value, with the tag of the row it came from)
+is appended and committed before the value is sent (releases from concurrent calls
+are committed together, one transaction per batch); every refusal by the guard is
+appended. A release that cannot be audited is not made (``unavailable``).
 
 Reads. A Read on SQLite is answered from the :class:`~taonet_services.secret_server.
 _cache.ObjectCache` when the object was verified since the tables last changed (by
@@ -619,26 +619,31 @@ class SecretServer:
             return refused
         now = utc_now()
         cache = self.cache
-        obj = None if cache is None else cache.get(request.name, request.epoch, now)
-        if obj is None:
+        verified: Verified | None = (
+            None if cache is None else cache.lookup(request.name, request.epoch, now)
+        )
+        if verified is None:
             # One snapshot for the manifest and every row of the chain: at PostgreSQL's
             # default READ COMMITTED each statement would see the commits made since the
             # last, and a write landing between them looked like a rolled-back row.
-            verified: Verified = await self.db.transaction(
+            verified = await self.db.transaction(
                 lambda cur: self.tables.read_verified_in(cur, request.name, request.epoch, now),
                 write=False,
                 serializable=True,
             )
-            obj = verified.obj
             if cache is not None:
                 cache.put(request.name, request.epoch, verified)
+        obj = verified.obj
+        details = {"op": "Read", "peer": bounded(peer, 1000)}
+        if verified.tag is not None:  # which version went out (its row's tag, as written)
+            details["tag"] = verified.tag.hex()
         # The release is on record before the value leaves.
         await self._batcher.record(
             kind="secret_released",
             actor=seen.actor if seen is not None else bounded(str(principal)),
             subject=str(obj.id),
             outcome="ok",
-            details={"op": "Read", "peer": bounded(peer, 1000)},
+            details=details,
         )
         return obj
 
@@ -725,9 +730,15 @@ class SecretServer:
                 response, kind = Deleted(request.name, epochs), "deleted"
                 details["epochs"] = ",".join(map(str, epochs))[:1000]
             else:
-                oid, rewrapped = tables.rotate_in(cur, request.name, request.value, now)
+                oid, rewrapped, tag, retired = tables.rotate_in(
+                    cur, request.name, request.value, now
+                )
                 response, kind = Changed(oid), "rotated"
-                details["rewrapped"] = str(rewrapped)
+                details |= {
+                    "rewrapped": str(rewrapped),
+                    "tag": tag.hex(),
+                    "retired_tag": retired.hex(),
+                }
             entries[:] = [
                 self.audit.append_in(
                     cur,

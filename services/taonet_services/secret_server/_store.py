@@ -31,8 +31,9 @@ itself** (its tag is not the one its name's manifest holds), a manifest rolled b
 while its rows moved on, and a row deleted that the manifest lists. What it cannot
 detect on its own is a consistent rollback of a name's manifest together with all
 its rows (or of the whole database): a database without a trusted counter cannot;
-the audit chain records every write (name, epoch, tag), so a later verify of the
-log against the rows shows it.
+the audit chain records every write (name, epoch, tag) and the tag of every row
+released, so a later verify of the log against the rows shows it (``taonet audit
+verify --against-rows``).
 
 All functions ending in ``_in`` run inside a :meth:`Database.transaction` (in its
 worker thread) and raise the :mod:`taonet.secrets` exceptions for refusals.
@@ -450,6 +451,7 @@ class SecretTables:
             generation,
             max((t for t in starts if t is not None), default=None),
             min((t for t in ends if t is not None), default=None),
+            rows[oid].tag,
         )
 
     def exists_in(self, cur: Any, name: str) -> bool:
@@ -565,8 +567,9 @@ class SecretTables:
 
     def rotate_in(
         self, cur: Any, name: str, value: bytes | None, now: datetime
-    ) -> tuple[ObjectId, int]:
-        """A new epoch of ``name``: the new id, and how many objects were rewrapped."""
+    ) -> tuple[ObjectId, int, bytes, bytes]:
+        """A new epoch of ``name``: the new id, how many objects were rewrapped, and the
+        tags of the new epoch's row and of the retired epoch's (both rewritten)."""
         manifest, oid, rows = self._load_in(cur, name, None, lock=True)
         if manifest.latest().epoch != oid.epoch:
             raise ConflictError(f"{name} has an epoch after its latest active one {oid.epoch}")
@@ -609,7 +612,7 @@ class SecretTables:
             manifests[child.name] = child.with_entry(attrs.evolve(entry, tag=tag))
         for child in manifests.values():
             self._put_manifest_in(cur, child, new=False)
-        return new_po.protected_id, len(rewrapped)
+        return new_po.protected_id, len(rewrapped), new_tag, old_tag
 
     def _children_in(self, cur: Any, oid: ObjectId) -> list[tuple[_Manifest, ObjectRow]]:
         cur.execute(
