@@ -7,7 +7,8 @@
   attrs), a pure codec (:func:`encode_request`, :func:`decode_request`,
   :func:`encode_response`, :func:`decode_response`), :func:`operator_payload`.
 * Operator credentials (``_operator``): :func:`sign_operator_request` (the policy
-  key signs a request for one server, with a nonce and a short window) and
+  key signs a request for one server and the store it serves, which an
+  :class:`InfoRequest` asks, with a nonce and a short window) and
   :func:`verify_operator_request`, raising :class:`OperatorError`.
 * Typed refusals: :class:`ErrorCode` on the wire, raised as :class:`NotFoundError`,
   :class:`UnauthorizedError` (an AuthorizationError), :class:`ConflictError`,
@@ -49,6 +50,7 @@ from taonet.secrets._protocol import (
     MAX_REASON_CHARS,
     MAX_REQUEST_BODY,
     MAX_RESPONSE_BODY,
+    STORE_ID_BYTES,
     Changed,
     CreateRequest,
     Deleted,
@@ -56,6 +58,7 @@ from taonet.secrets._protocol import (
     Failure,
     Granted,
     GrantRequest,
+    InfoRequest,
     Listing,
     ListRequest,
     Op,
@@ -63,6 +66,7 @@ from taonet.secrets._protocol import (
     Request,
     Response,
     RotateRequest,
+    ServerInfo,
     WatchBatch,
     WatchEvent,
     WatchRequest,
@@ -88,6 +92,7 @@ __all__ = [
     "MAX_REQUEST_BODY",
     "MAX_RESPONSE_BODY",
     "OPERATOR_CONTEXT",
+    "STORE_ID_BYTES",
     "Changed",
     "ConflictError",
     "CorruptError",
@@ -98,6 +103,7 @@ __all__ = [
     "Failure",
     "GrantRequest",
     "Granted",
+    "InfoRequest",
     "InternalError",
     "InvalidRequestError",
     "ListRequest",
@@ -113,6 +119,7 @@ __all__ = [
     "RotateRequest",
     "SecretServiceError",
     "SecretStore",
+    "ServerInfo",
     "UnauthorizedError",
     "UnavailableError",
     "Watch",
@@ -145,6 +152,7 @@ for _public in (
     Failure,
     GrantRequest,
     Granted,
+    InfoRequest,
     InternalError,
     InvalidRequestError,
     ListRequest,
@@ -158,6 +166,7 @@ for _public in (
     RotateRequest,
     SecretServiceError,
     SecretStore,
+    ServerInfo,
     UnauthorizedError,
     UnavailableError,
     Watch,

@@ -13,14 +13,26 @@ Messages (frozen attrs; protobuf classes never leave this package):
 
 * requests: :class:`ReadRequest`, :class:`WriteRequest`, :class:`CreateRequest`,
   :class:`DeleteRequest`, :class:`ListRequest`, :class:`RotateRequest`,
-  :class:`WatchRequest`, :class:`GrantRequest`; each may carry ``operator``, an
-  opaque operator credential (see :func:`operator_payload`);
+  :class:`WatchRequest`, :class:`GrantRequest`, :class:`InfoRequest`; each may carry
+  ``operator``, an opaque operator credential (see :func:`operator_payload`);
 * responses: a :class:`~taonet.protected.SecretObject` (Read), :class:`Changed`
   (Write, Create, Rotate: the id now current), :class:`Deleted`, :class:`Listing`,
-  :class:`WatchBatch`, :class:`Granted`, :class:`Failure`.
+  :class:`WatchBatch`, :class:`Granted`, :class:`ServerInfo`, :class:`Failure`.
+
+Info (``SecretService.Info``, taonet's op 9) asks the server which store it serves:
+the answer's :attr:`ServerInfo.store_id` is the random id made when its database was
+first set up, the same on every replica of that database and different on every
+other database. An operator signs each request for that id (with the server's
+principal: see :mod:`taonet.secrets._operator`), so a credential made for a test
+server is refused by production even when both run the same program. Info needs no
+right and no certificate (an operator's tool asks it before signing anything); the
+answer is as authentic as the channel it came on: the caller verified the server's
+principal in the handshake, and only that server holds the channel's key. An older
+server that has no Info answers with an envelope error (unknown method); the other
+operations are unchanged on the wire.
 
 Wire: the original's fields keep their numbers and meanings: ``op`` 1 (READ 1,
-WRITE 2, CREATE 3, DELETE 4; taonet adds LIST 5, ROTATE 6, WATCH 7, GRANT 8),
+WRITE 2, CREATE 3, DELETE 4; taonet adds LIST 5, ROTATE 6, WATCH 7, GRANT 8, INFO 9),
 ``secret_id`` 2 (the object read, written or deleted, at one epoch),
 ``new_secret_type`` 3, ``new_secret_val`` 4; response ``error_message`` 1,
 ``secret_type`` 2, ``secret_val`` 3. taonet writes both the original's fields and
@@ -69,6 +81,7 @@ __all__ = [
     "MAX_REASON_CHARS",
     "MAX_REQUEST_BODY",
     "MAX_RESPONSE_BODY",
+    "STORE_ID_BYTES",
     "Changed",
     "CreateRequest",
     "DeleteRequest",
@@ -76,6 +89,7 @@ __all__ = [
     "Failure",
     "GrantRequest",
     "Granted",
+    "InfoRequest",
     "ListRequest",
     "Listing",
     "Op",
@@ -83,6 +97,7 @@ __all__ = [
     "Request",
     "Response",
     "RotateRequest",
+    "ServerInfo",
     "WatchBatch",
     "WatchEvent",
     "WatchRequest",
@@ -110,6 +125,8 @@ MAX_REQUEST_BODY: Final = MAX_VALUE_BYTES + MAX_OPERATOR_BYTES + 8 * 1024
 MAX_RESPONSE_BODY: Final = MAX_PAGE * (MAX_NAME_BYTES + 8) + MAX_VALUE_BYTES + 64 * 1024
 #: Longest reason in a Failure (the rest is cut).
 MAX_REASON_CHARS: Final = 1000
+#: Length of a store id (:class:`ServerInfo`).
+STORE_ID_BYTES: Final = 16
 #: The operations a Grant may give (the guard's operations on object names).
 GRANT_OPS: Final = ("Read", "Write", "Create", "Delete", "Own")
 _SERVICE: Final = "SecretService"
@@ -129,6 +146,7 @@ class Op(enum.Enum):
     ROTATE = ("Rotate", 6)
     WATCH = ("Watch", 7)
     GRANT = ("Grant", 8)
+    INFO = ("Info", 9)
 
     @property
     def method(self) -> str:
@@ -351,6 +369,14 @@ class GrantRequest:
             raise ValueError(f"ops must be distinct names among {', '.join(GRANT_OPS)}")
 
 
+@attrs.frozen
+class InfoRequest:
+    """Which store the server serves (answered with :class:`ServerInfo` to anyone on a
+    channel, with or without a certificate; needs no right)."""
+
+    operator: bytes | None = _operator_field()
+
+
 Request = (
     ReadRequest
     | WriteRequest
@@ -360,6 +386,7 @@ Request = (
     | RotateRequest
     | WatchRequest
     | GrantRequest
+    | InfoRequest
 )
 _OP_OF: Final[dict[type[Any], Op]] = {
     ReadRequest: Op.READ,
@@ -370,6 +397,7 @@ _OP_OF: Final[dict[type[Any], Op]] = {
     RotateRequest: Op.ROTATE,
     WatchRequest: Op.WATCH,
     GrantRequest: Op.GRANT,
+    InfoRequest: Op.INFO,
 }
 
 
@@ -440,6 +468,20 @@ class Granted:
 
 
 @attrs.frozen
+class ServerInfo:
+    """Info: ``store_id``, the id of the store (database) the server serves, made at
+    random when it was first set up and shared by its replicas. Authentic as far as
+    the channel it came on is (the caller verified the server's principal)."""
+
+    store_id: bytes = attrs.field(converter=_bytes)
+
+    @store_id.validator
+    def _store_id(self, _attr: object, value: bytes) -> None:
+        if len(value) != STORE_ID_BYTES:
+            raise ValueError(f"a store id is {STORE_ID_BYTES} bytes, got {len(value)}")
+
+
+@attrs.frozen
 class Failure:
     """A refusal: a typed code and a reason (cut at :data:`MAX_REASON_CHARS`)."""
 
@@ -447,7 +489,7 @@ class Failure:
     reason: str = attrs.field(converter=_reason)
 
 
-Response = SecretObject | Changed | Deleted | Listing | WatchBatch | Granted | Failure
+Response = SecretObject | Changed | Deleted | Listing | WatchBatch | Granted | ServerInfo | Failure
 
 
 # -- codec --------------------------------------------------------------------------
@@ -609,6 +651,8 @@ def decode_request(method: str, body: bytes) -> Request:
         prefix = text("prefix") or "/"
         cursor = int(msg.cursor)
         return _build(what, lambda: WatchRequest(prefix, cursor, operator=operator))
+    if op is Op.INFO:
+        return _build(what, lambda: InfoRequest(operator=operator))
     name = _need(text("name"), "name", what)
     principal = _need(text("principal", 4 * MAX_NAME_BYTES), "principal", what)
     if len(msg.ops) > len(GRANT_OPS):
@@ -649,6 +693,8 @@ def encode_response(response: Response) -> bytes:
                 seq=event.seq,
             )
         msg.cursor = response.cursor
+    elif isinstance(response, ServerInfo):
+        msg.store_id = response.store_id
     elif not isinstance(response, Granted):
         raise TypeError(f"not a secret service response: {type(response).__name__}")
     return serialize(msg)
@@ -694,6 +740,10 @@ def decode_response(method: str, body: bytes) -> Response:
                 for e in msg.events
             )
             return WatchBatch(events, int(msg.cursor))
+        if op is Op.INFO:
+            if not msg.HasField("store_id"):
+                raise CodecError(f"{what}: store_id is missing")
+            return ServerInfo(bytes(msg.store_id))
         return Granted()
     except CodecError:
         raise

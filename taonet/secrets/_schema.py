@@ -70,6 +70,7 @@ _SCHEMA: Final[dict[str, list[tuple[str, int, int, str]]]] = {
         ("events", 9, _REP, "WatchEvent"),
         ("cursor", 10, _OPT, "uint64"),
         ("epochs", 11, _REP, "uint64"),  # Delete: the epochs removed
+        ("store_id", 12, _OPT, "bytes"),  # Info: the id of the server's store
     ],
 }
 

@@ -56,7 +56,9 @@ AuthenticationError); a server given one also accepts channels from clients with
 a program certificate (an operator's tool), whose every request must then carry a
 credential; those anonymous channels are a small pool apart, served one request at a
 time, closed after a refusal, their refusals audited a few per address and then
-summarized (``_anonymous``); ``extensions`` serve further operations (Watch, Grant).
+summarized (``_anonymous``); ``extensions`` serve further operations (Watch, Grant);
+``info`` is the answer to Info (the store id), given to anyone on a channel, with or
+without a certificate, before any other check (no right, nothing audited).
 
 Failures: bad bytes get an envelope error or an ``invalid`` answer and the server
 keeps serving (a frame over its limit ends that connection only); a database that is
@@ -88,6 +90,7 @@ from taonet.secrets import (
     DeleteRequest,
     ErrorCode,
     Failure,
+    InfoRequest,
     Listing,
     ListRequest,
     Op,
@@ -96,6 +99,7 @@ from taonet.secrets import (
     Response,
     RotateRequest,
     SecretServiceError,
+    ServerInfo,
     WriteRequest,
     decode_request,
     encode_response,
@@ -300,6 +304,7 @@ class SecretServer:
         anonymous: AnonymousLimits | None = None,
         also_reaches: AlsoReaches | None = None,
         refresh_also: RefreshHook | None = None,
+        info: ServerInfo | None = None,
     ) -> None:
         self.tables: Final = tables
         self.db: Final = tables.db
@@ -326,6 +331,7 @@ class SecretServer:
         self.refresh_guard: Callable[[], Awaitable[None]] | None = None
         self.also_reaches = also_reaches
         self.refresh_also = refresh_also
+        self.info = info
         self._reach = Reach()
 
     # -- serving ------------------------------------------------------------------------
@@ -562,6 +568,9 @@ class SecretServer:
         only a request with an operator credential may use); refusals as a Failure or
         raised. ``seen``: what the channel's earlier requests established (``handle``)."""
         op = op_of(request)
+        # Anyone may ask which store this is (an operator signs its requests for it).
+        if isinstance(request, InfoRequest):
+            return self.info or Failure(ErrorCode.INVALID, "this server announces no store id")
         if request.operator is not None:
             seen = None  # authorized as the operator, not as the channel's principal
             if self.authenticate_operator is None:
