@@ -3,10 +3,12 @@
 The operator acts with the domain's policy key: the command unlocks it (asks its
 password, or reads ``--password-file``), connects to the secret server over a Tao
 channel as an anonymous client (it checks the server's certificate against the
-domain's policy certificate and presents none), and signs each request for the
-server it reached (:func:`taonet.secrets.sign_operator_request`: every field, the
-server's principal, a fresh nonce, a 60 s window). The server accepts it once, as
-the policy key's request.
+domain's policy certificate and presents none), asks it which store it serves (an
+Info request: the store id), and signs each request for the server it reached
+(:func:`taonet.secrets.sign_operator_request`: every field, the server's principal
+and store id, a fresh nonce, a 60 s window). The server accepts it once, as the
+policy key's request; another instance of the same program over another database
+refuses it.
 
 Exit statuses as every command's: not found (3) for an object that is not there,
 refused (4) for a wrong password or a refusal by the server, unavailable (5) for a
@@ -290,7 +292,14 @@ async def _call(policy_cert: bytes, signer: Any, address: tuple[str, int], reque
 
     from taonet import ProtocolError
     from taonet.channel import ChannelIdentity, open_channel
-    from taonet.secrets import Listing, ListRequest, connect, sign_operator_request
+    from taonet.secrets import (
+        InfoRequest,
+        Listing,
+        ListRequest,
+        ServerInfo,
+        connect,
+        sign_operator_request,
+    )
 
     identity = ChannelIdentity.anonymous(policy_cert)
     host, port = address
@@ -306,10 +315,25 @@ async def _call(policy_cert: bytes, signer: Any, address: tuple[str, int], reque
         if server is None:
             raise RefusedError(f"the server at {host}:{port} has no principal")
         async with connect(address, identity, server=server) as store:
+            # The store this server serves: the credential is good for it alone (not for
+            # another instance of the same program over another database).
+            try:
+                info = await store.call(InfoRequest())
+            except ProtocolError as exc:
+                raise UnavailableError(
+                    f"the secret server at {host}:{port} does not say which store it serves"
+                    f" (a version older than this taonet?): {exc}"
+                ) from exc
+            if not isinstance(info, ServerInfo):
+                raise UnavailableError(
+                    f"the secret server at {host}:{port} answered Info with {type(info).__name__}"
+                )
 
             async def signed(req: Any) -> Any:
                 return await store.call(
-                    sign_operator_request(req, signer, server=server, now_ns=time.time_ns())
+                    sign_operator_request(
+                        req, signer, server=server, store=info.store_id, now_ns=time.time_ns()
+                    )
                 )
 
             try:

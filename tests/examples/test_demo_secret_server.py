@@ -33,9 +33,11 @@ from taonet.hosts import SoftHost
 from taonet.protected import SecretObject, Status
 from taonet.provision import load_or_provision
 from taonet.secrets import (
+    InfoRequest,
     InvalidRequestError,
     ReadRequest,
     SecretStore,
+    ServerInfo,
     UnauthorizedError,
     connect,
     sign_operator_request,
@@ -111,12 +113,15 @@ async def test_the_clients_secret_is_the_secret_servers_object(tmp_path: Path) -
                 server=services.secret_server_principal,
             ) as operator,
         ):
+            info = await operator.call(InfoRequest())
+            assert isinstance(info, ServerInfo)
 
             async def read(epoch: int) -> SecretObject:
                 request = sign_operator_request(
                     ReadRequest(NAME, epoch),
                     signer,
                     server=services.secret_server_principal,
+                    store=info.store_id,
                     now_ns=time.time_ns(),
                 )
                 answer = await operator.call(request)

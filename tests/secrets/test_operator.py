@@ -47,6 +47,8 @@ SERVER = auth.key_principal(Signer.generate().public_key_der()).extend(
     auth.SubPrin((auth.PrinExt("Program", (auth.Bytes(b"\x01" * 32),)),))
 )
 OTHER_SERVER = auth.key_principal(Signer.generate().public_key_der())
+STORE = bytes(range(16))
+OTHER_STORE = bytes(range(1, 17))
 
 REQUESTS = [
     ReadRequest("/app/db/password"),
@@ -64,16 +66,19 @@ REQUESTS = [
 
 
 def signed(request: object, **kw: object) -> Any:
-    options: dict[str, object] = {"server": SERVER, "now_ns": NOW}
+    options: dict[str, object] = {"server": SERVER, "store": STORE, "now_ns": NOW}
     options.update(kw)
     return sign_operator_request(request, POLICY, **options)  # type: ignore[arg-type]
 
 
-def verify(request: object, *, now: int = NOW, server: auth.Prin = SERVER) -> Any:
+def verify(
+    request: object, *, now: int = NOW, server: auth.Prin = SERVER, store: bytes = STORE
+) -> Any:
     return verify_operator_request(
         request,  # type: ignore[arg-type]
         policy_key=POLICY.verifier(),
         server=server,
+        store=store,
         now_ns=now,
     )
 
@@ -91,6 +96,7 @@ def test_a_signed_request_verifies_and_survives_the_wire(request_: object) -> No
     req = signed(request_)
     claim = verify(req)
     assert claim.server == SERVER
+    assert claim.store == STORE
     assert len(claim.nonce) == NONCE_BYTES
     method, body = encode_request(req)
     assert verify(decode_request(method, body)) == claim
@@ -138,14 +144,18 @@ def test_a_credential_moved_to_another_operation_is_refused() -> None:
 
 def test_another_key_is_refused_as_not_the_policy_key() -> None:
     other = Signer.generate()
-    req = sign_operator_request(ReadRequest("/app/a"), other, server=SERVER, now_ns=NOW)
+    req = sign_operator_request(
+        ReadRequest("/app/a"), other, server=SERVER, store=STORE, now_ns=NOW
+    )
     refused(OperatorReason.WRONG_SIGNER, req)
 
 
 def test_another_key_claiming_to_be_the_policy_key_is_refused() -> None:
     # A forger copies the policy key's SPKI into the credential but signs with its own.
     other = Signer.generate()
-    req = sign_operator_request(ReadRequest("/app/a"), other, server=SERVER, now_ns=NOW)
+    req = sign_operator_request(
+        ReadRequest("/app/a"), other, server=SERVER, store=STORE, now_ns=NOW
+    )
     _claim, head, signature = decode_credential(req.operator)  # type: ignore[arg-type]
     key = other.public_key_der()
     spki = POLICY.public_key_der()
@@ -161,6 +171,55 @@ def test_a_credential_for_another_server_is_refused() -> None:
     req = signed(ReadRequest("/app/a"), server=OTHER_SERVER)
     error = refused(OperatorReason.WRONG_SERVER, req)
     assert "another server" in str(error)
+
+
+def test_a_credential_for_another_store_of_the_same_server_is_refused() -> None:
+    # Another instance of the same program (same principal) over another database: a
+    # credential made for one is refused by the other, and accepted by its own.
+    req = signed(ReadRequest("/app/a"), store=OTHER_STORE)
+    error = refused(OperatorReason.WRONG_STORE, req)
+    assert "another store" in str(error)
+    assert OTHER_STORE.hex() in str(error)
+    assert verify(req, store=OTHER_STORE).store == OTHER_STORE
+
+
+def test_the_store_id_cannot_be_edited_after_signing() -> None:
+    req = signed(ReadRequest("/app/a"), store=OTHER_STORE)
+    raw = req.operator
+    assert raw is not None
+    assert raw.count(OTHER_STORE) == 1
+    moved = raw.replace(OTHER_STORE, STORE)
+    refused(OperatorReason.BAD_SIGNATURE, attrs.evolve(req, operator=moved))
+
+
+def test_a_version_1_credential_without_a_store_id_is_refused() -> None:
+    # The previous format: magic v1, then the server, the nonce... (no store id), its
+    # signature made under the v1 context. It is never read as one for any store.
+    request = ReadRequest("/app/a")
+    v1_context = "taonet secret service operator request v1"
+    key = POLICY.public_key_der()
+    head = (
+        b"taonet operator v1\0"
+        + _lp(auth.encode(SERVER))
+        + b"\x07" * NONCE_BYTES
+        + NOW.to_bytes(8, "big")
+        + (NOW + 60 * 10**9).to_bytes(8, "big")
+        + _lp(key)
+    )
+    signature = POLICY.sign(head + _lp(_payload(request)), v1_context)
+    old = attrs.evolve(request, operator=head + _lp(signature))
+    error = refused(OperatorReason.MALFORMED, old)
+    assert "older version" in str(error)
+    with pytest.raises(CodecError):
+        decode_credential(head + _lp(signature))
+    # Given a v2 magic (and a store id spliced in), its v1 signature does not verify.
+    spliced = (
+        b"taonet operator v2\0"
+        + _lp(auth.encode(SERVER))
+        + STORE
+        + head[len(b"taonet operator v1\0") + 4 + len(auth.encode(SERVER)) :]
+    )
+    refused(OperatorReason.BAD_SIGNATURE, attrs.evolve(request, operator=spliced + _lp(signature)))
 
 
 def test_the_window() -> None:
@@ -242,6 +301,7 @@ def test_stored_grant_proofs_check_the_signature_alone() -> None:
         req,
         policy_key=POLICY.verifier(),
         server=None,
+        store=STORE,
         now_ns=None,
     )
     assert claim.server == SERVER
@@ -250,8 +310,15 @@ def test_stored_grant_proofs_check_the_signature_alone() -> None:
             attrs.evolve(req, name="/"),
             policy_key=POLICY.verifier(),
             server=None,
+            store=STORE,
             now_ns=None,
         )
+    # A proof for another store (copied from another database) is not this store's.
+    with pytest.raises(OperatorError) as info:
+        verify_operator_request(
+            req, policy_key=POLICY.verifier(), server=None, store=OTHER_STORE, now_ns=None
+        )
+    assert info.value.reason is OperatorReason.WRONG_STORE
 
 
 def test_credentials_stay_under_the_bound() -> None:

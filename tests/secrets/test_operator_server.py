@@ -32,12 +32,14 @@ from taonet.secrets import (
     CreateRequest,
     Deleted,
     DeleteRequest,
+    InfoRequest,
     Listing,
     ListRequest,
     ReadRequest,
     Request,
     RotateRequest,
     SecretStore,
+    ServerInfo,
     UnauthorizedError,
     WriteRequest,
     connect,
@@ -57,12 +59,18 @@ class Operator:
 
     store: SecretStore
     server: auth.Prin
+    #: The store id the server announced (Info), which every credential names.
+    store_id: bytes
     signer: Signer
     address: tuple[str, int]
     identity: ChannelIdentity
 
     def sign(self, request: Request, **kw: Any) -> Any:
-        options: dict[str, Any] = {"server": self.server, "now_ns": time.time_ns()}
+        options: dict[str, Any] = {
+            "server": self.server,
+            "store": self.store_id,
+            "now_ns": time.time_ns(),
+        }
         options.update(kw)
         return sign_operator_request(request, self.signer, **options)
 
@@ -97,7 +105,11 @@ async def operator(world: World, address: tuple[str, int] | None = None) -> Asyn
     principal = await server_principal(world, address)
     identity = ChannelIdentity.anonymous(world.domain.policy_cert)
     async with connect(address, identity, server=principal) as store:
-        yield Operator(store, principal, world.domain.unlock(PASSWORD), address, identity)
+        info = await store.call(InfoRequest())
+        assert isinstance(info, ServerInfo)
+        yield Operator(
+            store, principal, info.store_id, world.domain.unlock(PASSWORD), address, identity
+        )
 
 
 async def audit_entries(db_url: str | Path) -> list[Any]:
@@ -191,7 +203,9 @@ async def test_attacks_on_credentials_are_refused_and_audited(
 
             # Forged: another key signs.
             other = Signer.generate()
-            forged = sign_operator_request(read, other, server=op.server, now_ns=time.time_ns())
+            forged = sign_operator_request(
+                read, other, server=op.server, store=op.store_id, now_ns=time.time_ns()
+            )
             with pytest.raises(UnauthorizedError, match="another key"):
                 await op.once(forged)
 
@@ -212,12 +226,16 @@ async def test_attacks_on_credentials_are_refused_and_audited(
             elsewhere = auth.key_principal(Signer.generate().public_key_der())
             with pytest.raises(UnauthorizedError, match="another server"):
                 await op.once(op.sign(read, server=elsewhere))
+            # A credential for another store of this server's principal.
+            with pytest.raises(UnauthorizedError, match="another store"):
+                await op.once(op.sign(read, store=bytes(16)))
 
             assert (await op.call(read)).value == b"secret"  # the value was never changed
         entries = await audit_entries(world.domain.path / "secrets.db")
     reasons = [e.details.get("reason", "") + e.details.get("why", "") for e in refusals(entries)]
     text = " ".join(reasons) + " ".join(str(e.details) for e in refusals(entries))
-    for why in ("used already", "another key", "does not cover", "expired", "not valid yet"):
+    whys = ("used already", "another key", "does not cover", "expired", "not valid yet")
+    for why in (*whys, "another server", "another store"):
         assert why in text, why
 
 

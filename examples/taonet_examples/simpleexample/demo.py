@@ -54,7 +54,14 @@ from taonet.files import atomic_write
 from taonet.hosts import SoftHost, Tao
 from taonet.protected import ObjectId
 from taonet.provision import RevocationWatcher, load_or_provision
-from taonet.secrets import Changed, RotateRequest, connect, sign_operator_request
+from taonet.secrets import (
+    Changed,
+    InfoRequest,
+    RotateRequest,
+    ServerInfo,
+    connect,
+    sign_operator_request,
+)
 from taonet_examples.simpleexample import simpleclient, simpleserver
 from taonet_services.domain_service import AUDIT_FILE, AuditLog, DomainService
 from taonet_services.secret_server import PROGRAM_FILE, Running, run_secret_server
@@ -304,11 +311,15 @@ async def rotate_as_operator(
 ) -> ObjectId:
     """What ``taonet secret rotate NAME`` does: a Rotate request signed by the policy
     key (``signer``) for the secret server ``server`` at ``address``, sent over an
-    anonymous Tao channel (the operator's tool has no program certificate); returns
-    the new epoch's id."""
+    anonymous Tao channel (the operator's tool has no program certificate), for the
+    store that server says it serves (an Info request first); returns the new epoch's
+    id."""
     async with connect(address, ChannelIdentity.anonymous(policy_cert), server=server) as store:
+        info = await store.call(InfoRequest())
+        if not isinstance(info, ServerInfo):
+            raise ProtocolError(f"the secret server answered Info with {type(info).__name__}")
         request = sign_operator_request(
-            RotateRequest(name), signer, server=server, now_ns=time.time_ns()
+            RotateRequest(name), signer, server=server, store=info.store_id, now_ns=time.time_ns()
         )
         answer = await store.call(request)
     if not isinstance(answer, Changed):

@@ -14,7 +14,9 @@ listener, the grants' reload) next to the server.
 * :class:`~taonet_services.secret_server._watch.WatchHub`: ``SecretService.Watch``
   and the event log written with each change;
 * :func:`~taonet_services.secret_server._replica.release_master`: the master key
-  for replicas the guard allows.
+  for replicas the guard allows;
+* Info: the store id (``_operator_auth.load_store_id``, read once here), which
+  operators sign their requests for and grants' proofs must name.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ import trio
 
 from taonet import auth
 from taonet.crypto import Verifier
-from taonet.secrets import Op
+from taonet.secrets import Op, ServerInfo
 from taonet_services.secret_server._grants import GrantBook
-from taonet_services.secret_server._operator_auth import OperatorGate
+from taonet_services.secret_server._operator_auth import OperatorGate, load_store_id
 from taonet_services.secret_server._replica import release_master
 from taonet_services.secret_server._service import SecretServer
 from taonet_services.secret_server._watch import WatchHub
@@ -43,6 +45,8 @@ class Extras:
     gate: OperatorGate
     grants: GrantBook
     hub: WatchHub
+    #: The id of the store this server serves (read at start, kept).
+    store_id: bytes
     #: Whether the gate checks operator credentials (else another hook does).
     operators: bool = True
 
@@ -71,6 +75,7 @@ class Extras:
                 release_master, operator_principal=self.gate.policy_principal
             ),
             "extensions": {Op.WATCH: self.hub.serve, Op.GRANT: self.grants.serve},
+            "info": ServerInfo(self.store_id),
         }
 
     async def run(
@@ -94,11 +99,12 @@ async def prepare_extras(
     """Create the extensions' tables; the extensions of server ``principal`` in a domain
     whose policy key is ``policy_key`` (``db_url``: for PostgreSQL's LISTEN;
     ``operators`` False: operator credentials are another hook's to check)."""
-    gate = OperatorGate(db, policy_key=policy_key, server=principal)
-    grants = GrantBook(db, policy_key=policy_key)
+    store_id = await load_store_id(db)
+    gate = OperatorGate(db, policy_key=policy_key, server=principal, store_id=store_id)
+    grants = GrantBook(db, policy_key=policy_key, store_id=store_id)
     listen_url = db_url if db_url is not None and db_url.startswith("postgres") else None
     hub = WatchHub(db, listen_url=listen_url)
     await gate.create_tables()
     await grants.create_tables()
     await hub.create_tables()
-    return Extras(gate, grants, hub, operators)
+    return Extras(gate, grants, hub, store_id, operators)

@@ -22,9 +22,12 @@ or edited in the database by anyone without the policy key (another principal,
 another op, a wider prefix) is never honoured; it is logged (``grant_invalid``)
 and audited once. ``grant --revoke`` deletes the rows of those ops.
 
-A proof names the server the operator signed it for; a row is honoured only if that
-server holds a copy of this database's master key (a replica of it: a row of
-``secret_master``), so a grant signed for another secret server and copied in is not.
+A proof names the server the operator signed it for and the store that server
+serves (its store id, see ``_operator_auth``); a row is honoured only if that store
+is this database's (the id the server read at start) and that server holds a copy
+of this database's master key (a replica of it: a row of ``secret_master``), so a
+grant signed for another secret server and copied in is not, even one signed for
+another instance of this very program (same principal) over another database.
 
 What the signature cannot stop: someone with write access to the database can
 delete grant rows (a denial, not a gain), or put back a row revoked earlier, with
@@ -128,17 +131,21 @@ def _check_proof(
     name: str,
     op: str,
     servers: Collection[str] | None = None,
+    *,
+    store: bytes,
 ) -> GrantRequest:
     """The signed Grant request a row's proof holds, if it grants ``op`` on ``name`` to
-    ``principal`` (and was signed for one of ``servers``, when given); CodecError or
-    OperatorError otherwise."""
+    ``principal`` and was signed for the store ``store`` (and for one of ``servers``,
+    when given); CodecError or OperatorError otherwise."""
     method, sep, body = proof.partition(b"\0")
     if not sep:
         raise CodecError("a grant proof has no method")
     request = decode_request(method.decode("ascii", "replace"), body)
     if not isinstance(request, GrantRequest) or request.revoke:
         raise CodecError("a grant proof is not a Grant request")
-    claim = verify_operator_request(request, policy_key=policy_key, server=None, now_ns=None)
+    claim = verify_operator_request(
+        request, policy_key=policy_key, server=None, store=store, now_ns=None
+    )
     if servers is not None and str(claim.server) not in servers:
         raise CodecError("the grant was signed for a server that holds no key of this database")
     if request.principal != principal or request.name != name or op not in request.ops:
@@ -154,10 +161,13 @@ class GrantBook:
         db: Database,
         *,
         policy_key: Verifier,
+        store_id: bytes,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db: Final = db
         self.policy_key: Final = policy_key
+        #: The store id read at start: only proofs signed for it are honoured.
+        self.store_id: Final = bytes(store_id)
         self.policy_principal: Final = auth.key_principal(policy_key.public_key_der())
         self._exact: dict[auth.Prin, tuple[Grant, ...]] = {}
         self._tails: tuple[Grant, ...] = ()
@@ -212,7 +222,9 @@ class GrantBook:
         bad: list[tuple[str, str, str, str]] = []
         for principal_text, name, op, proof in rows:
             try:
-                _check_proof(proof, self.policy_key, principal_text, name, op, servers)
+                _check_proof(
+                    proof, self.policy_key, principal_text, name, op, servers, store=self.store_id
+                )
                 principal = parse_grantee(principal_text)
                 if op not in GRANT_OPS:
                     raise CodecError(f"unknown op {op[:16]!r}")

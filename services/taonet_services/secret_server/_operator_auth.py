@@ -4,7 +4,8 @@
 (:func:`taonet.secrets.sign_operator_request`). :class:`OperatorGate` is the secret
 server's ``authenticate_operator`` hook: it checks the credential
 (:func:`taonet.secrets.verify_operator_request`: this domain's policy key, this
-very request, this server, a window of at most 300 s that holds now) and then
+very request, this server's principal and store id, a window of at most 300 s that
+holds now) and then
 spends its nonce: a row in ``secret_operator_nonces`` inserted or refused in one
 statement (the primary key decides), so a credential is accepted once by one
 replica of all those sharing the database, and a restart forgets nothing. A nonce
@@ -17,6 +18,15 @@ The gate also keeps the nonces it accepted in memory until they expire (at most
 the table: rows deleted by someone with write access to the database do not reopen
 a credential to a replay on this server (other replicas rely on the table).
 
+The store id (:func:`load_store_id`) is 16 random bytes made when the database is
+first set up, one row of ``secret_store``; a database made before it existed gets
+one on the next start. Every replica of one database reads the same id (they serve
+the same objects and share the nonce table), every other database has another, so
+a credential made for one instance of the server (a test server) is refused by
+another instance of the same program (production) as ``WRONG_STORE``. A server
+reads the id once, at start, and keeps it: a row edited while it runs changes
+nothing it accepts or announces (only a restart reads it again).
+
 A request accepted is authorized as the policy key's principal (everything: see
 :meth:`OperatorGate.also_authorized`). Every refusal raises an
 :class:`~taonet.secrets.OperatorError` saying why; the server audits it.
@@ -25,15 +35,17 @@ A request accepted is authorized as the policy key's principal (everything: see
 from __future__ import annotations
 
 import collections
+import os
 import time
 from collections.abc import Callable
 from typing import Any, Final
 
 import structlog
 
-from taonet import auth
+from taonet import ConfigError, auth
 from taonet.crypto import Verifier
 from taonet.secrets import (
+    STORE_ID_BYTES,
     OperatorError,
     OperatorReason,
     Request,
@@ -42,7 +54,7 @@ from taonet.secrets import (
 )
 from taonet_services.storage import Database, StorageError, StorageReason
 
-__all__ = ["MAX_REMEMBERED", "NONCE_MARGIN_NS", "OperatorGate"]
+__all__ = ["MAX_REMEMBERED", "NONCE_MARGIN_NS", "OperatorGate", "load_store_id"]
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +62,48 @@ log = structlog.get_logger(__name__)
 NONCE_MARGIN_NS: Final = 300 * 10**9
 #: Nonces a gate remembers in memory (each until it expires).
 MAX_REMEMBERED: Final = 100_000
+
+
+def store_id_statements(db: Database) -> list[str]:
+    return [
+        "CREATE TABLE IF NOT EXISTS secret_store ("
+        f" id INTEGER PRIMARY KEY, store_id {db.blob_type} NOT NULL)",
+    ]
+
+
+async def load_store_id(db: Database) -> bytes:
+    """The id of the store ``db`` holds: made at random (:data:`STORE_ID_BYTES`) by the
+    first server to start on it, read by every later one (an insert that does nothing
+    when the row exists, then a read, in one transaction: replicas starting at once
+    all read the one that committed). ConfigError if the row is not a store id."""
+
+    def load(cur: Any) -> bytes:
+        for statement in store_id_statements(db):
+            cur.execute(statement)
+        cur.execute(
+            db.sql(
+                "INSERT INTO secret_store (id, store_id) VALUES (1, ?) ON CONFLICT (id) DO NOTHING"
+            ),
+            (os.urandom(STORE_ID_BYTES),),
+        )
+        cur.execute("SELECT store_id FROM secret_store WHERE id = 1")
+        row = cur.fetchone()
+        return b"" if row is None else bytes(row[0])
+
+    for attempt in (1, 2):
+        try:
+            store_id = await db.transaction(load)
+            break
+        except StorageError as exc:
+            # Two replicas creating the table at once (PostgreSQL): the second try sees it.
+            if exc.reason is not StorageReason.CONFLICT or attempt == 2:
+                raise
+    if len(store_id) != STORE_ID_BYTES:
+        raise ConfigError(
+            f"the secret server's store id in {db.where} is {len(store_id)} bytes,"
+            f" not {STORE_ID_BYTES} (the secret_store row was edited)"
+        )
+    return store_id
 
 
 def nonce_table_statements(db: Database) -> list[str]:
@@ -70,12 +124,15 @@ class OperatorGate:
         *,
         policy_key: Verifier,
         server: auth.Prin,
+        store_id: bytes,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.db: Final = db
         self.policy_key: Final = policy_key
         self.policy_principal: Final = auth.key_principal(policy_key.public_key_der())
         self.server: Final = server
+        #: The store id read at start (see :func:`load_store_id`), kept for good.
+        self.store_id: Final = bytes(store_id)
         self._clock = clock
         #: nonce -> expiry (ns), oldest first: the nonces this gate accepted.
         self._spent: collections.OrderedDict[bytes, int] = collections.OrderedDict()
@@ -96,7 +153,11 @@ class OperatorGate:
         OperatorError (a replay, a bad or stale credential)."""
         now = self._clock()
         claim = verify_operator_request(
-            request, policy_key=self.policy_key, server=self.server, now_ns=now
+            request,
+            policy_key=self.policy_key,
+            server=self.server,
+            store=self.store_id,
+            now_ns=now,
         )
         expires = claim.not_after_ns + NONCE_MARGIN_NS
         nonce = claim.nonce
