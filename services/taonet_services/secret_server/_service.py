@@ -28,10 +28,11 @@ many answers ``invalid`` (list a narrower prefix, or one the caller may read).
 
 Audit (an :class:`~taonet_services.storage.AuditStore` in the same database): every
 change is appended in the same transaction as the change (so it commits with it);
-every release (a Read answered with a value, with the tag of the row it came from)
-is appended and committed before the value is sent (releases from concurrent calls
-are committed together, one transaction per batch); every refusal by the guard is
-appended. A release that cannot be audited is not made (``unavailable``).
+every release (a Read answered with a value, with the tag of the row it came from
+and the last entry known committed before the read) is appended and committed
+before the value is sent (releases from concurrent calls are committed together, one
+transaction per batch); every refusal by the guard is appended. A release that
+cannot be audited is not made (``unavailable``).
 
 Reads. A Read on SQLite is answered from the :class:`~taonet_services.secret_server.
 _cache.ObjectCache` when the object was verified since the tables last changed (by
@@ -627,6 +628,8 @@ class SecretServer:
         if refused is not None:
             return refused
         now = utc_now()
+        # Every change up to this entry committed before the read: it must show.
+        known = self.audit.known
         cache = self.cache
         verified: Verified | None = (
             None if cache is None else cache.lookup(request.name, request.epoch, now)
@@ -646,6 +649,7 @@ class SecretServer:
         details = {"op": "Read", "peer": bounded(peer, 1000)}
         if verified.tag is not None:  # which version went out (its row's tag, as written)
             details["tag"] = verified.tag.hex()
+            details["read_after"] = str(0 if known is None else known[0])
         # The release is on record before the value leaves.
         await self._batcher.record(
             kind="secret_released",
