@@ -23,6 +23,7 @@ from taonet.secrets import (
     Failure,
     Granted,
     GrantRequest,
+    InfoRequest,
     Listing,
     ListRequest,
     NotFoundError,
@@ -30,6 +31,7 @@ from taonet.secrets import (
     ReadRequest,
     RotateRequest,
     SecretServiceError,
+    ServerInfo,
     UnauthorizedError,
     WatchBatch,
     WatchEvent,
@@ -62,6 +64,7 @@ REQUESTS = [
     WatchRequest("/a", 12),
     GrantRequest("key([0a0b])", ("Read", "Own"), "/a", revoke=True),
     ReadRequest("/a", operator=b"credential"),
+    InfoRequest(),
 ]
 
 
@@ -80,6 +83,8 @@ RESPONSES = [
     ("List", Listing(())),
     ("Watch", WatchBatch((WatchEvent(ObjectId("/a", 2), "rotated", 5),), 6)),
     ("Grant", Granted()),
+    ("Info", ServerInfo(bytes(range(16)))),
+    ("Info", Failure(ErrorCode.INVALID, "no store id")),
     ("Read", Failure(ErrorCode.NOT_FOUND, "gone")),
 ]
 
@@ -88,6 +93,20 @@ RESPONSES = [
 def test_responses_round_trip(name: str, response: object) -> None:
     method = f"SecretService.{name}"
     assert decode_response(method, encode_response(response)) == response  # type: ignore[arg-type]
+
+
+def test_info_is_a_new_op_and_its_answer_a_store_id_of_16_bytes() -> None:
+    method, body = encode_request(InfoRequest())
+    assert method == "SecretService.Info"
+    assert Op.INFO.number == 9
+    original = message_class("Request")()
+    original.ParseFromString(body)
+    assert original.op == 9
+    for bad in (b"", b"\x01" * 15, b"\x01" * 17):
+        with pytest.raises(CodecError, match="store id"):
+            decode_response(method, serialize(message_class("Response")(store_id=bad)))
+    with pytest.raises(CodecError, match="store_id is missing"):
+        decode_response(method, b"")
 
 
 def test_original_fields_keep_their_numbers() -> None:

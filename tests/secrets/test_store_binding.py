@@ -284,3 +284,20 @@ async def test_a_store_id_row_that_is_not_one_stops_the_start(tmp_path: Path, ba
             await db.transaction(edit)
             with pytest.raises(ConfigError, match="store id"):
                 await load_store_id(db)
+
+
+async def test_info_is_answered_to_any_caller_and_records_nothing(
+    tmp_path: Path, make_domain: MakeDomain, make_host: MakeHost
+) -> None:
+    with trio.fail_after(60):
+        async with secret_world(tmp_path, make_domain, make_host, grants=OWNER) as world:
+            anonymous = ChannelIdentity.anonymous(world.domain.policy_cert)
+            answers = []
+            for identity in (anonymous, await world.identity("stranger")):
+                async with connect(world.address, identity) as store:
+                    # Twice on one channel: an anonymous channel is not closed after it.
+                    answers += [await store.call(InfoRequest()), await store.call(InfoRequest())]
+            assert len(set(answers)) == 1
+            assert answers[0] == ServerInfo(_store_row(world.domain.path / "secrets.db"))
+        entries = await audit_entries(world.domain.path / "secrets.db")
+    assert not refusals(entries)
