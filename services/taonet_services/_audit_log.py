@@ -39,7 +39,7 @@ deleted by someone with write access to the database) or edited there is refused
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any, Final
 
 import attrs
@@ -365,6 +365,18 @@ class AuditStore:
             params += (limit,)
         cur.execute(self.db.sql(query), params)
         return [_entry(row) for row in cur.fetchall()]
+
+    def iter_entries_in(
+        self, cur: Any, *, since_seq: int = 0, page: int = 1000
+    ) -> Iterator[AuditEntry]:
+        """Every entry after ``since_seq`` in seq order, read ``page`` at a time (so a
+        long chain is never all in memory). Inside one transaction, for one snapshot."""
+        while True:
+            batch = self.entries_in(cur, since_seq=since_seq, limit=page)
+            yield from batch
+            if len(batch) < page:
+                return
+            since_seq = batch[-1].seq
 
     async def entries(self, *, since_seq: int = 0, limit: int | None = None) -> list[AuditEntry]:
         return await self.db.transaction(

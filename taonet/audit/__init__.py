@@ -7,6 +7,9 @@
 * :func:`verify_chain`: raises :class:`AuditError` (``.seq``, ``.reason``) at
   the first edited, removed, moved or truncated entry, or forged checkpoint;
   returns a :class:`ChainSummary` otherwise.
+* :class:`RowAudit`: a secret server's chain replayed and held against the rows
+  its database holds (a row rolled back, deleted or added without an audited
+  change, a rolled-back version served): :class:`Mismatch`, :class:`MismatchKind`.
 
 Storage lives with the services (``taonet_services.storage``); this package is
 pure: no I/O, no trio.
@@ -33,6 +36,7 @@ from taonet.audit._chain import (
     sign_checkpoint,
     verify_chain,
 )
+from taonet.audit._rows import Mismatch, MismatchKind, RowAudit, RowVersion
 
 __all__ = [
     "CHECKPOINT_CONTEXT",
@@ -46,6 +50,10 @@ __all__ = [
     "AuditReason",
     "ChainSummary",
     "Checkpoint",
+    "Mismatch",
+    "MismatchKind",
+    "RowAudit",
+    "RowVersion",
     "bounded",
     "decode_details",
     "encode_details",
@@ -54,7 +62,17 @@ __all__ = [
     "verify_chain",
 ]
 
-for _public in (AuditEntry, AuditError, AuditReason, ChainSummary, Checkpoint):
+for _public in (
+    AuditEntry,
+    AuditError,
+    AuditReason,
+    ChainSummary,
+    Checkpoint,
+    Mismatch,
+    MismatchKind,
+    RowAudit,
+    RowVersion,
+):
     _public.__module__ = __name__
 for _function in (
     bounded,

@@ -100,6 +100,9 @@ class AuditReason(enum.Enum):
     CHECKPOINT_REMOVED = "checkpoint_removed"
     UNTRUSTED_SIGNER = "untrusted_signer"
     MALFORMED = "malformed"
+    #: The chain verified, but the rows it records do not hold what it says
+    #: (``taonet audit verify --against-rows``, :class:`taonet.audit.RowAudit`).
+    ROWS_MISMATCH = "rows_mismatch"
 
 
 class AuditError(AuthenticationError):

@@ -7,6 +7,24 @@ the keys given with ``--key``, or, with neither, only against the key each
 checkpoint names (which shows the log is self-consistent, not who signed it).
 Prints what it verified (entries, checkpoints, head) or the first bad entry and
 why; a log that fails is *refused* (exit 4).
+
+``--against-rows`` (a secret server's database: ``--db``, or ``DIR/secrets.db`` with
+``--domain``): once the chain and its checkpoints verified, replays the chain's
+changes and releases and holds them against the rows the database holds, in the
+same snapshot (:class:`taonet.audit.RowAudit`): a row whose tag is not that of the
+last audited write, create or rotation of its name and epoch (``rolled_back``: an
+older, genuine copy of the row put back with its manifest, which the server serves
+as it cannot tell it from the latest), a row no audited change made
+(``unaudited_row``), a row the chain says exists that is gone without an audited
+delete (``deleted_unaudited``), a release whose tag is not that of the last audited
+change before it (``served_rollback``: the rolled-back version went out) and a
+release of an id the chain never created or deleted (``served_unaudited``). Each is
+one line (the first :data:`MAX_REPORTED`, then counts by kind; ``-o json``: the same
+as a document); any of them is *refused* (exit 4), like a chain that fails. Entries
+and rows are read a page at a time: the memory held is one small record per name
+and epoch. A row edited without the master key fails its MAC and is never served:
+the secret server reports it (``corrupt``) on the next read of it; this check looks
+only at which version of a row is there.
 """
 
 from __future__ import annotations
@@ -18,7 +36,7 @@ from typing import Any, Final
 
 import trio
 
-from taonet.audit import AuditError, ChainSummary
+from taonet.audit import AuditError, AuditReason, ChainSummary, RowAudit, RowVersion, bounded
 from taonet.cli._domain_cmd import add_domain_option, audit_path, domain_dir
 from taonet.cli._failures import NotFoundError, UsageError, is_missing
 from taonet.cli._output import add_output_option, emit
@@ -28,6 +46,15 @@ from taonet.files import read_file
 
 #: Longest public key file read for --key.
 _MAX_KEY_FILE: Final = 64 * 1024
+#: Most mismatches --against-rows reports one by one (then only counted).
+MAX_REPORTED: Final = 100
+#: Rows and entries read per query by --against-rows.
+_PAGE: Final = 1000
+#: The secret server's rows, a page at a time in (name, epoch) order.
+_ROWS_QUERY: Final = (
+    "SELECT name, epoch, protector_name, protector_epoch, tag FROM secret_objects"
+    " WHERE name > ? OR (name = ? AND epoch > ?) ORDER BY name, epoch LIMIT ?"
+)
 
 
 def register(sub: Any) -> None:
@@ -40,6 +67,11 @@ def register(sub: Any) -> None:
             "Recompute every entry's hash and link and check every checkpoint's signature."
             " Entries after the last checkpoint are linked but not signed: a log cut there"
             " cannot be told from one that stopped there (services checkpoint on shutdown)."
+            " With --against-rows (a secret server's database), then hold the chain's last"
+            " audited change of every name and epoch, and every release, against the rows"
+            " the database holds: a row rolled back to an older genuine copy, a row no"
+            " audited change made, a row deleted without an audited delete, and a"
+            " rolled-back version served are each one line, and fail the check."
         ),
     )
     verify.add_argument(
@@ -49,6 +81,12 @@ def register(sub: Any) -> None:
         "(default with --domain: the domain service's audit.sqlite)",
     )
     add_domain_option(verify)
+    verify.add_argument(
+        "--against-rows",
+        action="store_true",
+        help="a secret server's database (default with --domain: its secrets.db): also"
+        " compare the audited writes, deletes, rotations and releases with the rows it holds",
+    )
     verify.add_argument(
         "--key",
         metavar="FILE",
@@ -85,6 +123,10 @@ def _target(args: argparse.Namespace) -> tuple[str, Domain | None]:
         domain = Domain.load(domain_dir(args))
     if args.db is not None:
         url: str = args.db
+    elif domain is not None and args.against_rows:
+        from taonet_services.secret_server import DB_FILE
+
+        url = str(domain.path / DB_FILE)
     elif domain is not None:
         url = str(audit_path(domain.path))
     else:
@@ -97,22 +139,73 @@ def _target(args: argparse.Namespace) -> tuple[str, Domain | None]:
     return url, domain
 
 
-async def _run(url: str, trusted: list[Verifier] | None) -> tuple[str, ChainSummary | None]:
+async def _run(
+    url: str, trusted: list[Verifier] | None, against_rows: bool
+) -> tuple[str, ChainSummary | None, RowAudit | None]:
     from taonet_services.storage import AuditStore, Database
 
     db = await Database.open(url, pool_size=1)
     try:
         store = AuditStore(db)
         if not await store.chain_exists():
-            return db.where, None
+            return db.where, None, None
+
+        def check(cur: Any) -> tuple[ChainSummary, RowAudit | None]:
+            # One snapshot: the rows are held against the chain exactly as it was.
+            summary = store.verify_in(cur, trusted)
+            return summary, _against_rows(store, cur) if against_rows else None
+
         try:
-            return db.where, await store.verify(trusted)
+            summary, rows = await db.transaction(check, write=False, serializable=True)
         except AuditError as exc:
             raise AuditError(
                 f"audit log {db.where}: {exc}", seq=exc.seq, reason=exc.reason
             ) from None
+        return db.where, summary, rows
     finally:
         await db.aclose()
+
+
+def _against_rows(store: Any, cur: Any) -> RowAudit:
+    """Replay the chain (a page at a time), then stream the secret server's rows."""
+    db = store.db
+    if db.dialect == "sqlite":
+        cur.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
+            ("secret_objects",),
+        )
+    else:
+        cur.execute("SELECT (to_regclass('secret_objects') IS NOT NULL)::int")
+    if not int(cur.fetchone()[0]):
+        raise NotFoundError(
+            f"no secret server tables in {db.where}: --against-rows checks a secret"
+            " server's database (its secrets.db, or --db URL)"
+        )
+    audit = RowAudit(keep=MAX_REPORTED)
+    for entry in store.iter_entries_in(cur, page=_PAGE):
+        audit.replay(entry)
+    after: tuple[str, int] = ("", 0)
+    query = db.sql(_ROWS_QUERY)
+    while True:
+        cur.execute(query, (after[0], after[0], after[1], _PAGE))
+        page = cur.fetchall()
+        for name, epoch, protector_name, protector_epoch, tag in page:
+            audit.check_row(
+                RowVersion(
+                    str(name), int(epoch), str(protector_name), int(protector_epoch), bytes(tag)
+                )
+            )
+        if len(page) < _PAGE:
+            break
+        after = (str(page[-1][0]), int(page[-1][1]))
+    audit.finish()
+    return audit
+
+
+def _printable(text: str, limit: int = 300) -> str:
+    """Text from the database as one safe line: control characters escaped, bounded."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
+    return bounded(shown, limit)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -126,7 +219,7 @@ def _verify(args: argparse.Namespace) -> int:
         if domain is not None:
             trusted.append(domain.policy_verifier)
             signers.append("the domain's policy key")
-    where, summary = trio.run(_run, url, trusted)
+    where, summary, rows = trio.run(_run, url, trusted, args.against_rows)
     if summary is None:
         raise NotFoundError(
             f"no audit chain in {where} (a domain audit log of the first layout is carried"
@@ -145,6 +238,24 @@ def _verify(args: argparse.Namespace) -> int:
         "signers": list(summary.signers),
         "trusted": summary.trusted,
     }
+    if rows is not None:
+        document["rows"] = {
+            "rows": rows.rows,
+            "releases_checked": rows.releases_checked,
+            "match": rows.total == 0,
+            "mismatches": rows.total,
+            "by_kind": {kind.value: n for kind, n in rows.counts.items()},
+            "reported": [
+                {
+                    "kind": m.kind.value,
+                    "name": bounded(m.name, 1100),
+                    "epoch": m.epoch,
+                    "seq": m.seq,
+                    "detail": m.detail,
+                }
+                for m in rows.mismatches
+            ],
+        }
 
     def text() -> None:
         print(f"verified {where}: {summary.entries} entries, {summary.checkpoints} checkpoints")
@@ -162,5 +273,24 @@ def _verify(args: argparse.Namespace) -> int:
                 " last checkpoint: linked, not yet signed"
             )
 
+        if rows is not None:
+            print(
+                f"rows: {rows.rows} rows and {rows.releases_checked} releases held against"
+                f" the chain: {rows.total or 'no'} mismatches"
+            )
+            for m in rows.mismatches:
+                print(f"{m.kind.value} {_printable(m.name)}#{m.epoch}: {_printable(m.detail, 500)}")
+            if rows.total > len(rows.mismatches):
+                counts = ", ".join(f"{k.value} {n}" for k, n in rows.counts.items() if n)
+                print(f"... {rows.total - len(rows.mismatches)} more not shown ({counts})")
+
     emit(args, document, text)
+    if rows is not None and rows.total:
+        first = rows.mismatches[0]
+        raise AuditError(
+            f"audit log {where}: the rows do not match the chain: {rows.total} mismatches"
+            f" (first: {first.kind.value} {_printable(first.name, 200)}#{first.epoch})",
+            seq=first.seq,
+            reason=AuditReason.ROWS_MISMATCH,
+        )
     return 0
