@@ -34,7 +34,8 @@ from taonet.secrets import (
     connect,
 )
 from taonet_services.secret_server import SecretTables
-from taonet_services.secret_server._operator_auth import load_store_id
+from taonet_services.secret_server._operator_auth import load_store_id, store_id_mac
+from taonet_services.secret_server._store import new_master_key
 from taonet_services.storage import Database
 from tests.conftest import MakeDomain, MakeHost
 from tests.secrets.test_grant import tail
@@ -56,9 +57,14 @@ async def _second(world: World, base: Path) -> tuple[tuple[str, int], Path]:
 
 
 def _store_row(db_file: Path) -> bytes:
+    return _whole_row(db_file)[0]
+
+
+def _whole_row(db_file: Path) -> tuple[bytes, bytes]:
     db = sqlite3.connect(db_file)
     try:
-        return bytes(db.execute("select store_id from secret_store where id = 1").fetchone()[0])
+        row = db.execute("select store_id, mac from secret_store_id where id = 1").fetchone()
+        return bytes(row[0]), bytes(row[1])
     finally:
         db.close()
 
@@ -147,11 +153,13 @@ async def test_a_grant_row_signed_for_another_instance_gives_nothing(
 async def test_a_store_id_edited_while_the_server_runs_changes_nothing(
     tmp_path: Path, make_domain: MakeDomain, make_host: MakeHost
 ) -> None:
-    """Someone with write access to A's database sets its store id to B's, hoping that A
-    then takes credentials made for B: A keeps the id it read at start."""
+    """Someone with write access to A's database copies B's store id row over A's,
+    hoping that A then takes credentials and grants made for B: A keeps the id it read
+    at start, and a restart on the edited row refuses to start (its MAC is not under
+    A's master key)."""
     with trio.fail_after(90):
         async with secret_world(tmp_path, make_domain, make_host, grants=OWNER) as world:
-            address_b, _ = await _second(world, tmp_path)
+            address_b, db_b = await _second(world, tmp_path)
             db_a = world.domain.path / "secrets.db"
             async with operator(world) as a, operator(world, address_b) as b:
                 await a.call(CreateRequest("/ops/x", b"A's"))
@@ -161,7 +169,9 @@ async def test_a_store_id_edited_while_the_server_runs_changes_nothing(
                 db = sqlite3.connect(db_a)
                 try:
                     with db:
-                        db.execute("update secret_store set store_id = ?", (b.store_id,))
+                        db.execute(
+                            "update secret_store_id set store_id = ?, mac = ?", _whole_row(db_b)
+                        )
                         db.execute(
                             "update secret_grants_generation set generation = generation + 1"
                         )
@@ -180,6 +190,11 @@ async def test_a_store_id_edited_while_the_server_runs_changes_nothing(
                 assert _value(await a.once(a.sign(ReadRequest("/ops/x")))) == b"A's"
                 async with connect(world.address, await world.identity("stranger")) as store:
                     assert (await store.read("/ops/x")).value == b"A's"
+            # A restart (here: another server of A's program on A's database) reads the
+            # row again and refuses it.
+            with pytest.raises(BaseExceptionGroup) as refused:
+                await world.start_server("server-a-restarted")
+            assert refused.group_contains(ConfigError, match="master key")
 
 
 async def test_replicas_of_one_postgresql_database_share_the_store(
@@ -215,6 +230,9 @@ async def test_replicas_of_one_postgresql_database_share_the_store(
                 assert (await store.read("/ops/x")).value == b"shared"
 
 
+MASTER = new_master_key()
+
+
 async def _race(url: str, replicas: int) -> list[bytes]:
     """``replicas`` servers' first start on one database at the same moment."""
     dbs = [await Database.open(url) for _ in range(replicas)]
@@ -224,7 +242,7 @@ async def _race(url: str, replicas: int) -> list[bytes]:
 
         async def start(db: Database) -> None:
             await go.wait()
-            ids.append(await load_store_id(db))
+            ids.append(await load_store_id(db, MASTER))
 
         async with trio.open_nursery() as nursery:
             for db in dbs:
@@ -265,9 +283,9 @@ async def test_a_database_made_before_store_ids_gets_one_and_keeps_it(tmp_path: 
                 lambda cur: cur.execute("select name from sqlite_master").fetchall(),
                 write=False,
             )
-            assert "secret_store" not in {t[0] for t in tables}
-            first = await load_store_id(db)
-            assert first == await load_store_id(db)
+            assert "secret_store_id" not in {t[0] for t in tables}
+            first = await load_store_id(db, MASTER)
+            assert first == await load_store_id(db, MASTER)
         assert _store_row(tmp_path / "secrets.db") == first
 
 
@@ -276,14 +294,39 @@ async def test_a_store_id_row_that_is_not_one_stops_the_start(tmp_path: Path, ba
     url = f"sqlite:///{tmp_path / 'secrets.db'}"
     with trio.fail_after(30):
         async with await Database.open(url) as db:
-            await load_store_id(db)
+            await load_store_id(db, MASTER)
 
             def edit(cur: Any) -> None:
-                cur.execute("update secret_store set store_id = ?", (bad,))
+                cur.execute("update secret_store_id set store_id = ?", (bad,))
 
             await db.transaction(edit)
             with pytest.raises(ConfigError, match="store id"):
-                await load_store_id(db)
+                await load_store_id(db, MASTER)
+
+
+async def test_a_store_id_row_made_under_another_master_key_stops_the_start(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(30):
+        async with (
+            await Database.open(f"sqlite:///{tmp_path / 'a.db'}") as a,
+            await Database.open(f"sqlite:///{tmp_path / 'b.db'}") as b,
+        ):
+            other_master = new_master_key()
+            id_b = await load_store_id(b, other_master)
+            mac_b = store_id_mac(other_master, id_b)
+            await load_store_id(a, MASTER)
+
+            def copy(cur: Any) -> None:
+                cur.execute("update secret_store_id set store_id = ?, mac = ?", (id_b, mac_b))
+
+            await a.transaction(copy)
+            with pytest.raises(ConfigError, match="master key"):
+                await load_store_id(a, MASTER)
+            assert await load_store_id(b, other_master) == id_b
+            # Deleting the row (what the message offers) makes a new store id.
+            await a.transaction(lambda cur: cur.execute("delete from secret_store_id"))
+            assert await load_store_id(a, MASTER) not in (id_b, b"")
 
 
 async def test_info_is_answered_to_any_caller_and_records_nothing(

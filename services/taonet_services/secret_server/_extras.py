@@ -29,6 +29,7 @@ import trio
 
 from taonet import auth
 from taonet.crypto import Verifier
+from taonet.protected import SecretObject
 from taonet.secrets import Op, ServerInfo
 from taonet_services.secret_server._grants import GrantBook
 from taonet_services.secret_server._operator_auth import OperatorGate, load_store_id
@@ -93,13 +94,16 @@ async def prepare_extras(
     *,
     policy_key: Verifier,
     principal: auth.Prin,
+    master: SecretObject,
     db_url: str | None = None,
     operators: bool = True,
 ) -> Extras:
     """Create the extensions' tables; the extensions of server ``principal`` in a domain
-    whose policy key is ``policy_key`` (``db_url``: for PostgreSQL's LISTEN;
+    whose policy key is ``policy_key``, over the database whose master key is
+    ``master`` (it vouches for the store id: ``_operator_auth``) (``db_url``: for
+    PostgreSQL's LISTEN;
     ``operators`` False: operator credentials are another hook's to check)."""
-    store_id = await load_store_id(db)
+    store_id = await load_store_id(db, master)
     gate = OperatorGate(db, policy_key=policy_key, server=principal, store_id=store_id)
     grants = GrantBook(db, policy_key=policy_key, store_id=store_id)
     listen_url = db_url if db_url is not None and db_url.startswith("postgres") else None

@@ -19,13 +19,16 @@ the table: rows deleted by someone with write access to the database do not reop
 a credential to a replay on this server (other replicas rely on the table).
 
 The store id (:func:`load_store_id`) is 16 random bytes made when the database is
-first set up, one row of ``secret_store``; a database made before it existed gets
-one on the next start. Every replica of one database reads the same id (they serve
+first set up, one row of ``secret_store_id`` with a MAC under the master key (so
+nobody without that key can put another store's id there); a database made before
+it existed gets one on the next start. Every replica of one database reads the same id (they serve
 the same objects and share the nonce table), every other database has another, so
 a credential made for one instance of the server (a test server) is refused by
 another instance of the same program (production) as ``WRONG_STORE``. A server
 reads the id once, at start, and keeps it: a row edited while it runs changes
-nothing it accepts or announces (only a restart reads it again).
+nothing it accepts or announces; at the next start a row whose MAC does not verify
+under the master key stops the server (ConfigError), so an id copied from another
+database is never taken, then or later.
 
 A request accepted is authorized as the policy key's principal (everything: see
 :meth:`OperatorGate.also_authorized`). Every refusal raises an
@@ -35,15 +38,20 @@ A request accepted is authorized as the policy key's principal (everything: see
 from __future__ import annotations
 
 import collections
+import hashlib
+import hmac
 import os
 import time
 from collections.abc import Callable
 from typing import Any, Final
 
 import structlog
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from taonet import ConfigError, auth
 from taonet.crypto import Verifier
+from taonet.protected import SecretObject
 from taonet.secrets import (
     STORE_ID_BYTES,
     OperatorError,
@@ -54,7 +62,7 @@ from taonet.secrets import (
 )
 from taonet_services.storage import Database, StorageError, StorageReason
 
-__all__ = ["MAX_REMEMBERED", "NONCE_MARGIN_NS", "OperatorGate", "load_store_id"]
+__all__ = ["MAX_REMEMBERED", "NONCE_MARGIN_NS", "OperatorGate", "load_store_id", "store_id_mac"]
 
 log = structlog.get_logger(__name__)
 
@@ -66,42 +74,61 @@ MAX_REMEMBERED: Final = 100_000
 
 def store_id_statements(db: Database) -> list[str]:
     return [
-        "CREATE TABLE IF NOT EXISTS secret_store ("
-        f" id INTEGER PRIMARY KEY, store_id {db.blob_type} NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS secret_store_id ("
+        f" id INTEGER PRIMARY KEY, store_id {db.blob_type} NOT NULL, mac {db.blob_type} NOT NULL)",
     ]
 
 
-async def load_store_id(db: Database) -> bytes:
+def store_id_mac(master: SecretObject, store_id: bytes) -> bytes:
+    """The MAC that binds ``store_id`` to the database's master key (HMAC-SHA256 under a
+    key derived from it for this use alone)."""
+    key = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"taonet secret-server store id v1"
+    ).derive(master.value)
+    return hmac.new(key, b"store id\0" + store_id, hashlib.sha256).digest()
+
+
+async def load_store_id(db: Database, master: SecretObject) -> bytes:
     """The id of the store ``db`` holds: made at random (:data:`STORE_ID_BYTES`) by the
     first server to start on it, read by every later one (an insert that does nothing
-    when the row exists, then a read, in one transaction: replicas starting at once
-    all read the one that committed). ConfigError if the row is not a store id."""
+    when the row exists, then a read, in one transaction, under an advisory lock on
+    PostgreSQL: replicas starting at once all read the one that committed).
 
-    def load(cur: Any) -> bytes:
+    The row carries a MAC under the master key (:func:`store_id_mac`), which every
+    replica of the database holds and nothing else does, so an id written by someone
+    without it (another database's row copied in, so that this server would take that
+    store's credentials and grants after a restart) is refused: ConfigError, as for a
+    row that is not a store id."""
+    fresh = os.urandom(STORE_ID_BYTES)
+
+    def load(cur: Any) -> tuple[bytes, bytes]:
+        if db.dialect == "postgresql":  # replicas starting at once create the table once
+            cur.execute("SELECT pg_advisory_xact_lock(7461758)")
         for statement in store_id_statements(db):
             cur.execute(statement)
         cur.execute(
             db.sql(
-                "INSERT INTO secret_store (id, store_id) VALUES (1, ?) ON CONFLICT (id) DO NOTHING"
+                "INSERT INTO secret_store_id (id, store_id, mac) VALUES (1, ?, ?)"
+                " ON CONFLICT (id) DO NOTHING"
             ),
-            (os.urandom(STORE_ID_BYTES),),
+            (fresh, store_id_mac(master, fresh)),
         )
-        cur.execute("SELECT store_id FROM secret_store WHERE id = 1")
+        cur.execute("SELECT store_id, mac FROM secret_store_id WHERE id = 1")
         row = cur.fetchone()
-        return b"" if row is None else bytes(row[0])
+        return (b"", b"") if row is None else (bytes(row[0]), bytes(row[1]))
 
-    for attempt in (1, 2):
-        try:
-            store_id = await db.transaction(load)
-            break
-        except StorageError as exc:
-            # Two replicas creating the table at once (PostgreSQL): the second try sees it.
-            if exc.reason is not StorageReason.CONFLICT or attempt == 2:
-                raise
+    store_id, mac = await db.transaction(load)
     if len(store_id) != STORE_ID_BYTES:
         raise ConfigError(
             f"the secret server's store id in {db.where} is {len(store_id)} bytes,"
-            f" not {STORE_ID_BYTES} (the secret_store row was edited)"
+            f" not {STORE_ID_BYTES} (the secret_store_id row was edited)"
+        )
+    if not hmac.compare_digest(mac, store_id_mac(master, store_id)):
+        raise ConfigError(
+            f"the secret server's store id in {db.where} was not written with this"
+            " database's master key (the secret_store_id row was edited or copied from"
+            " another database): restore the row, or delete it to make a new store id"
+            " (credentials and grants made for the old one are then refused)"
         )
     return store_id
 

@@ -214,6 +214,7 @@ async def run_secret_server(
                     db,
                     policy_key=domain.policy_verifier,
                     principal=provisioned.principal,
+                    master=master,
                     db_url=db_url,
                     operators=authenticate_operator is None,
                 )
