@@ -406,7 +406,24 @@ class AuditStore:
         return result
 
     def verify_in(self, cur: Any, trusted: Collection[Verifier] | None = None) -> ChainSummary:
-        return verify_chain(self.entries_in(cur), self.checkpoints_in(cur), trusted)
+        """:meth:`verify` inside the caller's transaction: the entries are read a page
+        at a time (:meth:`iter_entries_in`), never all held at once."""
+        checkpoints = self.checkpoints_in(cur)
+        return verify_chain(
+            self.iter_entries_in(cur),
+            checkpoints,
+            trusted,
+            locate=lambda digest: self._seq_of_in(cur, digest),
+        )
+
+    def _seq_of_in(self, cur: Any, digest: bytes) -> int | None:
+        """The seq of the entry stored with hash ``digest`` (a scan: only on a failure)."""
+        cur.execute(
+            self.db.sql("SELECT seq FROM audit_entries WHERE entry_hash = ? ORDER BY seq LIMIT 1"),
+            (digest,),
+        )
+        row = cur.fetchone()
+        return None if row is None else int(row[0])
 
     async def verify(self, trusted: Collection[Verifier] | None = None) -> ChainSummary:
         """Verify the whole chain as stored (see :func:`taonet.audit.verify_chain`)."""

@@ -40,7 +40,7 @@ import hmac
 import re
 import struct
 import types
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Final
 
 import attrs
@@ -373,6 +373,8 @@ def verify_chain(
     entries: Iterable[AuditEntry],
     checkpoints: Iterable[Checkpoint],
     trusted: Collection[Verifier] | None = None,
+    *,
+    locate: Callable[[bytes], int | None] | None = None,
 ) -> ChainSummary:
     """Verify a stored chain (entries in storage order by ``seq``) and its checkpoints.
 
@@ -380,8 +382,18 @@ def verify_chain(
     checkpoint only against the key it names (which proves nothing about who
     signed it: the summary says ``trusted=False``). Raises :class:`AuditError` at
     the first bad entry or checkpoint, in sequence order.
+
+    ``locate(hash)``: the seq of the stored entry whose recorded hash is ``hash``
+    (None if none), asked only when an entry does not link to the one before it,
+    to say whether entries were moved. With it, ``entries`` is read once, lazily,
+    and never held (a store pages through a long chain); without it the entries
+    are all read first, to answer that from them.
     """
-    entry_list = list(entries)
+    if locate is None:
+        entry_list = list(entries)
+        recorded = {e.recorded_hash: e.seq for e in entry_list if e.recorded_hash is not None}
+        locate = recorded.get
+        entries = entry_list
     cps = sorted(checkpoints, key=lambda c: c.seq)
     trusted_map = (
         None if trusted is None else {str(key_principal(v.public_key_der())): v for v in trusted}
@@ -391,10 +403,11 @@ def verify_chain(
     by_seq: dict[int, list[Checkpoint]] = {}
     for cp in cps:
         by_seq.setdefault(cp.seq, []).append(cp)
-    recorded = {e.recorded_hash: e.seq for e in entry_list if e.recorded_hash is not None}
     running = GENESIS
     expected = 1
-    for entry in entry_list:
+    count = 0
+    for entry in entries:
+        count += 1
         seq = entry.seq
         if seq < expected:
             raise AuditError(
@@ -410,7 +423,7 @@ def verify_chain(
                 reason=AuditReason.REMOVED,
             )
         if not hmac.compare_digest(entry.prev_hash, running):
-            source = recorded.get(entry.prev_hash)
+            source = locate(entry.prev_hash)
             if source is not None and source != seq - 1:
                 raise AuditError(
                     f"entry {seq} was written after the entry now at {source}, not after"
@@ -464,7 +477,7 @@ def verify_chain(
             reason=AuditReason.TRUNCATED,
         )
     return ChainSummary(
-        entries=len(entry_list),
+        entries=count,
         checkpoints=len(cps),
         head_seq=head_seq,
         head_hash=running,

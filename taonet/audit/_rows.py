@@ -156,9 +156,10 @@ class RowAudit:
         self.entries = 0
         self.releases_checked = 0
         self.rows = 0
-        self._names: dict[str, dict[int, _Slot]] = {}
+        self._slots: dict[tuple[str, int], _Slot] = {}
         self._rotations: dict[str, list[_Rotation]] = {}
-        #: The latest epoch of each key, as the chain says (what a create under it uses).
+        #: The latest epoch of each name, as the chain says (what a create under a key
+        #: uses; and up to where a delete of every epoch goes).
         self._latest: dict[str, int] = {}
 
     @property
@@ -185,7 +186,7 @@ class RowAudit:
 
     def _slot(self, name: str, epoch: int) -> _Slot | None:
         """The slot of ``name#epoch``, brought up to date with its protector's rotations."""
-        slot = self._names.get(name, {}).get(epoch)
+        slot = self._slots.get((name, epoch))
         if slot is None or slot.protector is None or slot.deleted:
             return slot
         key, key_epoch = slot.protector
@@ -208,9 +209,8 @@ class RowAudit:
         tag: bytes | None,
         protector: tuple[str, int] | None,
     ) -> None:
-        epochs = self._names.setdefault(name, {})
-        old = epochs.get(epoch)
-        epochs[epoch] = _Slot(
+        old = self._slots.get((name, epoch))
+        self._slots[name, epoch] = _Slot(
             entry.seq,
             tag,
             protector,
@@ -248,12 +248,13 @@ class RowAudit:
         parts = text.split(",")
         if len(text) >= _EPOCHS_CUT:
             # The list was cut: only a delete of every epoch lists that many.
-            epochs = list(self._names.get(name, {}))
+            last = self._latest.get(name, 0)
+            epochs = [e for e in range(1, last + 1) if (name, e) in self._slots]
         else:
             epochs = [int(p) for p in parts if p.isdigit() and len(p) <= 10]
         for epoch in epochs:
             slot = self._slot(name, epoch)
-            self._names.setdefault(name, {})[epoch] = _Slot(
+            self._slots[name, epoch] = _Slot(
                 entry.seq,
                 None,
                 None,
@@ -371,16 +372,15 @@ class RowAudit:
 
     def finish(self) -> None:
         """Report every row the chain says exists that :meth:`check_row` did not see."""
-        for name, epochs in self._names.items():
-            for epoch in epochs:
-                slot = self._slot(name, epoch)
-                assert slot is not None
-                if not slot.deleted and not slot.seen:
-                    self._report(
-                        MismatchKind.DELETED_UNAUDITED,
-                        name,
-                        epoch,
-                        slot.seq,
-                        f"the row is gone, but the audit has no delete of it (last change:"
-                        f" entry {slot.seq})",
-                    )
+        for name, epoch in self._slots:
+            slot = self._slot(name, epoch)
+            assert slot is not None
+            if not slot.deleted and not slot.seen:
+                self._report(
+                    MismatchKind.DELETED_UNAUDITED,
+                    name,
+                    epoch,
+                    slot.seq,
+                    f"the row is gone, but the audit has no delete of it (last change:"
+                    f" entry {slot.seq})",
+                )
