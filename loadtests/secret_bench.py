@@ -173,7 +173,7 @@ async def start_protocol_echo(nursery: trio.Nursery, server: SecretServer, answe
             event = envelope.next_event()
             if event is NEED_DATA:
                 envelope.body_length()
-                envelope.receive_data(await stream.receive_some(min(65536, envelope.wanted())))
+                envelope.receive_data(await stream.receive_some(65536))
                 continue
             if event is END_OF_STREAM:
                 return
@@ -356,7 +356,6 @@ async def reads(world: World, args: argparse.Namespace, result: dict[str, Any]) 
     server = world.running.server
     identity = await world.identity("owner")
     async with connect(world.address, identity) as store:
-        await store.create(KEY)  # a random 32-byte key
         obj = await store.read(KEY)
     request, answer = wire_sizes(encode_response(obj))
     port = await start_echo(world.nursery, server.identity, request, answer)
@@ -541,13 +540,20 @@ async def measure(args: argparse.Namespace, pg_url: str | None) -> dict[str, Any
     try:
         async with world_of(base) as world:
             assert world.running is not None
-            await reads(world, args, result)
-            await fresh(world, args, result)
-            await writes(world, world.running, "sqlite", args, result)
-            if pg_url is not None:
-                running = await world.start_server("pg-server", db_url=pg_url)
-                await writes(world, running, "postgresql", args, result)
-            await rotation(world, args, result)
+            async with connect(world.address, await world.identity("owner")) as store:
+                await store.create(KEY)  # a random 32-byte key
+            only = args.only
+            if only in (None, "reads"):
+                await reads(world, args, result)
+            if only in (None, "fresh"):
+                await fresh(world, args, result)
+            if only in (None, "writes"):
+                await writes(world, world.running, "sqlite", args, result)
+                if pg_url is not None:
+                    running = await world.start_server("pg-server", db_url=pg_url)
+                    await writes(world, running, "postgresql", args, result)
+            if only in (None, "rotation"):
+                await rotation(world, args, result)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return result
@@ -566,6 +572,11 @@ def main() -> None:
     parser.add_argument("--pg-url", help="a PostgreSQL to use (default: start a private one)")
     parser.add_argument("--no-pg", action="store_true", help="SQLite only")
     parser.add_argument("--profile", help="cProfile one read block into this file")
+    parser.add_argument(
+        "--only",
+        choices=("reads", "fresh", "writes", "rotation"),
+        help="measure only this part (the table then shows only its lines)",
+    )
     args = parser.parse_args()
     args.seconds = args.seconds or (2.0 if args.quick else 6.0)
     args.rounds = args.rounds or (2 if args.quick else 5)
@@ -574,7 +585,7 @@ def main() -> None:
     pg = None
     pg_url = args.pg_url
     note = None
-    if pg_url is None and not args.no_pg:
+    if pg_url is None and not args.no_pg and args.only in (None, "writes"):
         try:
             from tests.pg import PgServer
 
@@ -594,6 +605,26 @@ def main() -> None:
     if pg_url is None:
         result["postgresql"] = note or "not measured: --no-pg"
 
+    if "read_per_s" in result:
+        print_reads(args, result)
+    if "fresh_read_per_s" in result:
+        print(
+            f"fresh channel per read ({args.fresh_clients} clients):"
+            f" {result['fresh_read_per_s']:.0f}/s, bare handshakes:"
+            f" {result['handshake_per_s']:.0f}/s  ratio {result['fresh_read_ratio_vs_handshake']}"
+        )
+    for label in ("sqlite", "postgresql"):
+        if f"{label}_write_per_s" in result:
+            print(
+                f"writes on {label}: {result[f'{label}_write_per_s']:.0f}/s"
+                f" (p50 {result[f'{label}_write_p50_ms']} ms)"
+            )
+    if "rotation_s" in result:
+        print(f"rotation of a key protecting {args.children} objects: {result['rotation_s']} s")
+    print(json.dumps(result, sort_keys=True))
+
+
+def print_reads(args: argparse.Namespace, result: dict[str, Any]) -> None:
     print(
         f"reads, {args.clients} clients on persistent channels:"
         f" {result['read_per_s']:.0f}/s (p50 {result['read_p50_ms']} ms,"
@@ -621,19 +652,6 @@ def main() -> None:
         f" read {result['read_cpu_us']} us, protocol alone {result['protocol_echo_cpu_us']} us,"
         f" TLS echo {result['tls_echo_cpu_us']} us, Tao echo {result['tao_echo_cpu_us']} us"
     )
-    print(
-        f"fresh channel per read ({args.fresh_clients} clients):"
-        f" {result['fresh_read_per_s']:.0f}/s, bare handshakes:"
-        f" {result['handshake_per_s']:.0f}/s  ratio {result['fresh_read_ratio_vs_handshake']}"
-    )
-    for label in ("sqlite", "postgresql"):
-        if f"{label}_write_per_s" in result:
-            print(
-                f"writes on {label}: {result[f'{label}_write_per_s']:.0f}/s"
-                f" (p50 {result[f'{label}_write_p50_ms']} ms)"
-            )
-    print(f"rotation of a key protecting {args.children} objects: {result['rotation_s']} s")
-    print(json.dumps(result, sort_keys=True))
 
 
 if __name__ == "__main__":

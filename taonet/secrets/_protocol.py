@@ -151,7 +151,7 @@ class Op(enum.Enum):
     @property
     def method(self) -> str:
         """``SecretService.<Name>``."""
-        return f"{_SERVICE}.{self.value[0]}"
+        return _METHOD_OF[self]
 
     @property
     def number(self) -> int:
@@ -160,10 +160,15 @@ class Op(enum.Enum):
     @classmethod
     def from_method(cls, method: str) -> Op:
         """The operation named by an envelope header; ProtocolError for another."""
-        for op in cls:
-            if op.method == method:
-                return op
-        raise ProtocolError(f"unknown secret service method {method[:64]!r}")
+        op = _OP_OF_METHOD.get(method)
+        if op is None:
+            raise ProtocolError(f"unknown secret service method {method[:64]!r}")
+        return op
+
+
+#: Each operation's envelope method, and back (looked up on every request).
+_METHOD_OF: Final[dict[Op, str]] = {op: f"{_SERVICE}.{op.value[0]}" for op in Op}
+_OP_OF_METHOD: Final[dict[str, Op]] = {method: op for op, method in _METHOD_OF.items()}
 
 
 def request_body_limit(method: str) -> int:

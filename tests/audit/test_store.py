@@ -76,6 +76,54 @@ async def test_append_checkpoint_and_verify(db: Database) -> None:
     assert entries[0].details == {"epoch": "8"}
 
 
+def _items(n: int, start: int = 0) -> list[dict[str, Any]]:
+    return [
+        {
+            "kind": "secret_read",
+            "actor": f"key([{i:02x}])",
+            "subject": f"/s/{i}",
+            "outcome": "ok",
+            "details": {"epoch": str(i)},
+        }
+        for i in range(start, start + n)
+    ]
+
+
+async def test_a_batch_appends_as_entries_one_by_one_would(db: Database) -> None:
+    """append_many_in (the secret server's batched releases): the same chain, links and
+    checkpoints (signed where one-by-one appends sign them, mid-batch included) as
+    appends one at a time."""
+    store = await AuditStore.open(db, signer=KEY, checkpoint_every=4, clock=Clock())
+    with trio.fail_after(30):
+        await fill(store, 2)
+        batch = await db.transaction(lambda cur: store.append_many_in(cur, _items(9, 2)))
+        store.committed(batch[-1])
+        await fill(store, 1)  # after the batch: its head, read back
+        summary = await store.verify([KEY.verifier()])
+        entries = await store.entries()
+    assert [e.seq for e in batch] == list(range(3, 12))
+    assert all(e.recorded_hash == e.hash for e in batch)
+    assert (summary.entries, summary.head_seq, summary.checkpoints) == (12, 12, 3)
+    assert summary.last_checkpoint_seq == 12
+    # Each entry names the last checkpoint before it: 4, 8 and 12 were signed.
+    assert [e.checkpoint_seq for e in entries] == [0] * 4 + [4] * 4 + [8] * 4
+    assert [e.subject for e in entries] == [f"/s/{i}" for i in (*range(11), 0)]
+    assert [e.prev_hash for e in entries[1:]] == [e.recorded_hash for e in entries[:-1]]
+
+
+async def test_a_batch_with_one_bad_entry_writes_nothing(db: Database) -> None:
+    store = await AuditStore.open(db, signer=KEY, checkpoint_every=4, clock=Clock())
+    await fill(store, 3)
+    items = _items(3, 3)
+    items[2]["kind"] = "not a word!"
+    with pytest.raises(ValueError, match="kind must be"):
+        await db.transaction(lambda cur: store.append_many_in(cur, items))
+    summary = await store.verify([KEY.verifier()])
+    assert (summary.entries, summary.head_seq, summary.checkpoints) == (3, 3, 0)
+    await fill(store, 1)  # the chain goes on from where it was
+    assert (await store.verify([KEY.verifier()])).head_seq == 4
+
+
 async def test_checkpoint_after_an_interval(db: Database) -> None:
     clock = Clock()
     store = await AuditStore.open(

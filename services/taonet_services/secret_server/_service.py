@@ -186,6 +186,9 @@ def _reserved(name: str) -> bool:
 
 #: Guard decisions remembered per channel (then forgotten all at once).
 MAX_DECISIONS: Final = 1024
+#: Guard decisions the server remembers across channels (a fresh channel per request
+#: asks the guard once per principal, operation and name; then forgotten all at once).
+MAX_SERVER_DECISIONS: Final = 4096
 
 
 @attrs.define
@@ -256,7 +259,7 @@ class _AuditBatcher:
                 continue
 
             def append(cur: Any, batch: list[_Pending] = batch) -> Any:
-                return [self._audit.append_in(cur, **item.fields) for item in batch][-1]
+                return self._audit.append_many_in(cur, [item.fields for item in batch])[-1]
 
             failure: BaseException | None = None
             try:
@@ -334,6 +337,9 @@ class SecretServer:
         self.refresh_also = refresh_also
         self.info = info
         self._reach = Reach()
+        #: (principal, op, name) -> the guard that allowed it (a yes holds while that
+        #: guard is the server's: a reload replaces ``self.guard`` and every yes lapses).
+        self._decisions: dict[tuple[auth.Prin, str, str], Guard] = {}
 
     # -- serving ------------------------------------------------------------------------
 
@@ -411,9 +417,10 @@ class SecretServer:
                     try:
                         event = envelope.next_event()
                         if event is NEED_DATA:
-                            envelope.body_length()  # checked before the body is read
-                            wanted = min(CHUNK_SIZE, envelope.wanted())
-                            envelope.receive_data(await stream.receive_some(wanted))
+                            envelope.body_length()  # checked before the rest of it is read
+                            # One read takes whatever arrived (a whole request, usually),
+                            # at most CHUNK_SIZE: the buffer ahead of a request is bounded.
+                            envelope.receive_data(await stream.receive_some(CHUNK_SIZE))
                             continue
                     except (CodecError, ProtocolError) as exc:
                         log.warning("bad_request", peer=peer, error=bounded(str(exc), 500))
@@ -485,13 +492,21 @@ class SecretServer:
         guard = self.guard
         if seen is not None and seen.allowed.get((op, name)) is guard:
             return True
-        if any(guard.is_authorized(principal, op, [auth.Str(n)]) for n in covering_names(name)):
-            if seen is not None:
-                if len(seen.allowed) >= MAX_DECISIONS:
-                    seen.allowed.clear()
-                seen.allowed[(op, name)] = guard
-            return True
-        return False
+        decisions = self._decisions
+        key = (principal, op, name)
+        if decisions.get(key) is not guard:
+            if not any(
+                guard.is_authorized(principal, op, [auth.Str(n)]) for n in covering_names(name)
+            ):
+                return False
+            if len(decisions) >= MAX_SERVER_DECISIONS:
+                decisions.clear()
+            decisions[key] = guard
+        if seen is not None:
+            if len(seen.allowed) >= MAX_DECISIONS:
+                seen.allowed.clear()
+            seen.allowed[(op, name)] = guard
+        return True
 
     def may_reach(self, principal: auth.Prin, op: str, prefix: str) -> bool:
         """Whether ``principal`` could have ``op`` on ``prefix``, above it or on a name
