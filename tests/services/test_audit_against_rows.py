@@ -11,6 +11,7 @@ disagrees. The attacks are done with ``sqlite3`` (and psycopg) on a real server.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -271,3 +272,92 @@ async def test_a_rollback_on_postgresql_is_named_too(
             assert status == REFUSED
             found = {(m["kind"], m["name"]) for m in json.loads(out)["rows"]["reported"]}
             assert found == {("rolled_back", "/app/payroll"), ("served_rollback", "/app/payroll")}
+
+
+def fill(path: Path, names: int, rewritten: tuple[int, ...]) -> dict[int, Any]:
+    """A secret server database of ``names`` names written as the server writes them
+    (each row with its audit entry, in one transaction), the names in ``rewritten``
+    written a second time; returns an attacker's copy of each before that write."""
+    from taonet_services.secret_server import SecretTables, new_master_key
+    from taonet_services.secret_server._store import utc_now
+    from taonet_services.storage import AuditStore, Database
+
+    db = Database.open_sync(f"sqlite:///{path}")
+    try:
+        db.transaction_sync(lambda cur: SecretTables.create_tables_in(db, cur))
+        audit = AuditStore.open_sync(db)
+        tables = SecretTables(db, new_master_key())
+        now = utc_now()
+
+        def record(cur: Any, kind: str, oid: object, tag: bytes) -> None:
+            details = {"peer": "127.0.0.1:1", "tag": tag.hex()}
+            audit.append_in(
+                cur, kind=kind, actor="key([aa])", subject=str(oid), outcome="ok", details=details
+            )
+
+        def create(cur: Any, start: int, stop: int) -> None:
+            for i in range(start, stop):
+                oid, tag = tables.create_in(
+                    cur, f"/n/{i:06d}", b"v1", "bytes", None, None, None, now
+                )
+                record(cur, "secret_created", oid, tag)
+
+        for start in range(0, names, 10_000):
+            db.transaction_sync(
+                functools.partial(create, start=start, stop=min(start + 10_000, names))
+            )
+        copies = {i: copy_of(path, f"/n/{i:06d}") for i in rewritten}
+
+        def write(cur: Any) -> None:
+            for i in rewritten:
+                oid, tag = tables.write_in(cur, f"/n/{i:06d}", None, b"v2", now)
+                record(cur, "secret_written", oid, tag)
+
+        db.transaction_sync(write)
+    finally:
+        db.close_sync()
+    return copies
+
+
+async def test_rollbacks_across_page_boundaries_are_each_found(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 2,500 names: entries and rows are read 1,000 at a time; the names touched sit
+    # at the edges of those pages.
+    db = tmp_path / "secrets.db"
+    copies = fill(db, 2500, rewritten=(0, 999, 1000, 2499))
+    with trio.fail_after(60):
+        status, out, _ = await verify(capsys, "--db", str(db), "--against-rows", "-o", "json")
+        assert status == 0
+        assert json.loads(out)["rows"]["rows"] == 2500
+        for i in (999, 1000, 2499):
+            put_back(db, f"/n/{i:06d}", copies[i])
+        with sql(db) as conn:
+            conn.execute("DELETE FROM secret_objects WHERE name = '/n/001999'")
+            conn.execute("DELETE FROM secret_names WHERE name = '/n/001999'")
+        status, out, _ = await verify(capsys, "--db", str(db), "--against-rows", "-o", "json")
+    assert status == REFUSED
+    rows = json.loads(out)["rows"]
+    assert rows["rows"] == 2499
+    assert {(m["kind"], m["name"]) for m in rows["reported"]} == {
+        ("rolled_back", "/n/000999"),
+        ("rolled_back", "/n/001000"),
+        ("rolled_back", "/n/002499"),
+        ("deleted_unaudited", "/n/001999"),
+    }
+
+
+@pytest.mark.slow
+async def test_one_rollback_among_100000_names_is_found(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "secrets.db"
+    copies = fill(db, 100_000, rewritten=(54_321,))
+    put_back(db, "/n/054321", copies[54_321])
+    with trio.fail_after(300):
+        status, out, _ = await verify(capsys, "--db", str(db), "--against-rows", "-o", "json")
+    assert status == REFUSED
+    rows = json.loads(out)["rows"]
+    assert rows["rows"] == 100_000
+    assert rows["mismatches"] == 1
+    assert [(m["kind"], m["name"]) for m in rows["reported"]] == [("rolled_back", "/n/054321")]
