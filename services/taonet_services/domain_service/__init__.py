@@ -1,7 +1,10 @@
 """The domain service: validates program attestations and issues program certificates.
 
 See ``_service`` for the protocol, checks and limits, ``_audit`` for the audit log and
-``_limits`` for how refusals are rate limited and summarized.
+``_limits`` for how refusals are rate limited and summarized. The guard follows the
+domain's signed configuration while the service runs (a rule retracted or added with
+``taonet domain policy`` holds from the next certification; files that do not load
+keep the guard in force and are reported): ``taonet_services._domain_watch``.
 """
 
 from __future__ import annotations

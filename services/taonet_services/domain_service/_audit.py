@@ -4,9 +4,11 @@ Every certificate the domain service issues and every revocation is one entry of
 an audit chain (:mod:`taonet.audit`, kept by
 :class:`taonet_services.storage.AuditStore` in ``DIR/audit.sqlite``); so is every
 refused request, up to a rate, and beyond it one summary entry per client and
-interval counts the rest. Each entry carries the hash of the one before it, and
-while the service runs its policy key signs a checkpoint over the head every
-:data:`CHECKPOINT_EVERY` entries, on the first entry :data:`CHECKPOINT_INTERVAL`
+interval counts the rest; and so is what the service did with a changed domain
+configuration (a ``guard`` entry: a new guard in force, or files refused and the guard
+in force kept, see ``taonet_services._domain_watch``). Each entry carries the hash
+of the one before it, and while the service runs its policy key signs a checkpoint
+over the head every :data:`CHECKPOINT_EVERY` entries, on the first entry :data:`CHECKPOINT_INTERVAL`
 seconds after the last one, and when the log is closed. ``taonet audit verify
 --domain DIR`` then proves that no entry up to the last checkpoint was edited,
 removed or moved. (Entries written after the last checkpoint, by a service that
@@ -70,6 +72,7 @@ T = TypeVar("T")
 __all__ = [
     "CHECKPOINT_EVERY",
     "CHECKPOINT_INTERVAL",
+    "GUARD_OUTCOMES",
     "MAX_FIELD_CHARS",
     "MAX_PEER_CHARS",
     "SCHEMA_VERSION",
@@ -98,8 +101,8 @@ _MAX_SUMMARY_CODES: Final = 16
 #: The ``reason_code`` of a refusal summary row.
 SUMMARY_CODE: Final = "summarized"
 
-EventKind = Literal["issued", "refused", "revoked"]
-_KINDS: Final = ("issued", "refused", "revoked")
+EventKind = Literal["issued", "refused", "revoked", "guard"]
+_KINDS: Final = ("issued", "refused", "revoked", "guard")
 
 _DOMAIN_SCHEMA: Final = (
     """
@@ -126,7 +129,10 @@ _ENTRY_KINDS: Final = {
     "cert_issued": "issued",
     "cert_refused": "refused",
     "cert_revoked": "revoked",
+    "domain_guard": "guard",
 }
+#: The ``reason_code`` of a guard event: what a look at the domain's files did.
+GUARD_OUTCOMES: Final = ("reloaded", "refused", "unchanged")
 #: Entries are signed by a checkpoint at least this often (entries, seconds).
 CHECKPOINT_EVERY: Final = 100
 CHECKPOINT_INTERVAL: Final = 60.0
@@ -147,7 +153,10 @@ class AuditEvent:
     ``attestation_sha256_hex`` for issued certificates, ``attestation_sha256_hex``
     (when known) for refusals, and ``count``, ``codes`` (refusals per error code),
     ``first_ns`` and ``last_ns`` for a refusal summary (``reason_code`` is
-    :data:`SUMMARY_CODE`, ``peer`` the client).
+    :data:`SUMMARY_CODE`, ``peer`` the client). A ``guard`` event says what the
+    service did with a changed domain configuration (``reason_code``, one of
+    :data:`GUARD_OUTCOMES`; ``principal`` the guard in force after it, ``reason``
+    why) with ``config_serial`` and ``count`` (the refusals it stands for).
     """
 
     id: int
@@ -402,6 +411,34 @@ class AuditLog:
             },
         )
 
+    def record_guard(
+        self, *, outcome: str, config_serial: int, guard: str, reason: str, count: int = 1
+    ) -> int:
+        """Record what the service did with a changed domain configuration.
+
+        ``outcome`` is one of :data:`GUARD_OUTCOMES`; ``guard`` names the guard in
+        force after it and ``config_serial`` its configuration's serial; ``reason``
+        says why (cut to :data:`MAX_FIELD_CHARS`); ``count`` is how many refusals this
+        entry stands for. Returns the event id.
+        """
+        if outcome not in GUARD_OUTCOMES:
+            raise ValueError(f"outcome must be one of {GUARD_OUTCOMES}, not {outcome!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"count must be a positive int, got {count!r}")
+        return self._append(
+            "record a guard change",
+            kind="domain_guard",
+            actor="",
+            subject=bounded(guard, MAX_ACTOR_CHARS),
+            outcome="refused" if outcome == "refused" else "ok",
+            details={
+                "reason_code": outcome,
+                "reason": bounded(reason),
+                "config_serial": str(int(config_serial)),
+                "count": str(count),
+            },
+        )
+
     def revoke(self, serial: int, *, reason: str) -> bool:
         """Record the revocation of ``serial``; False if it was already revoked.
 
@@ -474,7 +511,7 @@ class AuditLog:
     def events(self, *, limit: int | None = None, since_id: int = 0) -> list[AuditEvent]:
         """Events with an id above ``since_id``, oldest first, at most ``limit`` of them.
 
-        Only the domain service's own entries (issued, refused, revoked) are events;
+        Only the domain service's own entries (issued, refused, revoked, guard) are events;
         others in the chain (a carried-over log's marker) are skipped.
         """
         if limit is not None and limit < 0:
@@ -483,7 +520,7 @@ class AuditLog:
 
         def fn(cur: Any) -> list[AuditEvent]:
             cur.execute(
-                "SELECT seq FROM audit_entries WHERE seq > ? AND kind IN (?, ?, ?)"
+                "SELECT seq FROM audit_entries WHERE seq > ? AND kind IN (?, ?, ?, ?)"
                 " ORDER BY seq LIMIT ?",
                 (since_id, *kinds, -1 if limit is None else limit),
             )
@@ -661,6 +698,18 @@ def _event(entry: AuditEntry) -> AuditEvent:
                 reason=d.get("reason"),
                 peer=entry.actor,
                 detail=detail,
+            )
+        if kind == "guard":
+            return AuditEvent(
+                id=entry.seq,
+                time_ns=entry.time_ns,
+                kind="guard",
+                serial=None,
+                principal=entry.subject or None,
+                reason_code=d["reason_code"],
+                reason=d.get("reason"),
+                peer=entry.actor,
+                detail={"config_serial": int(d["config_serial"]), "count": int(d["count"])},
             )
         return AuditEvent(
             id=entry.seq,

@@ -11,6 +11,19 @@ It holds the policy key (unlocked with the operator's password at start-up) and:
   ``DomainService.GetCRL`` requests with a CRL signed by the policy key, and
   ``DomainService.WatchCRL`` long polls, answered as soon as that CRL is newer than
   the client's (bounded per address and in all: see ``_watch``);
+* follows the domain's signed configuration while it runs
+  (:class:`taonet_services._domain_watch.DomainReloader`, shared with the secret
+  server): before each certification it stats ``domain.sig``, ``acls`` and
+  ``domain.toml`` (and every second besides), and when they changed it loads the
+  domain again, every signature checked, so a rule ``taonet domain policy`` retracts
+  (``--remove-program``, ``--retract``) refuses the next certification, and one it
+  adds allows it, without a restart. Files that do not load (half-written, edited by
+  hand, tampered), a configuration of another policy key and a rollback to a lower
+  serial open nothing: the guard in force is kept, and the refusal is logged
+  (``domain_reload_refused``) and recorded in the audit log as a ``guard`` event once
+  settled (files that fail for a second; then at most one a minute, counting the
+  rest), as is each configuration put in force (``domain_reloaded``). The policy key
+  itself and the service's own identity stay those it started with;
 * records every issued certificate in full, durably (the row is committed
   before the certificate is sent), and every refusal, in the append-only audit
   log (``DIR/audit.sqlite``), from which revocations (``taonet domain revoke``) are
@@ -109,6 +122,7 @@ from taonet.wire import (
     parse,
     serialize,
 )
+from taonet_services._domain_watch import RELOAD_INTERVAL, DomainReloader, ReloadReport
 from taonet_services.domain_service._audit import MAX_PEER_CHARS, AuditLog, bounded
 from taonet_services.domain_service._limits import (
     ConnectionLimits,
@@ -154,15 +168,19 @@ class DomainService:
         monotonic: Callable[[], float] = time.monotonic,
         connections: ConnectionLimits | None = None,
         max_connections: int | None = None,
+        reload_interval: float = RELOAD_INTERVAL,
     ) -> None:
         """``clock`` (ns since the epoch) dates certificates; ``monotonic`` (seconds)
         drives the refusal limits (:class:`RefusalLimits`, defaults if None) and the
         connection shares (:class:`ConnectionLimits`) of the ``max_connections`` the
         channel server holds (None: :func:`taonet.channel.default_max_connections`).
+        ``reload_interval`` (seconds) is how often the domain's files are looked at
+        besides before each certification (module docstring).
         The service owns ``audit`` from here on and closes it in :meth:`close`.
         ConfigError if the audit log is behind the domain's revocations (module
         docstring)."""
-        self.domain: Final = domain
+        #: The domain's configuration in force (replaced when it is signed again).
+        self.domain = domain
         self._signer = policy_signer
         self._audit = audit
         self._clock = clock
@@ -174,7 +192,12 @@ class DomainService:
         self.shares: Final = ConnectionShares(self.max_connections, connections, clock=monotonic)
         self._monotonic = monotonic
         self._over_share = _Bursts("connection_share_refused")
-        self.certifier: Final = ProgramCertifier(domain, policy_signer, clock=clock)
+        self.certifier = ProgramCertifier(domain, policy_signer, clock=clock)
+        #: Follows the domain's signed configuration (module docstring); tests wait on
+        #: its ``reports``.
+        self.guard_watch: Final = DomainReloader(
+            domain, self._adopt, interval=reload_interval, report=self._report_reload
+        )
         self.principal: Final = domain.policy_principal.extend(auth.PrinExt("DomainService", ()))
         key = Signer.generate()
         issued = certs.issue_program_certificate(
@@ -217,6 +240,7 @@ class DomainService:
         monotonic: Callable[[], float] = time.monotonic,
         connections: ConnectionLimits | None = None,
         max_connections: int | None = None,
+        reload_interval: float = RELOAD_INTERVAL,
     ) -> DomainService:
         """Load the domain, unlock its policy key and open its audit log.
 
@@ -236,6 +260,7 @@ class DomainService:
                 monotonic=monotonic,
                 connections=connections,
                 max_connections=max_connections,
+                reload_interval=reload_interval,
             )
         except BaseException:
             audit.close()
@@ -268,6 +293,7 @@ class DomainService:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._summarize_periodically)
                 nursery.start_soon(self.crl_watches.run)
+                await nursery.start(self.guard_watch.run)
                 listeners = await nursery.start(
                     functools.partial(
                         serve_channels,
@@ -409,6 +435,9 @@ class DomainService:
         attestation = bytes(request.attestation)
         key = bytes(request.program_key)
         digest = hashlib.sha256(attestation).hexdigest()
+        # The guard of the configuration on disk now (a stat of three files when they
+        # did not change): a rule retracted before this request is not honoured.
+        await self.guard_watch.fresh()
         try:
             issued = self.certifier.certify(attestation, key)
         except (AuthenticationError, AuthorizationError) as exc:
@@ -450,6 +479,33 @@ class DomainService:
         return message_class("DomainServiceResponse")(
             certificate=issued.der, chain=[self.domain.policy_cert]
         )
+
+    def _adopt(self, domain: Domain) -> None:
+        """Certify under ``domain``, a newer signed configuration of the same policy key."""
+        self.certifier = ProgramCertifier(domain, self._signer, clock=self._clock)
+        self.domain = domain
+
+    async def _report_reload(self, report: ReloadReport) -> None:
+        """Record in the audit log what a look at the domain's files did (module docstring)."""
+        if report.outcome == "reloaded":
+            reason = f"configuration serial {report.serial} in force"
+        elif report.outcome == "unchanged":
+            reason = f"the files are back to configuration serial {report.serial}"
+        else:
+            reason = f"{report.error}; configuration serial {report.serial} stays in force"
+        guard = str(self.domain.guard.subprincipal())
+        try:
+            await trio.to_thread.run_sync(
+                lambda: self._audit.record_guard(
+                    outcome=report.outcome,
+                    config_serial=report.serial,
+                    guard=guard,
+                    reason=reason,
+                    count=report.events,
+                )
+            )
+        except ConfigError as exc:
+            log.error("audit_failed", reason=bounded(str(exc)))  # noqa: TRY400
 
     async def _refused(
         self,
