@@ -41,6 +41,7 @@ event loop: clients and server) and prints the top functions to stderr.
 
     python loadtests/secret_bench.py [--quick] [--clients N] [--seconds S] [--rounds N]
         [--children N] [--pg-url URL | --no-pg] [--profile FILE]
+        [--only reads|fresh|writes|rotation]
 
 Prints a table, then as its last line one JSON object with every figure.
 """
