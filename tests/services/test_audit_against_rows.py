@@ -361,3 +361,24 @@ async def test_one_rollback_among_100000_names_is_found(
     assert rows["rows"] == 100_000
     assert rows["mismatches"] == 1
     assert [(m["kind"], m["name"]) for m in rows["reported"]] == [("rolled_back", "/n/054321")]
+
+
+async def test_a_log_without_secret_rows_is_one_line_not_found(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from taonet_services.storage import AuditStore, Database
+
+    path = tmp_path / "audit.sqlite"  # a domain service's log: no secret_objects table
+    db = Database.open_sync(path)
+    try:
+        AuditStore.open_sync(db).append_sync(
+            kind="cert_issued", actor="a", subject="s", outcome="ok"
+        )
+    finally:
+        db.close_sync()
+    with trio.fail_after(30):
+        status, out, err = await verify(capsys, "--db", str(path), "--against-rows")
+    assert status == 3
+    assert out == ""
+    assert err.startswith("taonet: error: no secret server tables in ")
+    assert len(err.splitlines()) == 1
