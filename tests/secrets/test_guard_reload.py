@@ -87,8 +87,21 @@ async def test_a_rolled_back_configuration_does_not_bring_a_rule_back(
                     await store.read("/app/k")
             # The files from before the retraction put back (a backup restored): the
             # serial is lower, so the server keeps the guard in force.
+            assert world.running is not None
+            reloader = world.running.server.refresh_guard.__self__  # type: ignore[union-attr]
+            reports = reloader.reports
             for name in ("domain.sig", "acls", "domain.toml"):
                 shutil.copy(saved / name, world.domain.path / name)
             async with connect(world.address, owner) as store:
                 with pytest.raises(UnauthorizedError):
                     await store.read("/app/k")
+            # The domain refuses to load a rollback; the watcher reports it once it
+            # has failed for an interval (its looks every second).
+            await reloader.wait_report(reports)
+            # Both are in the server's audit chain: the retraction put in force, the
+            # rollback refused.
+            entries = await world.running.server.audit.entries()
+            guard_events = [e for e in entries if e.kind == "domain_guard"]
+            assert [e.outcome for e in guard_events] == ["reloaded", "refused"]
+            assert "serial" in guard_events[1].details["error"], guard_events[1].details
+            assert guard_events[0].subject == guard_events[1].subject  # the serial kept

@@ -40,7 +40,7 @@ from taonet.provision import RevocationWatcher, load_or_provision
 from taonet.secrets import Op
 from taonet_services.secret_server._anonymous import AnonymousLimits
 from taonet_services.secret_server._cache import ObjectCache
-from taonet_services.secret_server._domain_watch import GuardReloader
+from taonet_services.secret_server._domain_watch import GuardReloader, audit_reload
 from taonet_services.secret_server._extras import prepare_extras
 from taonet_services.secret_server._replica import adopt_master
 from taonet_services.secret_server._service import (
@@ -230,7 +230,11 @@ async def run_secret_server(
                 cache=cache,
                 **options,
             )
-            reloader = GuardReloader(domain, functools.partial(setattr, server, "guard"))
+            reloader = GuardReloader(
+                domain,
+                functools.partial(setattr, server, "guard"),
+                report=audit_reload(server.record_audit),
+            )
             server.refresh_guard = reloader.fresh
             await nursery.start(reloader.run)
             if added is not None:
