@@ -3,7 +3,10 @@
 Reads the chain (SQLite file or PostgreSQL URL) without changing it, recomputes
 every entry's hash and link, and checks every checkpoint's signature: against the
 domain's policy key with ``--domain`` (the domain service signs with it), against
-the keys given with ``--key``, or, with neither, only against the key each
+the keys given with ``--key`` and those of the program certificates given with
+``--cert`` (a secret server signs with its own key: its certificate is in its state
+directory; each must verify against ``--domain``'s policy key and not be revoked
+in the domain's record), or, with neither, only against the key each
 checkpoint names (which shows the log is self-consistent, not who signed it).
 Prints what it verified (entries, checkpoints, head) or the first bad entry and
 why; a log that fails is *refused* (exit 4).
@@ -96,6 +99,17 @@ def register(sub: Any) -> None:
         help="a public key (PEM or DER SubjectPublicKeyInfo) trusted to sign checkpoints;"
         " may be repeated",
     )
+    verify.add_argument(
+        "--cert",
+        metavar="FILE",
+        type=Path,
+        action="append",
+        default=[],
+        help="a program certificate (PEM or DER; a secret server writes its own as"
+        " STATE/secret-server.crt) whose key is trusted to sign checkpoints once it"
+        " verifies against --domain's policy key and the domain has not revoked it;"
+        " may be repeated",
+    )
     add_output_option(verify)
     verify.set_defaults(func=_verify)
 
@@ -115,6 +129,38 @@ def _load_key(path: Path) -> Verifier:
         return Verifier.from_der(data)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"--key {path}: not a public key: {exc}") from None
+
+
+def _load_cert(path: Path, domain: Domain | None) -> tuple[Verifier, str]:
+    """The key of the program certificate at ``path`` and the principal it names, once
+    it verifies against ``domain`` (required) and is not in its revocation record."""
+    import time
+
+    from taonet import certs
+    from taonet._errors import TaoError
+    from taonet.domain import RevocationRecord
+
+    if domain is None:
+        raise UsageError("--cert needs --domain (the certificate must chain to its policy key)")
+    if is_missing(path):
+        raise NotFoundError(f"--cert {path}: no such file")
+    data = read_file(path, limit=_MAX_KEY_FILE)
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            from cryptography import x509
+            from cryptography.hazmat.primitives import serialization
+
+            data = x509.load_pem_x509_certificate(data).public_bytes(serialization.Encoding.DER)
+        # Checkpoints are dated; the certificate is checked as of now, like a channel's.
+        program = certs.verify_program_certificate(
+            domain.policy_anchor, data, now_ns=time.time_ns()
+        )
+        revoked = RevocationRecord.load(domain.path).revoked
+    except (ValueError, TaoError) as exc:
+        raise UsageError(f"--cert {path}: {bounded(str(exc), 300)}") from None
+    if program.serial in revoked:
+        raise UsageError(f"--cert {path}: the domain revoked it (serial {program.serial})")
+    return Verifier.from_der(program.public_key_der), bounded(str(program.principal), 300)
 
 
 def _target(args: argparse.Namespace) -> tuple[str, Domain | None]:
@@ -158,8 +204,14 @@ async def _run(
         try:
             summary, rows = await db.transaction(check, write=False, serializable=True)
         except AuditError as exc:
+            hint = ""
+            if exc.reason is AuditReason.UNTRUSTED_SIGNER:
+                hint = (
+                    "; a secret server signs with its own key: trust it with"
+                    " --cert STATE/secret-server.crt"
+                )
             raise AuditError(
-                f"audit log {db.where}: {exc}", seq=exc.seq, reason=exc.reason
+                f"audit log {db.where}: {exc}{hint}", seq=exc.seq, reason=exc.reason
             ) from None
         return db.where, summary, rows
     finally:
@@ -211,11 +263,13 @@ def _printable(text: str, limit: int = 300) -> str:
 def _verify(args: argparse.Namespace) -> int:
     url, domain = _target(args)
     keys = [_load_key(path) for path in args.key]
+    programs = [_load_cert(path, domain) for path in args.cert]
     trusted: list[Verifier] | None = None
     signers = []
     if domain is not None or keys:
-        trusted = list(keys)
+        trusted = list(keys) + [key for key, _ in programs]
         signers = [f"key {i + 1} (--key)" for i in range(len(keys))]
+        signers += [f"the program certificate of {name} (--cert)" for _, name in programs]
         if domain is not None:
             trusted.append(domain.policy_verifier)
             signers.append("the domain's policy key")

@@ -32,7 +32,7 @@ EXAMPLES: Final[dict[tuple[str, ...], tuple[str, ...]]] = {
     ("audit", "verify"): (
         "taonet audit verify --domain ./domain",
         "taonet audit verify --db postgresql://secrets@db/secrets --key server.pub -o json",
-        "taonet audit verify --domain ./domain --against-rows --key server.pub",
+        "taonet audit verify --domain ./domain --against-rows --cert state/secret-server.crt",
     ),
     ("domain",): ("taonet domain init ./domain --name example --guard ACL",),
     ("domain", "init"): (

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from taonet_services.secret_server._anonymous import AnonymousLimits
 from taonet_services.secret_server._program import (
+    CERT_FILE,
     DB_FILE,
     PROGRAM_FILE,
     STATE_FILE,
@@ -41,6 +42,7 @@ from taonet_services.secret_server._store import (
 )
 
 __all__ = [
+    "CERT_FILE",
     "DB_FILE",
     "MASTER_ID",
     "MAX_IN_FLIGHT",

@@ -7,7 +7,9 @@ runs its programs) and:
 1. keeps the domain's CRL current from the domain service (cached in the state
    directory, for a restart while the domain service is down);
 2. provisions its channel identity (or unseals it) with
-   :func:`taonet.provision.load_or_provision` (state in ``STATE/secret-server.sealed``);
+   :func:`taonet.provision.load_or_provision` (state in ``STATE/secret-server.sealed``)
+   and writes its program certificate, which is public, to ``STATE/secret-server.crt``
+   (its key signs the audit checkpoints: ``taonet audit verify --cert``);
 3. opens the database (default ``sqlite:///<domain>/secrets.db``) and its tables;
 4. gets the master key: unseals the copy sealed for its own principal in
    ``secret_master``; on the very first start (no server holds one) makes a random
@@ -31,8 +33,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from taonet import CodecError, ConfigError, HostError, TaoError, auth
+from taonet._files import atomic_write
 from taonet.domain import Domain, measure_file, program_subprin
 from taonet.hosts import Tao
 from taonet.protected import SecretObject, decode_object, encode_object
@@ -56,6 +61,7 @@ from taonet_services.secret_server._store import MASTER_ID, SecretTables, new_ma
 from taonet_services.storage import AuditStore, Database
 
 __all__ = [
+    "CERT_FILE",
     "DB_FILE",
     "PROGRAM_FILE",
     "STATE_FILE",
@@ -70,6 +76,9 @@ __all__ = [
 DB_FILE: Final = "secrets.db"
 #: The sealed channel identity, in the state directory.
 STATE_FILE: Final = "secret-server.sealed"
+#: The server's program certificate (PEM, public), in the state directory: its key
+#: signs the audit chain's checkpoints (``taonet audit verify --cert``).
+CERT_FILE: Final = "secret-server.crt"
 #: The file whose hash names the secret server on a soft host (this module).
 PROGRAM_FILE: Final = Path(__file__)
 
@@ -181,6 +190,14 @@ async def run_secret_server(
             revocations=crl,
         )
         principal = str(provisioned.principal)
+        certificate = provisioned.identity.certificate
+        if certificate is not None:  # public: what `taonet audit verify --cert` trusts
+            pem = x509.load_der_x509_certificate(certificate.der).public_bytes(
+                serialization.Encoding.PEM
+            )
+            await trio.to_thread.run_sync(
+                functools.partial(atomic_write, state_dir / CERT_FILE, pem, mode=0o644)
+            )
         db = await Database.open(db_url or default_db_url(domain.path))
         audit: AuditStore | None = None
         cache: ObjectCache | None = None
