@@ -228,9 +228,16 @@ class SecretStore:
             )
         return response
 
-    async def read(self, name: str, epoch: int | None = None) -> SecretObject:
-        """The object ``name`` at ``epoch``, or at its latest ACTIVE epoch."""
-        response = await self._expect(ReadRequest(name, epoch), SecretObject)
+    async def read(
+        self, name: str, epoch: int | None = None, *, directive: bytes | None = None
+    ) -> SecretObject:
+        """The object ``name`` at ``epoch``, or at its latest ACTIVE epoch.
+
+        ``directive``: a disclosure directive (:mod:`taonet.disclosure`) granting this
+        program Read on ``(name, epoch)``, for a server whose guard does not give it
+        Read (the server refuses a directive without ``epoch``)."""
+        request = ReadRequest(name, epoch, directive=directive)
+        response = await self._expect(request, SecretObject)
         assert isinstance(response, SecretObject)
         return response
 

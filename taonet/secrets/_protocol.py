@@ -31,6 +31,15 @@ principal in the handshake, and only that server holds the channel's key. An old
 server that has no Info answers with an envelope error (unknown method); the other
 operations are unchanged on the wire.
 
+Directives. A Read may carry ``directive`` (field 21): the ``directive_message``
+bytes of a disclosure directive (:mod:`taonet.disclosure`, signed by the policy key
+or by a program that owns the name). The server then releases the object to the
+channel's verified peer (never to a principal the request names) when the directive
+verifies against the domain and grants that peer ``Read`` on exactly the
+``(name, epoch)`` read; a Read with a directive must name its epoch (the server
+refuses one without). At most :data:`MAX_DIRECTIVE_FIELD` bytes; on any other
+operation the field is refused as malformed.
+
 Wire: the original's fields keep their numbers and meanings: ``op`` 1 (READ 1,
 WRITE 2, CREATE 3, DELETE 4; taonet adds LIST 5, ROTATE 6, WATCH 7, GRANT 8, INFO 9),
 ``secret_id`` 2 (the object read, written or deleted, at one epoch),
@@ -75,6 +84,7 @@ from taonet.secrets._schema import message_class, parse, serialize
 __all__ = [
     "DEFAULT_PAGE",
     "GRANT_OPS",
+    "MAX_DIRECTIVE_FIELD",
     "MAX_EVENTS",
     "MAX_OPERATOR_BYTES",
     "MAX_PAGE",
@@ -119,6 +129,8 @@ DEFAULT_PAGE: Final = 100
 MAX_EVENTS: Final = 1000
 #: Largest operator credential carried by a request.
 MAX_OPERATOR_BYTES: Final = 16 * 1024
+#: Largest directive a Read carries (a directive with a program certificate is ~2 KiB).
+MAX_DIRECTIVE_FIELD: Final = 8 * 1024
 #: Largest request body: a value of MAX_VALUE_BYTES, its name and the rest.
 MAX_REQUEST_BODY: Final = MAX_VALUE_BYTES + MAX_OPERATOR_BYTES + 8 * 1024
 #: Largest response body: a full List page of the longest names, or a value.
@@ -130,8 +142,12 @@ STORE_ID_BYTES: Final = 16
 #: The operations a Grant may give (the guard's operations on object names).
 GRANT_OPS: Final = ("Read", "Write", "Create", "Delete", "Own")
 _SERVICE: Final = "SecretService"
-_BODY_LIMITS: Final = {"Write": MAX_REQUEST_BODY, "Create": MAX_REQUEST_BODY}
 _SMALL_REQUEST: Final = 3 * MAX_NAME_BYTES + MAX_OPERATOR_BYTES + 4096
+_BODY_LIMITS: Final = {
+    "Write": MAX_REQUEST_BODY,
+    "Create": MAX_REQUEST_BODY,
+    "Read": _SMALL_REQUEST + MAX_DIRECTIVE_FIELD,
+}
 
 
 class Op(enum.Enum):
@@ -242,6 +258,11 @@ def _bytes(value: bytes | bytearray | memoryview) -> bytes:
     return bytes(value)
 
 
+def _directive(_inst: object, _attr: object, value: bytes | None) -> None:
+    if value is not None and not 1 <= len(value) <= MAX_DIRECTIVE_FIELD:
+        raise ValueError(f"a directive must be 1..{MAX_DIRECTIVE_FIELD} bytes")
+
+
 def _opt_bytes(value: object) -> bytes | None:
     return None if value is None else bytes(value)  # type: ignore[call-overload]
 
@@ -262,11 +283,18 @@ def _operator_field() -> Any:
 
 @attrs.frozen
 class ReadRequest:
-    """Read ``name`` at ``epoch``, or its latest ACTIVE epoch (needs Read)."""
+    """Read ``name`` at ``epoch``, or its latest ACTIVE epoch (needs Read).
+
+    ``directive``: a disclosure directive's bytes (:mod:`taonet.disclosure`) that
+    grants the caller Read on ``(name, epoch)``, in place of the guard's Read; the
+    server refuses it without an ``epoch`` (see the module docstring)."""
 
     name: str = attrs.field(validator=_name)
     epoch: int | None = attrs.field(default=None, validator=_opt_epoch)
     operator: bytes | None = _operator_field()
+    directive: bytes | None = attrs.field(
+        default=None, kw_only=True, converter=_opt_bytes, validator=_directive, repr=False
+    )
 
 
 @attrs.frozen
@@ -563,6 +591,8 @@ def encode_request(request: Request) -> tuple[str, bytes]:
         msg.revoke = request.revoke
     if request.operator is not None:
         msg.operator = request.operator
+    if isinstance(request, ReadRequest) and request.directive is not None:
+        msg.directive = request.directive
     return op.method, serialize(msg)
 
 
@@ -610,6 +640,9 @@ def decode_request(method: str, body: bytes) -> Request:
     operator = bytes(msg.operator) if msg.HasField("operator") else None
     if operator is not None and len(operator) > MAX_OPERATOR_BYTES:
         raise CodecError(f"{what}: operator credential over {MAX_OPERATOR_BYTES} bytes")
+    directive = bytes(msg.directive) if msg.HasField("directive") else None
+    if directive is not None and op is not Op.READ:
+        raise CodecError(f"{what}: only a Read carries a directive")
     value = bytes(msg.new_secret_val) if msg.HasField("new_secret_val") else None
 
     def text(field: str, limit: int = MAX_NAME_BYTES) -> str | None:
@@ -619,10 +652,14 @@ def decode_request(method: str, body: bytes) -> Request:
         raw = text(field, 64)
         return None if raw is None else parse_time(raw, round_up=round_up, what=field)
 
-    if op in (Op.READ, Op.DELETE):
+    if op is Op.READ:
         name, epoch = _id_and_name(msg, what)
-        cls = ReadRequest if op is Op.READ else DeleteRequest
-        return _build(what, lambda: cls(name, epoch, operator=operator))
+        return _build(
+            what, lambda: ReadRequest(name, epoch, operator=operator, directive=directive)
+        )
+    if op is Op.DELETE:
+        name, epoch = _id_and_name(msg, what)
+        return _build(what, lambda: DeleteRequest(name, epoch, operator=operator))
     if op is Op.WRITE:
         name, epoch = _id_and_name(msg, what)
         data = _need(value, "new_secret_val", what)

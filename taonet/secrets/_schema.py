@@ -9,6 +9,11 @@ message is the same bytes as a bytes field holding its serialization), so they a
 read by :mod:`taonet.protected`'s strict decoders. ``op`` (an enum in the original)
 is read as ``uint64`` so that an unknown number is seen and refused, not dropped.
 
+Request field 21, ``directive``, carries a disclosure directive's
+``directive_message`` bytes (:mod:`taonet.disclosure`) on a Read only: the server
+releases the object at the one epoch read to the channel's peer when the directive
+grants it that (see :class:`taonet.secrets.ReadRequest`).
+
 Internal: the public API is the attrs values of :mod:`taonet.secrets._protocol`.
 """
 
@@ -49,6 +54,7 @@ _SCHEMA: Final[dict[str, list[tuple[str, int, int, str]]]] = {
         ("ops", 16, _REP, "bytes"),  # Grant
         ("revoke", 17, _OPT, "bool"),  # Grant
         ("operator", 20, _OPT, "bytes"),  # an operator's credential (see the protocol)
+        ("directive", 21, _OPT, "bytes"),  # Read: a disclosure directive (taonet.disclosure)
     ],
     "WatchEvent": [
         ("name", 1, _OPT, "bytes"),

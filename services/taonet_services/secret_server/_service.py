@@ -26,6 +26,16 @@ back short, and ``next_after`` is always a name returned (never one the caller m
 not read, which would tell it the name); a scan that finds no readable name in that
 many answers ``invalid`` (list a narrower prefix, or one the caller may read).
 
+Directives. A Read that carries a disclosure directive (:mod:`taonet.disclosure`) is
+decided by it instead of the guard's Read: it must name its epoch, come on the
+caller's own channel (not with an operator credential), verify against the domain
+(the policy certificate of the server's identity; a program signer's certificate not
+revoked by the server's CRL; its window), grant the channel's verified peer Read on
+exactly that (name, epoch), and be signed by the policy key or by a program that
+holds Own on the name (guard or grants). A refusal is audited like the guard's; a
+release's entry names the directive (``directive``: SHA-256 hex of its bytes) and
+its ``delegator``.
+
 Audit (an :class:`~taonet_services.storage.AuditStore` in the same database): every
 change is appended in the same transaction as the change (so it commits with it);
 every release (a Read answered with a value, with the tag of the row it came from
@@ -71,6 +81,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
@@ -79,9 +90,17 @@ import attrs
 import structlog
 import trio
 
-from taonet import AuthenticationError, CodecError, ProtocolError, TaoError, auth
+from taonet import (
+    AuthenticationError,
+    AuthorizationError,
+    CodecError,
+    ProtocolError,
+    TaoError,
+    auth,
+)
 from taonet.audit import MAX_ACTOR_CHARS, bounded
 from taonet.channel import ChannelIdentity, CRLSource, TaoStream, serve_channels
+from taonet.disclosure import DirectiveOp, verify_directive
 from taonet.domain import Guard
 from taonet.protected import ObjectId
 from taonet.secrets import (
@@ -636,12 +655,69 @@ class SecretServer:
             return await self._change(principal, peer, request)
         return Failure(ErrorCode.INVALID, f"{op.method} is not served by this server")
 
+    async def _directive_delegator(
+        self, principal: auth.Prin, peer: str, request: ReadRequest
+    ) -> str | Failure:
+        """A Read's directive: its delegator (text) when it gives the channel's peer this
+        read, else the refusal (audited). The directive must verify against the domain
+        (its policy certificate, the CRL), grant ``principal`` Read on exactly the
+        (name, epoch) read, and come from the policy key or a holder of Own on the name."""
+        assert request.directive is not None
+        name = request.name
+
+        async def refuse(why: str) -> Failure:
+            return await self._refuse(principal, peer, "Read", name, why)
+
+        if request.operator is not None:
+            return await refuse("a directive is for the channel's peer, not for an operator")
+        if request.epoch is None:
+            return await refuse("a Read with a directive must name the epoch it reads")
+        oid = ObjectId(name, request.epoch)
+        revocations = self.revocations
+        try:
+            directive = verify_directive(
+                request.directive,
+                policy=self.identity.anchor,
+                now_ns=int(self._clock() * 1_000_000_000),
+                revoked=None if revocations is None else revocations.is_revoked,
+            )
+        except (AuthorizationError, AuthenticationError, CodecError) as exc:
+            return await refuse(f"directive refused: {exc}")
+        if not directive.grants(principal, DirectiveOp.READ, oid):
+            return await refuse(
+                f"the directive grants {directive.op.value} on {directive.object_id} to"
+                f" {bounded(str(directive.delegate), 300)}, not Read on {oid} to the caller"
+            )
+        delegator = directive.delegator
+        if not directive.by_policy:
+            owner = self._guard_allows(delegator, "Own", name, None)
+            if not owner and self.also_authorized is not None:
+                if self.refresh_also is not None:
+                    await self.refresh_also()
+                owner = self.also_authorized(delegator, "Own", name)
+            if not owner:
+                return await refuse(
+                    f"the directive's signer {bounded(str(delegator), 300)} does not hold"
+                    f" Own on {name[:200]}"
+                )
+        return bounded(str(delegator))
+
     async def _read(
         self, principal: auth.Prin, peer: str, request: ReadRequest, seen: _Seen | None
     ) -> Response:
-        refused = await self._check(principal, peer, "Read", request.name, seen)
-        if refused is not None:
-            return refused
+        delegated: dict[str, str] = {}
+        if request.directive is not None:  # in place of the guard's Read
+            delegator = await self._directive_delegator(principal, peer, request)
+            if isinstance(delegator, Failure):
+                return delegator
+            delegated = {
+                "directive": hashlib.sha256(request.directive).hexdigest(),
+                "delegator": delegator,
+            }
+        else:
+            refused = await self._check(principal, peer, "Read", request.name, seen)
+            if refused is not None:
+                return refused
         now = utc_now()
         # Every change up to this entry committed before the read: it must show.
         known = self.audit.known
@@ -661,7 +737,7 @@ class SecretServer:
             if cache is not None:
                 cache.put(request.name, request.epoch, verified)
         obj = verified.obj
-        details = {"op": "Read", "peer": bounded(peer, 1000)}
+        details = {"op": "Read", "peer": bounded(peer, 1000), **delegated}
         if verified.tag is not None:  # which version went out (its row's tag, as written)
             details["tag"] = verified.tag.hex()
             details["read_after"] = str(0 if known is None else known[0])
