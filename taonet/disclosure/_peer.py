@@ -1,0 +1,520 @@
+"""The disclosure peer protocol on Trio: a program serves its keys to a successor that
+presents a directive, and the successor fetches and seals them.
+
+* :func:`serve_disclosure` (the running program, e.g. version 1) answers
+  ``Disclosure.Fetch`` over Tao channels (:mod:`taonet.disclosure._peer_protocol`).
+  A request carries one or more directives and the ids asked. The server releases
+  the objects only when, for the channel's verified peer principal (never a
+  principal named in the request):
+
+  1. every directive verifies (:func:`~taonet.disclosure.verify_directive`: the
+     signature, the window against the clock, the speaker: the policy key, or a
+     program whose certificate chains to the policy key and is not revoked in the
+     domain's CRL);
+  2. every id asked is granted to that peer, op Read, by one of them (exact
+     name and epoch); a request that asks for one id more is refused entirely;
+  3. the delegator of each directive used is the policy key, or a program that owns
+     the object (``owns(delegator, id)``; default: the serving program's own
+     principal owns the keys it serves);
+  4. the key source holds every id asked.
+
+  Anything else is refused (nothing released) with a typed code and a reason.
+  Every release and refusal is logged (``disclosure_released``,
+  ``disclosure_refused``, bounded) and, with an ``audit`` hook, recorded through
+  it before the answer is sent (a release the hook cannot record is not made).
+* :func:`request_disclosure` (the successor, e.g. version 2) asks a peer for ids
+  under directives over one channel: all the ids asked or an exception.
+* :func:`fetch_and_seal` fetches, seals the objects with the program's
+  :class:`~taonet.hosts.Tao` (policy ``"self"``) and writes the sealed blob
+  atomically (``taonet.files.atomic_write``): a peer that fails or disconnects
+  halfway leaves nothing (no file, no temp file); :func:`open_sealed` reads it back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Final, Protocol
+
+import structlog
+import trio
+
+from taonet import auth, certs
+from taonet._edges import map_os_errors
+from taonet._errors import (
+    AuthenticationError,
+    AuthorizationError,
+    CodecError,
+    HostError,
+    ProtocolError,
+    TaoError,
+)
+from taonet._files import atomic_write, read_file
+from taonet.audit import bounded
+from taonet.channel import ChannelIdentity, CRLSource, TaoStream, open_channel, serve_channels
+from taonet.disclosure import Directive, DirectiveOp, verify_directive
+from taonet.disclosure._peer_protocol import (
+    FETCH_METHOD,
+    MAX_FETCH_REQUEST_BODY,
+    MAX_FETCH_RESPONSE_BODY,
+    DisclosureCode,
+    DisclosureRefusedError,
+    FetchFailure,
+    FetchRequest,
+    decode_fetch_request,
+    decode_fetch_response,
+    encode_fetch_request,
+    encode_fetch_response,
+)
+from taonet.hosts import Tao
+from taonet.protected import (
+    ObjectId,
+    SecretObject,
+    decode_object_store,
+    encode_object_store,
+)
+from taonet.wire import END_OF_STREAM, MAX_REQUEST_HEADER, NEED_DATA, Envelope, Role
+from taonet.wire import Request as EnvelopeRequest
+from taonet.wire import Response as EnvelopeResponse
+
+__all__ = [
+    "CALL_TIMEOUT",
+    "MAX_SEALED_BYTES",
+    "AuditHook",
+    "KeySource",
+    "OwnsHook",
+    "fetch_and_seal",
+    "open_sealed",
+    "request_disclosure",
+    "serve_disclosure",
+]
+
+log = structlog.get_logger(__name__)
+
+#: Bound on one request, from opening the channel to the whole answer.
+CALL_TIMEOUT: Final = 60.0
+#: Largest sealed file :func:`open_sealed` reads.
+MAX_SEALED_BYTES: Final = MAX_FETCH_RESPONSE_BODY + 64 * 1024
+_CHUNK: Final = 64 * 1024
+_MAX_REPLY_FRAME: Final = MAX_FETCH_RESPONSE_BODY + 1024
+
+
+class KeySource(Protocol):
+    """Where a server finds the objects it may release: ``get(id)`` returns the object,
+    or None; sync or async (a :class:`dict` of ids to objects is one)."""
+
+    def get(self, key: ObjectId, /) -> SecretObject | Awaitable[SecretObject | None] | None: ...
+
+
+#: ``owns(delegator, id)``: whether the program ``delegator`` owns the object ``id``.
+OwnsHook = Callable[[auth.Prin, ObjectId], bool]
+#: ``await audit(kind=..., actor=..., subject=..., outcome=..., details={...})``
+#: (the shape of a secret server's ``record_audit``).
+AuditHook = Callable[..., Awaitable[None]]
+
+
+def _digest(directives: Sequence[bytes]) -> str:
+    """SHA-256 (hex) of the directive, or of the directives' digests in order."""
+    if len(directives) == 1:
+        return hashlib.sha256(directives[0]).hexdigest()
+    outer = hashlib.sha256()
+    for raw in directives:
+        outer.update(hashlib.sha256(raw).digest())
+    return outer.hexdigest()
+
+
+class _Refused(Exception):
+    def __init__(self, code: DisclosureCode, reason: str) -> None:
+        super().__init__(reason)
+        self.failure = FetchFailure(code, reason)
+
+
+class _Server:
+    """What :func:`serve_disclosure`'s connections share."""
+
+    def __init__(
+        self,
+        keys: KeySource,
+        identity: ChannelIdentity,
+        anchor: certs.PolicyAnchor,
+        revocations: CRLSource | None,
+        owns: OwnsHook | None,
+        audit: AuditHook | None,
+        clock: Callable[[], int],
+    ) -> None:
+        self.keys = keys
+        self.me = identity.principal
+        self.anchor = anchor
+        self.revocations = revocations
+        self.owns = owns
+        self.audit = audit
+        self.clock = clock
+
+    def _owns(self, delegator: auth.Prin, oid: ObjectId) -> bool:
+        if self.owns is not None:
+            return bool(self.owns(delegator, oid))
+        return self.me is not None and delegator == self.me
+
+    def _verify(self, raw: bytes, peer: auth.Prin) -> Directive:
+        revoked = None if self.revocations is None else self.revocations.is_revoked
+        try:
+            directive = verify_directive(
+                raw, policy=self.anchor, now_ns=self.clock(), revoked=revoked
+            )
+        except (AuthorizationError, AuthenticationError, CodecError) as exc:
+            raise _Refused(DisclosureCode.UNAUTHORIZED, f"directive refused: {exc}") from None
+        if directive.delegate != peer:
+            raise _Refused(
+                DisclosureCode.UNAUTHORIZED,
+                f"the directive is for {bounded(str(directive.delegate), 300)}, not for this"
+                f" channel's peer {bounded(str(peer), 300)}",
+            )
+        if directive.op is not DirectiveOp.READ:
+            raise _Refused(
+                DisclosureCode.UNAUTHORIZED,
+                f"the directive grants {directive.op.value}, not Read",
+            )
+        return directive
+
+    async def release(
+        self, peer: auth.Prin, request: FetchRequest
+    ) -> tuple[list[SecretObject], list[Directive]]:
+        """The objects ``request`` asks for, if everything allows it; _Refused else."""
+        directives = [self._verify(raw, peer) for raw in request.directives]
+        used: list[Directive] = []
+        for oid in request.ids:
+            granting = next((d for d in directives if d.grants(peer, DirectiveOp.READ, oid)), None)
+            if granting is None:
+                raise _Refused(
+                    DisclosureCode.UNAUTHORIZED,
+                    f"no directive grants Read on {bounded(str(oid), 300)}: nothing released",
+                )
+            if not granting.by_policy and not self._owns(granting.delegator, oid):
+                raise _Refused(
+                    DisclosureCode.UNAUTHORIZED,
+                    f"{bounded(str(granting.delegator), 300)} signed the directive but does"
+                    f" not own {bounded(str(oid), 300)}",
+                )
+            if granting not in used:
+                used.append(granting)
+        objects: list[SecretObject] = []
+        for oid in request.ids:
+            found = self.keys.get(oid)
+            if inspect.isawaitable(found):
+                found = await found
+            if found is None:
+                raise _Refused(
+                    DisclosureCode.NOT_FOUND,
+                    f"no object {bounded(str(oid), 300)} here: nothing released",
+                )
+            if not isinstance(found, SecretObject) or found.id != oid:
+                raise _Refused(DisclosureCode.INTERNAL, "the key source answered another object")
+            objects.append(found)
+        return objects, used
+
+    async def answer(self, peer: auth.Prin, shown: str, body: bytes) -> bytes:
+        """The answer body to one request body from ``peer`` (``shown``: its text)."""
+        note = {"directive": "", "ids": ""}  # what the request named, for a refusal
+        try:
+            return await self._release_bytes(peer, shown, body, note)
+        except _Refused as refused:
+            return await self._refusal(shown, refused.failure, note)
+
+    async def _release_bytes(
+        self, peer: auth.Prin, shown: str, body: bytes, note: dict[str, str]
+    ) -> bytes:
+        try:
+            request = decode_fetch_request(body)
+        except CodecError as exc:
+            raise _Refused(DisclosureCode.INVALID, str(exc)) from None
+        note["directive"] = digest = _digest(request.directives)
+        note["ids"] = subject = bounded(",".join(map(str, request.ids)), 1000)
+        objects, used = await self.release(peer, request)
+        try:
+            reply = encode_fetch_response(objects)
+        except ValueError as exc:
+            raise _Refused(DisclosureCode.INVALID, f"{exc}: ask for fewer ids") from None
+        delegators = ",".join(sorted({str(d.delegator) for d in used}))
+        if self.audit is not None:
+            # On record before the keys leave; a release that cannot be is not made.
+            try:
+                await self.audit(
+                    kind="disclosure_released",
+                    actor=shown,
+                    subject=subject,
+                    outcome="ok",
+                    details={
+                        "peer": shown,
+                        "directive": digest,
+                        "delegator": bounded(delegators, 1000),
+                        "count": str(len(objects)),
+                    },
+                )
+            except TaoError as exc:
+                log.error("disclosure_audit_failed", peer=shown, error=bounded(str(exc), 500))  # noqa: TRY400
+                raise _Refused(
+                    DisclosureCode.INTERNAL, "the release could not be audited"
+                ) from None
+        log.info(
+            "disclosure_released",
+            peer=shown,
+            count=len(objects),
+            ids=bounded(subject, 300),
+            directive=digest,
+            delegator=bounded(delegators, 300),
+        )
+        return reply
+
+    async def _refusal(self, shown: str, failure: FetchFailure, note: dict[str, str]) -> bytes:
+        log.warning(
+            "disclosure_refused",
+            peer=shown,
+            code=failure.code.value if isinstance(failure.code, DisclosureCode) else failure.code,
+            reason=bounded(failure.reason, 500),
+            ids=bounded(note["ids"], 300),
+        )
+        if self.audit is not None and failure.code is not DisclosureCode.INTERNAL:
+            try:
+                await self.audit(
+                    kind="disclosure_refused",
+                    actor=shown,
+                    subject=note["ids"] or "-",
+                    outcome="refused",
+                    details={
+                        "peer": shown,
+                        "directive": note["directive"],
+                        "reason": bounded(failure.reason, 1000),
+                    },
+                )
+            except TaoError as exc:
+                log.error("disclosure_audit_failed", peer=shown, error=bounded(str(exc), 500))  # noqa: TRY400
+        return encode_fetch_response(failure)
+
+    async def handle(self, stream: TaoStream) -> None:
+        """Answer requests on one channel, one at a time, until the peer closes it."""
+        principal = stream.peer.principal
+        if principal is None:  # serve_channels is not asked to take anonymous peers
+            await stream.aclose()
+            return
+        shown = bounded(str(principal), 1000)
+        envelope = Envelope(
+            Role.SERVER,
+            body_limit=lambda method: MAX_FETCH_REQUEST_BODY if method == FETCH_METHOD else 0,
+            header_limit=MAX_REQUEST_HEADER,
+            max_frame=_MAX_REPLY_FRAME,
+        )
+        try:
+            while True:
+                try:
+                    event = envelope.next_event()
+                    if event is NEED_DATA:
+                        envelope.body_length()  # checked before the rest of it is read
+                        envelope.receive_data(await stream.receive_some(_CHUNK))
+                        continue
+                except (CodecError, ProtocolError) as exc:
+                    log.warning("disclosure_bad_request", peer=shown, error=bounded(str(exc), 500))
+                    await stream.send_all(b"".join(envelope.answer_failure()))
+                    return
+                if event is END_OF_STREAM:
+                    return
+                assert isinstance(event, EnvelopeRequest)
+                if event.op != FETCH_METHOD:
+                    error = ProtocolError(f"unknown disclosure method {event.op[:64]!r}")
+                    await stream.send_all(
+                        b"".join(envelope.response(event.op, event.seq, error=error))
+                    )
+                    continue
+                body = await self.answer(principal, shown, event.body)
+                await stream.send_all(b"".join(envelope.response(event.op, event.seq, body)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.info(
+                "disclosure_client_broken",
+                peer=shown,
+                error=bounded(str(exc) or type(exc).__name__),
+            )
+        finally:
+            envelope.clear()
+
+
+async def serve_disclosure(
+    keys: KeySource | Mapping[ObjectId, SecretObject],
+    port: int,
+    identity: ChannelIdentity,
+    *,
+    policy: certs.PolicyAnchor | None = None,
+    revocations: CRLSource | None = None,
+    owns: OwnsHook | None = None,
+    audit: AuditHook | None = None,
+    host: str = "127.0.0.1",
+    clock: Callable[[], int] = time.time_ns,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``Disclosure.Fetch`` on ``host:port`` until cancelled (see the module
+    docstring for what is released to whom).
+
+    ``keys``: the objects this program may release (``get(id)``, sync or async).
+    ``policy``: the domain's policy anchor (default: ``identity``'s). ``revocations``:
+    the domain's CRL, enforced on channels and on the certificates of program-signed
+    directives. ``owns(delegator, id)``: whether a program delegator owns an object
+    (default: only this program itself). ``audit``: awaited for each release (before
+    the objects are sent) and each refusal. ``clock``: ns since the epoch, for the
+    directives' windows. Trio's start protocol: ``task_status`` gets the listeners.
+    """
+    server = _Server(
+        keys,
+        identity,
+        policy if policy is not None else identity.anchor,
+        revocations,
+        owns,
+        audit,
+        clock,
+    )
+    await serve_channels(
+        server.handle,
+        port,
+        identity,
+        host=host,
+        revocations=revocations,
+        task_status=task_status,
+    )
+
+
+def _directives(directives: bytes | Sequence[bytes]) -> tuple[bytes, ...]:
+    if isinstance(directives, bytes | bytearray | memoryview):
+        return (bytes(directives),)
+    return tuple(bytes(d) for d in directives)
+
+
+async def _exchange(stream: TaoStream, body: bytes) -> EnvelopeResponse:
+    envelope = Envelope(
+        Role.CLIENT,
+        body_limit=MAX_FETCH_RESPONSE_BODY,
+        max_frame=_MAX_REPLY_FRAME,
+        default_error=ProtocolError,
+    )
+    try:
+        await stream.send_all(b"".join(envelope.request(FETCH_METHOD, 1, body)))
+        while True:
+            event = envelope.next_event()
+            if event is NEED_DATA:
+                envelope.receive_data(await stream.receive_some(_CHUNK))
+                continue
+            if event is END_OF_STREAM:
+                raise ProtocolError("the disclosure peer closed the channel without answering")
+            assert isinstance(event, EnvelopeResponse)
+            return event
+    except CodecError as exc:
+        raise ProtocolError(f"bad answer from the disclosure peer: {exc}") from exc
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise ProtocolError(f"the channel to the disclosure peer broke: {exc}") from exc
+    finally:
+        envelope.clear()
+
+
+async def request_disclosure(
+    address: tuple[str, int],
+    identity: ChannelIdentity,
+    directives: bytes | Sequence[bytes],
+    ids: Sequence[ObjectId],
+    *,
+    revocations: CRLSource | None = None,
+    server: auth.Prin | None = None,
+) -> dict[ObjectId, SecretObject]:
+    """Ask the disclosure peer at ``address`` for ``ids`` under ``directives`` (one
+    directive's bytes, or several), over one Tao channel made with ``identity``.
+
+    Returns every object asked for, by id, or raises: :class:`DisclosureRefusedError`
+    (an AuthorizationError) when the peer refused, ProtocolError when the channel
+    broke or the answer is malformed or not exactly the ids asked for,
+    AuthenticationError when the peer is not ``server`` (when given),
+    trio.TooSlowError after :data:`CALL_TIMEOUT` seconds (wrap the call in
+    ``trio.fail_after`` for less). ValueError for bad arguments (no id,
+    more than :data:`MAX_FETCH`, an id twice).
+    """
+    request = FetchRequest(_directives(directives), tuple(ids))
+    body = encode_fetch_request(request)
+    host, port = address
+    with trio.fail_after(CALL_TIMEOUT):
+        with map_os_errors(
+            to=ProtocolError, what=f"cannot reach the disclosure peer at {host}:{port}"
+        ):
+            stream = await open_channel(host, port, identity, revocations=revocations)
+        try:
+            try:
+                await stream.wait_accepted()  # the peer's verdict on us
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ProtocolError(
+                    f"the disclosure peer at {host}:{port} closed the channel: {exc}"
+                ) from exc
+            peer = stream.peer.principal
+            if server is not None and peer != server:
+                raise AuthenticationError(
+                    f"the disclosure peer at {host}:{port} is {bounded(str(peer), 300)},"
+                    f" not {bounded(str(server), 300)}"
+                )
+            answer = await _exchange(stream, body)
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.aclose()  # a clean close: the peer sees the end, not a failure
+    if answer.error is not None:
+        raise answer.error
+    try:
+        response = decode_fetch_response(answer.body)
+    except CodecError as exc:
+        raise ProtocolError(f"bad answer from the disclosure peer: {exc}") from exc
+    if isinstance(response, FetchFailure):
+        raise DisclosureRefusedError(response.code, response.reason)
+    got = tuple(obj.id for obj in response)
+    if got != request.ids:
+        raise ProtocolError(
+            f"the disclosure peer answered {len(got)} objects that are not the"
+            f" {len(request.ids)} asked for"
+        )
+    return {obj.id: obj for obj in response}
+
+
+async def fetch_and_seal(
+    address: tuple[str, int],
+    identity: ChannelIdentity,
+    directives: bytes | Sequence[bytes],
+    ids: Sequence[ObjectId],
+    *,
+    tao: Tao,
+    path: str | Path,
+    revocations: CRLSource | None = None,
+    server: auth.Prin | None = None,
+) -> dict[ObjectId, SecretObject]:
+    """:func:`request_disclosure`, then seal every object got with ``tao`` (policy
+    ``"self"``: only this program can unseal them) into one ``object_store_message``
+    and write it at ``path`` atomically (mode 0600). Nothing is written unless every
+    object arrived: a refusal, a broken channel or a failed seal leaves ``path`` as
+    it was (and no temp file). Read it back with :func:`open_sealed`."""
+    objects = await request_disclosure(
+        address,
+        identity,
+        directives,
+        ids,
+        revocations=revocations,
+        server=server,
+    )
+    sealed = await tao.seal(encode_object_store(objects.values()), "self")
+    await trio.to_thread.run_sync(functools.partial(atomic_write, path, sealed, mode=0o600))
+    return objects
+
+
+async def open_sealed(tao: Tao, path: str | Path) -> dict[ObjectId, SecretObject]:
+    """The objects :func:`fetch_and_seal` wrote at ``path``, unsealed with ``tao``
+    (ConfigError if unreadable, HostError if this program did not seal them,
+    CodecError if they do not decode)."""
+    blob = await trio.to_thread.run_sync(functools.partial(read_file, path, limit=MAX_SEALED_BYTES))
+    data, policy = await tao.unseal(blob)
+    if policy != "self":
+        raise HostError(f"{path} was sealed under policy {policy!r}, expected 'self'")
+    return {obj.id: obj for obj in decode_object_store(data)}
