@@ -17,6 +17,7 @@ PURE = [
     "taonet.domain",
     "taonet.audit",
     "taonet.protected",
+    "taonet.disclosure",
 ]
 
 

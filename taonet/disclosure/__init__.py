@@ -31,7 +31,7 @@ from taonet.disclosure._directive import (
     sign_directive,
 )
 from taonet.disclosure._errors import DirectiveError, DirectiveReason
-from taonet.disclosure._verify import Revoked, verify_directive
+from taonet.disclosure._verify import verify_directive
 
 __all__ = [
     "MAX_DIRECTIVE_BYTES",
@@ -39,7 +39,6 @@ __all__ = [
     "DirectiveError",
     "DirectiveOp",
     "DirectiveReason",
-    "Revoked",
     "decode_directive",
     "sign_directive",
     "verify_directive",

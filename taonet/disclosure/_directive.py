@@ -141,6 +141,7 @@ def _parse_envelope_cached(data: bytes) -> Envelope:
 
 def _parse_envelope(data: bytes) -> Envelope:
     msg = parse("directive_message", data, limit=MAX_DIRECTIVE_BYTES, what="directive")
+    msg.DiscardUnknownFields()  # kept, they would be written back: not compared
     if serialize(msg) != data:
         raise CodecError(
             "directive: not in canonical form (unknown, repeated or reordered fields, "

@@ -11,8 +11,9 @@
    signing key's own certificate), or a key its program certificate certifies.
    That certificate must be signed by this domain's policy key and issued under
    its subject (WRONG_DOMAIN); be a program certificate of taonet's profile, or of
-   the original's (its subject CommonName holding the principal's text; a serial
-   of 0 is refused, as no CRL can list it) (UNKNOWN_SIGNER); be valid now
+   the original's (its subject CommonName holding the principal's text)
+   (UNKNOWN_SIGNER; a serial of 0, which the original always wrote and no CRL can
+   list, is MALFORMED, as taonet reads no such certificate); be valid now
    (EXPIRED, NOT_YET_VALID); certify the signer's key (UNKNOWN_SIGNER); and its
    serial must not be revoked (REVOKED);
 3. the signature over the statement with DIRECTIVE_CONTEXT, by that key, in the
