@@ -185,11 +185,15 @@ class _Server:
         self, peer: auth.Prin, request: FetchRequest
     ) -> tuple[list[SecretObject], list[Directive]]:
         """The objects ``request`` asks for, if everything allows it; _Refused else."""
-        directives = [self._verify(raw, peer) for raw in request.directives]
-        used: list[Directive] = []
+        # Each directive is for ``peer`` and Read (checked): index them by the object.
+        by_object: dict[ObjectId, Directive] = {}
+        for raw in request.directives:
+            directive = self._verify(raw, peer)
+            by_object.setdefault(directive.object_id, directive)
+        used: dict[int, Directive] = {}
         for oid in request.ids:
-            granting = next((d for d in directives if d.grants(peer, DirectiveOp.READ, oid)), None)
-            if granting is None:
+            granting = by_object.get(oid)
+            if granting is None or not granting.grants(peer, DirectiveOp.READ, oid):
                 raise _Refused(
                     DisclosureCode.UNAUTHORIZED,
                     f"no directive grants Read on {bounded(str(oid), 300)}: nothing released",
@@ -200,8 +204,7 @@ class _Server:
                     f"{bounded(str(granting.delegator), 300)} signed the directive but does"
                     f" not own {bounded(str(oid), 300)}",
                 )
-            if granting not in used:
-                used.append(granting)
+            used[id(granting)] = granting
         objects: list[SecretObject] = []
         for oid in request.ids:
             found = self.keys.get(oid)
@@ -215,7 +218,7 @@ class _Server:
             if not isinstance(found, SecretObject) or found.id != oid:
                 raise _Refused(DisclosureCode.INTERNAL, "the key source answered another object")
             objects.append(found)
-        return objects, used
+        return objects, list(used.values())
 
     async def answer(self, peer: auth.Prin, shown: str, body: bytes) -> bytes:
         """The answer body to one request body from ``peer`` (``shown``: its text)."""
