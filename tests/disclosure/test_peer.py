@@ -22,14 +22,16 @@ import structlog
 import trio
 
 from taonet import AuthorizationError, HostError, ProtocolError, auth, certs
-from taonet.channel import ChannelIdentity, CRLSource, TaoStream, serve_channels
+from taonet.channel import ChannelIdentity, CRLSource, TaoStream, open_channel, serve_channels
 from taonet.crypto import Signer
 from taonet.disclosure import DirectiveOp, sign_directive
 from taonet.disclosure.peer import (
     FETCH_METHOD,
     DisclosureCode,
     DisclosureRefusedError,
+    FetchFailure,
     decode_fetch_request,
+    decode_fetch_response,
     encode_fetch_response,
     fetch_and_seal,
     open_sealed,
@@ -39,7 +41,7 @@ from taonet.disclosure.peer import (
 from taonet.domain import Domain
 from taonet.hosts import SoftHost, Tao
 from taonet.protected import KEY_TYPE, ObjectId, SecretObject, Status
-from taonet.wire import NEED_DATA, Envelope, Role
+from taonet.wire import NEED_DATA, Envelope, Response, Role
 from taonet.wire import Request as EnvelopeRequest
 from tests.conftest import PASSWORD, MakeDomain, MakeHost
 
@@ -496,3 +498,41 @@ async def test_a_peer_that_hangs_up_halfway_leaves_nothing_written(
             )
         assert leftovers(out) == ["keys.sealed"]
         assert (out / "keys.sealed").read_bytes() == before
+
+
+# -- bad bytes ----------------------------------------------------------------------------
+
+
+async def raw_call(net: Net, address: tuple[str, int], method: str, body: bytes) -> Response:
+    """One envelope request by hand over a real channel (what a broken client sends)."""
+    who = net.program("a broken client")
+    stream = await open_channel(*address, who.identity, revocations=net.crl)
+    try:
+        envelope = Envelope(Role.CLIENT, body_limit=1 << 24, default_error=ProtocolError)
+        await stream.send_all(b"".join(envelope.request(method, 1, body)))
+        while (event := envelope.next_event()) is NEED_DATA:
+            envelope.receive_data(await stream.receive_some(65536))
+        assert isinstance(event, Response)
+        return event
+    finally:
+        await stream.aclose()
+
+
+async def test_bad_requests_are_answered_and_the_server_keeps_serving(
+    net: Net, nursery: trio.Nursery
+) -> None:
+    v1, v2 = net.program("v1"), net.program("v2")
+    with trio.fail_after(30):
+        served = await serve(nursery, net, v1)
+        address, keys = served.address, served.keys
+        garbage = await raw_call(net, address, FETCH_METHOD, os.urandom(64) + b"\xff")
+        assert garbage.error is None
+        answer = decode_fetch_response(garbage.body)
+        assert isinstance(answer, FetchFailure)
+        assert answer.code is DisclosureCode.INVALID
+        unknown = await raw_call(net, address, "Disclosure.Steal", b"")
+        assert isinstance(unknown.error, ProtocolError)
+        got = await request_disclosure(
+            address, v2.identity, net.directive(v2), [KEY], revocations=net.crl
+        )
+        assert got == keys

@@ -13,16 +13,27 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
-from taonet import TaoError, auth
+from taonet import CodecError, TaoError, auth
 from taonet.channel import ChannelIdentity
 from taonet.crypto import Signer
 from taonet.disclosure import DirectiveOp, sign_directive
 from taonet.protected import ObjectId
-from taonet.secrets import UnauthorizedError, connect
+from taonet.secrets import (
+    Op,
+    ReadRequest,
+    UnauthorizedError,
+    connect,
+    decode_request,
+    encode_request,
+    request_body_limit,
+)
+from taonet.secrets._protocol import MAX_DIRECTIVE_FIELD
+from taonet.secrets._schema import message_class, serialize
 from tests.conftest import PASSWORD, MakeDomain, MakeHost
 from tests.secrets.test_operator_server import audit_entries
 from tests.secrets.world import World, secret_world
@@ -197,3 +208,30 @@ async def test_a_directive_replayed_after_its_signer_was_revoked_is_refused(
                 with pytest.raises(UnauthorizedError, match="revoked"):
                     await store.read(KEY, oid.epoch, directive=signed)
             assert len([r for r in await released(world) if "directive" in r]) == 1
+
+
+# -- the wire ----------------------------------------------------------------------------
+
+
+def test_a_read_carries_its_directive_in_field_21() -> None:
+    request = ReadRequest(KEY, 3, directive=b"directive bytes")
+    method, body = encode_request(request)
+    assert b"\xaa\x01\x0fdirective bytes" in body  # field 21, length-delimited
+    assert decode_request(method, body) == request
+    plain = decode_request(*encode_request(ReadRequest(KEY, 3)))
+    assert isinstance(plain, ReadRequest)
+    assert plain.directive is None
+    assert request_body_limit(method) < 32 * 1024  # a Read stays a small request
+
+
+def test_a_directive_on_another_operation_or_too_large_does_not_decode() -> None:
+    msg: Any = message_class("Request")(op=Op.DELETE.number, name=KEY.encode(), directive=b"d")
+    with pytest.raises(CodecError, match="only a Read"):
+        decode_request(Op.DELETE.method, serialize(msg))
+    big: Any = message_class("Request")(
+        op=Op.READ.number, name=KEY.encode(), directive=b"d" * (MAX_DIRECTIVE_FIELD + 1)
+    )
+    with pytest.raises(CodecError):
+        decode_request(Op.READ.method, serialize(big))
+    with pytest.raises(ValueError, match="directive"):
+        ReadRequest(KEY, 1, directive=b"d" * (MAX_DIRECTIVE_FIELD + 1))
