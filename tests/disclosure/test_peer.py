@@ -366,10 +366,30 @@ async def test_a_directive_from_another_domain_is_refused(
     net: Net, nursery: trio.Nursery, make_domain: MakeDomain
 ) -> None:
     v1, v2 = net.program("v1"), net.program("v2")
-    elsewhere = make_domain().unlock(PASSWORD)  # another domain's policy key
+    other = make_domain()
+    elsewhere = other.unlock(PASSWORD)  # another domain's policy key
+    # v1's own name, certified by the other domain for a key its attacker holds.
+    key = Signer.generate()
+    foreign = certs.issue_program_certificate(
+        elsewhere, other.policy_anchor, key.public_key_der(), v1.principal, now_ns=time.time_ns()
+    )
     with trio.fail_after(30):
         served = await serve(nursery, net, v1)
         await refused(served, v2, net.directive(v2, signer=elsewhere), [KEY], net)
+        by_foreign = sign_directive(
+            key,
+            op=DirectiveOp.READ,
+            delegate=v2.principal,
+            object_id=KEY,
+            not_after=time.time_ns() + HOUR,
+            cert=foreign.der,
+        )
+        error = await refused(served, v2, by_foreign, [KEY], net)
+        assert "directive refused" in error.reason
+        # v1's own certificate and key sign the same statement: released.
+        assert KEY in await request_disclosure(
+            served.address, v2.identity, net.directive(v2, by=v1), [KEY], revocations=net.crl
+        )
 
 
 async def test_a_write_directive_does_not_release(net: Net, nursery: trio.Nursery) -> None:

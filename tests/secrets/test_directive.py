@@ -24,6 +24,7 @@ from taonet.crypto import Signer
 from taonet.disclosure import DirectiveOp, sign_directive
 from taonet.protected import ObjectId
 from taonet.secrets import (
+    GrantRequest,
     Op,
     ReadRequest,
     UnauthorizedError,
@@ -35,7 +36,8 @@ from taonet.secrets import (
 from taonet.secrets._protocol import MAX_DIRECTIVE_FIELD
 from taonet.secrets._schema import message_class, serialize
 from tests.conftest import PASSWORD, MakeDomain, MakeHost
-from tests.secrets.test_operator_server import audit_entries
+from tests.secrets.test_grant import tail
+from tests.secrets.test_operator_server import audit_entries, operator
 from tests.secrets.world import World, secret_world
 from tests.services.test_crl_watch import until
 from tests.services.test_revocation_hardening import revoke
@@ -235,3 +237,28 @@ def test_a_directive_on_another_operation_or_too_large_does_not_decode() -> None
         decode_request(Op.READ.method, serialize(big))
     with pytest.raises(ValueError, match="directive"):
         ReadRequest(KEY, 1, directive=b"d" * (MAX_DIRECTIVE_FIELD + 1))
+
+
+async def test_own_granted_by_the_operator_lets_a_program_sign_and_an_operator_cannot_use_one(
+    tmp_path: Path, make_domain: MakeDomain, make_host: MakeHost
+) -> None:
+    with trio.fail_after(60):
+        async with secret_world(tmp_path, make_domain, make_host, grants=GRANTS) as world:
+            owner, reader = await world.identity("owner"), await world.identity("reader")
+            writer = await world.identity("writer")
+            async with connect(world.address, owner) as store:
+                oid = await store.create(KEY)
+            signed = by_program(writer, reader, oid)
+            async with connect(world.address, reader) as store:
+                with pytest.raises(UnauthorizedError, match="does not hold Own"):
+                    await store.read(KEY, oid.epoch, directive=signed)
+                async with operator(world) as op:
+                    await op.call(GrantRequest(tail(world, "writer"), ("Own",), "/app"))
+                    # The policy key's operator carries the reader's directive: refused,
+                    # a directive is for the channel's peer.
+                    with pytest.raises(UnauthorizedError, match="not for an operator"):
+                        await op.once(op.sign(ReadRequest(KEY, oid.epoch, directive=signed)))
+                # The same bytes now: the writer holds Own by a grant.
+                assert (await store.read(KEY, oid.epoch, directive=signed)).id == oid
+            releases = [r for r in await released(world) if "directive" in r]
+    assert [r["delegator"] for r in releases] == [str(writer.principal)]
