@@ -1,4 +1,6 @@
-"""``taonet domain init|policy|show|principal|audit|revoke|crl``: create and administer a domain.
+"""``taonet domain init|policy|show|principal|audit|revoke|crl|directive``: administer a domain.
+
+``directive`` lives in :mod:`taonet.cli._directive_cmd`.
 
 Each prints for people, or with ``-o json`` one JSON document (see
 :mod:`taonet.cli._output`): certificate serials, up to 160 bits, as decimal strings.
@@ -178,6 +180,10 @@ def register(sub: Any) -> None:
     add_password_option(crl)
     add_output_option(crl)
     crl.set_defaults(func=_crl)
+
+    from taonet.cli._directive_cmd import register_directive
+
+    register_directive(cmds)
 
 
 def _add_crl_days_option(parser: Any) -> None:

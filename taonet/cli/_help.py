@@ -61,6 +61,13 @@ EXAMPLES: Final[dict[tuple[str, ...], tuple[str, ...]]] = {
         "taonet domain revoke 0x1f --reason 'key compromised' --domain ./domain",
     ),
     ("domain", "crl"): ("taonet domain crl --domain ./domain --crl-days 7",),
+    ("domain", "directive"): (
+        "taonet domain directive --domain ./domain --op Read --program ./client_v2.py"
+        " --object /app/content-key:1 --until 30d -o v2-reads-key.directive",
+        "taonet domain directive --domain ./domain --op Read --to 'key([0a0b]).Program([0c0d])'"
+        " --object /app/content-key:1 -o d.bin -o json",
+        "taonet domain directive --domain ./domain --show v2-reads-key.directive",
+    ),
     ("domain-service",): (
         "taonet domain-service --domain ./domain --listen 127.0.0.1:8124",
         "taonet domain-service --domain ./domain --listen '[::1]:8124' --password-file pw",

@@ -288,7 +288,8 @@ def test_commands_that_print_data_take_output() -> None:
         if words in {
             ("auth", "parse"), ("auth", "encode"), ("auth", "decode"), ("domain", "init"),
             ("domain", "policy"), ("domain", "principal"), ("domain", "audit"), ("domain", "show"),
-            ("domain", "revoke"), ("domain", "crl"), ("host", "show"), ("host", "init"),
+            ("domain", "revoke"), ("domain", "crl"), ("domain", "directive"), ("host", "show"),
+            ("host", "init"),
             ("list",), ("stop",), ("kill",),
         }:  # fmt: skip
             assert "--output" in command.format_help(), words
@@ -329,7 +330,11 @@ def bash_completion(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
 def test_bash_completion_in_a_real_bash(bash_completion: Path) -> None:
     assert complete(bash_completion, "do") == ["domain", "domain-service"]
     assert complete(bash_completion, "domain", "") == [
-        "init", "policy", "show", "principal", "audit", "revoke", "crl", "-h", "--help",
+        "init", "policy", "show", "principal", "audit", "revoke", "crl", "directive", "-h",
+        "--help",
+    ]  # fmt: skip
+    assert complete(bash_completion, "domain", "directive", "--op", "") == [
+        "Read", "Write", "Create", "Delete", "Own",
     ]  # fmt: skip
     assert complete(bash_completion, "domain", "po") == ["policy"]
     assert complete(bash_completion, "domain", "policy", "--re") == [
@@ -380,7 +385,8 @@ def test_zsh_completion(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
     assert {"domain", "domain-service", "list", "completion"} <= set(offered("do"))
     assert offered("domain", "") == [
-        "init", "policy", "show", "principal", "audit", "revoke", "crl", "-h", "--help",
+        "init", "policy", "show", "principal", "audit", "revoke", "crl", "directive", "-h",
+        "--help",
     ]  # fmt: skip
     assert offered("domain", "init", "--guard", "") == ["ACL", "Liberal", "Conservative"]
     assert offered("domain", "policy", "--add-program", "") == ["FILES"]
