@@ -556,3 +556,39 @@ async def test_bad_requests_are_answered_and_the_server_keeps_serving(
             address, v2.identity, net.directive(v2), [KEY], revocations=net.crl
         )
         assert got == keys
+
+
+class AsyncKeys:
+    """A key source that answers asynchronously (as one backed by a store would)."""
+
+    def __init__(self, objects: dict[ObjectId, SecretObject]) -> None:
+        self.objects = objects
+        self.asked: list[ObjectId] = []
+
+    async def get(self, oid: ObjectId) -> SecretObject | None:
+        await trio.lowlevel.checkpoint()
+        self.asked.append(oid)
+        return self.objects.get(oid)
+
+
+async def test_an_async_key_source_is_asked_only_once_everything_is_granted(
+    net: Net, nursery: trio.Nursery
+) -> None:
+    v1, v2 = net.program("v1"), net.program("v2")
+    other = ObjectId("/app/other-key", 1)
+    keys = AsyncKeys({KEY: key_object(KEY), other: key_object(other)})
+    with trio.fail_after(30):
+        listeners = await nursery.start(
+            functools.partial(serve_disclosure, keys, 0, v1.identity, revocations=net.crl)
+        )
+        address = ("127.0.0.1", listeners[0].socket.getsockname()[1])
+        with pytest.raises(DisclosureRefusedError):
+            await request_disclosure(
+                address, v2.identity, net.directive(v2), [KEY, other], revocations=net.crl
+            )
+        assert keys.asked == []  # refused before any key was looked up
+        got = await request_disclosure(
+            address, v2.identity, net.directive(v2), [KEY], revocations=net.crl
+        )
+    assert got == {KEY: keys.objects[KEY]}
+    assert keys.asked == [KEY]
