@@ -136,8 +136,7 @@ def _load_cert(path: Path, domain: Domain | None) -> tuple[Verifier, str]:
     it verifies against ``domain`` (required) and is not in its revocation record."""
     import time
 
-    from taonet import certs
-    from taonet._errors import TaoError
+    from taonet import TaoError, certs
     from taonet.domain import RevocationRecord
 
     if domain is None:

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from taonet._errors import TaoError
+from taonet import TaoError
 from taonet.audit import bounded
 from taonet.domain import Domain, Guard
 from taonet_services._domain_watch import RELOAD_INTERVAL, DomainReloader, ReloadReport

@@ -37,8 +37,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from taonet import CodecError, ConfigError, HostError, TaoError, auth
-from taonet._files import atomic_write
 from taonet.domain import Domain, measure_file, program_subprin
+from taonet.files import atomic_write
 from taonet.hosts import Tao
 from taonet.protected import SecretObject, decode_object, encode_object
 from taonet.provision import RevocationWatcher, load_or_provision
