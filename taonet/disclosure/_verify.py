@@ -6,7 +6,8 @@
 1. the bytes: at most :data:`~taonet.disclosure.MAX_DIRECTIVE_BYTES`, a canonical
    ``directive_message`` with a statement, a signer and a signature (MALFORMED);
    its type SECRET_DISCLOSURE (BAD_TYPE);
-2. the signer, a key principal: either the policy key itself (then a certificate,
+2. the policy certificate's window (EXPIRED, NOT_YET_VALID); the signer, a key
+   principal: either the policy key itself (then a certificate,
    if any, must be the policy certificate: the original's helper attached the
    signing key's own certificate), or a key its program certificate certifies.
    That certificate must be signed by this domain's policy key and issued under
@@ -143,6 +144,7 @@ def verify_directive(
     # 2. Who signed: the policy key, or a program key its certificate vouches for. The
     # signer field is compared as bytes with the one encoding of that key's principal.
     policy_prin, policy_signer = _key_principal(policy.public_key_der)
+    _check_policy_window(policy, now_ns)
     program: _ProgramCert | None = None
     if env.signer == policy_signer:
         if env.cert is not None and env.cert != policy.der:
@@ -261,13 +263,19 @@ def _signer_text(signer: bytes) -> str:
         return "an undecodable principal"
 
 
-def _check_program_cert(policy: PolicyAnchor, der: bytes, now_ns: int) -> _ProgramCert:
-    """The program certificate's checks that depend only on its bytes (remembered by
-    the anchor), then its window against ``now_ns`` and the policy certificate's."""
+def _check_policy_window(policy: PolicyAnchor, now_ns: int) -> None:
+    """The policy certificate, the root of everything a directive relies on, is valid now."""
     try:
         policy.check_window(now_ns)
     except AuthenticationError as exc:
-        raise DirectiveError(str(exc), reason=_R.EXPIRED) from None
+        start_ns = int(policy.cert.not_valid_before_utc.timestamp()) * 1_000_000_000
+        reason = _R.NOT_YET_VALID if now_ns < start_ns else _R.EXPIRED
+        raise DirectiveError(f"this domain's {exc}", reason=reason) from None
+
+
+def _check_program_cert(policy: PolicyAnchor, der: bytes, now_ns: int) -> _ProgramCert:
+    """The program certificate's checks that depend only on its bytes (remembered by
+    the anchor), then its window against ``now_ns``."""
     program = policy.remember(("directive-program", der), lambda: _program_once(policy, der))
     if now_ns < program.not_before:
         raise DirectiveError(

@@ -164,9 +164,12 @@ def test_window_edges(factory: CertificateFactory) -> None:
     verify_directive(raw, policy=factory.anchor, now_ns=NOW + 9)
     refused(R.EXPIRED, lambda: verify_directive(raw, policy=factory.anchor, now_ns=NOW + 10))
     refused(R.NOT_YET_VALID, lambda: verify_directive(raw, policy=factory.anchor, now_ns=NOW - 1))
-    # Only an end: valid from the beginning of time to it.
+    # Only an end: valid until it (from whenever the policy certificate is).
     only_end = by_policy(factory, not_before=None, not_after=NOW + 10)
-    assert verify_directive(only_end, policy=factory.anchor, now_ns=0).not_before is None
+    assert (
+        verify_directive(only_end, policy=factory.anchor, now_ns=NOW - 60 * 10**9).not_before
+        is None
+    )
 
 
 def test_sign_refuses_an_empty_window_and_a_foreign_certificate(
@@ -778,6 +781,18 @@ def _program_signed_with(key: Signer, cert: bytes) -> bytes:
         signature=h.sign(key.private_key, spoken),
         cert=cert,
     )
+
+
+def test_not_while_the_policy_certificate_is_out_of_its_window(
+    factory: CertificateFactory,
+) -> None:
+    raw = by_policy(factory, not_after=NOW + 100 * 365 * 24 * HOUR)
+    cert = factory.anchor.cert
+    before = int(cert.not_valid_before_utc.timestamp()) * 10**9 - 1
+    after = int(cert.not_valid_after_utc.timestamp()) * 10**9 + 1
+    err = refused(R.EXPIRED, lambda: verify_directive(raw, policy=factory.anchor, now_ns=after))
+    assert "policy certificate" in str(err)
+    refused(R.NOT_YET_VALID, lambda: verify_directive(raw, policy=factory.anchor, now_ns=before))
 
 
 def test_the_policy_key_with_a_certificate_other_than_its_own(factory: CertificateFactory) -> None:
