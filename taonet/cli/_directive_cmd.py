@@ -356,7 +356,12 @@ def _document(
 
 def _lines(document: dict[str, Any]) -> list[str]:
     obj = document["object"]
-    who = " (the policy key)" if document["by_policy_key"] else ""
+    if document["by_policy_key"]:
+        who = " (the policy key)"
+    elif document["verified"]:
+        who = " (a program of this domain: it grants only what it owns)"
+    else:
+        who = ""
     serial = document["certificate_serial"]
     signer = document["signer"] + (f" (program certificate serial {serial})" if serial else "")
     check = (

@@ -273,6 +273,84 @@ def test_golden_vector_read_from_bytes_made_by_hand() -> None:
     assert (got.not_before, got.not_after) == (NOW - HOUR, NOW + HOUR)
 
 
+#: A directive taonet signed once with FIXED_POLICY (ECDSA is randomized, so it is kept
+#: whole): policy says Delete(key([0a0b0c]).Program([0102]).PolicyKey([0304]),
+#: /acme/vector#9), valid NOW - 1 h to NOW + 1 h. Every later taonet must read it.
+STORED_VECTOR = bytes.fromhex(
+    "08011283010e01036b6579042063e705eea5232d202a0ef8dc302a10d53e7a8f65708fff3a9c9ea4d0f6f706"
+    "fc11000180c0ebd8f2f6c6f4180180c0b0e4b8c8c8f418070644656c6574650201036b657904030a0b0c1102"
+    "120750726f6772616d01040201021209506f6c6963794b6579010402030404100a0c2f61636d652f76656374"
+    "6f7210091a2901036b6579042063e705eea5232d202a0ef8dc302a10d53e7a8f65708fff3a9c9ea4d0f6f706"
+    "fc1100225f0a14080222106563647361703235362d7075626c69631247304502207f7350300c610f57019204"
+    "bcf45b32cca366b4450eb5ddb795a1caef353c8b1c022100c5a3e5c3ddea6bf25a50f9840367744fd4574a47"
+    "c351e1ea8ccbfbc763aed9f5"
+)
+
+
+def test_stored_vector_still_verifies() -> None:
+    factory = _fixed_factory()
+    got = verify_directive(STORED_VECTOR, policy=factory.anchor, now_ns=NOW)
+    assert got.grants(DELEGATE, DirectiveOp.DELETE, ObjectId("/acme/vector", 9))
+    assert (got.not_before, got.not_after) == (NOW - HOUR, NOW + HOUR)
+    fields = _fields(STORED_VECTOR)
+    h.check_signature(FIXED_POLICY.public_key(), fields[2], fields[4])
+    assert fields[3] == h.key_prin_bytes(FIXED_POLICY)
+    assert fields[2] == h.statement(
+        h.key_prin_bytes(FIXED_POLICY), "Delete", _delegate_bytes(), "/acme/vector", 9,
+        time=NOW - HOUR, expiration=NOW + HOUR,
+    )  # fmt: skip
+
+
+_names = (
+    st.lists(
+        st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1, max_size=12),
+        min_size=1,
+        max_size=4,
+    )
+    .map(lambda parts: "/" + "/".join(parts))
+    .filter(lambda name: "/." not in name)
+)
+_prins = st.builds(
+    lambda key, program: auth.Prin(
+        "key", auth.Bytes(key), [auth.PrinExt("Program", (auth.Bytes(program),))]
+    ),
+    st.binary(min_size=1, max_size=32),
+    st.binary(min_size=1, max_size=32),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    op=st.sampled_from(list(DirectiveOp)),
+    delegate=_prins,
+    name=_names,
+    epoch=st.integers(1, 2**31 - 1),
+    start=st.none() | st.integers(-(2**62), NOW),
+    length=st.integers(1, 2**62),
+)
+def test_round_trip(
+    op: DirectiveOp, delegate: auth.Prin, name: str, epoch: int, start: int | None, length: int
+) -> None:
+    factory = _FIXED.setdefault("factory", _fixed_factory())
+    try:
+        oid = ObjectId(name, epoch)
+    except ValueError:
+        return  # not a name the protected objects take
+    end = max(NOW + 1, start or NOW) + length
+    raw = sign_directive(
+        factory.signer, op=op, delegate=delegate, object_id=oid, not_before=start, not_after=end
+    )
+    for got in (
+        decode_directive(raw),
+        verify_directive(raw, policy=factory.anchor, now_ns=NOW),
+    ):
+        assert (got.op, got.delegate, got.object_id) == (op, delegate, oid)
+        assert (got.not_before, got.not_after) == (start, end)
+
+
+_FIXED: dict[str, CertificateFactory] = {}
+
+
 def test_original_directive_without_window_only_when_allowed() -> None:
     # As the original's CreateSecretDisclosureDirective makes it: no time, no
     # expiration, and the signing key's own certificate (the policy certificate) attached.

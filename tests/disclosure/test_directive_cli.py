@@ -101,6 +101,24 @@ async def test_program_is_named_as_domain_principal_names_it(tmp_path: Path) -> 
         expected = json.loads(ok(named))["principal"]
         assert json.loads(ok(signed))["delegate"] == expected
         assert str(decode_directive(out.read_bytes()).delegate) == expected
+        # A program directory, named by its manifest and entry as the host would run it.
+        tree = tmp_path / "app_v2"
+        tree.mkdir()
+        (tree / "run.sh").write_text("#!/bin/sh\necho version 2\n")
+        (tree / "data.txt").write_text("v2\n")
+        signed = await directive(
+            domain, "--op", "Read", "--program", tree, "--entry", "run.sh", "--host", host,
+            "--object", "/app/key:1", "-o", tmp_path / "tree.directive", "-o", "json",
+            "--password-file", tmp_path / "pw",
+        )  # fmt: skip
+        named = await run(
+            isolated(
+                "domain", "principal", "--domain", str(domain), "--program", str(tree),
+                "--entry", "run.sh", "--host", host, "-o", "json",
+            )
+        )  # fmt: skip
+        assert json.loads(ok(signed))["delegate"] == json.loads(ok(named))["principal"]
+        assert json.loads(ok(signed))["delegate"] != expected
         # With no host given and none running, it says what to give.
         no_host = await directive(
             domain, "--op", "Read", "--program", program, "--object", "/app/key:1",
@@ -212,6 +230,7 @@ async def test_show_refuses_forged_expired_foreign_and_revoked(tmp_path: Path) -
         assert before["certificate_serial"] == str(issued.serial)
         assert before["by_policy_key"] is False
         assert before["delegator"] == str(owner)
+        assert "it grants only what it owns" in ok(await show(domain_dir, by_program))
         crl, _ = sign_domain_crl(
             domain_dir, policy, domain.policy_anchor, {issued.serial: now}, now_ns=now
         )
