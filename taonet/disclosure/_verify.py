@@ -155,18 +155,17 @@ def verify_directive(
             )
         signer, key_der = policy_prin, policy.public_key_der
     else:
-        named = _signer_text(env.signer)
         if env.cert is None:
             raise DirectiveError(
-                f"directive signed by {named}, which is not this domain's policy key "
-                "and carries no program certificate",
+                f"directive signed by {_signer_text(env.signer)}, which is not this domain's "
+                "policy key and carries no program certificate",
                 reason=_R.UNKNOWN_SIGNER,
             )
         program = _check_program_cert(policy, env.cert, now_ns)
         if env.signer != program.signer_bytes:
             raise DirectiveError(
                 f"the directive's program certificate certifies another key than its "
-                f"signer {named}",
+                f"signer {_signer_text(env.signer)}",
                 reason=_R.UNKNOWN_SIGNER,
             )
         if revoked is not None and _is_revoked(revoked, program.serial):
