@@ -1,4 +1,4 @@
-"""``taonet demo [--hosted]``: run simpleexample end to end.
+"""``taonet demo [--hosted | --upgrade]``: run simpleexample end to end.
 
 The first run in a directory initializes (domain, host, each program's key,
 attestation, certificate and sealed state); later runs show the operation phase
@@ -7,7 +7,11 @@ its secret from it, the operator rotates that secret (a request signed by the po
 key) and simpleserver's watch brings it the new epoch. By default everything runs in
 one process on a soft Tao host (``taonet_examples.simpleexample.demo``); with
 ``--hosted`` the programs are child processes of a Linux host
-(``taonet_examples.simpleexample.hosted``).
+(``taonet_examples.simpleexample.hosted``). With ``--upgrade`` it shows an upgrade
+that keeps its data (``taonet_examples.simpleexample.upgrade``): version 1 of a
+program keeps a record under a content key; version 2, another name, gets the key by
+a disclosure directive of the policy key, from version 1 over a Tao channel and from
+the secret server, then rotates it; version 1 cannot read the new epoch.
 """
 
 from __future__ import annotations
@@ -28,14 +32,23 @@ def register(sub: Any) -> None:
         type=Path,
         default=None,
         help="demo directory; rerun with the same one to reuse sealed state "
-        "(default: .taonet-demo, or .taonet-demo-hosted with --hosted)",
+        "(default: .taonet-demo, .taonet-demo-hosted with --hosted, "
+        ".taonet-demo-upgrade with --upgrade)",
     )
-    p.add_argument(
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
         "--hosted",
         action="store_true",
         help="run the domain service, the secret server, simpleserver and simpleclient as "
         "hosted programs of a Linux host started for the demo "
         "(default directory: .taonet-demo-hosted)",
+    )
+    mode.add_argument(
+        "--upgrade",
+        action="store_true",
+        help="show an upgrade that keeps its data: version 2 of a program gets version 1's "
+        "key by a disclosure directive (from version 1 and from the secret server), then "
+        "rotates it (default directory: .taonet-demo-upgrade)",
     )
     p.set_defaults(func=_demo)
 
@@ -45,8 +58,13 @@ def _demo(args: argparse.Namespace) -> int:
 
     # The demo's own lines tell the story: log events only from warning up, unless
     # TAONET_LOG asks for more.
-    configure_logging(level=None if os.environ.get("TAONET_LOG") else "warning")
-    directory: Path = args.dir or Path(".taonet-demo-hosted" if args.hosted else ".taonet-demo")
+    # The upgrade demo shows the refusals it provokes in its own lines: from error up.
+    quiet = "error" if args.upgrade else "warning"
+    configure_logging(level=None if os.environ.get("TAONET_LOG") else quiet)
+    default = ".taonet-demo-hosted" if args.hosted else ".taonet-demo"
+    if args.upgrade:
+        default = ".taonet-demo-upgrade"
+    directory: Path = args.dir or Path(default)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -57,6 +75,10 @@ def _demo(args: argparse.Namespace) -> int:
         from taonet_examples.simpleexample.hosted import run_hosted_demo
 
         trio.run(run_hosted_demo, directory)
+    elif args.upgrade:
+        from taonet_examples.simpleexample.upgrade import run_upgrade_demo
+
+        trio.run(run_upgrade_demo, directory)
     else:
         from taonet_examples.simpleexample.demo import run_demo
 

@@ -11,4 +11,9 @@
   client on a soft Tao host in a local domain directory, then rotates the secret as
   the operator and revokes a live channel (``taonet demo``); :mod:`.hosted` runs
   them as child processes of a Linux host (``taonet demo --hosted``).
+* :mod:`.upgrade` (``taonet demo --upgrade``): an upgrade that keeps its data.
+  :mod:`.upgrade_v1` keeps a record under a content key; :mod:`.upgrade_v2` (other
+  code, another name) gets the key by a disclosure directive of the policy key, from
+  version 1 (the peer protocol) and from the secret server, then rotates it;
+  :mod:`.upgrade_record` is the record both read.
 """
