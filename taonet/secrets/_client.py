@@ -120,6 +120,9 @@ class _Channel:
     async def call(self, method: str, body: bytes) -> EnvelopeResponse:
         if self.failure is not None:
             raise self.failure
+        # A caller already out of time sends nothing (the lock's fast path below does
+        # not look at cancellation).
+        await trio.lowlevel.checkpoint_if_cancelled()
         seq = next(self.seq)
         slot = _Slot()
         lock = self.send_lock
@@ -130,12 +133,24 @@ class _Channel:
         try:
             chunks = self.envelope.request(method, seq, body)
             self.waiting[seq] = slot
-            try:
-                await self.stream.send_all(b"".join(chunks))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                failure = ProtocolError(f"the channel to the secret server broke: {exc}")
+            # A request once begun is written whole, whatever happens to its caller: a
+            # write cut short would break the channel under every other call on it. A
+            # server that takes nothing for CALL_TIMEOUT ends the channel instead.
+            with trio.CancelScope(shield=True), trio.move_on_after(CALL_TIMEOUT) as sending:
+                try:
+                    await self.stream.send_all(b"".join(chunks))
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    failure = ProtocolError(f"the channel to the secret server broke: {exc}")
+                    self.fail(failure)
+                    raise failure from exc
+            if sending.cancelled_caught:
+                failure = ProtocolError(
+                    f"the secret server took no request bytes for {CALL_TIMEOUT} s"
+                )
                 self.fail(failure)
-                raise failure from exc
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(self.stream)
+                raise failure
         finally:
             lock.release()
         try:
