@@ -11,7 +11,12 @@
   another principal (version 1 itself, or a third program of the domain) to version
   1's disclosure peer and to the secret server: both refuse, nothing is released or
   written, while version 2's own directive is honoured by both; version 1 replays
-  version 2's directive after its grant was taken back: both refuse.
+  version 2's directive after its grant was taken back: both refuse; a directive
+  version 1 signed as the owner of ``/upgrade`` opens the secret server only while
+  version 1 holds Own (checked when it is used, not when it was signed).
+* The command's failures are one line: a directory made for other programs (the
+  plain demo's, or an older version of this one), a directory that cannot be, and
+  ``--upgrade`` with ``--hosted`` (a usage error).
 """
 
 from __future__ import annotations
@@ -30,10 +35,17 @@ import trio
 from taonet import HostError, auth
 from taonet.crypto import KdfParams
 from taonet.disclosure import DirectiveOp, sign_directive
-from taonet.disclosure.peer import DisclosureCode, DisclosureRefusedError, fetch_and_seal
+from taonet.disclosure.peer import (
+    DisclosureCode,
+    DisclosureRefusedError,
+    fetch_and_seal,
+    request_disclosure,
+)
+from taonet.domain import Domain, DomainTemplate
+from taonet.hosts import SoftHost
 from taonet.protected import ObjectId, SecretObject, WrongKeyError
 from taonet.secrets import GrantRequest, UnauthorizedError
-from taonet_examples.simpleexample import upgrade_v1, upgrade_v2
+from taonet_examples.simpleexample import simpleclient, upgrade_v1, upgrade_v2
 from taonet_examples.simpleexample.upgrade import (
     V1_OPS,
     V2_OPS,
@@ -51,6 +63,8 @@ from taonet_examples.simpleexample.upgrade_record import (
     read_record,
     record_protector,
 )
+from taonet_services.secret_server import PROGRAM_FILE
+from tests.cli.cli_helpers import isolated, one_line_error, run
 
 HOUR = 3600 * 10**9
 TEXT = upgrade_v1.RECORD_TEXT.decode()
@@ -95,7 +109,7 @@ def _in_order(lines: list[str], *needles: str) -> list[str]:
 def test_taonet_demo_upgrade_runs_and_reruns(tmp_path: Path) -> None:
     directory = tmp_path / "d"
     # The first run makes epoch 1 and rotates to 2; the rerun makes 3 and rotates to 4.
-    for run, (first, second) in enumerate(((1, 2), (3, 4)), start=1):
+    for round_, (first, second) in enumerate(((1, 2), (3, 4)), start=1):
         lines = _taonet_demo_upgrade(directory)
         old, new = f"{CONTENT_KEY}#{first}", f"{CONTENT_KEY}#{second}"
         found = _in_order(
@@ -133,7 +147,7 @@ def test_taonet_demo_upgrade_runs_and_reruns(tmp_path: Path) -> None:
         assert found[10] == f"[v2] got {old} from {v1} over a Tao channel"
         identities = [line for line in lines if "key and certificate" in line]
         assert len(identities) == 3  # the secret server, version 1, version 2
-        if run == 1:  # each program provisioned, then sealed its identity
+        if round_ == 1:  # each program provisioned, then sealed its identity
             assert all("] sealed key and certificate to " in line for line in identities)
         else:  # the rerun unseals them, and makes a new epoch: no id made twice
             assert all("] unsealed key and certificate " in line for line in identities)
@@ -315,3 +329,79 @@ async def test_version_1_replaying_version_2s_directive_gets_nothing(tmp_path: P
             assert not (world.data / "stolen.sealed").exists()
     assert [line for line in told if line.startswith("released ")] == []
     assert len([line for line in told if line.startswith(f"refused {v1.principal}:")]) == 1
+
+
+def _domain_of_other_programs(base: Path) -> None:
+    """``base`` as the plain demo (or an older version of this one) left it: a domain
+    whose guard lets other programs run."""
+    password = b"other versions"
+    (base / "demo-password").write_bytes(password + b"\n")
+    kdf = KdfParams.for_tests()
+    Domain.create(
+        base / "domain",
+        DomainTemplate(name="simpleexample", programs=(PROGRAM_FILE, Path(simpleclient.__file__))),
+        password,
+        kdf=kdf,
+    )
+    SoftHost.create(base / "host", password, kdf=kdf)
+
+
+async def test_a_directory_made_for_other_programs_is_one_line(tmp_path: Path) -> None:
+    _domain_of_other_programs(tmp_path)
+    result = await run(isolated("demo", "--upgrade", "--dir", str(tmp_path)))
+    one_line_error(
+        result,
+        f"the domain in {tmp_path} was made for other versions of the programs (version 1,"
+        " upgrade_v1.py, is not allowed to run)",
+    )
+    assert not (tmp_path / "data").exists()  # nothing started
+
+
+@pytest.mark.parametrize("where", ["/proc/taonet-demo", "/proc/self/taonet-demo"])
+async def test_upgrade_demo_in_a_directory_that_cannot_be(where: str) -> None:
+    result = await run(isolated("demo", "--upgrade", "--dir", where))
+    one_line_error(result, f"cannot use {where} as the demo directory")
+
+
+async def test_upgrade_and_hosted_are_one_or_the_other() -> None:
+    result = await run(isolated("demo", "--upgrade", "--hosted"))
+    assert result.returncode == 2, result
+    assert "not allowed with argument" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_a_directive_version_1_signs_as_owner_holds_only_while_it_owns(
+    tmp_path: Path,
+) -> None:
+    told: list[str] = []
+    with trio.fail_after(120):
+        async with _version_1_serving(tmp_path, told) as (world, key, peer):
+            v1, v2 = world.v1, world.v2
+            assert v1.identity.signer is not None
+            assert v1.identity.certificate is not None
+            now = time.time_ns()
+            by_owner = sign_directive(
+                v1.identity.signer,
+                op=DirectiveOp.READ,
+                delegate=v2.principal,
+                object_id=key.id,
+                not_before=now - HOUR,
+                not_after=now + HOUR,
+                cert=v1.identity.certificate.der,
+            )
+            # Version 1 holds Own on /upgrade (the operator's grant): both honour it.
+            async with world.store(v2) as store:
+                assert (await store.read(key.id.name, key.id.epoch, directive=by_owner)) == key
+            got = await request_disclosure(
+                peer, v2.identity, by_owner, [key.id], server=v1.principal
+            )
+            assert got == {key.id: key}
+            # The upgrade done, version 1 owns nothing: the same directive, replayed by
+            # version 2, no longer opens the secret server.
+            await as_operator(world, [GrantRequest(str(v1.principal), V1_OPS, PREFIX, revoke=True)])
+            async with world.store(v2) as store:
+                with pytest.raises(UnauthorizedError, match="does not hold Own on /upgrade"):
+                    await store.read(key.id.name, key.id.epoch, directive=by_owner)
+    assert [line for line in told if line.startswith("released ")] == [
+        f"released {key.id} to the channel's peer {v2.principal} (directive by {v1.principal})"
+    ]
