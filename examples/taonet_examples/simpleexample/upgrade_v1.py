@@ -10,8 +10,9 @@ has another name and cannot unseal what this version sealed. Version 1:
   version 2 protected it under a new epoch, they no longer open it);
 * :func:`serve_keys`: serves its sealed keys with the disclosure peer protocol
   (:func:`taonet.disclosure.peer.serve_disclosure`): a successor that presents a
-  directive of the policy key gets exactly what the directive grants it, on a Tao
-  channel whose verified peer is that successor. Each release and refusal is told.
+  directive of the policy key (or of version 1 itself, which owns the keys it
+  holds) gets exactly what the directive grants it, on a Tao channel whose verified
+  peer is the principal the directive names. Each release and refusal is told.
 """
 
 from __future__ import annotations
