@@ -8,7 +8,7 @@ STAMP := $(VENV)/.taonet-installed
 # The extras every test virtual environment gets (.venv and the .venv-X.Y of unit-all).
 EXTRAS := dev
 
-.PHONY: demo demo-hosted test lint typecheck unit unit-all bench system-deps clean
+.PHONY: demo demo-hosted demo-upgrade test lint typecheck unit unit-all bench system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ demo: $(STAMP)
 # The same with every program a child process of a Linux Tao host started for it.
 demo-hosted: $(STAMP)
 	$(BIN)/taonet demo --hosted --dir .taonet-demo-hosted
+
+# An upgrade that keeps its data: version 2 gets version 1's key by a disclosure
+# directive (from version 1 itself, then from the secret server) and rotates it.
+demo-upgrade: $(STAMP)
+	$(BIN)/taonet demo --upgrade --dir .taonet-demo-upgrade
 
 # System packages the tests need: bubblewrap (sandboxed hosted programs) and a
 # system python3 (a process of another user cannot reach a venv in a private home).
@@ -76,4 +81,4 @@ bench: $(STAMP)
 	$(BIN)/python loadtests/host_bench.py
 
 clean:
-	rm -rf $(VENV) .venv-3.* .taonet-demo .taonet-demo-hosted build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-3.* .taonet-demo .taonet-demo-hosted .taonet-demo-upgrade build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

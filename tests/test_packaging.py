@@ -178,3 +178,17 @@ def test_taonet_demo_runs_from_the_installed_wheel(
     assert "== Done" in result.stdout
     assert re.search(r"received the secret [0-9a-f]{64}", result.stdout), result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_taonet_demo_upgrade_runs_from_the_installed_wheel(
+    environment: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    bin_dir, env = environment
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    argv: list[str | Path] = [bin_dir / "taonet", "demo", "--upgrade", "--dir", outside / "up"]
+    for _ in range(2):  # and again over the sealed state of the first run
+        result = _run(argv, cwd=outside, env=env)
+        assert "== Done" in result.stdout
+        assert "[v2] read the record under /upgrade/content#" in result.stdout, result.stdout
+        assert "Traceback" not in result.stderr

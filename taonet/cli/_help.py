@@ -104,7 +104,11 @@ EXAMPLES: Final[dict[tuple[str, ...], tuple[str, ...]]] = {
         "taonet kill id:3f2a9c01",
         "taonet kill server.py",
     ),
-    ("demo",): ("taonet demo", "taonet demo --hosted --dir /tmp/taonet-demo"),
+    ("demo",): (
+        "taonet demo",
+        "taonet demo --hosted --dir /tmp/taonet-demo",
+        "taonet demo --upgrade",
+    ),
     ("completion",): (
         "taonet completion bash > ~/.local/share/bash-completion/completions/taonet",
         'taonet completion zsh > "${fpath[1]}/_taonet"    # zsh: from the next shell on',
