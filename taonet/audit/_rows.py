@@ -180,8 +180,9 @@ class RowAudit:
         #: (key, seq of a rotation of it) -> the furthest (epoch, rotation seq) known
         #: to follow it (links never change once found, so jumps stay true).
         self._jumps: dict[tuple[str, int], tuple[int, int]] = {}
-        #: The epochs the chain holds a slot for, per name.
-        self._epochs: dict[str, set[int]] = {}
+        #: The epochs the chain holds a slot for, per name (an int while there is one:
+        #: most names have one epoch, and a set per name would double the memory).
+        self._epochs: dict[str, int | set[int]] = {}
         #: Tags recorded for rows under a key (before a rewrap, each is an older copy).
         self._recorded: set[bytes] = set()
         #: The latest epoch of each name, as the chain says (what a create under a key
@@ -258,7 +259,11 @@ class RowAudit:
         protector: tuple[str, int] | None,
     ) -> None:
         old = self._slots.get((name, epoch))
-        self._epochs.setdefault(name, set()).add(epoch)
+        held = self._epochs.setdefault(name, epoch)
+        if isinstance(held, set):
+            held.add(epoch)
+        elif held != epoch:
+            self._epochs[name] = {held, epoch}
         if protector is not None and tag is not None:
             self._recorded.add(tag)
         self._slots[name, epoch] = _Slot(
@@ -301,7 +306,8 @@ class RowAudit:
         if len(text) >= _EPOCHS_CUT:
             # The list was cut: only a delete of every epoch lists that many (the
             # epochs the chain holds for the name, never a range of numbers).
-            epochs = sorted(self._epochs.get(name, ()))
+            held = self._epochs.get(name, ())
+            epochs = sorted(held) if isinstance(held, set | tuple) else [held]
         else:
             epochs = [int(p) for p in parts if p.isdigit() and len(p) <= 10]
         for epoch in epochs:
