@@ -349,7 +349,8 @@ class RowAudit:
         served_under = _split_id(entry.details.get("protector", ""))
         wanted = slot.protector
         if (
-            served_under is not None
+            not raced  # a read that raced a rotation served the version it replaced
+            and served_under is not None
             and wanted is not None
             and wanted[1] != 0
             and served_under != wanted

@@ -250,6 +250,12 @@ def test_a_release_names_the_protector_epoch_it_was_served_under() -> None:
         "secret_released", "/k/c#1", tag=unknown.hex(), read_after=str(rotated), protector="/k#2"
     )
     assert chain.audit([*keys, row("/k/c", unknown, protector=("/k", 2))]) == {}
+    # A read that raced the rotation served the version it replaced, under /k#1.
+    chain.entries.pop()
+    chain.add(
+        "secret_released", "/k/c#1", tag=T2.hex(), read_after=str(rotated - 1), protector="/k#1"
+    )
+    assert chain.audit([*keys, row("/k/c", unknown, protector=("/k", 2))]) == {}
 
 
 async def test_crafted_entries_do_not_make_the_replay_run_for_hours() -> None:
