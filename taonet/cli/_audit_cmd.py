@@ -60,11 +60,16 @@ from taonet.cli._output import add_output_option, emit
 from taonet.crypto import Verifier
 from taonet.domain import Domain
 from taonet.files import read_file
+from taonet.protected import MAX_NAME_BYTES
 
 #: Longest public key file read for --key.
 _MAX_KEY_FILE: Final = 64 * 1024
 #: Most mismatches --against-rows reports one by one (then only counted).
 MAX_REPORTED: Final = 100
+#: Longest name (characters) and tag (bytes) of a row the secret server can have
+#: written; a longer one is reported corrupt, not held (nor kept) whole.
+_MAX_NAME_CHARS: Final = 4 * MAX_NAME_BYTES
+_MAX_TAG: Final = 64
 #: Rows and entries read per query by --against-rows.
 _PAGE: Final = 1000
 #: The secret server's rows, a page at a time in (name, epoch) order.
@@ -80,7 +85,7 @@ _SQLITE_ROWS_QUERY: Final = (
     " AND (name > ? OR (name = ? AND epoch > ?)) ORDER BY name, epoch LIMIT ?"
 )
 _SQLITE_BADLY_KEYED: Final = (
-    "SELECT name, epoch FROM secret_objects"
+    "SELECT substr(name, 1, 300), epoch FROM secret_objects"
     " WHERE NOT (typeof(name) = 'text' AND typeof(epoch) = 'integer') LIMIT ?"
 )
 _SQLITE_BADLY_KEYED_COUNT: Final = (
@@ -354,7 +359,16 @@ def _check_row(audit: RowAudit, row: Any) -> None:
         and type(protector_epoch) is int
         and isinstance(tag, bytes)
     ):
-        audit.check_row(RowVersion(name, epoch, protector_name, protector_epoch, tag))
+        if max(len(name), len(protector_name)) <= _MAX_NAME_CHARS and 0 < len(tag) <= _MAX_TAG:
+            audit.check_row(RowVersion(name, epoch, protector_name, protector_epoch, tag))
+            return
+        audit.corrupt_row(
+            _printable(name, 200),
+            epoch,
+            f"a name of {len(name)} characters, a protector name of {len(protector_name)}"
+            f" or a tag of {len(tag)} bytes: not a row the secret server wrote (at most"
+            f" {_MAX_NAME_CHARS} characters, tags of 1 to {_MAX_TAG} bytes)",
+        )
         return
     audit.corrupt_row(
         _printable(name if isinstance(name, str) else repr(name), 200),

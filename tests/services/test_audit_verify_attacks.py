@@ -270,6 +270,7 @@ CRAFTED = {
     "text protector epoch": (
         "UPDATE secret_objects SET protector_epoch = 'x' WHERE name = '/app/payroll'"
     ),
+    "empty tag": "UPDATE secret_objects SET tag = x'' WHERE name = '/app/payroll'",
     "real epoch": (
         "INSERT INTO secret_objects SELECT name, 99999999999999999999, protector_name,"
         " protector_epoch, tag, blob, mac FROM secret_objects WHERE name = '/app/payroll'"
