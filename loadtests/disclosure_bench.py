@@ -78,6 +78,8 @@ async def run(tmp: Path, keys: int, rounds: int, by_program: bool) -> dict[str, 
     v2, v2_tao = program(domain, host, policy, b"simpleclient v2")
     assert v1.certificate is not None
     assert v2.principal is not None
+    v1_name = v1.principal
+    assert v1_name is not None
     crl_der = certs.make_crl(policy, domain.policy_anchor, [], now_ns=time.time_ns())
     crl = CRLSource(domain.policy_cert)
     await crl.update(crl_der)
@@ -107,7 +109,14 @@ async def run(tmp: Path, keys: int, rounds: int, by_program: bool) -> dict[str, 
     async def fetch(address: tuple[str, int]) -> float:
         start = time.perf_counter()
         got = await fetch_and_seal(
-            address, v2, directives, ids, tao=v2_tao, path=out / "fetched.sealed", revocations=crl
+            address,
+            v2,
+            directives,
+            ids,
+            tao=v2_tao,
+            path=out / "fetched.sealed",
+            revocations=crl,
+            server=v1_name,
         )
         took = time.perf_counter() - start
         assert len(got) == keys

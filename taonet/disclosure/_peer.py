@@ -23,7 +23,9 @@ presents a directive, and the successor fetches and seals them.
   ``disclosure_refused``, bounded) and, with an ``audit`` hook, recorded through
   it before the answer is sent (a release the hook cannot record is not made).
 * :func:`request_disclosure` (the successor, e.g. version 2) asks a peer for ids
-  under directives over one channel: all the ids asked or an exception.
+  under directives over one channel: all the ids asked or an exception. The caller
+  names the peer it expects (``server=``, required; :data:`ANY_SERVER` is the
+  explicit opt-out): any program of the domain can listen at an address.
 * :func:`fetch_and_seal` fetches, seals the objects with the program's
   :class:`~taonet.hosts.Tao` (policy ``"self"``) and writes the sealed blob
   atomically (``taonet.files.atomic_write``): a peer that fails or disconnects
@@ -33,6 +35,7 @@ presents a directive, and the successor fetches and seals them.
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import hashlib
 import inspect
@@ -83,8 +86,10 @@ from taonet.wire import Request as EnvelopeRequest
 from taonet.wire import Response as EnvelopeResponse
 
 __all__ = [
+    "ANY_SERVER",
     "CALL_TIMEOUT",
     "MAX_SEALED_BYTES",
+    "AnyServer",
     "AuditHook",
     "KeySource",
     "OwnsHook",
@@ -102,6 +107,19 @@ CALL_TIMEOUT: Final = 60.0
 MAX_SEALED_BYTES: Final = MAX_FETCH_RESPONSE_BODY + 64 * 1024
 _CHUNK: Final = 64 * 1024
 _MAX_REPLY_FRAME: Final = MAX_FETCH_RESPONSE_BODY + 1024
+
+
+class AnyServer(enum.Enum):
+    """The type of :data:`ANY_SERVER`."""
+
+    ANY_SERVER = "any server of the domain"
+
+
+#: ``server=ANY_SERVER``: take the keys from whichever program of the domain answers at
+#: the address (its channel is still verified against the policy key). An explicit
+#: opt-out: any program of the domain that listens there (a squatter on the port, a
+#: stale address) then chooses the keys the caller takes for the ones asked.
+ANY_SERVER: Final = AnyServer.ANY_SERVER
 
 
 class KeySource(Protocol):
@@ -393,6 +411,14 @@ async def serve_disclosure(
     )
 
 
+def _check_server(server: object) -> None:
+    if server is not ANY_SERVER and not isinstance(server, auth.Prin):
+        raise TypeError(
+            "server= must be the disclosure peer's principal (or ANY_SERVER to take any"
+            f" program of the domain), not {type(server).__name__}"
+        )
+
+
 def _directives(directives: bytes | Sequence[bytes]) -> tuple[bytes, ...]:
     if isinstance(directives, bytes | bytearray | memoryview):
         return (bytes(directives),)
@@ -431,20 +457,26 @@ async def request_disclosure(
     directives: bytes | Sequence[bytes],
     ids: Sequence[ObjectId],
     *,
+    server: auth.Prin | AnyServer,
     revocations: CRLSource | None = None,
-    server: auth.Prin | None = None,
 ) -> dict[ObjectId, SecretObject]:
     """Ask the disclosure peer at ``address`` for ``ids`` under ``directives`` (one
     directive's bytes, or several), over one Tao channel made with ``identity``.
 
+    ``server`` (required): the principal the peer must prove it is (the program that
+    holds the keys, e.g. version 1), or :data:`ANY_SERVER` to take any program of
+    the domain (see there why that is rarely what you want).
+
     Returns every object asked for, by id, or raises: :class:`DisclosureRefusedError`
     (an AuthorizationError) when the peer refused, ProtocolError when the channel
     broke or the answer is malformed or not exactly the ids asked for,
-    AuthenticationError when the peer is not ``server`` (when given),
+    AuthenticationError when the peer is not ``server``,
     trio.TooSlowError after :data:`CALL_TIMEOUT` seconds (wrap the call in
     ``trio.fail_after`` for less). ValueError for bad arguments (no id,
-    more than :data:`MAX_FETCH`, an id twice).
+    more than :data:`MAX_FETCH`, an id twice); TypeError for a ``server`` that is
+    neither a principal nor :data:`ANY_SERVER`.
     """
+    _check_server(server)
     request = FetchRequest(_directives(directives), tuple(ids))
     body = encode_fetch_request(request)
     host, port = address
@@ -461,7 +493,7 @@ async def request_disclosure(
                     f"the disclosure peer at {host}:{port} closed the channel: {exc}"
                 ) from exc
             peer = stream.peer.principal
-            if server is not None and peer != server:
+            if server is not ANY_SERVER and peer != server:
                 raise AuthenticationError(
                     f"the disclosure peer at {host}:{port} is {bounded(str(peer), 300)},"
                     f" not {bounded(str(server), 300)}"
@@ -497,14 +529,16 @@ async def fetch_and_seal(
     *,
     tao: Tao,
     path: str | Path,
+    server: auth.Prin | AnyServer,
     revocations: CRLSource | None = None,
-    server: auth.Prin | None = None,
 ) -> dict[ObjectId, SecretObject]:
-    """:func:`request_disclosure`, then seal every object got with ``tao`` (policy
-    ``"self"``: only this program can unseal them) into one ``object_store_message``
-    and write it at ``path`` atomically (mode 0600). Nothing is written unless every
-    object arrived: a refusal, a broken channel or a failed seal leaves ``path`` as
-    it was (and no temp file). Read it back with :func:`open_sealed`."""
+    """:func:`request_disclosure` (``server`` required, as there), then seal every
+    object got with ``tao`` (policy ``"self"``: only this program can unseal them)
+    into one ``object_store_message`` and write it at ``path`` atomically (mode
+    0600). Nothing is written unless every object arrived: a refusal, a broken
+    channel or a failed seal leaves ``path`` as it was (and no temp file). Read it
+    back with :func:`open_sealed`."""
+    _check_server(server)
     objects = await request_disclosure(
         address,
         identity,

@@ -7,8 +7,9 @@ directives does not import Trio; import this module explicitly.
 * :func:`serve_disclosure` answers ``Disclosure.Fetch`` over Tao channels: it
   releases only what the directives grant to the channel's verified peer, all or
   nothing, each release and refusal logged (and audited through ``audit``).
-* :func:`request_disclosure` fetches ids over one channel (all or an exception:
-  :class:`DisclosureRefusedError`, :class:`~taonet.ProtocolError`, ...).
+* :func:`request_disclosure` fetches ids over one channel from the program named
+  by ``server=`` (required; :data:`ANY_SERVER` opts out), all or an exception:
+  :class:`DisclosureRefusedError`, :class:`~taonet.ProtocolError`, ...
 * :func:`fetch_and_seal` fetches, seals with the program's Tao and writes the
   sealed objects atomically; :func:`open_sealed` reads them back.
 * The wire (``Disclosure.Fetch``): :class:`FetchRequest`, :class:`FetchFailure`,
@@ -19,8 +20,10 @@ directives does not import Trio; import this module explicitly.
 from __future__ import annotations
 
 from taonet.disclosure._peer import (
+    ANY_SERVER,
     CALL_TIMEOUT,
     MAX_SEALED_BYTES,
+    AnyServer,
     AuditHook,
     KeySource,
     OwnsHook,
@@ -46,6 +49,7 @@ from taonet.disclosure._peer_protocol import (
 )
 
 __all__ = [
+    "ANY_SERVER",
     "CALL_TIMEOUT",
     "FETCH_METHOD",
     "MAX_DIRECTIVE_WIRE",
@@ -53,6 +57,7 @@ __all__ = [
     "MAX_FETCH_REQUEST_BODY",
     "MAX_FETCH_RESPONSE_BODY",
     "MAX_SEALED_BYTES",
+    "AnyServer",
     "AuditHook",
     "DisclosureCode",
     "DisclosureRefusedError",
@@ -71,6 +76,7 @@ __all__ = [
 ]
 
 for _public in (
+    AnyServer,
     DisclosureCode,
     DisclosureRefusedError,
     FetchFailure,

@@ -250,10 +250,18 @@ class SecretStore:
 
         ``directive``: a disclosure directive (:mod:`taonet.disclosure`) granting this
         program Read on ``(name, epoch)``, for a server whose guard does not give it
-        Read (the server refuses a directive without ``epoch``)."""
+        Read (the server refuses a directive without ``epoch``).
+
+        ProtocolError when the answer is another object than the one asked (another
+        name, or another epoch than ``epoch`` when given)."""
         request = ReadRequest(name, epoch, directive=directive)
         response = await self._expect(request, SecretObject)
         assert isinstance(response, SecretObject)
+        if response.id.name != name or (epoch is not None and response.id.epoch != epoch):
+            asked = name if epoch is None else f"{name}#{epoch}"
+            raise ProtocolError(
+                f"the secret server answered a read of {asked[:300]} with {str(response.id)[:300]}"
+            )
         return response
 
     async def write(self, name: str, value: bytes, *, epoch: int | None = None) -> ObjectId:

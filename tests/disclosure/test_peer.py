@@ -148,6 +148,8 @@ class Served:
     address: tuple[str, int]
     keys: dict[ObjectId, SecretObject]
     audited: list[dict[str, Any]]
+    #: The serving program's principal (what requesters pin with ``server=``).
+    server: auth.Prin
 
     def kinds(self) -> list[str]:
         return [a["kind"] for a in self.audited]
@@ -173,7 +175,7 @@ async def serve(
         )
     )
     port = listeners[0].socket.getsockname()[1]
-    return Served(("127.0.0.1", port), objects, audited)
+    return Served(("127.0.0.1", port), objects, audited, v1.principal)
 
 
 @pytest.fixture
@@ -225,7 +227,12 @@ async def test_the_owner_program_may_sign_for_its_successor(
     with trio.fail_after(30):
         served = await serve(nursery, net, v1)
         got = await request_disclosure(
-            served.address, v2.identity, net.directive(v2, by=v1), [KEY], revocations=net.crl
+            served.address,
+            v2.identity,
+            net.directive(v2, by=v1),
+            [KEY],
+            revocations=net.crl,
+            server=served.server,
         )
     assert got[KEY] == served.keys[KEY]
     assert served.audited[0]["details"]["delegator"] == str(v1.principal)
@@ -240,7 +247,12 @@ async def test_100_keys_over_one_channel(net: Net, nursery: trio.Nursery) -> Non
         directives = [net.directive(v2, oid, by=v1) for oid in ids]
         with structlog.testing.capture_logs() as logs:
             got = await request_disclosure(
-                served.address, v2.identity, directives, ids, revocations=net.crl
+                served.address,
+                v2.identity,
+                directives,
+                ids,
+                revocations=net.crl,
+                server=served.server,
             )
         opened = [e for e in logs if e["event"] == "channel_established"]
     assert got == served.keys
@@ -257,7 +269,14 @@ async def refused(
 ) -> DisclosureRefusedError:
     released = served.kinds().count("disclosure_released")
     with pytest.raises(DisclosureRefusedError) as caught:
-        await request_disclosure(served.address, who.identity, directives, ids, revocations=net.crl)
+        await request_disclosure(
+            served.address,
+            who.identity,
+            directives,
+            ids,
+            revocations=net.crl,
+            server=served.server,
+        )
     assert served.kinds().count("disclosure_released") == released  # nothing more went out
     assert served.kinds()[-1] == "disclosure_refused"
     return caught.value
@@ -278,7 +297,7 @@ async def test_someone_elses_directive_is_refused(net: Net, nursery: trio.Nurser
         assert any(e["event"] == "disclosure_refused" for e in logs)
         # The same directive over v2's own channel works: the refusal was the peer's name.
         assert await request_disclosure(
-            served.address, v2.identity, stolen, [KEY], revocations=net.crl
+            served.address, v2.identity, stolen, [KEY], revocations=net.crl, server=served.server
         ) == {KEY: served.keys[KEY]}
 
 
@@ -304,6 +323,7 @@ async def test_asking_for_more_than_granted_releases_nothing(
                 tao=v2.tao,
                 path=out / "keys.sealed",
                 revocations=net.crl,
+                server=served.server,
             )
     assert leftovers(out) == []
     assert served.kinds() == ["disclosure_refused", "disclosure_refused"]
@@ -357,7 +377,12 @@ async def test_a_directive_from_a_program_that_does_not_own_the_key_is_refused(
             nursery, net, v1, owns=lambda who, oid: who == other.principal and oid == KEY
         )
         got = await request_disclosure(
-            trusting.address, v2.identity, net.directive(v2, by=other), [KEY], revocations=net.crl
+            trusting.address,
+            v2.identity,
+            net.directive(v2, by=other),
+            [KEY],
+            revocations=net.crl,
+            server=v1.principal,
         )
         assert KEY in got
 
@@ -388,7 +413,12 @@ async def test_a_directive_from_another_domain_is_refused(
         assert "directive refused" in error.reason
         # v1's own certificate and key sign the same statement: released.
         assert KEY in await request_disclosure(
-            served.address, v2.identity, net.directive(v2, by=v1), [KEY], revocations=net.crl
+            served.address,
+            v2.identity,
+            net.directive(v2, by=v1),
+            [KEY],
+            revocations=net.crl,
+            server=v1.principal,
         )
 
 
@@ -422,11 +452,11 @@ async def test_a_revoked_program_and_its_directives_are_refused(
         )
         by_owner = net.directive(v3, by=owner)
         assert KEY in await request_disclosure(
-            served.address, v3.identity, by_owner, [KEY], revocations=net.crl
+            served.address, v3.identity, by_owner, [KEY], revocations=net.crl, server=v1.principal
         )
         for_v2 = net.directive(v2)
         assert KEY in await request_disclosure(
-            served.address, v2.identity, for_v2, [KEY], revocations=net.crl
+            served.address, v2.identity, for_v2, [KEY], revocations=net.crl, server=v1.principal
         )
         await net.revoke(v2.serial)
         await net.revoke(owner.serial)
@@ -436,7 +466,9 @@ async def test_a_revoked_program_and_its_directives_are_refused(
             structlog.testing.capture_logs() as logs,
             pytest.raises((AuthorizationError, ProtocolError)),
         ):
-            await request_disclosure(served.address, v2.identity, for_v2, [KEY])
+            await request_disclosure(
+                served.address, v2.identity, for_v2, [KEY], server=v1.principal
+            )
         assert not any(e["event"] == "disclosure_released" for e in logs)
         # v3 replays the directive the now revoked owner signed: refused.
         error = await refused(served, v3, by_owner, [KEY], net)
@@ -492,6 +524,7 @@ async def test_a_peer_that_hangs_up_halfway_leaves_nothing_written(
                 tao=v2.tao,
                 path=out / "keys.sealed",
                 revocations=net.crl,
+                server=v1.principal,
             )
         assert leftovers(out) == []
         # An earlier good file stays as it was.
@@ -504,6 +537,7 @@ async def test_a_peer_that_hangs_up_halfway_leaves_nothing_written(
             tao=v2.tao,
             path=out / "keys.sealed",
             revocations=net.crl,
+            server=v1.principal,
         )
         before = (out / "keys.sealed").read_bytes()
         with pytest.raises(ProtocolError):
@@ -515,6 +549,7 @@ async def test_a_peer_that_hangs_up_halfway_leaves_nothing_written(
                 tao=v2.tao,
                 path=out / "keys.sealed",
                 revocations=net.crl,
+                server=v1.principal,
             )
         assert leftovers(out) == ["keys.sealed"]
         assert (out / "keys.sealed").read_bytes() == before
@@ -553,7 +588,7 @@ async def test_bad_requests_are_answered_and_the_server_keeps_serving(
         unknown = await raw_call(net, address, "Disclosure.Steal", b"")
         assert isinstance(unknown.error, ProtocolError)
         got = await request_disclosure(
-            address, v2.identity, net.directive(v2), [KEY], revocations=net.crl
+            address, v2.identity, net.directive(v2), [KEY], revocations=net.crl, server=v1.principal
         )
         assert got == keys
 
@@ -584,11 +619,16 @@ async def test_an_async_key_source_is_asked_only_once_everything_is_granted(
         address = ("127.0.0.1", listeners[0].socket.getsockname()[1])
         with pytest.raises(DisclosureRefusedError):
             await request_disclosure(
-                address, v2.identity, net.directive(v2), [KEY, other], revocations=net.crl
+                address,
+                v2.identity,
+                net.directive(v2),
+                [KEY, other],
+                revocations=net.crl,
+                server=v1.principal,
             )
         assert keys.asked == []  # refused before any key was looked up
         got = await request_disclosure(
-            address, v2.identity, net.directive(v2), [KEY], revocations=net.crl
+            address, v2.identity, net.directive(v2), [KEY], revocations=net.crl, server=v1.principal
         )
     assert got == {KEY: keys.objects[KEY]}
     assert keys.asked == [KEY]

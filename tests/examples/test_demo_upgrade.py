@@ -325,6 +325,7 @@ async def test_version_1_replaying_version_2s_directive_gets_nothing(tmp_path: P
                     tao=v1.tao,
                     path=world.data / "stolen.sealed",
                     revocations=v1.crl,
+                    server=v1.principal,
                 )
             assert not (world.data / "stolen.sealed").exists()
     assert [line for line in told if line.startswith("released ")] == []
