@@ -34,10 +34,36 @@ seq with that hash: one primary-key read). A chain cut behind it (newest entries
 deleted by someone with write access to the database) or edited there is refused:
 ``audit_chain_behind`` is logged as an error and the append raises StorageError
 (CORRUPT), so nothing more is recorded, or released, over a chain that lost entries.
+
+Entry MACs. Entry hashes use no key: anyone who can write the database can append
+an entry that links to the head. A store given a ``mac_key`` (the secret server
+derives one from its master key, so replicas sharing a database share it) stores
+each entry it writes with ``mac`` = HMAC-SHA256(key, entry hash), and before it
+appends after, or signs a checkpoint over, entries it did not write itself (another
+replica's, or anyone's) it reads them (from the last entry it knows to the head: one
+query, a page at a time) and checks each: it links to the one before, its fields
+hash to its stored hash, and its MAC verifies. One that does not is refused like a
+cut chain: ``audit_chain_forged`` is logged as an error and the append (or the
+checkpoint) raises StorageError (CORRUPT); nothing is released over it until the
+entry is removed. On its first look after opening, a store knows no entry yet: it
+checks the head alone (every entry before it is bound to it by the hash links,
+which ``taonet audit verify`` checks, and the writers checked those before it).
+
+Entries written before a store had a key carry no MAC (``mac`` NULL; a store
+without a key, such as the domain service's, writes none and checks none). The
+first time a keyed store opens a database it records the head then (seq, hash,
+under a MAC) in ``audit_mac_start``; entries without a MAC are accepted at or
+before that head only, and a chain cut below it is refused. What a database alone
+cannot show: someone with write access who removes that record *and* every MAC
+(the database put back to its form before the upgrade) is taken for an upgrade; a
+checkpoint signed before (``taonet audit verify --cert``) still covers the entries
+up to it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, Final
@@ -64,8 +90,9 @@ __all__ = ["SCHEMA_VERSION", "AuditStore", "schema_statements"]
 
 log = structlog.get_logger(__name__)
 
-#: The version of the audit tables this module writes (in ``taonet_schema``).
-SCHEMA_VERSION: Final = 1
+#: The version of the audit tables this module writes (in ``taonet_schema``); version 1
+#: (no ``mac`` column) is upgraded in place when opened.
+SCHEMA_VERSION: Final = 2
 _COMPONENT: Final = "audit"
 #: The PostgreSQL advisory lock appenders take (transaction-scoped): "taudit".
 _APPEND_LOCK: Final = 0x746175646974
@@ -75,6 +102,11 @@ _ENTRY_COLUMNS: Final = (
     "seq, time_ns, kind, actor, subject, outcome, details, prev_hash, entry_hash, checkpoint_seq"
 )
 _CHECKPOINT_COLUMNS: Final = "seq, head_hash, time_ns, signer, signer_key, signature"
+#: What an entry's MAC is computed over (then its hash), and the start record's.
+_ENTRY_MAC_LABEL: Final = b"taonet audit entry mac v1\0"
+_START_MAC_LABEL: Final = b"taonet audit mac start v1\0"
+#: Entries read at a time when checking those another writer appended.
+_CHECK_PAGE: Final = 1000
 
 
 def schema_statements(dialect: str) -> list[str]:
@@ -94,7 +126,8 @@ def schema_statements(dialect: str) -> list[str]:
             details TEXT NOT NULL,
             prev_hash {blob} NOT NULL,
             entry_hash {blob} NOT NULL,
-            checkpoint_seq BIGINT NOT NULL
+            checkpoint_seq BIGINT NOT NULL,
+            mac {blob}
         )""",
         f"""CREATE TABLE IF NOT EXISTS audit_checkpoints (
             id {serial},
@@ -106,6 +139,13 @@ def schema_statements(dialect: str) -> list[str]:
             signature {blob} NOT NULL
         )""",
         "CREATE INDEX IF NOT EXISTS audit_checkpoints_seq ON audit_checkpoints (seq)",
+        # A keyed store's first open: the head then; entries without a MAC end there.
+        f"""CREATE TABLE IF NOT EXISTS audit_mac_start (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            seq BIGINT NOT NULL,
+            entry_hash {blob} NOT NULL,
+            mac {blob} NOT NULL
+        )""",
     ]
 
 
@@ -128,11 +168,14 @@ class AuditStore:
         checkpoint_every: int = 100,
         checkpoint_interval: float = 60.0,
         clock: Callable[[], int] = time.time_ns,
+        mac_key: bytes | None = None,
     ) -> None:
         if checkpoint_every < 1:
             raise ValueError("checkpoint_every must be at least 1")
         if not checkpoint_interval > 0:
             raise ValueError("checkpoint_interval must be positive")
+        if mac_key is not None and len(mac_key) < 32:
+            raise ValueError("an audit MAC key is at least 32 bytes")
         self.db = db
         self.signer = signer
         self.checkpoint_every = checkpoint_every
@@ -140,6 +183,10 @@ class AuditStore:
         self.clock = clock
         #: The last entry known committed, (seq, hash): the chain must still hold it.
         self.known: tuple[int, bytes] | None = None
+        self._mac_key = mac_key
+        #: A keyed store: the head when the database first had a key (seq, hash);
+        #: entries without a MAC are accepted up to it only (read by :meth:`create_in`).
+        self._mac_start: tuple[int, bytes] | None = None
 
     @classmethod
     async def open(cls, db: Database, **options: Any) -> AuditStore:
@@ -170,12 +217,106 @@ class AuditStore:
                 sql("INSERT INTO taonet_schema (component, version) VALUES (?, ?)"),
                 (_COMPONENT, SCHEMA_VERSION),
             )
+        elif int(row[0]) == 1:  # before entry MACs: add the column (NULL for every row)
+            blob = "BLOB" if self.db.dialect == "sqlite" else "BYTEA"
+            cur.execute(f"ALTER TABLE audit_entries ADD COLUMN mac {blob}")
+            cur.execute(
+                sql("UPDATE taonet_schema SET version = ? WHERE component = ?"),
+                (SCHEMA_VERSION, _COMPONENT),
+            )
         elif int(row[0]) != SCHEMA_VERSION:
             raise StorageError(
                 f"database {self.db.where}: audit tables of version {row[0]}; this taonet"
                 f" reads version {SCHEMA_VERSION}",
                 reason=StorageReason.CORRUPT,
             )
+        if self._mac_key is not None:
+            self._mac_start = self._mac_start_in(cur)
+
+    def _mac_start_in(self, cur: Any) -> tuple[int, bytes]:
+        """The head at this database's first keyed open (recorded now if this is it)."""
+        cur.execute("SELECT seq, entry_hash, mac FROM audit_mac_start WHERE id = 1")
+        row = cur.fetchone()
+        if row is not None:
+            seq, digest = int(row[0]), bytes(row[1])
+            if not hmac.compare_digest(bytes(row[2]), self._start_mac(seq, digest)):
+                raise self._refusal(
+                    "audit_mac_start_refused",
+                    seq,
+                    f"database {self.db.where}: the audit chain's MAC start record does not"
+                    " verify under this server's key (edited, or another server's database)",
+                )
+            return seq, digest
+        cur.execute("SELECT seq FROM audit_entries WHERE mac IS NOT NULL LIMIT 1")
+        marked = cur.fetchone()
+        if marked is not None:
+            raise self._refusal(
+                "audit_mac_start_refused",
+                int(marked[0]),
+                f"database {self.db.where}: the audit chain holds entries with MACs but"
+                " its MAC start record was removed",
+            )
+        cur.execute("SELECT seq, entry_hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
+        head = cur.fetchone()
+        seq, digest = (0, GENESIS) if head is None else (int(head[0]), bytes(head[1]))
+        cur.execute(
+            self.db.sql(
+                "INSERT INTO audit_mac_start (id, seq, entry_hash, mac) VALUES (1, ?, ?, ?)"
+            ),
+            (seq, digest, self._start_mac(seq, digest)),
+        )
+        if seq:
+            log.info("audit_mac_start", seq=seq, where=self.db.where)
+        return seq, digest
+
+    # Entry MACs (see the module docstring).
+
+    def _entry_mac(self, digest: bytes) -> bytes:
+        assert self._mac_key is not None
+        return hmac.new(self._mac_key, _ENTRY_MAC_LABEL + digest, hashlib.sha256).digest()
+
+    def _start_mac(self, seq: int, digest: bytes) -> bytes:
+        assert self._mac_key is not None
+        message = _START_MAC_LABEL + seq.to_bytes(8, "big") + digest
+        return hmac.new(self._mac_key, message, hashlib.sha256).digest()
+
+    def _refusal(self, event: str, seq: int, message: str) -> StorageError:
+        log.error(event, seq=seq, where=self.db.where)
+        return StorageError(message, reason=StorageReason.CORRUPT)
+
+    def _check_macs(self, rows: Sequence[tuple[Any, ...]], prev: tuple[int, bytes]) -> None:
+        """Each of ``rows`` (entry columns, then mac; in seq order) follows ``prev`` (seq,
+        hash), hashes to its stored hash and carries this store's MAC (or is an entry
+        from before the key, at or before the start record's head)."""
+        start_seq = 0 if self._mac_start is None else self._mac_start[0]
+        prev_seq, prev_hash = prev
+        for row in rows:
+            seq = row[0] if isinstance(row[0], int) else prev_seq + 1
+            why: str | None = None
+            digest = b""
+            try:
+                entry = _entry(row[:10])
+                mac = row[10]
+                if seq != prev_seq + 1 or entry.prev_hash != prev_hash:
+                    why = "does not follow the entry before it"
+                elif entry.recorded_hash != (digest := entry.hash):
+                    why = "does not hash to its stored hash"
+                elif mac is None:
+                    if seq > start_seq:
+                        why = "carries no MAC"
+                elif not hmac.compare_digest(bytes(mac), self._entry_mac(digest)):
+                    why = "carries a MAC this server's key did not make"
+            except (AuditError, TypeError, ValueError):
+                why = "is malformed"
+            if why is not None:
+                raise self._refusal(
+                    "audit_chain_forged",
+                    seq,
+                    f"database {self.db.where}: audit entry {seq} {why}: it was not written"
+                    " by a server holding this store's key (forged, or edited, by someone"
+                    " with write access to the database?); nothing more is recorded over it",
+                )
+            prev_seq, prev_hash = seq, digest
 
     # Appending.
 
@@ -200,13 +341,18 @@ class AuditStore:
 
     def _check_known(self, cur: Any, seq: int, digest: bytes) -> None:
         """StorageError (CORRUPT) if the chain no longer holds the last entry known
-        committed; else remember the head read as known."""
+        committed, or (a keyed store) holds an entry after it without this store's MAC;
+        else remember the head read as known."""
         known = self.known
-        if known is not None and known[0] > 0:  # an empty chain is held by every chain
+        keyed = self._mac_key is not None
+        if known is not None and (known[0] > 0 or keyed):
+            # (an empty chain is held by every chain)
             known_seq, known_hash = known
             held: bytes | None
             if seq == known_seq:
                 held = digest
+            elif seq > known_seq and keyed:  # entries another writer appended: checked
+                held = self._check_since_in(cur, known_seq, known_hash, seq)
             elif seq > known_seq:
                 cur.execute(
                     self.db.sql("SELECT entry_hash FROM audit_entries WHERE seq = ?"),
@@ -217,15 +363,67 @@ class AuditStore:
             else:
                 held = None
             if held != known_hash:
-                log.error("audit_chain_behind", head=seq, known=known_seq, where=self.db.where)
-                raise StorageError(
-                    f"database {self.db.where}: the audit chain no longer holds entry"
-                    f" {known_seq} as this server wrote it (its head is {seq}): entries were"
-                    " removed or edited; nothing more is recorded over it",
-                    reason=StorageReason.CORRUPT,
-                )
+                raise self._behind(seq, known_seq)
+        elif keyed:
+            self._check_first_head_in(cur, seq, digest)
         if known is None or seq >= known[0]:
             self.known = (seq, digest)
+
+    def _behind(self, seq: int, known_seq: int) -> StorageError:
+        log.error("audit_chain_behind", head=seq, known=known_seq, where=self.db.where)
+        return StorageError(
+            f"database {self.db.where}: the audit chain no longer holds entry"
+            f" {known_seq} as this server wrote it (its head is {seq}): entries were"
+            " removed or edited; nothing more is recorded over it",
+            reason=StorageReason.CORRUPT,
+        )
+
+    def _check_since_in(self, cur: Any, known_seq: int, known_hash: bytes, head: int) -> bytes:
+        """Check the entries after ``known_seq`` up to ``head`` (a page at a time, the
+        chain locked for appending); the hash stored at ``known_seq`` (GENESIS for 0)."""
+        query = self.db.sql(
+            f"SELECT {_ENTRY_COLUMNS}, mac FROM audit_entries"  # noqa: S608
+            " WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?"
+        )
+        held = GENESIS
+        prev = (known_seq, known_hash)
+        since = known_seq if known_seq > 0 else 1
+        while True:
+            cur.execute(query, (since, head, _CHECK_PAGE))
+            rows = cur.fetchall()
+            if since == known_seq:  # the known entry first: still there, as written?
+                if not rows or int(rows[0][0]) != known_seq:
+                    return b""
+                held = bytes(rows[0][8])
+                if held != known_hash:
+                    return held
+                rows = rows[1:]
+            self._check_macs(rows, prev)
+            if not rows or int(rows[-1][0]) >= head:
+                return held
+            prev = (int(rows[-1][0]), bytes(rows[-1][8]))
+            since = prev[0] + 1
+
+    def _check_first_head_in(self, cur: Any, seq: int, digest: bytes) -> None:
+        """A keyed store's first look at the chain: its head must carry this store's
+        MAC, or be the head recorded when the database first had a key."""
+        if self._mac_start is None:  # a store used without create_in
+            self._mac_start = self._mac_start_in(cur)
+        start_seq, start_hash = self._mac_start
+        if seq < start_seq:
+            raise self._behind(seq, start_seq)
+        if seq == start_seq:
+            if digest != start_hash:
+                raise self._behind(seq, start_seq)
+            return
+        cur.execute(
+            self.db.sql(f"SELECT {_ENTRY_COLUMNS}, mac FROM audit_entries WHERE seq = ?"),  # noqa: S608
+            (seq,),
+        )
+        row = cur.fetchone()
+        if row is None:  # the head moved under the lock: cannot be
+            raise self._behind(seq, start_seq)
+        self._check_macs([row], (seq - 1, bytes(row[7])))
 
     def committed(self, entry: AuditEntry) -> None:
         """The transaction that appended ``entry`` committed: the chain must keep it."""
@@ -296,6 +494,7 @@ class AuditStore:
                     entry.prev_hash,
                     digest,
                     entry.checkpoint_seq,
+                    None if self._mac_key is None else self._entry_mac(digest),
                 )
             )
             entries.append(entry)
@@ -310,8 +509,8 @@ class AuditStore:
                 head = _Head(head.seq, head.hash, head.seq, now)
         cur.executemany(
             self.db.sql(
-                f"INSERT INTO audit_entries ({_ENTRY_COLUMNS})"  # noqa: S608
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                f"INSERT INTO audit_entries ({_ENTRY_COLUMNS}, mac)"  # noqa: S608
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             ),
             rows,
         )

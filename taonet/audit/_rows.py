@@ -27,12 +27,25 @@ end, each row the chain says is there (:meth:`RowAudit.finish`). What it reports
   before it (a rolled-back version was served), or that differs from the version
   served before it with no audited change in between;
 * ``served_unaudited``: a release of a name and epoch with no audited create (or
-  deleted by the last audited change).
+  deleted by the last audited change);
+* ``unverifiable``: a row (or a row gone) that agrees with the chain only through
+  entries after ``covered``, the last entry a trusted checkpoint signs. Entry hashes
+  use no key: anyone who can write the database can append entries that link, so
+  an entry no trusted checkpoint covers is no evidence of a legitimate change (a
+  forged ``secret_written`` naming an old copy's tag would otherwise excuse that
+  copy put back). A server signs a checkpoint when it stops: verify then;
+* ``corrupt_row``: a row whose columns are not of their types (a text tag, a
+  non-integer epoch: SQLite stores what it is given), reported by the caller with
+  :meth:`RowAudit.corrupt_row`, never taken as a version.
 
 Rotations of a key rewrap every object it protected with new tags that the chain
 does not list (a rotation can rewrap thousands): after an audited rotation of its
 protector, a row is checked by its protector (it must be wrapped under the new
-epoch) and the first version served fixes its tag until the next audited change.
+epoch) and the first version served fixes its tag until the next audited change,
+unless it is a version the chain recorded before (every rewrap makes a new tag: a
+recorded tag served after the rewrap is an older copy put back), or the release
+names (``protector``, ``NAME#EPOCH``) a protector epoch other than the one the
+rotation made.
 A release that serves the version an audited change replaced, when that change was
 not yet known committed to the server as it read (its seq after the release's
 ``read_after``), is a read that raced the change, not a rollback; a change at or
@@ -40,12 +53,17 @@ before ``read_after`` committed before the read began, so the read had to see it
 Only the version just replaced is remembered: a read that raced two changes of one
 name is reported (a false alarm that a second verify, after a new read, clears).
 
-Memory: one small record per name and epoch (the tags of the last change), plus
-the rotations of each key. Pure: no I/O and no trio.
+Memory: one small record per name and epoch (the tags of the last change), the
+rotations of each key, and the tags recorded for rows under a key (to know an old
+copy served after a rewrap). Time: every entry and row costs at most a logarithmic
+number of steps, whatever the entries say (epoch numbers are never iterated: a
+delete of every epoch visits the epochs the chain holds for the name; a row catches
+up with its protector's rotations through remembered jumps). Pure: no I/O and no trio.
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
 from typing import Final
 
@@ -71,6 +89,8 @@ class MismatchKind(enum.Enum):
     DELETED_UNAUDITED = "deleted_unaudited"
     SERVED_ROLLBACK = "served_rollback"
     SERVED_UNAUDITED = "served_unaudited"
+    UNVERIFIABLE = "unverifiable"
+    CORRUPT_ROW = "corrupt_row"
 
 
 @attrs.frozen
@@ -116,13 +136,6 @@ class _Slot:
     seen: bool = False
 
 
-@attrs.frozen
-class _Rotation:
-    seq: int
-    old_epoch: int
-    new_epoch: int
-
-
 def _split_id(subject: str) -> tuple[str, int] | None:
     name, sep, epoch = subject.rpartition("#")
     if not sep or not epoch.isdigit() or len(epoch) > 10:
@@ -147,17 +160,31 @@ class RowAudit:
     :meth:`check_row` (each at most once), then call :meth:`finish`. Mismatches are
     counted by kind in :attr:`counts`; the first ``keep`` of them are kept in
     :attr:`mismatches` (the output stays bounded however many rows disagree).
+
+    ``covered``: the last entry a trusted checkpoint signs (``None``: every entry is
+    taken as genuine). A row or a gone row that agrees with the chain only through
+    entries after it is reported ``unverifiable``.
     """
 
-    def __init__(self, *, keep: int = 100) -> None:
+    def __init__(self, *, keep: int = 100, covered: int | None = None) -> None:
         self.keep = keep
+        self.covered = covered
         self.mismatches: list[Mismatch] = []
         self.counts: dict[MismatchKind, int] = dict.fromkeys(MismatchKind, 0)
         self.entries = 0
         self.releases_checked = 0
         self.rows = 0
         self._slots: dict[tuple[str, int], _Slot] = {}
-        self._rotations: dict[str, list[_Rotation]] = {}
+        #: Per key, per retired epoch, the seqs of the rotations that retired it (sorted).
+        self._rotations: dict[str, dict[int, list[int]]] = {}
+        #: (key, seq of a rotation of it) -> the furthest (epoch, rotation seq) known
+        #: to follow it (links never change once found, so jumps stay true).
+        self._jumps: dict[tuple[str, int], tuple[int, int]] = {}
+        #: The epochs the chain holds a slot for, per name (an int while there is one:
+        #: most names have one epoch, and a set per name would double the memory).
+        self._epochs: dict[str, int | set[int]] = {}
+        #: Tags recorded for rows under a key (before a rewrap, each is an older copy).
+        self._recorded: set[bytes] = set()
         #: The latest epoch of each name, as the chain says (what a create under a key
         #: uses; and up to where a delete of every epoch goes).
         self._latest: dict[str, int] = {}
@@ -184,21 +211,43 @@ class RowAudit:
         elif entry.kind in _CHANGES:
             self._changed(entry)
 
+    def _advance(self, key: str, epoch: int, seq: int) -> tuple[int, int]:
+        """Where a row wrapped under ``key#epoch`` as of entry ``seq`` is after the
+        rotations of ``key`` replayed so far: (epoch, seq of the last rotation), or
+        the same (epoch, seq) when none applies. Amortized logarithmic."""
+        by_epoch = self._rotations.get(key)
+        if not by_epoch:
+            return epoch, seq
+        path: list[int] = []
+        while True:
+            seqs = by_epoch.get(epoch)
+            if not seqs:
+                break
+            i = bisect.bisect_right(seqs, seq)
+            if i == len(seqs):
+                break
+            rotation = seqs[i]
+            path.append(rotation)
+            epoch, seq = self._jumps.get((key, rotation), (epoch + 1, rotation))
+        for rotation in path:
+            self._jumps[key, rotation] = (epoch, seq)
+        return epoch, seq
+
     def _slot(self, name: str, epoch: int) -> _Slot | None:
         """The slot of ``name#epoch``, brought up to date with its protector's rotations."""
         slot = self._slots.get((name, epoch))
         if slot is None or slot.protector is None or slot.deleted:
             return slot
         key, key_epoch = slot.protector
-        for rotation in self._rotations.get(key, ()):
-            if rotation.seq > slot.seq and rotation.old_epoch == key_epoch:
-                # Rewrapped under the new epoch with a tag the chain does not list.
-                slot.replaced = slot.tag
-                slot.tag = None
-                slot.served_seq = 0
-                slot.seq = rotation.seq
-                key_epoch = rotation.new_epoch
-                slot.protector = (key, key_epoch)
+        new_epoch, seq = self._advance(key, key_epoch, slot.seq)
+        if seq != slot.seq:
+            # Rewrapped under the new epoch with a tag the chain does not list (after
+            # more than one rotation, the version replaced is unknown).
+            slot.replaced = slot.tag if new_epoch == key_epoch + 1 else None
+            slot.tag = None
+            slot.served_seq = 0
+            slot.seq = seq
+            slot.protector = (key, new_epoch)
         return slot
 
     def _set(
@@ -210,6 +259,13 @@ class RowAudit:
         protector: tuple[str, int] | None,
     ) -> None:
         old = self._slots.get((name, epoch))
+        held = self._epochs.setdefault(name, epoch)
+        if isinstance(held, set):
+            held.add(epoch)
+        elif held != epoch:
+            self._epochs[name] = {held, epoch}
+        if protector is not None and tag is not None:
+            self._recorded.add(tag)
         self._slots[name, epoch] = _Slot(
             entry.seq,
             tag,
@@ -240,16 +296,18 @@ class RowAudit:
             self._set(name, epoch - 1, entry, _tag(entry, "retired_tag"), protector)
             self._set(name, epoch, entry, tag, protector)
             self._latest[name] = epoch
-            self._rotations.setdefault(name, []).append(_Rotation(entry.seq, epoch - 1, epoch))
+            seqs = self._rotations.setdefault(name, {}).setdefault(epoch - 1, [])
+            bisect.insort(seqs, entry.seq)  # entries come in order: an append
 
     def _deleted(self, entry: AuditEntry) -> None:
         name = entry.subject
         text = entry.details.get("epochs", "")
         parts = text.split(",")
         if len(text) >= _EPOCHS_CUT:
-            # The list was cut: only a delete of every epoch lists that many.
-            last = self._latest.get(name, 0)
-            epochs = [e for e in range(1, last + 1) if (name, e) in self._slots]
+            # The list was cut: only a delete of every epoch lists that many (the
+            # epochs the chain holds for the name, never a range of numbers).
+            held = self._epochs.get(name, ())
+            epochs = sorted(held) if isinstance(held, set | tuple) else [held]
         else:
             epochs = [int(p) for p in parts if p.isdigit() and len(p) <= 10]
         for epoch in epochs:
@@ -271,9 +329,12 @@ class RowAudit:
         name, epoch = found
         slot = self._slot(name, epoch)
         after = entry.details.get("read_after", "")
-        known = int(after) if after.isdigit() and len(after) <= 19 else entry.seq
-        # A change the server did not yet know committed when it read may have raced it.
-        raced = slot is not None and slot.seq > known and slot.replaced == tag
+        known = int(after) if after.isdigit() and len(after) <= 19 else 0
+        # A change the server did not yet know committed when it read may have raced
+        # it; a release that does not say what it knew (no read_after, or 0) may not.
+        raced = (
+            0 < known < entry.seq and slot is not None and slot.seq > known and slot.replaced == tag
+        )
         if slot is None or slot.deleted:
             if not raced:
                 why = "no audited create" if slot is None else f"deleted at entry {slot.seq}"
@@ -285,11 +346,42 @@ class RowAudit:
                     f"released at entry {entry.seq} (tag {tag.hex()}), but the audit has {why}",
                 )
             return
+        served_under = _split_id(entry.details.get("protector", ""))
+        wanted = slot.protector
+        if (
+            not raced  # a read that raced a rotation served the version it replaced
+            and served_under is not None
+            and wanted is not None
+            and wanted[1] != 0
+            and served_under != wanted
+        ):
+            self._report(
+                MismatchKind.SERVED_ROLLBACK,
+                name,
+                epoch,
+                entry.seq,
+                f"released at entry {entry.seq} wrapped under {served_under[0]}#{served_under[1]},"
+                f" but the chain has it under {wanted[0]}#{wanted[1]} (entry {slot.seq}):"
+                " an older copy was served",
+            )
+            return
         if slot.tag is None and tag != slot.replaced:
+            if tag in self._recorded:
+                self._report(
+                    MismatchKind.SERVED_ROLLBACK,
+                    name,
+                    epoch,
+                    entry.seq,
+                    f"released at entry {entry.seq} with tag {tag.hex()}, a version recorded"
+                    f" before the rewrap at entry {slot.seq} (a rewrap makes a new tag):"
+                    " an older copy was served",
+                )
+                return
             # The first version served since a rewrap: the rewrap's (its row was
             # rewritten with a tag the chain does not list; the row check holds its
             # protector against the rotation).
             slot.tag, slot.served_seq = tag, entry.seq
+            self._recorded.add(tag)
             return
         if tag != slot.tag and not raced:
             if slot.tag is None:
@@ -369,6 +461,37 @@ class RowAudit:
                 f"the row's tag {row.tag.hex()} is not that of {what}: an older or edited"
                 " copy of the row",
             )
+            return
+        self._uncovered(slot, row.name, row.epoch, "the row agrees with the chain only through")
+
+    def _uncovered(self, slot: _Slot, name: str, epoch: int, what: str) -> None:
+        """Report ``unverifiable`` when ``slot`` rests on an entry no trusted
+        checkpoint covers."""
+        if self.covered is None:
+            return
+        last = max(slot.seq, slot.served_seq)
+        if last > self.covered:
+            self._report(
+                MismatchKind.UNVERIFIABLE,
+                name,
+                epoch,
+                last,
+                f"{what} entry {last}, after the last trusted checkpoint (entry"
+                f" {self.covered}): entries no checkpoint signs can be appended by anyone"
+                " who can write the database; verify again after the server's next"
+                " checkpoint (it signs one when it stops)",
+            )
+
+    def corrupt_row(self, name: str, epoch: int, detail: str) -> None:
+        """Report a row whose columns are not of their types (see the module); the
+        caller describes it (``name`` and ``detail`` as printable, bounded text)."""
+        self.rows += 1
+        self._report(MismatchKind.CORRUPT_ROW, name, epoch, 0, detail)
+
+    def corrupt_rows(self, count: int) -> None:
+        """Count ``count`` more corrupt rows that are not described one by one."""
+        self.rows += count
+        self.counts[MismatchKind.CORRUPT_ROW] += count
 
     def finish(self) -> None:
         """Report every row the chain says exists that :meth:`check_row` did not see."""
@@ -384,3 +507,5 @@ class RowAudit:
                     f"the row is gone, but the audit has no delete of it (last change:"
                     f" entry {slot.seq})",
                 )
+            elif slot.deleted and not slot.seen:
+                self._uncovered(slot, name, epoch, "the row is gone, deleted at")

@@ -111,8 +111,9 @@ class KeySource(Protocol):
     def get(self, key: ObjectId, /) -> SecretObject | Awaitable[SecretObject | None] | None: ...
 
 
-#: ``owns(delegator, id)``: whether the program ``delegator`` owns the object ``id``.
-OwnsHook = Callable[[auth.Prin, ObjectId], bool]
+#: ``owns(delegator, id)``: whether the program ``delegator`` owns the object ``id``;
+#: sync or async (an awaitable answer is awaited). Only ``True`` itself says yes.
+OwnsHook = Callable[[auth.Prin, ObjectId], bool | Awaitable[bool]]
 #: ``await audit(kind=..., actor=..., subject=..., outcome=..., details={...})``
 #: (the shape of a secret server's ``record_audit``).
 AuditHook = Callable[..., Awaitable[None]]
@@ -155,10 +156,15 @@ class _Server:
         self.audit = audit
         self.clock = clock
 
-    def _owns(self, delegator: auth.Prin, oid: ObjectId) -> bool:
-        if self.owns is not None:
-            return bool(self.owns(delegator, oid))
-        return self.me is not None and delegator == self.me
+    async def _owns(self, delegator: auth.Prin, oid: ObjectId) -> bool:
+        """Whether ``delegator`` owns ``oid``: the hook's answer, awaited when it is
+        awaitable, and only ``True`` itself (not a truthy object) says yes."""
+        if self.owns is None:
+            return self.me is not None and delegator == self.me
+        answer = self.owns(delegator, oid)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        return answer is True
 
     def _verify(self, raw: bytes, peer: auth.Prin) -> Directive:
         revoked = None if self.revocations is None else self.revocations.is_revoked
@@ -198,7 +204,7 @@ class _Server:
                     DisclosureCode.UNAUTHORIZED,
                     f"no directive grants Read on {bounded(str(oid), 300)}: nothing released",
                 )
-            if not granting.by_policy and not self._owns(granting.delegator, oid):
+            if not granting.by_policy and not await self._owns(granting.delegator, oid):
                 raise _Refused(
                     DisclosureCode.UNAUTHORIZED,
                     f"{bounded(str(granting.delegator), 300)} signed the directive but does"

@@ -30,7 +30,11 @@ print("MEASURE", status, elapsed, peak, file=sys.stderr)
 """
 
 
-def build(path: Path, names: int) -> None:
+def build(path: Path, names: int) -> Path:
+    """The database, with a checkpoint signed over it; returns its key's PEM file."""
+    from cryptography.hazmat.primitives import serialization
+
+    from taonet.crypto import Signer
     from taonet_services.secret_server import SecretTables, new_master_key
     from taonet_services.secret_server._store import utc_now
     from taonet_services.storage import AuditStore, Database
@@ -38,7 +42,8 @@ def build(path: Path, names: int) -> None:
     db = Database.open_sync(f"sqlite:///{path}")
     try:
         db.transaction_sync(lambda cur: SecretTables.create_tables_in(db, cur))
-        audit = AuditStore.open_sync(db)
+        signer = Signer.generate()
+        audit = AuditStore.open_sync(db, signer=signer)
         tables = SecretTables(db, new_master_key())
         now = utc_now()
 
@@ -73,8 +78,16 @@ def build(path: Path, names: int) -> None:
             db.transaction_sync(
                 functools.partial(fill, start=start, stop=min(start + 10_000, names))
             )
+        audit.checkpoint_sync()
     finally:
         db.close_sync()
+    key = path.with_suffix(".pub")
+    key.write_bytes(
+        serialization.load_der_public_key(signer.public_key_der()).public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return key
 
 
 def run(path: Path, *extra: str) -> tuple[int, float, int]:
@@ -95,10 +108,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "secrets.db"
         t = time.perf_counter()
-        build(path, args.names)
+        key = build(path, args.names)
         print(f"built {args.names} names in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-        status, chain_s, chain_kb = run(path)
-        status_rows, rows_s, rows_kb = run(path, "--against-rows")
+        status, chain_s, chain_kb = run(path, "--key", str(key))
+        status_rows, rows_s, rows_kb = run(path, "--key", str(key), "--against-rows")
     figures = {
         "names": args.names,
         "verify_s": round(chain_s, 2),

@@ -23,6 +23,7 @@ import trio
 from cryptography.hazmat.primitives import serialization
 
 from taonet.cli import main
+from taonet.crypto import Signer
 from taonet.secrets import CorruptError, connect
 from tests.conftest import MakeDomain, MakeHost
 from tests.secrets.world import World, secret_world
@@ -72,19 +73,30 @@ async def verify(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, s
     return status, out, err
 
 
-def server_key(world: World, base: Path) -> Path:
-    """The secret server's checkpoint key as a PEM file, for --key."""
-    assert world.running is not None
-    signer = world.running.server.audit.signer
-    assert signer is not None
-    key = serialization.load_der_public_key(signer.public_key_der())
-    path = base / "server.pub"
+def write_public_key(path: Path, der: bytes) -> Path:
+    """A public key (DER SubjectPublicKeyInfo) as a PEM file, for --key."""
+    key = serialization.load_der_public_key(der)
     path.write_bytes(
         key.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
     return path
+
+
+def server_key(world: World, base: Path) -> Path:
+    """The secret server's checkpoint key as a PEM file, for --key."""
+    assert world.running is not None
+    signer = world.running.server.audit.signer
+    assert signer is not None
+    return write_public_key(base / "server.pub", signer.public_key_der())
+
+
+async def signed(world: World) -> None:
+    """A checkpoint over the head: ``--against-rows`` takes as evidence only entries a
+    trusted checkpoint signs (the server signs one about a second after a change)."""
+    assert world.running is not None
+    await world.running.server.audit.checkpoint()  # None: the head was signed already
 
 
 async def test_a_name_rolled_back_and_served_is_named_by_verify_against_rows(
@@ -115,13 +127,14 @@ async def test_a_name_rolled_back_and_served_is_named_by_verify_against_rows(
             await store.write("/app/payroll", b"v2")
             assert (await store.read("/app/payroll")).value == b"v2"
 
-            # A clean database passes, with the server's key trusted and without.
-            status, out, err = await verify(capsys, "--db", str(db), "--against-rows")
+            # A clean database passes, with the server's key trusted (without, the
+            # check is refused: a chain re-signed by anyone would pass).
+            trust = ("--db", str(db), "--key", str(key))
+            await signed(world)
+            status, out, err = await verify(capsys, *trust, "--against-rows")
             assert (status, err) == (0, ""), out
             assert "no mismatches" in out
-            status, out, _ = await verify(
-                capsys, "--db", str(db), "--key", str(key), "--against-rows", "-o", "json"
-            )
+            status, out, _ = await verify(capsys, *trust, "--against-rows", "-o", "json")
             assert status == 0
             clean = json.loads(out)["rows"]
             assert clean["match"] is True
@@ -134,7 +147,8 @@ async def test_a_name_rolled_back_and_served_is_named_by_verify_against_rows(
             put_back(db, "/app/payroll", v1)
             assert (await store.read("/app/payroll")).value == b"v1"
 
-            status, out, err = await verify(capsys, "--db", str(db), "--against-rows")
+            await signed(world)
+            status, out, err = await verify(capsys, *trust, "--against-rows")
             assert status == REFUSED
             lines = out.splitlines()
             assert any(
@@ -149,9 +163,7 @@ async def test_a_name_rolled_back_and_served_is_named_by_verify_against_rows(
             assert "rows do not match the chain: 2 mismatches" in err
             assert len(err.splitlines()) == 1
 
-            status, out, _ = await verify(
-                capsys, "--db", str(db), "--key", str(key), "--against-rows", "-o", "json"
-            )
+            status, out, _ = await verify(capsys, *trust, "--against-rows", "-o", "json")
             assert status == REFUSED
             rows = json.loads(out)["rows"]
             assert rows["match"] is False
@@ -182,7 +194,9 @@ async def test_rows_deleted_added_or_rewrapped_back_without_audit_are_flagged(
             await store.rotate("/app/k")  # rewraps the child under /app/k#2
             await store.create("/app/dropped", b"d")
             await store.create("/app/edited", b"e")
-            status, _, _ = await verify(capsys, "--db", str(db), "--against-rows")
+            trust = ("--db", str(db), "--key", str(server_key(world, tmp_path)))
+            await signed(world)
+            status, _, _ = await verify(capsys, *trust, "--against-rows")
             assert status == 0
 
             # 1. A name deleted behind the server: its object and manifest rows (a
@@ -218,9 +232,11 @@ async def test_rows_deleted_added_or_rewrapped_back_without_audit_are_flagged(
             with pytest.raises(CorruptError):
                 await store.read("/app/forged")  # its MAC binds the other name
 
-            status, out, err = await verify(capsys, "--db", str(db), "--against-rows", "-o", "json")
+            await signed(world)
+            status, out, err = await verify(capsys, *trust, "--against-rows", "-o", "json")
             assert status == REFUSED, (out, err)
-            rows = json.loads(out)["rows"]
+            # (The server's log lines of the refused reads come first.)
+            rows = json.loads(out[out.index("{\n") :])["rows"]
             found = {(m["kind"], m["name"], m["epoch"]) for m in rows["reported"]}
             assert found == {
                 ("deleted_unaudited", "/app/dropped", 1),
@@ -253,7 +269,9 @@ async def test_a_rollback_on_postgresql_is_named_too(
                 row = conn.execute(f"{OBJECT} WHERE name = '/app/payroll'").fetchone()
                 names = conn.execute(f"{NAMES} WHERE name = '/app/payroll'").fetchone()
             await store.write("/app/payroll", b"v2")
-            status, out, _ = await verify(capsys, "--db", postgres_url, "--against-rows")
+            trust = ("--db", postgres_url, "--key", str(server_key(world, tmp_path)))
+            await signed(world)
+            status, out, _ = await verify(capsys, *trust, "--against-rows")
             assert status == 0, out
             with psycopg.connect(postgres_url) as conn:  # one transaction
                 conn.execute(
@@ -266,9 +284,8 @@ async def test_a_rollback_on_postgresql_is_named_too(
                     names,
                 )
             assert (await store.read("/app/payroll")).value == b"v1"
-            status, out, _ = await verify(
-                capsys, "--db", postgres_url, "--against-rows", "-o", "json"
-            )
+            await signed(world)
+            status, out, _ = await verify(capsys, *trust, "--against-rows", "-o", "json")
             assert status == REFUSED
             found = {(m["kind"], m["name"]) for m in json.loads(out)["rows"]["reported"]}
             assert found == {("rolled_back", "/app/payroll"), ("served_rollback", "/app/payroll")}
@@ -277,7 +294,9 @@ async def test_a_rollback_on_postgresql_is_named_too(
 def fill(path: Path, names: int, rewritten: tuple[int, ...]) -> dict[int, Any]:
     """A secret server database of ``names`` names written as the server writes them
     (each row with its audit entry, in one transaction), the names in ``rewritten``
-    written a second time; returns an attacker's copy of each before that write."""
+    written a second time, and a checkpoint signed over them by a key whose public
+    half is written to ``path.with_suffix(".pub")`` (for --key); returns an
+    attacker's copy of each before that write."""
     from taonet_services.secret_server import SecretTables, new_master_key
     from taonet_services.secret_server._store import utc_now
     from taonet_services.storage import AuditStore, Database
@@ -285,7 +304,9 @@ def fill(path: Path, names: int, rewritten: tuple[int, ...]) -> dict[int, Any]:
     db = Database.open_sync(f"sqlite:///{path}")
     try:
         db.transaction_sync(lambda cur: SecretTables.create_tables_in(db, cur))
-        audit = AuditStore.open_sync(db)
+        signer = Signer.generate()
+        audit = AuditStore.open_sync(db, signer=signer)
+        write_public_key(path.with_suffix(".pub"), signer.public_key_der())
         tables = SecretTables(db, new_master_key())
         now = utc_now()
 
@@ -314,6 +335,7 @@ def fill(path: Path, names: int, rewritten: tuple[int, ...]) -> dict[int, Any]:
                 record(cur, "secret_written", oid, tag)
 
         db.transaction_sync(write)
+        assert audit.checkpoint_sync() is not None
     finally:
         db.close_sync()
     return copies
@@ -326,8 +348,9 @@ async def test_rollbacks_across_page_boundaries_are_each_found(
     # at the edges of those pages.
     db = tmp_path / "secrets.db"
     copies = fill(db, 2500, rewritten=(0, 999, 1000, 2499))
+    trust = ("--db", str(db), "--key", str(db.with_suffix(".pub")))
     with trio.fail_after(60):
-        status, out, _ = await verify(capsys, "--db", str(db), "--against-rows", "-o", "json")
+        status, out, _ = await verify(capsys, *trust, "--against-rows", "-o", "json")
         assert status == 0
         assert json.loads(out)["rows"]["rows"] == 2500
         for i in (999, 1000, 2499):
@@ -335,7 +358,7 @@ async def test_rollbacks_across_page_boundaries_are_each_found(
         with sql(db) as conn:
             conn.execute("DELETE FROM secret_objects WHERE name = '/n/001999'")
             conn.execute("DELETE FROM secret_names WHERE name = '/n/001999'")
-        status, out, _ = await verify(capsys, "--db", str(db), "--against-rows", "-o", "json")
+        status, out, _ = await verify(capsys, *trust, "--against-rows", "-o", "json")
     assert status == REFUSED
     rows = json.loads(out)["rows"]
     assert rows["rows"] == 2499
@@ -354,8 +377,9 @@ async def test_one_rollback_among_100000_names_is_found(
     db = tmp_path / "secrets.db"
     copies = fill(db, 100_000, rewritten=(54_321,))
     put_back(db, "/n/054321", copies[54_321])
+    trust = ("--db", str(db), "--key", str(db.with_suffix(".pub")))
     with trio.fail_after(300):
-        status, out, _ = await verify(capsys, "--db", str(db), "--against-rows", "-o", "json")
+        status, out, _ = await verify(capsys, *trust, "--against-rows", "-o", "json")
     assert status == REFUSED
     rows = json.loads(out)["rows"]
     assert rows["rows"] == 100_000
@@ -369,6 +393,7 @@ async def test_a_log_without_secret_rows_is_one_line_not_found(
     from taonet_services.storage import AuditStore, Database
 
     path = tmp_path / "audit.sqlite"  # a domain service's log: no secret_objects table
+    key = write_public_key(tmp_path / "any.pub", Signer.generate().public_key_der())
     db = Database.open_sync(path)
     try:
         AuditStore.open_sync(db).append_sync(
@@ -377,7 +402,9 @@ async def test_a_log_without_secret_rows_is_one_line_not_found(
     finally:
         db.close_sync()
     with trio.fail_after(30):
-        status, out, err = await verify(capsys, "--db", str(path), "--against-rows")
+        status, out, err = await verify(
+            capsys, "--db", str(path), "--key", str(key), "--against-rows"
+        )
     assert status == 3
     assert out == ""
     assert err.startswith("taonet: error: no secret server tables in ")

@@ -9,7 +9,11 @@ rules where a real server would need precise timing: a read that raced a change
 from __future__ import annotations
 
 import itertools
+import sys
+import textwrap
 from collections.abc import Iterator, Mapping
+
+import trio
 
 from taonet.audit import AuditEntry, MismatchKind, RowAudit, RowVersion
 
@@ -39,8 +43,10 @@ class Chain:
     def release(self, subject: str, tag: bytes, read_after: int) -> int:
         return self.add("secret_released", subject, tag=tag.hex(), read_after=str(read_after))
 
-    def audit(self, rows: list[RowVersion]) -> dict[tuple[str, str, int], int]:
-        audit = RowAudit()
+    def audit(
+        self, rows: list[RowVersion], covered: int | None = None
+    ) -> dict[tuple[str, str, int], int]:
+        audit = RowAudit(covered=covered)
         for entry in self.entries:
             audit.replay(entry)
         for row in rows:
@@ -158,3 +164,131 @@ def test_the_output_is_bounded_however_many_rows_disagree() -> None:
     assert len(audit.mismatches) == 5
     assert audit.counts[MismatchKind.UNAUDITED_ROW] == 1000
     assert audit.total == 1000
+
+
+# -- the outside review's attacks (A4) ------------------------------------------------
+
+
+def test_entries_no_trusted_checkpoint_signs_are_no_evidence() -> None:
+    # F1: entry hashes use no key; anyone who can write the database appends a
+    # 'secret_written' naming an old copy's tag, then puts that copy back.
+    chain = Chain()
+    chain.add("secret_created", "/p#1", tag=T1.hex())
+    covered = chain.add("secret_written", "/p#1", tag=T2.hex())
+    chain.add("secret_created", "/gone#1", tag=T3.hex())
+    forged = chain.add("secret_written", "/p#1", tag=T1.hex())
+    deleted = chain.add("secret_deleted", "/gone", epochs="1")
+    found = chain.audit([row("/p", T1)], covered=covered + 1)
+    assert found == {("unverifiable", "/p", 1): forged, ("unverifiable", "/gone", 1): deleted}
+    # The copy the chain's signed part names is still a rollback, not unverifiable.
+    assert kinds(chain.audit([row("/p", T2), row("/gone", T3)], covered=covered + 1)) == {
+        ("rolled_back", "/p", 1),
+        ("unaudited_row", "/gone", 1),  # there, though the chain says deleted
+    }
+    # A log a trusted checkpoint covers whole: the same rows match.
+    assert chain.audit([row("/p", T1)], covered=deleted) == {}
+    assert chain.audit([row("/p", T1)]) == {}  # covered=None: every entry trusted
+
+
+def test_a_release_that_does_not_say_what_it_knew_gets_no_race_excuse() -> None:
+    # F3: read_after 0 (a fresh server) or missing: the version a write replaced,
+    # served after the write, is a rollback, not a read that raced the write.
+    for read_after in ("0", None):
+        chain = Chain()
+        chain.add("secret_created", "/p#1", tag=T1.hex())
+        chain.add("secret_written", "/p#1", tag=T2.hex())
+        details = {"tag": T1.hex()} if read_after is None else {"tag": T1.hex(), "read_after": "0"}
+        served = chain.add("secret_released", "/p#1", **details)
+        assert chain.audit([row("/p", T2)]) == {("served_rollback", "/p", 1): served}
+    # A read that said it knew only entry 1 did race the write at entry 2.
+    chain = Chain()
+    chain.add("secret_created", "/p#1", tag=T1.hex())
+    chain.add("secret_written", "/p#1", tag=T2.hex())
+    chain.release("/p#1", T1, read_after=1)
+    assert chain.audit([row("/p", T2)]) == {}
+
+
+def test_an_old_child_served_after_its_keys_rotation_is_a_rollback() -> None:
+    # F2: a child's older copy (wrapped under the retired key epoch) served after the
+    # rotation, then the evidence put back and wiped by a later write or rotation.
+    for then in ("write", "rotate"):
+        chain = Chain()
+        chain.add("secret_created", "/k#1", tag=T1.hex())
+        chain.add("secret_created", "/k/c#1", tag=T2.hex(), protector="/k")
+        chain.add("secret_written", "/k/c#1", tag=T3.hex())
+        rotated = chain.add("secret_rotated", "/k#2", tag=T4.hex(), retired_tag=T1.hex())
+        served = chain.release("/k/c#1", T2, read_after=rotated)
+        fresh = bytes([7]) * 16
+        keys = [row("/k", T1, 1), row("/k", T4, 2)]
+        if then == "write":
+            chain.add("secret_written", "/k/c#1", tag=fresh.hex())
+            child = row("/k/c", fresh, protector=("/k", 2))
+        else:
+            chain.add("secret_rotated", "/k#3", tag=bytes([6]).hex() * 16, retired_tag=T4.hex())
+            keys = [row("/k", T1, 1), row("/k", T4, 2), row("/k", bytes([6]) * 16, 3)]
+            child = row("/k/c", fresh, protector=("/k", 3))
+        assert chain.audit([*keys, child]) == {("served_rollback", "/k/c", 1): served}, then
+
+
+def test_a_release_names_the_protector_epoch_it_was_served_under() -> None:
+    # F2: the server records the release's protector (NAME#EPOCH): a version wrapped
+    # under a retired epoch is a rollback, whatever its tag.
+    chain = Chain()
+    chain.add("secret_created", "/k#1", tag=T1.hex())
+    chain.add("secret_created", "/k/c#1", tag=T2.hex(), protector="/k")
+    rotated = chain.add("secret_rotated", "/k#2", tag=T3.hex(), retired_tag=T4.hex())
+    unknown = bytes([9]) * 16
+    served = chain.add(
+        "secret_released", "/k/c#1", tag=unknown.hex(), read_after=str(rotated), protector="/k#1"
+    )
+    keys = [row("/k", T4, 1), row("/k", T3, 2)]
+    assert chain.audit([*keys, row("/k/c", unknown, protector=("/k", 2))]) == {
+        ("served_rollback", "/k/c", 1): served
+    }
+    chain.entries.pop()
+    chain.add(
+        "secret_released", "/k/c#1", tag=unknown.hex(), read_after=str(rotated), protector="/k#2"
+    )
+    assert chain.audit([*keys, row("/k/c", unknown, protector=("/k", 2))]) == {}
+    # A read that raced the rotation served the version it replaced, under /k#1.
+    chain.entries.pop()
+    chain.add(
+        "secret_released", "/k/c#1", tag=T2.hex(), read_after=str(rotated - 1), protector="/k#1"
+    )
+    assert chain.audit([*keys, row("/k/c", unknown, protector=("/k", 2))]) == {}
+
+
+async def test_crafted_entries_do_not_make_the_replay_run_for_hours() -> None:
+    # F4: a create of /app/x#9999999999 then a delete whose epoch list was cut made
+    # the replay count to ten billion; a key rotated many times with many children
+    # made every lookup walk every rotation. Run where it can be stopped.
+    code = textwrap.dedent(
+        """
+        from taonet.audit import AuditEntry, RowAudit, RowVersion
+        a = RowAudit()
+        def add(seq, kind, subject, **details):
+            a.replay(AuditEntry(seq=seq, time_ns=seq, kind=kind, actor="x", subject=subject,
+                                outcome="ok", details=details))
+        add(1, "secret_created", "/app/x#9999999999", tag="00" * 16)
+        add(2, "secret_deleted", "/app/x", epochs="1," * 500)
+        seq = 3
+        add(seq, "secret_created", "/k#1", tag="01" * 16)
+        for i in range(3000):
+            seq += 1
+            add(seq, "secret_created", f"/k/{i}#1", tag=f"{i:032x}", protector="/k")
+        for epoch in range(2, 3002):
+            seq += 1
+            add(seq, "secret_rotated", f"/k#{epoch}", tag="02" * 16, retired_tag="03" * 16)
+        for i in range(3000):
+            seq += 1
+            add(seq, "secret_released", f"/k/{i}#1", tag=f"{i + 10**6:032x}",
+                read_after=str(seq - 1))
+        a.finish()
+        print("done", a.total)
+        """
+    )
+    with trio.fail_after(120):
+        done = await trio.run_process([sys.executable, "-c", code], capture_stdout=True)
+    # /k's 3,001 epochs and its 3,000 children are not in the (empty) rows: each is
+    # reported gone; /app/x was deleted.
+    assert done.stdout.decode().split() == ["done", "6001"], done.stdout

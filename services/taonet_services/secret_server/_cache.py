@@ -64,6 +64,11 @@ class Verified:
     valid_until: datetime | None
     #: The tag of the object's row (what its audit entries name; None: not known).
     tag: bytes | None = None
+    #: The id of the key that protects the object's row ("NAME#EPOCH" in its release).
+    protector: str | None = None
+    #: The audit chain's head seq in the read's snapshot (every change recorded up to
+    #: it was visible to the read: a release's ``read_after``; None: not known).
+    audit_seq: int | None = None
 
     def usable_at(self, now: datetime) -> bool:
         """Strictly inside the window (at an edge, the database path decides)."""

@@ -18,6 +18,10 @@ runs its programs) and:
    ``replica_of`` over a Tao channel, if the guard lets both hold it (``_replica``),
    and seals its own copy; without ``replica_of`` it refuses to start (never from
    disk or the database in the clear);
+   then opens the audit chain in the same database, its entries MACed with a key
+   derived from the master key (``SecretTables.audit_mac_key``; replicas share it and
+   check each other's entries; an entry anyone else appended is refused, see
+   ``taonet_services._audit_log``);
 5. with ``extras``, prepares the extensions (``_extras``: operator requests, grants,
    watch, the master key for replicas) and runs their background tasks;
 6. serves over :func:`~taonet.channel.serve_channels` with ``revocations=``, the guard
@@ -216,7 +220,11 @@ async def run_secret_server(
             master = await load_or_make_master(tao, db, principal)
             tables = SecretTables(db, master)
             cache = ObjectCache.open(db)  # SQLite: verified objects, checked at each hit
-            audit = await AuditStore.open(db, signer=provisioned.identity.signer)
+            # Entries MACed with a key of the master key's (replicas share it): an entry
+            # appended by anyone else is refused before the server appends after it.
+            audit = await AuditStore.open(
+                db, signer=provisioned.identity.signer, mac_key=tables.audit_mac_key
+            )
             given = {
                 "on_change": on_change,
                 "change_in": change_in,

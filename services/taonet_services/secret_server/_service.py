@@ -38,8 +38,9 @@ its ``delegator``.
 
 Audit (an :class:`~taonet_services.storage.AuditStore` in the same database): every
 change is appended in the same transaction as the change (so it commits with it);
-every release (a Read answered with a value, with the tag of the row it came from
-and the last entry known committed before the read) is appended and committed
+every release (a Read answered with a value, with the tag of the row it came from,
+its protector's id and ``read_after``, the audit chain's head seq in the read's
+snapshot, so every change recorded up to it was visible to the read) is appended and committed
 before the value is sent (releases from concurrent calls are committed together, one
 transaction per batch); every refusal by the guard is appended. A release that
 cannot be audited is not made (``unavailable``).
@@ -105,6 +106,7 @@ from taonet.domain import Guard
 from taonet.protected import ObjectId
 from taonet.secrets import (
     Changed,
+    CorruptError,
     CreateRequest,
     Deleted,
     DeleteRequest,
@@ -719,28 +721,45 @@ class SecretServer:
             if refused is not None:
                 return refused
         now = utc_now()
-        # Every change up to this entry committed before the read: it must show.
-        known = self.audit.known
         cache = self.cache
         verified: Verified | None = (
             None if cache is None else cache.lookup(request.name, request.epoch, now)
         )
         if verified is None:
-            # One snapshot for the manifest and every row of the chain: at PostgreSQL's
-            # default READ COMMITTED each statement would see the commits made since the
-            # last, and a write landing between them looked like a rolled-back row.
-            verified = await self.db.transaction(
-                lambda cur: self.tables.read_verified_in(cur, request.name, request.epoch, now),
-                write=False,
-                serializable=True,
-            )
+            # One snapshot for the manifest, every row of the chain and the audit head:
+            # at PostgreSQL's default READ COMMITTED each statement would see the commits
+            # made since the last, and a write landing between them looked like a
+            # rolled-back row.
+            try:
+                verified = await self.db.transaction(
+                    lambda cur: self.tables.read_verified_in(cur, request.name, request.epoch, now),
+                    write=False,
+                    serializable=True,
+                )
+            except CorruptError as exc:  # never served; said where it is seen
+                log.error(  # noqa: TRY400 (its reason, not a traceback)
+                    "secret_corrupt",
+                    peer=peer,
+                    name=bounded(request.name, 200),
+                    error=bounded(str(exc), 500),
+                )
+                raise
             if cache is not None:
                 cache.put(request.name, request.epoch, verified)
         obj = verified.obj
         details = {"op": "Read", "peer": bounded(peer, 1000), **delegated}
         if verified.tag is not None:  # which version went out (its row's tag, as written)
             details["tag"] = verified.tag.hex()
-            details["read_after"] = str(0 if known is None else known[0])
+            # Every change recorded up to this entry was visible to the read (the audit
+            # head in the read's own snapshot; a cache hit's is still true, as nothing
+            # changed since: the cache is generation-checked).
+            read_after = verified.audit_seq
+            if read_after is None:
+                known = self.audit.known
+                read_after = 0 if known is None else known[0]
+            details["read_after"] = str(read_after)
+        if verified.protector is not None:  # "NAME#EPOCH" of the key that wrapped it
+            details["protector"] = bounded(verified.protector, 1100)
         # The release is on record before the value leaves.
         await self._batcher.record(
             kind="secret_released",

@@ -32,7 +32,11 @@ What that detects (never served: ``corrupt``): an edited blob (AEAD); a blob or 
 moved to another id (associated data, MAC); a row or a manifest edited or forged
 without the master key (MAC); **a row rolled back to an older valid copy of
 itself** (its tag is not the one its name's manifest holds), a manifest rolled back
-while its rows moved on, and a row deleted that the manifest lists. What it cannot
+while its rows moved on, a row deleted that the manifest lists, and **a row (with its
+manifest) put back from before a rotation of its protector**: a rotation rewraps
+every row under the key's new epoch, so a row of the chain whose protector is not
+its protector name's latest ACTIVE epoch (per that name's manifest) is refused,
+although the retired epoch would still unwrap it. What it cannot
 detect on its own is a consistent rollback of a name's manifest together with all
 its rows (or of the whole database): a database without a trusted counter cannot;
 the audit chain records every write (name, epoch, tag) and the tag of every row
@@ -52,6 +56,10 @@ name's last epochs are gone makes old numbers come back, since a removed row loo
 like one never written; the audit chain still shows the earlier create and delete.
 Names deleted by an older taonet (before this table) have no floor: their numbers
 start again at 1, once.
+
+The audit chain in the same database (``AuditStore``) is keyed with
+:attr:`SecretTables.audit_mac_key` (HKDF of the master key, its own label): replicas
+share the master key, so they check each other's entries.
 
 All functions ending in ``_in`` run inside a :meth:`Database.transaction` (in its
 worker thread) and raise the :mod:`taonet.secrets` exceptions for refusals.
@@ -114,6 +122,10 @@ _TAG_BYTES: Final = 16
 _ENTRY: Final = struct.Struct(">IB16s")  # epoch, status, tag
 _STATUS_CODES: Final = {Status.ACTIVE: 1, Status.INACTIVE: 2, Status.RETIRED: 3, Status.REVOKED: 4}
 _STATUS_OF: Final = {code: status for status, code in _STATUS_CODES.items()}
+#: The audit chain's head seq (``AuditStore``'s table, in the same database).
+_AUDIT_HEAD: Final = "SELECT max(seq) FROM audit_entries"
+#: SQLite: the object tables' generation and the audit head, in one statement.
+_GENERATION_AND_HEAD: Final = f"SELECT ({GENERATION_QUERY}), ({_AUDIT_HEAD})"
 #: Most names one List request scans (a page may come back short, with next_after).
 MAX_LIST_SCAN: Final = 5000
 
@@ -237,6 +249,13 @@ class SecretTables:
             length=32,
             salt=None,
             info=b"taonet secret-server row integrity v1",
+        ).derive(master.value)
+        #: The audit chain's entry MAC key (``AuditStore(mac_key=...)``).
+        self.audit_mac_key: Final = HKDF(
+            algorithm=hashes.SHA256(),
+            length=32,
+            salt=None,
+            info=b"taonet secret-server audit entry mac v1",
         ).derive(master.value)
         self._lock = " FOR UPDATE" if db.dialect == "postgresql" else ""
 
@@ -446,6 +465,15 @@ class SecretTables:
             found = self._manifest_in(cur, current.name)
             if found is None:
                 raise CorruptError(f"{oid}: its protector {current} is missing")
+            active = found.latest_active()
+            if active is None or active.epoch != current.epoch:
+                # Every rotation rewraps the key's rows under its new epoch: a row still
+                # under a retired one is a copy from before it (put back).
+                raise CorruptError(
+                    f"{oid}: the row of {row.po.protected_id} is wrapped under {current},"
+                    f" not under the active epoch of {current.name[:200]} (a copy from"
+                    " before its rotation, put back?)"
+                )
             current_manifest = found
         return rows
 
@@ -488,14 +516,19 @@ class SecretTables:
         return self._recover(oid, rows, manifest, now)
 
     def read_verified_in(self, cur: Any, name: str, epoch: int | None, now: datetime) -> Verified:
-        """:meth:`read_in`, with what the read cache keeps: the tables' generation (read
-        in the same snapshot, SQLite only) and the window in which every key of the
-        chain, and the object, are usable."""
+        """:meth:`read_in`, with what the read cache keeps: the tables' generation (SQLite
+        only), the audit chain's head seq (both read in the same snapshot as the rows,
+        in one statement on SQLite), the row's tag and protector, and the window in which
+        every key of the chain, and the object, are usable."""
         generation: int | None = None
         if self.db.dialect == "sqlite":
-            cur.execute(GENERATION_QUERY)
+            cur.execute(_GENERATION_AND_HEAD)
             row = cur.fetchone()
-            generation = None if row is None else int(row[0])
+            generation = None if row is None or row[0] is None else int(row[0])
+        else:
+            cur.execute(_AUDIT_HEAD)
+            row = cur.fetchone()
+        audit_seq = 0 if row is None or row[-1] is None else int(row[-1])
         manifest, oid, rows = self._load_in(cur, name, epoch)
         obj = self._recover(oid, rows, manifest, now)
         starts = [obj.not_before]
@@ -511,6 +544,8 @@ class SecretTables:
             max((t for t in starts if t is not None), default=None),
             min((t for t in ends if t is not None), default=None),
             rows[oid].tag,
+            str(rows[oid].po.protector_id),
+            audit_seq,
         )
 
     def exists_in(self, cur: Any, name: str) -> bool:
