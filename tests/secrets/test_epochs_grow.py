@@ -11,6 +11,7 @@ directive, an attacker with ``sqlite3`` on the database file) on a real server.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -20,7 +21,6 @@ from typing import Any
 import pytest
 import trio
 
-from taonet.cli import main
 from taonet.disclosure import DirectiveOp, sign_directive
 from taonet.protected import KEY_TYPE, ObjectId
 from taonet.secrets import (
@@ -32,6 +32,7 @@ from taonet.secrets import (
 )
 from tests.conftest import PASSWORD, MakeDomain, MakeHost
 from tests.secrets.world import secret_world
+from tests.services.test_audit_against_rows import server_key, signed, verify
 
 OWNER = [("owner", op, "/app") for op in ("Read", "Write", "Create", "Delete", "Own")]
 HOUR = 3600 * 10**9
@@ -263,11 +264,18 @@ async def test_audit_against_rows_passes_after_create_delete_create(
             await store.delete("/app/r")
             await store.create("/app/r", b"3")
             assert (await store.read("/app/r")).id == ObjectId("/app/r", 3)
-        db = world.domain.path / "secrets.db"
-        argv = ["audit", "verify", "--db", str(db), "--against-rows"]
-        status = await trio.to_thread.run_sync(main, argv)
-        out, err = capsys.readouterr()
-    assert status == 0, out + err
+            db = world.domain.path / "secrets.db"
+            key = server_key(world, tmp_path)
+            await signed(world)
+            trust = ("--db", str(db), "--key", str(key), "--against-rows")
+            status, out, err = await verify(capsys, *trust)
+            assert (status, err) == (0, ""), out
+            assert "no mismatches" in out
+            status, out, err = await verify(capsys, *trust, "-o", "json")
+    assert (status, err) == (0, ""), out
+    rows = json.loads(out)["rows"]
+    assert rows["match"] is True
+    assert rows["releases_checked"] >= 5
 
 
 def test_a_rotation_goes_on_after_the_floor(tmp_path: Path) -> None:
