@@ -116,10 +116,10 @@ def register(sub: Any) -> None:
     create = _parser(
         cmds,
         "create",
-        "create an object (epoch 1): a value, or a random key",
-        "Create NAME at epoch 1: with a value (type 'bytes' unless --type), or without"
-        " one a random aes256-gcm key. --protector names the key that protects it"
-        " (default: the server's master key).",
+        "create an object (epoch 1 for a new name): a value, or a random key",
+        "Create NAME at epoch 1 (a deleted name goes on after its last epoch): with a"
+        " value (type 'bytes' unless --type), or without one a random aes256-gcm key."
+        " --protector names the key that protects it (default: the server's master key).",
     )
     create.add_argument("name", metavar="NAME")
     _value_options(create, required=False)

@@ -280,7 +280,8 @@ class SecretStore:
         not_before: datetime | None = None,
         not_after: datetime | None = None,
     ) -> ObjectId:
-        """Create ``name`` (epoch 1). Without ``value`` the server makes a random key
+        """Create ``name`` (epoch 1, or after every epoch a deleted name had: epochs
+        never come back). Without ``value`` the server makes a random key
         (type :data:`~taonet.protected.KEY_TYPE`); ``type`` defaults to ``"bytes"``
         with a value. ``protector``: the key that protects it (default: the server's
         master key)."""

@@ -310,10 +310,10 @@ class WriteRequest:
 
 @attrs.frozen
 class CreateRequest:
-    """Create ``name`` at epoch 1 (needs Create). ``value`` None: the server makes a
-    random key (``type`` must then be :data:`~taonet.protected.KEY_TYPE`).
-    ``protector``: the key (by name, its latest ACTIVE epoch) that protects the new
-    object; default the server's master key."""
+    """Create ``name`` at epoch 1, or after every epoch it had if it was deleted (needs
+    Create). ``value`` None: the server makes a random key (``type`` must then be
+    :data:`~taonet.protected.KEY_TYPE`). ``protector``: the key (by name, its latest
+    ACTIVE epoch) that protects the new object; default the server's master key."""
 
     name: str = attrs.field(validator=_name)
     value: bytes | None = attrs.field(

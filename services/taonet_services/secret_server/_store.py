@@ -19,10 +19,14 @@ Tables:
   epoch, protector id, tag and the blob's SHA-256.
 * ``secret_names(name, manifest, mac)``: one row per name: its epochs with their
   status and the tag of each epoch's row, MACed with the name.
+* ``secret_epoch_floor(name, last_epoch, mac)``: for each name that ever had an epoch
+  deleted, the highest epoch it had at its last delete (``mac`` an HMAC-SHA256 under
+  the row key over the name and ``last_epoch``). It outlives the name's manifest,
+  and is raised in the same transaction as every delete, never lowered.
 * ``secret_generation(id, n)`` (SQLite only): one row whose ``n`` triggers bump at
-  every insert, update and delete in the two tables above, by any connection; the
-  read cache (``_cache``) serves an object only while ``n`` is what it was when the
-  object was read and verified.
+  every insert, update and delete in ``secret_objects`` and ``secret_names``, by any
+  connection; the read cache (``_cache``) serves an object only while ``n`` is what
+  it was when the object was read and verified.
 
 What that detects (never served: ``corrupt``): an edited blob (AEAD); a blob or row
 moved to another id (associated data, MAC); a row or a manifest edited or forged
@@ -38,6 +42,20 @@ its rows (or of the whole database): a database without a trusted counter cannot
 the audit chain records every write (name, epoch, tag) and the tag of every row
 released, so a later verify of the log against the rows shows it (``taonet audit
 verify --against-rows``).
+
+What an epoch number promises. The epochs of a name only grow: a Create starts
+the name after the highest epoch it ever had (at 1 only for a name never used), and
+a Rotate makes the epoch after both its latest and that high-water mark, so a
+deleted (name, epoch) is never made again by this database. A disclosure directive
+and an audit entry name exactly (name, epoch): each names one object for good, and
+a directive for a deleted epoch never opens a later object of the same name. A floor
+row that fails its MAC is ``corrupt`` and refuses the Create, Rotate or Delete of its
+name (like any other row). The limit above holds here too: someone with write access
+to the database who removes a floor row (or puts back an older copy of it) once the
+name's last epochs are gone makes old numbers come back, since a removed row looks
+like one never written; the audit chain still shows the earlier create and delete.
+Names deleted by an older taonet (before this table) have no floor: their numbers
+start again at 1, once.
 
 The audit chain in the same database (``AuditStore``) is keyed with
 :attr:`SecretTables.audit_mac_key` (HKDF of the master key, its own label): replicas
@@ -142,6 +160,11 @@ def schema_statements(dialect: str) -> list[str]:
             PRIMARY KEY (name, epoch))""",
         "CREATE INDEX IF NOT EXISTS secret_objects_protector"
         " ON secret_objects (protector_name, protector_epoch)",
+        # New in place (no version bump): a database without it gets it at the next start.
+        f"""CREATE TABLE IF NOT EXISTS secret_epoch_floor (
+            name {text} PRIMARY KEY,
+            last_epoch INTEGER NOT NULL,
+            mac {blob} NOT NULL)""",
         *(_generation_statements() if dialect == "sqlite" else []),
     ]
 
@@ -299,6 +322,42 @@ class SecretTables:
     def _names_mac(self, manifest: _Manifest) -> bytes:
         message = b"names\0" + _lp(manifest.name.encode()) + manifest.encode()
         return hmac.new(self._mac_key, message, hashlib.sha256).digest()
+
+    def _floor_mac(self, name: str, last_epoch: int) -> bytes:
+        message = b"floor\0" + _lp(name.encode()) + last_epoch.to_bytes(4, "big")
+        return hmac.new(self._mac_key, message, hashlib.sha256).digest()
+
+    def _floor_in(self, cur: Any, name: str) -> int:
+        """The highest epoch ``name`` had when one of its epochs was last deleted (0:
+        none ever was), integrity checked."""
+        cur.execute(
+            self.db.sql("SELECT last_epoch, mac FROM secret_epoch_floor WHERE name = ?"), (name,)
+        )
+        row = cur.fetchone()
+        if row is None:
+            return 0
+        try:
+            last_epoch, mac = int(row[0]), bytes(row[1])
+        except (TypeError, ValueError):
+            raise CorruptError(f"{name}: its epoch floor is malformed") from None
+        if not 1 <= last_epoch <= MAX_EPOCH:
+            raise CorruptError(f"{name}: its epoch floor is malformed")
+        if not hmac.compare_digest(mac, self._floor_mac(name, last_epoch)):
+            raise CorruptError(f"{name}: its epoch floor fails its integrity check")
+        return last_epoch
+
+    def _raise_floor_in(self, cur: Any, name: str, last_epoch: int) -> None:
+        """Keep ``last_epoch`` as the floor of ``name`` (never lowered)."""
+        if self._floor_in(cur, name) >= last_epoch:
+            return
+        cur.execute(
+            self.db.sql(
+                "INSERT INTO secret_epoch_floor (name, last_epoch, mac) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET last_epoch = excluded.last_epoch,"
+                " mac = excluded.mac"
+            ),
+            (name, last_epoch, self._floor_mac(name, last_epoch)),
+        )
 
     def _manifest_in(self, cur: Any, name: str, *, lock: bool = False) -> _Manifest | None:
         query = "SELECT manifest, mac FROM secret_names WHERE name = ?"
@@ -537,20 +596,27 @@ class SecretTables:
         not_after: datetime | None,
         now: datetime,
     ) -> tuple[ObjectId, bytes]:
-        """Create ``name`` at epoch 1; its id and row tag."""
+        """Create ``name`` at the epoch after the highest it ever had (1 for a new
+        name); its id and row tag."""
         if self.exists_in(cur, name):
             raise ConflictError(f"{name} exists")
+        floor = self._floor_in(cur, name)
+        if floor >= MAX_EPOCH:
+            raise ConflictError(f"{name} has had every epoch: it cannot be created again")
+        epoch = floor + 1
         if value is None:
             value = os.urandom(KEY_BYTES)
         if kind == KEY_TYPE and len(value) != KEY_BYTES:
             raise InvalidRequestError(f"a {KEY_TYPE} key is {KEY_BYTES} bytes")
         key = self._protector_key_in(cur, protector, now)
         try:
-            obj = SecretObject(ObjectId(name, 1), kind, Status.ACTIVE, not_before, not_after, value)
+            obj = SecretObject(
+                ObjectId(name, epoch), kind, Status.ACTIVE, not_before, not_after, value
+            )
         except ValueError as exc:
             raise InvalidRequestError(str(exc)) from None
         tag = self._store_row_in(cur, protect(obj, key, now=now), new=True)
-        self._put_manifest_in(cur, _Manifest(name, (_Entry(1, Status.ACTIVE, tag),)), new=True)
+        self._put_manifest_in(cur, _Manifest(name, (_Entry(epoch, Status.ACTIVE, tag),)), new=True)
         return obj.id, tag
 
     def write_in(
@@ -581,7 +647,8 @@ class SecretTables:
         return self._recover(oid, self._chain_in(cur, oid, found), found, now)
 
     def delete_in(self, cur: Any, name: str, epoch: int | None) -> tuple[int, ...]:
-        """Delete ``name`` at ``epoch`` (or every epoch); the epochs removed."""
+        """Delete ``name`` at ``epoch`` (or every epoch); the epochs removed. The name's
+        highest epoch is kept as its floor, so that no later epoch reuses a number."""
         manifest = self._manifest_in(cur, name, lock=True)
         if manifest is None:
             raise NotFoundError(f"{name} does not exist")
@@ -597,20 +664,28 @@ class SecretTables:
             cur.execute(
                 self.db.sql("DELETE FROM secret_objects WHERE name = ? AND epoch = ?"), (name, e)
             )
+        self._raise_floor_in(cur, name, manifest.latest().epoch)
         self._put_manifest_in(cur, manifest.without(epochs), new=False)
         return epochs
 
     def rotate_in(
         self, cur: Any, name: str, value: bytes | None, now: datetime
     ) -> tuple[ObjectId, int, bytes, bytes]:
-        """A new epoch of ``name``: the new id, how many objects were rewrapped, and the
-        tags of the new epoch's row and of the retired epoch's (both rewritten)."""
+        """A new epoch of ``name`` (after its latest and after its floor): the new id, how
+        many objects were rewrapped, and the tags of the new epoch's row and of the
+        retired epoch's (both rewritten)."""
         manifest, oid, rows = self._load_in(cur, name, None, lock=True)
         if manifest.latest().epoch != oid.epoch:
             raise ConflictError(f"{name} has an epoch after its latest active one {oid.epoch}")
+        # Only the latest epoch is ever active, so a floor above it means that the
+        # active epoch was deleted and rotate cannot be reached through the service;
+        # still, a number is never reused (a key's rotation makes exactly epoch + 1).
+        after = max(oid.epoch, self._floor_in(cur, name))
         old = self._recover(oid, rows, manifest, now)
         parent = self._key_of(cur, rows[oid].po.protector_id, now)
         if old.is_key:
+            if after != oid.epoch:
+                raise ConflictError(f"{name} had epochs up to {after}: {oid} cannot be rotated")
             children = self._children_in(cur, oid)
             try:
                 plan = plan_rotation(
@@ -627,9 +702,9 @@ class SecretTables:
         else:
             if value is None:
                 raise InvalidRequestError(f"{oid} is not a key: its rotation needs a new value")
-            if old.id.epoch >= MAX_EPOCH:
+            if after >= MAX_EPOCH:
                 raise ConflictError(f"{oid} is at the last epoch")
-            new_obj = attrs.evolve(old, id=ObjectId(name, oid.epoch + 1), value=value)
+            new_obj = attrs.evolve(old, id=ObjectId(name, after + 1), value=value)
             new_po = protect(new_obj, parent, now=now)
             retired_po = protect(old.with_status(Status.RETIRED), parent, now=now)
             children, rewrapped = [], ()
