@@ -3,13 +3,17 @@ would make it over real Tao channels on 127.0.0.1 (the fixtures of test_peer).""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+import taonet.disclosure._peer as peer_module
 from taonet import AuthenticationError, auth
+from taonet.disclosure import Directive, verify_directive
+from taonet.disclosure._schema import parse, serialize
 from taonet.disclosure.peer import (
     ANY_SERVER,
     DisclosureRefusedError,
@@ -150,3 +154,144 @@ async def test_the_server_must_be_named_or_any_server_given_explicitly(
         got = await request_disclosure(*args, revocations=net.crl, server=ANY_SERVER)
     assert got == {KEY: served.keys[KEY]}
     assert not (tmp_path / "k").exists()
+
+
+# -- finding 2: what one request can make the server verify --------------------------------
+
+
+@pytest.fixture
+def verified(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every directive the serving peer checks the signature of, in order."""
+    checked: list[bytes] = []
+    real = verify_directive
+
+    def counting(raw: bytes, **options: Any) -> Directive:
+        checked.append(raw)
+        return real(raw, **options)
+
+    monkeypatch.setattr(peer_module, "verify_directive", counting)
+    return checked
+
+
+def bad_signature(raw: bytes) -> bytes:
+    """``raw`` with the last byte of its ECDSA value changed (still canonical protobuf)."""
+    msg = parse("directive_message", raw, limit=1 << 20, what="directive")
+    msg.signature = msg.signature[:-1] + bytes([msg.signature[-1] ^ 1])
+    return serialize(msg)
+
+
+async def test_a_thousand_directives_for_one_id_are_refused_unverified(
+    net: Net, nursery: trio.Nursery, verified: list[bytes]
+) -> None:
+    """The reviewer's attack: any program signs Read(itself, X) for 999 ids it never
+    asks for and sends them with one directive for the id it asks. Each used to be
+    ECDSA-verified on the server's event loop before the ids were looked at."""
+    v1, anyone = net.program("v1"), net.program("anyone")
+    junk = [net.directive(anyone, ObjectId(f"/junk/{i}", 1), by=anyone) for i in range(999)]
+    with trio.fail_after(60):
+        served = await serve(nursery, net, v1)
+        with pytest.raises(DisclosureRefusedError, match="1000 directives for 1 ids"):
+            await request_disclosure(
+                served.address, anyone.identity, [net.directive(anyone, by=anyone), *junk],
+                [KEY], revocations=net.crl, server=v1.principal,
+            )  # fmt: skip
+    assert verified == []
+    assert served.kinds() == ["disclosure_refused"]
+
+
+@pytest.mark.parametrize("case", ["two for one id", "one for an id not asked"])
+async def test_directives_that_do_not_match_the_ids_one_to_one_are_refused_unverified(
+    net: Net, nursery: trio.Nursery, verified: list[bytes], case: str
+) -> None:
+    v1, v2 = net.program("v1"), net.program("v2")
+    other = ObjectId("/app/other-key", 1)
+    second = net.directive(v2) if case == "two for one id" else net.directive(v2, other)
+    with trio.fail_after(30):
+        served = await serve(nursery, net, v1, [KEY, ObjectId("/app/third", 1)])
+        with pytest.raises(DisclosureRefusedError, match=r"two directives|not asked for"):
+            await request_disclosure(
+                served.address, v2.identity, [net.directive(v2), second],
+                [KEY, ObjectId("/app/third", 1)], revocations=net.crl, server=v1.principal,
+            )  # fmt: skip
+    assert verified == []
+
+
+async def test_a_thousand_self_signed_directives_for_a_thousand_ids_are_refused_unverified(
+    net: Net, nursery: trio.Nursery, verified: list[bytes]
+) -> None:
+    """One directive per id, each signed by a program that owns none of them."""
+    v1, anyone = net.program("v1"), net.program("anyone")
+    ids = [ObjectId(f"/junk/{i}", 1) for i in range(1000)]
+    directives = [net.directive(anyone, oid, by=anyone) for oid in ids]
+    with trio.fail_after(60):
+        served = await serve(nursery, net, v1)
+        with pytest.raises(DisclosureRefusedError, match="does not own"):
+            await request_disclosure(
+                served.address, anyone.identity, directives, ids,
+                revocations=net.crl, server=v1.principal,
+            )  # fmt: skip
+    assert verified == []
+
+
+async def test_forged_policy_directives_stop_at_the_first_bad_signature(
+    net: Net, nursery: trio.Nursery, verified: list[bytes]
+) -> None:
+    """Directives that claim the policy key (so pass every check before the
+    signature) with signatures that do not verify: one is checked, then refused."""
+    v1, v2 = net.program("v1"), net.program("v2")
+    ids = [ObjectId(f"/app/key/{i}", 1) for i in range(100)]
+    forged = [bad_signature(net.directive(v2, oid)) for oid in ids]
+    with trio.fail_after(60):
+        served = await serve(nursery, net, v1, ids)
+        with pytest.raises(DisclosureRefusedError, match="signature"):
+            await request_disclosure(
+                served.address, v2.identity, forged, ids, revocations=net.crl, server=v1.principal
+            )
+    assert verified == forged[:1]
+
+
+async def test_the_server_lets_other_tasks_run_while_it_verifies(
+    net: Net, nursery: trio.Nursery, verified: list[bytes]
+) -> None:
+    """A granted request of 64 ids: 64 signatures, with a checkpoint every few, so that
+    a task of the same event loop (another connection) runs between them (at most two
+    batches in a row: Trio may run the verifying task first in the next batch)."""
+    v1, v2 = net.program("v1"), net.program("v2")
+    ids = [ObjectId(f"/app/key/{i}", 1) for i in range(64)]
+    ticks = 0
+    seen: list[int] = []  # the ticks count at each verification
+
+    async def other_task() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    real = verify_directive
+
+    def watching(raw: bytes, **options: Any) -> Directive:
+        seen.append(ticks)
+        return real(raw, **options)
+
+    with trio.fail_after(60):
+        served = await serve(nursery, net, v1, ids)
+        directives = [net.directive(v2, oid) for oid in ids]
+        async with trio.open_nursery() as inner:
+            inner.start_soon(other_task)
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(peer_module, "verify_directive", watching)
+                got = await request_disclosure(
+                    served.address, v2.identity, directives, ids,
+                    revocations=net.crl, server=v1.principal,
+                )  # fmt: skip
+            inner.cancel_scope.cancel()
+    assert got == served.keys
+    assert len(seen) == len(ids)
+    # The longest run of verifications with no other task run in between.
+    runs, run = [], 1
+    for before, after in itertools.pairwise(seen):
+        run = run + 1 if after == before else 1
+        runs.append(run)
+    batch = peer_module._VERIFY_BATCH
+    assert batch <= 8
+    assert max(runs) <= 2 * batch, f"{max(runs)} verifications without another task run"
