@@ -24,6 +24,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import structlog
 import trio
@@ -32,7 +33,7 @@ import taonet.disclosure._peer as peer_module
 from taonet import auth, certs
 from taonet.channel import ChannelIdentity, CRLSource
 from taonet.crypto import KdfParams, Signer
-from taonet.disclosure import DirectiveOp, sign_directive
+from taonet.disclosure import Directive, DirectiveOp, sign_directive, verify_directive
 from taonet.disclosure.peer import DisclosureRefusedError, request_disclosure, serve_disclosure
 from taonet.domain import Domain, DomainTemplate
 from taonet.hosts import SoftHost
@@ -88,14 +89,14 @@ async def measure(tmp: Path, rounds: int, count: int) -> dict[str, float]:
     keys = {KEY: SecretObject(KEY, KEY_TYPE, Status.ACTIVE, None, None, b"k" * 32)}
 
     calls = 0
-    real = peer_module.verify_directive
+    real = verify_directive
 
-    def counting(*args: object, **kwargs: object) -> object:
+    def counting(raw: bytes, **options: Any) -> Directive:
         nonlocal calls
         calls += 1
-        return real(*args, **kwargs)  # type: ignore[arg-type]
+        return real(raw, **options)
 
-    peer_module.verify_directive = counting  # type: ignore[assignment]
+    setattr(peer_module, "verify_directive", counting)  # noqa: B010  (counted where it is called)
     stalls: list[float] = []
     watching = False
 
