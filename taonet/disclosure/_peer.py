@@ -25,7 +25,11 @@ presents a directive, and the successor fetches and seals them.
   Anything else is refused (nothing released) with a typed code and a reason.
   Every release and refusal is logged (``disclosure_released``,
   ``disclosure_refused``, bounded) and, with an ``audit`` hook, recorded through
-  it before the answer is sent (a release the hook cannot record is not made).
+  it before the answer is sent (a release the hook cannot record is not made). A
+  release's audit names every id released: its ids, whole, in entries of at most
+  :data:`AUDIT_IDS_CHARS` characters (details ``release``, a random token the
+  entries of one release share, and ``part``, ``1/n`` to ``n/n``); a release is
+  made only once its last part is recorded.
 * :func:`request_disclosure` (the successor, e.g. version 2) asks a peer for ids
   under directives over one channel: all the ids asked or an exception. The caller
   names the peer it expects (``server=``, required; :data:`ANY_SERVER` is the
@@ -43,6 +47,7 @@ import enum
 import functools
 import hashlib
 import inspect
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -91,6 +96,7 @@ from taonet.wire import Response as EnvelopeResponse
 
 __all__ = [
     "ANY_SERVER",
+    "AUDIT_IDS_CHARS",
     "CALL_TIMEOUT",
     "MAX_SEALED_BYTES",
     "AnyServer",
@@ -111,6 +117,9 @@ CALL_TIMEOUT: Final = 60.0
 MAX_SEALED_BYTES: Final = MAX_FETCH_RESPONSE_BODY + 64 * 1024
 _CHUNK: Final = 64 * 1024
 _MAX_REPLY_FRAME: Final = MAX_FETCH_RESPONSE_BODY + 1024
+#: Longest subject (the ids, comma-separated) of one audit entry of a release: a
+#: release of more is recorded in several entries, ``part`` 1/n to n/n.
+AUDIT_IDS_CHARS: Final = 4000
 # Directive signatures checked between two checkpoints of a request.
 _VERIFY_BATCH: Final = 8
 
@@ -141,6 +150,23 @@ OwnsHook = Callable[[auth.Prin, ObjectId], bool | Awaitable[bool]]
 #: ``await audit(kind=..., actor=..., subject=..., outcome=..., details={...})``
 #: (the shape of a secret server's ``record_audit``).
 AuditHook = Callable[..., Awaitable[None]]
+
+
+def _id_parts(ids: Sequence[ObjectId]) -> list[str]:
+    """The ids' texts, comma-separated, in parts of at most :data:`AUDIT_IDS_CHARS`
+    characters, each id whole in one part (an id is at most about 1050 characters)."""
+    parts: list[str] = []
+    current: list[str] = []
+    size = 0
+    for oid in ids:
+        text = str(oid)
+        if current and size + 1 + len(text) > AUDIT_IDS_CHARS:
+            parts.append(",".join(current))
+            current, size = [], 0
+        size += len(text) + (1 if current else 0)
+        current.append(text)
+    parts.append(",".join(current))
+    return [bounded(part, 2 * AUDIT_IDS_CHARS) for part in parts]
 
 
 def _digest(directives: Sequence[bytes]) -> str:
@@ -323,20 +349,26 @@ class _Server:
             raise _Refused(DisclosureCode.INVALID, f"{exc}: ask for fewer ids") from None
         delegators = ",".join(sorted({str(d.delegator) for d in used}))
         if self.audit is not None:
-            # On record before the keys leave; a release that cannot be is not made.
+            # On record before the keys leave, every id; a release that cannot be is
+            # not made.
+            parts = _id_parts(request.ids)
+            release = secrets.token_hex(8)
             try:
-                await self.audit(
-                    kind="disclosure_released",
-                    actor=shown,
-                    subject=subject,
-                    outcome="ok",
-                    details={
-                        "peer": shown,
-                        "directive": digest,
-                        "delegator": bounded(delegators, 1000),
-                        "count": str(len(objects)),
-                    },
-                )
+                for number, part in enumerate(parts, 1):
+                    await self.audit(
+                        kind="disclosure_released",
+                        actor=shown,
+                        subject=part,
+                        outcome="ok",
+                        details={
+                            "peer": shown,
+                            "directive": digest,
+                            "delegator": bounded(delegators, 1000),
+                            "count": str(len(objects)),
+                            "release": release,
+                            "part": f"{number}/{len(parts)}",
+                        },
+                    )
             except TaoError as exc:
                 log.error("disclosure_audit_failed", peer=shown, error=bounded(str(exc), 500))  # noqa: TRY400
                 raise _Refused(
@@ -442,9 +474,10 @@ async def serve_disclosure(
     ``keys``: the objects this program may release (``get(id)``, sync or async).
     ``policy``: the domain's policy anchor (default: ``identity``'s). ``revocations``:
     the domain's CRL, enforced on channels and on the certificates of program-signed
-    directives. ``owns(delegator, id)``: whether a program delegator owns an object
-    (default: only this program itself). ``audit``: awaited for each release (before
-    the objects are sent) and each refusal. ``clock``: ns since the epoch, for the
+    directives. ``owns(delegator, id)``: whether a program delegator owns an object,
+    sync or async, yes only when it answers ``True`` (default: only this program
+    itself). ``audit``: awaited for each release (before the objects are sent; once
+    per part of its ids) and each refusal. ``clock``: ns since the epoch, for the
     directives' windows. Trio's start protocol: ``task_status`` gets the listeners.
     """
     server = _Server(

@@ -3,6 +3,7 @@ would make it over real Tao channels on 127.0.0.1 (the fixtures of test_peer).""
 
 from __future__ import annotations
 
+import functools
 import itertools
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 import trio
 
 import taonet.disclosure._peer as peer_module
-from taonet import AuthenticationError, auth
+from taonet import AuthenticationError, TaoError, auth
 from taonet.disclosure import Directive, verify_directive
 from taonet.disclosure._schema import parse, serialize
 from taonet.disclosure.peer import (
@@ -19,9 +20,19 @@ from taonet.disclosure.peer import (
     DisclosureRefusedError,
     fetch_and_seal,
     request_disclosure,
+    serve_disclosure,
 )
 from taonet.protected import ObjectId
-from tests.disclosure.test_peer import KEY, Net, Program, Served, net, nursery, serve
+from tests.disclosure.test_peer import (
+    KEY,
+    Net,
+    Program,
+    Served,
+    key_object,
+    net,
+    nursery,
+    serve,
+)
 
 __all__ = ["net", "nursery"]  # fixtures, imported for pytest
 
@@ -295,3 +306,73 @@ async def test_the_server_lets_other_tasks_run_while_it_verifies(
     batch = peer_module._VERIFY_BATCH
     assert batch <= 8
     assert max(runs) <= 2 * batch, f"{max(runs)} verifications without another task run"
+
+
+# -- finding 4: every released id is on record ---------------------------------------------
+
+
+def released_ids(audited: list[dict[str, Any]]) -> list[str]:
+    """The ids the release entries name, in order, after checking the parts hang
+    together (one release token, parts 1/n..n/n in order, each within the bound)."""
+    entries = [a for a in audited if a["kind"] == "disclosure_released"]
+    assert len({a["details"]["release"] for a in entries}) == 1
+    assert [a["details"]["part"] for a in entries] == [
+        f"{n}/{len(entries)}" for n in range(1, len(entries) + 1)
+    ]
+    assert all(len(a["subject"]) <= peer_module.AUDIT_IDS_CHARS for a in entries)
+    return [text for a in entries for text in a["subject"].split(",")]
+
+
+@pytest.mark.parametrize(("count", "name_chars"), [(100, 30), (1000, 200), (7, 1000)])
+async def test_every_released_id_is_on_record(
+    net: Net, nursery: trio.Nursery, count: int, name_chars: int
+) -> None:
+    """A release of many keys was audited with its ids cut at 1000 characters: for 100
+    keys of 30-character names, 70 ids were on no record."""
+    v1, v2 = net.program("v1"), net.program("v2")
+    ids = [ObjectId(f"/app/{'k' * (name_chars - 10)}/{i:04d}", 1) for i in range(count)]
+    with trio.fail_after(60):
+        served = await serve(nursery, net, v1, ids)
+        got = await request_disclosure(
+            served.address, v2.identity, [net.directive(v2, i) for i in ids], ids,
+            revocations=net.crl, server=v1.principal,
+        )  # fmt: skip
+    assert got == served.keys
+    assert released_ids(served.audited) == [str(i) for i in ids]
+    assert {a["details"]["count"] for a in served.audited} == {str(count)}
+
+
+async def test_a_release_whose_last_part_cannot_be_recorded_is_not_made(
+    net: Net, nursery: trio.Nursery
+) -> None:
+    v1, v2 = net.program("v1"), net.program("v2")
+    ids = [ObjectId(f"/app/{'k' * 190}/{i:04d}", 1) for i in range(100)]
+    recorded: list[dict[str, Any]] = []
+
+    async def audit(**fields: Any) -> None:
+        if fields["kind"] == "disclosure_released" and is_last(fields["details"]["part"]):
+            raise TaoError("the audit is full")
+        recorded.append(fields)
+
+    objects = {oid: key_object(oid) for oid in ids}
+    with trio.fail_after(60):
+        listeners = await nursery.start(
+            functools.partial(
+                serve_disclosure, objects, 0, v1.identity, revocations=net.crl, audit=audit
+            )
+        )
+        address = ("127.0.0.1", listeners[0].socket.getsockname()[1])
+        with pytest.raises(DisclosureRefusedError, match="could not be audited"):
+            await request_disclosure(
+                address, v2.identity, [net.directive(v2, i) for i in ids], ids,
+                revocations=net.crl, server=v1.principal,
+            )  # fmt: skip
+    parts = [a["details"]["part"] for a in recorded]
+    assert len(parts) >= 2  # the ones before the last were recorded, then it failed
+    assert not any(map(is_last, parts))
+    assert recorded[-1]["kind"] == "disclosure_released"  # no refusal: the audit failed
+
+
+def is_last(part: str) -> bool:
+    number, _, total = part.partition("/")
+    return number == total
