@@ -36,7 +36,8 @@ presents a directive, and the successor fetches and seals them.
   explicit opt-out): any program of the domain can listen at an address.
 * :func:`fetch_and_seal` fetches, seals the objects with the program's
   :class:`~taonet.hosts.Tao` (policy ``"self"``) and writes the sealed blob
-  atomically (``taonet.files.atomic_write``): a peer that fails or disconnects
+  atomically (``taonet.files.atomic_write``), keeping the objects a file already
+  at that path holds (``replace=True`` does not): a peer that fails or disconnects
   halfway leaves nothing (no file, no temp file); :func:`open_sealed` reads it back.
 """
 
@@ -46,9 +47,12 @@ import contextlib
 import enum
 import functools
 import hashlib
+import hmac
 import inspect
+import os
 import secrets
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Final, Protocol
@@ -62,6 +66,7 @@ from taonet._errors import (
     AuthenticationError,
     AuthorizationError,
     CodecError,
+    ConfigError,
     HostError,
     ProtocolError,
     TaoError,
@@ -619,25 +624,76 @@ async def fetch_and_seal(
     path: str | Path,
     server: auth.Prin | AnyServer,
     revocations: CRLSource | None = None,
+    replace: bool = False,
 ) -> dict[ObjectId, SecretObject]:
     """:func:`request_disclosure` (``server`` required, as there), then seal every
     object got with ``tao`` (policy ``"self"``: only this program can unseal them)
     into one ``object_store_message`` and write it at ``path`` atomically (mode
-    0600). Nothing is written unless every object arrived: a refusal, a broken
-    channel or a failed seal leaves ``path`` as it was (and no temp file). Read it
-    back with :func:`open_sealed`."""
+    0600). Read it back with :func:`open_sealed`. Returns the objects this call got.
+
+    A file already at ``path`` is kept in: it is opened first (with ``tao``; before
+    anything is asked of the peer), and the file written holds its objects and the
+    ones got, so that batches of at most :data:`MAX_FETCH` ids add up. An id got
+    again with the same value (and type) takes the new object (its status or
+    window may have changed); with another value, ProtocolError and nothing is
+    written. A file that does not open (another program's, corrupt: HostError,
+    CodecError, ConfigError) is left as it is and nothing is fetched. With
+    ``replace=True`` the file holds only the objects got (the earlier file is
+    neither opened nor kept). ConfigError when the sealed file would be larger than
+    :data:`MAX_SEALED_BYTES` (which :func:`open_sealed` reads): seal further
+    batches at another path. Calls of this process for one path run one after the
+    other; other processes writing the same path are not kept out.
+
+    Nothing is written unless every object arrived: a refusal, a broken channel or
+    a failed seal leaves ``path`` as it was (and no temp file).
+    """
     _check_server(server)
-    objects = await request_disclosure(
-        address,
-        identity,
-        directives,
-        ids,
-        revocations=revocations,
-        server=server,
-    )
-    sealed = await tao.seal(encode_object_store(objects.values()), "self")
-    await trio.to_thread.run_sync(functools.partial(atomic_write, path, sealed, mode=0o600))
+    lock = _path_lock(path)  # held here while the call runs (a weak value there)
+    async with lock:
+        earlier: dict[ObjectId, SecretObject] = {}
+        if not replace and await trio.to_thread.run_sync(os.path.lexists, path):
+            earlier = await open_sealed(tao, path)
+        objects = await request_disclosure(
+            address,
+            identity,
+            directives,
+            ids,
+            revocations=revocations,
+            server=server,
+        )
+        kept = dict(earlier)
+        for oid, obj in objects.items():
+            before = kept.get(oid)
+            if before is not None and not _same_value(before, obj):
+                raise ProtocolError(
+                    f"the disclosure peer answered {bounded(str(oid), 300)} with another value"
+                    f" than the one sealed at {path}: nothing written"
+                )
+            kept[oid] = obj
+        sealed = await tao.seal(encode_object_store(kept.values()), "self")
+        if len(sealed) > MAX_SEALED_BYTES:
+            raise ConfigError(
+                f"{path} would hold {len(sealed)} bytes sealed, over the {MAX_SEALED_BYTES}"
+                " bytes open_sealed reads: seal this batch at another path (nothing written)"
+            )
+        await trio.to_thread.run_sync(functools.partial(atomic_write, path, sealed, mode=0o600))
     return objects
+
+
+def _same_value(a: SecretObject, b: SecretObject) -> bool:
+    return a.type == b.type and hmac.compare_digest(a.value, b.value)
+
+
+# One lock per sealed file this process writes (while a call holds it).
+_path_locks: weakref.WeakValueDictionary[str, trio.Lock] = weakref.WeakValueDictionary()
+
+
+def _path_lock(path: str | Path) -> trio.Lock:
+    key = os.path.abspath(path)
+    lock = _path_locks.get(key)
+    if lock is None:
+        lock = _path_locks[key] = trio.Lock()
+    return lock
 
 
 async def open_sealed(tao: Tao, path: str | Path) -> dict[ObjectId, SecretObject]:

@@ -11,7 +11,8 @@ directives does not import Trio; import this module explicitly.
   by ``server=`` (required; :data:`ANY_SERVER` opts out), all or an exception:
   :class:`DisclosureRefusedError`, :class:`~taonet.ProtocolError`, ...
 * :func:`fetch_and_seal` fetches, seals with the program's Tao and writes the
-  sealed objects atomically; :func:`open_sealed` reads them back.
+  sealed objects atomically, keeping those a file at that path already holds
+  (``replace=True`` does not); :func:`open_sealed` reads them back.
 * The wire (``Disclosure.Fetch``): :class:`FetchRequest`, :class:`FetchFailure`,
   :class:`DisclosureCode`, the codec functions and their bounds (:data:`MAX_FETCH`
   ids per request, ...).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from taonet.disclosure._peer import (
     ANY_SERVER,
+    AUDIT_IDS_CHARS,
     CALL_TIMEOUT,
     MAX_SEALED_BYTES,
     AnyServer,
@@ -50,6 +52,7 @@ from taonet.disclosure._peer_protocol import (
 
 __all__ = [
     "ANY_SERVER",
+    "AUDIT_IDS_CHARS",
     "CALL_TIMEOUT",
     "FETCH_METHOD",
     "MAX_DIRECTIVE_WIRE",

@@ -12,13 +12,14 @@ import pytest
 import trio
 
 import taonet.disclosure._peer as peer_module
-from taonet import AuthenticationError, TaoError, auth
+from taonet import AuthenticationError, HostError, ProtocolError, TaoError, auth
 from taonet.disclosure import Directive, verify_directive
 from taonet.disclosure._schema import parse, serialize
 from taonet.disclosure.peer import (
     ANY_SERVER,
     DisclosureRefusedError,
     fetch_and_seal,
+    open_sealed,
     request_disclosure,
     serve_disclosure,
 )
@@ -29,6 +30,7 @@ from tests.disclosure.test_peer import (
     Program,
     Served,
     key_object,
+    leftovers,
     net,
     nursery,
     serve,
@@ -122,7 +124,9 @@ async def test_a_rogue_program_at_the_address_is_refused_when_the_server_is_name
     net: Net, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     v1, v2, rogue = net.program("v1"), net.program("v2"), net.program("rogue")
-    path = tmp_path / "keys.sealed"
+    out = tmp_path / "out"
+    out.mkdir()
+    path = out / "keys.sealed"
     with trio.fail_after(30):
         served = await rogue_serving(nursery, net, rogue)
         # The rogue accepts the real policy directive: it is for v2, on v2's channel.
@@ -376,3 +380,112 @@ async def test_a_release_whose_last_part_cannot_be_recorded_is_not_made(
 def is_last(part: str) -> bool:
     number, _, total = part.partition("/")
     return number == total
+
+
+# -- finding 5: a second batch keeps the first ---------------------------------------------
+
+
+async def test_fetch_and_seal_twice_keeps_the_first_batch(
+    net: Net, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """MAX_FETCH forces batches; a second fetch_and_seal to the same path replaced the
+    first batch's keys (version 1 may be gone by then)."""
+    v1, v2 = net.program("v1"), net.program("v2")
+    a, b, c = ObjectId("/app/a", 1), ObjectId("/app/b", 1), ObjectId("/app/c", 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    path = out / "keys.sealed"
+    with trio.fail_after(30):
+        served = await serve(nursery, net, v1, (a, b, c))
+        for batch in ([a], [b, c], [a]):  # a again, same value: kept once
+            got = await fetch_and_seal(
+                served.address, v2.identity, [net.directive(v2, i) for i in batch], batch,
+                tao=v2.tao, path=path, revocations=net.crl, server=v1.principal,
+            )  # fmt: skip
+            assert set(got) == set(batch)
+        assert await open_sealed(v2.tao, path) == served.keys
+        # replace=True: only what this call got.
+        await fetch_and_seal(
+            served.address, v2.identity, net.directive(v2, c), [c],
+            tao=v2.tao, path=path, revocations=net.crl, server=v1.principal, replace=True,
+        )  # fmt: skip
+        assert await open_sealed(v2.tao, path) == {c: served.keys[c]}
+    assert leftovers(out) == ["keys.sealed"]
+
+
+async def test_another_value_for_a_sealed_id_is_refused_and_nothing_written(
+    net: Net, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A second peer (here a later v1 that holds another key under the same id) answers
+    an id already sealed with another value: the caller learns of it, the file stays."""
+    v1, v1b, v2 = net.program("v1"), net.program("v1 again"), net.program("v2")
+    out = tmp_path / "out"
+    out.mkdir()
+    path = out / "keys.sealed"
+    with trio.fail_after(30):
+        first = await serve(nursery, net, v1)
+        second = await serve(nursery, net, v1b)
+        assert first.keys[KEY].value != second.keys[KEY].value
+        await fetch_and_seal(
+            first.address, v2.identity, net.directive(v2), [KEY],
+            tao=v2.tao, path=path, revocations=net.crl, server=v1.principal,
+        )  # fmt: skip
+        before = path.read_bytes()
+        with pytest.raises(ProtocolError, match="another value than the one sealed"):
+            await fetch_and_seal(
+                second.address, v2.identity, net.directive(v2), [KEY],
+                tao=v2.tao, path=path, revocations=net.crl, server=v1b.principal,
+            )  # fmt: skip
+        assert path.read_bytes() == before
+        assert await open_sealed(v2.tao, path) == first.keys
+    assert leftovers(out) == ["keys.sealed"]
+
+
+async def test_a_file_that_does_not_open_is_left_and_nothing_is_fetched(
+    net: Net, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    v1, v2 = net.program("v1"), net.program("v2")
+    out = tmp_path / "out"
+    out.mkdir()
+    path = out / "keys.sealed"
+    with trio.fail_after(30):
+        served = await serve(nursery, net, v1)
+        # v1's own sealed file at the path v2 was given: v2 cannot open it.
+        path.write_bytes(await v1.tao.seal(b"v1's", "self"))
+        before = path.read_bytes()
+        with pytest.raises(HostError):
+            await fetch_and_seal(
+                served.address, v2.identity, net.directive(v2), [KEY],
+                tao=v2.tao, path=path, revocations=net.crl, server=v1.principal,
+            )  # fmt: skip
+        assert path.read_bytes() == before
+        assert served.audited == []  # nothing was asked of the peer
+    assert leftovers(out) == ["keys.sealed"]
+
+
+async def test_concurrent_batches_to_one_file_are_all_kept(
+    net: Net, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    v1, v2 = net.program("v1"), net.program("v2")
+    ids = [ObjectId(f"/app/key/{i}", 1) for i in range(6)]
+    out = tmp_path / "out"
+    out.mkdir()
+    path = out / "keys.sealed"
+    with trio.fail_after(30):
+        served = await serve(nursery, net, v1, ids)
+        async with trio.open_nursery() as batches:
+            for oid in ids:
+                batches.start_soon(
+                    functools.partial(
+                        fetch_and_seal,
+                        served.address,
+                        v2.identity,
+                        net.directive(v2, oid),
+                        [oid],
+                        tao=v2.tao,
+                        path=path,
+                        revocations=net.crl,
+                        server=v1.principal,
+                    )
+                )
+        assert await open_sealed(v2.tao, path) == served.keys
