@@ -7,7 +7,9 @@ the policy key. Pure: no trio, no I/O.
 
 * :class:`DirectiveOp`: Read, Write, Create, Delete, Own (nothing else is accepted).
 * :class:`Directive`: what a directive says (``grants(principal, op, object_id)``,
-  ``by_policy``).
+  ``by_policy``, ``digest``: its name in logs and audits, of its signed statement
+  and signer, so other bytes of the same grant keep it; :func:`directive_digest`
+  computes it from the bytes).
 * :func:`sign_directive` -> the message bytes; :func:`decode_directive` reads them
   (:class:`~taonet.CodecError` and nothing else, bounded by
   :data:`MAX_DIRECTIVE_BYTES`; the original's directives, without a window, too).
@@ -17,8 +19,8 @@ the policy key. Pure: no trio, no I/O.
   :class:`DirectiveReason`. A directive without expiration (every directive the
   original made) is refused unless ``allow_unbounded=True``.
 
-Beyond the issue 12 contract: the reasons BAD_TYPE and WRONG_SPEAKER, and
-``Directive.cert_serial``.
+Beyond the issue 12 contract: the reasons BAD_TYPE and WRONG_SPEAKER,
+``Directive.cert_serial``, ``Directive.digest`` and :func:`directive_digest`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from taonet.disclosure._directive import (
     Directive,
     DirectiveOp,
     decode_directive,
+    directive_digest,
     sign_directive,
 )
 from taonet.disclosure._errors import DirectiveError, DirectiveReason
@@ -40,6 +43,7 @@ __all__ = [
     "DirectiveOp",
     "DirectiveReason",
     "decode_directive",
+    "directive_digest",
     "sign_directive",
     "verify_directive",
 ]
@@ -50,6 +54,7 @@ for _public in (
     DirectiveOp,
     DirectiveReason,
     decode_directive,
+    directive_digest,
     sign_directive,
     verify_directive,
 ):

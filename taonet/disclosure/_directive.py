@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import hashlib
 from typing import Any, Final
 
 import attrs
@@ -30,6 +31,7 @@ __all__ = [
     "Directive",
     "DirectiveOp",
     "decode_directive",
+    "directive_digest",
     "sign_directive",
 ]
 
@@ -85,6 +87,19 @@ class Directive:
     by_policy: bool = False
     #: Set by verification of a program-signed directive: its certificate's serial.
     cert_serial: int | None = None
+
+    @property
+    def digest(self) -> str:
+        """The directive's name for logs and audits: SHA-256 (hex) of its signed
+        statement and its signer field (:func:`directive_digest`), from ``raw``.
+
+        Not of ``raw``: anyone holding a directive can write the same grant in other
+        bytes (ECDSA's (r, n-s), a policy certificate attached or not), which keep
+        this name. ValueError for a Directive made by hand, without ``raw``.
+        """
+        if not self.raw:
+            raise ValueError("this Directive has no bytes (raw) to name it by")
+        return directive_digest(self.raw)
 
     def grants(self, principal: auth.Prin, op: DirectiveOp, object_id: ObjectId) -> bool:
         """Whether this directive gives ``principal`` ``op`` on ``object_id`` (all exact).
@@ -154,6 +169,24 @@ def _parse_envelope(data: bytes) -> Envelope:
         signature=msg.signature if msg.HasField("signature") else None,
         cert=msg.cert if msg.HasField("cert") else None,
     )
+
+
+_DIGEST_LABEL: Final = b"taonet directive digest v1\x00"
+
+
+def directive_digest(data: bytes) -> str:
+    """SHA-256 (hex) of a directive_message's signed statement and signer field, each
+    length-prefixed after a label: what names one grant by one key, whatever else
+    its bytes carry (the signature's encoding, a certificate). CodecError unless
+    ``data`` parses as a canonical directive_message with both fields."""
+    env = parse_envelope(data)
+    if env.statement is None or env.signer is None:
+        raise CodecError("directive: statement and signer are required to name it")
+    outer = hashlib.sha256(_DIGEST_LABEL)
+    for part in (env.statement, env.signer):
+        outer.update(len(part).to_bytes(8, "big"))
+        outer.update(part)
+    return outer.hexdigest()
 
 
 def decode_statement(data: bytes) -> Statement:

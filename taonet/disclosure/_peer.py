@@ -74,7 +74,13 @@ from taonet._errors import (
 from taonet._files import atomic_write, read_file
 from taonet.audit import bounded
 from taonet.channel import ChannelIdentity, CRLSource, TaoStream, open_channel, serve_channels
-from taonet.disclosure import Directive, DirectiveOp, decode_directive, verify_directive
+from taonet.disclosure import (
+    Directive,
+    DirectiveOp,
+    decode_directive,
+    directive_digest,
+    verify_directive,
+)
 from taonet.disclosure._peer_protocol import (
     FETCH_METHOD,
     MAX_FETCH_REQUEST_BODY,
@@ -175,13 +181,19 @@ def _id_parts(ids: Sequence[ObjectId]) -> list[str]:
 
 
 def _digest(directives: Sequence[bytes]) -> str:
-    """SHA-256 (hex) of the directive, or of the directives' digests in order."""
-    if len(directives) == 1:
-        return hashlib.sha256(directives[0]).hexdigest()
-    outer = hashlib.sha256()
+    """The directive's :func:`~taonet.disclosure.directive_digest` (of its signed
+    statement and signer: other bytes of the same grant keep it), or SHA-256 (hex) of
+    the directives' digests in order; an undecodable one counts as ``bytes:`` and
+    the SHA-256 of its bytes."""
+    names = []
     for raw in directives:
-        outer.update(hashlib.sha256(raw).digest())
-    return outer.hexdigest()
+        try:
+            names.append(directive_digest(raw))
+        except CodecError:
+            names.append("bytes:" + hashlib.sha256(raw).hexdigest())
+    if len(names) == 1:
+        return names[0]
+    return hashlib.sha256(",".join(names).encode()).hexdigest()
 
 
 class _Refused(Exception):

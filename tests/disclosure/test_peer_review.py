@@ -10,10 +10,14 @@ from typing import Any
 
 import pytest
 import trio
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 
 import taonet.disclosure._peer as peer_module
 from taonet import AuthenticationError, HostError, ProtocolError, TaoError, auth
-from taonet.disclosure import Directive, verify_directive
+from taonet.disclosure import Directive, decode_directive, verify_directive
 from taonet.disclosure._schema import parse, serialize
 from taonet.disclosure.peer import (
     ANY_SERVER,
@@ -24,6 +28,7 @@ from taonet.disclosure.peer import (
     serve_disclosure,
 )
 from taonet.protected import ObjectId
+from tests.disclosure import directive_helpers as h
 from tests.disclosure.test_peer import (
     KEY,
     Net,
@@ -489,3 +494,44 @@ async def test_concurrent_batches_to_one_file_are_all_kept(
                     )
                 )
         assert await open_sealed(v2.tao, path) == served.keys
+
+
+# -- finding 6: one directive, one name in the audit ---------------------------------------
+
+_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256's order
+
+
+def high_s(raw: bytes) -> bytes:
+    """The same directive with its ECDSA signature (r, s) written as (r, n - s): what
+    anyone holding it can do; it still verifies."""
+    msg = parse("directive_message", raw, limit=1 << 20, what="directive")
+    r, s = decode_dss_signature(h.ecdsa_value(msg.signature))
+    msg.signature = h.field(1, h.signed_data_header()) + h.field(2, encode_dss_signature(r, _N - s))
+    return serialize(msg)
+
+
+def with_policy_cert(raw: bytes, net: Net) -> bytes:
+    """The same policy-signed directive with the (unsigned) policy certificate attached."""
+    msg = parse("directive_message", raw, limit=1 << 20, what="directive")
+    msg.cert = net.domain.policy_cert
+    return serialize(msg)
+
+
+async def test_other_bytes_of_one_directive_are_audited_under_one_name(
+    net: Net, nursery: trio.Nursery
+) -> None:
+    v1, v2 = net.program("v1"), net.program("v2")
+    raw = net.directive(v2)
+    forms = [raw, high_s(raw), with_policy_cert(raw, net), with_policy_cert(high_s(raw), net)]
+    assert len(set(forms)) == 4
+    other = net.directive(v2)  # another signing of the same grant: another directive
+    with trio.fail_after(30):
+        served = await serve(nursery, net, v1)
+        for form in [*forms, other]:
+            got = await request_disclosure(
+                served.address, v2.identity, form, [KEY], revocations=net.crl, server=v1.principal
+            )
+            assert got == {KEY: served.keys[KEY]}
+        names = [a["details"]["directive"] for a in served.audited]
+    assert names[:4] == [decode_directive(raw).digest] * 4
+    assert names[4] == decode_directive(other).digest != names[0]

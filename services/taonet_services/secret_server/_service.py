@@ -33,8 +33,9 @@ caller's own channel (not with an operator credential), verify against the domai
 revoked by the server's CRL; its window), grant the channel's verified peer Read on
 exactly that (name, epoch), and be signed by the policy key or by a program that
 holds Own on the name (guard or grants). A refusal is audited like the guard's; a
-release's entry names the directive (``directive``: SHA-256 hex of its bytes) and
-its ``delegator``.
+release's entry names the directive (``directive``: its ``directive_digest``, of its
+signed statement and signer, which other bytes of the same grant keep) and its
+``delegator``.
 
 Audit (an :class:`~taonet_services.storage.AuditStore` in the same database): every
 change is appended in the same transaction as the change (so it commits with it);
@@ -82,7 +83,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
@@ -101,7 +101,7 @@ from taonet import (
 )
 from taonet.audit import MAX_ACTOR_CHARS, bounded
 from taonet.channel import ChannelIdentity, CRLSource, TaoStream, serve_channels
-from taonet.disclosure import DirectiveOp, verify_directive
+from taonet.disclosure import DirectiveOp, directive_digest, verify_directive
 from taonet.domain import Guard
 from taonet.protected import ObjectId
 from taonet.secrets import (
@@ -713,7 +713,7 @@ class SecretServer:
             if isinstance(delegator, Failure):
                 return delegator
             delegated = {
-                "directive": hashlib.sha256(request.directive).hexdigest(),
+                "directive": directive_digest(request.directive),
                 "delegator": delegator,
             }
         else:
