@@ -60,6 +60,7 @@ CLOCK_SKEW_NS: Final = 5 * 60 * 10**9
 _DURATION: Final = re.compile(r"([0-9]{1,6})([smhdw])")
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _NS: Final = 10**9
+_EPOCH: Final = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 _FORMATS: Final = ("text", "json")
 
 
@@ -109,8 +110,8 @@ def register_directive(cmds: Any) -> None:
         "--from",
         dest="start",
         metavar="WHEN",
-        help="when it starts: now, a duration from now, or an ISO 8601 time (default: five "
-        "minutes ago, for verifiers whose clocks lag)",
+        help="when it starts: now, a duration from now, or an ISO 8601 time from 1970 on "
+        "(default: five minutes ago, for verifiers whose clocks lag)",
     )
     p.add_argument(
         "-o",
@@ -168,6 +169,8 @@ def _directive(args: argparse.Namespace) -> int:
         raise UsageError("--until must be in the future")
     if not_after - now > MAX_DAYS * 86400 * _NS:
         raise UsageError(f"--until: a directive may last at most {MAX_DAYS} days")
+    if not_before < 0:
+        raise UsageError("--from must be no earlier than 1970-01-01T00:00:00Z")
     if not_before >= not_after:
         raise UsageError("--from must be before --until")
     domain = load_domain(args)
@@ -229,7 +232,11 @@ def _parse_when(text: str, now: int, option: str) -> int:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=_dt.UTC)
-    return int(moment.timestamp()) * _NS + moment.microsecond * 1000
+    try:
+        since = moment - _EPOCH  # exact, whole days, seconds and microseconds
+    except OverflowError:
+        raise UsageError(f"{option} {text!r}: out of range") from None
+    return (since.days * 86400 + since.seconds) * _NS + since.microseconds * 1000
 
 
 def _delegate(args: argparse.Namespace, domain: Domain) -> auth.Prin:
@@ -333,14 +340,14 @@ def _show(args: argparse.Namespace, domain: Domain) -> int:
 def _document(
     directive: Directive, domain: Domain, path: Path, refusal: DirectiveError | None = None
 ) -> dict[str, Any]:
-    policy = domain.policy_principal
     return {
         "file": str(path),
         "op": directive.op.value,
         "delegate": str(directive.delegate),
         "object": {"name": directive.object_id.name, "epoch": directive.object_id.epoch},
         "delegator": str(directive.delegator),
-        "by_policy_key": directive.delegator == policy and directive.cert is None,
+        # Only verification says who signed: never from the fields as written.
+        "by_policy_key": refusal is None and directive.by_policy,
         "not_before": iso_time(directive.not_before),
         "not_before_ns": directive.not_before,
         "not_after": iso_time(directive.not_after),
