@@ -57,7 +57,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Final, Protocol
 
-import structlog
 import trio
 
 from taonet import auth, certs
@@ -72,6 +71,7 @@ from taonet._errors import (
     TaoError,
 )
 from taonet._files import atomic_write, read_file
+from taonet._log import get_logger
 from taonet.audit import bounded
 from taonet.channel import ChannelIdentity, CRLSource, TaoStream, open_channel, serve_channels
 from taonet.disclosure import (
@@ -120,7 +120,7 @@ __all__ = [
     "serve_disclosure",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 #: Bound on one request, from opening the channel to the whole answer.
 CALL_TIMEOUT: Final = 60.0
