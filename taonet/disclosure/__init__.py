@@ -17,7 +17,9 @@ the policy key. Pure: no trio, no I/O.
   at the caller's clock and revocation list; it raises :class:`DirectiveError`
   (an :class:`~taonet.AuthorizationError`) whose ``reason`` is a
   :class:`DirectiveReason`. A directive without expiration (every directive the
-  original made) is refused unless ``allow_unbounded=True``.
+  original made) is refused unless ``allow_unbounded=True``; so is one that ends
+  more than :data:`MAX_LIFETIME_NS` (367 days) from now, unless
+  ``max_lifetime_ns`` says otherwise.
 
 Beyond the issue 12 contract: the reasons BAD_TYPE and WRONG_SPEAKER,
 ``Directive.cert_serial``, ``Directive.digest`` and :func:`directive_digest`.
@@ -34,10 +36,11 @@ from taonet.disclosure._directive import (
     sign_directive,
 )
 from taonet.disclosure._errors import DirectiveError, DirectiveReason
-from taonet.disclosure._verify import verify_directive
+from taonet.disclosure._verify import MAX_LIFETIME_NS, verify_directive
 
 __all__ = [
     "MAX_DIRECTIVE_BYTES",
+    "MAX_LIFETIME_NS",
     "Directive",
     "DirectiveError",
     "DirectiveOp",

@@ -26,7 +26,8 @@ class DirectiveReason(enum.Enum):
     #: The directive (or its program certificate) is not valid yet.
     NOT_YET_VALID = "not_yet_valid"
     #: The directive has no end (the original's: no time or expiration) and the
-    #: caller did not accept such directives (``allow_unbounded``).
+    #: caller did not accept such directives (``allow_unbounded``), or it ends
+    #: further from now than the caller's ``max_lifetime_ns``.
     UNBOUNDED = "unbounded"
     #: The signer is not the policy key and carries no usable program certificate,
     #: or its certificate certifies another key than the signer's.

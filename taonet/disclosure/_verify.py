@@ -25,7 +25,9 @@
    the certificate names (WRONG_SPEAKER); the operation one of the five (BAD_OP);
 5. the window: ``not_before <= now < not_after`` for the ends present
    (NOT_YET_VALID, EXPIRED); a directive without ``not_after`` (the original's
-   never had one) is UNBOUNDED unless ``allow_unbounded=True``.
+   never had one) is UNBOUNDED unless ``allow_unbounded=True``, and so is one
+   whose ``not_after`` is more than ``max_lifetime_ns`` (default
+   :data:`MAX_LIFETIME_NS`, 367 days) after now.
 
 It does not decide ownership: when ``by_policy`` is False, the caller checks that
 the delegator owns the object.
@@ -73,13 +75,17 @@ from taonet.disclosure._directive import (
 from taonet.disclosure._errors import DirectiveError, DirectiveReason
 from taonet.disclosure._schema import SECRET_DISCLOSURE
 
-__all__ = ["Revoked", "verify_directive"]
+__all__ = ["MAX_LIFETIME_NS", "Revoked", "verify_directive"]
 
 #: What tells a revoked serial: a verified CRL (``taonet.certs.RevocationList``),
 #: any container of serials, or a function of the serial.
 Revoked = Callable[[int], bool] | Container[int]
 
 _R = DirectiveReason
+#: The furthest end a directive may have, from the verifier's now, unless the caller
+#: says otherwise (``max_lifetime_ns``): the 366 days ``taonet domain directive``
+#: signs at most, and a day for clocks. An end in 2262 is as good as none.
+MAX_LIFETIME_NS: Final = 367 * 86400 * 10**9
 _CURVES: Final = frozenset({"secp256r1", "secp384r1"})
 _KNOWN_CRITICAL: Final = frozenset(
     {
@@ -110,6 +116,7 @@ def verify_directive(
     now_ns: int,
     revoked: Revoked | None = None,
     allow_unbounded: bool = False,
+    max_lifetime_ns: int | None = MAX_LIFETIME_NS,
 ) -> Directive:
     """Check a directive (its bytes, or a :class:`Directive` by its ``raw`` bytes).
 
@@ -117,6 +124,9 @@ def verify_directive(
     verified :class:`Directive` (``signer_key``, ``by_policy`` and, for a program
     signer, ``cert_serial`` filled in); raises :class:`DirectiveError` with a
     :class:`DirectiveReason` and a message saying what failed.
+
+    ``max_lifetime_ns``: a directive that ends more than this after ``now_ns`` is
+    refused (UNBOUNDED); default :data:`MAX_LIFETIME_NS`, None for no bound.
     """
     raw = data.raw if isinstance(data, Directive) else data
     if not isinstance(raw, bytes | bytearray | memoryview):
@@ -203,7 +213,7 @@ def verify_directive(
         )
 
     # 5. When.
-    _check_window(statement, now_ns, allow_unbounded)
+    _check_window(statement, now_ns, allow_unbounded, max_lifetime_ns)
     return Directive(
         op=op,
         delegate=statement.delegate,
@@ -220,7 +230,9 @@ def verify_directive(
     )
 
 
-def _check_window(statement: Statement, now_ns: int, allow_unbounded: bool) -> None:
+def _check_window(
+    statement: Statement, now_ns: int, allow_unbounded: bool, max_lifetime_ns: int | None
+) -> None:
     start, end = statement.time, statement.expiration
     if start is not None and end is not None and start >= end:
         raise DirectiveError(
@@ -239,6 +251,12 @@ def _check_window(statement: Statement, now_ns: int, allow_unbounded: bool) -> N
             )
     elif now_ns >= end:
         raise DirectiveError(f"directive expired at {_when(end)}", reason=_R.EXPIRED)
+    elif max_lifetime_ns is not None and end - now_ns > max_lifetime_ns:
+        raise DirectiveError(
+            f"directive ends at {_when(end)}, more than {max_lifetime_ns // 86_400_000_000_000}"
+            " days from now: a directive so long is refused like one without end",
+            reason=_R.UNBOUNDED,
+        )
 
 
 def _is_revoked(revoked: Revoked, serial: int) -> bool:

@@ -535,3 +535,19 @@ async def test_other_bytes_of_one_directive_are_audited_under_one_name(
         names = [a["details"]["directive"] for a in served.audited]
     assert names[:4] == [decode_directive(raw).digest] * 4
     assert names[4] == decode_directive(other).digest != names[0]
+
+
+# -- finding 9: an end in 2262 is no end ---------------------------------------------------
+
+
+async def test_a_directive_that_ends_in_2262_is_refused(net: Net, nursery: trio.Nursery) -> None:
+    v1, v2 = net.program("v1"), net.program("v2")
+    with trio.fail_after(30):
+        served = await serve(nursery, net, v1)
+        forever = net.directive(v2, not_after=2**63 - 1)
+        with pytest.raises(DisclosureRefusedError, match="like one without end"):
+            await request_disclosure(
+                served.address, v2.identity, forever, [KEY], revocations=net.crl,
+                server=v1.principal,
+            )  # fmt: skip
+    assert served.kinds() == ["disclosure_refused"]
