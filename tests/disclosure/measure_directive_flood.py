@@ -6,9 +6,10 @@ it does not ask for). This times, over a real Tao channel on 127.0.0.1 in one
 process, that refused request against a granted one-id request in the same run, counts
 the directive signatures the server checks for it, and records the longest the event
 loop went without running a ticker task (what every other connection waits) during it.
-Run it from two checkouts to compare::
+Run it from two checkouts to compare (PYTHONPATH=. so that each imports its own
+taonet, not the one installed)::
 
-    python tests/disclosure/measure_directive_flood.py [--rounds 5] [--directives 1000]
+    PYTHONPATH=. python tests/disclosure/measure_directive_flood.py [--rounds 5] [--directives 1000]
 
 Prints one JSON line: ``flood_ms`` and ``granted_ms`` (medians), their ratio,
 ``verifications_per_flood`` and ``max_loop_stall_ms`` (over every flood).
