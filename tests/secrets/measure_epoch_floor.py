@@ -18,6 +18,7 @@ script) to compare: there ``create_again`` makes epoch 1 again.
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import sys
@@ -33,6 +34,9 @@ def main(names: int) -> dict[str, float]:
     from taonet_services.secret_server._store import utc_now
     from taonet_services.storage import Database
 
+    def _one(call: Callable[[Any, str], object], name: str, cur: Any) -> object:
+        return call(cur, name)
+
     figures: dict[str, list[float]] = {"create_new": [], "delete": [], "create_again": []}
     with tempfile.TemporaryDirectory() as tmp:
         db = Database.open_sync(f"sqlite:///{Path(tmp) / 'secrets.db'}")
@@ -43,8 +47,7 @@ def main(names: int) -> dict[str, float]:
             def timed(what: str, call: Callable[[Any, str], object], prefix: str) -> None:
                 start = time.perf_counter()
                 for i in range(names):
-                    name = f"{prefix}/{i:06d}"
-                    db.transaction_sync(lambda cur, name=name: call(cur, name))
+                    db.transaction_sync(functools.partial(_one, call, f"{prefix}/{i:06d}"))
                 figures[what].append((time.perf_counter() - start) / names * 1e6)
 
             def create(cur: Any, name: str) -> object:
