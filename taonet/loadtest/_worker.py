@@ -1,0 +1,208 @@
+"""One worker process: its own trio loop, its share of the clients and the rate.
+
+The parent starts each worker with :mod:`multiprocessing` (spawn) and a pipe. The
+worker says ``ready``, waits for ``go`` with the common start time (a
+``time.monotonic()`` value: one clock for every process of the machine), runs its
+clients until the run's end, and sends one ``interval`` message per interval (an
+encoded HDR histogram of the latencies that completed in it, in microseconds, and the
+counts) and a last ``done``. Ctrl-C (SIGINT) stops it early: it still sends what it
+measured, then ``done`` marked interrupted.
+
+Open model: a client takes the next send from the worker's schedule, waits for its
+intended time, sends, and measures the latency from the intended time, not from when
+it could send: a server that stalls holds the clients, later sends start late, and
+their latencies include the wait (no coordinated omission). A send still not started
+when the run ends is counted as missed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import time
+from collections import Counter
+from multiprocessing.connection import Connection
+from typing import Any, Final
+
+import trio
+
+from taonet.loadtest._config import LoadConfig, intended_time, offered_between, split
+from taonet.loadtest._echo import EchoClient
+from taonet.loadtest._extras import histogram_class
+
+__all__ = ["HIGHEST_US", "new_histogram", "worker_main"]
+
+#: The histograms' range: 1 µs to 120 s, three significant digits.
+HIGHEST_US: Final = 120_000_000
+_DIGITS: Final = 3
+
+
+def new_histogram() -> Any:
+    """An empty latency histogram (microseconds)."""
+    return histogram_class()(1, HIGHEST_US, _DIGITS)
+
+
+def error_kind(exc: BaseException) -> str:
+    """A short name for a failed request's cause, used to count errors by kind."""
+    if isinstance(exc, trio.TooSlowError):
+        return "timeout"
+    if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, OSError):
+            return type(cause).__name__
+        return "connection_broken"
+    return type(exc).__name__
+
+
+class _Recorder:
+    """What completed since the last interval message."""
+
+    def __init__(self) -> None:
+        self.histogram = new_histogram()
+        self.ok = 0
+        self.errors: Counter[str] = Counter()
+        self.warmup = 0
+        self.sent = 0
+
+    def take(self, index: int, worker: int) -> tuple[Any, ...]:
+        """The interval message for what was recorded, and start afresh."""
+        histogram = self.histogram.encode() if self.histogram.get_total_count() else None
+        message = ("interval", worker, index, histogram, self.ok, dict(self.errors), self.warmup)
+        self.histogram = new_histogram()
+        self.ok = 0
+        self.errors = Counter()
+        self.warmup = 0
+        return message
+
+
+class _Worker:
+    def __init__(
+        self,
+        config: LoadConfig,
+        index: int,
+        conn: Connection,
+        address: tuple[str, int],
+        ca_pem: bytes | None,
+    ) -> None:
+        self.config = config
+        self.index = index
+        self.conn = conn
+        self.address = address
+        self.ca_pem = ca_pem
+        self.recorder = _Recorder()
+        self.interval_index = 0
+        self.sent = 0
+        self.rate = config.rate / config.workers
+        self.clients = int(split(config.clients, config.workers, index))
+        self.t0 = 0.0
+
+    def record(self, measured_from: float, error: BaseException | None) -> None:
+        if measured_from - self.t0 < self.config.warmup:
+            self.recorder.warmup += 1
+        elif error is not None:
+            self.recorder.errors[error_kind(error)] += 1
+        else:
+            latency_us = (trio.current_time() - measured_from) * 1e6
+            self.recorder.histogram.record_value(min(max(1, round(latency_us)), HIGHEST_US))
+            self.recorder.ok += 1
+
+    def flush(self) -> None:
+        self.conn.send(self.recorder.take(self.interval_index, self.index))
+        self.interval_index += 1
+
+    async def one(self, client: EchoClient, measured_from: float) -> None:
+        self.sent += 1
+        try:
+            with trio.fail_after(self.config.request_timeout):
+                await client.request()
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.record(measured_from, exc)
+        except Exception as exc:  # any other failure of the target counts by its kind
+            self.record(measured_from, exc)
+        else:
+            self.record(measured_from, None)
+
+    def client(self) -> EchoClient:
+        return EchoClient(
+            self.address, ca_pem=self.ca_pem, size=self.config.request_size, fresh=self.config.fresh
+        )
+
+    async def open_client(self, schedule: itertools.count[int]) -> None:
+        client = self.client()
+        end = self.t0 + self.config.end
+        try:
+            for n in schedule:
+                intended = self.t0 + intended_time(n, self.rate, self.config.ramp_up)
+                if intended >= end:
+                    break
+                await trio.sleep_until(intended)
+                if trio.current_time() >= end:
+                    break  # the rest of the schedule is missed, and counted so
+                await self.one(client, intended)
+        finally:
+            await client.aclose()
+
+    async def closed_client(self, number: int) -> None:
+        client = self.client()
+        end = self.t0 + self.config.end
+        # Ramp-up: the clients of all workers start one after another.
+        position = number * self.config.workers + self.index
+        await trio.sleep_until(self.t0 + self.config.ramp_up * position / self.config.clients)
+        try:
+            while trio.current_time() < end:
+                await self.one(client, trio.current_time())
+        finally:
+            await client.aclose()
+
+    async def ticker(self) -> None:
+        while True:
+            await trio.sleep_until(self.t0 + (self.interval_index + 1) * self.config.interval)
+            self.flush()
+
+    async def run(self) -> None:
+        self.conn.send(("ready", self.index, os.getpid()))
+        message = await trio.to_thread.run_sync(self.conn.recv)
+        start_monotonic = float(message[1])
+        self.t0 = trio.current_time() + (start_monotonic - time.monotonic())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.ticker)
+            async with trio.open_nursery() as clients:
+                schedule = itertools.count()
+                for number in range(self.clients):
+                    if self.config.model == "open":
+                        clients.start_soon(self.open_client, schedule)
+                    else:
+                        clients.start_soon(self.closed_client, number)
+            nursery.cancel_scope.cancel()
+
+    def missed(self) -> int:
+        if self.config.model != "open":
+            return 0
+        due = offered_between(0, self.config.end, self.rate, self.config.ramp_up)
+        return max(0, round(due) - self.sent)
+
+
+def worker_main(
+    conn: Connection,
+    config: LoadConfig,
+    index: int,
+    address: tuple[str, int],
+    ca_pem: bytes | None,
+) -> None:
+    """A worker process's main (see the module's text for what it says and when)."""
+    worker = _Worker(config, index, conn, address, ca_pem)
+    interrupted = False
+    try:
+        trio.run(worker.run)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        interrupted = True
+    try:
+        worker.flush()
+        summary = {"sent": worker.sent, "missed": worker.missed(), "interrupted": interrupted}
+        conn.send(("done", index, summary))
+    except (OSError, EOFError):
+        pass  # the parent is gone: nobody to tell
+    finally:
+        conn.close()
