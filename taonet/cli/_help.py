@@ -109,6 +109,12 @@ EXAMPLES: Final[dict[tuple[str, ...], tuple[str, ...]]] = {
         "taonet demo --hosted --dir /tmp/taonet-demo",
         "taonet demo --upgrade",
     ),
+    ("loadtest",): (
+        "taonet loadtest --quick --out ./lt          # echo target: the generator's ceiling",
+        "taonet loadtest --rate 5000 --workers 2 --duration 30 --warmup 5 --out ./lt",
+        "taonet loadtest --model closed --clients 32 --fresh -o json",
+    ),
+    ("loadtest", "compare"): ("taonet loadtest compare before/report.json after/report.json",),
     ("completion",): (
         "taonet completion bash > ~/.local/share/bash-completion/completions/taonet",
         'taonet completion zsh > "${fpath[1]}/_taonet"    # zsh: from the next shell on',

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from taonet.loadtest._config import LoadConfig, intended_time, loopback_address, offered_between
 from taonet.loadtest._echo import EchoClient, make_echo_credentials, serve_echo
-from taonet.loadtest._extras import MissingExtraError
+from taonet.loadtest._extras import MissingExtraError, require_extras
 from taonet.loadtest._report import compare_reports, decode_histogram, machine_facts
 from taonet.loadtest._run import Progress, WorkerHandle, run_load
 
@@ -28,6 +28,7 @@ __all__ = [
     "machine_facts",
     "make_echo_credentials",
     "offered_between",
+    "require_extras",
     "run_load",
     "serve_echo",
 ]

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from taonet import ConfigError
 
-__all__ = ["MissingExtraError", "histogram_class", "require_rich"]
+__all__ = ["MissingExtraError", "histogram_class", "require_extras", "require_rich"]
 
 #: What to install when an extra is missing.
 INSTALL_HINT: Final = "pip install 'taonet[loadtest]'"
@@ -40,3 +40,9 @@ def histogram_class() -> Any:
 def require_rich() -> None:
     """Check that rich can be imported (the CLI's live line and tables need it)."""
     _import("rich", "rich")
+
+
+def require_extras() -> None:
+    """Check that both optional dependencies can be imported (MissingExtraError if not)."""
+    histogram_class()
+    require_rich()
