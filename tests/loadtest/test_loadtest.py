@@ -1,0 +1,247 @@
+"""The load generator: measurement from intended send times, rates not sustained, a
+worker lost mid-run, loopback only, the report and compare through the CLI.
+
+Servers the tests control run in the test's own trio loop (plain TCP on 127.0.0.1);
+``run_load`` runs in a thread beside it and starts real worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from taonet import ConfigError
+from taonet.loadtest import (
+    LoadConfig,
+    Progress,
+    decode_histogram,
+    intended_time,
+    loopback_address,
+    offered_between,
+    run_load,
+)
+
+pytest.importorskip("hdrh")
+
+
+class ControlledEcho:
+    """A plain TCP echo server that can stall once, or answer every request late."""
+
+    def __init__(self, *, stall_at: int | None = None, delay: float = 0.0) -> None:
+        self.stall_at = stall_at
+        self.delay = delay
+        self.requests = 0
+        self.resumed = trio.Event()
+        self.port = 0
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        try:
+            async with stream:
+                while data := await stream.receive_some(65536):
+                    self.requests += 1
+                    if self.requests == self.stall_at:
+                        await trio.sleep(0.2)  # the stall the generator must show
+                        self.resumed.set()
+                    elif self.stall_at is not None and self.requests > self.stall_at:
+                        await self.resumed.wait()  # everyone waits while it stalls
+                    if self.delay:
+                        await trio.sleep(self.delay)  # a server slower than the rate
+                    await stream.send_all(data)
+        except trio.BrokenResourceError:
+            pass
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        await trio.serve_listeners(self.handle, listeners, task_status=task_status)
+
+
+async def _run_against(server: ControlledEcho, **options: Any) -> dict[str, Any]:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        config = LoadConfig(connect=("127.0.0.1", server.port), tls=False, workers=1, **options)
+        report: dict[str, Any] = await trio.to_thread.run_sync(run_load, config)
+        nursery.cancel_scope.cancel()
+    return report
+
+
+@pytest.mark.slow
+async def test_open_model_measures_from_intended_send_times() -> None:
+    # 200 sends/s over 4 clients; the server stalls 200 ms once, after 100 requests.
+    # Only 4 requests are in flight during the stall, but about 40 sends are due in
+    # it: measured from their intended times, every one of them shows the wait.
+    server = ControlledEcho(stall_at=100)
+    with trio.fail_after(120):
+        report = await _run_against(
+            server, rate=200, clients=4, duration=2.0, warmup=0.0, interval=0.5
+        )
+    assert server.resumed.is_set()
+    histogram = decode_histogram(report["results"]["histogram"])
+    total = histogram.get_total_count()
+    assert total == report["results"]["ok"] >= 350
+    # At least 3 % of ~400 samples (12, three times the 4 clients) waited >= 100 ms:
+    # a generator measuring from the actual send would show at most 4.
+    assert histogram.get_value_at_percentile(97.0) >= 100_000
+    assert report["results"]["latency_ms"]["max"] >= 190
+    assert report["results"]["errors"] == {}
+
+
+@pytest.mark.slow
+async def test_a_rate_the_server_cannot_sustain_is_reported_with_the_achieved_rate() -> None:
+    # 2 clients and 20 ms per answer: at most about 100/s of the 400/s offered.
+    server = ControlledEcho(delay=0.02)
+    with trio.fail_after(120):
+        report = await _run_against(
+            server, rate=400, clients=2, duration=1.5, warmup=0.0, interval=0.5
+        )
+    rate = report["rate"]
+    assert rate["sustained"] is False
+    assert rate["target_per_s"] == 400
+    assert 0 < rate["achieved_per_s"] < 150
+    assert rate["missed"] > 300
+    assert "NOT sustained" in rate["note"]
+    assert f"{rate['achieved_per_s']:g} requests/s achieved" in rate["note"]
+    # The sends waited for the clients: their latency grew, not the rate shrank silently.
+    assert report["results"]["latency_ms"]["max"] >= 500
+
+
+@pytest.mark.slow
+async def test_a_worker_killed_mid_run_is_reported_and_the_run_finishes() -> None:
+    killed: list[int] = []
+
+    def kill_second_worker(state: Progress) -> None:
+        if not killed and len(state.workers) == 2:
+            killed.append(state.workers[1].pid)
+            os.kill(state.workers[1].pid, signal.SIGKILL)
+
+    config = LoadConfig(rate=400, clients=4, workers=2, duration=2.0, warmup=0.0, interval=0.25)
+    with trio.fail_after(120):
+        report = await trio.to_thread.run_sync(
+            lambda: run_load(config, on_progress=kill_second_worker)
+        )
+    assert killed
+    first, second = report["workers"]
+    assert first["status"] == "done"
+    assert second["status"] == "died"
+    assert second["pid"] == killed[0]
+    assert second["exit_code"] == -signal.SIGKILL
+    assert "worker 1 died" in second["note"]
+    assert report["results"]["ok"] > 0  # what both reported before the loss
+    assert report["rate"]["sustained"] is False
+    assert "cut short" in report["rate"]["note"]
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "10.0.0.1:80", "192.168.1.1:443", "172.16.0.1:80", "8.8.8.8:53", "0.0.0.0:80",
+        "[::]:80", "[::ffff:127.0.0.1]:80", "[fe80::1]:80", "example.com:80",
+        "127.0.0.1.nip.io:80", "localhost.evil:80", "127.0.0.1", "127.0.0.1:0",
+        "127.0.0.1:70000", ":80",
+    ],
+)  # fmt: skip
+def test_non_loopback_addresses_are_refused(address: str) -> None:
+    with pytest.raises(ConfigError):
+        loopback_address(address)
+
+
+def test_loopback_addresses_are_accepted() -> None:
+    assert loopback_address("127.0.0.1:8124") == ("127.0.0.1", 8124)
+    assert loopback_address("127.9.9.9:1") == ("127.9.9.9", 1)
+    assert loopback_address("localhost:80") == ("127.0.0.1", 80)
+    assert loopback_address("[::1]:80") == ("::1", 80)
+
+
+def test_a_config_cannot_name_a_non_loopback_server_nor_exceed_its_bounds() -> None:
+    with pytest.raises(ConfigError, match="not a loopback"):
+        LoadConfig(connect=("10.0.0.1", 80), tls=False)
+    with pytest.raises(ConfigError, match="clients"):
+        LoadConfig(clients=100_000)
+    with pytest.raises(ConfigError, match="rate"):
+        LoadConfig(rate=1e9)
+    with pytest.raises(ConfigError, match="exceed"):
+        LoadConfig(duration=1e6)
+
+
+def test_the_cli_refuses_a_non_loopback_target_in_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "taonet", "loadtest", "--connect", "192.168.0.10:80", "--plain"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0
+    assert "not a loopback address" in done.stderr
+
+
+@pytest.mark.parametrize("ramp_up", [0.0, 2.0])
+def test_the_schedule_offers_the_rate_and_ramps_linearly(ramp_up: float) -> None:
+    rate = 100.0
+    times = [intended_time(n, rate, ramp_up) for n in range(1000)]
+    assert times == sorted(times)
+    assert times[0] == 0.0
+    # The sends due before t are what offered_between counts.
+    for t in (0.5, 1.0, 3.0, 7.5):
+        due = sum(1 for x in times if x < t)
+        assert abs(due - offered_between(0, t, rate, ramp_up)) <= 1
+    if ramp_up:
+        assert offered_between(0, ramp_up, rate, ramp_up) == pytest.approx(rate * ramp_up / 2)
+
+
+@pytest.mark.slow
+def test_cli_quick_echo_run_writes_a_report_that_compare_reads(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "taonet", "loadtest", "--quick", "--workers", "2",
+         "--rate", "300", "--duration", "1", "--warmup", "0.5", "--out", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["taonet_version"]
+    assert report["machine"]["cores"] == os.cpu_count()
+    assert report["configuration"]["target"] == "echo"
+    assert report["configuration"]["workers"] == 2
+    assert report["results"]["ok"] > 0
+    assert report["results"]["errors"] == {}
+    assert set(report["results"]["latency_ms"]) >= {"p50", "p90", "p99", "p99_9", "max"}
+    assert [w["status"] for w in report["workers"]] == ["done", "done"]
+    assert "p99.9 ms" in done.stdout
+    # compare: a second report (the first, twice as fast) side by side.
+    faster = json.loads(json.dumps(report))
+    faster["results"]["throughput_per_s"] = report["results"]["throughput_per_s"] * 2
+    (tmp_path / "b.json").write_text(json.dumps(faster))
+    compared = subprocess.run(
+        [sys.executable, "-m", "taonet", "loadtest", "compare", str(out / "report.json"),
+         str(tmp_path / "b.json"), "-o", "json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert compared.returncode == 0, compared.stderr
+    rows = {row["figure"]: row for row in json.loads(compared.stdout)}
+    assert rows["throughput /s"]["b_over_a"] == "2.00x"
+    assert rows["p99 ms"]["a"] == report["results"]["latency_ms"]["p99"]
+    text = subprocess.run(
+        [sys.executable, "-m", "taonet", "loadtest", "compare", str(out / "report.json"),
+         str(tmp_path / "b.json")],
+        capture_output=True, text=True, timeout=60, check=False, env={**os.environ, "COLUMNS": "120"},
+    )  # fmt: skip
+    assert text.returncode == 0
+    assert "2.00x" in text.stdout
+
+
+def test_compare_refuses_what_is_not_a_report(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.json"
+    bogus.write_text('{"not": "a report"}')
+    done = subprocess.run(
+        [sys.executable, "-m", "taonet", "loadtest", "compare", str(bogus), str(bogus)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "not a load-test report" in done.stderr
