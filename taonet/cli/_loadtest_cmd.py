@@ -45,42 +45,90 @@ def register(sub: Any) -> None:
             "Only loopback addresses are loaded."
         ),
     )
-    p.add_argument("--target", choices=["echo"], default="echo",
-                   help="what to load: echo, a TLS echo server the tool starts on 127.0.0.1"
-                   " (the generator's own ceiling)")  # fmt: skip
-    p.add_argument("--model", choices=["open", "closed"], default="open",
-                   help="open: a target --rate (default); closed: --clients concurrent loops")  # fmt: skip
-    p.add_argument("--rate", type=float, default=None,
-                   help="requests per second over all workers, open model (default 1000)")  # fmt: skip
-    p.add_argument("--clients", type=int, default=None,
-                   help="connections over all workers (default: 16, at least one per worker)")  # fmt: skip
-    p.add_argument("--workers", type=int, default=None,
-                   help="worker processes (default: the number of cores)")  # fmt: skip
+    p.add_argument(
+        "--target",
+        choices=["echo"],
+        default="echo",
+        help="what to load: echo, a TLS echo server the tool starts on 127.0.0.1"
+        " (the generator's own ceiling)",
+    )
+    p.add_argument(
+        "--model",
+        choices=["open", "closed"],
+        default="open",
+        help="open: a target --rate (default); closed: --clients concurrent loops",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="requests per second over all workers, open model (default 1000)",
+    )
+    p.add_argument(
+        "--clients",
+        type=int,
+        default=None,
+        help="connections over all workers (default: 16, at least one per worker)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default: the number of cores)"
+    )
     p.add_argument("--duration", type=float, default=None, help="measured seconds (default 10)")
-    p.add_argument("--warmup", type=float, default=None,
-                   help="seconds at the start whose results are excluded (default 1)")  # fmt: skip
-    p.add_argument("--ramp-up", type=float, default=0.0,
-                   help="seconds over which the rate (or the clients) ramps up (default 0)")  # fmt: skip
-    p.add_argument("--interval", type=float, default=None,
-                   help="seconds between the workers' reports (default 1)")  # fmt: skip
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds at the start whose results are excluded (default 1)",
+    )
+    p.add_argument(
+        "--ramp-up",
+        type=float,
+        default=0.0,
+        help="seconds over which the rate (or the clients) ramps up (default 0)",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        help="seconds between the workers' reports (default 1)",
+    )
     p.add_argument("--request-size", type=int, default=64, help="bytes per request (default 64)")
-    p.add_argument("--fresh", action="store_true",
-                   help="a new connection (and TLS handshake) for every request")  # fmt: skip
-    p.add_argument("--connect", metavar="HOST:PORT", default=None,
-                   help="an echo server already running on a loopback address (with --plain)")  # fmt: skip
-    p.add_argument("--plain", action="store_true",
-                   help="plain TCP to the --connect server (no TLS)")  # fmt: skip
-    p.add_argument("--timeout", type=float, default=5.0,
-                   help="bound on each request and connection, in seconds (default 5)")  # fmt: skip
-    p.add_argument("--quick", action="store_true",
-                   help="a short run: 3 s measured after 1 s of warm-up, 0.5 s intervals")  # fmt: skip
-    p.add_argument("--out", metavar="DIR", type=Path, default=None,
-                   help="write the report to DIR/report.json")  # fmt: skip
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="a new connection (and TLS handshake) for every request",
+    )
+    p.add_argument(
+        "--connect",
+        metavar="HOST:PORT",
+        default=None,
+        help="an echo server already running on a loopback address (with --plain)",
+    )
+    p.add_argument(
+        "--plain", action="store_true", help="plain TCP to the --connect server (no TLS)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="bound on each request and connection, in seconds (default 5)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short run: 3 s measured after 1 s of warm-up, 0.5 s intervals",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", type=Path, default=None, help="write the report to DIR/report.json"
+    )
     add_output_option(p)
     p.set_defaults(func=_run)
     sub_lt = p.add_subparsers(dest="loadtest_command", metavar="COMMAND")
-    c = sub_lt.add_parser("compare", help="show two reports side by side",
-                          description="Show two load-test reports side by side, with B/A.")  # fmt: skip
+    c = sub_lt.add_parser(
+        "compare",
+        help="show two reports side by side",
+        description="Show two load-test reports side by side, with B/A.",
+    )
     c.add_argument("a", metavar="A.json", type=Path)
     c.add_argument("b", metavar="B.json", type=Path)
     add_output_option(c)
@@ -141,10 +189,13 @@ def _run(args: argparse.Namespace) -> int:
         def progress(state: Progress) -> None:
             p99 = "-" if state.recent_p99_ms is None else f"{state.recent_p99_ms:.2f} ms"
             lost = f"  lost workers {state.lost}" if state.lost else ""
-            live.update(Text(
-                f"{state.elapsed:6.1f} s  ok {state.ok}  errors {state.errors}  "
-                f"{state.recent_rate:,.0f}/s  p99 {p99}  workers {len(state.workers)}{lost}"
-            ), refresh=True)  # fmt: skip
+            live.update(
+                Text(
+                    f"{state.elapsed:6.1f} s  ok {state.ok}  errors {state.errors}  "
+                    f"{state.recent_rate:,.0f}/s  p99 {p99}  workers {len(state.workers)}{lost}"
+                ),
+                refresh=True,
+            )
 
         report = run_load(config, on_progress=progress)
     written = None
@@ -158,8 +209,11 @@ def _run(args: argparse.Namespace) -> int:
     else:
         _print_report(report, written)
     if report["interrupted"]:
-        print("taonet: interrupted; the partial report"
-              + (f" is in {written}" if written else " is above"), file=sys.stderr)  # fmt: skip
+        print(
+            "taonet: interrupted; the partial report"
+            + (f" is in {written}" if written else " is above"),
+            file=sys.stderr,
+        )
         return 130
     died = [w for w in report["workers"] if w.get("status") == "died"]
     if died:
@@ -180,8 +234,10 @@ def _print_report(report: dict[str, Any], written: Path | None) -> None:
     results = report["results"]
     latency = results["latency_ms"]
     conf = report["configuration"]
-    table = Table(title=f"taonet loadtest: {conf['target']}, {conf['model']} model,"
-                  f" {conf['workers']} workers, {conf['clients']} clients")  # fmt: skip
+    table = Table(
+        title=f"taonet loadtest: {conf['target']}, {conf['model']} model,"
+        f" {conf['workers']} workers, {conf['clients']} clients"
+    )
     for column in ("p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "ok/s", "ok", "errors"):
         table.add_column(column, justify="right")
     table.add_row(
@@ -220,8 +276,12 @@ def _compare(args: argparse.Namespace) -> int:
     a, b = _read_report(args.a), _read_report(args.b)
     rows = compare_reports(a, b)
     if wants_json(args):
-        print(json.dumps([{"figure": r[0], "a": r[1], "b": r[2], "b_over_a": r[3] or None}
-                          for r in rows], indent=2))  # fmt: skip
+        print(
+            json.dumps(
+                [{"figure": r[0], "a": r[1], "b": r[2], "b_over_a": r[3] or None} for r in rows],
+                indent=2,
+            )
+        )
         return 0
     from taonet.loadtest import require_extras
 

@@ -8,6 +8,7 @@ certificate made for the run; the clients trust exactly that certificate.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import ipaddress
@@ -111,7 +112,9 @@ def serve_echo_process(conn: Connection, cert_pem: bytes, key_pem: bytes, tmp_di
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(functools.partial(serve_echo, cert_pem, key_pem, tmp_dir=tmp_dir))
+            port = await nursery.start(
+                functools.partial(serve_echo, cert_pem, key_pem, tmp_dir=tmp_dir)
+            )
             conn.send(port)
             # Anything from the parent, or its end of the pipe closing, stops the server.
             await trio.to_thread.run_sync(_wait_quietly, conn, abandon_on_cancel=True)
@@ -121,10 +124,8 @@ def serve_echo_process(conn: Connection, cert_pem: bytes, key_pem: bytes, tmp_di
 
 
 def _wait_quietly(conn: Connection) -> None:
-    try:
+    with contextlib.suppress(EOFError, OSError):
         conn.recv()
-    except (EOFError, OSError):
-        pass
 
 
 class EchoClient:
@@ -175,8 +176,11 @@ class EchoClient:
         """Close the connection (the next request opens another)."""
         stream, self._stream = self._stream, None
         if stream is not None:
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                try:
-                    await stream.aclose()
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    pass  # closing a connection the server already dropped
+            # Closing a connection the server already dropped is no failure.
+            dropped = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(1),
+                contextlib.suppress(*dropped),
+            ):
+                await stream.aclose()

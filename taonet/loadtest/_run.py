@@ -14,6 +14,7 @@ it, with its exit code and when it was lost, and the run finishes with the other
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import shutil
@@ -97,10 +98,8 @@ class _EchoServer:
             raise HostError("the echo server died while starting") from None
 
     def stop(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._conn.send("stop")
-        except OSError:
-            pass
         self._conn.close()
         self._process.join(5)
         if self._process.is_alive():
@@ -187,14 +186,18 @@ class _Run:
         while waiting:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise HostError(f"workers {sorted(waiting)} did not start within {START_TIMEOUT:g} s")
-            for conn in wait([self.conns[i] for i in waiting], timeout=left):
-                index = next(i for i, c in self.conns.items() if c is conn)
+                raise HostError(
+                    f"workers {sorted(waiting)} did not start within {START_TIMEOUT:g} s"
+                )
+            for ready in wait([self.conns[i] for i in waiting], timeout=left):
+                index, conn = self._which(ready)
                 try:
                     message = conn.recv()
                 except EOFError:
                     code = self.processes[index].exitcode
-                    raise HostError(f"worker {index} died while starting (exit code {code})") from None
+                    raise HostError(
+                        f"worker {index} died while starting (exit code {code})"
+                    ) from None
                 self.pids[index] = int(message[2])
                 waiting.discard(index)
 
@@ -208,9 +211,12 @@ class _Run:
                     self.processes[index].kill()
                     self.conns.pop(index).close()
                 return
-            for conn in wait(list(self.conns.values()), timeout=min(left, 0.25)):
-                index = next(i for i, c in self.conns.items() if c is conn)
-                self._receive(index, conn)
+            for ready in wait(list(self.conns.values()), timeout=min(left, 0.25)):
+                self._receive(*self._which(ready))
+
+    def _which(self, ready: object) -> tuple[int, Connection]:
+        """The worker whose pipe ``ready`` is."""
+        return next((i, c) for i, c in self.conns.items() if c is ready)
 
     def _receive(self, index: int, conn: Connection) -> None:
         try:
@@ -249,15 +255,11 @@ class _Run:
         for index in list(self.conns):
             pid = self.pids.get(index)
             if pid is not None and self.processes[index].is_alive():
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGINT)
-                except ProcessLookupError:
-                    pass
         deadline = time.monotonic() + INTERRUPT_GRACE
-        try:
+        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: report what we have
             self._collect(deadline)
-        except KeyboardInterrupt:
-            pass  # a second Ctrl-C: report what we have now
 
     def _reap(self) -> None:
         for index, process in self.processes.items():

@@ -116,7 +116,12 @@ class _Worker:
         try:
             with trio.fail_after(self.config.request_timeout):
                 await client.request()
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        except (
+            OSError,
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+        ) as exc:
             self.record(measured_from, exc)
         except Exception as exc:  # any other failure of the target counts by its kind
             self.record(measured_from, exc)

@@ -58,7 +58,7 @@ class ControlledEcho:
         except trio.BrokenResourceError:
             pass
 
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
         await trio.serve_listeners(self.handle, listeners, task_status=task_status)
@@ -230,7 +230,8 @@ def test_cli_quick_echo_run_writes_a_report_that_compare_reads(tmp_path: Path) -
     text = subprocess.run(
         [sys.executable, "-m", "taonet", "loadtest", "compare", str(out / "report.json"),
          str(tmp_path / "b.json")],
-        capture_output=True, text=True, timeout=60, check=False, env={**os.environ, "COLUMNS": "120"},
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "COLUMNS": "120"},
     )  # fmt: skip
     assert text.returncode == 0
     assert "2.00x" in text.stdout
