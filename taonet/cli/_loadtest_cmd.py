@@ -7,9 +7,11 @@ table. Ctrl-C stops the workers; the partial report is still written (exit 130).
 worker that died is named on one line after the report is written (exit 1).
 ``taonet loadtest compare A.json B.json`` shows two reports side by side.
 
-Only the ``echo`` target exists so far: a TLS echo server the tool starts on
-127.0.0.1 (the generator's own ceiling), or with ``--connect`` an echo server already
-running on a loopback address.
+Targets: ``echo``, a TLS echo server the tool starts on 127.0.0.1 (the generator's
+own ceiling), or with ``--connect`` a plain echo server already running on a loopback
+address; ``handshake``, bare Tao channel handshakes against a channel server whose
+identity (and the client's) comes from a local domain the tool makes in a temporary
+directory.
 """
 
 from __future__ import annotations
@@ -47,10 +49,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--target",
-        choices=["echo"],
+        choices=["echo", "handshake"],
         default="echo",
-        help="what to load: echo, a TLS echo server the tool starts on 127.0.0.1"
-        " (the generator's own ceiling)",
+        help="what to load: echo, a TLS echo server the tool starts on 127.0.0.1 (the"
+        " generator's own ceiling); handshake, bare Tao channel handshakes against a server"
+        " with an identity from a local domain the tool makes in a temporary directory",
     )
     p.add_argument(
         "--model",

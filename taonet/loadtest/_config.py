@@ -41,7 +41,7 @@ MAX_REQUEST_SIZE: Final = 1 << 20
 MAX_RUN_SECONDS: Final = 3600.0
 
 Model = Literal["open", "closed"]
-TARGETS: Final = ("echo",)
+TARGETS: Final = ("echo", "handshake")
 
 
 def loopback_address(text: str) -> tuple[str, int]:
@@ -93,7 +93,8 @@ def _check_address(_instance: object, _attribute: object, value: tuple[str, int]
 class LoadConfig:
     """One load test: target, model, timing and bounds (validated on creation)."""
 
-    #: What is loaded: ``echo`` (a TLS echo server; the generator's own ceiling).
+    #: What is loaded: ``echo`` (a TLS echo server; the generator's own ceiling) or
+    #: ``handshake`` (bare Tao channel handshakes against a local domain's server).
     target: str = attrs.field(default="echo")
     #: ``open``: a target rate, latency from each send's intended time; ``closed``:
     #: ``clients`` loops that each send when their previous answer came.
@@ -141,6 +142,8 @@ class LoadConfig:
             )
         if self.warmup + self.duration > MAX_RUN_SECONDS:
             raise ConfigError(f"warm-up and duration together exceed {MAX_RUN_SECONDS:g} s")
+        if self.target != "echo" and self.connect is not None:
+            raise ConfigError(f"the {self.target} target runs its own server: no --connect")
         if self.connect is None and not self.tls:
             raise ConfigError("the tool's own echo server speaks TLS: --plain needs --connect")
 

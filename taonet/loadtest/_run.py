@@ -21,7 +21,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any, Final
 
@@ -31,10 +31,15 @@ from taonet import HostError
 from taonet._log import get_logger
 from taonet.loadtest._config import LoadConfig
 from taonet.loadtest._echo import make_echo_credentials, serve_echo_process
+from taonet.loadtest._handshake import (
+    LocalCredentials,
+    make_local_credentials,
+    serve_handshakes_process,
+)
 from taonet.loadtest._report import Merger
 from taonet.loadtest._worker import worker_main
 
-__all__ = ["Progress", "WorkerHandle", "run_load"]
+__all__ = ["Progress", "TargetSpec", "WorkerHandle", "run_load"]
 
 log = get_logger(__name__)
 
@@ -72,30 +77,37 @@ def _spawn() -> Any:
     return multiprocessing.get_context("spawn")
 
 
-class _EchoServer:
-    """The tool's own echo server, in a process of its own."""
+@attrs.frozen
+class TargetSpec:
+    """Where the workers send and with what credentials (passed to each worker)."""
 
-    def __init__(self) -> None:
-        self.cert_pem, key_pem = make_echo_credentials()
+    kind: str
+    address: tuple[str, int]
+    #: The echo server's certificate (PEM), trusted by the clients; None: plain TCP.
+    ca_pem: bytes | None = None
+    #: The handshake target's local domain credentials.
+    credentials: LocalCredentials | None = None
+
+
+class _ServerProcess:
+    """A target server the tool runs itself, in a process of its own."""
+
+    def __init__(self, name: str, target: Callable[..., None], *args: Any) -> None:
         context = _spawn()
         self._conn, child = context.Pipe()
-        self._tmp = tempfile.mkdtemp(prefix="taonet-loadtest-")
         self._process = context.Process(
-            target=serve_echo_process,
-            args=(child, self.cert_pem, key_pem, self._tmp),
-            name="taonet-loadtest-echo",
-            daemon=True,
+            target=target, args=(child, *args), name=f"taonet-loadtest-{name}", daemon=True
         )
         self._process.start()
         child.close()
         if not self._conn.poll(START_TIMEOUT):
             self.stop()
-            raise HostError(f"the echo server did not start within {START_TIMEOUT:g} s")
+            raise HostError(f"the {name} server did not start within {START_TIMEOUT:g} s")
         try:
             self.port = int(self._conn.recv())
         except EOFError:
             self.stop()
-            raise HostError("the echo server died while starting") from None
+            raise HostError(f"the {name} server died while starting") from None
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
@@ -105,7 +117,33 @@ class _EchoServer:
         if self._process.is_alive():
             self._process.kill()
             self._process.join(5)
-        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _target(config: LoadConfig) -> Iterator[TargetSpec]:
+    """The target's server (started here unless ``config.connect`` names one)."""
+    if config.connect is not None:
+        if config.tls:
+            raise HostError("TLS to an echo server the tool did not start is not supported yet")
+        yield TargetSpec("echo", config.connect)
+        return
+    server: _ServerProcess
+    if config.target == "handshake":
+        credentials = make_local_credentials()
+        server = _ServerProcess("handshake", serve_handshakes_process, credentials)
+        spec = TargetSpec("handshake", ("127.0.0.1", server.port), credentials=credentials)
+    else:
+        cert_pem, key_pem = make_echo_credentials()
+        tmp = tempfile.mkdtemp(prefix="taonet-loadtest-")
+        try:
+            server = _ServerProcess("echo", serve_echo_process, cert_pem, key_pem, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        spec = TargetSpec("echo", ("127.0.0.1", server.port), ca_pem=cert_pem)
+    try:
+        yield spec
+    finally:
+        server.stop()
 
 
 def run_load(
@@ -114,34 +152,19 @@ def run_load(
     on_progress: Callable[[Progress], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``config`` to its end (or Ctrl-C) and return the report."""
-    echo: _EchoServer | None = None
-    if config.connect is None:
-        echo = _EchoServer()
-        address: tuple[str, int] = ("127.0.0.1", echo.port)
-        ca_pem: bytes | None = echo.cert_pem
-    else:
-        address = config.connect
-        ca_pem = None
-        if config.tls:
-            raise HostError("TLS to an echo server the tool did not start is not supported yet")
-    try:
-        return _Run(config, address, ca_pem, on_progress).run()
-    finally:
-        if echo is not None:
-            echo.stop()
+    with _target(config) as spec:
+        return _Run(config, spec, on_progress).run()
 
 
 class _Run:
     def __init__(
         self,
         config: LoadConfig,
-        address: tuple[str, int],
-        ca_pem: bytes | None,
+        spec: TargetSpec,
         on_progress: Callable[[Progress], None] | None,
     ) -> None:
         self.config = config
-        self.address = address
-        self.ca_pem = ca_pem
+        self.spec = spec
         self.on_progress = on_progress
         self.merger = Merger(config)
         self.processes: dict[int, Any] = {}
@@ -157,7 +180,7 @@ class _Run:
                 parent_end, child_end = context.Pipe()
                 process = context.Process(
                     target=worker_main,
-                    args=(child_end, self.config, index, self.address, self.ca_pem),
+                    args=(child_end, self.config, index, self.spec),
                     name=f"taonet-loadtest-worker-{index}",
                     daemon=True,
                 )

@@ -23,13 +23,20 @@ import signal
 import time
 from collections import Counter
 from multiprocessing.connection import Connection
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
 from taonet.loadtest._config import LoadConfig, intended_time, offered_between, split
 from taonet.loadtest._echo import EchoClient
 from taonet.loadtest._extras import histogram_class
+from taonet.loadtest._handshake import HandshakeClient
+
+if TYPE_CHECKING:
+    from taonet.loadtest._run import TargetSpec
+
+#: What a worker's clients are.
+Client = EchoClient | HandshakeClient
 
 __all__ = ["HIGHEST_US", "new_histogram", "worker_main"]
 
@@ -82,14 +89,13 @@ class _Worker:
         config: LoadConfig,
         index: int,
         conn: Connection,
-        address: tuple[str, int],
-        ca_pem: bytes | None,
+        spec: TargetSpec,
     ) -> None:
         self.config = config
         self.index = index
         self.conn = conn
-        self.address = address
-        self.ca_pem = ca_pem
+        self.spec = spec
+        self.identity = None if spec.credentials is None else spec.credentials.client()
         self.recorder = _Recorder()
         self.interval_index = 0
         self.sent = 0
@@ -111,7 +117,7 @@ class _Worker:
         self.conn.send(self.recorder.take(self.interval_index, self.index))
         self.interval_index += 1
 
-    async def one(self, client: EchoClient, measured_from: float) -> None:
+    async def one(self, client: Client, measured_from: float) -> None:
         self.sent += 1
         try:
             with trio.fail_after(self.config.request_timeout):
@@ -128,9 +134,14 @@ class _Worker:
         else:
             self.record(measured_from, None)
 
-    def client(self) -> EchoClient:
+    def client(self) -> Client:
+        if self.identity is not None:
+            return HandshakeClient(self.spec.address, self.identity)
         return EchoClient(
-            self.address, ca_pem=self.ca_pem, size=self.config.request_size, fresh=self.config.fresh
+            self.spec.address,
+            ca_pem=self.spec.ca_pem,
+            size=self.config.request_size,
+            fresh=self.config.fresh,
         )
 
     async def open_client(self, schedule: itertools.count[int]) -> None:
@@ -192,11 +203,10 @@ def worker_main(
     conn: Connection,
     config: LoadConfig,
     index: int,
-    address: tuple[str, int],
-    ca_pem: bytes | None,
+    spec: TargetSpec,
 ) -> None:
     """A worker process's main (see the module's text for what it says and when)."""
-    worker = _Worker(config, index, conn, address, ca_pem)
+    worker = _Worker(config, index, conn, spec)
     interrupted = False
     try:
         trio.run(worker.run)
