@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from taonet import ConfigError
+from taonet import ConfigError, configure_logging
 from taonet.cli._failures import NotFoundError, UsageError
 from taonet.cli._output import add_output_option, wants_json
 
@@ -172,6 +172,9 @@ def _run(args: argparse.Namespace) -> int:
     from taonet.loadtest import require_extras
 
     require_extras()
+    # The live line and the table tell the story: log events from warning up, unless
+    # TAONET_LOG asks for more.
+    configure_logging(level=None if os.environ.get("TAONET_LOG") else "warning")
     config = _config(args)
     if args.out is not None:
         try:

@@ -47,6 +47,8 @@ log = get_logger(__name__)
 START_TIMEOUT: Final = 60.0
 #: Seconds after the run's end (and its requests' bound) before workers are stopped.
 END_GRACE: Final = 10.0
+#: Seconds an interrupted parent waits for workers that saw the Ctrl-C themselves.
+SIGNAL_GRACE: Final = 2.0
 #: Seconds the parent waits for interrupted workers to send what they have.
 INTERRUPT_GRACE: Final = 10.0
 
@@ -254,6 +256,8 @@ class _Run:
             self.conns.pop(index).close()
             return
         if message[0] == "interval":
+            if not self.merger.intervals:
+                log.info("loadtest_measuring", workers=len(self.pids))
             self.merger.add_interval(*message[1:])
             if self.on_progress is not None:
                 self.on_progress(self._progress(message[2]))
@@ -274,15 +278,20 @@ class _Run:
         )
 
     def _interrupt(self) -> None:
-        """Ask the workers to stop, and take what they still send."""
-        for index in list(self.conns):
-            pid = self.pids.get(index)
-            if pid is not None and self.processes[index].is_alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGINT)
-        deadline = time.monotonic() + INTERRUPT_GRACE
-        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: report what we have
-            self._collect(deadline)
+        """Ask the workers to stop, and take what they still send.
+
+        A Ctrl-C at a terminal reaches the workers too: they are given a moment to
+        report before the parent sends SIGINT to those still running (a second
+        signal while one is handled could stop a worker before it reports)."""
+        log.info("loadtest_interrupted", elapsed_s=round(self._elapsed(), 3))
+        with contextlib.suppress(KeyboardInterrupt):  # another Ctrl-C: report what we have
+            self._collect(time.monotonic() + SIGNAL_GRACE)
+            for index in list(self.conns):
+                pid = self.pids.get(index)
+                if pid is not None and self.processes[index].is_alive():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGINT)
+            self._collect(time.monotonic() + INTERRUPT_GRACE)
 
     def _reap(self) -> None:
         for index, process in self.processes.items():

@@ -210,7 +210,7 @@ def worker_main(
     interrupted = False
     try:
         trio.run(worker.run)
-    except KeyboardInterrupt:
+    except* KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         interrupted = True
     try:

@@ -246,3 +246,104 @@ def test_compare_refuses_what_is_not_a_report(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 1
     assert "not a load-test report" in done.stderr
+
+
+class SilentServer:
+    """Accepts connections and reads, but never answers; counts open connections."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.most_open = 0
+        self.accepted = 0
+        self.port = 0
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        self.open += 1
+        self.accepted += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            async with stream:
+                while await stream.receive_some(65536):
+                    pass
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            self.open -= 1
+
+    async def serve(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        await trio.serve_listeners(self.handle, listeners, task_status=task_status)
+
+
+@pytest.mark.slow
+async def test_a_server_that_never_answers_costs_timeouts_within_the_bounds() -> None:
+    # Every request times out after 0.2 s and its connection is closed; the run ends
+    # by itself, and each client opened a connection only after closing its last one:
+    # one connection per request that timed out, and no more.
+    server = SilentServer()
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            config = LoadConfig(
+                connect=("127.0.0.1", server.port), tls=False, workers=1, rate=100, clients=3,
+                duration=1.0, warmup=0.0, interval=0.5, request_timeout=0.2,
+            )  # fmt: skip
+            report = await trio.to_thread.run_sync(run_load, config)
+            nursery.cancel_scope.cancel()
+    assert report["results"]["ok"] == 0
+    assert report["results"]["errors"]["timeout"] >= 10
+    assert set(report["results"]["errors"]) == {"timeout"}
+    timeouts = report["results"]["errors"]["timeout"]
+    assert timeouts <= server.accepted <= timeouts + 3
+    assert report["rate"]["sustained"] is False
+
+
+@pytest.mark.slow
+async def test_handshake_target_makes_real_tao_channels() -> None:
+    config = LoadConfig(
+        target="handshake", workers=1, rate=50, clients=2, duration=1.0, warmup=0.0, interval=0.5
+    )
+    with trio.fail_after(120):
+        report = await trio.to_thread.run_sync(run_load, config)
+    assert report["results"]["errors"] == {}
+    assert report["results"]["ok"] >= 40
+    assert report["configuration"]["target"] == "handshake"
+
+
+def test_the_handshake_target_runs_its_own_server_only() -> None:
+    with pytest.raises(ConfigError, match="no --connect"):
+        LoadConfig(target="handshake", connect=("127.0.0.1", 80), tls=False)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_workers_and_still_writes_the_partial_report(tmp_path: Path) -> None:
+    # A long run (60 s measured); SIGINT to its process group as a terminal's Ctrl-C
+    # would, once a first report line shows it is measuring.
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "taonet", "loadtest", "--workers", "2", "--rate", "200",
+         "--duration", "60", "--warmup", "0", "--interval", "0.25", "--out", str(out),
+         "-o", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "TAONET_LOG": "info", "TAONET_LOG_FORMAT": "json"},
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # bounded: the run itself ends within about 75 s
+            if "loadtest_measuring" in line:
+                break
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert process.returncode == 130, stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["interrupted"] is True
+    assert report["results"]["ok"] > 0
+    assert report["results"]["measured_seconds"] < 30
+    assert {w["status"] for w in report["workers"]} == {"interrupted"}
+    assert "partial report" in stderr
+    assert json.loads(stdout)["interrupted"] is True
