@@ -113,6 +113,7 @@ EXAMPLES: Final[dict[tuple[str, ...], tuple[str, ...]]] = {
         "taonet loadtest --quick --out ./lt          # echo target: the generator's ceiling",
         "taonet loadtest --rate 5000 --workers 2 --duration 30 --warmup 5 --out ./lt",
         "taonet loadtest --model closed --clients 32 --fresh -o json",
+        "taonet loadtest --target secret --rate 500 --mix read=8,write=1,list=1 --out ./lt",
     ),
     ("loadtest", "compare"): ("taonet loadtest compare before/report.json after/report.json",),
     ("completion",): (

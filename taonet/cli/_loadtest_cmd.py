@@ -11,7 +11,10 @@ Targets: ``echo``, a TLS echo server the tool starts on 127.0.0.1 (the generator
 own ceiling), or with ``--connect`` a plain echo server already running on a loopback
 address; ``handshake``, bare Tao channel handshakes against a channel server whose
 identity (and the client's) comes from a local domain the tool makes in a temporary
-directory.
+directory; ``secret``, a secret server (with its domain service, on SQLite) the tool
+runs the same way, loaded with a weighted mix of read, write, list and rotate. Loading
+servers that run elsewhere on this machine (``--domain``, ``--secret-server``,
+``--identity``) is not there yet.
 """
 
 from __future__ import annotations
@@ -49,11 +52,25 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--target",
-        choices=["echo", "handshake"],
+        choices=["echo", "handshake", "secret"],
         default="echo",
         help="what to load: echo, a TLS echo server the tool starts on 127.0.0.1 (the"
-        " generator's own ceiling); handshake, bare Tao channel handshakes against a server"
-        " with an identity from a local domain the tool makes in a temporary directory",
+        " generator's own ceiling); handshake, bare Tao channel handshakes; secret, a secret"
+        " server (--mix of read, write, list, rotate). handshake and secret run against"
+        " servers with identities from a local domain the tool makes in a temporary directory",
+    )
+    p.add_argument(
+        "--mix",
+        metavar="OP=W,...",
+        default="read=90,write=5,list=4,rotate=1",
+        help="secret target: operations and their weights (default read=90,write=5,list=4,"
+        "rotate=1)",
+    )
+    p.add_argument(
+        "--objects",
+        type=int,
+        default=100,
+        help="secret target: names created before the run and worked on in turn (default 100)",
     )
     p.add_argument(
         "--model",
@@ -159,6 +176,8 @@ def _config(args: argparse.Namespace) -> Any:
             ramp_up=args.ramp_up,
             interval=args.interval if args.interval is not None else base["interval"],
             request_size=args.request_size,
+            mix=_mix(args.mix),
+            objects=args.objects,
             fresh=args.fresh,
             connect=connect,
             tls=not args.plain,
@@ -166,6 +185,17 @@ def _config(args: argparse.Namespace) -> Any:
         )
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _mix(text: str) -> tuple[tuple[str, int], ...]:
+    """``read=90,write=5`` as pairs; ConfigError if malformed."""
+    pairs = []
+    for item in text.split(","):
+        op, sep, weight = item.strip().partition("=")
+        if not sep or not weight.strip().isdigit():
+            raise ConfigError(f"--mix {text[:100]!r}: each item is OP=WEIGHT (read=90)")
+        pairs.append((op.strip(), int(weight)))
+    return tuple(pairs)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from collections.abc import Iterable
 from typing import Final, Literal
 
 import attrs
@@ -41,7 +42,13 @@ MAX_REQUEST_SIZE: Final = 1 << 20
 MAX_RUN_SECONDS: Final = 3600.0
 
 Model = Literal["open", "closed"]
-TARGETS: Final = ("echo", "handshake")
+TARGETS: Final = ("echo", "handshake", "secret")
+#: The operations the secret target's mix may weigh.
+OPERATIONS: Final = ("read", "write", "list", "rotate")
+#: The largest value the secret target writes.
+MAX_VALUE_SIZE: Final = 65536
+#: The most objects the secret target creates before the run.
+MAX_OBJECTS: Final = 10_000
 
 
 def loopback_address(text: str) -> tuple[str, int]:
@@ -84,6 +91,10 @@ def _not_negative(_instance: object, attribute: attrs.Attribute[float], value: f
         raise ConfigError(f"{attribute.name} must be zero or more, not {value!r}")
 
 
+def _pairs(pairs: Iterable[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+    return tuple((str(op), int(weight)) for op, weight in pairs)
+
+
 def _check_address(_instance: object, _attribute: object, value: tuple[str, int] | None) -> None:
     if value is not None:
         loopback_address(f"[{value[0]}]:{value[1]}")
@@ -93,8 +104,9 @@ def _check_address(_instance: object, _attribute: object, value: tuple[str, int]
 class LoadConfig:
     """One load test: target, model, timing and bounds (validated on creation)."""
 
-    #: What is loaded: ``echo`` (a TLS echo server; the generator's own ceiling) or
-    #: ``handshake`` (bare Tao channel handshakes against a local domain's server).
+    #: What is loaded: ``echo`` (a TLS echo server; the generator's own ceiling),
+    #: ``handshake`` (bare Tao channel handshakes against a local domain's server) or
+    #: ``secret`` (a secret server: a mix of read, write, list and rotate).
     target: str = attrs.field(default="echo")
     #: ``open``: a target rate, latency from each send's intended time; ``closed``:
     #: ``clients`` loops that each send when their previous answer came.
@@ -110,8 +122,16 @@ class LoadConfig:
     ramp_up: float = attrs.field(default=0.0, validator=_not_negative)
     #: Seconds between the workers' reports (the timeline's resolution).
     interval: float = attrs.field(default=1.0, validator=_positive)
-    #: Request size in bytes (the echo target answers as many).
+    #: Request size in bytes (the echo target answers as many); the secret target's
+    #: value size (of the objects it creates, writes and rotates to).
     request_size: int = attrs.field(default=64)
+    #: The secret target's operations and their weights.
+    mix: tuple[tuple[str, int], ...] = attrs.field(
+        default=(("read", 90), ("write", 5), ("list", 4), ("rotate", 1)),
+        converter=_pairs,
+    )
+    #: How many names the secret target creates and works on.
+    objects: int = attrs.field(default=100)
     #: A new connection for every request (measures the handshake) instead of one per client.
     fresh: bool = attrs.field(default=False)
     #: An echo server already running (loopback only); None: the tool starts its own.
@@ -142,6 +162,16 @@ class LoadConfig:
             )
         if self.warmup + self.duration > MAX_RUN_SECONDS:
             raise ConfigError(f"warm-up and duration together exceed {MAX_RUN_SECONDS:g} s")
+        if any(op not in OPERATIONS or weight < 0 for op, weight in self.mix) or not any(
+            weight > 0 for _, weight in self.mix
+        ):
+            raise ConfigError(
+                f"the mix weighs {', '.join(OPERATIONS)} with whole numbers, at least one above 0"
+            )
+        if not 1 <= self.objects <= MAX_OBJECTS:
+            raise ConfigError(f"objects must be between 1 and {MAX_OBJECTS}, not {self.objects}")
+        if self.target == "secret" and self.request_size > MAX_VALUE_SIZE:
+            raise ConfigError(f"the secret target's values are at most {MAX_VALUE_SIZE} bytes")
         if self.target != "echo" and self.connect is not None:
             raise ConfigError(f"the {self.target} target runs its own server: no --connect")
         if self.connect is None and not self.tls:
@@ -155,6 +185,7 @@ class LoadConfig:
     def as_dict(self) -> dict[str, object]:
         """The configuration as JSON-ready values (for the report)."""
         out = attrs.asdict(self)
+        out["mix"] = dict(self.mix)
         out["connect"] = None if self.connect is None else f"{self.connect[0]}:{self.connect[1]}"
         return out
 

@@ -153,6 +153,12 @@ class EchoClient:
         await stream.do_handshake()
         return stream
 
+    async def prepare(self) -> None:
+        """Nothing to do before a request: it opens what it needs within its bound."""
+
+    async def settle(self) -> None:
+        """Nothing to do after a request: it closed what failed."""
+
     async def request(self) -> None:
         """Send one request and read its whole answer (raises on any failure)."""
         if self._stream is None:

@@ -144,6 +144,12 @@ class HandshakeClient:
         self._address = address
         self._identity = identity
 
+    async def prepare(self) -> None:
+        """Nothing to do before a request: it opens what it needs within its bound."""
+
+    async def settle(self) -> None:
+        """Nothing to do after a request: it closed what failed."""
+
     async def request(self) -> None:
         """Open a channel, wait for the server's verdict, close it (raises on failure)."""
         stream = await open_channel(self._address[0], self._address[1], self._identity)

@@ -37,6 +37,7 @@ from taonet.loadtest._handshake import (
     serve_handshakes_process,
 )
 from taonet.loadtest._report import Merger
+from taonet.loadtest._secret import serve_secrets_process
 from taonet.loadtest._worker import worker_main
 
 __all__ = ["Progress", "TargetSpec", "WorkerHandle", "run_load"]
@@ -106,10 +107,13 @@ class _ServerProcess:
             self.stop()
             raise HostError(f"the {name} server did not start within {START_TIMEOUT:g} s")
         try:
-            self.port = int(self._conn.recv())
+            #: What the server sent once ready: its port (and, for the secret target,
+            #: the client's credentials).
+            self.result: Any = self._conn.recv()
         except EOFError:
             self.stop()
             raise HostError(f"the {name} server died while starting") from None
+        self.port = int(self.result if isinstance(self.result, int) else self.result[0])
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
@@ -130,7 +134,13 @@ def _target(config: LoadConfig) -> Iterator[TargetSpec]:
         yield TargetSpec("echo", config.connect)
         return
     server: _ServerProcess
-    if config.target == "handshake":
+    if config.target == "secret":
+        server = _ServerProcess(
+            "secret", serve_secrets_process, config.objects, config.request_size
+        )
+        port, credentials = server.result
+        spec = TargetSpec("secret", ("127.0.0.1", port), credentials=credentials)
+    elif config.target == "handshake":
         credentials = make_local_credentials()
         server = _ServerProcess("handshake", serve_handshakes_process, credentials)
         spec = TargetSpec("handshake", ("127.0.0.1", server.port), credentials=credentials)

@@ -31,12 +31,13 @@ from taonet.loadtest._config import LoadConfig, intended_time, offered_between, 
 from taonet.loadtest._echo import EchoClient
 from taonet.loadtest._extras import histogram_class
 from taonet.loadtest._handshake import HandshakeClient
+from taonet.loadtest._secret import SecretClient, weighted_cycle
 
 if TYPE_CHECKING:
     from taonet.loadtest._run import TargetSpec
 
 #: What a worker's clients are.
-Client = EchoClient | HandshakeClient
+Client = EchoClient | HandshakeClient | SecretClient
 
 __all__ = ["HIGHEST_US", "new_histogram", "worker_main"]
 
@@ -96,6 +97,7 @@ class _Worker:
         self.conn = conn
         self.spec = spec
         self.identity = None if spec.credentials is None else spec.credentials.client()
+        self.cycle = weighted_cycle(config.mix)
         self.recorder = _Recorder()
         self.interval_index = 0
         self.sent = 0
@@ -120,21 +122,27 @@ class _Worker:
     async def one(self, client: Client, measured_from: float) -> None:
         self.sent += 1
         try:
+            await client.prepare()
             with trio.fail_after(self.config.request_timeout):
                 await client.request()
-        except (
-            OSError,
-            trio.TooSlowError,
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-        ) as exc:
-            self.record(measured_from, exc)
-        except Exception as exc:  # any other failure of the target counts by its kind
+        except Exception as exc:  # any failure of the target counts, by its kind
             self.record(measured_from, exc)
         else:
             self.record(measured_from, None)
+        finally:
+            await client.settle()
 
-    def client(self) -> Client:
+    def client(self, number: int) -> Client:
+        if self.identity is not None and self.spec.kind == "secret":
+            return SecretClient(
+                self.spec.address,
+                self.identity,
+                cycle=self.cycle,
+                start=number * self.config.workers + self.index,
+                objects=self.config.objects,
+                value_size=self.config.request_size,
+                fresh=self.config.fresh,
+            )
         if self.identity is not None:
             return HandshakeClient(self.spec.address, self.identity)
         return EchoClient(
@@ -144,8 +152,8 @@ class _Worker:
             fresh=self.config.fresh,
         )
 
-    async def open_client(self, schedule: itertools.count[int]) -> None:
-        client = self.client()
+    async def open_client(self, number: int, schedule: itertools.count[int]) -> None:
+        client = self.client(number)
         end = self.t0 + self.config.end
         try:
             for n in schedule:
@@ -160,7 +168,7 @@ class _Worker:
             await client.aclose()
 
     async def closed_client(self, number: int) -> None:
-        client = self.client()
+        client = self.client(number)
         end = self.t0 + self.config.end
         # Ramp-up: the clients of all workers start one after another.
         position = number * self.config.workers + self.index
@@ -187,7 +195,7 @@ class _Worker:
                 schedule = itertools.count()
                 for number in range(self.clients):
                     if self.config.model == "open":
-                        clients.start_soon(self.open_client, schedule)
+                        clients.start_soon(self.open_client, number, schedule)
                     else:
                         clients.start_soon(self.closed_client, number)
             nursery.cancel_scope.cancel()
