@@ -44,7 +44,8 @@ _MAX_CONNECTIONS = 4096
 
 @attrs.frozen
 class LocalCredentials:
-    """A local domain's policy certificate and two programs' keys (PKCS#8) and certificates."""
+    """A local domain's policy certificate and two programs' keys (PKCS#8) and
+    certificates (the server's empty for the secret target: its server keeps its own)."""
 
     policy_cert: bytes
     server_key: bytes = attrs.field(repr=False)

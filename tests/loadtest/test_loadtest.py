@@ -28,6 +28,7 @@ from taonet.loadtest import (
     offered_between,
     run_load,
 )
+from taonet.loadtest._secret import weighted_cycle
 
 pytest.importorskip("hdrh")
 
@@ -347,3 +348,69 @@ def test_ctrl_c_stops_the_workers_and_still_writes_the_partial_report(tmp_path: 
     assert {w["status"] for w in report["workers"]} == {"interrupted"}
     assert "partial report" in stderr
     assert json.loads(stdout)["interrupted"] is True
+
+
+def test_the_mix_is_a_weighted_cycle() -> None:
+    cycle = weighted_cycle((("read", 90), ("write", 5), ("list", 4), ("rotate", 1)))
+    assert len(cycle) == 100
+    assert {op: cycle.count(op) for op in set(cycle)} == {
+        "read": 90, "write": 5, "list": 4, "rotate": 1,
+    }  # fmt: skip
+    # Interleaved, not in runs: no ten writes in a row, reads spread over the cycle.
+    assert cycle[:3] == ["read", "read", "read"]
+    assert max(i for i, op in enumerate(cycle) if op == "write") > 50
+    assert weighted_cycle((("read", 2), ("write", 2), ("list", 0))) == ["read", "write"]
+
+
+@pytest.mark.parametrize(
+    "mix",
+    [(("read", -1),), (("delete", 1),), (("read", 0), ("write", 0))],
+)
+def test_a_mix_must_weigh_known_operations(mix: tuple[tuple[str, int], ...]) -> None:
+    with pytest.raises(ConfigError, match="mix"):
+        LoadConfig(target="secret", mix=mix)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fresh", [False, True])
+async def test_secret_target_runs_every_operation_of_the_mix(fresh: bool) -> None:
+    config = LoadConfig(
+        target="secret", workers=1, rate=60, clients=2, duration=1.0, warmup=0.0,
+        interval=0.5, objects=5, request_size=48, fresh=fresh,
+        mix=(("read", 1), ("write", 1), ("list", 1), ("rotate", 1)),
+    )  # fmt: skip
+    with trio.fail_after(120):
+        report = await trio.to_thread.run_sync(run_load, config)
+    assert report["results"]["errors"] == {}
+    assert report["results"]["ok"] >= 50
+    assert report["configuration"]["mix"] == {"read": 1, "write": 1, "list": 1, "rotate": 1}
+    assert report["rate"]["sustained"] is True
+
+
+class ClosingServer:
+    """Accepts each connection and closes it at once."""
+
+    port = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        await trio.serve_listeners(trio.aclose_forcefully, listeners, task_status=task_status)
+
+
+@pytest.mark.slow
+async def test_a_rate_answered_with_failures_is_not_sustained() -> None:
+    server = ClosingServer()
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            config = LoadConfig(
+                connect=("127.0.0.1", server.port), tls=False, workers=1, rate=100, clients=2,
+                duration=1.0, warmup=0.0, interval=0.5,
+            )  # fmt: skip
+            report = await trio.to_thread.run_sync(run_load, config)
+            nursery.cancel_scope.cancel()
+    assert report["results"]["ok"] == 0
+    assert report["results"]["error_count"] >= 90
+    assert report["rate"]["sustained"] is False
+    assert "requests failed" in report["rate"]["note"]
