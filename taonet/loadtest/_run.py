@@ -267,7 +267,7 @@ class _Run:
             return
         if message[0] == "interval":
             if not self.merger.intervals:
-                log.info("loadtest_measuring", workers=len(self.pids))
+                log.info("loadtest_measuring", workers=[self.pids[i] for i in sorted(self.pids)])
             self.merger.add_interval(*message[1:])
             if self.on_progress is not None:
                 self.on_progress(self._progress(message[2]))

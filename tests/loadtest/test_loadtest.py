@@ -414,3 +414,36 @@ async def test_a_rate_answered_with_failures_is_not_sustained() -> None:
     assert report["results"]["error_count"] >= 90
     assert report["rate"]["sustained"] is False
     assert "requests failed" in report["rate"]["note"]
+
+
+@pytest.mark.slow
+def test_cli_reports_a_killed_worker_and_still_writes_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "taonet", "loadtest", "--workers", "2", "--rate", "200",
+         "--duration", "3", "--warmup", "0", "--interval", "0.25", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TAONET_LOG": "info", "TAONET_LOG_FORMAT": "json"},
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # bounded: the run itself ends within about 20 s
+            if "loadtest_measuring" in line:
+                pids = json.loads(line)["workers"]
+                break
+        else:
+            raise AssertionError(f"the run never measured: {process.communicate(timeout=60)}")
+        os.kill(pids[1], signal.SIGKILL)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert process.returncode == 1, stderr
+    assert "taonet: error: worker 1 died after" in stderr
+    assert f"report written to {out / 'report.json'}" in stderr
+    report = json.loads((out / "report.json").read_text())
+    assert [w["status"] for w in report["workers"]] == ["done", "died"]
+    assert report["workers"][1]["pid"] == pids[1]
+    assert report["results"]["ok"] > 0
+    assert "worker 1 died" in stdout
