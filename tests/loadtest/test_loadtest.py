@@ -447,3 +447,31 @@ def test_cli_reports_a_killed_worker_and_still_writes_the_report(tmp_path: Path)
     assert report["workers"][1]["pid"] == pids[1]
     assert report["results"]["ok"] > 0
     assert "worker 1 died" in stdout
+
+
+def test_importing_the_package_imports_neither_extra() -> None:
+    # structlog imports rich by itself when it is installed: only what we add counts.
+    code = (
+        "import sys, structlog; before = set(sys.modules); "
+        "import taonet.loadtest, taonet.cli._main; "
+        "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in "
+        "('hdrh', 'rich')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("missing", ["hdrh", "rich"])
+def test_a_missing_extra_is_one_line_saying_what_to_install(missing: str) -> None:
+    code = (
+        f"import sys; sys.modules[{missing!r}] = None; "
+        "from taonet.cli._main import main; sys.exit(main(['loadtest', '--quick']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1
+    assert "pip install 'taonet[loadtest]'" in done.stderr
