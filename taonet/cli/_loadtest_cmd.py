@@ -33,6 +33,8 @@ from taonet.cli._output import add_output_option, wants_json
 #: What ``--quick`` sets when the option is not given: a run of a few seconds.
 QUICK = {"duration": 3.0, "warmup": 1.0, "interval": 0.5, "rate": 1000.0}
 DEFAULTS = {"duration": 10.0, "warmup": 1.0, "interval": 1.0, "rate": 1000.0}
+#: The width of tables written to a file or a pipe.
+_PIPE_WIDTH = 120
 #: The largest report ``compare`` reads.
 MAX_REPORT_BYTES = 64 << 20
 
@@ -274,22 +276,37 @@ def _print_report(report: dict[str, Any], written: Path | None) -> None:
         title=f"taonet loadtest: {conf['target']}, {conf['model']} model,"
         f" {conf['workers']} workers, {conf['clients']} clients"
     )
+    table.add_column("requests")
     for column in ("p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "ok/s", "ok", "errors"):
         table.add_column(column, justify="right")
     table.add_row(
+        "all",
         *(_ms(latency[k]) for k in ("p50", "p90", "p99", "p99_9", "max")),
         f"{results['throughput_per_s']:,.1f}",
         str(results["ok"]),
         ", ".join(f"{k} {v}" for k, v in results["errors"].items()) or "0",
     )
+    operations = results.get("operations", {})
+    if len(operations) > 1:
+        for op, stats in operations.items():
+            ops_latency = stats["latency_ms"]
+            table.add_row(
+                op,
+                *(_ms(ops_latency[k]) for k in ("p50", "p90", "p99", "p99_9", "max")),
+                "",
+                str(stats["ok"]),
+                str(stats["errors"]),
+            )
     console = Console()
+    if not console.is_terminal:  # a file or a pipe: no terminal width to fit
+        console = Console(width=_PIPE_WIDTH)
     console.print(table)
-    console.print(report["rate"]["note"])
+    console.print(report["rate"]["note"], soft_wrap=True)
     for worker in report["workers"]:
         if worker.get("status") == "died":
-            console.print(worker["note"])
+            console.print(worker["note"], soft_wrap=True)
     if written is not None:
-        console.print(f"report: {written}")
+        console.print(f"report: {written}", soft_wrap=True, highlight=False)
 
 
 def _read_report(path: Path) -> dict[str, Any]:
@@ -332,5 +349,8 @@ def _compare(args: argparse.Namespace) -> int:
     table.add_column("B/A", justify="right")
     for label, va, vb, ratio in rows:
         table.add_row(label, "-" if va is None else str(va), "-" if vb is None else str(vb), ratio)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=_PIPE_WIDTH)
+    console.print(table)
     return 0

@@ -153,6 +153,9 @@ class EchoClient:
         await stream.do_handshake()
         return stream
 
+    #: What a request of this client is (the report's operation).
+    last_op = "echo"
+
     async def prepare(self) -> None:
         """Nothing to do before a request: it opens what it needs within its bound."""
 

@@ -145,6 +145,9 @@ class HandshakeClient:
         self._address = address
         self._identity = identity
 
+    #: What a request of this client is (the report's operation).
+    last_op = "handshake"
+
     async def prepare(self) -> None:
         """Nothing to do before a request: it opens what it needs within its bound."""
 

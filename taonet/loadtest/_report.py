@@ -6,7 +6,9 @@ The report is a JSON-ready dict (``report.json``); its keys:
   (cores, python, platform);
 * ``results``: requests ``ok``, ``errors`` by kind, ``throughput_per_s`` (ok per
   measured second), ``latency_ms`` (p50, p90, p99, p99_9, max, mean) and the merged
-  HDR ``histogram`` (its base64 encoding, microseconds), warm-up excluded;
+  HDR ``histogram`` (its base64 encoding, microseconds), warm-up excluded; and per
+  ``operations`` (echo, handshake, or the secret target's read, write, list, rotate)
+  their ``ok``, ``errors`` and ``latency_ms``;
 * ``rate``: for the open model the target and the ``achieved_per_s`` rate (requests
   answered, ok or not, per measured second), ``missed`` sends (due but never
   started), and ``sustained`` (at least 95 % of the target achieved, at most 1 % of
@@ -85,6 +87,8 @@ class Merger:
         self.intervals: dict[int, _Interval] = {}
         self.total = _Interval()
         self.workers: dict[int, dict[str, Any]] = {}
+        #: Per operation: its latency histogram, ok and failed counts (warm-up excluded).
+        self.operations: dict[str, list[Any]] = {}
 
     def add_interval(
         self,
@@ -94,7 +98,14 @@ class Merger:
         ok: int,
         errors: dict[str, int],
         warmup: int,
+        operations: dict[str, tuple[bytes | None, int, int]],
     ) -> None:
+        for op, (op_encoded, op_ok, op_failed) in operations.items():
+            stats = self.operations.setdefault(op, [new_histogram(), 0, 0])
+            if op_encoded is not None:
+                stats[0].add(decode_histogram(op_encoded))
+            stats[1] += op_ok
+            stats[2] += op_failed
         interval = self.intervals.setdefault(index, _Interval())
         for into in (interval, self.total):
             if encoded is not None:
@@ -154,6 +165,10 @@ class Merger:
             "throughput_per_s": round(total.ok / measured, 1) if measured else 0.0,
             "latency_ms": _latencies(total.histogram),
             "histogram": total.histogram.encode().decode("ascii"),
+            "operations": {
+                op: {"ok": ok, "errors": failed, "latency_ms": _latencies(histogram)}
+                for op, (histogram, ok, failed) in sorted(self.operations.items())
+            },
         }
         workers = [self.workers.get(i, {"index": i, "status": "unknown"}) for i in
                    range(config.workers)]  # fmt: skip

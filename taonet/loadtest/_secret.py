@@ -172,6 +172,8 @@ class SecretClient:
         self._stack: contextlib.AsyncExitStack | None = None
         self._store: SecretStore | None = None
         self._broken = False
+        #: The operation of the latest request (the report's operation).
+        self.last_op = self._cycle[start % len(self._cycle)]
 
     async def prepare(self) -> None:
         """Open the channel if none is open (outside the request's time bound: the
@@ -192,7 +194,7 @@ class SecretClient:
         store = self._store
         if store is None:
             raise RuntimeError("prepare() first")
-        op = self._cycle[self._turn % len(self._cycle)]
+        op = self.last_op = self._cycle[self._turn % len(self._cycle)]
         name = object_name(self._turn % self._objects)
         self._turn += 1
         try:

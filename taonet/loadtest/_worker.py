@@ -64,23 +64,44 @@ def error_kind(exc: BaseException) -> str:
 
 
 class _Recorder:
-    """What completed since the last interval message."""
+    """What completed since the last interval message, in all and per operation."""
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
         self.histogram = new_histogram()
         self.ok = 0
         self.errors: Counter[str] = Counter()
         self.warmup = 0
-        self.sent = 0
+        #: Per operation: its latency histogram, ok and failed counts.
+        self.operations: dict[str, list[Any]] = {}
+
+    def add(self, op: str, latency_us: int | None, error: str | None) -> None:
+        """One measured request: its latency if it succeeded, else its error's kind."""
+        stats = self.operations.setdefault(op, [new_histogram(), 0, 0])
+        if error is not None:
+            self.errors[error] += 1
+            stats[2] += 1
+        else:
+            assert latency_us is not None
+            self.histogram.record_value(latency_us)
+            stats[0].record_value(latency_us)
+            self.ok += 1
+            stats[1] += 1
 
     def take(self, index: int, worker: int) -> tuple[Any, ...]:
         """The interval message for what was recorded, and start afresh."""
         histogram = self.histogram.encode() if self.histogram.get_total_count() else None
-        message = ("interval", worker, index, histogram, self.ok, dict(self.errors), self.warmup)
-        self.histogram = new_histogram()
-        self.ok = 0
-        self.errors = Counter()
-        self.warmup = 0
+        operations = {
+            op: (h.encode() if h.get_total_count() else None, ok, failed)
+            for op, (h, ok, failed) in self.operations.items()
+        }
+        message = (
+            "interval", worker, index, histogram, self.ok, dict(self.errors), self.warmup,
+            operations,
+        )  # fmt: skip
+        self._reset()
         return message
 
 
@@ -105,15 +126,14 @@ class _Worker:
         self.clients = int(split(config.clients, config.workers, index))
         self.t0 = 0.0
 
-    def record(self, measured_from: float, error: BaseException | None) -> None:
+    def record(self, op: str, measured_from: float, error: BaseException | None) -> None:
         if measured_from - self.t0 < self.config.warmup:
             self.recorder.warmup += 1
         elif error is not None:
-            self.recorder.errors[error_kind(error)] += 1
+            self.recorder.add(op, None, error_kind(error))
         else:
             latency_us = (trio.current_time() - measured_from) * 1e6
-            self.recorder.histogram.record_value(min(max(1, round(latency_us)), HIGHEST_US))
-            self.recorder.ok += 1
+            self.recorder.add(op, min(max(1, round(latency_us)), HIGHEST_US), None)
 
     def flush(self) -> None:
         self.conn.send(self.recorder.take(self.interval_index, self.index))
@@ -126,9 +146,9 @@ class _Worker:
             with trio.fail_after(self.config.request_timeout):
                 await client.request()
         except Exception as exc:  # any failure of the target counts, by its kind
-            self.record(measured_from, exc)
+            self.record(client.last_op, measured_from, exc)
         else:
-            self.record(measured_from, None)
+            self.record(client.last_op, measured_from, None)
         finally:
             await client.settle()
 

@@ -384,6 +384,10 @@ async def test_secret_target_runs_every_operation_of_the_mix(fresh: bool) -> Non
     assert report["results"]["errors"] == {}
     assert report["results"]["ok"] >= 50
     assert report["configuration"]["mix"] == {"read": 1, "write": 1, "list": 1, "rotate": 1}
+    operations = report["results"]["operations"]
+    assert set(operations) == {"read", "write", "list", "rotate"}
+    assert sum(o["ok"] for o in operations.values()) == report["results"]["ok"]
+    assert all(o["ok"] >= 10 and o["latency_ms"]["p99"] > 0 for o in operations.values())
     assert report["rate"]["sustained"] is True
 
 
