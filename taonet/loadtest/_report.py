@@ -8,7 +8,8 @@ The report is a JSON-ready dict (``report.json``); its keys:
   measured second), ``latency_ms`` (p50, p90, p99, p99_9, max, mean) and the merged
   HDR ``histogram`` (its base64 encoding, microseconds), warm-up excluded; and per
   ``operations`` (echo, handshake, or the secret target's read, write, list, rotate)
-  their ``ok``, ``errors`` and ``latency_ms``;
+  their ``ok``, ``errors`` and ``latency_ms``; ``first_error_at_s``, when the first
+  interval with a failure began (a server that died mid-run: when);
 * ``rate``: for the open model the target and the ``achieved_per_s`` rate (requests
   answered, ok or not, per measured second), ``missed`` sends (due but never
   started), and ``sustained`` (at least 95 % of the target achieved, at most 1 % of
@@ -161,6 +162,7 @@ class Merger:
             "errors": dict(sorted(total.errors.items())),
             "error_count": sum(total.errors.values()),
             "warmup_requests": total.warmup,
+            "first_error_at_s": self._first_error_at(),
             "measured_seconds": round(measured, 3),
             "throughput_per_s": round(total.ok / measured, 1) if measured else 0.0,
             "latency_ms": _latencies(total.histogram),
@@ -237,6 +239,13 @@ class Merger:
             "sustained": sustained,
             "note": note,
         }
+
+    def _first_error_at(self) -> float | None:
+        """When the first interval with a failed request began (seconds from the start)."""
+        for index in sorted(self.intervals):
+            if self.intervals[index].errors:
+                return round(index * self.config.interval, 3)
+        return None
 
     def _timeline(self) -> list[dict[str, Any]]:
         out = []

@@ -17,6 +17,7 @@ when the run ends is counted as missed.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import signal
@@ -52,15 +53,37 @@ def new_histogram() -> Any:
 
 
 def error_kind(exc: BaseException) -> str:
-    """A short name for a failed request's cause, used to count errors by kind."""
+    """A short name for a failed request's cause, used to count errors by kind: an
+    OS error by its errno name (``ECONNREFUSED``), a timeout as ``timeout``, a
+    connection the server dropped as ``connection_broken``, else the class name."""
     if isinstance(exc, trio.TooSlowError):
         return "timeout"
+    os_error = _os_error(exc)
+    if os_error is not None:
+        return errno.errorcode.get(os_error.errno or 0, type(os_error).__name__)
     if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, OSError):
-            return type(cause).__name__
         return "connection_broken"
     return type(exc).__name__
+
+
+def _os_error(exc: BaseException, depth: int = 0) -> OSError | None:
+    """The first OSError with an errno in ``exc``, its causes and groups."""
+    if depth > 8:
+        return None
+    if isinstance(exc, OSError) and exc.errno:
+        return exc
+    inner: list[BaseException] = []
+    if isinstance(exc, BaseExceptionGroup):
+        inner.extend(exc.exceptions)
+    if exc.__cause__ is not None:
+        inner.append(exc.__cause__)
+    elif exc.__context__ is not None and not exc.__suppress_context__:
+        inner.append(exc.__context__)
+    for each in inner:
+        found = _os_error(each, depth + 1)
+        if found is not None:
+            return found
+    return None
 
 
 class _Recorder:

@@ -36,9 +36,13 @@ pytest.importorskip("hdrh")
 class ControlledEcho:
     """A plain TCP echo server that can stall once, or answer every request late."""
 
-    def __init__(self, *, stall_at: int | None = None, delay: float = 0.0) -> None:
+    def __init__(
+        self, *, stall_at: int | None = None, delay: float = 0.0, die_at: int | None = None
+    ) -> None:
         self.stall_at = stall_at
         self.delay = delay
+        self.die_at = die_at
+        self.died = trio.Event()
         self.requests = 0
         self.resumed = trio.Event()
         self.port = 0
@@ -48,6 +52,9 @@ class ControlledEcho:
             async with stream:
                 while data := await stream.receive_some(65536):
                     self.requests += 1
+                    if self.requests == self.die_at:
+                        self.died.set()  # serve() stops listening and drops everyone
+                        await trio.sleep_forever()
                     if self.requests == self.stall_at:
                         await trio.sleep(0.2)  # the stall the generator must show
                         self.resumed.set()
@@ -62,13 +69,19 @@ class ControlledEcho:
     async def serve(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
-        await trio.serve_listeners(self.handle, listeners, task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, self.handle, listeners)
+            task_status.started()
+            await self.died.wait()
+            nursery.cancel_scope.cancel()
+        for listener in listeners:
+            await listener.aclose()
 
 
 async def _run_against(server: ControlledEcho, **options: Any) -> dict[str, Any]:
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)
-        config = LoadConfig(connect=("127.0.0.1", server.port), tls=False, workers=1, **options)
+        config = LoadConfig(connect=("127.0.0.1", server.port), tls=False, **options)
         report: dict[str, Any] = await trio.to_thread.run_sync(run_load, config)
         nursery.cancel_scope.cancel()
     return report
@@ -82,7 +95,7 @@ async def test_open_model_measures_from_intended_send_times() -> None:
     server = ControlledEcho(stall_at=100)
     with trio.fail_after(120):
         report = await _run_against(
-            server, rate=200, clients=4, duration=2.0, warmup=0.0, interval=0.5
+            server, workers=1, rate=200, clients=4, duration=2.0, warmup=0.0, interval=0.5
         )
     assert server.resumed.is_set()
     histogram = decode_histogram(report["results"]["histogram"])
@@ -101,7 +114,7 @@ async def test_a_rate_the_server_cannot_sustain_is_reported_with_the_achieved_ra
     server = ControlledEcho(delay=0.02)
     with trio.fail_after(120):
         report = await _run_against(
-            server, rate=400, clients=2, duration=1.5, warmup=0.0, interval=0.5
+            server, workers=1, rate=400, clients=2, duration=1.5, warmup=0.0, interval=0.5
         )
     rate = report["rate"]
     assert rate["sustained"] is False
@@ -479,3 +492,23 @@ def test_a_missing_extra_is_one_line_saying_what_to_install(missing: str) -> Non
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1
     assert "pip install 'taonet[loadtest]'" in done.stderr
+
+
+@pytest.mark.slow
+async def test_a_server_that_dies_mid_run_shows_its_errors_and_when() -> None:
+    # 2 workers at 200/s in all; the server drops every connection and stops
+    # listening at its 200th request (about 1 s in): the rest are refused.
+    server = ControlledEcho(die_at=200)
+    with trio.fail_after(120):
+        report = await _run_against(
+            server, workers=2, rate=200, clients=4, duration=2.0, warmup=0.0, interval=0.25
+        )
+    assert server.died.is_set()
+    results = report["results"]
+    assert 150 <= results["ok"] < 200
+    assert results["errors"]["ECONNREFUSED"] >= 100
+    assert set(results["errors"]) <= {"ECONNREFUSED", "connection_broken", "ECONNRESET", "timeout"}
+    assert 0.5 <= results["first_error_at_s"] <= 1.5
+    assert [w["status"] for w in report["workers"]] == ["done", "done"]
+    assert report["rate"]["sustained"] is False
+    assert any(i["errors"] and not i["ok"] for i in report["timeline"])
