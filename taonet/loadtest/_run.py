@@ -1,8 +1,11 @@
-"""The parent of a load test: start the echo server and the workers, merge, report.
+"""The parent of a load test: start the target's server and the workers, merge, report.
 
 :func:`run_load` blocks until the run is over and returns the report (a JSON-ready
 dict, see :mod:`taonet.loadtest._report`). It is written for the main thread of a
-command, and also runs from another thread (tests). Every worker is a
+command, and also runs from another thread (tests). The target's server (the echo
+server, the handshake target's channel server, or the secret target's domain service
+and secret server) runs in a process of its own unless ``connect`` names a running
+one; it is stopped when the run ends. Every worker is a
 :mod:`multiprocessing` spawn process; the parent reads their pipes with
 ``multiprocessing.connection.wait`` and merges their interval histograms.
 

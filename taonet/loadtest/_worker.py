@@ -148,6 +148,8 @@ class _Worker:
         self.rate = config.rate / config.workers
         self.clients = int(split(config.clients, config.workers, index))
         self.t0 = 0.0
+        #: The common start (``time.monotonic()``), once the parent said go.
+        self.start_monotonic: float | None = None
 
     def record(self, op: str, measured_from: float, error: BaseException | None) -> None:
         if measured_from - self.t0 < self.config.warmup:
@@ -230,8 +232,8 @@ class _Worker:
     async def run(self) -> None:
         self.conn.send(("ready", self.index, os.getpid()))
         message = await trio.to_thread.run_sync(self.conn.recv)
-        start_monotonic = float(message[1])
-        self.t0 = trio.current_time() + (start_monotonic - time.monotonic())
+        self.start_monotonic = float(message[1])
+        self.t0 = trio.current_time() + (self.start_monotonic - time.monotonic())
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.ticker)
             async with trio.open_nursery() as clients:
@@ -244,9 +246,11 @@ class _Worker:
             nursery.cancel_scope.cancel()
 
     def missed(self) -> int:
-        if self.config.model != "open":
+        """Sends due by the end (or by now, if stopped early) that never started."""
+        if self.config.model != "open" or self.start_monotonic is None:
             return 0
-        due = offered_between(0, self.config.end, self.rate, self.config.ramp_up)
+        until = min(self.config.end, time.monotonic() - self.start_monotonic)
+        due = offered_between(0, until, self.rate, self.config.ramp_up)
         return max(0, round(due) - self.sent)
 
 
