@@ -114,7 +114,13 @@ def register(sub: Any) -> None:
         default=None,
         help="seconds between the workers' reports (default 1)",
     )
-    p.add_argument("--request-size", type=int, default=64, help="bytes per request (default 64)")
+    p.add_argument(
+        "--request-size",
+        type=int,
+        default=64,
+        help="bytes per request (echo), or per value created, written and rotated to (secret)"
+        " (default 64)",
+    )
     p.add_argument(
         "--fresh",
         action="store_true",
@@ -133,7 +139,9 @@ def register(sub: Any) -> None:
         "--timeout",
         type=float,
         default=5.0,
-        help="bound on each request and connection, in seconds (default 5)",
+        help="bound on each request in seconds, its connection included for echo and"
+        " handshake (default 5); the secret target's channels are bounded by the channel"
+        " handshake timeout",
     )
     p.add_argument(
         "--quick",
