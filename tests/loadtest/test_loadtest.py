@@ -512,3 +512,37 @@ async def test_a_server_that_dies_mid_run_shows_its_errors_and_when() -> None:
     assert [w["status"] for w in report["workers"]] == ["done", "done"]
     assert report["rate"]["sustained"] is False
     assert any(i["errors"] and not i["ok"] for i in report["timeline"])
+
+
+@pytest.mark.slow
+async def test_warm_up_is_excluded_and_the_rate_ramps_up() -> None:
+    # 1 s of ramp-up to 200/s inside 1 s of warm-up, then 1 s measured at 200/s.
+    server = ControlledEcho()
+    with trio.fail_after(120):
+        report = await _run_against(
+            server, workers=1, rate=200, clients=4, duration=1.0, warmup=1.0, ramp_up=1.0,
+            interval=0.25,
+        )  # fmt: skip
+    results = report["results"]
+    assert abs(results["warmup_requests"] - 100) <= 3  # the ramp's triangle: 200 * 1 / 2
+    assert 190 <= results["ok"] <= 201  # a loaded machine may miss a send at the very end
+    assert server.requests == results["warmup_requests"] + results["ok"]
+    timeline = report["timeline"]
+    ramp = [i["warmup"] for i in timeline[:4]]
+    assert ramp == sorted(ramp)  # growing while the rate ramps up
+    assert ramp[0] < ramp[3]
+    assert report["rate"]["target_per_s"] == 200
+    assert report["rate"]["sustained"] is True
+
+
+@pytest.mark.slow
+async def test_closed_model_keeps_its_clients_busy() -> None:
+    server = ControlledEcho(delay=0.01)  # each answer takes 10 ms: 2 clients, ~200/s
+    with trio.fail_after(120):
+        report = await _run_against(
+            server, workers=2, model="closed", clients=2, duration=1.0, warmup=0.0, interval=0.5
+        )
+    assert report["rate"]["model"] == "closed"
+    assert 100 <= report["rate"]["achieved_per_s"] <= 200
+    assert report["results"]["latency_ms"]["p50"] >= 10
+    assert report["results"]["errors"] == {}
