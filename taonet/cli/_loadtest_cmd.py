@@ -235,9 +235,10 @@ def _run(args: argparse.Namespace) -> int:
         def progress(state: Progress) -> None:
             p99 = "-" if state.recent_p99_ms is None else f"{state.recent_p99_ms:.2f} ms"
             lost = f"  lost workers {state.lost}" if state.lost else ""
+            phase = "warm-up  " if state.elapsed < config.warmup else ""
             live.update(
                 Text(
-                    f"{state.elapsed:6.1f} s  ok {state.ok}  errors {state.errors}  "
+                    f"{state.elapsed:6.1f} s  {phase}ok {state.ok}  errors {state.errors}  "
                     f"{state.recent_rate:,.0f}/s  p99 {p99}  workers {len(state.workers)}{lost}"
                 ),
                 refresh=True,

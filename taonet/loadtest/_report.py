@@ -136,9 +136,10 @@ class Merger:
         return sum(1 for w in self.workers.values() if w["status"] == "died")
 
     def running_figures(self, index: int) -> tuple[int, int, float, float | None]:
-        """ok and errors so far, the rate and p99 (ms) of interval ``index``."""
+        """ok and errors so far, the rate (warm-up included) and p99 (ms) of interval
+        ``index``."""
         interval = self.intervals.get(index, _Interval())
-        done = interval.ok + sum(interval.errors.values())
+        done = interval.ok + sum(interval.errors.values()) + interval.warmup
         p99 = None
         if interval.histogram.get_total_count():
             p99 = interval.histogram.get_value_at_percentile(99.0) / 1000

@@ -72,7 +72,7 @@ class Progress:
     elapsed: float
     ok: int
     errors: int
-    #: Requests per second completed in the last interval received.
+    #: Requests per second completed in the last interval received (warm-up included).
     recent_rate: float
     recent_p99_ms: float | None
     workers: tuple[WorkerHandle, ...]
