@@ -109,6 +109,13 @@ EXAMPLES: Final[dict[tuple[str, ...], tuple[str, ...]]] = {
         "taonet demo --hosted --dir /tmp/taonet-demo",
         "taonet demo --upgrade",
     ),
+    ("loadtest",): (
+        "taonet loadtest --quick --out ./lt          # echo target: the generator's ceiling",
+        "taonet loadtest --rate 5000 --workers 2 --duration 30 --warmup 5 --out ./lt",
+        "taonet loadtest --model closed --clients 32 --fresh -o json",
+        "taonet loadtest --target secret --rate 500 --mix read=8,write=1,list=1 --out ./lt",
+    ),
+    ("loadtest", "compare"): ("taonet loadtest compare before/report.json after/report.json",),
     ("completion",): (
         "taonet completion bash > ~/.local/share/bash-completion/completions/taonet",
         'taonet completion zsh > "${fpath[1]}/_taonet"    # zsh: from the next shell on',

@@ -29,6 +29,7 @@ from taonet.cli import (
     _domain_cmd,
     _help,
     _host_cmd,
+    _loadtest_cmd,
     _secret_cmd,
     _secret_server_cmd,
     _service_cmd,
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _secret_cmd.register(sub)
     _host_cmd.register(sub)
     _demo_cmd.register(sub)
+    _loadtest_cmd.register(sub)
     _completion.register(sub)
     _help.add_examples(parser)
     return parser

@@ -1,0 +1,365 @@
+"""``taonet loadtest``: load a server and report latency and throughput; ``compare``.
+
+``taonet loadtest [options]`` runs one load test (see :mod:`taonet.loadtest`): a live
+progress line on standard error while it runs, then a table, and with ``--out DIR``
+the report in ``DIR/report.json``. ``-o json`` prints the report instead of the
+table. Ctrl-C stops the workers; the partial report is still written (exit 130). A
+worker that died is named on one line after the report is written (exit 1).
+``taonet loadtest compare A.json B.json`` shows two reports side by side.
+
+Targets: ``echo``, a TLS echo server the tool starts on 127.0.0.1 (the generator's
+own ceiling), or with ``--connect`` a plain echo server already running on a loopback
+address; ``handshake``, bare Tao channel handshakes against a channel server whose
+identity (and the client's) comes from a local domain the tool makes in a temporary
+directory; ``secret``, a secret server (with its domain service, on SQLite) the tool
+runs the same way, loaded with a weighted mix of read, write, list and rotate. Loading
+servers that run elsewhere on this machine (``--domain``, ``--secret-server``,
+``--identity``) is not there yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from taonet import ConfigError, configure_logging
+from taonet.cli._failures import NotFoundError, UsageError
+from taonet.cli._output import add_output_option, wants_json
+
+#: What ``--quick`` sets when the option is not given: a run of a few seconds.
+QUICK = {"duration": 3.0, "warmup": 1.0, "interval": 0.5, "rate": 1000.0}
+DEFAULTS = {"duration": 10.0, "warmup": 1.0, "interval": 1.0, "rate": 1000.0}
+#: The width of tables written to a file or a pipe.
+_PIPE_WIDTH = 120
+#: The largest report ``compare`` reads.
+MAX_REPORT_BYTES = 64 << 20
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "loadtest",
+        help="load a server (open or closed model) and report latency percentiles",
+        description=(
+            "Load a server from several worker processes and report latency percentiles "
+            "(HDR histograms), throughput and errors by kind. Open model (--rate): "
+            "latency counts from each send's intended time, so a stalled server shows as "
+            "latency; a rate that cannot be sustained is reported with the achieved rate. "
+            "Closed model (--model closed): --clients loops that send when answered. "
+            "Only loopback addresses are loaded."
+        ),
+    )
+    p.add_argument(
+        "--target",
+        choices=["echo", "handshake", "secret"],
+        default="echo",
+        help="what to load: echo, a TLS echo server the tool starts on 127.0.0.1 (the"
+        " generator's own ceiling); handshake, bare Tao channel handshakes; secret, a secret"
+        " server (--mix of read, write, list, rotate). handshake and secret run against"
+        " servers with identities from a local domain the tool makes in a temporary directory",
+    )
+    p.add_argument(
+        "--mix",
+        metavar="OP=W,...",
+        default="read=90,write=5,list=4,rotate=1",
+        help="secret target: operations and their weights (default read=90,write=5,list=4,"
+        "rotate=1)",
+    )
+    p.add_argument(
+        "--objects",
+        type=int,
+        default=100,
+        help="secret target: names created before the run and worked on in turn (default 100)",
+    )
+    p.add_argument(
+        "--model",
+        choices=["open", "closed"],
+        default="open",
+        help="open: a target --rate (default); closed: --clients concurrent loops",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="requests per second over all workers, open model (default 1000)",
+    )
+    p.add_argument(
+        "--clients",
+        type=int,
+        default=None,
+        help="connections over all workers (default: 16, at least one per worker)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default: the number of cores)"
+    )
+    p.add_argument("--duration", type=float, default=None, help="measured seconds (default 10)")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds at the start whose results are excluded (default 1)",
+    )
+    p.add_argument(
+        "--ramp-up",
+        type=float,
+        default=0.0,
+        help="seconds over which the rate (or the clients) ramps up (default 0)",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        help="seconds between the workers' reports (default 1)",
+    )
+    p.add_argument(
+        "--request-size",
+        type=int,
+        default=64,
+        help="bytes per request (echo), or per value created, written and rotated to (secret)"
+        " (default 64)",
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="a new connection (and TLS handshake) for every request",
+    )
+    p.add_argument(
+        "--connect",
+        metavar="HOST:PORT",
+        default=None,
+        help="an echo server already running on a loopback address (with --plain)",
+    )
+    p.add_argument(
+        "--plain", action="store_true", help="plain TCP to the --connect server (no TLS)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="bound on each request in seconds, its connection included for echo and"
+        " handshake (default 5); the secret target's channels are bounded by the channel"
+        " handshake timeout",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short run: 3 s measured after 1 s of warm-up, 0.5 s intervals",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", type=Path, default=None, help="write the report to DIR/report.json"
+    )
+    add_output_option(p)
+    p.set_defaults(func=_run)
+    sub_lt = p.add_subparsers(dest="loadtest_command", metavar="COMMAND")
+    c = sub_lt.add_parser(
+        "compare",
+        help="show two reports side by side",
+        description="Show two load-test reports side by side, with B/A.",
+    )
+    c.add_argument("a", metavar="A.json", type=Path)
+    c.add_argument("b", metavar="B.json", type=Path)
+    add_output_option(c)
+    c.set_defaults(func=_compare)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from taonet.loadtest import LoadConfig, loopback_address
+
+    base = QUICK if args.quick else DEFAULTS
+    workers = args.workers if args.workers is not None else os.cpu_count() or 1
+    clients = args.clients if args.clients is not None else max(16, workers)
+    try:
+        connect = None if args.connect is None else loopback_address(args.connect)
+        if args.plain and connect is None:
+            raise ConfigError("--plain needs --connect")
+        return LoadConfig(
+            target=args.target,
+            model=args.model,
+            rate=args.rate if args.rate is not None else base["rate"],
+            clients=clients,
+            workers=workers,
+            duration=args.duration if args.duration is not None else base["duration"],
+            warmup=args.warmup if args.warmup is not None else base["warmup"],
+            ramp_up=args.ramp_up,
+            interval=args.interval if args.interval is not None else base["interval"],
+            request_size=args.request_size,
+            mix=_mix(args.mix),
+            objects=args.objects,
+            fresh=args.fresh,
+            connect=connect,
+            tls=not args.plain,
+            request_timeout=args.timeout,
+        )
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _mix(text: str) -> tuple[tuple[str, int], ...]:
+    """``read=90,write=5`` as pairs; ConfigError if malformed."""
+    pairs = []
+    for item in text.split(","):
+        op, sep, weight = item.strip().partition("=")
+        if not sep or not weight.strip().isdigit():
+            raise ConfigError(f"--mix {text[:100]!r}: each item is OP=WEIGHT (read=90)")
+        pairs.append((op.strip(), int(weight)))
+    return tuple(pairs)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from taonet.loadtest import require_extras
+
+    require_extras()
+    # The live line and the table tell the story: log events from warning up, unless
+    # TAONET_LOG asks for more.
+    configure_logging(level=None if os.environ.get("TAONET_LOG") else "warning")
+    config = _config(args)
+    if args.out is not None:
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot use {args.out} for the report: {exc.strerror}") from None
+
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    from taonet.loadtest import Progress, run_load
+
+    errors = Console(stderr=True)
+    line = Text("starting workers...")
+    with Live(line, console=errors, transient=True, auto_refresh=False) as live:
+
+        def progress(state: Progress) -> None:
+            p99 = "-" if state.recent_p99_ms is None else f"{state.recent_p99_ms:.2f} ms"
+            lost = f"  lost workers {state.lost}" if state.lost else ""
+            phase = "warm-up  " if state.elapsed < config.warmup else ""
+            live.update(
+                Text(
+                    f"{state.elapsed:6.1f} s  {phase}ok {state.ok}  errors {state.errors}  "
+                    f"{state.recent_rate:,.0f}/s  p99 {p99}  workers {len(state.workers)}{lost}"
+                ),
+                refresh=True,
+            )
+
+        report = run_load(config, on_progress=progress)
+    written = None
+    if args.out is not None:
+        from taonet.files import atomic_write
+
+        written = args.out / "report.json"
+        atomic_write(written, json.dumps(report, indent=2).encode() + b"\n", mode=0o644)
+    if wants_json(args):
+        print(json.dumps(report, indent=2))
+    else:
+        _print_report(report, written)
+    if report["interrupted"]:
+        print(
+            "taonet: interrupted; the partial report"
+            + (f" is in {written}" if written else " is above"),
+            file=sys.stderr,
+        )
+        return 130
+    died = [w for w in report["workers"] if w.get("status") == "died"]
+    if died:
+        where = f"; report written to {written}" if written else ""
+        print(f"taonet: error: {died[0]['note']}{where}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _print_report(report: dict[str, Any], written: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    results = report["results"]
+    latency = results["latency_ms"]
+    conf = report["configuration"]
+    table = Table(
+        title=f"taonet loadtest: {conf['target']}, {conf['model']} model,"
+        f" {conf['workers']} workers, {conf['clients']} clients"
+    )
+    table.add_column("requests")
+    for column in ("p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "ok/s", "ok", "errors"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        "all",
+        *(_ms(latency[k]) for k in ("p50", "p90", "p99", "p99_9", "max")),
+        f"{results['throughput_per_s']:,.1f}",
+        str(results["ok"]),
+        ", ".join(f"{k} {v}" for k, v in results["errors"].items()) or "0",
+    )
+    operations = results.get("operations", {})
+    if len(operations) > 1:
+        for op, stats in operations.items():
+            ops_latency = stats["latency_ms"]
+            table.add_row(
+                op,
+                *(_ms(ops_latency[k]) for k in ("p50", "p90", "p99", "p99_9", "max")),
+                "",
+                str(stats["ok"]),
+                str(stats["errors"]),
+            )
+    console = Console()
+    if not console.is_terminal:  # a file or a pipe: no terminal width to fit
+        console = Console(width=_PIPE_WIDTH)
+    console.print(table)
+    console.print(report["rate"]["note"], soft_wrap=True)
+    for worker in report["workers"]:
+        if worker.get("status") == "died":
+            console.print(worker["note"], soft_wrap=True)
+    if written is not None:
+        console.print(f"report: {written}", soft_wrap=True, highlight=False)
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    from taonet.files import read_file
+
+    if not path.exists():
+        raise NotFoundError(f"{path}: no such report")
+    try:
+        document = json.loads(read_file(path, limit=MAX_REPORT_BYTES))
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not a load-test report: {exc}") from None
+    if not isinstance(document, dict) or "results" not in document:
+        raise ConfigError(f"{path} is not a load-test report (no results)")
+    return document
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from taonet.loadtest import compare_reports
+
+    a, b = _read_report(args.a), _read_report(args.b)
+    rows = compare_reports(a, b)
+    if wants_json(args):
+        print(
+            json.dumps(
+                [{"figure": r[0], "a": r[1], "b": r[2], "b_over_a": r[3] or None} for r in rows],
+                indent=2,
+            )
+        )
+        return 0
+    from taonet.loadtest import require_extras
+
+    require_extras()
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="taonet loadtest compare")
+    table.add_column("")
+    table.add_column(f"A: {args.a}", justify="right")
+    table.add_column(f"B: {args.b}", justify="right")
+    table.add_column("B/A", justify="right")
+    for label, va, vb, ratio in rows:
+        table.add_row(label, "-" if va is None else str(va), "-" if vb is None else str(vb), ratio)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=_PIPE_WIDTH)
+    console.print(table)
+    return 0

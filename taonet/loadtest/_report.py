@@ -1,0 +1,311 @@
+"""Merging the workers' intervals into one result, the JSON report, and comparing two.
+
+The report is a JSON-ready dict (``report.json``); its keys:
+
+* ``taonet_version``, ``started_at`` (ISO 8601 UTC), ``configuration``, ``machine``
+  (cores, python, platform);
+* ``results``: requests ``ok``, ``errors`` by kind, ``throughput_per_s`` (ok per
+  measured second), ``latency_ms`` (p50, p90, p99, p99_9, max, mean) and the merged
+  HDR ``histogram`` (its base64 encoding, microseconds), warm-up excluded; and per
+  ``operations`` (echo, handshake, or the secret target's read, write, list, rotate)
+  their ``ok``, ``errors`` and ``latency_ms``; ``first_error_at_s``, when the first
+  interval with a failure began (a server that died mid-run: when);
+* ``rate``: for the open model the target and the ``achieved_per_s`` rate (requests
+  answered, ok or not, per measured second), ``missed`` sends (due but never
+  started), and ``sustained`` (at least 95 % of the target achieved, at most 1 % of
+  the sends missed and 1 % of the requests failed) with a one-line ``note``;
+* ``timeline``: one entry per interval (throughput and percentiles over time);
+* ``workers``: each worker's pid and how it ended (``done``, ``interrupted``,
+  ``died`` with its exit code and when); ``interrupted``: the run was stopped early.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+from collections import Counter
+from typing import Any, Final
+
+from taonet import __version__
+from taonet.loadtest._config import LoadConfig, offered_between
+from taonet.loadtest._worker import new_histogram
+
+__all__ = ["PERCENTILES", "Merger", "compare_reports", "decode_histogram", "machine_facts"]
+
+#: The percentiles every report gives: (report key, percentile).
+PERCENTILES: Final = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99_9", 99.9))
+#: An open-model run sustained its rate if it achieved this share of it, missing
+#: at most 1 % of its sends, with at most 1 % of its requests failed.
+SUSTAINED_SHARE: Final = 0.95
+
+
+def machine_facts() -> dict[str, Any]:
+    """Where the run was made: cores, Python, platform."""
+    return {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "implementation": sys.implementation.name,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+    }
+
+
+def decode_histogram(encoded: str | bytes) -> Any:
+    """An HDR histogram from its base64 encoding (as in a report)."""
+    from taonet.loadtest._extras import histogram_class
+
+    data = encoded.encode("ascii") if isinstance(encoded, str) else encoded
+    return histogram_class().decode(data)
+
+
+def _latencies(histogram: Any) -> dict[str, float | None]:
+    if not histogram.get_total_count():
+        return {key: None for key, _ in (*PERCENTILES, ("max", 0), ("mean", 0))}
+    out: dict[str, float | None] = {
+        key: histogram.get_value_at_percentile(p) / 1000 for key, p in PERCENTILES
+    }
+    out["max"] = histogram.get_max_value() / 1000
+    out["mean"] = round(histogram.get_mean_value() / 1000, 3)
+    return out
+
+
+class _Interval:
+    def __init__(self) -> None:
+        self.histogram = new_histogram()
+        self.ok = 0
+        self.errors: Counter[str] = Counter()
+        self.warmup = 0
+
+
+class Merger:
+    """The workers' intervals merged into one result."""
+
+    def __init__(self, config: LoadConfig) -> None:
+        self.config = config
+        self.started_at = datetime.datetime.now(datetime.UTC)
+        self.intervals: dict[int, _Interval] = {}
+        self.total = _Interval()
+        self.workers: dict[int, dict[str, Any]] = {}
+        #: Per operation: its latency histogram, ok and failed counts (warm-up excluded).
+        self.operations: dict[str, list[Any]] = {}
+
+    def add_interval(
+        self,
+        worker: int,
+        index: int,
+        encoded: bytes | None,
+        ok: int,
+        errors: dict[str, int],
+        warmup: int,
+        operations: dict[str, tuple[bytes | None, int, int]],
+    ) -> None:
+        for op, (op_encoded, op_ok, op_failed) in operations.items():
+            stats = self.operations.setdefault(op, [new_histogram(), 0, 0])
+            if op_encoded is not None:
+                stats[0].add(decode_histogram(op_encoded))
+            stats[1] += op_ok
+            stats[2] += op_failed
+        interval = self.intervals.setdefault(index, _Interval())
+        for into in (interval, self.total):
+            if encoded is not None:
+                into.histogram.add(decode_histogram(encoded))
+            into.ok += ok
+            into.errors.update(errors)
+            into.warmup += warmup
+
+    def worker_done(self, worker: int, pid: int | None, summary: dict[str, Any]) -> None:
+        status = "interrupted" if summary.get("interrupted") else "done"
+        self.workers[worker] = {"index": worker, "pid": pid, "status": status, **summary}
+
+    def worker_lost(
+        self, worker: int, pid: int | None, exit_code: int | None, elapsed: float, why: str
+    ) -> None:
+        self.workers[worker] = {
+            "index": worker,
+            "pid": pid,
+            "status": "died",
+            "exit_code": exit_code,
+            "lost_at_s": round(elapsed, 3),
+            "note": f"worker {worker} {why} after {elapsed:.1f} s (exit code {exit_code});"
+            " the results hold what it reported before",
+        }
+
+    def lost_count(self) -> int:
+        return sum(1 for w in self.workers.values() if w["status"] == "died")
+
+    def running_figures(self, index: int) -> tuple[int, int, float, float | None]:
+        """ok and errors so far, the rate (warm-up included) and p99 (ms) of interval
+        ``index``."""
+        interval = self.intervals.get(index, _Interval())
+        done = interval.ok + sum(interval.errors.values()) + interval.warmup
+        p99 = None
+        if interval.histogram.get_total_count():
+            p99 = interval.histogram.get_value_at_percentile(99.0) / 1000
+        return (
+            self.total.ok,
+            sum(self.total.errors.values()),
+            done / self.config.interval,
+            p99,
+        )
+
+    def report(self, *, interrupted: bool, elapsed: float) -> dict[str, Any]:
+        """The report (see the module's text)."""
+        config = self.config
+        measured = config.duration
+        if interrupted or self.lost_count():
+            measured = min(config.duration, max(elapsed - config.warmup, 0.0))
+        total = self.total
+        completed = total.ok + sum(total.errors.values())
+        results = {
+            "ok": total.ok,
+            "errors": dict(sorted(total.errors.items())),
+            "error_count": sum(total.errors.values()),
+            "warmup_requests": total.warmup,
+            "first_error_at_s": self._first_error_at(),
+            "measured_seconds": round(measured, 3),
+            "throughput_per_s": round(total.ok / measured, 1) if measured else 0.0,
+            "latency_ms": _latencies(total.histogram),
+            "histogram": total.histogram.encode().decode("ascii"),
+            "operations": {
+                op: {"ok": ok, "errors": failed, "latency_ms": _latencies(histogram)}
+                for op, (histogram, ok, failed) in sorted(self.operations.items())
+            },
+        }
+        workers = [self.workers.get(i, {"index": i, "status": "unknown"}) for i in
+                   range(config.workers)]  # fmt: skip
+        return {
+            "taonet_version": __version__,
+            "started_at": self.started_at.isoformat().replace("+00:00", "Z"),
+            "configuration": config.as_dict(),
+            "machine": machine_facts(),
+            "interrupted": interrupted,
+            "results": results,
+            "rate": self._rate(completed, measured, workers, interrupted, results["error_count"]),
+            "timeline": self._timeline(),
+            "workers": workers,
+        }
+
+    def _rate(
+        self,
+        completed: int,
+        measured: float,
+        workers: list[dict[str, Any]],
+        interrupted: bool,
+        errors: int,
+    ) -> dict[str, Any]:
+        config = self.config
+        achieved = round(completed / measured, 1) if measured else 0.0
+        if config.model == "closed":
+            return {
+                "model": "closed",
+                "concurrency": config.clients,
+                "achieved_per_s": achieved,
+                "note": f"closed model: {config.clients} clients, {achieved:g} requests/s",
+            }
+        offered = offered_between(config.warmup, config.warmup + measured, config.rate,
+                                  config.ramp_up)  # fmt: skip
+        target = offered / measured if measured else config.rate
+        missed = sum(int(w.get("missed", 0)) for w in workers)
+        sustained = bool(
+            measured
+            and achieved >= SUSTAINED_SHARE * target
+            and missed <= 0.01 * offered
+            and errors <= 0.01 * completed
+        )
+        if interrupted or self.lost_count():
+            note = (f"run cut short: {achieved:g} requests/s achieved over {measured:.1f} s"
+                    f" of {target:g}/s offered")  # fmt: skip
+            sustained = sustained and not self.lost_count()
+        elif sustained:
+            note = f"target rate sustained: {achieved:g} of {target:g} requests/s"
+        elif errors > 0.01 * completed:
+            note = (
+                f"target rate NOT sustained: {errors} of {completed} requests failed"
+                f" ({achieved:g} requests/s answered of {target:g}/s offered, {missed} sends"
+                " missed)"
+            )
+        else:
+            note = (
+                f"target rate NOT sustained: {achieved:g} requests/s achieved of {target:g}/s"
+                f" offered, {missed} sends missed (the server or the generator could not keep"
+                " up; latencies count from the intended send times)"
+            )
+        return {
+            "model": "open",
+            "target_per_s": round(target, 1),
+            "achieved_per_s": achieved,
+            "missed": missed,
+            "sustained": sustained,
+            "note": note,
+        }
+
+    def _first_error_at(self) -> float | None:
+        """When the first interval with a failed request began (seconds from the start)."""
+        for index in sorted(self.intervals):
+            if self.intervals[index].errors:
+                return round(index * self.config.interval, 3)
+        return None
+
+    def _timeline(self) -> list[dict[str, Any]]:
+        out = []
+        for index in sorted(self.intervals):
+            interval = self.intervals[index]
+            done = interval.ok + sum(interval.errors.values())
+            latency = _latencies(interval.histogram)
+            out.append({
+                "t_s": round((index + 1) * self.config.interval, 3),
+                "ok": interval.ok,
+                "errors": sum(interval.errors.values()),
+                "warmup": interval.warmup,
+                "per_s": round(done / self.config.interval, 1),
+                "p50_ms": latency["p50"],
+                "p99_ms": latency["p99"],
+                "max_ms": latency["max"],
+            })  # fmt: skip
+        return out
+
+
+#: The rows of a comparison: (label, path in the report).
+COMPARED: Final = (
+    ("target", ("configuration", "target")),
+    ("model", ("configuration", "model")),
+    ("workers", ("configuration", "workers")),
+    ("clients", ("configuration", "clients")),
+    ("target rate /s", ("rate", "target_per_s")),
+    ("achieved /s", ("rate", "achieved_per_s")),
+    ("sustained", ("rate", "sustained")),
+    ("throughput /s", ("results", "throughput_per_s")),
+    ("ok", ("results", "ok")),
+    ("errors", ("results", "error_count")),
+    ("p50 ms", ("results", "latency_ms", "p50")),
+    ("p90 ms", ("results", "latency_ms", "p90")),
+    ("p99 ms", ("results", "latency_ms", "p99")),
+    ("p99.9 ms", ("results", "latency_ms", "p99_9")),
+    ("max ms", ("results", "latency_ms", "max")),
+    ("taonet", ("taonet_version",)),
+    ("cores", ("machine", "cores")),
+)
+
+
+def _get(report: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = report
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
+    """Rows (label, A's value, B's value, B/A as text where both are numbers)."""
+    rows = []
+    for label, path in COMPARED:
+        va, vb = _get(a, path), _get(b, path)
+        ratio = ""
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (va, vb))
+        if numbers and va:
+            ratio = f"{vb / va:.2f}x"
+        rows.append((label, va, vb, ratio))
+    return rows

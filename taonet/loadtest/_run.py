@@ -1,0 +1,317 @@
+"""The parent of a load test: start the target's server and the workers, merge, report.
+
+:func:`run_load` blocks until the run is over and returns the report (a JSON-ready
+dict, see :mod:`taonet.loadtest._report`). It is written for the main thread of a
+command, and also runs from another thread (tests). The target's server (the echo
+server, the handshake target's channel server, or the secret target's domain service
+and secret server) runs in a process of its own unless ``connect`` names a running
+one; it is stopped when the run ends. Every worker is a
+:mod:`multiprocessing` spawn process; the parent reads their pipes with
+``multiprocessing.connection.wait`` and merges their interval histograms.
+
+Ctrl-C in the parent (``KeyboardInterrupt``) sends SIGINT to the workers still
+running; each sends what it measured and stops, and the report, marked interrupted,
+is still returned. A worker whose pipe ends without ``done`` died: the report names
+it, with its exit code and when it was lost, and the run finishes with the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection, wait
+from typing import Any, Final
+
+import attrs
+
+from taonet import HostError
+from taonet._log import get_logger
+from taonet.loadtest._config import LoadConfig
+from taonet.loadtest._echo import make_echo_credentials, serve_echo_process
+from taonet.loadtest._handshake import (
+    LocalCredentials,
+    make_local_credentials,
+    serve_handshakes_process,
+)
+from taonet.loadtest._report import Merger
+from taonet.loadtest._secret import serve_secrets_process
+from taonet.loadtest._worker import worker_main
+
+__all__ = ["Progress", "TargetSpec", "WorkerHandle", "run_load"]
+
+log = get_logger(__name__)
+
+#: Seconds a worker (or the echo server) may take to start and say it is ready.
+START_TIMEOUT: Final = 60.0
+#: Seconds after the run's end (and its requests' bound) before workers are stopped.
+END_GRACE: Final = 10.0
+#: Seconds an interrupted parent waits for workers that saw the Ctrl-C themselves.
+SIGNAL_GRACE: Final = 2.0
+#: Seconds the parent waits for interrupted workers to send what they have.
+INTERRUPT_GRACE: Final = 10.0
+
+
+@attrs.frozen
+class WorkerHandle:
+    """A running worker, as progress callbacks see it."""
+
+    index: int
+    pid: int
+
+
+@attrs.frozen
+class Progress:
+    """What the run has measured so far (given to ``on_progress``)."""
+
+    elapsed: float
+    ok: int
+    errors: int
+    #: Requests per second completed in the last interval received (warm-up included).
+    recent_rate: float
+    recent_p99_ms: float | None
+    workers: tuple[WorkerHandle, ...]
+    lost: int
+
+
+def _spawn() -> Any:
+    return multiprocessing.get_context("spawn")
+
+
+@attrs.frozen
+class TargetSpec:
+    """Where the workers send and with what credentials (passed to each worker)."""
+
+    kind: str
+    address: tuple[str, int]
+    #: The echo server's certificate (PEM), trusted by the clients; None: plain TCP.
+    ca_pem: bytes | None = None
+    #: The handshake target's local domain credentials.
+    credentials: LocalCredentials | None = None
+
+
+class _ServerProcess:
+    """A target server the tool runs itself, in a process of its own."""
+
+    def __init__(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        context = _spawn()
+        self._conn, child = context.Pipe()
+        self._process = context.Process(
+            target=target, args=(child, *args), name=f"taonet-loadtest-{name}", daemon=True
+        )
+        self._process.start()
+        child.close()
+        if not self._conn.poll(START_TIMEOUT):
+            self.stop()
+            raise HostError(f"the {name} server did not start within {START_TIMEOUT:g} s")
+        try:
+            #: What the server sent once ready: its port (and, for the secret target,
+            #: the client's credentials).
+            self.result: Any = self._conn.recv()
+        except EOFError:
+            self.stop()
+            raise HostError(f"the {name} server died while starting") from None
+        self.port = int(self.result if isinstance(self.result, int) else self.result[0])
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.send("stop")
+        self._conn.close()
+        self._process.join(5)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(5)
+
+
+@contextlib.contextmanager
+def _target(config: LoadConfig) -> Iterator[TargetSpec]:
+    """The target's server (started here unless ``config.connect`` names one)."""
+    if config.connect is not None:
+        if config.tls:
+            raise HostError("TLS to an echo server the tool did not start is not supported yet")
+        yield TargetSpec("echo", config.connect)
+        return
+    server: _ServerProcess
+    if config.target == "secret":
+        server = _ServerProcess(
+            "secret", serve_secrets_process, config.objects, config.request_size
+        )
+        port, credentials = server.result
+        spec = TargetSpec("secret", ("127.0.0.1", port), credentials=credentials)
+    elif config.target == "handshake":
+        credentials = make_local_credentials()
+        server = _ServerProcess("handshake", serve_handshakes_process, credentials)
+        spec = TargetSpec("handshake", ("127.0.0.1", server.port), credentials=credentials)
+    else:
+        cert_pem, key_pem = make_echo_credentials()
+        tmp = tempfile.mkdtemp(prefix="taonet-loadtest-")
+        try:
+            server = _ServerProcess("echo", serve_echo_process, cert_pem, key_pem, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        spec = TargetSpec("echo", ("127.0.0.1", server.port), ca_pem=cert_pem)
+    try:
+        yield spec
+    finally:
+        server.stop()
+
+
+def run_load(
+    config: LoadConfig,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``config`` to its end (or Ctrl-C) and return the report."""
+    with _target(config) as spec:
+        return _Run(config, spec, on_progress).run()
+
+
+class _Run:
+    def __init__(
+        self,
+        config: LoadConfig,
+        spec: TargetSpec,
+        on_progress: Callable[[Progress], None] | None,
+    ) -> None:
+        self.config = config
+        self.spec = spec
+        self.on_progress = on_progress
+        self.merger = Merger(config)
+        self.processes: dict[int, Any] = {}
+        self.conns: dict[int, Connection] = {}
+        self.pids: dict[int, int] = {}
+        self.start = 0.0
+
+    def run(self) -> dict[str, Any]:
+        context = _spawn()
+        interrupted = False
+        try:
+            for index in range(self.config.workers):
+                parent_end, child_end = context.Pipe()
+                process = context.Process(
+                    target=worker_main,
+                    args=(child_end, self.config, index, self.spec),
+                    name=f"taonet-loadtest-worker-{index}",
+                    daemon=True,
+                )
+                process.start()
+                child_end.close()
+                self.processes[index] = process
+                self.conns[index] = parent_end
+            self._wait_ready()
+            self.start = time.monotonic() + 0.2
+            for conn in self.conns.values():
+                conn.send(("go", self.start))
+            self._collect(self.start + self.config.end + self.config.request_timeout + END_GRACE)
+        except KeyboardInterrupt:
+            interrupted = True
+            self._interrupt()
+        finally:
+            self._reap()
+        return self.merger.report(interrupted=interrupted, elapsed=self._elapsed())
+
+    def _elapsed(self) -> float:
+        return max(0.0, time.monotonic() - self.start) if self.start else 0.0
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        waiting = set(self.conns)
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise HostError(
+                    f"workers {sorted(waiting)} did not start within {START_TIMEOUT:g} s"
+                )
+            for ready in wait([self.conns[i] for i in waiting], timeout=left):
+                index, conn = self._which(ready)
+                try:
+                    message = conn.recv()
+                except EOFError:
+                    code = self.processes[index].exitcode
+                    raise HostError(
+                        f"worker {index} died while starting (exit code {code})"
+                    ) from None
+                self.pids[index] = int(message[2])
+                waiting.discard(index)
+
+    def _collect(self, deadline: float) -> None:
+        while self.conns:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                for index in list(self.conns):
+                    self.merger.worker_lost(index, self.pids.get(index), None, self._elapsed(),
+                                            "did not finish in time; stopped")  # fmt: skip
+                    self.processes[index].kill()
+                    self.conns.pop(index).close()
+                return
+            for ready in wait(list(self.conns.values()), timeout=min(left, 0.25)):
+                self._receive(*self._which(ready))
+
+    def _which(self, ready: object) -> tuple[int, Connection]:
+        """The worker whose pipe ``ready`` is."""
+        return next((i, c) for i, c in self.conns.items() if c is ready)
+
+    def _receive(self, index: int, conn: Connection) -> None:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            process = self.processes[index]
+            process.join(2)
+            self.merger.worker_lost(
+                index, self.pids.get(index), process.exitcode, self._elapsed(), "died"
+            )
+            log.warning("loadtest_worker_died", worker=index, exit_code=process.exitcode)
+            self.conns.pop(index).close()
+            return
+        if message[0] == "interval":
+            if not self.merger.intervals:
+                log.info("loadtest_measuring", workers=[self.pids[i] for i in sorted(self.pids)])
+            self.merger.add_interval(*message[1:])
+            if self.on_progress is not None:
+                self.on_progress(self._progress(message[2]))
+        elif message[0] == "done":
+            self.merger.worker_done(index, self.pids.get(index), message[2])
+            self.conns.pop(index).close()
+
+    def _progress(self, interval_index: int) -> Progress:
+        ok, errors, rate, p99 = self.merger.running_figures(interval_index)
+        return Progress(
+            elapsed=self._elapsed(),
+            ok=ok,
+            errors=errors,
+            recent_rate=rate,
+            recent_p99_ms=p99,
+            workers=tuple(WorkerHandle(i, p) for i, p in sorted(self.pids.items())),
+            lost=self.merger.lost_count(),
+        )
+
+    def _interrupt(self) -> None:
+        """Ask the workers to stop, and take what they still send.
+
+        A Ctrl-C at a terminal reaches the workers too: they are given a moment to
+        report before the parent sends SIGINT to those still running (a second
+        signal while one is handled could stop a worker before it reports)."""
+        log.info("loadtest_interrupted", elapsed_s=round(self._elapsed(), 3))
+        with contextlib.suppress(KeyboardInterrupt):  # another Ctrl-C: report what we have
+            self._collect(time.monotonic() + SIGNAL_GRACE)
+            for index in list(self.conns):
+                pid = self.pids.get(index)
+                if pid is not None and self.processes[index].is_alive():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGINT)
+            self._collect(time.monotonic() + INTERRUPT_GRACE)
+
+    def _reap(self) -> None:
+        for index, process in self.processes.items():
+            process.join(2)
+            if process.is_alive():
+                process.kill()
+                process.join(2)
+            conn = self.conns.pop(index, None)
+            if conn is not None:
+                conn.close()

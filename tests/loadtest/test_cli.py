@@ -1,0 +1,170 @@
+"""``taonet loadtest`` as a user runs it (a subprocess each): the quick echo run
+and its report, compare, Ctrl-C, a killed worker, non-loopback refused, the extras."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def test_the_cli_refuses_a_non_loopback_target_in_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "taonet", "loadtest", "--connect", "192.168.0.10:80", "--plain"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0
+    assert "not a loopback address" in done.stderr
+
+
+@pytest.mark.slow
+def test_cli_quick_echo_run_writes_a_report_that_compare_reads(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "taonet", "loadtest", "--quick", "--workers", "2",
+         "--rate", "300", "--duration", "1", "--warmup", "0.5", "--out", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["taonet_version"]
+    assert report["machine"]["cores"] == os.cpu_count()
+    assert report["configuration"]["target"] == "echo"
+    assert report["configuration"]["workers"] == 2
+    assert report["results"]["ok"] > 0
+    assert report["results"]["errors"] == {}
+    assert set(report["results"]["latency_ms"]) >= {"p50", "p90", "p99", "p99_9", "max"}
+    assert [w["status"] for w in report["workers"]] == ["done", "done"]
+    assert "p99.9 ms" in done.stdout
+    # compare: a second report (the first, twice as fast) side by side.
+    faster = json.loads(json.dumps(report))
+    faster["results"]["throughput_per_s"] = report["results"]["throughput_per_s"] * 2
+    (tmp_path / "b.json").write_text(json.dumps(faster))
+    compared = subprocess.run(
+        [sys.executable, "-m", "taonet", "loadtest", "compare", str(out / "report.json"),
+         str(tmp_path / "b.json"), "-o", "json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert compared.returncode == 0, compared.stderr
+    rows = {row["figure"]: row for row in json.loads(compared.stdout)}
+    assert rows["throughput /s"]["b_over_a"] == "2.00x"
+    assert rows["p99 ms"]["a"] == report["results"]["latency_ms"]["p99"]
+    text = subprocess.run(
+        [sys.executable, "-m", "taonet", "loadtest", "compare", str(out / "report.json"),
+         str(tmp_path / "b.json")],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "COLUMNS": "120"},
+    )  # fmt: skip
+    assert text.returncode == 0
+    assert "2.00x" in text.stdout
+
+
+def test_compare_refuses_what_is_not_a_report(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.json"
+    bogus.write_text('{"not": "a report"}')
+    done = subprocess.run(
+        [sys.executable, "-m", "taonet", "loadtest", "compare", str(bogus), str(bogus)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "not a load-test report" in done.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_workers_and_still_writes_the_partial_report(tmp_path: Path) -> None:
+    # A long run (60 s measured); SIGINT to its process group as a terminal's Ctrl-C
+    # would, once a first report line shows it is measuring.
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "taonet", "loadtest", "--workers", "2", "--rate", "200",
+         "--duration", "60", "--warmup", "0", "--interval", "0.25", "--out", str(out),
+         "-o", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "TAONET_LOG": "info", "TAONET_LOG_FORMAT": "json"},
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # bounded: the run itself ends within about 75 s
+            if "loadtest_measuring" in line:
+                break
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert process.returncode == 130, stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["interrupted"] is True
+    assert report["results"]["ok"] > 0
+    assert report["results"]["measured_seconds"] < 30
+    assert {w["status"] for w in report["workers"]} == {"interrupted"}
+    assert "partial report" in stderr
+    assert json.loads(stdout)["interrupted"] is True
+
+
+@pytest.mark.slow
+def test_cli_reports_a_killed_worker_and_still_writes_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "taonet", "loadtest", "--workers", "2", "--rate", "200",
+         "--duration", "3", "--warmup", "0", "--interval", "0.25", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TAONET_LOG": "info", "TAONET_LOG_FORMAT": "json"},
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # bounded: the run itself ends within about 20 s
+            if "loadtest_measuring" in line:
+                pids = json.loads(line)["workers"]
+                break
+        else:
+            raise AssertionError(f"the run never measured: {process.communicate(timeout=60)}")
+        os.kill(pids[1], signal.SIGKILL)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert process.returncode == 1, stderr
+    assert "taonet: error: worker 1 died after" in stderr
+    assert f"report written to {out / 'report.json'}" in stderr
+    report = json.loads((out / "report.json").read_text())
+    assert [w["status"] for w in report["workers"]] == ["done", "died"]
+    assert report["workers"][1]["pid"] == pids[1]
+    assert report["results"]["ok"] > 0
+    assert "worker 1 died" in stdout
+
+
+def test_importing_the_package_imports_neither_extra() -> None:
+    # structlog imports rich by itself when it is installed: only what we add counts.
+    code = (
+        "import sys, structlog; before = set(sys.modules); "
+        "import taonet.loadtest, taonet.cli._main; "
+        "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in "
+        "('hdrh', 'rich')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("missing", ["hdrh", "rich"])
+def test_a_missing_extra_is_one_line_saying_what_to_install(missing: str) -> None:
+    code = (
+        f"import sys; sys.modules[{missing!r}] = None; "
+        "from taonet.cli._main import main; sys.exit(main(['loadtest', '--quick']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1
+    assert "pip install 'taonet[loadtest]'" in done.stderr
