@@ -143,13 +143,17 @@ async def test_kill_9_during_issuance_keeps_every_returned_certificate(
     domain = make_domain(guard="Liberal")
     host = make_host(domain)
     name = host.name.extend(domain.policy_subprin)
-    pool = []
+    pool: list[tuple[Attestation, bytes]] = []
     for _ in range(8):
-        key = Signer.generate()
-        att = await host.tao_for(name).attest(
-            auth.Speaksfor(auth.key_principal(key.public_key_der()), name)
+        signer = Signer.generate()
+        pool.append(
+            (
+                await host.tao_for(name).attest(
+                    auth.Speaksfor(auth.key_principal(signer.public_key_der()), name)
+                ),
+                signer.public_key_der(),
+            )
         )
-        pool.append((att, key.public_key_der()))
     received: list[certs.ProgramCertificate] = []
     failures: list[BaseException] = []
     process = await start_domain_service(domain, tmp_path, stderr=subprocess.DEVNULL)
