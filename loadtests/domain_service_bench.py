@@ -11,11 +11,18 @@ figure measured with one client at a time (``_c1``) and with ``--clients`` at on
 * baseline ``handshakes_per_s``: fresh anonymous channel handshakes to the same
   service, with no request (the connection cost alone);
 * ``certify_only_per_s``: :class:`ProgramCertifier.certify` called directly (the
-  service's checks and signing, no network, no audit; one at a time).
+  service's checks and signing, no network, no audit; one at a time);
+* ``verify_only_per_s``: :func:`taonet.certs.verify_program_certificate` of a
+  certificate not seen before, as the client checks what it gets back.
 
 ``certs_vs_handshakes`` is ``certs_per_s / handshakes_per_s`` of the same run and
 client count; ``cpu_ms_per_cert`` and ``cpu_ms_per_handshake`` are the process's CPU
 time (every thread, client and service together) per operation.
+``certs_vs_handshakes_ceiling`` is what that ratio would be, CPU-bound, if nothing but
+the handshake, the certification and the client's check of the certificate cost
+anything (no audit write, no request or answer bytes, no log line):
+``cpu_ms_per_handshake / (cpu_ms_per_handshake + cpu_ms_per_certify_only +
+cpu_ms_per_verify_only)``, with the figures of ``--clients``.
 
 Requests cycle through a pool of real attestations, one per program key, made before
 timing starts: the service asks for no fresh one per request (each is checked in
@@ -41,7 +48,7 @@ from pathlib import Path
 
 import trio
 
-from taonet import auth, configure_logging
+from taonet import auth, certs, configure_logging
 from taonet.attestation import Attestation
 from taonet.channel import ChannelIdentity, open_channel
 from taonet.crypto import KdfParams, Signer
@@ -53,6 +60,9 @@ from taonet_services.domain_service import DomainService
 PASSWORD = b"bench"
 #: Distinct program keys (and attestations) the requests cycle through.
 POOL = 64
+#: Certificates the verify phase cycles through: more than a policy anchor remembers
+#: (1024 checks), so that every check is done afresh.
+VERIFY_POOL = 2500
 
 
 async def _rate(
@@ -103,6 +113,10 @@ async def bench(seconds: float, rounds: int, clients: int) -> dict[str, float]:
         service = DomainService.open(domain.path, PASSWORD)
         certifier = ProgramCertifier(domain, domain.unlock(PASSWORD))
         anonymous = ChannelIdentity.anonymous(domain.policy_cert)
+        anchor = anonymous.anchor
+        fresh = itertools.cycle(
+            [certifier.certify(*pool[i % POOL]).der for i in range(VERIFY_POOL)]
+        )
         samples: dict[str, list[float]] = {}
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(functools.partial(service.serve, 0))
@@ -121,10 +135,14 @@ async def bench(seconds: float, rounds: int, clients: int) -> dict[str, float]:
                 att, key = next(requests)
                 certifier.certify(att, key)
 
+            async def verify_only() -> None:
+                certs.verify_program_certificate(anchor, next(fresh), now_ns=time.time_ns())
+
             phases: list[tuple[str, str, Callable[[], Awaitable[None]], int]] = [
                 ("handshakes_per_s", "cpu_ms_per_handshake", handshake, 1),
                 ("certs_per_s", "cpu_ms_per_cert", certify, 1),
                 ("certify_only_per_s", "cpu_ms_per_certify_only", certify_only, 1),
+                ("verify_only_per_s", "cpu_ms_per_verify_only", verify_only, 1),
             ]
             if clients > 1:
                 phases += [
@@ -139,8 +157,17 @@ async def bench(seconds: float, rounds: int, clients: int) -> dict[str, float]:
             nursery.cancel_scope.cancel()
         service.close()
     results = {k: statistics.median(v) for k, v in samples.items()}
-    results["certify_only_per_s"] = results.pop("certify_only_per_s_c1")
-    results["cpu_ms_per_certify_only"] = results.pop("cpu_ms_per_certify_only_c1")
+    for label in (
+        "certify_only_per_s",
+        "cpu_ms_per_certify_only",
+        "verify_only_per_s",
+        "cpu_ms_per_verify_only",
+    ):
+        results[label] = results.pop(f"{label}_c1")
+    handshake = results[f"cpu_ms_per_handshake_c{clients}"]
+    results["certs_vs_handshakes_ceiling"] = handshake / (
+        handshake + results["cpu_ms_per_certify_only"] + results["cpu_ms_per_verify_only"]
+    )
     for n in sorted({1, clients}):
         results[f"certs_vs_handshakes_c{n}"] = (
             results[f"certs_per_s_c{n}"] / results[f"handshakes_per_s_c{n}"]

@@ -25,9 +25,10 @@ It holds the policy key (unlocked with the operator's password at start-up) and:
   rest), as is each configuration put in force (``domain_reloaded``). The policy key
   itself and the service's own identity stay those it started with;
 * records every issued certificate in full, durably (the row is committed
-  before the certificate is sent), and every refusal, in the append-only audit
-  log (``DIR/audit.sqlite``), from which revocations (``taonet domain revoke``) are
-  read;
+  before the certificate is sent; certificates issued while a commit is under way
+  share the next one, see ``_IssuedBatcher``), and every refusal, in the
+  append-only audit log (``DIR/audit.sqlite``), from which revocations
+  (``taonet domain revoke``) are read;
 * never un-revokes: every CRL it signs also lists each serial the domain's record
   (``policy_keys/crl_state``, see :func:`taonet.domain.sign_domain_crl`) holds, and
   is numbered past every earlier CRL whatever its clock says; and it refuses to
