@@ -55,7 +55,7 @@ from taonet.crypto import KdfParams, Signer
 from taonet.domain import ACLGuard, Domain, DomainTemplate, ProgramCertifier
 from taonet.hosts import SoftHost
 from taonet.provision import request_certificate
-from taonet_services.domain_service import DomainService
+from taonet_services.domain_service import ConnectionLimits, DomainService
 
 PASSWORD = b"bench"
 #: Distinct program keys (and attestations) the requests cycle through.
@@ -182,10 +182,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a run of about 15 seconds")
     parser.add_argument("--seconds", type=float, help="timed seconds in all (default 60)")
-    parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
+    parser.add_argument(
+        "--clients", type=int, default=8, help="concurrent clients, 1 to 16 (default 8)"
+    )
     args = parser.parse_args()
-    if args.clients < 1:
-        parser.error("--clients must be at least 1")
+    if not 1 <= args.clients <= ConnectionLimits().anonymous_per_address:
+        # More would be refused: the service admits 16 anonymous connections per address.
+        parser.error("--clients must be from 1 to 16")
     seconds = args.seconds or (12.0 if args.quick else 60.0)
     # The service logs as `taonet domain-service` does (one line per certificate, on
     # standard error): part of what a certificate costs.
