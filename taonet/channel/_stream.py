@@ -262,7 +262,11 @@ class TaoStream(trio.abc.Stream):
                 # A request that came with the handshake is read before the accept
                 # byte is sent (it then goes out with the answer); waiting for one,
                 # the client hears the accept byte first.
-                ready = self._ssl.receive_nowait(max_bytes or READ_SIZE)
+                try:
+                    ready = self._ssl.receive_nowait(max_bytes or READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    await self._raise_why_broken(exc)
+                    raise
                 if ready is not None:
                     await trio.lowlevel.checkpoint()
                     if ready and self._activity is not None:
@@ -368,7 +372,7 @@ class TaoStream(trio.abc.Stream):
                 raise trio.BrokenResourceError("the server closed the channel before accepting it")
             self._buffer += chunk
 
-    async def settle_accept(self) -> None:
+    async def _settle_accept(self) -> None:
         """Send the accept byte if it is still held for an answer (server side; see
         the module docstring), for a handler that ends without answering."""
         if self._accept_unsent:
