@@ -37,6 +37,10 @@ over when it is opened: its events are appended to the chain in order, with
 their times and ``migrated_id``, and the old table is dropped, in one
 transaction. The chain proves nothing about those events before that moment.
 
+Certificates issued together are recorded in one transaction
+(:meth:`AuditLog.record_issued_many`): one durable commit for all of them, each
+still its own entry.
+
 This module is synchronous (sqlite3 blocks). The service calls it through
 ``trio.to_thread.run_sync``; several threads may use one :class:`AuditLog` at
 once. Every storage failure surfaces as :class:`taonet.ConfigError` naming the
