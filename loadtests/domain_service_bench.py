@@ -18,6 +18,10 @@ figure measured with one client at a time (``_c1``) and with ``--clients`` at on
 ``certs_vs_handshakes`` is ``certs_per_s / handshakes_per_s`` of the same run and
 client count; ``cpu_ms_per_cert`` and ``cpu_ms_per_handshake`` are the process's CPU
 time (every thread, client and service together) per operation.
+With ``--server-process`` the service is ``taonet domain-service`` in a process of
+its own (as it is deployed: client and service then each have a core), the
+``cpu_ms_per_*`` figures are this (client) process's, and ``server_cpu_ms_per_*`` the
+service's (from ``/proc``, so Linux only).
 ``certs_vs_handshakes_ceiling`` is what that ratio would be, CPU-bound, if nothing but
 the handshake, the certification and the client's check of the certificate cost
 anything (no audit write, no request or answer bytes, no log line):
@@ -32,18 +36,24 @@ number of requests, so a faster machine makes more requests, never runs out.
 Phases alternate over the rounds; rates are medians. The last line is JSON.
 
     python loadtests/domain_service_bench.py [--quick] [--clients N] [--seconds S]
+        [--server-process]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import itertools
 import json
+import os
+import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import trio
@@ -65,11 +75,20 @@ POOL = 64
 VERIFY_POOL = 2500
 
 
+def _process_cpu(pid: int | None) -> float:
+    """CPU seconds (user and system) of process ``pid`` so far (Linux), or of this one."""
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def _rate(
-    fn: Callable[[], Awaitable[None]], seconds: float, clients: int
-) -> tuple[float, float]:
-    """Operations per second and CPU ms per operation of ``clients`` loops of ``fn``
-    for ``seconds`` (each loop finishes the operation it started)."""
+    fn: Callable[[], Awaitable[None]], seconds: float, clients: int, server: int | None
+) -> tuple[float, float, float]:
+    """Operations per second, and this process's and the ``server`` process's CPU ms
+    per operation (0 without one), of ``clients`` loops of ``fn`` for ``seconds``
+    (each loop finishes the operation it started)."""
     count = 0
     deadline = time.perf_counter() + seconds
 
@@ -80,11 +99,51 @@ async def _rate(
             count += 1
 
     cpu, start = time.process_time(), time.perf_counter()
+    served = _process_cpu(server) if server is not None else 0.0
     async with trio.open_nursery() as nursery:
         for _ in range(clients):
             nursery.start_soon(loop)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return count / elapsed, 1000 * cpu / max(count, 1)
+    served = _process_cpu(server) - served if server is not None else 0.0
+    n = max(count, 1)
+    return count / elapsed, 1000 * cpu / n, 1000 * served / n
+
+
+@contextlib.asynccontextmanager
+async def _service_process(domain: Domain, tmp: Path) -> AsyncIterator[tuple[int, int]]:
+    """``taonet domain-service`` for ``domain`` on 127.0.0.1: its port and pid."""
+    password = tmp / "password"
+    password.write_bytes(PASSWORD + b"\n")
+    process = await trio.lowlevel.open_process(
+        [
+            *(sys.executable, "-m", "taonet", "domain-service", "--domain", str(domain.path)),
+            *("--listen", "127.0.0.1:0", "--password-file", str(password)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # its log lines: one per certificate
+    )
+    try:
+        assert process.stdout is not None
+        line = b""
+        with trio.fail_after(60):
+            while b"\n" not in line:
+                chunk = await process.stdout.receive_some()
+                if not chunk:
+                    raise SystemExit("the domain service exited before listening")
+                line += chunk
+        match = re.search(rb"listening on 127\.0\.0\.1:(\d+)", line)
+        if match is None:
+            raise SystemExit(f"the domain service said {line!r}")
+        yield int(match.group(1)), process.pid
+    finally:
+        process.terminate()
+        with trio.move_on_after(10):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        if process.stdout is not None:
+            await process.stdout.aclose()
 
 
 async def _pool(tmp: Path) -> tuple[Domain, list[tuple[Attestation, bytes]]]:
@@ -106,11 +165,12 @@ async def _pool(tmp: Path) -> tuple[Domain, list[tuple[Attestation, bytes]]]:
     return domain, pool
 
 
-async def bench(seconds: float, rounds: int, clients: int) -> dict[str, float]:
+async def bench(
+    seconds: float, rounds: int, clients: int, *, server_process: bool = False
+) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         domain, pool = await _pool(Path(tmp))
         requests: Iterator[tuple[Attestation, bytes]] = itertools.cycle(pool)
-        service = DomainService.open(domain.path, PASSWORD)
         certifier = ProgramCertifier(domain, domain.unlock(PASSWORD))
         anonymous = ChannelIdentity.anonymous(domain.policy_cert)
         anchor = anonymous.anchor
@@ -118,9 +178,16 @@ async def bench(seconds: float, rounds: int, clients: int) -> dict[str, float]:
             [certifier.certify(*pool[i % POOL]).der for i in range(VERIFY_POOL)]
         )
         samples: dict[str, list[float]] = {}
-        async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(functools.partial(service.serve, 0))
-            port = listeners[0].socket.getsockname()[1]
+        async with contextlib.AsyncExitStack() as stack:
+            server: int | None = None
+            if server_process:
+                port, server = await stack.enter_async_context(_service_process(domain, Path(tmp)))
+            else:
+                service = stack.enter_context(DomainService.open(domain.path, PASSWORD))
+                nursery = await stack.enter_async_context(trio.open_nursery())
+                stack.callback(nursery.cancel_scope.cancel)
+                listeners = await nursery.start(functools.partial(service.serve, 0))
+                port = listeners[0].socket.getsockname()[1]
 
             async def handshake() -> None:
                 stream = await open_channel("127.0.0.1", port, anonymous)
@@ -151,11 +218,12 @@ async def bench(seconds: float, rounds: int, clients: int) -> dict[str, float]:
                 ]
             for _ in range(rounds):
                 for label, cpu_label, fn, n in phases:
-                    rate, cpu = await _rate(fn, seconds / rounds / len(phases), n)
+                    remote = server if fn in (handshake, certify) else None
+                    rate, cpu, served = await _rate(fn, seconds / rounds / len(phases), n, remote)
                     samples.setdefault(f"{label}_c{n}", []).append(rate)
                     samples.setdefault(f"{cpu_label}_c{n}", []).append(cpu)
-            nursery.cancel_scope.cancel()
-        service.close()
+                    if remote is not None:
+                        samples.setdefault(f"server_{cpu_label}_c{n}", []).append(served)
     results = {k: statistics.median(v) for k, v in samples.items()}
     for label in (
         "certify_only_per_s",
@@ -164,9 +232,11 @@ async def bench(seconds: float, rounds: int, clients: int) -> dict[str, float]:
         "cpu_ms_per_verify_only",
     ):
         results[label] = results.pop(f"{label}_c1")
-    handshake = results[f"cpu_ms_per_handshake_c{clients}"]
-    results["certs_vs_handshakes_ceiling"] = handshake / (
-        handshake + results["cpu_ms_per_certify_only"] + results["cpu_ms_per_verify_only"]
+    hs_cpu = results[f"cpu_ms_per_handshake_c{clients}"]
+    if server_process:  # the handshake's CPU is spread over both processes
+        hs_cpu += results[f"server_cpu_ms_per_handshake_c{clients}"]
+    results["certs_vs_handshakes_ceiling"] = hs_cpu / (
+        hs_cpu + results["cpu_ms_per_certify_only"] + results["cpu_ms_per_verify_only"]
     )
     for n in sorted({1, clients}):
         results[f"certs_vs_handshakes_c{n}"] = (
@@ -185,6 +255,11 @@ def main() -> None:
     parser.add_argument(
         "--clients", type=int, default=8, help="concurrent clients, 1 to 16 (default 8)"
     )
+    parser.add_argument(
+        "--server-process",
+        action="store_true",
+        help="run the service as `taonet domain-service` in its own process (Linux)",
+    )
     args = parser.parse_args()
     if not 1 <= args.clients <= ConnectionLimits().anonymous_per_address:
         # More would be refused: the service admits 16 anonymous connections per address.
@@ -193,7 +268,15 @@ def main() -> None:
     # The service logs as `taonet domain-service` does (one line per certificate, on
     # standard error): part of what a certificate costs.
     configure_logging()
-    results = trio.run(bench, seconds, 3 if args.quick else 5, args.clients)
+    results = trio.run(
+        functools.partial(
+            bench,
+            seconds,
+            3 if args.quick else 5,
+            args.clients,
+            server_process=args.server_process,
+        )
+    )
     for k, v in results.items():
         print(f"{k:32s} {v:10.2f}")
     print(json.dumps({k: round(v, 4) for k, v in results.items()}))
