@@ -199,6 +199,7 @@ async def serve_channels(
                 if revocations is not None:
                     await revocations._track(stream, conn.revoked)
                 await _run_handler(handler, stream, conn.remote)
+                await stream._settle_accept()
             if conn.scope.cancelled_caught and not conn.evicted and not conn.was_revoked:
                 if stream is None:
                     reason = f"no handshake within {handshake_timeout} s"

@@ -16,7 +16,12 @@ Connecting (:func:`open_channel`) or accepting (:func:`accept_channel`, run by
 3. the server's verdict: one byte, ``0x00`` to accept, or ``0x01``, a 2-byte length
    and a UTF-8 reason to refuse. The client does not wait for it: it reads it
    before the first application byte, and a refusal raises
-   :class:`~taonet.AuthorizationError` with the server's reason.
+   :class:`~taonet.AuthorizationError` with the server's reason. A refusal is sent
+   at once; an acceptance when the client's first request has already arrived
+   with its last handshake flight (:func:`open_channel` with ``hold_finished``)
+   goes out with the server's answer, in the same record and write, and otherwise
+   at once too (in any case before the server waits for bytes from the client, and
+   before :func:`~taonet.channel.serve_channels` closes the stream).
 
 A refusal is logged on both sides (``peer_denied`` where the decision was made,
 ``refused_by_peer`` where it arrived). After that, a TaoStream is a plain
@@ -30,6 +35,7 @@ serial (see ``taonet.channel._revocation``): its reads and writes then raise
 
 from __future__ import annotations
 
+import contextlib
 import math
 import ssl
 import struct
@@ -45,7 +51,7 @@ from taonet._edges import map_os_errors
 from taonet._errors import AuthenticationError, AuthorizationError, ProtocolError
 from taonet._log import get_logger
 from taonet.channel._identity import ChannelIdentity
-from taonet.channel._tls import TLSStream
+from taonet.channel._tls import READ_SIZE, TLSStream
 from taonet.domain import Guard
 
 if TYPE_CHECKING:
@@ -144,6 +150,8 @@ class TaoStream(trio.abc.Stream):
         self._revocations: Final = revocations
         self._revoked: ChannelRevokedError | None = None
         self._verdict_pending = not server_side
+        # Server side: the accept byte, not sent yet (see the module docstring).
+        self._accept_unsent = False
         self._buffer = b""
         self._receiving = False
         self._sending = False
@@ -182,6 +190,13 @@ class TaoStream(trio.abc.Stream):
             raise
 
     async def _send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._accept_unsent:
+            # The accept byte goes out with the first answer, in the same write.
+            self._accept_unsent = False
+            if data:
+                self._ssl.queue(_ACCEPT)
+            else:
+                data = _ACCEPT
         activity = self._activity
         if activity is None:
             await self._ssl.send_all(data)
@@ -243,6 +258,22 @@ class TaoStream(trio.abc.Stream):
                 n = len(self._buffer) if max_bytes is None else max_bytes
                 data, self._buffer = self._buffer[:n], self._buffer[n:]
                 return data
+            if self._accept_unsent:
+                # A request that came with the handshake is read before the accept
+                # byte is sent (it then goes out with the answer); waiting for one,
+                # the client hears the accept byte first.
+                try:
+                    ready = self._ssl.receive_nowait(max_bytes or READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    await self._raise_why_broken(exc)
+                    raise
+                if ready is not None:
+                    await trio.lowlevel.checkpoint()
+                    if ready and self._activity is not None:
+                        self._activity.heard_from_peer()
+                    return ready
+                self._accept_unsent = False
+                self._ssl.queue(_ACCEPT)
             try:
                 received = await self._ssl.receive_some(max_bytes)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -328,6 +359,12 @@ class TaoStream(trio.abc.Stream):
             try:
                 chunk = await self._ssl.receive_some()
             except trio.BrokenResourceError as exc:
+                if isinstance(exc.__cause__, ssl.SSLEOFError):
+                    # Cut without a TLS alert (the server stopped, timed out, was
+                    # killed): no refusal, and no verdict either.
+                    raise trio.BrokenResourceError(
+                        "the server closed the channel before accepting it"
+                    ) from exc
                 raise AuthenticationError(
                     f"the server refused the TLS handshake: {_tls_reason(exc)}"
                 ) from exc
@@ -335,7 +372,19 @@ class TaoStream(trio.abc.Stream):
                 raise trio.BrokenResourceError("the server closed the channel before accepting it")
             self._buffer += chunk
 
+    async def _settle_accept(self) -> None:
+        """Send the accept byte if it is still held for an answer (server side; see
+        the module docstring), for a handler that ends without answering."""
+        if self._accept_unsent:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._send_all(b"")
+
     async def aclose(self) -> None:
+        if self._accept_unsent:
+            # It goes out with the close_notify (when the close is not forceful).
+            self._accept_unsent = False
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                self._ssl.queue(_ACCEPT)
         self._closed = True
         self._buffer = b""
         if self._revocations is not None:
@@ -375,9 +424,9 @@ def _check_guard(guard: Guard | None, peer: Peer) -> None:
     guard.check(peer.principal, "Connect")
 
 
-async def _handshake(ssl_stream: _SSL, seconds: float) -> None:
+async def _handshake(ssl_stream: _SSL, seconds: float, *, hold_last_flight: bool = False) -> None:
     with trio.move_on_after(seconds) as scope:
-        await ssl_stream.do_handshake()
+        await ssl_stream.do_handshake(hold_last_flight=hold_last_flight)
     if scope.cancelled_caught:
         raise trio.TooSlowError(f"TLS handshake did not finish within {seconds} s")
 
@@ -391,6 +440,7 @@ async def open_channel(
     revoked: Collection[int] = frozenset(),
     revocations: CRLSource | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    hold_finished: bool = False,
 ) -> TaoStream:
     """Connect to a Tao channel server and return the stream once its name is checked.
 
@@ -407,6 +457,13 @@ async def open_channel(
     writes then raise :class:`~taonet.channel.ChannelRevokedError`, as they do when
     the server cuts the channel and a fresh CRL lists either serial.
     ``revoked`` is a fixed collection of serials to refuse (checked only here).
+
+    With ``hold_finished`` the handshake's last flight (our certificate and
+    Finished) waits for the stream's first send, receive or close: a request sent
+    at once (after the checks above, and any of the caller's own) then travels with
+    it, in one write and one segment, and the server may answer it together with
+    its verdict. The server completes the handshake only when that flight arrives,
+    so send, receive or close promptly.
     """
     where = f"{host}:{port}"
     with map_os_errors(to=ProtocolError, what=f"cannot reach the channel server at {where}"):
@@ -420,7 +477,7 @@ async def open_channel(
     try:
         with map_os_errors(to=ProtocolError, what=f"no channel handshake with {where}"):
             try:
-                await _handshake(ssl_stream, handshake_timeout)
+                await _handshake(ssl_stream, handshake_timeout, hold_last_flight=hold_finished)
             except trio.BrokenResourceError as exc:
                 raise AuthenticationError(f"TLS handshake failed: {_tls_reason(exc)}") from exc
         peer = _peer_of(
@@ -483,12 +540,16 @@ async def accept_channel(
         reason = str(exc).encode()[:_MAX_REASON]
         await ssl_stream.send_all(bytes([_REFUSE]) + struct.pack(">H", len(reason)) + reason)
         raise
-    await ssl_stream.send_all(_ACCEPT)
-    log.debug("channel_established", peer=peer, side="server", remote=remote)
-    return TaoStream(
+    stream = TaoStream(
         ssl_stream,
         peer,
         server_side=True,
         local=identity.certificate,
         revocations=revocations,
     )
+    if ssl_stream.data_arrived():
+        stream._accept_unsent = True  # it goes with the answer (module docstring)
+    else:
+        await ssl_stream.send_all(_ACCEPT)
+    log.debug("channel_established", peer=peer, side="server", remote=remote)
+    return stream

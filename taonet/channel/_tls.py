@@ -116,8 +116,14 @@ class TLSStream(trio.abc.Stream):
 
     # -- the handshake ----------------------------------------------------------------
 
-    async def do_handshake(self) -> None:
-        """Run the TLS handshake (idempotent)."""
+    async def do_handshake(self, *, hold_last_flight: bool = False) -> None:
+        """Run the TLS handshake (idempotent).
+
+        With ``hold_last_flight`` what the handshake still has to send when it is done
+        here (a TLS 1.3 client's Certificate and Finished) stays queued until the
+        stream's first send, receive or close, so that data sent at once shares its
+        write (and the peer gets both in one segment).
+        """
         self._check_usable()
         if self._handshake_done:
             await trio.lowlevel.checkpoint()
@@ -125,9 +131,9 @@ class TLSStream(trio.abc.Stream):
         # A sender and a receiver may both start the handshake: one runs it.
         async with self._handshake_lock:
             if not self._handshake_done:
-                await self._run_handshake()
+                await self._run_handshake(hold_last_flight=hold_last_flight)
 
-    async def _run_handshake(self) -> None:
+    async def _run_handshake(self, *, hold_last_flight: bool = False) -> None:
         while True:
             try:
                 self._tls.do_handshake()
@@ -139,8 +145,43 @@ class TLSStream(trio.abc.Stream):
                 await self._flush_quietly()  # let the peer see our alert
                 raise self._break(exc) from exc
             break
-        await self._flush()
+        if hold_last_flight:
+            await trio.lowlevel.checkpoint()
+        else:
+            await self._flush()
         self._handshake_done = True
+
+    def queue(self, data: bytes) -> None:
+        """Encrypt ``data`` to go out with the next send (or receive, or close), not now."""
+        self._check_usable()
+        if not self._handshake_done:
+            raise RuntimeError("queue() before the handshake")
+        try:
+            self._tls.write(data)
+        except ssl.SSLError as exc:
+            raise self._break(exc) from exc
+
+    def data_arrived(self) -> bool:
+        """Whether bytes from the peer wait here, not yet decrypted or not yet read."""
+        return self._incoming.pending > 0 or self._tls.pending() > 0
+
+    def receive_nowait(self, max_bytes: int) -> bytes | None:
+        """What has already arrived, decrypted, up to ``max_bytes``, without waiting or
+        flushing what is queued: None if nothing has (``b""``: the peer closed). Not a
+        checkpoint; the caller makes one."""
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this TLS stream")
+        self._check_usable()
+        if not self._handshake_done:
+            return None
+        if self._eof:
+            return b""
+        data = self._read_available(max_bytes)
+        if data or self._eof:
+            return data
+        return None
 
     async def _flush_quietly(self) -> None:
         try:

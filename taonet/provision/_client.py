@@ -109,7 +109,9 @@ async def _exchange(host: str, port: int, identity: ChannelIdentity, op: str, re
         Role.CLIENT, body_limit=MAX_RESPONSE, max_frame=MAX_RESPONSE, default_error=ProtocolError
     )
     with map_os_errors(to=ProtocolError, what=what), trio.fail_after(REQUEST_TIMEOUT):
-        stream = await open_channel(host, port, identity)
+        # The request goes with our last handshake flight, and the verdict with the
+        # answer: one write each way after the server's first flight.
+        stream = await open_channel(host, port, identity, hold_finished=True)
         async with stream:
             _principal_is_service(stream.peer.principal, identity)
             await stream.send_all(b"".join(envelope.request(op, 1, serialize(request))))

@@ -89,6 +89,124 @@ async def test_tao_stream_is_a_well_behaved_stream(programs: Programs) -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_a_stream_whose_accept_waits_for_an_answer_is_well_behaved(
+    programs: Programs,
+) -> None:
+    """The conformance suite again, on a pair where the client's first byte came with
+    its last handshake flight: the server holds its accept byte for its first answer
+    (or its first wait for the client, or its close), however the suite drives it."""
+    async with trio.open_nursery() as nursery:
+
+        async def maker() -> tuple[TaoStream, TaoStream]:
+            server_id, client_id = await programs.identity(1), await programs.identity(2)
+            send, receive = trio.open_memory_channel[TaoStream](1)
+
+            async def handler(stream: TaoStream) -> None:
+                assert stream._accept_unsent
+                assert await stream.receive_some(1) == b"!"
+                assert stream._accept_unsent
+                await send.send(stream)
+                await trio.sleep_forever()
+
+            port = await start_server(nursery, server_id, handler)
+            client = await open_channel("127.0.0.1", port, client_id, hold_finished=True)
+            await client.send_all(b"!")
+            return client, await receive.receive()
+
+        with trio.fail_after(60):
+            await trio.testing.check_two_way_stream(maker, None)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_request_with_the_last_flight_is_answered_with_the_verdict(
+    programs: Programs, nursery: trio.Nursery
+) -> None:
+    """``hold_finished``: the request goes in the client's last handshake write, and
+    the server's accept byte in the same write as its answer."""
+    seen: list[tuple[bool, bool]] = []
+
+    async def handler(stream: TaoStream) -> None:
+        before = stream._accept_unsent
+        data = await stream.receive_some()
+        seen.append((before, stream._accept_unsent))
+        await stream.send_all(data)
+        await stream.receive_some()
+
+    with trio.fail_after(10):
+        port = await start_server(nursery, await programs.identity(1), handler)
+        stream = await open_channel(
+            "127.0.0.1", port, await programs.identity(2), hold_finished=True
+        )
+        tls = stream.tls_stream
+        assert tls._outgoing.pending > 0  # the Finished, held
+        assert await echo_once(stream, b"with the flight") == b"with the flight"
+        await stream.aclose()
+    assert seen == [(True, True)]
+
+
+async def test_a_refused_client_s_early_request_reaches_no_handler(
+    programs: Programs, nursery: trio.Nursery
+) -> None:
+    """A client the server refuses (its guard, a revoked certificate) hears the
+    refusal at once even though its request came with its handshake, and no handler
+    ever sees that request."""
+    client = await programs.identity(3)
+    assert client.certificate is not None
+    handled: list[TaoStream] = []
+    guard = ACLGuard([authorized(programs.name(2), "Connect")])
+    with trio.fail_after(20):
+        guarded = await start_server(
+            nursery, await programs.identity(1), recording_echo(handled), guard=guard
+        )
+        revoking = await start_server(
+            nursery,
+            await programs.identity(1),
+            recording_echo(handled),
+            revoked={client.certificate.serial},
+        )
+        for port, reason in ((guarded, "does not authorize"), (revoking, "revoked")):
+            stream = await open_channel("127.0.0.1", port, client, hold_finished=True)
+            await stream.send_all(b"request that must not be read")
+            with pytest.raises(AuthorizationError, match=reason):
+                await stream.receive_some()
+    assert handled == []
+
+
+async def test_a_handler_that_ends_without_answering_still_accepts(
+    programs: Programs, nursery: trio.Nursery
+) -> None:
+    """A handler that reads the early request and returns without a word: the client
+    hears the accept byte, then the end of the stream (not "closed before accepting")."""
+
+    async def handler(stream: TaoStream) -> None:
+        await stream.receive_some()
+
+    with trio.fail_after(10):
+        port = await start_server(nursery, await programs.identity(1), handler)
+        stream = await open_channel(
+            "127.0.0.1", port, await programs.identity(2), hold_finished=True
+        )
+        await stream.send_all(b"hello")
+        await stream.wait_accepted()
+        await wait_closed_by_peer(stream)
+        await stream.aclose()
+
+
+async def test_a_held_flight_goes_out_on_a_receive(
+    programs: Programs, nursery: trio.Nursery
+) -> None:
+    """A ``hold_finished`` client that waits for the verdict before sending anything
+    completes the handshake by waiting (no deadlock), and is accepted at once."""
+    with trio.fail_after(10):
+        port = await start_server(nursery, await programs.identity(1))
+        stream = await open_channel(
+            "127.0.0.1", port, await programs.identity(2), hold_finished=True
+        )
+        await stream.wait_accepted()
+        assert await echo_once(stream) == b"ping"
+        await stream.aclose()
+
+
 # -- who may not connect -------------------------------------------------------------
 
 

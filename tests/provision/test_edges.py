@@ -11,11 +11,14 @@ import pytest
 import trio
 import trio.testing
 
-from taonet import ProtocolError
+from taonet import AuthenticationError, ProtocolError, auth
 from taonet.channel import TaoStream, serve_channels
+from taonet.crypto import Signer
 from taonet.domain import Domain
-from taonet.provision import fetch_crl
+from taonet.hosts import SoftHost
+from taonet.provision import fetch_crl, request_certificate
 from taonet_services.domain_service import DomainService
+from tests.channel.conftest import Programs, start_server
 from tests.conftest import PASSWORD
 
 Handler = Callable[[TaoStream], Awaitable[None]]
@@ -112,3 +115,41 @@ async def test_broken_mid_answer(
         await fetch_crl("127.0.0.1", port, domain.policy_cert)
     assert str(caught.value).startswith(f"no answer from the domain service at 127.0.0.1:{port}: ")
     assert isinstance(caught.value.__cause__, trio.BrokenResourceError)
+
+
+async def test_an_impostor_service_never_sees_the_request(
+    make_domain: Callable[..., Domain], make_host: Callable[..., SoftHost]
+) -> None:
+    """The request waits with the client's last handshake flight until the server's
+    name is checked: a program of the domain posing as its domain service (its
+    certificate is good, its name is not a service of the policy key) gets the end
+    of the handshake and then nothing, never the attestation."""
+    domain = make_domain(guard="Liberal")
+    programs = Programs(domain, make_host(domain))
+    heard: list[bytes] = []
+    done = trio.Event()
+
+    async def impostor(stream: TaoStream) -> None:
+        try:
+            while chunk := await stream.receive_some():
+                heard.append(bytes(chunk))
+        finally:
+            done.set()
+
+    name = programs.name(9)
+    key = Signer.generate()
+    att = await programs.host.tao_for(name).attest(
+        auth.Speaksfor(auth.key_principal(key.public_key_der()), name)
+    )
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            port = await start_server(
+                nursery, await programs.identity(1), impostor, allow_anonymous=True
+            )
+            with pytest.raises(AuthenticationError, match="not a service of this domain"):
+                await request_certificate(
+                    "127.0.0.1", port, domain.policy_cert, att, key.public_key_der()
+                )
+            await done.wait()  # the client hung up: the impostor read all it will get
+            nursery.cancel_scope.cancel()
+    assert heard == []

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 
 from taonet import ConfigError
@@ -19,6 +20,7 @@ from taonet_services.domain_service._audit import (
     SUMMARY_CODE,
     AuditEvent,
     AuditLog,
+    IssuedCertificate,
     bounded,
     format_events,
 )
@@ -416,3 +418,41 @@ def test_refusal_summaries_are_bounded(log: AuditLog) -> None:
         log.record_refusal_summary(peer="x", codes={}, first_ns=T0, last_ns=T0)
     with pytest.raises(ValueError, match="positive"):
         log.record_refusal_summary(peer="x", codes={"a": 0}, first_ns=T0, last_ns=T0)
+
+
+def issued_certificate(serial: int, principal: str = "key(prog)") -> IssuedCertificate:
+    return IssuedCertificate(
+        serial=serial,
+        principal=principal,
+        key_hash_hex=KEY_HASH,
+        not_before_ns=T0,
+        not_after_ns=T0 + 10**9,
+        peer="127.0.0.1:4000",
+        attestation_sha256_hex=ATTESTATION,
+    )
+
+
+def test_a_batch_of_issued_certificates_is_one_transaction(log: AuditLog) -> None:
+    """Each certificate of a batch is recorded (with its own event id) but a serial
+    already recorded, or twice in the batch, which alone is refused."""
+    issue(log, 5)
+    results = log.record_issued_many([issued_certificate(s, f"key(p{s})") for s in (6, 5, 7, 6, 8)])
+    assert isinstance(results[1], ConfigError)
+    assert "serial 5 was already issued" in str(results[1])
+    assert isinstance(results[3], ConfigError)
+    assert "serial 6 was already issued" in str(results[3])
+    ids = [results[0], results[2], results[4]]
+    assert all(isinstance(i, int) for i in ids)
+    events = log.events()
+    assert [e.serial for e in events] == [5, 6, 7, 8]
+    assert [e.id for e in events[1:]] == ids
+    assert [e.principal for e in events] == ["key(prog)", "key(p6)", "key(p7)", "key(p8)"]
+    assert log.record_issued_many([]) == []
+
+
+def test_a_batch_with_a_bad_field_is_refused_before_it_is_written(log: AuditLog) -> None:
+    with pytest.raises(ValueError, match="attestation_sha256_hex"):
+        attrs.evolve(issued_certificate(2), attestation_sha256_hex="zz")
+    with pytest.raises(ValueError, match="serial"):
+        issued_certificate(1 << 160)
+    assert log.events() == []

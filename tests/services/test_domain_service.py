@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
-from taonet import AuthorizationError, CodecError, auth, certs
+from taonet import AuthorizationError, CodecError, ConfigError, auth, certs
 from taonet.attestation import Attestation
 from taonet.channel import ChannelIdentity, open_channel
 from taonet.crypto import Signer
@@ -18,6 +20,7 @@ from taonet.domain import ACLGuard, Domain
 from taonet.hosts import SoftHost
 from taonet.provision import (
     ERROR_BAD_REQUEST,
+    ERROR_INTERNAL,
     ERROR_INVALID_ATTESTATION,
     OP_CERTIFY,
     DomainServiceError,
@@ -34,6 +37,8 @@ from taonet.wire import (
     serialize,
 )
 from taonet_services.domain_service import AUDIT_FILE, AuditLog, DomainService
+from taonet_services.domain_service._audit import IssuedCertificate
+from taonet_services.domain_service._service import _IssuedBatcher
 from tests.channel.test_stream import wait_closed_by_peer
 from tests.conftest import PASSWORD, MakeDomain, MakeHost
 from tests.services.flood import exchange
@@ -182,3 +187,120 @@ async def test_wrong_password_is_refused(svc: Service, tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError):
         DomainService.open(svc.domain.path, b"wrong")
+
+
+async def test_concurrent_issuances_share_one_commit(svc: Service) -> None:
+    """Certificates issued while a commit is under way go into the next one, and
+    none is answered before its own row is committed: the first commit is held (in
+    its thread) until all twelve requests are waiting, then the other eleven share
+    the second commit; no certificate of a commit has left when it is written."""
+    log = svc.service._audit
+    arrived = 0
+    all_arrived = threading.Event()
+    batches: list[int] = []
+    answered: list[int] = []
+    record, write = svc.service._issued.record, log.record_issued_many
+
+    async def counting(certificate: IssuedCertificate) -> None:
+        nonlocal arrived
+        arrived += 1
+        if arrived == 12:
+            all_arrived.set()
+        await record(certificate)
+
+    def held(certificates: Sequence[IssuedCertificate]) -> list[int | ConfigError]:
+        assert all_arrived.wait(20), "the other requests never came"
+        early = {c.serial for c in certificates} & set(answered)
+        assert not early, "a certificate left before its row was committed"
+        batches.append(len(certificates))
+        return write(certificates)
+
+    requests = [await svc.request() for _ in range(12)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(svc.service._issued, "record", counting)
+        patch.setattr(log, "record_issued_many", held)
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for att, key in requests:
+
+                    async def one(att: bytes = att, key: Signer = key) -> None:
+                        answered.append((await svc.certify(att, key)).serial)
+
+                    nursery.start_soon(one)
+    assert batches == [1, 11]
+    with svc.audit() as audit:
+        assert all(audit.issued(serial) is not None for serial in answered)
+        assert len(audit.events()) == 12
+
+
+async def test_a_failed_shared_commit_issues_nothing(svc: Service) -> None:
+    """An audit log that cannot be written (the disk full, read-only) fails every
+    request of the batch: each hears internal_error, and no certificate leaves."""
+
+    def full(certificates: Sequence[IssuedCertificate]) -> list[int | ConfigError]:
+        raise ConfigError("audit log: cannot record: database or disk is full")
+
+    requests = [await svc.request() for _ in range(4)]
+    codes: list[str] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(svc.service._audit, "record_issued_many", full)
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for att, key in requests:
+
+                    async def one(att: bytes = att, key: Signer = key) -> None:
+                        with pytest.raises(DomainServiceError) as refused:
+                            await svc.certify(att, key)
+                        codes.append(refused.value.code)
+
+                    nursery.start_soon(one)
+    assert codes == [ERROR_INTERNAL] * 4
+    with svc.audit() as audit:
+        assert audit.events() == []
+
+
+async def test_a_request_cancelled_before_its_commit_is_not_recorded(svc: Service) -> None:
+    """A request given up (its client gone, the service stopping) while its row waits
+    for the commit under way is taken out of the batch: a certificate the service
+    never returned is not recorded as issued (and one it returns always is)."""
+    batcher = _IssuedBatcher(svc.service._audit)
+    release = threading.Event()
+    write = svc.service._audit.record_issued_many
+
+    def held(certificates: Sequence[IssuedCertificate]) -> list[int | ConfigError]:
+        assert release.wait(20)
+        return write(certificates)
+
+    def certificate(serial: int) -> IssuedCertificate:
+        return IssuedCertificate(
+            serial=serial,
+            principal="key(p)",
+            key_hash_hex="ab" * 32,
+            not_before_ns=1,
+            not_after_ns=2,
+            peer="127.0.0.1:1",
+            attestation_sha256_hex="cd" * 32,
+        )
+
+    with pytest.MonkeyPatch.context() as patch, trio.fail_after(30):
+        patch.setattr(svc.service._audit, "record_issued_many", held)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(batcher.record, certificate(1))
+            await trio.testing.wait_all_tasks_blocked()
+            assert batcher._writing
+            given_up = trio.CancelScope()
+
+            async def cancelled() -> None:
+                with given_up:
+                    await batcher.record(certificate(2))
+
+            nursery.start_soon(batcher.record, certificate(3))
+            nursery.start_soon(cancelled)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(batcher._pending) == 2
+            given_up.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert [p.certificate.serial for p in batcher._pending] == [3]
+            release.set()
+    with svc.audit() as audit:
+        assert [e.serial for e in audit.events()] == [1, 3]

@@ -37,6 +37,10 @@ over when it is opened: its events are appended to the chain in order, with
 their times and ``migrated_id``, and the old table is dropped, in one
 transaction. The chain proves nothing about those events before that moment.
 
+Certificates issued together are recorded in one transaction
+(:meth:`AuditLog.record_issued_many`): one durable commit for all of them, each
+still its own entry.
+
 This module is synchronous (sqlite3 blocks). The service calls it through
 ``trio.to_thread.run_sync``; several threads may use one :class:`AuditLog` at
 once. Every storage failure surfaces as :class:`taonet.ConfigError` naming the
@@ -55,7 +59,7 @@ import threading
 import time
 import types
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Literal, TypeVar
 
 import attrs
@@ -80,6 +84,7 @@ __all__ = [
     "AuditEvent",
     "AuditLog",
     "EventKind",
+    "IssuedCertificate",
     "bounded",
     "format_events",
 ]
@@ -205,6 +210,48 @@ def _check_hex(name: str, value: str) -> str:
     return value.lower()
 
 
+def _key_hash_hex(value: str) -> str:
+    return _check_hex("key_hash_hex", value)
+
+
+def _attestation_hex(value: str) -> str:
+    return _check_hex("attestation_sha256_hex", value)
+
+
+@attrs.frozen
+class IssuedCertificate:
+    """What the audit log records of one issued certificate (checked when made:
+    ValueError for a serial out of range or a hash that is not hex)."""
+
+    serial: int = attrs.field()
+    principal: str
+    key_hash_hex: str = attrs.field(converter=_key_hash_hex)
+    not_before_ns: int = attrs.field(converter=int)
+    not_after_ns: int = attrs.field(converter=int)
+    peer: str
+    attestation_sha256_hex: str = attrs.field(converter=_attestation_hex)
+
+    @serial.validator
+    def _serial(self, _attribute: object, value: int) -> None:
+        _check_serial(value)
+
+    def entry_fields(self) -> dict[str, Any]:
+        """The audit chain entry (the keyword arguments of ``AuditStore.append_in``)."""
+        return {
+            "kind": "cert_issued",
+            "actor": bounded(self.peer, MAX_ACTOR_CHARS),
+            "subject": bounded(self.principal, MAX_ACTOR_CHARS),
+            "outcome": "ok",
+            "details": {
+                "serial": str(self.serial),
+                "key_hash_hex": self.key_hash_hex,
+                "not_before_ns": str(self.not_before_ns),
+                "not_after_ns": str(self.not_after_ns),
+                "attestation_sha256_hex": self.attestation_sha256_hex,
+            },
+        }
+
+
 class AuditLog:
     """An open audit log; create or open one with :meth:`open`."""
 
@@ -313,33 +360,63 @@ class AuditLog:
 
         ConfigError if a certificate with this serial was already recorded.
         """
-        text = _check_serial(serial)
-        details = {
-            "serial": text,
-            "key_hash_hex": _check_hex("key_hash_hex", key_hash_hex),
-            "not_before_ns": str(int(not_before_ns)),
-            "not_after_ns": str(int(not_after_ns)),
-            "attestation_sha256_hex": _check_hex("attestation_sha256_hex", attestation_sha256_hex),
-        }
+        issued = IssuedCertificate(
+            serial=serial,
+            principal=principal,
+            key_hash_hex=key_hash_hex,
+            not_before_ns=not_before_ns,
+            not_after_ns=not_after_ns,
+            peer=peer,
+            attestation_sha256_hex=attestation_sha256_hex,
+        )
+        (result,) = self.record_issued_many([issued])
+        if isinstance(result, ConfigError):
+            raise result
+        return result
 
-        def fn(cur: Any) -> int:
-            cur.execute("SELECT 1 FROM domain_certs WHERE serial = ?", (text,))
-            if cur.fetchone() is not None:
-                raise _Refused(f"audit log {self._path}: serial {serial} was already issued")
-            entry = self._store.append_in(
-                cur,
-                kind="cert_issued",
-                actor=bounded(peer, MAX_ACTOR_CHARS),
-                subject=bounded(principal, MAX_ACTOR_CHARS),
-                outcome="ok",
-                details=details,
-            )
-            cur.execute(
-                "INSERT INTO domain_certs (serial, issued_seq) VALUES (?, ?)", (text, entry.seq)
-            )
-            return entry.seq
+    def record_issued_many(
+        self, certificates: Sequence[IssuedCertificate]
+    ) -> list[int | ConfigError]:
+        """Record several issued certificates in one transaction (one durable commit).
 
-        return self._write(f"record issued serial {serial}", fn)
+        Returns, for each in order, its event id, or a ConfigError if a certificate
+        with its serial was already recorded (earlier, or before it in this batch):
+        that one is not recorded, the others are. ConfigError (raised) if the
+        transaction fails: then none of them is recorded.
+        """
+        if not certificates:
+            return []
+        texts = [_check_serial(c.serial) for c in certificates]
+
+        def fn(cur: Any) -> list[int | ConfigError]:
+            results: list[int | ConfigError] = []
+            fresh: list[tuple[int, str, dict[str, Any]]] = []
+            taken: set[str] = set()
+            for i, (text, cert) in enumerate(zip(texts, certificates, strict=True)):
+                cur.execute("SELECT 1 FROM domain_certs WHERE serial = ?", (text,))
+                if text in taken or cur.fetchone() is not None:
+                    results.append(
+                        ConfigError(f"audit log {self._path}: serial {text} was already issued")
+                    )
+                    continue
+                taken.add(text)
+                results.append(0)
+                fresh.append((i, text, cert.entry_fields()))
+            entries = self._store.append_many_in(cur, [fields for _, _, fields in fresh])
+            cur.executemany(
+                "INSERT INTO domain_certs (serial, issued_seq) VALUES (?, ?)",
+                [(text, entry.seq) for (_, text, _), entry in zip(fresh, entries, strict=True)],
+            )
+            for (i, _, _), entry in zip(fresh, entries, strict=True):
+                results[i] = entry.seq
+            return results
+
+        what = (
+            f"record issued serial {texts[0]}"
+            if len(texts) == 1
+            else f"record {len(texts)} issued certificates"
+        )
+        return self._write(what, fn)
 
     def record_refused(
         self,

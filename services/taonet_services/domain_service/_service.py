@@ -25,9 +25,10 @@ It holds the policy key (unlocked with the operator's password at start-up) and:
   rest), as is each configuration put in force (``domain_reloaded``). The policy key
   itself and the service's own identity stay those it started with;
 * records every issued certificate in full, durably (the row is committed
-  before the certificate is sent), and every refusal, in the append-only audit
-  log (``DIR/audit.sqlite``), from which revocations (``taonet domain revoke``) are
-  read;
+  before the certificate is sent; certificates issued while a commit is under way
+  share the next one, see ``_IssuedBatcher``), and every refusal, in the
+  append-only audit log (``DIR/audit.sqlite``), from which revocations
+  (``taonet domain revoke``) are read;
 * never un-revokes: every CRL it signs also lists each serial the domain's record
   (``policy_keys/crl_state``, see :func:`taonet.domain.sign_domain_crl`) holds, and
   is numbered past every earlier CRL whatever its clock says; and it refuses to
@@ -123,7 +124,12 @@ from taonet.wire import (
     serialize,
 )
 from taonet_services._domain_watch import RELOAD_INTERVAL, DomainReloader, ReloadReport
-from taonet_services.domain_service._audit import MAX_PEER_CHARS, AuditLog, bounded
+from taonet_services.domain_service._audit import (
+    MAX_PEER_CHARS,
+    AuditLog,
+    IssuedCertificate,
+    bounded,
+)
 from taonet_services.domain_service._limits import (
     ConnectionLimits,
     ConnectionShares,
@@ -193,6 +199,7 @@ class DomainService:
         self._monotonic = monotonic
         self._over_share = _Bursts("connection_share_refused")
         self.certifier = ProgramCertifier(domain, policy_signer, clock=clock)
+        self._issued: Final = _IssuedBatcher(audit)
         #: Follows the domain's signed configuration (module docstring); tests wait on
         #: its ``reports``.
         self.guard_watch: Final = DomainReloader(
@@ -453,9 +460,10 @@ class DomainService:
             log.exception("cert_failed", peer=peer)
             return _error(ERROR_INTERNAL, type(exc).__name__)
         try:
-            # Committed (WAL, synchronous=FULL) before the certificate leaves.
-            await trio.to_thread.run_sync(
-                lambda: self._audit.record_issued(
+            # Committed (WAL, synchronous=FULL) before the certificate leaves; the
+            # certificates issued meanwhile share the commit (_IssuedBatcher).
+            await self._issued.record(
+                IssuedCertificate(
                     serial=issued.serial,
                     principal=str(issued.principal),
                     key_hash_hex=hashlib.sha256(key).hexdigest(),
@@ -606,6 +614,71 @@ class DomainService:
         with trio.move_on_after(5):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(b"".join(chunks))
+
+
+class _IssuedBatcher:
+    """Records issued certificates, those that arrive while a commit is under way
+    together in the next one: each caller returns once its own row is committed.
+
+    No task of its own: the first caller to find no commit under way writes the
+    batch (shielded, so a cancelled caller does not leave its batch half done); the
+    others wait for it, and one of them writes what came in meanwhile. A caller
+    cancelled before its row went into a commit takes it back out: nothing it never
+    returned is recorded, and nothing it returns is not.
+    """
+
+    def __init__(self, audit: AuditLog) -> None:
+        self._audit = audit
+        self._pending: list[_Pending] = []
+        self._writing = False
+        self._written = trio.Event()
+
+    async def record(self, certificate: IssuedCertificate) -> None:
+        """Return once ``certificate`` is committed; ConfigError if it was not."""
+        item = _Pending(certificate)
+        self._pending.append(item)
+        try:
+            while not item.done:
+                if self._writing:
+                    await self._written.wait()
+                else:
+                    await self._write_pending()
+        except BaseException:
+            if not item.done and item in self._pending:
+                self._pending.remove(item)
+            raise
+        if isinstance(item.result, ConfigError):
+            raise item.result
+
+    async def _write_pending(self) -> None:
+        batch, self._pending = self._pending, []
+        self._writing = True
+        unfinished = ConfigError("the audit log write did not finish; nothing was recorded")
+        results: list[int | ConfigError] = [unfinished] * len(batch)
+        try:
+            with trio.CancelScope(shield=True):
+                try:
+                    results = await trio.to_thread.run_sync(
+                        self._audit.record_issued_many, [item.certificate for item in batch]
+                    )
+                except ConfigError as exc:
+                    results = [exc] * len(batch)
+        finally:
+            for item, result in zip(batch, results, strict=True):
+                item.result = result
+                item.done = True
+            self._writing = False
+            self._written.set()
+            self._written = trio.Event()
+
+
+class _Pending:
+    __slots__ = ("certificate", "done", "result")
+
+    def __init__(self, certificate: IssuedCertificate) -> None:
+        self.certificate = certificate
+        self.done = False
+        self.result: int | ConfigError = 0
 
 
 def _error(code: str, reason: str) -> Any:
