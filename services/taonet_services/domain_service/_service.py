@@ -34,6 +34,14 @@ It holds the policy key (unlocked with the operator's password at start-up) and:
   start when the audit log lacks revocations that record or the signed ``crl.der``
   holds (an audit log restored from a backup), saying how to recover.
 
+Metrics (``metrics``, a :class:`~taonet_services.metrics.ServiceMetrics`, or None):
+each request answered (by operation, ``certify``, ``get_crl`` or ``watch_crl``, and
+outcome: ``ok`` or its error code; a request cut off for a bad header or an unknown
+method is not counted: there is no operation to name), its latency, open channels,
+handshakes, and each issued certificate's audit write with its latency. Logs: every
+line of a connection carries its ``conn_id`` and ``peer`` (bound by
+:func:`~taonet.channel.serve_channels`).
+
 The protocol is the protorpc envelope (:class:`taonet.wire.Envelope`): a request is
 a header frame naming the method (``DomainService.Certify``,
 ``DomainService.GetCRL`` or ``DomainService.WatchCRL``) and a
@@ -99,7 +107,13 @@ from taonet import (
     auth,
     certs,
 )
-from taonet.channel import ChannelIdentity, TaoStream, default_max_connections, serve_channels
+from taonet.channel import (
+    ChannelIdentity,
+    HandshakeOutcome,
+    TaoStream,
+    default_max_connections,
+    serve_channels,
+)
 from taonet.crypto import Signer
 from taonet.domain import Domain, ProgramCertifier, RevocationRecord, audit_behind, sign_domain_crl
 from taonet.provision import (
@@ -133,6 +147,7 @@ from taonet_services.domain_service._limits import (
     client_key,
 )
 from taonet_services.domain_service._watch import CRLWatches, _Bursts
+from taonet_services.metrics import ServiceMetrics
 
 __all__ = ["AUDIT_FILE", "ERROR_RATE_LIMITED", "MAX_REQUEST", "DomainService"]
 
@@ -169,18 +184,22 @@ class DomainService:
         connections: ConnectionLimits | None = None,
         max_connections: int | None = None,
         reload_interval: float = RELOAD_INTERVAL,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         """``clock`` (ns since the epoch) dates certificates; ``monotonic`` (seconds)
         drives the refusal limits (:class:`RefusalLimits`, defaults if None) and the
         connection shares (:class:`ConnectionLimits`) of the ``max_connections`` the
         channel server holds (None: :func:`taonet.channel.default_max_connections`).
         ``reload_interval`` (seconds) is how often the domain's files are looked at
-        besides before each certification (module docstring).
+        besides before each certification (module docstring). ``metrics``: where
+        requests, channels, handshakes and audit writes are counted (module docstring).
         The service owns ``audit`` from here on and closes it in :meth:`close`.
         ConfigError if the audit log is behind the domain's revocations (module
         docstring)."""
         #: The domain's configuration in force (replaced when it is signed again).
         self.domain = domain
+        #: Where requests, channels, handshakes and audit writes are counted (None: not).
+        self.metrics = metrics
         self._signer = policy_signer
         self._audit = audit
         self._clock = clock
@@ -241,6 +260,7 @@ class DomainService:
         connections: ConnectionLimits | None = None,
         max_connections: int | None = None,
         reload_interval: float = RELOAD_INTERVAL,
+        metrics: ServiceMetrics | None = None,
     ) -> DomainService:
         """Load the domain, unlock its policy key and open its audit log.
 
@@ -261,6 +281,7 @@ class DomainService:
                 connections=connections,
                 max_connections=max_connections,
                 reload_interval=reload_interval,
+                metrics=metrics,
             )
         except BaseException:
             audit.close()
@@ -303,6 +324,7 @@ class DomainService:
                         host=host,
                         allow_anonymous=True,
                         max_connections=self.max_connections,
+                        on_handshake=self._handshake,
                     )
                 )
                 task_status.started(listeners)
@@ -311,9 +333,27 @@ class DomainService:
                 scope.deadline = trio.current_time() + _SHUTDOWN_FLUSH_TIMEOUT
                 await self.write_refusal_summaries(all_now=True)
 
+    def _handshake(self, outcome: HandshakeOutcome) -> None:
+        if self.metrics is not None:
+            self.metrics.handshake(outcome)
+
+    def _observe(self, op: str, outcome: str, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.request_since(_OPERATIONS.get(op, "other"), outcome, started)
+
     async def handle(self, stream: TaoStream) -> None:
         """Answer requests on one connection until the client closes it (or, for an
         anonymous client, until its request count or lifetime runs out)."""
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.channel_opened()
+        try:
+            await self._handle(stream)
+        finally:
+            if metrics is not None:
+                metrics.channel_closed()
+
+    async def _handle(self, stream: TaoStream) -> None:
         envelope = Envelope(Role.SERVER, body_limit=MAX_REQUEST, header_limit=MAX_REQUEST_HEADER)
         host, address = _remote(stream)
         client = client_key(host)
@@ -391,6 +431,7 @@ class DomainService:
             return False
         assert isinstance(event, Request)
         op = event.op
+        started = time.perf_counter()
         if op not in (OP_CERTIFY, OP_GET_CRL, OP_WATCH_CRL):
             reason = f"unknown domain service method {bounded(op, 64)!r}"
             await self._refused(client, peer, ERROR_BAD_REQUEST, reason)
@@ -400,6 +441,7 @@ class DomainService:
         if op != OP_CERTIFY and not certified and not self.shares.crl_allowed(client):
             self._over_share.note(peer=peer, rate_limited=op)
             body = _error(ERROR_RATE_LIMITED, "too many CRL requests from this address")
+            self._observe(op, ERROR_RATE_LIMITED, started)
             await self._send(stream, envelope.response(op, event.seq, serialize(body)))
             return False
         if op == OP_CERTIFY and not self.limiter.admit(client, code=ERROR_RATE_LIMITED):
@@ -408,6 +450,7 @@ class DomainService:
                 ERROR_RATE_LIMITED,
                 "too many refused requests from this address; try again later",
             )
+            self._observe(op, ERROR_RATE_LIMITED, started)
             await self._send(stream, envelope.response(op, event.seq, serialize(body)))
             return False
         try:
@@ -415,9 +458,11 @@ class DomainService:
         except CodecError as exc:
             reason = bounded(str(exc))
             await self._refused(client, peer, ERROR_BAD_REQUEST, reason)
+            self._observe(op, ERROR_BAD_REQUEST, started)
             await self._send(stream, envelope.response(op, event.seq, error=CodecError(reason)))
             return False
         response = await self._respond(op, request, peer, client, key, certified)
+        self._observe(op, str(response.error_code) or "ok", started)
         await stream.send_all(b"".join(envelope.response(op, event.seq, serialize(response))))
         return True
 
@@ -454,6 +499,7 @@ class DomainService:
             return _error(ERROR_INTERNAL, type(exc).__name__)
         try:
             # Committed (WAL, synchronous=FULL) before the certificate leaves.
+            writing = time.perf_counter()
             await trio.to_thread.run_sync(
                 lambda: self._audit.record_issued(
                     serial=issued.serial,
@@ -465,6 +511,8 @@ class DomainService:
                     attestation_sha256_hex=digest,
                 )
             )
+            if self.metrics is not None:
+                self.metrics.audit_written(time.perf_counter() - writing)
         except ConfigError as exc:
             log.error(  # noqa: TRY400 - one line: the reason says what failed
                 "audit_failed", peer=peer, serial=issued.serial, reason=bounded(str(exc))
@@ -606,6 +654,10 @@ class DomainService:
         with trio.move_on_after(5):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(b"".join(chunks))
+
+
+#: The metrics' name of each operation.
+_OPERATIONS: Final = {OP_CERTIFY: "certify", OP_GET_CRL: "get_crl", OP_WATCH_CRL: "watch_crl"}
 
 
 def _error(code: str, reason: str) -> Any:
