@@ -436,7 +436,7 @@ async def open_channel(
     except BaseException:
         await trio.aclose_forcefully(ssl_stream)
         raise
-    log.debug("channel_established", peer=peer, side="client")
+    log.debug("channel_established", peer=str(peer), side="client")
     stream = TaoStream(
         ssl_stream,
         peer,
@@ -484,7 +484,7 @@ async def accept_channel(
         await ssl_stream.send_all(bytes([_REFUSE]) + struct.pack(">H", len(reason)) + reason)
         raise
     await ssl_stream.send_all(_ACCEPT)
-    log.debug("channel_established", peer=peer, side="server", remote=remote)
+    log.debug("channel_established", peer=str(peer), side="server", remote=remote)
     return TaoStream(
         ssl_stream,
         peer,

@@ -39,8 +39,9 @@ each request answered (by operation, ``certify``, ``get_crl`` or ``watch_crl``, 
 outcome: ``ok`` or its error code; a request cut off for a bad header or an unknown
 method is not counted: there is no operation to name), its latency, open channels,
 handshakes, and each issued certificate's audit write with its latency. Logs: every
-line of a connection carries its ``conn_id`` and ``peer`` (bound by
-:func:`~taonet.channel.serve_channels`).
+line of a connection carries its ``conn_id``, ``remote`` (address) and ``peer`` (the
+verified principal, or ``anonymous``), bound by :func:`~taonet.channel.serve_channels`;
+the audit log's ``peer`` stays the address and the principal together.
 
 The protocol is the protorpc envelope (:class:`taonet.wire.Envelope`): a request is
 a header frame naming the method (``DomainService.Certify``,
@@ -388,10 +389,10 @@ class DomainService:
                     served >= limits.anonymous_requests
                     or self._monotonic() - opened >= limits.anonymous_lifetime
                 ):
-                    log.info("client_recycled", peer=peer, requests=served)
+                    log.info("client_recycled", requests=served)
                     break
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.info("client_broken", peer=peer, error=bounded(str(exc) or type(exc).__name__))
+            log.info("client_broken", error=bounded(str(exc) or type(exc).__name__))
         finally:
             self.shares.release(key, certified=certified)
             envelope.clear()
@@ -425,7 +426,7 @@ class DomainService:
             await self._send(stream, envelope.answer_failure())
             return False
         if idle.cancelled_caught:
-            log.info("client_idle", peer=peer)
+            log.info("client_idle")
             return False
         if event is END_OF_STREAM:
             return False
@@ -495,7 +496,7 @@ class DomainService:
             await self._refused(client, peer, code, reason, attestation, digest)
             return _error(code, reason)
         except TaoError as exc:  # pragma: no cover - a certifier bug, not the client's
-            log.exception("cert_failed", peer=peer)
+            log.exception("cert_failed")
             return _error(ERROR_INTERNAL, type(exc).__name__)
         try:
             # Committed (WAL, synchronous=FULL) before the certificate leaves.
@@ -515,12 +516,11 @@ class DomainService:
                 self.metrics.audit_written(time.perf_counter() - writing)
         except ConfigError as exc:
             log.error(  # noqa: TRY400 - one line: the reason says what failed
-                "audit_failed", peer=peer, serial=issued.serial, reason=bounded(str(exc))
+                "audit_failed", serial=issued.serial, reason=bounded(str(exc))
             )
             return _error(ERROR_INTERNAL, "the certificate could not be recorded; none was issued")
         log.info(
             "cert_issued",
-            peer=peer,
             serial=issued.serial,
             principal=bounded(str(issued.principal)),
         )
@@ -579,10 +579,9 @@ class DomainService:
                     )
                 )
             except ConfigError as exc:
-                log.error("audit_failed", peer=peer, reason=bounded(str(exc)))  # noqa: TRY400
+                log.error("audit_failed", reason=bounded(str(exc)))  # noqa: TRY400
             log.warning(
                 "bad_request" if code == ERROR_BAD_REQUEST else "cert_refused",
-                peer=peer,
                 code=code,
                 principal=None if principal is None else bounded(principal),
                 reason=reason,
