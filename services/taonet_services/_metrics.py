@@ -22,8 +22,10 @@ is bounded.
 
 from __future__ import annotations
 
+import bisect
+import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 from taonet import ConfigError
@@ -88,6 +90,8 @@ def _prometheus() -> Any:
     """prometheus_client, or a ConfigError that says which extra to install."""
     try:
         import prometheus_client
+        import prometheus_client.core
+        import prometheus_client.utils
     except ImportError:
         raise ConfigError(
             "metrics need the prometheus-client package: pip install 'taonet[metrics]'"
@@ -95,10 +99,39 @@ def _prometheus() -> Any:
     return prometheus_client
 
 
+class _Histogram:
+    """Observations in fixed buckets: counts per bucket (the last is +Inf) and their sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def buckets(self, bound_text: Callable[[float], str]) -> list[tuple[str, float]]:
+        """Cumulative counts by upper bound (``le``), as the exposition has them."""
+        out = []
+        running = 0
+        for bound, count in zip((*_BUCKETS, math.inf), self.counts, strict=True):
+            running += count
+            out.append((bound_text(bound), float(running)))
+        return out
+
+
 class ServiceMetrics:
     """The metrics of one service (``"secret_server"`` or ``"domain_service"``), in a
     registry of their own (:attr:`registry`). ConfigError when prometheus-client is
-    not installed."""
+    not installed.
+
+    The figures are kept in plain counters and turned into metric families when the
+    registry is collected (a scrape): an observation costs a dictionary update, not
+    prometheus-client's locks. So they are for one thread: the service's Trio thread,
+    where its requests, hooks and scrapes all run.
+    """
 
     def __init__(self, service: str) -> None:
         if service not in _SERVICES:
@@ -106,45 +139,14 @@ class ServiceMetrics:
         prometheus = _prometheus()
         self.service: Final = service
         self._operations, self._outcomes = _SERVICES[service]
-        self.registry: Final[Any] = prometheus.CollectorRegistry(auto_describe=True)
-        prefix = f"taonet_{service}"
-        registry = self.registry
-        self._requests = prometheus.Counter(
-            f"{prefix}_requests",
-            "Requests answered, by operation and outcome.",
-            ("operation", "outcome"),
-            registry=registry,
-        )
-        self._latency = prometheus.Histogram(
-            f"{prefix}_request_seconds",
-            "Time from a request read to its answer ready, by operation.",
-            ("operation",),
-            buckets=_BUCKETS,
-            registry=registry,
-        )
-        self._open = prometheus.Gauge(
-            f"{prefix}_open_channels", "Channels being served now.", registry=registry
-        )
-        self._handshakes = prometheus.Counter(
-            f"{prefix}_handshakes",
-            "Channel handshakes, by outcome.",
-            ("outcome",),
-            registry=registry,
-        )
-        self._audit = prometheus.Histogram(
-            f"{prefix}_audit_write_seconds",
-            "Audit writes on the path of an answer, to their commit.",
-            buckets=_BUCKETS,
-            registry=registry,
-        )
-        # Label children made once (labels() takes a lock and builds a tuple each call).
-        self._request_children: dict[tuple[str, str], Any] = {}
-        self._latency_children = {
-            op: self._latency.labels(op) for op in (*sorted(self._operations), OTHER)
-        }
-        self._handshake_children = {
-            outcome: self._handshakes.labels(outcome.value) for outcome in HandshakeOutcome
-        }
+        self._prefix = f"taonet_{service}"
+        self._requests: dict[tuple[str, str], int] = {}
+        self._latency = {op: _Histogram() for op in (*sorted(self._operations), OTHER)}
+        self._open = 0
+        self._handshakes: dict[HandshakeOutcome, int] = {o: 0 for o in HandshakeOutcome}
+        self._audit = _Histogram()
+        self.registry: Final[Any] = prometheus.CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self, prometheus))
 
     @property
     def operations(self) -> frozenset[str]:
@@ -159,16 +161,13 @@ class ServiceMetrics:
     def request(self, operation: str, outcome: str, seconds: float) -> None:
         """Count one request answered and observe its latency (labels outside the fixed
         sets are counted as ``other``)."""
+        if operation not in self._operations:
+            operation = OTHER
+        if outcome not in self._outcomes:
+            outcome = OTHER
         key = (operation, outcome)
-        child = self._request_children.get(key)
-        if child is None:
-            op = operation if operation in self._operations else OTHER
-            out = outcome if outcome in self._outcomes else OTHER
-            child = self._requests.labels(op, out)
-            if op == operation and out == outcome:  # bounded: only known pairs are kept
-                self._request_children[key] = child
-        child.inc()
-        self._latency_children.get(operation, self._latency_children[OTHER]).observe(seconds)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        self._latency[operation].observe(seconds)
 
     def request_since(self, operation: str, outcome: str, started: float) -> None:
         """:meth:`request` with the latency from ``started`` (``time.perf_counter()``)."""
@@ -176,13 +175,13 @@ class ServiceMetrics:
 
     def handshake(self, outcome: HandshakeOutcome) -> None:
         """Count one handshake (``serve_channels(on_handshake=...)``)."""
-        self._handshake_children[outcome].inc()
+        self._handshakes[outcome] += 1
 
     def channel_opened(self) -> None:
-        self._open.inc()
+        self._open += 1
 
     def channel_closed(self) -> None:
-        self._open.dec()
+        self._open -= 1
 
     def audit_written(self, seconds: float) -> None:
         """Observe one audit write's latency."""
@@ -198,3 +197,48 @@ class ServiceMetrics:
         for family in self.registry.collect():
             for sample in family.samples:
                 yield from sample.labels.values()
+
+
+class _Collector:
+    """prometheus-client's view of a :class:`ServiceMetrics` (built at each collect)."""
+
+    def __init__(self, metrics: ServiceMetrics, prometheus: Any) -> None:
+        self._metrics = metrics
+        self._core = prometheus.core
+        self._bound_text: Callable[[float], str] = prometheus.utils.floatToGoString
+
+    def collect(self) -> Iterator[Any]:
+        m, core, prefix = self._metrics, self._core, self._metrics._prefix
+        requests = core.CounterMetricFamily(
+            f"{prefix}_requests",
+            "Requests answered, by operation and outcome.",
+            labels=("operation", "outcome"),
+        )
+        for (operation, outcome), count in sorted(m._requests.items()):
+            requests.add_metric((operation, outcome), float(count))
+        yield requests
+        latency = core.HistogramMetricFamily(
+            f"{prefix}_request_seconds",
+            "Time from a request read to its answer ready, by operation.",
+            labels=("operation",),
+        )
+        for operation, histogram in m._latency.items():
+            latency.add_metric(
+                (operation,), histogram.buckets(self._bound_text), sum_value=histogram.total
+            )
+        yield latency
+        yield core.GaugeMetricFamily(
+            f"{prefix}_open_channels", "Channels being served now.", value=float(m._open)
+        )
+        handshakes = core.CounterMetricFamily(
+            f"{prefix}_handshakes", "Channel handshakes, by outcome.", labels=("outcome",)
+        )
+        for ending, count in m._handshakes.items():
+            handshakes.add_metric((ending.value,), float(count))
+        yield handshakes
+        audit = core.HistogramMetricFamily(
+            f"{prefix}_audit_write_seconds",
+            "Audit writes on the path of an answer, to their commit.",
+        )
+        audit.add_metric((), m._audit.buckets(self._bound_text), sum_value=m._audit.total)
+        yield audit

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import subprocess
+import sys
 
 import pytest
 import trio
@@ -243,3 +245,27 @@ def test_labels_come_from_fixed_sets() -> None:
 def test_unknown_service_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown service"):
         ServiceMetrics("quote_service")
+
+
+def test_prometheus_client_is_imported_only_when_metrics_are_made() -> None:
+    code = (
+        "import sys\n"
+        "import taonet_services.metrics, taonet_services.secret_server\n"
+        "import taonet_services.domain_service, taonet.cli._secret_server_cmd\n"
+        "import taonet.cli._service_cmd\n"
+        "assert 'prometheus_client' not in sys.modules, 'imported'\n"
+        "taonet_services.metrics.ServiceMetrics('domain_service')\n"
+        "assert 'prometheus_client' in sys.modules\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_public_objects_report_their_public_module() -> None:
+    import taonet_services.metrics as public
+
+    for name in public.__all__:
+        if not name.isupper():  # constants have no module
+            assert getattr(public, name).__module__ == "taonet_services.metrics", name
