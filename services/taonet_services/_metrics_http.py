@@ -13,6 +13,9 @@ The exposition is unauthenticated and unencrypted (as Prometheus scrapes), so:
 * each connection has ``connection_timeout`` seconds (default 5) in all, to send its request
   and take the answer; one slower (bytes one at a time, or an answer never read) is
   closed;
+* the exposition is made at most once per ``min_interval`` seconds (default 1): the
+  scrapes within it get the same bytes, so a client that scrapes in a loop costs the
+  service one exposition (about a millisecond) a second, not one per request;
 * one request per connection (``Connection: close``); only ``GET`` and ``HEAD`` of
   ``/metrics`` are served (``404`` for another path, ``405`` for another method,
   ``400`` for a request line that is not HTTP/1.x); a request body is never read.
@@ -36,6 +39,7 @@ from taonet import ConfigError
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_REQUEST",
+    "DEFAULT_MIN_INTERVAL",
     "DEFAULT_TIMEOUT",
     "is_loopback",
     "serve_metrics",
@@ -49,6 +53,8 @@ DEFAULT_MAX_CONNECTIONS: Final = 4
 DEFAULT_MAX_REQUEST: Final = 8 * 1024
 #: Seconds one connection may take in all.
 DEFAULT_TIMEOUT: Final = 5.0
+#: Seconds an exposition is served again before a new one is made.
+DEFAULT_MIN_INTERVAL: Final = 1.0
 #: The exposition's content type (prometheus_client.CONTENT_TYPE_LATEST, text 0.0.4).
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 #: Refusals of connections over the cap, logged one per burst.
@@ -120,6 +126,7 @@ async def serve_metrics(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     max_request: int = DEFAULT_MAX_REQUEST,
     connection_timeout: float = DEFAULT_TIMEOUT,
+    min_interval: float = DEFAULT_MIN_INTERVAL,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``exposition()`` (e.g. :meth:`ServiceMetrics.exposition`) as ``GET /metrics``
@@ -127,7 +134,8 @@ async def serve_metrics(
     protocol: ``task_status`` gets the listeners; port 0 picks a free one).
 
     ConfigError for a ``host`` that is not a loopback address unless ``public``;
-    ValueError for a bound that is not positive.
+    ValueError for a bound that is not positive (``min_interval`` may be 0: a new
+    exposition for every request).
     """
     if not public and not is_loopback(host):
         raise ConfigError(
@@ -142,7 +150,18 @@ async def serve_metrics(
     ):
         if not value > 0:
             raise ValueError(f"{name} must be positive, not {value}")
+    if not min_interval >= 0:
+        raise ValueError(f"min_interval must be >= 0, not {min_interval}")
     slots = trio.Semaphore(max_connections)
+    made: tuple[float, bytes] | None = None  # when the last exposition was made, and it
+
+    def latest() -> bytes:
+        nonlocal made
+        now = trio.current_time()
+        if made is None or now - made[0] >= min_interval:
+            made = (now, exposition())
+        return made[1]
+
     refused = 0
     last_refusal = -_QUIET_AFTER
 
@@ -155,7 +174,7 @@ async def serve_metrics(
                 if not head:
                     answer = _plain("431 Request Header Fields Too Large")
                 else:
-                    answer = _answer(head, exposition)
+                    answer = _answer(head, latest)
                 await tcp.send_all(answer)
             if scope.cancelled_caught:
                 log.info("metrics_client_too_slow", timeout=connection_timeout)

@@ -4,7 +4,8 @@
   ``taonet_services._metrics``); needs prometheus-client (``pip install
   'taonet[metrics]'``), imported only when one is made.
 * :func:`serve_metrics`: ``GET /metrics`` from Trio, on loopback unless said
-  otherwise, bounded in connections, request size and time (``_metrics_http``).
+  otherwise, bounded in connections, request size and time, one exposition made per
+  second at most (``_metrics_http``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from taonet_services._metrics import (
 from taonet_services._metrics_http import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_REQUEST,
+    DEFAULT_MIN_INTERVAL,
     DEFAULT_TIMEOUT,
     is_loopback,
     serve_metrics,
@@ -28,6 +30,7 @@ from taonet_services._metrics_http import (
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_REQUEST",
+    "DEFAULT_MIN_INTERVAL",
     "DEFAULT_TIMEOUT",
     "DOMAIN_OPERATIONS",
     "DOMAIN_OUTCOMES",

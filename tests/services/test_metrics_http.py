@@ -194,6 +194,33 @@ async def test_client_that_never_reads_is_closed(
         assert status(answer) == 200
 
 
+@pytest.mark.parametrize("min_interval", [0.0, 1000.0])
+async def test_an_exposition_is_made_at_most_once_per_interval(
+    nursery: trio.Nursery, min_interval: float
+) -> None:
+    """Scrapes in a loop cost one exposition per interval: within it, the same bytes."""
+    made: list[int] = []
+
+    def exposition() -> bytes:
+        made.append(len(made))
+        return b"exposition %d\n" % len(made)
+
+    listeners = await nursery.start(
+        functools.partial(serve_metrics, exposition, 0, min_interval=min_interval)
+    )
+    port = int(listeners[0].socket.getsockname()[1])
+    with trio.fail_after(30):
+        bodies = [
+            (await exchange(port, b"GET /metrics HTTP/1.1\r\n\r\n")).partition(b"\r\n\r\n")[2]
+            for _ in range(20)
+        ]
+    if min_interval:
+        assert bodies == [b"exposition 1\n"] * 20
+        assert len(made) == 1
+    else:
+        assert bodies == [b"exposition %d\n" % (i + 1) for i in range(20)]
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1", "example.com", ""])
 async def test_off_loopback_is_refused_unless_public(host: str) -> None:
     with pytest.raises(ConfigError, match="not a loopback address"):
