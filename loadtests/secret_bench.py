@@ -36,11 +36,24 @@ guard and its release committed to the audit chain before the value is sent.
 * ``rotation_s``: one Rotate of a key protecting ``--children`` objects (default
   10,000; every child rewrapped, one transaction), on SQLite.
 
+``--metrics`` adds ``read_metrics``: the same reads against the same server with its
+Prometheus metrics on (:class:`~taonet_services.metrics.ServiceMetrics`: requests,
+latency histograms, channels, handshakes, audit writes; not scraped), in blocks
+alternating with the others; ``read_metrics_cpu_ratio`` = its CPU per read over
+``read``'s, ``read_metrics_ratio_vs_read`` = its reads/s over ``read``'s. It also adds
+``read_again``, the same reads with the metrics off once more, so that
+``read_again_cpu_ratio`` and ``read_again_ratio_vs_read`` show how far two identical
+subjects differ in this run (the noise a metrics ratio must be read against); and
+``metrics_record_us``, the CPU time of recording one request (counter and latency
+histogram) in a tight loop, against ``prometheus_client_record_us``, the same with
+prometheus-client's own Counter and Histogram objects, their label children made once
+(``metrics_record_ratio``).
+
 ``--profile FILE`` also profiles one read block (cProfile, all of this process's
 event loop: clients and server) and prints the top functions to stderr.
 
     python loadtests/secret_bench.py [--quick] [--clients N] [--seconds S] [--rounds N]
-        [--children N] [--pg-url URL | --no-pg] [--profile FILE]
+        [--children N] [--pg-url URL | --no-pg] [--profile FILE] [--metrics]
         [--only reads|fresh|writes|rotation]
 
 Prints a table, then as its last line one JSON object with every figure.
@@ -86,6 +99,7 @@ from taonet.secrets import (
     request_body_limit,
 )
 from taonet.wire import END_OF_STREAM, MAX_REQUEST_HEADER, NEED_DATA, Envelope, Role
+from taonet_services.metrics import ServiceMetrics
 from taonet_services.secret_server import Running, SecretServer
 from taonet_services.secret_server._store import utc_now
 from tests.secrets.world import World, secret_world
@@ -362,18 +376,24 @@ async def reads(world: World, args: argparse.Namespace, result: dict[str, Any]) 
     port = await start_echo(world.nursery, server.identity, request, answer)
     tao_port = await start_tao_echo(world.nursery, server, request, answer)
     protocol_port = await start_protocol_echo(world.nursery, server, encode_response(obj))
+    metrics: ServiceMetrics | None = None
     subjects: dict[str, Callable[[], Awaitable[Any]]] = {
         "read": lambda: ReadClient.open(world.address, identity),
         "protocol_echo": lambda: ReadClient.open((HOST, protocol_port), identity),
         "tls_echo": lambda: EchoClient.open(port, identity, request, answer),
         "tao_echo": lambda: TaoEchoClient.open(tao_port, identity, request, answer),
     }
+    order: tuple[str, ...] = ("read", "protocol_echo", "tls_echo", "tao_echo")
+    if args.metrics:  # the same server, its metrics on for these blocks only
+        metrics = ServiceMetrics("secret_server")
+        subjects["read_metrics"] = subjects["read_again"] = subjects["read"]
+        order = ("read", "read_metrics", "read_again", *order[1:])
     await concurrent_rate(args.clients, 0.3, subjects["read"], Block())  # warm up
     blocks = {subject: Block() for subject in subjects}
     rates: dict[str, list[float]] = {subject: [] for subject in subjects}
     for _ in range(args.rounds):
-        order = ("read", "protocol_echo", "tls_echo", "tao_echo")
         for subject in (*order, *reversed(order)):
+            server.metrics = metrics if subject == "read_metrics" else None
             rate = await concurrent_rate(
                 args.clients, args.seconds / 2, subjects[subject], blocks[subject]
             )
@@ -400,6 +420,22 @@ async def reads(world: World, args: argparse.Namespace, result: dict[str, Any]) 
         request_bytes=request,
         answer_bytes=answer,
     )
+    server.metrics = None
+    if metrics is not None:
+        counted = sum(
+            sample.value
+            for family in metrics.registry.collect()
+            for sample in family.samples
+            if sample.name == "taonet_secret_server_requests_total"
+        )
+        result.update(
+            read_metrics_cpu_ratio=round(blocks["read_metrics"].cpu_us / blocks["read"].cpu_us, 3),
+            read_metrics_ratio_vs_read=ratio("read_metrics", "read"),
+            read_metrics_requests_counted=int(counted),
+            read_again_cpu_ratio=round(blocks["read_again"].cpu_us / blocks["read"].cpu_us, 3),
+            read_again_ratio_vs_read=ratio("read_again", "read"),
+            **record_costs(),
+        )
     cache = getattr(server, "cache", None)
     if cache is not None:
         result.update(read_cache_hits=cache.hits, read_cache_misses=cache.misses)
@@ -411,6 +447,40 @@ async def reads(world: World, args: argparse.Namespace, result: dict[str, Any]) 
         profiler.dump_stats(args.profile)
         stats = pstats.Stats(args.profile, stream=sys.stderr)
         stats.sort_stats("tottime").print_stats(25)
+
+
+def record_costs(n: int = 200_000) -> dict[str, float]:
+    """CPU microseconds to record one read (counter + latency histogram): ServiceMetrics
+    against prometheus-client's own objects, in the same run."""
+    import prometheus_client
+
+    ours = ServiceMetrics("secret_server")
+    registry = prometheus_client.CollectorRegistry()
+    counter = prometheus_client.Counter("c", "c", ("operation", "outcome"), registry=registry)
+    histogram = prometheus_client.Histogram("h", "h", ("operation",), registry=registry)
+    # Their label children made once (labels() per call would cost more still).
+    read_ok, read_latency = counter.labels("read", "ok"), histogram.labels("read")
+
+    def theirs(seconds: float) -> None:
+        read_ok.inc()
+        read_latency.observe(seconds)
+
+    def cost(record: Callable[[float], None]) -> float:
+        best = float("inf")
+        for _ in range(3):
+            start = time.process_time()
+            for _ in range(n):
+                record(0.0004)
+            best = min(best, time.process_time() - start)
+        return best / n * 1e6
+
+    mine = cost(lambda seconds: ours.request("read", "ok", seconds))
+    base = cost(theirs)
+    return {
+        "metrics_record_us": round(mine, 3),
+        "prometheus_client_record_us": round(base, 3),
+        "metrics_record_ratio": round(mine / base, 3),
+    }
 
 
 async def fresh(world: World, args: argparse.Namespace, result: dict[str, Any]) -> None:
@@ -574,6 +644,11 @@ def main() -> None:
     parser.add_argument("--no-pg", action="store_true", help="SQLite only")
     parser.add_argument("--profile", help="cProfile one read block into this file")
     parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also measure reads with the server's Prometheus metrics on (read_metrics)",
+    )
+    parser.add_argument(
         "--only",
         choices=("reads", "fresh", "writes", "rotation"),
         help="measure only this part (the table then shows only its lines)",
@@ -653,6 +728,14 @@ def print_reads(args: argparse.Namespace, result: dict[str, Any]) -> None:
         f" read {result['read_cpu_us']} us, protocol alone {result['protocol_echo_cpu_us']} us,"
         f" TLS echo {result['tls_echo_cpu_us']} us, Tao echo {result['tao_echo_cpu_us']} us"
     )
+    if "read_metrics_per_s" in result:
+        print(
+            f"reads with Prometheus metrics on: {result['read_metrics_per_s']:.0f}/s"
+            f" (vs off: {result['read_metrics_ratio_vs_read']}), CPU per read"
+            f" {result['read_metrics_cpu_us']} us (vs off: {result['read_metrics_cpu_ratio']});"
+            f" the same reads off again: {result['read_again_ratio_vs_read']},"
+            f" CPU {result['read_again_cpu_ratio']} (this run's noise)"
+        )
 
 
 if __name__ == "__main__":

@@ -16,16 +16,26 @@ modules take their loggers from :func:`get_logger` instead of
 
 The choice is made at each event, so configuring logging after the first event still
 takes effect.
+
+Context bound with :func:`bind_context` (structlog's context variables: the current
+task and the tasks it starts) goes with every event of that task either way: through
+structlog when the configuration merges context variables (structlog's default
+configuration and :func:`taonet.configure_logging` do), and into the rendered line
+of the standard :mod:`logging` fallback. :class:`taonet.channel.serve_channels` binds
+``conn_id`` and ``remote`` for each connection it accepts, and ``peer`` once the
+handshake has named it.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any, Final
 
 import structlog
+import structlog.contextvars
 
-__all__ = ["Logger", "get_logger"]
+__all__ = ["Logger", "bind_context", "get_logger", "new_conn_id"]
 
 logging.getLogger("taonet").addHandler(logging.NullHandler())
 
@@ -72,8 +82,12 @@ class Logger:
             return
         number = _LEVELS[level]
         if self._stdlib.isEnabledFor(number):
+            bound = structlog.contextvars.get_contextvars()
             self._stdlib.log(
-                number, "%s", _render(event, {**self._context, **values}), exc_info=exc_info
+                number,
+                "%s",
+                _render(event, {**bound, **self._context, **values}),
+                exc_info=exc_info,
             )
 
     def debug(self, event: str, **values: Any) -> None:
@@ -99,3 +113,16 @@ class Logger:
 def get_logger(name: str) -> Logger:
     """The logger for module ``name`` (see the module docstring)."""
     return Logger(name)
+
+
+def bind_context(**values: Any) -> None:
+    """Add ``values`` to every event logged from now on by the current task and the
+    tasks it starts afterwards (structlog context variables; a Trio task starts with a
+    copy of its parent's, so what one connection's task binds stays with it)."""
+    structlog.contextvars.bind_contextvars(**values)
+
+
+def new_conn_id() -> str:
+    """A random short id for one connection (8 hex digits): it ties a connection's log
+    lines together without naming anyone."""
+    return secrets.token_hex(4)

@@ -62,7 +62,9 @@ def configure_logging(*, json: bool | None = None, level: str | int | None = Non
     ``json=False`` as ``key=value`` text for people. When it is None the
     ``TAONET_LOG_FORMAT`` environment variable decides (``json`` or ``text``), and
     without that it is text. Each line carries the event's level and a UTC ISO
-    timestamp.
+    timestamp, and the context bound for its task (structlog context variables: a
+    channel server's ``conn_id``, ``remote`` and ``peer`` on every line of a
+    connection).
 
     Raises :class:`~taonet.ConfigError` for a level or format it does not know,
     whether given here or in the environment, and configures nothing then. Call it
@@ -77,6 +79,7 @@ def configure_logging(*, json: bool | None = None, level: str | int | None = Non
     threshold = _level(level)
     as_json = _json(json)
     processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

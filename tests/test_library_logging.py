@@ -108,3 +108,57 @@ def test_no_taonet_module_asks_structlog_for_a_logger_directly() -> None:
         and "structlog.get_logger" in path.read_text(encoding="utf-8")
     ]
     assert direct == []
+
+
+# A connection's task binds its context; the lines it logs carry it, other tasks' do not.
+_BOUND = """
+import trio
+from taonet._log import bind_context, get_logger
+{setup}
+log = get_logger("taonet.channel._server")
+
+async def connection(n):
+    bind_context(conn_id=f"c{{n}}", peer=f"p{{n}}")
+    log.warning("in_connection", n=n)
+
+async def main():
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connection, 1)
+        nursery.start_soon(connection, 2)
+    log.warning("outside")
+
+trio.run(main)
+"""
+
+
+def test_bound_context_goes_with_the_standard_logging_lines() -> None:
+    code = _BOUND.format(setup="import logging; logging.basicConfig(level=logging.INFO)")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    for n in (1, 2):
+        (line,) = [line for line in lines if f"n={n}" in line]
+        assert f"conn_id='c{n}'" in line
+        assert f"peer='p{n}'" in line
+    (outside,) = [line for line in lines if "outside" in line]
+    assert "conn_id" not in outside
+
+
+def test_bound_context_goes_with_configured_structlog_lines() -> None:
+    code = _BOUND.format(setup="import taonet; taonet.configure_logging(json=True)")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    import json
+
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    inside = {e["n"]: e for e in events if e["event"] == "in_connection"}
+    assert {n: (e["conn_id"], e["peer"]) for n, e in inside.items()} == {
+        1: ("c1", "p1"),
+        2: ("c2", "p2"),
+    }
+    (outside,) = [e for e in events if e["event"] == "outside"]
+    assert "conn_id" not in outside

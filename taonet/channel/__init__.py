@@ -26,6 +26,7 @@ from taonet.channel._server import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PER_ADDRESS,
+    HandshakeOutcome,
     default_max_connections,
     serve_channels,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "CRLSource",
     "ChannelIdentity",
     "ChannelRevokedError",
+    "HandshakeOutcome",
     "MessageStream",
     "Peer",
     "TaoStream",
@@ -54,7 +56,8 @@ __all__ = [
     "serve_channels",
 ]
 
-# What this package adds for revocation reports it as its home (reprs, tracebacks).
-for _public in (CRLSource, ChannelRevokedError):
+# What this package adds for revocation and handshake outcomes reports it as its home
+# (reprs, tracebacks).
+for _public in (CRLSource, ChannelRevokedError, HandshakeOutcome):
     _public.__module__ = __name__
 del _public

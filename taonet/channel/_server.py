@@ -37,10 +37,17 @@ closes), and resumes accepting as soon as it can. Reaching the cap
 address over its share (``address_limit_reached``) are logged the same way: one
 line when a burst starts (after 10 s without one), then at most one a minute while
 it lasts, each with ``events``, the count since the previous line.
+
+Each connection's task binds a random ``conn_id`` and the ``remote`` address to its
+log context (:func:`taonet._log.bind_context`), and the verified ``peer`` once the
+handshake is done, so every line logged for that connection, by the server or by the
+handler and the tasks it starts, carries them. ``on_handshake`` (for a service's
+metrics) hears how each handshake ended, as a :class:`HandshakeOutcome`.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
 import ipaddress
 import math
@@ -52,7 +59,7 @@ import trio
 
 from taonet._bursts import Bursts
 from taonet._errors import TaoError
-from taonet._log import get_logger
+from taonet._log import bind_context, get_logger, new_conn_id
 from taonet.channel._identity import ChannelIdentity
 from taonet.channel._revocation import ChannelRevokedError, CRLSource
 from taonet.channel._stream import (
@@ -69,6 +76,7 @@ __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_PER_ADDRESS",
+    "HandshakeOutcome",
     "default_max_connections",
     "serve_channels",
 ]
@@ -102,6 +110,27 @@ _REVOKED_GRACE: Final = 5.0
 Handler = Callable[[TaoStream], Awaitable[Any]]
 
 
+class HandshakeOutcome(enum.Enum):
+    """How one handshake that ``serve_channels`` accepted ended (a fixed set: what a
+    metric may be labelled with)."""
+
+    #: The channel was established and handed to the handler.
+    OK = "ok"
+    #: The peer's certificate, name, guard or revocation status was refused.
+    REFUSED = "refused"
+    #: TLS failed or the connection broke before the channel was established.
+    FAILED = "failed"
+    #: Not done within ``handshake_timeout``.
+    TIMEOUT = "timeout"
+    #: Closed to make room at the connection cap while it waited on its peer.
+    EVICTED = "evicted"
+
+
+#: ``on_handshake(outcome)``: called once per handshake that ended (not for one cut
+#: short by the server stopping). It must not block or raise.
+HandshakeHook = Callable[[HandshakeOutcome], None]
+
+
 def default_max_connections() -> int:
     """The default ``max_connections``: 1024, or 3/4 of the soft ``RLIMIT_NOFILE`` if less.
 
@@ -132,6 +161,7 @@ async def serve_channels(
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
     max_connections: int | None = None,
     max_per_address: int | None = DEFAULT_MAX_PER_ADDRESS,
+    on_handshake: HandshakeHook | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept Tao channels on ``host:port`` and run ``handler(stream)`` for each.
@@ -158,6 +188,12 @@ async def serve_channels(
     accepted while the quietest peer is evicted; ``max_per_address`` from one
     address (None: no limit), beyond which they are closed at once. ValueError for
     a limit that is not positive.
+
+    Logging: each connection's task binds ``conn_id`` (random, 8 hex digits) and
+    ``remote`` to its log context, and ``peer`` (the verified principal, or
+    ``anonymous``) once the handshake is done; the handler runs in that task, so its
+    lines (and those of the tasks it starts) carry them too. ``on_handshake``, if
+    given, is called with the :class:`HandshakeOutcome` of each handshake.
     """
     if not handshake_timeout > 0:
         raise ValueError(f"handshake_timeout must be positive, not {handshake_timeout}")
@@ -175,6 +211,8 @@ async def serve_channels(
     async def serve_one(conn: _Conn, tcp: trio.SocketStream) -> None:
         # One cancel scope per connection: its deadline is first the handshake's,
         # then the idle timeout's; eviction cancels it.
+        # This task's log context: every line of this connection carries it.
+        bind_context(conn_id=new_conn_id(), remote=conn.remote)
         ssl_stream = TLSStream(tcp, context, server_side=True)
         stream: TaoStream | None = None
         try:
@@ -193,17 +231,30 @@ async def serve_channels(
                     broken = isinstance(exc, trio.BrokenResourceError)
                     reason = _tls_reason(exc) if broken else str(exc)
                     log.info("channel_rejected", remote=conn.remote, reason=reason)
+                    if on_handshake is not None:
+                        refused = isinstance(exc, TaoError)
+                        on_handshake(
+                            HandshakeOutcome.REFUSED if refused else HandshakeOutcome.FAILED
+                        )
                     return
+                bind_context(peer=str(stream.peer))
+                if on_handshake is not None:
+                    on_handshake(HandshakeOutcome.OK)
                 conn.stream = stream
                 conn.activity = stream._track_activity(conn.scope, idle_timeout)
                 if revocations is not None:
                     await revocations._track(stream, conn.revoked)
                 await _run_handler(handler, stream, conn.remote)
                 await stream._settle_accept()
+            evicted_handshake = conn.evicted and stream is None
+            if conn.scope.cancelled_caught and evicted_handshake and on_handshake is not None:
+                on_handshake(HandshakeOutcome.EVICTED)
             if conn.scope.cancelled_caught and not conn.evicted and not conn.was_revoked:
                 if stream is None:
                     reason = f"no handshake within {handshake_timeout} s"
                     log.info("channel_rejected", remote=conn.remote, reason=reason)
+                    if on_handshake is not None:
+                        on_handshake(HandshakeOutcome.TIMEOUT)
                 else:
                     log.info("channel_idle", peer=str(stream.peer), remote=conn.remote)
         finally:

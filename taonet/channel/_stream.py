@@ -493,7 +493,7 @@ async def open_channel(
     except BaseException:
         await trio.aclose_forcefully(ssl_stream)
         raise
-    log.debug("channel_established", peer=peer, side="client")
+    log.debug("channel_established", peer=str(peer), side="client")
     stream = TaoStream(
         ssl_stream,
         peer,
@@ -551,5 +551,5 @@ async def accept_channel(
         stream._accept_unsent = True  # it goes with the answer (module docstring)
     else:
         await ssl_stream.send_all(_ACCEPT)
-    log.debug("channel_established", peer=peer, side="server", remote=remote)
+    log.debug("channel_established", peer=str(peer), side="server", remote=remote)
     return stream

@@ -21,7 +21,12 @@ from typing import Any
 from taonet import ConfigError, configure_logging
 from taonet.cli._domain_cmd import add_domain_option, domain_dir
 from taonet.cli._failures import UsageError, describe, leaves
-from taonet.cli._service_cmd import parse_listen
+from taonet.cli._service_cmd import (
+    add_metrics_options,
+    metrics_address,
+    parse_listen,
+    start_metrics,
+)
 
 #: Set by a Tao host for its hosted programs (see taonet.hosts.parent).
 HOST_CHANNEL_VARIABLE = "CLOUDPROXY_TAO_HOST_CHANNEL_TYPE"
@@ -94,6 +99,7 @@ def register(sub: Any) -> None:
         " when this server (on another host) holds no copy of it yet; the guard must let both"
         ' hold it: Authorized(P, "Own", "/taonet.secret-server/master")',
     )
+    add_metrics_options(p)
     p.set_defaults(func=_run)
 
 
@@ -122,7 +128,13 @@ def _run(args: argparse.Namespace) -> int:
             " to run on a soft host's key"
         )
     replica_of = None if args.replica_of is None else parse_listen(args.replica_of)
+    metrics_at = metrics_address(args)
     configure_logging()
+    metrics = None
+    if metrics_at is not None:
+        from taonet_services.metrics import ServiceMetrics
+
+        metrics = ServiceMetrics("secret_server")  # ConfigError without prometheus-client
     domain = Domain.load(directory)
     soft: SoftHost | None = None
     if args.soft_host is not None:
@@ -149,6 +161,7 @@ def _run(args: argparse.Namespace) -> int:
                                 listen=listen,
                                 db_url=args.db,
                                 replica_of=replica_of,
+                                metrics=metrics,
                                 task_status=task_status,
                             )
                         )
@@ -173,6 +186,16 @@ def _run(args: argparse.Namespace) -> int:
                         f"secret server listening on {address} as {principal}",
                         flush=True,
                     )
+                    if metrics is not None and metrics_at is not None:
+                        url = await start_metrics(
+                            nursery,
+                            metrics.exposition,
+                            metrics_at,
+                            public=args.metrics_public,
+                            option=f"--metrics {args.metrics}",
+                        )
+                        log.info("metrics_listening", url=url)
+                        print(f"metrics on {url}", flush=True)
                     async for signum in signals:
                         stopped_by.append(signal.Signals(signum).name)
                         break

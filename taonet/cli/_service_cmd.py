@@ -5,12 +5,20 @@ It serves until SIGINT or SIGTERM and then stops in order (exit status 0). It lo
 once it serves and ``domain_service_stopped`` (the signal) as it stops, and prints
 the same facts on standard output. A malformed ``--listen`` is a usage error
 (exit 2); an address it cannot listen on is one line on stderr and exit status 1.
+
+``--metrics HOST:PORT`` (here and for ``taonet secret-server``) also serves the
+service's Prometheus metrics as ``GET /metrics`` on that address (see
+:mod:`taonet_services.metrics`; needs ``pip install 'taonet[metrics]'``) and prints
+``metrics on http://HOST:PORT/metrics``. The endpoint is plain HTTP that answers
+anyone, so the address must be a loopback one unless ``--metrics-public`` says
+otherwise (a usage error, exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from taonet import ConfigError, configure_logging
@@ -32,7 +40,74 @@ def register(sub: Any) -> None:
         " port 0 picks a free one)",
     )
     add_password_option(p)
+    add_metrics_options(p)
     p.set_defaults(func=_run)
+
+
+def add_metrics_options(p: argparse.ArgumentParser) -> None:
+    """``--metrics HOST:PORT`` and ``--metrics-public`` (see the module docstring)."""
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        default=None,
+        help="also serve Prometheus metrics at http://HOST:PORT/metrics (a loopback address;"
+        " port 0 picks a free one; needs taonet[metrics])",
+    )
+    p.add_argument(
+        "--metrics-public",
+        action="store_true",
+        help="allow --metrics on an address other than loopback (the endpoint is plain HTTP"
+        " and answers anyone who reaches it)",
+    )
+
+
+def metrics_address(args: argparse.Namespace) -> tuple[str, int] | None:
+    """The ``--metrics`` address (None without it); UsageError for a malformed one, or
+    one off loopback without ``--metrics-public``."""
+    if args.metrics is None:
+        if args.metrics_public:
+            raise UsageError("--metrics-public needs --metrics HOST:PORT")
+        return None
+    from taonet_services.metrics import is_loopback
+
+    try:
+        host, port = parse_listen(args.metrics)
+    except UsageError as exc:  # it names --listen: say which option it was
+        raise UsageError(str(exc).replace("--listen", "--metrics", 1)) from None
+    if not args.metrics_public and not is_loopback(host):
+        raise UsageError(
+            f"--metrics {args.metrics[:100]!r}: not a loopback address; the metrics endpoint"
+            " is plain HTTP and answers anyone (use 127.0.0.1 or [::1], or add"
+            " --metrics-public)"
+        )
+    return host, port
+
+
+async def start_metrics(
+    nursery: Any,
+    exposition: Callable[[], bytes],
+    address: tuple[str, int],
+    *,
+    public: bool,
+    option: str,
+) -> str:
+    """Serve ``exposition`` on ``address`` in ``nursery``; the URL it is served at.
+    ConfigError (one line) for an address it cannot listen on."""
+    from taonet_services.metrics import serve_metrics
+
+    host, port = address
+    try:
+        listeners = await nursery.start(
+            lambda task_status: serve_metrics(
+                exposition, port, host=host, public=public, task_status=task_status
+            )
+        )
+    except (OSError, BaseExceptionGroup) as exc:
+        found = leaves(exc)
+        if not all(isinstance(leaf, OSError) for leaf in found):
+            raise
+        raise ConfigError(f"cannot listen on {option}: {describe(found[0])}") from None
+    return f"http://{_address(listeners[0].socket.getsockname())}/metrics"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -73,9 +148,15 @@ def _run(args: argparse.Namespace) -> int:
 
     directory = domain_dir(args)
     host, port = parse_listen(args.listen)
+    metrics_at = metrics_address(args)
     configure_logging()
+    metrics = None
+    if metrics_at is not None:
+        from taonet_services.metrics import ServiceMetrics
+
+        metrics = ServiceMetrics("domain_service")  # ConfigError without prometheus-client
     password = get_password(args.password_file, prompt="Policy key password")
-    service = DomainService.open(directory, password)
+    service = DomainService.open(directory, password, metrics=metrics)
     stopped_by: list[str] = []
 
     async def main() -> None:
@@ -104,6 +185,16 @@ def _run(args: argparse.Namespace) -> int:
                     f"{', '.join(addresses)} as {service.principal}",
                     flush=True,
                 )
+                if metrics is not None and metrics_at is not None:
+                    url = await start_metrics(
+                        nursery,
+                        metrics.exposition,
+                        metrics_at,
+                        public=args.metrics_public,
+                        option=f"--metrics {args.metrics}",
+                    )
+                    log.info("metrics_listening", url=url)
+                    print(f"metrics on {url}", flush=True)
                 async for signum in signals:
                     stopped_by.append(signal.Signals(signum).name)
                     break

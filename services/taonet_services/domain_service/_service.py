@@ -35,6 +35,15 @@ It holds the policy key (unlocked with the operator's password at start-up) and:
   start when the audit log lacks revocations that record or the signed ``crl.der``
   holds (an audit log restored from a backup), saying how to recover.
 
+Metrics (``metrics``, a :class:`~taonet_services.metrics.ServiceMetrics`, or None):
+each request answered (by operation, ``certify``, ``get_crl`` or ``watch_crl``, and
+outcome: ``ok`` or its error code; a request cut off for a bad header or an unknown
+method is not counted: there is no operation to name), its latency, open channels,
+handshakes, and each issued certificate's audit write with its latency. Logs: every
+line of a connection carries its ``conn_id``, ``remote`` (address) and ``peer`` (the
+verified principal, or ``anonymous``), bound by :func:`~taonet.channel.serve_channels`;
+the audit log's ``peer`` stays the address and the principal together.
+
 The protocol is the protorpc envelope (:class:`taonet.wire.Envelope`): a request is
 a header frame naming the method (``DomainService.Certify``,
 ``DomainService.GetCRL`` or ``DomainService.WatchCRL``) and a
@@ -100,7 +109,13 @@ from taonet import (
     auth,
     certs,
 )
-from taonet.channel import ChannelIdentity, TaoStream, default_max_connections, serve_channels
+from taonet.channel import (
+    ChannelIdentity,
+    HandshakeOutcome,
+    TaoStream,
+    default_max_connections,
+    serve_channels,
+)
 from taonet.crypto import Signer
 from taonet.domain import Domain, ProgramCertifier, RevocationRecord, audit_behind, sign_domain_crl
 from taonet.provision import (
@@ -139,6 +154,7 @@ from taonet_services.domain_service._limits import (
     client_key,
 )
 from taonet_services.domain_service._watch import CRLWatches, _Bursts
+from taonet_services.metrics import ServiceMetrics
 
 __all__ = ["AUDIT_FILE", "ERROR_RATE_LIMITED", "MAX_REQUEST", "DomainService"]
 
@@ -175,18 +191,22 @@ class DomainService:
         connections: ConnectionLimits | None = None,
         max_connections: int | None = None,
         reload_interval: float = RELOAD_INTERVAL,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         """``clock`` (ns since the epoch) dates certificates; ``monotonic`` (seconds)
         drives the refusal limits (:class:`RefusalLimits`, defaults if None) and the
         connection shares (:class:`ConnectionLimits`) of the ``max_connections`` the
         channel server holds (None: :func:`taonet.channel.default_max_connections`).
         ``reload_interval`` (seconds) is how often the domain's files are looked at
-        besides before each certification (module docstring).
+        besides before each certification (module docstring). ``metrics``: where
+        requests, channels, handshakes and audit writes are counted (module docstring).
         The service owns ``audit`` from here on and closes it in :meth:`close`.
         ConfigError if the audit log is behind the domain's revocations (module
         docstring)."""
         #: The domain's configuration in force (replaced when it is signed again).
         self.domain = domain
+        #: Where requests, channels, handshakes and audit writes are counted (None: not).
+        self.metrics = metrics
         self._signer = policy_signer
         self._audit = audit
         self._clock = clock
@@ -248,6 +268,7 @@ class DomainService:
         connections: ConnectionLimits | None = None,
         max_connections: int | None = None,
         reload_interval: float = RELOAD_INTERVAL,
+        metrics: ServiceMetrics | None = None,
     ) -> DomainService:
         """Load the domain, unlock its policy key and open its audit log.
 
@@ -268,6 +289,7 @@ class DomainService:
                 connections=connections,
                 max_connections=max_connections,
                 reload_interval=reload_interval,
+                metrics=metrics,
             )
         except BaseException:
             audit.close()
@@ -310,6 +332,7 @@ class DomainService:
                         host=host,
                         allow_anonymous=True,
                         max_connections=self.max_connections,
+                        on_handshake=self._handshake,
                     )
                 )
                 task_status.started(listeners)
@@ -318,9 +341,27 @@ class DomainService:
                 scope.deadline = trio.current_time() + _SHUTDOWN_FLUSH_TIMEOUT
                 await self.write_refusal_summaries(all_now=True)
 
+    def _handshake(self, outcome: HandshakeOutcome) -> None:
+        if self.metrics is not None:
+            self.metrics.handshake(outcome)
+
+    def _observe(self, op: str, outcome: str, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.request_since(_OPERATIONS.get(op, "other"), outcome, started)
+
     async def handle(self, stream: TaoStream) -> None:
         """Answer requests on one connection until the client closes it (or, for an
         anonymous client, until its request count or lifetime runs out)."""
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.channel_opened()
+        try:
+            await self._handle(stream)
+        finally:
+            if metrics is not None:
+                metrics.channel_closed()
+
+    async def _handle(self, stream: TaoStream) -> None:
         envelope = Envelope(Role.SERVER, body_limit=MAX_REQUEST, header_limit=MAX_REQUEST_HEADER)
         host, address = _remote(stream)
         client = client_key(host)
@@ -355,10 +396,10 @@ class DomainService:
                     served >= limits.anonymous_requests
                     or self._monotonic() - opened >= limits.anonymous_lifetime
                 ):
-                    log.info("client_recycled", peer=peer, requests=served)
+                    log.info("client_recycled", requests=served)
                     break
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.info("client_broken", peer=peer, error=bounded(str(exc) or type(exc).__name__))
+            log.info("client_broken", error=bounded(str(exc) or type(exc).__name__))
         finally:
             self.shares.release(key, certified=certified)
             envelope.clear()
@@ -392,12 +433,13 @@ class DomainService:
             await self._send(stream, envelope.answer_failure())
             return False
         if idle.cancelled_caught:
-            log.info("client_idle", peer=peer)
+            log.info("client_idle")
             return False
         if event is END_OF_STREAM:
             return False
         assert isinstance(event, Request)
         op = event.op
+        started = time.perf_counter()
         if op not in (OP_CERTIFY, OP_GET_CRL, OP_WATCH_CRL):
             reason = f"unknown domain service method {bounded(op, 64)!r}"
             await self._refused(client, peer, ERROR_BAD_REQUEST, reason)
@@ -407,6 +449,7 @@ class DomainService:
         if op != OP_CERTIFY and not certified and not self.shares.crl_allowed(client):
             self._over_share.note(peer=peer, rate_limited=op)
             body = _error(ERROR_RATE_LIMITED, "too many CRL requests from this address")
+            self._observe(op, ERROR_RATE_LIMITED, started)
             await self._send(stream, envelope.response(op, event.seq, serialize(body)))
             return False
         if op == OP_CERTIFY and not self.limiter.admit(client, code=ERROR_RATE_LIMITED):
@@ -415,6 +458,7 @@ class DomainService:
                 ERROR_RATE_LIMITED,
                 "too many refused requests from this address; try again later",
             )
+            self._observe(op, ERROR_RATE_LIMITED, started)
             await self._send(stream, envelope.response(op, event.seq, serialize(body)))
             return False
         try:
@@ -422,9 +466,11 @@ class DomainService:
         except CodecError as exc:
             reason = bounded(str(exc))
             await self._refused(client, peer, ERROR_BAD_REQUEST, reason)
+            self._observe(op, ERROR_BAD_REQUEST, started)
             await self._send(stream, envelope.response(op, event.seq, error=CodecError(reason)))
             return False
         response = await self._respond(op, request, peer, client, key, certified)
+        self._observe(op, str(response.error_code) or "ok", started)
         await stream.send_all(b"".join(envelope.response(op, event.seq, serialize(response))))
         return True
 
@@ -457,11 +503,13 @@ class DomainService:
             await self._refused(client, peer, code, reason, attestation, digest)
             return _error(code, reason)
         except TaoError as exc:  # pragma: no cover - a certifier bug, not the client's
-            log.exception("cert_failed", peer=peer)
+            log.exception("cert_failed")
             return _error(ERROR_INTERNAL, type(exc).__name__)
         try:
             # Committed (WAL, synchronous=FULL) before the certificate leaves; the
-            # certificates issued meanwhile share the commit (_IssuedBatcher).
+            # certificates issued meanwhile share the commit (_IssuedBatcher). The
+            # metric is the wait for that commit, as this request saw it.
+            writing = time.perf_counter()
             await self._issued.record(
                 IssuedCertificate(
                     serial=issued.serial,
@@ -473,14 +521,15 @@ class DomainService:
                     attestation_sha256_hex=digest,
                 )
             )
+            if self.metrics is not None:
+                self.metrics.audit_written(time.perf_counter() - writing)
         except ConfigError as exc:
             log.error(  # noqa: TRY400 - one line: the reason says what failed
-                "audit_failed", peer=peer, serial=issued.serial, reason=bounded(str(exc))
+                "audit_failed", serial=issued.serial, reason=bounded(str(exc))
             )
             return _error(ERROR_INTERNAL, "the certificate could not be recorded; none was issued")
         log.info(
             "cert_issued",
-            peer=peer,
             serial=issued.serial,
             principal=bounded(str(issued.principal)),
         )
@@ -539,10 +588,9 @@ class DomainService:
                     )
                 )
             except ConfigError as exc:
-                log.error("audit_failed", peer=peer, reason=bounded(str(exc)))  # noqa: TRY400
+                log.error("audit_failed", reason=bounded(str(exc)))  # noqa: TRY400
             log.warning(
                 "bad_request" if code == ERROR_BAD_REQUEST else "cert_refused",
-                peer=peer,
                 code=code,
                 principal=None if principal is None else bounded(principal),
                 reason=reason,
@@ -679,6 +727,10 @@ class _Pending:
         self.certificate = certificate
         self.done = False
         self.result: int | ConfigError = 0
+
+
+#: The metrics' name of each operation.
+_OPERATIONS: Final = {OP_CERTIFY: "certify", OP_GET_CRL: "get_crl", OP_WATCH_CRL: "watch_crl"}
 
 
 def _error(code: str, reason: str) -> Any:

@@ -198,9 +198,11 @@ class AnonymousChannels:
                         await _send(stream, envelope.response(event.op, event.seq, error=exc))
                         return
                     held.busy = True
+                    started = time.perf_counter()
                     response = await _answer(server, peer, event)
                     held.busy = False
                     body = encode_response(response)
+                    server.observe(event.op, response, started)
                     await _send(stream, envelope.response(event.op, event.seq, body))
                     if isinstance(response, Failure) and response.code in (
                         ErrorCode.UNAUTHORIZED,

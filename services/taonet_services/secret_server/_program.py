@@ -47,6 +47,7 @@ from taonet.hosts import Tao
 from taonet.protected import SecretObject, decode_object, encode_object
 from taonet.provision import RevocationWatcher, load_or_provision
 from taonet.secrets import Op
+from taonet_services.metrics import ServiceMetrics
 from taonet_services.secret_server._anonymous import AnonymousLimits
 from taonet_services.secret_server._cache import ObjectCache
 from taonet_services.secret_server._domain_watch import GuardReloader, audit_reload
@@ -171,6 +172,7 @@ async def run_secret_server(
     replica_of: tuple[str, int] | None = None,
     send_timeout: float = SEND_TIMEOUT,
     anonymous: AnonymousLimits | None = None,
+    metrics: ServiceMetrics | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Provision, get the master key, serve until cancelled (see the module docstring).
@@ -180,6 +182,9 @@ async def run_secret_server(
     key for replicas (``_extras``); hooks given here take their place. ``replica_of``:
     a running replica to get the master key from, if this server holds no copy.
     ``anonymous``: the limits on channels without a program certificate (``_anonymous``).
+    ``metrics``: where the server counts its requests, channels, handshakes and audit
+    writes (:class:`~taonet_services.metrics.ServiceMetrics`; serving them is the
+    caller's, e.g. with :func:`~taonet_services.metrics.serve_metrics`).
     """
     await trio.Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     async with trio.open_nursery() as nursery:
@@ -253,6 +258,7 @@ async def run_secret_server(
                 send_timeout=send_timeout,
                 anonymous=anonymous,
                 cache=cache,
+                metrics=metrics,
                 **options,
             )
             reloader = GuardReloader(

@@ -73,6 +73,14 @@ summarized (``_anonymous``); ``extensions`` serve further operations (Watch, Gra
 ``info`` is the answer to Info (the store id), given to anyone on a channel, with or
 without a certificate, before any other check (no right, nothing audited).
 
+Metrics (``metrics``, a :class:`~taonet_services.metrics.ServiceMetrics`, or None):
+each request answered (by operation and outcome: ``ok``, the error code, or
+``bad_request``) with its latency, open channels, handshakes, and each batch of
+audit entries committed (releases, refusals) with its latency; a change's audit entry
+is written in the change's own transaction and counted in the request's latency. The
+attribute may be set or cleared while the server runs. Logs: every line of a channel
+carries its ``conn_id`` and ``peer`` (bound by :func:`~taonet.channel.serve_channels`).
+
 Failures: bad bytes get an envelope error or an ``invalid`` answer and the server
 keeps serving (a frame over its limit ends that connection only); a database that is
 full, read-only or unreachable answers ``unavailable`` and nothing is acknowledged
@@ -100,7 +108,13 @@ from taonet import (
     auth,
 )
 from taonet.audit import MAX_ACTOR_CHARS, bounded
-from taonet.channel import ChannelIdentity, CRLSource, TaoStream, serve_channels
+from taonet.channel import (
+    ChannelIdentity,
+    CRLSource,
+    HandshakeOutcome,
+    TaoStream,
+    serve_channels,
+)
 from taonet.disclosure import DirectiveOp, directive_digest, verify_directive
 from taonet.domain import Guard
 from taonet.protected import ObjectId
@@ -130,6 +144,7 @@ from taonet.secrets import (
 )
 from taonet.wire import END_OF_STREAM, MAX_REQUEST_HEADER, NEED_DATA, Envelope, Role
 from taonet.wire import Request as EnvelopeRequest
+from taonet_services.metrics import OTHER, ServiceMetrics
 from taonet_services.secret_server._anonymous import AnonymousChannels, AnonymousLimits
 from taonet_services.secret_server._cache import ObjectCache, Verified
 from taonet_services.secret_server._reach import AlsoReaches, Reach
@@ -240,9 +255,10 @@ class _AuditBatcher:
     """Appends audit entries in batches: each caller waits until its entry committed;
     a checkpoint follows within :data:`CHECKPOINT_AFTER` seconds (with a signer)."""
 
-    def __init__(self, db: Database, audit: AuditStore) -> None:
+    def __init__(self, db: Database, audit: AuditStore, written: Callable[[float], None]) -> None:
         self._db = db
         self._audit = audit
+        self._observe = written
         self._pending: list[_Pending] = []
         self._wakeup = trio.Event()
         self._written = trio.Event()
@@ -284,8 +300,10 @@ class _AuditBatcher:
 
             failure: BaseException | None = None
             try:
+                started = time.perf_counter()
                 with trio.CancelScope(shield=True):
                     self._audit.committed(await self._db.transaction(append))
+                self._observe(time.perf_counter() - started)
                 self._written.set()
             except TaoError as exc:
                 failure = exc
@@ -330,6 +348,7 @@ class SecretServer:
         also_reaches: AlsoReaches | None = None,
         refresh_also: RefreshHook | None = None,
         info: ServerInfo | None = None,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self.tables: Final = tables
         self.db: Final = tables.db
@@ -346,7 +365,9 @@ class SecretServer:
         self.cache = cache
         self._clock = clock
         self.send_timeout = send_timeout
-        self._batcher = _AuditBatcher(self.db, audit)
+        #: Where requests, channels, handshakes and audit writes are counted (None: not).
+        self.metrics = metrics
+        self._batcher = _AuditBatcher(self.db, audit, self._audit_written)
         #: Channels without a program certificate (operators' tools): see ``_anonymous``.
         self.anonymous: Final = AnonymousChannels(anonymous)
         #: ``await record_audit(kind=..., ...)``: one entry, committed in a batch.
@@ -386,12 +407,50 @@ class SecretServer:
                     # Operators may come without a program certificate (their requests
                     # carry a credential): only when a server verifies credentials.
                     allow_anonymous=self.authenticate_operator is not None,
+                    on_handshake=self._handshake,
                 )
             )
             task_status.started(listeners)
 
+    def _handshake(self, outcome: HandshakeOutcome) -> None:
+        if self.metrics is not None:
+            self.metrics.handshake(outcome)
+
+    def _audit_written(self, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.audit_written(seconds)
+
+    def observe(self, method: str, response: Response | None, started: float) -> None:
+        """Count a request answered (``response`` None: its body did not decode), with
+        the latency from ``started`` (``time.perf_counter()``), if metrics are kept."""
+        metrics = self.metrics
+        if metrics is None:
+            return
+        try:
+            operation = Op.from_method(method).name.lower()
+        except ProtocolError:
+            operation = OTHER
+        if response is None:
+            outcome = "bad_request"
+        elif isinstance(response, Failure):
+            code = response.code
+            outcome = code.value if isinstance(code, ErrorCode) else OTHER
+        else:
+            outcome = "ok"
+        metrics.request_since(operation, outcome, started)
+
     async def handle(self, stream: TaoStream) -> None:
         """Answer requests on one channel until the client closes it."""
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.channel_opened()
+        try:
+            await self._handle(stream)
+        finally:
+            if metrics is not None:
+                metrics.channel_closed()
+
+    async def _handle(self, stream: TaoStream) -> None:
         if self.refresh_guard is not None:
             await self.refresh_guard()
         principal = stream.peer.principal
@@ -474,11 +533,14 @@ class SecretServer:
     async def _answer_bytes(
         self, principal: auth.Prin | None, peer: str, event: EnvelopeRequest, seen: _Seen | None
     ) -> bytes:
+        started = time.perf_counter()
         try:
             request = decode_request(event.op, event.body)
         except CodecError as exc:
             log.warning("bad_request", peer=peer, error=bounded(str(exc), 500))
+            self.observe(event.op, None, started)
             return encode_response(Failure(ErrorCode.INVALID, str(exc)))
+        response: Response
         try:
             response = await self.answer(principal, peer, request, seen=seen)
         except SecretServiceError as exc:
@@ -495,7 +557,9 @@ class SecretServer:
         except Exception:  # a bug (ours or a hook's): this request fails, nothing more
             log.exception("secret_request_crashed", peer=peer, op=op_of(request).name)
             response = Failure(ErrorCode.INTERNAL, "the server failed; nothing was changed")
-        return encode_response(response)
+        body = encode_response(response)
+        self.observe(event.op, response, started)
+        return body
 
     # -- authorization ------------------------------------------------------------------
 
