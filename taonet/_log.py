@@ -28,14 +28,34 @@ handshake has named it.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import secrets
+from collections.abc import Iterator
 from typing import Any, Final
 
 import structlog
 import structlog.contextvars
 
-__all__ = ["Logger", "bind_context", "get_logger", "new_conn_id"]
+__all__ = [
+    "CONNECTION_KEYS",
+    "MAX_LOGGED_NAME",
+    "Logger",
+    "bind_context",
+    "bounded",
+    "get_logger",
+    "new_conn_id",
+    "without_connection",
+]
+
+#: What ``serve_channels`` binds to a connection's task (its lines' context).
+CONNECTION_KEYS: Final = ("conn_id", "remote", "peer")
+
+#: The most characters of a principal name (or a reason quoting one) put into a log
+#: line: a program's name may be tens of kilobytes, and it would be on every line of
+#: its connections.
+MAX_LOGGED_NAME: Final = 256
 
 logging.getLogger("taonet").addHandler(logging.NullHandler())
 
@@ -122,7 +142,41 @@ def bind_context(**values: Any) -> None:
     structlog.contextvars.bind_contextvars(**values)
 
 
+@contextlib.contextmanager
+def without_connection() -> Iterator[None]:
+    """Log, within the block, without the current connection's ``conn_id``, ``remote``
+    and ``peer``: for a line a connection's task writes about others (a summary of
+    every client's refusals), which must not be filed under that connection."""
+    saved = {
+        key: value
+        for key, value in structlog.contextvars.get_contextvars().items()
+        if key in CONNECTION_KEYS
+    }
+    structlog.contextvars.unbind_contextvars(*CONNECTION_KEYS)
+    try:
+        yield
+    finally:
+        structlog.contextvars.bind_contextvars(**saved)
+
+
 def new_conn_id() -> str:
     """A random short id for one connection (8 hex digits): it ties a connection's log
     lines together without naming anyone."""
     return secrets.token_hex(4)
+
+
+def bounded(value: str, limit: int = MAX_LOGGED_NAME) -> str:
+    """``value`` if it has at most ``limit`` characters, else a cut of it that has.
+
+    The cut keeps the start of ``value`` and ends with a marker giving the full
+    length and the SHA-256 of the full value (UTF-8), e.g.
+    ``key(...).Program("AAAA...[cut: 60310 chars, sha256 3f2a...]``, so two long values
+    can still be told apart or matched against a known one.
+    """
+    if len(value) <= limit:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    marker = f"...[cut: {len(value)} chars, sha256 {digest}]"
+    if limit <= len(marker):
+        return marker[:limit]
+    return value[: limit - len(marker)] + marker

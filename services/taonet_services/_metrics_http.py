@@ -5,12 +5,16 @@ The exposition is unauthenticated and unencrypted (as Prometheus scrapes), so:
 * it listens on a loopback address unless the caller says ``public=True`` (the CLI's
   ``--metrics-public``): the figures (which operations are asked, how often, how
   fast, refusals) are about the service's users, and the endpoint answers anyone;
-* it holds at most ``max_connections`` connections (default 4); one accepted beyond
-  that is closed at once, unanswered, so a client that opens many cannot make the
-  server hold more;
+* it holds at most ``max_connections`` connections (default 16). One accepted at the
+  cap takes the place of the oldest connection that has not sent its whole request
+  head yet (closed unanswered), or is closed at once, unanswered, when every held
+  connection has sent its request: a client that opens many idle connections cannot
+  make the server hold more, nor keep a scraper out (a scraper sends its request as
+  soon as it connects; the idle ones are the first to go);
 * a request head is at most ``max_request`` bytes (default 8 KiB): one longer is
   answered ``431`` and the connection closed, having read no more than that;
-* each connection has ``connection_timeout`` seconds (default 5) in all, to send its request
+* the request head must arrive within ``head_timeout`` seconds (default 2), and each
+  connection has ``connection_timeout`` seconds (default 5) in all, to send its request
   and take the answer; one slower (bytes one at a time, or an answer never read) is
   closed;
 * the exposition is made at most once per ``min_interval`` seconds (default 1): the
@@ -37,6 +41,7 @@ import trio
 from taonet import ConfigError
 
 __all__ = [
+    "DEFAULT_HEAD_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_REQUEST",
     "DEFAULT_MIN_INTERVAL",
@@ -48,11 +53,13 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 #: Connections held at once.
-DEFAULT_MAX_CONNECTIONS: Final = 4
+DEFAULT_MAX_CONNECTIONS: Final = 16
 #: Bytes of a request head (request line and headers).
 DEFAULT_MAX_REQUEST: Final = 8 * 1024
 #: Seconds one connection may take in all.
 DEFAULT_TIMEOUT: Final = 5.0
+#: Seconds a connection may take to send its request head.
+DEFAULT_HEAD_TIMEOUT: Final = 2.0
 #: Seconds an exposition is served again before a new one is made.
 DEFAULT_MIN_INTERVAL: Final = 1.0
 #: The exposition's content type (prometheus_client.CONTENT_TYPE_LATEST, text 0.0.4).
@@ -126,6 +133,7 @@ async def serve_metrics(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     max_request: int = DEFAULT_MAX_REQUEST,
     connection_timeout: float = DEFAULT_TIMEOUT,
+    head_timeout: float = DEFAULT_HEAD_TIMEOUT,
     min_interval: float = DEFAULT_MIN_INTERVAL,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -147,12 +155,16 @@ async def serve_metrics(
         ("max_connections", max_connections),
         ("max_request", max_request),
         ("connection_timeout", connection_timeout),
+        ("head_timeout", head_timeout),
     ):
         if not value > 0:
             raise ValueError(f"{name} must be positive, not {value}")
     if not min_interval >= 0:
         raise ValueError(f"min_interval must be >= 0, not {min_interval}")
-    slots = trio.Semaphore(max_connections)
+    held = 0
+    # The connections still reading their request head, oldest first: the ones a new
+    # connection at the cap takes the place of.
+    waiting: dict[trio.SocketStream, trio.CancelScope] = {}
     made: tuple[float, bytes] | None = None  # when the last exposition was made, and it
 
     def latest() -> bytes:
@@ -166,10 +178,16 @@ async def serve_metrics(
     last_refusal = -_QUIET_AFTER
 
     async def serve_one(tcp: trio.SocketStream) -> None:
+        nonlocal held
         try:
             with trio.move_on_after(connection_timeout) as scope:
-                head = await _read_head(tcp, max_request)
-                if head is None:
+                with trio.move_on_after(head_timeout) as reading:
+                    waiting[tcp] = reading
+                    try:
+                        head = await _read_head(tcp, max_request)
+                    finally:
+                        waiting.pop(tcp, None)
+                if reading.cancelled_caught or head is None:
                     return
                 if not head:
                     answer = _plain("431 Request Header Fields Too Large")
@@ -182,10 +200,10 @@ async def serve_metrics(
             pass
         finally:
             await trio.aclose_forcefully(tcp)
-            slots.release()
+            held -= 1
 
     async def accept_loop(listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        nonlocal refused, last_refusal
+        nonlocal refused, last_refusal, held
         while True:
             try:
                 tcp = await listener.accept()
@@ -193,11 +211,7 @@ async def serve_metrics(
                 log.warning("metrics_accept_failing", error=str(exc))
                 await trio.sleep(0.1)
                 continue
-            try:
-                slots.acquire_nowait()
-            except trio.WouldBlock:
-                # At the cap: closed unanswered (a scraper tries again next interval).
-                await trio.aclose_forcefully(tcp)
+            if held >= max_connections:
                 refused += 1
                 now = trio.current_time()
                 if now - last_refusal >= _QUIET_AFTER:
@@ -206,7 +220,16 @@ async def serve_metrics(
                     )
                     refused = 0
                 last_refusal = now
-                continue
+                if not waiting:
+                    # Every held connection sent its request: this one is closed
+                    # unanswered (a scraper tries again next interval).
+                    await trio.aclose_forcefully(tcp)
+                    continue
+                # The oldest connection still without its request goes, closed by its
+                # own task at its next turn (it leaves ``waiting`` now, so none is
+                # made to go twice), and this one takes its place.
+                waiting.pop(next(iter(waiting))).cancel()
+            held += 1
             nursery.start_soon(serve_one, tcp)
 
     listeners = await trio.open_tcp_listeners(port, host=host)

@@ -46,6 +46,7 @@ from typing import Final
 import attrs
 
 from taonet._errors import AuthenticationError, CodecError, TaoError
+from taonet._log import bounded as _bounded
 from taonet.auth import key_principal
 from taonet.crypto import Signer, Verifier
 
@@ -115,19 +116,9 @@ class AuditError(AuthenticationError):
 
 
 def bounded(value: str, limit: int = MAX_ACTOR_CHARS) -> str:
-    """``value`` if it has at most ``limit`` characters, else a cut of it that has.
-
-    The cut keeps the start of ``value`` and ends with a marker giving the full
-    length and the SHA-256 of the full value (UTF-8), so two long values can still
-    be told apart or matched against a known one.
-    """
-    if len(value) <= limit:
-        return value
-    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
-    marker = f"...[cut: {len(value)} chars, sha256 {digest}]"
-    if limit <= len(marker):
-        return marker[:limit]
-    return value[: limit - len(marker)] + marker
+    """``value`` cut to ``limit`` characters as :func:`taonet._log.bounded` cuts it
+    (the start, then the full length and SHA-256)."""
+    return _bounded(value, limit)
 
 
 def _text(name: str, value: object, limit: int) -> None:

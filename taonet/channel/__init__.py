@@ -10,10 +10,14 @@
   it as ``revocations=``: revoked or uncheckable peers are refused at handshake, and
   open channels closed (:class:`ChannelRevokedError`) when a newer CRL lists them.
 * :class:`MessageStream`: 4-byte length-prefixed frames over any stream.
+* Logging: :func:`serve_channels` binds ``conn_id``, ``remote`` and (once proved)
+  ``peer`` to each connection's task, so every line it logs carries them;
+  :func:`without_connection` lets that task write a line about others without them.
 """
 
 from __future__ import annotations
 
+from taonet._log import without_connection
 from taonet._messages import MessageStream
 from taonet.channel._identity import ChannelIdentity
 from taonet.channel._revocation import (
@@ -54,6 +58,7 @@ __all__ = [
     "default_max_connections",
     "open_channel",
     "serve_channels",
+    "without_connection",
 ]
 
 # What this package adds for revocation and handshake outcomes reports it as its home

@@ -62,7 +62,7 @@ import trio
 from taonet import certs
 from taonet._bursts import Bursts
 from taonet._errors import AuthenticationError, ConfigError, TaoError
-from taonet._log import get_logger
+from taonet._log import bounded, get_logger
 
 if TYPE_CHECKING:
     from taonet.channel._stream import TaoStream
@@ -377,10 +377,10 @@ class CRLSource:
         else:
             log.warning(
                 "channel_revoked",
-                peer=str(stream.peer),
+                peer=bounded(str(stream.peer)),
                 serial=error.serial,
                 side="server" if stream.server_side else "client",
-                reason=str(error),
+                reason=bounded(str(error), 1024),
             )
 
     async def _explain(self, stream: TaoStream, *, fetch: bool) -> ChannelRevokedError | None:

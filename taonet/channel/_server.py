@@ -59,7 +59,7 @@ import trio
 
 from taonet._bursts import Bursts
 from taonet._errors import TaoError
-from taonet._log import bind_context, get_logger, new_conn_id
+from taonet._log import bind_context, bounded, get_logger, new_conn_id
 from taonet.channel._identity import ChannelIdentity
 from taonet.channel._revocation import ChannelRevokedError, CRLSource
 from taonet.channel._stream import (
@@ -230,14 +230,14 @@ async def serve_channels(
                 except (TaoError, trio.BrokenResourceError, OSError) as exc:
                     broken = isinstance(exc, trio.BrokenResourceError)
                     reason = _tls_reason(exc) if broken else str(exc)
-                    log.info("channel_rejected", remote=conn.remote, reason=reason)
+                    log.info("channel_rejected", remote=conn.remote, reason=bounded(reason, 1024))
                     if on_handshake is not None:
                         refused = isinstance(exc, TaoError)
                         on_handshake(
                             HandshakeOutcome.REFUSED if refused else HandshakeOutcome.FAILED
                         )
                     return
-                bind_context(peer=str(stream.peer))
+                bind_context(peer=bounded(str(stream.peer)))
                 if on_handshake is not None:
                     on_handshake(HandshakeOutcome.OK)
                 conn.stream = stream
@@ -252,11 +252,11 @@ async def serve_channels(
             if conn.scope.cancelled_caught and not conn.evicted and not conn.was_revoked:
                 if stream is None:
                     reason = f"no handshake within {handshake_timeout} s"
-                    log.info("channel_rejected", remote=conn.remote, reason=reason)
+                    log.info("channel_rejected", remote=conn.remote, reason=bounded(reason, 1024))
                     if on_handshake is not None:
                         on_handshake(HandshakeOutcome.TIMEOUT)
                 else:
-                    log.info("channel_idle", peer=str(stream.peer), remote=conn.remote)
+                    log.info("channel_idle", peer=bounded(str(stream.peer)), remote=conn.remote)
         finally:
             if revocations is not None and stream is not None:
                 revocations._untrack(stream)
@@ -281,9 +281,14 @@ async def _run_handler(handler: Handler, stream: TaoStream, remote: str) -> None
     except ChannelRevokedError:
         pass  # logged as channel_revoked when it was closed
     except trio.BrokenResourceError as exc:
-        log.info("channel_broken", peer=str(stream.peer), remote=remote, reason=str(exc))
+        log.info(
+            "channel_broken",
+            peer=bounded(str(stream.peer)),
+            remote=remote,
+            reason=bounded(str(exc), 1024),
+        )
     except Exception:  # one bad connection must not stop the server
-        log.exception("channel_handler_failed", peer=str(stream.peer), remote=remote)
+        log.exception("channel_handler_failed", peer=bounded(str(stream.peer)), remote=remote)
 
 
 class _Conn:
@@ -316,11 +321,11 @@ class _Conn:
         peer = self.stream.peer if self.stream is not None else "?"
         log.warning(
             "channel_revoked",
-            peer=str(peer),
+            peer=bounded(str(peer)),
             serial=error.serial,
             own=error.own,
             remote=self.remote,
-            reason=str(error),
+            reason=bounded(str(error), 1024),
         )
         self.scope.deadline = min(self.scope.deadline, trio.current_time() + _REVOKED_GRACE)
 

@@ -49,7 +49,7 @@ import trio
 from taonet import auth, certs
 from taonet._edges import map_os_errors
 from taonet._errors import AuthenticationError, AuthorizationError, ProtocolError
-from taonet._log import get_logger
+from taonet._log import bounded, get_logger
 from taonet.channel._identity import ChannelIdentity
 from taonet.channel._tls import READ_SIZE, TLSStream
 from taonet.domain import Guard
@@ -67,6 +67,13 @@ DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
 _ACCEPT: Final = b"\x00"
 _REFUSE: Final = 0x01
 _MAX_REASON: Final = 1024
+#: A connection that ended before the server's verdict (no accept byte, no refusal):
+#: it stopped, timed out or was cut, possibly after its name checks passed (an early
+#: request held the accept byte for its answer, e.g. a long poll).
+_NO_VERDICT: Final = (
+    "the connection ended before the server's verdict on the channel"
+    " (it stopped, timed out or was cut off)"
+)
 # A server's stream sends at most this much at a time, so that a long send to a peer
 # that reads shows progress (and one to a peer that reads nothing shows none).
 _SEND_CHUNK: Final = 64 * 1024
@@ -346,7 +353,9 @@ class TaoStream(trio.abc.Stream):
             (length,) = struct.unpack(">H", self._buffer[1:3])
             await self._fill(3 + min(length, _MAX_REASON))
             reason = self._buffer[3 : 3 + length].decode("utf-8", errors="replace")
-            log.warning("refused_by_peer", peer=str(self.peer), reason=reason)
+            log.warning(
+                "refused_by_peer", peer=bounded(str(self.peer)), reason=bounded(reason, 1024)
+            )
             raise AuthorizationError(f"the server refused this channel: {reason}")
         except Exception:
             self._closed = True
@@ -362,14 +371,12 @@ class TaoStream(trio.abc.Stream):
                 if isinstance(exc.__cause__, ssl.SSLEOFError):
                     # Cut without a TLS alert (the server stopped, timed out, was
                     # killed): no refusal, and no verdict either.
-                    raise trio.BrokenResourceError(
-                        "the server closed the channel before accepting it"
-                    ) from exc
+                    raise trio.BrokenResourceError(_NO_VERDICT) from exc
                 raise AuthenticationError(
                     f"the server refused the TLS handshake: {_tls_reason(exc)}"
                 ) from exc
             if not chunk:
-                raise trio.BrokenResourceError("the server closed the channel before accepting it")
+                raise trio.BrokenResourceError(_NO_VERDICT)
             self._buffer += chunk
 
     async def _settle_accept(self) -> None:
@@ -488,12 +495,12 @@ async def open_channel(
         try:
             _check_guard(guard, peer)
         except AuthorizationError as exc:
-            log.warning("peer_denied", peer=str(peer), reason=str(exc))
+            log.warning("peer_denied", peer=bounded(str(peer)), reason=bounded(str(exc), 1024))
             raise
     except BaseException:
         await trio.aclose_forcefully(ssl_stream)
         raise
-    log.debug("channel_established", peer=str(peer), side="client")
+    log.debug("channel_established", peer=bounded(str(peer)), side="client")
     stream = TaoStream(
         ssl_stream,
         peer,
@@ -536,7 +543,12 @@ async def accept_channel(
         )
         _check_guard(guard, peer)
     except (AuthenticationError, AuthorizationError) as exc:
-        log.warning("peer_denied", peer=str(peer or "?"), remote=remote, reason=str(exc))
+        log.warning(
+            "peer_denied",
+            peer=bounded(str(peer or "?")),
+            remote=remote,
+            reason=bounded(str(exc), 1024),
+        )
         reason = str(exc).encode()[:_MAX_REASON]
         await ssl_stream.send_all(bytes([_REFUSE]) + struct.pack(">H", len(reason)) + reason)
         raise
@@ -551,5 +563,5 @@ async def accept_channel(
         stream._accept_unsent = True  # it goes with the answer (module docstring)
     else:
         await ssl_stream.send_all(_ACCEPT)
-    log.debug("channel_established", peer=str(peer), side="server", remote=remote)
+    log.debug("channel_established", peer=bounded(str(peer)), side="server", remote=remote)
     return stream

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 from typing import Any
 
@@ -15,9 +16,10 @@ import structlog.testing
 import trio
 import trio.testing
 
-from taonet import TaoError
-from taonet._log import get_logger
+from taonet import TaoError, auth
+from taonet._log import MAX_LOGGED_NAME, get_logger
 from taonet.channel import ChannelIdentity, HandshakeOutcome, TaoStream, open_channel
+from taonet.crypto import Signer
 from tests.channel.conftest import Programs, start_server
 
 log = get_logger("taonet.tests.log_context")
@@ -132,3 +134,35 @@ async def test_handshake_outcomes_are_reported(
             HandshakeOutcome.TIMEOUT,
         )
     )
+
+
+async def test_a_huge_peer_name_is_cut_in_every_line(
+    programs: Programs, nursery: trio.Nursery
+) -> None:
+    """A program whose name is tens of kilobytes (it may extend its own name) does not
+    put it on every line of its connection: the bound ``peer`` is cut to
+    MAX_LOGGED_NAME characters, ending with the full length and SHA-256."""
+    server_id = await programs.identity(1)
+    huge = programs.name(2).extend(auth.PrinExt("Arg", (auth.Str("A" * 30000 + "\n"),)))
+    key = Signer.generate()
+    attestation = await programs.host.tao_for(huge).attest(
+        auth.Speaksfor(auth.key_principal(key.public_key_der()), huge)
+    )
+    issued = programs.certifier.certify(attestation.to_bytes(), key.public_key_der())
+    client = ChannelIdentity(programs.domain.policy_cert, signer=key, certificate=issued.der)
+
+    async def handler(stream: TaoStream) -> None:
+        log.info("handler_line")
+        await stream.send_all(b"x")
+
+    with structlog.testing.capture_logs(
+        processors=[structlog.contextvars.merge_contextvars]
+    ) as events:
+        with trio.fail_after(30):
+            port = await start_server(nursery, server_id, handler)
+            await open_and_read(port, client)
+    (line,) = [e for e in events if e["event"] == "handler_line"]
+    digest = hashlib.sha256(str(huge).encode()).hexdigest()
+    assert len(line["peer"]) == MAX_LOGGED_NAME
+    assert line["peer"].endswith(f"[cut: {len(str(huge))} chars, sha256 {digest}]")
+    assert all(len(str(value)) <= 1024 for e in events for value in e.values())

@@ -176,7 +176,7 @@ async def test_a_handler_that_ends_without_answering_still_accepts(
     programs: Programs, nursery: trio.Nursery
 ) -> None:
     """A handler that reads the early request and returns without a word: the client
-    hears the accept byte, then the end of the stream (not "closed before accepting")."""
+    hears the accept byte, then the end of the stream (not "ended before the verdict")."""
 
     async def handler(stream: TaoStream) -> None:
         await stream.receive_some()

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import trio
+from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from taonet import auth
@@ -383,3 +384,31 @@ async def test_the_largest_real_request_fits(make_domain) -> None:  # type: igno
     assert len(str(program)) > MAX_FIELD_CHARS
     (refusal,) = refused
     assert re.search(rf"{MAX_REQUEST + 1}\b.*{MAX_REQUEST}", refusal.reason or ""), refusal
+
+
+async def test_a_refusal_summary_is_not_filed_under_another_connection(  # type: ignore[no-untyped-def]
+    make_domain,
+    make_host,
+) -> None:
+    """The summary of an attacker's refusals, written when another client's refusal
+    finds it due, names the attacker as ``client`` and carries no connection context
+    (``conn_id``, ``remote``, ``peer``): filed under the innocent client's connection,
+    an operator filtering or banning by ``remote`` would blame it."""
+    limits = RefusalLimits(client_burst=2, client_rate=0.001, summary_interval=60.0)
+    payload = flood_request(4000)
+    attacker, victim = "127.0.0.2", "127.0.0.1"
+    with trio.fail_after(60), capture_logs(processors=[merge_contextvars]) as logs:
+        async with trio.open_nursery() as nursery:
+            svc = await start(nursery, make_domain, make_host, limits)
+            await flood(svc.port, svc.domain.policy_cert, payload, 4, local_address=attacker)
+            svc.clock.now += 61.0
+            # The victim's own refusal writes the attacker's summary that is due.
+            await flood(svc.port, svc.domain.policy_cert, payload, 1, local_address=victim)
+            nursery.cancel_scope.cancel()
+    summaries = [entry for entry in logs if entry["event"] == "refusals_summarized"]
+    assert [entry["client"] for entry in summaries][:1] == [attacker]
+    for entry in summaries:
+        assert not {"conn_id", "remote", "peer"} & entry.keys(), entry
+    # The victim's own refusal is still filed under its connection.
+    (own,) = [e for e in logs if e["event"] == "cert_refused" and victim in e.get("remote", "")]
+    assert "conn_id" in own

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from taonet import ConfigError
 from taonet.channel import HandshakeOutcome
-from taonet_services._metrics_http import _read_head
+from taonet_services._metrics_http import DEFAULT_HEAD_TIMEOUT, _read_head
 from taonet_services.metrics import (
     DEFAULT_MAX_REQUEST,
     OTHER,
@@ -99,28 +99,61 @@ async def test_head_and_query_and_wrong_requests(port: int) -> None:
         assert status(await exchange(port, b"\x16\x03\x01\x02\x00\r\n\r\n")) == 400
 
 
-async def test_many_connections_are_bounded(
+async def test_idle_connections_cannot_keep_a_scraper_out(
     port: int, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """Connections past the cap are closed at once, unanswered; the held ones time out,
-    and then a scrape is served again."""
+    """An attacker holding every slot with connections that never finish their request
+    (and reopening them) does not keep a scraper out: each scrape takes the place of the
+    oldest idle connection, which is closed unanswered."""
     with trio.fail_after(60):
         holders = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(MAX_CONNECTIONS)]
-        # The server has taken them all (each sends a byte it must read: accepted).
         for holder in holders:
             await holder.send_all(b"G")
+        for _ in range(2 * MAX_CONNECTIONS):
+            assert status(await exchange(port, b"GET /metrics HTTP/1.1\r\n\r\n")) == 200
+            # The attacker reopens what it lost.
+            holders.append(await trio.open_tcp_stream("127.0.0.1", port))
+            await holders[-1].send_all(b"G")
+        for holder in holders:
+            async with holder:
+                assert await read_to_end(holder) == b""  # never answered
+
+
+async def test_many_connections_are_bounded(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """With every slot held by a request being answered (an answer its client does not
+    read), connections past the cap are closed at once, unanswered; the held ones are
+    cut off after the timeout, and then a scrape is served again."""
+    payload = b"x" * (32 << 20)  # more than the sockets' buffers hold
+    listeners = await nursery.start(
+        functools.partial(
+            serve_metrics,
+            lambda: payload,
+            0,
+            max_connections=MAX_CONNECTIONS,
+            connection_timeout=TIMEOUT,
+        )
+    )
+    port = int(listeners[0].socket.getsockname()[1])
+    with trio.fail_after(60):
+        holders = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(MAX_CONNECTIONS)]
+        for holder in holders:
+            await holder.send_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+        # Each holder's answer has begun (so the server has its request).
+        for holder in holders:
+            assert (await holder.receive_some(12)).startswith(b"HTTP/1.1 200")
         extra_started = trio.current_time()
         for _ in range(10):
             extra = await trio.open_tcp_stream("127.0.0.1", port)
             async with extra:
                 assert await read_to_end(extra) == b""  # closed unanswered...
             assert trio.current_time() - extra_started < TIMEOUT  # ...at once
-        # The holders never finish their requests: each is closed after TIMEOUT.
+        await trio.sleep(TIMEOUT + 1)  # the holders read nothing meanwhile
         for holder in holders:
             async with holder:
-                assert await read_to_end(holder) == b""
-        assert trio.current_time() - extra_started >= TIMEOUT - 1
-        answer = await exchange(port, b"GET /metrics HTTP/1.1\r\n\r\n")
+                assert len(await read_to_end(holder)) < len(payload)  # cut off
+        answer = await exchange(port, b"HEAD /metrics HTTP/1.1\r\n\r\n")
         assert status(answer) == 200
 
 
@@ -148,7 +181,8 @@ async def test_read_head_reads_no_more_than_its_limit() -> None:
 async def test_slow_request_is_closed_after_the_timeout(
     port: int, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """A client that sends its request a byte a second is closed after TIMEOUT."""
+    """A client that sends its request a byte a second is closed after the head
+    timeout (shorter than the connection's)."""
     with trio.fail_after(60):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         started = trio.current_time()
@@ -166,7 +200,7 @@ async def test_slow_request_is_closed_after_the_timeout(
             nursery.cancel_scope.cancel()
         await stream.aclose()
     assert got == b""
-    assert TIMEOUT <= elapsed < TIMEOUT + 1.5
+    assert DEFAULT_HEAD_TIMEOUT <= elapsed < DEFAULT_HEAD_TIMEOUT + 1.5
 
 
 async def test_client_that_never_reads_is_closed(

@@ -115,6 +115,7 @@ from taonet.channel import (
     TaoStream,
     default_max_connections,
     serve_channels,
+    without_connection,
 )
 from taonet.crypto import Signer
 from taonet.domain import Domain, ProgramCertifier, RevocationRecord, audit_behind, sign_domain_crl
@@ -598,7 +599,14 @@ class DomainService:
         await self.write_refusal_summaries()
 
     async def write_refusal_summaries(self, *, all_now: bool = False) -> None:
-        """Write the refusal summaries that are due (all pending ones with ``all_now``)."""
+        """Write the refusal summaries that are due (all pending ones with ``all_now``).
+
+        The lines are about every client, so they go out without the context of the
+        connection whose request found them due (each names its ``client``)."""
+        with without_connection():
+            await self._write_refusal_summaries(all_now=all_now)
+
+    async def _write_refusal_summaries(self, *, all_now: bool) -> None:
         summaries = self.limiter.summaries(all_now=all_now)
         if not summaries:
             return
