@@ -40,6 +40,9 @@ MAX_RATE: Final = 1_000_000.0
 MAX_REQUEST_SIZE: Final = 1 << 20
 #: The longest run, warm-up included, in seconds (a load test stops by itself).
 MAX_RUN_SECONDS: Final = 3600.0
+#: The shortest interval between the workers' reports, in seconds (each interval is a
+#: histogram per worker and a line of the timeline: the bound keeps them few).
+MIN_INTERVAL: Final = 0.1
 
 Model = Literal["open", "closed"]
 TARGETS: Final = ("echo", "handshake", "secret")
@@ -162,6 +165,16 @@ class LoadConfig:
             )
         if self.warmup + self.duration > MAX_RUN_SECONDS:
             raise ConfigError(f"warm-up and duration together exceed {MAX_RUN_SECONDS:g} s")
+        if not MIN_INTERVAL <= self.interval <= self.warmup + self.duration:
+            raise ConfigError(
+                f"the interval must be between {MIN_INTERVAL:g} s and the run's length"
+                f" ({self.warmup + self.duration:g} s), not {self.interval:g} s"
+            )
+        if self.ramp_up > self.warmup + self.duration:
+            raise ConfigError(
+                f"ramp-up ({self.ramp_up:g} s) is longer than the run"
+                f" ({self.warmup + self.duration:g} s)"
+            )
         if any(op not in OPERATIONS or weight < 0 for op, weight in self.mix) or not any(
             weight > 0 for _, weight in self.mix
         ):

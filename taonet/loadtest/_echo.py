@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from taonet import ProtocolError
 from taonet._log import get_logger
 
 __all__ = ["EchoClient", "make_echo_credentials", "serve_echo", "serve_echo_process"]
@@ -129,7 +130,9 @@ def _wait_quietly(conn: Connection) -> None:
 
 
 class EchoClient:
-    """One client of an echo server: a request is ``size`` bytes sent and read back."""
+    """One client of an echo server: a request is ``size`` bytes sent and read back
+    (the same bytes, or the request fails with ProtocolError: a server that sends
+    anything else is not answering)."""
 
     def __init__(
         self, address: tuple[str, int], *, ca_pem: bytes | None, size: int, fresh: bool
@@ -139,7 +142,8 @@ class EchoClient:
         if ca_pem is not None:
             self._context = ssl.create_default_context(cadata=ca_pem.decode("ascii"))
             self._context.minimum_version = ssl.TLSVersion.TLSv1_3
-        self._payload = b"x" * size
+        # Not all one byte, so that an answer shifted by a byte does not pass.
+        self._payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
         self._fresh = fresh
         self._stream: trio.abc.Stream | None = None
 
@@ -169,12 +173,15 @@ class EchoClient:
         stream = self._stream
         try:
             await stream.send_all(self._payload)
-            remaining = len(self._payload)
-            while remaining:
-                data = await stream.receive_some(remaining)
+            got = 0
+            while got < len(self._payload):
+                data = await stream.receive_some(len(self._payload) - got)
                 if not data:
                     raise trio.BrokenResourceError("the echo server closed the connection")
-                remaining -= len(data)
+                if data != self._payload[got : got + len(data)]:
+                    # Not an echo (a server that floods whatever it likes): no answer.
+                    raise ProtocolError("the echo server answered other bytes than were sent")
+                got += len(data)
         except BaseException:
             await self.aclose()
             raise

@@ -11,11 +11,18 @@ from taonet.loadtest import LoadConfig, run_load
 
 
 class ControlledEcho:
-    """A plain TCP echo server that can stall once, or answer every request late."""
+    """A plain TCP echo server that can stall once, answer every request late, die, or
+    answer with other bytes than it was sent."""
 
     def __init__(
-        self, *, stall_at: int | None = None, delay: float = 0.0, die_at: int | None = None
+        self,
+        *,
+        stall_at: int | None = None,
+        delay: float = 0.0,
+        die_at: int | None = None,
+        garble: bool = False,
     ) -> None:
+        self.garble = garble
         self.stall_at = stall_at
         self.delay = delay
         self.die_at = die_at
@@ -39,6 +46,8 @@ class ControlledEcho:
                         await self.resumed.wait()  # everyone waits while it stalls
                     if self.delay:
                         await trio.sleep(self.delay)  # a server slower than the rate
+                    if self.garble:  # as many bytes back, not the same ones
+                        data = bytes([data[0] ^ 1]) + data[1:]
                     await stream.send_all(data)
         except trio.BrokenResourceError:
             pass

@@ -40,6 +40,15 @@ def test_a_config_cannot_name_a_non_loopback_server_nor_exceed_its_bounds() -> N
         LoadConfig(rate=1e9)
     with pytest.raises(ConfigError, match="exceed"):
         LoadConfig(duration=1e6)
+    # An interval of a nanosecond made a timeline line and a histogram per worker for
+    # every one of them (0.7 GB for a 3 s run); ramp-up past the run's end never ends.
+    with pytest.raises(ConfigError, match="interval"):
+        LoadConfig(interval=1e-9)
+    with pytest.raises(ConfigError, match="interval"):
+        LoadConfig(interval=100.0, duration=10.0, warmup=1.0)
+    with pytest.raises(ConfigError, match="ramp-up"):
+        LoadConfig(ramp_up=1e9)
+    assert LoadConfig(interval=0.1, ramp_up=11.0, duration=10.0, warmup=1.0).interval == 0.1
 
 
 @pytest.mark.parametrize("ramp_up", [0.0, 2.0])

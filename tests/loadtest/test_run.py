@@ -207,3 +207,20 @@ async def test_closed_model_keeps_its_clients_busy() -> None:
     assert 100 <= report["rate"]["achieved_per_s"] <= 200
     assert report["results"]["latency_ms"]["p50"] >= 10
     assert report["results"]["errors"] == {}
+
+
+@pytest.mark.slow
+async def test_an_answer_of_other_bytes_is_no_echo() -> None:
+    """A server that answers each request with as many bytes, but not the ones sent (a
+    server flooding whatever it likes), gets no ``ok``: every request is a
+    ProtocolError."""
+    server = ControlledEcho(garble=True)
+    with trio.fail_after(120):
+        report = await run_against(
+            server, workers=1, rate=100, clients=2, duration=1.0, warmup=0.0, interval=0.5
+        )
+    assert server.requests > 0
+    results = report["results"]
+    assert results["ok"] == 0
+    assert results["errors"]["ProtocolError"] >= 50
+    assert report["rate"]["sustained"] is False
