@@ -323,10 +323,15 @@ def _read_report(path: Path) -> dict[str, Any]:
 
     if not path.exists():
         raise NotFoundError(f"{path}: no such report")
+
+    def no_constant(name: str) -> None:
+        raise ValueError(f"{name} is not a number JSON allows")
+
     try:
-        document = json.loads(read_file(path, limit=MAX_REPORT_BYTES))
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not a load-test report: {exc}") from None
+        document = json.loads(read_file(path, limit=MAX_REPORT_BYTES), parse_constant=no_constant)
+    except (ValueError, RecursionError) as exc:  # nested too deep for the parser: RecursionError
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise ConfigError(f"{path} is not a load-test report: {reason}") from None
     if not isinstance(document, dict) or "results" not in document:
         raise ConfigError(f"{path} is not a load-test report (no results)")
     return document
@@ -342,6 +347,7 @@ def _compare(args: argparse.Namespace) -> int:
             json.dumps(
                 [{"figure": r[0], "a": r[1], "b": r[2], "b_over_a": r[3] or None} for r in rows],
                 indent=2,
+                allow_nan=False,
             )
         )
         return 0

@@ -22,6 +22,7 @@ The report is a JSON-ready dict (``report.json``); its keys:
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import platform
 import sys
@@ -298,14 +299,41 @@ def _get(report: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
+def _figure(value: Any) -> float | int | None:
+    """A report's figure as a finite number, else None (a report may be hand-made)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, int) and abs(value) > 1 << 63:
+        return None
+    return value
+
+
+def _shown(value: Any, figure: float | int | None) -> Any:
+    """What ``compare`` shows of a value: a finite number, true or false, text of at
+    most 80 characters, or the kind of anything else (a hand-made report may hold
+    anything; None: absent or not a finite number)."""
+    if figure is not None or isinstance(value, bool):
+        return value
+    if value is None or isinstance(value, int | float):
+        return None
+    if not isinstance(value, str):
+        return f"<{type(value).__name__}>"
+    return value if len(value) <= 80 else value[:77] + "..."
+
+
 def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
     """Rows (label, A's value, B's value, B/A as text where both are numbers)."""
     rows = []
     for label, path in COMPARED:
         va, vb = _get(a, path), _get(b, path)
         ratio = ""
-        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (va, vb))
-        if numbers and va:
-            ratio = f"{vb / va:.2f}x"
-        rows.append((label, va, vb, ratio))
+        fa, fb = _figure(va), _figure(vb)
+        if fa and fb is not None:
+            try:
+                ratio = f"{fb / fa:.2f}x"
+            except OverflowError:  # a hand-made report's huge numbers
+                ratio = ""
+        rows.append((label, _shown(va, fa), _shown(vb, fb), ratio))
     return rows

@@ -168,3 +168,38 @@ def test_a_missing_extra_is_one_line_saying_what_to_install(missing: str) -> Non
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1
     assert "pip install 'taonet[loadtest]'" in done.stderr
+
+
+def test_compare_survives_hostile_reports(tmp_path: Path) -> None:
+    """A hand-made report with a number too large for a float, NaN, or nesting too
+    deep for the parser: one line or a table, never an internal error; -o json stays
+    valid JSON."""
+    good = {"results": {"ok": 1, "throughput_per_s": 10.0}, "rate": {"achieved_per_s": 5}}
+    huge = {
+        "results": {"ok": 1, "throughput_per_s": 10**400},
+        "rate": {"achieved_per_s": "x" * 10**5},
+    }
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    (tmp_path / "huge.json").write_text(json.dumps(huge))
+    (tmp_path / "nan.json").write_text('{"results": {"ok": NaN}}')
+    (tmp_path / "deep.json").write_text('{"results": ' + "[" * 200_000 + "]" * 200_000 + "}")
+
+    def compare(a: str, b: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "taonet", "loadtest", "compare", *extra,
+             str(tmp_path / a), str(tmp_path / b)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    done = compare("good.json", "huge.json", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    rows = {row["figure"]: row for row in json.loads(done.stdout)}
+    assert rows["throughput /s"]["b"] is None  # not a finite number: not shown
+    assert len(rows["achieved /s"]["b"]) <= 80
+    assert compare("good.json", "huge.json").returncode == 0
+    for bad, reason in (("nan.json", "NaN"), ("deep.json", "nested too deeply")):
+        done = compare("good.json", bad)
+        assert done.returncode == 1, done.stderr
+        assert "not a load-test report" in done.stderr
+        assert reason in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
