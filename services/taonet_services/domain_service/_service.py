@@ -679,8 +679,10 @@ class _IssuedBatcher:
     No task of its own: the first caller to find no commit under way writes the
     batch (shielded, so a cancelled caller does not leave its batch half done); the
     others wait for it, and one of them writes what came in meanwhile. A caller
-    cancelled before its row went into a commit takes it back out: nothing it never
-    returned is recorded, and nothing it returns is not.
+    cancelled before its row went into a commit takes it back out. Nothing is
+    returned that is not recorded; the other way round is allowed (the safe side): a
+    row already in a commit stays recorded though its caller was cancelled, or its
+    client left, before the certificate went out.
     """
 
     def __init__(self, audit: AuditLog) -> None:
