@@ -33,6 +33,7 @@ import attrs
 from taonet import HostError
 from taonet._log import get_logger
 from taonet.loadtest._config import LoadConfig
+from taonet.loadtest._domain import DomainCredentials, serve_domain_process
 from taonet.loadtest._echo import make_echo_credentials, serve_echo_process
 from taonet.loadtest._handshake import (
     LocalCredentials,
@@ -40,6 +41,7 @@ from taonet.loadtest._handshake import (
     serve_handshakes_process,
 )
 from taonet.loadtest._report import Merger
+from taonet.loadtest._scrape import Scraper
 from taonet.loadtest._secret import serve_secrets_process
 from taonet.loadtest._worker import worker_main
 
@@ -93,6 +95,10 @@ class TargetSpec:
     ca_pem: bytes | None = None
     #: The handshake target's local domain credentials.
     credentials: LocalCredentials | None = None
+    #: The domain target's: the policy certificate and the host to attest as.
+    domain: DomainCredentials | None = None
+    #: The server's Prometheus endpoint, scraped by the parent (None: not scraped).
+    metrics: tuple[str, int] | None = None
 
 
 class _ServerProcess:
@@ -128,6 +134,10 @@ class _ServerProcess:
             self._process.join(5)
 
 
+def _local(port: int | None) -> tuple[str, int] | None:
+    return None if port is None else ("127.0.0.1", port)
+
+
 @contextlib.contextmanager
 def _target(config: LoadConfig) -> Iterator[TargetSpec]:
     """The target's server (started here unless ``config.connect`` names one)."""
@@ -139,10 +149,17 @@ def _target(config: LoadConfig) -> Iterator[TargetSpec]:
     server: _ServerProcess
     if config.target == "secret":
         server = _ServerProcess(
-            "secret", serve_secrets_process, config.objects, config.request_size
-        )
-        port, credentials = server.result
-        spec = TargetSpec("secret", ("127.0.0.1", port), credentials=credentials)
+            "secret", serve_secrets_process, config.objects, config.request_size,
+            config.state_dir,
+        )  # fmt: skip
+        port, credentials, metrics_port = server.result
+        spec = TargetSpec("secret", ("127.0.0.1", port), credentials=credentials,
+                          metrics=_local(metrics_port))  # fmt: skip
+    elif config.target == "domain":
+        server = _ServerProcess("domain", serve_domain_process, config.state_dir)
+        port, metrics_port, domain = server.result
+        spec = TargetSpec("domain", ("127.0.0.1", port), domain=domain,
+                          metrics=_local(metrics_port))  # fmt: skip
     elif config.target == "handshake":
         credentials = make_local_credentials()
         server = _ServerProcess("handshake", serve_handshakes_process, credentials)
@@ -186,6 +203,13 @@ class _Run:
         self.conns: dict[int, Connection] = {}
         self.pids: dict[int, int] = {}
         self.start = 0.0
+        address = spec.metrics if spec.metrics is not None else config.server_metrics
+        #: The server's own figures, scraped each interval (see ``_scrape``).
+        self.scraper = (
+            None
+            if address is None
+            else Scraper(address, interval=config.interval, run_seconds=config.end)
+        )
 
     def run(self) -> dict[str, Any]:
         context = _spawn()
@@ -205,15 +229,22 @@ class _Run:
                 self.conns[index] = parent_end
             self._wait_ready()
             self.start = time.monotonic() + 0.2
+            if self.scraper is not None:  # the baseline, before any request of the run
+                self.scraper.scrape(-0.2)
             for conn in self.conns.values():
                 conn.send(("go", self.start))
             self._collect(self.start + self.config.end + self.config.request_timeout + END_GRACE)
+            if self.scraper is not None:  # what the server counted, every request answered
+                self.scraper.scrape(self._elapsed())
         except KeyboardInterrupt:
             interrupted = True
             self._interrupt()
         finally:
             self._reap()
-        return self.merger.report(interrupted=interrupted, elapsed=self._elapsed())
+        report = self.merger.report(interrupted=interrupted, elapsed=self._elapsed())
+        if self.scraper is not None:
+            report["server"] = self.scraper.section(warmup=self.config.warmup)
+        return report
 
     def _elapsed(self) -> float:
         return max(0.0, time.monotonic() - self.start) if self.start else 0.0
@@ -251,6 +282,8 @@ class _Run:
                 return
             for ready in wait(list(self.conns.values()), timeout=min(left, 0.25)):
                 self._receive(*self._which(ready))
+            if self.scraper is not None and self.start and self.scraper.due(self._elapsed()):
+                self.scraper.scrape(self._elapsed())
 
     def _which(self, ready: object) -> tuple[int, Connection]:
         """The worker whose pipe ``ready`` is."""
