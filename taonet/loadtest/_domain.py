@@ -108,6 +108,7 @@ def make_local_domain(
     with ``client_rules`` besides (``{client}`` in each stands for the client
     program's principal tail), and a soft host in ``base/host`` certified by it."""
     password = secrets.token_bytes(32)
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
     client_file = base / "loadtest-client.py"
     client_file.write_text("# the taonet loadtest client program\n")
     subprin = program_subprin(measure_file(client_file))
@@ -309,6 +310,8 @@ class DomainClient:
         self._envelope: Envelope | None = None
         self._seq = 0
         self._broken = False
+        #: The certificate the latest request got (checked).
+        self.last_certificate: certs.ProgramCertificate | None = None
 
     async def prepare(self) -> None:
         """Open the persistent channel if none is open (``open_channel``'s handshake
@@ -337,16 +340,16 @@ class DomainClient:
         try:
             if self._fresh:
                 host, port = self._address
-                await request_certificate(
+                self.last_certificate = await request_certificate(
                     host, port, self._credentials.policy_cert, attestation, key_der
                 )
             else:
-                await self._certify(attestation_bytes, key_der)
+                self.last_certificate = await self._certify(attestation_bytes, key_der)
         except BaseException:
             self._broken = True
             raise
 
-    async def _certify(self, attestation: bytes, key_der: bytes) -> None:
+    async def _certify(self, attestation: bytes, key_der: bytes) -> certs.ProgramCertificate:
         stream, envelope = self._stream, self._envelope
         if stream is None or envelope is None:
             raise RuntimeError("prepare() first")
@@ -375,6 +378,7 @@ class DomainClient:
         )
         if program.public_key_der != key_der:
             raise AuthenticationError("the domain service certified another key than ours")
+        return program
 
     async def settle(self) -> None:
         """After a request, outside its time bound: close a failed channel."""

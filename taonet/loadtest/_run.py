@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import attrs
 
-from taonet import HostError
+from taonet import ConfigError, HostError
 from taonet._log import get_logger
 from taonet.loadtest._config import LoadConfig
 from taonet.loadtest._domain import DomainCredentials, serve_domain_process
@@ -134,6 +134,17 @@ class _ServerProcess:
             self._process.join(5)
 
 
+def _holds_files(path: str) -> bool:
+    try:
+        return any(os.scandir(path))
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot use {path[:200]} for the servers' state: {exc.strerror}"
+        ) from None
+
+
 def _local(port: int | None) -> tuple[str, int] | None:
     return None if port is None else ("127.0.0.1", port)
 
@@ -147,6 +158,10 @@ def _target(config: LoadConfig) -> Iterator[TargetSpec]:
         yield TargetSpec("echo", config.connect)
         return
     server: _ServerProcess
+    if config.state_dir is not None and _holds_files(config.state_dir):
+        raise ConfigError(
+            f"the state directory {config.state_dir[:200]} is not empty: give a new one"
+        )
     if config.target == "secret":
         server = _ServerProcess(
             "secret", serve_secrets_process, config.objects, config.request_size,

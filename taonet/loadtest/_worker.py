@@ -21,6 +21,7 @@ import errno
 import itertools
 import os
 import signal
+import ssl
 import time
 from collections import Counter
 from multiprocessing.connection import Connection
@@ -74,11 +75,11 @@ def error_kind(exc: BaseException) -> str:
 
 
 def _os_error(exc: BaseException, depth: int = 0) -> OSError | None:
-    """The first OSError with an errno in ``exc``, its causes and groups."""
+    """The first OSError with a system errno in ``exc``, its causes and groups."""
     if depth > 8:
         return None
-    if isinstance(exc, OSError) and exc.errno:
-        return exc
+    if isinstance(exc, OSError) and exc.errno and not isinstance(exc, ssl.SSLError):
+        return exc  # (an SSLError's errno is OpenSSL's error code, not the system's)
     inner: list[BaseException] = []
     if isinstance(exc, BaseExceptionGroup):
         inner.extend(exc.exceptions)
