@@ -51,6 +51,8 @@ MAX_SCRAPES: Final = 1000
 MAX_SCRAPE_SECONDS: Final = 1.0
 #: The services whose families are read: ``taonet_<service>_...``.
 SERVICES: Final = ("secret_server", "domain_service")
+#: Samples read from one exposition, at most (a service's are a few hundred).
+_MAX_SAMPLES: Final = 20_000
 _PERCENTILES: Final = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
 _STATUS: Final = re.compile(rb"HTTP/1\.[01] (\d{3})")
 
@@ -127,20 +129,25 @@ def parse_exposition(text: str, t: float, service: str | None) -> tuple[str | No
     exposition ``text``; ScrapeError if it does not parse."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    # Samples by name (what a family is called varies with the exposition's TYPE
+    # lines; a sample's name does not), at most _MAX_SAMPLES of them.
+    by_name: dict[str, list[Any]] = {}
+    kept = 0
     try:
-        families = {f.name: f for f in text_string_to_metric_families(text)}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if kept >= _MAX_SAMPLES:
+                    break
+                by_name.setdefault(sample.name, []).append(sample)
+                kept += 1
     except Exception as exc:  # the parser raises whatever it meets: all mean the same
         raise ScrapeError("unparsable", f"not the exposition format: {str(exc)[:100]}") from None
     if service is None:
-        service = next((s for s in SERVICES if f"taonet_{s}_requests" in families), None)
+        service = next((s for s in SERVICES if f"taonet_{s}_requests_total" in by_name), None)
     prefix = f"taonet_{service}"
 
     def samples(name: str, suffix: str = "") -> list[Any]:
-        family = families.get(f"{prefix}_{name}")
-        if family is None:
-            return []
-        found = [s for s in family.samples if s.name == f"{prefix}_{name}{suffix}"]
-        return found[: MAX_SERIES * 20]
+        return by_name.get(f"{prefix}_{name}{suffix}", [])
 
     def number(value: Any) -> float:
         v = float(value)
