@@ -5,9 +5,12 @@ scraped during secret and domain runs (matching what the clients counted)."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -220,3 +223,47 @@ async def test_a_domain_service_killed_mid_run_shows_errors_by_kind_and_the_repo
     server = report["server"]
     assert server["failed_scrapes"].get("unreachable", 0) >= 1
     assert server["scrapes"] >= 2
+
+
+@pytest.mark.slow
+def test_cli_domain_run_shows_the_server_row_and_keeps_its_state(tmp_path: Path) -> None:
+    out, state = tmp_path / "run", tmp_path / "state"
+    command = [
+        sys.executable, "-m", "taonet", "loadtest", "--target", "domain", "--quick",
+        "--workers", "1", "--clients", "4", "--rate", "60", "--duration", "1",
+        "--warmup", "0.5", "--out", str(out), "--state-dir", str(state),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["configuration"]["target"] == "domain"
+    assert report["configuration"]["state_dir"] == str(state)
+    assert report["server"]["measured"]["ok_per_s"] > 0
+    assert "server (est.)" in done.stdout
+    assert "estimated from its histogram buckets" in done.stdout
+    assert (state / "domain" / AUDIT_FILE).exists()
+    # The state directory now holds a domain: a second run must not reuse it.
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode != 0
+    assert again.stderr.strip().count("\n") == 0
+    assert "is not empty" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (["--server-metrics", "10.0.0.1:9100"], "not a loopback address"),
+        (["--target", "domain", "--server-metrics", "127.0.0.1:9100"], "own server is scraped"),
+        (["--target", "echo", "--state-dir", "/tmp/x"], "keeps no state"),
+    ],
+)
+def test_the_cli_refuses_scrape_and_state_options_that_do_not_fit_in_one_line(
+    options: list[str], said: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "taonet", "loadtest", *options],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0
+    assert said in done.stderr
