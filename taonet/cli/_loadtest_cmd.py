@@ -148,8 +148,8 @@ def register(sub: Any) -> None:
         type=float,
         default=5.0,
         help="bound on each request in seconds, its connection included for echo and"
-        " handshake (default 5); the secret target's channels are bounded by the channel"
-        " handshake timeout",
+        " handshake and fresh domain channels (default 5); the secret and domain targets'"
+        " persistent channels are bounded by the channel handshake timeout",
     )
     p.add_argument(
         "--state-dir",

@@ -3,11 +3,17 @@
 :func:`run_load` blocks until the run is over and returns the report (a JSON-ready
 dict, see :mod:`taonet.loadtest._report`). It is written for the main thread of a
 command, and also runs from another thread (tests). The target's server (the echo
-server, the handshake target's channel server, or the secret target's domain service
-and secret server) runs in a process of its own unless ``connect`` names a running
-one; it is stopped when the run ends. Every worker is a
-:mod:`multiprocessing` spawn process; the parent reads their pipes with
+server, the handshake target's channel server, the secret target's domain service
+and secret server, or the domain target's domain service) runs in a process of its
+own unless ``connect`` names a running one; it is stopped when the run ends. Every
+worker is a :mod:`multiprocessing` spawn process; the parent reads their pipes with
 ``multiprocessing.connection.wait`` and merges their interval histograms.
+
+The secret and domain targets' servers serve their Prometheus metrics on 127.0.0.1
+(or ``server_metrics`` names an endpoint): the parent scrapes it before the workers
+start, at each scrape point between reading their pipes, and after they finish
+(:class:`~taonet.loadtest._scrape.Scraper`, each scrape bounded in time and size, a
+failed one counted), and adds the report's ``server`` section.
 
 Ctrl-C in the parent (``KeyboardInterrupt``) sends SIGINT to the workers still
 running; each sends what it measured and stops, and the report, marked interrupted,

@@ -34,6 +34,7 @@ import attrs
 
 from taonet._log import get_logger
 from taonet.loadtest._config import loopback_address
+from taonet.loadtest._extras import metrics_parser
 
 __all__ = ["MAX_BYTES", "MAX_SCRAPES", "MAX_SERIES", "ScrapeError", "Scraper", "Snapshot"]
 
@@ -127,8 +128,7 @@ def _label(value: object) -> str:
 def parse_exposition(text: str, t: float, service: str | None) -> tuple[str | None, Snapshot]:
     """The figures of ``service`` (None: the first of :data:`SERVICES` found) in the
     exposition ``text``; ScrapeError if it does not parse."""
-    from prometheus_client.parser import text_string_to_metric_families
-
+    text_string_to_metric_families = metrics_parser().text_string_to_metric_families
     # Samples by name (what a family is called varies with the exposition's TYPE
     # lines; a sample's name does not), at most _MAX_SAMPLES of them.
     by_name: dict[str, list[Any]] = {}
@@ -278,6 +278,7 @@ class Scraper:
         service: str | None = None,
     ) -> None:
         loopback_address(f"[{address[0]}]:{address[1]}")  # ConfigError off loopback
+        metrics_parser()  # MissingExtraError (one line) before the run, not during it
         self.address = address
         self.service = service
         #: Seconds between scrapes: a whole number of intervals.

@@ -6,6 +6,7 @@ run: each scrape is bounded in time and size and a failed one is counted."""
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 import trio
 
 from taonet import ConfigError
+from taonet.loadtest import MissingExtraError
 from taonet.loadtest._scrape import (
     MAX_BYTES,
     MAX_SERIES,
@@ -215,3 +217,11 @@ async def test_a_run_whose_metrics_endpoint_trickles_still_finishes_and_counts_i
     assert section["scrapes"] == 0
     assert section["failed_scrapes"]["timeout"] >= 3
     assert report["configuration"]["server_metrics"] == f"{address[0]}:{address[1]}"
+
+
+def test_without_prometheus_client_the_scraper_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client.parser", None)
+    with pytest.raises(MissingExtraError, match=r"pip install 'taonet\[loadtest\]'"):
+        Scraper(("127.0.0.1", 9100), interval=1.0, run_seconds=10.0)
