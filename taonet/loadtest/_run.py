@@ -142,7 +142,8 @@ class _ServerProcess:
 
 def _holds_files(path: str) -> bool:
     try:
-        return any(os.scandir(path))
+        with os.scandir(path) as entries:
+            return any(True for _ in entries)
     except FileNotFoundError:
         return False
     except OSError as exc:

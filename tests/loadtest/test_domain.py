@@ -267,3 +267,21 @@ def test_the_cli_refuses_scrape_and_state_options_that_do_not_fit_in_one_line(
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0
     assert said in done.stderr
+
+
+@pytest.mark.slow
+async def test_more_clients_than_the_default_anonymous_share_of_an_address_are_served() -> None:
+    # A domain service with the default limits holds 16 anonymous connections from
+    # one address: the 40 persistent channels here from 127.0.0.1 are all served by
+    # the tool's own service (loadtest_connection_limits), and stay open.
+    config = LoadConfig(
+        target="domain", workers=1, rate=60, clients=40, duration=1.0, warmup=0.5,
+        interval=0.25,
+    )  # fmt: skip
+    with trio.fail_after(120):
+        report = await trio.to_thread.run_sync(run_load, config)
+    assert report["results"]["errors"] == {}
+    assert report["results"]["ok"] >= 50
+    timeline = report["server"]["timeline"]
+    assert max(t["open_channels"] or 0 for t in timeline) == 40
+    assert report["server"]["run"]["handshakes"] == {"ok": 40}
