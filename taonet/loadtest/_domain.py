@@ -27,8 +27,12 @@ The service's limits on anonymous clients (16 connections per address, each clos
 after 16 requests or 60 s; anonymous connections at most three quarters of the
 connection cap) would refuse clients past 16 from 127.0.0.1 and close persistent
 channels every 16 requests: the tool's own service lifts them
-(:func:`loadtest_connection_limits`). A domain service run with the defaults can be
-loaded by at most 16 clients from one address.
+(:func:`loadtest_connection_limits`: anonymous clients may take every connection, any
+number from one address, each for any number of requests). Its connection cap stays
+:func:`taonet.channel.default_max_connections` (1024, or three quarters of the soft
+``RLIMIT_NOFILE`` if less): raise ``ulimit -n`` for more clients than that. A domain
+service run with the defaults can be loaded by at most 16 clients from one address,
+each channel recycled after 16 certificates.
 """
 
 from __future__ import annotations
