@@ -12,9 +12,15 @@ own ceiling), or with ``--connect`` a plain echo server already running on a loo
 address; ``handshake``, bare Tao channel handshakes against a channel server whose
 identity (and the client's) comes from a local domain the tool makes in a temporary
 directory; ``secret``, a secret server (with its domain service, on SQLite) the tool
-runs the same way, loaded with a weighted mix of read, write, list and rotate. Loading
-servers that run elsewhere on this machine (``--domain``, ``--secret-server``,
-``--identity``) is not there yet.
+runs the same way, loaded with a weighted mix of read, write, list and rotate;
+``domain``, a domain service the tool runs the same way, each request one program
+certificate issued for a fresh key's attestation (``--state-dir`` keeps the secret
+and domain targets' domain, audit log and database). The secret and domain targets'
+servers are scraped (``/metrics``) each interval: the report's ``server`` section
+and the table's ``server`` row hold their own figures (percentiles estimated from
+histogram buckets); ``--server-metrics`` scrapes the endpoint of a server the tool
+did not start. Loading servers that run elsewhere on this machine (``--domain``,
+``--secret-server``, ``--identity``) is not there yet.
 """
 
 from __future__ import annotations
@@ -54,12 +60,14 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--target",
-        choices=["echo", "handshake", "secret"],
+        choices=["echo", "handshake", "secret", "domain"],
         default="echo",
         help="what to load: echo, a TLS echo server the tool starts on 127.0.0.1 (the"
         " generator's own ceiling); handshake, bare Tao channel handshakes; secret, a secret"
-        " server (--mix of read, write, list, rotate). handshake and secret run against"
-        " servers with identities from a local domain the tool makes in a temporary directory",
+        " server (--mix of read, write, list, rotate); domain, a domain service (a program"
+        " certificate per request, for a fresh key attested by a soft host). handshake,"
+        " secret and domain run against servers with identities from a local domain the"
+        " tool makes in a temporary directory",
     )
     p.add_argument(
         "--mix",
@@ -140,8 +148,22 @@ def register(sub: Any) -> None:
         type=float,
         default=5.0,
         help="bound on each request in seconds, its connection included for echo and"
-        " handshake (default 5); the secret target's channels are bounded by the channel"
-        " handshake timeout",
+        " handshake and fresh domain channels (default 5); the secret and domain targets'"
+        " persistent channels are bounded by the channel handshake timeout",
+    )
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        default=None,
+        help="secret and domain targets: keep their servers' state (the domain, its audit"
+        " log, the secret server's database) in DIR (a new directory) after the run",
+    )
+    p.add_argument(
+        "--server-metrics",
+        metavar="HOST:PORT",
+        default=None,
+        help="scrape this Prometheus endpoint (loopback only) each interval, for a server"
+        " the tool did not start (the secret and domain targets' own are scraped anyway)",
     )
     p.add_argument(
         "--quick",
@@ -173,6 +195,7 @@ def _config(args: argparse.Namespace) -> Any:
     clients = args.clients if args.clients is not None else max(16, workers)
     try:
         connect = None if args.connect is None else loopback_address(args.connect)
+        scraped = None if args.server_metrics is None else loopback_address(args.server_metrics)
         if args.plain and connect is None:
             raise ConfigError("--plain needs --connect")
         return LoadConfig(
@@ -192,6 +215,8 @@ def _config(args: argparse.Namespace) -> Any:
             connect=connect,
             tls=not args.plain,
             request_timeout=args.timeout,
+            state_dir=args.state_dir,
+            server_metrics=scraped,
         )
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
@@ -306,10 +331,36 @@ def _print_report(report: dict[str, Any], written: Path | None) -> None:
                 str(stats["ok"]),
                 str(stats["errors"]),
             )
+    server = report.get("server")
+    measured = server.get("measured") if isinstance(server, dict) else None
+    if measured:
+        estimates = measured["latency_ms_est"]
+        failed = sum(n for k, n in measured["requests"].items() if not k.endswith(":ok"))
+        table.add_row(
+            "server (est.)",
+            *(_ms(estimates[k]) for k in ("p50", "p90", "p99")),
+            "-",
+            "-",
+            f"{measured['ok_per_s']:,.1f}",
+            str(sum(n for k, n in measured["requests"].items() if k.endswith(":ok"))),
+            str(failed),
+        )
     console = Console()
     if not console.is_terminal:  # a file or a pipe: no terminal width to fit
         console = Console(width=_PIPE_WIDTH)
     console.print(table)
+    if measured:
+        console.print(
+            "server (est.): the server's own figures over the measured window, scraped from"
+            " its /metrics; percentiles estimated from its histogram buckets (client minus"
+            " server: the network, TLS and the client)",
+            soft_wrap=True,
+        )
+    elif isinstance(server, dict):
+        console.print(
+            f"server metrics: {server['scrapes']} scrapes, failed {server['failed_scrapes']}",
+            soft_wrap=True,
+        )
     console.print(report["rate"]["note"], soft_wrap=True)
     for worker in report["workers"]:
         if worker.get("status") == "died":

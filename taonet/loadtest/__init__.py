@@ -3,7 +3,8 @@
 Open model (a target rate; latency from each send's intended time, so a stalled
 server shows as latency: no coordinated omission) or closed model (a number of
 clients), spread over worker processes whose HDR histograms are merged into one
-report. Needs the ``loadtest`` extra (hdrhistogram, rich):
+report; the secret and domain targets' servers are scraped (Prometheus) during the
+run for their own figures. Needs the ``loadtest`` extra (hdrhistogram, rich):
 ``pip install 'taonet[loadtest]'``; importing this package does not import them.
 """
 

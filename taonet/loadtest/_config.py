@@ -45,7 +45,9 @@ MAX_RUN_SECONDS: Final = 3600.0
 MIN_INTERVAL: Final = 0.1
 
 Model = Literal["open", "closed"]
-TARGETS: Final = ("echo", "handshake", "secret")
+TARGETS: Final = ("echo", "handshake", "secret", "domain")
+#: The targets whose servers the tool runs and scrapes itself.
+OWN_SERVERS: Final = ("secret", "domain")
 #: The operations the secret target's mix may weigh.
 OPERATIONS: Final = ("read", "write", "list", "rotate")
 #: The largest value the secret target writes.
@@ -108,8 +110,9 @@ class LoadConfig:
     """One load test: target, model, timing and bounds (validated on creation)."""
 
     #: What is loaded: ``echo`` (a TLS echo server; the generator's own ceiling),
-    #: ``handshake`` (bare Tao channel handshakes against a local domain's server) or
-    #: ``secret`` (a secret server: a mix of read, write, list and rotate).
+    #: ``handshake`` (bare Tao channel handshakes against a local domain's server),
+    #: ``secret`` (a secret server: a mix of read, write, list and rotate) or
+    #: ``domain`` (a domain service: program certificates issued).
     target: str = attrs.field(default="echo")
     #: ``open``: a target rate, latency from each send's intended time; ``closed``:
     #: ``clients`` loops that each send when their previous answer came.
@@ -143,6 +146,14 @@ class LoadConfig:
     tls: bool = attrs.field(default=True)
     #: Bound on each request (and each connection attempt), in seconds.
     request_timeout: float = attrs.field(default=5.0, validator=_positive)
+    #: Where the tool's own servers (secret and domain targets) keep their state (the
+    #: domain, its audit log, the secret server's database), kept after the run; None:
+    #: a temporary directory, removed after.
+    state_dir: str | None = attrs.field(default=None)
+    #: A Prometheus endpoint (loopback only) to scrape each interval, for a server the
+    #: tool did not start; the secret and domain targets' own servers are scraped
+    #: without it.
+    server_metrics: tuple[str, int] | None = attrs.field(default=None, validator=_check_address)
 
     def __attrs_post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -187,6 +198,12 @@ class LoadConfig:
             raise ConfigError(f"the secret target's values are at most {MAX_VALUE_SIZE} bytes")
         if self.target != "echo" and self.connect is not None:
             raise ConfigError(f"the {self.target} target runs its own server: no --connect")
+        if self.state_dir is not None and self.target not in OWN_SERVERS:
+            raise ConfigError(f"the {self.target} target keeps no state: no state directory")
+        if self.server_metrics is not None and self.target in OWN_SERVERS:
+            raise ConfigError(
+                f"the {self.target} target's own server is scraped: no --server-metrics"
+            )
         if self.connect is None and not self.tls:
             raise ConfigError("the tool's own echo server speaks TLS: --plain needs --connect")
 
@@ -200,6 +217,8 @@ class LoadConfig:
         out = attrs.asdict(self)
         out["mix"] = dict(self.mix)
         out["connect"] = None if self.connect is None else f"{self.connect[0]}:{self.connect[1]}"
+        if self.server_metrics is not None:
+            out["server_metrics"] = f"{self.server_metrics[0]}:{self.server_metrics[1]}"
         return out
 
 

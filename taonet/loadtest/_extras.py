@@ -1,8 +1,9 @@
 """The optional dependencies of the load generator, imported only when used.
 
-``hdrhistogram`` (module ``hdrh``) keeps the latencies and ``rich`` draws the live
-progress line and the tables; both come with ``pip install 'taonet[loadtest]'``.
-Without them, :func:`histogram_class` and :func:`require_rich` raise
+``hdrhistogram`` (module ``hdrh``) keeps the latencies, ``rich`` draws the live
+progress line and the tables, and ``prometheus-client``'s parser reads the servers'
+metrics; all come with ``pip install 'taonet[loadtest]'``. Without them,
+:func:`histogram_class`, :func:`require_rich` and :func:`metrics_parser` raise
 :class:`MissingExtraError`, whose message is one line that says what to install.
 """
 
@@ -13,7 +14,13 @@ from typing import Any, Final
 
 from taonet import ConfigError
 
-__all__ = ["MissingExtraError", "histogram_class", "require_extras", "require_rich"]
+__all__ = [
+    "MissingExtraError",
+    "histogram_class",
+    "metrics_parser",
+    "require_extras",
+    "require_rich",
+]
 
 #: What to install when an extra is missing.
 INSTALL_HINT: Final = "pip install 'taonet[loadtest]'"
@@ -35,6 +42,11 @@ def _import(module: str, package: str) -> Any:
 def histogram_class() -> Any:
     """``hdrh.histogram.HdrHistogram`` (from the hdrhistogram distribution)."""
     return _import("hdrh.histogram", "hdrhistogram").HdrHistogram
+
+
+def metrics_parser() -> Any:
+    """``prometheus_client.parser`` (from the prometheus-client distribution)."""
+    return _import("prometheus_client.parser", "prometheus-client")
 
 
 def require_rich() -> None:

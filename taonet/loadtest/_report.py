@@ -16,7 +16,12 @@ The report is a JSON-ready dict (``report.json``); its keys:
   the sends missed and 1 % of the requests failed) with a one-line ``note``;
 * ``timeline``: one entry per interval (throughput and percentiles over time);
 * ``workers``: each worker's pid and how it ended (``done``, ``interrupted``,
-  ``died`` with its exit code and when); ``interrupted``: the run was stopped early.
+  ``died`` with its exit code and when); ``interrupted``: the run was stopped early;
+* ``server`` (when the server was scraped: the secret and domain targets, or
+  ``server_metrics``): the server's own figures per scrape and over the measured
+  window and the whole run, added by the run from :meth:`Scraper.section
+  <taonet.loadtest._scrape.Scraper.section>` (latency percentiles there are bucket
+  estimates).
 """
 
 from __future__ import annotations
@@ -285,6 +290,10 @@ COMPARED: Final = (
     ("p99 ms", ("results", "latency_ms", "p99")),
     ("p99.9 ms", ("results", "latency_ms", "p99_9")),
     ("max ms", ("results", "latency_ms", "max")),
+    ("server ok /s", ("server", "measured", "ok_per_s")),
+    ("server p50 ms (est.)", ("server", "measured", "latency_ms_est", "p50")),
+    ("server p99 ms (est.)", ("server", "measured", "latency_ms_est", "p99")),
+    ("audit write p99 ms (est.)", ("server", "measured", "audit_write_ms_est", "p99")),
     ("taonet", ("taonet_version",)),
     ("cores", ("machine", "cores")),
 )

@@ -3,11 +3,17 @@
 :func:`run_load` blocks until the run is over and returns the report (a JSON-ready
 dict, see :mod:`taonet.loadtest._report`). It is written for the main thread of a
 command, and also runs from another thread (tests). The target's server (the echo
-server, the handshake target's channel server, or the secret target's domain service
-and secret server) runs in a process of its own unless ``connect`` names a running
-one; it is stopped when the run ends. Every worker is a
-:mod:`multiprocessing` spawn process; the parent reads their pipes with
+server, the handshake target's channel server, the secret target's domain service
+and secret server, or the domain target's domain service) runs in a process of its
+own unless ``connect`` names a running one; it is stopped when the run ends. Every
+worker is a :mod:`multiprocessing` spawn process; the parent reads their pipes with
 ``multiprocessing.connection.wait`` and merges their interval histograms.
+
+The secret and domain targets' servers serve their Prometheus metrics on 127.0.0.1
+(or ``server_metrics`` names an endpoint): the parent scrapes it before the workers
+start, at each scrape point between reading their pipes, and after they finish
+(:class:`~taonet.loadtest._scrape.Scraper`, each scrape bounded in time and size, a
+failed one counted), and adds the report's ``server`` section.
 
 Ctrl-C in the parent (``KeyboardInterrupt``) sends SIGINT to the workers still
 running; each sends what it measured and stops, and the report, marked interrupted,
@@ -30,9 +36,10 @@ from typing import Any, Final
 
 import attrs
 
-from taonet import HostError
+from taonet import ConfigError, HostError
 from taonet._log import get_logger
 from taonet.loadtest._config import LoadConfig
+from taonet.loadtest._domain import DomainCredentials, serve_domain_process
 from taonet.loadtest._echo import make_echo_credentials, serve_echo_process
 from taonet.loadtest._handshake import (
     LocalCredentials,
@@ -40,6 +47,7 @@ from taonet.loadtest._handshake import (
     serve_handshakes_process,
 )
 from taonet.loadtest._report import Merger
+from taonet.loadtest._scrape import Scraper
 from taonet.loadtest._secret import serve_secrets_process
 from taonet.loadtest._worker import worker_main
 
@@ -93,6 +101,10 @@ class TargetSpec:
     ca_pem: bytes | None = None
     #: The handshake target's local domain credentials.
     credentials: LocalCredentials | None = None
+    #: The domain target's: the policy certificate and the host to attest as.
+    domain: DomainCredentials | None = None
+    #: The server's Prometheus endpoint, scraped by the parent (None: not scraped).
+    metrics: tuple[str, int] | None = None
 
 
 class _ServerProcess:
@@ -128,6 +140,22 @@ class _ServerProcess:
             self._process.join(5)
 
 
+def _holds_files(path: str) -> bool:
+    try:
+        with os.scandir(path) as entries:
+            return any(True for _ in entries)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot use {path[:200]} for the servers' state: {exc.strerror}"
+        ) from None
+
+
+def _local(port: int | None) -> tuple[str, int] | None:
+    return None if port is None else ("127.0.0.1", port)
+
+
 @contextlib.contextmanager
 def _target(config: LoadConfig) -> Iterator[TargetSpec]:
     """The target's server (started here unless ``config.connect`` names one)."""
@@ -137,12 +165,23 @@ def _target(config: LoadConfig) -> Iterator[TargetSpec]:
         yield TargetSpec("echo", config.connect)
         return
     server: _ServerProcess
+    if config.state_dir is not None and _holds_files(config.state_dir):
+        raise ConfigError(
+            f"the state directory {config.state_dir[:200]} is not empty: give a new one"
+        )
     if config.target == "secret":
         server = _ServerProcess(
-            "secret", serve_secrets_process, config.objects, config.request_size
-        )
-        port, credentials = server.result
-        spec = TargetSpec("secret", ("127.0.0.1", port), credentials=credentials)
+            "secret", serve_secrets_process, config.objects, config.request_size,
+            config.state_dir,
+        )  # fmt: skip
+        port, credentials, metrics_port = server.result
+        spec = TargetSpec("secret", ("127.0.0.1", port), credentials=credentials,
+                          metrics=_local(metrics_port))  # fmt: skip
+    elif config.target == "domain":
+        server = _ServerProcess("domain", serve_domain_process, config.state_dir)
+        port, metrics_port, domain = server.result
+        spec = TargetSpec("domain", ("127.0.0.1", port), domain=domain,
+                          metrics=_local(metrics_port))  # fmt: skip
     elif config.target == "handshake":
         credentials = make_local_credentials()
         server = _ServerProcess("handshake", serve_handshakes_process, credentials)
@@ -186,6 +225,13 @@ class _Run:
         self.conns: dict[int, Connection] = {}
         self.pids: dict[int, int] = {}
         self.start = 0.0
+        address = spec.metrics if spec.metrics is not None else config.server_metrics
+        #: The server's own figures, scraped each interval (see ``_scrape``).
+        self.scraper = (
+            None
+            if address is None
+            else Scraper(address, interval=config.interval, run_seconds=config.end)
+        )
 
     def run(self) -> dict[str, Any]:
         context = _spawn()
@@ -205,15 +251,22 @@ class _Run:
                 self.conns[index] = parent_end
             self._wait_ready()
             self.start = time.monotonic() + 0.2
+            if self.scraper is not None:  # the baseline, before any request of the run
+                self.scraper.scrape(-0.2)
             for conn in self.conns.values():
                 conn.send(("go", self.start))
             self._collect(self.start + self.config.end + self.config.request_timeout + END_GRACE)
+            if self.scraper is not None:  # what the server counted, every request answered
+                self.scraper.scrape(self._elapsed())
         except KeyboardInterrupt:
             interrupted = True
             self._interrupt()
         finally:
             self._reap()
-        return self.merger.report(interrupted=interrupted, elapsed=self._elapsed())
+        report = self.merger.report(interrupted=interrupted, elapsed=self._elapsed())
+        if self.scraper is not None:
+            report["server"] = self.scraper.section(warmup=self.config.warmup)
+        return report
 
     def _elapsed(self) -> float:
         return max(0.0, time.monotonic() - self.start) if self.start else 0.0
@@ -251,6 +304,8 @@ class _Run:
                 return
             for ready in wait(list(self.conns.values()), timeout=min(left, 0.25)):
                 self._receive(*self._which(ready))
+            if self.scraper is not None and self.start and self.scraper.due(self._elapsed()):
+                self.scraper.scrape(self._elapsed())
 
     def _which(self, ready: object) -> tuple[int, Connection]:
         """The worker whose pipe ``ready`` is."""

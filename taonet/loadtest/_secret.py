@@ -1,14 +1,16 @@
 """The secret target: a mix of read, write, list and rotate against a real secret server.
 
 The tool runs, in a process of its own (:func:`serve_secrets_process`), everything
-the secret server needs, made for the run in a temporary directory: a local domain
-(a fresh policy key, ACL guard) whose rules let one client program Read, Write,
-Create, Delete and Own the names under :data:`PREFIX`, a soft host certified by it,
-the domain service, and the secret server itself (``taonet_services.secret_server``
-as ``taonet secret-server`` runs it, provisioned through that domain service, its
-objects and audit log in an SQLite file). It creates ``objects`` names of
+the secret server needs, made for the run in a temporary directory (or the run's
+``state_dir``): a local domain (:func:`taonet.loadtest._domain.make_local_domain`: a
+fresh policy key, ACL guard) whose rules let one client program Read, Write, Create,
+Delete and Own the names under :data:`PREFIX`, a soft host certified by it, the
+domain service, and the secret server itself (``taonet_services.secret_server`` as
+``taonet secret-server`` runs it, provisioned through that domain service, its
+objects and audit log in an SQLite file), its Prometheus metrics served on
+127.0.0.1 when prometheus-client is there. It creates ``objects`` names of
 ``value_size`` bytes each, provisions the client program's identity, and sends the
-server's port and the client's credentials to the parent.
+server's port, the client's credentials and the metrics port to the parent.
 
 A request (:class:`SecretClient`) is one operation of a fixed weighted cycle (no
 randomness: each client starts at another place in it) on the names in turn, over
@@ -29,11 +31,14 @@ from typing import Final
 
 import trio
 
-from taonet import auth
 from taonet.channel import ChannelIdentity
-from taonet.domain import Domain, DomainTemplate, measure_file, program_subprin
-from taonet.hosts import SoftHost
 from taonet.loadtest._config import OPERATIONS
+from taonet.loadtest._domain import (
+    make_local_domain,
+    running_domain_service,
+    service_metrics,
+    start_metrics,
+)
 from taonet.loadtest._handshake import LocalCredentials
 from taonet.provision import load_or_provision
 from taonet.secrets import SecretStore, connect
@@ -61,69 +66,69 @@ def object_name(index: int) -> str:
 async def _world(
     base: Path, objects: int, value_size: int, conn: Connection
 ) -> None:  # pragma: no cover - runs in the server process (tests drive it there)
-    from taonet_services.domain_service import DomainService
     from taonet_services.secret_server import PROGRAM_FILE, run_secret_server
     from taonet_services.secret_server import program_name as server_program_name
 
-    password = secrets.token_bytes(32)
-    client_file = base / "loadtest-client.py"
-    client_file.write_text("# the taonet loadtest client program\n")
-    tail = auth.PrinTail(program_subprin(measure_file(client_file)))
-    rules = [f'Authorized({tail}, "{op}", "{PREFIX}")' for op in
-             ("Read", "Write", "Create", "Delete", "Own")]  # fmt: skip
-    domain = Domain.create(
-        base / "domain",
-        DomainTemplate(guard="ACL", rules=tuple(rules), programs=(PROGRAM_FILE, client_file)),
-        password,
+    ops = ("Read", "Write", "Create", "Delete", "Own")
+    local = make_local_domain(
+        base,
+        programs=(PROGRAM_FILE,),
+        client_rules=[f'Authorized({{client}}, "{op}", "{PREFIX}")' for op in ops],
     )
-    host = SoftHost.create(base / "host", password)
-    host.set_root_endorsement(domain.certify_host(domain.unlock(password), host.public_key_der()))
-    with DomainService.open(domain.path, password) as service:
-        async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(functools.partial(service.serve, 0))
-            ds = ("127.0.0.1", int(listeners[0].socket.getsockname()[1]))
-            running = await nursery.start(
-                functools.partial(
-                    run_secret_server,
-                    host.tao_for(host.name.extend(server_program_name())),
-                    domain=domain,
-                    state_dir=base / "secret-server",
-                    domain_service=ds,
-                )
-            )
-            client = await load_or_provision(
-                host.tao_for(host.name.extend(program_subprin(measure_file(client_file)))),
-                base / "client.sealed",
-                policy_cert=domain.policy_cert,
+    domain, host = local.domain, local.host
+    metrics = service_metrics("secret_server")
+    async with running_domain_service(local) as (_, ds), trio.open_nursery() as nursery:
+        running = await nursery.start(
+            functools.partial(
+                run_secret_server,
+                host.tao_for(host.name.extend(server_program_name())),
+                domain=domain,
+                state_dir=base / "secret-server",
                 domain_service=ds,
+                metrics=metrics,
             )
-            identity = client.identity
-            assert identity.signer is not None
-            assert identity.certificate is not None
-            address = ("127.0.0.1", int(running.port))
-            async with connect(address, identity) as store:
-                for index in range(objects):
-                    await store.create(object_name(index), secrets.token_bytes(value_size))
-            credentials = LocalCredentials(
-                domain.policy_cert, b"", b"",
-                identity.signer.to_pkcs8_der(), identity.certificate.der,
-            )  # fmt: skip
-            conn.send((address[1], credentials))
-            await trio.to_thread.run_sync(_wait_quietly, conn, abandon_on_cancel=True)
-            nursery.cancel_scope.cancel()
+        )
+        metrics_port = await start_metrics(nursery, metrics)
+        client = await load_or_provision(
+            host.tao_for(local.client_name),
+            base / "client.sealed",
+            policy_cert=domain.policy_cert,
+            domain_service=ds,
+        )
+        identity = client.identity
+        assert identity.signer is not None
+        assert identity.certificate is not None
+        address = ("127.0.0.1", int(running.port))
+        async with connect(address, identity) as store:
+            for index in range(objects):
+                await store.create(object_name(index), secrets.token_bytes(value_size))
+        credentials = LocalCredentials(
+            domain.policy_cert, b"", b"",
+            identity.signer.to_pkcs8_der(), identity.certificate.der,
+        )  # fmt: skip
+        conn.send((address[1], credentials, metrics_port))
+        await trio.to_thread.run_sync(_wait_quietly, conn, abandon_on_cancel=True)
+        nursery.cancel_scope.cancel()
 
 
-def serve_secrets_process(conn: Connection, objects: int, value_size: int) -> None:
+def serve_secrets_process(
+    conn: Connection, objects: int, value_size: int, state_dir: str | None = None
+) -> None:
     """A process's main: run a domain service and a secret server (see the module's
-    text), send ``(port, credentials)`` over ``conn``, stop when it closes."""
+    text) in ``state_dir`` (None: a temporary directory, removed after), send
+    ``(port, credentials, metrics_port)`` over ``conn`` (the metrics port None without
+    prometheus-client), stop when it closes."""
     import signal
 
     from taonet import configure_logging
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us when it is done
     configure_logging(level="warning")  # the servers' own lines would drown the live line
-    with tempfile.TemporaryDirectory(prefix="taonet-loadtest-secrets-") as tmp:
-        trio.run(_world, Path(tmp), objects, value_size, conn)
+    with contextlib.ExitStack() as stack:
+        base = state_dir or stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="taonet-loadtest-secrets-")
+        )
+        trio.run(_world, Path(base), objects, value_size, conn)
 
 
 def _wait_quietly(conn: Connection) -> None:

@@ -21,6 +21,7 @@ import errno
 import itertools
 import os
 import signal
+import ssl
 import time
 from collections import Counter
 from multiprocessing.connection import Connection
@@ -28,7 +29,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from taonet.channel import ChannelIdentity
 from taonet.loadtest._config import LoadConfig, intended_time, offered_between, split
+from taonet.loadtest._domain import POOL, DomainClient, domain_error_kind, make_attestations
 from taonet.loadtest._echo import EchoClient
 from taonet.loadtest._extras import histogram_class
 from taonet.loadtest._handshake import HandshakeClient
@@ -38,7 +41,7 @@ if TYPE_CHECKING:
     from taonet.loadtest._run import TargetSpec
 
 #: What a worker's clients are.
-Client = EchoClient | HandshakeClient | SecretClient
+Client = EchoClient | HandshakeClient | SecretClient | DomainClient
 
 __all__ = ["HIGHEST_US", "new_histogram", "worker_main"]
 
@@ -55,9 +58,14 @@ def new_histogram() -> Any:
 def error_kind(exc: BaseException) -> str:
     """A short name for a failed request's cause, used to count errors by kind: an
     OS error by its errno name (``ECONNREFUSED``), a timeout as ``timeout``, a
-    connection the server dropped as ``connection_broken``, else the class name."""
+    connection the server dropped as ``connection_broken``, a domain service's answer
+    as ``refused_<code>`` or ``internal`` (:func:`domain_error_kind`), else the class
+    name."""
     if isinstance(exc, trio.TooSlowError):
         return "timeout"
+    kind = domain_error_kind(exc)
+    if kind is not None:
+        return kind
     os_error = _os_error(exc)
     if os_error is not None:
         return errno.errorcode.get(os_error.errno or 0, type(os_error).__name__)
@@ -67,11 +75,11 @@ def error_kind(exc: BaseException) -> str:
 
 
 def _os_error(exc: BaseException, depth: int = 0) -> OSError | None:
-    """The first OSError with an errno in ``exc``, its causes and groups."""
+    """The first OSError with a system errno in ``exc``, its causes and groups."""
     if depth > 8:
         return None
-    if isinstance(exc, OSError) and exc.errno:
-        return exc
+    if isinstance(exc, OSError) and exc.errno and not isinstance(exc, ssl.SSLError):
+        return exc  # (an SSLError's errno is OpenSSL's error code, not the system's)
     inner: list[BaseException] = []
     if isinstance(exc, BaseExceptionGroup):
         inner.extend(exc.exceptions)
@@ -150,6 +158,11 @@ class _Worker:
         self.t0 = 0.0
         #: The common start (``time.monotonic()``), once the parent said go.
         self.start_monotonic: float | None = None
+        #: The domain target's attested keys, made before the run (see ``_domain``).
+        self.certifications = [] if spec.domain is None else make_attestations(spec.domain, POOL)
+        self.anonymous = (
+            None if spec.domain is None else ChannelIdentity.anonymous(spec.domain.policy_cert)
+        )
 
     def record(self, op: str, measured_from: float, error: BaseException | None) -> None:
         if measured_from - self.t0 < self.config.warmup:
@@ -178,6 +191,16 @@ class _Worker:
             await client.settle()
 
     def client(self, number: int) -> Client:
+        if self.spec.domain is not None and self.anonymous is not None:
+            return DomainClient(
+                self.spec.address,
+                self.spec.domain,
+                self.anonymous,
+                self.certifications,
+                start=number,
+                step=self.clients,
+                fresh=self.config.fresh,
+            )
         if self.identity is not None and self.spec.kind == "secret":
             return SecretClient(
                 self.spec.address,
