@@ -27,7 +27,7 @@ def test_the_cli_refuses_a_non_loopback_target_in_one_line() -> None:
 def test_cli_quick_echo_run_writes_a_report_that_compare_reads(tmp_path: Path) -> None:
     out = tmp_path / "run"
     done = subprocess.run(
-        [sys.executable, "-m", "taonet", "loadtest", "--quick", "--workers", "2",
+        [sys.executable, "-m", "taonet", "loadtest", "--quick", "--target", "echo", "--workers", "2",
          "--rate", "300", "--duration", "1", "--warmup", "0.5", "--out", str(out)],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip

@@ -1,0 +1,434 @@
+"""PNG plots of a load-test report: latency percentiles over time, throughput against
+offered load.
+
+Two steps, so that what is drawn can be checked without looking at pixels:
+:func:`latency_series` and :func:`throughput_series` are pure (a report in, the series
+out; :class:`~taonet.ConfigError` for a report that does not hold what they need, as
+a report read from a file may not), and :func:`write_plots` draws exactly those series
+with matplotlib (the ``plots`` extra, imported only when drawing, on its Agg backend:
+no display is needed) into PNG files written atomically.
+
+* ``latency.png``: p50, p90, p99, p99.9 and max of each interval on a log scale, in
+  milliseconds from each request's intended send time (open model); the warm-up,
+  whose results are excluded, shaded; red crosses along the top where requests failed,
+  with their count.
+* ``throughput.png``: left, requests answered per second (ok or failed, warm-up
+  included) and ok per second over time, with the offered rate of the open model;
+  right (open model), each interval's answered rate against its offered rate with the
+  line y = x: points on the line kept up, points below it (red) are intervals where
+  the server (or the generator) answered less than 95 % of what was offered. The run's
+  overall figure is the star, and the report's note is the subtitle.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+from taonet import ConfigError
+from taonet.loadtest._config import offered_between
+from taonet.loadtest._extras import MissingExtraError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "MAX_POINTS",
+    "LatencySeries",
+    "ThroughputSeries",
+    "latency_series",
+    "plot_names",
+    "require_plots",
+    "throughput_series",
+    "write_plots",
+]
+
+#: What to install for the plots.
+PLOTS_HINT: Final = "pip install 'taonet[plots]'"
+#: The most intervals a plot takes (a report with more is refused, not drawn).
+MAX_POINTS: Final = 100_000
+#: The percentiles drawn: (legend label, timeline key).
+PLOTTED: Final = (
+    ("p50", "p50_ms"),
+    ("p90", "p90_ms"),
+    ("p99", "p99_ms"),
+    ("p99.9", "p99_9_ms"),
+    ("max", "max_ms"),
+)
+#: An interval is behind when it answered less than this share of what was offered
+#: (the share a run must achieve to have sustained its rate).
+KEPT_UP_SHARE: Final = 0.95
+
+
+@attrs.frozen
+class LatencySeries:
+    """The latency plot's data, from a report's timeline."""
+
+    target: str
+    model: str
+    #: The end of each interval, in seconds from the start.
+    t_s: tuple[float, ...]
+    #: (label, one value per interval in ms, None where nothing was measured).
+    percentiles: tuple[tuple[str, tuple[float | None, ...]], ...]
+    #: The warm-up's end (results before it are excluded).
+    warmup_s: float
+    #: (interval end, failed requests) of each interval with failures.
+    errors: tuple[tuple[float, int], ...]
+
+
+@attrs.frozen
+class ThroughputSeries:
+    """The throughput plot's data, from a report's configuration, timeline and rate."""
+
+    target: str
+    model: str
+    #: The end of each interval, in seconds from the start.
+    t_s: tuple[float, ...]
+    interval_s: float
+    #: Requests answered per second (ok or failed, warm-up included) in each interval.
+    answered_per_s: tuple[float, ...]
+    #: Requests that succeeded per second (warm-up excluded: its results are not kept).
+    ok_per_s: tuple[float, ...]
+    #: The open model's offered rate over each interval (its schedule, ramp-up
+    #: included); None for the closed model.
+    offered_per_s: tuple[float, ...] | None
+    #: Intervals that answered less than KEPT_UP_SHARE of what they were offered.
+    behind: tuple[bool, ...]
+    warmup_s: float
+    #: The run's overall figures (the report's ``rate``): offered (None for the closed
+    #: model) and achieved per second, and its note.
+    target_per_s: float | None
+    achieved_per_s: float | None
+    note: str
+
+
+def _field(mapping: Any, key: str, where: str) -> Any:
+    if not isinstance(mapping, dict) or key not in mapping:
+        raise ConfigError(f"not a load-test report: {where} has no {key!r}")
+    return mapping[key]
+
+
+def _number(value: Any, where: str, *, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"not a load-test report: {where} is not a number")
+    if value < 0:
+        raise ConfigError(f"not a load-test report: {where} is negative")
+    return float(value)
+
+
+def _required(value: Any, where: str) -> float:
+    number = _number(value, where)
+    assert number is not None
+    return number
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or len(value) > 200:
+        raise ConfigError(f"not a load-test report: {where} is not a short text")
+    return value
+
+
+def _timeline(report: Any) -> list[dict[str, Any]]:
+    timeline = _field(report, "timeline", "the report")
+    if not isinstance(timeline, list):
+        raise ConfigError("not a load-test report: its timeline is not a list")
+    if len(timeline) > MAX_POINTS:
+        raise ConfigError(
+            f"the report has {len(timeline)} intervals, more than the {MAX_POINTS} a plot takes"
+        )
+    for n, entry in enumerate(timeline):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"not a load-test report: timeline entry {n} is not an object")
+    return timeline
+
+
+def _times(timeline: list[dict[str, Any]]) -> tuple[float, ...]:
+    """Each interval's end, in increasing order (or ConfigError)."""
+    t_s = tuple(
+        _required(_field(e, "t_s", f"timeline entry {n}"), f"timeline entry {n} t_s")
+        for n, e in enumerate(timeline)
+    )
+    if any(later <= earlier for earlier, later in itertools.pairwise(t_s)):
+        raise ConfigError("not a load-test report: its timeline is not in increasing time")
+    return t_s
+
+
+def latency_series(report: dict[str, Any]) -> LatencySeries:
+    """The latency percentiles of each interval of ``report`` (ConfigError if malformed)."""
+    config = _field(report, "configuration", "the report")
+    timeline = _timeline(report)
+    t_s = _times(timeline)
+    percentiles = []
+    for label, key in PLOTTED:
+        values = []
+        for n, entry in enumerate(timeline):
+            # A report from before p90 and p99.9 were kept per interval: a gap.
+            value = _number(entry.get(key), f"timeline entry {n} {key}", optional=True)
+            values.append(None if value is None or value <= 0 else value)
+        percentiles.append((label, tuple(values)))
+    errors = []
+    for n, entry in enumerate(timeline):
+        failed = _required(
+            _field(entry, "errors", f"timeline entry {n}"), f"timeline entry {n} errors"
+        )
+        if failed:
+            errors.append((t_s[n], int(failed)))
+    return LatencySeries(
+        target=_text(_field(config, "target", "the configuration"), "the target"),
+        model=_text(_field(config, "model", "the configuration"), "the model"),
+        t_s=t_s,
+        percentiles=tuple(percentiles),
+        warmup_s=_required(_field(config, "warmup", "the configuration"), "the warm-up"),
+        errors=tuple(errors),
+    )
+
+
+def throughput_series(report: dict[str, Any]) -> ThroughputSeries:
+    """Answered and offered rates of each interval of ``report`` (ConfigError if malformed)."""
+    config = _field(report, "configuration", "the report")
+    model = _text(_field(config, "model", "the configuration"), "the model")
+    interval = _required(_field(config, "interval", "the configuration"), "the interval")
+    warmup = _required(_field(config, "warmup", "the configuration"), "the warm-up")
+    duration = _required(_field(config, "duration", "the configuration"), "the duration")
+    if interval <= 0:
+        raise ConfigError("not a load-test report: its interval is not positive")
+    rate_section = _field(report, "rate", "the report")
+    timeline = _timeline(report)
+    t_s = _times(timeline)
+    answered, ok = [], []
+    for n, entry in enumerate(timeline):
+        where = f"timeline entry {n}"
+        ok_count = _required(_field(entry, "ok", where), f"{where} ok")
+        done = ok_count + sum(
+            _required(_field(entry, key, where), f"{where} {key}") for key in ("errors", "warmup")
+        )
+        answered.append(done / interval)
+        ok.append(ok_count / interval)
+    offered: list[float] | None = None
+    target_per_s = None
+    if model == "open":
+        rate = _required(_field(config, "rate", "the configuration"), "the rate")
+        ramp_up = _required(_field(config, "ramp_up", "the configuration"), "the ramp-up")
+        # The schedule ends with the run (or where an interrupted run stopped).
+        end = warmup + duration
+        if report.get("interrupted"):
+            results = _field(report, "results", "the report")
+            measured = _field(results, "measured_seconds", "the results")
+            end = warmup + _required(measured, "the measured seconds")
+        offered = [
+            offered_between(max(0.0, t - interval), min(t, end), rate, ramp_up) / interval
+            if t - interval < end
+            else 0.0
+            for t in t_s
+        ]
+        target_per_s = _number(rate_section.get("target_per_s"), "the target rate", optional=True)
+    behind = tuple(
+        offered is not None and offered[n] > 0 and answered[n] < KEPT_UP_SHARE * offered[n]
+        for n in range(len(t_s))
+    )
+    return ThroughputSeries(
+        target=_text(_field(config, "target", "the configuration"), "the target"),
+        model=model,
+        t_s=t_s,
+        interval_s=interval,
+        answered_per_s=tuple(answered),
+        ok_per_s=tuple(ok),
+        offered_per_s=None if offered is None else tuple(offered),
+        behind=behind,
+        warmup_s=warmup,
+        target_per_s=target_per_s,
+        achieved_per_s=_number(
+            rate_section.get("achieved_per_s"), "the achieved rate", optional=True
+        ),
+        note=_text(rate_section.get("note", ""), "the rate's note"),
+    )
+
+
+def plot_names(prefix: str = "") -> tuple[str, str]:
+    """The file names of the latency and throughput plots (``prefix`` for a quick run's
+    targets: ``echo-latency.png``)."""
+    return f"{prefix}latency.png", f"{prefix}throughput.png"
+
+
+def write_plots(report: dict[str, Any], directory: Path, *, prefix: str = "") -> list[Path]:
+    """Draw ``report``'s latency and throughput plots into ``directory``; their paths.
+
+    MissingExtraError without matplotlib, ConfigError for a malformed report (before
+    anything is written) or a file that cannot be written."""
+    from taonet.files import atomic_write
+
+    latency, throughput = latency_series(report), throughput_series(report)
+    figure_class = _figure_class()
+    paths = []
+    for name, draw in zip(plot_names(prefix), ("latency", "throughput"), strict=True):
+        figure = figure_class(figsize=(11, 5.5), layout="constrained")
+        if draw == "latency":
+            _draw_latency(figure, latency)
+        else:
+            _draw_throughput(figure, throughput)
+        buffer = io.BytesIO()
+        # No software version in the file: the same report draws the same bytes.
+        figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+        path = directory / name
+        atomic_write(path, buffer.getvalue(), mode=0o644)
+        paths.append(path)
+    return paths
+
+
+def require_plots() -> None:
+    """Check that matplotlib can be imported (MissingExtraError, one line, if not)."""
+    _figure_class()
+
+
+def _figure_class() -> type[Figure]:
+    """matplotlib's Figure bound to the Agg canvas (no pyplot, no display)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise MissingExtraError(
+            f"taonet loadtest plots need matplotlib, which is not installed: {PLOTS_HINT}"
+        ) from None
+
+    class AggFigure(Figure):
+        def __init__(self, **options: Any) -> None:
+            super().__init__(**options)
+            FigureCanvasAgg(self)
+
+    return AggFigure
+
+
+def _nan(values: tuple[float | None, ...]) -> list[float]:
+    return [math.nan if v is None else v for v in values]
+
+
+def _shade_warmup(ax: Axes, warmup_s: float) -> None:
+    if warmup_s > 0:
+        ax.axvspan(0, warmup_s, color="0.88", label="warm-up (excluded)", zorder=0)
+
+
+def _draw_latency(figure: Figure, series: LatencySeries) -> None:
+    ax = figure.add_subplot()
+    drawn = [v for _, values in series.percentiles for v in values if v is not None]
+    for label, values in series.percentiles:
+        ax.plot(series.t_s, _nan(values), marker=".", label=label)
+    ax.set_yscale("log")
+    if drawn:
+        ax.set_ylim(min(drawn) / 2, max(drawn) * 3)
+    else:
+        ax.set_ylim(0.01, 1000)
+        ax.text(
+            0.5, 0.5, "no request succeeded after the warm-up", ha="center", transform=ax.transAxes
+        )
+    _shade_warmup(ax, series.warmup_s)
+    if series.errors:
+        total = sum(count for _, count in series.errors)
+        ax.scatter(
+            [t for t, _ in series.errors],
+            [0.95] * len(series.errors),
+            marker="x",
+            color="red",
+            transform=ax.get_xaxis_transform(),
+            zorder=5,
+            label=f"failed requests ({total})",
+        )
+        for t, count in series.errors:
+            ax.annotate(
+                str(count),
+                (t, 0.95),
+                xycoords=ax.get_xaxis_transform(),
+                textcoords="offset points",
+                xytext=(0, -12),
+                ha="center",
+                color="red",
+                fontsize=7,
+            )
+    ax.set_xlim(0, max(series.t_s, default=1.0))
+    ax.set_xlabel("seconds from the start (end of each interval)")
+    measured = "from the intended send time" if series.model == "open" else "closed model"
+    ax.set_ylabel(f"latency, ms ({measured}, log scale)")
+    ax.set_title(f"taonet loadtest {series.target}: latency percentiles per interval")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+
+
+def _draw_throughput(figure: Figure, series: ThroughputSeries) -> None:
+    open_model = series.offered_per_s is not None
+    over_time = figure.add_subplot(1, 2, 1) if open_model else figure.add_subplot()
+    _shade_warmup(over_time, series.warmup_s)
+    # Each interval's rate over the interval it covers.
+    edges = [series.t_s[0] - series.interval_s, *series.t_s] if series.t_s else [0.0]
+    if series.offered_per_s is not None:
+        over_time.stairs(series.offered_per_s, edges, color="0.4", linestyle="--", label="offered")
+    over_time.stairs(series.answered_per_s, edges, linewidth=2, label="answered (ok or failed)")
+    over_time.stairs(series.ok_per_s, edges, label="ok (after warm-up)")
+    behind = [
+        (t - series.interval_s / 2, answered)
+        for t, answered, late in zip(series.t_s, series.answered_per_s, series.behind, strict=True)
+        if late
+    ]
+    if behind:
+        over_time.scatter(
+            *zip(*behind, strict=True), color="red", zorder=5, label="behind the offered rate"
+        )
+    over_time.set_xlim(0, max(edges))
+    over_time.set_xlabel("seconds from the start (end of each interval)")
+    over_time.set_ylabel("requests per second")
+    over_time.set_ylim(bottom=0)
+    over_time.set_title(f"{series.target}: throughput over time ({series.model} model)")
+    over_time.grid(True, alpha=0.3)
+    over_time.legend(loc="lower right", fontsize=8)
+    figure.suptitle(series.note, fontsize=9)
+    if series.offered_per_s is None:
+        return
+    against = figure.add_subplot(1, 2, 2)
+    points = [
+        (o, a, late)
+        for o, a, late in zip(
+            series.offered_per_s, series.answered_per_s, series.behind, strict=True
+        )
+        if o > 0
+    ]
+    top = (
+        max(
+            [
+                1.0,
+                *(max(o, a) for o, a, _ in points),
+                series.target_per_s or 0,
+                series.achieved_per_s or 0,
+            ]
+        )
+        * 1.1
+    )
+    against.plot([0, top], [0, top], color="0.5", linestyle=":", label="y = x (kept up)")
+    kept = [(o, a) for o, a, late in points if not late]
+    late = [(o, a) for o, a, late in points if late]
+    if kept:
+        against.scatter(*zip(*kept, strict=True), label="interval")
+    if late:
+        against.scatter(*zip(*late, strict=True), color="red", label="interval behind (< 95 %)")
+    if series.target_per_s is not None and series.achieved_per_s is not None:
+        against.scatter(
+            [series.target_per_s],
+            [series.achieved_per_s],
+            marker="*",
+            s=200,
+            color="black",
+            zorder=5,
+            label="whole run",
+        )
+    against.set_xlim(0, top)
+    against.set_ylim(0, top)
+    against.set_xlabel("offered requests per second")
+    against.set_ylabel("answered requests per second")
+    against.set_title("answered against offered, per interval")
+    against.grid(True, alpha=0.3)
+    against.legend(loc="upper left", fontsize=8)
