@@ -15,7 +15,8 @@ DIR`` writes one report with a section per target (its layout, ``schema`` 1, is 
 that module's text) and each target's plots (``DIR/echo-latency.png``...). A target
 that failed makes the exit status 1, once the report is written; Ctrl-C writes the
 partial report (exit 130). ``--quick --target T`` is one short run of T (3 s measured
-after 1 s of warm-up).
+after 1 s of warm-up). For tests only, ``TAONET_LOADTEST_QUICK_TARGETS`` (a
+comma-separated subset of the targets) narrows what ``--quick`` runs.
 
 ``taonet loadtest compare A.json B.json`` shows two reports side by side (each
 target both hold, when either is a quick report). ``taonet loadtest plot
@@ -49,7 +50,9 @@ QUICK = {"duration": 3.0, "warmup": 1.0, "interval": 0.5, "rate": 1000.0}
 DEFAULTS = {"duration": 10.0, "warmup": 1.0, "interval": 1.0, "rate": 1000.0}
 #: The width of tables written to a file or a pipe.
 _PIPE_WIDTH = 120
-#: The largest report ``compare`` reads.
+#: For tests only: a comma-separated subset of the targets that ``--quick`` runs.
+QUICK_TARGETS_VARIABLE = "TAONET_LOADTEST_QUICK_TARGETS"
+#: The largest report ``compare`` and ``plot`` read.
 MAX_REPORT_BYTES = 64 << 20
 
 
@@ -432,13 +435,18 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _run_quick(args: argparse.Namespace) -> int:
     """Every target briefly (see the module's text); 1 if one failed, 130 on Ctrl-C."""
+    from taonet.loadtest._config import TARGETS
     from taonet.loadtest._quick import quick_configs, run_quick
 
     if args.connect is not None:
         raise UsageError("--quick runs every target on servers it starts: --connect needs --target")
     base = _config(args)
+    targets: tuple[str, ...] = TARGETS
+    if os.environ.get(QUICK_TARGETS_VARIABLE):
+        targets = tuple(t for t in TARGETS if t in os.environ[QUICK_TARGETS_VARIABLE].split(","))
     configs = quick_configs(
         base,
+        targets=targets,
         rate=args.rate,
         duration=args.duration,
         warmup=args.warmup,

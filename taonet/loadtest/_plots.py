@@ -42,6 +42,7 @@ __all__ = [
     "MAX_POINTS",
     "LatencySeries",
     "ThroughputSeries",
+    "figures",
     "latency_series",
     "plot_names",
     "require_plots",
@@ -258,6 +259,19 @@ def plot_names(prefix: str = "") -> tuple[str, str]:
     return f"{prefix}latency.png", f"{prefix}throughput.png"
 
 
+def figures(report: dict[str, Any]) -> tuple[Figure, Figure]:
+    """The latency and throughput figures of ``report``, drawn from exactly
+    :func:`latency_series` and :func:`throughput_series` (ConfigError if malformed,
+    MissingExtraError without matplotlib)."""
+    latency, throughput = latency_series(report), throughput_series(report)
+    figure_class = _figure_class()
+    first = figure_class(figsize=(11, 5.5), layout="constrained")
+    _draw_latency(first, latency)
+    second = figure_class(figsize=(11, 5.5), layout="constrained")
+    _draw_throughput(second, throughput)
+    return first, second
+
+
 def write_plots(report: dict[str, Any], directory: Path, *, prefix: str = "") -> list[Path]:
     """Draw ``report``'s latency and throughput plots into ``directory``; their paths.
 
@@ -265,15 +279,8 @@ def write_plots(report: dict[str, Any], directory: Path, *, prefix: str = "") ->
     anything is written) or a file that cannot be written."""
     from taonet.files import atomic_write
 
-    latency, throughput = latency_series(report), throughput_series(report)
-    figure_class = _figure_class()
     paths = []
-    for name, draw in zip(plot_names(prefix), ("latency", "throughput"), strict=True):
-        figure = figure_class(figsize=(11, 5.5), layout="constrained")
-        if draw == "latency":
-            _draw_latency(figure, latency)
-        else:
-            _draw_throughput(figure, throughput)
+    for name, figure in zip(plot_names(prefix), figures(report), strict=True):
         buffer = io.BytesIO()
         # No software version in the file: the same report draws the same bytes.
         figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
