@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import trio
 
@@ -45,6 +46,12 @@ async def _real_run() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def report() -> dict[str, Any]:
     return trio.run(_real_run)
+
+
+def _values(data: Any) -> list[Any]:
+    """What matplotlib holds for a line or a scatter, as Python lists."""
+    listed: list[Any] = np.asarray(data, dtype=float).tolist()
+    return listed
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -99,10 +106,12 @@ def test_the_figures_draw_exactly_the_series(report: dict[str, Any]) -> None:
     assert ax.get_yscale() == "log"
     lines = {line.get_label(): line for line in ax.get_lines()}
     for label, values in series.percentiles:
-        assert list(lines[label].get_xdata()) == list(series.t_s)
-        drawn = list(lines[label].get_ydata())
+        assert _values(lines[label].get_xdata()) == list(series.t_s)
+        drawn = _values(lines[label].get_ydata())
         assert [None if math.isnan(v) else v for v in drawn] == list(values)
-    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    legend_box = ax.get_legend()
+    assert legend_box is not None
+    legend = [text.get_text() for text in legend_box.get_texts()]
     failed = report["results"]["error_count"]
     assert "warm-up (excluded)" in legend
     assert f"failed requests ({failed})" in legend
@@ -112,18 +121,18 @@ def test_the_figures_draw_exactly_the_series(report: dict[str, Any]) -> None:
     assert throughput.offered_per_s is not None
     against = throughput_figure.axes[1]
     drawn_points = sorted(
-        (float(x), float(y))
+        (x, y)
         for collection in against.collections[:-1]  # the last is the whole run's star
-        for x, y in collection.get_offsets()
+        for x, y in _values(collection.get_offsets())
     )
     assert drawn_points == sorted(
         (o, a)
         for o, a in zip(throughput.offered_per_s, throughput.answered_per_s, strict=True)
         if o > 0
     )
-    behind = [c for c in against.collections if c.get_label().startswith("interval behind")]
+    behind = [c for c in against.collections if str(c.get_label()).startswith("interval behind")]
     assert len(behind) == 1
-    assert len(behind[0].get_offsets()) == sum(throughput.behind)
+    assert len(_values(behind[0].get_offsets())) == sum(throughput.behind)
     assert "y = x (kept up)" in [line.get_label() for line in against.get_lines()]
 
 
