@@ -8,15 +8,16 @@ report instead of the table. Ctrl-C stops the workers; the partial report is sti
 written (exit 130). A worker that died is named on one line after the report is
 written (exit 1).
 
-``taonet loadtest --quick`` without ``--target`` runs every target briefly, one after
-another (:mod:`taonet.loadtest._quick`: 2 s measured after 0.5 s of warm-up each, the
-other options applying to every target), prints a table per target, and with ``--out
-DIR`` writes one report with a section per target (its layout, ``schema`` 1, is in
-that module's text) and each target's plots (``DIR/echo-latency.png``...). A target
-that failed makes the exit status 1, once the report is written; Ctrl-C writes the
-partial report (exit 130). ``--quick --target T`` is one short run of T (3 s measured
-after 1 s of warm-up). For tests only, ``TAONET_LOADTEST_QUICK_TARGETS`` (a
-comma-separated subset of the targets) narrows what ``--quick`` runs.
+``taonet loadtest --quick`` without ``--target`` runs every target briefly, one
+after another (:func:`taonet.loadtest.run_quick`: 2 s measured after 0.5 s of
+warm-up each, the other options applying to every target), prints a table per
+target, and with ``--out DIR`` writes one report with a section per target (its
+layout, ``schema`` 1, is in the text of ``taonet/loadtest/_quick.py``) and each
+target's plots (``DIR/echo-latency.png``...). A target that failed makes the exit
+status 1, once the report is written; Ctrl-C writes the partial report (exit 130).
+``--quick --target T`` is one short run of T (3 s measured after 1 s of warm-up).
+For tests only, ``TAONET_LOADTEST_QUICK_TARGETS`` (a comma-separated subset of the
+targets) narrows what ``--quick`` runs.
 
 ``taonet loadtest compare A.json B.json`` shows two reports side by side (each
 target both hold, when either is a quick report). ``taonet loadtest plot
@@ -257,7 +258,7 @@ def _run(args: argparse.Namespace) -> int:
     written = None
     if args.out is not None:
         from taonet.files import atomic_write
-        from taonet.loadtest._plots import write_plots
+        from taonet.loadtest import write_plots
 
         written = args.out / "report.json"
         atomic_write(written, json.dumps(report, indent=2).encode() + b"\n", mode=0o644)
@@ -285,7 +286,7 @@ def _prepare_out(out: Path | None) -> None:
     """Check, before any load, that the report and its plots can be written to ``out``."""
     if out is None:
         return
-    from taonet.loadtest._plots import require_plots
+    from taonet.loadtest import require_plots
 
     require_plots()
     try:
@@ -387,7 +388,7 @@ def _read_report(path: Path) -> dict[str, Any]:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from taonet.loadtest._quick import compare_runs
+    from taonet.loadtest import compare_runs
 
     a, b = _read_report(args.a), _read_report(args.b)
     rows = compare_runs(a, b)
@@ -435,8 +436,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _run_quick(args: argparse.Namespace) -> int:
     """Every target briefly (see the module's text); 1 if one failed, 130 on Ctrl-C."""
-    from taonet.loadtest._config import TARGETS
-    from taonet.loadtest._quick import quick_configs, run_quick
+    from taonet.loadtest import TARGETS, quick_configs, run_quick
 
     if args.connect is not None:
         raise UsageError("--quick runs every target on servers it starts: --connect needs --target")
@@ -497,8 +497,12 @@ def _run_quick(args: argparse.Namespace) -> int:
 
 def _plot(args: argparse.Namespace) -> int:
     """Draw a saved report's plots (each target's, for a quick report)."""
-    from taonet.loadtest._plots import require_plots, write_plots
-    from taonet.loadtest._quick import is_quick_report, target_reports
+    from taonet.loadtest import (
+        is_quick_report,
+        require_plots,
+        target_reports,
+        write_plots,
+    )
 
     require_plots()
     document = _read_report(args.report)

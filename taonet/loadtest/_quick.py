@@ -152,18 +152,20 @@ def run_quick(
     configs: list[tuple[str, LoadConfig | str]],
     *,
     out: Path | None,
-    run: Callable[[LoadConfig], dict[str, Any]],
+    run: Callable[[LoadConfig], dict[str, Any]] | None = None,
     on_target: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run each configuration with ``run`` (run_load, or the CLI's run with its live
-    line), in order; the quick report (see the module's text).
+    """Run each configuration with ``run`` (by default :func:`run_load`; the CLI's
+    shows its live line), in order; the quick report (see the module's text).
 
     With ``out``, each target's plots are drawn there and ``out/report.json`` is
     rewritten after each target. Ctrl-C stops the run: the target running is marked
     interrupted (with its partial report), the rest not run, and the report is
     returned (and written) all the same."""
     from taonet.files import atomic_write
+    from taonet.loadtest._run import run_load
 
+    runner = run_load if run is None else run
     started = time.monotonic()
     shared = next((c for _, c in configs if isinstance(c, LoadConfig)), None)
     document: dict[str, Any] = {
@@ -207,7 +209,7 @@ def run_quick(
         for number, (target, config) in enumerate(configs, 1):
             if on_target is not None:
                 on_target(number, len(configs), target)
-            if not _run_target(target, config, document["targets"][target], run, out):
+            if not _run_target(target, config, document["targets"][target], runner, out):
                 document["interrupted"] = True
                 break
             save()
