@@ -1,4 +1,4 @@
-"""``taonet loadtest``: load a server and report latency and throughput; ``compare``.
+"""``taonet loadtest``: load a server and report latency and throughput; ``compare``, ``plot``.
 
 ``taonet loadtest [options]`` runs one load test (see :mod:`taonet.loadtest`): a live
 progress line on standard error while it runs, then a table, and with ``--out DIR``
@@ -419,7 +419,7 @@ def _compare(args: argparse.Namespace) -> int:
         if several and label == "target":
             table.add_section()
         table.add_row(
-            f"{target}: {label}" if several else label,
+            f"{target[:40]}: {label}" if several else label,
             "-" if va is None else str(va),
             "-" if vb is None else str(vb),
             ratio,

@@ -290,6 +290,15 @@ def target_reports(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+def _names(reports: dict[str, Any], most: int = 8, longest: int = 40) -> str:
+    """The targets of a report as one short line (they come from a file)."""
+    names = [name if len(name) <= longest else f"{name[:longest]}..." for name in reports]
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return (
+        ", ".join(repr(n) if not n.isidentifier() else n for n in names[:most]) or "none"
+    ) + more
+
+
 def compare_runs(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str, Any, Any, str]]:
     """Rows (target, label, A's value, B's value, B/A) for each target both reports
     hold (a quick report holds several, a single run's one). ConfigError if none."""
@@ -299,8 +308,7 @@ def compare_runs(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str, A
     common = [target for target in in_a if target in in_b]
     if not common:
         raise ConfigError(
-            f"the reports have no target in common (A: {', '.join(in_a) or 'none'};"
-            f" B: {', '.join(in_b) or 'none'})"
+            f"the reports have no target in common (A: {_names(in_a)}; B: {_names(in_b)})"
         )
     return [
         (target, *row) for target in common for row in compare_reports(in_a[target], in_b[target])

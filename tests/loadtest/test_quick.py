@@ -153,6 +153,16 @@ def test_compare_refuses_reports_with_no_target_in_common(tmp_path: Path) -> Non
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1
     assert "no target in common (A: echo; B: secret)" in done.stderr
+    # A report made to flood the terminal: its names are cut short in the error line.
+    (tmp_path / "b.json").write_text(json.dumps({
+        "kind": "quick",
+        "targets": {f"{n}{'x' * 10_000}": {"report": {"results": {}}} for n in range(100)},
+    }))  # fmt: skip
+    done = _taonet("compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"))
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1
+    assert len(done.stderr) < 600
+    assert "and 92 more" in done.stderr
 
 
 @pytest.mark.slow
