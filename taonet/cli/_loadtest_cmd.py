@@ -46,7 +46,8 @@ from taonet import ConfigError, configure_logging
 from taonet.cli._failures import NotFoundError, UsageError
 from taonet.cli._output import add_output_option, wants_json
 
-#: What ``--quick`` sets when the option is not given: a run of a few seconds.
+#: What ``--quick --target T`` sets when the option is not given: a run of a few
+#: seconds (``--quick`` without ``--target`` takes taonet.loadtest._quick's QUICK).
 QUICK = {"duration": 3.0, "warmup": 1.0, "interval": 0.5, "rate": 1000.0}
 DEFAULTS = {"duration": 10.0, "warmup": 1.0, "interval": 1.0, "rate": 1000.0}
 #: The width of tables written to a file or a pipe.
@@ -103,7 +104,8 @@ def register(sub: Any) -> None:
         "--rate",
         type=float,
         default=None,
-        help="requests per second over all workers, open model (default 1000)",
+        help="requests per second over all workers, open model (default 1000; --quick without"
+        " --target: each target's own modest rate, echo 1000, handshake 100, secret 200)",
     )
     p.add_argument(
         "--clients",
