@@ -11,7 +11,7 @@ no display is needed) into PNG files written atomically.
 * ``latency.png``: p50, p90, p99, p99.9 and max of each interval on a log scale, in
   milliseconds from each request's intended send time (open model); the warm-up,
   whose results are excluded, shaded; red crosses along the top where requests failed,
-  with their count.
+  with their count; a dash-dotted line where the run was interrupted or a worker lost.
 * ``throughput.png``: left, requests answered per second (ok or failed, warm-up
   included) and ok per second over time, with the offered rate of the open model;
   right (open model), each interval's answered rate against its offered rate with the
@@ -81,6 +81,8 @@ class LatencySeries:
     warmup_s: float
     #: (interval end, failed requests) of each interval with failures.
     errors: tuple[tuple[float, int], ...]
+    #: (seconds, what): when the run was interrupted or a worker was lost.
+    marks: tuple[tuple[float, str], ...] = ()
 
 
 @attrs.frozen
@@ -107,6 +109,8 @@ class ThroughputSeries:
     target_per_s: float | None
     achieved_per_s: float | None
     note: str
+    #: (seconds, what): when the run was interrupted or a worker was lost.
+    marks: tuple[tuple[float, str], ...] = ()
 
 
 def _field(mapping: Any, key: str, where: str) -> Any:
@@ -162,9 +166,28 @@ def _times(timeline: list[dict[str, Any]]) -> tuple[float, ...]:
     return t_s
 
 
+def _marks(report: dict[str, Any], warmup: float) -> tuple[tuple[float, str], ...]:
+    """When the run was interrupted (Ctrl-C) and when workers were lost."""
+    marks = []
+    if report.get("interrupted") is True:
+        results = _field(report, "results", "the report")
+        measured = _required(_field(results, "measured_seconds", "the results"),
+                             "the measured seconds")  # fmt: skip
+        marks.append((warmup + measured, "interrupted"))
+    workers = report.get("workers", [])
+    if not isinstance(workers, list) or len(workers) > 64:
+        raise ConfigError("not a load-test report: its workers are not a list of at most 64")
+    for n, worker in enumerate(workers):
+        if isinstance(worker, dict) and worker.get("status") == "died":
+            lost = _required(worker.get("lost_at_s"), f"worker {n}'s lost_at_s")
+            marks.append((lost, f"worker {n} lost"))
+    return tuple(marks)
+
+
 def latency_series(report: dict[str, Any]) -> LatencySeries:
     """The latency percentiles of each interval of ``report`` (ConfigError if malformed)."""
     config = _field(report, "configuration", "the report")
+    warmup = _required(_field(config, "warmup", "the configuration"), "the warm-up")
     timeline = _timeline(report)
     t_s = _times(timeline)
     percentiles = []
@@ -187,8 +210,9 @@ def latency_series(report: dict[str, Any]) -> LatencySeries:
         model=_text(_field(config, "model", "the configuration"), "the model"),
         t_s=t_s,
         percentiles=tuple(percentiles),
-        warmup_s=_required(_field(config, "warmup", "the configuration"), "the warm-up"),
+        warmup_s=warmup,
         errors=tuple(errors),
+        marks=_marks(report, warmup),
     )
 
 
@@ -250,6 +274,7 @@ def throughput_series(report: dict[str, Any]) -> ThroughputSeries:
             rate_section.get("achieved_per_s"), "the achieved rate", optional=True
         ),
         note=_text(rate_section.get("note", ""), "the rate's note"),
+        marks=_marks(report, warmup),
     )
 
 
@@ -322,6 +347,13 @@ def _shade_warmup(ax: Axes, warmup_s: float) -> None:
         ax.axvspan(0, warmup_s, color="0.88", label="warm-up (excluded)", zorder=0)
 
 
+def _draw_marks(ax: Axes, marks: tuple[tuple[float, str], ...]) -> None:
+    for seconds, what in marks:
+        ax.axvline(
+            seconds, color="black", linestyle="-.", linewidth=1, label=f"{what} ({seconds:g} s)"
+        )
+
+
 def _draw_latency(figure: Figure, series: LatencySeries) -> None:
     ax = figure.add_subplot()
     drawn = [v for _, values in series.percentiles for v in values if v is not None]
@@ -336,6 +368,7 @@ def _draw_latency(figure: Figure, series: LatencySeries) -> None:
             0.5, 0.5, "no request succeeded after the warm-up", ha="center", transform=ax.transAxes
         )
     _shade_warmup(ax, series.warmup_s)
+    _draw_marks(ax, series.marks)
     if series.errors:
         total = sum(count for _, count in series.errors)
         ax.scatter(
@@ -358,7 +391,7 @@ def _draw_latency(figure: Figure, series: LatencySeries) -> None:
                 color="red",
                 fontsize=7,
             )
-    ax.set_xlim(0, max(series.t_s, default=1.0))
+    ax.set_xlim(0, max([*series.t_s, *(t for t, _ in series.marks)], default=1.0))
     ax.set_xlabel("seconds from the start (end of each interval)")
     measured = "from the intended send time" if series.model == "open" else "closed model"
     ax.set_ylabel(f"latency, ms ({measured}, log scale)")
@@ -371,6 +404,7 @@ def _draw_throughput(figure: Figure, series: ThroughputSeries) -> None:
     open_model = series.offered_per_s is not None
     over_time = figure.add_subplot(1, 2, 1) if open_model else figure.add_subplot()
     _shade_warmup(over_time, series.warmup_s)
+    _draw_marks(over_time, series.marks)
     # Each interval's rate over the interval it covers.
     edges = [series.t_s[0] - series.interval_s, *series.t_s] if series.t_s else [0.0]
     if series.offered_per_s is not None:
@@ -386,7 +420,7 @@ def _draw_throughput(figure: Figure, series: ThroughputSeries) -> None:
         over_time.scatter(
             *zip(*behind, strict=True), color="red", zorder=5, label="behind the offered rate"
         )
-    over_time.set_xlim(0, max(edges))
+    over_time.set_xlim(0, max([*edges, *(t for t, _ in series.marks)]))
     over_time.set_xlabel("seconds from the start (end of each interval)")
     over_time.set_ylabel("requests per second")
     over_time.set_ylim(bottom=0)

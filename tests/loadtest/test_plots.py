@@ -161,6 +161,25 @@ def test_a_closed_model_report_has_no_offered_rate(report: dict[str, Any]) -> No
     assert len(figure.axes) == 1
 
 
+def test_an_interrupted_run_and_a_lost_worker_are_marked(report: dict[str, Any]) -> None:
+    assert latency_series(report).marks == throughput_series(report).marks == ()
+    stopped = copy.deepcopy(report)
+    stopped["interrupted"] = True
+    stopped["results"]["measured_seconds"] = 1.25
+    stopped["workers"][0].update(status="died", lost_at_s=1.5)
+    expected = ((1.75, "interrupted"), (1.5, "worker 0 lost"))
+    assert latency_series(stopped).marks == throughput_series(stopped).marks == expected
+    # The offered rate stops where the interrupted run stopped.
+    series = throughput_series(stopped)
+    assert series.offered_per_s is not None
+    assert all(o == 0.0 for t, o in zip(series.t_s, series.offered_per_s, strict=True) if t > 1.75)
+    latency_figure, throughput_figure = figures(stopped)
+    for ax in (latency_figure.axes[0], throughput_figure.axes[0]):
+        labels = [line.get_label() for line in ax.get_lines()]
+        assert "interrupted (1.75 s)" in labels
+        assert "worker 0 lost (1.5 s)" in labels
+
+
 def _broken(report: dict[str, Any], how: str) -> Any:
     bad = copy.deepcopy(report)
     if how == "no timeline":
