@@ -16,7 +16,8 @@ no display is needed) into PNG files written atomically.
   included) and ok per second over time, with the offered rate of the open model;
   right (open model), each interval's answered rate against its offered rate with the
   line y = x: points on the line kept up, points below it (red) are intervals where
-  the server (or the generator) answered less than 95 % of what was offered. The run's
+  the server (or the generator) answered less than 95 % of what was offered, and a
+  cross marks an interval with failed requests (answered, but not served). The run's
   overall figure is the star, and the report's note is the subtitle.
 """
 
@@ -98,6 +99,8 @@ class ThroughputSeries:
     answered_per_s: tuple[float, ...]
     #: Requests that succeeded per second (warm-up excluded: its results are not kept).
     ok_per_s: tuple[float, ...]
+    #: Requests that failed per second (warm-up excluded).
+    failed_per_s: tuple[float, ...]
     #: The open model's offered rate over each interval (its schedule, ramp-up
     #: included); None for the closed model.
     offered_per_s: tuple[float, ...] | None
@@ -228,15 +231,16 @@ def throughput_series(report: dict[str, Any]) -> ThroughputSeries:
     rate_section = _field(report, "rate", "the report")
     timeline = _timeline(report)
     t_s = _times(timeline)
-    answered, ok = [], []
+    answered, ok, failed = [], [], []
     for n, entry in enumerate(timeline):
         where = f"timeline entry {n}"
-        ok_count = _required(_field(entry, "ok", where), f"{where} ok")
-        done = ok_count + sum(
-            _required(_field(entry, key, where), f"{where} {key}") for key in ("errors", "warmup")
+        ok_count, errors, in_warmup = (
+            _required(_field(entry, key, where), f"{where} {key}")
+            for key in ("ok", "errors", "warmup")
         )
-        answered.append(done / interval)
+        answered.append((ok_count + errors + in_warmup) / interval)
         ok.append(ok_count / interval)
+        failed.append(errors / interval)
     offered: list[float] | None = None
     target_per_s = None
     if model == "open":
@@ -266,6 +270,7 @@ def throughput_series(report: dict[str, Any]) -> ThroughputSeries:
         interval_s=interval,
         answered_per_s=tuple(answered),
         ok_per_s=tuple(ok),
+        failed_per_s=tuple(failed),
         offered_per_s=None if offered is None else tuple(offered),
         behind=behind,
         warmup_s=warmup,
@@ -391,7 +396,7 @@ def _draw_latency(figure: Figure, series: LatencySeries) -> None:
                 color="red",
                 fontsize=7,
             )
-    ax.set_xlim(0, max([*series.t_s, *(t for t, _ in series.marks)], default=1.0))
+    ax.set_xlim(0, max([*series.t_s, *(t for t, _ in series.marks)], default=1.0) * 1.03)
     ax.set_xlabel("seconds from the start (end of each interval)")
     measured = "from the intended send time" if series.model == "open" else "closed model"
     ax.set_ylabel(f"latency, ms ({measured}, log scale)")
@@ -411,6 +416,8 @@ def _draw_throughput(figure: Figure, series: ThroughputSeries) -> None:
         over_time.stairs(series.offered_per_s, edges, color="0.4", linestyle="--", label="offered")
     over_time.stairs(series.answered_per_s, edges, linewidth=2, label="answered (ok or failed)")
     over_time.stairs(series.ok_per_s, edges, label="ok (after warm-up)")
+    if any(series.failed_per_s):
+        over_time.stairs(series.failed_per_s, edges, color="red", label="failed")
     behind = [
         (t - series.interval_s / 2, answered)
         for t, answered, late in zip(series.t_s, series.answered_per_s, series.behind, strict=True)
@@ -426,11 +433,18 @@ def _draw_throughput(figure: Figure, series: ThroughputSeries) -> None:
     over_time.set_ylim(bottom=0)
     over_time.set_title(f"{series.target}: throughput over time ({series.model} model)")
     over_time.grid(True, alpha=0.3)
-    over_time.legend(loc="lower right", fontsize=8)
+    over_time.legend(loc="best", fontsize=8)
     figure.suptitle(series.note, fontsize=9)
     if series.offered_per_s is None:
         return
     against = figure.add_subplot(1, 2, 2)
+    failing = [
+        (o, a)
+        for o, a, f in zip(
+            series.offered_per_s, series.answered_per_s, series.failed_per_s, strict=True
+        )
+        if o > 0 and f > 0
+    ]
     points = [
         (o, a, late)
         for o, a, late in zip(
@@ -456,6 +470,16 @@ def _draw_throughput(figure: Figure, series: ThroughputSeries) -> None:
         against.scatter(*zip(*kept, strict=True), label="interval")
     if late:
         against.scatter(*zip(*late, strict=True), color="red", label="interval behind (< 95 %)")
+    if failing:
+        against.scatter(
+            [o for o, _ in failing],
+            [a for _, a in failing],
+            marker="x",
+            s=80,
+            color="black",
+            zorder=4,
+            label="interval with failed requests",
+        )
     if series.target_per_s is not None and series.achieved_per_s is not None:
         against.scatter(
             [series.target_per_s],
@@ -472,4 +496,4 @@ def _draw_throughput(figure: Figure, series: ThroughputSeries) -> None:
     against.set_ylabel("answered requests per second")
     against.set_title("answered against offered, per interval")
     against.grid(True, alpha=0.3)
-    against.legend(loc="upper left", fontsize=8)
+    against.legend(loc="lower right", fontsize=8)

@@ -122,7 +122,8 @@ def test_the_figures_draw_exactly_the_series(report: dict[str, Any]) -> None:
     against = throughput_figure.axes[1]
     drawn_points = sorted(
         (x, y)
-        for collection in against.collections[:-1]  # the last is the whole run's star
+        for collection in against.collections
+        if collection.get_label() in ("interval", "interval behind (< 95 %)")
         for x, y in _values(collection.get_offsets())
     )
     assert drawn_points == sorted(
@@ -133,6 +134,15 @@ def test_the_figures_draw_exactly_the_series(report: dict[str, Any]) -> None:
     behind = [c for c in against.collections if str(c.get_label()).startswith("interval behind")]
     assert len(behind) == 1
     assert len(_values(behind[0].get_offsets())) == sum(throughput.behind)
+    # The server died: the intervals with failures are crossed.
+    assert throughput.failed_per_s == tuple(e["errors"] / 0.25 for e in report["timeline"])
+    crossed = [c for c in against.collections if c.get_label() == "interval with failed requests"]
+    assert len(crossed) == 1
+    assert len(_values(crossed[0].get_offsets())) == sum(
+        1
+        for o, f in zip(throughput.offered_per_s, throughput.failed_per_s, strict=True)
+        if o > 0 and f > 0
+    )
     assert "y = x (kept up)" in [line.get_label() for line in against.get_lines()]
 
 
