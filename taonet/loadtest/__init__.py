@@ -22,13 +22,8 @@ from taonet.loadtest._config import (
 )
 from taonet.loadtest._echo import EchoClient, make_echo_credentials, serve_echo
 from taonet.loadtest._extras import MissingExtraError, require_extras
-from taonet.loadtest._plots import (
-    figures,
-    latency_series,
-    require_plots,
-    throughput_series,
-    write_plots,
-)
+from taonet.loadtest._plotdata import latency_series, throughput_series
+from taonet.loadtest._plots import figures, require_plots, write_plots
 from taonet.loadtest._quick import (
     REQUIREMENTS,
     compare_runs,

@@ -19,13 +19,8 @@ import trio
 
 from taonet import ConfigError
 from taonet.cli._main import main
-from taonet.loadtest._plots import (
-    MAX_POINTS,
-    figures,
-    latency_series,
-    throughput_series,
-    write_plots,
-)
+from taonet.loadtest import figures, latency_series, throughput_series, write_plots
+from taonet.loadtest._plotdata import MAX_POINTS
 
 from .servers import ControlledEcho, run_against
 
