@@ -205,20 +205,20 @@ def run_quick(
             data = json.dumps(document, indent=2).encode() + b"\n"
             atomic_write(out / "report.json", data, mode=0o644)
 
+    section: dict[str, Any] = {}
     try:
         for number, (target, config) in enumerate(configs, 1):
+            section = document["targets"][target]
             if on_target is not None:
                 on_target(number, len(configs), target)
-            if not _run_target(target, config, document["targets"][target], runner, out):
+            if not _run_target(target, config, section, runner, out):
                 document["interrupted"] = True
                 break
             save()
-    except KeyboardInterrupt:  # between two targets, or while one started or drew
+    except KeyboardInterrupt:  # while a target started, drew its plots, or was saved
         document["interrupted"] = True
-        for section in document["targets"].values():
-            if section["status"] == "not_run" and section["report"] is None:
-                section.update(status="interrupted", reason="stopped by Ctrl-C")
-                break
+        if section.get("status") == "not_run":  # it had not run yet: now it will not
+            section.update(status="interrupted", reason="stopped by Ctrl-C")
     save()
     return document
 

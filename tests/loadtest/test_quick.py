@@ -85,6 +85,26 @@ async def test_a_target_whose_requirement_is_absent_is_skipped_and_a_broken_one_
     ]  # fmt: skip
 
 
+def test_ctrl_c_between_targets_marks_the_next_interrupted_and_writes_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # echo is skipped (nothing runs); the Ctrl-C comes as handshake is announced.
+    monkeypatch.setitem(REQUIREMENTS, "echo", lambda config: "not here")
+
+    def announce(number: int, total: int, target: str) -> None:
+        if number == 2:
+            raise KeyboardInterrupt
+
+    configs = quick_configs(LoadConfig(workers=1), targets=("echo", "handshake", "secret"))
+    document = run_quick(configs, out=tmp_path, on_target=announce)
+    assert json.loads((tmp_path / "report.json").read_text()) == document
+    _check_schema(document, ["echo", "handshake", "secret"])
+    assert document["interrupted"] is True
+    assert [s["status"] for s in document["targets"].values()] == [
+        "skipped", "interrupted", "not_run"
+    ]  # fmt: skip
+
+
 def test_quick_takes_every_target_and_the_given_options() -> None:
     base = LoadConfig(workers=1, clients=3)
     configs = quick_configs(base, interval=0.5)
