@@ -1,11 +1,27 @@
-"""``taonet loadtest``: load a server and report latency and throughput; ``compare``.
+"""``taonet loadtest``: load a server and report latency and throughput; ``compare``, ``plot``.
 
 ``taonet loadtest [options]`` runs one load test (see :mod:`taonet.loadtest`): a live
 progress line on standard error while it runs, then a table, and with ``--out DIR``
-the report in ``DIR/report.json``. ``-o json`` prints the report instead of the
-table. Ctrl-C stops the workers; the partial report is still written (exit 130). A
-worker that died is named on one line after the report is written (exit 1).
-``taonet loadtest compare A.json B.json`` shows two reports side by side.
+the report in ``DIR/report.json`` and its plots, ``DIR/latency.png`` and
+``DIR/throughput.png`` (the ``plots`` extra, matplotlib). ``-o json`` prints the
+report instead of the table. Ctrl-C stops the workers; the partial report is still
+written (exit 130). A worker that died is named on one line after the report is
+written (exit 1).
+
+``taonet loadtest --quick`` without ``--target`` runs every target briefly, one
+after another (:func:`taonet.loadtest.run_quick`: 2 s measured after 0.5 s of
+warm-up each, the other options applying to every target), prints a table per
+target, and with ``--out DIR`` writes one report with a section per target (its
+layout, ``schema`` 1, is in the text of ``taonet/loadtest/_quick.py``) and each
+target's plots (``DIR/echo-latency.png``...). A target that failed makes the exit
+status 1, once the report is written; Ctrl-C writes the partial report (exit 130).
+``--quick --target T`` is one short run of T (3 s measured after 1 s of warm-up).
+For tests only, ``TAONET_LOADTEST_QUICK_TARGETS`` (a comma-separated subset of the
+targets) narrows what ``--quick`` runs.
+
+``taonet loadtest compare A.json B.json`` shows two reports side by side (each
+target both hold, when either is a quick report). ``taonet loadtest plot
+REPORT.json --out DIR`` draws a saved report's plots.
 
 Targets: ``echo``, a TLS echo server the tool starts on 127.0.0.1 (the generator's
 own ceiling), or with ``--connect`` a plain echo server already running on a loopback
@@ -36,12 +52,15 @@ from taonet import ConfigError, configure_logging
 from taonet.cli._failures import NotFoundError, UsageError
 from taonet.cli._output import add_output_option, wants_json
 
-#: What ``--quick`` sets when the option is not given: a run of a few seconds.
+#: What ``--quick --target T`` sets when the option is not given: a run of a few
+#: seconds (``--quick`` without ``--target`` takes taonet.loadtest._quick's QUICK).
 QUICK = {"duration": 3.0, "warmup": 1.0, "interval": 0.5, "rate": 1000.0}
 DEFAULTS = {"duration": 10.0, "warmup": 1.0, "interval": 1.0, "rate": 1000.0}
 #: The width of tables written to a file or a pipe.
 _PIPE_WIDTH = 120
-#: The largest report ``compare`` reads.
+#: For tests only: a comma-separated subset of the targets that ``--quick`` runs.
+QUICK_TARGETS_VARIABLE = "TAONET_LOADTEST_QUICK_TARGETS"
+#: The largest report ``compare`` and ``plot`` read.
 MAX_REPORT_BYTES = 64 << 20
 
 
@@ -61,13 +80,13 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--target",
         choices=["echo", "handshake", "secret", "domain"],
-        default="echo",
+        default=None,
         help="what to load: echo, a TLS echo server the tool starts on 127.0.0.1 (the"
         " generator's own ceiling); handshake, bare Tao channel handshakes; secret, a secret"
         " server (--mix of read, write, list, rotate); domain, a domain service (a program"
         " certificate per request, for a fresh key attested by a soft host). handshake,"
         " secret and domain run against servers with identities from a local domain the"
-        " tool makes in a temporary directory",
+        " tool makes in a temporary directory (default echo; with --quick, every target)",
     )
     p.add_argument(
         "--mix",
@@ -92,7 +111,8 @@ def register(sub: Any) -> None:
         "--rate",
         type=float,
         default=None,
-        help="requests per second over all workers, open model (default 1000)",
+        help="requests per second over all workers, open model (default 1000; --quick without"
+        " --target: each target's own modest rate, echo 1000, handshake 100, secret 200)",
     )
     p.add_argument(
         "--clients",
@@ -168,10 +188,17 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a short run: 3 s measured after 1 s of warm-up, 0.5 s intervals",
+        help="every target briefly (2 s measured after 0.5 s of warm-up each, 0.25 s"
+        " intervals), one report with a section per target; with --target, a short run of that"
+        " target (3 s measured after 1 s of warm-up, 0.5 s intervals)",
     )
     p.add_argument(
-        "--out", metavar="DIR", type=Path, default=None, help="write the report to DIR/report.json"
+        "--out",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="write the report to DIR/report.json and its plots to DIR/*.png (needs the plots"
+        " extra: pip install 'taonet[plots]')",
     )
     add_output_option(p)
     p.set_defaults(func=_run)
@@ -185,6 +212,15 @@ def register(sub: Any) -> None:
     c.add_argument("b", metavar="B.json", type=Path)
     add_output_option(c)
     c.set_defaults(func=_compare)
+    pl = sub_lt.add_parser(
+        "plot",
+        help="draw a saved report's plots",
+        description="Draw the latency and throughput plots of a saved load-test report (a"
+        " quick report: each target's) into DIR. Needs the plots extra (matplotlib).",
+    )
+    pl.add_argument("report", metavar="REPORT.json", type=Path)
+    pl.add_argument("--out", metavar="DIR", type=Path, required=True, help="where to draw")
+    pl.set_defaults(func=_plot)
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -199,7 +235,7 @@ def _config(args: argparse.Namespace) -> Any:
         if args.plain and connect is None:
             raise ConfigError("--plain needs --connect")
         return LoadConfig(
-            target=args.target,
+            target=args.target or "echo",
             model=args.model,
             rate=args.rate if args.rate is not None else base["rate"],
             clients=clients,
@@ -240,42 +276,19 @@ def _run(args: argparse.Namespace) -> int:
     # The live line and the table tell the story: log events from warning up, unless
     # TAONET_LOG asks for more.
     configure_logging(level=None if os.environ.get("TAONET_LOG") else "warning")
+    if args.quick and args.target is None:
+        return _run_quick(args)
     config = _config(args)
-    if args.out is not None:
-        try:
-            args.out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"cannot use {args.out} for the report: {exc.strerror}") from None
-
-    from rich.console import Console
-    from rich.live import Live
-    from rich.text import Text
-
-    from taonet.loadtest import Progress, run_load
-
-    errors = Console(stderr=True)
-    line = Text("starting workers...")
-    with Live(line, console=errors, transient=True, auto_refresh=False) as live:
-
-        def progress(state: Progress) -> None:
-            p99 = "-" if state.recent_p99_ms is None else f"{state.recent_p99_ms:.2f} ms"
-            lost = f"  lost workers {state.lost}" if state.lost else ""
-            phase = "warm-up  " if state.elapsed < config.warmup else ""
-            live.update(
-                Text(
-                    f"{state.elapsed:6.1f} s  {phase}ok {state.ok}  errors {state.errors}  "
-                    f"{state.recent_rate:,.0f}/s  p99 {p99}  workers {len(state.workers)}{lost}"
-                ),
-                refresh=True,
-            )
-
-        report = run_load(config, on_progress=progress)
+    _prepare_out(args.out)
+    report = _live_run(config)
     written = None
     if args.out is not None:
         from taonet.files import atomic_write
+        from taonet.loadtest import write_plots
 
         written = args.out / "report.json"
         atomic_write(written, json.dumps(report, indent=2).encode() + b"\n", mode=0o644)
+        write_plots(report, args.out)
     if wants_json(args):
         print(json.dumps(report, indent=2))
     else:
@@ -293,6 +306,47 @@ def _run(args: argparse.Namespace) -> int:
         print(f"taonet: error: {died[0]['note']}{where}", file=sys.stderr)
         return 1
     return 0
+
+
+def _prepare_out(out: Path | None) -> None:
+    """Check, before any load, that the report and its plots can be written to ``out``."""
+    if out is None:
+        return
+    from taonet.loadtest import require_plots
+
+    require_plots()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot use {out} for the report: {exc.strerror}") from None
+
+
+def _live_run(config: Any, label: str = "") -> dict[str, Any]:
+    """Run ``config`` with the live progress line on standard error; its report."""
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    from taonet.loadtest import Progress, run_load
+
+    errors = Console(stderr=True)
+    line = Text(f"{label}starting workers...")
+    with Live(line, console=errors, transient=True, auto_refresh=False) as live:
+
+        def progress(state: Progress) -> None:
+            p99 = "-" if state.recent_p99_ms is None else f"{state.recent_p99_ms:.2f} ms"
+            lost = f"  lost workers {state.lost}" if state.lost else ""
+            phase = "warm-up  " if state.elapsed < config.warmup else ""
+            live.update(
+                Text(
+                    f"{label}{state.elapsed:6.1f} s  {phase}ok {state.ok}  errors {state.errors}"
+                    f"  {state.recent_rate:,.0f}/s  p99 {p99}  workers {len(state.workers)}{lost}"
+                ),
+                refresh=True,
+            )
+
+        report: dict[str, Any] = run_load(config, on_progress=progress)
+    return report
 
 
 def _ms(value: float | None) -> str:
@@ -383,20 +437,26 @@ def _read_report(path: Path) -> dict[str, Any]:
     except (ValueError, RecursionError) as exc:  # nested too deep for the parser: RecursionError
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
         raise ConfigError(f"{path} is not a load-test report: {reason}") from None
-    if not isinstance(document, dict) or "results" not in document:
+    if not isinstance(document, dict) or not (
+        "results" in document or document.get("kind") == "quick"
+    ):
         raise ConfigError(f"{path} is not a load-test report (no results)")
     return document
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from taonet.loadtest import compare_reports
+    from taonet.loadtest import compare_runs
 
     a, b = _read_report(args.a), _read_report(args.b)
-    rows = compare_reports(a, b)
+    rows = compare_runs(a, b)
+    several = len({row[0] for row in rows}) > 1
     if wants_json(args):
         print(
             json.dumps(
-                [{"figure": r[0], "a": r[1], "b": r[2], "b_over_a": r[3] or None} for r in rows],
+                [
+                    {"target": r[0], "figure": r[1], "a": r[2], "b": r[3], "b_over_a": r[4] or None}
+                    for r in rows
+                ],
                 indent=2,
                 allow_nan=False,
             )
@@ -413,10 +473,110 @@ def _compare(args: argparse.Namespace) -> int:
     table.add_column(f"A: {args.a}", justify="right")
     table.add_column(f"B: {args.b}", justify="right")
     table.add_column("B/A", justify="right")
-    for label, va, vb, ratio in rows:
-        table.add_row(label, "-" if va is None else str(va), "-" if vb is None else str(vb), ratio)
+    for target, label, va, vb, ratio in rows:
+        if several and label == "target":
+            table.add_section()
+        table.add_row(
+            f"{target[:40]}: {label}" if several else label,
+            "-" if va is None else str(va),
+            "-" if vb is None else str(vb),
+            ratio,
+        )
     console = Console()
     if not console.is_terminal:
         console = Console(width=_PIPE_WIDTH)
     console.print(table)
+    return 0
+
+
+# --- taonet loadtest --quick (every target) and taonet loadtest plot --------------
+
+
+def _run_quick(args: argparse.Namespace) -> int:
+    """Every target briefly (see the module's text); 1 if one failed, 130 on Ctrl-C."""
+    from taonet.loadtest import TARGETS, quick_configs, run_quick
+
+    if args.connect is not None:
+        raise UsageError("--quick runs every target on servers it starts: --connect needs --target")
+    base = _config(args)
+    targets: tuple[str, ...] = TARGETS
+    if os.environ.get(QUICK_TARGETS_VARIABLE):
+        targets = tuple(t for t in TARGETS if t in os.environ[QUICK_TARGETS_VARIABLE].split(","))
+    configs = quick_configs(
+        base,
+        targets=targets,
+        rate=args.rate,
+        duration=args.duration,
+        warmup=args.warmup,
+        interval=args.interval,
+    )
+    _prepare_out(args.out)
+
+    def announce(number: int, total: int, target: str) -> None:
+        print(f"taonet loadtest --quick: {number}/{total} {target}", file=sys.stderr, flush=True)
+
+    document = run_quick(
+        configs,
+        out=args.out,
+        run=lambda config: _live_run(config, f"{config.target}: "),
+        on_target=announce,
+    )
+    written = None if args.out is None else args.out / "report.json"
+    if wants_json(args):
+        print(json.dumps(document, indent=2))
+    else:
+        for target, section in document["targets"].items():
+            if section["report"] is not None:
+                _print_report(section["report"], None)
+            print(
+                f"{target}: {section['status']}"
+                + (f" ({section['reason']})" if section["reason"] else "")
+            )
+        if written is not None:
+            print(f"report: {written}")
+    if document["interrupted"]:
+        print(
+            "taonet: interrupted; the partial report"
+            + (f" is in {written}" if written else " is above"),
+            file=sys.stderr,
+        )
+        return 130
+    if document["failed"]:
+        first = document["targets"][document["failed"][0]]
+        where = f"; report written to {written}" if written else ""
+        print(
+            f"taonet: error: {len(document['failed'])} target(s) failed:"
+            f" {', '.join(document['failed'])} (first: {first['reason']}){where}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    """Draw a saved report's plots (each target's, for a quick report)."""
+    from taonet.loadtest import (
+        is_quick_report,
+        require_plots,
+        target_reports,
+        write_plots,
+    )
+
+    require_plots()
+    document = _read_report(args.report)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot use {args.out} for the plots: {exc.strerror}") from None
+    quick = is_quick_report(document)
+    written = []
+    try:
+        for target, report in target_reports(document).items():
+            written += write_plots(report, args.out, prefix=f"{target}-" if quick else "")
+    except ConfigError as exc:
+        raise ConfigError(f"{args.report}: {exc}") from None
+    if not written:
+        raise ConfigError(f"{args.report}: no target of this quick report has results to plot")
+    for path in written:
+        print(path)
     return 0

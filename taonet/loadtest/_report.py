@@ -14,7 +14,9 @@ The report is a JSON-ready dict (``report.json``); its keys:
   answered, ok or not, per measured second), ``missed`` sends (due but never
   started), and ``sustained`` (at least 95 % of the target achieved, at most 1 % of
   the sends missed and 1 % of the requests failed) with a one-line ``note``;
-* ``timeline``: one entry per interval (throughput and percentiles over time);
+* ``timeline``: one entry per interval (``t_s``, its end; ``ok``, ``errors``,
+  ``warmup`` requests; ``per_s``; ``p50_ms``, ``p90_ms``, ``p99_ms``, ``p99_9_ms``,
+  ``max_ms``, None when nothing was measured in it);
 * ``workers``: each worker's pid and how it ended (``done``, ``interrupted``,
   ``died`` with its exit code and when); ``interrupted``: the run was stopped early;
 * ``server`` (when the server was scraped: the secret and domain targets, or
@@ -267,7 +269,9 @@ class Merger:
                 "warmup": interval.warmup,
                 "per_s": round(done / self.config.interval, 1),
                 "p50_ms": latency["p50"],
+                "p90_ms": latency["p90"],
                 "p99_ms": latency["p99"],
+                "p99_9_ms": latency["p99_9"],
                 "max_ms": latency["max"],
             })  # fmt: skip
         return out

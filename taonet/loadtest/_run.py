@@ -324,9 +324,10 @@ class _Run:
             self.conns.pop(index).close()
             return
         if message[0] == "interval":
-            if not self.merger.intervals:
-                log.info("loadtest_measuring", workers=[self.pids[i] for i in sorted(self.pids)])
+            first = not self.merger.intervals
             self.merger.add_interval(*message[1:])
+            if first:  # logged once merged: a Ctrl-C that follows it cannot lose it
+                log.info("loadtest_measuring", workers=[self.pids[i] for i in sorted(self.pids)])
             if self.on_progress is not None:
                 self.on_progress(self._progress(message[2]))
         elif message[0] == "done":

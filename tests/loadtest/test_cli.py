@@ -27,8 +27,9 @@ def test_the_cli_refuses_a_non_loopback_target_in_one_line() -> None:
 def test_cli_quick_echo_run_writes_a_report_that_compare_reads(tmp_path: Path) -> None:
     out = tmp_path / "run"
     done = subprocess.run(
-        [sys.executable, "-m", "taonet", "loadtest", "--quick", "--workers", "2",
-         "--rate", "300", "--duration", "1", "--warmup", "0.5", "--out", str(out)],
+        [sys.executable, "-m", "taonet", "loadtest", "--quick", "--target", "echo",
+         "--workers", "2", "--rate", "300", "--duration", "1", "--warmup", "0.5",
+         "--out", str(out)],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -42,6 +43,9 @@ def test_cli_quick_echo_run_writes_a_report_that_compare_reads(tmp_path: Path) -
     assert set(report["results"]["latency_ms"]) >= {"p50", "p90", "p99", "p99_9", "max"}
     assert [w["status"] for w in report["workers"]] == ["done", "done"]
     assert "p99.9 ms" in done.stdout
+    # --out draws the report's plots beside it.
+    for name in ("latency.png", "throughput.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # compare: a second report (the first, twice as fast) side by side.
     faster = json.loads(json.dumps(report))
     faster["results"]["throughput_per_s"] = report["results"]["throughput_per_s"] * 2
