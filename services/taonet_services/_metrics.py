@@ -23,6 +23,7 @@ is bounded.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -182,6 +183,15 @@ class ServiceMetrics:
 
     def channel_closed(self) -> None:
         self._open -= 1
+
+    @contextlib.contextmanager
+    def channel_open(self) -> Iterator[None]:
+        """Count a channel as open for the block (a connection handler's lifetime)."""
+        self.channel_opened()
+        try:
+            yield
+        finally:
+            self.channel_closed()
 
     def audit_written(self, seconds: float) -> None:
         """Observe one audit write's latency."""

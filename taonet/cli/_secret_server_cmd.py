@@ -187,15 +187,13 @@ def _run(args: argparse.Namespace) -> int:
                         flush=True,
                     )
                     if metrics is not None and metrics_at is not None:
-                        url = await start_metrics(
+                        await start_metrics(
                             nursery,
                             metrics.exposition,
                             metrics_at,
                             public=args.metrics_public,
                             option=f"--metrics {args.metrics}",
                         )
-                        log.info("metrics_listening", url=url)
-                        print(f"metrics on {url}", flush=True)
                     async for signum in signals:
                         stopped_by.append(signal.Signals(signum).name)
                         break

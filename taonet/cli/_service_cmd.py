@@ -91,8 +91,11 @@ async def start_metrics(
     public: bool,
     option: str,
 ) -> str:
-    """Serve ``exposition`` on ``address`` in ``nursery``; the URL it is served at.
-    ConfigError (one line) for an address it cannot listen on."""
+    """Serve ``exposition`` on ``address`` in ``nursery``, and say so (a log line and
+    ``metrics on URL`` on standard output); the URL it is served at. ConfigError (one
+    line) for an address it cannot listen on."""
+    import structlog
+
     from taonet_services.metrics import serve_metrics
 
     host, port = address
@@ -107,7 +110,10 @@ async def start_metrics(
         if not all(isinstance(leaf, OSError) for leaf in found):
             raise
         raise ConfigError(f"cannot listen on {option}: {describe(found[0])}") from None
-    return f"http://{_address(listeners[0].socket.getsockname())}/metrics"
+    url = f"http://{_address(listeners[0].socket.getsockname())}/metrics"
+    structlog.get_logger(__name__).info("metrics_listening", url=url)
+    print(f"metrics on {url}", flush=True)
+    return url
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -186,15 +192,13 @@ def _run(args: argparse.Namespace) -> int:
                     flush=True,
                 )
                 if metrics is not None and metrics_at is not None:
-                    url = await start_metrics(
+                    await start_metrics(
                         nursery,
                         metrics.exposition,
                         metrics_at,
                         public=args.metrics_public,
                         option=f"--metrics {args.metrics}",
                     )
-                    log.info("metrics_listening", url=url)
-                    print(f"metrics on {url}", flush=True)
                 async for signum in signals:
                     stopped_by.append(signal.Signals(signum).name)
                     break

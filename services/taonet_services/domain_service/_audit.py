@@ -67,6 +67,7 @@ import structlog
 
 from taonet import ConfigError
 from taonet.audit import MAX_ACTOR_CHARS, MAX_DETAIL_CHARS, AuditEntry, AuditError
+from taonet.audit import bounded as _bounded
 from taonet.crypto import Signer
 from taonet_services.storage import AuditStore, Database, StorageError
 
@@ -186,20 +187,11 @@ def _check_serial(serial: int) -> str:
 
 
 def bounded(value: str, limit: int = MAX_FIELD_CHARS) -> str:
-    """``value`` if it has at most ``limit`` characters, else a cut of it that has.
-
-    The cut keeps the start of ``value`` and ends with a marker giving the full
-    length and the SHA-256 of the full value (UTF-8), e.g.
-    ``key(...).Program("AAAA...[cut: 60310 chars, sha256 3f2a...]``, so an operator can
-    still tell two long values apart or match one against a known value.
-    """
-    if len(value) <= limit:
-        return value
-    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
-    marker = f"...[cut: {len(value)} chars, sha256 {digest}]"
-    if limit <= len(marker):
-        return marker[:limit]
-    return value[: limit - len(marker)] + marker
+    """``value`` if it has at most ``limit`` characters, else a cut of it that has
+    (:func:`taonet.audit.bounded`: the start, then a marker giving the full length and
+    the SHA-256 of the full value, so an operator can still tell two long values apart
+    or match one against a known value)."""
+    return _bounded(value, limit)
 
 
 def _check_hex(name: str, value: str) -> str:

@@ -353,14 +353,8 @@ class DomainService:
     async def handle(self, stream: TaoStream) -> None:
         """Answer requests on one connection until the client closes it (or, for an
         anonymous client, until its request count or lifetime runs out)."""
-        metrics = self.metrics
-        if metrics is not None:
-            metrics.channel_opened()
-        try:
+        with contextlib.nullcontext() if self.metrics is None else self.metrics.channel_open():
             await self._handle(stream)
-        finally:
-            if metrics is not None:
-                metrics.channel_closed()
 
     async def _handle(self, stream: TaoStream) -> None:
         envelope = Envelope(Role.SERVER, body_limit=MAX_REQUEST, header_limit=MAX_REQUEST_HEADER)

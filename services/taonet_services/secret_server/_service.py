@@ -441,14 +441,8 @@ class SecretServer:
 
     async def handle(self, stream: TaoStream) -> None:
         """Answer requests on one channel until the client closes it."""
-        metrics = self.metrics
-        if metrics is not None:
-            metrics.channel_opened()
-        try:
+        with contextlib.nullcontext() if self.metrics is None else self.metrics.channel_open():
             await self._handle(stream)
-        finally:
-            if metrics is not None:
-                metrics.channel_closed()
 
     async def _handle(self, stream: TaoStream) -> None:
         if self.refresh_guard is not None:
