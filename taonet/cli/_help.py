@@ -110,12 +110,15 @@ EXAMPLES: Final[dict[tuple[str, ...], tuple[str, ...]]] = {
         "taonet demo --upgrade",
     ),
     ("loadtest",): (
-        "taonet loadtest --quick --out ./lt          # echo target: the generator's ceiling",
+        "taonet loadtest --quick --out ./lt          # every target briefly, with plots",
+        "taonet loadtest --quick --target echo       # the generator's own ceiling",
+        "taonet loadtest --target domain --rate 200 --out ./lt   # program certificates",
         "taonet loadtest --rate 5000 --workers 2 --duration 30 --warmup 5 --out ./lt",
         "taonet loadtest --model closed --clients 32 --fresh -o json",
         "taonet loadtest --target secret --rate 500 --mix read=8,write=1,list=1 --out ./lt",
     ),
     ("loadtest", "compare"): ("taonet loadtest compare before/report.json after/report.json",),
+    ("loadtest", "plot"): ("taonet loadtest plot lt/report.json --out ./plots",),
     ("completion",): (
         "taonet completion bash > ~/.local/share/bash-completion/completions/taonet",
         'taonet completion zsh > "${fpath[1]}/_taonet"    # zsh: from the next shell on',
