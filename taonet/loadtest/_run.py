@@ -77,6 +77,9 @@ class Progress:
     recent_p99_ms: float | None
     workers: tuple[WorkerHandle, ...]
     lost: int
+    #: The target's server processes the tool started, where there are several (the
+    #: secret-server replicas on PostgreSQL), by index.
+    servers: tuple[WorkerHandle, ...] = ()
 
 
 def _spawn() -> Any:
@@ -93,6 +96,11 @@ class TargetSpec:
     ca_pem: bytes | None = None
     #: The handshake target's local domain credentials.
     credentials: LocalCredentials | None = None
+    #: Several servers (the secret target's replicas): client i (over all workers)
+    #: sends to ``addresses[i % len(addresses)]``; empty: all to ``address``.
+    addresses: tuple[tuple[str, int], ...] = ()
+    #: Their processes' ids.
+    server_pids: tuple[int, ...] = ()
 
 
 class _ServerProcess:
@@ -167,6 +175,10 @@ def run_load(
     on_progress: Callable[[Progress], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``config`` to its end (or Ctrl-C) and return the report."""
+    if config.postgres is not None:
+        from taonet.loadtest._replicas import run_on_postgres
+
+        return run_on_postgres(config, on_progress)
     with _target(config) as spec:
         return _Run(config, spec, on_progress).run()
 
@@ -177,10 +189,14 @@ class _Run:
         config: LoadConfig,
         spec: TargetSpec,
         on_progress: Callable[[Progress], None] | None,
+        *,
+        on_start: Callable[[float], None] | None = None,
     ) -> None:
         self.config = config
         self.spec = spec
         self.on_progress = on_progress
+        #: Told the common start (``time.monotonic()``) once the workers are ready.
+        self.on_start = on_start
         self.merger = Merger(config)
         self.processes: dict[int, Any] = {}
         self.conns: dict[int, Connection] = {}
@@ -207,6 +223,8 @@ class _Run:
             self.start = time.monotonic() + 0.2
             for conn in self.conns.values():
                 conn.send(("go", self.start))
+            if self.on_start is not None:
+                self.on_start(self.start)
             self._collect(self.start + self.config.end + self.config.request_timeout + END_GRACE)
         except KeyboardInterrupt:
             interrupted = True
@@ -288,6 +306,7 @@ class _Run:
             recent_p99_ms=p99,
             workers=tuple(WorkerHandle(i, p) for i, p in sorted(self.pids.items())),
             lost=self.merger.lost_count(),
+            servers=tuple(WorkerHandle(i, p) for i, p in enumerate(self.spec.server_pids)),
         )
 
     def _interrupt(self) -> None:

@@ -42,7 +42,10 @@ __all__ = [
     "OPERATIONS",
     "PREFIX",
     "SecretClient",
+    "create_objects",
+    "make_world",
     "object_name",
+    "provision_client",
     "serve_secrets_process",
     "weighted_cycle",
 ]
@@ -58,14 +61,11 @@ def object_name(index: int) -> str:
     return f"{PREFIX}/k{index:06d}"
 
 
-async def _world(
-    base: Path, objects: int, value_size: int, conn: Connection
-) -> None:  # pragma: no cover - runs in the server process (tests drive it there)
-    from taonet_services.domain_service import DomainService
-    from taonet_services.secret_server import PROGRAM_FILE, run_secret_server
-    from taonet_services.secret_server import program_name as server_program_name
+def make_world(base: Path, password: bytes) -> tuple[Domain, SoftHost, Path]:
+    """In ``base``: the run's domain (a fresh policy key, ACL guard, the rules of the
+    module's text), a soft host it certifies, and the client program's file."""
+    from taonet_services.secret_server import PROGRAM_FILE
 
-    password = secrets.token_bytes(32)
     client_file = base / "loadtest-client.py"
     client_file.write_text("# the taonet loadtest client program\n")
     tail = auth.PrinTail(program_subprin(measure_file(client_file)))
@@ -78,6 +78,45 @@ async def _world(
     )
     host = SoftHost.create(base / "host", password)
     host.set_root_endorsement(domain.certify_host(domain.unlock(password), host.public_key_der()))
+    return domain, host, client_file
+
+
+async def provision_client(
+    host: SoftHost, domain: Domain, client_file: Path, ds: tuple[str, int]
+) -> LocalCredentials:
+    """The client program's identity, certified by the domain service at ``ds``."""
+    client = await load_or_provision(
+        host.tao_for(host.name.extend(program_subprin(measure_file(client_file)))),
+        client_file.parent / "client.sealed",
+        policy_cert=domain.policy_cert,
+        domain_service=ds,
+    )
+    identity = client.identity
+    assert identity.signer is not None
+    assert identity.certificate is not None
+    return LocalCredentials(
+        domain.policy_cert, b"", b"", identity.signer.to_pkcs8_der(), identity.certificate.der
+    )
+
+
+async def create_objects(
+    address: tuple[str, int], identity: ChannelIdentity, objects: int, value_size: int
+) -> None:
+    """Create the ``objects`` names of the run, ``value_size`` random bytes each."""
+    async with connect(address, identity) as store:
+        for index in range(objects):
+            await store.create(object_name(index), secrets.token_bytes(value_size))
+
+
+async def _world(
+    base: Path, objects: int, value_size: int, conn: Connection
+) -> None:  # pragma: no cover - runs in the server process (tests drive it there)
+    from taonet_services.domain_service import DomainService
+    from taonet_services.secret_server import program_name as server_program_name
+    from taonet_services.secret_server import run_secret_server
+
+    password = secrets.token_bytes(32)
+    domain, host, client_file = make_world(base, password)
     with DomainService.open(domain.path, password) as service:
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(functools.partial(service.serve, 0))
@@ -91,23 +130,9 @@ async def _world(
                     domain_service=ds,
                 )
             )
-            client = await load_or_provision(
-                host.tao_for(host.name.extend(program_subprin(measure_file(client_file)))),
-                base / "client.sealed",
-                policy_cert=domain.policy_cert,
-                domain_service=ds,
-            )
-            identity = client.identity
-            assert identity.signer is not None
-            assert identity.certificate is not None
+            credentials = await provision_client(host, domain, client_file, ds)
             address = ("127.0.0.1", int(running.port))
-            async with connect(address, identity) as store:
-                for index in range(objects):
-                    await store.create(object_name(index), secrets.token_bytes(value_size))
-            credentials = LocalCredentials(
-                domain.policy_cert, b"", b"",
-                identity.signer.to_pkcs8_der(), identity.certificate.der,
-            )  # fmt: skip
+            await create_objects(address, credentials.client(), objects, value_size)
             conn.send((address[1], credentials))
             await trio.to_thread.run_sync(_wait_quietly, conn, abandon_on_cancel=True)
             nursery.cancel_scope.cancel()
