@@ -13,7 +13,7 @@ from taonet.loadtest._config import LoadConfig, intended_time, loopback_address,
 from taonet.loadtest._echo import EchoClient, make_echo_credentials, serve_echo
 from taonet.loadtest._extras import MissingExtraError, require_extras
 from taonet.loadtest._report import compare_reports, decode_histogram, machine_facts
-from taonet.loadtest._run import Progress, WorkerHandle, run_load
+from taonet.loadtest._run import Progress, WorkerHandle, run_load, run_series
 
 __all__ = [
     "EchoClient",
@@ -30,6 +30,7 @@ __all__ = [
     "offered_between",
     "require_extras",
     "run_load",
+    "run_series",
     "serve_echo",
 ]
 

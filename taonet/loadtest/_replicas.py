@@ -57,7 +57,13 @@ from taonet.loadtest._report import scale_row
 from taonet.loadtest._run import START_TIMEOUT, Progress, TargetSpec, _Run, _spawn
 from taonet.loadtest._secret import create_objects, make_world, provision_client
 
-__all__ = ["run_on_postgres", "run_scale", "serve_replica_process", "serve_world_process"]
+__all__ = [
+    "postgres_target",
+    "run_on_postgres",
+    "run_scale",
+    "serve_replica_process",
+    "serve_world_process",
+]
 
 log = get_logger(__name__)
 
@@ -341,6 +347,13 @@ def _started(config: LoadConfig, count: int) -> Iterator[tuple[_Replicas, Target
         import shutil
 
         shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_target(config: LoadConfig) -> Iterator[TargetSpec]:
+    """The world and ``config.replicas[0]`` replicas (default 1), for several runs."""
+    with _started(config, config.replicas[0] if config.replicas else 1) as (_, spec, _):
+        yield spec
 
 
 def run_on_postgres(

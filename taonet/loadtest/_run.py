@@ -43,7 +43,7 @@ from taonet.loadtest._report import Merger
 from taonet.loadtest._secret import serve_secrets_process
 from taonet.loadtest._worker import worker_main
 
-__all__ = ["Progress", "TargetSpec", "WorkerHandle", "run_load"]
+__all__ = ["Progress", "TargetSpec", "WorkerHandle", "run_load", "run_series"]
 
 log = get_logger(__name__)
 
@@ -181,6 +181,29 @@ def run_load(
         return run_on_postgres(config, on_progress)
     with _target(config) as spec:
         return _Run(config, spec, on_progress).run()
+
+
+def run_series(
+    config: LoadConfig,
+    next_rate: Callable[[list[dict[str, Any]]], float | None],
+) -> list[dict[str, Any]]:
+    """Several runs of ``config`` against one start of its target (servers started
+    once, new workers each run): each at the rate ``next_rate(reports so far)`` gives,
+    until it gives None (a rate search: ``loadtests/secret_capacity.py``). The reports,
+    in order."""
+    reports: list[dict[str, Any]] = []
+    if config.postgres is not None:
+        from taonet.loadtest._replicas import postgres_target
+
+        target = postgres_target(config)
+    else:
+        target = _target(config)
+    with target as spec:
+        while (rate := next_rate(reports)) is not None:
+            reports.append(_Run(attrs.evolve(config, rate=rate), spec, None).run())
+            if reports[-1]["interrupted"]:
+                break
+    return reports
 
 
 class _Run:
