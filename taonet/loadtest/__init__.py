@@ -3,8 +3,10 @@
 Open model (a target rate; latency from each send's intended time, so a stalled
 server shows as latency: no coordinated omission) or closed model (a number of
 clients), spread over worker processes whose HDR histograms are merged into one
-report. Needs the ``loadtest`` extra (hdrhistogram, rich):
-``pip install 'taonet[loadtest]'``; importing this package does not import them.
+report. The secret target can run on PostgreSQL (on this machine only) with several
+secret-server replicas, and compare replica counts (``_replicas``). Needs the
+``loadtest`` extra (hdrhistogram, rich): ``pip install 'taonet[loadtest]'``;
+importing this package does not import them.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ with a one-line :class:`~taonet.ConfigError`:
   ``options=`` (the tool sets the schema through it, :func:`with_schema`);
 * any text that is not a ``postgresql://`` (or ``postgres://``) URL.
 
-:func:`with_schema` adds the load test's schema (``-c search_path=...``) and an
-``application_name`` to a checked URL; :func:`redact` drops its password.
+:func:`with_schema` adds the load test's schema (``-c search_path=...``), an
+``application_name`` and (unless the URL has one) a ``connect_timeout`` to a checked
+URL; :func:`redact` drops its password.
 """
 
 from __future__ import annotations
@@ -29,8 +30,17 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from taonet import ConfigError
 
-__all__ = ["MAX_URL", "SCHEMA_PREFIX", "check_postgres_url", "redact", "with_schema"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "MAX_URL",
+    "SCHEMA_PREFIX",
+    "check_postgres_url",
+    "redact",
+    "with_schema",
+]
 
+#: Seconds a connection attempt may take (added to the URL unless it says).
+CONNECT_TIMEOUT: Final = 10
 #: The longest URL accepted.
 MAX_URL: Final = 2000
 #: Every schema the tool makes starts so (``taonet_loadtest_`` and 12 hex digits).
@@ -118,6 +128,8 @@ def with_schema(url: str, schema: str, application_name: str) -> str:
     parts = urlsplit(url)
     search_path = quote(f"-c search_path={schema}")
     added = f"options={search_path}&application_name={quote(application_name)}"
+    if "connect_timeout" not in dict(parse_qsl(parts.query)):
+        added += f"&connect_timeout={CONNECT_TIMEOUT}"  # every connection of the run bounded
     query = f"{parts.query}&{added}" if parts.query else added
     return parts._replace(query=query).geturl()
 

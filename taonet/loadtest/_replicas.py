@@ -16,7 +16,8 @@ runs it, all on the one PostgreSQL that ``config.postgres`` names:
   (``taonet_services.metrics.ServiceMetrics``), snapshots the count when the
   measured window opens and closes, and sends both when stopped: the report's
   ``replicas`` gives each one's ``served`` and ``served_per_s`` from the servers'
-  own counts. A replica that died is named with when it was lost.
+  own counts (with prometheus-client, the ``metrics`` extra; without it the replicas
+  serve uncounted). A replica that died is named, with when the errors began.
 
 What it writes. Everything goes into a fresh schema ``taonet_loadtest_<12 hex>``
 (``-c search_path``; the tables are those of a secret server: objects, names, master,
@@ -48,7 +49,7 @@ from typing import Any, Final
 import attrs
 import trio
 
-from taonet import HostError
+from taonet import ConfigError, HostError
 from taonet._log import get_logger
 from taonet.loadtest._config import LoadConfig
 from taonet.loadtest._handshake import LocalCredentials
@@ -173,7 +174,10 @@ async def _replica(
 
     domain = Domain.load(base / "domain")
     host = SoftHost.load(base / "host", password)
-    metrics = ServiceMetrics("secret_server")
+    try:
+        metrics: ServiceMetrics | None = ServiceMetrics("secret_server")
+    except ConfigError:  # no prometheus-client: the replica serves without its counts
+        metrics = None
     marks: list[int] = []
     async with trio.open_nursery() as nursery:
         running = await nursery.start(
@@ -196,11 +200,11 @@ async def _replica(
             message = await trio.to_thread.run_sync(_receive, conn, abandon_on_cancel=True)
             if message is None or message[0] == "stop":
                 break
-            if message[0] == "window":
+            if message[0] == "window" and metrics is not None:
                 _, start, warmup, end = message
                 nursery.start_soon(_window, metrics, start, warmup, end, marks)
         with contextlib.suppress(OSError):
-            conn.send(("served", served(metrics), marks))
+            conn.send(("served", None if metrics is None else served(metrics), marks))
         nursery.cancel_scope.cancel()
 
 
@@ -293,6 +297,8 @@ class _Replicas:
             if answer is not None and answer[0] == "served":
                 total, marks = answer[1], answer[2]
                 entry["status"] = "done"
+                if total is None:
+                    entry["note"] = "no counts: install taonet[metrics] (prometheus-client)"
                 entry["served_total"] = total
                 if len(marks) == 2:
                     entry["served"] = marks[1] - marks[0]

@@ -5,7 +5,9 @@ dict, see :mod:`taonet.loadtest._report`). It is written for the main thread of 
 command, and also runs from another thread (tests). The target's server (the echo
 server, the handshake target's channel server, or the secret target's domain service
 and secret server) runs in a process of its own unless ``connect`` names a running
-one; it is stopped when the run ends. Every worker is a
+one; it is stopped when the run ends (the secret target on PostgreSQL, with its
+replicas: ``_replicas``). :func:`run_series` runs several rates against one start of
+the target. Every worker is a
 :mod:`multiprocessing` spawn process; the parent reads their pipes with
 ``multiprocessing.connection.wait`` and merges their interval histograms.
 

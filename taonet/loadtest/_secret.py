@@ -6,7 +6,9 @@ the secret server needs, made for the run in a temporary directory: a local doma
 Create, Delete and Own the names under :data:`PREFIX`, a soft host certified by it,
 the domain service, and the secret server itself (``taonet_services.secret_server``
 as ``taonet secret-server`` runs it, provisioned through that domain service, its
-objects and audit log in an SQLite file). It creates ``objects`` names of
+objects and audit log in an SQLite file; on PostgreSQL, with replicas, see
+``_replicas``, which reuses :func:`make_world`, :func:`provision_client` and
+:func:`create_objects`). It creates ``objects`` names of
 ``value_size`` bytes each, provisions the client program's identity, and sends the
 server's port and the client's credentials to the parent.
 

@@ -82,7 +82,7 @@ def test_the_schema_goes_into_the_url_and_the_password_out_of_the_report() -> No
     url = with_schema(SOCKET_URL, "taonet_loadtest_0123456789ab", "taonet-loadtest-replica-1")
     assert url.endswith(
         "?host=/tmp/pgsock&options=-c%20search_path%3Dtaonet_loadtest_0123456789ab"
-        "&application_name=taonet-loadtest-replica-1"
+        "&application_name=taonet-loadtest-replica-1&connect_timeout=10"
     )
     with pytest.raises(ValueError, match="not a load-test schema"):
         with_schema(SOCKET_URL, "public; DROP TABLE x", "a")
