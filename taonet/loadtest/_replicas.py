@@ -7,10 +7,10 @@ runs it, all on the one PostgreSQL that ``config.postgres`` names:
 * a *world* process makes, in a temporary directory, the run's domain, a soft host
   and the client program (as the SQLite target does, see ``_secret``), runs the
   domain service, and creates the run's schema in the database;
-* replica 0 starts (creating the tables), then the others; each gets the one master
-  key through the store (all replicas are one program on one host: one principal,
-  whose sealed copy they share) and its own channel key; replica 0 then creates the
-  run's objects;
+* replica 0 starts (creating the tables, then the run's objects through its own
+  channel), then the others, one after another; each gets the one master key through
+  the store (all replicas are one program on one host: one principal, whose sealed
+  copy they share) and provisions its own channel key;
 * the workers' client ``i`` (over all workers) sends to replica ``i mod N``;
 * each replica counts the requests it answered in its own metrics
   (``taonet_services.metrics.ServiceMetrics``), snapshots the count when the
