@@ -9,22 +9,24 @@ Every figure comes from ``taonet loadtest``'s own machinery (:mod:`taonet.loadte
   requests): what the generator drives at most. A capacity near it would measure the
   tool, not the server (``capacity_vs_ceiling`` says how near).
 * for each store (``sqlite``; ``pg_1``, ``pg_2``: one and two secret-server replicas on
-  one PostgreSQL, client i on replica i mod N), a rate search with the open model
-  (latency from each send's intended time) and a reads-only mix (``--mix read=1``) over
-  ``--objects`` names of 32 bytes: the first rate is ``ceiling / 8``; while a step
-  passes (p99 < ``--p99-ms``, default 10, and the rate sustained: at least 95 % of it
-  achieved, at most 1 % missed or failed) the next doubles it; after the first failure
-  ``--bisect`` steps (default 2; 1 with ``--quick``) at the geometric middle of the best
-  pass and the lowest fail; a first step that fails halves, down to ``ceiling / 256``.
-  The rates are relative to the ceiling measured in the same run, so the search does
-  not depend on the machine's speed. The servers are started once per store (one
-  world, one schema) and each step is a new set of workers against them.
-  ``capacity_per_s`` is the achieved rate of the best passing step (0 if none passed),
-  with its p50/p99/p99.9; ``highest_sustained_step_per_s`` the highest achieved rate
-  of a step that was sustained whatever its p99 (and that p99; not a limit: the search
-  goes no higher than its first p99 failure); ``steps`` lists every step.
-* ratios: ``pg_1_vs_sqlite``, ``pg_2_vs_pg_1`` (the scale-out), and each store's
-  ``capacity_vs_ceiling``.
+  one PostgreSQL, client i on replica i mod N), a reads-only mix (``--mix read=1``) over
+  ``--objects`` names of 32 bytes. First the closed model (``--clients`` loops):
+  ``saturation_per_s``, the rate the store answers at when never left idle, and its
+  p99. Then a rate search with the open model (latency from each send's intended
+  time): the first step offers half the saturation rate; while steps pass (p99 <
+  ``--p99-ms``, default 10, and the rate sustained: at least 95 % of it achieved, at
+  most 1 % missed or failed) the next offers 1.5 times more, up to the saturation rate;
+  a first step that fails halves, down to 1/64 of it; after the first failure,
+  ``--bisect`` steps (default 2; 1 with ``--quick``) at the geometric middle of the
+  best pass and the lowest fail. Every rate is relative to one measured in the same
+  run, so the search does not depend on the machine's speed. The servers are started
+  once per store (one world, one schema; :func:`taonet.loadtest.run_series`) and each
+  step is a new set of workers against them. ``capacity_per_s`` is the achieved rate
+  of the best passing step (0 if none passed), with its p50/p99/p99.9; ``steps``
+  lists every open-model step.
+* ratios: ``pg_1_vs_sqlite_capacity``, ``pg_2_vs_pg_1_capacity`` (the scale-out) and
+  the same of the saturation rates (``..._saturation``), and each store's
+  ``capacity_vs_ceiling`` and ``saturation_vs_ceiling``.
 
 PostgreSQL: ``--postgres URL`` (loopback or a Unix socket only; the run's tables go in
 a fresh schema dropped after), else a private server started like the tests' one
@@ -51,6 +53,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import attrs
+
 from taonet.loadtest import LoadConfig, run_load, run_series
 
 
@@ -68,14 +72,15 @@ def _figures(report: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Search:
-    """The rate steps of one store (see the module's text)."""
+    """The steps of one store (see the module's text)."""
 
-    def __init__(self, name: str, ceiling: float, p99_ms: float, bisect: int) -> None:
+    def __init__(self, name: str, config: LoadConfig, p99_ms: float, bisect: int) -> None:
         self.name = name
-        self.ceiling = ceiling
+        self.config = config
         self.p99_ms = p99_ms
         self.bisect = bisect
-        self.rate = ceiling / 8
+        self.saturation: dict[str, Any] | None = None
+        self.rate = 0.0
         self.best: dict[str, Any] | None = None
         self.fail: float | None = None
         self.middles = 0
@@ -85,44 +90,54 @@ class _Search:
         p99 = figures["p99_ms"]
         return bool(figures["sustained"]) and p99 is not None and p99 < self.p99_ms
 
-    def next_rate(self, reports: list[dict[str, Any]]) -> float | None:
-        if reports:
-            figures = _figures(reports[-1]) | {"rate": round(self.rate, 1)}
-            figures["passed"] = self.passed(figures)
-            self.steps.append(figures)
-            print(
-                f"{self.name:<8} step {len(self.steps)}: {self.rate:9,.0f}/s offered,"
-                f" {figures['achieved_per_s']:9,.0f}/s achieved, p99 {figures['p99_ms']} ms,"
-                f" errors {figures['errors']}: {'pass' if figures['passed'] else 'FAIL'}",
-                flush=True,
-            )
-            if figures["passed"]:
-                best = self.best
-                if best is None or figures["achieved_per_s"] > best["achieved_per_s"]:
-                    self.best = figures
-            else:
-                self.fail = self.rate if self.fail is None else min(self.fail, self.rate)
-            if self.best is None:  # nothing passed yet: go down
-                self.rate /= 2
-                return self.rate if self.rate >= self.ceiling / 256 else None
-            if self.fail is None:  # everything passed: go up, to the ceiling
-                if self.rate >= self.ceiling:
-                    return None
-                self.rate = min(self.rate * 2, self.ceiling)
-                return self.rate
-            if self.middles >= self.bisect:
+    def next_config(self, reports: list[dict[str, Any]]) -> LoadConfig | None:
+        if not reports:  # the closed model first: the rate the store saturates at
+            return attrs.evolve(self.config, model="closed")
+        figures = _figures(reports[-1])
+        if self.saturation is None:
+            self.saturation = figures
+            print(f"{self.name:<8} saturation: {figures['achieved_per_s']:9,.0f}/s (closed"
+                  f" model), p99 {figures['p99_ms']} ms", flush=True)  # fmt: skip
+            self.rate = max(1.0, figures["achieved_per_s"] / 2)
+            return attrs.evolve(self.config, rate=self.rate)
+        rate = self.rate
+        figures |= {"rate": round(rate, 1), "passed": self.passed(figures)}
+        self.steps.append(figures)
+        print(
+            f"{self.name:<8} step {len(self.steps)}: {rate:9,.0f}/s offered,"
+            f" {figures['achieved_per_s']:9,.0f}/s achieved, p99 {figures['p99_ms']} ms,"
+            f" errors {figures['errors']}: {'pass' if figures['passed'] else 'FAIL'}",
+            flush=True,
+        )
+        top = self.saturation["achieved_per_s"]
+        if figures["passed"]:
+            if self.best is None or figures["achieved_per_s"] > self.best["achieved_per_s"]:
+                self.best = figures
+        else:
+            self.fail = rate if self.fail is None else min(self.fail, rate)
+        if self.best is None:  # nothing passed yet: go down
+            self.rate = rate / 2
+            if self.rate < top / 64:
                 return None
+        elif self.fail is None:  # everything passed: go up, to the saturation
+            if rate >= top:
+                return None
+            self.rate = min(rate * 1.5, top)
+        elif self.middles < self.bisect:
             self.middles += 1
             self.rate = math.sqrt(self.best["rate"] * self.fail)
-        return self.rate
+        else:
+            return None
+        return attrs.evolve(self.config, rate=self.rate)
 
-    def result(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"steps": self.steps}
-        kept_up = [s for s in self.steps if s["sustained"]]
-        if kept_up:
-            top = max(kept_up, key=lambda s: s["achieved_per_s"])
-            out["highest_sustained_step_per_s"] = top["achieved_per_s"]
-            out["highest_sustained_step_p99_ms"] = top["p99_ms"]
+    def result(self, ceiling: float) -> dict[str, Any]:
+        assert self.saturation is not None
+        out: dict[str, Any] = {
+            "saturation_per_s": self.saturation["achieved_per_s"],
+            "saturation_p99_ms": self.saturation["p99_ms"],
+            "saturation_vs_ceiling": round(self.saturation["achieved_per_s"] / ceiling, 3),
+            "steps": self.steps,
+        }
         if self.best is None:
             out |= {"capacity_per_s": 0.0, "note": f"no step passed (lowest {self.rate:.0f}/s)"}
         else:
@@ -131,10 +146,10 @@ class _Search:
                 "p50_ms": self.best["p50_ms"],
                 "p99_ms": self.best["p99_ms"],
                 "p99_9_ms": self.best["p99_9_ms"],
-                "capacity_vs_ceiling": round(self.best["achieved_per_s"] / self.ceiling, 3),
+                "capacity_vs_ceiling": round(self.best["achieved_per_s"] / ceiling, 3),
             }
             if self.fail is None:
-                out["note"] = "every step passed: the capacity is at least the ceiling"
+                out["note"] = "every step passed: the capacity is at least the saturation rate"
         return out
 
 
@@ -188,9 +203,9 @@ def main() -> None:
                 config = LoadConfig(**{**_fields(base), "postgres": pg_url, "replicas": (count,)})
                 stores.append((f"pg_{count}", config))
         for name, config in stores:
-            search = _Search(name, ceiling, args.p99_ms, bisect)
-            run_series(config, search.next_rate)
-            out[name] = search.result()
+            search = _Search(name, config, args.p99_ms, bisect)
+            run_series(config, search.next_config)
+            out[name] = search.result(ceiling)
     finally:
         if pg is not None:
             pg.remove()
@@ -198,24 +213,26 @@ def main() -> None:
     def capacity(name: str) -> float:
         return float(out.get(name, {}).get("capacity_per_s", 0.0))
 
-    if capacity("sqlite") and "pg_1" in out:
-        out["pg_1_vs_sqlite"] = round(capacity("pg_1") / capacity("sqlite"), 3)
-    if capacity("pg_1") and "pg_2" in out:
-        out["pg_2_vs_pg_1"] = round(capacity("pg_2") / capacity("pg_1"), 3)
-    head = ("store", "reads/s", "p50 ms", "p99 ms", "p99.9 ms", "of ceiling", "sust. step/s")
+    def saturation(name: str) -> float:
+        return float(out.get(name, {}).get("saturation_per_s", 0.0))
+
+    for figure, ratio in (("capacity", capacity), ("saturation", saturation)):
+        if ratio("sqlite") and "pg_1" in out:
+            out[f"pg_1_vs_sqlite_{figure}"] = round(ratio("pg_1") / ratio("sqlite"), 3)
+        if ratio("pg_1") and "pg_2" in out:
+            out[f"pg_2_vs_pg_1_{figure}"] = round(ratio("pg_2") / ratio("pg_1"), 3)
+    head = ("store", "reads/s", "p50 ms", "p99 ms", "p99.9 ms", "of ceiling", "saturation/s")
     print(f"{head[0]:<10}" + "".join(f"{h:>12}" for h in head[1:]))
     for name, _ in stores:
         r = out[name]
         print(f"{name:<10}{r['capacity_per_s']:>12,.0f}{r.get('p50_ms') or 0:>12.3f}"
               f"{r.get('p99_ms') or 0:>12.3f}{r.get('p99_9_ms') or 0:>12.3f}"
               f"{r.get('capacity_vs_ceiling', 0):>12.3f}"
-              f"{r.get('highest_sustained_step_per_s', 0):>12,.0f}")  # fmt: skip
+              f"{r['saturation_per_s']:>12,.0f}")  # fmt: skip
     print(json.dumps(out))
 
 
 def _fields(config: LoadConfig) -> dict[str, Any]:
-    import attrs
-
     return attrs.asdict(config, recurse=False)
 
 

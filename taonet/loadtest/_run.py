@@ -32,7 +32,7 @@ from typing import Any, Final
 
 import attrs
 
-from taonet import HostError
+from taonet import ConfigError, HostError
 from taonet._log import get_logger
 from taonet.loadtest._config import LoadConfig
 from taonet.loadtest._echo import make_echo_credentials, serve_echo_process
@@ -187,12 +187,14 @@ def run_load(
 
 def run_series(
     config: LoadConfig,
-    next_rate: Callable[[list[dict[str, Any]]], float | None],
+    next_config: Callable[[list[dict[str, Any]]], LoadConfig | None],
 ) -> list[dict[str, Any]]:
-    """Several runs of ``config`` against one start of its target (servers started
-    once, new workers each run): each at the rate ``next_rate(reports so far)`` gives,
-    until it gives None (a rate search: ``loadtests/secret_capacity.py``). The reports,
-    in order."""
+    """Several runs against one start of ``config``'s target (its servers started once,
+    new workers for each run): each with the configuration ``next_config(reports so
+    far)`` gives, until it gives None (a rate search: ``loadtests/secret_capacity.py``).
+    Each configuration must name the same target as ``config`` (target, objects, value
+    size, PostgreSQL and replicas; ConfigError if not); its model, rate, clients,
+    workers, mix and timing may change. The reports, in order."""
     reports: list[dict[str, Any]] = []
     if config.postgres is not None:
         from taonet.loadtest._replicas import postgres_target
@@ -200,9 +202,12 @@ def run_series(
         target = postgres_target(config)
     else:
         target = _target(config)
+    same = ("target", "objects", "request_size", "postgres", "replicas", "connect", "tls")
     with target as spec:
-        while (rate := next_rate(reports)) is not None:
-            reports.append(_Run(attrs.evolve(config, rate=rate), spec, None).run())
+        while (step := next_config(reports)) is not None:
+            if any(getattr(step, name) != getattr(config, name) for name in same):
+                raise ConfigError("each run of a series loads the target started for the first")
+            reports.append(_Run(step, spec, None).run())
             if reports[-1]["interrupted"]:
                 break
     return reports

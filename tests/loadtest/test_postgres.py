@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
@@ -233,3 +234,36 @@ async def test_a_replica_killed_mid_run_is_reported_and_the_report_finishes(
     assert second["pid"] == killed[0]
     assert "died during the run" in second["note"]
     assert [w["status"] for w in report["workers"]] == ["done"]
+
+
+@pytest.mark.slow
+async def test_run_series_runs_each_rate_asked_for_until_none() -> None:
+    from taonet.loadtest import run_series
+    from tests.loadtest.servers import ControlledEcho
+
+    server = ControlledEcho()
+    asked: list[int] = []
+
+    def next_config(reports: list[dict[str, object]]) -> LoadConfig | None:
+        asked.append(len(reports))
+        if len(reports) == 2:
+            return None
+        return attrs.evolve(config, rate=(50.0, 100.0)[len(reports)])
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            config = LoadConfig(
+                connect=("127.0.0.1", server.port), tls=False, workers=1, clients=2,
+                duration=0.5, warmup=0.0, interval=0.25,
+            )  # fmt: skip
+            reports = await trio.to_thread.run_sync(run_series, config, next_config)
+            nursery.cancel_scope.cancel()
+    assert asked == [0, 1, 2]
+    assert [r["rate"]["target_per_s"] for r in reports] == [50, 100]
+    assert server.requests == sum(r["results"]["ok"] for r in reports)
+    with trio.fail_after(60), pytest.raises(ConfigError, match="the target started"):
+        await trio.to_thread.run_sync(
+            run_series, attrs.evolve(config, connect=("127.0.0.1", 1)),
+            lambda reports: attrs.evolve(config, connect=("127.0.0.1", 2)),
+        )  # fmt: skip
