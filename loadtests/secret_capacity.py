@@ -16,7 +16,8 @@ Every figure comes from ``taonet loadtest``'s own machinery (:mod:`taonet.loadte
   time): the first step offers half the saturation rate; while steps pass (p99 <
   ``--p99-ms``, default 10, and the rate sustained: at least 95 % of it achieved, at
   most 1 % missed or failed) the next offers 1.5 times more, up to the saturation rate;
-  a first step that fails halves, down to 1/64 of it; after the first failure,
+  a first step that fails halves, down to 1/64 of it (1/16 with ``--quick``); after
+  the first failure,
   ``--bisect`` steps (default 2; 1 with ``--quick``) at the geometric middle of the
   best pass and the lowest fail. Every rate is relative to one measured in the same
   run, so the search does not depend on the machine's speed. The servers are started
@@ -74,8 +75,11 @@ def _figures(report: dict[str, Any]) -> dict[str, Any]:
 class _Search:
     """The steps of one store (see the module's text)."""
 
-    def __init__(self, name: str, config: LoadConfig, p99_ms: float, bisect: int) -> None:
+    def __init__(
+        self, name: str, config: LoadConfig, p99_ms: float, bisect: int, lowest: float
+    ) -> None:
         self.name = name
+        self.lowest = lowest
         self.config = config
         self.p99_ms = p99_ms
         self.bisect = bisect
@@ -117,7 +121,7 @@ class _Search:
             self.fail = rate if self.fail is None else min(self.fail, rate)
         if self.best is None:  # nothing passed yet: go down
             self.rate = rate / 2
-            if self.rate < top / 64:
+            if self.rate < top / self.lowest:
                 return None
         elif self.fail is None:  # everything passed: go up, to the saturation
             if rate >= top:
@@ -203,7 +207,7 @@ def main() -> None:
                 config = LoadConfig(**{**_fields(base), "postgres": pg_url, "replicas": (count,)})
                 stores.append((f"pg_{count}", config))
         for name, config in stores:
-            search = _Search(name, config, args.p99_ms, bisect)
+            search = _Search(name, config, args.p99_ms, bisect, 16 if args.quick else 64)
             run_series(config, search.next_config)
             out[name] = search.result(ceiling)
     finally:
@@ -222,13 +226,13 @@ def main() -> None:
         if ratio("pg_1") and "pg_2" in out:
             out[f"pg_2_vs_pg_1_{figure}"] = round(ratio("pg_2") / ratio("pg_1"), 3)
     head = ("store", "reads/s", "p50 ms", "p99 ms", "p99.9 ms", "of ceiling", "saturation/s")
-    print(f"{head[0]:<10}" + "".join(f"{h:>12}" for h in head[1:]))
+    print(f"{head[0]:<10}" + "".join(f"{h:>14}" for h in head[1:]))
     for name, _ in stores:
         r = out[name]
-        print(f"{name:<10}{r['capacity_per_s']:>12,.0f}{r.get('p50_ms') or 0:>12.3f}"
-              f"{r.get('p99_ms') or 0:>12.3f}{r.get('p99_9_ms') or 0:>12.3f}"
-              f"{r.get('capacity_vs_ceiling', 0):>12.3f}"
-              f"{r['saturation_per_s']:>12,.0f}")  # fmt: skip
+        print(f"{name:<10}{r['capacity_per_s']:>14,.0f}{r.get('p50_ms') or 0:>14.3f}"
+              f"{r.get('p99_ms') or 0:>14.3f}{r.get('p99_9_ms') or 0:>14.3f}"
+              f"{r.get('capacity_vs_ceiling', 0):>14.3f}"
+              f"{r['saturation_per_s']:>14,.0f}")  # fmt: skip
     print(json.dumps(out))
 
 
