@@ -21,6 +21,7 @@ import errno
 import itertools
 import os
 import signal
+import ssl
 import time
 from collections import Counter
 from multiprocessing.connection import Connection
@@ -70,8 +71,8 @@ def _os_error(exc: BaseException, depth: int = 0) -> OSError | None:
     """The first OSError with an errno in ``exc``, its causes and groups."""
     if depth > 8:
         return None
-    if isinstance(exc, OSError) and exc.errno:
-        return exc
+    if isinstance(exc, OSError) and exc.errno and not isinstance(exc, ssl.SSLError):
+        return exc  # (an SSLError's errno is an OpenSSL code: 8, EOF, is not ENOEXEC)
     inner: list[BaseException] = []
     if isinstance(exc, BaseExceptionGroup):
         inner.extend(exc.exceptions)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -267,3 +268,16 @@ async def test_run_series_runs_each_rate_asked_for_until_none() -> None:
             run_series, attrs.evolve(config, connect=("127.0.0.1", 1)),
             lambda reports: attrs.evolve(config, connect=("127.0.0.1", 2)),
         )  # fmt: skip
+
+
+def test_a_tls_eof_is_a_broken_connection_not_an_errno() -> None:
+    # A server killed mid-run: the client's TLS layer sees EOF (SSL_ERROR_EOF, 8),
+    # whose errno is an OpenSSL code; read as an OS errno it would say ENOEXEC.
+    from taonet.loadtest._worker import error_kind
+
+    broken = trio.BrokenResourceError()
+    broken.__cause__ = ssl.SSLEOFError(8, "EOF occurred in violation of protocol")
+    assert error_kind(broken) == "connection_broken"
+    refused = ConnectionRefusedError(111, "Connection refused")
+    assert error_kind(OSError("connect failed")) == "OSError"
+    assert error_kind(refused) == "ECONNREFUSED"
