@@ -325,10 +325,15 @@ def _print_report(report: dict[str, Any], written: Path | None) -> None:
     results = report["results"]
     latency = results["latency_ms"]
     conf = report["configuration"]
-    table = Table(
-        title=f"taonet loadtest: {conf['target']}, {conf['model']} model,"
+    title = (
+        f"taonet loadtest: {conf['target']}, {conf['model']} model,"
         f" {conf['workers']} workers, {conf['clients']} clients"
     )
+    if conf.get("postgres"):
+        count = len(report.get("replicas", []))
+        last = " (the last phase)" if report.get("scale") else ""
+        title += f", PostgreSQL, {count} replica{'s' if count != 1 else ''}{last}"
+    table = Table(title=title)
     table.add_column("requests")
     for column in ("p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "ok/s", "ok", "errors"):
         table.add_column(column, justify="right")
