@@ -14,7 +14,8 @@ runs it, all on the one PostgreSQL that ``config.postgres`` names:
 * the workers' client ``i`` (over all workers) sends to replica ``i mod N``;
 * each replica counts the requests it answered in its own metrics
   (``taonet_services.metrics.ServiceMetrics``), snapshots the count when the
-  measured window opens and closes, and sends both when stopped: the report's
+  measured window opens and closes (or when stopped, if that comes first), and sends
+  both when stopped: the report's
   ``replicas`` gives each one's ``served`` and ``served_per_s`` from the servers'
   own counts (with prometheus-client, the ``metrics`` extra; without it the replicas
   serve uncounted). A replica that died is named, with when the errors began.
@@ -203,6 +204,8 @@ async def _replica(
             if message[0] == "window" and metrics is not None:
                 _, start, warmup, end = message
                 nursery.start_soon(_window, metrics, start, warmup, end, marks)
+        if metrics is not None and len(marks) == 1:  # stopped early (Ctrl-C): to now
+            marks.append(served(metrics))
         with contextlib.suppress(OSError):
             conn.send(("served", None if metrics is None else served(metrics), marks))
         nursery.cancel_scope.cancel()
