@@ -15,10 +15,10 @@ runs it, all on the one PostgreSQL that ``config.postgres`` names:
 * each replica counts the requests it answered in its own metrics
   (``taonet_services.metrics.ServiceMetrics``), snapshots the count when the
   measured window opens and closes (or when stopped, if that comes first), and sends
-  both when stopped: the report's
-  ``replicas`` gives each one's ``served`` and ``served_per_s`` from the servers'
-  own counts (with prometheus-client, the ``metrics`` extra; without it the replicas
-  serve uncounted). A replica that died is named, with when the errors began.
+  both when stopped: the report's ``replicas`` gives each one's ``served`` and
+  ``served_per_s`` from the servers' own counts (with prometheus-client, the
+  ``metrics`` extra; without it the replicas serve uncounted). A replica that died is
+  named, with when the errors began.
 
 What it writes. Everything goes into a fresh schema ``taonet_loadtest_<12 hex>``
 (``-c search_path``; the tables are those of a secret server: objects, names, master,
