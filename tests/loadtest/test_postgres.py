@@ -281,3 +281,38 @@ def test_a_tls_eof_is_a_broken_connection_not_an_errno() -> None:
     refused = ConnectionRefusedError(111, "Connection refused")
     assert error_kind(OSError("connect failed")) == "OSError"
     assert error_kind(refused) == "ECONNREFUSED"
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_postgres_writes_the_partial_report_and_drops_the_schema(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "taonet", "loadtest", "--target", "secret", "--postgres",
+         postgres_url, "--replicas", "2", "--workers", "1", "--clients", "2", "--rate", "50",
+         "--duration", "60", "--warmup", "0", "--interval", "0.25", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "TAONET_LOG": "info", "TAONET_LOG_FORMAT": "json"},
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # bounded: the run itself ends within about 90 s
+            if "loadtest_measuring" in line:
+                break
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert process.returncode == 130, stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["interrupted"] is True
+    assert report["results"]["measured_seconds"] < 30
+    assert [r["status"] for r in report["replicas"]] == ["done", "done"]
+    assert all(r["served"] >= 0 for r in report["replicas"])
+    assert _sql(
+        postgres_url,
+        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'taonet\\_loadtest\\_%'",
+    ) == [(0,)]
