@@ -207,7 +207,7 @@ class LoadConfig:
             raise ConfigError("--keep-schema needs --postgres")
         if not all(isinstance(n, int) and 1 <= n <= MAX_REPLICAS for n in self.replicas):
             raise ConfigError(f"each replica count must be between 1 and {MAX_REPLICAS}")
-        if len(set(self.replicas)) != len(self.replicas) or len(self.replicas) > MAX_REPLICAS:
+        if len(set(self.replicas)) != len(self.replicas):
             raise ConfigError("replica counts must differ from each other")
         if any(n > self.clients for n in self.replicas):
             raise ConfigError("more replicas than clients: some replicas would get no load")

@@ -6,8 +6,8 @@ command, and also runs from another thread (tests). The target's server (the ech
 server, the handshake target's channel server, or the secret target's domain service
 and secret server) runs in a process of its own unless ``connect`` names a running
 one; it is stopped when the run ends (the secret target on PostgreSQL, with its
-replicas: ``_replicas``). :func:`run_series` runs several rates against one start of
-the target. Every worker is a
+replicas: ``_replicas``). :func:`run_series` runs several configurations (a rate
+search) against one start of the target. Every worker is a
 :mod:`multiprocessing` spawn process; the parent reads their pipes with
 ``multiprocessing.connection.wait`` and merges their interval histograms.
 
