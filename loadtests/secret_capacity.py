@@ -33,7 +33,9 @@ PostgreSQL: ``--postgres URL`` (loopback or a Unix socket only; the run's tables
 a fresh schema dropped after), else a private server started like the tests' one
 (``tests/pg.py``, fsync on: every commit durable, as SQLite's synchronous=FULL), or
 none with ``--no-pg``. The generator, the servers and PostgreSQL share the machine's
-cores: the figures are for this machine as a whole, as a one-box deployment sees it.
+cores: the figures are for this machine as a whole, as a one-box deployment sees it,
+and other work on it shows in them (``load_average_at_start`` and ``..._at_end``, the
+1, 5 and 15 minute load averages, say how busy it was).
 
     python loadtests/secret_capacity.py [--quick] [--seconds S] [--bisect N]
         [--postgres URL | --no-pg] [--workers N] [--clients N]
@@ -47,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -180,6 +183,7 @@ def main() -> None:
     ceiling = float(ceiling_report["results"]["throughput_per_s"])
     print(f"echo ceiling: {ceiling:,.0f}/s (closed model, {args.clients} clients)", flush=True)
     out: dict[str, Any] = {
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "seconds": seconds, "workers": args.workers, "clients": args.clients,
         "p99_limit_ms": args.p99_ms, "echo_ceiling_per_s": ceiling,
         "echo_ceiling_p99_ms": ceiling_report["results"]["latency_ms"]["p99"],
@@ -233,6 +237,7 @@ def main() -> None:
               f"{r.get('p99_ms') or 0:>14.3f}{r.get('p99_9_ms') or 0:>14.3f}"
               f"{r.get('capacity_vs_ceiling', 0):>14.3f}"
               f"{r['saturation_per_s']:>14,.0f}")  # fmt: skip
+    out["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(out))
 
 
