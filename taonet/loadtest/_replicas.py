@@ -23,7 +23,9 @@ runs it, all on the one PostgreSQL that ``config.postgres`` names:
 What it writes. Everything goes into a fresh schema ``taonet_loadtest_<12 hex>``
 (``-c search_path``; the tables are those of a secret server: objects, names, master,
 audit chain), created at the start and dropped (``DROP SCHEMA ... CASCADE``) when
-the run ends, unless ``keep_schema``. The role needs CREATE on the database. The
+the run ends, unless ``keep_schema`` (by the world process, when its pipe ends: also
+after the parent was killed; only a world process killed itself leaves the schema,
+to drop by name). The role needs CREATE on the database. The
 secret server's advisory locks and its ``NOTIFY`` channel are per database, not per
 schema: a load test on a database a real secret server uses makes that server wait on
 the test's audit appends and wake for its changes. Point it at a database of its own.
