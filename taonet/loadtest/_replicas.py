@@ -375,7 +375,13 @@ def run_on_postgres(
         return run_scale(config, on_progress)
     count = config.replicas[0] if config.replicas else 1
     with _started(config, count) as (run, spec, schema):
-        log.info("loadtest_replicas", replicas=count, schema=schema)
+        log.info(
+            "loadtest_replicas",
+            replicas=count,
+            schema=schema,
+            world_pid=run.world.process.pid,
+            replica_pids=list(spec.server_pids),
+        )
         report = _Run(config, spec, on_progress, on_start=lambda t: run.window(t, config)).run()
         measured = float(report["results"]["measured_seconds"])
         report["replicas"] = run.stop(measured, report["results"]["first_error_at_s"])

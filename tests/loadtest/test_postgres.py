@@ -11,6 +11,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import attrs
@@ -316,3 +317,57 @@ def test_ctrl_c_on_postgres_writes_the_partial_report_and_drops_the_schema(
         postgres_url,
         "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'taonet\\_loadtest\\_%'",
     ) == [(0,)]
+
+
+@pytest.mark.slow
+def test_a_killed_tool_still_drops_its_schema(postgres_url: str) -> None:
+    # SIGKILL to the tool alone (no cleanup of its own): its world process sees its
+    # pipe end and drops the run's schema; the replicas stop too.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "taonet", "loadtest", "--target", "secret", "--postgres",
+         postgres_url, "--replicas", "2", "--workers", "1", "--clients", "2", "--rate", "20",
+         "--duration", "60", "--warmup", "0", "--interval", "0.25"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TAONET_LOG": "info", "TAONET_LOG_FORMAT": "json"},
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        started = None
+        for line in process.stderr:  # bounded: the run itself ends within about 90 s
+            if "loadtest_replicas" in line:
+                started = json.loads(line)
+            if "loadtest_measuring" in line:
+                break
+        assert started is not None
+        assert _sql(postgres_url, "SELECT count(*) FROM pg_namespace WHERE nspname ="
+                    f" '{started['schema']}'") == [(1,)]  # fmt: skip
+        process.kill()
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        if process.stderr is not None:
+            process.stderr.close()
+    children = [started["world_pid"], *started["replica_pids"]]
+    for _ in range(600):  # each check at most 0.1 s apart: bounded at about a minute
+        if not any(_alive(pid) for pid in children):
+            break
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in children)
+    assert _sql(
+        postgres_url,
+        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'taonet\\_loadtest\\_%'",
+    ) == [(0,)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by init) is gone for our purpose
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
