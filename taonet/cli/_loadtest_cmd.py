@@ -6,7 +6,7 @@ the report in ``DIR/report.json`` and its plots, ``DIR/latency.png`` and
 ``DIR/throughput.png`` (the ``plots`` extra, matplotlib). ``-o json`` prints the
 report instead of the table. Ctrl-C stops the workers; the partial report is still
 written (exit 130). A worker that died is named on one line after the report is
-written (exit 1).
+written (exit 1); so is a secret-server replica that died.
 
 ``taonet loadtest --quick`` without ``--target`` runs every target briefly, one
 after another (:func:`taonet.loadtest.run_quick`: 2 s measured after 0.5 s of
@@ -37,6 +37,13 @@ and the table's ``server`` row hold their own figures (percentiles estimated fro
 histogram buckets); ``--server-metrics`` scrapes the endpoint of a server the tool
 did not start. Loading servers that run elsewhere on this machine (``--domain``,
 ``--secret-server``, ``--identity``) is not there yet.
+
+``--postgres URL`` puts the secret target on a PostgreSQL reached through a loopback
+address or a Unix socket only (tables in a fresh schema, dropped after unless
+``--keep-schema``); ``--replicas N`` runs N secret-server processes on it, client i
+on replica i mod N, and ``--replicas 1,2`` one phase per count with the same load:
+the table then gives a row per replica count, and each replica's own count of the
+requests it answered.
 """
 
 from __future__ import annotations
@@ -100,6 +107,27 @@ def register(sub: Any) -> None:
         type=int,
         default=100,
         help="secret target: names created before the run and worked on in turn (default 100)",
+    )
+    p.add_argument(
+        "--postgres",
+        metavar="URL",
+        default=None,
+        help="secret target: its store on this PostgreSQL (a postgresql:// URL to 127.0.0.1,"
+        " ::1 or a Unix socket directory; the tables go into a fresh schema"
+        " taonet_loadtest_*, dropped after the run: use a database of its own)",
+    )
+    p.add_argument(
+        "--replicas",
+        metavar="N[,N...]",
+        default=None,
+        help="with --postgres: N secret-server replicas on that store, client i on replica"
+        " i mod N; several counts (1,2): one phase each with the same load, compared in"
+        " the report's scale section",
+    )
+    p.add_argument(
+        "--keep-schema",
+        action="store_true",
+        help="with --postgres: keep the run's schema (and its rows) after the run",
     )
     p.add_argument(
         "--model",
@@ -253,6 +281,9 @@ def _config(args: argparse.Namespace) -> Any:
             request_timeout=args.timeout,
             state_dir=args.state_dir,
             server_metrics=scraped,
+            postgres=args.postgres,
+            replicas=_replicas(args.replicas),
+            keep_schema=args.keep_schema,
         )
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
@@ -267,6 +298,16 @@ def _mix(text: str) -> tuple[tuple[str, int], ...]:
             raise ConfigError(f"--mix {text[:100]!r}: each item is OP=WEIGHT (read=90)")
         pairs.append((op.strip(), int(weight)))
     return tuple(pairs)
+
+
+def _replicas(text: str | None) -> tuple[int, ...]:
+    """``2`` or ``1,2`` as replica counts; ConfigError if malformed."""
+    if text is None:
+        return ()
+    items = [item.strip() for item in text.split(",")]
+    if not all(item.isdigit() and len(item) < 4 for item in items):
+        raise ConfigError(f"--replicas {text[:100]!r}: a number, or numbers split by commas")
+    return tuple(int(item) for item in items)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -300,7 +341,9 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    died = [w for w in report["workers"] if w.get("status") == "died"]
+    died = [
+        w for w in (*report["workers"], *report.get("replicas", [])) if w.get("status") == "died"
+    ]
     if died:
         where = f"; report written to {written}" if written else ""
         print(f"taonet: error: {died[0]['note']}{where}", file=sys.stderr)
@@ -360,10 +403,15 @@ def _print_report(report: dict[str, Any], written: Path | None) -> None:
     results = report["results"]
     latency = results["latency_ms"]
     conf = report["configuration"]
-    table = Table(
-        title=f"taonet loadtest: {conf['target']}, {conf['model']} model,"
+    title = (
+        f"taonet loadtest: {conf['target']}, {conf['model']} model,"
         f" {conf['workers']} workers, {conf['clients']} clients"
     )
+    if conf.get("postgres"):
+        count = len(report.get("replicas", []))
+        last = " (the last phase)" if report.get("scale") else ""
+        title += f", PostgreSQL, {count} replica{'s' if count != 1 else ''}{last}"
+    table = Table(title=title)
     table.add_column("requests")
     for column in ("p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "ok/s", "ok", "errors"):
         table.add_column(column, justify="right")
@@ -415,12 +463,46 @@ def _print_report(report: dict[str, Any], written: Path | None) -> None:
             f"server metrics: {server['scrapes']} scrapes, failed {server['failed_scrapes']}",
             soft_wrap=True,
         )
+    if report.get("scale"):
+        console.print(_scale_table(report["scale"]))
+    for replica in report.get("replicas", []):
+        if "served_per_s" in replica:
+            console.print(
+                f"replica {replica['index']} (pid {replica['pid']}): served"
+                f" {replica['served']} requests in the measured window, by its own metrics"
+                f" ({replica['served_per_s']:,.1f}/s)",
+                soft_wrap=True,
+                highlight=False,
+            )
+        elif replica.get("status") == "died":
+            console.print(replica["note"], soft_wrap=True)
     console.print(report["rate"]["note"], soft_wrap=True)
     for worker in report["workers"]:
         if worker.get("status") == "died":
             console.print(worker["note"], soft_wrap=True)
     if written is not None:
         console.print(f"report: {written}", soft_wrap=True, highlight=False)
+
+
+def _scale_table(rows: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="scale: one phase per replica count, the same load")
+    for column in ("replicas", "offered /s", "achieved /s", "p50 ms", "p99 ms", "p99.9 ms",
+                   "errors", "sustained", "per replica /s"):  # fmt: skip
+        table.add_column(column, justify="right")
+    for row in rows:
+        offered = row["offered_per_s"]
+        table.add_row(
+            str(row["replicas"]),
+            f"{offered:,.1f}" if offered is not None else f"{row['concurrency']} clients",
+            f"{row['achieved_per_s']:,.1f}",
+            *(_ms(row[k]) for k in ("p50_ms", "p99_ms", "p99_9_ms")),
+            str(row["errors"]),
+            "-" if row["sustained"] is None else ("yes" if row["sustained"] else "NO"),
+            ", ".join("-" if v is None else f"{v:,.1f}" for v in row["served_per_s"]),
+        )
+    return table
 
 
 def _read_report(path: Path) -> dict[str, Any]:

@@ -4,7 +4,9 @@ Open model (a target rate; latency from each send's intended time, so a stalled
 server shows as latency: no coordinated omission) or closed model (a number of
 clients), spread over worker processes whose HDR histograms are merged into one
 report; the secret and domain targets' servers are scraped (Prometheus) during the
-run for their own figures. Needs the ``loadtest`` extra (hdrhistogram, rich):
+run for their own figures. The secret target can run on PostgreSQL (on this machine
+only) with several secret-server replicas, and compare replica counts
+(``_replicas``). Needs the ``loadtest`` extra (hdrhistogram, rich):
 ``pip install 'taonet[loadtest]'``; importing this package does not import them.
 The PNG plots of a report (:func:`write_plots`, from the pure :func:`latency_series`
 and :func:`throughput_series`) need the ``plots`` extra (matplotlib), imported only
@@ -34,7 +36,7 @@ from taonet.loadtest._quick import (
     target_reports,
 )
 from taonet.loadtest._report import compare_reports, decode_histogram, machine_facts
-from taonet.loadtest._run import Progress, WorkerHandle, run_load
+from taonet.loadtest._run import Progress, WorkerHandle, run_load, run_series
 
 __all__ = [
     "REQUIREMENTS",
@@ -60,6 +62,7 @@ __all__ = [
     "require_plots",
     "run_load",
     "run_quick",
+    "run_series",
     "serve_echo",
     "target_reports",
     "throughput_series",

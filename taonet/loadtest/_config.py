@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 from collections.abc import Iterable
 from typing import Final, Literal
 
 import attrs
 
 from taonet import ConfigError
+from taonet.loadtest._pgurl import check_postgres_url, redact
 
 __all__ = [
     "MAX_CLIENTS",
@@ -54,6 +56,8 @@ OPERATIONS: Final = ("read", "write", "list", "rotate")
 MAX_VALUE_SIZE: Final = 65536
 #: The most objects the secret target creates before the run.
 MAX_OBJECTS: Final = 10_000
+#: The most secret-server replicas a run starts.
+MAX_REPLICAS: Final = 8
 
 
 def loopback_address(text: str) -> tuple[str, int]:
@@ -98,6 +102,10 @@ def _not_negative(_instance: object, attribute: attrs.Attribute[float], value: f
 
 def _pairs(pairs: Iterable[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
     return tuple((str(op), int(weight)) for op, weight in pairs)
+
+
+def _ints(values: Iterable[int]) -> tuple[int, ...]:
+    return tuple(values)
 
 
 def _check_address(_instance: object, _attribute: object, value: tuple[str, int] | None) -> None:
@@ -154,6 +162,16 @@ class LoadConfig:
     #: tool did not start; the secret and domain targets' own servers are scraped
     #: without it.
     server_metrics: tuple[str, int] | None = attrs.field(default=None, validator=_check_address)
+    #: The secret target on PostgreSQL: a libpq URL to a loopback host or a Unix
+    #: socket (its tables in a fresh schema, dropped after; see ``_replicas``). None:
+    #: SQLite in a temporary directory.
+    postgres: str | None = attrs.field(default=None)
+    #: Secret-server replicas on that PostgreSQL: one count (``(2,)``: 2 replicas,
+    #: client i on replica i mod 2), or several, one phase each with the same load
+    #: (the report's ``scale``). Empty: one replica.
+    replicas: tuple[int, ...] = attrs.field(default=(), converter=_ints)
+    #: Keep the load test's schema after the run (for a look at its rows).
+    keep_schema: bool = attrs.field(default=False)
 
     def __attrs_post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -206,6 +224,23 @@ class LoadConfig:
             )
         if self.connect is None and not self.tls:
             raise ConfigError("the tool's own echo server speaks TLS: --plain needs --connect")
+        self._check_postgres()
+
+    def _check_postgres(self) -> None:
+        if self.postgres is not None:
+            if self.target != "secret":
+                raise ConfigError("--postgres is for the secret target")
+            check_postgres_url(self.postgres, os.environ)
+        if self.replicas and self.postgres is None:
+            raise ConfigError("--replicas needs --postgres: replicas share one PostgreSQL store")
+        if self.keep_schema and self.postgres is None:
+            raise ConfigError("--keep-schema needs --postgres")
+        if not all(isinstance(n, int) and 1 <= n <= MAX_REPLICAS for n in self.replicas):
+            raise ConfigError(f"each replica count must be between 1 and {MAX_REPLICAS}")
+        if len(set(self.replicas)) != len(self.replicas):
+            raise ConfigError("replica counts must differ from each other")
+        if any(n > self.clients for n in self.replicas):
+            raise ConfigError("more replicas than clients: some replicas would get no load")
 
     @property
     def end(self) -> float:
@@ -219,6 +254,8 @@ class LoadConfig:
         out["connect"] = None if self.connect is None else f"{self.connect[0]}:{self.connect[1]}"
         if self.server_metrics is not None:
             out["server_metrics"] = f"{self.server_metrics[0]}:{self.server_metrics[1]}"
+        out["postgres"] = None if self.postgres is None else redact(self.postgres)
+        out["replicas"] = list(self.replicas)
         return out
 
 

@@ -24,6 +24,11 @@ The report is a JSON-ready dict (``report.json``); its keys:
   window and the whole run, added by the run from :meth:`Scraper.section
   <taonet.loadtest._scrape.Scraper.section>` (latency percentiles there are bucket
   estimates).
+
+The secret target on PostgreSQL adds (``_replicas``) ``replicas``: each replica's
+pid, port, status and the requests it ``served`` in the measured window by its own
+metrics (``served_per_s``), and ``postgres`` (the run's schema, kept or not); with
+several replica counts, ``scale``: one row per phase (:func:`scale_row`).
 """
 
 from __future__ import annotations
@@ -40,7 +45,14 @@ from taonet import __version__
 from taonet.loadtest._config import LoadConfig, offered_between
 from taonet.loadtest._worker import new_histogram
 
-__all__ = ["PERCENTILES", "Merger", "compare_reports", "decode_histogram", "machine_facts"]
+__all__ = [
+    "PERCENTILES",
+    "Merger",
+    "compare_reports",
+    "decode_histogram",
+    "machine_facts",
+    "scale_row",
+]
 
 #: The percentiles every report gives: (report key, percentile).
 PERCENTILES: Final = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99_9", 99.9))
@@ -277,12 +289,35 @@ class Merger:
         return out
 
 
+def scale_row(replicas: int, report: dict[str, Any]) -> dict[str, Any]:
+    """One phase of a scale run: its replica count, the rate offered (open model; the
+    concurrency in the closed model) and achieved, throughput, p50/p99/p99.9 (ms),
+    errors, whether the rate was sustained, and each replica's served rate."""
+    results, rate = report["results"], report["rate"]
+    latency = results["latency_ms"]
+    return {
+        "replicas": replicas,
+        "offered_per_s": rate.get("target_per_s"),
+        "concurrency": rate.get("concurrency"),
+        "achieved_per_s": rate["achieved_per_s"],
+        "throughput_per_s": results["throughput_per_s"],
+        "p50_ms": latency["p50"],
+        "p99_ms": latency["p99"],
+        "p99_9_ms": latency["p99_9"],
+        "errors": results["error_count"],
+        "sustained": rate.get("sustained"),
+        "served_per_s": [r.get("served_per_s") for r in report.get("replicas", [])],
+        "interrupted": report["interrupted"],
+    }
+
+
 #: The rows of a comparison: (label, path in the report).
 COMPARED: Final = (
     ("target", ("configuration", "target")),
     ("model", ("configuration", "model")),
     ("workers", ("configuration", "workers")),
     ("clients", ("configuration", "clients")),
+    ("replicas", ("configuration", "replicas")),
     ("target rate /s", ("rate", "target_per_s")),
     ("achieved /s", ("rate", "achieved_per_s")),
     ("sustained", ("rate", "sustained")),

@@ -5,7 +5,9 @@ dict, see :mod:`taonet.loadtest._report`). It is written for the main thread of 
 command, and also runs from another thread (tests). The target's server (the echo
 server, the handshake target's channel server, the secret target's domain service
 and secret server, or the domain target's domain service) runs in a process of its
-own unless ``connect`` names a running one; it is stopped when the run ends. Every
+own unless ``connect`` names a running one; it is stopped when the run ends (the
+secret target on PostgreSQL, with its replicas: ``_replicas``). :func:`run_series`
+runs several configurations (a rate search) against one start of the target. Every
 worker is a :mod:`multiprocessing` spawn process; the parent reads their pipes with
 ``multiprocessing.connection.wait`` and merges their interval histograms.
 
@@ -51,7 +53,7 @@ from taonet.loadtest._scrape import Scraper
 from taonet.loadtest._secret import serve_secrets_process
 from taonet.loadtest._worker import worker_main
 
-__all__ = ["Progress", "TargetSpec", "WorkerHandle", "run_load"]
+__all__ = ["Progress", "TargetSpec", "WorkerHandle", "run_load", "run_series"]
 
 log = get_logger(__name__)
 
@@ -85,6 +87,9 @@ class Progress:
     recent_p99_ms: float | None
     workers: tuple[WorkerHandle, ...]
     lost: int
+    #: The target's server processes the tool started, where there are several (the
+    #: secret-server replicas on PostgreSQL), by index.
+    servers: tuple[WorkerHandle, ...] = ()
 
 
 def _spawn() -> Any:
@@ -105,6 +110,11 @@ class TargetSpec:
     domain: DomainCredentials | None = None
     #: The server's Prometheus endpoint, scraped by the parent (None: not scraped).
     metrics: tuple[str, int] | None = None
+    #: Several servers (the secret target's replicas): client i (over all workers)
+    #: sends to ``addresses[i % len(addresses)]``; empty: all to ``address``.
+    addresses: tuple[tuple[str, int], ...] = ()
+    #: Their processes' ids.
+    server_pids: tuple[int, ...] = ()
 
 
 class _ServerProcess:
@@ -206,8 +216,40 @@ def run_load(
     on_progress: Callable[[Progress], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``config`` to its end (or Ctrl-C) and return the report."""
+    if config.postgres is not None:
+        from taonet.loadtest._replicas import run_on_postgres
+
+        return run_on_postgres(config, on_progress)
     with _target(config) as spec:
         return _Run(config, spec, on_progress).run()
+
+
+def run_series(
+    config: LoadConfig,
+    next_config: Callable[[list[dict[str, Any]]], LoadConfig | None],
+) -> list[dict[str, Any]]:
+    """Several runs against one start of ``config``'s target (its servers started once,
+    new workers for each run): each with the configuration ``next_config(reports so
+    far)`` gives, until it gives None (a rate search: ``loadtests/secret_capacity.py``).
+    Each configuration must name the same target as ``config`` (target, objects, value
+    size, PostgreSQL and replicas; ConfigError if not); its model, rate, clients,
+    workers, mix and timing may change. The reports, in order."""
+    reports: list[dict[str, Any]] = []
+    if config.postgres is not None:
+        from taonet.loadtest._replicas import postgres_target
+
+        target = postgres_target(config)
+    else:
+        target = _target(config)
+    same = ("target", "objects", "request_size", "postgres", "replicas", "connect", "tls")
+    with target as spec:
+        while (step := next_config(reports)) is not None:
+            if any(getattr(step, name) != getattr(config, name) for name in same):
+                raise ConfigError("each run of a series loads the target started for the first")
+            reports.append(_Run(step, spec, None).run())
+            if reports[-1]["interrupted"]:
+                break
+    return reports
 
 
 class _Run:
@@ -216,10 +258,14 @@ class _Run:
         config: LoadConfig,
         spec: TargetSpec,
         on_progress: Callable[[Progress], None] | None,
+        *,
+        on_start: Callable[[float], None] | None = None,
     ) -> None:
         self.config = config
         self.spec = spec
         self.on_progress = on_progress
+        #: Told the common start (``time.monotonic()``) once the workers are ready.
+        self.on_start = on_start
         self.merger = Merger(config)
         self.processes: dict[int, Any] = {}
         self.conns: dict[int, Connection] = {}
@@ -255,6 +301,8 @@ class _Run:
                 self.scraper.scrape(-0.2)
             for conn in self.conns.values():
                 conn.send(("go", self.start))
+            if self.on_start is not None:
+                self.on_start(self.start)
             self._collect(self.start + self.config.end + self.config.request_timeout + END_GRACE)
             if self.scraper is not None:  # what the server counted, every request answered
                 self.scraper.scrape(self._elapsed())
@@ -344,6 +392,7 @@ class _Run:
             recent_p99_ms=p99,
             workers=tuple(WorkerHandle(i, p) for i, p in sorted(self.pids.items())),
             lost=self.merger.lost_count(),
+            servers=tuple(WorkerHandle(i, p) for i, p in enumerate(self.spec.server_pids)),
         )
 
     def _interrupt(self) -> None:

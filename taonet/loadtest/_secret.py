@@ -2,12 +2,14 @@
 
 The tool runs, in a process of its own (:func:`serve_secrets_process`), everything
 the secret server needs, made for the run in a temporary directory (or the run's
-``state_dir``): a local domain (:func:`taonet.loadtest._domain.make_local_domain`: a
-fresh policy key, ACL guard) whose rules let one client program Read, Write, Create,
-Delete and Own the names under :data:`PREFIX`, a soft host certified by it, the
-domain service, and the secret server itself (``taonet_services.secret_server`` as
-``taonet secret-server`` runs it, provisioned through that domain service, its
-objects and audit log in an SQLite file), its Prometheus metrics served on
+``state_dir``): a local domain (:func:`make_world`, from
+:func:`taonet.loadtest._domain.make_local_domain`: a fresh policy key, ACL guard) whose
+rules let one client program Read, Write, Create, Delete and Own the names under
+:data:`PREFIX`, a soft host certified by it, the domain service, and the secret server
+itself (``taonet_services.secret_server`` as ``taonet secret-server`` runs it,
+provisioned through that domain service, its objects and audit log in an SQLite file;
+on PostgreSQL, with replicas, see ``_replicas``, which reuses :func:`make_world`,
+:func:`provision_client` and :func:`create_objects`), its Prometheus metrics served on
 127.0.0.1 when prometheus-client is there. It creates ``objects`` names of
 ``value_size`` bytes each, provisions the client program's identity, and sends the
 server's port, the client's credentials and the metrics port to the parent.
@@ -34,6 +36,7 @@ import trio
 from taonet.channel import ChannelIdentity
 from taonet.loadtest._config import OPERATIONS
 from taonet.loadtest._domain import (
+    LocalDomain,
     make_local_domain,
     running_domain_service,
     service_metrics,
@@ -47,7 +50,10 @@ __all__ = [
     "OPERATIONS",
     "PREFIX",
     "SecretClient",
+    "create_objects",
+    "make_world",
     "object_name",
+    "provision_client",
     "serve_secrets_process",
     "weighted_cycle",
 ]
@@ -63,49 +69,70 @@ def object_name(index: int) -> str:
     return f"{PREFIX}/k{index:06d}"
 
 
+#: The client program's rules: every operation the mix uses, on :data:`PREFIX`.
+CLIENT_RULES: Final = tuple(
+    f'Authorized({{client}}, "{op}", "{PREFIX}")'
+    for op in ("Read", "Write", "Create", "Delete", "Own")
+)
+
+
+def make_world(base: Path) -> LocalDomain:
+    """In ``base``: the run's domain (a fresh policy key, ACL guard, the rules of the
+    module's text), a soft host it certifies, and the client program's file."""
+    from taonet_services.secret_server import PROGRAM_FILE
+
+    return make_local_domain(base, programs=(PROGRAM_FILE,), client_rules=CLIENT_RULES)
+
+
+async def provision_client(local: LocalDomain, ds: tuple[str, int]) -> LocalCredentials:
+    """The client program's identity, certified by the domain service at ``ds``."""
+    client = await load_or_provision(
+        local.host.tao_for(local.client_name),
+        local.client_file.parent / "client.sealed",
+        policy_cert=local.domain.policy_cert,
+        domain_service=ds,
+    )
+    identity = client.identity
+    assert identity.signer is not None
+    assert identity.certificate is not None
+    return LocalCredentials(
+        local.domain.policy_cert, b"", b"", identity.signer.to_pkcs8_der(), identity.certificate.der
+    )
+
+
+async def create_objects(
+    address: tuple[str, int], identity: ChannelIdentity, objects: int, value_size: int
+) -> None:
+    """Create the ``objects`` names of the run, ``value_size`` random bytes each."""
+    async with connect(address, identity) as store:
+        for index in range(objects):
+            await store.create(object_name(index), secrets.token_bytes(value_size))
+
+
 async def _world(
     base: Path, objects: int, value_size: int, conn: Connection
 ) -> None:  # pragma: no cover - runs in the server process (tests drive it there)
-    from taonet_services.secret_server import PROGRAM_FILE, run_secret_server
     from taonet_services.secret_server import program_name as server_program_name
+    from taonet_services.secret_server import run_secret_server
 
-    ops = ("Read", "Write", "Create", "Delete", "Own")
-    local = make_local_domain(
-        base,
-        programs=(PROGRAM_FILE,),
-        client_rules=[f'Authorized({{client}}, "{op}", "{PREFIX}")' for op in ops],
-    )
-    domain, host = local.domain, local.host
+    local = make_world(base)
+    host = local.host
     metrics = service_metrics("secret_server")
     async with running_domain_service(local) as (_, ds), trio.open_nursery() as nursery:
         running = await nursery.start(
             functools.partial(
                 run_secret_server,
                 host.tao_for(host.name.extend(server_program_name())),
-                domain=domain,
+                domain=local.domain,
                 state_dir=base / "secret-server",
                 domain_service=ds,
                 metrics=metrics,
             )
         )
         metrics_port = await start_metrics(nursery, metrics)
-        client = await load_or_provision(
-            host.tao_for(local.client_name),
-            base / "client.sealed",
-            policy_cert=domain.policy_cert,
-            domain_service=ds,
-        )
-        identity = client.identity
-        assert identity.signer is not None
-        assert identity.certificate is not None
+        credentials = await provision_client(local, ds)
         address = ("127.0.0.1", int(running.port))
-        async with connect(address, identity) as store:
-            for index in range(objects):
-                await store.create(object_name(index), secrets.token_bytes(value_size))
-        credentials = LocalCredentials(
-            domain.policy_cert, b"", b"",
-            identity.signer.to_pkcs8_der(), identity.certificate.der,
-        )  # fmt: skip
+        await create_objects(address, credentials.client(), objects, value_size)
         conn.send((address[1], credentials, metrics_port))
         await trio.to_thread.run_sync(_wait_quietly, conn, abandon_on_cancel=True)
         nursery.cancel_scope.cancel()

@@ -202,11 +202,13 @@ class _Worker:
                 fresh=self.config.fresh,
             )
         if self.identity is not None and self.spec.kind == "secret":
+            position = number * self.config.workers + self.index  # over all workers
+            addresses = self.spec.addresses or (self.spec.address,)
             return SecretClient(
-                self.spec.address,
+                addresses[position % len(addresses)],
                 self.identity,
                 cycle=self.cycle,
-                start=number * self.config.workers + self.index,
+                start=position,
                 objects=self.config.objects,
                 value_size=self.config.request_size,
                 fresh=self.config.fresh,
