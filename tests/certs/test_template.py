@@ -160,3 +160,71 @@ def test_a_certificate_issued_by_another_policy_key_is_refused() -> None:
     )
     with pytest.raises(AuthenticationError, match="not signed by this domain's policy key"):
         certs.verify_program_certificate(ours.anchor, issued.der, now_ns=NOW)
+
+
+# -- the names remembered by their exact text (taonet.certs._profile) ------------------
+
+
+def _with_uri(factory: CertificateFactory, uri: str) -> bytes:
+    key_der = PROGRAM_KEYS["P-256"].public_key_der()
+    fields = factory.program_fields(key_der, PRINCIPAL, now_ns=NOW)
+    return factory.sign(fields.with_names(uri))
+
+
+def test_a_remembered_name_is_not_lent_to_other_bytes() -> None:
+    factory = FACTORIES["P-256"]
+    good = _with_uri(factory, URI)
+    assert certs.verify_program_certificate(factory.anchor, good, now_ns=NOW).principal == PRINCIPAL
+    # The same principal, spelled differently (lower-case percent escapes, a needless
+    # escape, the scheme in capitals) after the canonical one was remembered: each
+    # is new bytes, checked in full, and refused as before.
+    for variant in (
+        URI.replace("%5B", "%5b"),
+        URI.replace("Program", "%50rogram"),
+        "TAONET" + URI.removeprefix("taonet"),
+    ):
+        assert variant != URI
+        with pytest.raises(AuthenticationError, match="canonical form"):
+            certs.verify_program_certificate(
+                factory.anchor, _with_uri(factory, variant), now_ns=NOW
+            )
+    # Another program's name is its own, never the remembered one.
+    other = auth.parse_prin("key([0a0b]).Program([5a5b])")
+    cert = _with_uri(factory, certs.principal_uri("program", other))
+    assert certs.verify_program_certificate(factory.anchor, cert, now_ns=NOW).principal == other
+
+
+def test_a_remembered_name_keeps_its_role() -> None:
+    # A program's URI, remembered, does not pass for a host's (nor the reverse).
+    host_uri = URI.replace("taonet:program:", "taonet:host:")
+    factory = FACTORIES["P-256"]
+    certs.verify_program_certificate(factory.anchor, _with_uri(factory, URI), now_ns=NOW)
+    with pytest.raises(AuthenticationError, match="is for a taonet host, not a program"):
+        certs.verify_program_certificate(factory.anchor, _with_uri(factory, host_uri), now_ns=NOW)
+    cert = x509.load_der_x509_certificate(_with_uri(factory, URI))
+    with pytest.raises(AuthenticationError, match="is for a taonet program, not a host"):
+        certs.certificate_principal(cert, "host")
+
+
+def test_a_name_that_failed_fails_again() -> None:
+    factory = FACTORIES["P-256"]
+    bad = "taonet:program:key(%5B0a0b%5D).Program("  # cut short: no principal
+    for _ in range(2):  # failures are not remembered as anything
+        with pytest.raises(AuthenticationError, match="names no principal"):
+            certs.verify_program_certificate(factory.anchor, _with_uri(factory, bad), now_ns=NOW)
+
+
+def test_a_long_name_is_checked_but_not_remembered() -> None:
+    from taonet.certs import _profile
+
+    remembered = (_profile._uri_principal, _profile._read_back, _profile._quoted)
+    for cache in remembered:
+        cache.cache_clear()
+    long = PRINCIPAL.extend(auth.PrinExt("Program", (auth.Str("x" * 5000),)))
+    uri = certs.principal_uri("program", long)
+    factory = FACTORIES["P-256"]
+    verified = certs.verify_program_certificate(factory.anchor, _with_uri(factory, uri), now_ns=NOW)
+    assert verified.principal == long
+    assert [cache.cache_info().currsize for cache in remembered] == [0, 0, 0]
+    certs.principal_uri("program", PRINCIPAL)  # a short one is
+    assert _profile._read_back.cache_info().currsize == 1
