@@ -218,12 +218,13 @@ def test_a_long_name_is_checked_but_not_remembered() -> None:
     from taonet.certs import _profile
 
     remembered = (_profile._uri_principal, _profile._read_back, _profile._quoted)
+    long = PRINCIPAL.extend(auth.PrinExt("Program", (auth.Str("x" * 5000),)))
+    factory = FACTORIES["P-256"]
+    cert = _with_uri(factory, certs.principal_uri("program", long))
     for cache in remembered:
         cache.cache_clear()
-    long = PRINCIPAL.extend(auth.PrinExt("Program", (auth.Str("x" * 5000),)))
-    uri = certs.principal_uri("program", long)
-    factory = FACTORIES["P-256"]
-    verified = certs.verify_program_certificate(factory.anchor, _with_uri(factory, uri), now_ns=NOW)
+    certs.principal_uri("program", long)
+    verified = certs.verify_program_certificate(factory.anchor, cert, now_ns=NOW)
     assert verified.principal == long
     assert [cache.cache_info().currsize for cache in remembered] == [0, 0, 0]
     certs.principal_uri("program", PRINCIPAL)  # a short one is
