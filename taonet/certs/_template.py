@@ -54,9 +54,11 @@ def _oid(dotted: x509.ObjectIdentifier) -> bytes:
     return encode(_TAG_OID, bytes(body))
 
 
-def _extension(oid: x509.ObjectIdentifier, value: bytes, *, critical: bool) -> bytes:
+def _extension(oid: x509.ObjectIdentifier | bytes, value: bytes, *, critical: bool) -> bytes:
+    """One Extension; ``oid`` as an object or already encoded."""
     flag = _CRITICAL if critical else b""
-    return encode(TAG_SEQUENCE, _oid(oid) + flag + encode(_TAG_OCTET_STRING, value))
+    encoded = oid if isinstance(oid, bytes) else _oid(oid)
+    return encode(TAG_SEQUENCE, encoded + flag + encode(_TAG_OCTET_STRING, value))
 
 
 #: basicConstraints CA:FALSE (critical), keyUsage digitalSignature (critical) and
@@ -90,7 +92,8 @@ _FIXED_HEAD: Final = (
         critical=False,
     )
 )
-_SAN_OID: Final = ExtensionOID.SUBJECT_ALTERNATIVE_NAME
+_SAN: Final = _oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+_SKI: Final = _oid(ExtensionOID.SUBJECT_KEY_IDENTIFIER)
 _DNS_NAME: Final = 0x82  # GeneralName [2] IA5String
 _URI: Final = 0x86  # GeneralName [6] IA5String
 
@@ -102,18 +105,19 @@ def _time(when: _dt.datetime) -> bytes:
     return encode(_TAG_GENERALIZED_TIME, f"{when.year:04d}{when:%m%d%H%M%S}Z".encode())
 
 
+_ORGANIZATION: Final = _oid(NameOID.ORGANIZATION_NAME)
+_COMMON_NAME: Final = _oid(NameOID.COMMON_NAME)
+
+
+def _rdn(oid: bytes, value: str) -> bytes:
+    attribute = encode(TAG_SEQUENCE, oid + encode(_TAG_UTF8_STRING, value.encode()))
+    return encode(_TAG_SET, attribute)
+
+
 def _name(common_name: str, organization: str) -> bytes:
     """``taonet.certs._profile._name``: O (when not empty) then CN, UTF8String each."""
-    rdns = b""
-    for oid, value in (
-        (NameOID.ORGANIZATION_NAME, organization[:64]),
-        (NameOID.COMMON_NAME, common_name[:64] or "-"),
-    ):
-        if oid == NameOID.ORGANIZATION_NAME and not organization:
-            continue
-        attribute = encode(TAG_SEQUENCE, _oid(oid) + encode(_TAG_UTF8_STRING, value.encode()))
-        rdns += encode(_TAG_SET, attribute)
-    return encode(TAG_SEQUENCE, rdns)
+    rdns = _rdn(_ORGANIZATION, organization[:64]) if organization else b""
+    return encode(TAG_SEQUENCE, rdns + _rdn(_COMMON_NAME, common_name[:64] or "-"))
 
 
 @functools.lru_cache(maxsize=16)
@@ -160,8 +164,8 @@ def program_tbs(
     )
     extensions = (
         _FIXED_HEAD
-        + _extension(_SAN_OID, san, critical=False)
-        + _extension(ExtensionOID.SUBJECT_KEY_IDENTIFIER, ski, critical=False)
+        + _extension(_SAN, san, critical=False)
+        + _extension(_SKI, ski, critical=False)
         + aki
     )
     serial_bytes = serial.to_bytes(serial.bit_length() // 8 + 1, "big")
