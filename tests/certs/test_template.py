@@ -229,3 +229,25 @@ def test_a_long_name_is_checked_but_not_remembered() -> None:
     assert [cache.cache_info().currsize for cache in remembered] == [0, 0, 0]
     certs.principal_uri("program", PRINCIPAL)  # a short one is
     assert _profile._read_back.cache_info().currsize == 1
+
+
+def test_each_policy_key_issues_under_its_own_name_and_key_identifier() -> None:
+    # The issuer's parts are remembered per policy certificate (its exact bytes): after
+    # a rotation to a new policy key, and back, each certificate names its own issuer.
+    old, new = FACTORIES["P-256"], CertificateFactory.generate(now_ns=NOW, common_name="rotated")
+    key_der = PROGRAM_KEYS["P-256"].public_key_der()
+    for factory, other in ((old, new), (new, old), (old, new)):
+        issued = certs.issue_program_certificate(
+            factory.signer, factory.anchor, key_der, PRINCIPAL, now_ns=NOW
+        )
+        cert = x509.load_der_x509_certificate(issued.der)
+        assert cert.issuer == factory.anchor.cert.subject
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        expected = x509.AuthorityKeyIdentifier.from_issuer_public_key(factory.anchor.public_key)
+        assert aki == expected
+        certs.verify_program_certificate(factory.anchor, issued.der, now_ns=NOW)
+        with pytest.raises(AuthenticationError):
+            certs.verify_program_certificate(other.anchor, issued.der, now_ns=NOW)
+    # Only the policy key of the anchor may issue under it.
+    with pytest.raises(AuthenticationError, match="only the domain's policy key"):
+        certs.issue_program_certificate(new.signer, old.anchor, key_der, PRINCIPAL, now_ns=NOW)
