@@ -22,6 +22,12 @@ With ``--server-process`` the service is ``taonet domain-service`` in a process 
 its own (as it is deployed: client and service then each have a core), the
 ``cpu_ms_per_*`` figures are this (client) process's, and ``server_cpu_ms_per_*`` the
 service's (from ``/proc``, so Linux only).
+``certs_vs_handshakes_cpu_cN`` is the same ratio from CPU time instead of wall time:
+``cpu_ms_per_handshake / cpu_ms_per_cert`` (with ``--server-process``, the client's and
+the service's together), what the ratio is when the CPU is the limit. On a machine
+shared with other work it moves far less than the wall-time ratios, which also count
+waiting for a core and, with one client, for each certificate's audit commit
+(``fsync``) to reach the disk.
 ``certs_vs_handshakes_ceiling`` is what that ratio would be, CPU-bound, if nothing but
 the handshake, the certification and the client's check of the certificate cost
 anything (no audit write, no request or answer bytes, no log line):
@@ -242,6 +248,12 @@ async def bench(
         results[f"certs_vs_handshakes_c{n}"] = (
             results[f"certs_per_s_c{n}"] / results[f"handshakes_per_s_c{n}"]
         )
+    for n in sorted({1, clients}):
+        hs_cpu, cert_cpu = results[f"cpu_ms_per_handshake_c{n}"], results[f"cpu_ms_per_cert_c{n}"]
+        if server_process:
+            hs_cpu += results[f"server_cpu_ms_per_handshake_c{n}"]
+            cert_cpu += results[f"server_cpu_ms_per_cert_c{n}"]
+        results[f"certs_vs_handshakes_cpu_c{n}"] = hs_cpu / cert_cpu
     # The headline figures: one client at a time, as the benchmark always measured.
     for label in ("handshakes_per_s", "certs_per_s", "certs_vs_handshakes"):
         results[label] = results[f"{label}_c1"]

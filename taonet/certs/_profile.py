@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import secrets
 import urllib.parse
 from collections import OrderedDict
@@ -278,16 +279,39 @@ def principal_uri(role: CertificateRole, principal: auth.Prin) -> str:
     if role not in _ROLES:
         raise ValueError(f"role must be one of {sorted(_ROLES)}, not {role!r}")
     text = str(principal)
-    try:
-        same = auth.parse_prin(text) == principal
-    except CodecError:
-        same = False
-    if not same:
+    read_back = _read_back if len(text) <= _REMEMBER_CHARS else _read_back.__wrapped__
+    if read_back(text) != principal:
         raise ValueError("this principal's text form does not read back as the same name")
     return _uri(role, text)
 
 
+# Parsing a name's text and percent-encoding it are pure functions of the exact text:
+# remembered for the last names seen (a domain service certifies the same programs
+# over and over; a program checks the certificates of the same peers), so issuing or
+# checking a certificate does not parse the same name again. Bounded in count and in
+# the length of what is remembered; a new text is always parsed in full, and a
+# failure is never remembered as a success.
+_NAMES_REMEMBERED: Final = 256
+_REMEMBER_CHARS: Final = 4096
+
+
+@functools.lru_cache(maxsize=_NAMES_REMEMBERED)
+def _read_back(text: str) -> auth.Prin | None:
+    """``text`` parsed as a principal, None if it is not one."""
+    try:
+        return auth.parse_prin(text)
+    except CodecError:
+        return None
+
+
 def _uri(role: str, text: str) -> str:
+    if len(text) > _REMEMBER_CHARS:
+        return _quoted.__wrapped__(role, text)
+    return _quoted(role, text)
+
+
+@functools.lru_cache(maxsize=_NAMES_REMEMBERED)
+def _quoted(role: str, text: str) -> str:
     return f"{_SCHEME}:{role}:{urllib.parse.quote(text, safe=_URI_SAFE)}"
 
 
@@ -319,6 +343,17 @@ def certificate_principal(cert: x509.Certificate, role: CertificateRole | None =
     if len(ours) > 1:
         raise AuthenticationError(f"certificate holds {len(ours)} taonet: URIs, expected one")
     uri = ours[0]
+    if len(uri) > _REMEMBER_CHARS:
+        return _uri_principal.__wrapped__(uri, role)
+    return _uri_principal(uri, role)
+
+
+@functools.lru_cache(maxsize=_NAMES_REMEMBERED)
+def _uri_principal(uri: str, role: CertificateRole | None) -> auth.Prin:
+    """The principal ``uri`` names (:func:`certificate_principal`'s checks of the URI).
+
+    Remembered by the exact URI (failures are not: they raise each time).
+    """
     _, _, rest = uri.partition(":")
     found, _, encoded = rest.partition(":")
     if found not in _ROLES:

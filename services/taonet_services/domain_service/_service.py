@@ -500,6 +500,7 @@ class DomainService:
         except TaoError as exc:  # pragma: no cover - a certifier bug, not the client's
             log.exception("cert_failed")
             return _error(ERROR_INTERNAL, type(exc).__name__)
+        principal = str(issued.principal)  # once: for the audit row and the log line
         try:
             # Committed (WAL, synchronous=FULL) before the certificate leaves; the
             # certificates issued meanwhile share the commit (_IssuedBatcher). The
@@ -508,7 +509,7 @@ class DomainService:
             await self._issued.record(
                 IssuedCertificate(
                     serial=issued.serial,
-                    principal=str(issued.principal),
+                    principal=principal,
                     key_hash_hex=hashlib.sha256(key).hexdigest(),
                     not_before_ns=issued.not_before,
                     not_after_ns=issued.not_after,
@@ -526,7 +527,7 @@ class DomainService:
         log.info(
             "cert_issued",
             serial=issued.serial,
-            principal=bounded(str(issued.principal)),
+            principal=bounded(principal),
         )
         return message_class("DomainServiceResponse")(
             certificate=issued.der, chain=[self.domain.policy_cert]
