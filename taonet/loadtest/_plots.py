@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -197,7 +198,8 @@ def _draw_throughput(figure: Figure, series: ThroughputSeries) -> None:
     over_time.set_title(f"{series.target}: throughput over time ({series.model} model)")
     over_time.grid(True, alpha=0.3)
     over_time.legend(loc="best", fontsize=8)
-    figure.suptitle(series.note, fontsize=9)
+    # The note may be long (the rate not sustained, and why): wrapped, never cut off.
+    figure.suptitle(textwrap.fill(series.note, 150), fontsize=9)
     if series.offered_per_s is None:
         return
     against = figure.add_subplot(1, 2, 2)
