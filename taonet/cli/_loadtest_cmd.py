@@ -434,12 +434,21 @@ def _print_report(report: dict[str, Any], written: Path | None) -> None:
                 str(stats["errors"]),
             )
     server = report.get("server")
-    measured = server.get("measured") if isinstance(server, dict) else None
-    if measured:
+    # The server's own rows: the target's server, or each replica's (``servers``).
+    sections = [("server (est.)", server)] + [
+        (f"replica {index} (est.)", section)
+        for index, section in enumerate(report.get("servers") or [])
+    ]
+    shown = False
+    for label, section in sections:
+        measured = section.get("measured") if isinstance(section, dict) else None
+        if not measured:
+            continue
+        shown = True
         estimates = measured["latency_ms_est"]
         failed = sum(n for k, n in measured["requests"].items() if not k.endswith(":ok"))
         table.add_row(
-            "server (est.)",
+            label,
             *(_ms(estimates[k]) for k in ("p50", "p90", "p99")),
             "-",
             "-",
@@ -451,18 +460,20 @@ def _print_report(report: dict[str, Any], written: Path | None) -> None:
     if not console.is_terminal:  # a file or a pipe: no terminal width to fit
         console = Console(width=_PIPE_WIDTH)
     console.print(table)
-    if measured:
+    if shown:
         console.print(
-            "server (est.): the server's own figures over the measured window, scraped from"
-            " its /metrics; percentiles estimated from its histogram buckets (client minus"
+            "(est.): the server's own figures over the measured window, scraped from its"
+            " /metrics; percentiles estimated from its histogram buckets (client minus"
             " server: the network, TLS and the client)",
             soft_wrap=True,
         )
-    elif isinstance(server, dict):
-        console.print(
-            f"server metrics: {server['scrapes']} scrapes, failed {server['failed_scrapes']}",
-            soft_wrap=True,
-        )
+    for label, section in sections:
+        if isinstance(section, dict) and not section.get("measured"):
+            console.print(
+                f"{label.removesuffix(' (est.)')} metrics: {section['scrapes']} scrapes,"
+                f" failed {section['failed_scrapes']}",
+                soft_wrap=True,
+            )
     if report.get("scale"):
         console.print(_scale_table(report["scale"]))
     for replica in report.get("replicas", []):

@@ -17,8 +17,10 @@ runs it, all on the one PostgreSQL that ``config.postgres`` names:
   measured window opens and closes (or when stopped, if that comes first), and sends
   both when stopped: the report's ``replicas`` gives each one's ``served`` and
   ``served_per_s`` from the servers' own counts (with prometheus-client, the
-  ``metrics`` extra; without it the replicas serve uncounted). A replica that died is
-  named, with when the errors began.
+  ``metrics`` extra; without it the replicas serve uncounted). Each replica also
+  serves its metrics on 127.0.0.1, scraped by the parent every interval like the
+  other targets' servers: the report's ``servers`` holds one ``server`` section per
+  replica, by index. A replica that died is named, with when the errors began.
 
 What it writes. Everything goes into a fresh schema ``taonet_loadtest_<12 hex>``
 (``-c search_path``; the tables are those of a secret server: objects, names, master,
@@ -55,7 +57,7 @@ import trio
 from taonet import ConfigError, HostError
 from taonet._log import get_logger
 from taonet.loadtest._config import LoadConfig
-from taonet.loadtest._domain import running_domain_service
+from taonet.loadtest._domain import running_domain_service, start_metrics
 from taonet.loadtest._handshake import LocalCredentials
 from taonet.loadtest._pgurl import SCHEMA_PREFIX, with_schema
 from taonet.loadtest._report import scale_row
@@ -190,10 +192,11 @@ async def _replica(
             )
         )
         address = ("127.0.0.1", int(running.port))
+        metrics_port = await start_metrics(nursery, metrics)
         if seed is not None:
             credentials, objects, value_size = seed
             await create_objects(address, credentials.client(), objects, value_size)
-        conn.send(("ready", address[1], os.getpid()))
+        conn.send(("ready", address[1], os.getpid(), metrics_port))
         while True:
             message = await trio.to_thread.run_sync(_receive, conn, abandon_on_cancel=True)
             if message is None or message[0] == "stop":
@@ -219,8 +222,9 @@ def serve_replica_process(
 ) -> None:
     """A process's main: secret-server replica ``index`` on ``url`` (see the module's
     text); with ``seed`` (credentials, objects, value size) it creates the run's objects.
-    Sends ``("ready", port, pid)``; on ``("window", start, warmup, end)`` snapshots its
-    count at the measured window's ends; on ``stop`` sends ``("served", total, marks)``."""
+    Sends ``("ready", port, pid, metrics port or None)``; on ``("window", start, warmup,
+    end)`` snapshots its count at the measured window's ends; on ``stop`` sends
+    ``("served", total, marks)``."""
     _quiet_process()
     try:
         trio.run(_replica, conn, Path(base), password, ds_port, url, index, seed)
@@ -291,7 +295,7 @@ class _Replicas:
         """Stop every replica; each one's figures, from its own counts."""
         out = []
         for index, replica in enumerate(self.replicas):
-            port, pid = replica.ready
+            port, pid = replica.ready[:2]
             entry: dict[str, Any] = {"index": index, "pid": pid, "port": port}
             answer = replica.stop()
             if answer is not None and answer[0] == "served":
@@ -343,6 +347,9 @@ def _started(config: LoadConfig, count: int) -> Iterator[tuple[_Replicas, Target
                 credentials=credentials,
                 addresses=addresses,
                 server_pids=tuple(int(r.ready[1]) for r in run.replicas),
+                replica_metrics=tuple(
+                    ("127.0.0.1", int(r.ready[2])) for r in run.replicas if r.ready[2] is not None
+                ),
             )
             yield run, spec, schema
         finally:

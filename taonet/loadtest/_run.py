@@ -115,6 +115,8 @@ class TargetSpec:
     addresses: tuple[tuple[str, int], ...] = ()
     #: Their processes' ids.
     server_pids: tuple[int, ...] = ()
+    #: The replicas' Prometheus endpoints (by index), each scraped like ``metrics``.
+    replica_metrics: tuple[tuple[str, int], ...] = ()
 
 
 class _ServerProcess:
@@ -278,6 +280,14 @@ class _Run:
             if address is None
             else Scraper(address, interval=config.interval, run_seconds=config.end)
         )
+        #: Each replica's own figures, the same way.
+        self.replica_scrapers = [
+            Scraper(at, interval=config.interval, run_seconds=config.end)
+            for at in spec.replica_metrics
+        ]
+
+    def _scrapers(self) -> list[Scraper]:
+        return ([] if self.scraper is None else [self.scraper]) + self.replica_scrapers
 
     def run(self) -> dict[str, Any]:
         context = _spawn()
@@ -297,15 +307,15 @@ class _Run:
                 self.conns[index] = parent_end
             self._wait_ready()
             self.start = time.monotonic() + 0.2
-            if self.scraper is not None:  # the baseline, before any request of the run
-                self.scraper.scrape(-0.2)
+            for scraper in self._scrapers():  # the baseline, before any request of the run
+                scraper.scrape(-0.2)
             for conn in self.conns.values():
                 conn.send(("go", self.start))
             if self.on_start is not None:
                 self.on_start(self.start)
             self._collect(self.start + self.config.end + self.config.request_timeout + END_GRACE)
-            if self.scraper is not None:  # what the server counted, every request answered
-                self.scraper.scrape(self._elapsed())
+            for scraper in self._scrapers():  # what the server counted, every request answered
+                scraper.scrape(self._elapsed())
         except KeyboardInterrupt:
             interrupted = True
             self._interrupt()
@@ -314,6 +324,10 @@ class _Run:
         report = self.merger.report(interrupted=interrupted, elapsed=self._elapsed())
         if self.scraper is not None:
             report["server"] = self.scraper.section(warmup=self.config.warmup)
+        if self.replica_scrapers:  # one section per replica, by index
+            report["servers"] = [
+                scraper.section(warmup=self.config.warmup) for scraper in self.replica_scrapers
+            ]
         return report
 
     def _elapsed(self) -> float:
@@ -352,8 +366,9 @@ class _Run:
                 return
             for ready in wait(list(self.conns.values()), timeout=min(left, 0.25)):
                 self._receive(*self._which(ready))
-            if self.scraper is not None and self.start and self.scraper.due(self._elapsed()):
-                self.scraper.scrape(self._elapsed())
+            for scraper in self._scrapers() if self.start else ():
+                if scraper.due(self._elapsed()):
+                    scraper.scrape(self._elapsed())
 
     def _which(self, ready: object) -> tuple[int, Connection]:
         """The worker whose pipe ``ready`` is."""

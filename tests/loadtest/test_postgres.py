@@ -191,6 +191,17 @@ def test_cli_scale_phases_spread_over_replicas_and_leave_no_schema(
     assert report["scale"][1]["served_per_s"] == [first["served_per_s"], second["served_per_s"]]
     assert "scale: one phase per replica count" in done.stdout
     assert "by its own metrics" in done.stdout
+    # Each replica's /metrics was scraped during the run: its own section and table row,
+    # whose count of reads answered agrees with the count it sent over its pipe (the
+    # scrapes bound the window a little after its marks: a few requests of slack).
+    servers = report["servers"]
+    assert len(servers) == 2
+    for replica, section in zip(report["replicas"], servers, strict=True):
+        assert section["failed_scrapes"] == {}
+        scraped = section["measured"]["requests"]["read:ok"]
+        assert abs(scraped - replica["served"]) <= max(5, replica["served"] // 10)
+    assert "replica 0 (est.)" in done.stdout
+    assert "replica 1 (est.)" in done.stdout
     # Nothing left behind in the database.
     assert _sql(
         postgres_url,
