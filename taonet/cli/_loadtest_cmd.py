@@ -31,7 +31,9 @@ directory; ``secret``, a secret server (with its domain service, on SQLite) the 
 runs the same way, loaded with a weighted mix of read, write, list and rotate;
 ``domain``, a domain service the tool runs the same way, each request one program
 certificate issued for a fresh key's attestation (``--state-dir`` keeps the secret
-and domain targets' domain, audit log and database). The secret and domain targets'
+and domain targets' domain, audit log and database: a new directory, made 0700, or an
+empty one of the user's that others cannot write to, locked for the run so that a
+second run given it is refused). The secret and domain targets'
 servers are scraped (``/metrics``) each interval: the report's ``server`` section
 and the table's ``server`` row hold their own figures (percentiles estimated from
 histogram buckets); ``--server-metrics`` scrapes the endpoint of a server the tool
