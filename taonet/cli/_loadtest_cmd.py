@@ -20,7 +20,7 @@ target's plots (``DIR/echo-latency.png``...). A target that failed makes the exi
 status 1, once the report is written; Ctrl-C writes the partial report (exit 130).
 ``--quick --target T`` is one short run of T (3 s measured after 1 s of warm-up).
 For tests only, ``TAONET_LOADTEST_QUICK_TARGETS`` (a comma-separated subset of the
-targets) narrows what ``--quick`` runs.
+targets) narrows what ``--quick`` runs (a name that is no target, or none, is refused).
 
 ``taonet loadtest compare A.json B.json`` shows two reports side by side (each
 target both hold, when either is a quick report). ``taonet loadtest plot
@@ -634,14 +634,12 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _run_quick(args: argparse.Namespace) -> int:
     """Every target briefly (see the module's text); 1 if one failed, 130 on Ctrl-C."""
-    from taonet.loadtest import TARGETS, quick_configs, run_quick
+    from taonet.loadtest import quick_configs, run_quick
 
     if args.connect is not None:
         raise UsageError("--quick runs every target on servers it starts: --connect needs --target")
     base = _config(args)
-    targets: tuple[str, ...] = TARGETS
-    if os.environ.get(QUICK_TARGETS_VARIABLE):
-        targets = tuple(t for t in TARGETS if t in os.environ[QUICK_TARGETS_VARIABLE].split(","))
+    targets = _quick_targets()
     configs = quick_configs(
         base,
         targets=targets,
@@ -700,6 +698,26 @@ def _run_quick(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _quick_targets() -> tuple[str, ...]:
+    """The targets ``--quick`` runs: every one, or those ``TAONET_LOADTEST_QUICK_TARGETS``
+    names (ConfigError for a name that is no target, or when it names none)."""
+    from taonet.loadtest import TARGETS
+
+    value = os.environ.get(QUICK_TARGETS_VARIABLE)
+    if value is None:
+        return tuple(TARGETS)
+    names = {name.strip() for name in value.split(",")} - {""}
+    unknown = sorted(names - set(TARGETS))
+    if unknown:
+        raise ConfigError(
+            f"{QUICK_TARGETS_VARIABLE} names {unknown[0][:40]!r}, no target:"
+            f" the targets are {', '.join(TARGETS)}"
+        )
+    if not names:
+        raise ConfigError(f"{QUICK_TARGETS_VARIABLE} is set but names no target")
+    return tuple(target for target in TARGETS if target in names)
 
 
 def _plot(args: argparse.Namespace) -> int:

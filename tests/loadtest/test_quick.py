@@ -241,6 +241,28 @@ def test_ctrl_c_during_quick_still_writes_the_partial_report(tmp_path: Path) -> 
     assert [section["status"] for section in rest] == ["not_run"] * len(rest)
 
 
+@pytest.mark.parametrize(
+    ("selection", "said"),
+    [
+        ("nonexistent", "TAONET_LOADTEST_QUICK_TARGETS names 'nonexistent', no target"),
+        ("echo,ecko", "TAONET_LOADTEST_QUICK_TARGETS names 'ecko', no target"),
+        (",", "TAONET_LOADTEST_QUICK_TARGETS is set but names no target"),
+        ("", "TAONET_LOADTEST_QUICK_TARGETS is set but names no target"),
+    ],
+)
+def test_a_quick_selection_naming_no_target_is_refused_in_one_line(
+    tmp_path: Path, selection: str, said: str
+) -> None:
+    # A7 finding 11: a typo used to run nothing and report ok (exit 0).
+    out = tmp_path / "quick"
+    done = _taonet("--quick", "--out", str(out),
+                   env={**os.environ, "TAONET_LOADTEST_QUICK_TARGETS": selection})  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().count("\n") == 0
+    assert said in done.stderr
+    assert not out.exists()
+
+
 def test_quick_checks_every_targets_plot_names_before_any_run(tmp_path: Path) -> None:
     # A7 finding 8: the second target's plot name is a directory: refused up front.
     out = tmp_path / "quick"
