@@ -21,6 +21,7 @@ status 1, once the report is written; Ctrl-C writes the partial report (exit 130
 ``--quick --target T`` is one short run of T (3 s measured after 1 s of warm-up).
 For tests only, ``TAONET_LOADTEST_QUICK_TARGETS`` (a comma-separated subset of the
 targets) narrows what ``--quick`` runs (a name that is no target, or none, is refused).
+``--quick`` without ``--target`` takes no ``--state-dir``.
 
 ``taonet loadtest compare A.json B.json`` shows two reports side by side (each
 target both hold, when either is a quick report). ``taonet loadtest plot
@@ -638,6 +639,11 @@ def _run_quick(args: argparse.Namespace) -> int:
 
     if args.connect is not None:
         raise UsageError("--quick runs every target on servers it starts: --connect needs --target")
+    if args.state_dir is not None:
+        raise UsageError(
+            "--quick without --target runs every target, each on servers of its own:"
+            " --state-dir needs --target secret or --target domain"
+        )
     base = _config(args)
     targets = _quick_targets()
     configs = quick_configs(

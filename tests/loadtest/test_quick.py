@@ -263,6 +263,14 @@ def test_a_quick_selection_naming_no_target_is_refused_in_one_line(
     assert not out.exists()
 
 
+def test_quick_over_every_target_with_a_state_directory_says_what_is_wrong() -> None:
+    done = _taonet("--quick", "--state-dir", "/tmp/x")
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0
+    assert "--state-dir needs --target secret or --target domain" in done.stderr
+    assert "keeps no state" not in done.stderr
+
+
 def test_quick_checks_every_targets_plot_names_before_any_run(tmp_path: Path) -> None:
     # A7 finding 8: the second target's plot name is a directory: refused up front.
     out = tmp_path / "quick"
