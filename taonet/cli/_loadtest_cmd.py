@@ -3,7 +3,10 @@
 ``taonet loadtest [options]`` runs one load test (see :mod:`taonet.loadtest`): a live
 progress line on standard error while it runs, then a table, and with ``--out DIR``
 the report in ``DIR/report.json`` and its plots, ``DIR/latency.png`` and
-``DIR/throughput.png`` (the ``plots`` extra, matplotlib). ``-o json`` prints the
+``DIR/throughput.png`` (the ``plots`` extra, matplotlib): ``DIR`` is checked before
+the run (a file can be made in it; none of those names is a directory or other
+non-file), and should a write fail after the run all the same, the table (or the
+report) is printed before the one-line error (exit 1). ``-o json`` prints the
 report instead of the table. Ctrl-C stops the workers; the partial report is still
 written (exit 130). A worker that died is named on one line after the report is
 written (exit 1); so is a secret-server replica that died.
@@ -17,7 +20,8 @@ target's plots (``DIR/echo-latency.png``...). A target that failed makes the exi
 status 1, once the report is written; Ctrl-C writes the partial report (exit 130).
 ``--quick --target T`` is one short run of T (3 s measured after 1 s of warm-up).
 For tests only, ``TAONET_LOADTEST_QUICK_TARGETS`` (a comma-separated subset of the
-targets) narrows what ``--quick`` runs.
+targets) narrows what ``--quick`` runs (a name that is no target, or none, is refused).
+``--quick`` without ``--target`` takes no ``--state-dir``.
 
 ``taonet loadtest compare A.json B.json`` shows two reports side by side (each
 target both hold, when either is a quick report). ``taonet loadtest plot
@@ -31,7 +35,9 @@ directory; ``secret``, a secret server (with its domain service, on SQLite) the 
 runs the same way, loaded with a weighted mix of read, write, list and rotate;
 ``domain``, a domain service the tool runs the same way, each request one program
 certificate issued for a fresh key's attestation (``--state-dir`` keeps the secret
-and domain targets' domain, audit log and database). The secret and domain targets'
+and domain targets' domain, audit log and database: a new directory, made 0700, or an
+empty one of the user's that others cannot write to, locked for the run so that a
+second run given it is refused). The secret and domain targets'
 servers are scraped (``/metrics``) each interval: the report's ``server`` section
 and the table's ``server`` row hold their own figures (percentiles estimated from
 histogram buckets); ``--server-metrics`` scrapes the endpoint of a server the tool
@@ -51,7 +57,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -320,20 +328,25 @@ def _run(args: argparse.Namespace) -> int:
     if args.quick and args.target is None:
         return _run_quick(args)
     config = _config(args)
-    _prepare_out(args.out)
+    _prepare_out(args.out, _names([""]))
     report = _live_run(config)
     written = None
+    failed: ConfigError | None = None
     if args.out is not None:
-        from taonet.files import atomic_write
         from taonet.loadtest import write_plots
 
-        written = args.out / "report.json"
-        atomic_write(written, json.dumps(report, indent=2).encode() + b"\n", mode=0o644)
-        write_plots(report, args.out)
+        try:
+            written = _write_report(report, args.out)
+            write_plots(report, args.out)
+        except ConfigError as exc:  # --out was checked before the run: show the results
+            failed = exc
     if wants_json(args):
         print(json.dumps(report, indent=2))
     else:
         _print_report(report, written)
+    if failed is not None:
+        saved = f"the report is in {written}" if written else "the report is not saved"
+        raise ConfigError(f"{failed}; the results are above, {saved}") from None
     if report["interrupted"]:
         print(
             "taonet: interrupted; the partial report"
@@ -351,17 +364,52 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prepare_out(out: Path | None) -> None:
-    """Check, before any load, that the report and its plots can be written to ``out``."""
+def _write_report(report: dict[str, Any], out: Path) -> Path:
+    """Write ``report`` to ``out/report.json``; its path (ConfigError if it cannot)."""
+    from taonet.files import atomic_write
+
+    written = out / "report.json"
+    atomic_write(written, json.dumps(report, indent=2).encode() + b"\n", mode=0o644)
+    return written
+
+
+def _names(prefixes: list[str]) -> list[str]:
+    """The files a run writes into ``--out``: its report and each prefix's plots."""
+    from taonet.loadtest._plots import plot_names
+
+    return ["report.json", *(name for prefix in prefixes for name in plot_names(prefix))]
+
+
+def _prepare_out(out: Path | None, names: list[str]) -> None:
+    """Check, before any load, that the report and its plots can be written to ``out``:
+    the directory is made if missing, a file can be made in it (a temporary one,
+    removed), and none of ``names`` there is a directory or anything else that is not
+    a file (a symbolic link is replaced, not followed). ConfigError if not."""
     if out is None:
         return
+    from taonet._files import file_kind
     from taonet.loadtest import require_plots
 
     require_plots()
     try:
         out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".taonet-loadtest-", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise ConfigError(f"cannot use {out} for the report: {exc.strerror}") from None
+    for name in names:
+        try:
+            mode = (out / name).lstat().st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"cannot use {out / name} for the report: {exc.strerror}") from None
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            raise ConfigError(
+                f"cannot write {out / name}: it is {file_kind(mode)}, not a file;"
+                " remove it or give another --out"
+            )
 
 
 def _live_run(config: Any, label: str = "") -> dict[str, Any]:
@@ -587,14 +635,17 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _run_quick(args: argparse.Namespace) -> int:
     """Every target briefly (see the module's text); 1 if one failed, 130 on Ctrl-C."""
-    from taonet.loadtest import TARGETS, quick_configs, run_quick
+    from taonet.loadtest import quick_configs, run_quick
 
     if args.connect is not None:
         raise UsageError("--quick runs every target on servers it starts: --connect needs --target")
+    if args.state_dir is not None:
+        raise UsageError(
+            "--quick without --target runs every target, each on servers of its own:"
+            " --state-dir needs --target secret or --target domain"
+        )
     base = _config(args)
-    targets: tuple[str, ...] = TARGETS
-    if os.environ.get(QUICK_TARGETS_VARIABLE):
-        targets = tuple(t for t in TARGETS if t in os.environ[QUICK_TARGETS_VARIABLE].split(","))
+    targets = _quick_targets()
     configs = quick_configs(
         base,
         targets=targets,
@@ -603,17 +654,26 @@ def _run_quick(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         interval=args.interval,
     )
-    _prepare_out(args.out)
+    _prepare_out(args.out, _names([f"{target}-" for target in targets]))
 
     def announce(number: int, total: int, target: str) -> None:
         print(f"taonet loadtest --quick: {number}/{total} {target}", file=sys.stderr, flush=True)
 
-    document = run_quick(
-        configs,
-        out=args.out,
-        run=lambda config: _live_run(config, f"{config.target}: "),
-        on_target=announce,
-    )
+    finished: dict[str, dict[str, Any]] = {}
+
+    def run(config: Any) -> dict[str, Any]:
+        finished[config.target] = _live_run(config, f"{config.target}: ")
+        return finished[config.target]
+
+    try:
+        document = run_quick(configs, out=args.out, run=run, on_target=announce)
+    except ConfigError as exc:  # the report could not be saved: show what was measured
+        if wants_json(args):
+            print(json.dumps({"targets": finished}, indent=2))
+        else:
+            for report in finished.values():
+                _print_report(report, None)
+        raise ConfigError(f"{exc}; the results so far are above, the report is not saved") from None
     written = None if args.out is None else args.out / "report.json"
     if wants_json(args):
         print(json.dumps(document, indent=2))
@@ -644,6 +704,26 @@ def _run_quick(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _quick_targets() -> tuple[str, ...]:
+    """The targets ``--quick`` runs: every one, or those ``TAONET_LOADTEST_QUICK_TARGETS``
+    names (ConfigError for a name that is no target, or when it names none)."""
+    from taonet.loadtest import TARGETS
+
+    value = os.environ.get(QUICK_TARGETS_VARIABLE)
+    if value is None:
+        return tuple(TARGETS)
+    names = {name.strip() for name in value.split(",")} - {""}
+    unknown = sorted(names - set(TARGETS))
+    if unknown:
+        raise ConfigError(
+            f"{QUICK_TARGETS_VARIABLE} names {unknown[0][:40]!r}, no target:"
+            f" the targets are {', '.join(TARGETS)}"
+        )
+    if not names:
+        raise ConfigError(f"{QUICK_TARGETS_VARIABLE} is set but names no target")
+    return tuple(target for target in TARGETS if target in names)
 
 
 def _plot(args: argparse.Namespace) -> int:

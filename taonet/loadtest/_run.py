@@ -26,10 +26,12 @@ it, with its exit code and when it was lost, and the run finishes with the other
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import multiprocessing
 import os
 import shutil
 import signal
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -152,16 +154,54 @@ class _ServerProcess:
             self._process.join(5)
 
 
-def _holds_files(path: str) -> bool:
+@contextlib.contextmanager
+def _claimed_state_dir(path: str | None) -> Iterator[None]:
+    """Make ``path`` the servers' state directory for the whole run (nothing if None).
+
+    A new directory is made with mode 0700. An existing one must be a directory of
+    this user's, not writable by group or others, and empty (the state of an earlier
+    run is not reused: its domain's password is gone); it is then set to 0700. An
+    exclusive ``flock`` on the directory is held until the run ends, taken before it is
+    checked: a second run given the same directory is refused (ConfigError, one line)
+    instead of sharing it. ConfigError for each refusal."""
+    if path is None:
+        yield
+        return
+    shown = path[:200]
     try:
-        with os.scandir(path) as entries:
-            return any(True for _ in entries)
-    except FileNotFoundError:
-        return False
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
     except OSError as exc:
-        raise ConfigError(
-            f"cannot use {path[:200]} for the servers' state: {exc.strerror}"
-        ) from None
+        raise ConfigError(f"cannot make the state directory {shown}: {exc.strerror}") from None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"cannot use {shown} for the servers' state: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"the state directory {shown} is in use by another run: give a new one"
+            ) from None
+        status = os.fstat(fd)
+        if status.st_uid != os.geteuid():
+            raise ConfigError(
+                f"the state directory {shown} belongs to another user (uid {status.st_uid}):"
+                " give a new one"
+            )
+        if status.st_mode & 0o022:
+            raise ConfigError(
+                f"the state directory {shown} is writable by others"
+                f" (mode {stat.S_IMODE(status.st_mode):o}): give a new one"
+            )
+        if os.listdir(fd):
+            raise ConfigError(f"the state directory {shown} is not empty: give a new one")
+        os.fchmod(fd, 0o700)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _local(port: int | None) -> tuple[str, int] | None:
@@ -170,17 +210,21 @@ def _local(port: int | None) -> tuple[str, int] | None:
 
 @contextlib.contextmanager
 def _target(config: LoadConfig) -> Iterator[TargetSpec]:
-    """The target's server (started here unless ``config.connect`` names one)."""
+    """The target's server (started here unless ``config.connect`` names one), with
+    ``config.state_dir`` claimed for the run (:func:`_claimed_state_dir`)."""
     if config.connect is not None:
         if config.tls:
             raise HostError("TLS to an echo server the tool did not start is not supported yet")
         yield TargetSpec("echo", config.connect)
         return
+    with _claimed_state_dir(config.state_dir), _server(config) as spec:
+        yield spec
+
+
+@contextlib.contextmanager
+def _server(config: LoadConfig) -> Iterator[TargetSpec]:
+    """The target's server, started by the tool (in ``config.state_dir``, claimed)."""
     server: _ServerProcess
-    if config.state_dir is not None and _holds_files(config.state_dir):
-        raise ConfigError(
-            f"the state directory {config.state_dir[:200]} is not empty: give a new one"
-        )
     if config.target == "secret":
         server = _ServerProcess(
             "secret", serve_secrets_process, config.objects, config.request_size,

@@ -207,3 +207,69 @@ def test_compare_survives_hostile_reports(tmp_path: Path) -> None:
         assert "not a load-test report" in done.stderr
         assert reason in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+def _until_measuring(process: subprocess.Popen[str]) -> None:
+    """Read the run's log (TAONET_LOG=info, json) until it says it is measuring."""
+    assert process.stderr is not None
+    for line in process.stderr:  # bounded: the run ends by itself, or is killed below
+        if "loadtest_measuring" in line:
+            return
+    raise AssertionError(f"the run never measured: {process.communicate(timeout=60)}")
+
+
+@pytest.mark.parametrize("name", ["report.json", "latency.png", "throughput.png"])
+def test_an_out_directory_that_cannot_take_the_report_is_refused_before_the_run(
+    tmp_path: Path, name: str
+) -> None:
+    # A7 finding 8: a directory where a file is written used to cost the whole run.
+    out = tmp_path / "run"
+    (out / name).mkdir(parents=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "taonet", "loadtest", "--workers", "1", "--duration", "60",
+         "--warmup", "0", "--out", str(out)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().count("\n") == 0
+    assert f"cannot write {out / name}: it is a directory, not a file" in done.stderr
+    assert done.stdout == ""  # no run, no table
+    assert sorted(p.name for p in out.iterdir()) == [name]  # the probe file is gone
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("json_output", [False, True])
+def test_a_write_that_fails_after_the_run_still_shows_its_results(
+    tmp_path: Path, json_output: bool
+) -> None:
+    # A7 finding 8: --out passed the check, then (mid-run) report.json, or a plot's
+    # name, became a directory. The results are printed before the one-line error.
+    out = tmp_path / "run"
+    blocked = out / ("latency.png" if json_output else "report.json")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "taonet", "loadtest", "--workers", "1", "--rate", "200",
+         "--duration", "60", "--warmup", "0", "--interval", "0.25", "--out", str(out),
+         *(["-o", "json"] if json_output else [])],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "TAONET_LOG": "info", "TAONET_LOG_FORMAT": "json"},
+    )  # fmt: skip
+    try:
+        _until_measuring(process)
+        blocked.mkdir()
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert process.returncode == 1, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"taonet: error: cannot write {blocked}: Is a directory; ")
+    if json_output:
+        report = json.loads(stdout)
+        assert report["results"]["ok"] > 0
+        assert last.endswith(f"the results are above, the report is in {out / 'report.json'}")
+        assert json.loads((out / "report.json").read_text()) == report
+    else:
+        assert "p99.9 ms" in stdout
+        assert last.endswith("the results are above, the report is not saved")

@@ -285,3 +285,93 @@ async def test_more_clients_than_the_default_anonymous_share_of_an_address_are_s
     timeline = report["server"]["timeline"]
     assert max(t["open_channels"] or 0 for t in timeline) == 40
     assert report["server"]["run"]["handshakes"] == {"ok": 40}
+
+
+def _domain_run(state: Path, *options: str) -> list[str]:
+    return [
+        sys.executable, "-m", "taonet", "loadtest", "--target", "domain", "--workers", "1",
+        "--clients", "2", "--rate", "20", "--warmup", "0", "--state-dir", str(state), *options,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_state_directory_in_use_is_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
+    # A7 finding 10: two runs on one new directory used to share it (one died with
+    # "wrong password or corrupted keyset"). The first holds it until it ends.
+    state, out = tmp_path / "state", tmp_path / "run"
+    first = subprocess.Popen(
+        _domain_run(state, "--duration", "120", "--out", str(out)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "TAONET_LOG": "info", "TAONET_LOG_FORMAT": "json"},
+    )  # fmt: skip
+    try:
+        assert first.stderr is not None
+        for line in first.stderr:  # bounded: the run ends by itself, or is killed below
+            if "loadtest_measuring" in line:
+                break
+        else:
+            raise AssertionError(f"the run never measured: {first.communicate(timeout=60)}")
+        second = subprocess.run(
+            _domain_run(state, "--duration", "1"),
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        os.killpg(first.pid, signal.SIGINT)
+        _, stderr = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(10)
+    assert second.returncode == 1, second.stderr
+    assert second.stderr.strip().count("\n") == 0
+    assert f"the state directory {state} is in use by another run" in second.stderr
+    # The first run was not disturbed: every request answered, its state in place.
+    assert first.returncode == 130, stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["results"]["ok"] > 0
+    assert report["results"]["errors"] == {}
+    assert (state / "domain" / AUDIT_FILE).exists()
+    assert state.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("kind", ["writable", "foreign"])
+def test_a_state_directory_others_could_write_or_own_is_refused_untouched(
+    tmp_path: Path, kind: str
+) -> None:
+    # A7 finding 10: an empty chmod 777 directory, or one owned by nobody, was filled.
+    state = tmp_path / "state"
+    state.mkdir()
+    if kind == "writable":
+        state.chmod(0o777)
+        said = f"the state directory {state} is writable by others (mode 777)"
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("giving a directory to another user needs root")
+        os.chown(state, 65534, 65534)
+        said = f"the state directory {state} belongs to another user (uid 65534)"
+    done = subprocess.run(
+        _domain_run(state, "--duration", "1"),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().count("\n") == 0
+    assert said in done.stderr
+    assert list(state.iterdir()) == []
+
+
+def test_a_state_directory_is_made_0700_or_tightened_to_it_while_claimed(
+    tmp_path: Path,
+) -> None:
+    from taonet.loadtest._run import _claimed_state_dir
+
+    made, existing = tmp_path / "made", tmp_path / "existing"
+    existing.mkdir(mode=0o755)
+    existing.chmod(0o755)
+    old = os.umask(0)
+    try:
+        with _claimed_state_dir(str(made)), _claimed_state_dir(str(existing)):
+            assert made.stat().st_mode & 0o777 == 0o700
+            assert existing.stat().st_mode & 0o777 == 0o700
+    finally:
+        os.umask(old)

@@ -239,3 +239,80 @@ def test_ctrl_c_during_quick_still_writes_the_partial_report(tmp_path: Path) -> 
     assert first["report"]["results"]["ok"] > 0
     assert first["report"]["results"]["measured_seconds"] < 30
     assert [section["status"] for section in rest] == ["not_run"] * len(rest)
+
+
+@pytest.mark.parametrize(
+    ("selection", "said"),
+    [
+        ("nonexistent", "TAONET_LOADTEST_QUICK_TARGETS names 'nonexistent', no target"),
+        ("echo,ecko", "TAONET_LOADTEST_QUICK_TARGETS names 'ecko', no target"),
+        (",", "TAONET_LOADTEST_QUICK_TARGETS is set but names no target"),
+        ("", "TAONET_LOADTEST_QUICK_TARGETS is set but names no target"),
+    ],
+)
+def test_a_quick_selection_naming_no_target_is_refused_in_one_line(
+    tmp_path: Path, selection: str, said: str
+) -> None:
+    # A7 finding 11: a typo used to run nothing and report ok (exit 0).
+    out = tmp_path / "quick"
+    done = _taonet("--quick", "--out", str(out),
+                   env={**os.environ, "TAONET_LOADTEST_QUICK_TARGETS": selection})  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().count("\n") == 0
+    assert said in done.stderr
+    assert not out.exists()
+
+
+def test_quick_over_every_target_with_a_state_directory_says_what_is_wrong() -> None:
+    done = _taonet("--quick", "--state-dir", "/tmp/x")
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0
+    assert "--state-dir needs --target secret or --target domain" in done.stderr
+    assert "keeps no state" not in done.stderr
+
+
+def test_quick_checks_every_targets_plot_names_before_any_run(tmp_path: Path) -> None:
+    # A7 finding 8: the second target's plot name is a directory: refused up front.
+    out = tmp_path / "quick"
+    (out / "secret-throughput.png").mkdir(parents=True)
+    done = _taonet("--quick", "--out", str(out),
+                   env={**os.environ, "TAONET_LOADTEST_QUICK_TARGETS": "echo,secret"})  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().count("\n") == 0
+    assert f"cannot write {out / 'secret-throughput.png'}: it is a directory" in done.stderr
+    assert "1/2" not in done.stderr  # no target ran
+    assert sorted(p.name for p in out.iterdir()) == ["secret-throughput.png"]
+
+
+@pytest.mark.slow
+def test_a_quick_report_that_cannot_be_saved_after_all_still_shows_the_results(
+    tmp_path: Path,
+) -> None:
+    # A7 finding 8: out/report.json becomes a directory while the first target measures;
+    # Ctrl-C ends it, the report cannot be saved: its table comes before the error.
+    out = tmp_path / "quick"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "taonet", "loadtest", "--quick", "--out", str(out),
+         "--workers", "1", "--duration", "60", "--warmup", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "TAONET_LOG": "info", "TAONET_LOG_FORMAT": "json",
+             "TAONET_LOADTEST_QUICK_TARGETS": "echo,handshake"},
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # bounded: the whole run ends within about 2 minutes
+            if "loadtest_measuring" in line:
+                break
+        (out / "report.json").mkdir()
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert process.returncode == 1, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"taonet: error: cannot write {out / 'report.json'}: Is a directory")
+    assert last.endswith("the results so far are above, the report is not saved")
+    assert "p99.9 ms" in stdout
+    assert "echo, open model" in stdout
