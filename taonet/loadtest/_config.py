@@ -235,6 +235,11 @@ class LoadConfig:
             raise ConfigError("--replicas needs --postgres: replicas share one PostgreSQL store")
         if self.keep_schema and self.postgres is None:
             raise ConfigError("--keep-schema needs --postgres")
+        if self.postgres is not None and self.state_dir is not None:
+            raise ConfigError(
+                "--state-dir is for the SQLite secret target and the domain target: on"
+                " PostgreSQL the run's store is its schema (--keep-schema keeps it)"
+            )
         if not all(isinstance(n, int) and 1 <= n <= MAX_REPLICAS for n in self.replicas):
             raise ConfigError(f"each replica count must be between 1 and {MAX_REPLICAS}")
         if len(set(self.replicas)) != len(self.replicas):

@@ -89,3 +89,10 @@ def test_the_mix_is_a_weighted_cycle() -> None:
 def test_a_mix_must_weigh_known_operations(mix: tuple[tuple[str, int], ...]) -> None:
     with pytest.raises(ConfigError, match="mix"):
         LoadConfig(target="secret", mix=mix)
+
+
+def test_a_state_directory_is_not_silently_ignored_on_postgres() -> None:
+    """On PostgreSQL the run keeps nothing in a state directory: one given is refused,
+    not ignored (the operator would look for a state that was never written)."""
+    with pytest.raises(ConfigError, match="--state-dir"):
+        LoadConfig(target="secret", postgres="postgresql://u@127.0.0.1/db", state_dir="/tmp/x")
