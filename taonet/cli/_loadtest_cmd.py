@@ -328,7 +328,8 @@ def _run(args: argparse.Namespace) -> int:
         from taonet.loadtest import write_plots
 
         written = args.out / "report.json"
-        atomic_write(written, json.dumps(report, indent=2).encode() + b"\n", mode=0o644)
+        data = json.dumps(report, indent=2, allow_nan=False)  # valid JSON, never NaN
+        atomic_write(written, data.encode() + b"\n", mode=0o644)
         write_plots(report, args.out)
     if wants_json(args):
         print(json.dumps(report, indent=2))

@@ -202,7 +202,8 @@ def run_quick(
         document["ok"] = not failed
         document["elapsed_s"] = round(time.monotonic() - started, 3)
         if out is not None:
-            data = json.dumps(document, indent=2).encode() + b"\n"
+            # Valid JSON or nothing: a NaN or infinity is a bug here, never written.
+            data = json.dumps(document, indent=2, allow_nan=False).encode() + b"\n"
             atomic_write(out / "report.json", data, mode=0o644)
 
     section: dict[str, Any] = {}
