@@ -207,3 +207,35 @@ def test_compare_survives_hostile_reports(tmp_path: Path) -> None:
         assert "not a load-test report" in done.stderr
         assert reason in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_compare_shows_a_reports_strings_as_they_are_never_as_markup(tmp_path: Path) -> None:
+    """Review A7 finding 6: a report's strings (and its file's name, a column header)
+    are text: "[/]" was an internal error (MarkupError), a [link=...] an OSC-8
+    hyperlink on the terminal, [bold] in a file name a style."""
+    link = "[link=https://evil.example/]echo[/link]"
+    # (compare needs a target in common: a single run's report is under its target)
+    for name, target in (("[bold]a.json", link), ("b.json", link), ("c.json", "[/]")):
+        (tmp_path / name).write_text(json.dumps({
+            "configuration": {"target": target, "model": "[blink]open"},
+            "results": {"ok": 1, "throughput_per_s": 10.0, "errors": {"[/]": 1}},
+            "rate": {"achieved_per_s": 5, "note": "[/link]"},
+        }))  # fmt: skip
+    # As on a terminal (colours, hyperlinks), and to a pipe.
+    terminal = {**os.environ, "TTY_COMPATIBLE": "1", "FORCE_COLOR": "1", "COLUMNS": "250"}
+    for env in (terminal, {**os.environ, "COLUMNS": "250"}):
+        for a, b, shown in (
+            ("[bold]a.json", "b.json", (link, "A: [bold]a.json", "[blink]open")),
+            ("b.json", "[bold]a.json", (link, "B: [bold]a.json")),
+            ("c.json", "c.json", ("[/]",)),
+        ):
+            done = subprocess.run(
+                [sys.executable, "-m", "taonet", "loadtest", "compare", a, b],
+                capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path, env=env,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            assert done.stderr == ""
+            assert "\x1b]8;" not in done.stdout  # no hyperlink
+            assert "\x1b[5m" not in done.stdout  # no blink
+            for text in shown:
+                assert text in done.stdout
