@@ -239,3 +239,59 @@ def test_compare_shows_a_reports_strings_as_they_are_never_as_markup(tmp_path: P
             assert "\x1b[5m" not in done.stdout  # no blink
             for text in shown:
                 assert text in done.stdout
+
+
+@pytest.mark.slow
+def test_a_hostile_metrics_endpoint_still_gives_a_valid_json_report(tmp_path: Path) -> None:
+    """Review A7 finding 3 as the review ran it: ``--server-metrics`` on an endpoint
+    whose counters jump to 1e308 (and past a float), with bucket bounds of +-1e308 and
+    a counter gone negative. The report is valid JSON (no Infinity, no NaN) that
+    compare and plot read, and the table shows no inf or nan."""
+    import socketserver
+    import threading
+
+    from .test_scrape import _HOSTILE
+
+    served = iter(range(10**9))
+
+    class Hostile(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            body = _HOSTILE[next(served) % len(_HOSTILE)].encode()
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Hostile) as server:
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.server_address[1]
+        out = tmp_path / "out"
+        done = subprocess.run(
+            [sys.executable, "-m", "taonet", "loadtest", "--target", "echo", "--workers", "1",
+             "--rate", "50", "--duration", "2", "--warmup", "0.5", "--interval", "0.25",
+             "--server-metrics", f"127.0.0.1:{port}", "--out", str(out)],
+            capture_output=True, text=True, timeout=120, check=False,
+            env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+        server.shutdown()
+    assert done.returncode == 0, done.stderr
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} in the report")
+
+    report = json.loads((out / "report.json").read_text(), parse_constant=refuse)
+    assert report["server"]["failed_scrapes"].get("out_of_range", 0) >= 1
+    assert report["server"]["scrapes"] >= 2
+    row = next(line for line in done.stdout.splitlines() if "server (est.)" in line)
+    assert "inf" not in row.lower()
+    assert "nan" not in row.lower()
+    saved = str(out / "report.json")
+    for command in (
+        ["compare", saved, saved],
+        ["plot", saved, "--out", str(tmp_path / "plots")],
+    ):
+        again = subprocess.run(
+            [sys.executable, "-m", "taonet", "loadtest", *command],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr
