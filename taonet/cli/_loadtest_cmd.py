@@ -369,7 +369,8 @@ def _write_report(report: dict[str, Any], out: Path) -> Path:
     from taonet.files import atomic_write
 
     written = out / "report.json"
-    atomic_write(written, json.dumps(report, indent=2).encode() + b"\n", mode=0o644)
+    data = json.dumps(report, indent=2, allow_nan=False)  # valid JSON, never NaN
+    atomic_write(written, data.encode() + b"\n", mode=0o644)
     return written
 
 
@@ -447,6 +448,7 @@ def _ms(value: float | None) -> str:
 def _print_report(report: dict[str, Any], written: Path | None) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     results = report["results"]
     latency = results["latency_ms"]
@@ -459,7 +461,8 @@ def _print_report(report: dict[str, Any], written: Path | None) -> None:
         count = len(report.get("replicas", []))
         last = " (the last phase)" if report.get("scale") else ""
         title += f", PostgreSQL, {count} replica{'s' if count != 1 else ''}{last}"
-    table = Table(title=title)
+    # Strings from a report are shown as they are, never read as rich markup.
+    table = Table(title=Text(title))
     table.add_column("requests")
     for column in ("p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "ok/s", "ok", "errors"):
         table.add_column(column, justify="right")
@@ -468,14 +471,14 @@ def _print_report(report: dict[str, Any], written: Path | None) -> None:
         *(_ms(latency[k]) for k in ("p50", "p90", "p99", "p99_9", "max")),
         f"{results['throughput_per_s']:,.1f}",
         str(results["ok"]),
-        ", ".join(f"{k} {v}" for k, v in results["errors"].items()) or "0",
+        Text(", ".join(f"{k} {v}" for k, v in results["errors"].items()) or "0"),
     )
     operations = results.get("operations", {})
     if len(operations) > 1:
         for op, stats in operations.items():
             ops_latency = stats["latency_ms"]
             table.add_row(
-                op,
+                Text(op),
                 *(_ms(ops_latency[k]) for k in ("p50", "p90", "p99", "p99_9", "max")),
                 "",
                 str(stats["ok"]),
@@ -534,13 +537,13 @@ def _print_report(report: dict[str, Any], written: Path | None) -> None:
                 highlight=False,
             )
         elif replica.get("status") == "died":
-            console.print(replica["note"], soft_wrap=True)
-    console.print(report["rate"]["note"], soft_wrap=True)
+            console.print(replica["note"], soft_wrap=True, markup=False)
+    console.print(report["rate"]["note"], soft_wrap=True, markup=False)
     for worker in report["workers"]:
         if worker.get("status") == "died":
-            console.print(worker["note"], soft_wrap=True)
+            console.print(worker["note"], soft_wrap=True, markup=False)
     if written is not None:
-        console.print(f"report: {written}", soft_wrap=True, highlight=False)
+        console.print(f"report: {written}", soft_wrap=True, highlight=False, markup=False)
 
 
 def _scale_table(rows: list[dict[str, Any]]) -> Any:
@@ -608,20 +611,23 @@ def _compare(args: argparse.Namespace) -> int:
     require_extras()
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
+    # Every header and cell is Text: what comes from a report (or a file name) is
+    # shown as it is, never read as rich markup (no style, no link, no MarkupError).
     table = Table(title="taonet loadtest compare")
     table.add_column("")
-    table.add_column(f"A: {args.a}", justify="right")
-    table.add_column(f"B: {args.b}", justify="right")
+    table.add_column(Text(f"A: {args.a}"), justify="right")
+    table.add_column(Text(f"B: {args.b}"), justify="right")
     table.add_column("B/A", justify="right")
     for target, label, va, vb, ratio in rows:
         if several and label == "target":
             table.add_section()
         table.add_row(
-            f"{target[:40]}: {label}" if several else label,
-            "-" if va is None else str(va),
-            "-" if vb is None else str(vb),
-            ratio,
+            Text(f"{target[:40]}: {label}" if several else str(label)),
+            Text("-" if va is None else str(va)),
+            Text("-" if vb is None else str(vb)),
+            Text(str(ratio)),
         )
     console = Console()
     if not console.is_terminal:

@@ -4,8 +4,11 @@
 as :func:`~taonet.loadtest.run_load` returns it or as read from a file) and return
 what :mod:`taonet.loadtest._plots` draws, so that what is drawn can be checked without
 looking at pixels. A report read from a file may be anything: each value used is
-checked (a number, finite, not negative; the timeline a list of at most
-:data:`MAX_POINTS` objects in increasing time; texts short) and anything else is a
+checked (a number, finite, not negative, at most :data:`MAX_MS` for a latency and
+:data:`MAX_VALUE` for anything else, so that what is drawn stays in matplotlib's
+range; the interval at least :data:`~taonet.loadtest._config.MIN_INTERVAL`; the
+timeline a list of at most :data:`MAX_POINTS` objects in increasing time, as many as
+the longest run has; texts short) and anything else is a
 :class:`~taonet.ConfigError` whose message says where, never quoting the report.
 """
 
@@ -18,11 +21,13 @@ from typing import Any, Final
 import attrs
 
 from taonet import ConfigError
-from taonet.loadtest._config import offered_between
+from taonet.loadtest._config import MAX_RUN_SECONDS, MIN_INTERVAL, offered_between
 
 __all__ = [
     "KEPT_UP_SHARE",
+    "MAX_MS",
     "MAX_POINTS",
+    "MAX_VALUE",
     "PLOTTED",
     "LatencySeries",
     "ThroughputSeries",
@@ -30,8 +35,13 @@ __all__ = [
     "throughput_series",
 ]
 
-#: The most intervals a plot takes (a report with more is refused, not drawn).
-MAX_POINTS: Final = 100_000
+#: The most intervals a plot takes (a report with more is refused, not drawn): as
+#: many as the longest run at the shortest interval has, which bounds the drawing's cost.
+MAX_POINTS: Final = math.ceil(MAX_RUN_SECONDS / MIN_INTERVAL)
+#: The largest latency drawn, in ms (almost three hours: no request of a run waits longer).
+MAX_MS: Final = 1e7
+#: The largest count, rate or time in seconds drawn (a billion: far above any run's).
+MAX_VALUE: Final = 1e9
 #: The percentiles drawn: (legend label, timeline key).
 PLOTTED: Final = (
     ("p50", "p50_ms"),
@@ -99,13 +109,17 @@ def _field(mapping: Any, key: str, where: str) -> Any:
     return mapping[key]
 
 
-def _number(value: Any, where: str, *, optional: bool = False) -> float | None:
+def _number(
+    value: Any, where: str, *, optional: bool = False, most: float = MAX_VALUE
+) -> float | None:
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ConfigError(f"not a load-test report: {where} is not a number")
     if value < 0:
         raise ConfigError(f"not a load-test report: {where} is negative")
+    if value > most:
+        raise ConfigError(f"not a load-test report: {where} is above {most:g}")
     return float(value)
 
 
@@ -175,7 +189,7 @@ def latency_series(report: dict[str, Any]) -> LatencySeries:
         values = []
         for n, entry in enumerate(timeline):
             # A report from before p90 and p99.9 were kept per interval: a gap.
-            value = _number(entry.get(key), f"timeline entry {n} {key}", optional=True)
+            value = _number(entry.get(key), f"timeline entry {n} {key}", optional=True, most=MAX_MS)
             values.append(None if value is None or value <= 0 else value)
         percentiles.append((label, tuple(values)))
     errors = []
@@ -203,8 +217,8 @@ def throughput_series(report: dict[str, Any]) -> ThroughputSeries:
     interval = _required(_field(config, "interval", "the configuration"), "the interval")
     warmup = _required(_field(config, "warmup", "the configuration"), "the warm-up")
     duration = _required(_field(config, "duration", "the configuration"), "the duration")
-    if interval <= 0:
-        raise ConfigError("not a load-test report: its interval is not positive")
+    if interval < MIN_INTERVAL:
+        raise ConfigError(f"not a load-test report: its interval is below {MIN_INTERVAL:g} s")
     rate_section = _field(report, "rate", "the report")
     timeline = _timeline(report)
     t_s = _times(timeline)

@@ -6,7 +6,8 @@ Two steps, so that what is drawn can be checked without looking at pixels:
 ConfigError for a report that does not hold what they need), and :func:`figures`
 draws exactly those series with matplotlib (the ``plots`` extra, imported only when
 drawing, on its Agg backend: no display is needed); :func:`write_plots` writes them
-as PNG files, atomically.
+as PNG files, atomically, only directly in the directory it is given (a file name
+prefix that would lead elsewhere is refused).
 
 * ``latency.png``: p50, p90, p99, p99.9 and max of each interval on a log scale, in
   milliseconds from each request's intended send time (open model); the warm-up,
@@ -69,17 +70,35 @@ def figures(report: dict[str, Any]) -> tuple[Figure, Figure]:
 def write_plots(report: dict[str, Any], directory: Path, *, prefix: str = "") -> list[Path]:
     """Draw ``report``'s latency and throughput plots into ``directory``; their paths.
 
-    MissingExtraError without matplotlib, ConfigError for a malformed report (before
-    anything is written) or a file that cannot be written."""
+    MissingExtraError without matplotlib, ConfigError for a malformed report or a
+    ``prefix`` that would put a file anywhere but directly in ``directory`` (both
+    before anything is written), for a report matplotlib cannot draw, or for a file
+    that cannot be written."""
+    from taonet import ConfigError
     from taonet.files import atomic_write
 
+    names = plot_names(prefix)
+    for name in names:
+        # The prefix may come from a report's target name: a plain file name only.
+        if (
+            any(c in name for c in "/\\\0")
+            or name.startswith(".")
+            or ((directory / name).parent != directory)
+        ):
+            raise ConfigError(f"a plot's file name must be a plain name in {directory}")
+    drawn = []
+    try:
+        for figure in figures(report):
+            buffer = io.BytesIO()
+            # No software version in the file: the same report draws the same bytes.
+            figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+            drawn.append(buffer.getvalue())
+    except (OverflowError, ValueError) as exc:  # matplotlib's, for what it cannot lay out
+        raise ConfigError(f"cannot draw the report's plots: {str(exc)[:100]}") from None
     paths = []
-    for name, figure in zip(plot_names(prefix), figures(report), strict=True):
-        buffer = io.BytesIO()
-        # No software version in the file: the same report draws the same bytes.
-        figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    for name, data in zip(names, drawn, strict=True):
         path = directory / name
-        atomic_write(path, buffer.getvalue(), mode=0o644)
+        atomic_write(path, data, mode=0o644)
         paths.append(path)
     return paths
 

@@ -202,7 +202,8 @@ def run_quick(
         document["ok"] = not failed
         document["elapsed_s"] = round(time.monotonic() - started, 3)
         if out is not None:
-            data = json.dumps(document, indent=2).encode() + b"\n"
+            # Valid JSON or nothing: a NaN or infinity is a bug here, never written.
+            data = json.dumps(document, indent=2, allow_nan=False).encode() + b"\n"
             atomic_write(out / "report.json", data, mode=0o644)
 
     section: dict[str, Any] = {}
@@ -275,7 +276,14 @@ def is_quick_report(document: dict[str, Any]) -> bool:
 
 def target_reports(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per target, its single-run report: a quick report's targets that ran, or a
-    single run's report under its target's name."""
+    single run's report under its target's name.
+
+    A quick report's target names become file names (``plot`` draws
+    ``<target>-latency.png``): a quick report naming anything but one of
+    :data:`~taonet.loadtest._config.TARGETS` is a ConfigError (so it holds at most
+    ``len(TARGETS)`` of them)."""
+    from taonet import ConfigError
+
     if not is_quick_report(document):
         configuration = document.get("configuration")
         target = configuration.get("target") if isinstance(configuration, dict) else None
@@ -283,6 +291,11 @@ def target_reports(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     targets = document.get("targets")
     if not isinstance(targets, dict):
         return {}
+    if any(name not in TARGETS for name in targets):
+        raise ConfigError(
+            f"not a load-test report: its targets ({_names(targets)}) are not all among "
+            + ", ".join(TARGETS)
+        )
     return {
         str(name): section["report"]
         for name, section in targets.items()

@@ -9,7 +9,11 @@ answer, a time limit for the whole exchange (connection included); what it reads
 is parsed with prometheus-client's parser, and only the service's known families
 are kept, at most :data:`MAX_SERIES` series each, label values cut to
 :data:`MAX_LABEL` characters. A scrape that fails (refused, too slow, too large, not
-HTTP 200, not the exposition format) is counted by kind, never fatal.
+HTTP 200, not the exposition format, or ``out_of_range``: a count or sum that is NaN,
+negative or above :data:`MAX_VALUE`) is counted by kind, never fatal; it is left out,
+so the next interval is measured from the last good scrape. Bucket bounds that are
+negative, NaN or finite above :data:`MAX_VALUE` are dropped (``+Inf`` is kept), so
+every figure of the ``server`` section is finite (an estimate that is not is None).
 
 :meth:`Scraper.section` makes the report's ``server`` section from the differences
 between consecutive scrapes: per scrape interval the request rate by operation and
@@ -36,7 +40,15 @@ from taonet._log import get_logger
 from taonet.loadtest._config import loopback_address
 from taonet.loadtest._extras import metrics_parser
 
-__all__ = ["MAX_BYTES", "MAX_SCRAPES", "MAX_SERIES", "ScrapeError", "Scraper", "Snapshot"]
+__all__ = [
+    "MAX_BYTES",
+    "MAX_SCRAPES",
+    "MAX_SERIES",
+    "MAX_VALUE",
+    "ScrapeError",
+    "Scraper",
+    "Snapshot",
+]
 
 log = get_logger(__name__)
 
@@ -50,6 +62,10 @@ MAX_LABEL: Final = 40
 MAX_SCRAPES: Final = 1000
 #: Seconds one scrape may take, at most (less when the interval is short).
 MAX_SCRAPE_SECONDS: Final = 1.0
+#: The largest count, sum or bucket bound taken from a scrape (2**53: a float's
+#: integers are exact up to it; sums of MAX_SERIES of them, divided by a scrape
+#: interval, stay finite).
+MAX_VALUE: Final = float(2**53)
 #: The services whose families are read: ``taonet_<service>_...``.
 SERVICES: Final = ("secret_server", "domain_service")
 #: Samples read from one exposition, at most (a service's are a few hundred).
@@ -150,8 +166,12 @@ def parse_exposition(text: str, t: float, service: str | None) -> tuple[str | No
         return by_name.get(f"{prefix}_{name}{suffix}", [])
 
     def number(value: Any) -> float:
+        # A counter is never negative, NaN or past MAX_VALUE: such a scrape is refused
+        # (clamping it to 0 would show the next interval a jump that never happened).
         v = float(value)
-        return v if math.isfinite(v) and v >= 0 else 0.0
+        if not 0 <= v <= MAX_VALUE:
+            raise ScrapeError("out_of_range", f"a sample's value {v:g} is out of range")
+        return v
 
     requests: dict[str, float] = {}
     for s in samples("requests", "_total"):
@@ -162,13 +182,15 @@ def parse_exposition(text: str, t: float, service: str | None) -> tuple[str | No
     for s in samples("request_seconds", "_bucket"):
         op = _label(s.labels.get("operation"))
         if op in latency or len(latency) < MAX_SERIES:
-            latency.setdefault(op, []).append((_bound(s.labels.get("le")), number(s.value)))
+            bound = _bound(s.labels.get("le"))
+            if bound is not None:
+                latency.setdefault(op, []).append((bound, number(s.value)))
     gauge = samples("open_channels")
     handshakes: dict[str, float] = {}
     for s in samples("handshakes", "_total")[:MAX_SERIES]:
         handshakes[_label(s.labels.get("outcome"))] = number(s.value)
-    audit = [(_bound(s.labels.get("le")), number(s.value))
-             for s in samples("audit_write_seconds", "_bucket")]  # fmt: skip
+    audit = [(bound, number(s.value)) for s in samples("audit_write_seconds", "_bucket")
+             if (bound := _bound(s.labels.get("le"))) is not None]  # fmt: skip
     audit_sum = samples("audit_write_seconds", "_sum")
     return service, Snapshot(
         t=t,
@@ -181,12 +203,16 @@ def parse_exposition(text: str, t: float, service: str | None) -> tuple[str | No
     )
 
 
-def _bound(text: object) -> float:
+def _bound(text: object) -> float | None:
+    """A bucket's upper bound: ``+Inf`` (or an unreadable one) is infinite; None (the
+    bucket is dropped) for a bound that is negative, NaN or finite above MAX_VALUE."""
     try:
         value = float(str(text))
     except ValueError:
         return math.inf
-    return value if not math.isnan(value) else math.inf
+    if value == math.inf:
+        return value
+    return value if 0 <= value <= MAX_VALUE else None
 
 
 def _sorted(buckets: list[tuple[float, float]]) -> Buckets:
@@ -229,8 +255,13 @@ def _estimates(buckets: Buckets) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for key, q in _PERCENTILES:
         value = quantile(q, buckets)
-        out[key] = None if value is None else round(value * 1000, 3)
+        out[key] = _finite(None if value is None else value * 1000)
     return out
+
+
+def _finite(value: float | None) -> float | None:
+    """``value`` rounded, or None when it is not a finite number (never in a report)."""
+    return round(value, 3) if value is not None and math.isfinite(value) else None
 
 
 def _counts(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
@@ -259,7 +290,7 @@ def _between(a: Snapshot, b: Snapshot) -> dict[str, Any]:
         "audit_writes": int(audit_count),
         "audit_write_ms_est": {
             **_estimates(audit),
-            "mean": round(1000 * (b.audit_sum - a.audit_sum) / audit_count, 3)
+            "mean": _finite(1000 * max(0.0, b.audit_sum - a.audit_sum) / audit_count)
             if audit_count
             else None,
         },

@@ -273,3 +273,91 @@ def test_a_write_that_fails_after_the_run_still_shows_its_results(
     else:
         assert "p99.9 ms" in stdout
         assert last.endswith("the results are above, the report is not saved")
+
+
+def test_compare_shows_a_reports_strings_as_they_are_never_as_markup(tmp_path: Path) -> None:
+    """Review A7 finding 6: a report's strings (and its file's name, a column header)
+    are text: "[/]" was an internal error (MarkupError), a [link=...] an OSC-8
+    hyperlink on the terminal, [bold] in a file name a style."""
+    link = "[link=https://evil.example/]echo[/link]"
+    # (compare needs a target in common: a single run's report is under its target)
+    for name, target in (("[bold]a.json", link), ("b.json", link), ("c.json", "[/]")):
+        (tmp_path / name).write_text(json.dumps({
+            "configuration": {"target": target, "model": "[blink]open"},
+            "results": {"ok": 1, "throughput_per_s": 10.0, "errors": {"[/]": 1}},
+            "rate": {"achieved_per_s": 5, "note": "[/link]"},
+        }))  # fmt: skip
+    # As on a terminal (colours, hyperlinks), and to a pipe.
+    terminal = {**os.environ, "TTY_COMPATIBLE": "1", "FORCE_COLOR": "1", "COLUMNS": "250"}
+    for env in (terminal, {**os.environ, "COLUMNS": "250"}):
+        for a, b, shown in (
+            ("[bold]a.json", "b.json", (link, "A: [bold]a.json", "[blink]open")),
+            ("b.json", "[bold]a.json", (link, "B: [bold]a.json")),
+            ("c.json", "c.json", ("[/]",)),
+        ):
+            done = subprocess.run(
+                [sys.executable, "-m", "taonet", "loadtest", "compare", a, b],
+                capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path, env=env,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            assert done.stderr == ""
+            assert "\x1b]8;" not in done.stdout  # no hyperlink
+            assert "\x1b[5m" not in done.stdout  # no blink
+            for text in shown:
+                assert text in done.stdout
+
+
+@pytest.mark.slow
+def test_a_hostile_metrics_endpoint_still_gives_a_valid_json_report(tmp_path: Path) -> None:
+    """Review A7 finding 3 as the review ran it: ``--server-metrics`` on an endpoint
+    whose counters jump to 1e308 (and past a float), with bucket bounds of +-1e308 and
+    a counter gone negative. The report is valid JSON (no Infinity, no NaN) that
+    compare and plot read, and the table shows no inf or nan."""
+    import socketserver
+    import threading
+
+    from .test_scrape import _HOSTILE
+
+    served = iter(range(10**9))
+
+    class Hostile(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            body = _HOSTILE[next(served) % len(_HOSTILE)].encode()
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Hostile) as server:
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.server_address[1]
+        out = tmp_path / "out"
+        done = subprocess.run(
+            [sys.executable, "-m", "taonet", "loadtest", "--target", "echo", "--workers", "1",
+             "--rate", "50", "--duration", "2", "--warmup", "0.5", "--interval", "0.25",
+             "--server-metrics", f"127.0.0.1:{port}", "--out", str(out)],
+            capture_output=True, text=True, timeout=120, check=False,
+            env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+        server.shutdown()
+    assert done.returncode == 0, done.stderr
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} in the report")
+
+    report = json.loads((out / "report.json").read_text(), parse_constant=refuse)
+    assert report["server"]["failed_scrapes"].get("out_of_range", 0) >= 1
+    assert report["server"]["scrapes"] >= 2
+    row = next(line for line in done.stdout.splitlines() if "server (est.)" in line)
+    assert "inf" not in row.lower()
+    assert "nan" not in row.lower()
+    saved = str(out / "report.json")
+    for command in (
+        ["compare", saved, saved],
+        ["plot", saved, "--out", str(tmp_path / "plots")],
+    ):
+        again = subprocess.run(
+            [sys.executable, "-m", "taonet", "loadtest", *command],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr

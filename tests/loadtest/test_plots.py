@@ -282,3 +282,132 @@ def test_without_matplotlib_plots_are_one_line_saying_what_to_install(
     assert done.stderr.count("\n") == 1
     assert "pip install 'taonet[plots]'" in done.stderr
     assert not (tmp_path / "d").exists()  # refused before any load, nothing written
+
+
+# --- Review A7 findings 2 and 7: a hand-made report must not write outside --out,
+# crash matplotlib, or cost without bound ----------------------------------------------
+
+
+def _quick_report(report: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """A quick report holding ``report`` (a real run's) under each of ``names``."""
+    return {
+        "schema": 1,
+        "kind": "quick",
+        "targets": {
+            name: {"status": "ok", "reason": None, "plots": [], "report": report} for name in names
+        },
+    }
+
+
+def _plot_cli(document: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    saved = tmp_path / "hostile.json"
+    saved.write_text(json.dumps(document))
+    return subprocess.run(
+        [sys.executable, "-m", "taonet", "loadtest", "plot", str(saved),
+         "--out", str(tmp_path / "out" / "plots")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "name", ["../escaped", "../../escaped", "ABSOLUTE/owned", "a\x00b", "x/y", ".hidden", "\\x"]
+)
+def test_a_quick_reports_target_name_cannot_put_a_plot_outside_out(
+    report: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "owned-latency.png").write_bytes(b"the victim's own file")
+    name = name.replace("ABSOLUTE", str(victim))
+    done = _plot_cli(_quick_report(report, ["echo", name]), tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("\n") == 1
+    assert done.stderr.startswith("taonet: error: ")
+    assert "not a load-test report" in done.stderr
+    # Nothing written anywhere: not above --out, not at the absolute path, not in --out.
+    assert _files(tmp_path) == {"hostile.json", "victim/owned-latency.png"}
+    assert (victim / "owned-latency.png").read_bytes() == b"the victim's own file"
+
+
+@pytest.mark.parametrize("prefix", ["../", "../x-", "/tmp/x-", "a/b-", "a\x00b-", ".", "..", "\\"])
+def test_write_plots_writes_only_plain_names_directly_in_its_directory(
+    report: dict[str, Any], prefix: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ConfigError, match="plain name"):
+        write_plots(report, out, prefix=prefix)
+    assert _files(tmp_path) == set()
+
+
+def test_a_quick_report_plots_at_most_one_pair_per_known_target(
+    report: dict[str, Any], tmp_path: Path
+) -> None:
+    # The review's hostile_many.json: 40 targets, 80 PNGs. Only TARGETS' names are
+    # taken, so a quick report draws at most len(TARGETS) pairs.
+    names = [f"t{n}" for n in range(40)]
+    done = _plot_cli(_quick_report(report, names), tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1
+    assert "and 32 more" in done.stderr
+    assert _files(tmp_path) == {"hostile.json"}
+    from taonet.loadtest._config import TARGETS
+
+    done = _plot_cli(_quick_report(report, list(TARGETS)), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.split()) == 2 * len(TARGETS)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("max_ms", 1e300), ("p50_ms", 1e8), ("ok", 1e300), ("t_s", 1e300), ("errors", 1e12)],
+)
+def test_huge_finite_values_are_refused_in_one_line_not_a_crash(
+    report: dict[str, Any], key: str, value: float, tmp_path: Path
+) -> None:
+    # The review's hostile_1e300.json: max_ms 1e300 was OverflowError in matplotlib.
+    bad = copy.deepcopy(report)
+    bad["timeline"][-1][key] = value
+    done = _plot_cli(bad, tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("\n") == 1
+    assert "not a load-test report" in done.stderr
+    assert not (tmp_path / "out" / "plots").exists() or _files(tmp_path / "out" / "plots") == set()
+
+
+@pytest.mark.parametrize(
+    ("where", "value"), [("interval", 1e-300), ("rate", 1e300), ("warmup", 1e300)]
+)
+def test_a_configuration_that_would_overflow_the_plot_is_refused(
+    report: dict[str, Any], where: str, value: float, tmp_path: Path
+) -> None:
+    bad = copy.deepcopy(report)
+    bad["configuration"][where] = value
+    with pytest.raises(ConfigError, match="not a load-test report"):
+        write_plots(bad, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_plots_cost_is_bounded_by_the_longest_run() -> None:
+    from taonet.loadtest._config import MAX_RUN_SECONDS, MIN_INTERVAL
+
+    assert MAX_POINTS == math.ceil(MAX_RUN_SECONDS / MIN_INTERVAL) <= 36_000
+
+
+def test_what_matplotlib_cannot_draw_is_a_config_error(
+    report: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import taonet.loadtest._plots as plots
+
+    class Unlayable:
+        def savefig(self, *args: Any, **kwargs: Any) -> None:
+            raise OverflowError("cannot convert float infinity to integer")
+
+    monkeypatch.setattr(plots, "figures", lambda _report: (Unlayable(), Unlayable()))
+    with pytest.raises(ConfigError, match="cannot draw the report's plots"):
+        write_plots(report, tmp_path)
+    assert list(tmp_path.iterdir()) == []

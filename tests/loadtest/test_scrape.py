@@ -5,6 +5,7 @@ run: each scrape is bounded in time and size and a failed one is counted."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from collections.abc import Awaitable, Callable
@@ -225,3 +226,143 @@ def test_without_prometheus_client_the_scraper_says_what_to_install(
     monkeypatch.setitem(sys.modules, "prometheus_client.parser", None)
     with pytest.raises(MissingExtraError, match=r"pip install 'taonet\[loadtest\]'"):
         Scraper(("127.0.0.1", 9100), interval=1.0, run_seconds=10.0)
+
+
+# --- Review A7 finding 3: a hostile /metrics must not put Infinity or NaN in a report --
+
+_HEAD = (
+    "# TYPE taonet_secret_server_requests counter\n"
+    "# TYPE taonet_secret_server_request_seconds histogram\n"
+    "# TYPE taonet_secret_server_audit_write_seconds histogram\n"
+)
+
+
+def _exposition(
+    count: float, *, bounds: tuple[str, ...] = ("0.01",), audit_sum: float = 1.0
+) -> str:
+    """A secret server's exposition whose every counter is ``count``."""
+    lines = [
+        f'taonet_secret_server_requests_total{{operation="read",outcome="ok"}} {count!r}',
+        f'taonet_secret_server_requests_total{{operation="write",outcome="ok"}} {count!r}',
+    ]
+    for op in ("read", "write"):
+        for le in (*bounds, "+Inf"):
+            lines.append(
+                f'taonet_secret_server_request_seconds_bucket{{operation="{op}",le="{le}"}}'
+                f" {count!r}"
+            )
+        lines.append(f'taonet_secret_server_request_seconds_count{{operation="{op}"}} {count!r}')
+        lines.append(f'taonet_secret_server_request_seconds_sum{{operation="{op}"}} 1')
+    for le in (*bounds, "+Inf"):
+        lines.append(f'taonet_secret_server_audit_write_seconds_bucket{{le="{le}"}} {count!r}')
+    lines.append(f"taonet_secret_server_audit_write_seconds_count {count!r}")
+    lines.append(f"taonet_secret_server_audit_write_seconds_sum {audit_sum!r}")
+    return _HEAD + "\n".join(lines) + "\n"
+
+
+def _scripted(bodies: list[str]) -> Handler:
+    """An endpoint answering its n-th scrape with ``bodies[n]`` (the last one after)."""
+    served = 0
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal served
+        await _read_request(stream)
+        body = bodies[min(served, len(bodies) - 1)].encode()
+        served += 1
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+
+    return handler
+
+
+# The review's hostile endpoint: counters jumping between 1 and 1e308 (and past a
+# float: 1e400 reads as inf), bucket bounds of 1e308 and -1e308, a negative counter.
+_HOSTILE = [
+    _exposition(1.0),
+    _exposition(1e308, bounds=("1e308",)),
+    _exposition(2.0, bounds=("-1e308",)),
+    _exposition(1e400, bounds=("1e308",)),
+    _exposition(-5.0),
+    _exposition(3.0, bounds=("-1", "1e308", "0.01"), audit_sum=1e308),
+    _exposition(float(2**53), bounds=(str(float(2**53)),)),
+    _exposition(4.0),
+]
+
+
+def _all_numbers(value: Any) -> list[float]:
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _all_numbers(v)]
+    if isinstance(value, list | tuple):
+        return [n for v in value for n in _all_numbers(v)]
+    return [float(value)] if isinstance(value, int | float) and not isinstance(value, bool) else []
+
+
+async def test_a_hostile_endpoint_never_puts_a_non_finite_figure_in_the_section() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            address = await _serve(nursery, _scripted(_HOSTILE))
+            scraper = Scraper(address, interval=1.0, run_seconds=len(_HOSTILE))
+            for t in range(len(_HOSTILE)):
+                await trio.to_thread.run_sync(scraper.scrape, float(t))
+            nursery.cancel_scope.cancel()
+    # 1e308 and 1e400 counters, the negative one and the 1e308 audit sum: refused,
+    # counted, left out.
+    assert dict(scraper.failures) == {"out_of_range": 4}
+    section = scraper.section(warmup=0.0)
+    json.dumps(section, allow_nan=False)  # valid JSON: no Infinity, no NaN
+    assert all(math.isfinite(n) and n >= 0 for n in _all_numbers(section))
+    # The -1e308 and 1e308 bounds were dropped: every estimate is within a real bucket.
+    for interval in section["timeline"]:
+        for value in interval["latency_ms_est"].values():
+            assert value is None or value <= 2**53 * 1000
+    assert len(scraper.snapshots) == 4
+    assert all(
+        i["audit_write_ms_est"]["mean"] is None or math.isfinite(i["audit_write_ms_est"]["mean"])
+        for i in section["timeline"]
+    )
+
+
+async def test_a_refused_scrape_is_left_out_not_a_fake_spike() -> None:
+    # 10, then a counter gone negative (a hostile or broken server), then 20: the
+    # interval is measured from the last good scrape, 10 requests, not 20 from a 0.
+    bodies = [_exposition(10.0), _exposition(-3.0), _exposition(20.0)]
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            address = await _serve(nursery, _scripted(bodies))
+            scraper = Scraper(address, interval=1.0, run_seconds=3.0)
+            for t in range(3):
+                await trio.to_thread.run_sync(scraper.scrape, float(t))
+            nursery.cancel_scope.cancel()
+    assert dict(scraper.failures) == {"out_of_range": 1}
+    section = scraper.section(warmup=0.0)
+    assert [i["requests"] for i in section["timeline"]] == [{"read:ok": 10, "write:ok": 10}]
+
+
+@pytest.mark.parametrize("value", ["NaN", "-1", "1e308", "+Inf", str(2**53 + 2**11)])
+def test_a_sample_out_of_range_refuses_the_scrape(value: str) -> None:
+    text = _HEAD + f'taonet_secret_server_requests_total{{operation="read",outcome="ok"}} {value}\n'
+    with pytest.raises(ScrapeError) as caught:
+        parse_exposition(text, 0.0, None)
+    assert caught.value.kind == "out_of_range"
+
+
+@pytest.mark.slow
+async def test_a_run_against_a_hostile_endpoint_writes_a_valid_json_report() -> None:
+    """The review's repro on real processes: a run scraping the hostile endpoint above
+    each interval; its report is valid JSON and its server figures finite."""
+    server = ControlledEcho()
+    bodies = _HOSTILE * 4
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            address = await _serve(nursery, _scripted(bodies))
+            report: dict[str, Any] = await run_against(
+                server, workers=1, rate=50, clients=2, duration=2.0, warmup=0.5,
+                interval=0.25, server_metrics=address,
+            )  # fmt: skip
+            nursery.cancel_scope.cancel()
+    assert report["results"]["ok"] >= 50
+    text = json.dumps(report, allow_nan=False)
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the report"))
+    section = report["server"]
+    assert section["failed_scrapes"].get("out_of_range", 0) >= 2
+    assert section["scrapes"] >= 2
+    assert all(math.isfinite(n) for n in _all_numbers(section))
