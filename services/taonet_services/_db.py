@@ -200,12 +200,12 @@ def _parse_url(url: str | os.PathLike[str]) -> tuple[Dialect, str]:
 
 
 def _redact(url: str) -> str:
-    """The URL without a password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url[:_MAX_DETAIL]
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()[:_MAX_DETAIL]
+    """The URL without a password (``user:***@`` and every query parameter libpq reads
+    as ``password``, percent-encoded or not), for messages: the load test's redaction,
+    one function for both."""
+    from taonet.loadtest._pgurl import redact
+
+    return redact(url)[:_MAX_DETAIL]
 
 
 class _Backend:
