@@ -203,9 +203,9 @@ def _redact(url: str) -> str:
     """The URL without a password (``user:***@`` and every query parameter libpq reads
     as ``password``, percent-encoded or not), for messages: the load test's redaction,
     one function for both."""
-    from taonet.loadtest._pgurl import redact
+    from taonet._dburl import redact_url
 
-    return redact(url)[:_MAX_DETAIL]
+    return redact_url(url)[:_MAX_DETAIL]
 
 
 class _Backend:

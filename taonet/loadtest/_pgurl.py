@@ -28,10 +28,10 @@ checked URL (``psycopg.conninfo.make_conninfo``) with the load test's schema
 one) a ``connect_timeout``, written back as a ``postgresql://?key=value&...`` URL;
 :func:`check_final_url` checks such a URL (each process's, again, before it starts).
 :func:`redact` drops a URL's password (in the authority and in a ``password=``
-parameter, however it is percent-encoded), for messages and the report; the storage
-layer's messages use it too. A URL is on the command line, which other users of the
-machine may read (``ps``): give the password in ``PGPASSWORD`` or a ``PGPASSFILE``
-(``~/.pgpass``) rather than in the URL.
+parameter, however it is percent-encoded), for messages and the report: it is
+``taonet._dburl.redact_url``, which the storage layer's messages use too. A URL is
+on the command line, which other users of the machine may read (``ps``): give the
+password in ``PGPASSWORD`` or a ``PGPASSFILE`` (``~/.pgpass``) rather than in the URL.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from typing import Final
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from taonet import ConfigError
+from taonet._dburl import redact_url as redact
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -223,31 +224,3 @@ def with_schema(url: str, schema: str, application_name: str) -> str:
         extra["connect_timeout"] = CONNECT_TIMEOUT  # every connection of the run bounded
     params = conninfo_to_dict(make_conninfo(url, **extra))
     return "postgresql://?" + urlencode(params, quote_via=quote, safe="")
-
-
-def redact(url: str) -> str:
-    """``url`` without its password (for messages and the report), at most 300 characters.
-
-    The password goes from the authority (``user:***@``) and from every query parameter
-    libpq would read as ``password`` (``%70assword=`` too); a text that is not a URL keeps
-    no ``password=`` value."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return re.sub(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)", r"\1***", url)[:300]
-    authority, _, tail = rest.partition("/")
-    tail = ("/" + tail) if _ else ""
-    authority, q, query = authority.partition("?")
-    if q:
-        tail = "?" + query + tail  # no path: the query follows the authority
-    if "@" in authority:
-        userinfo, hostports = authority.partition("@")[0], authority.rpartition("@")[2]
-        if ":" in userinfo or authority.count("@") > 1:
-            authority = f"{userinfo.partition(':')[0]}:***@{hostports}"
-    path, q, query = tail.partition("?")
-    if q:
-        pieces = []
-        for piece in query.split("&"):
-            key = unquote(piece.partition("=")[0]).strip()
-            pieces.append(f"{key}=***" if key.lower() == "password" else piece)
-        path += "?" + "&".join(pieces)
-    return f"{scheme}://{authority}{path}"[:300]
