@@ -29,7 +29,7 @@ one) a ``connect_timeout``, written back as a ``postgresql://?key=value&...`` UR
 :func:`check_final_url` checks such a URL (each process's, again, before it starts).
 :func:`redact` drops a URL's password (in the authority and in a ``password=``
 parameter, however it is percent-encoded), for messages and the report: it is
-``taonet._dburl.redact_url``, which the storage layer's messages use too. A URL is
+``taonet_services.storage.redact_url``, which the storage layer's messages use too. A URL is
 on the command line, which other users of the machine may read (``ps``): give the
 password in ``PGPASSWORD`` or a ``PGPASSFILE`` (``~/.pgpass``) rather than in the URL.
 """
@@ -43,7 +43,6 @@ from typing import Final
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from taonet import ConfigError
-from taonet._dburl import redact_url as redact
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -224,3 +223,11 @@ def with_schema(url: str, schema: str, application_name: str) -> str:
         extra["connect_timeout"] = CONNECT_TIMEOUT  # every connection of the run bounded
     params = conninfo_to_dict(make_conninfo(url, **extra))
     return "postgresql://?" + urlencode(params, quote_via=quote, safe="")
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (for messages and the report), at most 300
+    characters: the storage layer's :func:`taonet_services.storage.redact_url`."""
+    from taonet_services.storage import redact_url
+
+    return redact_url(url)
