@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -199,13 +200,38 @@ def _parse_url(url: str | os.PathLike[str]) -> tuple[Dialect, str]:
     )
 
 
+def redact_url(url: str) -> str:
+    """``url`` without its password, for messages and reports (the storage layer's and
+    ``taonet loadtest``'s), at most 300 characters.
+
+    The password goes from the authority (``user:***@``, through the last ``@``) and
+    from every query parameter libpq would read as ``password`` (percent-encoded too,
+    ``%70assword=``); a libpq ``key=value`` text keeps no ``password=`` value."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return re.sub(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)", r"\1***", url)[:300]
+    authority, slash, tail = rest.partition("/")
+    tail = "/" + tail if slash else ""
+    authority, q, query = authority.partition("?")
+    if q:
+        tail = "?" + query + tail  # no path: the query follows the authority
+    if "@" in authority:
+        userinfo, hostports = authority.partition("@")[0], authority.rpartition("@")[2]
+        if ":" in userinfo or authority.count("@") > 1:
+            authority = f"{userinfo.partition(':')[0]}:***@{hostports}"
+    path, q, query = tail.partition("?")
+    if q:
+        pieces = []
+        for piece in query.split("&"):
+            key = unquote(piece.partition("=")[0]).strip()
+            pieces.append(f"{key}=***" if key.lower() == "password" else piece)
+        path += "?" + "&".join(pieces)
+    return f"{scheme}://{authority}{path}"[:300]
+
+
 def _redact(url: str) -> str:
-    """The URL without a password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url[:_MAX_DETAIL]
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()[:_MAX_DETAIL]
+    """The URL without a password, for messages (:func:`redact_url`)."""
+    return redact_url(url)[:_MAX_DETAIL]
 
 
 class _Backend:

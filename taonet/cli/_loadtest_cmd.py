@@ -9,7 +9,9 @@ non-file), and should a write fail after the run all the same, the table (or the
 report) is printed before the one-line error (exit 1). ``-o json`` prints the
 report instead of the table. Ctrl-C stops the workers; the partial report is still
 written (exit 130). A worker that died is named on one line after the report is
-written (exit 1); so is a secret-server replica that died.
+written (exit 1); so is a secret-server replica that died, and a ``--postgres`` run
+whose schema was not dropped (its world process died: the schema is named, with the
+``DROP SCHEMA`` to run).
 
 ``taonet loadtest --quick`` without ``--target`` runs every target briefly, one
 after another (:func:`taonet.loadtest.run_quick`: 2 s measured after 0.5 s of
@@ -122,7 +124,8 @@ def register(sub: Any) -> None:
         default=None,
         help="secret target: its store on this PostgreSQL (a postgresql:// URL to 127.0.0.1,"
         " ::1 or a Unix socket directory; the tables go into a fresh schema"
-        " taonet_loadtest_*, dropped after the run: use a database of its own)",
+        " taonet_loadtest_*, dropped after the run: use a database of its own; the URL"
+        " shows in ps: give the password in PGPASSWORD or a PGPASSFILE, not in the URL)",
     )
     p.add_argument(
         "--replicas",
@@ -355,7 +358,9 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 130
     died = [
-        w for w in (*report["workers"], *report.get("replicas", [])) if w.get("status") == "died"
+        w
+        for w in (*report["workers"], *report.get("replicas", []), report.get("postgres") or {})
+        if w.get("status") == "died"
     ]
     if died:
         where = f"; report written to {written}" if written else ""

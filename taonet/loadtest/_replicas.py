@@ -4,9 +4,11 @@
 when the count is not given), each a process of its own, as ``taonet secret-server``
 runs it, all on the one PostgreSQL that ``config.postgres`` names:
 
-* a *world* process makes, in a temporary directory, the run's domain, a soft host
-  and the client program (as the SQLite target does, see ``_secret``), runs the
-  domain service, and creates the run's schema in the database;
+* a *world* process makes, in a temporary directory of its own, the run's domain, a
+  soft host and the client program (as the SQLite target does, see ``_secret``), runs
+  the domain service, and creates the run's schema in the database; when it stops it
+  drops the schema, says so, and removes its directory (sealed keys, the replicas'
+  state), also when the parent was killed (its pipe ends);
 * replica 0 starts (creating the tables, then the run's objects through its own
   channel), then the others, one after another; each gets the one master key through
   the store (all replicas are one program on one host: one principal, whose sealed
@@ -26,8 +28,13 @@ What it writes. Everything goes into a fresh schema ``taonet_loadtest_<12 hex>``
 (``-c search_path``; the tables are those of a secret server: objects, names, master,
 audit chain), created at the start and dropped (``DROP SCHEMA ... CASCADE``) when
 the run ends, unless ``keep_schema`` (by the world process, when its pipe ends: also
-after the parent was killed; only a world process killed itself leaves the schema,
-to drop by name). The role needs CREATE on the database. The
+after the parent was killed). A world process that was killed itself (or could not
+drop) leaves the schema: the report's ``postgres`` then says ``dropped: false``,
+``status: died`` and a note with the ``DROP SCHEMA ... CASCADE`` to run, and the run
+fails (the CLI names it, exit 1); the parent removes the world's directory. Every
+URL a process gets is libpq's own reading of the checked ``--postgres`` URL with the
+run's schema (``_pgurl.with_schema``), checked again before the process starts. The
+role needs CREATE on the database. The
 secret server's advisory locks and its ``NOTIFY`` channel are per database, not per
 schema: a load test on a database a real secret server uses makes that server wait on
 the test's audit appends and wake for its changes. Point it at a database of its own.
@@ -43,6 +50,7 @@ import contextlib
 import functools
 import os
 import secrets
+import shutil
 import signal
 import tempfile
 import time
@@ -59,7 +67,7 @@ from taonet._log import get_logger
 from taonet.loadtest._config import LoadConfig
 from taonet.loadtest._domain import running_domain_service, start_metrics
 from taonet.loadtest._handshake import LocalCredentials
-from taonet.loadtest._pgurl import SCHEMA_PREFIX, with_schema
+from taonet.loadtest._pgurl import SCHEMA_PREFIX, check_final_url, with_schema
 from taonet.loadtest._report import scale_row
 from taonet.loadtest._run import START_TIMEOUT, Progress, TargetSpec, _Run, _spawn
 from taonet.loadtest._secret import create_objects, make_world, provision_client
@@ -113,7 +121,7 @@ async def _world(base: Path, conn: Connection, url: str, schema: str, keep: bool
             local = make_world(base)
             async with running_domain_service(local) as (_, ds):
                 credentials = await provision_client(local, ds)
-                conn.send(("ready", ds[1], local.password, credentials))
+                conn.send(("ready", str(base), ds[1], local.password, credentials))
                 await trio.to_thread.run_sync(_receive, conn, abandon_on_cancel=True)
         finally:
             if not keep:
@@ -123,15 +131,20 @@ async def _world(base: Path, conn: Connection, url: str, schema: str, keep: bool
                     )
     finally:
         await db.aclose()
+    with contextlib.suppress(OSError):
+        conn.send(("done", not keep))  # the schema dropped (True), or kept
 
 
-def serve_world_process(conn: Connection, url: str, schema: str, keep: bool, base: str) -> None:
-    """A process's main: make the run's world in ``base`` and its ``schema`` at ``url``
-    (see the module's text), send ``("ready", domain service port, password,
-    credentials)``, and when the pipe ends stop and drop the schema (unless ``keep``)."""
+def serve_world_process(conn: Connection, url: str, schema: str, keep: bool) -> None:
+    """A process's main: make the run's world in a temporary directory of its own and
+    its ``schema`` at ``url`` (see the module's text), send ``("ready", directory,
+    domain service port, password, credentials)``, and when the pipe ends (or on
+    ``stop``) stop, drop the schema (unless ``keep``), send ``("done", dropped)`` and
+    remove the directory."""
     _quiet_process()
     try:
-        trio.run(_world, Path(base), conn, url, schema, keep)
+        with tempfile.TemporaryDirectory(prefix="taonet-loadtest-pg-") as base:
+            trio.run(_world, Path(base), conn, url, schema, keep)
     except Exception as exc:
         _fail(conn, exc)
 
@@ -316,27 +329,51 @@ class _Replicas:
             out.append(entry)
         return out
 
+    def finish(self, schema: str, keep: bool) -> dict[str, Any]:
+        """Stop the world (after the replicas); the report's ``postgres`` section: whether
+        the world said it dropped ``schema``, and if it did not, what to run."""
+        answer = self.world.stop()
+        section: dict[str, Any] = {"schema": schema, "kept": keep}
+        if answer is not None and answer[0] == "done":
+            section["dropped"] = bool(answer[1])
+            return section
+        pid, code = self.world.process.pid, self.world.process.exitcode
+        why = (
+            f"failed: {answer[1]}"
+            if answer is not None and answer[0] == "error"
+            else f"died during the run (exit code {code})"
+        )
+        section |= {
+            "dropped": False,
+            "status": "died",
+            "note": f"the world process (pid {pid}) {why}; schema {schema} was not dropped:"
+            f" drop it with DROP SCHEMA {schema} CASCADE",
+        }
+        return section
+
 
 @contextlib.contextmanager
 def _started(config: LoadConfig, count: int) -> Iterator[tuple[_Replicas, TargetSpec, str]]:
     assert config.postgres is not None
-    schema = SCHEMA_PREFIX + secrets.token_hex(6)
-    base = tempfile.mkdtemp(prefix="taonet-loadtest-pg-")
+    postgres, schema = config.postgres, SCHEMA_PREFIX + secrets.token_hex(6)
+
+    def url_for(name: str) -> str:  # libpq's reading, checked again for each process
+        return check_final_url(with_schema(postgres, schema, name), schema, os.environ)
+
+    world = _Child(
+        "world (domain service, schema)",
+        serve_world_process,
+        url_for("taonet-loadtest"),
+        schema,
+        config.keep_schema,
+    )
+    base, ds_port, password, credentials = world.ready
     try:
-        world = _Child(
-            "world (domain service, schema)",
-            serve_world_process,
-            with_schema(config.postgres, schema, "taonet-loadtest"),
-            schema,
-            config.keep_schema,
-            base,
-        )
-        ds_port, password, credentials = world.ready
         run = _Replicas(world)
         try:
             for index in range(count):
                 seed = (credentials, config.objects, config.request_size) if index == 0 else None
-                url = with_schema(config.postgres, schema, f"taonet-loadtest-replica-{index}")
+                url = url_for(f"taonet-loadtest-replica-{index}")
                 name = f"secret-server replica {index}"
                 args = (base, password, ds_port, url, index, seed)
                 run.replicas.append(_Child(name, serve_replica_process, *args))
@@ -357,9 +394,7 @@ def _started(config: LoadConfig, count: int) -> Iterator[tuple[_Replicas, Target
                 replica.stop()
             world.stop()
     finally:
-        import shutil
-
-        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)  # the world's own, if it could not
 
 
 @contextlib.contextmanager
@@ -382,12 +417,13 @@ def run_on_postgres(
             replicas=count,
             schema=schema,
             world_pid=run.world.process.pid,
+            world_dir=run.world.ready[0],
             replica_pids=list(spec.server_pids),
         )
         report = _Run(config, spec, on_progress, on_start=lambda t: run.window(t, config)).run()
         measured = float(report["results"]["measured_seconds"])
         report["replicas"] = run.stop(measured, report["results"]["first_error_at_s"])
-        report["postgres"] = {"schema": schema, "kept": config.keep_schema}
+        report["postgres"] = run.finish(schema, config.keep_schema)
     return report
 
 
@@ -401,7 +437,7 @@ def run_scale(
     for count in config.replicas:
         report = run_on_postgres(attrs.evolve(config, replicas=(count,)), on_progress)
         rows.append(scale_row(count, report))
-        if report["interrupted"]:
+        if report["interrupted"] or report["postgres"].get("status") == "died":
             break
     report["configuration"] = config.as_dict()
     report["scale"] = rows
