@@ -381,7 +381,7 @@ def _write_report(report: dict[str, Any], out: Path) -> Path:
 
 def _names(prefixes: list[str]) -> list[str]:
     """The files a run writes into ``--out``: its report and each prefix's plots."""
-    from taonet.loadtest._plots import plot_names
+    from taonet.loadtest import plot_names
 
     return ["report.json", *(name for prefix in prefixes for name in plot_names(prefix))]
 
@@ -393,7 +393,7 @@ def _prepare_out(out: Path | None, names: list[str]) -> None:
     a file (a symbolic link is replaced, not followed). ConfigError if not."""
     if out is None:
         return
-    from taonet._files import file_kind
+    from taonet.files import file_kind
     from taonet.loadtest import require_plots
 
     require_plots()

@@ -26,7 +26,7 @@ from taonet.loadtest._config import (
 from taonet.loadtest._echo import EchoClient, make_echo_credentials, serve_echo
 from taonet.loadtest._extras import MissingExtraError, require_extras
 from taonet.loadtest._plotdata import latency_series, throughput_series
-from taonet.loadtest._plots import figures, require_plots, write_plots
+from taonet.loadtest._plots import figures, plot_names, require_plots, write_plots
 from taonet.loadtest._quick import (
     REQUIREMENTS,
     compare_runs,
@@ -57,6 +57,7 @@ __all__ = [
     "machine_facts",
     "make_echo_credentials",
     "offered_between",
+    "plot_names",
     "quick_configs",
     "require_extras",
     "require_plots",
