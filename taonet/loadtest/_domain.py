@@ -41,11 +41,10 @@ import contextlib
 import functools
 import secrets
 import tempfile
-import time
 from collections.abc import AsyncIterator, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
 import trio
@@ -63,7 +62,14 @@ from taonet.provision import (
     DomainServiceError,
     request_certificate,
 )
-from taonet.wire import END_OF_STREAM, NEED_DATA, Envelope, Response, Role, message_class, parse
+from taonet.provision._client import (
+    checked_certificate,
+    decoded_answer,
+    new_envelope,
+    principal_is_service,
+    read_answer,
+)
+from taonet.wire import Envelope, message_class
 from taonet.wire import serialize as serialize_message
 
 if TYPE_CHECKING:
@@ -83,9 +89,6 @@ __all__ = [
 
 #: Fresh keys (and their attestations) each worker makes before the run.
 POOL: Final = 512
-#: The largest answer read from the domain service (as the provisioning client).
-_MAX_RESPONSE: Final = 1024 * 1024
-_CHUNK: Final = 64 * 1024
 #: The refusal codes a domain service answers with (others count as ``refused_other``).
 _CODES: Final = frozenset(
     {"bad_request", "invalid_attestation", "unauthorized", "rate_limited", "too_many_watches"}
@@ -323,18 +326,13 @@ class DomainClient:
         if self._fresh or self._stream is not None:
             return
         stream = await open_channel(self._address[0], self._address[1], self._identity)
-        policy = auth.key_principal(self._identity.anchor.public_key_der)
-        principal = stream.peer.principal
-        if not isinstance(principal, auth.Prin) or not principal.is_sub_principal_of(policy):
+        try:
+            principal_is_service(stream.peer.principal, self._identity)
+        except AuthenticationError:
             await trio.aclose_forcefully(stream)
-            raise AuthenticationError(f"{principal} is not a service of this domain's policy key")
+            raise
         self._stream = stream
-        self._envelope = Envelope(
-            Role.CLIENT,
-            body_limit=_MAX_RESPONSE,
-            max_frame=_MAX_RESPONSE,
-            default_error=ProtocolError,
-        )
+        self._envelope = new_envelope()
         self._seq = 0
 
     async def request(self) -> None:
@@ -364,25 +362,11 @@ class DomainClient:
         await stream.send_all(b"".join(envelope.request(OP_CERTIFY, self._seq,
                                                         serialize_message(request))))  # fmt: skip
         try:
-            while (event := envelope.next_event()) is NEED_DATA:
-                data = await stream.receive_some(_CHUNK)
-                envelope.receive_data(data)
+            event = await read_answer(stream, envelope)
         except trio.BrokenResourceError as exc:
             raise ProtocolError("the domain service broke the channel") from exc
-        if event is END_OF_STREAM:
-            raise ProtocolError("the domain service closed without answering")
-        assert isinstance(event, Response)
-        if event.error is not None:
-            raise event.error
-        response: Any = parse("DomainServiceResponse", event.body, what="certify response")
-        if response.HasField("error_code"):
-            raise DomainServiceError(str(response.error_code)[:64], str(response.reason)[:200])
-        program = certs.verify_program_certificate(
-            self._identity.anchor, bytes(response.certificate), now_ns=time.time_ns()
-        )
-        if program.public_key_der != key_der:
-            raise AuthenticationError("the domain service certified another key than ours")
-        return program
+        response = decoded_answer(event, OP_CERTIFY)
+        return checked_certificate(self._identity, response, key_der)
 
     async def settle(self) -> None:
         """After a request, outside its time bound: close a failed channel."""

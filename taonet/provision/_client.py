@@ -93,7 +93,9 @@ class DomainServiceError(TaoError):
         self.reason = reason
 
 
-def _principal_is_service(stream_principal: object, identity: ChannelIdentity) -> None:
+def principal_is_service(stream_principal: object, identity: ChannelIdentity) -> None:
+    """AuthenticationError unless the channel's peer is a service of the domain whose
+    policy key ``identity`` trusts (a program of the domain is not)."""
     policy = auth.key_principal(identity.anchor.public_key_der)
     if not isinstance(stream_principal, auth.Prin) or not stream_principal.is_sub_principal_of(
         policy
@@ -103,23 +105,28 @@ def _principal_is_service(stream_principal: object, identity: ChannelIdentity) -
         )
 
 
-async def _exchange(host: str, port: int, identity: ChannelIdentity, op: str, request: Any) -> Any:
-    what = f"no answer from the domain service at {host}:{port}"
-    envelope = Envelope(
+def new_envelope() -> Envelope:
+    """The client's envelope for domain service calls (answers bounded in size)."""
+    return Envelope(
         Role.CLIENT, body_limit=MAX_RESPONSE, max_frame=MAX_RESPONSE, default_error=ProtocolError
     )
-    with map_os_errors(to=ProtocolError, what=what), trio.fail_after(REQUEST_TIMEOUT):
-        # The request goes with our last handshake flight, and the verdict with the
-        # answer: one write each way after the server's first flight.
-        stream = await open_channel(host, port, identity, hold_finished=True)
-        async with stream:
-            _principal_is_service(stream.peer.principal, identity)
-            await stream.send_all(b"".join(envelope.request(op, 1, serialize(request))))
-            try:
-                while (event := envelope.next_event()) is NEED_DATA:
-                    envelope.receive_data(await stream.receive_some(_CHUNK))
-            except (CodecError, ProtocolError) as exc:
-                raise ProtocolError(f"bad answer from the domain service: {exc}") from exc
+
+
+async def read_answer(stream: trio.abc.ReceiveStream, envelope: Envelope) -> Any:
+    """The next event of ``envelope`` (a Response or END_OF_STREAM), reading ``stream``
+    as needed; ProtocolError for an answer that is not one."""
+    try:
+        while (event := envelope.next_event()) is NEED_DATA:
+            envelope.receive_data(await stream.receive_some(_CHUNK))
+    except (CodecError, ProtocolError) as exc:
+        raise ProtocolError(f"bad answer from the domain service: {exc}") from exc
+    return event
+
+
+def decoded_answer(event: Any, op: str) -> Any:
+    """The DomainServiceResponse of ``event`` (from :func:`read_answer`), or the error
+    the service gave: AuthorizationError for ``unauthorized``, DomainServiceError for
+    another code, ProtocolError for no or a bad answer."""
     if event is END_OF_STREAM:
         raise ProtocolError("the domain service closed without answering")
     assert isinstance(event, Response)  # to this call: the envelope checked its seq and op
@@ -137,6 +144,35 @@ async def _exchange(host: str, port: int, identity: ChannelIdentity, op: str, re
     return response
 
 
+def checked_certificate(
+    identity: ChannelIdentity, response: Any, program_key_der: bytes
+) -> certs.ProgramCertificate:
+    """The program certificate in ``response``, verified under ``identity``'s policy
+    anchor and issued for ``program_key_der``."""
+    if not response.HasField("certificate"):
+        raise ProtocolError("the domain service answered without a certificate")
+    program = certs.verify_program_certificate(
+        identity.anchor, bytes(response.certificate), now_ns=time.time_ns()
+    )
+    if program.public_key_der != program_key_der:
+        raise AuthenticationError("the domain service certified another key than ours")
+    return program
+
+
+async def _exchange(host: str, port: int, identity: ChannelIdentity, op: str, request: Any) -> Any:
+    what = f"no answer from the domain service at {host}:{port}"
+    envelope = new_envelope()
+    with map_os_errors(to=ProtocolError, what=what), trio.fail_after(REQUEST_TIMEOUT):
+        # The request goes with our last handshake flight, and the verdict with the
+        # answer: one write each way after the server's first flight.
+        stream = await open_channel(host, port, identity, hold_finished=True)
+        async with stream:
+            principal_is_service(stream.peer.principal, identity)
+            await stream.send_all(b"".join(envelope.request(op, 1, serialize(request))))
+            event = await read_answer(stream, envelope)
+    return decoded_answer(event, op)
+
+
 async def request_certificate(
     host: str,
     port: int,
@@ -150,14 +186,7 @@ async def request_certificate(
         kind="certify", attestation=attestation.to_bytes(), program_key=program_key_der
     )
     response = await _exchange(host, port, identity, OP_CERTIFY, request)
-    if not response.HasField("certificate"):
-        raise ProtocolError("the domain service answered without a certificate")
-    program = certs.verify_program_certificate(
-        identity.anchor, bytes(response.certificate), now_ns=time.time_ns()
-    )
-    if program.public_key_der != program_key_der:
-        raise AuthenticationError("the domain service certified another key than ours")
-    return program
+    return checked_certificate(identity, response, program_key_der)
 
 
 async def fetch_crl(host: str, port: int, policy_cert: bytes) -> certs.RevocationList:
