@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.loadtest.cli_run import interrupt, loadtest_process, until_measuring
+
 
 def test_the_cli_refuses_a_non_loopback_target_in_one_line() -> None:
     done = subprocess.run(
@@ -85,24 +87,12 @@ def test_ctrl_c_stops_the_workers_and_still_writes_the_partial_report(tmp_path: 
     # A long run (60 s measured); SIGINT to its process group as a terminal's Ctrl-C
     # would, once a first report line shows it is measuring.
     out = tmp_path / "run"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "taonet", "loadtest", "--workers", "2", "--rate", "200",
-         "--duration", "60", "--warmup", "0", "--interval", "0.25", "--out", str(out),
-         "-o", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env={**os.environ, "TAONET_LOG": "info", "TAONET_LOG_FORMAT": "json"},
-    )  # fmt: skip
-    try:
-        assert process.stderr is not None
-        for line in process.stderr:  # bounded: the run itself ends within about 75 s
-            if "loadtest_measuring" in line:
-                break
-        os.killpg(process.pid, signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+    with loadtest_process(
+        "--workers", "2", "--rate", "200", "--duration", "60", "--warmup", "0",
+        "--interval", "0.25", "--out", str(out), "-o", "json",
+    ) as process:  # fmt: skip
+        until_measuring(process)
+        stdout, stderr = interrupt(process)
     assert process.returncode == 130, stderr
     report = json.loads((out / "report.json").read_text())
     assert report["interrupted"] is True
@@ -209,15 +199,6 @@ def test_compare_survives_hostile_reports(tmp_path: Path) -> None:
         assert len(done.stderr.strip().splitlines()) == 1
 
 
-def _until_measuring(process: subprocess.Popen[str]) -> None:
-    """Read the run's log (TAONET_LOG=info, json) until it says it is measuring."""
-    assert process.stderr is not None
-    for line in process.stderr:  # bounded: the run ends by itself, or is killed below
-        if "loadtest_measuring" in line:
-            return
-    raise AssertionError(f"the run never measured: {process.communicate(timeout=60)}")
-
-
 @pytest.mark.parametrize("name", ["report.json", "latency.png", "throughput.png"])
 def test_an_out_directory_that_cannot_take_the_report_is_refused_before_the_run(
     tmp_path: Path, name: str
@@ -246,22 +227,13 @@ def test_a_write_that_fails_after_the_run_still_shows_its_results(
     # name, became a directory. The results are printed before the one-line error.
     out = tmp_path / "run"
     blocked = out / ("latency.png" if json_output else "report.json")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "taonet", "loadtest", "--workers", "1", "--rate", "200",
-         "--duration", "60", "--warmup", "0", "--interval", "0.25", "--out", str(out),
-         *(["-o", "json"] if json_output else [])],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env={**os.environ, "TAONET_LOG": "info", "TAONET_LOG_FORMAT": "json"},
-    )  # fmt: skip
-    try:
-        _until_measuring(process)
+    with loadtest_process(
+        "--workers", "1", "--rate", "200", "--duration", "60", "--warmup", "0",
+        "--interval", "0.25", "--out", str(out), *(["-o", "json"] if json_output else []),
+    ) as process:  # fmt: skip
+        until_measuring(process)
         blocked.mkdir()
-        os.killpg(process.pid, signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+        stdout, stderr = interrupt(process)
     assert process.returncode == 1, stderr
     last = stderr.strip().splitlines()[-1]
     assert last.startswith(f"taonet: error: cannot write {blocked}: Is a directory; ")

@@ -21,6 +21,7 @@ import trio
 from taonet import ConfigError
 from taonet.loadtest import LoadConfig, Progress, run_load
 from taonet.loadtest._pgurl import check_postgres_url, redact, with_schema
+from tests.loadtest.cli_run import interrupt, loadtest_process, until_measuring
 
 SOCKET_URL = "postgresql://postgres@/db?host=/tmp/pgsock"
 
@@ -306,24 +307,13 @@ def test_ctrl_c_on_postgres_writes_the_partial_report_and_drops_the_schema(
     postgres_url: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "taonet", "loadtest", "--target", "secret", "--postgres",
-         postgres_url, "--replicas", "2", "--workers", "1", "--clients", "2", "--rate", "50",
-         "--duration", "60", "--warmup", "0", "--interval", "0.25", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env={**os.environ, "TAONET_LOG": "info", "TAONET_LOG_FORMAT": "json"},
-    )  # fmt: skip
-    try:
-        assert process.stderr is not None
-        for line in process.stderr:  # bounded: the run itself ends within about 90 s
-            if "loadtest_measuring" in line:
-                break
-        os.killpg(process.pid, signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+    with loadtest_process(
+        "--target", "secret", "--postgres", postgres_url, "--replicas", "2", "--workers",
+        "1", "--clients", "2", "--rate", "50", "--duration", "60", "--warmup", "0",
+        "--interval", "0.25", "--out", str(out),
+    ) as process:  # fmt: skip
+        until_measuring(process)
+        _, stderr = interrupt(process)
     assert process.returncode == 130, stderr
     report = json.loads((out / "report.json").read_text())
     assert report["interrupted"] is True

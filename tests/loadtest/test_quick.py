@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import trio
 from taonet.loadtest import LoadConfig, run_load
 from taonet.loadtest._config import TARGETS
 from taonet.loadtest._quick import REQUIREMENTS, SCHEMA, quick_configs, run_quick
+from tests.loadtest.cli_run import interrupt, loadtest_process, until_measuring
 
 PNG = b"\x89PNG\r\n\x1a\n"
 STATUSES = {"ok", "failed", "skipped", "interrupted", "not_run"}
@@ -208,26 +208,12 @@ def test_ctrl_c_during_quick_still_writes_the_partial_report(tmp_path: Path) -> 
     # The first target measures for 30 s; SIGINT to the process group, as a terminal's
     # Ctrl-C would, once its log says it is measuring.
     out = tmp_path / "quick"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "taonet", "loadtest", "--quick", "--out", str(out),
-         "--workers", "1", "--duration", "30", "--warmup", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env={**os.environ, "TAONET_LOG": "info", "TAONET_LOG_FORMAT": "json"},
-    )  # fmt: skip
-    try:
-        assert process.stderr is not None
-        seen = []
-        for line in process.stderr:  # bounded: the whole run ends within about 2 minutes
-            seen.append(line)
-            if "loadtest_measuring" in line:
-                break
+    with loadtest_process(
+        "--quick", "--out", str(out), "--workers", "1", "--duration", "30", "--warmup", "0"
+    ) as process:
+        seen = until_measuring(process)
         assert "taonet loadtest --quick: 1/" in "".join(seen)
-        os.killpg(process.pid, signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+        _, stderr = interrupt(process)
     assert process.returncode == 130, stderr
     assert "partial report is in" in stderr
     document = json.loads((out / "report.json").read_text())
@@ -291,25 +277,13 @@ def test_a_quick_report_that_cannot_be_saved_after_all_still_shows_the_results(
     # A7 finding 8: out/report.json becomes a directory while the first target measures;
     # Ctrl-C ends it, the report cannot be saved: its table comes before the error.
     out = tmp_path / "quick"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "taonet", "loadtest", "--quick", "--out", str(out),
-         "--workers", "1", "--duration", "60", "--warmup", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env={**os.environ, "TAONET_LOG": "info", "TAONET_LOG_FORMAT": "json",
-             "TAONET_LOADTEST_QUICK_TARGETS": "echo,handshake"},
-    )  # fmt: skip
-    try:
-        assert process.stderr is not None
-        for line in process.stderr:  # bounded: the whole run ends within about 2 minutes
-            if "loadtest_measuring" in line:
-                break
+    with loadtest_process(
+        "--quick", "--out", str(out), "--workers", "1", "--duration", "60", "--warmup", "0",
+        env={"TAONET_LOADTEST_QUICK_TARGETS": "echo,handshake"},
+    ) as process:  # fmt: skip
+        until_measuring(process)
         (out / "report.json").mkdir()
-        os.killpg(process.pid, signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+        stdout, stderr = interrupt(process)
     assert process.returncode == 1, stderr
     last = stderr.strip().splitlines()[-1]
     assert last.startswith(f"taonet: error: cannot write {out / 'report.json'}: Is a directory")
