@@ -5,8 +5,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.taonet-installed
-# The extras every test virtual environment gets (.venv and the .venv-X.Y of unit-all).
+# The extras .venv gets for the demo and the tools (dev: the pinned tools).
 EXTRAS := dev
+# The extras every test virtual environment gets (.venv and the .venv-X.Y of unit-all):
+# the TPM 2.0 tests need tpm2-pytss, which builds against libtss2-dev (system-deps).
+TEST_EXTRAS := dev,tpm2-pinned
+TEST_STAMP := $(VENV)/.taonet-test-installed
 
 .PHONY: demo demo-hosted demo-upgrade test lint typecheck unit unit-all bench system-deps clean
 
@@ -45,7 +49,9 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
 	fi
 
-APT_PACKAGES := bubblewrap python3 golang-go openssl
+# swtpm and its setup tools are the TPM for the TPM 2.0 tests and demo; libtss2-dev and
+# pkg-config are what tpm2-pytss builds against.
+APT_PACKAGES := bubblewrap python3 golang-go openssl swtpm swtpm-tools libtss2-dev pkg-config
 
 lint: $(STAMP)
 	$(BIN)/ruff check taonet services examples tests loadtests
@@ -59,9 +65,13 @@ PYTHON_VERSIONS := 3.11 3.12 3.13
 
 # The suite under one interpreter: .venv's by default; `make unit PY=3.13` runs it in
 # .venv-3.13, made from python3.13 on PATH or pyenv's newest 3.13.x.
-unit: $(STAMP)
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[$(TEST_EXTRAS)]'
+	touch $(TEST_STAMP)
+
+unit: $(TEST_STAMP)
 ifdef PY
-	PYTHON_VERSIONS="$(PY)" EXTRAS="$(EXTRAS)" CI=true bash .ci/pythons.sh
+	PYTHON_VERSIONS="$(PY)" EXTRAS="$(TEST_EXTRAS)" CI=true bash .ci/pythons.sh
 else
 	$(BIN)/pytest -q
 endif
@@ -69,11 +79,11 @@ endif
 # The suite under every version of PYTHON_VERSIONS this machine has (see .ci/pythons.sh):
 # .venv for its own, .venv-X.Y for the others. Says which were found; with CI=true a
 # version that is not found fails the run instead of being skipped.
-unit-all: $(STAMP)
-	PYTHON_VERSIONS="$(PYTHON_VERSIONS)" EXTRAS="$(EXTRAS)" bash .ci/pythons.sh
+unit-all: $(TEST_STAMP)
+	PYTHON_VERSIONS="$(PYTHON_VERSIONS)" EXTRAS="$(TEST_EXTRAS)" bash .ci/pythons.sh
 
 # Lint and type checks once (in .venv); the suite under every supported Python.
-test: system-deps $(STAMP) lint typecheck unit-all
+test: system-deps $(TEST_STAMP) lint typecheck unit-all
 
 bench: $(STAMP)
 	$(BIN)/python loadtests/core_bench.py

@@ -5,7 +5,7 @@
 #                    pyproject.toml's requires-python and classifiers claim)
 #   VENV             the default virtual environment (.venv), used for its own version
 #   EXTRAS           the extras installed with taonet in each .venv-X.Y (default: dev;
-#                    the Makefile passes its EXTRAS, the same as .venv's)
+#                    the Makefile passes its TEST_EXTRAS, the same as .venv's)
 #   PYTEST_ARGS      passed to pytest (default: -q)
 #   CI               when "true", a version with no interpreter on this machine is a
 #                    failure instead of a line saying it was skipped
