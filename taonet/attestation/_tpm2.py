@@ -174,12 +174,12 @@ class _Reader:
         return self.take(n, what)
 
 
-def _as_bytes(data: object, what: str) -> bytes:
+def _as_bytes(data: object, what: str, error: type[Exception] = CodecError) -> bytes:
     if type(data) is bytes:
         return data
     if isinstance(data, bytearray | memoryview):
         return bytes(data)
-    raise CodecError(f"{what}: expected bytes, not {type(data).__name__}")
+    raise error(f"{what}: expected bytes, not {type(data).__name__}")
 
 
 def parse_quote(tpms_attest: bytes) -> Quote:
@@ -375,14 +375,14 @@ def verify_quote(
     PCR selection and digest; the signature (see the module's docstring).
     ValueError if ``pcrs`` itself is not a valid PCR map.
     """
-    key = _quote_key(_as_der(quote_key_der))
-    attest = _as_bytes(tpms_attest, "TPM quote")
+    key = _quote_key(_as_bytes(quote_key_der, "TPM quote key", AuthenticationError))
+    attest = _as_bytes(tpms_attest, "TPM quote", AuthenticationError)
     expected = expected_for_items(tuple(pcrs.items()))
     _verify(
         key,
         attest,
-        _as_bytes(tpmt_signature, "TPM signature"),
-        _as_bytes(extra_data, "extra_data"),
+        _as_bytes(tpmt_signature, "TPM signature", AuthenticationError),
+        _as_bytes(extra_data, "extra_data", TypeError),
         expected,
     )
     signer_size = attest[6] << 8 | attest[7]
@@ -402,14 +402,6 @@ def verify_quote(
     )
 
 
-def _as_der(der: object) -> bytes:
-    if type(der) is bytes:
-        return der
-    if isinstance(der, bytearray | memoryview):
-        return bytes(der)
-    raise AuthenticationError(f"TPM quote key: expected bytes, not {type(der).__name__}")
-
-
 # ------------------------------------------------------------------ the "tpm2" signer type
 
 
@@ -423,7 +415,7 @@ def _verify_tpm2_says(att: Attestation, says: auth.Says) -> None:
     attest = att.tpm2_quote_structure
     if attest is None:
         raise AuthenticationError("tpm2 attestation carries no quote (tpm2_quote_structure)")
-    der = _as_der(att.signer_key)
+    der = _as_bytes(att.signer_key, "TPM quote key", AuthenticationError)
     key = _quote_key(der)
     speaker = says.speaker
     if not isinstance(speaker, auth.Prin):
@@ -446,8 +438,8 @@ def _verify_tpm2_says(att: Attestation, says: auth.Says) -> None:
     extra = hashlib.sha256(att.serialized_statement).digest()
     _verify(
         key,
-        _as_bytes(attest, "TPM quote"),
-        _as_bytes(att.signature, "TPM signature"),
+        _as_bytes(attest, "TPM quote", AuthenticationError),
+        _as_bytes(att.signature, "TPM signature", AuthenticationError),
         extra,
         expected,
     )
@@ -467,7 +459,7 @@ def _short(prin: auth.Prin) -> str:
 
 
 def _tpm2_signer_principal(der: bytes) -> auth.Prin:
-    return _signer_principal(_as_der(der))
+    return _signer_principal(_as_bytes(der, "TPM quote key", AuthenticationError))
 
 
 #: The built-in ``"tpm2"`` signer type: quote verification and ``tpm2(hash)`` principals.
