@@ -1,8 +1,8 @@
-"""TPM 2.0 quotes verified in pure Python, and the names of TPM 2.0 hosts.
+"""TPM 2.0 quotes verified in pure Python: the built-in ``"tpm2"`` signer type.
 
 A TPM 2.0 host is named ``tpm2([sha256 of the quote key's PKIX DER]).PCRs("0,1,7",
-"hex,hex,hex")``: the key that signs its quotes and the SHA-256-bank PCR values it
-booted with (ascending PCR numbers, lower-case hex; the original's form). It attests
+"hex,hex,hex")`` (see ``_tpm2_names``): the key that signs its quotes and the
+SHA-256-bank PCR values it booted with (the original's form). It attests
 by ``TPM2_Quote`` with qualifying data = SHA-256 of the serialized statement: the
 attestation's ``tpm2_quote_structure`` is the TPMS_ATTEST the TPM signed, its
 ``signature`` the marshaled TPMT_SIGNATURE and its ``signer_key`` the quote key (PKIX
@@ -30,7 +30,8 @@ Not compared, on purpose:
   none of which an attestation carries; and it would prove nothing the signature
   does not: only the holder of the quote key can sign. That the key is a restricted
   TPM key (so it signs only TPM-made structures starting with the magic value) is
-  what its certificate from the domain's quote service vouches for. It is exposed as
+  what its certificate from the domain's quote service vouches for (the service
+  checks the key's attributes and binds them by ActivateCredential). It is exposed as
   :attr:`Quote.qualified_signer`.
 
 Speed: a verifier checks the same few hosts over and over, so what depends only on a
