@@ -114,7 +114,9 @@ _RSA_BITS: Final = (2048, 4096)
 _CACHED: Final = 1024
 
 _U16: Final = struct.Struct(">H")
-_HEADER: Final = struct.Struct(">IHH")  # magic, type, qualifiedSigner.size
+_MAGIC_QUOTE: Final = struct.pack(">IH", TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE)
+_HEADER_SIZE: Final = 10  # magic, type, qualifiedSigner.size, extraData.size (if empty)
+_ECDSA_P256_HEAD: Final = struct.pack(">HHH", TPM_ALG_ECDSA, 0x000B, 32)
 _CLOCK_FW: Final = struct.Struct(">QIIBQ")  # clock, resetCount, restartCount, safe, firmware
 _SIG_HEADER: Final = struct.Struct(">HHH")  # sigAlg, hashAlg, first TPM2B size
 _SHA256: Final = hashes.SHA256()
@@ -317,43 +319,46 @@ def _explain(attest: bytes, extra: bytes, expected: Expected) -> AuthenticationE
     return AuthenticationError("TPM quote: PCR selection is not encoded as expected")
 
 
-def _verify(
-    key: _Key,
-    attest: bytes,
-    sig: bytes,
-    extra: bytes,
-    expected: Expected,
-) -> None:
-    # The fast path: the header is parsed with bounds, and everything after clockInfo
-    # must be exactly the expected selection and digest (which also fixes the length).
-    # Any difference goes to _explain, which parses in full and says what differs.
+def _verify(key: _Key, attest: bytes, sig: bytes, extra: bytes, expected: Expected) -> int:
+    """Check a quote; return the offset of its clockInfo. The fast path.
+
+    The header is read with bounds, and everything after clockInfo must be exactly
+    the expected selection and digest (which also fixes the length). Any difference
+    goes to _explain, which parses in full and says what differs.
+    """
     n = len(attest)
-    ok = _HEADER.size <= n <= MAX_QUOTE_BYTES
-    if ok:
-        magic, kind, signer_size = _HEADER.unpack_from(attest)
-        o = _HEADER.size + signer_size
-        ok = magic == TPM_GENERATED_VALUE and kind == TPM_ST_ATTEST_QUOTE
-        ok = ok and signer_size <= 66 and o + 2 <= n
-    if ok:
-        (extra_size,) = _U16.unpack_from(attest, o)
-        o += 2
-        clock_end = o + extra_size + _CLOCK_FW.size
-        ok = (
-            extra_size <= 64
-            and clock_end <= n
-            and attest[clock_end - 9] <= 1  # clockInfo.safe
-            and hmac.compare_digest(attest[o : o + extra_size], extra)
-            and hmac.compare_digest(attest[clock_end:], expected[0])
-        )
-    if not ok:
-        raise _explain(attest, extra, expected)
+    if _HEADER_SIZE <= n <= MAX_QUOTE_BYTES and attest[:6] == _MAGIC_QUOTE:
+        signer_size = attest[6] << 8 | attest[7]
+        o = _HEADER_SIZE + signer_size  # extraData starts here
+        if signer_size <= 66 and o <= n:
+            clock = o + (attest[o - 2] << 8 | attest[o - 1])
+            end = clock + _CLOCK_FW.size
+            if (
+                clock - o <= 64
+                and end <= n
+                and attest[clock + 16] <= 1  # clockInfo.safe
+                and hmac.compare_digest(attest[o:clock], extra)
+                and hmac.compare_digest(attest[end:], expected[0])
+            ):
+                _verify_signature(key, attest, sig)
+                return clock
+    raise _explain(attest, extra, expected)
+
+
+def _verify_signature(key: _Key, attest: bytes, sig: bytes) -> None:
     ec_key, rsa_key = key
-    payload = _signature_payload(sig, ec_key is not None)
     try:
         if ec_key is not None:
+            if len(sig) == 72 and sig[:6] == _ECDSA_P256_HEAD and sig[38:40] == b"\x00\x20":
+                # What a TPM sends: r and s of 32 bytes each.
+                payload = encode_dss_signature(
+                    int.from_bytes(sig[6:38], "big"), int.from_bytes(sig[40:], "big")
+                )
+            else:
+                payload = _signature_payload(sig, True)
             ec_key.verify(payload, attest, _ECDSA_SHA256)
         elif rsa_key is not None:
-            rsa_key.verify(payload, attest, _PKCS1V15, _SHA256)
+            rsa_key.verify(_signature_payload(sig, False), attest, _PKCS1V15, _SHA256)
     except InvalidSignature:
         raise AuthenticationError(
             "TPM quote: the signature does not verify under the quote key"
@@ -379,21 +384,19 @@ def verify_quote(
     key = _quote_key(_as_bytes(quote_key_der, "TPM quote key", AuthenticationError))
     attest = _as_bytes(tpms_attest, "TPM quote", AuthenticationError)
     expected = expected_for_items(tuple(pcrs.items()))
-    _verify(
+    clock = _verify(
         key,
         attest,
         _as_bytes(tpmt_signature, "TPM signature", AuthenticationError),
         _as_bytes(extra_data, "extra_data", TypeError),
         expected,
     )
-    signer_size = attest[6] << 8 | attest[7]
-    o = 8 + signer_size
-    extra_end = o + 2 + (attest[o] << 8 | attest[o + 1])
-    clock, resets, restarts, safe, firmware = _CLOCK_FW.unpack_from(attest, extra_end)
+    o = 10 + (attest[6] << 8 | attest[7])
+    ms, resets, restarts, safe, firmware = _CLOCK_FW.unpack_from(attest, clock)
     return Quote(
-        attest[8:o],
-        attest[o + 2 : extra_end],
-        clock,
+        attest[8 : o - 2],
+        attest[o:clock],
+        ms,
         resets,
         restarts,
         bool(safe),
