@@ -1,4 +1,5 @@
-"""The TPM 2.0 host's fixed parameters, in pure Python (no TSS needed to read them).
+"""The TPM 2.0 host's fixed parameters, in pure Python (nothing here calls the TSS;
+the package's ``__init__`` still requires tpm2-pytss to be installed).
 
 * :func:`parse_tcti`: the TCTI strings taonet accepts.
 * :data:`PRIMARY_TEMPLATE`, :data:`QUOTE_KEY_TEMPLATES`: marshaled TPMT_PUBLIC
