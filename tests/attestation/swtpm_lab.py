@@ -9,6 +9,7 @@ when swtpm, tpm2-pytss or the lab state are missing (fails in CI).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
 import signal
@@ -97,9 +98,8 @@ class LabTpm:
             self.pid = 0
 
     def esapi(self) -> Any:
-        from tpm2_pytss import ESAPI, TCTILdr
-
-        return ESAPI(TCTILdr("swtpm", self.tcti))
+        pytss = importlib.import_module("tpm2_pytss")
+        return pytss.ESAPI(pytss.TCTILdr("swtpm", self.tcti))
 
     def ca_pems(self) -> list[bytes]:
         return [
@@ -111,7 +111,7 @@ class LabTpm:
 def lab_tpm(tmp: Path) -> Iterator[LabTpm]:
     _need(shutil.which("swtpm") is not None, "swtpm")
     try:
-        import tpm2_pytss  # noqa: F401
+        importlib.import_module("tpm2_pytss")
     except ImportError:
         _need(False, "tpm2-pytss")
     _need((LAB / "state" / "tpm2-00.permall").exists(), f"the lab TPM state in {LAB}")
@@ -129,7 +129,10 @@ def lab_tpm(tmp: Path) -> Iterator[LabTpm]:
 
 
 def nv_read_all(e: Any, index: int) -> bytes:
-    from tpm2_pytss.constants import ESYS_TR, TPM2_CAP, TPM2_PT_NV
+    _m = importlib.import_module("tpm2_pytss.constants")
+    ESYS_TR = _m.ESYS_TR
+    TPM2_CAP = _m.TPM2_CAP
+    TPM2_PT_NV = _m.TPM2_PT_NV
 
     h = e.tr_from_tpmpublic(index)
     pub, _ = e.nv_read_public(h)
@@ -144,9 +147,13 @@ def nv_read_all(e: Any, index: int) -> bytes:
 
 def ek_handle(e: Any, kind: str) -> Any:
     """The EK of ``kind`` ("rsa", "p384": persistent; "p256": CreatePrimary L-2)."""
-    from tpm2_pytss.constants import ESYS_TR
-    from tpm2_pytss.internal.templates import ek_template
-    from tpm2_pytss.types import TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE
+    _m = importlib.import_module("tpm2_pytss.constants")
+    ESYS_TR = _m.ESYS_TR
+    _m = importlib.import_module("tpm2_pytss.internal.templates")
+    ek_template = _m.ek_template
+    _m = importlib.import_module("tpm2_pytss.types")
+    TPM2B_PUBLIC = _m.TPM2B_PUBLIC
+    TPM2B_SENSITIVE_CREATE = _m.TPM2B_SENSITIVE_CREATE
 
     if kind == "rsa":
         return e.tr_from_tpmpublic(RSA_EK)
@@ -164,8 +171,12 @@ def read_public(e: Any, handle: Any) -> bytes:
 
 def quote_key(e: Any, alg: str = "ecc") -> tuple[Any, bytes]:
     """A restricted signing key under an ECC storage primary: (handle, TPMT_PUBLIC)."""
-    from tpm2_pytss.constants import ESYS_TR
-    from tpm2_pytss.types import TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE, TPMA_OBJECT
+    _m = importlib.import_module("tpm2_pytss.constants")
+    ESYS_TR = _m.ESYS_TR
+    _m = importlib.import_module("tpm2_pytss.types")
+    TPM2B_PUBLIC = _m.TPM2B_PUBLIC
+    TPM2B_SENSITIVE_CREATE = _m.TPM2B_SENSITIVE_CREATE
+    TPMA_OBJECT = _m.TPMA_OBJECT
 
     base = (
         TPMA_OBJECT.FIXEDTPM
@@ -201,13 +212,16 @@ POLICY_C_SHA384 = bytes.fromhex(
 def activate(e: Any, key: Any, ek: Any, kind: str, blob: bytes, secret: bytes) -> bytes:
     """TPM2_ActivateCredential through the EK's policy (PolicySecret(endorsement), and
     for H-3 a SHA-384 session with PolicyOR(A, C))."""
-    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE, TPMA_SESSION
-    from tpm2_pytss.types import (
-        TPM2B_ENCRYPTED_SECRET,
-        TPM2B_ID_OBJECT,
-        TPML_DIGEST,
-        TPMT_SYM_DEF,
-    )
+    _m = importlib.import_module("tpm2_pytss.constants")
+    ESYS_TR = _m.ESYS_TR
+    TPM2_ALG = _m.TPM2_ALG
+    TPM2_SE = _m.TPM2_SE
+    TPMA_SESSION = _m.TPMA_SESSION
+    _m = importlib.import_module("tpm2_pytss.types")
+    TPM2B_ENCRYPTED_SECRET = _m.TPM2B_ENCRYPTED_SECRET
+    TPM2B_ID_OBJECT = _m.TPM2B_ID_OBJECT
+    TPML_DIGEST = _m.TPML_DIGEST
+    TPMT_SYM_DEF = _m.TPMT_SYM_DEF
 
     from taonet.attestation._tpm2_credential import POLICY_A_SHA384
 

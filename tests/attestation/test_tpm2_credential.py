@@ -7,6 +7,7 @@ that differ from the certificate or the template, quote keys that are not)."""
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import os
 import struct
 import time
@@ -72,8 +73,11 @@ def test_ek_chain_template_and_activate(esapi: Any, tpm: lab.LabTpm, kind: str) 
         blob, encrypted = tc.make_credential(ek, secret, quote.name)
         assert lab.activate(esapi, key, ek_handle, kind, blob, encrypted) == secret
         # The TPM's own MakeCredential on the EK loaded as an external key.
-        from tpm2_pytss.constants import ESYS_TR
-        from tpm2_pytss.types import TPM2B_PUBLIC, TPMT_PUBLIC
+        _m = importlib.import_module("tpm2_pytss.constants")
+        ESYS_TR = _m.ESYS_TR
+        _m = importlib.import_module("tpm2_pytss.types")
+        TPM2B_PUBLIC = _m.TPM2B_PUBLIC
+        TPMT_PUBLIC = _m.TPMT_PUBLIC
 
         area, _ = TPMT_PUBLIC.unmarshal(ek.raw)
         ext = esapi.load_external(TPM2B_PUBLIC(publicArea=area), None, ESYS_TR.NULL)
@@ -97,7 +101,8 @@ def test_ek_chain_template_and_activate(esapi: Any, tpm: lab.LabTpm, kind: str) 
 def test_credential_for_another_ek_refused(esapi: Any) -> None:
     """A blob made for another P-384 EK (same template, other key), or for the RSA EK,
     is refused by ActivateCredential on this TPM's P-384 EK."""
-    from tpm2_pytss.TSS2_Exception import TSS2_Exception
+    _m = importlib.import_module("tpm2_pytss.TSS2_Exception")
+    TSS2_Exception = _m.TSS2_Exception
 
     ek_handle = lab.ek_handle(esapi, "p384")
     real = tc.parse_public(lab.read_public(esapi, ek_handle))
