@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from taonet import CodecError, HostError, certs
+from taonet import AuthenticationError, CodecError, HostError, certs
 from taonet.attestation import tpm2_credential as tc
 from taonet.attestation.tpm2 import host_name
 from taonet.channel import ChannelIdentity, open_channel
@@ -32,6 +32,7 @@ from taonet.quoteservice import (
     QuoteKeyRequest,
     QuoteServiceError,
     add_manufacturer_cas,
+    certify_quote_key,
     encode_request,
     open_certificate,
     request_quote_key_certificate,
@@ -129,8 +130,30 @@ async def test_quote_key_certified_end_to_end(svc: Service, swtpm: Any, alg: str
         assert event.principal is not None
         assert event.principal.startswith("tpm2(")
     # The wrapped certificate does not open under another key name.
-    with pytest.raises(Exception, match="does not open"):
+    with pytest.raises(AuthenticationError, match="does not open"):
         open_certificate(reply, secret, b"\x00\x0b" + bytes(32))
+
+
+async def test_certify_quote_key_whole_exchange(svc: Service, host: Host) -> None:
+    """What a TPM host runs: request, ActivateCredential, open, verify."""
+
+    async def activate(reply: QuoteKeyReply) -> bytes:
+        return await trio.to_thread.run_sync(host.activate, reply)
+
+    with trio.fail_after(30):
+        cert_der = await certify_quote_key(
+            "127.0.0.1", svc.port, svc.domain.policy_cert, host.request(), activate
+        )
+    assert certs.public_key_der(x509.load_der_x509_certificate(cert_der)) == host.key_der
+
+    # A TPM that "recovers" another key (a host lying about its activation) gets nothing.
+    async def wrong(reply: QuoteKeyReply) -> bytes:
+        return bytes(32)
+
+    with trio.fail_after(30), pytest.raises(AuthenticationError, match="does not open"):
+        await certify_quote_key(
+            "127.0.0.1", svc.port, svc.domain.policy_cert, host.request(), wrong
+        )
 
 
 async def test_two_certifications_get_distinct_serials(svc: Service, host: Host) -> None:
