@@ -413,3 +413,47 @@ async def test_client_that_never_finishes_is_cut_off(
             nursery.cancel_scope.cancel()
     with AuditLog.open(domain.path / AUDIT_FILE) as audit:
         assert audit.events()[-1].reason == "no whole request in time"
+
+
+async def test_refusals_are_rate_limited_and_summarized(
+    make_domain: MakeDomain, swtpm: Any, host: Host
+) -> None:
+    """A flood of bad requests from one address: two audit rows, then hung up on
+    unread; the counts land in one summary row when the service stops."""
+    from taonet import ProtocolError
+    from taonet_services.domain_service import RefusalLimits
+
+    domain = make_domain(name="flood")
+    root, intermediate = swtpm.manufacturer_ca_pems()
+    add_manufacturer_cas(domain.path, domain.unlock(PASSWORD), root + intermediate)
+    limits = RefusalLimits(client_burst=2, client_rate=1e-6, summary_interval=3600)
+    other = ec.generate_private_key(ec.SECP256R1()).public_key()
+    from cryptography.hazmat.primitives import serialization
+
+    der = other.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    bad = host.request(host_name=host_name(der, PCRS))
+    answers: list[str] = []
+    with QuoteService.open(domain.path, PASSWORD, limits=limits) as service:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(functools.partial(service.serve, 0))
+            port = listeners[0].socket.getsockname()[1]
+            for _ in range(6):
+                with trio.fail_after(30):
+                    try:
+                        await request_quote_key_certificate(
+                            "127.0.0.1", port, domain.policy_cert, bad
+                        )
+                    except QuoteServiceError as exc:
+                        answers.append(exc.code)
+                    except ProtocolError:
+                        answers.append("hung up")
+            nursery.cancel_scope.cancel()
+    assert answers == ["refused"] * 2 + ["hung up"] * 4
+    with AuditLog.open(domain.path / AUDIT_FILE) as audit:
+        events = audit.events()
+    refused = [e for e in events if e.kind == "refused"]
+    assert [e.reason_code for e in refused] == ["refused", "refused", "summarized"]
+    assert refused[-1].detail["count"] == 4
+    assert refused[-1].detail["codes"] == {"rate_limited": 4}
