@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 import trio
 
-from taonet import ConfigError, HostError
+from taonet import ConfigError, HostError, auth
 from taonet.hosts._counters import CounterStore, ParentTableSealer
 from tests.hosts.tpm2.tpm2_host_helpers import make_host
 
@@ -58,9 +58,7 @@ async def test_counter_calls(host: Tpm2Host) -> None:
         await other.get_counter("c")
 
 
-def _sub(name: str) -> object:
-    from taonet import auth
-
+def _sub(name: str) -> auth.SubPrin:
     return auth.SubPrin((auth.PrinExt("Program", (auth.Str(name),)),))
 
 
@@ -78,7 +76,7 @@ async def test_rollback_protected_seal(host: Tpm2Host) -> None:
         await tao.rollback_protected_seal("state", b"v3", "any")
     with pytest.raises(HostError, match="not rollback-protected"):
         await tao.rollback_protected_unseal(await tao.seal(b"plain"))
-    other = host.tao(host.name.extend(_sub("other")))  # type: ignore[arg-type]
+    other = host.tao(host.name.extend(_sub("other")))
     with pytest.raises(HostError, match="another principal"):
         await other.rollback_protected_unseal(second)
 
@@ -154,7 +152,7 @@ async def test_a_stacked_hosts_counter_table_on_this_root(host: Tpm2Host, tmp_pa
     # What a Linux host stacked on the TPM root does with its counter table.
     table = tmp_path / "linux" / "counters.sealed"
     table.parent.mkdir()
-    tao = host.tao(host.name.extend(_sub("linux-host")))  # type: ignore[arg-type]
+    tao = host.tao(host.name.extend(_sub("linux-host")))
     store = await CounterStore.open(table, ParentTableSealer(tao))
     assert store.rollback_protected
     await store.bump(host.name, "x")
