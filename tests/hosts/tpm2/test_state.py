@@ -24,7 +24,10 @@ def _edit_json(name: str, change: Callable[[dict[str, object]], None]) -> Callab
 
 
 def _write(name: str, data: bytes) -> Callable[[Path], None]:
-    return lambda directory: (directory / name).write_bytes(data)
+    def edit(directory: Path) -> None:
+        (directory / name).write_bytes(data)
+
+    return edit
 
 
 def _flip(name: str, pos: int) -> Callable[[Path], None]:
@@ -86,8 +89,7 @@ async def test_hand_edited_state(
     shutil.copytree(pristine, directory)
     edit(directory)
     with pytest.raises(error, match=match), trio.fail_after(60):
-        host = await Tpm2Host.open(directory)
-        await host.aclose()
+        await Tpm2Host.open(directory)
     # the failed open left the TPM usable: the untouched copy opens
     with trio.fail_after(60):
         host = await Tpm2Host.open(pristine)
@@ -100,7 +102,7 @@ async def test_missing_file(pristine: Path, tmp_path: Path) -> None:
     directory = tmp_path / "host"
     shutil.copytree(pristine, directory)
     (directory / "quote_key.priv").unlink()
-    with pytest.raises(ConfigError, match="quote_key.priv"), trio.fail_after(60):
+    with pytest.raises(ConfigError, match=r"quote_key\.priv"), trio.fail_after(60):
         await Tpm2Host.open(directory)
-    with pytest.raises(ConfigError, match="tpm2host.json"), trio.fail_after(60):
+    with pytest.raises(ConfigError, match=r"tpm2host\.json"), trio.fail_after(60):
         await Tpm2Host.open(tmp_path / "nothing here")
