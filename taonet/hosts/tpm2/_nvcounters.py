@@ -212,6 +212,8 @@ class Tpm2Counters:
         async with self._lock:
             entry = await self._entry(caller, label, create=0)
             assert entry is not None
+            if await self._value(entry) >= MAX_COUNTER:
+                raise HostError(f"counter {label!r} is at its maximum and cannot be bumped")
             await self._increment(entry.index)
             counter = await self._value(entry)
         return await self._core.seal_for(caller, _sealed_data(caller, label, counter, data), policy)
