@@ -145,6 +145,11 @@ def rc_base(rc: int) -> int:
     return rc
 
 
+def is_parameter_error(rc: int) -> bool:
+    """Whether ``rc`` blames one of the command's parameters (not a handle or session)."""
+    return rc & 0xC0 == 0xC0
+
+
 def u16(n: int) -> bytes:
     return struct.pack(">H", n)
 
