@@ -23,12 +23,13 @@ import trio
 from taonet import auth, certs
 from taonet._errors import ConfigError, HostError
 from taonet._log import get_logger
-from taonet.attestation.tpm2 import DEFAULT_PCRS, pcr_selection_bytes
+from taonet.attestation.tpm2 import DEFAULT_PCRS
 from taonet.hosts._core import BoundTao
 from taonet.hosts.tpm2 import _wire
 from taonet.hosts.tpm2._core import Tpm2Core
 from taonet.hosts.tpm2._nvcounters import Tpm2Counters
 from taonet.hosts.tpm2._runtime import TpmRuntime, policy_pcr_digest
+from taonet.hosts.tpm2._setup import PRIMARY_TEMPLATE, create_quote_key, read_pcrs
 from taonet.hosts.tpm2._state import HostConfig, StateDir
 from taonet.hosts.tpm2._transport import SyncTransport, Transport, parse_tcti
 
@@ -81,18 +82,13 @@ class Tpm2Host:
         state = StateDir(Path(directory))
         if state.exists("tpm2host.json"):
             raise ConfigError(f"{directory} already holds a TPM host")
+        quote_private, quote_public = create_quote_key(tcti, alg)  # type: ignore[arg-type]
+        values = read_pcrs(tcti, numbers)
+        template = _wire.sealed_template(policy_pcr_digest(values))
         with SyncTransport(parse_tcti(tcti)) as tpm:
-            handles, _ = tpm.call(_wire.create_primary_command())
+            handles, _ = tpm.call(_wire.create_primary_command(PRIMARY_TEMPLATE))
             primary = _wire.handle_of(handles)
             try:
-                _, params = tpm.call(_wire.create_command(primary, _wire.QUOTE_KEY_TEMPLATES[alg]))
-                quote_private, quote_public = _wire.parse_create(params)
-                values: dict[int, bytes] = {}
-                for i in range(0, len(numbers), 8):
-                    chunk = numbers[i : i + 8]
-                    _, params = tpm.call(_wire.pcr_read_command(pcr_selection_bytes(chunk)))
-                    values.update(_wire.parse_pcr_read(params, chunk))
-                template = _wire.sealed_template(policy_pcr_digest(values))
                 _, params = tpm.call(
                     _wire.create_command(primary, template, secrets.token_bytes(32))
                 )

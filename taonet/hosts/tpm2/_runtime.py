@@ -36,6 +36,7 @@ from taonet._errors import HostError
 from taonet._log import get_logger
 from taonet.attestation.tpm2 import pcr_digest, pcr_selection_bytes
 from taonet.hosts.tpm2 import _wire
+from taonet.hosts.tpm2._setup import PRIMARY_TEMPLATE
 from taonet.hosts.tpm2._transport import ConnectionLost, Transport
 
 __all__ = ["TPM_TIMEOUT", "TpmRuntime", "policy_pcr_digest"]
@@ -166,7 +167,7 @@ class TpmRuntime:
         await self.transport.close()
         clock = await self.read_clock()
         await self._flush_leftovers()
-        handles, _ = await self.call(_wire.create_primary_command())
+        handles, _ = await self.call(_wire.create_primary_command(PRIMARY_TEMPLATE))
         self.primary = _wire.handle_of(handles)
         handles, _ = await self.call(_wire.load_command(self.primary, *self.quote_blobs))
         quote = _wire.handle_of(handles)

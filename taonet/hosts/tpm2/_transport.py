@@ -28,15 +28,14 @@ from typing import Final
 import attrs
 import trio
 
-from taonet._errors import ConfigError, HostError
+from taonet._errors import HostError
 from taonet._log import get_logger
-from taonet.hosts.tpm2 import _wire
+from taonet.hosts.tpm2 import _setup, _wire
 
 __all__ = ["ConnectionLost", "SyncTransport", "Tcti", "Transport", "parse_tcti"]
 
 _log = get_logger(__name__)
 _MAX_RETRIES: Final = 16
-_MAX_TCTI: Final = 4096
 
 
 @attrs.frozen
@@ -50,36 +49,13 @@ class Tcti:
 
 
 def parse_tcti(text: str) -> Tcti:
-    """Parse ``swtpm:host=H,port=N``, ``swtpm:port=N`` or ``device:/dev/tpmrm0``.
-
-    ConfigError for anything else.
-    """
-    if not isinstance(text, str) or not text or len(text) > _MAX_TCTI:
-        raise ConfigError(f"a TCTI must be a non-empty string, got {text!r:.80}")
-    kind, _, conf = text.partition(":")
+    """Parse ``swtpm:host=H,port=N``, ``swtpm:port=N`` or ``device:/dev/NAME``
+    (the grammar of :func:`taonet.hosts.tpm2.parse_tcti`); ConfigError otherwise."""
+    kind, conf = _setup.parse_tcti(text)
     if kind == "device":
-        path = conf or "/dev/tpmrm0"
-        if not path.startswith("/"):
-            raise ConfigError(f"a device TCTI needs an absolute path, got {text!r:.80}")
-        return Tcti("device", path=path)
-    if kind != "swtpm":
-        raise ConfigError(f"unknown TCTI {text!r:.80}: use swtpm:host=H,port=N or device:PATH")
-    host, port = "127.0.0.1", 2321
-    for item in filter(None, conf.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ConfigError(f"TCTI {text!r:.80}: expected key=value, got {item!r:.40}")
-        if key == "host":
-            host = value
-        elif key == "port":
-            if not value.isdigit() or not 0 < int(value) < 65536:
-                raise ConfigError(f"TCTI {text!r:.80}: bad port {value!r:.20}")
-            port = int(value)
-        else:
-            raise ConfigError(f"TCTI {text!r:.80}: unknown option {key!r:.20}")
-    if not host:
-        raise ConfigError(f"TCTI {text!r:.80}: empty host")
-    return Tcti("swtpm", host=host, port=port)
+        return Tcti("device", path=conf)
+    fields = dict(item.partition("=")[::2] for item in conf.split(","))
+    return Tcti("swtpm", host=fields["host"], port=int(fields["port"]))
 
 
 class ConnectionLost(HostError):

@@ -122,17 +122,6 @@ HEADER: Final = 10
 #: Highest PCR index (the SHA-256 bank of a PC client TPM has 24).
 MAX_PCR: Final = 23
 
-#: The standard ECC P-256 storage primary (owner hierarchy): fixedTPM, fixedParent,
-#: sensitiveDataOrigin, userWithAuth, noDA, restricted, decrypt; AES-128-CFB;
-#: empty unique. CreatePrimary is deterministic: the same seed and template give
-#: the same key after every start.
-PRIMARY_TEMPLATE: Final = bytes.fromhex("0023000b00030472000000060080004300100003001000000000")
-#: Restricted signing quote keys (fixedTPM, fixedParent, sensitiveDataOrigin,
-#: userWithAuth, noDA, restricted, sign): ECDSA P-256 or RSASSA-2048 with SHA-256.
-QUOTE_KEY_TEMPLATES: Final = {
-    "ecc": bytes.fromhex("0023000b00050472000000100018000b0003001000000000"),
-    "rsa": bytes.fromhex("0001000b00050472000000100014000b0800000000000000"),
-}
 # Sealed data objects: fixedTPM | fixedParent | noDA (no userWithAuth: the policy only).
 _SEALED_ATTRIBUTES: Final = 0x00000002 | 0x00000010 | 0x00000400
 
@@ -304,7 +293,7 @@ def check_pcrs(pcrs: Iterable[int]) -> tuple[int, ...]:
 # -- commands ------------------------------------------------------------------------
 
 
-def create_primary_command(template: bytes = PRIMARY_TEMPLATE) -> bytes:
+def create_primary_command(template: bytes) -> bytes:
     params = tpm2b(_u16(0) + _u16(0))  # inSensitive: empty userAuth and data
     params += tpm2b(template) + _u16(0) + _u32(0)  # inPublic, outsideInfo, creationPCR
     return _command(CC_CREATE_PRIMARY, [TPM_RH_OWNER], params, _password_auth())
