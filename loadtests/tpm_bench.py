@@ -102,15 +102,17 @@ YEAR_NS = 365 * 24 * 3600 * 10**9
 class PytssBaseline:
     """The TPM work of taonet's calls, done with tpm2-pytss's ESAPI as its users write it.
 
-    Set up once: an ECC P-256 storage primary (kept loaded), a restricted ECDSA P-256
-    quote key under it (its context saved, then flushed), the PolicyPCR digest of
-    ``pcrs`` from a trial session, and one policy session kept for unsealing. Every
-    call is blocking, in the calling thread.
+    Made once: a restricted ECDSA P-256 quote key under an ECC P-256 storage primary
+    (its context saved), the PolicyPCR digest of ``pcrs`` from a trial session and the
+    sealed-object template. :meth:`acquire` creates the primary (kept loaded) and one
+    policy session kept for unsealing; :meth:`release` flushes both, so that taonet's
+    host, which flushes whatever it finds loaded when it (re)connects, finds nothing
+    of ours. Every call is blocking, in the calling thread.
     """
 
     def __init__(self, tcti: str, pcrs: Sequence[int]) -> None:
         from tpm2_pytss import ESAPI, TCTILdr
-        from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE, TPMA_OBJECT, TPMA_SESSION
+        from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE, TPMA_OBJECT
         from tpm2_pytss.types import (
             TPM2B_PUBLIC,
             TPM2B_SENSITIVE_CREATE,
@@ -124,7 +126,7 @@ class PytssBaseline:
         self._selection = TPML_PCR_SELECTION.parse("sha256:" + ",".join(str(p) for p in self.pcrs))
         fixed = TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT | TPMA_OBJECT.NODA
         made_here = fixed | TPMA_OBJECT.SENSITIVEDATAORIGIN | TPMA_OBJECT.USERWITHAUTH
-        primary_template = TPM2B_PUBLIC.parse(
+        self._primary_template = TPM2B_PUBLIC.parse(
             "ecc256:aes128cfb",
             objectAttributes=made_here | TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.DECRYPT,
             nameAlg="sha256",
@@ -134,12 +136,11 @@ class PytssBaseline:
             objectAttributes=made_here | TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.SIGN_ENCRYPT,
             nameAlg="sha256",
         )
-        null_sym = TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL)
-        self._primary = self._session = None
+        self._null_sym = TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL)
+        self._primary: Any = None
+        self._session: Any = None
+        self.acquire()
         try:
-            self._primary, _, _, _, _ = esapi.create_primary(
-                TPM2B_SENSITIVE_CREATE(), primary_template, ESYS_TR.OWNER
-            )
             private, public, _, _, _ = esapi.create(
                 self._primary, TPM2B_SENSITIVE_CREATE(), quote_template
             )
@@ -150,7 +151,7 @@ class PytssBaseline:
             esapi.flush_context(key)
 
             trial = esapi.start_auth_session(
-                ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.TRIAL, null_sym, TPM2_ALG.SHA256
+                ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.TRIAL, self._null_sym, TPM2_ALG.SHA256
             )
             esapi.policy_pcr(trial, b"", self._selection)
             policy = bytes(esapi.policy_get_digest(trial))
@@ -163,15 +164,33 @@ class PytssBaseline:
             )
             sealed.parameters.keyedHashDetail.scheme.scheme = TPM2_ALG.NULL
             self._sealed_template = TPM2B_PUBLIC(publicArea=sealed)
-
-            self._session = esapi.start_auth_session(
-                ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY, null_sym, TPM2_ALG.SHA256
-            )
-            esapi.trsess_set_attributes(self._session, TPMA_SESSION.CONTINUESESSION)
             self.pcr_values = self._read_pcrs()
         except BaseException:
             self.close()
             raise
+
+    def acquire(self) -> None:
+        """CreatePrimary (kept loaded) and StartAuthSession (policy, kept): once, then kept."""
+        from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE, TPMA_SESSION
+        from tpm2_pytss.types import TPM2B_SENSITIVE_CREATE
+
+        if self._primary is not None:
+            return
+        esapi = self._esapi
+        self._primary, _, _, _, _ = esapi.create_primary(
+            TPM2B_SENSITIVE_CREATE(), self._primary_template, ESYS_TR.OWNER
+        )
+        self._session = esapi.start_auth_session(
+            ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY, self._null_sym, TPM2_ALG.SHA256
+        )
+        esapi.trsess_set_attributes(self._session, TPMA_SESSION.CONTINUESESSION)
+
+    def release(self) -> None:
+        """Flush the primary and the session (the TPM is taonet's until :meth:`acquire`)."""
+        for handle in (self._session, self._primary):
+            if handle is not None:
+                self._esapi.flush_context(handle)
+        self._session = self._primary = None
 
     def _read_pcrs(self) -> dict[int, bytes]:
         _, selection, digests = self._esapi.pcr_read(self._selection)
@@ -226,11 +245,10 @@ class PytssBaseline:
 
     def close(self) -> None:
         """Flush what this baseline keeps loaded (swtpm has no resource manager)."""
-        for handle in (self._session, self._primary):
-            if handle is not None:
-                self._esapi.flush_context(handle)
-        self._session = self._primary = None
-        self._esapi.close()
+        try:
+            self.release()
+        finally:
+            self._esapi.close()
 
 
 # --------------------------------------------------------------------------- quote verification
@@ -371,35 +389,36 @@ async def paired_batches(
     subject: Callable[[], Awaitable[object]],
     baseline: Callable[[], object],
     *,
-    release: Callable[[], Awaitable[None]],
+    switch: Callable[[bool], Awaitable[None]],
     rounds: int,
     ops: int,
 ) -> dict[str, float]:
     """Per round: ``ops`` baseline calls, ``ops`` subject calls, ``ops`` baseline calls.
 
-    ``release`` closes taonet's connection to the TPM before each baseline batch (swtpm
-    serves one connection at a time); the subject's first call after it is not timed.
+    ``switch(True)`` hands the TPM to the baseline (taonet's connection closed),
+    ``switch(False)`` back; the subject's first call after it, which reconnects and
+    rebuilds, is not timed. Times are wall nanoseconds per call.
     """
     subject_all: list[int] = []
     baseline_all: list[int] = []
     ratios = []
 
     async def baseline_batch() -> list[int]:
-        await release()
-        times = []
-        for _ in range(ops):
-            start = time.perf_counter_ns()
-            baseline()
-            times.append(time.perf_counter_ns() - start)
+        await switch(True)
+        try:
+            times = []
+            for _ in range(ops):
+                start = time.perf_counter_ns()
+                baseline()
+                times.append(time.perf_counter_ns() - start)
+        finally:
+            await switch(False)
         baseline_all.extend(times)
         return times
 
-    await subject()  # warm up both
-    await release()
-    baseline()
     for _ in range(rounds):
         before = await baseline_batch()
-        await subject()  # reopens taonet's connection: not timed
+        await subject()  # reconnects: not timed
         times = []
         for _ in range(ops):
             start = time.perf_counter_ns()
@@ -415,71 +434,66 @@ async def paired_batches(
     }
 
 
-async def release_connection(host: Any) -> None:
-    """Close taonet's connection to the TPM until its next call (swtpm serves one at a time)."""
-    raise NotImplementedError("waiting for H4's transport")
-
-
 async def measure_host(
     baseline: PytssBaseline, directory: Path, tcti: str, *, rounds: int, ops: int
 ) -> dict[str, float]:
     """taonet's attest, seal and unseal against ``baseline``'s (see the module docstring)."""
     from taonet.hosts.tpm2 import Tpm2Host
 
-    created = Tpm2Host.create(directory, tcti=tcti, pcrs=baseline.pcrs)
-    if isinstance(created, Awaitable):
-        await created
-    host = await Tpm2Host.open(directory)
-    try:
-        if tuple(sorted(host.pcrs)) != baseline.pcrs:
-            raise SystemExit(f"the host quotes PCRs {sorted(host.pcrs)}, not {baseline.pcrs}")
+    baseline.release()
+    await trio.to_thread.run_sync(lambda: Tpm2Host.create(directory, tcti=tcti, pcrs=baseline.pcrs))
+    async with await Tpm2Host.open(directory) as host:
+        if host.pcrs != baseline.pcr_values:
+            raise SystemExit(f"the host's PCRs {host.pcrs} are not {baseline.pcr_values}")
         tao = host.tao()
         message = auth.Speaksfor(auth.key_principal(Signer.generate().public_key_der()), host.name)
+        now = time.time_ns()
         statement = auth.encode(
-            auth.Says(speaker=host.name, message=message, time=time.time_ns(),
-                      expiration=time.time_ns() + YEAR_NS)
-        )  # fmt: skip
+            auth.Says(speaker=host.name, message=message, time=now, expiration=now + YEAR_NS)
+        )
         blob = await tao.seal(DATA)
         if (await tao.unseal(blob))[0] != DATA:
             raise SystemExit("taonet's unseal returned other data")
-        await release_connection(host)
-        sealed = baseline.seal(DATA)
-        if baseline.unseal(sealed) != DATA:
-            raise SystemExit("the tpm2-pytss unseal returned other data")
 
-        async def release() -> None:
-            await release_connection(host)
+        async def switch(to_baseline: bool) -> None:
+            if to_baseline:
+                # Closes the host's connection and flushes what it keeps loaded; its
+                # next call reconnects and rebuilds.
+                await host.run_blocking(lambda: None)
+                baseline.acquire()
+            else:
+                baseline.release()
 
+        await switch(True)
+        try:
+            sealed = baseline.seal(DATA)
+            if baseline.unseal(sealed) != DATA:
+                raise SystemExit("the tpm2-pytss unseal returned other data")
+        finally:
+            await switch(False)
         out: dict[str, float] = {}
         out |= await paired_batches(
             "attest", lambda: tao.attest(message), lambda: baseline.quote(statement),
-            release=release, rounds=rounds, ops=ops,
+            switch=switch, rounds=rounds, ops=ops,
         )  # fmt: skip
         out |= await paired_batches(
             "seal", lambda: tao.seal(DATA), lambda: baseline.seal(DATA),
-            release=release, rounds=rounds, ops=ops,
+            switch=switch, rounds=rounds, ops=ops,
         )  # fmt: skip
         out |= await paired_batches(
             "unseal", lambda: tao.unseal(blob), lambda: baseline.unseal(sealed),
-            release=release, rounds=rounds, ops=ops,
+            switch=switch, rounds=rounds, ops=ops,
         )  # fmt: skip
-        await release_connection(host)
         return out
-    finally:
-        await host.aclose()
 
 
 @contextmanager
 def own_swtpm(directory: Path) -> Iterator[str]:
     """A throwaway swtpm (EK certificates from a throwaway CA) in ``directory``: its TCTI."""
-    from taonet.hosts.tpm2._swtpm import Swtpm
+    from taonet.hosts.tpm2 import Swtpm
 
-    swtpm = Swtpm.create(directory)
-    swtpm.start()
-    try:
+    with Swtpm.create(directory) as swtpm:
         yield swtpm.tcti
-    finally:
-        swtpm.stop()
 
 
 async def run(args: argparse.Namespace, tcti: str, directory: Path) -> dict[str, Any]:
