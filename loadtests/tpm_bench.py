@@ -297,11 +297,20 @@ def load_keylime() -> Any | None:
 
 
 def verifiers(baseline: PytssBaseline, tpm_util: Any | None) -> dict[str, Callable[[], object]]:
-    """One quote made by ``baseline``; each verifier of it, checked once to succeed."""
+    """Each verifier of one quote made by ``baseline``.
+
+    Each is checked once to accept that quote, and each but ``raw_verify`` (which
+    checks the signature alone) to refuse a quote the same TPM key signed over other
+    qualifying data, so that no figure is of a check that does not check.
+    """
     from taonet.attestation import tpm2
 
     pcrs = baseline.pcr_values
     key_der = baseline.quote_key_der
+    public_key = serialization.load_der_public_key(key_der)
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    ecdsa = ec.ECDSA(hashes.SHA256())
+    pem, blob = baseline.quote_key_pem, tools_pcr_blob(pcrs)
     speaker = tpm2.host_name(key_der, pcrs)
     now = time.time_ns()
     statement = auth.Says(
@@ -311,27 +320,35 @@ def verifiers(baseline: PytssBaseline, tpm_util: Any | None) -> dict[str, Callab
         expiration=now + YEAR_NS,
     )
     serialized = auth.encode(statement)
-    quoted, signature = baseline.quote(serialized)
     extra = hashlib.sha256(serialized).digest()
-    attestation = tpm2.tpm2_attestation(serialized, key_der, quoted, signature).to_bytes()
 
-    public_key = serialization.load_der_public_key(key_der)
-    assert isinstance(public_key, ec.EllipticCurvePublicKey)
-    der_signature = ecdsa_der(signature)
-    ecdsa = ec.ECDSA(hashes.SHA256())
+    def checks(quoted: bytes, signature: bytes) -> dict[str, Callable[[], object]]:
+        attestation = tpm2.tpm2_attestation(serialized, key_der, quoted, signature).to_bytes()
+        der_signature = ecdsa_der(signature)
+        fns: dict[str, Callable[[], object]] = {
+            "raw_verify": lambda: public_key.verify(der_signature, quoted, ecdsa),
+            "quote_verify": lambda: tpm2.verify_quote(
+                key_der, quoted, signature, extra_data=extra, pcrs=pcrs
+            ),
+            "validate_tpm2": lambda: validate(attestation, now_ns=now, policy_cert=UNROOTED),
+        }
+        if tpm_util is not None:
+            fns["keylime"] = lambda: tpm_util.checkquote(
+                pem, extra, signature, quoted, blob, "sha256"
+            )
+        return fns
 
-    fns: dict[str, Callable[[], object]] = {
-        "raw_verify": lambda: public_key.verify(der_signature, quoted, ecdsa),
-        "quote_verify": lambda: tpm2.verify_quote(
-            key_der, quoted, signature, extra_data=extra, pcrs=pcrs
-        ),
-        "validate_tpm2": lambda: validate(attestation, now_ns=now, policy_cert=UNROOTED),
-    }
-    if tpm_util is not None:
-        pem, blob = baseline.quote_key_pem, tools_pcr_blob(pcrs)
-        fns["keylime"] = lambda: tpm_util.checkquote(pem, extra, signature, quoted, blob, "sha256")
+    fns = checks(*baseline.quote(serialized))
     for fn in fns.values():
-        fn()  # each accepts this quote, or the benchmark stops here
+        fn()
+    for name, fn in checks(*baseline.quote(serialized + b" (another)")).items():
+        if name == "raw_verify":
+            continue
+        try:
+            fn()
+        except Exception:  # refused, as it must be
+            continue
+        raise SystemExit(f"{name} accepted a quote over other qualifying data")
     return fns
 
 
@@ -527,7 +544,7 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=40, help="TPM calls per timed batch")
     args = parser.parse_args()
     if args.quick:
-        args.rounds, args.seconds, args.ops = 5, 0.15, 15
+        args.rounds, args.seconds, args.ops = 7, 0.15, 20
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     with tempfile.TemporaryDirectory(prefix="taonet-tpm-bench-") as tmp:
         directory = Path(tmp)
