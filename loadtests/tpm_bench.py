@@ -21,41 +21,54 @@ same quote (the same TPMS_ATTEST and TPMT_SIGNATURE bytes):
   installed only for this benchmark (see ``KEYLIME_INSTALL``); without it the other
   figures are still reported.
 
-Rates are operations per second of this process's CPU time. Each round measures
-raw, keylime, quote_verify, validate_tpm2, keylime, raw (the middle two swapped every
-other round), so each subject sits between two measurements of each baseline; a
-round's ratio is the subject's rate over the mean of the baseline's two, and each
-ratio reported is the median over the rounds (``quote_verify_ratio_vs_raw_verify``,
-``quote_verify_ratio_vs_keylime``, ``validate_tpm2_ratio_vs_raw_verify``).
+Each verifier is first checked to accept that quote and (all but ``raw_verify``, which
+checks the signature alone) to refuse one the same key signed over other qualifying
+data. Rates are operations per second of this process's CPU time. Each round
+measures raw, keylime, quote_verify, validate_tpm2, keylime, raw (the middle two
+swapped every other round), so each subject sits between two measurements of each
+baseline; a round's ratio is the subject's rate over the mean of the baseline's two,
+and each ratio reported is the median over the rounds
+(``quote_verify_ratio_vs_raw_verify``, ``quote_verify_ratio_vs_keylime``,
+``validate_tpm2_ratio_vs_raw_verify``, ``validate_tpm2_ratio_vs_keylime``).
 
-TPM operations (wall time per call, swtpm in another process). taonet's
-:class:`~taonet.hosts.tpm2.Tpm2Host` (``tao = host.tao()``) against the same TPM
-commands sent with tpm2-pytss's ESAPI, blocking, in this same process, on the same
-swtpm, the way a tpm2-pytss user writes them (storage primary created once and kept
-loaded, the quote key's context saved once, the PolicyPCR digest computed once):
+TPM operations (wall time per call; swtpm is another process). taonet's
+:class:`~taonet.hosts.tpm2.Tpm2Host` (``tao = host.tao()``, the host's own name) against
+the same TPM commands sent with tpm2-pytss's ESAPI, blocking, in this same process,
+on the same swtpm, the way a tpm2-pytss user writes them: the storage primary
+created once and kept loaded, the quote key's context saved once, the PolicyPCR
+digest computed once (trial session), ESAPI's default password session for the quote
+key, and its swtpm TCTI (which opens a TCP connection per command):
 
-* ``attest``: ``await tao.attest(message)``, against SHA-256 of a statement's bytes
-  of the same shape, then ContextLoad(quote key) + Quote(the host's PCRs, that
-  digest as qualifyingData) + FlushContext;
+* ``attest``: ``await tao.attest(message)`` (which also encodes the statement and
+  builds the attestation), against SHA-256 of an encoded statement of the same shape
+  (encoded once, outside the timing), then ContextLoad(quote key) + Quote(the host's
+  PCRs, that digest as qualifyingData) + FlushContext;
 * ``seal`` (1 KiB): ``await tao.seal(data)``, against a fresh 32-byte AES-256-GCM key
   put in a KEYEDHASH sealed object by Create under the primary (authPolicy = the
   PolicyPCR digest of the host's PCRs) and the data encrypted under that key;
 * ``unseal``: ``await tao.unseal(blob)``, against Load(the sealed object under the
-  primary) + PolicyRestart + PolicyPCR on a policy session kept between calls (the
-  same commands taonet sends) + Unseal + FlushContext, then the AES-GCM decryption.
+  primary) + PolicyRestart + PolicyPCR on an unsalted policy session kept between
+  calls (the commands taonet sends) + Unseal + FlushContext, then the AES-GCM
+  decryption.
 
-swtpm serves one connection at a time and tpm2-pytss's swtpm TCTI opens one per
-command, so the two sides take turns in batches: each round times a batch of
-tpm2-pytss calls, a batch of taonet calls (after one untimed call that reopens
-taonet's connection) and another tpm2-pytss batch. A round's ratio is the median
-taonet time over the mean of the two baseline batches' medians; the ratio reported is
-the median over the rounds (``attest_ratio_vs_tpm2_pytss``,
-``seal_ratio_vs_tpm2_pytss``, ``unseal_ratio_vs_tpm2_pytss``: time ratios, lower is
-faster).
+swtpm serves one connection at a time, and taonet's host keeps one open, so the two
+sides take turns in batches: before a tpm2-pytss batch the host's connection is
+closed with :meth:`~taonet.hosts.tpm2.Tpm2Host.run_blocking` (which also flushes what
+the host keeps loaded) and the baseline creates its primary and session; after it the
+baseline flushes them (the host flushes whatever it finds loaded when it reconnects),
+and taonet's first call, which reconnects and reloads, is not timed. Each round times
+a tpm2-pytss batch, a taonet batch and another tpm2-pytss batch of ``--ops`` calls;
+a round's ratio is the median taonet time over the mean of the two baseline batches'
+medians, and the ratio reported is the median over the rounds
+(``attest_ratio_vs_tpm2_pytss``, ``seal_ratio_vs_tpm2_pytss``,
+``unseal_ratio_vs_tpm2_pytss``: time ratios, lower is faster). ``*_ms`` are median
+wall times per call, ``*_cpu_ms`` the median CPU time of this process per call.
 
-The benchmark starts its own swtpm (:class:`taonet.hosts.tpm2._swtpm.Swtpm`) in a
-temporary directory, or uses one already running with ``--tcti``. Prints a table,
-then as its last line one JSON object with the figures and ratios.
+The benchmark starts its own swtpm (:class:`taonet.hosts.tpm2.Swtpm`) in a temporary
+directory, or uses one already running with ``--tcti`` (nothing else may hold
+objects on it: the host flushes them). On a shared machine, read the ratios, not the
+absolute figures. Prints a table, then as its last line one JSON object with the
+figures and ratios.
 
     python loadtests/tpm_bench.py [--quick] [--tcti swtpm:host=127.0.0.1,port=N]
         [--rounds N] [--seconds S] [--ops N]
@@ -290,7 +303,7 @@ def load_keylime() -> Any | None:
         return None
     logging.disable(logging.WARNING)  # "Config file not found ... logging.conf": harmless
     try:
-        from keylime.tpm import tpm_util
+        from keylime.tpm import tpm_util  # type: ignore[import-untyped]
     finally:
         logging.disable(logging.NOTSET)
     return tpm_util
@@ -390,7 +403,9 @@ def measure_verifiers(
                 ratios.setdefault((subject, base), []).append(
                     got[subject][0] / statistics.fmean(got[base])
                 )
-    out = {f"{name}_per_s": round(statistics.median(v)) for name, v in rates.items()}
+    out: dict[str, float] = {
+        f"{name}_per_s": round(statistics.median(v)) for name, v in rates.items()
+    }
     for (subject, base), values in ratios.items():
         out[f"{subject}_ratio_vs_{base}"] = round(statistics.median(values), 3)
     return out
@@ -414,10 +429,13 @@ async def paired_batches(
 
     ``switch(True)`` hands the TPM to the baseline (taonet's connection closed),
     ``switch(False)`` back; the subject's first call after it, which reconnects and
-    rebuilds, is not timed. Times are wall nanoseconds per call.
+    rebuilds, is not timed. Returns medians per call (wall and this process's CPU) and
+    the median over the rounds of the per-round time ratio.
     """
     subject_all: list[int] = []
     baseline_all: list[int] = []
+    subject_cpu: list[int] = []
+    baseline_cpu: list[int] = []
     ratios = []
 
     async def baseline_batch() -> list[int]:
@@ -425,9 +443,10 @@ async def paired_batches(
         try:
             times = []
             for _ in range(ops):
-                start = time.perf_counter_ns()
+                cpu, start = time.process_time_ns(), time.perf_counter_ns()
                 baseline()
                 times.append(time.perf_counter_ns() - start)
+                baseline_cpu.append(time.process_time_ns() - cpu)
         finally:
             await switch(False)
         baseline_all.extend(times)
@@ -438,9 +457,10 @@ async def paired_batches(
         await subject()  # reconnects: not timed
         times = []
         for _ in range(ops):
-            start = time.perf_counter_ns()
+            cpu, start = time.process_time_ns(), time.perf_counter_ns()
             await subject()
             times.append(time.perf_counter_ns() - start)
+            subject_cpu.append(time.process_time_ns() - cpu)
         subject_all.extend(times)
         after = await baseline_batch()
         ratios.append(_ms(times) / statistics.fmean([_ms(before), _ms(after)]))
@@ -448,6 +468,8 @@ async def paired_batches(
         f"{name}_ms": round(_ms(subject_all), 4),
         f"tpm2_pytss_{name}_ms": round(_ms(baseline_all), 4),
         f"{name}_ratio_vs_tpm2_pytss": round(statistics.median(ratios), 3),
+        f"{name}_cpu_ms": round(_ms(subject_cpu), 4),
+        f"tpm2_pytss_{name}_cpu_ms": round(_ms(baseline_cpu), 4),
     }
 
 
