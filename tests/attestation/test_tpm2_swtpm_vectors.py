@@ -26,7 +26,9 @@ from taonet.attestation.tpm2 import (
 from taonet.crypto import Signer
 from tests.vectors.generate import read_json
 
-VECTORS: list[dict[str, Any]] = read_json("tpm2_swtpm.json")["vectors"]
+FILE = read_json("tpm2_swtpm.json")
+VECTORS: list[dict[str, Any]] = FILE["vectors"]
+LAB: list[dict[str, Any]] = FILE["lab_quotes"]
 TPM_RH_OWNER = struct.pack(">I", 0x40000001)
 
 
@@ -56,6 +58,7 @@ def vector(request: pytest.FixtureRequest) -> dict[str, Any]:
 
 def test_two_vectors_one_per_key_type() -> None:
     assert [v["name"] for v in VECTORS] == ["swtpm ecc quote", "swtpm rsa quote"]
+    assert [v["name"] for v in LAB] == ["tpm lab ecc quote", "tpm lab rsa quote"]
 
 
 def test_the_tpms_own_quote_parses(vector: dict[str, Any]) -> None:
@@ -131,3 +134,18 @@ def test_the_tpms_ecc_attestation_validates_once_its_key_is_certified() -> None:
     other_cert = certs.make_policy_certificate(other, common_name="other", now_ns=now)
     with pytest.raises(AuthenticationError, match="host certificate"):
         validate(att, now_ns=now, policy_cert=other_cert)
+
+
+@pytest.mark.parametrize("lab", LAB, ids=[v["name"] for v in LAB])
+def test_the_tpm_labs_quotes_verify(lab: dict[str, Any]) -> None:
+    attest, sig, key = _b(lab, "tpms_attest"), _b(lab, "tpmt_signature"), _b(lab, "quote_key_der")
+    extra = hashlib.sha256(lab["qualifying_data_of"].encode()).digest()
+    pcrs = _pcrs(lab)
+    assert pcrs[17] == pcrs[18] == b"\xff" * 32  # never reset since power-on
+    quote = verify_quote(key, attest, sig, extra_data=extra, pcrs=pcrs)
+    assert quote.pcr_select == (0, 1, 2, 3, 7, 16, 17, 18, 23)
+    assert quote.pcr_digest == pcr_digest(pcrs)
+    with pytest.raises(AuthenticationError, match="selection"):
+        verify_quote(key, attest, sig, extra_data=extra, pcrs={**pcrs, 4: b"\x00" * 32})
+    with pytest.raises(AuthenticationError, match="PCR digest"):
+        verify_quote(key, attest, sig, extra_data=extra, pcrs={**pcrs, 17: b"\x00" * 32})

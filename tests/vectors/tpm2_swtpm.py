@@ -3,13 +3,16 @@
 Run once (needs swtpm and tpm2-pytss; the tests that read the vectors need neither):
 
     python tests/vectors/tpm2_swtpm.py tests/vectors/tpm2_swtpm.json
+    python tests/vectors/tpm2_swtpm.py tests/vectors/tpm2_swtpm.json --lab /work/tpmlab/keys
 
 It starts a throwaway swtpm on a fresh state directory, makes the ECC P-256 storage
 primary and a restricted ECC P-256 and RSA-2048 quote key under it, extends PCR 16,
 and for each key makes the attestation a TPM host makes: a statement spoken by
 ``tpm2([key]).PCRs(..).Program(..)`` and TPM2_Quote over SHA-256 of it. The JSON keeps
 the TPM's own bytes (TPMS_ATTEST, TPMT_SIGNATURE), the keys' TPMT_PUBLIC areas (so a
-test can recompute the qualifiedSigner) and the whole serialized attestation.
+test can recompute the qualifiedSigner) and the whole serialized attestation. With
+``--lab`` it adds the quotes of the TPM lab (another swtpm, set up with EK
+certificates by swtpm_setup, 9 PCRs of which 17 and 18 are all ones).
 """
 
 from __future__ import annotations
@@ -169,5 +172,47 @@ def make(out: Path) -> None:
     out.write_text(json.dumps(doc, indent=1) + "\n")
 
 
+#: The PCRs the TPM lab's t1_keys_quote.py quoted.
+LAB_PCRS = (0, 1, 2, 3, 7, 16, 17, 18, 23)
+
+
+def lab_quotes(keys: Path) -> list[dict[str, Any]]:
+    """The quotes the TPM lab made (t1_keys_quote.py, another swtpm with EK certificates).
+
+    Its qualifying data is SHA-256 of a plain string, not of an auth statement, and its
+    PCR values come from tpm2-tools' serialized PCR file (Keylime's pcrblob).
+    """
+    out = []
+    for kind in ("ecc", "rsa"):
+        blob = (keys / f"quote_{kind}.pcrs").read_bytes()
+        pcrs = {}
+        for i, p in enumerate(LAB_PCRS):
+            group, j = divmod(i, 8)
+            at = 4 + 128 + 4 + group * 532 + 4 + j * 66 + 2
+            pcrs[p] = blob[at : at + 32]
+        pem = (keys / f"ak_{kind}.pem").read_bytes()
+        key_der = serialization.load_pem_public_key(pem).public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        out.append(
+            {
+                "name": f"tpm lab {kind} quote",
+                "quote_key_der": key_der.hex(),
+                "pcrs": {str(p): v.hex() for p, v in pcrs.items()},
+                "qualifying_data_of": f"serialized statement {kind}",
+                "tpms_attest": (keys / f"quote_{kind}.attest").read_bytes().hex(),
+                "tpmt_signature": (keys / f"quote_{kind}.sig").read_bytes().hex(),
+            }
+        )
+    return out
+
+
 if __name__ == "__main__":
-    make(Path(sys.argv[1]))
+    # tpm2_swtpm.py OUT                 make new quotes on a throwaway swtpm
+    # tpm2_swtpm.py OUT --lab KEYS_DIR  add the TPM lab's quotes to OUT
+    if len(sys.argv) == 4 and sys.argv[2] == "--lab":
+        doc = json.loads(Path(sys.argv[1]).read_text())
+        doc["lab_quotes"] = lab_quotes(Path(sys.argv[3]))
+        Path(sys.argv[1]).write_text(json.dumps(doc, indent=1) + "\n")
+    else:
+        make(Path(sys.argv[1]))
