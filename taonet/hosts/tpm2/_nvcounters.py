@@ -113,7 +113,7 @@ class Tpm2Counters:
                     return False
                 raise
             attributes, size = _wire.parse_nv_read_public(params)
-            if attributes != _wire.NV_COUNTER_ATTRIBUTES or size != 8:
+            if attributes & ~_wire.NV_WRITTEN != _wire.NV_COUNTER_ATTRIBUTES or size != 8:
                 raise HostError(
                     f"NV index {index:#x} is not one of this host's counters (another "
                     "user of the TPM defined it)"
@@ -212,6 +212,8 @@ class Tpm2Counters:
         async with self._lock:
             entry = await self._entry(caller, label, create=0)
             assert entry is not None
+            if await self._value(entry) >= MAX_COUNTER:
+                raise HostError(f"counter {label!r} is at its maximum and cannot be bumped")
             await self._increment(entry.index)
             counter = await self._value(entry)
         return await self._core.seal_for(caller, _sealed_data(caller, label, counter, data), policy)
