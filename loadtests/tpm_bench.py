@@ -257,10 +257,17 @@ class PytssBaseline:
         return AESGCM(key).decrypt(box[:12], box[12:], None)
 
     def close(self) -> None:
-        """Flush what this baseline keeps loaded (swtpm has no resource manager)."""
+        """Flush what this baseline keeps loaded (swtpm has no resource manager).
+
+        Best effort: after a failure half-way the host may have flushed them already,
+        and the error that stopped the run is the one to see.
+        """
         try:
             self.release()
+        except Exception as exc:
+            print(f"tpm2-pytss baseline: could not flush its objects: {exc}", file=sys.stderr)
         finally:
+            self._primary = self._session = None
             self._esapi.close()
 
 
