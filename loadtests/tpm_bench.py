@@ -78,7 +78,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -306,11 +305,11 @@ def ecdsa_der(tpmt_signature: bytes) -> bytes:
 
 def load_keylime() -> Any | None:
     """keylime.tpm.tpm_util, its logging-config warning silenced; None when not installed."""
-    if importlib.util.find_spec("keylime") is None:
-        return None
     logging.disable(logging.WARNING)  # "Config file not found ... logging.conf": harmless
     try:
         from keylime.tpm import tpm_util  # type: ignore[import-untyped]
+    except ImportError:
+        return None
     finally:
         logging.disable(logging.NOTSET)
     return tpm_util
