@@ -369,3 +369,19 @@ def test_kdfa_vector() -> None:
     assert tc.kdfa("sha256", key, label, u, v, 128) == expect
     assert len(tc.kdfa("sha384", key, label, u, v, 256)) == 32
     assert len(tc.kdfe("sha256", b"z", b"IDENTITY", u, v, 512)) == 64
+
+
+def test_imports_without_trio() -> None:
+    """The credential functions are part of the pure core (a quote service or a
+    verifier uses them without a TSS or trio)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, taonet.attestation.tpm2_credential; "
+        "assert 'trio' not in sys.modules and 'tpm2_pytss' not in sys.modules"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -169,7 +169,16 @@ class TpmRuntime:
         await self._flush_leftovers()
         handles, _ = await self.call(_wire.create_primary_command(PRIMARY_TEMPLATE))
         self.primary = _wire.handle_of(handles)
-        handles, _ = await self.call(_wire.load_command(self.primary, *self.quote_blobs))
+        try:
+            handles, _ = await self.call(_wire.load_command(self.primary, *self.quote_blobs))
+        except _wire.TpmError as exc:
+            if not _wire.is_parameter_error(exc.tpm_rc):
+                raise
+            raise HostError(
+                f"this TPM cannot load the host's quote key: the state directory belongs to "
+                f"another TPM, or this TPM's owner hierarchy was cleared ({exc})",
+                rc=exc.tpm_rc,
+            ) from None
         quote = _wire.handle_of(handles)
         try:
             _, params = await self.call(_wire.context_save_command(quote))
