@@ -80,6 +80,33 @@ def test_ek_chain_template_and_activate(
     assert got == secret
 
 
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_same_shape_as_the_tpms_own_make_credential(
+    swtpm: Any, tpm: Any, eks: Any, quote_key: tuple[bytes, bytes], kind: str
+) -> None:
+    """The TPM's own MakeCredential (the EK loaded as an external key) gives a blob and
+    secret of the same sizes as ours, and the TPM activates both."""
+    from tpm2_pytss.constants import ESYS_TR
+    from tpm2_pytss.types import TPM2B_PUBLIC, TPMT_PUBLIC
+
+    ek = tc.parse_public(eks[kind][1])
+    name = tc.parse_public(tc.tpmt_public_from_tpm2b(quote_key[1])).name
+    secret = os.urandom(32)
+    with tpm._esapi(swtpm.tcti) as ectx:
+        area, _ = TPMT_PUBLIC.unmarshal(ek.raw)
+        handle = ectx.load_external(TPM2B_PUBLIC(publicArea=area), None, ESYS_TR.NULL)
+        try:
+            blob, encrypted = ectx.make_credential(handle, secret, name)
+        finally:
+            ectx.flush_context(handle)
+    theirs = (bytes(blob.credential), bytes(encrypted.secret))
+    ours = tc.make_credential(ek, secret, name)
+    assert [len(x) for x in ours] == [len(x) for x in theirs]
+    for candidate in (ours, theirs):
+        got = tpm.activate_credential(swtpm.tcti, *quote_key, *candidate, ek_index=KINDS[kind])
+        assert got == secret
+
+
 def test_credential_for_another_ek_refused(
     swtpm: Any, tpm: Any, eks: Any, quote_key: tuple[bytes, bytes]
 ) -> None:
@@ -385,3 +412,31 @@ def test_imports_without_trio() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_unprocessed_critical_extension_refused() -> None:
+    """A CA that limits itself with critical name constraints: this check does not
+    process them, so it refuses the chain rather than trust the CA beyond them."""
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "constrained")])
+    now = dt.datetime.now(dt.UTC)
+    root = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(root_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .add_extension(
+            x509.NameConstraints(
+                permitted_subtrees=[x509.DNSName("example.com")], excluded_subtrees=None
+            ),
+            True,
+        )
+        .sign(root_key, hashes.SHA256())
+    )
+    ek = _ek_cert(ec.generate_private_key(ec.SECP256R1()).public_key(), root, root_key)
+    with pytest.raises(AuthenticationError, match="critical extension"):
+        tc.check_ek_certificate(ek, [root], now_ns=time.time_ns())

@@ -385,3 +385,29 @@ async def test_rsa_quote_key(tmp_path: Path, swtpm_tcti: str) -> None:
         assert (await host.tao().unseal(await host.tao().seal(b"r")))[0] == b"r"
     finally:
         await host.aclose()
+
+
+async def test_aclose_while_calls_wait(host: Tpm2Host, swtpm_tcti: str) -> None:
+    tao = host.tao()
+    outcomes: list[str] = []
+    started = trio.Event()
+
+    async def worker() -> None:
+        started.set()
+        try:
+            await tao.unseal(await tao.seal(b"w"))
+            outcomes.append("done")
+        except HostError as exc:
+            outcomes.append("closed" if "closed" in str(exc) else str(exc))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(worker)
+            await started.wait()
+            nursery.start_soon(host.aclose)
+    assert len(outcomes) == 10
+    assert set(outcomes) <= {"done", "closed"}
+    assert "closed" in outcomes
+    # closed for good: nothing reconnected, nothing left loaded on the TPM
+    assert await trio.to_thread.run_sync(loaded_handles, swtpm_tcti) == []
