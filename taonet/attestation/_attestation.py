@@ -14,12 +14,13 @@ trust root takes the explicit :data:`UNROOTED`. It returns a :class:`Proven` val
 raises :class:`~taonet.AuthenticationError` saying what failed. All times are int64
 nanoseconds since the Unix epoch, as on the wire. Every check runs on every call;
 only what depends on a ``"key"`` signer's key alone (its parsed verifier and its
-principal) is kept, for the last 1024 keys, keyed by the key's exact bytes.
+principal) is kept, for the last 1024 keys, keyed by the key's exact bytes (the
+``"tpm2"`` type keeps the like for quote keys and names' PCRs).
 
-Signer types are pluggable (:func:`register_signer_type`): ``"key"`` (ECDSA) is built
-in; the TPM backends register ``"tpm2"`` with their quote verifier. A name is
-registered once: neither the built-in ``"key"`` nor a type registered earlier can be
-replaced.
+Signer types are pluggable (:func:`register_signer_type`): ``"key"`` (ECDSA) and
+``"tpm2"`` (TPM 2.0 quotes, verified in pure Python: see ``_tpm2``) are built in, so
+a domain service verifies TPM attestations without a TSS. A name is registered once:
+neither a built-in type nor a type registered earlier can be replaced.
 """
 
 from __future__ import annotations
@@ -148,6 +149,11 @@ class SignerType:
     verify: Callable[[Attestation], None]
     #: signer_key -> the signer's principal.
     principal: Callable[[bytes], auth.Prin]
+    #: Optional (attestation, its decoded statement) -> None, which :func:`validate`
+    #: calls instead of ``verify`` when set: for a signer type whose check depends on
+    #: the speaker ("tpm2" quotes are over the PCRs the speaker's name lists), so the
+    #: statement is not decoded twice.
+    verify_says: Callable[[Attestation, auth.Says], None] | None = None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -187,7 +193,7 @@ _SIGNER_TYPES: dict[str, SignerType] = {
 
 
 def register_signer_type(name: str, signer_type: SignerType) -> None:
-    """Teach :func:`validate` a signer type (the TPM backends register ``"tpm2"``).
+    """Teach :func:`validate` a signer type (``"key"`` and ``"tpm2"`` are built in).
 
     ``name`` is a principal type: a lower-case word of at most 32 letters and
     digits. Each name is registered once: ValueError for the built-in ``"key"`` or
@@ -328,7 +334,10 @@ def _validate(att: Attestation, now_ns: int, *, depth: int) -> Proven:
     if not isinstance(says.speaker, auth.Prin):
         raise AuthenticationError(f"{what}: the speaker is not a principal")
     # Signature first: nothing else in the statement is believed before it checks.
-    signer_type.verify(att)
+    if signer_type.verify_says is None:
+        signer_type.verify(att)
+    else:
+        signer_type.verify_says(att, says)
     try:
         signer = signer_type.principal(att.signer_key)
     except CodecError as exc:

@@ -136,11 +136,17 @@ def test_statement_that_is_not_says_is_refused() -> None:
 
 
 def test_unknown_signer_type_is_refused() -> None:
-    for signer_type in ("tpm2", "tpm", "", "KEY"):
+    for signer_type in ("tpm", "", "KEY"):
         with pytest.raises(AuthenticationError, match="unsupported signer type"):
             validate(
                 attrs.evolve(make(), signer_type=signer_type), now_ns=NOW, policy_cert=UNROOTED
             )
+
+
+def test_a_key_signature_under_the_tpm2_signer_type_is_refused() -> None:
+    # "tpm2" is built in: a key attestation relabelled as tpm2 carries no quote.
+    with pytest.raises(AuthenticationError, match="no quote"):
+        validate(attrs.evolve(make(), signer_type="tpm2"), now_ns=NOW, policy_cert=UNROOTED)
 
 
 BASE = make(time=NOW - SECOND, expiration=NOW + 3600 * SECOND).to_bytes()

@@ -1,0 +1,503 @@
+"""TPM 2.0 quotes verified in pure Python, and the names of TPM 2.0 hosts.
+
+A TPM 2.0 host is named ``tpm2([sha256 of the quote key's PKIX DER]).PCRs("0,1,7",
+"hex,hex,hex")``: the key that signs its quotes and the SHA-256-bank PCR values it
+booted with (ascending PCR numbers, lower-case hex; the original's form). It attests
+by ``TPM2_Quote`` with qualifying data = SHA-256 of the serialized statement: the
+attestation's ``tpm2_quote_structure`` is the TPMS_ATTEST the TPM signed, its
+``signature`` the marshaled TPMT_SIGNATURE and its ``signer_key`` the quote key (PKIX
+DER), under signer type ``"tpm2"``, which :mod:`taonet.attestation` knows built in:
+verifying needs ``cryptography`` only, no TSS.
+
+A quote is believed only if all of this holds (:func:`verify_quote`, in this order):
+the TPMS_ATTEST parses with bounds (magic ``TPM_GENERATED_VALUE``, type
+``TPM_ST_ATTEST_QUOTE``, every size bounded, one SHA-256 PCR bank, no trailing
+bytes); its extraData is the expected qualifying data (constant-time compare); its
+PCR selection is exactly the expected PCR numbers and its pcrDigest the SHA-256 of
+the expected values in ascending order; and the signature verifies under the quote
+key: ECDSA with SHA-256 for a P-256 key, RSASSA-PKCS1-v1_5 with SHA-256 (the whole
+padding checked by ``cryptography``) for an RSA key of 2048 to 4096 bits. A signature
+algorithm that does not fit the key is refused; so is any other key type.
+
+Not compared, on purpose:
+
+* ``resetCount``, ``restartCount`` and ``firmwareVersion``: the TPM obfuscates them
+  for keys outside the endorsement and platform hierarchies (they differ per key and
+  look random). They are on :class:`Quote` for display only.
+* ``qualifiedSigner``: the quote key's qualified name, nameAlg || H(QN(parent) ||
+  Name(key)). Checking it needs the key's whole TPMT_PUBLIC and its parent's
+  qualified name (which depends on the storage primary, so on the TPM's owner seed),
+  none of which an attestation carries; and it would prove nothing the signature
+  does not: only the holder of the quote key can sign. That the key is a restricted
+  TPM key (so it signs only TPM-made structures starting with the magic value) is
+  what its certificate from the domain's quote service vouches for. It is exposed as
+  :attr:`Quote.qualified_signer`.
+
+Speed: a verifier checks the same few hosts over and over, so what depends only on a
+quote key's bytes (its parsed key object, its principal) and on a name's PCRs
+extension (the expected selection and digest, as the exact bytes that end a good
+quote) is computed once and kept, for the last 1024 of each, keyed by the exact
+bytes or text. Every check still runs on every call; per call the work is a bounded
+parse, two constant-time compares and one signature verification.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import struct
+from collections.abc import Mapping
+from typing import Final
+
+import attrs
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from taonet import auth
+from taonet._errors import AuthenticationError, CodecError
+from taonet.attestation._attestation import Attestation, SignerType
+from taonet.attestation._tpm2_names import (
+    DEFAULT_PCRS,
+    PCR_BANK_SHA256,
+    Expected,
+    expected_for_items,
+    expected_for_text,
+    host_name,
+    host_pcrs,
+    parse_pcrs_ext,
+    pcr_digest,
+    pcr_selection_bytes,
+    pcrs_ext,
+    pcrs_ext_text,
+    tpm2_principal,
+)
+
+__all__ = [
+    "DEFAULT_PCRS",
+    "MAX_QUOTE_BYTES",
+    "MAX_SIGNATURE_BYTES",
+    "PCR_BANK_SHA256",
+    "SIGNER_TYPE",
+    "Quote",
+    "host_name",
+    "host_pcrs",
+    "parse_pcrs_ext",
+    "parse_quote",
+    "pcr_digest",
+    "pcr_selection_bytes",
+    "pcrs_ext",
+    "tpm2_attestation",
+    "tpm2_principal",
+    "verify_quote",
+]
+
+#: Longest TPMS_ATTEST accepted: the largest well-formed quote is 4 + 2 + (2 + 66) +
+#: (2 + 64) + 17 + 8 + 4 + 16 * 7 + (2 + 64) = 343 bytes.
+MAX_QUOTE_BYTES: Final = 343
+#: Longest TPMT_SIGNATURE accepted (RSASSA with a 4096-bit key: 2 + 2 + 2 + 512).
+MAX_SIGNATURE_BYTES: Final = 518
+#: Longest quote key (PKIX DER) parsed: an RSA-4096 key is about 550 bytes.
+MAX_KEY_BYTES: Final = 2048
+
+TPM_GENERATED_VALUE: Final = 0xFF544347
+TPM_ST_ATTEST_QUOTE: Final = 0x8018
+TPM_ALG_RSASSA: Final = 0x0014
+TPM_ALG_ECDSA: Final = 0x0018
+_HASH_COUNT: Final = 16  # TPML_PCR_SELECTION.count bound (HASH_COUNT)
+_PCR_SELECT_MAX: Final = 4  # sizeofSelect bound (PCR_SELECT_MAX)
+_P256_BYTES: Final = 32
+_RSA_BITS: Final = (2048, 4096)
+_CACHED: Final = 1024
+
+_U16: Final = struct.Struct(">H")
+_HEADER: Final = struct.Struct(">IHH")  # magic, type, qualifiedSigner.size
+_CLOCK_FW: Final = struct.Struct(">QIIBQ")  # clock, resetCount, restartCount, safe, firmware
+_SIG_HEADER: Final = struct.Struct(">HHH")  # sigAlg, hashAlg, first TPM2B size
+_SHA256: Final = hashes.SHA256()
+_ECDSA_SHA256: Final = ec.ECDSA(_SHA256)
+_PKCS1V15: Final = padding.PKCS1v15()
+_ALG_NAMES: Final = {TPM_ALG_RSASSA: "RSASSA", TPM_ALG_ECDSA: "ECDSA", 0x0016: "RSAPSS"}
+
+
+# ------------------------------------------------------------------ parsing
+
+
+@attrs.frozen
+class Quote:
+    """A parsed TPMS_ATTEST of type quote (magic and type checked while parsing)."""
+
+    #: The quote key's qualified name (not checked: see the module's docstring).
+    qualified_signer: bytes
+    #: The qualifying data the TPM was given: SHA-256 of the statement for taonet.
+    extra_data: bytes
+    #: TPMS_CLOCK_INFO: milliseconds the TPM has run, and whether it is "safe".
+    clock: int
+    #: Obfuscated for keys outside the endorsement and platform hierarchies: never compare.
+    reset_count: int
+    restart_count: int
+    safe: bool
+    #: Obfuscated like reset_count: display only.
+    firmware_version: int
+    #: The PCR numbers quoted, ascending (SHA-256 bank).
+    pcr_select: tuple[int, ...]
+    #: SHA-256 of the quoted PCR values in ascending order.
+    pcr_digest: bytes
+
+
+class _Reader:
+    """Bounded big-endian reader: CodecError for anything past the end."""
+
+    __slots__ = ("data", "offset")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.offset = 0
+
+    def take(self, n: int, what: str) -> bytes:
+        end = self.offset + n
+        if end > len(self.data):
+            raise CodecError(f"TPM quote: truncated in {what}")
+        out = self.data[self.offset : end]
+        self.offset = end
+        return out
+
+    def uint(self, size: int, what: str) -> int:
+        return int.from_bytes(self.take(size, what), "big")
+
+    def sized(self, bound: int, what: str) -> bytes:
+        n = self.uint(2, what)
+        if n > bound:
+            raise CodecError(f"TPM quote: {what} of {n} bytes is over {bound}")
+        return self.take(n, what)
+
+
+def _as_bytes(data: object, what: str) -> bytes:
+    if type(data) is bytes:
+        return data
+    if isinstance(data, bytearray | memoryview):
+        return bytes(data)
+    raise CodecError(f"{what}: expected bytes, not {type(data).__name__}")
+
+
+def parse_quote(tpms_attest: bytes) -> Quote:
+    """Parse a TPMS_ATTEST of type quote with every size bounded; CodecError otherwise.
+
+    Refuses another magic or type, a qualifiedSigner over 66 bytes, extraData over
+    64, a safe flag other than 0 or 1, more than 16 or other than one PCR bank, a
+    bank other than SHA-256, sizeofSelect over 4, a pcrDigest over 64 bytes, and
+    any byte after the pcrDigest.
+    """
+    data = _as_bytes(tpms_attest, "TPM quote")
+    if len(data) > MAX_QUOTE_BYTES:
+        raise CodecError(f"TPM quote: {len(data)} bytes is over {MAX_QUOTE_BYTES}")
+    r = _Reader(data)
+    magic = r.uint(4, "magic")
+    if magic != TPM_GENERATED_VALUE:
+        raise CodecError(f"TPM quote: magic {magic:#010x} is not TPM_GENERATED_VALUE")
+    kind = r.uint(2, "type")
+    if kind != TPM_ST_ATTEST_QUOTE:
+        raise CodecError(f"TPM quote: type {kind:#06x} is not TPM_ST_ATTEST_QUOTE (0x8018)")
+    signer = r.sized(66, "qualifiedSigner")
+    extra = r.sized(64, "extraData")
+    clock, resets, restarts, safe, firmware = _CLOCK_FW.unpack(r.take(_CLOCK_FW.size, "clock"))
+    if safe > 1:
+        raise CodecError(f"TPM quote: clockInfo.safe is {safe}, not 0 or 1")
+    count = r.uint(4, "PCR selection")
+    if count > _HASH_COUNT:
+        raise CodecError(f"TPM quote: {count} PCR banks is over {_HASH_COUNT}")
+    if count != 1:
+        raise CodecError(f"TPM quote: {count} PCR banks selected, not one SHA-256 bank")
+    bank = r.uint(2, "PCR selection")
+    if bank != PCR_BANK_SHA256:
+        raise CodecError(f"TPM quote: PCR bank {bank:#06x} is not SHA-256 ({PCR_BANK_SHA256:#06x})")
+    size = r.uint(1, "PCR selection")
+    if size > _PCR_SELECT_MAX:
+        raise CodecError(f"TPM quote: sizeofSelect {size} is over {_PCR_SELECT_MAX}")
+    bitmap = int.from_bytes(r.take(size, "PCR selection"), "little")
+    selected = tuple(p for p in range(8 * size) if bitmap >> p & 1)
+    digest = r.sized(64, "pcrDigest")
+    if r.offset != len(data):
+        raise CodecError(f"TPM quote: {len(data) - r.offset} bytes after the pcrDigest")
+    return Quote(signer, extra, clock, resets, restarts, bool(safe), firmware, selected, digest)
+
+
+# ------------------------------------------------------------------ keys and signatures
+
+
+#: A quote key, parsed: (the P-256 key, None) or (None, the RSA key).
+_Key = tuple[ec.EllipticCurvePublicKey | None, rsa.RSAPublicKey | None]
+
+
+@functools.lru_cache(maxsize=_CACHED)
+def _quote_key(der: bytes) -> _Key:
+    # What depends only on a quote key's exact bytes, parsed once.
+    # A malformed or refused key raises, and is not remembered.
+    if len(der) > MAX_KEY_BYTES:
+        raise AuthenticationError(f"TPM quote key: {len(der)} bytes is over {MAX_KEY_BYTES}")
+    try:
+        key = serialization.load_der_public_key(der)
+    except ValueError as exc:
+        raise AuthenticationError(f"TPM quote key is malformed: {exc}") from None
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if not isinstance(key.curve, ec.SECP256R1):
+            raise AuthenticationError(f"TPM quote key: curve {key.curve.name} is not P-256")
+        return key, None
+    if isinstance(key, rsa.RSAPublicKey):
+        if not _RSA_BITS[0] <= key.key_size <= _RSA_BITS[1]:
+            raise AuthenticationError(f"TPM quote key: RSA-{key.key_size} is not 2048 to 4096 bits")
+        return None, key
+    raise AuthenticationError(
+        f"TPM quote key: a {type(key).__name__} is not an ECC P-256 or RSA key"
+    )
+
+
+def _signature_payload(sig: bytes, is_ec: bool) -> bytes:
+    """DER ECDSA (r, s) or the raw RSASSA signature from a TPMT_SIGNATURE."""
+    n = len(sig)
+    if n < _SIG_HEADER.size or n > MAX_SIGNATURE_BYTES:
+        raise AuthenticationError(f"TPM signature: {n} bytes is not a TPMT_SIGNATURE")
+    alg, hash_alg, size = _SIG_HEADER.unpack_from(sig)
+    if alg == TPM_ALG_ECDSA and is_ec:
+        end = 6 + size
+        if size > _P256_BYTES or end + 2 > n:
+            raise AuthenticationError("TPM signature: malformed ECDSA r")
+        (s_size,) = _U16.unpack_from(sig, end)
+        if s_size > _P256_BYTES or end + 2 + s_size != n:
+            raise AuthenticationError("TPM signature: malformed ECDSA s (or trailing bytes)")
+        payload = encode_dss_signature(
+            int.from_bytes(sig[6:end], "big"), int.from_bytes(sig[end + 2 :], "big")
+        )
+    elif alg == TPM_ALG_RSASSA and not is_ec:
+        if 6 + size != n:
+            raise AuthenticationError("TPM signature: malformed RSASSA signature size")
+        payload = sig[6:]
+    else:
+        name = _ALG_NAMES.get(alg, f"{alg:#06x}")
+        key = "ECC P-256" if is_ec else "RSA"
+        raise AuthenticationError(
+            f"TPM signature: algorithm {name} does not fit the {key} quote key "
+            f"(expected {'ECDSA' if is_ec else 'RSASSA'})"
+        )
+    if hash_alg != PCR_BANK_SHA256:
+        raise AuthenticationError(f"TPM signature: hash {hash_alg:#06x} is not SHA-256")
+    return payload
+
+
+# ------------------------------------------------------------------ verification
+
+
+def _explain(attest: bytes, extra: bytes, expected: Expected) -> AuthenticationError:
+    """Why a quote failed the fast checks, in the documented order."""
+    try:
+        quote = parse_quote(attest)
+    except CodecError as exc:
+        return AuthenticationError(f"malformed {exc}")
+    if not hmac.compare_digest(quote.extra_data, extra):
+        return AuthenticationError(
+            "TPM quote: extraData differs from the expected qualifying data "
+            "(SHA-256 of the statement)"
+        )
+    _, numbers, digest = expected
+    if quote.pcr_select != numbers:
+        got = ",".join(map(str, quote.pcr_select)) or "none"
+        return AuthenticationError(
+            f"TPM quote: PCR selection {got} differs from the expected "
+            f"{','.join(map(str, numbers))} (SHA-256 bank)"
+        )
+    if not hmac.compare_digest(quote.pcr_digest, digest):
+        return AuthenticationError(
+            f"TPM quote: PCR digest {quote.pcr_digest.hex()[:16]}.. differs from the "
+            f"digest of the expected PCR values {digest.hex()[:16]}.."
+        )
+    # Same fields, other bytes: e.g. the selection encoded with another sizeofSelect.
+    return AuthenticationError("TPM quote: PCR selection is not encoded as expected")
+
+
+def _verify(
+    key: _Key,
+    attest: bytes,
+    sig: bytes,
+    extra: bytes,
+    expected: Expected,
+) -> None:
+    # The fast path: the header is parsed with bounds, and everything after clockInfo
+    # must be exactly the expected selection and digest (which also fixes the length).
+    # Any difference goes to _explain, which parses in full and says what differs.
+    n = len(attest)
+    ok = _HEADER.size <= n <= MAX_QUOTE_BYTES
+    if ok:
+        magic, kind, signer_size = _HEADER.unpack_from(attest)
+        o = _HEADER.size + signer_size
+        ok = magic == TPM_GENERATED_VALUE and kind == TPM_ST_ATTEST_QUOTE
+        ok = ok and signer_size <= 66 and o + 2 <= n
+    if ok:
+        (extra_size,) = _U16.unpack_from(attest, o)
+        o += 2
+        clock_end = o + extra_size + _CLOCK_FW.size
+        ok = (
+            extra_size <= 64
+            and clock_end <= n
+            and attest[clock_end - 9] <= 1  # clockInfo.safe
+            and hmac.compare_digest(attest[o : o + extra_size], extra)
+            and hmac.compare_digest(attest[clock_end:], expected[0])
+        )
+    if not ok:
+        raise _explain(attest, extra, expected)
+    ec_key, rsa_key = key
+    payload = _signature_payload(sig, ec_key is not None)
+    try:
+        if ec_key is not None:
+            ec_key.verify(payload, attest, _ECDSA_SHA256)
+        elif rsa_key is not None:
+            rsa_key.verify(payload, attest, _PKCS1V15, _SHA256)
+    except InvalidSignature:
+        raise AuthenticationError(
+            "TPM quote: the signature does not verify under the quote key"
+        ) from None
+
+
+def verify_quote(
+    quote_key_der: bytes,
+    tpms_attest: bytes,
+    tpmt_signature: bytes,
+    *,
+    extra_data: bytes,
+    pcrs: Mapping[int, bytes],
+) -> Quote:
+    """Verify a TPM2_Quote; return it parsed, or raise AuthenticationError saying why.
+
+    ``quote_key_der`` is the quote key (PKIX DER), ``extra_data`` the qualifying data
+    the quote must carry, ``pcrs`` the SHA-256 PCR values it must be over (exactly
+    those PCRs). Checks, in order: the TPMS_ATTEST parses with bounds; extraData;
+    PCR selection and digest; the signature (see the module's docstring).
+    ValueError if ``pcrs`` itself is not a valid PCR map.
+    """
+    key = _quote_key(_as_der(quote_key_der))
+    attest = _as_bytes(tpms_attest, "TPM quote")
+    expected = expected_for_items(tuple(pcrs.items()))
+    _verify(
+        key,
+        attest,
+        _as_bytes(tpmt_signature, "TPM signature"),
+        _as_bytes(extra_data, "extra_data"),
+        expected,
+    )
+    signer_size = attest[6] << 8 | attest[7]
+    o = 8 + signer_size
+    extra_end = o + 2 + (attest[o] << 8 | attest[o + 1])
+    clock, resets, restarts, safe, firmware = _CLOCK_FW.unpack_from(attest, extra_end)
+    return Quote(
+        attest[8:o],
+        attest[o + 2 : extra_end],
+        clock,
+        resets,
+        restarts,
+        bool(safe),
+        firmware,
+        expected[1],
+        expected[2],
+    )
+
+
+def _as_der(der: object) -> bytes:
+    if type(der) is bytes:
+        return der
+    if isinstance(der, bytearray | memoryview):
+        return bytes(der)
+    raise AuthenticationError(f"TPM quote key: expected bytes, not {type(der).__name__}")
+
+
+# ------------------------------------------------------------------ the "tpm2" signer type
+
+
+@functools.lru_cache(maxsize=_CACHED)
+def _signer_principal(der: bytes) -> auth.Prin:
+    _quote_key(der)  # refuse a key we would not verify with
+    return tpm2_principal(der)
+
+
+def _verify_tpm2_says(att: Attestation, says: auth.Says) -> None:
+    attest = att.tpm2_quote_structure
+    if attest is None:
+        raise AuthenticationError("tpm2 attestation carries no quote (tpm2_quote_structure)")
+    der = _as_der(att.signer_key)
+    key = _quote_key(der)
+    speaker = says.speaker
+    if not isinstance(speaker, auth.Prin):
+        raise AuthenticationError("tpm2 attestation: the speaker is not a principal")
+    exts = speaker.ext.exts
+    if (
+        speaker.type != "tpm2"
+        or speaker.key_hash != _signer_principal(der).key_hash
+        or not exts
+        or exts[0].name != "PCRs"
+    ):
+        raise AuthenticationError(
+            f"tpm2 attestation: the speaker {_short(speaker)} is not "
+            "tpm2([quote key]).PCRs(...): a TPM speaks only with the PCRs it quotes"
+        )
+    try:
+        expected = expected_for_text(*pcrs_ext_text(exts[0]))
+    except CodecError as exc:
+        raise AuthenticationError(f"tpm2 attestation: the speaker's {exc}") from None
+    extra = hashlib.sha256(att.serialized_statement).digest()
+    _verify(
+        key,
+        _as_bytes(attest, "TPM quote"),
+        _as_bytes(att.signature, "TPM signature"),
+        extra,
+        expected,
+    )
+
+
+def _verify_tpm2(att: Attestation) -> None:
+    try:
+        says = att.statement()
+    except CodecError as exc:
+        raise AuthenticationError(f"tpm2 attestation: malformed statement: {exc}") from None
+    _verify_tpm2_says(att, says)
+
+
+def _short(prin: auth.Prin) -> str:
+    text = str(prin)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _tpm2_signer_principal(der: bytes) -> auth.Prin:
+    return _signer_principal(_as_der(der))
+
+
+#: The built-in ``"tpm2"`` signer type: quote verification and ``tpm2(hash)`` principals.
+SIGNER_TYPE: Final = SignerType(
+    verify=_verify_tpm2, principal=_tpm2_signer_principal, verify_says=_verify_tpm2_says
+)
+
+
+def tpm2_attestation(
+    statement_bytes: bytes,
+    quote_key_der: bytes,
+    tpms_attest: bytes,
+    tpmt_signature: bytes,
+    *,
+    delegation: Attestation | None = None,
+    root_endorsement: bytes | None = None,
+) -> Attestation:
+    """The attestation a TPM host makes from a quote over ``statement_bytes``.
+
+    The quote must have been made with qualifying data SHA-256(``statement_bytes``)
+    over the PCRs the speaker names; nothing is checked here (:func:`validate
+    <taonet.attestation.validate>` checks everything). ``root_endorsement`` is the
+    quote key's certificate from the domain.
+    """
+    return Attestation(
+        serialized_statement=statement_bytes,
+        signer_type="tpm2",
+        signer_key=quote_key_der,
+        signature=tpmt_signature,
+        serialized_delegation=delegation.to_bytes() if delegation is not None else None,
+        tpm2_quote_structure=tpms_attest,
+        root_endorsement=root_endorsement,
+    )
