@@ -144,7 +144,7 @@ def check_host_state(guard: Guard, speaker: auth.Prin, *, root_signer_type: str 
     if guard.is_authorized(host, HOST_OP):
         return
     states = trusted_host_states(guard)
-    shown = _short(str(host))
+    shown = _brief(host.root(), reported)
     if not states:
         raise AuthorizationError(
             f"the {guard.kind} guard trusts no TPM host state, so not {shown}: add the PCRs "
@@ -155,9 +155,10 @@ def check_host_state(guard: Guard, speaker: auth.Prin, *, root_signer_type: str 
     differ = pcr_differences(reported, closest.pcrs)
     if not differ and closest.tpm is not None:
         differ = [f"the trusted state is pinned to another TPM, {closest.tpm}"]
+    closest_shown = _brief(closest.tpm, closest.pcrs)
     raise AuthorizationError(
         f"the TPM host {shown} is in a state the domain does not trust: against the closest "
-        f"trusted state ({_short(str(closest.rule))}), {'; '.join(differ)}"
+        f"trusted state ({closest_shown}), {'; '.join(differ)}"
     )
 
 
@@ -175,6 +176,16 @@ def pcr_differences(reported: Mapping[int, bytes], trusted: Mapping[int, bytes])
         else:
             out.append(f"PCR {pcr} is {_hex(have)} (trusted {_hex(want)})")
     return out
+
+
+def _brief(tpm: auth.Prin | None, pcrs: Mapping[int, bytes]) -> str:
+    """``tpm2([1f0c...]).PCRs("0,1,7", ...)``: enough to tell which, values left out
+    (``ext.PCRs(...)`` for a state trusted on any TPM)."""
+    numbers = ",".join(str(n) for n in sorted(pcrs))
+    if tpm is None:
+        return f'ext.PCRs("{numbers}", ...)'
+    key = _hex(tpm.key_hash.value) if isinstance(tpm.key_hash, auth.Bytes) else "?"
+    return f'{tpm.type}([{key}]).PCRs("{numbers}", ...)'
 
 
 def _hex(value: bytes) -> str:
