@@ -6,6 +6,9 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+#: The swtpm fixtures (swtpm, swtpm_tcti, swtpm_ca_pems, fresh_swtpm) for every test.
+pytest_plugins = ["tests.tpm2_fixtures"]
+
 settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )

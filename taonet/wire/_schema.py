@@ -102,6 +102,21 @@ _SCHEMA: Final[dict[str, list[tuple[str, int, int, str]]]] = {
         ("chain", 4, _REP, "bytes"),
         ("crl", 5, _OPT, "bytes"),
     ],
+    # The quote service (taonet's own): a TPM's EK certificate and public areas in, a
+    # quote-key certificate out, wrapped with MakeCredential for that EK.
+    "QuoteServiceRequest": [
+        ("ek_certificate", 1, _REQ, "bytes"),
+        ("ek_public", 2, _REQ, "bytes"),
+        ("quote_key_public", 3, _REQ, "bytes"),
+        ("host_name", 4, _REQ, "bytes"),
+    ],
+    "QuoteServiceResponse": [
+        ("error_code", 1, _OPT, "string"),
+        ("reason", 2, _OPT, "string"),
+        ("credential_blob", 3, _OPT, "bytes"),
+        ("encrypted_secret", 4, _OPT, "bytes"),
+        ("encrypted_certificate", 5, _OPT, "bytes"),
+    ],
     # What a program seals to disk after provisioning (taonet's own).
     "ProgramState": [
         ("signing_key", 1, _REQ, "bytes"),

@@ -1,0 +1,164 @@
+"""The throwaway swtpm: creation, EK certificates from its private CA, stop and restart."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import pytest
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from taonet import ConfigError, HostError
+from tests.tpm2_fixtures import tpm2_or_skip
+
+if TYPE_CHECKING:
+    from taonet.hosts.tpm2 import Swtpm
+
+T = TypeVar("T")
+TCG_KP_EK_CERTIFICATE = x509.ObjectIdentifier("2.23.133.8.1")
+# Where swtpm_setup / our P-256 step put the EK certificates.
+EK_INDICES = (0x01C0000A, 0x01C00002, 0x01C00016)
+
+
+async def in_thread(fn: Callable[..., T], *args: object) -> T:
+    """A blocking TPM call, as the host makes it: in a worker thread, bounded."""
+    with trio.fail_after(60):
+        return await trio.to_thread.run_sync(lambda: fn(*args))
+
+
+def chains_to(cert: x509.Certificate, pems: tuple[bytes, bytes]) -> None:
+    root, intermediate = (x509.load_pem_x509_certificate(p) for p in pems)
+    cert.verify_directly_issued_by(intermediate)
+    intermediate.verify_directly_issued_by(root)
+    root.verify_directly_issued_by(root)
+    now = datetime.datetime.now(datetime.UTC)
+    for c in (cert, intermediate, root):
+        assert c.not_valid_before_utc <= now <= c.not_valid_after_utc
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert TCG_KP_EK_CERTIFICATE in eku
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (an exited swtpm may stay a zombie until init reaps it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+async def test_tcti_and_ca(
+    swtpm: Swtpm, swtpm_tcti: str, swtpm_ca_pems: tuple[bytes, bytes]
+) -> None:
+    assert swtpm_tcti == f"swtpm:host=127.0.0.1,port={swtpm.port}"
+    root, intermediate = swtpm_ca_pems
+    assert root.startswith(b"-----BEGIN CERTIFICATE-----")
+    root_cert = x509.load_pem_x509_certificate(root)
+    inter_cert = x509.load_pem_x509_certificate(intermediate)
+    assert root_cert.subject == root_cert.issuer  # self-signed root
+    assert inter_cert.issuer == root_cert.subject
+    assert inter_cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+
+
+@pytest.mark.parametrize("index", EK_INDICES)
+async def test_every_ek_certificate_chains_to_the_ca(
+    swtpm_tcti: str, swtpm_ca_pems: tuple[bytes, bytes], index: int
+) -> None:
+    from taonet.hosts.tpm2 import _setup
+
+    der, public = await in_thread(lambda: _setup.read_ek(swtpm_tcti, index=index))
+    cert = x509.load_der_x509_certificate(der)
+    chains_to(cert, swtpm_ca_pems)
+    assert public[:2] == (b"\x00\x23" if index != 0x01C00002 else b"\x00\x01")
+
+
+async def test_ek_certificate_refused_by_another_ca(
+    swtpm_tcti: str, swtpm_ca_pems: tuple[bytes, bytes], tmp_path: Path
+) -> None:
+    """A CA of the same name but another key does not verify the EK certificate."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from taonet.hosts.tpm2 import _setup
+
+    der, _ = await in_thread(_setup.read_ek, swtpm_tcti)
+    cert = x509.load_der_x509_certificate(der)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    fake = (
+        x509.CertificateBuilder()
+        .subject_name(cert.issuer)
+        .issuer_name(cert.issuer)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    with pytest.raises((ValueError, TypeError)):
+        cert.verify_directly_issued_by(fake)
+    fake_pem = fake.public_bytes(serialization.Encoding.PEM)
+    with pytest.raises((ValueError, TypeError)):
+        chains_to(cert, (swtpm_ca_pems[0], fake_pem))
+
+
+async def test_create_in_a_non_empty_directory_is_refused(tmp_path: Path) -> None:
+    tpm2_or_skip()
+    from taonet.hosts.tpm2 import Swtpm
+
+    (tmp_path / "something").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="not empty"):
+        Swtpm.create(tmp_path)
+
+
+async def test_missing_binary_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tpm2_or_skip()
+    from taonet.hosts.tpm2 import Swtpm
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match=r"swtpm not found on PATH: install swtpm swtpm-tools"):
+        Swtpm.create(tmp_path / "tpm")
+    assert not (tmp_path / "tpm").exists()
+
+
+async def test_restart_keeps_nv_and_resets_pcrs(fresh_swtpm: Swtpm) -> None:
+    from taonet.hosts.tpm2 import _setup
+
+    tcti = fresh_swtpm.tcti
+    index = 0x01500100
+    await in_thread(_setup.define_nv_counter, tcti, index)
+    value = await in_thread(_setup.increment_nv_counter, tcti, index)
+    extended = await in_thread(_setup.extend_pcr, tcti, 16, b"measured")
+    assert extended != bytes(32)
+    old_pid = fresh_swtpm.pid
+
+    await fresh_swtpm.arestart()
+    assert fresh_swtpm.tcti == tcti  # same ports
+    assert fresh_swtpm.pid != old_pid
+    assert await in_thread(_setup.read_nv_counter, tcti, index) == value
+    assert (await in_thread(_setup.read_pcrs, tcti, [16]))[16] == bytes(32)
+
+
+async def test_stop_waits_for_the_process(fresh_swtpm: Swtpm) -> None:
+    from taonet.hosts.tpm2 import _setup
+
+    pid = fresh_swtpm.pid
+    assert pid is not None
+    await fresh_swtpm.astop()
+    assert fresh_swtpm.pid is None
+    assert not running(pid)
+    with pytest.raises(HostError):
+        await in_thread(_setup.read_pcrs, fresh_swtpm.tcti, [0])
+    await fresh_swtpm.astop()  # a second stop does nothing
+    await fresh_swtpm.astart()
+    assert len((await in_thread(_setup.read_pcrs, fresh_swtpm.tcti, [0]))[0]) == 32
+
+
+async def test_start_twice_is_refused(fresh_swtpm: Swtpm) -> None:
+    with pytest.raises(HostError, match="already running"):
+        fresh_swtpm.start()
