@@ -7,11 +7,9 @@ that differ from the certificate or the template, quote keys that are not)."""
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import os
 import struct
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from taonet import AuthenticationError, CodecError
+from taonet import AuthenticationError, CodecError, HostError
 from taonet.attestation import tpm2_credential as tc
 from taonet.attestation._tpm2_credential import (
     ADMIN_WITH_POLICY,
@@ -29,99 +27,78 @@ from taonet.attestation._tpm2_credential import (
     SIGN_ENCRYPT,
     USER_WITH_AUTH,
 )
-from tests.attestation import swtpm_lab as lab
 
 
-@pytest.fixture(scope="module")
-def tpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lab.LabTpm]:
-    yield from lab.lab_tpm(tmp_path_factory.mktemp("swtpm"))
-
-
-@pytest.fixture(scope="module")
-def esapi(tpm: lab.LabTpm) -> Iterator[Any]:
-    e = tpm.esapi()
-    try:
-        yield e
-    finally:
-        e.close()
-
-
-def cas(tpm: lab.LabTpm) -> list[x509.Certificate]:
-    return [x509.load_pem_x509_certificate(p) for p in tpm.ca_pems()]
-
-
-KINDS = ["rsa", "p256", "p384"]
+KINDS = {"p256": 0x01C0000A, "rsa": 0x01C00002, "p384": 0x01C00016}
 TEMPLATE = {"rsa": "L-1", "p256": "L-2", "p384": "H-3"}
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_ek_chain_template_and_activate(esapi: Any, tpm: lab.LabTpm, kind: str) -> None:
-    """The TPM's EK: its certificate chains to the lab CA, its public area is its
-    certificate's key and a TCG template, and a credential made in Python for it is
-    recovered by the TPM's ActivateCredential (as is the TPM's own MakeCredential)."""
-    cert = tc.load_ek_certificate(lab.nv_read_all(esapi, lab.EK_CERT_NV[kind]))
-    chain = tc.check_ek_certificate(cert, cas(tpm), now_ns=time.time_ns())
+@pytest.fixture(scope="module")
+def tpm(swtpm: Any) -> Any:
+    """H3's session swtpm and its tpm2-pytss setup jobs."""
+    from taonet.hosts.tpm2 import _setup
+
+    return _setup
+
+
+@pytest.fixture(scope="module")
+def eks(swtpm: Any, tpm: Any) -> dict[str, tuple[x509.Certificate, bytes]]:
+    """Each EK kind's (certificate, TPMT_PUBLIC) as the TPM reports them."""
+    out = {}
+    for kind, index in KINDS.items():
+        der, public = tpm.read_ek(swtpm.tcti, index=index)
+        out[kind] = (tc.load_ek_certificate(der), public)
+    return out
+
+
+@pytest.fixture(scope="module")
+def quote_key(swtpm: Any, tpm: Any) -> tuple[bytes, bytes]:
+    """An ECC quote key: (TPM2B_PRIVATE, TPM2B_PUBLIC)."""
+    return tpm.create_quote_key(swtpm.tcti, "ecc")  # type: ignore[no-any-return]
+
+
+def cas(swtpm: Any) -> list[x509.Certificate]:
+    return [x509.load_pem_x509_certificate(p) for p in swtpm.manufacturer_ca_pems()]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_ek_chain_template_and_activate(
+    swtpm: Any, tpm: Any, eks: Any, quote_key: tuple[bytes, bytes], kind: str
+) -> None:
+    """The TPM's EK: its certificate chains to the manufacturer CA (intermediate, then
+    root), its public area is its certificate's key and a TCG template, and a
+    credential made in Python for it is recovered by the TPM's ActivateCredential."""
+    cert, public = eks[kind]
+    chain = tc.check_ek_certificate(cert, cas(swtpm), now_ns=time.time_ns())
     assert len(chain) == 3
-    ek_handle = lab.ek_handle(esapi, kind)
-    ek, template = tc.check_ek_public(cert, lab.read_public(esapi, ek_handle))
+    ek, template = tc.check_ek_public(cert, public)
     assert template.name == TEMPLATE[kind]
-    key, key_public = lab.quote_key(esapi)
-    try:
-        quote = tc.parse_public(key_public)
-        tc.check_quote_key(quote)
-        secret = os.urandom(32)
-        blob, encrypted = tc.make_credential(ek, secret, quote.name)
-        assert lab.activate(esapi, key, ek_handle, kind, blob, encrypted) == secret
-        # The TPM's own MakeCredential on the EK loaded as an external key.
-        _m = importlib.import_module("tpm2_pytss.constants")
-        ESYS_TR = _m.ESYS_TR
-        _m = importlib.import_module("tpm2_pytss.types")
-        TPM2B_PUBLIC = _m.TPM2B_PUBLIC
-        TPMT_PUBLIC = _m.TPMT_PUBLIC
-
-        area, _ = TPMT_PUBLIC.unmarshal(ek.raw)
-        ext = esapi.load_external(TPM2B_PUBLIC(publicArea=area), None, ESYS_TR.NULL)
-        tpm_blob, tpm_secret = esapi.make_credential(ext, secret, quote.name)
-        esapi.flush_context(ext)
-        assert (
-            lab.activate(
-                esapi, key, ek_handle, kind, bytes(tpm_blob.credential), bytes(tpm_secret.secret)
-            )
-            == secret
-        )
-        # Our name of the key is the TPM's.
-        _, tpm_name, _ = esapi.read_public(key)
-        assert bytes(tpm_name.name) == quote.name
-    finally:
-        esapi.flush_context(key)
-        if kind == "p256":
-            esapi.flush_context(ek_handle)
+    quote = tc.parse_public(tc.tpmt_public_from_tpm2b(quote_key[1]))
+    tc.check_quote_key(quote)
+    secret = os.urandom(32)
+    blob, encrypted = tc.make_credential(ek, secret, quote.name)
+    got = tpm.activate_credential(swtpm.tcti, *quote_key, blob, encrypted, ek_index=KINDS[kind])
+    assert got == secret
 
 
-def test_credential_for_another_ek_refused(esapi: Any) -> None:
-    """A blob made for another P-384 EK (same template, other key), or for the RSA EK,
-    is refused by ActivateCredential on this TPM's P-384 EK."""
-    _m = importlib.import_module("tpm2_pytss.TSS2_Exception")
-    TSS2_Exception = _m.TSS2_Exception
-
-    ek_handle = lab.ek_handle(esapi, "p384")
-    real = tc.parse_public(lab.read_public(esapi, ek_handle))
-    other_key = ec.generate_private_key(ec.SECP384R1()).public_key()
-    other = _with_ecc_key(real, other_key)
-    rsa_ek = tc.parse_public(lab.read_public(esapi, lab.ek_handle(esapi, "rsa")))
-    key, key_public = lab.quote_key(esapi)
-    try:
-        name = tc.parse_public(key_public).name
-        for wrong in (other, rsa_ek):
-            blob, encrypted = tc.make_credential(wrong, os.urandom(32), name)
-            with pytest.raises(TSS2_Exception):
-                lab.activate(esapi, key, ek_handle, "p384", blob, encrypted)
-        # Bound to another key's name: refused with this key loaded.
-        blob, encrypted = tc.make_credential(real, os.urandom(32), b"\x00\x0b" + bytes(32))
-        with pytest.raises(TSS2_Exception):
-            lab.activate(esapi, key, ek_handle, "p384", blob, encrypted)
-    finally:
-        esapi.flush_context(key)
+def test_credential_for_another_ek_refused(
+    swtpm: Any, tpm: Any, eks: Any, quote_key: tuple[bytes, bytes]
+) -> None:
+    """A blob made for another P-256 EK (same template, other key), for this TPM's RSA
+    EK, or bound to another key's name, is refused by ActivateCredential on this TPM's
+    P-256 EK."""
+    real = tc.parse_public(eks["p256"][1])
+    other = _with_ecc_key(real, ec.generate_private_key(ec.SECP256R1()).public_key())
+    rsa_ek = tc.parse_public(eks["rsa"][1])
+    name = tc.parse_public(tc.tpmt_public_from_tpm2b(quote_key[1])).name
+    attempts = [
+        tc.make_credential(other, os.urandom(32), name),
+        tc.make_credential(rsa_ek, os.urandom(32), name),
+        tc.make_credential(real, os.urandom(32), b"\x00\x0b" + bytes(32)),
+    ]
+    for blob, encrypted in attempts:
+        with pytest.raises(HostError):
+            tpm.activate_credential(swtpm.tcti, *quote_key, blob, encrypted, ek_index=KINDS["p256"])
 
 
 def _with_ecc_key(area: tc.TpmPublic, key: ec.EllipticCurvePublicKey) -> tc.TpmPublic:
@@ -172,24 +149,22 @@ def _ek_cert(ek_key: Any, issuer: x509.Certificate, issuer_key: Any, **kw: Any) 
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def test_ek_cert_from_untrusted_ca_refused(esapi: Any, tpm: lab.LabTpm) -> None:
-    cert = tc.load_ek_certificate(lab.nv_read_all(esapi, lab.EK_CERT_NV["rsa"]))
+def test_ek_cert_from_untrusted_ca_refused(swtpm: Any, eks: Any) -> None:
+    cert = eks["rsa"][0]
     unrelated, _ = _ca("some other manufacturer")
     with pytest.raises(AuthenticationError, match="not a manufacturer CA this domain trusts"):
         tc.check_ek_certificate(cert, [unrelated], now_ns=time.time_ns())
     # Only the root listed (the intermediate that signed it is not): refused.
-    root = cas(tpm)[1]
+    root = cas(swtpm)[0]
     with pytest.raises(AuthenticationError, match="not a manufacturer CA"):
         tc.check_ek_certificate(cert, [root], now_ns=time.time_ns())
 
 
-def test_ek_cert_against_same_named_ca_with_another_key_refused(
-    esapi: Any, tpm: lab.LabTpm
-) -> None:
+def test_ek_cert_against_same_named_ca_with_another_key_refused(swtpm: Any, eks: Any) -> None:
     """A CA with the EK certificate issuer's exact name but another key: refused; and an
     EK certificate forged under that impostor is refused against the real list."""
-    cert = tc.load_ek_certificate(lab.nv_read_all(esapi, lab.EK_CERT_NV["p384"]))
-    real_intermediate, real_root = cas(tpm)
+    cert = eks["p384"][0]
+    real_root, real_intermediate = cas(swtpm)
     impostor_key = rsa.generate_private_key(65537, 2048)
     now = dt.datetime.now(dt.UTC)
     impostor = (
@@ -208,16 +183,16 @@ def test_ek_cert_against_same_named_ca_with_another_key_refused(
     # A forged EK certificate for an attacker's key, "issued" by the impostor.
     forged = _ek_cert(ec.generate_private_key(ec.SECP384R1()).public_key(), impostor, impostor_key)
     with pytest.raises(AuthenticationError, match="another key"):
-        tc.check_ek_certificate(forged, cas(tpm), now_ns=time.time_ns())
+        tc.check_ek_certificate(forged, cas(swtpm), now_ns=time.time_ns())
     # Both the impostor and the real one listed: the real one is found for the real cert.
-    tc.check_ek_certificate(cert, [impostor, *cas(tpm)], now_ns=time.time_ns())
+    tc.check_ek_certificate(cert, [impostor, *cas(swtpm)], now_ns=time.time_ns())
 
 
-def test_expired_and_not_yet_valid_refused(esapi: Any, tpm: lab.LabTpm) -> None:
-    cert = tc.load_ek_certificate(lab.nv_read_all(esapi, lab.EK_CERT_NV["rsa"]))
+def test_expired_and_not_yet_valid_refused(swtpm: Any, eks: Any) -> None:
+    cert = eks["rsa"][0]
     before = int(cert.not_valid_before_utc.timestamp() * 1e9) - 10**9
     with pytest.raises(AuthenticationError, match="not valid now"):
-        tc.check_ek_certificate(cert, cas(tpm), now_ns=before)
+        tc.check_ek_certificate(cert, cas(swtpm), now_ns=before)
     root, root_key = _ca("root")
     inter, inter_key = _ca("inter", issuer=(root.subject, root_key))
     now = dt.datetime.now(dt.UTC)
@@ -263,15 +238,15 @@ def test_issuer_not_a_ca_and_wrong_eku_refused() -> None:
 # ------------------------------------------------------------ EK public area attacks
 
 
-def test_ek_public_not_the_certificates_key_refused(esapi: Any) -> None:
-    cert = tc.load_ek_certificate(lab.nv_read_all(esapi, lab.EK_CERT_NV["p384"]))
-    real = tc.parse_public(lab.read_public(esapi, lab.ek_handle(esapi, "p384")))
+def test_ek_public_not_the_certificates_key_refused(eks: Any) -> None:
+    cert = eks["p384"][0]
+    real = tc.parse_public(eks["p384"][1])
     other = _with_ecc_key(real, ec.generate_private_key(ec.SECP384R1()).public_key())
     with pytest.raises(AuthenticationError, match="not the EK certificate's key"):
         tc.check_ek_public(cert, other.raw)
     # The RSA EK's area sent with the P-384 EK's certificate.
     with pytest.raises(AuthenticationError, match="not the EK certificate's key"):
-        tc.check_ek_public(cert, lab.read_public(esapi, lab.ek_handle(esapi, "rsa")))
+        tc.check_ek_public(cert, eks["rsa"][1])
 
 
 def _patch(area: tc.TpmPublic, *, attributes: int | None = None, policy: bytes | None = None,
@@ -298,9 +273,9 @@ def _patch(area: tc.TpmPublic, *, attributes: int | None = None, policy: bytes |
         {"name_alg": 0x000B},  # SHA-256 name on the P-384 template
     ],
 )
-def test_ek_public_not_a_template_refused(esapi: Any, change: dict[str, Any]) -> None:
-    cert = tc.load_ek_certificate(lab.nv_read_all(esapi, lab.EK_CERT_NV["p384"]))
-    real = tc.parse_public(lab.read_public(esapi, lab.ek_handle(esapi, "p384")))
+def test_ek_public_not_a_template_refused(eks: Any, change: dict[str, Any]) -> None:
+    cert = eks["p384"][0]
+    real = tc.parse_public(eks["p384"][1])
     raw = _patch(
         real,
         attributes=None
@@ -329,11 +304,9 @@ def test_ek_public_not_a_template_refused(esapi: Any, change: dict[str, Any]) ->
     ],
 )
 def test_quote_key_not_restricted_signing_refused(
-    esapi: Any, change: dict[str, Any], message: str
+    quote_key: tuple[bytes, bytes], change: dict[str, Any], message: str
 ) -> None:
-    key, key_public = lab.quote_key(esapi)
-    esapi.flush_context(key)
-    real = tc.parse_public(key_public)
+    real = tc.parse_public(tc.tpmt_public_from_tpm2b(quote_key[1]))
     tc.check_quote_key(real)
     raw = _patch(
         real,
@@ -346,16 +319,15 @@ def test_quote_key_not_restricted_signing_refused(
         tc.check_quote_key(tc.parse_public(raw))
 
 
-def test_rsa_quote_key_accepted(esapi: Any) -> None:
-    key, key_public = lab.quote_key(esapi, "rsa")
-    esapi.flush_context(key)
-    area = tc.parse_public(key_public)
+def test_rsa_quote_key_accepted(swtpm: Any, tpm: Any) -> None:
+    _, public = tpm.create_quote_key(swtpm.tcti, "rsa")
+    area = tc.parse_public(tc.tpmt_public_from_tpm2b(public))
     tc.check_quote_key(area)
     assert area.key_bits == 2048
 
 
-def test_ek_rejected_as_quote_key(esapi: Any) -> None:
-    ek = tc.parse_public(lab.read_public(esapi, lab.ek_handle(esapi, "rsa")))
+def test_ek_rejected_as_quote_key(eks: Any) -> None:
+    ek = tc.parse_public(eks["rsa"][1])
     with pytest.raises(AuthenticationError, match="sign"):
         tc.check_quote_key(ek)
 
@@ -363,8 +335,8 @@ def test_ek_rejected_as_quote_key(esapi: Any) -> None:
 # ------------------------------------------------------------ parse bounds
 
 
-def test_parse_public_bounds(esapi: Any) -> None:
-    raw = lab.read_public(esapi, lab.ek_handle(esapi, "rsa"))
+def test_parse_public_bounds(eks: Any) -> None:
+    raw = eks["rsa"][1]
     for cut in (0, 1, 5, 10, len(raw) - 1):
         with pytest.raises(CodecError):
             tc.parse_public(raw[:cut])
@@ -379,8 +351,8 @@ def test_parse_public_bounds(esapi: Any) -> None:
     assert tc.tpmt_public_from_tpm2b(struct.pack(">H", len(raw)) + raw) == raw
 
 
-def test_point_off_curve_refused(esapi: Any) -> None:
-    real = tc.parse_public(lab.read_public(esapi, lab.ek_handle(esapi, "p384")))
+def test_point_off_curve_refused(eks: Any) -> None:
+    real = tc.parse_public(eks["p384"][1])
     raw = bytearray(real.raw)
     raw[-1] ^= 1
     with pytest.raises(CodecError, match="not on the curve"):

@@ -484,11 +484,11 @@ def activate_credential(
     if len(credential_blob) > 1024 or len(encrypted_secret) > 1024:
         raise HostError("credential blob or encrypted secret larger than 1024 bytes")
     try:
-        private, rest = TPM2B_PRIVATE.unmarshal(quote_priv)
-        public, rest2 = TPM2B_PUBLIC.unmarshal(quote_pub)
+        private, used = TPM2B_PRIVATE.unmarshal(quote_priv)
+        public, used2 = TPM2B_PUBLIC.unmarshal(quote_pub)
     except Exception as exc:  # tpm2-pytss raises assorted errors for bad bytes
         raise HostError(f"quote key blobs do not parse: {exc}") from exc
-    if rest or rest2:
+    if used != len(quote_priv) or used2 != len(quote_pub):
         raise HostError("quote key blobs have trailing bytes")
     with _job(tcti) as (ectx, flusher):
         _, template_name, _ = _find_ek(ectx, ek_index)
