@@ -1,30 +1,30 @@
 """A Tao bound to a name over a key core: the one such class every backend uses.
 
-A key core (:class:`KeyCore`) holds a host's keys and does the Tao's operations for
-a caller it is told the name of, checking that the caller is the host or one of its
-sub-principals: :class:`~taonet.hosts.SoftHost` is one (soft keys in a keyset); a
-TPM core will be another. :class:`BoundTao` is the :class:`~taonet.hosts.Tao` one
-program sees: every operation goes to the core under the program's current name,
-and its counters to the core's :class:`HostCounters`. The soft host's
-:class:`~taonet.hosts.SoftTao` and the Linux host's per-program Tao are both
-this class, so a new core brings no new copy of it.
+A key core holds a host's keys and does the Tao's operations for a caller it is
+told the name of, checking that the caller is the host or one of its
+sub-principals. A :class:`KeyCore` does them synchronously
+(:class:`~taonet.hosts.SoftHost`: soft keys in a keyset); an :class:`AsyncKeyCore`
+awaits them (the TPM 2.0 core, whose operations are TPM commands).
+:class:`BoundTao` is the :class:`~taonet.hosts.Tao` one program sees over either:
+every operation goes to the core under the program's current name, and its
+counters to the core's :class:`Counters` (:class:`HostCounters`, or a TPM's NV
+counters). The soft host's :class:`~taonet.hosts.SoftTao`, the Linux host's
+per-program Tao and the TPM host's Tao are all this class, so a new core brings no
+new copy of it.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from taonet import auth
 from taonet._errors import HostError
 from taonet.attestation import Attestation
 from taonet.hosts._tao import SEAL_POLICY_SELF, Tao, check_size
 
-if TYPE_CHECKING:
-    from taonet.hosts._counters import HostCounters
-
-__all__ = ["BoundTao", "KeyCore", "Named"]
+__all__ = ["AsyncKeyCore", "BoundTao", "Counters", "KeyCore", "Named", "as_async_core"]
 
 
 class KeyCore(Protocol):
@@ -69,6 +69,112 @@ class KeyCore(Protocol):
         ...
 
 
+class AsyncKeyCore(Protocol):
+    """A :class:`KeyCore` whose operations are awaited (check_caller stays plain).
+
+    ``is_async_core`` is True: it tells :func:`as_async_core` not to wrap it.
+    """
+
+    is_async_core: bool
+
+    @property
+    def name(self) -> auth.Prin:
+        """The host's name."""
+        ...
+
+    def check_caller(self, caller: auth.Prin) -> None:
+        """HostError unless ``caller`` is this host or one of its sub-principals."""
+        ...
+
+    async def seal_for(
+        self, caller: auth.Prin, data: bytes, policy: str = SEAL_POLICY_SELF
+    ) -> bytes: ...
+
+    async def unseal_for(self, caller: auth.Prin, sealed: bytes) -> tuple[bytes, str]: ...
+
+    async def shared_secret_for(
+        self, caller: auth.Prin, n: int, policy: str = SEAL_POLICY_SELF
+    ) -> bytes: ...
+
+    async def attest_for(
+        self,
+        caller: auth.Prin,
+        message: auth.Form,
+        *,
+        issuer: auth.Prin | None = None,
+        time: int | None = None,
+        expiration: int | None = None,
+    ) -> Attestation: ...
+
+
+class _SyncCore:
+    """A :class:`KeyCore` seen as an :class:`AsyncKeyCore` (each call runs inline)."""
+
+    is_async_core = True
+    __slots__ = ("_core",)
+
+    def __init__(self, core: KeyCore) -> None:
+        self._core = core
+
+    @property
+    def name(self) -> auth.Prin:
+        return self._core.name
+
+    def check_caller(self, caller: auth.Prin) -> None:
+        self._core.check_caller(caller)
+
+    async def seal_for(
+        self, caller: auth.Prin, data: bytes, policy: str = SEAL_POLICY_SELF
+    ) -> bytes:
+        return self._core.seal_for(caller, data, policy)
+
+    async def unseal_for(self, caller: auth.Prin, sealed: bytes) -> tuple[bytes, str]:
+        return self._core.unseal_for(caller, sealed)
+
+    async def shared_secret_for(
+        self, caller: auth.Prin, n: int, policy: str = SEAL_POLICY_SELF
+    ) -> bytes:
+        return self._core.shared_secret_for(caller, n, policy)
+
+    async def attest_for(
+        self,
+        caller: auth.Prin,
+        message: auth.Form,
+        *,
+        issuer: auth.Prin | None = None,
+        time: int | None = None,
+        expiration: int | None = None,
+    ) -> Attestation:
+        return self._core.attest_for(
+            caller, message, issuer=issuer, time=time, expiration=expiration
+        )
+
+
+def as_async_core(core: KeyCore | AsyncKeyCore) -> AsyncKeyCore:
+    """``core`` itself if it is an :class:`AsyncKeyCore`, else a thin adapter over it."""
+    if getattr(core, "is_async_core", False) is True:
+        return core  # type: ignore[return-value]
+    return _SyncCore(core)  # type: ignore[arg-type]
+
+
+class Counters(Protocol):
+    """Counters and rollback-protected sealing for the programs of a key core
+    (:class:`~taonet.hosts.HostCounters` keeps them in a sealed table; a TPM host in
+    NV counters)."""
+
+    async def init_counter(self, caller: auth.Prin, label: str, counter: int) -> None: ...
+
+    async def get_counter(self, caller: auth.Prin, label: str) -> int: ...
+
+    async def rollback_protected_seal(
+        self, caller: auth.Prin, label: str, data: bytes, policy: str = SEAL_POLICY_SELF
+    ) -> bytes: ...
+
+    async def rollback_protected_unseal(
+        self, caller: auth.Prin, sealed: bytes
+    ) -> tuple[bytes, str]: ...
+
+
 class Named(Protocol):
     """What holds a program's current name (it grows with :meth:`Tao.extend_tao_name`)."""
 
@@ -83,25 +189,26 @@ class _Name:
 
 
 class BoundTao(Tao):
-    """The :class:`~taonet.hosts.Tao` of one program over a :class:`KeyCore`.
+    """The :class:`~taonet.hosts.Tao` of one program over a :class:`KeyCore` or an
+    :class:`AsyncKeyCore`.
 
     ``program`` holds the program's name (an object with a mutable ``name``, or a
-    principal); ``counters`` returns the core's :class:`HostCounters` (opened on
-    first use if need be); ``check_name``, if given, is called with each name the
-    program would extend to and raises HostError to refuse it.
+    principal); ``counters`` returns the core's :class:`Counters` (opened on first
+    use if need be); ``check_name``, if given, is called with each name the program
+    would extend to and raises HostError to refuse it.
     """
 
     def __init__(
         self,
-        core: KeyCore,
+        core: KeyCore | AsyncKeyCore,
         program: Named | auth.Prin,
-        counters: Callable[[], Awaitable[HostCounters]],
+        counters: Callable[[], Awaitable[Counters]],
         *,
         check_name: Callable[[auth.Prin], None] | None = None,
     ) -> None:
         holder = _Name(program) if isinstance(program, auth.Prin) else program
         core.check_caller(holder.name)
-        self._core = core
+        self._core = as_async_core(core)
         self._program = holder
         self._counters = counters
         self._check_name = check_name
@@ -121,7 +228,7 @@ class BoundTao(Tao):
         return secrets.token_bytes(check_size(n, what="random bytes"))
 
     async def get_shared_secret(self, n: int, policy: str = SEAL_POLICY_SELF) -> bytes:
-        return self._core.shared_secret_for(self._program.name, n, policy)
+        return await self._core.shared_secret_for(self._program.name, n, policy)
 
     async def attest(
         self,
@@ -131,15 +238,15 @@ class BoundTao(Tao):
         time: int | None = None,
         expiration: int | None = None,
     ) -> Attestation:
-        return self._core.attest_for(
+        return await self._core.attest_for(
             self._program.name, message, issuer=issuer, time=time, expiration=expiration
         )
 
     async def seal(self, data: bytes, policy: str = SEAL_POLICY_SELF) -> bytes:
-        return self._core.seal_for(self._program.name, data, policy)
+        return await self._core.seal_for(self._program.name, data, policy)
 
     async def unseal(self, sealed: bytes) -> tuple[bytes, str]:
-        return self._core.unseal_for(self._program.name, sealed)
+        return await self._core.unseal_for(self._program.name, sealed)
 
     async def init_counter(self, label: str, counter: int) -> None:
         counters = await self._counters()

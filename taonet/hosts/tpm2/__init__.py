@@ -47,3 +47,14 @@ for _public in (Swtpm, Tpm2SupportMissing, parse_tcti):
     _public.__module__ = __name__
 del _public
 # ---- end H3 ---------------------------------------------------------------------------
+
+# ---- H4: the TPM 2.0 key core and host ------------------------------------------------
+from taonet.hosts.tpm2._core import Tpm2Core  # noqa: E402
+from taonet.hosts.tpm2._host import Tpm2Host  # noqa: E402
+from taonet.hosts.tpm2._nvcounters import Tpm2Counters  # noqa: E402
+
+__all__ += ["Tpm2Core", "Tpm2Counters", "Tpm2Host"]
+for _h4_public in (Tpm2Core, Tpm2Counters, Tpm2Host):
+    _h4_public.__module__ = __name__
+del _h4_public
+# ---- end H4 ---------------------------------------------------------------------------

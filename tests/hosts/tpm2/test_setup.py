@@ -412,3 +412,42 @@ async def test_no_tpm_there_is_a_host_error(setup: Any, fresh_swtpm: Swtpm) -> N
     await fresh_swtpm.astop()
     with pytest.raises(HostError):
         await in_thread(setup.read_pcrs, fresh_swtpm.tcti, [0])
+
+
+# ---- the package without tpm2-pytss; TSS2_LOG -------------------------------------------
+
+IMPORT_WITHOUT_TSS = """
+import sys
+sys.modules["tpm2_pytss"] = None  # as if not installed
+try:
+    import taonet.hosts.tpm2
+except ImportError as exc:
+    from taonet import ConfigError
+    print(type(exc).__name__, isinstance(exc, ConfigError), exc)
+"""
+SHOW_TSS2_LOG = "import os, taonet.hosts.tpm2; print(os.environ['TSS2_LOG'])"
+
+
+async def _python(code: str, **env: str) -> str:
+    import os
+    import sys
+
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            [sys.executable, "-c", code],
+            env={**{k: v for k, v in os.environ.items() if k != "TSS2_LOG"}, **env},
+            capture_stdout=True,
+            capture_stderr=True,
+        )
+    return str(done.stdout.decode().strip())
+
+
+async def test_import_without_tpm2_pytss_says_what_to_install() -> None:
+    out = await _python(IMPORT_WITHOUT_TSS)
+    assert out.startswith("Tpm2SupportMissing True TPM 2.0 support needs: apt-get install")
+    assert "libtss2-dev pkg-config && pip install 'taonet[tpm2]'" in out
+
+
+async def test_tss2_log_is_quiet_unless_the_user_chose(setup: Any) -> None:
+    assert await _python(SHOW_TSS2_LOG) == "all+NONE"
+    assert await _python(SHOW_TSS2_LOG, TSS2_LOG="esys+debug") == "esys+debug"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -162,3 +163,56 @@ async def test_stop_waits_for_the_process(fresh_swtpm: Swtpm) -> None:
 async def test_start_twice_is_refused(fresh_swtpm: Swtpm) -> None:
     with pytest.raises(HostError, match="already running"):
         fresh_swtpm.start()
+
+
+async def test_acreate_and_async_with(tmp_path: Path) -> None:
+    """The demo's way: create in a worker thread, stop at the end of ``async with``."""
+    tpm2_or_skip()
+    from taonet.hosts.tpm2 import Swtpm, _setup
+
+    with trio.fail_after(120):
+        async with await Swtpm.acreate(tmp_path / "tpm") as tpm:
+            pid = tpm.pid
+            assert pid is not None
+            assert running(pid)
+            der, _ = await in_thread(_setup.read_ek, tpm.tcti)
+            chains_to(x509.load_der_x509_certificate(der), tpm.manufacturer_ca_pems())
+    assert tpm.pid is None
+    assert not running(pid)
+
+
+REPO = Path(__file__).resolve().parents[3]
+FIXTURE_USER = "def test_needs_a_tpm(swtpm):\n    assert swtpm.tcti\n"
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+async def test_fixture_fails_in_ci_and_skips_elsewhere_without_swtpm(
+    tmp_path: Path, ci: str
+) -> None:
+    """With no swtpm on PATH the swtpm fixture fails the test when CI=true, and skips it
+    (with the install line) otherwise."""
+    import sys
+
+    (tmp_path / "test_user.py").write_text(FIXTURE_USER)
+    (tmp_path / "empty").mkdir()
+    repo = REPO
+    env = {
+        **os.environ,
+        "PATH": str(tmp_path / "empty"),
+        "CI": ci,
+        "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+    }
+    args = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider"]
+    args += ["-p", "tests.tpm2_fixtures", str(tmp_path / "test_user.py")]
+    with trio.fail_after(120):
+        done = await trio.run_process(
+            args, env=env, cwd=str(tmp_path), check=False, capture_stdout=True, capture_stderr=True
+        )
+    out = done.stdout.decode(errors="replace")[-4000:]
+    assert "apt-get install swtpm swtpm-tools" in out, out
+    if ci:
+        assert done.returncode == 1, out
+        assert "CI needs the TPM tests to run" in out, out
+    else:
+        assert done.returncode == 0, out
+        assert "1 skipped" in out, out

@@ -1,0 +1,258 @@
+"""What a TPM host keeps loaded, and how it gets it back after a TPM reset.
+
+:class:`TpmRuntime` owns one TPM's :class:`~taonet.hosts.tpm2._transport.Transport`
+and what is done once per start, not per call: the storage primary (CreatePrimary,
+kept loaded), the quote key's saved context, one kept policy session, the
+marshaled PCR selection and the PolicyPCR digest (computed in Python). At most the
+primary and one more object are loaded at a time: every operation that loads
+something flushes it before it returns, so the three transient slots of a small TPM
+never run out.
+
+Every operation runs as one sequence under the TPM's lock, shielded from
+cancellation (a sequence cancelled half-way would leave an object loaded) but
+bounded by :data:`TPM_TIMEOUT`.
+
+TPM reset (swtpm restarted under a running host): the connection drops, or
+ContextLoad answers "integrity check failed", or a handle is gone. The runtime
+then reads TPM2_ReadClock's resetCount (not obfuscated there, unlike in a quote);
+if it moved, it logs ``tpm_reset`` and the call fails with a HostError saying the
+TPM was reset. The next call rebuilds (new connection, CreatePrimary, quote key,
+session) and reads the PCRs again: if they differ from the ones the host's name
+states, the host refuses service with a HostError naming the PCRs, rather than
+quietly taking a new name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import struct
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Final, TypeVar
+
+import trio
+
+from taonet._errors import HostError
+from taonet._log import get_logger
+from taonet.attestation.tpm2 import pcr_digest, pcr_selection_bytes
+from taonet.hosts.tpm2 import _wire
+from taonet.hosts.tpm2._setup import PRIMARY_TEMPLATE
+from taonet.hosts.tpm2._transport import ConnectionLost, Transport
+
+__all__ = ["TPM_TIMEOUT", "TpmRuntime", "policy_pcr_digest"]
+
+_log = get_logger(__name__)
+_T = TypeVar("_T")
+
+#: Longest one TPM operation may take before the host gives up on it (seconds).
+TPM_TIMEOUT: Final = 60.0
+# Response codes after which the runtime checks whether the TPM was reset.
+_RESET_SIGNS: Final = frozenset(
+    {
+        _wire.RC_INTEGRITY,
+        _wire.RC_HANDLE,
+        _wire.RC_REFERENCE_H0,
+        _wire.RC_REFERENCE_S0,
+        _wire.RC_INITIALIZE,
+    }
+)
+
+
+def policy_pcr_digest(pcrs: Mapping[int, bytes]) -> bytes:
+    """The policy digest of TPM2_PolicyPCR over ``pcrs`` (SHA-256 session and bank)."""
+    selection = pcr_selection_bytes(sorted(pcrs))
+    return hashlib.sha256(
+        b"\x00" * 32 + struct.pack(">I", _wire.CC_POLICY_PCR) + selection + pcr_digest(pcrs)
+    ).digest()
+
+
+def differing(expected: Mapping[int, bytes], now: Mapping[int, bytes]) -> str:
+    """ "PCR 16, PCR 23" (the PCRs whose values differ)."""
+    return ", ".join(f"PCR {p}" for p in sorted(expected) if now.get(p) != expected[p])
+
+
+class TpmRuntime:
+    """One TPM's connection and kept objects (see the module docstring)."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        pcrs: tuple[int, ...],
+        quote_private: bytes,
+        quote_public: bytes,
+    ) -> None:
+        self.transport = transport
+        self.pcr_numbers = pcrs
+        self.selection = pcr_selection_bytes(pcrs)
+        self.quote_blobs = quote_private, quote_public
+        #: The PCR values the host's name states (read at the first start).
+        self.expected_pcrs: dict[int, bytes] | None = None
+        self.policy_digest = b""
+        self.primary = 0
+        self.session = 0
+        self._quote_context = b""
+        self._clock: tuple[int, int] | None = None
+        self._ready = False
+        self._closed = False
+        self._limiter = trio.CapacityLimiter(1)
+
+    # -- running operations --------------------------------------------------------
+
+    async def run(self, op: Callable[[], Awaitable[_T]]) -> _T:
+        """Run ``op`` (a sequence of commands) with the TPM ready and locked.
+
+        HostError if the TPM cannot be reached, was reset (this call only: the
+        next rebuilds), or now has other PCR values than the host's name states.
+        """
+        if self._closed:
+            raise HostError("this TPM host is closed")
+        async with self.transport.lock:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + TPM_TIMEOUT
+                try:
+                    if not self._ready:
+                        await self._rebuild()
+                    return await op()
+                except ConnectionLost as exc:
+                    await self._diagnose(exc)
+                    raise
+                except _wire.TpmError as exc:
+                    if exc.base in _RESET_SIGNS:
+                        await self._diagnose(exc)
+                    raise
+            self._ready = False
+            await self.transport.close()
+            raise HostError(f"the TPM did not answer within {TPM_TIMEOUT:.0f} s")
+
+    async def call(self, command: bytes) -> tuple[bytes, bytes]:
+        """One command (inside :meth:`run`)."""
+        return await self.transport.call(command)
+
+    async def flush(self, handle: int) -> None:
+        """Flush a loaded object; a failure leaves it for the next rebuild to flush."""
+        try:
+            await self.call(_wire.flush_command(handle))
+        except HostError:
+            self._ready = False
+
+    async def load_quote_key(self) -> int:
+        handles, _ = await self.call(_wire.context_load_command(self._quote_context))
+        return _wire.handle_of(handles)
+
+    async def read_pcrs(self) -> dict[int, bytes]:
+        values: dict[int, bytes] = {}
+        numbers = self.pcr_numbers
+        for i in range(0, len(numbers), 8):
+            chunk = numbers[i : i + 8]
+            _, params = await self.call(_wire.pcr_read_command(pcr_selection_bytes(chunk)))
+            values.update(_wire.parse_pcr_read(params, chunk))
+        return values
+
+    async def read_clock(self) -> tuple[int, int]:
+        _, params = await self.call(_wire.read_clock_command())
+        return _wire.parse_read_clock(params)
+
+    # -- start, reset, rebuild -------------------------------------------------------
+
+    async def start(self) -> dict[int, bytes]:
+        """Build everything and return the PCR values (the host's name states them)."""
+        async with self.transport.lock:
+            with trio.fail_after(TPM_TIMEOUT):
+                await self._rebuild()
+        assert self.expected_pcrs is not None
+        return self.expected_pcrs
+
+    async def _rebuild(self) -> None:
+        await self.transport.close()
+        clock = await self.read_clock()
+        await self._flush_leftovers()
+        handles, _ = await self.call(_wire.create_primary_command(PRIMARY_TEMPLATE))
+        self.primary = _wire.handle_of(handles)
+        handles, _ = await self.call(_wire.load_command(self.primary, *self.quote_blobs))
+        quote = _wire.handle_of(handles)
+        try:
+            _, params = await self.call(_wire.context_save_command(quote))
+        finally:
+            await self.call(_wire.flush_command(quote))
+        self._quote_context = params
+        handles, _ = await self.call(_wire.start_policy_session_command(secrets.token_bytes(16)))
+        self.session = _wire.handle_of(handles)
+        values = await self.read_pcrs()
+        self._clock = clock
+        if self.expected_pcrs is None:
+            self.expected_pcrs = values
+            self.policy_digest = policy_pcr_digest(values)
+        elif values != self.expected_pcrs:
+            which = differing(self.expected_pcrs, values)
+            _log.error("tpm_pcrs_changed", pcrs=which)
+            raise HostError(
+                f"the TPM's PCRs changed ({which} differ from the host's name): this host "
+                "refuses to serve under a name that is no longer true; restore those PCRs "
+                "or create a new host"
+            )
+        self._ready = True
+
+    async def _flush_leftovers(self) -> None:
+        # swtpm has no resource manager: objects and sessions a crashed client
+        # loaded stay loaded, and a small TPM has three object slots.
+        for first, kinds in ((0x80000000, (0x80,)), (0x02000000, (0x02, 0x03))):
+            _, params = await self.call(_wire.get_handles_command(first))
+            for handle in _wire.parse_get_handles(params):
+                if handle >> 24 in kinds:
+                    await self.call(_wire.flush_command(handle))
+
+    async def _diagnose(self, cause: HostError) -> None:
+        """After a failure that a TPM reset explains: was it one? Raise if so."""
+        before = self._clock
+        try:
+            if isinstance(cause, ConnectionLost):
+                await self.transport.close()
+            now = await self.read_clock()
+        except HostError as exc:
+            self._ready = False
+            _log.error("tpm_unreachable", error=str(exc))
+            raise HostError(f"the TPM cannot be reached: {exc}") from cause
+        if isinstance(cause, ConnectionLost):
+            self._ready = False
+        if before is not None and now != before:
+            self._ready = False
+            _log.error(
+                "tpm_reset", reset_count_before=before[0], reset_count=now[0], error=str(cause)
+            )
+            raise HostError(
+                f"the TPM was reset (resetCount {before[0]} -> {now[0]}, restartCount "
+                f"{before[1]} -> {now[1]}): its loaded keys and sessions are gone ({cause}); "
+                "the next call reloads them",
+                rc=getattr(cause, "rc", None),
+            ) from cause
+
+    async def aclose(self) -> None:
+        """Flush what is loaded and close the connection."""
+        if self._closed:
+            return
+        self._closed = True
+        async with self.transport.lock:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + TPM_TIMEOUT
+                if self._ready and self.transport.connected:
+                    for handle in (self.session, self.primary):
+                        try:
+                            await self.call(_wire.flush_command(handle))
+                        except HostError:
+                            break
+                self._ready = False
+                await self.transport.close()
+
+    async def run_blocking(self, fn: Callable[..., _T], *args: object) -> _T:
+        """Run blocking ``fn(*args)`` (tpm2-pytss setup work) in a thread while this
+        host's connection is closed (swtpm serves one connection at a time); the next
+        operation rebuilds."""
+        async with self.transport.lock:
+            with trio.CancelScope(shield=True):
+                if self._ready and self.transport.connected:
+                    for handle in (self.session, self.primary):
+                        await self.flush(handle)
+                self._ready = False
+                await self.transport.close()
+            return await trio.to_thread.run_sync(lambda: fn(*args), limiter=self._limiter)
