@@ -67,6 +67,7 @@ __all__ = [
     "extend_pcr",
     "flush_transient",
     "increment_nv_counter",
+    "loaded_handles",
     "parse_tcti",
     "read_ek",
     "read_nv_counter",
@@ -286,6 +287,31 @@ def _create_primary(ectx: Any, flusher: _Flusher) -> Any:
 # ---- the jobs ------------------------------------------------------------------------
 
 
+# HANDLES from 0x80..: transient objects; from 0x02..: loaded sessions (HMAC 0x02..,
+# policy 0x03..); from 0x03..: saved (context-saved) sessions.
+_HANDLE_RANGES: Final = (
+    (0x80000000, (0x80,)),
+    (0x02000000, (0x02, 0x03)),
+    (0x03000000, (0x02, 0x03)),
+)
+
+
+def _handles(ectx: Any) -> list[int]:
+    found: list[int] = []
+    for first, types in _HANDLE_RANGES:
+        with _tss_errors("GetCapability (handles)"):
+            _, data = ectx.get_capability(TPM2_CAP.HANDLES, first, 64)
+        found += [int(h) for h in list(data.data.handles)[:64] if int(h) >> 24 in types]
+    return found
+
+
+def loaded_handles(tcti: str) -> list[int]:
+    """The TPM handles of the transient objects, loaded sessions and saved sessions the
+    TPM holds now (for tests that check a job flushed what it loaded)."""
+    with _esapi(tcti) as ectx:
+        return _handles(ectx)
+
+
 def flush_transient(tcti: str) -> int:
     """Flush every transient object and loaded session on the TPM; returns how many.
 
@@ -294,21 +320,10 @@ def flush_transient(tcti: str) -> int:
     """
     flushed = 0
     with _esapi(tcti) as ectx:
-        # HANDLES from 0x80..: transient objects; from 0x02..: loaded sessions (HMAC
-        # 0x02.., policy 0x03..); from 0x03..: saved (context-saved) sessions.
-        for first, types in (
-            (0x80000000, (0x80,)),
-            (0x02000000, (0x02, 0x03)),
-            (0x03000000, (0x02, 0x03)),
-        ):
-            with _tss_errors("GetCapability (handles)"):
-                _, data = ectx.get_capability(TPM2_CAP.HANDLES, first, 64)
-            for raw in list(data.data.handles)[:64]:
-                if int(raw) >> 24 not in types:
-                    continue
-                with _tss_errors(f"FlushContext ({int(raw):#010x})"):
-                    ectx.flush_context(ectx.tr_from_tpmpublic(int(raw)))
-                flushed += 1
+        for raw in _handles(ectx):
+            with _tss_errors(f"FlushContext ({raw:#010x})"):
+                ectx.flush_context(ectx.tr_from_tpmpublic(raw))
+            flushed += 1
     if flushed:
         _log.info("tpm_transient_flushed", count=flushed)
     return flushed

@@ -131,7 +131,8 @@ class Swtpm:
     """One swtpm instance with its state, CA and configuration in ``directory``."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
-        """An existing swtpm directory (made by :meth:`create`), not started."""
+        """An existing swtpm directory (made by :meth:`create`), not started: :meth:`start`
+        runs it on the TPM state it has (a TPM made earlier, EK certificates and all)."""
         self.directory: Final = Path(directory).resolve()
         self._port: int | None = None
         self._pid: int | None = None
@@ -354,6 +355,8 @@ class Swtpm:
         if self._pid is not None:
             raise HostError(f"swtpm in {self.directory} is already running (pid {self._pid})")
         swtpm = _tool("swtpm")
+        if not (self._state / "tpm2-00.permall").is_file():
+            raise ConfigError(f"no swtpm state in {self.directory}: make one with Swtpm.create")
         fixed = self._port
         for _ in range(_START_ATTEMPTS):
             port = fixed if fixed is not None else _free_port_pair()

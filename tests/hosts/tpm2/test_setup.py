@@ -32,11 +32,13 @@ async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 @pytest.fixture
 def setup(swtpm_tcti: str) -> Iterator[Any]:
     """taonet.hosts.tpm2._setup (imported once the fixture made sure tpm2-pytss is here);
-    checks after the test that it left no transient object or session loaded."""
+    checks after the test that the jobs left no transient object or session loaded."""
     from taonet.hosts.tpm2 import _setup
 
+    before = set(_setup.loaded_handles(swtpm_tcti))
     yield _setup
-    assert _setup.flush_transient(swtpm_tcti) == 0, "a job left objects or sessions loaded"
+    left = set(_setup.loaded_handles(swtpm_tcti)) - before
+    assert not left, f"a job left these loaded: {sorted(map(hex, left))}"
 
 
 # ---- pure parts -------------------------------------------------------------------------
@@ -393,8 +395,9 @@ async def test_read_pcrs_refuses_bad_lists(setup: Any, swtpm_tcti: str, pcrs: li
 
 
 async def test_flush_transient_frees_what_a_crashed_client_left(
-    setup: Any, swtpm_tcti: str
+    setup: Any, fresh_swtpm: Swtpm
 ) -> None:
+    swtpm_tcti = fresh_swtpm.tcti
     from tpm2_pytss.constants import ESYS_TR
     from tpm2_pytss.types import TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE, TPMT_PUBLIC
 
@@ -405,7 +408,9 @@ async def test_flush_transient_frees_what_a_crashed_client_left(
                 ectx.create_primary(TPM2B_SENSITIVE_CREATE(), template, ESYS_TR.OWNER)
 
     await in_thread(leave_two_loaded)
+    assert len(await in_thread(setup.loaded_handles, swtpm_tcti)) == 2
     assert await in_thread(setup.flush_transient, swtpm_tcti) == 2
+    assert await in_thread(setup.loaded_handles, swtpm_tcti) == []
 
 
 async def test_no_tpm_there_is_a_host_error(setup: Any, fresh_swtpm: Swtpm) -> None:

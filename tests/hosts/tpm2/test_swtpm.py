@@ -216,3 +216,11 @@ async def test_fixture_fails_in_ci_and_skips_elsewhere_without_swtpm(
     else:
         assert done.returncode == 0, out
         assert "1 skipped" in out, out
+
+
+async def test_start_without_state_is_refused(tmp_path: Path) -> None:
+    tpm2_or_skip()
+    from taonet.hosts.tpm2 import Swtpm
+
+    with pytest.raises(ConfigError, match="no swtpm state"):
+        Swtpm(tmp_path).start()
