@@ -19,13 +19,17 @@ here, only for such a host.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import trio
+
 from taonet import auth
 from taonet._errors import ConfigError
 from taonet._log import get_logger
+from taonet.attestation.tpm2 import DEFAULT_PCRS
 from taonet.hosts._counters import CounterStore
 from taonet.hosts._soft import SoftHost
 from taonet.hosts.linux._config import TPM2_DIR
@@ -52,15 +56,14 @@ async def create_tpm2_root(
     from taonet.hosts.tpm2 import Tpm2Host
 
     state = tpm2_dir(path)
-    if state.exists():
+    if await trio.Path(state).exists():
         raise ConfigError(f"{state} already holds a TPM host")
-    options = {} if pcrs is None else {"pcrs": tuple(pcrs)}
-    created = Tpm2Host.create(state, tcti=tcti, **options)
-    host: Tpm2Host = await created if hasattr(created, "__await__") else created  # type: ignore[assignment]
-    try:
+    numbers = DEFAULT_PCRS if pcrs is None else tuple(pcrs)
+    await trio.to_thread.run_sync(
+        functools.partial(Tpm2Host.create, state, tcti=tcti, pcrs=numbers)
+    )
+    async with await Tpm2Host.open(state) as host:
         return host.name
-    finally:
-        await host.aclose()
 
 
 async def open_tpm2_state(path: Path) -> Tpm2Host:
@@ -68,7 +71,7 @@ async def open_tpm2_state(path: Path) -> Tpm2Host:
     from taonet.hosts.tpm2 import Tpm2Host
 
     state = tpm2_dir(path)
-    if not state.is_dir():
+    if not await trio.Path(state).is_dir():
         raise ConfigError(f"{path}: no TPM host state in {state} (made by taonet host init --tpm2)")
     return await Tpm2Host.open(state)
 

@@ -1,0 +1,90 @@
+"""A root Linux host on a TPM 2.0 (``root_tao = "tpm2"``), on a real swtpm.
+
+The host opens its Tpm2Host in-process and runs stacked on it: its name is the TPM's
+``tpm2([q]).PCRs(...)``, its keyset is sealed by the TPM (so the same keys come back
+at the next open, and none when a PCR it is sealed to has changed: another boot), and
+``taonet host show`` prints the name and the PCR values ``--add-host`` takes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+
+from taonet import HostError
+from taonet.attestation.tpm2 import host_pcrs, pcrs_ext
+from taonet.hosts.linux import LinuxHost, LinuxHostConfig
+from tests.cli.cli_helpers import taonet_main
+
+if TYPE_CHECKING:
+    from taonet.hosts.tpm2 import Swtpm
+
+CONFIG = LinuxHostConfig(kind="root", root_tao="tpm2", guard="Liberal", grace_period=1.0)
+
+
+async def test_a_linux_host_on_a_tpm(fresh_swtpm: Swtpm, tmp_path: Path) -> None:
+    directory = tmp_path / "host"
+    with trio.fail_after(60):
+        name = await LinuxHost.init_tpm2(directory, CONFIG, tcti=fresh_swtpm.tcti)
+        assert name.type == "tpm2"
+        assert sorted(host_pcrs(name) or {}) == [0, 1, 2, 3, 4, 7]
+        host = await LinuxHost.open(directory)
+        try:
+            assert host.name == name
+            first_key = host._core.public_key_der()
+        finally:
+            await host.aclose()
+        assert (directory / "keys.sealed").exists()
+        # The next open unseals the same keys through the TPM.
+        host = await LinuxHost.open(directory)
+        try:
+            assert host.name == name
+            assert host._core.public_key_der() == first_key
+        finally:
+            await host.aclose()
+
+
+async def test_a_changed_pcr_opens_nothing(fresh_swtpm: Swtpm, tmp_path: Path) -> None:
+    from taonet.hosts.tpm2 import _setup
+
+    directory = tmp_path / "host"
+    with trio.fail_after(60):
+        await LinuxHost.init_tpm2(directory, CONFIG, tcti=fresh_swtpm.tcti, pcrs=(7, 16))
+        host = await LinuxHost.open(directory)
+        await host.aclose()
+        await trio.to_thread.run_sync(_setup.extend_pcr, fresh_swtpm.tcti, 16, b"another boot")
+        try:
+            with pytest.raises(HostError):
+                await LinuxHost.open(directory)
+        finally:
+            await trio.to_thread.run_sync(_setup.reset_pcr, fresh_swtpm.tcti, 16)
+
+
+def test_cli_init_and_show(
+    capsys: pytest.CaptureFixture[str], fresh_swtpm: Swtpm, tmp_path: Path
+) -> None:
+    directory = str(tmp_path / "host")
+    code, out, err = taonet_main(
+        capsys,
+        "host", "init", "--root", "--tpm2", "--liberal", "--host", directory,
+        "--tcti", fresh_swtpm.tcti, "--pcrs", "0,7", "-o", "json",
+    )  # fmt: skip
+    assert code == 0, err
+    made = json.loads(out)
+    assert made["root_tao"] == "tpm2"
+    assert made["certified"] is False
+    code, out, err = taonet_main(capsys, "host", "show", "--host", directory, "-o", "json")
+    assert code == 0, err
+    shown = json.loads(out)["tpm2"]
+    assert shown["name"] == made["name"]
+    assert sorted(shown["pcrs"]) == ["0", "7"]
+    pcrs = {int(n): bytes.fromhex(v) for n, v in shown["pcrs"].items()}
+    assert shown["host_state"] == str(pcrs_ext(pcrs)) == made["host_state"]
+    code, out, err = taonet_main(capsys, "host", "show", "--host", directory)
+    assert code == 0, err
+    assert "host state:" in out
+    assert f"PCR  7:       {pcrs[7].hex()}" in out
