@@ -12,17 +12,22 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import attrs
 import pytest
 import trio
 
-from taonet import HostError
+from taonet import AuthorizationError, HostError, auth
 from taonet.attestation.tpm2 import host_pcrs, pcrs_ext
+from taonet.crypto import Signer
+from taonet.domain import ACLGuard, Domain, ProgramCertifier, host_state_rule
 from taonet.hosts.linux import LinuxHost, LinuxHostConfig
 from tests.cli.cli_helpers import taonet_main
+from tests.conftest import PASSWORD, MakeDomain
 
 if TYPE_CHECKING:
     from taonet.hosts.tpm2 import Swtpm
 
+PROGRAM_HASH = b"\x42" * 32
 CONFIG = LinuxHostConfig(kind="root", root_tao="tpm2", guard="Liberal", grace_period=1.0)
 
 
@@ -88,3 +93,48 @@ def test_cli_init_and_show(
     assert code == 0, err
     assert "host state:" in out
     assert f"PCR  7:       {pcrs[7].hex()}" in out
+
+
+async def test_the_domain_certifies_programs_of_a_trusted_tpm_state_only(
+    fresh_swtpm: Swtpm, tmp_path: Path, make_domain: MakeDomain
+) -> None:
+    """A real quote chain: the Linux host's program attestation, rooted in the TPM's
+    quote (its key certified by the policy key), is certified while the domain trusts
+    the host's PCRs, and refused, naming the PCR, when it trusts only another state."""
+    from taonet.hosts.linux._tpm2_root import open_tpm2_state
+
+    domain = make_domain(name="tpm2-linux")
+    signer = domain.unlock(PASSWORD)
+    directory = tmp_path / "host"
+    with trio.fail_after(90):
+        name = await LinuxHost.init_tpm2(
+            directory, attrs.evolve(CONFIG, guard="domain", domain=str(domain.path)),
+            tcti=fresh_swtpm.tcti,
+        )  # fmt: skip
+        async with await open_tpm2_state(directory) as tpm:
+            cert = domain.certify_host(signer, tpm.quote_key_der, signer_type="tpm2")
+            await tpm.set_root_endorsement(cert)
+        pcrs = host_pcrs(name) or {}
+        other = {**pcrs, 4: b"\x44" * 32}
+        guard = domain.guard
+        assert isinstance(guard, ACLGuard)
+        guard = guard.with_rule(domain.program_rule(PROGRAM_HASH))
+        domain.save_guard(guard.with_rule(host_state_rule(str(pcrs_ext(other)))), signer)
+        host = await LinuxHost.open(directory)
+        try:
+            program = domain.program_name(PROGRAM_HASH, host=host.name)
+            assert isinstance(program, auth.Prin)
+            key = Signer.generate()
+            att = await host._core.tao_for(program).attest(
+                auth.Speaksfor(auth.key_principal(key.public_key_der()), program)
+            )
+        finally:
+            await host.aclose()
+    with pytest.raises(AuthorizationError, match="PCR 4 is 0000000000000000"):
+        ProgramCertifier(domain, signer).certify(att.to_bytes(), key.public_key_der())
+    domain.save_guard(domain.guard.with_rule(host_state_rule(str(name))), signer)  # type: ignore[attr-defined]
+    issued = ProgramCertifier(Domain.load(domain.path), signer).certify(
+        att.to_bytes(), key.public_key_der()
+    )
+    assert issued.principal == program
+    assert str(issued.principal).startswith(str(name))
