@@ -103,6 +103,11 @@ class Tpm2Core:
         self._bindings: dict[int, tuple[auth.Prin, bytes]] = {}
 
     @property
+    def runtime(self) -> TpmRuntime:
+        """The TPM connection and what it keeps loaded."""
+        return self._runtime
+
+    @property
     def name(self) -> auth.Prin:
         """The host's name: its quote key and the PCR values it started with."""
         return self._name
@@ -282,10 +287,15 @@ class Tpm2Core:
                 except _wire.TpmError as exc:
                     if exc.base in (_wire.RC_POLICY_FAIL, _wire.RC_PCR_CHANGED):
                         now = await runtime.read_pcrs()
+                        which = differing(self.pcrs, now)
+                        where = (
+                            f"{which} differ from this host's name"
+                            if which
+                            else "the PCRs differ from those it was sealed under"
+                        )
                         raise HostError(
-                            "the TPM refused to unseal: the PCRs changed since the data was "
-                            f"sealed ({differing(self.pcrs, now) or 'during the call'} differ "
-                            f"from this host's name) ({exc})",
+                            f"the TPM refused to unseal: the PCRs changed since the data was "
+                            f"sealed ({where}) ({exc})",
                             rc=exc.rc,
                         ) from None
                     raise

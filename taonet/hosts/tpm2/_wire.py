@@ -48,6 +48,8 @@ CC_PCR_READ: Final = 0x17E
 CC_POLICY_PCR: Final = 0x17F
 CC_POLICY_RESTART: Final = 0x180
 CC_READ_CLOCK: Final = 0x181
+CC_PCR_EXTEND: Final = 0x182
+CC_PCR_RESET: Final = 0x13D
 
 TPM_RH_OWNER: Final = 0x40000001
 TPM_RH_NULL: Final = 0x40000007
@@ -114,6 +116,8 @@ _COMMAND_NAMES: Final = {
     CC_POLICY_PCR: "PolicyPCR",
     CC_POLICY_RESTART: "PolicyRestart",
     CC_READ_CLOCK: "ReadClock",
+    CC_PCR_EXTEND: "PCR_Extend",
+    CC_PCR_RESET: "PCR_Reset",
 }
 
 #: Largest command or response this module builds or accepts.
@@ -415,6 +419,17 @@ def parse_pcr_read(params: bytes, pcrs: tuple[int, ...]) -> dict[int, bytes]:
             raise HostError(f"the TPM's PCR_Read returned a {len(value)}-byte SHA-256 value")
         values[p] = value
     return values
+
+
+def pcr_extend_command(pcr: int, digest: bytes) -> bytes:
+    """Extend SHA-256 PCR ``pcr`` with ``digest`` (tests and tools; a host never extends)."""
+    values = _u32(1) + _u16(TPM_ALG_SHA256) + digest
+    return _command(CC_PCR_EXTEND, [check_pcrs([pcr])[0]], values, _password_auth())
+
+
+def pcr_reset_command(pcr: int) -> bytes:
+    """Reset PCR ``pcr`` (16 and 23 at locality 0; tests and tools)."""
+    return _command(CC_PCR_RESET, [check_pcrs([pcr])[0]], b"", _password_auth())
 
 
 def read_clock_command() -> bytes:
