@@ -495,6 +495,11 @@ def _recertify(args: argparse.Namespace) -> int:
     from taonet.cli._host_recertify import recertify_host
 
     directory = host_dir(args)
+    if (directory / "host.toml").exists() and LinuxHostConfig.load(directory).root_tao == "tpm2":
+        raise UsageError(
+            "a root host on a TPM is certified by the quote service: "
+            "taonet host certify --quote-service HOST:PORT"
+        )
     name, cert = recertify_host(
         directory,
         args.domain,

@@ -65,3 +65,18 @@ def test_option_mistakes_are_one_line_and_write_nothing(
     assert code != 0
     assert len(err.strip().splitlines()) == 1, err
     assert not host.exists()
+
+
+def test_certify_is_for_tpm_hosts(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    host = str(tmp_path / "host")
+    pw = tmp_path / "pw"
+    pw.write_text("host password\n")
+    code, _, err = taonet_main(
+        capsys, "host", "init", "--root", "--liberal", "--host", host, "--password-file", str(pw)
+    )
+    assert code == 0, err
+    code, _, err = taonet_main(
+        capsys, "host", "certify", "--host", host, "--quote-service", "127.0.0.1:1"
+    )
+    assert code != 0
+    assert "not a root host on a TPM" in err

@@ -138,3 +138,18 @@ async def test_the_domain_certifies_programs_of_a_trusted_tpm_state_only(
     )
     assert issued.principal == program
     assert str(issued.principal).startswith(str(name))
+
+
+def test_a_tpm_host_is_not_recertified_with_the_policy_password(
+    capsys: pytest.CaptureFixture[str], fresh_swtpm: Swtpm, tmp_path: Path
+) -> None:
+    directory = str(tmp_path / "host")
+    code, _, err = taonet_main(
+        capsys, "host", "init", "--root", "--tpm2", "--liberal", "--host", directory,
+        "--tcti", fresh_swtpm.tcti,
+    )  # fmt: skip
+    assert code == 0, err
+    code, _, err = taonet_main(capsys, "host", "recertify", "--host", directory)
+    assert code != 0
+    assert "taonet host certify --quote-service" in err
+    assert len(err.strip().splitlines()) == 1
