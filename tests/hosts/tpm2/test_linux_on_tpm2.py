@@ -20,6 +20,7 @@ from taonet import AuthorizationError, HostError, auth
 from taonet.attestation.tpm2 import host_pcrs, pcrs_ext
 from taonet.crypto import Signer
 from taonet.domain import ACLGuard, Domain, ProgramCertifier, host_state_rule
+from taonet.hosts import SoftHost
 from taonet.hosts.linux import LinuxHost, LinuxHostConfig
 from tests.cli.cli_helpers import taonet_main
 from tests.conftest import PASSWORD, MakeDomain
@@ -28,6 +29,15 @@ if TYPE_CHECKING:
     from taonet.hosts.tpm2 import Swtpm
 
 PROGRAM_HASH = b"\x42" * 32
+
+
+def soft_core(host: LinuxHost) -> SoftHost:
+    """The Linux host's key core: a soft keyset unsealed by the TPM, its delegation a quote."""
+    core = host._core
+    assert isinstance(core, SoftHost)
+    return core
+
+
 CONFIG = LinuxHostConfig(kind="root", root_tao="tpm2", guard="Liberal", grace_period=1.0)
 
 
@@ -40,7 +50,7 @@ async def test_a_linux_host_on_a_tpm(fresh_swtpm: Swtpm, tmp_path: Path) -> None
         host = await LinuxHost.open(directory)
         try:
             assert host.name == name
-            first_key = host._core.public_key_der()
+            first_key = soft_core(host).public_key_der()
         finally:
             await host.aclose()
         assert (directory / "keys.sealed").exists()
@@ -48,7 +58,7 @@ async def test_a_linux_host_on_a_tpm(fresh_swtpm: Swtpm, tmp_path: Path) -> None
         host = await LinuxHost.open(directory)
         try:
             assert host.name == name
-            assert host._core.public_key_der() == first_key
+            assert soft_core(host).public_key_der() == first_key
         finally:
             await host.aclose()
 
@@ -125,8 +135,10 @@ async def test_the_domain_certifies_programs_of_a_trusted_tpm_state_only(
             program = domain.program_name(PROGRAM_HASH, host=host.name)
             assert isinstance(program, auth.Prin)
             key = Signer.generate()
-            att = await host._core.tao_for(program).attest(
-                auth.Speaksfor(auth.key_principal(key.public_key_der()), program)
+            att = (
+                await soft_core(host)
+                .tao_for(program)
+                .attest(auth.Speaksfor(auth.key_principal(key.public_key_der()), program))
             )
         finally:
             await host.aclose()
