@@ -113,7 +113,7 @@ class Tpm2Counters:
                     return False
                 raise
             attributes, size = _wire.parse_nv_read_public(params)
-            if attributes != _wire.NV_COUNTER_ATTRIBUTES or size != 8:
+            if attributes & ~_wire.NV_WRITTEN != _wire.NV_COUNTER_ATTRIBUTES or size != 8:
                 raise HostError(
                     f"NV index {index:#x} is not one of this host's counters (another "
                     "user of the TPM defined it)"

@@ -467,6 +467,10 @@ def parse_get_handles(params: bytes) -> list[int]:
 NV_COUNTER_ATTRIBUTES: Final = (0x1 << 4) | 0x00000004 | 0x00040000 | 0x02000000 | 0x00020000
 
 
+#: TPMA_NV_WRITTEN: set by the TPM once an index was written (incremented).
+NV_WRITTEN: Final = 0x20000000
+
+
 def nv_define_counter_command(index: int) -> bytes:
     public = _u32(index) + _u16(TPM_ALG_SHA256) + _u32(NV_COUNTER_ATTRIBUTES) + _u16(0) + _u16(8)
     params = tpm2b(b"") + tpm2b(public)
