@@ -53,7 +53,8 @@ __all__ = ["demo_programs", "run_hosted_demo", "run_programs"]
 
 _LISTENING = re.compile(rb"listening on ([0-9.]+):(\d+)")
 _SERVING = re.compile(rb"serving Tao channels on ([0-9.]+):(\d+)")
-_SECRET_SERVER = re.compile(rb"secret server listening on ([0-9.]+):(\d+) as (\S+)")
+# The principal runs to the end of the line: a TPM host's name holds a space (PCRs("..", "..")).
+_SECRET_SERVER = re.compile(rb"secret server listening on ([0-9.]+):(\d+) as ([^\r\n]+)")
 _SECRET = re.compile(rb"received the secret ([0-9a-f]+)")
 #: Bound on each step of the demo (a stuck program fails the demo, not hangs it).
 STEP_TIMEOUT = 60.0

@@ -25,6 +25,7 @@ earlier run made there is removed first (only in a directory that run marked).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import secrets
@@ -156,8 +157,12 @@ async def run_tpm2_demo(
         f"== 1. A software TPM (swtpm) in {base / 'swtpm'}, with EK certificates from a "
         "throwaway manufacturer CA made by swtpm's setup tool"
     )
-    swtpm = await trio.to_thread.run_sync(Swtpm.create, base / "swtpm")
+    swtpm = await trio.to_thread.run_sync(
+        functools.partial(Swtpm.create, base / "swtpm", start=False)
+    )
     try:
+        # Started inside the try: whatever interrupts the demo from here stops it.
+        await trio.to_thread.run_sync(swtpm.start)
         say(f"tpm:          {swtpm.tcti} (pid {swtpm.pid})")
         say("== 2. A domain that trusts that manufacturer CA")
         password = secrets.token_hex(16).encode()
