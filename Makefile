@@ -61,8 +61,10 @@ system-deps:
 	fi
 
 # swtpm and its setup tools are the TPM for the TPM 2.0 tests and demo; libtss2-dev and
-# pkg-config are what tpm2-pytss builds against.
-APT_PACKAGES := bubblewrap python3 golang-go openssl swtpm swtpm-tools libtss2-dev pkg-config
+# pkg-config are what tpm2-pytss builds against (it has no wheels: pip compiles it, with gcc,
+# against the Python headers, which python3-dev gives a Debian python3; pyenv's have theirs).
+APT_PACKAGES := bubblewrap python3 golang-go openssl swtpm swtpm-tools libtss2-dev pkg-config \
+	gcc python3-dev
 
 lint: $(STAMP)
 	$(BIN)/ruff check taonet services examples tests loadtests

@@ -20,6 +20,7 @@ import pytest
 import structlog
 
 import taonet
+import taonet.attestation.tpm2
 import taonet.cli
 import taonet.disclosure
 import taonet.files
@@ -95,7 +96,7 @@ def test_public_objects_report_their_public_module() -> None:
         assert getattr(taonet.files, name).__module__ == "taonet.files", name
     assert repr(ConfigError) == "<class 'taonet.ConfigError'>"
     assert taonet.cli.main.__module__ == "taonet.cli"
-    for package in (taonet.hosts, taonet.hosts.linux, taonet.disclosure):
+    for package in (taonet.hosts, taonet.hosts.linux, taonet.disclosure, taonet.attestation.tpm2):
         for name in package.__all__:
             if not name.isupper():  # constants have no module
                 assert getattr(package, name).__module__ == package.__name__, name

@@ -12,6 +12,7 @@ PURE = [
     "taonet.auth",
     "taonet.crypto",
     "taonet.attestation",
+    "taonet.attestation.tpm2",
     "taonet.wire",
     "taonet.certs",
     "taonet.domain",

@@ -76,10 +76,13 @@ def _swtpm_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _copy(template: Path, directory: Path) -> Swtpm:
     from taonet.hosts.tpm2 import Swtpm
 
-    shutil.copytree(template, directory, symlinks=True)
-    with_lock = directory / "state" / ".lock"
-    if with_lock.exists():
-        with_lock.unlink()
+    # Not the template's pid, port or lock: each copy runs on a free port of its own.
+    shutil.copytree(
+        template,
+        directory,
+        symlinks=True,
+        ignore=shutil.ignore_patterns("swtpm.pid", "swtpm.port", ".lock"),
+    )
     tpm = Swtpm(directory)
     tpm.start()
     return tpm

@@ -1,8 +1,8 @@
-"""TPM 2.0 quotes verified in pure Python, and the names of TPM 2.0 hosts.
+"""TPM 2.0 quotes verified in pure Python: the built-in ``"tpm2"`` signer type.
 
 A TPM 2.0 host is named ``tpm2([sha256 of the quote key's PKIX DER]).PCRs("0,1,7",
-"hex,hex,hex")``: the key that signs its quotes and the SHA-256-bank PCR values it
-booted with (ascending PCR numbers, lower-case hex; the original's form). It attests
+"hex,hex,hex")`` (see ``_tpm2_names``): the key that signs its quotes and the
+SHA-256-bank PCR values it booted with (the original's form). It attests
 by ``TPM2_Quote`` with qualifying data = SHA-256 of the serialized statement: the
 attestation's ``tpm2_quote_structure`` is the TPMS_ATTEST the TPM signed, its
 ``signature`` the marshaled TPMT_SIGNATURE and its ``signer_key`` the quote key (PKIX
@@ -30,7 +30,8 @@ Not compared, on purpose:
   none of which an attestation carries; and it would prove nothing the signature
   does not: only the holder of the quote key can sign. That the key is a restricted
   TPM key (so it signs only TPM-made structures starting with the magic value) is
-  what its certificate from the domain's quote service vouches for. It is exposed as
+  what its certificate from the domain's quote service vouches for (the service
+  checks the key's attributes and binds them by ActivateCredential). It is exposed as
   :attr:`Quote.qualified_signer`.
 
 Speed: a verifier checks the same few hosts over and over, so what depends only on a
@@ -113,7 +114,9 @@ _RSA_BITS: Final = (2048, 4096)
 _CACHED: Final = 1024
 
 _U16: Final = struct.Struct(">H")
-_HEADER: Final = struct.Struct(">IHH")  # magic, type, qualifiedSigner.size
+_MAGIC_QUOTE: Final = struct.pack(">IH", TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE)
+_HEADER_SIZE: Final = 10  # magic, type, qualifiedSigner.size, extraData.size (if empty)
+_ECDSA_P256_HEAD: Final = struct.pack(">HHH", TPM_ALG_ECDSA, 0x000B, 32)
 _CLOCK_FW: Final = struct.Struct(">QIIBQ")  # clock, resetCount, restartCount, safe, firmware
 _SIG_HEADER: Final = struct.Struct(">HHH")  # sigAlg, hashAlg, first TPM2B size
 _SHA256: Final = hashes.SHA256()
@@ -174,12 +177,12 @@ class _Reader:
         return self.take(n, what)
 
 
-def _as_bytes(data: object, what: str) -> bytes:
+def _as_bytes(data: object, what: str, error: type[Exception] = CodecError) -> bytes:
     if type(data) is bytes:
         return data
     if isinstance(data, bytearray | memoryview):
         return bytes(data)
-    raise CodecError(f"{what}: expected bytes, not {type(data).__name__}")
+    raise error(f"{what}: expected bytes, not {type(data).__name__}")
 
 
 def parse_quote(tpms_attest: bytes) -> Quote:
@@ -316,43 +319,46 @@ def _explain(attest: bytes, extra: bytes, expected: Expected) -> AuthenticationE
     return AuthenticationError("TPM quote: PCR selection is not encoded as expected")
 
 
-def _verify(
-    key: _Key,
-    attest: bytes,
-    sig: bytes,
-    extra: bytes,
-    expected: Expected,
-) -> None:
-    # The fast path: the header is parsed with bounds, and everything after clockInfo
-    # must be exactly the expected selection and digest (which also fixes the length).
-    # Any difference goes to _explain, which parses in full and says what differs.
+def _verify(key: _Key, attest: bytes, sig: bytes, extra: bytes, expected: Expected) -> int:
+    """Check a quote; return the offset of its clockInfo. The fast path.
+
+    The header is read with bounds, and everything after clockInfo must be exactly
+    the expected selection and digest (which also fixes the length). Any difference
+    goes to _explain, which parses in full and says what differs.
+    """
     n = len(attest)
-    ok = _HEADER.size <= n <= MAX_QUOTE_BYTES
-    if ok:
-        magic, kind, signer_size = _HEADER.unpack_from(attest)
-        o = _HEADER.size + signer_size
-        ok = magic == TPM_GENERATED_VALUE and kind == TPM_ST_ATTEST_QUOTE
-        ok = ok and signer_size <= 66 and o + 2 <= n
-    if ok:
-        (extra_size,) = _U16.unpack_from(attest, o)
-        o += 2
-        clock_end = o + extra_size + _CLOCK_FW.size
-        ok = (
-            extra_size <= 64
-            and clock_end <= n
-            and attest[clock_end - 9] <= 1  # clockInfo.safe
-            and hmac.compare_digest(attest[o : o + extra_size], extra)
-            and hmac.compare_digest(attest[clock_end:], expected[0])
-        )
-    if not ok:
-        raise _explain(attest, extra, expected)
+    if _HEADER_SIZE <= n <= MAX_QUOTE_BYTES and attest[:6] == _MAGIC_QUOTE:
+        signer_size = attest[6] << 8 | attest[7]
+        o = _HEADER_SIZE + signer_size  # extraData starts here
+        if signer_size <= 66 and o <= n:
+            clock = o + (attest[o - 2] << 8 | attest[o - 1])
+            end = clock + _CLOCK_FW.size
+            if (
+                clock - o <= 64
+                and end <= n
+                and attest[clock + 16] <= 1  # clockInfo.safe
+                and hmac.compare_digest(attest[o:clock], extra)
+                and hmac.compare_digest(attest[end:], expected[0])
+            ):
+                _verify_signature(key, attest, sig)
+                return clock
+    raise _explain(attest, extra, expected)
+
+
+def _verify_signature(key: _Key, attest: bytes, sig: bytes) -> None:
     ec_key, rsa_key = key
-    payload = _signature_payload(sig, ec_key is not None)
     try:
         if ec_key is not None:
+            if len(sig) == 72 and sig[:6] == _ECDSA_P256_HEAD and sig[38:40] == b"\x00\x20":
+                # What a TPM sends: r and s of 32 bytes each.
+                payload = encode_dss_signature(
+                    int.from_bytes(sig[6:38], "big"), int.from_bytes(sig[40:], "big")
+                )
+            else:
+                payload = _signature_payload(sig, True)
             ec_key.verify(payload, attest, _ECDSA_SHA256)
         elif rsa_key is not None:
-            rsa_key.verify(payload, attest, _PKCS1V15, _SHA256)
+            rsa_key.verify(_signature_payload(sig, False), attest, _PKCS1V15, _SHA256)
     except InvalidSignature:
         raise AuthenticationError(
             "TPM quote: the signature does not verify under the quote key"
@@ -375,24 +381,22 @@ def verify_quote(
     PCR selection and digest; the signature (see the module's docstring).
     ValueError if ``pcrs`` itself is not a valid PCR map.
     """
-    key = _quote_key(_as_der(quote_key_der))
-    attest = _as_bytes(tpms_attest, "TPM quote")
+    key = _quote_key(_as_bytes(quote_key_der, "TPM quote key", AuthenticationError))
+    attest = _as_bytes(tpms_attest, "TPM quote", AuthenticationError)
     expected = expected_for_items(tuple(pcrs.items()))
-    _verify(
+    clock = _verify(
         key,
         attest,
-        _as_bytes(tpmt_signature, "TPM signature"),
-        _as_bytes(extra_data, "extra_data"),
+        _as_bytes(tpmt_signature, "TPM signature", AuthenticationError),
+        _as_bytes(extra_data, "extra_data", TypeError),
         expected,
     )
-    signer_size = attest[6] << 8 | attest[7]
-    o = 8 + signer_size
-    extra_end = o + 2 + (attest[o] << 8 | attest[o + 1])
-    clock, resets, restarts, safe, firmware = _CLOCK_FW.unpack_from(attest, extra_end)
+    o = 10 + (attest[6] << 8 | attest[7])
+    ms, resets, restarts, safe, firmware = _CLOCK_FW.unpack_from(attest, clock)
     return Quote(
-        attest[8:o],
-        attest[o + 2 : extra_end],
-        clock,
+        attest[8 : o - 2],
+        attest[o:clock],
+        ms,
         resets,
         restarts,
         bool(safe),
@@ -400,14 +404,6 @@ def verify_quote(
         expected[1],
         expected[2],
     )
-
-
-def _as_der(der: object) -> bytes:
-    if type(der) is bytes:
-        return der
-    if isinstance(der, bytearray | memoryview):
-        return bytes(der)
-    raise AuthenticationError(f"TPM quote key: expected bytes, not {type(der).__name__}")
 
 
 # ------------------------------------------------------------------ the "tpm2" signer type
@@ -423,7 +419,7 @@ def _verify_tpm2_says(att: Attestation, says: auth.Says) -> None:
     attest = att.tpm2_quote_structure
     if attest is None:
         raise AuthenticationError("tpm2 attestation carries no quote (tpm2_quote_structure)")
-    der = _as_der(att.signer_key)
+    der = _as_bytes(att.signer_key, "TPM quote key", AuthenticationError)
     key = _quote_key(der)
     speaker = says.speaker
     if not isinstance(speaker, auth.Prin):
@@ -446,8 +442,8 @@ def _verify_tpm2_says(att: Attestation, says: auth.Says) -> None:
     extra = hashlib.sha256(att.serialized_statement).digest()
     _verify(
         key,
-        _as_bytes(attest, "TPM quote"),
-        _as_bytes(att.signature, "TPM signature"),
+        _as_bytes(attest, "TPM quote", AuthenticationError),
+        _as_bytes(att.signature, "TPM signature", AuthenticationError),
         extra,
         expected,
     )
@@ -467,7 +463,7 @@ def _short(prin: auth.Prin) -> str:
 
 
 def _tpm2_signer_principal(der: bytes) -> auth.Prin:
-    return _signer_principal(_as_der(der))
+    return _signer_principal(_as_bytes(der, "TPM quote key", AuthenticationError))
 
 
 #: The built-in ``"tpm2"`` signer type: quote verification and ``tpm2(hash)`` principals.

@@ -60,7 +60,7 @@ from typing import Any, Final, Literal, TypeVar, get_args
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from taonet import auth
@@ -244,8 +244,16 @@ def issue_host_certificate(
         host_pub = serialization.load_der_public_key(host_key_der)
     except ValueError as exc:
         raise CodecError(f"host key: malformed public key: {exc}") from None
-    if not isinstance(host_pub, ec.EllipticCurvePublicKey):
-        raise CodecError("host key: not an ECDSA public key")
+    # A TPM 2.0 quote key may be RSA-2048 (the TPM signs with RSASSA); every other
+    # host key is ECDSA.
+    tpm2_rsa = (
+        signer_type == "tpm2"
+        and isinstance(host_pub, rsa.RSAPublicKey)
+        and host_pub.key_size >= 2048
+    )
+    if not isinstance(host_pub, ec.EllipticCurvePublicKey) and not tpm2_rsa:
+        raise CodecError("host key: not an ECDSA public key (nor a tpm2 host's RSA-2048+ key)")
+    assert isinstance(host_pub, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
     principal = auth.principal_for_key(signer_type, host_key_der)
     not_before = _utc(now_ns) - _dt.timedelta(minutes=5)
     builder = (

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import struct
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import pytest
@@ -520,3 +521,40 @@ def test_the_public_namespace() -> None:
     assert ECDSA == 0x0018
     assert RSASSA == 0x0014
     assert SHA256 == PCR_BANK_SHA256
+
+
+@given(
+    st.binary(max_size=66),
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 1),
+    st.integers(0, 2**64 - 1),
+)
+def test_a_good_quote_with_any_other_fields_is_returned_as_parsed(
+    signer: bytes, clock: int, resets: int, safe: int, firmware: int
+) -> None:
+    # The fast path and the full parser agree on every field they both read.
+    fields = attrs.evolve(
+        GOOD,
+        qualified_signer=signer,
+        clock=clock,
+        reset_count=resets,
+        restart_count=resets ^ 0xFFFFFFFF,
+        safe=safe,
+        firmware_version=firmware,
+    )
+    attest, sig = ecc_quote(fields)
+    assert verify_quote(ECC_DER, attest, sig, extra_data=EXTRA, pcrs=PCRS) == parse_quote(attest)
+
+
+def test_values_that_are_not_bytes_are_refused() -> None:
+    attest, sig = ecc_quote()
+    with pytest.raises(AuthenticationError, match="expected bytes"):
+        verify_quote(ECC_DER.hex(), attest, sig, extra_data=EXTRA, pcrs=PCRS)  # type: ignore[arg-type]
+    with pytest.raises(AuthenticationError, match="expected bytes"):
+        verify_quote(ECC_DER, attest.hex(), sig, extra_data=EXTRA, pcrs=PCRS)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="expected bytes"):
+        verify_quote(ECC_DER, attest, sig, extra_data=32, pcrs=PCRS)  # type: ignore[arg-type]
+    # bytearray and memoryview are bytes enough.
+    loose: Any = verify_quote
+    loose(bytearray(ECC_DER), memoryview(attest), bytearray(sig), extra_data=EXTRA, pcrs=PCRS)

@@ -28,7 +28,6 @@ from taonet.attestation._tpm2_credential import (
     USER_WITH_AUTH,
 )
 
-
 KINDS = {"p256": 0x01C0000A, "rsa": 0x01C00002, "p384": 0x01C00016}
 TEMPLATE = {"rsa": "L-1", "p256": "L-2", "p384": "H-3"}
 

@@ -29,7 +29,13 @@ from taonet.hosts.tpm2 import _wire
 from taonet.hosts.tpm2._core import Tpm2Core
 from taonet.hosts.tpm2._nvcounters import Tpm2Counters
 from taonet.hosts.tpm2._runtime import TpmRuntime, policy_pcr_digest
-from taonet.hosts.tpm2._setup import PRIMARY_TEMPLATE, create_quote_key, read_pcrs
+from taonet.hosts.tpm2._setup import (
+    PRIMARY_TEMPLATE,
+    activate_credential,
+    create_quote_key,
+    read_ek,
+    read_pcrs,
+)
 from taonet.hosts.tpm2._state import HostConfig, StateDir
 from taonet.hosts.tpm2._transport import SyncTransport, Transport, parse_tcti
 
@@ -37,6 +43,16 @@ __all__ = ["Tpm2Host"]
 
 _log = get_logger(__name__)
 _ALGS: Final = ("ecc", "rsa")
+
+
+def _read_ek(tcti: str, index: int | None) -> tuple[bytes, bytes]:
+    return read_ek(tcti, index=index)
+
+
+def _activate(
+    tcti: str, private: bytes, public: bytes, blob: bytes, secret: bytes, index: int | None
+) -> bytes:
+    return activate_credential(tcti, private, public, blob, secret, ek_index=index)
 
 
 class Tpm2Host:
@@ -203,6 +219,62 @@ class Tpm2Host:
             raise ConfigError("that certificate certifies another key than this host's quote key")
         await trio.to_thread.run_sync(StateDir(self.directory).write_certificate, cert_der)
         self._core.root_endorsement = cert_der
+
+    async def certify(
+        self, address: str, *, policy_cert: bytes, ek_index: int | None = None
+    ) -> bytes:
+        """Have the domain's quote service at ``address`` ("HOST:PORT") certify the quote key.
+
+        Sends the EK certificate, the EK and quote key public areas and this host's
+        name; the service answers with the certificate wrapped by MakeCredential for
+        this TPM's EK, which only this TPM's ActivateCredential opens (for this quote
+        key). The certificate is checked to be the domain's (``policy_cert``) tpm2
+        host certificate for this quote key, stored, and attached to every
+        attestation from now on. Returns it (DER).
+
+        AuthenticationError if the service is not the domain's, or the certificate is
+        not right; HostError if the TPM refuses; ProtocolError if the service does.
+        """
+        from taonet.attestation.tpm2_credential import object_name, tpmt_public_from_tpm2b
+        from taonet.quoteservice import (
+            QuoteKeyRequest,
+            open_certificate,
+            request_quote_key_certificate,
+        )
+
+        hostname, sep, port = address.rpartition(":")
+        if not sep or not hostname or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"a quote service address is HOST:PORT, not {address[:80]!r}")
+        tcti = self.config.tcti
+        ek_cert, ek_public = await self.run_blocking(_read_ek, tcti, ek_index)
+        area = tpmt_public_from_tpm2b(self.quote_key_public)
+        request = QuoteKeyRequest(
+            ek_certificate=ek_cert,
+            ek_public=ek_public,
+            quote_key_public=area,
+            host_name=self.name,
+        )
+        reply = await request_quote_key_certificate(
+            hostname.strip("[]"), int(port), policy_cert, request
+        )
+        private, public = self._runtime.quote_blobs
+        secret = await self.run_blocking(
+            _activate,
+            tcti,
+            private,
+            public,
+            reply.credential_blob,
+            reply.encrypted_secret,
+            ek_index,
+        )
+        cert_der = open_certificate(reply, secret, object_name(area))
+        now = time.time_ns()
+        certs.PolicyAnchor(policy_cert, now_ns=now).verify_host_certificate(
+            cert_der, host_key_der=self.quote_key_der, signer_type="tpm2", now_ns=now
+        )
+        await self.set_root_endorsement(cert_der)
+        _log.info("tpm2_quote_key_certified", name=str(self.name)[:200])
+        return cert_der
 
     async def run_blocking(self, fn: Callable[..., Any], *args: object) -> Any:
         """Run blocking TPM work (tpm2-pytss) in a thread with this host's connection

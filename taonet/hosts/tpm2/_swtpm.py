@@ -27,7 +27,6 @@ end of its log (bounded).
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import select
 import shutil
@@ -154,6 +153,10 @@ class Swtpm:
     @property
     def _pidfile(self) -> Path:
         return self.directory / "swtpm.pid"
+
+    @property
+    def _portfile(self) -> Path:
+        return self.directory / "swtpm.port"
 
     @property
     def log_path(self) -> Path:
@@ -350,16 +353,35 @@ class Swtpm:
 
     # ---- running ------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start swtpm on its state: the same ports as before if it ran, else a free pair."""
+    def _recorded_port(self) -> int | None:
+        try:
+            text = read_file(self._portfile, limit=16).strip()
+        except ConfigError:
+            return None
+        if text.isascii() and text.isdigit() and 1 <= int(text) <= 65534:
+            return int(text)
+        return None
+
+    def start(self, *, port: int | None = None) -> None:
+        """Start swtpm on its state, on ports N (commands) and N+1 (control).
+
+        N is ``port`` if given; else the port this object ran on before (so a restart
+        keeps the TCTI); else the port recorded by the directory's last start, if it is
+        free (so a TPM host's saved TCTI stays right across runs of a demo); else a free
+        pair. HostError if a port that must be used is taken.
+        """
         if self._pid is not None:
             raise HostError(f"swtpm in {self.directory} is already running (pid {self._pid})")
+        if port is not None and not 1 <= port <= 65534:
+            raise ConfigError(f"swtpm port {port}: expected 1..65534 (N+1 is the control port)")
         swtpm = _tool("swtpm")
         if not (self._state / "tpm2-00.permall").is_file():
             raise ConfigError(f"no swtpm state in {self.directory}: make one with Swtpm.create")
-        fixed = self._port
-        for _ in range(_START_ATTEMPTS):
-            port = fixed if fixed is not None else _free_port_pair()
+        fixed = port if port is not None else self._port
+        preferred = fixed if fixed is not None else self._recorded_port()
+        for attempt in range(_START_ATTEMPTS):
+            first = attempt == 0 and preferred is not None
+            candidate = preferred if first and preferred is not None else _free_port_pair()
             with contextlib.suppress(FileNotFoundError):
                 self.log_path.unlink()
             with contextlib.suppress(FileNotFoundError):
@@ -369,9 +391,9 @@ class Swtpm:
                 "socket",
                 "--tpm2",
                 "--server",
-                f"type=tcp,port={port},bindaddr=127.0.0.1",
+                f"type=tcp,port={candidate},bindaddr=127.0.0.1",
                 "--ctrl",
-                f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
+                f"type=tcp,port={candidate + 1},bindaddr=127.0.0.1",
                 "--flags",
                 "not-need-init,startup-clear",
                 "--tpmstate",
@@ -396,13 +418,17 @@ class Swtpm:
                 raise HostError(f"cannot start swtpm: {exc}") from exc
             if done.returncode == 0:
                 self._pid = self._read_pid()
-                self._port = port
-                _log.info("swtpm_started", pid=self._pid, port=port)
+                self._port = candidate
+                atomic_write(self._portfile, f"{candidate}\n".encode())
+                _log.info("swtpm_started", pid=self._pid, port=candidate)
                 return
             why = _tail(self.log_path)
             if fixed is None and "Address already in use" in why:
                 continue
-            raise HostError(f"swtpm did not start (exit {done.returncode}) on port {port}: {why}")
+            raise HostError(
+                f"swtpm did not start (exit {done.returncode}) on ports {candidate} and"
+                f" {candidate + 1}: {why}"
+            )
         raise HostError(f"swtpm did not start: no free port pair in {_START_ATTEMPTS} tries")
 
     def _read_pid(self) -> int:
@@ -440,17 +466,11 @@ class Swtpm:
 
     def restart(self) -> None:
         """Stop and start again on the same state and ports (a TPM Reset: PCRs and
-        loaded or saved contexts are gone, NV stays)."""
+        loaded or saved contexts are gone, NV stays). HostError if another process
+        took one of the ports meanwhile."""
+        port = self._port
         self.stop()
-        try:
-            self.start()
-        except HostError as exc:
-            if self._port is not None and "Address already in use" in str(exc):
-                raise HostError(
-                    f"swtpm cannot restart: port {self._port} or {self._port + 1} was taken"
-                    f" meanwhile ({errno.errorcode[errno.EADDRINUSE]})"
-                ) from exc
-            raise
+        self.start(port=port)
 
     def __enter__(self) -> Self:
         return self

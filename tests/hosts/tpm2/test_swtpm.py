@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -224,3 +225,30 @@ async def test_start_without_state_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="no swtpm state"):
         Swtpm(tmp_path).start()
+
+
+async def test_a_new_object_reuses_the_recorded_port(fresh_swtpm: Swtpm) -> None:
+    """A later run on the same directory gets the same TCTI (a host saved it), and
+    falls back to a free pair when that port is taken."""
+    from taonet.hosts.tpm2 import Swtpm
+
+    tcti = fresh_swtpm.tcti
+    await fresh_swtpm.astop()
+    again = Swtpm(fresh_swtpm.directory)
+    await again.astart()
+    try:
+        assert again.tcti == tcti
+    finally:
+        await again.astop()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", again.port))
+        squatter.listen()
+        third = Swtpm(fresh_swtpm.directory)
+        await third.astart()
+        try:
+            assert third.port != again.port
+        finally:
+            await third.astop()
+        # A port asked for explicitly is not replaced by another.
+        with pytest.raises(HostError, match="did not start"):
+            await trio.to_thread.run_sync(lambda: third.start(port=again.port))

@@ -1,0 +1,388 @@
+"""The quote service: a TPM's EK certificate and quote key in, a quote-key certificate
+out, wrapped so that only that TPM can open it.
+
+``taonet quote-service --domain DIR --listen HOST:PORT`` runs :class:`QuoteService`.
+It holds the policy key (unlocked with the operator's password at start-up), serves
+Tao channels as ``<policy key>.QuoteService()`` to anonymous clients (a TPM host has
+no certificate yet), and answers one ``QuoteService.CertifyQuoteKey`` request per
+connection (:mod:`taonet.quoteservice`). Before it signs anything it checks, in
+this order:
+
+1. the EK certificate parses and chains to a manufacturer CA the domain lists
+   (``manufacturer_cas.pem``, signed by the policy key: roots and intermediates),
+   every certificate within its validity window, issuers CAs, the EK certificate's
+   extended key usage tcg-kp-EKCertificate
+   (:func:`taonet.attestation.tpm2_credential.check_ek_certificate`);
+2. the EK public area sent is the certificate's key and matches a TCG EK template
+   (L-1, L-2, H-3), which gives MakeCredential its nameAlg and symmetric key size;
+3. the quote key's public area is a restricted signing key made in and bound to the
+   TPM (restricted, sign, fixedTPM, fixedParent, sensitiveDataOrigin, not decrypt),
+   nameAlg SHA-256, ECC P-256/ECDSA-SHA256 or RSA-2048/RSASSA-SHA256;
+4. the host name sent is ``tpm2([sha256 of that key's PKIX]).PCRs(...)`` and nothing
+   more.
+
+Then it issues the quote-key certificate (the domain's host-certificate profile for
+signer type ``tpm2``: it passes ``PolicyAnchor.verify_host_certificate(cert,
+host_key_der=<quote key PKIX>, signer_type="tpm2")``, random serial, the domain's host
+validity), records it in the domain's audit log (``DIR/audit.sqlite``, the domain
+service's, so ``taonet domain revoke`` reaches it too; committed before the answer
+leaves; the ``attestation_sha256_hex`` of its row is the SHA-256 of the EK certificate,
+which names the TPM), and answers with MakeCredential of a fresh 32-byte AES key for
+that EK and the quote key's name, and the certificate sealed under that key. A refused
+request is recorded (reason cut to a bound) and answered with ``refused`` or
+``bad_request``.
+
+Bounds: a request body over :data:`taonet.quoteservice.MAX_REQUEST` is refused on the
+length its frame announces, before it is read; a connection has
+:data:`REQUEST_TIMEOUT` seconds from the handshake to a whole request (a client that
+sends a byte now and then is cut off all the same); handshakes, idle peers, connections
+in all and per address are bounded by :func:`taonet.channel.serve_channels`. A bad
+connection is dropped and logged; the service keeps serving the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Final, NamedTuple, Self
+
+import structlog
+import trio
+from cryptography import x509
+
+from taonet import (
+    AuthenticationError,
+    CodecError,
+    ConfigError,
+    ProtocolError,
+    TaoError,
+    auth,
+    certs,
+)
+from taonet.attestation import tpm2_credential as tc
+from taonet.attestation.tpm2 import host_name, host_pcrs
+from taonet.channel import ChannelIdentity, TaoStream, serve_channels
+from taonet.crypto import Signer
+from taonet.domain import Domain
+from taonet.quoteservice import (
+    CREDENTIAL_BYTES,
+    ERROR_BAD_REQUEST,
+    ERROR_INTERNAL,
+    ERROR_REFUSED,
+    MAX_REQUEST,
+    OP_CERTIFY_QUOTE_KEY,
+    QuoteKeyReply,
+    QuoteKeyRequest,
+    QuoteServiceError,
+    decode_request,
+    encode_reply,
+    load_manufacturer_cas,
+    seal_certificate,
+)
+from taonet.wire import END_OF_STREAM, MAX_REQUEST_HEADER, NEED_DATA, Envelope, Request, Role
+from taonet_services.domain_service import AUDIT_FILE, AuditLog, bounded
+
+__all__ = ["REQUEST_TIMEOUT", "QuoteService"]
+
+log = structlog.get_logger(__name__)
+
+#: Seconds from the handshake to a whole request.
+REQUEST_TIMEOUT: Final = 20.0
+_CHUNK: Final = 4096
+
+
+class _Issued(NamedTuple):
+    """What the audit log records of an issued quote-key certificate."""
+
+    serial: int
+    principal: str
+    key_hash_hex: str
+    not_before_ns: int
+    not_after_ns: int
+    ek_sha256_hex: str
+
+
+class _Refusal(Exception):
+    def __init__(self, code: str, reason: str, digest: str | None, claimed: str | None) -> None:
+        super().__init__(reason)
+        self.code, self.reason, self.digest, self.claimed = code, reason, digest, claimed
+
+
+class QuoteService:
+    """One domain's quote-key certifier (see the module docstring)."""
+
+    def __init__(
+        self,
+        domain: Domain,
+        policy_signer: Signer,
+        *,
+        audit: AuditLog,
+        manufacturer_cas: Sequence[x509.Certificate],
+        clock: Callable[[], int] = time.time_ns,
+        request_timeout: float = REQUEST_TIMEOUT,
+        max_connections: int | None = None,
+    ) -> None:
+        """``manufacturer_cas``: the CA certificates EK certificates must chain to;
+        ``clock`` (ns since the epoch) checks validity windows and dates certificates.
+        The service owns ``audit`` and closes it in :meth:`close`."""
+        self.domain = domain
+        self.manufacturer_cas: Final = tuple(manufacturer_cas)
+        self._signer = policy_signer
+        self._audit = audit
+        self._clock = clock
+        self.request_timeout = request_timeout
+        self.max_connections = max_connections
+        self.principal: Final = domain.policy_principal.extend(auth.PrinExt("QuoteService", ()))
+        key = Signer.generate()
+        issued = certs.issue_program_certificate(
+            policy_signer,
+            domain.policy_anchor,
+            key.public_key_der(),
+            self.principal,
+            now_ns=clock(),
+            validity_days=domain.config.program_validity_days,
+            domain_name=domain.config.name,
+        )
+        self.identity: Final = ChannelIdentity(
+            domain.policy_cert, signer=key, certificate=issued.der, now_ns=clock()
+        )
+
+    @classmethod
+    def open(
+        cls,
+        domain_dir: str | Path,
+        password: bytes,
+        *,
+        clock: Callable[[], int] = time.time_ns,
+        request_timeout: float = REQUEST_TIMEOUT,
+        max_connections: int | None = None,
+    ) -> QuoteService:
+        """Load the domain and its manufacturer CA list, unlock the policy key, open the
+        audit log. ConfigError when the domain lists no manufacturer CA."""
+        domain = Domain.load(domain_dir)
+        signer = domain.unlock(password)
+        cas = load_manufacturer_cas(domain.path, domain.policy_verifier)
+        if not cas:
+            raise ConfigError(
+                f"the domain {domain.path} lists no TPM manufacturer CA; add one with "
+                "`taonet domain policy --add-manufacturer-ca PEM`"
+            )
+        audit = AuditLog.open(Path(domain_dir) / AUDIT_FILE, signer=signer)
+        try:
+            return cls(
+                domain,
+                signer,
+                audit=audit,
+                manufacturer_cas=cas,
+                clock=clock,
+                request_timeout=request_timeout,
+                max_connections=max_connections,
+            )
+        except BaseException:
+            audit.close()
+            raise
+
+    def close(self) -> None:
+        """Close the audit log (after :meth:`serve` returned). Closing twice is fine."""
+        self._audit.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def serve(
+        self,
+        port: int,
+        *,
+        host: str = "127.0.0.1",
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled (Trio's start protocol: ``task_status`` gets the listeners)."""
+        log.info("quote_service_starting", principal=str(self.principal), port=port)
+        await serve_channels(
+            self.handle,
+            port,
+            self.identity,
+            host=host,
+            allow_anonymous=True,
+            max_connections=self.max_connections,
+            task_status=task_status,
+        )
+
+    # -- one connection ---------------------------------------------------------------
+
+    async def handle(self, stream: TaoStream) -> None:
+        """Read one request, answer it, close."""
+        peer = bounded(_remote(stream), 256)
+        envelope = Envelope(Role.SERVER, body_limit=MAX_REQUEST, header_limit=MAX_REQUEST_HEADER)
+        event: object = None
+        failure: CodecError | ProtocolError | None = None
+        try:
+            with trio.move_on_after(self.request_timeout) as deadline:
+                try:
+                    while (event := envelope.next_event()) is NEED_DATA:
+                        envelope.body_length()  # the announced length, before the body
+                        wanted = min(_CHUNK, envelope.wanted())
+                        envelope.receive_data(await stream.receive_some(wanted))
+                except (CodecError, ProtocolError) as exc:
+                    failure = exc
+            if deadline.cancelled_caught:
+                await trio.aclose_forcefully(stream)  # hang up first, then write it down
+                await self._record_refusal(peer, ERROR_BAD_REQUEST, "no whole request in time")
+                return
+            if failure is not None:
+                await self._record_refusal(peer, ERROR_BAD_REQUEST, bounded(str(failure)))
+                await _send(stream, envelope.answer_failure())
+                return
+            if event is END_OF_STREAM:
+                return
+            assert isinstance(event, Request)
+            if event.op != OP_CERTIFY_QUOTE_KEY:
+                reason = f"unknown quote service method {bounded(event.op, 64)!r}"
+                await self._record_refusal(peer, ERROR_BAD_REQUEST, reason)
+                await _send(
+                    stream, envelope.response(event.op, event.seq, error=ProtocolError(reason))
+                )
+                return
+            answer = await self._answer(event.body, peer)
+            await _send(stream, envelope.response(event.op, event.seq, encode_reply(answer)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.info("client_broken", error=bounded(str(exc) or type(exc).__name__))
+        finally:
+            envelope.clear()
+
+    async def _answer(self, body: bytes, peer: str) -> QuoteKeyReply | QuoteServiceError:
+        try:
+            reply, issued = self.certify(body)
+        except _Refusal as refusal:
+            await self._record_refusal(
+                peer, refusal.code, refusal.reason, refusal.digest, refusal.claimed
+            )
+            return QuoteServiceError(refusal.code, refusal.reason)
+        try:
+            await trio.to_thread.run_sync(
+                lambda: self._audit.record_issued(
+                    serial=issued.serial,
+                    principal=issued.principal,
+                    key_hash_hex=issued.key_hash_hex,
+                    not_before_ns=issued.not_before_ns,
+                    not_after_ns=issued.not_after_ns,
+                    peer=peer,
+                    attestation_sha256_hex=issued.ek_sha256_hex,
+                )
+            )
+        except ConfigError as exc:
+            log.error("audit_failed", reason=bounded(str(exc)))  # noqa: TRY400
+            return QuoteServiceError(
+                ERROR_INTERNAL, "the certificate could not be recorded; none was issued"
+            )
+        log.info("quote_key_certified", serial=issued.serial, principal=issued.principal)
+        return reply
+
+    async def _record_refusal(
+        self,
+        peer: str,
+        code: str,
+        reason: str,
+        digest: str | None = None,
+        claimed: str | None = None,
+    ) -> None:
+        reason = bounded(reason)
+        log.warning("quote_key_refused", code=code, reason=reason)
+        try:
+            await trio.to_thread.run_sync(
+                lambda: self._audit.record_refused(
+                    principal=claimed,
+                    reason_code=code,
+                    reason=reason,
+                    peer=peer,
+                    attestation_sha256_hex=digest,
+                )
+            )
+        except ConfigError as exc:
+            log.error("audit_failed", reason=bounded(str(exc)))  # noqa: TRY400
+
+    # -- the checks and the certificate (synchronous, no I/O) ------------------------
+
+    def certify(self, body: bytes) -> tuple[QuoteKeyReply, _Issued]:
+        """Check a request body (module docstring) and issue its wrapped certificate.
+
+        Returns the reply and the audit row's fields; raises ``_Refusal`` (with the
+        code, reason, the EK certificate's SHA-256 and the name the host claimed)."""
+        try:
+            request = decode_request(body)
+        except CodecError as exc:
+            raise _Refusal(ERROR_BAD_REQUEST, str(exc), None, None) from None
+        digest = hashlib.sha256(request.ek_certificate).hexdigest()
+        claimed = bounded(str(request.host_name))
+        try:
+            return self._certify(request, digest)
+        except CodecError as exc:
+            raise _Refusal(ERROR_BAD_REQUEST, str(exc), digest, claimed) from None
+        except AuthenticationError as exc:
+            raise _Refusal(ERROR_REFUSED, str(exc), digest, claimed) from None
+        except TaoError as exc:  # pragma: no cover - a bug here, not the client's
+            log.exception("quote_key_failed")
+            raise _Refusal(ERROR_INTERNAL, type(exc).__name__, digest, claimed) from None
+
+    def _certify(self, request: QuoteKeyRequest, digest: str) -> tuple[QuoteKeyReply, _Issued]:
+        now = self._clock()
+        ek_cert = tc.load_ek_certificate(request.ek_certificate)
+        tc.check_ek_certificate(ek_cert, self.manufacturer_cas, now_ns=now)
+        ek, _template = tc.check_ek_public(ek_cert, request.ek_public)
+        quote_key = tc.parse_public(request.quote_key_public, what="quote key public area")
+        tc.check_quote_key(quote_key)
+        key_der = quote_key.public_key_der()
+        pcrs = host_pcrs(request.host_name)
+        if pcrs is None or len(request.host_name.ext) != 1:
+            raise AuthenticationError("the host name is not of the form tpm2([...]).PCRs(...)")
+        if request.host_name != host_name(key_der, pcrs):
+            raise AuthenticationError("the host name is not the quote key's (another key hash)")
+        cert_der = certs.issue_host_certificate(
+            self._signer,
+            self.domain.policy_cert,
+            key_der,
+            now_ns=now,
+            validity_days=self.domain.config.host_validity_days,
+            signer_type="tpm2",
+        )
+        cert = x509.load_der_x509_certificate(cert_der)
+        secret = os.urandom(CREDENTIAL_BYTES)
+        name = quote_key.name
+        blob, encrypted_secret = tc.make_credential(ek, secret, name)
+        reply = QuoteKeyReply(blob, encrypted_secret, seal_certificate(secret, cert_der, name))
+        principal = str(auth.principal_for_key("tpm2", key_der))
+        issued = _Issued(
+            serial=cert.serial_number,
+            principal=principal,
+            key_hash_hex=hashlib.sha256(key_der).hexdigest(),
+            not_before_ns=int(cert.not_valid_before_utc.timestamp()) * 1_000_000_000,
+            not_after_ns=int(cert.not_valid_after_utc.timestamp()) * 1_000_000_000,
+            ek_sha256_hex=digest,
+        )
+        return reply, issued
+
+
+async def _send(stream: TaoStream, chunks: list[bytes]) -> None:
+    """Send an answer before hanging up, if the client still listens."""
+    with trio.move_on_after(5):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(b"".join(chunks))
+
+
+def _remote(stream: TaoStream) -> str:
+    transport = stream.tls_stream.transport
+    if isinstance(transport, trio.SocketStream):
+        try:
+            name = transport.socket.getpeername()
+        except OSError:
+            return "?"
+        if isinstance(name, tuple) and len(name) >= 2:
+            return f"{name[0]}:{name[1]}"
+    return "?"

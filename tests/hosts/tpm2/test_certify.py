@@ -1,0 +1,82 @@
+"""Tpm2Host.certify against a real quote service (real domain, real Tao channel, swtpm)."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+
+from taonet import AuthenticationError, ConfigError, auth
+from taonet.attestation import validate
+from tests.conftest import PASSWORD, MakeDomain
+from tests.hosts.tpm2.tpm2_host_helpers import make_host
+
+if TYPE_CHECKING:
+    from taonet.domain import Domain
+    from taonet.hosts.tpm2 import Swtpm, Tpm2Host
+
+
+@pytest.fixture
+async def quote_service(make_domain: MakeDomain, swtpm: Swtpm) -> AsyncIterator[tuple[Domain, str]]:
+    from taonet.quoteservice import add_manufacturer_cas
+    from taonet_services.quote_service import QuoteService
+
+    domain = make_domain(name="tpm-domain")
+    root, intermediate = swtpm.manufacturer_ca_pems()
+    add_manufacturer_cas(domain.path, domain.unlock(PASSWORD), root + intermediate)
+    with QuoteService.open(domain.path, PASSWORD, request_timeout=10.0) as service:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(functools.partial(service.serve, 0))
+            yield domain, f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+            nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def host(tmp_path: Path, swtpm_tcti: str) -> AsyncIterator[Tpm2Host]:
+    h = await make_host(tmp_path / "tpmhost", swtpm_tcti)
+    try:
+        yield h
+    finally:
+        with trio.fail_after(60):
+            await h.aclose()
+
+
+async def test_certify_then_attest_rooted_in_the_domain(
+    host: Tpm2Host, quote_service: tuple[Domain, str], tmp_path: Path
+) -> None:
+    from taonet.hosts.tpm2 import Tpm2Host
+
+    domain, address = quote_service
+    with trio.fail_after(120):
+        cert = await host.certify(address, policy_cert=domain.policy_cert)
+    assert host.root_endorsement == cert
+    att = await host.tao().attest(auth.Pred("Hello", ()))
+    proven = validate(att, now_ns=time.time_ns(), policy_cert=domain.policy_cert)
+    assert proven.speaker == host.name
+    # stored: the reopened host attaches it too
+    await host.aclose()
+    with trio.fail_after(60):
+        again = await Tpm2Host.open(tmp_path / "tpmhost")
+    try:
+        assert again.root_endorsement == cert
+        att = await again.tao().attest(auth.Pred("Hello", ()))
+        validate(att, now_ns=time.time_ns(), policy_cert=domain.policy_cert)
+    finally:
+        await again.aclose()
+
+
+async def test_certify_refuses_another_domains_service(
+    host: Tpm2Host, quote_service: tuple[Domain, str], make_domain: MakeDomain
+) -> None:
+    _, address = quote_service
+    other = make_domain(name="other-domain")
+    with pytest.raises(AuthenticationError), trio.fail_after(120):
+        await host.certify(address, policy_cert=other.policy_cert)
+    assert host.root_endorsement is None
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        await host.certify("no-port", policy_cert=other.policy_cert)

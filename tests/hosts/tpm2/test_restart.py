@@ -1,0 +1,85 @@
+"""swtpm restarted under a running TPM host: a clear error, then recovery (or a refusal
+when the PCRs no longer match the host's name)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+
+from taonet import HostError, auth
+from taonet.attestation import UNROOTED, validate
+from tests.hosts.tpm2.tpm2_host_helpers import extend, loaded_handles, make_host, reset
+
+if TYPE_CHECKING:
+    from taonet.hosts.tpm2 import Swtpm
+
+HELLO = auth.Pred("Hello", ())
+
+
+async def test_swtpm_restarted_under_a_running_host(
+    tmp_path: Path, fresh_swtpm: Swtpm, caplog: pytest.LogCaptureFixture
+) -> None:
+    host = await make_host(tmp_path / "tpmhost", fresh_swtpm.tcti)
+    try:
+        tao = host.tao()
+        sealed = await tao.seal(b"survives a reset")
+        blob = await tao.rollback_protected_seal("state", b"v1")
+        name = host.name
+        with trio.fail_after(60):
+            await trio.to_thread.run_sync(fresh_swtpm.restart)
+        # The call that meets the reset fails, saying so ...
+        with pytest.raises(HostError, match="TPM was reset"):
+            await tao.attest(HELLO)
+        assert "tpm_reset" in caplog.text
+        # ... and the next rebuilds: same primary (deterministic), same PCRs, same name.
+        att = await tao.attest(HELLO)
+        assert validate(att, now_ns=time.time_ns(), policy_cert=UNROOTED).speaker == name
+        assert await tao.unseal(sealed) == (b"survives a reset", "self")
+        assert await tao.rollback_protected_unseal(blob) == (b"v1", "self")  # NV survives
+        assert await host.run_blocking(loaded_handles, fresh_swtpm.tcti) == []
+    finally:
+        with trio.fail_after(60):
+            await host.aclose()
+
+
+async def test_reset_with_other_pcrs_refuses_service(tmp_path: Path, fresh_swtpm: Swtpm) -> None:
+    host = await make_host(tmp_path / "tpmhost", fresh_swtpm.tcti)
+    try:
+        tao = host.tao()
+        sealed = await tao.seal(b"x")
+        with trio.fail_after(60):
+            await trio.to_thread.run_sync(fresh_swtpm.restart)
+        with pytest.raises(HostError, match="TPM was reset"):
+            await tao.unseal(sealed)
+        # The machine "booted" into another state before the host reconnected.
+        await host.run_blocking(extend, fresh_swtpm.tcti, 16)
+        for _ in range(2):  # refused every time, never quietly renamed
+            with pytest.raises(HostError, match="PCR 16 differ from the host's name"):
+                await tao.attest(HELLO)
+        assert host.name.type == "tpm2"
+        await host.run_blocking(reset, fresh_swtpm.tcti, 16)
+        assert await tao.unseal(sealed) == (b"x", "self")
+    finally:
+        with trio.fail_after(60):
+            await host.aclose()
+
+
+async def test_tpm_gone_is_a_clear_error(tmp_path: Path, fresh_swtpm: Swtpm) -> None:
+    host = await make_host(tmp_path / "tpmhost", fresh_swtpm.tcti)
+    try:
+        with trio.fail_after(60):
+            await trio.to_thread.run_sync(fresh_swtpm.stop)
+        with pytest.raises(HostError, match=r"cannot be reached|lost the connection"):
+            await host.tao().seal(b"x")
+        with pytest.raises(HostError, match="cannot connect"):
+            await host.tao().seal(b"x")
+        with trio.fail_after(60):
+            await trio.to_thread.run_sync(fresh_swtpm.start)
+        assert (await host.tao().unseal(await host.tao().seal(b"y")))[0] == b"y"
+    finally:
+        with trio.fail_after(60):
+            await host.aclose()
