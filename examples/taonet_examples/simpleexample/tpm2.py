@@ -6,7 +6,8 @@
    throwaway manufacturer CA made by swtpm's own setup tool
    (:class:`taonet.hosts.tpm2.Swtpm`);
 2. a domain that trusts that manufacturer CA (its policy-signed list);
-3. the quote service (``taonet quote-service``, a child process);
+3. the quote service (:class:`taonet_services.quote_service.QuoteService`, what
+   ``taonet quote-service`` runs), in this process;
 4. a root Linux host on that TPM (``root_tao = "tpm2"``): the TPM makes its quote
    key; the quote service checks the EK certificate against the domain's CAs and
    certifies the quote key, wrapped so only that TPM recovers it; the host is named
@@ -27,10 +28,8 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import secrets
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Final
 
 import trio
 
-from taonet import ConfigError, HostError
+from taonet import ConfigError
 from taonet.crypto import KdfParams
 from taonet.domain import Domain, DomainTemplate, host_state_rule, measure_file, program_subprin
 from taonet.files import atomic_write
@@ -57,8 +56,6 @@ __all__ = ["run_tpm2_demo"]
 MARKER: Final = ".taonet-demo-tpm2"
 #: What a run makes in its directory (removed by the next run).
 _MADE: Final = ("swtpm", "domain", "host", "programs", "secret-server", "demo-password")
-_LISTENING: Final = re.compile(rb"listening on ([0-9.]+):(\d+)")
-_MAX_OUTPUT: Final = 1 << 20
 
 
 def _fresh(base: Path) -> None:
@@ -80,66 +77,6 @@ def _fresh(base: Path) -> None:
             path.unlink()
 
 
-class _QuoteService:
-    """``taonet quote-service`` as a child process, its output printed as it comes."""
-
-    def __init__(self, say: Callable[[str], None]) -> None:
-        self.say = say
-        self.address = ""
-        self.process: trio.Process | None = None
-
-    async def run(
-        self,
-        taonet: Path,
-        domain_dir: Path,
-        password_file: Path,
-        *,
-        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Start it; report ``HOST:PORT`` once it listens; print its output until it ends."""
-        argv = [
-            str(taonet),
-            "quote-service",
-            "--domain",
-            str(domain_dir),
-            "--listen",
-            "127.0.0.1:0",
-            "--password-file",
-            str(password_file),
-        ]
-        env = {**os.environ, "TAONET_LOG": "warning"}
-        self.process = await trio.lowlevel.open_process(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
-        )
-        assert self.process.stdout is not None
-        seen, pending, started = b"", b"", False
-        async with self.process.stdout:
-            while chunk := await self.process.stdout.receive_some(65536):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    self.say(f"[quote service] {line.decode(errors='replace')}")
-                if not started:
-                    seen = (seen + chunk)[-_MAX_OUTPUT:]
-                    if (match := _LISTENING.search(seen)) is not None:
-                        started = True
-                        self.address = f"{match.group(1).decode()}:{match.group(2).decode()}"
-                        task_status.started(self.address)
-        if not started:
-            raise HostError(
-                f"the quote service exited before it listened (status {await self.process.wait()})"
-            )
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.terminate()
-            with trio.move_on_after(STEP_TIMEOUT):
-                await self.process.wait()
-            if self.process.returncode is None:
-                self.process.kill()
-                await self.process.wait()
-
-
 async def run_tpm2_demo(
     base: Path, *, say: Callable[[str], None] = print, kdf: KdfParams | None = None
 ) -> bytes:
@@ -147,6 +84,7 @@ async def run_tpm2_demo(
     simpleclient got."""
     from taonet.hosts.tpm2 import Swtpm
     from taonet.quoteservice import add_manufacturer_cas
+    from taonet_services.quote_service import QuoteService
 
     await trio.to_thread.run_sync(_fresh, base)
     base, server_path, client_path, taonet_path = demo_programs(base)
@@ -187,16 +125,16 @@ async def run_tpm2_demo(
             for ca in add_manufacturer_cas(domain_dir, signer, pem):
                 say(f"manufacturer CA: {ca.subject.rfc4514_string()}")
         say(f"policy key:   {domain.policy_principal}")
-        quote_service = _QuoteService(say)
-        async with trio.open_nursery() as nursery:
-            try:
-                say("== 3. The quote service")
-                address = await nursery.start(
-                    quote_service.run, taonet_path, domain_dir, password_file
-                )
+        say("== 3. The quote service (it checks EK certificates against those CAs)")
+        quote_service = await trio.to_thread.run_sync(QuoteService.open, domain_dir, password)
+        with quote_service:
+            async with trio.open_nursery() as nursery:
+                listeners = await nursery.start(functools.partial(quote_service.serve, 0))
+                address = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+                say(f"quote service: {address} as {quote_service.principal}")
                 say(
-                    "== 4. A root Linux host on the TPM, its quote key certified by the "
-                    f"quote service at {address}"
+                    "== 4. A root Linux host on the TPM; the quote service certifies its "
+                    "quote key, wrapped with MakeCredential for the TPM's EK"
                 )
                 config = LinuxHostConfig(
                     kind="root",
@@ -209,9 +147,8 @@ async def run_tpm2_demo(
                 with trio.fail_after(STEP_TIMEOUT):
                     name = await LinuxHost.init_tpm2(host_dir, config, tcti=swtpm.tcti)
                     await LinuxHost.certify_tpm2(host_dir, address)
-                say(f"host name:    {name}")
-            finally:
-                await quote_service.stop()
+                nursery.cancel_scope.cancel()
+        say(f"host name:    {name}  (its quote key certified by the quote service)")
         say("== 5. The domain trusts that host's state (taonet domain policy --add-host)")
         rule = host_state_rule(str(name))
         guard = domain.guard.with_rule(rule)  # type: ignore[attr-defined]

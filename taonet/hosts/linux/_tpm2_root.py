@@ -32,7 +32,7 @@ from taonet._log import get_logger
 from taonet.attestation.tpm2 import DEFAULT_PCRS
 from taonet.hosts._counters import CounterStore
 from taonet.hosts._soft import SoftHost
-from taonet.hosts.linux._config import TPM2_DIR
+from taonet.hosts.linux._config import TPM2_DIR, LinuxHostConfig
 from taonet.hosts.linux._stacked import open_stacked
 
 if TYPE_CHECKING:
@@ -77,11 +77,16 @@ async def open_tpm2_state(path: Path) -> Tpm2Host:
 
 
 async def certify_tpm2_root(path: Path, quote_service: str) -> auth.Prin:
-    """Have the quote service at ``quote_service`` (``HOST:PORT``) certify the TPM's
-    quote key; the certificate is kept in the TPM host's state. Returns its name."""
+    """Have the quote service at ``quote_service`` (``HOST:PORT``) of the host's domain
+    (the one ``host.toml`` pins, checked as signed) certify the TPM's quote key; the
+    certificate is kept in the TPM host's state. Returns its name."""
+    config = await trio.to_thread.run_sync(LinuxHostConfig.load, path)
+    if config.domain is None:
+        raise ConfigError(f"{path}: a host without a domain has no quote service to certify it")
+    domain = await trio.to_thread.run_sync(config.load_domain)  # the pinned one, as signed
     tpm = await open_tpm2_state(path)
     try:
-        await tpm.certify(quote_service)
+        await tpm.certify(quote_service, policy_cert=domain.policy_cert)
         log.info("tpm2_root_certified", name=str(tpm.name), quote_service=quote_service)
         return tpm.name
     finally:
