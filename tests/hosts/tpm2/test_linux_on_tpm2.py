@@ -8,6 +8,7 @@ at the next open, and none when a PCR it is sealed to has changed: another boot)
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -165,3 +166,82 @@ def test_a_tpm_host_is_not_recertified_with_the_policy_password(
     assert code != 0
     assert "taonet host certify --quote-service" in err
     assert len(err.strip().splitlines()) == 1
+
+
+async def test_cli_certifies_through_the_quote_service(
+    capsys: pytest.CaptureFixture[str], fresh_swtpm: Swtpm, tmp_path: Path, make_domain: MakeDomain
+) -> None:
+    """``host init --tpm2 --quote-service`` and ``host certify`` against a real quote
+    service; a domain that does not list the TPM's manufacturer CA refuses, one line."""
+    from taonet.quoteservice import add_manufacturer_cas
+    from taonet_services.quote_service import QuoteService
+
+    trusting, other = make_domain(name="trusting"), make_domain(name="other")
+    root, intermediate = fresh_swtpm.manufacturer_ca_pems()
+    add_manufacturer_cas(trusting.path, trusting.unlock(PASSWORD), root + intermediate)
+    # The other domain trusts some other manufacturer (its own CA list, not swtpm's).
+    add_manufacturer_cas(other.path, other.unlock(PASSWORD), _other_ca_pem())
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        return taonet_main(capsys, *args)
+
+    with (
+        QuoteService.open(trusting.path, PASSWORD) as good,
+        QuoteService.open(other.path, PASSWORD) as bad,
+    ):
+        async with trio.open_nursery() as nursery:
+            ports = [
+                (await nursery.start(functools.partial(service.serve, 0)))[0].socket.getsockname()[
+                    1
+                ]
+                for service in (good, bad)
+            ]
+            with trio.fail_after(120):
+                made = await trio.to_thread.run_sync(
+                    cli, "host", "init", "--root", "--tpm2", "--domain", str(trusting.path),
+                    "--host", str(tmp_path / "a"), "--tcti", fresh_swtpm.tcti,
+                    "--quote-service", f"127.0.0.1:{ports[0]}", "-o", "json",
+                )  # fmt: skip
+                assert made[0] == 0, made[2]
+                # The services' log lines share stdout here: the document is the rest.
+                assert json.loads(made[1][made[1].index("{\n") :])["certified"] is True
+                assert (tmp_path / "a" / "tpm2" / "quote_key_cert.der").exists()
+                made = await trio.to_thread.run_sync(
+                    cli, "host", "init", "--root", "--tpm2", "--domain", str(other.path),
+                    "--host", str(tmp_path / "b"), "--tcti", fresh_swtpm.tcti,
+                )  # fmt: skip
+                assert made[0] == 0, made[2]
+                refused = await trio.to_thread.run_sync(
+                    cli, "host", "certify", "--host", str(tmp_path / "b"),
+                    "--quote-service", f"127.0.0.1:{ports[1]}",
+                )  # fmt: skip
+                assert refused[0] != 0
+                assert len(refused[2].strip().splitlines()) == 1, refused[2]
+                assert "manufacturer CA" in refused[2]
+                assert not (tmp_path / "b" / "tpm2" / "quote_key_cert.der").exists()
+            nursery.cancel_scope.cancel()
+
+
+def _other_ca_pem() -> bytes:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "another manufacturer")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
