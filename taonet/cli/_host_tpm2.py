@@ -58,7 +58,6 @@ def init_tpm2(args: argparse.Namespace, directory: Path) -> int:
     import trio
 
     from taonet.hosts.linux import LinuxHost, LinuxHostConfig, default_interpreters
-    from taonet.hosts.linux._tpm2_root import certify_tpm2_root
 
     tcti = args.tcti or os.environ.get("TAO_TCTI") or DEFAULT_TCTI
     pcrs = parse_pcr_list(args.pcrs) if args.pcrs is not None else None
@@ -79,7 +78,7 @@ def init_tpm2(args: argparse.Namespace, directory: Path) -> int:
     async def create() -> auth.Prin:
         name = await LinuxHost.init_tpm2(directory, config, tcti=tcti, pcrs=pcrs)
         if address is not None:
-            await certify_tpm2_root(directory, address)
+            await LinuxHost.certify_tpm2(directory, address)
         return name
 
     name = trio.run(create)
@@ -116,8 +115,7 @@ def init_tpm2(args: argparse.Namespace, directory: Path) -> int:
 def certify_tpm2(args: argparse.Namespace, directory: Path) -> int:
     import trio
 
-    from taonet.hosts.linux import LinuxHostConfig
-    from taonet.hosts.linux._tpm2_root import certify_tpm2_root
+    from taonet.hosts.linux import LinuxHost, LinuxHostConfig
 
     config = LinuxHostConfig.load(directory)
     if config.root_tao != "tpm2":
@@ -126,7 +124,7 @@ def certify_tpm2(args: argparse.Namespace, directory: Path) -> int:
             "the policy key (taonet host recertify)"
         )
     address = _check_address(args.quote_service)
-    name = trio.run(certify_tpm2_root, directory, address)
+    name = trio.run(LinuxHost.certify_tpm2, directory, address)
 
     def text() -> None:
         print(f"the quote service at {address} certified the quote key of {directory}")
@@ -143,21 +141,12 @@ def show_tpm2(
     import trio
 
     from taonet.attestation.tpm2 import host_pcrs
-    from taonet.hosts.linux._tpm2_root import open_tpm2_state
+    from taonet.hosts.linux import LinuxHost
 
     name = running_name
     if name is None:
-
-        async def read() -> auth.Prin:
-            tpm = await open_tpm2_state(directory)
-            try:
-                name: auth.Prin = tpm.name
-                return name
-            finally:
-                await tpm.aclose()
-
         try:
-            name = trio.run(read)
+            name = trio.run(LinuxHost.tpm2_name, directory)
         except HostError as exc:
             lines.append(f"tpm2:           cannot read the TPM: {str(exc)[:300]}")
             document["tpm2"] = {"error": str(exc)[:300]}

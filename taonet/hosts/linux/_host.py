@@ -145,7 +145,12 @@ from taonet.hosts.linux._process import (
 )
 from taonet.hosts.linux._select import ID_DIGITS, SHORT_ID, program_file, select_programs
 from taonet.hosts.linux._stacked import open_stacked
-from taonet.hosts.linux._tpm2_root import certify_tpm2_root, create_tpm2_root, open_tpm2_root
+from taonet.hosts.linux._tpm2_root import (
+    certify_tpm2_root,
+    create_tpm2_root,
+    open_tpm2_root,
+    open_tpm2_state,
+)
 
 __all__ = [
     "DEFAULT_PASS_ENVIRONMENT",
@@ -402,6 +407,15 @@ class LinuxHost:
         """Have the quote service at ``quote_service`` (``HOST:PORT``) certify the quote
         key of the root host on a TPM in ``directory`` (stopped); returns its name."""
         return await certify_tpm2_root(Path(directory), quote_service)
+
+    @staticmethod
+    async def tpm2_name(directory: str | Path) -> auth.Prin:
+        """The name the TPM host of a stopped root host on a TPM reports now,
+        ``tpm2([...]).PCRs(...)`` with the PCR values the TPM holds (it is opened for
+        the moment of the call)."""
+        async with await open_tpm2_state(Path(directory)) as tpm:
+            name: auth.Prin = tpm.name
+            return name
 
     @classmethod
     async def open(
