@@ -202,3 +202,34 @@ def test_the_tpm2_signer_type_is_built_in_and_cannot_be_replaced() -> None:
     lax = SignerType(verify=lambda att: None, principal=lambda der: tpm2_principal(der))
     with pytest.raises(ValueError, match="already registered"):
         register_signer_type("tpm2", lax)
+
+
+def test_the_signer_types_plain_verify_checks_the_same() -> None:
+    # SignerType.verify (without the decoded statement) decodes it and checks alike.
+    from taonet.attestation._tpm2 import SIGNER_TYPE
+
+    att = quoted(statement())
+    SIGNER_TYPE.verify(att)
+    assert SIGNER_TYPE.principal(QUOTE_DER) == tpm2_principal(QUOTE_DER)
+    with pytest.raises(AuthenticationError, match="malformed statement"):
+        SIGNER_TYPE.verify(attrs.evolve(att, serialized_statement=b"\x00"))
+    moved = quoted(statement(), pcrs={**PCRS, 16: b"\xff" * 32})
+    with pytest.raises(AuthenticationError, match="PCR digest"):
+        SIGNER_TYPE.verify(moved)
+    with pytest.raises(AuthenticationError, match="malformed"):
+        SIGNER_TYPE.principal(b"not a key")
+
+
+def test_an_rsa_3072_quote_key_is_accepted() -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    from tests.attestation.tpm2_quotes import rsa_tpmt
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    key_der = der(key)
+    stmt = statement(host_name(key_der, PCRS))
+    attest_bytes = QuoteFields(extra_data=hashlib.sha256(stmt).digest()).to_bytes()
+    sig = rsa_tpmt(key.sign(attest_bytes, padding.PKCS1v15(), hashes.SHA256()))
+    att = tpm2_attestation(stmt, key_der, attest_bytes, sig)
+    assert validate(att, now_ns=NOW, policy_cert=UNROOTED).signer == tpm2_principal(key_der)
