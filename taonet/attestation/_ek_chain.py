@@ -9,7 +9,10 @@ child's issuer name *and* whose key verifies the child's signature
 (``verify_directly_issued_by``): a CA that merely has the same name, with another
 key, is never taken. Each issuer must be a CA (basicConstraints CA:TRUE, within its
 path length) whose key usage, if present, includes keyCertSign; every certificate
-in the chain must be within its validity window at ``now_ns``. The EK certificate
+in the chain must be within its validity window at ``now_ns`` and carry no critical
+extension other than basicConstraints, keyUsage, extendedKeyUsage and
+subjectAltName (name constraints are not processed, so a CA that sets them is
+refused rather than trusted beyond them). The EK certificate
 must not be a CA, and its extended key usage, when present (swtpm and most
 manufacturers put one), must include tcg-kp-EKCertificate (2.23.133.8.1).
 
@@ -27,6 +30,7 @@ from typing import Final
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtensionOID
 
 from taonet._errors import AuthenticationError, CodecError
 from taonet.attestation._tpm2_credential import (
@@ -49,6 +53,18 @@ __all__ = [
 EK_CERTIFICATE_EKU: Final = x509.ObjectIdentifier("2.23.133.8.1")
 #: Most certificates from the EK certificate to the root.
 MAX_CHAIN: Final = 5
+#: The critical extensions a certificate of the chain may carry (what these checks
+#: process, and the subject alternative name TCG EK certificates mark critical); any
+#: other critical extension (name constraints, policy constraints...) is refused, as
+#: RFC 5280 asks of a verifier that does not process it.
+_KNOWN_CRITICAL: Final = frozenset(
+    {
+        ExtensionOID.BASIC_CONSTRAINTS,
+        ExtensionOID.KEY_USAGE,
+        ExtensionOID.EXTENDED_KEY_USAGE,
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
+    }
+)
 #: Largest EK certificate read (real ones are about 1 kB).
 MAX_EK_CERTIFICATE: Final = 8192
 
@@ -66,6 +82,15 @@ def load_ek_certificate(der: bytes) -> x509.Certificate:
         return x509.load_der_x509_certificate(bytes(der))
     except ValueError as exc:
         raise CodecError(f"EK certificate: malformed: {exc}") from None
+
+
+def _check_critical(cert: x509.Certificate, what: str) -> None:
+    for ext in cert.extensions:
+        if ext.critical and ext.oid not in _KNOWN_CRITICAL:
+            raise AuthenticationError(
+                f"{what} has a critical extension this check does not process "
+                f"({ext.oid.dotted_string})"
+            )
 
 
 def _check_window(cert: x509.Certificate, now: _dt.datetime, what: str) -> None:
@@ -134,6 +159,7 @@ def check_ek_certificate(
                 "the EK certificate's extended key usage lacks tcg-kp-EKCertificate (2.23.133.8.1)"
             )
     _check_window(ek_cert, now, "EK certificate")
+    _check_critical(ek_cert, "the EK certificate")
     chain = [ek_cert]
     current = ek_cert
     while True:
@@ -159,6 +185,7 @@ def check_ek_certificate(
                 f"below it, not {below}"
             )
         _check_window(issuer, now, "manufacturer CA")
+        _check_critical(issuer, f"manufacturer CA {_bounded_name(issuer.subject)}")
         if issuer.subject == issuer.issuer and _issued_by(issuer, issuer):
             chain.append(issuer)
             return chain

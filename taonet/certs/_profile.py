@@ -7,7 +7,8 @@ Three kinds of certificate exist, all ECDSA with SHA-256 (SHA-384 for P-384 keys
   the only trust root of a domain.
 * a **host certificate** (carried as an attestation's ``root_endorsement``): the policy
   key certifies that a Tao host's attestation key is a host of this domain. Not a CA;
-  key usage digitalSignature; no extended key usage.
+  key usage digitalSignature; no extended key usage. The host key is ECDSA, or for a
+  ``tpm2`` host (a TPM's quote key) also RSA of 2048 bits or more.
 * a **program certificate** (for Tao channels), see ``taonet.certs._program``.
 
 Every issued certificate has a random 159-bit serial number (the original CloudProxy

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from taonet import CodecError, ConfigError, auth
+from taonet.cli import _manufacturer_cmd
 from taonet.cli._failures import NotFoundError, UsageError, is_missing
 from taonet.cli._output import add_output_option, emit, iso_time
 from taonet.cli._password import add_password_option, get_password
@@ -126,6 +127,7 @@ def register(sub: Any) -> None:
         help="sign domain.toml and the rules as they stand with the policy key (after an"
         " intended edit by hand, or for a domain made by an earlier taonet)",
     )
+    _manufacturer_cmd.add_options(pol)
     add_password_option(pol)
     add_output_option(pol)
     pol.set_defaults(func=_policy)
@@ -415,7 +417,8 @@ def _policy(args: argparse.Namespace) -> int:
         report["added"] = [str(r) for r in guard.rules if r not in old.rules]
         report["removed"] = [str(r) for r in old.rules if r not in guard.rules]
         report["config_serial"] = domain.config_serial
-    show = args.show or not (changes or args.resign)
+    _manufacturer_cmd.apply(args, domain, lines, report)
+    show = args.show or not (changes or args.resign or _manufacturer_cmd.wanted(args))
     rules = domain.guard.rules if isinstance(domain.guard, ACLGuard) else None
     report["guard"] = domain.config.guard
     report["guard_principal"] = str(domain.guard.subprincipal())

@@ -72,6 +72,10 @@ EXAMPLES: Final[dict[tuple[str, ...], tuple[str, ...]]] = {
         "taonet domain-service --domain ./domain --listen 127.0.0.1:8124",
         "taonet domain-service --domain ./domain --listen '[::1]:8124' --password-file pw",
     ),
+    ("quote-service",): (
+        "taonet domain policy --domain ./domain --add-manufacturer-ca tpm-vendor-cas.pem",
+        "taonet quote-service --domain ./domain --listen 127.0.0.1:8125 --password-file pw",
+    ),
     ("host",): ("taonet host init --root --domain ./domain",),
     ("host", "init"): (
         "taonet host init --root --domain ./domain",

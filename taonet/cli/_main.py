@@ -30,6 +30,7 @@ from taonet.cli import (
     _help,
     _host_cmd,
     _loadtest_cmd,
+    _quote_service_cmd,
     _secret_cmd,
     _secret_server_cmd,
     _service_cmd,
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _domain_cmd.register(sub)
     _audit_cmd.register(sub)
     _service_cmd.register(sub)
+    _quote_service_cmd.register(sub)
     _secret_server_cmd.register(sub)
     _secret_cmd.register(sub)
     _host_cmd.register(sub)

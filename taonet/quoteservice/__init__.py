@@ -5,7 +5,9 @@
   key for that EK, and the quote-key certificate sealed under it), their pure codec,
   :func:`seal_certificate` (the service's side) and :func:`open_certificate` (the
   host's, after ActivateCredential).
-* The client (``_client``): :func:`request_quote_key_certificate`.
+* The client (``_client``): :func:`request_quote_key_certificate`, and
+  :func:`certify_quote_key` (request, ActivateCredential through a callback, open,
+  verify: what a TPM host runs).
 * The domain's manufacturer CA list (``_manufacturers``), signed by the policy key:
   :func:`load_manufacturer_cas`, :func:`add_manufacturer_cas`,
   :func:`remove_manufacturer_cas`.
@@ -16,7 +18,11 @@ checks it makes are pure functions of :mod:`taonet.attestation.tpm2_credential`.
 
 from __future__ import annotations
 
-from taonet.quoteservice._client import REQUEST_TIMEOUT, request_quote_key_certificate
+from taonet.quoteservice._client import (
+    REQUEST_TIMEOUT,
+    certify_quote_key,
+    request_quote_key_certificate,
+)
 from taonet.quoteservice._manufacturers import (
     MANUFACTURER_CAS_CONTEXT,
     MANUFACTURER_CAS_FILE,
@@ -60,6 +66,7 @@ __all__ = [
     "QuoteKeyRequest",
     "QuoteServiceError",
     "add_manufacturer_cas",
+    "certify_quote_key",
     "decode_reply",
     "decode_request",
     "encode_reply",

@@ -13,13 +13,16 @@ protocol or breaks the connection raises ProtocolError (the cause chained).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import trio
 
-from taonet import auth
+from taonet import auth, certs
 from taonet._edges import map_os_errors
 from taonet._errors import AuthenticationError, CodecError, ProtocolError
+from taonet.attestation.tpm2_credential import parse_public
 from taonet.channel import ChannelIdentity, open_channel
 from taonet.quoteservice._protocol import (
     MAX_REPLY,
@@ -28,10 +31,11 @@ from taonet.quoteservice._protocol import (
     QuoteKeyRequest,
     decode_reply,
     encode_request,
+    open_certificate,
 )
 from taonet.wire import END_OF_STREAM, NEED_DATA, Envelope, Response, Role
 
-__all__ = ["REQUEST_TIMEOUT", "request_quote_key_certificate"]
+__all__ = ["REQUEST_TIMEOUT", "certify_quote_key", "request_quote_key_certificate"]
 
 #: Bound on one request, connection to answer (wrap calls in trio.fail_after for less).
 REQUEST_TIMEOUT: Final = 30.0
@@ -77,3 +81,29 @@ async def request_quote_key_certificate(
     if event.error is not None:
         raise event.error
     return decode_reply(event.body)
+
+
+async def certify_quote_key(
+    host: str,
+    port: int,
+    policy_cert: bytes,
+    request: QuoteKeyRequest,
+    activate: Callable[[QuoteKeyReply], Awaitable[bytes]],
+) -> bytes:
+    """The whole exchange for a TPM host: ask for the certificate, have the TPM recover
+    the key (``activate``: TPM2_ActivateCredential of the reply's credential blob and
+    encrypted secret, with the quote key and the EK; returns the secret), open the
+    certificate and verify it as this domain's tpm2 host certificate for the quote
+    key. Returns the certificate (DER), to carry as the attestations' root endorsement.
+
+    AuthenticationError if the certificate does not open or does not verify.
+    """
+    reply = await request_quote_key_certificate(host, port, policy_cert, request)
+    secret = await activate(reply)
+    area = parse_public(request.quote_key_public, what="quote key public area")
+    cert_der = open_certificate(reply, secret, area.name)
+    now = time.time_ns()
+    certs.PolicyAnchor(policy_cert, now_ns=now).verify_host_certificate(
+        cert_der, host_key_der=area.public_key_der(), signer_type="tpm2", now_ns=now
+    )
+    return cert_der

@@ -369,3 +369,47 @@ def test_kdfa_vector() -> None:
     assert tc.kdfa("sha256", key, label, u, v, 128) == expect
     assert len(tc.kdfa("sha384", key, label, u, v, 256)) == 32
     assert len(tc.kdfe("sha256", b"z", b"IDENTITY", u, v, 512)) == 64
+
+
+def test_imports_without_trio() -> None:
+    """The credential functions are part of the pure core (a quote service or a
+    verifier uses them without a TSS or trio)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, taonet.attestation.tpm2_credential; "
+        "assert 'trio' not in sys.modules and 'tpm2_pytss' not in sys.modules"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_unprocessed_critical_extension_refused() -> None:
+    """A CA that limits itself with critical name constraints: this check does not
+    process them, so it refuses the chain rather than trust the CA beyond them."""
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "constrained")])
+    now = dt.datetime.now(dt.UTC)
+    root = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(root_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .add_extension(
+            x509.NameConstraints(
+                permitted_subtrees=[x509.DNSName("example.com")], excluded_subtrees=None
+            ),
+            True,
+        )
+        .sign(root_key, hashes.SHA256())
+    )
+    ek = _ek_cert(ec.generate_private_key(ec.SECP256R1()).public_key(), root, root_key)
+    with pytest.raises(AuthenticationError, match="critical extension"):
+        tc.check_ek_certificate(ek, [root], now_ns=time.time_ns())

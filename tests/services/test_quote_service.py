@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from taonet import CodecError, HostError, certs
+from taonet import AuthenticationError, CodecError, HostError, certs
 from taonet.attestation import tpm2_credential as tc
 from taonet.attestation.tpm2 import host_name
 from taonet.channel import ChannelIdentity, open_channel
@@ -32,6 +32,7 @@ from taonet.quoteservice import (
     QuoteKeyRequest,
     QuoteServiceError,
     add_manufacturer_cas,
+    certify_quote_key,
     encode_request,
     open_certificate,
     request_quote_key_certificate,
@@ -129,8 +130,30 @@ async def test_quote_key_certified_end_to_end(svc: Service, swtpm: Any, alg: str
         assert event.principal is not None
         assert event.principal.startswith("tpm2(")
     # The wrapped certificate does not open under another key name.
-    with pytest.raises(Exception, match="does not open"):
+    with pytest.raises(AuthenticationError, match="does not open"):
         open_certificate(reply, secret, b"\x00\x0b" + bytes(32))
+
+
+async def test_certify_quote_key_whole_exchange(svc: Service, host: Host) -> None:
+    """What a TPM host runs: request, ActivateCredential, open, verify."""
+
+    async def activate(reply: QuoteKeyReply) -> bytes:
+        return await trio.to_thread.run_sync(host.activate, reply)
+
+    with trio.fail_after(30):
+        cert_der = await certify_quote_key(
+            "127.0.0.1", svc.port, svc.domain.policy_cert, host.request(), activate
+        )
+    assert certs.public_key_der(x509.load_der_x509_certificate(cert_der)) == host.key_der
+
+    # A TPM that "recovers" another key (a host lying about its activation) gets nothing.
+    async def wrong(reply: QuoteKeyReply) -> bytes:
+        return bytes(32)
+
+    with trio.fail_after(30), pytest.raises(AuthenticationError, match="does not open"):
+        await certify_quote_key(
+            "127.0.0.1", svc.port, svc.domain.policy_cert, host.request(), wrong
+        )
 
 
 async def test_two_certifications_get_distinct_serials(svc: Service, host: Host) -> None:
@@ -390,3 +413,47 @@ async def test_client_that_never_finishes_is_cut_off(
             nursery.cancel_scope.cancel()
     with AuditLog.open(domain.path / AUDIT_FILE) as audit:
         assert audit.events()[-1].reason == "no whole request in time"
+
+
+async def test_refusals_are_rate_limited_and_summarized(
+    make_domain: MakeDomain, swtpm: Any, host: Host
+) -> None:
+    """A flood of bad requests from one address: two audit rows, then hung up on
+    unread; the counts land in one summary row when the service stops."""
+    from taonet import ProtocolError
+    from taonet_services.domain_service import RefusalLimits
+
+    domain = make_domain(name="flood")
+    root, intermediate = swtpm.manufacturer_ca_pems()
+    add_manufacturer_cas(domain.path, domain.unlock(PASSWORD), root + intermediate)
+    limits = RefusalLimits(client_burst=2, client_rate=1e-6, summary_interval=3600)
+    other = ec.generate_private_key(ec.SECP256R1()).public_key()
+    from cryptography.hazmat.primitives import serialization
+
+    der = other.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    bad = host.request(host_name=host_name(der, PCRS))
+    answers: list[str] = []
+    with QuoteService.open(domain.path, PASSWORD, limits=limits) as service:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(functools.partial(service.serve, 0))
+            port = listeners[0].socket.getsockname()[1]
+            for _ in range(6):
+                with trio.fail_after(30):
+                    try:
+                        await request_quote_key_certificate(
+                            "127.0.0.1", port, domain.policy_cert, bad
+                        )
+                    except QuoteServiceError as exc:
+                        answers.append(exc.code)
+                    except ProtocolError:
+                        answers.append("hung up")
+            nursery.cancel_scope.cancel()
+    assert answers == ["refused"] * 2 + ["hung up"] * 4
+    with AuditLog.open(domain.path / AUDIT_FILE) as audit:
+        events = audit.events()
+    refused = [e for e in events if e.kind == "refused"]
+    assert [e.reason_code for e in refused] == ["refused", "refused", "summarized"]
+    assert refused[-1].detail["count"] == 4
+    assert refused[-1].detail["codes"] == {"rate_limited": 4}

@@ -37,12 +37,18 @@ length its frame announces, before it is read; a connection has
 :data:`REQUEST_TIMEOUT` seconds from the handshake to a whole request (a client that
 sends a byte now and then is cut off all the same); handshakes, idle peers, connections
 in all and per address are bounded by :func:`taonet.channel.serve_channels`. A bad
-connection is dropped and logged; the service keeps serving the others.
+connection is dropped and logged; the service keeps serving the others. Refusals come
+from clients nobody authenticated, so they are rate limited per address as the domain
+service's are (its :class:`~taonet_services.domain_service.RefusalLimits`): up to the
+rate each is one audit row and one log line, beyond it they are counted into one
+summary row per client and interval, and an address that used up its refusals is hung
+up on unread until its bucket refills. Issued certificates are never limited.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import time
@@ -84,12 +90,15 @@ from taonet.quoteservice import (
     seal_certificate,
 )
 from taonet.wire import END_OF_STREAM, MAX_REQUEST_HEADER, NEED_DATA, Envelope, Request, Role
-from taonet_services.domain_service import AUDIT_FILE, AuditLog, bounded
+from taonet_services.domain_service import AUDIT_FILE, AuditLog, RefusalLimits, bounded
+from taonet_services.domain_service._limits import RefusalLimiter, RefusalSummary, client_key
 
-__all__ = ["REQUEST_TIMEOUT", "QuoteService"]
+__all__ = ["ERROR_RATE_LIMITED", "REQUEST_TIMEOUT", "QuoteService"]
 
 log = structlog.get_logger(__name__)
 
+#: The code of a request refused unread: its address used up its refusals for now.
+ERROR_RATE_LIMITED: Final = "rate_limited"
 #: Seconds from the handshake to a whole request.
 REQUEST_TIMEOUT: Final = 20.0
 _CHUNK: Final = 4096
@@ -125,10 +134,13 @@ class QuoteService:
         clock: Callable[[], int] = time.time_ns,
         request_timeout: float = REQUEST_TIMEOUT,
         max_connections: int | None = None,
+        limits: RefusalLimits | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``manufacturer_cas``: the CA certificates EK certificates must chain to;
-        ``clock`` (ns since the epoch) checks validity windows and dates certificates.
-        The service owns ``audit`` and closes it in :meth:`close`."""
+        ``clock`` (ns since the epoch) checks validity windows and dates certificates;
+        ``limits`` (defaults if None) and ``monotonic`` drive the refusal limits (module
+        docstring). The service owns ``audit`` and closes it in :meth:`close`."""
         self.domain = domain
         self.manufacturer_cas: Final = tuple(manufacturer_cas)
         self._signer = policy_signer
@@ -136,6 +148,7 @@ class QuoteService:
         self._clock = clock
         self.request_timeout = request_timeout
         self.max_connections = max_connections
+        self.limiter: Final = RefusalLimiter(limits, clock=monotonic)
         self.principal: Final = domain.policy_principal.extend(auth.PrinExt("QuoteService", ()))
         key = Signer.generate()
         issued = certs.issue_program_certificate(
@@ -160,6 +173,7 @@ class QuoteService:
         clock: Callable[[], int] = time.time_ns,
         request_timeout: float = REQUEST_TIMEOUT,
         max_connections: int | None = None,
+        limits: RefusalLimits | None = None,
     ) -> QuoteService:
         """Load the domain and its manufacturer CA list, unlock the policy key, open the
         audit log. ConfigError when the domain lists no manufacturer CA."""
@@ -181,6 +195,7 @@ class QuoteService:
                 clock=clock,
                 request_timeout=request_timeout,
                 max_connections=max_connections,
+                limits=limits,
             )
         except BaseException:
             audit.close()
@@ -205,21 +220,65 @@ class QuoteService:
     ) -> None:
         """Serve until cancelled (Trio's start protocol: ``task_status`` gets the listeners)."""
         log.info("quote_service_starting", principal=str(self.principal), port=port)
-        await serve_channels(
-            self.handle,
-            port,
-            self.identity,
-            host=host,
-            allow_anonymous=True,
-            max_connections=self.max_connections,
-            task_status=task_status,
-        )
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._summarize_periodically)
+                listeners = await nursery.start(
+                    functools.partial(
+                        serve_channels,
+                        self.handle,
+                        port,
+                        self.identity,
+                        host=host,
+                        allow_anonymous=True,
+                        max_connections=self.max_connections,
+                    )
+                )
+                task_status.started(listeners)
+        finally:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + 10
+                await self.write_refusal_summaries(all_now=True)
+
+    async def _summarize_periodically(self) -> None:
+        while True:
+            await trio.sleep(self.limiter.limits.summary_interval)
+            await self.write_refusal_summaries()
+
+    async def write_refusal_summaries(self, *, all_now: bool = False) -> None:
+        """Write the refusal summaries that are due (every pending one with ``all_now``)."""
+        summaries = self.limiter.summaries(all_now=all_now)
+        now_ns, now = self._clock(), self.limiter.clock()
+
+        def write(summary: RefusalSummary) -> None:
+            self._audit.record_refusal_summary(
+                peer=summary.client,
+                codes=summary.codes,
+                first_ns=now_ns - max(0, int((now - summary.first) * 1e9)),
+                last_ns=now_ns - max(0, int((now - summary.last) * 1e9)),
+            )
+
+        for summary in summaries:
+            try:
+                await trio.to_thread.run_sync(write, summary)
+            except ConfigError as exc:
+                log.error("audit_failed", reason=bounded(str(exc)))  # noqa: TRY400
+            log.warning(
+                "refusals_summarized", client=summary.client, count=summary.count,
+                codes=dict(summary.codes),
+            )  # fmt: skip
 
     # -- one connection ---------------------------------------------------------------
 
     async def handle(self, stream: TaoStream) -> None:
         """Read one request, answer it, close."""
-        peer = bounded(_remote(stream), 256)
+        host, peer = _remote(stream)
+        client, peer = client_key(host), bounded(peer, 256)
+        if not self.limiter.admit(client, code=ERROR_RATE_LIMITED):
+            # Used up its refusals: hung up on unread, counted for the summary.
+            log.info("quote_client_rate_limited", client=client)
+            await trio.lowlevel.checkpoint()
+            return
         envelope = Envelope(Role.SERVER, body_limit=MAX_REQUEST, header_limit=MAX_REQUEST_HEADER)
         event: object = None
         failure: CodecError | ProtocolError | None = None
@@ -234,10 +293,12 @@ class QuoteService:
                     failure = exc
             if deadline.cancelled_caught:
                 await trio.aclose_forcefully(stream)  # hang up first, then write it down
-                await self._record_refusal(peer, ERROR_BAD_REQUEST, "no whole request in time")
+                await self._record_refusal(
+                    client, peer, ERROR_BAD_REQUEST, "no whole request in time"
+                )
                 return
             if failure is not None:
-                await self._record_refusal(peer, ERROR_BAD_REQUEST, bounded(str(failure)))
+                await self._record_refusal(client, peer, ERROR_BAD_REQUEST, bounded(str(failure)))
                 await _send(stream, envelope.answer_failure())
                 return
             if event is END_OF_STREAM:
@@ -245,24 +306,26 @@ class QuoteService:
             assert isinstance(event, Request)
             if event.op != OP_CERTIFY_QUOTE_KEY:
                 reason = f"unknown quote service method {bounded(event.op, 64)!r}"
-                await self._record_refusal(peer, ERROR_BAD_REQUEST, reason)
+                await self._record_refusal(client, peer, ERROR_BAD_REQUEST, reason)
                 await _send(
                     stream, envelope.response(event.op, event.seq, error=ProtocolError(reason))
                 )
                 return
-            answer = await self._answer(event.body, peer)
+            answer = await self._answer(event.body, client, peer)
             await _send(stream, envelope.response(event.op, event.seq, encode_reply(answer)))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.info("client_broken", error=bounded(str(exc) or type(exc).__name__))
         finally:
             envelope.clear()
 
-    async def _answer(self, body: bytes, peer: str) -> QuoteKeyReply | QuoteServiceError:
+    async def _answer(
+        self, body: bytes, client: str, peer: str
+    ) -> QuoteKeyReply | QuoteServiceError:
         try:
             reply, issued = self.certify(body)
         except _Refusal as refusal:
             await self._record_refusal(
-                peer, refusal.code, refusal.reason, refusal.digest, refusal.claimed
+                client, peer, refusal.code, refusal.reason, refusal.digest, refusal.claimed
             )
             return QuoteServiceError(refusal.code, refusal.reason)
         try:
@@ -287,12 +350,17 @@ class QuoteService:
 
     async def _record_refusal(
         self,
+        client: str,
         peer: str,
         code: str,
         reason: str,
         digest: str | None = None,
         claimed: str | None = None,
     ) -> None:
+        """Record and log a refusal in full, or count it for a summary (module docstring)."""
+        if not self.limiter.refused(client, code):
+            await self.write_refusal_summaries()
+            return
         reason = bounded(reason)
         log.warning("quote_key_refused", code=code, reason=reason)
         try:
@@ -376,13 +444,15 @@ async def _send(stream: TaoStream, chunks: list[bytes]) -> None:
             await stream.send_all(b"".join(chunks))
 
 
-def _remote(stream: TaoStream) -> str:
+def _remote(stream: TaoStream) -> tuple[str, str]:
+    """The client's host and its ``host:port`` (``"?"`` off an IP socket)."""
     transport = stream.tls_stream.transport
     if isinstance(transport, trio.SocketStream):
         try:
             name = transport.socket.getpeername()
         except OSError:
-            return "?"
+            return "?", "?"
         if isinstance(name, tuple) and len(name) >= 2:
-            return f"{name[0]}:{name[1]}"
-    return "?"
+            host = str(name[0])
+            return host, f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
+    return "?", "?"
