@@ -252,3 +252,49 @@ async def test_a_new_object_reuses_the_recorded_port(fresh_swtpm: Swtpm) -> None
         # A port asked for explicitly is not replaced by another.
         with pytest.raises(HostError, match="did not start"):
             await trio.to_thread.run_sync(lambda: third.start(port=again.port))
+
+
+def _path_with(directory: Path, tools: dict[str, str | None]) -> str:
+    """A PATH of one directory holding the real tools named (None) or shell scripts."""
+    import shutil
+
+    directory.mkdir()
+    for name, script in tools.items():
+        if script is None:
+            real = shutil.which(name)
+            assert real is not None
+            (directory / name).symlink_to(real)
+        else:
+            (directory / name).write_text("#!/bin/sh\n" + script)
+            (directory / name).chmod(0o755)
+    return str(directory)
+
+
+async def test_missing_swtpm_localca_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tpm2_or_skip()
+    from taonet.hosts.tpm2 import Swtpm
+
+    monkeypatch.setenv("PATH", _path_with(tmp_path / "bin", {"swtpm": None, "swtpm_setup": None}))
+    with pytest.raises(ConfigError, match=r"^swtpm_localca not found on PATH: install swtpm"):
+        Swtpm.create(tmp_path / "tpm")
+
+
+async def test_a_failing_setup_tool_is_quoted_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tool that fails with megabytes of output gives a HostError quoting only the end."""
+    tpm2_or_skip()
+    from taonet.hosts.tpm2 import Swtpm
+
+    noisy = "head -c 3000000 /dev/zero | tr '\\0' x\necho; echo 'the real reason'\nexit 3\n"
+    path = _path_with(
+        tmp_path / "bin", {"swtpm": None, "swtpm_localca": None, "swtpm_setup": noisy}
+    )
+    monkeypatch.setenv("PATH", f"{path}:/usr/bin:/bin")
+    with pytest.raises(HostError, match=r"swtpm_setup failed \(exit 3\)") as info:
+        await trio.to_thread.run_sync(lambda: Swtpm.create(tmp_path / "tpm"))
+    message = str(info.value)
+    assert message.endswith("the real reason")
+    assert len(message) < 2200
