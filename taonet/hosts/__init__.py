@@ -3,11 +3,12 @@
 This package is portable: importing it, or calling :func:`parent`, loads nothing
 Linux-specific. Backends tied to a platform are subpackages imported explicitly:
 :mod:`taonet.hosts.linux` is the Linux host (supervisor, process launch, admin
-socket).
+socket); :mod:`taonet.hosts.tpm2` the TPM 2.0 root host (an optional extra).
 
-* :class:`KeyCore` / :class:`BoundTao`: a host's keys doing the Tao's operations for
-  a named caller, and the Tao of one program over them (the one class every backend
-  uses; hosts differ only in their core).
+* :class:`KeyCore` / :class:`AsyncKeyCore` / :class:`BoundTao`: a host's keys doing
+  the Tao's operations for a named caller (synchronously, or awaited as a TPM's
+  are), and the Tao of one program over them (the one class every backend uses;
+  hosts differ only in their core and their :class:`Counters`).
 * :class:`SoftHost` / :class:`SoftTao`: a root host with soft keys in a
   password-protected keyset directory (a :class:`KeyCore`; its Tao is a
   :class:`BoundTao`).
@@ -19,7 +20,6 @@ socket).
   framing of the Tao RPC and of Tao channels' protocols).
 * Monotonic counters and rollback-protected sealing are part of :class:`Tao`;
   backends without them raise :class:`~taonet.NotSupportedError`.
-* TPM 2.0 comes with later work.
 
 For compatibility, the Linux host's names (:class:`~taonet.hosts.linux.LinuxHost`,
 :class:`~taonet.hosts.linux.LinuxHostConfig`, :class:`~taonet.hosts.linux.AdminClient`,
@@ -33,7 +33,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from taonet._messages import MessageStream
-from taonet.hosts._core import BoundTao, KeyCore
+from taonet.hosts._core import AsyncKeyCore, BoundTao, Counters, KeyCore
 from taonet.hosts._parent import open_host_channel, parent
 from taonet.hosts._rpc import DEFAULT_RPC_MAX_FRAME, RPCTao, serve_tao_rpc
 from taonet.hosts._soft import SoftHost, SoftTao
@@ -62,7 +62,9 @@ __all__ = [
     "SEAL_POLICY_ANY",
     "SEAL_POLICY_FEW",
     "SEAL_POLICY_SELF",
+    "AsyncKeyCore",
     "BoundTao",
+    "Counters",
     "KeyCore",
     "MessageStream",
     "RPCTao",
@@ -107,7 +109,9 @@ def __dir__() -> list[str]:
 # What this namespace exports reports it as its home (``taonet.hosts.SoftHost``, not
 # the private module that defines it).
 for _public in (
+    AsyncKeyCore,
     BoundTao,
+    Counters,
     KeyCore,
     MessageStream,
     RPCTao,

@@ -268,10 +268,7 @@ class Tpm2Core:
                     _wire.load_command(runtime.primary, private, public)
                 )
             except _wire.TpmError as exc:
-                if exc.command == _wire.CC_LOAD and exc.base not in (
-                    _wire.RC_OBJECT_MEMORY,
-                    _wire.RC_REFERENCE_H0,
-                ):
+                if exc.command == _wire.CC_LOAD and _wire.is_parameter_error(exc.tpm_rc):
                     raise HostError(
                         f"sealed data failed its integrity check: tampered with, or sealed by "
                         f"another host or TPM ({exc})",

@@ -21,8 +21,9 @@ from typing import Any, Final
 import trio
 
 from taonet import auth, certs
-from taonet._errors import ConfigError, HostError
+from taonet._errors import AuthenticationError, CodecError, ConfigError, HostError
 from taonet._log import get_logger
+from taonet.attestation import tpm2_credential as tc
 from taonet.attestation.tpm2 import DEFAULT_PCRS
 from taonet.hosts._core import BoundTao
 from taonet.hosts.tpm2 import _wire
@@ -43,6 +44,17 @@ __all__ = ["Tpm2Host"]
 
 _log = get_logger(__name__)
 _ALGS: Final = ("ecc", "rsa")
+
+
+def _quote_key_der(tpm2b_public: bytes, what: str) -> bytes:
+    """PKIX DER of a quote key's TPM2B_PUBLIC; ConfigError if it is not an ECC P-256 or
+    RSA-2048 restricted signing key of the kind a quote service certifies."""
+    try:
+        area = tc.parse_public(tc.tpmt_public_from_tpm2b(tpm2b_public), what=what)
+        tc.check_quote_key(area)
+        return area.public_key_der()
+    except (CodecError, AuthenticationError) as exc:
+        raise ConfigError(f"{what}: not a usable quote key ({exc})") from None
 
 
 def _read_ek(tcti: str, index: int | None) -> tuple[bytes, bytes]:
@@ -111,7 +123,7 @@ class Tpm2Host:
                 deriving = b"".join(_wire.parse_create(params))
             finally:
                 tpm.call(_wire.flush_command(primary))
-        _wire.quote_key_der(_wire.public_area(quote_public))  # a key this host can use
+        _quote_key_der(quote_public, "the quote key the TPM made")  # one this host can use
         state.create(config, quote_private, quote_public, deriving)
         _log.info("tpm2_host_created", directory=str(directory), pcrs=list(numbers), alg=alg)
         return state.path
@@ -138,10 +150,7 @@ class Tpm2Host:
         config, (quote_private, quote_public), deriving, cert = await trio.to_thread.run_sync(read)
         if tcti is not None:
             config = HostConfig(tcti=tcti, pcrs=config.pcrs, alg=config.alg)
-        try:
-            quote_der = _wire.quote_key_der(_wire.public_area(quote_public))
-        except HostError as exc:
-            raise ConfigError(f"{path / 'quote_key.pub'}: {exc}") from None
+        quote_der = _quote_key_der(quote_public, str(path / "quote_key.pub"))
         runtime = TpmRuntime(
             Transport(parse_tcti(config.tcti)),
             pcrs=config.pcrs,
@@ -235,7 +244,6 @@ class Tpm2Host:
         AuthenticationError if the service is not the domain's, or the certificate is
         not right; HostError if the TPM refuses; ProtocolError if the service does.
         """
-        from taonet.attestation.tpm2_credential import object_name, tpmt_public_from_tpm2b
         from taonet.quoteservice import (
             QuoteKeyRequest,
             open_certificate,
@@ -247,7 +255,7 @@ class Tpm2Host:
             raise ConfigError(f"a quote service address is HOST:PORT, not {address[:80]!r}")
         tcti = self.config.tcti
         ek_cert, ek_public = await self.run_blocking(_read_ek, tcti, ek_index)
-        area = tpmt_public_from_tpm2b(self.quote_key_public)
+        area = tc.tpmt_public_from_tpm2b(self.quote_key_public)
         request = QuoteKeyRequest(
             ek_certificate=ek_cert,
             ek_public=ek_public,
@@ -267,7 +275,7 @@ class Tpm2Host:
             reply.encrypted_secret,
             ek_index,
         )
-        cert_der = open_certificate(reply, secret, object_name(area))
+        cert_der = open_certificate(reply, secret, tc.object_name(area))
         now = time.time_ns()
         certs.PolicyAnchor(policy_cert, now_ns=now).verify_host_certificate(
             cert_der, host_key_der=self.quote_key_der, signer_type="tpm2", now_ns=now

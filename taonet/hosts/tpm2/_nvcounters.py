@@ -55,6 +55,63 @@ MAX_COUNTER_STEP: Final = 1024
 MAX_COUNTERS: Final = 256
 
 
+#: Counter index attributes: TPM_NT_COUNTER, AUTHWRITE, AUTHREAD, NO_DA,
+#: OWNERREAD (empty authValue: anyone with TPM access may increment, which
+#: can deny service but never roll a counter back).
+NV_COUNTER_ATTRIBUTES: Final = (0x1 << 4) | 0x00000004 | 0x00040000 | 0x02000000 | 0x00020000
+
+
+#: TPMA_NV_WRITTEN: set by the TPM once an index was written (incremented).
+NV_WRITTEN: Final = 0x20000000
+
+
+def nv_define_counter_command(index: int) -> bytes:
+    public = (
+        _wire.u32(index)
+        + _wire.u16(_wire.TPM_ALG_SHA256)
+        + _wire.u32(NV_COUNTER_ATTRIBUTES)
+        + _wire.u16(0)
+        + _wire.u16(8)
+    )
+    params = _wire.tpm2b(b"") + _wire.tpm2b(public)
+    return _wire.command(
+        _wire.CC_NV_DEFINE_SPACE, [_wire.TPM_RH_OWNER], params, _wire.password_auth()
+    )
+
+
+def nv_read_public_command(index: int) -> bytes:
+    return _wire.command(_wire.CC_NV_READ_PUBLIC, [index], b"")
+
+
+def parse_nv_read_public(params: bytes) -> tuple[int, int]:
+    """(attributes, dataSize) of an NV index."""
+    r = _wire.Reader(params, "NV_ReadPublic")
+    public = _wire.Reader(r.tpm2b(), "NV_ReadPublic")
+    public.u32()
+    public.u16()
+    attributes = public.u32()
+    public.tpm2b()
+    return attributes, public.u16()
+
+
+def nv_increment_command(index: int) -> bytes:
+    return _wire.command(_wire.CC_NV_INCREMENT, [index, index], b"", _wire.password_auth())
+
+
+def nv_read_command(index: int) -> bytes:
+    return _wire.command(
+        _wire.CC_NV_READ, [index, index], _wire.u16(8) + _wire.u16(0), _wire.password_auth()
+    )
+
+
+def parse_nv_read_counter(params: bytes) -> int:
+    r = _wire.Reader(params, "NV_Read")
+    data = r.tpm2b()
+    if len(data) != 8:
+        raise HostError("the TPM's NV counter is not 8 bytes")
+    return int.from_bytes(data, "big")
+
+
 class Tpm2Counters:
     """A TPM host's counters (a :class:`~taonet.hosts.Counters`)."""
 
@@ -92,28 +149,28 @@ class Tpm2Counters:
 
         async def read() -> int | None:
             try:
-                _, params = await self._runtime.call(_wire.nv_read_command(index))
+                _, params = await self._runtime.call(nv_read_command(index))
             except _wire.TpmError as exc:
                 if exc.base == _wire.RC_NV_UNINITIALIZED:
                     return None
                 raise
-            return _wire.parse_nv_read_counter(params)
+            return parse_nv_read_counter(params)
 
         return await self._runtime.run(read)
 
     async def _increment(self, index: int) -> None:
-        await self._runtime.run(lambda: self._runtime.call(_wire.nv_increment_command(index)))
+        await self._runtime.run(lambda: self._runtime.call(nv_increment_command(index)))
 
     async def _defined(self, index: int) -> bool:
         async def read_public() -> bool:
             try:
-                _, params = await self._runtime.call(_wire.nv_read_public_command(index))
+                _, params = await self._runtime.call(nv_read_public_command(index))
             except _wire.TpmError as exc:
                 if exc.base == _wire.RC_HANDLE:
                     return False
                 raise
-            attributes, size = _wire.parse_nv_read_public(params)
-            if attributes & ~_wire.NV_WRITTEN != _wire.NV_COUNTER_ATTRIBUTES or size != 8:
+            attributes, size = parse_nv_read_public(params)
+            if attributes & ~NV_WRITTEN != NV_COUNTER_ATTRIBUTES or size != 8:
                 raise HostError(
                     f"NV index {index:#x} is not one of this host's counters (another "
                     "user of the TPM defined it)"
@@ -148,7 +205,7 @@ class Tpm2Counters:
             index = entry.index
             if not await self._defined(index):
                 await self._runtime.run(
-                    lambda: self._runtime.call(_wire.nv_define_counter_command(index))
+                    lambda: self._runtime.call(nv_define_counter_command(index))
                 )
                 _log.info("tpm_nv_counter_defined", index=hex(index))
             value = await self._nv_value(entry.index)
@@ -212,6 +269,8 @@ class Tpm2Counters:
         async with self._lock:
             entry = await self._entry(caller, label, create=0)
             assert entry is not None
+            if await self._value(entry) >= MAX_COUNTER:
+                raise HostError(f"counter {label!r} is at its maximum and cannot be bumped")
             await self._increment(entry.index)
             counter = await self._value(entry)
         return await self._core.seal_for(caller, _sealed_data(caller, label, counter, data), policy)

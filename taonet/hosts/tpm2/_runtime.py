@@ -105,9 +105,9 @@ class TpmRuntime:
         HostError if the TPM cannot be reached, was reset (this call only: the
         next rebuilds), or now has other PCR values than the host's name states.
         """
-        if self._closed:
-            raise HostError("this TPM host is closed")
         async with self.transport.lock:
+            if self._closed:  # checked under the lock: aclose may have run meanwhile
+                raise HostError("this TPM host is closed")
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + TPM_TIMEOUT
                 try:
@@ -169,7 +169,16 @@ class TpmRuntime:
         await self._flush_leftovers()
         handles, _ = await self.call(_wire.create_primary_command(PRIMARY_TEMPLATE))
         self.primary = _wire.handle_of(handles)
-        handles, _ = await self.call(_wire.load_command(self.primary, *self.quote_blobs))
+        try:
+            handles, _ = await self.call(_wire.load_command(self.primary, *self.quote_blobs))
+        except _wire.TpmError as exc:
+            if not _wire.is_parameter_error(exc.tpm_rc):
+                raise
+            raise HostError(
+                f"this TPM cannot load the host's quote key: the state directory belongs to "
+                f"another TPM, or this TPM's owner hierarchy was cleared ({exc})",
+                rc=exc.tpm_rc,
+            ) from None
         quote = _wire.handle_of(handles)
         try:
             _, params = await self.call(_wire.context_save_command(quote))
@@ -227,21 +236,24 @@ class TpmRuntime:
                 rc=getattr(cause, "rc", None),
             ) from cause
 
+    async def _flush_kept(self) -> None:
+        """Flush the kept session and primary (errors ignored: a rebuild flushes leftovers)."""
+        if self.transport.connected:
+            for handle in (self.session, self.primary):
+                if handle:
+                    await self.flush(handle)
+        self.session = self.primary = 0
+        self._ready = False
+
     async def aclose(self) -> None:
         """Flush what is loaded and close the connection."""
         if self._closed:
             return
         self._closed = True
-        async with self.transport.lock:
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + TPM_TIMEOUT
-                if self._ready and self.transport.connected:
-                    for handle in (self.session, self.primary):
-                        try:
-                            await self.call(_wire.flush_command(handle))
-                        except HostError:
-                            break
-                self._ready = False
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + TPM_TIMEOUT
+            async with self.transport.lock:
+                await self._flush_kept()
                 await self.transport.close()
 
     async def run_blocking(self, fn: Callable[..., _T], *args: object) -> _T:
@@ -249,10 +261,10 @@ class TpmRuntime:
         host's connection is closed (swtpm serves one connection at a time); the next
         operation rebuilds."""
         async with self.transport.lock:
-            with trio.CancelScope(shield=True):
-                if self._ready and self.transport.connected:
-                    for handle in (self.session, self.primary):
-                        await self.flush(handle)
-                self._ready = False
+            if self._closed:
+                raise HostError("this TPM host is closed")
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + TPM_TIMEOUT
+                await self._flush_kept()
                 await self.transport.close()
             return await trio.to_thread.run_sync(lambda: fn(*args), limiter=self._limiter)

@@ -29,7 +29,6 @@ __all__ = ["TpmError"]
 TPM_ST_NO_SESSIONS: Final = 0x8001
 TPM_ST_SESSIONS: Final = 0x8002
 
-CC_NV_UNDEFINE_SPACE: Final = 0x122
 CC_CREATE_PRIMARY: Final = 0x131
 CC_NV_DEFINE_SPACE: Final = 0x12A
 CC_NV_INCREMENT: Final = 0x134
@@ -54,11 +53,9 @@ CC_PCR_RESET: Final = 0x13D
 TPM_RH_OWNER: Final = 0x40000001
 TPM_RH_NULL: Final = 0x40000007
 TPM_RS_PW: Final = 0x40000009
-TPM_ALG_RSA: Final = 0x0001
 TPM_ALG_KEYEDHASH: Final = 0x0008
 TPM_ALG_SHA256: Final = 0x000B
 TPM_ALG_NULL: Final = 0x0010
-TPM_ALG_ECC: Final = 0x0023
 TPM_SE_POLICY: Final = 0x01
 TPM_CAP_HANDLES: Final = 0x00000001
 
@@ -67,12 +64,10 @@ TPM_CAP_HANDLES: Final = 0x00000001
 RC_INITIALIZE: Final = 0x100
 RC_PCR_CHANGED: Final = 0x128
 RC_NV_UNINITIALIZED: Final = 0x14A
-RC_NV_DEFINED: Final = 0x14C
 RC_HANDLE: Final = 0x08B
 RC_POLICY_FAIL: Final = 0x09D
 RC_INTEGRITY: Final = 0x09F
 RC_OBJECT_MEMORY: Final = 0x902
-RC_SESSION_MEMORY: Final = 0x903
 RC_REFERENCE_H0: Final = 0x910
 RC_REFERENCE_S0: Final = 0x918
 RC_YIELDED: Final = 0x908
@@ -85,19 +80,16 @@ _RC_NAMES: Final = {
     RC_INITIALIZE: "TPM not initialized",
     RC_PCR_CHANGED: "PCRs changed during the command",
     RC_NV_UNINITIALIZED: "NV index not yet written",
-    RC_NV_DEFINED: "NV index already defined",
     RC_HANDLE: "bad handle",
     RC_POLICY_FAIL: "policy check failed",
     RC_INTEGRITY: "integrity check failed",
     RC_OBJECT_MEMORY: "out of object memory",
-    RC_SESSION_MEMORY: "out of session memory",
     RC_REFERENCE_H0: "handle not loaded",
     RC_REFERENCE_S0: "session not loaded",
     RC_RETRY: "retry",
 }
 
 _COMMAND_NAMES: Final = {
-    CC_NV_UNDEFINE_SPACE: "NV_UndefineSpace",
     CC_CREATE_PRIMARY: "CreatePrimary",
     CC_NV_DEFINE_SPACE: "NV_DefineSpace",
     CC_NV_INCREMENT: "NV_Increment",
@@ -153,24 +145,29 @@ def rc_base(rc: int) -> int:
     return rc
 
 
-def _u16(n: int) -> bytes:
+def is_parameter_error(rc: int) -> bool:
+    """Whether ``rc`` blames one of the command's parameters (not a handle or session)."""
+    return rc & 0xC0 == 0xC0
+
+
+def u16(n: int) -> bytes:
     return struct.pack(">H", n)
 
 
-def _u32(n: int) -> bytes:
+def u32(n: int) -> bytes:
     return struct.pack(">I", n)
 
 
 def tpm2b(data: bytes) -> bytes:
     if len(data) > 0xFFFF:
         raise HostError("a TPM2B field is over 65535 bytes")
-    return _u16(len(data)) + data
+    return u16(len(data)) + data
 
 
-def _command(cc: int, handles: Iterable[int], params: bytes, auth: bytes | None = None) -> bytes:
-    body = b"".join(_u32(h) for h in handles)
+def command(cc: int, handles: Iterable[int], params: bytes, auth: bytes | None = None) -> bytes:
+    body = b"".join(u32(h) for h in handles)
     if auth is not None:
-        body += _u32(len(auth)) + auth
+        body += u32(len(auth)) + auth
     body += params
     tag = TPM_ST_NO_SESSIONS if auth is None else TPM_ST_SESSIONS
     size = HEADER + len(body)
@@ -179,7 +176,7 @@ def _command(cc: int, handles: Iterable[int], params: bytes, auth: bytes | None 
     return struct.pack(">HII", tag, size, cc) + body
 
 
-def _password_auth() -> bytes:
+def password_auth() -> bytes:
     # handle, nonce (empty), attributes (continueSession clear), hmac = password (empty)
     return struct.pack(">IHBH", TPM_RS_PW, 0, 0, 0)
 
@@ -298,20 +295,15 @@ def check_pcrs(pcrs: Iterable[int]) -> tuple[int, ...]:
 
 
 def create_primary_command(template: bytes) -> bytes:
-    params = tpm2b(_u16(0) + _u16(0))  # inSensitive: empty userAuth and data
-    params += tpm2b(template) + _u16(0) + _u32(0)  # inPublic, outsideInfo, creationPCR
-    return _command(CC_CREATE_PRIMARY, [TPM_RH_OWNER], params, _password_auth())
-
-
-def parse_create_primary(params: bytes) -> bytes:
-    """The primary's TPMT_PUBLIC (the handle is in the response handles)."""
-    return Reader(params, "CreatePrimary").tpm2b()
+    params = tpm2b(u16(0) + u16(0))  # inSensitive: empty userAuth and data
+    params += tpm2b(template) + u16(0) + u32(0)  # inPublic, outsideInfo, creationPCR
+    return command(CC_CREATE_PRIMARY, [TPM_RH_OWNER], params, password_auth())
 
 
 def create_command(parent: int, template: bytes, data: bytes = b"") -> bytes:
     """Create under ``parent``: a key from ``template``, or a sealed object for ``data``."""
-    params = tpm2b(_u16(0) + tpm2b(data)) + tpm2b(template) + _u16(0) + _u32(0)
-    return _command(CC_CREATE, [parent], params, _password_auth())
+    params = tpm2b(u16(0) + tpm2b(data)) + tpm2b(template) + u16(0) + u32(0)
+    return command(CC_CREATE, [parent], params, password_auth())
 
 
 def parse_create(params: bytes) -> tuple[bytes, bytes]:
@@ -325,35 +317,35 @@ def parse_create(params: bytes) -> tuple[bytes, bytes]:
 def sealed_template(policy_digest: bytes) -> bytes:
     """TPMT_PUBLIC of a sealed data object usable only through ``policy_digest``."""
     return (
-        _u16(TPM_ALG_KEYEDHASH)
-        + _u16(TPM_ALG_SHA256)
-        + _u32(_SEALED_ATTRIBUTES)
+        u16(TPM_ALG_KEYEDHASH)
+        + u16(TPM_ALG_SHA256)
+        + u32(_SEALED_ATTRIBUTES)
         + tpm2b(policy_digest)
-        + _u16(TPM_ALG_NULL)  # keyedHash scheme: none
-        + _u16(0)  # unique: empty
+        + u16(TPM_ALG_NULL)  # keyedHash scheme: none
+        + u16(0)  # unique: empty
     )
 
 
 def load_command(parent: int, private: bytes, public: bytes) -> bytes:
     """Load marshaled TPM2B_PRIVATE and TPM2B_PUBLIC (with their sizes) under ``parent``."""
-    return _command(CC_LOAD, [parent], private + public, _password_auth())
+    return command(CC_LOAD, [parent], private + public, password_auth())
 
 
 def context_save_command(handle: int) -> bytes:
-    return _command(CC_CONTEXT_SAVE, [handle], b"")
+    return command(CC_CONTEXT_SAVE, [handle], b"")
 
 
 def context_load_command(context: bytes) -> bytes:
-    return _command(CC_CONTEXT_LOAD, [], context)
+    return command(CC_CONTEXT_LOAD, [], context)
 
 
 def flush_command(handle: int) -> bytes:
-    return _command(CC_FLUSH_CONTEXT, [], _u32(handle))
+    return command(CC_FLUSH_CONTEXT, [], u32(handle))
 
 
 def quote_command(key: int, qualifying_data: bytes, selection: bytes) -> bytes:
-    params = tpm2b(qualifying_data) + _u16(TPM_ALG_NULL) + selection
-    return _command(CC_QUOTE, [key], params, _password_auth())
+    params = tpm2b(qualifying_data) + u16(TPM_ALG_NULL) + selection
+    return command(CC_QUOTE, [key], params, password_auth())
 
 
 def parse_quote(params: bytes) -> tuple[bytes, bytes]:
@@ -369,22 +361,22 @@ def parse_quote(params: bytes) -> tuple[bytes, bytes]:
 def start_policy_session_command(nonce: bytes) -> bytes:
     """An unsalted, unbound SHA-256 policy session without parameter encryption."""
     params = (
-        tpm2b(nonce) + _u16(0) + struct.pack(">BHH", TPM_SE_POLICY, TPM_ALG_NULL, TPM_ALG_SHA256)
+        tpm2b(nonce) + u16(0) + struct.pack(">BHH", TPM_SE_POLICY, TPM_ALG_NULL, TPM_ALG_SHA256)
     )
-    return _command(CC_START_AUTH_SESSION, [TPM_RH_NULL, TPM_RH_NULL], params)
+    return command(CC_START_AUTH_SESSION, [TPM_RH_NULL, TPM_RH_NULL], params)
 
 
 def policy_restart_command(session: int) -> bytes:
-    return _command(CC_POLICY_RESTART, [session], b"")
+    return command(CC_POLICY_RESTART, [session], b"")
 
 
 def policy_pcr_command(session: int, selection: bytes) -> bytes:
     # pcrDigest empty: the TPM uses the current values (checked again at Unseal).
-    return _command(CC_POLICY_PCR, [session], _u16(0) + selection)
+    return command(CC_POLICY_PCR, [session], u16(0) + selection)
 
 
 def unseal_command(item: int, session: int) -> bytes:
-    return _command(CC_UNSEAL, [item], b"", _policy_auth(session))
+    return command(CC_UNSEAL, [item], b"", _policy_auth(session))
 
 
 def parse_unseal(params: bytes) -> bytes:
@@ -396,7 +388,7 @@ def parse_unseal(params: bytes) -> bytes:
 
 
 def pcr_read_command(selection: bytes) -> bytes:
-    return _command(CC_PCR_READ, [], selection)
+    return command(CC_PCR_READ, [], selection)
 
 
 def parse_pcr_read(params: bytes, pcrs: tuple[int, ...]) -> dict[int, bytes]:
@@ -423,17 +415,17 @@ def parse_pcr_read(params: bytes, pcrs: tuple[int, ...]) -> dict[int, bytes]:
 
 def pcr_extend_command(pcr: int, digest: bytes) -> bytes:
     """Extend SHA-256 PCR ``pcr`` with ``digest`` (tests and tools; a host never extends)."""
-    values = _u32(1) + _u16(TPM_ALG_SHA256) + digest
-    return _command(CC_PCR_EXTEND, [check_pcrs([pcr])[0]], values, _password_auth())
+    values = u32(1) + u16(TPM_ALG_SHA256) + digest
+    return command(CC_PCR_EXTEND, [check_pcrs([pcr])[0]], values, password_auth())
 
 
 def pcr_reset_command(pcr: int) -> bytes:
     """Reset PCR ``pcr`` (16 and 23 at locality 0; tests and tools)."""
-    return _command(CC_PCR_RESET, [check_pcrs([pcr])[0]], b"", _password_auth())
+    return command(CC_PCR_RESET, [check_pcrs([pcr])[0]], b"", password_auth())
 
 
 def read_clock_command() -> bytes:
-    return _command(CC_READ_CLOCK, [], b"")
+    return command(CC_READ_CLOCK, [], b"")
 
 
 def parse_read_clock(params: bytes) -> tuple[int, int]:
@@ -445,7 +437,7 @@ def parse_read_clock(params: bytes) -> tuple[int, int]:
 
 
 def get_handles_command(first: int, count: int = 64) -> bytes:
-    return _command(CC_GET_CAPABILITY, [], _u32(TPM_CAP_HANDLES) + _u32(first) + _u32(count))
+    return command(CC_GET_CAPABILITY, [], u32(TPM_CAP_HANDLES) + u32(first) + u32(count))
 
 
 def parse_get_handles(params: bytes) -> list[int]:
@@ -457,99 +449,3 @@ def parse_get_handles(params: bytes) -> list[int]:
     if count > 256:
         raise HostError("the TPM's GetCapability answered too many handles")
     return [r.u32() for _ in range(count)]
-
-
-# -- NV counters ---------------------------------------------------------------------
-
-#: Counter index attributes: TPM_NT_COUNTER, AUTHWRITE, AUTHREAD, NO_DA,
-#: OWNERREAD (empty authValue: anyone with TPM access may increment, which
-#: can deny service but never roll a counter back).
-NV_COUNTER_ATTRIBUTES: Final = (0x1 << 4) | 0x00000004 | 0x00040000 | 0x02000000 | 0x00020000
-
-
-#: TPMA_NV_WRITTEN: set by the TPM once an index was written (incremented).
-NV_WRITTEN: Final = 0x20000000
-
-
-def nv_define_counter_command(index: int) -> bytes:
-    public = _u32(index) + _u16(TPM_ALG_SHA256) + _u32(NV_COUNTER_ATTRIBUTES) + _u16(0) + _u16(8)
-    params = tpm2b(b"") + tpm2b(public)
-    return _command(CC_NV_DEFINE_SPACE, [TPM_RH_OWNER], params, _password_auth())
-
-
-def nv_read_public_command(index: int) -> bytes:
-    return _command(CC_NV_READ_PUBLIC, [index], b"")
-
-
-def parse_nv_read_public(params: bytes) -> tuple[int, int]:
-    """(attributes, dataSize) of an NV index."""
-    r = Reader(params, "NV_ReadPublic")
-    public = Reader(r.tpm2b(), "NV_ReadPublic")
-    public.u32()
-    public.u16()
-    attributes = public.u32()
-    public.tpm2b()
-    return attributes, public.u16()
-
-
-def nv_increment_command(index: int) -> bytes:
-    return _command(CC_NV_INCREMENT, [index, index], b"", _password_auth())
-
-
-def nv_read_command(index: int) -> bytes:
-    return _command(CC_NV_READ, [index, index], _u16(8) + _u16(0), _password_auth())
-
-
-def parse_nv_read_counter(params: bytes) -> int:
-    r = Reader(params, "NV_Read")
-    data = r.tpm2b()
-    if len(data) != 8:
-        raise HostError("the TPM's NV counter is not 8 bytes")
-    return int.from_bytes(data, "big")
-
-
-# -- public keys ---------------------------------------------------------------------
-
-
-def public_area(tpm2b_public: bytes) -> bytes:
-    """The TPMT_PUBLIC inside a marshaled TPM2B_PUBLIC; HostError if sizes differ."""
-    r = Reader(tpm2b_public, "TPM2B_PUBLIC")
-    area = r.tpm2b()
-    if r.rest():
-        raise HostError("a TPM2B_PUBLIC has trailing bytes")
-    return area
-
-
-def quote_key_der(tpmt_public: bytes) -> bytes:
-    """The PKIX DER of a quote key's TPMT_PUBLIC (ECC P-256 or RSA-2048 signing)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
-    r = Reader(tpmt_public, "TPMT_PUBLIC")
-    kind = r.u16()
-    if r.u16() != TPM_ALG_SHA256:
-        raise HostError("the quote key's name algorithm is not SHA-256")
-    r.u32()  # attributes
-    r.tpm2b()  # authPolicy
-    key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey
-    if kind == TPM_ALG_ECC:
-        r.take(2 + 4 + 2 + 2)  # symmetric NULL, scheme ECDSA+hash, curve, kdf NULL
-        x, y = r.tpm2b(), r.tpm2b()
-        if len(x) != 32 or len(y) != 32:
-            raise HostError("the quote key is not an ECC P-256 point")
-        try:
-            key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + x + y)
-        except ValueError:
-            raise HostError("the quote key's point is not on P-256") from None
-    elif kind == TPM_ALG_RSA:
-        r.take(2 + 4 + 2)  # symmetric NULL, scheme RSASSA+hash, keyBits
-        exponent = r.u32() or 65537
-        modulus = r.tpm2b()
-        key = rsa.RSAPublicNumbers(exponent, int.from_bytes(modulus, "big")).public_key()
-    else:
-        raise HostError(f"the quote key has type {kind:#x}, not ECC or RSA")
-    if r.rest():
-        raise HostError("the quote key's TPMT_PUBLIC has trailing bytes")
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )

@@ -121,6 +121,41 @@ async def test_quote_for_another_statement_fails_validation(host: Tpm2Host) -> N
         validate(forged, now_ns=time.time_ns(), policy_cert=UNROOTED)
 
 
+async def test_quote_key_cannot_claim_other_pcrs(host: Tpm2Host) -> None:
+    # Someone with the TPM (and so the quote key) signs a statement whose speaker claims
+    # a trusted boot state it is not in: the quote's PCR digest gives it away.
+    from taonet.attestation.tpm2 import host_name, tpm2_attestation
+    from taonet.hosts.tpm2 import _wire
+
+    claimed = dict(host.pcrs)
+    claimed[16] = b"\x11" * 32
+    now = time.time_ns()
+    says = auth.Says(
+        speaker=host_name(host.quote_key_der, claimed),
+        message=HELLO,
+        time=now,
+        expiration=now + 10**12,
+    )
+    statement = auth.encode(says)
+    runtime = host.core.runtime
+
+    async def quote() -> bytes:
+        handle = await runtime.load_quote_key()
+        try:
+            qualifying = hashlib.sha256(statement).digest()
+            _, params = await runtime.call(
+                _wire.quote_command(handle, qualifying, runtime.selection)
+            )
+        finally:
+            await runtime.flush(handle)
+        return params
+
+    attest, signature = _wire.parse_quote(await runtime.run(quote))
+    forged = tpm2_attestation(statement, host.quote_key_der, attest, signature)
+    with pytest.raises(AuthenticationError, match="PCR"):
+        validate(forged, now_ns=time.time_ns(), policy_cert=UNROOTED)
+
+
 async def test_attest_rooted_in_a_quote_key_certificate(host: Tpm2Host) -> None:
     now = time.time_ns()
     policy = Signer.generate()
@@ -334,3 +369,45 @@ async def test_closed_host_refuses(host: Tpm2Host) -> None:
     await host.aclose()
     with pytest.raises(HostError, match="closed"):
         await host.tao().seal(b"x")
+
+
+async def test_rsa_quote_key(tmp_path: Path, swtpm_tcti: str) -> None:
+    from taonet.hosts.tpm2 import Tpm2Host
+
+    with trio.fail_after(120):
+        await trio.to_thread.run_sync(
+            lambda: Tpm2Host.create(tmp_path / "rsa", tcti=swtpm_tcti, pcrs=TEST_PCRS, alg="rsa")
+        )
+        host = await Tpm2Host.open(tmp_path / "rsa")
+    try:
+        att = await host.tao().attest(HELLO)
+        assert validate(att, now_ns=time.time_ns(), policy_cert=UNROOTED).speaker == host.name
+        assert (await host.tao().unseal(await host.tao().seal(b"r")))[0] == b"r"
+    finally:
+        await host.aclose()
+
+
+async def test_aclose_while_calls_wait(host: Tpm2Host, swtpm_tcti: str) -> None:
+    tao = host.tao()
+    outcomes: list[str] = []
+    started = trio.Event()
+
+    async def worker() -> None:
+        started.set()
+        try:
+            await tao.unseal(await tao.seal(b"w"))
+            outcomes.append("done")
+        except HostError as exc:
+            outcomes.append("closed" if "closed" in str(exc) else str(exc))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(worker)
+            await started.wait()
+            nursery.start_soon(host.aclose)
+    assert len(outcomes) == 10
+    assert set(outcomes) <= {"done", "closed"}
+    assert "closed" in outcomes
+    # closed for good: nothing reconnected, nothing left loaded on the TPM
+    assert await trio.to_thread.run_sync(loaded_handles, swtpm_tcti) == []

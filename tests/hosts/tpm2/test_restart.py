@@ -83,3 +83,25 @@ async def test_tpm_gone_is_a_clear_error(tmp_path: Path, fresh_swtpm: Swtpm) -> 
     finally:
         with trio.fail_after(60):
             await host.aclose()
+
+
+def _clear(tcti: str) -> None:
+    """TPM2_Clear: a new owner seed, as if the state directory came from another TPM."""
+    from tpm2_pytss.constants import ESYS_TR
+
+    from taonet.hosts.tpm2._setup import _esapi
+
+    with _esapi(tcti) as ectx:
+        ectx.clear(ESYS_TR.RH_LOCKOUT)
+
+
+async def test_state_directory_of_another_tpm(tmp_path: Path, fresh_swtpm: Swtpm) -> None:
+    from taonet.hosts.tpm2 import Tpm2Host
+
+    host = await make_host(tmp_path / "tpmhost", fresh_swtpm.tcti)
+    await host.aclose()
+    with trio.fail_after(60):
+        await trio.to_thread.run_sync(_clear, fresh_swtpm.tcti)
+    with pytest.raises(HostError, match="belongs to another TPM") as info, trio.fail_after(60):
+        await Tpm2Host.open(tmp_path / "tpmhost")
+    assert info.value.rc is not None
