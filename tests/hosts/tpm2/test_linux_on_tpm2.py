@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -245,3 +247,57 @@ def _other_ca_pem() -> bytes:
         .sign(key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_start_show_run_stop_without_a_password(fresh_swtpm: Swtpm, tmp_path: Path) -> None:
+    """``taonet host start`` (in the background, no password: the TPM unseals the keys),
+    ``host show`` of the running host (its PCRs), a program run on it, ``host stop``."""
+    directory = str(tmp_path / "host")
+
+    def taonet(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "taonet", *args, "--host", directory],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
+        return done.stdout
+
+    made = json.loads(
+        taonet(
+            "host",
+            "init",
+            "--root",
+            "--tpm2",
+            "--liberal",
+            "--tcti",
+            fresh_swtpm.tcti,
+            "-o",
+            "json",
+        )
+    )
+    script = tmp_path / "hello"
+    script.write_text("#!/bin/sh\necho hello from the TPM host\n")
+    script.chmod(0o755)
+    taonet("host", "start")
+    try:
+        shown = json.loads(taonet("host", "show", "-o", "json"))
+        assert shown["running"] is True
+        assert shown["name"] == made["name"]
+        assert shown["tpm2"]["host_state"] == made["host_state"]
+        done = subprocess.run(
+            [sys.executable, "-m", "taonet", "run", "--wait", "--host", directory, str(script)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "hello from the TPM host" in done.stdout
+        assert f"started {made['name']}.Program([" in done.stderr
+    finally:
+        taonet("host", "stop")
