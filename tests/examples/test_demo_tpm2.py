@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.tpm2_fixtures import tpm2_or_skip
 
 _SWTPM = re.compile(r"tpm: +swtpm:host=127\.0\.0\.1,port=\d+ \(pid (\d+)\)")
@@ -79,3 +81,24 @@ def test_an_interrupted_demo_stops_swtpm(tmp_path: Path) -> None:
     assert "== swtpm stopped" in rest
     assert _gone(pid)
     assert demo.returncode != 0
+
+
+def test_a_rerun_clears_only_a_directory_the_demo_marked(tmp_path: Path) -> None:
+    from taonet import ConfigError
+    from taonet_examples.simpleexample.tpm2 import MARKER, _fresh
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not a TPM demo directory"):
+        _fresh(mine)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    demo = tmp_path / "demo"
+    _fresh(demo)
+    assert (demo / MARKER).exists()
+    (demo / "swtpm").mkdir()
+    (demo / "swtpm" / "state").write_text("an earlier TPM")
+    (demo / "notes.txt").write_text("not the demo's")
+    _fresh(demo)
+    assert not (demo / "swtpm").exists()
+    assert (demo / "notes.txt").exists()
