@@ -45,13 +45,14 @@ async def request(
     *,
     quoted: dict[int, bytes] | None = None,
     certified: bool = True,
+    cert_signer_type: str = "tpm2",
 ) -> tuple[bytes, bytes]:
     """A program's certification request through a host on a TPM in state ``pcrs``."""
     now = time.time_ns()
     quote_key = QuoteKey()
     name = host_name(quote_key.der, pcrs)
     keyset = Keyset.generate()
-    cert = domain.certify_host(domain.unlock(PASSWORD), quote_key.der, signer_type="tpm2")
+    cert = domain.certify_host(domain.unlock(PASSWORD), quote_key.der, signer_type=cert_signer_type)
     delegation = quote_key.attest(
         name,
         auth.Speaksfor(auth.key_principal(keyset.signer.public_key_der()), name),
@@ -116,3 +117,12 @@ async def test_retracting_the_state_refuses_the_host(domain: Domain) -> None:
     att, key = await request(reloaded, TRUSTED)
     with pytest.raises(AuthorizationError, match="trusts no TPM host state"):
         ProgramCertifier(reloaded, signer).certify(att, key)
+
+
+async def test_a_quote_key_certified_as_a_soft_key_is_refused(domain: Domain) -> None:
+    """The policy key certified this key, but as a soft host's ("key"), not as a TPM's
+    quote key: the certificate does not vouch that the key is a restricted TPM key."""
+    certifier = ProgramCertifier(domain, domain.unlock(PASSWORD))
+    att, key = await request(domain, TRUSTED, cert_signer_type="key")
+    with pytest.raises(AuthenticationError):
+        certifier.certify(att, key)
