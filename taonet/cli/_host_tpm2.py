@@ -7,9 +7,11 @@ quote service, which holds the policy key: ``--quote-service HOST:PORT`` at init
 does it at once, as ``host init --root`` certifies a soft root host at once with the
 policy key's password; ``taonet host certify --quote-service HOST:PORT`` does it
 later (the quote service was not up yet, or the certificate is due), as ``host
-recertify`` does for a soft root host. The quote service, not the operator's
-password, is the certifier, because only it can check the TPM's endorsement key
-certificate and wrap the certificate so that only that TPM recovers it.
+recertify`` does for a soft root host; like it, on a stopped host (a running host
+attached the certificate it had when it started to its delegation). The quote
+service, not the operator's password, is the certifier, because only it can check
+the TPM's endorsement key certificate and wrap the certificate so that only that TPM
+recovers it.
 
 ``host show`` prints the name such a host reports, ``tpm2([...]).PCRs("nums",
 "hexvals")``, and its PCR values one per line, and the PCRs part, which is what
@@ -27,6 +29,7 @@ from typing import Any, Final
 
 from taonet import HostError, auth
 from taonet.cli._failures import UsageError
+from taonet.cli._host_start import refuse_if_running
 from taonet.cli._output import emit
 
 __all__ = ["certify_tpm2", "init_tpm2", "parse_pcr_list", "show_tpm2"]
@@ -124,6 +127,8 @@ def certify_tpm2(args: argparse.Namespace, directory: Path) -> int:
             "the policy key (taonet host recertify)"
         )
     address = _check_address(args.quote_service)
+    # The running host made its delegation with the certificate it had: stop it first.
+    refuse_if_running(directory)
     name = trio.run(LinuxHost.certify_tpm2, directory, address)
 
     def text() -> None:

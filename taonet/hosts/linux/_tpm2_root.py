@@ -103,6 +103,13 @@ async def open_tpm2_root(
     TPM host is closed again on any failure.
     """
     tpm = await open_tpm2_state(path)
+    if tpm.root_endorsement is None:
+        log.warning(
+            "tpm2_quote_key_uncertified",
+            name=str(tpm.name)[:200],
+            note="no domain accepts this host's attestations until the quote service "
+            "certifies its quote key: taonet host certify --quote-service HOST:PORT",
+        )
     try:
         core, counters = await open_stacked(path, tpm.tao(), clock)
     except BaseException:
