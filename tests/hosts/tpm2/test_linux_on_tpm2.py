@@ -299,5 +299,12 @@ def test_start_show_run_stop_without_a_password(fresh_swtpm: Swtpm, tmp_path: Pa
         assert done.returncode == 0, done.stderr
         assert "hello from the TPM host" in done.stdout
         assert f"started {made['name']}.Program([" in done.stderr
+        refused = subprocess.run(
+            [sys.executable, "-m", "taonet", "host", "certify", "--host", directory,
+             "--quote-service", "127.0.0.1:9"],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert refused.returncode != 0
+        assert "stop it first" in refused.stderr
     finally:
         taonet("host", "stop")
