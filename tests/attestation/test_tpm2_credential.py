@@ -80,6 +80,33 @@ def test_ek_chain_template_and_activate(
     assert got == secret
 
 
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_same_shape_as_the_tpms_own_make_credential(
+    swtpm: Any, tpm: Any, eks: Any, quote_key: tuple[bytes, bytes], kind: str
+) -> None:
+    """The TPM's own MakeCredential (the EK loaded as an external key) gives a blob and
+    secret of the same sizes as ours, and the TPM activates both."""
+    from tpm2_pytss.constants import ESYS_TR
+    from tpm2_pytss.types import TPM2B_PUBLIC, TPMT_PUBLIC
+
+    ek = tc.parse_public(eks[kind][1])
+    name = tc.parse_public(tc.tpmt_public_from_tpm2b(quote_key[1])).name
+    secret = os.urandom(32)
+    with tpm._esapi(swtpm.tcti) as ectx:
+        area, _ = TPMT_PUBLIC.unmarshal(ek.raw)
+        handle = ectx.load_external(TPM2B_PUBLIC(publicArea=area), None, ESYS_TR.NULL)
+        try:
+            blob, encrypted = ectx.make_credential(handle, secret, name)
+        finally:
+            ectx.flush_context(handle)
+    theirs = (bytes(blob.credential), bytes(encrypted.secret))
+    ours = tc.make_credential(ek, secret, name)
+    assert [len(x) for x in ours] == [len(x) for x in theirs]
+    for candidate in (ours, theirs):
+        got = tpm.activate_credential(swtpm.tcti, *quote_key, *candidate, ek_index=KINDS[kind])
+        assert got == secret
+
+
 def test_credential_for_another_ek_refused(
     swtpm: Any, tpm: Any, eks: Any, quote_key: tuple[bytes, bytes]
 ) -> None:
