@@ -97,6 +97,10 @@ class Tpm2Host:
     ) -> Path:
         """Make a new TPM host's state directory (blocking: run it in a thread from trio).
 
+        Nothing else may hold the TPM's connection meanwhile (swtpm serves one at a
+        time: close a running host on the same swtpm first, or use its
+        :meth:`run_blocking`). Returns the directory.
+
         ConfigError for a bad TCTI, PCR list or algorithm, or a directory that
         already holds a host; HostError (with the TPM's rc) if the TPM refuses.
         """
