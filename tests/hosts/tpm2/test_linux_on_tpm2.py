@@ -13,7 +13,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
@@ -32,6 +32,12 @@ if TYPE_CHECKING:
     from taonet.hosts.tpm2 import Swtpm
 
 PROGRAM_HASH = b"\x42" * 32
+
+
+def document(out: str) -> Any:
+    """The JSON document a command printed (log lines may come first in a session
+    whose logging an earlier test configured)."""
+    return json.loads(out[out.index("{\n") if not out.startswith("{") else 0 :])
 
 
 def soft_core(host: LinuxHost) -> SoftHost:
@@ -92,12 +98,12 @@ def test_cli_init_and_show(
         "--tcti", fresh_swtpm.tcti, "--pcrs", "0,7", "-o", "json",
     )  # fmt: skip
     assert code == 0, err
-    made = json.loads(out)
+    made = document(out)
     assert made["root_tao"] == "tpm2"
     assert made["certified"] is False
     code, out, err = taonet_main(capsys, "host", "show", "--host", directory, "-o", "json")
     assert code == 0, err
-    shown = json.loads(out)["tpm2"]
+    shown = document(out)["tpm2"]
     assert shown["name"] == made["name"]
     assert sorted(shown["pcrs"]) == ["0", "7"]
     pcrs = {int(n): bytes.fromhex(v) for n, v in shown["pcrs"].items()}
@@ -206,7 +212,7 @@ async def test_cli_certifies_through_the_quote_service(
                 )  # fmt: skip
                 assert made[0] == 0, made[2]
                 # The services' log lines share stdout here: the document is the rest.
-                assert json.loads(made[1][made[1].index("{\n") :])["certified"] is True
+                assert document(made[1])["certified"] is True
                 assert (tmp_path / "a" / "tpm2" / "quote_key_cert.der").exists()
                 made = await trio.to_thread.run_sync(
                     cli, "host", "init", "--root", "--tpm2", "--domain", str(other.path),
@@ -266,7 +272,7 @@ def test_start_show_run_stop_without_a_password(fresh_swtpm: Swtpm, tmp_path: Pa
         assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
         return done.stdout
 
-    made = json.loads(
+    made = document(
         taonet(
             "host",
             "init",
@@ -284,7 +290,7 @@ def test_start_show_run_stop_without_a_password(fresh_swtpm: Swtpm, tmp_path: Pa
     script.chmod(0o755)
     taonet("host", "start")
     try:
-        shown = json.loads(taonet("host", "show", "-o", "json"))
+        shown = document(taonet("host", "show", "-o", "json"))
         assert shown["running"] is True
         assert shown["name"] == made["name"]
         assert shown["tpm2"]["host_state"] == made["host_state"]
