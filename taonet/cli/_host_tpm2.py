@@ -148,6 +148,8 @@ def show_tpm2(
     from taonet.attestation.tpm2 import host_pcrs
     from taonet.hosts.linux import LinuxHost
 
+    lines.append("root tao:       tpm2 (its keys sealed by the TPM)")
+    document["root_tao"] = "tpm2"
     name = running_name
     if name is None:
         try:
