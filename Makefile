@@ -12,7 +12,7 @@ EXTRAS := dev
 TEST_EXTRAS := dev,tpm2-pinned
 TEST_STAMP := $(VENV)/.taonet-test-installed
 
-.PHONY: demo demo-hosted demo-upgrade test lint typecheck unit unit-all bench system-deps clean
+.PHONY: demo demo-hosted demo-upgrade demo-tpm2 test lint typecheck unit unit-all bench system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,17 @@ demo-hosted: $(STAMP)
 # directive (from version 1 itself, then from the secret server) and rotates it.
 demo-upgrade: $(STAMP)
 	$(BIN)/taonet demo --upgrade --dir .taonet-demo-upgrade
+
+# simpleexample on a Linux host whose root is a software TPM (swtpm) the demo starts,
+# with its quote key certified by the quote service. Needs the system packages
+# (system-deps: swtpm, swtpm-tools, libtss2-dev) and the tpm2 extra.
+TPM2_STAMP := $(VENV)/.taonet-tpm2-installed
+$(TPM2_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS),tpm2-pinned]'
+	touch $(TPM2_STAMP)
+
+demo-tpm2: system-deps $(TPM2_STAMP)
+	$(BIN)/taonet demo --tpm2 --dir .taonet-demo-tpm2
 
 # System packages the tests need: bubblewrap (sandboxed hosted programs) and a
 # system python3 (a process of another user cannot reach a venv in a private home).
@@ -93,4 +104,4 @@ bench: $(STAMP)
 	$(BIN)/python loadtests/host_bench.py
 
 clean:
-	rm -rf $(VENV) .venv-3.* .taonet-demo .taonet-demo-hosted .taonet-demo-upgrade build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-3.* .taonet-demo .taonet-demo-hosted .taonet-demo-upgrade .taonet-demo-tpm2 build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,4 +1,4 @@
-"""``taonet demo [--hosted | --upgrade]``: run simpleexample end to end.
+"""``taonet demo [--hosted | --upgrade | --tpm2]``: run simpleexample end to end.
 
 The first run in a directory initializes (domain, host, each program's key,
 attestation, certificate and sealed state); later runs show the operation phase
@@ -11,7 +11,11 @@ one process on a soft Tao host (``taonet_examples.simpleexample.demo``); with
 that keeps its data (``taonet_examples.simpleexample.upgrade``): version 1 of a
 program keeps a record under a content key; version 2, another name, gets the key by
 a disclosure directive of the policy key, from version 1 over a Tao channel and from
-the secret server, then rotates it; version 1 cannot read the new epoch.
+the secret server, then rotates it; version 1 cannot read the new epoch. With
+``--tpm2`` the hosted demo runs on a Linux host whose root is a software TPM started
+for it (``taonet_examples.simpleexample.tpm2``): swtpm, the quote service, the domain
+trusting the TPM's manufacturer CA and the host's PCR values; swtpm is stopped at the
+end, on an error or Ctrl-C too.
 """
 
 from __future__ import annotations
@@ -50,6 +54,13 @@ def register(sub: Any) -> None:
         "key by a disclosure directive (from version 1 and from the secret server), then "
         "rotates it (default directory: .taonet-demo-upgrade)",
     )
+    mode.add_argument(
+        "--tpm2",
+        action="store_true",
+        help="run the hosted demo on a Linux host whose root is a software TPM (swtpm) "
+        "started for the demo, its quote key certified by the quote service; each run "
+        "starts afresh (default directory: .taonet-demo-tpm2; needs the tpm2 extra)",
+    )
     p.set_defaults(func=_demo)
 
 
@@ -64,6 +75,8 @@ def _demo(args: argparse.Namespace) -> int:
     default = ".taonet-demo-hosted" if args.hosted else ".taonet-demo"
     if args.upgrade:
         default = ".taonet-demo-upgrade"
+    if args.tpm2:
+        default = ".taonet-demo-tpm2"
     directory: Path = args.dir or Path(default)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -71,7 +84,11 @@ def _demo(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"cannot use {directory} as the demo directory: {exc.strerror or exc}"
         ) from None
-    if args.hosted:
+    if args.tpm2:
+        from taonet_examples.simpleexample.tpm2 import run_tpm2_demo
+
+        trio.run(run_tpm2_demo, directory)
+    elif args.hosted:
         from taonet_examples.simpleexample.hosted import run_hosted_demo
 
         trio.run(run_hosted_demo, directory)

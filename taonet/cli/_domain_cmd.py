@@ -30,6 +30,7 @@ from taonet.domain import (
     Domain,
     DomainTemplate,
     audit_behind,
+    host_state_rule,
     measure_file,
     program_subprin,
     sign_domain_crl,
@@ -118,6 +119,7 @@ def register(sub: Any) -> None:
         default=[],
         help="remove a rule, as --show prints it (repeatable)",
     )
+    _add_host_options(pol)
     pol.add_argument("--show", action="store_true", help="print the rules")
     pol.add_argument(
         "--resign",
@@ -306,9 +308,50 @@ def _program_rule(
     return program_rule_on(host, path, entry=entry if path.is_dir() else None)
 
 
+def _add_host_options(parser: Any) -> None:
+    """``--add-host`` and ``--remove-host``: the TPM host states the domain trusts."""
+    parser.add_argument(
+        "--add-host",
+        metavar="SPEC",
+        action="append",
+        default=[],
+        help="trust a TPM host state: the name taonet host show prints for a TPM host, "
+        'tpm2([...]).PCRs("nums", "hexvals"), or its PCRs("nums", "hexvals") part; the rule '
+        'Authorized(ext.PCRs(...), "Host") trusts those PCR values on any TPM the domain '
+        "certified (repeatable)",
+    )
+    parser.add_argument(
+        "--remove-host",
+        metavar="SPEC",
+        action="append",
+        default=[],
+        help="stop trusting a TPM host state given as for --add-host (repeatable)",
+    )
+
+
+def _changed_hosts(args: argparse.Namespace, guard: ACLGuard) -> ACLGuard:
+    """``--add-host`` and ``--remove-host`` applied to ``guard``."""
+    for option, specs in (("--add-host", args.add_host), ("--remove-host", args.remove_host)):
+        for spec in specs:
+            try:
+                rule = host_state_rule(spec)
+            except ConfigError as exc:
+                raise UsageError(f"{option}: {exc}") from None
+            if option == "--add-host":
+                if rule in guard.rules:
+                    raise UsageError(f"{option}: the domain already trusts this state ({rule})")
+                guard = guard.with_rule(rule)
+            else:
+                if rule not in guard.rules:
+                    raise NotFoundError(f"{option}: the domain does not trust this state ({rule})")
+                guard = guard.without_rule(rule)
+    return guard
+
+
 def _changed_guard(args: argparse.Namespace, domain: Domain, guard: ACLGuard) -> ACLGuard:
     """The guard with every change the command asks for; refuses duplicates and rules
     of a shape the guard never matches, and removals of rules it does not hold."""
+    guard = _changed_hosts(args, guard)
     host = _host_config(domain) if args.add_program or args.remove_program else None
     for path in args.add_program:
         rule = _program_rule(host, path, "--add-program", args.entry)
@@ -342,12 +385,14 @@ def _changed_guard(args: argparse.Namespace, domain: Domain, guard: ACLGuard) ->
 
 def _policy(args: argparse.Namespace) -> int:
     changes = bool(args.add_program or args.allow or args.retract or args.remove_program)
+    changes = changes or bool(args.add_host or args.remove_host)
     report: dict[str, Any] = {"domain": str(args.domain)}
     lines: list[str] = []
     if args.resign:
         if changes:
             raise UsageError(
-                "--resign takes no --add-program, --remove-program, --allow or --retract"
+                "--resign takes no --add-program, --remove-program, --allow, --retract, "
+                "--add-host or --remove-host"
             )
         password = get_password(args.password_file, prompt="Policy key password")
         domain, differences = Domain.resign(domain_dir(args), password)

@@ -1,4 +1,4 @@
-"""``taonet host init|start|stop|show|recertify`` and ``taonet run|list|stop|kill``: Linux hosts.
+"""``taonet host init|start|stop|show|certify|recertify``, ``taonet run|list|stop|kill``.
 
 The host directory is ``--host DIR``, else ``$TAO_HOST``, else ``linux_tao_host`` in
 the domain (``--domain DIR`` or ``$TAO_DOMAIN``). A root host is started with its
@@ -93,6 +93,7 @@ def register(sub: Any) -> None:
         help="a host run by a parent Tao, its keys sealed by the parent",
     )
     add_host_option(init)
+    _add_tpm2_options(init)
     init.add_argument(
         "--liberal",
         action="store_true",
@@ -148,6 +149,16 @@ def register(sub: Any) -> None:
     stop = cmds.add_parser("stop", help="stop the host and its programs")
     add_host_option(stop)
     stop.set_defaults(func=_stop)
+
+    certify = cmds.add_parser(
+        "certify",
+        help="have the domain's quote service certify a root host's TPM quote key "
+        "(a host made with --tpm2 and no --quote-service, or whose certificate is due)",
+    )
+    add_host_option(certify)
+    certify.add_argument("--quote-service", metavar="HOST:PORT", required=True)
+    add_output_option(certify)
+    certify.set_defaults(func=_certify)
 
     show = cmds.add_parser("show", help="show the host's configuration and state")
     add_host_option(show)
@@ -240,6 +251,11 @@ def _init(args: argparse.Namespace) -> int:
     from taonet.domain import Domain
     from taonet.hosts.linux import LinuxHost, default_interpreters
 
+    if args.tpm2:
+        return _init_tpm2(args)
+    if args.tcti is not None or args.pcrs is not None or args.quote_service is not None:
+        raise UsageError("--tcti, --pcrs and --quote-service are for a root host on a TPM (--tpm2)")
+
     directory = host_dir(args)
     domain = str(Path(args.domain).resolve()) if args.domain is not None else None
     config = LinuxHostConfig(
@@ -299,6 +315,8 @@ def _start(args: argparse.Namespace) -> int:
     # The child starts in / (not the caller's directory), so it needs absolute paths.
     directory = directory.resolve()
     refuse_if_running(directory)
+    if config.root_tao == "tpm2":
+        return start_background(directory, b"")  # its keys are sealed by the TPM
     password = get_password(args.password_file, prompt="Host password")
     return start_background(directory, password)
 
@@ -416,8 +434,60 @@ def _show(args: argparse.Namespace) -> int:
         lines.append(f"state:          running as {name}")
         lines.append(f"programs:       {len(programs)}")
         document.update(running=True, name=str(name), programs=len(programs))
+    if config.root_tao == "tpm2":
+        from taonet.cli._host_tpm2 import show_tpm2
+
+        show_tpm2(directory, None if found is None else found[0], lines, document)
     emit(args, document, lambda: print("\n".join(lines)))
     return 0
+
+
+def _add_tpm2_options(init: Any) -> None:
+    init.add_argument(
+        "--tpm2",
+        action="store_true",
+        help="with --root: the host's root is a TPM 2.0 (its keys sealed by the TPM, its "
+        "name tpm2([quote key]).PCRs(...)); needs the tpm2 extra",
+    )
+    init.add_argument(
+        "--tcti",
+        metavar="STRING",
+        help="with --tpm2: the TPM to use, swtpm:host=H,port=N or device:/dev/tpmrm0 "
+        "(default: $TAO_TCTI, else device:/dev/tpmrm0)",
+    )
+    init.add_argument(
+        "--pcrs",
+        metavar="LIST",
+        help="with --tpm2: the PCRs of the SHA-256 bank the host is named by and seals to, "
+        "comma-separated (default 0,1,2,3,4,7)",
+    )
+    init.add_argument(
+        "--quote-service",
+        metavar="HOST:PORT",
+        help="with --tpm2: have the domain's quote service certify the quote key now "
+        "(else later: taonet host certify)",
+    )
+
+
+def _init_tpm2(args: argparse.Namespace) -> int:
+    """``host init --root --tpm2``: see :mod:`taonet.cli._host_tpm2`."""
+    from taonet.cli._host_tpm2 import init_tpm2
+
+    if args.kind != "root":
+        raise UsageError("--tpm2 makes a root host: give --root")
+    if args.policy_password_file is not None or args.password_file is not None:
+        raise UsageError(
+            "a root host on a TPM has no password and is certified by the quote service "
+            "(--quote-service), not with the policy key's password"
+        )
+    return init_tpm2(args, host_dir(args))
+
+
+def _certify(args: argparse.Namespace) -> int:
+    """``host certify``: see :mod:`taonet.cli._host_tpm2`."""
+    from taonet.cli._host_tpm2 import certify_tpm2
+
+    return certify_tpm2(args, existing_host_dir(args))
 
 
 def _recertify(args: argparse.Namespace) -> int:
@@ -425,6 +495,11 @@ def _recertify(args: argparse.Namespace) -> int:
     from taonet.cli._host_recertify import recertify_host
 
     directory = host_dir(args)
+    if (directory / "host.toml").exists() and LinuxHostConfig.load(directory).root_tao == "tpm2":
+        raise UsageError(
+            "a root host on a TPM is certified by the quote service: "
+            "taonet host certify --quote-service HOST:PORT"
+        )
     name, cert = recertify_host(
         directory,
         args.domain,

@@ -115,9 +115,8 @@ def start_foreground(args: argparse.Namespace, directory: Path, config: LinuxHos
     report_fd: int | None = args.ready_fd
     _claim_ready_fd(report_fd)
     refuse_if_running(directory)
-    password = (
-        get_password(args.password_file, prompt="Host password") if config.kind == "root" else None
-    )
+    soft_root = config.kind == "root" and config.root_tao == "soft"
+    password = get_password(args.password_file, prompt="Host password") if soft_root else None
     # LinuxHost.run holds the directory's host.lock: of two starts that both got
     # past the probe above, only one serves.
     # The host logs linux_host_stopped itself; linux_host_stopping said why.
@@ -142,6 +141,7 @@ def _run_host(
 
     async def main() -> None:
         if config.kind == "root":
+            # A root host on a TPM opens its TPM host itself, and needs no password.
             host = await LinuxHost.open(directory, password=password)
             await _serve(host)
         else:

@@ -11,6 +11,9 @@
 * :func:`sign_domain_crl` signs the domain's CRL, numbered past every earlier one and
   listing every serial it ever revoked (``policy_keys/crl_state``);
   :func:`audit_behind` says what an audit log restored from a backup lacks.
+* :func:`host_state_rule`, :func:`check_host_state`, :func:`trusted_host_states`: the
+  TPM host states (PCR values) the domain trusts, as ``Authorized(ext.PCRs(...), "Host")``
+  rules of its ACL guard.
 * :func:`measure_file`, :func:`program_subprin`, :func:`policy_key_subprin` name programs.
 """
 
@@ -26,6 +29,13 @@ from taonet.domain._guard import (
     LiberalGuard,
     authorized,
 )
+from taonet.domain._hosts import (
+    HOST_OP,
+    TrustedHostState,
+    check_host_state,
+    host_state_rule,
+    trusted_host_states,
+)
 from taonet.domain._programs import measure_file, policy_key_subprin, program_subprin
 from taonet.domain._revocations import (
     CRL_FILE,
@@ -39,6 +49,7 @@ __all__ = [
     "CRL_FILE",
     "CRL_STATE_FILE",
     "GUARD_KINDS",
+    "HOST_OP",
     "ACLGuard",
     "ConservativeGuard",
     "Domain",
@@ -48,10 +59,14 @@ __all__ = [
     "LiberalGuard",
     "ProgramCertifier",
     "RevocationRecord",
+    "TrustedHostState",
     "audit_behind",
     "authorized",
+    "check_host_state",
+    "host_state_rule",
     "measure_file",
     "policy_key_subprin",
     "program_subprin",
     "sign_domain_crl",
+    "trusted_host_states",
 ]

@@ -11,9 +11,13 @@ all of this holds, checked in this order:
    delegating to a key, not speaking for someone else);
 3. ``K'`` is the key presented: a valid attestation replayed with another key is
    refused, so nobody but the key's holder gets a certificate for it;
-4. the guard authorizes ``P`` to "Execute".
+4. for a chain rooted in a TPM 2.0 host (``tpm2([h]).PCRs(...)``, its quote key
+   certified by the policy key in step 1), the guard trusts the host's state:
+   ``Authorized(tpm2([h]).PCRs(...), "Host")`` (see :mod:`taonet.domain._hosts`; a
+   refusal names the PCRs that differ from the closest trusted state);
+5. the guard authorizes ``P`` to "Execute".
 
-Failures raise AuthenticationError (1-3) or AuthorizationError (4) saying what
+Failures raise AuthenticationError (1-3) or AuthorizationError (4-5) saying what
 failed; nothing is signed. The certificate never outlives the attestation.
 Pure: no I/O; the service adds the network and the audit log.
 """
@@ -29,6 +33,7 @@ from taonet.attestation import Attestation, Proven, validate
 from taonet.certs import ProgramCertificate, issue_program_certificate
 from taonet.crypto import Signer, Verifier
 from taonet.domain._domain import Domain
+from taonet.domain._hosts import check_host_state
 
 __all__ = ["ProgramCertifier"]
 
@@ -46,7 +51,7 @@ class ProgramCertifier:
         self._clock = clock
 
     def check(self, attestation: Attestation | bytes, program_key_der: bytes) -> Proven:
-        """Steps 1-4 of the module docstring; returns what the attestation proves."""
+        """Steps 1-5 of the module docstring; returns what the attestation proves."""
         now = self._clock()
         proven = validate(attestation, now_ns=now, policy_cert=self._domain.policy_anchor)
         message = proven.message
@@ -68,6 +73,9 @@ class ProgramCertifier:
                 f"the attestation delegates to {message.delegate}, "
                 f"not to the presented key {presented}"
             )
+        check_host_state(
+            self._domain.guard, proven.speaker, root_signer_type=proven.root_signer_type
+        )
         self._domain.guard.check(proven.speaker, "Execute")
         return proven
 

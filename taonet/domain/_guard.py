@@ -9,13 +9,19 @@ the original CloudProxy, each named by the sub-principal a host extends its name
 * :class:`ACLGuard` (``ACLGuard([sha256 of the serialized rule set])``): a set of auth
   formulas. A query holds when it is one of the rules, or when a rule of the same
   predicate has a principal *tail* in the first argument (``ext.Program([h])``) and the
-  query's principal is a root key principal whose extensions begin with that tail.
+  query's principal is a root key principal whose extensions begin with that tail
+  (for a TPM 2.0 host, ``tpm2([h]).PCRs(...)``, the extensions after its ``PCRs``
+  extension, which is part of the host's name, or the PCRs extension itself).
   The tail form is what ``taonet domain policy --add-program`` writes: it authorizes
   the program ``Program([h])`` on any host the domain otherwise trusts (the domain
   service only accepts hosts the policy key certified), together with the names the
   program derives from its own (``...Program([h]).PolicyKey([k])``). Extensions
   cannot be prepended by anyone but the hosts in the chain, so a program cannot pass
   itself off as another by extending its own name.
+* Trusted TPM host states are ACL rules too: ``Authorized(ext.PCRs("nums",
+  "hexvals"), "Host")`` (``taonet domain policy --add-host``) trusts that PCR state on
+  any TPM the domain certified, ``Authorized(tpm2([h]).PCRs(...), "Host")`` on one
+  TPM; see :mod:`taonet.domain._hosts`.
 
 ACL rule sets are stored as the original's ``SignedACLSet``: the serialized
 ``ACLSet{entries: canonical rule text}`` signed by the policy key under the context
@@ -112,7 +118,17 @@ def _tail_matches(rule: auth.Form, form: auth.Form) -> bool:
     if rule.args[1:] != form.args[1:] or not tail.ext.exts:
         return False
     n = len(tail.ext.exts)
-    return prin.ext.exts[:n] == tail.ext.exts
+    if prin.ext.exts[:n] == tail.ext.exts:
+        return True
+    # A TPM 2.0 host is named tpm2([h]).PCRs(...): its PCRs extension is part of the
+    # host's name (its state, which "Host" rules decide), so a program's tail follows it.
+    exts = prin.ext.exts
+    return (
+        prin.type == "tpm2"
+        and bool(exts)
+        and exts[0].name == "PCRs"
+        and exts[1 : n + 1] == tail.ext.exts
+    )
 
 
 class ACLGuard(Guard):

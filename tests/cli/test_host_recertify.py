@@ -96,7 +96,7 @@ def make_domain(path: Path, *programs: Path, name: str = "recertify") -> Domain:
 @pytest.fixture
 def setup(tmp_path: Path) -> Setup:
     """The hosted demo's directory, its host certified in the first profile."""
-    base, server, client, taonet_command = hosted._paths(tmp_path / "demo")
+    base, server, client, taonet_command = hosted.demo_programs(tmp_path / "demo")
     pw = base / "demo-password"
     pw.write_bytes(PASSWORD + b"\n")
     domain_dir, host_dir = base / "domain", base / "host"
@@ -268,7 +268,7 @@ async def test_another_domain_put_in_the_hosts_domain_directory_is_refused(
 ) -> None:
     """Whoever can write the domain directory puts a domain of their own there (its
     programs and password copied): its policy key is not the one host.toml pins."""
-    _, server, client, taonet_command = hosted._paths(setup.base)
+    _, server, client, taonet_command = hosted.demo_programs(setup.base)
     setup.domain_dir.rename(tmp_path / "real-domain")
     make_domain(setup.domain_dir, server, client, taonet_command, name="impostor")
     before = snapshot(setup.base)
@@ -280,7 +280,7 @@ async def test_another_domain_put_in_the_hosts_domain_directory_is_refused(
 
 
 async def test_another_domain_on_the_command_line_is_refused(setup: Setup, tmp_path: Path) -> None:
-    _, server, client, taonet_command = hosted._paths(setup.base)
+    _, server, client, taonet_command = hosted.demo_programs(setup.base)
     other = tmp_path / "other-domain"
     make_domain(other, server, client, taonet_command, name="other")
     before = snapshot(setup.base)
@@ -293,7 +293,7 @@ async def test_another_domain_on_the_command_line_is_refused(setup: Setup, tmp_p
 
 def _point_at_other_domain(s: Setup, tmp_path: Path, *, move: bool) -> None:
     """Edit host.toml to pin another domain's key (and, with ``move``, name it too)."""
-    _, server, client, taonet_command = hosted._paths(s.base)
+    _, server, client, taonet_command = hosted.demo_programs(s.base)
     other = make_domain(tmp_path / "other-domain", server, client, taonet_command, name="other")
     key = other.policy_principal.key_hash
     assert isinstance(key, auth.Bytes)

@@ -49,11 +49,12 @@ from taonet_examples.simpleexample.demo import (
     rotate_as_operator,
 )
 
-__all__ = ["run_hosted_demo"]
+__all__ = ["demo_programs", "run_hosted_demo", "run_programs"]
 
 _LISTENING = re.compile(rb"listening on ([0-9.]+):(\d+)")
 _SERVING = re.compile(rb"serving Tao channels on ([0-9.]+):(\d+)")
-_SECRET_SERVER = re.compile(rb"secret server listening on ([0-9.]+):(\d+) as (\S+)")
+# The principal runs to the end of the line: a TPM host's name holds a space (PCRs("..", "..")).
+_SECRET_SERVER = re.compile(rb"secret server listening on ([0-9.]+):(\d+) as ([^\r\n]+)")
 _SECRET = re.compile(rb"received the secret ([0-9a-f]+)")
 #: Bound on each step of the demo (a stuck program fails the demo, not hangs it).
 STEP_TIMEOUT = 60.0
@@ -89,7 +90,7 @@ def _taonet_command() -> Path:
 _MAX_SOURCE = 1 << 20
 
 
-def _paths(base: Path) -> tuple[Path, Path, Path, Path]:
+def demo_programs(base: Path) -> tuple[Path, Path, Path, Path]:
     """The demo directory (created if needed) and the three programs, as absolute paths.
 
     The host runs a program by its path (its ``#!`` line names the interpreter) and
@@ -146,9 +147,9 @@ async def run_hosted_demo(
     base: Path, *, say: Callable[[str], None] = print, kdf: KdfParams | None = None
 ) -> bytes:
     """Run the hosted demo in ``base`` (created if needed); returns the secret the client got."""
-    base, server_path, client_path, taonet_path = _paths(base)
+    base, server_path, client_path, taonet_path = demo_programs(base)
     password_file = base / "demo-password"
-    domain_dir, host_dir, state = base / "domain", base / "host", base / "programs"
+    domain_dir, host_dir = base / "domain", base / "host"
     signer: Signer | None = None
     if not password_file.exists():
         say(f"== Setting up a domain and a root Linux host in {base}")
@@ -188,9 +189,36 @@ async def run_hosted_demo(
         )
     password = password_file.read_bytes().strip()
     policy_key = PolicyKey(Domain.load(domain_dir), password, signer)
-    state.mkdir(exist_ok=True)
     host = await LinuxHost.open(host_dir, password=password)
     say(f"== Linux host {host.name} (root, certified by the policy key)")
+    return await run_programs(
+        host,
+        base,
+        domain_dir=domain_dir,
+        password_file=password_file,
+        policy_key=policy_key,
+        programs=(server_path, client_path, taonet_path),
+        say=say,
+    )
+
+
+async def run_programs(
+    host: LinuxHost,
+    base: Path,
+    *,
+    domain_dir: Path,
+    password_file: Path,
+    policy_key: PolicyKey,
+    programs: tuple[Path, Path, Path],
+    say: Callable[[str], None] = print,
+) -> bytes:
+    """Run the domain service, the secret server, simpleserver and simpleclient on
+    ``host`` (opened, not yet running), rotate the secret, and stop the host; returns
+    the secret the client got. ``programs``: simpleserver, simpleclient and the
+    ``taonet`` command, as :func:`demo_programs` gives them."""
+    server_path, client_path, taonet_path = programs
+    state = base / "programs"
+    state.mkdir(exist_ok=True)
     for label, path in (
         ("domain service", taonet_path),
         ("secret server", taonet_path),

@@ -6,7 +6,10 @@ A host directory holds::
     domain_serial    the highest serial of the domain's signed configuration accepted
     keys             root host: its soft keyset, password-protected (mode 0600)
     host_cert.der    root host: the domain's certificate for its key
-    keys.sealed      stacked host: its keyset, sealed by its parent Tao
+    keys.sealed      stacked host (and a root host on a TPM): its keyset, sealed by
+                     its parent Tao (the TPM host)
+    tpm2/            root host on a TPM (``root_tao = "tpm2"``): the TPM 2.0 host's
+                     state (quote key blobs, PCR list, tcti, quote-key certificate)
     counters.sealed  the hosted programs' monotonic counters (sealed)
     program_id       the last program id handed out (with program_ids on)
     programs/        private copies of running programs (files and directories)
@@ -76,8 +79,10 @@ __all__ = [
     "LOG_FILE",
     "PROGRAMS_DIR",
     "PROGRAM_ID_FILE",
+    "ROOT_TAOS",
     "SANDBOXES",
     "SEALED_KEYS_FILE",
+    "TPM2_DIR",
     "LinuxHostConfig",
     "default_host_dir",
 ]
@@ -95,6 +100,10 @@ LOG_FILE: Final = "host.log"
 LOCK_FILE: Final = "host.lock"
 DEFAULT_HOST_DIR: Final = "linux_tao_host"
 HOST_KINDS: Final = ("root", "stacked")
+#: What a root host's keys rest on: a password-protected soft keyset, or a TPM 2.0.
+ROOT_TAOS: Final = ("soft", "tpm2")
+#: The TPM 2.0 host's state directory inside a root host on a TPM.
+TPM2_DIR: Final = "tpm2"
 SANDBOXES: Final = ("none", "bwrap")
 GUARDS: Final = ("domain", "Liberal")
 _MAX_FILE: Final = 64 * 1024
@@ -206,6 +215,10 @@ class LinuxHostConfig:
 
     #: "root" (soft keys, certified by the domain) or "stacked" (keys sealed by a parent).
     kind: str = attrs.field(validator=_one_of(HOST_KINDS))
+    #: For a root host: "soft" (its keyset in ``keys``, under a password) or "tpm2" (it
+    #: runs stacked on a TPM 2.0 host it opens in-process, from ``tpm2/``: its keyset
+    #: sealed by the TPM, its counter table protected by the TPM's NV counters).
+    root_tao: str = attrs.field(default="soft", validator=_one_of(ROOT_TAOS))
     #: The domain directory (absolute) whose guard decides what may execute.
     domain: str | None = None
     #: The hex hash of the domain's policy key, ``key([HASH])``: the host trusts that
@@ -249,6 +262,8 @@ class LinuxHostConfig:
         for path in self.sandbox_paths:
             if not isinstance(path, str) or not path.startswith("/"):
                 raise ConfigError(f"sandbox_paths must be absolute paths, got {path!r}")
+        if self.root_tao != "soft" and self.kind != "root":
+            raise ConfigError(f'root_tao = "{self.root_tao}" is for a root host only')
         if self.guard == "domain" and self.domain is None:
             raise ConfigError(
                 "a host needs a domain (whose guard decides what may execute), "
@@ -317,6 +332,8 @@ class LinuxHostConfig:
 
     def to_toml(self) -> bytes:
         lines = ["[host]", f'kind = "{self.kind}"']
+        if self.root_tao != "soft":
+            lines.append(f'root_tao = "{self.root_tao}"')
         if self.domain is not None:
             lines.append(f"domain = {_toml_str(self.domain)}")
         if self.policy_key is not None:
@@ -362,6 +379,7 @@ class LinuxHostConfig:
         extra = {name: _other_table(doc, name, source) for name in _OTHER_TABLES if name in doc}
         types: dict[str, tuple[type, ...]] = {
             "kind": (str,),
+            "root_tao": (str,),
             "domain": (str,),
             "policy_key": (str,),
             "guard": (str,),

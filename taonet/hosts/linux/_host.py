@@ -4,8 +4,11 @@ A :class:`LinuxHost` is either
 
 * **root**: its keys are a soft keyset in its directory (password-protected), its
   name is ``key([hash])`` and the domain's policy key certifies that key, or
-* **stacked**: it runs as a hosted program of a parent Tao (another Linux host, or
-  later a TPM host). Its keyset is sealed by the parent (so only the same host binary
+* **root on a TPM 2.0** (``root_tao = "tpm2"``): it opens a TPM 2.0 host in this
+  process and runs stacked on it (see :mod:`taonet.hosts.linux._tpm2_root`): its
+  name is the TPM host's ``tpm2([...]).PCRs(...)``, or
+* **stacked**: it runs as a hosted program of a parent Tao (another Linux host).
+  Its keyset is sealed by the parent (so only the same host binary
   on the same parent can open it), its name is the name the parent gave it, and the
   parent attests ``key(host key) speaksfor <its name>``: that delegation rides in
   every attestation the host makes, so its children's attestations chain to the root.
@@ -89,7 +92,7 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import trio
 
@@ -142,6 +145,12 @@ from taonet.hosts.linux._process import (
 )
 from taonet.hosts.linux._select import ID_DIGITS, SHORT_ID, program_file, select_programs
 from taonet.hosts.linux._stacked import open_stacked
+from taonet.hosts.linux._tpm2_root import (
+    certify_tpm2_root,
+    create_tpm2_root,
+    open_tpm2_root,
+    open_tpm2_state,
+)
 
 __all__ = [
     "DEFAULT_PASS_ENVIRONMENT",
@@ -315,6 +324,8 @@ class LinuxHost:
         # The interpreters offered, as checked (None: no [interpreters] table).
         self._interpreters: dict[str, Interpreter] | None = None
         self._interpreters_checked = False
+        # A root host on a TPM: the TPM 2.0 host it opened, closed with this host.
+        self._tpm: Any = None
 
     # -- creation ---------------------------------------------------------------------
 
@@ -341,6 +352,8 @@ class LinuxHost:
         path.mkdir(parents=True, exist_ok=True, mode=0o711)
         _check_private_directory(path)
         name: auth.Prin | None = None
+        if config.root_tao == "tpm2":
+            raise ConfigError("a root host on a TPM is made by LinuxHost.init_tpm2")
         if config.kind == "root":
             if password is None:
                 raise ConfigError("a root host needs a password to protect its keys")
@@ -354,6 +367,55 @@ class LinuxHost:
             config.record_domain_serial(path, domain)  # refuse older configurations from now
         atomic_write(path / CONFIG_FILE, config.to_toml(), mode=0o644)
         return name
+
+    @staticmethod
+    async def init_tpm2(
+        directory: str | Path,
+        config: LinuxHostConfig,
+        *,
+        tcti: str,
+        pcrs: Sequence[int] | None = None,
+    ) -> auth.Prin:
+        """Create a root host directory on a TPM 2.0 (``config.root_tao`` is "tpm2").
+
+        The TPM host's state is made in ``tpm2/`` (its quote key, by the TPM at
+        ``tcti``, over ``pcrs``, default the TPM host's default list); ``host.toml`` is
+        written last. Returns the name, ``tpm2([...]).PCRs(...)`` with the PCR values
+        now. The quote key is certified separately, by the domain's quote service
+        (:func:`taonet.hosts.linux._tpm2_root.certify_tpm2_root`).
+        """
+        path = Path(directory)
+        if config.kind != "root" or config.root_tao != "tpm2":
+            raise ConfigError('init_tpm2 makes a root host with root_tao = "tpm2"')
+        if await trio.Path(path / CONFIG_FILE).exists():
+            raise ConfigError(f"{path} already holds a Linux host")
+        config, domain = await trio.to_thread.run_sync(config.pin_domain)
+        await trio.Path(path).mkdir(parents=True, exist_ok=True, mode=0o711)
+        await trio.to_thread.run_sync(_check_private_directory, path)
+        name = await create_tpm2_root(path, tcti=tcti, pcrs=pcrs)
+
+        def finish() -> None:
+            if domain is not None:
+                config.record_domain_serial(path, domain)
+            atomic_write(path / CONFIG_FILE, config.to_toml(), mode=0o644)
+
+        await trio.to_thread.run_sync(finish)
+        return name
+
+    @staticmethod
+    async def certify_tpm2(directory: str | Path, quote_service: str) -> auth.Prin:
+        """Have the quote service at ``quote_service`` (``HOST:PORT``) certify the quote
+        key of the root host on a TPM in ``directory`` (stopped); returns its name."""
+        return await certify_tpm2_root(Path(directory), quote_service)
+
+    @staticmethod
+    async def tpm2_name(directory: str | Path) -> auth.Prin:
+        """The name the TPM host of a stopped root host on a TPM reports now,
+        ``tpm2([...]).PCRs(...)`` with the PCR values the TPM holds (it is opened for
+        the moment of the call)."""
+        async with await open_tpm2_state(Path(directory)) as tpm:
+            name: auth.Prin = tpm.name
+            return name
 
     @classmethod
     async def open(
@@ -382,7 +444,10 @@ class LinuxHost:
         if config.guard == "domain":
             # Refuse to start for a domain that is not the pinned one or not as signed.
             await trio.to_thread.run_sync(config.load_domain)
-        if config.kind == "root":
+        tpm = None
+        if config.root_tao == "tpm2":
+            tpm, core, counters = await open_tpm2_root(path, clock)
+        elif config.kind == "root":
             if password is None:
                 raise ConfigError("a root host needs its password")
             core = await trio.to_thread.run_sync(
@@ -405,7 +470,12 @@ class LinuxHost:
             request_bytes_per_uid=request_bytes_per_uid,
             max_other_programs=max_other_programs,
         )
-        await trio.to_thread.run_sync(host._check_interpreters)
+        host._tpm = tpm
+        try:
+            await trio.to_thread.run_sync(host._check_interpreters)
+        except BaseException:
+            await host.aclose()
+            raise
         log.info(
             "linux_host_opened",
             kind=config.kind,
@@ -529,6 +599,15 @@ class LinuxHost:
             self._finished.set()
             os.close(lock)
             log.info("linux_host_stopped", name=str(self.name))
+            with trio.CancelScope(shield=True):
+                await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the TPM host a root host on a TPM opened (nothing for other hosts);
+        :meth:`run` does it as it ends."""
+        tpm, self._tpm = self._tpm, None
+        if tpm is not None:
+            await tpm.aclose()
 
     async def start_program(self, request: StartRequest, caller: Caller) -> ProgramInfo:
         """Measure, check and start a program (see the module docstring)."""
