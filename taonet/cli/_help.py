@@ -91,6 +91,7 @@ EXAMPLES: Final[dict[tuple[str, ...], tuple[str, ...]]] = {
         "taonet host show --domain ./domain -o json | jq .state",
     ),
     ("host", "recertify"): ("taonet host recertify --domain ./domain",),
+    ("host", "certify"): ("taonet host certify --domain ./domain --quote-service 127.0.0.1:8125",),
     ("run",): (
         "taonet run --domain ./domain ./server.py --port 8123",
         "taonet run --wait ./client.py",

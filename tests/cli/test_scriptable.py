@@ -338,7 +338,8 @@ def test_bash_completion_in_a_real_bash(bash_completion: Path) -> None:
     ]  # fmt: skip
     assert complete(bash_completion, "domain", "po") == ["policy"]
     assert complete(bash_completion, "domain", "policy", "--re") == [
-        "--remove-program", "--retract", "--remove-rule", "--resign", "--remove-manufacturer-ca",
+        "--remove-program", "--retract", "--remove-rule", "--remove-host", "--resign",
+        "--remove-manufacturer-ca",
     ]  # fmt: skip
     assert complete(bash_completion, "domain", "init", "--guard", "") == [
         "ACL", "Liberal", "Conservative",
