@@ -16,8 +16,12 @@ bytes); its extraData is the expected qualifying data (constant-time compare); i
 PCR selection is exactly the expected PCR numbers and its pcrDigest the SHA-256 of
 the expected values in ascending order; and the signature verifies under the quote
 key: ECDSA with SHA-256 for a P-256 key, RSASSA-PKCS1-v1_5 with SHA-256 (the whole
-padding checked by ``cryptography``) for an RSA key of 2048 to 4096 bits. A signature
-algorithm that does not fit the key is refused; so is any other key type.
+padding checked by ``cryptography``) for an RSA key of 2048, 3072 or 4096 bits with
+public exponent 65537 (what a TPM makes; any other exponent only costs a verifier
+time). A signature algorithm that does not fit the key is refused; so is any other
+key type, and a key not in its canonical PKIX DER encoding (a compressed point, RSA
+without NULL parameters, the RSASSA-PSS OID), since ``tpm2(hash)`` hashes the exact
+bytes and one key must have one principal.
 
 Not compared, on purpose:
 
@@ -52,13 +56,14 @@ from collections.abc import Mapping
 from typing import Final
 
 import attrs
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from taonet import auth
 from taonet._errors import AuthenticationError, CodecError
+from taonet._tpm2_rsa import rsa_quote_key_problem
 from taonet.attestation._attestation import Attestation, SignerType
 from taonet.attestation._tpm2_names import (
     DEFAULT_PCRS,
@@ -68,6 +73,7 @@ from taonet.attestation._tpm2_names import (
     expected_for_text,
     host_name,
     host_pcrs,
+    normal_pcr_items,
     parse_pcrs_ext,
     pcr_digest,
     pcr_selection_bytes,
@@ -110,7 +116,6 @@ TPM_ALG_ECDSA: Final = 0x0018
 _HASH_COUNT: Final = 16  # TPML_PCR_SELECTION.count bound (HASH_COUNT)
 _PCR_SELECT_MAX: Final = 4  # sizeofSelect bound (PCR_SELECT_MAX)
 _P256_BYTES: Final = 32
-_RSA_BITS: Final = (2048, 4096)
 _CACHED: Final = 1024
 
 _U16: Final = struct.Struct(">H")
@@ -120,6 +125,8 @@ _ECDSA_P256_HEAD: Final = struct.pack(">HHH", TPM_ALG_ECDSA, 0x000B, 32)
 _CLOCK_FW: Final = struct.Struct(">QIIBQ")  # clock, resetCount, restartCount, safe, firmware
 _SIG_HEADER: Final = struct.Struct(">HHH")  # sigAlg, hashAlg, first TPM2B size
 _SHA256: Final = hashes.SHA256()
+_DER: Final = serialization.Encoding.DER
+_SPKI: Final = serialization.PublicFormat.SubjectPublicKeyInfo
 _ECDSA_SHA256: Final = ec.ECDSA(_SHA256)
 _PKCS1V15: Final = padding.PKCS1v15()
 _ALG_NAMES: Final = {TPM_ALG_RSASSA: "RSASSA", TPM_ALG_ECDSA: "ECDSA", 0x0016: "RSAPSS"}
@@ -242,19 +249,31 @@ def _quote_key(der: bytes) -> _Key:
         raise AuthenticationError(f"TPM quote key: {len(der)} bytes is over {MAX_KEY_BYTES}")
     try:
         key = serialization.load_der_public_key(der)
-    except ValueError as exc:
-        raise AuthenticationError(f"TPM quote key is malformed: {exc}") from None
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        # UnsupportedAlgorithm: an unknown algorithm OID or named curve.
+        raise AuthenticationError(f"TPM quote key is malformed: {str(exc)[:200]}") from None
     if isinstance(key, ec.EllipticCurvePublicKey):
         if not isinstance(key.curve, ec.SECP256R1):
             raise AuthenticationError(f"TPM quote key: curve {key.curve.name} is not P-256")
-        return key, None
-    if isinstance(key, rsa.RSAPublicKey):
-        if not _RSA_BITS[0] <= key.key_size <= _RSA_BITS[1]:
-            raise AuthenticationError(f"TPM quote key: RSA-{key.key_size} is not 2048 to 4096 bits")
-        return None, key
-    raise AuthenticationError(
-        f"TPM quote key: a {type(key).__name__} is not an ECC P-256 or RSA key"
-    )
+        parsed: _Key = (key, None)
+    elif isinstance(key, rsa.RSAPublicKey):
+        problem = rsa_quote_key_problem(key)
+        if problem is not None:
+            raise AuthenticationError(f"TPM quote key: {problem}")
+        parsed = (None, key)
+    else:
+        raise AuthenticationError(
+            f"TPM quote key: a {type(key).__name__} is not an ECC P-256 or RSA key"
+        )
+    # One key, one encoding, one principal: tpm2(hash) hashes these exact bytes, so
+    # a compressed point, RSA without NULL parameters or the RSASSA-PSS OID would
+    # name the same key differently.
+    if key.public_bytes(_DER, _SPKI) != der:
+        raise AuthenticationError(
+            "TPM quote key: not in canonical PKIX DER form (uncompressed point; "
+            "rsaEncryption with NULL parameters)"
+        )
+    return parsed
 
 
 def _signature_payload(sig: bytes, is_ec: bool) -> bytes:
@@ -379,11 +398,19 @@ def verify_quote(
     the quote must carry, ``pcrs`` the SHA-256 PCR values it must be over (exactly
     those PCRs). Checks, in order: the TPMS_ATTEST parses with bounds; extraData;
     PCR selection and digest; the signature (see the module's docstring).
-    ValueError if ``pcrs`` itself is not a valid PCR map.
+    ValueError if ``pcrs`` itself is not a valid PCR map: keys ints (not bool) from
+    0 to 23, values bytes-like of 32 bytes, at least one PCR.
+
+    The signature bytes are not canonical: an ECDSA r or s may be sent shorter than 32
+    bytes (leading zeros dropped) and another valid (r, n - s) verifies too, so one
+    quote may have several valid TPMT_SIGNATUREs. Nothing keys on them (the quote and
+    its verdict are what count), so this is harmless; do not use them as an identifier.
     """
     key = _quote_key(_as_bytes(quote_key_der, "TPM quote key", AuthenticationError))
     attest = _as_bytes(tpms_attest, "TPM quote", AuthenticationError)
-    expected = expected_for_items(tuple(pcrs.items()))
+    # Checked and normalised before the cache: {True: v} or {1.0: v} must not hit
+    # the entry {1: v} left, and a bytearray value is not hashable.
+    expected = expected_for_items(normal_pcr_items(pcrs))
     clock = _verify(
         key,
         attest,
