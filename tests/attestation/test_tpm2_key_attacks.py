@@ -266,7 +266,7 @@ def _rsa_pkcs1(key: rsa.RSAPrivateKey) -> bytes:
     )
 
 
-ALIASES = {
+ALIASES: dict[str, tuple[bytes, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey]] = {
     "compressed P-256 point": (_compressed(ECC_KEY), ECC_KEY),
     "RSA without NULL params": (_spki(_oid("1.2.840.113549.1.1.1"), _rsa_pkcs1(RSA_KEY)), RSA_KEY),
     "RSASSA-PSS OID": (_spki(_oid("1.2.840.113549.1.1.10"), _rsa_pkcs1(RSA_KEY)), RSA_KEY),

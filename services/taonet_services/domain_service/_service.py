@@ -55,7 +55,10 @@ body that does not decode, a body over its limit, an unknown method) gets an
 envelope error of that kind (CodecError, ProtocolError) under its own op and seq,
 is recorded as a ``bad_request`` refusal, and the connection is closed; so is one
 whose header cannot be read or which is cut short, without an answer (there is no
-call to name). The service keeps serving everyone else. Each connection may carry several requests.
+call to name). A request that reaches a bug in answering it (any other exception)
+is refused with ``internal_error`` like any refusal (rate limited, audited), its
+traceback logged once per place in the code. The service keeps serving everyone else.
+Each connection may carry several requests.
 
 Connections are shared so that anonymous clients cannot keep revocations from
 servers (:class:`ConnectionLimits`): a client that presents a program certificate of

@@ -30,7 +30,9 @@ leaves; the ``attestation_sha256_hex`` of its row is the SHA-256 of the EK certi
 which names the TPM), and answers with MakeCredential of a fresh 32-byte AES key for
 that EK and the quote key's name, and the certificate sealed under that key. A refused
 request is recorded (reason cut to a bound) and answered with ``refused`` or
-``bad_request``.
+``bad_request``; one that reaches a bug in the checks (an exception nobody planned
+for) with ``internal_error``, counted and recorded the same way, its traceback logged
+once per place in the code.
 
 Bounds: a request body over :data:`taonet.quoteservice.MAX_REQUEST` is refused on the
 length its frame announces, before it is read; a connection has
