@@ -56,15 +56,11 @@ from collections.abc import Mapping
 from typing import Final
 
 import attrs
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from taonet import auth
 from taonet._errors import AuthenticationError, CodecError
-from taonet._tpm2_rsa import rsa_quote_key_problem
 from taonet.attestation._attestation import Attestation, SignerType
+from taonet.attestation._tpm2_keys import MAX_SIGNATURE_BYTES, Key, quote_key, verify_signature
 from taonet.attestation._tpm2_names import (
     DEFAULT_PCRS,
     PCR_BANK_SHA256,
@@ -104,32 +100,16 @@ __all__ = [
 #: Longest TPMS_ATTEST accepted: the largest well-formed quote is 4 + 2 + (2 + 66) +
 #: (2 + 64) + 17 + 8 + 4 + 16 * 7 + (2 + 64) = 343 bytes.
 MAX_QUOTE_BYTES: Final = 343
-#: Longest TPMT_SIGNATURE accepted (RSASSA with a 4096-bit key: 2 + 2 + 2 + 512).
-MAX_SIGNATURE_BYTES: Final = 518
-#: Longest quote key (PKIX DER) parsed: an RSA-4096 key is about 550 bytes.
-MAX_KEY_BYTES: Final = 2048
 
 TPM_GENERATED_VALUE: Final = 0xFF544347
 TPM_ST_ATTEST_QUOTE: Final = 0x8018
-TPM_ALG_RSASSA: Final = 0x0014
-TPM_ALG_ECDSA: Final = 0x0018
 _HASH_COUNT: Final = 16  # TPML_PCR_SELECTION.count bound (HASH_COUNT)
 _PCR_SELECT_MAX: Final = 4  # sizeofSelect bound (PCR_SELECT_MAX)
-_P256_BYTES: Final = 32
 _CACHED: Final = 1024
 
-_U16: Final = struct.Struct(">H")
 _MAGIC_QUOTE: Final = struct.pack(">IH", TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE)
 _HEADER_SIZE: Final = 10  # magic, type, qualifiedSigner.size, extraData.size (if empty)
-_ECDSA_P256_HEAD: Final = struct.pack(">HHH", TPM_ALG_ECDSA, 0x000B, 32)
 _CLOCK_FW: Final = struct.Struct(">QIIBQ")  # clock, resetCount, restartCount, safe, firmware
-_SIG_HEADER: Final = struct.Struct(">HHH")  # sigAlg, hashAlg, first TPM2B size
-_SHA256: Final = hashes.SHA256()
-_DER: Final = serialization.Encoding.DER
-_SPKI: Final = serialization.PublicFormat.SubjectPublicKeyInfo
-_ECDSA_SHA256: Final = ec.ECDSA(_SHA256)
-_PKCS1V15: Final = padding.PKCS1v15()
-_ALG_NAMES: Final = {TPM_ALG_RSASSA: "RSASSA", TPM_ALG_ECDSA: "ECDSA", 0x0016: "RSAPSS"}
 
 
 # ------------------------------------------------------------------ parsing
@@ -234,80 +214,6 @@ def parse_quote(tpms_attest: bytes) -> Quote:
     return Quote(signer, extra, clock, resets, restarts, bool(safe), firmware, selected, digest)
 
 
-# ------------------------------------------------------------------ keys and signatures
-
-
-#: A quote key, parsed: (the P-256 key, None) or (None, the RSA key).
-_Key = tuple[ec.EllipticCurvePublicKey | None, rsa.RSAPublicKey | None]
-
-
-@functools.lru_cache(maxsize=_CACHED)
-def _quote_key(der: bytes) -> _Key:
-    # What depends only on a quote key's exact bytes, parsed once.
-    # A malformed or refused key raises, and is not remembered.
-    if len(der) > MAX_KEY_BYTES:
-        raise AuthenticationError(f"TPM quote key: {len(der)} bytes is over {MAX_KEY_BYTES}")
-    try:
-        key = serialization.load_der_public_key(der)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        # UnsupportedAlgorithm: an unknown algorithm OID or named curve.
-        raise AuthenticationError(f"TPM quote key is malformed: {str(exc)[:200]}") from None
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        if not isinstance(key.curve, ec.SECP256R1):
-            raise AuthenticationError(f"TPM quote key: curve {key.curve.name} is not P-256")
-        parsed: _Key = (key, None)
-    elif isinstance(key, rsa.RSAPublicKey):
-        problem = rsa_quote_key_problem(key)
-        if problem is not None:
-            raise AuthenticationError(f"TPM quote key: {problem}")
-        parsed = (None, key)
-    else:
-        raise AuthenticationError(
-            f"TPM quote key: a {type(key).__name__} is not an ECC P-256 or RSA key"
-        )
-    # One key, one encoding, one principal: tpm2(hash) hashes these exact bytes, so
-    # a compressed point, RSA without NULL parameters or the RSASSA-PSS OID would
-    # name the same key differently.
-    if key.public_bytes(_DER, _SPKI) != der:
-        raise AuthenticationError(
-            "TPM quote key: not in canonical PKIX DER form (uncompressed point; "
-            "rsaEncryption with NULL parameters)"
-        )
-    return parsed
-
-
-def _signature_payload(sig: bytes, is_ec: bool) -> bytes:
-    """DER ECDSA (r, s) or the raw RSASSA signature from a TPMT_SIGNATURE."""
-    n = len(sig)
-    if n < _SIG_HEADER.size or n > MAX_SIGNATURE_BYTES:
-        raise AuthenticationError(f"TPM signature: {n} bytes is not a TPMT_SIGNATURE")
-    alg, hash_alg, size = _SIG_HEADER.unpack_from(sig)
-    if alg == TPM_ALG_ECDSA and is_ec:
-        end = 6 + size
-        if size > _P256_BYTES or end + 2 > n:
-            raise AuthenticationError("TPM signature: malformed ECDSA r")
-        (s_size,) = _U16.unpack_from(sig, end)
-        if s_size > _P256_BYTES or end + 2 + s_size != n:
-            raise AuthenticationError("TPM signature: malformed ECDSA s (or trailing bytes)")
-        payload = encode_dss_signature(
-            int.from_bytes(sig[6:end], "big"), int.from_bytes(sig[end + 2 :], "big")
-        )
-    elif alg == TPM_ALG_RSASSA and not is_ec:
-        if 6 + size != n:
-            raise AuthenticationError("TPM signature: malformed RSASSA signature size")
-        payload = sig[6:]
-    else:
-        name = _ALG_NAMES.get(alg, f"{alg:#06x}")
-        key = "ECC P-256" if is_ec else "RSA"
-        raise AuthenticationError(
-            f"TPM signature: algorithm {name} does not fit the {key} quote key "
-            f"(expected {'ECDSA' if is_ec else 'RSASSA'})"
-        )
-    if hash_alg != PCR_BANK_SHA256:
-        raise AuthenticationError(f"TPM signature: hash {hash_alg:#06x} is not SHA-256")
-    return payload
-
-
 # ------------------------------------------------------------------ verification
 
 
@@ -338,7 +244,7 @@ def _explain(attest: bytes, extra: bytes, expected: Expected) -> AuthenticationE
     return AuthenticationError("TPM quote: PCR selection is not encoded as expected")
 
 
-def _verify(key: _Key, attest: bytes, sig: bytes, extra: bytes, expected: Expected) -> int:
+def _verify(key: Key, attest: bytes, sig: bytes, extra: bytes, expected: Expected) -> int:
     """Check a quote; return the offset of its clockInfo. The fast path.
 
     The header is read with bounds, and everything after clockInfo must be exactly
@@ -359,29 +265,9 @@ def _verify(key: _Key, attest: bytes, sig: bytes, extra: bytes, expected: Expect
                 and hmac.compare_digest(attest[o:clock], extra)
                 and hmac.compare_digest(attest[end:], expected[0])
             ):
-                _verify_signature(key, attest, sig)
+                verify_signature(key, attest, sig)
                 return clock
     raise _explain(attest, extra, expected)
-
-
-def _verify_signature(key: _Key, attest: bytes, sig: bytes) -> None:
-    ec_key, rsa_key = key
-    try:
-        if ec_key is not None:
-            if len(sig) == 72 and sig[:6] == _ECDSA_P256_HEAD and sig[38:40] == b"\x00\x20":
-                # What a TPM sends: r and s of 32 bytes each.
-                payload = encode_dss_signature(
-                    int.from_bytes(sig[6:38], "big"), int.from_bytes(sig[40:], "big")
-                )
-            else:
-                payload = _signature_payload(sig, True)
-            ec_key.verify(payload, attest, _ECDSA_SHA256)
-        elif rsa_key is not None:
-            rsa_key.verify(_signature_payload(sig, False), attest, _PKCS1V15, _SHA256)
-    except InvalidSignature:
-        raise AuthenticationError(
-            "TPM quote: the signature does not verify under the quote key"
-        ) from None
 
 
 def verify_quote(
@@ -406,7 +292,7 @@ def verify_quote(
     quote may have several valid TPMT_SIGNATUREs. Nothing keys on them (the quote and
     its verdict are what count), so this is harmless; do not use them as an identifier.
     """
-    key = _quote_key(_as_bytes(quote_key_der, "TPM quote key", AuthenticationError))
+    key = quote_key(_as_bytes(quote_key_der, "TPM quote key", AuthenticationError))
     attest = _as_bytes(tpms_attest, "TPM quote", AuthenticationError)
     # Checked and normalised before the cache: {True: v} or {1.0: v} must not hit
     # the entry {1: v} left, and a bytearray value is not hashable.
@@ -438,7 +324,7 @@ def verify_quote(
 
 @functools.lru_cache(maxsize=_CACHED)
 def _signer_principal(der: bytes) -> auth.Prin:
-    _quote_key(der)  # refuse a key we would not verify with
+    quote_key(der)  # refuse a key we would not verify with
     return tpm2_principal(der)
 
 
@@ -447,7 +333,7 @@ def _verify_tpm2_says(att: Attestation, says: auth.Says) -> None:
     if attest is None:
         raise AuthenticationError("tpm2 attestation carries no quote (tpm2_quote_structure)")
     der = _as_bytes(att.signer_key, "TPM quote key", AuthenticationError)
-    key = _quote_key(der)
+    key = quote_key(der)
     speaker = says.speaker
     if not isinstance(speaker, auth.Prin):
         raise AuthenticationError("tpm2 attestation: the speaker is not a principal")
