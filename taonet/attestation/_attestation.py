@@ -34,7 +34,7 @@ from typing import Final
 import attrs
 
 from taonet import auth
-from taonet._errors import AuthenticationError, CodecError
+from taonet._errors import AuthenticationError, CodecError, TaoError
 from taonet.certs import PolicyAnchor
 from taonet.crypto import ATTESTATION_CONTEXT, Signer, Verifier
 from taonet.wire import message_class, parse, serialize
@@ -334,14 +334,25 @@ def _validate(att: Attestation, now_ns: int, *, depth: int) -> Proven:
     if not isinstance(says.speaker, auth.Prin):
         raise AuthenticationError(f"{what}: the speaker is not a principal")
     # Signature first: nothing else in the statement is believed before it checks.
-    if signer_type.verify_says is None:
-        signer_type.verify(att)
-    else:
-        signer_type.verify_says(att, says)
+    # A signer type's callbacks are pluggable code fed with bytes from outside: what
+    # they raise that is not a TaoError (a bug, or a library error they let through)
+    # is still a refusal, never another exception out of validate().
     try:
-        signer = signer_type.principal(att.signer_key)
-    except CodecError as exc:
-        raise AuthenticationError(f"{what}: malformed signer key: {exc}") from None
+        if signer_type.verify_says is None:
+            signer_type.verify(att)
+        else:
+            signer_type.verify_says(att, says)
+        try:
+            signer = signer_type.principal(att.signer_key)
+        except CodecError as exc:
+            raise AuthenticationError(f"{what}: malformed signer key: {exc}") from None
+    except TaoError:
+        raise
+    except Exception as exc:
+        raise AuthenticationError(
+            f"{what}: signer type {att.signer_type!r} failed on it: "
+            f"{type(exc).__name__}: {str(exc)[:200]}"
+        ) from None
     _window_check(says, now_ns, what)
 
     if att.serialized_delegation is None:

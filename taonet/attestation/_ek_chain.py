@@ -79,9 +79,16 @@ def load_ek_certificate(der: bytes) -> x509.Certificate:
     if len(der) > MAX_EK_CERTIFICATE:
         raise CodecError(f"EK certificate: {len(der)} bytes is over {MAX_EK_CERTIFICATE}")
     try:
-        return x509.load_der_x509_certificate(bytes(der))
-    except ValueError as exc:
-        raise CodecError(f"EK certificate: malformed: {exc}") from None
+        cert = x509.load_der_x509_certificate(bytes(der))
+        # Parsed lazily by cryptography: read here, so that a malformed name or
+        # extension (ValueError, DuplicateExtension) is a CodecError, not a crash
+        # in the middle of the checks.
+        cert.subject.rfc4514_string()
+        cert.issuer.rfc4514_string()
+        _ = cert.extensions
+    except (ValueError, TypeError, x509.DuplicateExtension) as exc:
+        raise CodecError(f"EK certificate: malformed: {str(exc)[:200]}") from None
+    return cert
 
 
 def _check_critical(cert: x509.Certificate, what: str) -> None:

@@ -16,8 +16,12 @@ bytes); its extraData is the expected qualifying data (constant-time compare); i
 PCR selection is exactly the expected PCR numbers and its pcrDigest the SHA-256 of
 the expected values in ascending order; and the signature verifies under the quote
 key: ECDSA with SHA-256 for a P-256 key, RSASSA-PKCS1-v1_5 with SHA-256 (the whole
-padding checked by ``cryptography``) for an RSA key of 2048 to 4096 bits. A signature
-algorithm that does not fit the key is refused; so is any other key type.
+padding checked by ``cryptography``) for an RSA key of 2048, 3072 or 4096 bits with
+public exponent 65537 (what a TPM makes; any other exponent only costs a verifier
+time). A signature algorithm that does not fit the key is refused; so is any other
+key type, and a key not in its canonical PKIX DER encoding (a compressed point, RSA
+without NULL parameters, the RSASSA-PSS OID), since ``tpm2(hash)`` hashes the exact
+bytes and one key must have one principal.
 
 Not compared, on purpose:
 
@@ -52,14 +56,11 @@ from collections.abc import Mapping
 from typing import Final
 
 import attrs
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from taonet import auth
 from taonet._errors import AuthenticationError, CodecError
 from taonet.attestation._attestation import Attestation, SignerType
+from taonet.attestation._tpm2_keys import MAX_SIGNATURE_BYTES, Key, quote_key, verify_signature
 from taonet.attestation._tpm2_names import (
     DEFAULT_PCRS,
     PCR_BANK_SHA256,
@@ -68,6 +69,7 @@ from taonet.attestation._tpm2_names import (
     expected_for_text,
     host_name,
     host_pcrs,
+    normal_pcr_items,
     parse_pcrs_ext,
     pcr_digest,
     pcr_selection_bytes,
@@ -98,31 +100,16 @@ __all__ = [
 #: Longest TPMS_ATTEST accepted: the largest well-formed quote is 4 + 2 + (2 + 66) +
 #: (2 + 64) + 17 + 8 + 4 + 16 * 7 + (2 + 64) = 343 bytes.
 MAX_QUOTE_BYTES: Final = 343
-#: Longest TPMT_SIGNATURE accepted (RSASSA with a 4096-bit key: 2 + 2 + 2 + 512).
-MAX_SIGNATURE_BYTES: Final = 518
-#: Longest quote key (PKIX DER) parsed: an RSA-4096 key is about 550 bytes.
-MAX_KEY_BYTES: Final = 2048
 
 TPM_GENERATED_VALUE: Final = 0xFF544347
 TPM_ST_ATTEST_QUOTE: Final = 0x8018
-TPM_ALG_RSASSA: Final = 0x0014
-TPM_ALG_ECDSA: Final = 0x0018
 _HASH_COUNT: Final = 16  # TPML_PCR_SELECTION.count bound (HASH_COUNT)
 _PCR_SELECT_MAX: Final = 4  # sizeofSelect bound (PCR_SELECT_MAX)
-_P256_BYTES: Final = 32
-_RSA_BITS: Final = (2048, 4096)
 _CACHED: Final = 1024
 
-_U16: Final = struct.Struct(">H")
 _MAGIC_QUOTE: Final = struct.pack(">IH", TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE)
 _HEADER_SIZE: Final = 10  # magic, type, qualifiedSigner.size, extraData.size (if empty)
-_ECDSA_P256_HEAD: Final = struct.pack(">HHH", TPM_ALG_ECDSA, 0x000B, 32)
 _CLOCK_FW: Final = struct.Struct(">QIIBQ")  # clock, resetCount, restartCount, safe, firmware
-_SIG_HEADER: Final = struct.Struct(">HHH")  # sigAlg, hashAlg, first TPM2B size
-_SHA256: Final = hashes.SHA256()
-_ECDSA_SHA256: Final = ec.ECDSA(_SHA256)
-_PKCS1V15: Final = padding.PKCS1v15()
-_ALG_NAMES: Final = {TPM_ALG_RSASSA: "RSASSA", TPM_ALG_ECDSA: "ECDSA", 0x0016: "RSAPSS"}
 
 
 # ------------------------------------------------------------------ parsing
@@ -227,68 +214,6 @@ def parse_quote(tpms_attest: bytes) -> Quote:
     return Quote(signer, extra, clock, resets, restarts, bool(safe), firmware, selected, digest)
 
 
-# ------------------------------------------------------------------ keys and signatures
-
-
-#: A quote key, parsed: (the P-256 key, None) or (None, the RSA key).
-_Key = tuple[ec.EllipticCurvePublicKey | None, rsa.RSAPublicKey | None]
-
-
-@functools.lru_cache(maxsize=_CACHED)
-def _quote_key(der: bytes) -> _Key:
-    # What depends only on a quote key's exact bytes, parsed once.
-    # A malformed or refused key raises, and is not remembered.
-    if len(der) > MAX_KEY_BYTES:
-        raise AuthenticationError(f"TPM quote key: {len(der)} bytes is over {MAX_KEY_BYTES}")
-    try:
-        key = serialization.load_der_public_key(der)
-    except ValueError as exc:
-        raise AuthenticationError(f"TPM quote key is malformed: {exc}") from None
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        if not isinstance(key.curve, ec.SECP256R1):
-            raise AuthenticationError(f"TPM quote key: curve {key.curve.name} is not P-256")
-        return key, None
-    if isinstance(key, rsa.RSAPublicKey):
-        if not _RSA_BITS[0] <= key.key_size <= _RSA_BITS[1]:
-            raise AuthenticationError(f"TPM quote key: RSA-{key.key_size} is not 2048 to 4096 bits")
-        return None, key
-    raise AuthenticationError(
-        f"TPM quote key: a {type(key).__name__} is not an ECC P-256 or RSA key"
-    )
-
-
-def _signature_payload(sig: bytes, is_ec: bool) -> bytes:
-    """DER ECDSA (r, s) or the raw RSASSA signature from a TPMT_SIGNATURE."""
-    n = len(sig)
-    if n < _SIG_HEADER.size or n > MAX_SIGNATURE_BYTES:
-        raise AuthenticationError(f"TPM signature: {n} bytes is not a TPMT_SIGNATURE")
-    alg, hash_alg, size = _SIG_HEADER.unpack_from(sig)
-    if alg == TPM_ALG_ECDSA and is_ec:
-        end = 6 + size
-        if size > _P256_BYTES or end + 2 > n:
-            raise AuthenticationError("TPM signature: malformed ECDSA r")
-        (s_size,) = _U16.unpack_from(sig, end)
-        if s_size > _P256_BYTES or end + 2 + s_size != n:
-            raise AuthenticationError("TPM signature: malformed ECDSA s (or trailing bytes)")
-        payload = encode_dss_signature(
-            int.from_bytes(sig[6:end], "big"), int.from_bytes(sig[end + 2 :], "big")
-        )
-    elif alg == TPM_ALG_RSASSA and not is_ec:
-        if 6 + size != n:
-            raise AuthenticationError("TPM signature: malformed RSASSA signature size")
-        payload = sig[6:]
-    else:
-        name = _ALG_NAMES.get(alg, f"{alg:#06x}")
-        key = "ECC P-256" if is_ec else "RSA"
-        raise AuthenticationError(
-            f"TPM signature: algorithm {name} does not fit the {key} quote key "
-            f"(expected {'ECDSA' if is_ec else 'RSASSA'})"
-        )
-    if hash_alg != PCR_BANK_SHA256:
-        raise AuthenticationError(f"TPM signature: hash {hash_alg:#06x} is not SHA-256")
-    return payload
-
-
 # ------------------------------------------------------------------ verification
 
 
@@ -319,7 +244,7 @@ def _explain(attest: bytes, extra: bytes, expected: Expected) -> AuthenticationE
     return AuthenticationError("TPM quote: PCR selection is not encoded as expected")
 
 
-def _verify(key: _Key, attest: bytes, sig: bytes, extra: bytes, expected: Expected) -> int:
+def _verify(key: Key, attest: bytes, sig: bytes, extra: bytes, expected: Expected) -> int:
     """Check a quote; return the offset of its clockInfo. The fast path.
 
     The header is read with bounds, and everything after clockInfo must be exactly
@@ -340,29 +265,9 @@ def _verify(key: _Key, attest: bytes, sig: bytes, extra: bytes, expected: Expect
                 and hmac.compare_digest(attest[o:clock], extra)
                 and hmac.compare_digest(attest[end:], expected[0])
             ):
-                _verify_signature(key, attest, sig)
+                verify_signature(key, attest, sig)
                 return clock
     raise _explain(attest, extra, expected)
-
-
-def _verify_signature(key: _Key, attest: bytes, sig: bytes) -> None:
-    ec_key, rsa_key = key
-    try:
-        if ec_key is not None:
-            if len(sig) == 72 and sig[:6] == _ECDSA_P256_HEAD and sig[38:40] == b"\x00\x20":
-                # What a TPM sends: r and s of 32 bytes each.
-                payload = encode_dss_signature(
-                    int.from_bytes(sig[6:38], "big"), int.from_bytes(sig[40:], "big")
-                )
-            else:
-                payload = _signature_payload(sig, True)
-            ec_key.verify(payload, attest, _ECDSA_SHA256)
-        elif rsa_key is not None:
-            rsa_key.verify(_signature_payload(sig, False), attest, _PKCS1V15, _SHA256)
-    except InvalidSignature:
-        raise AuthenticationError(
-            "TPM quote: the signature does not verify under the quote key"
-        ) from None
 
 
 def verify_quote(
@@ -379,11 +284,19 @@ def verify_quote(
     the quote must carry, ``pcrs`` the SHA-256 PCR values it must be over (exactly
     those PCRs). Checks, in order: the TPMS_ATTEST parses with bounds; extraData;
     PCR selection and digest; the signature (see the module's docstring).
-    ValueError if ``pcrs`` itself is not a valid PCR map.
+    ValueError if ``pcrs`` itself is not a valid PCR map: keys ints (not bool) from
+    0 to 23, values bytes-like of 32 bytes, at least one PCR.
+
+    The signature bytes are not canonical: an ECDSA r or s may be sent shorter than 32
+    bytes (leading zeros dropped) and another valid (r, n - s) verifies too, so one
+    quote may have several valid TPMT_SIGNATUREs. Nothing keys on them (the quote and
+    its verdict are what count), so this is harmless; do not use them as an identifier.
     """
-    key = _quote_key(_as_bytes(quote_key_der, "TPM quote key", AuthenticationError))
+    key = quote_key(_as_bytes(quote_key_der, "TPM quote key", AuthenticationError))
     attest = _as_bytes(tpms_attest, "TPM quote", AuthenticationError)
-    expected = expected_for_items(tuple(pcrs.items()))
+    # Checked and normalised before the cache: {True: v} or {1.0: v} must not hit
+    # the entry {1: v} left, and a bytearray value is not hashable.
+    expected = expected_for_items(normal_pcr_items(pcrs))
     clock = _verify(
         key,
         attest,
@@ -411,7 +324,7 @@ def verify_quote(
 
 @functools.lru_cache(maxsize=_CACHED)
 def _signer_principal(der: bytes) -> auth.Prin:
-    _quote_key(der)  # refuse a key we would not verify with
+    quote_key(der)  # refuse a key we would not verify with
     return tpm2_principal(der)
 
 
@@ -420,7 +333,7 @@ def _verify_tpm2_says(att: Attestation, says: auth.Says) -> None:
     if attest is None:
         raise AuthenticationError("tpm2 attestation carries no quote (tpm2_quote_structure)")
     der = _as_bytes(att.signer_key, "TPM quote key", AuthenticationError)
-    key = _quote_key(der)
+    key = quote_key(der)
     speaker = says.speaker
     if not isinstance(speaker, auth.Prin):
         raise AuthenticationError("tpm2 attestation: the speaker is not a principal")

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from taonet._errors import AuthenticationError, CodecError
+from taonet._tpm2_rsa import rsa_quote_key_problem
 
 try:  # cryptography >= 47 moved CFB to "decrepit"
     from cryptography.hazmat.decrepit.ciphers.modes import CFB
@@ -452,6 +453,12 @@ def check_quote_key(key: TpmPublic) -> None:
             raise AuthenticationError("an ECC quote key must be P-256 with ECDSA-SHA256")
     elif key.key_bits != 2048 or (key.scheme, key.scheme_hash) != (ALG_RSASSA, ALG_SHA256):
         raise AuthenticationError("an RSA quote key must be RSA-2048 with RSASSA-SHA256")
+    else:
+        # The verifiers' rule (taonet._tpm2_rsa): what is certified must verify.
+        assert isinstance(key.public_key, rsa.RSAPublicKey)
+        problem = rsa_quote_key_problem(key.public_key)
+        if problem is not None:
+            raise AuthenticationError(f"the quote key: {problem}")
     if key.symmetric.algorithm != ALG_NULL:
         raise AuthenticationError("a quote key (a signing key) has no symmetric algorithm")
 

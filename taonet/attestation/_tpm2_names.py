@@ -58,15 +58,33 @@ def _check_pcr_number(pcr: object) -> int:
     return pcr
 
 
+def _check_pcr_value(pcr: int, value: object) -> bytes:
+    # bytes(32) would be 32 zero bytes: only bytes-like values are values.
+    if not isinstance(value, bytes | bytearray | memoryview) or len(value) != 32:
+        what = (
+            f"{len(value)} bytes"
+            if isinstance(value, bytes | bytearray | memoryview)
+            else (f"a {type(value).__name__}")
+        )
+        raise ValueError(f"PCR {pcr}: a SHA-256 bank value is 32 bytes, not {what}")
+    return bytes(value)
+
+
 def _checked_pcrs(pcrs: Mapping[int, bytes]) -> tuple[tuple[int, ...], tuple[bytes, ...]]:
     numbers = sorted(_check_pcr_number(p) for p in pcrs)
     if not numbers:
         raise ValueError("a TPM host is named by at least one PCR")
-    values = tuple(bytes(pcrs[p]) for p in numbers)
-    for p, v in zip(numbers, values, strict=True):
-        if len(v) != 32:
-            raise ValueError(f"PCR {p}: a SHA-256 bank value is 32 bytes, not {len(v)}")
-    return tuple(numbers), values
+    return tuple(numbers), tuple(_check_pcr_value(p, pcrs[p]) for p in numbers)
+
+
+def normal_pcr_items(pcrs: Mapping[int, bytes]) -> tuple[tuple[int, bytes], ...]:
+    """``pcrs`` checked and as ((number, bytes value), ...) ascending: a safe cache key.
+
+    ValueError for no PCRs, a number that is not an int (bool included) from 0 to 23,
+    or a value that is not bytes-like of 32 bytes.
+    """
+    numbers, values = _checked_pcrs(pcrs)
+    return tuple(zip(numbers, values, strict=True))
 
 
 def pcrs_ext(pcrs: Mapping[int, bytes]) -> auth.PrinExt:
@@ -173,5 +191,9 @@ def expected_for_text(numbers: str, values: str) -> Expected:
 
 @functools.lru_cache(maxsize=_CACHED)
 def expected_for_items(items: tuple[tuple[int, bytes], ...]) -> Expected:
-    """What ends a good quote over the PCRs ``items`` (number, value); ValueError if bad."""
+    """What ends a good quote over the PCRs ``items`` (number, value); ValueError if bad.
+
+    Cached by ``items``: give it :func:`normal_pcr_items` (``True`` == 1 == 1.0 as
+    keys, so unchecked items could reuse another map's entry).
+    """
     return _expected(*_checked_pcrs(dict(items)))

@@ -8,7 +8,7 @@ Three kinds of certificate exist, all ECDSA with SHA-256 (SHA-384 for P-384 keys
 * a **host certificate** (carried as an attestation's ``root_endorsement``): the policy
   key certifies that a Tao host's attestation key is a host of this domain. Not a CA;
   key usage digitalSignature; no extended key usage. The host key is ECDSA, or for a
-  ``tpm2`` host (a TPM's quote key) also RSA of 2048 bits or more.
+  ``tpm2`` host (a TPM's quote key) also RSA-2048, -3072 or -4096 with e = 65537.
 * a **program certificate** (for Tao channels), see ``taonet.certs._program``.
 
 Every issued certificate has a random 159-bit serial number (the original CloudProxy
@@ -66,6 +66,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 
 from taonet import auth
 from taonet._errors import AuthenticationError, CodecError
+from taonet._tpm2_rsa import rsa_quote_key_problem
 from taonet.certs._der import (
     ECDSA_WITH_SHA256,
     ECDSA_WITH_SHA384,
@@ -95,6 +96,8 @@ _T = TypeVar("_T")
 CertificateRole = Literal["policy", "host", "program"]
 _ROLES: Final = frozenset(get_args(CertificateRole))
 _SCHEME: Final = "taonet"
+_DER: Final = serialization.Encoding.DER
+_SPKI_FORMAT: Final = serialization.PublicFormat.SubjectPublicKeyInfo
 # Left as they are in the URI (RFC 3986 sub-delims the text form uses a lot); every
 # other character but letters, digits and "-._~" is percent-encoded (UTF-8).
 _URI_SAFE: Final = "(),"
@@ -243,18 +246,21 @@ def issue_host_certificate(
     policy_cert = load_certificate(policy_cert_der, what="policy certificate")
     try:
         host_pub = serialization.load_der_public_key(host_key_der)
-    except ValueError as exc:
-        raise CodecError(f"host key: malformed public key: {exc}") from None
-    # A TPM 2.0 quote key may be RSA-2048 (the TPM signs with RSASSA); every other
-    # host key is ECDSA.
-    tpm2_rsa = (
-        signer_type == "tpm2"
-        and isinstance(host_pub, rsa.RSAPublicKey)
-        and host_pub.key_size >= 2048
-    )
-    if not isinstance(host_pub, ec.EllipticCurvePublicKey) and not tpm2_rsa:
-        raise CodecError("host key: not an ECDSA public key (nor a tpm2 host's RSA-2048+ key)")
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise CodecError(f"host key: malformed public key: {str(exc)[:200]}") from None
+    # A TPM 2.0 quote key may be RSA (the TPM signs with RSASSA) under the verifier's
+    # rule (2048/3072/4096 bits, e = 65537); every other host key is ECDSA.
+    if isinstance(host_pub, rsa.RSAPublicKey) and signer_type == "tpm2":
+        problem = rsa_quote_key_problem(host_pub)
+        if problem is not None:
+            raise CodecError(f"host key: a tpm2 host's {problem}")
+    elif not isinstance(host_pub, ec.EllipticCurvePublicKey):
+        raise CodecError("host key: not an ECDSA public key (nor a tpm2 host's RSA key)")
     assert isinstance(host_pub, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
+    # The principal hashes the exact bytes: one key, one encoding, one principal (a
+    # compressed point or RSA without NULL parameters would name the key otherwise).
+    if host_pub.public_bytes(_DER, _SPKI_FORMAT) != bytes(host_key_der):
+        raise CodecError("host key: not in canonical PKIX DER form")
     principal = auth.principal_for_key(signer_type, host_key_der)
     not_before = _utc(now_ns) - _dt.timedelta(minutes=5)
     builder = (

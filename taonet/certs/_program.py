@@ -42,6 +42,7 @@ from typing import Final
 
 import attrs
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -133,8 +134,9 @@ def issue_program_certificate(
         raise AuthenticationError("only the domain's policy key may issue its certificates")
     try:
         key = serialization.load_der_public_key(program_key_der)
-    except ValueError as exc:
-        raise CodecError(f"program key: malformed public key: {exc}") from None
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        # UnsupportedAlgorithm: an unknown algorithm OID or named curve.
+        raise CodecError(f"program key: malformed public key: {str(exc)[:200]}") from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise CodecError("program key: not an ECDSA public key")
     if not 1 <= validity_days <= 36500:

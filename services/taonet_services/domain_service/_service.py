@@ -55,7 +55,10 @@ body that does not decode, a body over its limit, an unknown method) gets an
 envelope error of that kind (CodecError, ProtocolError) under its own op and seq,
 is recorded as a ``bad_request`` refusal, and the connection is closed; so is one
 whose header cannot be read or which is cut short, without an answer (there is no
-call to name). The service keeps serving everyone else. Each connection may carry several requests.
+call to name). A request that reaches a bug in answering it (any other exception)
+is refused with ``internal_error`` like any refusal (rate limited, audited), its
+traceback logged once per place in the code. The service keeps serving everyone else.
+Each connection may carry several requests.
 
 Connections are shared so that anonymous clients cannot keep revocations from
 servers (:class:`ConnectionLimits`): a client that presents a program certificate of
@@ -92,6 +95,7 @@ import contextlib
 import functools
 import hashlib
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, Self
@@ -105,7 +109,6 @@ from taonet import (
     CodecError,
     ConfigError,
     ProtocolError,
-    TaoError,
     auth,
     certs,
 )
@@ -173,6 +176,10 @@ CHUNK_SIZE: Final = 16 * 1024
 IDLE_TIMEOUT: Final = 30.0
 #: The answer to a client that has used up its refusals (see the module docstring).
 ERROR_RATE_LIMITED: Final = "rate_limited"
+#: Places (exception type, file, line) whose first internal failure logs a traceback.
+_MAX_FAILURE_SITES: Final = 64
+#: Longest traceback logged for an internal failure (characters).
+_MAX_TRACEBACK_CHARS: Final = 8000
 #: How long writing the pending refusal summaries may hold up shutting down.
 _SHUTDOWN_FLUSH_TIMEOUT: Final = 10.0
 
@@ -219,6 +226,8 @@ class DomainService:
         self.shares: Final = ConnectionShares(self.max_connections, connections, clock=monotonic)
         self._monotonic = monotonic
         self._over_share = _Bursts("connection_share_refused")
+        #: Where internal failures were seen (their traceback is logged once each).
+        self._failures_seen: set[tuple[str, tuple[str, int | None] | None]] = set()
         self.certifier = ProgramCertifier(domain, policy_signer, clock=clock)
         self._issued: Final = _IssuedBatcher(audit)
         #: Follows the domain's signed configuration (module docstring); tests wait on
@@ -464,7 +473,10 @@ class DomainService:
             self._observe(op, ERROR_BAD_REQUEST, started)
             await self._send(stream, envelope.response(op, event.seq, error=CodecError(reason)))
             return False
-        response = await self._respond(op, request, peer, client, key, certified)
+        try:
+            response = await self._respond(op, request, peer, client, key, certified)
+        except Exception as exc:  # any bug a request reaches is a refusal, rate limited
+            response = await self._internal_failure(op, request, client, peer, exc)
         self._observe(op, str(response.error_code) or "ok", started)
         await stream.send_all(b"".join(envelope.response(op, event.seq, serialize(response))))
         return True
@@ -497,9 +509,7 @@ class DomainService:
             reason = str(exc)
             await self._refused(client, peer, code, reason, attestation, digest)
             return _error(code, reason)
-        except TaoError as exc:  # pragma: no cover - a certifier bug, not the client's
-            log.exception("cert_failed")
-            return _error(ERROR_INTERNAL, type(exc).__name__)
+        # Anything else (a certifier bug, even a TaoError) goes to _internal_failure.
         principal = str(issued.principal)  # once: for the audit row and the log line
         try:
             # Committed (WAL, synchronous=FULL) before the certificate leaves; the
@@ -532,6 +542,27 @@ class DomainService:
         return message_class("DomainServiceResponse")(
             certificate=issued.der, chain=[self.domain.policy_cert]
         )
+
+    async def _internal_failure(
+        self, op: str, request: Any, client: str, peer: str, exc: Exception
+    ) -> Any:
+        """A request met a bug (not a TaoError): answer it as a refusal of kind
+        ``internal_error``, counted by the refusal limiter and audited like any other,
+        so a request that keeps reaching it is rate limited. The traceback is logged
+        the first time a failure is seen at a given place (bounded), not per request."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        site = (type(exc).__name__, (frames[-1].filename, frames[-1].lineno) if frames else None)
+        if site not in self._failures_seen and len(self._failures_seen) < _MAX_FAILURE_SITES:
+            self._failures_seen.add(site)
+            text = "".join(traceback.format_exception(exc))
+            log.error("internal_error", op=op, traceback=bounded(text, _MAX_TRACEBACK_CHARS))
+        reason = f"internal error ({type(exc).__name__}); the request was refused"
+        attestation = digest = None
+        if op == OP_CERTIFY and request.HasField("attestation"):
+            attestation = bytes(request.attestation)
+            digest = hashlib.sha256(attestation).hexdigest()
+        await self._refused(client, peer, ERROR_INTERNAL, reason, attestation, digest)
+        return _error(ERROR_INTERNAL, reason)
 
     def _adopt(self, domain: Domain) -> None:
         """Certify under ``domain``, a newer signed configuration of the same policy key."""

@@ -30,7 +30,9 @@ leaves; the ``attestation_sha256_hex`` of its row is the SHA-256 of the EK certi
 which names the TPM), and answers with MakeCredential of a fresh 32-byte AES key for
 that EK and the quote key's name, and the certificate sealed under that key. A refused
 request is recorded (reason cut to a bound) and answered with ``refused`` or
-``bad_request``.
+``bad_request``; one that reaches a bug in the checks (an exception nobody planned
+for) with ``internal_error``, counted and recorded the same way, its traceback logged
+once per place in the code.
 
 Bounds: a request body over :data:`taonet.quoteservice.MAX_REQUEST` is refused on the
 length its frame announces, before it is read; a connection has
@@ -52,6 +54,7 @@ import functools
 import hashlib
 import os
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final, NamedTuple, Self
@@ -65,7 +68,6 @@ from taonet import (
     CodecError,
     ConfigError,
     ProtocolError,
-    TaoError,
     auth,
     certs,
 )
@@ -102,6 +104,10 @@ ERROR_RATE_LIMITED: Final = "rate_limited"
 #: Seconds from the handshake to a whole request.
 REQUEST_TIMEOUT: Final = 20.0
 _CHUNK: Final = 4096
+#: Places (exception type, file, line) whose first internal failure logs a traceback.
+_MAX_FAILURE_SITES: Final = 64
+#: Longest traceback logged for an internal failure (characters).
+_MAX_TRACEBACK_CHARS: Final = 8000
 
 
 class _Issued(NamedTuple):
@@ -149,6 +155,8 @@ class QuoteService:
         self.request_timeout = request_timeout
         self.max_connections = max_connections
         self.limiter: Final = RefusalLimiter(limits, clock=monotonic)
+        #: Where internal failures were seen (their traceback is logged once each).
+        self._failures_seen: set[tuple[str, tuple[str, int | None] | None]] = set()
         self.principal: Final = domain.policy_principal.extend(auth.PrinExt("QuoteService", ()))
         key = Signer.generate()
         issued = certs.issue_program_certificate(
@@ -387,6 +395,10 @@ class QuoteService:
             request = decode_request(body)
         except CodecError as exc:
             raise _Refusal(ERROR_BAD_REQUEST, str(exc), None, None) from None
+        except Exception as exc:
+            self._log_internal_failure(exc)
+            reason = f"internal error ({type(exc).__name__}); the request was refused"
+            raise _Refusal(ERROR_INTERNAL, reason, None, None) from None
         digest = hashlib.sha256(request.ek_certificate).hexdigest()
         claimed = bounded(str(request.host_name))
         try:
@@ -395,9 +407,23 @@ class QuoteService:
             raise _Refusal(ERROR_BAD_REQUEST, str(exc), digest, claimed) from None
         except AuthenticationError as exc:
             raise _Refusal(ERROR_REFUSED, str(exc), digest, claimed) from None
-        except TaoError as exc:  # pragma: no cover - a bug here, not the client's
-            log.exception("quote_key_failed")
-            raise _Refusal(ERROR_INTERNAL, type(exc).__name__, digest, claimed) from None
+        except Exception as exc:
+            # A bug a request reaches (even a TaoError of another kind, or a library
+            # error let through) is still a refusal: counted by the refusal limiter and
+            # audited like any other, its traceback logged once per place.
+            self._log_internal_failure(exc)
+            reason = f"internal error ({type(exc).__name__}); the request was refused"
+            raise _Refusal(ERROR_INTERNAL, reason, digest, claimed) from None
+
+    def _log_internal_failure(self, exc: Exception) -> None:
+        """Log ``exc``'s traceback (bounded) the first time it is seen at its place."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        site = (type(exc).__name__, (frames[-1].filename, frames[-1].lineno) if frames else None)
+        if site in self._failures_seen or len(self._failures_seen) >= _MAX_FAILURE_SITES:
+            return
+        self._failures_seen.add(site)
+        text = "".join(traceback.format_exception(exc))
+        log.error("internal_error", traceback=bounded(text, _MAX_TRACEBACK_CHARS))
 
     def _certify(self, request: QuoteKeyRequest, digest: str) -> tuple[QuoteKeyReply, _Issued]:
         now = self._clock()
