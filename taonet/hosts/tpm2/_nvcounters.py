@@ -292,9 +292,8 @@ class Tpm2Counters:
         """The first candidate index no one holds (the choice is recorded in the MAC'd
         counter map, never recomputed). A held candidate is skipped, never adopted,
         even one shaped like this host's counters: it may be this label's own counter
-        under a state directory restored from an older copy (the new counter starts
-        above every value that one had, so that copy's blobs stay refused) or a
-        squatter's copy."""
+        under a state directory restored from an older copy (its blobs name that
+        index, so they stay refused under the new one) or a squatter's copy."""
         taken = {e.index for e in self._table.values()}
         for attempt in range(MAX_INDEX_ATTEMPTS):
             index = self._index(program, label, attempt)
