@@ -1,22 +1,40 @@
 """Counters in TPM NV: rollback protection a restored state directory cannot undo.
 
-Each (program, label) gets its own NV counter index in the owner range, chosen
-from a hash of the host's quote key, the program and the label. The state
-directory's ``counters.json`` (HMAC-protected, see :mod:`._state`) records each
-index and its *base*: the NV value at which the Tao counter reads 0 (a new NV
-counter starts at the highest value any counter on the TPM has had, not at 0). The
-entry is written before the NV space is defined, and the base once, right after.
-A Tao counter is ``NV value - base``; it only moves by TPM2_NV_Increment, which no
-one can undo.
+Each (program, label) gets its own NV counter index in the owner range, the first
+free one of a few candidates derived from a hash of the host's quote key, the
+program and the label (a candidate held by something else is skipped: anyone can
+compute them). The state directory's ``counters.json`` (HMAC-protected, see
+:mod:`._state`) records each index and its *base*: the NV value at which the Tao
+counter reads 0 (a new NV counter starts above the highest value any counter on
+the TPM has had, not at 0). The entry is written before the NV space is defined,
+and the base once, right after. A Tao counter is ``NV value - base``; it only moves
+by TPM2_NV_Increment, which no one can undo.
+
+The indices are defined under the owner hierarchy with the owner's (usually empty)
+authorization, so any user of the TPM can delete one (TPMA_NV_POLICY_DELETE, which
+would forbid that, is for platform-hierarchy indices only: the TPM refuses it from
+the owner). What such a user cannot do is roll a count back, and this module makes
+sure of that: every read and increment first compares NV_ReadPublic's answer, in
+the same turn on the TPM, with the exact public area this host defines (type
+COUNTER, attributes, empty authPolicy, 8 bytes; equal to comparing the NV Name), so
+an index replaced by an ordinary one holding a chosen value is "replaced"; and a
+rollback-protected blob names its NV counter's index and the counter's own value
+(not the Tao count), so with the state directory put back to before the label
+existed, an old blob is refused: the label's new counter is at another index (the
+old one, still defined, is skipped) or, if the old counter was deleted, at a value
+above every value it had (a TPM starts a new counter above the highest value any
+deleted counter reached).
+Deleting a counter still denies service (its label's blobs are refused).
 
 Rollback-protected sealing is the Tao's (as :class:`~taonet.hosts.HostCounters`):
-a seal increments the label's counter once and seals
-``RollbackSealedData{entry{program, label, counter}, data}``; an unseal reads the NV
-counter and refuses a blob sealed at a lower value ("rollback detected": an old
+a seal seals ``RollbackSealedData{entry{program, label, counter}, data}`` at the NV
+value the next increment reaches, then increments (a failed seal leaves the last
+good blob current; a blob whose increment failed is refused); an unseal reads the
+NV counter and refuses a blob sealed at a lower value ("rollback detected": an old
 blob, e.g. from a restored state directory of a host stacked on this one) or at a
-higher one (this host's own counter record was rolled back). A label whose NV
-index exists on the TPM but is missing from the record (an older copy of the
-state directory) is refused, never recreated.
+higher one. A label missing from the record (an older copy of the state
+directory) gets a new counter at another index, never the old one adopted; its
+old blobs stay refused because their NV values are below the new counter's.
 """
 
 from __future__ import annotations
@@ -53,6 +71,8 @@ _NV_SPAN: Final = 0x00400000  # TCG owner range 0x01000000-0x013FFFFF
 #: Most increments one init_counter may make (NV counters move one at a time).
 MAX_COUNTER_STEP: Final = 1024
 MAX_COUNTERS: Final = 256
+#: Candidate NV indices tried for one counter before giving up (squatted indices).
+MAX_INDEX_ATTEMPTS: Final = 16
 
 
 #: Counter index attributes: TPM_NT_COUNTER, AUTHWRITE, AUTHREAD, NO_DA,
@@ -94,6 +114,43 @@ def parse_nv_read_public(params: bytes) -> tuple[int, int]:
     return attributes, public.u16()
 
 
+def counter_public(index: int, *, written: bool = True) -> bytes:
+    """The TPMS_NV_PUBLIC of one of this host's counters (``written``: once incremented):
+    NV_ReadPublic must return exactly this, else the index was replaced."""
+    return (
+        _wire.u32(index)
+        + _wire.u16(_wire.TPM_ALG_SHA256)
+        + _wire.u32(NV_COUNTER_ATTRIBUTES | (NV_WRITTEN if written else 0))
+        + _wire.u16(0)
+        + _wire.u16(8)
+    )
+
+
+def is_counter_public(index: int, params: bytes) -> bool | None:
+    """From NV_ReadPublic's answer: True if ``index`` is exactly this host's counter,
+    written; False if it is, never written; None if it is something else."""
+    public = _wire.Reader(params, "NV_ReadPublic").tpm2b()
+    if public == counter_public(index, written=True):
+        return True
+    if public == counter_public(index, written=False):
+        return False
+    return None
+
+
+def check_counter_public(index: int, params: bytes) -> bool:
+    """Whether this host's counter at ``index`` was written; HostError unless
+    NV_ReadPublic's answer is exactly that counter (type COUNTER, the exact
+    attributes, empty authPolicy, 8 bytes: the same as comparing its NV Name, a
+    hash of that public area)."""
+    written = is_counter_public(index, params)
+    if written is None:
+        raise HostError(
+            f"the TPM counter {index:#x} was replaced: its NV index is no longer the "
+            "counter this host defined (another user of the TPM deleted and redefined it)"
+        )
+    return written
+
+
 def nv_increment_command(index: int) -> bytes:
     return _wire.command(_wire.CC_NV_INCREMENT, [index, index], b"", _wire.password_auth())
 
@@ -110,6 +167,17 @@ def parse_nv_read_counter(params: bytes) -> int:
     if len(data) != 8:
         raise HostError("the TPM's NV counter is not 8 bytes")
     return int.from_bytes(data, "big")
+
+
+#: Rollback-protected plaintext: this, the NV index (4 bytes), RollbackSealedData.
+_BINDING: Final = b"taonet tpm2 nv\x00"
+
+
+def _bound(index: int, sealed_data: bytes) -> bytes:
+    """The plaintext a rollback-protected seal seals: the NV counter's index and value
+    (in ``sealed_data``) name the counter instance, which a restored state directory
+    cannot bring back (see the module docstring)."""
+    return _BINDING + _wire.u32(index) + sealed_data
 
 
 class Tpm2Counters:
@@ -129,7 +197,9 @@ class Tpm2Counters:
         """Read the counter map (ConfigError if it was edited)."""
         self._table = await trio.to_thread.run_sync(self._state.counters, self._mac_key)
 
-    def _index(self, program: str, label: str) -> int:
+    def _index(self, program: str, label: str, attempt: int = 0) -> int:
+        """The ``attempt``-th candidate NV index for a counter (public: anyone who knows
+        the quote key can compute it, so a taken candidate moves on to the next)."""
         digest = hashlib.sha256(
             b"taonet tpm2 counter\x00"
             + self._core.quote_key_der
@@ -137,6 +207,7 @@ class Tpm2Counters:
             + program.encode()
             + b"\x00"
             + label.encode()
+            + (b"" if attempt == 0 else b"\x00" + attempt.to_bytes(4, "big"))
         ).digest()
         return _NV_FIRST + int.from_bytes(digest[:4], "big") % _NV_SPAN
 
@@ -144,38 +215,41 @@ class Tpm2Counters:
         await trio.to_thread.run_sync(self._state.write_counters, self._mac_key, table)
         self._table = table
 
-    async def _nv_value(self, index: int) -> int | None:
-        """The NV counter's value; None if it is defined but never incremented."""
+    async def _nv_value(self, index: int, *, increment: bool = False) -> int | None:
+        """The NV counter's value (after one NV_Increment with ``increment``); None if
+        it is defined but never incremented. A counter that was incremented is first
+        checked to be exactly the counter this host defined, in the same turn on the
+        TPM (see :func:`check_counter_public`)."""
 
         async def read() -> int | None:
-            try:
-                _, params = await self._runtime.call(nv_read_command(index))
-            except _wire.TpmError as exc:
-                if exc.base == _wire.RC_NV_UNINITIALIZED:
-                    return None
-                raise
+            _, public = await self._runtime.call(nv_read_public_command(index))
+            if not check_counter_public(index, public) and not increment:
+                return None
+            if increment:
+                await self._runtime.call(nv_increment_command(index))
+            _, params = await self._runtime.call(nv_read_command(index))
             return parse_nv_read_counter(params)
 
         return await self._runtime.run(read)
 
-    async def _increment(self, index: int) -> None:
-        await self._runtime.run(lambda: self._runtime.call(nv_increment_command(index)))
+    async def _increment(self, index: int) -> int:
+        """NV_Increment the (checked) counter; its new value."""
+        value = await self._nv_value(index, increment=True)
+        assert value is not None
+        return value
 
-    async def _defined(self, index: int) -> bool:
-        async def read_public() -> bool:
+    async def _index_state(self, index: int) -> str:
+        """Whether ``index`` is "free", "ours" (shaped exactly like this host's
+        counters) or "foreign"."""
+
+        async def read_public() -> str:
             try:
                 _, params = await self._runtime.call(nv_read_public_command(index))
             except _wire.TpmError as exc:
                 if exc.base == _wire.RC_HANDLE:
-                    return False
+                    return "free"
                 raise
-            attributes, size = parse_nv_read_public(params)
-            if attributes & ~NV_WRITTEN != NV_COUNTER_ATTRIBUTES or size != 8:
-                raise HostError(
-                    f"NV index {index:#x} is not one of this host's counters (another "
-                    "user of the TPM defined it)"
-                )
-            return True
+            return "foreign" if is_counter_public(index, params) is None else "ours"
 
         return await self._runtime.run(read_public)
 
@@ -191,33 +265,57 @@ class Tpm2Counters:
                 return None
             if len(self._table) >= MAX_COUNTERS:
                 raise HostError(f"this TPM host has {MAX_COUNTERS} counters, its most")
-            index = self._index(*key)
-            if any(e.index == index for e in self._table.values()) or await self._defined(index):
-                raise HostError(
-                    f"the TPM already has an NV counter for {label!r} ({index:#x}) that this "
-                    "host's state directory does not record: the directory was restored from "
-                    "an older copy (rollback), or another user of the TPM took that index"
-                )
-            entry = CounterEntry(index, None)
+            entry = CounterEntry(await self._free_index(*key), None)
             await self._store({**self._table, key: entry})
         if entry.base is None:
             # Creation interrupted or under way: define, initialize, record the base.
             index = entry.index
-            if not await self._defined(index):
+            state = await self._index_state(index)
+            if state == "foreign":
+                raise HostError(
+                    f"the TPM counter {index:#x} was replaced: another user of the TPM "
+                    "defined that index while this host was making its counter"
+                )
+            if state == "free":
                 await self._runtime.run(
                     lambda: self._runtime.call(nv_define_counter_command(index))
                 )
                 _log.info("tpm_nv_counter_defined", index=hex(index))
             value = await self._nv_value(entry.index)
             if value is None:
-                await self._increment(entry.index)
-                value = await self._nv_value(entry.index)
-                assert value is not None
+                value = await self._increment(entry.index)
             entry = CounterEntry(entry.index, value - (create or 0))
             await self._store({**self._table, key: entry})
         return entry
 
+    async def _free_index(self, program: str, label: str) -> int:
+        """The first candidate index no one holds (the choice is recorded in the MAC'd
+        counter map, never recomputed). A held candidate is skipped, never adopted,
+        even one shaped like this host's counters: it may be this label's own counter
+        under a state directory restored from an older copy (its blobs name that
+        index, so they stay refused under the new one) or a squatter's copy."""
+        taken = {e.index for e in self._table.values()}
+        for attempt in range(MAX_INDEX_ATTEMPTS):
+            index = self._index(program, label, attempt)
+            if index in taken:
+                continue
+            state = await self._index_state(index)
+            if state == "free":
+                return index
+            _log.warning("tpm_nv_index_taken", index=hex(index), shaped_like_ours=state == "ours")
+        raise HostError(
+            f"no free NV index for counter {label!r}: all {MAX_INDEX_ATTEMPTS} candidate "
+            "indices are held by other users of the TPM (or by this host's own counters "
+            "from older copies of its state directory)"
+        )
+
     async def _value(self, entry: CounterEntry) -> int:
+        """The Tao counter: NV value - base."""
+        assert entry.base is not None
+        return await self._absolute(entry) - entry.base
+
+    async def _absolute(self, entry: CounterEntry) -> int:
+        """The checked NV value (at least the entry's base)."""
         assert entry.base is not None
         value = await self._nv_value(entry.index)
         if value is None or value < entry.base:
@@ -225,7 +323,7 @@ class Tpm2Counters:
                 f"NV counter {entry.index:#x} is below this host's record of it: the "
                 "state directory does not belong to this TPM's counters"
             )
-        return value - entry.base
+        return value
 
     async def init_counter(self, caller: auth.Prin, label: str, counter: int) -> None:
         self._core.check_caller(caller)
@@ -264,16 +362,32 @@ class Tpm2Counters:
         if check_policy(policy) == SEAL_POLICY_ANY:
             raise HostError("rollback-protected sealing is for one program: use self or few")
         data = bytes(data)
-        if len(_sealed_data(caller, label, MAX_COUNTER, data)) > MAX_SEALED_BYTES:
+        if len(_bound(0, _sealed_data(caller, label, MAX_COUNTER, data))) > MAX_SEALED_BYTES:
             raise HostError(f"rollback-protected seal: data over {MAX_SEALED_BYTES} bytes")
         async with self._lock:
             entry = await self._entry(caller, label, create=0)
             assert entry is not None
-            if await self._value(entry) >= MAX_COUNTER:
+            assert entry.base is not None
+            now = await self._absolute(entry)
+            if now - entry.base >= MAX_COUNTER or now >= MAX_COUNTER:
                 raise HostError(f"counter {label!r} is at its maximum and cannot be bumped")
-            await self._increment(entry.index)
-            counter = await self._value(entry)
-        return await self._core.seal_for(caller, _sealed_data(caller, label, counter, data), policy)
+            # Seal at the value the increment will reach, then increment: a seal that
+            # fails leaves the counter, and so the last good blob, as it was; a blob
+            # whose increment failed names a value the counter never reached and
+            # is refused. The blob names the NV counter's own value, which no counter
+            # on this TPM takes twice (a redefined counter starts above every value
+            # any counter had), so a counter deleted and made again under a
+            # restored state directory cannot make an old blob current again.
+            sealed = await self._core.seal_for(
+                caller, _bound(entry.index, _sealed_data(caller, label, now + 1, data)), policy
+            )
+            reached = await self._increment(entry.index)
+            if reached != now + 1:
+                raise HostError(
+                    f"the TPM counter for {label!r} moved while sealing (another user of "
+                    "the TPM incremented it): seal again"
+                )
+        return sealed
 
     async def rollback_protected_unseal(
         self, caller: auth.Prin, sealed: bytes
@@ -281,6 +395,10 @@ class Tpm2Counters:
         plain, policy = await self._core.unseal_for(caller, sealed)
         if policy == SEAL_POLICY_ANY:
             raise HostError("not rollback-protected data: it was sealed under policy 'any'")
+        if len(plain) < len(_BINDING) + 4 or not plain.startswith(_BINDING):
+            raise HostError("not rollback-protected data of a TPM host")
+        index = int.from_bytes(plain[len(_BINDING) : len(_BINDING) + 4], "big")
+        plain = plain[len(_BINDING) + 4 :]
         try:
             msg = parse("RollbackSealedData", plain, what="rollback-protected data")
         except CodecError as exc:
@@ -297,15 +415,24 @@ class Tpm2Counters:
                     f"rollback detected: this host has no record of counter {label!r} "
                     "(its state directory was restored from an older copy?)"
                 )
-            current = await self._value(entry)
+            if entry.index != index:
+                raise HostError(
+                    f"rollback detected: the data for {label!r} was sealed under NV counter "
+                    f"{index:#x}, this host's counter for it is now {entry.index:#x} (its "
+                    "state directory was restored from an older copy?)"
+                )
+            current = await self._absolute(entry)
+            base = entry.base
+            assert base is not None
         if sealed_at < current:
             raise HostError(
                 f"rollback detected: the data for {label!r} was sealed at counter "
-                f"{sealed_at}, the TPM counter is now {current}"
+                f"{max(sealed_at - base, 0)}, the TPM counter is now {current - base}"
             )
         if sealed_at > current:
             raise HostError(
-                f"host counter state rolled back: the data for {label!r} was sealed at "
-                f"counter {sealed_at}, but the TPM counter is {current}"
+                f"host counter state rolled back, or the seal's counter increment never "
+                f"happened: the data for {label!r} was sealed at counter "
+                f"{sealed_at - base}, but the TPM counter is {current - base}"
             )
         return bytes(msg.protected_data), policy

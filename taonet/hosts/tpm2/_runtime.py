@@ -71,6 +71,13 @@ def differing(expected: Mapping[int, bytes], now: Mapping[int, bytes]) -> str:
     return ", ".join(f"PCR {p}" for p in sorted(expected) if now.get(p) != expected[p])
 
 
+def _no_answer() -> str:
+    return (
+        f"the TPM did not answer within {TPM_TIMEOUT:g} s (for swtpm: another client may "
+        "hold its one connection)"
+    )
+
+
 class TpmRuntime:
     """One TPM's connection and kept objects (see the module docstring)."""
 
@@ -123,7 +130,7 @@ class TpmRuntime:
                     raise
             self._ready = False
             await self.transport.close()
-            raise HostError(f"the TPM did not answer within {TPM_TIMEOUT:.0f} s")
+            raise HostError(_no_answer())
 
     async def call(self, command: bytes) -> tuple[bytes, bytes]:
         """One command (inside :meth:`run`)."""
@@ -158,8 +165,11 @@ class TpmRuntime:
     async def start(self) -> dict[int, bytes]:
         """Build everything and return the PCR values (the host's name states them)."""
         async with self.transport.lock:
-            with trio.fail_after(TPM_TIMEOUT):
+            with trio.move_on_after(TPM_TIMEOUT) as scope:
                 await self._rebuild()
+            if scope.cancelled_caught:
+                await self.transport.close()
+                raise HostError(_no_answer())
         assert self.expected_pcrs is not None
         return self.expected_pcrs
 
@@ -222,8 +232,9 @@ class TpmRuntime:
             self._ready = False
             _log.error("tpm_unreachable", error=str(exc))
             raise HostError(f"the TPM cannot be reached: {exc}") from cause
-        if isinstance(cause, ConnectionLost):
-            self._ready = False
+        # Reset or not, a lost connection or a missing handle means the kept
+        # objects cannot be trusted to be loaded: the next call rebuilds them.
+        self._ready = False
         if before is not None and now != before:
             self._ready = False
             _log.error(

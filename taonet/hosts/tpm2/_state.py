@@ -106,11 +106,7 @@ class StateDir:
 
     def config(self) -> HostConfig:
         name = self.path / CONFIG_FILE
-        data = self._read(CONFIG_FILE)
-        try:
-            obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise ConfigError(f"{name} is not valid JSON (edited by hand?)") from None
+        obj = _load_json(self._read(CONFIG_FILE), name)
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise ConfigError(f"{name} is not a {FORMAT!r} file")
         tcti, pcrs, alg = obj.get("tcti"), obj.get("pcrs"), obj.get("alg")
@@ -149,11 +145,7 @@ class StateDir:
         name = self.path / COUNTERS_FILE
         if not self.exists(COUNTERS_FILE):
             return {}
-        data = self._read(COUNTERS_FILE, _MAX_COUNTERS_FILE)
-        try:
-            obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise ConfigError(f"{name} is not valid JSON (edited by hand?)") from None
+        obj = _load_json(self._read(COUNTERS_FILE, _MAX_COUNTERS_FILE), name)
         if not isinstance(obj, dict) or obj.get("format") != _COUNTERS_FORMAT:
             raise ConfigError(f"{name} is not a {_COUNTERS_FORMAT!r} file")
         entries, tag = obj.get("counters"), obj.get("mac")
@@ -173,6 +165,28 @@ class StateDir:
         ]
         obj = {"format": _COUNTERS_FORMAT, "counters": entries, "mac": _mac(mac_key, entries)}
         self._write(COUNTERS_FILE, json.dumps(obj, indent=1).encode() + b"\n")
+
+
+#: Deepest nesting the state files have (an object in a list in an object is 3).
+_MAX_JSON_DEPTH: Final = 8
+
+
+def _load_json(data: bytes, name: Path) -> Any:
+    """Parse a state file; ConfigError if it is not JSON or nested deeper than the
+    files ever are (a deeply nested file would otherwise be a RecursionError)."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ConfigError(f"{name} is not valid JSON (edited by hand?)") from None
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > _MAX_JSON_DEPTH:
+                raise ConfigError(f"{name} is nested too deeply (edited by hand?)")
+            values = item.values() if isinstance(item, dict) else item
+            stack.extend((value, depth + 1) for value in values)
+    return obj
 
 
 def _mac(key: bytes, entries: list[Any]) -> str:

@@ -13,7 +13,9 @@
   and write-locked, as a manufacturer would.
 
 swtpm listens on 127.0.0.1, on a free port N (commands) and N+1 (control, where
-tpm2-tss' swtpm TCTI expects it); :attr:`Swtpm.tcti` is ``swtpm:host=127.0.0.1,port=N``.
+tpm2-tss' swtpm TCTI expects it), recorded in the directory and kept by every later
+start (a taken recorded port is an error, never a move); :attr:`Swtpm.tcti` is
+``swtpm:host=127.0.0.1,port=N``.
 :meth:`~Swtpm.stop` ends that swtpm by its pid and waits for it; :meth:`~Swtpm.restart`
 starts it again on the same state and ports: a TPM Reset (PCRs reset, saved contexts
 refused; NV kept). The blocking methods have async twins (``acreate``, ``astart``,
@@ -170,7 +172,8 @@ class Swtpm:
         """Make a new TPM (CA, EK certificates, state) in ``directory`` and start it.
 
         ``directory`` must be missing or empty. With ``start=False`` swtpm is stopped
-        again once the P-256 EK certificate is in place.
+        again once the P-256 EK certificate is in place, and its port forgotten (the
+        first :meth:`start` picks a free pair).
         """
         for name in ("swtpm", "swtpm_setup", "swtpm_localca"):
             _tool(name)
@@ -201,6 +204,11 @@ class Swtpm:
             raise
         if not start:
             self.stop()
+            # Nothing has saved this TCTI yet: the first real start picks a free pair
+            # (rather than insist on a port another process may have taken since).
+            self._port = None
+            with contextlib.suppress(FileNotFoundError):
+                self._portfile.unlink()
         _log.info("swtpm_created", directory=str(self.directory), tcti=self.tcti if start else None)
         return self
 
@@ -340,9 +348,11 @@ class Swtpm:
         """Start swtpm on its state, on ports N (commands) and N+1 (control).
 
         N is ``port`` if given; else the port this object ran on before (so a restart
-        keeps the TCTI); else the port recorded by the directory's last start, if it is
-        free (so a TPM host's saved TCTI stays right across runs of a demo); else a free
-        pair. HostError if a port that must be used is taken.
+        keeps the TCTI); else the port recorded by the directory's last start (so a TPM
+        host's saved TCTI stays right across runs of a demo); else, on a first start,
+        a free pair. HostError if a port that must be used is taken: never a silent
+        move to another, since a host's saved TCTI names the old port and whoever
+        holds it could sit between that host and the TPM.
         """
         if self._pid is not None:
             raise HostError(f"swtpm in {self.directory} is already running (pid {self._pid})")
@@ -352,10 +362,10 @@ class Swtpm:
         if not (self._state / "tpm2-00.permall").is_file():
             raise ConfigError(f"no swtpm state in {self.directory}: make one with Swtpm.create")
         fixed = port if port is not None else self._port
-        preferred = fixed if fixed is not None else self._recorded_port()
-        for attempt in range(_START_ATTEMPTS):
-            first = attempt == 0 and preferred is not None
-            candidate = preferred if first and preferred is not None else _free_port_pair()
+        if fixed is None:
+            fixed = self._recorded_port()
+        for _ in range(_START_ATTEMPTS):
+            candidate = fixed if fixed is not None else _free_port_pair()
             with contextlib.suppress(FileNotFoundError):
                 self.log_path.unlink()
             with contextlib.suppress(FileNotFoundError):
@@ -387,8 +397,15 @@ class Swtpm:
                 _log.info("swtpm_started", pid=self._pid, port=candidate)
                 return
             why = _tail(self.log_path)
-            if fixed is None and "Address already in use" in why:
-                continue
+            if "Address already in use" in why:
+                if fixed is None:
+                    continue
+                raise HostError(
+                    f"swtpm's port {candidate} or {candidate + 1} on 127.0.0.1 is taken by "
+                    "another process: not moving to another port (a TPM host's saved TCTI "
+                    "names this one, and whoever holds it could sit between that host and "
+                    "the TPM); stop that process"
+                )
             raise HostError(
                 f"swtpm did not start (exit {done.returncode}) on ports {candidate} and"
                 f" {candidate + 1}: {why}"

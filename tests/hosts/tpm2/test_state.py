@@ -52,6 +52,26 @@ EDITS: list[tuple[str, Callable[[Path], None], type[TaoError], str]] = [
     ("bad alg", _edit_json("tpm2host.json", lambda o: o.update(alg="dsa")), ConfigError, "alg"),
     ("bad tcti", _edit_json("tpm2host.json", lambda o: o.update(tcti=7)), ConfigError, "tcti"),
     ("huge config", _write("tpm2host.json", b" " * 100_000), ConfigError, "limit"),
+    # nesting deeper than the parser's recursion limit, and deeper than the files go
+    ("config nested", _write("tpm2host.json", b"[" * 20_000 + b"]" * 20_000), ConfigError, "JSON"),
+    (
+        "config pcrs nested",
+        _edit_json("tpm2host.json", lambda o: o.update(pcrs=[[[[[[[[[0]]]]]]]]])),
+        ConfigError,
+        "nested too deeply",
+    ),
+    (
+        "counters nested",
+        _write("counters.json", b'{"counters": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+        ConfigError,
+        "JSON",
+    ),
+    (
+        "counters entries nested",
+        _write("counters.json", b'{"counters": ' + b"[" * 50 + b"]" * 50 + b', "mac": "x"}'),
+        ConfigError,
+        "nested too deeply",
+    ),
     ("key truncated", _write("quote_key.pub", b"\x00\x10abc"), ConfigError, "TPM2B"),
     ("key not a key", _write("quote_key.pub", b"\x00\x02ab"), ConfigError, "quote_key.pub"),
     ("deriving cut", _write("deriving.sealed", b"\x00\x05ab"), ConfigError, "sealed TPM object"),

@@ -228,8 +228,9 @@ async def test_start_without_state_is_refused(tmp_path: Path) -> None:
 
 
 async def test_a_new_object_reuses_the_recorded_port(fresh_swtpm: Swtpm) -> None:
-    """A later run on the same directory gets the same TCTI (a host saved it), and
-    falls back to a free pair when that port is taken."""
+    """A later run on the same directory gets the same TCTI (a host saved it); when
+    another process squats that port, start refuses rather than move (the squatter
+    could otherwise sit between the host and the TPM)."""
     from taonet.hosts.tpm2 import Swtpm
 
     tcti = fresh_swtpm.tcti
@@ -244,14 +245,18 @@ async def test_a_new_object_reuses_the_recorded_port(fresh_swtpm: Swtpm) -> None
         squatter.bind(("127.0.0.1", again.port))
         squatter.listen()
         third = Swtpm(fresh_swtpm.directory)
-        await third.astart()
-        try:
-            assert third.port != again.port
-        finally:
-            await third.astop()
-        # A port asked for explicitly is not replaced by another.
-        with pytest.raises(HostError, match="did not start"):
+        with pytest.raises(HostError, match=f"port {again.port} .* is taken"):
+            await third.astart()
+        assert third.pid is None
+        # A port asked for explicitly is not replaced by another either.
+        with pytest.raises(HostError, match="is taken"):
             await trio.to_thread.run_sync(lambda: third.start(port=again.port))
+    # Once the squatter is gone, the recorded port is used again.
+    await third.astart()
+    try:
+        assert third.tcti == tcti
+    finally:
+        await third.astop()
 
 
 def _path_with(directory: Path, tools: dict[str, str | None]) -> str:
