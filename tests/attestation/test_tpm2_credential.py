@@ -244,6 +244,18 @@ def _patch(area: tc.TpmPublic, *, attributes: int | None = None, policy: bytes |
     return bytes(out)
 
 
+def _changed(area: tc.TpmPublic, change: dict[str, Any]) -> bytes:
+    """``area`` with a test's ``change``: ``attributes_xor`` flips attribute bits,
+    ``policy`` and ``name_alg`` replace those fields."""
+    xor = change.get("attributes_xor")
+    return _patch(
+        area,
+        attributes=None if xor is None else area.attributes ^ xor,
+        policy=change.get("policy"),
+        name_alg=change.get("name_alg"),
+    )
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -258,14 +270,7 @@ def _patch(area: tc.TpmPublic, *, attributes: int | None = None, policy: bytes |
 def test_ek_public_not_a_template_refused(eks: Any, change: dict[str, Any]) -> None:
     cert = eks["p384"][0]
     real = tc.parse_public(eks["p384"][1])
-    raw = _patch(
-        real,
-        attributes=None
-        if "attributes_xor" not in change
-        else real.attributes ^ change["attributes_xor"],
-        policy=change.get("policy"),
-        name_alg=change.get("name_alg"),
-    )
+    raw = _changed(real, change)
     with pytest.raises(AuthenticationError, match="matches no TCG EK template"):
         tc.check_ek_public(cert, raw)
     with pytest.raises(AuthenticationError):
@@ -290,13 +295,7 @@ def test_quote_key_not_restricted_signing_refused(
 ) -> None:
     real = tc.parse_public(tc.tpmt_public_from_tpm2b(quote_key[1]))
     tc.check_quote_key(real)
-    raw = _patch(
-        real,
-        attributes=None
-        if "attributes_xor" not in change
-        else real.attributes ^ change["attributes_xor"],
-        name_alg=change.get("name_alg"),
-    )
+    raw = _changed(real, change)
     with pytest.raises(AuthenticationError, match=message):
         tc.check_quote_key(tc.parse_public(raw))
 
