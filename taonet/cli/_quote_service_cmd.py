@@ -12,7 +12,6 @@ checks before it signs.
 from __future__ import annotations
 
 import argparse
-import functools
 from typing import Any
 
 from taonet import configure_logging
@@ -20,10 +19,9 @@ from taonet.cli._domain_cmd import add_domain_option, domain_dir
 from taonet.cli._password import add_password_option, get_password
 from taonet.cli._service_cmd import (
     add_listen_option,
-    address_of,
     parse_listen,
-    say_stopped,
-    serve_until_signal,
+    run_service,
+    say_started,
 )
 
 
@@ -41,7 +39,6 @@ def register(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     import structlog
-    import trio
 
     from taonet_services.quote_service import QuoteService
 
@@ -53,13 +50,7 @@ def _run(args: argparse.Namespace) -> int:
     service = QuoteService.open(directory, password)
 
     async def started(listeners: Any, nursery: Any) -> None:
-        addresses = [address_of(listener.socket.getsockname()) for listener in listeners]
-        log.info(
-            "quote_service_started",
-            listen=addresses,
-            domain=str(directory),
-            principal=str(service.principal),
-        )
+        addresses = say_started(log, "quote_service_started", listeners, directory, service)
         print(
             f"quote service for {service.domain.config.name!r} listening on "
             f"{', '.join(addresses)} as {service.principal} "
@@ -67,14 +58,4 @@ def _run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    with service:  # closes the audit log however it ends
-        stopped_by = trio.run(
-            functools.partial(
-                serve_until_signal,
-                lambda task_status: service.serve(port, host=host, task_status=task_status),
-                started,
-                listen=args.listen,
-            )
-        )
-    say_stopped(log, "quote_service_stopped", "quote service", stopped_by)
-    return 0
+    return run_service(log, "quote_service", service, (host, port), started, listen=args.listen)

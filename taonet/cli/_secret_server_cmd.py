@@ -27,7 +27,7 @@ from taonet.cli._service_cmd import (
     parse_listen,
     say_stopped,
     serve_until_signal,
-    start_metrics,
+    start_metrics_if_asked,
 )
 
 #: Set by a Tao host for its hosted programs (see taonet.hosts.parent).
@@ -153,14 +153,7 @@ def _run(args: argparse.Namespace) -> int:
             principal=str(principal),
         )
         print(f"secret server listening on {address} as {principal}", flush=True)
-        if metrics is not None and metrics_at is not None:
-            await start_metrics(
-                nursery,
-                metrics.exposition,
-                metrics_at,
-                public=args.metrics_public,
-                option=f"--metrics {args.metrics}",
-            )
+        await start_metrics_if_asked(nursery, metrics, metrics_at, args)
 
     async def main() -> str | None:
         async with contextlib.AsyncExitStack() as stack:

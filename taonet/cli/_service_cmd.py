@@ -20,6 +20,7 @@ import argparse
 import functools
 import signal
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from taonet import ConfigError, configure_logging
@@ -111,6 +112,21 @@ async def start_metrics(
     return url
 
 
+async def start_metrics_if_asked(
+    nursery: Any, metrics: Any, address: tuple[str, int] | None, args: argparse.Namespace
+) -> None:
+    """:func:`start_metrics` for ``metrics`` (a ServiceMetrics) on the ``--metrics``
+    address, when the command was given one (``address`` not None)."""
+    if metrics is not None and address is not None:
+        await start_metrics(
+            nursery,
+            metrics.exposition,
+            address,
+            public=args.metrics_public,
+            option=f"--metrics {args.metrics}",
+        )
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` (127.0.0.1); UsageError saying what is wrong."""
     shown = repr(text[:100])
@@ -178,6 +194,14 @@ async def serve_until_signal(
     return stopped_by
 
 
+def say_started(log: Any, event: str, listeners: Any, directory: Path, service: Any) -> list[str]:
+    """Log ``event`` with the addresses ``listeners`` listen on, the domain directory
+    and the service's principal to ``log``; the addresses."""
+    addresses = [address_of(listener.socket.getsockname()) for listener in listeners]
+    log.info(event, listen=addresses, domain=str(directory), principal=str(service.principal))
+    return addresses
+
+
 def say_stopped(log: Any, event: str, what: str, stopped_by: str | None) -> None:
     """Log ``event`` with the signal to ``log`` and print ``WHAT stopped (SIGNAL)``."""
     log.info(event, signal=stopped_by)
@@ -187,7 +211,6 @@ def say_stopped(log: Any, event: str, what: str, stopped_by: str | None) -> None
 def _run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM, then stop in order and exit 0."""
     import structlog
-    import trio
 
     from taonet_services.domain_service import DomainService
 
@@ -206,37 +229,43 @@ def _run(args: argparse.Namespace) -> int:
     service = DomainService.open(directory, password, metrics=metrics)
 
     async def started(listeners: Any, nursery: Any) -> None:
-        addresses = [address_of(listener.socket.getsockname()) for listener in listeners]
-        log.info(
-            "domain_service_started",
-            listen=addresses,
-            domain=str(directory),
-            principal=str(service.principal),
-        )
+        addresses = say_started(log, "domain_service_started", listeners, directory, service)
         print(
             f"domain service for {service.domain.config.name!r} listening on "
             f"{', '.join(addresses)} as {service.principal}",
             flush=True,
         )
-        if metrics is not None and metrics_at is not None:
-            await start_metrics(
-                nursery,
-                metrics.exposition,
-                metrics_at,
-                public=args.metrics_public,
-                option=f"--metrics {args.metrics}",
-            )
+        await start_metrics_if_asked(nursery, metrics, metrics_at, args)
 
+    return run_service(log, "domain_service", service, (host, port), started, listen=args.listen)
+
+
+def run_service(
+    log: Any,
+    name: str,
+    service: Any,
+    address: tuple[str, int],
+    started: Callable[[Any, Any], Awaitable[None]],
+    *,
+    listen: str,
+) -> int:
+    """Serve ``service`` (a domain directory's service: a context manager with
+    ``serve(port, host=, task_status=)``) on ``address`` through
+    :func:`serve_until_signal`, close it, log ``NAME_stopped`` and print that it
+    stopped (``name`` with spaces); exit status 0."""
+    import trio
+
+    host, port = address
     with service:  # closes the audit log however it ends
         stopped_by = trio.run(
             functools.partial(
                 serve_until_signal,
                 lambda task_status: service.serve(port, host=host, task_status=task_status),
                 started,
-                listen=args.listen,
+                listen=listen,
             )
         )
-    say_stopped(log, "domain_service_stopped", "domain service", stopped_by)
+    say_stopped(log, f"{name}_stopped", name.replace("_", " "), stopped_by)
     return 0
 
 
