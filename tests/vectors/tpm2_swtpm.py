@@ -63,7 +63,9 @@ def _pytss(module: str) -> Any:
     return importlib.import_module(f"tpm2_pytss{module}")
 
 
-def _templates(kind: str) -> Any:
+def pytss_template(kind: str) -> Any:
+    """The TPM2B_PUBLIC tpm2-pytss makes from the usual strings for taonet's primary
+    (``primary``) or quote key (``ecc``, ``rsa``): SHA-256 names, fixed, restricted."""
     types = _pytss(".types")
     TPM2B_PUBLIC, TPMA_OBJECT = types.TPM2B_PUBLIC, types.TPMA_OBJECT
 
@@ -117,7 +119,7 @@ def make(out: Path) -> None:
         )
         esapi.pcr_extend(esys_tr.PCR16, values)
         primary, primary_pub, _, _, _ = esapi.create_primary(
-            types.TPM2B_SENSITIVE_CREATE(), _templates("primary"), esys_tr.OWNER
+            types.TPM2B_SENSITIVE_CREATE(), pytss_template("primary"), esys_tr.OWNER
         )
         selection = types.TPML_PCR_SELECTION.parse("sha256:" + ",".join(map(str, PCRS)))
         _, _, digests = esapi.pcr_read(selection)
@@ -125,7 +127,7 @@ def make(out: Path) -> None:
         vectors = []
         for kind in ("ecc", "rsa"):
             priv, pub, _, _, _ = esapi.create(
-                primary, types.TPM2B_SENSITIVE_CREATE(), _templates(kind)
+                primary, types.TPM2B_SENSITIVE_CREATE(), pytss_template(kind)
             )
             key = esapi.load(primary, priv, pub)
             pem = pub.to_pem()

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-import trio
 
-from tests.hosts.tpm2.tpm2_host_helpers import make_host
+from tests.hosts.tpm2.tpm2_host_helpers import opened_host
 from tests.tpm2_fixtures import INSTALL_LINE, in_ci, missing_tpm2, tpm2_or_skip
 
 if TYPE_CHECKING:
@@ -31,9 +30,5 @@ __all__ = ["INSTALL_LINE", "in_ci", "missing_tpm2", "tpm2_or_skip"]
 @pytest.fixture
 async def host(tmp_path: Path, swtpm_tcti: str) -> AsyncIterator[Tpm2Host]:
     """A Tpm2Host on the session's swtpm in ``tmp_path / "tpmhost"``, closed after the test."""
-    h = await make_host(tmp_path / "tpmhost", swtpm_tcti)
-    try:
+    async with opened_host(tmp_path / "tpmhost", swtpm_tcti) as h:
         yield h
-    finally:
-        with trio.fail_after(60):
-            await h.aclose()
