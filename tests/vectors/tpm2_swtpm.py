@@ -22,7 +22,6 @@ import importlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,26 +35,11 @@ from cryptography.hazmat.primitives import serialization
 
 from taonet import auth
 from taonet.attestation.tpm2 import DEFAULT_PCRS, host_name, tpm2_attestation
+from taonet.hosts.tpm2._swtpm import _free_port_pair
 
 NOW = 1_800_000_000 * 10**9
 YEAR = 365 * 24 * 3600 * 10**9
 PCRS = (*DEFAULT_PCRS, 16)
-
-
-def _free_port_pair() -> int:
-    for _ in range(100):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            if port >= 65535:
-                continue
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return int(port)
-    raise RuntimeError("no free port pair")
 
 
 def _pytss(module: str) -> Any:
