@@ -95,6 +95,9 @@ os.environ.setdefault("TSS2_LOG", "all+NONE")  # ESAPI prints expected failures 
 
 import structlog
 import trio
+
+# Run as a script, this folder is on sys.path: the same CPU-time rate as core_bench.
+from core_bench import rate as cpu_rate
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -369,20 +372,6 @@ def verifiers(baseline: PytssBaseline, tpm_util: Any | None) -> dict[str, Callab
             continue
         raise SystemExit(f"{name} accepted a quote over other qualifying data")
     return fns
-
-
-def cpu_rate(fn: Callable[[], object], seconds: float) -> float:
-    """Calls per second of this process's CPU time, over about ``seconds`` of it."""
-    count = 0
-    start = time.process_time()
-    deadline = start + seconds
-    while True:
-        for _ in range(25):
-            fn()
-        count += 25
-        now = time.process_time()
-        if now >= deadline:
-            return count / (now - start)
 
 
 def measure_verifiers(

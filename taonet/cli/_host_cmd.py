@@ -249,7 +249,7 @@ def register(sub: Any) -> None:
 
 def _init(args: argparse.Namespace) -> int:
     from taonet.domain import Domain
-    from taonet.hosts.linux import LinuxHost, default_interpreters
+    from taonet.hosts.linux import LinuxHost
 
     if args.tpm2:
         return _init_tpm2(args)
@@ -257,17 +257,8 @@ def _init(args: argparse.Namespace) -> int:
         raise UsageError("--tcti, --pcrs and --quote-service are for a root host on a TPM (--tpm2)")
 
     directory = host_dir(args)
-    domain = str(Path(args.domain).resolve()) if args.domain is not None else None
-    config = LinuxHostConfig(
-        kind=args.kind,
-        domain=domain,
-        guard="Liberal" if args.liberal else "domain",
-        program_ids=args.program_ids,
-        sandbox=args.sandbox,
-        sandbox_paths=tuple(str(Path(p).resolve()) for p in args.sandbox_path),
-        grace_period=args.grace_period,
-        interpreters=default_interpreters(),
-    )
+    config = config_from_args(args, kind=args.kind)
+    domain = config.domain
     password = signer = None
     if args.kind == "root":
         password = get_password(args.password_file, prompt="New host password", confirm=True)
@@ -466,6 +457,26 @@ def _add_tpm2_options(init: Any) -> None:
         metavar="HOST:PORT",
         help="with --tpm2: have the domain's quote service certify the quote key now "
         "(else later: taonet host certify)",
+    )
+
+
+def config_from_args(
+    args: argparse.Namespace, *, kind: str, root_tao: str = "soft"
+) -> LinuxHostConfig:
+    """The LinuxHostConfig ``host init`` writes: ``--domain`` and ``--sandbox-path``
+    made absolute, the guard from ``--liberal``, the default interpreters."""
+    from taonet.hosts.linux import default_interpreters
+
+    return LinuxHostConfig(
+        kind=kind,
+        root_tao=root_tao,
+        domain=str(Path(args.domain).resolve()) if args.domain is not None else None,
+        guard="Liberal" if args.liberal else "domain",
+        program_ids=args.program_ids,
+        sandbox=args.sandbox,
+        sandbox_paths=tuple(str(Path(p).resolve()) for p in args.sandbox_path),
+        grace_period=args.grace_period,
+        interpreters=default_interpreters(),
     )
 
 

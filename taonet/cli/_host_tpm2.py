@@ -60,23 +60,13 @@ def _check_address(address: str) -> str:
 def init_tpm2(args: argparse.Namespace, directory: Path) -> int:
     import trio
 
-    from taonet.hosts.linux import LinuxHost, LinuxHostConfig, default_interpreters
+    from taonet.cli._host_cmd import config_from_args
+    from taonet.hosts.linux import LinuxHost
 
     tcti = args.tcti or os.environ.get("TAO_TCTI") or DEFAULT_TCTI
     pcrs = parse_pcr_list(args.pcrs) if args.pcrs is not None else None
     address = _check_address(args.quote_service) if args.quote_service else None
-    domain = str(Path(args.domain).resolve()) if args.domain is not None else None
-    config = LinuxHostConfig(
-        kind="root",
-        root_tao="tpm2",
-        domain=domain,
-        guard="Liberal" if args.liberal else "domain",
-        program_ids=args.program_ids,
-        sandbox=args.sandbox,
-        sandbox_paths=tuple(str(Path(p).resolve()) for p in args.sandbox_path),
-        grace_period=args.grace_period,
-        interpreters=default_interpreters(),
-    )
+    config = config_from_args(args, kind="root", root_tao="tpm2")
 
     async def create() -> auth.Prin:
         name = await LinuxHost.init_tpm2(directory, config, tcti=tcti, pcrs=pcrs)

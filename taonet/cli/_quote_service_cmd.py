@@ -12,14 +12,17 @@ checks before it signs.
 from __future__ import annotations
 
 import argparse
-import signal
 from typing import Any
 
-from taonet import ConfigError, configure_logging
+from taonet import configure_logging
 from taonet.cli._domain_cmd import add_domain_option, domain_dir
-from taonet.cli._failures import describe, leaves
 from taonet.cli._password import add_password_option, get_password
-from taonet.cli._service_cmd import parse_listen
+from taonet.cli._service_cmd import (
+    add_listen_option,
+    parse_listen,
+    run_service,
+    say_started,
+)
 
 
 def register(sub: Any) -> None:
@@ -29,20 +32,13 @@ def register(sub: Any) -> None:
         "wrapped for that TPM)",
     )
     add_domain_option(p)
-    p.add_argument(
-        "--listen",
-        metavar="HOST:PORT",
-        default="127.0.0.1:8125",
-        help="address to listen on (default 127.0.0.1:8125; IPv6 in brackets: [::1]:8125;"
-        " port 0 picks a free one)",
-    )
+    add_listen_option(p, 8125)
     add_password_option(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     import structlog
-    import trio
 
     from taonet_services.quote_service import QuoteService
 
@@ -52,47 +48,14 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging()
     password = get_password(args.password_file, prompt="Policy key password")
     service = QuoteService.open(directory, password)
-    stopped_by: list[str] = []
 
-    async def main() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-                try:
-                    listeners = await nursery.start(
-                        lambda task_status: service.serve(port, host=host, task_status=task_status)
-                    )
-                except (OSError, BaseExceptionGroup) as exc:
-                    found = leaves(exc)
-                    if not all(isinstance(leaf, OSError) for leaf in found):
-                        raise
-                    raise ConfigError(
-                        f"cannot listen on {args.listen}: {describe(found[0])}"
-                    ) from None
-                addresses = [_address(listener.socket.getsockname()) for listener in listeners]
-                log.info(
-                    "quote_service_started",
-                    listen=addresses,
-                    domain=str(directory),
-                    principal=str(service.principal),
-                )
-                print(
-                    f"quote service for {service.domain.config.name!r} listening on "
-                    f"{', '.join(addresses)} as {service.principal} "
-                    f"({len(service.manufacturer_cas)} manufacturer CA(s))",
-                    flush=True,
-                )
-                async for signum in signals:
-                    stopped_by.append(signal.Signals(signum).name)
-                    break
-                nursery.cancel_scope.cancel()
+    async def started(listeners: Any, nursery: Any) -> None:
+        addresses = say_started(log, "quote_service_started", listeners, directory, service)
+        print(
+            f"quote service for {service.domain.config.name!r} listening on "
+            f"{', '.join(addresses)} as {service.principal} "
+            f"({len(service.manufacturer_cas)} manufacturer CA(s))",
+            flush=True,
+        )
 
-    with service:  # closes the audit log however main ends
-        trio.run(main)
-    log.info("quote_service_stopped", signal=stopped_by[0] if stopped_by else None)
-    print(f"quote service stopped ({', '.join(stopped_by) or 'done'})", flush=True)
-    return 0
-
-
-def _address(sockname: Any) -> str:
-    host, port = sockname[0], sockname[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return run_service(log, "quote_service", service, (host, port), started, listen=args.listen)

@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import textwrap
 from pathlib import Path
 from typing import Any
 
-from taonet import ConfigError, configure_logging
+from taonet import configure_logging
 from taonet.cli._domain_cmd import add_domain_option, domain_dir
-from taonet.cli._failures import UsageError, describe, leaves
+from taonet.cli._failures import UsageError
 from taonet.cli._service_cmd import (
     add_metrics_options,
+    address_of,
     metrics_address,
     parse_listen,
-    start_metrics,
+    say_stopped,
+    serve_until_signal,
+    start_metrics_if_asked,
 )
 
 #: Set by a Tao host for its hosted programs (see taonet.hosts.parent).
@@ -140,66 +142,41 @@ def _run(args: argparse.Namespace) -> int:
     if args.soft_host is not None:
         password = get_password(args.password_file, prompt="Soft host password")
         soft = SoftHost.load(args.soft_host, password)
-    stopped_by: list[str] = []
 
-    async def main() -> None:
+    async def started(running: Any, nursery: Any) -> None:
+        address = address_of(running.listeners[0].socket.getsockname())
+        principal = running.server.identity.certificate.principal
+        log.info(
+            "secret_server_started",
+            listen=address,
+            domain=str(directory),
+            principal=str(principal),
+        )
+        print(f"secret server listening on {address} as {principal}", flush=True)
+        await start_metrics_if_asked(nursery, metrics, metrics_at, args)
+
+    async def main() -> str | None:
         async with contextlib.AsyncExitStack() as stack:
             tao: Tao
             if soft is not None:
                 tao = soft.tao_for(soft.name.extend(program_name()))
             else:
                 tao = await stack.enter_async_context(parent())
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async with trio.open_nursery() as nursery:
-                    try:
-                        running = await nursery.start(
-                            lambda task_status: run_secret_server(
-                                tao,
-                                domain=domain,
-                                state_dir=args.state,
-                                domain_service=domain_service,
-                                listen=listen,
-                                db_url=args.db,
-                                replica_of=replica_of,
-                                metrics=metrics,
-                                task_status=task_status,
-                            )
-                        )
-                    except (OSError, BaseExceptionGroup) as exc:
-                        found = leaves(exc)
-                        if not all(isinstance(leaf, OSError) for leaf in found):
-                            raise
-                        raise ConfigError(
-                            f"cannot listen on {args.listen}: {describe(found[0])}"
-                        ) from None
-                    sockname = running.listeners[0].socket.getsockname()
-                    host, port = sockname[0], sockname[1]
-                    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-                    principal = running.server.identity.certificate.principal
-                    log.info(
-                        "secret_server_started",
-                        listen=address,
-                        domain=str(directory),
-                        principal=str(principal),
-                    )
-                    print(
-                        f"secret server listening on {address} as {principal}",
-                        flush=True,
-                    )
-                    if metrics is not None and metrics_at is not None:
-                        await start_metrics(
-                            nursery,
-                            metrics.exposition,
-                            metrics_at,
-                            public=args.metrics_public,
-                            option=f"--metrics {args.metrics}",
-                        )
-                    async for signum in signals:
-                        stopped_by.append(signal.Signals(signum).name)
-                        break
-                    nursery.cancel_scope.cancel()
+            return await serve_until_signal(
+                lambda task_status: run_secret_server(
+                    tao,
+                    domain=domain,
+                    state_dir=args.state,
+                    domain_service=domain_service,
+                    listen=listen,
+                    db_url=args.db,
+                    replica_of=replica_of,
+                    metrics=metrics,
+                    task_status=task_status,
+                ),
+                started,
+                listen=args.listen,
+            )
 
-    trio.run(main)
-    log.info("secret_server_stopped", signal=stopped_by[0] if stopped_by else None)
-    print(f"secret server stopped ({', '.join(stopped_by) or 'done'})", flush=True)
+    say_stopped(log, "secret_server_stopped", "secret server", trio.run(main))
     return 0

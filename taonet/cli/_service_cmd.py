@@ -17,8 +17,10 @@ otherwise (a usage error, exit 2).
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from taonet import ConfigError, configure_logging
@@ -32,13 +34,7 @@ def register(sub: Any) -> None:
         "domain-service", help="serve program certificates for a domain (over Tao channels)"
     )
     add_domain_option(p)
-    p.add_argument(
-        "--listen",
-        metavar="HOST:PORT",
-        default="127.0.0.1:8124",
-        help="address to listen on (default 127.0.0.1:8124; IPv6 in brackets: [::1]:8124;"
-        " port 0 picks a free one)",
-    )
+    add_listen_option(p, 8124)
     add_password_option(p)
     add_metrics_options(p)
     p.set_defaults(func=_run)
@@ -110,10 +106,25 @@ async def start_metrics(
         if not all(isinstance(leaf, OSError) for leaf in found):
             raise
         raise ConfigError(f"cannot listen on {option}: {describe(found[0])}") from None
-    url = f"http://{_address(listeners[0].socket.getsockname())}/metrics"
+    url = f"http://{address_of(listeners[0].socket.getsockname())}/metrics"
     structlog.get_logger(__name__).info("metrics_listening", url=url)
     print(f"metrics on {url}", flush=True)
     return url
+
+
+async def start_metrics_if_asked(
+    nursery: Any, metrics: Any, address: tuple[str, int] | None, args: argparse.Namespace
+) -> None:
+    """:func:`start_metrics` for ``metrics`` (a ServiceMetrics) on the ``--metrics``
+    address, when the command was given one (``address`` not None)."""
+    if metrics is not None and address is not None:
+        await start_metrics(
+            nursery,
+            metrics.exposition,
+            address,
+            public=args.metrics_public,
+            option=f"--metrics {args.metrics}",
+        )
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -139,14 +150,67 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-def _run(args: argparse.Namespace) -> int:
-    """Serve until SIGINT or SIGTERM, then stop in order and exit 0.
+def add_listen_option(p: argparse.ArgumentParser, port: int) -> None:
+    """``--listen HOST:PORT`` (default ``127.0.0.1:PORT``), as a service command takes it."""
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        default=f"127.0.0.1:{port}",
+        help=f"address to listen on (default 127.0.0.1:{port}; IPv6 in brackets: [::1]:{port};"
+        " port 0 picks a free one)",
+    )
 
-    An address that cannot be listened on (in use, not this machine's, unknown
-    name) is a ConfigError, said in one line like every other error.
+
+async def serve_until_signal(
+    serve: Callable[..., Awaitable[Any]],
+    started: Callable[[Any, Any], Awaitable[None]],
+    *,
+    listen: str,
+) -> str | None:
+    """Start ``serve`` (called with ``task_status``) in a nursery, await ``started(value,
+    nursery)`` with what it started with, then serve until SIGINT or SIGTERM and cancel
+    it; the name of the signal that stopped it.
+
+    An address it cannot listen on (in use, not this machine's, unknown name) is a
+    ConfigError naming ``listen``, said in one line like every other error.
     """
-    import structlog
     import trio
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            try:
+                value = await nursery.start(serve)
+            except (OSError, BaseExceptionGroup) as exc:
+                found = leaves(exc)
+                if not all(isinstance(leaf, OSError) for leaf in found):
+                    raise
+                raise ConfigError(f"cannot listen on {listen}: {describe(found[0])}") from None
+            await started(value, nursery)
+            stopped_by = None
+            async for signum in signals:
+                stopped_by = signal.Signals(signum).name
+                break
+            nursery.cancel_scope.cancel()
+    return stopped_by
+
+
+def say_started(log: Any, event: str, listeners: Any, directory: Path, service: Any) -> list[str]:
+    """Log ``event`` with the addresses ``listeners`` listen on, the domain directory
+    and the service's principal to ``log``; the addresses."""
+    addresses = [address_of(listener.socket.getsockname()) for listener in listeners]
+    log.info(event, listen=addresses, domain=str(directory), principal=str(service.principal))
+    return addresses
+
+
+def say_stopped(log: Any, event: str, what: str, stopped_by: str | None) -> None:
+    """Log ``event`` with the signal to ``log`` and print ``WHAT stopped (SIGNAL)``."""
+    log.info(event, signal=stopped_by)
+    print(f"{what} stopped ({stopped_by or 'done'})", flush=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM, then stop in order and exit 0."""
+    import structlog
 
     from taonet_services.domain_service import DomainService
 
@@ -163,55 +227,49 @@ def _run(args: argparse.Namespace) -> int:
         metrics = ServiceMetrics("domain_service")  # ConfigError without prometheus-client
     password = get_password(args.password_file, prompt="Policy key password")
     service = DomainService.open(directory, password, metrics=metrics)
-    stopped_by: list[str] = []
 
-    async def main() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-                try:
-                    listeners = await nursery.start(
-                        lambda task_status: service.serve(port, host=host, task_status=task_status)
-                    )
-                except (OSError, BaseExceptionGroup) as exc:
-                    found = leaves(exc)
-                    if not all(isinstance(leaf, OSError) for leaf in found):
-                        raise
-                    raise ConfigError(
-                        f"cannot listen on {args.listen}: {describe(found[0])}"
-                    ) from None
-                addresses = [_address(listener.socket.getsockname()) for listener in listeners]
-                log.info(
-                    "domain_service_started",
-                    listen=addresses,
-                    domain=str(directory),
-                    principal=str(service.principal),
-                )
-                print(
-                    f"domain service for {service.domain.config.name!r} listening on "
-                    f"{', '.join(addresses)} as {service.principal}",
-                    flush=True,
-                )
-                if metrics is not None and metrics_at is not None:
-                    await start_metrics(
-                        nursery,
-                        metrics.exposition,
-                        metrics_at,
-                        public=args.metrics_public,
-                        option=f"--metrics {args.metrics}",
-                    )
-                async for signum in signals:
-                    stopped_by.append(signal.Signals(signum).name)
-                    break
-                nursery.cancel_scope.cancel()
+    async def started(listeners: Any, nursery: Any) -> None:
+        addresses = say_started(log, "domain_service_started", listeners, directory, service)
+        print(
+            f"domain service for {service.domain.config.name!r} listening on "
+            f"{', '.join(addresses)} as {service.principal}",
+            flush=True,
+        )
+        await start_metrics_if_asked(nursery, metrics, metrics_at, args)
 
-    with service:  # closes the audit log however main ends
-        trio.run(main)
-    log.info("domain_service_stopped", signal=stopped_by[0] if stopped_by else None)
-    print(f"domain service stopped ({', '.join(stopped_by) or 'done'})", flush=True)
+    return run_service(log, "domain_service", service, (host, port), started, listen=args.listen)
+
+
+def run_service(
+    log: Any,
+    name: str,
+    service: Any,
+    address: tuple[str, int],
+    started: Callable[[Any, Any], Awaitable[None]],
+    *,
+    listen: str,
+) -> int:
+    """Serve ``service`` (a domain directory's service: a context manager with
+    ``serve(port, host=, task_status=)``) on ``address`` through
+    :func:`serve_until_signal`, close it, log ``NAME_stopped`` and print that it
+    stopped (``name`` with spaces); exit status 0."""
+    import trio
+
+    host, port = address
+    with service:  # closes the audit log however it ends
+        stopped_by = trio.run(
+            functools.partial(
+                serve_until_signal,
+                lambda task_status: service.serve(port, host=host, task_status=task_status),
+                started,
+                listen=listen,
+            )
+        )
+    say_stopped(log, f"{name}_stopped", name.replace("_", " "), stopped_by)
     return 0
 
 
-def _address(sockname: Any) -> str:
+def address_of(sockname: Any) -> str:
     """``host:port``, or ``[host]:port`` for IPv6, of a bound socket."""
     host, port = sockname[0], sockname[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -112,14 +112,16 @@ def new_envelope() -> Envelope:
     )
 
 
-async def read_answer(stream: trio.abc.ReceiveStream, envelope: Envelope) -> Any:
+async def read_answer(
+    stream: trio.abc.ReceiveStream, envelope: Envelope, *, peer: str = "the domain service"
+) -> Any:
     """The next event of ``envelope`` (a Response or END_OF_STREAM), reading ``stream``
-    as needed; ProtocolError for an answer that is not one."""
+    as needed; ProtocolError, naming ``peer``, for an answer that is not one."""
     try:
         while (event := envelope.next_event()) is NEED_DATA:
             envelope.receive_data(await stream.receive_some(_CHUNK))
     except (CodecError, ProtocolError) as exc:
-        raise ProtocolError(f"bad answer from the domain service: {exc}") from exc
+        raise ProtocolError(f"bad answer from {peer}: {exc}") from exc
     return event
 
 

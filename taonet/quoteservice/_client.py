@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Final
 
 import trio
 
 from taonet import auth, certs
 from taonet._edges import map_os_errors
-from taonet._errors import AuthenticationError, CodecError, ProtocolError
+from taonet._errors import AuthenticationError, ProtocolError
 from taonet.attestation.tpm2_credential import parse_public
 from taonet.channel import ChannelIdentity, open_channel
+from taonet.provision._client import read_answer
 from taonet.quoteservice._protocol import (
     MAX_REPLY,
     OP_CERTIFY_QUOTE_KEY,
@@ -33,22 +34,12 @@ from taonet.quoteservice._protocol import (
     encode_request,
     open_certificate,
 )
-from taonet.wire import END_OF_STREAM, NEED_DATA, Envelope, Response, Role
+from taonet.wire import END_OF_STREAM, Envelope, Response, Role
 
 __all__ = ["REQUEST_TIMEOUT", "certify_quote_key", "request_quote_key_certificate"]
 
 #: Bound on one request, connection to answer (wrap calls in trio.fail_after for less).
 REQUEST_TIMEOUT: Final = 30.0
-_CHUNK: Final = 16 * 1024
-
-
-async def _read_answer(stream: trio.abc.ReceiveStream, envelope: Envelope) -> Any:
-    try:
-        while (event := envelope.next_event()) is NEED_DATA:
-            envelope.receive_data(await stream.receive_some(_CHUNK))
-    except (CodecError, ProtocolError) as exc:
-        raise ProtocolError(f"bad answer from the quote service: {exc}") from exc
-    return event
 
 
 async def request_quote_key_certificate(
@@ -74,7 +65,7 @@ async def request_quote_key_certificate(
                 raise AuthenticationError(f"{peer} is not a service of this domain's policy key")
             chunks = envelope.request(OP_CERTIFY_QUOTE_KEY, 1, encode_request(request))
             await stream.send_all(b"".join(chunks))
-            event = await _read_answer(stream, envelope)
+            event = await read_answer(stream, envelope, peer="the quote service")
     if event is END_OF_STREAM:
         raise ProtocolError("the quote service closed without answering")
     assert isinstance(event, Response)

@@ -101,11 +101,7 @@ def load_manufacturer_cas(
         ) from None
     cas = _parse_pems(body, str(path))
     for ca in cas:
-        try:
-            constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
-        except x509.ExtensionNotFound:
-            constraints = None
-        if constraints is None or not constraints.ca:
+        if not _is_ca(ca):
             raise ConfigError(f"{path}: {ca.subject.rfc4514_string()[:200]} is not a CA")
     return cas
 
@@ -118,6 +114,15 @@ def _save(domain_dir: Path, signer: Signer, cas: Sequence[x509.Certificate]) -> 
         _TITLE + _SIGNATURE + signature + b"\n" + body,
         mode=0o644,
     )
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    """Whether ``cert`` says it is a CA (BasicConstraints with ca true)."""
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return False
+    return constraints.ca
 
 
 def _fingerprint(ca: x509.Certificate) -> bytes:
@@ -135,11 +140,7 @@ def add_manufacturer_cas(
     if not new:
         raise ConfigError("no PEM certificate in what was given")
     for ca in new:
-        try:
-            constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
-        except x509.ExtensionNotFound:
-            constraints = None
-        if constraints is None or not constraints.ca:
+        if not _is_ca(ca):
             raise ConfigError(f"{ca.subject.rfc4514_string()[:200]} is not a CA certificate")
     cas = load_manufacturer_cas(directory, signer.verifier())
     known = {_fingerprint(ca) for ca in cas}

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from taonet import AuthenticationError, CodecError, HostError
@@ -27,6 +26,7 @@ from taonet.attestation._tpm2_credential import (
     SIGN_ENCRYPT,
     USER_WITH_AUTH,
 )
+from tests.tpm2_helpers import make_ca, make_ek_cert
 
 KINDS = {"p256": 0x01C0000A, "rsa": 0x01C00002, "p384": 0x01C00016}
 TEMPLATE = {"rsa": "L-1", "p256": "L-2", "p384": "H-3"}
@@ -138,46 +138,9 @@ def _with_ecc_key(area: tc.TpmPublic, key: ec.EllipticCurvePublicKey) -> tc.TpmP
 # ------------------------------------------------------------ EK certificate attacks
 
 
-def _ca(
-    name: str, *, key: Any = None, issuer: tuple[x509.Name, Any] | None = None, **kw: Any
-) -> tuple[x509.Certificate, Any]:
-    key = key or ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)])
-    issuer_name, issuer_key = issuer or (subject, key)
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(kw.get("not_before", now - dt.timedelta(days=1)))
-        .not_valid_after(kw.get("not_after", now + dt.timedelta(days=365)))
-        .add_extension(x509.BasicConstraints(ca=kw.get("ca", True), path_length=None), True)
-        .sign(issuer_key, hashes.SHA256())
-    )
-    return cert, key
-
-
-def _ek_cert(ek_key: Any, issuer: x509.Certificate, issuer_key: Any, **kw: Any) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(issuer.subject)
-        .public_key(ek_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(kw.get("not_before", now - dt.timedelta(days=1)))
-        .not_valid_after(kw.get("not_after", now + dt.timedelta(days=365)))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-        .add_extension(x509.ExtendedKeyUsage([kw.get("eku", tc.EK_CERTIFICATE_EKU)]), False)
-    )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
 def test_ek_cert_from_untrusted_ca_refused(swtpm: Any, eks: Any) -> None:
     cert = eks["rsa"][0]
-    unrelated, _ = _ca("some other manufacturer")
+    unrelated, _ = make_ca("some other manufacturer")
     with pytest.raises(AuthenticationError, match="not a manufacturer CA this domain trusts"):
         tc.check_ek_certificate(cert, [unrelated], now_ns=time.time_ns())
     # Only the root listed (the intermediate that signed it is not): refused.
@@ -192,22 +155,15 @@ def test_ek_cert_against_same_named_ca_with_another_key_refused(swtpm: Any, eks:
     cert = eks["p384"][0]
     real_root, real_intermediate = cas(swtpm)
     impostor_key = rsa.generate_private_key(65537, 2048)
-    now = dt.datetime.now(dt.UTC)
-    impostor = (
-        x509.CertificateBuilder()
-        .subject_name(real_intermediate.subject)
-        .issuer_name(real_root.subject)
-        .public_key(impostor_key.public_key())
-        .serial_number(7)
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(impostor_key, hashes.SHA256())
+    impostor, _ = make_ca(
+        real_intermediate.subject, key=impostor_key, issuer=(real_root.subject, impostor_key)
     )
     with pytest.raises(AuthenticationError, match="another key"):
         tc.check_ek_certificate(cert, [impostor, real_root], now_ns=time.time_ns())
     # A forged EK certificate for an attacker's key, "issued" by the impostor.
-    forged = _ek_cert(ec.generate_private_key(ec.SECP384R1()).public_key(), impostor, impostor_key)
+    forged = make_ek_cert(
+        ec.generate_private_key(ec.SECP384R1()).public_key(), impostor, impostor_key
+    )
     with pytest.raises(AuthenticationError, match="another key"):
         tc.check_ek_certificate(forged, cas(swtpm), now_ns=time.time_ns())
     # Both the impostor and the real one listed: the real one is found for the real cert.
@@ -219,11 +175,11 @@ def test_expired_and_not_yet_valid_refused(swtpm: Any, eks: Any) -> None:
     before = int(cert.not_valid_before_utc.timestamp() * 1e9) - 10**9
     with pytest.raises(AuthenticationError, match="not valid now"):
         tc.check_ek_certificate(cert, cas(swtpm), now_ns=before)
-    root, root_key = _ca("root")
-    inter, inter_key = _ca("inter", issuer=(root.subject, root_key))
+    root, root_key = make_ca("root")
+    inter, inter_key = make_ca("inter", issuer=(root.subject, root_key))
     now = dt.datetime.now(dt.UTC)
     ek_key = ec.generate_private_key(ec.SECP256R1()).public_key()
-    expired = _ek_cert(
+    expired = make_ek_cert(
         ek_key,
         inter,
         inter_key,
@@ -232,32 +188,32 @@ def test_expired_and_not_yet_valid_refused(swtpm: Any, eks: Any) -> None:
     )
     with pytest.raises(AuthenticationError, match=r"EK certificate .* not valid now"):
         tc.check_ek_certificate(expired, [inter, root], now_ns=time.time_ns())
-    good = _ek_cert(ek_key, inter, inter_key)
+    good = make_ek_cert(ek_key, inter, inter_key)
     assert len(tc.check_ek_certificate(good, [inter, root], now_ns=time.time_ns())) == 3
     # An expired intermediate.
-    old_inter, old_key = _ca(
+    old_inter, old_key = make_ca(
         "inter",
         issuer=(root.subject, root_key),
         not_before=now - dt.timedelta(days=10),
         not_after=now - dt.timedelta(days=1),
     )
-    under_old = _ek_cert(ek_key, old_inter, old_key)
+    under_old = make_ek_cert(ek_key, old_inter, old_key)
     with pytest.raises(AuthenticationError, match=r"manufacturer CA .* not valid now"):
         tc.check_ek_certificate(under_old, [old_inter, root], now_ns=time.time_ns())
 
 
 def test_issuer_not_a_ca_and_wrong_eku_refused() -> None:
-    root, root_key = _ca("root")
-    not_ca, not_ca_key = _ca("leafy", issuer=(root.subject, root_key), ca=False)
+    root, root_key = make_ca("root")
+    not_ca, not_ca_key = make_ca("leafy", issuer=(root.subject, root_key), ca=False)
     ek_key = ec.generate_private_key(ec.SECP256R1()).public_key()
     with pytest.raises(AuthenticationError, match="is not a CA"):
         tc.check_ek_certificate(
-            _ek_cert(ek_key, not_ca, not_ca_key), [not_ca, root], now_ns=time.time_ns()
+            make_ek_cert(ek_key, not_ca, not_ca_key), [not_ca, root], now_ns=time.time_ns()
         )
     tls = x509.ObjectIdentifier("1.3.6.1.5.5.7.3.1")
     with pytest.raises(AuthenticationError, match=r"2\.23\.133\.8\.1"):
         tc.check_ek_certificate(
-            _ek_cert(ek_key, root, root_key, eku=tls), [root], now_ns=time.time_ns()
+            make_ek_cert(ek_key, root, root_key, eku=tls), [root], now_ns=time.time_ns()
         )
 
 
@@ -288,6 +244,18 @@ def _patch(area: tc.TpmPublic, *, attributes: int | None = None, policy: bytes |
     return bytes(out)
 
 
+def _changed(area: tc.TpmPublic, change: dict[str, Any]) -> bytes:
+    """``area`` with a test's ``change``: ``attributes_xor`` flips attribute bits,
+    ``policy`` and ``name_alg`` replace those fields."""
+    xor = change.get("attributes_xor")
+    return _patch(
+        area,
+        attributes=None if xor is None else area.attributes ^ xor,
+        policy=change.get("policy"),
+        name_alg=change.get("name_alg"),
+    )
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -302,14 +270,7 @@ def _patch(area: tc.TpmPublic, *, attributes: int | None = None, policy: bytes |
 def test_ek_public_not_a_template_refused(eks: Any, change: dict[str, Any]) -> None:
     cert = eks["p384"][0]
     real = tc.parse_public(eks["p384"][1])
-    raw = _patch(
-        real,
-        attributes=None
-        if "attributes_xor" not in change
-        else real.attributes ^ change["attributes_xor"],
-        policy=change.get("policy"),
-        name_alg=change.get("name_alg"),
-    )
+    raw = _changed(real, change)
     with pytest.raises(AuthenticationError, match="matches no TCG EK template"):
         tc.check_ek_public(cert, raw)
     with pytest.raises(AuthenticationError):
@@ -334,13 +295,7 @@ def test_quote_key_not_restricted_signing_refused(
 ) -> None:
     real = tc.parse_public(tc.tpmt_public_from_tpm2b(quote_key[1]))
     tc.check_quote_key(real)
-    raw = _patch(
-        real,
-        attributes=None
-        if "attributes_xor" not in change
-        else real.attributes ^ change["attributes_xor"],
-        name_alg=change.get("name_alg"),
-    )
+    raw = _changed(real, change)
     with pytest.raises(AuthenticationError, match=message):
         tc.check_quote_key(tc.parse_public(raw))
 
@@ -418,25 +373,10 @@ def test_unprocessed_critical_extension_refused() -> None:
     """A CA that limits itself with critical name constraints: this check does not
     process them, so it refuses the chain rather than trust the CA beyond them."""
     root_key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "constrained")])
-    now = dt.datetime.now(dt.UTC)
-    root = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(root_key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .add_extension(
-            x509.NameConstraints(
-                permitted_subtrees=[x509.DNSName("example.com")], excluded_subtrees=None
-            ),
-            True,
-        )
-        .sign(root_key, hashes.SHA256())
+    constraints = x509.NameConstraints(
+        permitted_subtrees=[x509.DNSName("example.com")], excluded_subtrees=None
     )
-    ek = _ek_cert(ec.generate_private_key(ec.SECP256R1()).public_key(), root, root_key)
+    root, _ = make_ca("constrained", key=root_key, extensions=[constraints])
+    ek = make_ek_cert(ec.generate_private_key(ec.SECP256R1()).public_key(), root, root_key)
     with pytest.raises(AuthenticationError, match="critical extension"):
         tc.check_ek_certificate(ek, [root], now_ns=time.time_ns())

@@ -93,6 +93,22 @@ def password_file(directory: Path, password: str = "s3cret pass") -> Path:
     return path
 
 
+def init_domain(capsys: pytest.CaptureFixture[str], directory: Path, *args: str) -> tuple[str, str]:
+    """``taonet domain init DIRECTORY ARGS`` in this process, with a :func:`password_file`
+    beside it: (directory, password file), as strings."""
+    pw = str(password_file(directory.parent))
+    code, _, err = taonet_main(
+        capsys, "domain", "init", str(directory), *args, "--password-file", pw
+    )
+    assert code == 0, err
+    return str(directory), pw
+
+
+def policy(capsys: pytest.CaptureFixture[str], d: str, pw: str, *args: str) -> tuple[int, str, str]:
+    """``taonet domain policy --domain D ARGS --password-file PW`` in this process."""
+    return taonet_main(capsys, "domain", "policy", "--domain", d, *args, "--password-file", pw)
+
+
 def ok(result: Result) -> str:
     assert result.returncode == 0, result
     return result.stdout

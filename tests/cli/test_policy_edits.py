@@ -15,16 +15,12 @@ import pytest
 
 from taonet import ConfigError
 from taonet.domain import ACLGuard, Domain, measure_file
-from tests.cli.cli_helpers import password_file, taonet_main
+from tests.cli.cli_helpers import init_domain, policy, taonet_main
 
 
 @pytest.fixture
 def domain(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> tuple[str, str]:
-    pw = str(password_file(tmp_path))
-    d = str(tmp_path / "dom")
-    code, _, err = taonet_main(capsys, "domain", "init", d, "--password-file", pw)
-    assert code == 0, err
-    return d, pw
+    return init_domain(capsys, tmp_path / "dom")
 
 
 def program(tmp_path: Path, name: str, body: str) -> Path:
@@ -41,10 +37,6 @@ def rules(d: str) -> tuple[str, ...]:
     guard = Domain.load(d).guard
     assert isinstance(guard, ACLGuard)
     return tuple(str(rule) for rule in guard.rules)
-
-
-def policy(capsys: pytest.CaptureFixture[str], d: str, pw: str, *args: str) -> tuple[int, str, str]:
-    return taonet_main(capsys, "domain", "policy", "--domain", d, *args, "--password-file", pw)
 
 
 def test_remove_program_by_file_and_by_hash(
@@ -169,12 +161,7 @@ def test_a_removal_made_by_hand_is_refused(
 def test_guards_without_rules_refuse_edits(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    pw = str(password_file(tmp_path))
-    d = str(tmp_path / "liberal")
-    assert (
-        taonet_main(capsys, "domain", "init", d, "--guard", "Liberal", "--password-file", pw)[0]
-        == 0
-    )
+    d, pw = init_domain(capsys, tmp_path / "liberal", "--guard", "Liberal")
     code, _, err = policy(capsys, d, pw, "--remove-program", "ab" * 32)
     assert code == 2
     assert "Liberal guard, which has no rules" in err

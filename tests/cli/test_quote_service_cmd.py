@@ -4,21 +4,18 @@ started and stopped in a real process, one-line errors."""
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import sys
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from taonet import ConfigError
 from taonet.domain import Domain
 from taonet.quoteservice import MANUFACTURER_CAS_FILE, load_manufacturer_cas
 from tests.cli.cli_helpers import clean_env, make_domain, one_line_error, run, taonet_main
 from tests.cli.test_start_stop_logging import terminate
+from tests.tpm2_helpers import ca_pem
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,22 +32,8 @@ def _argv(*args: str) -> list[str]:
 
 
 def _ca_pem(tmp_path: Path, name: str, *, ca: bool = True) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
     path = tmp_path / f"{name}.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.write_bytes(ca_pem(name, ca=ca))
     return path
 
 

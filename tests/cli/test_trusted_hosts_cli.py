@@ -17,22 +17,14 @@ from taonet import ConfigError
 from taonet.attestation.tpm2 import host_name, pcrs_ext
 from taonet.crypto import Signer
 from taonet.domain import ACLGuard, Domain, host_state_rule, trusted_host_states
-from tests.cli.cli_helpers import password_file, taonet_main
+from tests.cli.cli_helpers import init_domain, policy
 
 PCRS = {n: hashlib.sha256(b"boot %d" % n).digest() for n in (0, 1, 2, 3, 4, 7)}
 
 
 @pytest.fixture
 def domain(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> tuple[str, str]:
-    pw = str(password_file(tmp_path))
-    d = str(tmp_path / "dom")
-    code, _, err = taonet_main(capsys, "domain", "init", d, "--password-file", pw)
-    assert code == 0, err
-    return d, pw
-
-
-def policy(capsys: pytest.CaptureFixture[str], d: str, pw: str, *args: str) -> tuple[int, str, str]:
-    return taonet_main(capsys, "domain", "policy", "--domain", d, *args, "--password-file", pw)
+    return init_domain(capsys, tmp_path / "dom")
 
 
 def test_add_and_remove_a_host_state(
@@ -93,12 +85,7 @@ def test_a_host_state_added_by_hand_is_refused(
 def test_liberal_domains_take_no_host_states(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    pw = str(password_file(tmp_path))
-    d = str(tmp_path / "lib")
-    assert (
-        taonet_main(capsys, "domain", "init", d, "--guard", "Liberal", "--password-file", pw)[0]
-        == 0
-    )
+    d, pw = init_domain(capsys, tmp_path / "lib", "--guard", "Liberal")
     code, _, err = policy(capsys, d, pw, "--add-host", str(pcrs_ext(PCRS)))
     assert code != 0
     assert "Liberal guard" in err

@@ -6,8 +6,6 @@ and each check attacked with a request that is right in everything but one field
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import functools
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -17,7 +15,6 @@ import pytest
 import trio
 import trio.testing
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from taonet import AuthenticationError, CodecError, HostError, certs
@@ -31,7 +28,6 @@ from taonet.quoteservice import (
     QuoteKeyReply,
     QuoteKeyRequest,
     QuoteServiceError,
-    add_manufacturer_cas,
     certify_quote_key,
     encode_request,
     open_certificate,
@@ -42,6 +38,7 @@ from taonet_services.domain_service import AUDIT_FILE, AuditLog
 from taonet_services.quote_service import QuoteService
 from tests.channel.test_stream import wait_closed_by_peer
 from tests.conftest import PASSWORD, MakeDomain
+from tests.tpm2_helpers import make_ca, make_ek_cert, serving_quote_service, trust_swtpm
 
 P256_EK, RSA_EK = 0x01C0000A, 0x01C00002
 PCRS = {0: bytes(32), 7: b"\x07" * 32}
@@ -97,13 +94,9 @@ class Service:
 @pytest.fixture
 async def svc(make_domain: MakeDomain, swtpm: Any) -> AsyncIterator[Service]:
     domain = make_domain(name="quote-test")
-    root, intermediate = swtpm.manufacturer_ca_pems()
-    add_manufacturer_cas(domain.path, domain.unlock(PASSWORD), root + intermediate)
-    with QuoteService.open(domain.path, PASSWORD, request_timeout=3.0) as service:
-        async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(functools.partial(service.serve, 0))
-            yield Service(domain, service, listeners[0].socket.getsockname()[1])
-            nursery.cancel_scope.cancel()
+    trust_swtpm(domain, swtpm)
+    async with serving_quote_service(domain, request_timeout=3.0) as (service, port):
+        yield Service(domain, service, port)
 
 
 @pytest.fixture(scope="module")
@@ -194,46 +187,17 @@ async def assert_refused(svc: Service, request: QuoteKeyRequest, match: str) -> 
     assert match in last.reason
 
 
-def _ca(name: str, key: Any = None) -> tuple[x509.Certificate, Any]:
-    key = key or ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
-
-
 def _ek_cert_by(issuer: x509.Certificate, issuer_key: Any, ek_public: bytes) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
-    area = tc.parse_public(ek_public)
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(issuer.subject)
-        .public_key(area.public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.ExtendedKeyUsage([tc.EK_CERTIFICATE_EKU]), False)
-        .sign(issuer_key, hashes.SHA256())
-    )
+    ek_key = tc.parse_public(ek_public).public_key
+    cert = make_ek_cert(ek_key, issuer, issuer_key)
     return cert.public_bytes(serialization.Encoding.DER)
 
 
 async def test_ek_certificate_from_untrusted_ca_refused(svc: Service, host: Host) -> None:
     """The TPM's real EK, certified by a CA the domain does not list."""
-    ca, key = _ca("Evil TPM Corp")
+    ca, key = make_ca("Evil TPM Corp")
     forged = _ek_cert_by(ca, key, host.ek_public)
     await assert_refused(svc, host.request(ek_certificate=forged), "not a manufacturer CA")
 
@@ -241,18 +205,7 @@ async def test_ek_certificate_from_untrusted_ca_refused(svc: Service, host: Host
 async def test_ek_certificate_from_same_named_ca_refused(svc: Service, host: Host) -> None:
     """An EK certificate under a CA with the real intermediate's name, another key."""
     real = x509.load_der_x509_certificate(host.ek_cert)
-    key = ec.generate_private_key(ec.SECP256R1())
-    impostor = (
-        x509.CertificateBuilder()
-        .subject_name(real.issuer)
-        .issuer_name(real.issuer)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(dt.datetime(2020, 1, 1))
-        .not_valid_after(dt.datetime(2099, 1, 1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
+    impostor, key = make_ca(real.issuer)
     forged = _ek_cert_by(impostor, key, host.ek_public)
     await assert_refused(svc, host.request(ek_certificate=forged), "another key")
 
@@ -382,35 +335,30 @@ async def test_client_that_never_finishes_is_cut_off(
     """A client that sends a byte every few seconds (never idle long enough for the
     channel's idle limit) is cut off at the request deadline; the refusal is audited."""
     domain = make_domain(name="slow")
-    root, intermediate = swtpm.manufacturer_ca_pems()
-    add_manufacturer_cas(domain.path, domain.unlock(PASSWORD), root + intermediate)
-    with QuoteService.open(domain.path, PASSWORD, request_timeout=20.0) as service:
-        async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(functools.partial(service.serve, 0))
-            port = listeners[0].socket.getsockname()[1]
-            with trio.fail_after(120):
-                stream = await open_channel(
-                    "127.0.0.1", port, ChannelIdentity.anonymous(domain.policy_cert)
-                )
-                chunks = Envelope(Role.CLIENT, body_limit=MAX_REQUEST * 2).request(
-                    OP_CERTIFY_QUOTE_KEY, 1, b"x" * 1000
-                )
-                data = b"".join(chunks)
-                started = trio.current_time()
+    trust_swtpm(domain, swtpm)
+    async with serving_quote_service(domain, request_timeout=20.0) as (_, port):
+        with trio.fail_after(120):
+            stream = await open_channel(
+                "127.0.0.1", port, ChannelIdentity.anonymous(domain.policy_cert)
+            )
+            chunks = Envelope(Role.CLIENT, body_limit=MAX_REQUEST * 2).request(
+                OP_CERTIFY_QUOTE_KEY, 1, b"x" * 1000
+            )
+            data = b"".join(chunks)
+            started = trio.current_time()
 
-                async def dribble() -> None:
-                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                        for i in range(len(data)):
-                            await stream.send_all(data[i : i + 1])
-                            await trio.sleep(5)
+            async def dribble() -> None:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    for i in range(len(data)):
+                        await stream.send_all(data[i : i + 1])
+                        await trio.sleep(5)
 
-                async with trio.open_nursery() as client:
-                    client.start_soon(dribble)
-                    await wait_closed_by_peer(stream)
-                    client.cancel_scope.cancel()
-                assert 20 <= trio.current_time() - started < 40
-                await stream.aclose()
-            nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as client:
+                client.start_soon(dribble)
+                await wait_closed_by_peer(stream)
+                client.cancel_scope.cancel()
+            assert 20 <= trio.current_time() - started < 40
+            await stream.aclose()
     with AuditLog.open(domain.path / AUDIT_FILE) as audit:
         assert audit.events()[-1].reason == "no whole request in time"
 
@@ -424,8 +372,7 @@ async def test_refusals_are_rate_limited_and_summarized(
     from taonet_services.domain_service import RefusalLimits
 
     domain = make_domain(name="flood")
-    root, intermediate = swtpm.manufacturer_ca_pems()
-    add_manufacturer_cas(domain.path, domain.unlock(PASSWORD), root + intermediate)
+    trust_swtpm(domain, swtpm)
     limits = RefusalLimits(client_burst=2, client_rate=1e-6, summary_interval=3600)
     other = ec.generate_private_key(ec.SECP256R1()).public_key()
     from cryptography.hazmat.primitives import serialization
@@ -435,21 +382,15 @@ async def test_refusals_are_rate_limited_and_summarized(
     )
     bad = host.request(host_name=host_name(der, PCRS))
     answers: list[str] = []
-    with QuoteService.open(domain.path, PASSWORD, limits=limits) as service:
-        async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(functools.partial(service.serve, 0))
-            port = listeners[0].socket.getsockname()[1]
-            for _ in range(6):
-                with trio.fail_after(30):
-                    try:
-                        await request_quote_key_certificate(
-                            "127.0.0.1", port, domain.policy_cert, bad
-                        )
-                    except QuoteServiceError as exc:
-                        answers.append(exc.code)
-                    except ProtocolError:
-                        answers.append("hung up")
-            nursery.cancel_scope.cancel()
+    async with serving_quote_service(domain, limits=limits) as (_, port):
+        for _ in range(6):
+            with trio.fail_after(30):
+                try:
+                    await request_quote_key_certificate("127.0.0.1", port, domain.policy_cert, bad)
+                except QuoteServiceError as exc:
+                    answers.append(exc.code)
+                except ProtocolError:
+                    answers.append("hung up")
     assert answers == ["refused"] * 2 + ["hung up"] * 4
     with AuditLog.open(domain.path / AUDIT_FILE) as audit:
         events = audit.events()

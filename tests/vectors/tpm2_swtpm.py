@@ -22,7 +22,6 @@ import importlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,26 +35,11 @@ from cryptography.hazmat.primitives import serialization
 
 from taonet import auth
 from taonet.attestation.tpm2 import DEFAULT_PCRS, host_name, tpm2_attestation
+from taonet.hosts.tpm2._swtpm import _free_port_pair
 
 NOW = 1_800_000_000 * 10**9
 YEAR = 365 * 24 * 3600 * 10**9
 PCRS = (*DEFAULT_PCRS, 16)
-
-
-def _free_port_pair() -> int:
-    for _ in range(100):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            if port >= 65535:
-                continue
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return int(port)
-    raise RuntimeError("no free port pair")
 
 
 def _pytss(module: str) -> Any:
@@ -63,7 +47,9 @@ def _pytss(module: str) -> Any:
     return importlib.import_module(f"tpm2_pytss{module}")
 
 
-def _templates(kind: str) -> Any:
+def pytss_template(kind: str) -> Any:
+    """The TPM2B_PUBLIC tpm2-pytss makes from the usual strings for taonet's primary
+    (``primary``) or quote key (``ecc``, ``rsa``): SHA-256 names, fixed, restricted."""
     types = _pytss(".types")
     TPM2B_PUBLIC, TPMA_OBJECT = types.TPM2B_PUBLIC, types.TPMA_OBJECT
 
@@ -117,7 +103,7 @@ def make(out: Path) -> None:
         )
         esapi.pcr_extend(esys_tr.PCR16, values)
         primary, primary_pub, _, _, _ = esapi.create_primary(
-            types.TPM2B_SENSITIVE_CREATE(), _templates("primary"), esys_tr.OWNER
+            types.TPM2B_SENSITIVE_CREATE(), pytss_template("primary"), esys_tr.OWNER
         )
         selection = types.TPML_PCR_SELECTION.parse("sha256:" + ",".join(map(str, PCRS)))
         _, _, digests = esapi.pcr_read(selection)
@@ -125,7 +111,7 @@ def make(out: Path) -> None:
         vectors = []
         for kind in ("ecc", "rsa"):
             priv, pub, _, _, _ = esapi.create(
-                primary, types.TPM2B_SENSITIVE_CREATE(), _templates(kind)
+                primary, types.TPM2B_SENSITIVE_CREATE(), pytss_template(kind)
             )
             key = esapi.load(primary, priv, pub)
             pem = pub.to_pem()

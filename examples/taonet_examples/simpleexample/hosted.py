@@ -49,7 +49,7 @@ from taonet_examples.simpleexample.demo import (
     rotate_as_operator,
 )
 
-__all__ = ["demo_programs", "run_hosted_demo", "run_programs"]
+__all__ = ["create_demo_domain", "demo_programs", "run_hosted_demo", "run_programs"]
 
 _LISTENING = re.compile(rb"listening on ([0-9.]+):(\d+)")
 _SERVING = re.compile(rb"serving Tao channels on ([0-9.]+):(\d+)")
@@ -143,6 +143,33 @@ class _Output:
         return match
 
 
+def create_demo_domain(
+    domain_dir: Path,
+    name: str,
+    programs: tuple[Path, Path, Path],
+    password: bytes,
+    *,
+    kdf: KdfParams | None = None,
+) -> Domain:
+    """A new domain ``name`` in ``domain_dir`` with the demo's guard rules
+    (:func:`demo_rules`) for its server and client; ``programs`` is (server, client,
+    taonet command), the programs it lists."""
+    server_path, client_path, taonet_path = programs
+    return Domain.create(
+        domain_dir,
+        DomainTemplate(
+            name=name,
+            rules=demo_rules(
+                program_subprin(measure_file(server_path)),
+                program_subprin(measure_file(client_path)),
+            ),
+            programs=(server_path, client_path, taonet_path),
+        ),
+        password,
+        kdf=kdf or KdfParams.default(),
+    )
+
+
 async def run_hosted_demo(
     base: Path, *, say: Callable[[str], None] = print, kdf: KdfParams | None = None
 ) -> bytes:
@@ -156,18 +183,12 @@ async def run_hosted_demo(
         base.mkdir(parents=True, exist_ok=True)
         password = secrets.token_hex(16).encode()
         atomic_write(password_file, password + b"\n", mode=0o600)
-        domain = Domain.create(
+        domain = create_demo_domain(
             domain_dir,
-            DomainTemplate(
-                name="simpleexample-hosted",
-                rules=demo_rules(
-                    program_subprin(measure_file(server_path)),
-                    program_subprin(measure_file(client_path)),
-                ),
-                programs=(server_path, client_path, taonet_path),
-            ),
+            "simpleexample-hosted",
+            (server_path, client_path, taonet_path),
             password,
-            kdf=kdf or KdfParams.default(),
+            kdf=kdf,
         )
         say(f"policy key:   {domain.policy_principal}")
         for rule in domain.guard.rules:  # type: ignore[attr-defined]

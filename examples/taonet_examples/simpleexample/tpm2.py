@@ -39,13 +39,14 @@ import trio
 
 from taonet import ConfigError
 from taonet.crypto import KdfParams
-from taonet.domain import Domain, DomainTemplate, host_state_rule, measure_file, program_subprin
+from taonet.domain import Domain, host_state_rule
 from taonet.files import atomic_write
 from taonet.hosts.linux import LinuxHost, LinuxHostConfig
-from taonet_examples.simpleexample.demo import PolicyKey, demo_rules
+from taonet_examples.simpleexample.demo import PolicyKey
 from taonet_examples.simpleexample.hosted import (
     STEP_TIMEOUT,
     _absolute_path,
+    create_demo_domain,
     demo_programs,
     run_programs,
 )
@@ -106,18 +107,12 @@ async def run_tpm2_demo(
         password = secrets.token_hex(16).encode()
         atomic_write(password_file, password + b"\n", mode=0o600)
         domain = await trio.to_thread.run_sync(
-            lambda: Domain.create(
+            lambda: create_demo_domain(
                 domain_dir,
-                DomainTemplate(
-                    name="simpleexample-tpm2",
-                    rules=demo_rules(
-                        program_subprin(measure_file(server_path)),
-                        program_subprin(measure_file(client_path)),
-                    ),
-                    programs=(server_path, client_path, taonet_path),
-                ),
+                "simpleexample-tpm2",
+                (server_path, client_path, taonet_path),
                 password,
-                kdf=kdf or KdfParams.default(),
+                kdf=kdf,
             )
         )
         signer = await trio.to_thread.run_sync(domain.unlock, password)

@@ -76,6 +76,13 @@ class StateDir:
     def _read(self, name: str, limit: int = _MAX_SMALL) -> bytes:
         return read_file(self.path / name, limit=limit)
 
+    def _read_json(self, name: str, form: str, limit: int = _MAX_SMALL) -> dict[str, Any]:
+        """The JSON object in ``name`` whose "format" is ``form``; ConfigError if not."""
+        obj = _load_json(self._read(name, limit), self.path / name)
+        if not isinstance(obj, dict) or obj.get("format") != form:
+            raise ConfigError(f"{self.path / name} is not a {form!r} file")
+        return obj
+
     def _write(self, name: str, data: bytes) -> None:
         atomic_write(self.path / name, data, mode=0o600)
 
@@ -106,9 +113,7 @@ class StateDir:
 
     def config(self) -> HostConfig:
         name = self.path / CONFIG_FILE
-        obj = _load_json(self._read(CONFIG_FILE), name)
-        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-            raise ConfigError(f"{name} is not a {FORMAT!r} file")
+        obj = self._read_json(CONFIG_FILE, FORMAT)
         tcti, pcrs, alg = obj.get("tcti"), obj.get("pcrs"), obj.get("alg")
         if not isinstance(tcti, str) or not tcti:
             raise ConfigError(f"{name}: 'tcti' must be a non-empty string")
@@ -145,9 +150,7 @@ class StateDir:
         name = self.path / COUNTERS_FILE
         if not self.exists(COUNTERS_FILE):
             return {}
-        obj = _load_json(self._read(COUNTERS_FILE, _MAX_COUNTERS_FILE), name)
-        if not isinstance(obj, dict) or obj.get("format") != _COUNTERS_FORMAT:
-            raise ConfigError(f"{name} is not a {_COUNTERS_FORMAT!r} file")
+        obj = self._read_json(COUNTERS_FILE, _COUNTERS_FORMAT, _MAX_COUNTERS_FILE)
         entries, tag = obj.get("counters"), obj.get("mac")
         if not isinstance(entries, list) or not isinstance(tag, str):
             raise ConfigError(f"{name}: expected 'counters' and 'mac'")

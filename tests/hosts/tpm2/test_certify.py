@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,8 +12,8 @@ import trio
 
 from taonet import AuthenticationError, ConfigError, auth
 from taonet.attestation import validate
-from tests.conftest import PASSWORD, MakeDomain
-from tests.hosts.tpm2.tpm2_host_helpers import make_host
+from tests.conftest import MakeDomain
+from tests.tpm2_helpers import serving_quote_service, trust_swtpm
 
 if TYPE_CHECKING:
     from taonet.domain import Domain
@@ -23,27 +22,10 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 async def quote_service(make_domain: MakeDomain, swtpm: Swtpm) -> AsyncIterator[tuple[Domain, str]]:
-    from taonet.quoteservice import add_manufacturer_cas
-    from taonet_services.quote_service import QuoteService
-
     domain = make_domain(name="tpm-domain")
-    root, intermediate = swtpm.manufacturer_ca_pems()
-    add_manufacturer_cas(domain.path, domain.unlock(PASSWORD), root + intermediate)
-    with QuoteService.open(domain.path, PASSWORD, request_timeout=10.0) as service:
-        async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(functools.partial(service.serve, 0))
-            yield domain, f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
-            nursery.cancel_scope.cancel()
-
-
-@pytest.fixture
-async def host(tmp_path: Path, swtpm_tcti: str) -> AsyncIterator[Tpm2Host]:
-    h = await make_host(tmp_path / "tpmhost", swtpm_tcti)
-    try:
-        yield h
-    finally:
-        with trio.fail_after(60):
-            await h.aclose()
+    trust_swtpm(domain, swtpm)
+    async with serving_quote_service(domain, request_timeout=10.0) as (_, port):
+        yield domain, f"127.0.0.1:{port}"
 
 
 async def test_certify_then_attest_rooted_in_the_domain(

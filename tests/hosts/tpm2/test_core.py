@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,16 +19,6 @@ if TYPE_CHECKING:
     from taonet.hosts.tpm2 import Tpm2Host
 
 HELLO = auth.Pred("Hello", (auth.Str("world"),))
-
-
-@pytest.fixture
-async def host(tmp_path: Path, swtpm_tcti: str) -> AsyncIterator[Tpm2Host]:
-    h = await make_host(tmp_path / "tpmhost", swtpm_tcti)
-    try:
-        yield h
-    finally:
-        with trio.fail_after(60):
-            await h.aclose()
 
 
 def _program(host: Tpm2Host, name: str = "prog") -> auth.Prin:

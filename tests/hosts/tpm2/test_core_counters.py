@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,20 +12,9 @@ import trio
 
 from taonet import ConfigError, HostError, auth
 from taonet.hosts._counters import CounterStore, ParentTableSealer
-from tests.hosts.tpm2.tpm2_host_helpers import make_host
 
 if TYPE_CHECKING:
     from taonet.hosts.tpm2 import Tpm2Host
-
-
-@pytest.fixture
-async def host(tmp_path: Path, swtpm_tcti: str) -> AsyncIterator[Tpm2Host]:
-    h = await make_host(tmp_path / "tpmhost", swtpm_tcti)
-    try:
-        yield h
-    finally:
-        with trio.fail_after(60):
-            await h.aclose()
 
 
 async def _reopen(host: Tpm2Host, directory: Path) -> Tpm2Host:

@@ -8,7 +8,6 @@ at the next open, and none when a PCR it is sealed to has changed: another boot)
 
 from __future__ import annotations
 
-import functools
 import json
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from taonet.hosts import SoftHost
 from taonet.hosts.linux import LinuxHost, LinuxHostConfig
 from tests.cli.cli_helpers import taonet_main
 from tests.conftest import PASSWORD, MakeDomain
+from tests.tpm2_helpers import ca_pem, serving_quote_service, trust_swtpm
 
 if TYPE_CHECKING:
     from taonet.hosts.tpm2 import Swtpm
@@ -182,77 +182,42 @@ async def test_cli_certifies_through_the_quote_service(
     """``host init --tpm2 --quote-service`` and ``host certify`` against a real quote
     service; a domain that does not list the TPM's manufacturer CA refuses, one line."""
     from taonet.quoteservice import add_manufacturer_cas
-    from taonet_services.quote_service import QuoteService
 
     trusting, other = make_domain(name="trusting"), make_domain(name="other")
-    root, intermediate = fresh_swtpm.manufacturer_ca_pems()
-    add_manufacturer_cas(trusting.path, trusting.unlock(PASSWORD), root + intermediate)
+    trust_swtpm(trusting, fresh_swtpm)
     # The other domain trusts some other manufacturer (its own CA list, not swtpm's).
-    add_manufacturer_cas(other.path, other.unlock(PASSWORD), _other_ca_pem())
+    add_manufacturer_cas(other.path, other.unlock(PASSWORD), ca_pem("another manufacturer"))
 
     def cli(*args: str) -> tuple[int, str, str]:
         return taonet_main(capsys, *args)
 
-    with (
-        QuoteService.open(trusting.path, PASSWORD) as good,
-        QuoteService.open(other.path, PASSWORD) as bad,
+    async with (
+        serving_quote_service(trusting) as (_, good),
+        serving_quote_service(other) as (_, bad),
     ):
-        async with trio.open_nursery() as nursery:
-            ports = [
-                (await nursery.start(functools.partial(service.serve, 0)))[0].socket.getsockname()[
-                    1
-                ]
-                for service in (good, bad)
-            ]
-            with trio.fail_after(120):
-                made = await trio.to_thread.run_sync(
-                    cli, "host", "init", "--root", "--tpm2", "--domain", str(trusting.path),
-                    "--host", str(tmp_path / "a"), "--tcti", fresh_swtpm.tcti,
-                    "--quote-service", f"127.0.0.1:{ports[0]}", "-o", "json",
-                )  # fmt: skip
-                assert made[0] == 0, made[2]
-                # The services' log lines share stdout here: the document is the rest.
-                assert document(made[1])["certified"] is True
-                assert (tmp_path / "a" / "tpm2" / "quote_key_cert.der").exists()
-                made = await trio.to_thread.run_sync(
-                    cli, "host", "init", "--root", "--tpm2", "--domain", str(other.path),
-                    "--host", str(tmp_path / "b"), "--tcti", fresh_swtpm.tcti,
-                )  # fmt: skip
-                assert made[0] == 0, made[2]
-                refused = await trio.to_thread.run_sync(
-                    cli, "host", "certify", "--host", str(tmp_path / "b"),
-                    "--quote-service", f"127.0.0.1:{ports[1]}",
-                )  # fmt: skip
-                assert refused[0] != 0
-                assert len(refused[2].strip().splitlines()) == 1, refused[2]
-                assert "manufacturer CA" in refused[2]
-                assert not (tmp_path / "b" / "tpm2" / "quote_key_cert.der").exists()
-            nursery.cancel_scope.cancel()
-
-
-def _other_ca_pem() -> bytes:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "another manufacturer")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
+        with trio.fail_after(120):
+            made = await trio.to_thread.run_sync(
+                cli, "host", "init", "--root", "--tpm2", "--domain", str(trusting.path),
+                "--host", str(tmp_path / "a"), "--tcti", fresh_swtpm.tcti,
+                "--quote-service", f"127.0.0.1:{good}", "-o", "json",
+            )  # fmt: skip
+            assert made[0] == 0, made[2]
+            # The services' log lines share stdout here: the document is the rest.
+            assert document(made[1])["certified"] is True
+            assert (tmp_path / "a" / "tpm2" / "quote_key_cert.der").exists()
+            made = await trio.to_thread.run_sync(
+                cli, "host", "init", "--root", "--tpm2", "--domain", str(other.path),
+                "--host", str(tmp_path / "b"), "--tcti", fresh_swtpm.tcti,
+            )  # fmt: skip
+            assert made[0] == 0, made[2]
+            refused = await trio.to_thread.run_sync(
+                cli, "host", "certify", "--host", str(tmp_path / "b"),
+                "--quote-service", f"127.0.0.1:{bad}",
+            )  # fmt: skip
+            assert refused[0] != 0
+            assert len(refused[2].strip().splitlines()) == 1, refused[2]
+            assert "manufacturer CA" in refused[2]
+            assert not (tmp_path / "b" / "tpm2" / "quote_key_cert.der").exists()
 
 
 def test_start_show_run_stop_without_a_password(fresh_swtpm: Swtpm, tmp_path: Path) -> None:

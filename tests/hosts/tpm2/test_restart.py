@@ -13,7 +13,13 @@ import trio
 
 from taonet import HostError, auth
 from taonet.attestation import UNROOTED, validate
-from tests.hosts.tpm2.tpm2_host_helpers import extend, loaded_handles, make_host, reset
+from tests.hosts.tpm2.tpm2_host_helpers import (
+    extend,
+    loaded_handles,
+    make_host,
+    opened_host,
+    reset,
+)
 
 if TYPE_CHECKING:
     from taonet.hosts.tpm2 import Swtpm
@@ -22,8 +28,7 @@ HELLO = auth.Pred("Hello", ())
 
 
 async def test_swtpm_restarted_under_a_running_host(tmp_path: Path, fresh_swtpm: Swtpm) -> None:
-    host = await make_host(tmp_path / "tpmhost", fresh_swtpm.tcti)
-    try:
+    async with opened_host(tmp_path / "tpmhost", fresh_swtpm.tcti) as host:
         tao = host.tao()
         sealed = await tao.seal(b"survives a reset")
         blob = await tao.rollback_protected_seal("state", b"v1")
@@ -43,14 +48,10 @@ async def test_swtpm_restarted_under_a_running_host(tmp_path: Path, fresh_swtpm:
         assert await tao.unseal(sealed) == (b"survives a reset", "self")
         assert await tao.rollback_protected_unseal(blob) == (b"v1", "self")  # NV survives
         assert await host.run_blocking(loaded_handles, fresh_swtpm.tcti) == []
-    finally:
-        with trio.fail_after(60):
-            await host.aclose()
 
 
 async def test_reset_with_other_pcrs_refuses_service(tmp_path: Path, fresh_swtpm: Swtpm) -> None:
-    host = await make_host(tmp_path / "tpmhost", fresh_swtpm.tcti)
-    try:
+    async with opened_host(tmp_path / "tpmhost", fresh_swtpm.tcti) as host:
         tao = host.tao()
         sealed = await tao.seal(b"x")
         with trio.fail_after(60):
@@ -65,14 +66,10 @@ async def test_reset_with_other_pcrs_refuses_service(tmp_path: Path, fresh_swtpm
         assert host.name.type == "tpm2"
         await host.run_blocking(reset, fresh_swtpm.tcti, 16)
         assert await tao.unseal(sealed) == (b"x", "self")
-    finally:
-        with trio.fail_after(60):
-            await host.aclose()
 
 
 async def test_tpm_gone_is_a_clear_error(tmp_path: Path, fresh_swtpm: Swtpm) -> None:
-    host = await make_host(tmp_path / "tpmhost", fresh_swtpm.tcti)
-    try:
+    async with opened_host(tmp_path / "tpmhost", fresh_swtpm.tcti) as host:
         with trio.fail_after(60):
             await trio.to_thread.run_sync(fresh_swtpm.stop)
         with pytest.raises(HostError, match=r"cannot be reached|lost the connection"):
@@ -82,9 +79,6 @@ async def test_tpm_gone_is_a_clear_error(tmp_path: Path, fresh_swtpm: Swtpm) -> 
         with trio.fail_after(60):
             await trio.to_thread.run_sync(fresh_swtpm.start)
         assert (await host.tao().unseal(await host.tao().seal(b"y")))[0] == b"y"
-    finally:
-        with trio.fail_after(60):
-            await host.aclose()
 
 
 def _clear(tcti: str) -> None:

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from taonet import ConfigError, HostError
 from tests.tpm2_fixtures import tpm2_or_skip
+from tests.tpm2_helpers import make_ca
 
 if TYPE_CHECKING:
     from taonet.hosts.tpm2 import Swtpm
@@ -82,26 +83,11 @@ async def test_ek_certificate_refused_by_another_ca(
     swtpm_tcti: str, swtpm_ca_pems: tuple[bytes, bytes], tmp_path: Path
 ) -> None:
     """A CA of the same name but another key does not verify the EK certificate."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     from taonet.hosts.tpm2 import _setup
 
     der, _ = await in_thread(_setup.read_ek, swtpm_tcti)
     cert = x509.load_der_x509_certificate(der)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    fake = (
-        x509.CertificateBuilder()
-        .subject_name(cert.issuer)
-        .issuer_name(cert.issuer)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    fake, _ = make_ca(cert.issuer)
     with pytest.raises((ValueError, TypeError)):
         cert.verify_directly_issued_by(fake)
     fake_pem = fake.public_bytes(serialization.Encoding.PEM)

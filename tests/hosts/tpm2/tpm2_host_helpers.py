@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +23,19 @@ async def make_host(directory: Path, tcti: str, *, pcrs: tuple[int, ...] = TEST_
     with trio.fail_after(60):
         await trio.to_thread.run_sync(lambda: Tpm2Host.create(directory, tcti=tcti, pcrs=pcrs))
         return await Tpm2Host.open(directory)
+
+
+@contextlib.asynccontextmanager
+async def opened_host(
+    directory: Path, tcti: str, *, pcrs: tuple[int, ...] = TEST_PCRS
+) -> AsyncIterator[Tpm2Host]:
+    """:func:`make_host`, closed (within 60 s) when the ``with`` ends."""
+    host = await make_host(directory, tcti, pcrs=pcrs)
+    try:
+        yield host
+    finally:
+        with trio.fail_after(60):
+            await host.aclose()
 
 
 def loaded_handles(tcti: str) -> list[int]:
