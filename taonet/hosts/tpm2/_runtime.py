@@ -179,13 +179,6 @@ class TpmRuntime:
         handles, params = await self.call(_wire.create_primary_command(PRIMARY_TEMPLATE))
         self.primary = _wire.handle_of(handles)
         primary_public = _wire.parse_create_primary(params)
-        if not hmac.compare_digest(_session.object_name(primary_public), self.primary_name):
-            _log.error("tpm_primary_changed")
-            raise HostError(
-                "the TPM's storage primary is not the one recorded when this host was "
-                "created (another TPM, a cleared owner hierarchy, or something answering "
-                "in the TPM's place): no session is salted to it"
-            )
         try:
             handles, _ = await self.call(_wire.load_command(self.primary, *self.quote_blobs))
         except _wire.TpmError as exc:
@@ -202,6 +195,15 @@ class TpmRuntime:
         finally:
             await self.call(_wire.flush_command(quote))
         self._quote_context = params
+        # After the quote key's Load, whose refusal names a cleared owner hierarchy
+        # with the TPM's rc; before any session is salted to the primary.
+        if not hmac.compare_digest(_session.object_name(primary_public), self.primary_name):
+            _log.error("tpm_primary_changed")
+            raise HostError(
+                "the TPM's storage primary is not the one recorded when this host was "
+                "created: the state directory belongs to another TPM, or something answers "
+                "in the TPM's place; no session is salted to it"
+            )
         await self._start_session(primary_public)
         values = await self.read_pcrs()
         self._clock = clock

@@ -8,12 +8,12 @@ TPM is the host's own device, not a peer). A failed command is a :class:`TpmErro
 (a HostError carrying the TPM's response code).
 
 Authorization: objects and NV indices with an empty password get the password
-session ``TPM_RS_PW`` with an empty HMAC; the sealed objects get a policy session
-that ran only PolicyPCR, which the TPM accepts with an empty HMAC as well, so no
-command here needs client-side session cryptography. The price is no parameter
-encryption: a sealed AEAD key crosses the TPM interface in clear, which is the
-process's own trust for swtpm on loopback and for a kernel resource manager, not
-against a bus sniffer on a discrete TPM (a salted session would close that).
+session ``TPM_RS_PW`` with an empty HMAC. Unseal takes its authorization area from
+the caller: the host's kept policy session is salted to the storage primary
+(:func:`start_salted_session_command`), and :mod:`taonet.hosts.tpm2._session` computes
+its command HMAC, checks the response HMAC and decrypts the answer
+(:func:`response_auth` gives the response's session area). The other commands have no
+parameter encryption: Create carries the data it seals in clear.
 """
 
 from __future__ import annotations

@@ -214,3 +214,42 @@ async def test_a_substituted_primary_gets_no_session(tmp_path: Path, fresh_swtpm
             assert proxy.sent(CC_CREATE_PRIMARY)
             assert proxy.sent(CC_START_AUTH_SESSION) == []
             assert proxy.sent(CC_UNSEAL) == []
+
+
+async def test_a_host_without_a_recorded_primary_is_refused(
+    tmp_path: Path, fresh_swtpm: Swtpm
+) -> None:
+    """A directory without (or with an edited) primary.name: ConfigError, no session."""
+    from taonet import ConfigError
+    from taonet.hosts.tpm2 import Tpm2Host
+
+    with trio.fail_after(120):
+        await _create(tmp_path / "host", fresh_swtpm.tcti)
+        name = tmp_path / "host" / "primary.name"
+        name.write_bytes(name.read_bytes()[:-1])
+        with pytest.raises(ConfigError, match=r"primary\.name is not a SHA-256 TPM Name"):
+            await Tpm2Host.open(tmp_path / "host")
+        name.unlink()
+        with pytest.raises(ConfigError, match=r"primary\.name is missing"):
+            await Tpm2Host.open(tmp_path / "host")
+
+
+def test_malformed_session_answers_are_host_errors() -> None:
+    from taonet.hosts.tpm2._params import PRIMARY_TEMPLATE
+    from taonet.hosts.tpm2._session import SaltedSession, ecc_point, make_salt
+
+    point = ec.generate_private_key(ec.SECP256R1()).public_key().public_numbers()
+    x, y = point.x.to_bytes(32, "big"), point.y.to_bytes(32, "big")
+    body = PRIMARY_TEMPLATE[:-4] + b"\x00\x20" + x + b"\x00\x20" + y
+    assert ecc_point(struct.pack(">H", len(body)) + body, PRIMARY_TEMPLATE) == (x, y)
+    for bad in (body[:-1], body + b"\x00", b"\x00\x01" + body[2:]):
+        with pytest.raises(HostError):
+            ecc_point(struct.pack(">H", len(bad)) + bad, PRIMARY_TEMPLATE)
+    with pytest.raises(HostError, match="not on P-256"):
+        make_salt(x, bytes(32))
+    session = SaltedSession(0x03000000, bytes(32), bytes(32), bytes(32))
+    _, nonce = session.command_auth(CC_UNSEAL, [], b"", 0x41)
+    good = b"\x00\x20" + bytes(32) + b"\x41" + b"\x00\x20" + bytes(32)
+    for auth_area in (b"", good[:-1], good + b"\x00", b"\x00\x10" + good[2:]):
+        with pytest.raises(HostError):
+            session.open_response(CC_UNSEAL, b"\x00\x00", auth_area, nonce, 0x41)
