@@ -185,11 +185,6 @@ def password_auth() -> bytes:
     return struct.pack(">IHBH", TPM_RS_PW, 0, 0, 0)
 
 
-def _policy_auth(session: int) -> bytes:
-    # A policy session that ran no PolicyAuthValue/PolicyPassword: empty HMAC; keep it.
-    return struct.pack(">IHBH", session, 0, 0x01, 0)
-
-
 def response_size(header: bytes) -> int:
     """The size a response's 10-byte header announces; HostError if impossible."""
     size = int(struct.unpack_from(">I", header, 2)[0])
@@ -362,14 +357,6 @@ def parse_quote(params: bytes) -> tuple[bytes, bytes]:
     return attest, signature
 
 
-def start_policy_session_command(nonce: bytes) -> bytes:
-    """An unsalted, unbound SHA-256 policy session without parameter encryption."""
-    params = (
-        tpm2b(nonce) + u16(0) + struct.pack(">BHH", TPM_SE_POLICY, TPM_ALG_NULL, TPM_ALG_SHA256)
-    )
-    return command(CC_START_AUTH_SESSION, [TPM_RH_NULL, TPM_RH_NULL], params)
-
-
 def start_salted_session_command(tpm_key: int, nonce: bytes, encrypted_salt: bytes) -> bytes:
     """A SHA-256 policy session salted to ``tpm_key`` (unbound), AES-128-CFB parameter
     encryption (see :mod:`taonet.hosts.tpm2._session` for the salt)."""
@@ -404,10 +391,9 @@ def policy_pcr_command(session: int, selection: bytes) -> bytes:
     return command(CC_POLICY_PCR, [session], u16(0) + selection)
 
 
-def unseal_command(item: int, session: int | bytes) -> bytes:
-    """Unseal ``item``: in policy session ``session`` with an empty HMAC, or with
-    ``session`` a whole TPMS_AUTH_COMMAND (a salted session's, see ``_session``)."""
-    auth = _policy_auth(session) if isinstance(session, int) else session
+def unseal_command(item: int, auth: bytes) -> bytes:
+    """Unseal ``item`` with ``auth``, the salted policy session's TPMS_AUTH_COMMAND
+    (see :mod:`taonet.hosts.tpm2._session`)."""
     return command(CC_UNSEAL, [item], b"", auth)
 
 
