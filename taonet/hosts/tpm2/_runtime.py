@@ -86,7 +86,7 @@ class TpmRuntime:
         pcrs: tuple[int, ...],
         quote_private: bytes,
         quote_public: bytes,
-        primary_name: bytes,
+        primary_name: bytes = b"",
     ) -> None:
         self.transport = transport
         self.pcr_numbers = pcrs
@@ -97,7 +97,8 @@ class TpmRuntime:
         self.policy_digest = b""
         self.primary = 0
         self.session = 0
-        #: The storage primary's Name recorded at host creation (see ``_state``).
+        #: The storage primary's Name recorded at host creation (see ``_state``); empty
+        #: matches no primary, so a runtime made without it never starts a session.
         self.primary_name = primary_name
         self._salted: SaltedSession | None = None
         self._quote_context = b""
