@@ -47,9 +47,11 @@ key, and its swtpm TCTI (which opens a TCP connection per command):
   put in a KEYEDHASH sealed object by Create under the primary (authPolicy = the
   PolicyPCR digest of the host's PCRs) and the data encrypted under that key;
 * ``unseal``: ``await tao.unseal(blob)``, against Load(the sealed object under the
-  primary) + PolicyRestart + PolicyPCR on an unsalted policy session kept between
-  calls (the commands taonet sends) + Unseal + FlushContext, then the AES-GCM
-  decryption.
+  primary) + PolicyRestart + PolicyPCR on a policy session kept between calls + Unseal
+  + FlushContext, then the AES-GCM decryption. Both sides give Unseal the same
+  protection: the kept session is salted to the storage primary (ECDH to its P-256
+  key) with AES-128-CFB response encryption (the ESYS session attribute ENCRYPT),
+  so both compute the command HMAC, check the response HMAC and decrypt the answer.
 
 swtpm serves one connection at a time, and taonet's host keeps one open, so the two
 sides take turns in batches: before a tpm2-pytss batch the host's connection is
@@ -152,6 +154,7 @@ class PytssBaseline:
             nameAlg="sha256",
         )
         self._null_sym = TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL)
+        self._cfb_sym = TPMT_SYM_DEF.parse("aes128cfb")
         self._primary: Any = None
         self._session: Any = None
         self.acquire()
@@ -185,7 +188,8 @@ class PytssBaseline:
             raise
 
     def acquire(self) -> None:
-        """CreatePrimary (kept loaded) and StartAuthSession (policy, kept): once, then kept."""
+        """CreatePrimary (kept loaded) and StartAuthSession (policy, salted to the
+        primary, response encryption; kept): once, then kept."""
         from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE, TPMA_SESSION
         from tpm2_pytss.types import TPM2B_SENSITIVE_CREATE
 
@@ -195,10 +199,14 @@ class PytssBaseline:
         self._primary, _, _, _, _ = esapi.create_primary(
             TPM2B_SENSITIVE_CREATE(), self._primary_template, ESYS_TR.OWNER
         )
+        # Salted to the primary, AES-128-CFB response encryption: the protection taonet's
+        # host gives its Unseal answers.
         self._session = esapi.start_auth_session(
-            ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY, self._null_sym, TPM2_ALG.SHA256
+            self._primary, ESYS_TR.NONE, TPM2_SE.POLICY, self._cfb_sym, TPM2_ALG.SHA256
         )
-        esapi.trsess_set_attributes(self._session, TPMA_SESSION.CONTINUESESSION)
+        esapi.trsess_set_attributes(
+            self._session, TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.ENCRYPT
+        )
 
     def release(self) -> None:
         """Flush the primary and the session (the TPM is taonet's until :meth:`acquire`)."""

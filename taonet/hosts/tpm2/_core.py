@@ -280,7 +280,7 @@ class Tpm2Core:
                 await runtime.call(_wire.policy_restart_command(runtime.session))
                 await runtime.call(_wire.policy_pcr_command(runtime.session, runtime.selection))
                 try:
-                    _, params = await runtime.call(_wire.unseal_command(handle, runtime.session))
+                    secret = await runtime.unseal(handle, public)
                 except _wire.TpmError as exc:
                     if exc.base in (_wire.RC_POLICY_FAIL, _wire.RC_PCR_CHANGED):
                         now = await runtime.read_pcrs()
@@ -298,7 +298,7 @@ class Tpm2Core:
                     raise
             finally:
                 await runtime.flush(handle)
-            return _wire.parse_unseal(params)
+            return secret
 
         return await runtime.run(unseal)
 

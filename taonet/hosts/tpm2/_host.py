@@ -30,6 +30,7 @@ from taonet.hosts.tpm2 import _wire
 from taonet.hosts.tpm2._core import Tpm2Core
 from taonet.hosts.tpm2._nvcounters import Tpm2Counters
 from taonet.hosts.tpm2._runtime import TpmRuntime, policy_pcr_digest
+from taonet.hosts.tpm2._session import ecc_point, object_name
 from taonet.hosts.tpm2._setup import (
     PRIMARY_TEMPLATE,
     activate_credential,
@@ -118,8 +119,9 @@ class Tpm2Host:
         values = read_pcrs(tcti, numbers)
         template = _wire.sealed_template(policy_pcr_digest(values))
         with SyncTransport(parse_tcti(tcti)) as tpm:
-            handles, _ = tpm.call(_wire.create_primary_command(PRIMARY_TEMPLATE))
+            handles, params = tpm.call(_wire.create_primary_command(PRIMARY_TEMPLATE))
             primary = _wire.handle_of(handles)
+            primary_public = _wire.parse_create_primary(params)
             try:
                 _, params = tpm.call(
                     _wire.create_command(primary, template, secrets.token_bytes(32))
@@ -128,7 +130,8 @@ class Tpm2Host:
             finally:
                 tpm.call(_wire.flush_command(primary))
         _quote_key_der(quote_public, "the quote key the TPM made")  # one this host can use
-        state.create(config, quote_private, quote_public, deriving)
+        ecc_point(primary_public, PRIMARY_TEMPLATE)  # the P-256 key sessions are salted to
+        state.create(config, quote_private, quote_public, deriving, object_name(primary_public))
         _log.info("tpm2_host_created", directory=str(directory), pcrs=list(numbers), alg=alg)
         return state.path
 
@@ -148,10 +151,24 @@ class Tpm2Host:
         path = Path(directory)
         state = StateDir(path)
 
-        def read() -> tuple[HostConfig, tuple[bytes, bytes], tuple[bytes, bytes], bytes | None]:
-            return state.config(), state.quote_key(), state.deriving_sealed(), state.certificate()
+        def read() -> tuple[
+            HostConfig, tuple[bytes, bytes], tuple[bytes, bytes], bytes | None, bytes
+        ]:
+            return (
+                state.config(),
+                state.quote_key(),
+                state.deriving_sealed(),
+                state.certificate(),
+                state.primary_name(),
+            )
 
-        config, (quote_private, quote_public), deriving, cert = await trio.to_thread.run_sync(read)
+        (
+            config,
+            (quote_private, quote_public),
+            deriving,
+            cert,
+            primary_name,
+        ) = await trio.to_thread.run_sync(read)
         if tcti is not None:
             config = HostConfig(tcti=tcti, pcrs=config.pcrs, alg=config.alg)
         quote_der = _quote_key_der(quote_public, str(path / "quote_key.pub"))
@@ -160,6 +177,7 @@ class Tpm2Host:
             pcrs=config.pcrs,
             quote_private=quote_private,
             quote_public=quote_public,
+            primary_name=primary_name,
         )
         try:
             values = await runtime.start()

@@ -3,7 +3,10 @@
 :class:`TpmRuntime` owns one TPM's :class:`~taonet.hosts.tpm2._transport.Transport`
 and what is done once per start, not per call: the storage primary (CreatePrimary,
 kept loaded), the quote key's saved context, one kept policy session, the
-marshaled PCR selection and the PolicyPCR digest (computed in Python). At most the
+marshaled PCR selection and the PolicyPCR digest (computed in Python). The policy
+session is salted to the storage primary, whose Name must be the one recorded at host
+creation, and Unseal answers in it are encrypted and HMAC-checked (see ``_session``,
+:meth:`TpmRuntime.unseal`). At most the
 primary and one more object are loaded at a time: every operation that loads
 something flushes it before it returns, so the three transient slots of a small TPM
 never run out.
@@ -25,6 +28,7 @@ quietly taking a new name.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import struct
 from collections.abc import Awaitable, Callable, Mapping
@@ -35,7 +39,8 @@ import trio
 from taonet._errors import HostError
 from taonet._log import get_logger
 from taonet.attestation.tpm2 import pcr_digest, pcr_selection_bytes
-from taonet.hosts.tpm2 import _wire
+from taonet.hosts.tpm2 import _session, _wire
+from taonet.hosts.tpm2._session import SaltedSession
 from taonet.hosts.tpm2._setup import PRIMARY_TEMPLATE
 from taonet.hosts.tpm2._transport import ConnectionLost, Transport
 
@@ -88,6 +93,7 @@ class TpmRuntime:
         pcrs: tuple[int, ...],
         quote_private: bytes,
         quote_public: bytes,
+        primary_name: bytes = b"",
     ) -> None:
         self.transport = transport
         self.pcr_numbers = pcrs
@@ -98,6 +104,10 @@ class TpmRuntime:
         self.policy_digest = b""
         self.primary = 0
         self.session = 0
+        #: The storage primary's Name recorded at host creation (see ``_state``); empty
+        #: matches no primary, so a runtime made without it never starts a session.
+        self.primary_name = primary_name
+        self._salted: SaltedSession | None = None
         self._quote_context = b""
         self._clock: tuple[int, int] | None = None
         self._ready = False
@@ -177,8 +187,9 @@ class TpmRuntime:
         await self.transport.close()
         clock = await self.read_clock()
         await self._flush_leftovers()
-        handles, _ = await self.call(_wire.create_primary_command(PRIMARY_TEMPLATE))
+        handles, params = await self.call(_wire.create_primary_command(PRIMARY_TEMPLATE))
         self.primary = _wire.handle_of(handles)
+        primary_public = _wire.parse_create_primary(params)
         try:
             handles, _ = await self.call(_wire.load_command(self.primary, *self.quote_blobs))
         except _wire.TpmError as exc:
@@ -195,8 +206,16 @@ class TpmRuntime:
         finally:
             await self.call(_wire.flush_command(quote))
         self._quote_context = params
-        handles, _ = await self.call(_wire.start_policy_session_command(secrets.token_bytes(16)))
-        self.session = _wire.handle_of(handles)
+        # After the quote key's Load, whose refusal names a cleared owner hierarchy
+        # with the TPM's rc; before any session is salted to the primary.
+        if not hmac.compare_digest(_session.object_name(primary_public), self.primary_name):
+            _log.error("tpm_primary_changed")
+            raise HostError(
+                "the TPM's storage primary is not the one recorded when this host was "
+                "created: the state directory belongs to another TPM, or something answers "
+                "in the TPM's place; no session is salted to it"
+            )
+        await self._start_session(primary_public)
         values = await self.read_pcrs()
         self._clock = clock
         if self.expected_pcrs is None:
@@ -211,6 +230,38 @@ class TpmRuntime:
                 "or create a new host"
             )
         self._ready = True
+
+    async def _start_session(self, primary_public: bytes) -> None:
+        """The kept policy session, salted to the (checked) storage primary."""
+        salt, encrypted = _session.make_salt(*_session.ecc_point(primary_public, PRIMARY_TEMPLATE))
+        nonce = secrets.token_bytes(_session.NONCE_SIZE)
+        handles, params = await self.call(
+            _wire.start_salted_session_command(self.primary, nonce, encrypted)
+        )
+        self.session = _wire.handle_of(handles)
+        nonce_tpm = _wire.parse_start_auth_session(params)
+        self._salted = _session.SaltedSession(self.session, salt, nonce_tpm, nonce)
+
+    async def unseal(self, item: int, public: bytes) -> bytes:
+        """TPM2_Unseal of loaded ``item`` (marshaled TPM2B_PUBLIC ``public``) in the kept
+        salted session, after PolicyPCR (inside :meth:`run`): the answer is encrypted
+        and its HMAC checked. HostError if it fails its check (the next call starts a
+        new session); TpmError if the TPM refuses."""
+        salted = self._salted
+        assert salted is not None
+        attributes = _session.ATTR_CONTINUE | _session.ATTR_ENCRYPT
+        names = [_session.object_name(public)]
+        auth, nonce = salted.command_auth(_wire.CC_UNSEAL, names, b"", attributes)
+        command = _wire.unseal_command(item, auth)
+        response = await self.transport.call_raw(command)
+        try:
+            _, params = _wire.split_response(command, response)
+            area = _wire.response_auth(command, response)
+            plain = salted.open_response(_wire.CC_UNSEAL, params, area, nonce, attributes)
+        except HostError:
+            self._ready = False  # the session's nonce is unknown now: start another
+            raise
+        return _wire.parse_unseal(plain)
 
     async def _flush_leftovers(self) -> None:
         # swtpm has no resource manager: objects and sessions a crashed client
@@ -254,6 +305,7 @@ class TpmRuntime:
                 if handle:
                     await self.flush(handle)
         self.session = self.primary = 0
+        self._salted = None
         self._ready = False
 
     async def aclose(self) -> None:

@@ -17,6 +17,10 @@ The directory (mode 0700; files 0600, written atomically, read bounded) holds:
     whose NV index exists but is not recorded is refused.
 ``quote_key_cert.der``
     The domain's certificate for the quote key, once certified.
+``primary.name``
+    The storage primary's TPM Name (SHA-256 nameAlg, 34 bytes) at creation: the
+    kept policy session is salted to the primary only if CreatePrimary gives this
+    Name again (else a proxy could answer with a key of its own and learn the salt).
 
 A file that is missing, oversized or edited into nonsense is a ConfigError naming
 it, never a crash.
@@ -45,6 +49,8 @@ QUOTE_PUB_FILE: Final = "quote_key.pub"
 DERIVING_FILE: Final = "deriving.sealed"
 COUNTERS_FILE: Final = "counters.json"
 CERT_FILE: Final = "quote_key_cert.der"
+PRIMARY_FILE: Final = "primary.name"
+_NAME_SIZE: Final = 34
 _COUNTERS_FORMAT: Final = "taonet tpm2 counters v1"
 _MAX_SMALL: Final = 64 * 1024
 _MAX_COUNTERS_FILE: Final = 4 * 1024 * 1024
@@ -97,6 +103,7 @@ class StateDir:
         quote_private: bytes,
         quote_public: bytes,
         deriving_sealed: bytes,
+        primary_name: bytes,
     ) -> None:
         """Write a new host's files; ConfigError if the directory already holds one."""
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -106,6 +113,7 @@ class StateDir:
         self._write(QUOTE_PRIV_FILE, quote_private)
         self._write(QUOTE_PUB_FILE, quote_public)
         self._write(DERIVING_FILE, deriving_sealed)
+        self._write(PRIMARY_FILE, primary_name)
         text = {"format": FORMAT, "tcti": config.tcti, "pcrs": list(config.pcrs), "alg": config.alg}
         self._write(CONFIG_FILE, json.dumps(text, indent=1).encode() + b"\n")
 
@@ -134,6 +142,19 @@ class StateDir:
 
     def deriving_sealed(self) -> tuple[bytes, bytes]:
         return split_object(self._read(DERIVING_FILE), self.path / DERIVING_FILE)
+
+    def primary_name(self) -> bytes:
+        """The storage primary's Name recorded at creation; ConfigError if missing."""
+        name = self.path / PRIMARY_FILE
+        if not self.exists(PRIMARY_FILE):
+            raise ConfigError(
+                f"{name} is missing: this host was made by an older taonet (its TPM "
+                "sessions cannot be salted to a known primary); create the host again"
+            )
+        data = self._read(PRIMARY_FILE)
+        if len(data) != _NAME_SIZE or data[:2] != b"\x00\x0b":
+            raise ConfigError(f"{name} is not a SHA-256 TPM Name (truncated or edited?)")
+        return data
 
     def certificate(self) -> bytes | None:
         if not self.exists(CERT_FILE):

@@ -105,13 +105,20 @@ class Transport:
         TpmError if the TPM refused it (retrying the TPM's "retry" warnings);
         HostError if the connection failed (it is then closed). Hold :attr:`lock`.
         """
+        return _wire.split_response(command, await self.call_raw(command))
+
+    async def call_raw(self, command: bytes) -> bytes:
+        """Like :meth:`call`, but the whole successful response (sessions need its
+        authorization area)."""
         for _ in range(_MAX_RETRIES):
             response = await self._exchange(command)
             try:
-                return _wire.split_response(command, response)
+                _wire.split_response(command, response)
             except _wire.TpmError as exc:
                 if exc.tpm_rc not in _wire.RETRYABLE:
                     raise
+            else:
+                return response
         raise HostError("the TPM kept answering 'retry'")
 
     async def _exchange(self, command: bytes) -> bytes:

@@ -8,12 +8,12 @@ TPM is the host's own device, not a peer). A failed command is a :class:`TpmErro
 (a HostError carrying the TPM's response code).
 
 Authorization: objects and NV indices with an empty password get the password
-session ``TPM_RS_PW`` with an empty HMAC; the sealed objects get a policy session
-that ran only PolicyPCR, which the TPM accepts with an empty HMAC as well, so no
-command here needs client-side session cryptography. The price is no parameter
-encryption: a sealed AEAD key crosses the TPM interface in clear, which is the
-process's own trust for swtpm on loopback and for a kernel resource manager, not
-against a bus sniffer on a discrete TPM (a salted session would close that).
+session ``TPM_RS_PW`` with an empty HMAC. Unseal takes its authorization area from
+the caller: the host's kept policy session is salted to the storage primary
+(:func:`start_salted_session_command`), and :mod:`taonet.hosts.tpm2._session` computes
+its command HMAC, checks the response HMAC and decrypts the answer
+(:func:`response_auth` gives the response's session area). The other commands have no
+parameter encryption: Create carries the data it seals in clear.
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ TPM_RS_PW: Final = 0x40000009
 TPM_ALG_KEYEDHASH: Final = 0x0008
 TPM_ALG_SHA256: Final = 0x000B
 TPM_ALG_NULL: Final = 0x0010
+TPM_ALG_AES: Final = 0x0006
+TPM_ALG_CFB: Final = 0x0043
 TPM_SE_POLICY: Final = 0x01
 TPM_CAP_HANDLES: Final = 0x00000001
 
@@ -67,6 +69,7 @@ RC_NV_UNINITIALIZED: Final = 0x14A
 RC_HANDLE: Final = 0x08B
 RC_POLICY_FAIL: Final = 0x09D
 RC_INTEGRITY: Final = 0x09F
+RC_BAD_AUTH: Final = 0x0A2
 RC_OBJECT_MEMORY: Final = 0x902
 RC_REFERENCE_H0: Final = 0x910
 RC_REFERENCE_S0: Final = 0x918
@@ -83,6 +86,7 @@ _RC_NAMES: Final = {
     RC_HANDLE: "bad handle",
     RC_POLICY_FAIL: "policy check failed",
     RC_INTEGRITY: "integrity check failed",
+    RC_BAD_AUTH: "session HMAC check failed",
     RC_OBJECT_MEMORY: "out of object memory",
     RC_REFERENCE_H0: "handle not loaded",
     RC_REFERENCE_S0: "session not loaded",
@@ -179,11 +183,6 @@ def command(cc: int, handles: Iterable[int], params: bytes, auth: bytes | None =
 def password_auth() -> bytes:
     # handle, nonce (empty), attributes (continueSession clear), hmac = password (empty)
     return struct.pack(">IHBH", TPM_RS_PW, 0, 0, 0)
-
-
-def _policy_auth(session: int) -> bytes:
-    # A policy session that ran no PolicyAuthValue/PolicyPassword: empty HMAC; keep it.
-    return struct.pack(">IHBH", session, 0, 0x01, 0)
 
 
 def response_size(header: bytes) -> int:
@@ -358,12 +357,29 @@ def parse_quote(params: bytes) -> tuple[bytes, bytes]:
     return attest, signature
 
 
-def start_policy_session_command(nonce: bytes) -> bytes:
-    """An unsalted, unbound SHA-256 policy session without parameter encryption."""
+def start_salted_session_command(tpm_key: int, nonce: bytes, encrypted_salt: bytes) -> bytes:
+    """A SHA-256 policy session salted to ``tpm_key`` (unbound), AES-128-CFB parameter
+    encryption (see :mod:`taonet.hosts.tpm2._session` for the salt)."""
     params = (
-        tpm2b(nonce) + u16(0) + struct.pack(">BHH", TPM_SE_POLICY, TPM_ALG_NULL, TPM_ALG_SHA256)
+        tpm2b(nonce)
+        + tpm2b(encrypted_salt)
+        + struct.pack(">BHHHH", TPM_SE_POLICY, TPM_ALG_AES, 128, TPM_ALG_CFB, TPM_ALG_SHA256)
     )
-    return command(CC_START_AUTH_SESSION, [TPM_RH_NULL, TPM_RH_NULL], params)
+    return command(CC_START_AUTH_SESSION, [tpm_key, TPM_RH_NULL], params)
+
+
+def parse_start_auth_session(params: bytes) -> bytes:
+    """nonceTPM."""
+    r = Reader(params, "StartAuthSession")
+    nonce = r.tpm2b()
+    if r.rest() or not 16 <= len(nonce) <= 64:
+        raise HostError("the TPM's StartAuthSession response is malformed")
+    return nonce
+
+
+def parse_create_primary(params: bytes) -> bytes:
+    """outPublic (a marshaled TPM2B_PUBLIC, with its size)."""
+    return tpm2b(Reader(params, "CreatePrimary").tpm2b())
 
 
 def policy_restart_command(session: int) -> bytes:
@@ -375,8 +391,22 @@ def policy_pcr_command(session: int, selection: bytes) -> bytes:
     return command(CC_POLICY_PCR, [session], u16(0) + selection)
 
 
-def unseal_command(item: int, session: int) -> bytes:
-    return command(CC_UNSEAL, [item], b"", _policy_auth(session))
+def unseal_command(item: int, auth: bytes) -> bytes:
+    """Unseal ``item`` with ``auth``, the salted policy session's TPMS_AUTH_COMMAND
+    (see :mod:`taonet.hosts.tpm2._session`)."""
+    return command(CC_UNSEAL, [item], b"", auth)
+
+
+def response_auth(command: bytes, response: bytes) -> bytes:
+    """The authorization area of a successful ``TPM_ST_SESSIONS`` response to ``command``
+    (after its parameters); HostError if there is none."""
+    split_response(command, response)  # TpmError, HostError
+    if struct.unpack_from(">H", response)[0] != TPM_ST_SESSIONS:
+        raise HostError("the TPM's response has no session area")
+    cc = struct.unpack_from(">I", command, 6)[0]
+    end_handles = HEADER + 4 * _RESPONSE_HANDLES.get(cc, 0)
+    psize = struct.unpack_from(">I", response, end_handles)[0]
+    return response[end_handles + 4 + psize :]
 
 
 def parse_unseal(params: bytes) -> bytes:
