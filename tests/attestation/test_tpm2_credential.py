@@ -170,9 +170,23 @@ def _ek_cert(ek_key: Any, issuer: x509.Certificate, issuer_key: Any, **kw: Any) 
         .not_valid_before(kw.get("not_before", now - dt.timedelta(days=1)))
         .not_valid_after(kw.get("not_after", now + dt.timedelta(days=365)))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-        .add_extension(x509.ExtendedKeyUsage([kw.get("eku", tc.EK_CERTIFICATE_EKU)]), False)
     )
+    if kw.get("eku", tc.EK_CERTIFICATE_EKU) is not None:
+        eku = x509.ExtendedKeyUsage([kw.get("eku", tc.EK_CERTIFICATE_EKU)])
+        builder = builder.add_extension(eku, False)
+    if "usage" in kw:
+        builder = builder.add_extension(_key_usage(*kw["usage"]), True)
     return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _key_usage(*allowed: str) -> x509.KeyUsage:
+    flags = dict.fromkeys(
+        ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+         "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"),
+        False,
+    )  # fmt: skip
+    flags.update(dict.fromkeys(allowed, True))
+    return x509.KeyUsage(**flags)
 
 
 def test_ek_cert_from_untrusted_ca_refused(swtpm: Any, eks: Any) -> None:
@@ -440,3 +454,28 @@ def test_unprocessed_critical_extension_refused() -> None:
     ek = _ek_cert(ec.generate_private_key(ec.SECP256R1()).public_key(), root, root_key)
     with pytest.raises(AuthenticationError, match="critical extension"):
         tc.check_ek_certificate(ek, [root], now_ns=time.time_ns())
+
+
+def test_ek_key_usage_checked_when_present_and_eku_may_be_missing() -> None:
+    """Any non-CA end-entity certificate of a listed CA is not an EK certificate: one
+    whose key usage does not allow what an EK does (a signing certificate) is refused,
+    right in everything else; the EK's own usage passes; a missing EKU (as on many
+    vendors' EK certificates) and a missing key usage are accepted."""
+    root, root_key = _ca("vendor root")
+    ecc_key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    now = time.time_ns()
+    for key, wrong, right, label in (
+        (ecc_key, "key_encipherment", "key_agreement", "keyAgreement"),
+        (rsa_key, "key_agreement", "key_encipherment", "keyEncipherment"),
+    ):
+        for usage in (("digital_signature",), (wrong,)):
+            for eku in (tc.EK_CERTIFICATE_EKU, None):
+                signing = _ek_cert(key, root, root_key, usage=usage, eku=eku)
+                with pytest.raises(AuthenticationError, match=f"key usage lacks {label}"):
+                    tc.check_ek_certificate(signing, [root], now_ns=now)
+        for eku in (tc.EK_CERTIFICATE_EKU, None):
+            good = _ek_cert(key, root, root_key, usage=(right,), eku=eku)
+            assert tc.check_ek_certificate(good, [root], now_ns=now) == [good, root]
+        bare = _ek_cert(key, root, root_key, eku=None)
+        assert tc.check_ek_certificate(bare, [root], now_ns=now) == [bare, root]
