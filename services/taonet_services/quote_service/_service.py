@@ -9,7 +9,11 @@ connection (:mod:`taonet.quoteservice`). Before it signs anything it checks, in
 this order:
 
 1. the EK certificate parses and chains to a manufacturer CA the domain lists
-   (``manufacturer_cas.pem``, signed by the policy key: roots and intermediates),
+   (``manufacturer_cas.pem``, roots and intermediates, read at start-up through the
+   domain's signed configuration, which names its SHA-256 and whose serial must not be
+   below the one recorded in ``policy_keys/config_serial``: a hand-edited list, or an
+   older signed one put back with its ``domain.sig``, is refused and the service does
+   not start; restart the service after changing the list),
    every certificate within its validity window, issuers CAs, the EK certificate's
    extended key usage tcg-kp-EKCertificate
    (:func:`taonet.attestation.tpm2_credential.check_ek_certificate`);
@@ -88,7 +92,7 @@ from taonet.quoteservice import (
     QuoteServiceError,
     decode_request,
     encode_reply,
-    load_manufacturer_cas,
+    manufacturer_cas,
     seal_certificate,
 )
 from taonet.wire import END_OF_STREAM, MAX_REQUEST_HEADER, NEED_DATA, Envelope, Request, Role
@@ -183,11 +187,12 @@ class QuoteService:
         max_connections: int | None = None,
         limits: RefusalLimits | None = None,
     ) -> QuoteService:
-        """Load the domain and its manufacturer CA list, unlock the policy key, open the
-        audit log. ConfigError when the domain lists no manufacturer CA."""
+        """Load the domain (its signed configuration verified and not rolled back) and
+        its manufacturer CA list through it, unlock the policy key, open the audit log.
+        ConfigError when the domain lists no manufacturer CA."""
         domain = Domain.load(domain_dir)
         signer = domain.unlock(password)
-        cas = load_manufacturer_cas(domain.path, domain.policy_verifier)
+        cas = manufacturer_cas(domain)
         if not cas:
             raise ConfigError(
                 f"the domain {domain.path} lists no TPM manufacturer CA; add one with "
