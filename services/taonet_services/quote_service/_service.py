@@ -42,13 +42,27 @@ Bounds: a request body over :data:`taonet.quoteservice.MAX_REQUEST` is refused o
 length its frame announces, before it is read; a connection has
 :data:`REQUEST_TIMEOUT` seconds from the handshake to a whole request (a client that
 sends a byte now and then is cut off all the same); handshakes, idle peers, connections
-in all and per address are bounded by :func:`taonet.channel.serve_channels`. A bad
+in all and per address are bounded by :func:`taonet.channel.serve_channels` (at the
+cap, the handshake or the handler waited on longest is evicted, so many slow clients
+from many addresses hold the connections at most a request deadline each while others
+still get in). A bad
 connection is dropped and logged; the service keeps serving the others. Refusals come
 from clients nobody authenticated, so they are rate limited per address as the domain
 service's are (its :class:`~taonet_services.domain_service.RefusalLimits`): up to the
 rate each is one audit row and one log line, beyond it they are counted into one
 summary row per client and interval, and an address that used up its refusals is hung
-up on unread until its bucket refills. Issued certificates are never limited.
+up on unread until its bucket refills.
+
+Issuances are limited too (:mod:`~taonet_services.quote_service._issuance`): the
+service signs before the client has proved it holds the TPM, so a request that passed
+every check also takes a token from its address's bucket (20 at once, then one every
+30 s; 200 then one every 2 s from all addresses together) and from its EK
+certificate's (4 at once, then one every 5 minutes), both of the refusal limiter's
+shape; one that finds either empty is refused ``rate_limited`` (a refusal, limited as
+such). An issuance's audit row says that the certificate is usable only by the TPM
+that activates it. Whoever has a TPM's EK certificate can so delay that TPM's
+certification by up to 5 minutes a try; the limits are arguments of
+:meth:`QuoteService.open`.
 """
 
 from __future__ import annotations
@@ -98,8 +112,21 @@ from taonet.quoteservice import (
 from taonet.wire import END_OF_STREAM, MAX_REQUEST_HEADER, NEED_DATA, Envelope, Request, Role
 from taonet_services.domain_service import AUDIT_FILE, AuditLog, RefusalLimits, bounded
 from taonet_services.domain_service._limits import RefusalLimiter, RefusalSummary, client_key
+from taonet_services.quote_service._issuance import (
+    ADDRESS_ISSUANCE_LIMITS,
+    EK_ISSUANCE_LIMITS,
+    ISSUED_REASON,
+    IssuanceLimiter,
+)
 
-__all__ = ["ERROR_RATE_LIMITED", "REQUEST_TIMEOUT", "QuoteService"]
+__all__ = [
+    "ADDRESS_ISSUANCE_LIMITS",
+    "EK_ISSUANCE_LIMITS",
+    "ERROR_RATE_LIMITED",
+    "ISSUED_REASON",
+    "REQUEST_TIMEOUT",
+    "QuoteService",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -146,11 +173,14 @@ class QuoteService:
         max_connections: int | None = None,
         limits: RefusalLimits | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        address_issuance_limits: RefusalLimits = ADDRESS_ISSUANCE_LIMITS,
+        ek_issuance_limits: RefusalLimits = EK_ISSUANCE_LIMITS,
     ) -> None:
         """``manufacturer_cas``: the CA certificates EK certificates must chain to;
         ``clock`` (ns since the epoch) checks validity windows and dates certificates;
-        ``limits`` (defaults if None) and ``monotonic`` drive the refusal limits (module
-        docstring). The service owns ``audit`` and closes it in :meth:`close`."""
+        ``limits`` (defaults if None) and ``monotonic`` drive the refusal limits, and
+        ``address_issuance_limits`` and ``ek_issuance_limits`` the issuance limits
+        (module docstring). The service owns ``audit`` and closes it in :meth:`close`."""
         self.domain = domain
         self.manufacturer_cas: Final = tuple(manufacturer_cas)
         self._signer = policy_signer
@@ -159,6 +189,9 @@ class QuoteService:
         self.request_timeout = request_timeout
         self.max_connections = max_connections
         self.limiter: Final = RefusalLimiter(limits, clock=monotonic)
+        self.issuance: Final = IssuanceLimiter(
+            address_issuance_limits, ek_issuance_limits, clock=monotonic
+        )
         #: Where internal failures were seen (their traceback is logged once each).
         self._failures_seen: set[tuple[str, tuple[str, int | None] | None]] = set()
         self.principal: Final = domain.policy_principal.extend(auth.PrinExt("QuoteService", ()))
@@ -186,6 +219,9 @@ class QuoteService:
         request_timeout: float = REQUEST_TIMEOUT,
         max_connections: int | None = None,
         limits: RefusalLimits | None = None,
+        address_issuance_limits: RefusalLimits = ADDRESS_ISSUANCE_LIMITS,
+        ek_issuance_limits: RefusalLimits = EK_ISSUANCE_LIMITS,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> QuoteService:
         """Load the domain (its signed configuration verified and not rolled back) and
         its manufacturer CA list through it, unlock the policy key, open the audit log.
@@ -209,6 +245,9 @@ class QuoteService:
                 request_timeout=request_timeout,
                 max_connections=max_connections,
                 limits=limits,
+                address_issuance_limits=address_issuance_limits,
+                ek_issuance_limits=ek_issuance_limits,
+                monotonic=monotonic,
             )
         except BaseException:
             audit.close()
@@ -257,6 +296,7 @@ class QuoteService:
         while True:
             await trio.sleep(self.limiter.limits.summary_interval)
             await self.write_refusal_summaries()
+            self.issuance.prune()
 
     async def write_refusal_summaries(self, *, all_now: bool = False) -> None:
         """Write the refusal summaries that are due (every pending one with ``all_now``)."""
@@ -335,7 +375,7 @@ class QuoteService:
         self, body: bytes, client: str, peer: str
     ) -> QuoteKeyReply | QuoteServiceError:
         try:
-            reply, issued = self.certify(body)
+            reply, issued = self.certify(body, client)
         except _Refusal as refusal:
             await self._record_refusal(
                 client, peer, refusal.code, refusal.reason, refusal.digest, refusal.claimed
@@ -351,6 +391,7 @@ class QuoteService:
                     not_after_ns=issued.not_after_ns,
                     peer=peer,
                     attestation_sha256_hex=issued.ek_sha256_hex,
+                    reason=ISSUED_REASON,
                 )
             )
         except ConfigError as exc:
@@ -391,8 +432,9 @@ class QuoteService:
 
     # -- the checks and the certificate (synchronous, no I/O) ------------------------
 
-    def certify(self, body: bytes) -> tuple[QuoteKeyReply, _Issued]:
-        """Check a request body (module docstring) and issue its wrapped certificate.
+    def certify(self, body: bytes, client: str) -> tuple[QuoteKeyReply, _Issued]:
+        """Check a request body (module docstring) from ``client`` (its address key)
+        and issue its wrapped certificate, within the issuance limits.
 
         Returns the reply and the audit row's fields; raises ``_Refusal`` (with the
         code, reason, the EK certificate's SHA-256 and the name the host claimed)."""
@@ -407,7 +449,9 @@ class QuoteService:
         digest = hashlib.sha256(request.ek_certificate).hexdigest()
         claimed = bounded(str(request.host_name))
         try:
-            return self._certify(request, digest)
+            return self._certify(request, digest, client)
+        except _Refusal:
+            raise
         except CodecError as exc:
             raise _Refusal(ERROR_BAD_REQUEST, str(exc), digest, claimed) from None
         except AuthenticationError as exc:
@@ -430,7 +474,9 @@ class QuoteService:
         text = "".join(traceback.format_exception(exc))
         log.error("internal_error", traceback=bounded(text, _MAX_TRACEBACK_CHARS))
 
-    def _certify(self, request: QuoteKeyRequest, digest: str) -> tuple[QuoteKeyReply, _Issued]:
+    def _certify(
+        self, request: QuoteKeyRequest, digest: str, client: str
+    ) -> tuple[QuoteKeyReply, _Issued]:
         now = self._clock()
         ek_cert = tc.load_ek_certificate(request.ek_certificate)
         tc.check_ek_certificate(ek_cert, self.manufacturer_cas, now_ns=now)
@@ -443,6 +489,11 @@ class QuoteService:
             raise AuthenticationError("the host name is not of the form tpm2([...]).PCRs(...)")
         if request.host_name != host_name(key_der, pcrs):
             raise AuthenticationError("the host name is not the quote key's (another key hash)")
+        # Only a request that passed every check spends the budgets: a bad request is a
+        # refusal, limited as such.
+        limited = self.issuance.admit(client, digest)
+        if limited is not None:
+            raise _Refusal(ERROR_RATE_LIMITED, limited, digest, bounded(str(request.host_name)))
         cert_der = certs.issue_host_certificate(
             self._signer,
             self.domain.policy_cert,
