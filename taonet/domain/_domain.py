@@ -542,6 +542,7 @@ class Domain:
         """
         if signer.public_key_der() != self._policy_key_der:
             raise ConfigError("only the policy key may sign this domain's configuration")
+        self._check_cas_unchanged()
         record = self.path / SERIAL_FILE
         previous = max(self.config_serial, SerialRecord.highest(record, self._policy_key_hex))
         statement = attrs.evolve(self._statement(), serial=previous + 1)
@@ -550,6 +551,18 @@ class Domain:
         )
         self.config_serial = statement.serial
         self._record_serial()
+
+    def _check_cas_unchanged(self) -> None:
+        """ConfigError if ``manufacturer_cas.pem`` is not what this object read: never
+        sign a list it did not read (another writer's, or a planted one), nor drop one
+        it did not know of. Checked before anything is written."""
+        cas = self.path / MANUFACTURER_CAS_FILE
+        on_disk = read_file(cas, limit=MAX_MANUFACTURER_CAS) if os.path.lexists(cas) else None
+        if on_disk != self.manufacturer_cas_pem:
+            raise ConfigError(
+                f"{cas} changed since this domain was loaded; load the domain again "
+                "(or check the file and sign it: taonet domain policy --resign)"
+            )
 
     def _record_serial(self) -> None:
         """Raise ``policy_keys/config_serial`` to this domain's serial (never lower it)."""
@@ -622,6 +635,7 @@ class Domain:
             raise ConfigError(f"this domain uses the {self.config.guard} guard, not ACL")
         if signer.public_key_der() != self._policy_key_der:
             raise ConfigError("only the policy key may sign this domain's guard")
+        self._check_cas_unchanged()
         atomic_write(self.path / ACL_FILE, guard.to_signed(signer), mode=0o644)
         self.guard = guard
         self._sign_configuration(signer)
@@ -632,6 +646,7 @@ class Domain:
         list, an older signed one included, is accepted with it."""
         if signer.public_key_der() != self._policy_key_der:
             raise ConfigError("only the policy key may change this domain's manufacturer CAs")
+        self._check_cas_unchanged()
         path = self.path / MANUFACTURER_CAS_FILE
         if pem is None:
             path.unlink(missing_ok=True)

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from taonet import CodecError, ConfigError
-from taonet.domain import Domain
+from taonet.domain import ACLGuard, Domain
 from taonet.domain._signed_config import SignedConfig, read_signed_config
 from taonet.quoteservice import (
     MANUFACTURER_CAS_FILE,
@@ -149,3 +149,20 @@ def test_a_malformed_digest_field_is_a_codec_error(make_domain: MakeDomain) -> N
         data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
         with pytest.raises(CodecError):
             SignedConfig.from_bytes(data)
+
+
+def test_a_stale_domain_object_does_not_sign_away_the_list(make_domain: MakeDomain) -> None:
+    """A Domain loaded before the list changed (another writer) signs nothing: it would
+    drop the list from the configuration, or bind one it never read."""
+    domain = make_domain(guard="ACL")
+    stale = Domain.load(domain.path)
+    signer = domain.unlock(PASSWORD)
+    add_manufacturer_cas(domain.path, signer, _ca("Root A"))
+    assert isinstance(stale.guard, ACLGuard)
+    with pytest.raises(ConfigError, match="changed since this domain was loaded"):
+        stale.save_guard(stale.guard.with_rule(stale.program_rule(b"\1" * 32)), signer)
+    with pytest.raises(ConfigError, match="changed since this domain was loaded"):
+        add_manufacturer_cas(stale, signer, _ca("Root B"))
+    loaded = Domain.load(domain.path)  # nothing was written
+    assert _names(loaded) == ["CN=Root A"]
+    assert loaded.guard == stale.guard
