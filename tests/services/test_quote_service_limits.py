@@ -6,7 +6,9 @@ domain directory and the real swtpm's (public) EK certificate:
   Issuances are now limited per address and per EK certificate, and each issued row
   says the certificate is usable only by the TPM that activates it;
 * slowloris: many clients from many addresses, each sending a byte now and then, are
-  all cut off at the request deadline while an honest client is still served.
+  all cut off at the request deadline while an honest client is still served;
+* s14/r6 against a running service: it follows the signed manufacturer CA list and
+  refuses an older one put back.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from taonet.quoteservice import (
     QuoteKeyRequest,
     QuoteServiceError,
     add_manufacturer_cas,
+    remove_manufacturer_cas,
     request_quote_key_certificate,
 )
 from taonet.wire import Envelope, Role
@@ -183,3 +186,41 @@ async def test_many_slow_clients_are_cut_off_and_others_served(serve: Any, host:
     assert len(closed) == clients
     assert "sent it all" not in closed
     assert closed.count("cut off") >= 32
+
+
+async def test_running_service_follows_the_signed_ca_list_and_refuses_its_rollback(
+    serve: Any, host: Host, swtpm: Any
+) -> None:
+    """s14/r6 against a running service: the intermediate CA that signed the EK
+    certificate is removed (a new signed configuration) and the next request is refused;
+    the older list put back with its domain.sig is a rollback the service refuses, and
+    the removal stays in force."""
+    _, intermediate = swtpm.manufacturer_ca_pems()
+    async with serve() as (service, port):
+        path = service.domain.path
+        cert = service.domain.policy_cert
+
+        async def ask() -> str:
+            with trio.fail_after(30):
+                try:
+                    await request_quote_key_certificate("127.0.0.1", port, cert, host.request())
+                except QuoteServiceError as exc:
+                    return f"{exc.code}: {exc.reason}"
+                return "issued"
+
+        assert await ask() == "issued"
+        old_cas, old_sig = (
+            (path / "manufacturer_cas.pem").read_bytes(),
+            (path / "domain.sig").read_bytes(),
+        )
+        remove_manufacturer_cas(path, service.domain.unlock(PASSWORD), intermediate)
+        answer = await ask()
+        assert answer.startswith("refused: ")
+        assert "not a manufacturer CA this domain trusts" in answer
+        serial = service.domain_watch.serial
+        (path / "manufacturer_cas.pem").write_bytes(old_cas)
+        (path / "domain.sig").write_bytes(old_sig)
+        answer = await ask()
+        assert "not a manufacturer CA this domain trusts" in answer
+        assert service.domain_watch.serial == serial
+        assert len(service.manufacturer_cas) == 1

@@ -9,11 +9,15 @@ connection (:mod:`taonet.quoteservice`). Before it signs anything it checks, in
 this order:
 
 1. the EK certificate parses and chains to a manufacturer CA the domain lists
-   (``manufacturer_cas.pem``, roots and intermediates, read at start-up through the
-   domain's signed configuration, which names its SHA-256 and whose serial must not be
-   below the one recorded in ``policy_keys/config_serial``: a hand-edited list, or an
-   older signed one put back with its ``domain.sig``, is refused and the service does
-   not start; restart the service after changing the list),
+   (``manufacturer_cas.pem``, roots and intermediates, read only through the domain's
+   signed configuration, which names its SHA-256 and whose serial must not be below
+   the one recorded in ``policy_keys/config_serial``: a hand-edited list, or an older
+   signed one put back with its ``domain.sig``, is refused and the service does not
+   start. While it runs it watches the domain's files as the domain service does
+   (:class:`taonet_services._domain_watch.DomainReloader`, looked at before each
+   request): a newer signed configuration is put in force with its list, one that does
+   not load or is older than the one in force (a rollback) is refused and the list in
+   force kept),
    every certificate within its validity window, issuers CAs, the EK certificate's
    extended key usage tcg-kp-EKCertificate
    (:func:`taonet.attestation.tpm2_credential.check_ek_certificate`);
@@ -110,6 +114,7 @@ from taonet.quoteservice import (
     seal_certificate,
 )
 from taonet.wire import END_OF_STREAM, MAX_REQUEST_HEADER, NEED_DATA, Envelope, Request, Role
+from taonet_services._domain_watch import RELOAD_INTERVAL, DomainReloader
 from taonet_services.domain_service import AUDIT_FILE, AuditLog, RefusalLimits, bounded
 from taonet_services.domain_service._limits import RefusalLimiter, RefusalSummary, client_key
 from taonet_services.quote_service._issuance import (
@@ -175,14 +180,18 @@ class QuoteService:
         monotonic: Callable[[], float] = time.monotonic,
         address_issuance_limits: RefusalLimits = ADDRESS_ISSUANCE_LIMITS,
         ek_issuance_limits: RefusalLimits = EK_ISSUANCE_LIMITS,
+        reload_interval: float = RELOAD_INTERVAL,
     ) -> None:
         """``manufacturer_cas``: the CA certificates EK certificates must chain to;
         ``clock`` (ns since the epoch) checks validity windows and dates certificates;
         ``limits`` (defaults if None) and ``monotonic`` drive the refusal limits, and
         ``address_issuance_limits`` and ``ek_issuance_limits`` the issuance limits
-        (module docstring). The service owns ``audit`` and closes it in :meth:`close`."""
+        (module docstring); ``reload_interval``: seconds between looks at the domain's
+        files. The service owns ``audit`` and closes it in :meth:`close`."""
         self.domain = domain
-        self.manufacturer_cas: Final = tuple(manufacturer_cas)
+        #: The CAs in force: those of the configuration in force (see :meth:`_adopt`).
+        self.manufacturer_cas = tuple(manufacturer_cas)
+        self.domain_watch: Final = DomainReloader(domain, self._adopt, interval=reload_interval)
         self._signer = policy_signer
         self._audit = audit
         self._clock = clock
@@ -275,6 +284,7 @@ class QuoteService:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._summarize_periodically)
+                await nursery.start(self.domain_watch.run)
                 listeners = await nursery.start(
                     functools.partial(
                         serve_channels,
@@ -291,6 +301,18 @@ class QuoteService:
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + 10
                 await self.write_refusal_summaries(all_now=True)
+
+    def _adopt(self, domain: Domain) -> None:
+        """Certify under ``domain``, a newer signed configuration of the same policy key
+        (the reloader refused older ones and other keys), with the CA list it names."""
+        try:
+            cas = manufacturer_cas(domain)
+        except ConfigError as exc:
+            # Signed, but not a list of CAs: certify nothing until it is fixed.
+            log.error("manufacturer_cas_refused", reason=bounded(str(exc)))  # noqa: TRY400
+            cas = []
+        self.domain, self.manufacturer_cas = domain, tuple(cas)
+        log.info("manufacturer_cas_in_force", count=len(cas), serial=domain.config_serial)
 
     async def _summarize_periodically(self) -> None:
         while True:
@@ -374,6 +396,7 @@ class QuoteService:
     async def _answer(
         self, body: bytes, client: str, peer: str
     ) -> QuoteKeyReply | QuoteServiceError:
+        await self.domain_watch.fresh()  # certify under the configuration on disk
         try:
             reply, issued = self.certify(body, client)
         except _Refusal as refusal:
