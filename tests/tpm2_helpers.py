@@ -76,13 +76,16 @@ def make_ek_cert(
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
     eku: x509.ObjectIdentifier | None = None,
+    with_eku: bool = True,
+    usage: tuple[str, ...] | None = None,
 ) -> x509.Certificate:
-    """An EK certificate (empty subject, not a CA, the EK certificate EKU unless
-    ``eku``) for the public key ``ek_key``, issued by ``issuer``."""
+    """An EK certificate (empty subject, not a CA) for the public key ``ek_key``,
+    issued by ``issuer``: with the EK certificate EKU (or ``eku``) unless ``with_eku``
+    is False, and a critical keyUsage allowing exactly ``usage`` when given."""
     from taonet.attestation import tpm2_credential as tc
 
     now = dt.datetime.now(dt.UTC)
-    return (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([]))
         .issuer_name(issuer.subject)
@@ -91,9 +94,25 @@ def make_ek_cert(
         .not_valid_before(not_before or now - dt.timedelta(days=1))
         .not_valid_after(not_after or now + dt.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-        .add_extension(x509.ExtendedKeyUsage([eku or tc.EK_CERTIFICATE_EKU]), False)
-        .sign(issuer_key, hashes.SHA256())
     )
+    if with_eku:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([eku or tc.EK_CERTIFICATE_EKU]), False
+        )
+    if usage is not None:
+        builder = builder.add_extension(key_usage(*usage), True)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def key_usage(*allowed: str) -> x509.KeyUsage:
+    """A keyUsage extension value allowing exactly ``allowed`` (attribute names)."""
+    flags = dict.fromkeys(
+        ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+         "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"),
+        False,
+    )  # fmt: skip
+    flags.update(dict.fromkeys(allowed, True))
+    return x509.KeyUsage(**flags)
 
 
 def trust_swtpm(domain: Domain, swtpm: Swtpm) -> None:

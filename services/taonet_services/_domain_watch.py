@@ -2,8 +2,9 @@
 
 A service that read the guard once at start kept honouring a rule the policy key had
 retracted (and ignored one it had added) until it was restarted. :class:`DomainReloader`
-watches the files the policy key signs (``domain.sig``, the ACL file ``acls`` and
-``domain.toml``) by their stat (inode, size, mtime; a few microseconds for the three):
+watches the files the policy key signs (``domain.sig``, the ACL file ``acls``,
+``domain.toml`` and the manufacturer CA list ``manufacturer_cas.pem``) by their stat
+(inode, size, mtime; a few microseconds for the four):
 
 * when the service asks (:meth:`DomainReloader.fresh`: the secret server before each
   new channel's first request, the domain service before each certification) and
@@ -71,7 +72,7 @@ REPORT_EVERY: Final = 60.0
 #: Longest error text a report carries (the rest is cut with a marker and a digest).
 MAX_ERROR_CHARS: Final = 300
 #: The files whose change means the signed configuration may have changed.
-WATCHED: Final = ("domain.sig", "acls", "domain.toml")
+WATCHED: Final = ("domain.sig", "acls", "domain.toml", "manufacturer_cas.pem")
 #: Most bytes of each file the content digest reads (the signed files are a few kB).
 _MAX_DIGESTED: Final = 1 << 20
 

@@ -13,8 +13,16 @@ in the chain must be within its validity window at ``now_ns`` and carry no criti
 extension other than basicConstraints, keyUsage, extendedKeyUsage and
 subjectAltName (name constraints are not processed, so a CA that sets them is
 refused rather than trusted beyond them). The EK certificate
-must not be a CA, and its extended key usage, when present (swtpm and most
-manufacturers put one), must include tcg-kp-EKCertificate (2.23.133.8.1).
+must not be a CA; its key usage, when present, must allow what an EK does with its
+key per the TCG EK Credential Profile (keyEncipherment for an RSA EK, which decrypts
+MakeCredential's seed; keyAgreement for an ECC EK, which does ECDH) so that a
+signing end-entity certificate a listed CA issued for something else is not taken for
+an EK; and its extended key usage, when present (swtpm puts one), must include
+tcg-kp-EKCertificate (2.23.133.8.1). Either extension may be missing: the profile
+does not require the EKU and real vendors' EK certificates often lack it (and some
+lack key usage), so an EK certificate with neither is accepted on its chain alone:
+the trust is in the manufacturer CAs the domain lists, which should be CAs that issue
+EK certificates only.
 
 :func:`check_ek_public` then ties the public area the host sent to the certificate:
 same key, and made from a known TCG EK template (what MakeCredential needs and the
@@ -30,6 +38,7 @@ from typing import Final
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID
 
 from taonet._errors import AuthenticationError, CodecError
@@ -132,6 +141,30 @@ def _ca_path_length(cert: x509.Certificate) -> int | None:
     return constraints.path_length
 
 
+def _check_ek_key_usage(ek_cert: x509.Certificate) -> None:
+    """keyEncipherment (RSA) or keyAgreement (ECC) when key usage is present."""
+    try:
+        usage = ek_cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    try:
+        key = ek_cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise AuthenticationError(f"EK certificate: unusable key: {str(exc)[:200]}") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        if not usage.key_encipherment:
+            raise AuthenticationError(
+                "the EK certificate's key usage lacks keyEncipherment (an RSA EK's)"
+            )
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        if not usage.key_agreement:
+            raise AuthenticationError(
+                "the EK certificate's key usage lacks keyAgreement (an ECC EK's)"
+            )
+    else:
+        raise AuthenticationError("the EK certificate's key is neither RSA nor ECC")
+
+
 def _issued_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         child.verify_directly_issued_by(issuer)
@@ -165,6 +198,7 @@ def check_ek_certificate(
             raise AuthenticationError(
                 "the EK certificate's extended key usage lacks tcg-kp-EKCertificate (2.23.133.8.1)"
             )
+    _check_ek_key_usage(ek_cert)
     _check_window(ek_cert, now, "EK certificate")
     _check_critical(ek_cert, "the EK certificate")
     chain = [ek_cert]

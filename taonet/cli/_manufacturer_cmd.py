@@ -1,8 +1,9 @@
 """``taonet domain policy --add-manufacturer-ca PEM`` / ``--remove-manufacturer-ca PEM``.
 
 The TPM manufacturer CA certificates the domain's quote service trusts for EK
-certificates (roots and intermediates), kept in the domain's ``manufacturer_cas.pem``
-and signed by the policy key (see :mod:`taonet.quoteservice`). The options take PEM
+certificates (roots and intermediates), kept in the domain's ``manufacturer_cas.pem``,
+whose SHA-256 the policy key signs into the domain's configuration (a new serial at
+each change; see :mod:`taonet.quoteservice`). The options take PEM
 files (each may hold several certificates) and are repeatable; ``--show`` also lists
 the CAs.
 """
@@ -19,7 +20,7 @@ from taonet.files import read_file
 from taonet.quoteservice import (
     MAX_MANUFACTURER_CAS,
     add_manufacturer_cas,
-    load_manufacturer_cas,
+    manufacturer_cas,
     remove_manufacturer_cas,
 )
 
@@ -62,12 +63,13 @@ def apply(
         ]
         signer = domain.unlock(get_password(args.password_file, prompt="Policy key password"))
         for pem in adds:
-            for ca in add_manufacturer_cas(domain.path, signer, pem):
+            for ca in add_manufacturer_cas(domain, signer, pem):
                 lines.append(f"manufacturer CA added: {ca.subject.rfc4514_string()[:200]}")
         for pem in removes:
-            for ca in remove_manufacturer_cas(domain.path, signer, pem):
+            for ca in remove_manufacturer_cas(domain, signer, pem):
                 lines.append(f"manufacturer CA removed: {ca.subject.rfc4514_string()[:200]}")
     if wanted(args) or args.show:
-        cas = load_manufacturer_cas(domain.path, domain.policy_verifier)
+        cas = manufacturer_cas(domain)
+        report["config_serial"] = domain.config_serial
         report["manufacturer_cas"] = [ca.subject.rfc4514_string() for ca in cas]
         lines.extend(f"manufacturer CA: {ca.subject.rfc4514_string()[:200]}" for ca in cas)

@@ -10,11 +10,14 @@ Layout of a domain directory (all written atomically; the keyset mode 0600)::
     policy_keys/config_serial  the highest serial of domain.sig signed or accepted with
                              the policy key (a domain.sig below it is a rollback)
     acls                     the ACL guard's SignedACLSet (guard = "ACL" only)
+    manufacturer_cas.pem     the TPM manufacturer CAs the quote service trusts (PEM;
+                             optional; its SHA-256 is in domain.sig)
 
 :meth:`Domain.load` needs no password: it reads the public parts, checks the policy
 certificate, verifies ``domain.sig`` and the guard's rules with the policy key, and
-refuses the domain (ConfigError naming the field) if ``domain.toml``, the certificate
-or the rules differ from what the policy key signed: a hand-edited ``domain.toml``
+refuses the domain (ConfigError naming the field) if ``domain.toml``, the certificate,
+the rules or the manufacturer CA list differ from what the policy key signed: a
+hand-edited ``domain.toml``
 (``guard = "Liberal"``, a longer certificate lifetime, another name) or ``acls`` file is
 never trusted. Every key of ``domain.toml`` is signed; none is left to the file alone.
 An earlier signed configuration put back with the files it signed is refused too when
@@ -64,10 +67,13 @@ from taonet.crypto import (
 from taonet.domain._guard import GUARD_KINDS, ACLGuard, ConservativeGuard, Guard
 from taonet.domain._programs import measure_file, policy_key_subprin, program_subprin
 from taonet.domain._signed_config import (
+    MANUFACTURER_CAS_FILE,
+    MAX_MANUFACTURER_CAS,
     MAX_SIGNED_CONFIG,
     SIGNED_CONFIG_FILE,
     SerialRecord,
     SignedConfig,
+    cas_digest,
     cert_digest,
     config_error,
     differences,
@@ -317,6 +323,9 @@ class Domain:
         self._policy_key_hex = key_hash.value.hex()
         #: The serial of the configuration signature loaded or last written (0: none).
         self.config_serial = 0
+        #: The bytes of ``manufacturer_cas.pem`` as read when the domain was opened (None:
+        #: no file). After :meth:`load` they are the ones the signed configuration names.
+        self.manufacturer_cas_pem: bytes | None = None
 
     # -- create and open ----------------------------------------------------------
 
@@ -387,8 +396,10 @@ class Domain:
         ConfigError if the policy certificate is unusable, ``domain.sig`` is missing or
         not the policy key's, its serial is below the one ``policy_keys/config_serial``
         records (an earlier configuration put back), or ``domain.toml``, the certificate
-        or the guard's rules differ from what it signed (the message names each field
-        that differs).
+        or the guard's rules or the manufacturer CA list differ from what it signed (the
+        message names each field that differs). The manufacturer CA list's bytes are
+        read once and kept (:attr:`manufacturer_cas_pem`): what the digest was checked
+        against is what its users parse.
         """
         root = Path(path)
         domain = cls._open_unchecked(root, now_ns=now_ns)
@@ -418,15 +429,22 @@ class Domain:
                 f"taonet domain policy --domain {root} --resign",
             )
         # The configuration and certificate first: no guard is built from an unsigned kind.
-        problems = differences(signed, domain._statement(guard=signed.guard))
+        cas = signed.manufacturer_cas_sha256
+        statement = attrs.evolve(domain._statement(guard=signed.guard), manufacturer_cas_sha256=cas)
+        problems = differences(signed, statement)
         if problems:
             raise config_error(str(root / CONFIG_FILE), problems)
         guard: Guard = GUARD_KINDS[domain.config.guard]()
         if domain.config.guard == "ACL":
             guard = domain._read_acls()
-        problems = differences(signed, domain._statement(guard=str(guard.subprincipal())))
+        statement = attrs.evolve(statement, guard=str(guard.subprincipal()))
+        problems = differences(signed, statement)
         if problems:
             raise config_error(str(root / ACL_FILE), problems)
+        # Then the manufacturer CA list: the bytes kept are the ones the digest names.
+        problems = differences(signed, domain._statement(guard=statement.guard))
+        if problems:
+            raise config_error(str(root / MANUFACTURER_CAS_FILE), problems)
         domain.guard = guard
         domain.config_serial = signed.serial
         return domain
@@ -493,7 +511,11 @@ class Domain:
             read_file(root / CONFIG_FILE, limit=_MAX_FILE), source=str(root / CONFIG_FILE)
         )
         cert = read_nofollow(root / CERT_FILE, limit=64 * 1024)
-        return cls(root, config, cert, ConservativeGuard(), now_ns=now_ns)
+        domain = cls(root, config, cert, ConservativeGuard(), now_ns=now_ns)
+        cas = root / MANUFACTURER_CAS_FILE
+        if os.path.lexists(cas):
+            domain.manufacturer_cas_pem = read_file(cas, limit=MAX_MANUFACTURER_CAS)
+        return domain
 
     def _read_acls(self) -> ACLGuard:
         signed = read_file(self.path / ACL_FILE, limit=_MAX_FILE)
@@ -509,6 +531,7 @@ class Domain:
             policy_cert_sha256=cert_digest(self.policy_cert),
             guard=str(self.guard.subprincipal()) if guard is None else guard,
             serial=self.config_serial + 1,
+            manufacturer_cas_sha256=cas_digest(self.manufacturer_cas_pem),
         )
 
     def _sign_configuration(self, signer: Signer) -> None:
@@ -519,6 +542,7 @@ class Domain:
         """
         if signer.public_key_der() != self._policy_key_der:
             raise ConfigError("only the policy key may sign this domain's configuration")
+        self._check_cas_unchanged()
         record = self.path / SERIAL_FILE
         previous = max(self.config_serial, SerialRecord.highest(record, self._policy_key_hex))
         statement = attrs.evolve(self._statement(), serial=previous + 1)
@@ -527,6 +551,18 @@ class Domain:
         )
         self.config_serial = statement.serial
         self._record_serial()
+
+    def _check_cas_unchanged(self) -> None:
+        """ConfigError if ``manufacturer_cas.pem`` is not what this object read: never
+        sign a list it did not read (another writer's, or a planted one), nor drop one
+        it did not know of. Checked before anything is written."""
+        cas = self.path / MANUFACTURER_CAS_FILE
+        on_disk = read_file(cas, limit=MAX_MANUFACTURER_CAS) if os.path.lexists(cas) else None
+        if on_disk != self.manufacturer_cas_pem:
+            raise ConfigError(
+                f"{cas} changed since this domain was loaded; load the domain again "
+                "(or check the file and sign it: taonet domain policy --resign)"
+            )
 
     def _record_serial(self) -> None:
         """Raise ``policy_keys/config_serial`` to this domain's serial (never lower it)."""
@@ -599,8 +635,24 @@ class Domain:
             raise ConfigError(f"this domain uses the {self.config.guard} guard, not ACL")
         if signer.public_key_der() != self._policy_key_der:
             raise ConfigError("only the policy key may sign this domain's guard")
+        self._check_cas_unchanged()
         atomic_write(self.path / ACL_FILE, guard.to_signed(signer), mode=0o644)
         self.guard = guard
+        self._sign_configuration(signer)
+
+    def save_manufacturer_cas(self, pem: bytes | None, signer: Signer) -> None:
+        """Store ``pem`` as the domain's manufacturer CA list (None: remove the file) and
+        sign the configuration again with its digest (a new serial), so that no other
+        list, an older signed one included, is accepted with it."""
+        if signer.public_key_der() != self._policy_key_der:
+            raise ConfigError("only the policy key may change this domain's manufacturer CAs")
+        self._check_cas_unchanged()
+        path = self.path / MANUFACTURER_CAS_FILE
+        if pem is None:
+            path.unlink(missing_ok=True)
+        else:
+            atomic_write(path, pem, mode=0o644)
+        self.manufacturer_cas_pem = pem
         self._sign_configuration(signer)
 
     def certify_host(

@@ -10,6 +10,10 @@ nobody who can merely write to the domain directory can change it:
 * the guard's sub-principal: ``TrivialGuard("Liberal")``, ``TrivialGuard("Conservative")``
   or ``ACLGuard([sha256 of the rule set])``, which binds the ``acls`` file (itself signed)
   to this configuration, so an older signed rule set cannot be put back on its own;
+* the SHA-256 of the TPM manufacturer CA list ``manufacturer_cas.pem`` (the CAs the
+  domain's quote service trusts for EK certificates), when the domain lists one: a
+  statement without the field says no CA is listed (so a domain signed before the
+  field existed keeps loading as long as it has no such file);
 * a serial number, higher at each signature than any before it.
 
 Every signature is correct forever, so the serial is what tells an old configuration
@@ -53,6 +57,8 @@ from taonet.crypto import Signer, Verifier
 
 __all__ = [
     "DOMAIN_CONFIG_CONTEXT",
+    "MANUFACTURER_CAS_FILE",
+    "MAX_MANUFACTURER_CAS",
     "SIGNED_CONFIG_FILE",
     "SerialRecord",
     "SignedConfig",
@@ -69,6 +75,10 @@ SIGNED_CONFIG_FILE: Final = "domain.sig"
 DOMAIN_CONFIG_CONTEXT: Final = "taonet Domain Configuration Signing Context V1"
 #: The ``format`` field of every statement this version writes and accepts.
 FORMAT: Final = "taonet domain configuration v1"
+#: The TPM manufacturer CA list (PEM) in the domain directory, bound by its digest.
+MANUFACTURER_CAS_FILE: Final = "manufacturer_cas.pem"
+#: Largest manufacturer CA list read (a CA certificate is 1-2 kB in PEM).
+MAX_MANUFACTURER_CAS: Final = 1024 * 1024
 #: Largest ``domain.sig`` read (a statement is a few hundred bytes).
 MAX_SIGNED_CONFIG: Final = 64 * 1024
 _MAX_SERIAL: Final = 2**53
@@ -82,6 +92,8 @@ _HEADER: Final = (
     b"# domain.toml, check it and sign it again: `taonet domain policy --resign`.\n"
 )
 _KEYS: Final = frozenset({"format", "serial", "config", "policy_cert_sha256", "guard"})
+#: The optional field: the manufacturer CA list's SHA-256 (absent: no CA listed).
+_CAS_KEY: Final = "manufacturer_cas_sha256"
 
 
 @attrs.frozen
@@ -95,18 +107,21 @@ class SignedConfig:
     #: The guard's sub-principal as text, e.g. ``.ACLGuard([...])``.
     guard: str
     serial: int
+    #: Hex SHA-256 of ``manufacturer_cas.pem``; None: the domain lists no manufacturer CA.
+    manufacturer_cas_sha256: str | None = None
 
     def to_bytes(self) -> bytes:
         """The canonical statement: what the signature covers."""
-        return _canonical(
-            {
-                "format": FORMAT,
-                "serial": self.serial,
-                "config": self.config,
-                "policy_cert_sha256": self.policy_cert_sha256,
-                "guard": self.guard,
-            }
-        )
+        doc: dict[str, Any] = {
+            "format": FORMAT,
+            "serial": self.serial,
+            "config": self.config,
+            "policy_cert_sha256": self.policy_cert_sha256,
+            "guard": self.guard,
+        }
+        if self.manufacturer_cas_sha256 is not None:
+            doc[_CAS_KEY] = self.manufacturer_cas_sha256
+        return _canonical(doc)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SignedConfig:
@@ -115,8 +130,11 @@ class SignedConfig:
             doc = json.loads(data.decode("ascii"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise CodecError(f"the signed configuration is not JSON: {exc}") from None
-        if not isinstance(doc, dict) or set(doc) != _KEYS:
+        if not isinstance(doc, dict) or set(doc) - {_CAS_KEY} != _KEYS:
             raise CodecError("the signed configuration does not hold the expected fields")
+        cas = doc.get(_CAS_KEY)
+        if cas is not None and not (isinstance(cas, str) and _KEY_HASH.match(cas)):
+            raise CodecError(f"the signed configuration's {_CAS_KEY} is not a hex SHA-256")
         if doc["format"] != FORMAT:
             raise CodecError(f"the signed configuration is not in the format {FORMAT!r}")
         config = doc["config"]
@@ -135,6 +153,7 @@ class SignedConfig:
             policy_cert_sha256=doc["policy_cert_sha256"],
             guard=doc["guard"],
             serial=serial,
+            manufacturer_cas_sha256=cas,
         )
         if statement.to_bytes() != data:
             raise CodecError("the signed configuration is not in canonical form")
@@ -205,7 +224,22 @@ def differences(signed: SignedConfig, now: SignedConfig) -> list[str]:
         )
     if signed.guard != now.guard:
         out.append(f"the guard is {now.guard} but the policy key signed {signed.guard}")
+    if signed.manufacturer_cas_sha256 != now.manufacturer_cas_sha256:
+        out.append(
+            f"the manufacturer CA list {MANUFACTURER_CAS_FILE} is "
+            f"{_show_cas(now.manufacturer_cas_sha256)} but the policy key signed "
+            f"{_show_cas(signed.manufacturer_cas_sha256)}"
+        )
     return out
+
+
+def _show_cas(digest: str | None) -> str:
+    return "absent (no CA listed)" if digest is None else f"SHA-256 {digest}"
+
+
+def cas_digest(data: bytes | None) -> str | None:
+    """Hex SHA-256 of a manufacturer CA list as a statement records it (None: no list)."""
+    return None if data is None else hashlib.sha256(data).hexdigest()
 
 
 @attrs.frozen

@@ -8,9 +8,9 @@
 * The client (``_client``): :func:`request_quote_key_certificate`, and
   :func:`certify_quote_key` (request, ActivateCredential through a callback, open,
   verify: what a TPM host runs).
-* The domain's manufacturer CA list (``_manufacturers``), signed by the policy key:
-  :func:`load_manufacturer_cas`, :func:`add_manufacturer_cas`,
-  :func:`remove_manufacturer_cas`.
+* The domain's manufacturer CA list (``_manufacturers``), bound by its digest into the
+  domain's signed configuration: :func:`manufacturer_cas`, :func:`load_manufacturer_cas`,
+  :func:`add_manufacturer_cas`, :func:`remove_manufacturer_cas`.
 
 The server is ``taonet quote-service`` (``taonet_services.quote_service``); the
 checks it makes are pure functions of :mod:`taonet.attestation.tpm2_credential`.
@@ -24,11 +24,11 @@ from taonet.quoteservice._client import (
     request_quote_key_certificate,
 )
 from taonet.quoteservice._manufacturers import (
-    MANUFACTURER_CAS_CONTEXT,
     MANUFACTURER_CAS_FILE,
     MAX_MANUFACTURER_CAS,
     add_manufacturer_cas,
     load_manufacturer_cas,
+    manufacturer_cas,
     remove_manufacturer_cas,
 )
 from taonet.quoteservice._protocol import (
@@ -55,7 +55,6 @@ __all__ = [
     "ERROR_BAD_REQUEST",
     "ERROR_INTERNAL",
     "ERROR_REFUSED",
-    "MANUFACTURER_CAS_CONTEXT",
     "MANUFACTURER_CAS_FILE",
     "MAX_MANUFACTURER_CAS",
     "MAX_REPLY",
@@ -72,6 +71,7 @@ __all__ = [
     "encode_reply",
     "encode_request",
     "load_manufacturer_cas",
+    "manufacturer_cas",
     "open_certificate",
     "remove_manufacturer_cas",
     "request_quote_key_certificate",

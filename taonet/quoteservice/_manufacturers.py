@@ -3,31 +3,32 @@
 One file in the domain directory, :data:`MANUFACTURER_CAS_FILE`
 (``manufacturer_cas.pem``): the CA certificates in PEM, roots and intermediates
 alike (a manufacturer, like swtpm's local CA, usually signs EK certificates with an
-intermediate, and the quote service walks up to a listed root), after a header that
-carries the policy key's signature over them::
+intermediate, and the quote service walks up to a listed root), each after a comment
+line naming its subject::
 
     # taonet: the manufacturer CAs this domain trusts for TPM endorsement keys.
-    # signature: <base64 of the policy key's signature over the PEM text below>
+    # CN=Vendor Root
     -----BEGIN CERTIFICATE-----
     ...
 
-The signature (context :data:`MANUFACTURER_CAS_CONTEXT`) covers the exact bytes
-after the header, so whoever can write the domain directory but does not hold the
-policy key cannot add a CA: :func:`load_manufacturer_cas` refuses a list whose
-signature does not verify. ``openssl x509`` and other PEM readers skip the header.
-It is written atomically, signature and certificates together, by
-``taonet domain policy --add-manufacturer-ca PEM`` and ``--remove-manufacturer-ca
-PEM``. No file: no CA is trusted, and every EK certificate is refused.
+The file carries no signature of its own: its SHA-256 is a field of the domain's
+signed configuration (``domain.sig``, see :mod:`taonet.domain._signed_config`), which
+also carries the serial that tells the current configuration from an earlier one. So
+whoever can write the domain directory but does not hold the policy key can neither
+add a CA (the digest differs: the domain is refused) nor put back an earlier signed
+list together with the ``domain.sig`` that named it (its serial is below the one
+``policy_keys/config_serial`` records: refused as rolled back).
+:func:`manufacturer_cas` reads the list only from a :class:`~taonet.domain.Domain`
+that :meth:`~taonet.domain.Domain.load` checked, from the very bytes it hashed.
 
-The list carries no serial: someone who can write the directory can put back an
-earlier signed list (a CA removed since trusted again). The quote service reads the
-file at start-up.
+``taonet domain policy --add-manufacturer-ca PEM`` and ``--remove-manufacturer-ca
+PEM`` write the file atomically and sign the configuration again (a new serial);
+``taonet domain policy --resign`` signs the file as it stands. No file (and no digest
+signed): no CA is trusted, and every EK certificate is refused.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,25 +37,21 @@ from typing import Final
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from taonet._errors import AuthenticationError, ConfigError
-from taonet._files import atomic_write, read_file
+from taonet._errors import ConfigError
 from taonet.crypto import Signer, Verifier
+from taonet.domain import Domain
+from taonet.domain._signed_config import MANUFACTURER_CAS_FILE, MAX_MANUFACTURER_CAS
 
 __all__ = [
-    "MANUFACTURER_CAS_CONTEXT",
     "MANUFACTURER_CAS_FILE",
     "MAX_MANUFACTURER_CAS",
     "add_manufacturer_cas",
     "load_manufacturer_cas",
+    "manufacturer_cas",
     "remove_manufacturer_cas",
 ]
 
-MANUFACTURER_CAS_FILE: Final = "manufacturer_cas.pem"
-MANUFACTURER_CAS_CONTEXT: Final = "taonet Manufacturer CA List Signing Context V1"
-#: Largest file read (a CA certificate is 1-2 kB in PEM).
-MAX_MANUFACTURER_CAS: Final = 1024 * 1024
 _TITLE: Final = b"# taonet: the manufacturer CAs this domain trusts for TPM endorsement keys.\n"
-_SIGNATURE: Final = b"# signature: "
 
 
 def _parse_pems(data: bytes, what: str) -> list[x509.Certificate]:
@@ -66,54 +63,47 @@ def _parse_pems(data: bytes, what: str) -> list[x509.Certificate]:
         raise ConfigError(f"{what}: not PEM certificates: {exc}") from None
 
 
+def _check_cas(cas: Sequence[x509.Certificate], what: str) -> None:
+    for ca in cas:
+        if not _is_ca(ca):
+            raise ConfigError(f"{what}{ca.subject.rfc4514_string()[:200]} is not a CA certificate")
+
+
 def _pem_text(cas: Sequence[x509.Certificate]) -> bytes:
-    out = b""
+    out = _TITLE
     for ca in cas:
         out += f"# {ca.subject.rfc4514_string()[:200]}\n".encode("ascii", "replace")
         out += ca.public_bytes(serialization.Encoding.PEM)
     return out
 
 
-def load_manufacturer_cas(
-    domain_dir: str | os.PathLike[str], verifier: Verifier
-) -> list[x509.Certificate]:
-    """The CA certificates the domain lists, its signature checked under ``verifier``
-    (the policy key). ``[]`` with no file; ConfigError for a file that does not verify
-    or parse."""
-    path = Path(domain_dir) / MANUFACTURER_CAS_FILE
-    if not path.exists():
+def manufacturer_cas(domain: Domain) -> list[x509.Certificate]:
+    """The CA certificates ``domain`` lists: parsed from the bytes :meth:`Domain.load`
+    checked against the signed configuration's digest (``[]`` with no list).
+    ConfigError for a list that does not parse or holds a certificate that is not a CA."""
+    data = domain.manufacturer_cas_pem
+    if data is None:
         return []
-    data = read_file(path, limit=MAX_MANUFACTURER_CAS)
-    title, _, rest = data.partition(b"\n")
-    line, _, body = rest.partition(b"\n")
-    if title + b"\n" != _TITLE or not line.startswith(_SIGNATURE):
-        raise ConfigError(f"{path}: not a signed manufacturer CA list (header missing)")
-    try:
-        signature = base64.b64decode(line[len(_SIGNATURE) :], validate=True)
-    except (binascii.Error, ValueError):
-        raise ConfigError(f"{path}: the signature line is not base64") from None
-    try:
-        verifier.verify(body, MANUFACTURER_CAS_CONTEXT, signature)
-    except AuthenticationError as exc:
-        raise ConfigError(
-            f"{path}: not signed by this domain's policy key ({exc}); re-add the CAs with "
-            "`taonet domain policy --add-manufacturer-ca`"
-        ) from None
-    cas = _parse_pems(body, str(path))
-    for ca in cas:
-        if not _is_ca(ca):
-            raise ConfigError(f"{path}: {ca.subject.rfc4514_string()[:200]} is not a CA")
+    what = str(domain.path / MANUFACTURER_CAS_FILE)
+    cas = _parse_pems(data, what)
+    _check_cas(cas, f"{what}: ")
     return cas
 
 
-def _save(domain_dir: Path, signer: Signer, cas: Sequence[x509.Certificate]) -> None:
-    body = _pem_text(cas)
-    signature = base64.b64encode(signer.sign(body, MANUFACTURER_CAS_CONTEXT))
-    atomic_write(
-        domain_dir / MANUFACTURER_CAS_FILE,
-        _TITLE + _SIGNATURE + signature + b"\n" + body,
-        mode=0o644,
-    )
+def load_manufacturer_cas(
+    domain_dir: str | os.PathLike[str], verifier: Verifier
+) -> list[x509.Certificate]:
+    """Load the domain at ``domain_dir`` (every signature, digest and the serial record
+    checked: ConfigError otherwise) and return the CAs it lists. ``verifier`` must be
+    its policy key (ConfigError otherwise)."""
+    domain = Domain.load(Path(domain_dir))
+    if verifier.public_key_der() != domain.policy_verifier.public_key_der():
+        raise ConfigError(f"{domain.path}: this domain has another policy key")
+    return manufacturer_cas(domain)
+
+
+def _domain(domain: Domain | str | os.PathLike[str]) -> Domain:
+    return domain if isinstance(domain, Domain) else Domain.load(Path(domain))
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
@@ -130,19 +120,18 @@ def _fingerprint(ca: x509.Certificate) -> bytes:
 
 
 def add_manufacturer_cas(
-    domain_dir: str | os.PathLike[str], signer: Signer, pem: bytes
+    domain: Domain | str | os.PathLike[str], signer: Signer, pem: bytes
 ) -> list[x509.Certificate]:
-    """Add the CA certificates in ``pem`` to the list (signed again by ``signer``, the
-    policy key); returns those that were not listed yet. ConfigError for certificates
-    that are not CAs or do not parse."""
-    directory = Path(domain_dir)
+    """Add the CA certificates in ``pem`` to the list of ``domain`` (a loaded domain,
+    kept up to date, or a directory to load) and sign its configuration again with
+    ``signer`` (the policy key); returns those that were not listed yet. ConfigError
+    for certificates that are not CAs or do not parse."""
     new = _parse_pems(pem, "the PEM given")
     if not new:
         raise ConfigError("no PEM certificate in what was given")
-    for ca in new:
-        if not _is_ca(ca):
-            raise ConfigError(f"{ca.subject.rfc4514_string()[:200]} is not a CA certificate")
-    cas = load_manufacturer_cas(directory, signer.verifier())
+    _check_cas(new, "")
+    loaded = _domain(domain)
+    cas = manufacturer_cas(loaded)
     known = {_fingerprint(ca) for ca in cas}
     added = []
     for ca in new:
@@ -150,22 +139,25 @@ def add_manufacturer_cas(
             known.add(_fingerprint(ca))
             cas.append(ca)
             added.append(ca)
-    _save(directory, signer, cas)
+    loaded.save_manufacturer_cas(_pem_text(cas), signer)
     return added
 
 
 def remove_manufacturer_cas(
-    domain_dir: str | os.PathLike[str], signer: Signer, pem: bytes
+    domain: Domain | str | os.PathLike[str], signer: Signer, pem: bytes
 ) -> list[x509.Certificate]:
-    """Remove the certificates in ``pem`` from the list (signed again); returns those
-    that were listed. ConfigError when none of them was."""
-    directory = Path(domain_dir)
+    """Remove the certificates in ``pem`` from the list of ``domain`` (as for
+    :func:`add_manufacturer_cas`) and sign again; returns those that were listed.
+    ConfigError when none of them was."""
     gone = {_fingerprint(ca) for ca in _parse_pems(pem, "the PEM given")}
     if not gone:
         raise ConfigError("no PEM certificate in what was given")
-    cas = load_manufacturer_cas(directory, signer.verifier())
+    loaded = _domain(domain)
+    cas = manufacturer_cas(loaded)
     removed = [ca for ca in cas if _fingerprint(ca) in gone]
     if not removed:
         raise ConfigError("none of these certificates is a listed manufacturer CA")
-    _save(directory, signer, [ca for ca in cas if _fingerprint(ca) not in gone])
+    loaded.save_manufacturer_cas(
+        _pem_text([ca for ca in cas if _fingerprint(ca) not in gone]), signer
+    )
     return removed

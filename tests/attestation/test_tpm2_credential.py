@@ -380,3 +380,28 @@ def test_unprocessed_critical_extension_refused() -> None:
     ek = make_ek_cert(ec.generate_private_key(ec.SECP256R1()).public_key(), root, root_key)
     with pytest.raises(AuthenticationError, match="critical extension"):
         tc.check_ek_certificate(ek, [root], now_ns=time.time_ns())
+
+
+def test_ek_key_usage_checked_when_present_and_eku_may_be_missing() -> None:
+    """Any non-CA end-entity certificate of a listed CA is not an EK certificate: one
+    whose key usage does not allow what an EK does (a signing certificate) is refused,
+    right in everything else; the EK's own usage passes; a missing EKU (as on many
+    vendors' EK certificates) and a missing key usage are accepted."""
+    root, root_key = make_ca("vendor root")
+    ecc_key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    now = time.time_ns()
+    for key, wrong, right, label in (
+        (ecc_key, "key_encipherment", "key_agreement", "keyAgreement"),
+        (rsa_key, "key_agreement", "key_encipherment", "keyEncipherment"),
+    ):
+        for usage in (("digital_signature",), (wrong,)):
+            for with_eku in (True, False):
+                signing = make_ek_cert(key, root, root_key, usage=usage, with_eku=with_eku)
+                with pytest.raises(AuthenticationError, match=f"key usage lacks {label}"):
+                    tc.check_ek_certificate(signing, [root], now_ns=now)
+        for with_eku in (True, False):
+            good = make_ek_cert(key, root, root_key, usage=(right,), with_eku=with_eku)
+            assert tc.check_ek_certificate(good, [root], now_ns=now) == [good, root]
+        bare = make_ek_cert(key, root, root_key, with_eku=False)
+        assert tc.check_ek_certificate(bare, [root], now_ns=now) == [bare, root]

@@ -1,5 +1,6 @@
 """``taonet domain policy --add-manufacturer-ca/--remove-manufacturer-ca`` and
-``taonet quote-service``: the signed CA list, a tampered list refused, the service
+``taonet quote-service``: the CA list bound into the signed configuration, a tampered or
+rolled-back list refused, the service
 started and stopped in a real process, one-line errors."""
 
 from __future__ import annotations
@@ -63,15 +64,57 @@ async def test_manufacturer_ca_list_is_signed_and_edited(
     code, out, _ = taonet_main(capsys, "domain", "policy", "--domain", str(domain), "--show")
     assert "manufacturer CA: CN=Vendor Root" in out
     assert "Vendor EK CA" not in out
-    # Someone who can write the directory, without the policy key, adds a CA: refused.
+    # The file is plain PEM with comments, no signature of its own: domain.sig names it.
     path = domain / MANUFACTURER_CAS_FILE
+    assert b"signature" not in path.read_bytes()
+    assert Domain.load(domain).manufacturer_cas_pem == path.read_bytes()
+    # Someone who can write the directory, without the policy key, adds a CA: refused.
     path.write_bytes(path.read_bytes() + _ca_pem(tmp_path, "Evil").read_bytes())
-    with pytest.raises(ConfigError, match="not signed by this domain's policy key"):
+    with pytest.raises(ConfigError, match=r"manufacturer CA list .* but the policy key signed"):
         load_manufacturer_cas(domain, loaded.policy_verifier)
     result = await run(
         _argv("quote-service", "--domain", str(domain), "--password-file", pw), env=_env()
     )
-    one_line_error(result, "not signed by this domain's policy key")
+    one_line_error(result, "manufacturer_cas.pem: refused", "but the policy key signed")
+
+
+async def test_older_signed_ca_list_put_back_refused(tmp_path: Path) -> None:
+    """The attack of s14/r6: a CA is removed; someone who can write the domain
+    directory (no password) puts back the older CA list together with the older
+    domain.sig that named it (every signature valid): the service refuses to start, one
+    line, and so does every loading of the domain."""
+    domain = await make_domain(tmp_path)
+    pw = str(tmp_path / "pw")
+    good, bad = _ca_pem(tmp_path, "Good Root"), _ca_pem(tmp_path, "Compromised Root")
+    for change in (("--add-manufacturer-ca", str(good)), ("--add-manufacturer-ca", str(bad))):
+        result = await run(
+            _argv("domain", "policy", "--domain", str(domain), "--password-file", pw, *change),
+            env=_env(),
+        )
+        assert result.returncode == 0, result
+    old_cas = (domain / MANUFACTURER_CAS_FILE).read_bytes()
+    old_sig = (domain / "domain.sig").read_bytes()
+    serial = Domain.load(domain).config_serial
+    result = await run(
+        _argv(
+            "domain", "policy", "--domain", str(domain), "--password-file", pw,
+            "--remove-manufacturer-ca", str(bad),
+        ),
+        env=_env(),
+    )  # fmt: skip
+    assert result.returncode == 0, result
+    assert Domain.load(domain).config_serial > serial  # the removal signed a new serial
+    assert [c.subject.rfc4514_string() for c in load_manufacturer_cas(
+        domain, Domain.load(domain).policy_verifier
+    )] == ["CN=Good Root"]  # fmt: skip
+    (domain / MANUFACTURER_CAS_FILE).write_bytes(old_cas)
+    (domain / "domain.sig").write_bytes(old_sig)
+    with pytest.raises(ConfigError, match="rolled back"):
+        Domain.load(domain)
+    result = await run(
+        _argv("quote-service", "--domain", str(domain), "--password-file", pw), env=_env()
+    )
+    one_line_error(result, "domain configuration rolled back", f"serial {serial} is older")
 
 
 async def test_not_a_ca_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

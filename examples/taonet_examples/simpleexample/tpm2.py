@@ -117,7 +117,7 @@ async def run_tpm2_demo(
         )
         signer = await trio.to_thread.run_sync(domain.unlock, password)
         for pem in swtpm.manufacturer_ca_pems():
-            for ca in add_manufacturer_cas(domain_dir, signer, pem):
+            for ca in add_manufacturer_cas(domain, signer, pem):
                 say(f"manufacturer CA: {ca.subject.rfc4514_string()}")
         say(f"policy key:   {domain.policy_principal}")
         say("== 3. The quote service (it checks EK certificates against those CAs)")

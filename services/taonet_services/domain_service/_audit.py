@@ -222,6 +222,9 @@ class IssuedCertificate:
     not_after_ns: int = attrs.field(converter=int)
     peer: str
     attestation_sha256_hex: str = attrs.field(converter=_attestation_hex)
+    #: What the issuance means, when the issuer says (the quote service: the
+    #: certificate is usable only by the TPM that activates it); None: nothing said.
+    reason: str | None = None
 
     @serial.validator
     def _serial(self, _attribute: object, value: int) -> None:
@@ -240,7 +243,8 @@ class IssuedCertificate:
                 "not_before_ns": str(self.not_before_ns),
                 "not_after_ns": str(self.not_after_ns),
                 "attestation_sha256_hex": self.attestation_sha256_hex,
-            },
+            }
+            | ({} if self.reason is None else {"reason": bounded(self.reason)}),
         }
 
 
@@ -347,8 +351,10 @@ class AuditLog:
         not_after_ns: int,
         peer: str,
         attestation_sha256_hex: str,
+        reason: str | None = None,
     ) -> int:
         """Record a certificate issued; returns the event id (its entry's seq).
+        ``reason`` (bounded) says what the issuance means, if the issuer says.
 
         ConfigError if a certificate with this serial was already recorded.
         """
@@ -360,6 +366,7 @@ class AuditLog:
             not_after_ns=not_after_ns,
             peer=peer,
             attestation_sha256_hex=attestation_sha256_hex,
+            reason=reason,
         )
         (result,) = self.record_issued_many([issued])
         if isinstance(result, ConfigError):
@@ -741,7 +748,7 @@ def _event(entry: AuditEntry) -> AuditEvent:
                 serial=serial,
                 principal=entry.subject,
                 reason_code=None,
-                reason=None,
+                reason=d.get("reason"),
                 peer=entry.actor,
                 detail=detail,
             )

@@ -9,7 +9,15 @@ connection (:mod:`taonet.quoteservice`). Before it signs anything it checks, in
 this order:
 
 1. the EK certificate parses and chains to a manufacturer CA the domain lists
-   (``manufacturer_cas.pem``, signed by the policy key: roots and intermediates),
+   (``manufacturer_cas.pem``, roots and intermediates, read only through the domain's
+   signed configuration, which names its SHA-256 and whose serial must not be below
+   the one recorded in ``policy_keys/config_serial``: a hand-edited list, or an older
+   signed one put back with its ``domain.sig``, is refused and the service does not
+   start. While it runs it watches the domain's files as the domain service does
+   (:class:`taonet_services._domain_watch.DomainReloader`, looked at before each
+   request): a newer signed configuration is put in force with its list, one that does
+   not load or is older than the one in force (a rollback) is refused and the list in
+   force kept),
    every certificate within its validity window, issuers CAs, the EK certificate's
    extended key usage tcg-kp-EKCertificate
    (:func:`taonet.attestation.tpm2_credential.check_ek_certificate`);
@@ -38,13 +46,27 @@ Bounds: a request body over :data:`taonet.quoteservice.MAX_REQUEST` is refused o
 length its frame announces, before it is read; a connection has
 :data:`REQUEST_TIMEOUT` seconds from the handshake to a whole request (a client that
 sends a byte now and then is cut off all the same); handshakes, idle peers, connections
-in all and per address are bounded by :func:`taonet.channel.serve_channels`. A bad
+in all and per address are bounded by :func:`taonet.channel.serve_channels` (at the
+cap, the handshake or the handler waited on longest is evicted, so many slow clients
+from many addresses hold the connections at most a request deadline each while others
+still get in). A bad
 connection is dropped and logged; the service keeps serving the others. Refusals come
 from clients nobody authenticated, so they are rate limited per address as the domain
 service's are (its :class:`~taonet_services.domain_service.RefusalLimits`): up to the
 rate each is one audit row and one log line, beyond it they are counted into one
 summary row per client and interval, and an address that used up its refusals is hung
-up on unread until its bucket refills. Issued certificates are never limited.
+up on unread until its bucket refills.
+
+Issuances are limited too (:mod:`~taonet_services.quote_service._issuance`): the
+service signs before the client has proved it holds the TPM, so a request that passed
+every check also takes a token from its address's bucket (20 at once, then one every
+30 s; 200 then one every 2 s from all addresses together) and from its EK
+certificate's (4 at once, then one every 5 minutes), both of the refusal limiter's
+shape; one that finds either empty is refused ``rate_limited`` (a refusal, limited as
+such). An issuance's audit row says that the certificate is usable only by the TPM
+that activates it. Whoever has a TPM's EK certificate can so delay that TPM's
+certification by up to 5 minutes a try; the limits are arguments of
+:meth:`QuoteService.open`.
 """
 
 from __future__ import annotations
@@ -88,14 +110,28 @@ from taonet.quoteservice import (
     QuoteServiceError,
     decode_request,
     encode_reply,
-    load_manufacturer_cas,
+    manufacturer_cas,
     seal_certificate,
 )
 from taonet.wire import END_OF_STREAM, MAX_REQUEST_HEADER, NEED_DATA, Envelope, Request, Role
+from taonet_services._domain_watch import RELOAD_INTERVAL, DomainReloader
 from taonet_services.domain_service import AUDIT_FILE, AuditLog, RefusalLimits, bounded
 from taonet_services.domain_service._limits import RefusalLimiter, RefusalSummary, client_key
+from taonet_services.quote_service._issuance import (
+    ADDRESS_ISSUANCE_LIMITS,
+    EK_ISSUANCE_LIMITS,
+    ISSUED_REASON,
+    IssuanceLimiter,
+)
 
-__all__ = ["ERROR_RATE_LIMITED", "REQUEST_TIMEOUT", "QuoteService"]
+__all__ = [
+    "ADDRESS_ISSUANCE_LIMITS",
+    "EK_ISSUANCE_LIMITS",
+    "ERROR_RATE_LIMITED",
+    "ISSUED_REASON",
+    "REQUEST_TIMEOUT",
+    "QuoteService",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -142,19 +178,29 @@ class QuoteService:
         max_connections: int | None = None,
         limits: RefusalLimits | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        address_issuance_limits: RefusalLimits = ADDRESS_ISSUANCE_LIMITS,
+        ek_issuance_limits: RefusalLimits = EK_ISSUANCE_LIMITS,
+        reload_interval: float = RELOAD_INTERVAL,
     ) -> None:
         """``manufacturer_cas``: the CA certificates EK certificates must chain to;
         ``clock`` (ns since the epoch) checks validity windows and dates certificates;
-        ``limits`` (defaults if None) and ``monotonic`` drive the refusal limits (module
-        docstring). The service owns ``audit`` and closes it in :meth:`close`."""
+        ``limits`` (defaults if None) and ``monotonic`` drive the refusal limits, and
+        ``address_issuance_limits`` and ``ek_issuance_limits`` the issuance limits
+        (module docstring); ``reload_interval``: seconds between looks at the domain's
+        files. The service owns ``audit`` and closes it in :meth:`close`."""
         self.domain = domain
-        self.manufacturer_cas: Final = tuple(manufacturer_cas)
+        #: The CAs in force: those of the configuration in force (see :meth:`_adopt`).
+        self.manufacturer_cas = tuple(manufacturer_cas)
+        self.domain_watch: Final = DomainReloader(domain, self._adopt, interval=reload_interval)
         self._signer = policy_signer
         self._audit = audit
         self._clock = clock
         self.request_timeout = request_timeout
         self.max_connections = max_connections
         self.limiter: Final = RefusalLimiter(limits, clock=monotonic)
+        self.issuance: Final = IssuanceLimiter(
+            address_issuance_limits, ek_issuance_limits, clock=monotonic
+        )
         #: Where internal failures were seen (their traceback is logged once each).
         self._failures_seen: set[tuple[str, tuple[str, int | None] | None]] = set()
         self.principal: Final = domain.policy_principal.extend(auth.PrinExt("QuoteService", ()))
@@ -182,12 +228,16 @@ class QuoteService:
         request_timeout: float = REQUEST_TIMEOUT,
         max_connections: int | None = None,
         limits: RefusalLimits | None = None,
+        address_issuance_limits: RefusalLimits = ADDRESS_ISSUANCE_LIMITS,
+        ek_issuance_limits: RefusalLimits = EK_ISSUANCE_LIMITS,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> QuoteService:
-        """Load the domain and its manufacturer CA list, unlock the policy key, open the
-        audit log. ConfigError when the domain lists no manufacturer CA."""
+        """Load the domain (its signed configuration verified and not rolled back) and
+        its manufacturer CA list through it, unlock the policy key, open the audit log.
+        ConfigError when the domain lists no manufacturer CA."""
         domain = Domain.load(domain_dir)
         signer = domain.unlock(password)
-        cas = load_manufacturer_cas(domain.path, domain.policy_verifier)
+        cas = manufacturer_cas(domain)
         if not cas:
             raise ConfigError(
                 f"the domain {domain.path} lists no TPM manufacturer CA; add one with "
@@ -204,6 +254,9 @@ class QuoteService:
                 request_timeout=request_timeout,
                 max_connections=max_connections,
                 limits=limits,
+                address_issuance_limits=address_issuance_limits,
+                ek_issuance_limits=ek_issuance_limits,
+                monotonic=monotonic,
             )
         except BaseException:
             audit.close()
@@ -231,6 +284,7 @@ class QuoteService:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._summarize_periodically)
+                await nursery.start(self.domain_watch.run)
                 listeners = await nursery.start(
                     functools.partial(
                         serve_channels,
@@ -248,10 +302,23 @@ class QuoteService:
                 scope.deadline = trio.current_time() + 10
                 await self.write_refusal_summaries(all_now=True)
 
+    def _adopt(self, domain: Domain) -> None:
+        """Certify under ``domain``, a newer signed configuration of the same policy key
+        (the reloader refused older ones and other keys), with the CA list it names."""
+        try:
+            cas = manufacturer_cas(domain)
+        except ConfigError as exc:
+            # Signed, but not a list of CAs: certify nothing until it is fixed.
+            log.error("manufacturer_cas_refused", reason=bounded(str(exc)))  # noqa: TRY400
+            cas = []
+        self.domain, self.manufacturer_cas = domain, tuple(cas)
+        log.info("manufacturer_cas_in_force", count=len(cas), serial=domain.config_serial)
+
     async def _summarize_periodically(self) -> None:
         while True:
             await trio.sleep(self.limiter.limits.summary_interval)
             await self.write_refusal_summaries()
+            self.issuance.prune()
 
     async def write_refusal_summaries(self, *, all_now: bool = False) -> None:
         """Write the refusal summaries that are due (every pending one with ``all_now``)."""
@@ -329,8 +396,9 @@ class QuoteService:
     async def _answer(
         self, body: bytes, client: str, peer: str
     ) -> QuoteKeyReply | QuoteServiceError:
+        await self.domain_watch.fresh()  # certify under the configuration on disk
         try:
-            reply, issued = self.certify(body)
+            reply, issued = self.certify(body, client)
         except _Refusal as refusal:
             await self._record_refusal(
                 client, peer, refusal.code, refusal.reason, refusal.digest, refusal.claimed
@@ -346,6 +414,7 @@ class QuoteService:
                     not_after_ns=issued.not_after_ns,
                     peer=peer,
                     attestation_sha256_hex=issued.ek_sha256_hex,
+                    reason=ISSUED_REASON,
                 )
             )
         except ConfigError as exc:
@@ -386,8 +455,9 @@ class QuoteService:
 
     # -- the checks and the certificate (synchronous, no I/O) ------------------------
 
-    def certify(self, body: bytes) -> tuple[QuoteKeyReply, _Issued]:
-        """Check a request body (module docstring) and issue its wrapped certificate.
+    def certify(self, body: bytes, client: str) -> tuple[QuoteKeyReply, _Issued]:
+        """Check a request body (module docstring) from ``client`` (its address key)
+        and issue its wrapped certificate, within the issuance limits.
 
         Returns the reply and the audit row's fields; raises ``_Refusal`` (with the
         code, reason, the EK certificate's SHA-256 and the name the host claimed)."""
@@ -402,7 +472,9 @@ class QuoteService:
         digest = hashlib.sha256(request.ek_certificate).hexdigest()
         claimed = bounded(str(request.host_name))
         try:
-            return self._certify(request, digest)
+            return self._certify(request, digest, client)
+        except _Refusal:
+            raise
         except CodecError as exc:
             raise _Refusal(ERROR_BAD_REQUEST, str(exc), digest, claimed) from None
         except AuthenticationError as exc:
@@ -425,7 +497,9 @@ class QuoteService:
         text = "".join(traceback.format_exception(exc))
         log.error("internal_error", traceback=bounded(text, _MAX_TRACEBACK_CHARS))
 
-    def _certify(self, request: QuoteKeyRequest, digest: str) -> tuple[QuoteKeyReply, _Issued]:
+    def _certify(
+        self, request: QuoteKeyRequest, digest: str, client: str
+    ) -> tuple[QuoteKeyReply, _Issued]:
         now = self._clock()
         ek_cert = tc.load_ek_certificate(request.ek_certificate)
         tc.check_ek_certificate(ek_cert, self.manufacturer_cas, now_ns=now)
@@ -438,6 +512,11 @@ class QuoteService:
             raise AuthenticationError("the host name is not of the form tpm2([...]).PCRs(...)")
         if request.host_name != host_name(key_der, pcrs):
             raise AuthenticationError("the host name is not the quote key's (another key hash)")
+        # Only a request that passed every check spends the budgets: a bad request is a
+        # refusal, limited as such.
+        limited = self.issuance.admit(client, digest)
+        if limited is not None:
+            raise _Refusal(ERROR_RATE_LIMITED, limited, digest, bounded(str(request.host_name)))
         cert_der = certs.issue_host_certificate(
             self._signer,
             self.domain.policy_cert,
