@@ -83,6 +83,19 @@ def normal_pcr_items(pcrs: Mapping[int, bytes]) -> tuple[tuple[int, bytes], ...]
     ValueError for no PCRs, a number that is not an int (bool included) from 0 to 23,
     or a value that is not bytes-like of 32 bytes.
     """
+    # The common case in one pass (exact ints and 32-byte bytes), since a verifier
+    # calls this for every quote; anything else takes the full check and its message.
+    if type(pcrs) is dict and pcrs:
+        for number, value in pcrs.items():
+            if (
+                type(number) is not int
+                or not 0 <= number < NUM_PCRS
+                or type(value) is not bytes
+                or len(value) != 32
+            ):
+                break
+        else:
+            return tuple(sorted(pcrs.items()))
     numbers, values = _checked_pcrs(pcrs)
     return tuple(zip(numbers, values, strict=True))
 
