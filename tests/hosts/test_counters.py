@@ -647,4 +647,4 @@ def test_a_write_budget_needs_positive_rates() -> None:
 
     for bad in ({"program_burst": 0}, {"host_interval": 0.0}):
         with pytest.raises(ValueError, match="positive intervals"):
-            WriteBudget(**bad)  # type: ignore[arg-type]
+            WriteBudget(**bad)
