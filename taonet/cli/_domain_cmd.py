@@ -29,6 +29,7 @@ from taonet.domain import (
     ACLGuard,
     Domain,
     DomainTemplate,
+    any_tpm_host_rule,
     audit_behind,
     host_state_rule,
     measure_file,
@@ -316,16 +317,19 @@ def _add_host_options(parser: Any) -> None:
         action="append",
         default=[],
         help="trust a TPM host state: the name taonet host show prints for a TPM host, "
-        'tpm2([...]).PCRs("nums", "hexvals"), or its PCRs("nums", "hexvals") part; the rule '
-        'Authorized(ext.PCRs(...), "Host") trusts those PCR values on any TPM the domain '
-        "certified (repeatable)",
+        'tpm2([...]).PCRs("nums", "hexvals"), writes Authorized(tpm2([...]).PCRs(...), '
+        '"Host"): that state on that TPM only; the bare PCRs("nums", "hexvals") part writes '
+        'Authorized(ext.PCRs(...), "Host"): that state on EVERY TPM the quote service ever '
+        "certified, so for every user who can open such a TPM (repeatable)",
     )
     parser.add_argument(
         "--remove-host",
         metavar="SPEC",
         action="append",
         default=[],
-        help="stop trusting a TPM host state given as for --add-host (repeatable)",
+        help="stop trusting a TPM host state given as for --add-host: the full name removes "
+        "the rule pinned to that TPM, the bare PCRs(...) part the rule for every TPM "
+        "(repeatable)",
     )
 
 
@@ -341,10 +345,18 @@ def _changed_hosts(args: argparse.Namespace, guard: ACLGuard) -> ACLGuard:
                 if rule in guard.rules:
                     raise UsageError(f"{option}: the domain already trusts this state ({rule})")
                 guard = guard.with_rule(rule)
-            else:
-                if rule not in guard.rules:
-                    raise NotFoundError(f"{option}: the domain does not trust this state ({rule})")
+                continue
+            if rule in guard.rules:
                 guard = guard.without_rule(rule)
+                continue
+            any_tpm = any_tpm_host_rule(rule)
+            if any_tpm != rule and any_tpm in guard.rules:
+                raise NotFoundError(
+                    f"{option}: the domain trusts this state on every TPM ({any_tpm}), not "
+                    "pinned to this one; removing that rule untrusts the state on every TPM: "
+                    "to do so give its bare PCRs(...) part"
+                )
+            raise NotFoundError(f"{option}: the domain does not trust this state ({rule})")
     return guard
 
 

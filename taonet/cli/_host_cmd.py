@@ -443,7 +443,8 @@ def _add_tpm2_options(init: Any) -> None:
     init.add_argument(
         "--tcti",
         metavar="STRING",
-        help="with --tpm2: the TPM to use, swtpm:host=H,port=N or device:/dev/tpmrm0 "
+        help="with --tpm2: the TPM to use, swtpm:host=H,port=N (H loopback: localhost or "
+        "127.x.x.x, since TPM commands travel in clear) or device:/dev/tpmrm0 "
         "(default: $TAO_TCTI, else device:/dev/tpmrm0)",
     )
     init.add_argument(

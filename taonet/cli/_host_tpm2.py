@@ -14,8 +14,9 @@ the TPM's endorsement key certificate and wrap the certificate so that only that
 recovers it.
 
 ``host show`` prints the name such a host reports, ``tpm2([...]).PCRs("nums",
-"hexvals")``, and its PCR values one per line, and the PCRs part, which is what
-``taonet domain policy --add-host`` takes. A running host is asked over its admin
+"hexvals")``, which ``taonet domain policy --add-host`` takes to trust that state on
+that TPM, its PCR values one per line, and the PCRs part (``--add-host`` of it alone
+trusts the state on every certified TPM). A running host is asked over its admin
 socket; a stopped one is opened (the TPM is read) for the moment of the command.
 """
 
@@ -79,9 +80,9 @@ def init_tpm2(args: argparse.Namespace, directory: Path) -> int:
 
     def text() -> None:
         print(f"created a root Linux host on the TPM at {tcti} in {directory}")
-        print(f"name:   {name}")
+        print(f"name:   {name}  (taonet domain policy --add-host takes this: this TPM only)")
         if state is not None:
-            print(f"state:  {state}  (taonet domain policy --add-host takes this)")
+            print(f"state:  {state}  (--add-host of this alone trusts it on every TPM)")
         if address is not None:
             print(f"quote key certified by the quote service at {address}")
         else:
@@ -150,8 +151,8 @@ def show_tpm2(
             return
     pcrs = host_pcrs(name) or {}
     state = name.ext.exts[0] if name.ext.exts else None
-    lines.append(f"tpm2 name:      {name}")
-    lines.append(f"host state:     {state}  (for taonet domain policy --add-host)")
+    lines.append(f"tpm2 name:      {name}  (for taonet domain policy --add-host: this TPM)")
+    lines.append(f"host state:     {state}  (--add-host of this alone: every TPM)")
     lines.extend(f"  PCR {n:>2}:       {value.hex()}" for n, value in sorted(pcrs.items()))
     document["tpm2"] = {
         "name": str(name),

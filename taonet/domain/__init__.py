@@ -11,9 +11,10 @@
 * :func:`sign_domain_crl` signs the domain's CRL, numbered past every earlier one and
   listing every serial it ever revoked (``policy_keys/crl_state``);
   :func:`audit_behind` says what an audit log restored from a backup lacks.
-* :func:`host_state_rule`, :func:`check_host_state`, :func:`trusted_host_states`: the
-  TPM host states (PCR values) the domain trusts, as ``Authorized(ext.PCRs(...), "Host")``
-  rules of its ACL guard.
+* :func:`host_state_rule`, :func:`any_tpm_host_rule`, :func:`check_host_state`,
+  :func:`trusted_host_states`: the TPM host states (PCR values) the domain trusts, as
+  ``Authorized(tpm2([h]).PCRs(...), "Host")`` (one TPM) or
+  ``Authorized(ext.PCRs(...), "Host")`` (every certified TPM) rules of its ACL guard.
 * :func:`measure_file`, :func:`program_subprin`, :func:`policy_key_subprin` name programs.
 """
 
@@ -32,6 +33,7 @@ from taonet.domain._guard import (
 from taonet.domain._hosts import (
     HOST_OP,
     TrustedHostState,
+    any_tpm_host_rule,
     check_host_state,
     host_state_rule,
     trusted_host_states,
@@ -60,6 +62,7 @@ __all__ = [
     "ProgramCertifier",
     "RevocationRecord",
     "TrustedHostState",
+    "any_tpm_host_rule",
     "audit_behind",
     "authorized",
     "check_host_state",

@@ -11,17 +11,18 @@ the original CloudProxy, each named by the sub-principal a host extends its name
   predicate has a principal *tail* in the first argument (``ext.Program([h])``) and the
   query's principal is a root key principal whose extensions begin with that tail
   (for a TPM 2.0 host, ``tpm2([h]).PCRs(...)``, the extensions after its ``PCRs``
-  extension, which is part of the host's name, or the PCRs extension itself).
+  extension, which is part of the host's name). A tail beginning with ``PCRs(...)``
+  matches only the first extensions of a ``tpm2`` principal (the host state itself).
   The tail form is what ``taonet domain policy --add-program`` writes: it authorizes
   the program ``Program([h])`` on any host the domain otherwise trusts (the domain
   service only accepts hosts the policy key certified), together with the names the
   program derives from its own (``...Program([h]).PolicyKey([k])``). Extensions
   cannot be prepended by anyone but the hosts in the chain, so a program cannot pass
   itself off as another by extending its own name.
-* Trusted TPM host states are ACL rules too: ``Authorized(ext.PCRs("nums",
-  "hexvals"), "Host")`` (``taonet domain policy --add-host``) trusts that PCR state on
-  any TPM the domain certified, ``Authorized(tpm2([h]).PCRs(...), "Host")`` on one
-  TPM; see :mod:`taonet.domain._hosts`.
+* Trusted TPM host states are ACL rules too: ``Authorized(tpm2([h]).PCRs(...),
+  "Host")`` (``taonet domain policy --add-host`` of a host's full name) trusts that
+  PCR state on one TPM, ``Authorized(ext.PCRs("nums", "hexvals"), "Host")`` (of the
+  bare ``PCRs(...)``) on every TPM the domain certified; see :mod:`taonet.domain._hosts`.
 
 ACL rule sets are stored as the original's ``SignedACLSet``: the serialized
 ``ACLSet{entries: canonical rule text}`` signed by the policy key under the context
@@ -118,11 +119,15 @@ def _tail_matches(rule: auth.Form, form: auth.Form) -> bool:
     if rule.args[1:] != form.args[1:] or not tail.ext.exts:
         return False
     n = len(tail.ext.exts)
-    if prin.ext.exts[:n] == tail.ext.exts:
+    exts = prin.ext.exts
+    if tail.ext.exts[0].name == "PCRs":
+        # A host-state tail names a TPM 2.0 host's first extension, nothing else: not a
+        # PCRs extension a host appended later, nor one on a key(...) principal.
+        return prin.type == "tpm2" and exts[:n] == tail.ext.exts
+    if exts[:n] == tail.ext.exts:
         return True
     # A TPM 2.0 host is named tpm2([h]).PCRs(...): its PCRs extension is part of the
     # host's name (its state, which "Host" rules decide), so a program's tail follows it.
-    exts = prin.ext.exts
     return (
         prin.type == "tpm2"
         and bool(exts)

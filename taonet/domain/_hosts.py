@@ -5,22 +5,27 @@ in. So a domain also names the states it trusts, as rules of its ACL guard (sign
 by the policy key like every rule, and bound into ``domain.sig``, so a hand-edited
 ``acls`` file is refused):
 
-* ``Authorized(ext.PCRs("0,1,2,3,4,7", "hex,hex,..."), "Host")`` trusts that state
-  (those PCR numbers with those SHA-256 values) on any TPM whose quote key the
-  domain certified. This is what ``taonet domain policy --add-host SPEC`` writes.
-* ``Authorized(tpm2([h]).PCRs("...", "..."), "Host")`` (written with ``--allow``)
-  trusts that state on the one TPM whose quote key hashes to ``h``.
+* ``Authorized(tpm2([h]).PCRs("0,1,2,3,4,7", "hex,hex,..."), "Host")`` trusts that
+  state (those PCR numbers with those SHA-256 values) on the one TPM whose quote key
+  hashes to ``h``: the host ``taonet host show`` printed. This is what
+  ``taonet domain policy --add-host SPEC`` writes for the full name.
+* ``Authorized(ext.PCRs("...", "..."), "Host")`` trusts that state on every TPM whose
+  quote key the domain's quote service ever certified, so for every user of every
+  such TPM (anyone who can open the TPM can make and certify a quote key of its own
+  and sign as ``tpm2([its key]).PCRs(...)``). ``--add-host`` writes it only for the
+  bare ``PCRs(...)`` part.
 
-``SPEC`` is what ``taonet host show`` prints for a TPM host: its name
-``tpm2([...]).PCRs("nums", "hexvals")`` (only the PCRs part is kept: the state, not the
-TPM) or the PCRs part alone, ``PCRs("nums", "hexvals")`` (``ext.`` in front allowed).
+``SPEC`` is what ``taonet host show`` prints for a TPM host, its name
+``tpm2([...]).PCRs("nums", "hexvals")`` (pinned to that TPM), or the PCRs part alone,
+``PCRs("nums", "hexvals")`` (``ext.`` in front allowed; any TPM).
 
 The domain asks its guard ``Authorized(tpm2([h]).PCRs(...), "Host")`` for the host
 part of every program whose attestation chain is rooted in a TPM
 (:func:`check_host_state`): the PCR numbers and values must equal those of a trusted
 state exactly (another PCR selection is another state). A refusal names the PCRs
-that differ from the closest trusted state. A Liberal guard trusts every state, a
-Conservative one none.
+that differ from the closest state trusted on any TPM or on the requester's TPM;
+states pinned to other TPMs are never compared nor named (the log has them). A
+Liberal guard trusts every state, a Conservative one none.
 """
 
 from __future__ import annotations
@@ -32,12 +37,14 @@ import attrs
 
 from taonet import auth
 from taonet._errors import AuthorizationError, CodecError, ConfigError
+from taonet._log import get_logger
 from taonet.attestation.tpm2 import host_pcrs, parse_pcrs_ext, pcrs_ext
 from taonet.domain._guard import ACLGuard, Guard
 
 __all__ = [
     "HOST_OP",
     "TrustedHostState",
+    "any_tpm_host_rule",
     "check_host_state",
     "host_part",
     "host_state_rule",
@@ -53,6 +60,10 @@ _PCRS: Final = "PCRs"
 _SHOWN: Final = 16
 #: Longest SPEC text accepted (24 PCRs of SHA-256 take about 1,700 characters).
 MAX_SPEC: Final = 8192
+#: Bytes of a quote key's hash in a tpm2([...]) name.
+_KEY_HASH: Final = 32
+
+log = get_logger(__name__)
 
 
 @attrs.frozen
@@ -66,31 +77,50 @@ class TrustedHostState:
 
 
 def host_state_rule(spec: str) -> auth.Form:
-    """The rule ``Authorized(ext.PCRs(...), "Host")`` for ``spec`` (see the module
-    docstring). ConfigError naming what is wrong with a spec of another form."""
+    """The rule trusting the host state ``spec`` names (see the module docstring):
+    ``Authorized(tpm2([h]).PCRs(...), "Host")`` (that TPM only) for a full name,
+    ``Authorized(ext.PCRs(...), "Host")`` (every certified TPM) for a bare
+    ``PCRs(...)``. ConfigError naming what is wrong with a spec of another form."""
     text = spec.strip()
     if len(text) > MAX_SPEC:
         raise ConfigError(f"a host state is at most {MAX_SPEC} characters")
-    ext: auth.PrinExt | None = None
+    who: auth.Prin | auth.PrinTail
     try:
         if text.startswith(f"{TPM2}("):
             prin = auth.parse_prin(text)
             pcrs = host_pcrs(prin)
             if pcrs is None:
                 raise ConfigError(f"{_short(text)} names no PCRs")
-            ext = pcrs_ext(pcrs)
+            if len(prin.ext.exts) != 1:
+                raise ConfigError(
+                    f"{_short(text)} names more than a TPM host: give the name taonet host "
+                    'show prints, tpm2([...]).PCRs("nums", "hexvals"), nothing after it'
+                )
+            key = prin.key_hash
+            if not (isinstance(key, auth.Bytes) and len(key.value) == _KEY_HASH):
+                raise ConfigError(f"{_short(text)}: a tpm2([...]) quote key hash is 32 bytes")
+            who = auth.Prin(TPM2, key, auth.SubPrin((pcrs_ext(pcrs),)))
         else:
             body = text.removeprefix("ext.")
             ext = auth.parse_prinext(body)
             if ext.name != _PCRS:
                 raise ConfigError(f"{_short(text)} is not a PCRs(...) extension")
-            ext = pcrs_ext(parse_pcrs_ext(ext))
+            who = auth.PrinTail(auth.SubPrin((pcrs_ext(parse_pcrs_ext(ext)),)))
     except CodecError as exc:
         raise ConfigError(
             f'{_short(text)} is not a TPM host state (tpm2([...]).PCRs("nums", "hexvals") '
             f'as taonet host show prints it, or PCRs("nums", "hexvals")): {exc}'
         ) from None
-    return auth.Pred("Authorized", (auth.PrinTail(auth.SubPrin((ext,))), auth.Str(HOST_OP)))
+    return auth.Pred("Authorized", (who, auth.Str(HOST_OP)))
+
+
+def any_tpm_host_rule(rule: auth.Form) -> auth.Form:
+    """``Authorized(ext.PCRs(...), "Host")`` for the state of a rule from
+    :func:`host_state_rule` (itself for a rule that already trusts any TPM)."""
+    if isinstance(rule, auth.Pred) and rule.args and isinstance(rule.args[0], auth.Prin):
+        tail = auth.PrinTail(auth.SubPrin(rule.args[0].ext.exts[:1]))
+        return auth.Pred(rule.name, (tail, *rule.args[1:]))
+    return rule
 
 
 def trusted_host_states(guard: Guard) -> list[TrustedHostState]:
@@ -143,22 +173,22 @@ def check_host_state(guard: Guard, speaker: auth.Prin, *, root_signer_type: str 
         raise AuthorizationError(f"the TPM host {_short(str(host))} reports no PCRs")
     if guard.is_authorized(host, HOST_OP):
         return
-    states = trusted_host_states(guard)
+    # Only states trusted on any TPM or pinned to this one are compared, so a refusal
+    # tells the requester nothing about the other TPMs a domain trusts (the log does).
+    candidates = [s for s in trusted_host_states(guard) if s.tpm is None or s.tpm == host.root()]
     shown = _brief(host.root(), reported)
-    if not states:
+    if not candidates:
+        log.info("host state refused: no state trusted on this TPM", host=_short(str(host)))
         raise AuthorizationError(
-            f"the {guard.kind} guard trusts no TPM host state, so not {shown}: add the PCRs "
-            "the host reports (taonet host show) with taonet domain policy --add-host"
+            f"the {guard.kind} guard trusts no TPM host state on this TPM, so not {shown}: add "
+            "the name taonet host show prints with taonet domain policy --add-host"
         )
-    candidates = [s for s in states if s.tpm is None or s.tpm == host.root()] or states
     closest = min(candidates, key=lambda s: len(pcr_differences(reported, s.pcrs)))
-    differ = pcr_differences(reported, closest.pcrs)
-    if not differ and closest.tpm is not None:
-        differ = [f"the trusted state is pinned to another TPM, {closest.tpm}"]
-    closest_shown = _brief(closest.tpm, closest.pcrs)
+    differ = pcr_differences(reported, closest.pcrs) or ["no PCR differs"]
+    log.info("host state refused", host=_short(str(host)), closest=_short(str(closest.rule)))
     raise AuthorizationError(
         f"the TPM host {shown} is in a state the domain does not trust: against the closest "
-        f"trusted state ({closest_shown}), {'; '.join(differ)}"
+        f"trusted state ({_brief(closest.tpm, closest.pcrs)}), {'; '.join(differ)}"
     )
 
 

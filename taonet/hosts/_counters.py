@@ -15,6 +15,12 @@ own key), whoever can restore or delete the whole host directory, unnoticed:
 or a missing one once one was written, is refused. A crash after the parent's
 counter moved but before the new file replaced the old one then fails closed: the
 table reads as rolled back until an operator decides what to trust.
+
+Every change of a table under a :class:`ParentTableSealer` is one rollback-protected
+seal of the parent, down to one TPM NV increment on a TPM root: :class:`HostCounters`
+then spends a :class:`~taonet.hosts._write_budget.WriteBudget` (per program and
+host-wide token buckets) on each change, and refuses one over budget with a HostError
+saying when to retry.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from taonet.hosts._tao import (
     check_label,
     check_policy,
 )
+from taonet.hosts._write_budget import WriteBudget
 from taonet.wire import message_class, parse, serialize
 
 if TYPE_CHECKING:
@@ -315,6 +322,12 @@ class CounterStore:
         """Whether rolling back the stored table is detected (False in memory)."""
         return self._sealer is not None and self._sealer.rollback_protected
 
+    @property
+    def parent_sealed(self) -> bool:
+        """Whether every change is a rollback-protected seal of the parent (one TPM NV
+        increment on a TPM root), so worth a write budget."""
+        return isinstance(self._sealer, ParentTableSealer)
+
     def count_under(self, program: auth.Prin) -> int:
         """How many counters ``program`` and the names it extended to hold."""
         return self._table.count_under(str(program))
@@ -368,13 +381,24 @@ class HostCounters:
         store: CounterStore,
         *,
         program_of: Callable[[auth.Prin], auth.Prin] | None = None,
+        budget: WriteBudget | None = None,
     ) -> None:
         """``program_of`` maps a caller to the program its counters are charged to
         (a Linux host: the name it launched, whatever the program extended it to),
-        so one program cannot fill the table by extending its name."""
+        so one program cannot fill the table, nor escape its write budget, by
+        extending its name. ``budget`` limits how often changes are written; default:
+        a :class:`WriteBudget` with its defaults for a store under a
+        :class:`ParentTableSealer`, none for another."""
         self._core = core
         self._store = store
         self._program_of = program_of
+        self._budget = budget if budget is not None or not store.parent_sealed else WriteBudget()
+
+    def _spend(self, caller: auth.Prin) -> None:
+        """One change written for ``caller``: HostError if over the write budget."""
+        if self._budget is not None:
+            charged = caller if self._program_of is None else self._program_of(caller)
+            self._budget.take(str(charged))
 
     def _check_quota(self, caller: auth.Prin, label: str) -> None:
         if self._program_of is None or self._store.get_counter(caller, label) is not None:
@@ -394,6 +418,9 @@ class HostCounters:
     async def init_counter(self, caller: auth.Prin, label: str, counter: int) -> None:
         self._core.check_caller(caller)
         self._check_quota(caller, check_label(label))
+        current = self._store.get_counter(caller, label)
+        if current is None or check_counter(counter) > current:
+            self._spend(caller)  # lower is refused and equal is a no-op: nothing written
         await self._store.init_counter(caller, label, check_counter(counter))
 
     async def get_counter(self, caller: auth.Prin, label: str) -> int:
@@ -415,6 +442,7 @@ class HostCounters:
         if len(_sealed_data(caller, label, MAX_COUNTER, data)) > MAX_SEALED_BYTES:
             raise HostError(f"rollback-protected seal: data over {MAX_SEALED_BYTES} bytes")
         self._check_quota(caller, label)
+        self._spend(caller)
         counter = await self._store.bump(caller, label)
         return self._core.seal_for(caller, _sealed_data(caller, label, counter, data), policy)
 

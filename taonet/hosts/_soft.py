@@ -152,6 +152,24 @@ class SoftHost:
         """The parent's attestation that this host's key speaks for its name, if any."""
         return self._delegation
 
+    def replace_delegation(self, delegation: Attestation) -> None:
+        """Carry ``delegation`` from now on instead of the current one: the parent's
+        newer attestation of the same statement (``key(host key) speaksfor name``),
+        e.g. before the current one expires. One assignment, so every attestation
+        carries one delegation or the other whole. HostError for another statement."""
+        current = self._delegation
+        try:
+            said = delegation.statement().message
+        except CodecError as exc:
+            raise HostError(f"the new delegation does not decode: {exc}") from None
+        wanted = auth.Speaksfor(delegate=self._key_principal, delegator=self.name)
+        if current is None or said != wanted:
+            raise HostError(
+                "a new delegation must say key(this host's key) speaksfor this host's name, "
+                "replacing one that did"
+            )
+        self._delegation = delegation
+
     @property
     def root_endorsement(self) -> bytes | None:
         """The policy key's certificate for this host, if it has one."""

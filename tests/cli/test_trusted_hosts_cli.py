@@ -35,13 +35,15 @@ def test_add_and_remove_a_host_state(
     code, out, err = policy(capsys, d, pw, "--add-host", name, "-o", "json")
     assert code == 0, err
     rule = str(host_state_rule(name))
+    assert rule == f'Authorized({name}, "Host")'  # pinned to the TPM host show named
     assert json.loads(out)["added"] == [rule]
     loaded = Domain.load(d)
     (state,) = trusted_host_states(loaded.guard)
     assert state.pcrs == PCRS
-    # Again, by its PCRs part: the same state, refused as a duplicate, nothing written.
+    assert state.tpm == host_name(b"a quote key", PCRS).root()
+    # Again: refused as a duplicate, nothing written.
     before = (Path(d) / "domain.sig").read_bytes()
-    code, _, err = policy(capsys, d, pw, "--add-host", str(pcrs_ext(PCRS)))
+    code, _, err = policy(capsys, d, pw, "--add-host", name)
     assert code != 0
     assert "already trusts this state" in err
     assert len(err.strip().splitlines()) == 1
@@ -49,13 +51,45 @@ def test_add_and_remove_a_host_state(
     code, out, err = policy(capsys, d, pw, "--show")
     assert code == 0
     assert rule in out
-    code, out, err = policy(capsys, d, pw, "--remove-host", str(pcrs_ext(PCRS)), "-o", "json")
+    # The bare PCRs part names the rule for every TPM, which the domain does not hold.
+    code, _, err = policy(capsys, d, pw, "--remove-host", str(pcrs_ext(PCRS)))
+    assert code != 0
+    assert "does not trust this state" in err
+    # The name host show prints removes the pinned rule.
+    code, out, err = policy(capsys, d, pw, "--remove-host", name, "-o", "json")
     assert code == 0, err
     assert json.loads(out)["removed"] == [rule]
     assert trusted_host_states(Domain.load(d).guard) == []
     code, _, err = policy(capsys, d, pw, "--remove-host", name)
     assert code != 0
     assert "does not trust this state" in err
+
+
+def test_the_bare_pcrs_trust_every_tpm_and_are_removed_only_so(
+    capsys: pytest.CaptureFixture[str], domain: tuple[str, str]
+) -> None:
+    d, pw = domain
+    bare = str(pcrs_ext(PCRS))
+    name = str(host_name(b"a quote key", PCRS))
+    code, out, err = policy(capsys, d, pw, "--add-host", bare, "-o", "json")
+    assert code == 0, err
+    rule = f'Authorized(ext.{bare}, "Host")'
+    assert json.loads(out)["added"] == [rule]
+    (state,) = trusted_host_states(Domain.load(d).guard)
+    assert state.tpm is None
+    # A host's full name does not silently untrust the state on every TPM.
+    before = (Path(d) / "domain.sig").read_bytes()
+    code, _, err = policy(capsys, d, pw, "--remove-host", name)
+    assert code != 0
+    assert "trusts this state on every TPM" in err
+    assert "untrusts the state on every TPM" in err
+    assert "bare PCRs(...)" in err
+    assert len(err.strip().splitlines()) == 1
+    assert (Path(d) / "domain.sig").read_bytes() == before
+    code, out, err = policy(capsys, d, pw, "--remove-host", "ext." + bare, "-o", "json")
+    assert code == 0, err
+    assert json.loads(out)["removed"] == [rule]
+    assert trusted_host_states(Domain.load(d).guard) == []
 
 
 def test_a_bad_spec_is_one_line_and_writes_nothing(

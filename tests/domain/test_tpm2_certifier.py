@@ -46,10 +46,12 @@ async def request(
     quoted: dict[int, bytes] | None = None,
     certified: bool = True,
     cert_signer_type: str = "tpm2",
+    quote_key: QuoteKey | None = None,
 ) -> tuple[bytes, bytes]:
-    """A program's certification request through a host on a TPM in state ``pcrs``."""
+    """A program's certification request through a host on a TPM in state ``pcrs``
+    (quoted by ``quote_key``, else a new one), its quote key certified by the domain."""
     now = time.time_ns()
-    quote_key = QuoteKey()
+    quote_key = QuoteKey() if quote_key is None else quote_key
     name = host_name(quote_key.der, pcrs)
     keyset = Keyset.generate()
     cert = domain.certify_host(domain.unlock(PASSWORD), quote_key.der, signer_type=cert_signer_type)
@@ -125,4 +127,29 @@ async def test_a_quote_key_certified_as_a_soft_key_is_refused(domain: Domain) ->
     certifier = ProgramCertifier(domain, domain.unlock(PASSWORD))
     att, key = await request(domain, TRUSTED, cert_signer_type="key")
     with pytest.raises(AuthenticationError):
+        certifier.certify(att, key)
+
+
+async def test_another_quote_key_is_refused_under_a_pinned_state(domain: Domain) -> None:
+    """The rogue-quote-key attack: a second user of the operator's TPM makes a quote
+    key, has it certified (the quote service vouches for the TPM, not for who uses it)
+    and signs for tpm2([its key]).PCRs(trusted).Program([h]) with no host measuring
+    anything. Under the pinned rule --add-host writes for the operator's host name,
+    only the operator's quote key gets a program certificate."""
+    signer = domain.unlock(PASSWORD)
+    operator = QuoteKey()
+    guard = domain.guard
+    assert isinstance(guard, ACLGuard)
+    guard = guard.without_rule(host_state_rule(str(pcrs_ext(TRUSTED))))
+    guard = guard.with_rule(host_state_rule(str(host_name(operator.der, TRUSTED))))
+    domain.save_guard(guard, signer)
+    pinned = Domain.load(domain.path)
+    certifier = ProgramCertifier(pinned, signer)
+    att, key = await request(pinned, TRUSTED, quote_key=operator)
+    assert (
+        certifier.certify(att, key).principal.key_hash
+        == host_name(operator.der, {0: b"\0" * 32}).key_hash
+    )
+    att, key = await request(pinned, TRUSTED)  # the rogue user's own certified key
+    with pytest.raises(AuthorizationError, match="no TPM host state on this TPM"):
         certifier.certify(att, key)

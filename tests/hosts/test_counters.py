@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -545,3 +546,105 @@ async def test_a_program_cannot_escape_its_counter_quota_by_extending_its_name()
     await counters.init_counter(launched, "a0", 5)
     await counters.init_counter(other, "a0", 1)
     assert await counters.get_counter(other, "a0") == 1
+
+
+# -- the write budget of a table under the parent's counters (TPM NV wear) ---------------------
+
+
+# The budget's clock is a trio MockClock moved by hand (no sleeping, nothing racing): the
+# run's own clock stays real, so trio.fail_after bounds the file and seal I/O (an
+# autojump clock would jump to the fail_after deadline while a thread writes).
+
+
+async def test_a_program_cannot_drive_unbounded_nv_writes(parent: SoftTao, tmp_path: Path) -> None:
+    """The nv_wear attack: a hosted program seals in a loop, each seal one reseal of the
+    host's table, one NV increment on a TPM root. With the default budget of a store
+    under a ParentTableSealer it gets PROGRAM_BURST seals, then one per interval."""
+    from taonet.crypto import Keyset
+    from taonet.hosts._counters import HostCounters
+    from taonet.hosts._write_budget import PROGRAM_BURST, PROGRAM_INTERVAL, WriteBudget
+
+    core = SoftHost(Keyset.generate())
+    prog = program(core.name, 1)
+    clock = trio.testing.MockClock()
+    with trio.fail_after(TIMEOUT):
+        store = await CounterStore.open(tmp_path / "counters.sealed", ParentTableSealer(parent))
+        # The default for such a store is a budget with the default rates.
+        default = HostCounters(core, store)
+        for _ in range(PROGRAM_BURST):
+            await default.rollback_protected_seal(prog, "default", b"x")
+        with pytest.raises(HostError, match="too often"):
+            await default.rollback_protected_seal(prog, "default", b"x")
+        counters = HostCounters(core, store, budget=WriteBudget(clock=clock.current_time))
+        for _ in range(PROGRAM_BURST):
+            await counters.rollback_protected_seal(prog, "wear", b"x")
+        written = await parent.get_counter("taonet.host.counters")
+        with pytest.raises(HostError, match=r"too often.*retry in \d+ s"):
+            await counters.rollback_protected_seal(prog, "wear", b"x")
+        with pytest.raises(HostError, match="too often"):
+            await counters.init_counter(prog, "wear2", 7)
+        # Refused: nothing written, no counter moved.
+        assert await parent.get_counter("taonet.host.counters") == written
+        assert store.get_counter(prog, "wear") == PROGRAM_BURST
+        assert store.get_counter(prog, "wear2") is None
+        # A no-op (equal value) and reads cost nothing.
+        await counters.init_counter(prog, "wear", PROGRAM_BURST)
+        assert await counters.get_counter(prog, "wear") == PROGRAM_BURST
+        clock.jump(PROGRAM_INTERVAL)
+        await counters.rollback_protected_seal(prog, "wear", b"x")
+        with pytest.raises(HostError, match="too often"):
+            await counters.rollback_protected_seal(prog, "wear", b"x")
+        # Another program has its own budget.
+        await counters.rollback_protected_seal(program(core.name, 2), "wear", b"x")
+
+
+async def test_the_host_wide_budget_bounds_all_programs_together(
+    parent: SoftTao, tmp_path: Path
+) -> None:
+    """Many programs (or one launching others) share the host's budget; a caller that
+    extends its name is charged to the program the host launched."""
+    from taonet.crypto import Keyset
+    from taonet.hosts._counters import HostCounters
+    from taonet.hosts._write_budget import WriteBudget
+
+    core = SoftHost(Keyset.generate())
+
+    def program_of(name: auth.Prin) -> auth.Prin:
+        return auth.Prin(name.type, name.key_hash, auth.SubPrin(name.ext.exts[:1]))
+
+    clock = trio.testing.MockClock()
+    budget = WriteBudget(
+        program_burst=3, program_interval=5, host_burst=5, host_interval=2, clock=clock.current_time
+    )
+    with trio.fail_after(TIMEOUT):
+        store = await CounterStore.open(tmp_path / "counters.sealed", ParentTableSealer(parent))
+        counters = HostCounters(core, store, program_of=program_of, budget=budget)
+        one = program(core.name, 1)
+        alias = one.extend(auth.SubPrin((auth.PrinExt("Alias", ()),)))
+        for caller in (one, alias, one):
+            await counters.rollback_protected_seal(caller, "c", b"x")
+        with pytest.raises(HostError, match="this program changes"):
+            await counters.rollback_protected_seal(alias, "c", b"x")  # charged to `one`
+        await counters.init_counter(program(core.name, 2), "c", 1)
+        await counters.init_counter(program(core.name, 3), "c", 1)
+        with pytest.raises(HostError, match=r"programs on this host .*retry in 2 s"):
+            await counters.init_counter(program(core.name, 4), "c", 1)
+        clock.jump(2)
+        await counters.init_counter(program(core.name, 4), "c", 1)
+
+
+async def test_a_soft_table_has_no_write_budget(tao: SoftTao) -> None:
+    """Only a table under the parent's counters (NV on a TPM root) is budgeted."""
+    from taonet.hosts._write_budget import HOST_BURST
+
+    with trio.fail_after(TIMEOUT):
+        for _ in range(HOST_BURST + 1):
+            await tao.rollback_protected_seal("c", b"x")
+
+
+def test_a_write_budget_needs_positive_rates() -> None:
+    from taonet.hosts._write_budget import WriteBudget
+
+    for bad in ({"program_burst": 0}, {"host_interval": 0.0}):
+        with pytest.raises(ValueError, match="positive intervals"):
+            WriteBudget(**bad)

@@ -12,8 +12,8 @@
    key; the quote service checks the EK certificate against the domain's CAs and
    certifies the quote key, wrapped so only that TPM recovers it; the host is named
    ``tpm2([sha256 of the quote key]).PCRs("0,1,2,3,4,7", ...)``;
-5. the domain's policy trusts that host's state (its PCR values: what
-   ``taonet domain policy --add-host`` writes);
+5. the domain's policy trusts that host's state (its PCR values on its TPM, pinned to
+   its quote key: what ``taonet domain policy --add-host`` writes for its name);
 6. simpleexample on top, as in ``taonet demo --hosted``: the domain service, the secret
    server, simpleserver and simpleclient as hosted programs, every name rooted in
    the TPM and every certificate issued because the chain ends in a certified quote
@@ -145,7 +145,7 @@ async def run_tpm2_demo(
                 nursery.cancel_scope.cancel()
         say(f"host name:    {name}  (its quote key certified by the quote service)")
         say("== 5. The domain trusts that host's state (taonet domain policy --add-host)")
-        rule = host_state_rule(str(name))
+        rule = host_state_rule(str(name))  # pinned: this state on this TPM's quote key only
         guard = domain.guard.with_rule(rule)  # type: ignore[attr-defined]
         await trio.to_thread.run_sync(domain.save_guard, guard, signer)
         say(f"guard rule:   {rule}")

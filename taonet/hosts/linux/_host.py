@@ -90,7 +90,7 @@ import secrets
 import signal
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -146,10 +146,13 @@ from taonet.hosts.linux._process import (
 from taonet.hosts.linux._select import ID_DIGITS, SHORT_ID, program_file, select_programs
 from taonet.hosts.linux._stacked import open_stacked
 from taonet.hosts.linux._tpm2_root import (
+    TPM2_DELEGATION_VALIDITY_NS,
     certify_tpm2_root,
     create_tpm2_root,
+    keep_tpm2_delegation_fresh,
     open_tpm2_root,
     open_tpm2_state,
+    refresh_tpm2_delegation,
 )
 
 __all__ = [
@@ -324,8 +327,11 @@ class LinuxHost:
         # The interpreters offered, as checked (None: no [interpreters] table).
         self._interpreters: dict[str, Interpreter] | None = None
         self._interpreters_checked = False
-        # A root host on a TPM: the TPM 2.0 host it opened, closed with this host.
+        # A root host on a TPM: the TPM 2.0 host it opened, closed with this host, and
+        # how its delegation is renewed while the host runs (see _tpm2_root).
         self._tpm: Any = None
+        self._tpm_refresh: Callable[[], Awaitable[bool]] | None = None
+        self._tpm_validity_ns = TPM2_DELEGATION_VALIDITY_NS
 
     # -- creation ---------------------------------------------------------------------
 
@@ -428,8 +434,13 @@ class LinuxHost:
         request_timeout: float = REQUEST_TIMEOUT,
         request_bytes_per_uid: int = MAX_REQUEST_BYTES_PER_UID,
         max_other_programs: int | None = None,
+        tpm2_delegation_validity_ns: int = TPM2_DELEGATION_VALIDITY_NS,
     ) -> LinuxHost:
         """Open a host directory: a root host needs ``password``, a stacked one ``parent``.
+
+        A root host on a TPM has the TPM's delegation valid
+        ``tpm2_delegation_validity_ns`` and renews it while it runs (see
+        :mod:`taonet.hosts.linux._tpm2_root`).
 
         A root host whose certificate is of taonet's first X.509 profile is refused
         (ConfigError that names ``taonet host recertify``): no domain accepts what it
@@ -446,7 +457,9 @@ class LinuxHost:
             await trio.to_thread.run_sync(config.load_domain)
         tpm = None
         if config.root_tao == "tpm2":
-            tpm, core, counters = await open_tpm2_root(path, clock)
+            tpm, core, counters = await open_tpm2_root(
+                path, clock, delegation_validity_ns=tpm2_delegation_validity_ns
+            )
         elif config.kind == "root":
             if password is None:
                 raise ConfigError("a root host needs its password")
@@ -471,6 +484,12 @@ class LinuxHost:
             max_other_programs=max_other_programs,
         )
         host._tpm = tpm
+        if tpm is not None:
+            assert isinstance(core, SoftHost)  # open_tpm2_root's stacked key core
+            host._tpm_validity_ns = tpm2_delegation_validity_ns
+            host._tpm_refresh = functools.partial(
+                refresh_tpm2_delegation, tpm, core, clock, tpm2_delegation_validity_ns
+            )
         try:
             await trio.to_thread.run_sync(host._check_interpreters)
         except BaseException:
@@ -518,6 +537,15 @@ class LinuxHost:
 
     def host_name(self) -> auth.Prin:
         return self.name
+
+    async def refresh_tpm2_delegation(self) -> bool:
+        """A root host on a TPM: have the TPM quote the host's delegation again now
+        (what the running host does every half of its validity); False, logged, if the
+        TPM refuses. HostError for a host not on a TPM."""
+        if self._tpm_refresh is None:
+            raise HostError("only a root host on a TPM renews its delegation")
+        refreshed: bool = await self._tpm_refresh()
+        return refreshed
 
     def _launched(self, name: auth.Prin) -> auth.Prin:
         """The name a program was launched under, from any name it extended to."""
@@ -576,6 +604,10 @@ class LinuxHost:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self._tpm_refresh is not None:
+                    nursery.start_soon(
+                        keep_tpm2_delegation_fresh, self._tpm_refresh, self._tpm_validity_ns
+                    )
                 async with trio.open_nursery() as admin:
                     if admin_socket:
                         mode = 0o666 if self._owner_uid == 0 else 0o600

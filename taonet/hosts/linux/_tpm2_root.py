@@ -12,6 +12,14 @@ programs' attestations chain to the TPM's quote: the domain accepts them once th
 quote service has certified the quote key, and its policy trusts the host's PCR
 values (``taonet domain policy --add-host``).
 
+The TPM's delegation ``key(host key) speaksfor tpm2([q]).PCRs(...)`` is valid
+:data:`TPM2_DELEGATION_VALIDITY_NS` (a week), not a year: while the host runs,
+:func:`keep_tpm2_delegation_fresh` has the TPM quote it again every half of that. A
+TPM whose PCRs no longer match the name (a PCR extended after the start) refuses to
+quote: the refresh is logged as an error and retried, and the host's attestations, and
+the program certificates a domain issues from them (never valid past the delegation),
+stop validating when the last good delegation expires.
+
 The TPM host is closed when the Linux host is (:meth:`LinuxHost.aclose`, or the end of
 :meth:`LinuxHost.run`). ``taonet.hosts.tpm2`` (the ``tpm2`` extra) is imported only
 here, only for such a host.
@@ -20,27 +28,41 @@ here, only for such a host.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import trio
 
 from taonet import auth
-from taonet._errors import ConfigError
+from taonet._errors import ConfigError, TaoError
 from taonet._log import get_logger
 from taonet.attestation.tpm2 import DEFAULT_PCRS
 from taonet.hosts._counters import CounterStore
 from taonet.hosts._soft import SoftHost
 from taonet.hosts.linux._config import TPM2_DIR, LinuxHostConfig
-from taonet.hosts.linux._stacked import open_stacked
+from taonet.hosts.linux._stacked import open_stacked, renew_delegation
 
 if TYPE_CHECKING:
     from taonet.hosts.tpm2 import Tpm2Host
 
-__all__ = ["certify_tpm2_root", "create_tpm2_root", "open_tpm2_root", "open_tpm2_state"]
+__all__ = [
+    "TPM2_DELEGATION_VALIDITY_NS",
+    "certify_tpm2_root",
+    "create_tpm2_root",
+    "keep_tpm2_delegation_fresh",
+    "open_tpm2_root",
+    "open_tpm2_state",
+    "refresh_tpm2_delegation",
+]
 
 log = get_logger(__name__)
+
+#: How long the TPM's delegation of a Linux host on a TPM root is valid (ns).
+#: A week: a PCR changed after the start stops being believed within a week, and a
+#: program certificate from a TPM-rooted chain (never valid past the delegation) lasts
+#: a week, so a long-running program re-provisions (restarts) at least that often.
+TPM2_DELEGATION_VALIDITY_NS: Final = 7 * 24 * 3600 * 1_000_000_000
 
 
 def tpm2_dir(path: Path) -> Path:
@@ -94,9 +116,13 @@ async def certify_tpm2_root(path: Path, quote_service: str) -> auth.Prin:
 
 
 async def open_tpm2_root(
-    path: Path, clock: Callable[[], int]
+    path: Path,
+    clock: Callable[[], int],
+    *,
+    delegation_validity_ns: int = TPM2_DELEGATION_VALIDITY_NS,
 ) -> tuple[Tpm2Host, SoftHost, CounterStore]:
-    """The TPM host, and the Linux host's key core and counters stacked on it.
+    """The TPM host, and the Linux host's key core and counters stacked on it (the
+    TPM's delegation valid ``delegation_validity_ns`` from now).
 
     :class:`~taonet.HostError` if the TPM will not unseal the host's keys (other PCR
     values than when they were sealed: another boot) or its counters are missing; the
@@ -111,8 +137,51 @@ async def open_tpm2_root(
             "certifies its quote key: taonet host certify --quote-service HOST:PORT",
         )
     try:
-        core, counters = await open_stacked(path, tpm.tao(), clock)
+        core, counters = await open_stacked(
+            path, tpm.tao(), clock, delegation_validity_ns=delegation_validity_ns
+        )
     except BaseException:
         await tpm.aclose()
         raise
     return tpm, core, counters
+
+
+async def refresh_tpm2_delegation(
+    tpm: Tpm2Host, core: SoftHost, clock: Callable[[], int], validity_ns: int
+) -> bool:
+    """Have the TPM quote ``core``'s delegation again (valid ``validity_ns`` from now)
+    and carry it. False, logged as an error, when the TPM refuses (its PCRs no longer
+    match the host's name) or fails: the current delegation stays, to expire."""
+    failure: TaoError | None = None
+    try:
+        expiration = await renew_delegation(core, tpm.tao(), clock, validity_ns)
+    except TaoError as exc:
+        failure = exc
+    if failure is not None:
+        current = core.delegation
+        expires = None if current is None else current.statement().expiration
+        log.error(
+            "tpm2_delegation_refresh_failed",
+            name=str(core.name)[:200],
+            error=str(failure)[:300],
+            expires_ns=expires,
+            note="the host's attestations stop validating when its delegation expires; "
+            "if its PCRs changed, restart it (and trust the new state) once checked",
+        )
+        return False
+    log.info("tpm2_delegation_refreshed", name=str(core.name)[:200], expires_ns=expiration)
+    return True
+
+
+async def keep_tpm2_delegation_fresh(
+    refresh: Callable[[], Awaitable[bool]], validity_ns: int
+) -> None:
+    """Run ``refresh`` every half of ``validity_ns``, or every twelfth of it after a
+    failure (a transient TPM error gets several tries before the delegation expires);
+    until cancelled."""
+    interval = validity_ns / 2 / 1e9
+    retry = validity_ns / 12 / 1e9
+    wait = interval
+    while True:
+        await trio.sleep(wait)
+        wait = interval if await refresh() else retry

@@ -12,6 +12,7 @@ the package's ``__init__`` still requires tpm2-pytss to be installed).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import struct
 from collections.abc import Mapping
@@ -44,8 +45,11 @@ def parse_tcti(tcti: str) -> tuple[str, str]:
     """The ``(name, configuration)`` pair for tpm2-pytss' ``TCTILdr`` of a TCTI string.
 
     Accepted: ``swtpm:host=H,port=N`` and ``swtpm:port=N`` (host 127.0.0.1; swtpm's
-    control channel is port N+1, so N is 1..65534), and ``device:/dev/NAME`` (a TPM
-    character device such as ``/dev/tpmrm0``). Raises ConfigError for anything else.
+    control channel is port N+1, so N is 1..65534), H a loopback host (``localhost`` or
+    an address in 127.0.0.0/8), and ``device:/dev/NAME`` (a TPM character device such
+    as ``/dev/tpmrm0``). Raises ConfigError for anything else, saying why for a swtpm
+    on another host: TPM commands travel unencrypted with empty authorizations, so
+    anyone on the path could read unsealed keys or answer for the TPM.
     """
     if not isinstance(tcti, str) or len(tcti) > MAX_TCTI:
         raise ConfigError(f"TCTI string too long (at most {MAX_TCTI} characters)")
@@ -72,11 +76,28 @@ def parse_tcti(tcti: str) -> tuple[str, str]:
                 and len(port) <= 5
                 and 1 <= int(port) <= 65534
             ):
+                if not _loopback(host):
+                    raise ConfigError(
+                        f"TCTI {tcti[:80]!r}: the swtpm host must be loopback (localhost or "
+                        "127.x.x.x): TPM commands travel unencrypted with empty "
+                        "authorizations, so over a network anyone on the path could read "
+                        "unsealed keys or answer for the TPM"
+                    )
                 return "swtpm", f"host={host},port={int(port)}"
     raise ConfigError(
         f"TCTI {tcti[:80]!r}: expected swtpm:host=HOST,port=PORT, swtpm:port=PORT"
         " or device:/dev/tpmrm0"
     )
+
+
+def _loopback(host: str) -> bool:
+    """``localhost`` or an IPv4 address in 127.0.0.0/8 (the only hosts a swtpm TCTI may name)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.IPv4Address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # ---- templates (marshaled TPMT_PUBLIC, built here so raw-command code needs no TSS) -----

@@ -46,7 +46,7 @@ def setup(swtpm_tcti: str) -> Iterator[Any]:
 GOOD_TCTIS = [
     ("swtpm:host=127.0.0.1,port=2321", ("swtpm", "host=127.0.0.1,port=2321")),
     ("swtpm:port=2321", ("swtpm", "host=127.0.0.1,port=2321")),
-    ("swtpm:port=2321,host=tpm.example", ("swtpm", "host=tpm.example,port=2321")),
+    ("swtpm:port=2321,host=127.0.0.2", ("swtpm", "host=127.0.0.2,port=2321")),
     ("swtpm:host=localhost,port=65534", ("swtpm", "host=localhost,port=65534")),
     ("device:/dev/tpmrm0", ("device", "/dev/tpmrm0")),
     ("device:/dev/tpm0", ("device", "/dev/tpm0")),
@@ -75,6 +75,16 @@ BAD_TCTIS = [
     "device:/dev/tpm0 ",
     "swtpm:host=" + "a" * 300 + ",port=1",
 ]
+#: Well-formed, but the TPM would be reached over a network: commands in clear, empty
+#: authorizations (the edit2 finding: such a TCTI was accepted silently).
+REMOTE_TCTIS = [
+    "swtpm:host=192.0.2.1,port=2321",
+    "swtpm:port=2321,host=tpm.example",
+    "swtpm:host=0.0.0.0,port=2321",
+    "swtpm:host=10.0.0.1,port=2321",
+    "swtpm:host=localhost.example,port=2321",
+    "swtpm:host=127.0.0.1.nip.io,port=2321",
+]
 
 
 @pytest.mark.parametrize(("tcti", "expected"), GOOD_TCTIS)
@@ -89,6 +99,14 @@ def test_parse_tcti_refuses(tcti: str) -> None:
     from taonet.hosts.tpm2 import parse_tcti
 
     with pytest.raises(ConfigError, match="TCTI"):
+        parse_tcti(tcti)
+
+
+@pytest.mark.parametrize("tcti", REMOTE_TCTIS)
+def test_parse_tcti_refuses_a_swtpm_off_this_machine(tcti: str) -> None:
+    from taonet.hosts.tpm2 import parse_tcti
+
+    with pytest.raises(ConfigError, match=r"must be loopback.*unencrypted.*empty authorizations"):
         parse_tcti(tcti)
 
 

@@ -34,9 +34,16 @@ from taonet.hosts.tpm2._transport import (
 
 def test_parse_tcti() -> None:
     assert parse_tcti("swtpm:port=2321") == Tcti("swtpm", host="127.0.0.1", port=2321)
-    assert parse_tcti("swtpm:host=tpm.example,port=9") == Tcti("swtpm", host="tpm.example", port=9)
+    assert parse_tcti("swtpm:host=localhost,port=9") == Tcti("swtpm", host="localhost", port=9)
     assert parse_tcti("device:/dev/tpmrm0") == Tcti("device", path="/dev/tpmrm0")
-    for bad in ("", "mssim:port=1", "swtpm:port=x", "device:relative", "swtpm:host=a"):
+    for bad in (
+        "",
+        "mssim:port=1",
+        "swtpm:port=x",
+        "device:relative",
+        "swtpm:host=a",
+        "swtpm:host=tpm.example,port=9",
+    ):
         with pytest.raises(ConfigError):
             parse_tcti(bad)
 
