@@ -8,19 +8,29 @@ domain directory and the real swtpm's (public) EK certificate:
 * slowloris: many clients from many addresses, each sending a byte now and then, are
   all cut off at the request deadline while an honest client is still served;
 * s14/r6 against a running service: it follows the signed manufacturer CA list and
-  refuses an older one put back.
+  refuses an older one put back;
+* s14/a4 ek_malleable: an ECDSA-signed EK certificate has a second valid encoding
+  (its signature's s replaced by n - s); the per-EK budget is the EK key's, so the two
+  encodings share it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 
 from taonet import ProtocolError
 from taonet.attestation import tpm2_credential as tc
@@ -40,6 +50,7 @@ from taonet_services.quote_service import ISSUED_REASON, QuoteService
 from tests.conftest import PASSWORD, MakeDomain
 from tests.services.flood import open_from
 from tests.services.test_quote_service import PCRS, Host
+from tests.tpm2_helpers import make_ca, make_ek_cert
 
 #: Limits that never bind (to test the other one alone).
 OPEN = RefusalLimits(client_burst=1000, client_rate=1.0, total_burst=1000, total_rate=1.0)
@@ -126,7 +137,7 @@ async def test_issuance_flood_is_limited(serve: Any, host: Host, limited: str) -
     assert {e.reason for e in issued} == {ISSUED_REASON}
     assert "usable only by the TPM that activates it" in ISSUED_REASON
     limited_rows = [e for e in events if e.reason_code == "rate_limited"]
-    what = "this address" if limited == "address" else "this EK certificate"
+    what = "this address" if limited == "address" else "this TPM's EK"
     assert limited_rows
     assert all(e.reason is not None and what in e.reason for e in limited_rows)
 
@@ -224,3 +235,66 @@ async def test_running_service_follows_the_signed_ca_list_and_refuses_its_rollba
         assert "not a manufacturer CA this domain trusts" in answer
         assert service.domain_watch.serial == serial
         assert len(service.manufacturer_cas) == 1
+
+
+#: The order of the P-256 group.
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def other_encoding(cert_der: bytes) -> bytes:
+    """The same certificate, its ECDSA signature's s replaced by n - s: still valid."""
+    cert = x509.load_der_x509_certificate(cert_der)
+    r, s = decode_dss_signature(cert.signature)
+    old, new = cert.signature, encode_dss_signature(r, P256_N - s)
+
+    def bit_string(sig: bytes) -> bytes:
+        return bytes([0x03, len(sig) + 1, 0x00]) + sig
+
+    assert cert_der[:2] == b"\x30\x82"
+    assert cert_der.endswith(bit_string(old))
+    inner = cert_der[4 : -len(bit_string(old))] + bit_string(new)
+    return b"\x30\x82" + len(inner).to_bytes(2, "big") + inner
+
+
+async def test_two_encodings_of_one_ek_certificate_share_the_ek_budget(
+    make_domain: MakeDomain, host: Host
+) -> None:
+    """s14/a4 ek_malleable: a manufacturer CA that signs with ECDSA; the TPM's EK
+    certificate and its other valid encoding, sent in turn, spend one budget of 3."""
+    domain = make_domain(name="quote-malleable")
+    ca, ca_key = make_ca("ECDSA TPM manufacturer")
+    ek_key = x509.load_der_x509_certificate(host.ek_cert).public_key()
+    ek_der = make_ek_cert(ek_key, ca, ca_key, usage=("key_agreement",)).public_bytes(
+        serialization.Encoding.DER
+    )
+    twin = other_encoding(ek_der)
+    assert twin != ek_der
+    now = time.time_ns()
+    for der in (ek_der, twin):  # both pass every EK check
+        tc.check_ek_certificate(tc.load_ek_certificate(der), [ca], now_ns=now)
+    add_manufacturer_cas(
+        domain.path, domain.unlock(PASSWORD), ca.public_bytes(serialization.Encoding.PEM)
+    )
+    tight = RefusalLimits(client_burst=3, client_rate=0.0001)
+    answers: list[str] = []
+    with QuoteService.open(
+        domain.path, PASSWORD, address_issuance_limits=OPEN, ek_issuance_limits=tight
+    ) as service:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(functools.partial(service.serve, 0))
+            port = listeners[0].socket.getsockname()[1]
+            for der in (ek_der, twin) * 3:
+                request = fabricated(host)
+                request = QuoteKeyRequest(
+                    der, request.ek_public, request.quote_key_public, request.host_name
+                )
+                with trio.fail_after(30):
+                    try:
+                        await request_quote_key_certificate(
+                            "127.0.0.1", port, domain.policy_cert, request
+                        )
+                        answers.append("issued")
+                    except QuoteServiceError as exc:
+                        answers.append(exc.code)
+            nursery.cancel_scope.cancel()
+    assert answers == ["issued"] * 3 + ["rate_limited"] * 3

@@ -8,7 +8,7 @@ name loaded in it: the audit row says so, :data:`ISSUED_REASON`), but each costs
 signature and an audit row. :class:`IssuanceLimiter` bounds them with the refusal
 limiter's token buckets (:class:`~taonet_services.domain_service.RefusalLimits`,
 reused): one per client address (IPv4 address or IPv6 /64,
-:data:`ADDRESS_ISSUANCE_LIMITS`) and one per EK certificate (its SHA-256,
+:data:`ADDRESS_ISSUANCE_LIMITS`) and one per EK (the SHA-256 of its public key,
 :data:`EK_ISSUANCE_LIMITS`), each table bounded in size like the refusal limiter's.
 
 Pure: no I/O, no trio; the clock (monotonic seconds) is passed in.
@@ -29,7 +29,7 @@ __all__ = ["ADDRESS_ISSUANCE_LIMITS", "EK_ISSUANCE_LIMITS", "ISSUED_REASON", "Is
 ADDRESS_ISSUANCE_LIMITS: Final = RefusalLimits(
     client_burst=20, client_rate=1 / 30, total_burst=200, total_rate=0.5
 )
-#: Certificates issued per EK certificate (its SHA-256: one TPM): 4 at once, then one
+#: Certificates issued per EK (the SHA-256 of its public key: one TPM): 4 at once, then one
 #: every 5 minutes (a host is certified once, and again when its certificate expires).
 EK_ISSUANCE_LIMITS: Final = RefusalLimits(
     client_burst=4, client_rate=1 / 300, total_burst=200, total_rate=0.5
@@ -57,14 +57,16 @@ class IssuanceLimiter:
         self.by_address: Final = RefusalLimiter(by_address, clock=clock)
         self.by_ek: Final = RefusalLimiter(by_ek, clock=clock)
 
-    def admit(self, client: str, ek_sha256_hex: str) -> str | None:
+    def admit(self, client: str, ek_key_sha256_hex: str) -> str | None:
         """Take a token for one more certificate to ``client`` (its address key) for
-        the EK certificate ``ek_sha256_hex``: None if both had one, else the reason of
+        the TPM whose EK public key (SPKI DER) hashes to ``ek_key_sha256_hex`` (the key,
+        not the certificate's bytes: an ECDSA-signed certificate has a second valid
+        encoding of its signature): None if both had one, else the reason of
         the refusal (which bucket, its limits). A token taken from the address's
         bucket stays taken when the EK's is empty: the attempt counts."""
         for limiter, key, what in (
             (self.by_address, client, "this address"),
-            (self.by_ek, ek_sha256_hex, "this EK certificate"),
+            (self.by_ek, ek_key_sha256_hex, "this TPM's EK"),
         ):
             if not limiter.refused(key, _CODE):
                 limits = limiter.limits

@@ -514,7 +514,10 @@ class QuoteService:
             raise AuthenticationError("the host name is not the quote key's (another key hash)")
         # Only a request that passed every check spends the budgets: a bad request is a
         # refusal, limited as such.
-        limited = self.issuance.admit(client, digest)
+        # Limited per EK key, not per certificate bytes: the same TPM's certificate
+        # with its ECDSA signature's s replaced by n - s is another valid encoding.
+        ek_key_digest = hashlib.sha256(certs.public_key_der(ek_cert)).hexdigest()
+        limited = self.issuance.admit(client, ek_key_digest)
         if limited is not None:
             raise _Refusal(ERROR_RATE_LIMITED, limited, digest, bounded(str(request.host_name)))
         cert_der = certs.issue_host_certificate(

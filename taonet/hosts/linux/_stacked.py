@@ -4,8 +4,8 @@ A stacked host's keyset is sealed by its parent (``keys.sealed``): only the same
 binary on the same parent opens it. At every start the parent attests
 ``key(host key) speaksfor <the host's name>``, the delegation every attestation of
 the host carries: valid one year by default, or ``delegation_validity_ns`` (a host on a
-TPM root: an hour, renewed by :func:`renew_delegation` while the host runs, so a host
-whose PCRs changed stops being believed soon after). Its counter table is sealed with
+TPM root: a week, renewed by :func:`renew_delegation` while the host runs, so a host
+whose PCRs changed stops being believed within a week). Its counter table is sealed with
 the parent's rollback-protected sealing, so restoring an older table file is detected.
 
 Fail closed, and write nothing until the start has succeeded: a parent without
