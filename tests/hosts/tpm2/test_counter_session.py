@@ -15,6 +15,7 @@ import trio
 from taonet import HostError
 from tests.hosts.tpm2.test_counter_attacks import _define_ordinary, _undefine, _write
 from tests.hosts.tpm2.test_session import _cc, _create, _rc, proxy_to
+from tests.hosts.tpm2.tpm2_host_helpers import loaded_handles, make_host
 
 if TYPE_CHECKING:
     from taonet.hosts.tpm2 import Swtpm, Tpm2Host
@@ -120,3 +121,35 @@ async def test_an_older_nv_read_answer_from_a_proxy_is_refused(
         # The host's NV_Reads went out in its HMAC session, not with the password.
         for command in proxy.sent(CC_NV_READ):
             assert struct.unpack_from(">I", command, 22)[0] != 0x40000009
+
+
+async def test_counters_work_across_reopen_and_leave_no_session(
+    tmp_path: Path, swtpm_tcti: str
+) -> None:
+    """The HMAC session is rebuilt with the host and flushed when it closes."""
+    from taonet.hosts.tpm2 import Tpm2Host
+
+    host = await make_host(tmp_path / "host", swtpm_tcti)
+    try:
+        with trio.fail_after(60):
+            blob = await host.tao().rollback_protected_seal("c", b"v1")
+            assert await host.tao().get_counter("c") == 1
+    finally:
+        with trio.fail_after(60):
+            await host.aclose()
+    assert loaded_handles(swtpm_tcti) == []
+    with trio.fail_after(60):
+        host = await Tpm2Host.open(tmp_path / "host")
+    try:
+        with trio.fail_after(60):
+            tao = host.tao()
+            assert await tao.rollback_protected_unseal(blob) == (b"v1", "self")
+            newer = await tao.rollback_protected_seal("c", b"v2")
+            assert await tao.get_counter("c") == 2
+            with pytest.raises(HostError, match="rollback detected"):
+                await tao.rollback_protected_unseal(blob)
+            assert await tao.rollback_protected_unseal(newer) == (b"v2", "self")
+    finally:
+        with trio.fail_after(60):
+            await host.aclose()
+    assert loaded_handles(swtpm_tcti) == []
