@@ -14,10 +14,15 @@ The indices are defined under the owner hierarchy with the owner's (usually empt
 authorization, so any user of the TPM can delete one (TPMA_NV_POLICY_DELETE, which
 would forbid that, is for platform-hierarchy indices only: the TPM refuses it from
 the owner). What such a user cannot do is roll a count back, and this module makes
-sure of that: every read and increment first compares NV_ReadPublic's answer, in
-the same turn on the TPM, with the exact public area this host defines (type
-COUNTER, attributes, empty authPolicy, 8 bytes; equal to comparing the NV Name), so
-an index replaced by an ordinary one holding a chosen value is "replaced"; and a
+sure of that: every NV_Read and NV_Increment is authorized in the runtime's kept
+salted HMAC session, whose command HMAC covers the Name of the counter this host
+defined (nameAlg || SHA-256 of its exact public area: type COUNTER, attributes,
+empty authPolicy, 8 bytes, WRITTEN once incremented), so the TPM itself refuses the
+command if the index at that handle is anything else by then, even one swapped in
+between two of this host's commands by another client of a resource manager; and
+the answer's HMAC is checked, so the value read is the TPM's. Such a refusal, and a
+prior NV_ReadPublic answer that is not exactly that public area, is "replaced" (an
+index replaced by an ordinary one holding a chosen value); and a
 rollback-protected blob names its NV counter's index and the counter's own value
 (not the Tao count), so with the state directory put back to before the label
 existed, an old blob is refused: the label's new counter is at another index (the
@@ -144,20 +149,46 @@ def check_counter_public(index: int, params: bytes) -> bool:
     hash of that public area)."""
     written = is_counter_public(index, params)
     if written is None:
-        raise HostError(
-            f"the TPM counter {index:#x} was replaced: its NV index is no longer the "
-            "counter this host defined (another user of the TPM deleted and redefined it)"
-        )
+        raise _replaced(index)
     return written
 
 
-def nv_increment_command(index: int) -> bytes:
-    return _wire.command(_wire.CC_NV_INCREMENT, [index, index], b"", _wire.password_auth())
+def counter_name(index: int, *, written: bool = True) -> bytes:
+    """The NV Name of this host's counter at ``index``: nameAlg || SHA-256(TPMS_NV_PUBLIC)."""
+    public = counter_public(index, written=written)
+    return _wire.u16(_wire.TPM_ALG_SHA256) + hashlib.sha256(public).digest()
+
+
+#: NV_Read's parameters for a counter: size 8, offset 0.
+NV_READ_COUNTER_PARAMS: Final = _wire.u16(8) + _wire.u16(0)
 
 
 def nv_read_command(index: int) -> bytes:
+    """NV_Read of a counter with the empty password (other TPM users, tests: the host
+    reads in its HMAC session, see :meth:`Tpm2Counters._nv_value`)."""
     return _wire.command(
-        _wire.CC_NV_READ, [index, index], _wire.u16(8) + _wire.u16(0), _wire.password_auth()
+        _wire.CC_NV_READ, [index, index], NV_READ_COUNTER_PARAMS, _wire.password_auth()
+    )
+
+
+#: The TPM's answers to a command authorized by an NV index that is no longer the one
+#: whose Name the command HMAC covers (or no longer lets its authValue read or write).
+_REPLACED_RCS: Final = frozenset(
+    {
+        _wire.RC_BAD_AUTH,
+        _wire.RC_NV_AUTHORIZATION,
+        _wire.RC_AUTH_UNAVAILABLE,
+        _wire.RC_POLICY_FAIL,
+        _wire.RC_NV_UNINITIALIZED,
+    }
+)
+
+
+def _replaced(index: int, rc: int | None = None) -> HostError:
+    return HostError(
+        f"the TPM counter {index:#x} was replaced: its NV index is no longer the "
+        "counter this host defined (another user of the TPM deleted and redefined it)",
+        rc=rc,
     )
 
 
@@ -217,20 +248,35 @@ class Tpm2Counters:
 
     async def _nv_value(self, index: int, *, increment: bool = False) -> int | None:
         """The NV counter's value (after one NV_Increment with ``increment``); None if
-        it is defined but never incremented. A counter that was incremented is first
-        checked to be exactly the counter this host defined, in the same turn on the
-        TPM (see :func:`check_counter_public`)."""
+        it is defined but never incremented. NV_ReadPublic first checks the index
+        is exactly the counter this host defined (see :func:`check_counter_public`:
+        the clear message); NV_Increment and NV_Read then run in the salted HMAC
+        session over the counter's Name, so the TPM refuses them if the index was
+        swapped after that check, and the value read is authenticated."""
+        runtime = self._runtime
 
         async def read() -> int | None:
-            _, public = await self._runtime.call(nv_read_public_command(index))
-            if not check_counter_public(index, public) and not increment:
+            _, public = await runtime.call(nv_read_public_command(index))
+            written = check_counter_public(index, public)
+            if not written and not increment:
                 return None
-            if increment:
-                await self._runtime.call(nv_increment_command(index))
-            _, params = await self._runtime.call(nv_read_command(index))
+            handles = [index, index]  # authHandle (the index's own authValue), nvIndex
+            try:
+                if increment:
+                    name = counter_name(index, written=written)
+                    await runtime.hmac_call(_wire.CC_NV_INCREMENT, handles, [name, name], b"")
+                name = counter_name(index, written=True)
+                params = await runtime.hmac_call(
+                    _wire.CC_NV_READ, handles, [name, name], NV_READ_COUNTER_PARAMS
+                )
+            except _wire.TpmError as exc:
+                if exc.base in _REPLACED_RCS:
+                    _log.error("tpm_nv_counter_replaced", index=hex(index), rc=hex(exc.tpm_rc))
+                    raise _replaced(index, exc.tpm_rc) from exc
+                raise
             return parse_nv_read_counter(params)
 
-        return await self._runtime.run(read)
+        return await runtime.run(read)
 
     async def _increment(self, index: int) -> int:
         """NV_Increment the (checked) counter; its new value."""

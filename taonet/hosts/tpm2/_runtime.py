@@ -3,10 +3,13 @@
 :class:`TpmRuntime` owns one TPM's :class:`~taonet.hosts.tpm2._transport.Transport`
 and what is done once per start, not per call: the storage primary (CreatePrimary,
 kept loaded), the quote key's saved context, one kept policy session, the
-marshaled PCR selection and the PolicyPCR digest (computed in Python). The policy
-session is salted to the storage primary, whose Name must be the one recorded at host
-creation, and Unseal answers in it are encrypted and HMAC-checked (see ``_session``,
-:meth:`TpmRuntime.unseal`). At most the
+marshaled PCR selection and the PolicyPCR digest (computed in Python), and two kept
+sessions: a policy session for Unseal and an HMAC session for the NV counters. Both are
+salted to the storage primary, whose Name must be the one recorded at host creation;
+Unseal answers are encrypted and HMAC-checked (see ``_session``,
+:meth:`TpmRuntime.unseal`), and NV commands in the HMAC session bind the NV index's
+Name and have their answers HMAC-checked (:meth:`TpmRuntime.hmac_call`). Two sessions
+fit the three loaded-session slots of a TPM without a resource manager. At most the
 primary and one more object are loaded at a time: every operation that loads
 something flushes it before it returns, so the three transient slots of a small TPM
 never run out.
@@ -104,10 +107,12 @@ class TpmRuntime:
         self.policy_digest = b""
         self.primary = 0
         self.session = 0
+        self.hmac_session = 0
         #: The storage primary's Name recorded at host creation (see ``_state``); empty
         #: matches no primary, so a runtime made without it never starts a session.
         self.primary_name = primary_name
         self._salted: SaltedSession | None = None
+        self._hmac: SaltedSession | None = None
         self._quote_context = b""
         self._clock: tuple[int, int] | None = None
         self._ready = False
@@ -215,7 +220,10 @@ class TpmRuntime:
                 "created: the state directory belongs to another TPM, or something answers "
                 "in the TPM's place; no session is salted to it"
             )
-        await self._start_session(primary_public)
+        self._salted = await self._start_session(primary_public, _wire.TPM_SE_POLICY)
+        self.session = self._salted.handle
+        self._hmac = await self._start_session(primary_public, _wire.TPM_SE_HMAC)
+        self.hmac_session = self._hmac.handle
         values = await self.read_pcrs()
         self._clock = clock
         if self.expected_pcrs is None:
@@ -231,16 +239,16 @@ class TpmRuntime:
             )
         self._ready = True
 
-    async def _start_session(self, primary_public: bytes) -> None:
-        """The kept policy session, salted to the (checked) storage primary."""
+    async def _start_session(self, primary_public: bytes, session_type: int) -> SaltedSession:
+        """A kept session of ``session_type``, salted to the (checked) storage primary."""
         salt, encrypted = _session.make_salt(*_session.ecc_point(primary_public, PRIMARY_TEMPLATE))
         nonce = secrets.token_bytes(_session.NONCE_SIZE)
         handles, params = await self.call(
-            _wire.start_salted_session_command(self.primary, nonce, encrypted)
+            _wire.start_salted_session_command(self.primary, nonce, encrypted, session_type)
         )
-        self.session = _wire.handle_of(handles)
+        handle = _wire.handle_of(handles)
         nonce_tpm = _wire.parse_start_auth_session(params)
-        self._salted = _session.SaltedSession(self.session, salt, nonce_tpm, nonce)
+        return _session.SaltedSession(handle, salt, nonce_tpm, nonce)
 
     async def unseal(self, item: int, public: bytes) -> bytes:
         """TPM2_Unseal of loaded ``item`` (marshaled TPM2B_PUBLIC ``public``) in the kept
@@ -262,6 +270,29 @@ class TpmRuntime:
             self._ready = False  # the session's nonce is unknown now: start another
             raise
         return _wire.parse_unseal(plain)
+
+    async def hmac_call(
+        self, cc: int, handles: list[int], names: list[bytes], params: bytes
+    ) -> bytes:
+        """Command ``cc`` on ``handles`` (whose Names are ``names``: the TPM checks the
+        command HMAC over them, so a handle now naming another entity is refused) in
+        the kept salted HMAC session (inside :meth:`run`); its parameters, with the
+        response HMAC checked. TpmError if the TPM refuses (the session goes on: a
+        refused command leaves its nonce as it was); HostError if the answer fails its
+        check (the next call starts new sessions)."""
+        salted = self._hmac
+        assert salted is not None
+        attributes = _session.ATTR_CONTINUE
+        auth, nonce = salted.command_auth(cc, names, params, attributes)
+        command = _wire.command(cc, handles, params, auth)
+        response = await self.transport.call_raw(command)
+        try:
+            _, out = _wire.split_response(command, response)
+            area = _wire.response_auth(command, response)
+            return salted.open_response(cc, out, area, nonce, attributes)
+        except HostError:
+            self._ready = False  # the session's nonce may be unknown now: start another
+            raise
 
     async def _flush_leftovers(self) -> None:
         # swtpm has no resource manager: objects and sessions a crashed client
@@ -301,11 +332,11 @@ class TpmRuntime:
     async def _flush_kept(self) -> None:
         """Flush the kept session and primary (errors ignored: a rebuild flushes leftovers)."""
         if self.transport.connected:
-            for handle in (self.session, self.primary):
+            for handle in (self.session, self.hmac_session, self.primary):
                 if handle:
                     await self.flush(handle)
-        self.session = self.primary = 0
-        self._salted = None
+        self.session = self.hmac_session = self.primary = 0
+        self._salted = self._hmac = None
         self._ready = False
 
     async def aclose(self) -> None:

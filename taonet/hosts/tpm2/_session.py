@@ -1,6 +1,7 @@
-"""The client side of a salted TPM 2.0 policy session, in Python (no TSS).
+"""The client side of a salted TPM 2.0 policy or HMAC session, in Python (no TSS).
 
-The TPM host keeps one policy session for unsealing. It is started with
+The TPM host keeps one policy session for unsealing and one HMAC session for its NV
+counters (NV_Read, NV_Increment). Each is started with
 TPM2_StartAuthSession salted to the storage primary (TPM 2.0 Part 1 §19.6.12,
 §11.4.10.3): an ephemeral ECC P-256 key agrees ``Z`` with the primary's public point,
 ``salt = KDFe(SHA256, Z, "SECRET", ephemeral.x, primary.x, 256)``, and the TPM gets the
@@ -16,8 +17,12 @@ TPM) learns the salt, so only it and this process know
   attributes)``, ``cpHash = SHA256(commandCode || names || parameters)``. A policy
   session that ran neither PolicyAuthValue nor PolicyPassword leaves the authValue out
   (Part 1 §19.6.13; the sealed objects' is empty anyway): the key is the sessionKey
-  alone. The TPM checks this HMAC once the session has a key (swtpm answers
-  TPM_RC_BAD_AUTH to a wrong one), so a proxy cannot point the Unseal elsewhere;
+  alone. An HMAC session includes the authorized entity's authValue, and the NV
+  counters' is empty, so the key is the same. The TPM checks this HMAC once the
+  session has a key (swtpm answers TPM_RC_BAD_AUTH to a wrong one), so a proxy cannot
+  point the Unseal elsewhere, and since ``names`` holds each handle's Name (an NV
+  index's is nameAlg || SHA-256(TPMS_NV_PUBLIC)), an NV index deleted and defined again
+  with another public area between the host's commands fails it too;
 * checks the response HMAC ``HMAC(sessionKey, rpHash || nonceTPM' || nonceCaller ||
   attributes)``, ``rpHash = SHA256(0 || commandCode || parameters)`` (over the
   parameters as sent, that is encrypted): a proxy that alters, replays or invents a
@@ -122,7 +127,7 @@ def make_salt(x: bytes, y: bytes) -> tuple[bytes, bytes]:
 
 
 class SaltedSession:
-    """One salted SHA-256 policy session's keys and rolling nonce (see the module)."""
+    """One salted SHA-256 policy or HMAC session's keys and rolling nonce (see the module)."""
 
     __slots__ = ("_key", "handle", "nonce_tpm")
 

@@ -7,13 +7,14 @@ Python values, bounded: a short, long or malformed response is a HostError (the
 TPM is the host's own device, not a peer). A failed command is a :class:`TpmError`
 (a HostError carrying the TPM's response code).
 
-Authorization: objects and NV indices with an empty password get the password
-session ``TPM_RS_PW`` with an empty HMAC. Unseal takes its authorization area from
-the caller: the host's kept policy session is salted to the storage primary
-(:func:`start_salted_session_command`), and :mod:`taonet.hosts.tpm2._session` computes
-its command HMAC, checks the response HMAC and decrypts the answer
-(:func:`response_auth` gives the response's session area). The other commands have no
-parameter encryption: Create carries the data it seals in clear.
+Authorization: objects with an empty password get the password session ``TPM_RS_PW``
+with an empty HMAC. Unseal, NV_Read and NV_Increment take their authorization area
+from the caller: the host's kept policy session (Unseal) and kept HMAC session (the NV
+counters) are salted to the storage primary (:func:`start_salted_session_command`), and
+:mod:`taonet.hosts.tpm2._session` computes the command HMAC, checks the response HMAC
+and decrypts an encrypted answer (:func:`response_auth` gives the response's session
+area). The other commands have no parameter encryption: Create carries the data it
+seals in clear.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ TPM_ALG_SHA256: Final = 0x000B
 TPM_ALG_NULL: Final = 0x0010
 TPM_ALG_AES: Final = 0x0006
 TPM_ALG_CFB: Final = 0x0043
+TPM_SE_HMAC: Final = 0x00
 TPM_SE_POLICY: Final = 0x01
 TPM_CAP_HANDLES: Final = 0x00000001
 
@@ -65,7 +67,9 @@ TPM_CAP_HANDLES: Final = 0x00000001
 #: handle or session number masked off, see :func:`rc_base`).
 RC_INITIALIZE: Final = 0x100
 RC_PCR_CHANGED: Final = 0x128
+RC_NV_AUTHORIZATION: Final = 0x149
 RC_NV_UNINITIALIZED: Final = 0x14A
+RC_AUTH_UNAVAILABLE: Final = 0x12F
 RC_HANDLE: Final = 0x08B
 RC_POLICY_FAIL: Final = 0x09D
 RC_INTEGRITY: Final = 0x09F
@@ -82,7 +86,9 @@ RETRYABLE: Final = frozenset({RC_YIELDED, RC_TESTING, RC_RETRY})
 _RC_NAMES: Final = {
     RC_INITIALIZE: "TPM not initialized",
     RC_PCR_CHANGED: "PCRs changed during the command",
+    RC_NV_AUTHORIZATION: "NV index authorization not allowed",
     RC_NV_UNINITIALIZED: "NV index not yet written",
+    RC_AUTH_UNAVAILABLE: "authValue or authPolicy not available",
     RC_HANDLE: "bad handle",
     RC_POLICY_FAIL: "policy check failed",
     RC_INTEGRITY: "integrity check failed",
@@ -357,13 +363,18 @@ def parse_quote(params: bytes) -> tuple[bytes, bytes]:
     return attest, signature
 
 
-def start_salted_session_command(tpm_key: int, nonce: bytes, encrypted_salt: bytes) -> bytes:
-    """A SHA-256 policy session salted to ``tpm_key`` (unbound), AES-128-CFB parameter
-    encryption (see :mod:`taonet.hosts.tpm2._session` for the salt)."""
+def start_salted_session_command(
+    tpm_key: int, nonce: bytes, encrypted_salt: bytes, session_type: int = TPM_SE_POLICY
+) -> bytes:
+    """A SHA-256 session of ``session_type`` (TPM_SE_POLICY or TPM_SE_HMAC) salted to
+    ``tpm_key`` (unbound), AES-128-CFB parameter encryption (see
+    :mod:`taonet.hosts.tpm2._session` for the salt)."""
+    if session_type not in (TPM_SE_POLICY, TPM_SE_HMAC):
+        raise HostError(f"unknown TPM session type {session_type:#x}")
     params = (
         tpm2b(nonce)
         + tpm2b(encrypted_salt)
-        + struct.pack(">BHHHH", TPM_SE_POLICY, TPM_ALG_AES, 128, TPM_ALG_CFB, TPM_ALG_SHA256)
+        + struct.pack(">BHHHH", session_type, TPM_ALG_AES, 128, TPM_ALG_CFB, TPM_ALG_SHA256)
     )
     return command(CC_START_AUTH_SESSION, [tpm_key, TPM_RH_NULL], params)
 

@@ -63,6 +63,17 @@ class Proxy:
     def sent(self, cc: int) -> list[bytes]:
         return [c for c, _ in self.exchanges if _cc(c) == cc]
 
+    def policy_sessions(self) -> list[bytes]:
+        """The StartAuthSession commands of policy sessions (the Unseal session; the
+        host also starts an HMAC session for its NV counters)."""
+        return [c for c in self.sent(CC_START_AUTH_SESSION) if _session_type(c) == 0x01]
+
+
+def _session_type(start: bytes) -> int:
+    # header, tpmKey, bind, nonceCaller (TPM2B), encryptedSalt (TPM2B), sessionType
+    at = 18 + 2 + int(struct.unpack_from(">H", start, 18)[0])
+    return start[at + 2 + int(struct.unpack_from(">H", start, at)[0])]
+
 
 async def _message(stream: trio.SocketStream) -> bytes | None:
     data = b""
@@ -137,7 +148,7 @@ async def test_a_proxy_sees_only_ciphertext(tmp_path: Path, fresh_swtpm: Swtpm) 
         # ... and the same key unsealed twice crosses the wire as two ciphertexts.
         assert seen[1] != seen[2]
         # The session was salted to the primary (tpmKey is not TPM_RH_NULL).
-        (start,) = proxy.sent(CC_START_AUTH_SESSION)
+        (start,) = proxy.policy_sessions()
         assert struct.unpack_from(">I", start, 10)[0] != 0x40000007
 
 
@@ -180,7 +191,7 @@ async def test_an_altered_unseal_answer_is_refused(
                 # bad answer (its nonce is unknown), in the same one after a refusal.
                 proxy.rewrite = None
                 assert await tao.unseal(blob) == (b"top secret", "self")
-                sessions = len(proxy.sent(CC_START_AUTH_SESSION))
+                sessions = len(proxy.policy_sessions())
                 assert sessions == (1 if attack == "command" else 2)
             finally:
                 await host.aclose()
