@@ -14,17 +14,23 @@ own key), whoever can restore or delete the whole host directory, unnoticed:
 :class:`ParentTableSealer` (the parent's rollback-protected seal) an older table,
 or a missing one once one was written, is refused. A crash after the parent's
 counter moved but before the new file replaced the old one then fails closed: the
-table reads as rolled back until an operator decides what to trust.
+table reads as rolled back until an operator decides what to trust. A write that
+fails there (a full disk, which a hosted program can cause) does not leave it so: the
+store keeps the sealed table, logs an error, refuses the change with a HostError, and
+writes that table (which only then becomes current) before the next change and at
+:meth:`CounterStore.aclose`; a change waits for it. Only a crash (or a disk still full
+at shutdown) before it is written leaves the table one step behind the parent.
 
 Every change of a table under a :class:`ParentTableSealer` is one rollback-protected
 seal of the parent, down to one TPM NV increment on a TPM root: :class:`HostCounters`
-then spends a :class:`~taonet.hosts._write_budget.WriteBudget` (per program and
-host-wide token buckets) on each change, and refuses one over budget with a HostError
-saying when to retry.
+then spends a :class:`~taonet.hosts._write_budget.WriteBudget` (token buckets per
+program, per uid and for the host, with a reserve for root and the host's owner) on
+each change, and refuses one over budget with a HostError saying when to retry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections import Counter
@@ -37,6 +43,7 @@ import trio
 from taonet import auth
 from taonet._errors import CodecError, HostError, TaoError
 from taonet._files import atomic_write, read_file
+from taonet._log import get_logger
 from taonet.hosts._tao import (
     MAX_COUNTER,
     MAX_SEALED_BYTES,
@@ -47,7 +54,7 @@ from taonet.hosts._tao import (
     check_label,
     check_policy,
 )
-from taonet.hosts._write_budget import WriteBudget
+from taonet.hosts._write_budget import WriteAccount, WriteBudget
 from taonet.wire import message_class, parse, serialize
 
 if TYPE_CHECKING:
@@ -59,6 +66,7 @@ __all__ = [
     "DEFAULT_TABLE_LABEL",
     "MAX_LABELS_PER_PROGRAM",
     "MAX_TABLE_ENTRIES",
+    "ChargedCounters",
     "CounterStore",
     "CounterTable",
     "HostCounters",
@@ -76,6 +84,7 @@ MAX_LABELS_PER_PROGRAM: Final = 256
 MAX_TABLE_ENTRIES: Final = 8192
 _MAX_TABLE_FILE: Final = MAX_SEALED_BYTES + 64 * 1024
 _T = TypeVar("_T")
+log = get_logger(__name__)
 
 
 def _context(label: str) -> bytes:
@@ -293,6 +302,8 @@ class CounterStore:
         self._path = path
         self._sealer = sealer
         self._lock = trio.Lock()
+        # A table sealed under the parent's moved counter whose write failed.
+        self._pending: tuple[CounterTable, bytes] | None = None
 
     @classmethod
     async def open(cls, path: Path | None, sealer: TableSealer | None = None) -> CounterStore:
@@ -346,6 +357,7 @@ class CounterStore:
 
     async def _change(self, change: Callable[[CounterTable], _T]) -> _T:
         async with self._lock:
+            await self._flush()
             table = self._table.copy()
             result = change(table)
             if table.version != self._table.version:
@@ -354,14 +366,67 @@ class CounterStore:
                 self._table = table
             return result
 
+    @property
+    def pending(self) -> bool:
+        """Whether a table the parent already counted is not yet written (its write
+        failed): it is written before the next change and at :meth:`aclose`."""
+        return self._pending is not None
+
+    async def aclose(self) -> None:
+        """Write the pending table, if any (a host's shutdown): logged as an error if it
+        still cannot be written (the next start then refuses the table as rolled back)."""
+        async with self._lock:
+            with contextlib.suppress(HostError):  # _flush logged it
+                await self._flush()
+
+    async def _flush(self) -> None:
+        """Write the pending table (HostError, logged, if it still cannot be)."""
+        if self._pending is None:
+            return
+        table, blob = self._pending
+        try:
+            await self._write(blob)
+        except TaoError as exc:
+            log.error(  # noqa: TRY400 - the error is the message, no traceback
+                "counter_table_still_unwritten", path=str(self._path), error=str(exc)
+            )
+            raise HostError(
+                f"cannot store the counter table in {self._path}: an earlier change, already "
+                f"counted by the parent, is still not written ({exc}); no change is made "
+                "until it is (free space)"
+            ) from exc
+        log.info("counter_table_written_on_retry", path=str(self._path))
+        self._pending = None
+        self._table = table
+
+    async def _write(self, blob: bytes) -> None:
+        assert self._path is not None  # only a store with a file seals
+        write = functools.partial(atomic_write, self._path, blob, mode=0o600)
+        await trio.to_thread.run_sync(write)
+
     async def _store(self, table: CounterTable) -> None:
         if self._path is None or self._sealer is None:
             return
         try:
             blob = await self._sealer.seal(table.to_bytes())
-            write = functools.partial(atomic_write, self._path, blob, mode=0o600)
-            await trio.to_thread.run_sync(write)
         except TaoError as exc:
+            raise HostError(f"cannot store the counter table in {self._path}: {exc}") from exc
+        try:
+            await self._write(blob)
+        except TaoError as exc:
+            if self._sealer.rollback_protected:
+                # The parent's counter has moved: the file on disk is now one step behind
+                # it and would be refused as rolled back. Keep the blob and write it
+                # before anything else (and at shutdown); until then the old table holds.
+                self._pending = (table, blob)
+                log.error(  # noqa: TRY400 - the error is the message, no traceback
+                    "counter_table_unwritten", path=str(self._path), error=str(exc)
+                )
+                raise HostError(
+                    f"cannot store the counter table in {self._path}: {exc}; the parent "
+                    "already counted this change, so it is kept and written (and takes "
+                    "effect) before the next change or at shutdown"
+                ) from exc
             raise HostError(f"cannot store the counter table in {self._path}: {exc}") from exc
 
 
@@ -394,11 +459,14 @@ class HostCounters:
         self._program_of = program_of
         self._budget = budget if budget is not None or not store.parent_sealed else WriteBudget()
 
-    def _spend(self, caller: auth.Prin) -> None:
-        """One change written for ``caller``: HostError if over the write budget."""
+    def _spend(self, caller: auth.Prin, account: WriteAccount | None) -> None:
+        """One change written for ``caller`` (charged to ``account``; None: the program
+        ``program_of`` gives, privileged): HostError if over the write budget."""
         if self._budget is not None:
-            charged = caller if self._program_of is None else self._program_of(caller)
-            self._budget.take(str(charged))
+            if account is None:
+                charged = caller if self._program_of is None else self._program_of(caller)
+                account = WriteAccount(str(charged))
+            self._budget.take(account)
 
     def _check_quota(self, caller: auth.Prin, label: str) -> None:
         if self._program_of is None or self._store.get_counter(caller, label) is not None:
@@ -415,12 +483,18 @@ class HostCounters:
         """Whether rolling back the stored counter table itself is detected."""
         return self._store.rollback_protected
 
-    async def init_counter(self, caller: auth.Prin, label: str, counter: int) -> None:
+    def charged_to(self, account: WriteAccount) -> ChargedCounters:
+        """These counters for one program whose changes are charged to ``account``."""
+        return ChargedCounters(self, account)
+
+    async def init_counter(
+        self, caller: auth.Prin, label: str, counter: int, *, account: WriteAccount | None = None
+    ) -> None:
         self._core.check_caller(caller)
         self._check_quota(caller, check_label(label))
         current = self._store.get_counter(caller, label)
         if current is None or check_counter(counter) > current:
-            self._spend(caller)  # lower is refused and equal is a no-op: nothing written
+            self._spend(caller, account)  # lower is refused and equal is a no-op: nothing written
         await self._store.init_counter(caller, label, check_counter(counter))
 
     async def get_counter(self, caller: auth.Prin, label: str) -> int:
@@ -431,7 +505,13 @@ class HostCounters:
         return value
 
     async def rollback_protected_seal(
-        self, caller: auth.Prin, label: str, data: bytes, policy: str = SEAL_POLICY_SELF
+        self,
+        caller: auth.Prin,
+        label: str,
+        data: bytes,
+        policy: str = SEAL_POLICY_SELF,
+        *,
+        account: WriteAccount | None = None,
     ) -> bytes:
         self._core.check_caller(caller)
         check_label(label)
@@ -442,7 +522,7 @@ class HostCounters:
         if len(_sealed_data(caller, label, MAX_COUNTER, data)) > MAX_SEALED_BYTES:
             raise HostError(f"rollback-protected seal: data over {MAX_SEALED_BYTES} bytes")
         self._check_quota(caller, label)
-        self._spend(caller)
+        self._spend(caller, account)
         counter = await self._store.bump(caller, label)
         return self._core.seal_for(caller, _sealed_data(caller, label, counter, data), policy)
 
@@ -477,3 +557,31 @@ class HostCounters:
                 "(the host's state was rolled back)"
             )
         return bytes(msg.protected_data), policy
+
+
+class ChargedCounters:
+    """:class:`HostCounters` for one hosted program, its changes charged to one
+    :class:`~taonet.hosts._write_budget.WriteAccount` (a Linux host: its uid and
+    measurement)."""
+
+    def __init__(self, counters: HostCounters, account: WriteAccount) -> None:
+        self._counters = counters
+        self._account = account
+
+    async def init_counter(self, caller: auth.Prin, label: str, counter: int) -> None:
+        await self._counters.init_counter(caller, label, counter, account=self._account)
+
+    async def get_counter(self, caller: auth.Prin, label: str) -> int:
+        return await self._counters.get_counter(caller, label)
+
+    async def rollback_protected_seal(
+        self, caller: auth.Prin, label: str, data: bytes, policy: str = SEAL_POLICY_SELF
+    ) -> bytes:
+        return await self._counters.rollback_protected_seal(
+            caller, label, data, policy, account=self._account
+        )
+
+    async def rollback_protected_unseal(
+        self, caller: auth.Prin, sealed: bytes
+    ) -> tuple[bytes, str]:
+        return await self._counters.rollback_protected_unseal(caller, sealed)
