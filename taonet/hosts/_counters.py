@@ -16,10 +16,12 @@ or a missing one once one was written, is refused. A crash after the parent's
 counter moved but before the new file replaced the old one then fails closed: the
 table reads as rolled back until an operator decides what to trust. A write that
 fails there (a full disk, which a hosted program can cause) does not leave it so: the
-store keeps the sealed table, logs an error, refuses the change with a HostError, and
-writes that table (which only then becomes current) before the next change and at
-:meth:`CounterStore.aclose`; a change waits for it. Only a crash (or a disk still full
-at shutdown) before it is written leaves the table one step behind the parent.
+store logs an error, answers the change with a HostError, keeps the sealed table and
+writes it before the next change (none is made until it is written) and at
+:meth:`CounterStore.aclose`. The change takes effect only once written (so a
+rollback-protected seal answered so makes the program's older blob for that label
+stale then: it should seal again). Only a crash (or a disk still full at shutdown)
+before it is written leaves the table one step behind the parent.
 
 Every change of a table under a :class:`ParentTableSealer` is one rollback-protected
 seal of the parent, down to one TPM NV increment on a TPM root: :class:`HostCounters`
