@@ -822,11 +822,11 @@ class LinuxHost:
             budget = self._budgets.get(child.uid)
             if budget is None:
                 budget = self._budgets[child.uid] = ByteBudget(self._request_bytes_per_uid)
-            # Its counter changes are charged to its uid and its measurement (not its
-            # name, which a restart under program_ids changes), root and the owner
-            # keeping a reserve of the host's write budget.
+            # Its counter changes are charged to its uid and its measurement (its name's
+            # extension without the id a restart under program_ids changes), root and
+            # the owner keeping a reserve of the host's write budget.
             account = WriteAccount(
-                child.prepared.program_hash.hex(),
+                str(child.prepared.subprin()),
                 uid=child.uid,
                 privileged=child.uid in (0, self._owner_uid),
             )
