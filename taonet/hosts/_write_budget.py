@@ -1,7 +1,7 @@
 """How often hosted programs may make a host rewrite a TPM-protected counter table.
 
 A host whose counter table is protected by its parent's rollback-protected seal
-(:class:`taonet.hosts._counters.ParentTableSealer`) reseals the whole table on every
+(:class:`taonet.hosts._counter_store.ParentTableSealer`) reseals the whole table on every
 counter change, and on a Linux host rooted in a TPM 2.0 every reseal is one
 ``TPM2_NV_Increment``: a hosted program calling ``RollbackProtectedSeal`` (or raising a
 counter) in a loop would wear the TPM's NV memory, tens of writes a second, for as
