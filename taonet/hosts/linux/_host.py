@@ -55,7 +55,10 @@ A program gets the host's ``PATH`` and only the environment variables the host
 allows, never those that change what code runs (``LD_*``, ``PYTHON*``, ...): the
 name says what code runs, so no caller may change it. A program's name is capped
 (:data:`MAX_NAME_EXTENSIONS`, :data:`MAX_NAME_BYTES`) and its counters are charged to
-the name it was launched under.
+the name it was launched under. When each counter change costs a parent's seal (a
+stacked host, or a TPM root's NV increment) the changes are also budgeted
+(:mod:`taonet.hosts._write_budget`): per uid and measurement of the program, per uid,
+and for the host, with a reserve that only root's and the owner's programs spend.
 
 A malformed or oversized frame from a program closes that program's channel only; a
 program that dies mid-call costs nothing but its own channel; a bug in a backend is
@@ -111,10 +114,11 @@ from taonet.certs._profile import refuse_retired_profile
 from taonet.crypto import KdfParams, Signer
 from taonet.domain import Guard, LiberalGuard
 from taonet.hosts._core import BoundTao, KeyCore
-from taonet.hosts._counters import CounterStore, HostCounters
+from taonet.hosts._counters import ChargedCounters, CounterStore, HostCounters
 from taonet.hosts._rpc import REQUEST_TIMEOUT, ByteBudget, serve_tao_rpc
 from taonet.hosts._soft import CERT_FILE, SoftHost
 from taonet.hosts._tao import Tao
+from taonet.hosts._write_budget import WriteAccount
 from taonet.hosts.linux._config import (
     ADMIN_SOCKET,
     CONFIG_FILE,
@@ -552,10 +556,6 @@ class LinuxHost:
         keep = len(self.name.ext.exts) + 1
         return auth.Prin(name.type, name.key_hash, auth.SubPrin(name.ext.exts[:keep]))
 
-    async def _get_counters(self) -> HostCounters:
-        """The counters of this host's programs (open from the start)."""
-        return self._counters
-
     @property
     def socket_path(self) -> Path:
         return self.directory / ADMIN_SOCKET
@@ -635,8 +635,10 @@ class LinuxHost:
                 await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the TPM host a root host on a TPM opened (nothing for other hosts);
-        :meth:`run` does it as it ends."""
+        """Write the counter table if a failed write left it pending, then close the TPM
+        host a root host on a TPM opened (nothing for other hosts); :meth:`run` does it
+        as it ends."""
+        await self._counters.store.aclose()
         tpm, self._tpm = self._tpm, None
         if tpm is not None:
             await tpm.aclose()
@@ -820,14 +822,25 @@ class LinuxHost:
             budget = self._budgets.get(child.uid)
             if budget is None:
                 budget = self._budgets[child.uid] = ByteBudget(self._request_bytes_per_uid)
+            # Its counter changes are charged to its uid and its measurement (its name's
+            # extension without the id a restart under program_ids changes), root and
+            # the owner keeping a reserve of the host's write budget.
+            account = WriteAccount(
+                str(child.prepared.subprin()),
+                uid=child.uid,
+                privileged=child.uid in (0, self._owner_uid),
+            )
+            counters = self._counters.charged_to(account)
+
+            async def get_counters() -> ChargedCounters:
+                return counters
+
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(
                     functools.partial(
                         serve_tao_rpc,
                         stream,
-                        BoundTao(
-                            self._core, child, self._get_counters, check_name=_check_child_name
-                        ),
+                        BoundTao(self._core, child, get_counters, check_name=_check_child_name),
                         request_timeout=self._request_timeout,
                         budget=budget,
                     )
