@@ -292,18 +292,20 @@ def verify_quote(
     quote may have several valid TPMT_SIGNATUREs. Nothing keys on them (the quote and
     its verdict are what count), so this is harmless; do not use them as an identifier.
     """
-    key = quote_key(_as_bytes(quote_key_der, "TPM quote key", AuthenticationError))
-    attest = _as_bytes(tpms_attest, "TPM quote", AuthenticationError)
+    # Exact bytes (what callers pass) skip _as_bytes: this runs once per quote.
+    if type(quote_key_der) is not bytes:
+        quote_key_der = _as_bytes(quote_key_der, "TPM quote key", AuthenticationError)
+    attest = tpms_attest
+    if type(attest) is not bytes:
+        attest = _as_bytes(attest, "TPM quote", AuthenticationError)
+    if type(tpmt_signature) is not bytes:
+        tpmt_signature = _as_bytes(tpmt_signature, "TPM signature", AuthenticationError)
+    if type(extra_data) is not bytes:
+        extra_data = _as_bytes(extra_data, "extra_data", TypeError)
     # Checked and normalised before the cache: {True: v} or {1.0: v} must not hit
     # the entry {1: v} left, and a bytearray value is not hashable.
     expected = expected_for_items(normal_pcr_items(pcrs))
-    clock = _verify(
-        key,
-        attest,
-        _as_bytes(tpmt_signature, "TPM signature", AuthenticationError),
-        _as_bytes(extra_data, "extra_data", TypeError),
-        expected,
-    )
+    clock = _verify(quote_key(quote_key_der), attest, tpmt_signature, extra_data, expected)
     o = 10 + (attest[6] << 8 | attest[7])
     ms, resets, restarts, safe, firmware = _CLOCK_FW.unpack_from(attest, clock)
     return Quote(
