@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from taonet import ConfigError, HostError
+from taonet.cli._failures import describe, leaves
 from taonet.cli._password import get_password
 from taonet.cli._reexec import child_environment, taonet_argv
 from taonet.hosts.linux import ADMIN_SOCKET, LOG_FILE, LinuxHostConfig
@@ -95,16 +96,35 @@ def _claim_ready_fd(fd: int | None) -> None:
         raise ConfigError(f"--ready-fd {fd}: {exc.strerror or exc}") from None
 
 
-def _report_ready(fd: int | None, name: str) -> None:
-    """Tell whoever started this host (``--ready-fd``) that it serves, and as whom."""
-    if fd is None:
-        return
-    try:
-        os.write(fd, name.encode() + b"\n")
-    except OSError as exc:  # the starter is gone: keep serving, it was only a courtesy
-        print(f"taonet: cannot report readiness: {exc.strerror or exc}", file=sys.stderr)
-    finally:
-        os.close(fd)
+#: What a child that did not start writes on ``--ready-fd`` before its reason (a name
+#: never starts so: a principal's text starts with its type).
+_FAILED: Final = "!"
+
+
+class _ReadyReport:
+    """Tells whoever started this host (``--ready-fd``), once: that it serves and as
+    whom, or why it did not start. The reason goes over the pipe, not only to the
+    log: two starts at once share the log, and the other's last line is not ours."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+
+    def ready(self, name: str) -> None:
+        self._send(name)
+
+    def failed(self, why: str) -> None:
+        self._send(_FAILED + " ".join(why.split())[:500])
+
+    def _send(self, text: str) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            os.write(fd, text.encode() + b"\n")
+        except OSError as exc:  # the starter is gone: it was only a courtesy
+            print(f"taonet: cannot report readiness: {exc.strerror or exc}", file=sys.stderr)
+        finally:
+            os.close(fd)
 
 
 def start_foreground(args: argparse.Namespace, directory: Path, config: LinuxHostConfig) -> int:
@@ -114,19 +134,24 @@ def start_foreground(args: argparse.Namespace, directory: Path, config: LinuxHos
     configure_logging()
     report_fd: int | None = args.ready_fd
     _claim_ready_fd(report_fd)
-    refuse_if_running(directory)
-    soft_root = config.kind == "root" and config.root_tao == "soft"
-    password = get_password(args.password_file, prompt="Host password") if soft_root else None
-    # LinuxHost.run holds the directory's host.lock: of two starts that both got
-    # past the probe above, only one serves.
-    # The host logs linux_host_stopped itself; linux_host_stopping said why.
-    stopped_by = _run_host(directory, config, password, report_fd)
+    report = _ReadyReport(report_fd)
+    try:
+        refuse_if_running(directory)
+        soft_root = config.kind == "root" and config.root_tao == "soft"
+        password = get_password(args.password_file, prompt="Host password") if soft_root else None
+        # LinuxHost.run holds the directory's host.lock: of two starts that both got
+        # past the probe above, only one serves.
+        # The host logs linux_host_stopped itself; linux_host_stopping said why.
+        stopped_by = _run_host(directory, config, password, report)
+    except Exception as exc:  # no-op once it said it serves
+        report.failed("; ".join(dict.fromkeys(describe(leaf) for leaf in leaves(exc))))
+        raise
     print(f"Linux host stopped ({stopped_by or 'shut down'})", flush=True)
     return 0
 
 
 def _run_host(
-    directory: Path, config: LinuxHostConfig, password: bytes | None, report_fd: int | None
+    directory: Path, config: LinuxHostConfig, password: bytes | None, report: _ReadyReport
 ) -> str | None:
     """Open the host and serve until SIGINT or SIGTERM, then stop it in order; the
     signal's name, or None if it stopped otherwise (``taonet host stop``)."""
@@ -174,7 +199,7 @@ def _run_host(
                     name=str(host.name),
                 )
                 print(f"Linux host {host.name} serving {host.socket_path}", flush=True)
-                _report_ready(report_fd, str(host.name))
+                report.ready(str(host.name))
 
     trio.run(main)
     return stopped_by[0] if stopped_by else None
@@ -231,15 +256,16 @@ def start_background(directory: Path, password: bytes) -> int:
             proc.kill()
             proc.wait()
         raise
-    if not name:
+    if not name or name.startswith(_FAILED):
         if proc.poll() is None:
             proc.kill()
         status = proc.wait()
-        why = (
-            f"it did not say that it serves within {START_TIMEOUT:g} s"
-            if name is None
-            else _last_log_line(log_path, log_start) or f"it exited with status {status}"
-        )
+        if name is None:
+            why = f"it did not say that it serves within {START_TIMEOUT:g} s"
+        elif name:  # the child's own reason
+            why = name[len(_FAILED) :].removeprefix("taonet: error: ")
+        else:
+            why = _last_log_line(log_path, log_start) or f"it exited with status {status}"
         raise HostError(f"the host did not start: {why} (log: {log_path})")
     print(f"Linux host {name} started (pid {proc.pid}); log in {log_path}")
     return 0
