@@ -32,7 +32,6 @@ speaksfor name``), which every attestation then carries; its counters are kept a
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
 from collections.abc import Callable
@@ -44,7 +43,7 @@ import trio
 from taonet import auth, certs
 from taonet._errors import AuthenticationError, CodecError, ConfigError, HostError
 from taonet._files import atomic_write, read_file
-from taonet.attestation import DEFAULT_VALIDITY_NS, Attestation, attest
+from taonet.attestation import Attestation, attest
 from taonet.crypto import Crypter, KdfParams, Keyset, hkdf_sha256, load_keyset, save_keyset
 from taonet.hosts._core import BoundTao
 from taonet.hosts._counters import COUNTERS_FILE, CounterStore, HostCounters, SoftTableSealer
@@ -53,15 +52,15 @@ from taonet.hosts._tao import (
     SEAL_POLICIES,
     SEAL_POLICY_ANY,
     SEAL_POLICY_SELF,
+    NameDigests,
+    check_attest,
     check_policy,
     check_size,
-    check_time,
 )
 
 __all__ = ["SoftHost", "SoftTao"]
 
 _SEAL_MAGIC: Final = b"TSL1"
-_MAX_CACHED_BINDINGS: Final = 1024
 _SECRET_SALT: Final = b"taonet soft tao shared secret v1"
 _MAX_SECRET: Final = 255 * 32  # HKDF-SHA256's output limit
 KEYS_FILE: Final = "keys"
@@ -89,7 +88,7 @@ class SoftHost:
         self._crypter: Crypter = keyset.crypter
         self._deriving_key: bytes = keyset.deriving_key
         self._root_endorsement = root_endorsement
-        self._bindings: dict[int, tuple[auth.Prin, bytes]] = {}
+        self._digests = NameDigests()
         self._directory = directory
         self._clock = clock
         self._delegation = delegation
@@ -213,17 +212,7 @@ class SoftHost:
             raise HostError(f"{caller} is not this host ({self.name}) or hosted by it")
 
     def _binding(self, caller: auth.Prin, policy: str) -> bytes:
-        bound = self.name if policy == SEAL_POLICY_ANY else caller
-        # Programs keep their name object between calls: remember digests by identity
-        # (the object is kept with its digest, so an id is never reused wrongly).
-        cached = self._bindings.get(id(bound))
-        if cached is not None and cached[0] is bound:
-            return cached[1]
-        digest = hashlib.sha256(auth.encode(bound)).digest()
-        if len(self._bindings) >= _MAX_CACHED_BINDINGS:
-            self._bindings.clear()
-        self._bindings[id(bound)] = (bound, digest)
-        return digest
+        return self._digests(self.name if policy == SEAL_POLICY_ANY else caller)
 
     def seal_for(self, caller: auth.Prin, data: bytes, policy: str = SEAL_POLICY_SELF) -> bytes:
         """Seal ``data`` for ``caller`` under ``policy``."""
@@ -283,23 +272,15 @@ class SoftHost:
     ) -> Attestation:
         """Sign ``issuer says message`` for ``caller`` with the host's key."""
         self.check_caller(caller)
-        speaker = caller if issuer is None else issuer
-        if not isinstance(speaker, auth.Prin):
-            raise HostError(f"attest: the issuer must be a principal, got {type(speaker).__name__}")
-        if not speaker.is_sub_principal_of(caller):
-            raise HostError(f"issuer {speaker} is not {caller} or one of its sub-principals")
-        check_time(time, "time")
-        check_time(expiration, "expiration")
-        start = self._clock() if time is None else time
-        if expiration is None and start > 2**63 - 1 - DEFAULT_VALIDITY_NS:
-            raise HostError("attest: a statement from that time cannot get the default validity")
+        now = self._clock()
+        speaker, start, expiration = check_attest(caller, issuer, time, expiration, now)
         return attest(
             self._keyset.signer,
             message,
             speaker=speaker,
-            time=time,
+            time=start,
             expiration=expiration,
-            now_ns=self._clock(),
+            now_ns=now,
             delegation=self._delegation,
             root_endorsement=self._root_endorsement,
         )

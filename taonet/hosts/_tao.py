@@ -18,11 +18,12 @@ Every method is async because real backends block (RPC to a parent, TPM calls).
 from __future__ import annotations
 
 import abc
+import hashlib
 from typing import Final
 
 from taonet import auth
 from taonet._errors import HostError, NotSupportedError
-from taonet.attestation import Attestation
+from taonet.attestation import DEFAULT_VALIDITY_NS, Attestation
 
 __all__ = [
     "MAX_COUNTER",
@@ -34,7 +35,9 @@ __all__ = [
     "SEAL_POLICY_ANY",
     "SEAL_POLICY_FEW",
     "SEAL_POLICY_SELF",
+    "NameDigests",
     "Tao",
+    "check_attest",
     "check_counter",
     "check_label",
     "check_policy",
@@ -94,6 +97,56 @@ def check_time(value: int | None, what: str) -> None:
         isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**63
     ):
         raise HostError(f"attest: {what} must be an int64 of nanoseconds, got {value!r}")
+
+
+def check_attest(
+    caller: auth.Prin,
+    issuer: auth.Prin | None,
+    time: int | None,
+    expiration: int | None,
+    now_ns: int,
+) -> tuple[auth.Prin, int, int]:
+    """A key core's checks of an attest request: the speaker (``issuer``, or the
+    caller; it must be the caller or below), and the statement's start and expiration
+    (from ``now_ns`` for a year by default). HostError for anything else."""
+    speaker = caller if issuer is None else issuer
+    if not isinstance(speaker, auth.Prin):
+        raise HostError(f"attest: the issuer must be a principal, got {type(speaker).__name__}")
+    if not speaker.is_sub_principal_of(caller):
+        raise HostError(f"issuer {speaker} is not {caller} or one of its sub-principals")
+    check_time(time, "time")
+    check_time(expiration, "expiration")
+    start = now_ns if time is None else time
+    if expiration is None:
+        if start > 2**63 - 1 - DEFAULT_VALIDITY_NS:
+            raise HostError("attest: a statement from that time cannot get the default validity")
+        expiration = start + DEFAULT_VALIDITY_NS
+    return speaker, start, expiration
+
+
+class NameDigests:
+    """SHA-256 of principals' encodings, remembered for the names programs keep.
+
+    Programs keep their name object between calls: digests are remembered by identity
+    (the object is kept with its digest, so an id is never reused wrongly), at most
+    ``limit`` of them.
+    """
+
+    __slots__ = ("_digests", "_limit")
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._digests: dict[int, tuple[auth.Prin, bytes]] = {}
+        self._limit = limit
+
+    def __call__(self, name: auth.Prin) -> bytes:
+        cached = self._digests.get(id(name))
+        if cached is not None and cached[0] is name:
+            return cached[1]
+        digest = hashlib.sha256(auth.encode(name)).digest()
+        if len(self._digests) >= self._limit:
+            self._digests.clear()
+        self._digests[id(name)] = (name, digest)
+        return digest
 
 
 def check_counter(value: int) -> int:

@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from taonet import auth
 from taonet._errors import HostError
-from taonet.attestation import DEFAULT_VALIDITY_NS, Attestation
+from taonet.attestation import Attestation
 from taonet.attestation.tpm2 import host_name, pcr_digest, tpm2_attestation
 from taonet.crypto import hkdf_sha256
 from taonet.hosts._tao import (
@@ -55,9 +55,10 @@ from taonet.hosts._tao import (
     SEAL_POLICIES,
     SEAL_POLICY_ANY,
     SEAL_POLICY_SELF,
+    NameDigests,
+    check_attest,
     check_policy,
     check_size,
-    check_time,
 )
 from taonet.hosts.tpm2 import _wire
 from taonet.hosts.tpm2._runtime import TpmRuntime, differing
@@ -69,7 +70,6 @@ _NONCE: Final = 12
 _SECRET_SALT: Final = b"taonet tpm2 tao shared secret v1"
 _MAX_SECRET: Final = 255 * 32
 _MAX_OBJECT: Final = 2048  # a sealed object's TPM2B_PRIVATE or TPM2B_PUBLIC
-_MAX_CACHED_BINDINGS: Final = 1024
 
 
 class Tpm2Core:
@@ -100,7 +100,7 @@ class Tpm2Core:
         digest = pcr_digest(pcrs)
         # How every good quote of this host ends: the selection, then the digest.
         self._quote_tail = runtime.selection + _wire.tpm2b(digest)
-        self._bindings: dict[int, tuple[auth.Prin, bytes]] = {}
+        self._digests = NameDigests()
 
     @property
     def runtime(self) -> TpmRuntime:
@@ -121,15 +121,7 @@ class Tpm2Core:
             raise HostError(f"{caller} is not this host ({self._name}) or hosted by it")
 
     def _binding(self, caller: auth.Prin, policy: str) -> bytes:
-        bound = self._name if policy == SEAL_POLICY_ANY else caller
-        cached = self._bindings.get(id(bound))
-        if cached is not None and cached[0] is bound:
-            return cached[1]
-        digest = hashlib.sha256(auth.encode(bound)).digest()
-        if len(self._bindings) >= _MAX_CACHED_BINDINGS:
-            self._bindings.clear()
-        self._bindings[id(bound)] = (bound, digest)
-        return digest
+        return self._digests(self._name if policy == SEAL_POLICY_ANY else caller)
 
     # -- attest ----------------------------------------------------------------------
 
@@ -144,20 +136,7 @@ class Tpm2Core:
     ) -> Attestation:
         """A quote-signed ``issuer says message`` for ``caller``."""
         self.check_caller(caller)
-        speaker = caller if issuer is None else issuer
-        if not isinstance(speaker, auth.Prin):
-            raise HostError(f"attest: the issuer must be a principal, got {type(speaker).__name__}")
-        if not speaker.is_sub_principal_of(caller):
-            raise HostError(f"issuer {speaker} is not {caller} or one of its sub-principals")
-        check_time(time, "time")
-        check_time(expiration, "expiration")
-        start = self._clock() if time is None else time
-        if expiration is None:
-            if start > 2**63 - 1 - DEFAULT_VALIDITY_NS:
-                raise HostError(
-                    "attest: a statement from that time cannot get the default validity"
-                )
-            expiration = start + DEFAULT_VALIDITY_NS
+        speaker, start, expiration = check_attest(caller, issuer, time, expiration, self._clock())
         statement = auth.Says(speaker=speaker, message=message, time=start, expiration=expiration)
         serialized = auth.encode(statement)
         qualifying = hashlib.sha256(serialized).digest()
